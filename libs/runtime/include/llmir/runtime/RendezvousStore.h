@@ -1,0 +1,97 @@
+// Rendezvous key-value store: a small TCP server that ranks use to exchange
+// addresses and ids before they can talk to each other, and its client.
+//
+// Wire protocol (version 1). Every frame, request or response, is
+//
+//   u8 version (= 1) | u8 code | u32 payload length (little endian) | payload
+//
+// For a request `code` is the operation, for a response it is the outcome:
+// 0 ok, 1 timeout, 2 bad request (payload = message). Inside payloads, an
+// integer is little endian and a string/bytes value is `u32 length | bytes`.
+//
+//   op 1 SET   key, value                  -> ok
+//   op 2 GET   key, u64 timeout ms         -> ok value | timeout (key absent)
+//   op 3 ADD   key, i64 delta              -> ok i64 new value (absent = 0;
+//                                             stored as decimal text)
+//   op 4 WAIT  u32 n, n keys, u64 timeout  -> ok | timeout (some key absent)
+//   op 5 CHECK u32 n, n keys               -> ok u32 n, n x u8 (1 = present)
+//
+// A frame with another version or a payload over 64 MiB is answered with
+// "bad request" and the connection is closed.
+#pragma once
+
+#include "llmir/support/Status.h"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace llmir::runtime {
+
+/// Serves the store on host:port, one thread per connection, until stopped
+/// or destroyed. Values live in memory only.
+class RendezvousServer {
+public:
+  /// Binds and starts listening; port 0 picks an ephemeral port.
+  static Result<std::unique_ptr<RendezvousServer>> start(const std::string &host,
+                                                         uint16_t port);
+  ~RendezvousServer();
+  RendezvousServer(const RendezvousServer &) = delete;
+  RendezvousServer &operator=(const RendezvousServer &) = delete;
+
+  uint16_t port() const;
+  /// Closes every connection and wakes blocked GET/WAIT calls. Idempotent.
+  void stop();
+
+  struct State;
+
+private:
+  explicit RendezvousServer(std::shared_ptr<State> state);
+  std::shared_ptr<State> state_;
+};
+
+/// One connection to a RendezvousServer. Calls are serialised, so one client
+/// may be shared between threads. Every call is bounded in time: blocking
+/// calls by their timeout, the others by the client's I/O timeout.
+class RendezvousClient {
+public:
+  /// Connects, retrying until `timeout` passes (the server may start later).
+  static Result<std::unique_ptr<RendezvousClient>>
+  connect(const std::string &host, uint16_t port,
+          std::chrono::milliseconds timeout);
+  ~RendezvousClient();
+  RendezvousClient(const RendezvousClient &) = delete;
+  RendezvousClient &operator=(const RendezvousClient &) = delete;
+
+  Status set(const std::string &key, const std::vector<char> &value);
+  Status set(const std::string &key, const std::string &value);
+  /// Waits up to `timeout` for the key to exist.
+  Result<std::vector<char>> get(const std::string &key,
+                                std::chrono::milliseconds timeout);
+  /// Adds `delta` to the counter at `key` (absent counts as 0).
+  Result<int64_t> add(const std::string &key, int64_t delta);
+  /// Waits up to `timeout` for all keys to exist.
+  Status wait(const std::vector<std::string> &keys,
+              std::chrono::milliseconds timeout);
+  /// Which of `keys` exist now, in order.
+  Result<std::vector<bool>> check(const std::vector<std::string> &keys);
+
+private:
+  RendezvousClient(int fd, std::string endpoint,
+                   std::chrono::milliseconds ioTimeout);
+  /// Sends one request frame and reads the response; `waitBudget` is how
+  /// long the server may legitimately block before answering.
+  Result<std::vector<char>> call(uint8_t op, const std::vector<char> &payload,
+                                 std::chrono::milliseconds waitBudget,
+                                 bool *timedOut);
+
+  std::mutex mutex_;
+  int fd_;
+  std::string endpoint_;
+  std::chrono::milliseconds ioTimeout_;
+};
+
+} // namespace llmir::runtime

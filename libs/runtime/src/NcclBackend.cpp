@@ -1,0 +1,238 @@
+// NCCL backend: device buffers on this rank's CUDA device, one stream per
+// group. Communicators are non-blocking so that every wait can be bounded:
+// on timeout or error the communicator is aborted instead of hanging.
+#include "Communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstring>
+#include <thread>
+
+namespace llmir::runtime::detail {
+namespace {
+
+Status cudaError(const std::string &what, cudaError_t error) {
+  return Status::error(what + ": " + cudaGetErrorString(error));
+}
+
+Status ncclError(const std::string &what, ncclResult_t result) {
+  return Status::error(what + ": " + ncclGetErrorString(result));
+}
+
+ncclDataType_t ncclType(DataType type) {
+  switch (type) {
+  case DataType::F32:
+    return ncclFloat32;
+  case DataType::F16:
+    return ncclFloat16;
+  case DataType::BF16:
+    return ncclBfloat16;
+  case DataType::I32:
+    return ncclInt32;
+  }
+  return ncclFloat32;
+}
+
+ncclRedOp_t ncclOp(ReduceOp op) {
+  switch (op) {
+  case ReduceOp::Sum:
+    return ncclSum;
+  case ReduceOp::Max:
+    return ncclMax;
+  case ReduceOp::Min:
+    return ncclMin;
+  }
+  return ncclSum;
+}
+
+class NcclCommunicator : public Communicator {
+public:
+  NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream,
+                   int *scratch, std::chrono::milliseconds timeout)
+      : comm_(comm), device_(device), stream_(stream), scratch_(scratch),
+        timeout_(timeout) {}
+
+  ~NcclCommunicator() override {
+    cudaSetDevice(device_);
+    if (comm_)
+      healthy_ ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+    cudaFree(scratch_);
+    cudaStreamDestroy(stream_);
+  }
+
+  Status allReduce(void *data, size_t count, DataType type,
+                   ReduceOp op) override {
+    return run([&] {
+      return ncclAllReduce(data, data, count, ncclType(type), ncclOp(op), comm_,
+                           stream_);
+    });
+  }
+  Status allGather(const void *send, void *recv, size_t count,
+                   DataType type) override {
+    return run([&] {
+      return ncclAllGather(send, recv, count, ncclType(type), comm_, stream_);
+    });
+  }
+  Status broadcast(void *data, size_t count, DataType type,
+                   int rootGroupRank) override {
+    return run([&] {
+      return ncclBroadcast(data, data, count, ncclType(type), rootGroupRank,
+                           comm_, stream_);
+    });
+  }
+  Status barrier() override {
+    return run([&] {
+      return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_,
+                           stream_);
+    });
+  }
+  Status send(const void *data, size_t bytes, int peer) override {
+    return run(
+        [&] { return ncclSend(data, bytes, ncclUint8, peer, comm_, stream_); });
+  }
+  Status recv(void *data, size_t bytes, int peer) override {
+    return run(
+        [&] { return ncclRecv(data, bytes, ncclUint8, peer, comm_, stream_); });
+  }
+
+private:
+  /// Enqueues one NCCL call and waits for the stream within the timeout.
+  template <typename Enqueue> Status run(Enqueue &&enqueue) {
+    cudaError_t set = cudaSetDevice(device_);
+    if (set != cudaSuccess)
+      return cudaError("nccl: selecting device", set);
+    ncclResult_t result = enqueue();
+    if (result != ncclSuccess && result != ncclInProgress)
+      return fail(ncclError("nccl: enqueue", result));
+    auto deadline = std::chrono::steady_clock::now() + timeout_;
+    for (;;) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress)
+        return fail(ncclError("nccl: communicator error", async));
+      if (async == ncclSuccess) {
+        cudaError_t query = cudaStreamQuery(stream_);
+        if (query == cudaSuccess)
+          return Status::ok();
+        if (query != cudaErrorNotReady)
+          return fail(cudaError("nccl: stream", query));
+      }
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(Status::error("nccl: operation did not complete within " +
+                                  std::to_string(timeout_.count()) +
+                                  " ms (a peer may have died)"));
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  Status fail(Status status) {
+    // Aborting releases peers' resources and unblocks the stream.
+    if (healthy_)
+      ncclCommAbort(comm_);
+    comm_ = nullptr;
+    healthy_ = false;
+    return status;
+  }
+
+  ncclComm_t comm_;
+  int device_;
+  cudaStream_t stream_;
+  int *scratch_;
+  std::chrono::milliseconds timeout_;
+  bool healthy_ = true;
+};
+
+class NcclBackend : public Backend {
+public:
+  NcclBackend(int device, std::chrono::milliseconds timeout)
+      : device_(device), timeout_(timeout) {}
+
+  Result<std::unique_ptr<Communicator>> connect(RendezvousClient &store,
+                                                const std::string &prefix,
+                                                int groupRank,
+                                                int groupSize) override {
+    cudaError_t set = cudaSetDevice(device_);
+    if (set != cudaSuccess)
+      return cudaError("nccl: selecting device " + std::to_string(device_), set);
+    ncclUniqueId id;
+    const std::string idKey = prefix + "unique_id";
+    if (groupRank == 0) {
+      ncclResult_t r = ncclGetUniqueId(&id);
+      if (r != ncclSuccess)
+        return ncclError("nccl: creating unique id", r);
+      LLMIR_RETURN_IF_ERROR(store.set(
+          idKey, std::vector<char>(id.internal, id.internal + sizeof(id.internal))));
+    } else {
+      auto bytes = store.get(idKey, timeout_);
+      if (!bytes)
+        return bytes.status().withContext("nccl: fetching unique id");
+      if (bytes->size() != sizeof(id.internal))
+        return Status::error("nccl: unique id under '" + idKey + "' has " +
+                             std::to_string(bytes->size()) + " bytes, expected " +
+                             std::to_string(sizeof(id.internal)));
+      std::memcpy(id.internal, bytes->data(), sizeof(id.internal));
+    }
+
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclComm_t comm = nullptr;
+    ncclResult_t r =
+        ncclCommInitRankConfig(&comm, groupSize, id, groupRank, &config);
+    auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (r == ncclInProgress) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ncclCommAbort(comm);
+        return Status::error("nccl: communicator of " +
+                             std::to_string(groupSize) +
+                             " ranks not ready within " +
+                             std::to_string(timeout_.count()) + " ms");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      ncclCommGetAsyncError(comm, &r);
+    }
+    if (r != ncclSuccess) {
+      if (comm)
+        ncclCommAbort(comm);
+      return ncclError("nccl: initialising communicator", r);
+    }
+
+    cudaStream_t stream = nullptr;
+    int *scratch = nullptr;
+    cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+      e = cudaMalloc(&scratch, sizeof(int));
+    if (e != cudaSuccess) {
+      ncclCommAbort(comm);
+      if (stream)
+        cudaStreamDestroy(stream);
+      return cudaError("nccl: allocating stream and scratch", e);
+    }
+    return std::unique_ptr<Communicator>(
+        new NcclCommunicator(comm, device_, stream, scratch, timeout_));
+  }
+
+private:
+  int device_;
+  std::chrono::milliseconds timeout_;
+};
+
+} // namespace
+
+Result<std::unique_ptr<Backend>> createNcclBackend(const RuntimeConfig &config) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0)
+    return Status::error(std::string("backend 'nccl': no CUDA device (") +
+                         (e != cudaSuccess ? cudaGetErrorString(e)
+                                           : "0 devices visible") +
+                         ")");
+  int device = config.cudaDevice >= 0 ? config.cudaDevice : config.rank % count;
+  if (device >= count)
+    return Status::error("backend 'nccl': cudaDevice " + std::to_string(device) +
+                         " out of range; " + std::to_string(count) +
+                         " device(s) visible");
+  return std::unique_ptr<Backend>(new NcclBackend(device, config.timeout));
+}
+
+} // namespace llmir::runtime::detail
