@@ -1,0 +1,70 @@
+// The subset of a Hugging Face config.json that a Llama-family decoder needs,
+// typed, defaulted like transformers does, and validated.
+#pragma once
+
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmir::model {
+
+struct ModelConfig {
+  /// Where the config came from (file path), for error messages.
+  std::string source;
+  /// architectures[0]: "LlamaForCausalLM", "MistralForCausalLM" or
+  /// "Qwen2ForCausalLM" (all three share the Llama tensor layout).
+  std::string architecture;
+  /// model_type ("llama", "mistral", "qwen2"); empty when absent.
+  std::string modelType;
+  /// vocab_size: rows of the embedding and of lm_head.
+  int64_t vocabSize = 0;
+  /// hidden_size: the residual stream width.
+  int64_t hiddenSize = 0;
+  /// intermediate_size: the SwiGLU MLP width.
+  int64_t intermediateSize = 0;
+  /// num_hidden_layers: decoder blocks.
+  int64_t numLayers = 0;
+  /// num_attention_heads: query heads.
+  int64_t numHeads = 0;
+  /// num_key_value_heads (default numHeads): K/V heads, shared by groups of
+  /// numHeads / numKvHeads query heads (grouped-query attention).
+  int64_t numKvHeads = 0;
+  /// head_dim (default hiddenSize / numHeads).
+  int64_t headDim = 0;
+  /// rms_norm_eps (default 1e-6, the transformers default).
+  double rmsNormEps = 1e-6;
+  /// rope_theta, top-level or rope_parameters.rope_theta (default 10000).
+  /// Only the "default" RoPE type is supported; scaled variants are errors.
+  double ropeTheta = 10000.0;
+  /// tie_word_embeddings (default false): lm_head reuses embed_tokens.
+  bool tieWordEmbeddings = false;
+  /// q/k/v projections carry a bias: attention_bias for Llama/Mistral
+  /// (default false); Qwen2 always has them (default true).
+  bool qkvBias = false;
+  /// o_proj carries a bias: attention_bias for Llama/Mistral; never for Qwen2.
+  bool outputBias = false;
+  /// max_position_embeddings (default 2048).
+  int64_t maxPositionEmbeddings = 2048;
+  /// bos_token_id, when given.
+  std::optional<int64_t> bosTokenId;
+  /// eos_token_id: a single id or a list; empty when absent.
+  std::vector<int64_t> eosTokenIds;
+  /// "dtype" (transformers 5) or "torch_dtype" (4): the stored precision
+  /// ("bfloat16", "float32", ...); empty when absent.
+  std::string torchDtype;
+  /// sliding_window for attention (Mistral; Qwen2 only when
+  /// use_sliding_window is true); nullopt = full attention.
+  std::optional<int64_t> slidingWindow;
+};
+
+/// Parses config.json text; `source` names it in error messages.
+Result<ModelConfig> parseModelConfig(std::string_view json, std::string_view source);
+
+/// Reads `<hfDir>/config.json`.
+Result<ModelConfig> loadModelConfig(const std::string &hfDir);
+
+} // namespace llmir::model

@@ -1,0 +1,134 @@
+#include "llmir/model/ModelConfig.h"
+#include "llmir/model/TensorNames.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace llmir::model {
+namespace {
+
+using ::testing::HasSubstr;
+
+/// A minimal valid Llama config with `extra` members appended.
+std::string llamaConfig(const std::string &extra = "") {
+  return R"({"architectures":["LlamaForCausalLM"],"model_type":"llama",)"
+         R"("vocab_size":100,"hidden_size":64,"intermediate_size":128,)"
+         R"("num_hidden_layers":2,"num_attention_heads":4)" +
+         (extra.empty() ? "" : "," + extra) + "}";
+}
+
+TEST(ModelConfig, AppliesDefaults) {
+  Result<ModelConfig> config = parseModelConfig(llamaConfig(), "config.json");
+  ASSERT_TRUE(config.isOk()) << config.message();
+  EXPECT_EQ(config->architecture, "LlamaForCausalLM");
+  EXPECT_EQ(config->modelType, "llama");
+  EXPECT_EQ(config->numKvHeads, 4);
+  EXPECT_EQ(config->headDim, 16);
+  EXPECT_EQ(config->ropeTheta, 10000.0);
+  EXPECT_EQ(config->rmsNormEps, 1e-6);
+  EXPECT_FALSE(config->tieWordEmbeddings);
+  EXPECT_FALSE(config->qkvBias);
+  EXPECT_FALSE(config->bosTokenId.has_value());
+  EXPECT_TRUE(config->eosTokenIds.empty());
+  EXPECT_FALSE(config->slidingWindow.has_value());
+}
+
+TEST(ModelConfig, ReadsRopeThetaFromEitherPlace) {
+  Result<ModelConfig> topLevel =
+      parseModelConfig(llamaConfig(R"("rope_theta":500000.0,"rope_scaling":null)"), "c");
+  ASSERT_TRUE(topLevel.isOk()) << topLevel.message();
+  EXPECT_EQ(topLevel->ropeTheta, 500000.0);
+  Result<ModelConfig> nested = parseModelConfig(
+      llamaConfig(R"("rope_parameters":{"rope_theta":1e6,"rope_type":"default"})"), "c");
+  ASSERT_TRUE(nested.isOk()) << nested.message();
+  EXPECT_EQ(nested->ropeTheta, 1e6);
+
+  EXPECT_THAT(
+      parseModelConfig(llamaConfig(R"("rope_parameters":{"rope_theta":1e6,"rope_type":"llama3"})"),
+                       "c")
+          .message(),
+      HasSubstr("not supported"));
+  EXPECT_THAT(parseModelConfig(llamaConfig(R"("rope_scaling":{"type":"linear","factor":2.0})"),
+                               "c")
+                  .message(),
+              HasSubstr("key 'rope_scaling'"));
+  EXPECT_THAT(parseModelConfig(llamaConfig(R"("rope_theta":-1)"), "c").message(),
+              HasSubstr("key 'rope_theta' must be a positive number"));
+}
+
+TEST(ModelConfig, ReadsTokenIdsAndDtype) {
+  Result<ModelConfig> list = parseModelConfig(
+      llamaConfig(R"("bos_token_id":1,"eos_token_id":[2,7],"torch_dtype":"bfloat16")"), "c");
+  ASSERT_TRUE(list.isOk()) << list.message();
+  EXPECT_EQ(list->bosTokenId, 1);
+  EXPECT_EQ(list->eosTokenIds, (std::vector<int64_t>{2, 7}));
+  EXPECT_EQ(list->torchDtype, "bfloat16");
+  Result<ModelConfig> single =
+      parseModelConfig(llamaConfig(R"("eos_token_id":3,"dtype":"float32")"), "c");
+  ASSERT_TRUE(single.isOk());
+  EXPECT_EQ(single->eosTokenIds, (std::vector<int64_t>{3}));
+  EXPECT_EQ(single->torchDtype, "float32");
+  EXPECT_THAT(parseModelConfig(llamaConfig(R"("eos_token_id":[2,100])"), "c").message(),
+              HasSubstr("key 'eos_token_id' must be a token id in [0, vocab_size=100)"));
+}
+
+TEST(ModelConfig, ArchitectureSpecifics) {
+  const std::string qwen = R"({"architectures":["Qwen2ForCausalLM"],"vocab_size":100,)"
+                           R"("hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,)"
+                           R"("num_attention_heads":4,"num_key_value_heads":2,)"
+                           R"("sliding_window":32,"use_sliding_window":false})";
+  Result<ModelConfig> config = parseModelConfig(qwen, "c");
+  ASSERT_TRUE(config.isOk()) << config.message();
+  EXPECT_TRUE(config->qkvBias);
+  EXPECT_FALSE(config->outputBias);
+  EXPECT_FALSE(config->slidingWindow.has_value());
+  const std::vector<ExpectedTensor> expected = expectedTensors(*config);
+  EXPECT_TRUE(std::any_of(expected.begin(), expected.end(), [](const ExpectedTensor &t) {
+    return t.name == "model.layers.0.self_attn.k_proj.bias" && t.shape == std::vector<int64_t>{32};
+  }));
+
+  std::string mistral = llamaConfig(R"("sliding_window":4096)");
+  mistral.replace(mistral.find("LlamaForCausalLM"), 16, "MistralForCausalLM");
+  Result<ModelConfig> mistralConfig = parseModelConfig(mistral, "c");
+  ASSERT_TRUE(mistralConfig.isOk()) << mistralConfig.message();
+  EXPECT_EQ(mistralConfig->slidingWindow, 4096);
+
+  std::string gpt = llamaConfig();
+  gpt.replace(gpt.find("LlamaForCausalLM"), 16, "GPT2LMHeadModel");
+  Result<ModelConfig> unsupported = parseModelConfig(gpt, "config.json");
+  EXPECT_THAT(unsupported.message(), HasSubstr("config.json: key 'architectures'"));
+  EXPECT_THAT(unsupported.message(), HasSubstr("'GPT2LMHeadModel'"));
+  EXPECT_THAT(unsupported.message(),
+              HasSubstr("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"));
+}
+
+TEST(ModelConfig, ValidatesSizes) {
+  EXPECT_THAT(parseModelConfig(llamaConfig(R"("num_key_value_heads":3)"), "cfg").message(),
+              HasSubstr("cfg: key 'num_key_value_heads' (3) must divide num_attention_heads (4)"));
+  EXPECT_THAT(parseModelConfig(R"({"architectures":["LlamaForCausalLM"],"vocab_size":0})", "c")
+                  .message(),
+              HasSubstr("key 'vocab_size' must be a positive integer, got 0"));
+  EXPECT_THAT(parseModelConfig(R"({"architectures":["LlamaForCausalLM"],"vocab_size":10})", "c")
+                  .message(),
+              HasSubstr("key 'hidden_size' is required"));
+  EXPECT_THAT(parseModelConfig(llamaConfig(R"("hidden_act":"gelu")"), "c").message(),
+              HasSubstr("only \"silu\""));
+  EXPECT_THAT(parseModelConfig("{", "c").message(), HasSubstr("c: invalid JSON"));
+  EXPECT_THAT(loadModelConfig("/nonexistent-dir").message(), HasSubstr("cannot open"));
+}
+
+TEST(TensorNames, CanonicalNames) {
+  EXPECT_EQ(layerTensorName(3, LayerTensor::KProj), "model.layers.3.self_attn.k_proj.weight");
+  EXPECT_EQ(layerTensorName(0, LayerTensor::DownProj), "model.layers.0.mlp.down_proj.weight");
+  Result<ModelConfig> config =
+      parseModelConfig(llamaConfig(R"("tie_word_embeddings":true)"), "c");
+  ASSERT_TRUE(config.isOk());
+  const std::vector<ExpectedTensor> expected = expectedTensors(*config);
+  // embed + 2 layers x 9 + norm; no lm_head when tied.
+  ASSERT_EQ(expected.size(), 1u + 2 * 9 + 1);
+  EXPECT_EQ(expected.front().name, "model.embed_tokens.weight");
+  EXPECT_EQ(expected.back().name, "model.norm.weight");
+}
+
+} // namespace
+} // namespace llmir::model
