@@ -1,0 +1,58 @@
+// The CPU math kernels, on raw row-major buffers. All arithmetic is f32;
+// weights are widened from their stored dtype. Callers guarantee sizes (the
+// executor validates programs and steps before calling these).
+#pragma once
+
+#include "llmir/engine/Tensor.h"
+
+#include <cstdint>
+
+namespace llmir::engine {
+
+class KvCache;
+class ThreadPool;
+struct StepInput;
+
+namespace cpu {
+
+/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null).
+void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
+            float *y, ThreadPool &pool);
+
+/// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
+void rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
+             float eps, float *y);
+
+/// In place HF rotate_half RoPE of x[T, numHeads * headDim]; token t is at
+/// positions[t].
+void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, float theta);
+
+/// y = silu(gate) * up.
+void swiglu(const float *gate, const float *up, float *y, int64_t n);
+/// y = a + b.
+void add(const float *a, const float *b, float *y, int64_t n);
+
+/// y[T, H] = rows of table[V_local, H] for ids - vocabOffset; ids outside
+/// the local vocabulary give zero rows.
+void embedding(const int32_t *ids, int64_t T, const WeightView &table,
+               int64_t vocabOffset, float *y);
+
+struct AttentionParams {
+  int64_t layer = 0;
+  int64_t numHeads = 0;
+  int64_t numKvHeads = 0;
+  int64_t headDim = 0;
+  float scale = 1.0f;
+};
+
+/// Writes this step's k, v [T, Hkv * D] into the cache at each token's
+/// position, then causal (grouped-query) attention of q [T, Hq * D] over each
+/// token's sequence through its block table; out [T, Hq * D]. The step must
+/// be validated against the cache.
+void pagedAttention(const float *q, const float *k, const float *v,
+                    const StepInput &step, const AttentionParams &params,
+                    KvCache &cache, float *out, ThreadPool &pool);
+
+} // namespace cpu
+} // namespace llmir::engine

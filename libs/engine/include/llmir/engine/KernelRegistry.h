@@ -1,0 +1,60 @@
+// Opcode -> kernel. The executor binds each instruction's operands into a
+// KernelCall and runs the kernel registered for its opcode. The CPU kernels
+// are registered by cpuKernelRegistry(); another backend registers its own.
+#pragma once
+
+#include "llmir/engine/ProtoFwd.h"
+#include "llmir/engine/Tensor.h"
+#include "llmir/support/Status.h"
+
+#include <functional>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace llmir::engine {
+
+class Communicator;
+class KvCache;
+class ThreadPool;
+struct StepInput;
+
+/// One instruction input: an activation or a weight (exactly one is set).
+struct Operand {
+  const Tensor *activation = nullptr;
+  const WeightTensor *weight = nullptr;
+};
+
+/// Everything a kernel may use. Attributes were validated at load.
+struct KernelCall {
+  const proto::Instruction *instruction = nullptr;
+  const proto::ShardProgram *program = nullptr;
+  std::vector<Operand> inputs;
+  std::vector<Tensor *> outputs;
+  /// Declared shapes of the output slots (-1 in dim 0: the step's T).
+  std::vector<const std::vector<int64_t> *> outputSlotShapes;
+  const StepInput *step = nullptr;
+  KvCache *kvCache = nullptr;
+  ThreadPool *pool = nullptr;
+  Communicator *comm = nullptr; // null when the program has no collectives
+
+  int64_t intAttr(std::string_view name, int64_t fallback = 0) const;
+  double floatAttr(std::string_view name, double fallback = 0.0) const;
+};
+
+using Kernel = std::function<Status(KernelCall &)>;
+
+class KernelRegistry {
+public:
+  void add(proto::Opcode op, Kernel kernel);
+  /// Null when no kernel is registered for `op`.
+  const Kernel *find(proto::Opcode op) const;
+
+private:
+  std::unordered_map<int, Kernel> kernels_;
+};
+
+/// A registry holding the CPU kernel of every ShardProgram v1 opcode.
+KernelRegistry cpuKernelRegistry();
+
+} // namespace llmir::engine

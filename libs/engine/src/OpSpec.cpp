@@ -1,0 +1,34 @@
+#include "OpSpec.h"
+
+#include <map>
+
+namespace llmir::engine {
+
+const OpSpec *findOpSpec(proto::Opcode op) {
+  static const std::map<proto::Opcode, OpSpec> specs = {
+      {proto::EMBEDDING, {"EMBEDDING", 1, 1, 1, {0}, {}, {}, false}},
+      {proto::RMS_NORM, {"RMS_NORM", 2, 2, 1, {1}, {}, {"eps"}, false}},
+      {proto::LINEAR, {"LINEAR", 2, 3, 1, {1, 2}, {}, {}, false}},
+      {proto::ROPE, {"ROPE", 1, 1, 1, {}, {"head_dim"}, {"theta"}, false}},
+      {proto::ATTENTION,
+       {"ATTENTION",
+        3,
+        3,
+        1,
+        {},
+        {"layer", "num_heads", "num_kv_heads", "head_dim"},
+        {"scale"},
+        false}},
+      {proto::SWIGLU, {"SWIGLU", 2, 2, 1, {}, {}, {}, false}},
+      {proto::ADD, {"ADD", 2, 2, 1, {}, {}, {}, false}},
+      {proto::ALL_REDUCE, {"ALL_REDUCE", 1, 1, 1, {}, {"group"}, {}, true}},
+      {proto::ALL_GATHER, {"ALL_GATHER", 1, 1, 1, {}, {"group"}, {}, true}},
+      {proto::SEND, {"SEND", 1, 1, 0, {}, {"peer"}, {}, true}},
+      {proto::RECV, {"RECV", 0, 0, 1, {}, {"peer"}, {}, true}},
+      {proto::SELECT_ROWS, {"SELECT_ROWS", 1, 1, 1, {}, {}, {}, false}},
+  };
+  auto it = specs.find(op);
+  return it == specs.end() ? nullptr : &it->second;
+}
+
+} // namespace llmir::engine

@@ -1,0 +1,247 @@
+// Binds instruction operands to the CPU math kernels: checks the runtime
+// shapes (activations depend on the step), sizes the outputs, and routes the
+// collectives through the Communicator.
+#include "llmir/engine/Communicator.h"
+#include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/KernelRegistry.h"
+#include "llmir/engine/KvCache.h"
+#include "llmir/engine/Step.h"
+#include "llmir/engine/ThreadPool.h"
+#include "llmir/proto/shard_program.pb.h"
+
+#include <algorithm>
+#include <string>
+
+namespace llmir::engine {
+namespace {
+
+std::string shapeString(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+const Tensor &act(const KernelCall &call, size_t i) {
+  return *call.inputs[i].activation;
+}
+const WeightTensor &weight(const KernelCall &call, size_t i) {
+  return *call.inputs[i].weight;
+}
+
+Status expectRows(const Tensor &x, int64_t rows, const char *what) {
+  if (x.shape.empty() || x.rows() != rows)
+    return Status::error(std::string(what) + " has shape " +
+                         shapeString(x.shape) + "; expected " +
+                         std::to_string(rows) + " rows (one per token)");
+  return Status::ok();
+}
+
+Status expectWeightRank(const WeightTensor &w, size_t rank, const char *what) {
+  if (w.shape.size() != rank)
+    return Status::error(std::string(what) + " has shape " +
+                         shapeString(w.shape) + "; expected " +
+                         std::to_string(rank) + " dimensions");
+  return Status::ok();
+}
+
+std::vector<float> widened(const WeightTensor &w) {
+  WeightView view = WeightView::of(w);
+  std::vector<float> out(static_cast<size_t>(view.rows * view.cols));
+  view.widenRows(0, view.rows, out.data());
+  return out;
+}
+
+Status runEmbedding(KernelCall &call) {
+  const WeightTensor &table = weight(call, 0);
+  LLMIR_RETURN_IF_ERROR(expectWeightRank(table, 2, "embedding table"));
+  const int64_t T = call.step->numTokens();
+  Tensor &y = *call.outputs[0];
+  y.reshape({T, table.shape[1]});
+  cpu::embedding(call.step->tokenIds.data(), T, WeightView::of(table),
+                 call.intAttr("vocab_offset", 0), y.data.data());
+  return Status::ok();
+}
+
+Status runRmsNorm(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  const WeightTensor &w = weight(call, 1);
+  LLMIR_RETURN_IF_ERROR(expectWeightRank(w, 1, "norm weight"));
+  if (w.shape[0] != x.rowSize())
+    return Status::error("norm weight of " + std::to_string(w.shape[0]) +
+                         " elements for rows of " +
+                         std::to_string(x.rowSize()));
+  Tensor &y = *call.outputs[0];
+  y.reshape(x.shape);
+  cpu::rmsNorm(x.data.data(), x.rows(), x.rowSize(), widened(w).data(),
+               static_cast<float>(call.floatAttr("eps")), y.data.data());
+  return Status::ok();
+}
+
+Status runLinear(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  const WeightTensor &w = weight(call, 1);
+  LLMIR_RETURN_IF_ERROR(expectWeightRank(w, 2, "linear weight"));
+  const int64_t N = w.shape[0], K = w.shape[1];
+  if (x.rowSize() != K)
+    return Status::error("input " + shapeString(x.shape) +
+                         " does not match weight [N, K] = " +
+                         shapeString(w.shape) + " (K differs)");
+  std::vector<float> bias;
+  if (call.inputs.size() == 3) {
+    const WeightTensor &b = weight(call, 2);
+    if (b.shape.size() != 1 || b.shape[0] != N)
+      return Status::error("bias has shape " + shapeString(b.shape) +
+                           "; expected [" + std::to_string(N) + "]");
+    bias = widened(b);
+  }
+  Tensor &y = *call.outputs[0];
+  y.reshape({x.rows(), N});
+  cpu::linear(x.data.data(), x.rows(), WeightView::of(w),
+              bias.empty() ? nullptr : bias.data(), y.data.data(), *call.pool);
+  return Status::ok();
+}
+
+Status runRope(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  const int64_t headDim = call.intAttr("head_dim");
+  LLMIR_RETURN_IF_ERROR(expectRows(x, call.step->numTokens(), "ROPE input"));
+  if (x.rowSize() % headDim != 0)
+    return Status::error("rows of " + std::to_string(x.rowSize()) +
+                         " are not whole heads of " + std::to_string(headDim));
+  Tensor &y = *call.outputs[0];
+  y = x;
+  cpu::rope(y.data.data(), y.rows(), y.rowSize() / headDim, headDim,
+            call.step->positions.data(),
+            static_cast<float>(call.floatAttr("theta")));
+  return Status::ok();
+}
+
+Status runAttention(KernelCall &call) {
+  cpu::AttentionParams params;
+  params.layer = call.intAttr("layer");
+  params.numHeads = call.intAttr("num_heads");
+  params.numKvHeads = call.intAttr("num_kv_heads");
+  params.headDim = call.intAttr("head_dim");
+  params.scale = static_cast<float>(call.floatAttr("scale"));
+  const Tensor &q = act(call, 0), &k = act(call, 1), &v = act(call, 2);
+  const int64_t T = call.step->numTokens();
+  const int64_t qWidth = params.numHeads * params.headDim;
+  const int64_t kvWidth = params.numKvHeads * params.headDim;
+  LLMIR_RETURN_IF_ERROR(expectRows(q, T, "query"));
+  LLMIR_RETURN_IF_ERROR(expectRows(k, T, "key"));
+  LLMIR_RETURN_IF_ERROR(expectRows(v, T, "value"));
+  if (q.rowSize() != qWidth || k.rowSize() != kvWidth ||
+      v.rowSize() != kvWidth)
+    return Status::error("q/k/v rows of " + std::to_string(q.rowSize()) + "/" +
+                         std::to_string(k.rowSize()) + "/" +
+                         std::to_string(v.rowSize()) + "; expected " +
+                         std::to_string(qWidth) + "/" +
+                         std::to_string(kvWidth) + "/" +
+                         std::to_string(kvWidth));
+  Tensor &o = *call.outputs[0];
+  o.reshape({T, qWidth});
+  cpu::pagedAttention(q.data.data(), k.data.data(), v.data.data(), *call.step,
+                      params, *call.kvCache, o.data.data(), *call.pool);
+  return Status::ok();
+}
+
+template <void (*Fn)(const float *, const float *, float *, int64_t)>
+Status runBinary(KernelCall &call) {
+  const Tensor &a = act(call, 0), &b = act(call, 1);
+  if (a.shape != b.shape)
+    return Status::error("operand shapes differ: " + shapeString(a.shape) +
+                         " and " + shapeString(b.shape));
+  Tensor &y = *call.outputs[0];
+  y.reshape(a.shape);
+  Fn(a.data.data(), b.data.data(), y.data.data(), a.numel());
+  return Status::ok();
+}
+
+uint32_t groupOf(const KernelCall &call) {
+  return static_cast<uint32_t>(call.intAttr("group"));
+}
+
+Status runAllReduce(KernelCall &call) {
+  Tensor &y = *call.outputs[0];
+  y = act(call, 0);
+  return call.comm->allReduceSum(y.data.data(), y.data.size(), groupOf(call));
+}
+
+Status runAllGather(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  const uint32_t group = groupOf(call);
+  int64_t groupSize = 0;
+  for (const proto::CollectiveGroup &g : call.program->groups())
+    if (g.id() == group)
+      groupSize = g.ranks_size();
+  const int64_t T = x.rows(), width = x.rowSize();
+  std::vector<float> gathered(static_cast<size_t>(groupSize * T * width));
+  LLMIR_RETURN_IF_ERROR(call.comm->allGather(x.data.data(), x.data.size(),
+                                             gathered.data(), group));
+  // Rank-major [G][T][N_local] -> [T][G * N_local].
+  Tensor &y = *call.outputs[0];
+  y.reshape({T, width * groupSize});
+  for (int64_t r = 0; r < groupSize; ++r)
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(gathered.data() + (r * T + t) * width, width,
+                  y.data.data() + t * width * groupSize + r * width);
+  return Status::ok();
+}
+
+Status runSend(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  return call.comm->send(x.data.data(), x.data.size(),
+                         static_cast<uint32_t>(call.intAttr("peer")));
+}
+
+Status runRecv(KernelCall &call) {
+  std::vector<int64_t> shape = *call.outputSlotShapes[0];
+  if (!shape.empty() && shape[0] == -1)
+    shape[0] = call.step->numTokens();
+  if (shape.empty() || std::any_of(shape.begin(), shape.end(),
+                                   [](int64_t d) { return d <= 0; }))
+    return Status::error("RECV output slot shape " + shapeString(shape) +
+                         " does not say how much to receive");
+  Tensor &y = *call.outputs[0];
+  y.reshape(std::move(shape));
+  return call.comm->recv(y.data.data(), y.data.size(),
+                         static_cast<uint32_t>(call.intAttr("peer")));
+}
+
+Status runSelectRows(KernelCall &call) {
+  const Tensor &x = act(call, 0);
+  LLMIR_RETURN_IF_ERROR(
+      expectRows(x, call.step->numTokens(), "SELECT_ROWS input"));
+  const std::vector<int32_t> rows = selectedRows(*call.step);
+  const int64_t width = x.rowSize();
+  Tensor &y = *call.outputs[0];
+  std::vector<int64_t> shape = x.shape;
+  shape[0] = static_cast<int64_t>(rows.size());
+  y.reshape(std::move(shape));
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy_n(x.data.data() + rows[i] * width, width,
+                y.data.data() + static_cast<int64_t>(i) * width);
+  return Status::ok();
+}
+
+} // namespace
+
+KernelRegistry cpuKernelRegistry() {
+  KernelRegistry registry;
+  registry.add(proto::EMBEDDING, runEmbedding);
+  registry.add(proto::RMS_NORM, runRmsNorm);
+  registry.add(proto::LINEAR, runLinear);
+  registry.add(proto::ROPE, runRope);
+  registry.add(proto::ATTENTION, runAttention);
+  registry.add(proto::SWIGLU, runBinary<cpu::swiglu>);
+  registry.add(proto::ADD, runBinary<cpu::add>);
+  registry.add(proto::ALL_REDUCE, runAllReduce);
+  registry.add(proto::ALL_GATHER, runAllGather);
+  registry.add(proto::SEND, runSend);
+  registry.add(proto::RECV, runRecv);
+  registry.add(proto::SELECT_ROWS, runSelectRows);
+  return registry;
+}
+
+} // namespace llmir::engine

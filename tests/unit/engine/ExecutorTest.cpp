@@ -1,0 +1,455 @@
+// The executor on a hand-built two-layer Llama-style ShardProgram with random
+// weights, against a naive double-precision forward pass; and its errors on
+// malformed programs and steps.
+#include "TestUtil.h"
+
+#include "llmir/engine/Communicator.h"
+#include "llmir/engine/Executor.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+namespace llmir::engine {
+namespace {
+
+using namespace testing;
+
+struct TinyLlama {
+  int64_t vocab = 48, hidden = 32, heads = 4, kvHeads = 2, headDim = 8,
+          ffn = 40, layers = 2;
+  double eps = 1e-5, theta = 10000.0;
+};
+
+class ProgramBuilder {
+public:
+  ProgramBuilder() { program.set_format_version(proto::FORMAT_VERSION_1); }
+
+  uint32_t activation(const std::string &name, int64_t width) {
+    return addSlot(name, {-1, width}, false);
+  }
+  uint32_t weight(const std::string &name, std::vector<int64_t> shape) {
+    uint32_t id = addSlot(name, shape, true);
+    proto::WeightSlice *slice = program.add_weights();
+    slice->set_slot(id);
+    slice->set_tensor_name(name);
+    for (int64_t d : shape)
+      slice->add_full_shape(d);
+    slice->set_dim(-1);
+    return id;
+  }
+  proto::Instruction &emit(proto::Opcode op, std::vector<uint32_t> inputs,
+                           std::vector<uint32_t> outputs) {
+    proto::Instruction *inst = program.add_instructions();
+    inst->set_op(op);
+    for (uint32_t i : inputs)
+      inst->add_inputs(i);
+    for (uint32_t o : outputs)
+      inst->add_outputs(o);
+    return *inst;
+  }
+
+  proto::ShardProgram program;
+
+private:
+  uint32_t addSlot(const std::string &name, const std::vector<int64_t> &shape,
+                   bool isWeight) {
+    proto::TensorSlot *slot = program.add_slots();
+    slot->set_id(static_cast<uint32_t>(program.slots_size() - 1));
+    slot->set_name(name);
+    slot->set_dtype(proto::F32);
+    for (int64_t d : shape)
+      slot->add_shape(d);
+    slot->set_is_weight(isWeight);
+    return slot->id();
+  }
+};
+
+std::string layerName(int64_t layer, const std::string &suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+proto::ShardProgram buildLlama(const TinyLlama &c) {
+  ProgramBuilder b;
+  const int64_t qWidth = c.heads * c.headDim, kvWidth = c.kvHeads * c.headDim;
+  uint32_t x = b.activation("x", c.hidden);
+  b.emit(proto::EMBEDDING, {b.weight("model.embed_tokens.weight", {c.vocab, c.hidden})}, {x});
+  for (int64_t l = 0; l < c.layers; ++l) {
+    auto w = [&](const std::string &s, std::vector<int64_t> shape) {
+      return b.weight(layerName(l, s), std::move(shape));
+    };
+    uint32_t h = b.activation("h", c.hidden), q = b.activation("q", qWidth);
+    uint32_t k = b.activation("k", kvWidth), v = b.activation("v", kvWidth);
+    uint32_t a = b.activation("attn", qWidth), o = b.activation("o", c.hidden);
+    b.emit(proto::RMS_NORM, {x, w("input_layernorm.weight", {c.hidden})}, {h})
+        .mutable_float_attrs()->insert({"eps", c.eps});
+    b.emit(proto::LINEAR, {h, w("self_attn.q_proj.weight", {qWidth, c.hidden})}, {q});
+    b.emit(proto::LINEAR, {h, w("self_attn.k_proj.weight", {kvWidth, c.hidden})}, {k});
+    b.emit(proto::LINEAR, {h, w("self_attn.v_proj.weight", {kvWidth, c.hidden})}, {v});
+    for (uint32_t rotated : {q, k}) { // in place: output slot == input slot
+      proto::Instruction &rope = b.emit(proto::ROPE, {rotated}, {rotated});
+      rope.mutable_int_attrs()->insert({"head_dim", c.headDim});
+      rope.mutable_float_attrs()->insert({"theta", c.theta});
+    }
+    proto::Instruction &attn = b.emit(proto::ATTENTION, {q, k, v}, {a});
+    attn.mutable_int_attrs()->insert({"layer", l});
+    attn.mutable_int_attrs()->insert({"num_heads", c.heads});
+    attn.mutable_int_attrs()->insert({"num_kv_heads", c.kvHeads});
+    attn.mutable_int_attrs()->insert({"head_dim", c.headDim});
+    attn.mutable_float_attrs()->insert({"scale", 1.0 / std::sqrt(double(c.headDim))});
+    b.emit(proto::LINEAR, {a, w("self_attn.o_proj.weight", {c.hidden, qWidth})}, {o});
+    b.emit(proto::ADD, {x, o}, {x});
+    uint32_t h2 = b.activation("h2", c.hidden), g = b.activation("gate", c.ffn);
+    uint32_t u = b.activation("up", c.ffn), s = b.activation("act", c.ffn);
+    uint32_t d = b.activation("down", c.hidden);
+    b.emit(proto::RMS_NORM, {x, w("post_attention_layernorm.weight", {c.hidden})}, {h2})
+        .mutable_float_attrs()->insert({"eps", c.eps});
+    b.emit(proto::LINEAR, {h2, w("mlp.gate_proj.weight", {c.ffn, c.hidden})}, {g});
+    b.emit(proto::LINEAR, {h2, w("mlp.up_proj.weight", {c.ffn, c.hidden})}, {u});
+    b.emit(proto::SWIGLU, {g, u}, {s});
+    b.emit(proto::LINEAR, {s, w("mlp.down_proj.weight", {c.hidden, c.ffn})}, {d});
+    b.emit(proto::ADD, {x, d}, {x});
+  }
+  uint32_t n = b.activation("norm", c.hidden), sel = b.activation("sel", c.hidden);
+  uint32_t logits = b.activation("logits", c.vocab);
+  b.emit(proto::RMS_NORM, {x, b.weight("model.norm.weight", {c.hidden})}, {n})
+      .mutable_float_attrs()->insert({"eps", c.eps});
+  b.emit(proto::SELECT_ROWS, {n}, {sel});
+  b.emit(proto::LINEAR, {sel, b.weight("lm_head.weight", {c.vocab, c.hidden})}, {logits});
+  b.program.set_has_output(true);
+  b.program.set_output_slot(logits);
+  b.program.set_vocab_size(static_cast<uint32_t>(c.vocab));
+  b.program.set_world_size(1);
+  b.program.set_num_stages(1);
+  proto::KvCacheSpec *kv = b.program.mutable_kv_cache();
+  kv->set_num_layers(static_cast<uint32_t>(c.layers));
+  kv->set_num_kv_heads(static_cast<uint32_t>(c.kvHeads));
+  kv->set_head_dim(static_cast<uint32_t>(c.headDim));
+  kv->set_block_size(4);
+  kv->set_num_blocks(16);
+  return b.program;
+}
+
+using WeightMap = std::map<std::string, WeightTensor>;
+
+WeightMap randomWeights(const proto::ShardProgram &program, proto::DType dtype,
+                        unsigned seed) {
+  std::mt19937 rng(seed);
+  WeightMap weights;
+  for (const proto::WeightSlice &slice : program.weights()) {
+    std::vector<int64_t> shape(slice.full_shape().begin(), slice.full_shape().end());
+    int64_t numel = 1;
+    for (int64_t d : shape)
+      numel *= d;
+    std::vector<float> values = randomFloats(static_cast<size_t>(numel), rng, 0.4f);
+    if (shape.size() == 1) // norm weights around 1
+      for (float &v : values)
+        v += 1.0f;
+    weights[slice.tensor_name()] = makeWeight(dtype, shape, values);
+  }
+  return weights;
+}
+
+WeightProvider providerFor(const WeightMap &weights) {
+  return [&weights](const proto::WeightSlice &slice) -> Result<WeightTensor> {
+    auto it = weights.find(slice.tensor_name());
+    if (it == weights.end())
+      return Status::error("no tensor " + slice.tensor_name());
+    return it->second;
+  };
+}
+
+/// Naive forward pass of the whole sequence: logits [L, vocab] in double.
+std::vector<double> referenceLogits(const TinyLlama &c, const WeightMap &weights,
+                                    const std::vector<int32_t> &tokens) {
+  auto W = [&](const std::string &name) { return weightValues(weights.at(name)); };
+  const int64_t L = static_cast<int64_t>(tokens.size());
+  std::vector<int32_t> positions(tokens.size());
+  for (size_t i = 0; i < positions.size(); ++i)
+    positions[i] = static_cast<int32_t>(i);
+  std::vector<float> embed = W("model.embed_tokens.weight");
+  std::vector<double> x;
+  for (int32_t t : tokens)
+    x.insert(x.end(), embed.begin() + t * c.hidden, embed.begin() + (t + 1) * c.hidden);
+  const int64_t qWidth = c.heads * c.headDim, kvWidth = c.kvHeads * c.headDim;
+  for (int64_t l = 0; l < c.layers; ++l) {
+    auto lw = [&](const std::string &s) { return W(layerName(l, s)); };
+    std::vector<double> h = x;
+    refRmsNorm(h, c.hidden, lw("input_layernorm.weight"), c.eps);
+    std::vector<double> q = refLinear(h, L, lw("self_attn.q_proj.weight"), qWidth, c.hidden);
+    std::vector<double> k = refLinear(h, L, lw("self_attn.k_proj.weight"), kvWidth, c.hidden);
+    std::vector<double> v = refLinear(h, L, lw("self_attn.v_proj.weight"), kvWidth, c.hidden);
+    refRope(q, c.heads, c.headDim, positions, c.theta);
+    refRope(k, c.kvHeads, c.headDim, positions, c.theta);
+    std::vector<double> a = refAttention(q, k, v, L, c.heads, c.kvHeads, c.headDim,
+                                         1.0 / std::sqrt(double(c.headDim)));
+    std::vector<double> o = refLinear(a, L, lw("self_attn.o_proj.weight"), c.hidden, qWidth);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] += o[i];
+    std::vector<double> h2 = x;
+    refRmsNorm(h2, c.hidden, lw("post_attention_layernorm.weight"), c.eps);
+    std::vector<double> g = refLinear(h2, L, lw("mlp.gate_proj.weight"), c.ffn, c.hidden);
+    std::vector<double> u = refLinear(h2, L, lw("mlp.up_proj.weight"), c.ffn, c.hidden);
+    for (size_t i = 0; i < g.size(); ++i)
+      g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+    std::vector<double> d = refLinear(g, L, lw("mlp.down_proj.weight"), c.hidden, c.ffn);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] += d[i];
+  }
+  refRmsNorm(x, c.hidden, W("model.norm.weight"), c.eps);
+  return refLinear(x, L, W("lm_head.weight"), c.vocab, c.hidden);
+}
+
+StepInput stepFor(const std::vector<int32_t> &tokens, int32_t firstPosition,
+                  std::vector<int32_t> blockTable) {
+  StepInput step;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    step.tokenIds.push_back(tokens[i]);
+    step.positions.push_back(firstPosition + static_cast<int32_t>(i));
+    step.tokenSeq.push_back(0);
+  }
+  step.blockTables = {std::move(blockTable)};
+  return step;
+}
+
+void expectLogitRow(const Tensor &logits, int64_t row,
+                    const std::vector<double> &ref, int64_t refRow, int64_t vocab) {
+  ASSERT_EQ(logits.shape.size(), 2u);
+  ASSERT_EQ(logits.shape[1], vocab);
+  for (int64_t i = 0; i < vocab; ++i) {
+    double expected = ref[refRow * vocab + i];
+    ASSERT_NEAR(logits.data[row * vocab + i], expected, tolerance(expected))
+        << "row " << row << " logit " << i;
+  }
+}
+
+class ExecutorForward : public ::testing::TestWithParam<proto::DType> {
+protected:
+  TinyLlama config;
+  proto::ShardProgram program = buildLlama(config);
+  WeightMap weights = randomWeights(program, GetParam(), 99);
+  std::vector<int32_t> tokens = {3, 17, 0, 47, 22, 5, 5, 31, 12};
+
+  std::unique_ptr<Executor> create() {
+    auto executor = Executor::create(program, providerFor(weights), {.numThreads = 2});
+    EXPECT_TRUE(executor.isOk()) << executor.message();
+    return executor.isOk() ? std::move(*executor) : nullptr;
+  }
+};
+
+TEST_P(ExecutorForward, OneShotPrefillMatchesReference) {
+  auto executor = create();
+  ASSERT_TRUE(executor);
+  StepInput step = stepFor(tokens, 0, {6, 1, 9});
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens.size()); ++i)
+    step.outputRows.push_back(i);
+  Result<Tensor> logits = executor->step(step);
+  ASSERT_TRUE(logits.isOk()) << logits.message();
+  ASSERT_EQ(logits->rows(), static_cast<int64_t>(tokens.size()));
+  std::vector<double> ref = referenceLogits(config, weights, tokens);
+  for (int64_t t = 0; t < logits->rows(); ++t)
+    expectLogitRow(*logits, t, ref, t, config.vocab);
+}
+
+TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
+  auto executor = create();
+  ASSERT_TRUE(executor);
+  std::vector<double> ref = referenceLogits(config, weights, tokens);
+  const std::vector<int32_t> table = {2, 7, 4};
+  std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 5);
+  Result<Tensor> logits = executor->step(stepFor(prompt, 0, table));
+  ASSERT_TRUE(logits.isOk()) << logits.message();
+  ASSERT_EQ(logits->rows(), 1) << "default output: the last token";
+  expectLogitRow(*logits, 0, ref, 4, config.vocab);
+  for (int32_t p = 5; p < static_cast<int32_t>(tokens.size()); ++p) {
+    logits = executor->step(stepFor({tokens[p]}, p, table));
+    ASSERT_TRUE(logits.isOk()) << logits.message();
+    expectLogitRow(*logits, 0, ref, p, config.vocab);
+  }
+}
+
+TEST_P(ExecutorForward, BatchesSequencesInOneStep) {
+  auto executor = create();
+  ASSERT_TRUE(executor);
+  std::vector<int32_t> other = {9, 8, 7, 6};
+  StepInput step = stepFor(tokens, 0, {0, 1, 2});
+  for (size_t i = 0; i < other.size(); ++i) {
+    step.tokenIds.push_back(other[i]);
+    step.positions.push_back(static_cast<int32_t>(i));
+    step.tokenSeq.push_back(1);
+  }
+  step.blockTables.push_back({3});
+  Result<Tensor> logits = executor->step(step);
+  ASSERT_TRUE(logits.isOk()) << logits.message();
+  ASSERT_EQ(logits->rows(), 2);
+  expectLogitRow(*logits, 0, referenceLogits(config, weights, tokens),
+                 static_cast<int64_t>(tokens.size()) - 1, config.vocab);
+  expectLogitRow(*logits, 1, referenceLogits(config, weights, other), 3,
+                 config.vocab);
+}
+
+INSTANTIATE_TEST_SUITE_P(WeightDTypes, ExecutorForward,
+                         ::testing::Values(proto::F32, proto::BF16, proto::F16),
+                         [](const auto &info) { return dtypeName(info.param); });
+
+class ExecutorErrors : public ::testing::Test {
+protected:
+  TinyLlama config;
+  proto::ShardProgram program = buildLlama(config);
+  WeightMap weights = randomWeights(program, proto::F32, 5);
+
+  std::string createError(const proto::ShardProgram &p, Communicator *comm = nullptr) {
+    auto executor = Executor::create(p, providerFor(weights), {.numThreads = 1}, comm);
+    EXPECT_FALSE(executor.isOk());
+    return executor.message();
+  }
+  proto::Instruction &firstOf(proto::ShardProgram &p, proto::Opcode op) {
+    for (proto::Instruction &inst : *p.mutable_instructions())
+      if (inst.op() == op)
+        return inst;
+    ADD_FAILURE() << "no such instruction";
+    return *p.mutable_instructions(0);
+  }
+};
+
+#define EXPECT_CONTAINS(text, fragment)                                        \
+  EXPECT_NE((text).find(fragment), std::string::npos) << (text)
+
+TEST_F(ExecutorErrors, RejectsMalformedPrograms) {
+  proto::ShardProgram p = program;
+  p.set_format_version(proto::FORMAT_VERSION_UNSPECIFIED);
+  EXPECT_CONTAINS(createError(p), "format_version 0");
+
+  p = program;
+  p.mutable_instructions(1)->set_inputs(0, 999);
+  EXPECT_CONTAINS(createError(p), "slot 999");
+
+  p = program;
+  firstOf(p, proto::RMS_NORM).mutable_float_attrs()->erase("eps");
+  EXPECT_CONTAINS(createError(p), "lacks float attribute 'eps'");
+
+  p = program;
+  firstOf(p, proto::ATTENTION).mutable_int_attrs()->at("layer") = 7;
+  EXPECT_CONTAINS(createError(p), "layer 7");
+
+  p = program;
+  p.mutable_instructions(1)->add_inputs(0);
+  EXPECT_CONTAINS(createError(p), "inputs; expected");
+
+  p = program;
+  p.mutable_kv_cache()->set_num_blocks(0);
+  EXPECT_CONTAINS(createError(p), "KV cache");
+
+  p = program;
+  p.mutable_weights()->RemoveLast();
+  EXPECT_CONTAINS(createError(p), "expected exactly 1");
+
+  p = program;
+  p.mutable_instructions()->SwapElements(0, 1); // norm before embedding
+  EXPECT_CONTAINS(createError(p), "before any instruction writes it");
+}
+
+TEST_F(ExecutorErrors, RejectsCollectivesWithoutCommunicator) {
+  proto::ShardProgram p = program;
+  p.add_groups()->set_id(0);
+  p.mutable_groups(0)->add_ranks(0);
+  proto::Instruction *reduce = p.add_instructions();
+  reduce->set_op(proto::ALL_REDUCE);
+  reduce->add_inputs(p.output_slot());
+  reduce->add_outputs(p.output_slot());
+  reduce->mutable_int_attrs()->insert({"group", 0});
+  EXPECT_CONTAINS(createError(p), "no communicator");
+}
+
+TEST_F(ExecutorErrors, RejectsBadWeights) {
+  weights["lm_head.weight"].shape = {config.hidden, config.vocab};
+  EXPECT_CONTAINS(createError(program), "lm_head.weight");
+  weights.erase("model.norm.weight");
+  EXPECT_CONTAINS(createError(program), "no tensor model.norm.weight");
+}
+
+TEST_F(ExecutorErrors, RejectsBadSteps) {
+  auto executor = Executor::create(program, providerFor(weights), {.numThreads = 1});
+  ASSERT_TRUE(executor.isOk()) << executor.message();
+  StepInput step = stepFor({1, 2, 3, 4, 5}, 0, {0});
+  Result<Tensor> r = (*executor)->step(step);
+  ASSERT_FALSE(r.isOk());
+  EXPECT_CONTAINS(r.message(), "needs block 1");
+  step.blockTables = {{0, 16}};
+  EXPECT_CONTAINS((*executor)->step(step).message(), "block id 16");
+  step.blockTables = {{0, 1}};
+  step.positions.pop_back();
+  EXPECT_CONTAINS((*executor)->step(step).message(), "sizes differ");
+}
+
+/// Plays the other ranks: every peer contributes ones to a sum, holds twice
+/// this rank's data in a gather, and sends sevens.
+class FakeCommunicator : public Communicator {
+public:
+  Status allReduceSum(float *data, size_t count, uint32_t) override {
+    for (size_t i = 0; i < count; ++i)
+      data[i] += 1.0f;
+    return Status::ok();
+  }
+  Status allGather(const float *in, size_t count, float *out, uint32_t) override {
+    for (size_t i = 0; i < count; ++i) {
+      out[i] = in[i];
+      out[count + i] = 2.0f * in[i];
+    }
+    return Status::ok();
+  }
+  Status send(const float *, size_t count, uint32_t peer) override {
+    sent.push_back({count, peer});
+    return Status::ok();
+  }
+  Status recv(float *data, size_t count, uint32_t) override {
+    std::fill(data, data + count, 7.0f);
+    return Status::ok();
+  }
+  std::vector<std::pair<size_t, uint32_t>> sent;
+};
+
+TEST(ExecutorCollectives, RoutesThroughCommunicator) {
+  ProgramBuilder b;
+  const int64_t V = 6, H = 3;
+  uint32_t table = b.weight("embed", {V, H});
+  uint32_t e = b.activation("e", H), r = b.activation("r", H);
+  uint32_t g = b.activation("g", 2 * H), in = b.activation("in", 2);
+  uint32_t out = b.activation("out", 2 * H);
+  b.emit(proto::EMBEDDING, {table}, {e});
+  b.emit(proto::ALL_REDUCE, {e}, {r}).mutable_int_attrs()->insert({"group", 4});
+  b.emit(proto::ALL_GATHER, {r}, {g}).mutable_int_attrs()->insert({"group", 4});
+  b.emit(proto::RECV, {}, {in}).mutable_int_attrs()->insert({"peer", 0});
+  b.emit(proto::SEND, {in}, {}).mutable_int_attrs()->insert({"peer", 2});
+  b.emit(proto::SELECT_ROWS, {g}, {out});
+  b.program.set_has_output(true);
+  b.program.set_output_slot(out);
+  b.program.set_world_size(3);
+  b.program.add_groups()->set_id(4);
+  b.program.mutable_groups(0)->add_ranks(1);
+  b.program.mutable_groups(0)->add_ranks(2);
+  proto::KvCacheSpec *kv = b.program.mutable_kv_cache();
+  kv->set_num_layers(1);
+  kv->set_num_kv_heads(1);
+  kv->set_head_dim(1);
+  kv->set_block_size(4);
+  kv->set_num_blocks(1);
+
+  std::vector<float> values = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17};
+  WeightMap weights = {{"embed", makeWeight(proto::F32, {V, H}, values)}};
+  FakeCommunicator comm;
+  auto executor = Executor::create(b.program, providerFor(weights), {}, &comm);
+  ASSERT_TRUE(executor.isOk()) << executor.message();
+  StepInput step = stepFor({4, 1}, 0, {0});
+  step.outputRows = {0, 1};
+  Result<Tensor> y = (*executor)->step(step);
+  ASSERT_TRUE(y.isOk()) << y.message();
+  ASSERT_EQ(y->shape, (std::vector<int64_t>{2, 2 * H}));
+  // Token 4: embedding 12 13 14, +1 -> 13 14 15, gathered with 26 28 30.
+  EXPECT_EQ(y->data, (std::vector<float>{13, 14, 15, 26, 28, 30, 4, 5, 6, 8, 10, 12}));
+  ASSERT_EQ(comm.sent.size(), 1u);
+  EXPECT_EQ(comm.sent[0], (std::pair<size_t, uint32_t>{4, 2}));
+}
+
+} // namespace
+} // namespace llmir::engine

@@ -1,0 +1,141 @@
+// Each CPU kernel against a naive double-precision reference.
+#include "TestUtil.h"
+
+#include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/ThreadPool.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <tuple>
+
+namespace llmir::engine {
+namespace {
+
+using namespace testing;
+
+TEST(DTypeConversion, RoundTripsExactValuesAndRoundsToNearestEven) {
+  for (float v : {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 0x1p-24f, 0.15625f}) {
+    EXPECT_EQ(f16ToF32(f32ToF16(v)), v) << v;
+    EXPECT_EQ(bf16ToF32(f32ToBf16(v)), v == 65504.0f ? 65536.0f : v) << v;
+  }
+  // 1 + 2^-8 lies halfway between bf16 neighbours 1 and 1 + 2^-7: even wins.
+  EXPECT_EQ(bf16ToF32(f32ToBf16(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(bf16ToF32(f32ToBf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_EQ(f16ToF32(f32ToF16(1.0f + 0x1p-11f)), 1.0f);
+  EXPECT_TRUE(std::isinf(f16ToF32(f32ToF16(1e6f))));
+}
+
+TEST(ThreadPool, CoversEveryIndexOnce) {
+  ThreadPool pool(4);
+  for (size_t n : {0u, 1u, 3u, 17u, 1000u}) {
+    std::vector<std::atomic<int>> hits(n);
+    pool.parallelFor(n, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i)
+        ++hits[i];
+    });
+    for (size_t i = 0; i < n; ++i)
+      EXPECT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+  }
+}
+
+// (dtype, T, K, N, with bias)
+class LinearTest
+    : public ::testing::TestWithParam<
+          std::tuple<proto::DType, int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(LinearTest, MatchesReference) {
+  auto [dtype, T, K, N, withBias] = GetParam();
+  std::mt19937 rng(7);
+  std::vector<float> x = randomFloats(static_cast<size_t>(T * K), rng);
+  WeightTensor w = makeWeight(dtype, {N, K},
+                              randomFloats(static_cast<size_t>(N * K), rng));
+  std::vector<float> bias = randomFloats(static_cast<size_t>(N), rng);
+  ThreadPool pool(3);
+  std::vector<float> y(static_cast<size_t>(T * N), -1.0f);
+  cpu::linear(x.data(), T, WeightView::of(w), withBias ? bias.data() : nullptr,
+              y.data(), pool);
+  std::vector<double> ref = refLinear(toDouble(x), T, weightValues(w), N, K);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double expected = ref[t * N + n] + (withBias ? bias[n] : 0.0);
+      // Sums of K products of magnitude <= 1: allow f32 accumulation error.
+      ASSERT_NEAR(y[t * N + n], expected, 2e-6 * K) << "t=" << t << " n=" << n;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DTypesAndShapes, LinearTest,
+    ::testing::Values(
+        std::make_tuple(proto::F32, 1, 67, 37, false),
+        std::make_tuple(proto::F32, 5, 67, 37, true),
+        std::make_tuple(proto::BF16, 1, 67, 37, true),
+        std::make_tuple(proto::BF16, 1, 256, 300, false),
+        std::make_tuple(proto::BF16, 5, 67, 37, false),
+        std::make_tuple(proto::F16, 1, 67, 37, false),
+        std::make_tuple(proto::F16, 4, 67, 37, true),
+        // N larger than one widened tile (1024 rows at K = 4096).
+        std::make_tuple(proto::BF16, 3, 4096, 2100, false)));
+
+TEST(RmsNorm, MatchesReference) {
+  std::mt19937 rng(1);
+  const int64_t T = 3, H = 96;
+  std::vector<float> x = randomFloats(T * H, rng, 3.0f);
+  std::vector<float> w = randomFloats(H, rng);
+  std::vector<float> y(T * H);
+  cpu::rmsNorm(x.data(), T, H, w.data(), 1e-5f, y.data());
+  std::vector<double> ref = toDouble(x);
+  refRmsNorm(ref, H, w, 1e-5);
+  for (size_t i = 0; i < y.size(); ++i)
+    EXPECT_NEAR(y[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << i;
+}
+
+TEST(Rope, MatchesRotateHalfReference) {
+  std::mt19937 rng(2);
+  const int64_t T = 4, heads = 3, D = 16;
+  std::vector<int32_t> positions = {0, 1, 17, 300};
+  std::vector<float> x = randomFloats(T * heads * D, rng);
+  std::vector<double> ref = toDouble(x);
+  cpu::rope(x.data(), T, heads, D, positions.data(), 10000.0f);
+  refRope(ref, heads, D, positions, 10000.0);
+  for (size_t i = 0; i < x.size(); ++i)
+    EXPECT_NEAR(x[i], ref[i], 1e-5) << i;
+}
+
+TEST(Elementwise, SwigluAndAdd) {
+  std::mt19937 rng(3);
+  std::vector<float> a = randomFloats(50, rng, 4.0f), b = randomFloats(50, rng);
+  std::vector<float> y(50);
+  cpu::swiglu(a.data(), b.data(), y.data(), 50);
+  for (size_t i = 0; i < y.size(); ++i) {
+    double g = a[i];
+    EXPECT_NEAR(y[i], g / (1 + std::exp(-g)) * b[i], 1e-6) << i;
+  }
+  cpu::add(a.data(), b.data(), y.data(), 50);
+  for (size_t i = 0; i < y.size(); ++i)
+    EXPECT_FLOAT_EQ(y[i], a[i] + b[i]);
+}
+
+TEST(Embedding, LooksUpLocalRowsAndZeroesOthers) {
+  std::mt19937 rng(4);
+  const int64_t localVocab = 5, H = 6, offset = 10;
+  for (proto::DType dtype : {proto::F32, proto::BF16}) {
+    WeightTensor table =
+        makeWeight(dtype, {localVocab, H}, randomFloats(localVocab * H, rng));
+    std::vector<float> values = weightValues(table);
+    std::vector<int32_t> ids = {10, 14, 9, 15, 12};
+    std::vector<float> y(ids.size() * H, -1.0f);
+    cpu::embedding(ids.data(), static_cast<int64_t>(ids.size()),
+                   WeightView::of(table), offset, y.data());
+    for (size_t t = 0; t < ids.size(); ++t) {
+      int64_t row = ids[t] - offset;
+      bool local = row >= 0 && row < localVocab;
+      for (int64_t i = 0; i < H; ++i)
+        EXPECT_EQ(y[t * H + i], local ? values[row * H + i] : 0.0f)
+            << "token " << t;
+    }
+  }
+}
+
+} // namespace
+} // namespace llmir::engine
