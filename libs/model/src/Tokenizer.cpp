@@ -50,6 +50,9 @@ Result<bool> flag(const boost::json::object &object, std::string_view key,
 } // namespace
 
 struct Tokenizer::Impl {
+  Impl(BpeModel model, PreTokenizer pre)
+      : bpe(std::move(model)), preTokenizer(std::move(pre)) {}
+
   BpeModel bpe;
   PreTokenizer preTokenizer;
   std::unordered_map<std::string, int32_t> tokenIds; // vocab and added tokens
@@ -152,8 +155,8 @@ Result<Tokenizer> Tokenizer::parse(std::string_view text, std::string_view sourc
   Result<PreTokenizer> preTokenizer = PreTokenizer::fromJson(*preTokenizerConfig, source);
   if (!preTokenizer)
     return preTokenizer.status();
-  auto impl = std::make_unique<Impl>(
-      Impl{std::move(bpe).value(), std::move(preTokenizer).value()});
+  auto impl =
+      std::make_unique<Impl>(std::move(bpe).value(), std::move(preTokenizer).value());
 
   for (const auto &[spelling, id] : impl->bpe.vocab())
     LLMIR_RETURN_IF_ERROR(impl->addToken(spelling, id, where + ": model.vocab"));
