@@ -1,0 +1,226 @@
+//===- LLMOps.td - ops of the llm dialect -------------------*- tablegen -*-===//
+//
+// All tensor types are local (per-device) shapes. docs/ir.md states the
+// semantics and verifier rules of every op; the verifiers live in src/.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLMIR_IR_LLMOPS_TD
+#define LLMIR_IR_LLMOPS_TD
+
+include "mlir/IR/OpBase.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "llmir/IR/LLMDialect.td"
+include "llmir/IR/LLMTypes.td"
+
+// Every op prints as the seed shows: `llm.op(operands) {attrs} : (T...) -> R`.
+class LLM_Op<string mnemonic, list<Trait> traits = []>
+    : Op<LLM_Dialect, mnemonic, traits> {
+  let assemblyFormat =
+      "`(` operands `)` attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+defvar LLM_FloatTensor = RankedTensorOf<[AnyFloat]>;
+// Activations: [tokens, features], tokens usually dynamic.
+defvar LLM_Activation = 2DTensorOf<[AnyFloat]>;
+defvar LLM_TokenVector = 1DTensorOf<[I32]>;
+
+//===----------------------------------------------------------------------===//
+// Tensor parallelism
+//===----------------------------------------------------------------------===//
+
+def LLM_ShardedLinearOp : LLM_Op<"sharded_linear", [NoSideEffect]> {
+  let summary = "one shard of a tensor-parallel linear layer: y = x * W^T + b";
+  let description = [{
+    `weight` is this shard's block of the logical [out, in] weight.
+    `shard_dim = 0`: column-parallel, output features split, the result is
+    this shard's slice of the output. `shard_dim = 1`: row-parallel, input
+    features split, the result is a full-size partial sum to be all-reduced;
+    the bias (full [out]) is added by shard 0 only.
+  }];
+  let arguments = (ins LLM_FloatTensor:$input, LLM_FloatTensor:$weight,
+                       Optional<LLM_FloatTensor>:$bias,
+                       LLM_I32Attr:$shard_dim, LLM_I32Attr:$num_shards,
+                       LLM_I32Attr:$shard_id);
+  let results = (outs LLM_FloatTensor:$result);
+}
+
+def LLM_AllGatherOp : LLM_Op<"all_gather"> {
+  let summary = "concatenate the tensors of a device group along `dim`";
+  let arguments = (ins AnyRankedTensor:$input, LLM_I32Attr:$dim,
+                       LLM_I32Attr:$group_size);
+  let results = (outs AnyRankedTensor:$result);
+}
+
+def LLM_AllReduceOp : LLM_Op<"all_reduce"> {
+  let summary = "element-wise reduction over a device group";
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$reduction,
+                       LLM_I32Attr:$group_size);
+  let results = (outs AnyRankedTensor:$result);
+}
+
+//===----------------------------------------------------------------------===//
+// Pipeline parallelism
+//===----------------------------------------------------------------------===//
+
+def LLM_PipelineStageOp : LLM_Op<"pipeline_stage"> {
+  let summary = "one stage of a pipeline-parallel model";
+  let description = [{
+    The optional body takes the inputs as block arguments and ends in
+    `llm.yield` of the results. Without a body the op names a stage whose
+    computation lives elsewhere (e.g. on another device).
+  }];
+  let arguments = (ins Variadic<AnyType>:$inputs, LLM_I32Attr:$stage_id,
+                       LLM_I32Attr:$num_stages, StrAttr:$schedule);
+  let results = (outs Variadic<AnyType>:$outputs);
+  let regions = (region AnyRegion:$body);
+  let assemblyFormat = [{
+    `(` operands `)` attr-dict `:` functional-type(operands, results) ($body^)?
+  }];
+}
+
+def LLM_YieldOp : Op<LLM_Dialect, "yield",
+    [NoSideEffect, Terminator, HasParent<"PipelineStageOp">]> {
+  let summary = "returns the results of a pipeline stage body";
+  let arguments = (ins Variadic<AnyType>:$values);
+  let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+}
+
+def LLM_PipelineSendOp : LLM_Op<"pipeline_send"> {
+  let summary = "send a tensor to a later pipeline stage";
+  let arguments = (ins AnyRankedTensor:$input, LLM_I32Attr:$dest_stage);
+}
+
+def LLM_PipelineRecvOp : LLM_Op<"pipeline_recv"> {
+  let summary = "receive a tensor from an earlier pipeline stage";
+  let arguments = (ins LLM_I32Attr:$source_stage);
+  let results = (outs AnyRankedTensor:$result);
+}
+
+//===----------------------------------------------------------------------===//
+// Sequence parallelism and sharded KV caches
+//===----------------------------------------------------------------------===//
+
+def LLM_SequenceParallelAttentionOp
+    : LLM_Op<"sequence_parallel_attention", [NoSideEffect]> {
+  let summary = "attention of this device's query chunk over the full keys/values";
+  let description = [{
+    q: [B, seq_length, H, D] holds query positions
+    [seq_start, seq_start + seq_length); k, v: [B, total_length, H, D].
+  }];
+  let arguments = (ins 4DTensorOf<[AnyFloat]>:$query, 4DTensorOf<[AnyFloat]>:$key,
+                       4DTensorOf<[AnyFloat]>:$value, LLM_I32Attr:$seq_start,
+                       LLM_I32Attr:$seq_length, LLM_I32Attr:$total_length);
+  let results = (outs 4DTensorOf<[AnyFloat]>:$result);
+}
+
+def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
+  let summary = "attention over a KV cache sharded along the sequence";
+  let description = [{
+    Each shard attends over its slice of the sequence and returns its partial
+    output with the log-sum-exp; merging the partials is exact.
+  }];
+  let arguments = (ins 4DTensorOf<[AnyFloat]>:$query,
+                       Arg<LLM_ShardedKVCacheType, "sharded KV cache", [MemRead]>:$kv_cache,
+                       LLM_I32Attr:$num_heads, LLM_I32Attr:$head_dim,
+                       F32Attr:$scale);
+  let results = (outs 4DTensorOf<[AnyFloat]>:$result);
+}
+
+//===----------------------------------------------------------------------===//
+// Remote memory and cost annotations
+//===----------------------------------------------------------------------===//
+
+def LLM_RemoteLoadOp : LLM_Op<"remote_load", [MemoryEffects<[MemRead]>]> {
+  let summary = "read a tensor from another device's memory";
+  let arguments = (ins LLM_DevicePtrType:$address, LLM_I32Attr:$device);
+  let results = (outs AnyRankedTensor:$result);
+}
+
+def LLM_RemoteStoreOp : LLM_Op<"remote_store", [MemoryEffects<[MemWrite]>]> {
+  let summary = "write a tensor into another device's memory";
+  let arguments = (ins AnyRankedTensor:$data, LLM_DevicePtrType:$address,
+                       LLM_I32Attr:$device);
+}
+
+def LLM_CostAnnotationOp : LLM_Op<"cost_annotation"> {
+  let summary = "cost model estimate for an operation";
+  let arguments = (ins LLM_OpHandleType:$target, F32Attr:$compute_flops,
+                       LLM_I64Attr:$memory_bytes, LLM_I64Attr:$communication_bytes);
+}
+
+//===----------------------------------------------------------------------===//
+// Decoder building blocks (Llama / Mistral / Qwen2)
+//===----------------------------------------------------------------------===//
+
+def LLM_WeightOp : LLM_Op<"weight", [NoSideEffect]> {
+  let summary = "a checkpoint tensor by name";
+  let description = [{
+    With `shard_dim` and `num_shards` the result is one of `num_shards` equal
+    slices of the named tensor along `shard_dim`; which slice is decided per
+    rank at lowering.
+  }];
+  let arguments = (ins StrAttr:$name, OptionalAttr<LLM_I32Attr>:$shard_dim,
+                       OptionalAttr<LLM_I32Attr>:$num_shards);
+  let results = (outs LLM_FloatTensor:$result);
+  let assemblyFormat = "$name attr-dict `:` type($result)";
+}
+
+def LLM_EmbeddingOp : LLM_Op<"embedding", [NoSideEffect]> {
+  let summary = "rows of the embedding table for the step's token ids";
+  let arguments = (ins LLM_TokenVector:$tokens, 2DTensorOf<[AnyFloat]>:$table);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_RMSNormOp : LLM_Op<"rms_norm", [NoSideEffect]> {
+  let summary = "x / sqrt(mean(x^2) + epsilon) * weight, per token";
+  let arguments = (ins LLM_Activation:$input, 1DTensorOf<[AnyFloat]>:$weight,
+                       F32Attr:$epsilon);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_LinearOp : LLM_Op<"linear", [NoSideEffect]> {
+  let summary = "y = x * W^T + b with W in checkpoint layout [out, in]";
+  let arguments = (ins LLM_Activation:$input, 2DTensorOf<[AnyFloat]>:$weight,
+                       Optional<1DTensorOf<[AnyFloat]>>:$bias);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_RotaryEmbeddingOp : LLM_Op<"rotary_embedding", [NoSideEffect]> {
+  let summary = "rotary position embedding per head (rotate_half convention)";
+  let arguments = (ins LLM_Activation:$input, LLM_TokenVector:$positions,
+                       LLM_I32Attr:$head_dim, F32Attr:$theta);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_PagedAttentionOp : LLM_Op<"paged_attention"> {
+  let summary = "write k/v into the paged cache, then causal attention over it";
+  let arguments = (ins LLM_Activation:$query, LLM_Activation:$key,
+                       LLM_Activation:$value,
+                       Arg<LLM_PagedKVCacheType, "paged KV cache", [MemRead, MemWrite]>:$cache,
+                       LLM_I32Attr:$layer, LLM_I32Attr:$num_heads,
+                       LLM_I32Attr:$num_kv_heads, LLM_I32Attr:$head_dim,
+                       F32Attr:$scale);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_SwiGLUOp : LLM_Op<"swiglu", [NoSideEffect]> {
+  let summary = "silu(gate) * up";
+  let arguments = (ins LLM_Activation:$gate, LLM_Activation:$up);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_AddOp : LLM_Op<"add", [NoSideEffect]> {
+  let summary = "element-wise (residual) add";
+  let arguments = (ins LLM_Activation:$lhs, LLM_Activation:$rhs);
+  let results = (outs LLM_Activation:$result);
+}
+
+def LLM_LogitsOp : LLM_Op<"logits", [NoSideEffect]> {
+  let summary = "project the last token of each sequence onto the vocabulary";
+  let arguments = (ins LLM_Activation:$input, 2DTensorOf<[AnyFloat]>:$weight);
+  let results = (outs LLM_Activation:$result);
+}
+
+#endif // LLMIR_IR_LLMOPS_TD

@@ -1,0 +1,169 @@
+//===- DistributedOps.cpp - verifiers of the distributed llm ops ----------===//
+// Semantics and rules: docs/ir.md. Tensor shapes are local (per device).
+#include "VerifyHelpers.h"
+#include "llmir/IR/LLMOps.h"
+
+using namespace mlir;
+using namespace mlir::llm;
+using namespace mlir::llm::detail;
+
+LogicalResult ShardedLinearOp::verify() {
+  Operation *op = getOperation();
+  if (failed(verifyAtLeast(op, "num_shards", getNumShards(), 1)) ||
+      failed(verifyIndex(op, "shard_id", getShardId(), "num_shards",
+                         getNumShards())))
+    return failure();
+  if (getShardDim() != 0 && getShardDim() != 1)
+    return emitOpError() << "shard_dim is " << getShardDim()
+                         << ", expected 0 (column-parallel) or 1 (row-parallel)";
+  return verifyLinearShapes(op, getInput().getType().cast<ShapedType>(),
+                            getWeight().getType().cast<ShapedType>(),
+                            getBias(), getType().cast<ShapedType>());
+}
+
+LogicalResult AllGatherOp::verify() {
+  Operation *op = getOperation();
+  auto input = getInput().getType().cast<ShapedType>();
+  auto result = getType().cast<ShapedType>();
+  int64_t gatherDim = getDim();
+  if (failed(verifyAtLeast(op, "group_size", getGroupSize(), 1)) ||
+      failed(verifyIndex(op, "dim", gatherDim, "input rank", input.getRank())))
+    return failure();
+  if (result.getRank() != input.getRank())
+    return emitOpError() << "result has rank " << result.getRank()
+                         << ", expected the input rank " << input.getRank();
+  if (result.getElementType() != input.getElementType())
+    return emitOpError() << "result element type " << result.getElementType()
+                         << " differs from input element type "
+                         << input.getElementType() << ", expected them equal";
+  for (int64_t d = 0; d < input.getRank(); ++d) {
+    int64_t inDim = input.getDimSize(d);
+    if (d != gatherDim) {
+      if (failed(verifyDim(op, "result", result, d, inDim,
+                           "input dim " + Twine(d))))
+        return failure();
+      continue;
+    }
+    int64_t gathered =
+        ShapedType::isDynamic(inDim) ? inDim : inDim * getGroupSize();
+    if (failed(verifyDim(op, "result", result, d, gathered,
+                         "group_size (" + Twine(getGroupSize()) +
+                             ") x input dim (" + Twine(inDim) + ")")))
+      return failure();
+  }
+  return success();
+}
+
+LogicalResult AllReduceOp::verify() {
+  Operation *op = getOperation();
+  if (failed(verifyAtLeast(op, "group_size", getGroupSize(), 1)) ||
+      failed(verifyOneOf(op, "reduction", getReduction(),
+                         {"sum", "max", "min", "prod"})))
+    return failure();
+  return verifySameType(op, "result", getType(), "input", getInput().getType());
+}
+
+LogicalResult PipelineStageOp::verify() {
+  Operation *op = getOperation();
+  if (failed(verifyAtLeast(op, "num_stages", getNumStages(), 1)) ||
+      failed(verifyIndex(op, "stage_id", getStageId(), "num_stages",
+                         getNumStages())) ||
+      failed(verifyOneOf(op, "schedule", getSchedule(), {"1f1b", "gpipe"})))
+    return failure();
+  Region &body = getBody();
+  if (body.empty())
+    return success();
+  if (!body.hasOneBlock())
+    return emitOpError() << "body has " << body.getBlocks().size()
+                         << " blocks, expected 1";
+  Block &block = body.front();
+  if (block.getArgumentTypes() != getInputs().getTypes())
+    return emitOpError() << "body argument types (" << block.getArgumentTypes()
+                         << ") differ from the operand types ("
+                         << getInputs().getTypes() << "), expected them equal";
+  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  if (!yield)
+    return emitOpError() << "body ends in '"
+                         << block.getTerminator()->getName()
+                         << "', expected 'llm.yield'";
+  if (yield.getValues().getTypes() != getOutputs().getTypes())
+    return emitOpError() << "body yields types (" << yield.getValues().getTypes()
+                         << ") that differ from the result types ("
+                         << getOutputs().getTypes() << "), expected them equal";
+  return success();
+}
+
+LogicalResult PipelineSendOp::verify() {
+  return verifyAtLeast(getOperation(), "dest_stage", getDestStage(), 0);
+}
+
+LogicalResult PipelineRecvOp::verify() {
+  return verifyAtLeast(getOperation(), "source_stage", getSourceStage(), 0);
+}
+
+LogicalResult SequenceParallelAttentionOp::verify() {
+  Operation *op = getOperation();
+  int64_t start = getSeqStart(), length = getSeqLength(),
+          total = getTotalLength();
+  if (failed(verifyAtLeast(op, "seq_start", start, 0)) ||
+      failed(verifyAtLeast(op, "seq_length", length, 1)))
+    return failure();
+  if (start + length > total)
+    return emitOpError() << "seq_start (" << start << ") + seq_length ("
+                         << length << ") = " << start + length
+                         << " exceeds total_length (" << total
+                         << "), expected the chunk inside the sequence";
+  auto query = getQuery().getType().cast<ShapedType>();
+  auto key = getKey().getType().cast<ShapedType>();
+  if (failed(verifyDim(op, "query", query, 1, length, "seq_length")) ||
+      failed(verifyDim(op, "key", key, 1, total, "total_length")))
+    return failure();
+  // Batch, heads and head dim are shared by q, k and v.
+  for (int64_t d : {0, 2, 3})
+    if (failed(verifyDim(op, "key", key, d, query.getDimSize(d),
+                         "query dim " + Twine(d))))
+      return failure();
+  if (failed(verifySameType(op, "value", getValue().getType(), "key",
+                            getKey().getType())))
+    return failure();
+  return verifySameType(op, "result", getType(), "query", getQuery().getType());
+}
+
+LogicalResult DistributedAttentionOp::verify() {
+  Operation *op = getOperation();
+  int64_t numHeads = getNumHeads(), headDim = getHeadDim();
+  if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
+      failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
+      failed(verifyPositive(op, "scale", getScale().convertToDouble())))
+    return failure();
+  auto query = getQuery().getType().cast<ShapedType>();
+  if (failed(verifyDim(op, "query", query, 2, numHeads, "num_heads")) ||
+      failed(verifyDim(op, "query", query, 3, headDim, "head_dim")))
+    return failure();
+  ShardedKVCacheType cache = getKvCache().getType().cast<ShardedKVCacheType>();
+  if (cache.getNumHeads() != numHeads)
+    return emitOpError() << "kv_cache has " << cache.getNumHeads()
+                         << " heads, expected num_heads (" << numHeads << ")";
+  if (cache.getHeadDim() != headDim)
+    return emitOpError() << "kv_cache head dim is " << cache.getHeadDim()
+                         << ", expected head_dim (" << headDim << ")";
+  return verifySameType(op, "result", getType(), "query", getQuery().getType());
+}
+
+LogicalResult RemoteLoadOp::verify() {
+  return verifyAtLeast(getOperation(), "device", getDevice(), 0);
+}
+
+LogicalResult RemoteStoreOp::verify() {
+  return verifyAtLeast(getOperation(), "device", getDevice(), 0);
+}
+
+LogicalResult CostAnnotationOp::verify() {
+  Operation *op = getOperation();
+  double flops = getComputeFlops().convertToDouble();
+  if (!(flops >= 0))
+    return emitOpError() << "compute_flops is " << flops << ", expected >= 0";
+  if (failed(verifyAtLeast(op, "memory_bytes", getMemoryBytes(), 0)))
+    return failure();
+  return verifyAtLeast(op, "communication_bytes", getCommunicationBytes(), 0);
+}

@@ -1,0 +1,115 @@
+//===- VerifyHelpers.cpp - shared checks of the llm op verifiers ----------===//
+#include "VerifyHelpers.h"
+
+#include "llvm/ADT/STLExtras.h"
+
+namespace mlir::llm::detail {
+
+LogicalResult verifyAtLeast(Operation *op, StringRef name, int64_t value,
+                            int64_t min) {
+  if (value >= min)
+    return success();
+  return op->emitOpError() << name << " is " << value << ", expected >= "
+                           << min;
+}
+
+LogicalResult verifyPositive(Operation *op, StringRef name, double value) {
+  if (value > 0)
+    return success();
+  return op->emitOpError() << name << " is " << value << ", expected > 0";
+}
+
+LogicalResult verifyIndex(Operation *op, StringRef name, int64_t value,
+                          StringRef boundName, int64_t bound) {
+  if (value >= 0 && value < bound)
+    return success();
+  return op->emitOpError() << name << " is " << value << ", expected 0 <= "
+                           << name << " < " << boundName << " (" << bound
+                           << ")";
+}
+
+LogicalResult verifyOneOf(Operation *op, StringRef name, StringRef value,
+                          ArrayRef<StringRef> allowed) {
+  if (llvm::is_contained(allowed, value))
+    return success();
+  InFlightDiagnostic diag = op->emitOpError()
+                            << name << " is \"" << value << "\", expected one of ";
+  llvm::interleaveComma(allowed, diag,
+                        [&](StringRef s) { diag << "\"" << s << "\""; });
+  return diag;
+}
+
+LogicalResult verifyRank(Operation *op, StringRef what, ShapedType type,
+                         int64_t rank, StringRef layout) {
+  if (type.getRank() == rank)
+    return success();
+  return op->emitOpError() << what << " has rank " << type.getRank()
+                           << ", expected rank " << rank << " " << layout;
+}
+
+LogicalResult verifyStaticShape(Operation *op, StringRef what,
+                                ShapedType type) {
+  if (type.hasStaticShape())
+    return success();
+  return op->emitOpError() << what << " type " << type
+                           << " has a dynamic dim, expected a static shape";
+}
+
+LogicalResult verifyDim(Operation *op, StringRef what, ShapedType type,
+                        int64_t dim, int64_t expected,
+                        const Twine &expectedWhy) {
+  int64_t actual = type.getDimSize(dim);
+  if (ShapedType::isDynamic(actual) || ShapedType::isDynamic(expected) ||
+      actual == expected)
+    return success();
+  return op->emitOpError() << what << " dim " << dim << " is " << actual
+                           << ", expected " << expectedWhy << " = "
+                           << expected;
+}
+
+LogicalResult verifySameType(Operation *op, StringRef what, Type actual,
+                             StringRef expectedWhat, Type expected) {
+  if (actual == expected)
+    return success();
+  return op->emitOpError() << what << " type " << actual << " differs from "
+                           << expectedWhat << " type " << expected
+                           << ", expected them equal";
+}
+
+LogicalResult verifyLinearShapes(Operation *op, ShapedType input,
+                                 ShapedType weight, Value bias,
+                                 ShapedType result) {
+  if (failed(verifyRank(op, "weight", weight, 2, "[out_features, in_features]")) ||
+      failed(verifyStaticShape(op, "weight", weight)))
+    return failure();
+  if (input.getRank() < 1)
+    return op->emitOpError() << "input has rank 0, expected rank >= 1";
+  int64_t last = input.getRank() - 1;
+  int64_t outFeatures = weight.getDimSize(0);
+  if (failed(verifyDim(op, "input", input, last, weight.getDimSize(1),
+                       "weight dim 1 (in_features)")))
+    return failure();
+  if (result.getRank() != input.getRank())
+    return op->emitOpError() << "result has rank " << result.getRank()
+                             << ", expected the input rank " << input.getRank();
+  for (int64_t d = 0; d < last; ++d)
+    if (failed(verifyDim(op, "result", result, d, input.getDimSize(d),
+                         "input dim " + Twine(d))))
+      return failure();
+  if (failed(verifyDim(op, "result", result, last, outFeatures,
+                       "weight dim 0 (out_features)")))
+    return failure();
+  if (result.getElementType() != input.getElementType())
+    return op->emitOpError() << "result element type " << result.getElementType()
+                             << " differs from input element type "
+                             << input.getElementType() << ", expected them equal";
+  if (!bias)
+    return success();
+  auto biasType = bias.getType().cast<ShapedType>();
+  if (failed(verifyRank(op, "bias", biasType, 1, "[out_features]")))
+    return failure();
+  return verifyDim(op, "bias", biasType, 0, outFeatures,
+                   "weight dim 0 (out_features)");
+}
+
+} // namespace mlir::llm::detail

@@ -1,0 +1,56 @@
+//===- VerifyHelpers.h - shared checks of the llm op verifiers --*- C++ -*-===//
+//
+// Each helper emits one op error that says what was wrong and what was
+// expected, e.g. "'llm.all_gather' op result dim 1 is 1000, expected
+// group_size (8) x input dim (128) = 1024". Dynamic dims match anything.
+//
+//===----------------------------------------------------------------------===//
+#ifndef LLMIR_IR_SRC_VERIFYHELPERS_H
+#define LLMIR_IR_SRC_VERIFYHELPERS_H
+
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Operation.h"
+#include "mlir/Support/LogicalResult.h"
+
+namespace mlir::llm::detail {
+
+/// `name` (an attribute) must be >= `min`.
+LogicalResult verifyAtLeast(Operation *op, StringRef name, int64_t value,
+                            int64_t min);
+
+/// `name` (a float attribute) must be > 0 (NaN fails too).
+LogicalResult verifyPositive(Operation *op, StringRef name, double value);
+
+/// 0 <= `name` < `boundName` (whose value is `bound`).
+LogicalResult verifyIndex(Operation *op, StringRef name, int64_t value,
+                          StringRef boundName, int64_t bound);
+
+/// `name` (a string attribute) must be one of `allowed`.
+LogicalResult verifyOneOf(Operation *op, StringRef name, StringRef value,
+                          ArrayRef<StringRef> allowed);
+
+/// `what` must have rank `rank`; `layout` describes the expected dims.
+LogicalResult verifyRank(Operation *op, StringRef what, ShapedType type,
+                         int64_t rank, StringRef layout);
+
+/// `what` must have a fully static shape.
+LogicalResult verifyStaticShape(Operation *op, StringRef what, ShapedType type);
+
+/// Dim `dim` of `what` must be `expected`, described by `expectedWhy`.
+/// Passes when either size is dynamic.
+LogicalResult verifyDim(Operation *op, StringRef what, ShapedType type,
+                        int64_t dim, int64_t expected, const Twine &expectedWhy);
+
+/// `what` must have exactly the type `expected` (that of `expectedWhat`).
+LogicalResult verifySameType(Operation *op, StringRef what, Type actual,
+                             StringRef expectedWhat, Type expected);
+
+/// y = x * W^T + b over the last dim, with W [out, in] static and b [out]:
+/// result is the input shape with the last dim replaced by out.
+LogicalResult verifyLinearShapes(Operation *op, ShapedType input,
+                                 ShapedType weight, Value bias,
+                                 ShapedType result);
+
+} // namespace mlir::llm::detail
+
+#endif // LLMIR_IR_SRC_VERIFYHELPERS_H
