@@ -109,6 +109,13 @@ Executor::~Executor() = default;
 Result<Tensor> Executor::step(const StepInput &input) {
   LLMIR_RETURN_IF_ERROR(
       validateStepInput(input, cache_.shape()).withContext("invalid step"));
+  const int64_t vocab = program_->vocab_size();
+  for (size_t t = 0; vocab > 0 && t < input.tokenIds.size(); ++t)
+    if (input.tokenIds[t] < 0 || input.tokenIds[t] >= vocab)
+      return Status::error("invalid step: token " + std::to_string(t) +
+                           " has id " + std::to_string(input.tokenIds[t]) +
+                           ", outside the vocabulary of " +
+                           std::to_string(vocab));
   KernelCall call;
   call.program = program_.get();
   call.step = &input;

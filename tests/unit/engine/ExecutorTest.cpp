@@ -380,6 +380,8 @@ TEST_F(ExecutorErrors, RejectsBadSteps) {
   step.blockTables = {{0, 1}};
   step.positions.pop_back();
   EXPECT_CONTAINS((*executor)->step(step).message(), "sizes differ");
+  step = stepFor({1, 48}, 0, {0});
+  EXPECT_CONTAINS((*executor)->step(step).message(), "id 48, outside the vocabulary");
 }
 
 /// Plays the other ranks: every peer contributes ones to a sum, holds twice

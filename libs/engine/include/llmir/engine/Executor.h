@@ -42,7 +42,8 @@ public:
   Executor(const Executor &) = delete;
   Executor &operator=(const Executor &) = delete;
 
-  /// Runs every instruction for `step` and returns the output slot (logits
+  /// Validates `step` (against the KV cache and, when the program names it,
+  /// the vocabulary size), runs every instruction and returns the output slot (logits
   /// [S, vocab]); an empty tensor on a stage without output.
   Result<Tensor> step(const StepInput &step);
 
