@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build ccache git pkg-config
+  build-essential clang-15 cmake ninja-build ccache git pkg-config
   # MLIR / LLVM 15 (dialect, TableGen, FileCheck, lit)
   llvm-15-dev llvm-15-tools libmlir-15-dev mlir-15-tools
   # lit is a Python module; FileCheck comes with llvm-15-tools
