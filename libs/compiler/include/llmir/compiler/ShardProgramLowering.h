@@ -1,0 +1,35 @@
+// Lowering of one entry point of a (partitioned) `llm` module to the
+// ShardProgram that one rank executes (libs/proto/.../shard_program.proto).
+#pragma once
+
+#include "llmir/proto/shard_program.pb.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/Support/Error.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmir::compiler {
+
+/// Where a rank sits in its replica; decides which weight slices it loads.
+struct RankPlacement {
+  uint32_t rank = 0;
+  uint32_t worldSize = 1;
+  /// Index inside the tensor-parallel group and its size: a weight sharded
+  /// `num_shards` ways along `shard_dim` yields slice `tpRank`.
+  uint32_t tpRank = 0;
+  uint32_t tpSize = 1;
+  uint32_t stageId = 0;
+  uint32_t numStages = 1;
+  /// Collective groups the program's collectives refer to (id = index).
+  std::vector<proto::CollectiveGroup> groups;
+};
+
+/// Lowers `step` (llm ops over the paged KV cache, as produced by the
+/// importer and the partitioning passes) to one rank's ShardProgram.
+llvm::Expected<proto::ShardProgram>
+lowerToShardProgram(mlir::func::FuncOp step, const RankPlacement &placement);
+
+} // namespace llmir::compiler

@@ -1,0 +1,216 @@
+#include "llmir/compiler/Importer.h"
+
+#include "llmir/IR/LLMDialect.h"
+#include "llmir/IR/LLMOps.h"
+#include "llmir/model/Checkpoint.h"
+#include "llmir/model/ModelConfig.h"
+#include "llmir/model/TensorNames.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinTypes.h"
+
+#include <cmath>
+
+using namespace mlir;
+using llmir::model::LayerTensor;
+
+namespace llmir::compiler {
+namespace {
+
+llvm::Error makeError(const std::string &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+Type elementTypeOf(MLIRContext *ctx, model::DType dtype) {
+  switch (dtype) {
+  case model::DType::BF16:
+    return BFloat16Type::get(ctx);
+  case model::DType::F16:
+    return Float16Type::get(ctx);
+  default:
+    return Float32Type::get(ctx);
+  }
+}
+
+/// Emits the decoder body of one entry point. Both entry points share it:
+/// every op is per token, so prefill chunks and decode tokens of many
+/// sequences run through the same instructions.
+class DecoderEmitter {
+public:
+  DecoderEmitter(OpBuilder &builder, const model::ModelConfig &config,
+                 const model::Checkpoint &checkpoint)
+      : b(builder), config(config), checkpoint(checkpoint),
+        loc(builder.getUnknownLoc()), f32(builder.getF32Type()) {}
+
+  void emit(func::FuncOp func) {
+    Block *entry = func.addEntryBlock();
+    b.setInsertionPointToStart(entry);
+    Value tokens = entry->getArgument(0);
+    Value positions = entry->getArgument(1);
+    Value cache = entry->getArgument(2);
+
+    std::string embedName(model::kEmbedTokensName);
+    Value table = weight(embedName);
+    Value hidden = b.create<llm::EmbeddingOp>(
+        loc, activation(config.hiddenSize), tokens, table);
+    for (int64_t layer = 0; layer < config.numLayers; ++layer)
+      hidden = emitLayer(layer, hidden, positions, cache);
+    Value normed = rmsNorm(hidden, std::string(model::kFinalNormName));
+    std::string headName = config.tieWordEmbeddings
+                               ? embedName
+                               : std::string(model::kLmHeadName);
+    Value logits = b.create<llm::LogitsOp>(
+        loc, activation(config.vocabSize), normed, weight(headName));
+    b.create<func::ReturnOp>(loc, logits);
+  }
+
+private:
+  RankedTensorType activation(int64_t width) {
+    return RankedTensorType::get({ShapedType::kDynamicSize, width}, f32);
+  }
+
+  Value weight(const std::string &name) {
+    const model::TensorInfo *info = checkpoint.find(name);
+    assert(info && "checkCheckpointShapes guarantees every tensor exists");
+    auto type = RankedTensorType::get(
+        info->shape, elementTypeOf(b.getContext(), info->dtype));
+    return b.create<llm::WeightOp>(loc, type, b.getStringAttr(name),
+                                   IntegerAttr(), IntegerAttr());
+  }
+
+  Value layerWeight(int64_t layer, LayerTensor tensor) {
+    return weight(model::layerTensorName(layer, tensor));
+  }
+
+  Value rmsNorm(Value x, const std::string &weightName) {
+    return b.create<llm::RMSNormOp>(
+        loc, x.getType(), x, weight(weightName),
+        b.getF32FloatAttr(static_cast<float>(config.rmsNormEps)));
+  }
+
+  Value linear(int64_t layer, Value x, LayerTensor w, int64_t outFeatures,
+               std::optional<LayerTensor> bias) {
+    Value biasValue = bias ? layerWeight(layer, *bias) : Value();
+    return b.create<llm::LinearOp>(loc, activation(outFeatures), x,
+                                   layerWeight(layer, w), biasValue);
+  }
+
+  Value rope(Value x, Value positions) {
+    return b.create<llm::RotaryEmbeddingOp>(
+        loc, x.getType(), x, positions, b.getI32IntegerAttr(config.headDim),
+        b.getF32FloatAttr(static_cast<float>(config.ropeTheta)));
+  }
+
+  Value emitLayer(int64_t layer, Value hidden, Value positions, Value cache) {
+    const int64_t qWidth = config.numHeads * config.headDim;
+    const int64_t kvWidth = config.numKvHeads * config.headDim;
+    auto qkvBias = [&](LayerTensor t) -> std::optional<LayerTensor> {
+      if (config.qkvBias)
+        return t;
+      return std::nullopt;
+    };
+
+    Value x = rmsNorm(hidden, model::layerTensorName(layer, LayerTensor::InputNorm));
+    Value q = linear(layer, x, LayerTensor::QProj, qWidth, qkvBias(LayerTensor::QBias));
+    Value k = linear(layer, x, LayerTensor::KProj, kvWidth, qkvBias(LayerTensor::KBias));
+    Value v = linear(layer, x, LayerTensor::VProj, kvWidth, qkvBias(LayerTensor::VBias));
+    q = rope(q, positions);
+    k = rope(k, positions);
+    Value attn = b.create<llm::PagedAttentionOp>(
+        loc, q.getType(), q, k, v, cache, b.getI32IntegerAttr(layer),
+        b.getI32IntegerAttr(config.numHeads),
+        b.getI32IntegerAttr(config.numKvHeads),
+        b.getI32IntegerAttr(config.headDim),
+        b.getF32FloatAttr(1.0f / std::sqrt(static_cast<float>(config.headDim))));
+    std::optional<LayerTensor> oBias;
+    if (config.outputBias)
+      oBias = LayerTensor::OBias;
+    Value o = linear(layer, attn, LayerTensor::OProj, config.hiddenSize, oBias);
+    hidden = b.create<llm::AddOp>(loc, hidden.getType(), hidden, o);
+
+    x = rmsNorm(hidden, model::layerTensorName(layer, LayerTensor::PostAttentionNorm));
+    Value gate = linear(layer, x, LayerTensor::GateProj, config.intermediateSize, std::nullopt);
+    Value up = linear(layer, x, LayerTensor::UpProj, config.intermediateSize, std::nullopt);
+    Value act = b.create<llm::SwiGLUOp>(loc, gate.getType(), gate, up);
+    Value down = linear(layer, act, LayerTensor::DownProj, config.hiddenSize, std::nullopt);
+    return b.create<llm::AddOp>(loc, hidden.getType(), hidden, down);
+  }
+
+  OpBuilder &b;
+  const model::ModelConfig &config;
+  const model::Checkpoint &checkpoint;
+  Location loc;
+  Type f32;
+};
+
+void setModelAttributes(ModuleOp module, const model::ModelConfig &config,
+                        const std::string &hfDir) {
+  OpBuilder b(module.getContext());
+  NamedAttrList attrs;
+  attrs.set("architecture", b.getStringAttr(config.architecture));
+  attrs.set("source", b.getStringAttr(hfDir));
+  attrs.set("vocab_size", b.getI64IntegerAttr(config.vocabSize));
+  attrs.set("hidden_size", b.getI64IntegerAttr(config.hiddenSize));
+  attrs.set("intermediate_size", b.getI64IntegerAttr(config.intermediateSize));
+  attrs.set("num_layers", b.getI64IntegerAttr(config.numLayers));
+  attrs.set("num_heads", b.getI64IntegerAttr(config.numHeads));
+  attrs.set("num_kv_heads", b.getI64IntegerAttr(config.numKvHeads));
+  attrs.set("head_dim", b.getI64IntegerAttr(config.headDim));
+  attrs.set("tie_word_embeddings", b.getBoolAttr(config.tieWordEmbeddings));
+  if (!config.eosTokenIds.empty())
+    attrs.set("eos_token_id", b.getI64IntegerAttr(config.eosTokenIds.front()));
+  module->setAttr("llm.model", attrs.getDictionary(module.getContext()));
+}
+
+} // namespace
+
+llvm::Expected<OwningOpRef<ModuleOp>>
+importHuggingFace(MLIRContext &context, const std::string &hfDir,
+                  const ImportOptions &options) {
+  context.getOrLoadDialect<llm::LLMDialect>();
+  context.getOrLoadDialect<func::FuncDialect>();
+
+  auto config = model::loadModelConfig(hfDir);
+  if (!config)
+    return makeError(config.message());
+  auto checkpoint = model::Checkpoint::open(hfDir);
+  if (!checkpoint)
+    return makeError(checkpoint.message());
+  if (Status shapes = model::checkCheckpointShapes(*config, *checkpoint); !shapes)
+    return makeError(shapes.message());
+  if (options.kvBlockSize <= 0)
+    return makeError("kv block size must be positive, got " +
+                     std::to_string(options.kvBlockSize));
+
+  OpBuilder b(&context);
+  OwningOpRef<ModuleOp> module = ModuleOp::create(b.getUnknownLoc());
+  setModelAttributes(*module, *config, hfDir);
+
+  auto i32Vector =
+      RankedTensorType::get({ShapedType::kDynamicSize}, b.getI32Type());
+  auto cacheType = llm::PagedKVCacheType::get(
+      &context, b.getF32Type(), config->numLayers, config->numKvHeads,
+      config->headDim, options.kvBlockSize, config->maxPositionEmbeddings);
+  auto logitsType = RankedTensorType::get(
+      {ShapedType::kDynamicSize, config->vocabSize}, b.getF32Type());
+  auto funcType =
+      b.getFunctionType({i32Vector, i32Vector, cacheType}, {logitsType});
+
+  DecoderEmitter emitter(b, *config, *checkpoint);
+  for (llvm::StringRef phase : {"prefill", "decode"}) {
+    b.setInsertionPointToEnd(module->getBody());
+    auto func = b.create<func::FuncOp>(b.getUnknownLoc(), phase, funcType);
+    func->setAttr("llm.phase", b.getStringAttr(phase));
+    func.setArgAttr(0, "llm.name", b.getStringAttr("tokens"));
+    func.setArgAttr(1, "llm.name", b.getStringAttr("positions"));
+    func.setArgAttr(2, "llm.name", b.getStringAttr("kv_cache"));
+    emitter.emit(func);
+  }
+  if (failed(module->verify()))
+    return makeError("internal error: imported module of '" + hfDir +
+                     "' does not verify");
+  return module;
+}
+
+} // namespace llmir::compiler

@@ -1,0 +1,255 @@
+#include "llmir/compiler/ShardProgramLowering.h"
+
+#include "llmir/IR/LLMOps.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+
+namespace llmir::compiler {
+namespace {
+
+llvm::Error errorAt(Operation *op, const llvm::Twine &message) {
+  std::string where;
+  llvm::raw_string_ostream os(where);
+  os << op->getLoc();
+  return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                 "'" + op->getName().getStringRef().str() +
+                                     "' at " + os.str() + ": " + message.str());
+}
+
+proto::DType protoDType(Type elementType) {
+  if (elementType.isBF16())
+    return proto::BF16;
+  if (elementType.isF16())
+    return proto::F16;
+  if (elementType.isInteger(32))
+    return proto::I32;
+  return proto::F32;
+}
+
+/// Builds the program: one slot per SSA tensor value, one instruction (two
+/// for llm.logits) per op. Function arguments (tokens, positions, cache) are
+/// the step's implicit inputs and get no slot.
+class Lowering {
+public:
+  Lowering(const RankPlacement &placement) : placement(placement) {
+    program.set_format_version(proto::FORMAT_VERSION_1);
+    program.set_rank(placement.rank);
+    program.set_world_size(placement.worldSize);
+    program.set_stage_id(placement.stageId);
+    program.set_num_stages(placement.numStages);
+    for (const proto::CollectiveGroup &group : placement.groups)
+      *program.add_groups() = group;
+  }
+
+  llvm::Expected<proto::ShardProgram> run(func::FuncOp step) {
+    if (auto model = step->getParentOfType<ModuleOp>()->getAttrOfType<DictionaryAttr>("llm.model")) {
+      if (auto vocab = model.getAs<IntegerAttr>("vocab_size"))
+        program.set_vocab_size(vocab.getInt());
+      if (auto source = model.getAs<StringAttr>("source"))
+        program.set_model_name(source.getValue().str());
+    }
+    for (Operation &op : step.getBody().front()) {
+      if (llvm::Error err = lower(&op))
+        return std::move(err);
+    }
+    return std::move(program);
+  }
+
+private:
+  uint32_t addSlot(RankedTensorType type, bool isWeight, const std::string &name) {
+    proto::TensorSlot *slot = program.add_slots();
+    slot->set_id(program.slots_size() - 1);
+    slot->set_name(name);
+    slot->set_dtype(isWeight ? protoDType(type.getElementType()) : proto::F32);
+    for (int64_t dim : type.getShape())
+      slot->add_shape(ShapedType::isDynamic(dim) ? -1 : dim);
+    slot->set_is_weight(isWeight);
+    return slot->id();
+  }
+
+  uint32_t newSlot(Value value, bool isWeight, const std::string &name) {
+    uint32_t id = addSlot(value.getType().cast<RankedTensorType>(), isWeight, name);
+    slots[value] = id;
+    return id;
+  }
+
+  uint32_t activationSlot(Value value) {
+    return newSlot(value, /*isWeight=*/false,
+                   "%" + std::to_string(program.slots_size()));
+  }
+
+  llvm::Expected<uint32_t> slotOf(Operation *user, Value value) {
+    auto it = slots.find(value);
+    if (it == slots.end())
+      return errorAt(user, "operand is not produced by a lowered llm op");
+    return it->second;
+  }
+
+  proto::Instruction *emit(proto::Opcode opcode) {
+    proto::Instruction *inst = program.add_instructions();
+    inst->set_op(opcode);
+    return inst;
+  }
+
+  /// Emits `opcode` with the op's tensor operands as inputs and a fresh
+  /// activation slot for its single result.
+  llvm::Expected<proto::Instruction *> emitUnary(Operation *op, proto::Opcode opcode,
+                                                 ValueRange inputs) {
+    proto::Instruction *inst = emit(opcode);
+    for (Value input : inputs) {
+      auto slot = slotOf(op, input);
+      if (!slot)
+        return slot.takeError();
+      inst->add_inputs(*slot);
+    }
+    if (op->getNumResults() == 1)
+      inst->add_outputs(activationSlot(op->getResult(0)));
+    return inst;
+  }
+
+  llvm::Error lowerWeight(llm::WeightOp op) {
+    auto type = op.getType().cast<RankedTensorType>();
+    uint32_t slot = newSlot(op.getResult(), /*isWeight=*/true, op.getName().str());
+    proto::WeightSlice *slice = program.add_weights();
+    slice->set_slot(slot);
+    slice->set_tensor_name(op.getName().str());
+    std::vector<int64_t> full(type.getShape().begin(), type.getShape().end());
+    slice->set_dim(-1);
+    if (auto dim = op.getShardDim()) {
+      int64_t numShards = *op.getNumShards();
+      if (numShards != placement.tpSize)
+        return errorAt(op, "weight sharded " + llvm::Twine(numShards) +
+                               " ways on a rank of a tensor-parallel group of " +
+                               llvm::Twine(placement.tpSize));
+      int64_t local = full[*dim];
+      full[*dim] = local * numShards;
+      slice->set_dim(*dim);
+      slice->set_offset(local * placement.tpRank);
+      slice->set_length(local);
+    }
+    for (int64_t d : full)
+      slice->add_full_shape(d);
+    return llvm::Error::success();
+  }
+
+  llvm::Error lower(Operation *op) {
+    using Inst = llvm::Expected<proto::Instruction *>;
+    auto done = [](Inst inst) -> llvm::Error {
+      return inst ? llvm::Error::success() : inst.takeError();
+    };
+    return llvm::TypeSwitch<Operation *, llvm::Error>(op)
+        .Case([&](llm::WeightOp w) { return lowerWeight(w); })
+        .Case([&](llm::EmbeddingOp e) {
+          return done(emitUnary(op, proto::EMBEDDING, e.getTable()));
+        })
+        .Case([&](llm::RMSNormOp n) {
+          Inst inst = emitUnary(op, proto::RMS_NORM, {n.getInput(), n.getWeight()});
+          if (inst)
+            (*(*inst)->mutable_float_attrs())["eps"] = n.getEpsilon().convertToFloat();
+          return done(std::move(inst));
+        })
+        .Case([&](llm::LinearOp l) {
+          SmallVector<Value> inputs{l.getInput(), l.getWeight()};
+          if (l.getBias())
+            inputs.push_back(l.getBias());
+          return done(emitUnary(op, proto::LINEAR, inputs));
+        })
+        .Case([&](llm::ShardedLinearOp l) {
+          SmallVector<Value> inputs{l.getInput(), l.getWeight()};
+          // A row-parallel bias is the full [out] vector; shard 0 adds it so
+          // the all-reduced sum contains it exactly once.
+          bool rowParallel = l.getShardDim() == 1;
+          if (l.getBias() && (!rowParallel || placement.tpRank == 0))
+            inputs.push_back(l.getBias());
+          return done(emitUnary(op, proto::LINEAR, inputs));
+        })
+        .Case([&](llm::RotaryEmbeddingOp r) {
+          Inst inst = emitUnary(op, proto::ROPE, r.getInput());
+          if (inst) {
+            (*(*inst)->mutable_int_attrs())["head_dim"] = r.getHeadDim();
+            (*(*inst)->mutable_float_attrs())["theta"] = r.getTheta().convertToFloat();
+          }
+          return done(std::move(inst));
+        })
+        .Case([&](llm::PagedAttentionOp a) { return lowerAttention(a); })
+        .Case([&](llm::SwiGLUOp s) {
+          return done(emitUnary(op, proto::SWIGLU, {s.getGate(), s.getUp()}));
+        })
+        .Case([&](llm::AddOp a) {
+          return done(emitUnary(op, proto::ADD, {a.getLhs(), a.getRhs()}));
+        })
+        .Case([&](llm::LogitsOp l) { return lowerLogits(l); })
+        .Case([&](func::ReturnOp ret) -> llvm::Error {
+          if (ret.getNumOperands() == 0)
+            return llvm::Error::success();
+          auto slot = slotOf(op, ret.getOperand(0));
+          if (!slot)
+            return slot.takeError();
+          program.set_has_output(true);
+          program.set_output_slot(*slot);
+          return llvm::Error::success();
+        })
+        .Default([&](Operation *) {
+          return errorAt(op, "has no ShardProgram lowering");
+        });
+  }
+
+  llvm::Error lowerAttention(llm::PagedAttentionOp a) {
+    auto inst = emitUnary(a, proto::ATTENTION, {a.getQuery(), a.getKey(), a.getValue()});
+    if (!inst)
+      return inst.takeError();
+    auto cache = a.getCache().getType().cast<llm::PagedKVCacheType>();
+    // Layers are numbered locally: a pipeline stage holds only its own.
+    auto &ints = *(*inst)->mutable_int_attrs();
+    ints["layer"] = numAttentionLayers++;
+    ints["num_heads"] = a.getNumHeads();
+    ints["num_kv_heads"] = a.getNumKvHeads();
+    ints["head_dim"] = a.getHeadDim();
+    (*(*inst)->mutable_float_attrs())["scale"] = a.getScale().convertToFloat();
+    proto::KvCacheSpec *spec = program.mutable_kv_cache();
+    spec->set_num_layers(numAttentionLayers);
+    spec->set_num_kv_heads(a.getNumKvHeads());
+    spec->set_head_dim(a.getHeadDim());
+    spec->set_block_size(cache.getBlockSize());
+    return llvm::Error::success();
+  }
+
+  llvm::Error lowerLogits(llm::LogitsOp l) {
+    // Select the rows the step asks logits for, then project them.
+    auto select = emit(proto::SELECT_ROWS);
+    auto input = slotOf(l, l.getInput());
+    if (!input)
+      return input.takeError();
+    select->add_inputs(*input);
+    uint32_t selected = addSlot(
+        l.getInput().getType().cast<RankedTensorType>(), false, "selected_rows");
+    select->add_outputs(selected);
+    auto weight = slotOf(l, l.getWeight());
+    if (!weight)
+      return weight.takeError();
+    proto::Instruction *project = emit(proto::LINEAR);
+    project->add_inputs(selected);
+    project->add_inputs(*weight);
+    project->add_outputs(activationSlot(l.getResult()));
+    return llvm::Error::success();
+  }
+
+  const RankPlacement &placement;
+  proto::ShardProgram program;
+  llvm::DenseMap<Value, uint32_t> slots;
+  int64_t numAttentionLayers = 0;
+};
+
+} // namespace
+
+llvm::Expected<proto::ShardProgram>
+lowerToShardProgram(func::FuncOp step, const RankPlacement &placement) {
+  return Lowering(placement).run(step);
+}
+
+} // namespace llmir::compiler

@@ -1,0 +1,46 @@
+// llmir-import HF_DIR [-o model.mlir] [--kv-block-size N]
+// Reads a Hugging Face Llama-family checkpoint (config.json and safetensors
+// headers) and writes the `llm` module that the compiler partitions.
+#include "llmir/compiler/Importer.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/WithColor.h"
+
+using namespace llvm;
+
+static cl::opt<std::string> hfDir(cl::Positional, cl::desc("<hugging-face-dir>"),
+                                  cl::Required);
+static cl::opt<std::string> outputFile("o", cl::desc("Output file ('-' = stdout)"),
+                                       cl::value_desc("file"), cl::init("-"));
+static cl::opt<int64_t> kvBlockSize("kv-block-size",
+                                    cl::desc("Tokens per paged KV-cache block"),
+                                    cl::init(16));
+
+int main(int argc, char **argv) {
+  InitLLVM init(argc, argv);
+  cl::ParseCommandLineOptions(argc, argv, "LLMIR Hugging Face importer\n");
+
+  mlir::MLIRContext context;
+  llmir::compiler::ImportOptions options;
+  options.kvBlockSize = kvBlockSize;
+  auto module = llmir::compiler::importHuggingFace(context, hfDir, options);
+  if (!module) {
+    WithColor::error(errs(), "llmir-import") << toString(module.takeError()) << "\n";
+    return 1;
+  }
+  std::error_code ec;
+  ToolOutputFile out(outputFile, ec, sys::fs::OF_None);
+  if (ec) {
+    WithColor::error(errs(), "llmir-import")
+        << "cannot open '" << outputFile << "': " << ec.message() << "\n";
+    return 1;
+  }
+  (*module)->print(out.os());
+  out.os() << "\n";
+  out.keep();
+  return 0;
+}
