@@ -45,7 +45,7 @@ LogicalResult EmbeddingOp::verify() {
 
 LogicalResult RMSNormOp::verify() {
   Operation *op = getOperation();
-  if (failed(verifyPositive(op, "epsilon", getEpsilon().convertToDouble())) ||
+  if (failed(verifyPositive(op, "epsilon", getEpsilon())) ||
       failed(verifyDim(op, "weight", shapedType(getWeight()), 0,
                        shapedType(getInput()).getDimSize(1),
                        "input dim 1 (hidden size)")))
@@ -65,7 +65,7 @@ LogicalResult RotaryEmbeddingOp::verify() {
   if (headDim <= 0 || headDim % 2 != 0)
     return emitOpError() << "head_dim is " << headDim
                          << ", expected an even number > 0";
-  if (failed(verifyPositive(op, "theta", getTheta().convertToDouble())))
+  if (failed(verifyPositive(op, "theta", getTheta())))
     return failure();
   ShapedType input = shapedType(getInput());
   int64_t features = input.getDimSize(1);
@@ -86,7 +86,7 @@ LogicalResult PagedAttentionOp::verify() {
   if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
       failed(verifyAtLeast(op, "num_kv_heads", numKvHeads, 1)) ||
       failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
-      failed(verifyPositive(op, "scale", getScale().convertToDouble())))
+      failed(verifyPositive(op, "scale", getScale())))
     return failure();
   if (numHeads % numKvHeads != 0)
     return emitOpError() << "num_heads (" << numHeads

@@ -81,11 +81,12 @@ LogicalResult PipelineStageOp::verify() {
     return emitOpError() << "body argument types (" << block.getArgumentTypes()
                          << ") differ from the operand types ("
                          << getInputs().getTypes() << "), expected them equal";
-  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  // Op verifiers run before block verification, so the block may still lack
+  // a terminator here.
+  auto yield = block.empty() ? YieldOp() : dyn_cast<YieldOp>(block.back());
   if (!yield)
-    return emitOpError() << "body ends in '"
-                         << block.getTerminator()->getName()
-                         << "', expected 'llm.yield'";
+    return emitOpError() << "body does not end in 'llm.yield', expected it "
+                            "to yield the results";
   if (yield.getValues().getTypes() != getOutputs().getTypes())
     return emitOpError() << "body yields types (" << yield.getValues().getTypes()
                          << ") that differ from the result types ("
@@ -134,7 +135,7 @@ LogicalResult DistributedAttentionOp::verify() {
   int64_t numHeads = getNumHeads(), headDim = getHeadDim();
   if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
       failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
-      failed(verifyPositive(op, "scale", getScale().convertToDouble())))
+      failed(verifyPositive(op, "scale", getScale())))
     return failure();
   auto query = getQuery().getType().cast<ShapedType>();
   if (failed(verifyDim(op, "query", query, 2, numHeads, "num_heads")) ||
@@ -160,10 +161,8 @@ LogicalResult RemoteStoreOp::verify() {
 
 LogicalResult CostAnnotationOp::verify() {
   Operation *op = getOperation();
-  double flops = getComputeFlops().convertToDouble();
-  if (!(flops >= 0))
-    return emitOpError() << "compute_flops is " << flops << ", expected >= 0";
-  if (failed(verifyAtLeast(op, "memory_bytes", getMemoryBytes(), 0)))
+  if (failed(verifyNonNegative(op, "compute_flops", getComputeFlops())) ||
+      failed(verifyAtLeast(op, "memory_bytes", getMemoryBytes(), 0)))
     return failure();
   return verifyAtLeast(op, "communication_bytes", getCommunicationBytes(), 0);
 }

@@ -2,6 +2,7 @@
 #include "VerifyHelpers.h"
 
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SmallString.h"
 
 namespace mlir::llm::detail {
 
@@ -13,10 +14,27 @@ LogicalResult verifyAtLeast(Operation *op, StringRef name, int64_t value,
                            << min;
 }
 
-LogicalResult verifyPositive(Operation *op, StringRef name, double value) {
-  if (value > 0)
+/// Shortest decimal form of `value` ("0.5", "-1"), as a user would write it.
+static std::string toDecimal(const llvm::APFloat &value) {
+  SmallString<16> text;
+  value.toString(text);
+  return std::string(text);
+}
+
+LogicalResult verifyPositive(Operation *op, StringRef name,
+                             const llvm::APFloat &value) {
+  if (value.isFiniteNonZero() && !value.isNegative())
     return success();
-  return op->emitOpError() << name << " is " << value << ", expected > 0";
+  return op->emitOpError() << name << " is " << toDecimal(value)
+                           << ", expected > 0";
+}
+
+LogicalResult verifyNonNegative(Operation *op, StringRef name,
+                                const llvm::APFloat &value) {
+  if (value.isFinite() && (value.isZero() || !value.isNegative()))
+    return success();
+  return op->emitOpError() << name << " is " << toDecimal(value)
+                           << ", expected >= 0";
 }
 
 LogicalResult verifyIndex(Operation *op, StringRef name, int64_t value,

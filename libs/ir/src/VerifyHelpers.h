@@ -9,6 +9,7 @@
 #define LLMIR_IR_SRC_VERIFYHELPERS_H
 
 #include "mlir/IR/BuiltinTypes.h"
+#include "llvm/ADT/APFloat.h"
 #include "mlir/IR/Operation.h"
 #include "mlir/Support/LogicalResult.h"
 
@@ -19,7 +20,12 @@ LogicalResult verifyAtLeast(Operation *op, StringRef name, int64_t value,
                             int64_t min);
 
 /// `name` (a float attribute) must be > 0 (NaN fails too).
-LogicalResult verifyPositive(Operation *op, StringRef name, double value);
+LogicalResult verifyPositive(Operation *op, StringRef name,
+                             const llvm::APFloat &value);
+
+/// `name` (a float attribute) must be >= 0 (NaN fails too).
+LogicalResult verifyNonNegative(Operation *op, StringRef name,
+                                const llvm::APFloat &value);
 
 /// 0 <= `name` < `boundName` (whose value is `bound`).
 LogicalResult verifyIndex(Operation *op, StringRef name, int64_t value,
