@@ -1,5 +1,5 @@
 // One case per verifier rule of the llm dialect (docs/ir.md lists the rules).
-// Generated cases are plain functions; each expected-error is the full message.
+// Each split is one rule; expected-error carries the full message.
 // RUN: llmir-opt %s -split-input-file -verify-diagnostics
 // ---- types
 // expected-error @+1 {{sharded_kv_cache element type is 'i8', expected a float type}}
