@@ -1,0 +1,50 @@
+// The compiler as one call, without MLIR types in the interface: services and
+// tools built with RTTI (llmir-generate, the compiler service) include this
+// header and link llmir_compiler.
+//
+// import (optional) -> cost model -> partitioning -> communication insertion
+// -> memory planning -> one ShardProgram per rank (lowering of @prefill; the
+// importer gives @prefill and @decode the same body) + the DeploymentPlan.
+#pragma once
+
+#include "llmir/proto/deployment_plan.pb.h"
+#include "llmir/proto/shard_program.pb.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmir::compiler {
+
+struct CompileOptions {
+  /// Parallel degrees; ignored when clusterSpecPath is set (the spec's fixed
+  /// degrees or the automatic search decide).
+  int tp = 1, pp = 1, sp = 1;
+  /// Tokens per paged KV-cache block (used when importing).
+  int64_t kvBlockSize = 16;
+  /// Optional cluster spec (YAML, docs/cluster-spec.md).
+  std::string clusterSpecPath;
+  /// Fills CompiledModel::explanation with the candidates table.
+  bool explain = false;
+};
+
+struct CompiledModel {
+  /// The module after the passes, parseable by llmir-opt.
+  std::string partitionedMlir;
+  proto::DeploymentPlan plan;
+  /// One program per global rank, indexed by rank.
+  std::vector<proto::ShardProgram> programs;
+  /// The --llm-explain table (empty unless CompileOptions::explain).
+  std::string explanation;
+};
+
+/// Imports the Hugging Face checkpoint directory `hfDir` and compiles it.
+Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
+                                         const CompileOptions &options);
+
+/// Compiles an `llm` module given as MLIR text (as llmir-import writes it).
+Result<CompiledModel> compileModule(const std::string &mlirText,
+                                    const CompileOptions &options);
+
+} // namespace llmir::compiler

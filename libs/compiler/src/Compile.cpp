@@ -1,0 +1,150 @@
+#include "llmir/compiler/Compile.h"
+
+#include "RankLayout.h"
+#include "llmir/IR/LLMDialect.h"
+#include "llmir/compiler/Importer.h"
+#include "llmir/compiler/ShardProgramLowering.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+
+using namespace mlir;
+
+namespace llmir::compiler {
+namespace {
+
+/// Collects the context's diagnostics so that they can travel in a Status.
+class DiagnosticCollector {
+public:
+  explicit DiagnosticCollector(MLIRContext &context)
+      : handler(&context, [this](Diagnostic &diag) {
+          std::string text;
+          llvm::raw_string_ostream os(text);
+          os << diag.getLocation() << ": " << diag;
+          for (const Diagnostic &note : diag.getNotes())
+            os << "\n  note: " << note;
+          if (!messages.empty())
+            messages += "\n";
+          messages += os.str();
+          return success();
+        }) {}
+
+  Status error(const std::string &what) const {
+    return Status::error(messages.empty() ? what : what + ": " + messages);
+  }
+
+private:
+  std::string messages;
+  ScopedDiagnosticHandler handler;
+};
+
+void loadDialects(MLIRContext &context) {
+  context.getOrLoadDialect<llm::LLMDialect>();
+  context.getOrLoadDialect<func::FuncDialect>();
+}
+
+std::string printModule(ModuleOp module) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  module->print(os);
+  os << "\n";
+  return os.str();
+}
+
+proto::DeploymentPlan buildPlan(ModuleOp module, const Degrees &degrees) {
+  proto::DeploymentPlan plan;
+  plan.set_format_version(proto::FORMAT_VERSION_1);
+  if (auto model = module->getAttrOfType<DictionaryAttr>("llm.model"))
+    if (auto source = model.getAs<StringAttr>("source"))
+      plan.set_model_name(source.getValue().str());
+  plan.set_tp(degrees.tp);
+  plan.set_pp(degrees.pp);
+  plan.set_sp(degrees.sp);
+  plan.set_world_size(degrees.worldSize());
+  plan.set_rank_order(kRankOrder);
+  for (const proto::CollectiveGroup &g : collectiveGroups(degrees))
+    *plan.add_groups() = g;
+  for (int rank = 0; rank < degrees.worldSize(); ++rank) {
+    RankCoords c = coordsOf(degrees, rank);
+    proto::RankAssignment *r = plan.add_ranks();
+    r->set_rank(rank);
+    r->set_tp_index(c.tpIndex);
+    r->set_pp_stage(c.ppStage);
+    r->set_sp_index(c.spIndex);
+  }
+  return plan;
+}
+
+RankPlacement placementOf(const proto::DeploymentPlan &plan, int rank) {
+  Degrees degrees{static_cast<int>(plan.tp()), static_cast<int>(plan.pp()),
+                  static_cast<int>(plan.sp())};
+  RankCoords c = coordsOf(degrees, rank);
+  RankPlacement p;
+  p.rank = rank;
+  p.worldSize = plan.world_size();
+  p.tpRank = c.tpIndex;
+  p.tpSize = plan.tp();
+  p.stageId = c.ppStage;
+  p.numStages = plan.pp();
+  for (const proto::CollectiveGroup &g : plan.groups())
+    if (std::find(g.ranks().begin(), g.ranks().end(),
+                  static_cast<uint32_t>(rank)) != g.ranks().end())
+      p.groups.push_back(g);
+  return p;
+}
+
+Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &options,
+                                    DiagnosticCollector &diagnostics) {
+  Degrees degrees{options.tp, options.pp, options.sp};
+  if (degrees.worldSize() != 1)
+    return Status::error("parallel degrees other than 1 are not implemented yet");
+  (void)diagnostics;
+
+  auto prefill = module.lookupSymbol<func::FuncOp>("prefill");
+  if (!prefill)
+    return Status::error("module has no func.func @prefill, expected the "
+                         "entry points that llmir-import writes");
+  CompiledModel out;
+  out.plan = buildPlan(module, degrees);
+  out.partitionedMlir = printModule(module);
+  for (int rank = 0; rank < degrees.worldSize(); ++rank) {
+    auto program = lowerToShardProgram(prefill, placementOf(out.plan, rank));
+    if (!program)
+      return Status::error("lowering @prefill for rank " + std::to_string(rank) +
+                           ": " + llvm::toString(program.takeError()));
+    out.programs.push_back(std::move(*program));
+  }
+  return out;
+}
+
+} // namespace
+
+Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
+                                         const CompileOptions &options) {
+  MLIRContext context;
+  loadDialects(context);
+  DiagnosticCollector diagnostics(context);
+  ImportOptions importOptions;
+  importOptions.kvBlockSize = options.kvBlockSize;
+  auto module = importHuggingFace(context, hfDir, importOptions);
+  if (!module)
+    return Status::error("importing '" + hfDir +
+                         "': " + llvm::toString(module.takeError()));
+  return compileLoaded(**module, options, diagnostics);
+}
+
+Result<CompiledModel> compileModule(const std::string &mlirText,
+                                    const CompileOptions &options) {
+  MLIRContext context;
+  loadDialects(context);
+  DiagnosticCollector diagnostics(context);
+  OwningOpRef<ModuleOp> module =
+      parseSourceString<ModuleOp>(mlirText, ParserConfig(&context));
+  if (!module)
+    return diagnostics.error("parsing the llm module");
+  return compileLoaded(*module, options, diagnostics);
+}
+
+} // namespace llmir::compiler
