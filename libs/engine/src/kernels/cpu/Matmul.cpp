@@ -70,7 +70,9 @@ LLMIR_DEFINE_HALF_DOT_AVX2(dotF16Avx2, "avx2,fma,f16c", loadF16, f16ToF32)
 HalfDot selectHalfDot(proto::DType dtype) {
   static const bool hasAvx2Fma =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  static const bool hasF16c = __builtin_cpu_supports("f16c");
+  // clang 15's __builtin_cpu_supports does not know "f16c"; every AVX2 CPU
+  // (Haswell and later, Zen) has it, and the AVX2 kernel is gated on AVX2.
+  static const bool hasF16c = hasAvx2Fma;
   if (dtype == proto::BF16)
     return hasAvx2Fma ? dotBf16Avx2 : dotHalfScalar<bf16ToF32>;
   return hasAvx2Fma && hasF16c ? dotF16Avx2 : dotHalfScalar<f16ToF32>;

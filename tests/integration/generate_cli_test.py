@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""llmir-generate as a user runs it, against the Hugging Face references.
+
+For every model (the embedded demo model, plus ../shared fixtures when
+present): each reference case through `--prompt-ids ... --ignore-eos --json`
+must print exactly the greedy ids; for models with a tokenizer, `--prompt
+TEXT` must tokenize to the reference prompt ids. Bad arguments must fail
+with a message and exit code 2, a bad model directory with exit code 1.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+        print("FAIL:", message)
+
+
+def run(generate, *args):
+    return subprocess.run([generate, *args], capture_output=True, text=True, timeout=300)
+
+
+def check_model(generate, model_dir):
+    with open(os.path.join(model_dir, "reference.json")) as f:
+        cases = json.load(f)["cases"]
+    for i, case in enumerate(cases):
+        ids = ",".join(map(str, case["prompt_ids"]))
+        n = str(len(case["greedy_ids"]))
+        proc = run(generate, "--model", model_dir, "--prompt-ids", ids,
+                   "--max-tokens", n, "--ignore-eos", "--json")
+        check(proc.returncode == 0, f"{model_dir} case {i}: exit {proc.returncode}: {proc.stderr}")
+        if proc.returncode != 0:
+            continue
+        out = json.loads(proc.stdout)
+        check(out["prompt_ids"] == case["prompt_ids"], f"{model_dir} case {i}: prompt ids echoed wrong")
+        check(out["output_ids"] == case["greedy_ids"],
+              f"{model_dir} case {i}: output {out['output_ids']} != reference {case['greedy_ids']}")
+        if "prompt_text" in case:
+            proc = run(generate, "--model", model_dir, "--prompt", case["prompt_text"],
+                       "--max-tokens", n, "--ignore-eos", "--json")
+            check(proc.returncode == 0, f"{model_dir} text case {i}: {proc.stderr}")
+            if proc.returncode == 0:
+                out = json.loads(proc.stdout)
+                check(out["prompt_ids"] == case["prompt_ids"], f"{model_dir} text case {i}: tokenization differs")
+                check(out["output_ids"] == case["greedy_ids"], f"{model_dir} text case {i}: output differs")
+    print(f"ok: {model_dir} ({len(cases)} cases)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--generate", required=True)
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--fixtures", required=True)
+    args = parser.parse_args()
+
+    check_model(args.generate, os.path.join(args.models, "demo-llama-4m"))
+    if os.path.isdir(args.fixtures):
+        for name in ("tiny-llama-gqa", "tiny-llama-mha"):
+            check_model(args.generate, os.path.join(args.fixtures, name))
+    else:
+        print(f"SKIPPED fixtures: {args.fixtures} not found (../shared absent)")
+
+    demo = os.path.join(args.models, "demo-llama-4m")
+    for bad in (["--model", demo, "--max-tokens", "4"],
+                ["--model", demo, "--prompt-ids", "1,x", "--max-tokens", "4"],
+                ["--model", demo, "--prompt-ids", "1", "--max-tokens", "0"],
+                ["--model", demo, "--prompt-ids", "1", "--max-tokens", "4", "--top-p", "2"],
+                ["--bogus"]):
+        proc = run(args.generate, *bad)
+        check(proc.returncode == 2 and "error:" in proc.stderr, f"bad args {bad}: exit {proc.returncode}")
+    proc = run(args.generate, "--model", "/nonexistent", "--prompt-ids", "1", "--max-tokens", "4")
+    check(proc.returncode == 1 and "error:" in proc.stderr, "missing model dir must fail cleanly")
+    proc = run(args.generate, "--model", demo, "--prompt-ids", "99999", "--max-tokens", "4")
+    check(proc.returncode == 1 and "error:" in proc.stderr, "out-of-vocabulary prompt id must fail cleanly")
+
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
