@@ -1,81 +1,212 @@
 // ATTENTION over the paged KV cache: the step's k/v are stored first, then
 // each (token, query head) attends causally to positions 0..p of its
-// sequence, reading keys and values through the block table. Softmax is the
-// numerically stable form (max subtracted) in f32.
+// sequence. Softmax is the numerically stable form (max subtracted), f32.
+//
+// Two schedules, same math:
+// - a run of >= 4 tokens of one sequence (prefill): its keys are gathered
+//   once per KV head, transposed, and each block of 4 queries computes its
+//   scores and weighted values with register-blocked kernels (no horizontal
+//   sums, every key and value load shared by 4 queries);
+// - fewer tokens (decode): each (token, head) reads keys and values through
+//   the block table directly.
+#include "Simd.h"
+
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/KvCache.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/ThreadPool.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 namespace llmir::engine::cpu {
+namespace {
+
+constexpr int64_t kQueryBlock = 4; // rows of simd::Kernels::scores4
+
+struct Geometry {
+  const StepInput &step;
+  const AttentionParams &params;
+  const KvCache &cache;
+  int64_t blockSize;
+  const float *key(int32_t seq, int64_t position, int64_t kvHead) const {
+    const auto &table = step.blockTables[static_cast<size_t>(seq)];
+    return cache.keyRow(params.layer,
+                        table[static_cast<size_t>(position / blockSize)],
+                        position % blockSize) +
+           kvHead * params.headDim;
+  }
+  const float *value(int32_t seq, int64_t position, int64_t kvHead) const {
+    const auto &table = step.blockTables[static_cast<size_t>(seq)];
+    return cache.valueRow(params.layer,
+                          table[static_cast<size_t>(position / blockSize)],
+                          position % blockSize) +
+           kvHead * params.headDim;
+  }
+};
+
+// Tokens [begin, end) of the step, all of sequence `seq`.
+struct Run {
+  int64_t begin, end;
+  int32_t seq;
+  int64_t keys;   // max position + 1: keys every token of the run may see
+  int64_t padded; // keys rounded up to 32 (scores4 works in 32 columns)
+  size_t gathered; // offset of its [kvHead] gathered K^T and V in scratch
+};
+
+void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
+                        const AttentionParams &params, KvCache &cache) {
+  const int64_t blockSize = cache.shape().blockSize;
+  const int64_t width = params.numKvHeads * params.headDim;
+  for (int64_t t = 0; t < step.numTokens(); ++t) {
+    const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
+    const int64_t pos = step.positions[t];
+    const int32_t block = table[static_cast<size_t>(pos / blockSize)];
+    std::memcpy(cache.keyRow(params.layer, block, pos % blockSize),
+                k + t * width, static_cast<size_t>(width) * sizeof(float));
+    std::memcpy(cache.valueRow(params.layer, block, pos % blockSize),
+                v + t * width, static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
+void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
+               float *out, std::vector<float> &scores) {
+  const simd::Kernels &k = simd::kernels();
+  const int64_t D = g.params.headDim;
+  const int64_t kvHead = h / (g.params.numHeads / g.params.numKvHeads);
+  const int32_t seq = g.step.tokenSeq[t];
+  const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
+  const float *query = q + (t * g.params.numHeads + h) * D;
+  scores.resize(static_cast<size_t>(length));
+  for (int64_t j = 0; j < length; ++j)
+    scores[static_cast<size_t>(j)] = k.dot(query, g.key(seq, j, kvHead), D);
+  k.softmax(scores.data(), length, g.params.scale);
+  float *o = out + (t * g.params.numHeads + h) * D;
+  std::fill(o, o + D, 0.0f);
+  for (int64_t j = 0; j < length; ++j)
+    k.axpy(scores[static_cast<size_t>(j)], g.value(seq, j, kvHead), o, D);
+}
+
+// K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
+void gather(const Geometry &g, const Run &run, int64_t kvHead, float *dst) {
+  const int64_t D = g.params.headDim;
+  float *kt = dst, *v = dst + D * run.padded;
+  std::fill(dst, dst + 2 * D * run.padded, 0.0f);
+  for (int64_t j = 0; j < run.keys; ++j) {
+    const float *key = g.key(run.seq, j, kvHead);
+    for (int64_t d = 0; d < D; ++d)
+      kt[d * run.padded + j] = key[d];
+    std::memcpy(v + j * D, g.value(run.seq, j, kvHead),
+                static_cast<size_t>(D) * sizeof(float));
+  }
+}
+
+// Queries [t0, t0 + rows) (rows <= 4) of head h against the gathered keys.
+void attendBlock(const Geometry &g, const Run &run, const float *gathered,
+                 const float *q, int64_t t0, int64_t rows, int64_t h,
+                 float *out, std::vector<float> &scratch) {
+  const simd::Kernels &k = simd::kernels();
+  const int64_t D = g.params.headDim, Hq = g.params.numHeads;
+  const int64_t kvHead = h / (Hq / g.params.numKvHeads);
+  const float *kt = gathered + kvHead * 2 * D * run.padded;
+  const float *v = kt + D * run.padded;
+  // Keys this block needs: up to its last query's position, in 32s.
+  int64_t needed = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    needed = std::max<int64_t>(needed, g.step.positions[t0 + r] + 1);
+  const int64_t columns = std::min(run.padded, (needed + 31) / 32 * 32);
+  scratch.resize(static_cast<size_t>(kQueryBlock * run.padded + D));
+  float *s = scratch.data();
+  float *discard = s + kQueryBlock * run.padded; // output of padding rows
+  const float *queries[kQueryBlock];
+  float *outputs[kQueryBlock];
+  for (int64_t r = 0; r < kQueryBlock; ++r) {
+    const int64_t t = t0 + std::min(r, rows - 1);
+    queries[r] = q + (t * Hq + h) * D;
+    outputs[r] = r < rows ? out + (t * Hq + h) * D : discard;
+  }
+  k.scores4(queries, kt, run.padded, D, columns, s, run.padded);
+  for (int64_t r = 0; r < kQueryBlock; ++r) {
+    float *row = s + r * run.padded;
+    const int64_t length =
+        static_cast<int64_t>(g.step.positions[t0 + std::min(r, rows - 1)]) + 1;
+    k.softmax(row, length, g.params.scale);
+    std::fill(row + length, row + columns, 0.0f); // causal mask
+  }
+  k.weightedSum4(s, run.padded, v, needed, D, outputs);
+}
+
+} // namespace
 
 void pagedAttention(const float *q, const float *k, const float *v,
                     const StepInput &step, const AttentionParams &params,
                     KvCache &cache, float *out, ThreadPool &pool) {
-  const int64_t T = step.numTokens();
-  const int64_t Hq = params.numHeads, Hkv = params.numKvHeads;
-  const int64_t D = params.headDim;
-  const int64_t blockSize = cache.shape().blockSize;
-  const int64_t layer = params.layer;
-  const size_t kvRowBytes = static_cast<size_t>(Hkv * D) * sizeof(float);
+  storeKeysAndValues(k, v, step, params, cache);
+  const Geometry g{step, params, cache, cache.shape().blockSize};
+  const int64_t T = step.numTokens(), Hq = params.numHeads;
+  const int64_t Hkv = params.numKvHeads, D = params.headDim;
 
-  for (int64_t t = 0; t < T; ++t) {
-    const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
-    const int64_t pos = step.positions[t];
-    const int32_t block = table[static_cast<size_t>(pos / blockSize)];
-    std::memcpy(cache.keyRow(layer, block, pos % blockSize), k + t * Hkv * D,
-                kvRowBytes);
-    std::memcpy(cache.valueRow(layer, block, pos % blockSize), v + t * Hkv * D,
-                kvRowBytes);
+  // Split the step into runs of one sequence; long runs use the blocked path.
+  std::vector<Run> runs;
+  std::vector<int64_t> singles; // tokens attended one at a time
+  size_t gatheredFloats = 0;
+  for (int64_t t = 0; t < T;) {
+    int64_t end = t + 1;
+    while (end < T && step.tokenSeq[end] == step.tokenSeq[t])
+      ++end;
+    if (end - t >= kQueryBlock && D % 16 == 0) {
+      int64_t keys = 0;
+      for (int64_t i = t; i < end; ++i)
+        keys = std::max<int64_t>(keys, step.positions[i] + 1);
+      const int64_t padded = (keys + 31) / 32 * 32;
+      runs.push_back({t, end, step.tokenSeq[t], keys, padded, gatheredFloats});
+      gatheredFloats += static_cast<size_t>(Hkv * 2 * D * padded);
+    } else {
+      for (int64_t i = t; i < end; ++i)
+        singles.push_back(i);
+    }
+    t = end;
   }
 
-  const int64_t queriesPerKvHead = Hq / Hkv;
-  pool.parallelFor(static_cast<size_t>(T * Hq), 1, [&](size_t b, size_t e) {
-    std::vector<float> scores;
-    for (size_t index = b; index < e; ++index) {
-      const int64_t t = static_cast<int64_t>(index) / Hq;
-      const int64_t h = static_cast<int64_t>(index) % Hq;
-      const int64_t kvHead = h / queriesPerKvHead;
-      const float *query = q + (t * Hq + h) * D;
-      const auto &table =
-          step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
-      const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
+  thread_local std::vector<float> gatheredStorage;
+  gatheredStorage.resize(gatheredFloats);
+  float *gathered = gatheredStorage.data(); // shared with the pool threads
+  pool.parallelFor(runs.size() * static_cast<size_t>(Hkv), 1,
+                   [&](size_t b, size_t e) {
+                     for (size_t i = b; i < e; ++i) {
+                       const Run &run = runs[i / static_cast<size_t>(Hkv)];
+                       const int64_t kvHead = static_cast<int64_t>(i) % Hkv;
+                       gather(g, run, kvHead,
+                              gathered + run.gathered + kvHead * 2 * D * run.padded);
+                     }
+                   });
 
-      scores.resize(static_cast<size_t>(length));
-      float maxScore = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < length; ++j) {
-        const float *key =
-            cache.keyRow(layer, table[static_cast<size_t>(j / blockSize)],
-                         j % blockSize) +
-            kvHead * D;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d)
-          dot += query[d] * key[d];
-        scores[static_cast<size_t>(j)] = dot * params.scale;
-        maxScore = std::max(maxScore, scores[static_cast<size_t>(j)]);
-      }
-      float total = 0.0f;
-      for (float &s : scores) {
-        s = std::exp(s - maxScore);
-        total += s;
-      }
+  // Work items: (query block, head) of the runs, then (token, head).
+  struct Item {
+    int32_t run; // -1 for a single token
+    int64_t t, rows, h;
+  };
+  std::vector<Item> items;
+  for (size_t r = 0; r < runs.size(); ++r)
+    for (int64_t t = runs[r].begin; t < runs[r].end; t += kQueryBlock)
+      for (int64_t h = 0; h < Hq; ++h)
+        items.push_back({static_cast<int32_t>(r), t,
+                         std::min(kQueryBlock, runs[r].end - t), h});
+  for (int64_t t : singles)
+    for (int64_t h = 0; h < Hq; ++h)
+      items.push_back({-1, t, 1, h});
 
-      float *o = out + (t * Hq + h) * D;
-      std::fill(o, o + D, 0.0f);
-      for (int64_t j = 0; j < length; ++j) {
-        const float *value =
-            cache.valueRow(layer, table[static_cast<size_t>(j / blockSize)],
-                           j % blockSize) +
-            kvHead * D;
-        const float weight = scores[static_cast<size_t>(j)] / total;
-        for (int64_t d = 0; d < D; ++d)
-          o[d] += weight * value[d];
+  pool.parallelFor(items.size(), 1, [&](size_t b, size_t e) {
+    thread_local std::vector<float> scratch;
+    for (size_t i = b; i < e; ++i) {
+      const Item &item = items[i];
+      if (item.run < 0) {
+        attendOne(g, q, item.t, item.h, out, scratch);
+      } else {
+        const Run &run = runs[static_cast<size_t>(item.run)];
+        attendBlock(g, run, gathered + run.gathered, q, item.t, item.rows,
+                    item.h, out, scratch);
       }
     }
   });

@@ -1,15 +1,12 @@
-// SWIGLU and ADD.
-#include "llmir/engine/CpuKernels.h"
+// SWIGLU (vectorised, see Simd.h) and ADD.
+#include "Simd.h"
 
-#include <cmath>
+#include "llmir/engine/CpuKernels.h"
 
 namespace llmir::engine::cpu {
 
 void swiglu(const float *gate, const float *up, float *y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    y[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+  simd::kernels().swiglu(gate, up, y, n);
 }
 
 void add(const float *a, const float *b, float *y, int64_t n) {

@@ -1,0 +1,72 @@
+// Instantiates SimdKernels.inc for AVX-512, AVX2+FMA and baseline x86-64
+// (or only the portable set elsewhere), and picks one from CPU features.
+#include "Simd.h"
+
+#include "llmir/engine/Tensor.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+namespace llmir::engine::cpu::simd {
+
+// The 16-float vectors pass between inlined helpers only, never across an
+// ABI boundary, so the psabi note about their calling convention is moot.
+#pragma clang diagnostic ignored "-Wpsabi"
+
+#if defined(__x86_64__) && defined(__clang__)
+#define LLMIR_SIMD_X86 1
+namespace avx512 {
+constexpr const char *kIsaName = "avx512";
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#include "SimdKernels.inc"
+#pragma clang attribute pop
+} // namespace avx512
+
+namespace avx2 {
+constexpr const char *kIsaName = "avx2";
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#include "SimdKernels.inc"
+#pragma clang attribute pop
+} // namespace avx2
+#endif
+
+namespace generic {
+constexpr const char *kIsaName = "generic";
+#include "SimdKernels.inc"
+} // namespace generic
+
+namespace {
+
+const Kernels &select() {
+  const char *forced = std::getenv("LLMIR_CPU_ISA");
+#ifdef LLMIR_SIMD_X86
+  __builtin_cpu_init();
+  const bool hasAvx2 = __builtin_cpu_supports("avx2") &&
+                       __builtin_cpu_supports("fma");
+  const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512dq");
+  // Every CPU with AVX2 and FMA also has F16C (Haswell, Piledriver on).
+  if (forced && std::strcmp(forced, "generic") == 0)
+    return generic::table;
+  if (forced && std::strcmp(forced, "avx2") == 0 && hasAvx2)
+    return avx2::table;
+  if (hasAvx512)
+    return avx512::table;
+  if (hasAvx2)
+    return avx2::table;
+#endif
+  (void)forced;
+  return generic::table;
+}
+
+} // namespace
+
+const Kernels &kernels() {
+  static const Kernels &chosen = select();
+  return chosen;
+}
+
+} // namespace llmir::engine::cpu::simd

@@ -1,0 +1,45 @@
+// Vectorised inner loops of the CPU kernels, compiled once per instruction
+// set (AVX-512, AVX2+FMA, baseline x86-64) from one source (SimdKernels.inc)
+// and picked at run time from the CPU's features. All arithmetic is f32;
+// half weights are widened in registers.
+#pragma once
+
+#include <cstdint>
+
+namespace llmir::engine::cpu::simd {
+
+/// Weight element encodings the GEMV reads directly.
+enum WeightKind : int { kF32 = 0, kBf16 = 1, kF16 = 2 };
+
+using GemvFn = void (*)(const float *x, int64_t T, const void *w, int64_t K,
+                        int64_t nBegin, int64_t nEnd, float *y, int64_t ldy);
+
+struct Kernels {
+  const char *isa;
+  /// y[t * ldy + n] = dot(x[t * K, +K), row n of w[N, K]) for n in
+  /// [nBegin, nEnd), t in [0, T); indexed by WeightKind.
+  GemvFn gemv[3];
+  /// dst[i] = widen(src[i]) for i in [0, n), src of WeightKind kBf16/kF16.
+  void (*widen[3])(const void *src, float *dst, int64_t n);
+  float (*dot)(const float *a, const float *b, int64_t n);
+  /// y += a * x.
+  void (*axpy)(float a, const float *x, float *y, int64_t n);
+  /// In place s[i] = exp(s[i] * scale - max) / sum over [0, n).
+  void (*softmax)(float *s, int64_t n, float scale);
+  /// y = silu(gate) * up.
+  void (*swiglu)(const float *gate, const float *up, float *y, int64_t n);
+  /// s[r][j] = q[r] . kt[., j] for 4 query rows over D, keys transposed
+  /// kt[D][ldk], j in [0, L); L a multiple of 32.
+  void (*scores4)(const float *const *q, const float *kt, int64_t ldk,
+                  int64_t D, int64_t L, float *s, int64_t lds);
+  /// o[r][d] = sum_j p[r][j] * v[j][d] for r < 4, j in [0, L), d in [0, D);
+  /// D a multiple of 16; v is [L][D] contiguous.
+  void (*weightedSum4)(const float *p, int64_t ldp, const float *v, int64_t L,
+                       int64_t D, float *const *o);
+};
+
+/// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512|avx2|generic forces
+/// one (tests use it to cover every path on one machine).
+const Kernels &kernels();
+
+} // namespace llmir::engine::cpu::simd
