@@ -1,9 +1,13 @@
 #include "llmir/compiler/Compile.h"
 
+#include "Partition.h"
 #include "RankLayout.h"
 #include "llmir/IR/LLMDialect.h"
 #include "llmir/compiler/Importer.h"
+#include "llmir/compiler/Passes.h"
 #include "llmir/compiler/ShardProgramLowering.h"
+
+#include "mlir/Pass/PassManager.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Diagnostics.h"
@@ -53,7 +57,8 @@ std::string printModule(ModuleOp module) {
   return os.str();
 }
 
-proto::DeploymentPlan buildPlan(ModuleOp module, const Degrees &degrees) {
+proto::DeploymentPlan buildPlan(ModuleOp module, const Partition &partition) {
+  Degrees degrees{partition.tp, partition.pp, partition.sp};
   proto::DeploymentPlan plan;
   plan.set_format_version(proto::FORMAT_VERSION_1);
   if (auto model = module->getAttrOfType<DictionaryAttr>("llm.model"))
@@ -66,6 +71,19 @@ proto::DeploymentPlan buildPlan(ModuleOp module, const Degrees &degrees) {
   plan.set_rank_order(kRankOrder);
   for (const proto::CollectiveGroup &g : collectiveGroups(degrees))
     *plan.add_groups() = g;
+  int64_t firstLayer = 0;
+  for (int s = 0; s < partition.pp; ++s) {
+    proto::StageAssignment *stage = plan.add_stages();
+    stage->set_stage(s);
+    int64_t layers = partition.stageLayers.empty() ? 0 : partition.stageLayers[s];
+    stage->set_first_layer(firstLayer);
+    stage->set_num_layers(layers);
+    stage->set_has_embedding(s == 0);
+    stage->set_has_lm_head(s == partition.pp - 1);
+    if (s < static_cast<int>(partition.stageCosts.size()))
+      stage->set_predicted_cost(partition.stageCosts[s]);
+    firstLayer += layers;
+  }
   for (int rank = 0; rank < degrees.worldSize(); ++rank) {
     RankCoords c = coordsOf(degrees, rank);
     proto::RankAssignment *r = plan.add_ranks();
@@ -88,6 +106,10 @@ RankPlacement placementOf(const proto::DeploymentPlan &plan, int rank) {
   p.tpSize = plan.tp();
   p.stageId = c.ppStage;
   p.numStages = plan.pp();
+  if (c.ppStage > 0)
+    p.prevStageRank = rankOf(degrees, {c.tpIndex, c.ppStage - 1, c.spIndex});
+  if (c.ppStage + 1 < static_cast<int>(plan.pp()))
+    p.nextStageRank = rankOf(degrees, {c.tpIndex, c.ppStage + 1, c.spIndex});
   for (const proto::CollectiveGroup &g : plan.groups())
     if (std::find(g.ranks().begin(), g.ranks().end(),
                   static_cast<uint32_t>(rank)) != g.ranks().end())
@@ -97,17 +119,31 @@ RankPlacement placementOf(const proto::DeploymentPlan &plan, int rank) {
 
 Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &options,
                                     DiagnosticCollector &diagnostics) {
-  Degrees degrees{options.tp, options.pp, options.sp};
-  if (degrees.worldSize() != 1)
-    return Status::error("parallel degrees other than 1 are not implemented yet");
-  (void)diagnostics;
+  if (!options.clusterSpecPath.empty())
+    return Status::error("cluster specs ('" + options.clusterSpecPath +
+                         "') are not supported yet; pass the degrees instead");
+  if (options.sp != 1)
+    return Status::error("sequence parallelism (sp = " + std::to_string(options.sp) +
+                         ") is not implemented yet, expected sp = 1");
+  PassManager pm(module.getContext());
+  pm.addPass(createCostModelPass());
+  pm.addPass(createModelPartitioningPass(options.tp, options.pp, options.sp));
+  pm.addPass(createCommunicationInsertionPass());
+  if (failed(pm.run(module)))
+    return diagnostics.error("compiling for tp=" + std::to_string(options.tp) +
+                             " pp=" + std::to_string(options.pp) +
+                             " sp=" + std::to_string(options.sp));
+  FailureOr<Partition> partition = readPartition(module);
+  if (failed(partition))
+    return diagnostics.error("reading the partition");
+  Degrees degrees{partition->tp, partition->pp, partition->sp};
 
   auto prefill = module.lookupSymbol<func::FuncOp>("prefill");
   if (!prefill)
     return Status::error("module has no func.func @prefill, expected the "
                          "entry points that llmir-import writes");
   CompiledModel out;
-  out.plan = buildPlan(module, degrees);
+  out.plan = buildPlan(module, *partition);
   out.partitionedMlir = printModule(module);
   for (int rank = 0; rank < degrees.worldSize(); ++rank) {
     auto program = lowerToShardProgram(prefill, placementOf(out.plan, rank));

@@ -53,7 +53,23 @@ public:
       if (auto source = model.getAs<StringAttr>("source"))
         program.set_model_name(source.getValue().str());
     }
-    for (Operation &op : step.getBody().front()) {
+    Block *body = &step.getBody().front();
+    bool staged = false;
+    for (auto stage : body->getOps<llm::PipelineStageOp>()) {
+      staged = true;
+      if (stage.getNumStages() != static_cast<int32_t>(placement.numStages))
+        return errorAt(stage, "module has " + llvm::Twine(stage.getNumStages()) +
+                                  " pipeline stages, the rank's placement " +
+                                  llvm::Twine(placement.numStages));
+      if (stage.getStageId() == static_cast<int32_t>(placement.stageId))
+        body = &stage.getBody().front();
+    }
+    if (staged && body == &step.getBody().front())
+      return errorAt(step, "has no llm.pipeline_stage with stage_id " +
+                               llvm::Twine(placement.stageId));
+    for (Operation &op : *body) {
+      if (staged && isa<func::ReturnOp>(op))
+        continue;
       if (llvm::Error err = lower(&op))
         return std::move(err);
     }
@@ -145,7 +161,43 @@ private:
     return llvm::TypeSwitch<Operation *, llvm::Error>(op)
         .Case([&](llm::WeightOp w) { return lowerWeight(w); })
         .Case([&](llm::EmbeddingOp e) {
-          return done(emitUnary(op, proto::EMBEDDING, e.getTable()));
+          Inst inst = emitUnary(op, proto::EMBEDDING, e.getTable());
+          if (inst)
+            (*(*inst)->mutable_int_attrs())["vocab_offset"] = vocabOffset(e);
+          return done(std::move(inst));
+        })
+        .Case([&](llm::AllReduceOp r) {
+          return lowerTensorParallelCollective(op, proto::ALL_REDUCE, r.getGroupSize());
+        })
+        .Case([&](llm::AllGatherOp g) -> llvm::Error {
+          auto type = g.getInput().getType().cast<RankedTensorType>();
+          if (g.getDim() != type.getRank() - 1)
+            return errorAt(op, "gathers dim " + llvm::Twine(g.getDim()) +
+                                   ", ALL_GATHER concatenates the last dim only");
+          return lowerTensorParallelCollective(op, proto::ALL_GATHER, g.getGroupSize());
+        })
+        .Case([&](llm::PipelineRecvOp r) -> llvm::Error {
+          if (placement.prevStageRank < 0)
+            return errorAt(op, "receives on the first pipeline stage");
+          proto::Instruction *inst = emit(proto::RECV);
+          inst->add_outputs(activationSlot(r.getResult()));
+          (*inst->mutable_int_attrs())["peer"] = placement.prevStageRank;
+          return llvm::Error::success();
+        })
+        .Case([&](llm::PipelineSendOp s) -> llvm::Error {
+          if (placement.nextStageRank < 0)
+            return errorAt(op, "sends on the last pipeline stage");
+          Inst inst = emitUnary(op, proto::SEND, s.getInput());
+          if (inst)
+            (*(*inst)->mutable_int_attrs())["peer"] = placement.nextStageRank;
+          return done(std::move(inst));
+        })
+        .Case([&](llm::YieldOp y) -> llvm::Error {
+          // Only the last stage's result (the logits) leaves the replica;
+          // earlier stages hand theirs on with SEND.
+          if (placement.stageId + 1 != placement.numStages)
+            return llvm::Error::success();
+          return setOutput(op, y.getValues().front());
         })
         .Case([&](llm::RMSNormOp n) {
           Inst inst = emitUnary(op, proto::RMS_NORM, {n.getInput(), n.getWeight()});
@@ -187,16 +239,49 @@ private:
         .Case([&](func::ReturnOp ret) -> llvm::Error {
           if (ret.getNumOperands() == 0)
             return llvm::Error::success();
-          auto slot = slotOf(op, ret.getOperand(0));
-          if (!slot)
-            return slot.takeError();
-          program.set_has_output(true);
-          program.set_output_slot(*slot);
-          return llvm::Error::success();
+          return setOutput(op, ret.getOperand(0));
         })
         .Default([&](Operation *) {
           return errorAt(op, "has no ShardProgram lowering");
         });
+  }
+
+  llvm::Error setOutput(Operation *op, Value result) {
+    auto slot = slotOf(op, result);
+    if (!slot)
+      return slot.takeError();
+    program.set_has_output(true);
+    program.set_output_slot(*slot);
+    return llvm::Error::success();
+  }
+
+  /// First vocabulary row of this rank's embedding table slice.
+  int64_t vocabOffset(llm::EmbeddingOp e) {
+    auto table = e.getTable().getDefiningOp<llm::WeightOp>();
+    if (!table || !table.getShardDim() || *table.getShardDim() != 0)
+      return 0;
+    return e.getTable().getType().cast<RankedTensorType>().getDimSize(0) *
+           placement.tpRank;
+  }
+
+  llvm::Error lowerTensorParallelCollective(Operation *op, proto::Opcode opcode,
+                                            int64_t groupSize) {
+    const proto::CollectiveGroup *group = nullptr;
+    for (const proto::CollectiveGroup &g : placement.groups)
+      if (g.kind() == "tp")
+        group = &g;
+    if (!group || group->ranks_size() != groupSize) {
+      std::string has = group ? "one of " + std::to_string(group->ranks_size())
+                              : std::string("none");
+      return errorAt(op, "needs a tensor-parallel group of " + llvm::Twine(groupSize) +
+                             " ranks; rank " + llvm::Twine(placement.rank) +
+                             " is in " + has);
+    }
+    auto inst = emitUnary(op, opcode, op->getOperand(0));
+    if (!inst)
+      return inst.takeError();
+    (*(*inst)->mutable_int_attrs())["group"] = group->id();
+    return llvm::Error::success();
   }
 
   llvm::Error lowerAttention(llm::PagedAttentionOp a) {

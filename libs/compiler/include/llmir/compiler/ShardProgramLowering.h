@@ -23,12 +23,19 @@ struct RankPlacement {
   uint32_t tpSize = 1;
   uint32_t stageId = 0;
   uint32_t numStages = 1;
-  /// Collective groups the program's collectives refer to (id = index).
+  /// Global ranks of the same tensor-parallel index in the neighbouring
+  /// pipeline stages (RECV / SEND peers); -1 at the ends of the pipeline.
+  int64_t prevStageRank = -1;
+  int64_t nextStageRank = -1;
+  /// Collective groups this rank belongs to. Tensor-parallel collectives
+  /// (llm.all_reduce, llm.all_gather) use the one of kind "tp".
   std::vector<proto::CollectiveGroup> groups;
 };
 
 /// Lowers `step` (llm ops over the paged KV cache, as produced by the
-/// importer and the partitioning passes) to one rank's ShardProgram.
+/// importer and the partitioning passes) to one rank's ShardProgram. When
+/// the body is split into llm.pipeline_stage ops, only the rank's stage is
+/// lowered; pipeline_recv/send become RECV/SEND with the neighbour's rank.
 llvm::Expected<proto::ShardProgram>
 lowerToShardProgram(mlir::func::FuncOp step, const RankPlacement &placement);
 

@@ -1,0 +1,40 @@
+//===- Passes.td - the llm compiler passes ------------------*- tablegen -*-===//
+//
+// Run in this order (llmir-compile and Compile.h do): llm-cost-model,
+// llm-partition, llm-insert-communication, llm-plan-memory. They talk through
+// module attributes: `llm.partition` (degrees and layers per stage) and
+// `llm.memory_plan` (bytes and KV blocks per stage); docs/compiler.md.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLMIR_COMPILER_PASSES_TD
+#define LLMIR_COMPILER_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def CostModel : Pass<"llm-cost-model", "mlir::ModuleOp"> {
+  let summary = "annotate each llm op with its FLOPs and bytes (llm.cost)";
+  let constructor = "llmir::compiler::createCostModelPass()";
+  let options = [
+    Option<"tokens", "tokens", "int64_t", "2048",
+           "tokens of the step the costs are computed for">,
+  ];
+}
+
+def ModelPartitioning : Pass<"llm-partition", "mlir::ModuleOp"> {
+  let summary = "choose tensor/pipeline/sequence degrees and balance stages by cost";
+  let constructor = "llmir::compiler::createModelPartitioningPass()";
+  let options = [
+    Option<"tp", "tp", "int", "1", "tensor-parallel degree">,
+    Option<"pp", "pp", "int", "1", "pipeline-parallel degree">,
+    Option<"sp", "sp", "int", "1", "sequence-parallel degree">,
+  ];
+}
+
+def CommunicationInsertion : Pass<"llm-insert-communication", "mlir::ModuleOp"> {
+  let summary = "shard linears Megatron-style, insert collectives and pipeline stages";
+  let constructor = "llmir::compiler::createCommunicationInsertionPass()";
+  let dependentDialects = ["mlir::llm::LLMDialect"];
+}
+
+#endif // LLMIR_COMPILER_PASSES_TD

@@ -1,0 +1,252 @@
+// llm-insert-communication: applies `llm.partition` to every entry point.
+//
+// Tensor parallelism (Megatron): a linear fed by a norm (q/k/v, gate/up) is
+// column-parallel (weight sliced on dim 0, local output); a linear fed by
+// attention or SwiGLU (o_proj, down_proj) is row-parallel (weight sliced on
+// dim 1, partial sum) and followed by the block's single llm.all_reduce.
+// Attention keeps heads / tp local heads. The embedding table and the LM head
+// are vocabulary-parallel: the embedding's partial rows are all-reduced, the
+// logits' vocabulary slices all-gathered on the last dim. `shard_id` is 0 in
+// this rank-independent module; the lowering picks each rank's slice.
+//
+// Pipeline parallelism: the body becomes one llm.pipeline_stage per stage
+// holding its layers (and their weights); a stage starts with
+// llm.pipeline_recv from the previous one and ends with llm.pipeline_send to
+// the next.
+#include "DecoderSegments.h"
+#include "Partition.h"
+#include "PassDetail.h"
+#include "llmir/compiler/Passes.h"
+
+#include "llmir/IR/LLMOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinTypes.h"
+
+using namespace mlir;
+
+namespace llmir::compiler {
+namespace {
+
+RankedTensorType withDim(Type type, unsigned dim, int64_t size) {
+  auto ranked = type.cast<RankedTensorType>();
+  SmallVector<int64_t> shape(ranked.getShape().begin(), ranked.getShape().end());
+  shape[dim] = size;
+  return RankedTensorType::get(shape, ranked.getElementType());
+}
+
+class TensorParallelRewriter {
+public:
+  TensorParallelRewriter(func::FuncOp step, int tp)
+      : step(step), tp(tp), b(step.getContext()) {}
+
+  LogicalResult run() {
+    SmallVector<Operation *> ops;
+    for (Operation &op : step.getBody().front())
+      ops.push_back(&op);
+    for (Operation *op : ops)
+      if (failed(rewrite(op)))
+        return failure();
+    return localizeCache();
+  }
+
+private:
+  /// Slices the weight `w` (an llm.weight) `tp` ways along `dim`.
+  LogicalResult shard(Value w, unsigned dim) {
+    auto weight = w.getDefiningOp<llm::WeightOp>();
+    if (!weight)
+      return step.emitError("a sharded operand is not an llm.weight");
+    if (!weight->hasOneUse())
+      return weight.emitError("weight '") << weight.getName()
+                                          << "' has several users, expected one";
+    auto type = weight.getType().cast<RankedTensorType>();
+    int64_t full = type.getDimSize(dim);
+    if (full % tp != 0)
+      return weight.emitError("weight '")
+             << weight.getName() << "' dim " << dim << " is " << full
+             << ", not divisible by tp = " << tp;
+    weight.getResult().setType(withDim(type, dim, full / tp));
+    weight.setShardDimAttr(b.getI32IntegerAttr(dim));
+    weight.setNumShardsAttr(b.getI32IntegerAttr(tp));
+    return success();
+  }
+
+  Value collectiveAfter(Operation *op, bool gather) {
+    b.setInsertionPointAfter(op);
+    Value local = op->getResult(0);
+    Operation *collective;
+    if (gather) {
+      auto type = local.getType().cast<RankedTensorType>();
+      unsigned last = type.getRank() - 1;
+      collective = b.create<llm::AllGatherOp>(
+          op->getLoc(), withDim(type, last, type.getDimSize(last) * tp), local,
+          b.getI32IntegerAttr(last), b.getI32IntegerAttr(tp));
+    } else {
+      collective = b.create<llm::AllReduceOp>(op->getLoc(), local.getType(), local,
+                                              b.getStringAttr("sum"),
+                                              b.getI32IntegerAttr(tp));
+    }
+    local.replaceAllUsesExcept(collective->getResult(0), collective);
+    return collective->getResult(0);
+  }
+
+  LogicalResult rewriteLinear(llm::LinearOp l) {
+    Operation *producer = l.getInput().getDefiningOp();
+    bool column = producer && isa<llm::RMSNormOp>(producer);
+    bool row = producer && isa<llm::PagedAttentionOp, llm::SwiGLUOp>(producer);
+    if (!column && !row)
+      return success(); // not part of a Megatron block: stays replicated
+    unsigned dim = column ? 0 : 1;
+    if (failed(shard(l.getWeight(), dim)))
+      return failure();
+    if (column && l.getBias() && failed(shard(l.getBias(), 0)))
+      return failure();
+    auto resultType = l.getType().cast<RankedTensorType>();
+    if (column)
+      resultType = withDim(resultType, 1, resultType.getDimSize(1) / tp);
+    b.setInsertionPoint(l);
+    auto sharded = b.create<llm::ShardedLinearOp>(
+        l.getLoc(), resultType, l.getInput(), l.getWeight(), l.getBias(),
+        b.getI32IntegerAttr(dim), b.getI32IntegerAttr(tp), b.getI32IntegerAttr(0));
+    l.getResult().replaceAllUsesWith(sharded.getResult());
+    l.erase();
+    if (row)
+      collectiveAfter(sharded, /*gather=*/false);
+    return success();
+  }
+
+  LogicalResult rewrite(Operation *op) {
+    if (auto l = dyn_cast<llm::LinearOp>(op))
+      return rewriteLinear(l);
+    if (auto e = dyn_cast<llm::EmbeddingOp>(op)) {
+      if (failed(shard(e.getTable(), 0)))
+        return failure();
+      collectiveAfter(e, /*gather=*/false);
+      return success();
+    }
+    if (auto l = dyn_cast<llm::LogitsOp>(op)) {
+      if (failed(shard(l.getWeight(), 0)))
+        return failure();
+      auto type = l.getType().cast<RankedTensorType>();
+      l.getResult().setType(withDim(type, 1, type.getDimSize(1) / tp));
+      collectiveAfter(l, /*gather=*/true);
+      return success();
+    }
+    if (auto a = dyn_cast<llm::PagedAttentionOp>(op)) {
+      a.setNumHeadsAttr(b.getI32IntegerAttr(a.getNumHeads() / tp));
+      a.setNumKvHeadsAttr(b.getI32IntegerAttr(a.getNumKvHeads() / tp));
+      a.getResult().setType(a.getQuery().getType());
+      return success();
+    }
+    if (isa<llm::RotaryEmbeddingOp, llm::SwiGLUOp>(op))
+      op->getResult(0).setType(op->getOperand(0).getType());
+    return success();
+  }
+
+  /// The paged KV cache argument holds this rank's KV heads only.
+  LogicalResult localizeCache() {
+    Block &entry = step.getBody().front();
+    SmallVector<Type> inputs;
+    for (BlockArgument arg : entry.getArguments()) {
+      if (auto cache = arg.getType().dyn_cast<llm::PagedKVCacheType>()) {
+        arg.setType(llm::PagedKVCacheType::get(
+            step.getContext(), cache.getElementType(), cache.getNumLayers(),
+            cache.getNumKvHeads() / tp, cache.getHeadDim(), cache.getBlockSize(),
+            cache.getMaxSeqLen()));
+      }
+      inputs.push_back(arg.getType());
+    }
+    step.setType(FunctionType::get(step.getContext(), inputs,
+                                   step.getFunctionType().getResults()));
+    return success();
+  }
+
+  func::FuncOp step;
+  int tp;
+  OpBuilder b;
+};
+
+/// Moves the segments of each stage into an llm.pipeline_stage.
+LogicalResult splitIntoStages(func::FuncOp step, const Partition &p) {
+  auto segments = segmentDecoder(step);
+  if (failed(segments))
+    return failure();
+  int64_t total = 0;
+  for (int64_t n : p.stageLayers)
+    total += n;
+  if (total != static_cast<int64_t>(segments->layers.size()))
+    return step.emitError() << "llm.partition places " << total << " layers, @"
+                            << step.getName() << " has " << segments->layers.size();
+  OpBuilder b(step.getContext());
+  Operation *ret = step.getBody().front().getTerminator();
+  Type hiddenType = segments->prologueOutput.getType();
+  Value previous;
+  size_t nextLayer = 0;
+  for (int s = 0; s < p.pp; ++s) {
+    bool last = s == p.pp - 1;
+    DecoderSegments::Ops ops;
+    if (s == 0)
+      ops.append(segments->prologue);
+    Value boundaryIn = s == 0 ? Value() : segments->layerOutputs[nextLayer - 1];
+    for (int64_t i = 0; i < p.stageLayers[s]; ++i, ++nextLayer)
+      ops.append(segments->layers[nextLayer]);
+    if (last)
+      ops.append(segments->epilogue);
+    Value out = last ? ret->getOperand(0) : segments->layerOutputs[nextLayer - 1];
+
+    b.setInsertionPoint(ret);
+    SmallVector<Value> inputs;
+    if (previous)
+      inputs.push_back(previous);
+    auto stage = b.create<llm::PipelineStageOp>(
+        step.getLoc(), TypeRange{out.getType()}, inputs, b.getI32IntegerAttr(s),
+        b.getI32IntegerAttr(p.pp), b.getStringAttr("1f1b"));
+    Block *body = new Block();
+    stage.getBody().push_back(body);
+    for (Value in : inputs)
+      body->addArgument(in.getType(), step.getLoc());
+    for (Operation *op : ops)
+      op->moveBefore(body, body->end());
+    b.setInsertionPointToStart(body);
+    if (boundaryIn) {
+      auto recv = b.create<llm::PipelineRecvOp>(step.getLoc(), hiddenType,
+                                                b.getI32IntegerAttr(s - 1));
+      boundaryIn.replaceUsesWithIf(recv.getResult(), [&](OpOperand &use) {
+        return stage->isProperAncestor(use.getOwner());
+      });
+    }
+    b.setInsertionPointToEnd(body);
+    if (!last)
+      b.create<llm::PipelineSendOp>(step.getLoc(), out, b.getI32IntegerAttr(s + 1));
+    b.create<llm::YieldOp>(step.getLoc(), out);
+    previous = stage.getResult(0);
+  }
+  ret->setOperand(0, previous);
+  return success();
+}
+
+struct CommunicationInsertionPass
+    : CommunicationInsertionBase<CommunicationInsertionPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto partition = readPartition(module);
+    if (failed(partition))
+      return signalPassFailure();
+    for (auto step : module.getOps<func::FuncOp>()) {
+      if (step.isExternal())
+        continue;
+      if (partition->tp > 1 && failed(TensorParallelRewriter(step, partition->tp).run()))
+        return signalPassFailure();
+      if (partition->pp > 1 && failed(splitIntoStages(step, *partition)))
+        return signalPassFailure();
+    }
+  }
+};
+
+} // namespace
+
+std::unique_ptr<Pass> createCommunicationInsertionPass() {
+  return std::make_unique<CommunicationInsertionPass>();
+}
+
+} // namespace llmir::compiler
