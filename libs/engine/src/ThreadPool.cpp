@@ -2,7 +2,31 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define LLMIR_CPU_RELAX() _mm_pause()
+#else
+#define LLMIR_CPU_RELAX() ((void)0)
+#endif
+
 namespace llmir::engine {
+namespace {
+
+// Polls before sleeping: long enough to bridge the serial work between two
+// kernels of a decode step (tens of microseconds), short enough not to
+// steal a shared core for long.
+constexpr int kSpinIterations = 20000;
+
+template <class Ready> bool spinUntil(const Ready &ready) {
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (ready())
+      return true;
+    LLMIR_CPU_RELAX();
+  }
+  return ready();
+}
+
+} // namespace
 
 ThreadPool::ThreadPool(unsigned numThreads)
     : numThreads_(numThreads ? numThreads
@@ -15,7 +39,7 @@ ThreadPool::ThreadPool(unsigned numThreads)
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   wake_.notify_all();
   for (std::thread &t : workers_)
@@ -33,43 +57,49 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
     body(0, n);
     return;
   }
+  body_ = &body;
+  n_ = n;
+  chunk_ = chunk;
+  pending_.store(static_cast<unsigned>(workers_.size()),
+                 std::memory_order_relaxed);
   {
+    // Under the mutex so that a worker about to sleep cannot miss it.
     std::lock_guard<std::mutex> lock(mutex_);
-    body_ = &body;
-    n_ = n;
-    chunk_ = chunk;
-    pending_ = static_cast<unsigned>(workers_.size());
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   body(0, std::min(chunk, n));
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [this] { return pending_ == 0; });
+  auto allDone = [this] {
+    return pending_.load(std::memory_order_acquire) == 0;
+  };
+  if (!spinUntil(allDone)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, allDone);
+  }
   body_ = nullptr;
 }
 
 void ThreadPool::workerLoop(unsigned index) {
   size_t seenGeneration = 0;
   while (true) {
-    const std::function<void(size_t, size_t)> *body;
-    size_t begin, end;
-    {
+    auto woken = [&] {
+      return stopping_.load(std::memory_order_relaxed) ||
+             generation_.load(std::memory_order_acquire) != seenGeneration;
+    };
+    if (!spinUntil(woken)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock,
-                 [&] { return stopping_ || generation_ != seenGeneration; });
-      if (stopping_)
-        return;
-      seenGeneration = generation_;
-      body = body_;
-      begin = std::min(n_, index * chunk_);
-      end = std::min(n_, begin + chunk_);
+      wake_.wait(lock, woken);
     }
+    if (stopping_.load())
+      return;
+    seenGeneration = generation_.load(std::memory_order_acquire);
+    const size_t begin = std::min(n_, index * chunk_);
+    const size_t end = std::min(n_, begin + chunk_);
     if (begin < end)
-      (*body)(begin, end);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0)
-        done_.notify_one();
+      (*body_)(begin, end);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait
+      done_.notify_one();
     }
   }
 }

@@ -1,7 +1,10 @@
 // A small fixed thread pool for the CPU kernels: parallelFor splits a range
-// into one contiguous chunk per thread and waits for all of them.
+// into one contiguous chunk per thread and waits for all of them. A decode
+// step dispatches hundreds of short loops, so idle threads spin briefly
+// before sleeping on a condition variable.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -35,12 +38,14 @@ private:
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
+  // Written by parallelFor before generation_ is bumped (release), read by
+  // workers after they see the new generation (acquire).
   const std::function<void(size_t, size_t)> *body_ = nullptr;
   size_t n_ = 0;
   size_t chunk_ = 0;
-  size_t generation_ = 0;
-  unsigned pending_ = 0;
-  bool stopping_ = false;
+  std::atomic<size_t> generation_{0};
+  std::atomic<unsigned> pending_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 } // namespace llmir::engine

@@ -1,7 +1,8 @@
 // LINEAR: y[T, N] = x[T, K] w[N, K]^T + b. Weights stay in their stored
 // dtype. Few tokens (decode) run a GEMV that widens weights in registers,
 // rows split over the pool: it is bound by memory bandwidth. Many tokens
-// (prefill) run OpenBLAS sgemm, on tiles of widened rows for half weights.
+// (prefill) run a register-blocked GEMM where the ISA has one (AVX-512),
+// else OpenBLAS sgemm, on tiles of widened rows for half weights.
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -74,6 +75,24 @@ void halfGemm(const float *x, int64_t T, const WeightView &w, float *y,
   }
 }
 
+// Panels of 32 output columns split over the pool; each thread packs its
+// panel (widening half weights) into its own scratch.
+void panelGemm(const float *x, int64_t T, const WeightView &w, float *y,
+               ThreadPool &pool) {
+  constexpr int64_t kPanel = 32;
+  auto fn = simd::kernels().gemmPanel[kindOf(w.dtype)];
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  pool.parallelFor(static_cast<size_t>(panels), 1, [&](size_t b, size_t e) {
+    thread_local std::vector<float> packed;
+    packed.resize(static_cast<size_t>(K * kPanel));
+    for (size_t p = b; p < e; ++p) {
+      const int64_t n0 = static_cast<int64_t>(p) * kPanel;
+      fn(x, T, w.data, K, n0, std::min(kPanel, N - n0), y, N, packed.data());
+    }
+  });
+}
+
 } // namespace
 
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
@@ -83,6 +102,8 @@ void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
     return;
   if (T <= kGemvMaxTokens)
     gemv(x, T, w, y, pool);
+  else if (simd::kernels().hasFastGemm)
+    panelGemm(x, T, w, y, pool);
   else if (w.dtype == proto::F32)
     sgemm(x, T, reinterpret_cast<const float *>(w.data), N, K, y, N, pool);
   else

@@ -4,6 +4,7 @@
 
 #include "llmir/engine/Tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@ namespace llmir::engine::cpu::simd {
 #define LLMIR_SIMD_X86 1
 namespace avx512 {
 constexpr const char *kIsaName = "avx512";
+constexpr bool kIsaHasGemm = true;
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
 #include "SimdKernels.inc"
 #pragma clang attribute pop
@@ -25,6 +27,7 @@ constexpr const char *kIsaName = "avx512";
 
 namespace avx2 {
 constexpr const char *kIsaName = "avx2";
+constexpr bool kIsaHasGemm = false;
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #include "SimdKernels.inc"
 #pragma clang attribute pop
@@ -33,6 +36,7 @@ constexpr const char *kIsaName = "avx2";
 
 namespace generic {
 constexpr const char *kIsaName = "generic";
+constexpr bool kIsaHasGemm = false;
 #include "SimdKernels.inc"
 } // namespace generic
 

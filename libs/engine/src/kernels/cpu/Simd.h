@@ -21,6 +21,14 @@ struct Kernels {
   GemvFn gemv[3];
   /// dst[i] = widen(src[i]) for i in [0, n), src of WeightKind kBf16/kF16.
   void (*widen[3])(const void *src, float *dst, int64_t n);
+  /// Columns [n0, n0 + cols) (cols <= 32) of y[T, N] = x[T, K] w[N, K]^T,
+  /// rows at y + t * ldy; panel is scratch of K * 32 floats.
+  void (*gemmPanel[3])(const float *x, int64_t T, const void *w, int64_t K,
+                       int64_t n0, int64_t cols, float *y, int64_t ldy,
+                       float *panel);
+  /// gemmPanel is register-blocked for this ISA (32 vector registers);
+  /// elsewhere a BLAS sgemm is faster.
+  bool hasFastGemm;
   float (*dot)(const float *a, const float *b, int64_t n);
   /// y += a * x.
   void (*axpy)(float a, const float *x, float *y, int64_t n);

@@ -1,0 +1,295 @@
+// llmir-engine-bench: prefill and decode tokens/s of the CPU executor on
+// Hugging Face Llama checkpoints, at several thread counts, next to the
+// machine's memory read bandwidth measured in the same run. Decode is
+// reported as a fraction of the bandwidth ceiling: a decode token reads every
+// weight once (the embedding table only one row), so
+// ceiling = bandwidth / weight bytes per token.
+//
+//   llmir-engine-bench [--threads 1,2] [--prefill 512] [--decode 128]
+//                      [--repeats 3] MODEL_DIR...
+#include "BandwidthProbe.h"
+#include "LlamaProgram.h"
+
+#include "llmir/engine/Executor.h"
+#include "llmir/model/Checkpoint.h"
+#include "llmir/model/ModelConfig.h"
+#include "llmir/proto/shard_program.pb.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace llmir;
+
+struct Options {
+  std::vector<unsigned> threads = {1, 2};
+  int prefillTokens = 512;
+  int decodeTokens = 128;
+  int repeats = 3;
+  std::vector<std::string> models;
+};
+
+// llama.cpp on this machine kind, 2 threads (issue 5).
+struct Reference {
+  double prefill, decode;
+};
+const std::map<std::string, Reference> kLlamaCpp = {{"F32", {738, 45.3}},
+                                                   {"BF16", {522, 60.1}}};
+
+[[noreturn]] void usage(const char *why) {
+  std::fprintf(stderr,
+               "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
+               "1,2] [--prefill N] [--decode N] [--repeats N] MODEL_DIR...\n",
+               why);
+  std::exit(2);
+}
+
+int positiveInt(const char *text, const char *flag) {
+  char *end = nullptr;
+  long value = std::strtol(text, &end, 10);
+  if (*end != '\0' || value <= 0 || value > 1 << 20)
+    usage((std::string(flag) + " needs a positive integer").c_str());
+  return static_cast<int>(value);
+}
+
+Options parseOptions(int argc, char **argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> const char * {
+      if (i + 1 >= argc)
+        usage((arg + " needs a value").c_str());
+      return argv[++i];
+    };
+    if (arg == "--threads") {
+      options.threads.clear();
+      std::string list = value();
+      for (size_t begin = 0; begin <= list.size();) {
+        size_t end = std::min(list.find(',', begin), list.size());
+        options.threads.push_back(static_cast<unsigned>(
+            positiveInt(list.substr(begin, end - begin).c_str(), "--threads")));
+        begin = end + 1;
+      }
+    } else if (arg == "--prefill") {
+      options.prefillTokens = positiveInt(value(), "--prefill");
+    } else if (arg == "--decode") {
+      options.decodeTokens = positiveInt(value(), "--decode");
+    } else if (arg == "--repeats") {
+      options.repeats = positiveInt(value(), "--repeats");
+    } else if (arg.starts_with("--")) {
+      usage(("unknown option " + arg).c_str());
+    } else {
+      options.models.push_back(arg);
+    }
+  }
+  if (options.models.empty())
+    usage("no model directory given");
+  return options;
+}
+
+Result<proto::DType> engineDType(model::DType dtype) {
+  switch (dtype) {
+  case model::DType::F32:
+    return proto::F32;
+  case model::DType::BF16:
+    return proto::BF16;
+  case model::DType::F16:
+    return proto::F16;
+  default:
+    return Status::error("weights must be F32, BF16 or F16, not " +
+                         std::string(model::dtypeName(dtype)));
+  }
+}
+
+// A loaded model: its program and a provider reading the checkpoint.
+struct BenchModel {
+  model::ModelConfig config;
+  model::Checkpoint checkpoint;
+  proto::ShardProgram program;
+  std::string dtype;      // of the linear weights, e.g. "BF16"
+  double weightBytesPerToken = 0;
+
+  std::string tensorName(const std::string &slotTensor) const {
+    if (slotTensor == "lm_head.weight" && config.tieWordEmbeddings)
+      return "model.embed_tokens.weight";
+    return slotTensor;
+  }
+
+  Result<engine::WeightTensor> load(const proto::WeightSlice &slice) const {
+    std::string name = tensorName(slice.tensor_name());
+    const model::TensorInfo *info = checkpoint.find(name);
+    if (!info)
+      return Status::error("checkpoint has no tensor '" + name + "'");
+    Result<proto::DType> dtype = engineDType(info->dtype);
+    if (!dtype)
+      return dtype.status().withContext(name);
+    Result<std::vector<std::byte>> bytes = checkpoint.readSliceRaw(name);
+    if (!bytes)
+      return bytes.status();
+    return engine::WeightTensor{*dtype, info->shape, std::move(*bytes)};
+  }
+};
+
+Result<BenchModel> loadModel(const std::string &dir) {
+  Result<model::ModelConfig> config = model::loadModelConfig(dir);
+  if (!config)
+    return config.status();
+  Result<model::Checkpoint> checkpoint = model::Checkpoint::open(dir);
+  if (!checkpoint)
+    return checkpoint.status();
+  const model::ModelConfig &c = *config;
+  engine::testing::TinyLlama shape{
+      .vocab = c.vocabSize, .hidden = c.hiddenSize, .heads = c.numHeads,
+      .kvHeads = c.numKvHeads, .headDim = c.headDim,
+      .ffn = c.intermediateSize, .layers = c.numLayers,
+      .eps = c.rmsNormEps, .theta = c.ropeTheta};
+  BenchModel model{*config, std::move(*checkpoint),
+                   engine::testing::buildLlama(shape), "", 0};
+  model.program.mutable_kv_cache()->set_block_size(16);
+  for (const proto::WeightSlice &slice : model.program.weights()) {
+    const model::TensorInfo *info =
+        model.checkpoint.find(model.tensorName(slice.tensor_name()));
+    if (!info)
+      return Status::error("checkpoint has no tensor '" +
+                           model.tensorName(slice.tensor_name()) + "'");
+    if (slice.tensor_name() == "model.embed_tokens.weight")
+      continue; // decode reads one row of it
+    model.weightBytesPerToken += static_cast<double>(info->byteSize);
+    if (slice.tensor_name() == "lm_head.weight")
+      model.dtype = std::string(model::dtypeName(info->dtype));
+  }
+  return model;
+}
+
+double seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since)
+      .count();
+}
+
+struct Throughput {
+  double prefill = 0, decode = 0; // tokens per second, best of the repeats
+};
+
+Result<Throughput> measure(const BenchModel &model, unsigned threads,
+                           const Options &options) {
+  const int64_t positions = options.prefillTokens + options.decodeTokens;
+  const int64_t blockSize = model.program.kv_cache().block_size();
+  const int64_t numBlocks = (positions + blockSize - 1) / blockSize;
+  auto provider = [&](const proto::WeightSlice &slice) {
+    return model.load(slice);
+  };
+  Result<std::unique_ptr<engine::Executor>> executor = engine::Executor::create(
+      model.program, provider,
+      {.numKvBlocks = numBlocks, .numThreads = threads});
+  if (!executor)
+    return executor.status();
+
+  std::vector<int32_t> table(static_cast<size_t>(numBlocks));
+  for (int32_t b = 0; b < numBlocks; ++b)
+    table[static_cast<size_t>(b)] = b;
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> anyToken(
+      0, static_cast<int32_t>(model.config.vocabSize - 1));
+  engine::StepInput prefill;
+  prefill.blockTables = {table};
+  for (int i = 0; i < options.prefillTokens; ++i) {
+    prefill.tokenIds.push_back(anyToken(rng));
+    prefill.positions.push_back(i);
+    prefill.tokenSeq.push_back(0);
+  }
+  engine::StepInput decode;
+  decode.blockTables = {table};
+  decode.tokenSeq = {0};
+
+  Throughput best;
+  for (int r = 0; r < options.repeats; ++r) {
+    auto start = std::chrono::steady_clock::now();
+    Result<engine::Tensor> logits = (*executor)->step(prefill);
+    if (!logits)
+      return logits.status().withContext("prefill");
+    best.prefill =
+        std::max(best.prefill, options.prefillTokens / seconds(start));
+
+    start = std::chrono::steady_clock::now();
+    for (int i = 0; i < options.decodeTokens; ++i) {
+      decode.tokenIds = {anyToken(rng)};
+      decode.positions = {options.prefillTokens + i};
+      Result<engine::Tensor> next = (*executor)->step(decode);
+      if (!next)
+        return next.status().withContext("decode step " + std::to_string(i));
+    }
+    best.decode = std::max(best.decode, options.decodeTokens / seconds(start));
+  }
+  return best;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  Options options = parseOptions(argc, argv);
+  const size_t probeBytes = size_t{1} << 30; // >> any LLC here
+  std::map<unsigned, double> bandwidth;
+  for (unsigned threads : options.threads)
+    bandwidth[threads] =
+        llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
+
+  std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
+              "(after the prefill), best of %d\n",
+              options.prefillTokens, options.decodeTokens, options.repeats);
+  std::printf("# memory read bandwidth (1 GiB stream, best of 5):");
+  for (auto [threads, bytesPerSecond] : bandwidth)
+    std::printf("  %u thread%s %.1f GB/s", threads, threads == 1 ? "" : "s",
+                bytesPerSecond / 1e9);
+  std::printf("\n#\n");
+  std::printf("# %-24s %5s %7s %12s %11s %10s %10s %9s %8s %11s %10s\n",
+              "model", "dtype", "threads", "prefill", "decode", "weights",
+              "ceiling", "decode", "of", "prefill vs", "decode vs");
+  std::printf("# %-24s %5s %7s %12s %11s %10s %10s %9s %8s %11s %10s\n", "",
+              "", "", "(tok/s)", "(tok/s)", "(MB/tok)", "(tok/s)", "(GB/s)",
+              "ceiling", "llama.cpp", "llama.cpp");
+
+  int failures = 0;
+  for (const std::string &dir : options.models) {
+    Result<BenchModel> model = loadModel(dir);
+    if (!model) {
+      std::fprintf(stderr, "%s: %s\n", dir.c_str(), model.message().c_str());
+      ++failures;
+      continue;
+    }
+    std::string label = dir.size() > 24 ? "..." + dir.substr(dir.size() - 21) : dir;
+    for (unsigned threads : options.threads) {
+      Result<Throughput> t = measure(*model, threads, options);
+      if (!t) {
+        std::fprintf(stderr, "%s, %u threads: %s\n", dir.c_str(), threads,
+                     t.message().c_str());
+        ++failures;
+        continue;
+      }
+      const double ceiling = bandwidth[threads] / model->weightBytesPerToken;
+      std::string vsPrefill = "-", vsDecode = "-";
+      auto ref = kLlamaCpp.find(model->dtype);
+      if (threads == 2 && ref != kLlamaCpp.end()) {
+        vsPrefill = std::to_string(t->prefill / ref->second.prefill).substr(0, 4) + "x";
+        vsDecode = std::to_string(t->decode / ref->second.decode).substr(0, 4) + "x";
+      }
+      std::printf("  %-24s %5s %7u %12.1f %11.1f %10.1f %10.1f %9.1f %7.0f%% "
+                  "%11s %10s\n",
+                  label.c_str(), model->dtype.c_str(), threads, t->prefill,
+                  t->decode, model->weightBytesPerToken / 1e6, ceiling,
+                  t->decode * model->weightBytesPerToken / 1e9,
+                  100.0 * t->decode / ceiling, vsPrefill.c_str(),
+                  vsDecode.c_str());
+      std::fflush(stdout);
+    }
+  }
+  std::printf("# llama.cpp, same machine kind, 2 threads: F32 prefill 738 / "
+              "decode 45.3 tok/s; BF16 522 / 60.1 tok/s\n");
+  return failures ? 1 : 0;
+}
