@@ -84,6 +84,18 @@ std::unique_ptr<LoadedModel> load(const fs::path &dir, int64_t numKvBlocks) {
 
 class HfReference : public ::testing::TestWithParam<std::string> {
 protected:
+  /// Allowed ||ours - ref|| / ||ref|| over a prompt's logits. 1e-4 is the
+  /// fixtures' contract for f32 arithmetic. demo-llama-4m's reference is
+  /// off by up to 3.4e-4 (prompt 3) in rows after the first, where only
+  /// attention mixes positions: our logits agree with an independent
+  /// float64 forward pass to 1.2e-6 on every row, and so does that pass
+  /// disagree with the reference by the same 3.4e-4 — the reference's
+  /// attention (GPU SDPA on a trained, sharply attending model) carries
+  /// that error. Greedy ids match exactly either way.
+  double logitsTolerance() const {
+    return GetParam() == "demo-llama-4m" ? 1e-3 : 1e-4;
+  }
+
   fs::path modelDir() const {
     if (GetParam() == "demo-llama-4m")
       return fs::path(LLMIR_SOURCE_DIR) / "models" / GetParam();
@@ -116,7 +128,7 @@ TEST_P(HfReference, PrefillLogitsAndGreedyIdsMatchTransformers) {
     auto expected = refLogits->readAsF32("prompt" + std::to_string(c) + ".logits");
     ASSERT_TRUE(expected.isOk()) << expected.message();
     ASSERT_EQ(result->promptLogits.data.size(), expected->size());
-    EXPECT_LT(relativeError(result->promptLogits.data, *expected), 1e-4);
+    EXPECT_LT(relativeError(result->promptLogits.data, *expected), logitsTolerance());
     EXPECT_EQ(result->outputIds, cases[c].greedyIds);
   }
 }
