@@ -1,26 +1,45 @@
 // llmir-generate --model HF_DIR (--prompt TEXT | --prompt-ids 1,2,3)
 //                --max-tokens N [--temperature T] [--top-p P] [--top-k K]
 //                [--seed S] [--ignore-eos] [--threads N] [--json]
+//                [--tp N] [--pp M] [--sp K] [--timeout-s S]
+//                [--dump-prompt-logits FILE]
 //
-// Compiles the checkpoint for one rank, runs it on the CPU engine and prints
-// the continuation (text, or with --json one object with prompt_ids,
-// output_ids and text). Greedy by default (temperature 0).
+// Compiles the checkpoint, runs it on the CPU engine and prints the
+// continuation (text, or with --json one object with prompt_ids, output_ids
+// and text). Greedy by default (temperature 0).
+//
+// With tp * pp * sp > 1 the process becomes a launcher (docs/parallelism.md):
+// it compiles once, serves a rendezvous store on loopback holding each rank's
+// ShardProgram, and re-runs itself once per rank with the hidden flags
+// --worker-rank R --world-size W --store-port P. Each worker loads only its
+// weight slices, joins the others over Gloo and generates in lockstep; the
+// rank that decides the tokens (the last stage's first TP rank) prints.
+//
+// --dump-prompt-logits writes the prompt's logits [tokens, vocab] as F32
+// tensor "logits" of a safetensors file (for comparisons in tests).
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
-#include "llmir/engine/Generator.h"
+#include "llmir/engine/RankDriver.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
 #include "llmir/model/Tokenizer.h"
+#include "llmir/runtime/DistributedRuntime.h"
+#include "llmir/runtime/EngineCommunicator.h"
+#include "llmir/runtime/LocalLauncher.h"
+#include "llmir/runtime/RendezvousStore.h"
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -31,7 +50,13 @@ using llmir::Status;
 constexpr const char *kUsage =
     "usage: llmir-generate --model HF_DIR (--prompt TEXT | --prompt-ids 1,2,3)\n"
     "                      --max-tokens N [--temperature T] [--top-p P] [--top-k K]\n"
-    "                      [--seed S] [--ignore-eos] [--threads N] [--json]\n";
+    "                      [--seed S] [--ignore-eos] [--threads N] [--json]\n"
+    "                      [--tp N] [--pp M] [--sp K] [--timeout-s S]\n"
+    "                      [--dump-prompt-logits FILE]\n";
+
+/// Store keys the launcher and its workers share.
+const std::string kStorePrefix = "llmir-generate";
+std::string programKey(int rank) { return kStorePrefix + "/program/" + std::to_string(rank); }
 
 struct Options {
   std::string modelDir;
@@ -42,6 +67,16 @@ struct Options {
   bool ignoreEos = false;
   unsigned threads = 0;
   bool json = false;
+  int tp = 1, pp = 1, sp = 1;
+  int timeoutSeconds = 30;
+  std::string dumpPromptLogits;
+  // Hidden: set by the launcher on its workers.
+  int workerRank = -1;
+  int worldSize = 0;
+  uint16_t storePort = 0;
+
+  int degree() const { return tp * pp * sp; }
+  bool isWorker() const { return workerRank >= 0; }
 };
 
 template <typename T> Result<T> parseNumber(const std::string &flag, const std::string &text) {
@@ -110,6 +145,22 @@ Result<Options> parseArgs(int argc, char **argv) {
       set(parseNumber<uint64_t>(flag, value), o.sampling.seed);
     else if (flag == "--threads")
       set(parseNumber<unsigned>(flag, value), o.threads);
+    else if (flag == "--tp")
+      set(parseNumber<int>(flag, value), o.tp);
+    else if (flag == "--pp")
+      set(parseNumber<int>(flag, value), o.pp);
+    else if (flag == "--sp")
+      set(parseNumber<int>(flag, value), o.sp);
+    else if (flag == "--timeout-s")
+      set(parseNumber<int>(flag, value), o.timeoutSeconds);
+    else if (flag == "--dump-prompt-logits")
+      o.dumpPromptLogits = value;
+    else if (flag == "--worker-rank")
+      set(parseNumber<int>(flag, value), o.workerRank);
+    else if (flag == "--world-size")
+      set(parseNumber<int>(flag, value), o.worldSize);
+    else if (flag == "--store-port")
+      set(parseNumber<uint16_t>(flag, value), o.storePort);
     else
       return Status::error("unknown option '" + flag + "'");
     LLMIR_RETURN_IF_ERROR(status);
@@ -126,6 +177,12 @@ Result<Options> parseArgs(int argc, char **argv) {
     return Status::error("--top-p must be in (0, 1]");
   if (o.sampling.topK < 0)
     return Status::error("--top-k must be >= 0");
+  if (o.tp < 1 || o.pp < 1 || o.sp < 1)
+    return Status::error("--tp, --pp and --sp must be >= 1");
+  if (o.timeoutSeconds < 1)
+    return Status::error("--timeout-s must be >= 1");
+  if (o.isWorker() && (o.workerRank >= o.worldSize || o.storePort == 0))
+    return Status::error("--worker-rank needs --world-size > rank and --store-port");
   return o;
 }
 
@@ -139,74 +196,119 @@ Result<std::optional<llmir::model::Tokenizer>> loadTokenizer(const std::string &
   return std::optional<llmir::model::Tokenizer>(std::move(*tokenizer));
 }
 
-Status run(const Options &o) {
+/// Writes `logits` as the F32 tensor "logits" of a safetensors file.
+Status writeLogits(const std::string &path, const llmir::engine::Tensor &logits) {
+  boost::json::object tensor;
+  tensor["dtype"] = "F32";
+  tensor["shape"] = boost::json::value_from(logits.shape);
+  tensor["data_offsets"] = {0, logits.data.size() * sizeof(float)};
+  boost::json::object header;
+  header["logits"] = tensor;
+  std::string text = boost::json::serialize(header);
+  text.resize((text.size() + 7) / 8 * 8, ' '); // data starts 8-byte aligned
+  uint64_t length = text.size();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char *>(&length), sizeof(length)); // LE host
+  out << text;
+  out.write(reinterpret_cast<const char *>(logits.data.data()),
+            static_cast<std::streamsize>(logits.data.size() * sizeof(float)));
+  if (!out)
+    return Status::error("--dump-prompt-logits: cannot write '" + path + "'");
+  return Status::ok();
+}
+
+/// Everything about the request that does not depend on the rank.
+struct Request {
+  std::optional<llmir::model::Tokenizer> tokenizer;
+  llmir::engine::GenerateRequest generate;
+};
+
+Result<Request> prepareRequest(const Options &o) {
   auto config = llmir::model::loadModelConfig(o.modelDir);
   if (!config)
     return config.status();
   auto tokenizer = loadTokenizer(o.modelDir);
   if (!tokenizer)
     return tokenizer.status();
-
-  std::vector<int32_t> promptIds;
+  Request r{std::move(*tokenizer), {}};
   if (o.promptIds) {
-    promptIds = *o.promptIds;
+    r.generate.promptIds = *o.promptIds;
   } else {
-    if (!*tokenizer)
+    if (!r.tokenizer)
       return Status::error(o.modelDir + " has no tokenizer.json; use --prompt-ids");
-    auto ids = (*tokenizer)->encode(*o.prompt);
+    auto ids = r.tokenizer->encode(*o.prompt);
     if (!ids)
       return ids.status();
-    promptIds = std::move(*ids);
+    r.generate.promptIds = std::move(*ids);
   }
+  r.generate.sampling = o.sampling;
+  r.generate.stop.maxNewTokens = o.maxTokens;
+  if (!o.ignoreEos)
+    for (int64_t eos : config->eosTokenIds)
+      r.generate.stop.stopTokenIds.push_back(static_cast<int32_t>(eos));
+  return r;
+}
 
-  auto compiled = llmir::compiler::compileHuggingFace(o.modelDir, {});
-  if (!compiled)
-    return compiled.status();
+/// Where this process's rank stands in the replica.
+struct RankRole {
+  llmir::engine::Communicator *comm = nullptr;
+  /// Samples the tokens and prints (the single process, or the last stage's
+  /// first TP rank).
+  bool decides = true;
+  llmir::engine::TokenExchange exchange = [](int32_t token) -> Result<int32_t> {
+    return token;
+  };
+};
+
+/// Loads `program`'s weight slices and generates; the deciding rank streams
+/// or prints the result.
+Status generate(const Options &o, Request &request,
+                const llmir::proto::ShardProgram &program, const RankRole &role,
+                unsigned threads) {
   auto checkpoint = llmir::model::Checkpoint::open(o.modelDir);
   if (!checkpoint)
     return checkpoint.status();
-
   llmir::engine::ExecutorOptions executorOptions;
-  executorOptions.numThreads = o.threads;
+  executorOptions.numThreads = threads;
   // Enough blocks for this one sequence.
-  const int64_t blockSize = compiled->programs.front().kv_cache().block_size();
-  const int64_t length = static_cast<int64_t>(promptIds.size()) + o.maxTokens;
+  const int64_t blockSize = program.kv_cache().block_size();
+  const int64_t length =
+      static_cast<int64_t>(request.generate.promptIds.size()) + o.maxTokens;
   executorOptions.numKvBlocks = (length + blockSize - 1) / blockSize;
   auto executor = llmir::engine::Executor::create(
-      compiled->programs.front(), llmir::engine::checkpointWeights(*checkpoint),
-      executorOptions);
+      program, llmir::engine::checkpointWeights(*checkpoint), executorOptions,
+      role.comm);
   if (!executor)
     return executor.status();
 
-  llmir::engine::GenerateRequest request;
-  request.promptIds = promptIds;
-  request.sampling = o.sampling;
-  request.stop.maxNewTokens = o.maxTokens;
-  if (!o.ignoreEos)
-    for (int64_t eos : config->eosTokenIds)
-      request.stop.stopTokenIds.push_back(static_cast<int32_t>(eos));
-
+  const bool prints = role.decides;
   // Stream text as it is produced unless JSON was asked for.
   std::optional<llmir::model::StreamDecoder> stream;
-  if (!o.json && *tokenizer)
-    stream.emplace(**tokenizer);
+  if (prints && !o.json && request.tokenizer)
+    stream.emplace(*request.tokenizer);
   Status streamStatus;
-  llmir::engine::Generator generator(**executor);
-  auto result = generator.generate(request, false, [&](int32_t token) {
-    if (!stream) {
-      if (!o.json) // no tokenizer: stream the ids
-        std::cout << token << ' ' << std::flush;
-      return;
-    }
-    auto text = stream->push(token);
-    if (!text)
-      streamStatus = text.status();
-    else
-      std::cout << *text << std::flush;
-  });
+  llmir::engine::RankDriver driver(**executor, role.decides, role.exchange);
+  auto result = driver.generate(
+      request.generate, !o.dumpPromptLogits.empty(), [&](int32_t token) {
+        if (!prints || o.json)
+          return;
+        if (!stream) { // no tokenizer: stream the ids
+          std::cout << token << ' ' << std::flush;
+          return;
+        }
+        auto text = stream->push(token);
+        if (!text)
+          streamStatus = text.status();
+        else
+          std::cout << *text << std::flush;
+      });
   if (!result)
     return result.status();
   LLMIR_RETURN_IF_ERROR(streamStatus);
+  if (!prints)
+    return Status::ok();
+  if (!o.dumpPromptLogits.empty())
+    LLMIR_RETURN_IF_ERROR(writeLogits(o.dumpPromptLogits, result->promptLogits));
   if (stream)
     std::cout << stream->flush() << "\n";
   if (!o.json) {
@@ -216,10 +318,10 @@ Status run(const Options &o) {
   }
 
   boost::json::object out;
-  out["prompt_ids"] = boost::json::value_from(promptIds);
+  out["prompt_ids"] = boost::json::value_from(request.generate.promptIds);
   out["output_ids"] = boost::json::value_from(result->outputIds);
-  if (*tokenizer) {
-    auto text = (*tokenizer)->decode(result->outputIds);
+  if (request.tokenizer) {
+    auto text = request.tokenizer->decode(result->outputIds);
     if (!text)
       return text.status();
     out["text"] = *text;
@@ -230,6 +332,113 @@ Status run(const Options &o) {
   return Status::ok();
 }
 
+llmir::compiler::CompileOptions compileOptions(const Options &o) {
+  llmir::compiler::CompileOptions options;
+  options.tp = o.tp;
+  options.pp = o.pp;
+  options.sp = o.sp;
+  return options;
+}
+
+Status runSingleProcess(const Options &o) {
+  auto request = prepareRequest(o);
+  if (!request)
+    return request.status();
+  auto compiled = llmir::compiler::compileHuggingFace(o.modelDir, compileOptions(o));
+  if (!compiled)
+    return compiled.status();
+  return generate(o, *request, compiled->programs.front(), RankRole{}, o.threads);
+}
+
+/// The rank that samples: the first rank of the last pipeline stage (rank
+/// order puts the stage outermost, docs/compiler.md).
+int decidingRank(const llmir::proto::ShardProgram &program) {
+  int perStage = static_cast<int>(program.world_size() / program.num_stages());
+  return perStage * static_cast<int>(program.num_stages() - 1);
+}
+
+/// One worker process: fetch this rank's program, join the replica, generate.
+Status runWorker(const Options &o) {
+  const std::chrono::milliseconds timeout = std::chrono::seconds(o.timeoutSeconds);
+  auto request = prepareRequest(o);
+  if (!request)
+    return request.status();
+  auto store = llmir::runtime::RendezvousClient::connect("127.0.0.1", o.storePort, timeout);
+  if (!store)
+    return store.status();
+  auto bytes = (*store)->get(programKey(o.workerRank), timeout);
+  if (!bytes)
+    return bytes.status().withContext("fetching this rank's program");
+  llmir::proto::ShardProgram program;
+  if (!program.ParseFromArray(bytes->data(), static_cast<int>(bytes->size())))
+    return Status::error("the launcher's program for this rank does not parse");
+
+  llmir::runtime::RuntimeConfig config;
+  config.worldSize = o.worldSize;
+  config.rank = o.workerRank;
+  config.storePort = o.storePort;
+  config.storePrefix = kStorePrefix;
+  config.timeout = timeout;
+  auto runtime = llmir::runtime::DistributedRuntime::init(config);
+  if (!runtime)
+    return runtime.status();
+  auto comm = llmir::runtime::EngineCommunicator::create(**runtime, program);
+  if (!comm)
+    return comm.status();
+
+  const int decider = decidingRank(program);
+  RankRole role;
+  role.comm = comm->get();
+  role.decides = o.workerRank == decider;
+  llmir::runtime::DistributedRuntime &rt = **runtime;
+  role.exchange = [&rt, decider](int32_t token) -> Result<int32_t> {
+    LLMIR_RETURN_IF_ERROR(rt.broadcast(&token, 1, llmir::runtime::DataType::I32,
+                                       decider, rt.world()));
+    return token;
+  };
+  // The cores are shared by every rank of the replica.
+  unsigned threads = o.threads;
+  if (threads == 0)
+    threads = std::max(1u, std::thread::hardware_concurrency() /
+                               static_cast<unsigned>(o.worldSize));
+  return generate(o, *request, program, role, threads);
+}
+
+/// Compiles once, publishes each rank's program in a loopback store, runs
+/// one worker process per rank and names the rank that failed first.
+Status runLauncher(const Options &o, int argc, char **argv) {
+  auto compiled = llmir::compiler::compileHuggingFace(o.modelDir, compileOptions(o));
+  if (!compiled)
+    return compiled.status();
+  const int world = static_cast<int>(compiled->programs.size());
+  auto server = llmir::runtime::RendezvousServer::start("127.0.0.1", 0);
+  if (!server)
+    return server.status().withContext("starting the rendezvous store");
+  auto store = llmir::runtime::RendezvousClient::connect(
+      "127.0.0.1", (*server)->port(), std::chrono::seconds(o.timeoutSeconds));
+  if (!store)
+    return store.status();
+  for (int r = 0; r < world; ++r)
+    LLMIR_RETURN_IF_ERROR((*store)->set(
+        programKey(r), compiled->programs[static_cast<size_t>(r)].SerializeAsString()));
+
+  llmir::runtime::LaunchOptions launch;
+  launch.worldSize = world;
+  launch.stdoutRank = decidingRank(compiled->programs.front());
+  // Survivors fail within the runtime timeout; a little slack for exiting.
+  launch.grace = std::chrono::seconds(o.timeoutSeconds + 5);
+  const std::string port = std::to_string((*server)->port());
+  launch.argsOf = [&](int rank) {
+    std::vector<std::string> args(argv, argv + argc);
+    args.insert(args.end(), {"--worker-rank", std::to_string(rank), "--world-size",
+                             std::to_string(world), "--store-port", port});
+    return args;
+  };
+  return llmir::runtime::launchLocalRanks(launch).withContext(
+      std::to_string(world) + " ranks (tp " + std::to_string(o.tp) + ", pp " +
+      std::to_string(o.pp) + ", sp " + std::to_string(o.sp) + ")");
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -238,9 +447,18 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-generate: error: " << options.message() << "\n" << kUsage;
     return 2;
   }
-  Status status = run(*options);
+  Status status;
+  std::string who = "llmir-generate";
+  if (options->isWorker()) {
+    who += ": rank " + std::to_string(options->workerRank);
+    status = runWorker(*options);
+  } else if (options->degree() > 1) {
+    status = runLauncher(*options, argc, argv);
+  } else {
+    status = runSingleProcess(*options);
+  }
   if (!status) {
-    std::cerr << "llmir-generate: error: " << status.message() << "\n";
+    std::cerr << who << ": error: " << status.message() << "\n";
     return 1;
   }
   return 0;

@@ -1,0 +1,42 @@
+// The engine's Communicator over a DistributedRuntime: the collectives and
+// pipeline transfers of one rank's ShardProgram become Gloo/NCCL operations.
+//
+// A ShardProgram names its groups by global id (program.groups: id + global
+// ranks); create() makes one DeviceGroup per listed group, in ascending id
+// order on every rank, so members of several groups never wait on each other
+// in different orders.
+#pragma once
+
+#include "llmir/engine/Communicator.h"
+#include "llmir/engine/ProtoFwd.h"
+#include "llmir/runtime/DistributedRuntime.h"
+
+#include <map>
+#include <memory>
+
+namespace llmir::runtime {
+
+class EngineCommunicator : public engine::Communicator {
+public:
+  /// Creates the program's groups. Fails when the program's rank or world
+  /// size disagree with the runtime's, when a group does not list this rank,
+  /// or when a group cannot be connected within the runtime's timeout.
+  /// `runtime` must outlive the communicator.
+  static Result<std::unique_ptr<EngineCommunicator>>
+  create(DistributedRuntime &runtime, const proto::ShardProgram &program);
+
+  Status allReduceSum(float *data, size_t count, uint32_t groupId) override;
+  Status allGather(const float *in, size_t count, float *out,
+                   uint32_t groupId) override;
+  Status send(const float *data, size_t count, uint32_t peerRank) override;
+  Status recv(float *data, size_t count, uint32_t peerRank) override;
+
+private:
+  explicit EngineCommunicator(DistributedRuntime &runtime) : runtime_(runtime) {}
+  Result<const DeviceGroup *> group(uint32_t groupId, const char *operation) const;
+
+  DistributedRuntime &runtime_;
+  std::map<uint32_t, DeviceGroup> groups_;
+};
+
+} // namespace llmir::runtime

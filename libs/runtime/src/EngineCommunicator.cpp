@@ -1,0 +1,75 @@
+#include "llmir/runtime/EngineCommunicator.h"
+
+#include "llmir/proto/shard_program.pb.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace llmir::runtime {
+
+Result<std::unique_ptr<EngineCommunicator>>
+EngineCommunicator::create(DistributedRuntime &runtime,
+                           const proto::ShardProgram &program) {
+  if (static_cast<int>(program.rank()) != runtime.rank() ||
+      static_cast<int>(program.world_size()) != runtime.worldSize())
+    return Status::error("program for rank " + std::to_string(program.rank()) +
+                         " of " + std::to_string(program.world_size()) +
+                         " loaded by runtime rank " + std::to_string(runtime.rank()) +
+                         " of " + std::to_string(runtime.worldSize()));
+  std::vector<const proto::CollectiveGroup *> ordered;
+  for (const proto::CollectiveGroup &g : program.groups())
+    ordered.push_back(&g);
+  std::sort(ordered.begin(), ordered.end(),
+            [](auto *a, auto *b) { return a->id() < b->id(); });
+
+  std::unique_ptr<EngineCommunicator> comm(new EngineCommunicator(runtime));
+  for (const proto::CollectiveGroup *g : ordered) {
+    std::string what = g->kind() + " group " + std::to_string(g->id());
+    if (comm->groups_.count(g->id()))
+      return Status::error("program of rank " + std::to_string(runtime.rank()) +
+                           " lists " + what + " twice");
+    std::vector<int> ranks(g->ranks().begin(), g->ranks().end());
+    auto group = runtime.createGroup(std::move(ranks));
+    if (!group)
+      return group.status().withContext("creating " + what);
+    comm->groups_.emplace(g->id(), std::move(group).value());
+  }
+  return comm;
+}
+
+Result<const DeviceGroup *> EngineCommunicator::group(uint32_t groupId,
+                                                      const char *operation) const {
+  auto it = groups_.find(groupId);
+  if (it == groups_.end())
+    return Status::error(std::string(operation) + ": group " +
+                         std::to_string(groupId) + " is not one of rank " +
+                         std::to_string(runtime_.rank()) + "'s program groups");
+  return &it->second;
+}
+
+Status EngineCommunicator::allReduceSum(float *data, size_t count,
+                                        uint32_t groupId) {
+  auto g = group(groupId, "allReduceSum");
+  if (!g)
+    return g.status();
+  return runtime_.allReduce(data, count, DataType::F32, ReduceOp::Sum, **g);
+}
+
+Status EngineCommunicator::allGather(const float *in, size_t count, float *out,
+                                     uint32_t groupId) {
+  auto g = group(groupId, "allGather");
+  if (!g)
+    return g.status();
+  return runtime_.allGather(in, out, count, DataType::F32, **g);
+}
+
+Status EngineCommunicator::send(const float *data, size_t count,
+                                uint32_t peerRank) {
+  return runtime_.send(data, count * sizeof(float), static_cast<int>(peerRank));
+}
+
+Status EngineCommunicator::recv(float *data, size_t count, uint32_t peerRank) {
+  return runtime_.recv(data, count * sizeof(float), static_cast<int>(peerRank));
+}
+
+} // namespace llmir::runtime
