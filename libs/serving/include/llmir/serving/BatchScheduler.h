@@ -1,0 +1,178 @@
+// Continuous batching for one replica (TensorRT-LLM's batch manager, minus
+// the kernels): waiting and running queues, chunked prefill under
+// maxBatchTokens and maxNumSeqs, the replica's KV blocks with prefix caching,
+// preemption by recompute, stop conditions, cancellation, and up to
+// pipelineDepth steps in flight over disjoint sequences.
+//
+// Every sequence's state (tokens, seed, streamed text) lives here, not in the
+// backend, so a failed step is simply re-queued (recomputed) without losing
+// what was streamed.
+//
+// Thread safety: every public method may be called from any thread. Event
+// callbacks run on the thread that completed a step (or called cancel()),
+// never under the scheduler's lock, so they may call back into it; they
+// should return quickly.
+#pragma once
+
+#include "llmir/serving/RequestParams.h"
+#include "llmir/support/Status.h"
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace llmir::model {
+class Tokenizer;
+}
+namespace llmir::proto {
+class StepResponse;
+}
+
+namespace llmir::serving {
+
+class BlockManager;
+class ReplicaBackend;
+struct Sequence;
+
+struct SchedulerOptions {
+  int32_t maxNumSeqs = 64;       // running sequences
+  int32_t maxBatchTokens = 512;  // tokens per step (prefill chunks + decodes)
+  bool enablePrefixCaching = true;
+  /// Tokens per sequence (prompt + output); 0: the KV cache's capacity.
+  int64_t maxModelLen = 0;
+  std::vector<int32_t> eosTokenIds;
+  /// Times a sequence's step may fail before its request fails.
+  int32_t maxStepRetries = 3;
+};
+
+enum class FinishReason { Stop, Length, Abort, Error };
+const char *finishReasonName(FinishReason reason); // "stop", "length", ...
+
+struct TopLogprob {
+  int32_t tokenId = 0;
+  float logprob = 0.0f;
+};
+
+/// One choice's progress: a new token (with its text delta) and/or its end.
+struct SequenceEvent {
+  uint64_t requestId = 0;
+  uint32_t index = 0;                 // choice index in [0, n)
+  std::optional<int32_t> tokenId;     // the sampled token, if any
+  std::string text;                   // text released by this event
+  std::optional<float> logprob;       // when the request asked for logprobs
+  std::vector<TopLogprob> topLogprobs;
+  std::optional<FinishReason> finish; // set on the choice's last event
+  std::string error;                  // when finish == Error
+  int64_t numGenerated = 0;           // tokens sampled so far for this choice
+};
+
+using EventCallback = std::function<void(const SequenceEvent &)>;
+
+/// Counters and gauges for metrics and load balancing.
+struct SchedulerStats {
+  int32_t numRunning = 0;   // sequences holding KV blocks
+  int32_t numWaiting = 0;   // sequences waiting for admission
+  double kvUsage = 0.0;     // [0, 1]
+  uint64_t prefixQueryTokens = 0;
+  uint64_t prefixHitTokens = 0;
+  uint64_t numPreemptions = 0;
+  uint64_t numStepFailures = 0;
+  /// Tokens still to compute or generate (least-loaded routing).
+  int64_t outstandingTokens = 0;
+};
+
+/// What one submitted step carried (batch size metrics).
+struct StepStats {
+  int32_t numSequences = 0;
+  int32_t numTokens = 0;
+  int32_t numPrefillTokens = 0;
+};
+
+class BatchScheduler {
+public:
+  /// `backend` and `tokenizer` must outlive the scheduler.
+  BatchScheduler(ReplicaBackend &backend, const model::Tokenizer &tokenizer,
+                 SchedulerOptions options);
+  ~BatchScheduler();
+  BatchScheduler(const BatchScheduler &) = delete;
+  BatchScheduler &operator=(const BatchScheduler &) = delete;
+
+  /// Limits requests must satisfy (validateRequest) before addRequest.
+  RequestLimits limits() const;
+
+  /// Queues a validated request as params.n sequences; returns its id.
+  /// Invalid params (programmer error) are asserted.
+  uint64_t addRequest(RequestParams params, EventCallback onEvent);
+  /// Ends the request's sequences with FinishReason::Abort and frees their
+  /// blocks (at once, or when their in-flight step returns). Unknown or
+  /// finished ids are ignored.
+  void cancel(uint64_t requestId);
+
+  /// Schedules and submits one step if a pipeline slot is free and any
+  /// sequence can run; false when nothing was submitted.
+  bool stepOnce();
+  /// Steps until no sequence is left (for a synchronous backend: tests).
+  void runUntilIdle();
+
+  /// A background thread that steps whenever work and a slot are there.
+  void start();
+  /// Stops the thread after the steps in flight return.
+  void stop();
+
+  SchedulerStats stats() const;
+  void setStepObserver(std::function<void(const StepStats &)> observer);
+
+private:
+  struct Request;
+  struct InFlightStep;
+
+  std::optional<InFlightStep> scheduleLocked();
+  bool admitLocked(Sequence &seq, int32_t &budget);
+  bool preemptForLocked(Sequence &seq);
+  void preemptLocked(Sequence &seq);
+  void onStepDone(uint64_t stepId, Result<proto::StepResponse> response);
+  void finishLocked(Sequence &seq, FinishReason reason, std::string error);
+  void onTokenLocked(Sequence &seq, const void *sampledToken);
+  void retireLocked(Sequence &seq);
+  void emitLocked(const Sequence &seq, SequenceEvent event);
+  void deliver(std::unique_lock<std::mutex> &lock);
+  void submit(InFlightStep step);
+  void loop();
+
+  ReplicaBackend &backend_;
+  const model::Tokenizer &tokenizer_;
+  SchedulerOptions options_;
+  int32_t pipelineDepth_;
+  int32_t vocabSize_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::map<uint64_t, std::unique_ptr<Request>> requests_;
+  std::deque<Sequence *> waiting_;
+  std::vector<Sequence *> running_; // in admission order
+  std::map<uint64_t, std::vector<uint64_t>> inFlight_; // step id -> sequence ids
+  std::map<uint64_t, Sequence *> sequences_;
+  // Events wait here and are handed out by one thread at a time, in order.
+  std::deque<std::pair<std::shared_ptr<const EventCallback>, SequenceEvent>> outbox_;
+  bool delivering_ = false;
+  uint64_t version_ = 0; // bumped on every change that may unblock scheduling
+  uint64_t nextRequestId_ = 1;
+  uint64_t nextSequenceId_ = 1;
+  uint64_t nextStepId_ = 1;
+  uint64_t numPreemptions_ = 0;
+  uint64_t numStepFailures_ = 0;
+  std::function<void(const StepStats &)> stepObserver_;
+  std::thread thread_;
+  bool stopping_ = false;
+};
+
+} // namespace llmir::serving

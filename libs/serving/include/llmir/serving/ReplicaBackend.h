@@ -1,0 +1,37 @@
+// Where a replica's steps run. The scheduler owns every sequence's state
+// (tokens, block tables, sampling seeds), so a backend is a pure function of
+// the StepRequest plus the KV cache it holds: in process over an Executor, or
+// remote over the replica's workers.
+#pragma once
+
+#include "llmir/proto/worker.pb.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <functional>
+
+namespace llmir::serving {
+
+/// What the scheduler must know of a replica's KV cache and pipeline.
+struct ReplicaInfo {
+  int32_t numKvBlocks = 0;
+  int32_t blockSize = 0;
+  int32_t vocabSize = 0;
+  /// Steps the replica can hold in flight (its pipeline stages).
+  int32_t pipelineDepth = 1;
+};
+
+class ReplicaBackend {
+public:
+  /// Called once per submitted step with the sampled tokens, or an error
+  /// (the scheduler re-queues the step's sequences). May run on any thread,
+  /// and before submit() returns.
+  using StepDone = std::function<void(Result<proto::StepResponse>)>;
+
+  virtual ~ReplicaBackend() = default;
+  virtual ReplicaInfo info() const = 0;
+  /// Runs `request`; the block ids in it are this replica's.
+  virtual void submit(const proto::StepRequest &request, StepDone done) = 0;
+};
+
+} // namespace llmir::serving

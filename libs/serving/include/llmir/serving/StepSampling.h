@@ -1,0 +1,34 @@
+// The stateless half of a step that the worker and the in-process backend
+// share: turning a StepRequest into the executor's input, and sampling each
+// sequence's next token from the logits. The RNG of a token is seeded from
+// (sequence seed, position) only, so any replica that retries a step samples
+// the same token.
+#pragma once
+
+#include "llmir/engine/Step.h"
+#include "llmir/engine/Tensor.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+
+namespace llmir::proto {
+class StepRequest;
+class StepResponse;
+} // namespace llmir::proto
+
+namespace llmir::serving {
+
+/// Tokens grouped by sequence in request order, one block table each; the
+/// logits rows are the last token of every sequence with `sample` set.
+engine::StepInput toStepInput(const proto::StepRequest &request);
+
+/// The seed of the token sampled at `position` of a sequence seeded `seed`.
+uint64_t tokenSeed(uint64_t seed, int64_t position);
+
+/// Fills response.tokens with one SampledToken per sampling sequence from
+/// `logits` (rows as toStepInput chose them), with logprobs when asked.
+/// Fails when the logits do not have one row per sampling sequence.
+Status sampleStep(const proto::StepRequest &request, const engine::Tensor &logits,
+                  proto::StepResponse &response);
+
+} // namespace llmir::serving

@@ -1,0 +1,490 @@
+#include "llmir/serving/BatchScheduler.h"
+
+#include "Sequence.h"
+
+#include "llmir/proto/worker.pb.h"
+#include "llmir/serving/ReplicaBackend.h"
+#include "llmir/serving/StepSampling.h"
+
+#include <algorithm>
+#include <cassert>
+#include <random>
+
+namespace llmir::serving {
+
+const char *finishReasonName(FinishReason reason) {
+  switch (reason) {
+  case FinishReason::Stop:
+    return "stop";
+  case FinishReason::Length:
+    return "length";
+  case FinishReason::Abort:
+    return "abort";
+  case FinishReason::Error:
+    return "error";
+  }
+  return "error";
+}
+
+struct BatchScheduler::Request {
+  uint64_t id = 0;
+  RequestParams params;
+  std::shared_ptr<const EventCallback> onEvent;
+  std::vector<std::unique_ptr<Sequence>> sequences;
+  int32_t unfinished = 0;
+};
+
+struct BatchScheduler::InFlightStep {
+  proto::StepRequest request;
+  StepStats stats;
+};
+
+namespace {
+template <typename T> bool contains(const std::vector<T> &v, const T &x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+template <typename C, typename T> void erase(C &c, const T &x) {
+  c.erase(std::remove(c.begin(), c.end(), x), c.end());
+}
+} // namespace
+
+BatchScheduler::BatchScheduler(ReplicaBackend &backend,
+                               const model::Tokenizer &tokenizer,
+                               SchedulerOptions options)
+    : backend_(backend), tokenizer_(tokenizer), options_(std::move(options)) {
+  const ReplicaInfo info = backend_.info();
+  pipelineDepth_ = std::max(1, info.pipelineDepth);
+  vocabSize_ = info.vocabSize;
+  blocks_ = std::make_unique<BlockManager>(info.numKvBlocks, info.blockSize,
+                                           options_.enablePrefixCaching);
+  const int64_t capacity = int64_t{info.numKvBlocks} * info.blockSize;
+  options_.maxModelLen = options_.maxModelLen > 0
+                             ? std::min(options_.maxModelLen, capacity)
+                             : capacity;
+}
+
+BatchScheduler::~BatchScheduler() { stop(); }
+
+RequestLimits BatchScheduler::limits() const {
+  return RequestLimits{options_.maxModelLen, vocabSize_};
+}
+
+uint64_t BatchScheduler::addRequest(RequestParams params, EventCallback onEvent) {
+  assert(!validateRequest(params, limits()) && "addRequest needs a valid request");
+  std::unique_lock<std::mutex> lock(mutex_);
+  auto request = std::make_unique<Request>();
+  request->id = nextRequestId_++;
+  request->onEvent = std::make_shared<const EventCallback>(std::move(onEvent));
+  std::random_device entropy;
+  for (int32_t i = 0; i < params.n; ++i) {
+    auto seq = std::make_unique<Sequence>(tokenizer_, params.stop);
+    seq->id = nextSequenceId_++;
+    seq->requestId = request->id;
+    seq->index = static_cast<uint32_t>(i);
+    seq->seed = params.sampling.seed
+                    ? tokenSeed(*params.sampling.seed, -1 - i)
+                    : (uint64_t{entropy()} << 32) ^ entropy();
+    seq->tokens = params.promptIds;
+    seq->promptLen = static_cast<int64_t>(params.promptIds.size());
+    // Later choices start once choice 0 has cached the prompt's blocks.
+    seq->waitingForLeader = i > 0 && options_.enablePrefixCaching;
+    sequences_[seq->id] = seq.get();
+    waiting_.push_back(seq.get());
+    request->sequences.push_back(std::move(seq));
+  }
+  request->unfinished = params.n;
+  request->params = std::move(params);
+  const uint64_t id = request->id;
+  requests_[id] = std::move(request);
+  ++version_;
+  wake_.notify_all();
+  return id;
+}
+
+void BatchScheduler::cancel(uint64_t requestId) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  auto it = requests_.find(requestId);
+  if (it == requests_.end())
+    return;
+  // finishLocked may erase the request: collect first.
+  std::vector<Sequence *> live;
+  for (auto &seq : it->second->sequences)
+    if (!seq->finished)
+      live.push_back(seq.get());
+  for (Sequence *seq : live) {
+    if (seq->inFlight)
+      seq->cancelled = true; // blocks are freed when the step returns
+    else
+      finishLocked(*seq, FinishReason::Abort, "");
+  }
+  ++version_;
+  wake_.notify_all();
+  deliver(lock);
+}
+
+void BatchScheduler::emitLocked(const Sequence &seq, SequenceEvent event) {
+  auto it = requests_.find(seq.requestId);
+  assert(it != requests_.end());
+  event.requestId = seq.requestId;
+  event.index = seq.index;
+  event.numGenerated = seq.numGenerated();
+  outbox_.emplace_back(it->second->onEvent, std::move(event));
+}
+
+void BatchScheduler::deliver(std::unique_lock<std::mutex> &lock) {
+  if (delivering_)
+    return; // the thread delivering now hands these out too, in order
+  delivering_ = true;
+  while (!outbox_.empty()) {
+    auto [callback, event] = std::move(outbox_.front());
+    outbox_.pop_front();
+    lock.unlock();
+    (*callback)(event);
+    lock.lock();
+  }
+  delivering_ = false;
+}
+
+void BatchScheduler::retireLocked(Sequence &seq) {
+  assert(!seq.inFlight);
+  seq.finished = true;
+  if (seq.running)
+    erase(running_, &seq);
+  else
+    erase(waiting_, &seq);
+  seq.running = false;
+  blocks_->release(seq.blocks);
+  sequences_.erase(seq.id);
+  auto it = requests_.find(seq.requestId);
+  assert(it != requests_.end());
+  Request &request = *it->second;
+  if (seq.index == 0)
+    for (auto &sibling : request.sequences)
+      sibling->waitingForLeader = false;
+  if (--request.unfinished == 0)
+    requests_.erase(it); // destroys `seq`
+}
+
+void BatchScheduler::finishLocked(Sequence &seq, FinishReason reason,
+                                  std::string error) {
+  SequenceEvent event;
+  event.finish = reason;
+  event.error = std::move(error);
+  if (reason != FinishReason::Error)
+    event.text = seq.text.finish();
+  emitLocked(seq, std::move(event));
+  retireLocked(seq);
+}
+
+void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
+  const auto &sampled = *static_cast<const proto::SampledToken *>(sampledToken);
+  const RequestParams &params = requests_.at(seq.requestId)->params;
+  const int32_t token = sampled.token_id();
+  seq.tokens.push_back(token);
+  const int64_t generated = seq.numGenerated();
+
+  SequenceEvent event;
+  event.tokenId = token;
+  if (params.logprobs || params.topLogprobs > 0) {
+    event.logprob = sampled.logprob();
+    for (const proto::TokenLogprob &top : sampled.top_logprobs())
+      event.topLogprobs.push_back({top.token_id(), top.logprob()});
+  }
+  const bool mayStop = generated >= params.minTokens;
+  const bool isEos = !params.ignoreEos && contains(options_.eosTokenIds, token);
+  if (mayStop && (isEos || contains(params.stopTokenIds, token))) {
+    event.finish = FinishReason::Stop; // the stop token adds no text
+  } else {
+    auto delta = seq.text.push(token, mayStop);
+    if (!delta) {
+      event.finish = FinishReason::Error;
+      event.error = delta.message();
+    } else {
+      event.text = std::move(delta->text);
+      if (delta->stopped)
+        event.finish = FinishReason::Stop;
+    }
+  }
+  if (!event.finish && (generated >= params.maxTokens ||
+                        static_cast<int64_t>(seq.tokens.size()) >= options_.maxModelLen))
+    event.finish = FinishReason::Length;
+  if (event.finish && *event.finish != FinishReason::Error)
+    event.text += seq.text.finish();
+  const bool done = event.finish.has_value();
+  emitLocked(seq, std::move(event));
+  if (done)
+    retireLocked(seq);
+}
+
+void BatchScheduler::preemptLocked(Sequence &seq) {
+  assert(seq.running && !seq.inFlight);
+  blocks_->release(seq.blocks);
+  seq.numComputed = 0;
+  seq.running = false;
+  erase(running_, &seq);
+  waiting_.push_front(&seq);
+}
+
+bool BatchScheduler::preemptForLocked(Sequence &seq) {
+  // Victim: the latest admitted running sequence, not in flight, not `seq`
+  // and not already in this step (those were admitted before `seq`).
+  auto self = std::find(running_.begin(), running_.end(), &seq);
+  for (auto it = running_.end(); it != self + 1;) {
+    --it;
+    if (!(*it)->inFlight) {
+      preemptLocked(**it);
+      ++numPreemptions_;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool BatchScheduler::admitLocked(Sequence &seq, int32_t &budget) {
+  if (seq.blocks.table.empty())
+    seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
+  const int64_t toCompute = static_cast<int64_t>(seq.tokens.size()) - seq.numComputed;
+  const int32_t chunk = static_cast<int32_t>(std::min<int64_t>(toCompute, budget));
+  // Keep one block spare per running sequence, so admissions do not force
+  // running sequences out as soon as they grow.
+  const int32_t reserve = std::min<int32_t>(static_cast<int32_t>(running_.size()),
+                                            blocks_->numBlocks() / 8);
+  if (blocks_->blocksNeeded(seq.blocks, seq.numComputed + chunk) + reserve >
+          blocks_->numAvailable() ||
+      !blocks_->ensureCapacity(seq.blocks, seq.numComputed + chunk)) {
+    blocks_->release(seq.blocks);
+    seq.numComputed = 0;
+    return false;
+  }
+  seq.chunk = chunk;
+  return true;
+}
+
+std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
+  if (static_cast<int32_t>(inFlight_.size()) >= pipelineDepth_)
+    return std::nullopt;
+  int32_t budget = options_.maxBatchTokens;
+  std::vector<Sequence *> chosen;
+
+  // Running sequences first: decodes and the rest of chunked prefills.
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Sequence &seq = *running_[i];
+    if (seq.inFlight)
+      continue;
+    const int64_t toCompute = static_cast<int64_t>(seq.tokens.size()) - seq.numComputed;
+    const int32_t chunk = static_cast<int32_t>(std::min<int64_t>(toCompute, budget));
+    bool fits = blocks_->ensureCapacity(seq.blocks, seq.numComputed + chunk);
+    while (!fits && preemptForLocked(seq))
+      fits = blocks_->ensureCapacity(seq.blocks, seq.numComputed + chunk);
+    if (!fits) {
+      // Only blocks held by steps in flight or by this step are left: wait
+      // for them, unless nothing at all holds them (then recompute later).
+      if (chosen.empty() && inFlight_.empty()) {
+        preemptLocked(seq);
+        ++numPreemptions_;
+        --i;
+      }
+      continue;
+    }
+    seq.chunk = chunk;
+    budget -= chunk;
+    chosen.push_back(&seq);
+  }
+
+  // Then admissions, in arrival order (preempted sequences were put first).
+  for (auto it = waiting_.begin();
+       it != waiting_.end() && budget > 0 &&
+       static_cast<int32_t>(running_.size()) < options_.maxNumSeqs;) {
+    Sequence &seq = **it;
+    if (seq.waitingForLeader) {
+      ++it;
+      continue;
+    }
+    if (!admitLocked(seq, budget))
+      break;
+    it = waiting_.erase(it);
+    seq.running = true;
+    running_.push_back(&seq);
+    budget -= seq.chunk;
+    chosen.push_back(&seq);
+  }
+  if (chosen.empty())
+    return std::nullopt;
+
+  InFlightStep step;
+  step.request.set_step_id(nextStepId_++);
+  std::vector<uint64_t> ids;
+  for (Sequence *seq : chosen) {
+    const RequestParams &params = requests_.at(seq->requestId)->params;
+    proto::StepSequence *entry = step.request.add_sequences();
+    entry->set_sequence_id(seq->id);
+    auto first = seq->tokens.begin() + seq->numComputed;
+    entry->mutable_token_ids()->Add(first, first + seq->chunk);
+    entry->set_start_position(static_cast<int32_t>(seq->numComputed));
+    entry->mutable_block_table()->Add(seq->blocks.table.begin(), seq->blocks.table.end());
+    const bool sample =
+        seq->numComputed + seq->chunk == static_cast<int64_t>(seq->tokens.size());
+    entry->set_sample(sample);
+    proto::SamplingParams *sampling = entry->mutable_sampling();
+    sampling->set_temperature(params.sampling.temperature);
+    sampling->set_top_p(params.sampling.topP);
+    sampling->set_top_k(params.sampling.topK);
+    sampling->set_seed(seq->seed);
+    entry->set_want_logprobs(params.logprobs);
+    entry->set_top_logprobs(static_cast<uint32_t>(params.topLogprobs));
+    seq->inFlight = true;
+    ids.push_back(seq->id);
+    ++step.stats.numSequences;
+    step.stats.numTokens += seq->chunk;
+    if (seq->numComputed < seq->promptLen)
+      step.stats.numPrefillTokens += seq->chunk;
+  }
+  inFlight_[step.request.step_id()] = std::move(ids);
+  return step;
+}
+
+void BatchScheduler::submit(InFlightStep step) {
+  std::function<void(const StepStats &)> observer;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    observer = stepObserver_;
+  }
+  if (observer)
+    observer(step.stats);
+  const uint64_t stepId = step.request.step_id();
+  backend_.submit(step.request, [this, stepId](Result<proto::StepResponse> response) {
+    onStepDone(stepId, std::move(response));
+  });
+}
+
+void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> response) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  auto node = inFlight_.extract(stepId);
+  assert(!node.empty());
+  std::string failure;
+  if (!response)
+    failure = response.message();
+  else if (!response->ok())
+    failure = response->error();
+  if (!failure.empty())
+    ++numStepFailures_;
+
+  std::map<uint64_t, const proto::SampledToken *> sampled;
+  if (response)
+    for (const proto::SampledToken &token : response->tokens())
+      sampled[token.sequence_id()] = &token;
+
+  for (uint64_t id : node.mapped()) {
+    auto found = sequences_.find(id);
+    if (found == sequences_.end())
+      continue;
+    Sequence &seq = *found->second;
+    seq.inFlight = false;
+    if (seq.cancelled) {
+      finishLocked(seq, FinishReason::Abort, "");
+      continue;
+    }
+    const bool sample =
+        seq.numComputed + seq.chunk == static_cast<int64_t>(seq.tokens.size());
+    std::string error = failure;
+    if (error.empty() && sample && !sampled.count(id))
+      error = "step " + std::to_string(stepId) + " returned no token for sequence " +
+              std::to_string(id);
+    if (!error.empty()) {
+      // Recompute on the next step (on this or, later, another replica);
+      // the streamed tokens stay in seq.tokens.
+      if (++seq.failures > options_.maxStepRetries)
+        finishLocked(seq, FinishReason::Error, error);
+      else
+        preemptLocked(seq);
+      continue;
+    }
+    seq.numComputed += seq.chunk;
+    blocks_->commitFullBlocks(seq.blocks, seq.tokens, seq.numComputed);
+    if (seq.index == 0 && seq.numComputed >= seq.promptLen)
+      for (auto &sibling : requests_.at(seq.requestId)->sequences)
+        sibling->waitingForLeader = false;
+    if (sample)
+      onTokenLocked(seq, sampled.at(id));
+  }
+  ++version_;
+  wake_.notify_all();
+  deliver(lock);
+}
+
+bool BatchScheduler::stepOnce() {
+  std::optional<InFlightStep> step;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    step = scheduleLocked();
+  }
+  if (!step)
+    return false;
+  submit(std::move(*step));
+  return true;
+}
+
+void BatchScheduler::runUntilIdle() {
+  while (stepOnce()) {
+  }
+}
+
+void BatchScheduler::loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    std::optional<InFlightStep> step = scheduleLocked();
+    if (!step) {
+      const uint64_t seen = version_;
+      wake_.wait(lock, [&] { return stopping_ || version_ != seen; });
+      continue;
+    }
+    lock.unlock();
+    submit(std::move(*step));
+    lock.lock();
+  }
+  wake_.wait(lock, [&] { return inFlight_.empty(); });
+}
+
+void BatchScheduler::start() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (thread_.joinable())
+    return;
+  stopping_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void BatchScheduler::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    ++version_;
+  }
+  wake_.notify_all();
+  if (thread_.joinable())
+    thread_.join();
+}
+
+SchedulerStats BatchScheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  SchedulerStats s;
+  s.numRunning = static_cast<int32_t>(running_.size());
+  s.numWaiting = static_cast<int32_t>(waiting_.size());
+  s.kvUsage = blocks_->usage();
+  s.prefixQueryTokens = blocks_->prefixQueryTokens();
+  s.prefixHitTokens = blocks_->prefixHitTokens();
+  s.numPreemptions = numPreemptions_;
+  s.numStepFailures = numStepFailures_;
+  for (const auto &[id, seq] : sequences_) {
+    const int64_t maxTokens = requests_.at(seq->requestId)->params.maxTokens;
+    s.outstandingTokens += static_cast<int64_t>(seq->tokens.size()) - seq->numComputed +
+                           maxTokens - seq->numGenerated();
+  }
+  return s;
+}
+
+void BatchScheduler::setStepObserver(std::function<void(const StepStats &)> observer) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stepObserver_ = std::move(observer);
+}
+
+} // namespace llmir::serving

@@ -1,0 +1,40 @@
+// One choice of a request as the scheduler tracks it: every token so far,
+// how many have KV in the cache, its blocks, and its output text.
+#pragma once
+
+#include "llmir/serving/BlockManager.h"
+#include "llmir/serving/OutputText.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace llmir::serving {
+
+struct Sequence {
+  Sequence(const model::Tokenizer &tokenizer, std::vector<std::string> stop)
+      : text(tokenizer, std::move(stop)) {}
+
+  uint64_t id = 0;
+  uint64_t requestId = 0;
+  uint32_t index = 0;
+  uint64_t seed = 0;
+  std::vector<int32_t> tokens; // prompt, then sampled tokens
+  int64_t promptLen = 0;
+  int64_t numComputed = 0;     // tokens whose KV is in the cache
+  SequenceBlocks blocks;
+  OutputText text;
+
+  bool running = false;        // in the running queue (holds blocks)
+  bool inFlight = false;       // part of a submitted step
+  int32_t chunk = 0;           // tokens of the step in flight
+  bool cancelled = false;      // cancel() while in flight
+  bool finished = false;
+  bool waitingForLeader = false; // n > 1: until choice 0 has prefilled
+  int32_t failures = 0;
+
+  int64_t numGenerated() const {
+    return static_cast<int64_t>(tokens.size()) - promptLen;
+  }
+};
+
+} // namespace llmir::serving
