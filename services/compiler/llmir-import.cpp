@@ -1,6 +1,8 @@
-// llmir-import HF_DIR [-o model.mlir] [--kv-block-size N]
+// llmir-import (HF_DIR | --synthetic-config config.json) [-o model.mlir]
+//              [--kv-block-size N]
 // Reads a Hugging Face Llama-family checkpoint (config.json and safetensors
-// headers) and writes the `llm` module that the compiler partitions.
+// headers) and writes the `llm` module that the compiler partitions. With
+// --synthetic-config, only a config.json: weights are typed bf16 from it.
 #include "llmir/compiler/Importer.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -12,8 +14,10 @@
 
 using namespace llvm;
 
-static cl::opt<std::string> hfDir(cl::Positional, cl::desc("<hugging-face-dir>"),
-                                  cl::Required);
+static cl::opt<std::string> hfDir(cl::Positional, cl::desc("<hugging-face-dir>"));
+static cl::opt<std::string> syntheticConfig(
+    "synthetic-config", cl::desc("Import a config.json without a checkpoint"),
+    cl::value_desc("config.json"));
 static cl::opt<std::string> outputFile("o", cl::desc("Output file ('-' = stdout)"),
                                        cl::value_desc("file"), cl::init("-"));
 static cl::opt<int64_t> kvBlockSize("kv-block-size",
@@ -27,7 +31,15 @@ int main(int argc, char **argv) {
   mlir::MLIRContext context;
   llmir::compiler::ImportOptions options;
   options.kvBlockSize = kvBlockSize;
-  auto module = llmir::compiler::importHuggingFace(context, hfDir, options);
+  if (hfDir.empty() == syntheticConfig.empty()) {
+    WithColor::error(errs(), "llmir-import")
+        << "expected either a Hugging Face directory or --synthetic-config\n";
+    return 1;
+  }
+  auto module = syntheticConfig.empty()
+                    ? llmir::compiler::importHuggingFace(context, hfDir, options)
+                    : llmir::compiler::importSyntheticConfig(context, syntheticConfig,
+                                                             options);
   if (!module) {
     WithColor::error(errs(), "llmir-import") << toString(module.takeError()) << "\n";
     return 1;

@@ -1,5 +1,6 @@
 #include "llmir/compiler/Compile.h"
 
+#include "MemoryPlan.h"
 #include "Partition.h"
 #include "RankLayout.h"
 #include "llmir/IR/LLMDialect.h"
@@ -57,7 +58,8 @@ std::string printModule(ModuleOp module) {
   return os.str();
 }
 
-proto::DeploymentPlan buildPlan(ModuleOp module, const Partition &partition) {
+proto::DeploymentPlan buildPlan(ModuleOp module, const Partition &partition,
+                                const MemoryPlan &memory, int64_t devicesPerNode) {
   Degrees degrees{partition.tp, partition.pp, partition.sp};
   proto::DeploymentPlan plan;
   plan.set_format_version(proto::FORMAT_VERSION_1);
@@ -69,6 +71,10 @@ proto::DeploymentPlan buildPlan(ModuleOp module, const Partition &partition) {
   plan.set_sp(degrees.sp);
   plan.set_world_size(degrees.worldSize());
   plan.set_rank_order(kRankOrder);
+  plan.set_kv_block_size(memory.kvBlockSize);
+  plan.set_replicas(partition.replicas);
+  plan.set_predicted_prefill_seconds(partition.prefillSeconds);
+  plan.set_predicted_decode_seconds(partition.decodeSeconds);
   for (const proto::CollectiveGroup &g : collectiveGroups(degrees))
     *plan.add_groups() = g;
   int64_t firstLayer = 0;
@@ -91,6 +97,13 @@ proto::DeploymentPlan buildPlan(ModuleOp module, const Partition &partition) {
     r->set_tp_index(c.tpIndex);
     r->set_pp_stage(c.ppStage);
     r->set_sp_index(c.spIndex);
+    r->set_node(rank / devicesPerNode);
+    r->set_device(rank % devicesPerNode);
+    const StageMemory &m = memory.stages[c.ppStage];
+    r->set_weight_bytes(m.weightBytes);
+    r->set_activation_bytes(m.activationBytes);
+    r->set_kv_cache_bytes(m.kvCacheBytes);
+    r->set_kv_blocks(m.kvBlocks);
   }
   return plan;
 }
@@ -119,37 +132,55 @@ RankPlacement placementOf(const proto::DeploymentPlan &plan, int rank) {
 
 Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &options,
                                     DiagnosticCollector &diagnostics) {
-  if (!options.clusterSpecPath.empty())
-    return Status::error("cluster specs ('" + options.clusterSpecPath +
-                         "') are not supported yet; pass the degrees instead");
-  if (options.sp != 1)
-    return Status::error("sequence parallelism (sp = " + std::to_string(options.sp) +
-                         ") is not implemented yet, expected sp = 1");
+  PartitionOptions partitionOptions;
+  partitionOptions.tp = options.tp;
+  partitionOptions.pp = options.pp;
+  partitionOptions.sp = options.sp;
+  std::string what = "compiling for tp=" + std::to_string(options.tp) +
+                     " pp=" + std::to_string(options.pp) +
+                     " sp=" + std::to_string(options.sp);
+  if (!options.clusterSpecPath.empty()) {
+    auto spec = loadClusterSpec(options.clusterSpecPath);
+    if (!spec)
+      return spec.status();
+    partitionOptions.cluster = *spec;
+    what = "compiling for " + options.clusterSpecPath;
+  }
+  const int64_t devicesPerNode = partitionOptions.cluster
+                                     ? partitionOptions.cluster->devicesPerNode
+                                     : int64_t{options.tp} * options.pp * options.sp;
+  CompiledModel out;
+  if (options.explain)
+    partitionOptions.explanation = &out.explanation;
   PassManager pm(module.getContext());
   pm.addPass(createCostModelPass());
-  pm.addPass(createModelPartitioningPass(options.tp, options.pp, options.sp));
+  pm.addPass(createModelPartitioningPass(partitionOptions));
   pm.addPass(createCommunicationInsertionPass());
+  pm.addPass(createMemoryPlanningPass(partitionOptions.cluster));
   if (failed(pm.run(module)))
-    return diagnostics.error("compiling for tp=" + std::to_string(options.tp) +
-                             " pp=" + std::to_string(options.pp) +
-                             " sp=" + std::to_string(options.sp));
+    return diagnostics.error(what);
   FailureOr<Partition> partition = readPartition(module);
   if (failed(partition))
     return diagnostics.error("reading the partition");
+  std::optional<MemoryPlan> memory = readMemoryPlan(module);
+  if (!memory || static_cast<int>(memory->stages.size()) != partition->pp)
+    return Status::error("internal error: llm-plan-memory left no plan for " +
+                         std::to_string(partition->pp) + " stages");
   Degrees degrees{partition->tp, partition->pp, partition->sp};
 
   auto prefill = module.lookupSymbol<func::FuncOp>("prefill");
   if (!prefill)
     return Status::error("module has no func.func @prefill, expected the "
                          "entry points that llmir-import writes");
-  CompiledModel out;
-  out.plan = buildPlan(module, *partition);
+  out.plan = buildPlan(module, *partition, *memory, devicesPerNode);
   out.partitionedMlir = printModule(module);
   for (int rank = 0; rank < degrees.worldSize(); ++rank) {
     auto program = lowerToShardProgram(prefill, placementOf(out.plan, rank));
     if (!program)
       return Status::error("lowering @prefill for rank " + std::to_string(rank) +
                            ": " + llvm::toString(program.takeError()));
+    program->mutable_kv_cache()->set_num_blocks(
+        static_cast<uint32_t>(out.plan.ranks(rank).kv_blocks()));
     out.programs.push_back(std::move(*program));
   }
   return out;

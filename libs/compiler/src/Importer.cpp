@@ -10,7 +10,11 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
 
+#include "llvm/ADT/StringMap.h"
+
 #include <cmath>
+#include <fstream>
+#include <sstream>
 
 using namespace mlir;
 using llmir::model::LayerTensor;
@@ -36,11 +40,14 @@ Type elementTypeOf(MLIRContext *ctx, model::DType dtype) {
 /// Emits the decoder body of one entry point. Both entry points share it:
 /// every op is per token, so prefill chunks and decode tokens of many
 /// sequences run through the same instructions.
+/// Type of every weight the config requires, by checkpoint tensor name.
+using WeightTypes = llvm::StringMap<RankedTensorType>;
+
 class DecoderEmitter {
 public:
   DecoderEmitter(OpBuilder &builder, const model::ModelConfig &config,
-                 const model::Checkpoint &checkpoint)
-      : b(builder), config(config), checkpoint(checkpoint),
+                 const WeightTypes &weightTypes)
+      : b(builder), config(config), weightTypes(weightTypes),
         loc(builder.getUnknownLoc()), f32(builder.getF32Type()) {}
 
   void emit(func::FuncOp func) {
@@ -71,11 +78,9 @@ private:
   }
 
   Value weight(const std::string &name) {
-    const model::TensorInfo *info = checkpoint.find(name);
-    assert(info && "checkCheckpointShapes guarantees every tensor exists");
-    auto type = RankedTensorType::get(
-        info->shape, elementTypeOf(b.getContext(), info->dtype));
-    return b.create<llm::WeightOp>(loc, type, b.getStringAttr(name),
+    auto it = weightTypes.find(name);
+    assert(it != weightTypes.end() && "expectedTensors lists every weight emitted");
+    return b.create<llm::WeightOp>(loc, it->second, b.getStringAttr(name),
                                    IntegerAttr(), IntegerAttr());
   }
 
@@ -139,7 +144,7 @@ private:
 
   OpBuilder &b;
   const model::ModelConfig &config;
-  const model::Checkpoint &checkpoint;
+  const WeightTypes &weightTypes;
   Location loc;
   Type f32;
 };
@@ -163,41 +168,32 @@ void setModelAttributes(ModuleOp module, const model::ModelConfig &config,
   module->setAttr("llm.model", attrs.getDictionary(module.getContext()));
 }
 
-} // namespace
-
+/// Builds the module of `config` with the given weight types.
 llvm::Expected<OwningOpRef<ModuleOp>>
-importHuggingFace(MLIRContext &context, const std::string &hfDir,
-                  const ImportOptions &options) {
+buildModule(MLIRContext &context, const model::ModelConfig &config,
+            const WeightTypes &weightTypes, const std::string &source,
+            const ImportOptions &options) {
   context.getOrLoadDialect<llm::LLMDialect>();
   context.getOrLoadDialect<func::FuncDialect>();
-
-  auto config = model::loadModelConfig(hfDir);
-  if (!config)
-    return makeError(config.message());
-  auto checkpoint = model::Checkpoint::open(hfDir);
-  if (!checkpoint)
-    return makeError(checkpoint.message());
-  if (Status shapes = model::checkCheckpointShapes(*config, *checkpoint); !shapes)
-    return makeError(shapes.message());
   if (options.kvBlockSize <= 0)
     return makeError("kv block size must be positive, got " +
                      std::to_string(options.kvBlockSize));
 
   OpBuilder b(&context);
   OwningOpRef<ModuleOp> module = ModuleOp::create(b.getUnknownLoc());
-  setModelAttributes(*module, *config, hfDir);
+  setModelAttributes(*module, config, source);
 
   auto i32Vector =
       RankedTensorType::get({ShapedType::kDynamicSize}, b.getI32Type());
   auto cacheType = llm::PagedKVCacheType::get(
-      &context, b.getF32Type(), config->numLayers, config->numKvHeads,
-      config->headDim, options.kvBlockSize, config->maxPositionEmbeddings);
+      &context, b.getF32Type(), config.numLayers, config.numKvHeads,
+      config.headDim, options.kvBlockSize, config.maxPositionEmbeddings);
   auto logitsType = RankedTensorType::get(
-      {ShapedType::kDynamicSize, config->vocabSize}, b.getF32Type());
+      {ShapedType::kDynamicSize, config.vocabSize}, b.getF32Type());
   auto funcType =
       b.getFunctionType({i32Vector, i32Vector, cacheType}, {logitsType});
 
-  DecoderEmitter emitter(b, *config, *checkpoint);
+  DecoderEmitter emitter(b, config, weightTypes);
   for (llvm::StringRef phase : {"prefill", "decode"}) {
     b.setInsertionPointToEnd(module->getBody());
     auto func = b.create<func::FuncOp>(b.getUnknownLoc(), phase, funcType);
@@ -208,9 +204,48 @@ importHuggingFace(MLIRContext &context, const std::string &hfDir,
     emitter.emit(func);
   }
   if (failed(module->verify()))
-    return makeError("internal error: imported module of '" + hfDir +
+    return makeError("internal error: imported module of '" + source +
                      "' does not verify");
   return module;
+}
+
+} // namespace
+
+llvm::Expected<OwningOpRef<ModuleOp>>
+importHuggingFace(MLIRContext &context, const std::string &hfDir,
+                  const ImportOptions &options) {
+  auto config = model::loadModelConfig(hfDir);
+  if (!config)
+    return makeError(config.message());
+  auto checkpoint = model::Checkpoint::open(hfDir);
+  if (!checkpoint)
+    return makeError(checkpoint.message());
+  if (Status shapes = model::checkCheckpointShapes(*config, *checkpoint); !shapes)
+    return makeError(shapes.message());
+  WeightTypes types;
+  for (const model::ExpectedTensor &t : model::expectedTensors(*config)) {
+    const model::TensorInfo *info = checkpoint->find(t.name);
+    types[t.name] = RankedTensorType::get(info->shape,
+                                          elementTypeOf(&context, info->dtype));
+  }
+  return buildModule(context, *config, types, hfDir, options);
+}
+
+llvm::Expected<OwningOpRef<ModuleOp>>
+importSyntheticConfig(MLIRContext &context, const std::string &configPath,
+                      const ImportOptions &options) {
+  std::ifstream in(configPath);
+  if (!in)
+    return makeError("cannot read model config '" + configPath + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = model::parseModelConfig(text.str(), configPath);
+  if (!config)
+    return makeError(config.message());
+  WeightTypes types;
+  for (const model::ExpectedTensor &t : model::expectedTensors(*config))
+    types[t.name] = RankedTensorType::get(t.shape, BFloat16Type::get(&context));
+  return buildModule(context, *config, types, "synthetic:" + configPath, options);
 }
 
 } // namespace llmir::compiler

@@ -20,6 +20,9 @@ void writePartition(ModuleOp module, const Partition &p) {
   attrs.set("sp", b.getI64IntegerAttr(p.sp));
   attrs.set("stage_layers", b.getArrayAttr(layers));
   attrs.set("stage_costs", b.getArrayAttr(costs));
+  attrs.set("replicas", b.getI64IntegerAttr(p.replicas));
+  attrs.set("prefill_seconds", b.getF64FloatAttr(p.prefillSeconds));
+  attrs.set("decode_seconds", b.getF64FloatAttr(p.decodeSeconds));
   module->setAttr(kPartitionAttr, attrs.getDictionary(module.getContext()));
 }
 
@@ -54,6 +57,12 @@ FailureOr<Partition> readPartition(ModuleOp module) {
     for (Attribute a : costs)
       if (auto c = a.dyn_cast<FloatAttr>())
         p.stageCosts.push_back(c.getValueAsDouble());
+  if (auto replicas = dict.getAs<IntegerAttr>("replicas"))
+    p.replicas = replicas.getInt();
+  if (auto t = dict.getAs<FloatAttr>("prefill_seconds"))
+    p.prefillSeconds = t.getValueAsDouble();
+  if (auto t = dict.getAs<FloatAttr>("decode_seconds"))
+    p.decodeSeconds = t.getValueAsDouble();
   return p;
 }
 

@@ -1,7 +1,8 @@
 // The `llm.partition` module attribute: the decision of ModelPartitioningPass
 // that CommunicationInsertionPass, MemoryPlanningPass and the plan read.
 //   llm.partition = {tp = 2 : i64, pp = 2 : i64, sp = 1 : i64,
-//                    stage_layers = [3, 1], stage_costs = [...]}
+//                    stage_layers = [3, 1], stage_costs = [...], replicas = 1,
+//                    prefill_seconds = .., decode_seconds = ..}
 #pragma once
 
 #include "mlir/IR/BuiltinOps.h"
@@ -18,6 +19,10 @@ struct Partition {
   std::vector<int64_t> stageLayers;
   /// Predicted seconds of one prefill step of each stage.
   std::vector<double> stageCosts;
+  /// Copies of the model on the cluster and the predicted step times
+  /// (0 when unknown).
+  int64_t replicas = 1;
+  double prefillSeconds = 0, decodeSeconds = 0;
 };
 
 inline constexpr const char *kPartitionAttr = "llm.partition";

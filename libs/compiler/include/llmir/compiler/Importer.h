@@ -26,4 +26,11 @@ llvm::Expected<mlir::OwningOpRef<mlir::ModuleOp>>
 importHuggingFace(mlir::MLIRContext &context, const std::string &hfDir,
                   const ImportOptions &options = {});
 
+/// The same module for a config.json without a checkpoint (cost studies,
+/// compile benchmarks): every weight is typed bf16 with the shape the config
+/// implies. The module's llm.model source is "synthetic:<configPath>".
+llvm::Expected<mlir::OwningOpRef<mlir::ModuleOp>>
+importSyntheticConfig(mlir::MLIRContext &context, const std::string &configPath,
+                      const ImportOptions &options = {});
+
 } // namespace llmir::compiler

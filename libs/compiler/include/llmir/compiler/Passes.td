@@ -25,9 +25,13 @@ def ModelPartitioning : Pass<"llm-partition", "mlir::ModuleOp"> {
   let summary = "choose tensor/pipeline/sequence degrees and balance stages by cost";
   let constructor = "llmir::compiler::createModelPartitioningPass()";
   let options = [
-    Option<"tp", "tp", "int", "1", "tensor-parallel degree">,
-    Option<"pp", "pp", "int", "1", "pipeline-parallel degree">,
-    Option<"sp", "sp", "int", "1", "sequence-parallel degree">,
+    Option<"tp", "tp", "int", "1", "tensor-parallel degree (without a cluster spec)">,
+    Option<"pp", "pp", "int", "1", "pipeline-parallel degree (without a cluster spec)">,
+    Option<"sp", "sp", "int", "1", "sequence-parallel degree (without a cluster spec)">,
+    Option<"cluster", "cluster", "std::string", "\"\"",
+           "cluster spec (YAML): its fixed degrees or the automatic search decide">,
+    Option<"explain", "explain", "bool", "false",
+           "print the candidates table (degrees, memory, predicted times, why rejected)">,
   ];
 }
 
@@ -35,6 +39,15 @@ def CommunicationInsertion : Pass<"llm-insert-communication", "mlir::ModuleOp"> 
   let summary = "shard linears Megatron-style, insert collectives and pipeline stages";
   let constructor = "llmir::compiler::createCommunicationInsertionPass()";
   let dependentDialects = ["mlir::llm::LLMDialect"];
+}
+
+def MemoryPlanning : Pass<"llm-plan-memory", "mlir::ModuleOp"> {
+  let summary = "weights, activations and KV-cache blocks per device; fails when a stage does not fit";
+  let constructor = "llmir::compiler::createMemoryPlanningPass()";
+  let options = [
+    Option<"cluster", "cluster", "std::string", "\"\"",
+           "cluster spec (YAML) giving the device memory and serving targets">,
+  ];
 }
 
 #endif // LLMIR_COMPILER_PASSES_TD

@@ -1,0 +1,59 @@
+// The cluster a model is compiled for: devices, links, fixed or automatic
+// parallel degrees and serving targets, read from YAML (docs/cluster-spec.md).
+// Plain C++ (no MLIR, no yaml-cpp) so that RTTI and RTTI-free code share it.
+#pragma once
+
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace llmir::compiler {
+
+struct DeviceSpec {
+  std::string kind = "cuda";        // "cuda" or "cpu"
+  int64_t memoryBytes = 80LL << 30; // usable device memory
+  double peakFlops = 989e12;        // dense FLOP/s at the weights' precision
+  double memoryBandwidth = 3.35e12; // bytes/s
+};
+
+/// One link type of the alpha-beta model: a message of n bytes takes
+/// latency + n / bandwidth seconds.
+struct LinkSpec {
+  double bandwidth = 0; // bytes/s
+  double latency = 0;   // seconds
+};
+
+struct ServingTargets {
+  int64_t maxBatchTokens = 2048; // tokens of one prefill step
+  int64_t maxNumSeqs = 64;       // sequences decoding together
+  int64_t maxContext = 4096;     // prompt + generated tokens of one sequence
+  /// Upper bound on the predicted time of one decode step (seconds);
+  /// nullopt: no latency target.
+  std::optional<double> decodeLatencyTarget;
+};
+
+struct ClusterSpec {
+  /// Where the spec came from, for messages.
+  std::string source;
+  int64_t nodes = 1;
+  int64_t devicesPerNode = 1;
+  DeviceSpec device;
+  LinkSpec intraNode{450e9, 5e-6};
+  LinkSpec interNode{50e9, 20e-6};
+  /// Fixed degrees; nullopt = "auto" (searched).
+  std::optional<int64_t> tensor, pipeline, sequence;
+  ServingTargets serving;
+
+  int64_t numDevices() const { return nodes * devicesPerNode; }
+};
+
+/// Parses YAML text; `source` names it in messages. Rejects unknown keys,
+/// non-positive sizes and fixed degrees whose product does not divide the
+/// number of devices.
+Result<ClusterSpec> parseClusterSpec(const std::string &yaml,
+                                     const std::string &source);
+Result<ClusterSpec> loadClusterSpec(const std::string &path);
+
+} // namespace llmir::compiler

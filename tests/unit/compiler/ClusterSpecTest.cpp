@@ -1,0 +1,75 @@
+#include "llmir/compiler/ClusterSpec.h"
+
+#include <gtest/gtest.h>
+
+namespace llmir::compiler {
+namespace {
+
+TEST(ClusterSpec, ParsesEveryKeyWithUnits) {
+  auto spec = parseClusterSpec(R"(
+nodes: 2
+devices_per_node: 8
+device: {kind: cuda, memory: 80GiB, peak_flops: 989T, memory_bandwidth: 3.35T}
+interconnect:
+  intra_node: {bandwidth: 450G, latency: 5us}
+  inter_node: {bandwidth: 50G, latency: 2ms}
+parallelism: {tensor: 8, pipeline: auto}
+serving: {max_batch_tokens: 4096, max_num_seqs: 32, max_context: 8192,
+          decode_latency_target: 50ms}
+)", "inline.yaml");
+  ASSERT_TRUE(spec) << spec.message();
+  EXPECT_EQ(spec->numDevices(), 16);
+  EXPECT_EQ(spec->device.memoryBytes, 80LL << 30);
+  EXPECT_DOUBLE_EQ(spec->device.peakFlops, 989e12);
+  EXPECT_DOUBLE_EQ(spec->interNode.latency, 2e-3);
+  EXPECT_DOUBLE_EQ(spec->intraNode.bandwidth, 450e9);
+  EXPECT_EQ(spec->tensor, 8);
+  EXPECT_FALSE(spec->pipeline);
+  EXPECT_FALSE(spec->sequence);
+  EXPECT_EQ(spec->serving.maxContext, 8192);
+  EXPECT_DOUBLE_EQ(*spec->serving.decodeLatencyTarget, 0.05);
+}
+
+struct BadSpec {
+  const char *yaml;
+  const char *message;
+};
+
+class InvalidClusterSpec : public ::testing::TestWithParam<BadSpec> {};
+
+TEST_P(InvalidClusterSpec, IsRejectedWithAMessageNamingTheKey) {
+  auto spec = parseClusterSpec(GetParam().yaml, "bad.yaml");
+  ASSERT_FALSE(spec);
+  EXPECT_NE(spec.message().find(GetParam().message), std::string::npos) << spec.message();
+  EXPECT_EQ(spec.message().rfind("bad.yaml", 0), 0u) << spec.message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, InvalidClusterSpec,
+    ::testing::Values(
+        BadSpec{"nodes: 1\ngpus: 2\n", "gpus: unknown key"},
+        BadSpec{"device: {memroy: 1G}\n", "device.memroy: unknown key"},
+        BadSpec{"device: {memory: -8GiB}\n", "device.memory: is -8GiB, expected a positive value"},
+        BadSpec{"device: {memory: 8XB}\n", "device.memory: unknown unit"},
+        BadSpec{"nodes: 0\n", "nodes: is 0, expected a positive integer"},
+        BadSpec{"device: {kind: tpu}\n", "device.kind: is 'tpu', expected cuda or cpu"},
+        BadSpec{"interconnect: {intra_node: {latency: 5 weeks}}\n", "unknown time unit"},
+        BadSpec{"nodes: 1\ndevices_per_node: 8\nparallelism: {tensor: 3}\n",
+                "tensor x pipeline x sequence = 3 does not divide the 8 devices"},
+        BadSpec{"nodes: [1\n", "invalid YAML"}));
+
+TEST(ClusterSpec, ExamplesLoad) {
+  for (const char *name : {"laptop-cpu.yaml", "h100-2x8.yaml", "h100-8x8-70b.yaml"}) {
+    auto spec = loadClusterSpec(std::string(LLMIR_SOURCE_DIR) + "/examples/" + name);
+    EXPECT_TRUE(spec) << name << ": " << spec.message();
+  }
+}
+
+TEST(ClusterSpec, MissingFileNamesIt) {
+  auto spec = loadClusterSpec("/nonexistent/spec.yaml");
+  ASSERT_FALSE(spec);
+  EXPECT_NE(spec.message().find("/nonexistent/spec.yaml"), std::string::npos);
+}
+
+} // namespace
+} // namespace llmir::compiler
