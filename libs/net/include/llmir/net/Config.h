@@ -1,0 +1,63 @@
+// Service configuration: typed fields bound to keys, filled from (lowest to
+// highest precedence) their defaults, a YAML file, LLMIR_<KEY> environment
+// variables and --key=value flags. Nested YAML maps name keys with dots
+// ("http.port" <- http: {port: ...}; env LLMIR_HTTP_PORT). An unknown key in
+// the file or on the command line is an error, so typos fail at start.
+#pragma once
+
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace llmir::net {
+
+class Config {
+public:
+  explicit Config(std::string service) : service_(std::move(service)) {}
+
+  /// Binds `key` to `*target`; the target's current value is the default.
+  void add(std::string key, std::string *target, std::string doc);
+  void add(std::string key, bool *target, std::string doc);
+  void add(std::string key, int *target, std::string doc);
+  void add(std::string key, int64_t *target, std::string doc);
+  void add(std::string key, uint16_t *target, std::string doc);
+  void add(std::string key, uint32_t *target, std::string doc);
+  void add(std::string key, uint64_t *target, std::string doc);
+  void add(std::string key, double *target, std::string doc);
+
+  /// Reads argv: `--config=PATH` (or `--config PATH`) names the YAML file,
+  /// `--help` asks for usage(), `--key=value` / `--key value` set a key
+  /// (`--flag` alone sets a bool). Applies file, then environment, then flags.
+  Status load(int argc, const char *const *argv);
+  /// Applies one YAML file (also usable without load()).
+  Status loadYamlFile(const std::string &path);
+  /// Sets `key` from text; `source` names where it came from, for errors.
+  Status set(const std::string &key, const std::string &value,
+             const std::string &source);
+
+  bool helpRequested() const { return helpRequested_; }
+  /// Every key with its type, current value, env variable and doc.
+  std::string usage() const;
+  /// LLMIR_ + the key upper-cased, '.' and '-' as '_'.
+  static std::string envName(const std::string &key);
+
+private:
+  using Target = std::variant<std::string *, bool *, int *, int64_t *,
+                              uint16_t *, uint32_t *, uint64_t *, double *>;
+  struct Field {
+    std::string key;
+    Target target;
+    std::string doc;
+  };
+  void addField(std::string key, Target target, std::string doc);
+  Field *find(const std::string &key);
+
+  std::string service_;
+  std::vector<Field> fields_;
+  bool helpRequested_ = false;
+};
+
+} // namespace llmir::net

@@ -1,0 +1,119 @@
+#include "llmir/net/Config.h"
+#include "llmir/net/Log.h"
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+using namespace llmir::net;
+
+namespace {
+
+struct Settings {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  int threads = 2;
+  double ratio = 0.5;
+  bool verbose = false;
+};
+
+Config bind(Settings &s) {
+  Config c("test-service");
+  c.add("http.host", &s.host, "listen address");
+  c.add("http.port", &s.port, "listen port");
+  c.add("threads", &s.threads, "I/O threads");
+  c.add("ratio", &s.ratio, "a number");
+  c.add("verbose", &s.verbose, "more logs");
+  return c;
+}
+
+std::string writeFile(const std::string &name, const std::string &text) {
+  auto path = std::filesystem::temp_directory_path() / name;
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(ConfigTest, DefaultsThenFileThenEnvThenFlags) {
+  std::string path = writeFile("llmir_cfg_ok.yaml",
+                               "http:\n  host: 0.0.0.0\n  port: 9000\nthreads: 4\nratio: 0.25\n");
+  ::setenv("LLMIR_HTTP_PORT", "9100", 1);
+  ::setenv("LLMIR_THREADS", "6", 1);
+  Settings s;
+  Config c = bind(s);
+  std::string cfg = "--config=" + path;
+  const char *argv[] = {"svc", cfg.c_str(), "--threads=8", "--verbose"};
+  llmir::Status st = c.load(4, argv);
+  ::unsetenv("LLMIR_HTTP_PORT");
+  ::unsetenv("LLMIR_THREADS");
+  ASSERT_TRUE(st.isOk()) << st.message();
+  EXPECT_EQ(s.host, "0.0.0.0"); // file
+  EXPECT_EQ(s.port, 9100);      // env over file
+  EXPECT_EQ(s.threads, 8);      // flag over env
+  EXPECT_DOUBLE_EQ(s.ratio, 0.25);
+  EXPECT_TRUE(s.verbose);
+  EXPECT_FALSE(c.helpRequested());
+}
+
+TEST(ConfigTest, UnknownKeysAreErrors) {
+  Settings s;
+  Config c = bind(s);
+  std::string path = writeFile("llmir_cfg_bad.yaml", "http:\n  prot: 1\n");
+  auto st = c.loadYamlFile(path);
+  ASSERT_FALSE(st.isOk());
+  EXPECT_NE(st.message().find("'http.prot'"), std::string::npos) << st.message();
+
+  const char *argv[] = {"svc", "--thread=3"};
+  auto flag = c.load(2, argv);
+  ASSERT_FALSE(flag.isOk());
+  EXPECT_NE(flag.message().find("--thread"), std::string::npos);
+}
+
+TEST(ConfigTest, BadValuesAreErrors) {
+  Settings s;
+  Config c = bind(s);
+  EXPECT_FALSE(c.set("http.port", "70000", "test").isOk());
+  EXPECT_FALSE(c.set("http.port", "-1", "test").isOk());
+  EXPECT_FALSE(c.set("threads", "two", "test").isOk());
+  EXPECT_FALSE(c.set("verbose", "maybe", "test").isOk());
+  EXPECT_FALSE(c.set("ratio", "0.5x", "test").isOk());
+  EXPECT_FALSE(c.loadYamlFile("/nonexistent/llmir.yaml").isOk());
+  EXPECT_FALSE(c.loadYamlFile(writeFile("llmir_cfg_seq.yaml", "threads: [1, 2]\n")).isOk());
+  EXPECT_FALSE(c.loadYamlFile(writeFile("llmir_cfg_broken.yaml", "a: [\n")).isOk());
+  EXPECT_EQ(s.port, 8080) << "a failed set leaves the value alone";
+}
+
+TEST(ConfigTest, UsageListsEveryKeyWithItsEnvName) {
+  Settings s;
+  Config c = bind(s);
+  const char *argv[] = {"svc", "--help"};
+  ASSERT_TRUE(c.load(2, argv).isOk());
+  EXPECT_TRUE(c.helpRequested());
+  std::string usage = c.usage();
+  EXPECT_NE(usage.find("--http.port"), std::string::npos);
+  EXPECT_NE(usage.find("LLMIR_HTTP_PORT"), std::string::npos);
+  EXPECT_NE(usage.find("listen address"), std::string::npos);
+}
+
+TEST(LogTest, LinesAreJsonWithServiceRequestIdAndFields) {
+  initLogging("unit");
+  std::string line = formatLogLine(LogLevel::Warn, "step \"slow\"",
+                                   {{"ms", 12}, {"phase", "decode"}, {"ok", true}},
+                                   "req-1");
+  boost::json::error_code ec;
+  auto v = boost::json::parse(line, ec);
+  ASSERT_FALSE(ec) << line;
+  auto &o = v.as_object();
+  EXPECT_EQ(o["level"].as_string(), "warn");
+  EXPECT_EQ(o["service"].as_string(), "unit");
+  EXPECT_EQ(o["msg"].as_string(), "step \"slow\"");
+  EXPECT_EQ(o["request_id"].as_string(), "req-1");
+  EXPECT_EQ(o["ms"].as_int64(), 12);
+  EXPECT_EQ(o["phase"].as_string(), "decode");
+  EXPECT_TRUE(o["ok"].as_bool());
+  EXPECT_TRUE(o.contains("ts"));
+}
+
+} // namespace
