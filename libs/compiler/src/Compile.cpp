@@ -46,6 +46,8 @@ private:
 };
 
 void loadDialects(MLIRContext &context) {
+  // Diagnostics travel in a Status: keep them to the message, not the module.
+  context.printOpOnDiagnostic(false);
   context.getOrLoadDialect<llm::LLMDialect>();
   context.getOrLoadDialect<func::FuncDialect>();
 }

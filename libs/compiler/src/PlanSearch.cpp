@@ -247,6 +247,9 @@ public:
                     c.decodeSeconds * 1e3, *spec.serving.decodeLatencyTarget * 1e3);
       c.rejected = text;
     }
+    if (sp > 1 && c.rejected.empty())
+      c.rejected = "sp = " + std::to_string(sp) +
+                   ": sequence-parallel attention has no lowering yet (predicted only)";
     return c;
   }
 

@@ -42,6 +42,9 @@ struct SearchResult {
 };
 
 /// Evaluates one candidate (its `rejected` says why it cannot be used).
+/// Candidates with sp > 1 get predictions but are rejected until
+/// CommunicationInsertionPass and the engine implement sequence-parallel
+/// attention.
 Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
                             int tp, int pp, int sp);
 
