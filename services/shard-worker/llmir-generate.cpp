@@ -2,7 +2,7 @@
 //                --max-tokens N [--temperature T] [--top-p P] [--top-k K]
 //                [--seed S] [--ignore-eos] [--threads N] [--json]
 //                [--tp N] [--pp M] [--sp K] [--timeout-s S]
-//                [--dump-prompt-logits FILE]
+//                [--dump-prompt-logits FILE] [--timing]
 //
 // Compiles the checkpoint, runs it on the CPU engine and prints the
 // continuation (text, or with --json one object with prompt_ids, output_ids
@@ -16,7 +16,8 @@
 // rank that decides the tokens (the last stage's first TP rank) prints.
 //
 // --dump-prompt-logits writes the prompt's logits [tokens, vocab] as F32
-// tensor "logits" of a safetensors file (for comparisons in tests).
+// tensor "logits" of a safetensors file (for comparisons in tests). --timing
+// reports prefill time and decode tokens/s on stderr (bench/runtime).
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
@@ -33,6 +34,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -52,7 +54,7 @@ constexpr const char *kUsage =
     "                      --max-tokens N [--temperature T] [--top-p P] [--top-k K]\n"
     "                      [--seed S] [--ignore-eos] [--threads N] [--json]\n"
     "                      [--tp N] [--pp M] [--sp K] [--timeout-s S]\n"
-    "                      [--dump-prompt-logits FILE]\n";
+    "                      [--dump-prompt-logits FILE] [--timing]\n";
 
 /// Store keys the launcher and its workers share.
 const std::string kStorePrefix = "llmir-generate";
@@ -70,6 +72,7 @@ struct Options {
   int tp = 1, pp = 1, sp = 1;
   int timeoutSeconds = 30;
   std::string dumpPromptLogits;
+  bool timing = false;
   // Hidden: set by the launcher on its workers.
   int workerRank = -1;
   int worldSize = 0;
@@ -115,6 +118,10 @@ Result<Options> parseArgs(int argc, char **argv) {
     }
     if (flag == "--json") {
       o.json = true;
+      continue;
+    }
+    if (flag == "--timing") {
+      o.timing = true;
       continue;
     }
     if (i + 1 >= argc)
@@ -288,8 +295,14 @@ Status generate(const Options &o, Request &request,
     stream.emplace(*request.tokenizer);
   Status streamStatus;
   llmir::engine::RankDriver driver(**executor, role.decides, role.exchange);
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  Clock::time_point firstToken, lastToken;
   auto result = driver.generate(
       request.generate, !o.dumpPromptLogits.empty(), [&](int32_t token) {
+        lastToken = Clock::now();
+        if (firstToken == Clock::time_point())
+          firstToken = lastToken;
         if (!prints || o.json)
           return;
         if (!stream) { // no tokenizer: stream the ids
@@ -307,6 +320,15 @@ Status generate(const Options &o, Request &request,
   LLMIR_RETURN_IF_ERROR(streamStatus);
   if (!prints)
     return Status::ok();
+  if (o.timing) {
+    // Decode: every token after the first (the prefill step's).
+    std::chrono::duration<double> prefill = firstToken - start;
+    std::chrono::duration<double> decode = lastToken - firstToken;
+    size_t decoded = result->outputIds.size() - 1;
+    std::fprintf(stderr, "timing: prefill %.3f ms, decode %zu tokens in %.3f s (%.1f tokens/s)\n",
+                 prefill.count() * 1e3, decoded, decode.count(),
+                 decoded ? decoded / decode.count() : 0.0);
+  }
   if (!o.dumpPromptLogits.empty())
     LLMIR_RETURN_IF_ERROR(writeLogits(o.dumpPromptLogits, result->promptLogits));
   if (stream)
@@ -458,7 +480,9 @@ int main(int argc, char **argv) {
     status = runSingleProcess(*options);
   }
   if (!status) {
-    std::cerr << who << ": error: " << status.message() << "\n";
+    // One write, so the lines of ranks sharing stderr do not interleave.
+    std::string line = who + ": error: " + status.message() + "\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
     return 1;
   }
   return 0;

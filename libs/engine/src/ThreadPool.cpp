@@ -16,6 +16,9 @@ namespace {
 // kernels of a decode step (tens of microseconds), short enough not to
 // steal a shared core for long.
 constexpr int kSpinIterations = 20000;
+// Chunks per thread: small enough that the caller absorbs the share of a
+// worker that has not started, large enough to amortise claiming.
+constexpr size_t kChunksPerThread = 4;
 
 template <class Ready> bool spinUntil(const Ready &ready) {
   for (int i = 0; i < kSpinIterations; ++i) {
@@ -26,14 +29,16 @@ template <class Ready> bool spinUntil(const Ready &ready) {
   return ready();
 }
 
+uint64_t generationOf(uint64_t ticket) { return ticket >> 32; }
+
 } // namespace
 
 ThreadPool::ThreadPool(unsigned numThreads)
     : numThreads_(numThreads ? numThreads
                              : std::max(1u, std::thread::hardware_concurrency())) {
-  // The caller runs chunk 0, so numThreads_ - 1 workers.
+  // The caller takes part, so numThreads_ - 1 workers.
   for (unsigned i = 1; i < numThreads_; ++i)
-    workers_.emplace_back([this, i] { workerLoop(i); });
+    workers_.emplace_back([this] { workerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -50,9 +55,10 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
                              const std::function<void(size_t, size_t)> &body) {
   if (n == 0)
     return;
-  size_t chunk = std::max<size_t>(
-      std::max<size_t>(minChunk, 1), (n + numThreads_ - 1) / numThreads_);
-  size_t numChunks = (n + chunk - 1) / chunk;
+  const size_t chunk = std::max<size_t>(
+      std::max<size_t>(minChunk, 1),
+      (n + numThreads_ * kChunksPerThread - 1) / (numThreads_ * kChunksPerThread));
+  const size_t numChunks = (n + chunk - 1) / chunk;
   if (numChunks <= 1 || workers_.empty()) {
     body(0, n);
     return;
@@ -60,17 +66,19 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
   body_ = &body;
   n_ = n;
   chunk_ = chunk;
-  pending_.store(static_cast<unsigned>(workers_.size()),
-                 std::memory_order_relaxed);
+  numChunks_.store(static_cast<uint32_t>(numChunks), std::memory_order_relaxed);
+  completed_.store(0, std::memory_order_relaxed);
+  const uint64_t generation =
+      generationOf(ticket_.load(std::memory_order_relaxed)) + 1;
   {
     // Under the mutex so that a worker about to sleep cannot miss it.
     std::lock_guard<std::mutex> lock(mutex_);
-    generation_.fetch_add(1, std::memory_order_release);
+    ticket_.store(generation << 32, std::memory_order_release);
   }
   wake_.notify_all();
-  body(0, std::min(chunk, n));
-  auto allDone = [this] {
-    return pending_.load(std::memory_order_acquire) == 0;
+  runChunks(generation);
+  auto allDone = [&] {
+    return completed_.load(std::memory_order_acquire) == numChunks;
   };
   if (!spinUntil(allDone)) {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -79,12 +87,36 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
   body_ = nullptr;
 }
 
-void ThreadPool::workerLoop(unsigned index) {
-  size_t seenGeneration = 0;
+void ThreadPool::runChunks(uint64_t generation) {
+  uint64_t ticket = ticket_.load(std::memory_order_acquire);
+  while (true) {
+    if (generationOf(ticket) != generation)
+      return;
+    const uint32_t index = static_cast<uint32_t>(ticket);
+    // A stale read (a newer call) is caught by the exchange below.
+    if (index >= numChunks_.load(std::memory_order_relaxed))
+      return;
+    if (!ticket_.compare_exchange_weak(ticket, ticket + 1,
+                                       std::memory_order_acq_rel))
+      continue; // ticket now holds the fresh value
+    const size_t begin = index * chunk_;
+    (*body_)(begin, std::min(n_, begin + chunk_));
+    if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
+        numChunks_.load(std::memory_order_relaxed)) {
+      std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait
+      done_.notify_one();
+    }
+    ticket = ticket_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::workerLoop() {
+  uint64_t seenGeneration = 0;
   while (true) {
     auto woken = [&] {
       return stopping_.load(std::memory_order_relaxed) ||
-             generation_.load(std::memory_order_acquire) != seenGeneration;
+             generationOf(ticket_.load(std::memory_order_acquire)) !=
+                 seenGeneration;
     };
     if (!spinUntil(woken)) {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -92,15 +124,8 @@ void ThreadPool::workerLoop(unsigned index) {
     }
     if (stopping_.load())
       return;
-    seenGeneration = generation_.load(std::memory_order_acquire);
-    const size_t begin = std::min(n_, index * chunk_);
-    const size_t end = std::min(n_, begin + chunk_);
-    if (begin < end)
-      (*body_)(begin, end);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait
-      done_.notify_one();
-    }
+    seenGeneration = generationOf(ticket_.load(std::memory_order_acquire));
+    runChunks(seenGeneration);
   }
 }
 

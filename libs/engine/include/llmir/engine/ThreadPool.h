@@ -1,12 +1,15 @@
 // A small fixed thread pool for the CPU kernels: parallelFor splits a range
-// into one contiguous chunk per thread and waits for all of them. A decode
-// step dispatches hundreds of short loops, so idle threads spin briefly
-// before sleeping on a condition variable.
+// into a few contiguous chunks per thread that the caller and the workers
+// claim until none is left, then waits for the claimed ones. A decode step
+// dispatches hundreds of short loops, so idle threads spin briefly before
+// sleeping; and as chunks are claimed, not assigned, a worker that the OS
+// has not scheduled (cores shared with other work) delays nobody.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -25,26 +28,31 @@ public:
   unsigned numThreads() const { return numThreads_; }
 
   /// Runs body(begin, end) over [0, n) in chunks of at least minChunk, on the
-  /// pool threads and the caller. Returns when every chunk is done. Not
+  /// pool threads and the caller (any chunk on any thread). Returns when every chunk is done. Not
   /// reentrant: body must not call parallelFor on the same pool.
   void parallelFor(size_t n, size_t minChunk,
                    const std::function<void(size_t, size_t)> &body);
 
 private:
-  void workerLoop(unsigned index);
+  void workerLoop();
+  /// Claims and runs chunks of `generation` until none is left.
+  void runChunks(uint64_t generation);
 
   unsigned numThreads_;
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  // Written by parallelFor before generation_ is bumped (release), read by
-  // workers after they see the new generation (acquire).
+  // Written by parallelFor before ticket_ moves to a new generation
+  // (release); read only after claiming a chunk of that generation, which
+  // keeps the call (and these fields) alive until the chunk completes.
   const std::function<void(size_t, size_t)> *body_ = nullptr;
   size_t n_ = 0;
   size_t chunk_ = 0;
-  std::atomic<size_t> generation_{0};
-  std::atomic<unsigned> pending_{0};
+  std::atomic<uint32_t> numChunks_{0}; // read racily by late workers
+  // generation << 32 | next chunk to claim.
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<uint32_t> completed_{0};
   std::atomic<bool> stopping_{false};
 };
 
