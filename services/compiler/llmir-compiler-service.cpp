@@ -1,0 +1,255 @@
+// llmir-compiler-service: compiles Hugging Face checkpoints into deployment
+// plans (cached by content hash) and serves each rank's ShardProgram.
+//
+//   POST /v1/compile  {"model_dir", "tp", "pp", "sp", "kv_block_size"}
+//                     -> {"plan_id", "cache_hit", "plan": DeploymentPlan as JSON}
+//   GET  /v1/plans/{id}               -> the plan as JSON
+//   GET  /v1/plans/{id}/ranks/{rank}  -> ShardProgram bytes (application/x-protobuf)
+//   GET  /healthz /readyz /metrics
+#include "service/PlanStore.h"
+
+#include "llmir/net/Config.h"
+#include "llmir/net/Http.h"
+#include "llmir/net/Log.h"
+#include "llmir/net/Signals.h"
+
+#include <boost/json.hpp>
+#include <google/protobuf/util/json_util.h>
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <charconv>
+#include <chrono>
+#include <iostream>
+
+using llmir::net::HttpRequest;
+using llmir::net::HttpResponse;
+namespace json = boost::json;
+namespace svc = llmir::compiler_service;
+
+namespace {
+
+struct Settings {
+  std::string host = "0.0.0.0";
+  uint16_t port = 8081;
+  unsigned threads = 4;
+  uint64_t maxBodyBytes = 1 << 20;
+  std::string logLevel = "info";
+};
+
+struct Metrics {
+  std::shared_ptr<prometheus::Registry> registry =
+      std::make_shared<prometheus::Registry>();
+  prometheus::Histogram &compileSeconds =
+      prometheus::BuildHistogram()
+          .Name("llmir:compile_seconds")
+          .Help("Time to compile a model into a plan (cache misses only).")
+          .Register(*registry)
+          .Add({}, prometheus::Histogram::BucketBoundaries{
+                       0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120});
+  prometheus::Counter &cacheHits =
+      prometheus::BuildCounter()
+          .Name("llmir:compile_cache_hits_total")
+          .Help("Compile requests answered from the plan cache.")
+          .Register(*registry)
+          .Add({});
+  prometheus::Family<prometheus::Counter> &requests =
+      prometheus::BuildCounter()
+          .Name("llmir:compile_requests_total")
+          .Help("Compile requests by outcome (ok, bad_request, failed).")
+          .Register(*registry);
+  prometheus::Counter &programsServed =
+      prometheus::BuildCounter()
+          .Name("llmir:compiler_programs_served_total")
+          .Help("ShardPrograms fetched by workers.")
+          .Register(*registry)
+          .Add({});
+};
+
+std::string planJson(const llmir::proto::DeploymentPlan &plan) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(plan, &out, options);
+  return out;
+}
+
+// A non-negative integer member of `o`, or `fallback` when absent.
+llmir::Result<int64_t> intField(const json::object &o, const char *key,
+                                int64_t fallback) {
+  const json::value *v = o.if_contains(key);
+  if (!v)
+    return fallback;
+  if (!v->is_int64() && !v->is_uint64())
+    return llmir::Status::error(std::string("'") + key + "' must be an integer");
+  int64_t n = v->is_int64() ? v->as_int64() : static_cast<int64_t>(v->as_uint64());
+  if (n < 1 || n > 4096)
+    return llmir::Status::error(std::string("'") + key + "' must be in [1, 4096]");
+  return n;
+}
+
+llmir::Result<svc::CompileRequest> parseCompileRequest(const std::string &body) {
+  json::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec || !v.is_object())
+    return llmir::Status::error("body must be a JSON object: " +
+                                (ec ? ec.message() : std::string("got another JSON value")));
+  const json::object &o = v.as_object();
+  svc::CompileRequest r;
+  const json::value *dir = o.if_contains("model_dir");
+  if (!dir || !dir->is_string() || dir->as_string().empty())
+    return llmir::Status::error("'model_dir' (a non-empty string) is required");
+  r.modelDir = std::string(dir->as_string());
+  auto tp = intField(o, "tp", 1), pp = intField(o, "pp", 1), sp = intField(o, "sp", 1),
+       kv = intField(o, "kv_block_size", 16);
+  for (auto *f : {&tp, &pp, &sp, &kv})
+    if (!*f)
+      return f->status();
+  r.options.tp = static_cast<int>(*tp);
+  r.options.pp = static_cast<int>(*pp);
+  r.options.sp = static_cast<int>(*sp);
+  r.options.kvBlockSize = *kv;
+  return r;
+}
+
+// "/v1/plans/{id}" or "/v1/plans/{id}/ranks/{rank}".
+struct PlanPath {
+  std::string id;
+  std::optional<uint32_t> rank;
+};
+std::optional<PlanPath> parsePlanPath(std::string_view path) {
+  constexpr std::string_view prefix = "/v1/plans/";
+  path.remove_prefix(prefix.size());
+  size_t slash = path.find('/');
+  PlanPath out{std::string(path.substr(0, slash)), std::nullopt};
+  if (out.id.empty())
+    return std::nullopt;
+  if (slash == std::string_view::npos)
+    return out;
+  std::string_view rest = path.substr(slash);
+  constexpr std::string_view ranks = "/ranks/";
+  if (!rest.starts_with(ranks))
+    return std::nullopt;
+  rest.remove_prefix(ranks.size());
+  uint32_t rank = 0;
+  auto [end, err] = std::from_chars(rest.data(), rest.data() + rest.size(), rank);
+  if (err != std::errc() || end != rest.data() + rest.size() || rest.empty())
+    return std::nullopt;
+  out.rank = rank;
+  return out;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  llmir::net::blockTerminationSignals();
+  Settings s;
+  llmir::net::Config config("llmir-compiler-service");
+  config.add("http.host", &s.host, "address the HTTP API listens on");
+  config.add("http.port", &s.port, "HTTP port (0 = ephemeral; the log line 'listening' names it)");
+  config.add("http.threads", &s.threads, "HTTP threads (a compile occupies one)");
+  config.add("http.max_body_bytes", &s.maxBodyBytes, "larger request bodies get 413");
+  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  if (auto st = config.load(argc, argv); !st) {
+    std::cerr << "llmir-compiler-service: " << st.message() << "\n";
+    return 2;
+  }
+  if (config.helpRequested()) {
+    std::cout << config.usage();
+    return 0;
+  }
+  llmir::net::LogLevel level;
+  if (!llmir::net::parseLogLevel(s.logLevel, level)) {
+    std::cerr << "llmir-compiler-service: log.level '" << s.logLevel
+              << "' is not one of debug, info, warn, error\n";
+    return 2;
+  }
+  llmir::net::initLogging("compiler", level);
+
+  Metrics metrics;
+  svc::PlanStore store;
+  llmir::net::HttpServer server;
+
+  server.route("POST", "/v1/compile", [&](const HttpRequest &req) {
+    auto request = parseCompileRequest(req.body);
+    if (!request) {
+      metrics.requests.Add({{"outcome", "bad_request"}}).Increment();
+      return HttpResponse::error(400, request.message());
+    }
+    auto start = std::chrono::steady_clock::now();
+    auto lookup = store.compile(*request);
+    double seconds = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now() - start).count();
+    if (!lookup) {
+      metrics.requests.Add({{"outcome", "failed"}}).Increment();
+      llmir::net::log(llmir::net::LogLevel::Warn, "compile failed",
+                      {{"model_dir", request->modelDir}, {"error", lookup.message()}},
+                      req.requestId);
+      return HttpResponse::error(422, lookup.message());
+    }
+    metrics.requests.Add({{"outcome", "ok"}}).Increment();
+    if (lookup->cacheHit)
+      metrics.cacheHits.Increment();
+    else
+      metrics.compileSeconds.Observe(seconds);
+    llmir::net::log(llmir::net::LogLevel::Info, "compiled",
+                    {{"plan_id", lookup->plan->id}, {"cache_hit", lookup->cacheHit},
+                     {"seconds", seconds}, {"model_dir", request->modelDir}},
+                    req.requestId);
+    return HttpResponse::json(
+        200, "{\"plan_id\":\"" + lookup->plan->id + "\",\"cache_hit\":" +
+                 (lookup->cacheHit ? "true" : "false") + ",\"plan\":" +
+                 planJson(lookup->plan->compiled.plan) + "}");
+  });
+
+  server.routePrefix("GET", "/v1/plans/", [&](const HttpRequest &req) {
+    auto path = parsePlanPath(req.path);
+    if (!path)
+      return HttpResponse::error(404, "expected /v1/plans/{id} or /v1/plans/{id}/ranks/{rank}");
+    auto plan = store.find(path->id);
+    if (!plan)
+      return HttpResponse::error(404, "no plan '" + path->id + "' (POST /v1/compile first)");
+    if (!path->rank)
+      return HttpResponse::json(200, planJson(plan->compiled.plan));
+    const auto &programs = plan->compiled.programs;
+    if (*path->rank >= programs.size())
+      return HttpResponse::error(404, "plan " + path->id + " has ranks 0.." +
+                                          std::to_string(programs.size() - 1));
+    metrics.programsServed.Increment();
+    HttpResponse res;
+    res.contentType = "application/x-protobuf";
+    res.body = programs[*path->rank].SerializeAsString();
+    return res;
+  });
+
+  server.route("GET", "/healthz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ok\n");
+  });
+  server.route("GET", "/readyz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ready\n");
+  });
+  server.route("GET", "/metrics", [&](const HttpRequest &) {
+    HttpResponse res = HttpResponse::text(
+        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
+    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    return res;
+  });
+
+  llmir::net::HttpServerConfig http;
+  http.host = s.host;
+  http.port = s.port;
+  http.threads = s.threads;
+  http.maxBodyBytes = s.maxBodyBytes;
+  if (auto st = server.start(http); !st) {
+    llmir::net::logError("cannot start", {{"error", st.message()}});
+    return 1;
+  }
+  llmir::net::logInfo("listening", {{"host", s.host}, {"port", unsigned(server.port())}});
+  int sig = llmir::net::waitForTerminationSignal();
+  llmir::net::logInfo("stopping", {{"signal", sig}});
+  server.stop();
+  llmir::net::logInfo("stopped");
+  return 0;
+}

@@ -1,0 +1,119 @@
+#include "PlanStore.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+namespace llmir::compiler_service {
+namespace {
+namespace fs = std::filesystem;
+
+// Two FNV-1a lanes with different offsets: 128 bits, stable across builds.
+struct ContentHash {
+  uint64_t a = 0xcbf29ce484222325ull, b = 0x84222325cbf29ce4ull;
+  void add(std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      a = (a ^ c) * 0x100000001b3ull;
+      b = (b ^ c) * 0x100000001b3ull;
+      b ^= b >> 29;
+    }
+    a = (a ^ 0xff) * 0x100000001b3ull; // field separator
+  }
+  std::string hex() const {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%016llx%016llx", (unsigned long long)a,
+                  (unsigned long long)b);
+    return buf;
+  }
+};
+
+Result<std::string> readFile(const fs::path &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return Status::error("cannot read " + path.string());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The 8-byte length and the JSON header of a safetensors file.
+Result<std::string> safetensorsHeader(const fs::path &path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char len[8];
+  if (!in.read(reinterpret_cast<char *>(len), 8))
+    return Status::error(path.string() + ": shorter than a safetensors header");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | len[i];
+  if (n > (uint64_t(100) << 20))
+    return Status::error(path.string() + ": safetensors header of " +
+                         std::to_string(n) + " bytes is implausible");
+  std::string header(n, '\0');
+  if (!in.read(header.data(), static_cast<std::streamsize>(n)))
+    return Status::error(path.string() + ": truncated safetensors header");
+  return std::string(reinterpret_cast<char *>(len), 8) + header;
+}
+} // namespace
+
+Result<std::string> planId(const CompileRequest &request) {
+  fs::path dir(request.modelDir);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    return Status::error("model_dir '" + request.modelDir + "' is not a directory");
+  ContentHash hash;
+  auto config = readFile(dir / "config.json");
+  if (!config)
+    return config.status().withContext("model_dir " + request.modelDir);
+  hash.add(*config);
+  std::vector<fs::path> shards;
+  for (const auto &entry : fs::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".safetensors" &&
+        entry.path().filename().string().find("reference") == std::string::npos)
+      shards.push_back(entry.path());
+  std::sort(shards.begin(), shards.end());
+  if (shards.empty())
+    return Status::error("model_dir " + request.modelDir + " has no *.safetensors");
+  for (const auto &shard : shards) {
+    auto header = safetensorsHeader(shard);
+    if (!header)
+      return header.status();
+    hash.add(shard.filename().string());
+    hash.add(*header);
+  }
+  const auto &o = request.options;
+  hash.add("tp=" + std::to_string(o.tp) + ",pp=" + std::to_string(o.pp) +
+           ",sp=" + std::to_string(o.sp) + ",kv=" + std::to_string(o.kvBlockSize));
+  if (!o.clusterSpecPath.empty()) {
+    auto spec = readFile(o.clusterSpecPath);
+    if (!spec)
+      return spec.status();
+    hash.add(*spec);
+  }
+  return hash.hex();
+}
+
+Result<PlanStore::Lookup> PlanStore::compile(const CompileRequest &request) {
+  auto id = planId(request);
+  if (!id)
+    return id.status();
+  if (auto plan = find(*id))
+    return Lookup{plan, true};
+  std::lock_guard compileLock(compileMu_);
+  if (auto plan = find(*id)) // compiled while we waited
+    return Lookup{plan, true};
+  auto compiled = compiler::compileHuggingFace(request.modelDir, request.options);
+  if (!compiled)
+    return compiled.status();
+  auto plan = std::make_shared<Plan>(Plan{*id, std::move(*compiled)});
+  std::lock_guard lock(mu_);
+  plans_[*id] = plan;
+  return Lookup{plan, false};
+}
+
+std::shared_ptr<const Plan> PlanStore::find(const std::string &id) const {
+  std::lock_guard lock(mu_);
+  auto it = plans_.find(id);
+  return it == plans_.end() ? nullptr : it->second;
+}
+
+} // namespace llmir::compiler_service
