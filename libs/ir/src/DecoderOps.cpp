@@ -80,40 +80,11 @@ LogicalResult RotaryEmbeddingOp::verify() {
 }
 
 LogicalResult PagedAttentionOp::verify() {
-  Operation *op = getOperation();
-  int64_t numHeads = getNumHeads(), numKvHeads = getNumKvHeads(),
-          headDim = getHeadDim();
-  if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
-      failed(verifyAtLeast(op, "num_kv_heads", numKvHeads, 1)) ||
-      failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
-      failed(verifyPositive(op, "scale", getScale())))
-    return failure();
-  if (numHeads % numKvHeads != 0)
-    return emitOpError() << "num_heads (" << numHeads
-                         << ") is not a multiple of num_kv_heads ("
-                         << numKvHeads << ")";
   PagedKVCacheType cache = getCache().getType().cast<PagedKVCacheType>();
-  if (failed(verifyIndex(op, "layer", getLayer(), "cache numLayers",
-                         cache.getNumLayers())))
-    return failure();
-  if (cache.getNumKvHeads() != numKvHeads)
-    return emitOpError() << "cache has " << cache.getNumKvHeads()
-                         << " kv heads, expected num_kv_heads (" << numKvHeads
-                         << ")";
-  if (cache.getHeadDim() != headDim)
-    return emitOpError() << "cache head dim is " << cache.getHeadDim()
-                         << ", expected head_dim (" << headDim << ")";
-  ShapedType query = shapedType(getQuery()), key = shapedType(getKey());
-  if (failed(verifyDim(op, "query", query, 1, numHeads * headDim,
-                       "num_heads x head_dim")) ||
-      failed(verifyDim(op, "key", key, 1, numKvHeads * headDim,
-                       "num_kv_heads x head_dim")) ||
-      failed(verifyDim(op, "key", key, 0, query.getDimSize(0),
-                       "query dim 0 (tokens)")) ||
-      failed(verifySameType(op, "value", getValue().getType(), "key",
-                            getKey().getType())))
-    return failure();
-  return verifySameType(op, "result", getType(), "query", getQuery().getType());
+  return verifyDecoderAttention(
+      getOperation(), getQuery(), getKey(), getValue(), getType(), getLayer(),
+      getNumHeads(), getNumKvHeads(), getHeadDim(), getScale(),
+      {"cache", cache.getNumLayers(), cache.getNumKvHeads(), cache.getHeadDim()});
 }
 
 LogicalResult SwiGLUOp::verify() {

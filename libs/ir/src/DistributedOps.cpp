@@ -130,25 +130,64 @@ LogicalResult SequenceParallelAttentionOp::verify() {
   return verifySameType(op, "result", getType(), "query", getQuery().getType());
 }
 
-LogicalResult DistributedAttentionOp::verify() {
-  Operation *op = getOperation();
-  int64_t numHeads = getNumHeads(), headDim = getHeadDim();
-  if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
-      failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
-      failed(verifyPositive(op, "scale", getScale())))
+/// The decoder form (q, k, v, kv_cache): the paged_attention rules against
+/// the sharded cache, whose heads are the KV heads.
+static LogicalResult verifyDecoderForm(DistributedAttentionOp op) {
+  if (!op.getLayer() || !op.getNumKvHeads())
+    return op.emitOpError() << "decoder form (q, k, v, kv_cache) lacks "
+                            << (op.getLayer() ? "num_kv_heads" : "layer")
+                            << ", expected layer and num_kv_heads";
+  if (failed(verifyRank(op, "query", op.getQuery().getType().cast<ShapedType>(),
+                        2, "[tokens, num_heads x head_dim]")))
     return failure();
-  auto query = getQuery().getType().cast<ShapedType>();
-  if (failed(verifyDim(op, "query", query, 2, numHeads, "num_heads")) ||
-      failed(verifyDim(op, "query", query, 3, headDim, "head_dim")))
+  ShardedKVCacheType cache = op.getKvCache().getType().cast<ShardedKVCacheType>();
+  return verifyDecoderAttention(
+      op, op.getQuery(), op.getKeyValue()[0], op.getKeyValue()[1], op.getType(),
+      *op.getLayer(), op.getNumHeads(), *op.getNumKvHeads(), op.getHeadDim(),
+      op.getScale(),
+      {"kv_cache", cache.getNumLayers(), cache.getNumHeads(), cache.getHeadDim()});
+}
+
+/// The seed's form (q [B, S, H, D], kv_cache): no GQA, cache heads = heads.
+static LogicalResult verifySeedForm(DistributedAttentionOp op) {
+  Operation *operation = op.getOperation();
+  int64_t numHeads = op.getNumHeads(), headDim = op.getHeadDim();
+  if (op.getLayer() || op.getNumKvHeads())
+    return op.emitOpError() << "has " << (op.getLayer() ? "layer" : "num_kv_heads")
+                            << " without k and v, expected it only in the "
+                               "decoder form (q, k, v, kv_cache)";
+  if (failed(verifyAtLeast(operation, "num_heads", numHeads, 1)) ||
+      failed(verifyAtLeast(operation, "head_dim", headDim, 1)) ||
+      failed(verifyPositive(operation, "scale", op.getScale())))
     return failure();
-  ShardedKVCacheType cache = getKvCache().getType().cast<ShardedKVCacheType>();
+  auto query = op.getQuery().getType().cast<ShapedType>();
+  if (failed(verifyRank(operation, "query", query, 4,
+                        "[batch, seq, heads, head_dim]")) ||
+      failed(verifyDim(operation, "query", query, 2, numHeads, "num_heads")) ||
+      failed(verifyDim(operation, "query", query, 3, headDim, "head_dim")))
+    return failure();
+  ShardedKVCacheType cache = op.getKvCache().getType().cast<ShardedKVCacheType>();
   if (cache.getNumHeads() != numHeads)
-    return emitOpError() << "kv_cache has " << cache.getNumHeads()
-                         << " heads, expected num_heads (" << numHeads << ")";
+    return op.emitOpError() << "kv_cache has " << cache.getNumHeads()
+                            << " heads, expected num_heads (" << numHeads << ")";
   if (cache.getHeadDim() != headDim)
-    return emitOpError() << "kv_cache head dim is " << cache.getHeadDim()
-                         << ", expected head_dim (" << headDim << ")";
-  return verifySameType(op, "result", getType(), "query", getQuery().getType());
+    return op.emitOpError() << "kv_cache head dim is " << cache.getHeadDim()
+                            << ", expected head_dim (" << headDim << ")";
+  return verifySameType(operation, "result", op.getType(), "query",
+                        op.getQuery().getType());
+}
+
+LogicalResult DistributedAttentionOp::verify() {
+  switch (getKeyValue().size()) {
+  case 0:
+    return verifySeedForm(*this);
+  case 2:
+    return verifyDecoderForm(*this);
+  default:
+    return emitOpError() << "has " << getNumOperands()
+                         << " operands, expected (q, kv_cache) or (q, k, v, "
+                            "kv_cache)";
+  }
 }
 
 LogicalResult RemoteLoadOp::verify() {

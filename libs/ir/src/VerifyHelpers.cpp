@@ -130,4 +130,41 @@ LogicalResult verifyLinearShapes(Operation *op, ShapedType input,
                    "weight dim 0 (out_features)");
 }
 
+LogicalResult verifyDecoderAttention(Operation *op, Value query, Value key,
+                                     Value value, Type result, int64_t layer,
+                                     int64_t numHeads, int64_t numKvHeads,
+                                     int64_t headDim, const llvm::APFloat &scale,
+                                     const AttentionCacheShape &cache) {
+  if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
+      failed(verifyAtLeast(op, "num_kv_heads", numKvHeads, 1)) ||
+      failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
+      failed(verifyPositive(op, "scale", scale)))
+    return failure();
+  if (numHeads % numKvHeads != 0)
+    return op->emitOpError() << "num_heads (" << numHeads
+                             << ") is not a multiple of num_kv_heads ("
+                             << numKvHeads << ")";
+  if (failed(verifyIndex(op, "layer", layer, (cache.what + " numLayers").str(),
+                         cache.numLayers)))
+    return failure();
+  if (cache.numKvHeads != numKvHeads)
+    return op->emitOpError() << cache.what << " has " << cache.numKvHeads
+                             << " kv heads, expected num_kv_heads ("
+                             << numKvHeads << ")";
+  if (cache.headDim != headDim)
+    return op->emitOpError() << cache.what << " head dim is " << cache.headDim
+                             << ", expected head_dim (" << headDim << ")";
+  auto queryType = query.getType().cast<ShapedType>();
+  auto keyType = key.getType().cast<ShapedType>();
+  if (failed(verifyDim(op, "query", queryType, 1, numHeads * headDim,
+                       "num_heads x head_dim")) ||
+      failed(verifyDim(op, "key", keyType, 1, numKvHeads * headDim,
+                       "num_kv_heads x head_dim")) ||
+      failed(verifyDim(op, "key", keyType, 0, queryType.getDimSize(0),
+                       "query dim 0 (tokens)")) ||
+      failed(verifySameType(op, "value", value.getType(), "key", key.getType())))
+    return failure();
+  return verifySameType(op, "result", result, "query", query.getType());
+}
+
 } // namespace mlir::llm::detail

@@ -57,6 +57,22 @@ LogicalResult verifyLinearShapes(Operation *op, ShapedType input,
                                  ShapedType weight, Value bias,
                                  ShapedType result);
 
+/// The cache a decoder attention op reads, as its verifier sees it.
+struct AttentionCacheShape {
+  StringRef what; // operand name in messages: "cache", "kv_cache"
+  int64_t numLayers, numKvHeads, headDim;
+};
+
+/// Rules shared by llm.paged_attention and the decoder form of
+/// llm.distributed_attention: positive sizes, grouped heads, the layer
+/// inside the cache, cache heads/head dim equal to the attributes,
+/// q [T, H*D], k and v [T, Hkv*D], result typed as q.
+LogicalResult verifyDecoderAttention(Operation *op, Value query, Value key,
+                                     Value value, Type result, int64_t layer,
+                                     int64_t numHeads, int64_t numKvHeads,
+                                     int64_t headDim, const llvm::APFloat &scale,
+                                     const AttentionCacheShape &cache);
+
 } // namespace mlir::llm::detail
 
 #endif // LLMIR_IR_SRC_VERIFYHELPERS_H

@@ -856,3 +856,117 @@ func.func @logits_103(%x: tensor<?x256xf32>, %w: tensor<1000x256xbf16>) {
   %y = llm.logits(%x, %w) : (tensor<?x256xf32>, tensor<1000x256xbf16>) -> tensor<?x999xf32>
   return
 }
+
+// -----
+
+// ---- distributed_attention, decoder form (q, k, v, kv_cache)
+
+func.func @distributed_attention_decoder_104(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op decoder form (q, k, v, kv_cache) lacks layer, expected layer and num_kv_heads}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_105(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op decoder form (q, k, v, kv_cache) lacks num_kv_heads, expected layer and num_kv_heads}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_106(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op layer is 4, expected 0 <= layer < kv_cache numLayers (4)}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 4 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_107(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op num_heads (6) is not a multiple of num_kv_heads (4)}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 6 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_108(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op kv_cache has 8 kv heads, expected num_kv_heads (4)}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_109(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 64, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op kv_cache head dim is 64, expected head_dim (32)}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 64, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_110(%q: tensor<?x128xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op query dim 1 is 128, expected num_heads x head_dim = 256}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x128xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x128xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_111(%q: tensor<?x256xf32>, %k: tensor<?x256xf32>, %v: tensor<?x256xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op key dim 1 is 256, expected num_kv_heads x head_dim = 128}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x256xf32>, tensor<?x256xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_112(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x64xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op value type 'tensor<?x64xf32>' differs from key type 'tensor<?x128xf32>', expected them equal}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x64xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_113(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op result type 'tensor<?x128xf32>' differs from query type 'tensor<?x256xf32>', expected them equal}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x128xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_114(%q: tensor<2x1x8x32xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op query has rank 4, expected rank 2 [tokens, num_heads x head_dim]}}
+  %r = llm.distributed_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<2x1x8x32xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<2x1x8x32xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_decoder_115(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op has 3 operands, expected (q, kv_cache) or (q, k, v, kv_cache)}}
+  %r = llm.distributed_attention(%q, %k, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_seed_116(%q: tensor<2x1x8x32xf32>, %c: !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op has layer without k and v, expected it only in the decoder form (q, k, v, kv_cache)}}
+  %r = llm.distributed_attention(%q, %c) {layer = 0 : i32, num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<2x1x8x32xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<2x1x8x32xf32>
+  return
+}
+
+// -----
+
+func.func @distributed_attention_seed_117(%q: tensor<?x256xf32>, %c: !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op query has rank 2, expected rank 4 [batch, seq, heads, head_dim]}}
+  %r = llm.distributed_attention(%q, %c) {num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}

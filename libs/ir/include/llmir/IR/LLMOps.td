@@ -118,14 +118,26 @@ def LLM_SequenceParallelAttentionOp
 def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
   let summary = "attention over a KV cache sharded along the sequence";
   let description = [{
-    Each shard attends over its slice of the sequence and returns its partial
-    output with the log-sum-exp; merging the partials is exact.
+    Two forms (docs/ir.md). The seed's: `(q, kv_cache)` with q [B, S, H, D],
+    the result shaped like q. The decoder form: `(q, k, v, kv_cache)` with
+    2-D activations q [T, H*D], k/v [T, Hkv*D] and `layer`, `num_kv_heads`:
+    every shard writes k/v at the positions of the blocks it owns (logical
+    block b belongs to shard b % shards), attends over them and returns its
+    partial output with the log-sum-exp; the exact merge of the shards'
+    partials is the result [T, H*D].
   }];
-  let arguments = (ins 4DTensorOf<[AnyFloat]>:$query,
-                       Arg<LLM_ShardedKVCacheType, "sharded KV cache", [MemRead]>:$kv_cache,
-                       LLM_I32Attr:$num_heads, LLM_I32Attr:$head_dim,
-                       F32Attr:$scale);
-  let results = (outs 4DTensorOf<[AnyFloat]>:$result);
+  let arguments = (ins RankedTensorOf<[AnyFloat]>:$query,
+                       Variadic<LLM_Activation>:$key_value,
+                       Arg<LLM_ShardedKVCacheType, "sharded KV cache", [MemRead, MemWrite]>:$kv_cache,
+                       OptionalAttr<LLM_I32Attr>:$layer,
+                       LLM_I32Attr:$num_heads,
+                       OptionalAttr<LLM_I32Attr>:$num_kv_heads,
+                       LLM_I32Attr:$head_dim, F32Attr:$scale);
+  let results = (outs RankedTensorOf<[AnyFloat]>:$result);
+  let extraClassDeclaration = [{
+    /// The decoder form: (q, k, v, cache) over 2-D activations.
+    bool isDecoderForm() { return !getKeyValue().empty(); }
+  }];
 }
 
 //===----------------------------------------------------------------------===//
