@@ -144,7 +144,7 @@ std::optional<PlanPath> parsePlanPath(std::string_view path) {
 } // namespace
 
 int main(int argc, char **argv) {
-  llmir::net::blockTerminationSignals();
+  llmir::net::installTerminationHandler();
   Settings s;
   llmir::net::Config config("llmir-compiler-service");
   config.add("http.host", &s.host, "address the HTTP API listens on");

@@ -1,41 +1,61 @@
 #include "llmir/net/Signals.h"
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
-#include <ctime>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
 
 namespace llmir::net {
 namespace {
-sigset_t terminationSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  return set;
+std::atomic<int> receivedSignal{0};
+int wakeFds[2] = {-1, -1};
+
+extern "C" void onTerminationSignal(int sig) {
+  int saved = errno;
+  receivedSignal.store(sig);
+  char byte = 1;
+  (void)!::write(wakeFds[1], &byte, 1);
+  errno = saved;
 }
 } // namespace
 
-void blockTerminationSignals() {
-  sigset_t set = terminationSignals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-}
-
-int waitForTerminationSignal() {
-  sigset_t set = terminationSignals();
-  int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
-  }
-  return sig;
+void installTerminationHandler() {
+  static const bool installed = [] {
+    if (::pipe2(wakeFds, O_CLOEXEC | O_NONBLOCK) != 0)
+      return false;
+    struct sigaction action {};
+    action.sa_handler = onTerminationSignal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    ::sigaction(SIGTERM, &action, nullptr);
+    ::sigaction(SIGINT, &action, nullptr);
+    return true;
+  }();
+  (void)installed;
 }
 
 std::optional<int> waitForTerminationSignal(std::chrono::milliseconds timeout) {
-  sigset_t set = terminationSignals();
-  timespec ts{static_cast<time_t>(timeout.count() / 1000),
-              static_cast<long>((timeout.count() % 1000) * 1000000)};
-  int sig = sigtimedwait(&set, nullptr, &ts);
-  if (sig < 0)
-    return std::nullopt;
-  return sig;
+  installTerminationHandler();
+  if (int sig = receivedSignal.load())
+    return sig;
+  pollfd fd{wakeFds[0], POLLIN, 0};
+  int waitMs = static_cast<int>(std::min<int64_t>(timeout.count(), 1 << 30));
+  if (::poll(&fd, 1, waitMs) > 0) {
+    char drain[64];
+    while (::read(wakeFds[0], drain, sizeof drain) > 0) {
+    }
+  }
+  if (int sig = receivedSignal.load())
+    return sig;
+  return std::nullopt;
+}
+
+int waitForTerminationSignal() {
+  for (;;)
+    if (auto sig = waitForTerminationSignal(std::chrono::hours(1)))
+      return *sig;
 }
 
 } // namespace llmir::net

@@ -1,5 +1,7 @@
-// SIGTERM/SIGINT as a value a service's main thread waits for: block them in
-// every thread (call before starting any), then wait on the main thread.
+// SIGTERM/SIGINT as a value a service's main thread waits for. A handler
+// records the signal and wakes the waits below, so it works whichever thread
+// the kernel delivers it to (libraries such as OpenBLAS start threads before
+// main, so blocking the signal in main's threads alone is not enough).
 #pragma once
 
 #include <chrono>
@@ -7,14 +9,14 @@
 
 namespace llmir::net {
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
-/// starts afterwards (so they are only delivered through the waits below).
-void blockTerminationSignals();
+/// Installs the handler for SIGTERM and SIGINT (idempotent). Call early in main.
+void installTerminationHandler();
 
 /// Waits for SIGTERM or SIGINT; returns the signal number.
 int waitForTerminationSignal();
 
-/// As above, up to `timeout`; nullopt when none arrived.
+/// As above, up to `timeout` (0 polls); nullopt when none arrived. A signal
+/// that arrived earlier is reported by every later call.
 std::optional<int> waitForTerminationSignal(std::chrono::milliseconds timeout);
 
 } // namespace llmir::net

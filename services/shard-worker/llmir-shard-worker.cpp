@@ -1,0 +1,286 @@
+// llmir-shard-worker: a stateless worker. Connects to the scheduler (framed
+// Envelopes, worker.proto), registers, waits for AssignRank, fetches its
+// ShardProgram from the compiler service, joins its replica's collectives,
+// reports RankReady and runs StepRequests until drained.
+//
+// SIGTERM: the worker sends Drain{reason} to the scheduler and keeps running
+// steps until the scheduler answers with Drain (it has moved this replica's
+// sequences away), the connection closes, or drain_grace_ms passes; then it
+// exits 0. A lost scheduler connection exits 1 (an orchestrator restarts it).
+#include "worker/ShardWorker.h"
+
+#include "llmir/net/Config.h"
+#include "llmir/net/Framed.h"
+#include "llmir/net/Http.h"
+#include "llmir/net/Log.h"
+#include "llmir/net/Signals.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+using llmir::net::HttpRequest;
+using llmir::net::HttpResponse;
+namespace net = llmir::net;
+namespace proto = llmir::proto;
+
+namespace {
+
+struct Settings {
+  std::string schedulerHost = "127.0.0.1";
+  uint16_t schedulerPort = 8090;
+  std::string workerId; // default host:pid:nonce
+  std::string advertiseHost = "127.0.0.1";
+  std::string device = "cpu";
+  std::string httpHost = "0.0.0.0";
+  uint16_t httpPort = 0;
+  uint32_t connectTimeoutMs = 60000;
+  uint32_t heartbeatMs = 1000;
+  uint32_t collectiveTimeoutMs = 30000;
+  uint32_t drainGraceMs = 30000;
+  unsigned threads = 0;
+  std::string logLevel = "info";
+};
+
+struct Metrics {
+  std::shared_ptr<prometheus::Registry> registry =
+      std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Histogram> &stepSeconds =
+      prometheus::BuildHistogram()
+          .Name("llmir:worker_step_seconds")
+          .Help("Time of one step on this rank, by phase (prefill, decode).")
+          .Register(*registry);
+  prometheus::Histogram &collectiveSeconds =
+      prometheus::BuildHistogram()
+          .Name("llmir:worker_collective_seconds")
+          .Help("Time of one collective or pipeline transfer.")
+          .Register(*registry)
+          .Add({}, prometheus::Histogram::BucketBoundaries{
+                       1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1});
+  prometheus::Gauge &loadedBytes =
+      prometheus::BuildGauge()
+          .Name("llmir:worker_loaded_bytes")
+          .Help("Bytes of weight slices this rank holds.")
+          .Register(*registry)
+          .Add({});
+  prometheus::Family<prometheus::Counter> &steps =
+      prometheus::BuildCounter()
+          .Name("llmir:worker_steps_total")
+          .Help("Steps run, by outcome (ok, error).")
+          .Register(*registry);
+
+  static prometheus::Histogram::BucketBoundaries stepBuckets() {
+    return {1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  }
+};
+
+std::string defaultWorkerId() {
+  char host[256] = "worker";
+  gethostname(host, sizeof host - 1);
+  std::random_device rd;
+  return std::string(host) + ":" + std::to_string(getpid()) + ":" +
+         std::to_string(rd() % 1000000);
+}
+
+proto::Envelope wrap(auto setter) {
+  proto::Envelope e;
+  e.set_protocol_version(net::kWorkerProtocolVersion);
+  setter(e);
+  return e;
+}
+
+uint64_t unixMillis() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  net::installTerminationHandler();
+  Settings s;
+  net::Config config("llmir-shard-worker");
+  config.add("scheduler.host", &s.schedulerHost, "scheduler's worker endpoint host");
+  config.add("scheduler.port", &s.schedulerPort, "scheduler's worker endpoint port");
+  config.add("worker.id", &s.workerId, "unique id (default host:pid:nonce)");
+  config.add("worker.advertise_host", &s.advertiseHost,
+             "address peers reach this worker's collectives on");
+  config.add("worker.device", &s.device, "cpu (cuda:<i> once the CUDA backend serves)");
+  config.add("worker.threads", &s.threads, "kernel threads (0 = all cores)");
+  config.add("http.host", &s.httpHost, "health/metrics listen address");
+  config.add("http.port", &s.httpPort, "health/metrics port (0 = ephemeral)");
+  config.add("timeouts.connect_ms", &s.connectTimeoutMs,
+             "how long to retry connecting to the scheduler");
+  config.add("timeouts.heartbeat_ms", &s.heartbeatMs, "heartbeat period");
+  config.add("timeouts.collective_ms", &s.collectiveTimeoutMs,
+             "bound on joining the replica and on every collective");
+  config.add("timeouts.drain_grace_ms", &s.drainGraceMs,
+             "after SIGTERM, keep serving steps this long at most");
+  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  if (auto st = config.load(argc, argv); !st) {
+    std::cerr << "llmir-shard-worker: " << st.message() << "\n";
+    return 2;
+  }
+  if (config.helpRequested()) {
+    std::cout << config.usage();
+    return 0;
+  }
+  net::LogLevel level;
+  if (!net::parseLogLevel(s.logLevel, level)) {
+    std::cerr << "llmir-shard-worker: bad log.level '" << s.logLevel << "'\n";
+    return 2;
+  }
+  if (s.workerId.empty())
+    s.workerId = defaultWorkerId();
+  net::initLogging("shard-worker", level);
+
+  Metrics metrics;
+  llmir::shard_worker::WorkerObserver observer;
+  observer.stepSeconds = [&](const char *phase, double seconds) {
+    metrics.stepSeconds.Add({{"phase", phase}}, Metrics::stepBuckets()).Observe(seconds);
+  };
+  observer.collectiveSeconds = [&](double seconds) {
+    metrics.collectiveSeconds.Observe(seconds);
+  };
+  llmir::shard_worker::ShardWorkerOptions options;
+  options.advertiseHost = s.advertiseHost;
+  options.collectiveTimeout = std::chrono::milliseconds(s.collectiveTimeoutMs);
+  options.threads = s.threads;
+  llmir::shard_worker::ShardWorker worker(options, observer);
+
+  std::atomic<bool> ready{false};
+  net::HttpServer http;
+  http.route("GET", "/healthz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ok\n");
+  });
+  http.route("GET", "/readyz", [&](const HttpRequest &) {
+    return ready ? HttpResponse::text(200, "ready\n")
+                 : HttpResponse::text(503, "no rank assigned yet\n");
+  });
+  http.route("GET", "/metrics", [&](const HttpRequest &) {
+    HttpResponse res = HttpResponse::text(
+        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
+    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    return res;
+  });
+  net::HttpServerConfig httpConfig;
+  httpConfig.host = s.httpHost;
+  httpConfig.port = s.httpPort;
+  httpConfig.threads = 1;
+  if (auto st = http.start(httpConfig); !st) {
+    net::logError("cannot start HTTP", {{"error", st.message()}});
+    return 1;
+  }
+
+  auto client = net::FramedClient::connect(s.schedulerHost, s.schedulerPort,
+                                           std::chrono::milliseconds(s.connectTimeoutMs));
+  if (!client) {
+    net::logError("cannot reach the scheduler", {{"error", client.message()}});
+    return 1;
+  }
+  net::FramedClient &channel = **client;
+  net::logInfo("connected", {{"worker_id", s.workerId},
+                             {"scheduler", channel.connection()->peer()},
+                             {"http_port", unsigned(http.port())}});
+  (void)channel.send(wrap([&](proto::Envelope &e) {
+    auto *r = e.mutable_register_worker();
+    r->set_worker_id(s.workerId);
+    r->set_host(s.advertiseHost);
+    r->set_device(s.device);
+  }));
+
+  std::mutex hbMu;
+  std::condition_variable hbCv;
+  bool stopHeartbeat = false;
+  std::thread heartbeat([&] {
+    std::unique_lock lock(hbMu);
+    while (!hbCv.wait_for(lock, std::chrono::milliseconds(s.heartbeatMs),
+                          [&] { return stopHeartbeat; }))
+      (void)channel.send(wrap([&](proto::Envelope &e) {
+        e.mutable_heartbeat()->set_worker_id(s.workerId);
+        e.mutable_heartbeat()->set_unix_millis(unixMillis());
+      }));
+  });
+
+  int exitCode = 0;
+  std::optional<std::chrono::steady_clock::time_point> drainDeadline;
+  for (;;) {
+    if (!drainDeadline && net::waitForTerminationSignal(0ms)) {
+      net::logInfo("SIGTERM: draining", {{"grace_ms", s.drainGraceMs}});
+      drainDeadline = std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(s.drainGraceMs);
+      (void)channel.send(wrap([](proto::Envelope &e) {
+        e.mutable_drain()->set_reason("worker received SIGTERM");
+      }));
+    }
+    if (drainDeadline && std::chrono::steady_clock::now() >= *drainDeadline) {
+      net::logWarn("drain grace period over; exiting");
+      break;
+    }
+    auto message = channel.receive(100ms);
+    if (!message) {
+      if (channel.connection()->isOpen())
+        continue; // just a receive timeout
+      if (!drainDeadline) {
+        net::logError("scheduler connection lost", {{"error", message.message()}});
+        exitCode = 1;
+      }
+      break;
+    }
+    if (message->has_assign_rank()) {
+      const auto &assign = message->assign_rank();
+      ready = false;
+      net::logInfo("assigned", {{"replica_id", assign.replica_id()},
+                                {"rank", assign.rank()},
+                                {"world_size", assign.world_size()},
+                                {"plan_id", assign.plan_id()}});
+      proto::RankReady result = worker.setUp(assign);
+      ready = result.ok();
+      metrics.loadedBytes.Set(static_cast<double>(worker.loadedBytes()));
+      if (result.ok())
+        net::logInfo("rank ready", {{"rank", assign.rank()},
+                                    {"loaded_bytes", worker.loadedBytes()}});
+      else
+        net::logError("rank setup failed", {{"error", result.error()}});
+      (void)channel.send(wrap([&](proto::Envelope &e) {
+        *e.mutable_rank_ready() = std::move(result);
+      }));
+    } else if (message->has_step_request()) {
+      proto::StepResponse response = worker.step(message->step_request());
+      metrics.steps.Add({{"outcome", response.ok() ? "ok" : "error"}}).Increment();
+      if (!response.ok())
+        net::logError("step failed", {{"step_id", response.step_id()},
+                                      {"error", response.error()}});
+      (void)channel.send(wrap([&](proto::Envelope &e) {
+        *e.mutable_step_response() = std::move(response);
+      }));
+    } else if (message->has_drain()) {
+      net::logInfo("drained by the scheduler", {{"reason", message->drain().reason()}});
+      break;
+    } else if (message->has_error()) {
+      net::logError("scheduler reported an error", {{"error", message->error().message()}});
+    }
+  }
+
+  {
+    std::lock_guard lock(hbMu);
+    stopHeartbeat = true;
+  }
+  hbCv.notify_all();
+  heartbeat.join();
+  channel.close();
+  http.stop();
+  net::logInfo("stopped", {{"exit_code", exitCode}});
+  return exitCode;
+}

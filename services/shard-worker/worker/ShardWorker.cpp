@@ -1,0 +1,183 @@
+#include "ShardWorker.h"
+
+#include "llmir/engine/CheckpointWeights.h"
+#include "llmir/net/HttpClient.h"
+#include "llmir/net/Log.h"
+#include "llmir/serving/StepSampling.h"
+
+namespace llmir::shard_worker {
+namespace {
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+uint64_t dtypeBytes(proto::DType dtype) {
+  switch (dtype) {
+  case proto::F16:
+  case proto::BF16:
+    return 2;
+  default:
+    return 4;
+  }
+}
+
+/// The rank that samples: the first rank of the last pipeline stage (rank
+/// order puts the stage outermost, docs/compiler.md).
+uint32_t decidingRank(const proto::ShardProgram &program) {
+  uint32_t stages = std::max(1u, program.num_stages());
+  return program.world_size() / stages * (stages - 1);
+}
+} // namespace
+
+template <typename Op> Status TimedCommunicator::timed(Op op) {
+  auto start = Clock::now();
+  Status status = op();
+  if (observer_.collectiveSeconds)
+    observer_.collectiveSeconds(secondsSince(start));
+  return status;
+}
+
+Status TimedCommunicator::allReduceSum(float *data, size_t count, uint32_t groupId) {
+  return timed([&] { return inner_.allReduceSum(data, count, groupId); });
+}
+Status TimedCommunicator::allGather(const float *in, size_t count, float *out,
+                                    uint32_t groupId) {
+  return timed([&] { return inner_.allGather(in, count, out, groupId); });
+}
+Status TimedCommunicator::send(const float *data, size_t count, uint32_t peerRank) {
+  return timed([&] { return inner_.send(data, count, peerRank); });
+}
+Status TimedCommunicator::recv(float *data, size_t count, uint32_t peerRank) {
+  return timed([&] { return inner_.recv(data, count, peerRank); });
+}
+
+uint64_t weightSliceBytes(const proto::ShardProgram &program) {
+  uint64_t total = 0;
+  for (const auto &w : program.weights()) {
+    uint64_t elements = 1;
+    for (int d = 0; d < w.full_shape_size(); ++d)
+      elements *= static_cast<uint64_t>(
+          (w.dim() == d) ? w.length() : w.full_shape(d));
+    proto::DType dtype = w.slot() < static_cast<uint32_t>(program.slots_size())
+                             ? program.slots(static_cast<int>(w.slot())).dtype()
+                             : proto::F32;
+    total += elements * dtypeBytes(dtype);
+  }
+  return total;
+}
+
+void ShardWorker::tearDown() {
+  executor_.reset();
+  timedComm_.reset();
+  comm_.reset();
+  runtime_.reset();
+  checkpoint_.reset();
+  loadedBytes_ = 0;
+}
+
+Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
+  tearDown();
+  rank_ = assign.rank();
+  const std::string url = assign.compiler_url() + "/v1/plans/" + assign.plan_id() +
+                          "/ranks/" + std::to_string(assign.rank());
+  auto fetched = net::httpGet(url, options_.fetchTimeout);
+  if (!fetched)
+    return fetched.status().withContext("fetching this rank's program");
+  if (fetched->status != 200)
+    return Status::error("GET " + url + " answered " + std::to_string(fetched->status) +
+                         ": " + fetched->body);
+  if (!program_.ParseFromString(fetched->body))
+    return Status::error("GET " + url + ": the body is not a ShardProgram");
+  if (program_.rank() != assign.rank() || program_.world_size() != assign.world_size())
+    return Status::error("program from " + url + " is for rank " +
+                         std::to_string(program_.rank()) + " of " +
+                         std::to_string(program_.world_size()) + ", assigned rank " +
+                         std::to_string(assign.rank()) + " of " +
+                         std::to_string(assign.world_size()));
+
+  auto checkpoint = model::Checkpoint::open(assign.model_dir());
+  if (!checkpoint)
+    return checkpoint.status().withContext("opening model_dir " + assign.model_dir());
+  checkpoint_.emplace(std::move(*checkpoint));
+
+  runtime::RuntimeConfig config;
+  config.worldSize = static_cast<int>(assign.world_size());
+  config.rank = static_cast<int>(assign.rank());
+  config.storeHost = assign.store_host();
+  config.storePort = static_cast<uint16_t>(assign.store_port());
+  config.storePrefix = assign.store_prefix();
+  config.hostname = options_.advertiseHost;
+  config.timeout = options_.collectiveTimeout;
+  auto rt = runtime::DistributedRuntime::init(config);
+  if (!rt)
+    return rt.status().withContext("joining replica " + assign.replica_id());
+  runtime_ = std::move(*rt);
+  auto comm = runtime::EngineCommunicator::create(*runtime_, program_);
+  if (!comm)
+    return comm.status().withContext("creating the program's groups");
+  comm_ = std::move(*comm);
+  timedComm_ = std::make_unique<TimedCommunicator>(*comm_, observer_);
+
+  engine::ExecutorOptions executorOptions;
+  executorOptions.numKvBlocks = assign.num_kv_blocks();
+  executorOptions.numThreads = options_.threads;
+  auto executor = engine::Executor::create(
+      program_, engine::checkpointWeights(*checkpoint_), executorOptions,
+      timedComm_.get());
+  if (!executor)
+    return executor.status().withContext("loading rank " + std::to_string(rank_));
+  executor_ = std::move(*executor);
+  decides_ = assign.rank() == decidingRank(program_);
+  loadedBytes_ = weightSliceBytes(program_);
+  return Status::ok();
+}
+
+proto::RankReady ShardWorker::setUp(const proto::AssignRank &assign) {
+  proto::RankReady ready;
+  ready.set_replica_id(assign.replica_id());
+  ready.set_rank(assign.rank());
+  Status status = trySetUp(assign);
+  if (!status) {
+    tearDown();
+    ready.set_ok(false);
+    ready.set_error(status.message());
+    return ready;
+  }
+  ready.set_ok(true);
+  ready.set_loaded_bytes(loadedBytes_);
+  return ready;
+}
+
+proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
+  auto start = Clock::now();
+  proto::StepResponse response;
+  response.set_step_id(request.step_id());
+  response.set_rank(rank_);
+  auto fail = [&](const Status &status) {
+    response.set_ok(false);
+    response.set_error("rank " + std::to_string(rank_) + ": " + status.message());
+    response.clear_tokens();
+    return response;
+  };
+  if (!executor_)
+    return fail(Status::error("no rank assigned (step before a successful AssignRank)"));
+  bool prefill = false;
+  for (const auto &seq : request.sequences())
+    prefill |= seq.token_ids_size() > 1;
+  auto logits = executor_->step(serving::toStepInput(request));
+  if (!logits)
+    return fail(logits.status());
+  if (decides_)
+    if (Status sampled = serving::sampleStep(request, *logits, response); !sampled)
+      return fail(sampled);
+  response.set_ok(true);
+  double seconds = secondsSince(start);
+  response.set_step_seconds(seconds);
+  if (observer_.stepSeconds)
+    observer_.stepSeconds(prefill ? "prefill" : "decode", seconds);
+  return response;
+}
+
+} // namespace llmir::shard_worker

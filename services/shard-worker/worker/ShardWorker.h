@@ -1,0 +1,90 @@
+// One shard worker's rank: set up from an AssignRank (fetch the program from
+// the compiler service, join the replica's collectives, load the weight
+// slices), then run StepRequests. Stateless between steps apart from its KV
+// cache: the scheduler sends every sequence's tokens, positions, block table
+// and sampling seed.
+#pragma once
+
+#include "llmir/engine/Communicator.h"
+#include "llmir/engine/Executor.h"
+#include "llmir/model/Checkpoint.h"
+#include "llmir/proto/shard_program.pb.h"
+#include "llmir/proto/worker.pb.h"
+#include "llmir/runtime/DistributedRuntime.h"
+#include "llmir/runtime/EngineCommunicator.h"
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+
+namespace llmir::shard_worker {
+
+/// What the service measures (exported by the service as Prometheus metrics).
+struct WorkerObserver {
+  std::function<void(const char *phase, double seconds)> stepSeconds;
+  std::function<void(double seconds)> collectiveSeconds;
+};
+
+/// Forwards to the runtime's communicator and times every collective.
+class TimedCommunicator final : public engine::Communicator {
+public:
+  TimedCommunicator(engine::Communicator &inner, const WorkerObserver &observer)
+      : inner_(inner), observer_(observer) {}
+  Status allReduceSum(float *data, size_t count, uint32_t groupId) override;
+  Status allGather(const float *in, size_t count, float *out,
+                   uint32_t groupId) override;
+  Status send(const float *data, size_t count, uint32_t peerRank) override;
+  Status recv(float *data, size_t count, uint32_t peerRank) override;
+
+private:
+  template <typename Op> Status timed(Op op);
+  engine::Communicator &inner_;
+  const WorkerObserver &observer_;
+};
+
+struct ShardWorkerOptions {
+  /// Address peers reach this worker's collectives on.
+  std::string advertiseHost = "127.0.0.1";
+  std::chrono::milliseconds collectiveTimeout{30000};
+  std::chrono::milliseconds fetchTimeout{60000};
+  unsigned threads = 0; // kernel threads; 0 = all cores
+};
+
+class ShardWorker {
+public:
+  ShardWorker(ShardWorkerOptions options, WorkerObserver observer)
+      : options_(std::move(options)), observer_(std::move(observer)) {}
+
+  /// Joins the replica named by `assign`; the RankReady to send back says
+  /// whether it worked (and why not). A worker can be set up again later.
+  proto::RankReady setUp(const proto::AssignRank &assign);
+  /// Runs one step on this rank. The deciding rank (first rank of the last
+  /// pipeline stage) samples; the others answer with an empty token list.
+  proto::StepResponse step(const proto::StepRequest &request);
+
+  bool ready() const { return executor_ != nullptr; }
+  uint64_t loadedBytes() const { return loadedBytes_; }
+
+private:
+  Status trySetUp(const proto::AssignRank &assign);
+  void tearDown();
+
+  ShardWorkerOptions options_;
+  WorkerObserver observer_;
+  uint32_t rank_ = 0;
+  bool decides_ = false;
+  uint64_t loadedBytes_ = 0;
+  proto::ShardProgram program_;
+  // Destroyed in reverse: executor, communicators, runtime, checkpoint.
+  std::optional<model::Checkpoint> checkpoint_;
+  std::unique_ptr<runtime::DistributedRuntime> runtime_;
+  std::unique_ptr<runtime::EngineCommunicator> comm_;
+  std::unique_ptr<TimedCommunicator> timedComm_;
+  std::unique_ptr<engine::Executor> executor_;
+};
+
+/// Bytes of the weight slices `program` loads (slot dtype x slice elements).
+uint64_t weightSliceBytes(const proto::ShardProgram &program);
+
+} // namespace llmir::shard_worker

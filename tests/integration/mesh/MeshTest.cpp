@@ -1,0 +1,294 @@
+// Compiler service + a tp=2 replica of shard workers as processes. The test
+// plays the scheduler: it assigns ranks, sends batched greedy steps for every
+// reference prompt of demo-llama-4m and compares the ids with Hugging Face's.
+#include "llmir/net/Framed.h"
+#include "llmir/net/HttpClient.h"
+#include "llmir/proto/shard_program.pb.h"
+#include "llmir/runtime/RendezvousStore.h"
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <condition_variable>
+#include <fstream>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+using namespace llmir;
+using namespace std::chrono_literals;
+namespace json = boost::json;
+
+namespace {
+
+const std::string kModelDir = std::string(LLMIR_SOURCE_DIR) + "/models/demo-llama-4m";
+
+uint16_t freePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class Process {
+public:
+  explicit Process(std::vector<std::string> args) {
+    std::vector<char *> argv;
+    for (auto &a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0)
+      pid_ = -1;
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  bool started() const { return pid_ > 0; }
+  void signal(int sig) { ::kill(pid_, sig); }
+  /// Exit status, or -1 when it did not exit within `timeout`.
+  int wait(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+};
+
+// The test's scheduler end: records every connection and queues envelopes.
+struct FakeScheduler {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<net::FramedConnectionPtr, proto::Envelope>> inbox;
+  std::unique_ptr<net::FramedServer> server;
+
+  FakeScheduler() {
+    net::FramedHandlers h;
+    h.onMessage = [this](const net::FramedConnectionPtr &c, proto::Envelope e) {
+      if (e.has_heartbeat())
+        return;
+      std::lock_guard lock(mu);
+      inbox.emplace_back(c, std::move(e));
+      cv.notify_all();
+    };
+    auto s = net::FramedServer::start("127.0.0.1", 0, h);
+    EXPECT_TRUE(s.isOk()) << s.message();
+    server = std::move(*s);
+  }
+
+  /// The next envelope for which `match` holds (others stay queued).
+  std::optional<std::pair<net::FramedConnectionPtr, proto::Envelope>>
+  next(const std::function<bool(const proto::Envelope &)> &match,
+       std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu);
+    std::optional<std::pair<net::FramedConnectionPtr, proto::Envelope>> out;
+    cv.wait_for(lock, timeout, [&] {
+      for (auto it = inbox.begin(); it != inbox.end(); ++it)
+        if (match(it->second)) {
+          out = std::move(*it);
+          inbox.erase(it);
+          return true;
+        }
+      return false;
+    });
+    return out;
+  }
+};
+
+json::value readJson(const std::string &path) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  return json::parse(text);
+}
+
+std::vector<int32_t> ints(const json::value &v) {
+  std::vector<int32_t> out;
+  for (const auto &x : v.as_array())
+    out.push_back(static_cast<int32_t>(x.as_int64()));
+  return out;
+}
+
+TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
+  const std::string bin = LLMIR_BIN_DIR;
+  const uint16_t compilerPort = freePort();
+  Process compiler({bin + "/llmir-compiler-service", "--http.host=127.0.0.1",
+                    "--http.port=" + std::to_string(compilerPort)});
+  ASSERT_TRUE(compiler.started());
+  const std::string compilerUrl = "http://127.0.0.1:" + std::to_string(compilerPort);
+  for (int i = 0; i < 200; ++i) {
+    auto r = net::httpGet(compilerUrl + "/readyz", 1s);
+    if (r && r->status == 200)
+      break;
+    std::this_thread::sleep_for(50ms);
+  }
+
+  // Compile, then the same again from the cache.
+  const std::string body = "{\"model_dir\":\"" + kModelDir + "\",\"tp\":2}";
+  auto first = net::httpPost(compilerUrl + "/v1/compile", body);
+  ASSERT_TRUE(first.isOk()) << first.message();
+  ASSERT_EQ(first->status, 200) << first->body;
+  auto firstJson = json::parse(first->body).as_object();
+  EXPECT_FALSE(firstJson["cache_hit"].as_bool());
+  const std::string planId(firstJson["plan_id"].as_string());
+  EXPECT_EQ(firstJson["plan"].as_object()["world_size"].as_int64(), 2);
+  auto second = net::httpPost(compilerUrl + "/v1/compile", body);
+  ASSERT_TRUE(second.isOk());
+  auto secondJson = json::parse(second->body).as_object();
+  EXPECT_TRUE(secondJson["cache_hit"].as_bool());
+  EXPECT_EQ(secondJson["plan_id"].as_string(), planId);
+  auto program = net::httpGet(compilerUrl + "/v1/plans/" + planId + "/ranks/1");
+  ASSERT_TRUE(program.isOk());
+  EXPECT_EQ(program->header("content-type"), "application/x-protobuf");
+  proto::ShardProgram parsed;
+  ASSERT_TRUE(parsed.ParseFromString(program->body));
+  EXPECT_EQ(parsed.rank(), 1u);
+  EXPECT_EQ(net::httpGet(compilerUrl + "/v1/plans/nope/ranks/0")->status, 404);
+  EXPECT_EQ(net::httpPost(compilerUrl + "/v1/compile", "{\"tp\":2}")->status, 400);
+  auto metrics = net::httpGet(compilerUrl + "/metrics");
+  ASSERT_TRUE(metrics.isOk());
+  EXPECT_NE(metrics->body.find("llmir:compile_cache_hits_total 1"), std::string::npos)
+      << metrics->body;
+
+  // Two workers register with the test's scheduler.
+  FakeScheduler scheduler;
+  auto store = runtime::RendezvousServer::start("127.0.0.1", 0);
+  ASSERT_TRUE(store.isOk()) << store.message();
+  std::vector<uint16_t> metricsPorts = {freePort(), freePort()};
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.push_back(std::make_unique<Process>(std::vector<std::string>{
+        bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
+        "--scheduler.port=" + std::to_string(scheduler.server->port()),
+        "--http.host=127.0.0.1", "--http.port=" + std::to_string(metricsPorts[w]),
+        "--worker.threads=1", "--timeouts.heartbeat_ms=200"}));
+    ASSERT_TRUE(workers.back()->started());
+  }
+  auto isRegister = [](const proto::Envelope &e) { return e.has_register_worker(); };
+  std::vector<net::FramedConnectionPtr> ranks;
+  for (int w = 0; w < 2; ++w) {
+    auto reg = scheduler.next(isRegister, 30s);
+    ASSERT_TRUE(reg.has_value()) << "worker " << w << " did not register";
+    EXPECT_EQ(reg->second.protocol_version(), proto::WORKER_PROTOCOL_VERSION_1);
+    ranks.push_back(reg->first);
+  }
+  const int kBlocksPerSequence = 8, kBlockSize = 16;
+  json::value reference = readJson(kModelDir + "/reference.json");
+  const auto &cases = reference.as_object().at("cases").as_array();
+  for (uint32_t r = 0; r < 2; ++r) {
+    proto::Envelope e;
+    auto *a = e.mutable_assign_rank();
+    a->set_replica_id("replica-0");
+    a->set_rank(r);
+    a->set_world_size(2);
+    a->set_plan_id(planId);
+    a->set_compiler_url(compilerUrl);
+    a->set_store_host("127.0.0.1");
+    a->set_store_port((*store)->port());
+    a->set_store_prefix("mesh-test/replica-0/1");
+    a->set_model_dir(kModelDir);
+    a->set_num_kv_blocks(static_cast<uint32_t>(cases.size() * kBlocksPerSequence));
+    ASSERT_TRUE(ranks[r]->send(e).isOk());
+  }
+  for (int r = 0; r < 2; ++r) {
+    auto ready = scheduler.next([](const proto::Envelope &e) { return e.has_rank_ready(); }, 60s);
+    ASSERT_TRUE(ready.has_value());
+    ASSERT_TRUE(ready->second.rank_ready().ok()) << ready->second.rank_ready().error();
+    EXPECT_GT(ready->second.rank_ready().loaded_bytes(), 0u);
+  }
+
+  // Greedy generation of every case, batched in one step per token.
+  const size_t newTokens = reference.as_object().at("new_tokens").as_int64();
+  std::vector<std::vector<int32_t>> prompts, expected, generated(cases.size());
+  for (const auto &c : cases) {
+    prompts.push_back(ints(c.as_object().at("prompt_ids")));
+    expected.push_back(ints(c.as_object().at("greedy_ids")));
+  }
+  for (size_t step = 0; step < newTokens; ++step) {
+    proto::Envelope e;
+    auto *req = e.mutable_step_request();
+    req->set_step_id(step + 1);
+    for (size_t i = 0; i < cases.size(); ++i) {
+      auto *seq = req->add_sequences();
+      seq->set_sequence_id(i + 100);
+      if (step == 0) {
+        for (int32_t t : prompts[i])
+          seq->add_token_ids(t);
+        seq->set_start_position(0);
+      } else {
+        seq->add_token_ids(generated[i].back());
+        seq->set_start_position(static_cast<int32_t>(prompts[i].size() + step - 1));
+      }
+      int64_t length = seq->start_position() + seq->token_ids_size();
+      for (int b = 0; b * kBlockSize < length; ++b)
+        seq->add_block_table(static_cast<int32_t>(i * kBlocksPerSequence + b));
+      seq->set_sample(true);
+      seq->mutable_sampling()->set_temperature(0);
+    }
+    for (auto &rank : ranks)
+      ASSERT_TRUE(rank->send(e).isOk());
+    for (int r = 0; r < 2; ++r) {
+      auto resp = scheduler.next([](const proto::Envelope &m) { return m.has_step_response(); }, 60s);
+      ASSERT_TRUE(resp.has_value()) << "no StepResponse for step " << step;
+      const auto &sr = resp->second.step_response();
+      ASSERT_TRUE(sr.ok()) << sr.error();
+      EXPECT_EQ(sr.step_id(), step + 1);
+      if (sr.rank() == 0) {
+        ASSERT_EQ(sr.tokens_size(), static_cast<int>(cases.size()));
+        for (size_t i = 0; i < cases.size(); ++i) {
+          EXPECT_EQ(sr.tokens(static_cast<int>(i)).sequence_id(), i + 100);
+          generated[i].push_back(sr.tokens(static_cast<int>(i)).token_id());
+        }
+      } else {
+        EXPECT_EQ(sr.tokens_size(), 0) << "only the deciding rank samples";
+      }
+    }
+  }
+  for (size_t i = 0; i < cases.size(); ++i)
+    EXPECT_EQ(generated[i], expected[i]) << "case " << i;
+
+  auto workerMetrics = net::httpGet("http://127.0.0.1:" + std::to_string(metricsPorts[0]) + "/metrics");
+  ASSERT_TRUE(workerMetrics.isOk());
+  EXPECT_NE(workerMetrics->body.find("llmir:worker_step_seconds_count{phase=\"decode\"}"),
+            std::string::npos);
+  EXPECT_NE(workerMetrics->body.find("llmir:worker_collective_seconds_count"), std::string::npos);
+  EXPECT_EQ(net::httpGet("http://127.0.0.1:" + std::to_string(metricsPorts[1]) + "/readyz")->status, 200);
+
+  // SIGTERM: the worker announces its drain, the scheduler releases it, exit 0.
+  workers[1]->signal(SIGTERM);
+  auto drain = scheduler.next([](const proto::Envelope &e) { return e.has_drain(); }, 10s);
+  ASSERT_TRUE(drain.has_value()) << "worker did not announce its drain";
+  proto::Envelope release;
+  release.mutable_drain()->set_reason("test releases the worker");
+  ASSERT_TRUE(drain->first->send(release).isOk());
+  EXPECT_EQ(workers[1]->wait(10s), 0);
+  // A worker whose scheduler goes away exits non-zero instead of hanging.
+  scheduler.server->stop();
+  EXPECT_EQ(workers[0]->wait(10s), 1);
+  compiler.signal(SIGTERM);
+  EXPECT_EQ(compiler.wait(10s), 0);
+}
+
+} // namespace
