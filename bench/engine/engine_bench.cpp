@@ -8,8 +8,8 @@
 //   llmir-engine-bench [--threads 1,2] [--prefill 512] [--decode 128]
 //                      [--repeats 3] MODEL_DIR...
 #include "BandwidthProbe.h"
-#include "LlamaProgram.h"
-
+#include "llmir/compiler/Compile.h"
+#include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -94,47 +95,14 @@ Options parseOptions(int argc, char **argv) {
   return options;
 }
 
-Result<proto::DType> engineDType(model::DType dtype) {
-  switch (dtype) {
-  case model::DType::F32:
-    return proto::F32;
-  case model::DType::BF16:
-    return proto::BF16;
-  case model::DType::F16:
-    return proto::F16;
-  default:
-    return Status::error("weights must be F32, BF16 or F16, not " +
-                         std::string(model::dtypeName(dtype)));
-  }
-}
-
-// A loaded model: its program and a provider reading the checkpoint.
+// A loaded model: its single-rank program (compiled by the real compiler)
+// and the checkpoint its weights come from.
 struct BenchModel {
   model::ModelConfig config;
   model::Checkpoint checkpoint;
   proto::ShardProgram program;
-  std::string dtype;      // of the linear weights, e.g. "BF16"
+  std::string dtype;      // of the LM head weight, e.g. "BF16"
   double weightBytesPerToken = 0;
-
-  std::string tensorName(const std::string &slotTensor) const {
-    if (slotTensor == "lm_head.weight" && config.tieWordEmbeddings)
-      return "model.embed_tokens.weight";
-    return slotTensor;
-  }
-
-  Result<engine::WeightTensor> load(const proto::WeightSlice &slice) const {
-    std::string name = tensorName(slice.tensor_name());
-    const model::TensorInfo *info = checkpoint.find(name);
-    if (!info)
-      return Status::error("checkpoint has no tensor '" + name + "'");
-    Result<proto::DType> dtype = engineDType(info->dtype);
-    if (!dtype)
-      return dtype.status().withContext(name);
-    Result<std::vector<std::byte>> bytes = checkpoint.readSliceRaw(name);
-    if (!bytes)
-      return bytes.status();
-    return engine::WeightTensor{*dtype, info->shape, std::move(*bytes)};
-  }
 };
 
 Result<BenchModel> loadModel(const std::string &dir) {
@@ -144,26 +112,25 @@ Result<BenchModel> loadModel(const std::string &dir) {
   Result<model::Checkpoint> checkpoint = model::Checkpoint::open(dir);
   if (!checkpoint)
     return checkpoint.status();
-  const model::ModelConfig &c = *config;
-  engine::testing::TinyLlama shape{
-      .vocab = c.vocabSize, .hidden = c.hiddenSize, .heads = c.numHeads,
-      .kvHeads = c.numKvHeads, .headDim = c.headDim,
-      .ffn = c.intermediateSize, .layers = c.numLayers,
-      .eps = c.rmsNormEps, .theta = c.ropeTheta};
+  Result<compiler::CompiledModel> compiled = compiler::compileHuggingFace(dir, {});
+  if (!compiled)
+    return compiled.status();
   BenchModel model{*config, std::move(*checkpoint),
-                   engine::testing::buildLlama(shape), "", 0};
-  model.program.mutable_kv_cache()->set_block_size(16);
+                   std::move(compiled->programs.front()), "", 0};
+  // A decode token reads every weight once, except the embedding table, of
+  // which it reads one row.
+  std::set<uint32_t> embeddingSlots;
+  for (const proto::Instruction &inst : model.program.instructions())
+    if (inst.op() == proto::EMBEDDING)
+      embeddingSlots.insert(inst.inputs(0));
   for (const proto::WeightSlice &slice : model.program.weights()) {
-    const model::TensorInfo *info =
-        model.checkpoint.find(model.tensorName(slice.tensor_name()));
+    const model::TensorInfo *info = model.checkpoint.find(slice.tensor_name());
     if (!info)
-      return Status::error("checkpoint has no tensor '" +
-                           model.tensorName(slice.tensor_name()) + "'");
-    if (slice.tensor_name() == "model.embed_tokens.weight")
-      continue; // decode reads one row of it
+      return Status::error("checkpoint has no tensor '" + slice.tensor_name() + "'");
+    if (embeddingSlots.count(slice.slot()))
+      continue;
     model.weightBytesPerToken += static_cast<double>(info->byteSize);
-    if (slice.tensor_name() == "lm_head.weight")
-      model.dtype = std::string(model::dtypeName(info->dtype));
+    model.dtype = std::string(model::dtypeName(info->dtype));
   }
   return model;
 }
@@ -182,11 +149,8 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
   const int64_t positions = options.prefillTokens + options.decodeTokens;
   const int64_t blockSize = model.program.kv_cache().block_size();
   const int64_t numBlocks = (positions + blockSize - 1) / blockSize;
-  auto provider = [&](const proto::WeightSlice &slice) {
-    return model.load(slice);
-  };
   Result<std::unique_ptr<engine::Executor>> executor = engine::Executor::create(
-      model.program, provider,
+      model.program, engine::checkpointWeights(model.checkpoint),
       {.numKvBlocks = numBlocks, .numThreads = threads});
   if (!executor)
     return executor.status();
