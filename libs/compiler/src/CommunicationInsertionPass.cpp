@@ -13,6 +13,13 @@
 // holding its layers (and their weights); a stage starts with
 // llm.pipeline_recv from the previous one and ends with llm.pipeline_send to
 // the next.
+//
+// Sequence parallelism (sp > 1): every llm.paged_attention becomes the
+// decoder form of llm.distributed_attention and the cache argument a
+// !llm.sharded_kv_cache with shards = sp. Each sp rank computes the
+// (replicated) linears for all tokens; the attention's KV work is split by
+// block (block b of a sequence belongs to sp index b % sp) and the partial
+// results are merged exactly (docs/compiler.md).
 #include "DecoderSegments.h"
 #include "Partition.h"
 #include "PassDetail.h"
@@ -225,6 +232,34 @@ LogicalResult splitIntoStages(func::FuncOp step, const Partition &p) {
   return success();
 }
 
+/// Attention over a KV cache split `sp` ways along the sequence.
+void shardCacheAlongSequence(func::FuncOp step, int sp) {
+  MLIRContext *context = step.getContext();
+  Block &entry = step.getBody().front();
+  SmallVector<Type> inputs;
+  for (BlockArgument arg : entry.getArguments()) {
+    if (auto cache = arg.getType().dyn_cast<llm::PagedKVCacheType>())
+      arg.setType(llm::ShardedKVCacheType::get(
+          context, cache.getElementType(), cache.getNumLayers(),
+          cache.getNumKvHeads(), cache.getHeadDim(), cache.getBlockSize(),
+          cache.getMaxSeqLen(), sp));
+    inputs.push_back(arg.getType());
+  }
+  step.setType(FunctionType::get(context, inputs, step.getFunctionType().getResults()));
+  SmallVector<llm::PagedAttentionOp> attentions;
+  step.walk([&](llm::PagedAttentionOp a) { attentions.push_back(a); });
+  OpBuilder b(context);
+  for (llm::PagedAttentionOp a : attentions) {
+    b.setInsertionPoint(a);
+    auto distributed = b.create<llm::DistributedAttentionOp>(
+        a.getLoc(), a.getType(), a.getQuery(), ValueRange{a.getKey(), a.getValue()},
+        a.getCache(), a.getLayerAttr(), a.getNumHeadsAttr(), a.getNumKvHeadsAttr(),
+        a.getHeadDimAttr(), a.getScaleAttr());
+    a.getResult().replaceAllUsesWith(distributed.getResult());
+    a.erase();
+  }
+}
+
 struct CommunicationInsertionPass
     : CommunicationInsertionBase<CommunicationInsertionPass> {
   void runOnOperation() override {
@@ -239,6 +274,9 @@ struct CommunicationInsertionPass
         return signalPassFailure();
       if (partition->pp > 1 && failed(splitIntoStages(step, *partition)))
         return signalPassFailure();
+      // Last: the stage split recognises layers by their paged_attention.
+      if (partition->sp > 1)
+        shardCacheAlongSequence(step, partition->sp);
     }
   }
 };

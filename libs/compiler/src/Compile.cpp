@@ -119,6 +119,8 @@ RankPlacement placementOf(const proto::DeploymentPlan &plan, int rank) {
   p.worldSize = plan.world_size();
   p.tpRank = c.tpIndex;
   p.tpSize = plan.tp();
+  p.spIndex = c.spIndex;
+  p.spSize = plan.sp();
   p.stageId = c.ppStage;
   p.numStages = plan.pp();
   if (c.ppStage > 0)

@@ -17,6 +17,8 @@
 #include "mlir/IR/BuiltinTypes.h"
 
 #include <algorithm>
+#include <tuple>
+#include <utility>
 
 using namespace mlir;
 
@@ -57,11 +59,17 @@ StageNeed measure(Region &region) {
     need.peakPerToken = std::max(need.peakPerToken, working * kActivationBytes);
     if (auto add = dyn_cast<llm::AddOp>(op))
       need.hiddenPerToken = activationWidth(add.getResult()) * kActivationBytes;
-    if (auto a = dyn_cast<llm::PagedAttentionOp>(op)) {
-      auto cache = a.getCache().getType().cast<llm::PagedKVCacheType>();
-      double elem = std::max<unsigned>(1, cache.getElementType().getIntOrFloatBitWidth() / 8);
-      need.kvPerToken += 2.0 * a.getNumKvHeads() * a.getHeadDim() * elem;
-    }
+    auto cacheElementBytes = [](Value cache) -> double {
+      auto paged = cache.getType().dyn_cast<llm::PagedKVCacheType>();
+      Type element = paged ? paged.getElementType()
+                           : cache.getType().cast<llm::ShardedKVCacheType>().getElementType();
+      return std::max<unsigned>(1, element.getIntOrFloatBitWidth() / 8);
+    };
+    if (auto a = dyn_cast<llm::PagedAttentionOp>(op))
+      need.kvPerToken += 2.0 * a.getNumKvHeads() * a.getHeadDim() * cacheElementBytes(a.getCache());
+    if (auto a = dyn_cast<llm::DistributedAttentionOp>(op); a && a.isDecoderForm())
+      need.kvPerToken +=
+          2.0 * *a.getNumKvHeads() * a.getHeadDim() * cacheElementBytes(a.getKvCache());
   });
   return need;
 }
@@ -91,12 +99,16 @@ struct MemoryPlanningPass : MemoryPlanningBase<MemoryPlanningPass> {
       module.emitError("llm-plan-memory needs func.func @prefill");
       return signalPassFailure();
     }
-    llm::PagedKVCacheType cacheType;
-    for (BlockArgument arg : step.getArguments())
+    // The cache argument: paged, or sharded along the sequence (sp > 1).
+    int64_t cacheMaxSeqLen = 0, blockSize = 0;
+    for (BlockArgument arg : step.getArguments()) {
       if (auto c = arg.getType().dyn_cast<llm::PagedKVCacheType>())
-        cacheType = c;
-    if (!cacheType) {
-      step.emitError("has no !llm.paged_kv_cache argument");
+        std::tie(cacheMaxSeqLen, blockSize) = std::pair(c.getMaxSeqLen(), c.getBlockSize());
+      if (auto c = arg.getType().dyn_cast<llm::ShardedKVCacheType>())
+        std::tie(cacheMaxSeqLen, blockSize) = std::pair(c.getMaxSeqLen(), c.getBlockSize());
+    }
+    if (blockSize == 0) {
+      step.emitError("has no !llm.paged_kv_cache or !llm.sharded_kv_cache argument");
       return signalPassFailure();
     }
     SmallVector<std::pair<Operation *, Region *>> stages;
@@ -107,9 +119,7 @@ struct MemoryPlanningPass : MemoryPlanningBase<MemoryPlanningPass> {
 
     const double usable = kMemoryUtilization * static_cast<double>(cluster.device.memoryBytes);
     const double tokens = static_cast<double>(cluster.serving.maxBatchTokens);
-    const int64_t maxContext = std::min<int64_t>(cluster.serving.maxContext,
-                                                 cacheType.getMaxSeqLen());
-    const int64_t blockSize = cacheType.getBlockSize();
+    const int64_t maxContext = std::min<int64_t>(cluster.serving.maxContext, cacheMaxSeqLen);
     MemoryPlan plan;
     plan.kvBlockSize = blockSize;
     for (size_t index = 0; index < stages.size(); ++index) {
@@ -119,9 +129,10 @@ struct MemoryPlanningPass : MemoryPlanningBase<MemoryPlanningPass> {
       double blockBytes = need.kvPerToken * static_cast<double>(blockSize);
       double left = usable - need.weights - activations;
       int64_t blocks = left > 0 && blockBytes > 0 ? static_cast<int64_t>(left / blockBytes) : 0;
-      // Sequence parallelism spreads one sequence's blocks over sp devices.
-      int64_t neededBlocks = (maxContext + blockSize * partition->sp - 1) /
-                             (blockSize * partition->sp);
+      // Every sp rank gets the same block table and a pool of the same
+      // size (it only touches the blocks it owns), so one sequence needs all
+      // its blocks on each device; per-rank pools are future work.
+      int64_t neededBlocks = (maxContext + blockSize - 1) / blockSize;
       if (left <= 0 || blocks < neededBlocks) {
         int64_t firstRank = static_cast<int64_t>(index) * partition->tp * partition->sp;
         double kv = static_cast<double>(neededBlocks) * blockBytes;

@@ -196,9 +196,11 @@ public:
       double blockBytes = kvPerToken * static_cast<double>(model.kvBlockSize);
       double left = usable - weights - activations;
       int64_t blocks = left > 0 ? static_cast<int64_t>(left / blockBytes) : 0;
-      // A sequence's blocks are spread over the sp ranks.
-      double oneSequence = kvPerToken * static_cast<double>(maxContext) / sp;
-      if (blocks * model.kvBlockSize * sp < maxContext) {
+      // Every sp rank holds a pool for all of a sequence's blocks (the same
+      // block table; it writes and reads only the blocks it owns), so sp
+      // splits the KV work and traffic, not the KV memory (docs/compiler.md).
+      double oneSequence = kvPerToken * static_cast<double>(maxContext);
+      if (blocks * model.kvBlockSize < maxContext) {
         c.rejected = "stage " + std::to_string(s) + " needs " + formatBytes(weights) +
                      " weights + " + formatBytes(activations) + " activations + " +
                      formatBytes(oneSequence) + " KV cache for one " +
@@ -214,7 +216,7 @@ public:
       c.kvCacheBytes = std::max(c.kvCacheBytes, blocks * blockBytes);
       c.kvBlocks = std::min(c.kvBlocks, blocks);
     }
-    int64_t tokenCapacity = c.kvBlocks * model.kvBlockSize * sp;
+    int64_t tokenCapacity = c.kvBlocks * model.kvBlockSize;
     c.concurrentSeqs = std::max<int64_t>(
         1, std::min(spec.serving.maxNumSeqs, tokenCapacity / maxContext));
 
@@ -247,9 +249,6 @@ public:
                     c.decodeSeconds * 1e3, *spec.serving.decodeLatencyTarget * 1e3);
       c.rejected = text;
     }
-    if (sp > 1 && c.rejected.empty())
-      c.rejected = "sp = " + std::to_string(sp) +
-                   ": sequence-parallel attention has no lowering yet (predicted only)";
     return c;
   }
 

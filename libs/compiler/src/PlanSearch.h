@@ -42,9 +42,9 @@ struct SearchResult {
 };
 
 /// Evaluates one candidate (its `rejected` says why it cannot be used).
-/// Candidates with sp > 1 get predictions but are rejected until
-/// CommunicationInsertionPass and the engine implement sequence-parallel
-/// attention.
+/// With sp > 1 the linears stay replicated on the sp ranks, the attention
+/// FLOPs and KV reads split sp ways, and each attention adds one all-gather
+/// of the partial outputs and log-sum-exps over the sp group.
 Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
                             int tp, int pp, int sp);
 

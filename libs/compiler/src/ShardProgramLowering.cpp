@@ -229,6 +229,9 @@ private:
           return done(std::move(inst));
         })
         .Case([&](llm::PagedAttentionOp a) { return lowerAttention(a); })
+        .Case([&](llm::DistributedAttentionOp a) {
+          return lowerDistributedAttention(a);
+        })
         .Case([&](llm::SwiGLUOp s) {
           return done(emitUnary(op, proto::SWIGLU, {s.getGate(), s.getUp()}));
         })
@@ -264,24 +267,51 @@ private:
            placement.tpRank;
   }
 
-  llvm::Error lowerTensorParallelCollective(Operation *op, proto::Opcode opcode,
-                                            int64_t groupSize) {
+  /// The group of `kind` ("tp" or "sp") holding this rank, which must have
+  /// `groupSize` ranks.
+  llvm::Expected<uint32_t> groupOf(Operation *op, const char *kind, int64_t groupSize) {
     const proto::CollectiveGroup *group = nullptr;
     for (const proto::CollectiveGroup &g : placement.groups)
-      if (g.kind() == "tp")
+      if (g.kind() == kind)
         group = &g;
     if (!group || group->ranks_size() != groupSize) {
       std::string has = group ? "one of " + std::to_string(group->ranks_size())
                               : std::string("none");
-      return errorAt(op, "needs a tensor-parallel group of " + llvm::Twine(groupSize) +
-                             " ranks; rank " + llvm::Twine(placement.rank) +
-                             " is in " + has);
+      return errorAt(op, "needs a " + llvm::Twine(kind) + " group of " +
+                             llvm::Twine(groupSize) + " ranks; rank " +
+                             llvm::Twine(placement.rank) + " is in " + has);
     }
+    return group->id();
+  }
+
+  llvm::Error lowerTensorParallelCollective(Operation *op, proto::Opcode opcode,
+                                            int64_t groupSize) {
+    auto group = groupOf(op, "tp", groupSize);
+    if (!group)
+      return group.takeError();
     auto inst = emitUnary(op, opcode, op->getOperand(0));
     if (!inst)
       return inst.takeError();
-    (*(*inst)->mutable_int_attrs())["group"] = group->id();
+    (*(*inst)->mutable_int_attrs())["group"] = *group;
     return llvm::Error::success();
+  }
+
+  /// The attributes every attention opcode carries, and the KV cache spec:
+  /// one more local layer (a pipeline stage holds only its own layers).
+  void describeAttention(proto::Instruction &inst, int64_t numHeads,
+                         int64_t numKvHeads, int64_t headDim,
+                         const llvm::APFloat &scale, int64_t blockSize) {
+    auto &ints = *inst.mutable_int_attrs();
+    ints["layer"] = numAttentionLayers++;
+    ints["num_heads"] = numHeads;
+    ints["num_kv_heads"] = numKvHeads;
+    ints["head_dim"] = headDim;
+    (*inst.mutable_float_attrs())["scale"] = scale.convertToFloat();
+    proto::KvCacheSpec *spec = program.mutable_kv_cache();
+    spec->set_num_layers(numAttentionLayers);
+    spec->set_num_kv_heads(numKvHeads);
+    spec->set_head_dim(headDim);
+    spec->set_block_size(blockSize);
   }
 
   llvm::Error lowerAttention(llm::PagedAttentionOp a) {
@@ -289,18 +319,61 @@ private:
     if (!inst)
       return inst.takeError();
     auto cache = a.getCache().getType().cast<llm::PagedKVCacheType>();
-    // Layers are numbered locally: a pipeline stage holds only its own.
-    auto &ints = *(*inst)->mutable_int_attrs();
-    ints["layer"] = numAttentionLayers++;
-    ints["num_heads"] = a.getNumHeads();
-    ints["num_kv_heads"] = a.getNumKvHeads();
-    ints["head_dim"] = a.getHeadDim();
-    (*(*inst)->mutable_float_attrs())["scale"] = a.getScale().convertToFloat();
-    proto::KvCacheSpec *spec = program.mutable_kv_cache();
-    spec->set_num_layers(numAttentionLayers);
-    spec->set_num_kv_heads(a.getNumKvHeads());
-    spec->set_head_dim(a.getHeadDim());
-    spec->set_block_size(cache.getBlockSize());
+    describeAttention(**inst, a.getNumHeads(), a.getNumKvHeads(), a.getHeadDim(),
+                      a.getScale(), cache.getBlockSize());
+    return llvm::Error::success();
+  }
+
+  /// ATTENTION_PARTIAL over this rank's blocks, ALL_GATHER of the partials
+  /// (output ‖ log-sum-exp per head) over the sp group, ATTENTION_MERGE.
+  llvm::Error lowerDistributedAttention(llm::DistributedAttentionOp a) {
+    if (!a.isDecoderForm())
+      return errorAt(a, "is the seed's 4-D form; only the decoder form "
+                        "(q, k, v, kv_cache) lowers to a ShardProgram");
+    auto cache = a.getKvCache().getType().cast<llm::ShardedKVCacheType>();
+    if (cache.getShards() != placement.spSize)
+      return errorAt(a, "kv_cache has " + llvm::Twine(cache.getShards()) +
+                            " shards, the rank's sequence-parallel group " +
+                            llvm::Twine(placement.spSize) + " ranks");
+    auto group = groupOf(a, "sp", cache.getShards());
+    if (!group)
+      return group.takeError();
+    const int64_t heads = a.getNumHeads(), headDim = a.getHeadDim();
+    auto query = a.getQuery().getType().cast<RankedTensorType>();
+    auto partialType = RankedTensorType::get(
+        {query.getDimSize(0), heads * headDim + heads}, query.getElementType());
+    auto gatheredType = RankedTensorType::get(
+        {query.getDimSize(0), cache.getShards() * (heads * headDim + heads)},
+        query.getElementType());
+
+    proto::Instruction *partial = emit(proto::ATTENTION_PARTIAL);
+    for (Value input : {a.getQuery(), a.getKeyValue()[0], a.getKeyValue()[1]}) {
+      auto slot = slotOf(a, input);
+      if (!slot)
+        return slot.takeError();
+      partial->add_inputs(*slot);
+    }
+    uint32_t partialSlot = addSlot(partialType, false, "attention_partial");
+    partial->add_outputs(partialSlot);
+    describeAttention(*partial, heads, *a.getNumKvHeads(), headDim, a.getScale(),
+                      cache.getBlockSize());
+    auto &partialInts = *partial->mutable_int_attrs();
+    partialInts["sp_size"] = cache.getShards();
+    partialInts["sp_index"] = placement.spIndex;
+
+    proto::Instruction *gather = emit(proto::ALL_GATHER);
+    gather->add_inputs(partialSlot);
+    uint32_t gatheredSlot = addSlot(gatheredType, false, "attention_partials");
+    gather->add_outputs(gatheredSlot);
+    (*gather->mutable_int_attrs())["group"] = *group;
+
+    proto::Instruction *merge = emit(proto::ATTENTION_MERGE);
+    merge->add_inputs(gatheredSlot);
+    merge->add_outputs(activationSlot(a.getResult()));
+    auto &mergeInts = *merge->mutable_int_attrs();
+    mergeInts["num_heads"] = heads;
+    mergeInts["head_dim"] = headDim;
+    mergeInts["sp_size"] = cache.getShards();
     return llvm::Error::success();
   }
 

@@ -26,6 +26,17 @@ const OpSpec *findOpSpec(proto::Opcode op) {
       {proto::SEND, {"SEND", 1, 1, 0, {}, {"peer"}, {}, true}},
       {proto::RECV, {"RECV", 0, 0, 1, {}, {"peer"}, {}, true}},
       {proto::SELECT_ROWS, {"SELECT_ROWS", 1, 1, 1, {}, {}, {}, false}},
+      {proto::ATTENTION_PARTIAL,
+       {"ATTENTION_PARTIAL",
+        3,
+        3,
+        1,
+        {},
+        {"layer", "num_heads", "num_kv_heads", "head_dim", "sp_size", "sp_index"},
+        {"scale"},
+        false}},
+      {proto::ATTENTION_MERGE,
+       {"ATTENTION_MERGE", 1, 1, 1, {}, {"num_heads", "head_dim", "sp_size"}, {}, false}},
   };
   auto it = specs.find(op);
   return it == specs.end() ? nullptr : &it->second;

@@ -68,6 +68,13 @@ Status validateAttributeValues(const proto::Instruction &inst,
       return Status::error("head_dim must be positive and even, got " +
                            std::to_string(ints.at("head_dim")));
     return Status::ok();
+  case proto::ATTENTION_PARTIAL:
+    if (ints.at("sp_size") < 1 || ints.at("sp_index") < 0 ||
+        ints.at("sp_index") >= ints.at("sp_size"))
+      return Status::error("sp_index " + std::to_string(ints.at("sp_index")) +
+                           " outside a sequence-parallel group of sp_size " +
+                           std::to_string(ints.at("sp_size")));
+    [[fallthrough]]; // and the ATTENTION rules
   case proto::ATTENTION: {
     int64_t layer = ints.at("layer"), heads = ints.at("num_heads");
     int64_t kvHeads = ints.at("num_kv_heads"), headDim = ints.at("head_dim");
@@ -87,6 +94,13 @@ Status validateAttributeValues(const proto::Instruction &inst,
                            std::to_string(kvHeads));
     return Status::ok();
   }
+  case proto::ATTENTION_MERGE:
+    if (ints.at("num_heads") <= 0 || ints.at("head_dim") <= 0 || ints.at("sp_size") < 1)
+      return Status::error("num_heads, head_dim and sp_size must be positive, got " +
+                           std::to_string(ints.at("num_heads")) + ", " +
+                           std::to_string(ints.at("head_dim")) + ", " +
+                           std::to_string(ints.at("sp_size")));
+    return Status::ok();
   case proto::ALL_REDUCE:
   case proto::ALL_GATHER:
     if (!hasGroup(program, ints.at("group")))

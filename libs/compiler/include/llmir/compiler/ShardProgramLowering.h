@@ -21,6 +21,10 @@ struct RankPlacement {
   /// `num_shards` ways along `shard_dim` yields slice `tpRank`.
   uint32_t tpRank = 0;
   uint32_t tpSize = 1;
+  /// Index inside the sequence-parallel group and its size: the rank owns
+  /// logical KV block b of every sequence when b % spSize == spIndex.
+  uint32_t spIndex = 0;
+  uint32_t spSize = 1;
   uint32_t stageId = 0;
   uint32_t numStages = 1;
   /// Global ranks of the same tensor-parallel index in the neighbouring
@@ -28,7 +32,8 @@ struct RankPlacement {
   int64_t prevStageRank = -1;
   int64_t nextStageRank = -1;
   /// Collective groups this rank belongs to. Tensor-parallel collectives
-  /// (llm.all_reduce, llm.all_gather) use the one of kind "tp".
+  /// (llm.all_reduce, llm.all_gather) use the one of kind "tp", the merge
+  /// of llm.distributed_attention the one of kind "sp".
   std::vector<proto::CollectiveGroup> groups;
 };
 
@@ -36,6 +41,8 @@ struct RankPlacement {
 /// importer and the partitioning passes) to one rank's ShardProgram. When
 /// the body is split into llm.pipeline_stage ops, only the rank's stage is
 /// lowered; pipeline_recv/send become RECV/SEND with the neighbour's rank.
+/// llm.distributed_attention (decoder form) becomes ATTENTION_PARTIAL,
+/// ALL_GATHER over the sp group and ATTENTION_MERGE.
 llvm::Expected<proto::ShardProgram>
 lowerToShardProgram(mlir::func::FuncOp step, const RankPlacement &placement);
 

@@ -44,7 +44,16 @@ struct AttentionParams {
   int64_t numKvHeads = 0;
   int64_t headDim = 0;
   float scale = 1.0f;
+  /// Sequence parallelism: this rank holds logical block b of a sequence
+  /// when b % kvShards == kvShard (1 and 0: every block).
+  int64_t kvShards = 1;
+  int64_t kvShard = 0;
 };
+
+/// Writes this step's k, v [T, Hkv * D] into the cache at the positions of
+/// the blocks this rank holds (all of them unless params.kvShards > 1).
+void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
+                        const AttentionParams &params, KvCache &cache);
 
 /// Writes this step's k, v [T, Hkv * D] into the cache at each token's
 /// position, then causal (grouped-query) attention of q [T, Hq * D] over each
@@ -53,6 +62,21 @@ struct AttentionParams {
 void pagedAttention(const float *q, const float *k, const float *v,
                     const StepInput &step, const AttentionParams &params,
                     KvCache &cache, float *out, ThreadPool &pool);
+
+/// Sequence-parallel partial attention: stores k, v of this rank's blocks,
+/// then for each (token, query head) attends causally over the visible
+/// positions of this rank's blocks only. out [T, Hq * D + Hq]: per token the
+/// normalised partial output of every head, then the log-sum-exp of the
+/// scaled scores of every head (-inf and a zero output when the rank holds
+/// no visible position).
+void partialAttention(const float *q, const float *k, const float *v,
+                      const StepInput &step, const AttentionParams &params,
+                      KvCache &cache, float *out, ThreadPool &pool);
+
+/// Exact merge of `shards` partials: gathered [T, shards * (H * D + H)]
+/// (each shard's row as partialAttention writes it) -> out [T, H * D].
+void mergeAttention(const float *gathered, int64_t T, int64_t shards,
+                    int64_t numHeads, int64_t headDim, float *out);
 
 } // namespace cpu
 } // namespace llmir::engine

@@ -55,21 +55,6 @@ struct Run {
   size_t gathered; // offset of its [kvHead] gathered K^T and V in scratch
 };
 
-void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
-                        const AttentionParams &params, KvCache &cache) {
-  const int64_t blockSize = cache.shape().blockSize;
-  const int64_t width = params.numKvHeads * params.headDim;
-  for (int64_t t = 0; t < step.numTokens(); ++t) {
-    const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
-    const int64_t pos = step.positions[t];
-    const int32_t block = table[static_cast<size_t>(pos / blockSize)];
-    std::memcpy(cache.keyRow(params.layer, block, pos % blockSize),
-                k + t * width, static_cast<size_t>(width) * sizeof(float));
-    std::memcpy(cache.valueRow(params.layer, block, pos % blockSize),
-                v + t * width, static_cast<size_t>(width) * sizeof(float));
-  }
-}
-
 void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
                float *out, std::vector<float> &scores) {
   const simd::Kernels &k = simd::kernels();
@@ -138,6 +123,23 @@ void attendBlock(const Geometry &g, const Run &run, const float *gathered,
 }
 
 } // namespace
+
+void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
+                        const AttentionParams &params, KvCache &cache) {
+  const int64_t blockSize = cache.shape().blockSize;
+  const int64_t width = params.numKvHeads * params.headDim;
+  for (int64_t t = 0; t < step.numTokens(); ++t) {
+    const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
+    const int64_t pos = step.positions[t];
+    if ((pos / blockSize) % params.kvShards != params.kvShard)
+      continue; // another sequence-parallel rank's block
+    const int32_t block = table[static_cast<size_t>(pos / blockSize)];
+    std::memcpy(cache.keyRow(params.layer, block, pos % blockSize),
+                k + t * width, static_cast<size_t>(width) * sizeof(float));
+    std::memcpy(cache.valueRow(params.layer, block, pos % blockSize),
+                v + t * width, static_cast<size_t>(width) * sizeof(float));
+  }
+}
 
 void pagedAttention(const float *q, const float *k, const float *v,
                     const StepInput &step, const AttentionParams &params,

@@ -1,6 +1,8 @@
 // Binds instruction operands to the CPU math kernels: checks the runtime
 // shapes (activations depend on the step), sizes the outputs, and routes the
 // collectives through the Communicator.
+#include "SequenceParallel.h"
+
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/KernelRegistry.h"
@@ -241,6 +243,8 @@ KernelRegistry cpuKernelRegistry() {
   registry.add(proto::SEND, runSend);
   registry.add(proto::RECV, runRecv);
   registry.add(proto::SELECT_ROWS, runSelectRows);
+  registry.add(proto::ATTENTION_PARTIAL, runAttentionPartial);
+  registry.add(proto::ATTENTION_MERGE, runAttentionMerge);
   return registry;
 }
 

@@ -1,0 +1,104 @@
+// Collectives and point-to-point messages between threads of one process,
+// with the groups of a DeploymentPlan: runs every rank of a compiled replica
+// in one test process (the real multi-process path is Gloo, tested in
+// tests/integration).
+#pragma once
+
+#include "llmir/engine/Communicator.h"
+#include "llmir/proto/deployment_plan.pb.h"
+
+#include <algorithm>
+#include <barrier>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace llmir::compiler {
+
+class LocalCluster {
+  struct Group {
+    explicit Group(int size) : sync(size), buffers(static_cast<size_t>(size)) {}
+    std::barrier<> sync;
+    std::vector<uint32_t> ranks;
+    std::vector<std::vector<float>> buffers;
+  };
+
+public:
+  explicit LocalCluster(const proto::DeploymentPlan &plan) {
+    for (const proto::CollectiveGroup &g : plan.groups()) {
+      auto group = std::make_unique<Group>(g.ranks_size());
+      group->ranks.assign(g.ranks().begin(), g.ranks().end());
+      groups[g.id()] = std::move(group);
+    }
+  }
+
+  class Rank : public engine::Communicator {
+  public:
+    Rank(LocalCluster &cluster, uint32_t rank) : cluster(cluster), rank(rank) {}
+
+    Status allReduceSum(float *data, size_t count, uint32_t groupId) override {
+      Group &g = *cluster.groups.at(groupId);
+      std::vector<float> &mine = g.buffers[indexIn(g)];
+      mine.assign(data, data + count);
+      g.sync.arrive_and_wait();
+      std::vector<float> sum(count, 0.0f);
+      for (const std::vector<float> &b : g.buffers)
+        for (size_t i = 0; i < count; ++i)
+          sum[i] += b[i];
+      g.sync.arrive_and_wait();
+      std::copy(sum.begin(), sum.end(), data);
+      return Status::ok();
+    }
+
+    Status allGather(const float *in, size_t count, float *out,
+                     uint32_t groupId) override {
+      Group &g = *cluster.groups.at(groupId);
+      g.buffers[indexIn(g)].assign(in, in + count);
+      g.sync.arrive_and_wait();
+      for (size_t r = 0; r < g.buffers.size(); ++r)
+        std::copy(g.buffers[r].begin(), g.buffers[r].end(), out + r * count);
+      g.sync.arrive_and_wait();
+      return Status::ok();
+    }
+
+    Status send(const float *data, size_t count, uint32_t peer) override {
+      std::lock_guard lock(cluster.mailMutex);
+      cluster.mail[{rank, peer}].emplace_back(data, data + count);
+      cluster.mailArrived.notify_all();
+      return Status::ok();
+    }
+
+    Status recv(float *data, size_t count, uint32_t peer) override {
+      std::unique_lock lock(cluster.mailMutex);
+      auto &queue = cluster.mail[{peer, rank}];
+      cluster.mailArrived.wait(lock, [&] { return !queue.empty(); });
+      std::vector<float> message = std::move(queue.front());
+      queue.pop_front();
+      if (message.size() != count)
+        return Status::error("recv of " + std::to_string(count) + " floats got " +
+                             std::to_string(message.size()));
+      std::copy(message.begin(), message.end(), data);
+      return Status::ok();
+    }
+
+  private:
+    size_t indexIn(const Group &g) const {
+      return static_cast<size_t>(
+          std::find(g.ranks.begin(), g.ranks.end(), rank) - g.ranks.begin());
+    }
+    LocalCluster &cluster;
+    uint32_t rank;
+  };
+
+private:
+  std::map<uint32_t, std::unique_ptr<Group>> groups;
+  std::mutex mailMutex;
+  std::condition_variable mailArrived;
+  std::map<std::pair<uint32_t, uint32_t>, std::deque<std::vector<float>>> mail;
+};
+
+} // namespace llmir::compiler
