@@ -1,0 +1,315 @@
+// The batch manager on the real in-process engine with the demo model:
+// batched, cached, preempted, cancelled, retried and stopped sequences all
+// give Hugging Face's greedy ids.
+#include "DemoModel.h"
+
+#include "llmir/serving/BatchScheduler.h"
+
+#include <map>
+
+namespace llmir::serving {
+namespace {
+
+using testing::DemoModel;
+
+struct Outcome {
+  std::vector<int32_t> ids;
+  std::string text;
+  std::optional<FinishReason> finish;
+  int events = 0;
+};
+
+/// Records every choice's events.
+struct Collector {
+  std::map<std::pair<uint64_t, uint32_t>, Outcome> outcomes;
+
+  EventCallback callback() {
+    return [this](const SequenceEvent &e) {
+      Outcome &o = outcomes[{e.requestId, e.index}];
+      EXPECT_FALSE(o.finish) << "event after the finish";
+      ++o.events;
+      if (e.tokenId)
+        o.ids.push_back(*e.tokenId);
+      o.text += e.text;
+      o.finish = e.finish;
+    };
+  }
+  const Outcome &of(uint64_t request, uint32_t index = 0) {
+    return outcomes[{request, index}];
+  }
+};
+
+RequestParams greedy(const std::vector<int32_t> &prompt, int64_t maxTokens = 32) {
+  RequestParams p;
+  p.promptIds = prompt;
+  p.sampling.temperature = 0.0f;
+  p.maxTokens = maxTokens;
+  p.ignoreEos = true;
+  return p;
+}
+
+class BatchSchedulerTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    demo = DemoModel::get();
+    ASSERT_TRUE(demo);
+  }
+  std::unique_ptr<BatchScheduler> scheduler(InProcessBackend &backend,
+                                            SchedulerOptions options = {}) {
+    options.eosTokenIds = {*demo->tokenizer.eosId()};
+    return std::make_unique<BatchScheduler>(backend, demo->tokenizer, options);
+  }
+  const DemoModel *demo = nullptr;
+};
+
+TEST_F(BatchSchedulerTest, ThirtyTwoConcurrentRequestsGiveTheReferenceIds) {
+  auto backend = demo->backend(256);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  int32_t largestBatch = 0;
+  s->setStepObserver([&](const StepStats &stats) {
+    largestBatch = std::max(largestBatch, stats.numSequences);
+  });
+  Collector collector;
+  std::vector<std::pair<uint64_t, size_t>> requests;
+  for (size_t i = 0; i < 32; ++i) {
+    const auto &c = demo->cases[i % demo->cases.size()];
+    requests.emplace_back(s->addRequest(greedy(c.promptIds), collector.callback()),
+                          i % demo->cases.size());
+  }
+  s->runUntilIdle();
+  EXPECT_EQ(largestBatch, 32);
+  for (auto [id, caseIndex] : requests) {
+    const Outcome &o = collector.of(id);
+    EXPECT_EQ(o.ids, demo->cases[caseIndex].greedyIds) << "request " << id;
+    EXPECT_EQ(o.finish, FinishReason::Length);
+    EXPECT_EQ(o.text, *demo->tokenizer.decode(o.ids, true));
+  }
+  EXPECT_EQ(s->stats().kvUsage, 0.0);
+  EXPECT_EQ(s->stats().numRunning + s->stats().numWaiting, 0);
+}
+
+TEST_F(BatchSchedulerTest, ChunkedPrefillUnderATinyTokenBudget) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend, {.maxNumSeqs = 3, .maxBatchTokens = 5});
+  int32_t largestStep = 0;
+  s->setStepObserver([&](const StepStats &stats) {
+    largestStep = std::max(largestStep, stats.numTokens);
+  });
+  Collector collector;
+  std::vector<uint64_t> ids;
+  for (const auto &c : demo->cases)
+    ids.push_back(s->addRequest(greedy(c.promptIds), collector.callback()));
+  s->runUntilIdle();
+  EXPECT_LE(largestStep, 5);
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i].greedyIds);
+}
+
+TEST_F(BatchSchedulerTest, RepeatedPromptHitsThePrefixCacheWithIdenticalOutput) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  // Long enough for two full 16-token blocks.
+  std::vector<int32_t> prompt;
+  for (const auto &c : demo->cases)
+    prompt.insert(prompt.end(), c.promptIds.begin(), c.promptIds.end());
+  ASSERT_GT(prompt.size(), 16u);
+  Collector collector;
+  uint64_t first = s->addRequest(greedy(prompt, 16), collector.callback());
+  s->runUntilIdle();
+  EXPECT_EQ(s->stats().prefixHitTokens, 0u);
+  uint64_t second = s->addRequest(greedy(prompt, 16), collector.callback());
+  s->runUntilIdle();
+  EXPECT_GE(s->stats().prefixHitTokens, 16u);
+  EXPECT_EQ(collector.of(first).ids.size(), 16u);
+  EXPECT_EQ(collector.of(second).ids, collector.of(first).ids);
+}
+
+TEST_F(BatchSchedulerTest, PreemptionUnderATinyBlockBudgetKeepsOutputs) {
+  // 8 blocks of 16 tokens: four sequences of up to 43 tokens need 12.
+  auto backend = demo->backend(8);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  Collector collector;
+  std::vector<uint64_t> ids;
+  for (const auto &c : demo->cases)
+    ids.push_back(s->addRequest(greedy(c.promptIds), collector.callback()));
+  s->runUntilIdle();
+  EXPECT_GT(s->stats().numPreemptions, 0u);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i].greedyIds);
+    EXPECT_EQ(collector.of(ids[i]).text,
+              *demo->tokenizer.decode(demo->cases[i].greedyIds, true));
+  }
+  EXPECT_EQ(s->stats().kvUsage, 0.0);
+}
+
+TEST_F(BatchSchedulerTest, CancellationFreesBlocksAndLeavesOthersIntact) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend, {.enablePrefixCaching = false});
+  Collector collector;
+  uint64_t keep = s->addRequest(greedy(demo->cases[0].promptIds), collector.callback());
+  uint64_t victim = 0;
+  double usageBefore = -1, usageAfter = -1;
+  victim = s->addRequest(greedy(demo->cases[1].promptIds),
+                         [&, inner = collector.callback()](const SequenceEvent &e) {
+                           inner(e);
+                           if (e.numGenerated == 3 && !e.finish) {
+                             usageBefore = s->stats().kvUsage;
+                             s->cancel(victim);
+                             usageAfter = s->stats().kvUsage;
+                           }
+                         });
+  s->runUntilIdle();
+  EXPECT_EQ(collector.of(victim).finish, FinishReason::Abort);
+  EXPECT_EQ(collector.of(victim).ids.size(), 3u);
+  EXPECT_LT(usageAfter, usageBefore);
+  EXPECT_EQ(collector.of(keep).ids, demo->cases[0].greedyIds);
+  EXPECT_EQ(s->stats().kvUsage, 0.0);
+  s->cancel(victim); // finished: ignored
+}
+
+TEST_F(BatchSchedulerTest, StopStringsStopTokenIdsAndMinTokens) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  const auto &c = demo->cases[1];
+  const std::string full = *demo->tokenizer.decode(c.greedyIds, true);
+  const std::string stop = full.substr(12, 3);
+
+  Collector collector;
+  auto byString = greedy(c.promptIds);
+  byString.stop = {stop};
+  uint64_t a = s->addRequest(byString, collector.callback());
+
+  // Stop at the first occurrence of the reference's 6th token...
+  const int32_t stopId = c.greedyIds[5];
+  const auto firstAt = std::find(c.greedyIds.begin(), c.greedyIds.end(), stopId) -
+                       c.greedyIds.begin();
+  auto byId = greedy(c.promptIds);
+  byId.stopTokenIds = {stopId};
+  uint64_t b = s->addRequest(byId, collector.callback());
+  // ...unless min_tokens says to keep going.
+  auto withMin = byId;
+  withMin.minTokens = 32;
+  uint64_t d = s->addRequest(withMin, collector.callback());
+  s->runUntilIdle();
+
+  EXPECT_EQ(collector.of(a).finish, FinishReason::Stop);
+  EXPECT_EQ(collector.of(a).text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(collector.of(b).finish, FinishReason::Stop);
+  EXPECT_EQ(collector.of(b).ids.size(), static_cast<size_t>(firstAt + 1));
+  EXPECT_EQ(collector.of(d).finish, FinishReason::Length);
+  EXPECT_EQ(collector.of(d).ids, c.greedyIds);
+}
+
+TEST_F(BatchSchedulerTest, SeveralChoicesShareThePromptBlocks) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  std::vector<int32_t> prompt;
+  for (const auto &c : demo->cases)
+    prompt.insert(prompt.end(), c.promptIds.begin(), c.promptIds.end());
+  Collector collector;
+  auto params = greedy(prompt, 8);
+  params.n = 3;
+  uint64_t id = s->addRequest(params, collector.callback());
+  s->runUntilIdle();
+  EXPECT_GE(s->stats().prefixHitTokens, 2u * 16u);
+  EXPECT_EQ(collector.of(id, 0).ids.size(), 8u);
+  EXPECT_EQ(collector.of(id, 1).ids, collector.of(id, 0).ids);
+  EXPECT_EQ(collector.of(id, 2).ids, collector.of(id, 0).ids);
+}
+
+TEST_F(BatchSchedulerTest, SeededSamplingDoesNotDependOnTheBatch) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  auto sampled = greedy(demo->cases[2].promptIds, 24);
+  sampled.sampling = {.temperature = 1.0f, .topP = 0.9f, .topK = 50, .seed = 1234};
+  sampled.logprobs = true;
+  sampled.topLogprobs = 2;
+  Collector collector;
+  uint64_t alone = s->addRequest(sampled, collector.callback());
+  s->runUntilIdle();
+  uint64_t batched = s->addRequest(sampled, collector.callback());
+  for (const auto &c : demo->cases)
+    s->addRequest(greedy(c.promptIds), collector.callback());
+  s->runUntilIdle();
+  EXPECT_EQ(collector.of(alone).ids.size(), 24u);
+  EXPECT_EQ(collector.of(batched).ids, collector.of(alone).ids);
+}
+
+/// Fails every third step, as a replica that loses a worker would.
+class FlakyBackend final : public ReplicaBackend {
+public:
+  explicit FlakyBackend(ReplicaBackend &inner) : inner_(inner) {}
+  ReplicaInfo info() const override { return inner_.info(); }
+  void submit(const proto::StepRequest &request, StepDone done) override {
+    if (++steps_ % 3 == 0) {
+      done(Status::error("worker lost"));
+      return;
+    }
+    inner_.submit(request, std::move(done));
+  }
+
+private:
+  ReplicaBackend &inner_;
+  int steps_ = 0;
+};
+
+TEST_F(BatchSchedulerTest, FailedStepsAreRecomputedWithoutLosingTokens) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  FlakyBackend flaky(*backend);
+  SchedulerOptions options{.maxStepRetries = 100};
+  options.eosTokenIds = {*demo->tokenizer.eosId()};
+  BatchScheduler s(flaky, demo->tokenizer, options);
+  Collector collector;
+  std::vector<uint64_t> ids;
+  for (const auto &c : demo->cases)
+    ids.push_back(s.addRequest(greedy(c.promptIds), collector.callback()));
+  s.runUntilIdle();
+  EXPECT_GT(s.stats().numStepFailures, 0u);
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i].greedyIds);
+}
+
+TEST_F(BatchSchedulerTest, BackgroundThreadServesConcurrentSubmitters) {
+  auto backend = demo->backend(128);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  std::mutex mutex;
+  std::condition_variable cv;
+  Collector collector;
+  int finished = 0;
+  auto callback = [&, inner = collector.callback()](const SequenceEvent &e) {
+    std::lock_guard<std::mutex> lock(mutex);
+    inner(e);
+    if (e.finish) {
+      ++finished;
+      cv.notify_all();
+    }
+  };
+  s->start();
+  std::vector<uint64_t> ids(8);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < ids.size(); ++i)
+    clients.emplace_back([&, i] {
+      ids[i] = s->addRequest(greedy(demo->cases[i % 4].promptIds), callback);
+    });
+  for (auto &t : clients)
+    t.join();
+  std::unique_lock<std::mutex> lock(mutex);
+  cv.wait(lock, [&] { return finished == 8; });
+  lock.unlock();
+  s->stop();
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);
+}
+
+} // namespace
+} // namespace llmir::serving
