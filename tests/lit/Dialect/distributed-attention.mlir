@@ -27,3 +27,11 @@ func.func @writes_the_cache(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: te
       : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !cache_t) -> tensor<?x256xf32>
   return
 }
+
+// A sequence split needs no head split: one KV head in a 2-shard cache (the
+// cache of a TP=2 x SP=2 rank of a model with 2 KV heads).
+// CHECK-LABEL: func.func @one_kv_head
+// CHECK-SAME: !llm.sharded_kv_cache<f32, 4, 1, 32, 16, 1024, shards = 2>
+func.func @one_kv_head(%cache: !llm.sharded_kv_cache<f32, 4, 1, 32, 16, 1024, shards=2>) {
+  return
+}

@@ -23,12 +23,6 @@ func.func @types_2(%c: !llm.sharded_kv_cache<f16, 12, 16, 64, 16, 32768, shards=
 
 // -----
 
-// expected-error @+1 {{sharded_kv_cache numHeads (16) is not divisible by shards (3)}}
-func.func @types_3(%c: !llm.sharded_kv_cache<f16, 12, 16, 64, 16, 32768, shards=3>) {
-  return
-}
-
-// -----
 
 // expected-error @+1 {{sharded_kv_cache maxSeqLen (1000) is not divisible by shards (16)}}
 func.func @types_4(%c: !llm.sharded_kv_cache<f16, 12, 16, 64, 16, 1000, shards=16>) {
