@@ -1,0 +1,47 @@
+// One OpenAI request in flight: receives the batch manager's events for its
+// choices and turns them into SSE chunks, or into one JSON body at the end,
+// while feeding the latency and token metrics.
+#pragma once
+
+#include "Metrics.h"
+#include "OpenAiProtocol.h"
+
+#include "llmir/net/Http.h"
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+
+namespace llmir::scheduler {
+
+class CompletionJob {
+public:
+  CompletionJob(ApiRequest request, ResponseContext context, Metrics &metrics,
+                serving::BatchScheduler &scheduler);
+
+  /// Queues the request and answers on `stream` (SSE or one JSON body);
+  /// cancels the request when the client goes away.
+  static void start(std::shared_ptr<CompletionJob> job,
+                    std::shared_ptr<net::ResponseStream> stream);
+
+private:
+  void onEvent(const serving::SequenceEvent &event);
+  void finishLocked();
+
+  ApiRequest request_;
+  ResponseContext context_;
+  Metrics &metrics_;
+  serving::BatchScheduler &scheduler_;
+
+  std::mutex mutex_;
+  std::shared_ptr<net::ResponseStream> stream_;
+  std::vector<ChoiceResult> choices_;
+  std::vector<bool> sentFirstChunk_;
+  std::vector<std::chrono::steady_clock::time_point> lastToken_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  bool sawFirstToken_ = false;
+  int32_t unfinished_ = 0;
+  int64_t generated_ = 0;
+};
+
+} // namespace llmir::scheduler

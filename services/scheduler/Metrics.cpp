@@ -1,0 +1,148 @@
+#include "Metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <map>
+#include <mutex>
+
+namespace llmir::scheduler {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+namespace {
+// vLLM's buckets, so dashboards' quantiles line up.
+const Histogram::BucketBoundaries kTtftBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+const Histogram::BucketBoundaries kItlBuckets = {
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0,  2.5,   5.0,  7.5,   10.0, 20.0, 40.0, 80.0};
+const Histogram::BucketBoundaries kE2eBuckets = {
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+const Histogram::BucketBoundaries kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+const Histogram::BucketBoundaries kTokenBuckets = {1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+} // namespace
+
+struct Metrics::Impl {
+  explicit Impl(const std::string &model) : labels{{"model_name", model}} {}
+
+  prometheus::Labels labels;
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::mutex mutex; // Increment-by-delta bookkeeping
+  serving::SchedulerStats last;
+
+  Histogram &histogram(const char *name, const char *help,
+                       const Histogram::BucketBoundaries &buckets) {
+    return BuildHistogram().Name(name).Help(help).Register(*registry).Add(labels, buckets);
+  }
+  prometheus::Gauge &gauge(const char *name, const char *help) {
+    return BuildGauge().Name(name).Help(help).Register(*registry).Add(labels);
+  }
+  prometheus::Counter &counter(const char *name, const char *help) {
+    return BuildCounter().Name(name).Help(help).Register(*registry).Add(labels);
+  }
+
+  Histogram &ttft = histogram("llmir:time_to_first_token_seconds",
+                              "Histogram of time to first token in seconds.", kTtftBuckets);
+  Histogram &itl = histogram("llmir:inter_token_latency_seconds",
+                             "Histogram of inter-token latency in seconds.", kItlBuckets);
+  Histogram &tpot = histogram("llmir:time_per_output_token_seconds",
+                              "Histogram of time per output token in seconds.", kItlBuckets);
+  Histogram &e2e = histogram("llmir:e2e_request_latency_seconds",
+                             "Histogram of end to end request latency in seconds.", kE2eBuckets);
+  Histogram &promptTokensPerRequest =
+      histogram("llmir:request_prompt_tokens", "Number of prefill tokens processed.", kTokenBuckets);
+  Histogram &batchSize = histogram("llmir:batch_size_sequences",
+                                   "Histogram of sequences per scheduled step.", kBatchBuckets);
+  Histogram &iterationTokens = histogram("llmir:iteration_tokens",
+                                         "Histogram of tokens per scheduled step.", kTokenBuckets);
+  prometheus::Gauge &running =
+      gauge("llmir:num_requests_running", "Number of sequences in the running queue (holding KV blocks).");
+  prometheus::Gauge &waiting =
+      gauge("llmir:num_requests_waiting", "Number of sequences waiting to be scheduled.");
+  prometheus::Gauge &kvUsage =
+      gauge("llmir:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
+  prometheus::Counter &prefixQueries = counter(
+      "llmir:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.");
+  prometheus::Counter &prefixHits = counter(
+      "llmir:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.");
+  prometheus::Counter &promptTokens =
+      counter("llmir:prompt_tokens_total", "Number of prefill tokens processed.");
+  prometheus::Counter &generationTokens =
+      counter("llmir:generation_tokens_total", "Number of generation tokens processed.");
+  prometheus::Counter &preemptions =
+      counter("llmir:num_preemptions_total", "Cumulative number of preemptions.");
+  prometheus::Counter &stepFailures =
+      counter("llmir:step_failures_total", "Steps that failed on a replica and were re-queued.");
+  prometheus::Family<prometheus::Counter> &success =
+      BuildCounter()
+          .Name("llmir:request_success_total")
+          .Help("Count of finished requests (choices) by finished_reason.")
+          .Register(*registry);
+  std::map<serving::FinishReason, prometheus::Counter *> successByReason;
+};
+
+Metrics::Metrics(const std::string &modelName) : impl_(std::make_unique<Impl>(modelName)) {
+  for (auto reason : {serving::FinishReason::Stop, serving::FinishReason::Length,
+                      serving::FinishReason::Abort, serving::FinishReason::Error}) {
+    prometheus::Labels labels = impl_->labels;
+    labels["finished_reason"] = serving::finishReasonName(reason);
+    impl_->successByReason[reason] = &impl_->success.Add(labels);
+  }
+}
+
+Metrics::~Metrics() = default;
+
+void Metrics::observeStep(const serving::StepStats &step) {
+  impl_->batchSize.Observe(step.numSequences);
+  impl_->iterationTokens.Observe(step.numTokens);
+}
+
+void Metrics::update(const serving::SchedulerStats &s) {
+  impl_->running.Set(s.numRunning);
+  impl_->waiting.Set(s.numWaiting);
+  impl_->kvUsage.Set(s.kvUsage);
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  serving::SchedulerStats &last = impl_->last;
+  auto advance = [](prometheus::Counter &counter, uint64_t now, uint64_t &seen) {
+    if (now > seen)
+      counter.Increment(static_cast<double>(now - seen));
+    seen = std::max(seen, now);
+  };
+  advance(impl_->prefixQueries, s.prefixQueryTokens, last.prefixQueryTokens);
+  advance(impl_->prefixHits, s.prefixHitTokens, last.prefixHitTokens);
+  advance(impl_->preemptions, s.numPreemptions, last.numPreemptions);
+  advance(impl_->stepFailures, s.numStepFailures, last.numStepFailures);
+}
+
+void Metrics::observeFirstToken(double seconds) { impl_->ttft.Observe(seconds); }
+
+void Metrics::observeInterToken(double seconds) {
+  impl_->itl.Observe(seconds);
+  impl_->tpot.Observe(seconds);
+}
+
+void Metrics::observeFinished(serving::FinishReason reason, int64_t generatedTokens) {
+  impl_->successByReason.at(reason)->Increment();
+  impl_->generationTokens.Increment(static_cast<double>(generatedTokens));
+}
+
+void Metrics::observeRequest(int64_t promptTokens, double e2eSeconds) {
+  impl_->promptTokens.Increment(static_cast<double>(promptTokens));
+  impl_->promptTokensPerRequest.Observe(static_cast<double>(promptTokens));
+  impl_->e2e.Observe(e2eSeconds);
+}
+
+std::string Metrics::render() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+} // namespace llmir::scheduler

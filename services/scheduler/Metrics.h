@@ -1,0 +1,36 @@
+// The scheduler's Prometheus metrics, named like vLLM's with the llmir:
+// prefix (docs/metrics.md lists them). prometheus-cpp stays behind a pimpl.
+#pragma once
+
+#include "llmir/serving/BatchScheduler.h"
+
+#include <memory>
+#include <string>
+
+namespace llmir::scheduler {
+
+class Metrics {
+public:
+  explicit Metrics(const std::string &modelName);
+  ~Metrics();
+
+  void observeStep(const serving::StepStats &step);
+  /// Gauges and the counters the batch manager keeps (prefix cache,
+  /// preemptions) from a stats snapshot.
+  void update(const serving::SchedulerStats &stats);
+  void observeFirstToken(double seconds);
+  void observeInterToken(double seconds);
+  /// A finished choice (stop, length, abort, error).
+  void observeFinished(serving::FinishReason reason, int64_t generatedTokens);
+  /// A finished request: its prompt tokens and end-to-end latency.
+  void observeRequest(int64_t promptTokens, double e2eSeconds);
+
+  /// The Prometheus text exposition of every metric.
+  std::string render() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace llmir::scheduler

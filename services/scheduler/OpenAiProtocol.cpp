@@ -1,0 +1,407 @@
+#include "OpenAiProtocol.h"
+
+#include "llmir/model/Tokenizer.h"
+
+#include <boost/json.hpp>
+
+#include <cmath>
+
+namespace llmir::scheduler {
+
+namespace json = boost::json;
+
+std::string errorJson(const ApiError &e) {
+  json::object error;
+  error["message"] = e.message;
+  error["type"] = e.type;
+  error["param"] = e.param.empty() ? json::value(nullptr) : json::value(e.param);
+  error["code"] = e.code.empty() ? json::value(nullptr) : json::value(e.code);
+  return json::serialize(json::object{{"error", std::move(error)}});
+}
+
+namespace {
+
+ApiError invalid(std::string param, std::string message) {
+  return ApiError{400, std::move(message), "invalid_request_error", std::move(param), ""};
+}
+
+/// Typed field readers: absent or null leaves the target unchanged.
+class Fields {
+public:
+  explicit Fields(const json::object &object) : object_(object) {}
+  std::optional<ApiError> error;
+
+  const json::value *get(const char *name) {
+    const json::value *v = object_.if_contains(name);
+    return v && !v->is_null() ? v : nullptr;
+  }
+  bool number(const char *name, double &out) {
+    const json::value *v = get(name);
+    if (!v || error)
+      return false;
+    if (!v->is_number()) {
+      error = invalid(name, std::string("'") + name + "' must be a number");
+      return false;
+    }
+    out = v->to_number<double>();
+    return true;
+  }
+  bool integer(const char *name, int64_t &out) {
+    double d = 0;
+    if (!number(name, d))
+      return false;
+    if (d != std::floor(d) || std::abs(d) > 9e15) {
+      error = invalid(name, std::string("'") + name + "' must be an integer");
+      return false;
+    }
+    out = static_cast<int64_t>(d);
+    return true;
+  }
+  bool boolean(const char *name, bool &out) {
+    const json::value *v = get(name);
+    if (!v || error)
+      return false;
+    if (!v->is_bool()) {
+      error = invalid(name, std::string("'") + name + "' must be a boolean");
+      return false;
+    }
+    out = v->get_bool();
+    return true;
+  }
+  bool string(const char *name, std::string &out) {
+    const json::value *v = get(name);
+    if (!v || error)
+      return false;
+    if (!v->is_string()) {
+      error = invalid(name, std::string("'") + name + "' must be a string");
+      return false;
+    }
+    out = std::string(v->get_string());
+    return true;
+  }
+
+private:
+  const json::object &object_;
+};
+
+std::optional<std::vector<int32_t>> tokenArray(const json::value &v) {
+  if (!v.is_array() || v.get_array().empty())
+    return std::nullopt;
+  std::vector<int32_t> ids;
+  for (const json::value &x : v.get_array()) {
+    if (!x.is_int64() && !x.is_uint64())
+      return std::nullopt;
+    const int64_t id = x.to_number<int64_t>();
+    if (id < INT32_MIN || id > INT32_MAX)
+      return std::nullopt;
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  return ids;
+}
+
+std::optional<ApiError> parsePrompt(Fields &f, ApiRequest &r) {
+  const json::value *prompt = f.get("prompt");
+  if (!prompt)
+    return invalid("prompt", "'prompt' is required");
+  if (prompt->is_string()) {
+    r.promptText = std::string(prompt->get_string());
+    return std::nullopt;
+  }
+  if (auto ids = tokenArray(*prompt)) {
+    r.promptIds = std::move(*ids);
+    return std::nullopt;
+  }
+  if (prompt->is_array() && prompt->get_array().size() == 1 &&
+      prompt->get_array()[0].is_string()) {
+    r.promptText = std::string(prompt->get_array()[0].get_string());
+    return std::nullopt;
+  }
+  if (prompt->is_array() && prompt->get_array().size() > 1)
+    return invalid("prompt", "batched prompts are not supported; send one prompt "
+                             "(a string or an array of token ids) per request");
+  return invalid("prompt", "'prompt' must be a string or an array of token ids");
+}
+
+std::optional<ApiError> parseMessages(Fields &f, ApiRequest &r) {
+  const json::value *messages = f.get("messages");
+  if (!messages || !messages->is_array() || messages->get_array().empty())
+    return invalid("messages", "'messages' must be a non-empty array");
+  for (const json::value &m : messages->get_array()) {
+    const json::object *object = m.if_object();
+    const json::value *role = object ? object->if_contains("role") : nullptr;
+    if (!role || !role->is_string())
+      return invalid("messages", "each message needs a string 'role'");
+    ChatMessage message{std::string(role->get_string()), ""};
+    const json::value *content = object->if_contains("content");
+    if (content && content->is_string()) {
+      message.content = std::string(content->get_string());
+    } else if (content && content->is_array()) {
+      for (const json::value &part : content->get_array()) {
+        const json::object *p = part.if_object();
+        const json::value *text = p ? p->if_contains("text") : nullptr;
+        const json::value *type = p ? p->if_contains("type") : nullptr;
+        if (!text || !text->is_string() || !type || !type->is_string() ||
+            type->get_string() != "text")
+          return invalid("messages", "only text content parts are supported");
+        message.content += std::string(text->get_string());
+      }
+    } else if (content && !content->is_null()) {
+      return invalid("messages", "message 'content' must be a string or an array of "
+                                 "text parts");
+    }
+    r.messages.push_back(std::move(message));
+  }
+  return std::nullopt;
+}
+
+std::optional<ApiError> parseStop(Fields &f, serving::RequestParams &p) {
+  const json::value *stop = f.get("stop");
+  if (stop && stop->is_string()) {
+    p.stop = {std::string(stop->get_string())};
+  } else if (stop && stop->is_array()) {
+    for (const json::value &s : stop->get_array()) {
+      if (!s.is_string())
+        return invalid("stop", "'stop' must be a string or an array of strings");
+      p.stop.emplace_back(s.get_string());
+    }
+  } else if (stop) {
+    return invalid("stop", "'stop' must be a string or an array of strings");
+  }
+  if (const json::value *ids = f.get("stop_token_ids")) {
+    auto parsed = tokenArray(*ids);
+    if (!parsed && !(ids->is_array() && ids->get_array().empty()))
+      return invalid("stop_token_ids", "'stop_token_ids' must be an array of integers");
+    if (parsed)
+      p.stopTokenIds = std::move(*parsed);
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_view body) {
+  boost::system::error_code ec;
+  json::value root = json::parse(body, ec);
+  if (ec)
+    return ApiError{400, "the request body is not valid JSON: " + ec.message(),
+                    "invalid_request_error", "", ""};
+  const json::object *object = root.if_object();
+  if (!object)
+    return invalid("", "the request body must be a JSON object");
+  Fields f(*object);
+  ApiRequest r;
+  r.endpoint = endpoint;
+  serving::RequestParams &p = r.params;
+  f.string("model", r.model);
+  if (f.error)
+    return *f.error;
+  if (auto e = endpoint == Endpoint::Completions ? parsePrompt(f, r) : parseMessages(f, r))
+    return *e;
+
+  double number = 0;
+  int64_t integer = 0;
+  if (f.number("temperature", number))
+    p.sampling.temperature = static_cast<float>(number);
+  if (f.number("top_p", number))
+    p.sampling.topP = static_cast<float>(number);
+  if (f.integer("top_k", integer))
+    p.sampling.topK = integer == -1 ? 0 : static_cast<int32_t>(std::max<int64_t>(integer, -2));
+  if (f.integer("seed", integer))
+    p.sampling.seed = static_cast<uint64_t>(integer);
+  const char *maxTokensName =
+      endpoint == Endpoint::Chat && f.get("max_completion_tokens") ? "max_completion_tokens"
+                                                                   : "max_tokens";
+  if (f.integer(maxTokensName, integer)) {
+    p.maxTokens = integer;
+    r.maxTokensGiven = true;
+  }
+  if (f.integer("min_tokens", integer))
+    p.minTokens = integer;
+  if (f.integer("n", integer))
+    p.n = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, serving::kMaxChoices + 1));
+  f.boolean("ignore_eos", p.ignoreEos);
+  f.boolean("stream", r.stream);
+  f.boolean("return_token_ids", r.returnTokenIds);
+  if (f.error)
+    return *f.error;
+  if (const json::value *options = f.get("stream_options")) {
+    const json::object *o = options->if_object();
+    if (!o)
+      return invalid("stream_options", "'stream_options' must be an object");
+    Fields of(*o);
+    of.boolean("include_usage", r.includeUsage);
+    if (of.error)
+      return invalid("stream_options", of.error->message);
+  }
+  if (endpoint == Endpoint::Completions) {
+    // logprobs: the number of alternatives (0 = only the sampled token's).
+    if (f.integer("logprobs", integer)) {
+      p.logprobs = true;
+      p.topLogprobs = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, 1000));
+    }
+    bool echo = false;
+    if (f.boolean("echo", echo) && echo)
+      return invalid("echo", "'echo' is not supported");
+  } else {
+    f.boolean("logprobs", p.logprobs);
+    if (f.integer("top_logprobs", integer)) {
+      if (!p.logprobs)
+        return invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+      p.topLogprobs = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, 1000));
+    }
+  }
+  if (f.error)
+    return *f.error;
+  if (auto e = parseStop(f, p))
+    return *e;
+  return r;
+}
+
+std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages) {
+  std::string prompt;
+  for (const ChatMessage &m : messages)
+    prompt += "<|" + m.role + "|>\n" + m.content + "\n";
+  return prompt + "<|assistant|>\n";
+}
+
+namespace {
+
+std::string tokenText(const ResponseContext &ctx, int32_t id) {
+  auto text = ctx.tokenizer->decode(std::span<const int32_t>(&id, 1));
+  return text ? *text : std::string();
+}
+
+json::value completionLogprobs(const ResponseContext &ctx, const ChoiceResult &c,
+                               size_t textOffsetStart = 0) {
+  json::array tokens, logprobs, tops, offsets;
+  size_t offset = textOffsetStart;
+  for (size_t i = 0; i < c.tokenIds.size() && i < c.logprobs.size(); ++i) {
+    std::string text = tokenText(ctx, c.tokenIds[i]);
+    tokens.emplace_back(text);
+    logprobs.emplace_back(c.logprobs[i]);
+    json::object top;
+    for (const serving::TopLogprob &t : c.topLogprobs[i])
+      top[tokenText(ctx, t.tokenId)] = t.logprob;
+    tops.emplace_back(std::move(top));
+    offsets.emplace_back(offset);
+    offset += text.size();
+  }
+  return json::object{{"tokens", std::move(tokens)},
+                      {"token_logprobs", std::move(logprobs)},
+                      {"top_logprobs", std::move(tops)},
+                      {"text_offset", std::move(offsets)}};
+}
+
+json::array bytesOf(const std::string &text) {
+  json::array bytes;
+  for (unsigned char b : text)
+    bytes.emplace_back(static_cast<int>(b));
+  return bytes;
+}
+
+json::value chatLogprobs(const ResponseContext &ctx, const ChoiceResult &c) {
+  json::array content;
+  for (size_t i = 0; i < c.tokenIds.size() && i < c.logprobs.size(); ++i) {
+    std::string text = tokenText(ctx, c.tokenIds[i]);
+    json::array tops;
+    for (const serving::TopLogprob &t : c.topLogprobs[i]) {
+      std::string topText = tokenText(ctx, t.tokenId);
+      tops.emplace_back(json::object{
+          {"token", topText}, {"logprob", t.logprob}, {"bytes", bytesOf(topText)}});
+    }
+    content.emplace_back(json::object{{"token", text},
+                                      {"logprob", c.logprobs[i]},
+                                      {"bytes", bytesOf(text)},
+                                      {"top_logprobs", std::move(tops)}});
+  }
+  return json::object{{"content", std::move(content)}};
+}
+
+json::object envelope(const ResponseContext &ctx, const char *object) {
+  return json::object{{"id", ctx.id},
+                      {"object", object},
+                      {"created", ctx.created},
+                      {"model", ctx.model}};
+}
+
+json::object usage(int64_t promptTokens, int64_t completionTokens) {
+  return json::object{{"prompt_tokens", promptTokens},
+                      {"completion_tokens", completionTokens},
+                      {"total_tokens", promptTokens + completionTokens}};
+}
+
+bool isChat(const ResponseContext &ctx) { return ctx.request->endpoint == Endpoint::Chat; }
+
+} // namespace
+
+std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceResult> &choices) {
+  const bool chat = isChat(ctx);
+  json::object out = envelope(ctx, chat ? "chat.completion" : "text_completion");
+  json::array list;
+  int64_t completionTokens = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult &c = choices[i];
+    completionTokens += static_cast<int64_t>(c.tokenIds.size());
+    json::object choice{{"index", i}, {"finish_reason", c.finishReason}};
+    const bool withLogprobs = ctx.request->params.logprobs;
+    if (chat) {
+      choice["message"] = json::object{{"role", "assistant"}, {"content", c.text}};
+      choice["logprobs"] = withLogprobs ? chatLogprobs(ctx, c) : json::value(nullptr);
+    } else {
+      choice["text"] = c.text;
+      choice["logprobs"] = withLogprobs ? completionLogprobs(ctx, c) : json::value(nullptr);
+    }
+    if (ctx.request->returnTokenIds) {
+      choice["token_ids"] = json::value_from(c.tokenIds);
+      choice["prompt_token_ids"] = json::value_from(ctx.promptIds);
+    }
+    list.emplace_back(std::move(choice));
+  }
+  out["choices"] = std::move(list);
+  out["usage"] = usage(static_cast<int64_t>(ctx.promptIds.size()), completionTokens);
+  return json::serialize(out);
+}
+
+std::optional<std::string> chunkJson(const ResponseContext &ctx,
+                                     const serving::SequenceEvent &event, bool first) {
+  const bool chat = isChat(ctx);
+  if (!first && event.text.empty() && !event.finish && !event.logprob &&
+      !ctx.request->returnTokenIds)
+    return std::nullopt; // a token whose text is held back: nothing to say yet
+  json::object out = envelope(ctx, chat ? "chat.completion.chunk" : "text_completion");
+  json::object choice{{"index", event.index}};
+  choice["finish_reason"] = event.finish
+                                ? json::value(serving::finishReasonName(*event.finish))
+                                : json::value(nullptr);
+  ChoiceResult one;
+  if (event.tokenId && event.logprob) {
+    one.tokenIds = {*event.tokenId};
+    one.logprobs = {*event.logprob};
+    one.topLogprobs = {event.topLogprobs};
+  }
+  if (chat) {
+    json::object delta;
+    if (first)
+      delta["role"] = "assistant";
+    if (!event.text.empty() || first)
+      delta["content"] = event.text;
+    choice["delta"] = std::move(delta);
+    choice["logprobs"] = event.logprob ? chatLogprobs(ctx, one) : json::value(nullptr);
+  } else {
+    choice["text"] = event.text;
+    choice["logprobs"] = event.logprob ? completionLogprobs(ctx, one) : json::value(nullptr);
+  }
+  if (ctx.request->returnTokenIds)
+    choice["token_ids"] = event.tokenId ? json::array{*event.tokenId} : json::array{};
+  out["choices"] = json::array{std::move(choice)};
+  return json::serialize(out);
+}
+
+std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens) {
+  json::object out = envelope(ctx, isChat(ctx) ? "chat.completion.chunk" : "text_completion");
+  out["choices"] = json::array{};
+  out["usage"] = usage(static_cast<int64_t>(ctx.promptIds.size()), completionTokens);
+  return json::serialize(out);
+}
+
+} // namespace llmir::scheduler

@@ -1,0 +1,90 @@
+// The OpenAI wire format of /v1/completions and /v1/chat/completions:
+// request JSON -> serving::RequestParams (plus what shapes the response),
+// and the response / stream-chunk / error JSON. Unknown fields are ignored,
+// as OpenAI's server does.
+#pragma once
+
+#include "llmir/serving/BatchScheduler.h"
+#include "llmir/serving/RequestParams.h"
+
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace llmir::model {
+class Tokenizer;
+}
+
+namespace llmir::scheduler {
+
+enum class Endpoint { Completions, Chat };
+
+/// An OpenAI error: HTTP status and the {"error": {...}} body fields.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param; // empty: null
+  std::string code;  // empty: null
+};
+/// {"error": {"message", "type", "param", "code"}}.
+std::string errorJson(const ApiError &error);
+
+struct ChatMessage {
+  std::string role;
+  std::string content;
+};
+
+/// A parsed request, before tokenization of its prompt.
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::Completions;
+  std::string model;
+  std::optional<std::string> promptText;        // completions: text prompt
+  std::optional<std::vector<int32_t>> promptIds; // completions: token ids
+  std::vector<ChatMessage> messages;             // chat
+  serving::RequestParams params;                 // promptIds filled later
+  bool maxTokensGiven = false;
+  bool stream = false;
+  bool includeUsage = false;   // stream_options.include_usage
+  bool returnTokenIds = false; // vLLM extension: token ids in each choice
+};
+
+/// Parses a request body; the error names the offending parameter.
+std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint,
+                                                std::string_view body);
+
+/// The prompt text of a chat: each message as "<|role|>\ncontent\n", then
+/// "<|assistant|>\n" (Jinja chat templates are not interpreted).
+std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages);
+
+/// What the server accumulates per choice for a non-streamed response.
+struct ChoiceResult {
+  std::string text;
+  std::vector<int32_t> tokenIds;
+  std::vector<float> logprobs;
+  std::vector<std::vector<serving::TopLogprob>> topLogprobs;
+  std::string finishReason;
+};
+
+struct ResponseContext {
+  std::string id;       // "cmpl-..." / "chatcmpl-..."
+  int64_t created = 0;  // unix seconds
+  std::string model;
+  const model::Tokenizer *tokenizer = nullptr;
+  const ApiRequest *request = nullptr;
+  std::vector<int32_t> promptIds;
+};
+
+/// The whole (non-streamed) response body, with usage.
+std::string responseJson(const ResponseContext &ctx,
+                         const std::vector<ChoiceResult> &choices);
+
+/// One streamed chunk for `event` (a token and/or a finish); nullopt when
+/// the event has nothing to send. `first` adds the chat role delta.
+std::optional<std::string> chunkJson(const ResponseContext &ctx,
+                                     const serving::SequenceEvent &event, bool first);
+/// The final usage-only chunk (stream_options.include_usage).
+std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens);
+
+} // namespace llmir::scheduler

@@ -1,0 +1,139 @@
+#include "OpenAiServer.h"
+
+#include "CompletionJob.h"
+#include "OpenAiProtocol.h"
+
+#include "llmir/model/Tokenizer.h"
+
+#include <boost/json.hpp>
+
+#include <chrono>
+
+namespace llmir::scheduler {
+
+namespace {
+
+net::HttpResponse errorResponse(const ApiError &error) {
+  return net::HttpResponse::json(error.status, errorJson(error));
+}
+
+int64_t unixSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+} // namespace
+
+OpenAiServer::OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
+                           serving::BatchScheduler &scheduler, Metrics &metrics)
+    : options_(std::move(options)), tokenizer_(tokenizer), scheduler_(scheduler),
+      metrics_(metrics) {}
+
+void OpenAiServer::addRoutes(net::HttpServer &server) {
+  server.route("POST", "/v1/completions", [this](const net::HttpRequest &r) {
+    return complete(r, static_cast<int>(Endpoint::Completions));
+  });
+  server.route("POST", "/v1/chat/completions", [this](const net::HttpRequest &r) {
+    return complete(r, static_cast<int>(Endpoint::Chat));
+  });
+  server.route("GET", "/v1/models", [this](const net::HttpRequest &r) {
+    if (!options_.apiKey.empty() &&
+        r.header("authorization") != "Bearer " + options_.apiKey)
+      return errorResponse({401, "Incorrect API key provided.", "invalid_request_error",
+                            "", "invalid_api_key"});
+    return models();
+  });
+  server.route("GET", "/healthz", [](const net::HttpRequest &) {
+    return net::HttpResponse::text(200, "ok\n");
+  });
+  server.route("GET", "/readyz", [this](const net::HttpRequest &) {
+    return ready_ ? net::HttpResponse::text(200, "ready\n")
+                  : net::HttpResponse::text(503, "not ready\n");
+  });
+  server.route("GET", "/metrics", [this](const net::HttpRequest &) {
+    metrics_.update(scheduler_.stats());
+    net::HttpResponse response = net::HttpResponse::text(200, metrics_.render());
+    response.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    return response;
+  });
+}
+
+net::HttpResponse OpenAiServer::models() const {
+  boost::json::object model{{"id", options_.modelName},
+                            {"object", "model"},
+                            {"created", unixSeconds()},
+                            {"owned_by", "llmir"},
+                            {"max_model_len", scheduler_.limits().maxModelLen}};
+  boost::json::object list{{"object", "list"}, {"data", boost::json::array{model}}};
+  return net::HttpResponse::json(200, boost::json::serialize(list));
+}
+
+net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpointId) {
+  const auto endpoint = static_cast<Endpoint>(endpointId);
+  if (!options_.apiKey.empty() && http.header("authorization") != "Bearer " + options_.apiKey)
+    return errorResponse({401, "Incorrect API key provided.", "invalid_request_error", "",
+                          "invalid_api_key"});
+  if (!ready_)
+    return errorResponse({503, "the model is not loaded yet", "service_unavailable", "", ""});
+  auto parsed = parseRequest(endpoint, http.body);
+  if (auto *error = std::get_if<ApiError>(&parsed))
+    return errorResponse(*error);
+  ApiRequest request = std::move(std::get<ApiRequest>(parsed));
+  if (!request.model.empty() && request.model != options_.modelName)
+    return errorResponse({404, "The model `" + request.model + "` does not exist.",
+                          "invalid_request_error", "model", "model_not_found"});
+
+  const char *promptParam = endpoint == Endpoint::Chat ? "messages" : "prompt";
+  std::vector<int32_t> promptIds;
+  if (request.promptIds) {
+    promptIds = *request.promptIds;
+  } else {
+    const std::string text = endpoint == Endpoint::Chat
+                                 ? applyDefaultChatTemplate(request.messages)
+                                 : *request.promptText;
+    auto ids = tokenizer_.encode(text);
+    if (!ids)
+      return errorResponse({400, ids.message(), "invalid_request_error", promptParam, ""});
+    promptIds = std::move(*ids);
+  }
+  const serving::RequestLimits limits = scheduler_.limits();
+  if (!request.maxTokensGiven) {
+    const int64_t room = limits.maxModelLen - static_cast<int64_t>(promptIds.size());
+    // At least 1, so a prompt that fills the context is reported as such.
+    request.params.maxTokens = std::max<int64_t>(
+        1, endpoint == Endpoint::Chat ? room
+                                      : std::min(options_.defaultCompletionTokens, room));
+  }
+  request.params.promptIds = promptIds;
+  if (auto error = serving::validateRequest(request.params, limits)) {
+    std::string param = error->param == "prompt" ? promptParam : error->param;
+    return errorResponse({400, error->message, "invalid_request_error", param, ""});
+  }
+  request.params.promptIds.clear(); // the job keeps them in its context
+
+  ResponseContext context;
+  const uint64_t serial = nextId_++;
+  context.id = std::string(endpoint == Endpoint::Chat ? "chatcmpl-" : "cmpl-") +
+               http.requestId + "-" + std::to_string(serial);
+  context.created = unixSeconds();
+  context.model = options_.modelName;
+  context.tokenizer = &tokenizer_;
+  context.promptIds = std::move(promptIds);
+  const bool stream = request.stream;
+  auto job = std::make_shared<CompletionJob>(std::move(request), std::move(context),
+                                             metrics_, scheduler_);
+  auto start = [job](std::shared_ptr<net::ResponseStream> out) {
+    CompletionJob::start(job, std::move(out));
+  };
+  if (stream)
+    return net::HttpResponse::sse(start);
+  // Not streamed, but answered from the scheduler's thread when done, so no
+  // HTTP thread waits on generation.
+  net::HttpResponse response;
+  response.contentType = "application/json";
+  response.stream = start;
+  return response;
+}
+
+} // namespace llmir::scheduler

@@ -1,0 +1,317 @@
+// llmir-scheduler as a real process on loopback, driven by the official
+// `openai` client: greedy outputs equal Hugging Face's reference ids (decoded
+// here by an independent byte-level decoder), batching of concurrent
+// streams, OpenAI-style 4xx errors, and cancellation on client disconnect.
+//
+// node --test openai.test.mjs  (env: LLMIR_SCHEDULER = path of llmir-scheduler,
+// LLMIR_MODEL = models/demo-llama-4m)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import OpenAI from 'openai';
+
+const here = path.dirname(new URL(import.meta.url).pathname);
+const root = path.resolve(here, '../../..');
+const binary = process.env.LLMIR_SCHEDULER ?? path.join(root, 'build/bin/llmir-scheduler');
+const modelDir = process.env.LLMIR_MODEL ?? path.join(root, 'models/demo-llama-4m');
+const modelName = path.basename(modelDir);
+const reference = JSON.parse(fs.readFileSync(path.join(modelDir, 'reference.json')));
+
+// --- an independent decoder: GPT-2 byte-level alphabet -> bytes -> UTF-8 ---
+const tokenizerJson = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer.json')));
+const idToToken = new Map(Object.entries(tokenizerJson.model.vocab).map(([t, id]) => [id, t]));
+const specialIds = new Set();
+for (const t of tokenizerJson.added_tokens ?? []) {
+  idToToken.set(t.id, t.content);
+  if (t.special) specialIds.add(t.id);
+}
+const unicodeToByte = (() => {
+  const bs = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n++); }
+  return new Map(cs.map((c, i) => [String.fromCodePoint(c), bs[i]]));
+})();
+function decode(ids) {
+  const bytes = [];
+  for (const id of ids) {
+    if (specialIds.has(id)) continue;
+    for (const ch of idToToken.get(id)) bytes.push(unicodeToByte.get(ch));
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes));
+}
+
+// --- the server process ---
+let server;
+let baseURL;
+let client;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmir-openai-'));
+
+async function waitForFile(file, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+    if (server.exitCode !== null) throw new Error(`llmir-scheduler exited with ${server.exitCode}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no ${file} after ${ms} ms`);
+}
+
+before(async () => {
+  const portFile = path.join(tmp, 'port');
+  server = spawn(binary, ['--model', modelDir, '--port', '0', '--port-file', portFile,
+                          '--engine-threads', '2', '--max-num-seqs', '64'],
+                 { stdio: ['ignore', 'inherit', 'inherit'] });
+  const port = await waitForFile(portFile, 120000);
+  console.log(`llmir-scheduler listening on port ${port}`);
+  baseURL = `http://127.0.0.1:${port}`;
+  client = new OpenAI({ baseURL: `${baseURL}/v1`, apiKey: 'unused', maxRetries: 0 });
+});
+
+after(async () => {
+  if (server && server.exitCode === null) {
+    const exited = new Promise((r) => server.once('exit', r));
+    server.kill('SIGTERM');
+    await exited;
+    assert.equal(server.exitCode, 0, 'clean exit on SIGTERM');
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+async function metrics() {
+  return (await fetch(`${baseURL}/metrics`)).text();
+}
+function metricValue(text, name, labelPart = '') {
+  let total = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = line.match(/^([^{ ]+)(\{[^}]*\})? (\S+)$/);
+    if (m && m[1] === name && (m[2] ?? '').includes(labelPart)) {
+      total += Number(m[3]);
+      found = true;
+    }
+  }
+  assert.ok(found, `metric ${name}${labelPart} is exposed`);
+  return total;
+}
+
+const greedy = { temperature: 0, max_tokens: 32, ignore_eos: true, return_token_ids: true };
+
+test('GET /v1/models lists the served model', async () => {
+  const models = await client.models.list();
+  assert.deepEqual(models.data.map((m) => m.id), [modelName]);
+});
+
+test('completions give the reference greedy text and ids', async () => {
+  for (const c of reference.cases) {
+    const r = await client.completions.create({ model: modelName, prompt: c.prompt_text, ...greedy });
+    assert.equal(r.object, 'text_completion');
+    assert.equal(r.choices.length, 1);
+    assert.deepEqual(r.choices[0].prompt_token_ids, c.prompt_ids);
+    assert.deepEqual(r.choices[0].token_ids, c.greedy_ids);
+    assert.equal(r.choices[0].text, decode(c.greedy_ids));
+    assert.equal(r.choices[0].finish_reason, 'length');
+    assert.deepEqual(r.usage, { prompt_tokens: c.prompt_ids.length, completion_tokens: 32,
+                                total_tokens: c.prompt_ids.length + 32 });
+  }
+});
+
+test('a prompt of token ids and logprobs', async () => {
+  const c = reference.cases[0];
+  const r = await client.completions.create({ model: modelName, prompt: c.prompt_ids,
+                                              ...greedy, max_tokens: 8, logprobs: 2 });
+  assert.equal(r.choices[0].text, decode(c.greedy_ids.slice(0, 8)));
+  const lp = r.choices[0].logprobs;
+  assert.equal(lp.token_logprobs.length, 8);
+  for (const [i, top] of lp.top_logprobs.entries()) {
+    assert.equal(Object.keys(top).length <= 2, true);
+    assert.ok(lp.token_logprobs[i] <= 0);
+    // Greedy: the sampled token is the most likely one.
+    assert.ok(Math.abs(Math.max(...Object.values(top)) - lp.token_logprobs[i]) < 1e-5);
+  }
+});
+
+test('chat completions use the default template', async () => {
+  const messages = [{ role: 'user', content: 'def main(' }];
+  const chat = await client.chat.completions.create({ model: modelName, messages, ...greedy });
+  assert.equal(chat.object, 'chat.completion');
+  assert.equal(chat.choices[0].message.role, 'assistant');
+  const templated = '<|user|>\ndef main(\n<|assistant|>\n';
+  const plain = await client.completions.create({ model: modelName, prompt: templated, ...greedy });
+  assert.equal(chat.choices[0].message.content, plain.choices[0].text);
+  assert.equal(chat.usage.prompt_tokens, plain.usage.prompt_tokens);
+
+  const stream = await client.chat.completions.create({ model: modelName, messages, ...greedy,
+                                                        stream: true });
+  let text = '';
+  let role;
+  let finish;
+  for await (const chunk of stream) {
+    role ??= chunk.choices[0]?.delta?.role;
+    text += chunk.choices[0]?.delta?.content ?? '';
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(text, plain.choices[0].text);
+  assert.equal(finish, 'length');
+});
+
+async function streamCompletion(c, extra = {}) {
+  const stream = await client.completions.create({ model: modelName, prompt: c.prompt_text,
+                                                  ...greedy, stream: true, ...extra });
+  let text = '';
+  const ids = [];
+  let usage;
+  let finish;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices) {
+      text += choice.text;
+      ids.push(...(choice.token_ids ?? []));
+      finish = choice.finish_reason ?? finish;
+    }
+  }
+  return { text, ids, usage, finish };
+}
+
+test('streaming ends with the reference text and usage', async () => {
+  const c = reference.cases[1];
+  const r = await streamCompletion(c, { stream_options: { include_usage: true } });
+  assert.equal(r.text, decode(c.greedy_ids));
+  assert.deepEqual(r.ids, c.greedy_ids);
+  assert.equal(r.finish, 'length');
+  assert.equal(r.usage.completion_tokens, 32);
+});
+
+test('32 concurrent streams are batched and all correct', async () => {
+  const cases = Array.from({ length: 32 }, (_, i) => reference.cases[i % reference.cases.length]);
+  const results = await Promise.all(cases.map((c) => streamCompletion(c)));
+  for (const [i, r] of results.entries()) {
+    assert.deepEqual(r.ids, cases[i].greedy_ids, `stream ${i}`);
+    assert.equal(r.text, decode(cases[i].greedy_ids), `stream ${i}`);
+  }
+  const text = await metrics();
+  const steps = metricValue(text, 'llmir:batch_size_sequences_count');
+  const single = metricValue(text, 'llmir:batch_size_sequences_bucket', 'le="1"');
+  assert.ok(steps - single > 0, 'some steps carried more than one sequence');
+  assert.ok(metricValue(text, 'llmir:generation_tokens_total') >= 32 * 32);
+});
+
+test('stop strings, n and seeded sampling', async () => {
+  const c = reference.cases[1];
+  const full = decode(c.greedy_ids);
+  const stop = full.slice(12, 15);
+  const stopped = await client.completions.create({ model: modelName, prompt: c.prompt_text,
+                                                    ...greedy, stop: [stop] });
+  assert.equal(stopped.choices[0].text, full.slice(0, full.indexOf(stop)));
+  assert.equal(stopped.choices[0].finish_reason, 'stop');
+
+  const sampled = { model: modelName, prompt: c.prompt_text, max_tokens: 16, temperature: 1,
+                    top_p: 0.9, seed: 42, n: 3, return_token_ids: true };
+  const a = await client.completions.create(sampled);
+  const b = await client.completions.create(sampled);
+  assert.equal(a.choices.length, 3);
+  assert.deepEqual(a.choices.map((x) => x.token_ids), b.choices.map((x) => x.token_ids));
+  assert.equal(a.usage.completion_tokens,
+               a.choices.reduce((sum, x) => sum + x.token_ids.length, 0));
+});
+
+async function post(pathname, body, headers = {}) {
+  const r = await fetch(`${baseURL}${pathname}`, {
+    method: 'POST', headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body) });
+  return { status: r.status, body: await r.json().catch(() => null) };
+}
+
+test('bad inputs get OpenAI-style 4xx and the server keeps serving', async () => {
+  const prompt = 'def main(';
+  const cases = [
+    ['{"prompt": ', 400, null],
+    [{ model: modelName }, 400, 'prompt'],
+    [{ prompt, temperature: -1 }, 400, 'temperature'],
+    [{ prompt, temperature: 'hot' }, 400, 'temperature'],
+    [{ prompt, top_p: 0 }, 400, 'top_p'],
+    [{ prompt, max_tokens: 0 }, 400, 'max_tokens'],
+    [{ prompt, max_tokens: 5000 }, 400, 'max_tokens'],
+    [{ prompt: 'x '.repeat(3000) }, 400, 'prompt'],
+    [{ prompt, n: 0 }, 400, 'n'],
+    [{ prompt, logprobs: 99 }, 400, 'logprobs'],
+    [{ prompt, stop: [1] }, 400, 'stop'],
+    [{ prompt, model: 'no-such-model' }, 404, 'model'],
+  ];
+  for (const [body, status, param] of cases) {
+    const r = await post('/v1/completions', body);
+    assert.equal(r.status, status, JSON.stringify(body).slice(0, 80));
+    assert.equal(typeof r.body.error.message, 'string');
+    assert.ok(r.body.error.message.length > 0);
+    assert.equal(r.body.error.param, param);
+    assert.ok('type' in r.body.error && 'code' in r.body.error);
+  }
+  const chat = await post('/v1/chat/completions', { messages: [] });
+  assert.equal(chat.status, 400);
+  assert.equal(chat.body.error.param, 'messages');
+
+  const huge = await fetch(`${baseURL}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: 'a'.repeat(2 << 20) }) });
+  assert.equal(huge.status, 413);
+
+  // Through the client too: a typed error with the status.
+  await assert.rejects(client.completions.create({ model: modelName, prompt, temperature: 5 }),
+                       (e) => e.status === 400);
+  // Unknown fields are ignored; the server still answers correctly.
+  const c = reference.cases[0];
+  const ok = await post('/v1/completions', { model: modelName, prompt: c.prompt_text, ...greedy,
+                                             frobnicate: { x: 1 } });
+  assert.equal(ok.status, 200);
+  assert.deepEqual(ok.body.choices[0].token_ids, c.greedy_ids);
+});
+
+test('a client that disconnects mid-stream frees its sequence', async () => {
+  const before = await metrics();
+  const aborted = metricValue(before, 'llmir:request_success_total', 'finished_reason="abort"');
+  const controller = new AbortController();
+  const stream = await client.completions.create(
+    { model: modelName, prompt: 'def main(', temperature: 0, max_tokens: 1000, ignore_eos: true,
+      stream: true }, { signal: controller.signal });
+  let chunks = 0;
+  try {
+    for await (const _ of stream) {
+      if (++chunks === 3) controller.abort();
+    }
+  } catch {
+    // the client reports the abort as an error or just ends the stream
+  }
+  assert.equal(chunks, 3);
+  const deadline = Date.now() + 10000;
+  let text;
+  for (;;) {
+    text = await metrics();
+    const done = metricValue(text, 'llmir:request_success_total', 'finished_reason="abort"');
+    if (done > aborted) break;
+    assert.ok(Date.now() < deadline, 'the aborted request is counted within 10 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(metricValue(text, 'llmir:num_requests_running'), 0);
+  assert.equal(metricValue(text, 'llmir:kv_cache_usage_perc'), 0);
+  assert.ok(metricValue(text, 'llmir:generation_tokens_total') > 0);
+});
+
+test('/healthz, /readyz and /metrics', async () => {
+  assert.equal((await fetch(`${baseURL}/healthz`)).status, 200);
+  assert.equal((await fetch(`${baseURL}/readyz`)).status, 200);
+  const text = await metrics();
+  for (const name of ['llmir:time_to_first_token_seconds_count', 'llmir:inter_token_latency_seconds_count',
+                      'llmir:e2e_request_latency_seconds_count', 'llmir:num_requests_waiting',
+                      'llmir:prefix_cache_queries_total', 'llmir:prefix_cache_hits_total',
+                      'llmir:prompt_tokens_total', 'llmir:num_preemptions_total'])
+    metricValue(text, name);
+  assert.ok(metricValue(text, 'llmir:prefix_cache_hits_total') > 0, 'repeated prompts hit the cache');
+});
