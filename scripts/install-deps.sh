@@ -16,6 +16,8 @@ PACKAGES=(
   prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # promtool and a Prometheus server for the metrics tests
+  prometheus
   # native libraries that MLIR's CMake config expects to find
   zlib1g-dev libzstd-dev libtinfo-dev libxml2-dev libedit-dev libffi-dev
 )
