@@ -31,6 +31,9 @@ template <class Ready> bool spinUntil(const Ready &ready) {
 
 uint64_t generationOf(uint64_t ticket) { return ticket >> 32; }
 
+// Chunk index of a closed generation: above any chunk count.
+constexpr uint64_t kNoChunk = 0xffffffffu;
+
 } // namespace
 
 ThreadPool::ThreadPool(unsigned numThreads)
@@ -63,13 +66,19 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
     body(0, n);
     return;
   }
+  // Close the previous generation before touching the shared fields: a
+  // worker still holding that generation's last ticket could otherwise claim
+  // a chunk against the new chunk count, run it twice and push completed_
+  // past numChunks, so that this call would wait forever. A closed (odd)
+  // generation offers no chunk; the new one opens at the next (even) value.
+  const uint64_t closed = generationOf(ticket_.load(std::memory_order_relaxed)) + 1;
+  ticket_.store(closed << 32 | kNoChunk, std::memory_order_release);
   body_ = &body;
   n_ = n;
   chunk_ = chunk;
   numChunks_.store(static_cast<uint32_t>(numChunks), std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
-  const uint64_t generation =
-      generationOf(ticket_.load(std::memory_order_relaxed)) + 1;
+  const uint64_t generation = closed + 1;
   {
     // Under the mutex so that a worker about to sleep cannot miss it.
     std::lock_guard<std::mutex> lock(mutex_);
