@@ -6,5 +6,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh"
+# The OpenAI API tests use the official `openai` npm client, pinned by the
+# committed package-lock.json.
+if [ ! -d "$root/tests/integration/openai/node_modules" ]; then
+  npm ci --silent --no-audit --no-fund --prefix "$root/tests/integration/openai" >/dev/null
+fi
 cd "${LLMIR_BUILD_DIR:-$root/build}"
 ctest --output-on-failure -j "$(nproc)" -LE "gpu|multi_gpu" --timeout 600
