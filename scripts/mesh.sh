@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The local LLMIR mesh on loopback: llmir-compiler-service, llmir-scheduler
+# (OpenAI API) and the workers, serving models/demo-llama-4m. Prints the
+# endpoint and a ready-to-paste curl line, then runs until Ctrl-C, which stops
+# every process it started (SIGTERM, then SIGKILL after a grace period).
+#
+# The compiler service compiles the model's tp=2 plan at start. llmir-scheduler
+# has no worker (mesh) mode yet, so the scheduler serves the model
+# single-process and no shard workers are started; the script says so.
+#
+# Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N]
+#   --smoke  non-interactive: start everything on ephemeral ports, send one
+#            greedy completion, check its token ids against the model's
+#            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
+# Binaries come from ${LLMIR_BUILD_DIR:-build}/bin (scripts/build.sh builds them).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${LLMIR_BUILD_DIR:-$root/build}/bin"
+model="$root/models/demo-llama-4m"
+port=8000
+compiler_port=8081
+smoke=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) smoke=1; port=0; compiler_port=0 ;;
+    --model) model="$2"; shift ;;
+    --port) port="$2"; shift ;;
+    --compiler-port) compiler_port="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+model="$(cd "$model" && pwd)"
+name="$(basename "$model")"
+for b in llmir-compiler-service llmir-scheduler; do
+  [ -x "$bin/$b" ] || { echo "mesh.sh: $bin/$b is missing (run scripts/build.sh)" >&2; exit 1; }
+done
+
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/llmir-mesh.XXXXXX")"
+pids=()
+names=()
+
+stop_all() {
+  local i pid
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+  done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid="${pids[$i]}"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "mesh.sh: ${names[$i]} ignored SIGTERM for 10 s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+  rm -rf "$workdir"
+}
+trap stop_all EXIT
+trap 'echo; echo "mesh.sh: stopping"; exit 130' INT
+trap 'exit 143' TERM
+
+start() { # start NAME COMMAND...: runs it in the background, logging to $workdir/NAME.log
+  local name="$1"; shift
+  "$@" >"$workdir/$name.log" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+}
+
+fail() { # fail NAME MESSAGE: report with the process's log tail, exit 1
+  echo "mesh.sh: $2" >&2
+  echo "---- last lines of $1's log:" >&2
+  tail -n 20 "$workdir/$1.log" >&2 || true
+  exit 1
+}
+
+wait_for() { # wait_for NAME SECONDS CHECK...: polls CHECK while NAME's process lives
+  local name="$1" seconds="$2" pid="${pids[-1]}"; shift 2
+  for _ in $(seq $((seconds * 10))); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || fail "$name" "$name exited before it was ready"
+    sleep 0.1
+  done
+  fail "$name" "$name not ready within $seconds s"
+}
+
+logged_port() { # the "port" field of NAME's "listening" log line
+  sed -n 's/.*"msg":"listening".*"port":\([0-9]*\).*/\1/p' "$workdir/$1.log" | head -n 1
+}
+has_logged_port() { [ -n "$(logged_port "$1")" ]; }
+
+echo "== llmir-compiler-service"
+start compiler "$bin/llmir-compiler-service" --http.host=127.0.0.1 --http.port="$compiler_port"
+wait_for compiler 30 has_logged_port compiler
+compiler_port="$(logged_port compiler)"
+compile_reply="$(curl -sf -X POST "http://127.0.0.1:$compiler_port/v1/compile" \
+  -H 'Content-Type: application/json' -d "{\"model_dir\": \"$model\", \"tp\": 2}")" ||
+  fail compiler "the compiler service could not compile $model for tp=2"
+plan_id="$(printf '%s' "$compile_reply" | sed -n 's/.*"plan_id":"\([^"]*\)".*/\1/p')"
+echo "   http://127.0.0.1:$compiler_port  tp=2 plan $plan_id"
+
+echo "== llmir-scheduler"
+echo "   (llmir-scheduler has no worker mode yet: serving $name single-process, no shard workers)"
+start scheduler "$bin/llmir-scheduler" --model="$model" --host=127.0.0.1 --port="$port" \
+  --port-file="$workdir/scheduler.port"
+wait_for scheduler 120 test -s "$workdir/scheduler.port"
+port="$(cat "$workdir/scheduler.port")"
+base="http://127.0.0.1:$port"
+wait_for scheduler 30 curl -sf -o /dev/null "$base/readyz"
+
+if [ "$smoke" = 1 ]; then
+  prompt_and_ids="$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["cases"][0]; print(json.dumps(c["prompt_text"])); print(json.dumps(c["greedy_ids"]))' "$model/reference.json")"
+  prompt="$(sed -n 1p <<<"$prompt_and_ids")"
+  expected="$(sed -n 2p <<<"$prompt_and_ids")"
+  count="$(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$expected")"
+  reply="$(curl -sf "$base/v1/completions" -H 'Content-Type: application/json' -d \
+    "{\"model\": \"$name\", \"prompt\": $prompt, \"max_tokens\": $count, \"temperature\": 0, \"ignore_eos\": true, \"return_token_ids\": true}")" ||
+    fail scheduler "POST /v1/completions failed"
+  python3 - "$reply" "$expected" <<'PY' || fail scheduler "the completion differs from the reference"
+import json, sys
+choice = json.loads(sys.argv[1])["choices"][0]
+expected = json.loads(sys.argv[2])
+if choice.get("token_ids") != expected:
+    sys.exit(f"mesh.sh: got ids {choice.get('token_ids')}, reference greedy ids {expected}")
+print(f"   completion {json.dumps(choice['text'])} equals the reference greedy ids")
+PY
+  echo "mesh.sh --smoke: ok"
+  exit 0
+fi
+
+cat <<EOF2
+
+LLMIR is serving $name (OpenAI API) at $base/v1
+  metrics: $base/metrics   compiler: http://127.0.0.1:$compiler_port/metrics
+  logs:    $workdir/*.log
+
+curl -s $base/v1/completions -H 'Content-Type: application/json' \\
+  -d '{"model": "$name", "prompt": "def fibonacci(n):", "max_tokens": 32, "temperature": 0}'
+
+Press Ctrl-C to stop.
+EOF2
+while true; do
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null || fail "${names[$i]}" "${names[$i]} exited unexpectedly"
+  done
+  sleep 1
+done
