@@ -21,7 +21,7 @@
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
-#include "llmir/engine/RankDriver.h"
+#include "llmir/engine/Generator.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
 #include "llmir/model/Tokenizer.h"
@@ -262,9 +262,8 @@ struct RankRole {
   /// Samples the tokens and prints (the single process, or the last stage's
   /// first TP rank).
   bool decides = true;
-  llmir::engine::TokenExchange exchange = [](int32_t token) -> Result<int32_t> {
-    return token;
-  };
+  /// Shares the decided token with every rank; empty in a single process.
+  llmir::engine::TokenExchange exchange;
 };
 
 /// Loads `program`'s weight slices and generates; the deciding rank streams
@@ -294,11 +293,11 @@ Status generate(const Options &o, Request &request,
   if (prints && !o.json && request.tokenizer)
     stream.emplace(*request.tokenizer);
   Status streamStatus;
-  llmir::engine::RankDriver driver(**executor, role.decides, role.exchange);
+  llmir::engine::Generator generator(**executor, role.decides, role.exchange);
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
   Clock::time_point firstToken, lastToken;
-  auto result = driver.generate(
+  auto result = generator.generate(
       request.generate, !o.dumpPromptLogits.empty(), [&](int32_t token) {
         lastToken = Clock::now();
         if (firstToken == Clock::time_point())

@@ -5,12 +5,15 @@
 namespace llmir::engine {
 
 Generator::Generator(Executor &executor)
-    : executor_(executor),
+    : Generator(executor, /*decides=*/true, TokenExchange()) {}
+
+Generator::Generator(Executor &executor, bool decides, TokenExchange exchange)
+    : executor_(executor), decides_(decides), exchange_(std::move(exchange)),
       blocks_(static_cast<int32_t>(executor.kvCacheShape().numBlocks)) {}
 
 Result<GenerateResult> Generator::generate(const GenerateRequest &request,
-                                           bool wantPromptLogits,
-                                           const std::function<void(int32_t)> &onToken) {
+                                            bool wantPromptLogits,
+                                            const std::function<void(int32_t)> &onToken) {
   if (request.promptIds.empty())
     return Status::error("generate: the prompt has no tokens, expected at least one");
   if (request.stop.maxNewTokens <= 0)
@@ -18,14 +21,15 @@ Result<GenerateResult> Generator::generate(const GenerateRequest &request,
                          std::to_string(request.stop.maxNewTokens) +
                          ", expected a positive bound");
   const int64_t blockSize = executor_.kvCacheShape().blockSize;
-  const int64_t maxNew = request.stop.maxNewTokens;
-  const int64_t maxLength = static_cast<int64_t>(request.promptIds.size()) + maxNew;
+  const int64_t maxLength =
+      static_cast<int64_t>(request.promptIds.size()) + request.stop.maxNewTokens;
   const int64_t blocksNeeded = (maxLength + blockSize - 1) / blockSize;
   if (blocksNeeded > blocks_.numFree())
     return Status::error("generate: " + std::to_string(maxLength) +
                          " tokens need " + std::to_string(blocksNeeded) +
                          " KV blocks, only " + std::to_string(blocks_.numFree()) +
                          " are free");
+  // Every rank allocates the same way, so block tables agree across ranks.
   auto table = blocks_.allocate(static_cast<int32_t>(blocksNeeded));
   if (!table)
     return table.status();
@@ -52,19 +56,29 @@ Result<GenerateResult> Generator::generate(const GenerateRequest &request,
   while (true) {
     auto logits = executor_.step(step);
     if (!logits)
-      return logits.status();
-    std::span<const float> last(logits->data.data() +
-                                    (logits->rows() - 1) * logits->rowSize(),
-                                static_cast<size_t>(logits->rowSize()));
-    int32_t token = sampler.sample(last);
-    if (wantPromptLogits && result.outputIds.empty())
-      result.promptLogits = *logits;
-    result.outputIds.push_back(token);
+      return logits.status().withContext("step " +
+                                         std::to_string(result.outputIds.size()));
+    int32_t decided = -1;
+    if (decides_) {
+      if (logits->data.empty())
+        return Status::error("generate: the deciding rank's program has no "
+                             "output; expected the last pipeline stage");
+      decided = sampler.sample(std::span<const float>(
+          logits->data.data() + (logits->rows() - 1) * logits->rowSize(),
+          static_cast<size_t>(logits->rowSize())));
+      if (wantPromptLogits && result.outputIds.empty())
+        result.promptLogits = *logits;
+    }
+    auto token = exchange_ ? exchange_(decided) : Result<int32_t>(decided);
+    if (!token)
+      return token.status().withContext(
+          "sharing token " + std::to_string(result.outputIds.size()));
+    result.outputIds.push_back(*token);
     if (onToken)
-      onToken(token);
-    if (request.stop.shouldStop(token, static_cast<int64_t>(result.outputIds.size())))
+      onToken(*token);
+    if (request.stop.shouldStop(*token, static_cast<int64_t>(result.outputIds.size())))
       break;
-    step.tokenIds = {token};
+    step.tokenIds = {*token};
     step.positions = {position++};
     step.tokenSeq = {0};
     step.outputRows.clear();
