@@ -2,6 +2,7 @@
 
 #include "ProgramValidator.h"
 #include "llmir/engine/ThreadPool.h"
+#include "llmir/model/Safetensors.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <algorithm>
@@ -9,13 +10,6 @@
 
 namespace llmir::engine {
 namespace {
-
-std::string shapeString(const std::vector<int64_t> &shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
                                 const proto::TensorSlot &slot,
@@ -26,8 +20,8 @@ Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
   WeightTensor &w = *loaded;
   std::vector<int64_t> expected(slot.shape().begin(), slot.shape().end());
   if (w.shape != expected)
-    return Status::error("provider returned shape " + shapeString(w.shape) +
-                         "; the slot expects " + shapeString(expected));
+    return Status::error("provider returned shape " + model::formatShape(w.shape) +
+                         "; the slot expects " + model::formatShape(expected));
   const size_t elementSize = weightElementSize(w.dtype);
   if (elementSize == 0)
     return Status::error(std::string("provider returned dtype ") +
@@ -38,7 +32,7 @@ Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
     numel *= d;
   if (w.data.size() != static_cast<size_t>(numel) * elementSize)
     return Status::error("provider returned " + std::to_string(w.data.size()) +
-                         " bytes; shape " + shapeString(w.shape) + " of " +
+                         " bytes; shape " + model::formatShape(w.shape) + " of " +
                          dtypeName(w.dtype) + " needs " +
                          std::to_string(numel * elementSize));
   return loaded;

@@ -9,6 +9,7 @@
 #include "llmir/engine/KvCache.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/ThreadPool.h"
+#include "llmir/model/Safetensors.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <algorithm>
@@ -16,13 +17,6 @@
 
 namespace llmir::engine {
 namespace {
-
-std::string shapeString(const std::vector<int64_t> &shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 const Tensor &act(const KernelCall &call, size_t i) {
   return *call.inputs[i].activation;
@@ -34,7 +28,7 @@ const WeightTensor &weight(const KernelCall &call, size_t i) {
 Status expectRows(const Tensor &x, int64_t rows, const char *what) {
   if (x.shape.empty() || x.rows() != rows)
     return Status::error(std::string(what) + " has shape " +
-                         shapeString(x.shape) + "; expected " +
+                         model::formatShape(x.shape) + "; expected " +
                          std::to_string(rows) + " rows (one per token)");
   return Status::ok();
 }
@@ -42,7 +36,7 @@ Status expectRows(const Tensor &x, int64_t rows, const char *what) {
 Status expectWeightRank(const WeightTensor &w, size_t rank, const char *what) {
   if (w.shape.size() != rank)
     return Status::error(std::string(what) + " has shape " +
-                         shapeString(w.shape) + "; expected " +
+                         model::formatShape(w.shape) + "; expected " +
                          std::to_string(rank) + " dimensions");
   return Status::ok();
 }
@@ -86,14 +80,14 @@ Status runLinear(KernelCall &call) {
   LLMIR_RETURN_IF_ERROR(expectWeightRank(w, 2, "linear weight"));
   const int64_t N = w.shape[0], K = w.shape[1];
   if (x.rowSize() != K)
-    return Status::error("input " + shapeString(x.shape) +
+    return Status::error("input " + model::formatShape(x.shape) +
                          " does not match weight [N, K] = " +
-                         shapeString(w.shape) + " (K differs)");
+                         model::formatShape(w.shape) + " (K differs)");
   std::vector<float> bias;
   if (call.inputs.size() == 3) {
     const WeightTensor &b = weight(call, 2);
     if (b.shape.size() != 1 || b.shape[0] != N)
-      return Status::error("bias has shape " + shapeString(b.shape) +
+      return Status::error("bias has shape " + model::formatShape(b.shape) +
                            "; expected [" + std::to_string(N) + "]");
     bias = widened(b);
   }
@@ -152,8 +146,8 @@ template <void (*Fn)(const float *, const float *, float *, int64_t)>
 Status runBinary(KernelCall &call) {
   const Tensor &a = act(call, 0), &b = act(call, 1);
   if (a.shape != b.shape)
-    return Status::error("operand shapes differ: " + shapeString(a.shape) +
-                         " and " + shapeString(b.shape));
+    return Status::error("operand shapes differ: " + model::formatShape(a.shape) +
+                         " and " + model::formatShape(b.shape));
   Tensor &y = *call.outputs[0];
   y.reshape(a.shape);
   Fn(a.data.data(), b.data.data(), y.data.data(), a.numel());
@@ -203,7 +197,7 @@ Status runRecv(KernelCall &call) {
     shape[0] = call.step->numTokens();
   if (shape.empty() || std::any_of(shape.begin(), shape.end(),
                                    [](int64_t d) { return d <= 0; }))
-    return Status::error("RECV output slot shape " + shapeString(shape) +
+    return Status::error("RECV output slot shape " + model::formatShape(shape) +
                          " does not say how much to receive");
   Tensor &y = *call.outputs[0];
   y.reshape(std::move(shape));
