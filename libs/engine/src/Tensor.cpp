@@ -57,55 +57,6 @@ const char *dtypeName(proto::DType dtype) {
   }
 }
 
-float bf16ToF32(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
-
-uint16_t f32ToBf16(float value) {
-  uint32_t bits = std::bit_cast<uint32_t>(value);
-  if (std::isnan(value))
-    return static_cast<uint16_t>((bits >> 16) | 0x40);
-  uint32_t roundingBias = 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>((bits + roundingBias) >> 16);
-}
-
-float f16ToF32(uint16_t bits) {
-  uint32_t sign = static_cast<uint32_t>(bits & 0x8000) << 16;
-  uint32_t exponent = (bits >> 10) & 0x1f;
-  uint32_t mantissa = bits & 0x3ff;
-  uint32_t out;
-  if (exponent == 0x1f) { // inf / nan
-    out = sign | 0x7f800000 | (mantissa << 13);
-  } else if (exponent != 0) { // normal
-    out = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) { // zero
-    out = sign;
-  } else { // subnormal: value = mantissa * 2^-24
-    float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
-    out = sign | std::bit_cast<uint32_t>(magnitude);
-  }
-  return std::bit_cast<float>(out);
-}
-
-uint16_t f32ToF16(float value) {
-  uint32_t bits = std::bit_cast<uint32_t>(value);
-  uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
-  float magnitude = std::fabs(value);
-  if (std::isnan(value))
-    return sign | 0x7e00;
-  if (magnitude >= 65520.0f) // rounds to infinity
-    return sign | 0x7c00;
-  if (magnitude < 0x1p-14f) { // subnormal or zero: multiples of 2^-24
-    float scaled = std::nearbyint(magnitude * 0x1p24f); // ties to even
-    return sign | static_cast<uint16_t>(scaled);
-  }
-  uint32_t m = std::bit_cast<uint32_t>(magnitude);
-  uint32_t roundingBias = 0xfff + ((m >> 13) & 1);
-  m += roundingBias;
-  uint32_t exponent = (m >> 23) - 112;
-  return sign | static_cast<uint16_t>((exponent << 10) | ((m >> 13) & 0x3ff));
-}
-
 WeightView WeightView::of(const WeightTensor &w) {
   WeightView view;
   view.dtype = w.dtype;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "llmir/engine/ProtoFwd.h"
+#include "llmir/model/Float16.h"
 #include "llmir/support/Status.h"
 
 #include <cstddef>
@@ -44,10 +45,11 @@ using WeightProvider =
 size_t weightElementSize(proto::DType dtype);
 const char *dtypeName(proto::DType dtype);
 
-float bf16ToF32(uint16_t bits);
-uint16_t f32ToBf16(float value); // round to nearest even
-float f16ToF32(uint16_t bits);
-uint16_t f32ToF16(float value);  // round to nearest even
+// 16-bit float conversions, shared with the checkpoint reader.
+using model::bf16ToF32;
+using model::f16ToF32;
+using model::f32ToBf16; // round to nearest even
+using model::f32ToF16;  // round to nearest even
 
 /// Non-owning 2-D view of a weight: `rows` x `cols` elements, row-major.
 /// A 1-D weight is one row.
