@@ -3,7 +3,7 @@
 namespace llmir::scheduler {
 
 CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
-                             Metrics &metrics, serving::BatchScheduler &scheduler)
+                             Metrics &metrics, serving::ReplicaRouter &scheduler)
     : request_(std::move(request)), context_(std::move(context)), metrics_(metrics),
       scheduler_(scheduler) {
   context_.request = &request_;
@@ -19,7 +19,7 @@ void CompletionJob::start(std::shared_ptr<CompletionJob> job,
   job->stream_ = stream;
   serving::RequestParams params = job->request_.params;
   params.promptIds = job->context_.promptIds;
-  serving::BatchScheduler *scheduler = &job->scheduler_;
+  serving::ReplicaRouter *scheduler = &job->scheduler_;
   const uint64_t id =
       scheduler->addRequest(std::move(params), [job](const serving::SequenceEvent &e) {
         job->onEvent(e);

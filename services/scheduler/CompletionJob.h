@@ -7,6 +7,7 @@
 #include "OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
+#include "llmir/serving/ReplicaRouter.h"
 
 #include <chrono>
 #include <memory>
@@ -17,7 +18,7 @@ namespace llmir::scheduler {
 class CompletionJob {
 public:
   CompletionJob(ApiRequest request, ResponseContext context, Metrics &metrics,
-                serving::BatchScheduler &scheduler);
+                serving::ReplicaRouter &scheduler);
 
   /// Queues the request and answers on `stream` (SSE or one JSON body);
   /// cancels the request when the client goes away.
@@ -31,7 +32,7 @@ private:
   ApiRequest request_;
   ResponseContext context_;
   Metrics &metrics_;
-  serving::BatchScheduler &scheduler_;
+  serving::ReplicaRouter &scheduler_;
 
   std::mutex mutex_;
   std::shared_ptr<net::ResponseStream> stream_;

@@ -88,6 +88,31 @@ struct Metrics::Impl {
           .Help("Count of finished requests (choices) by finished_reason.")
           .Register(*registry);
   std::map<serving::FinishReason, prometheus::Counter *> successByReason;
+
+  // Elastic serving (docs/reliability.md).
+  prometheus::Family<prometheus::Gauge> &replicas =
+      BuildGauge().Name("llmir:replicas").Help("Replicas by state (joining, ready, draining).").Register(*registry);
+  prometheus::Family<prometheus::Gauge> &workers =
+      BuildGauge().Name("llmir:workers").Help("Registered shard workers by state (idle, joining, serving, draining).").Register(*registry);
+  prometheus::Family<prometheus::Gauge> &replicaSpeed =
+      BuildGauge().Name("llmir:replica_tokens_per_second").Help("Measured step throughput of each replica (tokens per second), the balancer's weight.").Register(*registry);
+  prometheus::Family<prometheus::Counter> &decisions =
+      BuildCounter().Name("llmir:lb_decisions_total").Help("Load-balancing choices by replica and reason.").Register(*registry);
+  prometheus::Gauge &waitingForReplica =
+      gauge("llmir:requests_waiting_for_replica", "Requests held while no replica is ready.");
+  prometheus::Counter &requeued =
+      counter("llmir:requeued_sequences_total", "Sequences moved to another replica (tokens kept).");
+  prometheus::Counter &replicaFailures =
+      counter("llmir:replica_failures_total", "Replicas torn down because a rank was lost.");
+  prometheus::Counter &replicaDrains =
+      counter("llmir:replica_drains_total", "Replicas drained (a worker received SIGTERM).");
+  prometheus::Counter &workersLost =
+      counter("llmir:workers_lost_total", "Workers lost (connection closed or heartbeat timeout).");
+  prometheus::Counter &noReplicaTimeouts =
+      counter("llmir:no_replica_timeouts_total", "Requests failed after waiting for a replica.");
+  serving::RouterStats lastRouter;
+  uint64_t lastLost = 0;
+  std::map<std::string, prometheus::Gauge *> speedByReplica;
 };
 
 Metrics::Metrics(const std::string &modelName) : impl_(std::make_unique<Impl>(modelName)) {
@@ -139,6 +164,55 @@ void Metrics::observeRequest(int64_t promptTokens, double e2eSeconds) {
   impl_->promptTokens.Increment(static_cast<double>(promptTokens));
   impl_->promptTokensPerRequest.Observe(static_cast<double>(promptTokens));
   impl_->e2e.Observe(e2eSeconds);
+}
+
+void Metrics::updateCluster(const serving::RouterStats &router, const MeshCounts &mesh) {
+  Impl &m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);
+  auto labeled = [&](const char *key, const std::string &value) {
+    prometheus::Labels labels = m.labels;
+    labels[key] = value;
+    return labels;
+  };
+  int32_t ready = 0, draining = 0;
+  for (const auto &replica : router.replicas)
+    (replica.state == serving::ReplicaState::Ready ? ready : draining) += 1;
+  m.replicas.Add(labeled("state", "joining")).Set(mesh.replicasJoining);
+  m.replicas.Add(labeled("state", "ready")).Set(ready);
+  m.replicas.Add(labeled("state", "draining")).Set(draining);
+  m.workers.Add(labeled("state", "idle")).Set(mesh.workersIdle);
+  m.workers.Add(labeled("state", "joining")).Set(mesh.workersJoining);
+  m.workers.Add(labeled("state", "serving")).Set(mesh.workersServing);
+  m.workers.Add(labeled("state", "draining")).Set(mesh.workersDraining);
+  m.waitingForReplica.Set(router.waitingForReplica);
+
+  std::map<std::string, prometheus::Gauge *> speeds;
+  for (const auto &replica : router.replicas) {
+    auto *gauge = &m.replicaSpeed.Add(labeled("replica", replica.id));
+    gauge->Set(replica.tokensPerSecond);
+    speeds[replica.id] = gauge;
+  }
+  for (auto &[id, gauge] : m.speedByReplica)
+    if (!speeds.count(id))
+      m.replicaSpeed.Remove(gauge); // the replica is gone
+  m.speedByReplica = std::move(speeds);
+
+  auto advance = [](prometheus::Counter &counter, uint64_t now, uint64_t &seen) {
+    if (now > seen)
+      counter.Increment(static_cast<double>(now - seen));
+    seen = std::max(seen, now);
+  };
+  serving::RouterStats &last = m.lastRouter;
+  advance(m.requeued, router.requeuedSequences, last.requeuedSequences);
+  advance(m.replicaFailures, router.replicaFailures, last.replicaFailures);
+  advance(m.replicaDrains, router.replicaDrains, last.replicaDrains);
+  advance(m.noReplicaTimeouts, router.noReplicaTimeouts, last.noReplicaTimeouts);
+  advance(m.workersLost, mesh.workersLost, m.lastLost);
+  for (const auto &[key, count] : router.decisions) {
+    prometheus::Labels labels = labeled("replica", key.first);
+    labels["reason"] = key.second;
+    advance(m.decisions.Add(labels), count, last.decisions[key]);
+  }
 }
 
 std::string Metrics::render() const {

@@ -3,11 +3,22 @@
 #pragma once
 
 #include "llmir/serving/BatchScheduler.h"
+#include "llmir/serving/ReplicaRouter.h"
 
 #include <memory>
 #include <string>
 
 namespace llmir::scheduler {
+
+/// The worker pool as the mesh sees it (mesh mode only).
+struct MeshCounts {
+  int32_t workersIdle = 0;     // registered, in no replica
+  int32_t workersJoining = 0;  // assigned, RankReady pending
+  int32_t workersServing = 0;  // rank of a ready replica
+  int32_t workersDraining = 0; // SIGTERM received, handing back work
+  int32_t replicasJoining = 0;
+  uint64_t workersLost = 0;    // connection closed or heartbeat timeout
+};
 
 class Metrics {
 public:
@@ -24,6 +35,9 @@ public:
   void observeFinished(serving::FinishReason reason, int64_t generatedTokens);
   /// A finished request: its prompt tokens and end-to-end latency.
   void observeRequest(int64_t promptTokens, double e2eSeconds);
+
+  /// Replicas by state, re-queues, drains, failures, balancing choices.
+  void updateCluster(const serving::RouterStats &router, const MeshCounts &mesh);
 
   /// The Prometheus text exposition of every metric.
   std::string render() const;

@@ -26,7 +26,7 @@ int64_t unixSeconds() {
 } // namespace
 
 OpenAiServer::OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
-                           serving::BatchScheduler &scheduler, Metrics &metrics)
+                           serving::ReplicaRouter &scheduler, Metrics &metrics)
     : options_(std::move(options)), tokenizer_(tokenizer), scheduler_(scheduler),
       metrics_(metrics) {}
 
@@ -48,11 +48,16 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
     return net::HttpResponse::text(200, "ok\n");
   });
   server.route("GET", "/readyz", [this](const net::HttpRequest &) {
-    return ready_ ? net::HttpResponse::text(200, "ready\n")
-                  : net::HttpResponse::text(503, "not ready\n");
+    if (!ready_)
+      return net::HttpResponse::text(503, "not ready\n");
+    return scheduler_.waitForReplica(std::chrono::milliseconds(0))
+               ? net::HttpResponse::text(200, "ready\n")
+               : net::HttpResponse::text(503, "no replica ready\n");
   });
   server.route("GET", "/metrics", [this](const net::HttpRequest &) {
     metrics_.update(scheduler_.stats());
+    if (options_.refreshMetrics)
+      options_.refreshMetrics();
     net::HttpResponse response = net::HttpResponse::text(200, metrics_.render());
     response.contentType = "text/plain; version=0.0.4; charset=utf-8";
     return response;
@@ -76,6 +81,13 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
                           "invalid_api_key"});
   if (!ready_)
     return errorResponse({503, "the model is not loaded yet", "service_unavailable", "", ""});
+  // Blocks this HTTP thread at most noReplicaTimeout (size http-threads for
+  // the clients that may wait while no replica serves).
+  if (!scheduler_.waitForReplica(options_.noReplicaTimeout))
+    return errorResponse({503,
+                          "no model replica is available (waited " +
+                              std::to_string(options_.noReplicaTimeout.count()) + " ms)",
+                          "service_unavailable", "", "no_replica"});
   auto parsed = parseRequest(endpoint, http.body);
   if (auto *error = std::get_if<ApiError>(&parsed))
     return errorResponse(*error);

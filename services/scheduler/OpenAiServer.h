@@ -1,13 +1,15 @@
-// The scheduler's HTTP surface: the OpenAI routes over one BatchScheduler,
+// The scheduler's HTTP surface: the OpenAI routes over the replica router,
 // plus /healthz, /readyz and /metrics.
 #pragma once
 
 #include "Metrics.h"
 
 #include "llmir/net/Http.h"
-#include "llmir/serving/BatchScheduler.h"
+#include "llmir/serving/ReplicaRouter.h"
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <string>
 
 namespace llmir::model {
@@ -22,12 +24,16 @@ struct OpenAiServerOptions {
   std::string apiKey;
   /// max_tokens when a completions request leaves it out (OpenAI's 16).
   int64_t defaultCompletionTokens = 16;
+  /// With no replica ready, a request waits this long for one, then 503.
+  std::chrono::milliseconds noReplicaTimeout{10000};
+  /// Refreshes the cluster metrics before /metrics renders.
+  std::function<void()> refreshMetrics;
 };
 
 class OpenAiServer {
 public:
   OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
-               serving::BatchScheduler &scheduler, Metrics &metrics);
+               serving::ReplicaRouter &scheduler, Metrics &metrics);
 
   /// Registers every route on `server` (before it starts).
   void addRoutes(net::HttpServer &server);
@@ -39,7 +45,7 @@ private:
 
   OpenAiServerOptions options_;
   const model::Tokenizer &tokenizer_;
-  serving::BatchScheduler &scheduler_;
+  serving::ReplicaRouter &scheduler_;
   Metrics &metrics_;
   std::atomic<bool> ready_{false};
   std::atomic<uint64_t> nextId_{1};

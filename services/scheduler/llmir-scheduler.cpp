@@ -1,11 +1,16 @@
 // llmir-scheduler --model HF_DIR [--port N] [--port-file PATH] [--api-key K] ...
 //
-// Serves the OpenAI API over one in-process replica (tp = 1): compiles the
-// checkpoint, loads it on the CPU engine and batches every request through
-// the continuous-batching scheduler. `--help` lists every key; each is also
-// settable from a YAML file (--config) or LLMIR_<KEY> environment variables.
+// Serves the OpenAI API. Without --compiler-url: over one in-process replica
+// (tp = 1, the checkpoint compiled and loaded here). With --compiler-url
+// (mesh mode): shard workers register on --worker-port and are grouped into
+// replicas of tp x pp ranks (docs/services.md, docs/reliability.md). Every
+// request goes through the replica router (continuous batching per replica,
+// load balancing, re-queue on failure). `--help` lists every key; each is
+// also settable from a YAML file (--config) or LLMIR_<KEY> environment
+// variables.
 #include "Metrics.h"
 #include "OpenAiServer.h"
+#include "WorkerMesh.h"
 
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
@@ -18,6 +23,7 @@
 #include "llmir/net/Signals.h"
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/InProcessBackend.h"
+#include "llmir/serving/ReplicaRouter.h"
 
 #include <boost/json.hpp>
 
@@ -47,6 +53,20 @@ struct Settings {
   int httpThreads = 4;
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
+  // Mesh mode.
+  std::string compilerUrl;
+  std::string workerHost = "127.0.0.1";
+  uint16_t workerPort = 8090;
+  std::string workerPortFile;
+  std::string storeHost = "127.0.0.1";
+  int tp = 1;
+  int pp = 1;
+  int kvBlockSize = 16;
+  uint32_t heartbeatTimeoutMs = 5000;
+  uint32_t joinTimeoutMs = 120000;
+  uint32_t drainGraceMs = 30000;
+  uint32_t noReplicaTimeoutMs = 10000;
+  std::string lbPolicy = "weighted";
 };
 
 void bind(net::Config &config, Settings &s) {
@@ -67,6 +87,34 @@ void bind(net::Config &config, Settings &s) {
   config.add("http-threads", &s.httpThreads, "HTTP I/O threads");
   config.add("max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log-level", &s.logLevel, "debug, info, warn or error");
+  config.add("compiler-url", &s.compilerUrl,
+             "mesh mode: llmir-compiler-service URL (empty: one in-process replica)");
+  config.add("worker-host", &s.workerHost, "mesh: address the workers' endpoint listens on");
+  config.add("worker-port", &s.workerPort, "mesh: port workers register on (0: any free port)");
+  config.add("worker-port-file", &s.workerPortFile,
+             "mesh: write the workers' port to this file once listening");
+  config.add("store-host", &s.storeHost,
+             "mesh: address workers reach the rendezvous store on");
+  config.add("tp", &s.tp, "mesh: tensor-parallel ranks per replica");
+  config.add("pp", &s.pp, "mesh: pipeline stages per replica");
+  config.add("kv-block-size", &s.kvBlockSize, "mesh: tokens per KV block");
+  config.add("heartbeat-timeout-ms", &s.heartbeatTimeoutMs,
+             "mesh: a worker silent this long is lost");
+  config.add("join-timeout-ms", &s.joinTimeoutMs,
+             "mesh: a replica not ready this long after assignment is torn down");
+  config.add("drain-grace-ms", &s.drainGraceMs,
+             "mesh: a draining replica finishes its sequences this long, then hands them back");
+  config.add("no-replica-timeout-ms", &s.noReplicaTimeoutMs,
+             "with no replica ready, requests wait this long, then 503");
+  config.add("lb-policy", &s.lbPolicy, "weighted, least-outstanding or round-robin");
+}
+
+void writePortFile(const std::string &path, uint16_t port) {
+  if (path.empty())
+    return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  fs::rename(tmp, path);
 }
 
 void warnAboutChatTemplate(const std::string &dir) {
@@ -98,34 +146,75 @@ int run(const Settings &s) {
     return 1;
   }
   warnAboutChatTemplate(s.model);
-  auto compiled = compiler::compileHuggingFace(s.model, {});
-  if (!compiled) {
-    net::logError("cannot compile the model", {{"error", compiled.message()}});
-    return 1;
-  }
-  auto checkpoint = model::Checkpoint::open(s.model);
-  if (!checkpoint) {
-    net::logError("cannot open the checkpoint", {{"error", checkpoint.message()}});
-    return 1;
-  }
-  auto backend = serving::InProcessBackend::create(
-      compiled->programs.at(0), engine::checkpointWeights(*checkpoint),
-      {.numKvBlocks = s.kvBlocks, .numThreads = static_cast<unsigned>(s.engineThreads)});
-  if (!backend) {
-    net::logError("cannot load the model", {{"error", backend.message()}});
-    return 1;
+  auto policy = serving::parseBalancePolicy(s.lbPolicy);
+  if (!policy) {
+    std::cerr << "llmir-scheduler: --lb-policy must be weighted, least-outstanding or "
+                 "round-robin\n";
+    return 2;
   }
 
-  serving::SchedulerOptions options;
+  serving::RouterOptions routerOptions;
+  serving::SchedulerOptions &options = routerOptions.scheduler;
   options.maxNumSeqs = s.maxNumSeqs;
   options.maxBatchTokens = s.maxBatchTokens;
   options.enablePrefixCaching = s.prefixCaching;
   options.maxModelLen = s.maxModelLen > 0 ? s.maxModelLen : modelConfig->maxPositionEmbeddings;
+  // A sequence must fit one replica's KV cache.
+  options.maxModelLen = std::min<int64_t>(options.maxModelLen, s.kvBlocks * s.kvBlockSize);
   for (int64_t eos : modelConfig->eosTokenIds)
     options.eosTokenIds.push_back(static_cast<int32_t>(eos));
   if (auto eos = tokenizer->eosId(); eos && options.eosTokenIds.empty())
     options.eosTokenIds.push_back(*eos);
-  serving::BatchScheduler scheduler(**backend, *tokenizer, options);
+  routerOptions.vocabSize = static_cast<int32_t>(modelConfig->vocabSize);
+  routerOptions.policy = *policy;
+  routerOptions.noReplicaTimeout = std::chrono::milliseconds(s.noReplicaTimeoutMs);
+  serving::ReplicaRouter router(*tokenizer, routerOptions);
+
+  std::unique_ptr<scheduler::WorkerMesh> mesh;
+  if (s.compilerUrl.empty()) {
+    auto compiled = compiler::compileHuggingFace(s.model, {});
+    if (!compiled) {
+      net::logError("cannot compile the model", {{"error", compiled.message()}});
+      return 1;
+    }
+    auto checkpoint = model::Checkpoint::open(s.model);
+    if (!checkpoint) {
+      net::logError("cannot open the checkpoint", {{"error", checkpoint.message()}});
+      return 1;
+    }
+    auto backend = serving::InProcessBackend::create(
+        compiled->programs.at(0), engine::checkpointWeights(*checkpoint),
+        {.numKvBlocks = s.kvBlocks, .numThreads = static_cast<unsigned>(s.engineThreads)});
+    if (!backend) {
+      net::logError("cannot load the model", {{"error", backend.message()}});
+      return 1;
+    }
+    router.addReplica("local", std::shared_ptr<serving::ReplicaBackend>(std::move(*backend)));
+    router.sync();
+  } else {
+    scheduler::MeshOptions meshOptions;
+    meshOptions.compilerUrl = s.compilerUrl;
+    meshOptions.modelDir = fs::absolute(s.model).string();
+    meshOptions.tp = s.tp;
+    meshOptions.pp = s.pp;
+    meshOptions.kvBlockSize = s.kvBlockSize;
+    meshOptions.kvBlocks = s.kvBlocks;
+    meshOptions.vocabSize = routerOptions.vocabSize;
+    meshOptions.workerHost = s.workerHost;
+    meshOptions.workerPort = s.workerPort;
+    meshOptions.storeHost = s.storeHost;
+    meshOptions.heartbeatTimeout = std::chrono::milliseconds(s.heartbeatTimeoutMs);
+    meshOptions.joinTimeout = std::chrono::milliseconds(s.joinTimeoutMs);
+    meshOptions.drainGrace = std::chrono::milliseconds(s.drainGraceMs);
+    auto started = scheduler::WorkerMesh::start(meshOptions, router);
+    if (!started) {
+      net::logError("cannot start the mesh", {{"error", started.message()}});
+      return 1;
+    }
+    mesh = std::move(*started);
+    writePortFile(s.workerPortFile, mesh->workerPort());
+  }
+  serving::ReplicaRouter &scheduler = router;
 
   const std::string name = s.servedModelName.empty()
                                ? fs::path(s.model).lexically_normal().filename().string()
@@ -135,11 +224,18 @@ int run(const Settings &s) {
     metrics.observeStep(step);
     metrics.update(scheduler.stats());
   });
-  scheduler::OpenAiServer api({.modelName = name, .apiKey = s.apiKey}, *tokenizer,
-                              scheduler, metrics);
+  scheduler::OpenAiServer api({.modelName = name,
+                               .apiKey = s.apiKey,
+                               .noReplicaTimeout = routerOptions.noReplicaTimeout,
+                               .refreshMetrics =
+                                   [&] {
+                                     metrics.updateCluster(
+                                         router.routerStats(),
+                                         mesh ? mesh->counts() : scheduler::MeshCounts{});
+                                   }},
+                              *tokenizer, scheduler, metrics);
   net::HttpServer server;
   api.addRoutes(server);
-  scheduler.start();
   Status started = server.start({.host = s.host,
                                  .port = s.port,
                                  .threads = static_cast<unsigned>(s.httpThreads),
@@ -149,11 +245,7 @@ int run(const Settings &s) {
     return 1;
   }
   api.setReady(true);
-  if (!s.portFile.empty()) {
-    const std::string tmp = s.portFile + ".tmp";
-    std::ofstream(tmp) << server.port() << "\n";
-    fs::rename(tmp, s.portFile);
-  }
+  writePortFile(s.portFile, server.port());
   net::logInfo("serving", {{"model", name},
                            {"url", "http://" + s.host + ":" + std::to_string(server.port())},
                            {"max_model_len", scheduler.limits().maxModelLen}});
@@ -162,7 +254,8 @@ int run(const Settings &s) {
   net::logInfo("shutting down", {{"signal", received}});
   api.setReady(false);
   server.stop(); // open streams see their clients go: their requests cancel
-  scheduler.stop();
+  if (mesh)
+    mesh->stop(); // fails the workers' steps in flight, so the router can stop
   return 0;
 }
 

@@ -26,13 +26,37 @@ const char *finishReasonName(FinishReason reason) {
   return "error";
 }
 
-struct BatchScheduler::Request {
-  uint64_t id = 0;
-  RequestParams params;
-  std::shared_ptr<const EventCallback> onEvent;
-  std::vector<std::unique_ptr<Sequence>> sequences;
-  int32_t unfinished = 0;
-};
+DetachedRequest::DetachedRequest(std::unique_ptr<RequestState> state)
+    : state_(std::move(state)) {}
+DetachedRequest::DetachedRequest(DetachedRequest &&) noexcept = default;
+DetachedRequest &DetachedRequest::operator=(DetachedRequest &&) noexcept = default;
+DetachedRequest::~DetachedRequest() = default;
+
+int32_t DetachedRequest::numUnfinished() const {
+  return state_ ? state_->unfinished : 0;
+}
+
+uint64_t DetachedRequest::id() const { return state_ ? state_->id : 0; }
+
+void DetachedRequest::finish(FinishReason reason, const std::string &error) {
+  if (!state_)
+    return;
+  for (auto &seq : state_->sequences) {
+    if (seq->finished)
+      continue;
+    seq->finished = true;
+    SequenceEvent event;
+    event.requestId = state_->id;
+    event.index = seq->index;
+    event.numGenerated = seq->numGenerated();
+    event.finish = reason;
+    event.error = error;
+    if (reason != FinishReason::Error)
+      event.text = seq->text.finish();
+    (*state_->onEvent)(event);
+  }
+  state_->unfinished = 0;
+}
 
 struct BatchScheduler::InFlightStep {
   proto::StepRequest request;
@@ -453,15 +477,76 @@ void BatchScheduler::start() {
   thread_ = std::thread([this] { loop(); });
 }
 
-void BatchScheduler::stop() {
+void BatchScheduler::requestStop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
     ++version_;
   }
   wake_.notify_all();
+}
+
+void BatchScheduler::stop() {
+  requestStop();
   if (thread_.joinable())
     thread_.join();
+}
+
+std::vector<DetachedRequest> BatchScheduler::detachAll() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  wake_.wait(lock, [&] { return inFlight_.empty(); });
+  std::vector<Sequence *> cancelled; // while in flight: they end here
+  for (auto &[id, seq] : sequences_)
+    if (seq->cancelled)
+      cancelled.push_back(seq);
+  for (Sequence *seq : cancelled)
+    finishLocked(*seq, FinishReason::Abort, ""); // may erase its request
+  std::vector<DetachedRequest> out;
+  for (auto &[id, request] : requests_) {
+    for (auto &seq : request->sequences) {
+      if (seq->finished)
+        continue;
+      blocks_->release(seq->blocks);
+      sequences_.erase(seq->id);
+      seq->numComputed = 0;
+      seq->running = false;
+      seq->chunk = 0;
+      seq->failures = 0; // the replica failed, not the sequence
+      seq->waitingForLeader = false;
+    }
+  }
+  waiting_.clear();
+  running_.clear();
+  for (auto &[id, request] : requests_)
+    if (request->unfinished > 0)
+      out.push_back(DetachedRequest(std::move(request)));
+  requests_.clear();
+  ++version_;
+  deliver(lock);
+  return out;
+}
+
+uint64_t BatchScheduler::adopt(DetachedRequest detached) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  std::unique_ptr<Request> request = std::move(detached.state_);
+  assert(request && request->unfinished > 0);
+  request->id = nextRequestId_++;
+  // Ahead of new arrivals: these were admitted (and streamed) earlier.
+  std::vector<Sequence *> live;
+  for (auto &seq : request->sequences) {
+    if (seq->finished)
+      continue;
+    seq->id = nextSequenceId_++;
+    seq->requestId = request->id;
+    sequences_[seq->id] = seq.get();
+    live.push_back(seq.get());
+  }
+  waiting_.insert(waiting_.begin(), live.begin(), live.end());
+  const uint64_t id = request->id;
+  requests_[id] = std::move(request);
+  ++version_;
+  wake_.notify_all();
+  return id;
 }
 
 SchedulerStats BatchScheduler::stats() const {

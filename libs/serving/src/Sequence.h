@@ -2,8 +2,11 @@
 // how many have KV in the cache, its blocks, and its output text.
 #pragma once
 
+#include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/BlockManager.h"
 #include "llmir/serving/OutputText.h"
+
+#include <memory>
 
 #include <cstdint>
 #include <vector>
@@ -35,6 +38,16 @@ struct Sequence {
   int64_t numGenerated() const {
     return static_cast<int64_t>(tokens.size()) - promptLen;
   }
+};
+
+/// One request's choices and where their events go. Owned by a scheduler,
+/// or by a DetachedRequest between replicas.
+struct RequestState {
+  uint64_t id = 0;
+  RequestParams params;
+  std::shared_ptr<const EventCallback> onEvent;
+  std::vector<std::unique_ptr<Sequence>> sequences;
+  int32_t unfinished = 0;
 };
 
 } // namespace llmir::serving

@@ -40,6 +40,7 @@ namespace llmir::serving {
 
 class BlockManager;
 class ReplicaBackend;
+struct RequestState;
 struct Sequence;
 
 struct SchedulerOptions {
@@ -96,6 +97,27 @@ struct StepStats {
   int32_t numPrefillTokens = 0;
 };
 
+/// A request taken out of a scheduler with every choice's state (tokens so
+/// far, seed, text already streamed), to continue on another replica: its
+/// client sees the stream go on where it stopped.
+class DetachedRequest {
+public:
+  DetachedRequest(DetachedRequest &&) noexcept;
+  DetachedRequest &operator=(DetachedRequest &&) noexcept;
+  ~DetachedRequest();
+  /// Unfinished choices (they are recomputed where the request is adopted).
+  int32_t numUnfinished() const;
+  /// The id it had in the scheduler it left.
+  uint64_t id() const;
+  /// Ends every unfinished choice with `reason` (events go to its callback).
+  void finish(FinishReason reason, const std::string &error);
+
+private:
+  friend class BatchScheduler;
+  explicit DetachedRequest(std::unique_ptr<RequestState> state);
+  std::unique_ptr<RequestState> state_;
+};
+
 class BatchScheduler {
 public:
   /// `backend` and `tokenizer` must outlive the scheduler.
@@ -126,12 +148,24 @@ public:
   void start();
   /// Stops the thread after the steps in flight return.
   void stop();
+  /// Tells the thread to submit no more steps and returns at once (stop()
+  /// then joins it): lets a caller fail the steps in flight before joining.
+  void requestStop();
+
+  /// Takes every unfinished request out, after the steps in flight have
+  /// returned (their failures do not count against the sequences). The
+  /// scheduler must not be stepping (stop() first). Their blocks are freed.
+  std::vector<DetachedRequest> detachAll();
+  /// Continues a request detached from another scheduler of the same model;
+  /// its choices recompute their tokens so far, then generate on. Returns
+  /// its id here.
+  uint64_t adopt(DetachedRequest request);
 
   SchedulerStats stats() const;
   void setStepObserver(std::function<void(const StepStats &)> observer);
 
 private:
-  struct Request;
+  using Request = RequestState;
   struct InFlightStep;
 
   std::optional<InFlightStep> scheduleLocked();

@@ -1,0 +1,49 @@
+// A replica whose ranks are worker processes: every StepRequest goes to
+// every rank, and the step completes when all of them have answered (the
+// sampled tokens come from the deciding rank, the others answer empty).
+// Transport-agnostic: the owner sends the frames and feeds the answers in.
+#pragma once
+
+#include "llmir/serving/ReplicaBackend.h"
+
+#include <map>
+#include <mutex>
+#include <string>
+
+namespace llmir::serving {
+
+class RemoteBackend final : public ReplicaBackend {
+public:
+  /// Sends `request` to `rank`; an error fails the step.
+  using SendStep = std::function<Status(uint32_t rank, const proto::StepRequest &request)>;
+
+  RemoteBackend(ReplicaInfo info, uint32_t worldSize, SendStep send)
+      : info_(info), worldSize_(worldSize), send_(std::move(send)) {}
+
+  ReplicaInfo info() const override { return info_; }
+  void submit(const proto::StepRequest &request, StepDone done) override;
+  /// One rank's answer (any thread). Answers to unknown steps are dropped.
+  void onResponse(const proto::StepResponse &response);
+  /// Fails every step in flight and every later one with `why` (a rank is
+  /// gone: its peers' answers will not complete those steps).
+  void fail(const std::string &why);
+  size_t numInFlight() const;
+
+private:
+  struct Pending {
+    StepDone done;
+    uint32_t answered = 0;
+    proto::StepResponse merged;
+    std::string error;
+  };
+  void failStep(uint64_t stepId, const std::string &why);
+
+  ReplicaInfo info_;
+  uint32_t worldSize_;
+  SendStep send_;
+  mutable std::mutex mutex_;
+  std::map<uint64_t, Pending> pending_;
+  std::string failed_; // non-empty once fail() ran
+};
+
+} // namespace llmir::serving

@@ -1,0 +1,88 @@
+#include "llmir/serving/RemoteBackend.h"
+
+#include <vector>
+
+namespace llmir::serving {
+
+void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
+  const uint64_t stepId = request.step_id();
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!failed_.empty()) {
+      const std::string why = failed_;
+      lock.unlock();
+      done(Status::error("replica failed: " + why));
+      return;
+    }
+    Pending &pending = pending_[stepId];
+    pending.done = std::move(done);
+    pending.merged.set_step_id(stepId);
+    pending.merged.set_ok(true);
+  }
+  for (uint32_t rank = 0; rank < worldSize_; ++rank)
+    if (Status sent = send_(rank, request); !sent) {
+      failStep(stepId, "sending step " + std::to_string(stepId) + " to rank " +
+                           std::to_string(rank) + ": " + sent.message());
+      return;
+    }
+}
+
+void RemoteBackend::onResponse(const proto::StepResponse &response) {
+  StepDone done;
+  Result<proto::StepResponse> result = Status::error("unset");
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(response.step_id());
+    if (it == pending_.end())
+      return;
+    Pending &pending = it->second;
+    if (!response.ok() && pending.error.empty())
+      pending.error = response.error();
+    for (const proto::SampledToken &token : response.tokens())
+      *pending.merged.add_tokens() = token;
+    pending.merged.set_step_seconds(
+        std::max(pending.merged.step_seconds(), response.step_seconds()));
+    if (++pending.answered < worldSize_)
+      return;
+    done = std::move(pending.done);
+    if (pending.error.empty())
+      result = std::move(pending.merged);
+    else
+      result = Status::error(pending.error);
+    pending_.erase(it);
+  }
+  done(std::move(result));
+}
+
+void RemoteBackend::failStep(uint64_t stepId, const std::string &why) {
+  StepDone done;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(stepId);
+    if (it == pending_.end())
+      return;
+    done = std::move(it->second.done);
+    pending_.erase(it);
+  }
+  done(Status::error(why));
+}
+
+void RemoteBackend::fail(const std::string &why) {
+  std::vector<StepDone> failed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    failed_ = why.empty() ? "replica failed" : why;
+    for (auto &[id, pending] : pending_)
+      failed.push_back(std::move(pending.done));
+    pending_.clear();
+  }
+  for (StepDone &done : failed)
+    done(Status::error("replica failed: " + why));
+}
+
+size_t RemoteBackend::numInFlight() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_.size();
+}
+
+} // namespace llmir::serving

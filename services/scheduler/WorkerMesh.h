@@ -1,0 +1,59 @@
+// Mesh mode: shard workers register over the framed channel (worker.proto);
+// the mesh hosts the rendezvous store, groups idle workers into replicas of
+// world_size ranks (a fresh store prefix per replica), and hands a replica to
+// the router once every rank reported RankReady. It tracks each worker's
+// state (idle, joining, serving, draining; lost = gone) with heartbeat and
+// join timeouts: a replica with a lost rank is torn down (its survivors go
+// back to the pool and are assigned again), a worker's Drain drains its
+// replica, then the worker is released with Drain.
+#pragma once
+
+#include "Metrics.h"
+
+#include "llmir/serving/ReplicaRouter.h"
+#include "llmir/support/Status.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace llmir::scheduler {
+
+struct MeshOptions {
+  std::string compilerUrl;   // llmir-compiler-service
+  std::string modelDir;      // checkpoint directory readable by the workers
+  int32_t tp = 1;
+  int32_t pp = 1;
+  int32_t kvBlockSize = 16;
+  int64_t kvBlocks = 1024;   // per rank
+  int32_t vocabSize = 0;
+  std::string workerHost = "127.0.0.1"; // framed server for workers
+  uint16_t workerPort = 0;               // 0: ephemeral
+  std::string storeHost = "127.0.0.1";   // rendezvous store, as workers reach it
+  std::chrono::milliseconds heartbeatTimeout{5000};
+  std::chrono::milliseconds joinTimeout{120000};
+  std::chrono::milliseconds drainGrace{30000};
+  std::chrono::milliseconds compileTimeout{300000};
+};
+
+class WorkerMesh {
+public:
+  /// Compiles the plan on the compiler service, starts the rendezvous store
+  /// and the workers' endpoint.
+  static Result<std::unique_ptr<WorkerMesh>> start(MeshOptions options,
+                                                   serving::ReplicaRouter &router);
+  ~WorkerMesh(); // stop()s
+  uint16_t workerPort() const;
+  const std::string &planId() const;
+  MeshCounts counts() const;
+  /// Closes every worker connection (their replicas' steps fail) and stops.
+  void stop();
+
+  struct Impl;
+
+private:
+  explicit WorkerMesh(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace llmir::scheduler
