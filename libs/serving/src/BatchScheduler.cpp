@@ -167,6 +167,7 @@ void BatchScheduler::deliver(std::unique_lock<std::mutex> &lock) {
     lock.lock();
   }
   delivering_ = false;
+  wake_.notify_all(); // detachAll and stop wait for quiescence
 }
 
 void BatchScheduler::retireLocked(Sequence &seq) {
@@ -383,6 +384,7 @@ void BatchScheduler::submit(InFlightStep step) {
 
 void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> response) {
   std::unique_lock<std::mutex> lock(mutex_);
+  ++completing_; // until its events are out: detachAll and stop wait for it
   auto node = inFlight_.extract(stepId);
   assert(!node.empty());
   std::string failure;
@@ -432,8 +434,9 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
       onTokenLocked(seq, sampled.at(id));
   }
   ++version_;
-  wake_.notify_all();
   deliver(lock);
+  --completing_;
+  wake_.notify_all();
 }
 
 bool BatchScheduler::stepOnce() {
@@ -466,7 +469,11 @@ void BatchScheduler::loop() {
     submit(std::move(*step));
     lock.lock();
   }
-  wake_.wait(lock, [&] { return inFlight_.empty(); });
+  wake_.wait(lock, [&] { return quiescentLocked(); });
+}
+
+bool BatchScheduler::quiescentLocked() const {
+  return inFlight_.empty() && completing_ == 0 && !delivering_;
 }
 
 void BatchScheduler::start() {
@@ -494,7 +501,7 @@ void BatchScheduler::stop() {
 
 std::vector<DetachedRequest> BatchScheduler::detachAll() {
   std::unique_lock<std::mutex> lock(mutex_);
-  wake_.wait(lock, [&] { return inFlight_.empty(); });
+  wake_.wait(lock, [&] { return quiescentLocked(); });
   std::vector<Sequence *> cancelled; // while in flight: they end here
   for (auto &[id, seq] : sequences_)
     if (seq->cancelled)

@@ -180,6 +180,8 @@ private:
   void deliver(std::unique_lock<std::mutex> &lock);
   void submit(InFlightStep step);
   void loop();
+  /// No step in flight or completing, no events being handed out.
+  bool quiescentLocked() const;
 
   ReplicaBackend &backend_;
   const model::Tokenizer &tokenizer_;
@@ -198,6 +200,7 @@ private:
   // Events wait here and are handed out by one thread at a time, in order.
   std::deque<std::pair<std::shared_ptr<const EventCallback>, SequenceEvent>> outbox_;
   bool delivering_ = false;
+  int32_t completing_ = 0; // onStepDone calls still handing out events
   uint64_t version_ = 0; // bumped on every change that may unblock scheduling
   uint64_t nextRequestId_ = 1;
   uint64_t nextSequenceId_ = 1;
