@@ -14,12 +14,16 @@
 // llm.pipeline_recv from the previous one and ends with llm.pipeline_send to
 // the next.
 //
-// Sequence parallelism (sp > 1): every llm.paged_attention becomes the
-// decoder form of llm.distributed_attention and the cache argument a
-// !llm.sharded_kv_cache with shards = sp. Each sp rank computes the
-// (replicated) linears for all tokens; the attention's KV work is split by
-// block (block b of a sequence belongs to sp index b % sp) and the partial
-// results are merged exactly (docs/compiler.md).
+// Sequence parallelism (sp > 1): the cache argument becomes a
+// !llm.sharded_kv_cache with shards = sp. In @prefill (the step function the
+// engine runs for every step) the tokens are split: every llm.paged_attention
+// becomes the decoder form of llm.sequence_parallel_attention (each sp rank
+// computes the linears of its contiguous slice of the step's rows, the K/V
+// rows are gathered, each rank attends its own query rows) and the hidden
+// rows are gathered back (llm.all_gather on dim 0) before llm.logits. Other
+// functions (@decode) split the keys: llm.distributed_attention, linears
+// replicated, block b of a sequence owned by sp index b % sp, partials
+// merged exactly (docs/compiler.md).
 #include "DecoderSegments.h"
 #include "Partition.h"
 #include "PassDetail.h"
@@ -248,16 +252,36 @@ void shardCacheAlongSequence(func::FuncOp step, int sp) {
   step.setType(FunctionType::get(context, inputs, step.getFunctionType().getResults()));
   SmallVector<llm::PagedAttentionOp> attentions;
   step.walk([&](llm::PagedAttentionOp a) { attentions.push_back(a); });
+  const bool splitTokens = step.getName() == "prefill";
   OpBuilder b(context);
   for (llm::PagedAttentionOp a : attentions) {
     b.setInsertionPoint(a);
-    auto distributed = b.create<llm::DistributedAttentionOp>(
-        a.getLoc(), a.getType(), a.getQuery(), ValueRange{a.getKey(), a.getValue()},
-        a.getCache(), a.getLayerAttr(), a.getNumHeadsAttr(), a.getNumKvHeadsAttr(),
-        a.getHeadDimAttr(), a.getScaleAttr());
-    a.getResult().replaceAllUsesWith(distributed.getResult());
+    Operation *replacement;
+    if (splitTokens)
+      replacement = b.create<llm::SequenceParallelAttentionOp>(
+          a.getLoc(), a.getType(), a.getQuery(), a.getKey(), a.getValue(),
+          a.getCache(), /*seq_start=*/nullptr, /*seq_length=*/nullptr,
+          /*total_length=*/nullptr, a.getLayerAttr(), a.getNumHeadsAttr(),
+          a.getNumKvHeadsAttr(), a.getHeadDimAttr(), a.getScaleAttr());
+    else
+      replacement = b.create<llm::DistributedAttentionOp>(
+          a.getLoc(), a.getType(), a.getQuery(), ValueRange{a.getKey(), a.getValue()},
+          a.getCache(), a.getLayerAttr(), a.getNumHeadsAttr(), a.getNumKvHeadsAttr(),
+          a.getHeadDimAttr(), a.getScaleAttr());
+    a.getResult().replaceAllUsesWith(replacement->getResult(0));
     a.erase();
   }
+  if (!splitTokens)
+    return;
+  // The logits need every row: gather the (normalised) hidden rows back.
+  step.walk([&](llm::LogitsOp logits) {
+    b.setInsertionPoint(logits);
+    Value rows = logits.getInput();
+    auto gathered = b.create<llm::AllGatherOp>(
+        logits.getLoc(), rows.getType(), rows, b.getI32IntegerAttr(0),
+        b.getI32IntegerAttr(sp));
+    logits.getInputMutable().assign(gathered.getResult());
+  });
 }
 
 struct CommunicationInsertionPass

@@ -70,6 +70,9 @@ StageNeed measure(Region &region) {
     if (auto a = dyn_cast<llm::DistributedAttentionOp>(op); a && a.isDecoderForm())
       need.kvPerToken +=
           2.0 * *a.getNumKvHeads() * a.getHeadDim() * cacheElementBytes(a.getKvCache());
+    if (auto a = dyn_cast<llm::SequenceParallelAttentionOp>(op); a && a.isDecoderForm())
+      need.kvPerToken +=
+          2.0 * *a.getNumKvHeads() * *a.getHeadDim() * cacheElementBytes(a.getKvCache());
   });
   return need;
 }

@@ -67,6 +67,12 @@ public:
     if (staged && body == &step.getBody().front())
       return errorAt(step, "has no llm.pipeline_stage with stage_id " +
                                llvm::Twine(placement.stageId));
+    step.walk([&](llm::SequenceParallelAttentionOp a) {
+      tokenSplit = tokenSplit || a.isDecoderForm();
+    });
+    if (tokenSplit && placement.spSize < 2)
+      return errorAt(step, "splits tokens (llm.sequence_parallel_attention) on "
+                           "a rank outside a sequence-parallel group");
     for (Operation &op : *body) {
       if (staged && isa<func::ReturnOp>(op))
         continue;
@@ -160,20 +166,27 @@ private:
     };
     return llvm::TypeSwitch<Operation *, llvm::Error>(op)
         .Case([&](llm::WeightOp w) { return lowerWeight(w); })
-        .Case([&](llm::EmbeddingOp e) {
+        .Case([&](llm::EmbeddingOp e) -> llvm::Error {
           Inst inst = emitUnary(op, proto::EMBEDDING, e.getTable());
-          if (inst)
-            (*(*inst)->mutable_int_attrs())["vocab_offset"] = vocabOffset(e);
-          return done(std::move(inst));
+          if (!inst)
+            return inst.takeError();
+          (*(*inst)->mutable_int_attrs())["vocab_offset"] = vocabOffset(e);
+          if (tokenSplit)
+            scatterRows(e.getResult());
+          return llvm::Error::success();
         })
         .Case([&](llm::AllReduceOp r) {
           return lowerTensorParallelCollective(op, proto::ALL_REDUCE, r.getGroupSize());
         })
         .Case([&](llm::AllGatherOp g) -> llvm::Error {
           auto type = g.getInput().getType().cast<RankedTensorType>();
+          if (tokenSplit && g.getDim() == 0 && type.getRank() == 2)
+            return lowerRowGather(op, g.getInput(), g.getGroupSize());
           if (g.getDim() != type.getRank() - 1)
             return errorAt(op, "gathers dim " + llvm::Twine(g.getDim()) +
-                                   ", ALL_GATHER concatenates the last dim only");
+                                   ", ALL_GATHER concatenates the last dim only "
+                                   "(and ALL_GATHER_ROWS dim 0 of a token-split "
+                                   "function's rows)");
           return lowerTensorParallelCollective(op, proto::ALL_GATHER, g.getGroupSize());
         })
         .Case([&](llm::PipelineRecvOp r) -> llvm::Error {
@@ -182,6 +195,7 @@ private:
           proto::Instruction *inst = emit(proto::RECV);
           inst->add_outputs(activationSlot(r.getResult()));
           (*inst->mutable_int_attrs())["peer"] = placement.prevStageRank;
+          setRowSlice(*inst); // the previous stage sends this rank's rows
           return llvm::Error::success();
         })
         .Case([&](llm::PipelineSendOp s) -> llvm::Error {
@@ -225,12 +239,16 @@ private:
           if (inst) {
             (*(*inst)->mutable_int_attrs())["head_dim"] = r.getHeadDim();
             (*(*inst)->mutable_float_attrs())["theta"] = r.getTheta().convertToFloat();
+            setRowSlice(**inst); // rotates by the positions of its rows
           }
           return done(std::move(inst));
         })
         .Case([&](llm::PagedAttentionOp a) { return lowerAttention(a); })
         .Case([&](llm::DistributedAttentionOp a) {
           return lowerDistributedAttention(a);
+        })
+        .Case([&](llm::SequenceParallelAttentionOp a) {
+          return lowerSequenceParallelAttention(a);
         })
         .Case([&](llm::SwiGLUOp s) {
           return done(emitUnary(op, proto::SWIGLU, {s.getGate(), s.getUp()}));
@@ -377,6 +395,89 @@ private:
     return llvm::Error::success();
   }
 
+  /// Under token split, the rows an instruction sees are this rank's slice.
+  void setRowSlice(proto::Instruction &inst) {
+    if (!tokenSplit)
+      return;
+    auto &ints = *inst.mutable_int_attrs();
+    ints["sp_size"] = placement.spSize;
+    ints["sp_index"] = placement.spIndex;
+  }
+
+  /// From the embedding on, `value` and what follows are this rank's rows.
+  void scatterRows(Value value) {
+    proto::Instruction *scatter = emit(proto::SP_SCATTER_ROWS);
+    scatter->add_inputs(slots.lookup(value));
+    uint32_t slice = addSlot(value.getType().cast<RankedTensorType>(), false, "sp_rows");
+    scatter->add_outputs(slice);
+    setRowSlice(*scatter);
+    slots[value] = slice;
+  }
+
+  /// ALL_GATHER_ROWS of `inputs` (side by side) over the sp group into a
+  /// fresh slot of `type`.
+  llvm::Expected<uint32_t> gatherRows(Operation *op, ValueRange inputs,
+                                      int64_t groupSize, RankedTensorType type,
+                                      const std::string &name) {
+    auto group = groupOf(op, "sp", groupSize);
+    if (!group)
+      return group.takeError();
+    proto::Instruction *gather = emit(proto::ALL_GATHER_ROWS);
+    for (Value input : inputs) {
+      auto slot = slotOf(op, input);
+      if (!slot)
+        return slot.takeError();
+      gather->add_inputs(*slot);
+    }
+    uint32_t out = addSlot(type, false, name);
+    gather->add_outputs(out);
+    (*gather->mutable_int_attrs())["group"] = *group;
+    setRowSlice(*gather);
+    return out;
+  }
+
+  llvm::Error lowerRowGather(Operation *op, Value input, int64_t groupSize) {
+    auto out = gatherRows(op, input, groupSize,
+                          op->getResult(0).getType().cast<RankedTensorType>(),
+                          "%" + std::to_string(program.slots_size()));
+    if (!out)
+      return out.takeError();
+    slots[op->getResult(0)] = *out;
+    return llvm::Error::success();
+  }
+
+  /// ALL_GATHER_ROWS of this rank's k and v rows over the sp group, then
+  /// SP_ATTENTION: store every row's k/v, attend this rank's query rows.
+  llvm::Error lowerSequenceParallelAttention(llm::SequenceParallelAttentionOp a) {
+    if (!a.isDecoderForm())
+      return errorAt(a, "is the seed's 4-D form; only the decoder form "
+                        "(q, k, v, kv_cache) lowers to a ShardProgram");
+    auto cache = a.getKvCache().getType().cast<llm::ShardedKVCacheType>();
+    if (cache.getShards() != placement.spSize)
+      return errorAt(a, "kv_cache has " + llvm::Twine(cache.getShards()) +
+                            " shards, the rank's sequence-parallel group " +
+                            llvm::Twine(placement.spSize) + " ranks");
+    const int64_t kvWidth = *a.getNumKvHeads() * *a.getHeadDim();
+    auto kvType = RankedTensorType::get(
+        {ShapedType::kDynamicSize, 2 * kvWidth},
+        a.getKey().getType().cast<RankedTensorType>().getElementType());
+    auto kv = gatherRows(a, {a.getKey(), a.getValue()}, cache.getShards(), kvType,
+                         "sp_key_value_rows");
+    if (!kv)
+      return kv.takeError();
+    proto::Instruction *attention = emit(proto::SP_ATTENTION);
+    auto query = slotOf(a, a.getQuery());
+    if (!query)
+      return query.takeError();
+    attention->add_inputs(*query);
+    attention->add_inputs(*kv);
+    attention->add_outputs(activationSlot(a.getResult()));
+    describeAttention(*attention, *a.getNumHeads(), *a.getNumKvHeads(),
+                      *a.getHeadDim(), *a.getScale(), cache.getBlockSize());
+    setRowSlice(*attention);
+    return llvm::Error::success();
+  }
+
   llvm::Error lowerLogits(llm::LogitsOp l) {
     // Select the rows the step asks logits for, then project them.
     auto select = emit(proto::SELECT_ROWS);
@@ -401,6 +502,9 @@ private:
   proto::ShardProgram program;
   llvm::DenseMap<Value, uint32_t> slots;
   int64_t numAttentionLayers = 0;
+  /// The function splits the step's rows over the sp group (it holds the
+  /// decoder form of llm.sequence_parallel_attention).
+  bool tokenSplit = false;
 };
 
 } // namespace

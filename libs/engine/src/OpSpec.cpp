@@ -37,6 +37,19 @@ const OpSpec *findOpSpec(proto::Opcode op) {
         false}},
       {proto::ATTENTION_MERGE,
        {"ATTENTION_MERGE", 1, 1, 1, {}, {"num_heads", "head_dim", "sp_size"}, {}, false}},
+      {proto::SP_SCATTER_ROWS,
+       {"SP_SCATTER_ROWS", 1, 1, 1, {}, {"sp_size", "sp_index"}, {}, false}},
+      {proto::ALL_GATHER_ROWS,
+       {"ALL_GATHER_ROWS", 1, 2, 1, {}, {"group", "sp_size", "sp_index"}, {}, true}},
+      {proto::SP_ATTENTION,
+       {"SP_ATTENTION",
+        2,
+        2,
+        1,
+        {},
+        {"layer", "num_heads", "num_kv_heads", "head_dim", "sp_size", "sp_index"},
+        {"scale"},
+        false}},
   };
   auto it = specs.find(op);
   return it == specs.end() ? nullptr : &it->second;

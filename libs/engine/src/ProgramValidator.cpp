@@ -62,19 +62,22 @@ Status validateAttributeValues(const proto::Instruction &inst,
                                const proto::ShardProgram &program) {
   const auto &ints = inst.int_attrs();
   const auto &kv = program.kv_cache();
+  if (ints.contains("sp_size") || ints.contains("sp_index")) {
+    const int64_t size = ints.contains("sp_size") ? ints.at("sp_size") : 0;
+    const int64_t index = ints.contains("sp_index") ? ints.at("sp_index") : -1;
+    if (size < 1 || index < 0 || index >= size)
+      return Status::error("sp_index " + std::to_string(index) +
+                           " outside a sequence-parallel group of sp_size " +
+                           std::to_string(size) + " (both are needed)");
+  }
   switch (inst.op()) {
   case proto::ROPE:
     if (ints.at("head_dim") <= 0 || ints.at("head_dim") % 2 != 0)
       return Status::error("head_dim must be positive and even, got " +
                            std::to_string(ints.at("head_dim")));
     return Status::ok();
-  case proto::ATTENTION_PARTIAL:
-    if (ints.at("sp_size") < 1 || ints.at("sp_index") < 0 ||
-        ints.at("sp_index") >= ints.at("sp_size"))
-      return Status::error("sp_index " + std::to_string(ints.at("sp_index")) +
-                           " outside a sequence-parallel group of sp_size " +
-                           std::to_string(ints.at("sp_size")));
-    [[fallthrough]]; // and the ATTENTION rules
+  case proto::ATTENTION_PARTIAL: // sp_size / sp_index checked above
+  case proto::SP_ATTENTION:
   case proto::ATTENTION: {
     int64_t layer = ints.at("layer"), heads = ints.at("num_heads");
     int64_t kvHeads = ints.at("num_kv_heads"), headDim = ints.at("head_dim");
@@ -101,6 +104,18 @@ Status validateAttributeValues(const proto::Instruction &inst,
                            std::to_string(ints.at("head_dim")) + ", " +
                            std::to_string(ints.at("sp_size")));
     return Status::ok();
+  case proto::ALL_GATHER_ROWS: {
+    auto group = std::find_if(
+        program.groups().begin(), program.groups().end(),
+        [&](const proto::CollectiveGroup &g) {
+          return static_cast<int64_t>(g.id()) == ints.at("group");
+        });
+    if (group == program.groups().end() || group->ranks_size() != ints.at("sp_size"))
+      return Status::error("group " + std::to_string(ints.at("group")) +
+                           " is not a group of sp_size " +
+                           std::to_string(ints.at("sp_size")) + " ranks of the program");
+    return Status::ok();
+  }
   case proto::ALL_REDUCE:
   case proto::ALL_GATHER:
     if (!hasGroup(program, ints.at("group")))

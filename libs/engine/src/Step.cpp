@@ -2,6 +2,7 @@
 
 #include "llmir/engine/KvCache.h"
 
+#include <algorithm>
 #include <string>
 
 namespace llmir::engine {
@@ -52,6 +53,12 @@ Status validateStepInput(const StepInput &step, const KvCacheShape &cache) {
                            std::to_string(T) + " tokens");
   }
   return Status::ok();
+}
+
+RowRange sequenceParallelRows(int64_t numRows, int64_t spSize, int64_t spIndex) {
+  const int64_t base = numRows / spSize, longer = numRows % spSize;
+  const int64_t begin = spIndex * base + std::min(spIndex, longer);
+  return {begin, begin + base + (spIndex < longer ? 1 : 0)};
 }
 
 std::vector<int32_t> selectedRows(const StepInput &step) {

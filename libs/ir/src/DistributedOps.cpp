@@ -102,32 +102,74 @@ LogicalResult PipelineRecvOp::verify() {
   return verifyAtLeast(getOperation(), "source_stage", getSourceStage(), 0);
 }
 
-LogicalResult SequenceParallelAttentionOp::verify() {
-  Operation *op = getOperation();
-  int64_t start = getSeqStart(), length = getSeqLength(),
-          total = getTotalLength();
-  if (failed(verifyAtLeast(op, "seq_start", start, 0)) ||
-      failed(verifyAtLeast(op, "seq_length", length, 1)))
+/// The seed's form (q, k, v) over [B, S, H, D] chunks.
+static LogicalResult verifySeedForm(SequenceParallelAttentionOp op) {
+  Operation *operation = op.getOperation();
+  for (auto [name, present] :
+       {std::pair{"layer", bool(op.getLayer())}, {"num_heads", bool(op.getNumHeads())},
+        {"num_kv_heads", bool(op.getNumKvHeads())}, {"head_dim", bool(op.getHeadDim())},
+        {"scale", bool(op.getScale())}})
+    if (present)
+      return op.emitOpError() << "has " << name << " without kv_cache, expected it "
+                              << "only in the decoder form (q, k, v, kv_cache)";
+  if (!op.getSeqStart() || !op.getSeqLength() || !op.getTotalLength())
+    return op.emitOpError() << "(q, k, v) form lacks seq_start, seq_length or "
+                               "total_length, expected all three";
+  int64_t start = *op.getSeqStart(), length = *op.getSeqLength(),
+          total = *op.getTotalLength();
+  if (failed(verifyAtLeast(operation, "seq_start", start, 0)) ||
+      failed(verifyAtLeast(operation, "seq_length", length, 1)))
     return failure();
   if (start + length > total)
-    return emitOpError() << "seq_start (" << start << ") + seq_length ("
-                         << length << ") = " << start + length
-                         << " exceeds total_length (" << total
-                         << "), expected the chunk inside the sequence";
-  auto query = getQuery().getType().cast<ShapedType>();
-  auto key = getKey().getType().cast<ShapedType>();
-  if (failed(verifyDim(op, "query", query, 1, length, "seq_length")) ||
-      failed(verifyDim(op, "key", key, 1, total, "total_length")))
+    return op.emitOpError() << "seq_start (" << start << ") + seq_length ("
+                            << length << ") = " << start + length
+                            << " exceeds total_length (" << total
+                            << "), expected the chunk inside the sequence";
+  auto query = op.getQuery().getType().cast<ShapedType>();
+  auto key = op.getKey().getType().cast<ShapedType>();
+  if (failed(verifyRank(operation, "query", query, 4, "[batch, seq, heads, head_dim]")) ||
+      failed(verifyRank(operation, "key", key, 4, "[batch, seq, heads, head_dim]")) ||
+      failed(verifyDim(operation, "query", query, 1, length, "seq_length")) ||
+      failed(verifyDim(operation, "key", key, 1, total, "total_length")))
     return failure();
   // Batch, heads and head dim are shared by q, k and v.
   for (int64_t d : {0, 2, 3})
-    if (failed(verifyDim(op, "key", key, d, query.getDimSize(d),
+    if (failed(verifyDim(operation, "key", key, d, query.getDimSize(d),
                          "query dim " + Twine(d))))
       return failure();
-  if (failed(verifySameType(op, "value", getValue().getType(), "key",
-                            getKey().getType())))
+  if (failed(verifySameType(operation, "value", op.getValue().getType(), "key",
+                            op.getKey().getType())))
     return failure();
-  return verifySameType(op, "result", getType(), "query", getQuery().getType());
+  return verifySameType(operation, "result", op.getType(), "query",
+                        op.getQuery().getType());
+}
+
+/// The decoder form (q, k, v, kv_cache) over this device's rows: the
+/// paged_attention rules against the sharded cache.
+static LogicalResult verifyDecoderForm(SequenceParallelAttentionOp op) {
+  if (op.getSeqStart() || op.getSeqLength() || op.getTotalLength())
+    return op.emitOpError() << "decoder form (q, k, v, kv_cache) has seq_start, "
+                               "seq_length or total_length, expected none (the "
+                               "rows of a step are known at run time)";
+  if (!op.getLayer() || !op.getNumHeads() || !op.getNumKvHeads() ||
+      !op.getHeadDim() || !op.getScale())
+    return op.emitOpError() << "decoder form (q, k, v, kv_cache) lacks layer, "
+                               "num_heads, num_kv_heads, head_dim or scale, "
+                               "expected all five";
+  if (failed(verifyRank(op, "query", op.getQuery().getType().cast<ShapedType>(),
+                        2, "[tokens, num_heads x head_dim]")) ||
+      failed(verifyRank(op, "key", op.getKey().getType().cast<ShapedType>(), 2,
+                        "[tokens, num_kv_heads x head_dim]")))
+    return failure();
+  ShardedKVCacheType cache = op.getKvCache().getType().cast<ShardedKVCacheType>();
+  return verifyDecoderAttention(
+      op, op.getQuery(), op.getKey(), op.getValue(), op.getType(), *op.getLayer(),
+      *op.getNumHeads(), *op.getNumKvHeads(), *op.getHeadDim(), *op.getScale(),
+      {"kv_cache", cache.getNumLayers(), cache.getNumHeads(), cache.getHeadDim()});
+}
+
+LogicalResult SequenceParallelAttentionOp::verify() {
+  return isDecoderForm() ? verifyDecoderForm(*this) : verifySeedForm(*this);
 }
 
 /// The decoder form (q, k, v, kv_cache): the paged_attention rules against

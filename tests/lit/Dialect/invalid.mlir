@@ -394,7 +394,7 @@ func.func @sequence_parallel_attention_47(%q: tensor<2x1024x16x64xf16>, %k: tens
 // -----
 
 func.func @sequence_parallel_attention_48(%q: tensor<2x1024x16xf16>, %k: tensor<2x8192x16x64xf16>) {
-  // expected-error @+1 {{'llm.sequence_parallel_attention' op operand #0 must be 4D tensor of floating-point values}}
+  // expected-error @+1 {{'llm.sequence_parallel_attention' op query has rank 3, expected rank 4 [batch, seq, heads, head_dim]}}
   %r = llm.sequence_parallel_attention(%q, %k, %k) {seq_start = 0 : i32, seq_length = 1024 : i32, total_length = 8192 : i32} : (tensor<2x1024x16xf16>, tensor<2x8192x16x64xf16>, tensor<2x8192x16x64xf16>) -> tensor<2x1024x16xf16>
   return
 }

@@ -1,10 +1,11 @@
 // Sequence parallelism end to end in one process: SP=2, SP=4, TP=2 x SP=2
-// and PP=2 x SP=2 compiles of the demo model (KV blocks of 4 tokens, so a
-// 41-token prompt spans 11 blocks spread over the sp ranks) run every rank
-// in its own thread over an in-process communicator, through a prefill, a
-// mixed prefill + decode step of two sequences and decode steps; every
-// output rank's logits equal the single-rank program's within 1e-5 of the
-// step's largest logit (observed: about 1.5e-6).
+// and PP=2 x SP=2 compiles of the demo model (KV blocks of 4 tokens) split
+// each step's rows over the sp ranks (41-token prefill: slices of 21/20 or
+// 11/10/10/10 rows) and run every rank in its own thread over an in-process
+// communicator, through a prefill, a mixed prefill + decode step of two
+// sequences and decode steps of two tokens (SP=4: two ranks with empty
+// slices); every output rank's logits equal the single-rank program's
+// within 1e-5 of the step's largest logit.
 #include "LocalCluster.h"
 
 #include "llmir/compiler/Compile.h"
@@ -134,12 +135,18 @@ TEST_P(SequenceParallelExecution, LogitsEqualTheSingleRankOnes) {
   const size_t world = static_cast<size_t>(options.tp * options.pp * options.sp);
   ASSERT_EQ(compiled->programs.size(), world);
   for (const proto::ShardProgram &program : compiled->programs) {
-    // Each local layer: partial attention, one all-gather, the merge.
+    // The tokens are split: each local layer gathers the K/V rows once and
+    // attends its own rows; the last stage gathers the hidden rows once;
+    // the first scatters the embedding's rows.
     const int layers = static_cast<int>(program.kv_cache().num_layers());
     EXPECT_GT(layers, 0);
     EXPECT_EQ(count(program, proto::ATTENTION), 0) << "rank " << program.rank();
-    EXPECT_EQ(count(program, proto::ATTENTION_PARTIAL), layers) << "rank " << program.rank();
-    EXPECT_EQ(count(program, proto::ATTENTION_MERGE), layers) << "rank " << program.rank();
+    EXPECT_EQ(count(program, proto::ATTENTION_PARTIAL), 0) << "rank " << program.rank();
+    EXPECT_EQ(count(program, proto::SP_ATTENTION), layers) << "rank " << program.rank();
+    EXPECT_EQ(count(program, proto::ALL_GATHER_ROWS), layers + (program.has_output() ? 1 : 0))
+        << "rank " << program.rank();
+    EXPECT_EQ(count(program, proto::SP_SCATTER_ROWS), program.stage_id() == 0 ? 1 : 0)
+        << "rank " << program.rank();
   }
 
   auto logits = runReplica(*compiled, *checkpoint, inputs);

@@ -11,6 +11,7 @@ namespace llmir::engine {
 
 class KvCache;
 class ThreadPool;
+struct RowRange;
 struct StepInput;
 
 namespace cpu {
@@ -50,10 +51,19 @@ struct AttentionParams {
   int64_t kvShard = 0;
 };
 
-/// Writes this step's k, v [T, Hkv * D] into the cache at the positions of
-/// the blocks this rank holds (all of them unless params.kvShards > 1).
-void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
-                        const AttentionParams &params, KvCache &cache);
+/// Writes this step's k, v (row t of each at t * rowStride, Hkv * D floats)
+/// into the cache at the positions of the blocks this rank holds (all of
+/// them unless params.kvShards > 1).
+void storeKeysAndValues(const float *k, const float *v, int64_t rowStride,
+                        const StepInput &step, const AttentionParams &params,
+                        KvCache &cache);
+
+/// Causal (grouped-query) attention of the step's rows `rows` over each
+/// token's sequence in the cache (positions 0..p through its block table),
+/// whose k, v are already stored: q and out [rows.size(), Hq * D].
+void attendCached(const float *q, const StepInput &step, RowRange rows,
+                  const AttentionParams &params, const KvCache &cache,
+                  float *out, ThreadPool &pool);
 
 /// Writes this step's k, v [T, Hkv * D] into the cache at each token's
 /// position, then causal (grouped-query) attention of q [T, Hq * D] over each
@@ -72,6 +82,13 @@ void pagedAttention(const float *q, const float *k, const float *v,
 void partialAttention(const float *q, const float *k, const float *v,
                       const StepInput &step, const AttentionParams &params,
                       KvCache &cache, float *out, ThreadPool &pool);
+
+/// Token-split sequence-parallel attention: stores k, v of every row of the
+/// step (kv [T, 2 * Hkv * D], k then v per row) in the cache, then attends
+/// the rows `rows` of the step: q and out [rows.size(), Hq * D].
+void sliceAttention(const float *q, const float *kv, const StepInput &step,
+                    RowRange rows, const AttentionParams &params,
+                    KvCache &cache, float *out, ThreadPool &pool);
 
 /// Exact merge of `shards` partials: gathered [T, shards * (H * D + H)]
 /// (each shard's row as partialAttention writes it) -> out [T, H * D].

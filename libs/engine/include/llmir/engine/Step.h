@@ -29,6 +29,17 @@ struct StepInput {
 /// cache. Returns a message naming the offending token/sequence.
 Status validateStepInput(const StepInput &step, const KvCacheShape &cache);
 
+/// Rows [begin, end) of a step.
+struct RowRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+/// Sequence-parallel rank `spIndex`'s contiguous slice of a step's
+/// `numRows` rows: the first numRows % spSize ranks get one row more; a
+/// slice is empty when numRows < spSize.
+RowRange sequenceParallelRows(int64_t numRows, int64_t spSize, int64_t spIndex);
+
 /// The rows SELECT_ROWS picks: step.outputRows, or the last token of each
 /// sequence when it is empty. Assumes a validated step.
 std::vector<int32_t> selectedRows(const StepInput &step);

@@ -30,6 +30,7 @@ struct Geometry {
   const AttentionParams &params;
   const KvCache &cache;
   int64_t blockSize;
+  int64_t firstRow; // step row of q's and out's row 0
   const float *key(int32_t seq, int64_t position, int64_t kvHead) const {
     const auto &table = step.blockTables[static_cast<size_t>(seq)];
     return cache.keyRow(params.layer,
@@ -62,12 +63,12 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
   const int64_t kvHead = h / (g.params.numHeads / g.params.numKvHeads);
   const int32_t seq = g.step.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
-  const float *query = q + (t * g.params.numHeads + h) * D;
+  const float *query = q + ((t - g.firstRow) * g.params.numHeads + h) * D;
   scores.resize(static_cast<size_t>(length));
   for (int64_t j = 0; j < length; ++j)
     scores[static_cast<size_t>(j)] = k.dot(query, g.key(seq, j, kvHead), D);
   k.softmax(scores.data(), length, g.params.scale);
-  float *o = out + (t * g.params.numHeads + h) * D;
+  float *o = out + ((t - g.firstRow) * g.params.numHeads + h) * D;
   std::fill(o, o + D, 0.0f);
   for (int64_t j = 0; j < length; ++j)
     k.axpy(scores[static_cast<size_t>(j)], g.value(seq, j, kvHead), o, D);
@@ -108,8 +109,8 @@ void attendBlock(const Geometry &g, const Run &run, const float *gathered,
   float *outputs[kQueryBlock];
   for (int64_t r = 0; r < kQueryBlock; ++r) {
     const int64_t t = t0 + std::min(r, rows - 1);
-    queries[r] = q + (t * Hq + h) * D;
-    outputs[r] = r < rows ? out + (t * Hq + h) * D : discard;
+    queries[r] = q + ((t - g.firstRow) * Hq + h) * D;
+    outputs[r] = r < rows ? out + ((t - g.firstRow) * Hq + h) * D : discard;
   }
   k.scores4(queries, kt, run.padded, D, columns, s, run.padded);
   for (int64_t r = 0; r < kQueryBlock; ++r) {
@@ -124,8 +125,9 @@ void attendBlock(const Geometry &g, const Run &run, const float *gathered,
 
 } // namespace
 
-void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
-                        const AttentionParams &params, KvCache &cache) {
+void storeKeysAndValues(const float *k, const float *v, int64_t rowStride,
+                        const StepInput &step, const AttentionParams &params,
+                        KvCache &cache) {
   const int64_t blockSize = cache.shape().blockSize;
   const int64_t width = params.numKvHeads * params.headDim;
   for (int64_t t = 0; t < step.numTokens(); ++t) {
@@ -135,25 +137,31 @@ void storeKeysAndValues(const float *k, const float *v, const StepInput &step,
       continue; // another sequence-parallel rank's block
     const int32_t block = table[static_cast<size_t>(pos / blockSize)];
     std::memcpy(cache.keyRow(params.layer, block, pos % blockSize),
-                k + t * width, static_cast<size_t>(width) * sizeof(float));
+                k + t * rowStride, static_cast<size_t>(width) * sizeof(float));
     std::memcpy(cache.valueRow(params.layer, block, pos % blockSize),
-                v + t * width, static_cast<size_t>(width) * sizeof(float));
+                v + t * rowStride, static_cast<size_t>(width) * sizeof(float));
   }
 }
 
 void pagedAttention(const float *q, const float *k, const float *v,
                     const StepInput &step, const AttentionParams &params,
                     KvCache &cache, float *out, ThreadPool &pool) {
-  storeKeysAndValues(k, v, step, params, cache);
-  const Geometry g{step, params, cache, cache.shape().blockSize};
-  const int64_t T = step.numTokens(), Hq = params.numHeads;
+  storeKeysAndValues(k, v, params.numKvHeads * params.headDim, step, params, cache);
+  attendCached(q, step, {0, step.numTokens()}, params, cache, out, pool);
+}
+
+void attendCached(const float *q, const StepInput &step, RowRange rows,
+                  const AttentionParams &params, const KvCache &cache,
+                  float *out, ThreadPool &pool) {
+  const Geometry g{step, params, cache, cache.shape().blockSize, rows.begin};
+  const int64_t T = rows.end, Hq = params.numHeads; // T: one past the last row
   const int64_t Hkv = params.numKvHeads, D = params.headDim;
 
   // Split the step into runs of one sequence; long runs use the blocked path.
   std::vector<Run> runs;
   std::vector<int64_t> singles; // tokens attended one at a time
   size_t gatheredFloats = 0;
-  for (int64_t t = 0; t < T;) {
+  for (int64_t t = rows.begin; t < T;) {
     int64_t end = t + 1;
     while (end < T && step.tokenSeq[end] == step.tokenSeq[t])
       ++end;

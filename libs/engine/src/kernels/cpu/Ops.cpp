@@ -98,17 +98,25 @@ Status runLinear(KernelCall &call) {
   return Status::ok();
 }
 
+/// The step's rows this rank computes: all of them, or its slice under
+/// token-split sequence parallelism (sp_size / sp_index attributes).
+RowRange rowsOf(const KernelCall &call) {
+  return sequenceParallelRows(call.step->numTokens(), call.intAttr("sp_size", 1),
+                              call.intAttr("sp_index", 0));
+}
+
 Status runRope(KernelCall &call) {
   const Tensor &x = act(call, 0);
   const int64_t headDim = call.intAttr("head_dim");
-  LLMIR_RETURN_IF_ERROR(expectRows(x, call.step->numTokens(), "ROPE input"));
+  const RowRange rows = rowsOf(call);
+  LLMIR_RETURN_IF_ERROR(expectRows(x, rows.size(), "ROPE input"));
   if (x.rowSize() % headDim != 0)
     return Status::error("rows of " + std::to_string(x.rowSize()) +
                          " are not whole heads of " + std::to_string(headDim));
   Tensor &y = *call.outputs[0];
   y = x;
   cpu::rope(y.data.data(), y.rows(), y.rowSize() / headDim, headDim,
-            call.step->positions.data(),
+            call.step->positions.data() + rows.begin,
             static_cast<float>(call.floatAttr("theta")));
   return Status::ok();
 }
@@ -161,6 +169,8 @@ uint32_t groupOf(const KernelCall &call) {
 Status runAllReduce(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y = act(call, 0);
+  if (y.data.empty()) // an empty token-split slice: so is every peer's
+    return Status::ok();
   return call.comm->allReduceSum(y.data.data(), y.data.size(), groupOf(call));
 }
 
@@ -194,7 +204,7 @@ Status runSend(KernelCall &call) {
 Status runRecv(KernelCall &call) {
   std::vector<int64_t> shape = *call.outputSlotShapes[0];
   if (!shape.empty() && shape[0] == -1)
-    shape[0] = call.step->numTokens();
+    shape[0] = rowsOf(call).size();
   if (shape.empty() || std::any_of(shape.begin(), shape.end(),
                                    [](int64_t d) { return d <= 0; }))
     return Status::error("RECV output slot shape " + model::formatShape(shape) +
@@ -239,6 +249,9 @@ KernelRegistry cpuKernelRegistry() {
   registry.add(proto::SELECT_ROWS, runSelectRows);
   registry.add(proto::ATTENTION_PARTIAL, runAttentionPartial);
   registry.add(proto::ATTENTION_MERGE, runAttentionMerge);
+  registry.add(proto::SP_SCATTER_ROWS, runSpScatterRows);
+  registry.add(proto::ALL_GATHER_ROWS, runAllGatherRows);
+  registry.add(proto::SP_ATTENTION, runSpAttention);
   return registry;
 }
 

@@ -70,7 +70,7 @@ float attendOwnedPositions(const float *q, int64_t t, int64_t h,
 void partialAttention(const float *q, const float *k, const float *v,
                       const StepInput &step, const AttentionParams &params,
                       KvCache &cache, float *out, ThreadPool &pool) {
-  storeKeysAndValues(k, v, step, params, cache);
+  storeKeysAndValues(k, v, params.numKvHeads * params.headDim, step, params, cache);
   const int64_t Hq = params.numHeads, D = params.headDim;
   const int64_t row = Hq * D + Hq;
   const size_t items = static_cast<size_t>(step.numTokens() * Hq);

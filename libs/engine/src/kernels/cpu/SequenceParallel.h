@@ -1,5 +1,7 @@
-// Kernels of the sequence-parallel opcodes (ATTENTION_PARTIAL,
-// ATTENTION_MERGE), registered by cpuKernelRegistry().
+// Kernels of the sequence-parallel opcodes, registered by
+// cpuKernelRegistry(): the key split (ATTENTION_PARTIAL, ATTENTION_MERGE;
+// SequenceParallel.cpp) and the token split (SP_SCATTER_ROWS,
+// ALL_GATHER_ROWS, SP_ATTENTION; TokenSplit.cpp).
 #pragma once
 
 #include "llmir/engine/KernelRegistry.h"
@@ -8,5 +10,8 @@ namespace llmir::engine {
 
 Status runAttentionPartial(KernelCall &call);
 Status runAttentionMerge(KernelCall &call);
+Status runSpScatterRows(KernelCall &call);
+Status runAllGatherRows(KernelCall &call);
+Status runSpAttention(KernelCall &call);
 
 } // namespace llmir::engine

@@ -102,17 +102,35 @@ def LLM_PipelineRecvOp : LLM_Op<"pipeline_recv"> {
 // Sequence parallelism and sharded KV caches
 //===----------------------------------------------------------------------===//
 
-def LLM_SequenceParallelAttentionOp
-    : LLM_Op<"sequence_parallel_attention", [NoSideEffect]> {
-  let summary = "attention of this device's query chunk over the full keys/values";
+def LLM_SequenceParallelAttentionOp : LLM_Op<"sequence_parallel_attention"> {
+  let summary = "attention of this device's query rows over the whole sequence";
   let description = [{
-    q: [B, seq_length, H, D] holds query positions
-    [seq_start, seq_start + seq_length); k, v: [B, total_length, H, D].
+    Two forms (docs/ir.md). The seed's: `(q, k, v)`, q [B, seq_length, H, D]
+    holds query positions [seq_start, seq_start + seq_length); k, v:
+    [B, total_length, H, D]. The decoder form: `(q, k, v, kv_cache)` with
+    2-D activations q [T_r, H*D], k/v [T_r, Hkv*D], this device's contiguous
+    slice of the step's rows, and `layer`, `num_heads`, `num_kv_heads`,
+    `head_dim`, `scale`: the k/v rows of the `shards` devices are gathered,
+    every device writes all of them into its (whole) cache and attends its
+    own query rows causally; the result is [T_r, H*D].
   }];
-  let arguments = (ins 4DTensorOf<[AnyFloat]>:$query, 4DTensorOf<[AnyFloat]>:$key,
-                       4DTensorOf<[AnyFloat]>:$value, LLM_I32Attr:$seq_start,
-                       LLM_I32Attr:$seq_length, LLM_I32Attr:$total_length);
-  let results = (outs 4DTensorOf<[AnyFloat]>:$result);
+  let arguments = (ins LLM_FloatTensor:$query, LLM_FloatTensor:$key,
+                       LLM_FloatTensor:$value,
+                       Arg<Optional<LLM_ShardedKVCacheType>, "sharded KV cache",
+                           [MemRead, MemWrite]>:$kv_cache,
+                       OptionalAttr<LLM_I32Attr>:$seq_start,
+                       OptionalAttr<LLM_I32Attr>:$seq_length,
+                       OptionalAttr<LLM_I32Attr>:$total_length,
+                       OptionalAttr<LLM_I32Attr>:$layer,
+                       OptionalAttr<LLM_I32Attr>:$num_heads,
+                       OptionalAttr<LLM_I32Attr>:$num_kv_heads,
+                       OptionalAttr<LLM_I32Attr>:$head_dim,
+                       OptionalAttr<F32Attr>:$scale);
+  let results = (outs LLM_FloatTensor:$result);
+  let extraClassDeclaration = [{
+    /// The decoder form: (q, k, v, cache) over this device's rows.
+    bool isDecoderForm() { return static_cast<bool>(getKvCache()); }
+  }];
 }
 
 def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
