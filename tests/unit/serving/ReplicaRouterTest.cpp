@@ -1,0 +1,162 @@
+// The replica router on real in-process replicas of the demo model: a lost
+// replica's requests continue elsewhere with unchanged greedy ids, a drain
+// hands back leftovers, no replica fails after the wait; RemoteBackend
+// merges every rank's answer.
+#include "DemoModel.h"
+
+#include "llmir/serving/RemoteBackend.h"
+#include "llmir/serving/ReplicaRouter.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+
+namespace llmir::serving {
+namespace {
+
+using testing::DemoModel;
+using namespace std::chrono_literals;
+
+/// Collects every request's tokens and end.
+struct Collector {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, FinishReason> finished;
+  std::map<uint64_t, std::string> errors;
+  int64_t total = 0;
+
+  EventCallback callback() {
+    return [this](const SequenceEvent &e) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (e.tokenId) {
+        tokens[e.requestId].push_back(*e.tokenId);
+        ++total;
+      }
+      if (e.finish) {
+        finished[e.requestId] = *e.finish;
+        errors[e.requestId] = e.error;
+      }
+      cv.notify_all();
+    };
+  }
+  bool waitFor(const std::function<bool()> &done) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, 120s, done);
+  }
+};
+
+RouterOptions options() {
+  RouterOptions o;
+  o.scheduler.maxModelLen = 256;
+  o.scheduler.eosTokenIds = {};
+  o.vocabSize = 256;
+  o.noReplicaTimeout = 300ms;
+  return o;
+}
+
+RequestParams greedy(const std::vector<int32_t> &prompt) {
+  RequestParams p;
+  p.promptIds = prompt;
+  p.maxTokens = 32;
+  p.ignoreEos = true;
+  p.sampling.temperature = 0;
+  return p;
+}
+
+TEST(ReplicaRouterTest, LostReplicaRequestsContinueElsewhereWithTheReferenceIds) {
+  const DemoModel *model = DemoModel::get();
+  ASSERT_NE(model, nullptr);
+  RouterOptions o = options();
+  o.vocabSize = static_cast<int32_t>(model->program.vocab_size());
+  o.policy = BalancePolicy::RoundRobin; // both replicas get work
+  ReplicaRouter router(model->tokenizer, o);
+  router.addReplica("a", std::shared_ptr<ReplicaBackend>(model->backend(256)));
+  router.addReplica("b", std::shared_ptr<ReplicaBackend>(model->backend(256)));
+  router.sync();
+  Collector out;
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 8; ++i)
+    ids.push_back(router.addRequest(greedy(model->cases[i % model->cases.size()].promptIds),
+                                    out.callback()));
+  ASSERT_TRUE(out.waitFor([&] { return out.total >= 40; }));
+  router.removeReplica("a", [] {});
+  router.sync();
+  ASSERT_TRUE(out.waitFor([&] { return out.finished.size() == ids.size(); }));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(out.finished[ids[i]], FinishReason::Length) << out.errors[ids[i]];
+    EXPECT_EQ(out.tokens[ids[i]], model->cases[i % model->cases.size()].greedyIds) << i;
+  }
+  const RouterStats stats = router.routerStats();
+  EXPECT_EQ(stats.replicaFailures, 1u);
+  ASSERT_EQ(stats.replicas.size(), 1u);
+  EXPECT_EQ(stats.replicas[0].id, "b");
+}
+
+TEST(ReplicaRouterTest, DrainHandsBackLeftoversAndNoReplicaFailsAfterTheWait) {
+  const DemoModel *model = DemoModel::get();
+  ASSERT_NE(model, nullptr);
+  RouterOptions o = options();
+  o.vocabSize = static_cast<int32_t>(model->program.vocab_size());
+  ReplicaRouter router(model->tokenizer, o);
+  router.addReplica("a", std::shared_ptr<ReplicaBackend>(model->backend(256)));
+  router.sync();
+  Collector out;
+  const uint64_t id = router.addRequest(greedy(model->cases[0].promptIds), out.callback());
+  ASSERT_TRUE(out.waitFor([&] { return out.total >= 4; }));
+  std::atomic<bool> drained{false};
+  router.drainReplica("a", 0ms, [&] { drained = true; }); // no grace: hand back at once
+  router.sync();
+  ASSERT_TRUE(out.waitFor([&] { return out.finished.count(id) > 0; }));
+  EXPECT_TRUE(drained);
+  EXPECT_FALSE(router.waitForReplica(0ms));
+  if (out.finished[id] == FinishReason::Error) // handed back, no replica came
+    EXPECT_NE(out.errors[id].find("no replica"), std::string::npos) << out.errors[id];
+  EXPECT_EQ(router.routerStats().replicaDrains, 1u);
+
+  // A new replica takes requests that wait for one.
+  const uint64_t late = router.addRequest(greedy(model->cases[1].promptIds), out.callback());
+  router.addReplica("b", std::shared_ptr<ReplicaBackend>(model->backend(256)));
+  ASSERT_TRUE(out.waitFor([&] { return out.finished.count(late) > 0; }));
+  EXPECT_EQ(out.tokens[late], model->cases[1].greedyIds);
+}
+
+TEST(RemoteBackendTest, CompletesWhenEveryRankAnsweredAndFailsOnRequest) {
+  std::vector<std::pair<uint32_t, uint64_t>> sent;
+  RemoteBackend backend({16, 16, 100, 1}, 2, [&](uint32_t rank, const proto::StepRequest &r) {
+    sent.emplace_back(rank, r.step_id());
+    return Status::ok();
+  });
+  std::optional<Result<proto::StepResponse>> done;
+  proto::StepRequest request;
+  request.set_step_id(7);
+  backend.submit(request, [&](Result<proto::StepResponse> r) { done = std::move(r); });
+  ASSERT_EQ(sent.size(), 2u);
+  proto::StepResponse deciding;
+  deciding.set_step_id(7);
+  deciding.set_ok(true);
+  deciding.add_tokens()->set_token_id(42);
+  backend.onResponse(deciding);
+  EXPECT_FALSE(done.has_value()) << "waits for every rank";
+  proto::StepResponse other;
+  other.set_step_id(7);
+  other.set_ok(true);
+  backend.onResponse(other);
+  ASSERT_TRUE(done.has_value());
+  ASSERT_TRUE(done->isOk());
+  ASSERT_EQ((*done)->tokens_size(), 1);
+  EXPECT_EQ((*done)->tokens(0).token_id(), 42);
+
+  done.reset();
+  request.set_step_id(8);
+  backend.submit(request, [&](Result<proto::StepResponse> r) { done = std::move(r); });
+  backend.fail("rank 1 lost");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_FALSE(done->isOk());
+  done.reset();
+  backend.submit(request, [&](Result<proto::StepResponse> r) { done = std::move(r); });
+  ASSERT_TRUE(done.has_value() && !done->isOk()) << "a failed replica fails new steps at once";
+}
+
+} // namespace
+} // namespace llmir::serving
