@@ -78,7 +78,7 @@ SegmentProfile profileSegment(const DecoderSegments::Ops &ops) {
           p.hasAttention = true;
           p.attentionFlopsPerPair += 4.0 * hq * d;
           p.kvBytesPerToken += 2.0 * hkv * d * elem;
-          p.spMergeBytesPerToken += (hq * d + hq) * kActivationBytes;
+          p.spKeyValueBytesPerToken += 2.0 * hkv * d * kActivationBytes;
         })
         .Case([&](llm::RMSNormOp n) { p.flopsPerToken += 4 * width(n.getResult()); })
         .Case([&](llm::RotaryEmbeddingOp r) { p.flopsPerToken += 6 * width(r.getResult()); })

@@ -23,7 +23,7 @@ struct SegmentProfile {
   double allReduceBytesPerToken = 0; // tensors tp would all-reduce (f32)
   double allGatherBytesPerToken = 0; // tensors tp would all-gather (f32)
   int allReduces = 0, allGathers = 0; // how many collectives tp would add
-  double spMergeBytesPerToken = 0;  // partial attention output + LSE sp exchanges
+  double spKeyValueBytesPerToken = 0; // k and v rows (f32) a token-split sp gathers
   bool hasAttention = false;
 };
 

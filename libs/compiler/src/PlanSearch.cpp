@@ -67,20 +67,31 @@ public:
 
   /// Seconds of one segment for `tokens` query tokens, each attending over
   /// `context` keys; decode reads the cached keys, prefill only writes them.
+  /// With sp > 1 the tokens are split: a rank computes its ceil(tokens / sp)
+  /// rows (linears, activations, attention of its queries over the whole
+  /// context), stores every token's K/V and gathers the K/V rows of the
+  /// step (plus the hidden rows once, before the logits).
   double segmentSeconds(const SegmentProfile &s, double tokens, double context,
                         bool decode) const {
-    double flops = tokens * s.flopsPerToken / tp +
-                   tokens * context * s.attentionFlopsPerPair / (tp * sp);
+    // The epilogue (the only segment with an all-gather: the logits')
+    // projects the gathered rows on every rank.
+    const bool epilogue = s.allGathers > 0;
+    const double slice = std::ceil(tokens / sp);
+    const double rows = epilogue ? tokens : slice;
+    double flops = rows * s.flopsPerToken / tp +
+                   rows * context * s.attentionFlopsPerPair / tp;
     double bytes = s.shardedWeightBytes / tp + s.replicatedWeightBytes +
-                   tokens * s.activationBytesPerToken / tp +
-                   (decode ? tokens * context : tokens) * s.kvBytesPerToken / (tp * sp);
+                   rows * s.activationBytesPerToken / tp +
+                   (decode ? rows * context : tokens) * s.kvBytesPerToken / tp;
     double compute = std::max(flops / spec.device.peakFlops,
                               bytes / spec.device.memoryBandwidth);
     double comm =
-        allReduceSeconds(tokens * s.allReduceBytesPerToken, tp, tpLink, s.allReduces) +
-        allGatherSeconds(tokens * s.allGatherBytesPerToken, tp, tpLink, s.allGathers);
+        allReduceSeconds(rows * s.allReduceBytesPerToken, tp, tpLink, s.allReduces) +
+        allGatherSeconds(rows * s.allGatherBytesPerToken, tp, tpLink, s.allGathers);
     if (sp > 1 && s.hasAttention)
-      comm += allGatherSeconds(sp * tokens * s.spMergeBytesPerToken / tp, sp, spLink, 1);
+      comm += allGatherSeconds(sp * rows * s.spKeyValueBytesPerToken / tp, sp, spLink, 1);
+    if (sp > 1 && epilogue) // the hidden rows, before the logits
+      comm += allGatherSeconds(sp * slice * model.hiddenBytesPerToken, sp, spLink, 1);
     return compute + comm;
   }
 

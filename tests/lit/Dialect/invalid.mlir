@@ -401,6 +401,39 @@ func.func @sequence_parallel_attention_48(%q: tensor<2x1024x16xf16>, %k: tensor<
 
 // -----
 
+// ---- sequence_parallel_attention, decoder form (q, k, v, kv_cache)
+func.func @sequence_parallel_attention_49(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) {
+  // expected-error @+1 {{'llm.sequence_parallel_attention' op decoder form (q, k, v, kv_cache) has seq_start, seq_length or total_length, expected none (the rows of a step are known at run time)}}
+  %r = llm.sequence_parallel_attention(%q, %k, %k, %c) {seq_start = 0 : i32, layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @sequence_parallel_attention_50(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) {
+  // expected-error @+1 {{'llm.sequence_parallel_attention' op decoder form (q, k, v, kv_cache) lacks layer, num_heads, num_kv_heads, head_dim or scale, expected all five}}
+  %r = llm.sequence_parallel_attention(%q, %k, %k, %c) {num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @sequence_parallel_attention_51(%q: tensor<?x256xf32>, %k: tensor<?x64xf32>, %c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) {
+  // expected-error @+1 {{'llm.sequence_parallel_attention' op key dim 1 is 64, expected num_kv_heads x head_dim = 128}}
+  %r = llm.sequence_parallel_attention(%q, %k, %k, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, tensor<?x64xf32>, tensor<?x64xf32>, !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards = 2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @sequence_parallel_attention_52(%q: tensor<2x1024x16x64xf16>, %k: tensor<2x8192x16x64xf16>) {
+  // expected-error @+1 {{'llm.sequence_parallel_attention' op has layer without kv_cache, expected it only in the decoder form (q, k, v, kv_cache)}}
+  %r = llm.sequence_parallel_attention(%q, %k, %k) {layer = 0 : i32, seq_start = 0 : i32, seq_length = 1024 : i32, total_length = 8192 : i32} : (tensor<2x1024x16x64xf16>, tensor<2x8192x16x64xf16>, tensor<2x8192x16x64xf16>) -> tensor<2x1024x16x64xf16>
+  return
+}
+
+// -----
+
 // ---- distributed_attention
 func.func @distributed_attention_49(%q: tensor<2x1x16x64xf16>, %kv: !llm.sharded_kv_cache<f16, 12, 16, 64, 16, 32768, shards=4>) {
   // expected-error @+1 {{'llm.distributed_attention' op num_heads is 0, expected >= 1}}
