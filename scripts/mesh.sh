@@ -4,9 +4,10 @@
 # endpoint and a ready-to-paste curl line, then runs until Ctrl-C, which stops
 # every process it started (SIGTERM, then SIGKILL after a grace period).
 #
-# The compiler service compiles the model's tp=2 plan at start. llmir-scheduler
-# has no worker (mesh) mode yet, so the scheduler serves the model
-# single-process and no shard workers are started; the script says so.
+# The scheduler runs in mesh mode: it has the compiler service compile the
+# model's tp=2 plan, hosts the rendezvous store, and assembles the two
+# llmir-shard-worker processes into one tensor-parallel replica (Gloo over
+# loopback); it is ready once both ranks have loaded their slices.
 #
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N]
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
 done
 model="$(cd "$model" && pwd)"
 name="$(basename "$model")"
-for b in llmir-compiler-service llmir-scheduler; do
+for b in llmir-compiler-service llmir-scheduler llmir-shard-worker; do
   [ -x "$bin/$b" ] || { echo "mesh.sh: $bin/$b is missing (run scripts/build.sh)" >&2; exit 1; }
 done
 
@@ -95,20 +96,33 @@ echo "== llmir-compiler-service"
 start compiler "$bin/llmir-compiler-service" --http.host=127.0.0.1 --http.port="$compiler_port"
 wait_for compiler 30 has_logged_port compiler
 compiler_port="$(logged_port compiler)"
-compile_reply="$(curl -sf -X POST "http://127.0.0.1:$compiler_port/v1/compile" \
-  -H 'Content-Type: application/json' -d "{\"model_dir\": \"$model\", \"tp\": 2}")" ||
-  fail compiler "the compiler service could not compile $model for tp=2"
-plan_id="$(printf '%s' "$compile_reply" | sed -n 's/.*"plan_id":"\([^"]*\)".*/\1/p')"
-echo "   http://127.0.0.1:$compiler_port  tp=2 plan $plan_id"
+echo "   http://127.0.0.1:$compiler_port"
 
-echo "== llmir-scheduler"
-echo "   (llmir-scheduler has no worker mode yet: serving $name single-process, no shard workers)"
+echo "== llmir-scheduler (mesh mode, tp=2)"
 start scheduler "$bin/llmir-scheduler" --model="$model" --host=127.0.0.1 --port="$port" \
-  --port-file="$workdir/scheduler.port"
+  --port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
+  --tp=2 --worker-port=0 --worker-port-file="$workdir/worker.port"
 wait_for scheduler 120 test -s "$workdir/scheduler.port"
+wait_for scheduler 30 test -s "$workdir/worker.port"
 port="$(cat "$workdir/scheduler.port")"
+worker_port="$(cat "$workdir/worker.port")"
 base="http://127.0.0.1:$port"
-wait_for scheduler 30 curl -sf -o /dev/null "$base/readyz"
+
+echo "== 2 x llmir-shard-worker (one tp=2 replica)"
+for rank in 0 1; do
+  start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
+    --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1
+done
+# /readyz answers 200 once a replica has every rank ready.
+for _ in $(seq 1200); do
+  curl -sf -o /dev/null "$base/readyz" && break
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null || fail "${names[$i]}" "${names[$i]} exited before the replica was ready"
+  done
+  sleep 0.1
+done
+curl -sf -o /dev/null "$base/readyz" || fail scheduler "the tp=2 replica was not ready within 120 s"
+echo "   replica ready: $base"
 
 if [ "$smoke" = 1 ]; then
   prompt_and_ids="$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["cases"][0]; print(json.dumps(c["prompt_text"])); print(json.dumps(c["greedy_ids"]))' "$model/reference.json")"
