@@ -5,11 +5,12 @@
 # every process it started (SIGTERM, then SIGKILL after a grace period).
 #
 # The scheduler runs in mesh mode: it has the compiler service compile the
-# model's tp=2 plan, hosts the rendezvous store, and assembles the two
-# llmir-shard-worker processes into one tensor-parallel replica (Gloo over
-# loopback); it is ready once both ranks have loaded their slices.
+# model's plan (tp=2 by default), hosts the rendezvous store, and assembles
+# the llmir-shard-worker processes into one replica (Gloo over loopback); it
+# is ready once every rank has loaded its slices.
 #
-# Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N]
+# Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
+#   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
 #            greedy completion, check its token ids against the model's
 #            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
@@ -21,13 +22,17 @@ model="$root/models/demo-llama-4m"
 port=8000
 compiler_port=8081
 smoke=0
+tp=2
+pp=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0 ;;
     --model) model="$2"; shift ;;
     --port) port="$2"; shift ;;
     --compiler-port) compiler_port="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tp) tp="$2"; shift ;;
+    --pp) pp="$2"; shift ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -98,18 +103,18 @@ wait_for compiler 30 has_logged_port compiler
 compiler_port="$(logged_port compiler)"
 echo "   http://127.0.0.1:$compiler_port"
 
-echo "== llmir-scheduler (mesh mode, tp=2)"
+echo "== llmir-scheduler (mesh mode, tp=$tp pp=$pp)"
 start scheduler "$bin/llmir-scheduler" --model="$model" --host=127.0.0.1 --port="$port" \
   --port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
-  --tp=2 --worker-port=0 --worker-port-file="$workdir/worker.port"
+  --tp="$tp" --pp="$pp" --worker-port=0 --worker-port-file="$workdir/worker.port"
 wait_for scheduler 120 test -s "$workdir/scheduler.port"
 wait_for scheduler 30 test -s "$workdir/worker.port"
 port="$(cat "$workdir/scheduler.port")"
 worker_port="$(cat "$workdir/worker.port")"
 base="http://127.0.0.1:$port"
 
-echo "== 2 x llmir-shard-worker (one tp=2 replica)"
-for rank in 0 1; do
+echo "== $((tp * pp)) x llmir-shard-worker (one tp=$tp pp=$pp replica)"
+for ((rank = 0; rank < tp * pp; rank++)); do
   start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
     --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1
 done
@@ -121,7 +126,7 @@ for _ in $(seq 1200); do
   done
   sleep 0.1
 done
-curl -sf -o /dev/null "$base/readyz" || fail scheduler "the tp=2 replica was not ready within 120 s"
+curl -sf -o /dev/null "$base/readyz" || fail scheduler "the tp=$tp pp=$pp replica was not ready within 120 s"
 echo "   replica ready: $base"
 
 if [ "$smoke" = 1 ]; then
