@@ -7,6 +7,9 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 
+#include <map>
+#include <tuple>
+
 using namespace mlir;
 
 namespace llmir::compiler {
@@ -134,26 +137,37 @@ private:
     return inst;
   }
 
+  /// Identical slices (a tied embedding read by the embedding and the LM
+  /// head) share one slot, so the engine loads the tensor once.
   llvm::Error lowerWeight(llm::WeightOp op) {
     auto type = op.getType().cast<RankedTensorType>();
-    uint32_t slot = newSlot(op.getResult(), /*isWeight=*/true, op.getName().str());
-    proto::WeightSlice *slice = program.add_weights();
-    slice->set_slot(slot);
-    slice->set_tensor_name(op.getName().str());
     std::vector<int64_t> full(type.getShape().begin(), type.getShape().end());
-    slice->set_dim(-1);
-    if (auto dim = op.getShardDim()) {
+    int64_t dim = -1, offset = 0, length = 0;
+    if (auto shardDim = op.getShardDim()) {
       int64_t numShards = *op.getNumShards();
       if (numShards != placement.tpSize)
         return errorAt(op, "weight sharded " + llvm::Twine(numShards) +
                                " ways on a rank of a tensor-parallel group of " +
                                llvm::Twine(placement.tpSize));
-      int64_t local = full[*dim];
-      full[*dim] = local * numShards;
-      slice->set_dim(*dim);
-      slice->set_offset(local * placement.tpRank);
-      slice->set_length(local);
+      dim = *shardDim;
+      length = full[dim];
+      offset = length * placement.tpRank;
+      full[dim] = length * numShards;
     }
+    WeightKey key{op.getName().str(), dim, offset, length,
+                  type.getAsOpaquePointer()};
+    if (auto loaded = weightSlots.find(key); loaded != weightSlots.end()) {
+      slots[op.getResult()] = loaded->second;
+      return llvm::Error::success();
+    }
+    uint32_t slot = newSlot(op.getResult(), /*isWeight=*/true, op.getName().str());
+    weightSlots.emplace(std::move(key), slot);
+    proto::WeightSlice *slice = program.add_weights();
+    slice->set_slot(slot);
+    slice->set_tensor_name(op.getName().str());
+    slice->set_dim(dim);
+    slice->set_offset(offset);
+    slice->set_length(length);
     for (int64_t d : full)
       slice->add_full_shape(d);
     return llvm::Error::success();
@@ -501,6 +515,11 @@ private:
   const RankPlacement &placement;
   proto::ShardProgram program;
   llvm::DenseMap<Value, uint32_t> slots;
+  /// Tensor name, shard dim, offset, length and local type of each loaded
+  /// weight slice -> its slot.
+  using WeightKey =
+      std::tuple<std::string, int64_t, int64_t, int64_t, const void *>;
+  std::map<WeightKey, uint32_t> weightSlots;
   int64_t numAttentionLayers = 0;
   /// The function splits the step's rows over the sp group (it holds the
   /// decoder form of llm.sequence_parallel_attention).

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+
 namespace llmir::compiler {
 namespace {
 
@@ -21,6 +24,54 @@ TEST(CompileHuggingFace, SingleRankProgramHasEveryLayerAndTheLogits) {
   for (const proto::WeightSlice &w : program.weights())
     EXPECT_EQ(w.dim(), -1) << w.tensor_name() << " is sliced on one rank";
   EXPECT_NE(compiled->partitionedMlir.find("func.func @prefill"), std::string::npos);
+}
+
+int64_t slotsNamed(const proto::ShardProgram &program, const std::string &name) {
+  return std::count_if(program.slots().begin(), program.slots().end(),
+                       [&](const proto::TensorSlot &s) { return s.name() == name; });
+}
+
+int64_t loadsOf(const proto::ShardProgram &program, const std::string &name) {
+  return std::count_if(
+      program.weights().begin(), program.weights().end(),
+      [&](const proto::WeightSlice &w) { return w.tensor_name() == name; });
+}
+
+// The embedding and the LM head of a tied model read one slot: the engine
+// loads the tensor once (per rank, per slice).
+TEST(CompileHuggingFace, TiedEmbeddingIsLoadedIntoOneSlot) {
+  const std::string tied = std::string(LLMIR_FIXTURES_DIR) + "/tiny-llama-mha";
+  if (!std::filesystem::exists(tied))
+    GTEST_SKIP() << "fixture tiny-llama-mha not in " << LLMIR_FIXTURES_DIR;
+  const std::string embed = "model.embed_tokens.weight";
+  for (int tp : {1, 2}) {
+    CompileOptions options;
+    options.tp = tp;
+    auto compiled = compileHuggingFace(tied, options);
+    ASSERT_TRUE(compiled) << compiled.message();
+    ASSERT_EQ(compiled->programs.size(), static_cast<size_t>(tp));
+    for (const proto::ShardProgram &program : compiled->programs) {
+      EXPECT_EQ(slotsNamed(program, embed), 1) << "tp=" << tp;
+      EXPECT_EQ(loadsOf(program, embed), 1) << "tp=" << tp;
+      int embedSlot = -1;
+      for (const proto::WeightSlice &w : program.weights())
+        if (w.tensor_name() == embed)
+          embedSlot = static_cast<int>(w.slot());
+      int readers = 0;
+      for (const proto::Instruction &inst : program.instructions())
+        readers += static_cast<int>(std::count(inst.inputs().begin(),
+                                               inst.inputs().end(), embedSlot));
+      EXPECT_EQ(readers, 2) << "tp=" << tp << ": the embedding and the LM head";
+    }
+  }
+}
+
+TEST(CompileHuggingFace, UntiedHeadHasItsOwnSlot) {
+  auto compiled = compileHuggingFace(kDemoModel, CompileOptions{});
+  ASSERT_TRUE(compiled) << compiled.message();
+  const proto::ShardProgram &program = compiled->programs[0];
+  EXPECT_EQ(loadsOf(program, "model.embed_tokens.weight"), 1);
+  EXPECT_EQ(loadsOf(program, "lm_head.weight"), 1);
 }
 
 TEST(CompileHuggingFace, MissingDirectoryIsAnErrorNamingIt) {
