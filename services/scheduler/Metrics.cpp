@@ -6,6 +6,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -29,6 +30,14 @@ const Histogram::BucketBoundaries kE2eBuckets = {
     40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 const Histogram::BucketBoundaries kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 const Histogram::BucketBoundaries kTokenBuckets = {1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+
+/// Adds to `counter` what the cumulative `now` gained since `seen`, the value
+/// last exported (stats come as running totals, Prometheus counters take deltas).
+void advance(prometheus::Counter &counter, uint64_t now, uint64_t &seen) {
+  if (now > seen)
+    counter.Increment(static_cast<double>(now - seen));
+  seen = std::max(seen, now);
+}
 } // namespace
 
 struct Metrics::Impl {
@@ -137,11 +146,6 @@ void Metrics::update(const serving::SchedulerStats &s) {
   impl_->kvUsage.Set(s.kvUsage);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   serving::SchedulerStats &last = impl_->last;
-  auto advance = [](prometheus::Counter &counter, uint64_t now, uint64_t &seen) {
-    if (now > seen)
-      counter.Increment(static_cast<double>(now - seen));
-    seen = std::max(seen, now);
-  };
   advance(impl_->prefixQueries, s.prefixQueryTokens, last.prefixQueryTokens);
   advance(impl_->prefixHits, s.prefixHitTokens, last.prefixHitTokens);
   advance(impl_->preemptions, s.numPreemptions, last.numPreemptions);
@@ -197,11 +201,6 @@ void Metrics::updateCluster(const serving::RouterStats &router, const MeshCounts
       m.replicaSpeed.Remove(gauge); // the replica is gone
   m.speedByReplica = std::move(speeds);
 
-  auto advance = [](prometheus::Counter &counter, uint64_t now, uint64_t &seen) {
-    if (now > seen)
-      counter.Increment(static_cast<double>(now - seen));
-    seen = std::max(seen, now);
-  };
   serving::RouterStats &last = m.lastRouter;
   advance(m.requeued, router.requeuedSequences, last.requeuedSequences);
   advance(m.replicaFailures, router.replicaFailures, last.replicaFailures);
