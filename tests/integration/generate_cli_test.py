@@ -11,15 +11,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 
-failures = []
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-        print("FAIL:", message)
+from generate_reference import (check, exit_on_failures, greedy_args, models_under_test,
+                                reference_cases)
 
 
 def run(generate, *args):
@@ -27,13 +21,9 @@ def run(generate, *args):
 
 
 def check_model(generate, model_dir):
-    with open(os.path.join(model_dir, "reference.json")) as f:
-        cases = json.load(f)["cases"]
+    cases = reference_cases(model_dir)
     for i, case in enumerate(cases):
-        ids = ",".join(map(str, case["prompt_ids"]))
-        n = str(len(case["greedy_ids"]))
-        proc = run(generate, "--model", model_dir, "--prompt-ids", ids,
-                   "--max-tokens", n, "--ignore-eos", "--json")
+        proc = run(generate, *greedy_args(model_dir, case))
         check(proc.returncode == 0, f"{model_dir} case {i}: exit {proc.returncode}: {proc.stderr}")
         if proc.returncode != 0:
             continue
@@ -43,7 +33,7 @@ def check_model(generate, model_dir):
               f"{model_dir} case {i}: output {out['output_ids']} != reference {case['greedy_ids']}")
         if "prompt_text" in case:
             proc = run(generate, "--model", model_dir, "--prompt", case["prompt_text"],
-                       "--max-tokens", n, "--ignore-eos", "--json")
+                       "--max-tokens", str(len(case["greedy_ids"])), "--ignore-eos", "--json")
             check(proc.returncode == 0, f"{model_dir} text case {i}: {proc.stderr}")
             if proc.returncode == 0:
                 out = json.loads(proc.stdout)
@@ -59,12 +49,8 @@ def main():
     parser.add_argument("--fixtures", required=True)
     args = parser.parse_args()
 
-    check_model(args.generate, os.path.join(args.models, "demo-llama-4m"))
-    if os.path.isdir(args.fixtures):
-        for name in ("tiny-llama-gqa", "tiny-llama-mha"):
-            check_model(args.generate, os.path.join(args.fixtures, name))
-    else:
-        print(f"SKIPPED fixtures: {args.fixtures} not found (../shared absent)")
+    for model_dir in models_under_test(args.models, args.fixtures):
+        check_model(args.generate, model_dir)
 
     demo = os.path.join(args.models, "demo-llama-4m")
     for bad in (["--model", demo, "--max-tokens", "4"],
@@ -79,9 +65,7 @@ def main():
     proc = run(args.generate, "--model", demo, "--prompt-ids", "99999", "--max-tokens", "4")
     check(proc.returncode == 1 and "error:" in proc.stderr, "out-of-vocabulary prompt id must fail cleanly")
 
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
+    exit_on_failures()
 
 
 if __name__ == "__main__":

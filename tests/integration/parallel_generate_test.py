@@ -22,19 +22,14 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 
-failures = []
+from generate_reference import (check, exit_on_failures, greedy_args, models_under_test,
+                                reference_cases)
+
 LAYOUTS = [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"]), ("tp2xpp2", ["--tp", "2", "--pp", "2"]),
            ("sp2", ["--sp", "2"]), ("tp2xsp2", ["--tp", "2", "--sp", "2"])]
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-        print("FAIL:", message, flush=True)
 
 
 def read_safetensors(path):
@@ -61,17 +56,14 @@ def relative_error(ours, ref):
 
 
 def generate(binary, model_dir, case, extra, logits_path):
-    ids = ",".join(map(str, case["prompt_ids"]))
-    args = [binary, "--model", model_dir, "--prompt-ids", ids,
-            "--max-tokens", str(len(case["greedy_ids"])), "--ignore-eos", "--json",
+    args = [binary, *greedy_args(model_dir, case),
             "--threads", "1", "--timeout-s", "20", "--dump-prompt-logits", logits_path, *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
 
 def check_model(binary, model_dir, tolerance, cases_to_run, tmp):
     name = os.path.basename(model_dir)
-    with open(os.path.join(model_dir, "reference.json")) as f:
-        cases = json.load(f)["cases"]
+    cases = reference_cases(model_dir)
     reference = read_safetensors(os.path.join(model_dir, "reference_logits.safetensors"))
     for c in cases_to_run:
         case = cases[c]
@@ -161,17 +153,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         # Cases 0 and 1 (7 and 33 prompt tokens) keep the run short on 2 cores;
         # the single-rank CLI test covers every case.
-        check_model(args.generate, demo, 1e-3, [0, 1], tmp)
-        if os.path.isdir(args.fixtures):
-            for name in ("tiny-llama-gqa", "tiny-llama-mha"):
-                check_model(args.generate, os.path.join(args.fixtures, name), 1e-4, [0, 1], tmp)
-        else:
-            print(f"SKIPPED fixtures: {args.fixtures} not found (../shared absent)")
+        for model_dir in models_under_test(args.models, args.fixtures):
+            tolerance = 1e-3 if model_dir == demo else 1e-4
+            check_model(args.generate, model_dir, tolerance, [0, 1], tmp)
     check_killed_rank(args.generate, demo)
 
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
+    exit_on_failures()
 
 
 if __name__ == "__main__":

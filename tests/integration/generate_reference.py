@@ -1,0 +1,42 @@
+"""What the llmir-generate integration tests share: soft checks that collect
+failures, the models under test and their Hugging Face reference cases, and
+the command line that asks for a case's greedy ids."""
+import json
+import os
+import sys
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+        print("FAIL:", message, flush=True)
+
+
+def exit_on_failures():
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        sys.exit(1)
+
+
+def models_under_test(models, fixtures):
+    """The embedded demo model, plus the ../shared fixtures when present."""
+    dirs = [os.path.join(models, "demo-llama-4m")]
+    if os.path.isdir(fixtures):
+        dirs += [os.path.join(fixtures, name) for name in ("tiny-llama-gqa", "tiny-llama-mha")]
+    else:
+        print(f"SKIPPED fixtures: {fixtures} not found (../shared absent)")
+    return dirs
+
+
+def reference_cases(model_dir):
+    with open(os.path.join(model_dir, "reference.json")) as f:
+        return json.load(f)["cases"]
+
+
+def greedy_args(model_dir, case):
+    """Arguments that generate exactly the case's reference token count from
+    its prompt ids, printed as JSON."""
+    return ["--model", model_dir, "--prompt-ids", ",".join(map(str, case["prompt_ids"])),
+            "--max-tokens", str(len(case["greedy_ids"])), "--ignore-eos", "--json"]
