@@ -4,8 +4,14 @@
 // tests/integration).
 #pragma once
 
+#include "llmir/compiler/Compile.h"
+#include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Communicator.h"
+#include "llmir/engine/Executor.h"
+#include "llmir/model/Checkpoint.h"
 #include "llmir/proto/deployment_plan.pb.h"
+
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <barrier>
@@ -15,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace llmir::compiler {
@@ -100,5 +107,44 @@ private:
   std::condition_variable mailArrived;
   std::map<std::pair<uint32_t, uint32_t>, std::deque<std::vector<float>>> mail;
 };
+
+/// Runs every rank of `compiled`, each in its own thread over a LocalCluster,
+/// through `steps`; returns per rank the logits of each step (empty for ranks
+/// without an output). A rank's error fails the calling test.
+inline std::vector<std::vector<std::vector<float>>>
+runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
+           const std::vector<engine::StepInput> &steps, int32_t numKvBlocks) {
+  LocalCluster cluster(compiled.plan);
+  const size_t world = compiled.programs.size();
+  std::vector<std::vector<std::vector<float>>> logits(world);
+  std::vector<std::string> errors(world);
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      LocalCluster::Rank comm(cluster, static_cast<uint32_t>(r));
+      engine::ExecutorOptions options;
+      options.numKvBlocks = numKvBlocks;
+      options.numThreads = 1;
+      auto executor = engine::Executor::create(
+          compiled.programs[r], engine::checkpointWeights(checkpoint), options, &comm);
+      if (!executor) {
+        errors[r] = executor.message();
+        return;
+      }
+      for (const engine::StepInput &step : steps) {
+        auto out = (*executor)->step(step);
+        if (!out) {
+          errors[r] = out.message();
+          return;
+        }
+        logits[r].push_back(out->data);
+      }
+    });
+  for (std::thread &t : threads)
+    t.join();
+  for (size_t r = 0; r < world; ++r)
+    EXPECT_EQ(errors[r], "") << "rank " << r;
+  return logits;
+}
 
 } // namespace llmir::compiler

@@ -4,15 +4,9 @@
 // single-rank program's.
 #include "LocalCluster.h"
 
-#include "llmir/compiler/Compile.h"
-#include "llmir/engine/CheckpointWeights.h"
-#include "llmir/engine/Executor.h"
-#include "llmir/model/Checkpoint.h"
-
 #include <gtest/gtest.h>
 
 #include <numeric>
-#include <thread>
 
 namespace llmir::compiler {
 namespace {
@@ -29,38 +23,15 @@ engine::StepInput promptStep() {
   return step;
 }
 
-/// Runs every rank of `compiled` on one prompt; returns the logits of the
-/// rank(s) with an output (all equal for TP ranks of the last stage).
-std::vector<std::vector<float>> runReplica(const CompiledModel &compiled,
-                                           const model::Checkpoint &checkpoint) {
-  LocalCluster cluster(compiled.plan);
-  const size_t world = compiled.programs.size();
-  std::vector<std::vector<float>> logits(world);
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> threads;
-  for (size_t r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      LocalCluster::Rank comm(cluster, static_cast<uint32_t>(r));
-      engine::ExecutorOptions options;
-      options.numKvBlocks = 4;
-      options.numThreads = 1;
-      auto executor = engine::Executor::create(
-          compiled.programs[r], engine::checkpointWeights(checkpoint), options, &comm);
-      if (!executor) {
-        errors[r] = executor.message();
-        return;
-      }
-      auto out = (*executor)->step(promptStep());
-      if (!out)
-        errors[r] = out.message();
-      else
-        logits[r] = out->data;
-    });
-  for (std::thread &t : threads)
-    t.join();
-  for (size_t r = 0; r < world; ++r)
-    EXPECT_EQ(errors[r], "") << "rank " << r;
-  return logits;
+/// The last-token logits of every rank of `compiled` for the prompt (empty
+/// for ranks without an output; all equal for TP ranks of the last stage).
+std::vector<std::vector<float>> runPrompt(const CompiledModel &compiled,
+                                          const model::Checkpoint &checkpoint) {
+  auto logits = runReplica(compiled, checkpoint, {promptStep()}, /*numKvBlocks=*/4);
+  std::vector<std::vector<float>> prompt;
+  for (auto &rank : logits)
+    prompt.push_back(rank.empty() ? std::vector<float>{} : std::move(rank[0]));
+  return prompt;
 }
 
 class PartitionedExecution : public ::testing::TestWithParam<std::pair<int, int>> {};
@@ -70,7 +41,7 @@ TEST_P(PartitionedExecution, LastStageLogitsEqualTheSingleRankOnes) {
   ASSERT_TRUE(checkpoint) << checkpoint.message();
   auto single = compileHuggingFace(kDemoModel, CompileOptions{});
   ASSERT_TRUE(single) << single.message();
-  std::vector<float> expected = runReplica(*single, *checkpoint)[0];
+  std::vector<float> expected = runPrompt(*single, *checkpoint)[0];
   ASSERT_EQ(expected.size(), 2048u);
 
   CompileOptions options;
@@ -79,7 +50,7 @@ TEST_P(PartitionedExecution, LastStageLogitsEqualTheSingleRankOnes) {
   auto compiled = compileHuggingFace(kDemoModel, options);
   ASSERT_TRUE(compiled) << compiled.message();
   ASSERT_EQ(compiled->programs.size(), static_cast<size_t>(options.tp * options.pp));
-  std::vector<std::vector<float>> logits = runReplica(*compiled, *checkpoint);
+  std::vector<std::vector<float>> logits = runPrompt(*compiled, *checkpoint);
   for (size_t r = 0; r < logits.size(); ++r) {
     bool lastStage = compiled->programs[r].stage_id() + 1 == static_cast<uint32_t>(options.pp);
     EXPECT_EQ(compiled->programs[r].has_output(), lastStage) << "rank " << r;

@@ -8,16 +8,10 @@
 // within 1e-5 of the step's largest logit.
 #include "LocalCluster.h"
 
-#include "llmir/compiler/Compile.h"
-#include "llmir/engine/CheckpointWeights.h"
-#include "llmir/engine/Executor.h"
-#include "llmir/model/Checkpoint.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numeric>
-#include <thread>
 #include <tuple>
 
 namespace llmir::compiler {
@@ -70,44 +64,6 @@ std::vector<engine::StepInput> steps() {
   return out;
 }
 
-/// Runs every rank of `compiled` through `steps`; returns per rank the
-/// logits of each step (empty for ranks without an output).
-std::vector<std::vector<std::vector<float>>>
-runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
-           const std::vector<engine::StepInput> &steps) {
-  LocalCluster cluster(compiled.plan);
-  const size_t world = compiled.programs.size();
-  std::vector<std::vector<std::vector<float>>> logits(world);
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> threads;
-  for (size_t r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      LocalCluster::Rank comm(cluster, static_cast<uint32_t>(r));
-      engine::ExecutorOptions options;
-      options.numKvBlocks = kNumBlocks;
-      options.numThreads = 1;
-      auto executor = engine::Executor::create(
-          compiled.programs[r], engine::checkpointWeights(checkpoint), options, &comm);
-      if (!executor) {
-        errors[r] = executor.message();
-        return;
-      }
-      for (const engine::StepInput &step : steps) {
-        auto out = (*executor)->step(step);
-        if (!out) {
-          errors[r] = out.message();
-          return;
-        }
-        logits[r].push_back(out->data);
-      }
-    });
-  for (std::thread &t : threads)
-    t.join();
-  for (size_t r = 0; r < world; ++r)
-    EXPECT_EQ(errors[r], "") << "rank " << r;
-  return logits;
-}
-
 int count(const proto::ShardProgram &program, proto::Opcode op) {
   return static_cast<int>(std::count_if(
       program.instructions().begin(), program.instructions().end(),
@@ -125,7 +81,7 @@ TEST_P(SequenceParallelExecution, LogitsEqualTheSingleRankOnes) {
   auto single = compileHuggingFace(kDemoModel, options);
   ASSERT_TRUE(single) << single.message();
   const std::vector<engine::StepInput> inputs = steps();
-  std::vector<std::vector<float>> expected = runReplica(*single, *checkpoint, inputs)[0];
+  std::vector<std::vector<float>> expected = runReplica(*single, *checkpoint, inputs, kNumBlocks)[0];
   ASSERT_EQ(expected.size(), inputs.size());
   ASSERT_EQ(expected[0].size(), 41u * 2048u);
 
@@ -149,7 +105,7 @@ TEST_P(SequenceParallelExecution, LogitsEqualTheSingleRankOnes) {
         << "rank " << program.rank();
   }
 
-  auto logits = runReplica(*compiled, *checkpoint, inputs);
+  auto logits = runReplica(*compiled, *checkpoint, inputs, kNumBlocks);
   size_t outputRanks = 0;
   for (size_t r = 0; r < world; ++r) {
     if (!compiled->programs[r].has_output())
