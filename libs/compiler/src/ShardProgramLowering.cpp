@@ -356,18 +356,28 @@ private:
     return llvm::Error::success();
   }
 
+  /// The KV cache of a decoder-form sequence-parallel attention op, sharded
+  /// over the rank's sequence-parallel group.
+  llvm::Expected<llm::ShardedKVCacheType> shardedCacheOf(Operation *op, bool decoderForm,
+                                                         Value kvCache) {
+    if (!decoderForm)
+      return errorAt(op, "is the seed's 4-D form; only the decoder form "
+                         "(q, k, v, kv_cache) lowers to a ShardProgram");
+    auto cache = kvCache.getType().cast<llm::ShardedKVCacheType>();
+    if (cache.getShards() != placement.spSize)
+      return errorAt(op, "kv_cache has " + llvm::Twine(cache.getShards()) +
+                             " shards, the rank's sequence-parallel group " +
+                             llvm::Twine(placement.spSize) + " ranks");
+    return cache;
+  }
+
   /// ATTENTION_PARTIAL over this rank's blocks, ALL_GATHER of the partials
   /// (output ‖ log-sum-exp per head) over the sp group, ATTENTION_MERGE.
   llvm::Error lowerDistributedAttention(llm::DistributedAttentionOp a) {
-    if (!a.isDecoderForm())
-      return errorAt(a, "is the seed's 4-D form; only the decoder form "
-                        "(q, k, v, kv_cache) lowers to a ShardProgram");
-    auto cache = a.getKvCache().getType().cast<llm::ShardedKVCacheType>();
-    if (cache.getShards() != placement.spSize)
-      return errorAt(a, "kv_cache has " + llvm::Twine(cache.getShards()) +
-                            " shards, the rank's sequence-parallel group " +
-                            llvm::Twine(placement.spSize) + " ranks");
-    auto group = groupOf(a, "sp", cache.getShards());
+    auto cache = shardedCacheOf(a, a.isDecoderForm(), a.getKvCache());
+    if (!cache)
+      return cache.takeError();
+    auto group = groupOf(a, "sp", cache->getShards());
     if (!group)
       return group.takeError();
     const int64_t heads = a.getNumHeads(), headDim = a.getHeadDim();
@@ -375,7 +385,7 @@ private:
     auto partialType = RankedTensorType::get(
         {query.getDimSize(0), heads * headDim + heads}, query.getElementType());
     auto gatheredType = RankedTensorType::get(
-        {query.getDimSize(0), cache.getShards() * (heads * headDim + heads)},
+        {query.getDimSize(0), cache->getShards() * (heads * headDim + heads)},
         query.getElementType());
 
     proto::Instruction *partial = emit(proto::ATTENTION_PARTIAL);
@@ -388,9 +398,9 @@ private:
     uint32_t partialSlot = addSlot(partialType, false, "attention_partial");
     partial->add_outputs(partialSlot);
     describeAttention(*partial, heads, *a.getNumKvHeads(), headDim, a.getScale(),
-                      cache.getBlockSize());
+                      cache->getBlockSize());
     auto &partialInts = *partial->mutable_int_attrs();
-    partialInts["sp_size"] = cache.getShards();
+    partialInts["sp_size"] = cache->getShards();
     partialInts["sp_index"] = placement.spIndex;
 
     proto::Instruction *gather = emit(proto::ALL_GATHER);
@@ -405,7 +415,7 @@ private:
     auto &mergeInts = *merge->mutable_int_attrs();
     mergeInts["num_heads"] = heads;
     mergeInts["head_dim"] = headDim;
-    mergeInts["sp_size"] = cache.getShards();
+    mergeInts["sp_size"] = cache->getShards();
     return llvm::Error::success();
   }
 
@@ -463,19 +473,14 @@ private:
   /// ALL_GATHER_ROWS of this rank's k and v rows over the sp group, then
   /// SP_ATTENTION: store every row's k/v, attend this rank's query rows.
   llvm::Error lowerSequenceParallelAttention(llm::SequenceParallelAttentionOp a) {
-    if (!a.isDecoderForm())
-      return errorAt(a, "is the seed's 4-D form; only the decoder form "
-                        "(q, k, v, kv_cache) lowers to a ShardProgram");
-    auto cache = a.getKvCache().getType().cast<llm::ShardedKVCacheType>();
-    if (cache.getShards() != placement.spSize)
-      return errorAt(a, "kv_cache has " + llvm::Twine(cache.getShards()) +
-                            " shards, the rank's sequence-parallel group " +
-                            llvm::Twine(placement.spSize) + " ranks");
+    auto cache = shardedCacheOf(a, a.isDecoderForm(), a.getKvCache());
+    if (!cache)
+      return cache.takeError();
     const int64_t kvWidth = *a.getNumKvHeads() * *a.getHeadDim();
     auto kvType = RankedTensorType::get(
         {ShapedType::kDynamicSize, 2 * kvWidth},
         a.getKey().getType().cast<RankedTensorType>().getElementType());
-    auto kv = gatherRows(a, {a.getKey(), a.getValue()}, cache.getShards(), kvType,
+    auto kv = gatherRows(a, {a.getKey(), a.getValue()}, cache->getShards(), kvType,
                          "sp_key_value_rows");
     if (!kv)
       return kv.takeError();
@@ -487,7 +492,7 @@ private:
     attention->add_inputs(*kv);
     attention->add_outputs(activationSlot(a.getResult()));
     describeAttention(*attention, *a.getNumHeads(), *a.getNumKvHeads(),
-                      *a.getHeadDim(), *a.getScale(), cache.getBlockSize());
+                      *a.getHeadDim(), *a.getScale(), cache->getBlockSize());
     setRowSlice(*attention);
     return llvm::Error::success();
   }
