@@ -11,6 +11,7 @@
 
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/KvCache.h"
+#include "llmir/model/Safetensors.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/ThreadPool.h"
 #include "llmir/proto/shard_program.pb.h"
@@ -113,19 +114,12 @@ void mergeAttention(const float *gathered, int64_t T, int64_t shards,
 
 } // namespace cpu
 
-namespace {
-
-Status expectShape(const Tensor &x, int64_t rows, int64_t width, const char *what) {
-  if (x.shape.size() == 2 && x.rows() == rows && x.rowSize() == width)
+Status expectMatrix(const Tensor &x, int64_t rows, int64_t width, const char *what) {
+  if (x.shape.size() == 2 && x.shape[0] == rows && x.shape[1] == width)
     return Status::ok();
-  std::string shape;
-  for (int64_t d : x.shape)
-    shape += (shape.empty() ? "" : ", ") + std::to_string(d);
-  return Status::error(std::string(what) + " has shape [" + shape + "]; expected [" +
-                       std::to_string(rows) + ", " + std::to_string(width) + "]");
+  return Status::error(std::string(what) + " has shape " + model::formatShape(x.shape) +
+                       "; expected " + model::formatShape({rows, width}));
 }
-
-} // namespace
 
 Status runAttentionPartial(KernelCall &call) {
   cpu::AttentionParams params;
@@ -140,9 +134,9 @@ Status runAttentionPartial(KernelCall &call) {
                &v = *call.inputs[2].activation;
   const int64_t T = call.step->numTokens();
   const int64_t kvWidth = params.numKvHeads * params.headDim;
-  LLMIR_RETURN_IF_ERROR(expectShape(q, T, params.numHeads * params.headDim, "query"));
-  LLMIR_RETURN_IF_ERROR(expectShape(k, T, kvWidth, "key"));
-  LLMIR_RETURN_IF_ERROR(expectShape(v, T, kvWidth, "value"));
+  LLMIR_RETURN_IF_ERROR(expectMatrix(q, T, params.numHeads * params.headDim, "query"));
+  LLMIR_RETURN_IF_ERROR(expectMatrix(k, T, kvWidth, "key"));
+  LLMIR_RETURN_IF_ERROR(expectMatrix(v, T, kvWidth, "value"));
   Tensor &out = *call.outputs[0];
   out.reshape({T, params.numHeads * params.headDim + params.numHeads});
   cpu::partialAttention(q.data.data(), k.data.data(), v.data.data(), *call.step,
@@ -156,7 +150,7 @@ Status runAttentionMerge(KernelCall &call) {
   const Tensor &gathered = *call.inputs[0].activation;
   const int64_t T = call.step->numTokens();
   LLMIR_RETURN_IF_ERROR(
-      expectShape(gathered, T, shards * (heads * headDim + heads), "gathered partials"));
+      expectMatrix(gathered, T, shards * (heads * headDim + heads), "gathered partials"));
   Tensor &out = *call.outputs[0];
   out.reshape({T, heads * headDim});
   cpu::mergeAttention(gathered.data.data(), T, shards, heads, headDim, out.data.data());

@@ -14,4 +14,8 @@ Status runSpScatterRows(KernelCall &call);
 Status runAllGatherRows(KernelCall &call);
 Status runSpAttention(KernelCall &call);
 
+/// OK when `x` is a [rows, width] matrix; otherwise an error naming `what`,
+/// its shape and the expected one.
+Status expectMatrix(const Tensor &x, int64_t rows, int64_t width, const char *what);
+
 } // namespace llmir::engine

@@ -40,16 +40,6 @@ RowRange sliceOf(const KernelCall &call) {
                               call.intAttr("sp_index"));
 }
 
-Status expectShape(const Tensor &x, int64_t rows, int64_t width, const char *what) {
-  if (x.shape.size() == 2 && x.shape[0] == rows && x.shape[1] == width)
-    return Status::ok();
-  std::string shape;
-  for (int64_t d : x.shape)
-    shape += (shape.empty() ? "" : ", ") + std::to_string(d);
-  return Status::error(std::string(what) + " has shape [" + shape + "]; expected [" +
-                       std::to_string(rows) + ", " + std::to_string(width) + "]");
-}
-
 } // namespace
 
 Status runSpScatterRows(KernelCall &call) {
@@ -112,8 +102,8 @@ Status runSpAttention(KernelCall &call) {
   const Tensor &q = *call.inputs[0].activation, &kv = *call.inputs[1].activation;
   const RowRange rows = sliceOf(call);
   const int64_t qWidth = params.numHeads * params.headDim;
-  LLMIR_RETURN_IF_ERROR(expectShape(q, rows.size(), qWidth, "query slice"));
-  LLMIR_RETURN_IF_ERROR(expectShape(kv, call.step->numTokens(),
+  LLMIR_RETURN_IF_ERROR(expectMatrix(q, rows.size(), qWidth, "query slice"));
+  LLMIR_RETURN_IF_ERROR(expectMatrix(kv, call.step->numTokens(),
                                     2 * params.numKvHeads * params.headDim,
                                     "gathered key/value rows"));
   Tensor &out = *call.outputs[0];
