@@ -17,6 +17,8 @@
 #include "mlir/IR/BuiltinTypes.h"
 
 #include <algorithm>
+#include <set>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -46,9 +48,16 @@ struct StageNeed {
 
 StageNeed measure(Region &region) {
   StageNeed need;
+  // The lowering loads identical slices once (a tied LM head reads the
+  // embedding's slot), so each is counted once.
+  std::set<std::tuple<std::string, int32_t, int32_t>> loadedSlices;
   region.walk([&](Operation *op) {
     if (auto w = dyn_cast<llm::WeightOp>(op)) {
-      need.weights += byteSize(w.getType());
+      if (loadedSlices
+              .emplace(w.getName().str(), w.getShardDim().value_or(-1),
+                       w.getNumShards().value_or(1))
+              .second)
+        need.weights += byteSize(w.getType());
       return;
     }
     double working = 0;

@@ -63,6 +63,18 @@ TEST(CompileHuggingFace, TiedEmbeddingIsLoadedIntoOneSlot) {
                                                inst.inputs().end(), embedSlot));
       EXPECT_EQ(readers, 2) << "tp=" << tp << ": the embedding and the LM head";
     }
+    // The memory plan counts what the ranks load: every weight slice once.
+    for (int rank = 0; rank < tp; ++rank) {
+      uint64_t loaded = 0;
+      for (const proto::WeightSlice &w : compiled->programs[rank].weights()) {
+        const proto::TensorSlot &slot = compiled->programs[rank].slots(w.slot());
+        uint64_t elements = 4; // f32 fixture
+        for (int64_t d : slot.shape())
+          elements *= static_cast<uint64_t>(d);
+        loaded += elements;
+      }
+      EXPECT_EQ(compiled->plan.ranks(rank).weight_bytes(), loaded) << "tp=" << tp;
+    }
   }
 }
 
