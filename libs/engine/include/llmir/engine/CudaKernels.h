@@ -1,0 +1,91 @@
+// The CUDA math kernels: the entry points of CpuKernels.h on raw DEVICE
+// pointers, with the same math (f32 arithmetic, weights widened from their
+// stored dtype, HF rotate_half RoPE, paged causal GQA attention over a cache
+// laid out as KvCache). Work is queued on the current device's default
+// stream; a Status reports a rejected argument or a failed launch, and
+// Context::synchronize() the errors of the work itself. Callers guarantee
+// sizes, as for the CPU kernels.
+#pragma once
+
+#include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/KvCache.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <memory>
+
+namespace llmir::engine::cuda {
+
+/// The cuBLAS handle and the device scratch buffer 16-bit weights are
+/// widened into before the f32 matrix product.
+class Context {
+public:
+  /// Fails when no CUDA device is usable or cuBLAS cannot start.
+  static Result<Context> create();
+  Context(Context &&) noexcept;
+  Context &operator=(Context &&) noexcept;
+  ~Context();
+
+  /// Waits for all queued work; returns the first error it raised.
+  Status synchronize();
+
+  struct State;
+  State &state() { return *state_; }
+
+private:
+  explicit Context(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null); cuBLAS SGEMM
+/// with f32 compute, bf16/f16 weights widened into the context's scratch.
+Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
+              const float *bias, float *y);
+
+/// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
+Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
+               float eps, float *y);
+
+/// In place HF rotate_half RoPE of x[T, numHeads * headDim]; token t is at
+/// positions[t] (a device array).
+Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+            const int32_t *positions, float theta);
+
+/// y = silu(gate) * up.
+Status swiglu(const float *gate, const float *up, float *y, int64_t n);
+/// y = a + b.
+Status add(const float *a, const float *b, float *y, int64_t n);
+
+/// y[T, H] = rows of table[V_local, H] for ids - vocabOffset; ids outside
+/// the local vocabulary give zero rows.
+Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
+                 int64_t vocabOffset, float *y);
+
+/// A paged KV cache in device memory, laid out as KvCache: per layer, for K
+/// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32.
+struct DeviceKvCache {
+  KvCacheShape shape;
+  float *keys = nullptr;
+  float *values = nullptr;
+};
+
+/// A step's per-token tables in device memory (see StepInput).
+struct DeviceStep {
+  int64_t numTokens = 0;
+  const int32_t *positions = nullptr; // [numTokens]
+  const int32_t *tokenSeq = nullptr;  // [numTokens]
+  /// [numSequences][blockTableStride]: sequence s's block table is row s.
+  const int32_t *blockTables = nullptr;
+  int64_t blockTableStride = 0;
+};
+
+/// Writes this step's k, v [T, Hkv * D] into the cache (the blocks of this
+/// rank when params.kvShards > 1), then causal grouped-query attention of
+/// q [T, Hq * D] over each token's positions 0..p; out [T, Hq * D]. The step
+/// must be valid for the cache. headDim must be at most 256.
+Status pagedAttention(const float *q, const float *k, const float *v,
+                      const DeviceStep &step,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache,
+                      float *out);
+
+} // namespace llmir::engine::cuda

@@ -1,0 +1,129 @@
+// Paged causal grouped-query attention. The step's k, v are stored first;
+// then one block of kWarps warps per (token, query head): each warp walks
+// every kWarps-th visible key with an online (running-max) softmax, its
+// lanes holding strided slices of the head dimension, and the warps' partial
+// results are merged exactly at the end.
+#include "Launch.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+namespace llmir::engine::cuda::detail {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kPerLane = static_cast<int>(kMaxHeadDim / 32);
+
+__device__ int64_t cacheRow(const AttentionGeometry &g, int32_t seq,
+                            int64_t position) {
+  const int32_t block =
+      g.blockTables[seq * g.blockTableStride + position / g.blockSize];
+  return (block * g.blockSize + position % g.blockSize) * g.numKvHeads *
+         g.headDim;
+}
+
+// One block per token, threads over the row's Hkv * D floats.
+__global__ void storeKernel(const float *k, const float *v,
+                            AttentionGeometry g) {
+  const int64_t t = blockIdx.x;
+  const int64_t position = g.positions[t];
+  if ((position / g.blockSize) % g.kvShards != g.kvShard)
+    return; // another sequence-parallel rank's block
+  const int64_t width = g.numKvHeads * g.headDim;
+  const int64_t row = cacheRow(g, g.tokenSeq[t], position);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    g.keys[row + i] = k[t * width + i];
+    g.values[row + i] = v[t * width + i];
+  }
+}
+
+__global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
+  __shared__ float warpMax[kWarps], warpSum[kWarps];
+  __shared__ float warpOut[kWarps][kMaxHeadDim];
+  const int64_t t = blockIdx.x, h = blockIdx.y, D = g.headDim;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t kvHead = h / (g.numHeads / g.numKvHeads);
+  const int32_t seq = g.tokenSeq[t];
+  const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
+  const float *query = q + (t * g.numHeads + h) * D;
+
+  float queryPart[kPerLane], acc[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int64_t d = lane + 32 * i;
+    queryPart[i] = d < D ? query[d] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float runningMax = -INFINITY, runningSum = 0.0f;
+  for (int64_t j = warp; j < length; j += kWarps) {
+    const int64_t row = cacheRow(g, seq, j) + kvHead * D;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t d = lane + 32 * i;
+      if (d < D)
+        dot += queryPart[i] * g.keys[row + d];
+    }
+    for (int offset = 16; offset > 0; offset /= 2)
+      dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    const float score = dot * g.scale;
+    const float newMax = fmaxf(runningMax, score);
+    const float correction = expf(runningMax - newMax);
+    const float weight = expf(score - newMax);
+    runningSum = runningSum * correction + weight;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t d = lane + 32 * i;
+      if (d < D)
+        acc[i] = acc[i] * correction + weight * g.values[row + d];
+    }
+    runningMax = newMax;
+  }
+  if (lane == 0) {
+    warpMax[warp] = runningMax;
+    warpSum[warp] = runningSum;
+  }
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int64_t d = lane + 32 * i;
+    if (d < D)
+      warpOut[warp][d] = acc[i];
+  }
+  __syncthreads();
+  // Warp 0 saw key 0, so the merged maximum is finite.
+  float maximum = warpMax[0];
+  for (int w = 1; w < kWarps; ++w)
+    maximum = fmaxf(maximum, warpMax[w]);
+  float factor[kWarps], total = 0.0f;
+  for (int w = 0; w < kWarps; ++w) {
+    factor[w] = expf(warpMax[w] - maximum); // 0 for a warp that saw no key
+    total += warpSum[w] * factor[w];
+  }
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < kWarps; ++w)
+      sum += warpOut[w][d] * factor[w];
+    out[(t * g.numHeads + h) * D + d] = sum / total;
+  }
+}
+
+} // namespace
+
+int storeKeysAndValues(const float *k, const float *v,
+                       const AttentionGeometry &g) {
+  if (g.numTokens > 0)
+    storeKernel<<<static_cast<unsigned>(g.numTokens), 128>>>(k, v, g);
+  return cudaGetLastError();
+}
+
+int attend(const float *q, const AttentionGeometry &g, float *out) {
+  if (g.numTokens > 0) {
+    const dim3 grid(static_cast<unsigned>(g.numTokens),
+                    static_cast<unsigned>(g.numHeads));
+    attendKernel<<<grid, kWarps * 32>>>(q, g, out);
+  }
+  return cudaGetLastError();
+}
+
+} // namespace llmir::engine::cuda::detail

@@ -1,0 +1,102 @@
+// Elementwise kernels: widening of stored weights, bias, SWIGLU, ADD,
+// EMBEDDING. One thread per element, grid-stride.
+#include "Launch.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace llmir::engine::cuda::detail {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned gridFor(int64_t n) {
+  int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1)
+                                              : 65535);
+}
+
+__device__ float load(const void *src, Storage storage, int64_t i) {
+  switch (storage) {
+  case Storage::F16:
+    return __half2float(static_cast<const __half *>(src)[i]);
+  case Storage::BF16: // bf16 is the upper half of an f32
+    return __uint_as_float(
+        static_cast<unsigned>(static_cast<const unsigned short *>(src)[i])
+        << 16);
+  default:
+    return static_cast<const float *>(src)[i];
+  }
+}
+
+__global__ void widenKernel(const void *src, Storage storage, int64_t n,
+                            float *dst) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = load(src, storage, i);
+}
+
+__global__ void addBiasKernel(float *y, const float *bias, int64_t n,
+                              int64_t N) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += bias[i % N];
+}
+
+__global__ void swigluKernel(const float *gate, const float *up, float *y,
+                             int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float g = gate[i];
+    y[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = a[i] + b[i];
+}
+
+__global__ void embeddingKernel(const int32_t *ids, int64_t n,
+                                const void *table, Storage storage,
+                                int64_t rows, int64_t cols, int64_t vocabOffset,
+                                float *y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = static_cast<int64_t>(ids[i / cols]) - vocabOffset;
+    y[i] = row >= 0 && row < rows ? load(table, storage, row * cols + i % cols)
+                                  : 0.0f;
+  }
+}
+
+} // namespace
+
+int widen(const void *src, Storage storage, int64_t n, float *dst) {
+  widenKernel<<<gridFor(n), kThreads>>>(src, storage, n, dst);
+  return cudaGetLastError();
+}
+
+int addBias(float *y, const float *bias, int64_t T, int64_t N) {
+  addBiasKernel<<<gridFor(T * N), kThreads>>>(y, bias, T * N, N);
+  return cudaGetLastError();
+}
+
+int swiglu(const float *gate, const float *up, float *y, int64_t n) {
+  swigluKernel<<<gridFor(n), kThreads>>>(gate, up, y, n);
+  return cudaGetLastError();
+}
+
+int add(const float *a, const float *b, float *y, int64_t n) {
+  addKernel<<<gridFor(n), kThreads>>>(a, b, y, n);
+  return cudaGetLastError();
+}
+
+int embedding(const int32_t *ids, int64_t T, const void *table, Storage storage,
+              int64_t rows, int64_t cols, int64_t vocabOffset, float *y) {
+  embeddingKernel<<<gridFor(T * cols), kThreads>>>(
+      ids, T * cols, table, storage, rows, cols, vocabOffset, y);
+  return cudaGetLastError();
+}
+
+} // namespace llmir::engine::cuda::detail

@@ -1,0 +1,373 @@
+// Every CUDA kernel against its CPU kernel, in the manner of llama.cpp's
+// test-backend-ops: random inputs of several shapes (one token and many,
+// MHA and GQA, f32/bf16/f16 weights), both backends run, and the largest
+// error relative to the largest CPU value must stay under a per-op limit.
+// The suite prints one table row per case and skips without a CUDA device.
+#include "TestUtil.h"
+
+#include "llmir/engine/CudaKernels.h"
+#include "llmir/engine/KvCache.h"
+#include "llmir/engine/Step.h"
+#include "llmir/engine/ThreadPool.h"
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <string>
+
+namespace llmir::engine {
+namespace {
+
+using testing::makeWeight;
+using testing::randomFloats;
+
+constexpr double kElementwiseLimit = 1e-5;
+constexpr double kMatmulLimit = 1e-4;
+
+template <typename T> class DeviceArray {
+public:
+  explicit DeviceArray(const std::vector<T> &host) : size_(host.size()) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&data_),
+                         std::max<size_t>(1, size_) * sizeof(T)),
+              cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(data_, host.data(), size_ * sizeof(T),
+                         cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  explicit DeviceArray(size_t size) : DeviceArray(std::vector<T>(size)) {}
+  DeviceArray(const DeviceArray &) = delete;
+  DeviceArray &operator=(const DeviceArray &) = delete;
+  ~DeviceArray() { cudaFree(data_); }
+  T *get() const { return data_; }
+  std::vector<T> download() const {
+    std::vector<T> host(size_);
+    EXPECT_EQ(cudaMemcpy(host.data(), data_, size_ * sizeof(T),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return host;
+  }
+
+private:
+  T *data_ = nullptr;
+  size_t size_;
+};
+
+/// A weight's bytes on the device, viewed as the CPU view is.
+struct DeviceWeight {
+  DeviceArray<std::byte> bytes;
+  WeightView view;
+  explicit DeviceWeight(const WeightTensor &w)
+      : bytes(w.data), view(WeightView::of(w)) {
+    view.data = bytes.get();
+  }
+};
+
+double relativeError(const std::vector<float> &got,
+                     const std::vector<float> &want) {
+  EXPECT_EQ(got.size(), want.size());
+  double maxDiff = 0.0, maxWant = 1e-30;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    if (!std::isfinite(got[i]))
+      return INFINITY;
+    maxDiff = std::max(maxDiff, std::abs(double(got[i]) - double(want[i])));
+    maxWant = std::max(maxWant, std::abs(double(want[i])));
+  }
+  return maxDiff / maxWant;
+}
+
+struct Row {
+  std::string op, shape;
+  double error, limit;
+};
+
+const char *weightName(proto::DType dtype) {
+  return dtype == proto::F32 ? "f32" : dtype == proto::BF16 ? "bf16" : "f16";
+}
+
+class BackendOps : public ::testing::Test {
+protected:
+  static void TearDownTestSuite() {
+    if (rows().empty())
+      return;
+    std::printf("\n  %-14s %-44s %10s %8s  %s\n", "op", "shape", "max err",
+                "limit", "result");
+    for (const Row &r : rows())
+      std::printf("  %-14s %-44s %10.2e %8.0e  %s\n", r.op.c_str(),
+                  r.shape.c_str(), r.error, r.limit,
+                  r.error <= r.limit ? "OK" : "FAIL");
+    rows().clear();
+  }
+
+  void SetUp() override {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+      GTEST_SKIP() << "no CUDA device: the CUDA kernels are not compared";
+    Result<cuda::Context> context = cuda::Context::create();
+    ASSERT_TRUE(context.isOk()) << context.message();
+    context_.emplace(std::move(*context));
+  }
+
+  /// Waits for the device, then records and checks one comparison.
+  void compare(const std::string &op, const std::string &shape,
+               const std::vector<float> &got, const std::vector<float> &want,
+               double limit) {
+    Status synced = context_->synchronize();
+    ASSERT_TRUE(synced.isOk()) << synced.message();
+    const double error = relativeError(got, want);
+    rows().push_back({op, shape, error, limit});
+    EXPECT_LE(error, limit) << op << " " << shape;
+  }
+
+  static std::vector<Row> &rows() {
+    static std::vector<Row> all;
+    return all;
+  }
+
+  std::optional<cuda::Context> context_;
+  std::mt19937 rng_{1234};
+  ThreadPool pool_;
+};
+
+TEST_F(BackendOps, Linear) {
+  struct Shape {
+    int64_t T, K, N;
+    bool bias;
+  };
+  for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16})
+    for (Shape s : {Shape{1, 256, 384, false}, Shape{7, 512, 320, true},
+                    Shape{33, 1024, 96, false}}) {
+      const WeightTensor w = makeWeight(
+          dtype, {s.N, s.K}, randomFloats(size_t(s.N * s.K), rng_, 0.1f));
+      const std::vector<float> x = randomFloats(size_t(s.T * s.K), rng_);
+      const std::vector<float> bias = randomFloats(size_t(s.N), rng_);
+      std::vector<float> want(size_t(s.T * s.N));
+      cpu::linear(x.data(), s.T, WeightView::of(w),
+                  s.bias ? bias.data() : nullptr, want.data(), pool_);
+
+      DeviceWeight dw(w);
+      DeviceArray<float> dx(x), dbias(bias), dy(want.size());
+      Status status = cuda::linear(*context_, dx.get(), s.T, dw.view,
+                                   s.bias ? dbias.get() : nullptr, dy.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("LINEAR",
+              "T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
+                  " N=" + std::to_string(s.N) + " " + weightName(dtype) +
+                  (s.bias ? " bias" : ""),
+              dy.download(), want, kMatmulLimit);
+    }
+}
+
+TEST_F(BackendOps, RmsNorm) {
+  for (auto [T, H] : {std::pair<int64_t, int64_t>{1, 4096}, {5, 1000}}) {
+    const std::vector<float> x = randomFloats(size_t(T * H), rng_, 3.0f);
+    const std::vector<float> weight = randomFloats(size_t(H), rng_);
+    std::vector<float> want(x.size());
+    cpu::rmsNorm(x.data(), T, H, weight.data(), 1e-6f, want.data());
+
+    DeviceArray<float> dx(x), dw(weight), dy(x.size());
+    Status status = cuda::rmsNorm(dx.get(), T, H, dw.get(), 1e-6f, dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("RMS_NORM", "T=" + std::to_string(T) + " H=" + std::to_string(H),
+            dy.download(), want, kElementwiseLimit);
+  }
+}
+
+TEST_F(BackendOps, Rope) {
+  struct Shape {
+    int64_t heads, headDim;
+    std::vector<int32_t> positions;
+    float theta;
+  };
+  for (const Shape &s : {Shape{8, 128, {1234}, 10000.0f},
+                         Shape{4, 64, {0, 1, 2, 3, 4, 5}, 10000.0f},
+                         Shape{2, 128, {100000, 500000, 7}, 500000.0f}}) {
+    const int64_t T = int64_t(s.positions.size());
+    std::vector<float> want =
+        randomFloats(size_t(T * s.heads * s.headDim), rng_);
+    DeviceArray<float> dx(want);
+    DeviceArray<int32_t> dpos(s.positions);
+    cpu::rope(want.data(), T, s.heads, s.headDim, s.positions.data(), s.theta);
+    Status status =
+        cuda::rope(dx.get(), T, s.heads, s.headDim, dpos.get(), s.theta);
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("ROPE",
+            "T=" + std::to_string(T) + " heads=" + std::to_string(s.heads) +
+                " D=" + std::to_string(s.headDim) + " max pos=" +
+                std::to_string(
+                    *std::max_element(s.positions.begin(), s.positions.end())),
+            dx.download(), want, kElementwiseLimit);
+  }
+}
+
+TEST_F(BackendOps, SwigluAndAdd) {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{100003}}) {
+    const std::vector<float> a = randomFloats(size_t(n), rng_, 8.0f);
+    const std::vector<float> b = randomFloats(size_t(n), rng_, 8.0f);
+    std::vector<float> wantSwiglu(static_cast<size_t>(n)),
+        wantAdd(static_cast<size_t>(n));
+    cpu::swiglu(a.data(), b.data(), wantSwiglu.data(), n);
+    cpu::add(a.data(), b.data(), wantAdd.data(), n);
+
+    DeviceArray<float> da(a), db(b), dy(static_cast<size_t>(n));
+    ASSERT_TRUE(cuda::swiglu(da.get(), db.get(), dy.get(), n).isOk());
+    compare("SWIGLU", "n=" + std::to_string(n), dy.download(), wantSwiglu,
+            kElementwiseLimit);
+    ASSERT_TRUE(cuda::add(da.get(), db.get(), dy.get(), n).isOk());
+    compare("ADD", "n=" + std::to_string(n), dy.download(), wantAdd,
+            kElementwiseLimit);
+  }
+}
+
+TEST_F(BackendOps, Embedding) {
+  const int64_t vocab = 50, H = 96, offset = 100;
+  // In range, below, at both edges and past this rank's vocabulary slice.
+  const std::vector<int32_t> ids = {120, 5, 99, 100, 149, 150, 131};
+  for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16}) {
+    const WeightTensor table =
+        makeWeight(dtype, {vocab, H}, randomFloats(size_t(vocab * H), rng_));
+    std::vector<float> want(ids.size() * size_t(H));
+    cpu::embedding(ids.data(), int64_t(ids.size()), WeightView::of(table),
+                   offset, want.data());
+
+    DeviceWeight dtable(table);
+    DeviceArray<int32_t> dids(ids);
+    DeviceArray<float> dy(want.size());
+    Status status = cuda::embedding(dids.get(), int64_t(ids.size()),
+                                    dtable.view, offset, dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("EMBEDDING",
+            "T=7 V=50 H=96 offset=100 " + std::string(weightName(dtype)),
+            dy.download(), want, kElementwiseLimit);
+  }
+}
+
+struct AttentionCase {
+  std::string name;
+  int64_t heads, kvHeads, headDim, blockSize, layer;
+  std::vector<int32_t> positions, tokenSeq;
+  std::vector<std::vector<int32_t>> blockTables;
+};
+
+TEST_F(BackendOps, PagedAttention) {
+  auto range = [](int32_t begin, int32_t end) {
+    std::vector<int32_t> v(size_t(end - begin));
+    std::iota(v.begin(), v.end(), begin);
+    return v;
+  };
+  const std::vector<AttentionCase> cases = {
+      {"MHA decode", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
+      {"GQA prefill",
+       8,
+       2,
+       128,
+       8,
+       1,
+       range(0, 20),
+       std::vector<int32_t>(20, 0),
+       {{3, 0, 6}}},
+      // A prefill chunk over cached history, then another sequence's decode.
+      {"GQA mixed",
+       12,
+       4,
+       96,
+       8,
+       0,
+       [&] {
+         auto p = range(10, 16);
+         p.push_back(33);
+         return p;
+       }(),
+       {0, 0, 0, 0, 0, 0, 1},
+       {{1, 4}, {0, 2, 3, 5, 7}}},
+  };
+  for (const AttentionCase &c : cases) {
+    const int64_t T = int64_t(c.positions.size());
+    const int64_t width = c.kvHeads * c.headDim;
+    const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, 8};
+    const size_t cacheFloats =
+        size_t(shape.numLayers * shape.numBlocks * shape.blockSize * width);
+    // The same random history in both caches (cached positions before the
+    // step).
+    const std::vector<float> keys = randomFloats(cacheFloats, rng_);
+    const std::vector<float> values = randomFloats(cacheFloats, rng_);
+    Result<KvCache> cpuCache = KvCache::create(shape);
+    ASSERT_TRUE(cpuCache.isOk()) << cpuCache.message();
+    auto rowOffset = [&](int64_t layer, int32_t block, int64_t slot) {
+      return size_t(
+          ((layer * shape.numBlocks + block) * shape.blockSize + slot) * width);
+    };
+    for (int64_t layer = 0; layer < shape.numLayers; ++layer)
+      for (int32_t block = 0; block < shape.numBlocks; ++block)
+        for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
+          const size_t at = rowOffset(layer, block, slot);
+          std::copy_n(keys.begin() + at, width,
+                      cpuCache->keyRow(layer, block, slot));
+          std::copy_n(values.begin() + at, width,
+                      cpuCache->valueRow(layer, block, slot));
+        }
+
+    StepInput step;
+    step.tokenIds.assign(size_t(T), 0);
+    step.positions = c.positions;
+    step.tokenSeq = c.tokenSeq;
+    step.blockTables = c.blockTables;
+    ASSERT_TRUE(validateStepInput(step, shape).isOk()) << c.name;
+    cpu::AttentionParams params;
+    params.layer = c.layer;
+    params.numHeads = c.heads;
+    params.numKvHeads = c.kvHeads;
+    params.headDim = c.headDim;
+    params.scale = 1.0f / std::sqrt(float(c.headDim));
+
+    const std::vector<float> q =
+        randomFloats(size_t(T * c.heads * c.headDim), rng_);
+    const std::vector<float> k = randomFloats(size_t(T * width), rng_);
+    const std::vector<float> v = randomFloats(size_t(T * width), rng_);
+    std::vector<float> want(q.size());
+    cpu::pagedAttention(q.data(), k.data(), v.data(), step, params, *cpuCache,
+                        want.data(), pool_);
+
+    int64_t stride = 0;
+    for (const auto &table : c.blockTables)
+      stride = std::max<int64_t>(stride, int64_t(table.size()));
+    std::vector<int32_t> tables(c.blockTables.size() * size_t(stride), 0);
+    for (size_t s = 0; s < c.blockTables.size(); ++s)
+      std::copy(c.blockTables[s].begin(), c.blockTables[s].end(),
+                tables.begin() + s * size_t(stride));
+    DeviceArray<int32_t> dpos(c.positions), dseq(c.tokenSeq), dtables(tables);
+    DeviceArray<float> dq(q), dk(k), dv(v), dout(q.size()), dkeys(keys),
+        dvalues(values);
+    const cuda::DeviceStep deviceStep{T, dpos.get(), dseq.get(), dtables.get(),
+                                      stride};
+    cuda::DeviceKvCache deviceCache{shape, dkeys.get(), dvalues.get()};
+    Status status =
+        cuda::pagedAttention(dq.get(), dk.get(), dv.get(), deviceStep, params,
+                             deviceCache, dout.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+
+    const std::string shapeText =
+        c.name + " T=" + std::to_string(T) + " Hq=" + std::to_string(c.heads) +
+        " Hkv=" + std::to_string(c.kvHeads) + " D=" + std::to_string(c.headDim);
+    compare("ATTENTION", shapeText, dout.download(), want, kMatmulLimit);
+    // The stored keys and values: the whole cache must match.
+    std::vector<float> cpuKeys(cacheFloats), cpuValues(cacheFloats);
+    for (int64_t layer = 0; layer < shape.numLayers; ++layer)
+      for (int32_t block = 0; block < shape.numBlocks; ++block)
+        for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
+          const size_t at = rowOffset(layer, block, slot);
+          std::copy_n(cpuCache->keyRow(layer, block, slot), width,
+                      cpuKeys.begin() + at);
+          std::copy_n(cpuCache->valueRow(layer, block, slot), width,
+                      cpuValues.begin() + at);
+        }
+    compare("KV_STORE", shapeText + " keys", dkeys.download(), cpuKeys, 0.0);
+    compare("KV_STORE", shapeText + " values", dvalues.download(), cpuValues,
+            0.0);
+  }
+}
+
+} // namespace
+} // namespace llmir::engine
