@@ -264,6 +264,21 @@ std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages) {
   return prompt + "<|assistant|>\n";
 }
 
+std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format,
+                                               const std::vector<ChatMessage> &messages) {
+  if (!format.chatTemplate)
+    return applyDefaultChatTemplate(messages);
+  std::vector<serving::ChatTurn> turns;
+  turns.reserve(messages.size());
+  for (const ChatMessage &m : messages)
+    turns.push_back({m.role, m.content});
+  auto prompt = format.chatTemplate->render(turns, format.inputs);
+  if (!prompt)
+    return ApiError{400, "the model's chat template rejected the messages: " + prompt.message(),
+                    "invalid_request_error", "messages", ""};
+  return std::move(*prompt);
+}
+
 namespace {
 
 std::string tokenText(const ResponseContext &ctx, int32_t id) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "llmir/serving/BatchScheduler.h"
+#include "llmir/serving/ChatTemplate.h"
 #include "llmir/serving/RequestParams.h"
 
 #include <optional>
@@ -54,9 +55,21 @@ struct ApiRequest {
 std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint,
                                                 std::string_view body);
 
-/// The prompt text of a chat: each message as "<|role|>\ncontent\n", then
-/// "<|assistant|>\n" (Jinja chat templates are not interpreted).
+/// The default prompt text of a chat, for models without a chat_template:
+/// each message as "<|role|>\ncontent\n", then "<|assistant|>\n".
 std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages);
+
+/// How a chat becomes prompt text: the model's chat_template from
+/// tokenizer_config.json when it has one, else applyDefaultChatTemplate.
+struct ChatFormat {
+  std::optional<serving::ChatTemplate> chatTemplate;
+  serving::ChatTemplateInputs inputs; // bos/eos tokens; add_generation_prompt on
+};
+
+/// The prompt of a chat; a template error (e.g. its raise_exception) is a
+/// 400 on "messages" carrying the template's message.
+std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format,
+                                               const std::vector<ChatMessage> &messages);
 
 /// What the server accumulates per choice for a non-streamed response.
 struct ChoiceResult {

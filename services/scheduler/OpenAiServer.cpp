@@ -101,9 +101,15 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   if (request.promptIds) {
     promptIds = *request.promptIds;
   } else {
-    const std::string text = endpoint == Endpoint::Chat
-                                 ? applyDefaultChatTemplate(request.messages)
-                                 : *request.promptText;
+    std::string text;
+    if (endpoint == Endpoint::Chat) {
+      auto prompt = chatPrompt(options_.chatFormat, request.messages);
+      if (auto *error = std::get_if<ApiError>(&prompt))
+        return errorResponse(*error);
+      text = std::move(std::get<std::string>(prompt));
+    } else {
+      text = *request.promptText;
+    }
     auto ids = tokenizer_.encode(text);
     if (!ids)
       return errorResponse({400, ids.message(), "invalid_request_error", promptParam, ""});

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "Metrics.h"
+#include "OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
 #include "llmir/serving/ReplicaRouter.h"
@@ -26,6 +27,8 @@ struct OpenAiServerOptions {
   int64_t defaultCompletionTokens = 16;
   /// With no replica ready, a request waits this long for one, then 503.
   std::chrono::milliseconds noReplicaTimeout{10000};
+  /// How /v1/chat/completions turns messages into a prompt.
+  ChatFormat chatFormat;
   /// Refreshes the cluster metrics before /metrics renders.
   std::function<void()> refreshMetrics;
 };

@@ -117,17 +117,47 @@ void writePortFile(const std::string &path, uint16_t port) {
   fs::rename(tmp, path);
 }
 
-void warnAboutChatTemplate(const std::string &dir) {
-  std::ifstream in(fs::path(dir) / "tokenizer_config.json");
+/// A special token of tokenizer_config.json: a string or {"content": ...}.
+std::string specialToken(const boost::json::object &config, std::string_view key) {
+  const boost::json::value *token = config.if_contains(key);
+  if (token && token->is_object())
+    token = token->as_object().if_contains("content");
+  return token && token->is_string() ? std::string(token->as_string()) : std::string();
+}
+
+/// The chat format from the model's tokenizer_config.json: its string
+/// chat_template, parsed now so an unsupported one stops the start, or the
+/// documented default when there is none.
+Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
+  const fs::path path = fs::path(dir) / "tokenizer_config.json";
+  std::ifstream in(path);
   if (!in)
-    return;
+    return scheduler::ChatFormat{};
   std::stringstream text;
   text << in.rdbuf();
   boost::system::error_code ec;
   boost::json::value config = boost::json::parse(text.str(), ec);
-  if (!ec && config.is_object() && config.as_object().contains("chat_template"))
-    net::logWarn("the model's Jinja chat_template is not interpreted; chat uses the "
-                 "default template (docs/api.md)");
+  if (ec || !config.is_object())
+    return Status::error(path.string() + ": not a JSON object" +
+                         (ec ? " (" + ec.message() + ")" : std::string()));
+  const boost::json::object &object = config.as_object();
+  const boost::json::value *source = object.if_contains("chat_template");
+  if (!source || source->is_null())
+    return scheduler::ChatFormat{};
+  if (!source->is_string()) {
+    net::logWarn("the model's chat_template is not a single string (named templates are not "
+                 "supported); chat uses the default template (docs/api.md)");
+    return scheduler::ChatFormat{};
+  }
+  auto parsed = serving::ChatTemplate::parse(source->as_string());
+  if (!parsed)
+    return Status::error(path.string() + ": " + parsed.message());
+  scheduler::ChatFormat format;
+  format.chatTemplate = std::move(*parsed);
+  format.inputs = {.addGenerationPrompt = true,
+                   .bosToken = specialToken(object, "bos_token"),
+                   .eosToken = specialToken(object, "eos_token")};
+  return format;
 }
 
 int run(const Settings &s) {
@@ -145,7 +175,11 @@ int run(const Settings &s) {
     net::logError("cannot load the tokenizer", {{"error", tokenizer.message()}});
     return 1;
   }
-  warnAboutChatTemplate(s.model);
+  auto chatFormat = loadChatFormat(s.model);
+  if (!chatFormat) {
+    net::logError("cannot use the model's chat template", {{"error", chatFormat.message()}});
+    return 1;
+  }
   auto policy = serving::parseBalancePolicy(s.lbPolicy);
   if (!policy) {
     std::cerr << "llmir-scheduler: --lb-policy must be weighted, least-outstanding or "
@@ -227,6 +261,7 @@ int run(const Settings &s) {
   scheduler::OpenAiServer api({.modelName = name,
                                .apiKey = s.apiKey,
                                .noReplicaTimeout = routerOptions.noReplicaTimeout,
+                               .chatFormat = std::move(*chatFormat),
                                .refreshMetrics =
                                    [&] {
                                      metrics.updateCluster(

@@ -320,3 +320,75 @@ test('/healthz, /readyz and /metrics', async () => {
     metricValue(text, name);
   assert.ok(metricValue(text, 'llmir:prefix_cache_hits_total') > 0, 'repeated prompts hit the cache');
 });
+
+// --- a model whose tokenizer_config.json carries a Jinja chat_template ---
+
+const chatMl =
+  "{% if messages[0]['role'] == 'tool' %}{{ raise_exception('a chat cannot start with a tool " +
+  "message') }}{% endif %}{% for message in messages %}{{'<|im_start|>' + message['role'] + " +
+  "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}" +
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+// The demo model with its files linked and tokenizer_config.json rewritten.
+function modelWithChatTemplate(chatTemplate) {
+  const dir = fs.mkdtempSync(path.join(tmp, 'model-'));
+  for (const f of fs.readdirSync(modelDir))
+    if (f !== 'tokenizer_config.json') fs.symlinkSync(path.join(modelDir, f), path.join(dir, f));
+  const config = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer_config.json')));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'),
+                   JSON.stringify({ ...config, chat_template: chatTemplate }));
+  return dir;
+}
+
+function startScheduler(dir) {
+  const portFile = path.join(dir, 'port');
+  const proc = spawn(binary, ['--model', dir, '--served-model-name', modelName, '--port', '0',
+                              '--port-file', portFile, '--engine-threads', '2'],
+                     { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  proc.stdout.on('data', (d) => { log += d; process.stdout.write(d); });
+  proc.stderr.on('data', (d) => { log += d; process.stderr.write(d); });
+  const exited = new Promise((r) => proc.once('exit', (code) => r(code)));
+  return { proc, portFile, exited, log: () => log };
+}
+
+test("chat uses the model's chat_template; its raise_exception is a 400", async () => {
+  const s = startScheduler(modelWithChatTemplate(chatMl));
+  try {
+    const deadline = Date.now() + 120000;
+    while (!fs.existsSync(s.portFile)) {
+      assert.equal(s.proc.exitCode, null, 'the scheduler keeps running');
+      assert.ok(Date.now() < deadline, 'the scheduler starts');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const port = fs.readFileSync(s.portFile, 'utf8').trim();
+    const templated = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused',
+                                   maxRetries: 0 });
+    const messages = [{ role: 'system', content: 'Be brief.' },
+                      { role: 'user', content: 'def main(' },
+                      { role: 'assistant', content: 'pass' }];
+    const chat = await templated.chat.completions.create({ model: modelName, messages,
+                                                           ...greedy });
+    const rendered = '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef main(' +
+                     '<|im_end|>\n<|im_start|>assistant\npass<|im_end|>\n<|im_start|>assistant\n';
+    const plain = await client.completions.create({ model: modelName, prompt: rendered,
+                                                    ...greedy });
+    assert.equal(chat.usage.prompt_tokens, plain.usage.prompt_tokens);
+    assert.equal(chat.choices[0].message.content, plain.choices[0].text);
+
+    await assert.rejects(
+      templated.chat.completions.create({ model: modelName, ...greedy,
+                                          messages: [{ role: 'tool', content: 'x' }] }),
+      (e) => e.status === 400 && e.message.includes('a chat cannot start with a tool message') &&
+             e.param === 'messages');
+  } finally {
+    s.proc.kill('SIGTERM');
+    assert.equal(await s.exited, 0, 'clean exit on SIGTERM');
+  }
+});
+
+test('an unsupported chat_template stops the start with its line and column', async () => {
+  const s = startScheduler(modelWithChatTemplate("{{ messages|join(', ') }}"));
+  assert.equal(await s.exited, 1);
+  assert.match(s.log(), /line 1, column 13: unsupported filter 'join'/);
+});
