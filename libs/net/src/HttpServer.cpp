@@ -10,6 +10,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/json.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -49,28 +50,6 @@ std::string percentDecode(std::string_view s) {
       i += 2;
     } else {
       out += s[i];
-    }
-  }
-  return out;
-}
-
-std::string jsonEscape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
-    default:
-      if (static_cast<unsigned char>(c) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", c);
-        out += buf;
-      } else {
-        out += c;
-      }
     }
   }
   return out;
@@ -131,8 +110,10 @@ HttpResponse HttpResponse::text(int status, std::string body) {
 }
 
 HttpResponse HttpResponse::error(int status, std::string_view message) {
-  return json(status, "{\"error\":{\"message\":\"" + jsonEscape(message) +
-                          "\",\"code\":" + std::to_string(status) + "}}");
+  boost::json::object error;
+  error["message"] = message;
+  error["code"] = status;
+  return json(status, boost::json::serialize(boost::json::object{{"error", error}}));
 }
 
 HttpResponse HttpResponse::sse(

@@ -4,6 +4,8 @@
 // thrown internally and returned as Status at the two public entry points.
 #include "llmir/serving/ChatTemplate.h"
 
+#include <boost/json.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -106,27 +108,7 @@ void appendJson(std::string &out, const Value &v) {
   case Value::Kind::Bool: out += v.boolean ? "true" : "false"; return;
   case Value::Kind::Int: out += std::to_string(v.integer); return;
   case Value::Kind::String:
-    out += '"';
-    for (char c : v.string) {
-      switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-          out += buf;
-        } else {
-          out += c;
-        }
-      }
-    }
-    out += '"';
+    out += boost::json::serialize(boost::json::string(v.string));
     return;
   case Value::Kind::List:
     out += '[';
