@@ -104,11 +104,16 @@ TEST(ReplicaRouterTest, DrainHandsBackLeftoversAndNoReplicaFailsAfterTheWait) {
   Collector out;
   const uint64_t id = router.addRequest(greedy(model->cases[0].promptIds), out.callback());
   ASSERT_TRUE(out.waitFor([&] { return out.total >= 4; }));
-  std::atomic<bool> drained{false};
-  router.drainReplica("a", 0ms, [&] { drained = true; }); // no grace: hand back at once
+  bool drained = false; // guarded by out.mutex
+  router.drainReplica("a", 0ms, [&] { // no grace: hand back at once
+    std::lock_guard<std::mutex> lock(out.mutex);
+    drained = true;
+    out.cv.notify_all();
+  });
   router.sync();
-  ASSERT_TRUE(out.waitFor([&] { return out.finished.count(id) > 0; }));
-  EXPECT_TRUE(drained);
+  // The request may also finish on "a" before the drain is processed, so its
+  // end and the drain's completion come in either order.
+  ASSERT_TRUE(out.waitFor([&] { return out.finished.count(id) > 0 && drained; }));
   EXPECT_FALSE(router.waitForReplica(0ms));
   if (out.finished[id] == FinishReason::Error) // handed back, no replica came
     EXPECT_NE(out.errors[id].find("no replica"), std::string::npos) << out.errors[id];
