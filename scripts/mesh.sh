@@ -10,7 +10,9 @@
 # is ready once every rank has loaded its slices.
 #
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
+#                       [--device cpu|cuda]
 #   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
+#   --device cuda  the workers run on the GPUs (worker i on GPU i % count).
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
 #            greedy completion, check its token ids against the model's
 #            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
@@ -24,6 +26,7 @@ compiler_port=8081
 smoke=0
 tp=2
 pp=1
+device=cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0 ;;
@@ -32,7 +35,8 @@ while [ $# -gt 0 ]; do
     --compiler-port) compiler_port="$2"; shift ;;
     --tp) tp="$2"; shift ;;
     --pp) pp="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --device) device="$2"; shift ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -114,9 +118,23 @@ worker_port="$(cat "$workdir/worker.port")"
 base="http://127.0.0.1:$port"
 
 echo "== $((tp * pp)) x llmir-shard-worker (one tp=$tp pp=$pp replica)"
+# --device cuda: worker i on GPU i % (GPUs), NCCL when each has its own GPU,
+# else Gloo through host memory.
+gpus=0
+collectives=gloo
+if [ "$device" = cuda ]; then
+  gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+  [ "$gpus" -gt 0 ] || { echo "mesh.sh: --device cuda but nvidia-smi lists no GPU" >&2; exit 1; }
+  [ "$gpus" -ge $((tp * pp)) ] && collectives=nccl
+elif [ "$device" != cpu ]; then
+  echo "mesh.sh: --device '$device' is not cpu or cuda" >&2; exit 2
+fi
 for ((rank = 0; rank < tp * pp; rank++)); do
+  worker_device=cpu
+  [ "$device" = cuda ] && worker_device="cuda:$((rank % gpus))"
   start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
-    --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1
+    --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1 \
+    --worker.device="$worker_device" --worker.collectives="$collectives"
 done
 # /readyz answers 200 once a replica has every rank ready.
 for _ in $(seq 1200); do

@@ -50,6 +50,7 @@ struct Settings {
   int64_t maxModelLen = 0;
   bool prefixCaching = true;
   int engineThreads = 0;
+  std::string device = "cpu";
   int httpThreads = 4;
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
@@ -84,6 +85,8 @@ void bind(net::Config &config, Settings &s) {
              "tokens per sequence (0: the model's max_position_embeddings)");
   config.add("enable-prefix-caching", &s.prefixCaching, "reuse KV blocks of equal prefixes");
   config.add("engine-threads", &s.engineThreads, "CPU kernel threads (0: all cores)");
+  config.add("device", &s.device,
+             "single-process mode: cpu, cuda or cuda:<i> (mesh: each worker's worker.device)");
   config.add("http-threads", &s.httpThreads, "HTTP I/O threads");
   config.add("max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log-level", &s.logLevel, "debug, info, warn or error");
@@ -216,9 +219,16 @@ int run(const Settings &s) {
       net::logError("cannot open the checkpoint", {{"error", checkpoint.message()}});
       return 1;
     }
+    auto device = engine::Device::parse(s.device);
+    if (!device) {
+      net::logError("bad device", {{"error", device.message()}});
+      return 2;
+    }
     auto backend = serving::InProcessBackend::create(
         compiled->programs.at(0), engine::checkpointWeights(*checkpoint),
-        {.numKvBlocks = s.kvBlocks, .numThreads = static_cast<unsigned>(s.engineThreads)});
+        {.numKvBlocks = s.kvBlocks,
+         .numThreads = static_cast<unsigned>(s.engineThreads),
+         .device = *device});
     if (!backend) {
       net::logError("cannot load the model", {{"error", backend.message()}});
       return 1;

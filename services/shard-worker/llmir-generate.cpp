@@ -3,6 +3,7 @@
 //                [--seed S] [--ignore-eos] [--threads N] [--json]
 //                [--tp N] [--pp M] [--sp K] [--timeout-s S]
 //                [--dump-prompt-logits FILE] [--timing]
+//                [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]
 //
 // Compiles the checkpoint, runs it on the CPU engine and prints the
 // continuation (text, or with --json one object with prompt_ids, output_ids
@@ -54,7 +55,8 @@ constexpr const char *kUsage =
     "                      --max-tokens N [--temperature T] [--top-p P] [--top-k K]\n"
     "                      [--seed S] [--ignore-eos] [--threads N] [--json]\n"
     "                      [--tp N] [--pp M] [--sp K] [--timeout-s S]\n"
-    "                      [--dump-prompt-logits FILE] [--timing]\n";
+    "                      [--dump-prompt-logits FILE] [--timing]\n"
+    "                      [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]\n";
 
 /// Store keys the launcher and its workers share.
 const std::string kStorePrefix = "llmir-generate";
@@ -73,6 +75,11 @@ struct Options {
   int timeoutSeconds = 30;
   std::string dumpPromptLogits;
   bool timing = false;
+  llmir::engine::Device device;
+  /// Collectives between ranks: nccl (device memory) or gloo (host memory,
+  /// staged from the GPU); auto picks nccl when every rank has its own GPU.
+  std::string collectives = "auto";
+  bool explicitDeviceIndex = false; // cuda:N rather than cuda
   // Hidden: set by the launcher on its workers.
   int workerRank = -1;
   int worldSize = 0;
@@ -150,7 +157,15 @@ Result<Options> parseArgs(int argc, char **argv) {
       set(parseNumber<int>(flag, value), o.sampling.topK);
     else if (flag == "--seed")
       set(parseNumber<uint64_t>(flag, value), o.sampling.seed);
-    else if (flag == "--threads")
+    else if (flag == "--device") {
+      set(llmir::engine::Device::parse(value), o.device);
+      o.explicitDeviceIndex = value.find(':') != std::string::npos;
+    }
+    else if (flag == "--collectives") {
+      if (value != "auto" && value != "gloo" && value != "nccl")
+        return Status::error("--collectives: '" + value + "' is not one of auto, gloo, nccl");
+      o.collectives = value;
+    } else if (flag == "--threads")
       set(parseNumber<unsigned>(flag, value), o.threads);
     else if (flag == "--tp")
       set(parseNumber<int>(flag, value), o.tp);
@@ -270,12 +285,13 @@ struct RankRole {
 /// or prints the result.
 Status generate(const Options &o, Request &request,
                 const llmir::proto::ShardProgram &program, const RankRole &role,
-                unsigned threads) {
+                unsigned threads, llmir::engine::Device device) {
   auto checkpoint = llmir::model::Checkpoint::open(o.modelDir);
   if (!checkpoint)
     return checkpoint.status();
   llmir::engine::ExecutorOptions executorOptions;
   executorOptions.numThreads = threads;
+  executorOptions.device = device;
   // Enough blocks for this one sequence.
   const int64_t blockSize = program.kv_cache().block_size();
   const int64_t length =
@@ -368,7 +384,8 @@ Status runSingleProcess(const Options &o) {
   auto compiled = llmir::compiler::compileHuggingFace(o.modelDir, compileOptions(o));
   if (!compiled)
     return compiled.status();
-  return generate(o, *request, compiled->programs.front(), RankRole{}, o.threads);
+  return generate(o, *request, compiled->programs.front(), RankRole{}, o.threads,
+                  o.device);
 }
 
 /// The rank that samples: the first rank of the last pipeline stage (rank
@@ -394,12 +411,25 @@ Status runWorker(const Options &o) {
   if (!program.ParseFromArray(bytes->data(), static_cast<int>(bytes->size())))
     return Status::error("the launcher's program for this rank does not parse");
 
+  // `--device cuda` spreads the ranks over the visible GPUs (rank r on
+  // device r % count); `cuda:N` puts every rank on device N.
+  llmir::engine::Device device = o.device;
+  const int gpus = llmir::engine::cudaDeviceCount();
+  if (device.isCuda() && !o.explicitDeviceIndex && gpus > 0)
+    device.index = o.workerRank % gpus;
   llmir::runtime::RuntimeConfig config;
   config.worldSize = o.worldSize;
   config.rank = o.workerRank;
   config.storePort = o.storePort;
   config.storePrefix = kStorePrefix;
   config.timeout = timeout;
+  // NCCL needs a GPU per rank; Gloo moves host copies of device tensors.
+  const bool nccl = o.collectives == "nccl" ||
+                    (o.collectives == "auto" && device.isCuda() && gpus >= o.worldSize);
+  if (nccl) {
+    config.backend = "nccl";
+    config.cudaDevice = device.index;
+  }
   auto runtime = llmir::runtime::DistributedRuntime::init(config);
   if (!runtime)
     return runtime.status();
@@ -422,7 +452,7 @@ Status runWorker(const Options &o) {
   if (threads == 0)
     threads = std::max(1u, std::thread::hardware_concurrency() /
                                static_cast<unsigned>(o.worldSize));
-  return generate(o, *request, program, role, threads);
+  return generate(o, *request, program, role, threads, device);
 }
 
 /// Compiles once, publishes each rank's program in a loopback store, runs

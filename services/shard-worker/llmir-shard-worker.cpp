@@ -42,6 +42,8 @@ struct Settings {
   std::string workerId; // default host:pid:nonce
   std::string advertiseHost = "127.0.0.1";
   std::string device = "cpu";
+  std::string collectives = "auto";
+  double gpuMemoryFraction = 0.9;
   std::string httpHost = "0.0.0.0";
   uint16_t httpPort = 0;
   uint32_t connectTimeoutMs = 60000;
@@ -116,7 +118,12 @@ int main(int argc, char **argv) {
   config.add("worker.id", &s.workerId, "unique id (default host:pid:nonce)");
   config.add("worker.advertise_host", &s.advertiseHost,
              "address peers reach this worker's collectives on");
-  config.add("worker.device", &s.device, "cpu (cuda:<i> once the CUDA backend serves)");
+  config.add("worker.device", &s.device, "cpu, cuda or cuda:<i>");
+  config.add("worker.collectives", &s.collectives,
+             "auto (nccl on cuda, gloo on cpu), gloo or nccl; equal across a replica");
+  config.add("worker.gpu_memory_fraction", &s.gpuMemoryFraction,
+             "cuda: share of the device's memory for weights, activations and KV "
+             "blocks when the scheduler does not fix the block count");
   config.add("worker.threads", &s.threads, "kernel threads (0 = all cores)");
   config.add("http.host", &s.httpHost, "health/metrics listen address");
   config.add("http.port", &s.httpPort, "health/metrics port (0 = ephemeral)");
@@ -153,7 +160,31 @@ int main(int argc, char **argv) {
   observer.collectiveSeconds = [&](double seconds) {
     metrics.collectiveSeconds.Observe(seconds);
   };
+  auto device = llmir::engine::Device::parse(s.device);
+  if (!device) {
+    std::cerr << "llmir-shard-worker: worker.device: " << device.message() << "\n";
+    return 2;
+  }
+  if (device->isCuda() && !llmir::engine::cudaBackendBuilt()) {
+    std::cerr << "llmir-shard-worker: worker.device " << s.device
+              << ": this build has no CUDA backend\n";
+    return 2;
+  }
+  if (device->isCuda() && device->index >= llmir::engine::cudaDeviceCount()) {
+    std::cerr << "llmir-shard-worker: worker.device " << s.device << ": "
+              << llmir::engine::cudaDeviceCount() << " CUDA device(s) visible\n";
+    return 2;
+  }
+  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl") {
+    std::cerr << "llmir-shard-worker: worker.collectives '" << s.collectives
+              << "' is not one of auto, gloo, nccl\n";
+    return 2;
+  }
   llmir::shard_worker::ShardWorkerOptions options;
+  options.device = *device;
+  options.ncclCollectives =
+      s.collectives == "nccl" || (s.collectives == "auto" && device->isCuda());
+  options.gpuMemoryFraction = s.gpuMemoryFraction;
   options.advertiseHost = s.advertiseHost;
   options.collectiveTimeout = std::chrono::milliseconds(s.collectiveTimeoutMs);
   options.threads = s.threads;
@@ -197,7 +228,7 @@ int main(int argc, char **argv) {
     auto *r = e.mutable_register_worker();
     r->set_worker_id(s.workerId);
     r->set_host(s.advertiseHost);
-    r->set_device(s.device);
+    r->set_device(device->name());
   }));
 
   std::mutex hbMu;

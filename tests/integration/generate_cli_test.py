@@ -60,6 +60,13 @@ def main():
                 ["--bogus"]):
         proc = run(args.generate, *bad)
         check(proc.returncode == 2 and "error:" in proc.stderr, f"bad args {bad}: exit {proc.returncode}")
+    proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4", "--device", "gpu")
+    check(proc.returncode == 2 and "cpu, cuda, cuda:N" in proc.stderr, f"--device gpu: {proc.stderr}")
+    if not os.path.exists("/dev/nvidiactl"):
+        # No GPU here (CI): asking for one is a clear error at start.
+        proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
+                   "--device", "cuda")
+        check(proc.returncode == 1 and "cuda:0 requested" in proc.stderr, f"--device cuda without a GPU: {proc.stderr}")
     proc = run(args.generate, "--model", "/nonexistent", "--prompt-ids", "1", "--max-tokens", "4")
     check(proc.returncode == 1 and "error:" in proc.stderr, "missing model dir must fail cleanly")
     proc = run(args.generate, "--model", demo, "--prompt-ids", "99999", "--max-tokens", "4")

@@ -6,10 +6,11 @@ namespace llmir::engine {
 
 const OpSpec *findOpSpec(proto::Opcode op) {
   static const std::map<proto::Opcode, OpSpec> specs = {
-      {proto::EMBEDDING, {"EMBEDDING", 1, 1, 1, {0}, {}, {}, false}},
+      {proto::EMBEDDING, {"EMBEDDING", 1, 1, 1, {0}, {}, {}, false, {"vocab_offset"}}},
       {proto::RMS_NORM, {"RMS_NORM", 2, 2, 1, {1}, {}, {"eps"}, false}},
       {proto::LINEAR, {"LINEAR", 2, 3, 1, {1, 2}, {}, {}, false}},
-      {proto::ROPE, {"ROPE", 1, 1, 1, {}, {"head_dim"}, {"theta"}, false}},
+      {proto::ROPE,
+       {"ROPE", 1, 1, 1, {}, {"head_dim"}, {"theta"}, false, {"sp_size", "sp_index"}}},
       {proto::ATTENTION,
        {"ATTENTION",
         3,
@@ -24,7 +25,7 @@ const OpSpec *findOpSpec(proto::Opcode op) {
       {proto::ALL_REDUCE, {"ALL_REDUCE", 1, 1, 1, {}, {"group"}, {}, true}},
       {proto::ALL_GATHER, {"ALL_GATHER", 1, 1, 1, {}, {"group"}, {}, true}},
       {proto::SEND, {"SEND", 1, 1, 0, {}, {"peer"}, {}, true}},
-      {proto::RECV, {"RECV", 0, 0, 1, {}, {"peer"}, {}, true}},
+      {proto::RECV, {"RECV", 0, 0, 1, {}, {"peer"}, {}, true, {"sp_size", "sp_index"}}},
       {proto::SELECT_ROWS, {"SELECT_ROWS", 1, 1, 1, {}, {}, {}, false}},
       {proto::ATTENTION_PARTIAL,
        {"ATTENTION_PARTIAL",

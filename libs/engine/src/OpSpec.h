@@ -18,6 +18,7 @@ struct OpSpec {
   std::vector<const char *> intAttrs;   // required
   std::vector<const char *> floatAttrs; // required
   bool needsCommunicator;
+  std::vector<const char *> optionalIntAttrs = {}; // any other key is an error
 };
 
 /// Null for an opcode ShardProgram v1 does not define.

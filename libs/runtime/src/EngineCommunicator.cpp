@@ -72,4 +72,8 @@ Status EngineCommunicator::recv(float *data, size_t count, uint32_t peerRank) {
   return runtime_.recv(data, count * sizeof(float), static_cast<int>(peerRank));
 }
 
+bool EngineCommunicator::takesDeviceMemory() const {
+  return runtime_.backend() == "nccl";
+}
+
 } // namespace llmir::runtime

@@ -110,6 +110,10 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   config.storePrefix = assign.store_prefix();
   config.hostname = options_.advertiseHost;
   config.timeout = options_.collectiveTimeout;
+  if (options_.ncclCollectives) {
+    config.backend = "nccl";
+    config.cudaDevice = options_.device.index;
+  }
   auto rt = runtime::DistributedRuntime::init(config);
   if (!rt)
     return rt.status().withContext("joining replica " + assign.replica_id());
@@ -123,6 +127,8 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   engine::ExecutorOptions executorOptions;
   executorOptions.numKvBlocks = assign.num_kv_blocks();
   executorOptions.numThreads = options_.threads;
+  executorOptions.device = options_.device;
+  executorOptions.gpuMemoryFraction = options_.gpuMemoryFraction;
   auto executor = engine::Executor::create(
       program_, engine::checkpointWeights(*checkpoint_), executorOptions,
       timedComm_.get());

@@ -36,6 +36,7 @@ public:
                    uint32_t groupId) override;
   Status send(const float *data, size_t count, uint32_t peerRank) override;
   Status recv(float *data, size_t count, uint32_t peerRank) override;
+  bool takesDeviceMemory() const override { return inner_.takesDeviceMemory(); }
 
 private:
   template <typename Op> Status timed(Op op);
@@ -49,6 +50,9 @@ struct ShardWorkerOptions {
   std::chrono::milliseconds collectiveTimeout{30000};
   std::chrono::milliseconds fetchTimeout{60000};
   unsigned threads = 0; // kernel threads; 0 = all cores
+  engine::Device device;
+  bool ncclCollectives = false; // else Gloo (host memory)
+  double gpuMemoryFraction = 0.9;
 };
 
 class ShardWorker {

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,16 +109,24 @@ private:
   std::map<std::pair<uint32_t, uint32_t>, std::deque<std::vector<float>>> mail;
 };
 
+/// Per rank, per step, per instruction: the instruction's first output (an
+/// empty vector for instructions without one).
+using InstructionTrace = std::vector<std::vector<std::vector<std::vector<float>>>>;
+
 /// Runs every rank of `compiled`, each in its own thread over a LocalCluster,
 /// through `steps`; returns per rank the logits of each step (empty for ranks
-/// without an output). A rank's error fails the calling test.
+/// without an output). A rank's error fails the calling test. With `trace`,
+/// every instruction's output is recorded too.
 inline std::vector<std::vector<std::vector<float>>>
 runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
-           const std::vector<engine::StepInput> &steps, int32_t numKvBlocks) {
+           const std::vector<engine::StepInput> &steps, int32_t numKvBlocks,
+           engine::Device device = {}, InstructionTrace *trace = nullptr) {
   LocalCluster cluster(compiled.plan);
   const size_t world = compiled.programs.size();
   std::vector<std::vector<std::vector<float>>> logits(world);
   std::vector<std::string> errors(world);
+  if (trace)
+    trace->assign(world, {});
   std::vector<std::thread> threads;
   for (size_t r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
@@ -125,6 +134,7 @@ runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
       engine::ExecutorOptions options;
       options.numKvBlocks = numKvBlocks;
       options.numThreads = 1;
+      options.device = device;
       auto executor = engine::Executor::create(
           compiled.programs[r], engine::checkpointWeights(checkpoint), options, &comm);
       if (!executor) {
@@ -132,7 +142,12 @@ runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
         return;
       }
       for (const engine::StepInput &step : steps) {
-        auto out = (*executor)->step(step);
+        engine::InstructionObserver observer;
+        if (trace) {
+          auto &outputs = (*trace)[r].emplace_back(compiled.programs[r].instructions_size());
+          observer = [&outputs](size_t i, const engine::Tensor &t) { outputs[i] = t.data; };
+        }
+        auto out = (*executor)->step(step, observer);
         if (!out) {
           errors[r] = out.message();
           return;
@@ -145,6 +160,49 @@ runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
   for (size_t r = 0; r < world; ++r)
     EXPECT_EQ(errors[r], "") << "rank " << r;
   return logits;
+}
+
+/// Two sequences in shuffled physical blocks of 4 tokens (24 blocks): seq 0
+/// gets a 41-token prompt, then seq 1's 9-token prompt joins a decode step
+/// of seq 0, then both decode three times. Token ids below 2048.
+inline std::vector<engine::StepInput> mixedBatchSteps() {
+  const std::vector<std::vector<int32_t>> tables = {
+      {23, 5, 17, 2, 11, 8, 20, 14, 1, 22, 7, 19}, {3, 9, 15, 21}};
+  uint32_t state = 12345;
+  auto nextId = [&] { return static_cast<int32_t>((state = state * 1103515245u + 12345u) >> 16) % 2048; };
+  std::vector<engine::StepInput> out;
+  engine::StepInput prefill;
+  for (int32_t p = 0; p < 41; ++p) {
+    prefill.tokenIds.push_back(nextId());
+    prefill.positions.push_back(p);
+    prefill.tokenSeq.push_back(0);
+  }
+  prefill.blockTables = {tables[0]};
+  prefill.outputRows.resize(41);
+  std::iota(prefill.outputRows.begin(), prefill.outputRows.end(), 0);
+  out.push_back(prefill);
+
+  engine::StepInput mixed;
+  mixed.tokenIds = {nextId()};
+  mixed.positions = {41};
+  mixed.tokenSeq = {0};
+  for (int32_t p = 0; p < 9; ++p) {
+    mixed.tokenIds.push_back(nextId());
+    mixed.positions.push_back(p);
+    mixed.tokenSeq.push_back(1);
+  }
+  mixed.blockTables = tables;
+  out.push_back(mixed);
+
+  for (int32_t i = 0; i < 3; ++i) {
+    engine::StepInput decode;
+    decode.tokenIds = {nextId(), nextId()};
+    decode.positions = {42 + i, 9 + i};
+    decode.tokenSeq = {0, 1};
+    decode.blockTables = tables;
+    out.push_back(decode);
+  }
+  return out;
 }
 
 } // namespace llmir::compiler

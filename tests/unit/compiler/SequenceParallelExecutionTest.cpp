@@ -21,49 +21,6 @@ const std::string kDemoModel = std::string(LLMIR_SOURCE_DIR) + "/models/demo-lla
 constexpr int64_t kBlockSize = 4;
 constexpr int32_t kNumBlocks = 24;
 
-/// Two sequences in shuffled physical blocks: seq 0 gets a 41-token prompt,
-/// then seq 1's 9-token prompt joins a decode step of seq 0, then both
-/// decode three times.
-std::vector<engine::StepInput> steps() {
-  const std::vector<std::vector<int32_t>> tables = {
-      {23, 5, 17, 2, 11, 8, 20, 14, 1, 22, 7, 19}, {3, 9, 15, 21}};
-  uint32_t state = 12345;
-  auto nextId = [&] { return static_cast<int32_t>((state = state * 1103515245u + 12345u) >> 16) % 2048; };
-  std::vector<engine::StepInput> out;
-  engine::StepInput prefill;
-  for (int32_t p = 0; p < 41; ++p) {
-    prefill.tokenIds.push_back(nextId());
-    prefill.positions.push_back(p);
-    prefill.tokenSeq.push_back(0);
-  }
-  prefill.blockTables = {tables[0]};
-  prefill.outputRows.resize(41);
-  std::iota(prefill.outputRows.begin(), prefill.outputRows.end(), 0);
-  out.push_back(prefill);
-
-  engine::StepInput mixed;
-  mixed.tokenIds = {nextId()};
-  mixed.positions = {41};
-  mixed.tokenSeq = {0};
-  for (int32_t p = 0; p < 9; ++p) {
-    mixed.tokenIds.push_back(nextId());
-    mixed.positions.push_back(p);
-    mixed.tokenSeq.push_back(1);
-  }
-  mixed.blockTables = tables;
-  out.push_back(mixed);
-
-  for (int32_t i = 0; i < 3; ++i) {
-    engine::StepInput decode;
-    decode.tokenIds = {nextId(), nextId()};
-    decode.positions = {42 + i, 9 + i};
-    decode.tokenSeq = {0, 1};
-    decode.blockTables = tables;
-    out.push_back(decode);
-  }
-  return out;
-}
-
 int count(const proto::ShardProgram &program, proto::Opcode op) {
   return static_cast<int>(std::count_if(
       program.instructions().begin(), program.instructions().end(),
@@ -80,7 +37,7 @@ TEST_P(SequenceParallelExecution, LogitsEqualTheSingleRankOnes) {
   options.kvBlockSize = kBlockSize;
   auto single = compileHuggingFace(kDemoModel, options);
   ASSERT_TRUE(single) << single.message();
-  const std::vector<engine::StepInput> inputs = steps();
+  const std::vector<engine::StepInput> inputs = mixedBatchSteps();
   std::vector<std::vector<float>> expected = runReplica(*single, *checkpoint, inputs, kNumBlocks)[0];
   ASSERT_EQ(expected.size(), inputs.size());
   ASSERT_EQ(expected[0].size(), 41u * 2048u);

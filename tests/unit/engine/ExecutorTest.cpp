@@ -233,6 +233,23 @@ TEST_F(ExecutorErrors, RejectsMalformedPrograms) {
   p = program;
   p.mutable_instructions()->SwapElements(0, 1); // norm before embedding
   EXPECT_CONTAINS(createError(p), "before any instruction writes it");
+
+  // A misspelt optional attribute is a load error, not a silent default.
+  p = program;
+  firstOf(p, proto::EMBEDDING).mutable_int_attrs()->insert({"vocab_ofset", 3});
+  EXPECT_CONTAINS(createError(p), "unknown int attribute 'vocab_ofset'");
+  p = program;
+  firstOf(p, proto::ROPE).mutable_float_attrs()->insert({"theta_scale", 2.0});
+  EXPECT_CONTAINS(createError(p), "unknown float attribute 'theta_scale'");
+}
+
+TEST_F(ExecutorErrors, RejectsUnknownDevices) {
+  EXPECT_FALSE(Device::parse("gpu").isOk());
+  EXPECT_CONTAINS(Device::parse("cuda:x").message(), "cpu, cuda, cuda:N");
+  EXPECT_FALSE(Device::parse("cuda:-1").isOk());
+  EXPECT_EQ(Device::parse("cuda:3")->index, 3);
+  EXPECT_EQ(Device::parse("cuda")->name(), "cuda:0");
+  EXPECT_FALSE(Device::parse("cpu")->isCuda());
 }
 
 TEST_F(ExecutorErrors, RejectsCollectivesWithoutCommunicator) {

@@ -22,6 +22,10 @@ public:
   /// Point-to-point to/from a global rank.
   virtual Status send(const float *data, size_t count, uint32_t peerRank) = 0;
   virtual Status recv(float *data, size_t count, uint32_t peerRank) = 0;
+
+  /// True when buffers are device memory of the rank's CUDA device (NCCL);
+  /// false for host memory (Gloo), which a CUDA executor stages through.
+  virtual bool takesDeviceMemory() const { return false; }
 };
 
 } // namespace llmir::engine

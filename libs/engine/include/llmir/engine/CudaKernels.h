@@ -16,8 +16,7 @@
 
 namespace llmir::engine::cuda {
 
-/// The cuBLAS handle and the device scratch buffer 16-bit weights are
-/// widened into before the f32 matrix product.
+/// The cuBLAS handle (f32 weights go through SGEMM).
 class Context {
 public:
   /// Fails when no CUDA device is usable or cuBLAS cannot start.
@@ -37,8 +36,8 @@ private:
   std::unique_ptr<State> state_;
 };
 
-/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null); cuBLAS SGEMM
-/// with f32 compute, bf16/f16 weights widened into the context's scratch.
+/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null): cuBLAS SGEMM
+/// for f32 weights; bf16/f16 weights read in place with f32 accumulation.
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y);
 
@@ -87,5 +86,25 @@ Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
                       float *out);
+
+/// ATTENTION_PARTIAL: stores k, v in this rank's blocks (params.kvShards /
+/// kvShard), then attends each token over the visible positions of those
+/// blocks; out [T, Hq * D + Hq] as cpu::partialAttention writes it.
+Status partialAttention(const float *q, const float *k, const float *v,
+                        const DeviceStep &step,
+                        const cpu::AttentionParams &params,
+                        DeviceKvCache &cache, float *out);
+
+/// SP_ATTENTION: stores every row of kv [T, 2 * Hkv * D] (k then v), then
+/// attends the step's rows [firstRow, firstRow + numRows): q and out hold
+/// only those rows.
+Status sliceAttention(const float *q, const float *kv, const DeviceStep &step,
+                      int64_t firstRow, int64_t numRows,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache,
+                      float *out);
+
+/// ATTENTION_MERGE, as cpu::mergeAttention.
+Status mergeAttention(const float *gathered, int64_t T, int64_t shards,
+                      int64_t numHeads, int64_t headDim, float *out);
 
 } // namespace llmir::engine::cuda

@@ -1,42 +1,53 @@
-// Runs one rank's ShardProgram: validates it and loads its weights at
-// create(), then executes its instructions in order for each step.
+// Runs one rank's ShardProgram: validates and binds it and loads its weights
+// at create(), then executes its instructions in order for each step, on the
+// backend of ExecutorOptions::device (CPU kernels, or CUDA).
 #pragma once
 
-#include "llmir/engine/KernelRegistry.h"
+#include "llmir/engine/Device.h"
 #include "llmir/engine/KvCache.h"
 #include "llmir/engine/ProtoFwd.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/Tensor.h"
 #include "llmir/support/Status.h"
 
+#include <functional>
 #include <memory>
 
 namespace llmir::engine {
 
 class Communicator;
-class ThreadPool;
+class ExecutionBackend;
+struct BoundProgram;
 
 struct ExecutorOptions {
-  /// KV blocks to allocate; 0 uses program.kv_cache().num_blocks.
+  /// KV blocks to allocate; 0 uses program.kv_cache().num_blocks, and on a
+  /// CUDA device with gpuMemoryFraction > 0 fills that share of its memory.
   int64_t numKvBlocks = 0;
-  /// Kernel threads; 0 uses std::thread::hardware_concurrency().
+  /// CPU kernel threads; 0 uses std::thread::hardware_concurrency().
   unsigned numThreads = 0;
+  Device device;
+  /// CUDA: the share of the device's memory this executor may use (weights,
+  /// activations and KV cache), vLLM's gpu_memory_utilization. 0 keeps the
+  /// program's planned block count.
+  double gpuMemoryFraction = 0.0;
 };
+
+/// Sees each instruction's first output after it ran (a host copy): for
+/// comparing backends instruction by instruction. Slows every step.
+using InstructionObserver =
+    std::function<void(size_t instruction, const Tensor &output)>;
 
 class Executor {
 public:
   /// Fails when the program is malformed (unknown version, bad slot ids,
-  /// operand counts, missing attributes, collectives without `comm`), when a
-  /// weight cannot be loaded or has the wrong shape, or when the KV cache
-  /// has no size. `comm` must outlive the executor.
+  /// operand counts, missing or unknown attributes, collectives without
+  /// `comm`), when the device cannot be used, when a weight cannot be loaded
+  /// or has the wrong shape, or when the KV cache has no size. `comm` must
+  /// outlive the executor; on a CUDA device it receives device pointers when
+  /// it says it takes them (Communicator::takesDeviceMemory).
   static Result<std::unique_ptr<Executor>>
   create(const proto::ShardProgram &program, const WeightProvider &weights,
          const ExecutorOptions &options, Communicator *comm = nullptr);
-  /// As above with another kernel registry (another backend).
-  static Result<std::unique_ptr<Executor>>
-  create(const proto::ShardProgram &program, const WeightProvider &weights,
-         const ExecutorOptions &options, KernelRegistry kernels,
-         Communicator *comm);
 
   ~Executor();
   Executor(const Executor &) = delete;
@@ -45,23 +56,18 @@ public:
   /// Validates `step` (against the KV cache and, when the program names it,
   /// the vocabulary size), runs every instruction and returns the output slot (logits
   /// [S, vocab]); an empty tensor on a stage without output.
-  Result<Tensor> step(const StepInput &step);
+  Result<Tensor> step(const StepInput &step,
+                      const InstructionObserver &observer = {});
 
-  const KvCacheShape &kvCacheShape() const { return cache_.shape(); }
+  const KvCacheShape &kvCacheShape() const;
+  const Device &device() const { return device_; }
 
 private:
-  Executor(std::unique_ptr<proto::ShardProgram> program, KvCache cache,
-           KernelRegistry kernels, unsigned numThreads, Communicator *comm);
+  Executor(std::unique_ptr<BoundProgram> program, Device device);
 
-  std::unique_ptr<proto::ShardProgram> program_;
-  KvCache cache_;
-  KernelRegistry kernels_;
-  std::unique_ptr<ThreadPool> pool_;
-  Communicator *comm_;
-  std::vector<WeightTensor> weights_;  // by slot id (empty for activations)
-  std::vector<Tensor> activations_;    // by slot id (empty for weights)
-  std::vector<std::vector<int64_t>> slotShapes_; // declared, by slot id
-  Tensor aliasedOutput_; // output of an instruction that also reads it
+  std::unique_ptr<BoundProgram> program_;
+  std::unique_ptr<ExecutionBackend> backend_;
+  Device device_;
 };
 
 } // namespace llmir::engine

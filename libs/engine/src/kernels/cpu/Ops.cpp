@@ -5,7 +5,6 @@
 
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/CpuKernels.h"
-#include "llmir/engine/KernelRegistry.h"
 #include "llmir/engine/KvCache.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/ThreadPool.h"
@@ -55,7 +54,7 @@ Status runEmbedding(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y.reshape({T, table.shape[1]});
   cpu::embedding(call.step->tokenIds.data(), T, WeightView::of(table),
-                 call.intAttr("vocab_offset", 0), y.data.data());
+                 call.params->vocabOffset, y.data.data());
   return Status::ok();
 }
 
@@ -70,7 +69,7 @@ Status runRmsNorm(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y.reshape(x.shape);
   cpu::rmsNorm(x.data.data(), x.rows(), x.rowSize(), widened(w).data(),
-               static_cast<float>(call.floatAttr("eps")), y.data.data());
+               call.params->eps, y.data.data());
   return Status::ok();
 }
 
@@ -101,13 +100,13 @@ Status runLinear(KernelCall &call) {
 /// The step's rows this rank computes: all of them, or its slice under
 /// token-split sequence parallelism (sp_size / sp_index attributes).
 RowRange rowsOf(const KernelCall &call) {
-  return sequenceParallelRows(call.step->numTokens(), call.intAttr("sp_size", 1),
-                              call.intAttr("sp_index", 0));
+  return sequenceParallelRows(call.step->numTokens(), call.params->spSize,
+                              call.params->spIndex);
 }
 
 Status runRope(KernelCall &call) {
   const Tensor &x = act(call, 0);
-  const int64_t headDim = call.intAttr("head_dim");
+  const int64_t headDim = call.params->headDim;
   const RowRange rows = rowsOf(call);
   LLMIR_RETURN_IF_ERROR(expectRows(x, rows.size(), "ROPE input"));
   if (x.rowSize() % headDim != 0)
@@ -117,17 +116,12 @@ Status runRope(KernelCall &call) {
   y = x;
   cpu::rope(y.data.data(), y.rows(), y.rowSize() / headDim, headDim,
             call.step->positions.data() + rows.begin,
-            static_cast<float>(call.floatAttr("theta")));
+            call.params->theta);
   return Status::ok();
 }
 
 Status runAttention(KernelCall &call) {
-  cpu::AttentionParams params;
-  params.layer = call.intAttr("layer");
-  params.numHeads = call.intAttr("num_heads");
-  params.numKvHeads = call.intAttr("num_kv_heads");
-  params.headDim = call.intAttr("head_dim");
-  params.scale = static_cast<float>(call.floatAttr("scale"));
+  const cpu::AttentionParams &params = call.params->attention;
   const Tensor &q = act(call, 0), &k = act(call, 1), &v = act(call, 2);
   const int64_t T = call.step->numTokens();
   const int64_t qWidth = params.numHeads * params.headDim;
@@ -162,25 +156,18 @@ Status runBinary(KernelCall &call) {
   return Status::ok();
 }
 
-uint32_t groupOf(const KernelCall &call) {
-  return static_cast<uint32_t>(call.intAttr("group"));
-}
-
 Status runAllReduce(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y = act(call, 0);
   if (y.data.empty()) // an empty token-split slice: so is every peer's
     return Status::ok();
-  return call.comm->allReduceSum(y.data.data(), y.data.size(), groupOf(call));
+  return call.comm->allReduceSum(y.data.data(), y.data.size(), call.params->group);
 }
 
 Status runAllGather(KernelCall &call) {
   const Tensor &x = act(call, 0);
-  const uint32_t group = groupOf(call);
-  int64_t groupSize = 0;
-  for (const proto::CollectiveGroup &g : call.program->groups())
-    if (g.id() == group)
-      groupSize = g.ranks_size();
+  const uint32_t group = call.params->group;
+  const int64_t groupSize = call.params->groupSize;
   const int64_t T = x.rows(), width = x.rowSize();
   std::vector<float> gathered(static_cast<size_t>(groupSize * T * width));
   LLMIR_RETURN_IF_ERROR(call.comm->allGather(x.data.data(), x.data.size(),
@@ -198,7 +185,7 @@ Status runAllGather(KernelCall &call) {
 Status runSend(KernelCall &call) {
   const Tensor &x = act(call, 0);
   return call.comm->send(x.data.data(), x.data.size(),
-                         static_cast<uint32_t>(call.intAttr("peer")));
+                         call.params->peer);
 }
 
 Status runRecv(KernelCall &call) {
@@ -212,7 +199,7 @@ Status runRecv(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y.reshape(std::move(shape));
   return call.comm->recv(y.data.data(), y.data.size(),
-                         static_cast<uint32_t>(call.intAttr("peer")));
+                         call.params->peer);
 }
 
 Status runSelectRows(KernelCall &call) {

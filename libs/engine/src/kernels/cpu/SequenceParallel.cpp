@@ -122,14 +122,7 @@ Status expectMatrix(const Tensor &x, int64_t rows, int64_t width, const char *wh
 }
 
 Status runAttentionPartial(KernelCall &call) {
-  cpu::AttentionParams params;
-  params.layer = call.intAttr("layer");
-  params.numHeads = call.intAttr("num_heads");
-  params.numKvHeads = call.intAttr("num_kv_heads");
-  params.headDim = call.intAttr("head_dim");
-  params.scale = static_cast<float>(call.floatAttr("scale"));
-  params.kvShards = call.intAttr("sp_size");
-  params.kvShard = call.intAttr("sp_index");
+  const cpu::AttentionParams &params = call.params->attention;
   const Tensor &q = *call.inputs[0].activation, &k = *call.inputs[1].activation,
                &v = *call.inputs[2].activation;
   const int64_t T = call.step->numTokens();
@@ -145,8 +138,9 @@ Status runAttentionPartial(KernelCall &call) {
 }
 
 Status runAttentionMerge(KernelCall &call) {
-  const int64_t heads = call.intAttr("num_heads"), headDim = call.intAttr("head_dim");
-  const int64_t shards = call.intAttr("sp_size");
+  const int64_t heads = call.params->attention.numHeads;
+  const int64_t headDim = call.params->attention.headDim;
+  const int64_t shards = call.params->spSize;
   const Tensor &gathered = *call.inputs[0].activation;
   const int64_t T = call.step->numTokens();
   LLMIR_RETURN_IF_ERROR(

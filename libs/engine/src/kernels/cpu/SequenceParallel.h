@@ -4,7 +4,7 @@
 // ALL_GATHER_ROWS, SP_ATTENTION; TokenSplit.cpp).
 #pragma once
 
-#include "llmir/engine/KernelRegistry.h"
+#include "KernelRegistry.h"
 
 namespace llmir::engine {
 

@@ -36,8 +36,8 @@ void sliceAttention(const float *q, const float *kv, const StepInput &step,
 namespace {
 
 RowRange sliceOf(const KernelCall &call) {
-  return sequenceParallelRows(call.step->numTokens(), call.intAttr("sp_size"),
-                              call.intAttr("sp_index"));
+  return sequenceParallelRows(call.step->numTokens(), call.params->spSize,
+                              call.params->spIndex);
 }
 
 } // namespace
@@ -58,7 +58,7 @@ Status runSpScatterRows(KernelCall &call) {
 
 Status runAllGatherRows(KernelCall &call) {
   const int64_t T = call.step->numTokens();
-  const int64_t spSize = call.intAttr("sp_size");
+  const int64_t spSize = call.params->spSize;
   const RowRange mine = sliceOf(call);
   int64_t width = 0;
   for (const Operand &in : call.inputs) {
@@ -81,7 +81,7 @@ Status runAllGatherRows(KernelCall &call) {
   std::vector<float> gathered(static_cast<size_t>(spSize * longest * width));
   LLMIR_RETURN_IF_ERROR(call.comm->allGather(packed.data(), packed.size(),
                                              gathered.data(),
-                                             static_cast<uint32_t>(call.intAttr("group"))));
+                                             call.params->group));
   Tensor &y = *call.outputs[0];
   y.reshape({T, width});
   for (int64_t r = 0; r < spSize; ++r) {
@@ -93,12 +93,7 @@ Status runAllGatherRows(KernelCall &call) {
 }
 
 Status runSpAttention(KernelCall &call) {
-  cpu::AttentionParams params;
-  params.layer = call.intAttr("layer");
-  params.numHeads = call.intAttr("num_heads");
-  params.numKvHeads = call.intAttr("num_kv_heads");
-  params.headDim = call.intAttr("head_dim");
-  params.scale = static_cast<float>(call.floatAttr("scale"));
+  const cpu::AttentionParams &params = call.params->attention;
   const Tensor &q = *call.inputs[0].activation, &kv = *call.inputs[1].activation;
   const RowRange rows = sliceOf(call);
   const int64_t qWidth = params.numHeads * params.headDim;

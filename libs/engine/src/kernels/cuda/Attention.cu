@@ -33,20 +33,22 @@ __global__ void storeKernel(const float *k, const float *v,
   const int64_t width = g.numKvHeads * g.headDim;
   const int64_t row = cacheRow(g, g.tokenSeq[t], position);
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    g.keys[row + i] = k[t * width + i];
-    g.values[row + i] = v[t * width + i];
+    g.keys[row + i] = k[t * g.kvRowStride + i];
+    g.values[row + i] = v[t * g.kvRowStride + i];
   }
 }
 
 __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
   __shared__ float warpMax[kWarps], warpSum[kWarps];
   __shared__ float warpOut[kWarps][kMaxHeadDim];
-  const int64_t t = blockIdx.x, h = blockIdx.y, D = g.headDim;
+  const int64_t r = blockIdx.x, t = g.firstQuery + r, h = blockIdx.y;
+  const int64_t D = g.headDim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kvHead = h / (g.numHeads / g.numKvHeads);
   const int32_t seq = g.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
-  const float *query = q + (t * g.numHeads + h) * D;
+  const float *query = q + (r * g.numHeads + h) * D;
+  const int64_t outRow = g.partial ? g.numHeads * D + g.numHeads : g.numHeads * D;
 
   float queryPart[kPerLane], acc[kPerLane];
 #pragma unroll
@@ -57,6 +59,8 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
   }
   float runningMax = -INFINITY, runningSum = 0.0f;
   for (int64_t j = warp; j < length; j += kWarps) {
+    if (g.partial && (j / g.blockSize) % g.kvShards != g.kvShard)
+      continue; // another sequence-parallel rank's block
     const int64_t row = cacheRow(g, seq, j) + kvHead * D;
     float dot = 0.0f;
 #pragma unroll
@@ -91,10 +95,19 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
       warpOut[warp][d] = acc[i];
   }
   __syncthreads();
-  // Warp 0 saw key 0, so the merged maximum is finite.
+  // Without a shard filter warp 0 saw key 0, so the maximum is finite; a
+  // partial rank may own no visible position.
   float maximum = warpMax[0];
   for (int w = 1; w < kWarps; ++w)
     maximum = fmaxf(maximum, warpMax[w]);
+  float *o = out + r * outRow + h * D;
+  if (maximum == -INFINITY) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      o[d] = 0.0f;
+    if (threadIdx.x == 0)
+      out[r * outRow + g.numHeads * D + h] = -INFINITY;
+    return;
+  }
   float factor[kWarps], total = 0.0f;
   for (int w = 0; w < kWarps; ++w) {
     factor[w] = expf(warpMax[w] - maximum); // 0 for a warp that saw no key
@@ -104,7 +117,39 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
     float sum = 0.0f;
     for (int w = 0; w < kWarps; ++w)
       sum += warpOut[w][d] * factor[w];
-    out[(t * g.numHeads + h) * D + d] = sum / total;
+    o[d] = sum / total;
+  }
+  if (g.partial && threadIdx.x == 0)
+    out[r * outRow + g.numHeads * D + h] = maximum + logf(total);
+}
+
+// One block per (token, head): the exact merge of the shards' partials,
+// o = sum_r exp(lse_r - lse) o_r / sum_r exp(lse_r - lse), as the CPU's.
+__global__ void mergeKernel(const float *gathered, int64_t shards,
+                            int64_t numHeads, int64_t headDim, float *out) {
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t row = numHeads * headDim + numHeads;
+  const float *shard0 = gathered + t * shards * row;
+  float lse = -INFINITY;
+  for (int64_t r = 0; r < shards; ++r)
+    lse = fmaxf(lse, shard0[r * row + numHeads * headDim + h]);
+  float *o = out + (t * numHeads + h) * headDim;
+  if (lse == -INFINITY) {
+    for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x)
+      o[d] = 0.0f;
+    return;
+  }
+  float total = 0.0f;
+  for (int64_t r = 0; r < shards; ++r)
+    total += expf(shard0[r * row + numHeads * headDim + h] - lse);
+  for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t r = 0; r < shards; ++r) {
+      const float weight =
+          expf(shard0[r * row + numHeads * headDim + h] - lse) / total;
+      sum += weight * shard0[r * row + h * headDim + d];
+    }
+    o[d] = sum;
   }
 }
 
@@ -118,10 +163,19 @@ int storeKeysAndValues(const float *k, const float *v,
 }
 
 int attend(const float *q, const AttentionGeometry &g, float *out) {
-  if (g.numTokens > 0) {
-    const dim3 grid(static_cast<unsigned>(g.numTokens),
+  if (g.numQueries > 0) {
+    const dim3 grid(static_cast<unsigned>(g.numQueries),
                     static_cast<unsigned>(g.numHeads));
     attendKernel<<<grid, kWarps * 32>>>(q, g, out);
+  }
+  return cudaGetLastError();
+}
+
+int mergeAttention(const float *gathered, int64_t T, int64_t shards,
+                   int64_t numHeads, int64_t headDim, float *out) {
+  if (T > 0) {
+    const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(numHeads));
+    mergeKernel<<<grid, 64>>>(gathered, shards, numHeads, headDim, out);
   }
   return cudaGetLastError();
 }

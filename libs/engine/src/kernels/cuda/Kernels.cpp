@@ -14,11 +14,7 @@ namespace llmir::engine::cuda {
 
 struct Context::State {
   cublasHandle_t cublas = nullptr;
-  float *scratch = nullptr; // widened weights
-  size_t scratchFloats = 0;
   ~State() {
-    if (scratch)
-      cudaFree(scratch);
     if (cublas)
       cublasDestroy(cublas);
   }
@@ -85,26 +81,14 @@ Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
   LLMIR_RETURN_IF_ERROR(storage.status());
   Context::State &state = context.state();
   const int64_t N = w.rows, K = w.cols;
-  const float *weights = reinterpret_cast<const float *>(w.data);
   if (*storage != detail::Storage::F32) {
-    const size_t floats = static_cast<size_t>(N * K);
-    if (floats > state.scratchFloats) {
-      if (state.scratch)
-        LLMIR_RETURN_IF_ERROR(
-            cudaStatus(cudaFree(state.scratch), "free scratch"));
-      state.scratch = nullptr;
-      state.scratchFloats = 0;
-      LLMIR_RETURN_IF_ERROR(
-          cudaStatus(cudaMalloc(reinterpret_cast<void **>(&state.scratch),
-                                floats * sizeof(float)),
-                     "allocate scratch"));
-      state.scratchFloats = floats;
-    }
-    LLMIR_RETURN_IF_ERROR(
-        cudaStatus(detail::widen(w.data, *storage, N * K, state.scratch),
-                   "widen weights"));
-    weights = state.scratch;
+    LLMIR_RETURN_IF_ERROR(cudaStatus(
+        detail::linear16(x, T, w.data, *storage, N, K, y), "linear (16-bit)"));
+    if (bias)
+      return cudaStatus(detail::addBias(y, bias, T, N), "bias");
+    return Status::ok();
   }
+  const float *weights = reinterpret_cast<const float *>(w.data);
   // Column-major view: y^T [N, T] = W [N, K] (stored as K x N) ^T * x^T [K, T].
   const float one = 1.0f, zero = 0.0f;
   LLMIR_RETURN_IF_ERROR(cublasStatus(
@@ -146,35 +130,93 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                     "embedding");
 }
 
-Status pagedAttention(const float *q, const float *k, const float *v,
-                      const DeviceStep &step,
-                      const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out) {
-  if (params.headDim > detail::kMaxHeadDim)
-    return Status::error(
-        "CUDA attention: head dim " + std::to_string(params.headDim) +
-        ", expected at most " + std::to_string(detail::kMaxHeadDim));
+namespace {
+
+detail::AttentionGeometry geometryOf(const DeviceStep &step,
+                                     const cpu::AttentionParams &params,
+                                     DeviceKvCache &cache) {
   const KvCacheShape &shape = cache.shape;
   const size_t layerFloats = static_cast<size_t>(
       shape.numBlocks * shape.blockSize * shape.numKvHeads * shape.headDim);
   const size_t layerOffset = static_cast<size_t>(params.layer) * layerFloats;
-  const detail::AttentionGeometry geometry{step.numTokens,
-                                           params.numHeads,
-                                           params.numKvHeads,
-                                           params.headDim,
-                                           params.scale,
-                                           params.kvShards,
-                                           params.kvShard,
-                                           shape.blockSize,
-                                           step.positions,
-                                           step.tokenSeq,
-                                           step.blockTables,
-                                           step.blockTableStride,
-                                           cache.keys + layerOffset,
-                                           cache.values + layerOffset};
-  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(k, v, geometry),
+  detail::AttentionGeometry g{};
+  g.numTokens = step.numTokens;
+  g.numHeads = params.numHeads;
+  g.numKvHeads = params.numKvHeads;
+  g.headDim = params.headDim;
+  g.scale = params.scale;
+  g.kvShards = params.kvShards;
+  g.kvShard = params.kvShard;
+  g.blockSize = shape.blockSize;
+  g.positions = step.positions;
+  g.tokenSeq = step.tokenSeq;
+  g.blockTables = step.blockTables;
+  g.blockTableStride = step.blockTableStride;
+  g.keys = cache.keys + layerOffset;
+  g.values = cache.values + layerOffset;
+  g.kvRowStride = params.numKvHeads * params.headDim;
+  g.firstQuery = 0;
+  g.numQueries = step.numTokens;
+  g.partial = false;
+  return g;
+}
+
+Status checkHeadDim(const cpu::AttentionParams &params) {
+  if (params.headDim > detail::kMaxHeadDim)
+    return Status::error(
+        "CUDA attention: head dim " + std::to_string(params.headDim) +
+        ", expected at most " + std::to_string(detail::kMaxHeadDim));
+  return Status::ok();
+}
+
+} // namespace
+
+Status pagedAttention(const float *q, const float *k, const float *v,
+                      const DeviceStep &step,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache,
+                      float *out) {
+  LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
+  const detail::AttentionGeometry g = geometryOf(step, params, cache);
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(k, v, g),
                                    "store keys and values"));
-  return cudaStatus(detail::attend(q, geometry, out), "attention");
+  return cudaStatus(detail::attend(q, g, out), "attention");
+}
+
+Status partialAttention(const float *q, const float *k, const float *v,
+                        const DeviceStep &step,
+                        const cpu::AttentionParams &params,
+                        DeviceKvCache &cache, float *out) {
+  LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
+  detail::AttentionGeometry g = geometryOf(step, params, cache);
+  g.partial = true;
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(k, v, g),
+                                   "store keys and values"));
+  return cudaStatus(detail::attend(q, g, out), "partial attention");
+}
+
+Status sliceAttention(const float *q, const float *kv, const DeviceStep &step,
+                      int64_t firstRow, int64_t numRows,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache,
+                      float *out) {
+  LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
+  cpu::AttentionParams everyBlock = params;
+  everyBlock.kvShards = 1;
+  everyBlock.kvShard = 0;
+  detail::AttentionGeometry g = geometryOf(step, everyBlock, cache);
+  const int64_t width = params.numKvHeads * params.headDim;
+  g.kvRowStride = 2 * width;
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(kv, kv + width, g),
+                                   "store keys and values"));
+  g.firstQuery = firstRow;
+  g.numQueries = numRows;
+  return cudaStatus(detail::attend(q, g, out), "slice attention");
+}
+
+Status mergeAttention(const float *gathered, int64_t T, int64_t shards,
+                      int64_t numHeads, int64_t headDim, float *out) {
+  return cudaStatus(
+      detail::mergeAttention(gathered, T, shards, numHeads, headDim, out),
+      "attention merge");
 }
 
 } // namespace llmir::engine::cuda

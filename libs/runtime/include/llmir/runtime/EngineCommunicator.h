@@ -30,6 +30,7 @@ public:
                    uint32_t groupId) override;
   Status send(const float *data, size_t count, uint32_t peerRank) override;
   Status recv(float *data, size_t count, uint32_t peerRank) override;
+  bool takesDeviceMemory() const override;
 
 private:
   explicit EngineCommunicator(DistributedRuntime &runtime) : runtime_(runtime) {}

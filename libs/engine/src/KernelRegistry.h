@@ -1,14 +1,13 @@
-// Opcode -> kernel. The executor binds each instruction's operands into a
-// KernelCall and runs the kernel registered for its opcode. The CPU kernels
-// are registered by cpuKernelRegistry(); another backend registers its own.
+// Opcode -> CPU kernel. The CPU backend binds each instruction's operands
+// into a KernelCall and runs the kernel registered for its opcode; the
+// instruction's attributes arrive decoded (Binding.h).
 #pragma once
 
-#include "llmir/engine/ProtoFwd.h"
+#include "Binding.h"
 #include "llmir/engine/Tensor.h"
 #include "llmir/support/Status.h"
 
 #include <functional>
-#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -25,10 +24,9 @@ struct Operand {
   const WeightTensor *weight = nullptr;
 };
 
-/// Everything a kernel may use. Attributes were validated at load.
+/// Everything a kernel may use.
 struct KernelCall {
-  const proto::Instruction *instruction = nullptr;
-  const proto::ShardProgram *program = nullptr;
+  const InstructionParams *params = nullptr;
   std::vector<Operand> inputs;
   std::vector<Tensor *> outputs;
   /// Declared shapes of the output slots (-1 in dim 0: the step's T).
@@ -37,9 +35,6 @@ struct KernelCall {
   KvCache *kvCache = nullptr;
   ThreadPool *pool = nullptr;
   Communicator *comm = nullptr; // null when the program has no collectives
-
-  int64_t intAttr(std::string_view name, int64_t fallback = 0) const;
-  double floatAttr(std::string_view name, double fallback = 0.0) const;
 };
 
 using Kernel = std::function<Status(KernelCall &)>;

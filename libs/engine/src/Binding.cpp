@@ -1,0 +1,101 @@
+#include "Binding.h"
+
+#include "OpSpec.h"
+#include "ProgramValidator.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace llmir::engine {
+namespace {
+
+bool listed(const std::vector<const char *> &names, const std::string &key) {
+  return std::any_of(names.begin(), names.end(),
+                     [&](const char *n) { return key == n; });
+}
+
+/// Every attribute key must be one the opcode reads: a misspelt optional
+/// attribute would otherwise fall back to its default without a word.
+Status checkKnownAttributes(const proto::Instruction &inst, const OpSpec &spec) {
+  for (const auto &[key, value] : inst.int_attrs())
+    if (!listed(spec.intAttrs, key) && !listed(spec.optionalIntAttrs, key))
+      return Status::error(std::string(spec.name) + " has unknown int attribute '" +
+                           key + "'");
+  for (const auto &[key, value] : inst.float_attrs())
+    if (!listed(spec.floatAttrs, key))
+      return Status::error(std::string(spec.name) +
+                           " has unknown float attribute '" + key + "'");
+  return Status::ok();
+}
+
+InstructionParams decode(const proto::Instruction &inst,
+                         const proto::ShardProgram &program) {
+  auto intAttr = [&](const char *key, int64_t fallback = 0) {
+    auto it = inst.int_attrs().find(key);
+    return it == inst.int_attrs().end() ? fallback : it->second;
+  };
+  auto floatAttr = [&](const char *key) {
+    auto it = inst.float_attrs().find(key);
+    return it == inst.float_attrs().end() ? 0.0f : static_cast<float>(it->second);
+  };
+  InstructionParams p;
+  p.vocabOffset = intAttr("vocab_offset");
+  p.eps = floatAttr("eps");
+  p.headDim = intAttr("head_dim");
+  p.theta = floatAttr("theta");
+  p.spSize = intAttr("sp_size", 1);
+  p.spIndex = intAttr("sp_index", 0);
+  cpu::AttentionParams &a = p.attention;
+  a.layer = intAttr("layer");
+  a.numHeads = intAttr("num_heads");
+  a.numKvHeads = intAttr("num_kv_heads");
+  a.headDim = p.headDim;
+  a.scale = floatAttr("scale");
+  if (inst.op() == proto::ATTENTION_PARTIAL || inst.op() == proto::ATTENTION_MERGE) {
+    a.kvShards = p.spSize;
+    a.kvShard = p.spIndex;
+  }
+  p.group = static_cast<uint32_t>(intAttr("group"));
+  for (const proto::CollectiveGroup &g : program.groups())
+    if (g.id() == p.group)
+      p.groupSize = g.ranks_size();
+  p.peer = static_cast<uint32_t>(intAttr("peer"));
+  return p;
+}
+
+} // namespace
+
+Result<BoundProgram> bindProgram(const proto::ShardProgram &program,
+                                 bool hasCommunicator) {
+  LLMIR_RETURN_IF_ERROR(validateProgram(program, hasCommunicator));
+  BoundProgram bound;
+  for (const proto::TensorSlot &slot : program.slots())
+    bound.slots.push_back({slot.name(), slot.is_weight(), slot.dtype(),
+                           {slot.shape().begin(), slot.shape().end()}});
+  for (int i = 0; i < program.instructions_size(); ++i) {
+    const proto::Instruction &inst = program.instructions(i);
+    const OpSpec &spec = *findOpSpec(inst.op()); // validated
+    BoundInstruction b;
+    b.op = inst.op();
+    b.name = "instruction " + std::to_string(i) + " (" + spec.name + ")";
+    LLMIR_RETURN_IF_ERROR(checkKnownAttributes(inst, spec).withContext(b.name));
+    b.inputs.assign(inst.inputs().begin(), inst.inputs().end());
+    for (uint32_t id : b.inputs)
+      b.inputIsWeight.push_back(bound.slots[id].isWeight);
+    b.outputs.assign(inst.outputs().begin(), inst.outputs().end());
+    for (uint32_t id : b.outputs)
+      b.outputAliasesInput.push_back(
+          std::find(b.inputs.begin(), b.inputs.end(), id) != b.inputs.end());
+    b.params = decode(inst, program);
+    bound.instructions.push_back(std::move(b));
+  }
+  bound.hasOutput = program.has_output();
+  bound.outputSlot = program.output_slot();
+  bound.vocabSize = program.vocab_size();
+  const proto::KvCacheSpec &kv = program.kv_cache();
+  bound.kvCache = {kv.num_layers(), kv.num_kv_heads(), kv.head_dim(),
+                   kv.block_size(), kv.num_blocks()};
+  return bound;
+}
+
+} // namespace llmir::engine

@@ -1,0 +1,70 @@
+// A ShardProgram bound once at load, for every backend: each instruction's
+// operand slots, which of its outputs alias an input, and its attributes
+// decoded into typed parameters. A misspelt or unknown attribute is a load
+// error here instead of a silent default inside a kernel, and no kernel
+// looks up a string-keyed attribute per step.
+#pragma once
+
+#include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/KvCache.h"
+#include "llmir/proto/shard_program.pb.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmir::engine {
+
+/// Typed attributes of one instruction; each field is read by the opcodes
+/// named beside it (shard_program.proto documents the attributes).
+struct InstructionParams {
+  int64_t vocabOffset = 0; // EMBEDDING
+  float eps = 0.0f;        // RMS_NORM
+  int64_t headDim = 0;     // ROPE, ATTENTION*, SP_ATTENTION
+  float theta = 0.0f;      // ROPE
+  /// ATTENTION, ATTENTION_PARTIAL (kvShards/kvShard = sp_size/sp_index),
+  /// SP_ATTENTION, ATTENTION_MERGE (numHeads, headDim; kvShards = sp_size).
+  cpu::AttentionParams attention;
+  uint32_t group = 0;        // ALL_REDUCE, ALL_GATHER, ALL_GATHER_ROWS
+  int64_t groupSize = 0;     // ranks in `group`
+  uint32_t peer = 0;         // SEND, RECV (global rank)
+  /// Token-split sequence parallelism (ROPE, RECV, SP_*, ALL_GATHER_ROWS):
+  /// this rank computes rows sequenceParallelRows(T, spSize, spIndex).
+  int64_t spSize = 1;
+  int64_t spIndex = 0;
+};
+
+struct BoundInstruction {
+  proto::Opcode op = proto::OPCODE_UNSPECIFIED;
+  std::string name; // "instruction 12 (LINEAR)", for errors
+  std::vector<uint32_t> inputs;
+  std::vector<bool> inputIsWeight;
+  std::vector<uint32_t> outputs;
+  /// An output that is also an input is computed aside, then swapped in.
+  std::vector<bool> outputAliasesInput;
+  InstructionParams params;
+};
+
+struct BoundSlot {
+  std::string name;
+  bool isWeight = false;
+  proto::DType dtype = proto::F32;
+  std::vector<int64_t> shape; // declared; -1 in dim 0: the step's T
+};
+
+struct BoundProgram {
+  std::vector<BoundSlot> slots;
+  std::vector<BoundInstruction> instructions;
+  bool hasOutput = false;
+  uint32_t outputSlot = 0;
+  int64_t vocabSize = 0;
+  KvCacheShape kvCache; // numBlocks: the program's plan (0: undecided)
+};
+
+/// Validates `program` (ProgramValidator) and binds it. Fails on any
+/// attribute the opcode does not define.
+Result<BoundProgram> bindProgram(const proto::ShardProgram &program,
+                                 bool hasCommunicator);
+
+} // namespace llmir::engine

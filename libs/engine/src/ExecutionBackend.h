@@ -1,0 +1,53 @@
+// What the Executor needs from a backend (ggml-backend's idea): the backend
+// owns its buffers (weights, activations, KV cache), its kernel table and its
+// synchronisation; the Executor owns the bound program and the step loop.
+#pragma once
+
+#include "Binding.h"
+#include "llmir/engine/Device.h"
+#include "llmir/engine/KvCache.h"
+#include "llmir/engine/Step.h"
+#include "llmir/engine/Tensor.h"
+
+#include <memory>
+
+namespace llmir::engine {
+
+class Communicator;
+
+class ExecutionBackend {
+public:
+  virtual ~ExecutionBackend() = default;
+
+  /// Takes one weight slot's tensor (shape and dtype already checked).
+  virtual Status loadWeight(uint32_t slot, WeightTensor weight) = 0;
+  /// After the weights: allocates the KV cache. `shape.numBlocks` 0 lets the
+  /// backend size it (CUDA: from free memory), otherwise it is exact.
+  virtual Status allocateKvCache(const KvCacheShape &shape) = 0;
+  virtual const KvCacheShape &kvCacheShape() const = 0;
+
+  /// Makes the step's tables available to the kernels (validated step).
+  virtual Status beginStep(const StepInput &step) = 0;
+  virtual Status run(const BoundInstruction &inst) = 0;
+  /// A host copy of activation slot `slot` as the last instruction left it
+  /// (waits for the device).
+  virtual Result<Tensor> read(uint32_t slot) = 0;
+};
+
+struct BackendOptions {
+  unsigned numThreads = 0;         // CPU kernel threads (0: hardware)
+  double gpuMemoryFraction = 0.9;  // CUDA: share of the device's memory
+};
+
+std::unique_ptr<ExecutionBackend>
+createCpuBackend(const BoundProgram &program, const BackendOptions &options,
+                 Communicator *comm);
+
+/// Fails when this build has no CUDA backend, when no such device exists, or
+/// when it cannot be initialised. Defined by CudaBackend.cpp, or by
+/// CudaUnavailable.cpp in a build without the CUDA toolkit.
+Result<std::unique_ptr<ExecutionBackend>>
+createCudaBackend(const BoundProgram &program, int deviceIndex,
+                  const BackendOptions &options, Communicator *comm);
+
+} // namespace llmir::engine

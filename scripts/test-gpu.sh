@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU tests (CTest label gpu): the CUDA kernels against the CPU kernels,
+# the CUDA backend against the CPU backend instruction by instruction on
+# compiled replicas, llmir-generate --device cuda against the Hugging Face
+# references, and a GPU shard worker behind the scheduler.
+#
+#   scripts/test-gpu.sh            build with CUDA (scripts/build.sh), ctest -L gpu
+#   scripts/test-gpu.sh --bin DIR  run the same tests with binaries from DIR,
+#                                  no build and no CTest (a GPU machine without
+#                                  the build's packages: see docs/cuda.md)
+# Set COMPUTE_SANITIZER=1 to run the two gtest binaries under
+# compute-sanitizer memcheck and racecheck as well.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
+if [ "${1:-}" != "--bin" ]; then
+  "$root/scripts/install-deps.sh"
+  "$root/scripts/build.sh"
+  cd "${LLMIR_BUILD_DIR:-$root/build}"
+  exec ctest --output-on-failure -L gpu --timeout 900
+fi
+bin="$(cd "$2" && pwd)"
+export LLMIR_SOURCE_DIR="$root"
+failed=()
+step() {
+  local name="$1"; shift
+  echo "== $name"
+  if "$@"; then echo "-- $name: passed"; else echo "-- $name: FAILED"; failed+=("$name"); fi
+}
+step engine_backend_ops_test "$bin/engine_backend_ops_test"
+step backend_consistency_test "$bin/backend_consistency_test"
+if [ "${COMPUTE_SANITIZER:-0}" = 1 ]; then
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool engine_backend_ops_test" \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/engine_backend_ops_test"
+    step "compute-sanitizer $tool backend_consistency_test" \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$bin/backend_consistency_test" --gtest_filter='*/0:*/1'
+  done
+fi
+step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
+  --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"
+step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test-gpu: ${#failed[@]} failed: ${failed[*]}"
+  exit 1
+fi
+echo "test-gpu: all passed"
