@@ -10,7 +10,7 @@
 # is ready once every rank has loaded its slices.
 #
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
-#                       [--device cpu|cuda]
+#                       [--device cpu|cuda] [--kv-cache-dtype auto|f32|bf16]
 #   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
 #   --device cuda  the workers run on the GPUs (worker i on GPU i % count).
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
@@ -27,6 +27,7 @@ smoke=0
 tp=2
 pp=1
 device=cpu
+kv_cache_dtype=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0 ;;
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
     --tp) tp="$2"; shift ;;
     --pp) pp="$2"; shift ;;
     --device) device="$2"; shift ;;
+    --kv-cache-dtype) kv_cache_dtype="$2"; shift ;;
     -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -134,7 +136,8 @@ for ((rank = 0; rank < tp * pp; rank++)); do
   [ "$device" = cuda ] && worker_device="cuda:$((rank % gpus))"
   start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
     --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1 \
-    --worker.device="$worker_device" --worker.collectives="$collectives"
+    --worker.device="$worker_device" --worker.collectives="$collectives" \
+    --worker.kv_cache_dtype="$kv_cache_dtype"
 done
 # /readyz answers 200 once a replica has every rank ready.
 for _ in $(seq 1200); do

@@ -41,7 +41,7 @@ fi
 step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"
 step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
-  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test-gpu: ${#failed[@]} failed: ${failed[*]}"
   exit 1

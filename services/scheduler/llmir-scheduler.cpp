@@ -51,6 +51,7 @@ struct Settings {
   bool prefixCaching = true;
   int engineThreads = 0;
   std::string device = "cpu";
+  std::string kvCacheDtype = "auto";
   int httpThreads = 4;
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
@@ -85,6 +86,8 @@ void bind(net::Config &config, Settings &s) {
              "tokens per sequence (0: the model's max_position_embeddings)");
   config.add("enable-prefix-caching", &s.prefixCaching, "reuse KV blocks of equal prefixes");
   config.add("engine-threads", &s.engineThreads, "CPU kernel threads (0: all cores)");
+  config.add("kv-cache-dtype", &s.kvCacheDtype,
+             "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");
   config.add("device", &s.device,
              "single-process mode: cpu, cuda or cuda:<i> (mesh: each worker's worker.device)");
   config.add("http-threads", &s.httpThreads, "HTTP I/O threads");
@@ -224,11 +227,17 @@ int run(const Settings &s) {
       net::logError("bad device", {{"error", device.message()}});
       return 2;
     }
+    auto kvCacheDtype = engine::parseKvCacheDType(s.kvCacheDtype);
+    if (!kvCacheDtype) {
+      net::logError("bad kv-cache-dtype", {{"error", kvCacheDtype.message()}});
+      return 2;
+    }
     auto backend = serving::InProcessBackend::create(
         compiled->programs.at(0), engine::checkpointWeights(*checkpoint),
         {.numKvBlocks = s.kvBlocks,
          .numThreads = static_cast<unsigned>(s.engineThreads),
-         .device = *device});
+         .device = *device,
+         .kvCacheDtype = *kvCacheDtype});
     if (!backend) {
       net::logError("cannot load the model", {{"error", backend.message()}});
       return 1;

@@ -4,6 +4,7 @@
 //                [--tp N] [--pp M] [--sp K] [--timeout-s S]
 //                [--dump-prompt-logits FILE] [--timing]
 //                [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]
+//                [--kv-cache-dtype auto|f32|bf16]
 //
 // Compiles the checkpoint, runs it on the CPU engine and prints the
 // continuation (text, or with --json one object with prompt_ids, output_ids
@@ -56,7 +57,8 @@ constexpr const char *kUsage =
     "                      [--seed S] [--ignore-eos] [--threads N] [--json]\n"
     "                      [--tp N] [--pp M] [--sp K] [--timeout-s S]\n"
     "                      [--dump-prompt-logits FILE] [--timing]\n"
-    "                      [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]\n";
+    "                      [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]\n"
+    "                      [--kv-cache-dtype auto|f32|bf16]\n";
 
 /// Store keys the launcher and its workers share.
 const std::string kStorePrefix = "llmir-generate";
@@ -76,6 +78,7 @@ struct Options {
   std::string dumpPromptLogits;
   bool timing = false;
   llmir::engine::Device device;
+  llmir::engine::KvCacheDType kvCacheDtype = llmir::engine::KvCacheDType::Auto;
   /// Collectives between ranks: nccl (device memory) or gloo (host memory,
   /// staged from the GPU); auto picks nccl when every rank has its own GPU.
   std::string collectives = "auto";
@@ -161,6 +164,8 @@ Result<Options> parseArgs(int argc, char **argv) {
       set(llmir::engine::Device::parse(value), o.device);
       o.explicitDeviceIndex = value.find(':') != std::string::npos;
     }
+    else if (flag == "--kv-cache-dtype")
+      set(llmir::engine::parseKvCacheDType(value), o.kvCacheDtype);
     else if (flag == "--collectives") {
       if (value != "auto" && value != "gloo" && value != "nccl")
         return Status::error("--collectives: '" + value + "' is not one of auto, gloo, nccl");
@@ -292,6 +297,7 @@ Status generate(const Options &o, Request &request,
   llmir::engine::ExecutorOptions executorOptions;
   executorOptions.numThreads = threads;
   executorOptions.device = device;
+  executorOptions.kvCacheDtype = o.kvCacheDtype;
   // Enough blocks for this one sequence.
   const int64_t blockSize = program.kv_cache().block_size();
   const int64_t length =

@@ -44,6 +44,7 @@ struct Settings {
   std::string device = "cpu";
   std::string collectives = "auto";
   double gpuMemoryFraction = 0.9;
+  std::string kvCacheDtype = "auto";
   std::string httpHost = "0.0.0.0";
   uint16_t httpPort = 0;
   uint32_t connectTimeoutMs = 60000;
@@ -121,6 +122,8 @@ int main(int argc, char **argv) {
   config.add("worker.device", &s.device, "cpu, cuda or cuda:<i>");
   config.add("worker.collectives", &s.collectives,
              "auto (nccl on cuda, gloo on cpu), gloo or nccl; equal across a replica");
+  config.add("worker.kv_cache_dtype", &s.kvCacheDtype,
+             "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16 (cuda)");
   config.add("worker.gpu_memory_fraction", &s.gpuMemoryFraction,
              "cuda: share of the device's memory for weights, activations and KV "
              "blocks when the scheduler does not fix the block count");
@@ -180,8 +183,14 @@ int main(int argc, char **argv) {
               << "' is not one of auto, gloo, nccl\n";
     return 2;
   }
+  auto kvCacheDtype = llmir::engine::parseKvCacheDType(s.kvCacheDtype);
+  if (!kvCacheDtype) {
+    std::cerr << "llmir-shard-worker: worker.kv_cache_dtype: " << kvCacheDtype.message() << "\n";
+    return 2;
+  }
   llmir::shard_worker::ShardWorkerOptions options;
   options.device = *device;
+  options.kvCacheDtype = *kvCacheDtype;
   options.ncclCollectives =
       s.collectives == "nccl" || (s.collectives == "auto" && device->isCuda());
   options.gpuMemoryFraction = s.gpuMemoryFraction;

@@ -62,6 +62,9 @@ def main():
         check(proc.returncode == 2 and "error:" in proc.stderr, f"bad args {bad}: exit {proc.returncode}")
     proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4", "--device", "gpu")
     check(proc.returncode == 2 and "cpu, cuda, cuda:N" in proc.stderr, f"--device gpu: {proc.stderr}")
+    proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
+               "--kv-cache-dtype", "bf16")
+    check(proc.returncode == 1 and "needs a CUDA device" in proc.stderr, f"bf16 KV on cpu: {proc.stderr}")
     if not os.path.exists("/dev/nvidiactl"):
         # No GPU here (CI): asking for one is a clear error at start.
         proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",

@@ -37,6 +37,7 @@ public:
 struct BackendOptions {
   unsigned numThreads = 0;         // CPU kernel threads (0: hardware)
   double gpuMemoryFraction = 0.9;  // CUDA: share of the device's memory
+  bool bf16KvCache = false;        // CUDA only
 };
 
 std::unique_ptr<ExecutionBackend>

@@ -38,6 +38,17 @@ Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
 
 } // namespace
 
+Result<KvCacheDType> parseKvCacheDType(std::string_view text) {
+  if (text == "auto")
+    return KvCacheDType::Auto;
+  if (text == "f32" || text == "float32")
+    return KvCacheDType::F32;
+  if (text == "bf16" || text == "bfloat16")
+    return KvCacheDType::BF16;
+  return Status::error("KV cache dtype '" + std::string(text) +
+                       "' is not one of: auto, f32, bf16");
+}
+
 Result<std::unique_ptr<Executor>>
 Executor::create(const proto::ShardProgram &program,
                  const WeightProvider &weights, const ExecutorOptions &options,
@@ -52,6 +63,21 @@ Executor::create(const proto::ShardProgram &program,
   BackendOptions backendOptions;
   backendOptions.numThreads = options.numThreads;
   backendOptions.gpuMemoryFraction = options.gpuMemoryFraction;
+  bool sixteenBitWeights = false;
+  for (const BoundSlot &slot : p.slots)
+    sixteenBitWeights |= slot.isWeight && (slot.dtype == proto::BF16 || slot.dtype == proto::F16);
+  switch (options.kvCacheDtype) {
+  case KvCacheDType::Auto:
+    backendOptions.bf16KvCache = options.device.isCuda() && sixteenBitWeights;
+    break;
+  case KvCacheDType::F32:
+    break;
+  case KvCacheDType::BF16:
+    if (!options.device.isCuda())
+      return Status::error("a bf16 KV cache needs a CUDA device; the CPU cache is f32");
+    backendOptions.bf16KvCache = true;
+    break;
+  }
   if (options.device.isCuda()) {
     auto backend =
         createCudaBackend(p, options.device.index, backendOptions, comm);

@@ -129,6 +129,7 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   executorOptions.numThreads = options_.threads;
   executorOptions.device = options_.device;
   executorOptions.gpuMemoryFraction = options_.gpuMemoryFraction;
+  executorOptions.kvCacheDtype = options_.kvCacheDtype;
   auto executor = engine::Executor::create(
       program_, engine::checkpointWeights(*checkpoint_), executorOptions,
       timedComm_.get());

@@ -53,6 +53,7 @@ struct ShardWorkerOptions {
   engine::Device device;
   bool ncclCollectives = false; // else Gloo (host memory)
   double gpuMemoryFraction = 0.9;
+  engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto;
 };
 
 class ShardWorker {

@@ -135,6 +135,7 @@ runReplica(const CompiledModel &compiled, const model::Checkpoint &checkpoint,
       options.numKvBlocks = numKvBlocks;
       options.numThreads = 1;
       options.device = device;
+      options.kvCacheDtype = engine::KvCacheDType::F32; // comparisons are f32-exact
       auto executor = engine::Executor::create(
           compiled.programs[r], engine::checkpointWeights(checkpoint), options, &comm);
       if (!executor) {

@@ -366,6 +366,52 @@ TEST_F(BackendOps, PagedAttention) {
     compare("KV_STORE", shapeText + " keys", dkeys.download(), cpuKeys, 0.0);
     compare("KV_STORE", shapeText + " values", dvalues.download(), cpuValues,
             0.0);
+
+    // Sequence parallelism's key split: each of two shards attends its own
+    // blocks (ATTENTION_PARTIAL), and the merge of both (ATTENTION_MERGE)
+    // is the attention above.
+    const int64_t row = c.heads * c.headDim + c.heads;
+    std::vector<float> gathered(size_t(T * 2 * row));
+    for (int64_t shard = 0; shard < 2; ++shard) {
+      Result<KvCache> shardCache = KvCache::create(shape);
+      ASSERT_TRUE(shardCache.isOk());
+      for (int64_t layer = 0; layer < shape.numLayers; ++layer)
+        for (int32_t block = 0; block < shape.numBlocks; ++block)
+          for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
+            const size_t at = rowOffset(layer, block, slot);
+            std::copy_n(keys.begin() + at, width, shardCache->keyRow(layer, block, slot));
+            std::copy_n(values.begin() + at, width, shardCache->valueRow(layer, block, slot));
+          }
+      cpu::AttentionParams shardParams = params;
+      shardParams.kvShards = 2;
+      shardParams.kvShard = shard;
+      std::vector<float> partial(size_t(T * row));
+      cpu::partialAttention(q.data(), k.data(), v.data(), step, shardParams, *shardCache,
+                            partial.data(), pool_);
+      DeviceArray<float> skeys(keys), svalues(values), dpartial(partial.size());
+      cuda::DeviceKvCache shardDeviceCache{shape, skeys.get(), svalues.get()};
+      status = cuda::partialAttention(dq.get(), dk.get(), dv.get(), deviceStep, shardParams,
+                                      shardDeviceCache, dpartial.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      std::vector<float> got = dpartial.download();
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(got.begin() + t * row, row,
+                    gathered.begin() + (t * 2 + shard) * row);
+      // A shard that owns no visible position gives -inf on both backends;
+      // compare them as equal finite numbers.
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(std::isinf(got[i]), std::isinf(partial[i])) << c.name << " shard " << shard;
+        if (std::isinf(got[i]) && std::isinf(partial[i]))
+          got[i] = partial[i] = -1.0f;
+      }
+      compare("ATTN_PARTIAL", shapeText + " shard " + std::to_string(shard) + "/2", got,
+              partial, kMatmulLimit);
+    }
+    DeviceArray<float> dgathered(gathered);
+    DeviceArray<float> dmerged(q.size());
+    status = cuda::mergeAttention(dgathered.get(), T, 2, c.heads, c.headDim, dmerged.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("ATTN_MERGE", shapeText + " 2 shards", dmerged.download(), want, kMatmulLimit);
   }
 }
 

@@ -61,11 +61,13 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                  int64_t vocabOffset, float *y);
 
 /// A paged KV cache in device memory, laid out as KvCache: per layer, for K
-/// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32.
+/// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32, or bf16 when
+/// `bf16` (stored rounded to nearest even, read back widened).
 struct DeviceKvCache {
   KvCacheShape shape;
-  float *keys = nullptr;
-  float *values = nullptr;
+  void *keys = nullptr;
+  void *values = nullptr;
+  bool bf16 = false;
 };
 
 /// A step's per-token tables in device memory (see StepInput).

@@ -12,12 +12,20 @@
 
 #include <functional>
 #include <memory>
+#include <string_view>
 
 namespace llmir::engine {
 
 class Communicator;
 class ExecutionBackend;
 struct BoundProgram;
+
+/// Element type of the KV cache. Auto follows the model, as vLLM's "auto":
+/// bf16 on a CUDA device when the weights are 16-bit, f32 otherwise; the
+/// CPU cache is always f32.
+enum class KvCacheDType { Auto, F32, BF16 };
+/// "auto", "f32" (or "float32"), "bf16" (or "bfloat16").
+Result<KvCacheDType> parseKvCacheDType(std::string_view text);
 
 struct ExecutorOptions {
   /// KV blocks to allocate; 0 uses program.kv_cache().num_blocks, and on a
@@ -30,6 +38,7 @@ struct ExecutorOptions {
   /// activations and KV cache), vLLM's gpu_memory_utilization. 0 keeps the
   /// program's planned block count.
   double gpuMemoryFraction = 0.0;
+  KvCacheDType kvCacheDtype = KvCacheDType::Auto;
 };
 
 /// Sees each instruction's first output after it ran (a host copy): for

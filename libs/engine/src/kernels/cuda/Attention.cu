@@ -5,6 +5,7 @@
 // results are merged exactly at the end.
 #include "Launch.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -23,7 +24,18 @@ __device__ int64_t cacheRow(const AttentionGeometry &g, int32_t seq,
          g.headDim;
 }
 
+// The cache's element type: f32, or bf16 rounded to nearest even on store.
+__device__ __forceinline__ float loadCached(const float *p) { return *p; }
+__device__ __forceinline__ float loadCached(const __nv_bfloat16 *p) {
+  return __bfloat162float(*p);
+}
+__device__ __forceinline__ void storeCached(float *p, float v) { *p = v; }
+__device__ __forceinline__ void storeCached(__nv_bfloat16 *p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
 // One block per token, threads over the row's Hkv * D floats.
+template <typename C>
 __global__ void storeKernel(const float *k, const float *v,
                             AttentionGeometry g) {
   const int64_t t = blockIdx.x;
@@ -33,12 +45,15 @@ __global__ void storeKernel(const float *k, const float *v,
   const int64_t width = g.numKvHeads * g.headDim;
   const int64_t row = cacheRow(g, g.tokenSeq[t], position);
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    g.keys[row + i] = k[t * g.kvRowStride + i];
-    g.values[row + i] = v[t * g.kvRowStride + i];
+    storeCached(static_cast<C *>(g.keys) + row + i, k[t * g.kvRowStride + i]);
+    storeCached(static_cast<C *>(g.values) + row + i, v[t * g.kvRowStride + i]);
   }
 }
 
+template <typename C>
 __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
+  const C *keys = static_cast<const C *>(g.keys);
+  const C *values = static_cast<const C *>(g.values);
   __shared__ float warpMax[kWarps], warpSum[kWarps];
   __shared__ float warpOut[kWarps][kMaxHeadDim];
   const int64_t r = blockIdx.x, t = g.firstQuery + r, h = blockIdx.y;
@@ -67,7 +82,7 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
       if (d < D)
-        dot += queryPart[i] * g.keys[row + d];
+        dot += queryPart[i] * loadCached(keys + row + d);
     }
     for (int offset = 16; offset > 0; offset /= 2)
       dot += __shfl_xor_sync(0xffffffffu, dot, offset);
@@ -80,7 +95,7 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
       if (d < D)
-        acc[i] = acc[i] * correction + weight * g.values[row + d];
+        acc[i] = acc[i] * correction + weight * loadCached(values + row + d);
     }
     runningMax = newMax;
   }
@@ -157,8 +172,10 @@ __global__ void mergeKernel(const float *gathered, int64_t shards,
 
 int storeKeysAndValues(const float *k, const float *v,
                        const AttentionGeometry &g) {
-  if (g.numTokens > 0)
-    storeKernel<<<static_cast<unsigned>(g.numTokens), 128>>>(k, v, g);
+  if (g.numTokens > 0 && g.bf16Cache)
+    storeKernel<__nv_bfloat16><<<static_cast<unsigned>(g.numTokens), 128>>>(k, v, g);
+  else if (g.numTokens > 0)
+    storeKernel<float><<<static_cast<unsigned>(g.numTokens), 128>>>(k, v, g);
   return cudaGetLastError();
 }
 
@@ -166,7 +183,10 @@ int attend(const float *q, const AttentionGeometry &g, float *out) {
   if (g.numQueries > 0) {
     const dim3 grid(static_cast<unsigned>(g.numQueries),
                     static_cast<unsigned>(g.numHeads));
-    attendKernel<<<grid, kWarps * 32>>>(q, g, out);
+    if (g.bf16Cache)
+      attendKernel<__nv_bfloat16><<<grid, kWarps * 32>>>(q, g, out);
+    else
+      attendKernel<float><<<grid, kWarps * 32>>>(q, g, out);
   }
   return cudaGetLastError();
 }

@@ -93,8 +93,9 @@ struct DeviceWeight {
 class CudaBackend final : public ExecutionBackend {
 public:
   CudaBackend(const BoundProgram &program, int device, double memoryFraction,
-              cuda::Context context, Communicator *comm)
+              bool bf16KvCache, cuda::Context context, Communicator *comm)
       : program_(program), device_(device), memoryFraction_(memoryFraction),
+        bf16KvCache_(bf16KvCache),
         context_(std::move(context)), comm_(comm),
         weights_(program.slots.size()), activations_(program.slots.size()) {}
 
@@ -142,9 +143,10 @@ public:
     if (shape.numLayers <= 0 || shape.numKvHeads <= 0 || shape.headDim <= 0 ||
         shape.blockSize <= 0)
       return Status::error("KV cache dimensions must be positive");
+    const size_t elementBytes = bf16KvCache_ ? 2 : sizeof(float);
     const size_t blockBytes = static_cast<size_t>(2 * shape.numLayers * shape.blockSize *
                                                   shape.numKvHeads * shape.headDim) *
-                              sizeof(float);
+                              elementBytes;
     if (shape.numBlocks == 0) {
       size_t freeBytes = 0, totalBytes = 0;
       LLMIR_RETURN_IF_ERROR(check(cudaMemGetInfo(&freeBytes, &totalBytes), "memory info"));
@@ -164,12 +166,12 @@ public:
     }
     if (shape.numBlocks <= 0)
       return Status::error("KV cache needs at least one block");
-    const size_t floats = blockBytes / sizeof(float) / 2 * static_cast<size_t>(shape.numBlocks);
-    LLMIR_RETURN_IF_ERROR(keys_.reserve(floats).withContext("KV cache keys"));
-    LLMIR_RETURN_IF_ERROR(values_.reserve(floats).withContext("KV cache values"));
-    LLMIR_RETURN_IF_ERROR(check(cudaMemset(keys_.data, 0, floats * sizeof(float)), "clearing the KV cache"));
-    LLMIR_RETURN_IF_ERROR(check(cudaMemset(values_.data, 0, floats * sizeof(float)), "clearing the KV cache"));
-    cache_ = {shape, keys_.data, values_.data};
+    const size_t bytes = blockBytes / 2 * static_cast<size_t>(shape.numBlocks);
+    LLMIR_RETURN_IF_ERROR(keys_.reserve(bytes).withContext("KV cache keys"));
+    LLMIR_RETURN_IF_ERROR(values_.reserve(bytes).withContext("KV cache values"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemset(keys_.data, 0, bytes), "clearing the KV cache"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemset(values_.data, 0, bytes), "clearing the KV cache"));
+    cache_ = {shape, keys_.data, values_.data, bf16KvCache_};
     return Status::ok();
   }
 
@@ -527,12 +529,13 @@ private:
   const BoundProgram &program_;
   int device_;
   double memoryFraction_;
+  bool bf16KvCache_;
   cuda::Context context_;
   Communicator *comm_;
   std::vector<DeviceWeight> weights_;     // by slot id
   std::vector<DeviceTensor> activations_; // by slot id
   DeviceTensor aliased_, scratch_, packed_;
-  DeviceArray<float> keys_, values_;
+  DeviceArray<std::byte> keys_, values_;
   cuda::DeviceKvCache cache_;
   // The step's tables on the device.
   const StepInput *step_ = nullptr;
@@ -579,7 +582,7 @@ createCudaBackend(const BoundProgram &program, int deviceIndex,
   if (fraction <= 0 || fraction > 1)
     fraction = 0.9;
   return std::unique_ptr<ExecutionBackend>(std::make_unique<CudaBackend>(
-      program, deviceIndex, fraction, std::move(*context), comm));
+      program, deviceIndex, fraction, options.bf16KvCache, std::move(*context), comm));
 }
 
 } // namespace llmir::engine

@@ -138,7 +138,8 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   const KvCacheShape &shape = cache.shape;
   const size_t layerFloats = static_cast<size_t>(
       shape.numBlocks * shape.blockSize * shape.numKvHeads * shape.headDim);
-  const size_t layerOffset = static_cast<size_t>(params.layer) * layerFloats;
+  const size_t layerOffset = static_cast<size_t>(params.layer) * layerFloats *
+                             (cache.bf16 ? 2 : sizeof(float));
   detail::AttentionGeometry g{};
   g.numTokens = step.numTokens;
   g.numHeads = params.numHeads;
@@ -152,8 +153,9 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   g.tokenSeq = step.tokenSeq;
   g.blockTables = step.blockTables;
   g.blockTableStride = step.blockTableStride;
-  g.keys = cache.keys + layerOffset;
-  g.values = cache.values + layerOffset;
+  g.keys = static_cast<char *>(cache.keys) + layerOffset;
+  g.values = static_cast<char *>(cache.values) + layerOffset;
+  g.bf16Cache = cache.bf16;
   g.kvRowStride = params.numKvHeads * params.headDim;
   g.firstQuery = 0;
   g.numQueries = step.numTokens;

@@ -31,7 +31,10 @@ struct AttentionGeometry {
   int64_t blockSize;
   const int32_t *positions, *tokenSeq, *blockTables;
   int64_t blockTableStride;
-  float *keys, *values; // this layer's [numBlocks][blockSize][Hkv][D]
+  /// This layer's [numBlocks][blockSize][Hkv][D], f32 or (bf16Cache)
+  /// bf16 elements.
+  void *keys, *values;
+  bool bf16Cache;
   /// Floats between consecutive rows of the step's k and v (Hkv * D, or
   /// 2 * Hkv * D for the gathered [k | v] rows of SP_ATTENTION).
   int64_t kvRowStride;
