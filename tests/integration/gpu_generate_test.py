@@ -4,8 +4,8 @@
 For every model (the embedded demo model, plus the ../shared fixtures when
 present): each reference case's greedy ids through `--device cuda`, and the
 prompt logits (`--dump-prompt-logits`) within the fixtures' agreement of
-the reference logits, with an f32 KV cache; the same at `--tp 2` (NCCL when
-there are two GPUs, Gloo staging through host memory on one); with a bf16
+the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
+(NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
 KV cache, logits within 2e-2 and the first 8 greedy ids. Then the same seeded sample
 (temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
@@ -83,7 +83,10 @@ def main():
         tolerance = 1e-3 if model_dir.endswith("demo-llama-4m") else 1e-4
         f32 = ["--kv-cache-dtype", "f32"]
         check_model(args.generate, model_dir, f32, "cuda", tolerance)
-        check_model(args.generate, model_dir, f32 + ["--tp", "2"], "cuda tp=2", tolerance)
+        # A short runtime timeout: a broken collective fails in seconds.
+        parallel = f32 + ["--timeout-s", "20"]
+        check_model(args.generate, model_dir, parallel + ["--tp", "2"], "cuda tp=2", tolerance)
+        check_model(args.generate, model_dir, parallel + ["--pp", "2"], "cuda pp=2", tolerance)
         # A bf16 KV cache: logits within 2e-2, the first 8 greedy ids equal.
         check_model(args.generate, model_dir, ["--kv-cache-dtype", "bf16"], "cuda bf16-kv", 2e-2,
                     exact_ids=8)

@@ -49,36 +49,57 @@ ncclRedOp_t ncclOp(ReduceOp op) {
 class NcclCommunicator : public Communicator {
 public:
   NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream,
-                   int *scratch, std::chrono::milliseconds timeout)
+                   int *scratch, std::chrono::milliseconds timeout, int size)
       : comm_(comm), device_(device), stream_(stream), scratch_(scratch),
-        timeout_(timeout) {}
+        timeout_(timeout), size_(size) {}
 
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
     if (comm_)
       healthy_ ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
     cudaFree(scratch_);
+    if (staging_)
+      cudaFree(staging_);
     cudaStreamDestroy(stream_);
   }
 
   Status allReduce(void *data, size_t count, DataType type,
                    ReduceOp op) override {
-    return run([&] {
-      return ncclAllReduce(data, data, count, ncclType(type), ncclOp(op), comm_,
-                           stream_);
+    const size_t bytes = count * dataTypeSize(type);
+    return staged(data, bytes, true, true, [&](void *buffer) {
+      return run([&] {
+        return ncclAllReduce(buffer, buffer, count, ncclType(type), ncclOp(op),
+                             comm_, stream_);
+      });
     });
   }
   Status allGather(const void *send, void *recv, size_t count,
                    DataType type) override {
-    return run([&] {
-      return ncclAllGather(send, recv, count, ncclType(type), comm_, stream_);
-    });
+    if (isDevice(send) && isDevice(recv))
+      return run([&] {
+        return ncclAllGather(send, recv, count, ncclType(type), comm_, stream_);
+      });
+    // Host buffers: stage both (send first, the gathered result after it).
+    const size_t bytes = count * dataTypeSize(type);
+    const size_t total = bytes * (1 + static_cast<size_t>(size_));
+    LLMIR_RETURN_IF_ERROR(reserveStaging(total));
+    char *stage = static_cast<char *>(staging_);
+    LLMIR_RETURN_IF_ERROR(copy(stage, send, bytes, cudaMemcpyDefault));
+    LLMIR_RETURN_IF_ERROR(run([&] {
+      return ncclAllGather(stage, stage + bytes, count, ncclType(type), comm_,
+                           stream_);
+    }));
+    return copy(recv, stage + bytes, bytes * static_cast<size_t>(size_),
+                cudaMemcpyDefault);
   }
   Status broadcast(void *data, size_t count, DataType type,
                    int rootGroupRank) override {
-    return run([&] {
-      return ncclBroadcast(data, data, count, ncclType(type), rootGroupRank,
-                           comm_, stream_);
+    const size_t bytes = count * dataTypeSize(type);
+    return staged(data, bytes, true, true, [&](void *buffer) {
+      return run([&] {
+        return ncclBroadcast(buffer, buffer, count, ncclType(type),
+                             rootGroupRank, comm_, stream_);
+      });
     });
   }
   Status barrier() override {
@@ -88,15 +109,70 @@ public:
     });
   }
   Status send(const void *data, size_t bytes, int peer) override {
-    return run(
-        [&] { return ncclSend(data, bytes, ncclUint8, peer, comm_, stream_); });
+    return staged(const_cast<void *>(data), bytes, true, false, [&](void *buffer) {
+      return run([&] {
+        return ncclSend(buffer, bytes, ncclUint8, peer, comm_, stream_);
+      });
+    });
   }
   Status recv(void *data, size_t bytes, int peer) override {
-    return run(
-        [&] { return ncclRecv(data, bytes, ncclUint8, peer, comm_, stream_); });
+    return staged(data, bytes, false, true, [&](void *buffer) {
+      return run([&] {
+        return ncclRecv(buffer, bytes, ncclUint8, peer, comm_, stream_);
+      });
+    });
   }
 
 private:
+  static bool isDevice(const void *p) {
+    cudaPointerAttributes attributes{};
+    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+      cudaGetLastError(); // not a CUDA pointer: clear the error
+      return false;
+    }
+    return attributes.type == cudaMemoryTypeDevice ||
+           attributes.type == cudaMemoryTypeManaged;
+  }
+
+  Status reserveStaging(size_t bytes) {
+    if (bytes <= stagingBytes_)
+      return Status::ok();
+    if (staging_)
+      cudaFree(staging_);
+    staging_ = nullptr;
+    stagingBytes_ = 0;
+    cudaError_t e = cudaMalloc(&staging_, bytes);
+    if (e != cudaSuccess)
+      return cudaError("nccl: allocating a staging buffer", e);
+    stagingBytes_ = bytes;
+    return Status::ok();
+  }
+
+  Status copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0)
+      return Status::ok();
+    cudaError_t e = cudaMemcpy(dst, src, bytes, kind);
+    return e == cudaSuccess ? Status::ok() : cudaError("nccl: staging copy", e);
+  }
+
+  /// NCCL reads and writes device memory only: a host buffer (the token a
+  /// generator shares, a control message) goes through a device copy.
+  template <typename Call>
+  Status staged(void *data, size_t bytes, bool in, bool out, Call &&call) {
+    cudaError_t set = cudaSetDevice(device_);
+    if (set != cudaSuccess)
+      return cudaError("nccl: selecting device", set);
+    if (bytes == 0 || isDevice(data))
+      return call(data);
+    LLMIR_RETURN_IF_ERROR(reserveStaging(bytes));
+    if (in)
+      LLMIR_RETURN_IF_ERROR(copy(staging_, data, bytes, cudaMemcpyHostToDevice));
+    LLMIR_RETURN_IF_ERROR(call(staging_));
+    if (out)
+      LLMIR_RETURN_IF_ERROR(copy(data, staging_, bytes, cudaMemcpyDeviceToHost));
+    return Status::ok();
+  }
+
   /// Enqueues one NCCL call and waits for the stream within the timeout.
   template <typename Enqueue> Status run(Enqueue &&enqueue) {
     cudaError_t set = cudaSetDevice(device_);
@@ -141,6 +217,9 @@ private:
   int *scratch_;
   std::chrono::milliseconds timeout_;
   bool healthy_ = true;
+  int size_; // ranks in the group
+  void *staging_ = nullptr;
+  size_t stagingBytes_ = 0;
 };
 
 class NcclBackend : public Backend {
@@ -209,7 +288,7 @@ public:
       return cudaError("nccl: allocating stream and scratch", e);
     }
     return std::unique_ptr<Communicator>(
-        new NcclCommunicator(comm, device_, stream, scratch, timeout_));
+        new NcclCommunicator(comm, device_, stream, scratch, timeout_, groupSize));
   }
 
 private:

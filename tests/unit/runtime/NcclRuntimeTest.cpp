@@ -78,6 +78,16 @@ TEST(NcclRuntimeTest, CollectivesAndSendRecvOnDeviceBuffers) {
       if (value != 42.0f)
         return Status::error("recv gave " + std::to_string(value));
     }
+    // Host buffers are staged through device memory (a generator's token).
+    int32_t token = rank == 0 ? 1234 : -1;
+    LLMIR_RETURN_IF_ERROR((*rt)->broadcast(&token, 1, DataType::I32, 0, (*rt)->world()));
+    if (token != 1234)
+      return Status::error("host broadcast gave " + std::to_string(token));
+    std::vector<float> small(4, static_cast<float>(rank + 1));
+    LLMIR_RETURN_IF_ERROR(
+        (*rt)->allReduce(small.data(), small.size(), DataType::F32, ReduceOp::Sum, (*rt)->world()));
+    if (small[3] != expected)
+      return Status::error("host allReduce gave " + std::to_string(small[3]));
     cudaFree(device);
     return Status::ok();
   });

@@ -10,7 +10,9 @@
 // with the original error, and recovery means a new runtime under a new prefix.
 //
 // A runtime is used from one thread at a time. For the gloo backend buffers
-// are host memory; for nccl they are device memory of the rank's CUDA device.
+// are host memory; for nccl they are device memory of the rank's CUDA device
+// (a host buffer is staged through a device copy: fine for a token, slow for
+// tensors).
 #pragma once
 
 #include "llmir/support/Status.h"
