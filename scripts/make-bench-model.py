@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Writes a SmolLM-135M-shaped Llama with random weights for the engine benchmark.
+"""Writes a Llama with random weights for the engine benchmarks.
 
-usage: make-bench-model.py OUT_DIR [--dtype f32|bf16|both]
+usage: make-bench-model.py OUT_DIR [--dtype f32|bf16|both] [--shape smollm|1b|8b]
+
+Shapes: smollm = SmolLM-135M (the CPU bench, tied embeddings); 1b =
+TinyLlama-1.1B and 8b = Llama-3-8B (the GPU bench, untied, as the
+compiled-PyTorch peer builds them).
 
 With --dtype both (the default) it writes OUT_DIR/f32 and OUT_DIR/bf16, each a
 Hugging Face directory (config.json + model.safetensors, tied embeddings).
@@ -17,7 +21,11 @@ import random
 import struct
 import sys
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB = 576, 30, 9, 3, 1536, 49152
+# name: hidden, layers, heads, KV heads, FFN, vocabulary, tied embeddings
+SHAPES = {"smollm": (576, 30, 9, 3, 1536, 49152, True),
+          "1b": (2048, 22, 32, 4, 5632, 32000, False),
+          "8b": (4096, 32, 32, 8, 14336, 128256, False)}
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, TIED = SHAPES["smollm"]
 HEAD_DIM = HIDDEN // HEADS
 POOL_SIZE = 1 << 20  # random values; tensors are windows of it
 
@@ -39,6 +47,8 @@ def tensor_shapes():
             (p + "mlp.down_proj.weight", [HIDDEN, FFN]),
         ]
     shapes.append(("model.norm.weight", [HIDDEN]))
+    if not TIED:
+        shapes.append(("lm_head.weight", [VOCAB, HIDDEN]))
     return shapes
 
 
@@ -57,7 +67,7 @@ def config(dtype_name):
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": TIED,
         "attention_bias": False,
         "mlp_bias": False,
         "bos_token_id": 1,
@@ -120,7 +130,11 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", choices=["f32", "bf16", "both"], default="both")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm")
     args = parser.parse_args()
+    global HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, TIED, HEAD_DIM
+    HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, TIED = SHAPES[args.shape]
+    HEAD_DIM = HIDDEN // HEADS
     pools = random_pools(args.seed)
     dtypes = ["f32", "bf16"] if args.dtype == "both" else [args.dtype]
     for dtype in dtypes:
