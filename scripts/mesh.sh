@@ -110,8 +110,8 @@ compiler_port="$(logged_port compiler)"
 echo "   http://127.0.0.1:$compiler_port"
 
 echo "== llmir-scheduler (mesh mode, tp=$tp pp=$pp)"
-start scheduler "$bin/llmir-scheduler" --model="$model" --host=127.0.0.1 --port="$port" \
-  --port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
+start scheduler "$bin/llmir-scheduler" --model="$model" --http.host=127.0.0.1 --http.port="$port" \
+  --http.port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
   --tp="$tp" --pp="$pp" --worker-port=0 --worker-port-file="$workdir/worker.port"
 wait_for scheduler 120 test -s "$workdir/scheduler.port"
 wait_for scheduler 30 test -s "$workdir/worker.port"
@@ -137,7 +137,7 @@ for ((rank = 0; rank < tp * pp; rank++)); do
   start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
     --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1 \
     --worker.device="$worker_device" --worker.collectives="$collectives" \
-    --worker.kv_cache_dtype="$kv_cache_dtype"
+    --worker.kv-cache-dtype="$kv_cache_dtype"
 done
 # /readyz answers 200 once a replica has every rank ready.
 for _ in $(seq 1200); do

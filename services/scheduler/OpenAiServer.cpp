@@ -81,7 +81,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
                           "invalid_api_key"});
   if (!ready_)
     return errorResponse({503, "the model is not loaded yet", "service_unavailable", "", ""});
-  // Blocks this HTTP thread at most noReplicaTimeout (size http-threads for
+  // Blocks this HTTP thread at most noReplicaTimeout (size http.threads for
   // the clients that may wait while no replica serves).
   if (!scheduler_.waitForReplica(options_.noReplicaTimeout))
     return errorResponse({503,

@@ -308,7 +308,8 @@ Result<std::unique_ptr<WorkerMesh>> WorkerMesh::start(MeshOptions options,
                                                      serving::ReplicaRouter &router) {
   auto impl = std::make_unique<Impl>(std::move(options), router);
   LLMIR_RETURN_IF_ERROR(impl->compile());
-  auto store = runtime::RendezvousServer::start(impl->options.workerHost, 0);
+  auto store = runtime::RendezvousServer::start(impl->options.workerHost,
+                                                   impl->options.storePort);
   if (!store)
     return store.status().withContext("starting the rendezvous store");
   impl->store = std::move(*store);

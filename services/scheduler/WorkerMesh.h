@@ -30,6 +30,7 @@ struct MeshOptions {
   std::string workerHost = "127.0.0.1"; // framed server for workers
   uint16_t workerPort = 0;               // 0: ephemeral
   std::string storeHost = "127.0.0.1";   // rendezvous store, as workers reach it
+  uint16_t storePort = 0;                // store listens on workerHost:storePort (0: ephemeral)
   std::chrono::milliseconds heartbeatTimeout{5000};
   std::chrono::milliseconds joinTimeout{120000};
   std::chrono::milliseconds drainGrace{30000};

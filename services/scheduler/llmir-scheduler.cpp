@@ -1,4 +1,4 @@
-// llmir-scheduler --model HF_DIR [--port N] [--port-file PATH] [--api-key K] ...
+// llmir-scheduler --model HF_DIR [--http.port N] [--http.port-file PATH] [--api-key K] ...
 //
 // Serves the OpenAI API. Without --compiler-url: over one in-process replica
 // (tp = 1, the checkpoint compiled and loaded here). With --compiler-url
@@ -61,6 +61,7 @@ struct Settings {
   uint16_t workerPort = 8090;
   std::string workerPortFile;
   std::string storeHost = "127.0.0.1";
+  uint16_t storePort = 0;
   int tp = 1;
   int pp = 1;
   int kvBlockSize = 16;
@@ -75,9 +76,9 @@ void bind(net::Config &config, Settings &s) {
   config.add("model", &s.model, "Hugging Face checkpoint directory to serve (required)");
   config.add("served-model-name", &s.servedModelName,
              "model id in the API (default: the directory's name)");
-  config.add("host", &s.host, "address to listen on");
-  config.add("port", &s.port, "HTTP port (0: any free port)");
-  config.add("port-file", &s.portFile, "write the bound port to this file once serving");
+  config.add("http.host", &s.host, "address the OpenAI API listens on");
+  config.add("http.port", &s.port, "HTTP port (0: any free port)");
+  config.add("http.port-file", &s.portFile, "write the bound port to this file once serving");
   config.add("api-key", &s.apiKey, "require 'Authorization: Bearer <key>' when set");
   config.add("max-num-seqs", &s.maxNumSeqs, "sequences running at once");
   config.add("max-batch-tokens", &s.maxBatchTokens, "tokens per step (chunked prefill)");
@@ -90,17 +91,20 @@ void bind(net::Config &config, Settings &s) {
              "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");
   config.add("device", &s.device,
              "single-process mode: cpu, cuda or cuda:<i> (mesh: each worker's worker.device)");
-  config.add("http-threads", &s.httpThreads, "HTTP I/O threads");
-  config.add("max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
-  config.add("log-level", &s.logLevel, "debug, info, warn or error");
+  config.add("http.threads", &s.httpThreads, "HTTP I/O threads");
+  config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
+  config.add("log.level", &s.logLevel, "debug, info, warn or error");
   config.add("compiler-url", &s.compilerUrl,
              "mesh mode: llmir-compiler-service URL (empty: one in-process replica)");
-  config.add("worker-host", &s.workerHost, "mesh: address the workers' endpoint listens on");
+  config.add("worker-host", &s.workerHost,
+             "mesh: address the workers' endpoint and the rendezvous store listen on");
   config.add("worker-port", &s.workerPort, "mesh: port workers register on (0: any free port)");
   config.add("worker-port-file", &s.workerPortFile,
              "mesh: write the workers' port to this file once listening");
   config.add("store-host", &s.storeHost,
              "mesh: address workers reach the rendezvous store on");
+  config.add("store-port", &s.storePort,
+             "mesh: rendezvous store port (0: any free port; set it when a Service fronts it)");
   config.add("tp", &s.tp, "mesh: tensor-parallel ranks per replica");
   config.add("pp", &s.pp, "mesh: pipeline stages per replica");
   config.add("kv-block-size", &s.kvBlockSize, "mesh: tokens per KV block");
@@ -166,11 +170,33 @@ Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
   return format;
 }
 
+/// What can be checked without reading the model or binding a port: the
+/// checks `--check-config` runs and every start runs first.
+Status validate(const Settings &s) {
+  if (s.model.empty())
+    return Status::error("'model' is required (see --help)");
+  net::LogLevel level;
+  if (!net::parseLogLevel(s.logLevel, level))
+    return Status::error("'log.level' must be debug, info, warn or error, got '" +
+                         s.logLevel + "'");
+  if (!serving::parseBalancePolicy(s.lbPolicy))
+    return Status::error("'lb-policy' must be weighted, least-outstanding or round-robin, got '" +
+                         s.lbPolicy + "'");
+  if (auto device = engine::Device::parse(s.device); !device)
+    return Status::error("'device': " + device.message());
+  if (s.tp < 1 || s.pp < 1)
+    return Status::error("'tp' and 'pp' must be at least 1");
+  if (s.maxNumSeqs < 1 || s.maxBatchTokens < 1 || s.kvBlocks < 1 || s.kvBlockSize < 1)
+    return Status::error(
+        "'max-num-seqs', 'max-batch-tokens', 'kv-blocks' and 'kv-block-size' must be at least 1");
+  if (s.httpThreads < 1)
+    return Status::error("'http.threads' must be at least 1");
+  if (!s.compilerUrl.empty() && !s.compilerUrl.starts_with("http://"))
+    return Status::error("'compiler-url' must be an http:// URL, got '" + s.compilerUrl + "'");
+  return Status::ok();
+}
+
 int run(const Settings &s) {
-  if (s.model.empty()) {
-    std::cerr << "llmir-scheduler: --model is required (see --help)\n";
-    return 2;
-  }
   auto modelConfig = model::loadModelConfig(s.model);
   if (!modelConfig) {
     net::logError("cannot read the model config", {{"error", modelConfig.message()}});
@@ -186,12 +212,7 @@ int run(const Settings &s) {
     net::logError("cannot use the model's chat template", {{"error", chatFormat.message()}});
     return 1;
   }
-  auto policy = serving::parseBalancePolicy(s.lbPolicy);
-  if (!policy) {
-    std::cerr << "llmir-scheduler: --lb-policy must be weighted, least-outstanding or "
-                 "round-robin\n";
-    return 2;
-  }
+  auto policy = serving::parseBalancePolicy(s.lbPolicy); // validate()d
 
   serving::RouterOptions routerOptions;
   serving::SchedulerOptions &options = routerOptions.scheduler;
@@ -256,6 +277,7 @@ int run(const Settings &s) {
     meshOptions.workerHost = s.workerHost;
     meshOptions.workerPort = s.workerPort;
     meshOptions.storeHost = s.storeHost;
+    meshOptions.storePort = s.storePort;
     meshOptions.heartbeatTimeout = std::chrono::milliseconds(s.heartbeatTimeoutMs);
     meshOptions.joinTimeout = std::chrono::milliseconds(s.joinTimeoutMs);
     meshOptions.drainGrace = std::chrono::milliseconds(s.drainGraceMs);
@@ -328,11 +350,16 @@ int main(int argc, char **argv) {
     std::cout << config.usage();
     return 0;
   }
-  net::LogLevel level = net::LogLevel::Info;
-  if (!net::parseLogLevel(settings.logLevel, level)) {
-    std::cerr << "llmir-scheduler: --log-level must be debug, info, warn or error\n";
+  if (Status valid = validate(settings); !valid) {
+    std::cerr << "llmir-scheduler: " << valid.message() << "\n";
     return 2;
   }
+  if (config.checkRequested()) {
+    std::cout << "llmir-scheduler: configuration is valid\n";
+    return 0;
+  }
+  net::LogLevel level = net::LogLevel::Info;
+  (void)net::parseLogLevel(settings.logLevel, level); // validate()d
   net::initLogging("scheduler", level);
   return run(settings);
 }

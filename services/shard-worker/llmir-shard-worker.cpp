@@ -5,7 +5,7 @@
 //
 // SIGTERM: the worker sends Drain{reason} to the scheduler and keeps running
 // steps until the scheduler answers with Drain (it has moved this replica's
-// sequences away), the connection closes, or drain_grace_ms passes; then it
+// sequences away), the connection closes, or timeouts.drain-grace-ms passes; then it
 // exits 0. A lost scheduler connection exits 1 (an orchestrator restarts it).
 #include "worker/ShardWorker.h"
 
@@ -117,25 +117,25 @@ int main(int argc, char **argv) {
   config.add("scheduler.host", &s.schedulerHost, "scheduler's worker endpoint host");
   config.add("scheduler.port", &s.schedulerPort, "scheduler's worker endpoint port");
   config.add("worker.id", &s.workerId, "unique id (default host:pid:nonce)");
-  config.add("worker.advertise_host", &s.advertiseHost,
+  config.add("worker.advertise-host", &s.advertiseHost,
              "address peers reach this worker's collectives on");
   config.add("worker.device", &s.device, "cpu, cuda or cuda:<i>");
   config.add("worker.collectives", &s.collectives,
              "auto (nccl on cuda, gloo on cpu), gloo or nccl; equal across a replica");
-  config.add("worker.kv_cache_dtype", &s.kvCacheDtype,
+  config.add("worker.kv-cache-dtype", &s.kvCacheDtype,
              "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16 (cuda)");
-  config.add("worker.gpu_memory_fraction", &s.gpuMemoryFraction,
+  config.add("worker.gpu-memory-fraction", &s.gpuMemoryFraction,
              "cuda: share of the device's memory for weights, activations and KV "
              "blocks when the scheduler does not fix the block count");
   config.add("worker.threads", &s.threads, "kernel threads (0 = all cores)");
   config.add("http.host", &s.httpHost, "health/metrics listen address");
   config.add("http.port", &s.httpPort, "health/metrics port (0 = ephemeral)");
-  config.add("timeouts.connect_ms", &s.connectTimeoutMs,
+  config.add("timeouts.connect-ms", &s.connectTimeoutMs,
              "how long to retry connecting to the scheduler");
-  config.add("timeouts.heartbeat_ms", &s.heartbeatMs, "heartbeat period");
-  config.add("timeouts.collective_ms", &s.collectiveTimeoutMs,
+  config.add("timeouts.heartbeat-ms", &s.heartbeatMs, "heartbeat period");
+  config.add("timeouts.collective-ms", &s.collectiveTimeoutMs,
              "bound on joining the replica and on every collective");
-  config.add("timeouts.drain_grace_ms", &s.drainGraceMs,
+  config.add("timeouts.drain-grace-ms", &s.drainGraceMs,
              "after SIGTERM, keep serving steps this long at most");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
   if (auto st = config.load(argc, argv); !st) {
@@ -151,6 +151,32 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-shard-worker: bad log.level '" << s.logLevel << "'\n";
     return 2;
   }
+  if (s.heartbeatMs == 0 || s.collectiveTimeoutMs == 0) {
+    std::cerr << "llmir-shard-worker: timeouts.heartbeat-ms and timeouts.collective-ms must be "
+                 "positive\n";
+    return 2;
+  }
+  auto device = llmir::engine::Device::parse(s.device);
+  if (!device) {
+    std::cerr << "llmir-shard-worker: worker.device: " << device.message() << "\n";
+    return 2;
+  }
+  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl") {
+    std::cerr << "llmir-shard-worker: worker.collectives '" << s.collectives
+              << "' is not one of auto, gloo, nccl\n";
+    return 2;
+  }
+  auto kvCacheDtype = llmir::engine::parseKvCacheDType(s.kvCacheDtype);
+  if (!kvCacheDtype) {
+    std::cerr << "llmir-shard-worker: worker.kv-cache-dtype: " << kvCacheDtype.message() << "\n";
+    return 2;
+  }
+  // --check-config checks the settings, not this machine: whether the CUDA
+  // device exists is a start-time check (CI has no GPU, GPU nodes do).
+  if (config.checkRequested()) {
+    std::cout << "llmir-shard-worker: configuration is valid\n";
+    return 0;
+  }
   if (s.workerId.empty())
     s.workerId = defaultWorkerId();
   net::initLogging("shard-worker", level);
@@ -163,11 +189,6 @@ int main(int argc, char **argv) {
   observer.collectiveSeconds = [&](double seconds) {
     metrics.collectiveSeconds.Observe(seconds);
   };
-  auto device = llmir::engine::Device::parse(s.device);
-  if (!device) {
-    std::cerr << "llmir-shard-worker: worker.device: " << device.message() << "\n";
-    return 2;
-  }
   if (device->isCuda() && !llmir::engine::cudaBackendBuilt()) {
     std::cerr << "llmir-shard-worker: worker.device " << s.device
               << ": this build has no CUDA backend\n";
@@ -176,16 +197,6 @@ int main(int argc, char **argv) {
   if (device->isCuda() && device->index >= llmir::engine::cudaDeviceCount()) {
     std::cerr << "llmir-shard-worker: worker.device " << s.device << ": "
               << llmir::engine::cudaDeviceCount() << " CUDA device(s) visible\n";
-    return 2;
-  }
-  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl") {
-    std::cerr << "llmir-shard-worker: worker.collectives '" << s.collectives
-              << "' is not one of auto, gloo, nccl\n";
-    return 2;
-  }
-  auto kvCacheDtype = llmir::engine::parseKvCacheDType(s.kvCacheDtype);
-  if (!kvCacheDtype) {
-    std::cerr << "llmir-shard-worker: worker.kv_cache_dtype: " << kvCacheDtype.message() << "\n";
     return 2;
   }
   llmir::shard_worker::ShardWorkerOptions options;

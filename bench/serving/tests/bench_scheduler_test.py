@@ -21,8 +21,8 @@ def start_scheduler(args, workdir):
     port_file = os.path.join(workdir, "port")
     log = open(os.path.join(workdir, "scheduler.log"), "w")
     proc = subprocess.Popen(
-        [args.scheduler, f"--model={args.model}", "--port=0", f"--port-file={port_file}",
-         f"--api-key={API_KEY}", "--engine-threads=1", "--log-level=warn"],
+        [args.scheduler, f"--model={args.model}", "--http.port=0", f"--http.port-file={port_file}",
+         f"--api-key={API_KEY}", "--engine-threads=1", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -64,7 +64,31 @@ Status flatten(const YAML::Node &node, const std::string &prefix,
 }
 } // namespace
 
+bool Config::isWellSpelled(const std::string &key) {
+  // segment := word ('-' word)*, word := [a-z0-9]+ starting with a letter;
+  // key := segment ('.' segment)*
+  bool atWordStart = true, atSegmentStart = true;
+  for (char c : key) {
+    if (c == '.' || c == '-') {
+      if (atWordStart)
+        return false;
+      atWordStart = true;
+      atSegmentStart = c == '.';
+      continue;
+    }
+    const bool letter = c >= 'a' && c <= 'z', digit = c >= '0' && c <= '9';
+    if (!letter && !(digit && !atSegmentStart))
+      return false;
+    atWordStart = atSegmentStart = false;
+  }
+  return !key.empty() && !atWordStart;
+}
+
 void Config::addField(std::string key, Target target, std::string doc) {
+  if (!isWellSpelled(key) && bindingError_.empty())
+    bindingError_ = service_ + ": config key '" + key +
+                    "' is not spelled by the convention (lower-case words joined by '-', "
+                    "groups by '.')";
   fields_.push_back({std::move(key), target, std::move(doc)});
 }
 void Config::add(std::string k, std::string *t, std::string d) { addField(std::move(k), t, std::move(d)); }
@@ -91,12 +115,25 @@ std::string Config::envName(const std::string &key) {
   return name;
 }
 
+Status Config::unknownKey(const std::string &key, const std::string &source) const {
+  std::string message = source + ": unknown " + service_ + " config key '" + key + "'";
+  // The one near miss worth naming: the other word separator.
+  std::string respelled = key;
+  for (char &c : respelled)
+    if (c == '_')
+      c = '-';
+  for (const Field &f : fields_)
+    if (f.key == respelled && respelled != key)
+      return Status::error(message + " (keys join words with '-': did you mean '" +
+                           respelled + "'?)");
+  return Status::error(message + " (see --help for the known keys)");
+}
+
 Status Config::set(const std::string &key, const std::string &value,
                    const std::string &source) {
   Field *field = find(key);
   if (!field)
-    return Status::error(source + ": unknown " + service_ + " config key '" +
-                         key + "' (see --help for the known keys)");
+    return unknownKey(key, source);
   bool ok = std::visit(
       [&](auto *target) {
         using T = std::remove_pointer_t<decltype(target)>;
@@ -152,12 +189,18 @@ Status Config::loadYamlFile(const std::string &path) {
 }
 
 Status Config::load(int argc, const char *const *argv) {
+  if (!bindingError_.empty())
+    return Status::error(bindingError_);
   std::string configPath;
   std::vector<std::pair<std::string, std::string>> flags;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       helpRequested_ = true;
+      continue;
+    }
+    if (arg == "--check-config") {
+      checkRequested_ = true;
       continue;
     }
     if (!arg.starts_with("--"))
@@ -176,8 +219,7 @@ Status Config::load(int argc, const char *const *argv) {
     if (key == "config")
       configPath = value;
     else if (!find(key))
-      return Status::error("flag --" + key + ": unknown " + service_ +
-                           " config key (see --help for the known keys)");
+      return unknownKey(key, "flag --" + key);
     else
       flags.emplace_back(key, value);
   }
@@ -194,9 +236,11 @@ Status Config::load(int argc, const char *const *argv) {
 std::string Config::usage() const {
   std::ostringstream out;
   out << "usage: " << service_
-      << " [--config=FILE.yaml] [--key=value ...]\n"
+      << " [--config=FILE.yaml] [--check-config] [--key=value ...]\n"
          "Each key can be set in the YAML file (dots = nested maps), by the "
-         "environment variable shown, or by a flag (highest precedence).\n\n";
+         "environment variable shown, or by a flag (highest precedence).\n"
+         "--check-config loads and validates the configuration, then exits "
+         "(0: valid) without starting the service.\n\n";
   for (const Field &f : fields_) {
     out << "  --" << f.key << " ("
         << std::visit([](auto *t) { return std::string(typeName(t)); }, f.target)

@@ -77,10 +77,10 @@ export class Mesh {
     const portFile = path.join(this.tmp, 'port');
     const workerPortFile = path.join(this.tmp, 'worker-port');
     this.scheduler = this.spawnLogged('scheduler', ['llmir-scheduler', '--model', modelDir,
-      '--compiler-url', compilerUrl, '--port', '0', '--port-file', portFile,
+      '--compiler-url', compilerUrl, '--http.port', '0', '--http.port-file', portFile,
       '--worker-port', '0', '--worker-port-file', workerPortFile,
       '--tp', String(this.options.tp), '--kv-blocks', '512', '--max-num-seqs', '64',
-      '--http-threads', '48',
+      '--http.threads', '48',
       '--heartbeat-timeout-ms', String(this.options.heartbeatTimeoutMs),
       '--no-replica-timeout-ms', String(this.options.noReplicaTimeoutMs),
       '--drain-grace-ms', String(this.options.drainGraceMs)]);
@@ -99,8 +99,8 @@ export class Mesh {
     const worker = this.spawnLogged(`worker-${++this.serial}`, ['llmir-shard-worker',
       '--scheduler.host=127.0.0.1', `--scheduler.port=${this.workerPort}`,
       '--http.host=127.0.0.1', '--http.port=0', '--worker.threads=1',
-      '--timeouts.heartbeat_ms=200', '--timeouts.collective_ms=3000',
-      '--timeouts.drain_grace_ms=20000']);
+      '--timeouts.heartbeat-ms=200', '--timeouts.collective-ms=3000',
+      '--timeouts.drain-grace-ms=20000']);
     this.workers.push(worker);
     return worker;
   }

@@ -183,7 +183,7 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
         bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
         "--scheduler.port=" + std::to_string(scheduler.server->port()),
         "--http.host=127.0.0.1", "--http.port=" + std::to_string(metricsPorts[w]),
-        "--worker.threads=1", "--timeouts.heartbeat_ms=200"}));
+        "--worker.threads=1", "--timeouts.heartbeat-ms=200"}));
     ASSERT_TRUE(workers.back()->started());
   }
   auto isRegister = [](const proto::Envelope &e) { return e.has_register_worker(); };

@@ -65,7 +65,7 @@ async function waitForFile(file, ms) {
 
 before(async () => {
   const portFile = path.join(tmp, 'port');
-  server = spawn(binary, ['--model', modelDir, '--port', '0', '--port-file', portFile,
+  server = spawn(binary, ['--model', modelDir, '--http.port', '0', '--http.port-file', portFile,
                           '--engine-threads', '2', '--max-num-seqs', '64'],
                  { stdio: ['ignore', 'inherit', 'inherit'] });
   const port = await waitForFile(portFile, 120000);
@@ -342,8 +342,8 @@ function modelWithChatTemplate(chatTemplate) {
 
 function startScheduler(dir) {
   const portFile = path.join(dir, 'port');
-  const proc = spawn(binary, ['--model', dir, '--served-model-name', modelName, '--port', '0',
-                              '--port-file', portFile, '--engine-threads', '2'],
+  const proc = spawn(binary, ['--model', dir, '--served-model-name', modelName, '--http.port', '0',
+                              '--http.port-file', portFile, '--engine-threads', '2'],
                      { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   proc.stdout.on('data', (d) => { log += d; process.stdout.write(d); });

@@ -125,8 +125,8 @@ def start_compiler(procs, args):
 
 def start_scheduler(procs, args):
     port_file = os.path.join(procs.workdir, "scheduler.port")
-    proc, log = procs.start("scheduler", [args.scheduler, f"--model={args.model}", "--port=0",
-                                          f"--port-file={port_file}", "--engine-threads=1"])
+    proc, log = procs.start("scheduler", [args.scheduler, f"--model={args.model}", "--http.port=0",
+                                          f"--http.port-file={port_file}", "--engine-threads=1"])
     port = procs.wait_for("llmir-scheduler", proc, log,
                           lambda: int(open(port_file).read()) if os.path.exists(port_file) else None)
     status, body = http(f"http://127.0.0.1:{port}/v1/completions",

@@ -85,6 +85,62 @@ TEST(ConfigTest, BadValuesAreErrors) {
   EXPECT_EQ(s.port, 8080) << "a failed set leaves the value alone";
 }
 
+TEST(ConfigTest, OneSpellingLowerCaseWordsJoinedByDashGroupsByDot) {
+  for (const char *good : {"port", "log.level", "http.max-body-bytes", "timeouts.drain-grace-ms",
+                           "worker.device", "tp", "kv-blocks", "a1.b2-3c"})
+    EXPECT_TRUE(Config::isWellSpelled(good)) << good;
+  for (const char *bad : {"", "log_level", "Log.level", "http..port", ".port", "port.",
+                          "drain--grace", "-port", "port-", "http.1port", "max body"})
+    EXPECT_FALSE(Config::isWellSpelled(bad)) << bad;
+
+  // A service binding a key outside the convention fails at load, before
+  // anything reads its settings.
+  int value = 0;
+  Config c("test-service");
+  c.add("connect_ms", &value, "a snake_case key");
+  const char *argv[] = {"svc"};
+  auto st = c.load(1, argv);
+  ASSERT_FALSE(st.isOk());
+  EXPECT_NE(st.message().find("'connect_ms'"), std::string::npos) << st.message();
+}
+
+TEST(ConfigTest, TheOtherSeparatorIsRejectedWithTheRightSpelling) {
+  std::string timeout = "x";
+  Config c("test-service");
+  c.add("timeouts.drain-grace-ms", &timeout, "a key");
+  auto st = c.loadYamlFile(writeFile("llmir_cfg_snake.yaml",
+                                     "timeouts:\n  drain_grace_ms: 5\n"));
+  ASSERT_FALSE(st.isOk());
+  EXPECT_NE(st.message().find("did you mean 'timeouts.drain-grace-ms'"), std::string::npos)
+      << st.message();
+  EXPECT_EQ(timeout, "x");
+  const char *argv[] = {"svc", "--timeouts.drain_grace_ms=5"};
+  auto flag = c.load(2, argv);
+  ASSERT_FALSE(flag.isOk());
+  EXPECT_NE(flag.message().find("did you mean"), std::string::npos) << flag.message();
+}
+
+TEST(ConfigTest, CheckConfigIsAModeNotAKey) {
+  Settings s;
+  Config c = bind(s);
+  std::string path = writeFile("llmir_cfg_check.yaml", "http:\n  port: 9000\n");
+  std::string cfg = "--config=" + path;
+  const char *argv[] = {"svc", "--check-config", cfg.c_str()};
+  ASSERT_TRUE(c.load(3, argv).isOk());
+  EXPECT_TRUE(c.checkRequested());
+  EXPECT_FALSE(c.helpRequested());
+  EXPECT_EQ(s.port, 9000) << "the file is loaded as for a real start";
+
+  Settings t;
+  Config bad = bind(t);
+  std::string badPath = writeFile("llmir_cfg_check_bad.yaml", "log:\n  level: info\n");
+  std::string badCfg = "--config=" + badPath;
+  const char *badArgv[] = {"svc", "--check-config", badCfg.c_str()};
+  auto st = bad.load(3, badArgv);
+  ASSERT_FALSE(st.isOk()) << "an unknown key fails the check like a start";
+  EXPECT_NE(st.message().find("'log.level'"), std::string::npos) << st.message();
+}
+
 TEST(ConfigTest, UsageListsEveryKeyWithItsEnvName) {
   Settings s;
   Config c = bind(s);

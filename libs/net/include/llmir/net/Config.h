@@ -3,6 +3,12 @@
 // variables and --key=value flags. Nested YAML maps name keys with dots
 // ("http.port" <- http: {port: ...}; env LLMIR_HTTP_PORT). An unknown key in
 // the file or on the command line is an error, so typos fail at start.
+//
+// One spelling for every service (docs/services.md): lower-case words joined
+// by '-', groups separated by '.' ("log.level", "timeouts.drain-grace-ms").
+// add() enforces it, so a service cannot introduce a second convention, and a
+// key written with '_' instead of '-' is rejected with the right spelling in
+// the message rather than accepted as an alias.
 #pragma once
 
 #include "llmir/support/Status.h"
@@ -29,8 +35,10 @@ public:
   void add(std::string key, double *target, std::string doc);
 
   /// Reads argv: `--config=PATH` (or `--config PATH`) names the YAML file,
-  /// `--help` asks for usage(), `--key=value` / `--key value` set a key
+  /// `--help` asks for usage(), `--check-config` asks the service to validate
+  /// its configuration and exit, `--key=value` / `--key value` set a key
   /// (`--flag` alone sets a bool). Applies file, then environment, then flags.
+  /// Fails first if a key was bound with a spelling outside the convention.
   Status load(int argc, const char *const *argv);
   /// Applies one YAML file (also usable without load()).
   Status loadYamlFile(const std::string &path);
@@ -39,6 +47,11 @@ public:
              const std::string &source);
 
   bool helpRequested() const { return helpRequested_; }
+  /// `--check-config` was given: the service validates its settings, reports
+  /// and exits (0 when valid) without starting anything.
+  bool checkRequested() const { return checkRequested_; }
+  /// Whether `key` follows the spelling convention above.
+  static bool isWellSpelled(const std::string &key);
   /// Every key with its type, current value, env variable and doc.
   std::string usage() const;
   /// LLMIR_ + the key upper-cased, '.' and '-' as '_'.
@@ -54,10 +67,13 @@ private:
   };
   void addField(std::string key, Target target, std::string doc);
   Field *find(const std::string &key);
+  Status unknownKey(const std::string &key, const std::string &source) const;
 
   std::string service_;
   std::vector<Field> fields_;
   bool helpRequested_ = false;
+  bool checkRequested_ = false;
+  std::string bindingError_; // a key added with a bad spelling
 };
 
 } // namespace llmir::net
