@@ -119,6 +119,12 @@ struct Metrics::Impl {
       counter("llmir:workers_lost_total", "Workers lost (connection closed or heartbeat timeout).");
   prometheus::Counter &noReplicaTimeouts =
       counter("llmir:no_replica_timeouts_total", "Requests failed after waiting for a replica.");
+  prometheus::Family<prometheus::Counter> &refused =
+      BuildCounter()
+          .Name("llmir:requests_refused_total")
+          .Help("Requests refused before queueing, by code (queue_full: 429, no_replica: 503).")
+          .Register(*registry);
+  std::map<std::string, prometheus::Counter *> refusedByCode;
   serving::RouterStats lastRouter;
   uint64_t lastLost = 0;
   std::map<std::string, prometheus::Gauge *> speedByReplica;
@@ -131,6 +137,16 @@ Metrics::Metrics(const std::string &modelName) : impl_(std::make_unique<Impl>(mo
     labels["finished_reason"] = serving::finishReasonName(reason);
     impl_->successByReason[reason] = &impl_->success.Add(labels);
   }
+  for (const char *code : {"queue_full", "no_replica"}) {
+    prometheus::Labels labels = impl_->labels;
+    labels["code"] = code;
+    impl_->refusedByCode[code] = &impl_->refused.Add(labels);
+  }
+}
+
+void Metrics::observeRefusal(const std::string &code) {
+  if (auto it = impl_->refusedByCode.find(code); it != impl_->refusedByCode.end())
+    it->second->Increment();
 }
 
 Metrics::~Metrics() = default;

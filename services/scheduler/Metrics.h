@@ -36,6 +36,10 @@ public:
   /// A finished request: its prompt tokens and end-to-end latency.
   void observeRequest(int64_t promptTokens, double e2eSeconds);
 
+  /// A request refused before it was queued, by code (queue_full: shed
+  /// with 429, no_replica: 503 after waiting for a replica).
+  void observeRefusal(const std::string &code);
+
   /// Replicas by state, re-queues, drains, failures, balancing choices.
   void updateCluster(const serving::RouterStats &router, const MeshCounts &mesh);
 

@@ -17,6 +17,16 @@ net::HttpResponse errorResponse(const ApiError &error) {
   return net::HttpResponse::json(error.status, errorJson(error));
 }
 
+/// A refusal the client should retry: the OpenAI error body plus Retry-After.
+net::HttpResponse refusalResponse(const serving::Refusal &refusal) {
+  net::HttpResponse response = errorResponse(
+      {refusal.httpStatus, refusal.message,
+       refusal.httpStatus == 429 ? "rate_limit_error" : "service_unavailable", "", refusal.code});
+  response.headers.emplace_back(
+      "Retry-After", serving::retryAfterHeader(std::chrono::seconds(refusal.retryAfterSeconds)));
+  return response;
+}
+
 int64_t unixSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -83,15 +93,19 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     return errorResponse({503, "the model is not loaded yet", "service_unavailable", "", ""});
   // Blocks this HTTP thread at most noReplicaTimeout (size http.threads for
   // the clients that may wait while no replica serves).
-  if (!scheduler_.waitForReplica(options_.noReplicaTimeout))
-    return errorResponse({503,
-                          "no model replica is available (waited " +
-                              std::to_string(options_.noReplicaTimeout.count()) + " ms)",
-                          "service_unavailable", "", "no_replica"});
+  if (!scheduler_.waitForReplica(options_.noReplicaTimeout)) {
+    metrics_.observeRefusal("no_replica");
+    return refusalResponse(serving::noReplica(options_.noReplicaTimeout, options_.admission));
+  }
   auto parsed = parseRequest(endpoint, http.body);
   if (auto *error = std::get_if<ApiError>(&parsed))
     return errorResponse(*error);
   ApiRequest request = std::move(std::get<ApiRequest>(parsed));
+  if (auto refusal = serving::shedLoad(scheduler_.stats().numWaiting, request.params.n,
+                                       options_.admission)) {
+    metrics_.observeRefusal(refusal->code);
+    return refusalResponse(*refusal);
+  }
   if (!request.model.empty() && request.model != options_.modelName)
     return errorResponse({404, "The model `" + request.model + "` does not exist.",
                           "invalid_request_error", "model", "model_not_found"});

@@ -6,6 +6,7 @@
 #include "OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
+#include "llmir/serving/Admission.h"
 #include "llmir/serving/ReplicaRouter.h"
 
 #include <atomic>
@@ -27,6 +28,8 @@ struct OpenAiServerOptions {
   int64_t defaultCompletionTokens = 16;
   /// With no replica ready, a request waits this long for one, then 503.
   std::chrono::milliseconds noReplicaTimeout{10000};
+  /// Load shedding (429) and the Retry-After of 429 and 503.
+  serving::AdmissionOptions admission;
   /// How /v1/chat/completions turns messages into a prompt.
   ChatFormat chatFormat;
   /// Refreshes the cluster metrics before /metrics renders.

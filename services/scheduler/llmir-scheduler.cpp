@@ -69,6 +69,9 @@ struct Settings {
   uint32_t joinTimeoutMs = 120000;
   uint32_t drainGraceMs = 30000;
   uint32_t noReplicaTimeoutMs = 10000;
+  int64_t maxWaitingRequests = 0;
+  uint32_t shedRetryAfterS = 1;
+  uint32_t noReplicaRetryAfterS = 5;
   std::string lbPolicy = "weighted";
 };
 
@@ -117,6 +120,12 @@ void bind(net::Config &config, Settings &s) {
   config.add("no-replica-timeout-ms", &s.noReplicaTimeoutMs,
              "with no replica ready, requests wait this long, then 503");
   config.add("lb-policy", &s.lbPolicy, "weighted, least-outstanding or round-robin");
+  config.add("max-waiting-requests", &s.maxWaitingRequests,
+             "load shedding: with this many sequences waiting, new requests get 429 with "
+             "Retry-After (0: never)");
+  config.add("shed-retry-after-s", &s.shedRetryAfterS, "Retry-After of the 429 (seconds)");
+  config.add("no-replica-retry-after-s", &s.noReplicaRetryAfterS,
+             "Retry-After of the no-replica 503 (seconds)");
 }
 
 void writePortFile(const std::string &path, uint16_t port) {
@@ -189,6 +198,10 @@ Status validate(const Settings &s) {
   if (s.maxNumSeqs < 1 || s.maxBatchTokens < 1 || s.kvBlocks < 1 || s.kvBlockSize < 1)
     return Status::error(
         "'max-num-seqs', 'max-batch-tokens', 'kv-blocks' and 'kv-block-size' must be at least 1");
+  if (s.maxWaitingRequests < 0)
+    return Status::error("'max-waiting-requests' must be 0 (no bound) or positive");
+  if (s.shedRetryAfterS < 1 || s.noReplicaRetryAfterS < 1)
+    return Status::error("'shed-retry-after-s' and 'no-replica-retry-after-s' must be at least 1");
   if (s.httpThreads < 1)
     return Status::error("'http.threads' must be at least 1");
   if (!s.compilerUrl.empty() && !s.compilerUrl.starts_with("http://"))
@@ -302,6 +315,10 @@ int run(const Settings &s) {
   scheduler::OpenAiServer api({.modelName = name,
                                .apiKey = s.apiKey,
                                .noReplicaTimeout = routerOptions.noReplicaTimeout,
+                               .admission = {.maxWaitingRequests = s.maxWaitingRequests,
+                                             .shedRetryAfter = std::chrono::seconds(s.shedRetryAfterS),
+                                             .noReplicaRetryAfter =
+                                                 std::chrono::seconds(s.noReplicaRetryAfterS)},
                                .chatFormat = std::move(*chatFormat),
                                .refreshMetrics =
                                    [&] {

@@ -83,7 +83,8 @@ export class Mesh {
       '--http.threads', '48',
       '--heartbeat-timeout-ms', String(this.options.heartbeatTimeoutMs),
       '--no-replica-timeout-ms', String(this.options.noReplicaTimeoutMs),
-      '--drain-grace-ms', String(this.options.drainGraceMs)]);
+      '--drain-grace-ms', String(this.options.drainGraceMs),
+      ...(this.options.schedulerArgs ?? [])]); // later flags win
     const read = (f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim() : null);
     this.port = await waitFor('the scheduler', 60000, async () => {
       if (this.scheduler.exitCode !== null) throw new Error('llmir-scheduler exited');
