@@ -256,6 +256,14 @@ test('k8s/base is what the chart renders with its default values', () => {
   assert.deepEqual(sorted(objects('kustomize base')), sorted(parseDocs(ok(renderChart(), 'helm template'))));
 });
 
+test('the gpu overlay changes the worker config only in worker.device', () => {
+  const base = configOf(objects('kustomize base'), 'worker');
+  const gpu = configOf(objects('kustomize gpu'), 'worker');
+  assert.match(gpu.worker.device, /^cuda/);
+  gpu.worker.device = base.worker.device;
+  assert.deepEqual(gpu, base, 'k8s/overlays/gpu/gpu-workers.yaml is stale against the chart');
+});
+
 test('an API key comes from a Secret, never from the ConfigMap', () => {
   for (const sets of [['apiKey.value=sk-test'], ['apiKey.existingSecret=my-llmir-key']]) {
     const objs = parseDocs(ok(renderChart([], sets), 'helm template'));
