@@ -15,6 +15,7 @@
 #
 # Storage: vfs, build isolation: chroot (what works without a kernel overlay
 # or user namespaces); override with LLMIR_STORAGE_DRIVER / LLMIR_ISOLATION.
+# LLMIR_CCACHE_DIR=DIR mounts a ccache directory into the build stage.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --cuda) cuda=1 ;;
     --tag) tag="$2"; shift ;;
     --base) base="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "images.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
