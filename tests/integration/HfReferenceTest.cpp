@@ -4,7 +4,10 @@
 // transformers' and greedy continuations identical.
 //
 // The demo model (models/demo-llama-4m) always runs; the ../shared fixtures
-// run when present and are reported as skipped otherwise.
+// (the Llama ones and the families: Llama 3.1 RoPE, Mistral's sliding window,
+// Phi-3, Qwen2, Qwen3) run when present and are reported as skipped otherwise.
+// The 7-token prompts of the families generate past tiny-mistral-swa's
+// 16-token window, so the window is checked in decode and the mixed batch.
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
@@ -194,10 +197,16 @@ TEST_P(HfReference, MixedPrefillAndDecodeBatchesMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfReference,
                          ::testing::Values("demo-llama-4m", "tiny-llama-gqa",
-                                           "tiny-llama-mha"),
+                                           "tiny-llama-mha",
+                                           // docs/models.md: one per family
+                                           "families/tiny-llama31-rope",
+                                           "families/tiny-mistral-swa",
+                                           "families/tiny-phi3", "families/tiny-qwen2",
+                                           "families/tiny-qwen3"),
                          [](const auto &info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
+                           std::replace(name.begin(), name.end(), '/', '_');
                            return name;
                          });
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """llmir-generate as a user runs it, against the Hugging Face references.
 
-For every model (the embedded demo model, plus ../shared fixtures when
-present): each reference case through `--prompt-ids ... --ignore-eos --json`
+For every model (the embedded demo model, plus ../shared fixtures and the
+family fixtures when present): each reference case through `--prompt-ids ... --ignore-eos --json`
 must print exactly the greedy ids; for models with a tokenizer, `--prompt
 TEXT` must tokenize to the reference prompt ids. Bad arguments must fail
 with a message and exit code 2, a bad model directory with exit code 1.
@@ -12,8 +12,8 @@ import json
 import os
 import subprocess
 
-from generate_reference import (check, exit_on_failures, greedy_args, models_under_test,
-                                reference_cases)
+from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+                                models_under_test, reference_cases)
 
 
 def run(generate, *args):
@@ -49,7 +49,7 @@ def main():
     parser.add_argument("--fixtures", required=True)
     args = parser.parse_args()
 
-    for model_dir in models_under_test(args.models, args.fixtures):
+    for model_dir in models_under_test(args.models, args.fixtures) + family_models(args.fixtures):
         check_model(args.generate, model_dir)
 
     demo = os.path.join(args.models, "demo-llama-4m")

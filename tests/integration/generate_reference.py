@@ -20,6 +20,10 @@ def exit_on_failures():
         sys.exit(1)
 
 
+# The model families beyond Llama (docs/models.md), in ../shared/fixtures/families.
+FAMILIES = ("tiny-llama31-rope", "tiny-mistral-swa", "tiny-phi3", "tiny-qwen2", "tiny-qwen3")
+
+
 def models_under_test(models, fixtures):
     """The embedded demo model, plus the ../shared fixtures when present."""
     dirs = [os.path.join(models, "demo-llama-4m")]
@@ -28,6 +32,15 @@ def models_under_test(models, fixtures):
     else:
         print(f"SKIPPED fixtures: {fixtures} not found (../shared absent)")
     return dirs
+
+
+def family_models(fixtures):
+    """The family fixtures present under ../shared/fixtures/families."""
+    root = os.path.join(fixtures, "families")
+    if not os.path.isdir(root):
+        print(f"SKIPPED family fixtures: {root} not found (../shared absent)")
+        return []
+    return [os.path.join(root, name) for name in FAMILIES]
 
 
 def reference_cases(model_dir):

@@ -2,7 +2,8 @@
 """llmir-generate --tp/--pp across real local worker processes.
 
 For every model (the embedded demo model, plus ../shared fixtures when
-present) and every layout (TP=2, PP=2, TP=2 x PP=2, SP=2 and TP=2 x SP=2;
+present; the family fixtures at TP=2, tiny-mistral-swa at every layout) and
+every layout (TP=2, PP=2, TP=2 x PP=2, SP=2 and TP=2 x SP=2;
 SP shares each sequence's KV blocks round-robin over the sp ranks, and the
 33-token case spans 3 blocks of 16):
   - greedy ids through `--prompt-ids ... --ignore-eos --json` equal the
@@ -25,11 +26,15 @@ import subprocess
 import tempfile
 import time
 
-from generate_reference import (check, exit_on_failures, greedy_args, models_under_test,
-                                reference_cases)
+from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+                                models_under_test, reference_cases)
 
 LAYOUTS = [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"]), ("tp2xpp2", ["--tp", "2", "--pp", "2"]),
            ("sp2", ["--sp", "2"]), ("tp2xsp2", ["--tp", "2", "--sp", "2"])]
+# The family fixtures: TP=2 for each (Phi-3's fused tensors split per part,
+# Qwen3's per-head norms on local heads); the sliding window also through
+# TP x PP and both sequence-parallel attentions (partial and token-split).
+FAMILY_LAYOUTS = {"tiny-mistral-swa": LAYOUTS}
 
 
 def read_safetensors(path):
@@ -61,7 +66,7 @@ def generate(binary, model_dir, case, extra, logits_path):
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
 
-def check_model(binary, model_dir, tolerance, cases_to_run, tmp):
+def check_model(binary, model_dir, tolerance, cases_to_run, tmp, layouts=LAYOUTS):
     name = os.path.basename(model_dir)
     cases = reference_cases(model_dir)
     reference = read_safetensors(os.path.join(model_dir, "reference_logits.safetensors"))
@@ -73,7 +78,7 @@ def check_model(binary, model_dir, tolerance, cases_to_run, tmp):
         if proc.returncode != 0:
             continue
         single = read_safetensors(single_path)["logits"][1]
-        for layout, flags in LAYOUTS:
+        for layout, flags in layouts:
             where = f"{name} case {c} {layout}"
             path = os.path.join(tmp, f"{name}-{c}-{layout}.safetensors")
             proc = generate(binary, model_dir, case, flags, path)
@@ -156,6 +161,9 @@ def main():
         for model_dir in models_under_test(args.models, args.fixtures):
             tolerance = 1e-3 if model_dir == demo else 1e-4
             check_model(args.generate, model_dir, tolerance, [0, 1], tmp)
+        for model_dir in family_models(args.fixtures):
+            layouts = FAMILY_LAYOUTS.get(os.path.basename(model_dir), LAYOUTS[:1])
+            check_model(args.generate, model_dir, 1e-4, [0, 1], tmp, layouts)
     check_killed_rank(args.generate, demo)
 
     exit_on_failures()

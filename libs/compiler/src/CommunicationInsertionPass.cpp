@@ -149,7 +149,9 @@ private:
       a.getResult().setType(a.getQuery().getType());
       return success();
     }
-    if (isa<llm::RotaryEmbeddingOp, llm::SwiGLUOp>(op))
+    // Per-token ops follow their (possibly now local) input; a per-head
+    // rms_norm (Qwen3's q/k norm) keeps its whole head_dim weight.
+    if (isa<llm::RotaryEmbeddingOp, llm::SwiGLUOp, llm::RMSNormOp>(op))
       op->getResult(0).setType(op->getOperand(0).getType());
     return success();
   }
@@ -262,12 +264,13 @@ void shardCacheAlongSequence(func::FuncOp step, int sp) {
           a.getLoc(), a.getType(), a.getQuery(), a.getKey(), a.getValue(),
           a.getCache(), /*seq_start=*/nullptr, /*seq_length=*/nullptr,
           /*total_length=*/nullptr, a.getLayerAttr(), a.getNumHeadsAttr(),
-          a.getNumKvHeadsAttr(), a.getHeadDimAttr(), a.getScaleAttr());
+          a.getNumKvHeadsAttr(), a.getHeadDimAttr(), a.getScaleAttr(),
+          a.getSlidingWindowAttr());
     else
       replacement = b.create<llm::DistributedAttentionOp>(
           a.getLoc(), a.getType(), a.getQuery(), ValueRange{a.getKey(), a.getValue()},
           a.getCache(), a.getLayerAttr(), a.getNumHeadsAttr(), a.getNumKvHeadsAttr(),
-          a.getHeadDimAttr(), a.getScaleAttr());
+          a.getHeadDimAttr(), a.getScaleAttr(), a.getSlidingWindowAttr());
     a.getResult().replaceAllUsesWith(replacement->getResult(0));
     a.erase();
   }

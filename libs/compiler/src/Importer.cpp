@@ -81,7 +81,22 @@ private:
     auto it = weightTypes.find(name);
     assert(it != weightTypes.end() && "expectedTensors lists every weight emitted");
     return b.create<llm::WeightOp>(loc, it->second, b.getStringAttr(name),
-                                   IntegerAttr(), IntegerAttr());
+                                   IntegerAttr(), IntegerAttr(), IntegerAttr(),
+                                   IntegerAttr());
+  }
+
+  /// Rows [offset, offset + rows) of a fused checkpoint tensor (Phi-3's
+  /// qkv_proj and gate_up_proj), as their own weight: the linears stay
+  /// separate, so tensor parallelism shards each part (q, k, v; gate, up)
+  /// like the unfused tensors.
+  Value weightRows(const std::string &name, int64_t offset, int64_t rows) {
+    auto it = weightTypes.find(name);
+    assert(it != weightTypes.end() && "expectedTensors lists every weight emitted");
+    RankedTensorType full = it->second;
+    auto type = RankedTensorType::get({rows, full.getDimSize(1)}, full.getElementType());
+    return b.create<llm::WeightOp>(loc, type, b.getStringAttr(name), IntegerAttr(),
+                                   IntegerAttr(), b.getI64IntegerAttr(offset),
+                                   b.getI64IntegerAttr(full.getDimSize(0)));
   }
 
   Value layerWeight(int64_t layer, LayerTensor tensor) {
@@ -101,10 +116,32 @@ private:
                                    layerWeight(layer, w), biasValue);
   }
 
+  /// A linear over rows [offset, offset + outFeatures) of a fused tensor.
+  Value fusedLinear(int64_t layer, Value x, LayerTensor fused, int64_t offset,
+                    int64_t outFeatures) {
+    return b.create<llm::LinearOp>(
+        loc, activation(outFeatures), x,
+        weightRows(model::layerTensorName(layer, fused), offset, outFeatures), Value());
+  }
+
   Value rope(Value x, Value positions) {
+    const model::RopeScaling &s = config.ropeScaling;
+    StringAttr scaling;
+    FloatAttr factor, low, high;
+    IntegerAttr original;
+    if (s.type != model::RopeScalingType::None) {
+      scaling = b.getStringAttr(s.type == model::RopeScalingType::Linear ? "linear" : "llama3");
+      factor = b.getF32FloatAttr(static_cast<float>(s.factor));
+    }
+    if (s.type == model::RopeScalingType::Llama3) {
+      low = b.getF32FloatAttr(static_cast<float>(s.lowFreqFactor));
+      high = b.getF32FloatAttr(static_cast<float>(s.highFreqFactor));
+      original = b.getI32IntegerAttr(static_cast<int32_t>(s.originalMaxPositionEmbeddings));
+    }
     return b.create<llm::RotaryEmbeddingOp>(
         loc, x.getType(), x, positions, b.getI32IntegerAttr(config.headDim),
-        b.getF32FloatAttr(static_cast<float>(config.ropeTheta)));
+        b.getF32FloatAttr(static_cast<float>(config.ropeTheta)), scaling, factor,
+        low, high, original);
   }
 
   Value emitLayer(int64_t layer, Value hidden, Value positions, Value cache) {
@@ -117,17 +154,32 @@ private:
     };
 
     Value x = rmsNorm(hidden, model::layerTensorName(layer, LayerTensor::InputNorm));
-    Value q = linear(layer, x, LayerTensor::QProj, qWidth, qkvBias(LayerTensor::QBias));
-    Value k = linear(layer, x, LayerTensor::KProj, kvWidth, qkvBias(LayerTensor::KBias));
-    Value v = linear(layer, x, LayerTensor::VProj, kvWidth, qkvBias(LayerTensor::VBias));
+    Value q, k, v;
+    if (config.fusedProjections) {
+      q = fusedLinear(layer, x, LayerTensor::QKVProj, 0, qWidth);
+      k = fusedLinear(layer, x, LayerTensor::QKVProj, qWidth, kvWidth);
+      v = fusedLinear(layer, x, LayerTensor::QKVProj, qWidth + kvWidth, kvWidth);
+    } else {
+      q = linear(layer, x, LayerTensor::QProj, qWidth, qkvBias(LayerTensor::QBias));
+      k = linear(layer, x, LayerTensor::KProj, kvWidth, qkvBias(LayerTensor::KBias));
+      v = linear(layer, x, LayerTensor::VProj, kvWidth, qkvBias(LayerTensor::VBias));
+    }
+    if (config.qkNorm) { // per head (weights of head_dim), before RoPE
+      q = rmsNorm(q, model::layerTensorName(layer, LayerTensor::QNorm));
+      k = rmsNorm(k, model::layerTensorName(layer, LayerTensor::KNorm));
+    }
     q = rope(q, positions);
     k = rope(k, positions);
+    const int64_t window = config.layerSlidingWindow.empty()
+                               ? 0
+                               : config.layerSlidingWindow[static_cast<size_t>(layer)];
     Value attn = b.create<llm::PagedAttentionOp>(
         loc, q.getType(), q, k, v, cache, b.getI32IntegerAttr(layer),
         b.getI32IntegerAttr(config.numHeads),
         b.getI32IntegerAttr(config.numKvHeads),
         b.getI32IntegerAttr(config.headDim),
-        b.getF32FloatAttr(1.0f / std::sqrt(static_cast<float>(config.headDim))));
+        b.getF32FloatAttr(1.0f / std::sqrt(static_cast<float>(config.headDim))),
+        window > 0 ? b.getI32IntegerAttr(static_cast<int32_t>(window)) : IntegerAttr());
     std::optional<LayerTensor> oBias;
     if (config.outputBias)
       oBias = LayerTensor::OBias;
@@ -135,8 +187,13 @@ private:
     hidden = b.create<llm::AddOp>(loc, hidden.getType(), hidden, o);
 
     x = rmsNorm(hidden, model::layerTensorName(layer, LayerTensor::PostAttentionNorm));
-    Value gate = linear(layer, x, LayerTensor::GateProj, config.intermediateSize, std::nullopt);
-    Value up = linear(layer, x, LayerTensor::UpProj, config.intermediateSize, std::nullopt);
+    const int64_t F = config.intermediateSize;
+    Value gate = config.fusedProjections
+                     ? fusedLinear(layer, x, LayerTensor::GateUpProj, 0, F)
+                     : linear(layer, x, LayerTensor::GateProj, F, std::nullopt);
+    Value up = config.fusedProjections
+                   ? fusedLinear(layer, x, LayerTensor::GateUpProj, F, F)
+                   : linear(layer, x, LayerTensor::UpProj, F, std::nullopt);
     Value act = b.create<llm::SwiGLUOp>(loc, gate.getType(), gate, up);
     Value down = linear(layer, act, LayerTensor::DownProj, config.hiddenSize, std::nullopt);
     return b.create<llm::AddOp>(loc, hidden.getType(), hidden, down);

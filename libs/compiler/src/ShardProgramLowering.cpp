@@ -154,6 +154,17 @@ private:
       offset = length * placement.tpRank;
       full[dim] = length * numShards;
     }
+    if (auto rowOffset = op.getRowOffset()) { // a part of a fused tensor
+      if (dim > 0)
+        return errorAt(op, "reads a row range and is sharded along dim " +
+                               llvm::Twine(dim) + "; only dim 0 slices compose");
+      if (dim < 0) {
+        dim = 0;
+        length = full[0];
+      }
+      offset += *rowOffset;
+      full[0] = *op.getTensorRows();
+    }
     WeightKey key{op.getName().str(), dim, offset, length,
                   type.getAsOpaquePointer()};
     if (auto loaded = weightSlots.find(key); loaded != weightSlots.end()) {
@@ -251,8 +262,19 @@ private:
         .Case([&](llm::RotaryEmbeddingOp r) {
           Inst inst = emitUnary(op, proto::ROPE, r.getInput());
           if (inst) {
-            (*(*inst)->mutable_int_attrs())["head_dim"] = r.getHeadDim();
-            (*(*inst)->mutable_float_attrs())["theta"] = r.getTheta().convertToFloat();
+            auto &ints = *(*inst)->mutable_int_attrs();
+            auto &floats = *(*inst)->mutable_float_attrs();
+            ints["head_dim"] = r.getHeadDim();
+            floats["theta"] = r.getTheta().convertToFloat();
+            if (auto scaling = r.getScaling()) {
+              ints["rope_scaling"] = *scaling == "llama3" ? 2 : 1;
+              floats["rope_factor"] = r.getScalingFactor()->convertToFloat();
+            }
+            if (r.getScaling() && *r.getScaling() == "llama3") {
+              floats["rope_low_freq_factor"] = r.getLowFreqFactor()->convertToFloat();
+              floats["rope_high_freq_factor"] = r.getHighFreqFactor()->convertToFloat();
+              ints["rope_original_max_position"] = *r.getOriginalMaxPosition();
+            }
             setRowSlice(**inst); // rotates by the positions of its rows
           }
           return done(std::move(inst));
@@ -332,8 +354,11 @@ private:
   /// one more local layer (a pipeline stage holds only its own layers).
   void describeAttention(proto::Instruction &inst, int64_t numHeads,
                          int64_t numKvHeads, int64_t headDim,
-                         const llvm::APFloat &scale, int64_t blockSize) {
+                         const llvm::APFloat &scale, int64_t blockSize,
+                         Optional<int32_t> slidingWindow) {
     auto &ints = *inst.mutable_int_attrs();
+    if (slidingWindow)
+      ints["sliding_window"] = *slidingWindow;
     ints["layer"] = numAttentionLayers++;
     ints["num_heads"] = numHeads;
     ints["num_kv_heads"] = numKvHeads;
@@ -352,7 +377,7 @@ private:
       return inst.takeError();
     auto cache = a.getCache().getType().cast<llm::PagedKVCacheType>();
     describeAttention(**inst, a.getNumHeads(), a.getNumKvHeads(), a.getHeadDim(),
-                      a.getScale(), cache.getBlockSize());
+                      a.getScale(), cache.getBlockSize(), a.getSlidingWindow());
     return llvm::Error::success();
   }
 
@@ -398,7 +423,7 @@ private:
     uint32_t partialSlot = addSlot(partialType, false, "attention_partial");
     partial->add_outputs(partialSlot);
     describeAttention(*partial, heads, *a.getNumKvHeads(), headDim, a.getScale(),
-                      cache->getBlockSize());
+                      cache->getBlockSize(), a.getSlidingWindow());
     auto &partialInts = *partial->mutable_int_attrs();
     partialInts["sp_size"] = cache->getShards();
     partialInts["sp_index"] = placement.spIndex;
@@ -492,7 +517,8 @@ private:
     attention->add_inputs(*kv);
     attention->add_outputs(activationSlot(a.getResult()));
     describeAttention(*attention, *a.getNumHeads(), *a.getNumKvHeads(),
-                      *a.getHeadDim(), *a.getScale(), cache->getBlockSize());
+                      *a.getHeadDim(), *a.getScale(), cache->getBlockSize(),
+                      a.getSlidingWindow());
     setRowSlice(*attention);
     return llvm::Error::success();
   }

@@ -22,7 +22,7 @@ Status checkKnownAttributes(const proto::Instruction &inst, const OpSpec &spec) 
       return Status::error(std::string(spec.name) + " has unknown int attribute '" +
                            key + "'");
   for (const auto &[key, value] : inst.float_attrs())
-    if (!listed(spec.floatAttrs, key))
+    if (!listed(spec.floatAttrs, key) && !listed(spec.optionalFloatAttrs, key))
       return Status::error(std::string(spec.name) +
                            " has unknown float attribute '" + key + "'");
   return Status::ok();
@@ -51,6 +51,17 @@ InstructionParams decode(const proto::Instruction &inst,
   a.numKvHeads = intAttr("num_kv_heads");
   a.headDim = p.headDim;
   a.scale = floatAttr("scale");
+  a.slidingWindow = intAttr("sliding_window", 0);
+  if (inst.op() == proto::ROPE) {
+    cpu::RopeScaling &r = p.ropeScaling;
+    r.type = intAttr("rope_scaling", cpu::RopeScaling::None);
+    r.factor = r.type == cpu::RopeScaling::None ? 1.0f : floatAttr("rope_factor");
+    r.lowFreqFactor = floatAttr("rope_low_freq_factor");
+    r.highFreqFactor = floatAttr("rope_high_freq_factor");
+    r.originalMaxPosition = intAttr("rope_original_max_position");
+    p.ropeInverseFrequencies = cpu::ropeInverseFrequencies(p.headDim, p.theta, r);
+  }
+  p.gatherPadding = intAttr("padding", 0);
   if (inst.op() == proto::ATTENTION_PARTIAL || inst.op() == proto::ATTENTION_MERGE) {
     a.kvShards = p.spSize;
     a.kvShard = p.spIndex;

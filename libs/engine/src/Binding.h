@@ -23,8 +23,16 @@ struct InstructionParams {
   float eps = 0.0f;        // RMS_NORM
   int64_t headDim = 0;     // ROPE, ATTENTION*, SP_ATTENTION
   float theta = 0.0f;      // ROPE
+  /// ROPE: rope_scaling and its rope_* parameters, and the headDim / 2
+  /// inverse frequencies they give (cpu::ropeInverseFrequencies, f32 as
+  /// transformers computes them), computed once here for every backend.
+  cpu::RopeScaling ropeScaling;
+  std::vector<float> ropeInverseFrequencies;
+  int64_t gatherPadding = 0; // ALL_GATHER: trailing columns dropped
   /// ATTENTION, ATTENTION_PARTIAL (kvShards/kvShard = sp_size/sp_index),
-  /// SP_ATTENTION, ATTENTION_MERGE (numHeads, headDim; kvShards = sp_size).
+  /// SP_ATTENTION, ATTENTION_MERGE (numHeads, headDim; kvShards = sp_size);
+  /// slidingWindow from sliding_window (ATTENTION, ATTENTION_PARTIAL,
+  /// SP_ATTENTION; 0: none).
   cpu::AttentionParams attention;
   uint32_t group = 0;        // ALL_REDUCE, ALL_GATHER, ALL_GATHER_ROWS
   int64_t groupSize = 0;     // ranks in `group`

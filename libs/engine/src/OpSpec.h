@@ -19,6 +19,7 @@ struct OpSpec {
   std::vector<const char *> floatAttrs; // required
   bool needsCommunicator;
   std::vector<const char *> optionalIntAttrs = {}; // any other key is an error
+  std::vector<const char *> optionalFloatAttrs = {};
 };
 
 /// Null for an opcode ShardProgram v1 does not define.

@@ -71,14 +71,36 @@ Status validateAttributeValues(const proto::Instruction &inst,
                            std::to_string(size) + " (both are needed)");
   }
   switch (inst.op()) {
-  case proto::ROPE:
+  case proto::ROPE: {
     if (ints.at("head_dim") <= 0 || ints.at("head_dim") % 2 != 0)
       return Status::error("head_dim must be positive and even, got " +
                            std::to_string(ints.at("head_dim")));
+    const auto &floats = inst.float_attrs();
+    auto positive = [&](const char *key) {
+      return floats.contains(key) && floats.at(key) > 0;
+    };
+    const int64_t scaling = ints.contains("rope_scaling") ? ints.at("rope_scaling") : 0;
+    if (scaling < 0 || scaling > 2)
+      return Status::error("rope_scaling " + std::to_string(scaling) +
+                           " is not 0 (none), 1 (linear) or 2 (llama3)");
+    if (scaling != 0 && !positive("rope_factor"))
+      return Status::error("rope_scaling needs a positive rope_factor");
+    if (scaling == 2 &&
+        !(positive("rope_low_freq_factor") && positive("rope_high_freq_factor") &&
+          floats.at("rope_high_freq_factor") > floats.at("rope_low_freq_factor") &&
+          ints.contains("rope_original_max_position") &&
+          ints.at("rope_original_max_position") > 0))
+      return Status::error("llama3 rope_scaling needs rope_low_freq_factor < "
+                           "rope_high_freq_factor (both positive) and a positive "
+                           "rope_original_max_position");
     return Status::ok();
+  }
   case proto::ATTENTION_PARTIAL: // sp_size / sp_index checked above
   case proto::SP_ATTENTION:
   case proto::ATTENTION: {
+    if (ints.contains("sliding_window") && ints.at("sliding_window") < 0)
+      return Status::error("sliding_window must be >= 0 (0: none), got " +
+                           std::to_string(ints.at("sliding_window")));
     int64_t layer = ints.at("layer"), heads = ints.at("num_heads");
     int64_t kvHeads = ints.at("num_kv_heads"), headDim = ints.at("head_dim");
     if (layer < 0 || layer >= kv.num_layers())

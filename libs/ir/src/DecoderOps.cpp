@@ -23,6 +23,21 @@ LogicalResult WeightOp::verify() {
   if (shardDim.has_value() != numShards.has_value())
     return emitOpError() << "has only one of shard_dim and num_shards, "
                             "expected both or neither";
+  Optional<int64_t> rowOffset = getRowOffset(), tensorRows = getTensorRows();
+  if (rowOffset.has_value() != tensorRows.has_value())
+    return emitOpError() << "has only one of row_offset and tensor_rows, "
+                            "expected both or neither";
+  if (rowOffset) {
+    if (shardDim && *shardDim != 0)
+      return emitOpError() << "reads a row range (row_offset) and is sharded "
+                              "along dim "
+                           << *shardDim << ", expected dim 0";
+    const int64_t rows = type.getDimSize(0) * (shardDim ? *numShards : 1);
+    if (*rowOffset < 0 || *rowOffset + rows > *tensorRows)
+      return emitOpError() << "rows [" << *rowOffset << ", " << *rowOffset + rows
+                           << ") are outside the tensor's " << *tensorRows
+                           << " rows (tensor_rows)";
+  }
   if (!shardDim)
     return success();
   if (failed(verifyAtLeast(op, "num_shards", *numShards, 1)))
@@ -45,11 +60,17 @@ LogicalResult EmbeddingOp::verify() {
 
 LogicalResult RMSNormOp::verify() {
   Operation *op = getOperation();
-  if (failed(verifyPositive(op, "epsilon", getEpsilon())) ||
-      failed(verifyDim(op, "weight", shapedType(getWeight()), 0,
-                       shapedType(getInput()).getDimSize(1),
-                       "input dim 1 (hidden size)")))
+  if (failed(verifyPositive(op, "epsilon", getEpsilon())))
     return failure();
+  // The weight spans the row (hidden size) or one group of it: a per-head
+  // norm (Qwen3's q_norm / k_norm) normalises each head_dim group apart.
+  const int64_t groups = shapedType(getWeight()).getDimSize(0);
+  const int64_t features = shapedType(getInput()).getDimSize(1);
+  if (!ShapedType::isDynamic(groups) && !ShapedType::isDynamic(features) &&
+      (groups <= 0 || features % groups != 0))
+    return emitOpError() << "weight dim 0 is " << groups
+                         << ", expected input dim 1 (" << features
+                         << ") or a divisor of it (a per-head norm)";
   return verifySameType(op, "result", getType(), "input", getInput().getType());
 }
 
@@ -67,6 +88,35 @@ LogicalResult RotaryEmbeddingOp::verify() {
                          << ", expected an even number > 0";
   if (failed(verifyPositive(op, "theta", getTheta())))
     return failure();
+  if (Optional<StringRef> scaling = getScaling()) {
+    if (failed(verifyOneOf(op, "scaling", *scaling, {"linear", "llama3"})))
+      return failure();
+    if (!getScalingFactor())
+      return emitOpError() << "has scaling \"" << *scaling
+                           << "\" without scaling_factor";
+    if (failed(verifyPositive(op, "scaling_factor", *getScalingFactor())))
+      return failure();
+    const bool llama3 = *scaling == "llama3";
+    const bool hasLlama3 = getLowFreqFactor() || getHighFreqFactor() ||
+                           getOriginalMaxPosition();
+    if (llama3 && !(getLowFreqFactor() && getHighFreqFactor() &&
+                    getOriginalMaxPosition()))
+      return emitOpError() << "has scaling \"llama3\", expected low_freq_factor, "
+                              "high_freq_factor and original_max_position";
+    if (!llama3 && hasLlama3)
+      return emitOpError() << "has llama3 scaling attributes with scaling \""
+                           << *scaling << "\"";
+    if (llama3 && (failed(verifyPositive(op, "low_freq_factor", *getLowFreqFactor())) ||
+                   failed(verifyAtLeast(op, "original_max_position",
+                                        *getOriginalMaxPosition(), 1))))
+      return failure();
+    if (llama3 && !(getHighFreqFactor()->convertToFloat() >
+                    getLowFreqFactor()->convertToFloat()))
+      return emitOpError() << "high_freq_factor must exceed low_freq_factor";
+  } else if (getScalingFactor() || getLowFreqFactor() || getHighFreqFactor() ||
+             getOriginalMaxPosition()) {
+    return emitOpError() << "has scaling attributes without scaling";
+  }
   ShapedType input = shapedType(getInput());
   int64_t features = input.getDimSize(1);
   if (!ShapedType::isDynamic(features) && features % headDim != 0)

@@ -108,7 +108,7 @@ static LogicalResult verifySeedForm(SequenceParallelAttentionOp op) {
   for (auto [name, present] :
        {std::pair{"layer", bool(op.getLayer())}, {"num_heads", bool(op.getNumHeads())},
         {"num_kv_heads", bool(op.getNumKvHeads())}, {"head_dim", bool(op.getHeadDim())},
-        {"scale", bool(op.getScale())}})
+        {"scale", bool(op.getScale())}, {"sliding_window", bool(op.getSlidingWindow())}})
     if (present)
       return op.emitOpError() << "has " << name << " without kv_cache, expected it "
                               << "only in the decoder form (q, k, v, kv_cache)";
@@ -194,6 +194,9 @@ static LogicalResult verifyDecoderForm(DistributedAttentionOp op) {
 static LogicalResult verifySeedForm(DistributedAttentionOp op) {
   Operation *operation = op.getOperation();
   int64_t numHeads = op.getNumHeads(), headDim = op.getHeadDim();
+  if (op.getSlidingWindow())
+    return op.emitOpError() << "has sliding_window without k and v, expected it "
+                               "only in the decoder form (q, k, v, kv_cache)";
   if (op.getLayer() || op.getNumKvHeads())
     return op.emitOpError() << "has " << (op.getLayer() ? "layer" : "num_kv_heads")
                             << " without k and v, expected it only in the "

@@ -135,6 +135,10 @@ LogicalResult verifyDecoderAttention(Operation *op, Value query, Value key,
                                      int64_t numHeads, int64_t numKvHeads,
                                      int64_t headDim, const llvm::APFloat &scale,
                                      const AttentionCacheShape &cache) {
+  // The optional sliding window (every decoder attention op may carry it).
+  if (auto window = op->getAttrOfType<IntegerAttr>("sliding_window"))
+    if (failed(verifyAtLeast(op, "sliding_window", window.getInt(), 1)))
+      return failure();
   if (failed(verifyAtLeast(op, "num_heads", numHeads, 1)) ||
       failed(verifyAtLeast(op, "num_kv_heads", numKvHeads, 1)) ||
       failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <sstream>
 
 namespace llmir::model {
 namespace {
 
-constexpr std::array<std::string_view, 3> kSupportedArchitectures = {
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+constexpr std::array<std::string_view, 5> kSupportedArchitectures = {
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM", "Phi3ForCausalLM"};
 
 /// Typed access to config keys; every error names the source and the key.
 class ConfigReader {
@@ -95,54 +97,205 @@ private:
     target = std::move(llmir_result_).value();                                 \
   } while (0)
 
-/// rope_type values other than "default" change the frequencies; refuse them
-/// rather than silently computing wrong positions.
-Status checkRopeType(const ConfigReader &reader, std::string_view key,
-                     const boost::json::object &rope) {
-  for (std::string_view typeKey : {"rope_type", "type"}) {
-    const boost::json::value *type = json::member(rope, typeKey);
-    if (type && !(type->is_string() && type->get_string() == "default"))
-      return reader.error(key, "has " + std::string(typeKey) + " " +
-                                   boost::json::serialize(*type) +
-                                   ": only \"default\" RoPE is supported "
-                                   "(scaled RoPE variants are not supported)");
+/// A JSON value for a message: numbers as people write them (0.75, not
+/// boost's 7.5E-1).
+std::string describe(const boost::json::value &value) {
+  if (value.is_double()) {
+    std::ostringstream text;
+    text << value.get_double();
+    return text.str();
   }
-  return Status::ok();
+  return boost::json::serialize(value);
 }
 
-Result<double> readRopeTheta(const ConfigReader &reader) {
+/// A number > 0 inside a RoPE object, named `key`.`member` in errors.
+Result<double> ropeNumber(const ConfigReader &reader, std::string_view key,
+                          const boost::json::object &rope, std::string_view member) {
+  const std::string name = std::string(key) + "." + std::string(member);
+  const boost::json::value *value = json::member(rope, member);
+  if (!value)
+    return reader.error(name, "is required by this rope_type");
+  std::optional<double> number = json::asDouble(*value);
+  if (!number || !(*number > 0))
+    return reader.error(name, "must be a positive number" + reader.got(*value));
+  return *number;
+}
+
+/// The scaling of one RoPE object (rope_scaling or rope_parameters). Types
+/// other than default, linear and llama3 change the frequencies (or the
+/// attention) in ways the engine does not implement: refuse them rather
+/// than compute wrong positions.
+Result<RopeScaling> readRopeScaling(const ConfigReader &reader, std::string_view key,
+                                    const boost::json::object &rope) {
+  RopeScaling scaling;
+  std::string type = "default";
+  for (std::string_view typeKey : {"rope_type", "type"}) {
+    const boost::json::value *value = json::member(rope, typeKey);
+    if (!value)
+      continue;
+    if (!value->is_string())
+      return reader.error(std::string(key) + "." + std::string(typeKey),
+                          "must be a string" + reader.got(*value));
+    type = std::string(value->get_string());
+    break;
+  }
+  if (const boost::json::value *partial = json::member(rope, "partial_rotary_factor")) {
+    std::optional<double> factor = json::asDouble(*partial);
+    if (!factor || *factor != 1.0)
+      return reader.error(std::string(key) + ".partial_rotary_factor",
+                          "is " + describe(*partial) +
+                              ": only 1.0 (RoPE over the whole head) is supported");
+  }
+  if (type == "default")
+    return scaling;
+  if (type == "linear") {
+    scaling.type = RopeScalingType::Linear;
+    LLMIR_ASSIGN_OR_RETURN(scaling.factor, ropeNumber(reader, key, rope, "factor"));
+    return scaling;
+  }
+  if (type == "llama3") {
+    scaling.type = RopeScalingType::Llama3;
+    LLMIR_ASSIGN_OR_RETURN(scaling.factor, ropeNumber(reader, key, rope, "factor"));
+    LLMIR_ASSIGN_OR_RETURN(scaling.lowFreqFactor,
+                           ropeNumber(reader, key, rope, "low_freq_factor"));
+    LLMIR_ASSIGN_OR_RETURN(scaling.highFreqFactor,
+                           ropeNumber(reader, key, rope, "high_freq_factor"));
+    double original = 0;
+    LLMIR_ASSIGN_OR_RETURN(original,
+                           ropeNumber(reader, key, rope, "original_max_position_embeddings"));
+    scaling.originalMaxPositionEmbeddings = static_cast<int64_t>(original);
+    if (static_cast<double>(scaling.originalMaxPositionEmbeddings) != original)
+      return reader.error(std::string(key) + ".original_max_position_embeddings",
+                          "must be an integer, got " + std::to_string(original));
+    if (!(scaling.highFreqFactor > scaling.lowFreqFactor))
+      return reader.error(std::string(key) + ".high_freq_factor",
+                          "must exceed low_freq_factor");
+    return scaling;
+  }
+  return reader.error(std::string(key) + ".rope_type",
+                      "is \"" + type +
+                          "\": supported RoPE types are \"default\", \"linear\" "
+                          "and \"llama3\"");
+}
+
+struct Rope {
   double theta = 10000.0;
+  RopeScaling scaling;
+};
+
+/// rope_theta and the scaling, in the transformers 4 form (top-level
+/// rope_theta, rope_scaling object or null) or the transformers 5 form
+/// (rope_parameters {rope_theta, rope_type, ...}); both may appear and must
+/// then agree.
+Result<Rope> readRope(const ConfigReader &reader) {
+  Rope rope;
   bool haveTopLevel = false;
   if (reader.find("rope_theta")) {
-    LLMIR_ASSIGN_OR_RETURN(theta, reader.positiveNumber("rope_theta", 10000.0));
+    LLMIR_ASSIGN_OR_RETURN(rope.theta, reader.positiveNumber("rope_theta", 10000.0));
     haveTopLevel = true;
   }
+  if (const boost::json::value *partial = reader.find("partial_rotary_factor")) {
+    std::optional<double> factor = json::asDouble(*partial);
+    if (!factor || *factor != 1.0)
+      return reader.error("partial_rotary_factor",
+                          "is " + describe(*partial) +
+                              ": only 1.0 (RoPE over the whole head) is supported");
+  }
+  std::optional<RopeScaling> fromScaling;
   if (const boost::json::value *scaling = reader.find("rope_scaling")) {
     if (!scaling->is_object())
       return reader.error("rope_scaling", "must be an object or null" +
                                               reader.got(*scaling));
-    LLMIR_RETURN_IF_ERROR(checkRopeType(reader, "rope_scaling", scaling->get_object()));
+    RopeScaling parsed;
+    LLMIR_ASSIGN_OR_RETURN(parsed,
+                           readRopeScaling(reader, "rope_scaling", scaling->get_object()));
+    fromScaling = parsed;
+    rope.scaling = parsed;
   }
   const boost::json::value *parameters = reader.find("rope_parameters");
   if (!parameters)
-    return theta;
+    return rope;
   if (!parameters->is_object())
     return reader.error("rope_parameters", "must be an object" + reader.got(*parameters));
-  LLMIR_RETURN_IF_ERROR(
-      checkRopeType(reader, "rope_parameters", parameters->get_object()));
-  const boost::json::value *nested = json::member(parameters->get_object(), "rope_theta");
+  const boost::json::object &object = parameters->get_object();
+  for (const auto &member : object)
+    if (member.value().is_object())
+      return reader.error("rope_parameters." + std::string(member.key()),
+                          "is an object: per-layer-type RoPE parameters are not supported");
+  RopeScaling parsed;
+  LLMIR_ASSIGN_OR_RETURN(parsed, readRopeScaling(reader, "rope_parameters", object));
+  if (fromScaling && fromScaling->type != RopeScalingType::None &&
+      parsed.type != fromScaling->type)
+    return reader.error("rope_parameters.rope_type",
+                        "disagrees with rope_scaling's type");
+  if (!fromScaling || parsed.type != RopeScalingType::None)
+    rope.scaling = parsed;
+  const boost::json::value *nested = json::member(object, "rope_theta");
   if (!nested)
-    return theta;
+    return rope;
   std::optional<double> nestedTheta = json::asDouble(*nested);
   if (!nestedTheta || !(*nestedTheta > 0))
     return reader.error("rope_parameters.rope_theta",
                         "must be a positive number" + reader.got(*nested));
-  if (haveTopLevel && *nestedTheta != theta)
+  if (haveTopLevel && *nestedTheta != rope.theta)
     return reader.error("rope_parameters.rope_theta",
                         "disagrees with top-level rope_theta (" +
                             std::to_string(*nestedTheta) + " vs " +
-                            std::to_string(theta) + ")");
-  return *nestedTheta;
+                            std::to_string(rope.theta) + ")");
+  rope.theta = *nestedTheta;
+  return rope;
+}
+
+/// Which layers attend through a sliding window, as transformers decides it
+/// for each architecture (see ModelConfig::layerSlidingWindow).
+Status readSlidingWindow(const ConfigReader &reader, ModelConfig &config) {
+  const std::string &arch = config.architecture;
+  const bool isQwen = arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM";
+  config.layerSlidingWindow.assign(static_cast<size_t>(config.numLayers), 0);
+  // LlamaAttention has no window: transformers ignores the key for Llama.
+  bool useSlidingWindow = arch != "LlamaForCausalLM";
+  if (isQwen)
+    LLMIR_ASSIGN_OR_RETURN(useSlidingWindow, reader.boolean("use_sliding_window", false));
+  if (useSlidingWindow && reader.find("sliding_window")) {
+    int64_t window = 0;
+    LLMIR_ASSIGN_OR_RETURN(window, reader.positiveInt("sliding_window"));
+    config.slidingWindow = window;
+  }
+  if (!isQwen) {
+    if (config.slidingWindow)
+      config.layerSlidingWindow.assign(static_cast<size_t>(config.numLayers),
+                                       *config.slidingWindow);
+    return Status::ok();
+  }
+  if (const boost::json::value *types = reader.find("layer_types")) {
+    if (!types->is_array() ||
+        types->get_array().size() != static_cast<size_t>(config.numLayers))
+      return reader.error("layer_types", "must be a list of num_hidden_layers (" +
+                                             std::to_string(config.numLayers) +
+                                             ") names" + reader.got(*types));
+    for (size_t i = 0; i < types->get_array().size(); ++i) {
+      const boost::json::value &type = types->get_array()[i];
+      const std::string key = "layer_types[" + std::to_string(i) + "]";
+      if (type.is_string() && type.get_string() == "full_attention")
+        continue;
+      if (!(type.is_string() && type.get_string() == "sliding_attention"))
+        return reader.error(key, "is " + boost::json::serialize(type) +
+                                     ": supported layer types are \"full_attention\" "
+                                     "and \"sliding_attention\"");
+      if (!config.slidingWindow)
+        return reader.error(key, "is \"sliding_attention\" but there is no "
+                                 "sliding_window (or use_sliding_window is false)");
+      config.layerSlidingWindow[i] = *config.slidingWindow;
+    }
+    return Status::ok();
+  }
+  if (!config.slidingWindow)
+    return Status::ok();
+  int64_t maxWindowLayers = 0;
+  LLMIR_ASSIGN_OR_RETURN(maxWindowLayers, reader.positiveInt("max_window_layers", 28));
+  for (int64_t i = maxWindowLayers; i < config.numLayers; ++i)
+    config.layerSlidingWindow[static_cast<size_t>(i)] = *config.slidingWindow;
+  return Status::ok();
 }
 
 } // namespace
@@ -174,6 +327,9 @@ Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view sou
                                              config.architecture +
                                              "' (supported: " + supported + ")");
   const bool isQwen2 = config.architecture == "Qwen2ForCausalLM";
+  const bool isPhi3 = config.architecture == "Phi3ForCausalLM";
+  config.qkNorm = config.architecture == "Qwen3ForCausalLM";
+  config.fusedProjections = isPhi3;
 
   LLMIR_ASSIGN_OR_RETURN(config.modelType, reader.string("model_type"));
   LLMIR_ASSIGN_OR_RETURN(config.vocabSize, reader.positiveInt("vocab_size"));
@@ -196,13 +352,18 @@ Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view sou
   LLMIR_ASSIGN_OR_RETURN(config.headDim,
                          reader.positiveInt("head_dim", config.hiddenSize / config.numHeads));
   LLMIR_ASSIGN_OR_RETURN(config.rmsNormEps, reader.positiveNumber("rms_norm_eps", 1e-6));
-  LLMIR_ASSIGN_OR_RETURN(config.ropeTheta, readRopeTheta(reader));
+  Rope rope;
+  LLMIR_ASSIGN_OR_RETURN(rope, readRope(reader));
+  config.ropeTheta = rope.theta;
+  config.ropeScaling = rope.scaling;
   LLMIR_ASSIGN_OR_RETURN(config.tieWordEmbeddings,
                          reader.boolean("tie_word_embeddings", false));
   bool attentionBias = false;
   LLMIR_ASSIGN_OR_RETURN(attentionBias, reader.boolean("attention_bias", isQwen2));
-  config.qkvBias = attentionBias;
-  config.outputBias = isQwen2 ? false : attentionBias;
+  // Qwen2: biases on q, k, v only; Phi-3: no biases (its fused projections
+  // ignore attention_bias); Llama, Mistral, Qwen3: attention_bias on all four.
+  config.qkvBias = isPhi3 ? false : attentionBias;
+  config.outputBias = (isQwen2 || isPhi3) ? false : attentionBias;
   bool mlpBias = false;
   LLMIR_ASSIGN_OR_RETURN(mlpBias, reader.boolean("mlp_bias", false));
   if (mlpBias)
@@ -210,7 +371,8 @@ Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view sou
   std::string activation;
   LLMIR_ASSIGN_OR_RETURN(activation, reader.string("hidden_act"));
   if (!activation.empty() && activation != "silu")
-    return reader.error("hidden_act", "is '" + activation + "': only \"silu\" is supported");
+    return reader.error("hidden_act", "is \"" + activation +
+                                          "\": only \"silu\" (SwiGLU MLP) is supported");
   LLMIR_ASSIGN_OR_RETURN(config.maxPositionEmbeddings,
                          reader.positiveInt("max_position_embeddings", 2048));
 
@@ -237,14 +399,7 @@ Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view sou
   if (config.torchDtype.empty())
     LLMIR_ASSIGN_OR_RETURN(config.torchDtype, reader.string("torch_dtype"));
 
-  bool useSlidingWindow = !isQwen2;
-  if (isQwen2)
-    LLMIR_ASSIGN_OR_RETURN(useSlidingWindow, reader.boolean("use_sliding_window", false));
-  if (useSlidingWindow && reader.find("sliding_window")) {
-    int64_t window = 0;
-    LLMIR_ASSIGN_OR_RETURN(window, reader.positiveInt("sliding_window"));
-    config.slidingWindow = window;
-  }
+  LLMIR_RETURN_IF_ERROR(readSlidingWindow(reader, config));
   return config;
 }
 

@@ -35,6 +35,14 @@ std::string_view layerSuffix(LayerTensor tensor) {
     return "mlp.up_proj.weight";
   case LayerTensor::DownProj:
     return "mlp.down_proj.weight";
+  case LayerTensor::QNorm:
+    return "self_attn.q_norm.weight";
+  case LayerTensor::KNorm:
+    return "self_attn.k_norm.weight";
+  case LayerTensor::QKVProj:
+    return "self_attn.qkv_proj.weight";
+  case LayerTensor::GateUpProj:
+    return "mlp.gate_up_proj.weight";
   }
   return "";
 }
@@ -72,9 +80,18 @@ std::vector<ExpectedTensor> expectedTensors(const ModelConfig &config) {
       expected.push_back({layerTensorName(layer, tensor), std::move(shape), std::move(why)});
     };
     add(LayerTensor::InputNorm, {hidden}, hiddenText);
-    add(LayerTensor::QProj, {qWidth, hidden}, qText + ", " + hiddenText);
-    add(LayerTensor::KProj, {kvWidth, hidden}, kvText + ", " + hiddenText);
-    add(LayerTensor::VProj, {kvWidth, hidden}, kvText + ", " + hiddenText);
+    if (config.fusedProjections) {
+      add(LayerTensor::QKVProj, {qWidth + 2 * kvWidth, hidden},
+          qText + " + 2 x " + kvText + ", " + hiddenText);
+    } else {
+      add(LayerTensor::QProj, {qWidth, hidden}, qText + ", " + hiddenText);
+      add(LayerTensor::KProj, {kvWidth, hidden}, kvText + ", " + hiddenText);
+      add(LayerTensor::VProj, {kvWidth, hidden}, kvText + ", " + hiddenText);
+    }
+    if (config.qkNorm) {
+      add(LayerTensor::QNorm, {config.headDim}, headDimText);
+      add(LayerTensor::KNorm, {config.headDim}, headDimText);
+    }
     add(LayerTensor::OProj, {hidden, qWidth}, hiddenText + ", " + qText);
     if (config.qkvBias) {
       add(LayerTensor::QBias, {qWidth}, qText);
@@ -84,8 +101,13 @@ std::vector<ExpectedTensor> expectedTensors(const ModelConfig &config) {
     if (config.outputBias)
       add(LayerTensor::OBias, {hidden}, hiddenText);
     add(LayerTensor::PostAttentionNorm, {hidden}, hiddenText);
-    add(LayerTensor::GateProj, {config.intermediateSize, hidden}, mlpText + ", " + hiddenText);
-    add(LayerTensor::UpProj, {config.intermediateSize, hidden}, mlpText + ", " + hiddenText);
+    if (config.fusedProjections) {
+      add(LayerTensor::GateUpProj, {2 * config.intermediateSize, hidden},
+          "2 x " + mlpText + ", " + hiddenText);
+    } else {
+      add(LayerTensor::GateProj, {config.intermediateSize, hidden}, mlpText + ", " + hiddenText);
+      add(LayerTensor::UpProj, {config.intermediateSize, hidden}, mlpText + ", " + hiddenText);
+    }
     add(LayerTensor::DownProj, {hidden, config.intermediateSize}, hiddenText + ", " + mlpText);
   }
   expected.push_back({std::string(kFinalNormName), {hidden}, hiddenText});

@@ -624,9 +624,9 @@ func.func @rms_norm_71(%x: tensor<?x256xf32>, %w: tensor<256xf32>) {
 
 // -----
 
-func.func @rms_norm_72(%x: tensor<?x256xf32>, %w: tensor<128xf32>) {
-  // expected-error @+1 {{'llm.rms_norm' op weight dim 0 is 128, expected input dim 1 (hidden size) = 256}}
-  %y = llm.rms_norm(%x, %w) {epsilon = 1.0e-05 : f32} : (tensor<?x256xf32>, tensor<128xf32>) -> tensor<?x256xf32>
+func.func @rms_norm_72(%x: tensor<?x256xf32>, %w: tensor<96xf32>) {
+  // expected-error @+1 {{'llm.rms_norm' op weight dim 0 is 96, expected input dim 1 (256) or a divisor of it (a per-head norm)}}
+  %y = llm.rms_norm(%x, %w) {epsilon = 1.0e-05 : f32} : (tensor<?x256xf32>, tensor<96xf32>) -> tensor<?x256xf32>
   return
 }
 
@@ -995,5 +995,94 @@ func.func @distributed_attention_seed_116(%q: tensor<2x1x8x32xf32>, %c: !llm.sha
 func.func @distributed_attention_seed_117(%q: tensor<?x256xf32>, %c: !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) {
   // expected-error @+1 {{'llm.distributed_attention' op query has rank 2, expected rank 4 [batch, seq, heads, head_dim]}}
   %r = llm.distributed_attention(%q, %c) {num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32} : (tensor<?x256xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+// ---- issue 12: row ranges of fused weights, RoPE scaling, sliding window
+func.func @weight_rows_118() {
+  // expected-error @+1 {{'llm.weight' op has only one of row_offset and tensor_rows, expected both or neither}}
+  %w = llm.weight "qkv" {row_offset = 4 : i64} : tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @weight_rows_119() {
+  // expected-error @+1 {{'llm.weight' op rows [8, 16) are outside the tensor's 12 rows (tensor_rows)}}
+  %w = llm.weight "qkv" {row_offset = 8 : i64, tensor_rows = 12 : i64, shard_dim = 0 : i32, num_shards = 2 : i32} : tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @weight_rows_120() {
+  // expected-error @+1 {{'llm.weight' op reads a row range (row_offset) and is sharded along dim 1, expected dim 0}}
+  %w = llm.weight "qkv" {row_offset = 0 : i64, tensor_rows = 12 : i64, shard_dim = 1 : i32, num_shards = 2 : i32} : tensor<4x4xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_121(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op scaling is "yarn", expected one of "linear", "llama3"}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling = "yarn", scaling_factor = 2.0 : f32} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_122(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op has scaling "linear" without scaling_factor}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling = "linear"} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_123(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op has scaling "llama3", expected low_freq_factor, high_freq_factor and original_max_position}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling = "llama3", scaling_factor = 8.0 : f32, low_freq_factor = 1.0 : f32} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_124(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op high_freq_factor must exceed low_freq_factor}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling = "llama3", scaling_factor = 8.0 : f32, low_freq_factor = 4.0 : f32, high_freq_factor = 1.0 : f32, original_max_position = 64 : i32} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_125(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op has llama3 scaling attributes with scaling "linear"}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling = "linear", scaling_factor = 8.0 : f32, low_freq_factor = 1.0 : f32} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @rotary_scaling_126(%x: tensor<?x256xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'llm.rotary_embedding' op has scaling attributes without scaling}}
+  %y = llm.rotary_embedding(%x, %p) {head_dim = 32 : i32, theta = 10000.0 : f32, scaling_factor = 8.0 : f32} : (tensor<?x256xf32>, tensor<?xi32>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @sliding_window_127(%q: tensor<?x256xf32>, %k: tensor<?x128xf32>, %v: tensor<?x128xf32>, %c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // expected-error @+1 {{'llm.paged_attention' op sliding_window is 0, expected >= 1}}
+  %y = llm.paged_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 8 : i32, num_kv_heads = 4 : i32, head_dim = 32 : i32, scale = 0.17 : f32, sliding_window = 0 : i32} : (tensor<?x256xf32>, tensor<?x128xf32>, tensor<?x128xf32>, !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> tensor<?x256xf32>
+  return
+}
+
+// -----
+
+func.func @sliding_window_128(%q: tensor<2x1x8x32xf32>, %c: !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.distributed_attention' op has sliding_window without k and v, expected it only in the decoder form (q, k, v, kv_cache)}}
+  %r = llm.distributed_attention(%q, %c) {num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32, sliding_window = 4 : i32} : (tensor<2x1x8x32xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<2x1x8x32xf32>
   return
 }

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace llmir::engine {
@@ -141,6 +142,136 @@ TEST(PagedAttention, SequencesInOneStepStayApart) {
                       out.data(), pool);
   expectMatchesReference(rows(out, qw, 0, kLength), a, 0);
   expectMatchesReference(rows(out, qw, kLength, 2 * kLength), b, 0);
+}
+
+// A sliding window W: each token sees positions p - W < j <= p, in the
+// blocked prefill path (runs of >= 4 tokens, head_dim 16), token-by-token
+// decode, and the sequence-parallel partial attention merged over 2 shards.
+TEST(PagedAttention, SlidingWindowHidesOlderPositionsOnEveryPath) {
+  constexpr int64_t H = 4, Hkv = 2, D = 16, L = 45, W = 7, B = 4;
+  constexpr float scale = 0.3f;
+  std::mt19937 rng(31);
+  const std::vector<float> q = randomFloats(L * H * D, rng, 2.0f);
+  const std::vector<float> k = randomFloats(L * Hkv * D, rng, 2.0f);
+  const std::vector<float> v = randomFloats(L * Hkv * D, rng);
+  const std::vector<double> ref =
+      refAttention(toDouble(q), toDouble(k), toDouble(v), L, H, Hkv, D, scale, W);
+  const std::vector<double> full =
+      refAttention(toDouble(q), toDouble(k), toDouble(v), L, H, Hkv, D, scale);
+  ThreadPool pool(2);
+  std::vector<int32_t> table(static_cast<size_t>((L + B - 1) / B));
+  std::iota(table.rbegin(), table.rend(), 0); // scrambled physical order
+  cpu::AttentionParams params{0, H, Hkv, D, scale};
+  params.slidingWindow = W;
+  auto newCache = [&] {
+    return std::move(*KvCache::create({1, Hkv, D, B, static_cast<int64_t>(table.size())}));
+  };
+  auto stepOf = [&](int64_t begin, int64_t end) {
+    StepInput step;
+    for (int64_t p = begin; p < end; ++p) {
+      step.tokenIds.push_back(0);
+      step.positions.push_back(static_cast<int32_t>(p));
+      step.tokenSeq.push_back(0);
+    }
+    step.blockTables = {table};
+    return step;
+  };
+  auto expectWindowed = [&](const std::vector<float> &out, int64_t begin, const char *path) {
+    double differsFromFull = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const size_t at = static_cast<size_t>(begin * H * D) + i;
+      ASSERT_NEAR(out[i], ref[at], 1e-5) << path << " element " << at;
+      differsFromFull = std::max(differsFromFull, std::abs(out[i] - full[at]));
+    }
+    EXPECT_GT(differsFromFull, 1e-2) << path << ": the window changed nothing";
+  };
+
+  // Prefill of the whole sequence (blocked path).
+  KvCache prefillCache = newCache();
+  std::vector<float> out(static_cast<size_t>(L * H * D));
+  cpu::pagedAttention(q.data(), k.data(), v.data(), stepOf(0, L), params, prefillCache,
+                      out.data(), pool);
+  expectWindowed(out, 0, "prefill");
+
+  // 20 tokens of prefill, then decode one token at a time.
+  KvCache decodeCache = newCache();
+  const int64_t prefix = 20;
+  std::vector<float> first(static_cast<size_t>(prefix * H * D));
+  cpu::pagedAttention(q.data(), k.data(), v.data(), stepOf(0, prefix), params, decodeCache,
+                      first.data(), pool);
+  std::vector<float> decoded;
+  for (int64_t p = prefix; p < L; ++p) {
+    std::vector<float> row(static_cast<size_t>(H * D));
+    cpu::pagedAttention(q.data() + p * H * D, k.data() + p * Hkv * D, v.data() + p * Hkv * D,
+                        stepOf(p, p + 1), params, decodeCache, row.data(), pool);
+    decoded.insert(decoded.end(), row.begin(), row.end());
+  }
+  expectWindowed(decoded, prefix, "decode");
+
+  // Sequence parallel: 2 shards own alternate blocks; their partials merge
+  // to the windowed attention.
+  const int64_t partialWidth = H * D + H;
+  std::vector<float> gathered(static_cast<size_t>(L * 2 * partialWidth));
+  KvCache shardCaches[2] = {newCache(), newCache()};
+  for (int64_t shard = 0; shard < 2; ++shard) {
+    cpu::AttentionParams shardParams = params;
+    shardParams.kvShards = 2;
+    shardParams.kvShard = shard;
+    std::vector<float> partial(static_cast<size_t>(L * partialWidth));
+    cpu::partialAttention(q.data(), k.data(), v.data(), stepOf(0, L), shardParams,
+                          shardCaches[shard], partial.data(), pool);
+    for (int64_t t = 0; t < L; ++t)
+      std::copy_n(partial.data() + t * partialWidth, partialWidth,
+                  gathered.data() + (t * 2 + shard) * partialWidth);
+  }
+  std::vector<float> merged(static_cast<size_t>(L * H * D));
+  cpu::mergeAttention(gathered.data(), L, 2, H, D, merged.data());
+  expectWindowed(merged, 0, "sequence-parallel partials");
+}
+
+// transformers' _compute_llama3_parameters and linear scaling, written out
+// in double: long wavelengths divided by the factor, short ones kept, the
+// band between blended.
+TEST(Rope, ScaledInverseFrequenciesFollowTransformers) {
+  const int64_t D = 16;
+  const double theta = 500000.0, factor = 8, low = 1, high = 4, context = 64;
+  cpu::RopeScaling llama3;
+  llama3.type = cpu::RopeScaling::Llama3;
+  llama3.factor = 8;
+  llama3.lowFreqFactor = 1;
+  llama3.highFreqFactor = 4;
+  llama3.originalMaxPosition = 64;
+  const std::vector<float> got = cpu::ropeInverseFrequencies(D, float(theta), llama3);
+  ASSERT_EQ(got.size(), 8u);
+  int kept = 0, divided = 0, blended = 0;
+  for (int64_t i = 0; i < D / 2; ++i) {
+    const double base = 1.0 / std::pow(theta, double(2 * i) / double(D));
+    const double wavelength = 2 * M_PI / base;
+    double want = base;
+    if (wavelength > context / low) {
+      want = base / factor;
+      ++divided;
+    } else if (wavelength >= context / high) {
+      const double smooth = (context / wavelength - low) / (high - low);
+      want = (1 - smooth) * base / factor + smooth * base;
+      ++blended;
+    } else {
+      ++kept;
+    }
+    EXPECT_NEAR(got[static_cast<size_t>(i)], want, 1e-6 * want) << "i = " << i;
+  }
+  // The 8 frequencies of this shape cover all three bands.
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(blended, 0);
+
+  cpu::RopeScaling linear;
+  linear.type = cpu::RopeScaling::Linear;
+  linear.factor = 2;
+  const std::vector<float> plain = cpu::ropeInverseFrequencies(D, 10000.0f, {});
+  const std::vector<float> halved = cpu::ropeInverseFrequencies(D, 10000.0f, linear);
+  for (size_t i = 0; i < plain.size(); ++i)
+    EXPECT_FLOAT_EQ(halved[i], plain[i] / 2);
 }
 
 } // namespace

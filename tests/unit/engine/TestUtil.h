@@ -95,14 +95,19 @@ inline std::vector<double> refAttention(const std::vector<double> &q,
                                         const std::vector<double> &k,
                                         const std::vector<double> &v,
                                         int64_t L, int64_t Hq, int64_t Hkv,
-                                        int64_t D, double scale) {
+                                        int64_t D, double scale,
+                                        int64_t window = 0) {
   std::vector<double> out(static_cast<size_t>(L * Hq * D), 0.0);
   for (int64_t t = 0; t < L; ++t)
     for (int64_t h = 0; h < Hq; ++h) {
       int64_t kvh = h / (Hq / Hkv);
       std::vector<double> s(static_cast<size_t>(t + 1));
       double mx = -1e300, total = 0.0;
-      for (int64_t j = 0; j <= t; ++j) {
+      // Keys outside a sliding window (j <= t - window) get zero weight.
+      const int64_t first = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+      for (int64_t j = 0; j < first; ++j)
+        s[j] = -1e300;
+      for (int64_t j = first; j <= t; ++j) {
         double dot = 0.0;
         for (int64_t d = 0; d < D; ++d)
           dot += q[(t * Hq + h) * D + d] * k[(j * Hkv + kvh) * D + d];
@@ -110,7 +115,7 @@ inline std::vector<double> refAttention(const std::vector<double> &q,
         mx = std::max(mx, s[j]);
       }
       for (double &e : s)
-        total += (e = std::exp(e - mx));
+        total += (e = e == -1e300 ? 0.0 : std::exp(e - mx));
       for (int64_t j = 0; j <= t; ++j)
         for (int64_t d = 0; d < D; ++d)
           out[(t * Hq + h) * D + d] +=

@@ -6,6 +6,7 @@
 #include "llmir/engine/Tensor.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace llmir::engine {
 
@@ -20,12 +21,31 @@ namespace cpu {
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
             float *y, ThreadPool &pool);
 
-/// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
+/// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H. A per-head norm
+/// (weight of G elements, G dividing the row) passes T * (row / G) rows of G.
 void rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
              float eps, float *y);
 
+/// RoPE frequency scaling (ROPE's rope_* attributes, shard_program.proto).
+struct RopeScaling {
+  enum Type : int64_t { None = 0, Linear = 1, Llama3 = 2 };
+  int64_t type = None;
+  float factor = 1.0f;
+  float lowFreqFactor = 0.0f, highFreqFactor = 0.0f;
+  int64_t originalMaxPosition = 0;
+};
+
+/// The headDim / 2 inverse frequencies, f32, as transformers computes them:
+/// theta^(-2i/headDim), then the scaling (linear: / factor; llama3: Llama
+/// 3.1's wavelength-dependent blend). A device backend uploads these.
+std::vector<float> ropeInverseFrequencies(int64_t headDim, float theta,
+                                          const RopeScaling &scaling);
+
 /// In place HF rotate_half RoPE of x[T, numHeads * headDim]; token t is at
-/// positions[t].
+/// positions[t]; inverseFrequencies has headDim / 2 entries.
+void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, const float *inverseFrequencies);
+/// The same with unscaled ("default") frequencies of `theta`.
 void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
           const int32_t *positions, float theta);
 
@@ -45,11 +65,18 @@ struct AttentionParams {
   int64_t numKvHeads = 0;
   int64_t headDim = 0;
   float scale = 1.0f;
+  /// Sliding window (0: none): a token at position p attends to positions
+  /// j with p - slidingWindow < j <= p (Mistral, Qwen2 sliding layers).
+  int64_t slidingWindow = 0;
   /// Sequence parallelism: this rank holds logical block b of a sequence
   /// when b % kvShards == kvShard (1 and 0: every block).
   int64_t kvShards = 1;
   int64_t kvShard = 0;
 };
+
+/// The first position a token at `position` sees: 0, or with a sliding
+/// window W, max(0, position - W + 1).
+int64_t firstVisiblePosition(int64_t position, int64_t slidingWindow);
 
 /// Writes this step's k, v (row t of each at t * rowStride, Hkv * D floats)
 /// into the cache at the positions of the blocks this rank holds (all of

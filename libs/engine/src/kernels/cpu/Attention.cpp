@@ -1,6 +1,8 @@
 // ATTENTION over the paged KV cache: the step's k/v are stored first, then
 // each (token, query head) attends causally to positions 0..p of its
-// sequence. Softmax is the numerically stable form (max subtracted), f32.
+// sequence (with a sliding window W: positions p - W < j <= p, as
+// transformers masks them). Softmax is the numerically stable form (max
+// subtracted), f32.
 //
 // Two schedules, same math:
 // - a run of >= 4 tokens of one sequence (prefill): its keys are gathered
@@ -47,6 +49,14 @@ struct Geometry {
   }
 };
 
+} // namespace
+
+int64_t firstVisiblePosition(int64_t position, int64_t slidingWindow) {
+  return slidingWindow > 0 ? std::max<int64_t>(0, position - slidingWindow + 1) : 0;
+}
+
+namespace {
+
 // Tokens [begin, end) of the step, all of sequence `seq`.
 struct Run {
   int64_t begin, end;
@@ -63,15 +73,16 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
   const int64_t kvHead = h / (g.params.numHeads / g.params.numKvHeads);
   const int32_t seq = g.step.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
+  const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
   const float *query = q + ((t - g.firstRow) * g.params.numHeads + h) * D;
-  scores.resize(static_cast<size_t>(length));
-  for (int64_t j = 0; j < length; ++j)
-    scores[static_cast<size_t>(j)] = k.dot(query, g.key(seq, j, kvHead), D);
-  k.softmax(scores.data(), length, g.params.scale);
+  scores.resize(static_cast<size_t>(length - first));
+  for (int64_t j = first; j < length; ++j)
+    scores[static_cast<size_t>(j - first)] = k.dot(query, g.key(seq, j, kvHead), D);
+  k.softmax(scores.data(), length - first, g.params.scale);
   float *o = out + ((t - g.firstRow) * g.params.numHeads + h) * D;
   std::fill(o, o + D, 0.0f);
-  for (int64_t j = 0; j < length; ++j)
-    k.axpy(scores[static_cast<size_t>(j)], g.value(seq, j, kvHead), o, D);
+  for (int64_t j = first; j < length; ++j)
+    k.axpy(scores[static_cast<size_t>(j - first)], g.value(seq, j, kvHead), o, D);
 }
 
 // K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
@@ -117,7 +128,9 @@ void attendBlock(const Geometry &g, const Run &run, const float *gathered,
     float *row = s + r * run.padded;
     const int64_t length =
         static_cast<int64_t>(g.step.positions[t0 + std::min(r, rows - 1)]) + 1;
-    k.softmax(row, length, g.params.scale);
+    const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
+    k.softmax(row + first, length - first, g.params.scale);
+    std::fill(row, row + first, 0.0f);             // sliding window
     std::fill(row + length, row + columns, 0.0f); // causal mask
   }
   k.weightedSum4(s, run.padded, v, needed, D, outputs);

@@ -62,14 +62,17 @@ Status runRmsNorm(KernelCall &call) {
   const Tensor &x = act(call, 0);
   const WeightTensor &w = weight(call, 1);
   LLMIR_RETURN_IF_ERROR(expectWeightRank(w, 1, "norm weight"));
-  if (w.shape[0] != x.rowSize())
-    return Status::error("norm weight of " + std::to_string(w.shape[0]) +
-                         " elements for rows of " +
-                         std::to_string(x.rowSize()));
+  // A weight shorter than the row normalises each group of its length
+  // (a per-head norm: Qwen3's q_norm / k_norm over head_dim).
+  const int64_t group = w.shape[0];
+  if (group <= 0 || x.rowSize() % group != 0)
+    return Status::error("norm weight of " + std::to_string(group) +
+                         " elements for rows of " + std::to_string(x.rowSize()) +
+                         " (expected the row width or a divisor of it)");
   Tensor &y = *call.outputs[0];
   y.reshape(x.shape);
-  cpu::rmsNorm(x.data.data(), x.rows(), x.rowSize(), widened(w).data(),
-               call.params->eps, y.data.data());
+  cpu::rmsNorm(x.data.data(), x.rows() * (x.rowSize() / group), group,
+               widened(w).data(), call.params->eps, y.data.data());
   return Status::ok();
 }
 
@@ -116,7 +119,7 @@ Status runRope(KernelCall &call) {
   y = x;
   cpu::rope(y.data.data(), y.rows(), y.rowSize() / headDim, headDim,
             call.step->positions.data() + rows.begin,
-            call.params->theta);
+            call.params->ropeInverseFrequencies.data());
   return Status::ok();
 }
 
@@ -172,13 +175,21 @@ Status runAllGather(KernelCall &call) {
   std::vector<float> gathered(static_cast<size_t>(groupSize * T * width));
   LLMIR_RETURN_IF_ERROR(call.comm->allGather(x.data.data(), x.data.size(),
                                              gathered.data(), group));
-  // Rank-major [G][T][N_local] -> [T][G * N_local].
+  // Rank-major [G][T][N_local] -> [T][G * N_local - padding]: the trailing
+  // `padding` columns (vocabulary padding of the last ranks) are dropped.
+  const int64_t padding = call.params->gatherPadding;
+  const int64_t outWidth = width * groupSize - padding;
+  if (padding < 0 || outWidth < 0)
+    return Status::error("padding " + std::to_string(padding) + " outside the " +
+                         std::to_string(width * groupSize) + " gathered columns");
   Tensor &y = *call.outputs[0];
-  y.reshape({T, width * groupSize});
-  for (int64_t r = 0; r < groupSize; ++r)
+  y.reshape({T, outWidth});
+  for (int64_t r = 0; r < groupSize; ++r) {
+    const int64_t columns = std::clamp<int64_t>(outWidth - r * width, 0, width);
     for (int64_t t = 0; t < T; ++t)
-      std::copy_n(gathered.data() + (r * T + t) * width, width,
-                  y.data.data() + t * width * groupSize + r * width);
+      std::copy_n(gathered.data() + (r * T + t) * width, columns,
+                  y.data.data() + t * outWidth + r * width);
+  }
   return Status::ok();
 }
 

@@ -1,7 +1,8 @@
 // ROPE, Hugging Face rotate_half convention: for head dimension D the pairs
-// are (i, i + D/2) with inv_freq[i] = theta^(-2i/D). The angles are formed in
-// f32 exactly as HF does (f32 inv_freq times f32 position) so that long
-// positions round the same way.
+// are (i, i + D/2) with inv_freq[i] = theta^(-2i/D), optionally scaled
+// (linear, llama3). The frequencies and angles are formed in f32 exactly as
+// HF does (f32 inv_freq times f32 position) so that long positions round the
+// same way.
 #include "llmir/engine/CpuKernels.h"
 
 #include <cmath>
@@ -9,8 +10,8 @@
 
 namespace llmir::engine::cpu {
 
-void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-          const int32_t *positions, float theta) {
+std::vector<float> ropeInverseFrequencies(int64_t headDim, float theta,
+                                          const RopeScaling &scaling) {
   const int64_t half = headDim / 2;
   std::vector<float> inverseFrequency(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
@@ -19,12 +20,42 @@ void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
                                               static_cast<double>(exponent)));
     inverseFrequency[static_cast<size_t>(i)] = 1.0f / power;
   }
+  if (scaling.type == RopeScaling::Linear) {
+    for (float &f : inverseFrequency)
+      f /= scaling.factor;
+  } else if (scaling.type == RopeScaling::Llama3) {
+    // transformers' _compute_llama3_parameters, in f32 like its tensors:
+    // long wavelengths are divided by factor, short ones kept, and those in
+    // between blended by (context / wavelength - low) / (high - low).
+    const float context = static_cast<float>(scaling.originalMaxPosition);
+    const float lowFreqWavelength = static_cast<float>(
+        static_cast<double>(scaling.originalMaxPosition) / scaling.lowFreqFactor);
+    const float highFreqWavelength = static_cast<float>(
+        static_cast<double>(scaling.originalMaxPosition) / scaling.highFreqFactor);
+    const float twoPi = static_cast<float>(2.0 * M_PI);
+    for (float &f : inverseFrequency) {
+      const float wavelength = twoPi / f;
+      if (wavelength > lowFreqWavelength) {
+        f = f / scaling.factor;
+      } else if (!(wavelength < highFreqWavelength)) {
+        const float smooth = (context / wavelength - scaling.lowFreqFactor) /
+                             (scaling.highFreqFactor - scaling.lowFreqFactor);
+        f = (1.0f - smooth) * f / scaling.factor + smooth * f;
+      }
+    }
+  }
+  return inverseFrequency;
+}
+
+void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, const float *inverseFrequency) {
+  const int64_t half = headDim / 2;
   std::vector<float> cosines(static_cast<size_t>(half));
   std::vector<float> sines(static_cast<size_t>(half));
   for (int64_t t = 0; t < T; ++t) {
     const float position = static_cast<float>(positions[t]);
     for (int64_t i = 0; i < half; ++i) {
-      float angle = position * inverseFrequency[static_cast<size_t>(i)];
+      float angle = position * inverseFrequency[i];
       cosines[static_cast<size_t>(i)] =
           static_cast<float>(std::cos(static_cast<double>(angle)));
       sines[static_cast<size_t>(i)] =
@@ -41,6 +72,13 @@ void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
       }
     }
   }
+}
+
+void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, float theta) {
+  const std::vector<float> inverseFrequency =
+      ropeInverseFrequencies(headDim, theta, RopeScaling{});
+  rope(x, T, numHeads, headDim, positions, inverseFrequency.data());
 }
 
 } // namespace llmir::engine::cpu

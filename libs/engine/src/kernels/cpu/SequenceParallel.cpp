@@ -39,11 +39,12 @@ float attendOwnedPositions(const float *q, int64_t t, int64_t h,
   const int64_t kvHead = h / (p.numHeads / p.numKvHeads);
   const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
   const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
+  const int64_t first = firstVisiblePosition(length - 1, p.slidingWindow);
   const float *query = q + (t * p.numHeads + h) * D;
   // Visible positions of the owned blocks, in order.
   auto forEachOwned = [&](auto &&fn) {
     for (int64_t b = p.kvShard; b * B < length; b += p.kvShards)
-      for (int64_t j = b * B; j < std::min(length, (b + 1) * B); ++j)
+      for (int64_t j = std::max(first, b * B); j < std::min(length, (b + 1) * B); ++j)
         fn(table[static_cast<size_t>(b)], j % B);
   };
   scores.clear();

@@ -311,13 +311,15 @@ private:
     case proto::RMS_NORM: {
       const DeviceTensor &x = act(0);
       const DeviceWeight &w = weight(1);
-      if (w.shape.size() != 1 || w.shape[0] != x.rowSize())
+      // A weight shorter than the row: a per-head norm (Qwen3's q/k norm),
+      // each group of its length normalised apart (contiguous rows of it).
+      if (w.shape.size() != 1 || w.shape[0] <= 0 || x.rowSize() % w.shape[0] != 0)
         return Status::error("norm weight " + model::formatShape(w.shape) +
                              " for rows of " + std::to_string(x.rowSize()));
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
-      return cuda::rmsNorm(x.data(), x.rows(), x.rowSize(), w.widened.data, p.eps,
-                           y.data());
+      return cuda::rmsNorm(x.data(), x.rows() * (x.rowSize() / w.shape[0]), w.shape[0],
+                           w.widened.data, p.eps, y.data());
     }
     case proto::LINEAR: {
       const DeviceTensor &x = act(0);
@@ -338,6 +340,11 @@ private:
         return Status::error("ROPE input " + model::formatShape(x.shape) + " for " +
                              std::to_string(r.size()) + " rows of whole heads of " +
                              std::to_string(p.headDim));
+      // TODO(issue 12): scaled frequencies (p.ropeInverseFrequencies) on the
+      // device; refused rather than rotated with unscaled ones.
+      if (p.ropeScaling.type != cpu::RopeScaling::None)
+        return Status::error("ROPE rope_scaling " + std::to_string(p.ropeScaling.type) +
+                             " is not implemented by the CUDA backend yet");
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
       LLMIR_RETURN_IF_ERROR(copy(y.data(), x.data(), x.numel()));
@@ -349,6 +356,8 @@ private:
     case proto::ATTENTION:
     case proto::ATTENTION_PARTIAL: {
       const cpu::AttentionParams &a = p.attention;
+      if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
+        return Status::error("sliding_window is not implemented by the CUDA backend yet");
       const int64_t qWidth = a.numHeads * a.headDim, kvWidth = a.numKvHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), T(), qWidth, "query"));
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(1), T(), kvWidth, "key"));
@@ -400,17 +409,26 @@ private:
       const int64_t rowsN = x.rows(), width = x.rowSize(), G = p.groupSize;
       LLMIR_RETURN_IF_ERROR(scratch_.reshape({G * rowsN * width}));
       LLMIR_RETURN_IF_ERROR(allGather(x.data(), x.numel(), scratch_.data(), G, p.group));
-      // Rank-major [G][T][N_local] -> [T][G * N_local].
+      // Rank-major [G][T][N_local] -> [T][G * N_local - padding]: the last
+      // `padding` columns (vocabulary padding) are dropped.
+      const int64_t outWidth = width * G - p.gatherPadding;
+      if (p.gatherPadding < 0 || outWidth < 0)
+        return Status::error("ALL_GATHER padding " + std::to_string(p.gatherPadding) +
+                             " outside the " + std::to_string(width * G) + " columns");
       DeviceTensor &y = out(0);
-      LLMIR_RETURN_IF_ERROR(y.reshape({rowsN, width * G}));
-      for (int64_t r = 0; r < G && rowsN > 0 && width > 0; ++r)
+      LLMIR_RETURN_IF_ERROR(y.reshape({rowsN, outWidth}));
+      for (int64_t r = 0; r < G && rowsN > 0 && width > 0; ++r) {
+        const int64_t columns = std::clamp<int64_t>(outWidth - r * width, 0, width);
+        if (columns == 0)
+          continue;
         LLMIR_RETURN_IF_ERROR(check(
-            cudaMemcpy2DAsync(y.data() + r * width, static_cast<size_t>(G * width) * sizeof(float),
+            cudaMemcpy2DAsync(y.data() + r * width, static_cast<size_t>(outWidth) * sizeof(float),
                               scratch_.data() + r * rowsN * width,
                               static_cast<size_t>(width) * sizeof(float),
-                              static_cast<size_t>(width) * sizeof(float),
+                              static_cast<size_t>(columns) * sizeof(float),
                               static_cast<size_t>(rowsN), cudaMemcpyDeviceToDevice),
             "all-gather layout"));
+      }
       return Status::ok();
     }
     case proto::SEND: {
@@ -511,6 +529,8 @@ private:
     }
     case proto::SP_ATTENTION: {
       const cpu::AttentionParams &a = p.attention;
+      if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
+        return Status::error("sliding_window is not implemented by the CUDA backend yet");
       const RowRange r = rows();
       const int64_t qWidth = a.numHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), r.size(), qWidth, "query slice"));

@@ -125,7 +125,8 @@ def LLM_SequenceParallelAttentionOp : LLM_Op<"sequence_parallel_attention"> {
                        OptionalAttr<LLM_I32Attr>:$num_heads,
                        OptionalAttr<LLM_I32Attr>:$num_kv_heads,
                        OptionalAttr<LLM_I32Attr>:$head_dim,
-                       OptionalAttr<F32Attr>:$scale);
+                       OptionalAttr<F32Attr>:$scale,
+                       OptionalAttr<LLM_I32Attr>:$sliding_window);
   let results = (outs LLM_FloatTensor:$result);
   let extraClassDeclaration = [{
     /// The decoder form: (q, k, v, cache) over this device's rows.
@@ -150,7 +151,8 @@ def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
                        OptionalAttr<LLM_I32Attr>:$layer,
                        LLM_I32Attr:$num_heads,
                        OptionalAttr<LLM_I32Attr>:$num_kv_heads,
-                       LLM_I32Attr:$head_dim, F32Attr:$scale);
+                       LLM_I32Attr:$head_dim, F32Attr:$scale,
+                       OptionalAttr<LLM_I32Attr>:$sliding_window);
   let results = (outs RankedTensorOf<[AnyFloat]>:$result);
   let extraClassDeclaration = [{
     /// The decoder form: (q, k, v, cache) over 2-D activations.
@@ -189,10 +191,15 @@ def LLM_WeightOp : LLM_Op<"weight", [NoSideEffect]> {
   let description = [{
     With `shard_dim` and `num_shards` the result is one of `num_shards` equal
     slices of the named tensor along `shard_dim`; which slice is decided per
-    rank at lowering.
+    rank at lowering. With `row_offset` and `tensor_rows` the named tensor
+    (of `tensor_rows` rows) is read from row `row_offset` on: a part of a
+    fused tensor (Phi-3's qkv_proj, gate_up_proj); a dim-0 shard is then a
+    slice of that part.
   }];
   let arguments = (ins StrAttr:$name, OptionalAttr<LLM_I32Attr>:$shard_dim,
-                       OptionalAttr<LLM_I32Attr>:$num_shards);
+                       OptionalAttr<LLM_I32Attr>:$num_shards,
+                       OptionalAttr<LLM_I64Attr>:$row_offset,
+                       OptionalAttr<LLM_I64Attr>:$tensor_rows);
   let results = (outs LLM_FloatTensor:$result);
   let assemblyFormat = "$name attr-dict `:` type($result)";
 }
@@ -204,7 +211,7 @@ def LLM_EmbeddingOp : LLM_Op<"embedding", [NoSideEffect]> {
 }
 
 def LLM_RMSNormOp : LLM_Op<"rms_norm", [NoSideEffect]> {
-  let summary = "x / sqrt(mean(x^2) + epsilon) * weight, per token";
+  let summary = "x / sqrt(mean(x^2) + epsilon) * weight, per group of weight-size features";
   let arguments = (ins LLM_Activation:$input, 1DTensorOf<[AnyFloat]>:$weight,
                        F32Attr:$epsilon);
   let results = (outs LLM_Activation:$result);
@@ -220,7 +227,12 @@ def LLM_LinearOp : LLM_Op<"linear", [NoSideEffect]> {
 def LLM_RotaryEmbeddingOp : LLM_Op<"rotary_embedding", [NoSideEffect]> {
   let summary = "rotary position embedding per head (rotate_half convention)";
   let arguments = (ins LLM_Activation:$input, LLM_TokenVector:$positions,
-                       LLM_I32Attr:$head_dim, F32Attr:$theta);
+                       LLM_I32Attr:$head_dim, F32Attr:$theta,
+                       OptionalAttr<StrAttr>:$scaling,
+                       OptionalAttr<F32Attr>:$scaling_factor,
+                       OptionalAttr<F32Attr>:$low_freq_factor,
+                       OptionalAttr<F32Attr>:$high_freq_factor,
+                       OptionalAttr<LLM_I32Attr>:$original_max_position);
   let results = (outs LLM_Activation:$result);
 }
 
@@ -231,7 +243,7 @@ def LLM_PagedAttentionOp : LLM_Op<"paged_attention"> {
                        Arg<LLM_PagedKVCacheType, "paged KV cache", [MemRead, MemWrite]>:$cache,
                        LLM_I32Attr:$layer, LLM_I32Attr:$num_heads,
                        LLM_I32Attr:$num_kv_heads, LLM_I32Attr:$head_dim,
-                       F32Attr:$scale);
+                       F32Attr:$scale, OptionalAttr<LLM_I32Attr>:$sliding_window);
   let results = (outs LLM_Activation:$result);
 }
 

@@ -31,6 +31,10 @@ enum class LayerTensor {
   GateProj,          // mlp.gate_proj.weight
   UpProj,            // mlp.up_proj.weight
   DownProj,          // mlp.down_proj.weight
+  QNorm,             // self_attn.q_norm.weight (Qwen3: per-head RMSNorm of q)
+  KNorm,             // self_attn.k_norm.weight (Qwen3: per-head RMSNorm of k)
+  QKVProj,           // self_attn.qkv_proj.weight (Phi-3: rows q, k, v)
+  GateUpProj,        // mlp.gate_up_proj.weight (Phi-3: rows gate, up)
 };
 
 /// "model.layers.3.self_attn.k_proj.weight" for (3, KProj).
