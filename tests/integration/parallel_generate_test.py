@@ -12,6 +12,8 @@ SP shares each sequence's KV blocks round-robin over the sp ranks, and the
     error of the single-process engine's, and within the model's tolerance of
     reference_logits.safetensors (1e-4; 1e-3 for demo-llama-4m, whose
     reference carries 3.4e-4 attention error, see HfReferenceTest.cpp).
+A vocabulary tp does not divide (the demo model cut to 2045 tokens) gives the
+reference's ids and logits at TP=2, TP=2 x PP=2 and TP=4.
 Failure semantics: SIGKILL of one worker mid-generation makes the launcher
 exit non-zero within the timeout, naming the killed rank, and the surviving
 workers report their own errors.
@@ -100,6 +102,75 @@ def check_model(binary, model_dir, tolerance, cases_to_run, tmp, layouts=LAYOUTS
             print(f"ok: {where}: vs 1 rank {vs_single:.1e}, vs reference {vs_ref:.1e}", flush=True)
 
 
+def truncated_vocabulary(model_dir, vocab, out_dir):
+    """A copy of `model_dir` keeping the first `vocab` rows of the embedding
+    and LM head: its logits are the original's first `vocab` columns, so the
+    original's reference is its oracle (while no reference id is dropped)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    config["vocab_size"] = vocab
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        data = f.read()
+    out_header, chunks, offset = {}, [], 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            out_header[name] = info
+            continue
+        begin, end = info["data_offsets"]
+        chunk = data[begin:end]
+        shape = list(info["shape"])
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            row = len(chunk) // shape[0]
+            shape[0] = vocab
+            chunk = chunk[:vocab * row]
+        out_header[name] = {"dtype": info["dtype"], "shape": shape,
+                            "data_offsets": [offset, offset + len(chunk)]}
+        chunks.append(chunk)
+        offset += len(chunk)
+    encoded = json.dumps(out_header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(os.path.join(out_dir, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
+
+
+def check_padded_vocabulary(binary, demo, tmp):
+    """A vocabulary tp does not divide (2045 = 2 x 1023 - 1 = 4 x 512 - 3):
+    padded rows, never sampled, never in the logits returned."""
+    vocab = 2045
+    model_dir = os.path.join(tmp, "demo-vocab-2045")
+    truncated_vocabulary(demo, vocab, model_dir)
+    cases = reference_cases(demo)
+    reference = read_safetensors(os.path.join(demo, "reference_logits.safetensors"))
+    for c in (0, 1):
+        case = cases[c]
+        check(max(case["greedy_ids"] + case["prompt_ids"]) < vocab, "a reference id is dropped")
+        for layout, flags in (("tp2", ["--tp", "2"]), ("tp2xpp2", ["--tp", "2", "--pp", "2"]),
+                              ("tp4", ["--tp", "4"])):
+            where = f"vocabulary {vocab} case {c} {layout}"
+            path = os.path.join(tmp, f"vocab-{c}-{layout}.safetensors")
+            proc = generate(binary, model_dir, case, flags, path)
+            check(proc.returncode == 0, f"{where}: exit {proc.returncode}: {proc.stderr}")
+            if proc.returncode != 0:
+                continue
+            out = json.loads(proc.stdout)
+            check(out["output_ids"] == case["greedy_ids"],
+                  f"{where}: output {out['output_ids']} != reference {case['greedy_ids']}")
+            shape, logits = read_safetensors(path)["logits"]
+            (rows, full_vocab), ref = reference[f"prompt{c}.logits"]
+            check(shape == [rows, vocab], f"{where}: logits shape {shape}, expected {[rows, vocab]}")
+            if shape != [rows, vocab]:
+                continue
+            kept = [x for r in range(rows) for x in ref[r * full_vocab:r * full_vocab + vocab]]
+            error = relative_error(logits, kept)
+            check(error < 1e-3, f"{where}: logits differ from the reference by {error:.2e}")
+            print(f"ok: {where}: vs reference {error:.1e}", flush=True)
+
+
 def worker_ranks(launcher_pid):
     """{rank: pid} of the launcher's worker processes."""
     ranks = {}
@@ -164,6 +235,7 @@ def main():
         for model_dir in family_models(args.fixtures):
             layouts = FAMILY_LAYOUTS.get(os.path.basename(model_dir), LAYOUTS[:1])
             check_model(args.generate, model_dir, 1e-4, [0, 1], tmp, layouts)
+        check_padded_vocabulary(args.generate, demo, tmp)
     check_killed_rank(args.generate, demo)
 
     exit_on_failures()

@@ -6,7 +6,9 @@
 // dim 1, partial sum) and followed by the block's single llm.all_reduce.
 // Attention keeps heads / tp local heads. The embedding table and the LM head
 // are vocabulary-parallel: the embedding's partial rows are all-reduced, the
-// logits' vocabulary slices all-gathered on the last dim. `shard_id` is 0 in
+// logits' vocabulary slices all-gathered on the last dim (a vocabulary tp
+// does not divide is padded to tp x ceil(V / tp) rows, the padding's logits
+// dropped by the gather). `shard_id` is 0 in
 // this rank-independent module; the lowering picks each rank's slice.
 //
 // Pipeline parallelism: the body becomes one llm.pipeline_stage per stage
@@ -62,8 +64,10 @@ public:
   }
 
 private:
-  /// Slices the weight `w` (an llm.weight) `tp` ways along `dim`.
-  LogicalResult shard(Value w, unsigned dim) {
+  /// Slices the weight `w` (an llm.weight) `tp` ways along `dim`. With
+  /// `pad` (the vocabulary dim of the embedding and LM head), a size that tp
+  /// does not divide is padded with zero rows up to tp x ceil(size / tp).
+  LogicalResult shard(Value w, unsigned dim, bool pad = false) {
     auto weight = w.getDefiningOp<llm::WeightOp>();
     if (!weight)
       return step.emitError("a sharded operand is not an llm.weight");
@@ -72,17 +76,20 @@ private:
                                           << "' has several users, expected one";
     auto type = weight.getType().cast<RankedTensorType>();
     int64_t full = type.getDimSize(dim);
-    if (full % tp != 0)
+    if (full % tp != 0 && !(pad && dim == 0 && !weight.getRowOffset()))
       return weight.emitError("weight '")
              << weight.getName() << "' dim " << dim << " is " << full
              << ", not divisible by tp = " << tp;
-    weight.getResult().setType(withDim(type, dim, full / tp));
+    if (full % tp != 0)
+      weight.setTensorRowsAttr(b.getI64IntegerAttr(full));
+    weight.getResult().setType(withDim(type, dim, (full + tp - 1) / tp));
     weight.setShardDimAttr(b.getI32IntegerAttr(dim));
     weight.setNumShardsAttr(b.getI32IntegerAttr(tp));
     return success();
   }
 
-  Value collectiveAfter(Operation *op, bool gather) {
+  /// `padding`: trailing gathered columns to drop (vocabulary padding).
+  Value collectiveAfter(Operation *op, bool gather, int64_t padding = 0) {
     b.setInsertionPointAfter(op);
     Value local = op->getResult(0);
     Operation *collective;
@@ -90,8 +97,9 @@ private:
       auto type = local.getType().cast<RankedTensorType>();
       unsigned last = type.getRank() - 1;
       collective = b.create<llm::AllGatherOp>(
-          op->getLoc(), withDim(type, last, type.getDimSize(last) * tp), local,
-          b.getI32IntegerAttr(last), b.getI32IntegerAttr(tp));
+          op->getLoc(), withDim(type, last, type.getDimSize(last) * tp - padding),
+          local, b.getI32IntegerAttr(last), b.getI32IntegerAttr(tp),
+          padding ? b.getI64IntegerAttr(padding) : IntegerAttr());
     } else {
       collective = b.create<llm::AllReduceOp>(op->getLoc(), local.getType(), local,
                                               b.getStringAttr("sum"),
@@ -129,18 +137,21 @@ private:
   LogicalResult rewrite(Operation *op) {
     if (auto l = dyn_cast<llm::LinearOp>(op))
       return rewriteLinear(l);
+    // Vocabulary-parallel: a vocabulary tp does not divide is padded (the
+    // embedding never looks padding rows up; the gather drops their logits).
     if (auto e = dyn_cast<llm::EmbeddingOp>(op)) {
-      if (failed(shard(e.getTable(), 0)))
+      if (failed(shard(e.getTable(), 0, /*pad=*/true)))
         return failure();
       collectiveAfter(e, /*gather=*/false);
       return success();
     }
     if (auto l = dyn_cast<llm::LogitsOp>(op)) {
-      if (failed(shard(l.getWeight(), 0)))
+      if (failed(shard(l.getWeight(), 0, /*pad=*/true)))
         return failure();
       auto type = l.getType().cast<RankedTensorType>();
-      l.getResult().setType(withDim(type, 1, type.getDimSize(1) / tp));
-      collectiveAfter(l, /*gather=*/true);
+      const int64_t vocab = type.getDimSize(1), local = (vocab + tp - 1) / tp;
+      l.getResult().setType(withDim(type, 1, local));
+      collectiveAfter(l, /*gather=*/true, local * tp - vocab);
       return success();
     }
     if (auto a = dyn_cast<llm::PagedAttentionOp>(op)) {
@@ -282,7 +293,7 @@ void shardCacheAlongSequence(func::FuncOp step, int sp) {
     Value rows = logits.getInput();
     auto gathered = b.create<llm::AllGatherOp>(
         logits.getLoc(), rows.getType(), rows, b.getI32IntegerAttr(0),
-        b.getI32IntegerAttr(sp));
+        b.getI32IntegerAttr(sp), IntegerAttr());
     logits.getInputMutable().assign(gathered.getResult());
   });
 }

@@ -1,6 +1,7 @@
 // llm-partition: decides (tp, pp, sp) and the stage split and writes
 // `llm.partition`. Fixed degrees (pass options, or the spec's fixed keys) are
-// checked (heads, KV heads, MLP width and vocabulary divide by tp; at least
+// checked (heads, KV heads and MLP width divide by tp, a vocabulary that
+// does not is padded; at least
 // one layer per stage; the model fits) and applied; with "auto" degrees every
 // feasible candidate is evaluated (PlanSearch) and the best predicted decode
 // throughput within the latency target wins. Stages are balanced by

@@ -159,9 +159,6 @@ public:
     if (model.mlpWidth % tp != 0)
       return "tp = " + std::to_string(tp) + " is infeasible: MLP width " +
              std::to_string(model.mlpWidth) + " is not divisible by tp";
-    if (model.vocabSize % tp != 0)
-      return "tp = " + std::to_string(tp) + " is infeasible: vocabulary " +
-             std::to_string(model.vocabSize) + " is not divisible by tp";
     if (pp > static_cast<int>(model.layers.size()))
       return "pp = " + std::to_string(pp) + " exceeds the model's " +
              std::to_string(model.layers.size()) +

@@ -7,6 +7,7 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 
+#include <algorithm>
 #include <map>
 #include <tuple>
 
@@ -142,7 +143,7 @@ private:
   llvm::Error lowerWeight(llm::WeightOp op) {
     auto type = op.getType().cast<RankedTensorType>();
     std::vector<int64_t> full(type.getShape().begin(), type.getShape().end());
-    int64_t dim = -1, offset = 0, length = 0;
+    int64_t dim = -1, offset = 0, length = 0, paddedLength = 0;
     if (auto shardDim = op.getShardDim()) {
       int64_t numShards = *op.getNumShards();
       if (numShards != placement.tpSize)
@@ -153,6 +154,14 @@ private:
       length = full[dim];
       offset = length * placement.tpRank;
       full[dim] = length * numShards;
+    }
+    if (op.getTensorRows() && !op.getRowOffset()) {
+      // Vocabulary padding: this rank's rows past the tensor are zeros.
+      const int64_t rows = *op.getTensorRows();
+      paddedLength = length;
+      length = std::clamp<int64_t>(rows - offset, 0, length);
+      offset = std::min(offset, rows);
+      full[0] = rows;
     }
     if (auto rowOffset = op.getRowOffset()) { // a part of a fused tensor
       if (dim > 0)
@@ -179,6 +188,8 @@ private:
     slice->set_dim(dim);
     slice->set_offset(offset);
     slice->set_length(length);
+    if (paddedLength > length)
+      slice->set_padded_length(paddedLength);
     for (int64_t d : full)
       slice->add_full_shape(d);
     return llvm::Error::success();
@@ -212,7 +223,13 @@ private:
                                    ", ALL_GATHER concatenates the last dim only "
                                    "(and ALL_GATHER_ROWS dim 0 of a token-split "
                                    "function's rows)");
-          return lowerTensorParallelCollective(op, proto::ALL_GATHER, g.getGroupSize());
+          if (llvm::Error err =
+                  lowerTensorParallelCollective(op, proto::ALL_GATHER, g.getGroupSize()))
+            return err;
+          if (auto padding = g.getPadding()) // the vocabulary padding's logits
+            (*program.mutable_instructions()->rbegin()->mutable_int_attrs())["padding"] =
+                *padding;
+          return llvm::Error::success();
         })
         .Case([&](llm::PipelineRecvOp r) -> llvm::Error {
           if (placement.prevStageRank < 0)

@@ -10,13 +10,41 @@
 namespace llmir::engine {
 namespace {
 
+/// Appends zero rows up to `rows` (vocabulary padding, WeightSlice
+/// padded_length).
+void padRows(WeightTensor &w, int64_t rows) {
+  if (w.shape.empty() || w.shape[0] >= rows)
+    return;
+  int64_t rowElements = 1;
+  for (size_t d = 1; d < w.shape.size(); ++d)
+    rowElements *= w.shape[d];
+  w.data.resize(static_cast<size_t>(rows * rowElements) * weightElementSize(w.dtype), std::byte{0});
+  w.shape[0] = rows;
+}
+
 Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
                                 const BoundSlot &slot,
                                 const WeightProvider &provider) {
-  Result<WeightTensor> loaded = provider(slice);
+  const std::vector<int64_t> &expected = slot.shape;
+  const bool padded = slice.padded_length() > slice.length();
+  if (padded && (slice.dim() != 0 || expected.empty() ||
+                 expected[0] != slice.padded_length()))
+    return Status::error("padded_length " + std::to_string(slice.padded_length()) +
+                         " needs dim 0 and a slot of that many rows, the slot is " +
+                         model::formatShape(expected));
+  Result<WeightTensor> loaded = WeightTensor{};
+  if (padded && slice.length() == 0) { // a rank holding only padding
+    loaded->dtype = slot.dtype;
+    loaded->shape = expected;
+    loaded->shape[0] = 0;
+  } else {
+    loaded = provider(slice);
+  }
   if (!loaded)
     return loaded.status();
   WeightTensor &w = *loaded;
+  if (padded)
+    padRows(w, slice.padded_length());
   if (w.shape != slot.shape)
     return Status::error("provider returned shape " + model::formatShape(w.shape) +
                          "; the slot expects " + model::formatShape(slot.shape));

@@ -24,9 +24,18 @@ LogicalResult WeightOp::verify() {
     return emitOpError() << "has only one of shard_dim and num_shards, "
                             "expected both or neither";
   Optional<int64_t> rowOffset = getRowOffset(), tensorRows = getTensorRows();
-  if (rowOffset.has_value() != tensorRows.has_value())
+  if (rowOffset && !tensorRows)
     return emitOpError() << "has only one of row_offset and tensor_rows, "
                             "expected both or neither";
+  if (tensorRows && !rowOffset) { // vocabulary padding of a dim-0 shard
+    if (!shardDim || *shardDim != 0)
+      return emitOpError() << "has tensor_rows without row_offset (padding), "
+                              "expected a shard along dim 0";
+    const int64_t rows = type.getDimSize(0) * *numShards;
+    if (*tensorRows < 1 || *tensorRows > rows)
+      return emitOpError() << "tensor_rows is " << *tensorRows
+                           << ", expected 1 to num_shards x dim 0 (" << rows << ")";
+  }
   if (rowOffset) {
     if (shardDim && *shardDim != 0)
       return emitOpError() << "reads a row range (row_offset) and is sharded "

@@ -44,11 +44,18 @@ LogicalResult AllGatherOp::verify() {
         return failure();
       continue;
     }
+    const int64_t padding = getPadding().value_or(0);
+    if (padding < 0 || (!ShapedType::isDynamic(inDim) &&
+                        padding >= inDim * getGroupSize()))
+      return emitOpError() << "padding is " << padding
+                           << ", expected >= 0 and below the gathered size";
     int64_t gathered =
-        ShapedType::isDynamic(inDim) ? inDim : inDim * getGroupSize();
+        ShapedType::isDynamic(inDim) ? inDim : inDim * getGroupSize() - padding;
     if (failed(verifyDim(op, "result", result, d, gathered,
                          "group_size (" + Twine(getGroupSize()) +
-                             ") x input dim (" + Twine(inDim) + ")")))
+                             ") x input dim (" + Twine(inDim) + ")" +
+                             (padding ? " - padding (" + Twine(padding) + ")"
+                                      : Twine()))))
       return failure();
   }
   return success();

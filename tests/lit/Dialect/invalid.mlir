@@ -1086,3 +1086,35 @@ func.func @sliding_window_128(%q: tensor<2x1x8x32xf32>, %c: !llm.sharded_kv_cach
   %r = llm.distributed_attention(%q, %c) {num_heads = 8 : i32, head_dim = 32 : i32, scale = 0.17 : f32, sliding_window = 4 : i32} : (tensor<2x1x8x32xf32>, !llm.sharded_kv_cache<f32, 4, 8, 32, 16, 1024, shards=2>) -> tensor<2x1x8x32xf32>
   return
 }
+
+// -----
+
+func.func @all_gather_padding_129(%x: tensor<?x389xf32>) {
+  // expected-error @+1 {{'llm.all_gather' op result dim 1 is 778, expected group_size (2) x input dim (389) - padding (1) = 777}}
+  %g = llm.all_gather(%x) {dim = 1 : i32, group_size = 2 : i32, padding = 1 : i64} : (tensor<?x389xf32>) -> tensor<?x778xf32>
+  return
+}
+
+// -----
+
+func.func @all_gather_padding_130(%x: tensor<?x389xf32>) {
+  // expected-error @+1 {{'llm.all_gather' op padding is 778, expected >= 0 and below the gathered size}}
+  %g = llm.all_gather(%x) {dim = 1 : i32, group_size = 2 : i32, padding = 778 : i64} : (tensor<?x389xf32>) -> tensor<?x0xf32>
+  return
+}
+
+// -----
+
+func.func @weight_padding_131() {
+  // expected-error @+1 {{'llm.weight' op has tensor_rows without row_offset (padding), expected a shard along dim 0}}
+  %w = llm.weight "embed" {tensor_rows = 777 : i64} : tensor<389x64xf32>
+  return
+}
+
+// -----
+
+func.func @weight_padding_132() {
+  // expected-error @+1 {{'llm.weight' op tensor_rows is 800, expected 1 to num_shards x dim 0 (778)}}
+  %w = llm.weight "embed" {shard_dim = 0 : i32, num_shards = 2 : i32, tensor_rows = 800 : i64} : tensor<389x64xf32>
+  return
+}

@@ -49,7 +49,8 @@ def LLM_ShardedLinearOp : LLM_Op<"sharded_linear", [NoSideEffect]> {
 def LLM_AllGatherOp : LLM_Op<"all_gather"> {
   let summary = "concatenate the tensors of a device group along `dim`";
   let arguments = (ins AnyRankedTensor:$input, LLM_I32Attr:$dim,
-                       LLM_I32Attr:$group_size);
+                       LLM_I32Attr:$group_size,
+                       OptionalAttr<LLM_I64Attr>:$padding);
   let results = (outs AnyRankedTensor:$result);
 }
 
@@ -194,7 +195,9 @@ def LLM_WeightOp : LLM_Op<"weight", [NoSideEffect]> {
     rank at lowering. With `row_offset` and `tensor_rows` the named tensor
     (of `tensor_rows` rows) is read from row `row_offset` on: a part of a
     fused tensor (Phi-3's qkv_proj, gate_up_proj); a dim-0 shard is then a
-    slice of that part.
+    slice of that part. `tensor_rows` alone on a dim-0 shard: the tensor has
+    fewer rows than num_shards x the slice's; the rows past it are zeros
+    (vocabulary padding).
   }];
   let arguments = (ins StrAttr:$name, OptionalAttr<LLM_I32Attr>:$shard_dim,
                        OptionalAttr<LLM_I32Attr>:$num_shards,
