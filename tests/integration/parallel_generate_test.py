@@ -13,7 +13,9 @@ SP shares each sequence's KV blocks round-robin over the sp ranks, and the
     reference_logits.safetensors (1e-4; 1e-3 for demo-llama-4m, whose
     reference carries 3.4e-4 attention error, see HfReferenceTest.cpp).
 A vocabulary tp does not divide (the demo model cut to 2045 tokens) gives the
-reference's ids and logits at TP=2, TP=2 x PP=2 and TP=4.
+reference's ids and logits at TP=2, TP=2 x PP=2 and TP=4; KV heads
+replicated when tp exceeds them (demo at TP=8, tiny-llama-gqa at TP=4 and
+TP=4 x PP=2) too.
 Failure semantics: SIGKILL of one worker mid-generation makes the launcher
 exit non-zero within the timeout, naming the killed rank, and the surviving
 workers report their own errors.
@@ -236,6 +238,13 @@ def main():
             layouts = FAMILY_LAYOUTS.get(os.path.basename(model_dir), LAYOUTS[:1])
             check_model(args.generate, model_dir, 1e-4, [0, 1], tmp, layouts)
         check_padded_vocabulary(args.generate, demo, tmp)
+        # KV heads replicated when tp exceeds them: the demo model's 4 KV
+        # heads at TP=8 (one query head per rank), tiny-llama-gqa's 2 at TP=4.
+        check_model(args.generate, demo, 1e-3, [0], tmp, [("tp8", ["--tp", "8"])])
+        gqa = os.path.join(args.fixtures, "tiny-llama-gqa")
+        if os.path.isdir(gqa):
+            check_model(args.generate, gqa, 1e-4, [0, 1], tmp,
+                        [("tp4", ["--tp", "4"]), ("tp4xpp2", ["--tp", "4", "--pp", "2"])])
     check_killed_rank(args.generate, demo)
 
     exit_on_failures()

@@ -4,7 +4,10 @@
 // column-parallel (weight sliced on dim 0, local output); a linear fed by
 // attention or SwiGLU (o_proj, down_proj) is row-parallel (weight sliced on
 // dim 1, partial sum) and followed by the block's single llm.all_reduce.
-// Attention keeps heads / tp local heads. The embedding table and the LM head
+// Attention keeps heads / tp local heads; when tp exceeds the KV heads, the
+// k/v projections are split by KV head and each KV head is replicated on the
+// tp / KV-heads consecutive ranks whose query heads use it (vLLM does the
+// same). The embedding table and the LM head
 // are vocabulary-parallel: the embedding's partial rows are all-reduced, the
 // logits' vocabulary slices all-gathered on the last dim (a vocabulary tp
 // does not divide is padded to tp x ceil(V / tp) rows, the padding's logits
@@ -57,6 +60,7 @@ public:
     SmallVector<Operation *> ops;
     for (Operation &op : step.getBody().front())
       ops.push_back(&op);
+    findKeyValueProjections();
     for (Operation *op : ops)
       if (failed(rewrite(op)))
         return failure();
@@ -64,10 +68,39 @@ public:
   }
 
 private:
-  /// Slices the weight `w` (an llm.weight) `tp` ways along `dim`. With
-  /// `pad` (the vocabulary dim of the embedding and LM head), a size that tp
-  /// does not divide is padded with zero rows up to tp x ceil(size / tp).
-  LogicalResult shard(Value w, unsigned dim, bool pad = false) {
+  /// The k and v projections of each attention (through RoPE and a per-head
+  /// norm) and their KV head count: when tp exceeds it, each KV head is
+  /// replicated on tp / KV heads consecutive ranks (the ranks whose query
+  /// heads use it) instead of being split.
+  void findKeyValueProjections() {
+    step.walk([&](llm::PagedAttentionOp a) {
+      for (Value v : {a.getKey(), a.getValue()}) {
+        while (Operation *producer = v.getDefiningOp()) {
+          if (!isa<llm::RotaryEmbeddingOp, llm::RMSNormOp>(producer))
+            break;
+          v = producer->getOperand(0);
+        }
+        if (auto linear = v.getDefiningOp<llm::LinearOp>())
+          keyValueHeads[linear] = a.getNumKvHeads();
+      }
+    });
+  }
+
+  /// Ways a column-parallel linear's output is split: tp, or the KV heads
+  /// of a k/v projection when tp exceeds them (then replicated).
+  int shardsOf(llm::LinearOp l) const {
+    auto it = keyValueHeads.find(l);
+    if (it != keyValueHeads.end() && it->second < tp)
+      return static_cast<int>(it->second);
+    return tp;
+  }
+
+  /// Slices the weight `w` (an llm.weight) `ways` (default tp) ways along
+  /// `dim`. With `pad` (the vocabulary dim of the embedding and LM head), a
+  /// size that tp does not divide is padded with zero rows up to
+  /// tp x ceil(size / tp).
+  LogicalResult shard(Value w, unsigned dim, bool pad = false, int ways = 0) {
+    const int tp = ways > 0 ? ways : this->tp;
     auto weight = w.getDefiningOp<llm::WeightOp>();
     if (!weight)
       return step.emitError("a sharded operand is not an llm.weight");
@@ -116,17 +149,18 @@ private:
     if (!column && !row)
       return success(); // not part of a Megatron block: stays replicated
     unsigned dim = column ? 0 : 1;
-    if (failed(shard(l.getWeight(), dim)))
+    const int ways = column ? shardsOf(l) : tp;
+    if (failed(shard(l.getWeight(), dim, /*pad=*/false, ways)))
       return failure();
-    if (column && l.getBias() && failed(shard(l.getBias(), 0)))
+    if (column && l.getBias() && failed(shard(l.getBias(), 0, /*pad=*/false, ways)))
       return failure();
     auto resultType = l.getType().cast<RankedTensorType>();
     if (column)
-      resultType = withDim(resultType, 1, resultType.getDimSize(1) / tp);
+      resultType = withDim(resultType, 1, resultType.getDimSize(1) / ways);
     b.setInsertionPoint(l);
     auto sharded = b.create<llm::ShardedLinearOp>(
         l.getLoc(), resultType, l.getInput(), l.getWeight(), l.getBias(),
-        b.getI32IntegerAttr(dim), b.getI32IntegerAttr(tp), b.getI32IntegerAttr(0));
+        b.getI32IntegerAttr(dim), b.getI32IntegerAttr(ways), b.getI32IntegerAttr(0));
     l.getResult().replaceAllUsesWith(sharded.getResult());
     l.erase();
     if (row)
@@ -155,8 +189,12 @@ private:
       return success();
     }
     if (auto a = dyn_cast<llm::PagedAttentionOp>(op)) {
+      // tp > KV heads: each rank holds the one KV head its query heads use.
+      if (a.getNumKvHeads() < tp && tp % a.getNumKvHeads() != 0)
+        return a.emitError() << a.getNumKvHeads() << " KV heads cannot be "
+                             << "replicated evenly over tp = " << tp;
       a.setNumHeadsAttr(b.getI32IntegerAttr(a.getNumHeads() / tp));
-      a.setNumKvHeadsAttr(b.getI32IntegerAttr(a.getNumKvHeads() / tp));
+      a.setNumKvHeadsAttr(b.getI32IntegerAttr(std::max(1, a.getNumKvHeads() / tp)));
       a.getResult().setType(a.getQuery().getType());
       return success();
     }
@@ -175,7 +213,8 @@ private:
       if (auto cache = arg.getType().dyn_cast<llm::PagedKVCacheType>()) {
         arg.setType(llm::PagedKVCacheType::get(
             step.getContext(), cache.getElementType(), cache.getNumLayers(),
-            cache.getNumKvHeads() / tp, cache.getHeadDim(), cache.getBlockSize(),
+            std::max<int64_t>(1, cache.getNumKvHeads() / tp), cache.getHeadDim(),
+            cache.getBlockSize(),
             cache.getMaxSeqLen()));
       }
       inputs.push_back(arg.getType());
@@ -188,6 +227,8 @@ private:
   func::FuncOp step;
   int tp;
   OpBuilder b;
+  /// k/v projections -> their attention's KV heads.
+  llvm::DenseMap<Operation *, int64_t> keyValueHeads;
 };
 
 /// Moves the segments of each stage into an llm.pipeline_stage.

@@ -151,11 +151,14 @@ public:
 
   std::string infeasibleDegrees() const {
     auto why = [&](const std::string &text) { return text; };
-    if (model.numHeads % tp != 0 || model.numKvHeads % tp != 0)
+    // KV heads split when tp divides them, replicated when they divide tp.
+    if (model.numHeads % tp != 0 ||
+        (model.numKvHeads % tp != 0 && tp % model.numKvHeads != 0))
       return why("tp = " + std::to_string(tp) + " is infeasible: layer 0 has " +
                  std::to_string(model.numHeads) + " heads and " +
                  std::to_string(model.numKvHeads) +
-                 " KV heads, expected both divisible by tp");
+                 " KV heads, expected heads divisible by tp and KV heads "
+                 "divisible by tp or dividing it");
     if (model.mlpWidth % tp != 0)
       return "tp = " + std::to_string(tp) + " is infeasible: MLP width " +
              std::to_string(model.mlpWidth) + " is not divisible by tp";

@@ -145,14 +145,18 @@ private:
     std::vector<int64_t> full(type.getShape().begin(), type.getShape().end());
     int64_t dim = -1, offset = 0, length = 0, paddedLength = 0;
     if (auto shardDim = op.getShardDim()) {
+      // num_shards slices over the tp group: with fewer slices than ranks
+      // (KV heads replicated when tp exceeds them), tp / num_shards
+      // consecutive ranks share a slice.
       int64_t numShards = *op.getNumShards();
-      if (numShards != placement.tpSize)
+      if (numShards > placement.tpSize || placement.tpSize % numShards != 0)
         return errorAt(op, "weight sharded " + llvm::Twine(numShards) +
                                " ways on a rank of a tensor-parallel group of " +
-                               llvm::Twine(placement.tpSize));
+                               llvm::Twine(placement.tpSize) +
+                               " (expected a divisor of it)");
       dim = *shardDim;
       length = full[dim];
-      offset = length * placement.tpRank;
+      offset = length * (placement.tpRank / (placement.tpSize / numShards));
       full[dim] = length * numShards;
     }
     if (op.getTensorRows() && !op.getRowOffset()) {
