@@ -5,6 +5,7 @@
 #include "llmir/IR/LLMOps.h"
 
 #include "mlir/IR/BuiltinTypes.h"
+#include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <algorithm>
@@ -31,14 +32,37 @@ bool isActivation(Value v) {
   return type && type.getRank() == 2 && !v.getDefiningOp<llm::WeightOp>();
 }
 
+/// The linears whose outputs are an attention's k and v (through RoPE and a
+/// per-head norm).
+llvm::SmallPtrSet<Operation *, 8> keyValueProjections(const DecoderSegments::Ops &ops) {
+  llvm::SmallPtrSet<Operation *, 8> linears;
+  for (Operation *op : ops)
+    if (auto a = dyn_cast<llm::PagedAttentionOp>(op))
+      for (Value v : {a.getKey(), a.getValue()}) {
+        while (Operation *producer = v.getDefiningOp()) {
+          if (!isa<llm::RotaryEmbeddingOp, llm::RMSNormOp>(producer))
+            break;
+          v = producer->getOperand(0);
+        }
+        if (Operation *linear = v.getDefiningOp<llm::LinearOp>())
+          linears.insert(linear);
+      }
+  return linears;
+}
+
 SegmentProfile profileSegment(const DecoderSegments::Ops &ops) {
   SegmentProfile p;
+  const llvm::SmallPtrSet<Operation *, 8> keyValue = keyValueProjections(ops);
   for (Operation *op : ops) {
     if (auto w = dyn_cast<llm::WeightOp>(op)) {
       bool replicated = llvm::all_of(w->getUsers(), [](Operation *u) {
         return isa<llm::RMSNormOp>(u);
       });
       (replicated ? p.replicatedWeightBytes : p.shardedWeightBytes) += byteSize(w.getType());
+      if (!replicated && llvm::all_of(w->getUsers(), [&](Operation *u) {
+            return keyValue.contains(u);
+          }))
+        p.keyValueWeightBytes += byteSize(w.getType());
       continue;
     }
     double working = 0;

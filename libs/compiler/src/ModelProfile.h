@@ -15,6 +15,9 @@ namespace llmir::compiler {
 struct SegmentProfile {
   double shardedWeightBytes = 0;    // sliced tp ways (linears, embedding, LM head)
   double replicatedWeightBytes = 0; // kept whole on every rank (norm weights)
+  /// Of shardedWeightBytes, the k/v projections': split min(tp, KV heads)
+  /// ways (KV heads are replicated when tp exceeds them).
+  double keyValueWeightBytes = 0;
   double flopsPerToken = 0;         // linears and element-wise ops, whole model width
   double activationBytesPerToken = 0; // activations read + written per token
   double peakActivationBytesPerToken = 0; // largest op working set per token

@@ -80,9 +80,8 @@ public:
     const double rows = epilogue ? tokens : slice;
     double flops = rows * s.flopsPerToken / tp +
                    rows * context * s.attentionFlopsPerPair / tp;
-    double bytes = s.shardedWeightBytes / tp + s.replicatedWeightBytes +
-                   rows * s.activationBytesPerToken / tp +
-                   (decode ? rows * context : tokens) * s.kvBytesPerToken / tp;
+    double bytes = weightBytesPerRank(s) + rows * s.activationBytesPerToken / tp +
+                   (decode ? rows * context : tokens) * s.kvBytesPerToken * kvShare();
     double compute = std::max(flops / spec.device.peakFlops,
                               bytes / spec.device.memoryBandwidth);
     double comm =
@@ -149,6 +148,17 @@ public:
     return layers;
   }
 
+  /// The part of the KV heads (cache, k/v projections) one rank holds:
+  /// 1 / tp, or one KV head when tp exceeds them (replicated).
+  double kvShare() const {
+    return 1.0 / static_cast<double>(std::min<int64_t>(tp, std::max<int64_t>(1, model.numKvHeads)));
+  }
+
+  double weightBytesPerRank(const SegmentProfile &s) const {
+    return (s.shardedWeightBytes - s.keyValueWeightBytes) / tp +
+           s.keyValueWeightBytes * kvShare() + s.replicatedWeightBytes;
+  }
+
   std::string infeasibleDegrees() const {
     auto why = [&](const std::string &text) { return text; };
     // KV heads split when tp divides them, replicated when they divide tp.
@@ -199,9 +209,9 @@ public:
         segs.push_back(&model.epilogue);
       double weights = 0, peak = 0, kvPerToken = 0;
       for (const SegmentProfile *seg : segs) {
-        weights += seg->shardedWeightBytes / tp + seg->replicatedWeightBytes;
+        weights += weightBytesPerRank(*seg);
         peak = std::max(peak, seg->peakActivationBytesPerToken / tp);
-        kvPerToken += seg->kvBytesPerToken / tp;
+        kvPerToken += seg->kvBytesPerToken * kvShare();
       }
       double activations = batchTokens * (peak + 2 * model.hiddenBytesPerToken);
       double blockBytes = kvPerToken * static_cast<double>(model.kvBlockSize);
