@@ -15,7 +15,8 @@ SP shares each sequence's KV blocks round-robin over the sp ranks, and the
 A vocabulary tp does not divide (the demo model cut to 2045 tokens) gives the
 reference's ids and logits at TP=2, TP=2 x PP=2 and TP=4; KV heads
 replicated when tp exceeds them (demo at TP=8, tiny-llama-gqa at TP=4 and
-TP=4 x PP=2) too.
+TP=4 x PP=2) and uneven head / MLP splits (demo and tiny-llama-gqa at TP=3,
+tiny-llama-gqa at TP=3 x SP=2) too.
 Failure semantics: SIGKILL of one worker mid-generation makes the launcher
 exit non-zero within the timeout, naming the killed rank, and the surviving
 workers report their own errors.
@@ -240,11 +241,15 @@ def main():
         check_padded_vocabulary(args.generate, demo, tmp)
         # KV heads replicated when tp exceeds them: the demo model's 4 KV
         # heads at TP=8 (one query head per rank), tiny-llama-gqa's 2 at TP=4.
-        check_model(args.generate, demo, 1e-3, [0], tmp, [("tp8", ["--tp", "8"])])
+        # Uneven splits: 8 heads, 4 KV heads, MLP 704 and vocabulary 2048 at
+        # TP=3 (each rank padded to 3 heads, 235 MLP features, 683 tokens).
+        check_model(args.generate, demo, 1e-3, [0], tmp,
+                    [("tp8", ["--tp", "8"]), ("tp3", ["--tp", "3"])])
         gqa = os.path.join(args.fixtures, "tiny-llama-gqa")
         if os.path.isdir(gqa):
             check_model(args.generate, gqa, 1e-4, [0, 1], tmp,
-                        [("tp4", ["--tp", "4"]), ("tp4xpp2", ["--tp", "4", "--pp", "2"])])
+                        [("tp4", ["--tp", "4"]), ("tp4xpp2", ["--tp", "4", "--pp", "2"]),
+                         ("tp3", ["--tp", "3"]), ("tp3xsp2", ["--tp", "3", "--sp", "2"])])
     check_killed_rank(args.generate, demo)
 
     exit_on_failures()

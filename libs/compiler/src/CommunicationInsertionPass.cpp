@@ -38,6 +38,7 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
+#include "llvm/ADT/SmallPtrSet.h"
 
 using namespace mlir;
 
@@ -60,7 +61,8 @@ public:
     SmallVector<Operation *> ops;
     for (Operation &op : step.getBody().front())
       ops.push_back(&op);
-    findKeyValueProjections();
+    if (failed(planHeads()))
+      return failure();
     for (Operation *op : ops)
       if (failed(rewrite(op)))
         return failure();
@@ -68,39 +70,61 @@ public:
   }
 
 private:
-  /// The k and v projections of each attention (through RoPE and a per-head
-  /// norm) and their KV head count: when tp exceeds it, each KV head is
-  /// replicated on tp / KV heads consecutive ranks (the ranks whose query
-  /// heads use it) instead of being split.
-  void findKeyValueProjections() {
+  /// Follows `v` back through RoPE and a per-head norm to its projection.
+  static llm::LinearOp projectionOf(Value v) {
+    while (Operation *producer = v.getDefiningOp()) {
+      if (!isa<llm::RotaryEmbeddingOp, llm::RMSNormOp>(producer))
+        break;
+      v = producer->getOperand(0);
+    }
+    return v.getDefiningOp<llm::LinearOp>();
+  }
+
+  /// How the heads go over the ranks, from the first attention (every layer
+  /// of an imported model has the same heads):
+  /// - tp divides the query and KV heads: heads / tp each;
+  /// - tp divides the query heads, the KV heads divide tp: each KV head is
+  ///   replicated on the tp / KV heads ranks whose query heads use it;
+  /// - otherwise (uneven): rank r holds query heads [r * Lq, (r + 1) * Lq)
+  ///   with Lq = ceil(heads / tp) (past the last head: zero padding heads,
+  ///   whose o_proj columns are zero) and the Lkv KV heads from
+  ///   (r * Lq) / group on that those use; attention maps its heads to KV
+  ///   heads by global index (kv_group).
+  LogicalResult planHeads() {
+    llm::PagedAttentionOp first;
     step.walk([&](llm::PagedAttentionOp a) {
-      for (Value v : {a.getKey(), a.getValue()}) {
-        while (Operation *producer = v.getDefiningOp()) {
-          if (!isa<llm::RotaryEmbeddingOp, llm::RMSNormOp>(producer))
-            break;
-          v = producer->getOperand(0);
-        }
-        if (auto linear = v.getDefiningOp<llm::LinearOp>())
-          keyValueHeads[linear] = a.getNumKvHeads();
-      }
+      if (!first)
+        first = a;
+      if (auto q = projectionOf(a.getQuery()))
+        queryProjections.insert(q);
+      for (Value v : {a.getKey(), a.getValue()})
+        if (auto kv = projectionOf(v))
+          keyValueProjections.insert(kv);
     });
+    if (!first)
+      return success();
+    heads = first.getNumHeads();
+    kvHeads = first.getNumKvHeads();
+    headDim = first.getHeadDim();
+    uneven = heads % tp != 0 || (kvHeads % tp != 0 && tp % kvHeads != 0);
+    if (!uneven) {
+      localHeads = heads / tp;
+      localKvHeads = std::max<int64_t>(1, kvHeads / tp);
+      return success();
+    }
+    group = heads / kvHeads;
+    localHeads = (heads + tp - 1) / tp;
+    localKvHeads = 0;
+    for (int64_t r = 0; r < tp; ++r)
+      localKvHeads = std::max(localKvHeads, ((r + 1) * localHeads - 1) / group -
+                                                (r * localHeads) / group + 1);
+    return success();
   }
 
-  /// Ways a column-parallel linear's output is split: tp, or the KV heads
-  /// of a k/v projection when tp exceeds them (then replicated).
-  int shardsOf(llm::LinearOp l) const {
-    auto it = keyValueHeads.find(l);
-    if (it != keyValueHeads.end() && it->second < tp)
-      return static_cast<int>(it->second);
-    return tp;
-  }
-
-  /// Slices the weight `w` (an llm.weight) `ways` (default tp) ways along
-  /// `dim`. With `pad` (the vocabulary dim of the embedding and LM head), a
-  /// size that tp does not divide is padded with zero rows up to
-  /// tp x ceil(size / tp).
-  LogicalResult shard(Value w, unsigned dim, bool pad = false, int ways = 0) {
-    const int tp = ways > 0 ? ways : this->tp;
+  /// Slices the weight `w` (an llm.weight) `ways` ways along `dim`, `local`
+  /// entries each; when ways x local exceeds the tensor, the excess is zero
+  /// padding (unpadded_size).
+  FailureOr<llm::WeightOp> shard(Value w, unsigned dim, int64_t local, int ways) {
     auto weight = w.getDefiningOp<llm::WeightOp>();
     if (!weight)
       return step.emitError("a sharded operand is not an llm.weight");
@@ -108,16 +132,54 @@ private:
       return weight.emitError("weight '") << weight.getName()
                                           << "' has several users, expected one";
     auto type = weight.getType().cast<RankedTensorType>();
-    int64_t full = type.getDimSize(dim);
-    if (full % tp != 0 && !(pad && dim == 0 && !weight.getRowOffset()))
-      return weight.emitError("weight '")
-             << weight.getName() << "' dim " << dim << " is " << full
-             << ", not divisible by tp = " << tp;
-    if (full % tp != 0)
-      weight.setTensorRowsAttr(b.getI64IntegerAttr(full));
-    weight.getResult().setType(withDim(type, dim, (full + tp - 1) / tp));
+    const int64_t full = type.getDimSize(dim);
+    if (local * ways != full) {
+      if (weight.getRowOffset() || local * ways < full)
+        return weight.emitError("weight '")
+               << weight.getName() << "' dim " << dim << " is " << full
+               << ", not divisible by tp = " << tp
+               << (weight.getRowOffset() ? " (a part of a fused tensor cannot be padded)"
+                                         : "");
+      weight.setUnpaddedSizeAttr(b.getI64IntegerAttr(full));
+    }
+    weight.getResult().setType(withDim(type, dim, local));
     weight.setShardDimAttr(b.getI32IntegerAttr(dim));
-    weight.setNumShardsAttr(b.getI32IntegerAttr(tp));
+    weight.setNumShardsAttr(b.getI32IntegerAttr(ways));
+    return weight;
+  }
+
+  /// Splits `w` evenly, or padded to tp x ceil(size / tp).
+  LogicalResult shardPadded(Value w, unsigned dim) {
+    const int64_t full = w.getType().cast<RankedTensorType>().getDimSize(dim);
+    return shard(w, dim, (full + tp - 1) / tp, tp);
+  }
+
+  /// The output features of a column-parallel linear (and its bias).
+  LogicalResult shardColumns(llm::LinearOp l, int &ways, int64_t &local) {
+    const int64_t full = l.getType().cast<RankedTensorType>().getDimSize(1);
+    const bool kv = keyValueProjections.contains(l);
+    ways = tp;
+    if (kv && !uneven && kvHeads < tp)
+      ways = static_cast<int>(kvHeads); // replicated KV heads
+    if (queryProjections.contains(l) && uneven)
+      local = localHeads * headDim;
+    else if (kv && uneven)
+      local = localKvHeads * headDim;
+    else
+      local = (full + ways - 1) / ways;
+    for (Value w : {l.getWeight(), l.getBias()}) {
+      if (!w)
+        continue;
+      auto sharded = shard(w, 0, local, ways);
+      if (failed(sharded))
+        return failure();
+      if (kv && uneven) { // shard r starts at KV head (r * Lq) / group
+        sharded->setUnpaddedSizeAttr(b.getI64IntegerAttr(full));
+        sharded->setShardQueryHeadsAttr(b.getI64IntegerAttr(localHeads));
+        sharded->setKvGroupAttr(b.getI64IntegerAttr(group));
+        sharded->setHeadDimAttr(b.getI64IntegerAttr(headDim));
+      }
+    }
     return success();
   }
 
@@ -149,14 +211,22 @@ private:
     if (!column && !row)
       return success(); // not part of a Megatron block: stays replicated
     unsigned dim = column ? 0 : 1;
-    const int ways = column ? shardsOf(l) : tp;
-    if (failed(shard(l.getWeight(), dim, /*pad=*/false, ways)))
-      return failure();
-    if (column && l.getBias() && failed(shard(l.getBias(), 0, /*pad=*/false, ways)))
-      return failure();
+    int ways = tp;
+    int64_t local = 0;
+    if (column) {
+      if (failed(shardColumns(l, ways, local)))
+        return failure();
+    } else {
+      // o_proj takes this rank's (padded) heads, down_proj its MLP columns.
+      const int64_t full = l.getWeight().getType().cast<RankedTensorType>().getDimSize(1);
+      local = isa<llm::PagedAttentionOp>(producer) && uneven ? localHeads * headDim
+                                                             : (full + tp - 1) / tp;
+      if (failed(shard(l.getWeight(), 1, local, tp)))
+        return failure();
+    }
     auto resultType = l.getType().cast<RankedTensorType>();
     if (column)
-      resultType = withDim(resultType, 1, resultType.getDimSize(1) / ways);
+      resultType = withDim(resultType, 1, local);
     b.setInsertionPoint(l);
     auto sharded = b.create<llm::ShardedLinearOp>(
         l.getLoc(), resultType, l.getInput(), l.getWeight(), l.getBias(),
@@ -174,13 +244,13 @@ private:
     // Vocabulary-parallel: a vocabulary tp does not divide is padded (the
     // embedding never looks padding rows up; the gather drops their logits).
     if (auto e = dyn_cast<llm::EmbeddingOp>(op)) {
-      if (failed(shard(e.getTable(), 0, /*pad=*/true)))
+      if (failed(shardPadded(e.getTable(), 0)))
         return failure();
       collectiveAfter(e, /*gather=*/false);
       return success();
     }
     if (auto l = dyn_cast<llm::LogitsOp>(op)) {
-      if (failed(shard(l.getWeight(), 0, /*pad=*/true)))
+      if (failed(shardPadded(l.getWeight(), 0)))
         return failure();
       auto type = l.getType().cast<RankedTensorType>();
       const int64_t vocab = type.getDimSize(1), local = (vocab + tp - 1) / tp;
@@ -189,12 +259,14 @@ private:
       return success();
     }
     if (auto a = dyn_cast<llm::PagedAttentionOp>(op)) {
-      // tp > KV heads: each rank holds the one KV head its query heads use.
-      if (a.getNumKvHeads() < tp && tp % a.getNumKvHeads() != 0)
-        return a.emitError() << a.getNumKvHeads() << " KV heads cannot be "
-                             << "replicated evenly over tp = " << tp;
-      a.setNumHeadsAttr(b.getI32IntegerAttr(a.getNumHeads() / tp));
-      a.setNumKvHeadsAttr(b.getI32IntegerAttr(std::max(1, a.getNumKvHeads() / tp)));
+      if (a.getNumHeads() != heads || a.getNumKvHeads() != kvHeads)
+        return a.emitError() << "has " << a.getNumHeads() << "/" << a.getNumKvHeads()
+                             << " heads, layer 0 " << heads << "/" << kvHeads
+                             << "; tensor parallelism needs the same in every layer";
+      a.setNumHeadsAttr(b.getI32IntegerAttr(localHeads));
+      a.setNumKvHeadsAttr(b.getI32IntegerAttr(localKvHeads));
+      if (uneven)
+        a.setKvGroupAttr(b.getI32IntegerAttr(group));
       a.getResult().setType(a.getQuery().getType());
       return success();
     }
@@ -213,8 +285,7 @@ private:
       if (auto cache = arg.getType().dyn_cast<llm::PagedKVCacheType>()) {
         arg.setType(llm::PagedKVCacheType::get(
             step.getContext(), cache.getElementType(), cache.getNumLayers(),
-            std::max<int64_t>(1, cache.getNumKvHeads() / tp), cache.getHeadDim(),
-            cache.getBlockSize(),
+            localKvHeads, cache.getHeadDim(), cache.getBlockSize(),
             cache.getMaxSeqLen()));
       }
       inputs.push_back(arg.getType());
@@ -227,8 +298,12 @@ private:
   func::FuncOp step;
   int tp;
   OpBuilder b;
-  /// k/v projections -> their attention's KV heads.
-  llvm::DenseMap<Operation *, int64_t> keyValueHeads;
+  /// The q and the k/v projections of the attentions.
+  llvm::SmallPtrSet<Operation *, 16> queryProjections, keyValueProjections;
+  /// The head split (planHeads).
+  int64_t heads = 0, kvHeads = 0, headDim = 0, group = 1;
+  int64_t localHeads = 0, localKvHeads = 0;
+  bool uneven = false;
 };
 
 /// Moves the segments of each stage into an llm.pipeline_stage.
@@ -317,12 +392,13 @@ void shardCacheAlongSequence(func::FuncOp step, int sp) {
           a.getCache(), /*seq_start=*/nullptr, /*seq_length=*/nullptr,
           /*total_length=*/nullptr, a.getLayerAttr(), a.getNumHeadsAttr(),
           a.getNumKvHeadsAttr(), a.getHeadDimAttr(), a.getScaleAttr(),
-          a.getSlidingWindowAttr());
+          a.getSlidingWindowAttr(), a.getKvGroupAttr());
     else
       replacement = b.create<llm::DistributedAttentionOp>(
           a.getLoc(), a.getType(), a.getQuery(), ValueRange{a.getKey(), a.getValue()},
           a.getCache(), a.getLayerAttr(), a.getNumHeadsAttr(), a.getNumKvHeadsAttr(),
-          a.getHeadDimAttr(), a.getScaleAttr(), a.getSlidingWindowAttr());
+          a.getHeadDimAttr(), a.getScaleAttr(), a.getSlidingWindowAttr(),
+          a.getKvGroupAttr());
     a.getResult().replaceAllUsesWith(replacement->getResult(0));
     a.erase();
   }

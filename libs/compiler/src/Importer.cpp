@@ -82,7 +82,8 @@ private:
     assert(it != weightTypes.end() && "expectedTensors lists every weight emitted");
     return b.create<llm::WeightOp>(loc, it->second, b.getStringAttr(name),
                                    IntegerAttr(), IntegerAttr(), IntegerAttr(),
-                                   IntegerAttr());
+                                   IntegerAttr(), IntegerAttr(), IntegerAttr(),
+                                   IntegerAttr(), IntegerAttr());
   }
 
   /// Rows [offset, offset + rows) of a fused checkpoint tensor (Phi-3's
@@ -96,7 +97,8 @@ private:
     auto type = RankedTensorType::get({rows, full.getDimSize(1)}, full.getElementType());
     return b.create<llm::WeightOp>(loc, type, b.getStringAttr(name), IntegerAttr(),
                                    IntegerAttr(), b.getI64IntegerAttr(offset),
-                                   b.getI64IntegerAttr(full.getDimSize(0)));
+                                   b.getI64IntegerAttr(full.getDimSize(0)), IntegerAttr(),
+                                   IntegerAttr(), IntegerAttr(), IntegerAttr());
   }
 
   Value layerWeight(int64_t layer, LayerTensor tensor) {
@@ -179,7 +181,8 @@ private:
         b.getI32IntegerAttr(config.numKvHeads),
         b.getI32IntegerAttr(config.headDim),
         b.getF32FloatAttr(1.0f / std::sqrt(static_cast<float>(config.headDim))),
-        window > 0 ? b.getI32IntegerAttr(static_cast<int32_t>(window)) : IntegerAttr());
+        window > 0 ? b.getI32IntegerAttr(static_cast<int32_t>(window)) : IntegerAttr(),
+        IntegerAttr());
     std::optional<LayerTensor> oBias;
     if (config.outputBias)
       oBias = LayerTensor::OBias;

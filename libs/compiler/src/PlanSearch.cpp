@@ -78,8 +78,8 @@ public:
     const bool epilogue = s.allGathers > 0;
     const double slice = std::ceil(tokens / sp);
     const double rows = epilogue ? tokens : slice;
-    double flops = rows * s.flopsPerToken / tp +
-                   rows * context * s.attentionFlopsPerPair / tp;
+    double flops = rows * s.flopsPerToken * headShare() +
+                   rows * context * s.attentionFlopsPerPair * headShare();
     double bytes = weightBytesPerRank(s) + rows * s.activationBytesPerToken / tp +
                    (decode ? rows * context : tokens) * s.kvBytesPerToken * kvShare();
     double compute = std::max(flops / spec.device.peakFlops,
@@ -151,27 +151,40 @@ public:
   /// The part of the KV heads (cache, k/v projections) one rank holds:
   /// 1 / tp, or one KV head when tp exceeds them (replicated).
   double kvShare() const {
+    if (model.numHeads % tp != 0 && model.numKvHeads > 0) { // uneven split
+      const int64_t heads = (model.numHeads + tp - 1) / tp;
+      const int64_t group = std::max<int64_t>(1, model.numHeads / model.numKvHeads);
+      int64_t kv = 0;
+      for (int64_t r = 0; r < tp; ++r)
+        kv = std::max(kv, ((r + 1) * heads - 1) / group - (r * heads) / group + 1);
+      return static_cast<double>(kv) / static_cast<double>(model.numKvHeads);
+    }
     return 1.0 / static_cast<double>(std::min<int64_t>(tp, std::max<int64_t>(1, model.numKvHeads)));
   }
 
+  /// The share of the heads (and MLP) the busiest rank computes: 1 / tp, or
+  /// ceil(heads / tp) / heads under an uneven split (padding costs as much
+  /// as real heads).
+  double headShare() const {
+    if (model.numHeads <= 0 || model.numHeads % tp == 0)
+      return 1.0 / tp;
+    return static_cast<double>((model.numHeads + tp - 1) / tp) /
+           static_cast<double>(model.numHeads);
+  }
+
   double weightBytesPerRank(const SegmentProfile &s) const {
-    return (s.shardedWeightBytes - s.keyValueWeightBytes) / tp +
+    return (s.shardedWeightBytes - s.keyValueWeightBytes) * headShare() +
            s.keyValueWeightBytes * kvShare() + s.replicatedWeightBytes;
   }
 
   std::string infeasibleDegrees() const {
     auto why = [&](const std::string &text) { return text; };
-    // KV heads split when tp divides them, replicated when they divide tp.
-    if (model.numHeads % tp != 0 ||
-        (model.numKvHeads % tp != 0 && tp % model.numKvHeads != 0))
+    // Heads and the MLP split unevenly when tp does not divide them (each
+    // rank padded to the largest share); tp beyond the heads leaves ranks
+    // with nothing but padding.
+    if (tp > model.numHeads)
       return why("tp = " + std::to_string(tp) + " is infeasible: layer 0 has " +
-                 std::to_string(model.numHeads) + " heads and " +
-                 std::to_string(model.numKvHeads) +
-                 " KV heads, expected heads divisible by tp and KV heads "
-                 "divisible by tp or dividing it");
-    if (model.mlpWidth % tp != 0)
-      return "tp = " + std::to_string(tp) + " is infeasible: MLP width " +
-             std::to_string(model.mlpWidth) + " is not divisible by tp";
+                 std::to_string(model.numHeads) + " heads, fewer than tp");
     if (pp > static_cast<int>(model.layers.size()))
       return "pp = " + std::to_string(pp) + " exceeds the model's " +
              std::to_string(model.layers.size()) +

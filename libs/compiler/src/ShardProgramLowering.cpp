@@ -158,14 +158,15 @@ private:
       length = full[dim];
       offset = length * (placement.tpRank / (placement.tpSize / numShards));
       full[dim] = length * numShards;
+      if (auto group = op.getKvGroup()) // uneven heads: this rank's first KV head
+        offset = (placement.tpRank * *op.getShardQueryHeads() / *group) * *op.getHeadDim();
     }
-    if (op.getTensorRows() && !op.getRowOffset()) {
-      // Vocabulary padding: this rank's rows past the tensor are zeros.
-      const int64_t rows = *op.getTensorRows();
+    if (auto unpadded = op.getUnpaddedSize()) {
+      // Padding (vocabulary, uneven heads or MLP): past the tensor, zeros.
       paddedLength = length;
-      length = std::clamp<int64_t>(rows - offset, 0, length);
-      offset = std::min(offset, rows);
-      full[0] = rows;
+      length = std::clamp<int64_t>(*unpadded - offset, 0, length);
+      offset = std::min(offset, *unpadded);
+      full[dim] = *unpadded;
     }
     if (auto rowOffset = op.getRowOffset()) { // a part of a fused tensor
       if (dim > 0)
@@ -376,10 +377,14 @@ private:
   void describeAttention(proto::Instruction &inst, int64_t numHeads,
                          int64_t numKvHeads, int64_t headDim,
                          const llvm::APFloat &scale, int64_t blockSize,
-                         Optional<int32_t> slidingWindow) {
+                         Optional<int32_t> slidingWindow, Optional<int32_t> kvGroup) {
     auto &ints = *inst.mutable_int_attrs();
     if (slidingWindow)
       ints["sliding_window"] = *slidingWindow;
+    if (kvGroup) { // uneven heads: this rank's heads start at tp_index x heads
+      ints["kv_group"] = *kvGroup;
+      ints["head_offset"] = static_cast<int64_t>(placement.tpRank) * numHeads;
+    }
     ints["layer"] = numAttentionLayers++;
     ints["num_heads"] = numHeads;
     ints["num_kv_heads"] = numKvHeads;
@@ -398,7 +403,8 @@ private:
       return inst.takeError();
     auto cache = a.getCache().getType().cast<llm::PagedKVCacheType>();
     describeAttention(**inst, a.getNumHeads(), a.getNumKvHeads(), a.getHeadDim(),
-                      a.getScale(), cache.getBlockSize(), a.getSlidingWindow());
+                      a.getScale(), cache.getBlockSize(), a.getSlidingWindow(),
+                      a.getKvGroup());
     return llvm::Error::success();
   }
 
@@ -444,7 +450,7 @@ private:
     uint32_t partialSlot = addSlot(partialType, false, "attention_partial");
     partial->add_outputs(partialSlot);
     describeAttention(*partial, heads, *a.getNumKvHeads(), headDim, a.getScale(),
-                      cache->getBlockSize(), a.getSlidingWindow());
+                      cache->getBlockSize(), a.getSlidingWindow(), a.getKvGroup());
     auto &partialInts = *partial->mutable_int_attrs();
     partialInts["sp_size"] = cache->getShards();
     partialInts["sp_index"] = placement.spIndex;
@@ -539,7 +545,7 @@ private:
     attention->add_outputs(activationSlot(a.getResult()));
     describeAttention(*attention, *a.getNumHeads(), *a.getNumKvHeads(),
                       *a.getHeadDim(), *a.getScale(), cache->getBlockSize(),
-                      a.getSlidingWindow());
+                      a.getSlidingWindow(), a.getKvGroup());
     setRowSlice(*attention);
     return llvm::Error::success();
   }

@@ -52,6 +52,8 @@ InstructionParams decode(const proto::Instruction &inst,
   a.headDim = p.headDim;
   a.scale = floatAttr("scale");
   a.slidingWindow = intAttr("sliding_window", 0);
+  a.kvGroup = intAttr("kv_group", 0);
+  a.headOffset = intAttr("head_offset", 0);
   if (inst.op() == proto::ROPE) {
     cpu::RopeScaling &r = p.ropeScaling;
     r.type = intAttr("rope_scaling", cpu::RopeScaling::None);

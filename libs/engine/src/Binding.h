@@ -31,8 +31,8 @@ struct InstructionParams {
   int64_t gatherPadding = 0; // ALL_GATHER: trailing columns dropped
   /// ATTENTION, ATTENTION_PARTIAL (kvShards/kvShard = sp_size/sp_index),
   /// SP_ATTENTION, ATTENTION_MERGE (numHeads, headDim; kvShards = sp_size);
-  /// slidingWindow from sliding_window (ATTENTION, ATTENTION_PARTIAL,
-  /// SP_ATTENTION; 0: none).
+  /// slidingWindow from sliding_window, kvGroup / headOffset from kv_group /
+  /// head_offset (ATTENTION, ATTENTION_PARTIAL, SP_ATTENTION; 0: none).
   cpu::AttentionParams attention;
   uint32_t group = 0;        // ALL_REDUCE, ALL_GATHER, ALL_GATHER_ROWS
   int64_t groupSize = 0;     // ranks in `group`

@@ -10,16 +10,25 @@
 namespace llmir::engine {
 namespace {
 
-/// Appends zero rows up to `rows` (vocabulary padding, WeightSlice
-/// padded_length).
-void padRows(WeightTensor &w, int64_t rows) {
-  if (w.shape.empty() || w.shape[0] >= rows)
+/// Pads dim `dim` (0 or 1) of `w` with zeros up to `size` (WeightSlice
+/// padded_length: vocabulary padding, uneven head and MLP splits).
+void padDim(WeightTensor &w, int dim, int64_t size) {
+  if (w.shape.empty() || w.shape[static_cast<size_t>(dim)] >= size)
     return;
-  int64_t rowElements = 1;
-  for (size_t d = 1; d < w.shape.size(); ++d)
-    rowElements *= w.shape[d];
-  w.data.resize(static_cast<size_t>(rows * rowElements) * weightElementSize(w.dtype), std::byte{0});
-  w.shape[0] = rows;
+  const size_t element = weightElementSize(w.dtype);
+  int64_t inner = 1; // elements after `dim`
+  for (size_t d = static_cast<size_t>(dim) + 1; d < w.shape.size(); ++d)
+    inner *= w.shape[d];
+  int64_t outer = 1; // elements before `dim`
+  for (size_t d = 0; d < static_cast<size_t>(dim); ++d)
+    outer *= w.shape[d];
+  const size_t have = static_cast<size_t>(w.shape[static_cast<size_t>(dim)] * inner) * element;
+  const size_t want = static_cast<size_t>(size * inner) * element;
+  std::vector<std::byte> padded(static_cast<size_t>(outer) * want, std::byte{0});
+  for (int64_t o = 0; o < outer; ++o)
+    std::copy_n(w.data.data() + o * have, have, padded.data() + o * want);
+  w.data = std::move(padded);
+  w.shape[static_cast<size_t>(dim)] = size;
 }
 
 Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
@@ -27,16 +36,17 @@ Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
                                 const WeightProvider &provider) {
   const std::vector<int64_t> &expected = slot.shape;
   const bool padded = slice.padded_length() > slice.length();
-  if (padded && (slice.dim() != 0 || expected.empty() ||
-                 expected[0] != slice.padded_length()))
+  const int dim = slice.dim();
+  if (padded && (dim < 0 || dim > 1 || static_cast<size_t>(dim) >= expected.size() ||
+                 expected[static_cast<size_t>(dim)] != slice.padded_length()))
     return Status::error("padded_length " + std::to_string(slice.padded_length()) +
-                         " needs dim 0 and a slot of that many rows, the slot is " +
+                         " needs dim 0 or 1 of that size in the slot, the slot is " +
                          model::formatShape(expected));
   Result<WeightTensor> loaded = WeightTensor{};
   if (padded && slice.length() == 0) { // a rank holding only padding
     loaded->dtype = slot.dtype;
     loaded->shape = expected;
-    loaded->shape[0] = 0;
+    loaded->shape[static_cast<size_t>(dim)] = 0;
   } else {
     loaded = provider(slice);
   }
@@ -44,7 +54,7 @@ Result<WeightTensor> loadWeight(const proto::WeightSlice &slice,
     return loaded.status();
   WeightTensor &w = *loaded;
   if (padded)
-    padRows(w, slice.padded_length());
+    padDim(w, dim, slice.padded_length());
   if (w.shape != slot.shape)
     return Status::error("provider returned shape " + model::formatShape(w.shape) +
                          "; the slot expects " + model::formatShape(slot.shape));

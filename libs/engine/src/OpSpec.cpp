@@ -29,7 +29,7 @@ const OpSpec *findOpSpec(proto::Opcode op) {
         {"layer", "num_heads", "num_kv_heads", "head_dim"},
         {"scale"},
         false,
-        {"sliding_window"}}},
+        {"sliding_window", "kv_group", "head_offset"}}},
       {proto::SWIGLU, {"SWIGLU", 2, 2, 1, {}, {}, {}, false}},
       {proto::ADD, {"ADD", 2, 2, 1, {}, {}, {}, false}},
       {proto::ALL_REDUCE, {"ALL_REDUCE", 1, 1, 1, {}, {"group"}, {}, true}},
@@ -46,7 +46,7 @@ const OpSpec *findOpSpec(proto::Opcode op) {
         {"layer", "num_heads", "num_kv_heads", "head_dim", "sp_size", "sp_index"},
         {"scale"},
         false,
-        {"sliding_window"}}},
+        {"sliding_window", "kv_group", "head_offset"}}},
       {proto::ATTENTION_MERGE,
        {"ATTENTION_MERGE", 1, 1, 1, {}, {"num_heads", "head_dim", "sp_size"}, {}, false}},
       {proto::SP_SCATTER_ROWS,
@@ -62,7 +62,7 @@ const OpSpec *findOpSpec(proto::Opcode op) {
         {"layer", "num_heads", "num_kv_heads", "head_dim", "sp_size", "sp_index"},
         {"scale"},
         false,
-        {"sliding_window"}}},
+        {"sliding_window", "kv_group", "head_offset"}}},
   };
   auto it = specs.find(op);
   return it == specs.end() ? nullptr : &it->second;

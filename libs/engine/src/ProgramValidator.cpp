@@ -113,6 +113,17 @@ Status validateAttributeValues(const proto::Instruction &inst,
           std::to_string(headDim) + " differ from the KV cache's " +
           std::to_string(kv.num_kv_heads()) + " and " +
           std::to_string(kv.head_dim()));
+    if (ints.contains("kv_group")) { // an uneven head split
+      const int64_t group = ints.at("kv_group");
+      const int64_t offset = ints.contains("head_offset") ? ints.at("head_offset") : -1;
+      if (heads <= 0 || kvHeads <= 0 || group < 1 || offset < 0 ||
+          (offset + heads - 1) / group - offset / group >= kvHeads)
+        return Status::error("kv_group=" + std::to_string(group) + " head_offset=" +
+                             std::to_string(offset) + " map num_heads=" +
+                             std::to_string(heads) + " outside num_kv_heads=" +
+                             std::to_string(kvHeads) + " (both are needed)");
+      return Status::ok();
+    }
     if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
       return Status::error("num_heads=" + std::to_string(heads) +
                            " must be a positive multiple of num_kv_heads=" +

@@ -27,14 +27,29 @@ LogicalResult WeightOp::verify() {
   if (rowOffset && !tensorRows)
     return emitOpError() << "has only one of row_offset and tensor_rows, "
                             "expected both or neither";
-  if (tensorRows && !rowOffset) { // vocabulary padding of a dim-0 shard
-    if (!shardDim || *shardDim != 0)
-      return emitOpError() << "has tensor_rows without row_offset (padding), "
-                              "expected a shard along dim 0";
-    const int64_t rows = type.getDimSize(0) * *numShards;
-    if (*tensorRows < 1 || *tensorRows > rows)
-      return emitOpError() << "tensor_rows is " << *tensorRows
-                           << ", expected 1 to num_shards x dim 0 (" << rows << ")";
+  if (tensorRows && !rowOffset)
+    return emitOpError() << "has tensor_rows without row_offset, expected both";
+  if (Optional<int64_t> unpadded = getUnpaddedSize()) { // padded shards
+    if (!shardDim || rowOffset)
+      return emitOpError() << "has unpadded_size, expected a shard (without "
+                              "row_offset)";
+    const int64_t local = type.getDimSize(*shardDim);
+    const int64_t padded = getKvGroup() ? -1 : local * *numShards;
+    if (*unpadded < 1 || (padded > 0 && *unpadded > padded))
+      return emitOpError() << "unpadded_size is " << *unpadded
+                           << ", expected 1 to num_shards x dim " << *shardDim
+                           << " (" << padded << ")";
+  }
+  const bool anyHeads = getShardQueryHeads() || getKvGroup() || getHeadDim();
+  if (anyHeads) {
+    if (!(getShardQueryHeads() && getKvGroup() && getHeadDim() && shardDim &&
+          *shardDim == 0 && getUnpaddedSize()))
+      return emitOpError() << "has part of shard_query_heads, kv_group, head_dim; "
+                              "expected all three with unpadded_size on a dim-0 shard";
+    if (*getShardQueryHeads() < 1 || *getKvGroup() < 1 || *getHeadDim() < 1 ||
+        type.getDimSize(0) % *getHeadDim() != 0)
+      return emitOpError() << "shard_query_heads, kv_group and head_dim must be "
+                              "positive, with dim 0 whole heads";
   }
   if (rowOffset) {
     if (shardDim && *shardDim != 0)

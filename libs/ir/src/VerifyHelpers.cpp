@@ -144,7 +144,13 @@ LogicalResult verifyDecoderAttention(Operation *op, Value query, Value key,
       failed(verifyAtLeast(op, "head_dim", headDim, 1)) ||
       failed(verifyPositive(op, "scale", scale)))
     return failure();
-  if (numHeads % numKvHeads != 0)
+  // kv_group: an uneven head split, where this shard's query heads map to
+  // its KV heads by their global index (docs/ir.md), not by num_heads /
+  // num_kv_heads.
+  auto kvGroup = op->getAttrOfType<IntegerAttr>("kv_group");
+  if (kvGroup && failed(verifyAtLeast(op, "kv_group", kvGroup.getInt(), 1)))
+    return failure();
+  if (!kvGroup && numHeads % numKvHeads != 0)
     return op->emitOpError() << "num_heads (" << numHeads
                              << ") is not a multiple of num_kv_heads ("
                              << numKvHeads << ")";

@@ -1106,15 +1106,39 @@ func.func @all_gather_padding_130(%x: tensor<?x389xf32>) {
 // -----
 
 func.func @weight_padding_131() {
-  // expected-error @+1 {{'llm.weight' op has tensor_rows without row_offset (padding), expected a shard along dim 0}}
-  %w = llm.weight "embed" {tensor_rows = 777 : i64} : tensor<389x64xf32>
+  // expected-error @+1 {{'llm.weight' op has unpadded_size, expected a shard (without row_offset)}}
+  %w = llm.weight "embed" {unpadded_size = 777 : i64} : tensor<389x64xf32>
   return
 }
 
 // -----
 
 func.func @weight_padding_132() {
-  // expected-error @+1 {{'llm.weight' op tensor_rows is 800, expected 1 to num_shards x dim 0 (778)}}
-  %w = llm.weight "embed" {shard_dim = 0 : i32, num_shards = 2 : i32, tensor_rows = 800 : i64} : tensor<389x64xf32>
+  // expected-error @+1 {{'llm.weight' op unpadded_size is 800, expected 1 to num_shards x dim 0 (778)}}
+  %w = llm.weight "embed" {shard_dim = 0 : i32, num_shards = 2 : i32, unpadded_size = 800 : i64} : tensor<389x64xf32>
+  return
+}
+
+// -----
+
+func.func @weight_padding_133() {
+  // expected-error @+1 {{'llm.weight' op has tensor_rows without row_offset, expected both}}
+  %w = llm.weight "qkv" {tensor_rows = 12 : i64} : tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @weight_heads_134() {
+  // expected-error @+1 {{'llm.weight' op has part of shard_query_heads, kv_group, head_dim; expected all three with unpadded_size on a dim-0 shard}}
+  %w = llm.weight "k" {shard_dim = 0 : i32, num_shards = 3 : i32, unpadded_size = 32 : i64, kv_group = 4 : i64} : tensor<32x128xf32>
+  return
+}
+
+// -----
+
+func.func @paged_attention_kv_group_135(%q: tensor<?x48xf32>, %k: tensor<?x32xf32>, %v: tensor<?x32xf32>, %c: !llm.paged_kv_cache<f32, 4, 2, 16, 16, 1024>) {
+  // expected-error @+1 {{'llm.paged_attention' op kv_group is 0, expected >= 1}}
+  %y = llm.paged_attention(%q, %k, %v, %c) {layer = 0 : i32, num_heads = 3 : i32, num_kv_heads = 2 : i32, head_dim = 16 : i32, scale = 0.25 : f32, kv_group = 0 : i32} : (tensor<?x48xf32>, tensor<?x32xf32>, tensor<?x32xf32>, !llm.paged_kv_cache<f32, 4, 2, 16, 16, 1024>) -> tensor<?x48xf32>
   return
 }

@@ -68,11 +68,23 @@ struct AttentionParams {
   /// Sliding window (0: none): a token at position p attends to positions
   /// j with p - slidingWindow < j <= p (Mistral, Qwen2 sliding layers).
   int64_t slidingWindow = 0;
+  /// Uneven head split (kvGroup > 0): local query head h is global head
+  /// headOffset + h and uses global KV head (headOffset + h) / kvGroup, local
+  /// KV head that minus headOffset / kvGroup. 0: h / (numHeads / numKvHeads).
+  int64_t headOffset = 0;
+  int64_t kvGroup = 0;
   /// Sequence parallelism: this rank holds logical block b of a sequence
   /// when b % kvShards == kvShard (1 and 0: every block).
   int64_t kvShards = 1;
   int64_t kvShard = 0;
 };
+
+/// The local KV head of local query head h (AttentionParams::kvGroup).
+inline int64_t kvHeadOf(const AttentionParams &p, int64_t h) {
+  if (p.kvGroup > 0)
+    return (p.headOffset + h) / p.kvGroup - p.headOffset / p.kvGroup;
+  return h / (p.numHeads / p.numKvHeads);
+}
 
 /// The first position a token at `position` sees: 0, or with a sliding
 /// window W, max(0, position - W + 1).

@@ -70,7 +70,7 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
                float *out, std::vector<float> &scores) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = g.params.headDim;
-  const int64_t kvHead = h / (g.params.numHeads / g.params.numKvHeads);
+  const int64_t kvHead = kvHeadOf(g.params, h);
   const int32_t seq = g.step.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
   const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
@@ -105,7 +105,7 @@ void attendBlock(const Geometry &g, const Run &run, const float *gathered,
                  float *out, std::vector<float> &scratch) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = g.params.headDim, Hq = g.params.numHeads;
-  const int64_t kvHead = h / (Hq / g.params.numKvHeads);
+  const int64_t kvHead = kvHeadOf(g.params, h);
   const float *kt = gathered + kvHead * 2 * D * run.padded;
   const float *v = kt + D * run.padded;
   // Keys this block needs: up to its last query's position, in 32s.

@@ -36,7 +36,7 @@ float attendOwnedPositions(const float *q, int64_t t, int64_t h,
                            std::vector<float> &scores) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = p.headDim, B = cache.shape().blockSize;
-  const int64_t kvHead = h / (p.numHeads / p.numKvHeads);
+  const int64_t kvHead = kvHeadOf(p, h);
   const auto &table = step.blockTables[static_cast<size_t>(step.tokenSeq[t])];
   const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
   const int64_t first = firstVisiblePosition(length - 1, p.slidingWindow);

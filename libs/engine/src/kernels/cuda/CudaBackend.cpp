@@ -358,6 +358,9 @@ private:
       const cpu::AttentionParams &a = p.attention;
       if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
         return Status::error("sliding_window is not implemented by the CUDA backend yet");
+      if (a.kvGroup > 0) // TODO(issue 12): uneven head splits on the device
+        return Status::error("kv_group (an uneven head split) is not implemented by "
+                             "the CUDA backend yet");
       const int64_t qWidth = a.numHeads * a.headDim, kvWidth = a.numKvHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), T(), qWidth, "query"));
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(1), T(), kvWidth, "key"));
@@ -531,6 +534,9 @@ private:
       const cpu::AttentionParams &a = p.attention;
       if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
         return Status::error("sliding_window is not implemented by the CUDA backend yet");
+      if (a.kvGroup > 0) // TODO(issue 12): uneven head splits on the device
+        return Status::error("kv_group (an uneven head split) is not implemented by "
+                             "the CUDA backend yet");
       const RowRange r = rows();
       const int64_t qWidth = a.numHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), r.size(), qWidth, "query slice"));

@@ -127,7 +127,8 @@ def LLM_SequenceParallelAttentionOp : LLM_Op<"sequence_parallel_attention"> {
                        OptionalAttr<LLM_I32Attr>:$num_kv_heads,
                        OptionalAttr<LLM_I32Attr>:$head_dim,
                        OptionalAttr<F32Attr>:$scale,
-                       OptionalAttr<LLM_I32Attr>:$sliding_window);
+                       OptionalAttr<LLM_I32Attr>:$sliding_window,
+                       OptionalAttr<LLM_I32Attr>:$kv_group);
   let results = (outs LLM_FloatTensor:$result);
   let extraClassDeclaration = [{
     /// The decoder form: (q, k, v, cache) over this device's rows.
@@ -153,7 +154,8 @@ def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
                        LLM_I32Attr:$num_heads,
                        OptionalAttr<LLM_I32Attr>:$num_kv_heads,
                        LLM_I32Attr:$head_dim, F32Attr:$scale,
-                       OptionalAttr<LLM_I32Attr>:$sliding_window);
+                       OptionalAttr<LLM_I32Attr>:$sliding_window,
+                       OptionalAttr<LLM_I32Attr>:$kv_group);
   let results = (outs RankedTensorOf<[AnyFloat]>:$result);
   let extraClassDeclaration = [{
     /// The decoder form: (q, k, v, cache) over 2-D activations.
@@ -195,14 +197,20 @@ def LLM_WeightOp : LLM_Op<"weight", [NoSideEffect]> {
     rank at lowering. With `row_offset` and `tensor_rows` the named tensor
     (of `tensor_rows` rows) is read from row `row_offset` on: a part of a
     fused tensor (Phi-3's qkv_proj, gate_up_proj); a dim-0 shard is then a
-    slice of that part. `tensor_rows` alone on a dim-0 shard: the tensor has
-    fewer rows than num_shards x the slice's; the rows past it are zeros
-    (vocabulary padding).
+    slice of that part. `unpadded_size`: the tensor's size along shard_dim,
+    less than num_shards x the slice's; past it the slices hold zeros
+    (vocabulary padding, uneven head and MLP splits). `shard_query_heads`,
+    `kv_group`, `head_dim`: a k/v projection under an uneven head split;
+    shard r starts at KV head (r * shard_query_heads) / kv_group.
   }];
   let arguments = (ins StrAttr:$name, OptionalAttr<LLM_I32Attr>:$shard_dim,
                        OptionalAttr<LLM_I32Attr>:$num_shards,
                        OptionalAttr<LLM_I64Attr>:$row_offset,
-                       OptionalAttr<LLM_I64Attr>:$tensor_rows);
+                       OptionalAttr<LLM_I64Attr>:$tensor_rows,
+                       OptionalAttr<LLM_I64Attr>:$unpadded_size,
+                       OptionalAttr<LLM_I64Attr>:$shard_query_heads,
+                       OptionalAttr<LLM_I64Attr>:$kv_group,
+                       OptionalAttr<LLM_I64Attr>:$head_dim);
   let results = (outs LLM_FloatTensor:$result);
   let assemblyFormat = "$name attr-dict `:` type($result)";
 }
@@ -246,7 +254,8 @@ def LLM_PagedAttentionOp : LLM_Op<"paged_attention"> {
                        Arg<LLM_PagedKVCacheType, "paged KV cache", [MemRead, MemWrite]>:$cache,
                        LLM_I32Attr:$layer, LLM_I32Attr:$num_heads,
                        LLM_I32Attr:$num_kv_heads, LLM_I32Attr:$head_dim,
-                       F32Attr:$scale, OptionalAttr<LLM_I32Attr>:$sliding_window);
+                       F32Attr:$scale, OptionalAttr<LLM_I32Attr>:$sliding_window,
+                       OptionalAttr<LLM_I32Attr>:$kv_group);
   let results = (outs LLM_Activation:$result);
 }
 
