@@ -39,7 +39,9 @@ LAYOUTS = [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"]), ("tp2xpp2", ["--tp", 
 # The family fixtures: TP=2 for each (Phi-3's fused tensors split per part,
 # Qwen3's per-head norms on local heads); the sliding window also through
 # TP x PP and both sequence-parallel attentions (partial and token-split).
-FAMILY_LAYOUTS = {"tiny-mistral-swa": LAYOUTS}
+FAMILY_LAYOUTS = {"tiny-mistral-swa": LAYOUTS,
+                  # fused tensors split unevenly (8 heads, MLP 320 at TP=3)
+                  "tiny-phi3": [LAYOUTS[0], ("tp3", ["--tp", "3"])]}
 
 
 def read_safetensors(path):

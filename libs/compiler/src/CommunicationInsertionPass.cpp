@@ -134,12 +134,11 @@ private:
     auto type = weight.getType().cast<RankedTensorType>();
     const int64_t full = type.getDimSize(dim);
     if (local * ways != full) {
-      if (weight.getRowOffset() || local * ways < full)
+      if (local * ways < full)
         return weight.emitError("weight '")
                << weight.getName() << "' dim " << dim << " is " << full
-               << ", not divisible by tp = " << tp
-               << (weight.getRowOffset() ? " (a part of a fused tensor cannot be padded)"
-                                         : "");
+               << ", more than tp = " << tp << " x " << local;
+      // A part of a fused tensor (row_offset) pads within the part.
       weight.setUnpaddedSizeAttr(b.getI64IntegerAttr(full));
     }
     weight.getResult().setType(withDim(type, dim, local));

@@ -30,9 +30,8 @@ LogicalResult WeightOp::verify() {
   if (tensorRows && !rowOffset)
     return emitOpError() << "has tensor_rows without row_offset, expected both";
   if (Optional<int64_t> unpadded = getUnpaddedSize()) { // padded shards
-    if (!shardDim || rowOffset)
-      return emitOpError() << "has unpadded_size, expected a shard (without "
-                              "row_offset)";
+    if (!shardDim)
+      return emitOpError() << "has unpadded_size, expected a shard";
     const int64_t local = type.getDimSize(*shardDim);
     const int64_t padded = getKvGroup() ? -1 : local * *numShards;
     if (*unpadded < 1 || (padded > 0 && *unpadded > padded))
@@ -56,7 +55,10 @@ LogicalResult WeightOp::verify() {
       return emitOpError() << "reads a row range (row_offset) and is sharded "
                               "along dim "
                            << *shardDim << ", expected dim 0";
-    const int64_t rows = type.getDimSize(0) * (shardDim ? *numShards : 1);
+    // A padded part (unpadded_size: the part's real rows) reads only those.
+    const int64_t rows = getUnpaddedSize()
+                             ? *getUnpaddedSize()
+                             : type.getDimSize(0) * (shardDim ? *numShards : 1);
     if (*rowOffset < 0 || *rowOffset + rows > *tensorRows)
       return emitOpError() << "rows [" << *rowOffset << ", " << *rowOffset + rows
                            << ") are outside the tensor's " << *tensorRows

@@ -291,8 +291,14 @@ Status readSlidingWindow(const ConfigReader &reader, ModelConfig &config) {
   }
   if (!config.slidingWindow)
     return Status::ok();
-  int64_t maxWindowLayers = 0;
-  LLMIR_ASSIGN_OR_RETURN(maxWindowLayers, reader.positiveInt("max_window_layers", 28));
+  int64_t maxWindowLayers = 28; // transformers' default; 0: every layer slides
+  if (const boost::json::value *value = reader.find("max_window_layers")) {
+    std::optional<int64_t> layers = json::asInt64(*value);
+    if (!layers || *layers < 0)
+      return reader.error("max_window_layers",
+                          "must be a non-negative integer" + reader.got(*value));
+    maxWindowLayers = *layers;
+  }
   for (int64_t i = maxWindowLayers; i < config.numLayers; ++i)
     config.layerSlidingWindow[static_cast<size_t>(i)] = *config.slidingWindow;
   return Status::ok();

@@ -1106,7 +1106,7 @@ func.func @all_gather_padding_130(%x: tensor<?x389xf32>) {
 // -----
 
 func.func @weight_padding_131() {
-  // expected-error @+1 {{'llm.weight' op has unpadded_size, expected a shard (without row_offset)}}
+  // expected-error @+1 {{'llm.weight' op has unpadded_size, expected a shard}}
   %w = llm.weight "embed" {unpadded_size = 777 : i64} : tensor<389x64xf32>
   return
 }

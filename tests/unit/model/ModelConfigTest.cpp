@@ -117,6 +117,10 @@ TEST(ModelConfig, SlidingWindowLayersFollowTransformers) {
       parseModelConfig(qwen + R"("use_sliding_window":true,"max_window_layers":1})", "c");
   ASSERT_TRUE(upper.isOk()) << upper.message();
   EXPECT_EQ(upper->layerSlidingWindow, (std::vector<int64_t>{0, 32, 32}));
+  Result<ModelConfig> every =
+      parseModelConfig(qwen + R"("use_sliding_window":true,"max_window_layers":0})", "c");
+  ASSERT_TRUE(every.isOk()) << every.message();
+  EXPECT_EQ(every->layerSlidingWindow, (std::vector<int64_t>{32, 32, 32}));
   Result<ModelConfig> off =
       parseModelConfig(qwen + R"("use_sliding_window":false,"max_window_layers":1})", "c");
   ASSERT_TRUE(off.isOk());
