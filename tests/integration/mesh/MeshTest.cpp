@@ -312,7 +312,7 @@ void expectReplicaMatchesReference(const std::string &compilerUrl, uint16_t stor
         bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
         "--scheduler.port=" + std::to_string(scheduler.server->port()),
         "--http.host=127.0.0.1", "--http.port=" + std::to_string(freePort()),
-        "--worker.threads=1", "--timeouts.heartbeat_ms=200"}));
+        "--worker.threads=1", "--timeouts.heartbeat-ms=200"}));
     ASSERT_TRUE(workers.back()->started());
   }
   std::vector<net::FramedConnectionPtr> ranks;
