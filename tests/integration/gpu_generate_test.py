@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """llmir-generate on a CUDA device against the Hugging Face references.
 
-For every model (the embedded demo model, plus the ../shared fixtures when
-present): each reference case's greedy ids through `--device cuda`, and the
+For every model (the embedded demo model, plus the ../shared fixtures and
+the family fixtures when present): each reference case's greedy ids through `--device cuda`, and the
 prompt logits (`--dump-prompt-logits`) within the fixtures' agreement of
 the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
 (NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
@@ -19,8 +19,8 @@ import struct
 import subprocess
 import tempfile
 
-from generate_reference import (check, exit_on_failures, greedy_args, models_under_test,
-                                reference_cases)
+from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+                                models_under_test, reference_cases)
 
 
 def run(generate, *args):
@@ -77,7 +77,11 @@ def main():
     parser.add_argument("--fixtures", required=True)
     args = parser.parse_args()
 
-    for model_dir in models_under_test(args.models, args.fixtures):
+    models = models_under_test(args.models, args.fixtures) + family_models(args.fixtures)
+    for model_dir in models:
+        if not os.path.isdir(model_dir):
+            print(f"SKIPPED {model_dir}: not present")
+            continue
         # The demo model's reference carries 3.4e-4 of its own error
         # (docs/performance.md); the f32 fixtures agree to 1e-4.
         tolerance = 1e-3 if model_dir.endswith("demo-llama-4m") else 1e-4
@@ -92,6 +96,11 @@ def main():
                     exact_ids=8)
 
     demo = os.path.join(args.models, "demo-llama-4m")
+    # Uneven head splits (8 heads over 3 ranks) and replicated KV heads
+    # (4 KV heads over 8 ranks), several ranks sharing a GPU.
+    for degree in ("3", "8"):
+        check_model(args.generate, demo, ["--kv-cache-dtype", "f32", "--timeout-s", "30", "--tp", degree],
+                    f"cuda tp={degree}", 1e-3)
     prompt = reference_cases(demo)[0]["prompt_ids"]
     sampled = {}
     for device in ("cpu", "cuda"):

@@ -49,6 +49,10 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
 /// positions[t] (a device array).
 Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
             const int32_t *positions, float theta);
+/// The same with the headDim / 2 inverse frequencies given (a device array;
+/// cpu::ropeInverseFrequencies computes them, scaled or not).
+Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+            const int32_t *positions, const float *inverseFrequencies);
 
 /// y = silu(gate) * up.
 Status swiglu(const float *gate, const float *up, float *y, int64_t n);

@@ -59,9 +59,14 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
   const int64_t r = blockIdx.x, t = g.firstQuery + r, h = blockIdx.y;
   const int64_t D = g.headDim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t kvHead = h / (g.numHeads / g.numKvHeads);
+  const int64_t kvHead = g.kvGroup > 0
+                            ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
+                            : h / (g.numHeads / g.numKvHeads);
   const int32_t seq = g.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
+  // A sliding window W shows positions length - W .. length - 1 only.
+  const int64_t first =
+      g.slidingWindow > 0 && length > g.slidingWindow ? length - g.slidingWindow : 0;
   const float *query = q + (r * g.numHeads + h) * D;
   const int64_t outRow = g.partial ? g.numHeads * D + g.numHeads : g.numHeads * D;
 
@@ -73,7 +78,7 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
     acc[i] = 0.0f;
   }
   float runningMax = -INFINITY, runningSum = 0.0f;
-  for (int64_t j = warp; j < length; j += kWarps) {
+  for (int64_t j = first + warp; j < length; j += kWarps) {
     if (g.partial && (j / g.blockSize) % g.kvShards != g.kvShard)
       continue; // another sequence-parallel rank's block
     const int64_t row = cacheRow(g, seq, j) + kvHead * D;
@@ -110,8 +115,8 @@ __global__ void attendKernel(const float *q, AttentionGeometry g, float *out) {
       warpOut[warp][d] = acc[i];
   }
   __syncthreads();
-  // Without a shard filter warp 0 saw key 0, so the maximum is finite; a
-  // partial rank may own no visible position.
+  // Without a shard filter warp 0 saw the first visible key, so the maximum
+  // is finite; a partial rank may own no visible position.
   float maximum = warpMax[0];
   for (int w = 1; w < kWarps; ++w)
     maximum = fmaxf(maximum, warpMax[w]);

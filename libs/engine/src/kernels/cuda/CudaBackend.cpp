@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <string>
+#include <unordered_map>
 
 namespace llmir::engine {
 namespace {
@@ -107,6 +108,8 @@ public:
     }
     for (DeviceTensor &t : activations_)
       t.storage.release();
+    for (auto &[inst, table] : ropeFrequencies_)
+      table.release();
     aliased_.storage.release();
     scratch_.storage.release();
     keys_.release();
@@ -340,27 +343,25 @@ private:
         return Status::error("ROPE input " + model::formatShape(x.shape) + " for " +
                              std::to_string(r.size()) + " rows of whole heads of " +
                              std::to_string(p.headDim));
-      // TODO(issue 12): scaled frequencies (p.ropeInverseFrequencies) on the
-      // device; refused rather than rotated with unscaled ones.
-      if (p.ropeScaling.type != cpu::RopeScaling::None)
-        return Status::error("ROPE rope_scaling " + std::to_string(p.ropeScaling.type) +
-                             " is not implemented by the CUDA backend yet");
+      // The binding's inverse frequencies (scaled for llama3 / linear RoPE),
+      // the same f32 values the CPU rotates with, uploaded on first use.
+      DeviceArray<float> &frequencies = ropeFrequencies_[&inst];
+      if (!frequencies.data) {
+        LLMIR_RETURN_IF_ERROR(frequencies.reserve(p.ropeInverseFrequencies.size()));
+        LLMIR_RETURN_IF_ERROR(toDevice(frequencies.data, p.ropeInverseFrequencies.data(),
+                                       static_cast<int64_t>(p.ropeInverseFrequencies.size())));
+      }
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
       LLMIR_RETURN_IF_ERROR(copy(y.data(), x.data(), x.numel()));
       if (r.size() == 0)
         return Status::ok();
       return cuda::rope(y.data(), r.size(), y.rowSize() / p.headDim, p.headDim,
-                        positions_.data + r.begin, p.theta);
+                        positions_.data + r.begin, frequencies.data);
     }
     case proto::ATTENTION:
     case proto::ATTENTION_PARTIAL: {
       const cpu::AttentionParams &a = p.attention;
-      if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
-        return Status::error("sliding_window is not implemented by the CUDA backend yet");
-      if (a.kvGroup > 0) // TODO(issue 12): uneven head splits on the device
-        return Status::error("kv_group (an uneven head split) is not implemented by "
-                             "the CUDA backend yet");
       const int64_t qWidth = a.numHeads * a.headDim, kvWidth = a.numKvHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), T(), qWidth, "query"));
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(1), T(), kvWidth, "key"));
@@ -532,11 +533,6 @@ private:
     }
     case proto::SP_ATTENTION: {
       const cpu::AttentionParams &a = p.attention;
-      if (a.slidingWindow > 0) // TODO(issue 12): the window on the device
-        return Status::error("sliding_window is not implemented by the CUDA backend yet");
-      if (a.kvGroup > 0) // TODO(issue 12): uneven head splits on the device
-        return Status::error("kv_group (an uneven head split) is not implemented by "
-                             "the CUDA backend yet");
       const RowRange r = rows();
       const int64_t qWidth = a.numHeads * a.headDim;
       LLMIR_RETURN_IF_ERROR(expectMatrix(act(0), r.size(), qWidth, "query slice"));
@@ -569,6 +565,7 @@ private:
   std::vector<int32_t> hostTables_;
   cuda::DeviceStep deviceStep_;
   const BoundInstruction *inst_ = nullptr;
+  std::unordered_map<const BoundInstruction *, DeviceArray<float>> ropeFrequencies_;
   std::vector<float> host_, hostGathered_; // staging for host collectives
 };
 

@@ -113,6 +113,13 @@ Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
                     "rope");
 }
 
+Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+            const int32_t *positions, const float *inverseFrequencies) {
+  return cudaStatus(detail::ropeWithFrequencies(x, T, numHeads, headDim, positions,
+                                                inverseFrequencies),
+                    "rope");
+}
+
 Status swiglu(const float *gate, const float *up, float *y, int64_t n) {
   return cudaStatus(detail::swiglu(gate, up, y, n), "swiglu");
 }
@@ -160,6 +167,9 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   g.firstQuery = 0;
   g.numQueries = step.numTokens;
   g.partial = false;
+  g.slidingWindow = params.slidingWindow;
+  g.kvGroup = params.kvGroup;
+  g.headOffset = params.headOffset;
   return g;
 }
 

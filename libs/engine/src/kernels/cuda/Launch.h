@@ -19,6 +19,8 @@ int rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);
 int rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
          const int32_t *positions, float theta);
+int ropeWithFrequencies(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+                        const int32_t *positions, const float *inverseFrequencies);
 int swiglu(const float *gate, const float *up, float *y, int64_t n);
 int add(const float *a, const float *b, float *y, int64_t n);
 int embedding(const int32_t *ids, int64_t T, const void *table, Storage storage,
@@ -45,6 +47,11 @@ struct AttentionGeometry {
   /// (kvShards / kvShard) and write, per row, every head's normalised
   /// output then every head's log-sum-exp (-inf and zeros when none).
   bool partial;
+  /// Sliding window W (0: none): token at p sees p - W < j <= p.
+  int64_t slidingWindow;
+  /// Uneven head split (kvGroup > 0): query head h uses KV head
+  /// (headOffset + h) / kvGroup - headOffset / kvGroup (cpu::kvHeadOf).
+  int64_t kvGroup, headOffset;
 };
 
 constexpr int64_t kMaxHeadDim = 256;

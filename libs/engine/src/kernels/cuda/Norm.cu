@@ -54,7 +54,33 @@ __global__ void ropeKernel(float *x, int64_t numHeads, int64_t headDim,
   }
 }
 
+// The same rotation with given inverse frequencies (f32, as the CPU's).
+__global__ void ropeFrequenciesKernel(float *x, int64_t numHeads, int64_t headDim,
+                                      const int32_t *positions,
+                                      const float *inverseFrequencies) {
+  const int64_t half = headDim / 2;
+  const float position = static_cast<float>(positions[blockIdx.x]);
+  for (int64_t p = threadIdx.x; p < numHeads * half; p += blockDim.x) {
+    const int64_t h = p / half, i = p % half;
+    const float angle = position * inverseFrequencies[i];
+    const float c = static_cast<float>(cos(static_cast<double>(angle)));
+    const float s = static_cast<float>(sin(static_cast<double>(angle)));
+    float *head = x + (blockIdx.x * numHeads + h) * headDim;
+    const float a = head[i], b = head[i + half];
+    head[i] = a * c - b * s;
+    head[i + half] = b * c + a * s;
+  }
+}
+
 } // namespace
+
+int ropeWithFrequencies(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+                        const int32_t *positions, const float *inverseFrequencies) {
+  if (T > 0)
+    ropeFrequenciesKernel<<<static_cast<unsigned>(T), 256>>>(x, numHeads, headDim,
+                                                             positions, inverseFrequencies);
+  return cudaGetLastError();
+}
 
 int rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y) {
