@@ -3,6 +3,7 @@
 // newline), against the prompts their model cards document.
 #include "llmir/serving/ChatTemplate.h"
 
+#include <boost/json.hpp>
 #include <gtest/gtest.h>
 
 namespace llmir::serving {
@@ -142,33 +143,31 @@ TEST(ChatTemplate, WhitespaceControlAndComments) {
 
 TEST(ChatTemplate, RenderErrorsSayWhatWasWrong) {
   EXPECT_EQ(renderError("{{ raise_exception('no ' ~ messages|length) }}", {}), "no 0");
-  EXPECT_EQ(renderError("{{ 'a' + 1 }}", {}), "cannot apply '+' to a string and a int");
-  EXPECT_EQ(renderError("{{ nothing.role }}", {}),
-            "cannot read attribute 'role' of an undefined value");
-  EXPECT_EQ(renderError("{{ messages }}", {}), "cannot print a list");
+  EXPECT_EQ(renderError("{{ 'a' + 1 }}", {}), "can only concatenate str (not \"int\") to str");
+  EXPECT_EQ(renderError("{{ nothing.role }}", {}), "'nothing' is undefined");
+  EXPECT_EQ(renderError("{{ messages[0].role }}", {}), "list object has no element 0");
+  EXPECT_EQ(renderError("{{ [1].append(2) }}", {}),
+            "access to attribute 'append' of 'list' object is unsafe.");
 }
 
-TEST(ChatTemplate, UnsupportedSyntaxIsAParseErrorWithItsPosition) {
-  EXPECT_EQ(parseError("ok\n{% macro m() %}{% endmacro %}"),
-            "chat template, line 2, column 4: unsupported statement 'macro' (expected if, for, "
-            "set or the end of a block)");
-  EXPECT_EQ(parseError("{{ x|join(', ') }}"),
-            "chat template, line 1, column 6: unsupported filter 'join' (supported: trim, "
-            "length, upper, lower, tojson)");
-  EXPECT_EQ(parseError("{{ message.content.strip() }}"),
-            "chat template, line 1, column 25: method calls (.strip()) are not supported");
-  EXPECT_EQ(parseError("{{ 'a' if x else 'b' }}"),
-            "chat template, line 1, column 8: conditional expressions (x if c else y) are "
-            "not supported");
+TEST(ChatTemplate, RaiseExceptionIsReportedAsTheTemplatesOwnError) {
+  auto parsed = ChatTemplate::parse("{{ raise_exception('System role not supported') }}");
+  ASSERT_TRUE(parsed.isOk()) << parsed.message();
+  ChatTemplateError error;
+  EXPECT_FALSE(parsed->render(boost::json::array{}, {}, &error).isOk());
+  EXPECT_TRUE(error.raised);
+  EXPECT_EQ(error.message, "System role not supported");
+}
+
+TEST(ChatTemplate, SyntaxErrorsAreParseErrorsWithTheirLine) {
+  EXPECT_EQ(parseError("ok\n{% macro m( %}{% endmacro %}"),
+            "chat template, line 2: unexpected '}'");
+  EXPECT_EQ(parseError("{{ x|no_such_filter }}"), "chat template, line 1: no filter named 'no_such_filter'");
   EXPECT_EQ(parseError("{% for m in messages %}x"),
-            "chat template, line 1, column 4: block is never closed (expected {% endfor %})");
-  EXPECT_EQ(parseError("{{ 'open"), "chat template, line 1, column 1: unclosed tag: expected '}}'");
-  EXPECT_EQ(parseError("{% if x %}{% endfor %}"),
-            "chat template, line 1, column 14: unsupported statement 'endfor' (expected if, "
-            "for, set or the end of a block)");
-  EXPECT_EQ(parseError("{{ x is string }}"),
-            "chat template, line 1, column 9: unsupported test 'string' (supported: defined, "
-            "none)");
+            "chat template, line 1: unexpected end of template, expected one of: 'else', 'endfor'");
+  EXPECT_EQ(parseError("{{ 'open"), "chat template, line 1: unterminated string");
+  EXPECT_EQ(parseError("{% if x %}{% endfor %}"), "chat template, line 1: encountered unknown tag 'endfor'");
+  EXPECT_EQ(parseError("{% do x %}"), "chat template, line 1: encountered unknown tag 'do'");
 }
 
 } // namespace

@@ -1,14 +1,20 @@
-// A strict interpreter for the subset of Jinja2 that Hugging Face chat
-// templates (tokenizer_config.json "chat_template") use. The template is
-// parsed once; anything outside the subset is a parse error naming its line
-// and column, so an unsupported template fails at startup, not per request.
-// Rendering follows transformers' apply_chat_template environment
-// (trim_blocks and lstrip_blocks on). docs/api.md lists the subset.
+// A model's chat template (tokenizer_config.json "chat_template"): the prompt
+// text of a conversation exactly as Hugging Face transformers'
+// apply_chat_template renders it. The template is parsed once (at scheduler
+// start, so a template the engine cannot parse stops the start with its
+// line); rendering runs the Jinja2 engine of libs/jinja with the variables
+// transformers passes: messages, add_generation_prompt, bos_token,
+// eos_token, plus tools, documents and any extra keyword arguments.
 #pragma once
 
+#include "llmir/jinja/Template.h"
 #include "llmir/support/Status.h"
 
-#include <memory>
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+
+#include <ctime>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,23 +30,36 @@ struct ChatTemplateInputs {
   bool addGenerationPrompt = true;
   std::string bosToken;
   std::string eosToken;
+  /// Further template variables: tools, documents, chat_template_kwargs...
+  /// (set after the ones above, so they can override them, as in
+  /// transformers).
+  boost::json::object extra;
+  /// What strftime_now sees as now; unset: the clock.
+  std::optional<std::time_t> now;
+};
+
+/// A failed render: the template's own raise_exception (its message
+/// verbatim) or a runtime error (e.g. adding a string to a list).
+struct ChatTemplateError {
+  std::string message;
+  bool raised = false;
 };
 
 class ChatTemplate {
 public:
-  /// Parses `source`; the error says where (line:column) and what was found.
+  /// Parses `source`; the error says where (line) and what was found.
   static Result<ChatTemplate> parse(std::string_view source);
 
-  /// The prompt for `messages`. A template's raise_exception('msg') or a
-  /// type error (e.g. adding a string to a number) is an error with that text.
+  /// The prompt for `messages` (OpenAI-style message objects).
+  Result<std::string> render(const boost::json::array &messages, const ChatTemplateInputs &inputs,
+                             ChatTemplateError *error = nullptr) const;
+  /// The same for plain role/content turns.
   Result<std::string> render(const std::vector<ChatTurn> &messages,
                              const ChatTemplateInputs &inputs) const;
 
 private:
-  struct Program; // the parsed statements (src/ChatTemplate.cpp)
-  explicit ChatTemplate(std::shared_ptr<const Program> program)
-      : program_(std::move(program)) {}
-  std::shared_ptr<const Program> program_;
+  explicit ChatTemplate(jinja::Template engine) : engine_(std::move(engine)) {}
+  jinja::Template engine_;
 };
 
 } // namespace llmir::serving
