@@ -11,6 +11,10 @@ tests/fixtures/chat-templates/goldens/NAME.json: one {"text": ...} or
 conversations.json ("now", UTC) so the goldens do not change by the day; the
 C++ test passes the same time to the project's renderer.
 
+It also renders the engine's own differential cases,
+tests/fixtures/jinja/snippets.json (small templates with their variables),
+into tests/fixtures/jinja/snippets-goldens.json.
+
 Usage: scripts/gen-chat-goldens.py [--copy-templates]
   --copy-templates  first refresh the .jinja copies from ../shared/chat-templates
 """
@@ -57,6 +61,16 @@ def main():
             f.write("\n")
         ok = sum(1 for r in renders if "text" in r)
         print(f"{name}: {ok}/{len(renders)} rendered")
+
+    jinja_dir = os.path.join(ROOT, "tests", "fixtures", "jinja")
+    snippets = json.load(open(os.path.join(jinja_dir, "snippets.json"), encoding="utf-8"))
+    renders = [chat_reference.render_all(s["template"], [{"messages": [], "extra": s["vars"]}])[0]
+               for s in snippets]
+    with open(os.path.join(jinja_dir, "snippets-goldens.json"), "w", encoding="utf-8") as f:
+        json.dump(renders, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    ok = sum(1 for r in renders if "text" in r)
+    print(f"snippets: {ok}/{len(renders)} rendered")
 
 
 if __name__ == "__main__":

@@ -165,10 +165,9 @@ std::string jinjaTitle(const std::string &s) {
   std::string out;
   bool wordStart = true;
   for (uint32_t cp : codepoints(s)) {
-    bool separator = isSpaceCp(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || cp == '_';
+    bool separator = isSpaceCp(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
     if (separator) {
       utf8::append(out, cp);
-      wordStart = cp != '-' && cp != '_' ? true : wordStart;
       wordStart = true;
       continue;
     }
@@ -1650,7 +1649,7 @@ Value applyFilter(Renderer &r, const std::string &name, Value input, CallArgs &c
     double d = input.asDouble(), scale = std::pow(10.0, double(precision));
     double v = method == "ceil" ? std::ceil(d * scale) / scale
                : method == "floor" ? std::floor(d * scale) / scale
-                                   : std::round(d * scale) / scale;
+                                   : std::nearbyint(d * scale) / scale; // Python rounds half to even
     return Value::real(v);
   }
   if (name == "sum") {

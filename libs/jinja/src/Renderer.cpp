@@ -9,6 +9,10 @@
 namespace llmir::jinja {
 namespace {
 
+/// Values are compared, printed and destroyed recursively; deeper ones are
+/// refused so that no template can exhaust the stack.
+constexpr uint32_t kMaxValueDepth = 256;
+
 class MacroFunction : public Callable {
 public:
   MacroFunction(const Node &node, std::weak_ptr<Scope> scope) : node_(node), scope_(std::move(scope)) {}
@@ -105,6 +109,12 @@ void Renderer::checkSize(size_t size) const {
   if (size > inputs_.limits.maxOutputBytes)
     fail("the template's output is larger than " + std::to_string(inputs_.limits.maxOutputBytes) +
          " bytes");
+}
+
+const Value &Renderer::checkDepth(const Value &v) const {
+  if (v.depth() > kMaxValueDepth)
+    fail("a value nests more than " + std::to_string(kMaxValueDepth) + " lists or dicts deep");
+  return v;
 }
 
 std::string Renderer::run() {
@@ -258,9 +268,13 @@ void Renderer::assign(const Target &target, Value value) {
     Value ns = lookup(target.names[0]);
     if (ns.kind() != Value::Kind::Namespace)
       fail("cannot assign attribute on non-namespace object");
+    checkDepth(value);
+    if (value.kind() == Value::Kind::Namespace && &value.entries() == &ns.entries())
+      fail("a namespace cannot hold itself");
     ns.mutableEntries().set(target.attribute, std::move(value));
     return;
   }
+  checkDepth(value);
   if (!target.tuple) {
     scope_->set(target.names[0], std::move(value));
     return;
@@ -399,12 +413,16 @@ Value Renderer::call(const Value &callee, CallArgs args) {
     fail("'" + std::string(callee.typeName()) + "' object is not callable");
   }
   step();
-  return callee.function().call(*this, std::move(args));
+  Value result = callee.function().call(*this, std::move(args));
+  checkDepth(result);
+  return result;
 }
 
 Value Renderer::filter(const std::string &name, Value input, CallArgs args) {
   step();
-  return applyFilter(*this, name, std::move(input), args);
+  Value result = applyFilter(*this, name, std::move(input), args);
+  checkDepth(result);
+  return result;
 }
 
 bool Renderer::test(const std::string &name, const Value &input, CallArgs args) {
@@ -506,7 +524,7 @@ Value Renderer::eval(const Expr &e) {
     items.reserve(e.args.size());
     for (const auto &a : e.args)
       items.push_back(eval(*a));
-    return Value::list(std::move(items), e.kind == Expr::Kind::Tuple ? Value::Seq::Tuple : Value::Seq::List);
+    return checkDepth(Value::list(std::move(items), e.kind == Expr::Kind::Tuple ? Value::Seq::Tuple : Value::Seq::List));
   }
   case Expr::Kind::Dict: {
     Dict d;
@@ -518,7 +536,7 @@ Value Renderer::eval(const Expr &e) {
         fail("unhashable type: '" + std::string(key.typeName()) + "'");
       d.set(std::move(key), eval(*e.args[i + 1]));
     }
-    return Value::dict(std::move(d));
+    return checkDepth(Value::dict(std::move(d)));
   }
   }
   return Value::undefined();

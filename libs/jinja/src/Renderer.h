@@ -52,8 +52,10 @@ public:
   [[noreturn]] void fail(std::string message) const;
   /// Counts work against the render's step limit.
   void step();
-  /// Appends to the output buffer in use, within the size limit.
+  /// Fails when an output or string would pass the size limit.
   void checkSize(size_t size) const;
+  /// Fails when a value nests too deeply to be handled recursively.
+  const Value &checkDepth(const Value &v) const;
 
   Value call(const Value &callee, CallArgs args);
   Value filter(const std::string &name, Value input, CallArgs args);

@@ -95,12 +95,16 @@ Value Value::list(ValueList items, Seq seq) {
   Value v;
   v.kind_ = Kind::List;
   v.seq_ = seq;
+  for (const Value &item : items)
+    v.depth_ = std::max(v.depth_, item.depth_ + 1);
   v.list_ = std::make_shared<const ValueList>(std::move(items));
   return v;
 }
 Value Value::dict(Dict d) {
   Value v;
   v.kind_ = Kind::Dict;
+  for (const auto &[key, item] : d.entries())
+    v.depth_ = std::max(v.depth_, item.depth_ + 1);
   v.dict_ = std::make_shared<Dict>(std::move(d));
   return v;
 }

@@ -64,6 +64,8 @@ public:
   bool isList() const { return kind_ == Kind::List; }
   bool isMapping() const { return kind_ == Kind::Dict; }
   bool isSafe() const { return kind_ == Kind::String && bool_; }
+  /// How deeply lists and dicts nest inside this value (0 for a scalar).
+  uint32_t depth() const { return depth_; }
 
   bool asBool() const { return bool_; }
   int64_t asInt() const { return kind_ == Kind::Bool ? int64_t(bool_) : int_; }
@@ -89,6 +91,7 @@ private:
   Kind kind_ = Kind::Undefined;
   Seq seq_ = Seq::List;
   bool bool_ = false;
+  uint32_t depth_ = 0;
   int64_t int_ = 0;
   double double_ = 0;
   std::string string_;
