@@ -122,38 +122,6 @@ std::optional<ApiError> parsePrompt(Fields &f, ApiRequest &r) {
   return invalid("prompt", "'prompt' must be a string or an array of token ids");
 }
 
-std::optional<ApiError> parseMessages(Fields &f, ApiRequest &r) {
-  const json::value *messages = f.get("messages");
-  if (!messages || !messages->is_array() || messages->get_array().empty())
-    return invalid("messages", "'messages' must be a non-empty array");
-  for (const json::value &m : messages->get_array()) {
-    const json::object *object = m.if_object();
-    const json::value *role = object ? object->if_contains("role") : nullptr;
-    if (!role || !role->is_string())
-      return invalid("messages", "each message needs a string 'role'");
-    ChatMessage message{std::string(role->get_string()), ""};
-    const json::value *content = object->if_contains("content");
-    if (content && content->is_string()) {
-      message.content = std::string(content->get_string());
-    } else if (content && content->is_array()) {
-      for (const json::value &part : content->get_array()) {
-        const json::object *p = part.if_object();
-        const json::value *text = p ? p->if_contains("text") : nullptr;
-        const json::value *type = p ? p->if_contains("type") : nullptr;
-        if (!text || !text->is_string() || !type || !type->is_string() ||
-            type->get_string() != "text")
-          return invalid("messages", "only text content parts are supported");
-        message.content += std::string(text->get_string());
-      }
-    } else if (content && !content->is_null()) {
-      return invalid("messages", "message 'content' must be a string or an array of "
-                                 "text parts");
-    }
-    r.messages.push_back(std::move(message));
-  }
-  return std::nullopt;
-}
-
 std::optional<ApiError> parseStop(Fields &f, serving::RequestParams &p) {
   const json::value *stop = f.get("stop");
   if (stop && stop->is_string()) {
@@ -195,7 +163,7 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
   f.string("model", r.model);
   if (f.error)
     return *f.error;
-  if (auto e = endpoint == Endpoint::Completions ? parsePrompt(f, r) : parseMessages(f, r))
+  if (auto e = endpoint == Endpoint::Completions ? parsePrompt(f, r) : parseChatInput(*object, r.chat))
     return *e;
 
   double number = 0;
@@ -264,15 +232,92 @@ std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages) {
   return prompt + "<|assistant|>\n";
 }
 
-std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format,
-                                               const std::vector<ChatMessage> &messages) {
+std::optional<ApiError> parseChatInput(const json::object &body, ChatInput &chat) {
+  const json::value *messages = body.if_contains("messages");
+  if (!messages || !messages->is_array() || messages->get_array().empty())
+    return invalid("messages", "'messages' must be a non-empty array");
+  for (const json::value &m : messages->get_array()) {
+    const json::object *object = m.if_object();
+    const json::value *role = object ? object->if_contains("role") : nullptr;
+    if (!role || !role->is_string())
+      return invalid("messages", "each message needs a string 'role'");
+    ChatMessage message{std::string(role->get_string()), ""};
+    json::object templateMessage = *object;
+    const json::value *content = object->if_contains("content");
+    if (content && content->is_string()) {
+      message.content = std::string(content->get_string());
+    } else if (content && content->is_array()) {
+      // vLLM's "string" content format: text parts joined by newlines.
+      bool first = true;
+      for (const json::value &part : content->get_array()) {
+        const json::object *p = part.if_object();
+        const json::value *text = p ? p->if_contains("text") : nullptr;
+        const json::value *type = p ? p->if_contains("type") : nullptr;
+        if (!text || !text->is_string() || !type || !type->is_string() ||
+            type->get_string() != "text")
+          return invalid("messages", "only text content parts are supported");
+        if (!first)
+          message.content += "\n";
+        first = false;
+        message.content += std::string(text->get_string());
+      }
+      templateMessage["content"] = message.content;
+    } else if (content && !content->is_null()) {
+      return invalid("messages", "message 'content' must be a string or an array of "
+                                 "text parts");
+    }
+    if (json::value *calls = templateMessage.if_contains("tool_calls")) {
+      if (!calls->is_array() && !calls->is_null())
+        return invalid("messages", "'tool_calls' must be an array");
+      if (calls->is_array())
+        for (json::value &call : calls->get_array()) {
+          json::object *c = call.if_object();
+          json::value *function = c ? c->if_contains("function") : nullptr;
+          if (!function || !function->is_object() || !function->get_object().contains("name"))
+            return invalid("messages", "each tool call needs a 'function' with a 'name'");
+          // Templates index the arguments (tool_call.arguments|items), so a
+          // JSON string becomes the object it encodes, as in vLLM.
+          json::value *arguments = function->get_object().if_contains("arguments");
+          if (arguments && arguments->is_string()) {
+            boost::system::error_code ec;
+            json::value parsed = json::parse(arguments->get_string(), ec);
+            if (!ec && parsed.is_object())
+              *arguments = std::move(parsed);
+          }
+        }
+    }
+    chat.messages.push_back(std::move(message));
+    chat.templateMessages.push_back(std::move(templateMessage));
+  }
+  if (const json::value *flag = body.if_contains("add_generation_prompt"); flag && !flag->is_null()) {
+    if (!flag->is_bool())
+      return invalid("add_generation_prompt", "'add_generation_prompt' must be a boolean");
+    chat.addGenerationPrompt = flag->get_bool();
+  }
+  for (const char *name : {"tools", "documents"}) {
+    const json::value *v = body.if_contains(name);
+    if (!v || v->is_null())
+      continue;
+    if (!v->is_array())
+      return invalid(name, std::string("'") + name + "' must be an array");
+    chat.templateVariables[name] = *v;
+  }
+  if (const json::value *kwargs = body.if_contains("chat_template_kwargs"); kwargs && !kwargs->is_null()) {
+    if (!kwargs->is_object())
+      return invalid("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    for (const auto &[key, value] : kwargs->get_object())
+      chat.templateVariables[key] = value;
+  }
+  return std::nullopt;
+}
+
+std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format, const ChatInput &chat) {
   if (!format.chatTemplate)
-    return applyDefaultChatTemplate(messages);
-  std::vector<serving::ChatTurn> turns;
-  turns.reserve(messages.size());
-  for (const ChatMessage &m : messages)
-    turns.push_back({m.role, m.content});
-  auto prompt = format.chatTemplate->render(turns, format.inputs);
+    return applyDefaultChatTemplate(chat.messages);
+  serving::ChatTemplateInputs inputs = format.inputs;
+  inputs.addGenerationPrompt = chat.addGenerationPrompt;
+  inputs.extra = chat.templateVariables;
+  auto prompt = format.chatTemplate->render(chat.templateMessages, inputs);
   if (!prompt)
     return ApiError{400, "the model's chat template rejected the messages: " + prompt.message(),
                     "invalid_request_error", "messages", ""};

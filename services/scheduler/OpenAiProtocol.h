@@ -8,6 +8,9 @@
 #include "llmir/serving/ChatTemplate.h"
 #include "llmir/serving/RequestParams.h"
 
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+
 #include <optional>
 #include <string>
 #include <variant>
@@ -37,13 +40,25 @@ struct ChatMessage {
   std::string content;
 };
 
+/// What a chat template renders: the messages as the template sees them
+/// (every field of each message kept, text parts joined into one string,
+/// tool call arguments given as JSON strings parsed into objects, as vLLM
+/// does), the flag and the extra variables (tools, documents,
+/// chat_template_kwargs).
+struct ChatInput {
+  std::vector<ChatMessage> messages;
+  boost::json::array templateMessages;
+  boost::json::object templateVariables;
+  bool addGenerationPrompt = true;
+};
+
 /// A parsed request, before tokenization of its prompt.
 struct ApiRequest {
   Endpoint endpoint = Endpoint::Completions;
   std::string model;
   std::optional<std::string> promptText;        // completions: text prompt
   std::optional<std::vector<int32_t>> promptIds; // completions: token ids
-  std::vector<ChatMessage> messages;             // chat
+  ChatInput chat;                                // chat
   serving::RequestParams params;                 // promptIds filled later
   bool maxTokensGiven = false;
   bool stream = false;
@@ -68,8 +83,12 @@ struct ChatFormat {
 
 /// The prompt of a chat; a template error (e.g. its raise_exception) is a
 /// 400 on "messages" carrying the template's message.
-std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format,
-                                               const std::vector<ChatMessage> &messages);
+std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format, const ChatInput &chat);
+
+/// Reads "messages" (and add_generation_prompt, tools, documents,
+/// chat_template_kwargs) from a request body: chat completions and
+/// /tokenize share it.
+std::optional<ApiError> parseChatInput(const boost::json::object &body, ChatInput &chat);
 
 /// What the server accumulates per choice for a non-streamed response.
 struct ChoiceResult {

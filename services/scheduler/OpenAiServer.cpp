@@ -54,6 +54,8 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
                             "", "invalid_api_key"});
     return models();
   });
+  server.route("POST", "/tokenize", [this](const net::HttpRequest &r) { return tokenize(r); });
+  server.route("POST", "/detokenize", [this](const net::HttpRequest &r) { return detokenize(r); });
   server.route("GET", "/healthz", [](const net::HttpRequest &) {
     return net::HttpResponse::text(200, "ok\n");
   });
@@ -82,6 +84,107 @@ net::HttpResponse OpenAiServer::models() const {
                             {"max_model_len", scheduler_.limits().maxModelLen}};
   boost::json::object list{{"object", "list"}, {"data", boost::json::array{model}}};
   return net::HttpResponse::json(200, boost::json::serialize(list));
+}
+
+bool OpenAiServer::authorized(const net::HttpRequest &http) const {
+  return options_.apiKey.empty() || http.header("authorization") == "Bearer " + options_.apiKey;
+}
+
+namespace {
+
+const ApiError kUnauthorized{401, "Incorrect API key provided.", "invalid_request_error", "",
+                             "invalid_api_key"};
+
+/// The body as a JSON object, or the 400 that says why not.
+std::variant<boost::json::object, ApiError> jsonObject(const std::string &body) {
+  boost::system::error_code ec;
+  boost::json::value root = boost::json::parse(body, ec);
+  if (ec)
+    return ApiError{400, "the request body is not valid JSON: " + ec.message(),
+                    "invalid_request_error", "", ""};
+  if (!root.is_object())
+    return ApiError{400, "the request body must be a JSON object", "invalid_request_error", "", ""};
+  return std::move(root.as_object());
+}
+
+} // namespace
+
+net::HttpResponse OpenAiServer::tokenize(const net::HttpRequest &http) const {
+  if (!authorized(http))
+    return errorResponse(kUnauthorized);
+  auto parsed = jsonObject(http.body);
+  if (auto *error = std::get_if<ApiError>(&parsed))
+    return errorResponse(*error);
+  const boost::json::object &body = std::get<boost::json::object>(parsed);
+  if (const auto *model = body.if_contains("model");
+      model && model->is_string() && !model->as_string().empty() && model->as_string() != options_.modelName)
+    return errorResponse({404, "The model `" + std::string(model->as_string()) + "` does not exist.",
+                          "invalid_request_error", "model", "model_not_found"});
+  std::string text;
+  const char *param = "prompt";
+  if (body.contains("messages")) {
+    param = "messages";
+    ChatInput chat;
+    if (auto error = parseChatInput(body, chat))
+      return errorResponse(*error);
+    auto prompt = chatPrompt(options_.chatFormat, chat);
+    if (auto *error = std::get_if<ApiError>(&prompt))
+      return errorResponse(*error);
+    text = std::move(std::get<std::string>(prompt));
+  } else {
+    const auto *prompt = body.if_contains("prompt");
+    if (!prompt || !prompt->is_string())
+      return errorResponse({400, "'prompt' (a string) or 'messages' is required",
+                            "invalid_request_error", "prompt", ""});
+    text = std::string(prompt->as_string());
+  }
+  auto ids = tokenizer_.encode(text);
+  if (!ids)
+    return errorResponse({400, ids.message(), "invalid_request_error", param, ""});
+  boost::json::array tokens;
+  for (int32_t id : *ids)
+    tokens.emplace_back(id);
+  boost::json::value tokenStrs = nullptr;
+  if (const auto *flag = body.if_contains("return_token_strs"); flag && flag->is_bool() && flag->as_bool()) {
+    boost::json::array strs;
+    for (int32_t id : *ids) {
+      auto piece = tokenizer_.decode(std::span<const int32_t>(&id, 1));
+      strs.emplace_back(piece ? *piece : std::string());
+    }
+    tokenStrs = std::move(strs);
+  }
+  boost::json::object out{{"count", ids->size()},
+                          {"max_model_len", scheduler_.limits().maxModelLen},
+                          {"tokens", std::move(tokens)},
+                          {"token_strs", std::move(tokenStrs)}};
+  return net::HttpResponse::json(200, boost::json::serialize(out));
+}
+
+net::HttpResponse OpenAiServer::detokenize(const net::HttpRequest &http) const {
+  if (!authorized(http))
+    return errorResponse(kUnauthorized);
+  auto parsed = jsonObject(http.body);
+  if (auto *error = std::get_if<ApiError>(&parsed))
+    return errorResponse(*error);
+  const boost::json::object &body = std::get<boost::json::object>(parsed);
+  const auto *tokens = body.if_contains("tokens");
+  std::vector<int32_t> ids;
+  bool valid = tokens && tokens->is_array();
+  if (valid)
+    for (const auto &t : tokens->as_array()) {
+      if (!t.is_int64() || t.as_int64() < 0 || t.as_int64() > INT32_MAX) {
+        valid = false;
+        break;
+      }
+      ids.push_back(static_cast<int32_t>(t.as_int64()));
+    }
+  if (!valid)
+    return errorResponse({400, "'tokens' must be an array of token ids", "invalid_request_error",
+                          "tokens", ""});
+  auto text = tokenizer_.decode(ids);
+  if (!text)
+    return errorResponse({400, text.message(), "invalid_request_error", "tokens", ""});
+  return net::HttpResponse::json(200, boost::json::serialize(boost::json::object{{"prompt", *text}}));
 }
 
 net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpointId) {
@@ -117,7 +220,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   } else {
     std::string text;
     if (endpoint == Endpoint::Chat) {
-      auto prompt = chatPrompt(options_.chatFormat, request.messages);
+      auto prompt = chatPrompt(options_.chatFormat, request.chat);
       if (auto *error = std::get_if<ApiError>(&prompt))
         return errorResponse(*error);
       text = std::move(std::get<std::string>(prompt));

@@ -48,6 +48,11 @@ public:
 private:
   net::HttpResponse complete(const net::HttpRequest &http, int endpoint);
   net::HttpResponse models() const;
+  /// vLLM's /tokenize: the prompt tokens a completions ("prompt") or chat
+  /// ("messages") request would run on; and /detokenize: their text.
+  net::HttpResponse tokenize(const net::HttpRequest &http) const;
+  net::HttpResponse detokenize(const net::HttpRequest &http) const;
+  bool authorized(const net::HttpRequest &http) const;
 
   OpenAiServerOptions options_;
   const model::Tokenizer &tokenizer_;

@@ -387,8 +387,84 @@ test("chat uses the model's chat_template; its raise_exception is a 400", async 
   }
 });
 
-test('an unsupported chat_template stops the start with its line and column', async () => {
-  const s = startScheduler(modelWithChatTemplate("{{ messages|join(', ') }}"));
+test('a chat_template with a syntax error stops the start with its line', async () => {
+  const s = startScheduler(modelWithChatTemplate("{% for m in messages %}\n{{ m.content }"));
   assert.equal(await s.exited, 1);
-  assert.match(s.log(), /line 1, column 13: unsupported filter 'join'/);
+  assert.match(s.log(), /chat template, line 2: unexpected '}'/);
+});
+
+// A real template (Llama 3.1's, one of tests/fixtures/chat-templates) and
+// the renders of Jinja2 as transformers configures it (goldens/, see
+// scripts/gen-chat-goldens.py): /tokenize of a conversation equals the
+// tokens of the oracle's text, tools included; its raise_exception is a 400.
+test("/tokenize of a chat equals the oracle's rendering tokenized (Llama 3.1's template)", async () => {
+  const fixtures = path.join(root, 'tests/fixtures/chat-templates');
+  const name = 'meta-llama-Llama-3.1-8B-Instruct';
+  const source = fs.readFileSync(path.join(fixtures, `${name}.jinja`), 'utf8');
+  const goldens = JSON.parse(fs.readFileSync(path.join(fixtures, 'goldens', `${name}.json`)));
+  const spec = JSON.parse(fs.readFileSync(path.join(fixtures, 'conversations.json')));
+  const s = startScheduler(modelWithChatTemplate(source));
+  try {
+    const deadline = Date.now() + 120000;
+    while (!fs.existsSync(s.portFile)) {
+      assert.equal(s.proc.exitCode, null, 'the scheduler starts with the template');
+      assert.ok(Date.now() < deadline, 'the scheduler starts');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const port = fs.readFileSync(s.portFile, 'utf8').trim();
+    const url = `http://127.0.0.1:${port}`;
+    const post = async (route, body) => {
+      const r = await fetch(`${url}${route}`, { method: 'POST', body: JSON.stringify(body),
+                                                 headers: { 'Content-Type': 'application/json' } });
+      return { status: r.status, body: await r.json() };
+    };
+    let compared = 0;
+    for (const [i, conv] of spec.conversations.entries()) {
+      const golden = goldens[i];
+      // Text parts reach the template joined into one string (as vLLM does
+      // for templates that print content), not as the list the oracle got.
+      if (conv.messages.some((m) => Array.isArray(m.content))) continue;
+      const request = { model: modelName, messages: conv.messages,
+                        add_generation_prompt: conv.add_generation_prompt ?? true,
+                        ...(conv.extra ?? {}) };
+      const chat = await post('/tokenize', request);
+      if (golden.error !== undefined) {
+        assert.equal(chat.status, 400, `${conv.name}: the oracle rejects it`);
+        assert.equal(chat.body.error.param, 'messages');
+        if (golden.error.includes('single tool-calls'))
+          assert.match(chat.body.error.message, /This model only supports single tool-calls at once!/);
+        continue;
+      }
+      assert.equal(chat.status, 200, `${conv.name}: ${JSON.stringify(chat.body)}`);
+      const oracle = await post('/tokenize', { model: modelName, prompt: golden.text });
+      assert.equal(oracle.status, 200);
+      assert.deepEqual(chat.body.tokens, oracle.body.tokens, conv.name);
+      assert.equal(chat.body.count, chat.body.tokens.length);
+      assert.equal(chat.body.max_model_len, oracle.body.max_model_len);
+      assert.ok(chat.body.max_model_len > 0);
+      const back = await post('/detokenize', { model: modelName, tokens: chat.body.tokens });
+      assert.equal(back.status, 200);
+      assert.equal(back.body.prompt, golden.text, `${conv.name}: /detokenize gives the text back`);
+      ++compared;
+    }
+    assert.ok(compared >= 7, `compared ${compared} conversations`);
+
+    // The chat endpoint renders the same prompt: its usage counts those tokens.
+    const templated = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const conv = spec.conversations[5]; // tools offered
+    const chat = await templated.chat.completions.create({ model: modelName, messages: conv.messages,
+                                                           tools: conv.extra.tools, ...greedy,
+                                                           max_tokens: 4 });
+    const tokens = await post('/tokenize', { messages: conv.messages, tools: conv.extra.tools });
+    assert.equal(chat.usage.prompt_tokens, tokens.body.count);
+
+    const bad = await post('/detokenize', { tokens: [1, -2] });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.param, 'tokens');
+    const none = await post('/tokenize', { model: modelName });
+    assert.equal(none.status, 400);
+  } finally {
+    s.proc.kill('SIGTERM');
+    assert.equal(await s.exited, 0, 'clean exit on SIGTERM');
+  }
 });
