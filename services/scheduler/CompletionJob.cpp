@@ -7,31 +7,40 @@ CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
     : request_(std::move(request)), context_(std::move(context)), metrics_(metrics),
       scheduler_(scheduler) {
   context_.request = &request_;
-  const size_t n = static_cast<size_t>(request_.params.n);
+  // A batch of prompts has n choices each, numbered prompt * n + i.
+  const size_t n = static_cast<size_t>(request_.params.n) * context_.prompts.size();
   choices_.resize(n);
+  for (size_t i = 0; i < n; ++i)
+    choices_[i].prompt = i / static_cast<size_t>(request_.params.n);
   sentFirstChunk_.assign(n, false);
   lastToken_.resize(n);
-  unfinished_ = request_.params.n;
+  unfinished_ = static_cast<int32_t>(n);
 }
 
 void CompletionJob::start(std::shared_ptr<CompletionJob> job,
                           std::shared_ptr<net::ResponseStream> stream) {
   job->stream_ = stream;
-  serving::RequestParams params = job->request_.params;
-  params.promptIds = job->context_.promptIds;
   serving::ReplicaRouter *scheduler = &job->scheduler_;
-  const uint64_t id =
-      scheduler->addRequest(std::move(params), [job](const serving::SequenceEvent &e) {
-        job->onEvent(e);
-      });
+  std::vector<uint64_t> ids;
+  for (size_t prompt = 0; prompt < job->context_.prompts.size(); ++prompt) {
+    serving::RequestParams params = job->request_.params;
+    params.promptIds = job->context_.prompts[prompt].ids;
+    ids.push_back(scheduler->addRequest(std::move(params),
+                                        [job, prompt](const serving::SequenceEvent &e) {
+                                          job->onEvent(prompt, e);
+                                        }));
+  }
   // Capture no job here: the stream keeps this callback and the job keeps
   // the stream.
-  stream->onClientGone([scheduler, id] { scheduler->cancel(id); });
+  stream->onClientGone([scheduler, ids] {
+    for (uint64_t id : ids)
+      scheduler->cancel(id);
+  });
 }
 
-void CompletionJob::onEvent(const serving::SequenceEvent &event) {
+void CompletionJob::onEvent(size_t prompt, const serving::SequenceEvent &event) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const size_t i = event.index;
+  const size_t i = prompt * static_cast<size_t>(request_.params.n) + event.index;
   const auto now = std::chrono::steady_clock::now();
   if (event.tokenId) {
     if (!sawFirstToken_)
@@ -43,11 +52,15 @@ void CompletionJob::onEvent(const serving::SequenceEvent &event) {
   }
   ChoiceResult &choice = choices_[i];
   if (request_.stream) {
-    if (auto chunk = chunkJson(context_, event, !sentFirstChunk_[i])) {
+    if (auto chunk = chunkJson(context_, event, !sentFirstChunk_[i], static_cast<uint32_t>(i), prompt)) {
       stream_->writeEvent(*chunk);
       sentFirstChunk_[i] = true;
     }
   } else {
+    if (!event.promptLogprobs.empty()) {
+      choice.promptLogprobs = event.promptLogprobs;
+      choice.promptTopLogprobs = event.promptTopLogprobs;
+    }
     choice.text += event.text;
     if (event.tokenId) {
       choice.tokenIds.push_back(*event.tokenId);
@@ -68,7 +81,7 @@ void CompletionJob::onEvent(const serving::SequenceEvent &event) {
 
 void CompletionJob::finishLocked() {
   metrics_.observeRequest(
-      static_cast<int64_t>(context_.promptIds.size()),
+      context_.promptTokens(),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
   metrics_.update(scheduler_.stats());
   if (request_.stream) {

@@ -26,7 +26,7 @@ public:
                     std::shared_ptr<net::ResponseStream> stream);
 
 private:
-  void onEvent(const serving::SequenceEvent &event);
+  void onEvent(size_t prompt, const serving::SequenceEvent &event);
   void finishLocked();
 
   ApiRequest request_;

@@ -99,27 +99,66 @@ std::optional<std::vector<int32_t>> tokenArray(const json::value &v) {
   return ids;
 }
 
+/// Prompts a request may batch (lm-evaluation-harness sends tens).
+constexpr size_t kMaxBatchedPrompts = 1024;
+
 std::optional<ApiError> parsePrompt(Fields &f, ApiRequest &r) {
   const json::value *prompt = f.get("prompt");
   if (!prompt)
     return invalid("prompt", "'prompt' is required");
   if (prompt->is_string()) {
-    r.promptText = std::string(prompt->get_string());
+    r.prompts.push_back({std::string(prompt->get_string()), {}});
     return std::nullopt;
   }
   if (auto ids = tokenArray(*prompt)) {
-    r.promptIds = std::move(*ids);
+    r.prompts.push_back({std::nullopt, std::move(*ids)});
     return std::nullopt;
   }
-  if (prompt->is_array() && prompt->get_array().size() == 1 &&
-      prompt->get_array()[0].is_string()) {
-    r.promptText = std::string(prompt->get_array()[0].get_string());
-    return std::nullopt;
+  const char *shape = "'prompt' must be a string, an array of token ids, or an array of "
+                      "either (a batch)";
+  if (!prompt->is_array() || prompt->get_array().empty())
+    return invalid("prompt", shape);
+  if (prompt->get_array().size() > kMaxBatchedPrompts)
+    return invalid("prompt", "at most " + std::to_string(kMaxBatchedPrompts) +
+                                 " prompts may be batched in one request");
+  for (const json::value &item : prompt->get_array()) {
+    if (item.is_string()) {
+      r.prompts.push_back({std::string(item.get_string()), {}});
+    } else if (auto ids = tokenArray(item)) {
+      r.prompts.push_back({std::nullopt, std::move(*ids)});
+    } else {
+      return invalid("prompt", shape);
+    }
   }
-  if (prompt->is_array() && prompt->get_array().size() > 1)
-    return invalid("prompt", "batched prompts are not supported; send one prompt "
-                             "(a string or an array of token ids) per request");
-  return invalid("prompt", "'prompt' must be a string or an array of token ids");
+  return std::nullopt;
+}
+
+/// logit_bias, presence/frequency penalties (OpenAI) and repetition_penalty
+/// (vLLM).
+std::optional<ApiError> parseLogitsProcessing(Fields &f, serving::RequestParams &p) {
+  double number = 0;
+  if (f.number("presence_penalty", number))
+    p.presencePenalty = static_cast<float>(number);
+  if (f.number("frequency_penalty", number))
+    p.frequencyPenalty = static_cast<float>(number);
+  if (f.number("repetition_penalty", number))
+    p.repetitionPenalty = static_cast<float>(number);
+  if (f.error)
+    return *f.error;
+  if (const json::value *bias = f.get("logit_bias")) {
+    const json::object *o = bias->if_object();
+    if (!o)
+      return invalid("logit_bias", "'logit_bias' must be an object of token id -> bias");
+    for (const auto &[key, value] : *o) {
+      char *end = nullptr;
+      const std::string id(key);
+      const long token = std::strtol(id.c_str(), &end, 10);
+      if (id.empty() || *end != 0 || token < 0 || token > INT32_MAX || !value.is_number())
+        return invalid("logit_bias", "'logit_bias' maps token ids to numbers; got \"" + id + "\"");
+      p.logitBias.emplace_back(static_cast<int32_t>(token), static_cast<float>(value.to_number<double>()));
+    }
+  }
+  return std::nullopt;
 }
 
 std::optional<ApiError> parseStop(Fields &f, serving::RequestParams &p) {
@@ -201,15 +240,18 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
     if (of.error)
       return invalid("stream_options", of.error->message);
   }
+  if (auto e = parseLogitsProcessing(f, p))
+    return *e;
   if (endpoint == Endpoint::Completions) {
     // logprobs: the number of alternatives (0 = only the sampled token's).
     if (f.integer("logprobs", integer)) {
       p.logprobs = true;
       p.topLogprobs = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, 1000));
     }
-    bool echo = false;
-    if (f.boolean("echo", echo) && echo)
-      return invalid("echo", "'echo' is not supported");
+    f.boolean("echo", r.echo);
+    // With echo, logprobs cover the prompt too (its first token has none);
+    // max_tokens 0 then scores the prompt alone.
+    p.promptLogprobs = r.echo && (p.logprobs || (r.maxTokensGiven && p.maxTokens == 0));
   } else {
     f.boolean("logprobs", p.logprobs);
     if (f.integer("top_logprobs", integer)) {
@@ -332,9 +374,32 @@ std::string tokenText(const ResponseContext &ctx, int32_t id) {
 }
 
 json::value completionLogprobs(const ResponseContext &ctx, const ChoiceResult &c,
-                               size_t textOffsetStart = 0) {
+                               size_t textOffsetStart = 0, const PromptContext *echo = nullptr) {
   json::array tokens, logprobs, tops, offsets;
   size_t offset = textOffsetStart;
+  if (echo) {
+    // The prompt's tokens first: the first has no logprob (null), the rest
+    // their logprob and alternatives, plus the token itself, as vLLM shows.
+    for (size_t i = 0; i < echo->ids.size(); ++i) {
+      std::string text = tokenText(ctx, echo->ids[i]);
+      tokens.emplace_back(text);
+      offsets.emplace_back(offset);
+      offset += text.size();
+      if (i == 0 || i - 1 >= c.promptLogprobs.size()) {
+        logprobs.emplace_back(nullptr);
+        tops.emplace_back(nullptr);
+        continue;
+      }
+      logprobs.emplace_back(c.promptLogprobs[i - 1]);
+      json::object top;
+      if (i - 1 < c.promptTopLogprobs.size())
+        for (const serving::TopLogprob &t : c.promptTopLogprobs[i - 1])
+          top[tokenText(ctx, t.tokenId)] = t.logprob;
+      if (ctx.request->params.topLogprobs > 0)
+        top[text] = c.promptLogprobs[i - 1];
+      tops.emplace_back(std::move(top));
+    }
+  }
   for (size_t i = 0; i < c.tokenIds.size() && i < c.logprobs.size(); ++i) {
     std::string text = tokenText(ctx, c.tokenIds[i]);
     tokens.emplace_back(text);
@@ -408,28 +473,31 @@ std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceRes
       choice["message"] = json::object{{"role", "assistant"}, {"content", c.text}};
       choice["logprobs"] = withLogprobs ? chatLogprobs(ctx, c) : json::value(nullptr);
     } else {
-      choice["text"] = c.text;
-      choice["logprobs"] = withLogprobs ? completionLogprobs(ctx, c) : json::value(nullptr);
+      const PromptContext *echo = ctx.request->echo ? &ctx.prompts.at(c.prompt) : nullptr;
+      choice["text"] = echo ? echo->text + c.text : c.text;
+      choice["logprobs"] = withLogprobs ? completionLogprobs(ctx, c, 0, echo) : json::value(nullptr);
     }
     if (ctx.request->returnTokenIds) {
       choice["token_ids"] = json::value_from(c.tokenIds);
-      choice["prompt_token_ids"] = json::value_from(ctx.promptIds);
+      choice["prompt_token_ids"] = json::value_from(ctx.prompts.at(c.prompt).ids);
     }
     list.emplace_back(std::move(choice));
   }
   out["choices"] = std::move(list);
-  out["usage"] = usage(static_cast<int64_t>(ctx.promptIds.size()), completionTokens);
+  out["usage"] = usage(ctx.promptTokens(), completionTokens);
   return json::serialize(out);
 }
 
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
-                                     const serving::SequenceEvent &event, bool first) {
+                                     const serving::SequenceEvent &event, bool first,
+                                     uint32_t index, size_t prompt) {
   const bool chat = isChat(ctx);
+  const PromptContext *echo = !chat && first && ctx.request->echo ? &ctx.prompts.at(prompt) : nullptr;
   if (!first && event.text.empty() && !event.finish && !event.logprob &&
       !ctx.request->returnTokenIds)
     return std::nullopt; // a token whose text is held back: nothing to say yet
   json::object out = envelope(ctx, chat ? "chat.completion.chunk" : "text_completion");
-  json::object choice{{"index", event.index}};
+  json::object choice{{"index", index}};
   choice["finish_reason"] = event.finish
                                 ? json::value(serving::finishReasonName(*event.finish))
                                 : json::value(nullptr);
@@ -439,6 +507,9 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
     one.logprobs = {*event.logprob};
     one.topLogprobs = {event.topLogprobs};
   }
+  one.promptLogprobs = event.promptLogprobs;
+  one.promptTopLogprobs = event.promptTopLogprobs;
+  const bool withLogprobs = event.logprob || (echo && ctx.request->params.logprobs);
   if (chat) {
     json::object delta;
     if (first)
@@ -448,8 +519,8 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
     choice["delta"] = std::move(delta);
     choice["logprobs"] = event.logprob ? chatLogprobs(ctx, one) : json::value(nullptr);
   } else {
-    choice["text"] = event.text;
-    choice["logprobs"] = event.logprob ? completionLogprobs(ctx, one) : json::value(nullptr);
+    choice["text"] = echo ? echo->text + event.text : event.text;
+    choice["logprobs"] = withLogprobs ? completionLogprobs(ctx, one, 0, echo) : json::value(nullptr);
   }
   if (ctx.request->returnTokenIds)
     choice["token_ids"] = event.tokenId ? json::array{*event.tokenId} : json::array{};
@@ -460,7 +531,7 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
 std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens) {
   json::object out = envelope(ctx, isChat(ctx) ? "chat.completion.chunk" : "text_completion");
   out["choices"] = json::array{};
-  out["usage"] = usage(static_cast<int64_t>(ctx.promptIds.size()), completionTokens);
+  out["usage"] = usage(ctx.promptTokens(), completionTokens);
   return json::serialize(out);
 }
 

@@ -52,12 +52,20 @@ struct ChatInput {
   bool addGenerationPrompt = true;
 };
 
+/// One completions prompt: a text, or token ids.
+struct PromptInput {
+  std::optional<std::string> text;
+  std::vector<int32_t> ids;
+};
+
 /// A parsed request, before tokenization of its prompt.
 struct ApiRequest {
   Endpoint endpoint = Endpoint::Completions;
   std::string model;
-  std::optional<std::string> promptText;        // completions: text prompt
-  std::optional<std::vector<int32_t>> promptIds; // completions: token ids
+  /// completions: one prompt, or a batch (each with n choices, numbered
+  /// prompt * n + i as OpenAI does).
+  std::vector<PromptInput> prompts;
+  bool echo = false; // completions: the prompt's text (and logprobs) before the output
   ChatInput chat;                                // chat
   serving::RequestParams params;                 // promptIds filled later
   bool maxTokensGiven = false;
@@ -97,6 +105,16 @@ struct ChoiceResult {
   std::vector<float> logprobs;
   std::vector<std::vector<serving::TopLogprob>> topLogprobs;
   std::string finishReason;
+  size_t prompt = 0; // index into ResponseContext::prompts
+  // echo with logprobs: of prompt tokens 1.. (the first has none).
+  std::vector<float> promptLogprobs;
+  std::vector<std::vector<serving::TopLogprob>> promptTopLogprobs;
+};
+
+/// A prompt as the response shows it (echo) and counts it (usage).
+struct PromptContext {
+  std::vector<int32_t> ids;
+  std::string text;
 };
 
 struct ResponseContext {
@@ -105,17 +123,25 @@ struct ResponseContext {
   std::string model;
   const model::Tokenizer *tokenizer = nullptr;
   const ApiRequest *request = nullptr;
-  std::vector<int32_t> promptIds;
+  std::vector<PromptContext> prompts; // chat: one
+  int64_t promptTokens() const {
+    int64_t total = 0;
+    for (const PromptContext &p : prompts)
+      total += static_cast<int64_t>(p.ids.size());
+    return total;
+  }
 };
 
 /// The whole (non-streamed) response body, with usage.
 std::string responseJson(const ResponseContext &ctx,
                          const std::vector<ChoiceResult> &choices);
 
-/// One streamed chunk for `event` (a token and/or a finish); nullopt when
-/// the event has nothing to send. `first` adds the chat role delta.
+/// One streamed chunk for `event` (a token and/or a finish) of choice
+/// `choice`; nullopt when the event has nothing to send. `first` adds the
+/// chat role delta, or (completions with echo) the prompt of `prompt`.
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
-                                     const serving::SequenceEvent &event, bool first);
+                                     const serving::SequenceEvent &event, bool first,
+                                     uint32_t choice, size_t prompt);
 /// The final usage-only chunk (stream_options.include_usage).
 std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens);
 

@@ -214,36 +214,48 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
                           "invalid_request_error", "model", "model_not_found"});
 
   const char *promptParam = endpoint == Endpoint::Chat ? "messages" : "prompt";
-  std::vector<int32_t> promptIds;
-  if (request.promptIds) {
-    promptIds = *request.promptIds;
-  } else {
-    std::string text;
-    if (endpoint == Endpoint::Chat) {
-      auto prompt = chatPrompt(options_.chatFormat, request.chat);
-      if (auto *error = std::get_if<ApiError>(&prompt))
-        return errorResponse(*error);
-      text = std::move(std::get<std::string>(prompt));
-    } else {
-      text = *request.promptText;
-    }
-    auto ids = tokenizer_.encode(text);
-    if (!ids)
-      return errorResponse({400, ids.message(), "invalid_request_error", promptParam, ""});
-    promptIds = std::move(*ids);
+  std::vector<PromptContext> prompts;
+  if (endpoint == Endpoint::Chat) {
+    auto prompt = chatPrompt(options_.chatFormat, request.chat);
+    if (auto *error = std::get_if<ApiError>(&prompt))
+      return errorResponse(*error);
+    request.prompts.push_back({std::move(std::get<std::string>(prompt)), {}});
   }
+  for (PromptInput &input : request.prompts) {
+    PromptContext prompt;
+    if (input.text) {
+      auto ids = tokenizer_.encode(*input.text);
+      if (!ids)
+        return errorResponse({400, ids.message(), "invalid_request_error", promptParam, ""});
+      prompt.ids = std::move(*ids);
+      prompt.text = std::move(*input.text);
+    } else {
+      prompt.ids = std::move(input.ids);
+      if (request.echo) {
+        auto text = tokenizer_.decode(prompt.ids);
+        prompt.text = text ? *text : std::string();
+      }
+    }
+    prompts.push_back(std::move(prompt));
+  }
+  request.prompts.clear();
   const serving::RequestLimits limits = scheduler_.limits();
   if (!request.maxTokensGiven) {
-    const int64_t room = limits.maxModelLen - static_cast<int64_t>(promptIds.size());
+    size_t longest = 0;
+    for (const PromptContext &p : prompts)
+      longest = std::max(longest, p.ids.size());
+    const int64_t room = limits.maxModelLen - static_cast<int64_t>(longest);
     // At least 1, so a prompt that fills the context is reported as such.
     request.params.maxTokens = std::max<int64_t>(
         1, endpoint == Endpoint::Chat ? room
                                       : std::min(options_.defaultCompletionTokens, room));
   }
-  request.params.promptIds = promptIds;
-  if (auto error = serving::validateRequest(request.params, limits)) {
-    std::string param = error->param == "prompt" ? promptParam : error->param;
-    return errorResponse({400, error->message, "invalid_request_error", param, ""});
+  for (const PromptContext &p : prompts) {
+    request.params.promptIds = p.ids;
+    if (auto error = serving::validateRequest(request.params, limits)) {
+      std::string param = error->param == "prompt" ? promptParam : error->param;
+      return errorResponse({400, error->message, "invalid_request_error", param, ""});
+    }
   }
   request.params.promptIds.clear(); // the job keeps them in its context
 
@@ -254,7 +266,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   context.created = unixSeconds();
   context.model = options_.modelName;
   context.tokenizer = &tokenizer_;
-  context.promptIds = std::move(promptIds);
+  context.prompts = std::move(prompts);
   const bool stream = request.stream;
   auto job = std::make_shared<CompletionJob>(std::move(request), std::move(context),
                                              metrics_, scheduler_);

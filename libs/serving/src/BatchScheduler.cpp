@@ -152,6 +152,13 @@ void BatchScheduler::emitLocked(const Sequence &seq, SequenceEvent event) {
   event.requestId = seq.requestId;
   event.index = seq.index;
   event.numGenerated = seq.numGenerated();
+  if (!seq.sentFirstEvent && it->second->params.promptLogprobs && event.error.empty()) {
+    event.promptLogprobs.assign(seq.promptLogprobs.begin() + (seq.promptLogprobs.empty() ? 0 : 1),
+                                seq.promptLogprobs.end());
+    if (!seq.promptTopLogprobs.empty())
+      event.promptTopLogprobs.assign(seq.promptTopLogprobs.begin() + 1, seq.promptTopLogprobs.end());
+  }
+  const_cast<Sequence &>(seq).sentFirstEvent = true;
   outbox_.emplace_back(it->second->onEvent, std::move(event));
 }
 
@@ -204,6 +211,14 @@ void BatchScheduler::finishLocked(Sequence &seq, FinishReason reason,
 void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
   const auto &sampled = *static_cast<const proto::SampledToken *>(sampledToken);
   const RequestParams &params = requests_.at(seq.requestId)->params;
+  if (params.maxTokens == 0) { // echo of the prompt only: its token is dropped
+    SequenceEvent event;
+    event.finish = FinishReason::Length;
+    event.text = seq.text.finish();
+    emitLocked(seq, std::move(event));
+    retireLocked(seq);
+    return;
+  }
   const int32_t token = sampled.token_id();
   seq.tokens.push_back(token);
   const int64_t generated = seq.numGenerated();
@@ -266,7 +281,7 @@ bool BatchScheduler::preemptForLocked(Sequence &seq) {
 }
 
 bool BatchScheduler::admitLocked(Sequence &seq, int32_t &budget) {
-  if (seq.blocks.table.empty())
+  if (seq.blocks.table.empty() && !requests_.at(seq.requestId)->params.promptLogprobs)
     seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
   const int64_t toCompute = static_cast<int64_t>(seq.tokens.size()) - seq.numComputed;
   const int32_t chunk = static_cast<int32_t>(std::min<int64_t>(toCompute, budget));
@@ -357,6 +372,26 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
     sampling->set_seed(seq->seed);
     entry->set_want_logprobs(params.logprobs);
     entry->set_top_logprobs(static_cast<uint32_t>(params.topLogprobs));
+    if (params.promptLogprobs && seq->numComputed + 1 < seq->promptLen) {
+      entry->set_prompt_logprobs(true);
+      entry->set_prompt_length(static_cast<int32_t>(seq->promptLen));
+      const int64_t next = seq->numComputed + seq->chunk;
+      entry->set_next_prompt_token(next < seq->promptLen ? seq->tokens[static_cast<size_t>(next)] : -1);
+    }
+    for (const auto &[id, bias] : params.logitBias) {
+      proto::TokenLogprob *b = entry->add_logit_bias();
+      b->set_token_id(id);
+      b->set_logprob(bias);
+    }
+    const bool repetition = params.repetitionPenalty != 1.0f;
+    if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {
+      entry->set_presence_penalty(params.presencePenalty);
+      entry->set_frequency_penalty(params.frequencyPenalty);
+      entry->set_repetition_penalty(params.repetitionPenalty);
+      entry->mutable_output_token_ids()->Add(seq->tokens.begin() + seq->promptLen, seq->tokens.end());
+      if (repetition)
+        entry->mutable_prompt_token_ids()->Add(seq->tokens.begin(), seq->tokens.begin() + seq->promptLen);
+    }
     seq->inFlight = true;
     ids.push_back(seq->id);
     ++step.stats.numSequences;
@@ -396,9 +431,13 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     ++numStepFailures_;
 
   std::map<uint64_t, const proto::SampledToken *> sampled;
-  if (response)
+  std::map<uint64_t, const proto::PromptLogprobs *> promptLogprobs;
+  if (response) {
     for (const proto::SampledToken &token : response->tokens())
       sampled[token.sequence_id()] = &token;
+    for (const proto::PromptLogprobs &p : response->prompt_logprobs())
+      promptLogprobs[p.sequence_id()] = &p;
+  }
 
   for (uint64_t id : node.mapped()) {
     auto found = sequences_.find(id);
@@ -424,6 +463,22 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
       else
         preemptLocked(seq);
       continue;
+    }
+    if (auto p = promptLogprobs.find(id); p != promptLogprobs.end()) {
+      const proto::PromptLogprobs &lp = *p->second;
+      seq.promptLogprobs.resize(static_cast<size_t>(seq.promptLen), 0.0f);
+      seq.promptTopLogprobs.resize(static_cast<size_t>(seq.promptLen));
+      for (int i = 0; i < lp.logprobs_size(); ++i) {
+        const int64_t position = lp.first_position() + i;
+        if (position <= 0 || position >= seq.promptLen)
+          continue;
+        seq.promptLogprobs[static_cast<size_t>(position)] = lp.logprobs(i);
+        auto &tops = seq.promptTopLogprobs[static_cast<size_t>(position)];
+        tops.clear();
+        if (i < lp.tops_size())
+          for (const proto::TokenLogprob &t : lp.tops(i).entries())
+            tops.push_back({t.token_id(), t.logprob()});
+      }
     }
     seq.numComputed += seq.chunk;
     blocks_->commitFullBlocks(seq.blocks, seq.tokens, seq.numComputed);

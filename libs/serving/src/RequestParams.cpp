@@ -28,8 +28,9 @@ std::optional<RequestError> validateRequest(const RequestParams &p,
     return error("top_k must be 0 (off) or positive, got " +
                      std::to_string(p.sampling.topK),
                  "top_k");
-  if (p.maxTokens < 1)
-    return error("max_tokens must be at least 1, got " +
+  if (p.maxTokens < 0 || (p.maxTokens == 0 && !p.promptLogprobs))
+    return error(std::string("max_tokens must be at least ") + (p.promptLogprobs ? "0" : "1") +
+                     " (0 only with echo and logprobs), got " +
                      std::to_string(p.maxTokens),
                  "max_tokens");
   if (p.minTokens < 0 || p.minTokens > p.maxTokens)
@@ -58,6 +59,20 @@ std::optional<RequestError> validateRequest(const RequestParams &p,
       return error("stop token id " + std::to_string(id) +
                        " is outside the vocabulary",
                    "stop_token_ids");
+  for (const auto &[id, bias] : p.logitBias) {
+    if (id < 0 || id >= limits.vocabSize)
+      return error("logit_bias token id " + std::to_string(id) + " is outside the vocabulary",
+                   "logit_bias");
+    if (!std::isfinite(bias) || bias < -100.0f || bias > 100.0f)
+      return error("logit_bias values must be in [-100, 100]", "logit_bias");
+  }
+  if (!std::isfinite(p.presencePenalty) || std::abs(p.presencePenalty) > 2.0f)
+    return error("presence_penalty must be in [-2, 2]", "presence_penalty");
+  if (!std::isfinite(p.frequencyPenalty) || std::abs(p.frequencyPenalty) > 2.0f)
+    return error("frequency_penalty must be in [-2, 2]", "frequency_penalty");
+  if (!std::isfinite(p.repetitionPenalty) || p.repetitionPenalty <= 0.0f ||
+      p.repetitionPenalty > 10.0f)
+    return error("repetition_penalty must be in (0, 10]", "repetition_penalty");
   const int64_t promptLen = static_cast<int64_t>(p.promptIds.size());
   if (promptLen >= limits.maxModelLen)
     return error("This model's maximum context length is " +

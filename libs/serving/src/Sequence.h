@@ -34,6 +34,10 @@ struct Sequence {
   bool finished = false;
   bool waitingForLeader = false; // n > 1: until choice 0 has prefilled
   int32_t failures = 0;
+  // Prompt logprobs by position (echo): [p] for the prompt token at p >= 1.
+  std::vector<float> promptLogprobs;
+  std::vector<std::vector<TopLogprob>> promptTopLogprobs;
+  bool sentFirstEvent = false;
 
   int64_t numGenerated() const {
     return static_cast<int64_t>(tokens.size()) - promptLen;

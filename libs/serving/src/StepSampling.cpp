@@ -19,8 +19,14 @@ engine::StepInput toStepInput(const proto::StepRequest &request) {
       step.tokenSeq.push_back(i);
     }
     step.blockTables.emplace_back(seq.block_table().begin(), seq.block_table().end());
-    if (seq.sample())
-      step.outputRows.push_back(static_cast<int32_t>(step.tokenIds.size()) - 1);
+    const int32_t end = static_cast<int32_t>(step.tokenIds.size());
+    if (seq.prompt_logprobs()) {
+      // Every row of the chunk: row t predicts the token after it.
+      for (int32_t row = end - seq.token_ids_size(); row < end; ++row)
+        step.outputRows.push_back(row);
+    } else if (seq.sample()) {
+      step.outputRows.push_back(end - 1);
+    }
   }
   return step;
 }
@@ -54,53 +60,135 @@ struct LogSoftmax {
 
 } // namespace
 
+namespace {
+
+/// Rows of the logits a sequence owns (toStepInput's order).
+int64_t rowsOf(const proto::StepSequence &seq) {
+  if (seq.prompt_logprobs())
+    return seq.token_ids_size();
+  return seq.sample() ? 1 : 0;
+}
+
+/// The k most likely ids of a row, with their logprobs.
+void topLogprobs(std::span<const float> values, const LogSoftmax &logprob, size_t k,
+                 std::vector<int32_t> &order,
+                 google::protobuf::RepeatedPtrField<proto::TokenLogprob> *out) {
+  k = std::min(k, values.size());
+  if (k == 0)
+    return;
+  order.resize(values.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + static_cast<long>(k), order.end(),
+                    [&](int32_t a, int32_t b) {
+                      return values[a] > values[b] || (values[a] == values[b] && a < b);
+                    });
+  for (size_t i = 0; i < k; ++i) {
+    proto::TokenLogprob *top = out->Add();
+    top->set_token_id(order[i]);
+    top->set_logprob(logprob(order[i]));
+  }
+}
+
+bool processesLogits(const proto::StepSequence &seq) {
+  const float rep = seq.repetition_penalty();
+  return seq.logit_bias_size() > 0 || seq.presence_penalty() != 0 ||
+         seq.frequency_penalty() != 0 || (rep != 0 && rep != 1);
+}
+
+/// logit_bias, then the repetition, frequency and presence penalties, in
+/// vLLM's order.
+void processLogits(const proto::StepSequence &seq, std::vector<float> &logits) {
+  const int32_t vocab = static_cast<int32_t>(logits.size());
+  for (const proto::TokenLogprob &bias : seq.logit_bias())
+    if (bias.token_id() >= 0 && bias.token_id() < vocab)
+      logits[static_cast<size_t>(bias.token_id())] += bias.logprob();
+  const float rep = seq.repetition_penalty();
+  if (rep != 0 && rep != 1) {
+    std::vector<bool> seen(logits.size(), false);
+    for (const auto *ids : {&seq.prompt_token_ids(), &seq.output_token_ids()})
+      for (int32_t id : *ids)
+        if (id >= 0 && id < vocab)
+          seen[static_cast<size_t>(id)] = true;
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (seen[i])
+        logits[i] = logits[i] > 0 ? logits[i] / rep : logits[i] * rep;
+  }
+  if (seq.presence_penalty() != 0 || seq.frequency_penalty() != 0) {
+    std::vector<int32_t> counts(logits.size(), 0);
+    for (int32_t id : seq.output_token_ids())
+      if (id >= 0 && id < vocab)
+        ++counts[static_cast<size_t>(id)];
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (counts[i] > 0)
+        logits[i] -= seq.frequency_penalty() * static_cast<float>(counts[i]) +
+                     seq.presence_penalty();
+  }
+}
+
+} // namespace
+
 Status sampleStep(const proto::StepRequest &request, const engine::Tensor &logits,
                   proto::StepResponse &response) {
-  int64_t sampling = 0;
+  int64_t rows = 0;
   for (const proto::StepSequence &seq : request.sequences())
-    sampling += seq.sample() ? 1 : 0;
-  if (sampling == 0)
+    rows += rowsOf(seq);
+  if (rows == 0)
     return Status::ok();
-  if (logits.shape.size() != 2 || logits.rows() != sampling)
+  if (logits.shape.size() != 2 || logits.rows() != rows)
     return Status::error("step " + std::to_string(request.step_id()) + ": " +
-                         std::to_string(sampling) +
-                         " sequences sample but the logits have " +
-                         std::to_string(logits.shape.empty() ? 0 : logits.rows()) +
-                         " rows");
+                         std::to_string(rows) + " logits rows expected but the logits have " +
+                         std::to_string(logits.shape.empty() ? 0 : logits.rows()) + " rows");
   const size_t vocab = static_cast<size_t>(logits.rowSize());
   int64_t row = 0;
   std::vector<int32_t> order;
+  std::vector<float> processed;
   for (const proto::StepSequence &seq : request.sequences()) {
+    const int64_t owned = rowsOf(seq);
+    if (owned == 0)
+      continue;
+    const int64_t firstRow = row;
+    row += owned;
+    if (seq.prompt_logprobs()) {
+      // Row t predicts the prompt token at start_position + t + 1.
+      proto::PromptLogprobs *prompt = response.add_prompt_logprobs();
+      prompt->set_sequence_id(seq.sequence_id());
+      prompt->set_first_position(seq.start_position() + 1);
+      for (int t = 0; t < seq.token_ids_size(); ++t) {
+        const int32_t target = t + 1 < seq.token_ids_size() ? seq.token_ids(t + 1)
+                                                            : seq.next_prompt_token();
+        const int64_t position = seq.start_position() + t + 1;
+        if (target < 0 || position >= seq.prompt_length() ||
+            target >= static_cast<int32_t>(vocab))
+          break;
+        std::span<const float> values(logits.data.data() + (firstRow + t) * vocab, vocab);
+        LogSoftmax logprob(values);
+        prompt->add_logprobs(logprob(target));
+        topLogprobs(values, logprob, seq.top_logprobs(), order, prompt->add_tops()->mutable_entries());
+      }
+    }
     if (!seq.sample())
       continue;
-    std::span<const float> values(logits.data.data() + row * vocab, vocab);
-    ++row;
+    std::span<const float> values(logits.data.data() + (firstRow + owned - 1) * vocab, vocab);
     const proto::SamplingParams &p = seq.sampling();
     const int64_t position = seq.start_position() + seq.token_ids_size();
     engine::Sampler sampler({p.temperature(), p.top_p(), p.top_k(),
                              tokenSeed(p.seed(), position)});
     proto::SampledToken *out = response.add_tokens();
     out->set_sequence_id(seq.sequence_id());
-    const int32_t token = sampler.sample(values);
+    int32_t token;
+    if (processesLogits(seq)) {
+      processed.assign(values.begin(), values.end());
+      processLogits(seq, processed);
+      token = sampler.sample(processed);
+    } else {
+      token = sampler.sample(values);
+    }
     out->set_token_id(token);
     if (!seq.want_logprobs() && seq.top_logprobs() == 0)
       continue;
     LogSoftmax logprob(values);
     out->set_logprob(logprob(token));
-    const size_t k = std::min<size_t>(seq.top_logprobs(), vocab);
-    if (k == 0)
-      continue;
-    order.resize(vocab);
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + static_cast<long>(k), order.end(),
-                      [&](int32_t a, int32_t b) {
-                        return values[a] > values[b] || (values[a] == values[b] && a < b);
-                      });
-    for (size_t i = 0; i < k; ++i) {
-      proto::TokenLogprob *top = out->add_top_logprobs();
-      top->set_token_id(order[i]);
-      top->set_logprob(logprob(order[i]));
-    }
+    topLogprobs(values, logprob, seq.top_logprobs(), order, out->mutable_top_logprobs());
   }
   return Status::ok();
 }

@@ -3,7 +3,11 @@
 // give Hugging Face's greedy ids.
 #include "DemoModel.h"
 
+#include "llmir/model/Safetensors.h"
 #include "llmir/serving/BatchScheduler.h"
+
+#include <cmath>
+#include <filesystem>
 
 #include <map>
 
@@ -309,6 +313,206 @@ TEST_F(BatchSchedulerTest, BackgroundThreadServesConcurrentSubmitters) {
   s->stop();
   for (size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);
+}
+
+} // namespace
+} // namespace llmir::serving
+
+namespace llmir::serving {
+namespace {
+
+/// log_softmax of Hugging Face's logits (reference_logits.safetensors) at
+/// row `row` of prompt `i`, for token `id`.
+struct ReferenceLogits {
+  static std::optional<ReferenceLogits> load(const std::string &dir = testing::kDemoDir) {
+    auto file = model::SafetensorsFile::open(dir + "/reference_logits.safetensors");
+    EXPECT_TRUE(file.isOk()) << file.message();
+    if (!file)
+      return std::nullopt;
+    ReferenceLogits out;
+    for (size_t i = 0;; ++i) {
+      const auto *info = file->find("prompt" + std::to_string(i) + ".logits");
+      if (!info)
+        break;
+      auto values = file->readAsF32(info->name);
+      EXPECT_TRUE(values.isOk());
+      out.vocab = info->shape[1];
+      out.rows.push_back(std::move(*values));
+    }
+    return out;
+  }
+  double logprob(size_t prompt, size_t row, int32_t id) const {
+    const float *r = rows[prompt].data() + row * static_cast<size_t>(vocab);
+    double maxLogit = *std::max_element(r, r + vocab), sum = 0;
+    for (int64_t v = 0; v < vocab; ++v)
+      sum += std::exp(double(r[v]) - maxLogit);
+    return double(r[id]) - maxLogit - std::log(sum);
+  }
+  int32_t argmax(size_t prompt, size_t row) const {
+    const float *r = rows[prompt].data() + row * static_cast<size_t>(vocab);
+    return static_cast<int32_t>(std::max_element(r, r + vocab) - r);
+  }
+  std::vector<std::vector<float>> rows;
+  int64_t vocab = 0;
+};
+
+TEST_F(BatchSchedulerTest, PromptLogprobsEqualTheReferenceUnderChunkedPrefill) {
+  auto reference = ReferenceLogits::load();
+  ASSERT_TRUE(reference);
+  ASSERT_EQ(reference->rows.size(), demo->cases.size());
+  for (int32_t budget : {512, 3}) { // whole prompts, then chunks of 3 tokens
+    SCOPED_TRACE("maxBatchTokens " + std::to_string(budget));
+    auto backend = demo->backend(64);
+    ASSERT_TRUE(backend);
+    auto s = scheduler(*backend, {.maxNumSeqs = 4, .maxBatchTokens = budget});
+    std::map<uint64_t, SequenceEvent> first;
+    std::map<uint64_t, std::vector<int32_t>> generated;
+    std::vector<uint64_t> ids;
+    for (const auto &c : demo->cases) {
+      RequestParams p = greedy(c.promptIds, 0); // max_tokens 0: the prompt alone
+      p.promptLogprobs = true;
+      p.logprobs = true;
+      p.topLogprobs = 2;
+      // Twice: once scored alone, once generating after the prompt.
+      for (int64_t maxTokens : {0, 2}) {
+        p.maxTokens = maxTokens;
+        ids.push_back(s->addRequest(p, [&, id = ids.size()](const SequenceEvent &e) {
+          if (!first.count(id))
+            first[id] = e;
+          if (e.tokenId)
+            generated[id].push_back(*e.tokenId);
+        }));
+      }
+    }
+    s->runUntilIdle();
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const size_t i = k / 2;
+      const auto &prompt = demo->cases[i].promptIds;
+      const SequenceEvent &e = first[k];
+      ASSERT_EQ(e.promptLogprobs.size(), prompt.size() - 1);
+      ASSERT_EQ(e.promptTopLogprobs.size(), prompt.size() - 1);
+      for (size_t j = 1; j < prompt.size(); ++j) {
+        // demo-llama-4m's reference logits carry up to 3.4e-4 of relative
+        // error after the first row (HfReferenceTest says why): up to 7e-3
+        // on a logprob of -14, 1.3e-3 on one of -1. The fixtures' test below
+        // holds 1e-4.
+        const double want = reference->logprob(i, j - 1, prompt[j]);
+        EXPECT_NEAR(e.promptLogprobs[j - 1], want, 2e-3 * std::max(1.0, std::abs(want)));
+        ASSERT_EQ(e.promptTopLogprobs[j - 1].size(), 2u);
+        EXPECT_EQ(e.promptTopLogprobs[j - 1][0].tokenId, reference->argmax(i, j - 1));
+      }
+      if (k % 2 == 0) {
+        EXPECT_EQ(generated[k].size(), 0u) << "max_tokens 0 generates nothing";
+        EXPECT_EQ(e.finish, FinishReason::Length);
+      } else {
+        EXPECT_EQ(generated[k], std::vector<int32_t>(demo->cases[i].greedyIds.begin(),
+                                                     demo->cases[i].greedyIds.begin() + 2));
+      }
+    }
+  }
+}
+
+// The tiny fixtures of ../shared (float32, a 1e-4 contract with
+// transformers): every prompt's logprobs within 1e-4 of the reference
+// logits' log-softmax, in one batch, under chunked prefill. Their vocabulary
+// is a prefix of the demo tokenizer's ids, which only names tokens here.
+TEST_F(BatchSchedulerTest, PromptLogprobsOfTheFixturesWithin1e4) {
+  for (const char *name : {"tiny-llama-gqa", "tiny-llama-mha"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = std::string(LLMIR_FIXTURES_DIR) + "/" + name;
+    if (!std::filesystem::exists(dir + "/reference_logits.safetensors"))
+      GTEST_SKIP() << dir << " not found (../shared absent)";
+    auto compiled = compiler::compileHuggingFace(dir, {});
+    ASSERT_TRUE(compiled.isOk()) << compiled.message();
+    auto checkpoint = model::Checkpoint::open(dir);
+    ASSERT_TRUE(checkpoint.isOk()) << checkpoint.message();
+    auto backend = InProcessBackend::create(compiled->programs.at(0),
+                                            engine::checkpointWeights(*checkpoint),
+                                            {.numKvBlocks = 128, .numThreads = 2});
+    ASSERT_TRUE(backend.isOk()) << backend.message();
+    auto reference = ReferenceLogits::load(dir);
+    ASSERT_TRUE(reference);
+    std::ifstream in(dir + "/reference.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    const auto cases = boost::json::parse(text.str()).at("cases").as_array();
+    auto s = std::make_unique<BatchScheduler>(**backend, demo->tokenizer,
+                                              SchedulerOptions{.maxNumSeqs = 8, .maxBatchTokens = 48});
+    std::vector<std::vector<int32_t>> prompts;
+    std::map<size_t, SequenceEvent> first;
+    for (const auto &c : cases) {
+      std::vector<int32_t> ids;
+      for (const auto &id : c.at("prompt_ids").as_array())
+        ids.push_back(id.to_number<int32_t>());
+      RequestParams p = greedy(ids, 0);
+      p.promptLogprobs = true;
+      p.logprobs = true;
+      s->addRequest(p, [&, k = prompts.size()](const SequenceEvent &e) {
+        if (!first.count(k))
+          first[k] = e;
+      });
+      prompts.push_back(std::move(ids));
+    }
+    s->runUntilIdle();
+    ASSERT_EQ(reference->rows.size(), prompts.size());
+    double worst = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ASSERT_EQ(first[i].promptLogprobs.size(), prompts[i].size() - 1);
+      for (size_t j = 1; j < prompts[i].size(); ++j)
+        worst = std::max(worst, std::abs(first[i].promptLogprobs[j - 1] -
+                                         reference->logprob(i, j - 1, prompts[i][j])));
+    }
+    EXPECT_LT(worst, 1e-4);
+  }
+}
+
+TEST_F(BatchSchedulerTest, LogitBiasAndPenaltiesSteerGreedyDecoding) {
+  auto backend = demo->backend(64);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  const auto &c = demo->cases[0];
+  Collector collector;
+  RequestParams forced = greedy(c.promptIds, 6);
+  forced.logitBias = {{42, 100.0f}};
+  const uint64_t a = s->addRequest(forced, collector.callback());
+  RequestParams banned = greedy(c.promptIds, 6);
+  banned.logitBias = {{c.greedyIds[0], -100.0f}};
+  const uint64_t b = s->addRequest(banned, collector.callback());
+  // The reference output repeats tokens; a strong repetition penalty makes
+  // greedy decoding avoid them.
+  RequestParams frequency = greedy(c.promptIds, 32);
+  frequency.frequencyPenalty = 2.0f;
+  const uint64_t f = s->addRequest(frequency, collector.callback());
+  RequestParams repetition = greedy(c.promptIds, 32);
+  repetition.repetitionPenalty = 10.0f;
+  const uint64_t r = s->addRequest(repetition, collector.callback());
+  RequestParams neutral = greedy(c.promptIds, 32);
+  neutral.presencePenalty = 0.0f;
+  neutral.repetitionPenalty = 1.0f;
+  const uint64_t n = s->addRequest(neutral, collector.callback());
+  s->runUntilIdle();
+  EXPECT_EQ(collector.of(a).ids, std::vector<int32_t>(6, 42));
+  ASSERT_FALSE(collector.of(b).ids.empty());
+  EXPECT_NE(collector.of(b).ids[0], c.greedyIds[0]);
+  EXPECT_EQ(collector.of(n).ids, c.greedyIds);
+  auto repeats = [](const std::vector<int32_t> &ids) {
+    std::map<int32_t, int> counts;
+    int repeated = 0;
+    for (int32_t id : ids)
+      repeated += counts[id]++ > 0;
+    return repeated;
+  };
+  ASSERT_GT(repeats(c.greedyIds), 0) << "the reference output repeats tokens";
+  EXPECT_LT(repeats(collector.of(r).ids), repeats(c.greedyIds))
+      << ::testing::PrintToString(collector.of(r).ids);
+  // (The trained model's margins exceed a frequency penalty of 2 here:
+  // StepSamplingTest checks the arithmetic; this checks it runs.)
+  EXPECT_EQ(collector.of(f).ids.size(), 32u);
+  // Repetition penalty 10 also discourages the prompt's tokens.
+  for (int32_t id : collector.of(r).ids)
+    EXPECT_EQ(std::count(c.promptIds.begin(), c.promptIds.end(), id) > 0 &&
+                  std::count(collector.of(r).ids.begin(), collector.of(r).ids.end(), id) > 3,
+              false);
 }
 
 } // namespace

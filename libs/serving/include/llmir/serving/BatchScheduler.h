@@ -71,6 +71,11 @@ struct SequenceEvent {
   std::optional<float> logprob;       // when the request asked for logprobs
   std::vector<TopLogprob> topLogprobs;
   std::optional<FinishReason> finish; // set on the choice's last event
+  /// promptLogprobs requests, on the choice's first event: the logprob of
+  /// prompt token i+1 at [i] (the first prompt token has none), with its
+  /// alternatives.
+  std::vector<float> promptLogprobs;
+  std::vector<std::vector<TopLogprob>> promptTopLogprobs;
   std::string error;                  // when finish == Error
   int64_t numGenerated = 0;           // tokens sampled so far for this choice
 };

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace llmir::serving {
@@ -31,6 +32,15 @@ struct RequestParams {
   int32_t n = 1;                      // choices sharing the prompt
   bool logprobs = false;              // logprob of each sampled token
   int32_t topLogprobs = 0;            // 0..kMaxTopLogprobs alternatives
+  /// Logprobs (and topLogprobs alternatives) of every prompt token after
+  /// the first (completions' echo); the prompt is then not served from the
+  /// prefix cache, since its logits are needed.
+  bool promptLogprobs = false;
+  /// Added to the logits before sampling (OpenAI's logit_bias, -100..100).
+  std::vector<std::pair<int32_t, float>> logitBias;
+  float presencePenalty = 0.0f;   // [-2, 2], per generated token present
+  float frequencyPenalty = 0.0f;  // [-2, 2], per occurrence in the output
+  float repetitionPenalty = 1.0f; // > 0; 1: off (prompt and output tokens)
 };
 
 inline constexpr int32_t kMaxTopLogprobs = 20;

@@ -1,0 +1,151 @@
+// The stateless half of a step on hand-made logits: which rows a sequence
+// owns, prompt logprobs across chunk boundaries, and the logits processing
+// (logit_bias, presence/frequency/repetition penalties) in vLLM's order.
+#include "llmir/serving/StepSampling.h"
+
+#include "llmir/proto/worker.pb.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace llmir::serving {
+namespace {
+
+engine::Tensor logitsOf(std::vector<std::vector<float>> rows) {
+  engine::Tensor t({static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())});
+  t.data.clear();
+  for (const auto &r : rows)
+    t.data.insert(t.data.end(), r.begin(), r.end());
+  return t;
+}
+
+proto::StepSequence &greedySequence(proto::StepRequest &request, std::vector<int32_t> tokens) {
+  proto::StepSequence *seq = request.add_sequences();
+  seq->set_sequence_id(static_cast<uint64_t>(request.sequences_size()));
+  seq->mutable_token_ids()->Add(tokens.begin(), tokens.end());
+  seq->set_sample(true);
+  seq->mutable_sampling()->set_temperature(0);
+  seq->mutable_sampling()->set_top_p(1);
+  return *seq;
+}
+
+int32_t sampled(const proto::StepRequest &request, const engine::Tensor &logits) {
+  proto::StepResponse response;
+  Status s = sampleStep(request, logits, response);
+  EXPECT_TRUE(s.isOk()) << s.message();
+  return response.tokens_size() ? response.tokens(0).token_id() : -1;
+}
+
+TEST(StepSampling, LogitBiasAndPenalties) {
+  const engine::Tensor logits = logitsOf({{3.0f, 2.0f, 1.0f, -1.0f}});
+  {
+    proto::StepRequest r;
+    greedySequence(r, {0});
+    EXPECT_EQ(sampled(r, logits), 0);
+  }
+  {
+    proto::StepRequest r;
+    auto &seq = greedySequence(r, {0});
+    auto *bias = seq.add_logit_bias();
+    bias->set_token_id(3);
+    bias->set_logprob(5.0f); // -1 + 5 = 4 > 3
+    EXPECT_EQ(sampled(r, logits), 3);
+  }
+  {
+    proto::StepRequest r;
+    auto &seq = greedySequence(r, {0});
+    seq.set_frequency_penalty(0.6f); // token 0 twice: 3 - 1.2 = 1.8 < 2
+    for (int32_t id : {0, 0})
+      seq.add_output_token_ids(id);
+    EXPECT_EQ(sampled(r, logits), 1);
+    seq.set_frequency_penalty(0.4f); // 3 - 0.8 = 2.2 > 2
+    EXPECT_EQ(sampled(r, logits), 0);
+  }
+  {
+    proto::StepRequest r;
+    auto &seq = greedySequence(r, {0});
+    seq.set_presence_penalty(1.5f); // once present: 3 - 1.5 = 1.5 < 2
+    for (int32_t id : {0, 0, 0})
+      seq.add_output_token_ids(id);
+    EXPECT_EQ(sampled(r, logits), 1);
+  }
+  {
+    proto::StepRequest r;
+    auto &seq = greedySequence(r, {0});
+    seq.set_repetition_penalty(2.0f); // prompt tokens 0 and 1: 1.5, 1.0 -> token 0 still
+    for (int32_t id : {0, 1})
+      seq.add_prompt_token_ids(id);
+    EXPECT_EQ(sampled(r, logits), 0);
+    seq.set_repetition_penalty(4.0f); // 0.75, 0.5 < 1 -> token 2
+    EXPECT_EQ(sampled(r, logits), 2);
+  }
+  {
+    // The reported logprob stays that of the raw logits.
+    proto::StepRequest r;
+    auto &seq = greedySequence(r, {0});
+    seq.set_want_logprobs(true);
+    auto *bias = seq.add_logit_bias();
+    bias->set_token_id(3);
+    bias->set_logprob(10.0f);
+    proto::StepResponse response;
+    ASSERT_TRUE(sampleStep(r, logits, response).isOk());
+    ASSERT_EQ(response.tokens_size(), 1);
+    EXPECT_EQ(response.tokens(0).token_id(), 3);
+    const double z = std::log(std::exp(3.0) + std::exp(2.0) + std::exp(1.0) + std::exp(-1.0));
+    EXPECT_NEAR(response.tokens(0).logprob(), -1.0 - z, 1e-6);
+  }
+}
+
+TEST(StepSampling, PromptLogprobsOfAChunkUseTheNextChunksFirstToken) {
+  // A prompt of 5 tokens [0 1 2 3 0], computed as chunks [0 1 2] and [3 0].
+  const std::vector<std::vector<float>> rows = {
+      {0.0f, 1.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 2.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 3.0f},
+      {1.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 5.0f, 0.0f}};
+  auto logprob = [&](size_t row, int32_t id) {
+    double z = 0;
+    for (float v : rows[row])
+      z += std::exp(double(v));
+    return double(rows[row][static_cast<size_t>(id)]) - std::log(z);
+  };
+  proto::StepRequest first;
+  auto &a = greedySequence(first, {0, 1, 2});
+  a.set_sample(false);
+  a.set_prompt_logprobs(true);
+  a.set_prompt_length(5);
+  a.set_next_prompt_token(3);
+  a.set_top_logprobs(1);
+  proto::StepResponse r1;
+  ASSERT_TRUE(sampleStep(first, logitsOf({rows[0], rows[1], rows[2]}), r1).isOk());
+  EXPECT_EQ(r1.tokens_size(), 0);
+  ASSERT_EQ(r1.prompt_logprobs_size(), 1);
+  const auto &p1 = r1.prompt_logprobs(0);
+  EXPECT_EQ(p1.first_position(), 1);
+  ASSERT_EQ(p1.logprobs_size(), 3); // tokens 1, 2 and the next chunk's 3
+  EXPECT_NEAR(p1.logprobs(0), logprob(0, 1), 1e-6);
+  EXPECT_NEAR(p1.logprobs(1), logprob(1, 2), 1e-6);
+  EXPECT_NEAR(p1.logprobs(2), logprob(2, 3), 1e-6);
+  EXPECT_EQ(p1.tops(2).entries(0).token_id(), 3);
+
+  proto::StepRequest second;
+  auto &b = greedySequence(second, {3, 0});
+  b.set_start_position(3);
+  b.set_prompt_logprobs(true);
+  b.set_prompt_length(5);
+  b.set_next_prompt_token(-1);
+  proto::StepResponse r2;
+  ASSERT_TRUE(sampleStep(second, logitsOf({rows[3], rows[4]}), r2).isOk());
+  ASSERT_EQ(r2.prompt_logprobs_size(), 1);
+  EXPECT_EQ(r2.prompt_logprobs(0).first_position(), 4);
+  ASSERT_EQ(r2.prompt_logprobs(0).logprobs_size(), 1); // token 0 at position 4
+  EXPECT_NEAR(r2.prompt_logprobs(0).logprobs(0), logprob(3, 0), 1e-6);
+  ASSERT_EQ(r2.tokens_size(), 1); // the last row samples
+  EXPECT_EQ(r2.tokens(0).token_id(), 2);
+
+  // Rows that do not match what the sequences own are an error.
+  proto::StepResponse bad;
+  EXPECT_FALSE(sampleStep(second, logitsOf({rows[3]}), bad).isOk());
+}
+
+} // namespace
+} // namespace llmir::serving
