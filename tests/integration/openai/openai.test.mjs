@@ -468,3 +468,171 @@ test("/tokenize of a chat equals the oracle's rendering tokenized (Llama 3.1's t
     assert.equal(await s.exited, 0, 'clean exit on SIGTERM');
   }
 });
+
+// --- completions for evaluation harnesses (lm-evaluation-harness's
+// local-completions): batched prompts, echo with prompt logprobs, max_tokens
+// 0, logit_bias and penalties ---
+
+function readSafetensors(file) {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+  const out = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [a, b] = info.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out[name] = { shape: info.shape,
+                  data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+  }
+  return out;
+}
+
+// log_softmax of row `row` of a [len, vocab] logits tensor, in float64.
+function logSoftmaxRow(tensor, row) {
+  const vocab = tensor.shape[1];
+  const r = tensor.data.subarray(row * vocab, (row + 1) * vocab);
+  let max = -Infinity;
+  for (const v of r) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of r) sum += Math.exp(v - max);
+  const logZ = max + Math.log(sum);
+  return Array.from(r, (v) => v - logZ);
+}
+
+// A batch of 8 token-id prompts (the reference prompts, then prefixes of
+// them: a causal model's logits at a prefix's rows are the same rows) with
+// echo, logprobs and max_tokens 0: every prompt token after the first has
+// the logprob log_softmax(reference logits)[row][token], within `tol(x)`.
+async function checkEchoBatch(api, dir, tol) {
+  const ref = JSON.parse(fs.readFileSync(path.join(dir, 'reference.json')));
+  const logits = readSafetensors(path.join(dir, 'reference_logits.safetensors'));
+  const prompts = [];
+  for (const [i, c] of ref.cases.entries()) prompts.push({ ids: c.prompt_ids, ref: i });
+  for (const [i, c] of ref.cases.entries())
+    prompts.push({ ids: c.prompt_ids.slice(0, Math.max(2, c.prompt_ids.length - 1 - i)), ref: i });
+  while (prompts.length < 8) prompts.push({ ids: ref.cases[0].prompt_ids.slice(0, 2 + prompts.length), ref: 0 });
+  prompts.length = 8;
+  const r = await api.completions.create({ model: modelName, prompt: prompts.map((p) => p.ids),
+                                           echo: true, logprobs: 1, max_tokens: 0, temperature: 0 });
+  assert.equal(r.choices.length, 8);
+  let worst = 0;
+  for (const [i, p] of prompts.entries()) {
+    const choice = r.choices.find((c) => c.index === i);
+    assert.ok(choice, `choice ${i}`);
+    assert.equal(choice.finish_reason, 'length');
+    const lp = choice.logprobs;
+    assert.equal(lp.tokens.length, p.ids.length);
+    assert.equal(lp.token_logprobs[0], null, "the first prompt token's logprob is null");
+    assert.equal(lp.top_logprobs[0], null);
+    assert.equal(lp.text_offset[0], 0);
+    const tensor = logits[`prompt${p.ref}.logits`];
+    for (let j = 1; j < p.ids.length; j++) {
+      const row = logSoftmaxRow(tensor, j - 1);
+      const want = row[p.ids[j]];
+      const diff = Math.abs(lp.token_logprobs[j] - want);
+      worst = Math.max(worst, diff);
+      assert.ok(diff <= tol(want), `prompt ${i} token ${j}: ${lp.token_logprobs[j]} vs ${want}`);
+      // Alternatives (keyed by text, so tokens spelled alike share a key)
+      // hold the token itself and nothing likelier than the row's maximum.
+      const values = Object.values(lp.top_logprobs[j]);
+      const rowMax = Math.max(...row);
+      assert.ok(values.length >= 1 && values.length <= 2, `prompt ${i} token ${j}: top_logprobs`);
+      assert.ok(Math.max(...values) <= rowMax + tol(rowMax), `prompt ${i} token ${j}: top`);
+      assert.ok(Math.max(...values) >= lp.token_logprobs[j] - tol(want), `prompt ${i} token ${j}: top`);
+    }
+  }
+  const promptTokens = prompts.reduce((n, p) => n + p.ids.length, 0);
+  assert.deepEqual(r.usage, { prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens });
+  return worst;
+}
+
+test('a batch of 8 prompts with echo and logprobs: prompt logprobs are the reference log-softmax', async () => {
+  // demo-llama-4m's reference logits carry up to 3.4e-4 of relative error
+  // (HfReferenceTest says why), so this checks 2e-3 * max(1, |x|); the
+  // tiny fixtures below hold 1e-4.
+  const worst = await checkEchoBatch(client, modelDir, (x) => 2e-3 * Math.max(1, Math.abs(x)));
+  console.log(`demo-llama-4m: worst prompt logprob difference ${worst.toExponential(2)}`);
+
+  // Text prompts, echo and generation: the prompt text, then the greedy
+  // continuation; logprobs for both.
+  const r = await client.completions.create({ model: modelName, prompt: reference.cases.map((c) => c.prompt_text),
+                                              echo: true, logprobs: 1, max_tokens: 4, temperature: 0,
+                                              ignore_eos: true, return_token_ids: true });
+  assert.equal(r.choices.length, reference.cases.length);
+  for (const [i, c] of reference.cases.entries()) {
+    const choice = r.choices.find((x) => x.index === i);
+    assert.equal(choice.text, c.prompt_text + decode(c.greedy_ids.slice(0, 4)));
+    assert.deepEqual(choice.prompt_token_ids, c.prompt_ids);
+    assert.equal(choice.logprobs.tokens.length, c.prompt_ids.length + 4);
+    assert.equal(choice.logprobs.token_logprobs[0], null);
+    for (const v of choice.logprobs.token_logprobs.slice(1)) assert.ok(v <= 0);
+  }
+  // Streamed: the first chunk of each choice starts with its prompt.
+  const stream = await client.completions.create({ model: modelName, prompt: [reference.cases[0].prompt_text, reference.cases[1].prompt_text],
+                                                   echo: true, max_tokens: 3, temperature: 0, ignore_eos: true, stream: true });
+  const texts = ['', ''];
+  for await (const chunk of stream) for (const ch of chunk.choices) texts[ch.index] += ch.text;
+  for (const i of [0, 1])
+    assert.equal(texts[i], reference.cases[i].prompt_text + decode(reference.cases[i].greedy_ids.slice(0, 3)));
+});
+
+test('the same within 1e-4 on the tiny fixtures of ../shared', async (t) => {
+  const fixtures = process.env.LLMIR_FIXTURES ?? path.join(root, '../shared/fixtures');
+  if (!fs.existsSync(path.join(fixtures, 'tiny-llama-gqa', 'reference_logits.safetensors'))) {
+    t.skip('../shared/fixtures absent');
+    return;
+  }
+  for (const name of ['tiny-llama-gqa', 'tiny-llama-mha']) {
+    // The fixture's weights and references; the demo tokenizer only names
+    // tokens (the fixture's ids are a prefix of its vocabulary).
+    const dir = fs.mkdtempSync(path.join(tmp, `${name}-`));
+    for (const f of fs.readdirSync(path.join(fixtures, name)))
+      fs.symlinkSync(path.join(fixtures, name, f), path.join(dir, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      fs.symlinkSync(path.join(modelDir, f), path.join(dir, f));
+    const s = startScheduler(dir);
+    try {
+      const deadline = Date.now() + 120000;
+      while (!fs.existsSync(s.portFile)) {
+        assert.equal(s.proc.exitCode, null, `the scheduler starts with ${name}`);
+        assert.ok(Date.now() < deadline);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const port = fs.readFileSync(s.portFile, 'utf8').trim();
+      const api = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const worst = await checkEchoBatch(api, dir, () => 1e-4);
+      console.log(`${name}: worst prompt logprob difference ${worst.toExponential(2)}`);
+    } finally {
+      s.proc.kill('SIGTERM');
+      assert.equal(await s.exited, 0);
+    }
+  }
+});
+
+test('logit_bias and penalties', async () => {
+  const c = reference.cases[0];
+  const forced = await client.completions.create({ model: modelName, prompt: c.prompt_ids, max_tokens: 3,
+                                                   temperature: 0, ignore_eos: true, return_token_ids: true,
+                                                   logit_bias: { 42: 100 } });
+  assert.deepEqual(forced.choices[0].token_ids, [42, 42, 42]);
+  const banned = await client.completions.create({ model: modelName, prompt: c.prompt_ids, max_tokens: 1,
+                                                   temperature: 0, return_token_ids: true,
+                                                   logit_bias: { [c.greedy_ids[0]]: -100 } });
+  assert.notEqual(banned.choices[0].token_ids[0], c.greedy_ids[0]);
+  const penalized = await client.chat.completions.create({ model: modelName, messages: [{ role: 'user', content: 'def f(' }],
+                                                           max_tokens: 8, temperature: 0, presence_penalty: 1.5,
+                                                           frequency_penalty: 1.0, repetition_penalty: 1.3 });
+  assert.equal(penalized.choices[0].finish_reason.length > 0, true);
+  for (const [param, body] of [['logit_bias', { logit_bias: { 999999: 1 } }],
+                               ['logit_bias', { logit_bias: { 5: 1000 } }],
+                               ['presence_penalty', { presence_penalty: 3 }],
+                               ['frequency_penalty', { frequency_penalty: -2.5 }],
+                               ['repetition_penalty', { repetition_penalty: 0 }],
+                               ['max_tokens', { max_tokens: 0 }]]) {
+    const r = await fetch(`${baseURL}/v1/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                                                          body: JSON.stringify({ prompt: 'x', ...body }) });
+    assert.equal(r.status, 400, JSON.stringify(body));
+    assert.equal((await r.json()).error.param, param);
+  }
+});
