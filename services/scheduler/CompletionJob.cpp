@@ -13,6 +13,7 @@ CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
   for (size_t i = 0; i < n; ++i)
     choices_[i].prompt = i / static_cast<size_t>(request_.params.n);
   sentFirstChunk_.assign(n, false);
+  toolStreams_.resize(n);
   lastToken_.resize(n);
   unfinished_ = static_cast<int32_t>(n);
 }
@@ -51,7 +52,27 @@ void CompletionJob::onEvent(size_t prompt, const serving::SequenceEvent &event) 
     lastToken_[i] = now;
   }
   ChoiceResult &choice = choices_[i];
-  if (request_.stream) {
+  if (request_.stream && context_.toolCalls) {
+    // Content is released as soon as it cannot start a call; calls whole.
+    auto &tools = toolStreams_[i];
+    if (!tools)
+      tools.emplace(*context_.toolCalls, toolCallIdSeed(context_, i));
+    const size_t before = tools->numToolCalls();
+    serving::ToolCallStream::Delta delta = tools->push(event.text);
+    if (event.finish) {
+      serving::ToolCallStream::Delta rest = tools->finish();
+      delta.content += rest.content;
+      for (auto &call : rest.toolCalls)
+        delta.toolCalls.push_back(std::move(call));
+    }
+    serving::SequenceEvent shown = event;
+    shown.text = std::move(delta.content);
+    if (auto chunk = chunkJson(context_, shown, !sentFirstChunk_[i], static_cast<uint32_t>(i),
+                               prompt, delta.toolCalls, before)) {
+      stream_->writeEvent(*chunk);
+      sentFirstChunk_[i] = true;
+    }
+  } else if (request_.stream) {
     if (auto chunk = chunkJson(context_, event, !sentFirstChunk_[i], static_cast<uint32_t>(i), prompt)) {
       stream_->writeEvent(*chunk);
       sentFirstChunk_[i] = true;

@@ -38,6 +38,7 @@ private:
   std::shared_ptr<net::ResponseStream> stream_;
   std::vector<ChoiceResult> choices_;
   std::vector<bool> sentFirstChunk_;
+  std::vector<std::optional<serving::ToolCallStream>> toolStreams_; // streamed tool calls
   std::vector<std::chrono::steady_clock::time_point> lastToken_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   bool sawFirstToken_ = false;

@@ -343,6 +343,17 @@ std::optional<ApiError> parseChatInput(const json::object &body, ChatInput &chat
     if (!v->is_array())
       return invalid(name, std::string("'") + name + "' must be an array");
     chat.templateVariables[name] = *v;
+    if (std::string_view(name) == "tools")
+      chat.hasTools = !v->get_array().empty();
+  }
+  if (const json::value *choice = body.if_contains("tool_choice"); choice && !choice->is_null()) {
+    // "auto" (the default) and "none"; forcing a call ("required", a named
+    // function) needs constrained decoding, which is not there yet.
+    if (choice->is_string() && choice->get_string() == "none")
+      chat.toolChoiceNone = true;
+    else if (!(choice->is_string() && choice->get_string() == "auto"))
+      return invalid("tool_choice", "'tool_choice' must be \"auto\" or \"none\" (\"required\" and "
+                                    "named functions need structured output, not supported yet)");
   }
   if (const json::value *kwargs = body.if_contains("chat_template_kwargs"); kwargs && !kwargs->is_null()) {
     if (!kwargs->is_object())
@@ -457,7 +468,28 @@ json::object usage(int64_t promptTokens, int64_t completionTokens) {
 
 bool isChat(const ResponseContext &ctx) { return ctx.request->endpoint == Endpoint::Chat; }
 
+
+/// OpenAI's tool_calls: streamed deltas carry their index.
+json::array toolCallsJson(const std::vector<serving::ToolCall> &calls, size_t firstIndex,
+                          bool withIndex) {
+  json::array out;
+  for (size_t k = 0; k < calls.size(); ++k) {
+    json::object call{{"id", calls[k].id},
+                      {"type", "function"},
+                      {"function", json::object{{"name", calls[k].name},
+                                                {"arguments", calls[k].arguments}}}};
+    if (withIndex)
+      call["index"] = firstIndex + k;
+    out.emplace_back(std::move(call));
+  }
+  return out;
+}
+
 } // namespace
+
+uint64_t toolCallIdSeed(const ResponseContext &ctx, size_t choice) {
+  return std::hash<std::string>{}(ctx.id) ^ (0x9e3779b97f4a7c15ULL * (choice + 1));
+}
 
 std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceResult> &choices) {
   const bool chat = isChat(ctx);
@@ -469,7 +501,19 @@ std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceRes
     completionTokens += static_cast<int64_t>(c.tokenIds.size());
     json::object choice{{"index", i}, {"finish_reason", c.finishReason}};
     const bool withLogprobs = ctx.request->params.logprobs;
-    if (chat) {
+    if (chat && ctx.toolCalls) {
+      const serving::ParsedOutput parsed =
+          serving::parseToolCalls(*ctx.toolCalls, c.text, toolCallIdSeed(ctx, i));
+      json::object message{{"role", "assistant"},
+                           {"content", parsed.content ? json::value(*parsed.content) : json::value(nullptr)}};
+      if (!parsed.toolCalls.empty()) {
+        message["tool_calls"] = toolCallsJson(parsed.toolCalls, 0, false);
+        if (c.finishReason == "stop")
+          choice["finish_reason"] = "tool_calls";
+      }
+      choice["message"] = std::move(message);
+      choice["logprobs"] = withLogprobs ? chatLogprobs(ctx, c) : json::value(nullptr);
+    } else if (chat) {
       choice["message"] = json::object{{"role", "assistant"}, {"content", c.text}};
       choice["logprobs"] = withLogprobs ? chatLogprobs(ctx, c) : json::value(nullptr);
     } else {
@@ -490,17 +534,22 @@ std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceRes
 
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
                                      const serving::SequenceEvent &event, bool first,
-                                     uint32_t index, size_t prompt) {
+                                     uint32_t index, size_t prompt,
+                                     const std::vector<serving::ToolCall> &toolCalls,
+                                     size_t firstToolCall) {
   const bool chat = isChat(ctx);
   const PromptContext *echo = !chat && first && ctx.request->echo ? &ctx.prompts.at(prompt) : nullptr;
   if (!first && event.text.empty() && !event.finish && !event.logprob &&
-      !ctx.request->returnTokenIds)
+      !ctx.request->returnTokenIds && toolCalls.empty())
     return std::nullopt; // a token whose text is held back: nothing to say yet
   json::object out = envelope(ctx, chat ? "chat.completion.chunk" : "text_completion");
   json::object choice{{"index", index}};
-  choice["finish_reason"] = event.finish
-                                ? json::value(serving::finishReasonName(*event.finish))
-                                : json::value(nullptr);
+  const bool calledTools = ctx.toolCalls && firstToolCall + toolCalls.size() > 0;
+  choice["finish_reason"] =
+      event.finish ? json::value(calledTools && *event.finish == serving::FinishReason::Stop
+                                     ? "tool_calls"
+                                     : serving::finishReasonName(*event.finish))
+                   : json::value(nullptr);
   ChoiceResult one;
   if (event.tokenId && event.logprob) {
     one.tokenIds = {*event.tokenId};
@@ -514,8 +563,10 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
     json::object delta;
     if (first)
       delta["role"] = "assistant";
-    if (!event.text.empty() || first)
+    if (!event.text.empty() || (first && toolCalls.empty()))
       delta["content"] = event.text;
+    if (!toolCalls.empty())
+      delta["tool_calls"] = toolCallsJson(toolCalls, firstToolCall, true);
     choice["delta"] = std::move(delta);
     choice["logprobs"] = event.logprob ? chatLogprobs(ctx, one) : json::value(nullptr);
   } else {

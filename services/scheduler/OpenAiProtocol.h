@@ -7,6 +7,7 @@
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/ChatTemplate.h"
 #include "llmir/serving/RequestParams.h"
+#include "llmir/serving/ToolCalls.h"
 
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
@@ -50,6 +51,8 @@ struct ChatInput {
   boost::json::array templateMessages;
   boost::json::object templateVariables;
   bool addGenerationPrompt = true;
+  bool hasTools = false;      // a non-empty "tools"
+  bool toolChoiceNone = false; // tool_choice "none": output stays text
 };
 
 /// One completions prompt: a text, or token ids.
@@ -87,6 +90,8 @@ std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages);
 struct ChatFormat {
   std::optional<serving::ChatTemplate> chatTemplate;
   serving::ChatTemplateInputs inputs; // bos/eos tokens; add_generation_prompt on
+  /// --tool-call-parser: how tool calls are read back out of the output.
+  std::optional<serving::ToolCallFormat> toolCalls;
 };
 
 /// The prompt of a chat; a template error (e.g. its raise_exception) is a
@@ -124,6 +129,8 @@ struct ResponseContext {
   const model::Tokenizer *tokenizer = nullptr;
   const ApiRequest *request = nullptr;
   std::vector<PromptContext> prompts; // chat: one
+  /// Chat with tools and a --tool-call-parser: tool calls are parsed out.
+  std::optional<serving::ToolCallFormat> toolCalls;
   int64_t promptTokens() const {
     int64_t total = 0;
     for (const PromptContext &p : prompts)
@@ -131,6 +138,9 @@ struct ResponseContext {
     return total;
   }
 };
+
+/// The seed of choice `choice`'s tool call ids (the same streamed or not).
+uint64_t toolCallIdSeed(const ResponseContext &ctx, size_t choice);
 
 /// The whole (non-streamed) response body, with usage.
 std::string responseJson(const ResponseContext &ctx,
@@ -141,7 +151,9 @@ std::string responseJson(const ResponseContext &ctx,
 /// chat role delta, or (completions with echo) the prompt of `prompt`.
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
                                      const serving::SequenceEvent &event, bool first,
-                                     uint32_t choice, size_t prompt);
+                                     uint32_t choice, size_t prompt,
+                                     const std::vector<serving::ToolCall> &toolCalls = {},
+                                     size_t firstToolCall = 0);
 /// The final usage-only chunk (stream_options.include_usage).
 std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens);
 

@@ -267,6 +267,9 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   context.model = options_.modelName;
   context.tokenizer = &tokenizer_;
   context.prompts = std::move(prompts);
+  if (endpoint == Endpoint::Chat && options_.chatFormat.toolCalls && request.chat.hasTools &&
+      !request.chat.toolChoiceNone)
+    context.toolCalls = options_.chatFormat.toolCalls;
   const bool stream = request.stream;
   auto job = std::make_shared<CompletionJob>(std::move(request), std::move(context),
                                              metrics_, scheduler_);

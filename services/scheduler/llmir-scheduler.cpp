@@ -55,6 +55,7 @@ struct Settings {
   int httpThreads = 4;
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
+  std::string toolCallParser; // empty: tool calls stay text
   // Mesh mode.
   std::string compilerUrl;
   std::string workerHost = "127.0.0.1";
@@ -97,6 +98,8 @@ void bind(net::Config &config, Settings &s) {
   config.add("http.threads", &s.httpThreads, "HTTP I/O threads");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("tool-call-parser", &s.toolCallParser,
+             "chat: parse tool calls out of the output (hermes, llama3_json or mistral)");
   config.add("compiler-url", &s.compilerUrl,
              "mesh mode: llmir-compiler-service URL (empty: one in-process replica)");
   config.add("worker-host", &s.workerHost,
@@ -204,6 +207,9 @@ Status validate(const Settings &s) {
     return Status::error("'shed-retry-after-s' and 'no-replica-retry-after-s' must be at least 1");
   if (s.httpThreads < 1)
     return Status::error("'http.threads' must be at least 1");
+  if (!s.toolCallParser.empty())
+    if (auto format = serving::toolCallFormat(s.toolCallParser); !format)
+      return Status::error("'tool-call-parser': " + format.message());
   if (!s.compilerUrl.empty() && !s.compilerUrl.starts_with("http://"))
     return Status::error("'compiler-url' must be an http:// URL, got '" + s.compilerUrl + "'");
   return Status::ok();
@@ -225,6 +231,8 @@ int run(const Settings &s) {
     net::logError("cannot use the model's chat template", {{"error", chatFormat.message()}});
     return 1;
   }
+  if (!s.toolCallParser.empty())
+    chatFormat->toolCalls = *serving::toolCallFormat(s.toolCallParser); // validate()d
   auto policy = serving::parseBalancePolicy(s.lbPolicy); // validate()d
 
   serving::RouterOptions routerOptions;

@@ -340,10 +340,10 @@ function modelWithChatTemplate(chatTemplate) {
   return dir;
 }
 
-function startScheduler(dir) {
+function startScheduler(dir, extraArgs = []) {
   const portFile = path.join(dir, 'port');
   const proc = spawn(binary, ['--model', dir, '--served-model-name', modelName, '--http.port', '0',
-                              '--http.port-file', portFile, '--engine-threads', '2'],
+                              '--http.port-file', portFile, '--engine-threads', '2', ...extraArgs],
                      { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   proc.stdout.on('data', (d) => { log += d; process.stdout.write(d); });
@@ -635,4 +635,68 @@ test('logit_bias and penalties', async () => {
     assert.equal(r.status, 400, JSON.stringify(body));
     assert.equal((await r.json()).error.param, param);
   }
+});
+
+// --- tools: Qwen2.5's template with --tool-call-parser hermes ---
+
+test('a tool round trip reaches the template as the oracle renders it; the hermes parser leaves plain output as content', async () => {
+  const fixtures = path.join(root, 'tests/fixtures/chat-templates');
+  const name = 'Qwen-Qwen2.5-7B-Instruct';
+  const goldens = JSON.parse(fs.readFileSync(path.join(fixtures, 'goldens', `${name}.json`)));
+  const spec = JSON.parse(fs.readFileSync(path.join(fixtures, 'conversations.json')));
+  const s = startScheduler(modelWithChatTemplate(fs.readFileSync(path.join(fixtures, `${name}.jinja`), 'utf8')),
+                           ['--tool-call-parser', 'hermes']);
+  try {
+    const deadline = Date.now() + 120000;
+    while (!fs.existsSync(s.portFile)) {
+      assert.equal(s.proc.exitCode, null, 'the scheduler starts');
+      assert.ok(Date.now() < deadline);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const url = `http://127.0.0.1:${fs.readFileSync(s.portFile, 'utf8').trim()}`;
+    const api = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const post = async (route, body) => {
+      const r = await fetch(`${url}${route}`, { method: 'POST', body: JSON.stringify(body),
+                                                 headers: { 'Content-Type': 'application/json' } });
+      return { status: r.status, body: await r.json() };
+    };
+    // The round trip as a client sends it: the assistant's tool_calls with
+    // arguments as a JSON string (OpenAI's wire format), then role "tool".
+    const conv = spec.conversations[6]; // tool call and tool result
+    const messages = conv.messages.map((m) => m.tool_calls
+      ? { ...m, tool_calls: m.tool_calls.map((c) => ({ ...c, function: { ...c.function, arguments: JSON.stringify(c.function.arguments) } })) }
+      : m);
+    const tools = conv.extra.tools;
+    const chatTokens = await post('/tokenize', { messages, tools });
+    const oracleTokens = await post('/tokenize', { prompt: goldens[6].text });
+    assert.equal(chatTokens.status, 200, JSON.stringify(chatTokens.body));
+    assert.deepEqual(chatTokens.body.tokens, oracleTokens.body.tokens,
+                     'rendered as the oracle renders the conversation with arguments as objects');
+
+    const request = { model: modelName, messages, tools, temperature: 0, max_tokens: 12, ignore_eos: true };
+    const chat = await api.chat.completions.create(request);
+    assert.equal(chat.usage.prompt_tokens, chatTokens.body.count);
+    // The demo model writes Python, not <tool_call> blocks: content it stays.
+    assert.equal(typeof chat.choices[0].message.content, 'string');
+    assert.equal(chat.choices[0].message.tool_calls, undefined);
+    assert.equal(chat.choices[0].finish_reason, 'length');
+    const stream = await api.chat.completions.create({ ...request, stream: true });
+    let text = '';
+    for await (const chunk of stream) {
+      assert.equal(chunk.choices[0].delta.tool_calls, undefined);
+      text += chunk.choices[0].delta.content ?? '';
+    }
+    assert.equal(text, chat.choices[0].message.content, 'streamed content equals the whole');
+
+    await assert.rejects(api.chat.completions.create({ ...request, tool_choice: 'required' }),
+                         (e) => e.status === 400 && e.param === 'tool_choice');
+    const none = await api.chat.completions.create({ ...request, tool_choice: 'none' });
+    assert.equal(none.choices[0].message.content, chat.choices[0].message.content);
+  } finally {
+    s.proc.kill('SIGTERM');
+    assert.equal(await s.exited, 0, 'clean exit on SIGTERM');
+  }
+  const bad = startScheduler(modelWithChatTemplate('{{ messages[0].content }}'), ['--tool-call-parser', 'pythonic']);
+  assert.equal(await bad.exited, 2);
+  assert.match(bad.log(), /unknown tool call parser 'pythonic'/);
 });

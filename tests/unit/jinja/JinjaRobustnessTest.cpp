@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 
@@ -72,6 +73,13 @@ TEST(JinjaRobustness, RunawayWorkIsStoppedByTheLimits) {
   EXPECT_EQ(renderError("{% set ns = namespace() %}{% set ns.me = ns %}"), "a namespace cannot hold itself");
 }
 
+/// LLMIR_JINJA_FUZZ_ROUNDS raises the count for a longer local run (e.g.
+/// under AddressSanitizer).
+int rounds() {
+  const char *env = std::getenv("LLMIR_JINJA_FUZZ_ROUNDS");
+  return env ? std::atoi(env) : 1500;
+}
+
 TEST(JinjaRobustness, MutatedRealTemplatesNeverCrash) {
   const fs::path dir = fs::path(LLMIR_SOURCE_DIR) / "tests" / "fixtures" / "chat-templates";
   std::vector<std::string> sources;
@@ -91,7 +99,7 @@ TEST(JinjaRobustness, MutatedRealTemplatesNeverCrash) {
                                    "**", "~", " is ", " not ", " in ", "0", "-1", ":", "::-1"};
   std::mt19937 rng(1234);
   size_t parsed = 0, rendered = 0;
-  for (int round = 0; round < 1500; ++round) {
+  for (int round = 0; round < rounds(); ++round) {
     std::string s = sources[rng() % sources.size()];
     int edits = 1 + int(rng() % 4);
     for (int e = 0; e < edits && !s.empty(); ++e) {
