@@ -303,7 +303,8 @@ std::optional<ApiError> parseChatInput(const json::object &body, ChatInput &chat
         first = false;
         message.content += std::string(text->get_string());
       }
-      templateMessage["content"] = message.content;
+      // templateMessage keeps the parts: chatPrompt joins them unless the
+      // template loops over them.
     } else if (content && !content->is_null()) {
       return invalid("messages", "message 'content' must be a string or an array of "
                                  "text parts");
@@ -370,7 +371,23 @@ std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format, const C
   serving::ChatTemplateInputs inputs = format.inputs;
   inputs.addGenerationPrompt = chat.addGenerationPrompt;
   inputs.extra = chat.templateVariables;
-  auto prompt = format.chatTemplate->render(chat.templateMessages, inputs);
+  const serving::ChatTemplate &tmpl =
+      chat.hasTools && format.toolUseTemplate ? *format.toolUseTemplate : *format.chatTemplate;
+  const json::array *messages = &chat.templateMessages;
+  json::array joined;
+  const bool anyParts = std::any_of(chat.templateMessages.begin(), chat.templateMessages.end(),
+                                    [](const json::value &m) {
+                                      const json::value *c = m.as_object().if_contains("content");
+                                      return c && c->is_array();
+                                    });
+  if (anyParts && !tmpl.takesContentParts()) {
+    joined = chat.templateMessages;
+    for (size_t i = 0; i < joined.size(); ++i)
+      if (json::value *content = joined[i].as_object().if_contains("content"); content && content->is_array())
+        *content = chat.messages[i].content;
+    messages = &joined;
+  }
+  auto prompt = tmpl.render(*messages, inputs);
   if (!prompt)
     return ApiError{400, "the model's chat template rejected the messages: " + prompt.message(),
                     "invalid_request_error", "messages", ""};

@@ -89,6 +89,8 @@ std::string applyDefaultChatTemplate(const std::vector<ChatMessage> &messages);
 /// tokenizer_config.json when it has one, else applyDefaultChatTemplate.
 struct ChatFormat {
   std::optional<serving::ChatTemplate> chatTemplate;
+  /// A named "tool_use" template, for requests with tools.
+  std::optional<serving::ChatTemplate> toolUseTemplate;
   serving::ChatTemplateInputs inputs; // bos/eos tokens; add_generation_prompt on
   /// --tool-call-parser: how tool calls are read back out of the output.
   std::optional<serving::ToolCallFormat> toolCalls;

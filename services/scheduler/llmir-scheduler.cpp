@@ -152,33 +152,64 @@ std::string specialToken(const boost::json::object &config, std::string_view key
 /// documented default when there is none.
 Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
   const fs::path path = fs::path(dir) / "tokenizer_config.json";
-  std::ifstream in(path);
-  if (!in)
-    return scheduler::ChatFormat{};
-  std::stringstream text;
-  text << in.rdbuf();
-  boost::system::error_code ec;
-  boost::json::value config = boost::json::parse(text.str(), ec);
-  if (ec || !config.is_object())
-    return Status::error(path.string() + ": not a JSON object" +
-                         (ec ? " (" + ec.message() + ")" : std::string()));
-  const boost::json::object &object = config.as_object();
-  const boost::json::value *source = object.if_contains("chat_template");
-  if (!source || source->is_null())
-    return scheduler::ChatFormat{};
-  if (!source->is_string()) {
-    net::logWarn("the model's chat_template is not a single string (named templates are not "
-                 "supported); chat uses the default template (docs/api.md)");
-    return scheduler::ChatFormat{};
+  boost::json::object object;
+  if (std::ifstream in(path); in) {
+    std::stringstream text;
+    text << in.rdbuf();
+    boost::system::error_code ec;
+    boost::json::value config = boost::json::parse(text.str(), ec);
+    if (ec || !config.is_object())
+      return Status::error(path.string() + ": not a JSON object" +
+                           (ec ? " (" + ec.message() + ")" : std::string()));
+    object = std::move(config.as_object());
   }
-  auto parsed = serving::ChatTemplate::parse(source->as_string());
-  if (!parsed)
-    return Status::error(path.string() + ": " + parsed.message());
   scheduler::ChatFormat format;
-  format.chatTemplate = std::move(*parsed);
   format.inputs = {.addGenerationPrompt = true,
                    .bosToken = specialToken(object, "bos_token"),
                    .eosToken = specialToken(object, "eos_token")};
+  auto parse = [](const fs::path &where, std::string_view source,
+                  std::optional<serving::ChatTemplate> &into) -> Status {
+    auto parsed = serving::ChatTemplate::parse(source);
+    if (!parsed)
+      return Status::error(where.string() + ": " + parsed.message());
+    into = std::move(*parsed);
+    return Status::ok();
+  };
+  const boost::json::value *source = object.if_contains("chat_template");
+  if (!source || source->is_null()) {
+    // Recent transformers save the template beside the config instead.
+    const fs::path file = fs::path(dir) / "chat_template.jinja";
+    std::ifstream in(file, std::ios::binary);
+    if (!in)
+      return format;
+    std::stringstream text;
+    text << in.rdbuf();
+    LLMIR_RETURN_IF_ERROR(parse(file, text.str(), format.chatTemplate));
+    return format;
+  }
+  if (source->is_string()) {
+    LLMIR_RETURN_IF_ERROR(parse(path, source->as_string(), format.chatTemplate));
+    return format;
+  }
+  // Named templates [{"name", "template"}]: "default", and "tool_use" for
+  // requests with tools when there is one (as transformers picks them).
+  if (!source->is_array())
+    return Status::error(path.string() + ": chat_template must be a string or a list of "
+                                         "{name, template}");
+  for (const boost::json::value &entry : source->as_array()) {
+    const boost::json::object *named = entry.if_object();
+    const boost::json::value *name = named ? named->if_contains("name") : nullptr;
+    const boost::json::value *text = named ? named->if_contains("template") : nullptr;
+    if (!name || !name->is_string() || !text || !text->is_string())
+      return Status::error(path.string() + ": each named chat_template needs a string name "
+                                           "and template");
+    if (name->as_string() == "default")
+      LLMIR_RETURN_IF_ERROR(parse(path, text->as_string(), format.chatTemplate));
+    else if (name->as_string() == "tool_use")
+      LLMIR_RETURN_IF_ERROR(parse(path, text->as_string(), format.toolUseTemplate));
+  }
+  if (!format.chatTemplate)
+    return Status::error(path.string() + ": the named chat templates have no \"default\"");
   return format;
 }
 

@@ -4,6 +4,7 @@
 // defined in (late bound), and caller() the scope of its call block.
 #include "Renderer.h"
 
+#include <algorithm>
 #include <functional>
 
 namespace llmir::jinja {
@@ -540,6 +541,61 @@ Value Renderer::eval(const Expr &e) {
   }
   }
   return Value::undefined();
+}
+
+namespace {
+
+bool isAttribute(const Expr *e, std::string_view attribute) {
+  while (e && e->kind == Expr::Kind::Filter) // content | selectattr(...) and the like
+    e = e->a.get();
+  if (!e)
+    return false;
+  if (e->kind == Expr::Kind::Attr)
+    return e->text == attribute;
+  if (e->kind == Expr::Kind::Item)
+    return e->b && e->b->kind == Expr::Kind::Literal && e->b->value.isString() &&
+           e->b->value.str() == attribute;
+  return false;
+}
+
+void collectAssigned(const Body &body, std::string_view attribute, std::vector<std::string> &names) {
+  for (const auto &n : body) {
+    if (n->kind == Node::Kind::Set && !n->target.tuple && n->target.attribute.empty() &&
+        isAttribute(n->expr.get(), attribute))
+      names.push_back(n->target.names[0]);
+    for (const auto &b : n->branches)
+      collectAssigned(b, attribute, names);
+    collectAssigned(n->body, attribute, names);
+    collectAssigned(n->elseBody, attribute, names);
+  }
+}
+
+bool loopsOver(const Body &body, std::string_view attribute, const std::vector<std::string> &names) {
+  for (const auto &n : body) {
+    if (n->kind == Node::Kind::For && n->expr) {
+      const Expr *e = n->expr.get();
+      while (e && e->kind == Expr::Kind::Filter)
+        e = e->a.get();
+      if (isAttribute(e, attribute) ||
+          (e && e->kind == Expr::Kind::Name &&
+           std::find(names.begin(), names.end(), e->text) != names.end()))
+        return true;
+    }
+    for (const auto &b : n->branches)
+      if (loopsOver(b, attribute, names))
+        return true;
+    if (loopsOver(n->body, attribute, names) || loopsOver(n->elseBody, attribute, names))
+      return true;
+  }
+  return false;
+}
+
+} // namespace
+
+bool Template::iteratesOverAttribute(std::string_view attribute) const {
+  std::vector<std::string> names;
+  collectAssigned(program_->body, attribute, names);
+  return loopsOver(program_->body, attribute, names);
 }
 
 Result<Template> Template::parse(std::string_view source) {

@@ -700,3 +700,63 @@ test('a tool round trip reaches the template as the oracle renders it; the herme
   assert.equal(await bad.exited, 2);
   assert.match(bad.log(), /unknown tool call parser 'pythonic'/);
 });
+
+test('named chat templates (tool_use for requests with tools) and chat_template.jinja', async () => {
+  const named = [{ name: 'default', template: "{% for m in messages %}D:{{ m.content }}|{% endfor %}" },
+                 { name: 'tool_use', template: "{% for t in tools %}T:{{ t.function.name }}|{% endfor %}" +
+                                              "{% for m in messages %}{{ m.content }}|{% endfor %}" }];
+  const withJinjaFile = modelWithChatTemplate(undefined);
+  fs.writeFileSync(path.join(withJinjaFile, 'chat_template.jinja'), "J:{{ messages[0]['content'] }}\n");
+  for (const [dir, cases] of [
+    [modelWithChatTemplate(named), [[{}, 'D:hi|'], [{ tools: [{ type: 'function', function: { name: 'f' } }] }, 'T:f|hi|']]],
+    [withJinjaFile, [[{}, 'J:hi']]]]) {
+    const s = startScheduler(dir);
+    try {
+      const deadline = Date.now() + 120000;
+      while (!fs.existsSync(s.portFile)) {
+        assert.equal(s.proc.exitCode, null, 'the scheduler starts');
+        assert.ok(Date.now() < deadline);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const url = `http://127.0.0.1:${fs.readFileSync(s.portFile, 'utf8').trim()}`;
+      for (const [extra, want] of cases) {
+        const tokens = await (await fetch(`${url}/tokenize`, {
+          method: 'POST', headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], ...extra }) })).json();
+        const text = await (await fetch(`${url}/detokenize`, {
+          method: 'POST', headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ tokens: tokens.tokens }) })).json();
+        assert.equal(text.prompt, want);
+      }
+    } finally {
+      s.proc.kill('SIGTERM');
+      assert.equal(await s.exited, 0);
+    }
+  }
+});
+
+test('text parts reach a template that loops over them as parts (Kimi K2), as the oracle renders them', async () => {
+  const fixtures = path.join(root, 'tests/fixtures/chat-templates');
+  const name = 'moonshotai-Kimi-K2';
+  const goldens = JSON.parse(fs.readFileSync(path.join(fixtures, 'goldens', `${name}.json`)));
+  const spec = JSON.parse(fs.readFileSync(path.join(fixtures, 'conversations.json')));
+  const s = startScheduler(modelWithChatTemplate(fs.readFileSync(path.join(fixtures, `${name}.jinja`), 'utf8')));
+  try {
+    const deadline = Date.now() + 120000;
+    while (!fs.existsSync(s.portFile)) {
+      assert.equal(s.proc.exitCode, null, 'the scheduler starts');
+      assert.ok(Date.now() < deadline);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const url = `http://127.0.0.1:${fs.readFileSync(s.portFile, 'utf8').trim()}`;
+    const tokenize = async (body) => (await (await fetch(`${url}/tokenize`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })).json()).tokens;
+    for (const i of [0, 2, 9]) {
+      const conv = spec.conversations[i];
+      assert.deepEqual(await tokenize({ messages: conv.messages }), await tokenize({ prompt: goldens[i].text }), conv.name);
+    }
+  } finally {
+    s.proc.kill('SIGTERM');
+    assert.equal(await s.exited, 0);
+  }
+});

@@ -69,3 +69,33 @@ TEST(JinjaDifferential, SnippetsRenderAsJinja2RendersThem) {
 
 } // namespace
 } // namespace llmir::jinja
+
+namespace llmir::jinja {
+namespace {
+
+TEST(JinjaTemplate, TellsWhetherContentIsIteratedAsParts) {
+  auto read = [](const std::string &name) {
+    std::ifstream in(kFixtures / "chat-templates" / (name + ".jinja"), std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto t = Template::parse(text.str());
+    EXPECT_TRUE(t.isOk()) << name << ": " << t.message();
+    return t.isOk() && t->iteratesOverAttribute("content");
+  };
+  for (const char *name : {"mistralai-Ministral-3-14B-Reasoning-2512", "google-gemma-4-31B-it",
+                           "MiniMax-M1", "moonshotai-Kimi-K2", "ibm-granite-granite-4.0"})
+    EXPECT_TRUE(read(name)) << name;
+  for (const char *name : {"meta-llama-Llama-3.1-8B-Instruct", "Qwen-Qwen2.5-7B-Instruct",
+                           "microsoft-Phi-3.5-mini-instruct"})
+    EXPECT_FALSE(read(name)) << name;
+  auto simple = [](const char *source) {
+    auto t = Template::parse(source);
+    return t.isOk() && t->iteratesOverAttribute("content");
+  };
+  EXPECT_TRUE(simple("{% set c = m['content'] %}{% for p in c %}{% endfor %}"));
+  EXPECT_TRUE(simple("{% if x %}{% for p in m.content|selectattr('type') %}{% endfor %}{% endif %}"));
+  EXPECT_FALSE(simple("{{ m.content }}{% for p in m.parts %}{% endfor %}"));
+}
+
+} // namespace
+} // namespace llmir::jinja

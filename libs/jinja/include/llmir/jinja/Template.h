@@ -55,6 +55,11 @@ public:
   /// template raised the error itself.
   Result<std::string> render(const RenderInputs &inputs, RenderError *error = nullptr) const;
 
+  /// Whether some for loop iterates over `x.<attribute>` or `x['<attribute>']`
+  /// (directly, or through a variable set from one): how vLLM tells that a
+  /// chat template reads message content as a list of parts.
+  bool iteratesOverAttribute(std::string_view attribute) const;
+
 private:
   explicit Template(std::shared_ptr<const TemplateProgram> program) : program_(std::move(program)) {}
   std::shared_ptr<const TemplateProgram> program_;

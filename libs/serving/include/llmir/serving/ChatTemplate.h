@@ -53,13 +53,20 @@ public:
   /// The prompt for `messages` (OpenAI-style message objects).
   Result<std::string> render(const boost::json::array &messages, const ChatTemplateInputs &inputs,
                              ChatTemplateError *error = nullptr) const;
+  /// Whether the template reads a message's content as a list of parts
+  /// (it loops over it); otherwise text parts are given joined into one
+  /// string, as vLLM decides ("openai" / "string" content format).
+  bool takesContentParts() const { return takesContentParts_; }
+
   /// The same for plain role/content turns.
   Result<std::string> render(const std::vector<ChatTurn> &messages,
                              const ChatTemplateInputs &inputs) const;
 
 private:
-  explicit ChatTemplate(jinja::Template engine) : engine_(std::move(engine)) {}
+  explicit ChatTemplate(jinja::Template engine)
+      : engine_(std::move(engine)), takesContentParts_(engine_.iteratesOverAttribute("content")) {}
   jinja::Template engine_;
+  bool takesContentParts_ = false;
 };
 
 } // namespace llmir::serving
