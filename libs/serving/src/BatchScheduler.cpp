@@ -146,7 +146,7 @@ void BatchScheduler::cancel(uint64_t requestId) {
   deliver(lock);
 }
 
-void BatchScheduler::emitLocked(const Sequence &seq, SequenceEvent event) {
+void BatchScheduler::emitLocked(Sequence &seq, SequenceEvent event) {
   auto it = requests_.find(seq.requestId);
   assert(it != requests_.end());
   event.requestId = seq.requestId;
@@ -158,7 +158,7 @@ void BatchScheduler::emitLocked(const Sequence &seq, SequenceEvent event) {
     if (!seq.promptTopLogprobs.empty())
       event.promptTopLogprobs.assign(seq.promptTopLogprobs.begin() + 1, seq.promptTopLogprobs.end());
   }
-  const_cast<Sequence &>(seq).sentFirstEvent = true;
+  seq.sentFirstEvent = true;
   outbox_.emplace_back(it->second->onEvent, std::move(event));
 }
 

@@ -40,6 +40,8 @@ void RemoteBackend::onResponse(const proto::StepResponse &response) {
       pending.error = response.error();
     for (const proto::SampledToken &token : response.tokens())
       *pending.merged.add_tokens() = token;
+    for (const proto::PromptLogprobs &prompt : response.prompt_logprobs())
+      *pending.merged.add_prompt_logprobs() = prompt;
     pending.merged.set_step_seconds(
         std::max(pending.merged.step_seconds(), response.step_seconds()));
     if (++pending.answered < worldSize_)

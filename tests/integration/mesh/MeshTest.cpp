@@ -237,6 +237,11 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
         for (int32_t t : prompts[i])
           seq->add_token_ids(t);
         seq->set_start_position(0);
+        // Prompt logprobs (completions' echo): the deciding rank reads every
+        // prompt row of the tp=2 logits.
+        seq->set_prompt_logprobs(true);
+        seq->set_prompt_length(static_cast<int32_t>(prompts[i].size()));
+        seq->set_next_prompt_token(-1);
       } else {
         seq->add_token_ids(generated[i].back());
         seq->set_start_position(static_cast<int32_t>(prompts[i].size() + step - 1));
@@ -257,6 +262,19 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
       EXPECT_EQ(sr.step_id(), step + 1);
       if (sr.rank() == 0) {
         ASSERT_EQ(sr.tokens_size(), static_cast<int>(cases.size()));
+        if (step == 0) {
+          ASSERT_EQ(sr.prompt_logprobs_size(), static_cast<int>(cases.size()));
+          for (size_t i = 0; i < cases.size(); ++i) {
+            const auto &lp = sr.prompt_logprobs(static_cast<int>(i));
+            EXPECT_EQ(lp.sequence_id(), i + 100);
+            EXPECT_EQ(lp.first_position(), 1);
+            ASSERT_EQ(lp.logprobs_size(), static_cast<int>(prompts[i].size()) - 1);
+            for (float v : lp.logprobs())
+              EXPECT_LE(v, 0.0f);
+          }
+        } else {
+          EXPECT_EQ(sr.prompt_logprobs_size(), 0);
+        }
         for (size_t i = 0; i < cases.size(); ++i) {
           EXPECT_EQ(sr.tokens(static_cast<int>(i)).sequence_id(), i + 100);
           generated[i].push_back(sr.tokens(static_cast<int>(i)).token_id());

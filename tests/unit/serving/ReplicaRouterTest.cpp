@@ -141,6 +141,7 @@ TEST(RemoteBackendTest, CompletesWhenEveryRankAnsweredAndFailsOnRequest) {
   deciding.set_step_id(7);
   deciding.set_ok(true);
   deciding.add_tokens()->set_token_id(42);
+  deciding.add_prompt_logprobs()->add_logprobs(-1.5f);
   backend.onResponse(deciding);
   EXPECT_FALSE(done.has_value()) << "waits for every rank";
   proto::StepResponse other;
@@ -151,6 +152,8 @@ TEST(RemoteBackendTest, CompletesWhenEveryRankAnsweredAndFailsOnRequest) {
   ASSERT_TRUE(done->isOk());
   ASSERT_EQ((*done)->tokens_size(), 1);
   EXPECT_EQ((*done)->tokens(0).token_id(), 42);
+  ASSERT_EQ((*done)->prompt_logprobs_size(), 1) << "prompt logprobs (echo) come through";
+  EXPECT_EQ((*done)->prompt_logprobs(0).logprobs(0), -1.5f);
 
   done.reset();
   request.set_step_id(8);

@@ -181,7 +181,7 @@ private:
   void finishLocked(Sequence &seq, FinishReason reason, std::string error);
   void onTokenLocked(Sequence &seq, const void *sampledToken);
   void retireLocked(Sequence &seq);
-  void emitLocked(const Sequence &seq, SequenceEvent event);
+  void emitLocked(Sequence &seq, SequenceEvent event);
   void deliver(std::unique_lock<std::mutex> &lock);
   void submit(InFlightStep step);
   void loop();
