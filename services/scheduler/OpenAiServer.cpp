@@ -239,6 +239,13 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     prompts.push_back(std::move(prompt));
   }
   request.prompts.clear();
+  // Every prompt of a batch has n choices; bound the sequences one request adds.
+  constexpr size_t kMaxSequencesPerRequest = 1024;
+  if (prompts.size() * static_cast<size_t>(std::max(request.params.n, 1)) > kMaxSequencesPerRequest)
+    return errorResponse({400,
+                          "a request may ask for at most " + std::to_string(kMaxSequencesPerRequest) +
+                              " choices in all (prompts x n)",
+                          "invalid_request_error", "n", ""});
   const serving::RequestLimits limits = scheduler_.limits();
   if (!request.maxTokensGiven) {
     size_t longest = 0;

@@ -30,7 +30,7 @@ std::optional<RequestError> validateRequest(const RequestParams &p,
                  "top_k");
   if (p.maxTokens < 0 || (p.maxTokens == 0 && !p.promptLogprobs))
     return error(std::string("max_tokens must be at least ") + (p.promptLogprobs ? "0" : "1") +
-                     " (0 only with echo and logprobs), got " +
+                     " (0 only with echo), got " +
                      std::to_string(p.maxTokens),
                  "max_tokens");
   if (p.minTokens < 0 || p.minTokens > p.maxTokens)

@@ -632,7 +632,8 @@ test('logit_bias and penalties', async () => {
                                ['presence_penalty', { presence_penalty: 3 }],
                                ['frequency_penalty', { frequency_penalty: -2.5 }],
                                ['repetition_penalty', { repetition_penalty: 0 }],
-                               ['max_tokens', { max_tokens: 0 }]]) {
+                               ['max_tokens', { max_tokens: 0 }],
+                               ['n', { prompt: Array(600).fill('x'), n: 2 }]]) {
     const r = await fetch(`${baseURL}/v1/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
                                                           body: JSON.stringify({ prompt: 'x', ...body }) });
     assert.equal(r.status, 400, JSON.stringify(body));
