@@ -1,6 +1,7 @@
 #include "OpenAiProtocol.h"
 
 #include "llmir/model/Tokenizer.h"
+#include "llmir/serving/OutputGrammar.h"
 
 #include <boost/json.hpp>
 
@@ -133,6 +134,65 @@ std::optional<ApiError> parsePrompt(Fields &f, ApiRequest &r) {
   return std::nullopt;
 }
 
+/// Structured output: response_format json_object / json_schema (OpenAI),
+/// guided_json and guided_choice (vLLM).
+std::optional<ApiError> parseStructuredOutput(Fields &f, serving::RequestParams &p) {
+  auto fromSchema = [&](const char *param, const json::value &schema) -> std::optional<ApiError> {
+    const json::value *s = &schema;
+    json::value parsed;
+    if (schema.is_string()) { // guided_json may be the schema's text
+      boost::system::error_code ec;
+      parsed = json::parse(schema.get_string(), ec);
+      if (ec)
+        return invalid(param, std::string("'") + param + "' is not valid JSON");
+      s = &parsed;
+    }
+    auto grammar = serving::OutputGrammar::jsonSchema(*s);
+    if (!grammar)
+      return invalid(param, grammar.message());
+    p.grammar = std::move(*grammar);
+    return std::nullopt;
+  };
+  if (const json::value *format = f.get("response_format")) {
+    const json::object *o = format->if_object();
+    const json::value *type = o ? o->if_contains("type") : nullptr;
+    if (!type || !type->is_string())
+      return invalid("response_format", "'response_format' needs a 'type'");
+    if (type->get_string() == "json_object") {
+      p.grammar = serving::OutputGrammar::jsonObject();
+    } else if (type->get_string() == "json_schema") {
+      const json::value *spec = o->if_contains("json_schema");
+      const json::value *schema = spec && spec->is_object() ? spec->get_object().if_contains("schema") : nullptr;
+      if (!schema)
+        return invalid("response_format", "'response_format.json_schema.schema' is required");
+      if (auto e = fromSchema("response_format", *schema))
+        return e;
+    } else if (type->get_string() != "text") {
+      return invalid("response_format", "'response_format.type' must be text, json_object or json_schema");
+    }
+  }
+  if (const json::value *schema = f.get("guided_json"))
+    if (auto e = fromSchema("guided_json", *schema))
+      return e;
+  if (const json::value *choice = f.get("guided_choice")) {
+    std::vector<std::string> choices;
+    if (choice->is_array())
+      for (const json::value &c : choice->get_array()) {
+        if (!c.is_string())
+          return invalid("guided_choice", "'guided_choice' must be an array of strings");
+        choices.emplace_back(c.get_string());
+      }
+    auto grammar = serving::OutputGrammar::choice(std::move(choices));
+    if (!grammar)
+      return invalid("guided_choice", grammar.message());
+    p.grammar = std::move(*grammar);
+  }
+  for (const char *unsupported : {"guided_regex", "guided_grammar"})
+    if (f.get(unsupported))
+      return invalid(unsupported, std::string("'") + unsupported + "' is not supported yet");
+  return std::nullopt;
+}
+
 /// logit_bias, presence/frequency penalties (OpenAI) and repetition_penalty
 /// (vLLM).
 std::optional<ApiError> parseLogitsProcessing(Fields &f, serving::RequestParams &p) {
@@ -241,6 +301,8 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
       return invalid("stream_options", of.error->message);
   }
   if (auto e = parseLogitsProcessing(f, p))
+    return *e;
+  if (auto e = parseStructuredOutput(f, p))
     return *e;
   if (endpoint == Endpoint::Completions) {
     // logprobs: the number of alternatives (0 = only the sampled token's).

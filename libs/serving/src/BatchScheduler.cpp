@@ -110,6 +110,8 @@ uint64_t BatchScheduler::addRequest(RequestParams params, EventCallback onEvent)
                     : (uint64_t{entropy()} << 32) ^ entropy();
     seq->tokens = params.promptIds;
     seq->promptLen = static_cast<int64_t>(params.promptIds.size());
+    if (params.grammar)
+      seq->grammar.emplace(params.grammar);
     // Later choices start once choice 0 has cached the prompt's blocks.
     seq->waitingForLeader = i > 0 && options_.enablePrefixCaching;
     sequences_[seq->id] = seq.get();
@@ -222,6 +224,13 @@ void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
   const int32_t token = sampled.token_id();
   seq.tokens.push_back(token);
   const int64_t generated = seq.numGenerated();
+  bool grammarDone = false;
+  if (seq.grammar && !contains(options_.eosTokenIds, token)) {
+    auto bytes = tokenizer_.tokenBytes(token);
+    if (bytes)
+      seq.grammar->advance(*bytes);
+    grammarDone = seq.grammar->finished();
+  }
 
   SequenceEvent event;
   event.tokenId = token;
@@ -241,7 +250,7 @@ void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
       event.error = delta.message();
     } else {
       event.text = std::move(delta->text);
-      if (delta->stopped)
+      if (delta->stopped || grammarDone) // the structured output is complete
         event.finish = FinishReason::Stop;
     }
   }
@@ -382,6 +391,13 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
       proto::TokenLogprob *b = entry->add_logit_bias();
       b->set_token_id(id);
       b->set_logprob(bias);
+    }
+    if (sample && seq->grammar) {
+      // The mask of this step, from the output so far.
+      entry->set_constrained(true);
+      const std::vector<int32_t> allowed =
+          seq->grammar->allowedTokens(tokenizer_, vocabSize_, options_.eosTokenIds);
+      entry->mutable_allowed_token_ids()->Add(allowed.begin(), allowed.end());
     }
     const bool repetition = params.repetitionPenalty != 1.0f;
     if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {

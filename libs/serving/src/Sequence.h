@@ -4,9 +4,11 @@
 
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/BlockManager.h"
+#include "llmir/serving/OutputGrammar.h"
 #include "llmir/serving/OutputText.h"
 
 #include <memory>
+#include <optional>
 
 #include <cstdint>
 #include <vector>
@@ -38,6 +40,7 @@ struct Sequence {
   std::vector<float> promptLogprobs;
   std::vector<std::vector<TopLogprob>> promptTopLogprobs;
   bool sentFirstEvent = false;
+  std::optional<GrammarMatcher> grammar; // structured output
 
   int64_t numGenerated() const {
     return static_cast<int64_t>(tokens.size()) - promptLen;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace llmir::serving {
@@ -91,7 +92,7 @@ void topLogprobs(std::span<const float> values, const LogSoftmax &logprob, size_
 
 bool processesLogits(const proto::StepSequence &seq) {
   const float rep = seq.repetition_penalty();
-  return seq.logit_bias_size() > 0 || seq.presence_penalty() != 0 ||
+  return seq.constrained() || seq.logit_bias_size() > 0 || seq.presence_penalty() != 0 ||
          seq.frequency_penalty() != 0 || (rep != 0 && rep != 1);
 }
 
@@ -112,6 +113,13 @@ void processLogits(const proto::StepSequence &seq, std::vector<float> &logits) {
     for (size_t i = 0; i < logits.size(); ++i)
       if (seen[i])
         logits[i] = logits[i] > 0 ? logits[i] / rep : logits[i] * rep;
+  }
+  if (seq.constrained()) {
+    std::vector<float> kept(logits.size(), -std::numeric_limits<float>::infinity());
+    for (int32_t id : seq.allowed_token_ids())
+      if (id >= 0 && id < vocab)
+        kept[static_cast<size_t>(id)] = logits[static_cast<size_t>(id)];
+    logits = std::move(kept);
   }
   if (seq.presence_penalty() != 0 || seq.frequency_penalty() != 0) {
     std::vector<int32_t> counts(logits.size(), 0);

@@ -764,3 +764,57 @@ test('text parts reach a template that loops over them as parts (Kimi K2), as th
     assert.equal(await s.exited, 0);
   }
 });
+
+// --- structured output ---
+
+test('response_format json_schema: 20 seeds at temperature 1 parse and validate', async () => {
+  const schema = {
+    type: 'object',
+    properties: {
+      name: { type: 'string', maxLength: 10 },
+      age: { type: 'integer' },
+      likes_python: { type: 'boolean' },
+      color: { enum: ['red', 'green', 'blue'] },
+      tags: { type: 'array', items: { type: 'string', maxLength: 5 }, maxItems: 3 },
+    },
+    required: ['name', 'age', 'likes_python', 'color', 'tags'],
+    additionalProperties: false,
+  };
+  const results = await Promise.all(Array.from({ length: 20 }, (_, seed) =>
+    client.chat.completions.create({
+      model: modelName, messages: [{ role: 'user', content: 'Describe a person as JSON.' }],
+      temperature: 1, seed, max_tokens: 200,
+      response_format: { type: 'json_schema', json_schema: { name: 'person', schema, strict: true } } })));
+  for (const [seed, r] of results.entries()) {
+    const text = r.choices[0].message.content;
+    assert.equal(r.choices[0].finish_reason, 'stop', `seed ${seed}: ${text}`);
+    const v = JSON.parse(text);
+    assert.deepEqual(Object.keys(v), ['name', 'age', 'likes_python', 'color', 'tags'], text);
+    assert.equal(typeof v.name, 'string');
+    assert.ok([...v.name].length <= 10, text);
+    assert.ok(Number.isInteger(v.age), text);
+    assert.equal(typeof v.likes_python, 'boolean');
+    assert.ok(['red', 'green', 'blue'].includes(v.color), text);
+    assert.ok(Array.isArray(v.tags) && v.tags.length <= 3 && v.tags.every((t) => typeof t === 'string' && [...t].length <= 5), text);
+  }
+  // Streamed: the chunks join into the same kind of document.
+  const stream = await client.chat.completions.create({
+    model: modelName, messages: [{ role: 'user', content: 'x' }], temperature: 1, seed: 7, max_tokens: 200, stream: true,
+    response_format: { type: 'json_schema', json_schema: { name: 'person', schema } } });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+  assert.equal(typeof JSON.parse(text).age, 'number');
+
+  // vLLM's guided_choice, and completions too.
+  const choice = await client.completions.create({ model: modelName, prompt: 'def f(', max_tokens: 8,
+                                                   temperature: 1, seed: 3, guided_choice: ['alpha', 'beta'] });
+  assert.ok(['alpha', 'beta'].includes(choice.choices[0].text), choice.choices[0].text);
+  for (const [param, body] of [['response_format', { response_format: { type: 'json_schema', json_schema: { schema: { anyOf: [] } } } }],
+                               ['response_format', { response_format: { type: 'yaml' } }],
+                               ['guided_regex', { guided_regex: 'a+' }]]) {
+    const r = await fetch(`${baseURL}/v1/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                                                          body: JSON.stringify({ prompt: 'x', ...body }) });
+    assert.equal(r.status, 400, JSON.stringify(body));
+    assert.equal((await r.json()).error.param, param);
+  }
+});

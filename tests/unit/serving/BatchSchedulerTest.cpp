@@ -5,6 +5,7 @@
 
 #include "llmir/model/Safetensors.h"
 #include "llmir/serving/BatchScheduler.h"
+#include "llmir/serving/OutputGrammar.h"
 
 #include <cmath>
 #include <filesystem>
@@ -513,6 +514,50 @@ TEST_F(BatchSchedulerTest, LogitBiasAndPenaltiesSteerGreedyDecoding) {
     EXPECT_EQ(std::count(c.promptIds.begin(), c.promptIds.end(), id) > 0 &&
                   std::count(collector.of(r).ids.begin(), collector.of(r).ids.end(), id) > 3,
               false);
+}
+
+} // namespace
+} // namespace llmir::serving
+
+namespace llmir::serving {
+namespace {
+
+TEST_F(BatchSchedulerTest, StructuredOutputAlwaysParsesAndValidates) {
+  auto backend = demo->backend(256);
+  ASSERT_TRUE(backend);
+  auto s = scheduler(*backend);
+  auto grammar = OutputGrammar::jsonSchema(boost::json::parse(R"({"type": "object", "properties": {
+      "name": {"type": "string", "maxLength": 10},
+      "age": {"type": "integer"},
+      "color": {"enum": ["red", "green", "blue"]},
+      "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3}}})"));
+  ASSERT_TRUE(grammar.isOk()) << grammar.message();
+  Collector collector;
+  std::vector<uint64_t> ids;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    RequestParams p = greedy(demo->cases[seed % demo->cases.size()].promptIds, 200);
+    p.sampling.temperature = 1.0f;
+    p.sampling.seed = seed;
+    p.ignoreEos = false;
+    p.grammar = *grammar;
+    ids.push_back(s->addRequest(p, collector.callback()));
+  }
+  s->runUntilIdle();
+  for (uint64_t id : ids) {
+    const Outcome &o = collector.of(id);
+    SCOPED_TRACE(o.text);
+    EXPECT_EQ(o.finish, FinishReason::Stop);
+    boost::system::error_code ec;
+    boost::json::value v = boost::json::parse(o.text, ec);
+    ASSERT_FALSE(ec) << "the output parses";
+    const auto &obj = v.as_object();
+    ASSERT_EQ(obj.size(), 4u);
+    EXPECT_LE(obj.at("name").as_string().size(), 10u * 4);
+    EXPECT_TRUE(obj.at("age").is_int64() || obj.at("age").is_uint64());
+    const std::string color(obj.at("color").as_string());
+    EXPECT_TRUE(color == "red" || color == "green" || color == "blue");
+    EXPECT_LE(obj.at("tags").as_array().size(), 3u);
+  }
 }
 
 } // namespace

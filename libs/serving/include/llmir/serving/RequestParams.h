@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace llmir::serving {
+
+class OutputGrammar;
 
 struct SamplingOptions {
   float temperature = 1.0f; // 0: greedy
@@ -41,6 +44,8 @@ struct RequestParams {
   float presencePenalty = 0.0f;   // [-2, 2], per generated token present
   float frequencyPenalty = 0.0f;  // [-2, 2], per occurrence in the output
   float repetitionPenalty = 1.0f; // > 0; 1: off (prompt and output tokens)
+  /// Structured output: what the output must match (null: anything).
+  std::shared_ptr<const OutputGrammar> grammar;
 };
 
 inline constexpr int32_t kMaxTopLogprobs = 20;
