@@ -410,13 +410,18 @@ std::optional<ApiError> parseChatInput(const json::object &body, ChatInput &chat
       chat.hasTools = !v->get_array().empty();
   }
   if (const json::value *choice = body.if_contains("tool_choice"); choice && !choice->is_null()) {
-    // "auto" (the default) and "none"; forcing a call ("required", a named
-    // function) needs constrained decoding, which is not there yet.
+    const json::object *named = choice->if_object();
+    const json::value *function = named ? named->if_contains("function") : nullptr;
+    const json::value *name = function && function->is_object() ? function->get_object().if_contains("name") : nullptr;
     if (choice->is_string() && choice->get_string() == "none")
       chat.toolChoiceNone = true;
+    else if (choice->is_string() && choice->get_string() == "required")
+      chat.toolChoiceRequired = true;
+    else if (name && name->is_string())
+      chat.toolChoiceFunction = std::string(name->get_string());
     else if (!(choice->is_string() && choice->get_string() == "auto"))
-      return invalid("tool_choice", "'tool_choice' must be \"auto\" or \"none\" (\"required\" and "
-                                    "named functions need structured output, not supported yet)");
+      return invalid("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or "
+                                    "{\"type\": \"function\", \"function\": {\"name\": ...}}");
   }
   if (const json::value *kwargs = body.if_contains("chat_template_kwargs"); kwargs && !kwargs->is_null()) {
     if (!kwargs->is_object())
@@ -424,6 +429,31 @@ std::optional<ApiError> parseChatInput(const json::object &body, ChatInput &chat
     for (const auto &[key, value] : kwargs->get_object())
       chat.templateVariables[key] = value;
   }
+  return std::nullopt;
+}
+
+std::optional<ApiError> applyToolChoice(const ChatFormat &format, const ChatInput &chat,
+                                        serving::RequestParams &params) {
+  if (!chat.toolChoiceRequired && chat.toolChoiceFunction.empty())
+    return std::nullopt;
+  if (!format.toolCalls)
+    return invalid("tool_choice", "forcing a tool call needs the server's --tool-call-parser");
+  const json::value *tools = chat.templateVariables.if_contains("tools");
+  if (!tools || !tools->is_array() || tools->get_array().empty())
+    return invalid("tool_choice", "'tool_choice' forces a call but 'tools' is empty");
+  json::array chosen;
+  for (const json::value &tool : tools->get_array()) {
+    const json::value *function = tool.is_object() ? tool.get_object().if_contains("function") : nullptr;
+    const json::value *name = function && function->is_object() ? function->get_object().if_contains("name") : nullptr;
+    if (chat.toolChoiceRequired || (name && name->is_string() && name->get_string() == chat.toolChoiceFunction))
+      chosen.push_back(tool);
+  }
+  if (chosen.empty())
+    return invalid("tool_choice", "no tool is named '" + chat.toolChoiceFunction + "'");
+  auto grammar = serving::OutputGrammar::toolCall(*format.toolCalls, chosen);
+  if (!grammar)
+    return invalid("tool_choice", grammar.message());
+  params.grammar = std::move(*grammar);
   return std::nullopt;
 }
 

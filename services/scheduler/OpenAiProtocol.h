@@ -53,6 +53,8 @@ struct ChatInput {
   bool addGenerationPrompt = true;
   bool hasTools = false;      // a non-empty "tools"
   bool toolChoiceNone = false; // tool_choice "none": output stays text
+  bool toolChoiceRequired = false;  // tool_choice "required"
+  std::string toolChoiceFunction;   // tool_choice {"type": "function", "function": {"name"}}
 };
 
 /// One completions prompt: a text, or token ids.
@@ -99,6 +101,11 @@ struct ChatFormat {
 /// The prompt of a chat; a template error (e.g. its raise_exception) is a
 /// 400 on "messages" carrying the template's message.
 std::variant<std::string, ApiError> chatPrompt(const ChatFormat &format, const ChatInput &chat);
+
+/// tool_choice "required" or a named function: the output is constrained to
+/// one call in the --tool-call-parser's format (400 without a parser).
+std::optional<ApiError> applyToolChoice(const ChatFormat &format, const ChatInput &chat,
+                                        serving::RequestParams &params);
 
 /// Reads "messages" (and add_generation_prompt, tools, documents,
 /// chat_template_kwargs) from a request body: chat completions and

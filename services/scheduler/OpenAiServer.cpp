@@ -216,6 +216,8 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   const char *promptParam = endpoint == Endpoint::Chat ? "messages" : "prompt";
   std::vector<PromptContext> prompts;
   if (endpoint == Endpoint::Chat) {
+    if (auto error = applyToolChoice(options_.chatFormat, request.chat, request.params))
+      return errorResponse(*error);
     auto prompt = chatPrompt(options_.chatFormat, request.chat);
     if (auto *error = std::get_if<ApiError>(&prompt))
       return errorResponse(*error);

@@ -15,7 +15,7 @@
 namespace llmir::serving {
 
 struct GrammarNode {
-  enum class Kind { Literals, String, Integer, Number, Object, Array, AnyValue, AnyObject, AnyArray };
+  enum class Kind { Literals, String, Integer, Number, Object, Array, AnyValue, AnyObject, AnyArray, Sequence };
   Kind kind = Kind::AnyValue;
   std::vector<std::string> literals;                 // Literals (at most 64)
   int32_t minLength = 0, maxLength = INT32_MAX;      // String, in characters
@@ -23,6 +23,7 @@ struct GrammarNode {
   std::vector<const GrammarNode *> values;           // Object: property values
   const GrammarNode *items = nullptr;                // Array
   int32_t minItems = 0, maxItems = INT32_MAX;        // Array
+  std::vector<const GrammarNode *> parts;            // Sequence: one after the other
 };
 
 namespace {
@@ -157,6 +158,50 @@ Result<std::shared_ptr<const OutputGrammar>> OutputGrammar::jsonSchema(const boo
   return std::shared_ptr<const OutputGrammar>(g);
 }
 
+Result<std::shared_ptr<const OutputGrammar>> OutputGrammar::toolCall(ToolCallFormat format,
+                                                                     const boost::json::array &tools) {
+  auto g = std::shared_ptr<OutputGrammar>(new OutputGrammar(nullptr));
+  GrammarBuilder b{*g};
+  b.addAny();
+  GrammarNode names{.kind = GrammarNode::Kind::Literals};
+  const boost::json::value *parameters = nullptr;
+  for (const auto &tool : tools) {
+    const boost::json::object *t = tool.if_object();
+    const boost::json::value *function = t ? t->if_contains("function") : nullptr;
+    const boost::json::value *name =
+        function && function->is_object() ? function->get_object().if_contains("name") : nullptr;
+    if (!name || !name->is_string())
+      return Status::error("each tool needs a function with a string name");
+    names.literals.push_back(boost::json::serialize(*name));
+    parameters = function->get_object().if_contains("parameters");
+  }
+  if (names.literals.empty() || names.literals.size() > 64)
+    return Status::error("tool_choice needs 1 to 64 tools");
+  const GrammarNode *arguments = b.anyObject;
+  if (names.literals.size() == 1 && parameters && !parameters->is_null()) {
+    auto compiled = b.schema(*parameters, 0);
+    if (!compiled)
+      return Status::error("the tool's parameters: " + compiled.message());
+    arguments = *compiled;
+  }
+  const char *argumentsKey = format == ToolCallFormat::Llama3Json ? "parameters" : "arguments";
+  GrammarNode call{.kind = GrammarNode::Kind::Object};
+  call.prefixes = {"{\"name\":", std::string(",\"") + argumentsKey + "\":"};
+  call.values = {b.add(std::move(names)), arguments};
+  const GrammarNode *object = b.add(std::move(call));
+  auto literal = [&](std::string text) {
+    return b.add({.kind = GrammarNode::Kind::Literals, .literals = {std::move(text)}});
+  };
+  GrammarNode root{.kind = GrammarNode::Kind::Sequence};
+  switch (format) {
+  case ToolCallFormat::Hermes: root.parts = {literal("<tool_call>\n"), object, literal("\n</tool_call>")}; break;
+  case ToolCallFormat::Llama3Json: root.parts = {object}; break;
+  case ToolCallFormat::Mistral: root.parts = {literal("[TOOL_CALLS]["), object, literal("]")}; break;
+  }
+  g->root_ = std::make_unique<GrammarNode>(std::move(root));
+  return std::shared_ptr<const OutputGrammar>(g);
+}
+
 Result<std::shared_ptr<const OutputGrammar>> OutputGrammar::choice(std::vector<std::string> choices) {
   if (choices.empty() || choices.size() > 64)
     return Status::error("guided_choice needs 1 to 64 choices");
@@ -185,6 +230,7 @@ bool canEnd(const GrammarMatcher::Frame &f) {
     return false;
   case GrammarNode::Kind::Integer:
   case GrammarNode::Kind::Number: return f.stage == 2 || f.stage == 3 || f.stage == 5 || f.stage == 8;
+  case GrammarNode::Kind::Sequence: return size_t(f.stage) >= n.parts.size();
   default: return false;
   }
 }
@@ -327,6 +373,12 @@ Outcome consume(GrammarMatcher::Frame &f, uint8_t b, const GrammarNode *&child) 
       ++f.count;
       return Outcome::Push;
     }
+  case GrammarNode::Kind::Sequence:
+    if (size_t(f.stage) >= n.parts.size())
+      return Outcome::End;
+    child = n.parts[size_t(f.stage)];
+    ++f.stage;
+    return Outcome::Push;
   default:
     return Outcome::Reject; // the any-JSON kinds are handled by the matcher
   }
@@ -428,7 +480,13 @@ bool GrammarMatcher::step(uint8_t b) {
     const GrammarNode *child = nullptr;
     switch (consume(f, b, child)) {
     case Outcome::Consumed: return true;
-    case Outcome::Done: stack_.pop_back(); return true;
+    case Outcome::Done:
+      stack_.pop_back();
+      // A sequence whose last part just ended is over too.
+      while (!stack_.empty() && stack_.back().node->kind == GrammarNode::Kind::Sequence &&
+             size_t(stack_.back().stage) >= stack_.back().node->parts.size())
+        stack_.pop_back();
+      return true;
     case Outcome::Reject: return false;
     case Outcome::End: stack_.pop_back(); continue;
     case Outcome::Push: stack_.push_back(Frame{child, 0, 0, allCandidates(*child)}); continue;

@@ -692,7 +692,7 @@ test('a tool round trip reaches the template as the oracle renders it; the herme
     }
     assert.equal(text, chat.choices[0].message.content, 'streamed content equals the whole');
 
-    await assert.rejects(api.chat.completions.create({ ...request, tool_choice: 'required' }),
+    await assert.rejects(api.chat.completions.create({ ...request, tool_choice: { type: 'function', function: { name: 'nope' } } }),
                          (e) => e.status === 400 && e.param === 'tool_choice');
     const none = await api.chat.completions.create({ ...request, tool_choice: 'none' });
     assert.equal(none.choices[0].message.content, chat.choices[0].message.content);
@@ -816,5 +816,75 @@ test('response_format json_schema: 20 seeds at temperature 1 parse and validate'
                                                           body: JSON.stringify({ prompt: 'x', ...body }) });
     assert.equal(r.status, 400, JSON.stringify(body));
     assert.equal((await r.json()).error.param, param);
+  }
+});
+
+test('a tool-calling round trip: a forced call comes back as tool_calls (streamed and not), then the answer', async () => {
+  const fixtures = path.join(root, 'tests/fixtures/chat-templates');
+  const source = fs.readFileSync(path.join(fixtures, 'Qwen-Qwen2.5-7B-Instruct.jinja'), 'utf8');
+  const s = startScheduler(modelWithChatTemplate(source), ['--tool-call-parser', 'hermes']);
+  try {
+    const deadline = Date.now() + 120000;
+    while (!fs.existsSync(s.portFile)) {
+      assert.equal(s.proc.exitCode, null, 'the scheduler starts');
+      assert.ok(Date.now() < deadline);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const url = `http://127.0.0.1:${fs.readFileSync(s.portFile, 'utf8').trim()}`;
+    const api = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather in a city.',
+                     parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 12 },
+                                                                  unit: { enum: ['celsius', 'fahrenheit'] } },
+                                   required: ['city', 'unit'] } } }];
+    const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+    const base = { model: modelName, messages, tools, max_tokens: 200, temperature: 0 };
+    // The demo model writes Python; tool_choice forces a well-formed call.
+    for (const tool_choice of [{ type: 'function', function: { name: 'get_weather' } }, 'required']) {
+      const r = await api.chat.completions.create({ ...base, tool_choice });
+      const m = r.choices[0].message;
+      assert.equal(r.choices[0].finish_reason, 'tool_calls', JSON.stringify(m));
+      assert.equal(m.content, null);
+      assert.equal(m.tool_calls.length, 1);
+      const call = m.tool_calls[0];
+      assert.equal(call.type, 'function');
+      assert.match(call.id, /^call_/);
+      assert.equal(call.function.name, 'get_weather');
+      const args = JSON.parse(call.function.arguments);
+      assert.equal(typeof args.city, 'string');
+      assert.ok([...args.city].length <= 12);
+      assert.ok(['celsius', 'fahrenheit'].includes(args.unit));
+
+      // Streamed: the same call, as a tool_calls delta with its index.
+      const stream = await api.chat.completions.create({ ...base, tool_choice, stream: true });
+      const calls = [];
+      let finish = null;
+      for await (const chunk of stream) {
+        const c = chunk.choices[0];
+        if (!c) continue;
+        for (const d of c.delta.tool_calls ?? []) calls[d.index] = d;
+        finish = c.finish_reason ?? finish;
+      }
+      assert.equal(finish, 'tool_calls');
+      assert.equal(calls.length, 1);
+      assert.equal(calls[0].function.name, 'get_weather');
+      assert.deepEqual(JSON.parse(calls[0].function.arguments), args);
+
+      // The round trip: the call and its result go back; the model answers.
+      const followUp = [...messages, m,
+                        { role: 'tool', tool_call_id: call.id, content: '{"temperature": 21, "sky": "clear"}' }];
+      const answer = await api.chat.completions.create({ model: modelName, messages: followUp, tools,
+                                                         max_tokens: 8, temperature: 0, ignore_eos: true });
+      assert.equal(typeof answer.choices[0].message.content, 'string');
+      const tokens = await (await fetch(`${url}/tokenize`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                                                              body: JSON.stringify({ messages: followUp, tools }) })).json();
+      assert.equal(answer.usage.prompt_tokens, tokens.count);
+      const text = await (await fetch(`${url}/detokenize`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                                                              body: JSON.stringify({ tokens: tokens.tokens }) })).json();
+      assert.ok(text.prompt.includes('<tool_call>\n{"name": "get_weather", "arguments": '), text.prompt);
+      assert.ok(text.prompt.includes('<tool_response>\n{"temperature": 21, "sky": "clear"}\n</tool_response>'), text.prompt);
+    }
+  } finally {
+    s.proc.kill('SIGTERM');
+    assert.equal(await s.exited, 0, 'clean exit on SIGTERM');
   }
 });

@@ -83,5 +83,29 @@ TEST(OutputGrammar, ChoiceAndTokenMasks) {
   EXPECT_EQ(m.allowedTokens(demo->tokenizer, vocab, {eos}), std::vector<int32_t>{eos});
 }
 
+TEST(OutputGrammar, ForcedToolCallsInEachFormat) {
+  const auto tools = boost::json::parse(R"([{"type": "function", "function": {"name": "add",
+      "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}])")
+                         .as_array();
+  auto hermes = OutputGrammar::toolCall(ToolCallFormat::Hermes, tools);
+  ASSERT_TRUE(hermes.isOk()) << hermes.message();
+  GrammarMatcher m(*hermes);
+  ASSERT_TRUE(m.advance("<tool_call>\n{\"name\":\"add\",\"arguments\":{\"a\":1,\"b\":-2}}\n</tool_call>"));
+  EXPECT_TRUE(m.finished());
+  EXPECT_FALSE(accepts(*hermes, "<tool_call>\n{\"name\":\"sub\"", false));
+  EXPECT_FALSE(accepts(*hermes, "<tool_call>\n{\"name\":\"add\",\"arguments\":{\"a\":\"x\"", false));
+  auto llama = OutputGrammar::toolCall(ToolCallFormat::Llama3Json, tools);
+  ASSERT_TRUE(llama.isOk());
+  EXPECT_TRUE(accepts(*llama, "{\"name\":\"add\",\"parameters\":{\"a\":1,\"b\":2}}"));
+  auto mistral = OutputGrammar::toolCall(ToolCallFormat::Mistral, tools);
+  ASSERT_TRUE(mistral.isOk());
+  EXPECT_TRUE(accepts(*mistral, "[TOOL_CALLS][{\"name\":\"add\",\"arguments\":{\"a\":1,\"b\":2}}]"));
+  // Parsed back by the matching parser.
+  ParsedOutput out = parseToolCalls(ToolCallFormat::Mistral,
+                                    "[TOOL_CALLS][{\"name\":\"add\",\"arguments\":{\"a\":1,\"b\":2}}]", 1);
+  ASSERT_EQ(out.toolCalls.size(), 1u);
+  EXPECT_EQ(out.toolCalls[0].name, "add");
+}
+
 } // namespace
 } // namespace llmir::serving

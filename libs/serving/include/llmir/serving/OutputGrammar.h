@@ -8,6 +8,7 @@
 // numbers with a bounded number of digits, enums and consts as literals.
 #pragma once
 
+#include "llmir/serving/ToolCalls.h"
 #include "llmir/support/Status.h"
 
 #include <boost/json/fwd.hpp>
@@ -35,6 +36,12 @@ public:
   static Result<std::shared_ptr<const OutputGrammar>> jsonSchema(const boost::json::value &schema);
   /// Exactly one of `choices`.
   static Result<std::shared_ptr<const OutputGrammar>> choice(std::vector<std::string> choices);
+  /// One tool call in `format` (tool_choice "required", or a named function
+  /// when `tools` holds just that one): {"name": one of the tools' names,
+  /// "arguments" (llama3_json: "parameters"): its parameters schema when
+  /// there is one tool, any object otherwise}, in the format's wrapper.
+  static Result<std::shared_ptr<const OutputGrammar>> toolCall(ToolCallFormat format,
+                                                               const boost::json::array &tools);
 
   ~OutputGrammar();
   const GrammarNode &root() const { return *root_; }
