@@ -2,7 +2,8 @@
 # The GPU tests (CTest label gpu): the CUDA kernels against the CPU kernels,
 # the CUDA backend against the CPU backend instruction by instruction on
 # compiled replicas, llmir-generate --device cuda against the Hugging Face
-# references, and a GPU shard worker behind the scheduler.
+# references, replicas of GPU shard workers (the family and uneven-split
+# layouts of mesh_test) and a GPU shard worker behind the scheduler.
 #
 #   scripts/test-gpu.sh            build with CUDA (scripts/build.sh), ctest -L gpu
 #   scripts/test-gpu.sh --bin DIR  run the same tests with binaries from DIR,
@@ -40,6 +41,8 @@ if [ "${COMPUTE_SANITIZER:-0}" = 1 ]; then
 fi
 step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"
+step mesh_test_gpu env LLMIR_TEST_WORKER_DEVICE=cuda LLMIR_TEST_WORKER_COLLECTIVES=gloo \
+  LLMIR_FIXTURES_DIR="$fixtures" "$bin/mesh_test" --gtest_filter='*Families*'
 step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32
 if [ ${#failed[@]} -gt 0 ]; then
