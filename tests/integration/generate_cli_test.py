@@ -7,12 +7,11 @@ must print exactly the greedy ids; for models with a tokenizer, `--prompt
 TEXT` must tokenize to the reference prompt ids. Bad arguments must fail
 with a message and exit code 2, a bad model directory with exit code 1.
 """
-import argparse
 import json
 import os
 import subprocess
 
-from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+from generate_reference import (check, exit_on_failures, parse_args, family_models, greedy_args,
                                 models_under_test, reference_cases)
 
 
@@ -43,11 +42,7 @@ def check_model(generate, model_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--generate", required=True)
-    parser.add_argument("--models", required=True)
-    parser.add_argument("--fixtures", required=True)
-    args = parser.parse_args()
+    args = parse_args()
 
     for model_dir in models_under_test(args.models, args.fixtures) + family_models(args.fixtures):
         check_model(args.generate, model_dir)

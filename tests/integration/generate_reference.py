@@ -1,8 +1,11 @@
 """What the llmir-generate integration tests share: soft checks that collect
 failures, the models under test and their Hugging Face reference cases, and
 the command line that asks for a case's greedy ids."""
+import argparse
 import json
+import math
 import os
+import struct
 import sys
 
 failures = []
@@ -53,3 +56,35 @@ def greedy_args(model_dir, case):
     its prompt ids, printed as JSON."""
     return ["--model", model_dir, "--prompt-ids", ",".join(map(str, case["prompt_ids"])),
             "--max-tokens", str(len(case["greedy_ids"])), "--ignore-eos", "--json"]
+
+
+def parse_args():
+    """The command line every llmir-generate test takes."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--generate", required=True)
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--fixtures", required=True)
+    return parser.parse_args()
+
+
+def read_safetensors(path):
+    """{name: (shape, [floats])} for the F32 tensors of a safetensors file."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        data = f.read()
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", f"{path}: {name} is {info['dtype']}"
+        begin, end = info["data_offsets"]
+        count = (end - begin) // 4
+        tensors[name] = (info["shape"], struct.unpack(f"<{count}f", data[begin:end]))
+    return tensors
+
+
+def relative_error(ours, ref):
+    diff = sum((a - b) ** 2 for a, b in zip(ours, ref))
+    norm = sum(b * b for b in ref)
+    return math.sqrt(diff / norm)

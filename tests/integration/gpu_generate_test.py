@@ -10,39 +10,18 @@ KV cache, logits within 2e-2 and the first 8 greedy ids. Then the same seeded sa
 (temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
 """
-import argparse
-import array
 import json
-import math
 import os
-import struct
 import subprocess
 import tempfile
 
 from generate_reference import (check, exit_on_failures, family_models, greedy_args,
-                                models_under_test, reference_cases)
+                                models_under_test, parse_args, read_safetensors,
+                                reference_cases, relative_error)
 
 
 def run(generate, *args):
     return subprocess.run([generate, *args], capture_output=True, text=True, timeout=600)
-
-
-def read_f32(path, name):
-    """One F32 tensor of a safetensors file, as a flat array."""
-    with open(path, "rb") as f:
-        header_len = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(header_len))
-        begin, end = header[name]["data_offsets"]
-        f.seek(8 + header_len + begin)
-        values = array.array("f")
-        values.frombytes(f.read(end - begin))
-        return values
-
-
-def relative_error(ours, ref):
-    num = sum((a - b) ** 2 for a, b in zip(ours, ref))
-    den = sum(b * b for b in ref)
-    return math.sqrt(num / den) if den else math.sqrt(num)
 
 
 def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
@@ -64,18 +43,15 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
                   f"{label} {model_dir} case {i}: output {out['output_ids'][:n]} != reference {case['greedy_ids'][:n]}")
             ref_path = os.path.join(model_dir, "reference_logits.safetensors")
             if os.path.exists(ref_path):
-                err = relative_error(read_f32(dump, "logits"), read_f32(ref_path, f"prompt{i}.logits"))
+                err = relative_error(read_safetensors(dump)["logits"][1],
+                                     read_safetensors(ref_path)[f"prompt{i}.logits"][1])
                 worst = max(worst, err)
                 check(err <= tolerance, f"{label} {model_dir} case {i}: logits relative error {err:.2e} > {tolerance}")
     print(f"ok: {label} {model_dir} ({len(cases)} cases, worst logits relative error {worst:.2e})", flush=True)
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--generate", required=True)
-    parser.add_argument("--models", required=True)
-    parser.add_argument("--fixtures", required=True)
-    args = parser.parse_args()
+    args = parse_args()
 
     models = models_under_test(args.models, args.fixtures) + family_models(args.fixtures)
     for model_dir in models:

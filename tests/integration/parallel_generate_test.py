@@ -21,7 +21,6 @@ Failure semantics: SIGKILL of one worker mid-generation makes the launcher
 exit non-zero within the timeout, naming the killed rank, and the surviving
 workers report their own errors.
 """
-import argparse
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import tempfile
 import time
 
 from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+                                parse_args, read_safetensors, relative_error,
                                 models_under_test, reference_cases)
 
 LAYOUTS = [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"]), ("tp2xpp2", ["--tp", "2", "--pp", "2"]),
@@ -42,29 +42,6 @@ LAYOUTS = [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"]), ("tp2xpp2", ["--tp", 
 FAMILY_LAYOUTS = {"tiny-mistral-swa": LAYOUTS,
                   # fused tensors split unevenly (8 heads, MLP 320 at TP=3)
                   "tiny-phi3": [LAYOUTS[0], ("tp3", ["--tp", "3"])]}
-
-
-def read_safetensors(path):
-    """{name: (shape, [floats])} for the F32 tensors of a safetensors file."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-        data = f.read()
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", f"{path}: {name} is {info['dtype']}"
-        begin, end = info["data_offsets"]
-        count = (end - begin) // 4
-        tensors[name] = (info["shape"], struct.unpack(f"<{count}f", data[begin:end]))
-    return tensors
-
-
-def relative_error(ours, ref):
-    diff = sum((a - b) ** 2 for a, b in zip(ours, ref))
-    norm = sum(b * b for b in ref)
-    return math.sqrt(diff / norm)
 
 
 def generate(binary, model_dir, case, extra, logits_path):
@@ -224,11 +201,7 @@ def check_killed_rank(binary, demo):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--generate", required=True)
-    parser.add_argument("--models", required=True)
-    parser.add_argument("--fixtures", required=True)
-    args = parser.parse_args()
+    args = parse_args()
 
     demo = os.path.join(args.models, "demo-llama-4m")
     with tempfile.TemporaryDirectory() as tmp:

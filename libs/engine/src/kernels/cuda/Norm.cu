@@ -32,6 +32,16 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
     y[blockIdx.x * H + i] = weight[i] * (row[i] * inverseRms);
 }
 
+// HF rotate_half of the pair (i, i + D/2) of one head by `angle` (cos and
+// sin in double, as the CPU kernel).
+__device__ void rotatePair(float *head, int64_t i, int64_t half, float angle) {
+  const float c = static_cast<float>(cos(static_cast<double>(angle)));
+  const float s = static_cast<float>(sin(static_cast<double>(angle)));
+  const float a = head[i], b = head[i + half];
+  head[i] = a * c - b * s;
+  head[i + half] = b * c + a * s;
+}
+
 // One block per token, one thread per (head, pair).
 __global__ void ropeKernel(float *x, int64_t numHeads, int64_t headDim,
                            const int32_t *positions, float theta) {
@@ -44,13 +54,8 @@ __global__ void ropeKernel(float *x, int64_t numHeads, int64_t headDim,
     const float inverseFrequency =
         1.0f / static_cast<float>(pow(static_cast<double>(theta),
                                       static_cast<double>(exponent)));
-    const float angle = position * inverseFrequency;
-    const float c = static_cast<float>(cos(static_cast<double>(angle)));
-    const float s = static_cast<float>(sin(static_cast<double>(angle)));
-    float *head = x + (blockIdx.x * numHeads + h) * headDim;
-    const float a = head[i], b = head[i + half];
-    head[i] = a * c - b * s;
-    head[i + half] = b * c + a * s;
+    rotatePair(x + (blockIdx.x * numHeads + h) * headDim, i, half,
+               position * inverseFrequency);
   }
 }
 
@@ -62,13 +67,8 @@ __global__ void ropeFrequenciesKernel(float *x, int64_t numHeads, int64_t headDi
   const float position = static_cast<float>(positions[blockIdx.x]);
   for (int64_t p = threadIdx.x; p < numHeads * half; p += blockDim.x) {
     const int64_t h = p / half, i = p % half;
-    const float angle = position * inverseFrequencies[i];
-    const float c = static_cast<float>(cos(static_cast<double>(angle)));
-    const float s = static_cast<float>(sin(static_cast<double>(angle)));
-    float *head = x + (blockIdx.x * numHeads + h) * headDim;
-    const float a = head[i], b = head[i + half];
-    head[i] = a * c - b * s;
-    head[i + half] = b * c + a * s;
+    rotatePair(x + (blockIdx.x * numHeads + h) * headDim, i, half,
+               position * inverseFrequencies[i]);
   }
 }
 
