@@ -43,6 +43,8 @@ step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"
 step mesh_test_gpu env LLMIR_TEST_WORKER_DEVICE=cuda LLMIR_TEST_WORKER_COLLECTIVES=gloo \
   LLMIR_FIXTURES_DIR="$fixtures" "$bin/mesh_test" --gtest_filter='*Families*'
+step mesh_smoke_fixtures_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
+  "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 2 --device cuda --kv-cache-dtype f32
 step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32
 if [ ${#failed[@]} -gt 0 ]; then
