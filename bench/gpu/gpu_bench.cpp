@@ -6,13 +6,14 @@
 // device's copy bandwidth measured in the same run and the batch-1 roofline
 // (bandwidth / weight bytes read per token).
 //
-//   llmir-gpu-bench [--device cuda:0] [--batches 1,8,32,128] [--prompt 128]
-//                   [--new 128] [--prefill 2048] MODEL_DIR
+//   llmir-gpu-bench --model DIR [--device cuda:0] [--batches 1,8,32,128]
+//                   [--prompt 128] [--new-tokens 128] [--prefill 2048]
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
+#include "llmir/net/Config.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <cuda_runtime_api.h>
@@ -33,61 +34,45 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string device = "cuda:0";
-  std::vector<int> batches = {1, 8, 32, 128};
+  std::string batchList = "1,8,32,128";
+  std::vector<int> batches;
   int prompt = 128, newTokens = 128, prefill = 2048;
   std::string model;
 };
 
-[[noreturn]] void usage(const std::string &why) {
-  std::fprintf(stderr,
-               "llmir-gpu-bench: %s\nusage: llmir-gpu-bench [--device cuda:0] "
-               "[--batches 1,8,32,128] [--prompt 128] [--new 128] [--prefill 2048] "
-               "MODEL_DIR\n",
-               why.c_str());
+[[noreturn]] void fail(const std::string &why) {
+  std::fprintf(stderr, "llmir-gpu-bench: %s\n", why.c_str());
   std::exit(2);
 }
 
-int positive(const std::string &text, const std::string &flag) {
-  char *end = nullptr;
-  long v = std::strtol(text.c_str(), &end, 10);
-  if (*end != '\0' || v <= 0 || v > (1 << 20))
-    usage(flag + " needs a positive integer");
-  return static_cast<int>(v);
-}
-
+/// The flags through net::Config, as every service reads its own.
 Options parse(int argc, char **argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        usage(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--device") {
-      o.device = value();
-    } else if (arg == "--batches") {
-      o.batches.clear();
-      std::string list = value();
-      for (size_t b = 0; b <= list.size();) {
-        size_t e = std::min(list.find(',', b), list.size());
-        o.batches.push_back(positive(list.substr(b, e - b), "--batches"));
-        b = e + 1;
-      }
-    } else if (arg == "--prompt") {
-      o.prompt = positive(value(), arg);
-    } else if (arg == "--new") {
-      o.newTokens = positive(value(), arg);
-    } else if (arg == "--prefill") {
-      o.prefill = positive(value(), arg);
-    } else if (arg.starts_with("--")) {
-      usage("unknown option " + arg);
-    } else {
-      o.model = arg;
-    }
+  net::Config config("llmir-gpu-bench");
+  config.add("model", &o.model, "Hugging Face checkpoint directory (required)");
+  config.add("device", &o.device, "cuda or cuda:N");
+  config.add("batches", &o.batchList, "decode batch sizes, comma-separated");
+  config.add("prompt", &o.prompt, "prompt tokens per sequence before decoding");
+  config.add("new-tokens", &o.newTokens, "decode steps timed per batch size");
+  config.add("prefill", &o.prefill, "tokens of the timed single prefill");
+  if (Status st = config.load(argc, argv); !st)
+    fail(st.message());
+  if (config.helpRequested()) {
+    std::printf("%s", config.usage().c_str());
+    std::exit(0);
+  }
+  for (size_t b = 0; b <= o.batchList.size();) {
+    const size_t e = std::min(o.batchList.find(',', b), o.batchList.size());
+    const int batch = std::atoi(o.batchList.substr(b, e - b).c_str());
+    if (batch <= 0)
+      fail("batches: '" + o.batchList + "' is not a list of positive numbers");
+    o.batches.push_back(batch);
+    b = e + 1;
   }
   if (o.model.empty())
-    usage("no model directory given");
+    fail("model is required (--model DIR)");
+  if (o.prompt <= 0 || o.newTokens <= 0 || o.prefill <= 0)
+    fail("prompt, new-tokens and prefill must be positive");
   return o;
 }
 
@@ -120,7 +105,7 @@ double copyBandwidth() {
 int run(const Options &o) {
   auto device = engine::Device::parse(o.device);
   if (!device || !device->isCuda())
-    usage("--device must be cuda or cuda:N");
+    fail("device must be cuda or cuda:N");
   auto config = model::loadModelConfig(o.model);
   auto checkpoint = model::Checkpoint::open(o.model);
   if (!config || !checkpoint) {

@@ -27,7 +27,7 @@ for shape in "${shapes[@]}"; do
   model="$work/$shape"
   [ -f "$model/model.safetensors" ] ||
     python3 "$root/scripts/make-bench-model.py" "$model" --dtype bf16 --shape "$shape" >&2
-  "$bin/llmir-gpu-bench" --batches "$batches" "$model" >"$work/llmir-$shape.json"
+  "$bin/llmir-gpu-bench" --batches "$batches" --model "$model" >"$work/llmir-$shape.json"
   SHAPE="$shape" BATCHES="$batches" MODES=reduce-overhead SKIP_HF=1 \
     TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 python3 "$peer" "$work/peer-$shape.json" >&2
   python3 - "$work/llmir-$shape.json" "$work/peer-$shape.json" "$shape" <<'PY'
