@@ -27,6 +27,7 @@
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
 #include "llmir/model/Tokenizer.h"
+#include "llmir/net/Config.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/EngineCommunicator.h"
 #include "llmir/runtime/LocalLauncher.h"
@@ -118,80 +119,67 @@ Result<std::vector<int32_t>> parseIds(const std::string &text) {
   return ids;
 }
 
+/// The flags through net::Config, as the services read theirs (--key value or
+/// --key=value; LLMIR_<KEY> environment variables; --help).
 Result<Options> parseArgs(int argc, char **argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    if (flag == "--ignore-eos") {
-      o.ignoreEos = true;
-      continue;
-    }
-    if (flag == "--json") {
-      o.json = true;
-      continue;
-    }
-    if (flag == "--timing") {
-      o.timing = true;
-      continue;
-    }
-    if (i + 1 >= argc)
-      return Status::error(flag + " needs a value");
-    std::string value = argv[++i];
-    Status status;
-    auto set = [&](auto parsed, auto &field) {
-      if (!parsed)
-        status = parsed.status();
-      else
-        field = *parsed;
-    };
-    if (flag == "--model")
-      o.modelDir = value;
-    else if (flag == "--prompt")
-      o.prompt = value;
-    else if (flag == "--prompt-ids")
-      set(parseIds(value), o.promptIds);
-    else if (flag == "--max-tokens")
-      set(parseNumber<int64_t>(flag, value), o.maxTokens);
-    else if (flag == "--temperature")
-      set(parseNumber<float>(flag, value), o.sampling.temperature);
-    else if (flag == "--top-p")
-      set(parseNumber<float>(flag, value), o.sampling.topP);
-    else if (flag == "--top-k")
-      set(parseNumber<int>(flag, value), o.sampling.topK);
-    else if (flag == "--seed")
-      set(parseNumber<uint64_t>(flag, value), o.sampling.seed);
-    else if (flag == "--device") {
-      set(llmir::engine::Device::parse(value), o.device);
-      o.explicitDeviceIndex = value.find(':') != std::string::npos;
-    }
-    else if (flag == "--kv-cache-dtype")
-      set(llmir::engine::parseKvCacheDType(value), o.kvCacheDtype);
-    else if (flag == "--collectives") {
-      if (value != "auto" && value != "gloo" && value != "nccl")
-        return Status::error("--collectives: '" + value + "' is not one of auto, gloo, nccl");
-      o.collectives = value;
-    } else if (flag == "--threads")
-      set(parseNumber<unsigned>(flag, value), o.threads);
-    else if (flag == "--tp")
-      set(parseNumber<int>(flag, value), o.tp);
-    else if (flag == "--pp")
-      set(parseNumber<int>(flag, value), o.pp);
-    else if (flag == "--sp")
-      set(parseNumber<int>(flag, value), o.sp);
-    else if (flag == "--timeout-s")
-      set(parseNumber<int>(flag, value), o.timeoutSeconds);
-    else if (flag == "--dump-prompt-logits")
-      o.dumpPromptLogits = value;
-    else if (flag == "--worker-rank")
-      set(parseNumber<int>(flag, value), o.workerRank);
-    else if (flag == "--world-size")
-      set(parseNumber<int>(flag, value), o.worldSize);
-    else if (flag == "--store-port")
-      set(parseNumber<uint16_t>(flag, value), o.storePort);
-    else
-      return Status::error("unknown option '" + flag + "'");
-    LLMIR_RETURN_IF_ERROR(status);
+  std::string prompt, promptIds, device = "cpu", kvCacheDtype = "auto";
+  double temperature = 0.0, topP = 1.0;
+  int topK = 0;
+  uint32_t threads = 0;
+  llmir::net::Config config("llmir-generate");
+  config.add("model", &o.modelDir, "Hugging Face checkpoint directory (required)");
+  config.add("prompt", &prompt, "prompt text (or prompt-ids)");
+  config.add("prompt-ids", &promptIds, "prompt token ids, comma-separated (or prompt)");
+  config.add("max-tokens", &o.maxTokens, "tokens to generate (required)");
+  config.add("temperature", &temperature, "0: greedy");
+  config.add("top-p", &topP, "nucleus mass in (0, 1]");
+  config.add("top-k", &topK, "0: off");
+  config.add("seed", &o.sampling.seed, "sampling seed");
+  config.add("ignore-eos", &o.ignoreEos, "generate max-tokens whatever comes");
+  config.add("threads", &threads, "CPU kernel threads per rank (0: the cores / ranks)");
+  config.add("json", &o.json, "print one JSON object instead of text");
+  config.add("tp", &o.tp, "tensor-parallel ranks");
+  config.add("pp", &o.pp, "pipeline stages");
+  config.add("sp", &o.sp, "sequence-parallel ranks");
+  config.add("timeout-s", &o.timeoutSeconds, "collective and rendezvous timeout");
+  config.add("dump-prompt-logits", &o.dumpPromptLogits, "write the prompt's logits here");
+  config.add("timing", &o.timing, "report prefill time and decode tokens/s on stderr");
+  config.add("device", &device, "cpu, cuda or cuda:N");
+  config.add("collectives", &o.collectives, "auto, gloo or nccl");
+  config.add("kv-cache-dtype", &kvCacheDtype, "auto, f32 or bf16 (cuda)");
+  // Set by the launcher on its worker processes.
+  config.add("worker-rank", &o.workerRank, "internal: this worker's rank");
+  config.add("world-size", &o.worldSize, "internal: ranks of the replica");
+  config.add("store-port", &o.storePort, "internal: the launcher's rendezvous store");
+  LLMIR_RETURN_IF_ERROR(config.load(argc, argv));
+  if (config.helpRequested()) {
+    std::cout << config.usage();
+    std::exit(0);
   }
+  if (!prompt.empty())
+    o.prompt = prompt;
+  if (!promptIds.empty()) {
+    auto ids = parseIds(promptIds);
+    if (!ids)
+      return ids.status();
+    o.promptIds = *ids;
+  }
+  o.sampling.temperature = static_cast<float>(temperature);
+  o.sampling.topP = static_cast<float>(topP);
+  o.sampling.topK = topK;
+  o.threads = threads;
+  auto parsedDevice = llmir::engine::Device::parse(device);
+  if (!parsedDevice)
+    return parsedDevice.status();
+  o.device = *parsedDevice;
+  o.explicitDeviceIndex = device.find(':') != std::string::npos;
+  auto dtype = llmir::engine::parseKvCacheDType(kvCacheDtype);
+  if (!dtype)
+    return dtype.status();
+  o.kvCacheDtype = *dtype;
+  if (o.collectives != "auto" && o.collectives != "gloo" && o.collectives != "nccl")
+    return Status::error("--collectives: '" + o.collectives + "' is not one of auto, gloo, nccl");
   if (o.modelDir.empty())
     return Status::error("--model is required");
   if (o.prompt.has_value() == o.promptIds.has_value())
