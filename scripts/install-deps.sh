@@ -13,6 +13,8 @@ PACKAGES=(
   # serialisation, config, networking, kernels
   libprotobuf-dev protobuf-compiler libyaml-cpp-dev libboost1.81-dev
   libopenblas-dev libpcre2-dev libucx-dev ucx-utils libgloo-dev
+  # kv store: SHA-256 block keys (OpenSSL), XXH3 block checksums
+  libssl-dev libxxhash-dev
   prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev

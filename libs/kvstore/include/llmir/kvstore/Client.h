@@ -1,0 +1,89 @@
+// The client of the KV-block store (one per worker thread; not thread-safe).
+// Every call is batched (one message per up to maxBlocksPerMessage() blocks,
+// all in flight together) and bounded by a deadline: a store that is down,
+// slow or restarted yields an error Status within the deadline, never a
+// hang. After a failure the connection is dropped and the next call
+// reconnects, so a restarted store is used again without a new Client.
+//
+// Validation: a block comes back only if its key, dtype and size are the
+// ones asked for and its XXH3 checksum matches its bytes; otherwise its
+// status is Rejected and the destination's contents are unspecified.
+#pragma once
+
+#include "llmir/kvstore/BlockKey.h"
+#include "llmir/support/Status.h"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace llmir::kvstore {
+
+struct ClientOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  /// Deadline of an operation that does not name its own.
+  std::chrono::milliseconds timeout{2000};
+};
+
+enum class BlockStatus {
+  Stored,   // put: the store holds it
+  Found,    // get: the destination holds the block; exists: present
+  Missing,  // get/exists: not held (never stored, or evicted)
+  Rejected, // dtype, size, key or checksum did not match: not stored / not returned
+  NoSpace,  // put: larger than the store, or its budget is held by puts in flight
+};
+const char *blockStatusName(BlockStatus status);
+
+struct PutBlock {
+  BlockKey key;
+  std::string dtype;
+  const void *data = nullptr;
+  uint64_t bytes = 0;
+};
+
+struct GetBlock {
+  BlockKey key;
+  std::string dtype;
+  void *destination = nullptr; // `bytes` bytes; the block must have this size
+  uint64_t bytes = 0;
+};
+
+struct BlockQuery {
+  BlockKey key;
+  std::string dtype;
+  uint64_t bytes = 0;
+};
+
+class Client {
+public:
+  /// Creates the UCX worker; the connection is made by the first operation.
+  static Result<std::unique_ptr<Client>> create(const ClientOptions &options);
+  ~Client();
+
+  using Timeout = std::optional<std::chrono::milliseconds>;
+  /// One status per block, in order (Stored, Rejected or NoSpace).
+  Result<std::vector<BlockStatus>> put(std::span<const PutBlock> blocks,
+                                       Timeout timeout = std::nullopt);
+  /// One status per block (Found, Missing or Rejected).
+  Result<std::vector<BlockStatus>> get(std::span<const GetBlock> blocks,
+                                       Timeout timeout = std::nullopt);
+  /// One status per block (Found, Missing or Rejected); moves no block bytes.
+  Result<std::vector<BlockStatus>> exists(std::span<const BlockQuery> blocks,
+                                          Timeout timeout = std::nullopt);
+
+  /// Blocks per message, from the transport's largest active-message header.
+  size_t maxBlocksPerMessage() const;
+
+  class Impl;
+
+private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace llmir::kvstore

@@ -1,0 +1,58 @@
+// The KV-block store server: a ucp listener on host:port (UCX picks the
+// transport: TCP, shared memory, RDMA; UCX_TLS narrows it) answering batched
+// put / get / exists requests from Client (protocol: docs/kv-store.md).
+// One progress thread owns every UCX object; it sleeps on the worker's event
+// fd when idle rather than spinning.
+#pragma once
+
+#include "llmir/kvstore/BlockPool.h"
+#include "llmir/support/Status.h"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace llmir::kvstore {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  uint16_t port = 0; // 0: ephemeral (port() names it)
+  uint64_t capacityBytes = 1ull << 30;
+  uint64_t maxBlockBytes = 64ull << 20; // a larger block is rejected
+};
+
+enum class Operation { Put, Get, Exists };
+const char *operationName(Operation op);
+
+/// One served request, reported when its reply has been sent.
+struct OperationRecord {
+  Operation op;
+  double seconds = 0; // request arrival to reply sent
+  uint64_t bytes = 0; // payload bytes moved (put: received, get: sent)
+  uint32_t blocks = 0;
+};
+using OperationObserver = std::function<void(const OperationRecord &)>;
+
+class Server {
+public:
+  /// Binds the listener and starts the progress thread. `observer` runs on
+  /// the progress thread (keep it short).
+  static Result<std::unique_ptr<Server>> start(const ServerOptions &options,
+                                                OperationObserver observer = {});
+  ~Server(); // stops
+  /// Closes every connection and the listener and joins the thread.
+  void stop();
+
+  uint16_t port() const;
+  PoolStats stats() const;
+  uint64_t connections() const;
+
+  class Impl;
+
+private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace llmir::kvstore

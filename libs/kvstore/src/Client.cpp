@@ -1,0 +1,508 @@
+#include "llmir/kvstore/Client.h"
+
+#include "Ucx.h"
+#include "Wire.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+namespace llmir::kvstore {
+
+using Clock = std::chrono::steady_clock;
+using wire::BlockMeta;
+using wire::Code;
+using wire::MessageHeader;
+
+const char *blockStatusName(BlockStatus status) {
+  switch (status) {
+  case BlockStatus::Stored: return "stored";
+  case BlockStatus::Found: return "found";
+  case BlockStatus::Missing: return "missing";
+  case BlockStatus::Rejected: return "rejected";
+  case BlockStatus::NoSpace: return "no-space";
+  }
+  return "?";
+}
+
+namespace {
+
+// A block's bytes larger than this in a reply mark the reply as malformed
+// (the store's own limit is far below).
+constexpr uint64_t kMaxReplyBlockBytes = 1ull << 32;
+
+// One request message of the current call, awaiting its reply.
+struct Message {
+  uint64_t id = 0;
+  wire::Op op = wire::Op::Get;
+  size_t first = 0;   // index of its first block in the call
+  uint32_t count = 0;
+  std::vector<uint8_t> header;
+  std::vector<ucp_dt_iov_t> iov;  // put payload / get destinations
+  std::vector<BlockMeta> replies; // get: for checksum verification
+  bool done = false;
+  void *descriptor = nullptr;     // rendezvous reply data still to pull
+};
+
+} // namespace
+
+class Client::Impl {
+public:
+  explicit Impl(const ClientOptions &options) : options_(options) {}
+  ~Impl() { disconnect(/*force=*/false); }
+
+  Result<std::vector<BlockStatus>> call(wire::Op op, size_t n, Timeout timeout);
+
+  ClientOptions options_;
+  std::unique_ptr<ucx::Worker> worker_;
+  size_t maxBlocksPerMessage_ = 0;
+  ucp_ep_h ep_ = nullptr;
+  bool endpointFailed_ = false;
+  ucs_status_t endpointError_ = UCS_OK;
+  uint64_t nextId_ = 1;
+  std::map<uint64_t, Message> messages_;
+  std::vector<Message *> toReceive_;
+  std::string failure_;
+  std::vector<uint8_t> scratch_;
+
+  // The blocks of the current call (one of them is set).
+  std::span<const PutBlock> putBlocks_;
+  std::span<const GetBlock> getBlocks_;
+  std::span<const BlockQuery> queries_;
+  std::vector<BlockStatus> statuses_;
+
+  std::string where() const {
+    return "kv store " + options_.host + ":" + std::to_string(options_.port);
+  }
+  Status ensureWorker();
+  Status connect();
+  void disconnect(bool force);
+  void fillRecord(size_t index, BlockMeta &m) const;
+  void verify(Message &message);
+  void receivePending();
+
+  static void onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
+  static void onSent(void *request, ucs_status_t status, void *user);
+  static void onReceived(void *request, ucs_status_t status, size_t length, void *user);
+  static ucs_status_t onReply(void *arg, const void *header, size_t headerLength,
+                              void *data, size_t length, const ucp_am_recv_param_t *param);
+  ucs_status_t handleReply(const void *header, size_t headerLength, void *data,
+                           size_t length, const ucp_am_recv_param_t *param);
+};
+
+Status Client::Impl::ensureWorker() {
+  if (worker_)
+    return Status::ok();
+  auto worker = ucx::Worker::create();
+  if (!worker)
+    return worker.status();
+  worker_ = std::move(*worker);
+  ucp_am_handler_param_t handler{};
+  handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                       UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  handler.id = wire::kAmReply;
+  handler.cb = &Impl::onReply;
+  handler.arg = this;
+  handler.flags = UCP_AM_FLAG_WHOLE_MSG;
+  ucs_status_t st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
+  if (st != UCS_OK)
+    return Status::error("UCX active-message handler: " + ucx::errorText(st));
+  size_t room = worker_->maxAmHeader() > sizeof(MessageHeader)
+                    ? (worker_->maxAmHeader() - sizeof(MessageHeader)) / sizeof(BlockMeta)
+                    : 0;
+  maxBlocksPerMessage_ = std::min<size_t>(room, 4096);
+  if (maxBlocksPerMessage_ == 0)
+    return Status::error("UCX transport allows active-message headers of only " +
+                         std::to_string(worker_->maxAmHeader()) + " bytes");
+  return Status::ok();
+}
+
+Status Client::Impl::connect() {
+  LLMIR_RETURN_IF_ERROR(ensureWorker());
+  if (ep_)
+    return Status::ok();
+  socklen_t length = 0;
+  auto address = ucx::resolve(options_.host, options_.port, length);
+  if (!address)
+    return address.status().withContext(where());
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep.sockaddr.addr = reinterpret_cast<const sockaddr *>(&*address);
+  ep.sockaddr.addrlen = length;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &Impl::onEndpointError;
+  ep.err_handler.arg = this;
+  endpointFailed_ = false;
+  ucs_status_t st = ucp_ep_create(worker_->handle(), &ep, &ep_);
+  if (st != UCS_OK) {
+    ep_ = nullptr;
+    return Status::error(where() + ": cannot connect: " + ucx::errorText(st));
+  }
+  return Status::ok();
+}
+
+// Drops the connection and the worker: no operation of a failed call can
+// write into its caller's buffers after this returns.
+void Client::Impl::disconnect(bool force) {
+  if (ep_ && worker_)
+    ucx::closeEndpoint(*worker_, ep_, force || endpointFailed_);
+  ep_ = nullptr;
+  for (Message *m : toReceive_)
+    if (m->descriptor)
+      ucp_am_data_release(worker_->handle(), m->descriptor);
+  toReceive_.clear();
+  messages_.clear();
+  if (force)
+    worker_.reset();
+  else if (worker_)
+    worker_->progress();
+}
+
+void Client::Impl::onEndpointError(void *arg, ucp_ep_h, ucs_status_t status) {
+  auto *self = static_cast<Impl *>(arg);
+  self->endpointFailed_ = true;
+  self->endpointError_ = status;
+}
+
+void Client::Impl::onSent(void *request, ucs_status_t status, void *user) {
+  auto *self = static_cast<Impl *>(user);
+  if (status != UCS_OK && status != UCS_ERR_CANCELED && self->failure_.empty())
+    self->failure_ = self->where() + ": send failed: " + ucx::errorText(status);
+  if (request)
+    ucp_request_free(request);
+}
+
+ucs_status_t Client::Impl::onReply(void *arg, const void *header, size_t headerLength,
+                                   void *data, size_t length,
+                                   const ucp_am_recv_param_t *param) {
+  return static_cast<Impl *>(arg)->handleReply(header, headerLength, data, length, param);
+}
+
+ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, void *data,
+                                       size_t length, const ucp_am_recv_param_t *param) {
+  bool rendezvous = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
+  MessageHeader h{};
+  if (headerLength < sizeof h)
+    return UCS_OK;
+  std::memcpy(&h, header, sizeof h);
+  auto it = messages_.find(h.requestId);
+  if (h.magic != wire::kMagic || it == messages_.end() || it->second.done)
+    return UCS_OK; // a late reply to a call that already failed: dropped
+  Message &message = it->second;
+  message.done = true;
+  const auto *bytes = static_cast<const uint8_t *>(header);
+  if (h.errorLength) {
+    if (headerLength != sizeof h + h.errorLength)
+      failure_ = where() + ": malformed error reply";
+    else
+      failure_ = where() + " refused the request: " +
+                 std::string(reinterpret_cast<const char *>(bytes + sizeof h), h.errorLength);
+    return UCS_OK;
+  }
+  if (h.count != message.count || h.op != static_cast<uint16_t>(message.op) ||
+      headerLength != sizeof h + size_t(h.count) * sizeof(BlockMeta)) {
+    failure_ = where() + ": malformed reply (" + std::to_string(h.count) +
+               " records for a request of " + std::to_string(message.count) + ")";
+    return UCS_OK;
+  }
+  message.replies.resize(h.count);
+  std::memcpy(message.replies.data(), bytes + sizeof h, h.count * sizeof(BlockMeta));
+  uint64_t expectedPayload = 0;
+  for (uint32_t i = 0; i < h.count; ++i) {
+    BlockMeta &m = message.replies[i];
+    size_t index = message.first + i;
+    BlockStatus status;
+    switch (static_cast<Code>(m.code)) {
+    case Code::Stored: status = BlockStatus::Stored; break;
+    case Code::Found: status = BlockStatus::Found; break;
+    case Code::Missing: status = BlockStatus::Missing; break;
+    case Code::NoSpace: status = BlockStatus::NoSpace; break;
+    default: status = BlockStatus::Rejected; break;
+    }
+    if (message.op == wire::Op::Put && status != BlockStatus::Stored &&
+        status != BlockStatus::NoSpace)
+      status = BlockStatus::Rejected;
+    if (message.op != wire::Op::Get) {
+      if (status == BlockStatus::Found) {
+        const BlockQuery &q = queries_[index];
+        if (std::memcmp(m.key, q.key.bytes.data(), sizeof m.key) != 0 ||
+            wire::dtypeOf(m) != q.dtype || m.bytes != q.bytes)
+          status = BlockStatus::Rejected;
+      }
+      statuses_[index] = status;
+      continue;
+    }
+    if (status != BlockStatus::Found) {
+      statuses_[index] = status == BlockStatus::Missing ? status : BlockStatus::Rejected;
+      continue;
+    }
+    if (m.bytes > kMaxReplyBlockBytes) {
+      failure_ = where() + ": malformed reply (block of " + std::to_string(m.bytes) +
+                 " bytes)";
+      return UCS_OK;
+    }
+    const GetBlock &g = getBlocks_[index];
+    expectedPayload += m.bytes;
+    if (std::memcmp(m.key, g.key.bytes.data(), sizeof m.key) == 0 &&
+        wire::dtypeOf(m) == g.dtype && m.bytes == g.bytes) {
+      statuses_[index] = BlockStatus::Found; // until its checksum is verified
+      message.iov.push_back({g.destination, g.bytes});
+    } else {
+      // Not what was asked for: its bytes go to scratch, never to the caller.
+      statuses_[index] = BlockStatus::Rejected;
+      m.code = static_cast<uint32_t>(Code::Rejected);
+      if (scratch_.size() < m.bytes)
+        scratch_.resize(m.bytes);
+      message.iov.push_back({scratch_.data(), m.bytes});
+    }
+  }
+  if (expectedPayload != length) {
+    failure_ = where() + ": malformed reply (" + std::to_string(length) +
+               " payload bytes for " + std::to_string(expectedPayload) + ")";
+    return UCS_OK;
+  }
+  if (length == 0)
+    return UCS_OK;
+  if (rendezvous) {
+    message.done = false; // until the bytes have arrived
+    message.descriptor = data;
+    toReceive_.push_back(&message);
+    return UCS_INPROGRESS;
+  }
+  const auto *src = static_cast<const uint8_t *>(data);
+  for (const ucp_dt_iov_t &v : message.iov) {
+    std::memcpy(v.buffer, src, v.length);
+    src += v.length;
+  }
+  verify(message);
+  return UCS_OK;
+}
+
+void Client::Impl::verify(Message &message) {
+  for (uint32_t i = 0; i < message.count; ++i) {
+    size_t index = message.first + i;
+    if (statuses_[index] != BlockStatus::Found)
+      continue;
+    const GetBlock &g = getBlocks_[index];
+    if (blockChecksum(g.destination, g.bytes) != message.replies[i].checksum)
+      statuses_[index] = BlockStatus::Rejected;
+  }
+}
+
+void Client::Impl::onReceived(void *request, ucs_status_t status, size_t, void *user) {
+  auto *message = static_cast<Message *>(user);
+  ucp_request_free(request);
+  message->done = true;
+  if (status != UCS_OK) {
+    message->iov.clear();
+    message->replies.clear();
+    message->count = 0; // verify() then has nothing to pass
+    message->first = SIZE_MAX;
+  }
+}
+
+void Client::Impl::receivePending() {
+  std::vector<Message *> pending;
+  pending.swap(toReceive_);
+  for (Message *message : pending) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FIELD_DATATYPE;
+    param.cb.recv_am = &Impl::onReceived;
+    param.user_data = message;
+    param.datatype = UCP_DATATYPE_IOV;
+    void *descriptor = message->descriptor;
+    message->descriptor = nullptr;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(worker_->handle(), descriptor,
+                                                message->iov.data(), message->iov.size(),
+                                                &param);
+    if (UCS_PTR_IS_ERR(req)) {
+      failure_ = where() + ": receiving a reply failed: " +
+                 ucx::errorText(UCS_PTR_STATUS(req));
+      message->done = true;
+    } else if (req == nullptr) {
+      message->done = true;
+    }
+  }
+}
+
+void Client::Impl::fillRecord(size_t index, BlockMeta &m) const {
+  std::memset(&m, 0, sizeof m);
+  const BlockKey *key;
+  const std::string *dtype;
+  if (!putBlocks_.empty()) {
+    key = &putBlocks_[index].key;
+    dtype = &putBlocks_[index].dtype;
+    m.bytes = putBlocks_[index].bytes;
+    m.checksum = blockChecksum(putBlocks_[index].data, m.bytes);
+  } else if (!getBlocks_.empty()) {
+    key = &getBlocks_[index].key;
+    dtype = &getBlocks_[index].dtype;
+    m.bytes = getBlocks_[index].bytes;
+  } else {
+    key = &queries_[index].key;
+    dtype = &queries_[index].dtype;
+    m.bytes = queries_[index].bytes;
+  }
+  std::memcpy(m.key, key->bytes.data(), sizeof m.key);
+  wire::setDtype(m, *dtype);
+}
+
+Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeout timeout) {
+  auto limit = timeout.value_or(options_.timeout);
+  auto deadline = Clock::now() + limit;
+  statuses_.assign(n, BlockStatus::Missing);
+  if (n == 0)
+    return statuses_;
+  failure_.clear();
+  if (auto st = connect(); !st)
+    return st;
+
+  // Every message goes out before any reply is awaited.
+  for (size_t first = 0; first < n; first += maxBlocksPerMessage_) {
+    uint64_t id = nextId_++;
+    Message &message = messages_[id];
+    message.id = id;
+    message.op = op;
+    message.first = first;
+    message.count = static_cast<uint32_t>(std::min(maxBlocksPerMessage_, n - first));
+    MessageHeader h;
+    h.op = static_cast<uint16_t>(op);
+    h.requestId = id;
+    h.count = message.count;
+    message.header.resize(sizeof h + message.count * sizeof(BlockMeta));
+    std::memcpy(message.header.data(), &h, sizeof h);
+    for (uint32_t i = 0; i < message.count; ++i) {
+      BlockMeta m;
+      fillRecord(first + i, m);
+      std::memcpy(message.header.data() + sizeof h + i * sizeof m, &m, sizeof m);
+      if (op == wire::Op::Put)
+        message.iov.push_back({const_cast<void *>(putBlocks_[first + i].data),
+                               putBlocks_[first + i].bytes});
+    }
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+    param.cb.send = &Impl::onSent;
+    param.user_data = this;
+    param.flags = UCP_AM_SEND_FLAG_REPLY;
+    param.datatype = message.iov.empty() ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV;
+    ucs_status_ptr_t req = ucp_am_send_nbx(
+        ep_, wire::kAmRequest, message.header.data(), message.header.size(),
+        message.iov.empty() ? nullptr : message.iov.data(), message.iov.size(), &param);
+    if (UCS_PTR_IS_ERR(req)) {
+      failure_ = where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req));
+      break;
+    }
+  }
+
+  // Progress until every reply is in, the connection fails, or the deadline.
+  while (failure_.empty()) {
+    bool busy = worker_->progress();
+    if (!toReceive_.empty()) {
+      receivePending();
+      busy = true;
+    }
+    if (!failure_.empty())
+      break;
+    if (std::all_of(messages_.begin(), messages_.end(),
+                    [](const auto &kv) { return kv.second.done; }))
+      break;
+    if (endpointFailed_) {
+      failure_ = where() + " is unreachable or the connection was lost: " +
+                 ucx::errorText(endpointError_);
+      break;
+    }
+    auto now = Clock::now();
+    if (now >= deadline) {
+      failure_ = where() + ": no reply within " + std::to_string(limit.count()) + " ms";
+      break;
+    }
+    if (!busy) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 50)));
+    }
+  }
+  if (!failure_.empty()) {
+    disconnect(/*force=*/true); // the next call reconnects
+    return Status::error(failure_);
+  }
+  if (op == wire::Op::Get)
+    for (auto &kv : messages_)
+      if (kv.second.first != SIZE_MAX)
+        verify(kv.second);
+  for (auto &kv : messages_)
+    if (kv.second.first == SIZE_MAX) { // a rendezvous receive failed
+      messages_.clear();
+      disconnect(/*force=*/true);
+      return Status::error(where() + ": a reply's block bytes did not arrive");
+    }
+  messages_.clear();
+  return statuses_;
+}
+
+// ---------------------------------------------------------------------------
+
+Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
+  if (options.port == 0)
+    return Status::error("kv store client: port must be set");
+  auto impl = std::make_unique<Impl>(options);
+  if (auto st = impl->ensureWorker(); !st)
+    return st;
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_; }
+
+namespace {
+template <typename Block> Status checkBlocks(std::span<const Block> blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (!isValidDtype(blocks[i].dtype))
+      return Status::error("block " + std::to_string(i) + ": dtype '" + blocks[i].dtype +
+                           "' must be 1-15 characters of [a-z0-9_]");
+    if (blocks[i].bytes == 0)
+      return Status::error("block " + std::to_string(i) + " is empty");
+  }
+  return Status::ok();
+}
+} // namespace
+
+Result<std::vector<BlockStatus>> Client::put(std::span<const PutBlock> blocks,
+                                             Timeout timeout) {
+  LLMIR_RETURN_IF_ERROR(checkBlocks(blocks));
+  for (size_t i = 0; i < blocks.size(); ++i)
+    if (!blocks[i].data)
+      return Status::error("block " + std::to_string(i) + " has no data");
+  impl_->putBlocks_ = blocks;
+  impl_->getBlocks_ = {};
+  impl_->queries_ = {};
+  return impl_->call(wire::Op::Put, blocks.size(), timeout);
+}
+
+Result<std::vector<BlockStatus>> Client::get(std::span<const GetBlock> blocks,
+                                             Timeout timeout) {
+  LLMIR_RETURN_IF_ERROR(checkBlocks(blocks));
+  for (size_t i = 0; i < blocks.size(); ++i)
+    if (!blocks[i].destination)
+      return Status::error("block " + std::to_string(i) + " has no destination");
+  impl_->putBlocks_ = {};
+  impl_->getBlocks_ = blocks;
+  impl_->queries_ = {};
+  return impl_->call(wire::Op::Get, blocks.size(), timeout);
+}
+
+Result<std::vector<BlockStatus>> Client::exists(std::span<const BlockQuery> blocks,
+                                                Timeout timeout) {
+  LLMIR_RETURN_IF_ERROR(checkBlocks(blocks));
+  impl_->putBlocks_ = {};
+  impl_->getBlocks_ = {};
+  impl_->queries_ = blocks;
+  return impl_->call(wire::Op::Exists, blocks.size(), timeout);
+}
+
+} // namespace llmir::kvstore

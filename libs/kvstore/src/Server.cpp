@@ -1,0 +1,517 @@
+#include "llmir/kvstore/Server.h"
+
+#include "Ucx.h"
+#include "Wire.h"
+
+#include <arpa/inet.h>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+namespace llmir::kvstore {
+
+using Clock = std::chrono::steady_clock;
+using wire::BlockMeta;
+using wire::Code;
+using wire::MessageHeader;
+
+const char *operationName(Operation op) {
+  switch (op) {
+  case Operation::Put: return "put";
+  case Operation::Get: return "get";
+  case Operation::Exists: return "exists";
+  }
+  return "?";
+}
+
+namespace {
+
+// A reply in flight: owns its header bytes, the blocks it sends (an eviction
+// meanwhile does not free them) and the iov describing them.
+struct Reply {
+  Server::Impl *owner = nullptr;
+  std::vector<uint8_t> header;
+  std::vector<std::shared_ptr<const StoredBlock>> hold;
+  std::vector<ucp_dt_iov_t> iov;
+  Operation op = Operation::Get;
+  Clock::time_point start;
+  uint64_t bytes = 0;
+  uint32_t blocks = 0;
+};
+
+// A put whose bytes arrive by rendezvous after the request header.
+struct PendingPut {
+  Server::Impl *owner = nullptr;
+  MessageHeader header;
+  std::vector<BlockMeta> metas;
+  std::vector<std::shared_ptr<StoredBlock>> blocks; // null: not stored (code set)
+  std::vector<Code> codes;
+  std::vector<ucp_dt_iov_t> iov;
+  ucp_ep_h ep = nullptr;
+  void *descriptor = nullptr; // rendezvous data descriptor
+  Clock::time_point start;
+  uint64_t bytes = 0;
+};
+
+} // namespace
+
+class Server::Impl {
+public:
+  Impl(const ServerOptions &options, OperationObserver observer)
+      : options_(options), observer_(std::move(observer)),
+        pool_(options.capacityBytes) {}
+
+  Status open();
+  void run();
+  void stop();
+
+  uint16_t port_ = 0;
+
+  ServerOptions options_;
+  OperationObserver observer_;
+  BlockPool pool_;
+  std::unique_ptr<ucx::Worker> worker_;
+  ucp_listener_h listener_ = nullptr;
+  std::set<ucp_ep_h> endpoints_;
+  std::vector<ucp_ep_h> failedEndpoints_;
+  std::vector<PendingPut *> toReceive_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> connections_{0};
+  std::thread thread_;
+  std::vector<uint8_t> scratch_; // sink for the bytes of blocks not stored
+  bool stopped_ = false;
+
+  static void onConnect(ucp_conn_request_h request, void *arg);
+  static void onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
+  static ucs_status_t onRequest(void *arg, const void *header, size_t headerLength,
+                                void *data, size_t length,
+                                const ucp_am_recv_param_t *param);
+  static void onReplySent(void *request, ucs_status_t status, void *user);
+  static void onPutReceived(void *request, ucs_status_t status, size_t length,
+                            void *user);
+
+  void handleRequest(const void *header, size_t headerLength, void *data,
+                     size_t length, const ucp_am_recv_param_t *param,
+                     ucs_status_t &result);
+  void refuse(ucp_ep_h ep, const MessageHeader &request, const std::string &why);
+  void send(ucp_ep_h ep, Reply *reply);
+  void startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta *metas,
+                void *data, size_t length, bool rendezvous, ucs_status_t &result);
+  void finishPut(PendingPut *put, bool received);
+  void receivePending();
+};
+
+// ---------------------------------------------------------------------------
+
+Status Server::Impl::open() {
+  auto worker = ucx::Worker::create(/*listener=*/true);
+  if (!worker)
+    return worker.status();
+  worker_ = std::move(*worker);
+  scratch_.resize(options_.maxBlockBytes);
+
+  ucp_am_handler_param_t handler{};
+  handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                       UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  handler.id = wire::kAmRequest;
+  handler.cb = &Impl::onRequest;
+  handler.arg = this;
+  handler.flags = UCP_AM_FLAG_WHOLE_MSG;
+  ucs_status_t st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
+  if (st != UCS_OK)
+    return Status::error("UCX active-message handler: " + ucx::errorText(st));
+
+  socklen_t length = 0;
+  auto address = ucx::resolve(options_.host, options_.port, length);
+  if (!address)
+    return address.status();
+  ucp_listener_params_t lp{};
+  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+  lp.sockaddr.addr = reinterpret_cast<const sockaddr *>(&*address);
+  lp.sockaddr.addrlen = length;
+  lp.conn_handler.cb = &Impl::onConnect;
+  lp.conn_handler.arg = this;
+  st = ucp_listener_create(worker_->handle(), &lp, &listener_);
+  if (st != UCS_OK)
+    return Status::error("cannot listen on " + options_.host + ":" +
+                         std::to_string(options_.port) + ": " + ucx::errorText(st));
+  ucp_listener_attr_t attr{};
+  attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+  st = ucp_listener_query(listener_, &attr);
+  if (st != UCS_OK)
+    return Status::error("UCX listener query: " + ucx::errorText(st));
+  if (attr.sockaddr.ss_family == AF_INET)
+    port_ = ntohs(reinterpret_cast<const sockaddr_in *>(&attr.sockaddr)->sin_port);
+  else
+    port_ = ntohs(reinterpret_cast<const sockaddr_in6 *>(&attr.sockaddr)->sin6_port);
+  return Status::ok();
+}
+
+void Server::Impl::onConnect(ucp_conn_request_h request, void *arg) {
+  auto *self = static_cast<Impl *>(arg);
+  if (self->stopping_) {
+    ucp_listener_reject(self->listener_, request);
+    return;
+  }
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.conn_request = request;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &Impl::onEndpointError;
+  ep.err_handler.arg = self;
+  ucp_ep_h handle = nullptr;
+  if (ucp_ep_create(self->worker_->handle(), &ep, &handle) == UCS_OK) {
+    self->endpoints_.insert(handle);
+    self->connections_ = self->endpoints_.size();
+  }
+}
+
+void Server::Impl::onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t) {
+  // A client went away (closed, crashed, or the network failed). Replies to
+  // it are dropped from now on; the endpoint is closed outside the callback.
+  auto *self = static_cast<Impl *>(arg);
+  if (self->endpoints_.erase(ep)) {
+    self->failedEndpoints_.push_back(ep);
+    self->connections_ = self->endpoints_.size();
+  }
+}
+
+ucs_status_t Server::Impl::onRequest(void *arg, const void *header, size_t headerLength,
+                                     void *data, size_t length,
+                                     const ucp_am_recv_param_t *param) {
+  ucs_status_t result = UCS_OK;
+  static_cast<Impl *>(arg)->handleRequest(header, headerLength, data, length, param,
+                                          result);
+  return result;
+}
+
+void Server::Impl::refuse(ucp_ep_h ep, const MessageHeader &request,
+                          const std::string &why) {
+  auto *reply = new Reply();
+  reply->owner = this;
+  MessageHeader h;
+  h.op = request.op;
+  h.requestId = request.requestId;
+  h.errorLength = static_cast<uint32_t>(why.size());
+  reply->header.resize(sizeof h + why.size());
+  std::memcpy(reply->header.data(), &h, sizeof h);
+  std::memcpy(reply->header.data() + sizeof h, why.data(), why.size());
+  reply->op = static_cast<Operation>(request.op >= 1 && request.op <= 3 ? request.op - 1 : 0);
+  reply->start = Clock::now();
+  send(ep, reply);
+}
+
+void Server::Impl::send(ucp_ep_h ep, Reply *reply) {
+  if (!ep || !endpoints_.count(ep)) {
+    delete reply; // the client is gone
+    return;
+  }
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                       UCP_OP_ATTR_FIELD_DATATYPE;
+  param.cb.send = &Impl::onReplySent;
+  param.user_data = reply;
+  const void *buffer = nullptr;
+  size_t count = 0;
+  if (reply->iov.empty()) {
+    param.datatype = ucp_dt_make_contig(1);
+  } else {
+    param.datatype = UCP_DATATYPE_IOV;
+    buffer = reply->iov.data();
+    count = reply->iov.size();
+  }
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep, wire::kAmReply, reply->header.data(),
+                                         reply->header.size(), buffer, count, &param);
+  if (req == nullptr)
+    onReplySent(nullptr, UCS_OK, reply);
+  else if (UCS_PTR_IS_ERR(req))
+    onReplySent(nullptr, UCS_PTR_STATUS(req), reply);
+}
+
+void Server::Impl::onReplySent(void *request, ucs_status_t status, void *user) {
+  auto *reply = static_cast<Reply *>(user);
+  if (request)
+    ucp_request_free(request);
+  if (status == UCS_OK && reply->blocks > 0 && reply->owner->observer_)
+    reply->owner->observer_(OperationRecord{
+        reply->op,
+        std::chrono::duration<double>(Clock::now() - reply->start).count(),
+        reply->bytes, reply->blocks});
+  delete reply;
+}
+
+void Server::Impl::handleRequest(const void *header, size_t headerLength, void *data,
+                                 size_t length, const ucp_am_recv_param_t *param,
+                                 ucs_status_t &result) {
+  Clock::time_point start = Clock::now();
+  bool rendezvous = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
+  ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep
+                                                                     : nullptr;
+  MessageHeader h{};
+  if (headerLength < sizeof h) {
+    return; // not ours: no request id to answer
+  }
+  std::memcpy(&h, header, sizeof h);
+  if (h.magic != wire::kMagic || h.version != wire::kVersion)
+    return refuse(ep, h, "not a kv-store request of protocol version " +
+                             std::to_string(wire::kVersion));
+  if (headerLength != sizeof h + size_t(h.count) * sizeof(BlockMeta))
+    return refuse(ep, h, "request header length " + std::to_string(headerLength) +
+                             " does not match its " + std::to_string(h.count) +
+                             " block records");
+  const auto *metas = reinterpret_cast<const BlockMeta *>(
+      static_cast<const uint8_t *>(header) + sizeof h);
+  std::vector<BlockMeta> records(metas, metas + h.count); // header may be unaligned
+
+  auto op = static_cast<wire::Op>(h.op);
+  if (op == wire::Op::Put)
+    return startPut(ep, h, records.data(), data, length, rendezvous, result);
+  if (op != wire::Op::Get && op != wire::Op::Exists)
+    return refuse(ep, h, "unknown operation " + std::to_string(h.op));
+  if (length != 0)
+    return refuse(ep, h, "get and exists requests carry no payload");
+
+  auto *reply = new Reply();
+  reply->owner = this;
+  reply->op = op == wire::Op::Get ? Operation::Get : Operation::Exists;
+  reply->start = start;
+  reply->blocks = h.count;
+  MessageHeader rh;
+  rh.op = h.op;
+  rh.requestId = h.requestId;
+  rh.count = h.count;
+  reply->header.resize(sizeof rh + h.count * sizeof(BlockMeta));
+  std::memcpy(reply->header.data(), &rh, sizeof rh);
+  uint32_t rejected = 0;
+  for (uint32_t i = 0; i < h.count; ++i) {
+    BlockMeta m = records[i];
+    BlockKey key;
+    std::memcpy(key.bytes.data(), m.key, sizeof m.key);
+    std::shared_ptr<const StoredBlock> block =
+        op == wire::Op::Get ? pool_.find(key) : pool_.peek(key);
+    Code code = Code::Missing;
+    if (block) {
+      if (block->dtype != wire::dtypeOf(m) || block->bytes != m.bytes) {
+        code = Code::Rejected; // never hand out a block the caller cannot use
+        ++rejected;
+      } else {
+        code = Code::Found;
+        m.checksum = block->checksum;
+        if (op == wire::Op::Get) {
+          reply->iov.push_back({block->data.get(), block->bytes});
+          reply->bytes += block->bytes;
+          reply->hold.push_back(block);
+        }
+      }
+    }
+    m.code = static_cast<uint32_t>(code);
+    std::memcpy(reply->header.data() + sizeof rh + i * sizeof(BlockMeta), &m, sizeof m);
+  }
+  if (rejected)
+    pool_.countRejected(rejected);
+  send(ep, reply);
+}
+
+void Server::Impl::startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta *metas,
+                            void *data, size_t length, bool rendezvous,
+                            ucs_status_t &result) {
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < h.count; ++i) {
+    if (metas[i].bytes == 0 || metas[i].bytes > options_.maxBlockBytes)
+      return refuse(ep, h, "block " + std::to_string(i) + " has " +
+                               std::to_string(metas[i].bytes) +
+                               " bytes; blocks hold 1.." +
+                               std::to_string(options_.maxBlockBytes) + " bytes");
+    total += metas[i].bytes;
+  }
+  if (total != length)
+    return refuse(ep, h, "payload of " + std::to_string(length) +
+                             " bytes does not match the records' " +
+                             std::to_string(total) + " bytes");
+  auto *put = new PendingPut();
+  put->owner = this;
+  put->header = h;
+  put->metas.assign(metas, metas + h.count);
+  put->ep = ep;
+  put->start = Clock::now();
+  put->bytes = total;
+  put->blocks.resize(h.count);
+  put->codes.assign(h.count, Code::None);
+  for (uint32_t i = 0; i < h.count; ++i) {
+    const BlockMeta &m = metas[i];
+    std::string dtype = wire::dtypeOf(m);
+    if (!isValidDtype(dtype)) {
+      put->codes[i] = Code::Rejected;
+      pool_.countRejected();
+    } else if (!pool_.reserve(m.bytes)) {
+      put->codes[i] = Code::NoSpace;
+    } else {
+      auto block = std::make_shared<StoredBlock>();
+      std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
+      block->dtype = dtype;
+      block->checksum = m.checksum;
+      block->bytes = m.bytes;
+      block->data.reset(new uint8_t[m.bytes]); // uninitialised: filled below
+      put->blocks[i] = std::move(block);
+    }
+    void *target = put->blocks[i] ? put->blocks[i]->data.get() : scratch_.data();
+    put->iov.push_back({target, m.bytes});
+  }
+  if (!rendezvous) {
+    const auto *src = static_cast<const uint8_t *>(data);
+    for (uint32_t i = 0; i < h.count; ++i) {
+      if (put->blocks[i])
+        std::memcpy(put->blocks[i]->data.get(), src, metas[i].bytes);
+      src += metas[i].bytes;
+    }
+    finishPut(put, true);
+    return;
+  }
+  // Rendezvous: the bytes are pulled into the blocks once the callback
+  // returns (ucp_am_recv_data_nbx is not called from inside it).
+  put->descriptor = data;
+  toReceive_.push_back(put);
+  result = UCS_INPROGRESS;
+}
+
+void Server::Impl::receivePending() {
+  std::vector<PendingPut *> puts;
+  puts.swap(toReceive_);
+  for (PendingPut *put : puts) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FIELD_DATATYPE;
+    param.cb.recv_am = &Impl::onPutReceived;
+    param.user_data = put;
+    param.datatype = UCP_DATATYPE_IOV;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(worker_->handle(), put->descriptor,
+                                                put->iov.data(), put->iov.size(), &param);
+    if (req == nullptr)
+      finishPut(put, true);
+    else if (UCS_PTR_IS_ERR(req))
+      finishPut(put, false);
+  }
+}
+
+void Server::Impl::onPutReceived(void *request, ucs_status_t status, size_t, void *user) {
+  auto *put = static_cast<PendingPut *>(user);
+  ucp_request_free(request);
+  put->owner->finishPut(put, status == UCS_OK);
+}
+
+void Server::Impl::finishPut(PendingPut *put, bool received) {
+  uint32_t rejected = 0;
+  for (size_t i = 0; i < put->blocks.size(); ++i) {
+    auto &block = put->blocks[i];
+    if (!block)
+      continue;
+    if (!received) {
+      pool_.release(block->bytes);
+      put->codes[i] = Code::Rejected;
+      ++rejected;
+    } else if (blockChecksum(block->data.get(), block->bytes) != block->checksum) {
+      pool_.release(block->bytes); // corrupted or mislabelled: never stored
+      put->codes[i] = Code::Rejected;
+      ++rejected;
+    } else {
+      pool_.insert(std::move(block));
+      put->codes[i] = Code::Stored;
+    }
+  }
+  if (rejected)
+    pool_.countRejected(rejected);
+
+  auto *reply = new Reply();
+  reply->owner = this;
+  reply->op = Operation::Put;
+  reply->start = put->start;
+  reply->bytes = put->bytes;
+  reply->blocks = put->header.count;
+  MessageHeader rh;
+  rh.op = put->header.op;
+  rh.requestId = put->header.requestId;
+  rh.count = put->header.count;
+  reply->header.resize(sizeof rh + rh.count * sizeof(BlockMeta));
+  std::memcpy(reply->header.data(), &rh, sizeof rh);
+  for (uint32_t i = 0; i < rh.count; ++i) {
+    BlockMeta m = put->metas[i];
+    m.code = static_cast<uint32_t>(put->codes[i]);
+    std::memcpy(reply->header.data() + sizeof rh + i * sizeof m, &m, sizeof m);
+  }
+  ucp_ep_h ep = put->ep;
+  delete put;
+  send(ep, reply);
+}
+
+void Server::Impl::run() {
+  while (!stopping_) {
+    bool busy = worker_->progress();
+    if (!toReceive_.empty()) {
+      receivePending();
+      busy = true;
+    }
+    for (ucp_ep_h ep : failedEndpoints_)
+      ucx::closeEndpoint(*worker_, ep, /*force=*/true);
+    failedEndpoints_.clear();
+    if (!busy)
+      worker_->wait(100); // ucp_worker_signal (stop) or network events wake it
+  }
+  // Shut down on the thread that owns the worker.
+  for (ucp_ep_h ep : endpoints_)
+    ucx::closeEndpoint(*worker_, ep, /*force=*/true);
+  endpoints_.clear();
+  connections_ = 0;
+  if (listener_)
+    ucp_listener_destroy(listener_);
+  listener_ = nullptr;
+  worker_->progress();
+  for (PendingPut *put : toReceive_) {
+    for (auto &block : put->blocks)
+      if (block)
+        pool_.release(block->bytes);
+    ucp_am_data_release(worker_->handle(), put->descriptor);
+    delete put;
+  }
+  toReceive_.clear();
+}
+
+void Server::Impl::stop() {
+  if (stopped_)
+    return;
+  stopped_ = true;
+  stopping_ = true;
+  ucp_worker_signal(worker_->handle());
+  if (thread_.joinable())
+    thread_.join();
+  worker_.reset();
+}
+
+// ---------------------------------------------------------------------------
+
+Result<std::unique_ptr<Server>> Server::start(const ServerOptions &options,
+                                              OperationObserver observer) {
+  if (options.capacityBytes == 0)
+    return Status::error("kv store capacity must be at least one byte");
+  if (options.maxBlockBytes == 0)
+    return Status::error("kv store max block size must be at least one byte");
+  auto impl = std::make_unique<Impl>(options, std::move(observer));
+  if (auto st = impl->open(); !st)
+    return st;
+  Impl *raw = impl.get();
+  impl->thread_ = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { stop(); }
+void Server::stop() { impl_->stop(); }
+uint16_t Server::port() const { return impl_->port_; }
+PoolStats Server::stats() const { return impl_->pool_.stats(); }
+uint64_t Server::connections() const { return impl_->connections_; }
+
+} // namespace llmir::kvstore

@@ -1,0 +1,107 @@
+#include "Ucx.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <netdb.h>
+#include <poll.h>
+
+namespace llmir::kvstore::ucx {
+
+std::string errorText(ucs_status_t status) {
+  return ucs_status_string(status);
+}
+
+Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
+  std::unique_ptr<Worker> w(new Worker());
+  // UCX reads its connection manager's options from the environment only;
+  // an explicit UCX_TCP_CM_REUSEADDR wins.
+  if (listener)
+    setenv("UCX_TCP_CM_REUSEADDR", "y", /*overwrite=*/0);
+  ucp_config_t *config = nullptr;
+  ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+  if (st != UCS_OK)
+    return Status::error("UCX configuration (UCX_* environment): " + errorText(st));
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  st = ucp_init(&params, config, &w->context_);
+  ucp_config_release(config);
+  if (st != UCS_OK)
+    return Status::error("UCX init: " + errorText(st));
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+  st = ucp_worker_create(w->context_, &wp, &w->worker_);
+  if (st != UCS_OK)
+    return Status::error("UCX worker: " + errorText(st));
+  st = ucp_worker_get_efd(w->worker_, &w->eventFd_);
+  if (st != UCS_OK)
+    return Status::error("UCX worker event fd: " + errorText(st));
+  ucp_worker_attr_t attr{};
+  attr.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+  st = ucp_worker_query(w->worker_, &attr);
+  if (st != UCS_OK)
+    return Status::error("UCX worker query: " + errorText(st));
+  w->maxAmHeader_ = attr.max_am_header;
+  return w;
+}
+
+Worker::~Worker() {
+  if (worker_)
+    ucp_worker_destroy(worker_);
+  if (context_)
+    ucp_cleanup(context_);
+}
+
+bool Worker::progress() {
+  bool any = false;
+  while (ucp_worker_progress(worker_) != 0)
+    any = true;
+  return any;
+}
+
+void Worker::wait(int timeoutMs) {
+  ucs_status_t st = ucp_worker_arm(worker_);
+  if (st == UCS_ERR_BUSY)
+    return; // events pending: progress again
+  pollfd p{eventFd_, POLLIN, 0};
+  (void)::poll(&p, 1, timeoutMs);
+}
+
+Result<sockaddr_storage> resolve(const std::string &host, uint16_t port,
+                                 socklen_t &length) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = host.empty() ? AI_PASSIVE : 0;
+  addrinfo *found = nullptr;
+  std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(),
+                       &hints, &found);
+  if (rc != 0 || !found)
+    return Status::error("cannot resolve '" + host + "': " + gai_strerror(rc));
+  sockaddr_storage out{};
+  std::memcpy(&out, found->ai_addr, found->ai_addrlen);
+  length = found->ai_addrlen;
+  freeaddrinfo(found);
+  return out;
+}
+
+void closeEndpoint(Worker &worker, ucp_ep_h ep, bool force) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &param);
+  if (req == nullptr || UCS_PTR_IS_ERR(req))
+    return;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (ucp_request_check_status(req) == UCS_INPROGRESS &&
+         std::chrono::steady_clock::now() < until)
+    ucp_worker_progress(worker.handle());
+  if (ucp_request_check_status(req) == UCS_INPROGRESS)
+    ucp_request_cancel(worker.handle(), req);
+  ucp_request_free(req);
+}
+
+} // namespace llmir::kvstore::ucx

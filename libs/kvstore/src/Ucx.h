@@ -1,0 +1,51 @@
+// A ucp context with one worker (active messages, event wakeup) and the
+// small helpers the server and client share.
+#pragma once
+
+#include "llmir/support/Status.h"
+
+#include <ucp/api/ucp.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <sys/socket.h>
+
+namespace llmir::kvstore::ucx {
+
+std::string errorText(ucs_status_t status);
+
+class Worker {
+public:
+  /// Single-threaded worker (ucp_worker_signal, the only call made from
+  /// another thread, is safe on any worker). `listener`: allow binding a
+  /// port whose previous connections linger in TIME_WAIT, so that a
+  /// restarted server gets its port back (unless UCX_TCP_CM_REUSEADDR says
+  /// otherwise).
+  static Result<std::unique_ptr<Worker>> create(bool listener = false);
+  ~Worker();
+
+  ucp_worker_h handle() const { return worker_; }
+  size_t maxAmHeader() const { return maxAmHeader_; }
+  /// Progresses until idle; true when anything happened.
+  bool progress();
+  /// Arms the worker and sleeps up to `timeoutMs` for network events
+  /// (returns at once when events are pending).
+  void wait(int timeoutMs);
+
+private:
+  Worker() = default;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  int eventFd_ = -1;
+  size_t maxAmHeader_ = 0;
+};
+
+/// host:port as a socket address (numeric or resolvable host names).
+Result<sockaddr_storage> resolve(const std::string &host, uint16_t port,
+                                 socklen_t &length);
+
+/// Closes `ep` (forcibly when `force`), progressing until done or ~1 s.
+void closeEndpoint(Worker &worker, ucp_ep_h ep, bool force);
+
+} // namespace llmir::kvstore::ucx

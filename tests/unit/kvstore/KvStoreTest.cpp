@@ -1,0 +1,293 @@
+// The store's server and client over real UCX on loopback, once with TCP and
+// once with shared memory (UCX_TLS; the connection itself is always set up
+// through a TCP socket address).
+#include "llmir/kvstore/Client.h"
+#include "llmir/kvstore/Server.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+using namespace llmir::kvstore;
+using namespace std::chrono_literals;
+
+namespace {
+
+BlockKey keyFor(const std::string &model, int32_t firstToken) {
+  std::vector<int32_t> tokens(16);
+  std::iota(tokens.begin(), tokens.end(), firstToken);
+  BlockKeyFields f;
+  f.model = model;
+  f.layerEnd = 2;
+  f.dtype = "f32";
+  f.blockTokens = 16;
+  f.tokenPrefix = tokens;
+  return *makeBlockKey(f);
+}
+
+std::vector<uint8_t> bytesOf(size_t n, uint32_t seed) {
+  std::vector<uint8_t> out(n);
+  std::mt19937 rng(seed);
+  for (auto &b : out)
+    b = static_cast<uint8_t>(rng());
+  return out;
+}
+
+class KvStore : public ::testing::TestWithParam<const char *> {
+protected:
+  void SetUp() override {
+    // UCX reads its configuration when a context is created.
+    setenv("UCX_TLS", GetParam(), 1);
+  }
+
+  std::unique_ptr<Server> startServer(uint64_t capacity, uint16_t port = 0) {
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = port;
+    o.capacityBytes = capacity;
+    auto s = Server::start(o);
+    EXPECT_TRUE(s) << s.message();
+    return s ? std::move(*s) : nullptr;
+  }
+  std::unique_ptr<Client> connect(uint16_t port, std::chrono::milliseconds timeout = 5s) {
+    ClientOptions o;
+    o.port = port;
+    o.timeout = timeout;
+    auto c = Client::create(o);
+    EXPECT_TRUE(c) << c.message();
+    return c ? std::move(*c) : nullptr;
+  }
+};
+
+TEST_P(KvStore, PutGetExistsRoundTripAcrossSizes) {
+  auto server = startServer(64ull << 20);
+  ASSERT_TRUE(server);
+  auto client = connect(server->port());
+  ASSERT_TRUE(client);
+  // Small blocks travel eagerly, large ones by rendezvous.
+  std::vector<size_t> sizes = {64, 4096, 16 << 10, 256 << 10, 1 << 20, 4 << 20};
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<PutBlock> puts;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    data.push_back(bytesOf(sizes[i], static_cast<uint32_t>(i)));
+    puts.push_back({keyFor("m", int32_t(i)), "f32", data.back().data(), sizes[i]});
+  }
+  auto stored = client->put(puts);
+  ASSERT_TRUE(stored) << stored.message();
+  for (BlockStatus s : *stored)
+    EXPECT_EQ(s, BlockStatus::Stored);
+
+  std::vector<BlockQuery> queries;
+  for (size_t i = 0; i < sizes.size(); ++i)
+    queries.push_back({keyFor("m", int32_t(i)), "f32", sizes[i]});
+  queries.push_back({keyFor("other", 0), "f32", 64});
+  auto present = client->exists(queries);
+  ASSERT_TRUE(present) << present.message();
+  for (size_t i = 0; i < sizes.size(); ++i)
+    EXPECT_EQ((*present)[i], BlockStatus::Found) << i;
+  EXPECT_EQ(present->back(), BlockStatus::Missing);
+
+  std::vector<std::vector<uint8_t>> out;
+  std::vector<GetBlock> gets;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out.emplace_back(sizes[i], 0);
+    gets.push_back({keyFor("m", int32_t(i)), "f32", out.back().data(), sizes[i]});
+  }
+  std::vector<uint8_t> missingOut(64);
+  gets.push_back({keyFor("other", 0), "f32", missingOut.data(), 64});
+  auto got = client->get(gets);
+  ASSERT_TRUE(got) << got.message();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    EXPECT_EQ((*got)[i], BlockStatus::Found) << i;
+    EXPECT_EQ(out[i], data[i]) << "block " << i << " of " << sizes[i] << " bytes";
+  }
+  EXPECT_EQ(got->back(), BlockStatus::Missing);
+
+  PoolStats s = server->stats();
+  EXPECT_EQ(s.blocks, sizes.size());
+  EXPECT_EQ(s.bytesHeld, std::accumulate(sizes.begin(), sizes.end(), size_t(0)));
+  EXPECT_EQ(s.hits, sizes.size());
+  EXPECT_EQ(s.misses, 1u);
+}
+
+TEST_P(KvStore, BatchesLargerThanOneMessageAreSplit) {
+  auto server = startServer(64ull << 20);
+  ASSERT_TRUE(server);
+  auto client = connect(server->port());
+  ASSERT_TRUE(client);
+  size_t n = client->maxBlocksPerMessage() * 2 + 3;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<PutBlock> puts;
+  for (size_t i = 0; i < n; ++i) {
+    data.push_back(bytesOf(1024, uint32_t(1000 + i)));
+    puts.push_back({keyFor("batch", int32_t(i)), "bf16", data.back().data(), 1024});
+  }
+  auto stored = client->put(puts);
+  ASSERT_TRUE(stored) << stored.message();
+  ASSERT_EQ(stored->size(), n);
+  std::vector<std::vector<uint8_t>> out(n, std::vector<uint8_t>(1024));
+  std::vector<GetBlock> gets;
+  for (size_t i = 0; i < n; ++i)
+    gets.push_back({keyFor("batch", int32_t(i)), "bf16", out[i].data(), 1024});
+  auto got = client->get(gets);
+  ASSERT_TRUE(got) << got.message();
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ((*got)[i], BlockStatus::Found) << i;
+    ASSERT_EQ(out[i], data[i]) << i;
+  }
+  EXPECT_EQ(server->stats().blocks, n);
+}
+
+TEST_P(KvStore, EvictsLeastRecentlyUsedUnderTheMemoryBound) {
+  constexpr size_t kBlock = 256 << 10;
+  auto server = startServer(4 * kBlock);
+  ASSERT_TRUE(server);
+  auto client = connect(server->port());
+  ASSERT_TRUE(client);
+  std::vector<std::vector<uint8_t>> data;
+  for (int i = 0; i < 6; ++i)
+    data.push_back(bytesOf(kBlock, uint32_t(i)));
+  auto putOne = [&](int i) {
+    PutBlock p{keyFor("lru", i), "f32", data[i].data(), kBlock};
+    auto r = client->put(std::span(&p, 1));
+    ASSERT_TRUE(r) << r.message();
+    EXPECT_EQ((*r)[0], BlockStatus::Stored);
+  };
+  auto status = [&](int i) {
+    std::vector<uint8_t> out(kBlock);
+    GetBlock g{keyFor("lru", i), "f32", out.data(), kBlock};
+    auto r = client->get(std::span(&g, 1));
+    EXPECT_TRUE(r) << r.message();
+    if (r && (*r)[0] == BlockStatus::Found)
+      EXPECT_EQ(out, data[i]);
+    return r ? (*r)[0] : BlockStatus::Rejected;
+  };
+  for (int i = 0; i < 4; ++i)
+    putOne(i);
+  EXPECT_EQ(status(0), BlockStatus::Found); // 0 becomes the most recent
+  putOne(4);                                // evicts 1
+  putOne(5);                                // evicts 2
+  EXPECT_EQ(status(1), BlockStatus::Missing);
+  EXPECT_EQ(status(2), BlockStatus::Missing);
+  for (int i : {0, 3, 4, 5})
+    EXPECT_EQ(status(i), BlockStatus::Found) << i;
+  PoolStats s = server->stats();
+  EXPECT_EQ(s.evictions, 2u);
+  EXPECT_EQ(s.blocks, 4u);
+  EXPECT_LE(s.bytesHeld, 4 * kBlock);
+
+  // A block larger than the whole store is refused, not stored.
+  std::vector<uint8_t> huge = bytesOf(5 * kBlock, 7);
+  PutBlock p{keyFor("lru", 99), "f32", huge.data(), huge.size()};
+  auto r = client->put(std::span(&p, 1));
+  ASSERT_TRUE(r) << r.message();
+  EXPECT_EQ((*r)[0], BlockStatus::NoSpace);
+  EXPECT_EQ(server->stats().blocks, 4u);
+}
+
+TEST_P(KvStore, MismatchedBlocksAreRejectedNeverReturned) {
+  auto server = startServer(16ull << 20);
+  ASSERT_TRUE(server);
+  auto client = connect(server->port());
+  ASSERT_TRUE(client);
+  std::vector<uint8_t> data = bytesOf(64 << 10, 3);
+  PutBlock p{keyFor("strict", 0), "f16", data.data(), data.size()};
+  ASSERT_TRUE(client->put(std::span(&p, 1)));
+
+  const std::vector<uint8_t> poison(128 << 10, 0xAB);
+  std::vector<uint8_t> wrongDtype = poison, shorter = poison, longer = poison;
+  std::vector<GetBlock> gets = {
+      {keyFor("strict", 0), "bf16", wrongDtype.data(), data.size()},
+      {keyFor("strict", 0), "f16", shorter.data(), data.size() / 2},
+      {keyFor("strict", 0), "f16", longer.data(), data.size() * 2},
+  };
+  auto got = client->get(gets);
+  ASSERT_TRUE(got) << got.message();
+  for (size_t i = 0; i < gets.size(); ++i)
+    EXPECT_EQ((*got)[i], BlockStatus::Rejected) << i;
+  // No byte of the stored block reached the caller's buffers.
+  EXPECT_EQ(wrongDtype, poison);
+  EXPECT_EQ(shorter, poison);
+  EXPECT_EQ(longer, poison);
+  std::vector<BlockQuery> queries = {{keyFor("strict", 0), "bf16", data.size()},
+                                     {keyFor("strict", 0), "f16", data.size()}};
+  auto present = client->exists(queries);
+  ASSERT_TRUE(present) << present.message();
+  EXPECT_EQ((*present)[0], BlockStatus::Rejected);
+  EXPECT_EQ((*present)[1], BlockStatus::Found);
+  EXPECT_GE(server->stats().rejected, 4u);
+
+  // Bad input from the caller is refused before anything is sent.
+  PutBlock badDtype{keyFor("strict", 1), "F16!", data.data(), data.size()};
+  auto refused = client->put(std::span(&badDtype, 1));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.message().find("dtype"), std::string::npos) << refused.message();
+}
+
+TEST_P(KvStore, AServerThatIsDownIsAnErrorWithinTheDeadline) {
+  uint16_t port;
+  {
+    auto server = startServer(1 << 20);
+    ASSERT_TRUE(server);
+    port = server->port(); // free again once the server stops
+  }
+  auto client = connect(port, 1500ms);
+  ASSERT_TRUE(client);
+  std::vector<uint8_t> out(4096);
+  GetBlock g{keyFor("down", 0), "f32", out.data(), out.size()};
+  auto start = std::chrono::steady_clock::now();
+  auto got = client->get(std::span(&g, 1));
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.message().find("kv store 127.0.0.1:" + std::to_string(port)),
+            std::string::npos)
+      << got.message();
+  // Not a hang: the error comes by the deadline (with slack for a loaded CI).
+  EXPECT_LT(elapsed, 1500ms + 5s) << got.message();
+}
+
+TEST_P(KvStore, ARestartedServerIsAnErrorThenUsedAgain) {
+  auto server = startServer(1 << 20);
+  ASSERT_TRUE(server);
+  uint16_t port = server->port();
+  auto client = connect(port, 1500ms);
+  ASSERT_TRUE(client);
+  std::vector<uint8_t> data = bytesOf(8192, 5);
+  PutBlock p{keyFor("restart", 0), "f32", data.data(), data.size()};
+  auto stored = client->put(std::span(&p, 1));
+  ASSERT_TRUE(stored) << stored.message();
+
+  server->stop();
+  std::vector<uint8_t> out(data.size());
+  GetBlock g{keyFor("restart", 0), "f32", out.data(), out.size()};
+  auto whileDown = client->get(std::span(&g, 1));
+  ASSERT_FALSE(whileDown);
+  EXPECT_NE(whileDown.message().find("kv store"), std::string::npos) << whileDown.message();
+
+  server = startServer(1 << 20, port);
+  ASSERT_TRUE(server);
+  // The new store is empty: the block is missing, not an error, and the same
+  // client stores and reads it again.
+  auto afterRestart = client->get(std::span(&g, 1));
+  ASSERT_TRUE(afterRestart) << afterRestart.message();
+  EXPECT_EQ((*afterRestart)[0], BlockStatus::Missing);
+  stored = client->put(std::span(&p, 1));
+  ASSERT_TRUE(stored) << stored.message();
+  auto again = client->get(std::span(&g, 1));
+  ASSERT_TRUE(again) << again.message();
+  EXPECT_EQ((*again)[0], BlockStatus::Found);
+  EXPECT_EQ(out, data);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, KvStore, ::testing::Values("tcp", "shm,tcp"),
+                         [](const auto &info) {
+                           return std::string(info.param).find("shm") == 0 ? "shm"
+                                                                           : "tcp";
+                         });
+
+} // namespace
