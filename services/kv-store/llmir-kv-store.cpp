@@ -1,0 +1,211 @@
+// llmir-kv-store: holds KV-cache blocks for the workers, reached through UCX
+// (docs/kv-store.md). Everything but configuration, HTTP and metrics is in
+// libs/kvstore.
+//
+//   UCX   ucx.host:ucx.port   batched put / get / exists (active messages)
+//   HTTP  /healthz /readyz /metrics
+#include "llmir/kvstore/Server.h"
+#include "llmir/net/Config.h"
+#include "llmir/net/Http.h"
+#include "llmir/net/Log.h"
+#include "llmir/net/Signals.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <iostream>
+#include <mutex>
+
+using llmir::net::HttpRequest;
+using llmir::net::HttpResponse;
+namespace kv = llmir::kvstore;
+
+namespace {
+
+struct Settings {
+  std::string httpHost = "0.0.0.0";
+  uint16_t httpPort = 8083;
+  std::string ucxHost = "0.0.0.0";
+  uint16_t ucxPort = 13337;
+  uint64_t capacityBytes = 1ull << 30;
+  uint64_t maxBlockBytes = 64ull << 20;
+  std::string logLevel = "info";
+};
+
+// Operations are recorded on the store's progress thread while /metrics
+// reads on an HTTP thread; prometheus-cpp's metrics are thread-safe.
+struct Metrics {
+  std::shared_ptr<prometheus::Registry> registry =
+      std::make_shared<prometheus::Registry>();
+  prometheus::Gauge &bytesHeld = gauge("llmir:kv_store_bytes", "Bytes of KV blocks held.");
+  prometheus::Gauge &capacity =
+      gauge("llmir:kv_store_capacity_bytes", "The store's memory budget in bytes.");
+  prometheus::Gauge &blocks = gauge("llmir:kv_store_blocks", "KV blocks held.");
+  prometheus::Gauge &connections =
+      gauge("llmir:kv_store_connections", "Clients connected through UCX.");
+  // Pool counters are cumulative in the library; exported as counters by
+  // adding the difference since the last scrape.
+  prometheus::Counter &hits = counter("llmir:kv_store_hits_total",
+                                      "Blocks asked for by get and found.");
+  prometheus::Counter &misses = counter("llmir:kv_store_misses_total",
+                                        "Blocks asked for by get and not held.");
+  prometheus::Counter &evictions = counter(
+      "llmir:kv_store_evictions_total", "Blocks evicted (least recently used) to make room.");
+  prometheus::Counter &stored = counter("llmir:kv_store_blocks_stored_total",
+                                        "Blocks stored by put.");
+  prometheus::Counter &rejected = counter(
+      "llmir:kv_store_blocks_rejected_total",
+      "Blocks rejected: dtype, size or checksum did not match (put or get).");
+  prometheus::Family<prometheus::Histogram> &seconds =
+      prometheus::BuildHistogram()
+          .Name("llmir:kv_store_request_seconds")
+          .Help("Request arrival to reply sent, by operation (put, get, exists).")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram> &throughput =
+      prometheus::BuildHistogram()
+          .Name("llmir:kv_store_request_bytes_per_second")
+          .Help("Block bytes moved per request over its duration (put, get).")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter> &bytesMoved =
+      prometheus::BuildCounter()
+          .Name("llmir:kv_store_transferred_bytes_total")
+          .Help("Block bytes received by put and sent by get.")
+          .Register(*registry);
+
+  std::mutex mu;
+  kv::PoolStats last;
+
+  prometheus::Gauge &gauge(const char *name, const char *help) {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(*registry).Add({});
+  }
+  prometheus::Counter &counter(const char *name, const char *help) {
+    return prometheus::BuildCounter().Name(name).Help(help).Register(*registry).Add({});
+  }
+
+  void record(const kv::OperationRecord &r) {
+    static const prometheus::Histogram::BucketBoundaries latency = {
+        25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
+        10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1};
+    static const prometheus::Histogram::BucketBoundaries bandwidth = {
+        1e8, 2.5e8, 5e8, 1e9, 2e9, 4e9, 8e9, 16e9, 32e9};
+    const char *op = kv::operationName(r.op);
+    seconds.Add({{"op", op}}, latency).Observe(r.seconds);
+    if (r.op != kv::Operation::Exists && r.bytes > 0) {
+      bytesMoved.Add({{"op", op}}).Increment(double(r.bytes));
+      if (r.seconds > 0)
+        throughput.Add({{"op", op}}, bandwidth).Observe(double(r.bytes) / r.seconds);
+    }
+  }
+
+  void refresh(const kv::PoolStats &s, uint64_t clients) {
+    std::lock_guard lock(mu);
+    bytesHeld.Set(double(s.bytesHeld));
+    capacity.Set(double(s.capacityBytes));
+    blocks.Set(double(s.blocks));
+    connections.Set(double(clients));
+    hits.Increment(double(s.hits - last.hits));
+    misses.Increment(double(s.misses - last.misses));
+    evictions.Increment(double(s.evictions - last.evictions));
+    stored.Increment(double(s.stored - last.stored));
+    rejected.Increment(double(s.rejected - last.rejected));
+    last = s;
+  }
+};
+
+} // namespace
+
+int main(int argc, char **argv) {
+  llmir::net::installTerminationHandler();
+  Settings s;
+  llmir::net::Config config("llmir-kv-store");
+  config.add("http.host", &s.httpHost, "address of /healthz, /readyz and /metrics");
+  config.add("http.port", &s.httpPort, "HTTP port (0 = ephemeral; the log line 'listening' names it)");
+  config.add("ucx.host", &s.ucxHost, "address the UCX listener binds (workers connect here)");
+  config.add("ucx.port", &s.ucxPort, "UCX listener port (0 = ephemeral; the log line 'listening' names it)");
+  config.add("store.capacity-bytes", &s.capacityBytes,
+             "memory budget for blocks; least recently used blocks are evicted beyond it");
+  config.add("store.max-block-bytes", &s.maxBlockBytes, "a larger block is rejected");
+  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  if (auto st = config.load(argc, argv); !st) {
+    std::cerr << "llmir-kv-store: " << st.message() << "\n";
+    return 2;
+  }
+  if (config.helpRequested()) {
+    std::cout << config.usage();
+    return 0;
+  }
+  llmir::net::LogLevel level;
+  if (!llmir::net::parseLogLevel(s.logLevel, level)) {
+    std::cerr << "llmir-kv-store: log.level '" << s.logLevel
+              << "' is not one of debug, info, warn, error\n";
+    return 2;
+  }
+  if (s.capacityBytes == 0 || s.maxBlockBytes == 0) {
+    std::cerr << "llmir-kv-store: store.capacity-bytes and store.max-block-bytes must be "
+                 "at least 1\n";
+    return 2;
+  }
+  if (s.maxBlockBytes > s.capacityBytes) {
+    std::cerr << "llmir-kv-store: store.max-block-bytes (" << s.maxBlockBytes
+              << ") exceeds store.capacity-bytes (" << s.capacityBytes << ")\n";
+    return 2;
+  }
+  if (config.checkRequested()) {
+    std::cout << "llmir-kv-store: configuration is valid\n";
+    return 0;
+  }
+  llmir::net::initLogging("kv-store", level);
+
+  Metrics metrics;
+  kv::ServerOptions options;
+  options.host = s.ucxHost;
+  options.port = s.ucxPort;
+  options.capacityBytes = s.capacityBytes;
+  options.maxBlockBytes = s.maxBlockBytes;
+  auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
+    metrics.record(r);
+  });
+  if (!store) {
+    llmir::net::logError("cannot start the store", {{"error", store.message()}});
+    return 1;
+  }
+
+  llmir::net::HttpServer server;
+  server.route("GET", "/healthz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ok\n");
+  });
+  // Ready once the UCX listener is up, which start() above guarantees.
+  server.route("GET", "/readyz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ready\n");
+  });
+  server.route("GET", "/metrics", [&](const HttpRequest &) {
+    metrics.refresh((*store)->stats(), (*store)->connections());
+    HttpResponse res = HttpResponse::text(
+        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
+    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    return res;
+  });
+  llmir::net::HttpServerConfig http;
+  http.host = s.httpHost;
+  http.port = s.httpPort;
+  http.threads = 2;
+  if (auto st = server.start(http); !st) {
+    llmir::net::logError("cannot start HTTP", {{"error", st.message()}});
+    return 1;
+  }
+  llmir::net::logInfo("listening", {{"host", s.httpHost},
+                                    {"port", unsigned(server.port())},
+                                    {"ucx_host", s.ucxHost},
+                                    {"ucx_port", unsigned((*store)->port())},
+                                    {"capacity_bytes", s.capacityBytes}});
+  int sig = llmir::net::waitForTerminationSignal();
+  llmir::net::logInfo("stopping", {{"signal", sig}});
+  server.stop();
+  (*store)->stop();
+  kv::PoolStats final = (*store)->stats();
+  llmir::net::logInfo("stopped", {{"blocks", final.blocks}, {"bytes", final.bytesHeld}});
+  return 0;
+}
