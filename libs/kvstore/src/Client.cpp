@@ -4,6 +4,8 @@
 #include "Wire.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -420,9 +422,12 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
       failure_ = where() + ": no reply within " + std::to_string(limit.count()) + " ms";
       break;
     }
+    // Sleep on the event fd rather than spin: on a machine shared by
+    // several processes a spinning client starves the store it waits for
+    // (docs/performance.md measured both). Short slices keep the deadline.
     if (!busy) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-      worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 50)));
+      worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 10)));
     }
   }
   if (!failure_.empty()) {
@@ -458,6 +463,21 @@ Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
 size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_; }
+
+std::string Client::describeConnection() const {
+  if (!impl_->ep_)
+    return {};
+  char *text = nullptr;
+  size_t size = 0;
+  FILE *stream = open_memstream(&text, &size);
+  if (!stream)
+    return {};
+  ucp_ep_print_info(impl_->ep_, stream);
+  std::fclose(stream);
+  std::string out(text, size);
+  std::free(text);
+  return out;
+}
 
 namespace {
 template <typename Block> Status checkBlocks(std::span<const Block> blocks) {

@@ -1,6 +1,9 @@
-// The store's server and client over real UCX on loopback, once with TCP and
-// once with shared memory (UCX_TLS; the connection itself is always set up
-// through a TCP socket address).
+// The store's server and client over real UCX on loopback, once with
+// UCX_TLS=tcp and once with UCX_TLS=shm,tcp. The store's endpoints ask for
+// peer-failure reporting (a dead store must be an error, not an abort), and
+// UCX 1.13 (Debian 12) offers that on TCP but not on its shared-memory
+// transports, so the second run checks that asking for shared memory still
+// works; its data moves over TCP loopback (docs/kv-store.md).
 #include "llmir/kvstore/Client.h"
 #include "llmir/kvstore/Server.h"
 
@@ -286,8 +289,9 @@ TEST_P(KvStore, ARestartedServerIsAnErrorThenUsedAgain) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, KvStore, ::testing::Values("tcp", "shm,tcp"),
                          [](const auto &info) {
-                           return std::string(info.param).find("shm") == 0 ? "shm"
-                                                                           : "tcp";
+                           return std::string(info.param).find("shm") == 0
+                                      ? "shm_requested"
+                                      : "tcp";
                          });
 
 } // namespace

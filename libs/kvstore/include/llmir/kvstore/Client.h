@@ -78,6 +78,9 @@ public:
 
   /// Blocks per message, from the transport's largest active-message header.
   size_t maxBlocksPerMessage() const;
+  /// UCX's description of the current connection's lanes (which transport
+  /// carries what); empty before the first call.
+  std::string describeConnection() const;
 
   class Impl;
 

@@ -1,0 +1,380 @@
+// llmir-kvstore-bench: the KV-block store against ucx_perftest on the same
+// UCX transport (docs/performance.md, "KV-block store").
+//
+//   llmir-kvstore-bench [--transports tcp,shm] [--sizes 16K,64K,256K,1M,4M]
+//                       [--repeats 3] [--seconds 0.4] [--batch 8]
+//                       [--perftest ucx_perftest]
+//
+// For each transport (UCX_TLS=tcp; UCX_TLS=shm,tcp: shared memory for data,
+// TCP only to set up the connection) it starts the store in a child process
+// (this binary with --serve), picks ucx_perftest's best primitive at 1 MiB
+// among am_bw, tag_bw and ucp_put_bw, then runs `repeats` interleaved rounds
+// of: store put and get (one block per call, and `batch` blocks per call)
+// and ucx_perftest, per block size. Prints medians (min-max) and the ratio
+// of the store's batched bandwidth to ucx_perftest's.
+#include "llmir/kvstore/Client.h"
+#include "llmir/kvstore/Server.h"
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sstream>
+#include <string>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+extern char **environ;
+namespace kv = llmir::kvstore;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string selfPath;
+
+uint64_t parseSize(const std::string &s) {
+  uint64_t n = std::stoull(s);
+  char unit = s.empty() ? 0 : s.back();
+  if (unit == 'K' || unit == 'k')
+    n <<= 10;
+  else if (unit == 'M' || unit == 'm')
+    n <<= 20;
+  return n;
+}
+std::string sizeName(uint64_t n) {
+  if (n >= (1 << 20) && n % (1 << 20) == 0)
+    return std::to_string(n >> 20) + " MiB";
+  return std::to_string(n >> 10) + " KiB";
+}
+std::vector<std::string> split(const std::string &s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string part; std::getline(in, part, ',');)
+    if (!part.empty())
+      out.push_back(part);
+  return out;
+}
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1;
+  std::string text;
+  bool readUntil(const std::string &needle, int timeoutMs) {
+    auto until = Clock::now() + std::chrono::milliseconds(timeoutMs);
+    while (text.find(needle) == std::string::npos) {
+      int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(
+                         until - Clock::now()).count());
+      if (left <= 0)
+        return false;
+      pollfd p{out, POLLIN, 0};
+      if (poll(&p, 1, left) <= 0)
+        continue;
+      char buf[4096];
+      ssize_t n = read(out, buf, sizeof buf);
+      if (n <= 0)
+        return false;
+      text.append(buf, size_t(n));
+    }
+    return true;
+  }
+  int wait() {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (out >= 0)
+      close(out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+};
+
+Child spawn(const std::vector<std::string> &args) {
+  Child c;
+  int fds[2];
+  if (pipe(fds) != 0)
+    return c;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  std::vector<std::string> copy = args;
+  std::vector<char *> argv;
+  for (auto &a : copy)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (posix_spawnp(&c.pid, argv[0], &actions, nullptr, argv.data(), environ) != 0)
+    c.pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  c.out = fds[0];
+  return c;
+}
+
+uint16_t freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// ucx_perftest's bandwidth in GB/s (10^9 bytes/s), or a negative number.
+double perftest(const std::string &tool, const std::string &test, uint64_t size) {
+  uint64_t iters = std::max<uint64_t>(64, (256ull << 20) / size);
+  std::string port = std::to_string(freePort());
+  std::vector<std::string> common = {"-t", test, "-s", std::to_string(size), "-n",
+                                     std::to_string(iters), "-w",
+                                     std::to_string(iters / 10), "-p", port, "-v"};
+  std::vector<std::string> server = {tool};
+  server.insert(server.end(), common.begin(), common.end());
+  Child s = spawn(server);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::vector<std::string> client = {tool, "127.0.0.1"};
+  client.insert(client.end(), common.begin(), common.end());
+  Child c = spawn(client);
+  c.readUntil("\n__never__", 60000); // read to EOF
+  c.wait();
+  s.readUntil("\n__never__", 5000);
+  kill(s.pid, SIGTERM);
+  s.wait();
+  // CSV: iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr
+  std::stringstream in(c.text);
+  double best = -1;
+  for (std::string line; std::getline(in, line);) {
+    line.erase(0, line.find_first_not_of(' '));
+    auto fields = split(line);
+    // The last row is the final result (earlier "[thread 0]" rows are progress).
+    if (fields.size() == 8 && std::isdigit(static_cast<unsigned char>(fields[0][0])))
+      best = std::stod(fields[5]) * 1048576.0 / 1e9; // perftest's MB/s is MiB/s
+  }
+  if (best < 0)
+    std::cerr << "ucx_perftest " << test << " " << size << " failed:\n" << c.text << "\n";
+  return best;
+}
+
+struct Sample {
+  double gbps = 0;
+  double p50us = 0;
+};
+
+// Repeats `op` (moving `bytes` per call) for about `seconds`.
+template <typename Op> Sample measure(Op op, uint64_t bytes, double seconds) {
+  for (int i = 0; i < 3; ++i)
+    op(); // warm up (connection, page faults)
+  std::vector<double> times;
+  auto start = Clock::now();
+  auto until = start + std::chrono::duration<double>(seconds);
+  while (Clock::now() < until || times.size() < 5) {
+    auto t0 = Clock::now();
+    op();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  double total = std::chrono::duration<double>(Clock::now() - start).count();
+  std::sort(times.begin(), times.end());
+  return {double(bytes) * times.size() / total / 1e9, times[times.size() / 2] * 1e6};
+}
+
+struct Stats {
+  std::vector<double> values;
+  std::string str(int precision = 2) const {
+    if (values.empty())
+      return "-";
+    auto v = values;
+    std::sort(v.begin(), v.end());
+    char buf[96];
+    if (v.size() == 1)
+      std::snprintf(buf, sizeof buf, "%.*f", precision, v[0]);
+    else
+      std::snprintf(buf, sizeof buf, "%.*f (%.*f-%.*f)", precision, v[v.size() / 2],
+                    precision, v.front(), precision, v.back());
+    return buf;
+  }
+  double median() const {
+    auto v = values;
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+  }
+};
+
+void fail(const std::string &what) {
+  std::cerr << "llmir-kvstore-bench: " << what << "\n";
+  std::exit(1);
+}
+
+int serve() {
+  kv::ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 1ull << 30;
+  auto server = kv::Server::start(o);
+  if (!server)
+    fail(server.message());
+  std::cout << "port " << (*server)->port() << std::endl;
+  char c;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  pause(); // until the parent's SIGTERM
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  selfPath = argv[0];
+  std::vector<std::string> transports = {"tcp", "shm"};
+  std::vector<uint64_t> sizes = {16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20};
+  int repeats = 3;
+  double seconds = 0.4;
+  uint64_t batch = 8;
+  std::string tool = "ucx_perftest";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc)
+        fail(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--serve")
+      return serve();
+    if (a == "--transports")
+      transports = split(value());
+    else if (a == "--sizes") {
+      sizes.clear();
+      for (auto &s : split(value()))
+        sizes.push_back(parseSize(s));
+    } else if (a == "--repeats")
+      repeats = std::stoi(value());
+    else if (a == "--seconds")
+      seconds = std::stod(value());
+    else if (a == "--batch")
+      batch = std::stoull(value());
+    else if (a == "--perftest")
+      tool = value();
+    else
+      fail("unknown argument " + a + " (see the comment at the top of kvstore_bench.cpp)");
+  }
+
+  for (const std::string &transport : transports) {
+    std::string tls = transport == "shm" ? "shm,tcp" : transport;
+    setenv("UCX_TLS", tls.c_str(), 1);
+    // ucx_perftest exchanges addresses out of band: pure shared memory.
+    std::string perftestTls = transport == "shm" ? "shm" : transport;
+
+    Child server = spawn({selfPath, "--serve"});
+    if (!server.readUntil("\n", 20000))
+      fail("store did not start: " + server.text);
+    uint16_t port = uint16_t(std::stoi(server.text.substr(server.text.find(' ') + 1)));
+    kv::ClientOptions co;
+    co.port = port;
+    co.timeout = std::chrono::seconds(30);
+    auto client = kv::Client::create(co);
+    if (!client)
+      fail(client.message());
+
+    // ucx_perftest's best primitive at 1 MiB on this transport.
+    setenv("UCX_TLS", perftestTls.c_str(), 1);
+    std::string best;
+    double bestGbps = -1;
+    for (const char *test : {"ucp_am_bw", "tag_bw", "ucp_put_bw"}) {
+      double g = perftest(tool, test, 1 << 20);
+      std::cout << "# " << transport << ": ucx_perftest -t " << test
+                << " at 1 MiB: " << g << " GB/s\n";
+      if (g > bestGbps) {
+        bestGbps = g;
+        best = test;
+      }
+    }
+    setenv("UCX_TLS", tls.c_str(), 1);
+
+    std::map<uint64_t, std::map<std::string, Stats>> results;
+    for (int r = 0; r < repeats; ++r) {
+      for (uint64_t size : sizes) {
+        std::vector<std::vector<uint8_t>> data(batch, std::vector<uint8_t>(size));
+        for (uint64_t b = 0; b < batch; ++b)
+          for (uint64_t j = 0; j < size; j += 64)
+            data[b][j] = uint8_t(b + j);
+        std::vector<std::vector<uint8_t>> out(batch, std::vector<uint8_t>(size));
+        std::vector<kv::PutBlock> puts;
+        std::vector<kv::GetBlock> gets;
+        for (uint64_t b = 0; b < batch; ++b) {
+          std::vector<int32_t> tokens(16, int32_t(b * 1000003 + size));
+          kv::BlockKeyFields f{"bench", 0, 1, 0, 1, "bf16", 16, tokens};
+          kv::BlockKey key = *kv::makeBlockKey(f);
+          puts.push_back({key, "bf16", data[b].data(), size});
+          gets.push_back({key, "bf16", out[b].data(), size});
+        }
+        auto check = [](const auto &result, kv::BlockStatus want) {
+          if (!result)
+            fail(result.message());
+          for (auto s : *result)
+            if (s != want)
+              fail(std::string("unexpected block status ") + kv::blockStatusName(s));
+        };
+        auto &row = results[size];
+        Sample putOne = measure([&] { check((*client)->put(std::span(puts.data(), 1)),
+                                            kv::BlockStatus::Stored); },
+                                size, seconds);
+        Sample getOne = measure([&] { check((*client)->get(std::span(gets.data(), 1)),
+                                            kv::BlockStatus::Found); },
+                                size, seconds);
+        Sample putBatch = measure([&] { check((*client)->put(puts), kv::BlockStatus::Stored); },
+                                  size * batch, seconds);
+        Sample getBatch = measure([&] { check((*client)->get(gets), kv::BlockStatus::Found); },
+                                  size * batch, seconds);
+        if (out != data)
+          fail("get returned different bytes than put stored");
+        if (r == 0 && size == sizes.front())
+          std::cout << "# " << transport << " connection:\n"
+                    << (*client)->describeConnection();
+        setenv("UCX_TLS", perftestTls.c_str(), 1);
+        double ref = perftest(tool, best, size);
+        setenv("UCX_TLS", tls.c_str(), 1);
+        row["put1"].values.push_back(putOne.gbps);
+        row["get1"].values.push_back(getOne.gbps);
+        row["putN"].values.push_back(putBatch.gbps);
+        row["getN"].values.push_back(getBatch.gbps);
+        row["put_us"].values.push_back(putOne.p50us);
+        row["get_us"].values.push_back(getOne.p50us);
+        row["perftest"].values.push_back(ref);
+        row["ratio_put"].values.push_back(putBatch.gbps / ref);
+        row["ratio_get"].values.push_back(getBatch.gbps / ref);
+        std::cerr << "# round " << r + 1 << " " << transport << " " << sizeName(size)
+                  << " done\n";
+      }
+    }
+    client->reset();
+    kill(server.pid, SIGTERM);
+    server.wait();
+
+    std::cout << "\n## UCX_TLS=" << tls << " (ucx_perftest: UCX_TLS=" << perftestTls
+              << ", -t " << best << "), " << repeats
+              << " interleaved rounds, median (min-max), GB/s = 1e9 B/s\n\n";
+    std::cout << "| block | put GB/s (1/call) | get GB/s (1/call) | put GB/s (" << batch
+              << "/call) | get GB/s (" << batch << "/call) | put p50 us | get p50 us | "
+              << "ucx_perftest " << best << " GB/s | put/perftest | get/perftest |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|\n";
+    for (uint64_t size : sizes) {
+      auto &row = results[size];
+      std::cout << "| " << sizeName(size) << " | " << row["put1"].str() << " | "
+                << row["get1"].str() << " | " << row["putN"].str() << " | "
+                << row["getN"].str() << " | " << row["put_us"].str(0) << " | "
+                << row["get_us"].str(0) << " | " << row["perftest"].str() << " | "
+                << row["ratio_put"].str() << " | " << row["ratio_get"].str() << " |\n";
+    }
+    std::cout << std::flush;
+  }
+  return 0;
+}
