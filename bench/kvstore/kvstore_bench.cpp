@@ -3,7 +3,7 @@
 //
 //   llmir-kvstore-bench [--transports tcp,shm] [--sizes 16K,64K,256K,1M,4M]
 //                       [--repeats 3] [--seconds 0.4] [--batch 8]
-//                       [--perftest ucx_perftest]
+//                       [--perftest ucx_perftest]      (--help lists them)
 //
 // For each transport (UCX_TLS=tcp; UCX_TLS=shm,tcp: shared memory for data,
 // TCP only to set up the connection) it starts the store in a child process
@@ -14,6 +14,7 @@
 // of the store's batched bandwidth to ucx_perftest's.
 #include "llmir/kvstore/Client.h"
 #include "llmir/kvstore/Server.h"
+#include "llmir/net/Config.h"
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -223,9 +224,6 @@ int serve() {
   if (!server)
     fail(server.message());
   std::cout << "port " << (*server)->port() << std::endl;
-  char c;
-  while (read(STDIN_FILENO, &c, 1) > 0) {
-  }
   pause(); // until the parent's SIGTERM
   return 0;
 }
@@ -234,38 +232,38 @@ int serve() {
 
 int main(int argc, char **argv) {
   selfPath = argv[0];
-  std::vector<std::string> transports = {"tcp", "shm"};
-  std::vector<uint64_t> sizes = {16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20};
+  std::string transportList = "tcp,shm";
+  std::string sizeList = "16K,64K,256K,1M,4M";
   int repeats = 3;
   double seconds = 0.4;
   uint64_t batch = 8;
   std::string tool = "ucx_perftest";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        fail(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--serve")
-      return serve();
-    if (a == "--transports")
-      transports = split(value());
-    else if (a == "--sizes") {
-      sizes.clear();
-      for (auto &s : split(value()))
-        sizes.push_back(parseSize(s));
-    } else if (a == "--repeats")
-      repeats = std::stoi(value());
-    else if (a == "--seconds")
-      seconds = std::stod(value());
-    else if (a == "--batch")
-      batch = std::stoull(value());
-    else if (a == "--perftest")
-      tool = value();
-    else
-      fail("unknown argument " + a + " (see the comment at the top of kvstore_bench.cpp)");
+  bool serveMode = false;
+  llmir::net::Config config("llmir-kvstore-bench");
+  config.add("transports", &transportList, "tcp, shm (UCX_TLS=shm,tcp), comma-separated");
+  config.add("sizes", &sizeList, "block sizes (K, M suffixes), comma-separated");
+  config.add("repeats", &repeats, "interleaved rounds (store, then ucx_perftest, per size)");
+  config.add("seconds", &seconds, "time per store measurement");
+  config.add("batch", &batch, "blocks per call in the batched measurement");
+  config.add("perftest", &tool, "the ucx_perftest binary");
+  config.add("serve", &serveMode, "internal: run the store for the parent bench");
+  if (auto st = config.load(argc, argv); !st)
+    fail(st.message());
+  if (config.helpRequested()) {
+    std::cout << config.usage();
+    return 0;
   }
+  if (serveMode)
+    return serve();
+  std::vector<std::string> transports = split(transportList);
+  std::vector<uint64_t> sizes;
+  for (auto &s : split(sizeList))
+    sizes.push_back(parseSize(s));
+  if (transports.empty() || sizes.empty() || repeats < 1 || seconds <= 0 || batch < 1)
+    fail("transports and sizes must be non-empty; repeats, seconds, batch positive");
+  for (auto &t : transports)
+    if (t != "tcp" && t != "shm")
+      fail("transport '" + t + "' is not tcp or shm");
 
   for (const std::string &transport : transports) {
     std::string tls = transport == "shm" ? "shm,tcp" : transport;

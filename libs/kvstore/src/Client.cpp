@@ -51,7 +51,10 @@ struct Message {
 class Client::Impl {
 public:
   explicit Impl(const ClientOptions &options) : options_(options) {}
-  ~Impl() { disconnect(/*force=*/false); }
+  ~Impl() {
+    disconnect(/*force=*/false); // a clean close, seen by the store
+    worker_.reset();
+  }
 
   Result<std::vector<BlockStatus>> call(wire::Op op, size_t n, Timeout timeout);
 
@@ -155,11 +158,13 @@ void Client::Impl::disconnect(bool force) {
     if (m->descriptor)
       ucp_am_data_release(worker_->handle(), m->descriptor);
   toReceive_.clear();
-  messages_.clear();
+  // Destroying the worker completes (cancels) its requests, whose callbacks
+  // still see their messages; only then are the messages freed.
   if (force)
     worker_.reset();
   else if (worker_)
     worker_->progress();
+  messages_.clear();
 }
 
 void Client::Impl::onEndpointError(void *arg, ucp_ep_h, ucs_status_t status) {
