@@ -1,0 +1,180 @@
+// The server's own validation, seen from a raw UCX peer that speaks the wire
+// format directly (the library's Client always sends correct checksums): a
+// block whose bytes do not match its checksum is rejected and never stored,
+// while the good block of the same batch is stored; malformed requests get
+// an error reply instead of a crash.
+#include "Ucx.h"
+#include "Wire.h"
+#include "llmir/kvstore/Server.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+using namespace llmir::kvstore;
+namespace wire = llmir::kvstore::wire;
+
+namespace {
+
+struct RawPeer {
+  std::unique_ptr<ucx::Worker> worker;
+  ucp_ep_h ep = nullptr;
+  std::optional<std::vector<uint8_t>> reply; // the reply's AM header
+
+  static ucs_status_t onReply(void *arg, const void *header, size_t length, void *,
+                              size_t, const ucp_am_recv_param_t *) {
+    auto *self = static_cast<RawPeer *>(arg);
+    const auto *bytes = static_cast<const uint8_t *>(header);
+    self->reply.emplace(bytes, bytes + length);
+    return UCS_OK;
+  }
+
+  void connect(uint16_t port) {
+    auto w = ucx::Worker::create();
+    ASSERT_TRUE(w) << w.message();
+    worker = std::move(*w);
+    ucp_am_handler_param_t h{};
+    h.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                   UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    h.id = wire::kAmReply;
+    h.cb = &RawPeer::onReply;
+    h.arg = this;
+    ASSERT_EQ(ucp_worker_set_am_recv_handler(worker->handle(), &h), UCS_OK);
+    socklen_t len = 0;
+    auto addr = ucx::resolve("127.0.0.1", port, len);
+    ASSERT_TRUE(addr);
+    ucp_ep_params_t p{};
+    p.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                   UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+    p.sockaddr.addr = reinterpret_cast<const sockaddr *>(&*addr);
+    p.sockaddr.addrlen = len;
+    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ASSERT_EQ(ucp_ep_create(worker->handle(), &p, &ep), UCS_OK);
+  }
+
+  // Sends one request and waits up to 10 s for its reply header.
+  std::optional<std::vector<uint8_t>> roundTrip(const std::vector<uint8_t> &header,
+                                                const std::vector<uint8_t> &payload) {
+    reply.reset();
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_REPLY;
+    ucs_status_ptr_t req =
+        ucp_am_send_nbx(ep, wire::kAmRequest, header.data(), header.size(),
+                        payload.empty() ? nullptr : payload.data(), payload.size(), &param);
+    EXPECT_FALSE(UCS_PTR_IS_ERR(req));
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!reply && std::chrono::steady_clock::now() < until) {
+      if (!worker->progress())
+        worker->wait(5);
+    }
+    if (req && !UCS_PTR_IS_ERR(req)) {
+      while (ucp_request_check_status(req) == UCS_INPROGRESS)
+        worker->progress();
+      ucp_request_free(req);
+    }
+    return reply;
+  }
+
+  ~RawPeer() {
+    if (ep)
+      ucx::closeEndpoint(*worker, ep, /*force=*/true);
+  }
+};
+
+std::vector<uint8_t> request(wire::Op op, uint64_t id, const std::vector<wire::BlockMeta> &metas) {
+  wire::MessageHeader h;
+  h.op = static_cast<uint16_t>(op);
+  h.requestId = id;
+  h.count = static_cast<uint32_t>(metas.size());
+  std::vector<uint8_t> out(sizeof h + metas.size() * sizeof(wire::BlockMeta));
+  std::memcpy(out.data(), &h, sizeof h);
+  std::memcpy(out.data() + sizeof h, metas.data(), metas.size() * sizeof(wire::BlockMeta));
+  return out;
+}
+
+wire::BlockMeta meta(uint8_t keyByte, uint64_t bytes, uint64_t checksum) {
+  wire::BlockMeta m{};
+  std::memset(m.key, keyByte, sizeof m.key);
+  wire::setDtype(m, "f32");
+  m.bytes = bytes;
+  m.checksum = checksum;
+  return m;
+}
+
+std::vector<wire::BlockMeta> records(const std::vector<uint8_t> &reply) {
+  wire::MessageHeader h;
+  std::memcpy(&h, reply.data(), sizeof h);
+  std::vector<wire::BlockMeta> out(h.count);
+  if (reply.size() == sizeof h + h.count * sizeof(wire::BlockMeta))
+    std::memcpy(out.data(), reply.data() + sizeof h, h.count * sizeof(wire::BlockMeta));
+  return out;
+}
+
+TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
+  setenv("UCX_TLS", "tcp", 1);
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 1 << 20;
+  auto server = Server::start(o);
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+
+  for (size_t bytes : {size_t(512), size_t(256 << 10)}) { // eager and rendezvous
+    std::vector<uint8_t> payload(2 * bytes);
+    for (size_t i = 0; i < payload.size(); ++i)
+      payload[i] = uint8_t(i * 7);
+    uint64_t good = blockChecksum(payload.data(), bytes);
+    uint64_t second = blockChecksum(payload.data() + bytes, bytes);
+    auto reply = peer.roundTrip(
+        request(wire::Op::Put, 1, {meta(1, bytes, good), meta(2, bytes, second ^ 1)}),
+        payload);
+    ASSERT_TRUE(reply);
+    auto r = records(*reply);
+    ASSERT_EQ(r.size(), 2u);
+    EXPECT_EQ(r[0].code, uint32_t(wire::Code::Stored)) << bytes;
+    EXPECT_EQ(r[1].code, uint32_t(wire::Code::Rejected)) << bytes;
+
+    auto exists = peer.roundTrip(
+        request(wire::Op::Exists, 2, {meta(1, bytes, 0), meta(2, bytes, 0)}), {});
+    ASSERT_TRUE(exists);
+    r = records(*exists);
+    ASSERT_EQ(r.size(), 2u);
+    EXPECT_EQ(r[0].code, uint32_t(wire::Code::Found));
+    EXPECT_EQ(r[1].code, uint32_t(wire::Code::Missing)) << "a rejected block was stored";
+  }
+  PoolStats s = (*server)->stats();
+  EXPECT_EQ(s.rejected, 2u);
+  EXPECT_EQ(s.bytesReserved, 0u) << "a rejected put's reservation leaked";
+
+  // Malformed requests: an error reply naming the problem, and the server
+  // keeps serving.
+  auto mismatched = peer.roundTrip(request(wire::Op::Put, 3, {meta(3, 100, 0)}),
+                                   std::vector<uint8_t>(50));
+  ASSERT_TRUE(mismatched);
+  wire::MessageHeader h;
+  std::memcpy(&h, mismatched->data(), sizeof h);
+  ASSERT_GT(h.errorLength, 0u);
+  std::string why(reinterpret_cast<const char *>(mismatched->data() + sizeof h), h.errorLength);
+  EXPECT_NE(why.find("does not match"), std::string::npos) << why;
+
+  std::vector<uint8_t> truncated = request(wire::Op::Get, 4, {meta(4, 100, 0)});
+  truncated.resize(truncated.size() - 10);
+  auto bad = peer.roundTrip(truncated, {});
+  ASSERT_TRUE(bad);
+  std::memcpy(&h, bad->data(), sizeof h);
+  EXPECT_GT(h.errorLength, 0u);
+  EXPECT_EQ(h.requestId, 4u);
+
+  // Key 1 now holds the 256 KiB block of the second round.
+  auto stillServing = peer.roundTrip(request(wire::Op::Exists, 5, {meta(1, 256 << 10, 0)}), {});
+  ASSERT_TRUE(stillServing);
+  EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
+}
+
+} // namespace
