@@ -5,11 +5,15 @@
 // an error reply instead of a crash.
 #include "Ucx.h"
 #include "Wire.h"
+#include "llmir/kvstore/Client.h"
 #include "llmir/kvstore/Server.h"
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -175,6 +179,147 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   auto stillServing = peer.roundTrip(request(wire::Op::Exists, 5, {meta(1, 256 << 10, 0)}), {});
   ASSERT_TRUE(stillServing);
   EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
+}
+
+} // namespace
+
+namespace {
+
+// A fake store that answers every get with the bytes it was built with,
+// claiming they are the requested blocks, with a checksum and key chosen by
+// the test: the client must reject what does not match.
+struct LyingStore {
+  std::unique_ptr<ucx::Worker> worker;
+  ucp_listener_h listener = nullptr;
+  std::vector<ucp_ep_h> eps;
+  std::vector<uint8_t> bytes;        // sent for every Found block
+  bool corruptChecksum = false;      // record's checksum != bytes
+  bool wrongKey = false;             // record's key != requested key
+  std::vector<uint8_t> replyHeader;  // kept until the send completes
+  std::vector<ucp_dt_iov_t> iov;     // so is the iov array (UCX reads it later)
+  std::atomic<bool> stop{false};
+  std::thread thread;
+
+  static void onConnect(ucp_conn_request_h request, void *arg) {
+    auto *self = static_cast<LyingStore *>(arg);
+    ucp_ep_params_t p{};
+    p.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                   UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    p.conn_request = request;
+    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p.err_handler.cb = [](void *, ucp_ep_h, ucs_status_t) {}; // the client left
+    p.err_handler.arg = nullptr;
+    ucp_ep_h ep;
+    if (ucp_ep_create(self->worker->handle(), &p, &ep) == UCS_OK)
+      self->eps.push_back(ep);
+  }
+
+  static ucs_status_t onRequest(void *arg, const void *header, size_t length, void *,
+                                size_t, const ucp_am_recv_param_t *param) {
+    auto *self = static_cast<LyingStore *>(arg);
+    wire::MessageHeader h;
+    std::memcpy(&h, header, sizeof h);
+    self->replyHeader.assign(static_cast<const uint8_t *>(header),
+                             static_cast<const uint8_t *>(header) + length);
+    std::vector<ucp_dt_iov_t> &iov = self->iov;
+    iov.clear();
+    for (uint32_t i = 0; i < h.count; ++i) {
+      wire::BlockMeta m;
+      uint8_t *at = self->replyHeader.data() + sizeof h + i * sizeof m;
+      std::memcpy(&m, at, sizeof m);
+      m.code = uint32_t(wire::Code::Found);
+      m.checksum = blockChecksum(self->bytes.data(), self->bytes.size()) ^
+                   (self->corruptChecksum ? 1 : 0);
+      if (self->wrongKey)
+        m.key[0] ^= 0xff;
+      std::memcpy(at, &m, sizeof m);
+      iov.push_back({self->bytes.data(), self->bytes.size()});
+    }
+    ucp_request_param_t rp{};
+    rp.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
+    rp.datatype = UCP_DATATYPE_IOV;
+    ucs_status_ptr_t req =
+        ucp_am_send_nbx(param->reply_ep, wire::kAmReply, self->replyHeader.data(),
+                        self->replyHeader.size(), iov.data(), iov.size(), &rp);
+    if (req && !UCS_PTR_IS_ERR(req))
+      ucp_request_free(req); // completes on later progress
+    return UCS_OK;
+  }
+
+  uint16_t start() {
+    auto w = ucx::Worker::create(/*listener=*/true);
+    EXPECT_TRUE(w) << w.message();
+    worker = std::move(*w);
+    ucp_am_handler_param_t h{};
+    h.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                   UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    h.id = wire::kAmRequest;
+    h.cb = &LyingStore::onRequest;
+    h.arg = this;
+    EXPECT_EQ(ucp_worker_set_am_recv_handler(worker->handle(), &h), UCS_OK);
+    socklen_t len = 0;
+    auto addr = ucx::resolve("127.0.0.1", 0, len);
+    ucp_listener_params_t lp{};
+    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr = reinterpret_cast<const sockaddr *>(&*addr);
+    lp.sockaddr.addrlen = len;
+    lp.conn_handler.cb = &LyingStore::onConnect;
+    lp.conn_handler.arg = this;
+    EXPECT_EQ(ucp_listener_create(worker->handle(), &lp, &listener), UCS_OK);
+    ucp_listener_attr_t attr{};
+    attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    EXPECT_EQ(ucp_listener_query(listener, &attr), UCS_OK);
+    thread = std::thread([this] {
+      while (!stop)
+        if (!worker->progress())
+          worker->wait(5);
+    });
+    return ntohs(reinterpret_cast<const sockaddr_in *>(&attr.sockaddr)->sin_port);
+  }
+
+  ~LyingStore() {
+    stop = true;
+    if (thread.joinable())
+      thread.join();
+    for (ucp_ep_h ep : eps)
+      ucx::closeEndpoint(*worker, ep, /*force=*/true);
+    if (listener)
+      ucp_listener_destroy(listener);
+  }
+};
+
+TEST(KvStoreRawProtocol, TheClientRejectsBlocksThatDoNotMatch) {
+  setenv("UCX_TLS", "tcp", 1);
+  for (size_t size : {size_t(512), size_t(256 << 10)}) { // eager and rendezvous
+    for (int mode = 0; mode < 3; ++mode) {
+      SCOPED_TRACE("size " + std::to_string(size) + " mode " + std::to_string(mode));
+      LyingStore store;
+      store.bytes.assign(size, 0x5a);
+      store.corruptChecksum = mode == 1;
+      store.wrongKey = mode == 2;
+      uint16_t port = store.start();
+      ClientOptions o;
+      o.port = port;
+      o.timeout = std::chrono::seconds(10);
+      auto client = Client::create(o);
+      ASSERT_TRUE(client) << client.message();
+      std::vector<uint8_t> out(size, 0);
+      BlockKey key;
+      key.bytes.fill(7);
+      GetBlock g{key, "f32", out.data(), size};
+      auto got = (*client)->get(std::span(&g, 1));
+      ASSERT_TRUE(got) << got.message();
+      if (mode == 0) {
+        EXPECT_EQ((*got)[0], BlockStatus::Found) << "an honest reply is accepted";
+        EXPECT_EQ(out, store.bytes);
+      } else {
+        EXPECT_EQ((*got)[0], BlockStatus::Rejected)
+            << (mode == 1 ? "corrupted bytes" : "another key") << ", " << size << " bytes";
+        if (mode == 2)
+          EXPECT_EQ(out, std::vector<uint8_t>(size, 0)) << "another key's bytes reached the caller";
+      }
+    }
+  }
 }
 
 } // namespace
