@@ -102,14 +102,28 @@ public:
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         exited_ = true;
+        drain(0);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       }
-      std::this_thread::sleep_for(20ms);
+      drain(20); // a child blocked on a full pipe would never exit
     }
     return std::nullopt;
   }
 
 private:
+  // Reads whatever output is ready, waiting up to `timeoutMs` for the first.
+  void drain(int timeoutMs) {
+    pollfd p{out_, POLLIN, 0};
+    while (poll(&p, 1, timeoutMs) > 0) {
+      char buf[4096];
+      ssize_t n = read(out_, buf, sizeof buf);
+      if (n <= 0)
+        return;
+      text_.append(buf, size_t(n));
+      timeoutMs = 0;
+    }
+  }
+
   pid_t pid_ = -1;
   int out_ = -1;
   bool exited_ = false;
