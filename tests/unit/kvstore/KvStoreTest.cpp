@@ -14,6 +14,8 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 using namespace llmir::kvstore;
@@ -285,6 +287,65 @@ TEST_P(KvStore, ARestartedServerIsAnErrorThenUsedAgain) {
   ASSERT_TRUE(again) << again.message();
   EXPECT_EQ((*again)[0], BlockStatus::Found);
   EXPECT_EQ(out, data);
+}
+
+TEST_P(KvStore, ConcurrentClientsUnderEvictionNeverSeeWrongBytes) {
+  // Four clients (one per thread) put and get their own blocks into a store
+  // that holds a fraction of them, so blocks are evicted while others are
+  // being sent: every get is Found with exactly the bytes put, or Missing.
+  constexpr size_t kBlock = 64 << 10;
+  auto server = startServer(12 * kBlock);
+  ASSERT_TRUE(server);
+  uint16_t port = server->port();
+  std::atomic<int> found{0}, missing{0}, wrong{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      ClientOptions o;
+      o.port = port;
+      o.timeout = 10s;
+      auto client = Client::create(o);
+      if (!client) {
+        ++errors;
+        return;
+      }
+      std::vector<std::vector<uint8_t>> data;
+      for (int i = 0; i < 8; ++i)
+        data.push_back(bytesOf(kBlock, uint32_t(t * 100 + i)));
+      std::vector<uint8_t> out(kBlock);
+      for (int round = 0; round < 10; ++round)
+        for (int i = 0; i < 8; ++i) {
+          BlockKey key = keyFor("concurrent-" + std::to_string(t), i);
+          PutBlock p{key, "f32", data[i].data(), kBlock};
+          auto stored = (*client)->put(std::span(&p, 1));
+          if (!stored) {
+            ++errors;
+            continue;
+          }
+          int back = (i + 5) % 8; // an older block, perhaps evicted by now
+          GetBlock g{keyFor("concurrent-" + std::to_string(t), back), "f32", out.data(),
+                     kBlock};
+          auto got = (*client)->get(std::span(&g, 1));
+          if (!got)
+            ++errors;
+          else if ((*got)[0] == BlockStatus::Found)
+            (out == data[back] ? found : wrong)++;
+          else if ((*got)[0] == BlockStatus::Missing)
+            ++missing;
+          else
+            ++wrong;
+        }
+    });
+  for (auto &th : threads)
+    th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(found + missing, 4 * 10 * 8);
+  EXPECT_GT(missing.load(), 0) << "the bound should have evicted some blocks";
+  PoolStats s = server->stats();
+  EXPECT_LE(s.bytesHeld, 12 * kBlock);
+  EXPECT_EQ(s.bytesReserved, 0u);
+  EXPECT_GT(s.evictions, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, KvStore, ::testing::Values("tcp", "shm,tcp"),
