@@ -16,6 +16,9 @@ PACKAGES=(
   # kv store: SHA-256 block keys (OpenSSL), XXH3 block checksums
   libssl-dev libxxhash-dev
   prometheus-cpp-dev
+  # HMAC-SHA256 and random nonces for the internal plane's handshake
+  # (libs/support ClusterAuth; only libcrypto is linked)
+  libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # promtool and a Prometheus server for the metrics tests

@@ -50,6 +50,11 @@ for b in llmir-compiler-service llmir-scheduler llmir-shard-worker; do
 done
 
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/llmir-mesh.XXXXXX")"
+# A throwaway cluster secret for this mesh (docs/reliability.md): every
+# process reads it through LLMIR_CLUSTER_SECRET_FILE, so only they can join
+# the workers' port, the rendezvous store and the compiler service.
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$workdir/cluster.secret")
+export LLMIR_CLUSTER_SECRET_FILE="$workdir/cluster.secret"
 pids=()
 names=()
 

@@ -12,6 +12,7 @@
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <boost/json.hpp>
 #include <google/protobuf/util/json_util.h>
@@ -32,11 +33,12 @@ namespace svc = llmir::compiler_service;
 namespace {
 
 struct Settings {
-  std::string host = "0.0.0.0";
+  std::string host = "127.0.0.1";
   uint16_t port = 8081;
   unsigned threads = 4;
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
+  std::string clusterSecretFile;
 };
 
 struct Metrics {
@@ -152,6 +154,9 @@ int main(int argc, char **argv) {
   config.add("http.threads", &s.threads, "HTTP threads (a compile occupies one)");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("cluster.secret-file", &s.clusterSecretFile,
+             "file holding the cluster secret; /v1/* then needs its derived bearer token "
+             "(else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
   if (auto st = config.load(argc, argv); !st) {
     std::cerr << "llmir-compiler-service: " << st.message() << "\n";
     return 2;
@@ -176,11 +181,40 @@ int main(int argc, char **argv) {
   }
   llmir::net::initLogging("compiler", level);
 
+  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  if (!clusterSecret) {
+    std::cerr << "llmir-compiler-service: " << clusterSecret.message() << "\n";
+    return 2;
+  }
+  if (auto st = llmir::auth::requireSecretOffLoopback(*clusterSecret, s.host,
+                                                      "llmir-compiler-service");
+      !st) {
+    std::cerr << "llmir-compiler-service: " << st.message() << "\n";
+    return 2;
+  }
+  if (!*clusterSecret)
+    llmir::net::logWarn("no cluster secret: any local process can compile and fetch plans");
+
   Metrics metrics;
   svc::PlanStore store;
   llmir::net::HttpServer server;
+  // /v1/* (compiles, plans, programs) needs the bearer derived from the
+  // cluster secret; health and metrics stay open for probes and scrapers.
+  auto authorized = [secret = *clusterSecret](const HttpRequest &req) {
+    return !secret ||
+           llmir::auth::checkBearer(*secret, llmir::auth::kCompilerAudience,
+                                    req.header("authorization").value_or(""));
+  };
+  const auto unauthorized = [] {
+    HttpResponse res = HttpResponse::error(
+        401, "the compiler service needs the cluster's bearer token (docs/reliability.md)");
+    res.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return res;
+  };
 
   server.route("POST", "/v1/compile", [&](const HttpRequest &req) {
+    if (!authorized(req))
+      return unauthorized();
     auto request = parseCompileRequest(req.body);
     if (!request) {
       metrics.requests.Add({{"outcome", "bad_request"}}).Increment();
@@ -213,6 +247,8 @@ int main(int argc, char **argv) {
   });
 
   server.routePrefix("GET", "/v1/plans/", [&](const HttpRequest &req) {
+    if (!authorized(req))
+      return unauthorized();
     auto path = parsePlanPath(req.path);
     if (!path)
       return HttpResponse::error(404, "expected /v1/plans/{id} or /v1/plans/{id}/ranks/{rank}");

@@ -5,6 +5,7 @@
 #include "llmir/net/Log.h"
 #include "llmir/runtime/RendezvousStore.h"
 #include "llmir/serving/RemoteBackend.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <boost/json.hpp>
 
@@ -19,6 +20,10 @@ namespace llmir::scheduler {
 namespace {
 using Clock = std::chrono::steady_clock;
 
+// What a worker sends that ends up in log lines is bounded.
+constexpr size_t kMaxWorkerIdBytes = 256;
+constexpr size_t kMaxLoggedErrorBytes = 4096;
+
 enum class WorkerState { Unregistered, Idle, Joining, Serving, Draining };
 
 struct Worker {
@@ -26,6 +31,7 @@ struct Worker {
   std::string workerId;
   WorkerState state = WorkerState::Unregistered;
   std::string replicaId;
+  Clock::time_point connectedAt = Clock::now();
   Clock::time_point lastSeen = Clock::now();
   uint64_t order = 0; // registration order: the pool is first come, first assigned
 };
@@ -75,8 +81,16 @@ struct WorkerMesh::Impl {
                              {"pp", options.pp},
                              {"kv_block_size", options.kvBlockSize}};
     const std::string url = options.compilerUrl + "/v1/compile";
-    auto response = net::httpPost(url, boost::json::serialize(body), "application/json",
-                                  options.compileTimeout);
+    net::HttpClientRequest request;
+    request.method = "POST";
+    request.url = url;
+    request.body = boost::json::serialize(body);
+    request.timeout = options.compileTimeout;
+    if (options.clusterSecret)
+      request.headers.emplace_back(
+          "Authorization",
+          "Bearer " + auth::bearerToken(*options.clusterSecret, auth::kCompilerAudience));
+    auto response = net::httpRequest(request);
     if (!response)
       return response.status().withContext("POST " + url);
     if (response->status != 200)
@@ -213,6 +227,7 @@ struct WorkerMesh::Impl {
 
   void onMessage(const net::FramedConnectionPtr &conn, proto::Envelope e) {
     std::shared_ptr<serving::RemoteBackend> deliverTo;
+    uint32_t fromRank = 0;
     {
       std::lock_guard<std::mutex> lock(mutex);
       auto found = workers.find(conn->id());
@@ -223,7 +238,19 @@ struct WorkerMesh::Impl {
       if (e.has_register_worker()) {
         if (w.state != WorkerState::Unregistered)
           return;
-        w.workerId = e.register_worker().worker_id();
+        const std::string &id = e.register_worker().worker_id();
+        if (id.empty() || id.size() > kMaxWorkerIdBytes) {
+          // Refused before it reaches a log line or a metric label.
+          proto::Envelope error;
+          error.set_protocol_version(net::kWorkerProtocolVersion);
+          error.mutable_error()->set_message(
+              "worker_id must have 1 to " + std::to_string(kMaxWorkerIdBytes) + " bytes, got " +
+              std::to_string(id.size()));
+          (void)conn->send(error);
+          conn->close();
+          return;
+        }
+        w.workerId = id;
         w.state = WorkerState::Idle;
         w.order = nextOrder++;
         net::logInfo("worker registered", {{"worker_id", w.workerId},
@@ -249,19 +276,28 @@ struct WorkerMesh::Impl {
         net::logInfo("replica ready", {{"replica_id", replica.id}});
         router.addReplica(replica.id, replica.backend);
       } else if (e.has_step_response()) {
+        // Only a rank of the replica the step went to may answer it, once
+        // (RemoteBackend counts distinct ranks).
         auto it = replicas.find(w.replicaId);
-        if (it != replicas.end() && it->second.ready)
-          deliverTo = it->second.backend;
+        if (it != replicas.end() && it->second.ready && w.state == WorkerState::Serving) {
+          const auto &ranks = it->second.ranks;
+          auto rank = std::find(ranks.begin(), ranks.end(), conn->id());
+          if (rank != ranks.end()) {
+            deliverTo = it->second.backend;
+            fromRank = static_cast<uint32_t>(rank - ranks.begin());
+          }
+        }
       } else if (e.has_drain()) {
         if (w.state != WorkerState::Draining)
           onDrainLocked(w, e.drain().reason());
       } else if (e.has_error()) {
         net::logWarn("worker reported an error",
-                     {{"worker_id", w.workerId}, {"error", e.error().message()}});
+                     {{"worker_id", w.workerId},
+                      {"error", e.error().message().substr(0, kMaxLoggedErrorBytes)}});
       }
     }
     if (deliverTo) // completes the step: the router's work, not under our lock
-      deliverTo->onResponse(e.step_response());
+      deliverTo->onResponse(fromRank, e.step_response());
   }
 
   void onClose(const net::FramedConnectionPtr &conn, const Status &why) {
@@ -289,7 +325,13 @@ struct WorkerMesh::Impl {
     while (!wake.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping; })) {
       const auto now = Clock::now();
       for (auto &[id, w] : workers)
-        if (w.state != WorkerState::Unregistered && now - w.lastSeen > options.heartbeatTimeout) {
+        if (w.state == WorkerState::Unregistered) {
+          if (now - w.connectedAt > options.registerTimeout && w.conn->isOpen()) {
+            net::logWarn("connection did not register in time; closing",
+                         {{"peer", w.conn->peer()}});
+            w.conn->close();
+          }
+        } else if (now - w.lastSeen > options.heartbeatTimeout) {
           net::logWarn("heartbeat timeout", {{"worker_id", w.workerId}});
           w.conn->close(); // onClose tears its replica down
         }
@@ -308,8 +350,13 @@ Result<std::unique_ptr<WorkerMesh>> WorkerMesh::start(MeshOptions options,
                                                      serving::ReplicaRouter &router) {
   auto impl = std::make_unique<Impl>(std::move(options), router);
   LLMIR_RETURN_IF_ERROR(impl->compile());
+  LLMIR_RETURN_IF_ERROR(auth::requireSecretOffLoopback(
+      impl->options.clusterSecret, impl->options.workerHost,
+      "the workers' endpoint and rendezvous store"));
+  runtime::StoreServerOptions storeOptions;
+  storeOptions.clusterSecret = impl->options.clusterSecret;
   auto store = runtime::RendezvousServer::start(impl->options.workerHost,
-                                                   impl->options.storePort);
+                                                impl->options.storePort, storeOptions);
   if (!store)
     return store.status().withContext("starting the rendezvous store");
   impl->store = std::move(*store);
@@ -325,8 +372,12 @@ Result<std::unique_ptr<WorkerMesh>> WorkerMesh::start(MeshOptions options,
   handlers.onClose = [self](const net::FramedConnectionPtr &conn, const Status &why) {
     self->onClose(conn, why);
   };
+  net::FramedOptions framedOptions;
+  framedOptions.clusterSecret = impl->options.clusterSecret;
+  framedOptions.maxFrameBytes = impl->options.maxFrameBytes;
+  framedOptions.handshakeTimeout = impl->options.registerTimeout;
   auto server = net::FramedServer::start(impl->options.workerHost, impl->options.workerPort,
-                                         handlers);
+                                         handlers, framedOptions);
   if (!server)
     return server.status().withContext("starting the workers' endpoint");
   impl->server = std::move(*server);

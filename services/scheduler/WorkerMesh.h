@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace llmir::scheduler {
@@ -35,6 +36,14 @@ struct MeshOptions {
   std::chrono::milliseconds joinTimeout{120000};
   std::chrono::milliseconds drainGrace{30000};
   std::chrono::milliseconds compileTimeout{300000};
+  /// The internal plane's secret: workers and store clients must prove it
+  /// (docs/reliability.md); sent as a derived bearer to the compiler service.
+  std::optional<std::string> clusterSecret;
+  /// A connection that has not registered (after the handshake) this long
+  /// after connecting is closed.
+  std::chrono::milliseconds registerTimeout{5000};
+  /// Frames from workers larger than this close their connection.
+  uint32_t maxFrameBytes = 64u << 20;
 };
 
 class WorkerMesh {

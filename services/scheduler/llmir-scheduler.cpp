@@ -24,6 +24,7 @@
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/InProcessBackend.h"
 #include "llmir/serving/ReplicaRouter.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <boost/json.hpp>
 
@@ -74,6 +75,9 @@ struct Settings {
   uint32_t shedRetryAfterS = 1;
   uint32_t noReplicaRetryAfterS = 5;
   std::string lbPolicy = "weighted";
+  std::string clusterSecretFile;
+  uint32_t workerMaxFrameBytes = 64u << 20;
+  uint32_t registerTimeoutMs = 5000;
 };
 
 void bind(net::Config &config, Settings &s) {
@@ -129,6 +133,13 @@ void bind(net::Config &config, Settings &s) {
   config.add("shed-retry-after-s", &s.shedRetryAfterS, "Retry-After of the 429 (seconds)");
   config.add("no-replica-retry-after-s", &s.noReplicaRetryAfterS,
              "Retry-After of the no-replica 503 (seconds)");
+  config.add("cluster.secret-file", &s.clusterSecretFile,
+             "mesh: file holding the cluster secret workers, the store and the compiler "
+             "service must share (else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
+  config.add("worker-max-frame-bytes", &s.workerMaxFrameBytes,
+             "mesh: larger frames from a worker close its connection");
+  config.add("register-timeout-ms", &s.registerTimeoutMs,
+             "mesh: a connection that has not authenticated and registered this long is closed");
 }
 
 void writePortFile(const std::string &path, uint16_t port) {
@@ -318,7 +329,18 @@ int run(const Settings &s) {
     router.addReplica("local", std::shared_ptr<serving::ReplicaBackend>(std::move(*backend)));
     router.sync();
   } else {
+    auto clusterSecret = auth::loadClusterSecret(s.clusterSecretFile);
+    if (!clusterSecret) {
+      net::logError("cannot load the cluster secret", {{"error", clusterSecret.message()}});
+      return 2;
+    }
+    if (!*clusterSecret)
+      net::logWarn("no cluster secret: any local process can join the mesh as a worker "
+                   "(set cluster.secret-file; docs/reliability.md)");
     scheduler::MeshOptions meshOptions;
+    meshOptions.clusterSecret = *clusterSecret;
+    meshOptions.maxFrameBytes = s.workerMaxFrameBytes;
+    meshOptions.registerTimeout = std::chrono::milliseconds(s.registerTimeoutMs);
     meshOptions.compilerUrl = s.compilerUrl;
     meshOptions.modelDir = fs::absolute(s.model).string();
     meshOptions.tp = s.tp;

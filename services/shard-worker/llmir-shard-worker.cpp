@@ -14,6 +14,7 @@
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -53,6 +54,7 @@ struct Settings {
   uint32_t drainGraceMs = 30000;
   unsigned threads = 0;
   std::string logLevel = "info";
+  std::string clusterSecretFile;
 };
 
 struct Metrics {
@@ -138,6 +140,9 @@ int main(int argc, char **argv) {
   config.add("timeouts.drain-grace-ms", &s.drainGraceMs,
              "after SIGTERM, keep serving steps this long at most");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("cluster.secret-file", &s.clusterSecretFile,
+             "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
+             "docs/reliability.md)");
   if (auto st = config.load(argc, argv); !st) {
     std::cerr << "llmir-shard-worker: " << st.message() << "\n";
     return 2;
@@ -199,7 +204,16 @@ int main(int argc, char **argv) {
               << llmir::engine::cudaDeviceCount() << " CUDA device(s) visible\n";
     return 2;
   }
+  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  if (!clusterSecret) {
+    std::cerr << "llmir-shard-worker: " << clusterSecret.message() << "\n";
+    return 2;
+  }
+  if (!*clusterSecret)
+    net::logWarn("no cluster secret: the scheduler, store and compiler service must run "
+                 "without one (loopback only)");
   llmir::shard_worker::ShardWorkerOptions options;
+  options.clusterSecret = *clusterSecret;
   options.device = *device;
   options.kvCacheDtype = *kvCacheDtype;
   options.ncclCollectives =
@@ -234,8 +248,11 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  net::FramedOptions framedOptions;
+  framedOptions.clusterSecret = *clusterSecret;
   auto client = net::FramedClient::connect(s.schedulerHost, s.schedulerPort,
-                                           std::chrono::milliseconds(s.connectTimeoutMs));
+                                           std::chrono::milliseconds(s.connectTimeoutMs),
+                                           {}, framedOptions);
   if (!client) {
     net::logError("cannot reach the scheduler", {{"error", client.message()}});
     return 1;

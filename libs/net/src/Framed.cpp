@@ -3,6 +3,8 @@
 // and posts the frame to the strand.
 #include "llmir/net/Framed.h"
 
+#include "llmir/support/ClusterAuth.h"
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -12,10 +14,12 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -28,14 +32,21 @@ using error_code = boost::system::error_code;
 
 std::atomic<uint64_t> nextConnectionId{1};
 
+// Bodies are read in pieces of this size: memory follows the bytes received,
+// not the size a peer announces.
+constexpr size_t kReadChunk = 64 * 1024;
+
+enum class Role { Client, Server };
+
 class Connection : public FramedConnection,
                    public std::enable_shared_from_this<Connection> {
 public:
   Connection(tcp::socket socket, std::shared_ptr<asio::io_context> ioc,
-             std::shared_ptr<const FramedHandlers> handlers, FramedOptions options)
+             std::shared_ptr<const FramedHandlers> handlers, FramedOptions options,
+             Role role)
       : socket_(std::move(socket)), ioc_(std::move(ioc)),
-        handlers_(std::move(handlers)), options_(options),
-        id_(nextConnectionId++) {
+        handlers_(std::move(handlers)), options_(options), role_(role),
+        handshakeTimer_(socket_.get_executor()), id_(nextConnectionId++) {
     error_code ec;
     auto ep = socket_.remote_endpoint(ec);
     peer_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -45,9 +56,12 @@ public:
 
   void start() {
     asio::post(socket_.get_executor(), [self = shared_from_this()] {
-      if (self->handlers_->onOpen)
-        self->handlers_->onOpen(self);
-      self->readHeader();
+      if (!self->options_.clusterSecret)
+        return self->opened();
+      if (self->role_ == Role::Client)
+        self->clientHandshake();
+      else
+        self->serverHandshake();
     });
   }
 
@@ -101,6 +115,87 @@ public:
   uint64_t id() const override { return id_; }
 
 private:
+  // Authenticated (or no secret): the connection is the application's now.
+  void opened() {
+    if (!open_)
+      return;
+    authenticated_ = true;
+    handshakeTimer_.cancel();
+    for (std::string &frame : heldFrames_)
+      outQueue_.push_back(std::move(frame));
+    heldFrames_.clear();
+    if (handlers_->onOpen)
+      handlers_->onOpen(shared_from_this());
+    flush();
+    if (open_)
+      readHeader();
+  }
+
+  Status handshakeError(const error_code &ec) const {
+    return Status::error("cluster handshake with " + peer_ + " failed: " +
+                         (ec == asio::error::eof ? std::string("the peer closed the connection")
+                                                 : ec.message()) +
+                         " (does it hold the same cluster secret?)");
+  }
+
+  // Reads exactly n handshake bytes, then calls next(bytes).
+  void readExactly(size_t n, std::function<void(std::string)> next) {
+    handshakeIn_.assign(n, '\0');
+    asio::async_read(socket_, asio::buffer(handshakeIn_),
+                     [self = shared_from_this(), next = std::move(next)](error_code ec, size_t) {
+                       if (ec)
+                         return self->finish(self->handshakeError(ec));
+                       next(std::move(self->handshakeIn_));
+                     });
+  }
+
+  void writeRaw(std::string bytes) {
+    queuedBytes_ += bytes.size();
+    outQueue_.push_back(std::move(bytes));
+    flush();
+  }
+
+  void clientHandshake() {
+    auto handshake = std::make_shared<auth::ClientHandshake>(*options_.clusterSecret);
+    writeRaw(handshake->hello());
+    readExactly(auth::kAnswerBytes, [self = shared_from_this(), handshake](std::string answer) {
+      auto proof = handshake->answer(answer);
+      if (!proof)
+        return self->finish(proof.status().withContext("server " + self->peer_));
+      self->writeRaw(std::move(*proof));
+      self->readExactly(auth::kAcceptBytes, [self](std::string accept) {
+        if (accept[0] != auth::kAcceptByte)
+          return self->finish(Status::error("server " + self->peer_ +
+                                            " did not accept the cluster handshake"));
+        self->opened();
+      });
+    });
+  }
+
+  void serverHandshake() {
+    handshakeTimer_.expires_after(options_.handshakeTimeout);
+    handshakeTimer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec && !self->authenticated_)
+        self->finish(Status::error("peer " + self->peer_ +
+                                   " did not complete the cluster handshake within " +
+                                   std::to_string(self->options_.handshakeTimeout.count()) +
+                                   " ms"));
+    });
+    auto handshake = std::make_shared<auth::ServerHandshake>(*options_.clusterSecret);
+    readExactly(auth::kHelloBytes, [self = shared_from_this(), handshake](std::string hello) {
+      auto answer = handshake->hello(hello);
+      if (!answer)
+        return self->finish(answer.status().withContext("peer " + self->peer_));
+      self->writeRaw(std::move(*answer));
+      self->readExactly(auth::kProofBytes, [self, handshake](std::string proof) {
+        if (Status checked = handshake->proof(proof); !checked)
+          return self->finish(checked.withContext("peer " + self->peer_));
+        self->writeRaw(std::string(1, auth::kAcceptByte));
+        self->opened();
+      });
+    });
+  }
+
   void readHeader() {
     asio::async_read(socket_, asio::buffer(header_),
                      [self = shared_from_this()](error_code ec, size_t) {
@@ -118,12 +213,23 @@ private:
   }
 
   void readBody(uint32_t size) {
-    body_.resize(size);
-    asio::async_read(socket_, asio::buffer(body_),
-                     [self = shared_from_this()](error_code ec, size_t) {
+    body_.clear();
+    bodyRemaining_ = size;
+    readBodyChunk();
+  }
+
+  void readBodyChunk() {
+    if (bodyRemaining_ == 0)
+      return deliver();
+    const size_t n = std::min<size_t>(bodyRemaining_, kReadChunk);
+    const size_t at = body_.size();
+    body_.resize(at + n);
+    asio::async_read(socket_, asio::buffer(body_.data() + at, n),
+                     [self = shared_from_this(), n](error_code ec, size_t) {
                        if (ec)
                          return self->finish(self->readError(ec));
-                       self->deliver();
+                       self->bodyRemaining_ -= n;
+                       self->readBodyChunk();
                      });
   }
 
@@ -137,6 +243,7 @@ private:
                     std::to_string(envelope.protocol_version()) +
                     " is not supported; this peer speaks " +
                     std::to_string(kWorkerProtocolVersion));
+    body_ = std::string(); // a large frame's buffer is not kept for the next one
     if (handlers_->onMessage)
       handlers_->onMessage(shared_from_this(), std::move(envelope));
     if (open_)
@@ -151,6 +258,8 @@ private:
 
   // Tells the peer why (best effort) and disconnects.
   void reject(const std::string &why) {
+    if (!authenticated_)
+      return finish(Status::error("from " + peer_ + ": " + why));
     proto::Envelope error;
     error.set_protocol_version(kWorkerProtocolVersion);
     error.mutable_error()->set_message(why);
@@ -167,6 +276,10 @@ private:
   void enqueue(std::string frame) {
     if (!open_)
       return;
+    if (!authenticated_) { // nothing of the application's before the handshake
+      heldFrames_.push_back(std::move(frame));
+      return;
+    }
     outQueue_.push_back(std::move(frame));
     flush();
   }
@@ -196,6 +309,7 @@ private:
     if (!open_.exchange(false))
       return;
     error_code ignored;
+    handshakeTimer_.cancel();
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
     // The queue stays: a write in flight still points into its front.
@@ -207,6 +321,12 @@ private:
   std::shared_ptr<asio::io_context> ioc_; // keeps the executor alive
   std::shared_ptr<const FramedHandlers> handlers_;
   FramedOptions options_;
+  Role role_;
+  asio::steady_timer handshakeTimer_;
+  bool authenticated_ = false;
+  std::string handshakeIn_;
+  std::vector<std::string> heldFrames_;
+  uint64_t bodyRemaining_ = 0;
   uint64_t id_;
   std::string peer_;
   std::atomic<bool> open_{true};
@@ -299,7 +419,7 @@ struct FramedServer::Impl {
         return;
       if (!ec) {
         auto conn = std::make_shared<Connection>(std::move(socket), loop.ioc,
-                                                 handlers, options);
+                                                 handlers, options, Role::Server);
         {
           std::lock_guard lock(mu);
           live[conn->id()] = conn;
@@ -365,6 +485,7 @@ struct FramedClient::Impl {
   std::deque<proto::Envelope> inbox;
   std::optional<Status> closeReason;
   FramedConnectionPtr connection;
+  bool opened = false;
   bool closed = false;
 };
 
@@ -383,6 +504,16 @@ FramedClient::connect(const std::string &host, uint16_t port,
       raw->inbox.push_back(std::move(e));
       raw->cv.notify_all();
     };
+  auto userOpen = handlers.onOpen;
+  handlers.onOpen = [raw, userOpen](const FramedConnectionPtr &c) {
+    {
+      std::lock_guard lock(raw->mu);
+      raw->opened = true;
+      raw->cv.notify_all();
+    }
+    if (userOpen)
+      userOpen(c);
+  };
   auto userClose = handlers.onClose;
   handlers.onClose = [raw, userClose](const FramedConnectionPtr &c, const Status &s) {
     {
@@ -416,12 +547,30 @@ FramedClient::connect(const std::string &host, uint16_t port,
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   auto conn = std::make_shared<Connection>(std::move(socket), impl->loop.ioc,
-                                           shared, options);
+                                           shared, options, Role::Client);
   impl->live[conn->id()] = conn;
   impl->connection = conn;
   conn->start();
   impl->loop.run();
-  return std::unique_ptr<FramedClient>(new FramedClient(std::move(impl)));
+  auto client = std::unique_ptr<FramedClient>(new FramedClient(std::move(impl)));
+  // With a secret, the connection is usable once the server proved it.
+  std::optional<Status> failed;
+  {
+    std::unique_lock lock(raw->mu);
+    const auto left = std::max(deadline - std::chrono::steady_clock::now(),
+                               std::chrono::steady_clock::duration(
+                                   std::chrono::milliseconds(options.handshakeTimeout)));
+    if (!raw->cv.wait_for(lock, left, [&] { return raw->opened || raw->closeReason; }))
+      failed = Status::error("framed client: the cluster handshake with " + host + ":" +
+                             std::to_string(port) + " did not finish in time");
+    else if (!raw->opened)
+      failed = *raw->closeReason;
+  }
+  if (failed) {
+    client->close();
+    return failed->withContext("framed client");
+  }
+  return client;
 }
 
 Status FramedClient::send(const proto::Envelope &envelope) {

@@ -97,7 +97,8 @@ DistributedRuntime::init(const RuntimeConfig &config) {
   if (Status s = validate(config); !s.isOk())
     return s.withContext(where);
   auto store =
-      RendezvousClient::connect(config.storeHost, config.storePort, config.timeout);
+      RendezvousClient::connect(config.storeHost, config.storePort, config.timeout,
+                                config.clusterSecret);
   if (!store)
     return store.status().withContext(where);
   auto backend = config.backend == "nccl" ? detail::createNcclBackend(config)

@@ -20,7 +20,8 @@ constexpr std::chrono::milliseconds kServerGrace = std::chrono::seconds(5);
 
 Result<std::unique_ptr<RendezvousClient>>
 RendezvousClient::connect(const std::string &host, uint16_t port,
-                          std::chrono::milliseconds timeout) {
+                          std::chrono::milliseconds timeout,
+                          const std::optional<std::string> &clusterSecret) {
   std::string endpoint = host + ":" + std::to_string(port);
   auto address = resolveTcp(host, port);
   if (!address)
@@ -36,6 +37,11 @@ RendezvousClient::connect(const std::string &host, uint16_t port,
     if (::connect(fd, address->sockaddr(), address->length) == 0) {
       int one = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      if (clusterSecret)
+        if (Status shook = wire::clientHandshake(fd, *clusterSecret); !shook) {
+          ::close(fd);
+          return shook.withContext("rendezvous client: store at " + endpoint);
+        }
       return std::unique_ptr<RendezvousClient>(
           new RendezvousClient(fd, endpoint, timeout));
     }

@@ -14,17 +14,19 @@
 #include <thread>
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 namespace llmir::runtime {
 
-// Longest a GET/WAIT may block on the server, whatever the client asks for.
-constexpr std::chrono::milliseconds kMaxBlock = std::chrono::hours(1);
+// A blocked GET/WAIT looks this often whether its client is still there.
+constexpr std::chrono::milliseconds kClientCheck{200};
 
 struct RendezvousServer::State {
   int listenFd = -1;
   uint16_t port = 0;
+  StoreServerOptions options;
 
   std::mutex mutex;
   std::condition_variable changed;
@@ -42,9 +44,10 @@ struct RendezvousServer::State {
 
   void acceptLoop();
   void serve(int fd);
-  wire::Frame handle(const wire::Frame &request);
-  /// Blocks until every key exists, the deadline passes or the server stops.
-  bool waitForKeys(std::unique_lock<std::mutex> &lock,
+  wire::Frame handle(int fd, const wire::Frame &request);
+  /// Blocks until every key exists, the deadline passes, the client on `fd`
+  /// disconnects or the server stops.
+  bool waitForKeys(std::unique_lock<std::mutex> &lock, int fd,
                    const std::vector<std::string> &keys, uint64_t timeoutMs);
   void reapFinished();
 };
@@ -77,24 +80,41 @@ std::optional<std::vector<std::string>> readKeys(wire::PayloadReader &in) {
   return keys;
 }
 
+// A client that closed its end (or reset) while its request blocks: nothing
+// will read the answer, so the wait ends. A request it pipelined after the
+// blocking one does not count as going away.
+bool clientGone(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) <= 0)
+    return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 } // namespace
 
-bool RendezvousServer::State::waitForKeys(std::unique_lock<std::mutex> &lock,
+bool RendezvousServer::State::waitForKeys(std::unique_lock<std::mutex> &lock, int fd,
                                           const std::vector<std::string> &keys,
                                           uint64_t timeoutMs) {
-  auto budget = std::min<std::chrono::milliseconds>(
-      std::chrono::milliseconds(std::min<uint64_t>(timeoutMs, kMaxBlock.count())),
-      kMaxBlock);
+  const uint64_t maxBlock = static_cast<uint64_t>(options.maxBlock.count());
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(std::min(timeoutMs, maxBlock));
   auto allPresent = [&] {
     return std::all_of(keys.begin(), keys.end(),
                        [&](const std::string &k) { return values.count(k); });
   };
-  changed.wait_until(lock, std::chrono::steady_clock::now() + budget,
-                     [&] { return stopping || allPresent(); });
+  while (!stopping && !allPresent()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline)
+      break;
+    changed.wait_until(lock, std::min(deadline, now + kClientCheck),
+                       [&] { return stopping || allPresent(); });
+    if (!allPresent() && clientGone(fd))
+      break;
+  }
   return allPresent();
 }
 
-wire::Frame RendezvousServer::State::handle(const wire::Frame &request) {
+wire::Frame RendezvousServer::State::handle(int fd, const wire::Frame &request) {
   wire::PayloadReader in(request.payload);
   std::unique_lock<std::mutex> lock(mutex);
   switch (request.code) {
@@ -112,7 +132,7 @@ wire::Frame RendezvousServer::State::handle(const wire::Frame &request) {
     auto timeoutMs = in.u64();
     if (!key || !timeoutMs || !in.atEnd())
       return badRequest("GET expects key and timeout");
-    if (!waitForKeys(lock, {*key}, *timeoutMs))
+    if (!waitForKeys(lock, fd, {*key}, *timeoutMs))
       return reply(wire::kTimeout);
     return reply(wire::kOk, values[*key]);
   }
@@ -130,7 +150,9 @@ wire::Frame RendezvousServer::State::handle(const wire::Frame &request) {
         return badRequest("ADD on key '" + *key +
                           "' whose value is not a decimal counter");
     }
-    int64_t next = current + static_cast<int64_t>(*delta);
+    int64_t next = 0;
+    if (__builtin_add_overflow(current, static_cast<int64_t>(*delta), &next))
+      return badRequest("ADD on key '" + *key + "' overflows a 64-bit counter");
     std::string text = std::to_string(next);
     values[*key] = std::vector<char>(text.begin(), text.end());
     changed.notify_all();
@@ -141,7 +163,7 @@ wire::Frame RendezvousServer::State::handle(const wire::Frame &request) {
     auto timeoutMs = in.u64();
     if (!keys || !timeoutMs || !in.atEnd())
       return badRequest("WAIT expects keys and timeout");
-    return reply(waitForKeys(lock, *keys, *timeoutMs) ? wire::kOk
+    return reply(waitForKeys(lock, fd, *keys, *timeoutMs) ? wire::kOk
                                                       : wire::kTimeout);
   }
   case wire::kCheck: {
@@ -160,6 +182,12 @@ wire::Frame RendezvousServer::State::handle(const wire::Frame &request) {
 }
 
 void RendezvousServer::State::serve(int fd) {
+  if (options.clusterSecret) {
+    setSocketTimeout(fd, options.handshakeTimeout);
+    if (!wire::serverHandshake(fd, *options.clusterSecret))
+      return; // unanswered: a stranger learns nothing
+    setSocketTimeout(fd, std::chrono::milliseconds(0)); // requests may block long
+  }
   for (;;) {
     bool tooLarge = false;
     auto request = wire::readFrame(fd, &tooLarge);
@@ -175,7 +203,7 @@ void RendezvousServer::State::serve(int fd) {
                          std::to_string(wire::kVersion)));
       return;
     }
-    wire::Frame response = handle(*request);
+    wire::Frame response = handle(fd, *request);
     if (!wire::writeFrame(fd, response) || response.code == wire::kBadRequest)
       return;
   }
@@ -210,10 +238,18 @@ void RendezvousServer::State::acceptLoop() {
       }
     }
     reapFinished();
-    auto done = std::make_shared<std::atomic<bool>>(false);
     std::lock_guard<std::mutex> guard(connectionsMutex);
+    if (connections.size() >= options.maxConnections) {
+      // Over the bound: refused at once (no thread), the client sees EOF.
+      ::close(fd);
+      continue;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
     connections.push_back(Connection{fd, std::thread([this, fd, done] {
                                        serve(fd);
+                                       // The peer sees EOF now; the fd is
+                                       // closed when the thread is reaped.
+                                       ::shutdown(fd, SHUT_RDWR);
                                        done->store(true);
                                      }),
                                      done});
@@ -224,7 +260,8 @@ RendezvousServer::RendezvousServer(std::shared_ptr<State> state)
     : state_(std::move(state)) {}
 
 Result<std::unique_ptr<RendezvousServer>>
-RendezvousServer::start(const std::string &host, uint16_t port) {
+RendezvousServer::start(const std::string &host, uint16_t port,
+                        StoreServerOptions options) {
   auto address = resolveTcp(host, port);
   if (!address)
     return address.status().withContext("rendezvous server");
@@ -247,6 +284,7 @@ RendezvousServer::start(const std::string &host, uint16_t port) {
     return bound.status().withContext("rendezvous server");
   }
   auto state = std::make_shared<State>();
+  state->options = std::move(options);
   state->listenFd = fd;
   state->port = *bound;
   state->acceptor = std::thread([raw = state.get()] { raw->acceptLoop(); });
@@ -254,6 +292,12 @@ RendezvousServer::start(const std::string &host, uint16_t port) {
 }
 
 uint16_t RendezvousServer::port() const { return state_->port; }
+
+size_t RendezvousServer::numConnections() const {
+  state_->reapFinished();
+  std::lock_guard<std::mutex> guard(state_->connectionsMutex);
+  return state_->connections.size();
+}
 
 void RendezvousServer::stop() {
   {

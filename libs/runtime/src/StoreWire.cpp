@@ -1,5 +1,8 @@
 #include "StoreWire.h"
 
+#include "llmir/support/ClusterAuth.h"
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <sys/socket.h>
@@ -19,6 +22,8 @@ template <typename T> T loadLe(const unsigned char *p) {
     v |= static_cast<T>(p[i]) << (8 * i);
   return v;
 }
+
+} // namespace
 
 bool writeAll(int fd, const char *data, size_t size) {
   while (size > 0) {
@@ -47,7 +52,53 @@ bool readAll(int fd, char *data, size_t size) {
   return true;
 }
 
+namespace {
+std::optional<std::string> readBytes(int fd, size_t n) {
+  std::string out(n, '\0');
+  if (!readAll(fd, out.data(), n))
+    return std::nullopt;
+  return out;
+}
 } // namespace
+
+Status clientHandshake(int fd, const std::string &secret) {
+  auth::ClientHandshake handshake(secret);
+  if (!writeAll(fd, handshake.hello().data(), handshake.hello().size()))
+    return Status::error("cluster handshake: cannot send the hello");
+  auto answer = readBytes(fd, auth::kAnswerBytes);
+  if (!answer)
+    return Status::error("cluster handshake: the store closed the connection or did not "
+                         "answer (does it hold the same cluster secret?)");
+  auto proof = handshake.answer(*answer);
+  if (!proof)
+    return proof.status();
+  if (!writeAll(fd, proof->data(), proof->size()))
+    return Status::error("cluster handshake: cannot send the proof");
+  auto accept = readBytes(fd, auth::kAcceptBytes);
+  if (!accept || (*accept)[0] != auth::kAcceptByte)
+    return Status::error("cluster handshake: the store did not accept our proof");
+  return Status::ok();
+}
+
+Status serverHandshake(int fd, const std::string &secret) {
+  auth::ServerHandshake handshake(secret);
+  auto hello = readBytes(fd, auth::kHelloBytes);
+  if (!hello)
+    return Status::error("cluster handshake: no hello");
+  auto answer = handshake.hello(*hello);
+  if (!answer)
+    return answer.status();
+  if (!writeAll(fd, answer->data(), answer->size()))
+    return Status::error("cluster handshake: cannot answer");
+  auto proof = readBytes(fd, auth::kProofBytes);
+  if (!proof)
+    return Status::error("cluster handshake: no proof");
+  LLMIR_RETURN_IF_ERROR(handshake.proof(*proof));
+  const char accept = auth::kAcceptByte;
+  if (!writeAll(fd, &accept, 1))
+    return Status::error("cluster handshake: cannot accept");
+  return Status::ok();
+}
 
 PayloadWriter &PayloadWriter::u8(uint8_t v) {
   out_.push_back(static_cast<char>(v));
@@ -130,9 +181,15 @@ std::optional<Frame> readFrame(int fd, bool *tooLarge) {
       *tooLarge = true;
     return std::nullopt;
   }
-  frame.payload.resize(size);
-  if (!readAll(fd, frame.payload.data(), size))
-    return std::nullopt;
+  // In pieces: memory follows the bytes received, not the size announced.
+  constexpr size_t kChunk = 64 * 1024;
+  while (frame.payload.size() < size) {
+    const size_t at = frame.payload.size();
+    const size_t n = std::min<size_t>(kChunk, size - at);
+    frame.payload.resize(at + n);
+    if (!readAll(fd, frame.payload.data() + at, n))
+      return std::nullopt;
+  }
   return frame;
 }
 

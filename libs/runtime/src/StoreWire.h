@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include "llmir/support/Status.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,6 +53,14 @@ private:
   const std::vector<char> &in_;
   size_t pos_ = 0;
 };
+
+/// Blocking exact-size socket I/O; false on EOF, error or timeout.
+bool writeAll(int fd, const char *data, size_t size);
+bool readAll(int fd, char *data, size_t size);
+/// Runs the cluster handshake (llmir/support/ClusterAuth.h) on a blocking
+/// socket, as client or server.
+Status clientHandshake(int fd, const std::string &secret);
+Status serverHandshake(int fd, const std::string &secret);
 
 /// Writes a whole frame; false on any socket error.
 bool writeFrame(int fd, const Frame &frame);

@@ -18,6 +18,7 @@ void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
     pending.done = std::move(done);
     pending.merged.set_step_id(stepId);
     pending.merged.set_ok(true);
+    pending.ranksAnswered.assign(worldSize_, false);
   }
   for (uint32_t rank = 0; rank < worldSize_; ++rank)
     if (Status sent = send_(rank, request); !sent) {
@@ -27,15 +28,18 @@ void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
     }
 }
 
-void RemoteBackend::onResponse(const proto::StepResponse &response) {
+void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &response) {
   StepDone done;
   Result<proto::StepResponse> result = Status::error("unset");
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = pending_.find(response.step_id());
-    if (it == pending_.end())
+    if (it == pending_.end() || rank >= worldSize_)
       return;
     Pending &pending = it->second;
+    if (pending.ranksAnswered[rank])
+      return; // one answer per rank: a rank cannot stand in for its peers
+    pending.ranksAnswered[rank] = true;
     if (!response.ok() && pending.error.empty())
       pending.error = response.error();
     for (const proto::SampledToken &token : response.tokens())

@@ -4,6 +4,7 @@
 #include "llmir/net/HttpClient.h"
 #include "llmir/net/Log.h"
 #include "llmir/serving/StepSampling.h"
+#include "llmir/support/ClusterAuth.h"
 
 namespace llmir::shard_worker {
 namespace {
@@ -82,7 +83,14 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   rank_ = assign.rank();
   const std::string url = assign.compiler_url() + "/v1/plans/" + assign.plan_id() +
                           "/ranks/" + std::to_string(assign.rank());
-  auto fetched = net::httpGet(url, options_.fetchTimeout);
+  net::HttpClientRequest request;
+  request.url = url;
+  request.timeout = options_.fetchTimeout;
+  if (options_.clusterSecret)
+    request.headers.emplace_back(
+        "Authorization",
+        "Bearer " + auth::bearerToken(*options_.clusterSecret, auth::kCompilerAudience));
+  auto fetched = net::httpRequest(request);
   if (!fetched)
     return fetched.status().withContext("fetching this rank's program");
   if (fetched->status != 200)
@@ -110,6 +118,7 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   config.storePrefix = assign.store_prefix();
   config.hostname = options_.advertiseHost;
   config.timeout = options_.collectiveTimeout;
+  config.clusterSecret = options_.clusterSecret;
   if (options_.ncclCollectives) {
     config.backend = "nccl";
     config.cudaDevice = options_.device.index;

@@ -7,6 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdint>
+#include <functional>
 #include <thread>
 
 using namespace llmir::runtime;
@@ -109,6 +112,127 @@ TEST_F(RendezvousStoreTest, WrongProtocolVersionIsRejected) {
   ::close(fd);
   // The server keeps serving others.
   EXPECT_TRUE(client()->set("still", "up").isOk());
+}
+
+int connectRaw(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// A GET of `key` with a one-hour timeout, as raw bytes.
+std::string rawGet(const std::string &key) {
+  std::string payload;
+  auto le = [&](uint64_t v, int n) {
+    for (int i = 0; i < n; ++i)
+      payload += static_cast<char>((v >> (8 * i)) & 0xff);
+  };
+  le(key.size(), 4);
+  payload += key;
+  le(3600 * 1000, 8);
+  std::string frame = {1, 2};
+  for (int i = 0; i < 4; ++i)
+    frame += static_cast<char>((payload.size() >> (8 * i)) & 0xff);
+  return frame + payload;
+}
+
+bool eventually(const std::function<bool()> &condition) {
+  for (int i = 0; i < 500; ++i) {
+    if (condition())
+      return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return condition();
+}
+
+// Issue 14, finding 4: 200 abandoned GETs left 213 threads for 10+ minutes.
+TEST_F(RendezvousStoreTest, AnAbandonedWaitEndsWithItsClient) {
+  for (int i = 0; i < 20; ++i) {
+    int fd = connectRaw(server_->port());
+    ASSERT_GE(fd, 0);
+    const std::string get = rawGet("never-set");
+    ASSERT_EQ(::write(fd, get.data(), get.size()), static_cast<ssize_t>(get.size()));
+    ::close(fd);
+  }
+  EXPECT_TRUE(eventually([&] { return server_->numConnections() == 0; }))
+      << server_->numConnections() << " connections still served";
+}
+
+TEST_F(RendezvousStoreTest, AddRefusesToOverflow) {
+  auto c = client();
+  ASSERT_TRUE(c->add("n", INT64_MAX).isOk());
+  auto wrapped = c->add("n", 1);
+  ASSERT_FALSE(wrapped.isOk());
+  EXPECT_NE(wrapped.message().find("overflows"), std::string::npos) << wrapped.message();
+  EXPECT_EQ(*client()->add("n", 0), INT64_MAX);
+}
+
+TEST(RendezvousStoreBoundsTest, ConnectionsOverTheBoundAreRefused) {
+  StoreServerOptions options;
+  options.maxConnections = 4;
+  auto server = RendezvousServer::start("127.0.0.1", 0, options);
+  ASSERT_TRUE(server.isOk()) << server.message();
+  std::vector<std::unique_ptr<RendezvousClient>> clients;
+  for (int i = 0; i < 4; ++i) {
+    auto c = RendezvousClient::connect("127.0.0.1", (*server)->port(), 5s);
+    ASSERT_TRUE(c.isOk()) << c.message();
+    ASSERT_TRUE((*c)->set("k" + std::to_string(i), "v").isOk());
+    clients.push_back(std::move(*c));
+  }
+  auto fifth = RendezvousClient::connect("127.0.0.1", (*server)->port(), 5s);
+  ASSERT_TRUE(fifth.isOk()); // TCP connects; the server closes it at once
+  EXPECT_FALSE((*fifth)->set("k", "v").isOk());
+  EXPECT_LE((*server)->numConnections(), 4u);
+  clients.pop_back(); // a slot frees up
+  EXPECT_TRUE(eventually([&] {
+    auto c = RendezvousClient::connect("127.0.0.1", (*server)->port(), 5s);
+    return c.isOk() && (*c)->set("again", "v").isOk();
+  }));
+}
+
+TEST(RendezvousStoreAuthTest, OnlyClientsWithTheSecretAreServed) {
+  const std::string secret = "store-test-secret-0123456789";
+  StoreServerOptions options;
+  options.clusterSecret = secret;
+  options.handshakeTimeout = 500ms;
+  auto server = RendezvousServer::start("127.0.0.1", 0, options);
+  ASSERT_TRUE(server.isOk()) << server.message();
+  const uint16_t port = (*server)->port();
+
+  auto good = RendezvousClient::connect("127.0.0.1", port, 5s, secret);
+  ASSERT_TRUE(good.isOk()) << good.message();
+  ASSERT_TRUE((*good)->set("addr/0", "10.0.0.1:1234").isOk());
+
+  auto wrong = RendezvousClient::connect("127.0.0.1", port, 5s,
+                                         std::string("wrong-secret-0123456789"));
+  ASSERT_FALSE(wrong.isOk());
+  EXPECT_NE(wrong.message().find("did not prove the cluster secret"), std::string::npos)
+      << wrong.message();
+
+  // Without the handshake: a plain GET is never answered, the connection closes.
+  int fd = connectRaw(port);
+  ASSERT_GE(fd, 0);
+  const std::string get = rawGet("addr/0");
+  ASSERT_EQ(::write(fd, get.data(), get.size()), static_cast<ssize_t>(get.size()));
+  char buffer[256];
+  ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+  ::close(fd);
+  EXPECT_LE(n, 0) << "a client without the secret got " << n << " bytes";
+  // Silent connections are dropped after the handshake timeout.
+  fd = connectRaw(port);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::recv(fd, buffer, sizeof buffer, 0), 0);
+  ::close(fd);
+  EXPECT_TRUE((*good)->get("addr/0", 1s).isOk());
 }
 
 TEST_F(RendezvousStoreTest, StoppedServerGivesErrorsNotHangs) {

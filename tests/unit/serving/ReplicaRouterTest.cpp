@@ -142,12 +142,17 @@ TEST(RemoteBackendTest, CompletesWhenEveryRankAnsweredAndFailsOnRequest) {
   deciding.set_ok(true);
   deciding.add_tokens()->set_token_id(42);
   deciding.add_prompt_logprobs()->add_logprobs(-1.5f);
-  backend.onResponse(deciding);
+  backend.onResponse(0, deciding);
   EXPECT_FALSE(done.has_value()) << "waits for every rank";
+  // Issue 14: rank 0 answering twice (or a rank outside the replica) must not
+  // stand in for rank 1.
+  backend.onResponse(0, deciding);
+  backend.onResponse(2, deciding);
+  EXPECT_FALSE(done.has_value()) << "a repeated rank is not another rank";
   proto::StepResponse other;
   other.set_step_id(7);
   other.set_ok(true);
-  backend.onResponse(other);
+  backend.onResponse(1, other);
   ASSERT_TRUE(done.has_value());
   ASSERT_TRUE(done->isOk());
   ASSERT_EQ((*done)->tokens_size(), 1);

@@ -3,6 +3,13 @@
 // serialized Envelope. A peer that sends a frame over the size limit, bytes
 // that do not parse, or an Envelope of an unknown protocol_version is answered
 // with an Error envelope (when possible) and disconnected.
+//
+// With a cluster secret (FramedOptions::clusterSecret) every connection first
+// runs the challenge-response of llmir/support/ClusterAuth.h: the server
+// hands a connection to onOpen only once the peer proved the secret (and
+// drops it when that takes longer than handshakeTimeout), the client's
+// connect() returns only once the server proved it. No envelope is read or
+// sent before.
 #pragma once
 
 #include "llmir/proto/worker.pb.h"
@@ -12,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace llmir::net {
@@ -22,7 +30,14 @@ constexpr proto::WorkerProtocolVersion kWorkerProtocolVersion =
     proto::WORKER_PROTOCOL_VERSION_1;
 
 struct FramedOptions {
+  /// Larger frames are refused. A frame's body is read as it arrives (64 KiB
+  /// at a time), so an announced size costs no memory before its bytes come.
   uint32_t maxFrameBytes = 64u << 20;
+  /// When set, both sides must hold this secret (see above).
+  std::optional<std::string> clusterSecret;
+  /// Server side: a connection that has not finished the handshake by then
+  /// is closed.
+  std::chrono::milliseconds handshakeTimeout{5000};
   /// Outgoing messages queued beyond this many bytes fail send() (a peer
   /// that stopped reading must not grow our memory without bound).
   uint64_t maxQueuedBytes = 256u << 20;

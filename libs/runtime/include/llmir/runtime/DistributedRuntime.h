@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,8 @@ struct RuntimeConfig {
   std::string storePrefix = "llmir";
   /// CUDA device for nccl; -1 picks rank % (number of visible devices).
   int cudaDevice = -1;
+  /// The store's cluster secret, when it requires one.
+  std::optional<std::string> clusterSecret;
 };
 
 namespace detail {

@@ -18,6 +18,10 @@
 //
 // A frame with another version or a payload over 64 MiB is answered with
 // "bad request" and the connection is closed.
+//
+// With a cluster secret, a connection first runs the handshake of
+// llmir/support/ClusterAuth.h (raw bytes, before any frame); a peer that does
+// not finish it within the handshake timeout is dropped unanswered.
 #pragma once
 
 #include "llmir/support/Status.h"
@@ -26,23 +30,38 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace llmir::runtime {
 
-/// Serves the store on host:port, one thread per connection, until stopped
-/// or destroyed. Values live in memory only.
+struct StoreServerOptions {
+  /// When set, clients must prove it before their first request.
+  std::optional<std::string> clusterSecret;
+  /// Connections served at once (one thread each); more are closed at accept.
+  uint32_t maxConnections = 256;
+  /// A connection that has not finished the handshake by then is closed.
+  std::chrono::milliseconds handshakeTimeout{5000};
+  /// Longest a GET/WAIT may block, whatever the client asks for.
+  std::chrono::milliseconds maxBlock{std::chrono::minutes(10)};
+};
+
+/// Serves the store on host:port, one thread per connection (at most
+/// maxConnections), until stopped or destroyed. Values live in memory only.
+/// A GET/WAIT ends when its client disconnects.
 class RendezvousServer {
 public:
   /// Binds and starts listening; port 0 picks an ephemeral port.
-  static Result<std::unique_ptr<RendezvousServer>> start(const std::string &host,
-                                                         uint16_t port);
+  static Result<std::unique_ptr<RendezvousServer>>
+  start(const std::string &host, uint16_t port, StoreServerOptions options = {});
   ~RendezvousServer();
   RendezvousServer(const RendezvousServer &) = delete;
   RendezvousServer &operator=(const RendezvousServer &) = delete;
 
   uint16_t port() const;
+  /// Connections being served now.
+  size_t numConnections() const;
   /// Closes every connection and wakes blocked GET/WAIT calls. Idempotent.
   void stop();
 
@@ -58,10 +77,12 @@ private:
 /// calls by their timeout, the others by the client's I/O timeout.
 class RendezvousClient {
 public:
-  /// Connects, retrying until `timeout` passes (the server may start later).
+  /// Connects, retrying until `timeout` passes (the server may start later),
+  /// and runs the cluster handshake when `clusterSecret` is set.
   static Result<std::unique_ptr<RendezvousClient>>
   connect(const std::string &host, uint16_t port,
-          std::chrono::milliseconds timeout);
+          std::chrono::milliseconds timeout,
+          const std::optional<std::string> &clusterSecret = std::nullopt);
   ~RendezvousClient();
   RendezvousClient(const RendezvousClient &) = delete;
   RendezvousClient &operator=(const RendezvousClient &) = delete;

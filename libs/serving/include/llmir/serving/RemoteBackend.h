@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace llmir::serving {
 
@@ -22,8 +23,10 @@ public:
 
   ReplicaInfo info() const override { return info_; }
   void submit(const proto::StepRequest &request, StepDone done) override;
-  /// One rank's answer (any thread). Answers to unknown steps are dropped.
-  void onResponse(const proto::StepResponse &response);
+  /// Rank `rank`'s answer (any thread). A step completes once every rank
+  /// answered; answers to unknown steps, a second answer from the same rank
+  /// and ranks outside [0, world size) are dropped.
+  void onResponse(uint32_t rank, const proto::StepResponse &response);
   /// Fails every step in flight and every later one with `why` (a rank is
   /// gone: its peers' answers will not complete those steps).
   void fail(const std::string &why);
@@ -33,6 +36,7 @@ private:
   struct Pending {
     StepDone done;
     uint32_t answered = 0;
+    std::vector<bool> ranksAnswered;
     proto::StepResponse merged;
     std::string error;
   };
