@@ -9,7 +9,11 @@
 namespace llmir::model {
 namespace {
 
+// The cache of merged words: at most this many words, each at most this long
+// (a longer word is merged every time; issue 14: one-word prompts of 1 MB
+// grew the cache by 9.4 MB each, even when the request was then refused).
 constexpr size_t kMaxCachedWords = 100000;
+constexpr size_t kMaxCachedWordBytes = 256;
 
 /// A merge entry: "a b" (older files) or ["a", "b"] (newer files).
 Result<std::pair<std::string, std::string>> parseMerge(const boost::json::value &merge,
@@ -138,6 +142,10 @@ void BpeModel::encodeWord(std::string_view word, std::vector<int32_t> &out) cons
       return;
     }
   }
+  if (word.size() > kMaxCachedWordBytes) {
+    mergeWord(word, out);
+    return;
+  }
   {
     std::shared_lock lock(cache_->mutex);
     auto cached = cache_->words.find(std::string(word));
@@ -152,6 +160,11 @@ void BpeModel::encodeWord(std::string_view word, std::vector<int32_t> &out) cons
   std::unique_lock lock(cache_->mutex);
   if (cache_->words.size() < kMaxCachedWords)
     cache_->words.emplace(std::string(word), std::move(ids));
+}
+
+size_t BpeModel::numCachedWords() const {
+  std::shared_lock lock(cache_->mutex);
+  return cache_->words.size();
 }
 
 void BpeModel::mergeWord(std::string_view word, std::vector<int32_t> &out) const {

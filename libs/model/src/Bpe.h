@@ -28,6 +28,8 @@ public:
   void encodeWord(std::string_view word, std::vector<int32_t> &out) const;
 
   const std::unordered_map<std::string, int32_t> &vocab() const { return vocab_; }
+  /// Words in the merge cache now.
+  size_t numCachedWords() const;
 
 private:
   struct MergeResult {

@@ -1,6 +1,7 @@
 #include "llmir/model/Checkpoint.h"
 
 #include "JsonFields.h"
+#include "llmir/model/ModelConfig.h"
 
 #include <filesystem>
 #include <set>
@@ -58,7 +59,7 @@ Result<Checkpoint> Checkpoint::open(const std::string &path) {
   }
 
   const std::string indexName = indexPath.string();
-  Result<std::string> text = json::readFile(indexName);
+  Result<std::string> text = json::readFile(indexName, kMaxConfigFileBytes);
   if (!text)
     return text.status();
   Result<boost::json::value> index = json::parse(*text, indexName);

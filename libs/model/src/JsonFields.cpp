@@ -1,20 +1,34 @@
 #include "JsonFields.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
 
 namespace llmir::model::json {
 
-Result<std::string> readFile(const std::string &path) {
+Result<std::string> readFile(const std::string &path, uint64_t maxBytes) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    return Status::error(path + ": cannot open file for reading");
+  if (!std::filesystem::is_regular_file(status))
+    return Status::error(path + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in)
     return Status::error(path + ": cannot open file for reading");
-  std::ostringstream contents;
-  contents << in.rdbuf();
+  // Read at most one byte past the limit: the size on disk may change under us.
+  std::string contents(std::min<uint64_t>(std::filesystem::file_size(path, ec), maxBytes) + 1,
+                       '\0');
+  in.read(contents.data(), static_cast<std::streamsize>(contents.size()));
   if (in.bad())
     return Status::error(path + ": read error");
-  return contents.str();
+  contents.resize(static_cast<size_t>(in.gcount()));
+  if (contents.size() > maxBytes)
+    return Status::error(path + ": larger than the limit of " + std::to_string(maxBytes) +
+                         " bytes (docs/reliability.md)");
+  return contents;
 }
 
 Result<boost::json::value> parse(std::string_view text, std::string_view source) {

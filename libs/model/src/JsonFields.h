@@ -13,8 +13,9 @@
 
 namespace llmir::model::json {
 
-/// Reads a whole file into memory.
-Result<std::string> readFile(const std::string &path);
+/// Reads a whole regular file into memory; a file over `maxBytes` (or a
+/// device such as /dev/zero) is refused before it is read.
+Result<std::string> readFile(const std::string &path, uint64_t maxBytes);
 
 /// Parses JSON text; the error names `source` and the parser's reason.
 Result<boost::json::value> parse(std::string_view text, std::string_view source);

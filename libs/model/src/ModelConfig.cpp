@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
@@ -53,6 +54,8 @@ public:
     std::optional<double> number = json::asDouble(*value);
     if (!number || !(*number > 0))
       return error(key, "must be a positive number" + got(*value));
+    if (!std::isfinite(*number))
+      return error(key, "must be finite" + got(*value));
     return *number;
   }
 
@@ -304,6 +307,29 @@ Status readSlidingWindow(const ConfigReader &reader, ModelConfig &config) {
   return Status::ok();
 }
 
+/// Sizes far beyond any real checkpoint are refused before anything is
+/// allocated from them (a num_hidden_layers of 1e9 aborted the import).
+Status checkBounds(const ModelConfig &config, const ConfigReader &reader) {
+  const struct {
+    std::string_view key;
+    int64_t value, max;
+  } bounds[] = {
+      {"vocab_size", config.vocabSize, kMaxVocabSize},
+      {"hidden_size", config.hiddenSize, int64_t(1) << 17},
+      {"intermediate_size", config.intermediateSize, int64_t(1) << 20},
+      {"num_hidden_layers", config.numLayers, 4096},
+      {"num_attention_heads", config.numHeads, 4096},
+      {"num_key_value_heads", config.numKvHeads, 4096},
+      {"head_dim", config.headDim, 16384},
+      {"max_position_embeddings", config.maxPositionEmbeddings, int64_t(1) << 24},
+  };
+  for (const auto &b : bounds)
+    if (b.value > b.max)
+      return reader.error(b.key, "is " + std::to_string(b.value) + ", over the limit of " +
+                                     std::to_string(b.max) + " (docs/reliability.md)");
+  return Status::ok();
+}
+
 } // namespace
 
 Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view source) {
@@ -405,13 +431,15 @@ Result<ModelConfig> parseModelConfig(std::string_view text, std::string_view sou
   if (config.torchDtype.empty())
     LLMIR_ASSIGN_OR_RETURN(config.torchDtype, reader.string("torch_dtype"));
 
+  // Before anything is sized from them (layerSlidingWindow has numLayers entries).
+  LLMIR_RETURN_IF_ERROR(checkBounds(config, reader));
   LLMIR_RETURN_IF_ERROR(readSlidingWindow(reader, config));
   return config;
 }
 
 Result<ModelConfig> loadModelConfig(const std::string &hfDir) {
   const std::string path = (std::filesystem::path(hfDir) / "config.json").string();
-  Result<std::string> text = json::readFile(path);
+  Result<std::string> text = json::readFile(path, kMaxConfigFileBytes);
   if (!text)
     return text.status();
   return parseModelConfig(*text, path);

@@ -205,6 +205,23 @@ Status SafetensorsFile::parseHeader(uint64_t headerLength) {
           std::to_string(previous.byteOffset) + ", " +
           std::to_string(previous.byteOffset + previous.byteSize) + "))");
   }
+  // As the reference implementation: the tensors cover the data region
+  // exactly, with no gap. A header length that is off (issue 14: by 7 bytes)
+  // shifts every tensor; this is where it shows.
+  uint64_t covered = 0;
+  for (const TensorInfo *info : byOffset) {
+    if (info->byteOffset != covered)
+      return Status::error(path_ + ": tensor '" + info->name + "' starts at byte " +
+                           std::to_string(info->byteOffset) + " of the data region, expected " +
+                           std::to_string(covered) +
+                           " (tensors must cover the data region without gaps)");
+    covered += info->byteSize;
+  }
+  if (covered != dataRegionSize)
+    return Status::error(path_ + ": the tensors cover " + std::to_string(covered) +
+                         " bytes but the data region after the " + std::to_string(headerLength) +
+                         "-byte header has " + std::to_string(dataRegionSize) +
+                         " (wrong header length or truncated file?)");
   return Status::ok();
 }
 

@@ -5,6 +5,7 @@
 #include "JsonFields.h"
 #include "PreTokenizer.h"
 #include "Utf8.h"
+#include "llmir/model/ModelConfig.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -12,6 +13,9 @@
 
 namespace llmir::model {
 namespace {
+
+// Gaps between ids that a tokenizer file may leave (reserved ids).
+constexpr int64_t kTokenIdSlack = 1024;
 
 struct AddedToken {
   std::string content;
@@ -62,7 +66,15 @@ struct Tokenizer::Impl {
   std::vector<AddedToken> addedTokens;               // longest first
   std::optional<int32_t> bosId, eosId;
 
+  /// Ids index dense tables: one beyond every token the file defines (plus
+  /// slack for gaps) would allocate memory for nothing, so it is refused.
+  int64_t maxTokenId = 0;
+
   Status addToken(const std::string &spelling, int32_t id, const std::string &where) {
+    if (id < 0 || id > maxTokenId)
+      return Status::error(where + ": token id " + std::to_string(id) +
+                           " is beyond the tokens the file defines (ids up to " +
+                           std::to_string(maxTokenId) + " are accepted)");
     if (static_cast<size_t>(id) >= spellings.size()) {
       spellings.resize(id + 1);
       decodedBytes.resize(id + 1);
@@ -158,6 +170,12 @@ Result<Tokenizer> Tokenizer::parse(std::string_view text, std::string_view sourc
   auto impl =
       std::make_unique<Impl>(std::move(bpe).value(), std::move(preTokenizer).value());
 
+  const boost::json::value *addedTokens = json::member(root, "added_tokens");
+  const size_t numAdded =
+      addedTokens && addedTokens->is_array() ? addedTokens->get_array().size() : 0;
+  impl->maxTokenId = std::min<int64_t>(
+      static_cast<int64_t>(impl->bpe.vocab().size() + numAdded) + kTokenIdSlack,
+      kMaxVocabSize - 1);
   for (const auto &[spelling, id] : impl->bpe.vocab())
     LLMIR_RETURN_IF_ERROR(impl->addToken(spelling, id, where + ": model.vocab"));
 
@@ -200,7 +218,7 @@ Result<Tokenizer> Tokenizer::parse(std::string_view text, std::string_view sourc
 }
 
 Result<Tokenizer> Tokenizer::load(const std::string &tokenizerJsonPath) {
-  Result<std::string> text = json::readFile(tokenizerJsonPath);
+  Result<std::string> text = json::readFile(tokenizerJsonPath, kMaxTokenizerFileBytes);
   if (!text)
     return text.status();
   Result<Tokenizer> tokenizer = parse(*text, tokenizerJsonPath);
@@ -215,7 +233,7 @@ Result<Tokenizer> Tokenizer::load(const std::string &tokenizerJsonPath) {
 }
 
 Status Tokenizer::loadSpecialTokens(const std::string &tokenizerConfigPath) {
-  Result<std::string> text = json::readFile(tokenizerConfigPath);
+  Result<std::string> text = json::readFile(tokenizerConfigPath, kMaxConfigFileBytes);
   if (!text)
     return text.status();
   Result<boost::json::value> parsed = json::parse(*text, tokenizerConfigPath);
@@ -295,6 +313,7 @@ bool Tokenizer::isSpecial(int32_t id) const {
 }
 
 int32_t Tokenizer::vocabSize() const { return static_cast<int32_t>(impl_->spellings.size()); }
+size_t Tokenizer::numCachedWords() const { return impl_->bpe.numCachedWords(); }
 
 std::optional<int32_t> Tokenizer::bosId() const { return impl_->bosId; }
 std::optional<int32_t> Tokenizer::eosId() const { return impl_->eosId; }

@@ -12,6 +12,13 @@
 
 namespace llmir::model {
 
+/// Limits on what a model directory may hold (docs/reliability.md): files
+/// beyond them are refused with an error naming the limit, before memory is
+/// allocated from their contents.
+constexpr uint64_t kMaxConfigFileBytes = uint64_t(16) << 20;     // config.json, tokenizer_config.json
+constexpr uint64_t kMaxTokenizerFileBytes = uint64_t(256) << 20; // tokenizer.json
+constexpr int64_t kMaxVocabSize = int64_t(1) << 22;              // also bounds token ids
+
 /// RoPE frequency scaling (rope_scaling / rope_parameters rope_type).
 enum class RopeScalingType {
   None,   // "default": inv_freq_i = theta^(-2i/head_dim)

@@ -52,6 +52,8 @@ public:
   bool isSpecial(int32_t id) const;
   /// One past the largest id (vocabulary plus added tokens).
   int32_t vocabSize() const;
+  /// Words held by the BPE merge cache (bounded in count and word length).
+  size_t numCachedWords() const;
 
   std::optional<int32_t> bosId() const;
   std::optional<int32_t> eosId() const;
