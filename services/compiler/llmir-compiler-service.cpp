@@ -39,6 +39,7 @@ struct Settings {
   uint64_t maxBodyBytes = 1 << 20;
   std::string logLevel = "info";
   std::string clusterSecretFile;
+  uint64_t planCacheBytes = uint64_t(1) << 30;
 };
 
 struct Metrics {
@@ -154,6 +155,9 @@ int main(int argc, char **argv) {
   config.add("http.threads", &s.threads, "HTTP threads (a compile occupies one)");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("plans.cache-bytes", &s.planCacheBytes,
+             "plans (and their programs) kept in memory; the least recently used "
+             "are dropped past this many serialized bytes");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; /v1/* then needs its derived bearer token "
              "(else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
@@ -196,7 +200,7 @@ int main(int argc, char **argv) {
     llmir::net::logWarn("no cluster secret: any local process can compile and fetch plans");
 
   Metrics metrics;
-  svc::PlanStore store;
+  svc::PlanStore store(s.planCacheBytes);
   llmir::net::HttpServer server;
   // /v1/* (compiles, plans, programs) needs the bearer derived from the
   // cluster secret; health and metrics stay open for probes and scrapers.

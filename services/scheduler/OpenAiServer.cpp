@@ -4,6 +4,7 @@
 #include "OpenAiProtocol.h"
 
 #include "llmir/model/Tokenizer.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <boost/json.hpp>
 
@@ -48,8 +49,7 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
     return complete(r, static_cast<int>(Endpoint::Chat));
   });
   server.route("GET", "/v1/models", [this](const net::HttpRequest &r) {
-    if (!options_.apiKey.empty() &&
-        r.header("authorization") != "Bearer " + options_.apiKey)
+    if (!authorized(r))
       return errorResponse({401, "Incorrect API key provided.", "invalid_request_error",
                             "", "invalid_api_key"});
     return models();
@@ -87,7 +87,10 @@ net::HttpResponse OpenAiServer::models() const {
 }
 
 bool OpenAiServer::authorized(const net::HttpRequest &http) const {
-  return options_.apiKey.empty() || http.header("authorization") == "Bearer " + options_.apiKey;
+  // Constant time: how far a guess matched must not show in the answer time.
+  return options_.apiKey.empty() ||
+         auth::constantTimeEqual(http.header("authorization").value_or(""),
+                                 "Bearer " + options_.apiKey);
 }
 
 namespace {
@@ -189,7 +192,7 @@ net::HttpResponse OpenAiServer::detokenize(const net::HttpRequest &http) const {
 
 net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpointId) {
   const auto endpoint = static_cast<Endpoint>(endpointId);
-  if (!options_.apiKey.empty() && http.header("authorization") != "Bearer " + options_.apiKey)
+  if (!authorized(http))
     return errorResponse({401, "Incorrect API key provided.", "invalid_request_error", "",
                           "invalid_api_key"});
   if (!ready_)

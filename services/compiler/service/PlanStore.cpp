@@ -104,16 +104,35 @@ Result<PlanStore::Lookup> PlanStore::compile(const CompileRequest &request) {
   auto compiled = compiler::compileHuggingFace(request.modelDir, request.options);
   if (!compiled)
     return compiled.status();
-  auto plan = std::make_shared<Plan>(Plan{*id, std::move(*compiled)});
+  auto plan = std::make_shared<Plan>(Plan{*id, std::move(*compiled), 0});
+  plan->bytes = plan->compiled.plan.ByteSizeLong();
+  for (const auto &program : plan->compiled.programs)
+    plan->bytes += program.ByteSizeLong();
   std::lock_guard lock(mu_);
-  plans_[*id] = plan;
+  recency_.push_front(*id);
+  plans_[*id] = Entry{plan, recency_.begin()};
+  bytes_ += plan->bytes;
+  while (bytes_ > maxBytes_ && recency_.size() > 1) {
+    auto evicted = plans_.find(recency_.back());
+    bytes_ -= evicted->second.plan->bytes;
+    plans_.erase(evicted);
+    recency_.pop_back();
+  }
   return Lookup{plan, false};
 }
 
-std::shared_ptr<const Plan> PlanStore::find(const std::string &id) const {
+std::shared_ptr<const Plan> PlanStore::find(const std::string &id) {
   std::lock_guard lock(mu_);
   auto it = plans_.find(id);
-  return it == plans_.end() ? nullptr : it->second;
+  if (it == plans_.end())
+    return nullptr;
+  recency_.splice(recency_.begin(), recency_, it->second.position);
+  return it->second.plan;
+}
+
+uint64_t PlanStore::cachedBytes() const {
+  std::lock_guard lock(mu_);
+  return bytes_;
 }
 
 } // namespace llmir::compiler_service
