@@ -7,6 +7,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -29,6 +30,7 @@ using tcp = asio::ip::tcp;
 
 constexpr auto kIdleTimeout = std::chrono::seconds(120);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);
 constexpr uint32_t kHeaderLimit = 64 * 1024;
 
 std::string toLower(std::string_view s) {
@@ -186,11 +188,23 @@ public:
       return false;
     if (chunk.empty())
       return true; // an empty chunk would end the chunked body
-    char size[20];
-    std::snprintf(size, sizeof size, "%zx\r\n", chunk.size());
-    std::string framed = size;
-    framed.append(chunk);
-    framed += "\r\n";
+    std::string framed;
+    if (http10_) { // no chunked encoding: the body ends when the connection does
+      framed = chunk;
+    } else {
+      char size[20];
+      std::snprintf(size, sizeof size, "%zx\r\n", chunk.size());
+      framed = size;
+      framed.append(chunk);
+      framed += "\r\n";
+    }
+    // A client that stops reading must not grow our memory without bound:
+    // past the limit it counts as gone (its request is cancelled).
+    if (queuedBytes_ + framed.size() > server_->config.maxStreamQueueBytes) {
+      gone_ = true;
+      asio::post(stream_.get_executor(), [self = shared_from_this()] { self->markGone(); });
+      return false;
+    }
     asio::post(stream_.get_executor(),
                [self = shared_from_this(), framed = std::move(framed)]() mutable {
                  self->enqueue(std::move(framed));
@@ -203,7 +217,10 @@ public:
       return;
     asio::post(stream_.get_executor(), [self = shared_from_this()] {
       self->closeAfterDrain_ = true;
-      self->enqueue("0\r\n\r\n");
+      if (self->http10_)
+        self->flush();
+      else
+        self->enqueue("0\r\n\r\n");
     });
   }
 
@@ -269,6 +286,7 @@ private:
         request.header("x-request-id").value_or(server_->newRequestId());
     requestId_ = request.requestId;
     keepAlive_ = req.keep_alive();
+    http10_ = req.version() < 11;
 
     server_->inFlight++;
     HttpResponse response;
@@ -347,8 +365,8 @@ private:
                            static_cast<http::status>(response.status))) +
                        "\r\nServer: llmir\r\nContent-Type: " +
                        response.contentType +
-                       "\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
-                       "X-Request-Id: " + requestId_ + "\r\n";
+                       (http10_ ? "\r\n" : "\r\nTransfer-Encoding: chunked\r\n") +
+                       "Connection: close\r\nX-Request-Id: " + requestId_ + "\r\n";
     for (const auto &[k, v] : response.headers)
       head += k + ": " + v + "\r\n";
     head += "\r\n";
@@ -371,6 +389,7 @@ private:
   void enqueue(std::string bytes) {
     if (gone_)
       return;
+    queuedBytes_ += bytes.size();
     outQueue_.push_back(std::move(bytes));
     flush();
   }
@@ -391,6 +410,7 @@ private:
                           self->markGone();
                           return;
                         }
+                        self->queuedBytes_ -= self->outQueue_.front().size();
                         self->outQueue_.pop_front();
                         self->flush();
                       });
@@ -433,6 +453,8 @@ private:
   std::array<char, 512> scratch_;
   // Streaming state: the queue and flags are touched on the strand only.
   std::deque<std::string> outQueue_;
+  std::atomic<uint64_t> queuedBytes_{0}; // bytes in outQueue_
+  bool http10_ = false;
   bool writing_ = false;
   bool socketClosed_ = false;
   bool closeAfterDrain_ = false;
@@ -474,8 +496,21 @@ void HttpServer::Impl::doAccept(const std::shared_ptr<Impl> &self) {
       asio::make_strand(ioc), [self](beast::error_code ec, tcp::socket socket) {
         if (!self->running)
           return;
-        if (!ec)
+        if (!ec) {
           std::make_shared<Session>(std::move(socket), self)->start();
+        } else if (ec != asio::error::operation_aborted) {
+          // Out of descriptors (EMFILE/ENFILE) or memory: the pending
+          // connection stays in the backlog and accept would fail again at
+          // once; accepting in a loop burned a core (issue 14). Wait a bit;
+          // open connections finish meanwhile.
+          auto timer = std::make_shared<asio::steady_timer>(self->ioc);
+          timer->expires_after(kAcceptBackoff);
+          timer->async_wait([self, timer](beast::error_code) {
+            if (self->running)
+              self->doAccept(self);
+          });
+          return;
+        }
         self->doAccept(self);
       });
 }

@@ -9,6 +9,10 @@
 #include <mutex>
 #include <thread>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 using namespace llmir::net;
 using llmir::net::testing::RawSocket;
 
@@ -189,6 +193,131 @@ TEST_F(HttpServerTest, StopClosesOpenStreams) {
   client.join();
   EXPECT_TRUE(s->clientGone());
   EXPECT_FALSE(s->writeEvent("after stop"));
+}
+
+// Issue 14, finding 10: HTTP/1.0 clients got chunked responses, which they
+// cannot parse.
+TEST_F(HttpServerTest, AStreamToAnHttp10ClientIsNotChunked) {
+  std::thread writer([&] {
+    auto s = waitForStream();
+    ASSERT_NE(s, nullptr);
+    EXPECT_TRUE(s->writeEvent("tok0"));
+    EXPECT_TRUE(s->writeEvent("[DONE]"));
+    s->close();
+  });
+  RawSocket sock(server.port());
+  ASSERT_TRUE(sock.sendAll("GET /stream HTTP/1.0\r\n\r\n"));
+  const std::string response = sock.readUntilClosed();
+  writer.join();
+  EXPECT_EQ(response.find("Transfer-Encoding"), std::string::npos) << response;
+  const size_t body = response.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos) << response;
+  EXPECT_EQ(response.substr(body + 4), "data: tok0\n\ndata: [DONE]\n\n");
+}
+
+// Issue 14, finding 6: a streaming client that never reads grew the server
+// without bound. Past maxStreamQueueBytes its stream counts as gone.
+TEST(HttpServerBoundsTest, AStreamWhoseClientStopsReadingIsDropped) {
+  HttpServer server;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::shared_ptr<ResponseStream> stream;
+  std::atomic<bool> goneFired{false};
+  server.route("GET", "/stream", [&](const HttpRequest &) {
+    return HttpResponse::sse([&](std::shared_ptr<ResponseStream> s) {
+      s->onClientGone([&] { goneFired = true; });
+      std::lock_guard lock(mu);
+      stream = std::move(s);
+      cv.notify_all();
+    });
+  });
+  HttpServerConfig config;
+  config.maxStreamQueueBytes = 1 << 20;
+  ASSERT_TRUE(server.start(config).isOk());
+  RawSocket reader(server.port()); // sends the request, then never reads
+  ASSERT_TRUE(reader.sendAll("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::shared_ptr<ResponseStream> s;
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return stream != nullptr; }));
+    s = stream;
+  }
+  const std::string event(16 * 1024, 'x');
+  uint64_t accepted = 0;
+  // Loopback socket buffers take some megabytes before the queue grows.
+  while (accepted < (uint64_t(256) << 20) && s->writeEvent(event)) {
+    accepted += event.size();
+    if (accepted % (uint64_t(4) << 20) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20)); // let the writes flush
+  }
+  EXPECT_LT(accepted, uint64_t(256) << 20) << "write() never refused";
+  EXPECT_TRUE(s->clientGone());
+  for (int i = 0; i < 200 && !goneFired; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(goneFired) << "the producer is told, so it can cancel the request";
+}
+
+// Issue 14, finding 8: out of file descriptors, the accept loop spun (12
+// CPU-seconds per 10 s) and /healthz timed out. In a child process whose
+// descriptor limit is reached, pending connections now cost (almost) no CPU,
+// and the server answers again once descriptors are free.
+TEST(HttpServerBoundsTest, OutOfDescriptorsTheAcceptLoopBacksOff) {
+  int toChild[2], fromChild[2];
+  ASSERT_EQ(::pipe(toChild), 0);
+  ASSERT_EQ(::pipe(fromChild), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    HttpServer server;
+    server.route("GET", "/healthz", [](const HttpRequest &) {
+      return HttpResponse::text(200, "ok\n");
+    });
+    HttpServerConfig config;
+    config.threads = 2;
+    if (!server.start(config))
+      ::_exit(3);
+    // Use up every descriptor but none: accept() now fails with EMFILE.
+    std::vector<int> hogs;
+    for (int fd; (fd = ::dup(0)) >= 0;)
+      hogs.push_back(fd);
+    uint16_t port = server.port();
+    (void)!::write(fromChild[1], &port, sizeof port);
+    char go;
+    (void)!::read(toChild[0], &go, 1); // the parent's connections are pending
+    rusage before{}, after{};
+    ::getrusage(RUSAGE_SELF, &before);
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    ::getrusage(RUSAGE_SELF, &after);
+    auto cpu = [](const rusage &r) {
+      return r.ru_utime.tv_sec + r.ru_stime.tv_sec +
+             (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+    };
+    const int32_t cpuMillis = static_cast<int32_t>((cpu(after) - cpu(before)) * 1000);
+    for (int fd : hogs)
+      ::close(fd);
+    (void)!::write(fromChild[1], &cpuMillis, sizeof cpuMillis);
+    (void)!::read(toChild[0], &go, 1); // the parent checked /healthz
+    server.stop();
+    ::_exit(0);
+  }
+  uint16_t port = 0;
+  ASSERT_EQ(::read(fromChild[0], &port, sizeof port), static_cast<ssize_t>(sizeof port));
+  std::vector<std::unique_ptr<RawSocket>> pending;
+  for (int i = 0; i < 4; ++i)
+    pending.push_back(std::make_unique<RawSocket>(port, 2000));
+  ASSERT_EQ(::write(toChild[1], "g", 1), 1);
+  int32_t cpuMillis = -1;
+  ASSERT_EQ(::read(fromChild[0], &cpuMillis, sizeof cpuMillis),
+            static_cast<ssize_t>(sizeof cpuMillis));
+  EXPECT_LT(cpuMillis, 300) << "CPU milliseconds used in 1 s with connections pending";
+  auto health = httpGet("http://127.0.0.1:" + std::to_string(port) + "/healthz",
+                        std::chrono::seconds(10));
+  ASSERT_TRUE(health.isOk()) << health.message();
+  EXPECT_EQ(health->status, 200);
+  ASSERT_EQ(::write(toChild[1], "g", 1), 1);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 TEST(HttpClientTest, ConnectionRefusedAndBadUrlAreErrors) {

@@ -81,6 +81,9 @@ struct HttpServerConfig {
   unsigned threads = 2;           // I/O threads; handlers run on them
   uint64_t maxBodyBytes = 1 << 20; // larger bodies get 413
   unsigned stopGraceMillis = 5000; // stop() waits this long for requests in flight
+  /// A streamed response whose client lets this many bytes queue up (it
+  /// stopped reading) is dropped: write() returns false, onClientGone fires.
+  uint64_t maxStreamQueueBytes = 4u << 20;
 };
 
 class HttpServer {
