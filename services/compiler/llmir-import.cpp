@@ -6,6 +6,7 @@
 #include "llmir/compiler/Importer.h"
 
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
@@ -42,6 +43,13 @@ int main(int argc, char **argv) {
                                                              options);
   if (!module) {
     WithColor::error(errs(), "llmir-import") << toString(module.takeError()) << "\n";
+    return 1;
+  }
+  // IR that does not verify is not written (issue 14: a config with an
+  // infinite epsilon gave an invalid module and exit 0).
+  if (mlir::failed(mlir::verify(**module))) {
+    WithColor::error(errs(), "llmir-import")
+        << "the imported module does not verify (diagnostics above); nothing written\n";
     return 1;
   }
   std::error_code ec;

@@ -1,5 +1,7 @@
 #include "llmir/compiler/Compile.h"
 
+#include "llmir/support/NestingDepth.h"
+
 #include "MemoryPlan.h"
 #include "Partition.h"
 #include "RankLayout.h"
@@ -208,6 +210,7 @@ Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
 
 Result<CompiledModel> compileModule(const std::string &mlirText,
                                     const CompileOptions &options) {
+  LLMIR_RETURN_IF_ERROR(checkNestingDepth(mlirText, "the llm module"));
   MLIRContext context;
   loadDialects(context);
   DiagnosticCollector diagnostics(context);
