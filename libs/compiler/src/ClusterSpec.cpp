@@ -128,9 +128,14 @@ ClusterSpec parse(const YAML::Node &root, const std::string &source) {
       if (spec.device.kind != "cuda" && spec.device.kind != "cpu")
         fail("device.kind", "is '" + spec.device.kind + "', expected cuda or cpu");
     }
-    if (d["memory"])
-      spec.device.memoryBytes =
-          static_cast<int64_t>(quantity(d["memory"], "device.memory", false));
+    if (d["memory"]) {
+      // Converting a double beyond int64 is undefined behaviour (found by
+      // fuzz/ClusterSpecFuzz.cpp): bound it first.
+      const double memory = quantity(d["memory"], "device.memory", false);
+      if (memory > 0x1p60)
+        fail("device.memory", "is " + d["memory"].Scalar() + ", more than 1 EiB");
+      spec.device.memoryBytes = static_cast<int64_t>(memory);
+    }
     if (d["peak_flops"])
       spec.device.peakFlops = quantity(d["peak_flops"], "device.peak_flops", false);
     if (d["memory_bandwidth"])

@@ -56,7 +56,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadSpec{"interconnect: {intra_node: {latency: 5 weeks}}\n", "unknown time unit"},
         BadSpec{"nodes: 1\ndevices_per_node: 8\nparallelism: {tensor: 3}\n",
                 "tensor x pipeline x sequence = 3 does not divide the 8 devices"},
-        BadSpec{"nodes: [1\n", "invalid YAML"}));
+        BadSpec{"nodes: [1\n", "invalid YAML"},
+        // Found by fuzz/ClusterSpecFuzz.cpp: a memory past int64 was converted
+        // anyway (undefined behaviour).
+        BadSpec{"device: {memory: 666666666666666666666666666666GiB}\n",
+                "device.memory: is 666666666666666666666666666666GiB, more than 1 EiB"}));
 
 TEST(ClusterSpec, ExamplesLoad) {
   for (const char *name : {"laptop-cpu.yaml", "h100-2x8.yaml", "h100-8x8-70b.yaml"}) {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs one libFuzzer target for a while: scripts/fuzz.sh TARGET SECONDS
+#   TARGET: safetensors, model_config, tokenizer, cluster_spec,
+#           openai_request, framed, store_wire
+# Builds build-fuzz/ (LLMIR_FUZZ=ON: coverage, ASan, UBSan; no CUDA, no
+# tests) on first use. The corpus starts from fuzz/seeds/TARGET and the
+# matching files of models/ and tests/, grows in build-fuzz/corpus/TARGET, and
+# crashes land in build-fuzz/findings/TARGET (reproduce: the binary with the
+# file as its argument). Exit status: libFuzzer's (0 = nothing found).
+# One process: the machine is shared.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target="${1:?usage: scripts/fuzz.sh TARGET SECONDS}"
+seconds="${2:?usage: scripts/fuzz.sh TARGET SECONDS}"
+build="${LLMIR_FUZZ_BUILD_DIR:-$root/build-fuzz}"
+case "$target" in
+  safetensors|model_config|tokenizer|cluster_spec|openai_request|framed|store_wire) ;;
+  *) echo "fuzz.sh: unknown target '$target' (see the header of $0)" >&2; exit 2 ;;
+esac
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DLLMIR_FUZZ=ON -DLLMIR_ENABLE_CUDA=OFF -DLLMIR_BUILD_TESTS=OFF >/dev/null
+fi
+cmake --build "$build" --target "fuzz_$target" -j "${LLMIR_JOBS:-2}"
+
+corpus="$build/corpus/$target"
+findings="$build/findings/$target"
+mkdir -p "$corpus" "$findings"
+seed() { for f in "$@"; do [ -f "$f" ] && cp -n "$f" "$corpus/" 2>/dev/null || true; done; }
+seed "$root/fuzz/seeds/$target"/*
+case "$target" in
+  model_config) seed "$root"/models/*/config.json ;;
+  tokenizer) # mode byte odd: text for the demo tokenizer (its reference prompts)
+    python3 - "$corpus" "$root"/models/*/reference.json <<'PY'
+import json, sys
+for path in sys.argv[2:]:
+    for i, case in enumerate(json.load(open(path)).get("cases", [])):
+        with open(f"{sys.argv[1]}/seed-prompt-{i}", "wb") as out:
+            out.write(b"\x01" + case["prompt_text"].encode())
+PY
+    ;;
+  cluster_spec) seed "$root"/tests/lit/Passes/Inputs/*.yaml "$root"/examples/*.yaml ;;
+  openai_request) ;;
+esac
+exec "$build/bin/fuzz_$target" "$corpus" "$root/fuzz/seeds/$target" \
+  -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=1048576 \
+  -artifact_prefix="$findings/" \
+  -print_final_stats=1
