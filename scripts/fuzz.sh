@@ -42,6 +42,7 @@ PY
   cluster_spec) seed "$root"/tests/lit/Passes/Inputs/*.yaml "$root"/examples/*.yaml ;;
   openai_request) ;;
 esac
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/fuzz/lsan.supp:print_suppressions=0}"
 exec "$build/bin/fuzz_$target" "$corpus" "$root/fuzz/seeds/$target" \
   -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=1048576 \
   -artifact_prefix="$findings/" \
