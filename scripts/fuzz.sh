@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one libFuzzer target for a while: scripts/fuzz.sh TARGET SECONDS
 #   TARGET: safetensors, model_config, tokenizer, cluster_spec,
-#           openai_request, framed, store_wire
+#           openai_request, framed, store_wire, jinja
 # Builds build-fuzz/ (LLMIR_FUZZ=ON: coverage, ASan, UBSan; no CUDA, no
 # tests) on first use. The corpus starts from fuzz/seeds/TARGET and the
 # matching files of models/ and tests/, grows in build-fuzz/corpus/TARGET, and
@@ -14,7 +14,7 @@ target="${1:?usage: scripts/fuzz.sh TARGET SECONDS}"
 seconds="${2:?usage: scripts/fuzz.sh TARGET SECONDS}"
 build="${LLMIR_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 case "$target" in
-  safetensors|model_config|tokenizer|cluster_spec|openai_request|framed|store_wire) ;;
+  safetensors|model_config|tokenizer|cluster_spec|openai_request|framed|store_wire|jinja) ;;
   *) echo "fuzz.sh: unknown target '$target' (see the header of $0)" >&2; exit 2 ;;
 esac
 if [ ! -f "$build/build.ninja" ]; then
@@ -40,7 +40,7 @@ for path in sys.argv[2:]:
 PY
     ;;
   cluster_spec) seed "$root"/tests/lit/Passes/Inputs/*.yaml "$root"/examples/*.yaml ;;
-  openai_request) ;;
+  jinja) seed "$root"/tests/fixtures/chat-templates/* ;;
 esac
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/fuzz/lsan.supp:print_suppressions=0}"
 exec "$build/bin/fuzz_$target" "$corpus" "$root/fuzz/seeds/$target" \

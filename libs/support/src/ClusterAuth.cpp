@@ -63,13 +63,13 @@ bool isLoopbackHost(std::string_view host) {
   return host == "localhost" || host == "::1" || host == "[::1]" || host.starts_with("127.");
 }
 
-Status requireSecretOffLoopback(const std::optional<std::string> &secret,
-                                std::string_view host, std::string_view what) {
+Status checkExposure(const std::optional<std::string> &secret, std::string_view host,
+                     std::string_view what) {
   if (secret || isLoopbackHost(host))
     return Status::ok();
   return Status::error(std::string(what) + " listens on " + std::string(host) +
-                       ", beyond loopback, so it needs the cluster secret "
-                       "(cluster.secret_file or $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
+                       ", beyond loopback, without the cluster secret: any host that reaches "
+                       "it can join (set cluster.secret-file; docs/reliability.md)");
 }
 
 std::string hmacSha256(std::string_view key, std::string_view data) {

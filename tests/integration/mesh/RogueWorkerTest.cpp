@@ -83,8 +83,8 @@ TEST(RogueWorkerTest, PeersWithoutTheClusterSecretGetNothingAndChangeNothing) {
   EXPECT_EQ(net::httpRequest(wrongBearer)->status, 401);
 
   // The scheduler in mesh mode, tp=2.
-  Process scheduler({kBin + "/llmir-scheduler", "--model=" + kModelDir, "--host=127.0.0.1",
-                     "--port=0", "--port-file=" + (dir / "http.port").string(),
+  Process scheduler({kBin + "/llmir-scheduler", "--model=" + kModelDir, "--http.host=127.0.0.1",
+                     "--http.port=0", "--http.port-file=" + (dir / "http.port").string(),
                      "--compiler-url=" + compilerUrl, "--tp=2", "--worker-port=0",
                      "--worker-port-file=" + (dir / "worker.port").string(),
                      "--register-timeout-ms=1000", secretFlag});

@@ -77,11 +77,11 @@ TEST(ClusterAuthTest, SecretsComeFromAFileOrTheEnvironment) {
   EXPECT_EQ(**env, "from-the-environment-1234");
 }
 
-TEST(ClusterAuthTest, ListenersOffLoopbackNeedTheSecret) {
-  EXPECT_TRUE(requireSecretOffLoopback(std::nullopt, "127.0.0.1", "x").isOk());
-  EXPECT_TRUE(requireSecretOffLoopback(std::nullopt, "::1", "x").isOk());
-  EXPECT_FALSE(requireSecretOffLoopback(std::nullopt, "0.0.0.0", "x").isOk());
-  EXPECT_TRUE(requireSecretOffLoopback(std::string("s"), "0.0.0.0", "x").isOk());
+TEST(ClusterAuthTest, ListenersOffLoopbackWithoutTheSecretAreReported) {
+  EXPECT_TRUE(checkExposure(std::nullopt, "127.0.0.1", "x").isOk());
+  EXPECT_TRUE(checkExposure(std::nullopt, "::1", "x").isOk());
+  EXPECT_FALSE(checkExposure(std::nullopt, "0.0.0.0", "x").isOk());
+  EXPECT_TRUE(checkExposure(std::string("s"), "0.0.0.0", "x").isOk());
 }
 
 } // namespace

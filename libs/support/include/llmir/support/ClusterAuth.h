@@ -48,10 +48,12 @@ Result<std::optional<std::string>> loadClusterSecret(const std::string &secretFi
 
 /// Whether `host` is a loopback address ("127.x.y.z", "::1", "localhost").
 bool isLoopbackHost(std::string_view host);
-/// The policy for an internal listener: a secret is required unless it binds
-/// to loopback. `what` names the listener in the error.
-Status requireSecretOffLoopback(const std::optional<std::string> &secret,
-                                std::string_view host, std::string_view what);
+/// An internal listener beyond loopback without a secret can be joined by any
+/// host that reaches it: the error says so (services log it as a warning;
+/// the Helm chart relies on its NetworkPolicy unless clusterSecret is set).
+/// `what` names the listener.
+Status checkExposure(const std::optional<std::string> &secret, std::string_view host,
+                     std::string_view what);
 
 std::string hmacSha256(std::string_view key, std::string_view data);
 /// Compares in time independent of where the inputs differ.
