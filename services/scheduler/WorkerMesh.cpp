@@ -279,7 +279,8 @@ struct WorkerMesh::Impl {
         // Only a rank of the replica the step went to may answer it, once
         // (RemoteBackend counts distinct ranks).
         auto it = replicas.find(w.replicaId);
-        if (it != replicas.end() && it->second.ready && w.state == WorkerState::Serving) {
+        // (A draining rank still answers: its replica finishes its sequences.)
+        if (it != replicas.end() && it->second.ready) {
           const auto &ranks = it->second.ranks;
           auto rank = std::find(ranks.begin(), ranks.end(), conn->id());
           if (rank != ranks.end()) {
