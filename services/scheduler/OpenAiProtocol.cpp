@@ -244,6 +244,14 @@ std::optional<ApiError> parseStop(Fields &f, serving::RequestParams &p) {
   return std::nullopt;
 }
 
+std::optional<ApiError> checkTopLogprobs(const char *name, int64_t value) {
+  if (value < 0 || value > serving::kMaxTopLogprobs)
+    return invalid(name, std::string(name) + " must be in [0, " +
+                             std::to_string(serving::kMaxTopLogprobs) + "], got " +
+                             std::to_string(value));
+  return std::nullopt;
+}
+
 } // namespace
 
 std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_view body) {
@@ -271,21 +279,35 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
     p.sampling.temperature = static_cast<float>(number);
   if (f.number("top_p", number))
     p.sampling.topP = static_cast<float>(number);
-  if (f.integer("top_k", integer))
-    p.sampling.topK = integer == -1 ? 0 : static_cast<int32_t>(std::max<int64_t>(integer, -2));
+  // Ranges are checked on the value as sent (issue 14: a top_k of 2^32 + 1
+  // became 1 when narrowed; n and logprobs errors showed the clamped value).
+  if (f.integer("top_k", integer)) {
+    if (integer < -1 || integer > INT32_MAX)
+      return invalid("top_k", "top_k must be -1 or 0 (off) or a positive count up to " +
+                                  std::to_string(INT32_MAX) + ", got " + std::to_string(integer));
+    p.sampling.topK = integer == -1 ? 0 : static_cast<int32_t>(integer);
+  }
   if (f.integer("seed", integer))
     p.sampling.seed = static_cast<uint64_t>(integer);
   const char *maxTokensName =
       endpoint == Endpoint::Chat && f.get("max_completion_tokens") ? "max_completion_tokens"
                                                                    : "max_tokens";
   if (f.integer(maxTokensName, integer)) {
+    // Chat has no echo: at least one token, reported under the name sent.
+    if (endpoint == Endpoint::Chat && integer < 1)
+      return invalid(maxTokensName, std::string(maxTokensName) + " must be at least 1, got " +
+                                        std::to_string(integer));
     p.maxTokens = integer;
     r.maxTokensGiven = true;
   }
   if (f.integer("min_tokens", integer))
     p.minTokens = integer;
-  if (f.integer("n", integer))
-    p.n = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, serving::kMaxChoices + 1));
+  if (f.integer("n", integer)) {
+    if (integer < 1 || integer > serving::kMaxChoices)
+      return invalid("n", "n must be in [1, " + std::to_string(serving::kMaxChoices) +
+                              "], got " + std::to_string(integer));
+    p.n = static_cast<int32_t>(integer);
+  }
   f.boolean("ignore_eos", p.ignoreEos);
   f.boolean("stream", r.stream);
   f.boolean("return_token_ids", r.returnTokenIds);
@@ -307,8 +329,10 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
   if (endpoint == Endpoint::Completions) {
     // logprobs: the number of alternatives (0 = only the sampled token's).
     if (f.integer("logprobs", integer)) {
+      if (auto e = checkTopLogprobs("logprobs", integer))
+        return *e;
       p.logprobs = true;
-      p.topLogprobs = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, 1000));
+      p.topLogprobs = static_cast<int32_t>(integer);
     }
     f.boolean("echo", r.echo);
     // With echo, logprobs cover the prompt too (its first token has none);
@@ -319,7 +343,9 @@ std::variant<ApiRequest, ApiError> parseRequest(Endpoint endpoint, std::string_v
     if (f.integer("top_logprobs", integer)) {
       if (!p.logprobs)
         return invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true");
-      p.topLogprobs = static_cast<int32_t>(std::clamp<int64_t>(integer, -1, 1000));
+      if (auto e = checkTopLogprobs("top_logprobs", integer))
+        return *e;
+      p.topLogprobs = static_cast<int32_t>(integer);
     }
   }
   if (f.error)

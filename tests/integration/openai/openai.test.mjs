@@ -243,20 +243,33 @@ test('bad inputs get OpenAI-style 4xx and the server keeps serving', async () =>
     [{ prompt: 'x '.repeat(3000) }, 400, 'prompt'],
     [{ prompt, n: 0 }, 400, 'n'],
     [{ prompt, logprobs: 99 }, 400, 'logprobs'],
+    // Issue 14: ranges are checked on the value sent, and errors show it.
+    [{ prompt, top_k: 2 ** 32 + 1 }, 400, 'top_k', String(2 ** 32 + 1)],
+    [{ prompt, n: 2 ** 40 }, 400, 'n', String(2 ** 40)],
+    [{ prompt, logprobs: 5000 }, 400, 'logprobs', '5000'],
     [{ prompt, stop: [1] }, 400, 'stop'],
     [{ prompt, model: 'no-such-model' }, 404, 'model'],
   ];
-  for (const [body, status, param] of cases) {
+  for (const [body, status, param, shown] of cases) {
     const r = await post('/v1/completions', body);
     assert.equal(r.status, status, JSON.stringify(body).slice(0, 80));
     assert.equal(typeof r.body.error.message, 'string');
     assert.ok(r.body.error.message.length > 0);
     assert.equal(r.body.error.param, param);
+    if (shown)
+      assert.ok(r.body.error.message.endsWith(`got ${shown}`), r.body.error.message);
     assert.ok('type' in r.body.error && 'code' in r.body.error);
   }
   const chat = await post('/v1/chat/completions', { messages: [] });
   assert.equal(chat.status, 400);
   assert.equal(chat.body.error.param, 'messages');
+  const messages = [{ role: 'user', content: 'hi' }];
+  const zero = await post('/v1/chat/completions', { messages, max_completion_tokens: 0 });
+  assert.equal(zero.status, 400);
+  assert.equal(zero.body.error.param, 'max_completion_tokens', 'named as sent');
+  const topLogprobs = await post('/v1/chat/completions', { messages, logprobs: true, top_logprobs: 21 });
+  assert.equal(topLogprobs.status, 400);
+  assert.equal(topLogprobs.body.error.param, 'top_logprobs');
 
   const huge = await fetch(`${baseURL}/v1/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' },
