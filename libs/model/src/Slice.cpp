@@ -72,6 +72,8 @@ Result<std::vector<std::byte>> sliceTensorBytes(const TensorInfo &info,
   if (!layout)
     return layout.status();
   std::vector<std::byte> out(static_cast<size_t>(layout->outer * layout->chunkBytes));
+  if (out.empty()) // an empty slice: memcpy from/to null is undefined even for 0 bytes (UBSan)
+    return out;
   for (int64_t o = 0; o < layout->outer; ++o)
     std::memcpy(out.data() + o * layout->chunkBytes,
                 data.data() + o * layout->strideBytes + layout->startBytes,
@@ -93,6 +95,8 @@ Result<std::vector<float>> sliceTensorAsF32(const TensorInfo &info,
   const std::byte *source = raw->data();
   const size_t count = raw->size() / dtypeSize(info.dtype);
   std::vector<float> out(count);
+  if (count == 0)
+    return out;
   switch (info.dtype) {
   case DType::F32:
     std::memcpy(out.data(), source, count * sizeof(float));
