@@ -43,7 +43,9 @@ PY
   jinja) seed "$root"/tests/fixtures/chat-templates/* ;;
 esac
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/fuzz/lsan.supp:print_suppressions=0}"
-exec "$build/bin/fuzz_$target" "$corpus" "$root/fuzz/seeds/$target" \
+seeds=()
+[ -d "$root/fuzz/seeds/$target" ] && seeds=("$root/fuzz/seeds/$target")
+exec "$build/bin/fuzz_$target" "$corpus" "${seeds[@]}" \
   -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=1048576 \
   -artifact_prefix="$findings/" \
   -print_final_stats=1
