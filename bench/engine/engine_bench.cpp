@@ -5,9 +5,17 @@
 // weight once (the embedding table only one row), so
 // ceiling = bandwidth / weight bytes per token.
 //
+// With --llama-bench PATH --gguf-dir DIR it runs llama.cpp's llama-bench on
+// DIR/<model dir name>.gguf in the same invocation, each repeat right after
+// LLMIR's (interleaved, so both see the same load on a shared machine), and
+// prints both and the ratio: prefill = `-p N -n 0`, decode = `-p 0 -n M -d N`
+// (M tokens generated after N already in the context, as LLMIR's decode).
+//
 //   llmir-engine-bench [--threads 1,2] [--prefill 512] [--decode 128]
-//                      [--repeats 3] MODEL_DIR...
+//                      [--repeats 3] [--llama-bench PATH --gguf-dir DIR]
+//                      MODEL_DIR...
 #include "BandwidthProbe.h"
+#include "LlamaBench.h"
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
@@ -17,6 +25,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <functional>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -34,20 +44,17 @@ struct Options {
   int prefillTokens = 512;
   int decodeTokens = 128;
   int repeats = 3;
+  std::string llamaBench; // the peer's llama-bench binary, if given
+  std::string ggufDir;    // where its GGUF files are
   std::vector<std::string> models;
 };
-
-// llama.cpp on this machine kind, 2 threads (issue 5).
-struct Reference {
-  double prefill, decode;
-};
-const std::map<std::string, Reference> kLlamaCpp = {{"F32", {738, 45.3}},
-                                                   {"BF16", {522, 60.1}}};
 
 [[noreturn]] void usage(const char *why) {
   std::fprintf(stderr,
                "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
-               "1,2] [--prefill N] [--decode N] [--repeats N] MODEL_DIR...\n",
+               "1,2] [--prefill N] [--decode N] [--repeats N]\n"
+               "                          [--llama-bench PATH --gguf-dir DIR] "
+               "MODEL_DIR...\n",
                why);
   std::exit(2);
 }
@@ -84,6 +91,10 @@ Options parseOptions(int argc, char **argv) {
       options.decodeTokens = positiveInt(value(), "--decode");
     } else if (arg == "--repeats") {
       options.repeats = positiveInt(value(), "--repeats");
+    } else if (arg == "--llama-bench") {
+      options.llamaBench = value();
+    } else if (arg == "--gguf-dir") {
+      options.ggufDir = value();
     } else if (arg.starts_with("--")) {
       usage(("unknown option " + arg).c_str());
     } else {
@@ -92,6 +103,8 @@ Options parseOptions(int argc, char **argv) {
   }
   if (options.models.empty())
     usage("no model directory given");
+  if (options.llamaBench.empty() != options.ggufDir.empty())
+    usage("--llama-bench and --gguf-dir go together");
   return options;
 }
 
@@ -118,11 +131,17 @@ Result<BenchModel> loadModel(const std::string &dir) {
   BenchModel model{*config, std::move(*checkpoint),
                    std::move(compiled->programs.front()), "", 0};
   // A decode token reads every weight once, except the embedding table, of
-  // which it reads one row.
-  std::set<uint32_t> embeddingSlots;
-  for (const proto::Instruction &inst : model.program.instructions())
+  // which it reads one row, unless the LM head reads it too (tied
+  // embeddings: the compiler gives both the same slot).
+  std::set<uint32_t> embeddingSlots, otherInputs;
+  for (const proto::Instruction &inst : model.program.instructions()) {
     if (inst.op() == proto::EMBEDDING)
       embeddingSlots.insert(inst.inputs(0));
+    else
+      otherInputs.insert(inst.inputs().begin(), inst.inputs().end());
+  }
+  for (uint32_t slot : otherInputs)
+    embeddingSlots.erase(slot);
   for (const proto::WeightSlice &slice : model.program.weights()) {
     const model::TensorInfo *info = model.checkpoint.find(slice.tensor_name());
     if (!info)
@@ -144,8 +163,10 @@ struct Throughput {
   double prefill = 0, decode = 0; // tokens per second, best of the repeats
 };
 
+// `afterRepeat` runs after each of LLMIR's repeats (the peer's turn).
 Result<Throughput> measure(const BenchModel &model, unsigned threads,
-                           const Options &options) {
+                           const Options &options,
+                           const std::function<Status()> &afterRepeat) {
   const int64_t positions = options.prefillTokens + options.decodeTokens;
   const int64_t blockSize = model.program.kv_cache().block_size();
   const int64_t numBlocks = (positions + blockSize - 1) / blockSize;
@@ -190,6 +211,8 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
         return next.status().withContext("decode step " + std::to_string(i));
     }
     best.decode = std::max(best.decode, options.decodeTokens / seconds(start));
+    if (Status peer = afterRepeat(); !peer.isOk())
+      return peer;
   }
   return best;
 }
@@ -198,6 +221,7 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
 
 int main(int argc, char **argv) {
   Options options = parseOptions(argc, argv);
+  const bool withPeer = !options.llamaBench.empty();
   const size_t probeBytes = size_t{1} << 30; // >> any LLC here
   std::map<unsigned, double> bandwidth;
   for (unsigned threads : options.threads)
@@ -205,19 +229,29 @@ int main(int argc, char **argv) {
         llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
 
   std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
-              "(after the prefill), best of %d\n",
-              options.prefillTokens, options.decodeTokens, options.repeats);
+              "(after the prefill), best of %d%s\n",
+              options.prefillTokens, options.decodeTokens, options.repeats,
+              withPeer ? ", each repeat followed by llama.cpp's" : "");
+  if (withPeer)
+    std::printf("# llama.cpp: %s\n#            %s\n",
+                bench::llamaBenchCommand({options.llamaBench, options.ggufDir + "/MODEL.gguf",
+                                   1, options.prefillTokens, 0, 0})
+                    .c_str(),
+                bench::llamaBenchCommand({options.llamaBench, options.ggufDir + "/MODEL.gguf",
+                                   1, 0, options.decodeTokens,
+                                   options.prefillTokens})
+                    .c_str());
   std::printf("# memory read bandwidth (1 GiB stream, best of 5):");
   for (auto [threads, bytesPerSecond] : bandwidth)
     std::printf("  %u thread%s %.1f GB/s", threads, threads == 1 ? "" : "s",
                 bytesPerSecond / 1e9);
   std::printf("\n#\n");
-  std::printf("# %-24s %5s %7s %12s %11s %10s %10s %9s %8s %11s %10s\n",
-              "model", "dtype", "threads", "prefill", "decode", "weights",
-              "ceiling", "decode", "of", "prefill vs", "decode vs");
-  std::printf("# %-24s %5s %7s %12s %11s %10s %10s %9s %8s %11s %10s\n", "",
-              "", "", "(tok/s)", "(tok/s)", "(MB/tok)", "(tok/s)", "(GB/s)",
-              "ceiling", "llama.cpp", "llama.cpp");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %8s %8s\n", "model",
+              "dtype", "threads", "prefill", "decode", "weights", "ceiling",
+              "decode", "of", "llama.cpp", "llama.cpp");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %9s %9s\n", "", "", "",
+              "(tok/s)", "(tok/s)", "(MB/tok)", "(tok/s)", "(GB/s)", "ceiling",
+              "prefill", "decode");
 
   int failures = 0;
   for (const std::string &dir : options.models) {
@@ -227,9 +261,37 @@ int main(int argc, char **argv) {
       ++failures;
       continue;
     }
-    std::string label = dir.size() > 24 ? "..." + dir.substr(dir.size() - 21) : dir;
+    const std::string name =
+        std::filesystem::path(dir).lexically_normal().filename().empty()
+            ? std::filesystem::path(dir).lexically_normal().parent_path().filename().string()
+            : std::filesystem::path(dir).lexically_normal().filename().string();
+    const std::string gguf = options.ggufDir + "/" + name + ".gguf";
+    if (withPeer && !std::filesystem::exists(gguf)) {
+      std::fprintf(stderr, "%s: no %s for llama.cpp (scripts/make-bench-gguf.py "
+                           "writes it)\n", dir.c_str(), gguf.c_str());
+      ++failures;
+      continue;
+    }
+    std::string label = name.size() > 16 ? "..." + name.substr(name.size() - 13) : name;
     for (unsigned threads : options.threads) {
-      Result<Throughput> t = measure(*model, threads, options);
+      Throughput peer;
+      auto runPeer = [&]() -> Status {
+        if (!withPeer)
+          return Status::ok();
+        Result<double> prefill = bench::runLlamaBench(
+            {options.llamaBench, gguf, threads, options.prefillTokens, 0, 0});
+        if (!prefill)
+          return prefill.status();
+        Result<double> decode =
+            bench::runLlamaBench({options.llamaBench, gguf, threads, 0,
+                           options.decodeTokens, options.prefillTokens});
+        if (!decode)
+          return decode.status();
+        peer.prefill = std::max(peer.prefill, *prefill);
+        peer.decode = std::max(peer.decode, *decode);
+        return Status::ok();
+      };
+      Result<Throughput> t = measure(*model, threads, options, runPeer);
       if (!t) {
         std::fprintf(stderr, "%s, %u threads: %s\n", dir.c_str(), threads,
                      t.message().c_str());
@@ -237,23 +299,18 @@ int main(int argc, char **argv) {
         continue;
       }
       const double ceiling = bandwidth[threads] / model->weightBytesPerToken;
-      std::string vsPrefill = "-", vsDecode = "-";
-      auto ref = kLlamaCpp.find(model->dtype);
-      if (threads == 2 && ref != kLlamaCpp.end()) {
-        vsPrefill = std::to_string(t->prefill / ref->second.prefill).substr(0, 4) + "x";
-        vsDecode = std::to_string(t->decode / ref->second.decode).substr(0, 4) + "x";
-      }
-      std::printf("  %-24s %5s %7u %12.1f %11.1f %10.1f %10.1f %9.1f %7.0f%% "
-                  "%11s %10s\n",
+      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %8.1f %7.0f%%",
                   label.c_str(), model->dtype.c_str(), threads, t->prefill,
                   t->decode, model->weightBytesPerToken / 1e6, ceiling,
                   t->decode * model->weightBytesPerToken / 1e9,
-                  100.0 * t->decode / ceiling, vsPrefill.c_str(),
-                  vsDecode.c_str());
+                  100.0 * t->decode / ceiling);
+      if (withPeer)
+        std::printf(" %9.1f %9.1f   LLMIR/llama.cpp: prefill %.2fx, decode %.2fx",
+                    peer.prefill, peer.decode, t->prefill / peer.prefill,
+                    t->decode / peer.decode);
+      std::printf("\n");
       std::fflush(stdout);
     }
   }
-  std::printf("# llama.cpp, same machine kind, 2 threads: F32 prefill 738 / "
-              "decode 45.3 tok/s; BF16 522 / 60.1 tok/s\n");
   return failures ? 1 : 0;
 }
