@@ -229,6 +229,39 @@ TEST(PagedAttention, SlidingWindowHidesOlderPositionsOnEveryPath) {
   expectWindowed(merged, 0, "sequence-parallel partials");
 }
 
+// SmolLM's shape: 9 query heads on 3 KV heads (groups of 3 share a key
+// read), head_dim 64 (the decode kernels' 64-wide register blocks), and a
+// second step of 2 decode tokens of different sequences.
+TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
+  constexpr int64_t H = 9, Hkv = 3, D = 64, L = 37, B = 8;
+  constexpr float scale = 0.125f;
+  std::mt19937 rng(17);
+  const std::vector<float> q = randomFloats(L * H * D, rng, 2.0f);
+  const std::vector<float> k = randomFloats(L * Hkv * D, rng, 2.0f);
+  const std::vector<float> v = randomFloats(L * Hkv * D, rng);
+  const std::vector<double> ref =
+      refAttention(toDouble(q), toDouble(k), toDouble(v), L, H, Hkv, D, scale);
+  ThreadPool pool(2);
+  std::vector<int32_t> table(static_cast<size_t>((L + B - 1) / B));
+  std::iota(table.rbegin(), table.rend(), 0);
+  cpu::AttentionParams params{0, H, Hkv, D, scale};
+  KvCache cache =
+      std::move(*KvCache::create({1, Hkv, D, B, static_cast<int64_t>(table.size())}));
+  for (int64_t p = 0; p < L; ++p) {
+    StepInput step;
+    step.tokenIds = {0};
+    step.positions = {static_cast<int32_t>(p)};
+    step.tokenSeq = {0};
+    step.blockTables = {table};
+    std::vector<float> row(static_cast<size_t>(H * D));
+    cpu::pagedAttention(q.data() + p * H * D, k.data() + p * Hkv * D,
+                        v.data() + p * Hkv * D, step, params, cache, row.data(), pool);
+    for (int64_t i = 0; i < H * D; ++i)
+      ASSERT_NEAR(row[static_cast<size_t>(i)], ref[static_cast<size_t>(p * H * D + i)], 1e-5)
+          << "position " << p << " element " << i;
+  }
+}
+
 // transformers' _compute_llama3_parameters and linear scaling, written out
 // in double: long wavelengths divided by the factor, short ones kept, the
 // band between blended.

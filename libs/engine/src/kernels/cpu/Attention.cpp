@@ -9,8 +9,9 @@
 //   once per KV head, transposed, and each block of 4 queries computes its
 //   scores and weighted values with register-blocked kernels (no horizontal
 //   sums, every key and value load shared by 4 queries);
-// - fewer tokens (decode): each (token, head) reads keys and values through
-//   the block table directly.
+// - fewer tokens (decode): each (token, KV head) reads its keys and values
+//   through the block table once for the (up to 4) query heads it serves
+//   (grouped-query attention), the outputs kept in registers.
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -83,6 +84,43 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
   std::fill(o, o + D, 0.0f);
   for (int64_t j = first; j < length; ++j)
     k.axpy(scores[static_cast<size_t>(j - first)], g.value(seq, j, kvHead), o, D);
+}
+
+// Query heads heads[0, count) (count <= 4, all of KV head kvHead) of token t.
+void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
+                 const int64_t *heads, int64_t count, float *out,
+                 std::vector<float> &scratch) {
+  const simd::Kernels &k = simd::kernels();
+  const int64_t D = g.params.headDim, Hq = g.params.numHeads;
+  const int32_t seq = g.step.tokenSeq[t];
+  const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
+  const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
+  const int64_t L = length - first;
+  thread_local std::vector<const float *> rows;
+  rows.resize(static_cast<size_t>(2 * L));
+  const float **keys = rows.data(), **values = rows.data() + L;
+  for (int64_t j = 0; j < L; ++j) {
+    keys[j] = g.key(seq, first + j, kvHead);
+    values[j] = g.value(seq, first + j, kvHead);
+  }
+  scratch.resize(static_cast<size_t>(kQueryBlock * L + D));
+  float *s = scratch.data();
+  float *discard = s + kQueryBlock * L; // output of padding rows
+  const float *queries[kQueryBlock];
+  float *outputs[kQueryBlock];
+  for (int64_t r = 0; r < kQueryBlock; ++r) {
+    const int64_t h = heads[std::min(r, count - 1)];
+    queries[r] = q + ((t - g.firstRow) * Hq + h) * D;
+    outputs[r] = r < count ? out + ((t - g.firstRow) * Hq + h) * D : discard;
+  }
+  k.rowScores4(queries, keys, L, D, s, L);
+  for (int64_t r = 0; r < kQueryBlock; ++r) {
+    if (r < count)
+      k.softmax(s + r * L, L, g.params.scale);
+    else
+      std::fill(s + r * L, s + (r + 1) * L, 0.0f);
+  }
+  k.rowWeightedSum4(s, L, values, L, D, outputs);
 }
 
 // K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
@@ -205,26 +243,56 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
                      }
                    });
 
-  // Work items: (query block, head) of the runs, then (token, head).
+  // Work items: (query block, head) of the runs, then (token, head) or,
+  // with D in 16s, (token, up to 4 query heads of one KV head).
   struct Item {
     int32_t run; // -1 for a single token
-    int64_t t, rows, h;
+    int64_t t, rows, h; // single grouped: h indexes groups, rows its count
   };
+  const bool grouped = D % 16 == 0;
+  std::vector<int64_t> groups; // [4] query heads per group, by KV head
+  std::vector<int64_t> groupKv, groupCount;
+  if (grouped)
+    for (int64_t kv = 0; kv < Hkv; ++kv) {
+      int64_t count = 0;
+      for (int64_t h = 0; h < Hq; ++h) {
+        if (kvHeadOf(params, h) != kv)
+          continue;
+        if (count == 0) {
+          groups.resize(groups.size() + kQueryBlock);
+          groupKv.push_back(kv);
+          groupCount.push_back(0);
+        }
+        groups[groups.size() - kQueryBlock + count] = h;
+        groupCount.back() = ++count;
+        if (count == kQueryBlock)
+          count = 0;
+      }
+    }
   std::vector<Item> items;
   for (size_t r = 0; r < runs.size(); ++r)
     for (int64_t t = runs[r].begin; t < runs[r].end; t += kQueryBlock)
       for (int64_t h = 0; h < Hq; ++h)
         items.push_back({static_cast<int32_t>(r), t,
                          std::min(kQueryBlock, runs[r].end - t), h});
-  for (int64_t t : singles)
-    for (int64_t h = 0; h < Hq; ++h)
-      items.push_back({-1, t, 1, h});
+  for (int64_t t : singles) {
+    if (grouped)
+      for (size_t gi = 0; gi < groupKv.size(); ++gi)
+        items.push_back({-1, t, groupCount[gi], static_cast<int64_t>(gi)});
+    else
+      for (int64_t h = 0; h < Hq; ++h)
+        items.push_back({-1, t, 1, h});
+  }
 
   pool.parallelFor(items.size(), 1, [&](size_t b, size_t e) {
     thread_local std::vector<float> scratch;
     for (size_t i = b; i < e; ++i) {
       const Item &item = items[i];
-      if (item.run < 0) {
+      if (item.run < 0 && grouped) {
+        const size_t gi = static_cast<size_t>(item.h);
+        attendGroup(g, q, item.t, groupKv[gi], groups.data() + gi * kQueryBlock,
+                    item.rows, out, scratch);
+      } else if (item.run < 0) {
         attendOne(g, q, item.t, item.h, out, scratch);
       } else {
         const Run &run = runs[static_cast<size_t>(item.run)];

@@ -44,6 +44,16 @@ struct Kernels {
   /// D a multiple of 16; v is [L][D] contiguous.
   void (*weightedSum4)(const float *p, int64_t ldp, const float *v, int64_t L,
                        int64_t D, float *const *o);
+  /// Decode attention for the query heads of one KV head (up to 4 share each
+  /// key and value read): s[r * lds + j] = q[r] . keys[j] for r < 4, j < L;
+  /// D a multiple of 16; keys are row pointers (the paged cache).
+  void (*rowScores4)(const float *const *q, const float *const *keys,
+                     int64_t L, int64_t D, float *s, int64_t lds);
+  /// o[r][d] = sum_j p[r * ldp + j] * values[j][d] for r < 4, j < L;
+  /// D a multiple of 16; values are row pointers.
+  void (*rowWeightedSum4)(const float *p, int64_t ldp,
+                          const float *const *values, int64_t L, int64_t D,
+                          float *const *o);
 };
 
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512|avx2|generic forces
