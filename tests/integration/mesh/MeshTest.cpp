@@ -1,6 +1,8 @@
 // Compiler service + a tp=2 replica of shard workers as processes. The test
 // plays the scheduler: it assigns ranks, sends batched greedy steps for every
 // reference prompt of demo-llama-4m and compares the ids with Hugging Face's.
+#include "Processes.h"
+
 #include "llmir/net/Framed.h"
 #include "llmir/net/HttpClient.h"
 #include "llmir/proto/shard_program.pb.h"
@@ -9,21 +11,14 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-extern char **environ;
 
 using namespace llmir;
+using llmir::testing::freePort;
+using llmir::testing::Process;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 
@@ -35,55 +30,6 @@ std::string env(const char *name, const char *fallback) {
   const char *value = std::getenv(name);
   return value && *value ? value : fallback;
 }
-
-uint16_t freePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-class Process {
-public:
-  explicit Process(std::vector<std::string> args) {
-    std::vector<char *> argv;
-    for (auto &a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0)
-      pid_ = -1;
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  bool started() const { return pid_ > 0; }
-  void signal(int sig) { ::kill(pid_, sig); }
-  /// Exit status, or -1 when it did not exit within `timeout`.
-  int wait(std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return -1;
-  }
-
-private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
-};
 
 // The test's scheduler end: records every connection and queues envelopes.
 struct FakeScheduler {
@@ -138,6 +84,22 @@ std::vector<int32_t> ints(const json::value &v) {
   return out;
 }
 
+/// A shard worker process that registers with `scheduler`. Its device and
+/// collectives come from LLMIR_TEST_WORKER_DEVICE / _COLLECTIVES, so that
+/// scripts/test-gpu.sh runs the same replicas on a GPU (several workers
+/// sharing one: collectives through host memory).
+std::unique_ptr<Process> startWorker(const std::string &bin, const FakeScheduler &scheduler,
+                                     uint16_t httpPort) {
+  return std::make_unique<Process>(std::vector<std::string>{
+      bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
+      "--scheduler.port=" + std::to_string(scheduler.server->port()),
+      "--http.host=127.0.0.1", "--http.port=" + std::to_string(httpPort),
+      "--worker.threads=1", "--timeouts.heartbeat-ms=200",
+      "--worker.device=" + env("LLMIR_TEST_WORKER_DEVICE", "cpu"),
+      "--worker.collectives=" + env("LLMIR_TEST_WORKER_COLLECTIVES", "auto"),
+      "--worker.kv-cache-dtype=f32"});
+}
+
 TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
   const std::string bin = env("LLMIR_BIN_DIR", LLMIR_BIN_DIR);
   const uint16_t compilerPort = freePort();
@@ -186,11 +148,7 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
   std::vector<uint16_t> metricsPorts = {freePort(), freePort()};
   std::vector<std::unique_ptr<Process>> workers;
   for (int w = 0; w < 2; ++w) {
-    workers.push_back(std::make_unique<Process>(std::vector<std::string>{
-        bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
-        "--scheduler.port=" + std::to_string(scheduler.server->port()),
-        "--http.host=127.0.0.1", "--http.port=" + std::to_string(metricsPorts[w]),
-        "--worker.threads=1", "--timeouts.heartbeat-ms=200"}));
+    workers.push_back(startWorker(bin, scheduler, metricsPorts[w]));
     ASSERT_TRUE(workers.back()->started());
   }
   auto isRegister = [](const proto::Envelope &e) { return e.has_register_worker(); };
@@ -333,16 +291,7 @@ void expectReplicaMatchesReference(const std::string &compilerUrl, uint16_t stor
   FakeScheduler scheduler;
   std::vector<std::unique_ptr<Process>> workers;
   for (int w = 0; w < world; ++w) {
-    workers.push_back(std::make_unique<Process>(std::vector<std::string>{
-        bin + "/llmir-shard-worker", "--scheduler.host=127.0.0.1",
-        "--scheduler.port=" + std::to_string(scheduler.server->port()),
-        "--http.host=127.0.0.1", "--http.port=" + std::to_string(freePort()),
-        "--worker.threads=1", "--timeouts.heartbeat-ms=200",
-        // scripts/test-gpu.sh runs these replicas on a GPU (several workers
-        // sharing one: collectives through host memory).
-        "--worker.device=" + env("LLMIR_TEST_WORKER_DEVICE", "cpu"),
-        "--worker.collectives=" + env("LLMIR_TEST_WORKER_COLLECTIVES", "auto"),
-        "--worker.kv-cache-dtype=f32"}));
+    workers.push_back(startWorker(bin, scheduler, freePort()));
     ASSERT_TRUE(workers.back()->started());
   }
   std::vector<net::FramedConnectionPtr> ranks;
