@@ -176,11 +176,14 @@ int run(const Options &o) {
     for (int n = 0; n < o.newTokens; ++n) {
       for (int s = 0; s < batch; ++s)
         decode.positions[static_cast<size_t>(s)] = o.prompt + n;
-      logits = (*executor)->step(decode); // reads the logits back: synchronous
-      if (!logits) {
-        std::fprintf(stderr, "llmir-gpu-bench: decode: %s\n", logits.message().c_str());
+      // Greedy on the device, as a server's greedy request: only the ids
+      // come back (synchronous), and they are the next step's tokens.
+      auto ids = (*executor)->stepGreedy(decode);
+      if (!ids) {
+        std::fprintf(stderr, "llmir-gpu-bench: decode: %s\n", ids.message().c_str());
         return 1;
       }
+      decode.tokenIds = *ids;
     }
     const double tokPerS = double(batch) * o.newTokens / since(start);
     rows += (rows.empty() ? "" : ", ") + std::string("\"") + std::to_string(batch) +

@@ -29,6 +29,12 @@ for dir in "$fixtures"/tiny-llama-gqa "$fixtures"/tiny-llama-mha "$fixtures"/fam
   "$root/scripts/mesh.sh" --smoke --model "$work/$name" "$@"
   count=$((count + 1))
 done
+# FIXTURES_ONLY=1 stops here (a caller choosing its own layouts, such as
+# scripts/test-multi-gpu.sh).
+if [ "${FIXTURES_ONLY:-0}" = 1 ]; then
+  echo "mesh_fixtures_smoke: $count replica(s) served their reference ids"
+  exit 0
+fi
 # The partitioner's harder layouts through the same mesh: replicated KV heads
 # (2 KV heads over tp=4), uneven heads (8 over tp=3), the sliding window over
 # tp x pp, and a vocabulary tp does not divide (the demo model cut to 2045

@@ -29,9 +29,20 @@ public:
   /// Makes the step's tables available to the kernels (validated step).
   virtual Status beginStep(const StepInput &step) = 0;
   virtual Status run(const BoundInstruction &inst) = 0;
+  /// Every instruction of the program, in order (after beginStep). A
+  /// backend may replay a recorded step instead (CUDA graphs); this one
+  /// runs them one by one.
+  virtual Status runAll(const std::vector<BoundInstruction> &instructions) {
+    for (const BoundInstruction &inst : instructions)
+      LLMIR_RETURN_IF_ERROR(run(inst).withContext(inst.name));
+    return Status::ok();
+  }
   /// A host copy of activation slot `slot` as the last instruction left it
   /// (waits for the device).
   virtual Result<Tensor> read(uint32_t slot) = 0;
+  /// Greedy ids of the rows of slot `slot` ([rows, vocab] logits): the
+  /// lowest index of each row's maximum, as engine::argmax.
+  virtual Result<std::vector<int32_t>> argmaxRows(uint32_t slot);
 };
 
 struct BackendOptions {

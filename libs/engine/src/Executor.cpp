@@ -2,6 +2,7 @@
 
 #include "Binding.h"
 #include "ExecutionBackend.h"
+#include "llmir/engine/Sampler.h"
 #include "llmir/model/Safetensors.h"
 #include "llmir/proto/shard_program.pb.h"
 
@@ -154,8 +155,7 @@ const KvCacheShape &Executor::kvCacheShape() const {
   return backend_->kvCacheShape();
 }
 
-Result<Tensor> Executor::step(const StepInput &input,
-                              const InstructionObserver &observer) {
+Status Executor::runStep(const StepInput &input, const InstructionObserver &observer) {
   LLMIR_RETURN_IF_ERROR(
       validateStepInput(input, kvCacheShape()).withContext("invalid step"));
   const int64_t vocab = program_->vocabSize;
@@ -166,19 +166,47 @@ Result<Tensor> Executor::step(const StepInput &input,
                            ", outside the vocabulary of " +
                            std::to_string(vocab));
   LLMIR_RETURN_IF_ERROR(backend_->beginStep(input));
+  if (!observer)
+    return backend_->runAll(program_->instructions);
   for (size_t i = 0; i < program_->instructions.size(); ++i) {
     const BoundInstruction &inst = program_->instructions[i];
     LLMIR_RETURN_IF_ERROR(backend_->run(inst).withContext(inst.name));
-    if (observer && !inst.outputs.empty()) {
+    if (!inst.outputs.empty()) {
       Result<Tensor> out = backend_->read(inst.outputs.front());
       if (!out)
         return out.status().withContext(inst.name);
       observer(i, *out);
     }
   }
+  return Status::ok();
+}
+
+Result<Tensor> Executor::step(const StepInput &input,
+                              const InstructionObserver &observer) {
+  LLMIR_RETURN_IF_ERROR(runStep(input, observer));
   if (!program_->hasOutput)
     return Tensor();
   return backend_->read(program_->outputSlot);
+}
+
+Result<std::vector<int32_t>> Executor::stepGreedy(const StepInput &input) {
+  if (!program_->hasOutput)
+    return Status::error("stepGreedy: this stage has no output (logits)");
+  LLMIR_RETURN_IF_ERROR(runStep(input, {}));
+  return backend_->argmaxRows(program_->outputSlot);
+}
+
+Result<std::vector<int32_t>> ExecutionBackend::argmaxRows(uint32_t slot) {
+  Result<Tensor> logits = read(slot);
+  if (!logits)
+    return logits.status();
+  std::vector<int32_t> ids;
+  const int64_t rows = logits->shape.size() == 2 ? logits->shape[0] : 0;
+  const int64_t V = rows ? logits->shape[1] : 0;
+  for (int64_t r = 0; r < rows && V > 0; ++r)
+    ids.push_back(argmax(std::span<const float>(logits->data.data() + r * V,
+                                                static_cast<size_t>(V))));
+  return ids;
 }
 
 } // namespace llmir::engine

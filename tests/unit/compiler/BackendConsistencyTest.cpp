@@ -7,6 +7,7 @@
 #include "LocalCluster.h"
 
 #include "llmir/engine/Device.h"
+#include "llmir/engine/Sampler.h"
 
 #include <gtest/gtest.h>
 
@@ -76,6 +77,114 @@ TEST_P(BackendConsistency, EveryInstructionMatchesTheCpu) {
     seen += op + " ";
   std::printf("tp=%d pp=%d sp=%d: %zu opcodes (%s), worst relative error %.2e\n",
               options.tp, options.pp, options.sp, opcodes.size(), seen.c_str(), worst);
+}
+
+// Steps without an observer take the CUDA backend's fast paths: decode
+// steps recorded as CUDA graphs and replayed, Q/K/V and gate/up as one
+// launch, tensor cores from 16 tokens, greedy ids from a device argmax. For
+// 1, 3 and 20 sequences: a prefill, decodes (eager, recorded, replayed), a
+// prefill of another sequence in between (it moves buffers between slots and
+// grows them), decodes again; the logits of every step against the CPU's,
+// and stepGreedy against the argmax of the same step's logits.
+TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
+  if (engine::cudaDeviceCount() == 0)
+    GTEST_SKIP() << "no CUDA device";
+  auto checkpoint = model::Checkpoint::open(kDemoModel);
+  ASSERT_TRUE(checkpoint) << checkpoint.message();
+  CompileOptions compileOptions;
+  compileOptions.kvBlockSize = 4;
+  auto compiled = compileHuggingFace(kDemoModel, compileOptions);
+  ASSERT_TRUE(compiled) << compiled.message();
+  auto makeExecutor = [&](engine::Device device) {
+    engine::ExecutorOptions options;
+    options.numKvBlocks = 512;
+    options.numThreads = 1;
+    options.device = device;
+    options.kvCacheDtype = engine::KvCacheDType::F32;
+    auto executor = engine::Executor::create(compiled->programs.front(),
+                                             engine::checkpointWeights(*checkpoint), options);
+    EXPECT_TRUE(executor) << executor.message();
+    return executor ? std::move(*executor) : nullptr;
+  };
+  auto cpu = makeExecutor(engine::Device{});
+  auto gpu = makeExecutor(engine::Device{engine::Device::Kind::Cuda, 0});
+  ASSERT_TRUE(cpu && gpu);
+
+  double worst = 0;
+  auto compare = [&](const engine::StepInput &step, const std::string &what) {
+    auto want = cpu->step(step);
+    auto got = gpu->step(step);
+    EXPECT_TRUE(want && got) << what;
+    if (!want || !got)
+      return std::vector<int32_t>();
+    EXPECT_EQ(got->shape, want->shape) << what;
+    float scale = 0, error = 0;
+    for (size_t k = 0; k < want->data.size() && k < got->data.size(); ++k) {
+      scale = std::max(scale, std::abs(want->data[k]));
+      error = std::max(error, std::isnan(got->data[k]) ? INFINITY
+                                                        : std::abs(got->data[k] - want->data[k]));
+    }
+    worst = std::max(worst, double(error / scale));
+    EXPECT_LE(error / scale, 1e-4) << what;
+    // The same step again (it rewrites the same KV entries): the device's
+    // greedy ids are the argmax of its own logits, exactly.
+    auto greedy = gpu->stepGreedy(step);
+    EXPECT_TRUE(greedy) << what << ": " << greedy.message();
+    std::vector<int32_t> next;
+    const int64_t V = want->shape.back();
+    for (int64_t r = 0; r < want->shape.front(); ++r) {
+      next.push_back(engine::argmax(
+          std::span<const float>(want->data.data() + r * V, static_cast<size_t>(V))));
+      if (greedy)
+        EXPECT_EQ((*greedy)[static_cast<size_t>(r)],
+                  engine::argmax(std::span<const float>(got->data.data() + r * V,
+                                                        static_cast<size_t>(V))))
+            << what << " row " << r;
+    }
+    return next;
+  };
+
+  int32_t nextBlock = 0;
+  for (int batch : {1, 3, 20}) {
+    const int prompt = 5;
+    engine::StepInput prefill, decode;
+    for (int s = 0; s < batch; ++s) {
+      std::vector<int32_t> table;
+      for (int b = 0; b < 8; ++b)
+        table.push_back(nextBlock++);
+      prefill.blockTables.push_back(table);
+      for (int p = 0; p < prompt; ++p) {
+        prefill.tokenIds.push_back(static_cast<int32_t>(7 + 13 * s + 31 * p) % 2000);
+        prefill.positions.push_back(p);
+        prefill.tokenSeq.push_back(s);
+      }
+      decode.positions.push_back(prompt);
+      decode.tokenSeq.push_back(s);
+    }
+    decode.blockTables = prefill.blockTables;
+    const std::string name = "batch " + std::to_string(batch);
+    decode.tokenIds = compare(prefill, name + " prefill");
+    for (int n = 0; n < 8; ++n) {
+      if (n == 4) { // another sequence's prefill between the decodes
+        engine::StepInput other;
+        const int length = 9 * batch + 3;
+        std::vector<int32_t> table;
+        for (int b = 0; b < length / 4 + 1; ++b)
+          table.push_back(nextBlock++);
+        other.blockTables = {table};
+        for (int p = 0; p < length; ++p) {
+          other.tokenIds.push_back((5 + 17 * p) % 2000);
+          other.positions.push_back(p);
+          other.tokenSeq.push_back(0);
+        }
+        compare(other, name + " interleaved prefill");
+      }
+      decode.tokenIds = compare(decode, name + " decode " + std::to_string(n));
+      for (int32_t &position : decode.positions)
+        ++position;
+    }
+  }
+  std::printf("fast paths: worst relative error %.2e\n", worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Degrees, BackendConsistency,

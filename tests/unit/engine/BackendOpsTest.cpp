@@ -7,6 +7,7 @@
 
 #include "llmir/engine/CudaKernels.h"
 #include "llmir/engine/KvCache.h"
+#include "llmir/engine/Sampler.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/ThreadPool.h"
 
@@ -137,8 +138,11 @@ TEST_F(BackendOps, Linear) {
     bool bias;
   };
   for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16})
-    for (Shape s : {Shape{1, 256, 384, false}, Shape{7, 512, 320, true},
-                    Shape{33, 1024, 96, false}}) {
+    for (Shape s : {Shape{1, 256, 384, false}, Shape{2, 256, 64, true},
+                    Shape{3, 1000, 40, false}, Shape{7, 512, 320, true}, Shape{9, 2048, 64, false},
+                    Shape{1, 5632, 72, true},
+                    Shape{16, 2048, 256, true}, Shape{33, 1024, 96, false},
+                    Shape{130, 512, 1000, true}}) {
       const WeightTensor w = makeWeight(
           dtype, {s.N, s.K}, randomFloats(size_t(s.N * s.K), rng_, 0.1f));
       const std::vector<float> x = randomFloats(size_t(s.T * s.K), rng_);
@@ -158,6 +162,65 @@ TEST_F(BackendOps, Linear) {
                   (s.bias ? " bias" : ""),
               dy.download(), want, kMatmulLimit);
     }
+}
+
+// Q, K, V-like products of one input in one launch (few tokens) or one after
+// the other (many), against the CPU's one by one.
+TEST_F(BackendOps, LinearGroup) {
+  for (proto::DType dtype : {proto::BF16, proto::F16})
+    for (int64_t T : {1, 5, 24}) {
+      const int64_t K = 768;
+      const std::vector<int64_t> widths = {768, 256, 256, 40};
+      const std::vector<float> x = randomFloats(size_t(T * K), rng_);
+      DeviceArray<float> dx(x);
+      std::vector<WeightTensor> weights;
+      std::vector<std::unique_ptr<DeviceWeight>> deviceWeights;
+      std::vector<std::unique_ptr<DeviceArray<float>>> outputs, biases;
+      std::vector<std::vector<float>> wants;
+      std::vector<cuda::LinearOutput> group;
+      for (size_t i = 0; i < widths.size(); ++i) {
+        const int64_t N = widths[i];
+        weights.push_back(makeWeight(dtype, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f)));
+        const std::vector<float> bias = randomFloats(size_t(N), rng_);
+        const bool withBias = i == 1;
+        std::vector<float> want(size_t(T * N));
+        cpu::linear(x.data(), T, WeightView::of(weights.back()),
+                    withBias ? bias.data() : nullptr, want.data(), pool_);
+        wants.push_back(want);
+        deviceWeights.push_back(std::make_unique<DeviceWeight>(weights.back()));
+        biases.push_back(std::make_unique<DeviceArray<float>>(bias));
+        outputs.push_back(std::make_unique<DeviceArray<float>>(want.size()));
+        group.push_back({deviceWeights.back()->view, withBias ? biases.back()->get() : nullptr,
+                         outputs.back()->get()});
+      }
+      Status status = cuda::linearGroup(*context_, dx.get(), T, group);
+      ASSERT_TRUE(status.isOk()) << status.message();
+      for (size_t i = 0; i < widths.size(); ++i)
+        compare("LINEAR group", "T=" + std::to_string(T) + " N=" + std::to_string(widths[i]) +
+                                    " " + weightName(dtype),
+                outputs[i]->download(), wants[i], kMatmulLimit);
+    }
+}
+
+// Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
+TEST_F(BackendOps, ArgmaxRows) {
+  const int64_t rows = 5, V = 32001;
+  std::vector<float> logits = randomFloats(size_t(rows * V), rng_, 4.0f);
+  logits[size_t(1 * V + 7)] = 50.0f; // a tie: the lower id wins
+  logits[size_t(1 * V + 9000)] = 50.0f;
+  logits[size_t(2 * V + V - 1)] = 60.0f; // the last id
+  std::fill(logits.begin() + 3 * V, logits.begin() + 4 * V, -3.0f); // all equal
+  DeviceArray<float> dlogits(logits);
+  DeviceArray<int32_t> dids(static_cast<size_t>(rows));
+  Status status = cuda::argmaxRows(context_->stream(), dlogits.get(), rows, V, dids.get());
+  ASSERT_TRUE(status.isOk()) << status.message();
+  ASSERT_TRUE(context_->synchronize().isOk());
+  const std::vector<int32_t> got = dids.download();
+  for (int64_t r = 0; r < rows; ++r)
+    EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * V, size_t(V))))
+        << "row " << r;
+  EXPECT_EQ(got[1], 7);
+  EXPECT_EQ(got[3], 0);
 }
 
 TEST_F(BackendOps, RmsNorm) {
@@ -268,6 +331,16 @@ TEST_F(BackendOps, PagedAttention) {
        range(0, 20),
        std::vector<int32_t>(20, 0),
        {{3, 0, 6}}},
+      // 70 rows over 30 cached positions: several query and key tiles.
+      {"GQA long chunk",
+       8,
+       2,
+       64,
+       16,
+       1,
+       range(30, 100),
+       std::vector<int32_t>(70, 0),
+       {{7, 1, 6, 0, 5, 2, 4, 3}}},
       // A prefill chunk over cached history, then another sequence's decode.
       {"GQA mixed",
        12,
@@ -352,6 +425,20 @@ TEST_F(BackendOps, PagedAttention) {
         c.name + " T=" + std::to_string(T) + " Hq=" + std::to_string(c.heads) +
         " Hkv=" + std::to_string(c.kvHeads) + " D=" + std::to_string(c.headDim);
     compare("ATTENTION", shapeText, dout.download(), want, kMatmulLimit);
+    // The tiled prefill kernel on the same step (it stores the same keys and
+    // values again), when the step has runs of one sequence.
+    const std::vector<int32_t> tiles = cuda::prefillTiles(c.tokenSeq);
+    if (!tiles.empty() && c.headDim <= 128) {
+      DeviceArray<int32_t> dtiles(tiles);
+      DeviceArray<float> tiledOut(q.size());
+      cuda::DeviceStep tiledStep = deviceStep;
+      tiledStep.prefillTiles = dtiles.get();
+      tiledStep.numPrefillTiles = int64_t(tiles.size() / 2);
+      status = cuda::pagedAttention(dq.get(), dk.get(), dv.get(), tiledStep, params,
+                                    deviceCache, tiledOut.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("ATTN_TILED", shapeText, tiledOut.download(), want, kMatmulLimit);
+    }
     // The stored keys and values: the whole cache must match.
     std::vector<float> cpuKeys(cacheFloats), cpuValues(cacheFloats);
     for (int64_t layer = 0; layer < shape.numLayers; ++layer)

@@ -13,20 +13,34 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
+#include <vector>
+
+struct CUstream_st; // cudaStream_t is CUstream_st *
 
 namespace llmir::engine::cuda {
 
-/// The cuBLAS handle (f32 weights go through SGEMM).
+/// cudaStream_t without the runtime's header. The kernels below queue on
+/// the stream given (nullptr: the legacy default stream).
+using Stream = ::CUstream_st *;
+
+/// The backend's stream and cuBLAS handles (f32 weights go through SGEMM in
+/// pedantic f32, bf16 weights through tensor cores) with their workspace.
 class Context {
 public:
-  /// Fails when no CUDA device is usable or cuBLAS cannot start.
+  /// Fails when no CUDA device is usable or cuBLAS cannot start. Creates a
+  /// stream that orders itself with the legacy default stream.
   static Result<Context> create();
   Context(Context &&) noexcept;
   Context &operator=(Context &&) noexcept;
   ~Context();
 
-  /// Waits for all queued work; returns the first error it raised.
+  Stream stream() const;
+  /// Waits for the stream's work; returns the first error it raised.
   Status synchronize();
+  /// The device scratch linear() uses for many tokens; it moves when a
+  /// larger step needs more, which a captured CUDA graph must notice.
+  const void *scratchAddress() const;
 
   struct State;
   State &state() { return *state_; }
@@ -36,33 +50,67 @@ private:
   std::unique_ptr<State> state_;
 };
 
-/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null): cuBLAS SGEMM
-/// for f32 weights; bf16/f16 weights read in place with f32 accumulation.
+/// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null), on the
+/// context's stream: cuBLAS SGEMM for f32 weights; bf16/f16 weights read in
+/// place with f32 accumulation by a GEMV for few tokens; bf16 weights on
+/// tensor cores from 16 tokens, x split into two bf16 halves so the result
+/// stays within f32 rounding (no widened copy of the weights either way).
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y);
 
+/// One product of linearGroup.
+struct LinearOutput {
+  WeightView w; // [N, K]
+  const float *bias = nullptr;
+  float *y = nullptr; // [T, N]
+};
+/// Several LINEARs of the same x [T, K] (weights of one dtype and K, e.g.
+/// Q, K and V): for few tokens one launch reads all their weights.
+Status linearGroup(Context &context, const float *x, int64_t T,
+                   std::span<const LinearOutput> outputs);
+
+/// ids[r] = the lowest index of the maximum of row r of logits [rows, V]
+/// (greedy sampling as engine::argmax, on the device).
+Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+                  int32_t *ids);
+
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
-               float eps, float *y);
+               float eps, float *y,
+               Stream stream = nullptr);
+
+/// sum = a + b, then y = rmsNorm(sum) as rmsNorm does (the residual add
+/// and the norm after it, one pass).
+Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
+                  const float *weight, float eps, float *y, Stream stream = nullptr);
 
 /// In place HF rotate_half RoPE of x[T, numHeads * headDim]; token t is at
 /// positions[t] (a device array).
 Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-            const int32_t *positions, float theta);
+            const int32_t *positions, float theta,
+            Stream stream = nullptr);
 /// The same with the headDim / 2 inverse frequencies given (a device array;
+/// The same from x into y (y may be x).
+Status rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headDim,
+            const int32_t *positions, const float *inverseFrequencies,
+            Stream stream = nullptr);
 /// cpu::ropeInverseFrequencies computes them, scaled or not).
 Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-            const int32_t *positions, const float *inverseFrequencies);
+            const int32_t *positions, const float *inverseFrequencies,
+            Stream stream = nullptr);
 
 /// y = silu(gate) * up.
-Status swiglu(const float *gate, const float *up, float *y, int64_t n);
+Status swiglu(const float *gate, const float *up, float *y, int64_t n,
+              Stream stream = nullptr);
 /// y = a + b.
-Status add(const float *a, const float *b, float *y, int64_t n);
+Status add(const float *a, const float *b, float *y, int64_t n,
+           Stream stream = nullptr);
 
 /// y[T, H] = rows of table[V_local, H] for ids - vocabOffset; ids outside
 /// the local vocabulary give zero rows.
 Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
-                 int64_t vocabOffset, float *y);
+                 int64_t vocabOffset, float *y,
+                 Stream stream = nullptr);
 
 /// A paged KV cache in device memory, laid out as KvCache: per layer, for K
 /// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32, or bf16 when
@@ -82,7 +130,18 @@ struct DeviceStep {
   /// [numSequences][blockTableStride]: sequence s's block table is row s.
   const int32_t *blockTables = nullptr;
   int64_t blockTableStride = 0;
+  /// Optional: the step's rows as tiles [numPrefillTiles][2] (first row,
+  /// count of at most 32 consecutive rows of one sequence) covering every
+  /// row; given, plain attention runs the tiled prefill kernel (key and
+  /// value tiles shared by a tile's queries).
+  const int32_t *prefillTiles = nullptr;
+  int64_t numPrefillTiles = 0;
 };
+
+/// The tiles DeviceStep::prefillTiles wants for a step whose row t belongs
+/// to sequence tokenSeq[t]: runs of one sequence cut every 32 rows. Empty
+/// when no run is longer than one row (a decode step).
+std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq);
 
 /// Writes this step's k, v [T, Hkv * D] into the cache (the blocks of this
 /// rank when params.kvShards > 1), then causal grouped-query attention of
@@ -91,7 +150,8 @@ struct DeviceStep {
 Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out);
+                      float *out,
+                      Stream stream = nullptr);
 
 /// ATTENTION_PARTIAL: stores k, v in this rank's blocks (params.kvShards /
 /// kvShard), then attends each token over the visible positions of those
@@ -99,7 +159,8 @@ Status pagedAttention(const float *q, const float *k, const float *v,
 Status partialAttention(const float *q, const float *k, const float *v,
                         const DeviceStep &step,
                         const cpu::AttentionParams &params,
-                        DeviceKvCache &cache, float *out);
+                        DeviceKvCache &cache, float *out,
+                        Stream stream = nullptr);
 
 /// SP_ATTENTION: stores every row of kv [T, 2 * Hkv * D] (k then v), then
 /// attends the step's rows [firstRow, firstRow + numRows): q and out hold
@@ -107,10 +168,12 @@ Status partialAttention(const float *q, const float *k, const float *v,
 Status sliceAttention(const float *q, const float *kv, const DeviceStep &step,
                       int64_t firstRow, int64_t numRows,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out);
+                      float *out,
+                      Stream stream = nullptr);
 
 /// ATTENTION_MERGE, as cpu::mergeAttention.
 Status mergeAttention(const float *gathered, int64_t T, int64_t shards,
-                      int64_t numHeads, int64_t headDim, float *out);
+                      int64_t numHeads, int64_t headDim, float *out,
+                      Stream stream = nullptr);
 
 } // namespace llmir::engine::cuda

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 namespace llmir::engine {
 
@@ -67,12 +68,17 @@ public:
   /// [S, vocab]); an empty tensor on a stage without output.
   Result<Tensor> step(const StepInput &step,
                       const InstructionObserver &observer = {});
+  /// The same step, then the greedy id (engine::argmax) of each output row.
+  /// On a CUDA device the argmax runs there and only the ids cross to the
+  /// host. Fails on a stage without output.
+  Result<std::vector<int32_t>> stepGreedy(const StepInput &step);
 
   const KvCacheShape &kvCacheShape() const;
   const Device &device() const { return device_; }
 
 private:
   Executor(std::unique_ptr<BoundProgram> program, Device device);
+  Status runStep(const StepInput &step, const InstructionObserver &observer);
 
   std::unique_ptr<BoundProgram> program_;
   std::unique_ptr<ExecutionBackend> backend_;

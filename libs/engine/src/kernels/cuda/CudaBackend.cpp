@@ -1,8 +1,19 @@
 // The CUDA backend: weights resident on the device in their stored dtype,
 // activations and the paged KV cache in device memory, the kernels of
-// CudaKernels.h on the default stream. Collectives get device pointers when
-// the communicator takes them (NCCL), and are staged through host memory
-// otherwise (Gloo). Only the output slot (logits) is copied back per step.
+// CudaKernels.h on the context's stream. Collectives get device pointers
+// when the communicator takes them (NCCL), and are staged through host
+// memory otherwise (Gloo). Per step the host uploads one packed table
+// (ids, positions, sequences, block tables) and reads back the output slot
+// (logits) or only its greedy ids.
+//
+// Decode steps (every sequence contributes one token) of a program without
+// collectives are recorded as a CUDA graph on their second occurrence and
+// replayed afterwards, keyed by what the host bakes into the launches: the
+// token count, the block-table stride (rounded up to a power of two so it
+// changes rarely) and the rows SELECT_ROWS keeps. A graph holds device
+// addresses, so it is replayed only while the buffers it recorded are still
+// the backend's (a larger step may have grown them: then it is recorded
+// again).
 #include "ExecutionBackend.h"
 
 #include "llmir/engine/Communicator.h"
@@ -12,7 +23,11 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 
 namespace llmir::engine {
@@ -73,6 +88,36 @@ struct DeviceTensor {
   }
 };
 
+/// Page-locked host memory: copies from and to it are truly asynchronous.
+template <typename T> struct PinnedArray {
+  T *data = nullptr;
+  size_t capacity = 0;
+
+  Status reserve(size_t count) {
+    if (count <= capacity)
+      return Status::ok();
+    release();
+    LLMIR_RETURN_IF_ERROR(check(cudaMallocHost(reinterpret_cast<void **>(&data),
+                                               std::max<size_t>(count, 1) * sizeof(T)),
+                                "allocating pinned host memory"));
+    capacity = count;
+    return Status::ok();
+  }
+  void release() {
+    if (data)
+      cudaFreeHost(data);
+    data = nullptr;
+    capacity = 0;
+  }
+};
+
+size_t roundUpPow2(size_t n, size_t minimum) {
+  size_t r = minimum;
+  while (r < n)
+    r *= 2;
+  return r;
+}
+
 struct DeviceWeight {
   proto::DType dtype{};
   std::vector<int64_t> shape;
@@ -98,7 +143,24 @@ public:
       : program_(program), device_(device), memoryFraction_(memoryFraction),
         bf16KvCache_(bf16KvCache),
         context_(std::move(context)), comm_(comm),
-        weights_(program.slots.size()), activations_(program.slots.size()) {}
+        weights_(program.slots.size()), activations_(program.slots.size()) {
+    // Collectives run outside the stream (NCCL's own, or through the host):
+    // such programs are not recorded. LLMIR_CUDA_GRAPHS=0 turns graphs off.
+    const char *env = std::getenv("LLMIR_CUDA_GRAPHS");
+    graphsAllowed_ = !(env && std::string(env) == "0");
+    for (const BoundInstruction &inst : program.instructions)
+      switch (inst.op) {
+      case proto::ALL_REDUCE:
+      case proto::ALL_GATHER:
+      case proto::ALL_GATHER_ROWS:
+      case proto::SEND:
+      case proto::RECV:
+        graphsAllowed_ = false;
+        break;
+      default:
+        break;
+      }
+  }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
@@ -114,10 +176,11 @@ public:
     scratch_.storage.release();
     keys_.release();
     values_.release();
-    ids_.release();
-    positions_.release();
-    tokenSeq_.release();
-    blockTables_.release();
+    stepTables_.release();
+    hostStep_.release();
+    greedyIds_.release();
+    hostIds_.release();
+    dropGraphs();
   }
 
   Status loadWeight(uint32_t slot, WeightTensor weight) override {
@@ -184,24 +247,56 @@ public:
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
     step_ = &step;
     const size_t T = step.tokenIds.size();
-    size_t stride = 1;
+    size_t needed = 1;
     for (const auto &table : step.blockTables)
-      stride = std::max(stride, table.size());
-    hostTables_.assign(step.blockTables.size() * stride, 0);
+      needed = std::max(needed, table.size());
+    // A stride that changes rarely: CUDA graphs are keyed by it.
+    const size_t stride = roundUpPow2(needed, 8);
+    const size_t tableEntries = step.blockTables.size() * stride;
+    const std::vector<int32_t> tiles = cuda::prefillTiles(step.tokenSeq);
+    // One packed upload [ids | positions | sequences | prefill tiles |
+    // tables], each part at a capacity that only grows (its device
+    // addresses are in the graphs).
+    if (T > tokenCapacity_ || tableEntries > tableCapacity_) {
+      tokenCapacity_ = std::max(tokenCapacity_, roundUpPow2(T, 256));
+      tableCapacity_ = std::max(tableCapacity_, roundUpPow2(tableEntries, 1024));
+      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "synchronize"));
+      stepTables_.release();
+      hostStep_.release();
+    }
+    const size_t tablesAt = 5 * tokenCapacity_;
+    const size_t total = tablesAt + tableCapacity_;
+    LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
+    LLMIR_RETURN_IF_ERROR(hostStep_.reserve(total));
+    // The previous step's upload may still be reading the staging memory.
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "synchronize"));
+    int32_t *host = hostStep_.data;
+    std::copy(step.tokenIds.begin(), step.tokenIds.end(), host);
+    std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
+    std::copy(step.tokenSeq.begin(), step.tokenSeq.end(), host + 2 * tokenCapacity_);
+    std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
+    int32_t *tables = host + tablesAt;
+    std::fill(tables, tables + tableEntries, 0);
     for (size_t s = 0; s < step.blockTables.size(); ++s)
-      std::copy(step.blockTables[s].begin(), step.blockTables[s].end(),
-                hostTables_.begin() + static_cast<std::ptrdiff_t>(s * stride));
-    LLMIR_RETURN_IF_ERROR(upload(ids_, step.tokenIds));
-    LLMIR_RETURN_IF_ERROR(upload(positions_, step.positions));
-    LLMIR_RETURN_IF_ERROR(upload(tokenSeq_, step.tokenSeq));
-    LLMIR_RETURN_IF_ERROR(upload(blockTables_, hostTables_));
-    deviceStep_ = {static_cast<int64_t>(T), positions_.data, tokenSeq_.data,
-                   blockTables_.data, static_cast<int64_t>(stride)};
+      std::copy(step.blockTables[s].begin(), step.blockTables[s].end(), tables + s * stride);
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(stepTables_.data, host,
+                                                (tablesAt + tableEntries) * sizeof(int32_t),
+                                                cudaMemcpyHostToDevice, stream()),
+                                "uploading the step"));
+    ids_ = stepTables_.data;
+    positions_ = ids_ + tokenCapacity_;
+    tokenSeq_ = ids_ + 2 * tokenCapacity_;
+    deviceStep_ = {static_cast<int64_t>(T), positions_, tokenSeq_, ids_ + tablesAt,
+                   static_cast<int64_t>(stride), ids_ + 3 * tokenCapacity_,
+                   static_cast<int64_t>(tiles.size() / 2)};
     return Status::ok();
   }
 
   Status run(const BoundInstruction &inst) override {
     inst_ = &inst;
+    const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+    if (index < computedEarlier_.size() && computedEarlier_[index])
+      return Status::ok(); // computed with an instruction before it (planFusions)
     LLMIR_RETURN_IF_ERROR(dispatch(inst));
     for (size_t o = 0; o < inst.outputs.size(); ++o)
       if (inst.outputAliasesInput[o])
@@ -209,27 +304,217 @@ public:
     return check(cudaGetLastError(), "launch");
   }
 
+  Status runAll(const std::vector<BoundInstruction> &instructions) override {
+    if (linearGroupSize_.empty())
+      planFusions();
+    if (!graphsAllowed_ || !isDecodeStep())
+      return ExecutionBackend::runAll(instructions);
+    GraphKey key{step_->numTokens(), deviceStep_.blockTableStride, selectedRows(*step_)};
+    auto found = graphs_.find(key);
+    if (found != graphs_.end() && restoreLayout(found->second))
+      return check(cudaGraphLaunch(found->second.exec, stream()), "graph launch");
+    if (found != graphs_.end()) { // recorded over buffers since replaced
+      cudaGraphExecDestroy(found->second.exec);
+      graphs_.erase(found);
+    }
+    // The first time eagerly: buffers grow to this step's size outside any
+    // recording; the second time recorded, then replayed.
+    if (seenKeys_.insert(key).second)
+      return ExecutionBackend::runAll(instructions);
+    if (graphs_.size() >= kMaxGraphs)
+      dropGraphs();
+    LLMIR_RETURN_IF_ERROR(check(
+        cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal), "begin capture"));
+    Status ran = ExecutionBackend::runAll(instructions);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream(), &graph);
+    if (!ran.isOk()) {
+      if (graph)
+        cudaGraphDestroy(graph);
+      return ran;
+    }
+    LLMIR_RETURN_IF_ERROR(check(ended, "end capture"));
+    Graph recorded;
+    const cudaError_t instantiated = cudaGraphInstantiate(&recorded.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    LLMIR_RETURN_IF_ERROR(check(instantiated, "instantiating a graph"));
+    recorded.layout = layout();
+    Graph &stored = graphs_[key] = std::move(recorded);
+    return check(cudaGraphLaunch(stored.exec, stream()), "graph launch");
+  }
+
   Result<Tensor> read(uint32_t slot) override {
     const DeviceTensor &d = activations_[slot];
     Tensor t(d.shape);
-    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(t.data.data(), d.data(),
-                                           t.data.size() * sizeof(float),
-                                           cudaMemcpyDeviceToHost),
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(t.data.data(), d.data(),
+                                                t.data.size() * sizeof(float),
+                                                cudaMemcpyDeviceToHost, stream()),
                                 "reading slot " + std::to_string(slot)));
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "reading slot " + std::to_string(slot)));
     return t;
+  }
+
+  Result<std::vector<int32_t>> argmaxRows(uint32_t slot) override {
+    const DeviceTensor &d = activations_[slot];
+    const int64_t rows = d.shape.size() == 2 ? d.shape[0] : 0;
+    if (rows == 0)
+      return std::vector<int32_t>();
+    LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(static_cast<size_t>(rows)));
+    LLMIR_RETURN_IF_ERROR(hostIds_.reserve(static_cast<size_t>(rows)));
+    LLMIR_RETURN_IF_ERROR(
+        cuda::argmaxRows(stream(), d.data(), rows, d.shape[1], greedyIds_.data));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(hostIds_.data, greedyIds_.data,
+                                                static_cast<size_t>(rows) * sizeof(int32_t),
+                                                cudaMemcpyDeviceToHost, stream()),
+                                "reading greedy ids"));
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "reading greedy ids"));
+    return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
   }
 
 private:
   static constexpr size_t kActivationReserve = size_t(512) << 20;
+  static constexpr size_t kMaxGraphs = 64;
+  static constexpr size_t kMaxLinearGroup = 4;
 
-  template <typename T>
-  Status upload(DeviceArray<T> &dst, const std::vector<T> &src) {
-    LLMIR_RETURN_IF_ERROR(dst.reserve(src.size()));
-    if (src.empty())
-      return Status::ok();
-    return check(cudaMemcpy(dst.data, src.data(), src.size() * sizeof(T),
-                            cudaMemcpyHostToDevice),
-                 "uploading the step");
+  cudaStream_t stream() const { return context_.stream(); }
+
+  /// A decode step: every sequence of the step has exactly one token.
+  bool isDecodeStep() const {
+    const std::vector<int32_t> &seq = step_->tokenSeq;
+    if (seq.empty() || seq.size() != step_->blockTables.size())
+      return false;
+    std::vector<bool> seen(step_->blockTables.size(), false);
+    for (int32_t s : seq) {
+      if (s < 0 || static_cast<size_t>(s) >= seen.size() || seen[static_cast<size_t>(s)])
+        return false;
+      seen[static_cast<size_t>(s)] = true;
+    }
+    return true;
+  }
+
+  /// Fewer launches for the same arithmetic, planned once the weights are
+  /// known: consecutive LINEARs of one input with 16-bit weights of one
+  /// dtype and width (Q, K, V; gate, up) run as one linearGroup
+  /// (linearGroupSize_: the group's size at its first instruction), and a
+  /// residual ADD followed by the RMS_NORM of its sum runs as one addRmsNorm
+  /// (addNormFused_). computedEarlier_ marks the instructions whose outputs
+  /// an earlier one wrote.
+  void planFusions() {
+    const auto &insts = program_.instructions;
+    linearGroupSize_.assign(insts.size(), 1);
+    addNormFused_.assign(insts.size(), false);
+    computedEarlier_.assign(insts.size(), false);
+    auto groupable = [&](size_t i) {
+      const BoundInstruction &inst = insts[i];
+      if (inst.op != proto::LINEAR || inst.outputAliasesInput[0])
+        return false;
+      const DeviceWeight &w = weights_[inst.inputs[1]];
+      return w.shape.size() == 2 && (w.dtype == proto::BF16 || w.dtype == proto::F16);
+    };
+    for (size_t i = 0; i < insts.size();) {
+      size_t end = i + 1;
+      if (groupable(i)) {
+        const DeviceWeight &first = weights_[insts[i].inputs[1]];
+        while (end < insts.size() && end - i < kMaxLinearGroup && groupable(end) &&
+               insts[end].inputs[0] == insts[i].inputs[0] &&
+               weights_[insts[end].inputs[1]].dtype == first.dtype &&
+               weights_[insts[end].inputs[1]].shape[1] == first.shape[1]) {
+          // The shared input must not be overwritten inside the group.
+          bool overwrites = false;
+          for (size_t j = i; j < end; ++j)
+            overwrites |= insts[j].outputs[0] == insts[i].inputs[0];
+          if (overwrites)
+            break;
+          ++end;
+        }
+      }
+      linearGroupSize_[i] = end - i;
+      for (size_t j = i + 1; j < end; ++j) {
+        linearGroupSize_[j] = 0;
+        computedEarlier_[j] = true;
+      }
+      i = end;
+    }
+    for (size_t i = 0; i + 1 < insts.size(); ++i) {
+      const BoundInstruction &add = insts[i], &norm = insts[i + 1];
+      if (add.op != proto::ADD || norm.op != proto::RMS_NORM || computedEarlier_[i + 1] ||
+          norm.inputs[0] != add.outputs[0] || norm.outputAliasesInput[0] ||
+          norm.outputs[0] == add.outputs[0] || norm.outputs[0] == add.inputs[0] ||
+          norm.outputs[0] == add.inputs[1])
+        continue;
+      // A per-head norm (weight shorter than the row) keeps its own kernel.
+      const DeviceWeight &w = weights_[norm.inputs[1]];
+      const std::vector<int64_t> &width = program_.slots[add.outputs[0]].shape;
+      if (w.shape.size() != 1 || width.size() != 2 || width[1] != w.shape[0])
+        continue;
+      addNormFused_[i] = true;
+      computedEarlier_[i + 1] = true;
+    }
+  }
+
+  // --- CUDA graphs -----------------------------------------------------------
+  struct GraphKey {
+    int64_t tokens;
+    int64_t tableStride;
+    std::vector<int32_t> selected;
+    bool operator<(const GraphKey &o) const {
+      return std::tie(tokens, tableStride, selected) <
+             std::tie(o.tokens, o.tableStride, o.selected);
+    }
+  };
+  /// Where each activation slot (and the spare aliased_) lived, and with
+  /// what shape, when a graph was recorded; plus the other buffers whose
+  /// addresses the graph holds.
+  struct Layout {
+    std::vector<std::tuple<float *, size_t, std::vector<int64_t>>> slots;
+    std::vector<const void *> fixed;
+  };
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    Layout layout;
+  };
+
+  Layout layout() const {
+    Layout l;
+    for (const DeviceTensor &t : activations_)
+      l.slots.emplace_back(t.storage.data, t.storage.capacity, t.shape);
+    l.slots.emplace_back(aliased_.storage.data, aliased_.storage.capacity, aliased_.shape);
+    l.fixed = {stepTables_.data, keys_.data, values_.data, context_.scratchAddress()};
+    return l;
+  }
+
+  /// Puts every activation slot back where `graph` recorded it, when the
+  /// same buffers still exist (they only move between slots, by aliasing
+  /// outputs of eager steps); false when one was replaced.
+  bool restoreLayout(const Graph &graph) {
+    const Layout now = layout();
+    if (now.fixed != graph.layout.fixed)
+      return false;
+    auto buffers = [](const Layout &l) {
+      std::vector<std::pair<float *, size_t>> b;
+      for (const auto &[data, capacity, shape] : l.slots)
+        b.emplace_back(data, capacity);
+      std::sort(b.begin(), b.end());
+      return b;
+    };
+    if (buffers(now) != buffers(graph.layout))
+      return false;
+    auto place = [](DeviceTensor &t, const auto &recorded) {
+      t.storage.data = std::get<0>(recorded);
+      t.storage.capacity = std::get<1>(recorded);
+      t.shape = std::get<2>(recorded);
+    };
+    for (size_t i = 0; i < activations_.size(); ++i)
+      place(activations_[i], graph.layout.slots[i]);
+    place(aliased_, graph.layout.slots.back());
+    return true;
+  }
+
+  void dropGraphs() {
+    for (auto &[key, graph] : graphs_)
+      cudaGraphExecDestroy(graph.exec);
+    graphs_.clear();
+    seenKeys_.clear();
   }
 
   const DeviceTensor &act(size_t i) const { return activations_[inst_->inputs[i]]; }
@@ -254,7 +539,7 @@ private:
     if (count == 0)
       return Status::ok();
     return check(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(float),
-                                 cudaMemcpyDeviceToDevice),
+                                 cudaMemcpyDeviceToDevice, stream()),
                  "copy");
   }
 
@@ -309,7 +594,7 @@ private:
       const DeviceWeight &table = weight(0);
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape({T(), table.shape[1]}));
-      return cuda::embedding(ids_.data, T(), table.view(), p.vocabOffset, y.data());
+      return cuda::embedding(ids_, T(), table.view(), p.vocabOffset, y.data(), stream());
     }
     case proto::RMS_NORM: {
       const DeviceTensor &x = act(0);
@@ -322,19 +607,28 @@ private:
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
       return cuda::rmsNorm(x.data(), x.rows() * (x.rowSize() / w.shape[0]), w.shape[0],
-                           w.widened.data, p.eps, y.data());
+                           w.widened.data, p.eps, y.data(), stream());
     }
     case proto::LINEAR: {
       const DeviceTensor &x = act(0);
-      const DeviceWeight &w = weight(1);
-      if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
-        return Status::error("input " + model::formatShape(x.shape) +
-                             " does not match weight [N, K] = " +
-                             model::formatShape(w.shape));
-      const float *bias = inst.inputs.size() == 3 ? weight(2).widened.data : nullptr;
-      DeviceTensor &y = out(0);
-      LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
-      return cuda::linear(context_, x.data(), x.rows(), w.view(), bias, y.data());
+      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      const size_t groupSize = index < linearGroupSize_.size() ? linearGroupSize_[index] : 1;
+      std::vector<cuda::LinearOutput> outputs;
+      for (size_t j = index; j < index + groupSize; ++j) {
+        const BoundInstruction &member = program_.instructions[j];
+        const DeviceWeight &w = weights_[member.inputs[1]];
+        if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
+          return Status::error("input " + model::formatShape(x.shape) +
+                               " does not match weight [N, K] = " +
+                               model::formatShape(w.shape));
+        const float *bias =
+            member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
+        DeviceTensor &y = member.outputAliasesInput[0] ? aliased_
+                                                       : activations_[member.outputs[0]];
+        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
+        outputs.push_back({w.view(), bias, y.data()});
+      }
+      return cuda::linearGroup(context_, x.data(), x.rows(), outputs);
     }
     case proto::ROPE: {
       const DeviceTensor &x = act(0);
@@ -353,11 +647,10 @@ private:
       }
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
-      LLMIR_RETURN_IF_ERROR(copy(y.data(), x.data(), x.numel()));
       if (r.size() == 0)
         return Status::ok();
-      return cuda::rope(y.data(), r.size(), y.rowSize() / p.headDim, p.headDim,
-                        positions_.data + r.begin, frequencies.data);
+      return cuda::rope(x.data(), y.data(), r.size(), y.rowSize() / p.headDim, p.headDim,
+                        positions_ + r.begin, frequencies.data, stream());
     }
     case proto::ATTENTION:
     case proto::ATTENTION_PARTIAL: {
@@ -370,11 +663,11 @@ private:
       if (inst.op == proto::ATTENTION) {
         LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth}));
         return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(),
-                                    deviceStep_, a, cache_, o.data());
+                                    deviceStep_, a, cache_, o.data(), stream());
       }
       LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth + a.numHeads}));
       return cuda::partialAttention(act(0).data(), act(1).data(), act(2).data(),
-                                    deviceStep_, a, cache_, o.data());
+                                    deviceStep_, a, cache_, o.data(), stream());
     }
     case proto::ATTENTION_MERGE: {
       const int64_t heads = p.attention.numHeads, headDim = p.attention.headDim;
@@ -385,7 +678,7 @@ private:
       DeviceTensor &o = out(0);
       LLMIR_RETURN_IF_ERROR(o.reshape({T(), heads * headDim}));
       return cuda::mergeAttention(gathered.data(), T(), p.spSize, heads, headDim,
-                                  o.data());
+                                  o.data(), stream());
     }
     case proto::SWIGLU:
     case proto::ADD: {
@@ -395,9 +688,18 @@ private:
                              " and " + model::formatShape(b.shape));
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(a.shape));
+      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      if (inst.op == proto::ADD && index < addNormFused_.size() && addNormFused_[index]) {
+        const BoundInstruction &norm = program_.instructions[index + 1];
+        const DeviceWeight &w = weights_[norm.inputs[1]];
+        DeviceTensor &normed = activations_[norm.outputs[0]];
+        LLMIR_RETURN_IF_ERROR(normed.reshape(a.shape));
+        return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
+                                w.widened.data, norm.params.eps, normed.data(), stream());
+      }
       return inst.op == proto::SWIGLU
-                 ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel())
-                 : cuda::add(a.data(), b.data(), y.data(), a.numel());
+                 ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel(), stream())
+                 : cuda::add(a.data(), b.data(), y.data(), a.numel(), stream());
     }
     case proto::ALL_REDUCE: {
       const DeviceTensor &x = act(0);
@@ -430,7 +732,7 @@ private:
                               scratch_.data() + r * rowsN * width,
                               static_cast<size_t>(width) * sizeof(float),
                               static_cast<size_t>(columns) * sizeof(float),
-                              static_cast<size_t>(rowsN), cudaMemcpyDeviceToDevice),
+                              static_cast<size_t>(rowsN), cudaMemcpyDeviceToDevice, stream()),
             "all-gather layout"));
       }
       return Status::ok();
@@ -503,7 +805,8 @@ private:
       const int64_t longest = sequenceParallelRows(T(), p.spSize, 0).size();
       LLMIR_RETURN_IF_ERROR(packed_.reshape({longest, width}));
       LLMIR_RETURN_IF_ERROR(check(
-          cudaMemsetAsync(packed_.data(), 0, static_cast<size_t>(longest * width) * sizeof(float)),
+          cudaMemsetAsync(packed_.data(), 0, static_cast<size_t>(longest * width) * sizeof(float),
+                          stream()),
           "clear"));
       int64_t column = 0;
       for (size_t i = 0; i < inst.inputs.size(); ++i) {
@@ -514,7 +817,7 @@ private:
               cudaMemcpy2DAsync(packed_.data() + column, static_cast<size_t>(width) * sizeof(float),
                                 x.data(), static_cast<size_t>(w) * sizeof(float),
                                 static_cast<size_t>(w) * sizeof(float),
-                                static_cast<size_t>(mine.size()), cudaMemcpyDeviceToDevice),
+                                static_cast<size_t>(mine.size()), cudaMemcpyDeviceToDevice, stream()),
               "pack rows"));
         column += w;
       }
@@ -541,7 +844,7 @@ private:
       DeviceTensor &o = out(0);
       LLMIR_RETURN_IF_ERROR(o.reshape({r.size(), qWidth}));
       return cuda::sliceAttention(act(0).data(), act(1).data(), deviceStep_, r.begin,
-                                  r.size(), a, cache_, o.data());
+                                  r.size(), a, cache_, o.data(), stream());
     }
     default:
       return Status::error("no CUDA kernel for opcode " + std::to_string(inst.op));
@@ -561,8 +864,19 @@ private:
   cuda::DeviceKvCache cache_;
   // The step's tables on the device.
   const StepInput *step_ = nullptr;
-  DeviceArray<int32_t> ids_, positions_, tokenSeq_, blockTables_;
-  std::vector<int32_t> hostTables_;
+  /// [ids | positions | sequences | block tables] at these capacities.
+  DeviceArray<int32_t> stepTables_;
+  PinnedArray<int32_t> hostStep_;
+  size_t tokenCapacity_ = 0, tableCapacity_ = 0;
+  const int32_t *ids_ = nullptr, *positions_ = nullptr, *tokenSeq_ = nullptr;
+  DeviceArray<int32_t> greedyIds_;
+  PinnedArray<int32_t> hostIds_;
+  /// Per instruction: see planFusions (empty until the first runAll).
+  std::vector<size_t> linearGroupSize_;
+  std::vector<bool> addNormFused_, computedEarlier_;
+  bool graphsAllowed_ = false;
+  std::map<GraphKey, Graph> graphs_;
+  std::set<GraphKey> seenKeys_;
   cuda::DeviceStep deviceStep_;
   const BoundInstruction *inst_ = nullptr;
   std::unordered_map<const BoundInstruction *, DeviceArray<float>> ropeFrequencies_;

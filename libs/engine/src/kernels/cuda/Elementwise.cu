@@ -70,31 +70,73 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t n,
   }
 }
 
+// One block per row: each thread's best (value, lowest index), then a tree
+// reduction with the same tie rule as the CPU's argmax.
+constexpr int kArgmaxThreads = 512;
+__global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
+  __shared__ float bestValue[kArgmaxThreads];
+  __shared__ int64_t bestIndex[kArgmaxThreads];
+  const float *row = logits + blockIdx.x * V;
+  float value = -INFINITY;
+  int64_t index = V; // none yet
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float v = row[i];
+    if (index == V || v > value) {
+      value = v;
+      index = i;
+    }
+  }
+  bestValue[threadIdx.x] = value;
+  bestIndex[threadIdx.x] = index;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      const float v = bestValue[threadIdx.x + stride];
+      const int64_t i = bestIndex[threadIdx.x + stride];
+      if (i < V && (bestIndex[threadIdx.x] == V || v > bestValue[threadIdx.x] ||
+                    (v == bestValue[threadIdx.x] && i < bestIndex[threadIdx.x]))) {
+        bestValue[threadIdx.x] = v;
+        bestIndex[threadIdx.x] = i;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0)
+    ids[blockIdx.x] = static_cast<int32_t>(bestIndex[0] < V ? bestIndex[0] : 0);
+}
+
 } // namespace
 
-int widen(const void *src, Storage storage, int64_t n, float *dst) {
-  widenKernel<<<gridFor(n), kThreads>>>(src, storage, n, dst);
+int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+               int32_t *ids) {
+  if (rows > 0 && V > 0)
+    argmaxKernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, V, ids);
   return cudaGetLastError();
 }
 
-int addBias(float *y, const float *bias, int64_t T, int64_t N) {
-  addBiasKernel<<<gridFor(T * N), kThreads>>>(y, bias, T * N, N);
+int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst) {
+  widenKernel<<<gridFor(n), kThreads, 0, stream>>>(src, storage, n, dst);
   return cudaGetLastError();
 }
 
-int swiglu(const float *gate, const float *up, float *y, int64_t n) {
-  swigluKernel<<<gridFor(n), kThreads>>>(gate, up, y, n);
+int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N) {
+  addBiasKernel<<<gridFor(T * N), kThreads, 0, stream>>>(y, bias, T * N, N);
   return cudaGetLastError();
 }
 
-int add(const float *a, const float *b, float *y, int64_t n) {
-  addKernel<<<gridFor(n), kThreads>>>(a, b, y, n);
+int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n) {
+  swigluKernel<<<gridFor(n), kThreads, 0, stream>>>(gate, up, y, n);
   return cudaGetLastError();
 }
 
-int embedding(const int32_t *ids, int64_t T, const void *table, Storage storage,
+int add(Stream stream, const float *a, const float *b, float *y, int64_t n) {
+  addKernel<<<gridFor(n), kThreads, 0, stream>>>(a, b, y, n);
+  return cudaGetLastError();
+}
+
+int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y) {
-  embeddingKernel<<<gridFor(T * cols), kThreads>>>(
+  embeddingKernel<<<gridFor(T * cols), kThreads, 0, stream>>>(
       ids, T * cols, table, storage, rows, cols, vocabOffset, y);
   return cudaGetLastError();
 }

@@ -13,14 +13,34 @@
 namespace llmir::engine::cuda {
 
 struct Context::State {
+  cudaStream_t stream = nullptr;
+  /// f32 weights: SGEMM in pedantic f32 (no TF32), to match the CPU.
   cublasHandle_t cublas = nullptr;
+  /// bf16 weights: tensor-core GEMMs.
+  cublasHandle_t cublas16 = nullptr;
+  /// cuBLAS' workspace, given up front: a GEMM captured in a CUDA graph
+  /// must not allocate.
+  void *workspace = nullptr;
+  /// The bf16 halves of x and the [2T, N] f32 product (linear's
+  /// tensor-core path); grows, never shrinks.
+  void *split = nullptr;
+  size_t splitBytes = 0;
+
   ~State() {
     if (cublas)
       cublasDestroy(cublas);
+    if (cublas16)
+      cublasDestroy(cublas16);
+    cudaFree(workspace);
+    cudaFree(split);
+    if (stream)
+      cudaStreamDestroy(stream);
   }
 };
 
 namespace {
+
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 
 Status cudaStatus(int error, const char *what) {
   if (error == cudaSuccess)
@@ -50,6 +70,19 @@ Result<detail::Storage> storageOf(const WeightView &w, const char *op) {
   }
 }
 
+Status createHandle(cublasHandle_t &handle, cudaStream_t stream, void *workspace,
+                    cublasMath_t mode) {
+  LLMIR_RETURN_IF_ERROR(cublasStatus(cublasCreate(&handle), "create"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(cublasSetStream(handle, stream), "set stream"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasSetWorkspace(handle, workspace, kCublasWorkspaceBytes), "set workspace"));
+  return cublasStatus(cublasSetMathMode(handle, mode), "math mode");
+}
+
+/// Tensor cores for bf16 weights from this many tokens on; fewer go through
+/// the GEMV, which reads the weights once for up to 8 tokens.
+constexpr int64_t kTensorCoreMinTokens = 16;
+
 } // namespace
 
 Context::Context(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -64,75 +97,180 @@ Result<Context> Context::create() {
   if (devices == 0)
     return Status::error("CUDA: no device");
   auto state = std::make_unique<State>();
-  LLMIR_RETURN_IF_ERROR(cublasStatus(cublasCreate(&state->cublas), "create"));
-  // Plain f32 arithmetic (no TF32), so results match the CPU kernels.
-  LLMIR_RETURN_IF_ERROR(cublasStatus(
-      cublasSetMathMode(state->cublas, CUBLAS_PEDANTIC_MATH), "math mode"));
+  // A blocking stream: it orders itself with the legacy default stream, so
+  // synchronous copies elsewhere (weight uploads, tests) stay ordered.
+  LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamCreate(&state->stream), "stream"));
+  LLMIR_RETURN_IF_ERROR(cudaStatus(cudaMalloc(&state->workspace, 2 * kCublasWorkspaceBytes),
+                                   "cuBLAS workspace"));
+  LLMIR_RETURN_IF_ERROR(createHandle(state->cublas, state->stream, state->workspace,
+                                     CUBLAS_PEDANTIC_MATH));
+  LLMIR_RETURN_IF_ERROR(createHandle(state->cublas16, state->stream,
+                                     static_cast<char *>(state->workspace) +
+                                         kCublasWorkspaceBytes,
+                                     CUBLAS_DEFAULT_MATH));
   return Context(std::move(state));
 }
 
+Stream Context::stream() const { return state_->stream; }
+
+const void *Context::scratchAddress() const { return state_->split; }
+
 Status Context::synchronize() {
-  return cudaStatus(cudaDeviceSynchronize(), "synchronize");
+  return cudaStatus(cudaStreamSynchronize(state_->stream), "synchronize");
+}
+
+namespace {
+
+/// x [T, K] f32 times bf16 w [N, K] on tensor cores, within f32 rounding
+/// (see Matmul.cu): one GEMM over [hi; lo] (2T columns), halves joined.
+Status splitGemm(Context::State &state, const float *x, int64_t T, const WeightView &w,
+                 const float *bias, float *y) {
+  const int64_t N = w.rows, K = w.cols;
+  const size_t halvesBytes = static_cast<size_t>(2 * T * K) * 2;
+  const size_t productBytes = static_cast<size_t>(2 * T * N) * sizeof(float);
+  const size_t need = (halvesBytes + 255) / 256 * 256 + productBytes;
+  if (need > state.splitBytes) {
+    LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(state.stream), "synchronize"));
+    cudaFree(state.split);
+    state.split = nullptr;
+    state.splitBytes = 0;
+    LLMIR_RETURN_IF_ERROR(cudaStatus(cudaMalloc(&state.split, need), "linear scratch"));
+    state.splitBytes = need;
+  }
+  char *halves = static_cast<char *>(state.split);
+  float *product = reinterpret_cast<float *>(halves + (halvesBytes + 255) / 256 * 256);
+  LLMIR_RETURN_IF_ERROR(cudaStatus(
+      detail::splitBf16(state.stream, x, T * K, halves, halves + halvesBytes / 2), "split"));
+  // Column-major: product^T [N, 2T] = W [N, K] (stored as K x N) ^T * halves^T [K, 2T].
+  const float one = 1.0f, zero = 0.0f;
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasGemmEx(state.cublas16, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+                   static_cast<int>(2 * T), static_cast<int>(K), &one, w.data,
+                   CUDA_R_16BF, static_cast<int>(K), halves, CUDA_R_16BF,
+                   static_cast<int>(K), &zero, product, CUDA_R_32F, static_cast<int>(N),
+                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "bf16 gemm"));
+  return cudaStatus(detail::joinHalves(state.stream, product, T, N, bias, y), "join");
+}
+
+} // namespace
+
+Status linearGroup(Context &context, const float *x, int64_t T,
+                   std::span<const LinearOutput> outputs) {
+  Context::State &state = context.state();
+  if (outputs.empty())
+    return Status::ok();
+  const int64_t K = outputs.front().w.cols;
+  Result<detail::Storage> storage = storageOf(outputs.front().w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  for (const LinearOutput &o : outputs)
+    if (o.w.cols != K || o.w.dtype != outputs.front().w.dtype)
+      return Status::error("CUDA linear group: weights differ in K or dtype");
+  if (*storage == detail::Storage::BF16 && T >= kTensorCoreMinTokens) {
+    for (const LinearOutput &o : outputs)
+      LLMIR_RETURN_IF_ERROR(splitGemm(state, x, T, o.w, o.bias, o.y));
+    return Status::ok();
+  }
+  if (*storage != detail::Storage::F32) {
+    for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
+      detail::LinearSegments segments{};
+      for (size_t i = first; i < outputs.size() && segments.count < detail::kMaxLinearSegments;
+           ++i)
+        segments.segment[segments.count++] = {outputs[i].w.data, outputs[i].w.rows,
+                                              outputs[i].bias, outputs[i].y};
+      LLMIR_RETURN_IF_ERROR(cudaStatus(
+          detail::linear16(state.stream, x, T, K, *storage, segments), "linear (16-bit)"));
+    }
+    return Status::ok();
+  }
+  const float one = 1.0f, zero = 0.0f;
+  for (const LinearOutput &o : outputs) {
+    const int64_t N = o.w.rows;
+    // Column-major view: y^T [N, T] = W [N, K] (stored as K x N) ^T * x^T [K, T].
+    LLMIR_RETURN_IF_ERROR(cublasStatus(
+        cublasSgemm(state.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+                    static_cast<int>(T), static_cast<int>(K), &one,
+                    reinterpret_cast<const float *>(o.w.data), static_cast<int>(K), x,
+                    static_cast<int>(K), &zero, o.y, static_cast<int>(N)),
+        "sgemm"));
+    if (o.bias)
+      LLMIR_RETURN_IF_ERROR(
+          cudaStatus(detail::addBias(state.stream, o.y, o.bias, T, N), "bias"));
+  }
+  return Status::ok();
 }
 
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y) {
-  Result<detail::Storage> storage = storageOf(w, "linear");
-  LLMIR_RETURN_IF_ERROR(storage.status());
-  Context::State &state = context.state();
-  const int64_t N = w.rows, K = w.cols;
-  if (*storage != detail::Storage::F32) {
-    LLMIR_RETURN_IF_ERROR(cudaStatus(
-        detail::linear16(x, T, w.data, *storage, N, K, y), "linear (16-bit)"));
-    if (bias)
-      return cudaStatus(detail::addBias(y, bias, T, N), "bias");
-    return Status::ok();
+  const LinearOutput output{w, bias, y};
+  return linearGroup(context, x, T, std::span<const LinearOutput>(&output, 1));
+}
+
+std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq) {
+  std::vector<int32_t> tiles;
+  bool longRun = false;
+  for (size_t t = 0; t < tokenSeq.size();) {
+    size_t end = t + 1;
+    while (end < tokenSeq.size() && tokenSeq[end] == tokenSeq[t] &&
+           end - t < static_cast<size_t>(detail::kPrefillTileRows))
+      ++end;
+    longRun |= end - t > 1;
+    tiles.push_back(static_cast<int32_t>(t));
+    tiles.push_back(static_cast<int32_t>(end - t));
+    t = end;
   }
-  const float *weights = reinterpret_cast<const float *>(w.data);
-  // Column-major view: y^T [N, T] = W [N, K] (stored as K x N) ^T * x^T [K, T].
-  const float one = 1.0f, zero = 0.0f;
-  LLMIR_RETURN_IF_ERROR(cublasStatus(
-      cublasSgemm(state.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
-                  static_cast<int>(T), static_cast<int>(K), &one, weights,
-                  static_cast<int>(K), x, static_cast<int>(K), &zero, y,
-                  static_cast<int>(N)),
-      "sgemm"));
-  if (bias)
-    return cudaStatus(detail::addBias(y, bias, T, N), "bias");
-  return Status::ok();
+  if (!longRun)
+    tiles.clear();
+  return tiles;
+}
+
+Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+                  int32_t *ids) {
+  return cudaStatus(detail::argmaxRows(stream, logits, rows, V, ids), "argmax");
 }
 
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
-               float eps, float *y) {
-  return cudaStatus(detail::rmsNorm(x, T, H, weight, eps, y), "rms_norm");
+               float eps, float *y, Stream stream) {
+  return cudaStatus(detail::rmsNorm(stream, x, T, H, weight, eps, y), "rms_norm");
+}
+
+Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
+                  const float *weight, float eps, float *y, Stream stream) {
+  return cudaStatus(detail::addRmsNorm(stream, a, b, sum, T, H, weight, eps, y),
+                    "add + rms_norm");
 }
 
 Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-            const int32_t *positions, float theta) {
-  return cudaStatus(detail::rope(x, T, numHeads, headDim, positions, theta),
+            const int32_t *positions, float theta, Stream stream) {
+  return cudaStatus(detail::rope(stream, x, T, numHeads, headDim, positions, theta),
                     "rope");
 }
 
 Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-            const int32_t *positions, const float *inverseFrequencies) {
-  return cudaStatus(detail::ropeWithFrequencies(x, T, numHeads, headDim, positions,
+            const int32_t *positions, const float *inverseFrequencies, Stream stream) {
+  return rope(x, x, T, numHeads, headDim, positions, inverseFrequencies, stream);
+}
+
+Status rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headDim,
+            const int32_t *positions, const float *inverseFrequencies, Stream stream) {
+  return cudaStatus(detail::ropeWithFrequencies(stream, x, y, T, numHeads, headDim, positions,
                                                 inverseFrequencies),
                     "rope");
 }
 
-Status swiglu(const float *gate, const float *up, float *y, int64_t n) {
-  return cudaStatus(detail::swiglu(gate, up, y, n), "swiglu");
+Status swiglu(const float *gate, const float *up, float *y, int64_t n, Stream stream) {
+  return cudaStatus(detail::swiglu(stream, gate, up, y, n), "swiglu");
 }
 
-Status add(const float *a, const float *b, float *y, int64_t n) {
-  return cudaStatus(detail::add(a, b, y, n), "add");
+Status add(const float *a, const float *b, float *y, int64_t n, Stream stream) {
+  return cudaStatus(detail::add(stream, a, b, y, n), "add");
 }
 
 Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
-                 int64_t vocabOffset, float *y) {
+                 int64_t vocabOffset, float *y, Stream stream) {
   Result<detail::Storage> storage = storageOf(table, "embedding");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  return cudaStatus(detail::embedding(ids, T, table.data, *storage, table.rows,
+  return cudaStatus(detail::embedding(stream, ids, T, table.data, *storage, table.rows,
                                       table.cols, vocabOffset, y),
                     "embedding");
 }
@@ -186,30 +324,34 @@ Status checkHeadDim(const cpu::AttentionParams &params) {
 Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out) {
+                      float *out, Stream stream) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   const detail::AttentionGeometry g = geometryOf(step, params, cache);
-  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(k, v, g),
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(stream, k, v, g),
                                    "store keys and values"));
-  return cudaStatus(detail::attend(q, g, out), "attention");
+  if (step.numPrefillTiles > 0 && detail::prefillAttendApplies(g))
+    return cudaStatus(detail::prefillAttend(stream, q, g, step.prefillTiles,
+                                            step.numPrefillTiles, out),
+                      "prefill attention");
+  return cudaStatus(detail::attend(stream, q, g, out), "attention");
 }
 
 Status partialAttention(const float *q, const float *k, const float *v,
                         const DeviceStep &step,
                         const cpu::AttentionParams &params,
-                        DeviceKvCache &cache, float *out) {
+                        DeviceKvCache &cache, float *out, Stream stream) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   detail::AttentionGeometry g = geometryOf(step, params, cache);
   g.partial = true;
-  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(k, v, g),
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(stream, k, v, g),
                                    "store keys and values"));
-  return cudaStatus(detail::attend(q, g, out), "partial attention");
+  return cudaStatus(detail::attend(stream, q, g, out), "partial attention");
 }
 
 Status sliceAttention(const float *q, const float *kv, const DeviceStep &step,
                       int64_t firstRow, int64_t numRows,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out) {
+                      float *out, Stream stream) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   cpu::AttentionParams everyBlock = params;
   everyBlock.kvShards = 1;
@@ -217,17 +359,17 @@ Status sliceAttention(const float *q, const float *kv, const DeviceStep &step,
   detail::AttentionGeometry g = geometryOf(step, everyBlock, cache);
   const int64_t width = params.numKvHeads * params.headDim;
   g.kvRowStride = 2 * width;
-  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(kv, kv + width, g),
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(stream, kv, kv + width, g),
                                    "store keys and values"));
   g.firstQuery = firstRow;
   g.numQueries = numRows;
-  return cudaStatus(detail::attend(q, g, out), "slice attention");
+  return cudaStatus(detail::attend(stream, q, g, out), "slice attention");
 }
 
 Status mergeAttention(const float *gathered, int64_t T, int64_t shards,
-                      int64_t numHeads, int64_t headDim, float *out) {
+                      int64_t numHeads, int64_t headDim, float *out, Stream stream) {
   return cudaStatus(
-      detail::mergeAttention(gathered, T, shards, numHeads, headDim, out),
+      detail::mergeAttention(stream, gathered, T, shards, numHeads, headDim, out),
       "attention merge");
 }
 

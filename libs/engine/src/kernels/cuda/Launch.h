@@ -5,25 +5,58 @@
 
 #include <cstdint>
 
+struct CUstream_st; // cudaStream_t is CUstream_st *
+
 namespace llmir::engine::cuda::detail {
 
 enum class Storage { F32, F16, BF16 };
 
-int widen(const void *src, Storage storage, int64_t n, float *dst);
-/// y[T, N] = x[T, K] * w[N, K]^T for 16-bit w, read in its stored dtype with
-/// f32 accumulation (no widened copy of the weights).
-int linear16(const float *x, int64_t T, const void *w, Storage storage,
-             int64_t N, int64_t K, float *y);
-int addBias(float *y, const float *bias, int64_t T, int64_t N);
-int rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
+/// cudaStream_t without the runtime's header; every launcher queues its
+/// kernel on `stream` (nullptr: the legacy default stream).
+using Stream = ::CUstream_st *;
+
+int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
+/// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
+/// (+ bias[N] when bias is not null).
+struct LinearSegment {
+  const void *w;
+  int64_t N;
+  const float *bias;
+  float *y;
+};
+constexpr int kMaxLinearSegments = 4;
+struct LinearSegments {
+  LinearSegment segment[kMaxLinearSegments];
+  int count;
+  unsigned firstBlock[kMaxLinearSegments]; // filled by linear16
+};
+/// Every segment's product for 16-bit w, read in its stored dtype with f32
+/// accumulation (no widened copy of the weights), in one launch.
+int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
+             LinearSegments segments);
+/// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
+int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo);
+/// y[T, N] = halves[0:T] + halves[T:2T] (+ bias[N]), halves [2T, N].
+int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
+               const float *bias, float *y);
+/// ids[r] = the lowest index of the maximum of row r of logits [rows, V].
+int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+               int32_t *ids);
+int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
+int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);
-int rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+/// sum = a + b, then y = rmsNorm(sum) per row of H.
+int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
+               int64_t H, const float *weight, float eps, float *y);
+int rope(Stream stream, float *x, int64_t T, int64_t numHeads, int64_t headDim,
          const int32_t *positions, float theta);
-int ropeWithFrequencies(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-                        const int32_t *positions, const float *inverseFrequencies);
-int swiglu(const float *gate, const float *up, float *y, int64_t n);
-int add(const float *a, const float *b, float *y, int64_t n);
-int embedding(const int32_t *ids, int64_t T, const void *table, Storage storage,
+/// y = x rotated (y may be x).
+int ropeWithFrequencies(Stream stream, const float *x, float *y, int64_t T, int64_t numHeads,
+                        int64_t headDim, const int32_t *positions,
+                        const float *inverseFrequencies);
+int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n);
+int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
+int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y);
 
 struct AttentionGeometry {
@@ -56,11 +89,21 @@ struct AttentionGeometry {
 
 constexpr int64_t kMaxHeadDim = 256;
 
-int storeKeysAndValues(const float *k, const float *v,
+int storeKeysAndValues(Stream stream, const float *k, const float *v,
                        const AttentionGeometry &g);
-int attend(const float *q, const AttentionGeometry &g, float *out);
+/// Rows per prefill tile (prefillAttend).
+constexpr int64_t kPrefillTileRows = 32;
+/// Whether prefillAttend can take this attention (plain ATTENTION, head dim
+/// at most 128).
+bool prefillAttendApplies(const AttentionGeometry &g);
+/// attend() for steps with runs of rows of one sequence: tiles [numTiles][2]
+/// (first row, count <= kPrefillTileRows, rows consecutive in the step and
+/// of one sequence) covering every row, one block per (tile, head).
+int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
+                  const int32_t *tiles, int64_t numTiles, float *out);
+int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out);
 /// ATTENTION_MERGE: gathered [T, shards * (H * D + H)] -> out [T, H * D].
-int mergeAttention(const float *gathered, int64_t T, int64_t shards,
+int mergeAttention(Stream stream, const float *gathered, int64_t T, int64_t shards,
                    int64_t numHeads, int64_t headDim, float *out);
 
 } // namespace llmir::engine::cuda::detail

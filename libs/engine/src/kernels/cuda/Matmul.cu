@@ -1,90 +1,210 @@
-// LINEAR with 16-bit weights read in their stored dtype: one warp per output
-// feature n computes kTokens tokens at a time, its lanes striding over K
-// eight weights (16 bytes) per load when rows are 16-byte aligned; f32
-// accumulation, then a warp reduction. Decode (T = 1) reads each weight once,
-// which is what bounds it; larger T re-reads the row per group of kTokens
-// tokens (tensor-core GEMMs for prefill are the next step, docs/cuda.md).
+// LINEAR with 16-bit weights read in their stored dtype.
+//
+// Few tokens (decode): a GEMV, one warp per output feature n computing all
+// of the step's tokens (up to kMaxTokens at a time), its lanes striding over
+// K eight weights (16 bytes) per load, four loads in flight per lane before
+// any arithmetic so the memory system always has enough bytes requested;
+// f32 accumulation, then a warp reduction. Decode reads each weight once,
+// which is what bounds it. Several projections of the same input (Q, K, V;
+// gate, up) run as one launch of "segments", so small matrices share the
+// GPU instead of each leaving most SMs idle.
+//
+// Many tokens: tensor cores through cuBLAS (Kernels.cpp). The f32
+// activations are split into two bf16 halves, x = hi + lo, and multiplied
+// with the (exact) bf16 weights as 2T columns of one GEMM; adding the two
+// halves of the f32 result gives ~16 mantissa bits of x, so the product
+// stays within f32 rounding of the exact one (HF-exact references hold)
+// while the weights are read once.
 #include "Launch.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 namespace llmir::engine::cuda::detail {
 namespace {
 
-constexpr int kTokens = 8;
 constexpr int kWarpsPerBlock = 8;
+constexpr int kLoadsInFlight = 8;
 
 __device__ __forceinline__ float toFloat(unsigned short bits, bool bf16) {
   return bf16 ? __uint_as_float(static_cast<unsigned>(bits) << 16)
               : __half2float(__ushort_as_half(bits));
 }
 
-__global__ void linear16Kernel(const float *x, int64_t T,
-                               const unsigned short *w, bool bf16, int64_t N,
-                               int64_t K, float *y) {
-  const int64_t n = blockIdx.x * int64_t(kWarpsPerBlock) + threadIdx.x / 32;
+template <int Tokens>
+__device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
+                                            const float *x, int64_t K,
+                                            int tokens, float *acc) {
+  const unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
+  float wv[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    wv[2 * j] = toFloat(static_cast<unsigned short>(words[j] & 0xffffu), bf16);
+    wv[2 * j + 1] = toFloat(static_cast<unsigned short>(words[j] >> 16), bf16);
+  }
+#pragma unroll
+  for (int i = 0; i < Tokens; ++i) {
+    if (i < tokens) {
+      const float4 *xv = reinterpret_cast<const float4 *>(x + i * K);
+      const float4 a = xv[0], b = xv[1];
+      acc[i] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
+                wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+    }
+  }
+}
+
+// Block b of the grid belongs to the segment whose [firstBlock, next) holds
+// it; grid.y walks the tokens Tokens at a time. When a block's tokens fit
+// (kSharedXBytes; stageX), x is staged in shared memory first: every warp of the block
+// reads all of it, and shared loads keep the weight loads the only global
+// traffic in flight.
+constexpr int64_t kSharedXBytes = 48 * 1024;
+
+template <int Tokens>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
+                   LinearSegments segments) {
+  extern __shared__ float4 staged[];
+  int s = 0;
+  while (s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
+    ++s;
+  const LinearSegment seg = segments.segment[s];
+  const int64_t n = (blockIdx.x - segments.firstBlock[s]) * int64_t(kWarpsPerBlock) +
+                    threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t t0 = blockIdx.y * int64_t(kTokens);
-  if (n >= N)
+  const int64_t t0 = blockIdx.y * int64_t(Tokens);
+  const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
+  const float *xs = x + t0 * K;
+  if (stageX) {
+    const float4 *from = reinterpret_cast<const float4 *>(xs);
+    for (int64_t i = threadIdx.x; i < tokens * K / 4; i += blockDim.x)
+      staged[i] = from[i];
+    __syncthreads();
+    xs = reinterpret_cast<const float *>(staged);
+  }
+  if (n >= seg.N)
     return;
-  const int tokens = static_cast<int>(T - t0 < kTokens ? T - t0 : kTokens);
-  const unsigned short *row = w + n * K;
-  float acc[kTokens];
+  const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
+  float acc[Tokens];
 #pragma unroll
-  for (int i = 0; i < kTokens; ++i)
+  for (int i = 0; i < Tokens; ++i)
     acc[i] = 0.0f;
-  const bool vectorised = K % 8 == 0;
-  if (vectorised) {
-    for (int64_t k = int64_t(lane) * 8; k < K; k += 32 * 8) {
-      const uint4 packed = *reinterpret_cast<const uint4 *>(row + k);
-      const unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
-      float wv[8];
+  if (K % 8 == 0) {
+    constexpr int64_t kStride = 32 * 8; // elements one warp-wide load covers
+    // kLoadsInFlight loads issued before any product; the last round's
+    // missing ones (past K) are skipped, not run one at a time.
+    for (int64_t k = int64_t(lane) * 8; k < K; k += kLoadsInFlight * kStride) {
+      uint4 packed[kLoadsInFlight];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        wv[2 * j] = toFloat(static_cast<unsigned short>(words[j] & 0xffffu), bf16);
-        wv[2 * j + 1] = toFloat(static_cast<unsigned short>(words[j] >> 16), bf16);
-      }
+      for (int j = 0; j < kLoadsInFlight; ++j)
+        packed[j] = k + j * kStride < K
+                        ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kStride))
+                        : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int i = 0; i < kTokens; ++i) {
-        if (i >= tokens)
-          break;
-        const float4 *xv = reinterpret_cast<const float4 *>(x + (t0 + i) * K + k);
-        const float4 a = xv[0], b = xv[1];
-        acc[i] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
-                  wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
-      }
+      for (int j = 0; j < kLoadsInFlight; ++j)
+        if (k + j * kStride < K)
+          accumulate8<Tokens>(packed[j], bf16, xs + k + j * kStride, K, tokens, acc);
     }
   } else {
     for (int64_t k = lane; k < K; k += 32) {
       const float wv = toFloat(row[k], bf16);
 #pragma unroll
-      for (int i = 0; i < kTokens; ++i)
+      for (int i = 0; i < Tokens; ++i)
         if (i < tokens)
-          acc[i] += wv * x[(t0 + i) * K + k];
+          acc[i] += wv * xs[i * K + k];
     }
   }
 #pragma unroll
-  for (int i = 0; i < kTokens; ++i) {
+  for (int i = 0; i < Tokens; ++i) {
     float v = acc[i];
     for (int offset = 16; offset > 0; offset /= 2)
       v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0 && i < tokens)
-      y[(t0 + i) * N + n] = v;
+    if (lane == 0 && i < tokens) {
+      if (seg.bias)
+        v += seg.bias[n];
+      seg.y[(t0 + i) * seg.N + n] = v;
+    }
   }
+}
+
+template <int Tokens>
+void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf16,
+                    const LinearSegments &segments, unsigned blocks) {
+  const dim3 grid(blocks, static_cast<unsigned>((T + Tokens - 1) / Tokens));
+  const int64_t xBytes = std::min<int64_t>(T, Tokens) * K * int64_t(sizeof(float));
+  const bool stageX = K % 8 == 0 && xBytes <= kSharedXBytes;
+  linear16Kernel<Tokens><<<grid, kWarpsPerBlock * 32, stageX ? static_cast<size_t>(xBytes) : 0,
+                           stream>>>(x, T, K, bf16, stageX, segments);
+}
+
+__global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
+                                __nv_bfloat16 *lo) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    const __nv_bfloat16 h = __float2bfloat16_rn(v);
+    hi[i] = h;
+    lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+  }
+}
+
+__global__ void joinHalvesKernel(const float *halves, int64_t T, int64_t N,
+                                 const float *bias, float *y) {
+  const int64_t n = T * N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = halves[i] + halves[n + i];
+    if (bias)
+      v += bias[i % N];
+    y[i] = v;
+  }
+}
+
+unsigned gridFor(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
 }
 
 } // namespace
 
-int linear16(const float *x, int64_t T, const void *w, Storage storage,
-             int64_t N, int64_t K, float *y) {
-  if (T > 0 && N > 0) {
-    const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                    static_cast<unsigned>((T + kTokens - 1) / kTokens));
-    linear16Kernel<<<grid, kWarpsPerBlock * 32>>>(
-        x, T, static_cast<const unsigned short *>(w), storage == Storage::BF16,
-        N, K, y);
+int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
+             LinearSegments segments) {
+  if (T <= 0 || segments.count <= 0)
+    return cudaGetLastError();
+  int64_t blocks = 0;
+  for (int s = 0; s < segments.count; ++s) {
+    segments.firstBlock[s] = static_cast<unsigned>(blocks);
+    blocks += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
   }
+  if (blocks == 0)
+    return cudaGetLastError();
+  const bool bf16 = storage == Storage::BF16;
+  const unsigned grid = static_cast<unsigned>(blocks);
+  if (T == 1)
+    launchLinear16<1>(stream, x, T, K, bf16, segments, grid);
+  else if (T == 2)
+    launchLinear16<2>(stream, x, T, K, bf16, segments, grid);
+  else if (T <= 4)
+    launchLinear16<4>(stream, x, T, K, bf16, segments, grid);
+  else
+    launchLinear16<8>(stream, x, T, K, bf16, segments, grid);
+  return cudaGetLastError();
+}
+
+int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo) {
+  if (n > 0)
+    splitBf16Kernel<<<gridFor(n, 256), 256, 0, stream>>>(
+        x, n, static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
+  return cudaGetLastError();
+}
+
+int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
+               const float *bias, float *y) {
+  if (T * N > 0)
+    joinHalvesKernel<<<gridFor(T * N, 256), 256, 0, stream>>>(halves, T, N, bias, y);
   return cudaGetLastError();
 }
 

@@ -5,45 +5,81 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 namespace llmir::engine::cuda::detail {
 namespace {
 
-constexpr int kNormThreads = 256;
+// 1024 threads: a decode row (H of a few thousand) is one round of loads
+// per thread, its latency paid once.
+constexpr int kNormThreads = 1024;
 
-// One block per row.
+// One block per row; the sum of squares in double, reduced across each
+// warp with shuffles and then across the warps.
 __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
                               float eps, float *y) {
-  __shared__ double partial[kNormThreads];
+  __shared__ double partial[kNormThreads / 32];
   const float *row = x + blockIdx.x * H;
   double sum = 0.0;
+#pragma unroll 8
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
     sum += static_cast<double>(row[i]) * row[i];
-  partial[threadIdx.x] = sum;
+  for (int offset = 16; offset > 0; offset /= 2)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = sum;
   __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride)
-      partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const float meanSquare =
-      static_cast<float>(partial[0] / static_cast<double>(H));
+  double total = 0.0;
+  for (int w = 0; w < kNormThreads / 32; ++w)
+    total += partial[w];
+  const float meanSquare = static_cast<float>(total / static_cast<double>(H));
   const float inverseRms = 1.0f / sqrtf(meanSquare + eps);
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
     y[blockIdx.x * H + i] = weight[i] * (row[i] * inverseRms);
 }
 
+// The residual ADD and the RMS_NORM after it in one pass: sum = a + b is
+// stored (later instructions read it) and normalised into y, the same
+// arithmetic as the two kernels one after the other.
+__global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
+                                 const float *weight, float eps, float *y) {
+  __shared__ double partial[kNormThreads / 32];
+  const int64_t base = blockIdx.x * H;
+  double sum = 0.0;
+#pragma unroll 8
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+    const float h = a[base + i] + b[base + i];
+    sumOut[base + i] = h;
+    sum += static_cast<double>(h) * h;
+  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  double total = 0.0;
+  for (int w = 0; w < kNormThreads / 32; ++w)
+    total += partial[w];
+  const float meanSquare = static_cast<float>(total / static_cast<double>(H));
+  const float inverseRms = 1.0f / sqrtf(meanSquare + eps);
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
+    y[base + i] = weight[i] * (sumOut[base + i] * inverseRms); // this thread's own store
+}
+
 // HF rotate_half of the pair (i, i + D/2) of one head by `angle` (cos and
 // sin in double, as the CPU kernel).
-__device__ void rotatePair(float *head, int64_t i, int64_t half, float angle) {
-  const float c = static_cast<float>(cos(static_cast<double>(angle)));
-  const float s = static_cast<float>(sin(static_cast<double>(angle)));
+__device__ void rotatePair(const float *head, float *rotated, int64_t i, int64_t half,
+                           float angle) {
+  double sine, cosine;
+  sincos(static_cast<double>(angle), &sine, &cosine);
+  const float c = static_cast<float>(cosine), s = static_cast<float>(sine);
   const float a = head[i], b = head[i + half];
-  head[i] = a * c - b * s;
-  head[i + half] = b * c + a * s;
+  rotated[i] = a * c - b * s;
+  rotated[i + half] = b * c + a * s;
 }
 
 // One block per token, one thread per (head, pair).
-__global__ void ropeKernel(float *x, int64_t numHeads, int64_t headDim,
+__global__ void ropeKernel(const float *x, float *y, int64_t numHeads, int64_t headDim,
                            const int32_t *positions, float theta) {
   const int64_t half = headDim / 2;
   const float position = static_cast<float>(positions[blockIdx.x]);
@@ -54,47 +90,65 @@ __global__ void ropeKernel(float *x, int64_t numHeads, int64_t headDim,
     const float inverseFrequency =
         1.0f / static_cast<float>(pow(static_cast<double>(theta),
                                       static_cast<double>(exponent)));
-    rotatePair(x + (blockIdx.x * numHeads + h) * headDim, i, half,
+    const int64_t head = (blockIdx.x * numHeads + h) * headDim;
+    rotatePair(x + head, y + head, i, half,
                position * inverseFrequency);
   }
 }
 
 // The same rotation with given inverse frequencies (f32, as the CPU's).
-__global__ void ropeFrequenciesKernel(float *x, int64_t numHeads, int64_t headDim,
+__global__ void ropeFrequenciesKernel(const float *x, float *y, int64_t numHeads, int64_t headDim,
                                       const int32_t *positions,
                                       const float *inverseFrequencies) {
   const int64_t half = headDim / 2;
   const float position = static_cast<float>(positions[blockIdx.x]);
   for (int64_t p = threadIdx.x; p < numHeads * half; p += blockDim.x) {
     const int64_t h = p / half, i = p % half;
-    rotatePair(x + (blockIdx.x * numHeads + h) * headDim, i, half,
+    const int64_t head = (blockIdx.x * numHeads + h) * headDim;
+    rotatePair(x + head, y + head, i, half,
                position * inverseFrequencies[i]);
   }
 }
 
 } // namespace
 
-int ropeWithFrequencies(float *x, int64_t T, int64_t numHeads, int64_t headDim,
-                        const int32_t *positions, const float *inverseFrequencies) {
+// Enough threads for every (head, pair) of a token at once, at most 1024:
+// the double sincos per pair is the cost, so one pass beats four.
+unsigned ropeThreads(int64_t numHeads, int64_t headDim) {
+  const int64_t pairs = numHeads * (headDim / 2);
+  return static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, (pairs + 31) / 32 * 32)));
+}
+
+int ropeWithFrequencies(Stream stream, const float *x, float *y, int64_t T, int64_t numHeads,
+                        int64_t headDim, const int32_t *positions,
+                        const float *inverseFrequencies) {
   if (T > 0)
-    ropeFrequenciesKernel<<<static_cast<unsigned>(T), 256>>>(x, numHeads, headDim,
-                                                             positions, inverseFrequencies);
+    ropeFrequenciesKernel<<<static_cast<unsigned>(T), ropeThreads(numHeads, headDim), 0,
+                            stream>>>(x, y, numHeads, headDim, positions, inverseFrequencies);
   return cudaGetLastError();
 }
 
-int rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
+int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y) {
   if (T > 0)
-    rmsNormKernel<<<static_cast<unsigned>(T), kNormThreads>>>(x, H, weight, eps,
+    rmsNormKernel<<<static_cast<unsigned>(T), kNormThreads, 0, stream>>>(x, H, weight, eps,
                                                               y);
   return cudaGetLastError();
 }
 
-int rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
+int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
+               int64_t H, const float *weight, float eps, float *y) {
+  if (T > 0)
+    addRmsNormKernel<<<static_cast<unsigned>(T), kNormThreads, 0, stream>>>(a, b, sum, H, weight,
+                                                                             eps, y);
+  return cudaGetLastError();
+}
+
+int rope(Stream stream, float *x, int64_t T, int64_t numHeads, int64_t headDim,
          const int32_t *positions, float theta) {
   if (T > 0)
-    ropeKernel<<<static_cast<unsigned>(T), 256>>>(x, numHeads, headDim,
-                                                  positions, theta);
+    ropeKernel<<<static_cast<unsigned>(T), ropeThreads(numHeads, headDim), 0, stream>>>(
+        x, x, numHeads, headDim, positions, theta);
   return cudaGetLastError();
 }
 
