@@ -21,12 +21,14 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kPerLane = static_cast<int>(kMaxHeadDim / 32);
 
+// 32-bit division (positions and block sizes fit; 64-bit division is a long
+// instruction sequence on the GPU), 64-bit offsets.
 __device__ int64_t cacheRow(const AttentionGeometry &g, int32_t seq,
                             int64_t position) {
-  const int32_t block =
-      g.blockTables[seq * g.blockTableStride + position / g.blockSize];
-  return (block * g.blockSize + position % g.blockSize) * g.numKvHeads *
-         g.headDim;
+  const int32_t p = static_cast<int32_t>(position);
+  const int32_t blockSize = static_cast<int32_t>(g.blockSize);
+  const int32_t block = g.blockTables[seq * g.blockTableStride + p / blockSize];
+  return (int64_t(block) * blockSize + p % blockSize) * g.numKvHeads * g.headDim;
 }
 
 // The cache's element type: f32, or bf16 rounded to nearest even on store.
@@ -279,16 +281,34 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   for (int64_t base = first - first % kTileKeys; base <= last; base += kTileKeys) {
     __syncthreads(); // the previous tile is no longer read
-    for (int64_t i = threadIdx.x; i < kTileKeys * D; i += blockDim.x) {
-      const int64_t k = i / D, d = i % D, j = base + k;
-      float key = 0.0f, value = 0.0f;
-      if (j <= last) {
-        const int64_t row = cacheRow(g, seq, j) + kvHead * D + d;
-        key = loadCached(keys + row);
-        value = loadCached(values + row);
+    // Each warp loads every kWarps-th key of the tile, its lanes along the
+    // head dimension (one block-table lookup per key, coalesced reads, all
+    // of a lane's loads issued before the stores).
+    constexpr int kKeysPerWarp = kTileKeys / kWarps;
+    float keyPart[kKeysPerWarp][PerLane], valuePart[kKeysPerWarp][PerLane];
+#pragma unroll
+    for (int m = 0; m < kKeysPerWarp; ++m) {
+      const int64_t j = base + warp + int64_t(kWarps) * m;
+      const int64_t row = j <= last ? cacheRow(g, seq, j) + kvHead * D : -1;
+#pragma unroll
+      for (int i = 0; i < PerLane; ++i) {
+        const int64_t d = lane + 32 * i;
+        const bool load = row >= 0 && d < D;
+        keyPart[m][i] = load ? loadCached(keys + row + d) : 0.0f;
+        valuePart[m][i] = load ? loadCached(values + row + d) : 0.0f;
       }
-      keyTile[k * pitch + d] = key;
-      valueTile[k * D + d] = value;
+    }
+#pragma unroll
+    for (int m = 0; m < kKeysPerWarp; ++m) {
+      const int k = warp + kWarps * m;
+#pragma unroll
+      for (int i = 0; i < PerLane; ++i) {
+        const int64_t d = lane + 32 * i;
+        if (d < D) {
+          keyTile[k * pitch + d] = keyPart[m][i];
+          valueTile[k * D + d] = valuePart[m][i];
+        }
+      }
     }
     __syncthreads();
     // Scores: lane = key of the tile, every query of this warp.
@@ -298,6 +318,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       score[j] = 0.0f;
     const float *myKey = keyTile + lane * pitch;
     const float *myQueries = queries + warp * kQueriesPerWarp * D;
+#pragma unroll 8
     for (int64_t d = 0; d < D; ++d) {
       const float k = myKey[d];
 #pragma unroll
