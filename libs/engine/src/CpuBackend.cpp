@@ -5,6 +5,7 @@
 
 #include "llmir/engine/ThreadPool.h"
 
+#include <cstring>
 #include <optional>
 
 namespace llmir::engine {
@@ -32,6 +33,28 @@ public:
   }
 
   const KvCacheShape &kvCacheShape() const override { return cache_->shape(); }
+  size_t kvElementBytes() const override { return sizeof(float); }
+
+  // A block of one layer is contiguous ([block_size][kv_heads][head_dim]).
+  Status readKvBlock(int32_t block, std::byte *out) override {
+    const size_t chunk = layerChunkBytes();
+    for (int64_t layer = 0; layer < cache_->shape().numLayers; ++layer) {
+      std::memcpy(out, cache_->keyRow(layer, block, 0), chunk);
+      std::memcpy(out + chunk, cache_->valueRow(layer, block, 0), chunk);
+      out += 2 * chunk;
+    }
+    return Status::ok();
+  }
+
+  Status writeKvBlock(int32_t block, const std::byte *in) override {
+    const size_t chunk = layerChunkBytes();
+    for (int64_t layer = 0; layer < cache_->shape().numLayers; ++layer) {
+      std::memcpy(cache_->keyRow(layer, block, 0), in, chunk);
+      std::memcpy(cache_->valueRow(layer, block, 0), in + chunk, chunk);
+      in += 2 * chunk;
+    }
+    return Status::ok();
+  }
 
   Status beginStep(const StepInput &step) override {
     call_.step = &step;
@@ -73,6 +96,12 @@ public:
   Result<Tensor> read(uint32_t slot) override { return activations_[slot]; }
 
 private:
+  size_t layerChunkBytes() const {
+    const KvCacheShape &shape = cache_->shape();
+    return static_cast<size_t>(shape.blockSize * shape.numKvHeads * shape.headDim) *
+           sizeof(float);
+  }
+
   const BoundProgram &program_;
   KernelRegistry kernels_;
   std::unique_ptr<ThreadPool> pool_;

@@ -25,6 +25,12 @@ public:
   /// backend size it (CUDA: from free memory), otherwise it is exact.
   virtual Status allocateKvCache(const KvCacheShape &shape) = 0;
   virtual const KvCacheShape &kvCacheShape() const = 0;
+  /// Bytes of one element of the KV cache (4 for f32, 2 for bf16).
+  virtual size_t kvElementBytes() const = 0;
+  /// Copies physical block `block` (in range) out of / into the cache, in
+  /// the layout of Executor::readKvBlock. Waits for the device.
+  virtual Status readKvBlock(int32_t block, std::byte *out) = 0;
+  virtual Status writeKvBlock(int32_t block, const std::byte *in) = 0;
 
   /// Makes the step's tables available to the kernels (validated step).
   virtual Status beginStep(const StepInput &step) = 0;

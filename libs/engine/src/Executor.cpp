@@ -155,6 +155,40 @@ const KvCacheShape &Executor::kvCacheShape() const {
   return backend_->kvCacheShape();
 }
 
+const char *Executor::kvCacheDtypeName() const {
+  return backend_->kvElementBytes() == 2 ? "bf16" : "f32";
+}
+
+size_t Executor::kvBlockBytes() const {
+  const KvCacheShape &shape = kvCacheShape();
+  return static_cast<size_t>(2 * shape.numLayers * shape.blockSize * shape.numKvHeads *
+                             shape.headDim) *
+         backend_->kvElementBytes();
+}
+
+namespace {
+Status checkBlockTransfer(int32_t block, size_t bytes, const KvCacheShape &shape,
+                          size_t blockBytes) {
+  if (block < 0 || block >= shape.numBlocks)
+    return Status::error("KV block " + std::to_string(block) + " is outside [0, " +
+                         std::to_string(shape.numBlocks) + ")");
+  if (bytes != blockBytes)
+    return Status::error("a KV block has " + std::to_string(blockBytes) +
+                         " bytes on this rank, the buffer " + std::to_string(bytes));
+  return Status::ok();
+}
+} // namespace
+
+Status Executor::readKvBlock(int32_t block, std::span<std::byte> out) {
+  LLMIR_RETURN_IF_ERROR(checkBlockTransfer(block, out.size(), kvCacheShape(), kvBlockBytes()));
+  return backend_->readKvBlock(block, out.data());
+}
+
+Status Executor::writeKvBlock(int32_t block, std::span<const std::byte> in) {
+  LLMIR_RETURN_IF_ERROR(checkBlockTransfer(block, in.size(), kvCacheShape(), kvBlockBytes()));
+  return backend_->writeKvBlock(block, in.data());
+}
+
 Status Executor::runStep(const StepInput &input, const InstructionObserver &observer) {
   LLMIR_RETURN_IF_ERROR(
       validateStepInput(input, kvCacheShape()).withContext("invalid step"));

@@ -154,6 +154,41 @@ TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
   }
 }
 
+// The KV store's block transfers: blocks prefilled on one executor, copied
+// out and written into other physical blocks of a second executor, let the
+// second decode as if it had computed them (identical logits).
+TEST_P(ExecutorForward, KvBlocksCopiedToAnotherExecutorContinueTheSequence) {
+  auto computed = create();
+  auto loaded = create();
+  ASSERT_TRUE(computed && loaded);
+  const int64_t blockSize = computed->kvCacheShape().blockSize;
+  const int32_t full = static_cast<int32_t>(tokens.size() - 1) / static_cast<int32_t>(blockSize);
+  ASSERT_GE(full, 1) << "the test needs at least one full block";
+  const int64_t prefix = full * blockSize;
+  std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + prefix);
+  ASSERT_TRUE(computed->step(stepFor(prompt, 0, {5, 2, 8})).isOk());
+  EXPECT_STREQ(computed->kvCacheDtypeName(), "f32");
+  const std::vector<int32_t> target = {7, 1, 3};
+  std::vector<std::byte> block(computed->kvBlockBytes());
+  for (int32_t b = 0; b < full; ++b) {
+    ASSERT_TRUE(computed->readKvBlock(std::vector<int32_t>{5, 2, 8}[b], block).isOk());
+    ASSERT_TRUE(loaded->writeKvBlock(target[b], block).isOk());
+  }
+  for (int64_t p = prefix; p < static_cast<int64_t>(tokens.size()); ++p) {
+    const int32_t pos = static_cast<int32_t>(p);
+    Result<Tensor> a = computed->step(stepFor({tokens[p]}, pos, {5, 2, 8}));
+    Result<Tensor> b = loaded->step(stepFor({tokens[p]}, pos, target));
+    ASSERT_TRUE(a.isOk() && b.isOk());
+    EXPECT_EQ(a->data, b->data) << "position " << p;
+  }
+  // Bad transfers are refused with the reason.
+  Status outside = loaded->readKvBlock(static_cast<int32_t>(loaded->kvCacheShape().numBlocks), block);
+  EXPECT_NE(outside.message().find("outside"), std::string::npos) << outside.message();
+  std::vector<std::byte> small(block.size() - 1);
+  Status size = loaded->writeKvBlock(0, small);
+  EXPECT_NE(size.message().find("bytes"), std::string::npos) << size.message();
+}
+
 TEST_P(ExecutorForward, BatchesSequencesInOneStep) {
   auto executor = create();
   ASSERT_TRUE(executor);

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <memory>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -74,6 +75,18 @@ public:
   Result<std::vector<int32_t>> stepGreedy(const StepInput &step);
 
   const KvCacheShape &kvCacheShape() const;
+
+  /// The KV cache's element type: "f32" or "bf16".
+  const char *kvCacheDtypeName() const;
+  /// Bytes of one physical KV block: for every layer, its keys then its
+  /// values ([block_size][kv_heads][head_dim] each).
+  size_t kvBlockBytes() const;
+  /// Copies physical block `block` out of the cache into `out` (exactly
+  /// kvBlockBytes()), or from `in` into it (the KV store's block transfers).
+  /// Fails on a block id out of range or a buffer of another size; must not
+  /// run concurrently with step().
+  Status readKvBlock(int32_t block, std::span<std::byte> out);
+  Status writeKvBlock(int32_t block, std::span<const std::byte> in);
   const Device &device() const { return device_; }
 
 private:

@@ -242,6 +242,37 @@ public:
   }
 
   const KvCacheShape &kvCacheShape() const override { return cache_.shape; }
+  size_t kvElementBytes() const override { return bf16KvCache_ ? 2 : sizeof(float); }
+
+  // Layer l's part of a block is contiguous in keys_ and in values_ (layout
+  // [layer][block][block_size][kv_heads][head_dim]).
+  Status readKvBlock(int32_t block, std::byte *out) override {
+    LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
+    const size_t chunk = kvLayerChunkBytes();
+    for (int64_t layer = 0; layer < cache_.shape.numLayers; ++layer) {
+      const size_t offset = kvChunkOffset(layer, block);
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(out, keys_.data + offset, chunk,
+                                             cudaMemcpyDeviceToHost), "reading a KV block"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(out + chunk, values_.data + offset, chunk,
+                                             cudaMemcpyDeviceToHost), "reading a KV block"));
+      out += 2 * chunk;
+    }
+    return Status::ok();
+  }
+
+  Status writeKvBlock(int32_t block, const std::byte *in) override {
+    LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
+    const size_t chunk = kvLayerChunkBytes();
+    for (int64_t layer = 0; layer < cache_.shape.numLayers; ++layer) {
+      const size_t offset = kvChunkOffset(layer, block);
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(keys_.data + offset, in, chunk,
+                                             cudaMemcpyHostToDevice), "writing a KV block"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(values_.data + offset, in + chunk, chunk,
+                                             cudaMemcpyHostToDevice), "writing a KV block"));
+      in += 2 * chunk;
+    }
+    return Status::ok();
+  }
 
   Status beginStep(const StepInput &step) override {
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
@@ -854,6 +885,15 @@ private:
   const BoundProgram &program_;
   int device_;
   double memoryFraction_;
+  size_t kvLayerChunkBytes() const {
+    const KvCacheShape &shape = cache_.shape;
+    return static_cast<size_t>(shape.blockSize * shape.numKvHeads * shape.headDim) *
+           kvElementBytes();
+  }
+  size_t kvChunkOffset(int64_t layer, int32_t block) const {
+    return static_cast<size_t>(layer * cache_.shape.numBlocks + block) * kvLayerChunkBytes();
+  }
+
   bool bf16KvCache_;
   cuda::Context context_;
   Communicator *comm_;
