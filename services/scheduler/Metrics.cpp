@@ -58,6 +58,11 @@ struct Metrics::Impl {
   prometheus::Counter &counter(const char *name, const char *help) {
     return BuildCounter().Name(name).Help(help).Register(*registry).Add(labels);
   }
+  prometheus::Labels with(const char *name, const char *value) const {
+    prometheus::Labels out = labels;
+    out[name] = value;
+    return out;
+  }
 
   Histogram &ttft = histogram("llmir:time_to_first_token_seconds",
                               "Histogram of time to first token in seconds.", kTtftBuckets);
@@ -91,6 +96,32 @@ struct Metrics::Impl {
       counter("llmir:num_preemptions_total", "Cumulative number of preemptions.");
   prometheus::Counter &stepFailures =
       counter("llmir:step_failures_total", "Steps that failed on a replica and were re-queued.");
+  // KV-block store (docs/kv-store.md).
+  prometheus::Counter &kvStorePrefillSkipped =
+      counter("llmir:kv_store_prefill_tokens_skipped_total",
+              "Prompt and re-queued tokens whose KV was loaded from the KV-block store instead "
+              "of being computed.");
+  prometheus::Family<prometheus::Counter> &kvStoreLoadFamily =
+      BuildCounter()
+          .Name("llmir:kv_store_load_requests_total")
+          .Help("Sequence loads asked of a replica's workers, by outcome (ok: answered, "
+                "possibly with 0 blocks; failed: nothing usable, the tokens were computed).")
+          .Register(*registry);
+  prometheus::Counter &kvStoreLoadsOk = kvStoreLoadFamily.Add(with("outcome", "ok"));
+  prometheus::Counter &kvStoreLoadsFailed = kvStoreLoadFamily.Add(with("outcome", "failed"));
+  prometheus::Counter &kvStoreWriteThrough =
+      counter("llmir:kv_store_write_through_blocks_total",
+              "KV blocks the workers were asked to write through to the store as steps filled "
+              "them (per replica; every rank writes its part).");
+  prometheus::Family<prometheus::Counter> &requeuedTokensFamily =
+      BuildCounter()
+          .Name("llmir:requeued_tokens_total")
+          .Help("Tokens of sequences moved to another replica, by whether their KV was reused "
+                "there (prefix cache or KV-block store) or recomputed.")
+          .Register(*registry);
+  prometheus::Counter &requeuedTokensReused = requeuedTokensFamily.Add(with("kv", "reused"));
+  prometheus::Counter &requeuedTokensRecomputed =
+      requeuedTokensFamily.Add(with("kv", "recomputed"));
   prometheus::Family<prometheus::Counter> &success =
       BuildCounter()
           .Name("llmir:request_success_total")
@@ -166,6 +197,18 @@ void Metrics::update(const serving::SchedulerStats &s) {
   advance(impl_->prefixHits, s.prefixHitTokens, last.prefixHitTokens);
   advance(impl_->preemptions, s.numPreemptions, last.numPreemptions);
   advance(impl_->stepFailures, s.numStepFailures, last.numStepFailures);
+  advance(impl_->kvStorePrefillSkipped, s.kvStoreLoadedTokens, last.kvStoreLoadedTokens);
+  // ok = asked - failed; `last` keeps both totals.
+  const uint64_t okNow = s.kvStoreLoads - s.kvStoreLoadFailures;
+  const uint64_t okBefore = last.kvStoreLoads - last.kvStoreLoadFailures;
+  if (okNow > okBefore)
+    impl_->kvStoreLoadsOk.Increment(static_cast<double>(okNow - okBefore));
+  last.kvStoreLoads = s.kvStoreLoads;
+  advance(impl_->kvStoreLoadsFailed, s.kvStoreLoadFailures, last.kvStoreLoadFailures);
+  advance(impl_->kvStoreWriteThrough, s.kvStoreWrittenBlocks, last.kvStoreWrittenBlocks);
+  advance(impl_->requeuedTokensReused, s.adoptedTokensReused, last.adoptedTokensReused);
+  advance(impl_->requeuedTokensRecomputed, s.adoptedTokensRecomputed,
+          last.adoptedTokensRecomputed);
 }
 
 void Metrics::observeFirstToken(double seconds) { impl_->ttft.Observe(seconds); }

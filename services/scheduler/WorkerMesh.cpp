@@ -143,6 +143,13 @@ struct WorkerMesh::Impl {
         a->set_store_prefix("llmir/" + replica.id);
         a->set_model_dir(options.modelDir);
         a->set_num_kv_blocks(static_cast<uint32_t>(options.kvBlocks));
+        if (!options.kvStoreHost.empty()) {
+          proto::KvStoreConfig *kv = a->mutable_kv_store();
+          kv->set_host(options.kvStoreHost);
+          kv->set_port(options.kvStorePort);
+          kv->set_timeout_ms(options.kvStoreTimeoutMs);
+          kv->set_max_queued_bytes(options.kvStoreMaxQueuedBytes);
+        }
         (void)w.conn->send(e); // a closed connection shows up in onClose
       }
       serving::ReplicaInfo info;
@@ -150,11 +157,19 @@ struct WorkerMesh::Impl {
       info.blockSize = options.kvBlockSize;
       info.vocabSize = options.vocabSize;
       info.pipelineDepth = options.pp;
+      info.kvStore = !options.kvStoreHost.empty();
       replica.backend = std::make_shared<serving::RemoteBackend>(
-          info, worldSize, [conns](uint32_t rank, const proto::StepRequest &request) {
+          info, worldSize,
+          [conns](uint32_t rank, const proto::StepRequest &request) {
             proto::Envelope e;
             e.set_protocol_version(net::kWorkerProtocolVersion);
             *e.mutable_step_request() = request;
+            return conns[rank]->send(e);
+          },
+          [conns](uint32_t rank, const proto::KvLoadRequest &request) {
+            proto::Envelope e;
+            e.set_protocol_version(net::kWorkerProtocolVersion);
+            *e.mutable_kv_load_request() = request;
             return conns[rank]->send(e);
           });
       backends.push_back(replica.backend);
@@ -275,7 +290,7 @@ struct WorkerMesh::Impl {
           workers.at(rank).state = WorkerState::Serving;
         net::logInfo("replica ready", {{"replica_id", replica.id}});
         router.addReplica(replica.id, replica.backend);
-      } else if (e.has_step_response()) {
+      } else if (e.has_step_response() || e.has_kv_load_response()) {
         // Only a rank of the replica the step went to may answer it, once
         // (RemoteBackend counts distinct ranks).
         auto it = replicas.find(w.replicaId);
@@ -297,7 +312,9 @@ struct WorkerMesh::Impl {
                       {"error", e.error().message().substr(0, kMaxLoggedErrorBytes)}});
       }
     }
-    if (deliverTo) // completes the step: the router's work, not under our lock
+    if (deliverTo && e.has_kv_load_response())
+      deliverTo->onLoadResponse(fromRank, e.kv_load_response());
+    else if (deliverTo) // completes the step: the router's work, not under our lock
       deliverTo->onResponse(fromRank, e.step_response());
   }
 

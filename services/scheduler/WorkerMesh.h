@@ -44,6 +44,12 @@ struct MeshOptions {
   std::chrono::milliseconds registerTimeout{5000};
   /// Frames from workers larger than this close their connection.
   uint32_t maxFrameBytes = 64u << 20;
+  /// The KV-block store the workers write full blocks through to and load
+  /// prefixes from (docs/kv-store.md); empty host: none.
+  std::string kvStoreHost;
+  uint16_t kvStorePort = 13337;
+  uint32_t kvStoreTimeoutMs = 1000;
+  uint64_t kvStoreMaxQueuedBytes = 64ull << 20;
 };
 
 class WorkerMesh {

@@ -78,6 +78,11 @@ struct Settings {
   std::string clusterSecretFile;
   uint32_t workerMaxFrameBytes = 64u << 20;
   uint32_t registerTimeoutMs = 5000;
+  // KV-block store (mesh mode).
+  std::string kvStoreHost;
+  uint16_t kvStorePort = 13337;
+  uint32_t kvStoreTimeoutMs = 1000;
+  uint64_t kvStoreMaxQueuedBytes = 64ull << 20;
 };
 
 void bind(net::Config &config, Settings &s) {
@@ -138,6 +143,14 @@ void bind(net::Config &config, Settings &s) {
              "service must share (else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
   config.add("worker-max-frame-bytes", &s.workerMaxFrameBytes,
              "mesh: larger frames from a worker close its connection");
+  config.add("kv-store.host", &s.kvStoreHost,
+             "mesh: llmir-kv-store host the workers write full KV blocks through to and load "
+             "prefixes from (empty: no store; docs/kv-store.md)");
+  config.add("kv-store.port", &s.kvStorePort, "mesh: llmir-kv-store UCX port");
+  config.add("kv-store.timeout-ms", &s.kvStoreTimeoutMs,
+             "mesh: deadline of one store operation on a worker (past it: recompute)");
+  config.add("kv-store.max-queued-bytes", &s.kvStoreMaxQueuedBytes,
+             "mesh: block bytes a worker queues for write-through; past it blocks are dropped");
   config.add("register-timeout-ms", &s.registerTimeoutMs,
              "mesh: a connection that has not authenticated and registered this long is closed");
 }
@@ -254,6 +267,16 @@ Status validate(const Settings &s) {
       return Status::error("'tool-call-parser': " + format.message());
   if (!s.compilerUrl.empty() && !s.compilerUrl.starts_with("http://"))
     return Status::error("'compiler-url' must be an http:// URL, got '" + s.compilerUrl + "'");
+  if (!s.kvStoreHost.empty()) {
+    if (s.compilerUrl.empty())
+      return Status::error("'kv-store.host' needs mesh mode ('compiler-url'): the workers use "
+                           "the store");
+    if (s.kvStorePort == 0)
+      return Status::error("'kv-store.port' must be a port (1-65535), got 0");
+    if (s.kvStoreTimeoutMs == 0 || s.kvStoreMaxQueuedBytes == 0)
+      return Status::error("'kv-store.timeout-ms' and 'kv-store.max-queued-bytes' must be "
+                           "positive");
+  }
   return Status::ok();
 }
 
@@ -355,6 +378,10 @@ int run(const Settings &s) {
     meshOptions.heartbeatTimeout = std::chrono::milliseconds(s.heartbeatTimeoutMs);
     meshOptions.joinTimeout = std::chrono::milliseconds(s.joinTimeoutMs);
     meshOptions.drainGrace = std::chrono::milliseconds(s.drainGraceMs);
+    meshOptions.kvStoreHost = s.kvStoreHost;
+    meshOptions.kvStorePort = s.kvStorePort;
+    meshOptions.kvStoreTimeoutMs = s.kvStoreTimeoutMs;
+    meshOptions.kvStoreMaxQueuedBytes = s.kvStoreMaxQueuedBytes;
     auto started = scheduler::WorkerMesh::start(meshOptions, router);
     if (!started) {
       net::logError("cannot start the mesh", {{"error", started.message()}});

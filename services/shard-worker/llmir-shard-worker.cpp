@@ -84,6 +84,52 @@ struct Metrics {
           .Help("Steps run, by outcome (ok, error).")
           .Register(*registry);
 
+  // The KV-block store (docs/kv-store.md): mirrors of the worker's counters,
+  // brought up to date at every scrape.
+  struct KvStoreMetrics {
+    prometheus::Family<prometheus::Counter> &blocks;
+    prometheus::Family<prometheus::Counter> &bytes;
+    prometheus::Family<prometheus::Counter> &failedCalls;
+    llmir::kvstore::WorkerBlockStoreCounters seen;
+
+    void add(prometheus::Family<prometheus::Counter> &family, const char *labelName,
+             const char *label, uint64_t now, uint64_t &before) {
+      if (now > before)
+        family.Add({{labelName, label}}).Increment(static_cast<double>(now - before));
+      else
+        family.Add({{labelName, label}}); // present from the start
+      before = now;
+    }
+    void update(const llmir::kvstore::WorkerBlockStoreCounters &c) {
+      add(blocks, "outcome", "stored", c.blocksStored, seen.blocksStored);
+      add(blocks, "outcome", "refused", c.blocksRefused, seen.blocksRefused);
+      add(blocks, "outcome", "put_failed", c.blocksPutFailed, seen.blocksPutFailed);
+      add(blocks, "outcome", "dropped", c.blocksDropped, seen.blocksDropped);
+      add(blocks, "outcome", "loaded", c.blocksLoaded, seen.blocksLoaded);
+      add(bytes, "op", "put", c.bytesStored, seen.bytesStored);
+      add(bytes, "op", "get", c.bytesLoaded, seen.bytesLoaded);
+      add(failedCalls, "op", "put", c.putCallsFailed, seen.putCallsFailed);
+      add(failedCalls, "op", "get", c.loadCallsFailed, seen.loadCallsFailed);
+    }
+  };
+  KvStoreMetrics kvStore{
+      prometheus::BuildCounter()
+          .Name("llmir:worker_kv_store_blocks_total")
+          .Help("KV blocks by outcome: stored (write-through), refused (store full or "
+                "rejected), put_failed (store unreachable or past its deadline), dropped "
+                "(write queue full), loaded (from the store into the cache).")
+          .Register(*registry),
+      prometheus::BuildCounter()
+          .Name("llmir:worker_kv_store_bytes_total")
+          .Help("KV block bytes moved to (put) and from (get) the store.")
+          .Register(*registry),
+      prometheus::BuildCounter()
+          .Name("llmir:worker_kv_store_failed_calls_total")
+          .Help("Store calls that failed (store down, restarted or past the deadline); "
+                "the worker goes on without the store.")
+          .Register(*registry),
+      {}};
+
   static prometheus::Histogram::BucketBoundaries stepBuckets() {
     return {1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
   }
@@ -234,6 +280,7 @@ int main(int argc, char **argv) {
                  : HttpResponse::text(503, "no rank assigned yet\n");
   });
   http.route("GET", "/metrics", [&](const HttpRequest &) {
+    metrics.kvStore.update(worker.kvStoreCounters());
     HttpResponse res = HttpResponse::text(
         200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
     res.contentType = "text/plain; version=0.0.4; charset=utf-8";
@@ -332,6 +379,11 @@ int main(int argc, char **argv) {
                                       {"error", response.error()}});
       (void)channel.send(wrap([&](proto::Envelope &e) {
         *e.mutable_step_response() = std::move(response);
+      }));
+    } else if (message->has_kv_load_request()) {
+      proto::KvLoadResponse response = worker.loadKvBlocks(message->kv_load_request());
+      (void)channel.send(wrap([&](proto::Envelope &e) {
+        *e.mutable_kv_load_response() = std::move(response);
       }));
     } else if (message->has_drain()) {
       net::logInfo("drained by the scheduler", {{"reason", message->drain().reason()}});

@@ -79,6 +79,7 @@ BatchScheduler::BatchScheduler(ReplicaBackend &backend,
   const ReplicaInfo info = backend_.info();
   pipelineDepth_ = std::max(1, info.pipelineDepth);
   vocabSize_ = info.vocabSize;
+  kvStore_ = info.kvStore;
   blocks_ = std::make_unique<BlockManager>(info.numKvBlocks, info.blockSize,
                                            options_.enablePrefixCaching);
   const int64_t capacity = int64_t{info.numKvBlocks} * info.blockSize;
@@ -269,6 +270,7 @@ void BatchScheduler::preemptLocked(Sequence &seq) {
   assert(seq.running && !seq.inFlight);
   blocks_->release(seq.blocks);
   seq.numComputed = 0;
+  seq.storeLookedUp = false; // its blocks may be in the store by now
   seq.running = false;
   erase(running_, &seq);
   waiting_.push_front(&seq);
@@ -292,6 +294,12 @@ bool BatchScheduler::preemptForLocked(Sequence &seq) {
 bool BatchScheduler::admitLocked(Sequence &seq, int32_t &budget) {
   if (seq.blocks.table.empty() && !requests_.at(seq.requestId)->params.promptLogprobs)
     seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
+  if (seq.adopted) {
+    // Counted once, at its first admission here (after any store load).
+    seq.adopted = false;
+    adoptedTokensReused_ += static_cast<uint64_t>(seq.numComputed);
+    adoptedTokensRecomputed_ += seq.tokens.size() - static_cast<uint64_t>(seq.numComputed);
+  }
   const int64_t toCompute = static_cast<int64_t>(seq.tokens.size()) - seq.numComputed;
   const int32_t chunk = static_cast<int32_t>(std::min<int64_t>(toCompute, budget));
   // Keep one block spare per running sequence, so admissions do not force
@@ -307,6 +315,90 @@ bool BatchScheduler::admitLocked(Sequence &seq, int32_t &budget) {
   }
   seq.chunk = chunk;
   return true;
+}
+
+bool BatchScheduler::startStoreLoadLocked(Sequence &seq) {
+  seq.storeLookedUp = true;
+  seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
+  const int64_t B = blocks_->blockSize();
+  // Full blocks past the local prefix cache, leaving the last token to
+  // compute (its logits are needed), as reuseCachedPrefix does.
+  const int64_t first = seq.numComputed / B;
+  const int64_t end = (static_cast<int64_t>(seq.tokens.size()) - 1) / B;
+  if (end <= first)
+    return false; // admitLocked goes on with the reused blocks
+  const int32_t reserve = std::min<int32_t>(static_cast<int32_t>(running_.size()),
+                                            blocks_->numBlocks() / 8);
+  if (blocks_->blocksNeeded(seq.blocks, end * B) + reserve > blocks_->numAvailable() ||
+      !blocks_->ensureCapacity(seq.blocks, end * B))
+    return false; // no room to load into: computed as usual
+  StoreLoad load;
+  load.sequenceId = seq.id;
+  load.loadId = nextLoadId_++;
+  load.firstBlock = static_cast<int32_t>(first);
+  load.blockIds.assign(seq.blocks.table.begin() + first, seq.blocks.table.begin() + end);
+  load.tokens.assign(seq.tokens.begin(), seq.tokens.begin() + end * B);
+  storeLoadsToSend_.push_back(std::move(load));
+  seq.loading = true;
+  seq.inFlight = true; // cancel() waits for the load like for a step
+  ++storeLoadsInFlight_;
+  ++kvStoreLoads_;
+  return true;
+}
+
+void BatchScheduler::sendStoreLoads(std::vector<StoreLoad> loads) {
+  for (StoreLoad &load : loads) {
+    proto::KvLoadRequest request;
+    request.set_load_id(load.loadId);
+    request.set_first_block(load.firstBlock);
+    request.mutable_block_ids()->Add(load.blockIds.begin(), load.blockIds.end());
+    request.mutable_token_ids()->Add(load.tokens.begin(), load.tokens.end());
+    backend_.loadBlocks(request, [this, id = load.sequenceId](Result<uint32_t> loaded) {
+      onStoreLoadDone(id, std::move(loaded));
+    });
+  }
+}
+
+void BatchScheduler::onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loaded) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  ++completing_;
+  --storeLoadsInFlight_;
+  auto found = sequences_.find(sequenceId);
+  if (found != sequences_.end()) {
+    Sequence &seq = *found->second;
+    seq.inFlight = false;
+    seq.loading = false;
+    if (seq.cancelled) {
+      finishLocked(seq, FinishReason::Abort, "");
+    } else {
+      const int64_t B = blocks_->blockSize();
+      if (!loaded)
+        ++kvStoreLoadFailures_;
+      const int64_t tokens = int64_t{loaded ? *loaded : 0u} * B;
+      seq.numComputed += tokens;
+      kvStoreLoadedTokens_ += static_cast<uint64_t>(tokens);
+      blocks_->commitFullBlocks(seq.blocks, seq.tokens, seq.numComputed);
+      // Blocks that were not loaded on every rank are computed later.
+      blocks_->truncate(seq.blocks, static_cast<size_t>(seq.numComputed / B));
+      waiting_.push_front(&seq); // next admission continues from numComputed
+    }
+  }
+  ++version_;
+  deliver(lock);
+  --completing_;
+  wake_.notify_all();
+}
+
+void BatchScheduler::markWriteThroughLocked(const Sequence &seq, proto::StepSequence &entry) {
+  const int64_t B = blocks_->blockSize();
+  const int64_t first = seq.numComputed / B;           // block of the first token
+  const int64_t end = (seq.numComputed + seq.chunk) / B; // blocks full after the step
+  for (int64_t k = first; k < end; ++k)
+    entry.add_store_blocks(static_cast<int32_t>(k));
+  if (end > first) {
+    entry.mutable_prefix_token_ids()->Add(seq.tokens.begin(), seq.tokens.begin() + end * B);
+    kvStoreWrittenBlocks_ += static_cast<uint64_t>(end - first);
+  }
 }
 
 std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
@@ -347,6 +439,11 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
     Sequence &seq = **it;
     if (seq.waitingForLeader) {
       ++it;
+      continue;
+    }
+    if (kvStore_ && !seq.storeLookedUp && seq.blocks.table.empty() &&
+        !requests_.at(seq.requestId)->params.promptLogprobs && startStoreLoadLocked(seq)) {
+      it = waiting_.erase(it); // back at the front once the load returns
       continue;
     }
     if (!admitLocked(seq, budget))
@@ -408,6 +505,8 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
       if (repetition)
         entry->mutable_prompt_token_ids()->Add(seq->tokens.begin(), seq->tokens.begin() + seq->promptLen);
     }
+    if (kvStore_)
+      markWriteThroughLocked(*seq, *entry);
     seq->inFlight = true;
     ids.push_back(seq->id);
     ++step.stats.numSequences;
@@ -512,13 +611,17 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
 
 bool BatchScheduler::stepOnce() {
   std::optional<InFlightStep> step;
+  std::vector<StoreLoad> loads;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     step = scheduleLocked();
+    loads.swap(storeLoadsToSend_);
   }
-  if (!step)
+  if (!step && loads.empty())
     return false;
-  submit(std::move(*step));
+  sendStoreLoads(std::move(loads));
+  if (step)
+    submit(std::move(*step));
   return true;
 }
 
@@ -531,20 +634,24 @@ void BatchScheduler::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
     std::optional<InFlightStep> step = scheduleLocked();
-    if (!step) {
+    std::vector<StoreLoad> loads;
+    loads.swap(storeLoadsToSend_);
+    if (!step && loads.empty()) {
       const uint64_t seen = version_;
       wake_.wait(lock, [&] { return stopping_ || version_ != seen; });
       continue;
     }
     lock.unlock();
-    submit(std::move(*step));
+    sendStoreLoads(std::move(loads));
+    if (step)
+      submit(std::move(*step));
     lock.lock();
   }
   wake_.wait(lock, [&] { return quiescentLocked(); });
 }
 
 bool BatchScheduler::quiescentLocked() const {
-  return inFlight_.empty() && completing_ == 0 && !delivering_;
+  return inFlight_.empty() && storeLoadsInFlight_ == 0 && completing_ == 0 && !delivering_;
 }
 
 void BatchScheduler::start() {
@@ -591,6 +698,7 @@ std::vector<DetachedRequest> BatchScheduler::detachAll() {
       seq->chunk = 0;
       seq->failures = 0; // the replica failed, not the sequence
       seq->waitingForLeader = false;
+      seq->storeLookedUp = false;
     }
   }
   waiting_.clear();
@@ -616,6 +724,7 @@ uint64_t BatchScheduler::adopt(DetachedRequest detached) {
       continue;
     seq->id = nextSequenceId_++;
     seq->requestId = request->id;
+    seq->adopted = true;
     sequences_[seq->id] = seq.get();
     live.push_back(seq.get());
   }
@@ -637,6 +746,12 @@ SchedulerStats BatchScheduler::stats() const {
   s.prefixHitTokens = blocks_->prefixHitTokens();
   s.numPreemptions = numPreemptions_;
   s.numStepFailures = numStepFailures_;
+  s.kvStoreLoads = kvStoreLoads_;
+  s.kvStoreLoadFailures = kvStoreLoadFailures_;
+  s.kvStoreLoadedTokens = kvStoreLoadedTokens_;
+  s.kvStoreWrittenBlocks = kvStoreWrittenBlocks_;
+  s.adoptedTokensReused = adoptedTokensReused_;
+  s.adoptedTokensRecomputed = adoptedTokensRecomputed_;
   for (const auto &[id, seq] : sequences_) {
     const int64_t maxTokens = requests_.at(seq->requestId)->params.maxTokens;
     s.outstandingTokens += static_cast<int64_t>(seq->tokens.size()) - seq->numComputed +

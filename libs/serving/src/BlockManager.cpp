@@ -140,10 +140,15 @@ void BlockManager::commitFullBlocks(SequenceBlocks &seq,
   }
 }
 
-void BlockManager::release(SequenceBlocks &seq) {
+void BlockManager::release(SequenceBlocks &seq) { truncate(seq, 0); }
+
+void BlockManager::truncate(SequenceBlocks &seq, size_t keepBlocks) {
+  if (keepBlocks >= seq.table.size())
+    return;
   // Deepest block first, so the LRU evicts the ends of chains before their
   // shared beginnings.
-  for (auto it = seq.table.rbegin(); it != seq.table.rend(); ++it) {
+  for (auto it = seq.table.rbegin(); it != seq.table.rend() - static_cast<std::ptrdiff_t>(keepBlocks);
+       ++it) {
     Block &b = blocks_[static_cast<size_t>(*it)];
     assert(b.refCount > 0);
     if (--b.refCount > 0)
@@ -156,8 +161,9 @@ void BlockManager::release(SequenceBlocks &seq) {
       freeList_.push_back(*it);
     }
   }
-  seq.table.clear();
-  seq.hashes.clear();
+  seq.table.resize(keepBlocks);
+  if (seq.hashes.size() > keepBlocks)
+    seq.hashes.resize(keepBlocks);
 }
 
 double BlockManager::usage() const {

@@ -52,6 +52,9 @@ public:
       done(std::move(r));
     });
   }
+  void loadBlocks(const proto::KvLoadRequest &request, LoadDone done) override {
+    inner_->loadBlocks(request, std::move(done));
+  }
   double tokensPerSecond() const { return tokensPerSecond_.load(); }
 
 private:
@@ -323,6 +326,12 @@ void ReplicaRouter::moveAway(Replica &replica) {
   retired_.prefixHitTokens += last.prefixHitTokens;
   retired_.numPreemptions += last.numPreemptions;
   retired_.numStepFailures += last.numStepFailures;
+  retired_.kvStoreLoads += last.kvStoreLoads;
+  retired_.kvStoreLoadFailures += last.kvStoreLoadFailures;
+  retired_.kvStoreLoadedTokens += last.kvStoreLoadedTokens;
+  retired_.kvStoreWrittenBlocks += last.kvStoreWrittenBlocks;
+  retired_.adoptedTokensReused += last.adoptedTokensReused;
+  retired_.adoptedTokensRecomputed += last.adoptedTokensRecomputed;
   std::erase_if(replicas_, [&](const auto &r) { return r.get() == &replica; });
   for (DetachedRequest &request : detached) {
     auto id = replica.localToRouter.find(request.id());
@@ -503,6 +512,12 @@ SchedulerStats ReplicaRouter::stats() const {
     total.prefixHitTokens += s.prefixHitTokens;
     total.numPreemptions += s.numPreemptions;
     total.numStepFailures += s.numStepFailures;
+    total.kvStoreLoads += s.kvStoreLoads;
+    total.kvStoreLoadFailures += s.kvStoreLoadFailures;
+    total.kvStoreLoadedTokens += s.kvStoreLoadedTokens;
+    total.kvStoreWrittenBlocks += s.kvStoreWrittenBlocks;
+    total.adoptedTokensReused += s.adoptedTokensReused;
+    total.adoptedTokensRecomputed += s.adoptedTokensRecomputed;
     total.outstandingTokens += s.outstandingTokens;
   }
   for (const Waiting &w : waiting_)

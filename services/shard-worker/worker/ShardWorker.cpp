@@ -69,7 +69,54 @@ uint64_t weightSliceBytes(const proto::ShardProgram &program) {
   return total;
 }
 
+namespace {
+void addCounters(kvstore::WorkerBlockStoreCounters &to, const kvstore::WorkerBlockStoreCounters &c) {
+  to.blocksStored += c.blocksStored;
+  to.blocksRefused += c.blocksRefused;
+  to.blocksPutFailed += c.blocksPutFailed;
+  to.blocksDropped += c.blocksDropped;
+  to.putCallsFailed += c.putCallsFailed;
+  to.blocksLoaded += c.blocksLoaded;
+  to.blocksMissed += c.blocksMissed;
+  to.loadCallsFailed += c.loadCallsFailed;
+  to.bytesStored += c.bytesStored;
+  to.bytesLoaded += c.bytesLoaded;
+}
+} // namespace
+
+kvstore::WorkerBlockStoreCounters ShardWorker::kvStoreCounters() const {
+  std::lock_guard<std::mutex> lock(kvStoreMutex_);
+  kvstore::WorkerBlockStoreCounters total = retiredKvStoreCounters_;
+  if (kvStore_)
+    addCounters(total, kvStore_->counters());
+  return total;
+}
+
+proto::KvLoadResponse ShardWorker::loadKvBlocks(const proto::KvLoadRequest &request) {
+  if (!kvStore_) {
+    // No store here (none configured, or it could not be set up): nothing
+    // loaded, the scheduler computes the blocks.
+    proto::KvLoadResponse response;
+    response.set_load_id(request.load_id());
+    response.set_rank(rank_);
+    response.set_ok(true);
+    return response;
+  }
+  std::string error;
+  proto::KvLoadResponse response = kvStore_->load(request, rank_, &error);
+  if (!error.empty())
+    net::logWarn("kv store load failed; the blocks are recomputed",
+                 {{"load_id", request.load_id()}, {"error", error}});
+  return response;
+}
+
 void ShardWorker::tearDown() {
+  {
+    std::lock_guard<std::mutex> lock(kvStoreMutex_);
+    if (kvStore_)
+      addCounters(retiredKvStoreCounters_, kvStore_->counters());
+    kvStore_.reset(); // before the executor it reads
+  }
   executor_.reset();
   timedComm_.reset();
   comm_.reset();
@@ -147,6 +194,20 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   executor_ = std::move(*executor);
   decides_ = assign.rank() == decidingRank(program_);
   loadedBytes_ = weightSliceBytes(program_);
+  if (assign.has_kv_store()) {
+    // The store is a cache: a rank that cannot use it still serves.
+    auto store = kvstore::RankKvStore::create(assign.kv_store(), assign, *executor_);
+    if (!store) {
+      net::logWarn("kv store not used", {{"error", store.message()}});
+    } else {
+      std::lock_guard<std::mutex> lock(kvStoreMutex_);
+      kvStore_ = std::move(*store);
+      net::logInfo("kv store", {{"address", assign.kv_store().host() + ":" +
+                                                std::to_string(assign.kv_store().port())},
+                                {"block_bytes", executor_->kvBlockBytes()},
+                                {"dtype", executor_->kvCacheDtypeName()}});
+    }
+  }
   return Status::ok();
 }
 
@@ -188,6 +249,20 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   if (decides_)
     if (Status sampled = serving::sampleStep(request, *logits, response); !sampled)
       return fail(sampled);
+  if (kvStore_) {
+    // Copies the filled blocks now (before a later step may reuse them);
+    // the puts run in the background.
+    if (Status written = kvStore_->writeThrough(request); !written)
+      net::logWarn("kv store write-through skipped a block", {{"error", written.message()}});
+    const uint64_t putFailures = kvStore_->counters().putCallsFailed;
+    if (putFailures != warnedPutFailures_ &&
+        Clock::now() - lastKvStoreWarning_ > std::chrono::seconds(10)) {
+      net::logWarn("kv store puts failing; blocks are not stored",
+                   {{"failed_put_calls", putFailures}});
+      warnedPutFailures_ = putFailures;
+      lastKvStoreWarning_ = Clock::now();
+    }
+  }
   response.set_ok(true);
   double seconds = secondsSince(start);
   response.set_step_seconds(seconds);

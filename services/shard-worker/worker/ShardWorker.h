@@ -7,6 +7,7 @@
 
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/Executor.h"
+#include "llmir/kvstore/RankKvStore.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/proto/shard_program.pb.h"
 #include "llmir/proto/worker.pb.h"
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 namespace llmir::shard_worker {
@@ -71,6 +73,11 @@ public:
   /// pipeline stage) samples; the others answer with an empty token list.
   proto::StepResponse step(const proto::StepRequest &request);
 
+  /// Fills blocks from the KV-block store (KvLoadRequest, between steps).
+  proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request);
+  /// KV-block store counters of every rank this worker set up (metrics).
+  kvstore::WorkerBlockStoreCounters kvStoreCounters() const;
+
   bool ready() const { return executor_ != nullptr; }
   uint64_t loadedBytes() const { return loadedBytes_; }
 
@@ -90,6 +97,13 @@ private:
   std::unique_ptr<runtime::EngineCommunicator> comm_;
   std::unique_ptr<TimedCommunicator> timedComm_;
   std::unique_ptr<engine::Executor> executor_;
+  // The KV-block store (AssignRank.kv_store); null without one or when it
+  // could not be set up (the rank then serves without it).
+  mutable std::mutex kvStoreMutex_; // kvStore_ and retired counters vs. metrics
+  std::unique_ptr<kvstore::RankKvStore> kvStore_;
+  kvstore::WorkerBlockStoreCounters retiredKvStoreCounters_;
+  std::chrono::steady_clock::time_point lastKvStoreWarning_{};
+  uint64_t warnedPutFailures_ = 0;
 };
 
 /// Bytes of the weight slices `program` loads (slot dtype x slice elements).

@@ -34,6 +34,7 @@ class Tokenizer;
 }
 namespace llmir::proto {
 class StepResponse;
+class StepSequence;
 }
 
 namespace llmir::serving {
@@ -93,6 +94,17 @@ struct SchedulerStats {
   uint64_t numStepFailures = 0;
   /// Tokens still to compute or generate (least-loaded routing).
   int64_t outstandingTokens = 0;
+  /// KV-block store (ReplicaInfo::kvStore): loads asked, loads that failed
+  /// (nothing loaded, the tokens were computed), tokens whose KV came from
+  /// the store instead of prefill, blocks marked for write-through.
+  uint64_t kvStoreLoads = 0;
+  uint64_t kvStoreLoadFailures = 0;
+  uint64_t kvStoreLoadedTokens = 0;
+  uint64_t kvStoreWrittenBlocks = 0;
+  /// Sequences moved here from another replica (adopt): tokens they had
+  /// whose KV was found (local prefix cache or store) vs. computed again.
+  uint64_t adoptedTokensReused = 0;
+  uint64_t adoptedTokensRecomputed = 0;
 };
 
 /// What one submitted step carried (batch size metrics).
@@ -173,7 +185,18 @@ private:
   using Request = RequestState;
   struct InFlightStep;
 
+  struct StoreLoad { // becomes a proto::KvLoadRequest outside the lock
+    uint64_t sequenceId = 0;
+    uint64_t loadId = 0;
+    int32_t firstBlock = 0;
+    std::vector<int32_t> blockIds;
+    std::vector<int32_t> tokens;
+  };
   std::optional<InFlightStep> scheduleLocked();
+  bool startStoreLoadLocked(Sequence &seq);
+  void sendStoreLoads(std::vector<StoreLoad> loads);
+  void onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loaded);
+  void markWriteThroughLocked(const Sequence &seq, proto::StepSequence &entry);
   bool admitLocked(Sequence &seq, int32_t &budget);
   bool preemptForLocked(Sequence &seq);
   void preemptLocked(Sequence &seq);
@@ -212,6 +235,16 @@ private:
   uint64_t nextStepId_ = 1;
   uint64_t numPreemptions_ = 0;
   uint64_t numStepFailures_ = 0;
+  bool kvStore_ = false; // backend_.info().kvStore
+  std::vector<StoreLoad> storeLoadsToSend_; // filled by scheduleLocked
+  int32_t storeLoadsInFlight_ = 0;
+  uint64_t nextLoadId_ = 1;
+  uint64_t kvStoreLoads_ = 0;
+  uint64_t kvStoreLoadFailures_ = 0;
+  uint64_t kvStoreLoadedTokens_ = 0;
+  uint64_t kvStoreWrittenBlocks_ = 0;
+  uint64_t adoptedTokensReused_ = 0;
+  uint64_t adoptedTokensRecomputed_ = 0;
   std::function<void(const StepStats &)> stepObserver_;
   std::thread thread_;
   bool stopping_ = false;

@@ -48,6 +48,9 @@ public:
 
   /// Drops the sequence's references (cached blocks stay reusable).
   void release(SequenceBlocks &seq);
+  /// Drops the references to the sequence's blocks past the first
+  /// `keepBlocks` (e.g. blocks taken for a KV-store load that missed).
+  void truncate(SequenceBlocks &seq, size_t keepBlocks);
 
   /// Blocks a new allocation may take (free plus evictable cached ones).
   int32_t numAvailable() const;

@@ -18,11 +18,23 @@ public:
   /// Sends `request` to `rank`; an error fails the step.
   using SendStep = std::function<Status(uint32_t rank, const proto::StepRequest &request)>;
 
-  RemoteBackend(ReplicaInfo info, uint32_t worldSize, SendStep send)
-      : info_(info), worldSize_(worldSize), send_(std::move(send)) {}
+  /// Sends a KV load request to `rank`; an error fails the load.
+  using SendLoad = std::function<Status(uint32_t rank, const proto::KvLoadRequest &request)>;
+
+  RemoteBackend(ReplicaInfo info, uint32_t worldSize, SendStep send, SendLoad sendLoad = {})
+      : info_(info), worldSize_(worldSize), send_(std::move(send)),
+        sendLoad_(std::move(sendLoad)) {
+    info_.kvStore = info_.kvStore && sendLoad_ != nullptr;
+  }
 
   ReplicaInfo info() const override { return info_; }
   void submit(const proto::StepRequest &request, StepDone done) override;
+  /// Every rank loads its part; the result is the smallest leading run any
+  /// rank loaded (blocks past it are not complete on every rank).
+  void loadBlocks(const proto::KvLoadRequest &request, LoadDone done) override;
+  /// Rank `rank`'s answer to a load (any thread); dropped like onResponse's
+  /// strays.
+  void onLoadResponse(uint32_t rank, const proto::KvLoadResponse &response);
   /// Rank `rank`'s answer (any thread). A step completes once every rank
   /// answered; answers to unknown steps, a second answer from the same rank
   /// and ranks outside [0, world size) are dropped.
@@ -40,13 +52,23 @@ private:
     proto::StepResponse merged;
     std::string error;
   };
+  struct PendingLoad {
+    LoadDone done;
+    uint32_t answered = 0;
+    std::vector<bool> ranksAnswered;
+    uint32_t minLoaded = 0;
+    std::string error;
+  };
   void failStep(uint64_t stepId, const std::string &why);
+  void failLoad(uint64_t loadId, const std::string &why);
 
   ReplicaInfo info_;
   uint32_t worldSize_;
   SendStep send_;
+  SendLoad sendLoad_;
   mutable std::mutex mutex_;
   std::map<uint64_t, Pending> pending_;
+  std::map<uint64_t, PendingLoad> pendingLoads_;
   std::string failed_; // non-empty once fail() ran
 };
 

@@ -19,6 +19,10 @@ struct ReplicaInfo {
   int32_t vocabSize = 0;
   /// Steps the replica can hold in flight (its pipeline stages).
   int32_t pipelineDepth = 1;
+  /// The ranks reach a KV-block store (docs/kv-store.md): steps mark the
+  /// blocks they fill for write-through, and loadBlocks() fills a
+  /// sequence's blocks from the store.
+  bool kvStore = false;
 };
 
 class ReplicaBackend {
@@ -32,6 +36,17 @@ public:
   virtual ReplicaInfo info() const = 0;
   /// Runs `request`; the block ids in it are this replica's.
   virtual void submit(const proto::StepRequest &request, StepDone done) = 0;
+
+  /// Called once per loadBlocks with the blocks every rank loaded (the
+  /// leading run from request.first_block), or an error (nothing usable).
+  /// May run on any thread, and before loadBlocks() returns.
+  using LoadDone = std::function<void(Result<uint32_t> blocksLoaded)>;
+  /// Fills the blocks of `request` from the KV-block store (info().kvStore).
+  /// The blocks must not be used by a step in flight.
+  virtual void loadBlocks(const proto::KvLoadRequest &request, LoadDone done) {
+    (void)request;
+    done(Status::error("this replica has no KV-block store"));
+  }
 };
 
 } // namespace llmir::serving
