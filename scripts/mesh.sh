@@ -11,7 +11,11 @@
 #
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
 #                       [--device cpu|cuda] [--kv-cache-dtype auto|f32|bf16]
+#                       [--kv-store] [--kv-store-port N]
 #   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
+#   --kv-store  also start llmir-kv-store (UCX port --kv-store-port, default
+#            13337; HTTP 8083): workers write full KV blocks through to it and
+#            replicas load prefixes from it (docs/kv-store.md).
 #   --device cuda  the workers run on the GPUs (worker i on GPU i % count).
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
 #            greedy completion, check its token ids against the model's
@@ -28,9 +32,14 @@ tp=2
 pp=1
 device=cpu
 kv_cache_dtype=auto
+kv_store=0
+kv_store_port=13337
+kv_store_http_port=8083
 while [ $# -gt 0 ]; do
   case "$1" in
-    --smoke) smoke=1; port=0; compiler_port=0 ;;
+    --smoke) smoke=1; port=0; compiler_port=0; kv_store_port=0; kv_store_http_port=0 ;;
+    --kv-store) kv_store=1 ;;
+    --kv-store-port) kv_store_port="$2"; shift ;;
     --model) model="$2"; shift ;;
     --port) port="$2"; shift ;;
     --compiler-port) compiler_port="$2"; shift ;;
@@ -38,14 +47,16 @@ while [ $# -gt 0 ]; do
     --pp) pp="$2"; shift ;;
     --device) device="$2"; shift ;;
     --kv-cache-dtype) kv_cache_dtype="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 model="$(cd "$model" && pwd)"
 name="$(basename "$model")"
-for b in llmir-compiler-service llmir-scheduler llmir-shard-worker; do
+binaries="llmir-compiler-service llmir-scheduler llmir-shard-worker"
+[ "$kv_store" = 1 ] && binaries="$binaries llmir-kv-store"
+for b in $binaries; do
   [ -x "$bin/$b" ] || { echo "mesh.sh: $bin/$b is missing (run scripts/build.sh)" >&2; exit 1; }
 done
 
@@ -114,10 +125,23 @@ wait_for compiler 30 has_logged_port compiler
 compiler_port="$(logged_port compiler)"
 echo "   http://127.0.0.1:$compiler_port"
 
+kv_store_args=()
+if [ "$kv_store" = 1 ]; then
+  echo "== llmir-kv-store"
+  start kv-store "$bin/llmir-kv-store" --ucx.host=127.0.0.1 --ucx.port="$kv_store_port" \
+    --http.host=127.0.0.1 --http.port="$kv_store_http_port"
+  wait_for kv-store 30 has_logged_port kv-store
+  kv_store_port="$(sed -n 's/.*"msg":"listening".*"ucx_port":\([0-9]*\).*/\1/p' "$workdir/kv-store.log" | head -n 1)"
+  kv_store_http_port="$(logged_port kv-store)"
+  kv_store_args=(--kv-store.host=127.0.0.1 --kv-store.port="$kv_store_port")
+  echo "   ucx 127.0.0.1:$kv_store_port, metrics http://127.0.0.1:$kv_store_http_port/metrics"
+fi
+
 echo "== llmir-scheduler (mesh mode, tp=$tp pp=$pp)"
 start scheduler "$bin/llmir-scheduler" --model="$model" --http.host=127.0.0.1 --http.port="$port" \
   --http.port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
-  --tp="$tp" --pp="$pp" --worker-port=0 --worker-port-file="$workdir/worker.port"
+  --tp="$tp" --pp="$pp" --worker-port=0 --worker-port-file="$workdir/worker.port" \
+  ${kv_store_args[@]+"${kv_store_args[@]}"}
 wait_for scheduler 120 test -s "$workdir/scheduler.port"
 wait_for scheduler 30 test -s "$workdir/worker.port"
 port="$(cat "$workdir/scheduler.port")"
@@ -173,6 +197,20 @@ if choice.get("token_ids") != expected:
     sys.exit(f"mesh.sh: got ids {choice.get('token_ids')}, reference greedy ids {expected}")
 print(f"   completion {json.dumps(choice['text'])} equals the reference greedy ids")
 PY
+  if [ "$kv_store" = 1 ]; then
+    # Every rank writes the completion's full blocks through (in the
+    # background): the store holds them shortly after.
+    stored=0
+    for _ in $(seq 100); do
+      stored="$(curl -sf "http://127.0.0.1:$kv_store_http_port/metrics" |
+        sed -n 's/^llmir:kv_store_blocks_stored_total \([0-9.e+]*\)$/\1/p')"
+      [ -n "$stored" ] && [ "${stored%%.*}" -ge "$((tp * pp))" ] && break
+      sleep 0.1
+    done
+    [ -n "$stored" ] && [ "${stored%%.*}" -ge "$((tp * pp))" ] ||
+      fail kv-store "the KV store holds ${stored:-no} blocks after the completion"
+    echo "   the KV store holds ${stored%%.*} blocks written through by the workers"
+  fi
   echo "mesh.sh --smoke: ok"
   exit 0
 fi
@@ -180,7 +218,8 @@ fi
 cat <<EOF2
 
 LLMIR is serving $name (OpenAI API) at $base/v1
-  metrics: $base/metrics   compiler: http://127.0.0.1:$compiler_port/metrics
+  metrics: $base/metrics   compiler: http://127.0.0.1:$compiler_port/metrics$([ "$kv_store" = 1 ] && echo "
+  kv store metrics: http://127.0.0.1:$kv_store_http_port/metrics")
   logs:    $workdir/*.log
 
 curl -s $base/v1/completions -H 'Content-Type: application/json' \\
