@@ -31,6 +31,7 @@ function parseDocs(text) {
 const renders = {
   'helm default values': () => ok(renderChart(), 'helm template'),
   'helm GPU values': () => ok(renderChart([gpuValues]), 'helm template -f values-gpu.yaml'),
+  'helm kv-store': () => ok(renderChart([], ['kvStore.enabled=true']), 'helm template --set kvStore.enabled=true'),
   'kustomize base': () => ok(kubectl(['kustomize', 'k8s/base']), 'kubectl kustomize k8s/base'),
   'kustomize cpu-dev': () => ok(kubectl(['kustomize', 'k8s/overlays/cpu-dev']), 'kubectl kustomize cpu-dev'),
   'kustomize gpu': () => ok(kubectl(['kustomize', 'k8s/overlays/gpu']), 'kubectl kustomize gpu'),
@@ -85,8 +86,10 @@ const componentOf = (deployment) => deployment.spec.template.metadata.labels['ap
 function checkInvariants(name, objs) {
   const deployments = byKind(objs, 'Deployment');
   assert.deepEqual(deployments.map(componentOf).sort(), ['compiler', 'scheduler', 'worker']);
-  for (const d of deployments) {
-    const where = `${name}: Deployment ${d.metadata.name}`;
+  const statefulSets = byKind(objs, 'StatefulSet');
+  const workloads = deployments.concat(statefulSets);
+  for (const d of workloads) {
+    const where = `${name}: ${d.kind} ${d.metadata.name}`;
     const pod = d.spec.template.spec;
     assert.ok(selects(d.spec.selector, d.spec.template.metadata.labels), `${where}: selector matches its pods`);
     assert.equal(pod.securityContext?.runAsNonRoot, true, `${where}: runAsNonRoot`);
@@ -146,8 +149,8 @@ function checkInvariants(name, objs) {
 
   // Every Service selects pods and targets ports they declare.
   for (const s of byKind(objs, 'Service')) {
-    const targets = deployments.filter((d) => selects({ matchLabels: s.spec.selector }, d.spec.template.metadata.labels));
-    assert.equal(targets.length, 1, `${name}: Service ${s.metadata.name} selects one Deployment's pods`);
+    const targets = workloads.filter((d) => selects({ matchLabels: s.spec.selector }, d.spec.template.metadata.labels));
+    assert.equal(targets.length, 1, `${name}: Service ${s.metadata.name} selects one workload's pods`);
     const ports = new Set(targets[0].spec.template.spec.containers.flatMap((c) => (c.ports || []).map((p) => p.name)));
     for (const p of s.spec.ports) assert.ok(ports.has(p.targetPort), `${name}: ${s.metadata.name} port ${p.name} targets a declared port`);
   }
@@ -196,7 +199,7 @@ function checkInvariants(name, objs) {
     return p[0];
   };
   const peersOf = (rule) => (rule.from || []).map((peer) =>
-    deployments.filter((d) => peer.podSelector && selects(peer.podSelector, d.spec.template.metadata.labels)).map(componentOf).join('+'));
+    workloads.filter((d) => peer.podSelector && selects(peer.podSelector, d.spec.template.metadata.labels)).map(componentOf).join('+'));
   const compiler = deployments.find((d) => componentOf(d) === 'compiler');
   const workerPolicy = policyFor(worker);
   assert.deepEqual(peersOf(workerPolicy.spec.ingress[0]).sort(), ['scheduler', 'worker'],
@@ -212,6 +215,35 @@ function checkInvariants(name, objs) {
                    `${name}: only the scheduler and workers call the compiler`);
   for (const np of policies) assert.deepEqual(np.spec.policyTypes, ['Ingress']);
 
+  // The KV-block store: a StatefulSet behind a headless Service, advertised
+  // to the workers through the scheduler's config, reached by workers only.
+  const kvStore = statefulSets.find((d) => componentOf(d) === 'kv-store');
+  assert.equal(statefulSets.length, kvStore ? 1 : 0, `${name}: the kv store is the only StatefulSet`);
+  if (!kvStore) {
+    assert.equal(schedulerConfig['kv-store'], undefined, `${name}: no kv store configured without one`);
+  } else {
+    assert.equal(kvStore.spec.replicas, 1, `${name}: one kv store`);
+    const service = byKind(objs, 'Service').find((sv) => sv.metadata.name === kvStore.spec.serviceName);
+    assert.ok(service, `${name}: the StatefulSet's serviceName is a Service`);
+    assert.equal(service.spec.clusterIP, 'None', `${name}: the kv store's Service is headless`);
+    const kvConfig = configOf(objs, 'kv-store');
+    const containerPorts = Object.fromEntries(kvStore.spec.template.spec.containers[0].ports
+      .map((p) => [p.name, p.containerPort]));
+    assert.equal(containerPorts.ucx, kvConfig.ucx.port);
+    assert.equal(containerPorts.http, kvConfig.http.port);
+    assert.equal(kvConfig.ucx.host, '0.0.0.0', `${name}: the kv store listens beyond loopback`);
+    assert.equal(schedulerConfig['kv-store']?.host, service.metadata.name,
+                 `${name}: workers are sent the kv store's Service`);
+    assert.equal(schedulerConfig['kv-store'].port,
+                 service.spec.ports.find((p) => p.targetPort === 'ucx')?.port);
+    const kvPolicy = policyFor(kvStore);
+    const ucxRule = kvPolicy.spec.ingress.find((r) => r.ports?.some((p) => p.port === 'ucx'));
+    assert.deepEqual(ucxRule.ports.map((p) => p.port), ['ucx']);
+    assert.deepEqual(peersOf(ucxRule), ['worker'], `${name}: only workers reach the kv store`);
+    assert.ok(kvPolicy.spec.ingress.filter((r) => r !== ucxRule).every((r) => r.ports?.every((p) => p.port === 'http')),
+              `${name}: anything else reaches the kv store's metrics port only`);
+  }
+
   // An HPA scales the worker Deployment on the scheduler's waiting queue.
   for (const hpa of byKind(objs, 'HorizontalPodAutoscaler')) {
     assert.equal(hpa.spec.scaleTargetRef.name, worker.metadata.name);
@@ -222,9 +254,11 @@ function checkInvariants(name, objs) {
 
 // --- the tests ------------------------------------------------------------
 
-test('helm lint --strict passes for the default and the GPU values', () => {
+test('helm lint --strict passes for the default, the GPU and the kv-store values', () => {
   ok(helm(['lint', '--strict', 'helm/llmir']), 'helm lint --strict');
   ok(helm(['lint', '--strict', 'helm/llmir', '-f', gpuValues]), 'helm lint --strict -f values-gpu.yaml');
+  ok(helm(['lint', '--strict', 'helm/llmir', '--set', 'kvStore.enabled=true']),
+     'helm lint --strict --set kvStore.enabled=true');
 });
 
 for (const name of Object.keys(renders)) {
@@ -297,6 +331,9 @@ test('values the schema must reject are rejected', () => {
     ['logLevel=verbose', /logLevel/],
     ['models.mountPath=models', /mountPath/],
     ['metrics.prometheusRule.errorRatio=2', /errorRatio/],
+    ['kvStore.ucxPort=0', /ucxPort/],
+    ['kvStore.capacityBytes=0', /capacityBytes/],
+    ['kvStore.enabeld=true', /enabeld/],
   ];
   for (const [set, message] of mustFail) {
     const r = renderChart([], [set]);
@@ -314,6 +351,7 @@ const binaries = {
   compiler: process.env.LLMIR_COMPILER_SERVICE,
   scheduler: process.env.LLMIR_SCHEDULER,
   worker: process.env.LLMIR_SHARD_WORKER,
+  'kv-store': process.env.LLMIR_KV_STORE,
 };
 
 function checkConfig(component, text) {
@@ -330,8 +368,9 @@ function checkConfig(component, text) {
 test('every rendered ConfigMap is accepted by its own binary (--check-config)', { skip: !binaries.scheduler && 'LLMIR_* binaries not set' }, () => {
   for (const name of Object.keys(renders)) {
     const configMaps = byKind(objects(name), 'ConfigMap').filter((c) => c.data?.['config.yaml']);
+    const kvStore = byKind(objects(name), 'StatefulSet').length > 0;
     assert.deepEqual(configMaps.map((c) => c.metadata.labels['app.kubernetes.io/component']).sort(),
-                     ['compiler', 'scheduler', 'worker']);
+                     ['compiler', ...(kvStore ? ['kv-store'] : []), 'scheduler', 'worker']);
     for (const cm of configMaps) {
       const component = cm.metadata.labels['app.kubernetes.io/component'];
       const r = checkConfig(component, cm.data['config.yaml']);
@@ -349,6 +388,9 @@ test('--check-config fails on a key the binary does not know', { skip: !binaries
     ['scheduler', ['scheduler.config.lb-policy=random'], /lb-policy/],
     ['worker', ['worker.config.timeouts.drain_grace_ms=5'], /did you mean 'timeouts.drain-grace-ms'/],
     ['compiler', ['compiler.config.http.max_body_bytes=5'], /did you mean 'http.max-body-bytes'/],
+    ['kv-store', ['kvStore.enabled=true', 'kvStore.config.store.capacity_bytes=5'],
+     /did you mean 'store.capacity-bytes'/],
+    ['scheduler', ['kvStore.enabled=true', 'scheduler.config.kv-store.timeout-ms=0'], /kv-store.timeout-ms/],
   ];
   for (const [component, sets, message] of cases) {
     const objs = parseDocs(ok(renderChart([], sets), 'helm template'));

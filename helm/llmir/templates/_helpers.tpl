@@ -89,7 +89,22 @@ affinity:
 {{- with .Values.scheduler.servedModelName }}
 {{- $_ := set $cfg "served-model-name" . -}}
 {{- end }}
+{{- if .Values.kvStore.enabled }}
+{{- $_ := set $cfg "kv-store" (dict "host" (printf "%s-kv-store" $name)
+                                    "port" (int .Values.kvStore.ucxPort)
+                                    "timeout-ms" (int .Values.kvStore.timeoutMs)) -}}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.scheduler.config)) -}}
+{{- end -}}
+
+{{- define "llmir.kv-storeConfig" -}}
+{{- $cfg := dict
+      "ucx" (dict "host" "0.0.0.0" "port" (int .Values.kvStore.ucxPort))
+      "http" (dict "host" "0.0.0.0" "port" (int .Values.kvStore.httpPort))
+      "store" (dict "capacity-bytes" (int64 .Values.kvStore.capacityBytes)
+                    "max-block-bytes" (int64 .Values.kvStore.maxBlockBytes))
+      "log" (dict "level" .Values.logLevel) -}}
+{{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.kvStore.config)) -}}
 {{- end -}}
 
 {{- define "llmir.workerConfig" -}}
