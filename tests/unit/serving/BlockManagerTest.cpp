@@ -30,6 +30,25 @@ TEST(BlockManager, AllocatesWholeBlocksAllOrNothing) {
   EXPECT_EQ(m.numAvailable(), 4);
 }
 
+// A KV-store load that found fewer blocks than were taken for it gives the
+// rest back: committed blocks stay cached, the others are free again.
+TEST(BlockManager, TruncateKeepsTheLeadingBlocksAndTheirCache) {
+  BlockManager m(6, 4, true);
+  const std::vector<int32_t> tokens = iota(17);
+  SequenceBlocks seq;
+  ASSERT_TRUE(m.ensureCapacity(seq, 16)); // 4 blocks
+  m.commitFullBlocks(seq, tokens, 8);     // 2 of them loaded and committed
+  m.truncate(seq, 2);
+  EXPECT_EQ(seq.table.size(), 2u);
+  EXPECT_EQ(seq.hashes.size(), 2u);
+  EXPECT_EQ(m.numAvailable(), 4);
+  m.truncate(seq, 5); // nothing past the table: no change
+  EXPECT_EQ(seq.table.size(), 2u);
+  m.release(seq);
+  SequenceBlocks again;
+  EXPECT_EQ(m.reuseCachedPrefix(tokens, again), 8) << "the committed blocks stay cached";
+}
+
 TEST(BlockManager, ReusesCommittedFullBlocksOfTheSamePrefix) {
   BlockManager m(8, 4, true);
   const std::vector<int32_t> tokens = iota(10);
