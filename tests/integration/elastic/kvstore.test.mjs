@@ -1,9 +1,9 @@
 // The mesh with the KV-block store (issue 19), as real processes on
 // loopback: llmir-kv-store, the compiler service, llmir-scheduler in mesh
-// mode with --kv-store.host, tp=1 shard workers (one replica each), load from
-// the official openai client. UCX_TLS comes from the environment (CTest runs
-// this once with tcp and once with shm,tcp; docs/kv-store.md says what the
-// second one uses).
+// mode with --kv-store.host, shard workers (tp=LLMIR_KV_TEST_TP ranks per
+// replica, default 1), load from the official openai client. UCX_TLS comes
+// from the environment (CTest runs this with tcp and tp=1, and with shm,tcp
+// and tp=2; docs/kv-store.md says what the second one uses).
 //
 // 1. A second replica answering a long prompt the first one served loads its
 //    prefix from the store: greedy ids equal the first replica's, the
@@ -105,10 +105,16 @@ async function complete(mesh, prompt, maxTokens) {
 
 // A long prompt: every reference case's prompt and greedy continuation.
 const longPrompt = reference.cases.flatMap((c) => c.prompt_ids.concat(c.greedy_ids));
+const tp = Number(process.env.LLMIR_KV_TEST_TP ?? 1);
 
 test('kv-block store: prefix hits across replicas, resume after SIGKILL, store restart',
   { skip, timeout: 240000 }, async () => {
-  const mesh = new Mesh({ tp: 1, heartbeatTimeoutMs: 2000 });
+  const mesh = new Mesh({ tp, heartbeatTimeoutMs: 2000 });
+  const startReplica = () => Array.from({ length: tp }, () => mesh.startWorker());
+  const killAll = async (workers) => {
+    for (const w of workers) w.kill('SIGKILL');
+    await Promise.all(workers.map((w) => w.exited));
+  };
   const ucxPort = await freePort();
   const store = new KvStore(mesh, ucxPort, await freePort());
   let failed = false;
@@ -119,19 +125,20 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
     await mesh.start();
 
     // --- 1: a prefix computed by replica A is loaded by replica B.
-    const a = mesh.startWorker();
+    const a = startReplica();
     await mesh.waitForReplicas(1);
-    const aPort = await workerHttpPort(mesh, a);
     const first = await complete(mesh, longPrompt, 16);
     assert.equal(first.ids.length, 16);
     const fullBlocks = Math.floor((longPrompt.length - 1) / 16);
-    await waitFor('the write-through of the prompt blocks', 10000, async () =>
-      metric(await workerMetrics(aPort), 'llmir:worker_kv_store_blocks_total',
-             'outcome="stored"') >= fullBlocks);
-    const b = mesh.startWorker();
+    for (const w of a) { // every rank writes its part of every block
+      const port = await workerHttpPort(mesh, w);
+      await waitFor('the write-through of the prompt blocks', 10000, async () =>
+        metric(await workerMetrics(port), 'llmir:worker_kv_store_blocks_total',
+               'outcome="stored"') >= fullBlocks);
+    }
+    const b = startReplica();
     await mesh.waitForReplicas(2);
-    a.kill('SIGKILL');
-    await a.exited;
+    await killAll(a);
     await mesh.waitForReplicas(1);
     const before = await mesh.metrics();
     const hitsBefore = metric(await store.metrics(), 'llmir:kv_store_hits_total');
@@ -141,7 +148,7 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
     const skipped = after.value('llmir:kv_store_prefill_tokens_skipped_total') -
                     before.value('llmir:kv_store_prefill_tokens_skipped_total');
     assert.equal(skipped, fullBlocks * 16, 'every full prompt block came from the store');
-    assert.ok(metric(await store.metrics(), 'llmir:kv_store_hits_total') - hitsBefore >= fullBlocks);
+    assert.ok(metric(await store.metrics(), 'llmir:kv_store_hits_total') - hitsBefore >= fullBlocks * tp);
     console.log(`# prefix from store: prompt ${longPrompt.length} tokens, ${skipped} skipped; ` +
                 `TTFT computed ${first.ttft.toFixed(1)} ms, loaded ${second.ttft.toFixed(1)} ms`);
 
@@ -153,14 +160,15 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
                      'greedy ids of Hugging Face');
     // Two fresh replicas (neither holds the sequence in its prefix cache):
     // B goes, C and D come.
-    const c = mesh.startWorker();
+    // (With tp > 1 one rank of the serving replica is killed: its peer goes
+    // back to the pool.)
+    const c = startReplica();
     await mesh.waitForReplicas(2);
-    b.kill('SIGKILL');
-    await b.exited;
+    await killAll(b);
     await mesh.waitForReplicas(1);
-    const d = mesh.startWorker();
+    const d = startReplica();
     await mesh.waitForReplicas(2);
-    const ports = new Map([[c, await workerHttpPort(mesh, c)], [d, await workerHttpPort(mesh, d)]]);
+    const ports = new Map([[c, await workerHttpPort(mesh, c[0])], [d, await workerHttpPort(mesh, d[0])]]);
     const steps = async (w) =>
       metric(await workerMetrics(ports.get(w)), 'llmir:worker_steps_total', 'outcome="ok"');
     const stepsBefore = new Map([[c, await steps(c)], [d, await steps(d)]]);
@@ -177,7 +185,7 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
         // The replica serving it is the one whose steps moved.
         const moved = async (w) => (await steps(w)) - stepsBefore.get(w);
         killed = (await moved(c)) >= (await moved(d)) ? c : d;
-        killed.kill('SIGKILL');
+        killed[0].kill('SIGKILL');
       }
     }
     assert.ok(killed, 'the stream outlived 80 tokens');
