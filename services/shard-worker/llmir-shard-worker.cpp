@@ -110,6 +110,7 @@ struct Metrics {
       add(bytes, "op", "get", c.bytesLoaded, seen.bytesLoaded);
       add(failedCalls, "op", "put", c.putCallsFailed, seen.putCallsFailed);
       add(failedCalls, "op", "get", c.loadCallsFailed, seen.loadCallsFailed);
+      add(failedCalls, "op", "get_skipped", c.loadsSkipped, seen.loadsSkipped);
     }
   };
   KvStoreMetrics kvStore{
@@ -125,8 +126,9 @@ struct Metrics {
           .Register(*registry),
       prometheus::BuildCounter()
           .Name("llmir:worker_kv_store_failed_calls_total")
-          .Help("Store calls that failed (store down, restarted or past the deadline); "
-                "the worker goes on without the store.")
+          .Help("Store calls that failed (store down, restarted or past the deadline) by op: "
+                "put, get, get_skipped (not tried: backing off after a failure); the worker "
+                "goes on without the store.")
           .Register(*registry),
       {}};
 

@@ -99,7 +99,9 @@ void WorkerBlockStore::writerLoop() {
     if (!statuses) {
       ++counters_.putCallsFailed;
       counters_.blocksPutFailed += batch.size();
+      backoffUntil_ = std::chrono::steady_clock::now() + options_.failureBackoff;
     } else {
+      backoffUntil_ = {}; // the store answers again
       for (BlockStatus s : *statuses)
         if (s == BlockStatus::Stored) {
           ++counters_.blocksStored;
@@ -124,6 +126,15 @@ Result<uint32_t> WorkerBlockStore::load(std::span<const int32_t> tokens, uint32_
                          std::to_string(firstBlock + count - 1) + " need " +
                          std::to_string((uint64_t{firstBlock} + count) * B) + " tokens, got " +
                          std::to_string(tokens.size()));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (std::chrono::steady_clock::now() < backoffUntil_) {
+      ++counters_.loadsSkipped;
+      return Status::error("kv store " + options_.client.host + ":" +
+                           std::to_string(options_.client.port) +
+                           " failed a call recently; not asked again before the backoff ends");
+    }
+  }
   std::vector<std::byte> scratch(blockBytes_ * count);
   std::vector<GetBlock> gets;
   gets.reserve(count);
@@ -137,6 +148,7 @@ Result<uint32_t> WorkerBlockStore::load(std::span<const int32_t> tokens, uint32_
   if (!statuses) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++counters_.loadCallsFailed;
+    backoffUntil_ = std::chrono::steady_clock::now() + options_.failureBackoff;
     return statuses.status();
   }
   uint32_t loaded = 0;

@@ -79,6 +79,7 @@ void addCounters(kvstore::WorkerBlockStoreCounters &to, const kvstore::WorkerBlo
   to.blocksLoaded += c.blocksLoaded;
   to.blocksMissed += c.blocksMissed;
   to.loadCallsFailed += c.loadCallsFailed;
+  to.loadsSkipped += c.loadsSkipped;
   to.bytesStored += c.bytesStored;
   to.bytesLoaded += c.bytesLoaded;
 }

@@ -9,7 +9,10 @@
 // (and a log line by the caller): the store is a cache, the worker can
 // always recompute. Loads are synchronous and bounded by the client's
 // deadline; only the leading run of blocks that came back Found (key, dtype,
-// size and checksum verified by the client) is handed to the caller.
+// size and checksum verified by the client) is handed to the caller. After a
+// call to the store failed (either client), loads fail at once for
+// `failureBackoff` instead of each waiting for the deadline again: a store
+// that hangs costs one deadline per backoff period, not one per admission.
 #pragma once
 
 #include "llmir/kvstore/Client.h"
@@ -49,6 +52,9 @@ struct WorkerBlockStoreOptions {
   uint64_t maxQueuedBytes = 64ull << 20;
   /// Blocks per put call of the writer thread.
   size_t maxBlocksPerPut = 64;
+  /// After a failed store call, loads fail at once for this long (puts go
+  /// on: a put that succeeds ends the backoff early).
+  std::chrono::milliseconds failureBackoff{5000};
 };
 
 /// Monotonic counters (metrics).
@@ -61,6 +67,7 @@ struct WorkerBlockStoreCounters {
   uint64_t blocksLoaded = 0;     // handed to the caller by load()
   uint64_t blocksMissed = 0;     // load: the first block not Found ended the run
   uint64_t loadCallsFailed = 0;  // load: the get call failed
+  uint64_t loadsSkipped = 0;     // load: refused at once during a backoff
   uint64_t bytesStored = 0;
   uint64_t bytesLoaded = 0;
 };
@@ -121,6 +128,7 @@ private:
   std::deque<Pending> queue_;
   uint64_t queuedBytes_ = 0;
   size_t putting_ = 0; // blocks in the writer's current put
+  std::chrono::steady_clock::time_point backoffUntil_{};
   bool stopping_ = false;
   WorkerBlockStoreCounters counters_;
   std::thread thread_;
