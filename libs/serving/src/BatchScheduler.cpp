@@ -319,8 +319,10 @@ bool BatchScheduler::admitLocked(Sequence &seq, int32_t &budget) {
 
 bool BatchScheduler::startStoreLoadLocked(Sequence &seq) {
   seq.storeLookedUp = true;
-  seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
   const int64_t B = blocks_->blockSize();
+  if (static_cast<int64_t>(seq.tokens.size()) - 1 < B)
+    return false; // no full block to load (admitLocked looks up the cache)
+  seq.numComputed = blocks_->reuseCachedPrefix(seq.tokens, seq.blocks);
   // Full blocks past the local prefix cache, leaving the last token to
   // compute (its logits are needed), as reuseCachedPrefix does.
   const int64_t first = seq.numComputed / B;
@@ -339,7 +341,6 @@ bool BatchScheduler::startStoreLoadLocked(Sequence &seq) {
   load.blockIds.assign(seq.blocks.table.begin() + first, seq.blocks.table.begin() + end);
   load.tokens.assign(seq.tokens.begin(), seq.tokens.begin() + end * B);
   storeLoadsToSend_.push_back(std::move(load));
-  seq.loading = true;
   seq.inFlight = true; // cancel() waits for the load like for a step
   ++storeLoadsInFlight_;
   ++kvStoreLoads_;
@@ -367,7 +368,6 @@ void BatchScheduler::onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loade
   if (found != sequences_.end()) {
     Sequence &seq = *found->second;
     seq.inFlight = false;
-    seq.loading = false;
     if (seq.cancelled) {
       finishLocked(seq, FinishReason::Abort, "");
     } else {

@@ -36,10 +36,9 @@ struct Sequence {
   bool finished = false;
   bool waitingForLeader = false; // n > 1: until choice 0 has prefilled
   // KV-block store: asked once per admission from empty blocks (reset when
-  // the sequence loses its blocks); `loading` while the load is out (then
-  // inFlight too); `adopted` until its first admission after moving here.
+  // the sequence loses its blocks; while the load is out the sequence is
+  // inFlight); `adopted` until its first admission after moving here.
   bool storeLookedUp = false;
-  bool loading = false;
   bool adopted = false;
   int32_t failures = 0;
   // Prompt logprobs by position (echo): [p] for the prompt token at p >= 1.
