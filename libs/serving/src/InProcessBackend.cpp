@@ -27,13 +27,11 @@ void InProcessBackend::submit(const proto::StepRequest &request, StepDone done) 
   Result<proto::StepResponse> result = [&]() -> Result<proto::StepResponse> {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto start = std::chrono::steady_clock::now();
-    auto logits = executor_->step(toStepInput(request));
-    if (!logits)
-      return logits.status().withContext("step " + std::to_string(request.step_id()));
     proto::StepResponse response;
     response.set_step_id(request.step_id());
     response.set_ok(true);
-    LLMIR_RETURN_IF_ERROR(sampleStep(request, *logits, response));
+    LLMIR_RETURN_IF_ERROR(stepAndSample(*executor_, request, true, response)
+                              .withContext("step " + std::to_string(request.step_id())));
     response.set_step_seconds(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return response;

@@ -1,5 +1,6 @@
 #include "llmir/serving/StepSampling.h"
 
+#include "llmir/engine/Executor.h"
 #include "llmir/engine/Sampler.h"
 #include "llmir/proto/worker.pb.h"
 
@@ -199,6 +200,59 @@ Status sampleStep(const proto::StepRequest &request, const engine::Tensor &logit
     topLogprobs(values, logprob, seq.top_logprobs(), order, out->mutable_top_logprobs());
   }
   return Status::ok();
+}
+
+bool greedyOnly(const proto::StepRequest &request) {
+  bool samples = false;
+  for (const proto::StepSequence &seq : request.sequences()) {
+    if (seq.prompt_logprobs())
+      return false;
+    if (!seq.sample())
+      continue;
+    const proto::SamplingParams &p = seq.sampling();
+    const bool greedy = p.temperature() <= 0.0f || p.top_k() == 1;
+    if (!greedy || processesLogits(seq) || seq.want_logprobs() || seq.top_logprobs() > 0)
+      return false;
+    samples = true;
+  }
+  return samples;
+}
+
+Status greedyTokens(const proto::StepRequest &request, const std::vector<int32_t> &ids,
+                    proto::StepResponse &response) {
+  size_t sampling = 0;
+  for (const proto::StepSequence &seq : request.sequences())
+    sampling += seq.sample() ? 1 : 0;
+  if (sampling != ids.size())
+    return Status::error("step " + std::to_string(request.step_id()) + ": " +
+                         std::to_string(ids.size()) + " greedy ids for " +
+                         std::to_string(sampling) + " sampling sequences");
+  size_t row = 0;
+  for (const proto::StepSequence &seq : request.sequences()) {
+    if (!seq.sample())
+      continue;
+    proto::SampledToken *out = response.add_tokens();
+    out->set_sequence_id(seq.sequence_id());
+    out->set_token_id(ids[row++]);
+  }
+  return Status::ok();
+}
+
+Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
+                     bool samples, proto::StepResponse &response) {
+  const engine::StepInput input = toStepInput(request);
+  if (samples && greedyOnly(request)) {
+    // Greedy without logprobs: the argmax runs where the logits are (on a
+    // GPU only the ids cross to the host).
+    Result<std::vector<int32_t>> ids = executor.stepGreedy(input);
+    if (!ids)
+      return ids.status();
+    return greedyTokens(request, *ids, response);
+  }
+  Result<engine::Tensor> logits = executor.step(input);
+  if (!logits)
+    return logits.status();
+  return samples ? sampleStep(request, *logits, response) : Status::ok();
 }
 
 } // namespace llmir::serving

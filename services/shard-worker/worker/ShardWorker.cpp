@@ -244,12 +244,8 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   bool prefill = false;
   for (const auto &seq : request.sequences())
     prefill |= seq.token_ids_size() > 1;
-  auto logits = executor_->step(serving::toStepInput(request));
-  if (!logits)
-    return fail(logits.status());
-  if (decides_)
-    if (Status sampled = serving::sampleStep(request, *logits, response); !sampled)
-      return fail(sampled);
+  if (Status ran = serving::stepAndSample(*executor_, request, decides_, response); !ran)
+    return fail(ran);
   if (kvStore_) {
     // Copies the filled blocks now (before a later step may reuse them);
     // the puts run in the background.

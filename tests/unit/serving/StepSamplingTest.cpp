@@ -147,5 +147,44 @@ TEST(StepSampling, PromptLogprobsOfAChunkUseTheNextChunksFirstToken) {
   EXPECT_FALSE(sampleStep(second, logitsOf({rows[3]}), bad).isOk());
 }
 
+// The greedy fast path: which steps may take the device's argmax, and that
+// its ids give the same tokens sampleStep gives from the logits.
+TEST(StepSampling, GreedyOnlyStepsTakeTheArgmaxIds) {
+  proto::StepRequest request;
+  greedySequence(request, {1, 2, 3});
+  greedySequence(request, {4}).set_sample(false); // a prefill chunk
+  greedySequence(request, {5});
+  EXPECT_TRUE(greedyOnly(request));
+  const engine::Tensor logits = logitsOf({{0.1f, 0.9f, 0.9f}, {2.0f, -1.0f, 0.5f}});
+  proto::StepResponse fromLogits, fromIds;
+  ASSERT_TRUE(sampleStep(request, logits, fromLogits).isOk());
+  ASSERT_TRUE(greedyTokens(request, {1, 0}, fromIds).isOk());
+  ASSERT_EQ(fromIds.tokens_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(fromIds.tokens(i).sequence_id(), fromLogits.tokens(i).sequence_id());
+    EXPECT_EQ(fromIds.tokens(i).token_id(), fromLogits.tokens(i).token_id());
+  }
+  proto::StepResponse wrongCount;
+  EXPECT_FALSE(greedyTokens(request, {1}, wrongCount).isOk());
+  EXPECT_FALSE(greedyTokens(request, {1, 0, 2}, wrongCount).isOk());
+
+  auto with = [&](auto change) {
+    proto::StepRequest r = request;
+    change(*r.mutable_sequences(2));
+    return greedyOnly(r);
+  };
+  EXPECT_TRUE(with([](proto::StepSequence &s) { s.mutable_sampling()->set_temperature(0.7f);
+                                                 s.mutable_sampling()->set_top_k(1); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.mutable_sampling()->set_temperature(0.7f); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_want_logprobs(true); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_top_logprobs(2); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_prompt_logprobs(true); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_presence_penalty(0.5f); }));
+  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_constrained(true); }));
+  proto::StepRequest none;
+  greedySequence(none, {1}).set_sample(false);
+  EXPECT_FALSE(greedyOnly(none)); // nothing to sample
+}
+
 } // namespace
 } // namespace llmir::serving

@@ -53,7 +53,7 @@ private:
 /// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null), on the
 /// context's stream: cuBLAS SGEMM for f32 weights; bf16/f16 weights read in
 /// place with f32 accumulation by a GEMV for few tokens; bf16 weights on
-/// tensor cores from 16 tokens, x split into two bf16 halves so the result
+/// tensor cores from 8 tokens, x split into two bf16 halves so the result
 /// stays within f32 rounding (no widened copy of the weights either way).
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y);
