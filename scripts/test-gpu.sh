@@ -47,6 +47,8 @@ step mesh_smoke_fixtures_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 2 --device cuda --kv-cache-dtype f32
 step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32
+step mesh_smoke_gpu_bf16_kv env LLMIR_BUILD_DIR="$(dirname "$bin")" \
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype bf16 --smoke-ids 8
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test-gpu: ${#failed[@]} failed: ${failed[*]}"
   exit 1
