@@ -439,6 +439,19 @@ TEST_F(BackendOps, PagedAttention) {
       ASSERT_TRUE(status.isOk()) << status.message();
       compare("ATTN_TILED", shapeText, tiledOut.download(), want, kMatmulLimit);
     }
+    // Flash-decoding: every (token, head)'s keys over 3 blocks, merged.
+    {
+      const int64_t splits = 3;
+      DeviceArray<float> scratch(size_t(T * splits * (c.heads * c.headDim + c.heads)));
+      DeviceArray<float> splitOut(q.size());
+      cuda::DeviceStep splitStep = deviceStep;
+      splitStep.decodeSplits = splits;
+      splitStep.attentionScratch = scratch.get();
+      status = cuda::pagedAttention(dq.get(), dk.get(), dv.get(), splitStep, params,
+                                    deviceCache, splitOut.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("ATTN_SPLIT", shapeText + " 3 splits", splitOut.download(), want, kMatmulLimit);
+    }
     // The stored keys and values: the whole cache must match.
     std::vector<float> cpuKeys(cacheFloats), cpuValues(cacheFloats);
     for (int64_t layer = 0; layer < shape.numLayers; ++layer)

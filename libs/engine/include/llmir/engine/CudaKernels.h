@@ -136,6 +136,12 @@ struct DeviceStep {
   /// value tiles shared by a tile's queries).
   const int32_t *prefillTiles = nullptr;
   int64_t numPrefillTiles = 0;
+  /// Optional, for decode steps with few (token, head) pairs: plain
+  /// attention splits each one's keys over this many blocks (flash-decoding)
+  /// and merges them; attentionScratch holds numTokens * decodeSplits *
+  /// (heads * headDim + heads) floats for the largest attention.
+  int64_t decodeSplits = 1;
+  float *attentionScratch = nullptr;
 };
 
 /// The tiles DeviceStep::prefillTiles wants for a step whose row t belongs

@@ -127,7 +127,21 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
   // A sliding window W shows positions length - W .. length - 1 only.
   const int64_t first =
       g.slidingWindow > 0 && length > g.slidingWindow ? length - g.slidingWindow : 0;
-  const int64_t outRow = g.partial ? g.numHeads * D + g.numHeads : g.numHeads * D;
+  // Partial results (a sequence-parallel shard's, or one of `splits` key
+  // ranges of a flash-decoding split) are each head's normalised output then
+  // each head's log-sum-exp; splits are side by side in a row, as
+  // mergeKernel reads shards.
+  const bool partial = g.partial || g.splits > 1;
+  const int64_t partialRow = g.numHeads * D + g.numHeads;
+  const int64_t outRow = partial ? g.splits * partialRow : g.numHeads * D;
+  float *rowOut = out + r * outRow + (g.splits > 1 ? blockIdx.z * partialRow : 0);
+  // This block's keys: the visible range, or its split's part of it.
+  int64_t begin = first, end = length;
+  if (g.splits > 1) {
+    const int64_t part = (length - first + g.splits - 1) / g.splits;
+    begin = first + blockIdx.z * part;
+    end = begin + part < length ? begin + part : length;
+  }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     query[d] = q[(r * g.numHeads + h) * D + d];
   __syncthreads();
@@ -137,11 +151,11 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
   for (int i = 0; i < PerLane; ++i)
     acc[i] = 0.0f;
   float runningMax = -INFINITY, runningSum = 0.0f;
-  for (int64_t chunk = first + int64_t(warp) * 32; chunk < length; chunk += kWarps * 32) {
+  for (int64_t chunk = begin + int64_t(warp) * 32; chunk < end; chunk += kWarps * 32) {
     const int64_t j = chunk + lane;
     // Another sequence-parallel rank's block, or past the end: no score.
     const bool visible =
-        j < length && (!g.partial || (j / g.blockSize) % g.kvShards == g.kvShard);
+        j < end && (!g.partial || (j / g.blockSize) % g.kvShards == g.kvShard);
     const int64_t row = visible ? cacheRow(g, seq, j) + kvHead * D : 0;
     const float score = visible ? dotKey(keys + row, query, D) * g.scale : -INFINITY;
     const float chunkMax = warpMaximum(score);
@@ -192,17 +206,17 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
       warpOut[warp][d] = acc[i];
   }
   __syncthreads();
-  // Without a shard filter warp 0 saw the first visible key, so the maximum
-  // is finite; a partial rank may own no visible position.
+  // Without a shard filter or a split warp 0 saw the first visible key, so
+  // the maximum is finite; a partial rank or a split may see no position.
   float maximum = warpMax[0];
   for (int w = 1; w < kWarps; ++w)
     maximum = fmaxf(maximum, warpMax[w]);
-  float *o = out + r * outRow + h * D;
+  float *o = rowOut + h * D;
   if (maximum == -INFINITY) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
       o[d] = 0.0f;
     if (threadIdx.x == 0)
-      out[r * outRow + g.numHeads * D + h] = -INFINITY;
+      rowOut[g.numHeads * D + h] = -INFINITY;
     return;
   }
   float factor[kWarps], total = 0.0f;
@@ -216,8 +230,8 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
       sum += warpOut[w][d] * factor[w];
     o[d] = sum / total;
   }
-  if (g.partial && threadIdx.x == 0)
-    out[r * outRow + g.numHeads * D + h] = maximum + logf(total);
+  if (partial && threadIdx.x == 0)
+    rowOut[g.numHeads * D + h] = maximum + logf(total);
 }
 
 // Prefill: the step's rows in tiles of up to kTileQueries consecutive rows of
@@ -413,7 +427,8 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
 namespace {
 template <int PerLane>
 void launchAttend(Stream stream, const float *q, const AttentionGeometry &g, float *out) {
-  const dim3 grid(static_cast<unsigned>(g.numQueries), static_cast<unsigned>(g.numHeads));
+  const dim3 grid(static_cast<unsigned>(g.numQueries), static_cast<unsigned>(g.numHeads),
+                  static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   if (g.bf16Cache)
     attendKernel<__nv_bfloat16, PerLane><<<grid, kWarps * 32, 0, stream>>>(q, g, out);
   else

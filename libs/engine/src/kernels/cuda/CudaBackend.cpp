@@ -149,6 +149,15 @@ public:
     const char *env = std::getenv("LLMIR_CUDA_GRAPHS");
     graphsAllowed_ = !(env && std::string(env) == "0");
     for (const BoundInstruction &inst : program.instructions)
+      if (inst.op == proto::ATTENTION) {
+        const cpu::AttentionParams &a = inst.params.attention;
+        attentionHeads_ = std::max(attentionHeads_, a.numHeads);
+        partialRow_ = std::max(partialRow_, a.numHeads * a.headDim + a.numHeads);
+      }
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    multiprocessors_ = std::max(sms, 1);
+    for (const BoundInstruction &inst : program.instructions)
       switch (inst.op) {
       case proto::ALL_REDUCE:
       case proto::ALL_GATHER:
@@ -180,6 +189,7 @@ public:
     hostStep_.release();
     greedyIds_.release();
     hostIds_.release();
+    attentionScratch_.release();
     dropGraphs();
   }
 
@@ -320,6 +330,20 @@ public:
     deviceStep_ = {static_cast<int64_t>(T), positions_, tokenSeq_, ids_ + tablesAt,
                    static_cast<int64_t>(stride), ids_ + 3 * tokenCapacity_,
                    static_cast<int64_t>(tiles.size() / 2)};
+    // Flash-decoding when a decode step's (token, head) pairs would leave
+    // most multiprocessors idle: each pair's keys over up to 8 blocks. It
+    // depends on T only, so a recorded graph stays valid.
+    const int64_t pairs = static_cast<int64_t>(T) * attentionHeads_;
+    if (tiles.empty() && pairs > 0 && isDecodeStep()) {
+      const int64_t splits =
+          std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, kMaxDecodeSplits);
+      if (splits > 1) {
+        LLMIR_RETURN_IF_ERROR(attentionScratch_.reserve(
+            static_cast<size_t>(static_cast<int64_t>(T) * splits * partialRow_)));
+        deviceStep_.decodeSplits = splits;
+        deviceStep_.attentionScratch = attentionScratch_.data;
+      }
+    }
     return Status::ok();
   }
 
@@ -406,6 +430,7 @@ private:
   static constexpr size_t kActivationReserve = size_t(512) << 20;
   static constexpr size_t kMaxGraphs = 64;
   static constexpr size_t kMaxLinearGroup = 4;
+  static constexpr int64_t kMaxDecodeSplits = 8;
 
   cudaStream_t stream() const { return context_.stream(); }
 
@@ -510,7 +535,8 @@ private:
     for (const DeviceTensor &t : activations_)
       l.slots.emplace_back(t.storage.data, t.storage.capacity, t.shape);
     l.slots.emplace_back(aliased_.storage.data, aliased_.storage.capacity, aliased_.shape);
-    l.fixed = {stepTables_.data, keys_.data, values_.data, context_.scratchAddress()};
+    l.fixed = {stepTables_.data, keys_.data, values_.data, context_.scratchAddress(),
+               attentionScratch_.data};
     return l;
   }
 
@@ -910,6 +936,11 @@ private:
   size_t tokenCapacity_ = 0, tableCapacity_ = 0;
   const int32_t *ids_ = nullptr, *positions_ = nullptr, *tokenSeq_ = nullptr;
   DeviceArray<int32_t> greedyIds_;
+  /// Flash-decoding partials (beginStep); the program's widest partial row
+  /// and most query heads over its ATTENTIONs.
+  DeviceArray<float> attentionScratch_;
+  int64_t partialRow_ = 0, attentionHeads_ = 0;
+  int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;

@@ -315,6 +315,7 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   g.firstQuery = 0;
   g.numQueries = step.numTokens;
   g.partial = false;
+  g.splits = 1;
   g.slidingWindow = params.slidingWindow;
   g.kvGroup = params.kvGroup;
   g.headOffset = params.headOffset;
@@ -343,6 +344,15 @@ Status pagedAttention(const float *q, const float *k, const float *v,
     return cudaStatus(detail::prefillAttend(stream, q, g, step.prefillTiles,
                                             step.numPrefillTiles, out),
                       "prefill attention");
+  if (step.decodeSplits > 1 && step.attentionScratch) {
+    detail::AttentionGeometry split = g;
+    split.splits = step.decodeSplits;
+    LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
+                                     "split attention"));
+    return cudaStatus(detail::mergeAttention(stream, step.attentionScratch, g.numQueries,
+                                             step.decodeSplits, g.numHeads, g.headDim, out),
+                      "split attention merge");
+  }
   return cudaStatus(detail::attend(stream, q, g, out), "attention");
 }
 

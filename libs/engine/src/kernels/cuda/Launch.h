@@ -80,6 +80,12 @@ struct AttentionGeometry {
   /// (kvShards / kvShard) and write, per row, every head's normalised
   /// output then every head's log-sum-exp (-inf and zeros when none).
   bool partial;
+  /// Flash-decoding: with splits > 1 (not with partial) each (query, head)
+  /// is attended by `splits` blocks over consecutive parts of its visible
+  /// keys, each writing a partial row as `partial` does, side by side:
+  /// out [numQueries, splits * (numHeads * D + numHeads)], for
+  /// mergeAttention. 1: one block.
+  int64_t splits;
   /// Sliding window W (0: none): token at p sees p - W < j <= p.
   int64_t slidingWindow;
   /// Uneven head split (kvGroup > 0): query head h uses KV head

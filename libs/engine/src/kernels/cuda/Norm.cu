@@ -14,16 +14,11 @@ namespace {
 // per thread, its latency paid once.
 constexpr int kNormThreads = 1024;
 
-// One block per row; the sum of squares in double, reduced across each
-// warp with shuffles and then across the warps.
-__global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
-                              float eps, float *y) {
+// 1 / rms of a row from each thread's partial sum of squares (in double, as
+// the CPU kernel): reduced across each warp with shuffles, then across the
+// warps. Every thread of the block calls it and gets the result.
+__device__ float inverseRms(double sum, int64_t H, float eps) {
   __shared__ double partial[kNormThreads / 32];
-  const float *row = x + blockIdx.x * H;
-  double sum = 0.0;
-#pragma unroll 8
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-    sum += static_cast<double>(row[i]) * row[i];
   for (int offset = 16; offset > 0; offset /= 2)
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   if (threadIdx.x % 32 == 0)
@@ -33,9 +28,20 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
   for (int w = 0; w < kNormThreads / 32; ++w)
     total += partial[w];
   const float meanSquare = static_cast<float>(total / static_cast<double>(H));
-  const float inverseRms = 1.0f / sqrtf(meanSquare + eps);
+  return 1.0f / sqrtf(meanSquare + eps);
+}
+
+// One block per row.
+__global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
+                              float eps, float *y) {
+  const float *row = x + blockIdx.x * H;
+  double sum = 0.0;
+#pragma unroll 8
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-    y[blockIdx.x * H + i] = weight[i] * (row[i] * inverseRms);
+    sum += static_cast<double>(row[i]) * row[i];
+  const float scale = inverseRms(sum, H, eps);
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
+    y[blockIdx.x * H + i] = weight[i] * (row[i] * scale);
 }
 
 // The residual ADD and the RMS_NORM after it in one pass: sum = a + b is
@@ -43,7 +49,6 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // arithmetic as the two kernels one after the other.
 __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
                                  const float *weight, float eps, float *y) {
-  __shared__ double partial[kNormThreads / 32];
   const int64_t base = blockIdx.x * H;
   double sum = 0.0;
 #pragma unroll 8
@@ -52,18 +57,9 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
     sumOut[base + i] = h;
     sum += static_cast<double>(h) * h;
   }
-  for (int offset = 16; offset > 0; offset /= 2)
-    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (threadIdx.x % 32 == 0)
-    partial[threadIdx.x / 32] = sum;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < kNormThreads / 32; ++w)
-    total += partial[w];
-  const float meanSquare = static_cast<float>(total / static_cast<double>(H));
-  const float inverseRms = 1.0f / sqrtf(meanSquare + eps);
+  const float scale = inverseRms(sum, H, eps);
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-    y[base + i] = weight[i] * (sumOut[base + i] * inverseRms); // this thread's own store
+    y[base + i] = weight[i] * (sumOut[base + i] * scale); // this thread's own store
 }
 
 // HF rotate_half of the pair (i, i + D/2) of one head by `angle` (cos and
