@@ -148,6 +148,9 @@ struct Metrics::Impl {
       counter("llmir:replica_drains_total", "Replicas drained (a worker received SIGTERM).");
   prometheus::Counter &workersLost =
       counter("llmir:workers_lost_total", "Workers lost (connection closed or heartbeat timeout).");
+  prometheus::Counter &workerSendFailures =
+      counter("llmir:worker_send_failures_total",
+              "Sends to workers that failed (the worker's connection was dropped).");
   prometheus::Counter &noReplicaTimeouts =
       counter("llmir:no_replica_timeouts_total", "Requests failed after waiting for a replica.");
   prometheus::Family<prometheus::Counter> &refused =
@@ -158,6 +161,7 @@ struct Metrics::Impl {
   std::map<std::string, prometheus::Counter *> refusedByCode;
   serving::RouterStats lastRouter;
   uint64_t lastLost = 0;
+  uint64_t lastSendFailures = 0;
   std::map<std::string, prometheus::Gauge *> speedByReplica;
 };
 
@@ -266,6 +270,7 @@ void Metrics::updateCluster(const serving::RouterStats &router, const MeshCounts
   advance(m.replicaDrains, router.replicaDrains, last.replicaDrains);
   advance(m.noReplicaTimeouts, router.noReplicaTimeouts, last.noReplicaTimeouts);
   advance(m.workersLost, mesh.workersLost, m.lastLost);
+  advance(m.workerSendFailures, mesh.sendFailures, m.lastSendFailures);
   for (const auto &[key, count] : router.decisions) {
     prometheus::Labels labels = labeled("replica", key.first);
     labels["reason"] = key.second;

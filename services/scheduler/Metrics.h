@@ -4,21 +4,15 @@
 
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/ReplicaRouter.h"
+#include "llmir/workerproto/Membership.h"
 
 #include <memory>
 #include <string>
 
 namespace llmir::scheduler {
 
-/// The worker pool as the mesh sees it (mesh mode only).
-struct MeshCounts {
-  int32_t workersIdle = 0;     // registered, in no replica
-  int32_t workersJoining = 0;  // assigned, RankReady pending
-  int32_t workersServing = 0;  // rank of a ready replica
-  int32_t workersDraining = 0; // SIGTERM received, handing back work
-  int32_t replicasJoining = 0;
-  uint64_t workersLost = 0;    // connection closed or heartbeat timeout
-};
+/// The worker pool as the mesh sees it (mesh mode only; libs/workerproto).
+using MeshCounts = workerproto::MeshCounts;
 
 class Metrics {
 public:

@@ -1,11 +1,8 @@
-// Mesh mode: shard workers register over the framed channel (worker.proto);
-// the mesh hosts the rendezvous store, groups idle workers into replicas of
-// world_size ranks (a fresh store prefix per replica), and hands a replica to
-// the router once every rank reported RankReady. It tracks each worker's
-// state (idle, joining, serving, draining; lost = gone) with heartbeat and
-// join timeouts: a replica with a lost rank is torn down (its survivors go
-// back to the pool and are assigned again), a worker's Drain drains its
-// replica, then the worker is released with Drain.
+// Mesh mode: compiles the plan on the compiler service, hosts the rendezvous
+// store and the workers' endpoint. The protocol with the workers (membership,
+// heartbeats, join, drain, steps) is libs/workerproto's WorkerMembership:
+// idle workers form replicas of world_size ranks that join the router once
+// every rank reported RankReady (docs/reliability.md).
 #pragma once
 
 #include "Metrics.h"

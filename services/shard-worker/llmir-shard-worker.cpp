@@ -1,7 +1,8 @@
-// llmir-shard-worker: a stateless worker. Connects to the scheduler (framed
-// Envelopes, worker.proto), registers, waits for AssignRank, fetches its
-// ShardProgram from the compiler service, joins its replica's collectives,
-// reports RankReady and runs StepRequests until drained.
+// llmir-shard-worker: a stateless worker. Connects to the scheduler and runs
+// the worker protocol (libs/workerproto: register, heartbeat, AssignRank ->
+// RankReady, StepRequests, drain); on AssignRank its ShardWorker fetches the
+// ShardProgram from the compiler service, joins the replica's collectives and
+// loads its weight slices.
 //
 // SIGTERM: the worker sends Drain{reason} to the scheduler and keeps running
 // steps until the scheduler answers with Drain (it has moved this replica's
@@ -10,11 +11,11 @@
 #include "worker/ShardWorker.h"
 
 #include "llmir/net/Config.h"
-#include "llmir/net/Framed.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
 #include "llmir/support/ClusterAuth.h"
+#include "llmir/workerproto/WorkerSession.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -23,7 +24,6 @@
 #include <prometheus/text_serializer.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <iostream>
 #include <random>
 #include <thread>
@@ -145,18 +145,45 @@ std::string defaultWorkerId() {
          std::to_string(rd() % 1000000);
 }
 
-proto::Envelope wrap(auto setter) {
-  proto::Envelope e;
-  e.set_protocol_version(net::kWorkerProtocolVersion);
-  setter(e);
-  return e;
-}
+/// The shard worker's engine as the protocol session runs it, with its
+/// metrics, log lines and readiness.
+class MeteredRank final : public llmir::workerproto::RankRunner {
+public:
+  MeteredRank(llmir::shard_worker::ShardWorker &worker, Metrics &metrics,
+              std::atomic<bool> &ready)
+      : worker_(worker), metrics_(metrics), ready_(ready) {}
 
-uint64_t unixMillis() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
+  proto::RankReady setUp(const proto::AssignRank &assign) override {
+    ready_ = false;
+    proto::RankReady result = worker_.setUp(assign);
+    ready_ = result.ok();
+    metrics_.loadedBytes.Set(static_cast<double>(worker_.loadedBytes()));
+    if (result.ok())
+      net::logInfo("rank ready", {{"rank", assign.rank()},
+                                  {"loaded_bytes", worker_.loadedBytes()}});
+    else
+      net::logError("rank setup failed", {{"error", result.error()}});
+    return result;
+  }
+
+  proto::StepResponse step(const proto::StepRequest &request) override {
+    proto::StepResponse response = worker_.step(request);
+    metrics_.steps.Add({{"outcome", response.ok() ? "ok" : "error"}}).Increment();
+    if (!response.ok())
+      net::logError("step failed", {{"step_id", response.step_id()},
+                                    {"error", response.error()}});
+    return response;
+  }
+
+  proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request) override {
+    return worker_.loadKvBlocks(request);
+  }
+
+private:
+  llmir::shard_worker::ShardWorker &worker_;
+  Metrics &metrics_;
+  std::atomic<bool> &ready_;
+};
 
 } // namespace
 
@@ -299,109 +326,27 @@ int main(int argc, char **argv) {
 
   net::FramedOptions framedOptions;
   framedOptions.clusterSecret = *clusterSecret;
-  auto client = net::FramedClient::connect(s.schedulerHost, s.schedulerPort,
-                                           std::chrono::milliseconds(s.connectTimeoutMs),
-                                           {}, framedOptions);
-  if (!client) {
-    net::logError("cannot reach the scheduler", {{"error", client.message()}});
+  auto link = llmir::workerproto::connectTcp(s.schedulerHost, s.schedulerPort,
+                                             std::chrono::milliseconds(s.connectTimeoutMs),
+                                             framedOptions);
+  if (!link) {
+    net::logError("cannot reach the scheduler", {{"error", link.message()}});
     return 1;
   }
-  net::FramedClient &channel = **client;
   net::logInfo("connected", {{"worker_id", s.workerId},
-                             {"scheduler", channel.connection()->peer()},
+                             {"scheduler", (*link)->peer()},
                              {"http_port", unsigned(http.port())}});
-  (void)channel.send(wrap([&](proto::Envelope &e) {
-    auto *r = e.mutable_register_worker();
-    r->set_worker_id(s.workerId);
-    r->set_host(s.advertiseHost);
-    r->set_device(device->name());
-  }));
-
-  std::mutex hbMu;
-  std::condition_variable hbCv;
-  bool stopHeartbeat = false;
-  std::thread heartbeat([&] {
-    std::unique_lock lock(hbMu);
-    while (!hbCv.wait_for(lock, std::chrono::milliseconds(s.heartbeatMs),
-                          [&] { return stopHeartbeat; }))
-      (void)channel.send(wrap([&](proto::Envelope &e) {
-        e.mutable_heartbeat()->set_worker_id(s.workerId);
-        e.mutable_heartbeat()->set_unix_millis(unixMillis());
-      }));
-  });
-
-  int exitCode = 0;
-  std::optional<std::chrono::steady_clock::time_point> drainDeadline;
-  for (;;) {
-    if (!drainDeadline && net::waitForTerminationSignal(0ms)) {
-      net::logInfo("SIGTERM: draining", {{"grace_ms", s.drainGraceMs}});
-      drainDeadline = std::chrono::steady_clock::now() +
-                      std::chrono::milliseconds(s.drainGraceMs);
-      (void)channel.send(wrap([](proto::Envelope &e) {
-        e.mutable_drain()->set_reason("worker received SIGTERM");
-      }));
-    }
-    if (drainDeadline && std::chrono::steady_clock::now() >= *drainDeadline) {
-      net::logWarn("drain grace period over; exiting");
-      break;
-    }
-    auto message = channel.receive(100ms);
-    if (!message) {
-      if (channel.connection()->isOpen())
-        continue; // just a receive timeout
-      if (!drainDeadline) {
-        net::logError("scheduler connection lost", {{"error", message.message()}});
-        exitCode = 1;
-      }
-      break;
-    }
-    if (message->has_assign_rank()) {
-      const auto &assign = message->assign_rank();
-      ready = false;
-      net::logInfo("assigned", {{"replica_id", assign.replica_id()},
-                                {"rank", assign.rank()},
-                                {"world_size", assign.world_size()},
-                                {"plan_id", assign.plan_id()}});
-      proto::RankReady result = worker.setUp(assign);
-      ready = result.ok();
-      metrics.loadedBytes.Set(static_cast<double>(worker.loadedBytes()));
-      if (result.ok())
-        net::logInfo("rank ready", {{"rank", assign.rank()},
-                                    {"loaded_bytes", worker.loadedBytes()}});
-      else
-        net::logError("rank setup failed", {{"error", result.error()}});
-      (void)channel.send(wrap([&](proto::Envelope &e) {
-        *e.mutable_rank_ready() = std::move(result);
-      }));
-    } else if (message->has_step_request()) {
-      proto::StepResponse response = worker.step(message->step_request());
-      metrics.steps.Add({{"outcome", response.ok() ? "ok" : "error"}}).Increment();
-      if (!response.ok())
-        net::logError("step failed", {{"step_id", response.step_id()},
-                                      {"error", response.error()}});
-      (void)channel.send(wrap([&](proto::Envelope &e) {
-        *e.mutable_step_response() = std::move(response);
-      }));
-    } else if (message->has_kv_load_request()) {
-      proto::KvLoadResponse response = worker.loadKvBlocks(message->kv_load_request());
-      (void)channel.send(wrap([&](proto::Envelope &e) {
-        *e.mutable_kv_load_response() = std::move(response);
-      }));
-    } else if (message->has_drain()) {
-      net::logInfo("drained by the scheduler", {{"reason", message->drain().reason()}});
-      break;
-    } else if (message->has_error()) {
-      net::logError("scheduler reported an error", {{"error", message->error().message()}});
-    }
-  }
-
-  {
-    std::lock_guard lock(hbMu);
-    stopHeartbeat = true;
-  }
-  hbCv.notify_all();
-  heartbeat.join();
-  channel.close();
+  MeteredRank rank(worker, metrics, ready);
+  llmir::workerproto::WorkerSessionOptions session;
+  session.workerId = s.workerId;
+  session.host = s.advertiseHost;
+  session.device = device->name();
+  session.heartbeatPeriod = std::chrono::milliseconds(s.heartbeatMs);
+  session.drainGrace = std::chrono::milliseconds(s.drainGraceMs);
+  session.terminationRequested = [] { return net::waitForTerminationSignal(0ms).has_value(); };
+  const auto end = llmir::workerproto::runWorkerSession(**link, rank, session);
+  const int exitCode = llmir::workerproto::exitCode(end);
+  net::logInfo("session ended", {{"how", llmir::workerproto::describe(end)}});
   http.stop();
   net::logInfo("stopped", {{"exit_code", exitCode}});
   return exitCode;

@@ -104,7 +104,7 @@ public:
   }
 
   /// Closes at once (stop()); safe from any thread.
-  void abort(Status reason) {
+  void abort(Status reason) override {
     asio::post(socket_.get_executor(), [self = shared_from_this(), reason] {
       self->finish(reason);
     });

@@ -51,6 +51,9 @@ public:
   virtual Status send(const proto::Envelope &envelope) = 0;
   /// Closes after the queued frames are written; onClose gets an OK status.
   virtual void close() = 0;
+  /// Closes at once, dropping queued frames (a peer that stopped reading
+  /// would keep close() waiting); onClose gets `why`. Any thread.
+  virtual void abort(Status why) = 0;
   virtual bool isOpen() const = 0;
   /// "ip:port" of the other side.
   virtual const std::string &peer() const = 0;
