@@ -271,16 +271,16 @@ int main(int argc, char **argv) {
 
   server.route("GET", "/healthz", [](const HttpRequest &) {
     return HttpResponse::text(200, "ok\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   server.route("GET", "/readyz", [](const HttpRequest &) {
     return HttpResponse::text(200, "ready\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   server.route("GET", "/metrics", [&](const HttpRequest &) {
     HttpResponse res = HttpResponse::text(
         200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
     res.contentType = "text/plain; version=0.0.4; charset=utf-8";
     return res;
-  });
+  }, llmir::net::HandlerThread::Io);
 
   llmir::net::HttpServerConfig http;
   http.host = s.host;

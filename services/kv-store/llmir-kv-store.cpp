@@ -176,18 +176,18 @@ int main(int argc, char **argv) {
   llmir::net::HttpServer server;
   server.route("GET", "/healthz", [](const HttpRequest &) {
     return HttpResponse::text(200, "ok\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   // Ready once the UCX listener is up, which start() above guarantees.
   server.route("GET", "/readyz", [](const HttpRequest &) {
     return HttpResponse::text(200, "ready\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   server.route("GET", "/metrics", [&](const HttpRequest &) {
     metrics.refresh((*store)->stats(), (*store)->connections());
     HttpResponse res = HttpResponse::text(
         200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
     res.contentType = "text/plain; version=0.0.4; charset=utf-8";
     return res;
-  });
+  }, llmir::net::HandlerThread::Io);
   llmir::net::HttpServerConfig http;
   http.host = s.httpHost;
   http.port = s.httpPort;

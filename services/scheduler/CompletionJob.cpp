@@ -3,9 +3,10 @@
 namespace llmir::scheduler {
 
 CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
-                             Metrics &metrics, serving::ReplicaRouter &scheduler)
+                             Metrics &metrics, serving::ReplicaRouter &scheduler,
+                             serving::KeyConcurrencyLimiter::Lease keySlot)
     : request_(std::move(request)), context_(std::move(context)), metrics_(metrics),
-      scheduler_(scheduler) {
+      scheduler_(scheduler), keySlot_(std::move(keySlot)) {
   context_.request = &request_;
   // A batch of prompts has n choices each, numbered prompt * n + i.
   const size_t n = static_cast<size_t>(request_.params.n) * context_.prompts.size();
@@ -114,6 +115,7 @@ void CompletionJob::finishLocked() {
   }
   stream_->close();
   stream_.reset();
+  keySlot_.release();
 }
 
 } // namespace llmir::scheduler

@@ -7,6 +7,7 @@
 #include "OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
+#include "llmir/serving/Admission.h"
 #include "llmir/serving/ReplicaRouter.h"
 
 #include <chrono>
@@ -17,8 +18,11 @@ namespace llmir::scheduler {
 
 class CompletionJob {
 public:
+  /// `keySlot` (its API key's concurrency slot) is released when the last
+  /// choice finishes, which a client going away also leads to (its request
+  /// is cancelled), or at the latest when the job is destroyed.
   CompletionJob(ApiRequest request, ResponseContext context, Metrics &metrics,
-                serving::ReplicaRouter &scheduler);
+                serving::ReplicaRouter &scheduler, serving::KeyConcurrencyLimiter::Lease keySlot);
 
   /// Queues the request and answers on `stream` (SSE or one JSON body);
   /// cancels the request when the client goes away.
@@ -33,6 +37,7 @@ private:
   ResponseContext context_;
   Metrics &metrics_;
   serving::ReplicaRouter &scheduler_;
+  serving::KeyConcurrencyLimiter::Lease keySlot_;
 
   std::mutex mutex_;
   std::shared_ptr<net::ResponseStream> stream_;

@@ -138,6 +138,9 @@ struct Metrics::Impl {
       BuildGauge().Name("llmir:replica_tokens_per_second").Help("Measured step throughput of each replica (tokens per second), the balancer's weight.").Register(*registry);
   prometheus::Family<prometheus::Counter> &decisions =
       BuildCounter().Name("llmir:lb_decisions_total").Help("Load-balancing choices by replica and reason.").Register(*registry);
+  prometheus::Gauge &requestsInFlight =
+      gauge("llmir:api_requests_in_flight",
+            "API requests accepted and not finished, waiting for a replica included.");
   prometheus::Gauge &waitingForReplica =
       gauge("llmir:requests_waiting_for_replica", "Requests held while no replica is ready.");
   prometheus::Counter &requeued =
@@ -156,7 +159,8 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter> &refused =
       BuildCounter()
           .Name("llmir:requests_refused_total")
-          .Help("Requests refused before queueing, by code (queue_full: 429, no_replica: 503).")
+          .Help("Requests refused before queueing, by code (queue_full: 429, "
+                "too_many_concurrent_requests: 429 per API key, no_replica: 503).")
           .Register(*registry);
   std::map<std::string, prometheus::Counter *> refusedByCode;
   serving::RouterStats lastRouter;
@@ -172,11 +176,15 @@ Metrics::Metrics(const std::string &modelName) : impl_(std::make_unique<Impl>(mo
     labels["finished_reason"] = serving::finishReasonName(reason);
     impl_->successByReason[reason] = &impl_->success.Add(labels);
   }
-  for (const char *code : {"queue_full", "no_replica"}) {
+  for (const char *code : {"queue_full", "no_replica", "too_many_concurrent_requests"}) {
     prometheus::Labels labels = impl_->labels;
     labels["code"] = code;
     impl_->refusedByCode[code] = &impl_->refused.Add(labels);
   }
+}
+
+void Metrics::setRequestsInFlight(int64_t count) {
+  impl_->requestsInFlight.Set(static_cast<double>(count));
 }
 
 void Metrics::observeRefusal(const std::string &code) {

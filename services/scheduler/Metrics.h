@@ -33,6 +33,8 @@ public:
   /// A request refused before it was queued, by code (queue_full: shed
   /// with 429, no_replica: 503 after waiting for a replica).
   void observeRefusal(const std::string &code);
+  /// API requests accepted and not finished (waiting for a replica included).
+  void setRequestsInFlight(int64_t count);
 
   /// Replicas by state, re-queues, drains, failures, balancing choices.
   void updateCluster(const serving::RouterStats &router, const MeshCounts &mesh);

@@ -39,7 +39,7 @@ int64_t unixSeconds() {
 OpenAiServer::OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
                            serving::ReplicaRouter &scheduler, Metrics &metrics)
     : options_(std::move(options)), tokenizer_(tokenizer), scheduler_(scheduler),
-      metrics_(metrics) {}
+      metrics_(metrics), keyLimiter_(options_.keyLimits) {}
 
 void OpenAiServer::addRoutes(net::HttpServer &server) {
   server.route("POST", "/v1/completions", [this](const net::HttpRequest &r) {
@@ -58,22 +58,23 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
   server.route("POST", "/detokenize", [this](const net::HttpRequest &r) { return detokenize(r); });
   server.route("GET", "/healthz", [](const net::HttpRequest &) {
     return net::HttpResponse::text(200, "ok\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   server.route("GET", "/readyz", [this](const net::HttpRequest &) {
     if (!ready_)
       return net::HttpResponse::text(503, "not ready\n");
     return scheduler_.waitForReplica(std::chrono::milliseconds(0))
                ? net::HttpResponse::text(200, "ready\n")
                : net::HttpResponse::text(503, "no replica ready\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   server.route("GET", "/metrics", [this](const net::HttpRequest &) {
     metrics_.update(scheduler_.stats());
+    metrics_.setRequestsInFlight(static_cast<int64_t>(keyLimiter_.totalInFlight()));
     if (options_.refreshMetrics)
       options_.refreshMetrics();
     net::HttpResponse response = net::HttpResponse::text(200, metrics_.render());
     response.contentType = "text/plain; version=0.0.4; charset=utf-8";
     return response;
-  });
+  }, llmir::net::HandlerThread::Io);
 }
 
 net::HttpResponse OpenAiServer::models() const {
@@ -87,10 +88,21 @@ net::HttpResponse OpenAiServer::models() const {
 }
 
 bool OpenAiServer::authorized(const net::HttpRequest &http) const {
-  // Constant time: how far a guess matched must not show in the answer time.
-  return options_.apiKey.empty() ||
-         auth::constantTimeEqual(http.header("authorization").value_or(""),
-                                 "Bearer " + options_.apiKey);
+  if (options_.apiKey.empty() && options_.apiKeys.empty())
+    return true;
+  // Constant time: how far a guess matched must not show in the answer time;
+  // every key is compared, so neither does which one matched.
+  const std::string sent = http.header("authorization").value_or("");
+  bool match = !options_.apiKey.empty() &&
+               auth::constantTimeEqual(sent, "Bearer " + options_.apiKey);
+  for (const std::string &key : options_.apiKeys)
+    match |= auth::constantTimeEqual(sent, "Bearer " + key);
+  return match;
+}
+
+std::string OpenAiServer::bearerKey(const net::HttpRequest &http) {
+  const std::string sent = http.header("authorization").value_or("");
+  return sent.starts_with("Bearer ") ? sent.substr(7) : std::string();
 }
 
 namespace {
@@ -197,6 +209,14 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
                           "invalid_api_key"});
   if (!ready_)
     return errorResponse({503, "the model is not loaded yet", "service_unavailable", "", ""});
+  // The key's slot is held from here (waiting for a replica included) until
+  // the job ends, or released by any refusal below as `lease` goes.
+  auto acquired = keyLimiter_.acquire(bearerKey(http));
+  if (auto *refusal = std::get_if<serving::Refusal>(&acquired)) {
+    metrics_.observeRefusal(refusal->code);
+    return refusalResponse(*refusal);
+  }
+  auto lease = std::get<serving::KeyConcurrencyLimiter::Lease>(std::move(acquired));
   // Blocks this HTTP thread at most noReplicaTimeout (size http.threads for
   // the clients that may wait while no replica serves).
   if (!scheduler_.waitForReplica(options_.noReplicaTimeout)) {
@@ -284,7 +304,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     context.toolCalls = options_.chatFormat.toolCalls;
   const bool stream = request.stream;
   auto job = std::make_shared<CompletionJob>(std::move(request), std::move(context),
-                                             metrics_, scheduler_);
+                                             metrics_, scheduler_, std::move(lease));
   auto start = [job](std::shared_ptr<net::ResponseStream> out) {
     CompletionJob::start(job, std::move(out));
   };

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace llmir::model {
 class Tokenizer;
@@ -22,8 +23,12 @@ namespace llmir::scheduler {
 
 struct OpenAiServerOptions {
   std::string modelName;
-  /// Empty: no authentication; otherwise "Authorization: Bearer <key>".
+  /// Empty (and no apiKeys): no authentication; otherwise
+  /// "Authorization: Bearer <key>" with this key or one of apiKeys.
   std::string apiKey;
+  std::vector<std::string> apiKeys;
+  /// Requests in flight per API key (the bearer token; "" without one).
+  serving::KeyLimitOptions keyLimits;
   /// max_tokens when a completions request leaves it out (OpenAI's 16).
   int64_t defaultCompletionTokens = 16;
   /// With no replica ready, a request waits this long for one, then 503.
@@ -53,11 +58,14 @@ private:
   net::HttpResponse tokenize(const net::HttpRequest &http) const;
   net::HttpResponse detokenize(const net::HttpRequest &http) const;
   bool authorized(const net::HttpRequest &http) const;
+  /// The bearer token the request carries ("" when none): its API key.
+  static std::string bearerKey(const net::HttpRequest &http);
 
   OpenAiServerOptions options_;
   const model::Tokenizer &tokenizer_;
   serving::ReplicaRouter &scheduler_;
   Metrics &metrics_;
+  serving::KeyConcurrencyLimiter keyLimiter_;
   std::atomic<bool> ready_{false};
   std::atomic<uint64_t> nextId_{1};
 };

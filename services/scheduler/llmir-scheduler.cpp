@@ -45,6 +45,9 @@ struct Settings {
   uint16_t port = 8000;
   std::string portFile;
   std::string apiKey;
+  std::string apiKeysFile;
+  uint32_t maxConcurrentPerKey = 0;
+  uint32_t keyLimitRetryAfterS = 1;
   int maxNumSeqs = 64;
   int maxBatchTokens = 512;
   int64_t kvBlocks = 1024;
@@ -93,6 +96,14 @@ void bind(net::Config &config, Settings &s) {
   config.add("http.port", &s.port, "HTTP port (0: any free port)");
   config.add("http.port-file", &s.portFile, "write the bound port to this file once serving");
   config.add("api-key", &s.apiKey, "require 'Authorization: Bearer <key>' when set");
+  config.add("api-keys-file", &s.apiKeysFile,
+             "file of accepted API keys (with api-key), one per line, each optionally "
+             "followed by its own limits.max-concurrent-requests-per-key ('KEY 8')");
+  config.add("limits.max-concurrent-requests-per-key", &s.maxConcurrentPerKey,
+             "requests in flight per API key (the bearer token) when the key has no limit "
+             "of its own; past it 429 with Retry-After (0: no limit)");
+  config.add("limits.concurrency-retry-after-s", &s.keyLimitRetryAfterS,
+             "Retry-After of the per-key 429 (seconds)");
   config.add("max-num-seqs", &s.maxNumSeqs, "sequences running at once");
   config.add("max-batch-tokens", &s.maxBatchTokens, "tokens per step (chunked prefill)");
   config.add("kv-blocks", &s.kvBlocks, "KV-cache blocks of the replica");
@@ -104,7 +115,9 @@ void bind(net::Config &config, Settings &s) {
              "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");
   config.add("device", &s.device,
              "single-process mode: cpu, cuda or cuda:<i> (mesh: each worker's worker.device)");
-  config.add("http.threads", &s.httpThreads, "HTTP I/O threads");
+  config.add("http.threads", &s.httpThreads,
+             "HTTP handler threads (a request waiting for a replica holds one; /healthz, "
+             "/readyz and /metrics are answered on the I/O thread regardless)");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
   config.add("tool-call-parser", &s.toolCallParser,
@@ -237,6 +250,25 @@ Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
   return format;
 }
 
+/// The API keys file: at most 1 MiB, parsed by serving::parseApiKeys.
+Result<std::vector<serving::ApiKeyEntry>> loadApiKeys(const std::string &path) {
+  constexpr uintmax_t kMaxBytes = 1 << 20;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec))
+    return Status::error("'api-keys-file' " + path + ": not a readable regular file");
+  if (fs::file_size(path, ec) > kMaxBytes)
+    return Status::error("'api-keys-file' " + path + ": larger than the limit of 1048576 bytes");
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in && !in.eof())
+    return Status::error("'api-keys-file' " + path + ": cannot be read");
+  auto keys = serving::parseApiKeys(text.str());
+  if (!keys)
+    return keys.status().withContext("'api-keys-file' " + path);
+  return keys;
+}
+
 /// What can be checked without reading the model or binding a port: the
 /// checks `--check-config` runs and every start runs first.
 Status validate(const Settings &s) {
@@ -262,6 +294,11 @@ Status validate(const Settings &s) {
     return Status::error("'shed-retry-after-s' and 'no-replica-retry-after-s' must be at least 1");
   if (s.httpThreads < 1)
     return Status::error("'http.threads' must be at least 1");
+  if (s.keyLimitRetryAfterS < 1)
+    return Status::error("'limits.concurrency-retry-after-s' must be at least 1");
+  if (!s.apiKeysFile.empty())
+    if (auto keys = loadApiKeys(s.apiKeysFile); !keys)
+      return keys.status();
   if (!s.toolCallParser.empty())
     if (auto format = serving::toolCallFormat(s.toolCallParser); !format)
       return Status::error("'tool-call-parser': " + format.message());
@@ -400,8 +437,25 @@ int run(const Settings &s) {
     metrics.observeStep(step);
     metrics.update(scheduler.stats());
   });
+  serving::KeyLimitOptions keyLimits{.defaultLimit = s.maxConcurrentPerKey,
+                                     .retryAfter = std::chrono::seconds(s.keyLimitRetryAfterS)};
+  std::vector<std::string> apiKeys;
+  if (!s.apiKeysFile.empty()) {
+    auto keys = loadApiKeys(s.apiKeysFile);
+    if (!keys) {
+      net::logError("cannot load the API keys", {{"error", keys.message()}});
+      return 2;
+    }
+    for (serving::ApiKeyEntry &entry : *keys) {
+      if (entry.maxConcurrentRequests)
+        keyLimits.perKey[entry.key] = *entry.maxConcurrentRequests;
+      apiKeys.push_back(std::move(entry.key));
+    }
+  }
   scheduler::OpenAiServer api({.modelName = name,
                                .apiKey = s.apiKey,
+                               .apiKeys = std::move(apiKeys),
+                               .keyLimits = std::move(keyLimits),
                                .noReplicaTimeout = routerOptions.noReplicaTimeout,
                                .admission = {.maxWaitingRequests = s.maxWaitingRequests,
                                              .shedRetryAfter = std::chrono::seconds(s.shedRetryAfterS),

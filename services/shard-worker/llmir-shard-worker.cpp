@@ -303,18 +303,18 @@ int main(int argc, char **argv) {
   net::HttpServer http;
   http.route("GET", "/healthz", [](const HttpRequest &) {
     return HttpResponse::text(200, "ok\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   http.route("GET", "/readyz", [&](const HttpRequest &) {
     return ready ? HttpResponse::text(200, "ready\n")
                  : HttpResponse::text(503, "no rank assigned yet\n");
-  });
+  }, llmir::net::HandlerThread::Io);
   http.route("GET", "/metrics", [&](const HttpRequest &) {
     metrics.kvStore.update(worker.kvStoreCounters());
     HttpResponse res = HttpResponse::text(
         200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
     res.contentType = "text/plain; version=0.0.4; charset=utf-8";
     return res;
-  });
+  }, llmir::net::HandlerThread::Io);
   net::HttpServerConfig httpConfig;
   httpConfig.host = s.httpHost;
   httpConfig.port = s.httpPort;

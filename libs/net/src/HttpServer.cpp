@@ -9,6 +9,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
@@ -61,6 +62,7 @@ struct Route {
   std::string method;
   std::string path;
   HttpHandler handler;
+  HandlerThread where = HandlerThread::Pool;
 };
 } // namespace
 
@@ -134,6 +136,10 @@ struct HttpServer::Impl {
   std::vector<Route> prefixRoutes;
   HttpServerConfig config;
   asio::io_context ioc;
+  // Handlers of HandlerThread::Pool routes run here, never on the I/O
+  // threads: however many of them block, accept and read go on, and the
+  // HandlerThread::Io routes (probes, metrics) answer (issue 14, finding 8).
+  std::optional<asio::thread_pool> handlerPool;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
@@ -146,7 +152,8 @@ struct HttpServer::Impl {
   std::string idPrefix;
   std::atomic<uint64_t> nextId{1};
 
-  HttpResponse dispatch(const HttpRequest &request) const;
+  /// The route for `request`, or the 404/405 to answer instead.
+  const Route *resolve(const HttpRequest &request, HttpResponse &refusal) const;
   void doAccept(const std::shared_ptr<Impl> &self);
   std::string newRequestId() {
     return idPrefix + std::to_string(nextId.fetch_add(1));
@@ -288,15 +295,40 @@ private:
     keepAlive_ = req.keep_alive();
     http10_ = req.version() < 11;
 
-    server_->inFlight++;
-    HttpResponse response;
-    try {
-      response = server_->dispatch(request);
-    } catch (const std::exception &e) {
-      response = HttpResponse::error(500, std::string("handler failed: ") + e.what());
-      response.stream = nullptr;
+    HttpResponse refusal;
+    const Route *route = server_->resolve(request, refusal);
+    if (!route) {
+      sendResponse(refusal);
+      return;
     }
-    server_->inFlight--;
+    server_->inFlight++;
+    if (route->where == HandlerThread::Io) {
+      respond(invoke(*route, request));
+      server_->inFlight--;
+      return;
+    }
+    asio::post(*server_->handlerPool, [self = shared_from_this(), route,
+                                       request = std::move(request)] {
+      HttpResponse response = invoke(*route, request);
+      // Back on the connection's strand for the I/O.
+      asio::dispatch(self->stream_.get_executor(),
+                     [self, response = std::move(response)] { self->respond(response); });
+      self->server_->inFlight--;
+    });
+  }
+
+  static HttpResponse invoke(const Route &route, const HttpRequest &request) {
+    try {
+      return route.handler(request);
+    } catch (const std::exception &e) {
+      HttpResponse response =
+          HttpResponse::error(500, std::string("handler failed: ") + e.what());
+      response.stream = nullptr;
+      return response;
+    }
+  }
+
+  void respond(const HttpResponse &response) {
     if (response.stream)
       startStream(response);
     else
@@ -465,14 +497,15 @@ private:
   std::function<void()> goneCallback_;
 };
 
-HttpResponse HttpServer::Impl::dispatch(const HttpRequest &request) const {
+const Route *HttpServer::Impl::resolve(const HttpRequest &request,
+                                      HttpResponse &refusal) const {
   bool pathKnown = false;
   for (const Route &r : exactRoutes) {
     if (r.path != request.path)
       continue;
     pathKnown = true;
     if (r.method == request.method)
-      return r.handler(request);
+      return &r;
   }
   const Route *best = nullptr;
   for (const Route &r : prefixRoutes) {
@@ -484,11 +517,11 @@ HttpResponse HttpServer::Impl::dispatch(const HttpRequest &request) const {
       best = &r;
   }
   if (best)
-    return best->handler(request);
-  if (pathKnown)
-    return HttpResponse::error(405, "method " + request.method +
-                                        " is not allowed on " + request.path);
-  return HttpResponse::error(404, "no route for " + request.path);
+    return best;
+  refusal = pathKnown ? HttpResponse::error(405, "method " + request.method +
+                                                     " is not allowed on " + request.path)
+                      : HttpResponse::error(404, "no route for " + request.path);
+  return nullptr;
 }
 
 void HttpServer::Impl::doAccept(const std::shared_ptr<Impl> &self) {
@@ -519,14 +552,15 @@ HttpServer::HttpServer() : impl_(std::make_shared<Impl>()) {}
 
 HttpServer::~HttpServer() { stop(); }
 
-void HttpServer::route(std::string method, std::string path,
-                       HttpHandler handler) {
-  impl_->exactRoutes.push_back({std::move(method), std::move(path), std::move(handler)});
+void HttpServer::route(std::string method, std::string path, HttpHandler handler,
+                       HandlerThread where) {
+  impl_->exactRoutes.push_back({std::move(method), std::move(path), std::move(handler), where});
 }
 
-void HttpServer::routePrefix(std::string method, std::string prefix,
-                             HttpHandler handler) {
-  impl_->prefixRoutes.push_back({std::move(method), std::move(prefix), std::move(handler)});
+void HttpServer::routePrefix(std::string method, std::string prefix, HttpHandler handler,
+                             HandlerThread where) {
+  impl_->prefixRoutes.push_back(
+      {std::move(method), std::move(prefix), std::move(handler), where});
 }
 
 Status HttpServer::start(const HttpServerConfig &config) {
@@ -556,8 +590,9 @@ Status HttpServer::start(const HttpServerConfig &config) {
   impl_->boundPort = acceptor.local_endpoint().port();
   impl_->running = true;
   impl_->work.emplace(impl_->ioc.get_executor());
+  impl_->handlerPool.emplace(std::max(1u, config.threads));
   impl_->doAccept(impl_);
-  for (unsigned i = 0; i < std::max(1u, config.threads); ++i)
+  for (unsigned i = 0; i < std::max(1u, config.ioThreads); ++i)
     impl_->threads.emplace_back([impl = impl_.get()] { impl->ioc.run(); });
   return Status::ok();
 }
@@ -591,6 +626,10 @@ void HttpServer::stop() {
   while (impl_->openConnections > 0 &&
          std::chrono::steady_clock::now() < closeDeadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Handlers not started yet are dropped; running ones finish (their
+  // connections are closed, so what they answer goes nowhere).
+  impl_->handlerPool->stop();
+  impl_->handlerPool->join();
   impl_->ioc.stop();
   for (auto &t : impl_->threads)
     t.join();

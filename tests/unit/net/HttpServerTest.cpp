@@ -320,6 +320,69 @@ TEST(HttpServerBoundsTest, OutOfDescriptorsTheAcceptLoopBacksOff) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+// Issue 14, finding 8: requests that block in their handler (waiting for a
+// replica) held every server thread, and /healthz took as long as they
+// waited. Handlers now run on their own threads; Io routes answer at once.
+TEST(HttpServerThreadsTest, ProbesAnswerWhileEveryHandlerThreadIsBlocked) {
+  HttpServer server;
+  std::mutex mu;
+  std::condition_variable cv;
+  int blocked = 0;
+  bool release = false;
+  server.route("POST", "/wait", [&](const HttpRequest &) {
+    std::unique_lock lock(mu);
+    ++blocked;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    return HttpResponse::text(200, "waited\n");
+  });
+  server.route("GET", "/healthz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ok\n");
+  }, HandlerThread::Io);
+  server.route("GET", "/pooled", [](const HttpRequest &) {
+    return HttpResponse::text(200, "pooled\n");
+  });
+  HttpServerConfig config;
+  config.threads = 2;
+  ASSERT_TRUE(server.start(config).isOk());
+  const std::string base = "http://127.0.0.1:" + std::to_string(server.port());
+
+  std::vector<std::thread> waiting;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < 4; ++i) // more than there are handler threads
+    waiting.emplace_back([&] {
+      auto r = httpPost(base + "/wait", "{}", "application/json", std::chrono::seconds(30));
+      if (r && r->status == 200)
+        ++answered;
+    });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return blocked == 2; }));
+  }
+  // Every handler thread is blocked; the probe answers regardless, three times.
+  for (int i = 0; i < 3; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    auto health = httpGet(base + "/healthz", std::chrono::seconds(1));
+    ASSERT_TRUE(health.isOk()) << health.message();
+    EXPECT_EQ(health->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  }
+  // A pool route waits its turn (it is queued, not refused).
+  auto pooled = httpGet(base + "/pooled", std::chrono::milliseconds(300));
+  EXPECT_FALSE(pooled.isOk());
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  for (auto &t : waiting)
+    t.join();
+  EXPECT_EQ(answered, 4);
+  auto after = httpGet(base + "/pooled", std::chrono::seconds(5));
+  ASSERT_TRUE(after.isOk()) << after.message();
+  EXPECT_EQ(after->status, 200);
+}
+
 TEST(HttpClientTest, ConnectionRefusedAndBadUrlAreErrors) {
   EXPECT_FALSE(httpGet("http://127.0.0.1:1/x", std::chrono::milliseconds(2000)).isOk());
   EXPECT_FALSE(httpGet("https://example.com/").isOk());

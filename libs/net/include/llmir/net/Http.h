@@ -75,10 +75,23 @@ struct HttpResponse {
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest &)>;
 
+/// Where a route's handler runs.
+enum class HandlerThread {
+  /// The handler threads (HttpServerConfig::threads): a handler may block
+  /// there (a request waiting for a replica) without stopping the server
+  /// from reading other requests.
+  Pool,
+  /// The I/O thread, as soon as the request is read: for handlers that never
+  /// block (health, readiness, metrics), so they answer even while every
+  /// handler thread is busy (a liveness probe must not fail under load).
+  Io,
+};
+
 struct HttpServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 0;              // 0 = ephemeral (see HttpServer::port())
-  unsigned threads = 2;           // I/O threads; handlers run on them
+  unsigned threads = 2;           // handler threads (HandlerThread::Pool)
+  unsigned ioThreads = 1;         // accept, read, write; HandlerThread::Io handlers
   uint64_t maxBodyBytes = 1 << 20; // larger bodies get 413
   unsigned stopGraceMillis = 5000; // stop() waits this long for requests in flight
   /// A streamed response whose client lets this many bytes queue up (it
@@ -96,8 +109,10 @@ public:
   /// Routes; register before start(). An exact route wins over a prefix
   /// route, a longer prefix over a shorter one. A known path with another
   /// method answers 405, an unknown path 404.
-  void route(std::string method, std::string path, HttpHandler handler);
-  void routePrefix(std::string method, std::string prefix, HttpHandler handler);
+  void route(std::string method, std::string path, HttpHandler handler,
+             HandlerThread where = HandlerThread::Pool);
+  void routePrefix(std::string method, std::string prefix, HttpHandler handler,
+                   HandlerThread where = HandlerThread::Pool);
 
   /// Binds and starts serving; fails when the address cannot be bound.
   Status start(const HttpServerConfig &config);
