@@ -8,6 +8,11 @@
 //
 //   llmir-gpu-bench --model DIR [--device cuda:0] [--batches 1,8,32,128]
 //                   [--prompt 128] [--new-tokens 128] [--prefill 2048]
+//                   [--cluster-spec FILE] [--predict-only]
+// The JSON also carries the compiler's cost-model prediction of each timed
+// step (predicted_decode_ms per batch, predicted_prefill_N_ms) on the cluster
+// spec's device, for the calibration in docs/performance.md.
+#include "llmir/compiler/ClusterSpec.h"
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
@@ -38,6 +43,8 @@ struct Options {
   std::vector<int> batches;
   int prompt = 128, newTokens = 128, prefill = 2048;
   std::string model;
+  std::string clusterSpec; // the cost model's device (default: the ideal H100)
+  bool predictOnly = false;
 };
 
 [[noreturn]] void fail(const std::string &why) {
@@ -55,6 +62,11 @@ Options parse(int argc, char **argv) {
   config.add("prompt", &o.prompt, "prompt tokens per sequence before decoding");
   config.add("new-tokens", &o.newTokens, "decode steps timed per batch size");
   config.add("prefill", &o.prefill, "tokens of the timed single prefill");
+  config.add("cluster-spec", &o.clusterSpec,
+             "cluster spec YAML whose device prices the predicted steps "
+             "(bench/gpu/h100-calibrated.yaml; default: the ideal H100 roofline)");
+  config.add("predict-only", &o.predictOnly,
+             "print the cost model's predictions only (no GPU needed)");
   if (Status st = config.load(argc, argv); !st)
     fail(st.message());
   if (config.helpRequested()) {
@@ -102,7 +114,44 @@ double copyBandwidth() {
   return best;
 }
 
+/// The cost model's step times for the bench's steps, as a JSON fragment:
+/// "predicted_decode_ms": {batch: ms}, "predicted_prefill_N_ms": ms.
+std::string predictions(const Options &o) {
+  compiler::ClusterSpec spec;
+  if (!o.clusterSpec.empty()) {
+    auto loaded = compiler::loadClusterSpec(o.clusterSpec);
+    if (!loaded)
+      fail(loaded.message());
+    spec = *loaded;
+  }
+  std::string decode;
+  for (int batch : o.batches) {
+    compiler::StepShape step;
+    step.tokens = batch;
+    // The timed decode steps' mean context: prompt + half the new tokens.
+    step.context = o.prompt + o.newTokens / 2;
+    auto seconds = compiler::predictStepSeconds(o.model, spec, step);
+    if (!seconds)
+      fail(seconds.message());
+    decode += (decode.empty() ? "" : ", ") + std::string("\"") + std::to_string(batch) +
+              "\": " + std::to_string(*seconds * 1e3);
+  }
+  compiler::StepShape prefill;
+  prefill.tokens = o.prefill;
+  prefill.decode = false;
+  auto prefillSeconds = compiler::predictStepSeconds(o.model, spec, prefill);
+  if (!prefillSeconds)
+    fail(prefillSeconds.message());
+  return "\"predicted_decode_ms\": {" + decode + "}, \"predicted_prefill_" +
+         std::to_string(o.prefill) + "_ms\": " + std::to_string(*prefillSeconds * 1e3);
+}
+
 int run(const Options &o) {
+  const std::string predicted = predictions(o);
+  if (o.predictOnly) {
+    std::printf("{\"engine\": \"llmir cost model\", %s}\n", predicted.c_str());
+    return 0;
+  }
   auto device = engine::Device::parse(o.device);
   if (!device || !device->isCuda())
     fail("device must be cuda or cuda:N");
@@ -215,9 +264,9 @@ int run(const Options &o) {
   cudaGetDeviceProperties(&prop, device->index);
   std::printf("{\"engine\": \"llmir\", \"gpu\": \"%s\", \"weight_bytes\": %.0f, "
               "\"copy_bandwidth_gbs\": %.1f, \"roofline_batch1_tok_s\": %.1f, "
-              "\"load_s\": %.2f, \"decode_tok_s\": {%s}, \"prefill_%d_ms\": %.3f}\n",
+              "\"load_s\": %.2f, \"decode_tok_s\": {%s}, \"prefill_%d_ms\": %.3f, %s}\n",
               prop.name, weightBytes, bandwidth / 1e9, bandwidth / weightBytes,
-              loadSeconds, rows.c_str(), o.prefill, prefillMs);
+              loadSeconds, rows.c_str(), o.prefill, prefillMs, predicted.c_str());
   return 0;
 }
 

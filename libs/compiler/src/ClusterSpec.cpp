@@ -122,7 +122,9 @@ ClusterSpec parse(const YAML::Node &root, const std::string &source) {
   if (root["devices_per_node"])
     spec.devicesPerNode = count(root["devices_per_node"], "devices_per_node");
   if (const YAML::Node d = root["device"]) {
-    checkKeys(d, "device", {"kind", "memory", "peak_flops", "memory_bandwidth"});
+    checkKeys(d, "device", {"kind", "memory", "peak_flops", "memory_bandwidth",
+                            "memory_efficiency", "matmul_efficiency",
+                            "attention_efficiency", "op_overhead"});
     if (d["kind"]) {
       spec.device.kind = d["kind"].as<std::string>();
       if (spec.device.kind != "cuda" && spec.device.kind != "cpu")
@@ -141,6 +143,21 @@ ClusterSpec parse(const YAML::Node &root, const std::string &source) {
     if (d["memory_bandwidth"])
       spec.device.memoryBandwidth =
           quantity(d["memory_bandwidth"], "device.memory_bandwidth", false);
+    auto share = [&](const char *key, double &out) {
+      if (!d[key])
+        return;
+      out = quantity(d[key], std::string("device.") + key, false);
+      if (!(out > 0 && out <= 1))
+        fail(std::string("device.") + key, "is " + d[key].Scalar() + ", expected a share in (0, 1]");
+    };
+    share("memory_efficiency", spec.device.memoryEfficiency);
+    share("matmul_efficiency", spec.device.matmulEfficiency);
+    share("attention_efficiency", spec.device.attentionEfficiency);
+    if (d["op_overhead"]) {
+      spec.device.opOverheadSeconds = quantity(d["op_overhead"], "device.op_overhead", true);
+      if (!(spec.device.opOverheadSeconds < 1))
+        fail("device.op_overhead", "is " + d["op_overhead"].Scalar() + ", expected seconds below 1");
+    }
   }
   if (const YAML::Node i = root["interconnect"]) {
     checkKeys(i, "interconnect", {"intra_node", "inter_node"});

@@ -3,7 +3,9 @@
 #include "llmir/support/NestingDepth.h"
 
 #include "MemoryPlan.h"
+#include "ModelProfile.h"
 #include "Partition.h"
+#include "PlanSearch.h"
 #include "RankLayout.h"
 #include "llmir/IR/LLMDialect.h"
 #include "llmir/compiler/Importer.h"
@@ -206,6 +208,25 @@ Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
     return Status::error("importing '" + hfDir +
                          "': " + llvm::toString(module.takeError()));
   return compileLoaded(**module, options, diagnostics);
+}
+
+Result<double> predictStepSeconds(const std::string &hfDir, const ClusterSpec &spec,
+                                  const StepShape &step) {
+  MLIRContext context;
+  loadDialects(context);
+  DiagnosticCollector diagnostics(context);
+  auto module = importHuggingFace(context, hfDir, ImportOptions{});
+  if (!module)
+    return Status::error("importing '" + hfDir + "': " + llvm::toString(module.takeError()));
+  auto prefill = (**module).lookupSymbol<func::FuncOp>("prefill");
+  if (!prefill)
+    return Status::error("the imported module has no @prefill");
+  FailureOr<ModelProfile> profile = profileModel(prefill);
+  if (failed(profile))
+    return diagnostics.error("profiling '" + hfDir + "'");
+  return predictStepSeconds(*profile, spec, step.tp, step.pp, step.sp,
+                            static_cast<double>(step.tokens),
+                            static_cast<double>(step.context), step.decode);
 }
 
 Result<CompiledModel> compileModule(const std::string &mlirText,

@@ -74,10 +74,14 @@ SegmentProfile profileSegment(const DecoderSegments::Ops &ops) {
         working += width(out) * kActivationBytes;
     p.activationBytesPerToken += working;
     p.peakActivationBytesPerToken = std::max(p.peakActivationBytesPerToken, working);
+    if (isa<llm::LinearOp, llm::LogitsOp, llm::EmbeddingOp, llm::PagedAttentionOp,
+            llm::RMSNormOp, llm::RotaryEmbeddingOp, llm::SwiGLUOp, llm::AddOp>(op))
+      ++p.ops;
     llvm::TypeSwitch<Operation *>(op)
         .Case([&](llm::LinearOp l) {
           auto shape = l.getWeight().getType().cast<ShapedType>().getShape();
           p.flopsPerToken += 2.0 * static_cast<double>(shape[0] * shape[1]);
+          p.matmulFlopsPerToken += 2.0 * static_cast<double>(shape[0] * shape[1]);
           // o_proj and down_proj become row-parallel: one all-reduce each.
           Operation *producer = l.getInput().getDefiningOp();
           if (producer && isa<llm::PagedAttentionOp, llm::SwiGLUOp>(producer)) {
@@ -88,6 +92,7 @@ SegmentProfile profileSegment(const DecoderSegments::Ops &ops) {
         .Case([&](llm::LogitsOp l) {
           auto shape = l.getWeight().getType().cast<ShapedType>().getShape();
           p.flopsPerToken += 2.0 * static_cast<double>(shape[0] * shape[1]);
+          p.matmulFlopsPerToken += 2.0 * static_cast<double>(shape[0] * shape[1]);
           p.allGatherBytesPerToken += width(l.getResult()) * kActivationBytes;
           ++p.allGathers;
         })

@@ -28,6 +28,9 @@ struct SegmentProfile {
   int allReduces = 0, allGathers = 0; // how many collectives tp would add
   double spKeyValueBytesPerToken = 0; // k and v rows (f32) a token-split sp gathers
   bool hasAttention = false;
+  int64_t ops = 0;                  // compute ops (kernels, before fusion)
+  /// Of flopsPerToken, the matrix products' (linears, LM head).
+  double matmulFlopsPerToken = 0;
 };
 
 struct ModelProfile {

@@ -78,12 +78,19 @@ public:
     const bool epilogue = s.allGathers > 0;
     const double slice = std::ceil(tokens / sp);
     const double rows = epilogue ? tokens : slice;
-    double flops = rows * s.flopsPerToken * headShare() +
-                   rows * context * s.attentionFlopsPerPair * headShare();
+    // A roofline calibrated by the device's efficiencies (1 each: the ideal
+    // device), plus a fixed time per op.
+    const DeviceSpec &device = spec.device;
+    const double matmulFlops = rows * s.matmulFlopsPerToken * headShare();
+    const double otherFlops = rows * (s.flopsPerToken - s.matmulFlopsPerToken) * headShare();
+    const double attentionFlops = rows * context * s.attentionFlopsPerPair * headShare();
     double bytes = weightBytesPerRank(s) + rows * s.activationBytesPerToken / tp +
                    (decode ? rows * context : tokens) * s.kvBytesPerToken * kvShare();
-    double compute = std::max(flops / spec.device.peakFlops,
-                              bytes / spec.device.memoryBandwidth);
+    double compute = std::max((matmulFlops / device.matmulEfficiency + otherFlops +
+                               attentionFlops / device.attentionEfficiency) /
+                                  device.peakFlops,
+                              bytes / (device.memoryBandwidth * device.memoryEfficiency)) +
+                     static_cast<double>(s.ops) * device.opOverheadSeconds;
     double comm =
         allReduceSeconds(rows * s.allReduceBytesPerToken, tp, tpLink, s.allReduces) +
         allGatherSeconds(rows * s.allGatherBytesPerToken, tp, tpLink, s.allGathers);
@@ -190,6 +197,23 @@ public:
              std::to_string(model.layers.size()) +
              " layers, expected at least one layer per stage";
     return "";
+  }
+
+  /// One step of `tokens` tokens: decode (a token per sequence over
+  /// `context` cached keys, the sequences in min(pp, tokens) micro-batches)
+  /// or the prefill of one `tokens`-token prompt (pp micro-batches), on the
+  /// prefill-balanced stages, as run() prices them.
+  double stepSeconds(double tokens, double context, bool decode) const {
+    const double batchTokens = static_cast<double>(spec.serving.maxBatchTokens);
+    const std::vector<int64_t> split = balanceStages(batchTokens, batchTokens / 2);
+    const double micro = decode ? std::min<double>(pp, tokens) : pp;
+    const double microTokens = std::ceil(tokens / micro);
+    auto stages = stageSeconds(split, microTokens, decode ? context : microTokens / 2, decode);
+    const double sum = std::accumulate(stages.begin(), stages.end(), 0.0);
+    const double slowest = *std::max_element(stages.begin(), stages.end());
+    if (!decode)
+      return sum + (micro - 1) * slowest + (pp - 1) * sendSeconds(microTokens);
+    return std::max(sum + (pp - 1) * sendSeconds(microTokens), micro * slowest);
   }
 
   Candidate run() const {
@@ -332,6 +356,11 @@ std::string formatBytes(double bytes) {
 Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
                             int tp, int pp, int sp) {
   return Evaluator(model, spec, tp, pp, sp).run();
+}
+
+double predictStepSeconds(const ModelProfile &model, const ClusterSpec &spec, int tp, int pp,
+                          int sp, double tokens, double context, bool decode) {
+  return Evaluator(model, spec, tp, pp, sp).stepSeconds(tokens, context, decode);
 }
 
 SearchResult searchPartitions(const ModelProfile &model, const ClusterSpec &spec) {

@@ -48,6 +48,12 @@ struct SearchResult {
 Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
                             int tp, int pp, int sp);
 
+/// The predicted seconds of one step at (tp, pp, sp): decode of `tokens`
+/// sequences over `context` cached keys each, or the prefill of one
+/// `tokens`-token prompt (`context` unused), for comparing with a measured
+/// step.
+double predictStepSeconds(const ModelProfile &model, const ClusterSpec &spec, int tp, int pp,
+                          int sp, double tokens, double context, bool decode);
 /// Every (tp, pp, sp) whose product divides the devices (fixed degrees of the
 /// spec respected); picks the highest decode throughput within the latency
 /// target, ties to lower decode time, then fewer devices per replica, then

@@ -30,6 +30,27 @@ serving: {max_batch_tokens: 4096, max_num_seqs: 32, max_context: 8192,
   EXPECT_DOUBLE_EQ(*spec->serving.decodeLatencyTarget, 0.05);
 }
 
+// The roofline's calibration (bench/gpu/h100-calibrated.yaml): shares of the
+// bandwidth and peak the kernels reach, and a time per op.
+TEST(ClusterSpec, ParsesTheCalibration) {
+  auto spec = parseClusterSpec(R"(
+device: {memory_efficiency: 0.63, matmul_efficiency: 0.42, attention_efficiency: 0.0034,
+         op_overhead: 2.7us}
+)", "inline.yaml");
+  ASSERT_TRUE(spec) << spec.message();
+  EXPECT_DOUBLE_EQ(spec->device.memoryEfficiency, 0.63);
+  EXPECT_DOUBLE_EQ(spec->device.matmulEfficiency, 0.42);
+  EXPECT_DOUBLE_EQ(spec->device.attentionEfficiency, 0.0034);
+  EXPECT_DOUBLE_EQ(spec->device.opOverheadSeconds, 2.7e-6);
+  auto ideal = parseClusterSpec("nodes: 1\n", "ideal.yaml");
+  ASSERT_TRUE(ideal) << ideal.message();
+  EXPECT_EQ(ideal->device.memoryEfficiency, 1.0);
+  EXPECT_EQ(ideal->device.opOverheadSeconds, 0.0);
+  auto calibrated =
+      loadClusterSpec(std::string(LLMIR_SOURCE_DIR) + "/bench/gpu/h100-calibrated.yaml");
+  EXPECT_TRUE(calibrated) << calibrated.message();
+}
+
 struct BadSpec {
   const char *yaml;
   const char *message;
@@ -57,6 +78,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadSpec{"nodes: 1\ndevices_per_node: 8\nparallelism: {tensor: 3}\n",
                 "tensor x pipeline x sequence = 3 does not divide the 8 devices"},
         BadSpec{"nodes: [1\n", "invalid YAML"},
+        BadSpec{"device: {memory_efficiency: 1.5}\n",
+                "device.memory_efficiency: is 1.5, expected a share in (0, 1]"},
+        BadSpec{"device: {op_overhead: 2}\n", "device.op_overhead: is 2, expected seconds below 1"},
         // Found by fuzz/ClusterSpecFuzz.cpp: a memory past int64 was converted
         // anyway (undefined behaviour).
         BadSpec{"device: {memory: 666666666666666666666666666666GiB}\n",

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 namespace llmir::compiler {
@@ -97,6 +98,42 @@ TEST(CompileModule, UnparseableTextIsAnErrorWithTheParserMessage) {
   auto compiled = compileModule("func.func @prefill(", CompileOptions{});
   ASSERT_FALSE(compiled);
   EXPECT_NE(compiled.message().find("parsing"), std::string::npos) << compiled.message();
+}
+
+// The cost model's step time and its calibration: the demo model's batch-1
+// decode is bound by memory, so half the bandwidth doubles it, and a time
+// per op adds that time once per compute op.
+TEST(PredictStepSeconds, CalibrationScalesTheRoofline) {
+  const std::string &demo = kDemoModel;
+  ClusterSpec ideal;
+  StepShape decode;
+  decode.tokens = 1;
+  decode.context = 100;
+  auto base = predictStepSeconds(demo, ideal, decode);
+  ASSERT_TRUE(base) << base.message();
+  EXPECT_GT(*base, 0);
+  ClusterSpec slow = ideal;
+  slow.device.memoryEfficiency = 0.5;
+  auto halved = predictStepSeconds(demo, slow, decode);
+  ASSERT_TRUE(halved) << halved.message();
+  EXPECT_NEAR(*halved / *base, 2.0, 1e-3);
+  ClusterSpec launches = ideal;
+  launches.device.opOverheadSeconds = 1e-3;
+  auto withOverhead = predictStepSeconds(demo, launches, decode);
+  ASSERT_TRUE(withOverhead) << withOverhead.message();
+  const double ops = (*withOverhead - *base) / 1e-3;
+  EXPECT_NEAR(ops, std::round(ops), 1e-6);
+  EXPECT_GE(ops, 4 * 15); // every layer's norms, projections, attention, adds
+  StepShape prefill;
+  prefill.tokens = 512;
+  prefill.decode = false;
+  auto fast = predictStepSeconds(demo, ideal, prefill);
+  ClusterSpec slowAttention = ideal;
+  slowAttention.device.attentionEfficiency = 0.01;
+  auto slower = predictStepSeconds(demo, slowAttention, prefill);
+  ASSERT_TRUE(fast && slower);
+  EXPECT_GT(*slower, *fast);
+  EXPECT_FALSE(predictStepSeconds("/nonexistent/model", ideal, decode));
 }
 
 } // namespace

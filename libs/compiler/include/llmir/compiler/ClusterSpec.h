@@ -16,6 +16,15 @@ struct DeviceSpec {
   int64_t memoryBytes = 80LL << 30; // usable device memory
   double peakFlops = 989e12;        // dense FLOP/s at the weights' precision
   double memoryBandwidth = 3.35e12; // bytes/s
+  /// Calibration of the roofline to what the kernels reach (1, 1, 1, 0: the
+  /// ideal device): the shares of memoryBandwidth and of peakFlops that the
+  /// matrix products and the attention achieve, and a fixed time per op (a
+  /// kernel launch and its ramp). bench/gpu/h100-calibrated.yaml holds the
+  /// values fitted to measured steps (docs/performance.md).
+  double memoryEfficiency = 1.0;
+  double matmulEfficiency = 1.0;
+  double attentionEfficiency = 1.0;
+  double opOverheadSeconds = 0.0;
 };
 
 /// One link type of the alpha-beta model: a message of n bytes takes

@@ -7,6 +7,7 @@
 // importer gives @prefill and @decode the same body) + the DeploymentPlan.
 #pragma once
 
+#include "llmir/compiler/ClusterSpec.h"
 #include "llmir/proto/deployment_plan.pb.h"
 #include "llmir/proto/shard_program.pb.h"
 #include "llmir/support/Status.h"
@@ -42,6 +43,19 @@ struct CompiledModel {
 /// Imports the Hugging Face checkpoint directory `hfDir` and compiles it.
 Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
                                          const CompileOptions &options);
+
+/// One step the cost model prices (predictStepSeconds).
+struct StepShape {
+  int tp = 1, pp = 1, sp = 1;
+  int64_t tokens = 1;   // decode: sequences (a token each); prefill: prompt tokens
+  int64_t context = 0;  // decode: cached keys per sequence
+  bool decode = true;
+};
+/// The cost model's time of one step of the Hugging Face checkpoint `hfDir`
+/// on `spec`'s device (its calibration included), for printing beside a
+/// measured one (bench/gpu).
+Result<double> predictStepSeconds(const std::string &hfDir, const ClusterSpec &spec,
+                                  const StepShape &step);
 
 /// Compiles an `llm` module given as MLIR text (as llmir-import writes it).
 Result<CompiledModel> compileModule(const std::string &mlirText,
