@@ -147,7 +147,8 @@ Result<Options> parseArgs(int argc, char **argv) {
   config.add("timing", &o.timing, "report prefill time and decode tokens/s on stderr");
   config.add("device", &device, "cpu, cuda or cuda:N");
   config.add("collectives", &o.collectives, "auto, gloo or nccl");
-  config.add("kv-cache-dtype", &kvCacheDtype, "auto, f32 or bf16 (cuda)");
+  config.add("kv-cache-dtype", &kvCacheDtype,
+             "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
   // Set by the launcher on its worker processes.
   config.add("worker-rank", &o.workerRank, "internal: this worker's rank");
   config.add("world-size", &o.worldSize, "internal: ranks of the replica");

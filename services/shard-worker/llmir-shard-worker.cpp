@@ -200,7 +200,7 @@ int main(int argc, char **argv) {
   config.add("worker.collectives", &s.collectives,
              "auto (nccl on cuda, gloo on cpu), gloo or nccl; equal across a replica");
   config.add("worker.kv-cache-dtype", &s.kvCacheDtype,
-             "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16 (cuda)");
+             "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
   config.add("worker.gpu-memory-fraction", &s.gpuMemoryFraction,
              "cuda: share of the device's memory for weights, activations and KV "
              "blocks when the scheduler does not fix the block count");

@@ -67,7 +67,8 @@ struct LoadedModel {
   std::unique_ptr<engine::Executor> executor;
 };
 
-std::unique_ptr<LoadedModel> load(const fs::path &dir, int64_t numKvBlocks) {
+std::unique_ptr<LoadedModel> load(const fs::path &dir, int64_t numKvBlocks,
+                                  engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto) {
   auto compiled = compiler::compileHuggingFace(dir.string(), {});
   EXPECT_TRUE(compiled.isOk()) << compiled.message();
   auto checkpoint = model::Checkpoint::open(dir.string());
@@ -77,7 +78,7 @@ std::unique_ptr<LoadedModel> load(const fs::path &dir, int64_t numKvBlocks) {
   auto loaded = std::make_unique<LoadedModel>(LoadedModel{std::move(*checkpoint), nullptr});
   auto executor = engine::Executor::create(
       compiled->programs.at(0), engine::checkpointWeights(loaded->checkpoint),
-      {.numKvBlocks = numKvBlocks, .numThreads = 2});
+      {.numKvBlocks = numKvBlocks, .numThreads = 2, .kvCacheDtype = kvCacheDtype});
   EXPECT_TRUE(executor.isOk()) << executor.message();
   if (!executor)
     return nullptr;
@@ -133,6 +134,36 @@ TEST_P(HfReference, PrefillLogitsAndGreedyIdsMatchTransformers) {
     ASSERT_EQ(result->promptLogits.data.size(), expected->size());
     EXPECT_LT(relativeError(result->promptLogits.data, *expected), logitsTolerance());
     EXPECT_EQ(result->outputIds, cases[c].greedyIds);
+  }
+}
+
+// A bf16 KV cache (keys and values rounded when stored, f32 arithmetic):
+// the CUDA backend's contract for it, prompt logits within 2e-2 and the
+// first 8 greedy ids equal.
+TEST_P(HfReference, Bf16KvCacheStaysCloseToTransformers) {
+  auto model = load(modelDir(), 64, engine::KvCacheDType::BF16);
+  ASSERT_TRUE(model);
+  auto refLogits = model::SafetensorsFile::open((modelDir() / "reference_logits.safetensors").string());
+  ASSERT_TRUE(refLogits.isOk()) << refLogits.message();
+  engine::Generator generator(*model->executor);
+  std::vector<ReferenceCase> cases = readCases(modelDir());
+  ASSERT_FALSE(cases.empty());
+  for (size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE("case " + std::to_string(c));
+    engine::GenerateRequest request;
+    request.promptIds = cases[c].promptIds;
+    request.sampling.temperature = 0;
+    request.stop.maxNewTokens = static_cast<int64_t>(cases[c].greedyIds.size());
+    auto result = generator.generate(request, /*wantPromptLogits=*/true);
+    ASSERT_TRUE(result.isOk()) << result.message();
+    auto expected = refLogits->readAsF32("prompt" + std::to_string(c) + ".logits");
+    ASSERT_TRUE(expected.isOk()) << expected.message();
+    ASSERT_EQ(result->promptLogits.data.size(), expected->size());
+    EXPECT_LT(relativeError(result->promptLogits.data, *expected), 2e-2);
+    const size_t n = std::min<size_t>(8, cases[c].greedyIds.size());
+    ASSERT_GE(result->outputIds.size(), n);
+    EXPECT_EQ(std::vector<int32_t>(result->outputIds.begin(), result->outputIds.begin() + n),
+              std::vector<int32_t>(cases[c].greedyIds.begin(), cases[c].greedyIds.begin() + n));
   }
 }
 

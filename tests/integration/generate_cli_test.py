@@ -57,9 +57,19 @@ def main():
         check(proc.returncode == 2 and "error:" in proc.stderr, f"bad args {bad}: exit {proc.returncode}")
     proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4", "--device", "gpu")
     check(proc.returncode == 2 and "cpu, cuda, cuda:N" in proc.stderr, f"--device gpu: {proc.stderr}")
+    # A bf16 KV cache on the CPU: the first 8 greedy ids of the reference
+    # (the contract of the CUDA backend's bf16 cache); an unknown dtype is a
+    # usage error.
+    for i, case in enumerate(reference_cases(demo)):
+        proc = run(args.generate, *greedy_args(demo, case), "--kv-cache-dtype", "bf16")
+        check(proc.returncode == 0, f"bf16 KV on cpu, case {i}: exit {proc.returncode}: {proc.stderr}")
+        if proc.returncode == 0:
+            got = json.loads(proc.stdout)["output_ids"][:8]
+            check(got == case["greedy_ids"][:8],
+                  f"bf16 KV on cpu, case {i}: {got} != reference {case['greedy_ids'][:8]}")
     proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
-               "--kv-cache-dtype", "bf16")
-    check(proc.returncode == 1 and "needs a CUDA device" in proc.stderr, f"bf16 KV on cpu: {proc.stderr}")
+               "--kv-cache-dtype", "f16")
+    check(proc.returncode == 2 and "auto, f32, bf16" in proc.stderr, f"--kv-cache-dtype f16: {proc.stderr}")
     if not os.path.exists("/dev/nvidiactl"):
         # No GPU here (CI): asking for one is a clear error at start.
         proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",

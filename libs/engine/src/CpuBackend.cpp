@@ -17,6 +17,7 @@ public:
              Communicator *comm)
       : program_(program), kernels_(cpuKernelRegistry()),
         pool_(std::make_unique<ThreadPool>(options.numThreads)), comm_(comm),
+        kvElement_(options.bf16KvCache ? KvElement::BF16 : KvElement::F32),
         weights_(program.slots.size()), activations_(program.slots.size()) {}
 
   Status loadWeight(uint32_t slot, WeightTensor weight) override {
@@ -25,7 +26,7 @@ public:
   }
 
   Status allocateKvCache(const KvCacheShape &shape) override {
-    Result<KvCache> cache = KvCache::create(shape);
+    Result<KvCache> cache = KvCache::create(shape, kvElement_);
     if (!cache)
       return cache.status();
     cache_ = std::move(*cache);
@@ -106,6 +107,7 @@ private:
   KernelRegistry kernels_;
   std::unique_ptr<ThreadPool> pool_;
   Communicator *comm_;
+  KvElement kvElement_;
   std::optional<KvCache> cache_;
   std::vector<WeightTensor> weights_;  // by slot id (empty for activations)
   std::vector<Tensor> activations_;    // by slot id (empty for weights)

@@ -54,7 +54,7 @@ public:
 struct BackendOptions {
   unsigned numThreads = 0;         // CPU kernel threads (0: hardware)
   double gpuMemoryFraction = 0.9;  // CUDA: share of the device's memory
-  bool bf16KvCache = false;        // CUDA only
+  bool bf16KvCache = false;        // KV cache elements bf16 instead of f32
 };
 
 std::unique_ptr<ExecutionBackend>

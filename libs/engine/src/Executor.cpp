@@ -107,13 +107,13 @@ Executor::create(const proto::ShardProgram &program,
     sixteenBitWeights |= slot.isWeight && (slot.dtype == proto::BF16 || slot.dtype == proto::F16);
   switch (options.kvCacheDtype) {
   case KvCacheDType::Auto:
+    // On the CPU auto stays f32: the Hugging Face reference accuracy (1e-4)
+    // holds only for an f32 cache, and bf16 there is an explicit choice.
     backendOptions.bf16KvCache = options.device.isCuda() && sixteenBitWeights;
     break;
   case KvCacheDType::F32:
     break;
   case KvCacheDType::BF16:
-    if (!options.device.isCuda())
-      return Status::error("a bf16 KV cache needs a CUDA device; the CPU cache is f32");
     backendOptions.bf16KvCache = true;
     break;
   }

@@ -9,7 +9,7 @@
 
 namespace llmir::engine {
 
-Result<KvCache> KvCache::create(const KvCacheShape &shape) {
+Result<KvCache> KvCache::create(const KvCacheShape &shape, KvElement element) {
   if (shape.numLayers <= 0 || shape.numKvHeads <= 0 || shape.headDim <= 0 ||
       shape.blockSize <= 0 || shape.numBlocks <= 0)
     return Status::error(
@@ -23,7 +23,7 @@ Result<KvCache> KvCache::create(const KvCacheShape &shape) {
     return Status::error("KV cache has " + std::to_string(shape.numBlocks) +
                          " blocks; block ids are int32");
   try {
-    return KvCache(shape);
+    return KvCache(shape, element);
   } catch (const std::bad_alloc &) {
     return Status::error("cannot allocate the KV cache of " +
                          std::to_string(shape.numBlocks) + " blocks");
@@ -33,12 +33,14 @@ Result<KvCache> KvCache::create(const KvCacheShape &shape) {
   }
 }
 
-KvCache::KvCache(const KvCacheShape &shape) : shape_(shape) {
+KvCache::KvCache(const KvCacheShape &shape, KvElement element)
+    : shape_(shape), element_(element) {
   size_t total = static_cast<size_t>(shape.numLayers * shape.numBlocks *
                                      shape.blockSize * shape.numKvHeads *
                                      shape.headDim);
-  keys_.assign(total, 0.0f);
-  values_.assign(total, 0.0f);
+  const size_t floats = (total * elementSize() + sizeof(float) - 1) / sizeof(float);
+  keys_.assign(floats, 0.0f);
+  values_.assign(floats, 0.0f);
 }
 
 size_t KvCache::offset(int64_t layer, int32_t block, int64_t slot) const {
@@ -46,22 +48,42 @@ size_t KvCache::offset(int64_t layer, int32_t block, int64_t slot) const {
   assert(block >= 0 && block < shape_.numBlocks);
   assert(slot >= 0 && slot < shape_.blockSize);
   int64_t row = (layer * shape_.numBlocks + block) * shape_.blockSize + slot;
-  return static_cast<size_t>(row * shape_.numKvHeads * shape_.headDim);
+  return static_cast<size_t>(row * shape_.numKvHeads * shape_.headDim) *
+         elementSize();
+}
+
+void *KvCache::keyData(int64_t layer, int32_t block, int64_t slot) {
+  return reinterpret_cast<char *>(keys_.data()) + offset(layer, block, slot);
+}
+void *KvCache::valueData(int64_t layer, int32_t block, int64_t slot) {
+  return reinterpret_cast<char *>(values_.data()) + offset(layer, block, slot);
+}
+const void *KvCache::keyData(int64_t layer, int32_t block, int64_t slot) const {
+  return reinterpret_cast<const char *>(keys_.data()) + offset(layer, block, slot);
+}
+const void *KvCache::valueData(int64_t layer, int32_t block,
+                               int64_t slot) const {
+  return reinterpret_cast<const char *>(values_.data()) +
+         offset(layer, block, slot);
 }
 
 float *KvCache::keyRow(int64_t layer, int32_t block, int64_t slot) {
-  return keys_.data() + offset(layer, block, slot);
+  assert(element_ == KvElement::F32);
+  return static_cast<float *>(keyData(layer, block, slot));
 }
 float *KvCache::valueRow(int64_t layer, int32_t block, int64_t slot) {
-  return values_.data() + offset(layer, block, slot);
+  assert(element_ == KvElement::F32);
+  return static_cast<float *>(valueData(layer, block, slot));
 }
 const float *KvCache::keyRow(int64_t layer, int32_t block,
                              int64_t slot) const {
-  return keys_.data() + offset(layer, block, slot);
+  assert(element_ == KvElement::F32);
+  return static_cast<const float *>(keyData(layer, block, slot));
 }
 const float *KvCache::valueRow(int64_t layer, int32_t block,
                                int64_t slot) const {
-  return values_.data() + offset(layer, block, slot);
+  assert(element_ == KvElement::F32);
+  return static_cast<const float *>(valueData(layer, block, slot));
 }
 
 BlockAllocator::BlockAllocator(int32_t numBlocks)

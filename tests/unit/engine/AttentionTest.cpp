@@ -10,6 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <limits>
+#include <string>
 #include <cmath>
 #include <numeric>
 
@@ -229,37 +232,124 @@ TEST(PagedAttention, SlidingWindowHidesOlderPositionsOnEveryPath) {
   expectWindowed(merged, 0, "sequence-parallel partials");
 }
 
-// SmolLM's shape: 9 query heads on 3 KV heads (groups of 3 share a key
-// read), head_dim 64 (the decode kernels' 64-wide register blocks), and a
-// second step of 2 decode tokens of different sequences.
-TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
-  constexpr int64_t H = 9, Hkv = 3, D = 64, L = 37, B = 8;
+// Decode one token at a time over a cache of `element`, every output
+// against the double reference of the keys and values as the cache holds
+// them (a bf16 cache rounds them when storing).
+void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement element) {
+  constexpr int64_t D = 64, L = 45, B = 8;
   constexpr float scale = 0.125f;
   std::mt19937 rng(17);
   const std::vector<float> q = randomFloats(L * H * D, rng, 2.0f);
   const std::vector<float> k = randomFloats(L * Hkv * D, rng, 2.0f);
   const std::vector<float> v = randomFloats(L * Hkv * D, rng);
+  auto stored = [&](const std::vector<float> &x) {
+    std::vector<double> out = toDouble(x);
+    if (element == KvElement::BF16)
+      for (double &e : out)
+        e = bf16ToF32(f32ToBf16(static_cast<float>(e)));
+    return out;
+  };
   const std::vector<double> ref =
-      refAttention(toDouble(q), toDouble(k), toDouble(v), L, H, Hkv, D, scale);
+      refAttention(toDouble(q), stored(k), stored(v), L, H, Hkv, D, scale);
   ThreadPool pool(2);
   std::vector<int32_t> table(static_cast<size_t>((L + B - 1) / B));
   std::iota(table.rbegin(), table.rend(), 0);
   cpu::AttentionParams params{0, H, Hkv, D, scale};
-  KvCache cache =
-      std::move(*KvCache::create({1, Hkv, D, B, static_cast<int64_t>(table.size())}));
-  for (int64_t p = 0; p < L; ++p) {
+  auto newCache = [&] {
+    return std::move(
+        *KvCache::create({1, Hkv, D, B, static_cast<int64_t>(table.size())}, element));
+  };
+  auto stepOf = [&](int64_t begin, int64_t end) {
     StepInput step;
-    step.tokenIds = {0};
-    step.positions = {static_cast<int32_t>(p)};
-    step.tokenSeq = {0};
+    for (int64_t p = begin; p < end; ++p) {
+      step.tokenIds.push_back(0);
+      step.positions.push_back(static_cast<int32_t>(p));
+      step.tokenSeq.push_back(0);
+    }
     step.blockTables = {table};
+    return step;
+  };
+  const std::string label = "H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) +
+                            (element == KvElement::BF16 ? " bf16" : " f32");
+  KvCache cache = newCache();
+  for (int64_t p = 0; p < L; ++p) {
     std::vector<float> row(static_cast<size_t>(H * D));
     cpu::pagedAttention(q.data() + p * H * D, k.data() + p * Hkv * D,
-                        v.data() + p * Hkv * D, step, params, cache, row.data(), pool);
+                        v.data() + p * Hkv * D, stepOf(p, p + 1), params, cache,
+                        row.data(), pool);
     for (int64_t i = 0; i < H * D; ++i)
       ASSERT_NEAR(row[static_cast<size_t>(i)], ref[static_cast<size_t>(p * H * D + i)], 1e-5)
-          << "position " << p << " element " << i;
+          << label << " decode position " << p << " element " << i;
   }
+  // The blocked prefill path (gathers the cache's rows) and the
+  // sequence-parallel partials merged over 2 shards read the same cache.
+  KvCache prefillCache = newCache();
+  std::vector<float> out(static_cast<size_t>(L * H * D));
+  cpu::pagedAttention(q.data(), k.data(), v.data(), stepOf(0, L), params, prefillCache,
+                      out.data(), pool);
+  for (size_t i = 0; i < out.size(); ++i)
+    ASSERT_NEAR(out[i], ref[i], 1e-5) << label << " prefill element " << i;
+  const int64_t partialWidth = H * D + H;
+  std::vector<float> gathered(static_cast<size_t>(L * 2 * partialWidth));
+  for (int64_t shard = 0; shard < 2; ++shard) {
+    KvCache shardCache = newCache();
+    cpu::AttentionParams shardParams = params;
+    shardParams.kvShards = 2;
+    shardParams.kvShard = shard;
+    std::vector<float> partial(static_cast<size_t>(L * partialWidth));
+    cpu::partialAttention(q.data(), k.data(), v.data(), stepOf(0, L), shardParams,
+                          shardCache, partial.data(), pool);
+    for (int64_t t = 0; t < L; ++t)
+      std::copy_n(partial.data() + t * partialWidth, partialWidth,
+                  gathered.data() + (t * 2 + shard) * partialWidth);
+  }
+  cpu::mergeAttention(gathered.data(), L, 2, H, D, out.data());
+  for (size_t i = 0; i < out.size(); ++i)
+    ASSERT_NEAR(out[i], ref[i], 1e-5) << label << " sequence-parallel element " << i;
+}
+
+// SmolLM's shape: 9 query heads on 3 KV heads (groups of 3 share a key
+// read), head_dim 64 (the decode kernels' 64-wide register blocks), 45
+// positions (blocks of 16 and 8 keys and a remainder); and groups of 4, 1
+// and 2 query heads, and 5 query heads per KV head (split 4 + 1).
+TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
+  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{9, 3}, {8, 2}, {4, 4}, {6, 3}, {10, 2}})
+    expectGroupedDecodeMatchesReference(H, Hkv, KvElement::F32);
+}
+
+// A bf16 cache: the same paths agree with the reference of the rounded keys
+// and values (the arithmetic stays f32).
+TEST(PagedAttention, Bf16CacheMatchesReferenceOfRoundedKeysAndValues) {
+  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{9, 3}, {8, 2}, {4, 4}, {10, 2}})
+    expectGroupedDecodeMatchesReference(H, Hkv, KvElement::BF16);
+}
+
+TEST(PagedAttention, Bf16StoreRoundsToNearestEvenAsTheScalarRule) {
+  // Halfway cases, both signs, denormals, infinities and a NaN, past one
+  // vector so both the vector body and the tail run.
+  std::vector<float> x = {1.0f, -1.0f, 0.0f, -0.0f,
+                          std::bit_cast<float>(0x3f808000u), // tie, even below
+                          std::bit_cast<float>(0x3f818000u), // tie, odd below
+                          std::bit_cast<float>(0x3f808001u),
+                          std::bit_cast<float>(0x00000001u),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN(),
+                          std::bit_cast<float>(0x7f800001u), // signalling NaN
+                          3.14159265f, -2.71828183f, 65504.0f, 1e-30f,
+                          std::bit_cast<float>(0x7f7fffffu), 0.1f, -0.3f};
+  KvCache cache = std::move(*KvCache::create({1, 1, static_cast<int64_t>(x.size()), 1, 1},
+                                             KvElement::BF16));
+  StepInput step;
+  step.tokenIds = {0};
+  step.positions = {0};
+  step.tokenSeq = {0};
+  step.blockTables = {{0}};
+  cpu::AttentionParams params{0, 1, 1, static_cast<int64_t>(x.size()), 1.0f};
+  cpu::storeKeysAndValues(x.data(), x.data(), 0, step, params, cache);
+  const auto *stored = static_cast<const uint16_t *>(cache.keyData(0, 0, 0));
+  for (size_t i = 0; i < x.size(); ++i)
+    EXPECT_EQ(stored[i], f32ToBf16(x[i])) << "element " << i;
 }
 
 // transformers' _compute_llama3_parameters and linear scaling, written out

@@ -23,8 +23,8 @@ class ExecutionBackend;
 struct BoundProgram;
 
 /// Element type of the KV cache. Auto follows the model, as vLLM's "auto":
-/// bf16 on a CUDA device when the weights are 16-bit, f32 otherwise; the
-/// CPU cache is always f32.
+/// bf16 on a CUDA device when the weights are 16-bit, f32 otherwise (on the
+/// CPU auto is f32; bf16 there halves attention's reads at some accuracy).
 enum class KvCacheDType { Auto, F32, BF16 };
 /// "auto", "f32" (or "float32"), "bf16" (or "bfloat16").
 Result<KvCacheDType> parseKvCacheDType(std::string_view text);

@@ -2,8 +2,8 @@
 // that own allocation themselves (the mesh scheduler sends block tables).
 //
 // Layout per layer, for K and for V: [num_blocks][block_size][num_kv_heads]
-// [head_dim] f32. Physical block b holds block_size consecutive positions of
-// whichever sequence's block table points at it.
+// [head_dim], f32 or bf16 elements. Physical block b holds block_size
+// consecutive positions of whichever sequence's block table points at it.
 #pragma once
 
 #include "llmir/support/Status.h"
@@ -21,26 +21,42 @@ struct KvCacheShape {
   int64_t numBlocks = 0;
 };
 
+/// Element type of a KV cache. BF16 halves the bytes attention reads per
+/// position (keys and values rounded to nearest even when stored; the
+/// arithmetic stays f32).
+enum class KvElement { F32, BF16 };
+
 class KvCache {
 public:
   /// Fails on non-positive dimensions or a size that cannot be allocated.
-  static Result<KvCache> create(const KvCacheShape &shape);
+  static Result<KvCache> create(const KvCacheShape &shape,
+                                KvElement element = KvElement::F32);
 
   const KvCacheShape &shape() const { return shape_; }
+  KvElement element() const { return element_; }
+  size_t elementSize() const { return element_ == KvElement::BF16 ? 2 : 4; }
 
   /// Pointer to the [num_kv_heads][head_dim] row of `position % block_size`
-  /// in physical block `block` of `layer`. Arguments must be in range.
+  /// in physical block `block` of `layer`. Arguments must be in range; an
+  /// f32 cache only.
   float *keyRow(int64_t layer, int32_t block, int64_t slot);
   float *valueRow(int64_t layer, int32_t block, int64_t slot);
   const float *keyRow(int64_t layer, int32_t block, int64_t slot) const;
   const float *valueRow(int64_t layer, int32_t block, int64_t slot) const;
+  /// The same row of either element type (uint16_t bf16 bits for BF16).
+  void *keyData(int64_t layer, int32_t block, int64_t slot);
+  void *valueData(int64_t layer, int32_t block, int64_t slot);
+  const void *keyData(int64_t layer, int32_t block, int64_t slot) const;
+  const void *valueData(int64_t layer, int32_t block, int64_t slot) const;
 
 private:
-  explicit KvCache(const KvCacheShape &shape);
+  KvCache(const KvCacheShape &shape, KvElement element);
+  /// Byte offset of the row.
   size_t offset(int64_t layer, int32_t block, int64_t slot) const;
 
   KvCacheShape shape_;
-  std::vector<float> keys_;
+  KvElement element_ = KvElement::F32;
+  std::vector<float> keys_; // f32 storage, bf16 elements two to a float
   std::vector<float> values_;
 };
 

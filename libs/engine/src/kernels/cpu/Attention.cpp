@@ -2,7 +2,8 @@
 // each (token, query head) attends causally to positions 0..p of its
 // sequence (with a sliding window W: positions p - W < j <= p, as
 // transformers masks them). Softmax is the numerically stable form (max
-// subtracted), f32.
+// subtracted), f32. A bf16 cache rounds k and v when they are stored and
+// widens them when read; the arithmetic is f32 either way.
 //
 // Two schedules, same math:
 // - a run of >= 4 tokens of one sequence (prefill): its keys are gathered
@@ -34,19 +35,31 @@ struct Geometry {
   const KvCache &cache;
   int64_t blockSize;
   int64_t firstRow; // step row of q's and out's row 0
-  const float *key(int32_t seq, int64_t position, int64_t kvHead) const {
-    const auto &table = step.blockTables[static_cast<size_t>(seq)];
-    return cache.keyRow(params.layer,
-                        table[static_cast<size_t>(position / blockSize)],
-                        position % blockSize) +
-           kvHead * params.headDim;
+  /// The cache's element as a simd::WeightKind (kF32 or kBf16).
+  int kind() const {
+    return cache.element() == KvElement::BF16 ? simd::kBf16 : simd::kF32;
   }
-  const float *value(int32_t seq, int64_t position, int64_t kvHead) const {
+  const void *key(int32_t seq, int64_t position, int64_t kvHead) const {
     const auto &table = step.blockTables[static_cast<size_t>(seq)];
-    return cache.valueRow(params.layer,
-                          table[static_cast<size_t>(position / blockSize)],
-                          position % blockSize) +
-           kvHead * params.headDim;
+    return static_cast<const char *>(cache.keyData(
+               params.layer, table[static_cast<size_t>(position / blockSize)],
+               position % blockSize)) +
+           kvHead * params.headDim * cache.elementSize();
+  }
+  const void *value(int32_t seq, int64_t position, int64_t kvHead) const {
+    const auto &table = step.blockTables[static_cast<size_t>(seq)];
+    return static_cast<const char *>(cache.valueData(
+               params.layer, table[static_cast<size_t>(position / blockSize)],
+               position % blockSize)) +
+           kvHead * params.headDim * cache.elementSize();
+  }
+  /// A row of D cache elements as f32: the row itself, or widened into
+  /// `buffer` (D floats) for a bf16 cache.
+  const float *asF32(const void *row, float *buffer) const {
+    if (cache.element() == KvElement::F32)
+      return static_cast<const float *>(row);
+    simd::kernels().widen[simd::kBf16](row, buffer, params.headDim);
+    return buffer;
   }
 };
 
@@ -76,14 +89,17 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
   const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
   const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
   const float *query = q + ((t - g.firstRow) * g.params.numHeads + h) * D;
-  scores.resize(static_cast<size_t>(length - first));
+  scores.resize(static_cast<size_t>(length - first + D));
+  float *row = scores.data() + (length - first); // a widened bf16 row
   for (int64_t j = first; j < length; ++j)
-    scores[static_cast<size_t>(j - first)] = k.dot(query, g.key(seq, j, kvHead), D);
+    scores[static_cast<size_t>(j - first)] =
+        k.dot(query, g.asF32(g.key(seq, j, kvHead), row), D);
   k.softmax(scores.data(), length - first, g.params.scale);
   float *o = out + ((t - g.firstRow) * g.params.numHeads + h) * D;
   std::fill(o, o + D, 0.0f);
   for (int64_t j = first; j < length; ++j)
-    k.axpy(scores[static_cast<size_t>(j - first)], g.value(seq, j, kvHead), o, D);
+    k.axpy(scores[static_cast<size_t>(j - first)],
+           g.asF32(g.value(seq, j, kvHead), row), o, D);
 }
 
 // Query heads heads[0, count) (count <= 4, all of KV head kvHead) of token t.
@@ -96,31 +112,25 @@ void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
   const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
   const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
   const int64_t L = length - first;
-  thread_local std::vector<const float *> rows;
+  thread_local std::vector<const void *> rows;
   rows.resize(static_cast<size_t>(2 * L));
-  const float **keys = rows.data(), **values = rows.data() + L;
+  const void **keys = rows.data(), **values = rows.data() + L;
   for (int64_t j = 0; j < L; ++j) {
     keys[j] = g.key(seq, first + j, kvHead);
     values[j] = g.value(seq, first + j, kvHead);
   }
-  scratch.resize(static_cast<size_t>(kQueryBlock * L + D));
+  scratch.resize(static_cast<size_t>(count * L));
   float *s = scratch.data();
-  float *discard = s + kQueryBlock * L; // output of padding rows
   const float *queries[kQueryBlock];
   float *outputs[kQueryBlock];
-  for (int64_t r = 0; r < kQueryBlock; ++r) {
-    const int64_t h = heads[std::min(r, count - 1)];
-    queries[r] = q + ((t - g.firstRow) * Hq + h) * D;
-    outputs[r] = r < count ? out + ((t - g.firstRow) * Hq + h) * D : discard;
+  for (int64_t r = 0; r < count; ++r) {
+    queries[r] = q + ((t - g.firstRow) * Hq + heads[r]) * D;
+    outputs[r] = out + ((t - g.firstRow) * Hq + heads[r]) * D;
   }
-  k.rowScores4(queries, keys, L, D, s, L);
-  for (int64_t r = 0; r < kQueryBlock; ++r) {
-    if (r < count)
-      k.softmax(s + r * L, L, g.params.scale);
-    else
-      std::fill(s + r * L, s + (r + 1) * L, 0.0f);
-  }
-  k.rowWeightedSum4(s, L, values, L, D, outputs);
+  k.rowScores[g.kind()](queries, count, keys, L, D, s, L);
+  for (int64_t r = 0; r < count; ++r)
+    k.softmax(s + r * L, L, g.params.scale);
+  k.rowWeightedSum[g.kind()](s, L, count, values, L, D, outputs);
 }
 
 // K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
@@ -128,12 +138,17 @@ void gather(const Geometry &g, const Run &run, int64_t kvHead, float *dst) {
   const int64_t D = g.params.headDim;
   float *kt = dst, *v = dst + D * run.padded;
   std::fill(dst, dst + 2 * D * run.padded, 0.0f);
+  thread_local std::vector<float> widened;
+  widened.resize(static_cast<size_t>(D));
   for (int64_t j = 0; j < run.keys; ++j) {
-    const float *key = g.key(run.seq, j, kvHead);
+    const float *key = g.asF32(g.key(run.seq, j, kvHead), widened.data());
     for (int64_t d = 0; d < D; ++d)
       kt[d * run.padded + j] = key[d];
-    std::memcpy(v + j * D, g.value(run.seq, j, kvHead),
-                static_cast<size_t>(D) * sizeof(float));
+    if (g.cache.element() == KvElement::F32)
+      std::memcpy(v + j * D, g.value(run.seq, j, kvHead),
+                  static_cast<size_t>(D) * sizeof(float));
+    else
+      simd::kernels().widen[simd::kBf16](g.value(run.seq, j, kvHead), v + j * D, D);
   }
 }
 
@@ -187,10 +202,15 @@ void storeKeysAndValues(const float *k, const float *v, int64_t rowStride,
     if ((pos / blockSize) % params.kvShards != params.kvShard)
       continue; // another sequence-parallel rank's block
     const int32_t block = table[static_cast<size_t>(pos / blockSize)];
-    std::memcpy(cache.keyRow(params.layer, block, pos % blockSize),
-                k + t * rowStride, static_cast<size_t>(width) * sizeof(float));
-    std::memcpy(cache.valueRow(params.layer, block, pos % blockSize),
-                v + t * rowStride, static_cast<size_t>(width) * sizeof(float));
+    void *keyRow = cache.keyData(params.layer, block, pos % blockSize);
+    void *valueRow = cache.valueData(params.layer, block, pos % blockSize);
+    if (cache.element() == KvElement::BF16) {
+      simd::kernels().toBf16(k + t * rowStride, static_cast<uint16_t *>(keyRow), width);
+      simd::kernels().toBf16(v + t * rowStride, static_cast<uint16_t *>(valueRow), width);
+    } else {
+      std::memcpy(keyRow, k + t * rowStride, static_cast<size_t>(width) * sizeof(float));
+      std::memcpy(valueRow, v + t * rowStride, static_cast<size_t>(width) * sizeof(float));
+    }
   }
 }
 

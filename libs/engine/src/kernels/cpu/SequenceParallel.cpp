@@ -47,9 +47,20 @@ float attendOwnedPositions(const float *q, int64_t t, int64_t h,
       for (int64_t j = std::max(first, b * B); j < std::min(length, (b + 1) * B); ++j)
         fn(table[static_cast<size_t>(b)], j % B);
   };
+  // A bf16 cache's rows are widened into `row` first.
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(D));
+  const size_t headOffset = static_cast<size_t>(kvHead * D) * cache.elementSize();
+  auto asF32 = [&](const void *data) {
+    data = static_cast<const char *>(data) + headOffset;
+    if (cache.element() == KvElement::F32)
+      return static_cast<const float *>(data);
+    k.widen[simd::kBf16](data, row.data(), D);
+    return static_cast<const float *>(row.data());
+  };
   scores.clear();
   forEachOwned([&](int32_t block, int64_t slot) {
-    scores.push_back(k.dot(query, cache.keyRow(p.layer, block, slot) + kvHead * D, D));
+    scores.push_back(k.dot(query, asF32(cache.keyData(p.layer, block, slot)), D));
   });
   std::fill(o, o + D, 0.0f);
   if (scores.empty())
@@ -62,7 +73,7 @@ float attendOwnedPositions(const float *q, int64_t t, int64_t h,
   k.softmax(scores.data(), static_cast<int64_t>(scores.size()), p.scale);
   size_t i = 0;
   forEachOwned([&](int32_t block, int64_t slot) {
-    k.axpy(scores[i++], cache.valueRow(p.layer, block, slot) + kvHead * D, o, D);
+    k.axpy(scores[i++], asF32(cache.valueData(p.layer, block, slot)), o, D);
   });
   return max - std::log(scores[topIndex]);
 }

@@ -44,16 +44,21 @@ struct Kernels {
   /// D a multiple of 16; v is [L][D] contiguous.
   void (*weightedSum4)(const float *p, int64_t ldp, const float *v, int64_t L,
                        int64_t D, float *const *o);
-  /// Decode attention for the query heads of one KV head (up to 4 share each
-  /// key and value read): s[r * lds + j] = q[r] . keys[j] for r < 4, j < L;
-  /// D a multiple of 16; keys are row pointers (the paged cache).
-  void (*rowScores4)(const float *const *q, const float *const *keys,
-                     int64_t L, int64_t D, float *s, int64_t lds);
-  /// o[r][d] = sum_j p[r * ldp + j] * values[j][d] for r < 4, j < L;
-  /// D a multiple of 16; values are row pointers.
-  void (*rowWeightedSum4)(const float *p, int64_t ldp,
-                          const float *const *values, int64_t L, int64_t D,
-                          float *const *o);
+  /// Decode attention for `count` (1..4) query heads of one KV head, each
+  /// key read once for all of them: s[r * lds + j] = q[r] . keys[j] for
+  /// r < count, j < L; D a multiple of 16; keys are row pointers into the
+  /// paged cache, indexed by the cache's element (kF32 or kBf16).
+  void (*rowScores[2])(const float *const *q, int64_t count,
+                       const void *const *keys, int64_t L, int64_t D, float *s,
+                       int64_t lds);
+  /// o[r][d] = sum_j p[r * ldp + j] * values[j][d] for r < count (1..4),
+  /// j < L; D a multiple of 16; values are row pointers, indexed as above.
+  void (*rowWeightedSum[2])(const float *p, int64_t ldp, int64_t count,
+                            const void *const *values, int64_t L, int64_t D,
+                            float *const *o);
+  /// dst[i] = src[i] rounded to the nearest bf16 (ties to even; NaN stays
+  /// NaN), as model::f32ToBf16.
+  void (*toBf16)(const float *src, uint16_t *dst, int64_t n);
 };
 
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512|avx2|generic forces
