@@ -12,8 +12,9 @@
 // (M tokens generated after N already in the context, as LLMIR's decode).
 //
 //   llmir-engine-bench [--threads 1,2] [--prefill 512] [--decode 128]
-//                      [--repeats 3] [--llama-bench PATH --gguf-dir DIR]
-//                      MODEL_DIR...
+//                      [--repeats 3] [--kv-cache-dtype auto|f32|bf16]
+//                      [--llama-bench PATH --gguf-dir DIR] MODEL_DIR...
+// (--kv-cache-dtype: LLMIR's; llama-bench keeps its default f16 cache.)
 #include "BandwidthProbe.h"
 #include "LlamaBench.h"
 #include "llmir/compiler/Compile.h"
@@ -44,6 +45,8 @@ struct Options {
   int prefillTokens = 512;
   int decodeTokens = 128;
   int repeats = 3;
+  engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto;
+  std::string kvCacheDtypeName = "auto";
   std::string llamaBench; // the peer's llama-bench binary, if given
   std::string ggufDir;    // where its GGUF files are
   std::vector<std::string> models;
@@ -53,6 +56,7 @@ struct Options {
   std::fprintf(stderr,
                "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
                "1,2] [--prefill N] [--decode N] [--repeats N]\n"
+               "                          [--kv-cache-dtype auto|f32|bf16]\n"
                "                          [--llama-bench PATH --gguf-dir DIR] "
                "MODEL_DIR...\n",
                why);
@@ -91,6 +95,13 @@ Options parseOptions(int argc, char **argv) {
       options.decodeTokens = positiveInt(value(), "--decode");
     } else if (arg == "--repeats") {
       options.repeats = positiveInt(value(), "--repeats");
+    } else if (arg == "--kv-cache-dtype") {
+      options.kvCacheDtypeName = value();
+      Result<engine::KvCacheDType> dtype =
+          engine::parseKvCacheDType(options.kvCacheDtypeName);
+      if (!dtype)
+        usage(dtype.message().c_str());
+      options.kvCacheDtype = *dtype;
     } else if (arg == "--llama-bench") {
       options.llamaBench = value();
     } else if (arg == "--gguf-dir") {
@@ -172,7 +183,8 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
   const int64_t numBlocks = (positions + blockSize - 1) / blockSize;
   Result<std::unique_ptr<engine::Executor>> executor = engine::Executor::create(
       model.program, engine::checkpointWeights(model.checkpoint),
-      {.numKvBlocks = numBlocks, .numThreads = threads});
+      {.numKvBlocks = numBlocks, .numThreads = threads,
+       .kvCacheDtype = options.kvCacheDtype});
   if (!executor)
     return executor.status();
 
@@ -229,9 +241,10 @@ int main(int argc, char **argv) {
         llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
 
   std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
-              "(after the prefill), best of %d%s\n",
+              "(after the prefill), best of %d%s; KV cache %s\n",
               options.prefillTokens, options.decodeTokens, options.repeats,
-              withPeer ? ", each repeat followed by llama.cpp's" : "");
+              withPeer ? ", each repeat followed by llama.cpp's" : "",
+              options.kvCacheDtypeName.c_str());
   if (withPeer)
     std::printf("# llama.cpp: %s\n#            %s\n",
                 bench::llamaBenchCommand({options.llamaBench, options.ggufDir + "/MODEL.gguf",

@@ -39,8 +39,15 @@ KvCache::KvCache(const KvCacheShape &shape, KvElement element)
                                      shape.blockSize * shape.numKvHeads *
                                      shape.headDim);
   const size_t floats = (total * elementSize() + sizeof(float) - 1) / sizeof(float);
-  keys_.assign(floats, 0.0f);
-  values_.assign(floats, 0.0f);
+  constexpr size_t kLine = 64;
+  auto base = [](const std::vector<float> &v) {
+    const auto address = reinterpret_cast<uintptr_t>(v.data());
+    return ((kLine - address % kLine) % kLine) / sizeof(float);
+  };
+  keys_.assign(floats + kLine / sizeof(float), 0.0f);
+  values_.assign(floats + kLine / sizeof(float), 0.0f);
+  keysBase_ = base(keys_);
+  valuesBase_ = base(values_);
 }
 
 size_t KvCache::offset(int64_t layer, int32_t block, int64_t slot) const {
@@ -53,17 +60,20 @@ size_t KvCache::offset(int64_t layer, int32_t block, int64_t slot) const {
 }
 
 void *KvCache::keyData(int64_t layer, int32_t block, int64_t slot) {
-  return reinterpret_cast<char *>(keys_.data()) + offset(layer, block, slot);
+  return reinterpret_cast<char *>(keys_.data() + keysBase_) +
+         offset(layer, block, slot);
 }
 void *KvCache::valueData(int64_t layer, int32_t block, int64_t slot) {
-  return reinterpret_cast<char *>(values_.data()) + offset(layer, block, slot);
+  return reinterpret_cast<char *>(values_.data() + valuesBase_) +
+         offset(layer, block, slot);
 }
 const void *KvCache::keyData(int64_t layer, int32_t block, int64_t slot) const {
-  return reinterpret_cast<const char *>(keys_.data()) + offset(layer, block, slot);
+  return reinterpret_cast<const char *>(keys_.data() + keysBase_) +
+         offset(layer, block, slot);
 }
 const void *KvCache::valueData(int64_t layer, int32_t block,
                                int64_t slot) const {
-  return reinterpret_cast<const char *>(values_.data()) +
+  return reinterpret_cast<const char *>(values_.data() + valuesBase_) +
          offset(layer, block, slot);
 }
 

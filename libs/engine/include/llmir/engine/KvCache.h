@@ -56,8 +56,12 @@ private:
 
   KvCacheShape shape_;
   KvElement element_ = KvElement::F32;
-  std::vector<float> keys_; // f32 storage, bf16 elements two to a float
+  // f32 storage (bf16 elements two to a float), each used from its first
+  // 64-byte boundary on (base_ floats in), so that rows of 16 elements do
+  // not straddle cache lines.
+  std::vector<float> keys_;
   std::vector<float> values_;
+  size_t keysBase_ = 0, valuesBase_ = 0;
 };
 
 /// Free list of physical block ids [0, numBlocks).

@@ -115,9 +115,16 @@ void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
   thread_local std::vector<const void *> rows;
   rows.resize(static_cast<size_t>(2 * L));
   const void **keys = rows.data(), **values = rows.data() + L;
-  for (int64_t j = 0; j < L; ++j) {
-    keys[j] = g.key(seq, first + j, kvHead);
-    values[j] = g.value(seq, first + j, kvHead);
+  // Block by block: one table lookup per block, then a stride per slot.
+  const int64_t rowBytes = g.params.numKvHeads * D * static_cast<int64_t>(g.cache.elementSize());
+  for (int64_t j = first; j < length;) {
+    const char *key = static_cast<const char *>(g.key(seq, j, kvHead));
+    const char *value = static_cast<const char *>(g.value(seq, j, kvHead));
+    const int64_t end = std::min(length, (j / g.blockSize + 1) * g.blockSize);
+    for (; j < end; ++j, key += rowBytes, value += rowBytes) {
+      keys[j - first] = key;
+      values[j - first] = value;
+    }
   }
   scratch.resize(static_cast<size_t>(count * L));
   float *s = scratch.data();
