@@ -15,6 +15,11 @@
 //                      [--repeats 3] [--kv-cache-dtype auto|f32|bf16]
 //                      [--llama-bench PATH --gguf-dir DIR] MODEL_DIR...
 // (--kv-cache-dtype: LLMIR's; llama-bench keeps its default f16 cache.)
+// --cpu-time times LLMIR by the process's CPU time instead of the wall
+// clock: for comparing two LLMIR builds at 1 thread on a machine shared with
+// other work (time spent descheduled does not count); not comparable with
+// llama.cpp's wall-clock numbers, and with more threads it counts the
+// pool's spinning too.
 #include "BandwidthProbe.h"
 #include "LlamaBench.h"
 #include "llmir/compiler/Compile.h"
@@ -30,6 +35,7 @@
 #include <functional>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <random>
 #include <set>
@@ -47,6 +53,7 @@ struct Options {
   int repeats = 3;
   engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto;
   std::string kvCacheDtypeName = "auto";
+  bool cpuTime = false;
   std::string llamaBench; // the peer's llama-bench binary, if given
   std::string ggufDir;    // where its GGUF files are
   std::vector<std::string> models;
@@ -56,7 +63,7 @@ struct Options {
   std::fprintf(stderr,
                "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
                "1,2] [--prefill N] [--decode N] [--repeats N]\n"
-               "                          [--kv-cache-dtype auto|f32|bf16]\n"
+               "                          [--kv-cache-dtype auto|f32|bf16] [--cpu-time]\n"
                "                          [--llama-bench PATH --gguf-dir DIR] "
                "MODEL_DIR...\n",
                why);
@@ -102,6 +109,8 @@ Options parseOptions(int argc, char **argv) {
       if (!dtype)
         usage(dtype.message().c_str());
       options.kvCacheDtype = *dtype;
+    } else if (arg == "--cpu-time") {
+      options.cpuTime = true;
     } else if (arg == "--llama-bench") {
       options.llamaBench = value();
     } else if (arg == "--gguf-dir") {
@@ -165,8 +174,15 @@ Result<BenchModel> loadModel(const std::string &dir) {
   return model;
 }
 
-double seconds(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since)
+// Seconds on the wall clock, or of the process's CPU time (--cpu-time).
+double now(bool cpuTime) {
+  if (cpuTime) {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -207,14 +223,14 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
 
   Throughput best;
   for (int r = 0; r < options.repeats; ++r) {
-    auto start = std::chrono::steady_clock::now();
+    double start = now(options.cpuTime);
     Result<engine::Tensor> logits = (*executor)->step(prefill);
     if (!logits)
       return logits.status().withContext("prefill");
     best.prefill =
-        std::max(best.prefill, options.prefillTokens / seconds(start));
+        std::max(best.prefill, options.prefillTokens / (now(options.cpuTime) - start));
 
-    start = std::chrono::steady_clock::now();
+    start = now(options.cpuTime);
     for (int i = 0; i < options.decodeTokens; ++i) {
       decode.tokenIds = {anyToken(rng)};
       decode.positions = {options.prefillTokens + i};
@@ -222,7 +238,8 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
       if (!next)
         return next.status().withContext("decode step " + std::to_string(i));
     }
-    best.decode = std::max(best.decode, options.decodeTokens / seconds(start));
+    best.decode = std::max(best.decode,
+                           options.decodeTokens / (now(options.cpuTime) - start));
     if (Status peer = afterRepeat(); !peer.isOk())
       return peer;
   }
@@ -241,10 +258,11 @@ int main(int argc, char **argv) {
         llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
 
   std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
-              "(after the prefill), best of %d%s; KV cache %s\n",
+              "(after the prefill), best of %d%s; KV cache %s%s\n",
               options.prefillTokens, options.decodeTokens, options.repeats,
               withPeer ? ", each repeat followed by llama.cpp's" : "",
-              options.kvCacheDtypeName.c_str());
+              options.kvCacheDtypeName.c_str(),
+              options.cpuTime ? "; LLMIR timed by process CPU time" : "");
   if (withPeer)
     std::printf("# llama.cpp: %s\n#            %s\n",
                 bench::llamaBenchCommand({options.llamaBench, options.ggufDir + "/MODEL.gguf",
