@@ -235,8 +235,9 @@ TEST(PagedAttention, SlidingWindowHidesOlderPositionsOnEveryPath) {
 // Decode one token at a time over a cache of `element`, every output
 // against the double reference of the keys and values as the cache holds
 // them (a bf16 cache rounds them when storing).
-void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement element) {
-  constexpr int64_t D = 64, L = 45, B = 8;
+void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement element,
+                                         int64_t L = 45, unsigned threads = 2) {
+  constexpr int64_t D = 64, B = 8;
   constexpr float scale = 0.125f;
   std::mt19937 rng(17);
   const std::vector<float> q = randomFloats(L * H * D, rng, 2.0f);
@@ -251,7 +252,7 @@ void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement eleme
   };
   const std::vector<double> ref =
       refAttention(toDouble(q), stored(k), stored(v), L, H, Hkv, D, scale);
-  ThreadPool pool(2);
+  ThreadPool pool(threads);
   std::vector<int32_t> table(static_cast<size_t>((L + B - 1) / B));
   std::iota(table.rbegin(), table.rend(), 0);
   cpu::AttentionParams params{0, H, Hkv, D, scale};
@@ -270,7 +271,8 @@ void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement eleme
     return step;
   };
   const std::string label = "H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) +
-                            (element == KvElement::BF16 ? " bf16" : " f32");
+                            (element == KvElement::BF16 ? " bf16" : " f32") +
+                            " L=" + std::to_string(L) + " threads=" + std::to_string(threads);
   KvCache cache = newCache();
   for (int64_t p = 0; p < L; ++p) {
     std::vector<float> row(static_cast<size_t>(H * D));
@@ -315,6 +317,15 @@ void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement eleme
 TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
   for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{9, 3}, {8, 2}, {4, 4}, {6, 3}, {10, 2}})
     expectGroupedDecodeMatchesReference(H, Hkv, KvElement::F32);
+}
+
+// Few decode items for the threads (3 KV heads on 2 or 4 threads, 1 on 3):
+// long contexts split their positions into parts merged by log-sum-exp.
+TEST(PagedAttention, DecodeSplitOverThreadsMatchesReference) {
+  expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 300, 2);
+  expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 400, 4);
+  expectGroupedDecodeMatchesReference(4, 1, KvElement::F32, 600, 3);
+  expectGroupedDecodeMatchesReference(8, 2, KvElement::BF16, 300, 2);
 }
 
 // A bf16 cache: the same paths agree with the reference of the rounded keys

@@ -21,7 +21,11 @@
 #include "llmir/engine/ThreadPool.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace llmir::engine::cpu {
@@ -102,15 +106,37 @@ void attendOne(const Geometry &g, const float *q, int64_t t, int64_t h,
            g.asF32(g.value(seq, j, kvHead), row), o, D);
 }
 
+// Part `part` of `parts` of the visible positions [first, length), in 16s.
+std::pair<int64_t, int64_t> partOf(int64_t first, int64_t length, int64_t part,
+                                   int64_t parts) {
+  const int64_t chunk = ((length - first + parts - 1) / parts + 15) / 16 * 16;
+  const int64_t begin = std::min(length, first + part * chunk);
+  return {begin, std::min(length, begin + chunk)};
+}
+
 // Query heads heads[0, count) (count <= 4, all of KV head kvHead) of token t.
+// With parts > 1 only part `part` of the positions, written to partial
+// (per head D outputs, normalised over the part, then its log-sum-exp of
+// the scaled scores) for mergeParts.
 void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
                  const int64_t *heads, int64_t count, float *out,
-                 std::vector<float> &scratch) {
+                 std::vector<float> &scratch, int64_t part = 0,
+                 int64_t parts = 1, float *partial = nullptr) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = g.params.headDim, Hq = g.params.numHeads;
   const int32_t seq = g.step.tokenSeq[t];
-  const int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
-  const int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
+  int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
+  int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
+  if (parts > 1) {
+    std::tie(first, length) = partOf(first, length, part, parts);
+    if (first >= length) { // nothing visible in this part
+      for (int64_t r = 0; r < count; ++r) {
+        std::fill(partial + r * (D + 1), partial + r * (D + 1) + D, 0.0f);
+        partial[r * (D + 1) + D] = -std::numeric_limits<float>::infinity();
+      }
+      return;
+    }
+  }
   const int64_t L = length - first;
   thread_local std::vector<const void *> rows;
   rows.resize(static_cast<size_t>(2 * L));
@@ -132,12 +158,43 @@ void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
   float *outputs[kQueryBlock];
   for (int64_t r = 0; r < count; ++r) {
     queries[r] = q + ((t - g.firstRow) * Hq + heads[r]) * D;
-    outputs[r] = out + ((t - g.firstRow) * Hq + heads[r]) * D;
+    outputs[r] = parts > 1 ? partial + r * (D + 1)
+                           : out + ((t - g.firstRow) * Hq + heads[r]) * D;
   }
   k.rowScores[g.kind()](queries, count, keys, L, D, s, L);
-  for (int64_t r = 0; r < count; ++r)
-    k.softmax(s + r * L, L, g.params.scale);
+  for (int64_t r = 0; r < count; ++r) {
+    float *row = s + r * L;
+    const int64_t top = std::max_element(row, row + L) - row;
+    const float max = row[top] * g.params.scale;
+    k.softmax(row, L, g.params.scale);
+    // The largest weight is 1 / sum(exp(s * scale - max)): the part's lse.
+    if (parts > 1)
+      partial[r * (D + 1) + D] = max - std::log(row[top]);
+  }
   k.rowWeightedSum[g.kind()](s, L, count, values, L, D, outputs);
+}
+
+// out = the parts' outputs weighted by exp(lse - max lse), normalised.
+void mergeParts(const float *partial, int64_t parts, int64_t count, int64_t D,
+                float *const *outputs) {
+  for (int64_t r = 0; r < count; ++r) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t p = 0; p < parts; ++p)
+      top = std::max(top, partial[(p * kQueryBlock + r) * (D + 1) + D]);
+    float *o = outputs[r];
+    std::fill(o, o + D, 0.0f);
+    float total = 0;
+    for (int64_t p = 0; p < parts; ++p) {
+      const float *part = partial + (p * kQueryBlock + r) * (D + 1);
+      if (part[D] == -std::numeric_limits<float>::infinity())
+        continue;
+      const float weight = std::exp(part[D] - top);
+      total += weight;
+      simd::kernels().axpy(weight, part, o, D);
+    }
+    for (int64_t d = 0; d < D; ++d)
+      o[d] /= total;
+  }
 }
 
 // K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
@@ -275,6 +332,8 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
   struct Item {
     int32_t run; // -1 for a single token
     int64_t t, rows, h; // single grouped: h indexes groups, rows its count
+    int64_t part = 0, parts = 1; // of the positions (grouped decode)
+    size_t partial = 0;          // its floats in `partials` when parts > 1
   };
   const bool grouped = D % 16 == 0;
   std::vector<int64_t> groups; // [4] query heads per group, by KV head
@@ -302,15 +361,47 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
       for (int64_t h = 0; h < Hq; ++h)
         items.push_back({static_cast<int32_t>(r), t,
                          std::min(kQueryBlock, runs[r].end - t), h});
+  // Fewer decode items than twice the threads (one token's 3 KV heads on 2
+  // threads): split their positions into parts, merged by log-sum-exp
+  // (flash-decoding), so that every thread has a share.
+  const size_t decodeItems = singles.size() * groupKv.size();
+  const int64_t parts =
+      grouped && runs.empty() && decodeItems > 0
+          ? std::clamp<int64_t>(static_cast<int64_t>((2 * pool.numThreads() + decodeItems - 1) /
+                                                     decodeItems),
+                                1, 4)
+          : 1;
+  constexpr int64_t kMinPartKeys = 128; // shorter parts cost more to merge
+  const size_t partialFloats = static_cast<size_t>(kQueryBlock * (D + 1));
+  thread_local std::vector<float> partials;
+  size_t partialsUsed = 0;
+  struct Split {
+    int64_t t, group, parts;
+    size_t partial;
+  };
+  std::vector<Split> splits;
   for (int64_t t : singles) {
     if (grouped)
-      for (size_t gi = 0; gi < groupKv.size(); ++gi)
-        items.push_back({-1, t, groupCount[gi], static_cast<int64_t>(gi)});
+      for (size_t gi = 0; gi < groupKv.size(); ++gi) {
+        const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
+        const int64_t visible = length - firstVisiblePosition(length - 1, params.slidingWindow);
+        const int64_t n = visible >= parts * kMinPartKeys ? parts : 1;
+        if (n > 1)
+          splits.push_back({t, static_cast<int64_t>(gi), n, partialsUsed});
+        for (int64_t p = 0; p < n; ++p) {
+          items.push_back({-1, t, groupCount[gi], static_cast<int64_t>(gi), p, n,
+                           partialsUsed});
+          if (n > 1)
+            partialsUsed += partialFloats;
+        }
+      }
     else
       for (int64_t h = 0; h < Hq; ++h)
         items.push_back({-1, t, 1, h});
   }
 
+  partials.resize(partialsUsed);
+  float *partialData = partials.data(); // shared with the pool threads
   pool.parallelFor(items.size(), 1, [&](size_t b, size_t e) {
     thread_local std::vector<float> scratch;
     for (size_t i = b; i < e; ++i) {
@@ -318,7 +409,8 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
       if (item.run < 0 && grouped) {
         const size_t gi = static_cast<size_t>(item.h);
         attendGroup(g, q, item.t, groupKv[gi], groups.data() + gi * kQueryBlock,
-                    item.rows, out, scratch);
+                    item.rows, out, scratch, item.part, item.parts,
+                    partialData + item.partial);
       } else if (item.run < 0) {
         attendOne(g, q, item.t, item.h, out, scratch);
       } else {
@@ -328,6 +420,13 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
       }
     }
   });
+  for (const Split &split : splits) {
+    const size_t gi = static_cast<size_t>(split.group);
+    float *outputs[kQueryBlock];
+    for (int64_t r = 0; r < groupCount[gi]; ++r)
+      outputs[r] = out + ((split.t - rows.begin) * Hq + groups[gi * kQueryBlock + r]) * D;
+    mergeParts(partialData + split.partial, split.parts, groupCount[gi], D, outputs);
+  }
 }
 
 } // namespace llmir::engine::cpu
