@@ -75,7 +75,14 @@ INSTANTIATE_TEST_SUITE_P(
         std::make_tuple(proto::F16, 1, 67, 37, false),
         std::make_tuple(proto::F16, 4, 67, 37, true),
         // N larger than one widened tile (1024 rows at K = 4096).
-        std::make_tuple(proto::BF16, 3, 4096, 2100, false)));
+        std::make_tuple(proto::BF16, 3, 4096, 2100, false),
+        // Prefill (T > 8: the GEMM): rows not in 8s, K not in 16s (the
+        // packing's tail), N not in 32-column panels.
+        std::make_tuple(proto::F32, 37, 67, 37, true),
+        std::make_tuple(proto::BF16, 37, 67, 37, false),
+        std::make_tuple(proto::F16, 20, 67, 70, false),
+        std::make_tuple(proto::BF16, 9, 293, 100, true),
+        std::make_tuple(proto::F32, 64, 576, 96, false)));
 
 TEST(RmsNorm, MatchesReference) {
   std::mt19937 rng(1);
