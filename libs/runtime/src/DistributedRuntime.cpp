@@ -146,6 +146,17 @@ Status DistributedRuntime::awaitMembers(const std::string &prefix,
                        prefix + "')");
 }
 
+void DistributedRuntime::releaseRendezvousKeys(const std::string &prefix, int members) {
+  // Every member counts itself once it is connected; the last one has seen
+  // everyone connected, so no member will read the group's keys again and it
+  // deletes them (the store's memory is bounded; a long-lived scheduler
+  // forms groups for as long as it runs). Best effort: a failure here leaves
+  // keys behind, it does not fail a group that works.
+  auto done = store_->add(prefix + "/connected", 1);
+  if (done && *done == members)
+    (void)store_->removePrefix(prefix + "/");
+}
+
 Result<DeviceGroup> DistributedRuntime::connectGroup(const std::string &prefix,
                                                      std::vector<int> ranks,
                                                      const std::string &what) {
@@ -158,6 +169,7 @@ Result<DeviceGroup> DistributedRuntime::connectGroup(const std::string &prefix,
   if (!comm)
     return comm.status().withContext("rendezvous for " + what);
   group.comm_ = std::move(comm).value();
+  releaseRendezvousKeys(prefix, group.size());
   return group;
 }
 

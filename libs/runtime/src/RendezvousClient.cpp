@@ -91,6 +91,10 @@ RendezvousClient::call(uint8_t op, const std::vector<char> &payload,
     return Status::error(
         "rendezvous store at " + endpoint_ + " rejected request: " +
         std::string(response->payload.begin(), response->payload.end()));
+  if (response->code == wire::kRefused) // the connection stays usable
+    return Status::error(
+        "rendezvous store at " + endpoint_ + " refused: " +
+        std::string(response->payload.begin(), response->payload.end()));
   return std::move(response->payload);
 }
 
@@ -181,6 +185,35 @@ RendezvousClient::check(const std::vector<std::string> &keys) {
     present.push_back(*b != 0);
   }
   return present;
+}
+
+Result<uint32_t> RendezvousClient::remove(const std::vector<std::string> &keys) {
+  wire::PayloadWriter out;
+  writeKeys(out, keys);
+  bool timedOut = false;
+  auto r = call(wire::kDelete, out.take(), std::chrono::milliseconds(0), &timedOut);
+  if (!r)
+    return r.status();
+  wire::PayloadReader in(*r);
+  auto n = in.u32();
+  if (!n || !in.atEnd())
+    return Status::error("rendezvous store: malformed DELETE response");
+  return *n;
+}
+
+Result<uint64_t> RendezvousClient::removePrefix(const std::string &prefix) {
+  if (prefix.empty())
+    return Status::error("rendezvous store: removePrefix needs a non-empty prefix");
+  bool timedOut = false;
+  auto r = call(wire::kDeletePrefix, wire::PayloadWriter().str(prefix).take(),
+                std::chrono::milliseconds(0), &timedOut);
+  if (!r)
+    return r.status();
+  wire::PayloadReader in(*r);
+  auto n = in.u64();
+  if (!n || !in.atEnd())
+    return Status::error("rendezvous store: malformed DELETE_PREFIX response");
+  return *n;
 }
 
 } // namespace llmir::runtime

@@ -80,26 +80,6 @@ Status clientHandshake(int fd, const std::string &secret) {
   return Status::ok();
 }
 
-Status serverHandshake(int fd, const std::string &secret) {
-  auth::ServerHandshake handshake(secret);
-  auto hello = readBytes(fd, auth::kHelloBytes);
-  if (!hello)
-    return Status::error("cluster handshake: no hello");
-  auto answer = handshake.hello(*hello);
-  if (!answer)
-    return answer.status();
-  if (!writeAll(fd, answer->data(), answer->size()))
-    return Status::error("cluster handshake: cannot answer");
-  auto proof = readBytes(fd, auth::kProofBytes);
-  if (!proof)
-    return Status::error("cluster handshake: no proof");
-  LLMIR_RETURN_IF_ERROR(handshake.proof(*proof));
-  const char accept = auth::kAcceptByte;
-  if (!writeAll(fd, &accept, 1))
-    return Status::error("cluster handshake: cannot accept");
-  return Status::ok();
-}
-
 PayloadWriter &PayloadWriter::u8(uint8_t v) {
   out_.push_back(static_cast<char>(v));
   return *this;
@@ -159,13 +139,23 @@ std::optional<std::string> PayloadReader::str() {
   return std::string(b->begin(), b->end());
 }
 
+std::vector<char> encodeFrame(const Frame &frame) {
+  std::vector<char> out;
+  out.reserve(kHeaderBytes + frame.payload.size());
+  out.push_back(static_cast<char>(frame.version));
+  out.push_back(static_cast<char>(frame.code));
+  appendLe(out, static_cast<uint32_t>(frame.payload.size()));
+  out.insert(out.end(), frame.payload.begin(), frame.payload.end());
+  return out;
+}
+
+uint32_t announcedPayload(const unsigned char *header) {
+  return loadLe<uint32_t>(header + 2);
+}
+
 bool writeFrame(int fd, const Frame &frame) {
-  std::vector<char> header;
-  header.push_back(static_cast<char>(frame.version));
-  header.push_back(static_cast<char>(frame.code));
-  appendLe(header, static_cast<uint32_t>(frame.payload.size()));
-  return writeAll(fd, header.data(), header.size()) &&
-         writeAll(fd, frame.payload.data(), frame.payload.size());
+  std::vector<char> bytes = encodeFrame(frame);
+  return writeAll(fd, bytes.data(), bytes.size());
 }
 
 std::optional<Frame> readFrame(int fd, bool *tooLarge) {

@@ -15,8 +15,18 @@ namespace llmir::runtime::wire {
 constexpr uint8_t kVersion = 1;
 constexpr uint32_t kMaxPayload = 64u << 20;
 
-enum Op : uint8_t { kSet = 1, kGet = 2, kAdd = 3, kWait = 4, kCheck = 5 };
-enum Outcome : uint8_t { kOk = 0, kTimeout = 1, kBadRequest = 2 };
+constexpr size_t kHeaderBytes = 6;
+
+enum Op : uint8_t {
+  kSet = 1,
+  kGet = 2,
+  kAdd = 3,
+  kWait = 4,
+  kCheck = 5,
+  kDelete = 6,
+  kDeletePrefix = 7,
+};
+enum Outcome : uint8_t { kOk = 0, kTimeout = 1, kBadRequest = 2, kRefused = 3 };
 
 struct Frame {
   uint8_t version = kVersion;
@@ -57,10 +67,14 @@ private:
 /// Blocking exact-size socket I/O; false on EOF, error or timeout.
 bool writeAll(int fd, const char *data, size_t size);
 bool readAll(int fd, char *data, size_t size);
-/// Runs the cluster handshake (llmir/support/ClusterAuth.h) on a blocking
-/// socket, as client or server.
+/// Runs the client side of the cluster handshake (llmir/support/ClusterAuth.h)
+/// on a blocking socket (the server runs it in its event loop).
 Status clientHandshake(int fd, const std::string &secret);
-Status serverHandshake(int fd, const std::string &secret);
+
+/// The frame as bytes on the wire (header, then payload).
+std::vector<char> encodeFrame(const Frame &frame);
+/// The payload size a frame header (kHeaderBytes) announces.
+uint32_t announcedPayload(const unsigned char *header);
 
 /// Writes a whole frame; false on any socket error.
 bool writeFrame(int fd, const Frame &frame);

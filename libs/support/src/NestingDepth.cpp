@@ -19,12 +19,16 @@ Status checkNestingDepth(std::string_view text, std::string_view source, size_t 
       while (i < text.size() && text[i] != '\n')
         ++i;
       --i; // the newline is counted above
-    } else if (c == '(' || c == '[' || c == '{') {
+    } else if (c == '(' || c == '[' || c == '{' || c == '<') {
       if (++depth > maxDepth)
         return Status::error(std::string(source) + ":" + std::to_string(line) +
                              ": brackets nest deeper than " + std::to_string(maxDepth) +
                              " levels (refused before parsing; docs/reliability.md)");
     } else if ((c == ')' || c == ']' || c == '}') && depth > 0) {
+      --depth;
+    } else if (c == '>' && depth > 0 && !(i > 0 && text[i - 1] == '-') &&
+               !(i + 1 < text.size() && text[i + 1] == '=')) {
+      // `->` (function types) and `>=` (affine constraints) are not closers.
       --depth;
     }
   }

@@ -192,6 +192,19 @@ TEST_F(DistributedRuntimeTest, SubGroupsReduceIndependently) {
   }));
 }
 
+// The store's memory is bounded (issue 14): once every member of a group has
+// connected, the group's rendezvous keys are deleted, so a long-running
+// scheduler's store does not fill up with finished rendezvous.
+TEST_F(DistributedRuntimeTest, FinishedRendezvousLeaveNoKeysBehind) {
+  expectAllOk(runWorld(3, [](DistributedRuntime &rt) -> Status {
+    auto group = rt.createGroup({0, 1, 2});
+    if (!group)
+      return group.status();
+    return rt.barrier(*group);
+  }));
+  EXPECT_EQ(server_->storedBytes(), 0u) << "keys of connected groups stayed in the store";
+}
+
 TEST_F(DistributedRuntimeTest, RejectsMisuseWithClearErrors) {
   auto outcomes = runWorld(2, [](DistributedRuntime &rt) -> Status {
     int x = 0;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <dirent.h>
 #include <cstdint>
 #include <functional>
 #include <thread>
@@ -244,6 +245,116 @@ TEST_F(RendezvousStoreTest, StoppedServerGivesErrorsNotHangs) {
   EXPECT_FALSE(c->set("k", "v").isOk());
   auto again = RendezvousClient::connect("127.0.0.1", server_->port(), 300ms);
   EXPECT_FALSE(again.isOk());
+}
+
+// Threads of this process now (/proc/self/task).
+size_t threadCount() {
+  size_t n = 0;
+  if (DIR *dir = ::opendir("/proc/self/task")) {
+    while (dirent *e = ::readdir(dir))
+      if (e->d_name[0] != '.')
+        ++n;
+    ::closedir(dir);
+  }
+  return n;
+}
+
+// Issue 14, finding 4: a thread per connection (200 abandoned GETs, 213
+// threads). Served from one event loop, 200 connections with a GET blocked
+// on each add no thread, and a SET still answers all of them.
+TEST_F(RendezvousStoreTest, ManyBlockedWaitsAddNoThreads) {
+  const size_t before = threadCount();
+  constexpr int kConnections = 200;
+  std::vector<int> fds;
+  for (int i = 0; i < kConnections; ++i) {
+    int fd = connectRaw(server_->port());
+    ASSERT_GE(fd, 0);
+    const std::string get = rawGet("released");
+    ASSERT_EQ(::write(fd, get.data(), get.size()), static_cast<ssize_t>(get.size()));
+    fds.push_back(fd);
+  }
+  ASSERT_TRUE(eventually([&] { return server_->numConnections() == kConnections; }))
+      << server_->numConnections();
+  EXPECT_EQ(threadCount(), before) << "the store started threads for its connections";
+  ASSERT_TRUE(client()->set("released", "yes").isOk());
+  for (int fd : fds) {
+    char answer[6 + 3];
+    ASSERT_EQ(::recv(fd, answer, sizeof answer, MSG_WAITALL), 9);
+    EXPECT_EQ(answer[1], 0); // ok
+    EXPECT_EQ(std::string(answer + 6, 3), "yes");
+    ::close(fd);
+  }
+  EXPECT_TRUE(eventually([&] { return server_->numConnections() == 0; }));
+}
+
+// Requests pipelined behind a blocked GET wait for it, then run in order.
+TEST_F(RendezvousStoreTest, RequestsPipelinedBehindABlockedGetRunAfterIt) {
+  int fd = connectRaw(server_->port());
+  ASSERT_GE(fd, 0);
+  const std::string twoGets = rawGet("first") + rawGet("first");
+  ASSERT_EQ(::write(fd, twoGets.data(), twoGets.size()), static_cast<ssize_t>(twoGets.size()));
+  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(client()->set("first", "1").isOk());
+  char answers[2 * 7];
+  ASSERT_EQ(::recv(fd, answers, sizeof answers, MSG_WAITALL), 14);
+  EXPECT_EQ(answers[6], '1');
+  EXPECT_EQ(answers[13], '1');
+  ::close(fd);
+}
+
+TEST_F(RendezvousStoreTest, DeleteRemovesKeysAndFreesTheirBytes) {
+  auto c = client();
+  ASSERT_TRUE(c->set("llmir/7/world/joined/0", "1").isOk());
+  ASSERT_TRUE(c->set("llmir/7/world/joined/1", "1").isOk());
+  ASSERT_TRUE(c->set("llmir/7/world/gloo/rank_0", "addr").isOk());
+  ASSERT_TRUE(c->set("llmir/70/kept", "x").isOk());
+  ASSERT_TRUE(c->set("other", "y").isOk());
+  const uint64_t full = server_->storedBytes();
+  EXPECT_GT(full, 0u);
+
+  auto removed = c->remove({"other", "absent"});
+  ASSERT_TRUE(removed.isOk()) << removed.message();
+  EXPECT_EQ(*removed, 1u);
+  EXPECT_FALSE((*c->check({"other"}))[0]);
+
+  auto byPrefix = c->removePrefix("llmir/7/");
+  ASSERT_TRUE(byPrefix.isOk()) << byPrefix.message();
+  EXPECT_EQ(*byPrefix, 3u);
+  EXPECT_EQ(*c->check({"llmir/7/world/joined/0", "llmir/7/world/gloo/rank_0", "llmir/70/kept"}),
+            (std::vector<bool>{false, false, true}));
+  EXPECT_LT(server_->storedBytes(), full);
+  EXPECT_FALSE(c->removePrefix("").isOk()) << "an empty prefix would delete everything";
+  // A deleted key can be waited for and set again.
+  EXPECT_FALSE(c->get("other", 50ms).isOk());
+  ASSERT_TRUE(c->set("other", "z").isOk());
+  EXPECT_EQ(*c->get("other", 1s), std::vector<char>{'z'});
+}
+
+TEST(RendezvousStoreBoundsTest, StoredBytesAreBounded) {
+  StoreServerOptions options;
+  options.maxStoredBytes = 64 * 1024;
+  auto server = RendezvousServer::start("127.0.0.1", 0, options);
+  ASSERT_TRUE(server.isOk()) << server.message();
+  auto c = RendezvousClient::connect("127.0.0.1", (*server)->port(), 5s);
+  ASSERT_TRUE(c.isOk()) << c.message();
+  const std::string value(10 * 1024, 'v');
+  int stored = 0;
+  llmir::Status refused = llmir::Status::ok();
+  for (int i = 0; i < 100 && refused.isOk(); ++i) {
+    refused = (*c)->set("k" + std::to_string(i), value);
+    stored += refused.isOk();
+  }
+  ASSERT_FALSE(refused.isOk()) << "100 x 10 KiB went into a 64 KiB store";
+  EXPECT_EQ(stored, 6);
+  EXPECT_NE(refused.message().find("store full"), std::string::npos) << refused.message();
+  EXPECT_LE((*server)->storedBytes(), options.maxStoredBytes);
+  // An ADD past the bound is refused the same way; the connection stays usable.
+  EXPECT_FALSE((*c)->add(std::string(8 * 1024, 'n'), 1).isOk());
+  EXPECT_TRUE((*c)->get("k0", 1s).isOk());
+  // Overwriting a key counts its new size only; deleting makes room.
+  EXPECT_TRUE((*c)->set("k0", value).isOk());
+  ASSERT_TRUE((*c)->remove({"k0", "k1"}).isOk());
+  EXPECT_TRUE((*c)->set("k-new", value).isOk());
 }
 
 } // namespace

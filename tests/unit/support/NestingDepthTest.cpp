@@ -17,3 +17,18 @@ TEST(NestingDepthTest, CountsBracketsOutsideStringsAndComments) {
   // Unbalanced closers never go below zero.
   EXPECT_TRUE(checkNestingDepth("))))]]]}}} { }", "x", 1).isOk());
 }
+
+TEST(NestingDepthTest, CountsTypeAndAttributeBrackets) {
+  EXPECT_TRUE(checkNestingDepth("tensor<4xvector<2xf32>>", "x", 2).isOk());
+  auto deep = checkNestingDepth("!a<!b<!c<i8>>>", "t.mlir", 2);
+  ASSERT_FALSE(deep.isOk());
+  EXPECT_NE(deep.message().find("t.mlir:1: brackets nest deeper than 2"), std::string::npos);
+  // Mixed with the other brackets, one depth.
+  EXPECT_FALSE(checkNestingDepth("{ tensor<( > }", "x", 2).isOk());
+  // `->` and `>=` close nothing: this stays at depth 1 and 2, not lower.
+  EXPECT_TRUE(checkNestingDepth("(i32) -> i32", "x", 1).isOk());
+  EXPECT_FALSE(checkNestingDepth("affine_set<(d0) : (d0 >= 0)> <<", "x", 2).isOk());
+  EXPECT_TRUE(checkNestingDepth("affine_set<(d0) : (d0 >= 0)> <", "x", 2).isOk());
+  std::string deepAngles(10000, '<');
+  EXPECT_FALSE(checkNestingDepth("%0 = "t.x"() : () -> " + deepAngles, "x").isOk());
+}

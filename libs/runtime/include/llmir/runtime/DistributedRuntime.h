@@ -126,6 +126,8 @@ private:
   Result<DeviceGroup> connectGroup(const std::string &prefix,
                                    std::vector<int> ranks,
                                    const std::string &what);
+  /// Deletes the group's keys from the store once every member connected.
+  void releaseRendezvousKeys(const std::string &prefix, int members);
   Status checkGroup(const DeviceGroup &group, const char *operation) const;
   Status checkPeer(int peerRank, const char *operation) const;
 

@@ -6,8 +6,10 @@
 //   u8 version (= 1) | u8 code | u32 payload length (little endian) | payload
 //
 // For a request `code` is the operation, for a response it is the outcome:
-// 0 ok, 1 timeout, 2 bad request (payload = message). Inside payloads, an
-// integer is little endian and a string/bytes value is `u32 length | bytes`.
+// 0 ok, 1 timeout, 2 bad request (payload = message; the server closes the
+// connection), 3 refused (payload = message, e.g. the store is full; the
+// connection stays usable). Inside payloads, an integer is little endian and
+// a string/bytes value is `u32 length | bytes`.
 //
 //   op 1 SET   key, value                  -> ok
 //   op 2 GET   key, u64 timeout ms         -> ok value | timeout (key absent)
@@ -15,6 +17,11 @@
 //                                             stored as decimal text)
 //   op 4 WAIT  u32 n, n keys, u64 timeout  -> ok | timeout (some key absent)
 //   op 5 CHECK u32 n, n keys               -> ok u32 n, n x u8 (1 = present)
+//   op 6 DELETE u32 n, n keys              -> ok u32 keys deleted
+//   op 7 DELETE_PREFIX prefix (non-empty)  -> ok u64 keys deleted
+//
+// SET and ADD are refused (3) when the stored bytes would pass the server's
+// maxStoredBytes (each key counts its key and value bytes plus 64).
 //
 // A frame with another version or a payload over 64 MiB is answered with
 // "bad request" and the connection is closed.
@@ -39,17 +46,22 @@ namespace llmir::runtime {
 struct StoreServerOptions {
   /// When set, clients must prove it before their first request.
   std::optional<std::string> clusterSecret;
-  /// Connections served at once (one thread each); more are closed at accept.
+  /// Connections served at once; more are closed at accept.
   uint32_t maxConnections = 256;
   /// A connection that has not finished the handshake by then is closed.
   std::chrono::milliseconds handshakeTimeout{5000};
   /// Longest a GET/WAIT may block, whatever the client asks for.
   std::chrono::milliseconds maxBlock{std::chrono::minutes(10)};
+  /// Bytes of keys and values held at once (64 bytes counted per key on
+  /// top); a SET/ADD past it is refused with "store full". Rendezvous data is
+  /// addresses and ids: a replica's keys take kilobytes.
+  uint64_t maxStoredBytes = 256ull << 20;
 };
 
-/// Serves the store on host:port, one thread per connection (at most
-/// maxConnections), until stopped or destroyed. Values live in memory only.
-/// A GET/WAIT ends when its client disconnects.
+/// Serves the store on host:port from one thread (a poll loop over every
+/// connection; blocked GET/WAITs hold no thread), until stopped or
+/// destroyed. Values live in memory only. A GET/WAIT ends when its client
+/// disconnects.
 class RendezvousServer {
 public:
   /// Binds and starts listening; port 0 picks an ephemeral port.
@@ -62,6 +74,8 @@ public:
   uint16_t port() const;
   /// Connections being served now.
   size_t numConnections() const;
+  /// Bytes counted against maxStoredBytes now.
+  uint64_t storedBytes() const;
   /// Closes every connection and wakes blocked GET/WAIT calls. Idempotent.
   void stop();
 
@@ -99,6 +113,10 @@ public:
               std::chrono::milliseconds timeout);
   /// Which of `keys` exist now, in order.
   Result<std::vector<bool>> check(const std::vector<std::string> &keys);
+  /// Deletes `keys` (absent ones are skipped); how many existed.
+  Result<uint32_t> remove(const std::vector<std::string> &keys);
+  /// Deletes every key that starts with `prefix` (non-empty); how many.
+  Result<uint64_t> removePrefix(const std::string &prefix);
 
 private:
   RendezvousClient(int fd, std::string endpoint,

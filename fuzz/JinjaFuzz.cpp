@@ -2,8 +2,8 @@
 // parsed and (when it parses) rendered with a small conversation under tight
 // limits. Crashes, sanitizer reports and hangs are bugs; errors are not.
 //
-// Build: cmake -DLLMIR_BUILD_FUZZERS=ON (clang) && cmake --build build --target jinja_fuzzer
-// Run:   build/bin/jinja_fuzzer -max_len=16384 -timeout=5 CORPUS_DIR tests/fixtures/chat-templates
+// Run: scripts/fuzz.sh jinja SECONDS (builds build-fuzz/ with -DLLMIR_FUZZ=ON;
+// the corpus is seeded from tests/fixtures/chat-templates).
 #include "llmir/jinja/Template.h"
 
 #include <cstddef>
