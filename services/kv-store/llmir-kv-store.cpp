@@ -9,6 +9,7 @@
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
+#include "llmir/support/ClusterAuth.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -28,11 +29,12 @@ namespace {
 struct Settings {
   std::string httpHost = "0.0.0.0";
   uint16_t httpPort = 8083;
-  std::string ucxHost = "0.0.0.0";
+  std::string ucxHost = "127.0.0.1";
   uint16_t ucxPort = 13337;
   uint64_t capacityBytes = 1ull << 30;
   uint64_t maxBlockBytes = 64ull << 20;
   std::string logLevel = "info";
+  std::string clusterSecretFile;
 };
 
 // Operations are recorded on the store's progress thread while /metrics
@@ -129,6 +131,9 @@ int main(int argc, char **argv) {
              "memory budget for blocks; least recently used blocks are evicted beyond it");
   config.add("store.max-block-bytes", &s.maxBlockBytes, "a larger block is rejected");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("cluster.secret-file", &s.clusterSecretFile,
+             "file holding the cluster secret; UCX clients must then prove it before "
+             "any put or get (else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
   if (auto st = config.load(argc, argv); !st) {
     std::cerr << "llmir-kv-store: " << st.message() << "\n";
     return 2;
@@ -159,12 +164,24 @@ int main(int argc, char **argv) {
   }
   llmir::net::initLogging("kv-store", level);
 
+  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  if (!clusterSecret) {
+    std::cerr << "llmir-kv-store: " << clusterSecret.message() << "\n";
+    return 2;
+  }
+  if (auto exposed = llmir::auth::checkExposure(*clusterSecret, s.ucxHost, "llmir-kv-store");
+      !exposed)
+    llmir::net::logWarn(exposed.message());
+  if (!*clusterSecret)
+    llmir::net::logWarn("no cluster secret: any local process can put and get KV blocks");
+
   Metrics metrics;
   kv::ServerOptions options;
   options.host = s.ucxHost;
   options.port = s.ucxPort;
   options.capacityBytes = s.capacityBytes;
   options.maxBlockBytes = s.maxBlockBytes;
+  options.clusterSecret = *clusterSecret;
   auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
     metrics.record(r);
   });

@@ -3,11 +3,15 @@
 #include "Ucx.h"
 #include "Wire.h"
 
+#include "llmir/support/ClusterAuth.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <optional>
 
 namespace llmir::kvstore {
 
@@ -62,6 +66,9 @@ public:
   std::unique_ptr<ucx::Worker> worker_;
   size_t maxBlocksPerMessage_ = 0;
   ucp_ep_h ep_ = nullptr;
+  bool authenticated_ = false;            // the current endpoint passed the handshake
+  std::optional<std::string> authReply_;  // the store's last handshake message
+  std::string authOut_[2];                // hello and proof, alive while sent
   bool endpointFailed_ = false;
   ucs_status_t endpointError_ = UCS_OK;
   uint64_t nextId_ = 1;
@@ -81,6 +88,13 @@ public:
   }
   Status ensureWorker();
   Status connect();
+  /// The cluster handshake on a fresh endpoint, within `deadline`.
+  Status authenticate(Clock::time_point deadline);
+  Status sendAuth(std::string &bytes);
+  /// Progresses until `done`, the endpoint fails or `deadline`; `what` names
+  /// the awaited step in the error.
+  Status progressUntil(const std::function<bool()> &done, Clock::time_point deadline,
+                       const std::string &what);
   void disconnect(bool force);
   void fillRecord(size_t index, BlockMeta &m) const;
   void verify(Message &message);
@@ -91,6 +105,9 @@ public:
   static void onReceived(void *request, ucs_status_t status, size_t length, void *user);
   static ucs_status_t onReply(void *arg, const void *header, size_t headerLength,
                               void *data, size_t length, const ucp_am_recv_param_t *param);
+  static ucs_status_t onAuthReply(void *arg, const void *header, size_t headerLength,
+                                  void *data, size_t length,
+                                  const ucp_am_recv_param_t *param);
   ucs_status_t handleReply(const void *header, size_t headerLength, void *data,
                            size_t length, const ucp_am_recv_param_t *param);
 };
@@ -110,6 +127,11 @@ Status Client::Impl::ensureWorker() {
   handler.arg = this;
   handler.flags = UCP_AM_FLAG_WHOLE_MSG;
   ucs_status_t st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
+  if (st != UCS_OK)
+    return Status::error("UCX active-message handler: " + ucx::errorText(st));
+  handler.id = wire::kAmAuthReply;
+  handler.cb = &Impl::onAuthReply;
+  st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
   if (st != UCS_OK)
     return Status::error("UCX active-message handler: " + ucx::errorText(st));
   size_t room = worker_->maxAmHeader() > sizeof(MessageHeader)
@@ -154,6 +176,8 @@ void Client::Impl::disconnect(bool force) {
   if (ep_ && worker_)
     ucx::closeEndpoint(*worker_, ep_, force || endpointFailed_);
   ep_ = nullptr;
+  authenticated_ = false;
+  authReply_.reset();
   for (Message *m : toReceive_)
     if (m->descriptor)
       ucp_am_data_release(worker_->handle(), m->descriptor);
@@ -165,6 +189,74 @@ void Client::Impl::disconnect(bool force) {
   else if (worker_)
     worker_->progress();
   messages_.clear();
+}
+
+ucs_status_t Client::Impl::onAuthReply(void *arg, const void *header, size_t headerLength,
+                                       void *, size_t, const ucp_am_recv_param_t *) {
+  static_cast<Impl *>(arg)->authReply_ =
+      std::string(static_cast<const char *>(header), headerLength);
+  return UCS_OK;
+}
+
+Status Client::Impl::progressUntil(const std::function<bool()> &done,
+                                   Clock::time_point deadline, const std::string &what) {
+  for (;;) {
+    bool busy = worker_->progress();
+    if (done())
+      return Status::ok();
+    if (!failure_.empty())
+      return Status::error(failure_);
+    if (endpointFailed_)
+      return Status::error(where() + " closed the connection " + what + ": " +
+                           ucx::errorText(endpointError_));
+    auto now = Clock::now();
+    if (now >= deadline)
+      return Status::error(where() + ": no answer " + what);
+    if (!busy) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 10)));
+    }
+  }
+}
+
+Status Client::Impl::sendAuth(std::string &bytes) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                       UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &Impl::onSent;
+  param.user_data = this;
+  param.flags = UCP_AM_SEND_FLAG_REPLY;
+  param.datatype = ucp_dt_make_contig(1);
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmAuth, bytes.data(), bytes.size(),
+                                         nullptr, 0, &param);
+  if (UCS_PTR_IS_ERR(req))
+    return Status::error(where() + ": cluster handshake: send failed: " +
+                         ucx::errorText(UCS_PTR_STATUS(req)));
+  return Status::ok();
+}
+
+Status Client::Impl::authenticate(Clock::time_point deadline) {
+  auth::ClientHandshake handshake(*options_.clusterSecret);
+  authReply_.reset();
+  authOut_[0] = handshake.hello();
+  LLMIR_RETURN_IF_ERROR(sendAuth(authOut_[0]));
+  LLMIR_RETURN_IF_ERROR(progressUntil([&] { return authReply_.has_value(); }, deadline,
+                                      "to the cluster handshake"));
+  if (*authReply_ == std::string(1, wire::kNoSecret))
+    return Status::error(where() + " holds no cluster secret; a client with one does not "
+                                   "use it (the handshake proves the store, too)");
+  auto proof = handshake.answer(*authReply_);
+  if (!proof)
+    return proof.status().withContext(where());
+  authReply_.reset();
+  authOut_[1] = std::move(*proof);
+  LLMIR_RETURN_IF_ERROR(sendAuth(authOut_[1]));
+  LLMIR_RETURN_IF_ERROR(progressUntil([&] { return authReply_.has_value(); }, deadline,
+                                      "accepting our cluster proof"));
+  if (*authReply_ != std::string(1, auth::kAcceptByte))
+    return Status::error(where() + ": cluster handshake: the store did not accept our proof");
+  authenticated_ = true;
+  return Status::ok();
 }
 
 void Client::Impl::onEndpointError(void *arg, ucp_ep_h, ucs_status_t status) {
@@ -366,6 +458,11 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
   failure_.clear();
   if (auto st = connect(); !st)
     return st;
+  if (options_.clusterSecret && !authenticated_)
+    if (Status shook = authenticate(deadline); !shook) {
+      disconnect(/*force=*/true); // the next call starts over
+      return shook;
+    }
 
   // Every message goes out before any reply is awaited.
   for (size_t first = 0; first < n; first += maxBlocksPerMessage_) {
@@ -458,6 +555,9 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
 Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
   if (options.port == 0)
     return Status::error("kv store client: port must be set");
+  if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
+    return Status::error("kv store client: the cluster secret must have at least " +
+                         std::to_string(auth::kMinSecretBytes) + " bytes");
   auto impl = std::make_unique<Impl>(options);
   if (auto st = impl->ensureWorker(); !st)
     return st;

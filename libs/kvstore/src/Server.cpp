@@ -3,11 +3,15 @@
 #include "Ucx.h"
 #include "Wire.h"
 
+#include "llmir/support/ClusterAuth.h"
+
 #include <arpa/inet.h>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -77,6 +81,14 @@ public:
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
+  // Endpoints still in the cluster handshake (only with a secret): nothing
+  // but its messages is served to them.
+  struct Handshake {
+    auth::ServerHandshake steps;
+    bool helloSeen = false;
+    Clock::time_point deadline;
+  };
+  std::map<ucp_ep_h, Handshake> handshakes_;
   std::vector<ucp_ep_h> failedEndpoints_;
   std::vector<PendingPut *> toReceive_;
   std::atomic<bool> stopping_{false};
@@ -90,6 +102,8 @@ public:
   static ucs_status_t onRequest(void *arg, const void *header, size_t headerLength,
                                 void *data, size_t length,
                                 const ucp_am_recv_param_t *param);
+  static ucs_status_t onAuth(void *arg, const void *header, size_t headerLength,
+                             void *data, size_t length, const ucp_am_recv_param_t *param);
   static void onReplySent(void *request, ucs_status_t status, void *user);
   static void onPutReceived(void *request, ucs_status_t status, size_t length,
                             void *user);
@@ -98,6 +112,10 @@ public:
                      size_t length, const ucp_am_recv_param_t *param,
                      ucs_status_t &result);
   void refuse(ucp_ep_h ep, const MessageHeader &request, const std::string &why);
+  void handleAuth(ucp_ep_h ep, std::string_view bytes, size_t payloadLength);
+  /// Disconnects `ep` without answering (closed outside the callback).
+  void drop(ucp_ep_h ep);
+  void sendAuthReply(ucp_ep_h ep, std::string bytes);
   void send(ucp_ep_h ep, Reply *reply);
   void startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta *metas,
                 void *data, size_t length, bool rendezvous, ucs_status_t &result);
@@ -122,6 +140,11 @@ Status Server::Impl::open() {
   handler.arg = this;
   handler.flags = UCP_AM_FLAG_WHOLE_MSG;
   ucs_status_t st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
+  if (st != UCS_OK)
+    return Status::error("UCX active-message handler: " + ucx::errorText(st));
+  handler.id = wire::kAmAuth;
+  handler.cb = &Impl::onAuth;
+  st = ucp_worker_set_am_recv_handler(worker_->handle(), &handler);
   if (st != UCS_OK)
     return Status::error("UCX active-message handler: " + ucx::errorText(st));
 
@@ -168,13 +191,84 @@ void Server::Impl::onConnect(ucp_conn_request_h request, void *arg) {
   if (ucp_ep_create(self->worker_->handle(), &ep, &handle) == UCS_OK) {
     self->endpoints_.insert(handle);
     self->connections_ = self->endpoints_.size();
+    if (self->options_.clusterSecret)
+      self->handshakes_.emplace(
+          handle, Handshake{auth::ServerHandshake(*self->options_.clusterSecret), false,
+                            Clock::now() + self->options_.handshakeTimeout});
   }
+}
+
+void Server::Impl::drop(ucp_ep_h ep) {
+  handshakes_.erase(ep);
+  if (ep && endpoints_.erase(ep)) {
+    failedEndpoints_.push_back(ep);
+    connections_ = endpoints_.size();
+  }
+}
+
+void Server::Impl::sendAuthReply(ucp_ep_h ep, std::string bytes) {
+  auto *reply = new Reply(); // blocks = 0: not an operation the observer sees
+  reply->owner = this;
+  reply->header.assign(bytes.begin(), bytes.end());
+  reply->start = Clock::now();
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                       UCP_OP_ATTR_FIELD_DATATYPE;
+  param.cb.send = &Impl::onReplySent;
+  param.user_data = reply;
+  param.datatype = ucp_dt_make_contig(1);
+  if (!endpoints_.count(ep)) {
+    delete reply;
+    return;
+  }
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep, wire::kAmAuthReply, reply->header.data(),
+                                         reply->header.size(), nullptr, 0, &param);
+  if (req == nullptr)
+    onReplySent(nullptr, UCS_OK, reply);
+  else if (UCS_PTR_IS_ERR(req))
+    onReplySent(nullptr, UCS_PTR_STATUS(req), reply);
+}
+
+ucs_status_t Server::Impl::onAuth(void *arg, const void *header, size_t headerLength, void *,
+                                  size_t length, const ucp_am_recv_param_t *param) {
+  ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep
+                                                                     : nullptr;
+  static_cast<Impl *>(arg)->handleAuth(
+      ep, std::string_view(static_cast<const char *>(header), headerLength), length);
+  return UCS_OK; // any payload (there should be none) is released
+}
+
+void Server::Impl::handleAuth(ucp_ep_h ep, std::string_view bytes, size_t payloadLength) {
+  if (!ep || !endpoints_.count(ep))
+    return;
+  if (!options_.clusterSecret) {
+    // Say so: a client holding a secret refuses a store that cannot prove it.
+    if (bytes.size() == auth::kHelloBytes && payloadLength == 0)
+      sendAuthReply(ep, std::string(1, wire::kNoSecret));
+    return;
+  }
+  auto it = handshakes_.find(ep);
+  if (it == handshakes_.end() || payloadLength != 0)
+    return drop(ep); // a second handshake, or one with a payload: not a client of ours
+  Handshake &h = it->second;
+  if (!h.helloSeen) {
+    auto answer = h.steps.hello(bytes);
+    if (!answer)
+      return drop(ep);
+    h.helloSeen = true;
+    return sendAuthReply(ep, std::move(*answer));
+  }
+  if (!h.steps.proof(bytes))
+    return drop(ep); // wrong secret: no answer, disconnected
+  handshakes_.erase(it);
+  sendAuthReply(ep, std::string(1, auth::kAcceptByte));
 }
 
 void Server::Impl::onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t) {
   // A client went away (closed, crashed, or the network failed). Replies to
   // it are dropped from now on; the endpoint is closed outside the callback.
   auto *self = static_cast<Impl *>(arg);
+  self->handshakes_.erase(ep);
   if (self->endpoints_.erase(ep)) {
     self->failedEndpoints_.push_back(ep);
     self->connections_ = self->endpoints_.size();
@@ -252,6 +346,8 @@ void Server::Impl::handleRequest(const void *header, size_t headerLength, void *
   bool rendezvous = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
   ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep
                                                                      : nullptr;
+  if (options_.clusterSecret && (!ep || handshakes_.count(ep)))
+    return drop(ep); // before the handshake: nothing is served or answered
   MessageHeader h{};
   if (headerLength < sizeof h) {
     return; // not ours: no request id to answer
@@ -455,6 +551,16 @@ void Server::Impl::run() {
       receivePending();
       busy = true;
     }
+    // Endpoints that did not finish the handshake in time are dropped.
+    if (!handshakes_.empty()) {
+      const auto now = Clock::now();
+      std::vector<ucp_ep_h> late;
+      for (const auto &[ep, h] : handshakes_)
+        if (now >= h.deadline)
+          late.push_back(ep);
+      for (ucp_ep_h ep : late)
+        drop(ep);
+    }
     for (ucp_ep_h ep : failedEndpoints_)
       ucx::closeEndpoint(*worker_, ep, /*force=*/true);
     failedEndpoints_.clear();
@@ -467,6 +573,7 @@ void Server::Impl::run() {
   for (ucp_ep_h ep : endpoints_)
     ucx::closeEndpoint(*worker_, ep, /*force=*/true);
   endpoints_.clear();
+  handshakes_.clear();
   connections_ = 0;
   if (listener_)
     ucp_listener_destroy(listener_);
@@ -501,6 +608,9 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions &options,
     return Status::error("kv store capacity must be at least one byte");
   if (options.maxBlockBytes == 0)
     return Status::error("kv store max block size must be at least one byte");
+  if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
+    return Status::error("kv store: the cluster secret must have at least " +
+                         std::to_string(auth::kMinSecretBytes) + " bytes");
   auto impl = std::make_unique<Impl>(options, std::move(observer));
   if (auto st = impl->open(); !st)
     return st;

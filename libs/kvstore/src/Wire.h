@@ -13,6 +13,16 @@ namespace llmir::kvstore::wire {
 
 constexpr uint16_t kAmRequest = 1;
 constexpr uint16_t kAmReply = 2;
+// The cluster handshake (llmir/support/ClusterAuth.h), carried in AM
+// headers without payload: the client's hello and then its proof go as
+// kAmAuth; the server's answer and then its accept byte come back as
+// kAmAuthReply. A store without a secret answers a hello with the single
+// byte kNoSecret (a client holding a secret refuses such a store). Until the
+// handshake succeeds a store with a secret serves nothing: any other message
+// closes the endpoint unanswered.
+constexpr uint16_t kAmAuth = 3;
+constexpr uint16_t kAmAuthReply = 4;
+constexpr char kNoSecret = 0x00;
 constexpr uint32_t kMagic = 0x4b56534c; // "LSVK"
 constexpr uint16_t kVersion = 1;
 

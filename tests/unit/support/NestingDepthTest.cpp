@@ -25,10 +25,12 @@ TEST(NestingDepthTest, CountsTypeAndAttributeBrackets) {
   EXPECT_NE(deep.message().find("t.mlir:1: brackets nest deeper than 2"), std::string::npos);
   // Mixed with the other brackets, one depth.
   EXPECT_FALSE(checkNestingDepth("{ tensor<( > }", "x", 2).isOk());
-  // `->` and `>=` close nothing: this stays at depth 1 and 2, not lower.
+  // `->` and `>=` close nothing (were they counted as closers, these would
+  // stay within the bound).
   EXPECT_TRUE(checkNestingDepth("(i32) -> i32", "x", 1).isOk());
-  EXPECT_FALSE(checkNestingDepth("affine_set<(d0) : (d0 >= 0)> <<", "x", 2).isOk());
+  EXPECT_FALSE(checkNestingDepth("(a -> (", "x", 1).isOk());
+  EXPECT_FALSE(checkNestingDepth("affine_set<(d0 >= 0 <", "x", 2).isOk());
   EXPECT_TRUE(checkNestingDepth("affine_set<(d0) : (d0 >= 0)> <", "x", 2).isOk());
   std::string deepAngles(10000, '<');
-  EXPECT_FALSE(checkNestingDepth("%0 = "t.x"() : () -> " + deepAngles, "x").isOk());
+  EXPECT_FALSE(checkNestingDepth("%0 = \"t.x\"() : () -> " + deepAngles, "x").isOk());
 }

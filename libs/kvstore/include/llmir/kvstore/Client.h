@@ -28,6 +28,10 @@ struct ClientOptions {
   uint16_t port = 0;
   /// Deadline of an operation that does not name its own.
   std::chrono::milliseconds timeout{2000};
+  /// When set, every connection first runs the cluster handshake (within the
+  /// operation's deadline); a store that cannot prove the same secret, or
+  /// holds none, is refused.
+  std::optional<std::string> clusterSecret;
 };
 
 enum class BlockStatus {

@@ -1,6 +1,7 @@
 // The KV-block store server: a ucp listener on host:port (UCX picks the
 // transport: TCP, shared memory, RDMA; UCX_TLS narrows it) answering batched
-// put / get / exists requests from Client (protocol: docs/kv-store.md).
+// put / get / exists requests from Client (protocol: docs/kv-store.md),
+// behind the cluster secret when one is set.
 // One progress thread owns every UCX object; it sleeps on the worker's event
 // fd when idle rather than spinning.
 #pragma once
@@ -8,7 +9,9 @@
 #include "llmir/kvstore/BlockPool.h"
 #include "llmir/support/Status.h"
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,10 +19,17 @@
 namespace llmir::kvstore {
 
 struct ServerOptions {
-  std::string host = "0.0.0.0";
+  std::string host = "127.0.0.1"; // internal listeners default to loopback
   uint16_t port = 0; // 0: ephemeral (port() names it)
   uint64_t capacityBytes = 1ull << 30;
   uint64_t maxBlockBytes = 64ull << 20; // a larger block is rejected
+  /// When set, a client must prove it (the cluster handshake of
+  /// llmir/support/ClusterAuth.h, as the endpoint's first exchange) before
+  /// any put, get or exists is served; one that does not is disconnected
+  /// unanswered.
+  std::optional<std::string> clusterSecret;
+  /// An endpoint that has not finished the handshake by then is closed.
+  std::chrono::milliseconds handshakeTimeout{5000};
 };
 
 enum class Operation { Put, Get, Exists };
