@@ -17,6 +17,7 @@
 #include <boost/json.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
@@ -40,6 +41,8 @@ struct Settings {
   std::string logLevel = "info";
   std::string clusterSecretFile;
   uint64_t planCacheBytes = uint64_t(1) << 30;
+  unsigned compileMaxConcurrent = 2;
+  uint64_t compileTimeoutMs = 300'000;
 };
 
 struct Metrics {
@@ -61,8 +64,15 @@ struct Metrics {
   prometheus::Family<prometheus::Counter> &requests =
       prometheus::BuildCounter()
           .Name("llmir:compile_requests_total")
-          .Help("Compile requests by outcome (ok, bad_request, failed).")
+          .Help("Compile requests by outcome (ok, bad_request, failed, busy, "
+                "deadline_exceeded).")
           .Register(*registry);
+  prometheus::Gauge &compilesRunning =
+      prometheus::BuildGauge()
+          .Name("llmir:compiles_running")
+          .Help("Compiles running now (at most compile.max-concurrent).")
+          .Register(*registry)
+          .Add({});
   prometheus::Counter &programsServed =
       prometheus::BuildCounter()
           .Name("llmir:compiler_programs_served_total")
@@ -158,6 +168,12 @@ int main(int argc, char **argv) {
   config.add("plans.cache-bytes", &s.planCacheBytes,
              "plans (and their programs) kept in memory; the least recently used "
              "are dropped past this many serialized bytes");
+  config.add("compile.max-concurrent", &s.compileMaxConcurrent,
+             "compiles of different plans running at once; more get 503 with Retry-After "
+             "(must be below http.threads, so that probes and plan fetches keep a thread)");
+  config.add("compile.timeout-ms", &s.compileTimeoutMs,
+             "a compile running longer is cancelled (between layers, passes and ranks) "
+             "and answered 504; 0 = no deadline");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; /v1/* then needs its derived bearer token "
              "(else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
@@ -179,6 +195,12 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-compiler-service: http.threads must be at least 1\n";
     return 2;
   }
+  if (s.compileMaxConcurrent < 1 || s.compileMaxConcurrent >= s.threads) {
+    std::cerr << "llmir-compiler-service: compile.max-concurrent (" << s.compileMaxConcurrent
+              << ") must be at least 1 and below http.threads (" << s.threads
+              << "): a compile holds an HTTP thread, and probes and plan fetches need one\n";
+    return 2;
+  }
   if (config.checkRequested()) {
     std::cout << "llmir-compiler-service: configuration is valid\n";
     return 0;
@@ -197,7 +219,11 @@ int main(int argc, char **argv) {
     llmir::net::logWarn("no cluster secret: any local process can compile and fetch plans");
 
   Metrics metrics;
-  svc::PlanStore store(s.planCacheBytes);
+  svc::PlanStoreOptions storeOptions;
+  storeOptions.maxBytes = s.planCacheBytes;
+  storeOptions.maxConcurrent = s.compileMaxConcurrent;
+  storeOptions.deadline = std::chrono::milliseconds(s.compileTimeoutMs);
+  svc::PlanStore store(storeOptions);
   llmir::net::HttpServer server;
   // /v1/* (compiles, plans, programs) needs the bearer derived from the
   // cluster secret; health and metrics stay open for probes and scrapers.
@@ -225,26 +251,40 @@ int main(int argc, char **argv) {
     auto lookup = store.compile(*request);
     double seconds = std::chrono::duration<double>(
                          std::chrono::steady_clock::now() - start).count();
-    if (!lookup) {
+    using Outcome = svc::PlanStore::Outcome;
+    if (lookup.outcome == Outcome::Busy) {
+      metrics.requests.Add({{"outcome", "busy"}}).Increment();
+      HttpResponse res = HttpResponse::error(503, lookup.error);
+      res.headers.emplace_back("Retry-After", "1");
+      return res;
+    }
+    if (lookup.outcome == Outcome::DeadlineExceeded) {
+      metrics.requests.Add({{"outcome", "deadline_exceeded"}}).Increment();
+      llmir::net::log(llmir::net::LogLevel::Warn, "compile cancelled at its deadline",
+                      {{"model_dir", request->modelDir}, {"seconds", seconds}},
+                      req.requestId);
+      return HttpResponse::error(504, lookup.error);
+    }
+    if (lookup.outcome == Outcome::Failed) {
       metrics.requests.Add({{"outcome", "failed"}}).Increment();
       llmir::net::log(llmir::net::LogLevel::Warn, "compile failed",
-                      {{"model_dir", request->modelDir}, {"error", lookup.message()}},
+                      {{"model_dir", request->modelDir}, {"error", lookup.error}},
                       req.requestId);
-      return HttpResponse::error(422, lookup.message());
+      return HttpResponse::error(422, lookup.error);
     }
     metrics.requests.Add({{"outcome", "ok"}}).Increment();
-    if (lookup->cacheHit)
+    if (lookup.cacheHit)
       metrics.cacheHits.Increment();
     else
       metrics.compileSeconds.Observe(seconds);
     llmir::net::log(llmir::net::LogLevel::Info, "compiled",
-                    {{"plan_id", lookup->plan->id}, {"cache_hit", lookup->cacheHit},
+                    {{"plan_id", lookup.plan->id}, {"cache_hit", lookup.cacheHit},
                      {"seconds", seconds}, {"model_dir", request->modelDir}},
                     req.requestId);
     return HttpResponse::json(
-        200, "{\"plan_id\":\"" + lookup->plan->id + "\",\"cache_hit\":" +
-                 (lookup->cacheHit ? "true" : "false") + ",\"plan\":" +
-                 planJson(lookup->plan->compiled.plan) + "}");
+        200, "{\"plan_id\":\"" + lookup.plan->id + "\",\"cache_hit\":" +
+                 (lookup.cacheHit ? "true" : "false") + ",\"plan\":" +
+                 planJson(lookup.plan->compiled.plan) + "}");
   });
 
   server.routePrefix("GET", "/v1/plans/", [&](const HttpRequest &req) {
@@ -276,6 +316,7 @@ int main(int argc, char **argv) {
     return HttpResponse::text(200, "ready\n");
   }, llmir::net::HandlerThread::Io);
   server.route("GET", "/metrics", [&](const HttpRequest &) {
+    metrics.compilesRunning.Set(store.compilesRunning());
     HttpResponse res = HttpResponse::text(
         200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
     res.contentType = "text/plain; version=0.0.4; charset=utf-8";

@@ -160,13 +160,30 @@ Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &optio
   CompiledModel out;
   if (options.explain)
     partitionOptions.explanation = &out.explanation;
-  PassManager pm(module.getContext());
-  pm.addPass(createCostModelPass());
-  pm.addPass(createModelPartitioningPass(partitionOptions));
-  pm.addPass(createCommunicationInsertionPass());
-  pm.addPass(createMemoryPlanningPass(partitionOptions.cluster));
-  if (failed(pm.run(module)))
-    return diagnostics.error(what);
+  auto cancelledAfter = [&](const std::string &stage) -> std::optional<Status> {
+    if (options.cancelled && options.cancelled())
+      return Status::error(std::string(kCompileCancelled) + " after " + stage);
+    return std::nullopt;
+  };
+  // One pass manager per pass: the compile can stop between them.
+  std::vector<std::pair<std::string, std::function<std::unique_ptr<Pass>()>>> passes;
+  passes.emplace_back("the cost model", [] { return createCostModelPass(); });
+  passes.emplace_back("partitioning",
+                      [&] { return createModelPartitioningPass(partitionOptions); });
+  passes.emplace_back("communication insertion",
+                      [] { return createCommunicationInsertionPass(); });
+  passes.emplace_back("memory planning",
+                      [&] { return createMemoryPlanningPass(partitionOptions.cluster); });
+  if (auto stop = cancelledAfter("the import"))
+    return *stop;
+  for (auto &[stage, create] : passes) {
+    PassManager pm(module.getContext());
+    pm.addPass(create());
+    if (failed(pm.run(module)))
+      return diagnostics.error(what);
+    if (auto stop = cancelledAfter(stage))
+      return *stop;
+  }
   FailureOr<Partition> partition = readPartition(module);
   if (failed(partition))
     return diagnostics.error("reading the partition");
@@ -183,6 +200,10 @@ Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &optio
   out.plan = buildPlan(module, *partition, *memory, devicesPerNode);
   out.partitionedMlir = printModule(module);
   for (int rank = 0; rank < degrees.worldSize(); ++rank) {
+    if (rank > 0)
+      if (auto stop = cancelledAfter("lowering " + std::to_string(rank) + " of " +
+                                     std::to_string(degrees.worldSize()) + " ranks"))
+        return *stop;
     auto program = lowerToShardProgram(prefill, placementOf(out.plan, rank));
     if (!program)
       return Status::error("lowering @prefill for rank " + std::to_string(rank) +
@@ -203,10 +224,14 @@ Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
   DiagnosticCollector diagnostics(context);
   ImportOptions importOptions;
   importOptions.kvBlockSize = options.kvBlockSize;
+  importOptions.cancelled = options.cancelled;
   auto module = importHuggingFace(context, hfDir, importOptions);
-  if (!module)
-    return Status::error("importing '" + hfDir +
-                         "': " + llvm::toString(module.takeError()));
+  if (!module) {
+    std::string why = llvm::toString(module.takeError());
+    if (why.rfind(kCompileCancelled, 0) == 0)
+      return Status::error(why); // callers recognise it by its start
+    return Status::error("importing '" + hfDir + "': " + why);
+  }
   return compileLoaded(**module, options, diagnostics);
 }
 

@@ -1,4 +1,5 @@
 #include "llmir/compiler/Importer.h"
+#include "llmir/compiler/Compile.h"
 
 #include "llmir/IR/LLMDialect.h"
 #include "llmir/IR/LLMOps.h"
@@ -46,11 +47,12 @@ using WeightTypes = llvm::StringMap<RankedTensorType>;
 class DecoderEmitter {
 public:
   DecoderEmitter(OpBuilder &builder, const model::ModelConfig &config,
-                 const WeightTypes &weightTypes)
-      : b(builder), config(config), weightTypes(weightTypes),
+                 const WeightTypes &weightTypes, const std::function<bool()> &cancelled)
+      : b(builder), config(config), weightTypes(weightTypes), cancelled(cancelled),
         loc(builder.getUnknownLoc()), f32(builder.getF32Type()) {}
 
-  void emit(func::FuncOp func) {
+  /// False when cancelled between two layers (the function is left partial).
+  bool emit(func::FuncOp func) {
     Block *entry = func.addEntryBlock();
     b.setInsertionPointToStart(entry);
     Value tokens = entry->getArgument(0);
@@ -61,8 +63,11 @@ public:
     Value table = weight(embedName);
     Value hidden = b.create<llm::EmbeddingOp>(
         loc, activation(config.hiddenSize), tokens, table);
-    for (int64_t layer = 0; layer < config.numLayers; ++layer)
+    for (int64_t layer = 0; layer < config.numLayers; ++layer) {
+      if (cancelled && cancelled())
+        return false;
       hidden = emitLayer(layer, hidden, positions, cache);
+    }
     Value normed = rmsNorm(hidden, std::string(model::kFinalNormName));
     std::string headName = config.tieWordEmbeddings
                                ? embedName
@@ -70,6 +75,7 @@ public:
     Value logits = b.create<llm::LogitsOp>(
         loc, activation(config.vocabSize), normed, weight(headName));
     b.create<func::ReturnOp>(loc, logits);
+    return true;
   }
 
 private:
@@ -205,6 +211,7 @@ private:
   OpBuilder &b;
   const model::ModelConfig &config;
   const WeightTypes &weightTypes;
+  const std::function<bool()> &cancelled;
   Location loc;
   Type f32;
 };
@@ -253,7 +260,7 @@ buildModule(MLIRContext &context, const model::ModelConfig &config,
   auto funcType =
       b.getFunctionType({i32Vector, i32Vector, cacheType}, {logitsType});
 
-  DecoderEmitter emitter(b, config, weightTypes);
+  DecoderEmitter emitter(b, config, weightTypes, options.cancelled);
   for (llvm::StringRef phase : {"prefill", "decode"}) {
     b.setInsertionPointToEnd(module->getBody());
     auto func = b.create<func::FuncOp>(b.getUnknownLoc(), phase, funcType);
@@ -261,7 +268,9 @@ buildModule(MLIRContext &context, const model::ModelConfig &config,
     func.setArgAttr(0, "llm.name", b.getStringAttr("tokens"));
     func.setArgAttr(1, "llm.name", b.getStringAttr("positions"));
     func.setArgAttr(2, "llm.name", b.getStringAttr("kv_cache"));
-    emitter.emit(func);
+    if (!emitter.emit(func))
+      return makeError(std::string(kCompileCancelled) + " while importing the layers of '" +
+                       source + "'");
   }
   if (failed(module->verify()))
     return makeError("internal error: imported module of '" + source +

@@ -92,33 +92,82 @@ Result<std::string> planId(const CompileRequest &request) {
   return hash.hex();
 }
 
-Result<PlanStore::Lookup> PlanStore::compile(const CompileRequest &request) {
+PlanStore::Lookup PlanStore::compile(const CompileRequest &request) {
   auto id = planId(request);
   if (!id)
-    return id.status();
-  if (auto plan = find(*id))
-    return Lookup{plan, true};
-  std::lock_guard compileLock(compileMu_);
-  if (auto plan = find(*id)) // compiled while we waited
-    return Lookup{plan, true};
-  auto compiled = compiler::compileHuggingFace(request.modelDir, request.options);
-  if (!compiled)
-    return compiled.status();
-  auto plan = std::make_shared<Plan>(Plan{*id, std::move(*compiled), 0});
+    return Lookup{Outcome::Failed, nullptr, false, id.message()};
+  std::shared_ptr<InFlight> flight;
+  {
+    std::unique_lock lock(mu_);
+    if (auto it = plans_.find(*id); it != plans_.end()) {
+      recency_.splice(recency_.begin(), recency_, it->second.position);
+      return Lookup{Outcome::Ok, it->second.plan, true, {}};
+    }
+    if (auto it = inFlight_.find(*id); it != inFlight_.end()) {
+      // Compiled for another request right now: its outcome is ours.
+      auto other = it->second;
+      compiled_.wait(lock, [&] { return other->done; });
+      Lookup shared = other->result;
+      shared.cacheHit = shared.outcome == Outcome::Ok;
+      return shared;
+    }
+    if (inFlight_.size() >= options_.maxConcurrent)
+      return Lookup{Outcome::Busy, nullptr, false,
+                    std::to_string(inFlight_.size()) +
+                        " compiles are running, the limit of compile.max-concurrent; "
+                        "retry later"};
+    flight = std::make_shared<InFlight>();
+    inFlight_[*id] = flight;
+  }
+  Lookup result = runCompile(request, *id);
+  std::lock_guard lock(mu_);
+  if (result.outcome == Outcome::Ok)
+    insert(result.plan);
+  flight->result = result;
+  flight->done = true;
+  inFlight_.erase(*id);
+  compiled_.notify_all();
+  return result;
+}
+
+PlanStore::Lookup PlanStore::runCompile(const CompileRequest &request, const std::string &id) {
+  compiler::CompileOptions options = request.options;
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + options_.deadline;
+  if (options_.deadline.count() > 0)
+    options.cancelled = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
+  auto compiled = compiler::compileHuggingFace(request.modelDir, options);
+  if (!compiled) {
+    if (compiled.message().rfind(compiler::kCompileCancelled, 0) == 0)
+      return Lookup{Outcome::DeadlineExceeded, nullptr, false,
+                    "the compile of '" + request.modelDir + "' was cancelled at its deadline of " +
+                        std::to_string(options_.deadline.count()) +
+                        " ms (compile.timeout-ms): " + compiled.message()};
+    return Lookup{Outcome::Failed, nullptr, false, compiled.message()};
+  }
+  auto plan = std::make_shared<Plan>(Plan{id, std::move(*compiled), 0});
   plan->bytes = plan->compiled.plan.ByteSizeLong();
   for (const auto &program : plan->compiled.programs)
     plan->bytes += program.ByteSizeLong();
-  std::lock_guard lock(mu_);
-  recency_.push_front(*id);
-  plans_[*id] = Entry{plan, recency_.begin()};
+  return Lookup{Outcome::Ok, plan, false, {}};
+}
+
+void PlanStore::insert(std::shared_ptr<const Plan> plan) {
+  const std::string id = plan->id;
+  recency_.push_front(id);
   bytes_ += plan->bytes;
-  while (bytes_ > maxBytes_ && recency_.size() > 1) {
+  plans_[id] = Entry{std::move(plan), recency_.begin()};
+  while (bytes_ > options_.maxBytes && recency_.size() > 1) {
     auto evicted = plans_.find(recency_.back());
     bytes_ -= evicted->second.plan->bytes;
     plans_.erase(evicted);
     recency_.pop_back();
   }
-  return Lookup{plan, false};
+}
+
+unsigned PlanStore::compilesRunning() const {
+  std::lock_guard lock(mu_);
+  return static_cast<unsigned>(inFlight_.size());
 }
 
 std::shared_ptr<const Plan> PlanStore::find(const std::string &id) {

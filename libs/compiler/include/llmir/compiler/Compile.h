@@ -13,10 +13,14 @@
 #include "llmir/support/Status.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace llmir::compiler {
+
+/// The start of the error of a compile stopped by CompileOptions::cancelled.
+constexpr const char *kCompileCancelled = "compile cancelled";
 
 struct CompileOptions {
   /// Parallel degrees; ignored when clusterSpecPath is set (the spec's fixed
@@ -28,6 +32,10 @@ struct CompileOptions {
   std::string clusterSpecPath;
   /// Fills CompiledModel::explanation with the candidates table.
   bool explain = false;
+  /// Polled between decoder layers (import), between passes and between
+  /// ranks (lowering); once it returns true the compile stops with an error
+  /// starting with kCompileCancelled. The compiler service's deadline.
+  std::function<bool()> cancelled;
 };
 
 struct CompiledModel {

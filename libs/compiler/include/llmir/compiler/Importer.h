@@ -8,6 +8,7 @@
 #include "llvm/Support/Error.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace llmir::compiler {
@@ -15,6 +16,9 @@ namespace llmir::compiler {
 struct ImportOptions {
   /// Tokens per paged KV-cache block, recorded in the cache type.
   int64_t kvBlockSize = 16;
+  /// Polled between decoder layers; when it returns true the import stops
+  /// with kCompileCancelled's error (the compiler service's deadline).
+  std::function<bool()> cancelled;
 };
 
 /// Builds a module with two entry points over the paged KV cache:
