@@ -4,9 +4,9 @@
 
 namespace llmir::kvstore {
 
-Result<std::unique_ptr<RankKvStore>> RankKvStore::create(const proto::KvStoreConfig &config,
-                                                         const proto::AssignRank &assign,
-                                                         engine::Executor &executor) {
+Result<std::unique_ptr<RankKvStore>>
+RankKvStore::create(const proto::KvStoreConfig &config, const proto::AssignRank &assign,
+                    engine::Executor &executor, const std::optional<std::string> &clusterSecret) {
   if (config.host().empty() || config.port() == 0 || config.port() > 65535)
     return Status::error("kv store address '" + config.host() + ":" +
                          std::to_string(config.port()) + "' is not usable");
@@ -22,6 +22,7 @@ Result<std::unique_ptr<RankKvStore>> RankKvStore::create(const proto::KvStoreCon
   WorkerBlockStoreOptions options;
   options.client.host = config.host();
   options.client.port = static_cast<uint16_t>(config.port());
+  options.client.clusterSecret = clusterSecret;
   if (config.timeout_ms() > 0)
     options.client.timeout = std::chrono::milliseconds(config.timeout_ms());
   if (config.max_queued_bytes() > 0)

@@ -197,7 +197,8 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   loadedBytes_ = weightSliceBytes(program_);
   if (assign.has_kv_store()) {
     // The store is a cache: a rank that cannot use it still serves.
-    auto store = kvstore::RankKvStore::create(assign.kv_store(), assign, *executor_);
+    auto store = kvstore::RankKvStore::create(assign.kv_store(), assign, *executor_,
+                                              options_.clusterSecret);
     if (!store) {
       net::logWarn("kv store not used", {{"error", store.message()}});
     } else {

@@ -15,6 +15,8 @@
 #include "llmir/support/Status.h"
 
 #include <memory>
+#include <optional>
+#include <string>
 
 namespace llmir::engine {
 class Executor;
@@ -25,10 +27,12 @@ namespace llmir::kvstore {
 class RankKvStore {
 public:
   /// `executor` must outlive the RankKvStore. Fails on an unusable config
-  /// (no host or port) or key fields.
-  static Result<std::unique_ptr<RankKvStore>> create(const proto::KvStoreConfig &config,
-                                                     const proto::AssignRank &assign,
-                                                     engine::Executor &executor);
+  /// (no host or port) or key fields. With `clusterSecret` the store must
+  /// prove it (and is proven it) before any block moves.
+  static Result<std::unique_ptr<RankKvStore>>
+  create(const proto::KvStoreConfig &config, const proto::AssignRank &assign,
+         engine::Executor &executor,
+         const std::optional<std::string> &clusterSecret = std::nullopt);
 
   /// After `request` ran successfully: queues every block it filled. Returns
   /// the first error (a bad block index or prefix from the scheduler); the
