@@ -10,6 +10,11 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
 namespace llmir::scheduler {
 
 struct WorkerMesh::Impl {
@@ -37,7 +42,20 @@ struct WorkerMesh::Impl {
       request.headers.emplace_back(
           "Authorization",
           "Bearer " + auth::bearerToken(*options.clusterSecret, auth::kCompilerAudience));
+    // The compiler service answers 503 + Retry-After while its concurrent
+    // compiles are all busy (compile.max-concurrent): wait and ask again
+    // until this scheduler's own compile timeout.
+    const auto deadline = std::chrono::steady_clock::now() + options.compileTimeout;
     auto response = net::httpRequest(request);
+    while (response && response->status == 503 &&
+           std::chrono::steady_clock::now() < deadline) {
+      const std::string after = response->header("retry-after").value_or("1");
+      const int seconds = std::clamp(std::atoi(after.c_str()), 1, 30);
+      net::logInfo("compiler service busy; retrying",
+                   {{"url", url}, {"retry_after_s", seconds}});
+      std::this_thread::sleep_for(std::chrono::seconds(seconds));
+      response = net::httpRequest(request);
+    }
     if (!response)
       return response.status().withContext("POST " + url);
     if (response->status != 200)

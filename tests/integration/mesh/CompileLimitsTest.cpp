@@ -154,6 +154,45 @@ TEST(CompileLimitsTest, ASlowCompileBlocksNeitherProbesNorFetchesAndExcessGets50
   EXPECT_EQ(after->status, 200) << after->body;
 }
 
+// A scheduler starting while the service's compiles are all busy is told
+// 503 + Retry-After: it waits and asks again (it used to exit at once).
+TEST(CompileLimitsTest, ASchedulerStartingWhileEveryCompileIsBusyRetries) {
+  const std::string slowModel = writeModel("slow-4096-layers-scheduler", 4096);
+  CompilerService service({"--compile.max-concurrent=1", "--http.threads=3"});
+  std::atomic<int> slowStatus{0};
+  std::thread slow([&] {
+    auto r = service.compile(slowModel);
+    slowStatus = r ? r->status : -1;
+  });
+  bool running = false;
+  for (int i = 0; i < 2000 && !running && slowStatus == 0; ++i) {
+    running = service.metric("llmir:compiles_running") == 1;
+    if (!running)
+      std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_TRUE(running) << "the slow compile was never seen running";
+  const fs::path workerPortFile = fs::path(::testing::TempDir()) / "busy-scheduler.worker.port";
+  fs::remove(workerPortFile);
+  Process scheduler({std::string(LLMIR_BIN_DIR) + "/llmir-scheduler", "--model=" + kDemoModel,
+                     "--http.host=127.0.0.1", "--http.port=0",
+                     "--compiler-url=" + service.url(), "--tp=1", "--worker-port=0",
+                     "--worker-port-file=" + workerPortFile.string()});
+  // The worker port is published after the plan compiled.
+  bool compiled = false, exited = !scheduler.started();
+  for (int i = 0; i < 1200 && running && !compiled && !exited; ++i) {
+    compiled = fs::exists(workerPortFile) && fs::file_size(workerPortFile) > 0;
+    exited = !compiled && scheduler.wait(50ms) != -1;
+  }
+  slow.join();
+  EXPECT_FALSE(exited) << "the scheduler exited instead of retrying";
+  EXPECT_TRUE(compiled) << "the scheduler never compiled its plan";
+  EXPECT_EQ(slowStatus, 200);
+  if (!exited) {
+    scheduler.signal(SIGTERM);
+    EXPECT_EQ(scheduler.wait(30s), 0);
+  }
+}
+
 TEST(CompileLimitsTest, ACompilePastItsDeadlineIsCancelledWithAClearError) {
   const std::string slowModel = writeModel("deadline-4096-layers", 4096);
   CompilerService service({"--compile.timeout-ms=100"});
