@@ -121,21 +121,45 @@ private:
   std::unique_ptr<Process> process_;
 };
 
-TEST(CompileLimitsTest, ASlowCompileBlocksNeitherProbesNorFetchesAndExcessGets503) {
-  const std::string slowModel = writeModel("slow-4096-layers", 4096);
-  CompilerService service({"--compile.max-concurrent=1", "--http.threads=3"});
-  std::atomic<int> slowStatus{0};
-  std::thread slow([&] {
-    auto r = service.compile(slowModel);
-    slowStatus = r ? r->status : -1;
-  });
-  bool running = false;
-  for (int i = 0; i < 2000 && !running && slowStatus == 0; ++i) {
-    running = service.metric("llmir:compiles_running") == 1;
-    if (!running)
-      std::this_thread::sleep_for(5ms);
+/// A compile of a 4096-layer model on its own thread, seen running on the
+/// service before the constructor returns (running() false if it never was);
+/// joined by finish() or the destructor, so a failed assertion cannot leave
+/// a joinable thread behind.
+class SlowCompile {
+public:
+  SlowCompile(CompilerService &service, const std::string &name)
+      : thread_([&service, model = writeModel(name, 4096), this] {
+          auto r = service.compile(model);
+          status_ = r ? r->status : -1;
+        }) {
+    for (int i = 0; i < 2000 && !running_ && status_ == 0; ++i) {
+      running_ = service.metric("llmir:compiles_running") == 1;
+      if (!running_)
+        std::this_thread::sleep_for(5ms);
+    }
   }
-  ASSERT_TRUE(running) << "the slow compile was never seen running";
+  ~SlowCompile() {
+    if (thread_.joinable())
+      thread_.join();
+  }
+  bool running() const { return running_; }
+  /// The compile's HTTP status once it ended.
+  int finish() {
+    if (thread_.joinable())
+      thread_.join();
+    return status_;
+  }
+
+private:
+  std::atomic<int> status_{0};
+  bool running_ = false;
+  std::thread thread_;
+};
+
+TEST(CompileLimitsTest, ASlowCompileBlocksNeitherProbesNorFetchesAndExcessGets503) {
+  CompilerService service({"--compile.max-concurrent=1", "--http.threads=3"});
+  SlowCompile slow(service, "slow-4096-layers");
+  ASSERT_TRUE(slow.running()) << "the slow compile was never seen running";
   // While it runs: probes are answered, and another plan is refused at once
   // (the limit is 1) with Retry-After instead of queueing behind it.
   auto health = net::httpGet(service.url() + "/healthz", 10s);
@@ -146,8 +170,7 @@ TEST(CompileLimitsTest, ASlowCompileBlocksNeitherProbesNorFetchesAndExcessGets50
   EXPECT_EQ(excess->status, 503) << excess->body;
   EXPECT_EQ(excess->header("retry-after").value_or(""), "1");
   EXPECT_NE(excess->body.find("compile.max-concurrent"), std::string::npos) << excess->body;
-  slow.join();
-  EXPECT_EQ(slowStatus, 200);
+  EXPECT_EQ(slow.finish(), 200);
   // The slot is free again.
   auto after = service.compile(kDemoModel);
   ASSERT_TRUE(after.isOk()) << after.message();
@@ -157,19 +180,9 @@ TEST(CompileLimitsTest, ASlowCompileBlocksNeitherProbesNorFetchesAndExcessGets50
 // A scheduler starting while the service's compiles are all busy is told
 // 503 + Retry-After: it waits and asks again (it used to exit at once).
 TEST(CompileLimitsTest, ASchedulerStartingWhileEveryCompileIsBusyRetries) {
-  const std::string slowModel = writeModel("slow-4096-layers-scheduler", 4096);
   CompilerService service({"--compile.max-concurrent=1", "--http.threads=3"});
-  std::atomic<int> slowStatus{0};
-  std::thread slow([&] {
-    auto r = service.compile(slowModel);
-    slowStatus = r ? r->status : -1;
-  });
-  bool running = false;
-  for (int i = 0; i < 2000 && !running && slowStatus == 0; ++i) {
-    running = service.metric("llmir:compiles_running") == 1;
-    if (!running)
-      std::this_thread::sleep_for(5ms);
-  }
+  SlowCompile slow(service, "slow-4096-layers-scheduler");
+  const bool running = slow.running();
   EXPECT_TRUE(running) << "the slow compile was never seen running";
   const fs::path workerPortFile = fs::path(::testing::TempDir()) / "busy-scheduler.worker.port";
   fs::remove(workerPortFile);
@@ -183,10 +196,9 @@ TEST(CompileLimitsTest, ASchedulerStartingWhileEveryCompileIsBusyRetries) {
     compiled = fs::exists(workerPortFile) && fs::file_size(workerPortFile) > 0;
     exited = !compiled && scheduler.wait(50ms) != -1;
   }
-  slow.join();
+  EXPECT_EQ(slow.finish(), 200);
   EXPECT_FALSE(exited) << "the scheduler exited instead of retrying";
   EXPECT_TRUE(compiled) << "the scheduler never compiled its plan";
-  EXPECT_EQ(slowStatus, 200);
   if (!exited) {
     scheduler.signal(SIGTERM);
     EXPECT_EQ(scheduler.wait(30s), 0);
