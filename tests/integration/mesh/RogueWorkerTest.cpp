@@ -9,6 +9,7 @@
 #include "llmir/support/ClusterAuth.h"
 
 #include "Processes.h"
+#include "ServiceWaits.h"
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
@@ -19,6 +20,9 @@
 using namespace llmir;
 using llmir::testing::freePort;
 using llmir::testing::Process;
+using llmir::testing::readFile;
+using llmir::testing::waitForPortFile;
+using llmir::testing::waitForStatus;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 namespace fs = std::filesystem;
@@ -27,33 +31,6 @@ namespace {
 
 const std::string kModelDir = std::string(LLMIR_SOURCE_DIR) + "/models/demo-llama-4m";
 const std::string kBin = LLMIR_BIN_DIR;
-
-std::string readFile(const fs::path &path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-// Polls until `path` holds a port (a service writes it once listening).
-uint16_t waitForPortFile(const fs::path &path) {
-  for (int i = 0; i < 1200; ++i) {
-    std::string text = readFile(path);
-    if (!text.empty() && text.back() == '\n')
-      return static_cast<uint16_t>(std::stoi(text));
-    std::this_thread::sleep_for(50ms);
-  }
-  return 0;
-}
-
-bool waitForStatus(const std::string &url, int status, std::chrono::seconds within) {
-  auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto r = net::httpGet(url, 1s);
-    if (r && r->status == status)
-      return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return false;
-}
 
 TEST(RogueWorkerTest, PeersWithoutTheClusterSecretGetNothingAndChangeNothing) {
   const fs::path dir = fs::temp_directory_path() /
