@@ -124,26 +124,27 @@ std::string predictions(const Options &o) {
       fail(loaded.message());
     spec = *loaded;
   }
-  std::string decode;
+  std::vector<compiler::StepShape> steps;
   for (int batch : o.batches) {
     compiler::StepShape step;
     step.tokens = batch;
     // The timed decode steps' mean context: prompt + half the new tokens.
     step.context = o.prompt + o.newTokens / 2;
-    auto seconds = compiler::predictStepSeconds(o.model, spec, step);
-    if (!seconds)
-      fail(seconds.message());
-    decode += (decode.empty() ? "" : ", ") + std::string("\"") + std::to_string(batch) +
-              "\": " + std::to_string(*seconds * 1e3);
+    steps.push_back(step);
   }
   compiler::StepShape prefill;
   prefill.tokens = o.prefill;
   prefill.decode = false;
-  auto prefillSeconds = compiler::predictStepSeconds(o.model, spec, prefill);
-  if (!prefillSeconds)
-    fail(prefillSeconds.message());
+  steps.push_back(prefill);
+  auto seconds = compiler::predictStepSeconds(o.model, spec, steps);
+  if (!seconds)
+    fail(seconds.message());
+  std::string decode;
+  for (size_t i = 0; i < o.batches.size(); ++i)
+    decode += (decode.empty() ? "" : ", ") + std::string("\"") +
+              std::to_string(o.batches[i]) + "\": " + std::to_string((*seconds)[i] * 1e3);
   return "\"predicted_decode_ms\": {" + decode + "}, \"predicted_prefill_" +
-         std::to_string(o.prefill) + "_ms\": " + std::to_string(*prefillSeconds * 1e3);
+         std::to_string(o.prefill) + "_ms\": " + std::to_string(seconds->back() * 1e3);
 }
 
 int run(const Options &o) {

@@ -235,8 +235,9 @@ Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
   return compileLoaded(**module, options, diagnostics);
 }
 
-Result<double> predictStepSeconds(const std::string &hfDir, const ClusterSpec &spec,
-                                  const StepShape &step) {
+Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
+                                               const ClusterSpec &spec,
+                                               const std::vector<StepShape> &steps) {
   MLIRContext context;
   loadDialects(context);
   DiagnosticCollector diagnostics(context);
@@ -249,9 +250,12 @@ Result<double> predictStepSeconds(const std::string &hfDir, const ClusterSpec &s
   FailureOr<ModelProfile> profile = profileModel(prefill);
   if (failed(profile))
     return diagnostics.error("profiling '" + hfDir + "'");
-  return predictStepSeconds(*profile, spec, step.tp, step.pp, step.sp,
-                            static_cast<double>(step.tokens),
-                            static_cast<double>(step.context), step.decode);
+  std::vector<double> seconds;
+  for (const StepShape &step : steps)
+    seconds.push_back(predictStepSeconds(*profile, spec, step.tp, step.pp, step.sp,
+                                         static_cast<double>(step.tokens),
+                                         static_cast<double>(step.context), step.decode));
+  return seconds;
 }
 
 Result<CompiledModel> compileModule(const std::string &mlirText,

@@ -109,17 +109,24 @@ TEST(PredictStepSeconds, CalibrationScalesTheRoofline) {
   StepShape decode;
   decode.tokens = 1;
   decode.context = 100;
-  auto base = predictStepSeconds(demo, ideal, decode);
+  // The same step on several devices, and two steps on one: one import each.
+  auto predict = [&](const ClusterSpec &spec, const StepShape &step) -> Result<double> {
+    auto seconds = predictStepSeconds(demo, spec, {step});
+    if (!seconds)
+      return seconds.status();
+    return seconds->front();
+  };
+  auto base = predict(ideal, decode);
   ASSERT_TRUE(base) << base.message();
   EXPECT_GT(*base, 0);
   ClusterSpec slow = ideal;
   slow.device.memoryEfficiency = 0.5;
-  auto halved = predictStepSeconds(demo, slow, decode);
+  auto halved = predict(slow, decode);
   ASSERT_TRUE(halved) << halved.message();
   EXPECT_NEAR(*halved / *base, 2.0, 1e-3);
   ClusterSpec launches = ideal;
   launches.device.opOverheadSeconds = 1e-3;
-  auto withOverhead = predictStepSeconds(demo, launches, decode);
+  auto withOverhead = predict(launches, decode);
   ASSERT_TRUE(withOverhead) << withOverhead.message();
   const double ops = (*withOverhead - *base) / 1e-3;
   EXPECT_NEAR(ops, std::round(ops), 1e-6);
@@ -127,13 +134,18 @@ TEST(PredictStepSeconds, CalibrationScalesTheRoofline) {
   StepShape prefill;
   prefill.tokens = 512;
   prefill.decode = false;
-  auto fast = predictStepSeconds(demo, ideal, prefill);
+  auto fast = predict(ideal, prefill);
   ClusterSpec slowAttention = ideal;
   slowAttention.device.attentionEfficiency = 0.01;
-  auto slower = predictStepSeconds(demo, slowAttention, prefill);
+  auto slower = predict(slowAttention, prefill);
   ASSERT_TRUE(fast && slower);
   EXPECT_GT(*slower, *fast);
-  EXPECT_FALSE(predictStepSeconds("/nonexistent/model", ideal, decode));
+  auto both = predictStepSeconds(demo, ideal, {decode, prefill});
+  ASSERT_TRUE(both) << both.message();
+  ASSERT_EQ(both->size(), 2u);
+  EXPECT_EQ((*both)[0], *base);
+  EXPECT_EQ((*both)[1], *fast);
+  EXPECT_FALSE(predictStepSeconds("/nonexistent/model", ideal, {decode}));
 }
 
 } // namespace

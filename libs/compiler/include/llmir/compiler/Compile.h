@@ -59,11 +59,12 @@ struct StepShape {
   int64_t context = 0;  // decode: cached keys per sequence
   bool decode = true;
 };
-/// The cost model's time of one step of the Hugging Face checkpoint `hfDir`
-/// on `spec`'s device (its calibration included), for printing beside a
-/// measured one (bench/gpu).
-Result<double> predictStepSeconds(const std::string &hfDir, const ClusterSpec &spec,
-                                  const StepShape &step);
+/// The cost model's time of each of `steps` for the Hugging Face checkpoint
+/// `hfDir` on `spec`'s device (its calibration included), in order, for
+/// printing beside measured ones (bench/gpu). The model is imported once.
+Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
+                                               const ClusterSpec &spec,
+                                               const std::vector<StepShape> &steps);
 
 /// Compiles an `llm` module given as MLIR text (as llmir-import writes it).
 Result<CompiledModel> compileModule(const std::string &mlirText,
