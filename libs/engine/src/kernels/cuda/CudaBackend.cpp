@@ -333,8 +333,9 @@ public:
     // Flash-decoding when a decode step's (token, head) pairs would leave
     // most multiprocessors idle: each pair's keys over up to 8 blocks. It
     // depends on T only, so a recorded graph stays valid.
+    decodeStep_ = isDecodeStep();
     const int64_t pairs = static_cast<int64_t>(T) * attentionHeads_;
-    if (tiles.empty() && pairs > 0 && isDecodeStep()) {
+    if (tiles.empty() && pairs > 0 && decodeStep_) {
       const int64_t splits =
           std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, kMaxDecodeSplits);
       if (splits > 1) {
@@ -362,7 +363,7 @@ public:
   Status runAll(const std::vector<BoundInstruction> &instructions) override {
     if (linearGroupSize_.empty())
       planFusions();
-    if (!graphsAllowed_ || !isDecodeStep())
+    if (!graphsAllowed_ || !decodeStep_)
       return ExecutionBackend::runAll(instructions);
     GraphKey key{step_->numTokens(), deviceStep_.blockTableStride, selectedRows(*step_)};
     auto found = graphs_.find(key);
@@ -946,6 +947,7 @@ private:
   std::vector<size_t> linearGroupSize_;
   std::vector<bool> addNormFused_, computedEarlier_;
   bool graphsAllowed_ = false;
+  bool decodeStep_ = false; // this step's isDecodeStep(), from beginStep
   std::map<GraphKey, Graph> graphs_;
   std::set<GraphKey> seenKeys_;
   cuda::DeviceStep deviceStep_;
