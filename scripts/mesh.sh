@@ -22,6 +22,10 @@
 #            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
 #   --smoke-ids N  compare only the first N ids (a bf16 KV cache keeps the
 #            first 8 of the f32 references; later ones may drift).
+#   --smoke-logprobs TOL  also send every reference prompt with echo and
+#            logprobs and compare the served prompt-token logprobs with the
+#            log-softmax of reference_logits.safetensors (relative error at
+#            most TOL).
 # Binaries come from ${LLMIR_BUILD_DIR:-build}/bin (scripts/build.sh builds them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +35,7 @@ port=8000
 compiler_port=8081
 smoke=0
 smoke_ids=0 # 0: every reference id
+smoke_logprobs="" # a tolerance: check the prompt's logprobs too
 tp=2
 pp=1
 device=cpu
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0; kv_store_port=0; kv_store_http_port=0 ;;
     --smoke-ids) smoke_ids="$2"; shift ;;
+    --smoke-logprobs) smoke_logprobs="$2"; shift ;;
     --kv-store) kv_store=1 ;;
     --kv-store-port) kv_store_port="$2"; shift ;;
     --model) model="$2"; shift ;;
@@ -51,7 +57,7 @@ while [ $# -gt 0 ]; do
     --pp) pp="$2"; shift ;;
     --device) device="$2"; shift ;;
     --kv-cache-dtype) kv_cache_dtype="$2"; shift ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -203,6 +209,46 @@ if got != expected[:n]:
     sys.exit(f"mesh.sh: got ids {choice.get('token_ids')}, reference greedy ids {expected} (first {n} compared)")
 print(f"   completion {json.dumps(choice['text'])} equals the reference greedy ids (first {n})")
 PY
+  if [ -n "$smoke_logprobs" ]; then
+    python3 - "$root/tests/integration" "$base" "$name" "$model" "$smoke_logprobs" <<'PY' ||
+import json, math, sys, urllib.request
+sys.path.insert(0, sys.argv[1])
+from generate_reference import read_safetensors
+base, name, model, tolerance = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+cases = json.load(open(f"{model}/reference.json"))["cases"]
+try:
+    reference = read_safetensors(f"{model}/reference_logits.safetensors")
+except FileNotFoundError:
+    print(f"   SKIPPED the prompt logprobs: {model} has no reference_logits.safetensors")
+    sys.exit(0)
+worst = 0.0
+for i, case in enumerate(cases):
+    ids = case["prompt_ids"]
+    body = json.dumps({"model": name, "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0})
+    request = urllib.request.Request(f"{base}/v1/completions", body.encode(),
+                                     {"Content-Type": "application/json"})
+    served = json.load(urllib.request.urlopen(request, timeout=120))["choices"][0]["logprobs"]["token_logprobs"]
+    shape, logits = reference[f"prompt{i}.logits"]
+    vocab = shape[1]
+    # The reference's log-softmax at each next prompt token: what the
+    # served logprob of that token must be.
+    expected = []
+    for pos in range(len(ids) - 1):
+        row = logits[pos * vocab:(pos + 1) * vocab]
+        top = max(row)
+        lse = top + math.log(sum(math.exp(x - top) for x in row))
+        expected.append(row[ids[pos + 1]] - lse)
+    got = served[1:len(ids)]
+    if served[0] is not None or len(got) != len(expected) or None in got:
+        sys.exit(f"mesh.sh: case {i}: echo logprobs {served} do not cover the {len(ids)}-token prompt")
+    err = math.sqrt(sum((a - b) ** 2 for a, b in zip(got, expected)) / sum(b * b for b in expected))
+    if err > tolerance:
+        sys.exit(f"mesh.sh: case {i}: prompt logprobs relative error {err:.2e} > {tolerance}")
+    worst = max(worst, err)
+print(f"   prompt logprobs of {len(cases)} cases within {worst:.2e} of the reference logits")
+PY
+      fail scheduler "the prompt's logprobs differ from the reference"
+  fi
   if [ "$kv_store" = 1 ]; then
     # Every rank writes the completion's full blocks through (in the
     # background): the store holds them shortly after.

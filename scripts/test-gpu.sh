@@ -44,11 +44,15 @@ step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
 step mesh_test_gpu env LLMIR_TEST_WORKER_DEVICE=cuda LLMIR_TEST_WORKER_COLLECTIVES=gloo \
   LLMIR_FIXTURES_DIR="$fixtures" "$bin/mesh_test" --gtest_filter='*Families*'
 step mesh_smoke_fixtures_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
-  "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 2 --device cuda --kv-cache-dtype f32
+  "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 2 --device cuda --kv-cache-dtype f32 \
+  --smoke-logprobs 1e-4
+step mesh_smoke_fixtures_gpu_bf16_kv env LLMIR_BUILD_DIR="$(dirname "$bin")" FIXTURES_ONLY=1 \
+  "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 1 --device cuda --kv-cache-dtype bf16 \
+  --smoke-ids 8 --smoke-logprobs 2e-2
 step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
-  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32 --smoke-logprobs 1e-3
 step mesh_smoke_gpu_bf16_kv env LLMIR_BUILD_DIR="$(dirname "$bin")" \
-  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype bf16 --smoke-ids 8
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype bf16 --smoke-ids 8 --smoke-logprobs 2e-2
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test-gpu: ${#failed[@]} failed: ${failed[*]}"
   exit 1
