@@ -42,7 +42,7 @@ fi
 step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"
 step mesh_test_gpu env LLMIR_TEST_WORKER_DEVICE=cuda LLMIR_TEST_WORKER_COLLECTIVES=gloo \
-  LLMIR_FIXTURES_DIR="$fixtures" "$bin/mesh_test" --gtest_filter='*Families*'
+  LLMIR_FIXTURES_DIR="$fixtures" LLMIR_BIN_DIR="$bin" "$bin/mesh_test" --gtest_filter='*Families*'
 step mesh_smoke_fixtures_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" --tp 2 --device cuda --kv-cache-dtype f32 \
   --smoke-logprobs 1e-4
