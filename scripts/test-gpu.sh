@@ -30,14 +30,33 @@ step() {
 }
 step engine_backend_ops_test "$bin/engine_backend_ops_test"
 step backend_consistency_test "$bin/backend_consistency_test"
+# racecheck reports hazards inside cuBLAS's own Hopper GEMM kernels
+# (nvjet_*: their TMA/mbarrier ordering is beyond its model; excluding them
+# with --kernel-name-exclude makes the sanitizer fail on a hardware
+# exception), so its step passes when every hazard it reports is in one of
+# those and none is in a kernel of the project.
+racecheck() {
+  local out status
+  out="$(timeout 600 compute-sanitizer --tool racecheck "$@" 2>&1)" && status=0 || status=$?
+  [ "$status" != 124 ] || { echo "racecheck timed out"; return 1; }
+  echo "$out" | grep -E '^=========|PASSED|FAILED' | head -40
+  local ours
+  ours="$(echo "$out" | grep -E 'Race reported' | grep -v 'nvjet_' || true)"
+  [ -z "$ours" ] || { echo "hazards in the project's kernels:"; echo "$ours"; return 1; }
+  echo "$out" | grep -q '\[  PASSED  \]' && ! echo "$out" | grep -q '\[  FAILED  \]'
+}
 if [ "${COMPUTE_SANITIZER:-0}" = 1 ]; then
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool engine_backend_ops_test" \
-      compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/engine_backend_ops_test"
-    step "compute-sanitizer $tool backend_consistency_test" \
-      compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      "$bin/backend_consistency_test" --gtest_filter='*/0:*/1'
-  done
+  # tp=1, tp=2 and the fast paths (graphs recorded and replayed, greedy ids).
+  consistency=(--gtest_filter='*/0:*/1:BackendFastPaths.*')
+  step "compute-sanitizer memcheck engine_backend_ops_test" \
+    timeout 600 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/engine_backend_ops_test"
+  step "compute-sanitizer memcheck backend_consistency_test" \
+    timeout 600 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    "$bin/backend_consistency_test" "${consistency[@]}"
+  step "compute-sanitizer racecheck engine_backend_ops_test" \
+    racecheck "$bin/engine_backend_ops_test"
+  step "compute-sanitizer racecheck backend_consistency_test" \
+    racecheck "$bin/backend_consistency_test" "${consistency[@]}"
 fi
 step llmir_generate_gpu python3 "$root/tests/integration/gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures"

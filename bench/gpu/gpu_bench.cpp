@@ -45,6 +45,7 @@ struct Options {
   std::string model;
   std::string clusterSpec; // the cost model's device (default: the ideal H100)
   bool predictOnly = false;
+  std::string matmulPrecision = "highest";
 };
 
 [[noreturn]] void fail(const std::string &why) {
@@ -67,6 +68,9 @@ Options parse(int argc, char **argv) {
              "(bench/gpu/h100-calibrated.yaml; default: the ideal H100 roofline)");
   config.add("predict-only", &o.predictOnly,
              "print the cost model's predictions only (no GPU needed)");
+  config.add("matmul-precision", &o.matmulPrecision,
+             "highest (products within f32 rounding) or medium (activations rounded to bf16 "
+             "for the tensor cores, as the peer's bf16 model computes)");
   if (Status st = config.load(argc, argv); !st)
     fail(st.message());
   if (config.helpRequested()) {
@@ -186,6 +190,10 @@ int run(const Options &o) {
   engine::ExecutorOptions options;
   options.device = *device;
   options.numKvBlocks = std::max(perSequence * maxBatch, prefillBlocks);
+  auto precision = engine::parseMatmulPrecision(o.matmulPrecision);
+  if (!precision)
+    fail("--matmul-precision: " + precision.message());
+  options.matmulPrecision = *precision;
   auto start = Clock::now();
   auto executor =
       engine::Executor::create(program, engine::checkpointWeights(*checkpoint), options);
@@ -263,11 +271,13 @@ int run(const Options &o) {
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, device->index);
-  std::printf("{\"engine\": \"llmir\", \"gpu\": \"%s\", \"weight_bytes\": %.0f, "
+  std::printf("{\"engine\": \"llmir\", \"gpu\": \"%s\", \"matmul_precision\": \"%s\", "
+              "\"weight_bytes\": %.0f, "
               "\"copy_bandwidth_gbs\": %.1f, \"roofline_batch1_tok_s\": %.1f, "
               "\"load_s\": %.2f, \"decode_tok_s\": {%s}, \"prefill_%d_ms\": %.3f, %s}\n",
-              prop.name, weightBytes, bandwidth / 1e9, bandwidth / weightBytes,
-              loadSeconds, rows.c_str(), o.prefill, prefillMs, predicted.c_str());
+              prop.name, o.matmulPrecision.c_str(), weightBytes, bandwidth / 1e9,
+              bandwidth / weightBytes, loadSeconds, rows.c_str(), o.prefill, prefillMs,
+              predicted.c_str());
   return 0;
 }
 

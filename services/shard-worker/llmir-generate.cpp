@@ -4,7 +4,7 @@
 //                [--tp N] [--pp M] [--sp K] [--timeout-s S]
 //                [--dump-prompt-logits FILE] [--timing]
 //                [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]
-//                [--kv-cache-dtype auto|f32|bf16]
+//                [--kv-cache-dtype auto|f32|bf16] [--matmul-precision highest|medium]
 //
 // Compiles the checkpoint, runs it on the CPU engine and prints the
 // continuation (text, or with --json one object with prompt_ids, output_ids
@@ -59,7 +59,7 @@ constexpr const char *kUsage =
     "                      [--tp N] [--pp M] [--sp K] [--timeout-s S]\n"
     "                      [--dump-prompt-logits FILE] [--timing]\n"
     "                      [--device cpu|cuda[:N]] [--collectives auto|gloo|nccl]\n"
-    "                      [--kv-cache-dtype auto|f32|bf16]\n";
+    "                      [--kv-cache-dtype auto|f32|bf16] [--matmul-precision highest|medium]\n";
 
 /// Store keys the launcher and its workers share.
 const std::string kStorePrefix = "llmir-generate";
@@ -80,6 +80,7 @@ struct Options {
   bool timing = false;
   llmir::engine::Device device;
   llmir::engine::KvCacheDType kvCacheDtype = llmir::engine::KvCacheDType::Auto;
+  llmir::engine::MatmulPrecision matmulPrecision = llmir::engine::MatmulPrecision::Highest;
   /// Collectives between ranks: nccl (device memory) or gloo (host memory,
   /// staged from the GPU); auto picks nccl when every rank has its own GPU.
   std::string collectives = "auto";
@@ -149,6 +150,10 @@ Result<Options> parseArgs(int argc, char **argv) {
   config.add("collectives", &o.collectives, "auto, gloo or nccl");
   config.add("kv-cache-dtype", &kvCacheDtype,
              "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
+  std::string matmulPrecision = "highest";
+  config.add("matmul-precision", &matmulPrecision,
+             "highest (products within f32 rounding) or medium (cuda: activations rounded to "
+             "bf16 for the tensor cores)");
   // Set by the launcher on its worker processes.
   config.add("worker-rank", &o.workerRank, "internal: this worker's rank");
   config.add("world-size", &o.worldSize, "internal: ranks of the replica");
@@ -179,6 +184,10 @@ Result<Options> parseArgs(int argc, char **argv) {
   if (!dtype)
     return dtype.status();
   o.kvCacheDtype = *dtype;
+  auto precision = llmir::engine::parseMatmulPrecision(matmulPrecision);
+  if (!precision)
+    return precision.status().withContext("--matmul-precision");
+  o.matmulPrecision = *precision;
   if (o.collectives != "auto" && o.collectives != "gloo" && o.collectives != "nccl")
     return Status::error("--collectives: '" + o.collectives + "' is not one of auto, gloo, nccl");
   if (o.modelDir.empty())
@@ -287,6 +296,7 @@ Status generate(const Options &o, Request &request,
   executorOptions.numThreads = threads;
   executorOptions.device = device;
   executorOptions.kvCacheDtype = o.kvCacheDtype;
+  executorOptions.matmulPrecision = o.matmulPrecision;
   // Enough blocks for this one sequence.
   const int64_t blockSize = program.kv_cache().block_size();
   const int64_t length =

@@ -46,6 +46,7 @@ struct Settings {
   std::string collectives = "auto";
   double gpuMemoryFraction = 0.9;
   std::string kvCacheDtype = "auto";
+  std::string matmulPrecision = "highest";
   std::string httpHost = "0.0.0.0";
   uint16_t httpPort = 0;
   uint32_t connectTimeoutMs = 60000;
@@ -201,6 +202,9 @@ int main(int argc, char **argv) {
              "auto (nccl on cuda, gloo on cpu), gloo or nccl; equal across a replica");
   config.add("worker.kv-cache-dtype", &s.kvCacheDtype,
              "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
+  config.add("worker.matmul-precision", &s.matmulPrecision,
+             "highest (products within f32 rounding) or medium (cuda: activations rounded "
+             "to bf16 for the tensor cores, as bf16 models compute)");
   config.add("worker.gpu-memory-fraction", &s.gpuMemoryFraction,
              "cuda: share of the device's memory for weights, activations and KV "
              "blocks when the scheduler does not fix the block count");
@@ -251,6 +255,12 @@ int main(int argc, char **argv) {
     std::cerr << "llmir-shard-worker: worker.kv-cache-dtype: " << kvCacheDtype.message() << "\n";
     return 2;
   }
+  auto matmulPrecision = llmir::engine::parseMatmulPrecision(s.matmulPrecision);
+  if (!matmulPrecision) {
+    std::cerr << "llmir-shard-worker: worker.matmul-precision: " << matmulPrecision.message()
+              << "\n";
+    return 2;
+  }
   // --check-config checks the settings, not this machine: whether the CUDA
   // device exists is a start-time check (CI has no GPU, GPU nodes do).
   if (config.checkRequested()) {
@@ -291,6 +301,7 @@ int main(int argc, char **argv) {
   options.clusterSecret = *clusterSecret;
   options.device = *device;
   options.kvCacheDtype = *kvCacheDtype;
+  options.matmulPrecision = *matmulPrecision;
   options.ncclCollectives =
       s.collectives == "nccl" || (s.collectives == "auto" && device->isCuda());
   options.gpuMemoryFraction = s.gpuMemoryFraction;

@@ -70,6 +70,17 @@ def main():
     proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
                "--kv-cache-dtype", "f16")
     check(proc.returncode == 2 and "auto, f32, bf16" in proc.stderr, f"--kv-cache-dtype f16: {proc.stderr}")
+    # Medium matmul precision changes only the GPU's tensor-core products:
+    # the CPU computes in f32 either way (the full reference ids); an unknown
+    # precision is a usage error naming the accepted ones.
+    case = reference_cases(demo)[0]
+    proc = run(args.generate, *greedy_args(demo, case), "--matmul-precision", "medium")
+    check(proc.returncode == 0 and json.loads(proc.stdout)["output_ids"] == case["greedy_ids"],
+          f"--matmul-precision medium on cpu: exit {proc.returncode}: {proc.stderr}")
+    proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
+               "--matmul-precision", "high")
+    check(proc.returncode == 2 and "highest, medium" in proc.stderr,
+          f"--matmul-precision high: {proc.stderr}")
     if not os.path.exists("/dev/nvidiactl"):
         # No GPU here (CI): asking for one is a clear error at start.
         proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",

@@ -6,7 +6,8 @@ the family fixtures when present): each reference case's greedy ids through `--d
 prompt logits (`--dump-prompt-logits`) within the fixtures' agreement of
 the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
 (NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
-KV cache, logits within 2e-2 and the first 8 greedy ids. Then the same seeded sample
+KV cache, logits within 2e-2 and the first 8 greedy ids (and so for the demo
+model at --matmul-precision medium). Then the same seeded sample
 (temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
 """
@@ -77,6 +78,10 @@ def main():
     for degree in ("3", "8"):
         check_model(args.generate, demo, ["--kv-cache-dtype", "f32", "--timeout-s", "30", "--tp", degree],
                     f"cuda tp={degree}", 1e-3)
+    # Medium matmul precision (activations rounded to bf16 for the tensor
+    # cores): the demo model's bf16 weights, bf16-level agreement.
+    check_model(args.generate, demo, ["--matmul-precision", "medium"], "cuda medium", 2e-2,
+                exact_ids=8)
     prompt = reference_cases(demo)[0]["prompt_ids"]
     sampled = {}
     for device in ("cpu", "cuda"):

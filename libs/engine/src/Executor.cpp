@@ -88,6 +88,15 @@ Result<KvCacheDType> parseKvCacheDType(std::string_view text) {
                        "' is not one of: auto, f32, bf16");
 }
 
+Result<MatmulPrecision> parseMatmulPrecision(std::string_view text) {
+  if (text == "highest")
+    return MatmulPrecision::Highest;
+  if (text == "medium")
+    return MatmulPrecision::Medium;
+  return Status::error("matmul precision '" + std::string(text) +
+                       "' is not one of: highest, medium");
+}
+
 Result<std::unique_ptr<Executor>>
 Executor::create(const proto::ShardProgram &program,
                  const WeightProvider &weights, const ExecutorOptions &options,
@@ -102,6 +111,7 @@ Executor::create(const proto::ShardProgram &program,
   BackendOptions backendOptions;
   backendOptions.numThreads = options.numThreads;
   backendOptions.gpuMemoryFraction = options.gpuMemoryFraction;
+  backendOptions.bf16Products = options.matmulPrecision == MatmulPrecision::Medium;
   bool sixteenBitWeights = false;
   for (const BoundSlot &slot : p.slots)
     sixteenBitWeights |= slot.isWeight && (slot.dtype == proto::BF16 || slot.dtype == proto::F16);

@@ -187,6 +187,7 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   executorOptions.device = options_.device;
   executorOptions.gpuMemoryFraction = options_.gpuMemoryFraction;
   executorOptions.kvCacheDtype = options_.kvCacheDtype;
+  executorOptions.matmulPrecision = options_.matmulPrecision;
   auto executor = engine::Executor::create(
       program_, engine::checkpointWeights(*checkpoint_), executorOptions,
       timedComm_.get());

@@ -56,6 +56,7 @@ struct ShardWorkerOptions {
   bool ncclCollectives = false; // else Gloo (host memory)
   double gpuMemoryFraction = 0.9;
   engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto;
+  engine::MatmulPrecision matmulPrecision = engine::MatmulPrecision::Highest;
   /// The internal plane's secret: proves this worker to the rendezvous store
   /// and the compiler service.
   std::optional<std::string> clusterSecret;

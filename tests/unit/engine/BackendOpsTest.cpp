@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <string>
 
@@ -27,6 +28,23 @@ using testing::randomFloats;
 
 constexpr double kElementwiseLimit = 1e-5;
 constexpr double kMatmulLimit = 1e-4;
+/// Products of operands rounded to bf16 (medium matmul precision).
+constexpr double kMediumLimit = 1e-2;
+
+// bf16 bits of x rounded to nearest even (as the device's KV store rounds),
+// and back.
+uint16_t bf16Bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float bf16Value(uint16_t bits) {
+  const uint32_t u = uint32_t(bits) << 16;
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
 
 template <typename T> class DeviceArray {
 public:
@@ -156,11 +174,25 @@ TEST_F(BackendOps, Linear) {
       Status status = cuda::linear(*context_, dx.get(), s.T, dw.view,
                                    s.bias ? dbias.get() : nullptr, dy.get());
       ASSERT_TRUE(status.isOk()) << status.message();
-      compare("LINEAR",
-              "T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
-                  " N=" + std::to_string(s.N) + " " + weightName(dtype) +
-                  (s.bias ? " bias" : ""),
-              dy.download(), want, kMatmulLimit);
+      const std::string shapeText = "T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
+                                    " N=" + std::to_string(s.N) + " " + weightName(dtype) +
+                                    (s.bias ? " bias" : "");
+      compare("LINEAR", shapeText, dy.download(), want, kMatmulLimit);
+      // Medium precision on tensor cores (bf16 weights from 8 tokens): the
+      // product of x rounded to bf16, against the CPU's on the same rounded x.
+      if (dtype == proto::BF16 && s.T >= 8) {
+        std::vector<float> rounded(x.size());
+        for (size_t i = 0; i < x.size(); ++i)
+          rounded[i] = bf16Value(bf16Bits(x[i]));
+        cpu::linear(rounded.data(), s.T, WeightView::of(w), s.bias ? bias.data() : nullptr,
+                    want.data(), pool_);
+        context_->setBf16Products(true);
+        status = cuda::linear(*context_, dx.get(), s.T, dw.view, s.bias ? dbias.get() : nullptr,
+                              dy.get());
+        context_->setBf16Products(false);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        compare("LINEAR medium", shapeText, dy.download(), want, kMatmulLimit);
+      }
     }
 }
 
@@ -312,7 +344,9 @@ struct AttentionCase {
   int64_t heads, kvHeads, headDim, blockSize, layer;
   std::vector<int32_t> positions, tokenSeq;
   std::vector<std::vector<int32_t>> blockTables;
+  int64_t slidingWindow = 0;
 };
+
 
 TEST_F(BackendOps, PagedAttention) {
   auto range = [](int32_t begin, int32_t end) {
@@ -355,6 +389,29 @@ TEST_F(BackendOps, PagedAttention) {
        }(),
        {0, 0, 0, 0, 0, 0, 1},
        {{1, 4}, {0, 2, 3, 5, 7}}},
+      // Tiles of 64 rows (two full, one partial) over three key tiles.
+      {"GQA long prefill",
+       8,
+       2,
+       128,
+       32,
+       1,
+       range(0, 150),
+       std::vector<int32_t>(150, 0),
+       {{7, 1, 6, 0, 5}}},
+      // Mistral's sliding window inside and across key tiles.
+      {"GQA windowed prefill",
+       4,
+       2,
+       32,
+       16,
+       0,
+       range(0, 100),
+       std::vector<int32_t>(100, 0),
+       {{3, 5, 1, 7, 2, 0, 4}},
+       40},
+      {"GQA head dim 16", 8, 2, 16, 16, 1, range(5, 70), std::vector<int32_t>(65, 0),
+       {{4, 0, 3, 1, 2}}},
   };
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());
@@ -394,6 +451,7 @@ TEST_F(BackendOps, PagedAttention) {
     params.numKvHeads = c.kvHeads;
     params.headDim = c.headDim;
     params.scale = 1.0f / std::sqrt(float(c.headDim));
+    params.slidingWindow = c.slidingWindow;
 
     const std::vector<float> q =
         randomFloats(size_t(T * c.heads * c.headDim), rng_);
@@ -438,6 +496,62 @@ TEST_F(BackendOps, PagedAttention) {
                                     deviceCache, tiledOut.get());
       ASSERT_TRUE(status.isOk()) << status.message();
       compare("ATTN_TILED", shapeText, tiledOut.download(), want, kMatmulLimit);
+    }
+    // The same step over a bf16 cache (prefill runs on tensor cores), against
+    // the CPU on the same bf16-rounded history and step rows.
+    {
+      auto rounded = [](const std::vector<float> &x) {
+        std::vector<float> r(x.size());
+        for (size_t i = 0; i < x.size(); ++i)
+          r[i] = bf16Value(bf16Bits(x[i]));
+        return r;
+      };
+      auto bits = [](const std::vector<float> &x) {
+        std::vector<uint16_t> b(x.size());
+        for (size_t i = 0; i < x.size(); ++i)
+          b[i] = bf16Bits(x[i]);
+        return b;
+      };
+      const std::vector<float> roundedKeys = rounded(keys), roundedValues = rounded(values);
+      Result<KvCache> roundedCache = KvCache::create(shape);
+      ASSERT_TRUE(roundedCache.isOk());
+      for (int64_t layer = 0; layer < shape.numLayers; ++layer)
+        for (int32_t block = 0; block < shape.numBlocks; ++block)
+          for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
+            const size_t at = rowOffset(layer, block, slot);
+            std::copy_n(roundedKeys.begin() + at, width,
+                        roundedCache->keyRow(layer, block, slot));
+            std::copy_n(roundedValues.begin() + at, width,
+                        roundedCache->valueRow(layer, block, slot));
+          }
+      const std::vector<float> roundedK = rounded(k), roundedV = rounded(v);
+      std::vector<float> roundedWant(q.size());
+      cpu::pagedAttention(q.data(), roundedK.data(), roundedV.data(), step, params,
+                          *roundedCache, roundedWant.data(), pool_);
+      DeviceArray<uint16_t> bkeys(bits(keys)), bvalues(bits(values));
+      DeviceArray<int32_t> dtiles(tiles.empty() ? std::vector<int32_t>{0} : tiles);
+      cuda::DeviceKvCache bf16Cache{shape, bkeys.get(), bvalues.get(), true};
+      cuda::DeviceStep bf16Step = deviceStep;
+      if (!tiles.empty() && c.headDim <= 128) {
+        bf16Step.prefillTiles = dtiles.get();
+        bf16Step.numPrefillTiles = int64_t(tiles.size() / 2);
+      }
+      DeviceArray<float> bf16Out(q.size());
+      status = cuda::pagedAttention(dq.get(), dk.get(), dv.get(), bf16Step, params, bf16Cache,
+                                    bf16Out.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare(bf16Step.numPrefillTiles > 0 ? "ATTN_TILED_BF16" : "ATTN_BF16",
+              shapeText + " bf16 cache", bf16Out.download(), roundedWant, kMatmulLimit);
+      // Medium precision: queries and probabilities rounded to bf16 on the
+      // tensor cores, bf16-level agreement.
+      if (bf16Step.numPrefillTiles > 0) {
+        bf16Step.bf16Queries = true;
+        status = cuda::pagedAttention(dq.get(), dk.get(), dv.get(), bf16Step, params, bf16Cache,
+                                      bf16Out.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        compare("ATTN_TILED_BF16", shapeText + " medium", bf16Out.download(), roundedWant,
+                kMediumLimit);
+      }
     }
     // Flash-decoding: every (token, head)'s keys over 3 blocks, merged.
     {

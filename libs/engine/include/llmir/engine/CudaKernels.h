@@ -41,6 +41,10 @@ public:
   /// The device scratch linear() uses for many tokens; it moves when a
   /// larger step needs more, which a captured CUDA graph must notice.
   const void *scratchAddress() const;
+  /// Medium matmul precision (MatmulPrecision::Medium): bf16 weights'
+  /// tensor-core products take x rounded to bf16 instead of two halves
+  /// (half the work, bf16-level error). Default off: within f32 rounding.
+  void setBf16Products(bool bf16);
 
   struct State;
   State &state() { return *state_; }
@@ -54,7 +58,8 @@ private:
 /// context's stream: cuBLAS SGEMM for f32 weights; bf16/f16 weights read in
 /// place with f32 accumulation by a GEMV for few tokens; bf16 weights on
 /// tensor cores from 8 tokens, x split into two bf16 halves so the result
-/// stays within f32 rounding (no widened copy of the weights either way).
+/// stays within f32 rounding, or rounded to bf16 with
+/// Context::setBf16Products (no widened copy of the weights either way).
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y);
 
@@ -131,7 +136,7 @@ struct DeviceStep {
   const int32_t *blockTables = nullptr;
   int64_t blockTableStride = 0;
   /// Optional: the step's rows as tiles [numPrefillTiles][2] (first row,
-  /// count of at most 32 consecutive rows of one sequence) covering every
+  /// count of at most 64 consecutive rows of one sequence) covering every
   /// row; given, plain attention runs the tiled prefill kernel (key and
   /// value tiles shared by a tile's queries).
   const int32_t *prefillTiles = nullptr;
@@ -142,10 +147,13 @@ struct DeviceStep {
   /// (heads * headDim + heads) floats for the largest attention.
   int64_t decodeSplits = 1;
   float *attentionScratch = nullptr;
+  /// Medium matmul precision: prefill attention on tensor cores takes the
+  /// queries and probabilities rounded to bf16 instead of two halves each.
+  bool bf16Queries = false;
 };
 
 /// The tiles DeviceStep::prefillTiles wants for a step whose row t belongs
-/// to sequence tokenSeq[t]: runs of one sequence cut every 32 rows. Empty
+/// to sequence tokenSeq[t]: runs of one sequence cut every 64 rows. Empty
 /// when no run is longer than one row (a decode step).
 std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq);
 

@@ -29,6 +29,16 @@ enum class KvCacheDType { Auto, F32, BF16 };
 /// "auto", "f32" (or "float32"), "bf16" (or "bfloat16").
 Result<KvCacheDType> parseKvCacheDType(std::string_view text);
 
+/// Precision of the products with 16-bit weights, as PyTorch's
+/// float32_matmul_precision: Highest keeps them within f32 rounding (the
+/// activations go in as two bf16 halves; the Hugging Face references hold
+/// at 1e-4); Medium rounds the activations to bf16 for the tensor cores, as
+/// a bf16 model computes (about half the work of large steps; logits within
+/// ~1e-2). CUDA only: the CPU computes in f32 either way.
+enum class MatmulPrecision { Highest, Medium };
+/// "highest" or "medium".
+Result<MatmulPrecision> parseMatmulPrecision(std::string_view text);
+
 struct ExecutorOptions {
   /// KV blocks to allocate; 0 uses program.kv_cache().num_blocks, and on a
   /// CUDA device with gpuMemoryFraction > 0 fills that share of its memory.
@@ -41,6 +51,7 @@ struct ExecutorOptions {
   /// program's planned block count.
   double gpuMemoryFraction = 0.0;
   KvCacheDType kvCacheDtype = KvCacheDType::Auto;
+  MatmulPrecision matmulPrecision = MatmulPrecision::Highest;
 };
 
 /// Sees each instruction's first output after it ran (a host copy): for

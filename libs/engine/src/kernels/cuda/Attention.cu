@@ -234,15 +234,17 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
     rowOut[g.numHeads * D + h] = maximum + logf(total);
 }
 
-// Prefill: the step's rows in tiles of up to kTileQueries consecutive rows of
-// one sequence (tiles[2 i] = first row, tiles[2 i + 1] = count), one block
-// per (tile, head). Key and value tiles of kTileKeys rows are read from the
+// Prefill (an f32 cache, or head dimensions the tensor-core kernel below
+// does not take): the step's rows in tiles of up to kPrefillTileRows
+// consecutive rows of one sequence (tiles[2 i] = first row, tiles[2 i + 1] =
+// count), one block per (half tile of kTileQueries rows, head). Key and value tiles of kTileKeys rows are read from the
 // paged cache once into shared memory (widened to f32) and used by every
 // query of the tile, flash-attention style: each warp owns kTileQueries /
 // kWarps queries, each lane one key of the tile for the scores and strided
 // head dimensions for the outputs, with an online softmax per query. The
 // per-(token, head) kernel read every key once per query.
 constexpr int kTileQueries = 32;
+static_assert(kPrefillTileRows == 2 * kTileQueries, "a tile is two blocks' rows");
 constexpr int kTileKeys = 32;
 constexpr int kQueriesPerWarp = kTileQueries / kWarps;
 constexpr int64_t kTiledMaxHeadDim = 128;
@@ -256,7 +258,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   float *queries = shared;                            // [kTileQueries][D]
   float *keyTile = queries + kTileQueries * D;        // [kTileKeys][D + 1]
   float *valueTile = keyTile + kTileKeys * pitch;     // [kTileKeys][D]
-  const int64_t firstRow = tiles[2 * blockIdx.x], count = tiles[2 * blockIdx.x + 1];
+  // A tile of kPrefillTileRows rows is two of this kernel's: blockIdx.z
+  // picks the half.
+  const int64_t firstRow = tiles[2 * blockIdx.x] + int64_t(kTileQueries) * blockIdx.z;
+  const int64_t count = min(int64_t(kTileQueries),
+                            tiles[2 * blockIdx.x + 1] - int64_t(kTileQueries) * blockIdx.z);
+  if (count <= 0)
+    return;
   const int64_t h = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const C *keys = static_cast<const C *>(g.keys);
@@ -383,6 +391,212 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// Prefill on tensor cores, for a bf16 cache and a head dimension a multiple
+// of 16 (at most 128): FlashAttention-2's loop with mma.sync m16n8k16, one
+// block of 4 warps per (tile of up to 64 rows, head), each warp 16 rows, key
+// and value tiles of 64 rows read from the paged cache into shared memory.
+// The f32 queries and probabilities go in as two bf16 halves (hi + lo, as
+// the split GEMM's activations) against the cache's exact bf16 keys and
+// values, so the products keep ~16 bits of the f32 operand: within 1e-5 of
+// the f32 kernels, where bf16 queries would be off by ~4e-3 (what medium
+// matmul precision, bf16Queries, accepts for half the work). The CUDA-core
+// tiled kernel ran at ~3.4 TFLOP/s, most of a 2,048-token prefill.
+constexpr int kMmaKeys = 64;
+
+__device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// (x, y) as bf16 pairs hi and lo with hi + lo = (x, y) to ~16 bits.
+__device__ __forceinline__ void splitPair(float x, float y, uint32_t &hi, uint32_t &lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const __nv_bfloat162 l =
+      __floats2bfloat162_rn(x - __low2float(h), y - __high2float(h));
+  hi = *reinterpret_cast<const uint32_t *>(&h);
+  lo = *reinterpret_cast<const uint32_t *>(&l);
+}
+
+template <int D, bool Split>
+__global__ void __launch_bounds__(128)
+    mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,
+                           float *out) {
+  constexpr int kPitch = D + 8; // bf16 per shared row: fragment reads hit distinct banks
+  constexpr int kChunks = D / 16, kDTiles = D / 8, kKeyTiles = kMmaKeys / 8;
+  __shared__ __align__(16) __nv_bfloat16 keyTile[kMmaKeys * kPitch];
+  __shared__ __align__(16) __nv_bfloat16 valueTile[kMmaKeys * kPitch];
+  // The last tiles of a sequence see the most keys: they start first.
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;
+  const int64_t firstRow = tiles[2 * tile], count = tiles[2 * tile + 1];
+  const int64_t h = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int quad = lane / 4, pair = lane % 4;
+  const auto *keys = static_cast<const __nv_bfloat16 *>(g.keys);
+  const auto *values = static_cast<const __nv_bfloat16 *>(g.values);
+  const int64_t kvHead = g.kvGroup > 0
+                            ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
+                            : h / (g.numHeads / g.numKvHeads);
+  const int32_t seq = g.tokenSeq[firstRow];
+  // The keys any row of the tile sees: [first, last].
+  int64_t last = 0, first = INT64_MAX;
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t p = g.positions[firstRow + r];
+    last = p > last ? p : last;
+    const int64_t from = g.slidingWindow > 0 && p + 1 > g.slidingWindow ? p + 1 - g.slidingWindow : 0;
+    first = from < first ? from : first;
+  }
+  // This thread's rows (the fragments' row and row + 8 of the warp's 16).
+  const int row[2] = {warp * 16 + quad, warp * 16 + quad + 8};
+  int64_t position[2], windowStart[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    position[i] = row[i] < count ? g.positions[firstRow + row[i]] : -1; // -1: sees nothing
+    windowStart[i] = g.slidingWindow > 0 && position[i] + 1 > g.slidingWindow
+                         ? position[i] + 1 - g.slidingWindow
+                         : 0;
+  }
+  // Q as A fragments: register k holds row[k % 2], columns 16 c + 8 (k / 2)
+  // + 2 pair and the next.
+  uint32_t qHi[kChunks][4], qLo[kChunks][4];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int r = row[k % 2];
+      float2 v = make_float2(0.0f, 0.0f);
+      if (r < count)
+        v = *reinterpret_cast<const float2 *>(q + ((firstRow + r) * g.numHeads + h) * D +
+                                              16 * c + 8 * (k / 2) + 2 * pair);
+      splitPair(v.x, v.y, qHi[c][k], qLo[c][k]);
+    }
+  float acc[kDTiles][4];
+#pragma unroll
+  for (int t = 0; t < kDTiles; ++t)
+    acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  float runningMax[2] = {-INFINITY, -INFINITY}, runningSum[2] = {0.0f, 0.0f};
+
+  for (int64_t base = first - first % kMmaKeys; base <= last; base += kMmaKeys) {
+    __syncthreads(); // the previous tile is no longer read
+    // 16-byte pieces of the tile's key and value rows; past `last` zeros
+    // (their probabilities are 0, and 0 * garbage could be NaN).
+    for (int i = threadIdx.x; i < kMmaKeys * (D / 8); i += blockDim.x) {
+      const int key = i / (D / 8), piece = i % (D / 8);
+      const int64_t j = base + key;
+      uint4 k4 = make_uint4(0, 0, 0, 0), v4 = make_uint4(0, 0, 0, 0);
+      if (j <= last) {
+        const int64_t at = cacheRow(g, seq, j) + kvHead * D + piece * 8;
+        k4 = *reinterpret_cast<const uint4 *>(keys + at);
+        v4 = *reinterpret_cast<const uint4 *>(values + at);
+      }
+      *reinterpret_cast<uint4 *>(keyTile + key * kPitch + piece * 8) = k4;
+      *reinterpret_cast<uint4 *>(valueTile + key * kPitch + piece * 8) = v4;
+    }
+    __syncthreads();
+    // Scores: C fragments, element e of n-tile t is row[e / 2] and key
+    // base + 8 t + 2 pair + e % 2.
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int t = 0; t < kKeyTiles; ++t) {
+      s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const __nv_bfloat16 *k = keyTile + (8 * t + quad) * kPitch + 16 * c + 2 * pair;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(k);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(k + 8);
+        mmaBf16(s[t], qHi[c], b0, b1);
+        if (Split)
+          mmaBf16(s[t], qLo[c], b0, b1);
+      }
+    }
+    float tileMax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int t = 0; t < kKeyTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e / 2;
+        const int64_t j = base + 8 * t + 2 * pair + e % 2;
+        const bool visible = j <= position[i] && j >= windowStart[i];
+        s[t][e] = visible ? s[t][e] * g.scale : -INFINITY;
+        tileMax[i] = fmaxf(tileMax[i], s[t][e]);
+      }
+    float correction[2], tileSum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      // The four lanes of a row hold its 64 keys between them.
+      tileMax[i] = fmaxf(tileMax[i], __shfl_xor_sync(0xffffffffu, tileMax[i], 1));
+      tileMax[i] = fmaxf(tileMax[i], __shfl_xor_sync(0xffffffffu, tileMax[i], 2));
+      const float newMax = fmaxf(runningMax[i], tileMax[i]);
+      correction[i] = newMax == -INFINITY ? 1.0f : expf(runningMax[i] - newMax);
+      runningMax[i] = newMax;
+    }
+#pragma unroll
+    for (int t = 0; t < kKeyTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e / 2;
+        s[t][e] = s[t][e] == -INFINITY ? 0.0f : expf(s[t][e] - runningMax[i]);
+        tileSum[i] += s[t][e];
+      }
+    // Each lane's share of its rows' sums (the lanes are summed at the end).
+    runningSum[0] = runningSum[0] * correction[0] + tileSum[0];
+    runningSum[1] = runningSum[1] * correction[1] + tileSum[1];
+#pragma unroll
+    for (int t = 0; t < kDTiles; ++t) {
+      acc[t][0] *= correction[0];
+      acc[t][1] *= correction[0];
+      acc[t][2] *= correction[1];
+      acc[t][3] *= correction[1];
+    }
+    // acc += P V: two adjacent score tiles are one A fragment (16 keys);
+    // the value fragments come transposed out of the row-major tile.
+#pragma unroll
+    for (int kc = 0; kc < kMmaKeys / 16; ++kc) {
+      uint32_t pHi[4], pLo[4];
+      splitPair(s[2 * kc][0], s[2 * kc][1], pHi[0], pLo[0]);
+      splitPair(s[2 * kc][2], s[2 * kc][3], pHi[1], pLo[1]);
+      splitPair(s[2 * kc + 1][0], s[2 * kc + 1][1], pHi[2], pLo[2]);
+      splitPair(s[2 * kc + 1][2], s[2 * kc + 1][3], pHi[3], pLo[3]);
+#pragma unroll
+      for (int t = 0; t < kDTiles; t += 2) {
+        // Lane l addresses row l % 8 of matrix l / 8: keys 16 kc + 8 (m % 2),
+        // columns 8 (t + m / 2).
+        const int m = lane / 8;
+        const __nv_bfloat16 *v =
+            valueTile + (16 * kc + 8 * (m % 2) + lane % 8) * kPitch + 8 * (t + m / 2);
+        const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(v));
+        uint32_t b[4];
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                     : "r"(address));
+        mmaBf16(acc[t], pHi, b[0], b[1]);
+        mmaBf16(acc[t + 1], pHi, b[2], b[3]);
+        if (Split) {
+          mmaBf16(acc[t], pLo, b[0], b[1]);
+          mmaBf16(acc[t + 1], pLo, b[2], b[3]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 1);
+    runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 2);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    if (row[i] >= count)
+      continue;
+    float *o = out + ((firstRow + row[i]) * g.numHeads + h) * D + 2 * pair;
+#pragma unroll
+    for (int t = 0; t < kDTiles; ++t)
+      *reinterpret_cast<float2 *>(o + 8 * t) =
+          make_float2(acc[t][2 * i] / runningSum[i], acc[t][2 * i + 1] / runningSum[i]);
+  }
+}
+
 // One block per (token, head): the exact merge of the shards' partials,
 // o = sum_r exp(lse_r - lse) o_r / sum_r exp(lse_r - lse), as the CPU's.
 __global__ void mergeKernel(const float *gathered, int64_t shards,
@@ -440,7 +654,7 @@ namespace {
 template <int PerLane>
 void launchPrefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                          const int32_t *tiles, int64_t numTiles, float *out) {
-  const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads));
+  const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads), 2);
   const size_t shared =
       static_cast<size_t>((kTileQueries + kTileKeys) * g.headDim + kTileKeys * (g.headDim + 1)) *
       sizeof(float);
@@ -464,9 +678,30 @@ bool prefillAttendApplies(const AttentionGeometry &g) {
          g.headDim <= kTiledMaxHeadDim;
 }
 
+namespace {
+template <int D>
+void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
+                            const int32_t *tiles, int64_t numTiles, float *out) {
+  const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads));
+  if (g.bf16Queries)
+    mmaPrefillAttendKernel<D, false><<<grid, 128, 0, stream>>>(q, g, tiles, out);
+  else
+    mmaPrefillAttendKernel<D, true><<<grid, 128, 0, stream>>>(q, g, tiles, out);
+}
+} // namespace
+
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out) {
-  if (numTiles > 0) {
+  if (numTiles > 0 && g.bf16Cache && (g.headDim == 16 || g.headDim == 32 || g.headDim == 64 ||
+                                      g.headDim == 96 || g.headDim == 128)) {
+    switch (g.headDim) {
+    case 16: launchMmaPrefillAttend<16>(stream, q, g, tiles, numTiles, out); break;
+    case 32: launchMmaPrefillAttend<32>(stream, q, g, tiles, numTiles, out); break;
+    case 64: launchMmaPrefillAttend<64>(stream, q, g, tiles, numTiles, out); break;
+    case 96: launchMmaPrefillAttend<96>(stream, q, g, tiles, numTiles, out); break;
+    default: launchMmaPrefillAttend<128>(stream, q, g, tiles, numTiles, out); break;
+    }
+  } else if (numTiles > 0) {
     if (g.headDim <= 64)
       launchPrefillAttend<2>(stream, q, g, tiles, numTiles, out);
     else

@@ -139,9 +139,9 @@ struct DeviceWeight {
 class CudaBackend final : public ExecutionBackend {
 public:
   CudaBackend(const BoundProgram &program, int device, double memoryFraction,
-              bool bf16KvCache, cuda::Context context, Communicator *comm)
+              bool bf16KvCache, bool bf16Products, cuda::Context context, Communicator *comm)
       : program_(program), device_(device), memoryFraction_(memoryFraction),
-        bf16KvCache_(bf16KvCache),
+        bf16KvCache_(bf16KvCache), bf16Products_(bf16Products),
         context_(std::move(context)), comm_(comm),
         weights_(program.slots.size()), activations_(program.slots.size()) {
     // Collectives run outside the stream (NCCL's own, or through the host):
@@ -330,6 +330,7 @@ public:
     deviceStep_ = {static_cast<int64_t>(T), positions_, tokenSeq_, ids_ + tablesAt,
                    static_cast<int64_t>(stride), ids_ + 3 * tokenCapacity_,
                    static_cast<int64_t>(tiles.size() / 2)};
+    deviceStep_.bf16Queries = bf16Products_;
     // Flash-decoding when a decode step's (token, head) pairs would leave
     // most multiprocessors idle: each pair's keys over up to 8 blocks. It
     // depends on T only, so a recorded graph stays valid.
@@ -922,6 +923,7 @@ private:
   }
 
   bool bf16KvCache_;
+  bool bf16Products_; // medium matmul precision
   cuda::Context context_;
   Communicator *comm_;
   std::vector<DeviceWeight> weights_;     // by slot id
@@ -991,8 +993,10 @@ createCudaBackend(const BoundProgram &program, int deviceIndex,
   double fraction = options.gpuMemoryFraction;
   if (fraction <= 0 || fraction > 1)
     fraction = 0.9;
+  context->setBf16Products(options.bf16Products);
   return std::unique_ptr<ExecutionBackend>(std::make_unique<CudaBackend>(
-      program, deviceIndex, fraction, options.bf16KvCache, std::move(*context), comm));
+      program, deviceIndex, fraction, options.bf16KvCache, options.bf16Products,
+      std::move(*context), comm));
 }
 
 } // namespace llmir::engine

@@ -8,6 +8,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -26,6 +27,9 @@ struct Context::State {
   /// tensor-core path); grows, never shrinks.
   void *split = nullptr;
   size_t splitBytes = 0;
+  /// Medium matmul precision: x rounded to bf16 for the tensor-core
+  /// products (one half, no lo).
+  bool bf16Products = false;
 
   ~State() {
     if (cublas)
@@ -129,16 +133,47 @@ Status Context::synchronize() {
   return cudaStatus(cudaStreamSynchronize(state_->stream), "synchronize");
 }
 
+void Context::setBf16Products(bool bf16) { state_->bf16Products = bf16; }
+
 namespace {
 
-/// x [T, K] f32 times bf16 w [N, K] on tensor cores, within f32 rounding
-/// (see Matmul.cu): one GEMM over [hi; lo] (2T columns), halves joined.
-Status splitGemm(Context::State &state, const float *x, int64_t T, const WeightView &w,
-                 const float *bias, float *y) {
+/// From this many tokens the two halves' products are two GEMMs summing
+/// into y (beta = 1) instead of one over 2T columns and a join: the GEMMs are
+/// compute-bound there, and the join's passes over [2T, N] floats cost more
+/// (a 2,048-token prefill: 4.2 of 30 ms). Below it the weights' reads
+/// dominate and one GEMM reads them once (at 128 tokens two GEMMs made
+/// batch-128 decode 11% slower on an H100).
+constexpr int64_t kTwoGemmTokens = 512;
+
+Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const WeightView &w,
+                float beta, float *y) {
+  // Column-major: y^T [N, T] = W [N, K] (stored as K x N) ^T * x^T [K, T].
+  const float one = 1.0f;
   const int64_t N = w.rows, K = w.cols;
-  const size_t halvesBytes = static_cast<size_t>(2 * T * K) * 2;
-  const size_t productBytes = static_cast<size_t>(2 * T * N) * sizeof(float);
-  const size_t need = (halvesBytes + 255) / 256 * 256 + productBytes;
+  return cublasStatus(
+      cublasGemmEx(state.cublas16, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+                   static_cast<int>(T), static_cast<int>(K), &one, w.data, CUDA_R_16BF,
+                   static_cast<int>(K), xHalf, CUDA_R_16BF, static_cast<int>(K), &beta, y,
+                   CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "bf16 gemm");
+}
+
+/// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
+/// of a group (x split once). Highest precision: x as two bf16 halves, hi +
+/// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
+/// rounded to bf16 (hi only), as bf16 models compute.
+Status splitGemms(Context::State &state, const float *x, int64_t T,
+                  std::span<const LinearOutput> outputs) {
+  const int64_t K = outputs.front().w.cols;
+  int64_t maxN = 0;
+  for (const LinearOutput &o : outputs)
+    maxN = std::max(maxN, o.w.rows);
+  const bool both = !state.bf16Products;
+  const bool join = both && T < kTwoGemmTokens;
+  const size_t halfBytes = static_cast<size_t>(T * K) * 2;
+  const size_t halvesBytes = (2 * halfBytes + 255) / 256 * 256;
+  const size_t need =
+      halvesBytes + (join ? static_cast<size_t>(2 * T * maxN) * sizeof(float) : 0);
   if (need > state.splitBytes) {
     LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(state.stream), "synchronize"));
     cudaFree(state.split);
@@ -147,20 +182,27 @@ Status splitGemm(Context::State &state, const float *x, int64_t T, const WeightV
     LLMIR_RETURN_IF_ERROR(cudaStatus(cudaMalloc(&state.split, need), "linear scratch"));
     state.splitBytes = need;
   }
-  char *halves = static_cast<char *>(state.split);
-  float *product = reinterpret_cast<float *>(halves + (halvesBytes + 255) / 256 * 256);
-  LLMIR_RETURN_IF_ERROR(cudaStatus(
-      detail::splitBf16(state.stream, x, T * K, halves, halves + halvesBytes / 2), "split"));
-  // Column-major: product^T [N, 2T] = W [N, K] (stored as K x N) ^T * halves^T [K, 2T].
-  const float one = 1.0f, zero = 0.0f;
-  LLMIR_RETURN_IF_ERROR(cublasStatus(
-      cublasGemmEx(state.cublas16, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
-                   static_cast<int>(2 * T), static_cast<int>(K), &one, w.data,
-                   CUDA_R_16BF, static_cast<int>(K), halves, CUDA_R_16BF,
-                   static_cast<int>(K), &zero, product, CUDA_R_32F, static_cast<int>(N),
-                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-      "bf16 gemm"));
-  return cudaStatus(detail::joinHalves(state.stream, product, T, N, bias, y), "join");
+  char *hi = static_cast<char *>(state.split);
+  char *lo = both ? hi + halfBytes : nullptr; // [hi; lo]: 2T columns for the joined GEMM
+  float *product = reinterpret_cast<float *>(hi + halvesBytes);
+  LLMIR_RETURN_IF_ERROR(
+      cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
+  for (const LinearOutput &o : outputs) {
+    const int64_t N = o.w.rows;
+    if (join) {
+      LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, 2 * T, o.w, 0.0f, product));
+      LLMIR_RETURN_IF_ERROR(
+          cudaStatus(detail::joinHalves(state.stream, product, T, N, o.bias, o.y), "join"));
+      continue;
+    }
+    LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, T, o.w, 0.0f, o.y));
+    if (both)
+      LLMIR_RETURN_IF_ERROR(gemmBf16(state, lo, T, o.w, 1.0f, o.y));
+    if (o.bias)
+      LLMIR_RETURN_IF_ERROR(
+          cudaStatus(detail::addBias(state.stream, o.y, o.bias, T, N), "bias"));
+  }
+  return Status::ok();
 }
 
 } // namespace
@@ -176,11 +218,8 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   for (const LinearOutput &o : outputs)
     if (o.w.cols != K || o.w.dtype != outputs.front().w.dtype)
       return Status::error("CUDA linear group: weights differ in K or dtype");
-  if (*storage == detail::Storage::BF16 && T >= tensorCoreMinTokens()) {
-    for (const LinearOutput &o : outputs)
-      LLMIR_RETURN_IF_ERROR(splitGemm(state, x, T, o.w, o.bias, o.y));
-    return Status::ok();
-  }
+  if (*storage == detail::Storage::BF16 && T >= tensorCoreMinTokens())
+    return splitGemms(state, x, T, outputs);
   if (*storage != detail::Storage::F32) {
     for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
       detail::LinearSegments segments{};
@@ -319,6 +358,7 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   g.slidingWindow = params.slidingWindow;
   g.kvGroup = params.kvGroup;
   g.headOffset = params.headOffset;
+  g.bf16Queries = step.bf16Queries;
   return g;
 }
 

@@ -91,6 +91,9 @@ struct AttentionGeometry {
   /// Uneven head split (kvGroup > 0): query head h uses KV head
   /// (headOffset + h) / kvGroup - headOffset / kvGroup (cpu::kvHeadOf).
   int64_t kvGroup, headOffset;
+  /// Medium matmul precision: the tensor-core prefill takes queries and
+  /// probabilities rounded to bf16 (no lo half).
+  bool bf16Queries;
 };
 
 constexpr int64_t kMaxHeadDim = 256;
@@ -98,13 +101,15 @@ constexpr int64_t kMaxHeadDim = 256;
 int storeKeysAndValues(Stream stream, const float *k, const float *v,
                        const AttentionGeometry &g);
 /// Rows per prefill tile (prefillAttend).
-constexpr int64_t kPrefillTileRows = 32;
+constexpr int64_t kPrefillTileRows = 64;
 /// Whether prefillAttend can take this attention (plain ATTENTION, head dim
 /// at most 128).
 bool prefillAttendApplies(const AttentionGeometry &g);
 /// attend() for steps with runs of rows of one sequence: tiles [numTiles][2]
 /// (first row, count <= kPrefillTileRows, rows consecutive in the step and
-/// of one sequence) covering every row, one block per (tile, head).
+/// of one sequence) covering every row. A bf16 cache with head dimension 16,
+/// 32, 64, 96 or 128 runs on tensor cores (queries and probabilities split
+/// into bf16 halves: within 1e-5 of f32), anything else on CUDA cores.
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out);
 int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out);

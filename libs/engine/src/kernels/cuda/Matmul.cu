@@ -147,7 +147,8 @@ __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
     const float v = x[i];
     const __nv_bfloat16 h = __float2bfloat16_rn(v);
     hi[i] = h;
-    lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+    if (lo) // medium precision keeps hi only
+      lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
   }
 }
 
