@@ -5,8 +5,9 @@
 //                       [--repeats 3] [--seconds 0.4] [--batch 8]
 //                       [--perftest ucx_perftest]      (--help lists them)
 //
-// For each transport (UCX_TLS=tcp; UCX_TLS=shm,tcp: shared memory for data,
-// TCP only to set up the connection) it starts the store in a child process
+// For each transport (UCX_TLS=tcp: everything over TCP; UCX_TLS=shm,tcp:
+// requests over TCP, block bytes through the store's shared-memory segment)
+// it starts the store in a child process
 // (this binary with --serve), picks ucx_perftest's best primitive at 1 MiB
 // among am_bw, tag_bw and ucp_put_bw, then runs `repeats` interleaved rounds
 // of: store put and get (one block per call, and `batch` blocks per call)

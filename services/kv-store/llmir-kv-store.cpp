@@ -33,6 +33,7 @@ struct Settings {
   uint16_t ucxPort = 13337;
   uint64_t capacityBytes = 1ull << 30;
   uint64_t maxBlockBytes = 64ull << 20;
+  bool sharedMemory = true;
   std::string logLevel = "info";
   std::string clusterSecretFile;
 };
@@ -130,6 +131,9 @@ int main(int argc, char **argv) {
   config.add("store.capacity-bytes", &s.capacityBytes,
              "memory budget for blocks; least recently used blocks are evicted beyond it");
   config.add("store.max-block-bytes", &s.maxBlockBytes, "a larger block is rejected");
+  config.add("store.shared-memory", &s.sharedMemory,
+             "hold blocks in a shared-memory segment that clients on this host map "
+             "(their bytes then skip UCX)");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
@@ -181,6 +185,7 @@ int main(int argc, char **argv) {
   options.port = s.ucxPort;
   options.capacityBytes = s.capacityBytes;
   options.maxBlockBytes = s.maxBlockBytes;
+  options.sharedMemory = s.sharedMemory;
   options.clusterSecret = *clusterSecret;
   auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
     metrics.record(r);
@@ -217,7 +222,8 @@ int main(int argc, char **argv) {
                                     {"port", unsigned(server.port())},
                                     {"ucx_host", s.ucxHost},
                                     {"ucx_port", unsigned((*store)->port())},
-                                    {"capacity_bytes", s.capacityBytes}});
+                                    {"capacity_bytes", s.capacityBytes},
+                                    {"shared_memory", (*store)->sharedMemoryStatus()}});
   int sig = llmir::net::waitForTerminationSignal();
   llmir::net::logInfo("stopping", {{"signal", sig}});
   server.stop();

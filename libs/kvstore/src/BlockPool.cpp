@@ -70,6 +70,11 @@ std::shared_ptr<const StoredBlock> BlockPool::peek(const BlockKey &key) {
   return it == blocks_.end() ? nullptr : it->second.block;
 }
 
+bool BlockPool::evictOne() {
+  std::lock_guard lock(mu_);
+  return evictOneLocked();
+}
+
 void BlockPool::countRejected(uint64_t n) {
   std::lock_guard lock(mu_);
   stats_.rejected += n;

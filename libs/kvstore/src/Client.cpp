@@ -1,5 +1,6 @@
 #include "llmir/kvstore/Client.h"
 
+#include "SharedArena.h"
 #include "Ucx.h"
 #include "Wire.h"
 
@@ -61,6 +62,12 @@ public:
   }
 
   Result<std::vector<BlockStatus>> call(wire::Op op, size_t n, Timeout timeout);
+  /// Connects, authenticates and learns whether the store's segment can be
+  /// mapped; then sends one call's messages and waits for their replies.
+  Status prepare(Clock::time_point deadline, int64_t limitMs);
+  Status exchange(wire::Op op, size_t n, Clock::time_point deadline, int64_t limitMs);
+  Status hello(Clock::time_point deadline, int64_t limitMs);
+  bool sharedMemoryAllowed() const;
 
   ClientOptions options_;
   std::unique_ptr<ucx::Worker> worker_;
@@ -76,6 +83,15 @@ public:
   std::vector<Message *> toReceive_;
   std::string failure_;
   std::vector<uint8_t> scratch_;
+  wire::Op op_ = wire::Op::Get; // of the messages being built
+  // The store's shared-memory segment, mapped (null: bytes go in messages),
+  // and what the Hello on the current endpoint found.
+  std::unique_ptr<ArenaMapping> arena_;
+  bool helloDone_ = false;
+  std::optional<wire::ArenaOffer> offer_;
+  std::string arenaNote_;
+  std::vector<uint32_t> slots_;      // shared put: the reserved slot per block
+  std::vector<uint64_t> checksums_;  // shared put: checksum of what was copied
 
   // The blocks of the current call (one of them is set).
   std::span<const PutBlock> putBlocks_;
@@ -178,6 +194,10 @@ void Client::Impl::disconnect(bool force) {
   ep_ = nullptr;
   authenticated_ = false;
   authReply_.reset();
+  // A restarted store has another segment; a dead one's pages are freed.
+  arena_.reset();
+  helloDone_ = false;
+  offer_.reset();
   for (Message *m : toReceive_)
     if (m->descriptor)
       ucp_am_data_release(worker_->handle(), m->descriptor);
@@ -292,6 +312,16 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
   Message &message = it->second;
   message.done = true;
   const auto *bytes = static_cast<const uint8_t *>(header);
+  if (message.op == wire::Op::Hello) {
+    // A store without a segment (or one that predates Hello and refuses it)
+    // leaves offer_ empty: bytes then travel in messages.
+    if (!h.errorLength && headerLength == sizeof h + sizeof(wire::ArenaOffer)) {
+      wire::ArenaOffer offer;
+      std::memcpy(&offer, bytes + sizeof h, sizeof offer);
+      offer_ = offer;
+    }
+    return UCS_OK;
+  }
   if (h.errorLength) {
     if (headerLength != sizeof h + h.errorLength)
       failure_ = where() + ": malformed error reply";
@@ -320,9 +350,44 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
     case Code::NoSpace: status = BlockStatus::NoSpace; break;
     default: status = BlockStatus::Rejected; break;
     }
-    if (message.op == wire::Op::Put && status != BlockStatus::Stored &&
-        status != BlockStatus::NoSpace)
+    if ((message.op == wire::Op::Put || message.op == wire::Op::PutCommit) &&
+        status != BlockStatus::Stored && status != BlockStatus::NoSpace)
       status = BlockStatus::Rejected;
+    if (message.op == wire::Op::PutReserve) {
+      if (static_cast<Code>(m.code) == Code::Reserved) {
+        uint64_t at = uint64_t(m.slot) * kArenaAlignment;
+        const PutBlock &p = putBlocks_[index];
+        if (!arena_ || m.slot == 0 || m.bytes != p.bytes || at + p.bytes > arena_->size()) {
+          failure_ = where() + ": malformed reply (reserved room outside the segment)";
+          return UCS_OK;
+        }
+        slots_[index] = m.slot;
+        status = BlockStatus::Stored; // until committed
+      } else if (status != BlockStatus::NoSpace) {
+        status = BlockStatus::Rejected;
+      }
+      statuses_[index] = status;
+      continue;
+    }
+    if (message.op == wire::Op::GetShared) {
+      if (status != BlockStatus::Found) {
+        statuses_[index] = status == BlockStatus::Missing ? status : BlockStatus::Rejected;
+        continue;
+      }
+      const GetBlock &g = getBlocks_[index];
+      uint64_t at = uint64_t(m.slot) * kArenaAlignment;
+      if (std::memcmp(m.key, g.key.bytes.data(), sizeof m.key) != 0 ||
+          wire::dtypeOf(m) != g.dtype || m.bytes != g.bytes || !arena_ || m.slot == 0 ||
+          at + g.bytes > arena_->size()) {
+        statuses_[index] = BlockStatus::Rejected; // never copied to the caller
+        continue;
+      }
+      // The store keeps the block alive until our next request; a mismatch
+      // (a corrupted segment) is still caught by the checksum.
+      uint64_t sum = copyWithChecksum(g.destination, arena_->base() + at, g.bytes);
+      statuses_[index] = sum == m.checksum ? BlockStatus::Found : BlockStatus::Rejected;
+      continue;
+    }
     if (message.op != wire::Op::Get) {
       if (status == BlockStatus::Found) {
         const BlockQuery &q = queries_[index];
@@ -435,7 +500,12 @@ void Client::Impl::fillRecord(size_t index, BlockMeta &m) const {
     key = &putBlocks_[index].key;
     dtype = &putBlocks_[index].dtype;
     m.bytes = putBlocks_[index].bytes;
-    m.checksum = blockChecksum(putBlocks_[index].data, m.bytes);
+    if (op_ == wire::Op::Put)
+      m.checksum = blockChecksum(putBlocks_[index].data, m.bytes);
+    else if (op_ == wire::Op::PutCommit) {
+      m.checksum = checksums_[index];
+      m.slot = slots_[index];
+    }
   } else if (!getBlocks_.empty()) {
     key = &getBlocks_[index].key;
     dtype = &getBlocks_[index].dtype;
@@ -449,21 +519,130 @@ void Client::Impl::fillRecord(size_t index, BlockMeta &m) const {
   wire::setDtype(m, *dtype);
 }
 
+bool Client::Impl::sharedMemoryAllowed() const {
+  if (!options_.sharedMemory)
+    return false;
+  const char *tls = std::getenv("UCX_TLS");
+  if (!tls || !*tls)
+    return true;
+  std::string list = tls;
+  bool exclude = list[0] == '^';
+  bool named = false;
+  size_t at = exclude ? 1 : 0;
+  while (at <= list.size()) {
+    size_t end = list.find(',', at);
+    if (end == std::string::npos)
+      end = list.size();
+    std::string name = list.substr(at, end - at);
+    if (name == "shm" || name == "sm" || name == "posix" || name == "sysv" ||
+        name == "cma" || name == "mm" || (name == "all" && !exclude))
+      named = true;
+    at = end + 1;
+  }
+  return exclude ? !named : named;
+}
+
+Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
+  helloDone_ = true;
+  offer_.reset();
+  uint64_t id = nextId_++;
+  Message &message = messages_[id];
+  message.id = id;
+  message.op = wire::Op::Hello;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(wire::Op::Hello);
+  h.requestId = id;
+  message.header.resize(sizeof h);
+  std::memcpy(message.header.data(), &h, sizeof h);
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                       UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &Impl::onSent;
+  param.user_data = this;
+  param.flags = UCP_AM_SEND_FLAG_REPLY;
+  param.datatype = ucp_dt_make_contig(1);
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, message.header.data(),
+                                         message.header.size(), nullptr, 0, &param);
+  if (UCS_PTR_IS_ERR(req))
+    return Status::error(where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req)));
+  Status answered = progressUntil([&] { return message.done; }, deadline,
+                                  "to the shared-memory hello");
+  messages_.erase(id);
+  if (!answered && Clock::now() >= deadline) // worded as any call's deadline
+    return Status::error(where() + ": no reply within " + std::to_string(limitMs) +
+                         " ms (to the shared-memory hello)");
+  LLMIR_RETURN_IF_ERROR(answered);
+  if (!offer_) {
+    arenaNote_ = "the store offers no shared-memory segment";
+    return Status::ok();
+  }
+  ArenaNonce nonce;
+  std::memcpy(nonce.data(), offer_->nonce, nonce.size());
+  auto mapped = ArenaMapping::open(static_cast<pid_t>(offer_->pid), offer_->fd,
+                                   offer_->bytes, nonce);
+  if (!mapped) { // another host, pid namespace or user: messages it is
+    arenaNote_ = mapped.status().message();
+    return Status::ok();
+  }
+  arena_ = std::move(*mapped);
+  arenaNote_.clear();
+  return Status::ok();
+}
+
+Status Client::Impl::prepare(Clock::time_point deadline, int64_t limitMs) {
+  failure_.clear();
+  LLMIR_RETURN_IF_ERROR(connect());
+  Status ready = Status::ok();
+  if (options_.clusterSecret && !authenticated_)
+    ready = authenticate(deadline);
+  if (ready && !helloDone_) {
+    if (sharedMemoryAllowed())
+      ready = hello(deadline, limitMs);
+    else {
+      helloDone_ = true;
+      arenaNote_ = options_.sharedMemory ? "UCX_TLS excludes shared memory"
+                                         : "shared memory is off for this client";
+    }
+  }
+  if (!ready)
+    disconnect(/*force=*/true); // the next call starts over
+  return ready;
+}
+
 Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeout timeout) {
   auto limit = timeout.value_or(options_.timeout);
   auto deadline = Clock::now() + limit;
   statuses_.assign(n, BlockStatus::Missing);
   if (n == 0)
     return statuses_;
-  failure_.clear();
-  if (auto st = connect(); !st)
-    return st;
-  if (options_.clusterSecret && !authenticated_)
-    if (Status shook = authenticate(deadline); !shook) {
-      disconnect(/*force=*/true); // the next call starts over
-      return shook;
-    }
+  LLMIR_RETURN_IF_ERROR(prepare(deadline, limit.count()));
+  if (arena_ && op == wire::Op::Get)
+    op = wire::Op::GetShared;
+  if (!arena_ || op != wire::Op::Put) {
+    LLMIR_RETURN_IF_ERROR(exchange(op, n, deadline, limit.count()));
+    return statuses_;
+  }
+  // A shared put: reserve room in the segment, copy the blocks into it
+  // (hashing as they go), then commit them under their checksums.
+  slots_.assign(n, 0);
+  checksums_.assign(n, 0);
+  LLMIR_RETURN_IF_ERROR(exchange(wire::Op::PutReserve, n, deadline, limit.count()));
+  std::vector<BlockStatus> reserved = statuses_;
+  for (size_t i = 0; i < n; ++i)
+    if (slots_[i] != 0)
+      checksums_[i] = copyWithChecksum(arena_->base() + uint64_t(slots_[i]) * kArenaAlignment,
+                                       putBlocks_[i].data, putBlocks_[i].bytes);
+  LLMIR_RETURN_IF_ERROR(exchange(wire::Op::PutCommit, n, deadline, limit.count()));
+  for (size_t i = 0; i < n; ++i)
+    if (slots_[i] == 0)
+      statuses_[i] = reserved[i];
+  return statuses_;
+}
 
+Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
+                              int64_t limitMs) {
+  op_ = op;
+  statuses_.assign(n, BlockStatus::Missing);
   // Every message goes out before any reply is awaited.
   for (size_t first = 0; first < n; first += maxBlocksPerMessage_) {
     uint64_t id = nextId_++;
@@ -521,7 +700,7 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
     }
     auto now = Clock::now();
     if (now >= deadline) {
-      failure_ = where() + ": no reply within " + std::to_string(limit.count()) + " ms";
+      failure_ = where() + ": no reply within " + std::to_string(limitMs) + " ms";
       break;
     }
     // Sleep on the event fd rather than spin: on a machine shared by
@@ -547,7 +726,7 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
       return Status::error(where() + ": a reply's block bytes did not arrive");
     }
   messages_.clear();
-  return statuses_;
+  return Status::ok();
 }
 
 // ---------------------------------------------------------------------------
@@ -569,9 +748,17 @@ Client::~Client() = default;
 
 size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_; }
 
+bool Client::usesSharedMemory() const { return impl_->arena_ != nullptr; }
+
 std::string Client::describeConnection() const {
   if (!impl_->ep_)
     return {};
+  std::string bytes =
+      impl_->arena_
+          ? "block bytes: shared memory (the store's segment of " +
+                std::to_string(impl_->arena_->size()) + " bytes, mapped)\n"
+          : "block bytes: UCX active messages" +
+                (impl_->arenaNote_.empty() ? "" : " (" + impl_->arenaNote_ + ")") + "\n";
   char *text = nullptr;
   size_t size = 0;
   FILE *stream = open_memstream(&text, &size);
@@ -581,7 +768,7 @@ std::string Client::describeConnection() const {
   std::fclose(stream);
   std::string out(text, size);
   std::free(text);
-  return out;
+  return bytes + out;
 }
 
 namespace {

@@ -1,5 +1,6 @@
 #include "llmir/kvstore/Server.h"
 
+#include "SharedArena.h"
 #include "Ucx.h"
 #include "Wire.h"
 
@@ -14,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace llmir::kvstore {
@@ -77,7 +79,15 @@ public:
 
   ServerOptions options_;
   OperationObserver observer_;
+  // Before the pool: its blocks return their memory to the segment.
+  std::unique_ptr<SharedArena> arena_;
+  std::string arenaStatus_ = "off";
   BlockPool pool_;
+  // Per endpoint: blocks of its last shared get (alive until its next
+  // request) and room reserved by its shared puts (until committed or the
+  // endpoint goes away).
+  std::map<ucp_ep_h, std::vector<std::shared_ptr<const StoredBlock>>> pins_;
+  std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> reservations_;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -121,6 +131,19 @@ public:
                 void *data, size_t length, bool rendezvous, ucs_status_t &result);
   void finishPut(PendingPut *put, bool received);
   void receivePending();
+  /// A block of `bytes` whose pool reservation is already made, in the
+  /// segment when there is one (evicting while the segment is fragmented);
+  /// null when no room was found (the reservation is then returned).
+  std::shared_ptr<StoredBlock> allocateBlock(uint64_t bytes);
+  /// Forgets an endpoint's pins and returns its reservations.
+  void forgetEndpoint(ucp_ep_h ep);
+  void hello(ucp_ep_h ep, const MessageHeader &h);
+  void getShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
+                 Clock::time_point start);
+  void reserveShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records);
+  void commitShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
+                    Clock::time_point start);
+  Reply *replyFor(const MessageHeader &h, const std::vector<BlockMeta> &records);
 };
 
 // ---------------------------------------------------------------------------
@@ -131,6 +154,16 @@ Status Server::Impl::open() {
     return worker.status();
   worker_ = std::move(*worker);
   scratch_.resize(options_.maxBlockBytes);
+  if (options_.sharedMemory) {
+    // Twice the budget, sparse: fragmentation rarely forces an eviction.
+    auto arena = SharedArena::create(2 * options_.capacityBytes);
+    if (arena) {
+      arena_ = std::move(*arena);
+      arenaStatus_ = std::to_string(arena_->size()) + " bytes";
+    } else {
+      arenaStatus_ = arena.status().message();
+    }
+  }
 
   ucp_am_handler_param_t handler{};
   handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
@@ -198,7 +231,18 @@ void Server::Impl::onConnect(ucp_conn_request_h request, void *arg) {
   }
 }
 
+void Server::Impl::forgetEndpoint(ucp_ep_h ep) {
+  pins_.erase(ep);
+  auto it = reservations_.find(ep);
+  if (it == reservations_.end())
+    return;
+  for (auto &[slot, block] : it->second)
+    pool_.release(block->bytes);
+  reservations_.erase(it);
+}
+
 void Server::Impl::drop(ucp_ep_h ep) {
+  forgetEndpoint(ep);
   handshakes_.erase(ep);
   if (ep && endpoints_.erase(ep)) {
     failedEndpoints_.push_back(ep);
@@ -268,6 +312,7 @@ void Server::Impl::onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t) {
   // A client went away (closed, crashed, or the network failed). Replies to
   // it are dropped from now on; the endpoint is closed outside the callback.
   auto *self = static_cast<Impl *>(arg);
+  self->forgetEndpoint(ep);
   self->handshakes_.erase(ep);
   if (self->endpoints_.erase(ep)) {
     self->failedEndpoints_.push_back(ep);
@@ -363,10 +408,25 @@ void Server::Impl::handleRequest(const void *header, size_t headerLength, void *
   const auto *metas = reinterpret_cast<const BlockMeta *>(
       static_cast<const uint8_t *>(header) + sizeof h);
   std::vector<BlockMeta> records(metas, metas + h.count); // header may be unaligned
+  // The client sends a request only after copying its last shared get out.
+  pins_.erase(ep);
 
   auto op = static_cast<wire::Op>(h.op);
   if (op == wire::Op::Put)
     return startPut(ep, h, records.data(), data, length, rendezvous, result);
+  if (op >= wire::Op::Hello && op <= wire::Op::PutCommit) {
+    if (length != 0)
+      return refuse(ep, h, "shared-memory requests carry no payload");
+    if (op == wire::Op::Hello)
+      return hello(ep, h);
+    if (!arena_)
+      return refuse(ep, h, "this store has no shared-memory segment");
+    if (op == wire::Op::GetShared)
+      return getShared(ep, h, records, start);
+    if (op == wire::Op::PutReserve)
+      return reserveShared(ep, h, records);
+    return commitShared(ep, h, records, start);
+  }
   if (op != wire::Op::Get && op != wire::Op::Exists)
     return refuse(ep, h, "unknown operation " + std::to_string(h.op));
   if (length != 0)
@@ -447,13 +507,15 @@ void Server::Impl::startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta
     } else if (!pool_.reserve(m.bytes)) {
       put->codes[i] = Code::NoSpace;
     } else {
-      auto block = std::make_shared<StoredBlock>();
-      std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
-      block->dtype = dtype;
-      block->checksum = m.checksum;
-      block->bytes = m.bytes;
-      block->data.reset(new uint8_t[m.bytes]); // uninitialised: filled below
-      put->blocks[i] = std::move(block);
+      auto block = allocateBlock(m.bytes);
+      if (!block) {
+        put->codes[i] = Code::NoSpace;
+      } else {
+        std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
+        block->dtype = dtype;
+        block->checksum = m.checksum;
+        put->blocks[i] = std::move(block);
+      }
     }
     void *target = put->blocks[i] ? put->blocks[i]->data.get() : scratch_.data();
     put->iov.push_back({target, m.bytes});
@@ -473,6 +535,169 @@ void Server::Impl::startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta
   put->descriptor = data;
   toReceive_.push_back(put);
   result = UCS_INPROGRESS;
+}
+
+std::shared_ptr<StoredBlock> Server::Impl::allocateBlock(uint64_t bytes) {
+  auto block = std::make_shared<StoredBlock>();
+  block->bytes = bytes;
+  if (!arena_) {
+    block->data.reset(new uint8_t[bytes]); // uninitialised: filled by the put
+    return block;
+  }
+  for (;;) {
+    if (auto offset = arena_->allocate(bytes)) {
+      SharedArena *arena = arena_.get();
+      uint64_t at = *offset;
+      block->data = std::unique_ptr<uint8_t[], BlockMemory>(
+          arena->base() + at,
+          BlockMemory{[arena, at, bytes](uint8_t *) { arena->free(at, bytes); }});
+      block->arenaOffset = at;
+      return block;
+    }
+    // The budget has room but the segment has no range that large: evict
+    // until one forms (blocks still pinned or sending free theirs later).
+    if (!pool_.evictOne()) {
+      pool_.release(bytes);
+      return nullptr;
+    }
+  }
+}
+
+Reply *Server::Impl::replyFor(const MessageHeader &h, const std::vector<BlockMeta> &records) {
+  auto *reply = new Reply();
+  reply->owner = this;
+  MessageHeader rh;
+  rh.op = h.op;
+  rh.requestId = h.requestId;
+  rh.count = static_cast<uint32_t>(records.size());
+  reply->header.resize(sizeof rh + records.size() * sizeof(BlockMeta));
+  std::memcpy(reply->header.data(), &rh, sizeof rh);
+  if (!records.empty())
+    std::memcpy(reply->header.data() + sizeof rh, records.data(),
+                records.size() * sizeof(BlockMeta));
+  return reply;
+}
+
+void Server::Impl::hello(ucp_ep_h ep, const MessageHeader &h) {
+  Reply *reply = replyFor(h, {});
+  if (arena_) {
+    wire::ArenaOffer offer{};
+    offer.pid = static_cast<uint32_t>(getpid());
+    offer.fd = arena_->fd();
+    offer.bytes = arena_->size();
+    std::memcpy(offer.nonce, arena_->nonce().data(), sizeof offer.nonce);
+    size_t at = reply->header.size();
+    reply->header.resize(at + sizeof offer);
+    std::memcpy(reply->header.data() + at, &offer, sizeof offer);
+  }
+  reply->start = Clock::now();
+  send(ep, reply);
+}
+
+void Server::Impl::getShared(ucp_ep_h ep, const MessageHeader &h,
+                             std::vector<BlockMeta> &records, Clock::time_point start) {
+  uint32_t rejected = 0;
+  uint64_t bytes = 0;
+  auto &pins = pins_[ep];
+  for (BlockMeta &m : records) {
+    BlockKey key;
+    std::memcpy(key.bytes.data(), m.key, sizeof m.key);
+    std::shared_ptr<const StoredBlock> block = pool_.find(key);
+    Code code = Code::Missing;
+    m.slot = 0;
+    if (block && (block->dtype != wire::dtypeOf(m) || block->bytes != m.bytes)) {
+      code = Code::Rejected;
+      ++rejected;
+    } else if (block && block->arenaOffset != 0) {
+      code = Code::Found;
+      m.checksum = block->checksum;
+      m.slot = static_cast<uint32_t>(block->arenaOffset / kArenaAlignment);
+      bytes += block->bytes;
+      pins.push_back(std::move(block));
+    }
+    m.code = static_cast<uint32_t>(code);
+  }
+  if (rejected)
+    pool_.countRejected(rejected);
+  Reply *reply = replyFor(h, records);
+  reply->op = Operation::Get;
+  reply->start = start;
+  reply->blocks = h.count;
+  reply->bytes = bytes;
+  send(ep, reply);
+}
+
+void Server::Impl::reserveShared(ucp_ep_h ep, const MessageHeader &h,
+                                 std::vector<BlockMeta> &records) {
+  for (size_t i = 0; i < records.size(); ++i)
+    if (records[i].bytes == 0 || records[i].bytes > options_.maxBlockBytes)
+      return refuse(ep, h, "block " + std::to_string(i) + " has " +
+                               std::to_string(records[i].bytes) +
+                               " bytes; blocks hold 1.." +
+                               std::to_string(options_.maxBlockBytes) + " bytes");
+  auto &held = reservations_[ep];
+  for (BlockMeta &m : records) {
+    m.slot = 0;
+    std::string dtype = wire::dtypeOf(m);
+    if (!isValidDtype(dtype)) {
+      m.code = static_cast<uint32_t>(Code::Rejected);
+      pool_.countRejected();
+      continue;
+    }
+    std::shared_ptr<StoredBlock> block;
+    if (pool_.reserve(m.bytes))
+      block = allocateBlock(m.bytes);
+    if (!block) {
+      m.code = static_cast<uint32_t>(Code::NoSpace);
+      continue;
+    }
+    std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
+    block->dtype = dtype;
+    m.slot = static_cast<uint32_t>(block->arenaOffset / kArenaAlignment);
+    m.code = static_cast<uint32_t>(Code::Reserved);
+    held[m.slot] = std::move(block);
+  }
+  Reply *reply = replyFor(h, records); // blocks = 0: observed at the commit
+  reply->start = Clock::now();
+  send(ep, reply);
+}
+
+void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
+                                std::vector<BlockMeta> &records, Clock::time_point start) {
+  auto &held = reservations_[ep];
+  uint32_t rejected = 0;
+  uint64_t bytes = 0;
+  for (BlockMeta &m : records) {
+    auto it = held.find(m.slot);
+    if (m.slot == 0 || it == held.end()) {
+      m.code = static_cast<uint32_t>(Code::Rejected); // nothing reserved there
+      continue;
+    }
+    std::shared_ptr<StoredBlock> block = std::move(it->second);
+    held.erase(it);
+    if (std::memcmp(block->key.bytes.data(), m.key, sizeof m.key) != 0 ||
+        block->dtype != wire::dtypeOf(m) || block->bytes != m.bytes ||
+        blockChecksum(block->data.get(), block->bytes) != m.checksum) {
+      pool_.release(block->bytes); // mislabelled or corrupted: never stored
+      m.code = static_cast<uint32_t>(Code::Rejected);
+      ++rejected;
+      continue;
+    }
+    block->checksum = m.checksum;
+    bytes += block->bytes;
+    pool_.insert(std::move(block));
+    m.code = static_cast<uint32_t>(Code::Stored);
+  }
+  if (held.empty())
+    reservations_.erase(ep);
+  if (rejected)
+    pool_.countRejected(rejected);
+  Reply *reply = replyFor(h, records);
+  reply->op = Operation::Put;
+  reply->start = start;
+  reply->blocks = h.count;
+  reply->bytes = bytes;
+  send(ep, reply);
 }
 
 void Server::Impl::receivePending() {
@@ -574,6 +799,11 @@ void Server::Impl::run() {
     ucx::closeEndpoint(*worker_, ep, /*force=*/true);
   endpoints_.clear();
   handshakes_.clear();
+  pins_.clear();
+  for (auto &[ep, held] : reservations_)
+    for (auto &[slot, block] : held)
+      pool_.release(block->bytes);
+  reservations_.clear();
   connections_ = 0;
   if (listener_)
     ucp_listener_destroy(listener_);
@@ -625,5 +855,6 @@ void Server::stop() { impl_->stop(); }
 uint16_t Server::port() const { return impl_->port_; }
 PoolStats Server::stats() const { return impl_->pool_.stats(); }
 uint64_t Server::connections() const { return impl_->connections_; }
+std::string Server::sharedMemoryStatus() const { return impl_->arenaStatus_; }
 
 } // namespace llmir::kvstore

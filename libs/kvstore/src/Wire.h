@@ -26,7 +26,22 @@ constexpr char kNoSecret = 0x00;
 constexpr uint32_t kMagic = 0x4b56534c; // "LSVK"
 constexpr uint16_t kVersion = 1;
 
-enum class Op : uint16_t { Put = 1, Get = 2, Exists = 3 };
+// Ops 4-7 move block bytes through the store's shared-memory segment
+// (docs/kv-store.md, "Shared memory"); their messages carry no payload.
+//  Hello:      count 0; the reply carries an ArenaOffer after the header, or
+//              nothing when the store has no segment.
+//  GetShared:  as Get, but a Found record's `slot` names the block in the
+//              segment; the store keeps those blocks alive until the next
+//              request on the same endpoint (the client copies them out
+//              before it sends anything else).
+//  PutReserve: records as Put (checksum unused); a Reserved record's `slot`
+//              is room for it in the segment, held for this endpoint.
+//  PutCommit:  records with key, dtype, bytes, checksum and the slot the
+//              client filled; Stored once the bytes match the checksum.
+enum class Op : uint16_t {
+  Put = 1, Get = 2, Exists = 3,
+  Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7,
+};
 
 // Per-block outcome in a reply.
 enum class Code : uint32_t {
@@ -36,6 +51,7 @@ enum class Code : uint32_t {
   Missing = 3,  // get/exists: not held (never stored, or evicted)
   Rejected = 4, // dtype, size or checksum did not match: not stored / not returned
   NoSpace = 5,  // put: larger than the store, or the budget is held by puts in flight
+  Reserved = 6, // put-reserve: room held in the segment at `slot`
 };
 
 struct MessageHeader {
@@ -56,9 +72,20 @@ struct BlockMeta {
   uint64_t bytes;
   uint64_t checksum; // XXH3-64 of the bytes (put requests, get replies)
   uint32_t code;     // Code (replies)
-  uint32_t reserved;
+  uint32_t slot;     // shared-memory ops: offset in the segment / 64; else 0
 };
 static_assert(sizeof(BlockMeta) == 72);
+
+// The reply to Hello from a store with a shared-memory segment: a client on
+// the same host maps /proc/<pid>/fd/<fd> (`bytes` long) and checks that it
+// starts with `nonce`.
+struct ArenaOffer {
+  uint32_t pid;
+  int32_t fd;
+  uint64_t bytes;
+  uint8_t nonce[16];
+};
+static_assert(sizeof(ArenaOffer) == 32);
 
 inline std::string dtypeOf(const BlockMeta &m) {
   return std::string(m.dtype, strnlen(m.dtype, sizeof m.dtype));

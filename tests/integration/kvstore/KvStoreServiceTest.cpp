@@ -1,6 +1,6 @@
 // llmir-kv-store as a real process on loopback, driven by the library's
-// client over UCX (UCX_TLS=tcp, then shm,tcp: with UCX 1.13 the latter also
-// moves data over TCP, see KvStoreTest.cpp) and read through its HTTP
+// client over UCX (UCX_TLS=tcp, then shm,tcp: block bytes through the store's
+// shared-memory segment, see KvStoreTest.cpp) and read through its HTTP
 // endpoints.
 #include "llmir/kvstore/Client.h"
 #include "llmir/net/HttpClient.h"
@@ -18,6 +18,8 @@
 #include <set>
 #include <poll.h>
 #include <regex>
+#include <atomic>
+#include <mutex>
 #include <spawn.h>
 #include <string>
 #include <sys/wait.h>
@@ -300,6 +302,97 @@ TEST_P(KvStoreService, ServesEvictsRecoversAndStops) {
   EXPECT_TRUE(store->waitForLine("\"stopped\"", 1s)) << store->output();
 }
 
+// The store SIGKILLed (three times) while a client thread moves 1-4 MiB
+// blocks through its shared-memory segment without pause: the client process
+// survives, every call either succeeds with exactly the bytes put or fails
+// with an error naming the store (a worker then recomputes), and after each
+// restart the same client maps the new store's segment and is served again.
+TEST(KvStoreServiceSharedMemory, AStoreKilledMidTransferNeverReachesTheClient) {
+  setenv("UCX_TLS", "shm,tcp", 1);
+  auto startStore = [](uint16_t ucxPort) {
+    auto store = std::make_unique<StoreProcess>(std::vector<std::string>{
+        "--http.host=127.0.0.1", "--http.port=0", "--ucx.host=127.0.0.1",
+        "--ucx.port=" + std::to_string(ucxPort), "--store.capacity-bytes=67108864",
+        "--store.max-block-bytes=4194304"});
+    return store;
+  };
+  auto store = startStore(0);
+  auto listening = store->waitForLine("\"listening\"");
+  ASSERT_TRUE(listening) << store->output();
+  uint16_t ucxPort = field(*listening, "ucx_port");
+  ASSERT_NE(listening->find("\"shared_memory\":\"134217792 bytes\""), std::string::npos)
+      << *listening;
+
+  ClientOptions o;
+  o.port = ucxPort;
+  o.timeout = 5s;
+  auto client = Client::create(o);
+  ASSERT_TRUE(client) << client.message();
+  std::vector<uint64_t> sizes = {1 << 20, 4 << 20, 2 << 20, (3 << 20) + 4096};
+  std::vector<std::vector<uint8_t>> data;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    data.emplace_back(sizes[i]);
+    for (size_t b = 0; b < sizes[i]; ++b)
+      data[i][b] = uint8_t(b * 131 + i * 7 + (b >> 12));
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0}, wrong{0}, unnamed{0}, sharedCalls{0};
+  std::string lastError;
+  std::mutex errorMu;
+  std::thread traffic([&] {
+    std::vector<std::vector<uint8_t>> out;
+    for (uint64_t n : sizes)
+      out.emplace_back(n);
+    for (int round = 0; !stop; ++round) {
+      std::vector<PutBlock> puts;
+      std::vector<GetBlock> gets;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        puts.push_back({keyFor(int32_t(i)), "f32", data[i].data(), sizes[i]});
+        gets.push_back({keyFor(int32_t(i)), "f32", out[i].data(), sizes[i]});
+      }
+      auto stored = (*client)->put(puts);
+      auto got = stored ? (*client)->get(gets) : llmir::Result<std::vector<BlockStatus>>(stored.status());
+      if (!got) {
+        ++failed;
+        std::lock_guard lock(errorMu);
+        lastError = got.message();
+        if (lastError.find("kv store 127.0.0.1") == std::string::npos)
+          ++unnamed;
+        continue;
+      }
+      ++ok;
+      if ((*client)->usesSharedMemory())
+        ++sharedCalls;
+      for (size_t i = 0; i < sizes.size(); ++i)
+        if ((*got)[i] == BlockStatus::Found && out[i] != data[i])
+          ++wrong;
+    }
+  });
+  for (int kill3 = 0; kill3 < 3; ++kill3) {
+    int before = ok.load();
+    auto until = std::chrono::steady_clock::now() + 30s;
+    while (ok.load() < before + 3 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(5ms);
+    ASSERT_GE(ok.load(), before + 3) << "no successful calls before kill " << kill3;
+    ASSERT_EQ(kill(store->pid(), SIGKILL), 0);
+    ASSERT_TRUE(store->waitExit(10s));
+    std::this_thread::sleep_for(200ms); // calls fail while it is down
+    store = startStore(ucxPort);
+    ASSERT_TRUE(store->waitForLine("\"listening\"")) << store->output();
+  }
+  int before = ok.load();
+  auto until = std::chrono::steady_clock::now() + 30s;
+  while (ok.load() < before + 3 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(5ms);
+  stop = true;
+  traffic.join();
+  EXPECT_GE(ok.load(), before + 3) << "the restarted store was not used again: " << lastError;
+  EXPECT_GE(failed.load(), 3) << "each kill fails at least the call that meets it";
+  EXPECT_EQ(unnamed.load(), 0) << lastError;
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(sharedCalls.load(), ok.load()) << (*client)->describeConnection();
+}
+
 TEST_P(KvStoreService, BadConfigurationIsRefusedAtStart) {
   std::string path = ::testing::TempDir() + "kv-store-bad.yaml";
   std::ofstream(path) << "store:\n  capacity_bytes: 100\n";
@@ -325,9 +418,8 @@ TEST_P(KvStoreService, BadConfigurationIsRefusedAtStart) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, KvStoreService, ::testing::Values("tcp", "shm,tcp"),
                          [](const auto &info) {
-                           return std::string(info.param).find("shm") == 0
-                                      ? "shm_requested"
-                                      : "tcp";
+                           return std::string(info.param).find("shm") == 0 ? "shm"
+                                                                           : "tcp";
                          });
 
 } // namespace

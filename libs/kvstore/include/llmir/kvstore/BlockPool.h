@@ -11,6 +11,7 @@
 #include "llmir/kvstore/BlockKey.h"
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -19,12 +20,26 @@
 
 namespace llmir::kvstore {
 
+/// Frees a block's bytes: delete[] for heap memory, or `release` (which
+/// returns a range of the store's shared-memory segment).
+struct BlockMemory {
+  std::function<void(uint8_t *)> release;
+  void operator()(uint8_t *p) const {
+    if (release)
+      release(p);
+    else
+      delete[] p;
+  }
+};
+
 struct StoredBlock {
   BlockKey key;
   std::string dtype;
   uint64_t checksum = 0;
   uint64_t bytes = 0;
-  std::unique_ptr<uint8_t[]> data; // `bytes` bytes
+  std::unique_ptr<uint8_t[], BlockMemory> data; // `bytes` bytes
+  /// Offset in the store's shared-memory segment; 0 when on the heap.
+  uint64_t arenaOffset = 0;
 };
 
 struct PoolStats {
@@ -59,6 +74,10 @@ public:
   /// The block under `key` without counting a hit or miss or touching its
   /// recency (exists requests).
   std::shared_ptr<const StoredBlock> peek(const BlockKey &key);
+
+  /// Evicts the least recently used block (room in the shared-memory
+  /// segment is fragmented); false when none is held.
+  bool evictOne();
 
   void countRejected(uint64_t n = 1);
   PoolStats stats() const;

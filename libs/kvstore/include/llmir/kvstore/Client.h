@@ -32,6 +32,14 @@ struct ClientOptions {
   /// operation's deadline); a store that cannot prove the same secret, or
   /// holds none, is refused.
   std::optional<std::string> clusterSecret;
+  /// Move block bytes through the store's shared-memory segment when the
+  /// store offers one, this process can map it (same host, same pid
+  /// namespace, same user) and the UCX environment allows shared memory
+  /// (UCX_TLS unset, or naming shm, sm, posix, sysv, cma or all). Requests
+  /// and replies stay on the UCX endpoint, whose peer-failure reporting
+  /// tells the client that the store died. Otherwise bytes travel in
+  /// active messages.
+  bool sharedMemory = true;
 };
 
 enum class BlockStatus {
@@ -82,9 +90,13 @@ public:
 
   /// Blocks per message, from the transport's largest active-message header.
   size_t maxBlocksPerMessage() const;
-  /// UCX's description of the current connection's lanes (which transport
-  /// carries what); empty before the first call.
+  /// How block bytes move ("shared memory ..." or "active messages ...")
+  /// and UCX's description of the current connection's lanes (which
+  /// transport carries what); empty before the first call.
   std::string describeConnection() const;
+  /// Whether the current connection moves block bytes through the store's
+  /// shared-memory segment.
+  bool usesSharedMemory() const;
 
   class Impl;
 

@@ -28,6 +28,10 @@ struct ServerOptions {
   /// any put, get or exists is served; one that does not is disconnected
   /// unanswered.
   std::optional<std::string> clusterSecret;
+  /// Hold blocks in a shared-memory segment (a sealed memfd of twice the
+  /// capacity, sparse) that clients on the same host map, so their bytes
+  /// move by one memcpy instead of through UCX (docs/kv-store.md).
+  bool sharedMemory = true;
   /// An endpoint that has not finished the handshake by then is closed.
   std::chrono::milliseconds handshakeTimeout{5000};
 };
@@ -57,6 +61,9 @@ public:
   uint16_t port() const;
   PoolStats stats() const;
   uint64_t connections() const;
+  /// "off", "<n> bytes", or why the segment could not be made (the store
+  /// then serves over UCX only).
+  std::string sharedMemoryStatus() const;
 
   class Impl;
 
