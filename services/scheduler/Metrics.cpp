@@ -111,8 +111,9 @@ struct Metrics::Impl {
   prometheus::Counter &kvStoreLoadsFailed = kvStoreLoadFamily.Add(with("outcome", "failed"));
   prometheus::Counter &kvStoreWriteThrough =
       counter("llmir:kv_store_write_through_blocks_total",
-              "KV blocks the workers were asked to write through to the store as steps filled "
-              "them (per replica; every rank writes its part).");
+              "KV blocks the workers were asked to write to the store: as steps filled them "
+              "(write-through) or when their sequence finished (on-finish); per replica, every "
+              "rank writes its part.");
   prometheus::Family<prometheus::Counter> &requeuedTokensFamily =
       BuildCounter()
           .Name("llmir:requeued_tokens_total")

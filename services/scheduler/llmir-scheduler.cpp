@@ -86,6 +86,7 @@ struct Settings {
   uint16_t kvStorePort = 13337;
   uint32_t kvStoreTimeoutMs = 1000;
   uint64_t kvStoreMaxQueuedBytes = 64ull << 20;
+  std::string kvStoreWritePolicy = "write-through";
 };
 
 void bind(net::Config &config, Settings &s) {
@@ -164,6 +165,9 @@ void bind(net::Config &config, Settings &s) {
              "mesh: deadline of one store operation on a worker (past it: recompute)");
   config.add("kv-store.max-queued-bytes", &s.kvStoreMaxQueuedBytes,
              "mesh: block bytes a worker queues for write-through; past it blocks are dropped");
+  config.add("kv-store.write-policy", &s.kvStoreWritePolicy,
+             "mesh: when workers write full KV blocks to the store: off, on-finish (a "
+             "sequence's blocks once it finishes) or write-through (as steps fill them)");
   config.add("register-timeout-ms", &s.registerTimeoutMs,
              "mesh: a connection that has not authenticated and registered this long is closed");
 }
@@ -314,6 +318,8 @@ Status validate(const Settings &s) {
       return Status::error("'kv-store.timeout-ms' and 'kv-store.max-queued-bytes' must be "
                            "positive");
   }
+  if (auto policy = serving::parseKvStoreWritePolicy(s.kvStoreWritePolicy); !policy)
+    return Status::error("'kv-store.write-policy': " + policy.message());
   return Status::ok();
 }
 
@@ -342,6 +348,7 @@ int run(const Settings &s) {
   options.maxNumSeqs = s.maxNumSeqs;
   options.maxBatchTokens = s.maxBatchTokens;
   options.enablePrefixCaching = s.prefixCaching;
+  options.kvStoreWritePolicy = *serving::parseKvStoreWritePolicy(s.kvStoreWritePolicy); // validate()d
   options.maxModelLen = s.maxModelLen > 0 ? s.maxModelLen : modelConfig->maxPositionEmbeddings;
   // A sequence must fit one replica's KV cache.
   options.maxModelLen = std::min<int64_t>(options.maxModelLen, s.kvBlocks * s.kvBlockSize);

@@ -79,6 +79,26 @@ proto::KvLoadResponse RankKvStore::load(const proto::KvLoadRequest &request, uin
   }
   std::span<const int32_t> tokens(request.token_ids().data(),
                                   static_cast<size_t>(request.token_ids_size()));
+  response.set_ok(true);
+  if (request.store()) {
+    // On-finish writes: copied now (the scheduler holds the blocks until
+    // every rank answered), put in the background like write-through.
+    uint32_t queued = 0;
+    for (uint32_t i = 0; i < count; ++i) {
+      const int32_t physical = request.block_ids(static_cast<int>(i));
+      auto enqueued = store_->enqueue(
+          tokens.first(static_cast<size_t>((int64_t{request.first_block()} + i + 1) * B)),
+          [&](std::span<std::byte> out) { return executor_.readKvBlock(physical, out); });
+      if (!enqueued) {
+        if (loadError && loadError->empty())
+          *loadError = enqueued.message();
+      } else if (*enqueued) {
+        ++queued;
+      }
+    }
+    response.set_blocks_loaded(queued);
+    return response;
+  }
   auto loaded = store_->load(tokens, static_cast<uint32_t>(request.first_block()), count,
                              [&](uint32_t i, std::span<const std::byte> bytes) {
                                return executor_.writeKvBlock(request.block_ids(static_cast<int>(i)),

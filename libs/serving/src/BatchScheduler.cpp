@@ -12,6 +12,27 @@
 
 namespace llmir::serving {
 
+const char *kvStoreWritePolicyName(KvStoreWritePolicy policy) {
+  switch (policy) {
+  case KvStoreWritePolicy::Off:
+    return "off";
+  case KvStoreWritePolicy::OnFinish:
+    return "on-finish";
+  case KvStoreWritePolicy::WriteThrough:
+    return "write-through";
+  }
+  return "write-through";
+}
+
+Result<KvStoreWritePolicy> parseKvStoreWritePolicy(std::string_view name) {
+  for (KvStoreWritePolicy p : {KvStoreWritePolicy::Off, KvStoreWritePolicy::OnFinish,
+                               KvStoreWritePolicy::WriteThrough})
+    if (name == kvStoreWritePolicyName(p))
+      return p;
+  return Status::error("unknown KV-store write policy '" + std::string(name) +
+                       "' (accepted: off, on-finish, write-through)");
+}
+
 const char *finishReasonName(FinishReason reason) {
   switch (reason) {
   case FinishReason::Stop:
@@ -208,7 +229,44 @@ void BatchScheduler::finishLocked(Sequence &seq, FinishReason reason,
   if (reason != FinishReason::Error)
     event.text = seq.text.finish();
   emitLocked(seq, std::move(event));
+  if (reason == FinishReason::Stop || reason == FinishReason::Length)
+    storeOnFinishLocked(seq);
   retireLocked(seq);
+}
+
+void BatchScheduler::storeOnFinishLocked(Sequence &seq) {
+  if (!kvStore_ || options_.kvStoreWritePolicy != KvStoreWritePolicy::OnFinish)
+    return;
+  const int64_t B = blocks_->blockSize();
+  const int64_t full =
+      std::min<int64_t>(seq.numComputed / B, static_cast<int64_t>(seq.blocks.table.size()));
+  if (full <= 0)
+    return;
+  StoreLoad write;
+  write.loadId = nextLoadId_++;
+  write.store = true;
+  write.blockIds.assign(seq.blocks.table.begin(), seq.blocks.table.begin() + full);
+  write.tokens.assign(seq.tokens.begin(), seq.tokens.begin() + full * B);
+  // Not released (so not reused by a later step) until every rank has
+  // copied them; then they join the prefix cache as retireLocked would have.
+  heldForStore_[write.loadId] = std::move(seq.blocks);
+  seq.blocks = SequenceBlocks{};
+  storeLoadsToSend_.push_back(std::move(write));
+  ++storeWritesInFlight_;
+  kvStoreWrittenBlocks_ += static_cast<uint64_t>(full);
+  ++version_; // the scheduling loop sends it
+}
+
+void BatchScheduler::onStoreWriteDone(uint64_t loadId) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  --storeWritesInFlight_;
+  auto held = heldForStore_.find(loadId);
+  if (held != heldForStore_.end()) {
+    blocks_->release(held->second);
+    heldForStore_.erase(held);
+  }
+  ++version_; // the blocks may admit a waiting sequence
+  wake_.notify_all();
 }
 
 void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
@@ -261,7 +319,10 @@ void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
   if (event.finish && *event.finish != FinishReason::Error)
     event.text += seq.text.finish();
   const bool done = event.finish.has_value();
+  const bool finished = done && *event.finish != FinishReason::Error;
   emitLocked(seq, std::move(event));
+  if (finished)
+    storeOnFinishLocked(seq);
   if (done)
     retireLocked(seq);
 }
@@ -354,6 +415,14 @@ void BatchScheduler::sendStoreLoads(std::vector<StoreLoad> loads) {
     request.set_first_block(load.firstBlock);
     request.mutable_block_ids()->Add(load.blockIds.begin(), load.blockIds.end());
     request.mutable_token_ids()->Add(load.tokens.begin(), load.tokens.end());
+    if (load.store) {
+      request.set_store(true);
+      // A failed write only loses the blocks for other replicas.
+      backend_.loadBlocks(request, [this, id = load.loadId](Result<uint32_t>) {
+        onStoreWriteDone(id);
+      });
+      continue;
+    }
     backend_.loadBlocks(request, [this, id = load.sequenceId](Result<uint32_t> loaded) {
       onStoreLoadDone(id, std::move(loaded));
     });
@@ -505,7 +574,7 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
       if (repetition)
         entry->mutable_prompt_token_ids()->Add(seq->tokens.begin(), seq->tokens.begin() + seq->promptLen);
     }
-    if (kvStore_)
+    if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough)
       markWriteThroughLocked(*seq, *entry);
     seq->inFlight = true;
     ids.push_back(seq->id);
@@ -651,7 +720,8 @@ void BatchScheduler::loop() {
 }
 
 bool BatchScheduler::quiescentLocked() const {
-  return inFlight_.empty() && storeLoadsInFlight_ == 0 && completing_ == 0 && !delivering_;
+  return inFlight_.empty() && storeLoadsInFlight_ == 0 && storeWritesInFlight_ == 0 &&
+         completing_ == 0 && !delivering_;
 }
 
 void BatchScheduler::start() {

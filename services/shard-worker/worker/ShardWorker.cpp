@@ -105,7 +105,10 @@ proto::KvLoadResponse ShardWorker::loadKvBlocks(const proto::KvLoadRequest &requ
   }
   std::string error;
   proto::KvLoadResponse response = kvStore_->load(request, rank_, &error);
-  if (!error.empty())
+  if (!error.empty() && request.store())
+    net::logWarn("kv store write skipped a block", {{"load_id", request.load_id()},
+                                                    {"error", error}});
+  else if (!error.empty())
     net::logWarn("kv store load failed; the blocks are recomputed",
                  {{"load_id", request.load_id()}, {"error", error}});
   return response;

@@ -3,7 +3,7 @@
 // mode with --kv-store.host, shard workers (tp=LLMIR_KV_TEST_TP ranks per
 // replica, default 1), load from the official openai client. UCX_TLS comes
 // from the environment (CTest runs this with tcp and tp=1, and with shm,tcp
-// and tp=2; docs/kv-store.md says what the second one uses).
+// and tp=2: block bytes then go through the store's shared-memory segment).
 //
 // 1. A second replica answering a long prompt the first one served loads its
 //    prefix from the store: greedy ids equal the first replica's, the
@@ -219,6 +219,71 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
     // The store is used again after its restart.
     const again = await complete(mesh, longPrompt, 16);
     assert.deepEqual(again.ids, first.ids);
+  } catch (e) {
+    for (const f of fs.readdirSync(mesh.tmp))
+      console.log(`--- ${f}\n${fs.readFileSync(path.join(mesh.tmp, f), 'utf8').slice(-3000)}`);
+    failed = true;
+    throw e;
+  } finally {
+    await mesh.stop();
+    if (store.process && store.process.exitCode === null) await store.kill();
+    if (!failed) fs.rmSync(mesh.tmp, { recursive: true, force: true });
+  }
+});
+
+// 4. kv-store.write-policy on-finish (the tp=1 variant only): while the
+//    sequence runs nothing is written; once it finished, every full block is
+//    (each worker copies them out before the scheduler lets them be reused),
+//    and another replica loads the prompt's blocks with equal greedy ids.
+test('kv-block store: on-finish write policy',
+  { skip: skip || (tp !== 1 ? 'runs in the tp=1 variant' : false), timeout: 120000 }, async () => {
+  const mesh = new Mesh({ tp: 1, heartbeatTimeoutMs: 2000 });
+  const ucxPort = await freePort();
+  const store = new KvStore(mesh, ucxPort, await freePort());
+  let failed = false;
+  mesh.options.schedulerArgs = ['--kv-store.host', '127.0.0.1', '--kv-store.port',
+    String(ucxPort), '--kv-store.write-policy', 'on-finish', '--lb-policy', 'least-outstanding'];
+  try {
+    await store.start();
+    await mesh.start();
+    const a = mesh.startWorker();
+    await mesh.waitForReplicas(1);
+    const maxTokens = 48;
+    const stream = await mesh.client.completions.create({
+      model: modelName, prompt: longPrompt, max_tokens: maxTokens, temperature: 0,
+      ignore_eos: true, stream: true, return_token_ids: true });
+    const ids = [];
+    let blocksMidway = null;
+    for await (const chunk of stream) {
+      const c = chunk.choices[0];
+      if (c?.token_ids) ids.push(...c.token_ids);
+      if (blocksMidway === null && ids.length >= 8)
+        blocksMidway = metric(await store.metrics(), 'llmir:kv_store_blocks');
+    }
+    assert.equal(ids.length, maxTokens);
+    assert.equal(blocksMidway, 0, 'nothing written while the sequence ran');
+    const written = Math.floor((longPrompt.length + maxTokens - 1) / 16);
+    const port = await workerHttpPort(mesh, a);
+    await waitFor('the on-finish write', 10000, async () =>
+      metric(await workerMetrics(port), 'llmir:worker_kv_store_blocks_total',
+             'outcome="stored"') === written);
+    assert.equal(metric(await store.metrics(), 'llmir:kv_store_blocks'), written);
+    assert.equal((await mesh.metrics()).value('llmir:kv_store_write_through_blocks_total'),
+                 written);
+
+    mesh.startWorker();
+    await mesh.waitForReplicas(2);
+    a.kill('SIGKILL');
+    await a.exited;
+    await mesh.waitForReplicas(1);
+    const before = await mesh.metrics();
+    const again = await complete(mesh, longPrompt, maxTokens);
+    const after = await mesh.metrics();
+    assert.deepEqual(again.ids, ids, 'replica B (on-finish blocks) vs. replica A');
+    const fullPromptBlocks = Math.floor((longPrompt.length - 1) / 16);
+    assert.equal(after.value('llmir:kv_store_prefill_tokens_skipped_total') -
+                 before.value('llmir:kv_store_prefill_tokens_skipped_total'),
+                 fullPromptBlocks * 16);
   } catch (e) {
     for (const f of fs.readdirSync(mesh.tmp))
       console.log(`--- ${f}\n${fs.readFileSync(path.join(mesh.tmp, f), 'utf8').slice(-3000)}`);

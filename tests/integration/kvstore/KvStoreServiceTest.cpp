@@ -37,8 +37,9 @@ namespace {
 // A child process whose stdout (JSON log lines) is read by the test.
 class StoreProcess {
 public:
-  explicit StoreProcess(std::vector<std::string> args) {
-    args.insert(args.begin(), LLMIR_KV_STORE_BIN);
+  explicit StoreProcess(std::vector<std::string> args,
+                        const std::string &binary = LLMIR_KV_STORE_BIN) {
+    args.insert(args.begin(), binary);
     int fds[2];
     if (pipe(fds) != 0)
       return;
@@ -391,6 +392,33 @@ TEST(KvStoreServiceSharedMemory, AStoreKilledMidTransferNeverReachesTheClient) {
   EXPECT_EQ(unnamed.load(), 0) << lastError;
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_EQ(sharedCalls.load(), ok.load()) << (*client)->describeConnection();
+}
+
+// The scheduler's kv-store.write-policy: anything but the three policies is
+// refused at start, naming them.
+TEST(KvStoreWritePolicyConfig, TheSchedulerRefusesAnUnknownPolicyNamingTheAccepted) {
+  const std::string model = std::string(LLMIR_SOURCE_DIR) + "/models/demo-llama-4m";
+  for (const char *bad : {"sometimes", "on_finish", ""}) {
+    StoreProcess scheduler({"--model=" + model, std::string("--kv-store.write-policy=") + bad,
+                            "--check-config"},
+                           LLMIR_SCHEDULER_BIN);
+    auto rc = scheduler.waitExit(30s);
+    ASSERT_TRUE(rc) << bad;
+    EXPECT_EQ(*rc, 2) << bad << ": " << scheduler.output();
+    EXPECT_NE(scheduler.output().find("'kv-store.write-policy': unknown KV-store write policy '" +
+                                      std::string(bad) +
+                                      "' (accepted: off, on-finish, write-through)"),
+              std::string::npos)
+        << scheduler.output();
+  }
+  for (const char *good : {"off", "on-finish", "write-through"}) {
+    StoreProcess scheduler({"--model=" + model, std::string("--kv-store.write-policy=") + good,
+                            "--check-config"},
+                           LLMIR_SCHEDULER_BIN);
+    auto rc = scheduler.waitExit(30s);
+    ASSERT_TRUE(rc) << good;
+    EXPECT_EQ(*rc, 0) << good << ": " << scheduler.output();
+  }
 }
 
 TEST_P(KvStoreService, BadConfigurationIsRefusedAtStart) {

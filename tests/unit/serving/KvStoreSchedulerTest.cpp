@@ -186,6 +186,91 @@ TEST_F(KvStoreSchedulerTest, APrefixWrittenThroughByOneReplicaIsLoadedByAnother)
   EXPECT_GE(onB.stats().prefixHitTokens, static_cast<uint64_t>(fullPromptBlocks * B));
 }
 
+TEST_F(KvStoreSchedulerTest, OnFinishWritesASequencesBlocksOnceItFinishes) {
+  const std::vector<int32_t> expected = reference(longPrompt, 16);
+  auto a = StoreReplica::create(*demo, server->port());
+  auto b = StoreReplica::create(*demo, server->port());
+  ASSERT_TRUE(a && b);
+  SchedulerOptions onFinish = options();
+  onFinish.kvStoreWritePolicy = KvStoreWritePolicy::OnFinish;
+  BatchScheduler onA(*a, demo->tokenizer, onFinish);
+  std::vector<int32_t> ids;
+  onA.addRequest(greedy(longPrompt, 16), [&](const SequenceEvent &e) {
+    if (e.tokenId)
+      ids.push_back(*e.tokenId);
+  });
+  while (ids.size() < 8 && onA.stepOnce()) {
+  }
+  ASSERT_EQ(ids.size(), 8u);
+  ASSERT_TRUE(a->kv().waitIdle(10s));
+  // Mid-generation nothing was written: the prompt's blocks are long full.
+  EXPECT_EQ(a->kv().counters().blocksStored, 0u);
+  EXPECT_EQ(server->stats().blocks, 0u);
+  EXPECT_EQ(onA.stats().kvStoreWrittenBlocks, 0u);
+  onA.runUntilIdle();
+  EXPECT_EQ(ids, expected);
+  ASSERT_TRUE(a->kv().waitIdle(10s));
+  const int64_t B = a->info().blockSize;
+  // Every full block of the finished sequence (the last token has no KV).
+  const int64_t computed = static_cast<int64_t>(longPrompt.size()) + 16 - 1;
+  EXPECT_EQ(onA.stats().kvStoreWrittenBlocks, static_cast<uint64_t>(computed / B));
+  EXPECT_EQ(a->kv().counters().blocksStored, static_cast<uint64_t>(computed / B));
+  EXPECT_EQ(server->stats().blocks, static_cast<uint64_t>(computed / B));
+  // The held blocks went back: the replica serves the prompt again from its
+  // prefix cache, and the write was not repeated for blocks still cached.
+  EXPECT_EQ(run(onA, longPrompt, 16), expected);
+
+  BatchScheduler onB(*b, demo->tokenizer, onFinish);
+  EXPECT_EQ(run(onB, longPrompt, 16), expected);
+  const int64_t fullPromptBlocks = (static_cast<int64_t>(longPrompt.size()) - 1) / B;
+  EXPECT_EQ(onB.stats().kvStoreLoadedTokens, static_cast<uint64_t>(fullPromptBlocks * B));
+}
+
+TEST_F(KvStoreSchedulerTest, OffWritesNothingButStillLoads) {
+  const std::vector<int32_t> expected = reference(longPrompt, 8);
+  auto a = StoreReplica::create(*demo, server->port());
+  auto b = StoreReplica::create(*demo, server->port());
+  ASSERT_TRUE(a && b);
+  SchedulerOptions off = options();
+  off.kvStoreWritePolicy = KvStoreWritePolicy::Off;
+  BatchScheduler offA(*a, demo->tokenizer, off);
+  EXPECT_EQ(run(offA, longPrompt, 8), expected);
+  ASSERT_TRUE(a->kv().waitIdle(10s));
+  EXPECT_EQ(offA.stats().kvStoreWrittenBlocks, 0u);
+  EXPECT_EQ(a->kv().counters().blocksStored, 0u);
+  EXPECT_EQ(server->stats().blocks, 0u);
+  EXPECT_EQ(offA.stats().kvStoreLoads, 1u) << "it still asks the (empty) store";
+
+  // Filled by a write-through replica, the store serves the off replica.
+  BatchScheduler throughB(*b, demo->tokenizer, options());
+  EXPECT_EQ(run(throughB, longPrompt, 8), expected);
+  ASSERT_TRUE(b->kv().waitIdle(10s));
+  auto c = StoreReplica::create(*demo, server->port());
+  ASSERT_TRUE(c);
+  BatchScheduler offC(*c, demo->tokenizer, off);
+  EXPECT_EQ(run(offC, longPrompt, 8), expected);
+  const int64_t B = c->info().blockSize;
+  const int64_t fullPromptBlocks = (static_cast<int64_t>(longPrompt.size()) - 1) / B;
+  EXPECT_EQ(offC.stats().kvStoreLoadedTokens, static_cast<uint64_t>(fullPromptBlocks * B));
+  EXPECT_EQ(c->kv().counters().blocksStored, 0u);
+}
+
+TEST(KvStoreWritePolicy, NamesRoundTripAndOthersAreRefusedNamingTheAccepted) {
+  for (KvStoreWritePolicy p : {KvStoreWritePolicy::Off, KvStoreWritePolicy::OnFinish,
+                               KvStoreWritePolicy::WriteThrough}) {
+    auto parsed = parseKvStoreWritePolicy(kvStoreWritePolicyName(p));
+    ASSERT_TRUE(parsed) << parsed.message();
+    EXPECT_EQ(*parsed, p);
+  }
+  for (const char *bad : {"", "on_finish", "Write-Through", "always"}) {
+    auto parsed = parseKvStoreWritePolicy(bad);
+    ASSERT_FALSE(parsed) << bad;
+    EXPECT_NE(parsed.message().find("accepted: off, on-finish, write-through"),
+              std::string::npos)
+        << parsed.message();
+  }
+}
+
 TEST_F(KvStoreSchedulerTest, AMovedRequestResumesFromStoredBlocks) {
   const std::vector<int32_t> prompt = demo->cases[2].promptIds;
   const std::vector<int32_t> expected = reference(prompt, 96);

@@ -39,7 +39,8 @@ public:
   /// step itself is not affected, a full queue only drops blocks (counted).
   Status writeThrough(const proto::StepRequest &request);
   /// Loads the blocks of `request` (between steps: none of its blocks is
-  /// used by a step in flight). A store that fails answers ok with the
+  /// used by a step in flight); with `request.store()`, copies them out and
+  /// queues them for the store instead (the on-finish write policy). A store that fails answers ok with the
   /// blocks loaded so far (0): the scheduler recomputes the rest; `loadError`
   /// then says why (for the worker's log).
   proto::KvLoadResponse load(const proto::KvLoadRequest &request, uint32_t rank,

@@ -14,6 +14,7 @@
 // should return quickly.
 #pragma once
 
+#include "llmir/serving/BlockManager.h"
 #include "llmir/serving/RequestParams.h"
 #include "llmir/support/Status.h"
 
@@ -26,6 +27,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -44,6 +46,14 @@ class ReplicaBackend;
 struct RequestState;
 struct Sequence;
 
+/// When a replica with a KV-block store writes full blocks to it
+/// (docs/kv-store.md): never; once per sequence when it finishes (its full
+/// blocks, copied out before they can be reused); or as each step fills them.
+enum class KvStoreWritePolicy { Off, OnFinish, WriteThrough };
+const char *kvStoreWritePolicyName(KvStoreWritePolicy policy); // "off", "on-finish", ...
+/// Parses "off", "on-finish" or "write-through"; the error names them.
+Result<KvStoreWritePolicy> parseKvStoreWritePolicy(std::string_view name);
+
 struct SchedulerOptions {
   int32_t maxNumSeqs = 64;       // running sequences
   int32_t maxBatchTokens = 512;  // tokens per step (prefill chunks + decodes)
@@ -53,6 +63,8 @@ struct SchedulerOptions {
   std::vector<int32_t> eosTokenIds;
   /// Times a sequence's step may fail before its request fails.
   int32_t maxStepRetries = 3;
+  /// With a store (ReplicaInfo::kvStore); loads happen under every policy.
+  KvStoreWritePolicy kvStoreWritePolicy = KvStoreWritePolicy::WriteThrough;
 };
 
 enum class FinishReason { Stop, Length, Abort, Error };
@@ -191,7 +203,12 @@ private:
     int32_t firstBlock = 0;
     std::vector<int32_t> blockIds;
     std::vector<int32_t> tokens;
+    bool store = false; // on-finish write: the blocks go to the store
   };
+  /// On-finish policy: queues the write of `seq`'s full blocks and keeps
+  /// its blocks out of the allocator until every rank copied them.
+  void storeOnFinishLocked(Sequence &seq);
+  void onStoreWriteDone(uint64_t loadId);
   std::optional<InFlightStep> scheduleLocked();
   bool startStoreLoadLocked(Sequence &seq);
   void sendStoreLoads(std::vector<StoreLoad> loads);
@@ -238,6 +255,8 @@ private:
   bool kvStore_ = false; // backend_.info().kvStore
   std::vector<StoreLoad> storeLoadsToSend_; // filled by scheduleLocked
   int32_t storeLoadsInFlight_ = 0;
+  int32_t storeWritesInFlight_ = 0;
+  std::map<uint64_t, SequenceBlocks> heldForStore_; // by load id
   uint64_t nextLoadId_ = 1;
   uint64_t kvStoreLoads_ = 0;
   uint64_t kvStoreLoadFailures_ = 0;
