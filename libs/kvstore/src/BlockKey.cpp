@@ -3,6 +3,8 @@
 #include <openssl/evp.h>
 #include <xxhash.h>
 
+#include "Checksum.h"
+
 #include <cstring>
 
 namespace llmir::kvstore {
@@ -87,6 +89,10 @@ Result<BlockKey> makeBlockKey(const BlockKeyFields &f) {
 }
 
 uint64_t blockChecksum(const void *data, size_t bytes) {
+#if LLMIR_KVSTORE_AVX2
+  if (detail::hasAvx2())
+    return llmir_kvstore_checksum_avx2(data, bytes);
+#endif
   return XXH3_64bits(data, bytes);
 }
 

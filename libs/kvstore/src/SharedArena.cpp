@@ -1,5 +1,7 @@
 #include "SharedArena.h"
 
+#include "Checksum.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -123,6 +125,10 @@ ArenaMapping::~ArenaMapping() {
 
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes) {
   constexpr uint64_t kChunk = 64 << 10; // stays in L2 between copy and hash
+#if LLMIR_KVSTORE_AVX2
+  if (detail::hasAvx2())
+    return llmir_kvstore_copy_checksum_avx2(destination, source, bytes, kChunk);
+#endif
   if (bytes <= kChunk) {
     std::memcpy(destination, source, bytes);
     return XXH3_64bits(destination, bytes);

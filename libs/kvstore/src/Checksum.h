@@ -1,0 +1,20 @@
+// Run-time choice of the AVX2 XXH3 (ChecksumAvx2.c) for block checksums.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if LLMIR_KVSTORE_AVX2
+extern "C" uint64_t llmir_kvstore_checksum_avx2(const void *data, size_t bytes);
+extern "C" uint64_t llmir_kvstore_copy_checksum_avx2(void *destination, const void *source,
+                                                     uint64_t bytes, uint64_t chunk);
+#endif
+
+namespace llmir::kvstore::detail {
+#if LLMIR_KVSTORE_AVX2
+inline bool hasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+} // namespace llmir::kvstore::detail
