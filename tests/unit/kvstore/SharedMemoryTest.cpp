@@ -1,0 +1,106 @@
+// Block checksums and the shared-memory segment. Checksums: blockChecksum (AVX2 when the CPU has it, else Debian's
+// SSE2 libxxhash) and copyWithChecksum (the shared-memory path's copy that
+// hashes as it goes) must both give XXH3-64 exactly, whichever computes it:
+// the values below came from libxxhash's own XXH3_64bits.
+#include "SharedArena.h"
+
+#include "llmir/kvstore/BlockKey.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <vector>
+
+using namespace llmir::kvstore;
+
+namespace {
+
+std::vector<unsigned char> pattern(size_t n) {
+  std::vector<unsigned char> d(n);
+  for (size_t i = 0; i < n; ++i)
+    d[i] = static_cast<unsigned char>((i * 2654435761u) >> 13);
+  return d;
+}
+
+TEST(BlockChecksum, IsXxh3ForEveryLengthClassAndTheCopyHashesTheSame) {
+  const std::vector<std::pair<size_t, uint64_t>> expected = {
+      {0, 0x2d06800538d394c2ull},     {1, 0xc44bdff4074eecdbull},
+      {3, 0xa1c4a8259b827291ull},     {16, 0x222e9aead6bddd51ull},
+      {17, 0x47aad6b375eb4bbaull},    {128, 0x421a9c905c6e66baull},
+      {129, 0x9e2414800f83768aull},   {240, 0xb714c5fd22744964ull},
+      {241, 0xbc424a2c480dd281ull},   {1000, 0xa067b58e6ea5d2f2ull},
+      {1024, 0x1fd15e7d36f5e1bcull},  {65536, 0x32152aa15c5ff65aull},
+      {65537, 0x61b429f8bd154060ull}, {1052671, 0x5f1262fb023233e9ull},
+  };
+  const std::vector<unsigned char> data = pattern(1052671);
+  for (const auto &[n, sum] : expected) {
+    EXPECT_EQ(blockChecksum(data.data(), n), sum) << n << " bytes";
+    std::vector<unsigned char> copy(n + 1, 0xee);
+    EXPECT_EQ(copyWithChecksum(copy.data(), data.data(), n), sum) << n << " bytes";
+    EXPECT_TRUE(std::equal(data.begin(), data.begin() + n, copy.begin())) << n;
+    EXPECT_EQ(copy[n], 0xee) << "wrote past " << n << " bytes";
+  }
+}
+
+} // namespace
+
+namespace {
+
+// The store's shared-memory segment: first-fit from the lowest address,
+// freed neighbours merge, exhaustion is nullopt (the store then evicts), and
+// a client maps it only with the right pid, fd and nonce.
+TEST(SharedArena, AllocatesFirstFitMergesFreedRangesAndMapsOnlyWithItsNonce) {
+  auto arena = SharedArena::create(1024);
+  ASSERT_TRUE(arena) << arena.message();
+  SharedArena &a = **arena;
+  EXPECT_EQ(a.size(), 1024u + kArenaAlignment); // + the nonce header
+  auto x = a.allocate(100); // rounded up to 128
+  auto y = a.allocate(256);
+  auto z = a.allocate(512);
+  ASSERT_TRUE(x && y && z);
+  EXPECT_EQ(*x, kArenaAlignment);
+  EXPECT_EQ(*y, kArenaAlignment + 128);
+  EXPECT_EQ(*z, kArenaAlignment + 384);
+  EXPECT_FALSE(a.allocate(256)) << "only 128 bytes are left";
+  a.free(*x, 100);
+  a.free(*y, 256); // merges with x's range: 384 contiguous bytes
+  auto w = a.allocate(384);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(*w, kArenaAlignment);
+  a.free(*w, 384);
+  a.free(*z, 512);
+  auto all = a.allocate(1024); // everything merged back into one range
+  ASSERT_TRUE(all);
+  EXPECT_EQ(*all, kArenaAlignment);
+  a.free(*all, 1024);
+
+  // The client's side: bytes written through the mapping are the store's.
+  auto mapped = ArenaMapping::open(getpid(), a.fd(), a.size(), a.nonce());
+  ASSERT_TRUE(mapped) << mapped.message();
+  (*mapped)->base()[kArenaAlignment + 5] = 0x5a;
+  EXPECT_EQ(a.base()[kArenaAlignment + 5], 0x5a);
+  ArenaNonce wrong = a.nonce();
+  wrong[3] ^= 1;
+  auto impostor = ArenaMapping::open(getpid(), a.fd(), a.size(), wrong);
+  ASSERT_FALSE(impostor);
+  EXPECT_NE(impostor.message().find("nonce"), std::string::npos) << impostor.message();
+  auto wrongSize = ArenaMapping::open(getpid(), a.fd(), a.size() * 2, a.nonce());
+  EXPECT_FALSE(wrongSize);
+  auto noSuchFd = ArenaMapping::open(getpid(), 987654, a.size(), a.nonce());
+  ASSERT_FALSE(noSuchFd);
+  EXPECT_NE(noSuchFd.message().find("cannot open /proc/"), std::string::npos)
+      << noSuchFd.message();
+  // A file that is not sealed against shrinking is refused (touching it
+  // could raise SIGBUS).
+  int plain = memfd_create("not-sealed", MFD_CLOEXEC);
+  ASSERT_GE(plain, 0);
+  ASSERT_EQ(ftruncate(plain, off_t(a.size())), 0);
+  auto unsealed = ArenaMapping::open(getpid(), plain, a.size(), a.nonce());
+  ASSERT_FALSE(unsealed);
+  EXPECT_NE(unsealed.message().find("sealed"), std::string::npos) << unsealed.message();
+  close(plain);
+}
+
+} // namespace
