@@ -77,6 +77,12 @@ struct Metrics {
           .Name("llmir:kv_store_transferred_bytes_total")
           .Help("Block bytes received by put and sent by get.")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter> &sharedBytes =
+      prometheus::BuildCounter()
+          .Name("llmir:kv_store_shared_memory_bytes_total")
+          .Help("Of those, the block bytes that clients on this host moved through the "
+                "store's shared-memory segment (put, get).")
+          .Register(*registry);
 
   std::mutex mu;
   kv::PoolStats last;
@@ -98,6 +104,8 @@ struct Metrics {
     seconds.Add({{"op", op}}, latency).Observe(r.seconds);
     if (r.op != kv::Operation::Exists && r.bytes > 0) {
       bytesMoved.Add({{"op", op}}).Increment(double(r.bytes));
+      if (r.sharedMemory)
+        sharedBytes.Add({{"op", op}}).Increment(double(r.bytes));
       if (r.seconds > 0)
         throughput.Add({{"op", op}}, bandwidth).Observe(double(r.bytes) / r.seconds);
     }

@@ -47,6 +47,7 @@ struct Reply {
   Clock::time_point start;
   uint64_t bytes = 0;
   uint32_t blocks = 0;
+  bool sharedMemory = false;
 };
 
 // A put whose bytes arrive by rendezvous after the request header.
@@ -380,7 +381,7 @@ void Server::Impl::onReplySent(void *request, ucs_status_t status, void *user) {
     reply->owner->observer_(OperationRecord{
         reply->op,
         std::chrono::duration<double>(Clock::now() - reply->start).count(),
-        reply->bytes, reply->blocks});
+        reply->bytes, reply->blocks, reply->sharedMemory});
   delete reply;
 }
 
@@ -624,6 +625,7 @@ void Server::Impl::getShared(ucp_ep_h ep, const MessageHeader &h,
   reply->start = start;
   reply->blocks = h.count;
   reply->bytes = bytes;
+  reply->sharedMemory = true;
   send(ep, reply);
 }
 
@@ -697,6 +699,7 @@ void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
   reply->start = start;
   reply->blocks = h.count;
   reply->bytes = bytes;
+  reply->sharedMemory = true;
   send(ep, reply);
 }
 

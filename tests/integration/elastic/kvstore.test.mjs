@@ -149,6 +149,13 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
                     before.value('llmir:kv_store_prefill_tokens_skipped_total');
     assert.equal(skipped, fullBlocks * 16, 'every full prompt block came from the store');
     assert.ok(metric(await store.metrics(), 'llmir:kv_store_hits_total') - hitsBefore >= fullBlocks * tp);
+    // UCX_TLS=shm,tcp: the workers' block bytes went through the store's
+    // shared-memory segment; tcp: none did.
+    const sharedBytes = metric(await store.metrics(), 'llmir:kv_store_shared_memory_bytes_total');
+    if ((process.env.UCX_TLS ?? '').split(',').includes('shm'))
+      assert.ok(sharedBytes > 0, 'bytes through the shared-memory segment');
+    else
+      assert.equal(sharedBytes, 0, 'UCX_TLS without shm: nothing through the segment');
     console.log(`# prefix from store: prompt ${longPrompt.length} tokens, ${skipped} skipped; ` +
                 `TTFT computed ${first.ttft.toFixed(1)} ms, loaded ${second.ttft.toFixed(1)} ms`);
 

@@ -241,6 +241,15 @@ TEST_P(KvStoreService, ServesEvictsRecoversAndStops) {
   EXPECT_EQ(sample(metrics, "llmir:kv_store_transferred_bytes_total{op=\"get\"}"),
             4.0 * kBlock)
       << metrics;
+  // With shm,tcp those bytes went through the segment; with tcp in messages.
+  if (std::string(GetParam()).find("shm") == 0)
+    EXPECT_EQ(sample(metrics, "llmir:kv_store_shared_memory_bytes_total{op=\"get\"}"),
+              4.0 * kBlock)
+        << metrics;
+  else
+    EXPECT_EQ(sample(metrics, "llmir:kv_store_shared_memory_bytes_total{op=\"get\"}"), -1)
+        << "no sample: nothing moved through the segment\n"
+        << metrics;
   if (std::system("command -v promtool >/dev/null 2>&1") == 0) {
     // promtool flags the vLLM-style ':' in every llmir: name (as in
     // tests/integration/prometheus); everything else must pass.

@@ -45,6 +45,7 @@ struct OperationRecord {
   double seconds = 0; // request arrival to reply sent
   uint64_t bytes = 0; // payload bytes moved (put: received, get: sent)
   uint32_t blocks = 0;
+  bool sharedMemory = false; // the bytes moved through the shared segment
 };
 using OperationObserver = std::function<void(const OperationRecord &)>;
 
