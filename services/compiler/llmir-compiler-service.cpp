@@ -1,20 +1,21 @@
 // llmir-compiler-service: compiles Hugging Face checkpoints into deployment
 // plans (cached by content hash) and serves each rank's ShardProgram.
 //
-//   POST /v1/compile  {"model_dir", "tp", "pp", "sp", "kv_block_size"}
-//                     -> {"plan_id", "cache_hit", "plan": DeploymentPlan as JSON}
+//   POST /v1/compile  CompileRequest {"model_dir", "tp", "pp", "sp", "kv_block_size"}
+//                     -> CompileResponse {"plan_id", "cache_hit", "plan": DeploymentPlan}
+//                     (proto/compile_service.proto as JSON: compiler/CompileApi.h)
 //   GET  /v1/plans/{id}               -> the plan as JSON
 //   GET  /v1/plans/{id}/ranks/{rank}  -> ShardProgram bytes (application/x-protobuf)
 //   GET  /healthz /readyz /metrics
 #include "service/PlanStore.h"
 
+#include "llmir/compiler/CompileApi.h"
 #include "llmir/net/Config.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
 #include "llmir/support/ClusterAuth.h"
 
-#include <boost/json.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -28,7 +29,6 @@
 
 using llmir::net::HttpRequest;
 using llmir::net::HttpResponse;
-namespace json = boost::json;
 namespace svc = llmir::compiler_service;
 
 namespace {
@@ -89,41 +89,16 @@ std::string planJson(const llmir::proto::DeploymentPlan &plan) {
   return out;
 }
 
-// A non-negative integer member of `o`, or `fallback` when absent.
-llmir::Result<int64_t> intField(const json::object &o, const char *key,
-                                int64_t fallback) {
-  const json::value *v = o.if_contains(key);
-  if (!v)
-    return fallback;
-  if (!v->is_int64() && !v->is_uint64())
-    return llmir::Status::error(std::string("'") + key + "' must be an integer");
-  int64_t n = v->is_int64() ? v->as_int64() : static_cast<int64_t>(v->as_uint64());
-  if (n < 1 || n > 4096)
-    return llmir::Status::error(std::string("'") + key + "' must be in [1, 4096]");
-  return n;
-}
-
 llmir::Result<svc::CompileRequest> parseCompileRequest(const std::string &body) {
-  json::error_code ec;
-  json::value v = json::parse(body, ec);
-  if (ec || !v.is_object())
-    return llmir::Status::error("body must be a JSON object: " +
-                                (ec ? ec.message() : std::string("got another JSON value")));
-  const json::object &o = v.as_object();
+  auto parsed = llmir::compiler::parseCompileRequest(body);
+  if (!parsed)
+    return parsed.status();
   svc::CompileRequest r;
-  const json::value *dir = o.if_contains("model_dir");
-  if (!dir || !dir->is_string() || dir->as_string().empty())
-    return llmir::Status::error("'model_dir' (a non-empty string) is required");
-  r.modelDir = std::string(dir->as_string());
-  auto tp = intField(o, "tp", 1), pp = intField(o, "pp", 1), sp = intField(o, "sp", 1),
-       kv = intField(o, "kv_block_size", 16);
-  for (auto *f : {&tp, &pp, &sp, &kv})
-    if (!*f)
-      return f->status();
-  r.options.tp = static_cast<int>(*tp);
-  r.options.pp = static_cast<int>(*pp);
-  r.options.sp = static_cast<int>(*sp);
-  r.options.kvBlockSize = *kv;
+  r.modelDir = parsed->model_dir();
+  r.options.tp = parsed->tp();
+  r.options.pp = parsed->pp();
+  r.options.sp = parsed->sp();
+  r.options.kvBlockSize = parsed->kv_block_size();
   return r;
 }
 
@@ -281,10 +256,11 @@ int main(int argc, char **argv) {
                     {{"plan_id", lookup.plan->id}, {"cache_hit", lookup.cacheHit},
                      {"seconds", seconds}, {"model_dir", request->modelDir}},
                     req.requestId);
-    return HttpResponse::json(
-        200, "{\"plan_id\":\"" + lookup.plan->id + "\",\"cache_hit\":" +
-                 (lookup.cacheHit ? "true" : "false") + ",\"plan\":" +
-                 planJson(lookup.plan->compiled.plan) + "}");
+    llmir::proto::CompileResponse response;
+    response.set_plan_id(lookup.plan->id);
+    response.set_cache_hit(lookup.cacheHit);
+    *response.mutable_plan() = lookup.plan->compiled.plan;
+    return HttpResponse::json(200, llmir::compiler::compileResponseJson(response));
   });
 
   server.routePrefix("GET", "/v1/plans/", [&](const HttpRequest &req) {

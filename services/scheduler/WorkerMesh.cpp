@@ -3,12 +3,13 @@
 // protocol (membership, heartbeats, join, drain, steps) is the library's.
 #include "WorkerMesh.h"
 
+#include "llmir/compiler/CompileApi.h"
+
 #include "llmir/net/HttpClient.h"
 #include "llmir/net/Log.h"
 #include "llmir/runtime/RendezvousStore.h"
 #include "llmir/support/ClusterAuth.h"
 
-#include <boost/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -28,15 +29,16 @@ struct WorkerMesh::Impl {
   Impl(MeshOptions o, serving::ReplicaRouter &r) : options(std::move(o)), router(r) {}
 
   Status compile() {
-    boost::json::object body{{"model_dir", options.modelDir},
-                             {"tp", options.tp},
-                             {"pp", options.pp},
-                             {"kv_block_size", options.kvBlockSize}};
+    proto::CompileRequest body;
+    body.set_model_dir(options.modelDir);
+    body.set_tp(options.tp);
+    body.set_pp(options.pp);
+    body.set_kv_block_size(static_cast<int32_t>(options.kvBlockSize));
     const std::string url = options.compilerUrl + "/v1/compile";
     net::HttpClientRequest request;
     request.method = "POST";
     request.url = url;
-    request.body = boost::json::serialize(body);
+    request.body = compiler::compileRequestJson(body);
     request.timeout = options.compileTimeout;
     if (options.clusterSecret)
       request.headers.emplace_back(
@@ -61,18 +63,11 @@ struct WorkerMesh::Impl {
     if (response->status != 200)
       return Status::error("POST " + url + " answered " + std::to_string(response->status) +
                            ": " + response->body);
-    boost::system::error_code ec;
-    boost::json::value v = boost::json::parse(response->body, ec);
-    const boost::json::object *o = ec ? nullptr : v.if_object();
-    const boost::json::value *id = o ? o->if_contains("plan_id") : nullptr;
-    const boost::json::value *plan = o ? o->if_contains("plan") : nullptr;
-    const boost::json::value *world =
-        plan && plan->is_object() ? plan->as_object().if_contains("world_size") : nullptr;
-    if (!id || !id->is_string() || !world || !world->is_int64() || world->as_int64() < 1)
-      return Status::error("POST " + url +
-                           ": expected {plan_id, plan: {world_size}}, got " + response->body);
-    planId = std::string(id->as_string());
-    worldSize = static_cast<uint32_t>(world->as_int64());
+    auto compiled = compiler::parseCompileResponse(response->body);
+    if (!compiled)
+      return compiled.status().withContext("POST " + url + " answered " + response->body);
+    planId = compiled->plan_id();
+    worldSize = compiled->plan().world_size();
     return Status::ok();
   }
 };
