@@ -3,10 +3,10 @@
 namespace llmir::scheduler {
 
 CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
-                             Metrics &metrics, serving::ReplicaRouter &scheduler,
+                             Metrics &metrics, serving::ReplicaRouter &router,
                              serving::KeyConcurrencyLimiter::Lease keySlot)
     : request_(std::move(request)), context_(std::move(context)), metrics_(metrics),
-      scheduler_(scheduler), keySlot_(std::move(keySlot)) {
+      router_(router), keySlot_(std::move(keySlot)) {
   context_.request = &request_;
   // A batch of prompts has n choices each, numbered prompt * n + i.
   const size_t n = static_cast<size_t>(request_.params.n) * context_.prompts.size();
@@ -22,21 +22,21 @@ CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
 void CompletionJob::start(std::shared_ptr<CompletionJob> job,
                           std::shared_ptr<net::ResponseStream> stream) {
   job->stream_ = stream;
-  serving::ReplicaRouter *scheduler = &job->scheduler_;
+  serving::ReplicaRouter *router = &job->router_;
   std::vector<uint64_t> ids;
   for (size_t prompt = 0; prompt < job->context_.prompts.size(); ++prompt) {
     serving::RequestParams params = job->request_.params;
     params.promptIds = job->context_.prompts[prompt].ids;
-    ids.push_back(scheduler->addRequest(std::move(params),
+    ids.push_back(router->addRequest(std::move(params),
                                         [job, prompt](const serving::SequenceEvent &e) {
                                           job->onEvent(prompt, e);
                                         }));
   }
   // Capture no job here: the stream keeps this callback and the job keeps
   // the stream.
-  stream->onClientGone([scheduler, ids] {
+  stream->onClientGone([router, ids] {
     for (uint64_t id : ids)
-      scheduler->cancel(id);
+      router->cancel(id);
   });
 }
 
@@ -105,7 +105,7 @@ void CompletionJob::finishLocked() {
   metrics_.observeRequest(
       context_.promptTokens(),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-  metrics_.update(scheduler_.stats());
+  metrics_.update(router_.stats());
   if (request_.stream) {
     if (request_.includeUsage)
       stream_->writeEvent(usageChunkJson(context_, generated_));

@@ -22,7 +22,7 @@ public:
   /// choice finishes, which a client going away also leads to (its request
   /// is cancelled), or at the latest when the job is destroyed.
   CompletionJob(ApiRequest request, ResponseContext context, Metrics &metrics,
-                serving::ReplicaRouter &scheduler, serving::KeyConcurrencyLimiter::Lease keySlot);
+                serving::ReplicaRouter &router, serving::KeyConcurrencyLimiter::Lease keySlot);
 
   /// Queues the request and answers on `stream` (SSE or one JSON body);
   /// cancels the request when the client goes away.
@@ -36,7 +36,7 @@ private:
   ApiRequest request_;
   ResponseContext context_;
   Metrics &metrics_;
-  serving::ReplicaRouter &scheduler_;
+  serving::ReplicaRouter &router_;
   serving::KeyConcurrencyLimiter::Lease keySlot_;
 
   std::mutex mutex_;

@@ -37,8 +37,8 @@ int64_t unixSeconds() {
 } // namespace
 
 OpenAiServer::OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
-                           serving::ReplicaRouter &scheduler, Metrics &metrics)
-    : options_(std::move(options)), tokenizer_(tokenizer), scheduler_(scheduler),
+                           serving::ReplicaRouter &router, Metrics &metrics)
+    : options_(std::move(options)), tokenizer_(tokenizer), router_(router),
       metrics_(metrics), keyLimiter_(options_.keyLimits) {}
 
 void OpenAiServer::addRoutes(net::HttpServer &server) {
@@ -62,12 +62,12 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
   server.route("GET", "/readyz", [this](const net::HttpRequest &) {
     if (!ready_)
       return net::HttpResponse::text(503, "not ready\n");
-    return scheduler_.waitForReplica(std::chrono::milliseconds(0))
+    return router_.waitForReplica(std::chrono::milliseconds(0))
                ? net::HttpResponse::text(200, "ready\n")
                : net::HttpResponse::text(503, "no replica ready\n");
   }, llmir::net::HandlerThread::Io);
   server.route("GET", "/metrics", [this](const net::HttpRequest &) {
-    metrics_.update(scheduler_.stats());
+    metrics_.update(router_.stats());
     metrics_.setRequestsInFlight(static_cast<int64_t>(keyLimiter_.totalInFlight()));
     if (options_.refreshMetrics)
       options_.refreshMetrics();
@@ -82,7 +82,7 @@ net::HttpResponse OpenAiServer::models() const {
                             {"object", "model"},
                             {"created", unixSeconds()},
                             {"owned_by", "llmir"},
-                            {"max_model_len", scheduler_.limits().maxModelLen}};
+                            {"max_model_len", router_.limits().maxModelLen}};
   boost::json::object list{{"object", "list"}, {"data", boost::json::array{model}}};
   return net::HttpResponse::json(200, boost::json::serialize(list));
 }
@@ -169,7 +169,7 @@ net::HttpResponse OpenAiServer::tokenize(const net::HttpRequest &http) const {
     tokenStrs = std::move(strs);
   }
   boost::json::object out{{"count", ids->size()},
-                          {"max_model_len", scheduler_.limits().maxModelLen},
+                          {"max_model_len", router_.limits().maxModelLen},
                           {"tokens", std::move(tokens)},
                           {"token_strs", std::move(tokenStrs)}};
   return net::HttpResponse::json(200, boost::json::serialize(out));
@@ -219,7 +219,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   auto lease = std::get<serving::KeyConcurrencyLimiter::Lease>(std::move(acquired));
   // Blocks this HTTP thread at most noReplicaTimeout (size http.threads for
   // the clients that may wait while no replica serves).
-  if (!scheduler_.waitForReplica(options_.noReplicaTimeout)) {
+  if (!router_.waitForReplica(options_.noReplicaTimeout)) {
     metrics_.observeRefusal("no_replica");
     return refusalResponse(serving::noReplica(options_.noReplicaTimeout, options_.admission));
   }
@@ -227,7 +227,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   if (auto *error = std::get_if<ApiError>(&parsed))
     return errorResponse(*error);
   ApiRequest request = std::move(std::get<ApiRequest>(parsed));
-  if (auto refusal = serving::shedLoad(scheduler_.stats().numWaiting, request.params.n,
+  if (auto refusal = serving::shedLoad(router_.stats().numWaiting, request.params.n,
                                        options_.admission)) {
     metrics_.observeRefusal(refusal->code);
     return refusalResponse(*refusal);
@@ -271,7 +271,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
                           "a request may ask for at most " + std::to_string(kMaxSequencesPerRequest) +
                               " choices in all (prompts x n)",
                           "invalid_request_error", "n", ""});
-  const serving::RequestLimits limits = scheduler_.limits();
+  const serving::RequestLimits limits = router_.limits();
   if (!request.maxTokensGiven) {
     size_t longest = 0;
     for (const PromptContext &p : prompts)
@@ -304,7 +304,7 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     context.toolCalls = options_.chatFormat.toolCalls;
   const bool stream = request.stream;
   auto job = std::make_shared<CompletionJob>(std::move(request), std::move(context),
-                                             metrics_, scheduler_, std::move(lease));
+                                             metrics_, router_, std::move(lease));
   auto start = [job](std::shared_ptr<net::ResponseStream> out) {
     CompletionJob::start(job, std::move(out));
   };

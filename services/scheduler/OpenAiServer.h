@@ -44,7 +44,7 @@ struct OpenAiServerOptions {
 class OpenAiServer {
 public:
   OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &tokenizer,
-               serving::ReplicaRouter &scheduler, Metrics &metrics);
+               serving::ReplicaRouter &router, Metrics &metrics);
 
   /// Registers every route on `server` (before it starts).
   void addRoutes(net::HttpServer &server);
@@ -63,7 +63,7 @@ private:
 
   OpenAiServerOptions options_;
   const model::Tokenizer &tokenizer_;
-  serving::ReplicaRouter &scheduler_;
+  serving::ReplicaRouter &router_;
   Metrics &metrics_;
   serving::KeyConcurrencyLimiter keyLimiter_;
   std::atomic<bool> ready_{false};

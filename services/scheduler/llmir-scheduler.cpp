@@ -434,15 +434,14 @@ int run(const Settings &s) {
     mesh = std::move(*started);
     writePortFile(s.workerPortFile, mesh->workerPort());
   }
-  serving::ReplicaRouter &scheduler = router;
 
   const std::string name = s.servedModelName.empty()
                                ? fs::path(s.model).lexically_normal().filename().string()
                                : s.servedModelName;
   scheduler::Metrics metrics(name);
-  scheduler.setStepObserver([&](const serving::StepStats &step) {
+  router.setStepObserver([&](const serving::StepStats &step) {
     metrics.observeStep(step);
-    metrics.update(scheduler.stats());
+    metrics.update(router.stats());
   });
   serving::KeyLimitOptions keyLimits{.defaultLimit = s.maxConcurrentPerKey,
                                      .retryAfter = std::chrono::seconds(s.keyLimitRetryAfterS)};
@@ -475,7 +474,7 @@ int run(const Settings &s) {
                                          router.routerStats(),
                                          mesh ? mesh->counts() : scheduler::MeshCounts{});
                                    }},
-                              *tokenizer, scheduler, metrics);
+                              *tokenizer, router, metrics);
   net::HttpServer server;
   api.addRoutes(server);
   Status started = server.start({.host = s.host,
@@ -490,7 +489,7 @@ int run(const Settings &s) {
   writePortFile(s.portFile, server.port());
   net::logInfo("serving", {{"model", name},
                            {"url", "http://" + s.host + ":" + std::to_string(server.port())},
-                           {"max_model_len", scheduler.limits().maxModelLen}});
+                           {"max_model_len", router.limits().maxModelLen}});
 
   const int received = net::waitForTerminationSignal();
   net::logInfo("shutting down", {{"signal", received}});
