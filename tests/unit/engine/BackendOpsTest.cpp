@@ -429,15 +429,17 @@ TEST_F(BackendOps, PagedAttention) {
       return size_t(
           ((layer * shape.numBlocks + block) * shape.blockSize + slot) * width);
     };
-    for (int64_t layer = 0; layer < shape.numLayers; ++layer)
-      for (int32_t block = 0; block < shape.numBlocks; ++block)
-        for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
-          const size_t at = rowOffset(layer, block, slot);
-          std::copy_n(keys.begin() + at, width,
-                      cpuCache->keyRow(layer, block, slot));
-          std::copy_n(values.begin() + at, width,
-                      cpuCache->valueRow(layer, block, slot));
-        }
+    // A CPU cache holding these keys and values, laid out as the device's.
+    auto fill = [&](KvCache &cache, const std::vector<float> &k, const std::vector<float> &v) {
+      for (int64_t layer = 0; layer < shape.numLayers; ++layer)
+        for (int32_t block = 0; block < shape.numBlocks; ++block)
+          for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
+            const size_t at = rowOffset(layer, block, slot);
+            std::copy_n(k.begin() + at, width, cache.keyRow(layer, block, slot));
+            std::copy_n(v.begin() + at, width, cache.valueRow(layer, block, slot));
+          }
+    };
+    fill(*cpuCache, keys, values);
 
     StepInput step;
     step.tokenIds.assign(size_t(T), 0);
@@ -515,15 +517,7 @@ TEST_F(BackendOps, PagedAttention) {
       const std::vector<float> roundedKeys = rounded(keys), roundedValues = rounded(values);
       Result<KvCache> roundedCache = KvCache::create(shape);
       ASSERT_TRUE(roundedCache.isOk());
-      for (int64_t layer = 0; layer < shape.numLayers; ++layer)
-        for (int32_t block = 0; block < shape.numBlocks; ++block)
-          for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
-            const size_t at = rowOffset(layer, block, slot);
-            std::copy_n(roundedKeys.begin() + at, width,
-                        roundedCache->keyRow(layer, block, slot));
-            std::copy_n(roundedValues.begin() + at, width,
-                        roundedCache->valueRow(layer, block, slot));
-          }
+      fill(*roundedCache, roundedKeys, roundedValues);
       const std::vector<float> roundedK = rounded(k), roundedV = rounded(v);
       std::vector<float> roundedWant(q.size());
       cpu::pagedAttention(q.data(), roundedK.data(), roundedV.data(), step, params,
@@ -589,13 +583,7 @@ TEST_F(BackendOps, PagedAttention) {
     for (int64_t shard = 0; shard < 2; ++shard) {
       Result<KvCache> shardCache = KvCache::create(shape);
       ASSERT_TRUE(shardCache.isOk());
-      for (int64_t layer = 0; layer < shape.numLayers; ++layer)
-        for (int32_t block = 0; block < shape.numBlocks; ++block)
-          for (int64_t slot = 0; slot < shape.blockSize; ++slot) {
-            const size_t at = rowOffset(layer, block, slot);
-            std::copy_n(keys.begin() + at, width, shardCache->keyRow(layer, block, slot));
-            std::copy_n(values.begin() + at, width, shardCache->valueRow(layer, block, slot));
-          }
+      fill(*shardCache, keys, values);
       cpu::AttentionParams shardParams = params;
       shardParams.kvShards = 2;
       shardParams.kvShard = shard;

@@ -31,6 +31,27 @@ __device__ int64_t cacheRow(const AttentionGeometry &g, int32_t seq,
   return (int64_t(block) * blockSize + p % blockSize) * g.numKvHeads * g.headDim;
 }
 
+// The KV head query head h reads: grouped-query attention, or an uneven
+// head split's (cpu::kvHeadOf).
+__device__ __forceinline__ int64_t kvHeadOf(const AttentionGeometry &g, int64_t h) {
+  return g.kvGroup > 0 ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
+                       : h / (g.numHeads / g.numKvHeads);
+}
+
+// The keys any of a prefill tile's rows sees, [first, last] (each row p
+// sees up to p, from its sliding window's start).
+__device__ __forceinline__ void tileKeyRange(const AttentionGeometry &g, int64_t firstRow, int64_t count,
+                             int64_t &first, int64_t &last) {
+  last = 0;
+  first = INT64_MAX;
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t p = g.positions[firstRow + r];
+    last = p > last ? p : last;
+    const int64_t from = g.slidingWindow > 0 && p + 1 > g.slidingWindow ? p + 1 - g.slidingWindow : 0;
+    first = from < first ? from : first;
+  }
+}
+
 // The cache's element type: f32, or bf16 rounded to nearest even on store.
 __device__ __forceinline__ float loadCached(const float *p) { return *p; }
 __device__ __forceinline__ float loadCached(const __nv_bfloat16 *p) {
@@ -119,9 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
   const int64_t r = blockIdx.x, t = g.firstQuery + r, h = blockIdx.y;
   const int64_t D = g.headDim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t kvHead = g.kvGroup > 0
-                            ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
-                            : h / (g.numHeads / g.numKvHeads);
+  const int64_t kvHead = kvHeadOf(g, h);
   const int32_t seq = g.tokenSeq[t];
   const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
   // A sliding window W shows positions length - W .. length - 1 only.
@@ -269,22 +288,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const C *keys = static_cast<const C *>(g.keys);
   const C *values = static_cast<const C *>(g.values);
-  const int64_t kvHead = g.kvGroup > 0
-                            ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
-                            : h / (g.numHeads / g.numKvHeads);
+  const int64_t kvHead = kvHeadOf(g, h);
   const int32_t seq = g.tokenSeq[firstRow];
   for (int64_t i = threadIdx.x; i < kTileQueries * D; i += blockDim.x) {
     const int64_t r = i / D;
     queries[i] = r < count ? q[((firstRow + r) * g.numHeads + h) * D + i % D] : 0.0f;
   }
-  // The keys any query of the tile sees: [first, last].
-  int64_t last = 0, first = INT64_MAX;
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t p = g.positions[firstRow + r];
-    last = p > last ? p : last;
-    const int64_t from = g.slidingWindow > 0 && p + 1 > g.slidingWindow ? p + 1 - g.slidingWindow : 0;
-    first = from < first ? from : first;
-  }
+  int64_t first = 0, last = 0;
+  tileKeyRange(g, firstRow, count, first, last);
   int64_t position[kQueriesPerWarp], windowStart[kQueriesPerWarp];
   float runningMax[kQueriesPerWarp], runningSum[kQueriesPerWarp];
   float acc[kQueriesPerWarp][PerLane];
@@ -436,18 +447,10 @@ __global__ void __launch_bounds__(128)
   const int quad = lane / 4, pair = lane % 4;
   const auto *keys = static_cast<const __nv_bfloat16 *>(g.keys);
   const auto *values = static_cast<const __nv_bfloat16 *>(g.values);
-  const int64_t kvHead = g.kvGroup > 0
-                            ? (g.headOffset + h) / g.kvGroup - g.headOffset / g.kvGroup
-                            : h / (g.numHeads / g.numKvHeads);
+  const int64_t kvHead = kvHeadOf(g, h);
   const int32_t seq = g.tokenSeq[firstRow];
-  // The keys any row of the tile sees: [first, last].
-  int64_t last = 0, first = INT64_MAX;
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t p = g.positions[firstRow + r];
-    last = p > last ? p : last;
-    const int64_t from = g.slidingWindow > 0 && p + 1 > g.slidingWindow ? p + 1 - g.slidingWindow : 0;
-    first = from < first ? from : first;
-  }
+  int64_t first = 0, last = 0;
+  tileKeyRange(g, firstRow, count, first, last);
   // This thread's rows (the fragments' row and row + 8 of the warp's 16).
   const int row[2] = {warp * 16 + quad, warp * 16 + quad + 8};
   int64_t position[2], windowStart[2];
