@@ -14,20 +14,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
-if [ "${1:-}" != "--bin" ]; then
-  "$root/scripts/install-deps.sh"
-  "$root/scripts/build.sh"
-  cd "${LLMIR_BUILD_DIR:-$root/build}"
-  exec ctest --output-on-failure -L gpu --timeout 900
-fi
-bin="$(cd "$2" && pwd)"
+. "$root/scripts/gpu-test-steps.sh"
+gpu_tests_start gpu 900 "$@"
 export LLMIR_SOURCE_DIR="$root"
-failed=()
-step() {
-  local name="$1"; shift
-  echo "== $name"
-  if "$@"; then echo "-- $name: passed"; else echo "-- $name: FAILED"; failed+=("$name"); fi
-}
 step engine_backend_ops_test "$bin/engine_backend_ops_test"
 step backend_consistency_test "$bin/backend_consistency_test"
 # racecheck reports hazards inside cuBLAS's own Hopper GEMM kernels
@@ -72,8 +61,4 @@ step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32 --smoke-logprobs 1e-3
 step mesh_smoke_gpu_bf16_kv env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype bf16 --smoke-ids 8 --smoke-logprobs 2e-2
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "test-gpu: ${#failed[@]} failed: ${failed[*]}"
-  exit 1
-fi
-echo "test-gpu: all passed"
+gpu_tests_finish test-gpu

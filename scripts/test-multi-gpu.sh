@@ -15,21 +15,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
 layouts="${LAYOUTS:-tp=2 pp=2 tp=4 tp=2,pp=2}"
-if [ "${1:-}" != "--bin" ]; then
-  "$root/scripts/install-deps.sh"
-  "$root/scripts/build.sh"
-  cd "${LLMIR_BUILD_DIR:-$root/build}"
-  exec ctest --output-on-failure -L multi_gpu --timeout 1800
-fi
-bin="$(cd "$2" && pwd)"
+. "$root/scripts/gpu-test-steps.sh"
+gpu_tests_start multi_gpu 1800 "$@"
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" # the lent machines need multicast off
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-failed=()
-step() {
-  local name="$1"; shift
-  echo "== $name"
-  if "$@"; then echo "-- $name: passed"; else echo "-- $name: FAILED"; failed+=("$name"); fi
-}
 parts="${PARTS:-generate mesh}"
 [[ " $parts " == *" generate "* ]] &&
 step "llmir-generate $layouts" python3 "$root/tests/integration/multi_gpu_generate_test.py" \
@@ -50,8 +39,4 @@ for layout in $layouts; do
   step "mesh $layout fixtures" env LLMIR_BUILD_DIR="$(dirname "$bin")" FIXTURES_ONLY=1 \
     "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" "${opts[@]}"
 done
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "test-multi-gpu: ${#failed[@]} failed: ${failed[*]}"
-  exit 1
-fi
-echo "test-multi-gpu: all passed"
+gpu_tests_finish test-multi-gpu
