@@ -219,6 +219,9 @@ void fail(const std::string &what) {
   std::exit(1);
 }
 
+int storePollUs = 0;  // ServerOptions::pollBeforeSleep of the store child
+int clientPollUs = 0; // ClientOptions::pollBeforeSleep of the bench's client
+
 int serve() {
   // Ends with the bench, however the bench ends (fail() exits at once).
   prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -227,6 +230,7 @@ int serve() {
   kv::ServerOptions o;
   o.host = "127.0.0.1";
   o.capacityBytes = 1ull << 30;
+  o.pollBeforeSleep = std::chrono::microseconds(storePollUs);
   auto server = kv::Server::start(o);
   if (!server)
     fail(server.message());
@@ -253,6 +257,10 @@ int main(int argc, char **argv) {
   config.add("seconds", &seconds, "time per store measurement");
   config.add("batch", &batch, "blocks per call in the batched measurement");
   config.add("perftest", &tool, "the ucx_perftest binary");
+  config.add("store-poll-us", &storePollUs,
+             "the store polls this long after its last activity before sleeping");
+  config.add("poll-us", &clientPollUs,
+             "the client polls this long after its last activity before sleeping");
   config.add("serve", &serveMode, "internal: run the store for the parent bench");
   if (auto st = config.load(argc, argv); !st)
     fail(st.message());
@@ -266,8 +274,10 @@ int main(int argc, char **argv) {
   std::vector<uint64_t> sizes;
   for (auto &s : split(sizeList))
     sizes.push_back(parseSize(s));
-  if (transports.empty() || sizes.empty() || repeats < 1 || seconds <= 0 || batch < 1)
-    fail("transports and sizes must be non-empty; repeats, seconds, batch positive");
+  if (transports.empty() || sizes.empty() || repeats < 1 || seconds <= 0 || batch < 1 ||
+      storePollUs < 0 || clientPollUs < 0)
+    fail("transports and sizes must be non-empty; repeats, seconds, batch positive; "
+         "poll times not negative");
   for (auto &t : transports)
     if (t != "tcp" && t != "shm")
       fail("transport '" + t + "' is not tcp or shm");
@@ -278,13 +288,15 @@ int main(int argc, char **argv) {
     // ucx_perftest exchanges addresses out of band: pure shared memory.
     std::string perftestTls = transport == "shm" ? "shm" : transport;
 
-    Child server = spawn({selfPath, "--serve"});
+    Child server = spawn({selfPath, "--serve",
+                          "--store-poll-us=" + std::to_string(storePollUs)});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);
     uint16_t port = uint16_t(std::stoi(server.text.substr(server.text.find(' ') + 1)));
     kv::ClientOptions co;
     co.port = port;
     co.timeout = std::chrono::seconds(30);
+    co.pollBeforeSleep = std::chrono::microseconds(clientPollUs);
     auto client = kv::Client::create(co);
     if (!client)
       fail(client.message());

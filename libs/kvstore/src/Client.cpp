@@ -220,6 +220,7 @@ ucs_status_t Client::Impl::onAuthReply(void *arg, const void *header, size_t hea
 
 Status Client::Impl::progressUntil(const std::function<bool()> &done,
                                    Clock::time_point deadline, const std::string &what) {
+  auto lastActivity = Clock::now();
   for (;;) {
     bool busy = worker_->progress();
     if (done())
@@ -232,7 +233,9 @@ Status Client::Impl::progressUntil(const std::function<bool()> &done,
     auto now = Clock::now();
     if (now >= deadline)
       return Status::error(where() + ": no answer " + what);
-    if (!busy) {
+    if (busy)
+      lastActivity = now;
+    else if (now - lastActivity >= options_.pollBeforeSleep) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 10)));
     }
@@ -682,6 +685,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   }
 
   // Progress until every reply is in, the connection fails, or the deadline.
+  auto lastActivity = Clock::now();
   while (failure_.empty()) {
     bool busy = worker_->progress();
     if (!toReceive_.empty()) {
@@ -706,7 +710,11 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
     // Sleep on the event fd rather than spin: on a machine shared by
     // several processes a spinning client starves the store it waits for
     // (docs/performance.md measured both). Short slices keep the deadline.
-    if (!busy) {
+    // A reply that comes within pollBeforeSleep of the last activity is
+    // caught without a wake-up.
+    if (busy)
+      lastActivity = now;
+    else if (now - lastActivity >= options_.pollBeforeSleep) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 10)));
     }

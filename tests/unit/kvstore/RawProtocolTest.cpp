@@ -3,6 +3,7 @@
 // block whose bytes do not match its checksum is rejected and never stored,
 // while the good block of the same batch is stored; malformed requests get
 // an error reply instead of a crash.
+#include "SharedArena.h"
 #include "Ucx.h"
 #include "Wire.h"
 #include "llmir/kvstore/Client.h"
@@ -179,6 +180,80 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   auto stillServing = peer.roundTrip(request(wire::Op::Exists, 5, {meta(1, 256 << 10, 0)}), {});
   ASSERT_TRUE(stillServing);
   EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
+}
+
+// A shared-memory put is committed under the checksum its client computed
+// while copying into the segment; the store does not hash the bytes again.
+// A client whose bytes in the segment do not match that checksum (a buggy or
+// hostile one) therefore gets its block stored, but no reader ever uses it:
+// every get, through the segment or in messages, verifies the bytes it copied.
+TEST(KvStoreRawProtocol, ASharedPutWhoseBytesDoNotMatchItsChecksumNeverReachesAReader) {
+  setenv("UCX_TLS", "shm,tcp", 1);
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 4 << 20;
+  auto server = Server::start(o);
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+
+  // Hello: map the store's segment as the library's client does.
+  auto hello = peer.roundTrip(request(wire::Op::Hello, 1, {}), {});
+  ASSERT_TRUE(hello);
+  ASSERT_EQ(hello->size(), sizeof(wire::MessageHeader) + sizeof(wire::ArenaOffer));
+  wire::ArenaOffer offer;
+  std::memcpy(&offer, hello->data() + sizeof(wire::MessageHeader), sizeof offer);
+  ArenaNonce nonce;
+  std::memcpy(nonce.data(), offer.nonce, nonce.size());
+  auto arena = ArenaMapping::open(static_cast<pid_t>(offer.pid), offer.fd, offer.bytes, nonce);
+  ASSERT_TRUE(arena) << arena.message();
+
+  const size_t bytes = 256 << 10;
+  std::vector<uint8_t> good(bytes), bad(bytes);
+  for (size_t i = 0; i < bytes; ++i) {
+    good[i] = uint8_t(i * 7);
+    bad[i] = uint8_t(i * 13);
+  }
+  auto reserved = peer.roundTrip(
+      request(wire::Op::PutReserve, 2, {meta(1, bytes, 0), meta(2, bytes, 0)}), {});
+  ASSERT_TRUE(reserved);
+  auto slots = records(*reserved);
+  ASSERT_EQ(slots.size(), 2u);
+  for (const auto &m : slots)
+    ASSERT_EQ(m.code, uint32_t(wire::Code::Reserved));
+  // Block 1 honestly; block 2 claims the checksum of other bytes than it wrote.
+  std::memcpy((*arena)->base() + uint64_t(slots[0].slot) * kArenaAlignment, good.data(), bytes);
+  std::memcpy((*arena)->base() + uint64_t(slots[1].slot) * kArenaAlignment, bad.data(), bytes);
+  wire::BlockMeta first = meta(1, bytes, blockChecksum(good.data(), bytes));
+  wire::BlockMeta second = meta(2, bytes, blockChecksum(good.data(), bytes));
+  first.slot = slots[0].slot;
+  second.slot = slots[1].slot;
+  auto committed = peer.roundTrip(request(wire::Op::PutCommit, 3, {first, second}), {});
+  ASSERT_TRUE(committed);
+  auto codes = records(*committed);
+  ASSERT_EQ(codes.size(), 2u);
+  EXPECT_EQ(codes[0].code, uint32_t(wire::Code::Stored));
+
+  for (bool shared : {true, false}) {
+    SCOPED_TRACE(shared ? "read through the segment" : "read in messages");
+    ClientOptions co;
+    co.port = (*server)->port();
+    co.timeout = std::chrono::seconds(10);
+    co.sharedMemory = shared;
+    auto reader = Client::create(co);
+    ASSERT_TRUE(reader) << reader.message();
+    std::vector<uint8_t> out1(bytes, 0), out2(bytes, 0);
+    BlockKey k1, k2;
+    k1.bytes.fill(1);
+    k2.bytes.fill(2);
+    GetBlock gets[2] = {{k1, "f32", out1.data(), bytes}, {k2, "f32", out2.data(), bytes}};
+    auto got = (*reader)->get(std::span(gets, 2));
+    ASSERT_TRUE(got) << got.message();
+    EXPECT_EQ((*reader)->usesSharedMemory(), shared);
+    EXPECT_EQ((*got)[0], BlockStatus::Found);
+    EXPECT_EQ(out1, good);
+    EXPECT_EQ((*got)[1], BlockStatus::Rejected) << "bytes that do not match their checksum";
+  }
 }
 
 } // namespace

@@ -40,6 +40,11 @@ struct ClientOptions {
   /// tells the client that the store died. Otherwise bytes travel in
   /// active messages.
   bool sharedMemory = true;
+  /// While waiting for a reply, keep polling the UCX worker this long after
+  /// the last activity before sleeping on its event fd: a reply that comes
+  /// within it skips a wake-up (docs/performance.md, "KV-block store").
+  /// 0: sleep at once.
+  std::chrono::microseconds pollBeforeSleep{0};
 };
 
 enum class BlockStatus {

@@ -34,6 +34,11 @@ struct ServerOptions {
   bool sharedMemory = true;
   /// An endpoint that has not finished the handshake by then is closed.
   std::chrono::milliseconds handshakeTimeout{5000};
+  /// After the last activity, keep polling the UCX worker this long before
+  /// sleeping on its event fd (0: sleep at once). A client's next request
+  /// often follows within tens of microseconds; polling catches it without
+  /// a wake-up, at the cost of a busy core meanwhile.
+  std::chrono::microseconds pollBeforeSleep{0};
 };
 
 enum class Operation { Put, Get, Exists };
