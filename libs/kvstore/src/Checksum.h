@@ -6,8 +6,9 @@
 
 #if LLMIR_KVSTORE_AVX2
 extern "C" uint64_t llmir_kvstore_checksum_avx2(const void *data, size_t bytes);
+// Copies and hashes in one pass; the XXH3 of the bytes written.
 extern "C" uint64_t llmir_kvstore_copy_checksum_avx2(void *destination, const void *source,
-                                                     uint64_t bytes, uint64_t chunk);
+                                                     uint64_t bytes);
 #endif
 
 namespace llmir::kvstore::detail {

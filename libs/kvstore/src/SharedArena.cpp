@@ -124,11 +124,11 @@ ArenaMapping::~ArenaMapping() {
 }
 
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes) {
-  constexpr uint64_t kChunk = 64 << 10; // stays in L2 between copy and hash
 #if LLMIR_KVSTORE_AVX2
-  if (detail::hasAvx2())
-    return llmir_kvstore_copy_checksum_avx2(destination, source, bytes, kChunk);
+  if (detail::hasAvx2()) // one pass: each stripe loaded once, stored and hashed
+    return llmir_kvstore_copy_checksum_avx2(destination, source, bytes);
 #endif
+  constexpr uint64_t kChunk = 64 << 10; // stays in L2 between copy and hash
   if (bytes <= kChunk) {
     std::memcpy(destination, source, bytes);
     return XXH3_64bits(destination, bytes);

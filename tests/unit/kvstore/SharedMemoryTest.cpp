@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -42,6 +43,23 @@ TEST(BlockChecksum, IsXxh3ForEveryLengthClassAndTheCopyHashesTheSame) {
     EXPECT_TRUE(std::equal(data.begin(), data.begin() + n, copy.begin())) << n;
     EXPECT_EQ(copy[n], 0xee) << "wrote past " << n << " bytes";
   }
+  // The one-pass copy: lengths that end mid-stripe and mid-block (XXH3 reads
+  // its last stripe again) and unaligned ends, compared with the plain hash.
+  for (size_t n : {size_t(242), size_t(1087), size_t(2049), size_t(4097 + 13), size_t(1 << 20)})
+    for (size_t shift : {size_t(0), size_t(1), size_t(3)}) {
+      std::vector<unsigned char> copy(n + 8, 0xee);
+      EXPECT_EQ(copyWithChecksum(copy.data() + shift, data.data() + 2 * shift, n),
+                blockChecksum(data.data() + 2 * shift, n))
+          << n << " bytes, shift " << shift;
+      EXPECT_TRUE(std::equal(data.begin() + 2 * shift, data.begin() + 2 * shift + n,
+                             copy.begin() + shift))
+          << n << " bytes, shift " << shift;
+      EXPECT_TRUE(std::all_of(copy.begin(), copy.begin() + shift,
+                              [](unsigned char c) { return c == 0xee; }) &&
+                  std::all_of(copy.begin() + shift + n, copy.end(),
+                              [](unsigned char c) { return c == 0xee; }))
+          << "wrote outside " << n << " bytes, shift " << shift;
+    }
 }
 
 } // namespace
