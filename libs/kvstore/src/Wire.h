@@ -37,7 +37,9 @@ constexpr uint16_t kVersion = 1;
 //  PutReserve: records as Put (checksum unused); a Reserved record's `slot`
 //              is room for it in the segment, held for this endpoint.
 //  PutCommit:  records with key, dtype, bytes, checksum and the slot the
-//              client filled; Stored once the bytes match the checksum.
+//              client filled; Stored under that checksum when they match
+//              the reservation (the bytes are not hashed again: every
+//              reader verifies them against it).
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
   Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7,
