@@ -92,6 +92,9 @@ public:
   std::string arenaNote_;
   std::vector<uint32_t> slots_;      // shared put: the reserved slot per block
   std::vector<uint64_t> checksums_;  // shared put: checksum of what was copied
+  // Room the store reserved ahead for our next shared put (slot, bytes),
+  // from the last PutCommitAhead reply; the store frees it at our next commit.
+  std::vector<std::pair<uint32_t, uint64_t>> spares_;
 
   // The blocks of the current call (one of them is set).
   std::span<const PutBlock> putBlocks_;
@@ -196,6 +199,7 @@ void Client::Impl::disconnect(bool force) {
   authReply_.reset();
   // A restarted store has another segment; a dead one's pages are freed.
   arena_.reset();
+  spares_.clear();
   helloDone_ = false;
   offer_.reset();
   for (Message *m : toReceive_)
@@ -353,9 +357,18 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
     case Code::NoSpace: status = BlockStatus::NoSpace; break;
     default: status = BlockStatus::Rejected; break;
     }
-    if ((message.op == wire::Op::Put || message.op == wire::Op::PutCommit) &&
-        status != BlockStatus::Stored && status != BlockStatus::NoSpace)
+    bool commit = message.op == wire::Op::PutCommit || message.op == wire::Op::PutCommitAhead;
+    if ((message.op == wire::Op::Put || commit) && status != BlockStatus::Stored &&
+        status != BlockStatus::NoSpace)
       status = BlockStatus::Rejected;
+    if (message.op == wire::Op::PutCommitAhead && m.slot != 0) {
+      uint64_t at = uint64_t(m.slot) * kArenaAlignment;
+      if (!arena_ || m.bytes != putBlocks_[index].bytes || at + m.bytes > arena_->size()) {
+        failure_ = where() + ": malformed reply (room ahead outside the segment)";
+        return UCS_OK;
+      }
+      spares_.emplace_back(m.slot, m.bytes);
+    }
     if (message.op == wire::Op::PutReserve) {
       if (static_cast<Code>(m.code) == Code::Reserved) {
         uint64_t at = uint64_t(m.slot) * kArenaAlignment;
@@ -505,7 +518,7 @@ void Client::Impl::fillRecord(size_t index, BlockMeta &m) const {
     m.bytes = putBlocks_[index].bytes;
     if (op_ == wire::Op::Put)
       m.checksum = blockChecksum(putBlocks_[index].data, m.bytes);
-    else if (op_ == wire::Op::PutCommit) {
+    else if (op_ == wire::Op::PutCommit || op_ == wire::Op::PutCommitAhead) {
       m.checksum = checksums_[index];
       m.slot = slots_[index];
     }
@@ -625,17 +638,42 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
     LLMIR_RETURN_IF_ERROR(exchange(op, n, deadline, limit.count()));
     return statuses_;
   }
-  // A shared put: reserve room in the segment, copy the blocks into it
-  // (hashing as they go), then commit them under their checksums.
+  // A shared put: room in the segment (reserved ahead by our last commit,
+  // or else asked for now), the blocks copied into it (hashed as they go),
+  // then committed under their checksums. A call in one message asks for
+  // room ahead for the next one, so puts of the same block sizes take one
+  // round trip instead of two. (Several messages' replies could not tell
+  // which room the store still holds, so those calls take none.)
   slots_.assign(n, 0);
   checksums_.assign(n, 0);
-  LLMIR_RETURN_IF_ERROR(exchange(wire::Op::PutReserve, n, deadline, limit.count()));
-  std::vector<BlockStatus> reserved = statuses_;
+  bool oneMessage = n <= maxBlocksPerMessage_;
+  bool useAhead = oneMessage && !spares_.empty();
+  if (useAhead) {
+    std::vector<bool> taken(spares_.size(), false);
+    for (size_t i = 0; i < n && useAhead; ++i) {
+      useAhead = false;
+      for (size_t s = 0; s < spares_.size(); ++s)
+        if (!taken[s] && spares_[s].second == putBlocks_[i].bytes) {
+          taken[s] = true;
+          slots_[i] = spares_[s].first;
+          useAhead = true;
+          break;
+        }
+    }
+  }
+  spares_.clear(); // our next commit frees what it does not name
+  std::vector<BlockStatus> reserved(n, BlockStatus::Stored);
+  if (!useAhead) {
+    slots_.assign(n, 0);
+    LLMIR_RETURN_IF_ERROR(exchange(wire::Op::PutReserve, n, deadline, limit.count()));
+    reserved = statuses_;
+  }
   for (size_t i = 0; i < n; ++i)
     if (slots_[i] != 0)
       checksums_[i] = copyWithChecksum(arena_->base() + uint64_t(slots_[i]) * kArenaAlignment,
                                        putBlocks_[i].data, putBlocks_[i].bytes);
-  LLMIR_RETURN_IF_ERROR(exchange(wire::Op::PutCommit, n, deadline, limit.count()));
+  LLMIR_RETURN_IF_ERROR(exchange(oneMessage ? wire::Op::PutCommitAhead : wire::Op::PutCommit, n,
+                                 deadline, limit.count()));
   for (size_t i = 0; i < n; ++i)
     if (slots_[i] == 0)
       statuses_[i] = reserved[i];

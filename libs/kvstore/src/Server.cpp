@@ -89,6 +89,10 @@ public:
   // endpoint goes away).
   std::map<ucp_ep_h, std::vector<std::shared_ptr<const StoredBlock>>> pins_;
   std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> reservations_;
+  // Room in the segment reserved ahead for an endpoint's next put
+  // (PutCommitAhead): not counted against the budget until committed; at
+  // most one commit's records per endpoint.
+  std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> spares_;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -142,8 +146,9 @@ public:
   void getShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
                  Clock::time_point start);
   void reserveShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records);
+  /// `ahead`: reserve room of each record's size for the endpoint's next put.
   void commitShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
-                    Clock::time_point start);
+                    Clock::time_point start, bool ahead);
   Reply *replyFor(const MessageHeader &h, const std::vector<BlockMeta> &records);
 };
 
@@ -234,6 +239,7 @@ void Server::Impl::onConnect(ucp_conn_request_h request, void *arg) {
 
 void Server::Impl::forgetEndpoint(ucp_ep_h ep) {
   pins_.erase(ep);
+  spares_.erase(ep);
   auto it = reservations_.find(ep);
   if (it == reservations_.end())
     return;
@@ -415,7 +421,7 @@ void Server::Impl::handleRequest(const void *header, size_t headerLength, void *
   auto op = static_cast<wire::Op>(h.op);
   if (op == wire::Op::Put)
     return startPut(ep, h, records.data(), data, length, rendezvous, result);
-  if (op >= wire::Op::Hello && op <= wire::Op::PutCommit) {
+  if (op >= wire::Op::Hello && op <= wire::Op::PutCommitAhead) {
     if (length != 0)
       return refuse(ep, h, "shared-memory requests carry no payload");
     if (op == wire::Op::Hello)
@@ -426,7 +432,7 @@ void Server::Impl::handleRequest(const void *header, size_t headerLength, void *
       return getShared(ep, h, records, start);
     if (op == wire::Op::PutReserve)
       return reserveShared(ep, h, records);
-    return commitShared(ep, h, records, start);
+    return commitShared(ep, h, records, start, op == wire::Op::PutCommitAhead);
   }
   if (op != wire::Op::Get && op != wire::Op::Exists)
     return refuse(ep, h, "unknown operation " + std::to_string(h.op));
@@ -665,18 +671,44 @@ void Server::Impl::reserveShared(ucp_ep_h ep, const MessageHeader &h,
 }
 
 void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
-                                std::vector<BlockMeta> &records, Clock::time_point start) {
+                                std::vector<BlockMeta> &records, Clock::time_point start,
+                                bool ahead) {
   auto &held = reservations_[ep];
+  // This commit may name room reserved ahead by the previous one; the rest
+  // of that room is freed below, whatever this commit asks for.
+  std::map<uint32_t, std::shared_ptr<StoredBlock>> spare;
+  if (auto it = spares_.find(ep); it != spares_.end()) {
+    spare = std::move(it->second);
+    spares_.erase(it);
+  }
   uint32_t rejected = 0;
   uint64_t bytes = 0;
   for (BlockMeta &m : records) {
-    auto it = held.find(m.slot);
-    if (m.slot == 0 || it == held.end()) {
+    std::shared_ptr<StoredBlock> block;
+    if (auto it = held.find(m.slot); m.slot != 0 && it != held.end()) {
+      block = std::move(it->second);
+      held.erase(it);
+    } else if (auto ahead = spare.find(m.slot); m.slot != 0 && ahead != spare.end()) {
+      // Room reserved ahead: it has a size but no key yet, and its budget is
+      // taken only now (evicting as a PutReserve would).
+      block = std::move(ahead->second);
+      spare.erase(ahead);
+      std::string dtype = wire::dtypeOf(m);
+      if (block->bytes != m.bytes || !isValidDtype(dtype)) {
+        m.code = static_cast<uint32_t>(Code::Rejected); // freed with `block`
+        ++rejected;
+        continue;
+      }
+      if (!pool_.reserve(m.bytes)) {
+        m.code = static_cast<uint32_t>(Code::NoSpace);
+        continue;
+      }
+      std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
+      block->dtype = dtype;
+    } else {
       m.code = static_cast<uint32_t>(Code::Rejected); // nothing reserved there
       continue;
     }
-    std::shared_ptr<StoredBlock> block = std::move(it->second);
-    held.erase(it);
     // The bytes are not hashed again here: the client hashed them in the
     // segment while copying them in, and every reader (shared or in messages)
     // verifies that checksum over the bytes it copies, so bytes that do not
@@ -697,6 +729,27 @@ void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
   }
   if (held.empty())
     reservations_.erase(ep);
+  spare.clear(); // room ahead this commit did not use goes back now
+  for (BlockMeta &m : records) {
+    m.slot = 0;
+    if (!ahead || m.bytes == 0 || m.bytes > options_.maxBlockBytes)
+      continue;
+    // From the segment's slack only: never evicts for room that may not be
+    // used (the segment is twice the budget).
+    auto offset = arena_->allocate(m.bytes);
+    if (!offset)
+      continue;
+    auto block = std::make_shared<StoredBlock>();
+    SharedArena *arena = arena_.get();
+    uint64_t at = *offset, size = m.bytes;
+    block->bytes = size;
+    block->data = std::unique_ptr<uint8_t[], BlockMemory>(
+        arena->base() + at,
+        BlockMemory{[arena, at, size](uint8_t *) { arena->free(at, size); }});
+    block->arenaOffset = at;
+    m.slot = static_cast<uint32_t>(at / kArenaAlignment);
+    spares_[ep][m.slot] = std::move(block);
+  }
   if (rejected)
     pool_.countRejected(rejected);
   Reply *reply = replyFor(h, records);
@@ -812,6 +865,7 @@ void Server::Impl::run() {
   endpoints_.clear();
   handshakes_.clear();
   pins_.clear();
+  spares_.clear();
   for (auto &[ep, held] : reservations_)
     for (auto &[slot, block] : held)
       pool_.release(block->bytes);

@@ -40,9 +40,15 @@ constexpr uint16_t kVersion = 1;
 //              client filled; Stored under that checksum when they match
 //              the reservation (the bytes are not hashed again: every
 //              reader verifies them against it).
+//  PutCommitAhead: as PutCommit, and each reply record's `slot` is room of
+//              the record's size reserved ahead for the endpoint's next put
+//              (0: none), so that put needs no PutReserve: it commits into
+//              those slots directly. Held until the endpoint's next commit
+//              (which frees those it does not name) or until it goes away;
+//              not counted against the budget until committed.
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
-  Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7,
+  Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7, PutCommitAhead = 8,
 };
 
 // Per-block outcome in a reply.

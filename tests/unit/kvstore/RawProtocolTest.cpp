@@ -256,6 +256,122 @@ TEST(KvStoreRawProtocol, ASharedPutWhoseBytesDoNotMatchItsChecksumNeverReachesAR
   }
 }
 
+// PutCommitAhead: the reply reserves room of each record's size for the
+// endpoint's next put, which commits into it without a PutReserve; room
+// ahead that the next commit does not name is freed by it (a later commit
+// naming it is Rejected), and a commit into room of another size is Rejected.
+TEST(KvStoreRawProtocol, RoomReservedAheadTakesTheNextPutAndIsFreedByTheCommitAfter) {
+  setenv("UCX_TLS", "shm,tcp", 1);
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 4 << 20;
+  auto server = Server::start(o);
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+  auto hello = peer.roundTrip(request(wire::Op::Hello, 1, {}), {});
+  ASSERT_TRUE(hello);
+  ASSERT_EQ(hello->size(), sizeof(wire::MessageHeader) + sizeof(wire::ArenaOffer));
+  wire::ArenaOffer offer;
+  std::memcpy(&offer, hello->data() + sizeof(wire::MessageHeader), sizeof offer);
+  ArenaNonce nonce;
+  std::memcpy(nonce.data(), offer.nonce, nonce.size());
+  auto arena = ArenaMapping::open(static_cast<pid_t>(offer.pid), offer.fd, offer.bytes, nonce);
+  ASSERT_TRUE(arena) << arena.message();
+
+  const size_t bytes = 64 << 10;
+  auto block = [&](uint8_t seed) {
+    std::vector<uint8_t> b(bytes);
+    for (size_t i = 0; i < bytes; ++i)
+      b[i] = uint8_t(i * seed + seed);
+    return b;
+  };
+  auto write = [&](uint32_t slot, const std::vector<uint8_t> &b) {
+    std::memcpy((*arena)->base() + uint64_t(slot) * kArenaAlignment, b.data(), b.size());
+  };
+  auto commit = [&](wire::Op op, uint64_t id, uint8_t key, uint32_t slot,
+                    const std::vector<uint8_t> &b) {
+    wire::BlockMeta m = meta(key, b.size(), blockChecksum(b.data(), b.size()));
+    m.slot = slot;
+    auto reply = peer.roundTrip(request(op, id, {m}), {});
+    EXPECT_TRUE(reply);
+    auto r = reply ? records(*reply) : std::vector<wire::BlockMeta>{};
+    EXPECT_EQ(r.size(), 1u);
+    return r.empty() ? wire::BlockMeta{} : r[0];
+  };
+
+  // Block 1 the two-step way, asking for room ahead.
+  auto reserved = peer.roundTrip(request(wire::Op::PutReserve, 2, {meta(1, bytes, 0)}), {});
+  ASSERT_TRUE(reserved);
+  uint32_t slot1 = records(*reserved).at(0).slot;
+  ASSERT_NE(slot1, 0u);
+  std::vector<uint8_t> b1 = block(3), b2 = block(5), b3 = block(7);
+  write(slot1, b1);
+  wire::BlockMeta r = commit(wire::Op::PutCommitAhead, 3, 1, slot1, b1);
+  EXPECT_EQ(r.code, uint32_t(wire::Code::Stored));
+  uint32_t ahead1 = r.slot;
+  ASSERT_NE(ahead1, 0u) << "no room reserved ahead";
+  EXPECT_NE(ahead1, slot1);
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u) << "room ahead is not budget";
+
+  // Block 2 straight into that room: one round trip.
+  write(ahead1, b2);
+  r = commit(wire::Op::PutCommitAhead, 4, 2, ahead1, b2);
+  EXPECT_EQ(r.code, uint32_t(wire::Code::Stored));
+  uint32_t ahead2 = r.slot;
+  ASSERT_NE(ahead2, 0u);
+
+  // A commit into room ahead of another size is rejected (and frees it).
+  wire::BlockMeta wrongSize = meta(5, bytes / 2, 0);
+  wrongSize.slot = ahead2;
+  auto wrong = peer.roundTrip(request(wire::Op::PutCommitAhead, 5, {wrongSize}), {});
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(records(*wrong).at(0).code, uint32_t(wire::Code::Rejected));
+  uint32_t ahead3 = records(*wrong).at(0).slot; // room of bytes / 2 now
+
+  // Block 3 the two-step way without room ahead: the commit frees ahead3,
+  // so a later commit naming it finds nothing reserved there.
+  reserved = peer.roundTrip(request(wire::Op::PutReserve, 6, {meta(3, bytes, 0)}), {});
+  ASSERT_TRUE(reserved);
+  uint32_t slot3 = records(*reserved).at(0).slot;
+  write(slot3, b3);
+  r = commit(wire::Op::PutCommit, 7, 3, slot3, b3);
+  EXPECT_EQ(r.code, uint32_t(wire::Code::Stored));
+  std::vector<uint8_t> half(bytes / 2, 9);
+  r = commit(wire::Op::PutCommitAhead, 8, 4, ahead3, half);
+  EXPECT_EQ(r.code, uint32_t(wire::Code::Rejected)) << "freed room ahead was still taken";
+
+  PoolStats s = (*server)->stats();
+  EXPECT_EQ(s.blocks, 3u);
+  EXPECT_EQ(s.bytesReserved, 0u);
+
+  ClientOptions co;
+  co.port = (*server)->port();
+  co.timeout = std::chrono::seconds(10);
+  auto reader = Client::create(co);
+  ASSERT_TRUE(reader) << reader.message();
+  std::vector<uint8_t> o1(bytes), o2(bytes), o3(bytes), o4(bytes / 2);
+  BlockKey k1, k2, k3, k4;
+  k1.bytes.fill(1);
+  k2.bytes.fill(2);
+  k3.bytes.fill(3);
+  k4.bytes.fill(4);
+  GetBlock gets[4] = {{k1, "f32", o1.data(), bytes},
+                      {k2, "f32", o2.data(), bytes},
+                      {k3, "f32", o3.data(), bytes},
+                      {k4, "f32", o4.data(), bytes / 2}};
+  auto got = (*reader)->get(std::span(gets, 4));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_TRUE((*reader)->usesSharedMemory());
+  EXPECT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ((*got)[1], BlockStatus::Found);
+  EXPECT_EQ((*got)[2], BlockStatus::Found);
+  EXPECT_EQ((*got)[3], BlockStatus::Missing);
+  EXPECT_EQ(o1, b1);
+  EXPECT_EQ(o2, b2);
+  EXPECT_EQ(o3, b3);
+}
+
 } // namespace
 
 namespace {
