@@ -182,6 +182,26 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
 }
 
+// A 4 MiB store on loopback whose blocks live in its shared-memory segment.
+ServerOptions sharedStoreOptions() {
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 4 << 20;
+  return o;
+}
+
+// Hello, then the store's segment mapped as the library's client maps it.
+llmir::Result<std::unique_ptr<ArenaMapping>> mapStoreSegment(RawPeer &peer) {
+  auto hello = peer.roundTrip(request(wire::Op::Hello, 1, {}), {});
+  if (!hello || hello->size() != sizeof(wire::MessageHeader) + sizeof(wire::ArenaOffer))
+    return llmir::Status::error("Hello was not answered with an arena offer");
+  wire::ArenaOffer offer;
+  std::memcpy(&offer, hello->data() + sizeof(wire::MessageHeader), sizeof offer);
+  ArenaNonce nonce;
+  std::memcpy(nonce.data(), offer.nonce, nonce.size());
+  return ArenaMapping::open(static_cast<pid_t>(offer.pid), offer.fd, offer.bytes, nonce);
+}
+
 // A shared-memory put is committed under the checksum its client computed
 // while copying into the segment; the store does not hash the bytes again.
 // A client whose bytes in the segment do not match that checksum (a buggy or
@@ -189,23 +209,11 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
 // every get, through the segment or in messages, verifies the bytes it copied.
 TEST(KvStoreRawProtocol, ASharedPutWhoseBytesDoNotMatchItsChecksumNeverReachesAReader) {
   setenv("UCX_TLS", "shm,tcp", 1);
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.capacityBytes = 4 << 20;
-  auto server = Server::start(o);
+  auto server = Server::start(sharedStoreOptions());
   ASSERT_TRUE(server) << server.message();
   RawPeer peer;
   peer.connect((*server)->port());
-
-  // Hello: map the store's segment as the library's client does.
-  auto hello = peer.roundTrip(request(wire::Op::Hello, 1, {}), {});
-  ASSERT_TRUE(hello);
-  ASSERT_EQ(hello->size(), sizeof(wire::MessageHeader) + sizeof(wire::ArenaOffer));
-  wire::ArenaOffer offer;
-  std::memcpy(&offer, hello->data() + sizeof(wire::MessageHeader), sizeof offer);
-  ArenaNonce nonce;
-  std::memcpy(nonce.data(), offer.nonce, nonce.size());
-  auto arena = ArenaMapping::open(static_cast<pid_t>(offer.pid), offer.fd, offer.bytes, nonce);
+  auto arena = mapStoreSegment(peer);
   ASSERT_TRUE(arena) << arena.message();
 
   const size_t bytes = 256 << 10;
@@ -262,21 +270,11 @@ TEST(KvStoreRawProtocol, ASharedPutWhoseBytesDoNotMatchItsChecksumNeverReachesAR
 // naming it is Rejected), and a commit into room of another size is Rejected.
 TEST(KvStoreRawProtocol, RoomReservedAheadTakesTheNextPutAndIsFreedByTheCommitAfter) {
   setenv("UCX_TLS", "shm,tcp", 1);
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.capacityBytes = 4 << 20;
-  auto server = Server::start(o);
+  auto server = Server::start(sharedStoreOptions());
   ASSERT_TRUE(server) << server.message();
   RawPeer peer;
   peer.connect((*server)->port());
-  auto hello = peer.roundTrip(request(wire::Op::Hello, 1, {}), {});
-  ASSERT_TRUE(hello);
-  ASSERT_EQ(hello->size(), sizeof(wire::MessageHeader) + sizeof(wire::ArenaOffer));
-  wire::ArenaOffer offer;
-  std::memcpy(&offer, hello->data() + sizeof(wire::MessageHeader), sizeof offer);
-  ArenaNonce nonce;
-  std::memcpy(nonce.data(), offer.nonce, nonce.size());
-  auto arena = ArenaMapping::open(static_cast<pid_t>(offer.pid), offer.fd, offer.bytes, nonce);
+  auto arena = mapStoreSegment(peer);
   ASSERT_TRUE(arena) << arena.message();
 
   const size_t bytes = 64 << 10;
