@@ -121,6 +121,18 @@ public:
 
   static void onEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
   static void onSent(void *request, ucs_status_t status, void *user);
+  /// An active-message send of this endpoint: completion to onSent, the
+  /// store may reply.
+  ucp_request_param_t sendParams(ucp_datatype_t datatype) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+    param.cb.send = &Impl::onSent;
+    param.user_data = this;
+    param.flags = UCP_AM_SEND_FLAG_REPLY;
+    param.datatype = datatype;
+    return param;
+  }
   static void onReceived(void *request, ucs_status_t status, size_t length, void *user);
   static ucs_status_t onReply(void *arg, const void *header, size_t headerLength,
                               void *data, size_t length, const ucp_am_recv_param_t *param);
@@ -247,13 +259,7 @@ Status Client::Impl::progressUntil(const std::function<bool()> &done,
 }
 
 Status Client::Impl::sendAuth(std::string &bytes) {
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                       UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
-  param.cb.send = &Impl::onSent;
-  param.user_data = this;
-  param.flags = UCP_AM_SEND_FLAG_REPLY;
-  param.datatype = ucp_dt_make_contig(1);
+  ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
   ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmAuth, bytes.data(), bytes.size(),
                                          nullptr, 0, &param);
   if (UCS_PTR_IS_ERR(req))
@@ -570,13 +576,7 @@ Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
   h.requestId = id;
   message.header.resize(sizeof h);
   std::memcpy(message.header.data(), &h, sizeof h);
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                       UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
-  param.cb.send = &Impl::onSent;
-  param.user_data = this;
-  param.flags = UCP_AM_SEND_FLAG_REPLY;
-  param.datatype = ucp_dt_make_contig(1);
+  ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
   ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, message.header.data(),
                                          message.header.size(), nullptr, 0, &param);
   if (UCS_PTR_IS_ERR(req))
@@ -706,13 +706,8 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
         message.iov.push_back({const_cast<void *>(putBlocks_[first + i].data),
                                putBlocks_[first + i].bytes});
     }
-    ucp_request_param_t param{};
-    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                         UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
-    param.cb.send = &Impl::onSent;
-    param.user_data = this;
-    param.flags = UCP_AM_SEND_FLAG_REPLY;
-    param.datatype = message.iov.empty() ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV;
+    ucp_request_param_t param =
+        sendParams(message.iov.empty() ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV);
     ucs_status_ptr_t req = ucp_am_send_nbx(
         ep_, wire::kAmRequest, message.header.data(), message.header.size(),
         message.iov.empty() ? nullptr : message.iov.data(), message.iov.size(), &param);

@@ -150,6 +150,19 @@ public:
   void commitShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
                     Clock::time_point start, bool ahead);
   Reply *replyFor(const MessageHeader &h, const std::vector<BlockMeta> &records);
+  /// Counts `rejected` and sends the reply of a shared-memory get or put.
+  void replyShared(ucp_ep_h ep, const MessageHeader &h, const std::vector<BlockMeta> &records,
+                   Operation op, Clock::time_point start, uint64_t bytes, uint64_t rejected) {
+    if (rejected)
+      pool_.countRejected(rejected);
+    Reply *reply = replyFor(h, records);
+    reply->op = op;
+    reply->start = start;
+    reply->blocks = h.count;
+    reply->bytes = bytes;
+    reply->sharedMemory = true;
+    send(ep, reply);
+  }
 };
 
 // ---------------------------------------------------------------------------
@@ -624,15 +637,7 @@ void Server::Impl::getShared(ucp_ep_h ep, const MessageHeader &h,
     }
     m.code = static_cast<uint32_t>(code);
   }
-  if (rejected)
-    pool_.countRejected(rejected);
-  Reply *reply = replyFor(h, records);
-  reply->op = Operation::Get;
-  reply->start = start;
-  reply->blocks = h.count;
-  reply->bytes = bytes;
-  reply->sharedMemory = true;
-  send(ep, reply);
+  replyShared(ep, h, records, Operation::Get, start, bytes, rejected);
 }
 
 void Server::Impl::reserveShared(ucp_ep_h ep, const MessageHeader &h,
@@ -750,15 +755,7 @@ void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
     m.slot = static_cast<uint32_t>(at / kArenaAlignment);
     spares_[ep][m.slot] = std::move(block);
   }
-  if (rejected)
-    pool_.countRejected(rejected);
-  Reply *reply = replyFor(h, records);
-  reply->op = Operation::Put;
-  reply->start = start;
-  reply->blocks = h.count;
-  reply->bytes = bytes;
-  reply->sharedMemory = true;
-  send(ep, reply);
+  replyShared(ep, h, records, Operation::Put, start, bytes, rejected);
 }
 
 void Server::Impl::receivePending() {
