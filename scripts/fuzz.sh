@@ -3,7 +3,7 @@
 # (RUNS: also stop after that many executions, e.g. 1000000; issue 14 asks
 # for 10 minutes or 1M executions per target, whichever comes first)
 #   TARGET: safetensors, model_config, tokenizer, cluster_spec,
-#           openai_request, framed, store_wire, jinja
+#           openai_request, framed, store_wire, jinja, mlir_parse
 # Builds build-fuzz/ (LLMIR_FUZZ=ON: coverage, ASan, UBSan; no CUDA, no
 # tests) on first use. The corpus starts from fuzz/seeds/TARGET and the
 # matching files of models/ and tests/, grows in build-fuzz/corpus/TARGET, and
@@ -18,7 +18,7 @@ runs=()
 [ -n "${3:-}" ] && runs=(-runs="$3")
 build="${LLMIR_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 case "$target" in
-  safetensors|model_config|tokenizer|cluster_spec|openai_request|framed|store_wire|jinja) ;;
+  safetensors|model_config|tokenizer|cluster_spec|openai_request|framed|store_wire|jinja|mlir_parse) ;;
   *) echo "fuzz.sh: unknown target '$target' (see the header of $0)" >&2; exit 2 ;;
 esac
 if [ ! -f "$build/build.ninja" ]; then
@@ -45,6 +45,19 @@ PY
     ;;
   cluster_spec) seed "$root"/tests/lit/Passes/Inputs/*.yaml "$root"/examples/*.yaml ;;
   jinja) seed "$root"/tests/fixtures/chat-templates/* ;;
+  mlir_parse) # one seed per `// -----` split of each lit .mlir file
+    find "$root/tests/lit" -name '*.mlir' -print0 | python3 -c '
+import os, sys
+out = sys.argv[1]
+for path in sys.stdin.read().split("\0"):
+    if not path:
+        continue
+    name = os.path.relpath(path, sys.argv[2]).replace("/", "-")
+    for i, part in enumerate(open(path).read().split("// -----")):
+        with open(os.path.join(out, f"seed-{name}-{i}"), "w") as f:
+            f.write(part)
+' "$corpus" "$root/tests/lit"
+    ;;
 esac
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/fuzz/lsan.supp:print_suppressions=0}"
 seeds=()
