@@ -334,6 +334,9 @@ test('values the schema must reject are rejected', () => {
     ['kvStore.ucxPort=0', /ucxPort/],
     ['kvStore.capacityBytes=0', /capacityBytes/],
     ['kvStore.enabeld=true', /enabeld/],
+    ['scheduler.limits.maxConcurrentRequestsPerKey=-1', /maxConcurrentRequestsPerKey/],
+    ['scheduler.limits.concurrencyRetryAfterSeconds=0', /concurrencyRetryAfterSeconds/],
+    ['apiKeysFile.secretKey=', /apiKeysFile\.secretKey/],
   ];
   for (const [set, message] of mustFail) {
     const r = renderChart([], [set]);
@@ -397,6 +400,66 @@ test('--check-config fails on a key the binary does not know', { skip: !binaries
     const r = checkConfig(component, named(objs, 'ConfigMap', `-${component}`).data['config.yaml']);
     assert.notEqual(r.status, 0, `${sets}: must be rejected`);
     assert.match(r.stderr, message);
+  }
+});
+
+// --- API keys file and per-key limits -----------------------------------------
+
+const apiKeysSets = ['apiKeysFile.existingSecret=my-llmir-keys', 'apiKeysFile.secretKey=keys',
+                     'scheduler.limits.maxConcurrentRequestsPerKey=4',
+                     'scheduler.limits.concurrencyRetryAfterSeconds=3'];
+
+test('by default the scheduler gets no keys file and no per-key limit', () => {
+  const objs = objects('helm default values');
+  const config = configOf(objs, 'scheduler');
+  assert.equal(config['api-keys-file'], undefined);
+  assert.deepEqual(config.limits, { 'max-concurrent-requests-per-key': 0, 'concurrency-retry-after-s': 1 });
+  const scheduler = objs.find((o) => o.kind === 'Deployment' && componentOf(o) === 'scheduler');
+  assert.ok(!scheduler.spec.template.spec.volumes.some((v) => v.secret), 'no Secret volume');
+});
+
+test('the API keys file is a Secret mounted as a file; the per-key limits reach the scheduler config', async () => {
+  const objs = parseDocs(ok(renderChart([], apiKeysSets), 'helm template'));
+  for (const o of objs) await validateObject(o);
+  checkInvariants('helm API keys file', objs);
+  const config = configOf(objs, 'scheduler');
+  assert.deepEqual(config.limits, { 'max-concurrent-requests-per-key': 4, 'concurrency-retry-after-s': 3 });
+  const pod = objs.find((o) => o.kind === 'Deployment' && componentOf(o) === 'scheduler').spec.template.spec;
+  const volume = pod.volumes.find((v) => v.secret?.secretName === 'my-llmir-keys');
+  assert.ok(volume, 'a volume from the named Secret');
+  assert.equal(volume.secret.items.length, 1, 'only the keys file is projected');
+  assert.equal(volume.secret.items[0].key, 'keys', 'the Secret key apiKeysFile.secretKey');
+  assert.equal(volume.secret.defaultMode, 0o440, 'readable by its owner and the pod group (fsGroup) only');
+  const mount = pod.containers[0].volumeMounts.find((m) => m.name === volume.name);
+  assert.equal(mount?.readOnly, true, 'mounted read-only');
+  assert.equal(config['api-keys-file'], `${mount.mountPath}/${volume.secret.items[0].path}`,
+               'the config names the mounted file');
+  const configMount = pod.containers[0].volumeMounts.find((m) => m.name === 'config');
+  assert.ok(!mount.mountPath.startsWith(`${configMount.mountPath}/`),
+            'not inside the read-only ConfigMap mount (kubelet could not create the mount point)');
+  assert.equal(byKind(objs, 'Secret').length, 0, 'the chart creates no Secret for an existing one');
+  for (const cm of byKind(objs, 'ConfigMap')) assert.doesNotMatch(cm.data['config.yaml'] || '', /my-llmir-keys/);
+});
+
+test('the rendered keys-file config loads in llmir-scheduler with a keys file where the Secret would be', { skip: !binaries.scheduler && 'LLMIR_* binaries not set' }, () => {
+  const objs = parseDocs(ok(renderChart([], apiKeysSets), 'helm template'));
+  const config = configOf(objs, 'scheduler');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmir-api-keys-'));
+  try {
+    // The pod's path does not exist here: the same config with the file here.
+    const keys = path.join(dir, 'api-keys');
+    config['api-keys-file'] = keys;
+    fs.writeFileSync(keys, '# team keys\nsk-team-a 8\nsk-team-b\n');
+    let r = checkConfig('scheduler', YAML.stringify(config));
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /configuration is valid/);
+    fs.writeFileSync(keys, 'sk-team-a eight\n');
+    r = checkConfig('scheduler', YAML.stringify(config));
+    assert.notEqual(r.status, 0, 'a malformed keys file is refused');
+    assert.match(r.stderr, /api-keys-file.*line 1/);
+    assert.doesNotMatch(r.stderr, /sk-team-a/, 'the error never shows the key');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -84,10 +84,15 @@ affinity:
       "tp" (int .Values.scheduler.tp)
       "pp" (int .Values.scheduler.pp)
       "drain-grace-ms" (mul (max 1 (sub (int .Values.worker.drainGraceSeconds) 5)) 1000)
+      "limits" (dict "max-concurrent-requests-per-key" (int .Values.scheduler.limits.maxConcurrentRequestsPerKey)
+                     "concurrency-retry-after-s" (int .Values.scheduler.limits.concurrencyRetryAfterSeconds))
       "log" (dict "level" .Values.logLevel) -}}
 {{- /* drain-grace-ms: the scheduler moves a draining replica's sequences 5 s before the worker's own grace ends. */ -}}
 {{- with .Values.scheduler.servedModelName }}
 {{- $_ := set $cfg "served-model-name" . -}}
+{{- end }}
+{{- if .Values.apiKeysFile.existingSecret }}
+{{- $_ := set $cfg "api-keys-file" (include "llmir.apiKeysFilePath" .) -}}
 {{- end }}
 {{- if .Values.kvStore.enabled }}
 {{- $_ := set $cfg "kv-store" (dict "host" (printf "%s-kv-store" $name)
@@ -119,6 +124,15 @@ affinity:
                        "drain-grace-ms" (mul .Values.worker.drainGraceSeconds 1000))
       "log" (dict "level" .Values.logLevel) -}}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.worker.config)) -}}
+{{- end -}}
+
+{{/* Where the scheduler reads apiKeysFile's Secret (its own volume: a mount
+inside the read-only ConfigMap volume at /etc/llmir could not be created). */}}
+{{- define "llmir.apiKeysFileDir" -}}
+/etc/llmir-api-keys
+{{- end -}}
+{{- define "llmir.apiKeysFilePath" -}}
+{{ include "llmir.apiKeysFileDir" . }}/api-keys
 {{- end -}}
 
 {{/* The cluster secret as an environment entry (when clusterSecret.existingSecret is set). */}}
