@@ -10,6 +10,7 @@
 #include "service/PlanStore.h"
 
 #include "llmir/compiler/CompileApi.h"
+#include "llmir/net/ClusterSecret.h"
 #include "llmir/net/Config.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
@@ -182,16 +183,14 @@ int main(int argc, char **argv) {
   }
   llmir::net::initLogging("compiler", level);
 
-  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  auto clusterSecret = llmir::net::loadServiceClusterSecret(
+      {.secretFile = s.clusterSecretFile,
+       .listeners = {{"llmir-compiler-service", s.host}},
+       .withoutSecret = "any local process can compile and fetch plans"});
   if (!clusterSecret) {
     std::cerr << "llmir-compiler-service: " << clusterSecret.message() << "\n";
     return 2;
   }
-  if (auto exposed = llmir::auth::checkExposure(*clusterSecret, s.host, "llmir-compiler-service");
-      !exposed)
-    llmir::net::logWarn(exposed.message());
-  if (!*clusterSecret)
-    llmir::net::logWarn("no cluster secret: any local process can compile and fetch plans");
 
   Metrics metrics;
   svc::PlanStoreOptions storeOptions;

@@ -5,11 +5,11 @@
 //   UCX   ucx.host:ucx.port   batched put / get / exists (active messages)
 //   HTTP  /healthz /readyz /metrics
 #include "llmir/kvstore/Server.h"
+#include "llmir/net/ClusterSecret.h"
 #include "llmir/net/Config.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
-#include "llmir/support/ClusterAuth.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -176,16 +176,14 @@ int main(int argc, char **argv) {
   }
   llmir::net::initLogging("kv-store", level);
 
-  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  auto clusterSecret = llmir::net::loadServiceClusterSecret(
+      {.secretFile = s.clusterSecretFile,
+       .listeners = {{"llmir-kv-store", s.ucxHost}},
+       .withoutSecret = "any local process can put and get KV blocks"});
   if (!clusterSecret) {
     std::cerr << "llmir-kv-store: " << clusterSecret.message() << "\n";
     return 2;
   }
-  if (auto exposed = llmir::auth::checkExposure(*clusterSecret, s.ucxHost, "llmir-kv-store");
-      !exposed)
-    llmir::net::logWarn(exposed.message());
-  if (!*clusterSecret)
-    llmir::net::logWarn("no cluster secret: any local process can put and get KV blocks");
 
   Metrics metrics;
   kv::ServerOptions options;

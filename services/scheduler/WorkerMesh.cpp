@@ -77,10 +77,8 @@ Result<std::unique_ptr<WorkerMesh>> WorkerMesh::start(MeshOptions options,
   auto impl = std::make_unique<Impl>(std::move(options), router);
   LLMIR_RETURN_IF_ERROR(impl->compile());
   const MeshOptions &o = impl->options;
-  if (Status exposed = auth::checkExposure(o.clusterSecret, o.workerHost,
-                                          "the workers' endpoint and rendezvous store");
-      !exposed)
-    net::logWarn(exposed.message());
+  // Its exposure without a cluster secret is logged at start with the other
+  // cluster-secret warnings (net::loadServiceClusterSecret in the main).
   runtime::StoreServerOptions storeOptions;
   storeOptions.clusterSecret = o.clusterSecret;
   auto store = runtime::RendezvousServer::start(o.workerHost, o.storePort, storeOptions);

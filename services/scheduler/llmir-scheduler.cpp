@@ -17,6 +17,7 @@
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
 #include "llmir/model/Tokenizer.h"
+#include "llmir/net/ClusterSecret.h"
 #include "llmir/net/Config.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
@@ -24,7 +25,6 @@
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/InProcessBackend.h"
 #include "llmir/serving/ReplicaRouter.h"
-#include "llmir/support/ClusterAuth.h"
 
 #include <boost/json.hpp>
 
@@ -396,14 +396,14 @@ int run(const Settings &s) {
     router.addReplica("local", std::shared_ptr<serving::ReplicaBackend>(std::move(*backend)));
     router.sync();
   } else {
-    auto clusterSecret = auth::loadClusterSecret(s.clusterSecretFile);
+    auto clusterSecret = net::loadServiceClusterSecret(
+        {.secretFile = s.clusterSecretFile,
+         .listeners = {{"the workers' endpoint and rendezvous store", s.workerHost}},
+         .withoutSecret = "any local process can join the mesh as a worker"});
     if (!clusterSecret) {
       net::logError("cannot load the cluster secret", {{"error", clusterSecret.message()}});
       return 2;
     }
-    if (!*clusterSecret)
-      net::logWarn("no cluster secret: any local process can join the mesh as a worker "
-                   "(set cluster.secret-file; docs/reliability.md)");
     scheduler::MeshOptions meshOptions;
     meshOptions.clusterSecret = *clusterSecret;
     meshOptions.maxFrameBytes = s.workerMaxFrameBytes;

@@ -10,11 +10,11 @@
 // exits 0. A lost scheduler connection exits 1 (an orchestrator restarts it).
 #include "worker/ShardWorker.h"
 
+#include "llmir/net/ClusterSecret.h"
 #include "llmir/net/Config.h"
 #include "llmir/net/Http.h"
 #include "llmir/net/Log.h"
 #include "llmir/net/Signals.h"
-#include "llmir/support/ClusterAuth.h"
 #include "llmir/workerproto/WorkerSession.h"
 
 #include <prometheus/counter.h>
@@ -289,14 +289,15 @@ int main(int argc, char **argv) {
               << llmir::engine::cudaDeviceCount() << " CUDA device(s) visible\n";
     return 2;
   }
-  auto clusterSecret = llmir::auth::loadClusterSecret(s.clusterSecretFile);
+  // The worker only connects (its HTTP port serves probes and metrics).
+  auto clusterSecret = net::loadServiceClusterSecret(
+      {.secretFile = s.clusterSecretFile,
+       .withoutSecret = "the scheduler, store and compiler service must run without one "
+                        "(loopback only)"});
   if (!clusterSecret) {
     std::cerr << "llmir-shard-worker: " << clusterSecret.message() << "\n";
     return 2;
   }
-  if (!*clusterSecret)
-    net::logWarn("no cluster secret: the scheduler, store and compiler service must run "
-                 "without one (loopback only)");
   llmir::shard_worker::ShardWorkerOptions options;
   options.clusterSecret = *clusterSecret;
   options.device = *device;
