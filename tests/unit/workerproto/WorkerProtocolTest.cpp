@@ -25,7 +25,11 @@ namespace {
 using serving::testing::DemoModel;
 using namespace std::chrono_literals;
 
-/// Collects every request's tokens and end.
+/// Collects every request's tokens and end. Declare it before the Scheduler:
+/// the router's threads may deliver events (a cancelled request's finish, a
+/// step in flight) until the Scheduler is destroyed, and the callback writes
+/// into the Collector (declared after, it was gone first: ASan reported a
+/// stack-use-after-scope).
 struct Collector {
   std::mutex mutex;
   std::condition_variable cv;
@@ -175,6 +179,7 @@ Result<proto::Envelope> receiveKind(net::FramedClient &peer, proto::Envelope::Bo
 }
 
 TEST(WorkerProtocolTest, SessionsServeTheReferenceIdsWithTheSecretAndDrainCleanly) {
+  Collector out;
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
   const std::string secret = auth::toHex(auth::randomBytes(32));
@@ -195,7 +200,6 @@ TEST(WorkerProtocolTest, SessionsServeTheReferenceIdsWithTheSecretAndDrainCleanl
   }
   ASSERT_TRUE(scheduler.waitForCounts([](const MeshCounts &c) { return c.workersServing == 2; }));
 
-  Collector out;
   std::vector<uint64_t> ids;
   const auto &cases = scheduler.model->cases;
   for (size_t i = 0; i < 6; ++i)
@@ -232,6 +236,7 @@ TEST(WorkerProtocolTest, SessionsServeTheReferenceIdsWithTheSecretAndDrainCleanl
 }
 
 TEST(WorkerProtocolTest, PeersWithoutTheSecretOrSilentGetNothingAndAreDropped) {
+  Collector out;
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
   const std::string secret = auth::toHex(auth::randomBytes(32));
@@ -275,7 +280,6 @@ TEST(WorkerProtocolTest, PeersWithoutTheSecretOrSilentGetNothingAndAreDropped) {
   worker.start(std::move(*link), std::make_unique<InProcessRank>(scheduler.model->backend(256)),
                "honest");
   ASSERT_TRUE(scheduler.router->waitForReplica(30s));
-  Collector out;
   const auto &reference = scheduler.model->cases[1];
   const uint64_t id = scheduler.router->addRequest(greedy(reference.promptIds, 32), out.callback());
   ASSERT_TRUE(out.waitFor([&] { return out.finished.count(id) > 0; }));
@@ -319,6 +323,7 @@ TEST(WorkerProtocolTest, OversizeFrameAndOverlongWorkerIdCloseTheConnection) {
 }
 
 TEST(WorkerProtocolTest, StepsCountOncePerRankOfTheReplicaTheyWentTo) {
+  Collector out;
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
   MembershipOptions options;
@@ -357,7 +362,6 @@ TEST(WorkerProtocolTest, StepsCountOncePerRankOfTheReplicaTheyWentTo) {
   ready(1, true);
   ASSERT_TRUE(scheduler.router->waitForReplica(10s));
 
-  Collector out;
   const uint64_t id =
       scheduler.router->addRequest(greedy(scheduler.model->cases[0].promptIds, 2), out.callback());
   std::vector<proto::StepRequest> steps;
@@ -472,6 +476,7 @@ TEST(WorkerProtocolTest, SendFailuresDropTheConnectionOnBothSides) {
   // Worker side: a StepResponse that cannot be sent ends the session
   // (exit code 1), the connection goes, the scheduler counts the worker lost.
   {
+    Collector out;
     Scheduler scheduler;
     ASSERT_NE(scheduler.model, nullptr);
     MembershipOptions options;
@@ -483,7 +488,6 @@ TEST(WorkerProtocolTest, SendFailuresDropTheConnectionOnBothSides) {
     worker.start(std::make_unique<FailingStepLink>(std::move(*link)),
                  std::make_unique<InProcessRank>(scheduler.model->backend(256)), "failing");
     ASSERT_TRUE(scheduler.router->waitForReplica(30s));
-    Collector out;
     scheduler.router->addRequest(greedy(scheduler.model->cases[0].promptIds, 4), out.callback());
     ASSERT_EQ(worker.end.wait_for(30s), std::future_status::ready);
     const SessionEnd end = worker.end.get();
@@ -494,6 +498,7 @@ TEST(WorkerProtocolTest, SendFailuresDropTheConnectionOnBothSides) {
   // Scheduler side: a StepRequest over the frame bound cannot be sent; the
   // worker's connection is dropped and counted, the session sees it go.
   {
+    Collector out;
     Scheduler scheduler;
     ASSERT_NE(scheduler.model, nullptr);
     net::FramedOptions framed;
@@ -508,7 +513,6 @@ TEST(WorkerProtocolTest, SendFailuresDropTheConnectionOnBothSides) {
                  "unreachable");
     ASSERT_TRUE(scheduler.router->waitForReplica(30s));
     std::vector<int32_t> longPrompt(200, 5); // a StepRequest (prefill chunk) of > 128 bytes
-    Collector out;
     scheduler.router->addRequest(greedy(longPrompt, 4), out.callback());
     ASSERT_TRUE(scheduler.waitForCounts(
         [](const MeshCounts &c) { return c.sendFailures >= 1 && c.workersLost == 1; }, 30s))
