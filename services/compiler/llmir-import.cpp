@@ -4,6 +4,7 @@
 // headers) and writes the `llm` module that the compiler partitions. With
 // --synthetic-config, only a config.json: weights are typed bf16 from it.
 #include "llmir/compiler/Importer.h"
+#include "llmir/compiler/MlirThreading.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
@@ -29,7 +30,7 @@ int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::ParseCommandLineOptions(argc, argv, "LLMIR Hugging Face importer\n");
 
-  mlir::MLIRContext context;
+  mlir::MLIRContext context(llmir::compiler::contextThreading());
   llmir::compiler::ImportOptions options;
   options.kvBlockSize = kvBlockSize;
   if (hfDir.empty() == syntheticConfig.empty()) {

@@ -1,5 +1,6 @@
 #include "llmir/compiler/Compile.h"
 
+#include "llmir/compiler/MlirThreading.h"
 #include "llmir/support/NestingDepth.h"
 
 #include "MemoryPlan.h"
@@ -219,7 +220,7 @@ Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &optio
 
 Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
                                          const CompileOptions &options) {
-  MLIRContext context;
+  MLIRContext context(contextThreading());
   loadDialects(context);
   DiagnosticCollector diagnostics(context);
   ImportOptions importOptions;
@@ -238,7 +239,7 @@ Result<CompiledModel> compileHuggingFace(const std::string &hfDir,
 Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
                                                const ClusterSpec &spec,
                                                const std::vector<StepShape> &steps) {
-  MLIRContext context;
+  MLIRContext context(contextThreading());
   loadDialects(context);
   DiagnosticCollector diagnostics(context);
   auto module = importHuggingFace(context, hfDir, ImportOptions{});
@@ -261,7 +262,7 @@ Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
 Result<CompiledModel> compileModule(const std::string &mlirText,
                                     const CompileOptions &options) {
   LLMIR_RETURN_IF_ERROR(checkNestingDepth(mlirText, "the llm module"));
-  MLIRContext context;
+  MLIRContext context(contextThreading());
   loadDialects(context);
   DiagnosticCollector diagnostics(context);
   OwningOpRef<ModuleOp> module =
