@@ -273,12 +273,14 @@ TEST(WorkerProtocolTest, PeersWithoutTheSecretOrSilentGetNothingAndAreDropped) {
   EXPECT_EQ(counts.workersIdle + counts.workersJoining + counts.workersServing, 0);
   EXPECT_FALSE(scheduler.router->waitForReplica(0ms));
 
-  // An honest worker still gets the replica and serves.
+  // An honest worker still gets the replica and serves. Its rank (weights
+  // loaded) is built before it connects: the registration deadline starts at
+  // connect, and loading took longer than 500 ms under TSan.
+  auto rank = std::make_unique<InProcessRank>(scheduler.model->backend(256));
   auto link = connectTcp("127.0.0.1", scheduler.port(), 5s, framed);
   ASSERT_TRUE(link.isOk()) << link.message();
   WorkerThread worker;
-  worker.start(std::move(*link), std::make_unique<InProcessRank>(scheduler.model->backend(256)),
-               "honest");
+  worker.start(std::move(*link), std::move(rank), "honest");
   ASSERT_TRUE(scheduler.router->waitForReplica(30s));
   const auto &reference = scheduler.model->cases[1];
   const uint64_t id = scheduler.router->addRequest(greedy(reference.promptIds, 32), out.callback());
