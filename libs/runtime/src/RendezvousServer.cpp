@@ -84,6 +84,7 @@ struct RendezvousServer::State {
   std::atomic<bool> stopping{false};
   std::atomic<size_t> connectionCount{0};
   std::atomic<uint64_t> storedBytesNow{0};
+  std::atomic<uint64_t> bufferedBytesNow{0}; // as of the last read or close
   std::thread loop;
 
   // Everything below belongs to the loop thread.
@@ -114,6 +115,13 @@ struct RendezvousServer::State {
   void acceptNew();
   /// Reads what the socket has; false when the connection is to be closed.
   bool receive(Connection &c);
+  /// Received bytes not yet consumed, over every open connection.
+  uint64_t bufferedBytes() const {
+    uint64_t total = 0;
+    for (const Connection &c : connections)
+      total += c.closed ? 0 : c.in.size();
+    return total;
+  }
   /// Consumes complete handshake messages and frames from c.in until the
   /// connection blocks, must flush first, or needs more bytes.
   void pump(Connection &c);
@@ -348,8 +356,11 @@ bool RendezvousServer::State::receive(Connection &c) {
   for (;;) {
     ssize_t n = ::recv(c.fd, chunk, sizeof chunk, MSG_DONTWAIT);
     if (n > 0) {
+      if (bufferedBytes() + static_cast<uint64_t>(n) > options.maxBufferedBytes)
+        return false; // closed: half-sent requests of all clients are bounded
       c.in.insert(c.in.end(), chunk, chunk + n);
       pump(c);
+      bufferedBytesNow = bufferedBytes();
       if (c.closed || c.blocked || c.closeWhenFlushed ||
           c.out.size() - c.outPos >= kOutputHighWater)
         return !c.closed;
@@ -529,6 +540,7 @@ void RendezvousServer::State::run() {
         close(c);
     }
     connections.remove_if([](const Connection &c) { return c.closed; });
+    bufferedBytesNow = bufferedBytes();
     connectionCount.store(connections.size());
     storedBytesNow.store(storedBytes);
   }
@@ -550,6 +562,9 @@ RendezvousServer::start(const std::string &host, uint16_t port,
                         StoreServerOptions options) {
   if (options.maxStoredBytes == 0)
     return Status::error("rendezvous server: maxStoredBytes must be at least 1");
+  if (options.maxBufferedBytes < kReadChunk)
+    return Status::error("rendezvous server: maxBufferedBytes must be at least " +
+                         std::to_string(kReadChunk) + " (one read)");
   auto address = resolveTcp(host, port);
   if (!address)
     return address.status().withContext("rendezvous server");
@@ -591,6 +606,8 @@ uint16_t RendezvousServer::port() const { return state_->port; }
 size_t RendezvousServer::numConnections() const { return state_->connectionCount.load(); }
 
 uint64_t RendezvousServer::storedBytes() const { return state_->storedBytesNow.load(); }
+
+uint64_t RendezvousServer::bufferedBytes() const { return state_->bufferedBytesNow.load(); }
 
 void RendezvousServer::stop() {
   if (state_->stopping.exchange(true))

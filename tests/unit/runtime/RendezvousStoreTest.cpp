@@ -357,4 +357,72 @@ TEST(RendezvousStoreBoundsTest, StoredBytesAreBounded) {
   EXPECT_TRUE((*c)->set("k-new", value).isOk());
 }
 
+// Half-sent requests of all connections together are bounded: a client
+// announcing a large SET and sending part of it holds that much; another
+// whose piece would pass maxBufferedBytes is closed, and the first can still
+// finish its request.
+TEST(RendezvousStoreBoundsTest, HalfSentRequestsAreBounded) {
+  StoreServerOptions options;
+  options.maxBufferedBytes = 1 << 20;
+  auto server = RendezvousServer::start("127.0.0.1", 0, options);
+  ASSERT_TRUE(server.isOk()) << server.message();
+  // A SET frame of `valueBytes`, as raw bytes: [1, 1, len32] [klen32 key] [vlen32 value].
+  auto setFrame = [](const std::string &key, size_t valueBytes) {
+    std::string payload;
+    auto le32 = [&](size_t v) {
+      for (int i = 0; i < 4; ++i)
+        payload += static_cast<char>((v >> (8 * i)) & 0xff);
+    };
+    le32(key.size());
+    payload += key;
+    le32(valueBytes);
+    payload += std::string(valueBytes, 'x');
+    std::string frame = {1, 1};
+    for (int i = 0; i < 4; ++i)
+      frame += static_cast<char>((payload.size() >> (8 * i)) & 0xff);
+    return frame + payload;
+  };
+  auto sendAll = [](int fd, const char *data, size_t n) {
+    while (n > 0) {
+      const ssize_t sent = ::send(fd, data, n, MSG_NOSIGNAL);
+      if (sent <= 0)
+        return false;
+      data += sent;
+      n -= static_cast<size_t>(sent);
+    }
+    return true;
+  };
+  const std::string first = setFrame("big", 900 * 1024);
+  const int a = connectRaw((*server)->port());
+  ASSERT_GE(a, 0);
+  const size_t part = 800 * 1024;
+  ASSERT_TRUE(sendAll(a, first.data(), part));
+  ASSERT_TRUE(eventually([&] { return (*server)->bufferedBytes() >= part; }))
+      << "buffered " << (*server)->bufferedBytes();
+
+  const std::string second = setFrame("other", 600 * 1024);
+  const int b = connectRaw((*server)->port());
+  ASSERT_GE(b, 0);
+  (void)sendAll(b, second.data(), 300 * 1024); // may fail once the server closes
+  // Closed by the server: end of stream or a reset, not the 5 s receive timeout.
+  char byte;
+  const ssize_t got = ::recv(b, &byte, 1, 0);
+  EXPECT_TRUE(got == 0 || (got < 0 && errno == ECONNRESET))
+      << "the second half-sent request was not closed (recv " << got << ", errno " << errno << ")";
+  ::close(b);
+  EXPECT_LE((*server)->bufferedBytes(), options.maxBufferedBytes);
+
+  // The first finishes its SET and is answered; its value is stored.
+  ASSERT_TRUE(sendAll(a, first.data() + part, first.size() - part));
+  unsigned char header[6];
+  ASSERT_EQ(::recv(a, header, sizeof header, MSG_WAITALL), 6);
+  EXPECT_EQ(header[1], 0) << "SET answered with code " << int(header[1]);
+  ::close(a);
+  auto c = RendezvousClient::connect("127.0.0.1", (*server)->port(), 5s);
+  ASSERT_TRUE(c.isOk()) << c.message();
+  auto value = (*c)->get("big", 1s);
+  ASSERT_TRUE(value.isOk()) << value.message();
+  EXPECT_EQ(value->size(), 900u * 1024);
+}
+
 } // namespace

@@ -56,6 +56,10 @@ struct StoreServerOptions {
   /// top); a SET/ADD past it is refused with "store full". Rendezvous data is
   /// addresses and ids: a replica's keys take kilobytes.
   uint64_t maxStoredBytes = 256ull << 20;
+  /// Bytes received and not yet consumed, over all connections (a request
+  /// arrives in pieces, up to a 64 MiB frame each): a connection whose next
+  /// piece would pass it is closed. Bounds what many half-sent frames hold.
+  uint64_t maxBufferedBytes = 256ull << 20;
 };
 
 /// Serves the store on host:port from one thread (a poll loop over every
@@ -76,6 +80,9 @@ public:
   size_t numConnections() const;
   /// Bytes counted against maxStoredBytes now.
   uint64_t storedBytes() const;
+  /// Bytes received and not yet consumed (maxBufferedBytes), as of the
+  /// server's last read.
+  uint64_t bufferedBytes() const;
   /// Closes every connection and wakes blocked GET/WAIT calls. Idempotent.
   void stop();
 
