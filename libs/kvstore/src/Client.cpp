@@ -350,7 +350,8 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
     return UCS_OK;
   }
   message.replies.resize(h.count);
-  std::memcpy(message.replies.data(), bytes + sizeof h, h.count * sizeof(BlockMeta));
+  if (h.count > 0) // an empty vector's data() may be null
+    std::memcpy(message.replies.data(), bytes + sizeof h, h.count * sizeof(BlockMeta));
   uint64_t expectedPayload = 0;
   for (uint32_t i = 0; i < h.count; ++i) {
     BlockMeta &m = message.replies[i];

@@ -98,7 +98,8 @@ std::vector<uint8_t> request(wire::Op op, uint64_t id, const std::vector<wire::B
   h.count = static_cast<uint32_t>(metas.size());
   std::vector<uint8_t> out(sizeof h + metas.size() * sizeof(wire::BlockMeta));
   std::memcpy(out.data(), &h, sizeof h);
-  std::memcpy(out.data() + sizeof h, metas.data(), metas.size() * sizeof(wire::BlockMeta));
+  if (!metas.empty()) // an empty vector's data() may be null: memcpy's UB
+    std::memcpy(out.data() + sizeof h, metas.data(), metas.size() * sizeof(wire::BlockMeta));
   return out;
 }
 
