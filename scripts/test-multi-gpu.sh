@@ -10,7 +10,7 @@
 #   scripts/test-multi-gpu.sh            build with CUDA, ctest -L multi_gpu
 #   scripts/test-multi-gpu.sh --bin DIR  binaries from DIR, no build (a GPU
 #                                        machine without the build's packages)
-# PARTS="generate mesh" (the default) chooses which halves run.
+# PARTS="runtime generate mesh" (the default) chooses which parts run.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
@@ -19,7 +19,11 @@ layouts="${LAYOUTS:-tp=2 pp=2 tp=4 tp=2,pp=2}"
 gpu_tests_start multi_gpu 1800 "$@"
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" # the lent machines need multicast off
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-parts="${PARTS:-generate mesh}"
+parts="${PARTS:-runtime generate mesh}"
+# The runtime's NCCL operations, blocking and stream-ordered (graph replays,
+# a dead peer's collective failing the wait instead of hanging it).
+[[ " $parts " == *" runtime "* ]] &&
+step runtime_nccl_test "$bin/runtime_nccl_test"
 [[ " $parts " == *" generate "* ]] &&
 step "llmir-generate $layouts" python3 "$root/tests/integration/multi_gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures" --layouts "$layouts"

@@ -6,10 +6,12 @@
 #include "Binding.h"
 #include "llmir/engine/Device.h"
 #include "llmir/engine/KvCache.h"
+#include "llmir/engine/Sampler.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/Tensor.h"
 
 #include <memory>
+#include <span>
 
 namespace llmir::engine {
 
@@ -49,6 +51,10 @@ public:
   /// Greedy ids of the rows of slot `slot` ([rows, vocab] logits): the
   /// lowest index of each row's maximum, as engine::argmax.
   virtual Result<std::vector<int32_t>> argmaxRows(uint32_t slot);
+  /// The token of each row of slot `slot` as Sampler::sample(row, uniform)
+  /// draws it (rows.size() == the slot's rows), with its logprob when asked.
+  virtual Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
+                                                       std::span<const RowSampling> rows);
 };
 
 struct BackendOptions {

@@ -240,6 +240,37 @@ Result<std::vector<int32_t>> Executor::stepGreedy(const StepInput &input) {
   return backend_->argmaxRows(program_->outputSlot);
 }
 
+Result<std::vector<SampledToken>> Executor::stepSample(const StepInput &input,
+                                                       std::span<const RowSampling> rows) {
+  if (!program_->hasOutput)
+    return Status::error("stepSample: this stage has no output (logits)");
+  LLMIR_RETURN_IF_ERROR(runStep(input, {}));
+  return backend_->sampleRows(program_->outputSlot, rows);
+}
+
+Result<std::vector<SampledToken>>
+ExecutionBackend::sampleRows(uint32_t slot, std::span<const RowSampling> rows) {
+  Result<Tensor> logits = read(slot);
+  if (!logits)
+    return logits.status();
+  const int64_t count = logits->shape.size() == 2 ? logits->shape[0] : 0;
+  const int64_t V = count ? logits->shape[1] : 0;
+  if (count != static_cast<int64_t>(rows.size()) || V == 0)
+    return Status::error("sampleRows: " + std::to_string(rows.size()) +
+                         " rows of sampling parameters for logits " +
+                         model::formatShape(logits->shape));
+  std::vector<SampledToken> tokens(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::span<const float> row(logits->data.data() + static_cast<int64_t>(r) * V,
+                               static_cast<size_t>(V));
+    tokens[r].id = Sampler(rows[r].params).sample(row, rows[r].uniform);
+    if (rows[r].logprob)
+      tokens[r].logprob = static_cast<float>(row[static_cast<size_t>(tokens[r].id)] -
+                                             logNormalizer(row));
+  }
+  return tokens;
+}
+
 Result<std::vector<int32_t>> ExecutionBackend::argmaxRows(uint32_t slot) {
   Result<Tensor> logits = read(slot);
   if (!logits)

@@ -54,12 +54,21 @@ Result<GenerateResult> Generator::generate(const GenerateRequest &request,
   Sampler sampler(request.sampling);
   int32_t position = static_cast<int32_t>(request.promptIds.size());
   while (true) {
-    auto logits = executor_.step(step);
-    if (!logits)
-      return logits.status().withContext("step " +
-                                         std::to_string(result.outputIds.size()));
     int32_t decided = -1;
-    if (decides_) {
+    const std::string stepName = "step " + std::to_string(result.outputIds.size());
+    if (decides_ && !(wantPromptLogits && result.outputIds.empty())) {
+      // The token is drawn where the logits are (on a GPU only the id
+      // crosses), with the draw this Sampler makes: the same tokens.
+      RowSampling row{request.sampling, 0.0, false};
+      if (!request.sampling.greedy())
+        row.uniform = sampler.nextUniform();
+      auto tokens = executor_.stepSample(step, {&row, 1});
+      if (!tokens)
+        return tokens.status().withContext(stepName);
+      decided = tokens->front().id;
+    } else if (auto logits = executor_.step(step); !logits) {
+      return logits.status().withContext(stepName);
+    } else if (decides_) {
       if (logits->data.empty())
         return Status::error("generate: the deciding rank's program has no "
                              "output; expected the last pipeline stage");

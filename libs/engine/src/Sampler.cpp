@@ -16,9 +16,29 @@ int32_t argmax(std::span<const float> logits) {
 
 Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {}
 
+double logNormalizer(std::span<const float> logits) {
+  const float maxLogit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (float v : logits)
+    sum += std::exp(static_cast<double>(v) - maxLogit);
+  return maxLogit + std::log(sum);
+}
+
+double Sampler::nextUniform() {
+  // uniform_real_distribution(0, keptMass) is keptMass * this draw.
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+}
+
 int32_t Sampler::sample(std::span<const float> logits) {
   assert(!logits.empty());
-  if (params_.temperature <= 0.0f || params_.topK == 1)
+  if (params_.greedy())
+    return argmax(logits);
+  return sample(logits, nextUniform());
+}
+
+int32_t Sampler::sample(std::span<const float> logits, double uniform) {
+  assert(!logits.empty());
+  if (params_.greedy())
     return argmax(logits);
 
   // Candidates by decreasing logit (ties: lower id first), cut to top-k.
@@ -61,8 +81,7 @@ int32_t Sampler::sample(std::span<const float> logits) {
   for (size_t i = 0; i < keep; ++i)
     keptMass += probs_[i];
 
-  std::uniform_real_distribution<double> uniform(0.0, keptMass);
-  double draw = uniform(rng_);
+  double draw = keptMass * uniform;
   for (size_t i = 0; i < keep; ++i) {
     draw -= probs_[i];
     if (draw < 0.0)

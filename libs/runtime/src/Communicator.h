@@ -24,6 +24,25 @@ public:
   virtual Status send(const void *data, size_t bytes, int peerGroupRank) = 0;
   virtual Status recv(void *data, size_t bytes, int peerGroupRank) = 0;
 
+  // Stream-ordered operations (NCCL): enqueued on `stream` (a cudaStream_t)
+  // behind the work already there, returning once enqueued, so that a CUDA
+  // graph can capture them. Buffers are device memory. Gloo has none.
+  virtual Status allReduceOn(void *stream, void *data, size_t count, DataType type,
+                             ReduceOp op);
+  virtual Status allGatherOn(void *stream, const void *send, void *recv, size_t count,
+                             DataType type);
+  virtual Status sendOn(void *stream, const void *data, size_t bytes, int peerGroupRank);
+  virtual Status recvOn(void *stream, void *data, size_t bytes, int peerGroupRank);
+  /// An error an enqueued operation reported since (a peer died); ok otherwise.
+  virtual Status asyncError() { return Status::ok(); }
+  /// Gives the group up: its enqueued kernels return, its peers see it fail,
+  /// and every later operation fails with `why`.
+  void giveUp(const Status &why) {
+    if (failure_.isOk())
+      failure_ = why;
+    abortTransport();
+  }
+
   /// Runs one operation unless an earlier one failed, and remembers a
   /// failure: peers may be stuck mid-operation, so the group is done.
   template <typename Operation>
@@ -36,6 +55,12 @@ public:
       failure_ = status = status.withContext(what);
     return status;
   }
+
+  /// The first failure, or ok.
+  const Status &failure() const { return failure_; }
+
+protected:
+  virtual void abortTransport() {}
 
 private:
   Status failure_;
@@ -50,6 +75,10 @@ public:
   connect(RendezvousClient &store, const std::string &prefix, int groupRank,
           int groupSize) = 0;
 };
+
+/// Whether a CUDA stream has run everything enqueued on it (cudaStreamQuery);
+/// an error without CUDA.
+Result<bool> streamIdle(void *stream);
 
 Result<std::unique_ptr<Backend>> createGlooBackend(const RuntimeConfig &config);
 /// Fails with "no CUDA device" when none is visible, and with a clear

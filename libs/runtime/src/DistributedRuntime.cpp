@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <set>
+#include <thread>
 
 namespace llmir::runtime {
 
@@ -32,6 +33,25 @@ const char *dataTypeName(DataType type) {
   }
   return "?";
 }
+
+namespace detail {
+namespace {
+Status notStreamOrdered(const char *operation) {
+  return Status::error(std::string(operation) +
+                       ": this backend has no stream-ordered operations (nccl has)");
+}
+} // namespace
+Status Communicator::allReduceOn(void *, void *, size_t, DataType, ReduceOp) {
+  return notStreamOrdered("allReduceOn");
+}
+Status Communicator::allGatherOn(void *, const void *, void *, size_t, DataType) {
+  return notStreamOrdered("allGatherOn");
+}
+Status Communicator::sendOn(void *, const void *, size_t, int) {
+  return notStreamOrdered("sendOn");
+}
+Status Communicator::recvOn(void *, void *, size_t, int) { return notStreamOrdered("recvOn"); }
+} // namespace detail
 
 int DeviceGroup::groupRankOf(int globalRank) const {
   auto it = std::find(ranks_.begin(), ranks_.end(), globalRank);
@@ -292,6 +312,102 @@ Status DistributedRuntime::recv(void *data, size_t bytes, int peerRank) {
       "recv of " + std::to_string(bytes) + " bytes from rank " +
           std::to_string(peerRank),
       [&] { return world_.comm_->recv(data, bytes, peerRank); });
+}
+
+Status DistributedRuntime::allReduceOn(void *stream, void *data, size_t count, DataType type,
+                                       ReduceOp op, const DeviceGroup &group) {
+  LLMIR_RETURN_IF_ERROR(checkGroup(group, "allReduceOn"));
+  if (count == 0)
+    return Status::ok();
+  if (!data)
+    return Status::error("allReduceOn: null buffer for " + std::to_string(count) +
+                         " elements");
+  return group.comm_->guarded(
+      "allReduce of " + std::to_string(count) + " " + dataTypeName(type) + " over " +
+          describe(group),
+      [&] { return group.comm_->allReduceOn(stream, data, count, type, op); });
+}
+
+Status DistributedRuntime::allGatherOn(void *stream, const void *send, void *recv,
+                                       size_t count, DataType type,
+                                       const DeviceGroup &group) {
+  LLMIR_RETURN_IF_ERROR(checkGroup(group, "allGatherOn"));
+  if (count == 0)
+    return Status::ok();
+  if (!send || !recv)
+    return Status::error("allGatherOn: null buffer for " + std::to_string(count) +
+                         " elements");
+  return group.comm_->guarded(
+      "allGather of " + std::to_string(count) + " " + dataTypeName(type) + " over " +
+          describe(group),
+      [&] { return group.comm_->allGatherOn(stream, send, recv, count, type); });
+}
+
+Status DistributedRuntime::sendOn(void *stream, const void *data, size_t bytes,
+                                  int peerRank) {
+  LLMIR_RETURN_IF_ERROR(checkPeer(peerRank, "sendOn"));
+  if (bytes == 0)
+    return Status::ok();
+  if (!data)
+    return Status::error("sendOn: null buffer");
+  return world_.comm_->guarded(
+      "send of " + std::to_string(bytes) + " bytes to rank " + std::to_string(peerRank),
+      [&] { return world_.comm_->sendOn(stream, data, bytes, peerRank); });
+}
+
+Status DistributedRuntime::recvOn(void *stream, void *data, size_t bytes, int peerRank) {
+  LLMIR_RETURN_IF_ERROR(checkPeer(peerRank, "recvOn"));
+  if (bytes == 0)
+    return Status::ok();
+  if (!data)
+    return Status::error("recvOn: null buffer");
+  return world_.comm_->guarded(
+      "recv of " + std::to_string(bytes) + " bytes from rank " + std::to_string(peerRank),
+      [&] { return world_.comm_->recvOn(stream, data, bytes, peerRank); });
+}
+
+Status DistributedRuntime::synchronize(void *stream,
+                                       const std::vector<const DeviceGroup *> &groups) {
+  std::vector<detail::Communicator *> watched;
+  auto watch = [&](const DeviceGroup &group) {
+    if (group.comm_ && std::find(watched.begin(), watched.end(), group.comm_.get()) ==
+                           watched.end())
+      watched.push_back(group.comm_.get());
+  };
+  watch(world_);
+  for (const DeviceGroup *group : groups)
+    if (group)
+      watch(*group);
+  auto giveUp = [&](Status why) {
+    for (detail::Communicator *comm : watched)
+      comm->giveUp(why);
+    return why;
+  };
+  const auto started = std::chrono::steady_clock::now();
+  const auto deadline = started + config_.timeout;
+  for (;;) {
+    for (detail::Communicator *comm : watched) {
+      Status failed = comm->asyncError();
+      if (!failed.isOk())
+        return giveUp(failed.withContext("waiting for the stream's collectives"));
+    }
+    Result<bool> idle = detail::streamIdle(stream);
+    if (!idle)
+      return giveUp(idle.status().withContext("waiting for the stream's collectives"));
+    if (*idle)
+      return Status::ok();
+    const auto now = std::chrono::steady_clock::now();
+    if (now > deadline)
+      return giveUp(Status::error("the stream's collectives did not complete within " +
+                                  std::to_string(config_.timeout.count()) +
+                                  " ms (a peer may have died)"));
+    // A decode step ends within milliseconds: spin (yielding) through those,
+    // sleep beyond them.
+    if (now - started < std::chrono::milliseconds(5))
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
 }
 
 } // namespace llmir::runtime

@@ -76,4 +76,39 @@ bool EngineCommunicator::takesDeviceMemory() const {
   return runtime_.backend() == "nccl";
 }
 
+bool EngineCommunicator::ordersOnStream() const { return runtime_.backend() == "nccl"; }
+
+Status EngineCommunicator::allReduceSumOn(void *stream, float *data, size_t count,
+                                          uint32_t groupId) {
+  auto g = group(groupId, "allReduceSum");
+  if (!g)
+    return g.status();
+  return runtime_.allReduceOn(stream, data, count, DataType::F32, ReduceOp::Sum, **g);
+}
+
+Status EngineCommunicator::allGatherOn(void *stream, const float *in, size_t count,
+                                       float *out, uint32_t groupId) {
+  auto g = group(groupId, "allGather");
+  if (!g)
+    return g.status();
+  return runtime_.allGatherOn(stream, in, out, count, DataType::F32, **g);
+}
+
+Status EngineCommunicator::sendOn(void *stream, const float *data, size_t count,
+                                  uint32_t peerRank) {
+  return runtime_.sendOn(stream, data, count * sizeof(float), static_cast<int>(peerRank));
+}
+
+Status EngineCommunicator::recvOn(void *stream, float *data, size_t count,
+                                  uint32_t peerRank) {
+  return runtime_.recvOn(stream, data, count * sizeof(float), static_cast<int>(peerRank));
+}
+
+Status EngineCommunicator::synchronize(void *stream) {
+  std::vector<const DeviceGroup *> watched;
+  for (const auto &[id, group] : groups_)
+    watched.push_back(&group);
+  return runtime_.synchronize(stream, watched);
+}
+
 } // namespace llmir::runtime

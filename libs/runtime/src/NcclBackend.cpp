@@ -123,7 +123,96 @@ public:
     });
   }
 
+  Status allReduceOn(void *stream, void *data, size_t count, DataType type,
+                     ReduceOp op) override {
+    return enqueue(stream, [&](cudaStream_t s) {
+      return ncclAllReduce(data, data, count, ncclType(type), ncclOp(op), comm_, s);
+    });
+  }
+  Status allGatherOn(void *stream, const void *send, void *recv, size_t count,
+                     DataType type) override {
+    return enqueue(stream, [&](cudaStream_t s) {
+      return ncclAllGather(send, recv, count, ncclType(type), comm_, s);
+    });
+  }
+  Status sendOn(void *stream, const void *data, size_t bytes, int peer) override {
+    return enqueue(stream, [&](cudaStream_t s) {
+      return ncclSend(data, bytes, ncclUint8, peer, comm_, s);
+    });
+  }
+  Status recvOn(void *stream, void *data, size_t bytes, int peer) override {
+    return enqueue(stream, [&](cudaStream_t s) {
+      return ncclRecv(data, bytes, ncclUint8, peer, comm_, s);
+    });
+  }
+
+  Status asyncError() override {
+    if (!comm_)
+      return Status::ok(); // given up already: its failure is recorded
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async == ncclSuccess || async == ncclInProgress)
+      return Status::ok();
+    return ncclError("nccl: communicator error", async);
+  }
+
+protected:
+  void abortTransport() override {
+    if (healthy_ && comm_)
+      ncclCommAbort(comm_);
+    comm_ = nullptr;
+    healthy_ = false;
+  }
+
 private:
+  /// Enqueues one NCCL call on the caller's stream without waiting for it.
+  template <typename Call> Status enqueue(void *stream, Call &&call) {
+    if (!comm_)
+      return Status::error("nccl: communicator aborted");
+    cudaError_t set = cudaSetDevice(device_);
+    if (set != cudaSuccess)
+      return cudaError("nccl: selecting device", set);
+    ncclResult_t result = call(static_cast<cudaStream_t>(stream));
+    // A non-blocking communicator may return while still enqueueing; NCCL
+    // wants that finished before the next call on the communicator.
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (result == ncclInProgress) {
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(Status::error("nccl: enqueueing did not finish within " +
+                                  std::to_string(timeout_.count()) + " ms"));
+      std::this_thread::yield();
+      ncclCommGetAsyncError(comm_, &result);
+    }
+    if (result != ncclSuccess)
+      return fail(ncclError("nccl: enqueue", result));
+    pendingStream_ = static_cast<cudaStream_t>(stream);
+    return Status::ok();
+  }
+
+  /// Operations on the communicator's own stream wait for those enqueued on
+  /// another stream first: NCCL kernels of one communicator must not run
+  /// concurrently.
+  Status settlePending() {
+    if (!pendingStream_)
+      return Status::ok();
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    for (;;) {
+      LLMIR_RETURN_IF_ERROR(asyncError());
+      cudaError_t query = cudaStreamQuery(pendingStream_);
+      if (query == cudaSuccess)
+        break;
+      if (query != cudaErrorNotReady)
+        return fail(cudaError("nccl: stream", query));
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(Status::error("nccl: stream-ordered operations did not complete within " +
+                                  std::to_string(timeout_.count()) +
+                                  " ms (a peer may have died)"));
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    pendingStream_ = nullptr;
+    return Status::ok();
+  }
+
   static bool isDevice(const void *p) {
     cudaPointerAttributes attributes{};
     if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
@@ -178,6 +267,9 @@ private:
     cudaError_t set = cudaSetDevice(device_);
     if (set != cudaSuccess)
       return cudaError("nccl: selecting device", set);
+    if (!comm_)
+      return Status::error("nccl: communicator aborted");
+    LLMIR_RETURN_IF_ERROR(settlePending());
     ncclResult_t result = enqueue();
     if (result != ncclSuccess && result != ncclInProgress)
       return fail(ncclError("nccl: enqueue", result));
@@ -204,10 +296,7 @@ private:
 
   Status fail(Status status) {
     // Aborting releases peers' resources and unblocks the stream.
-    if (healthy_)
-      ncclCommAbort(comm_);
-    comm_ = nullptr;
-    healthy_ = false;
+    abortTransport();
     return status;
   }
 
@@ -220,6 +309,7 @@ private:
   int size_; // ranks in the group
   void *staging_ = nullptr;
   size_t stagingBytes_ = 0;
+  cudaStream_t pendingStream_ = nullptr; // last stream-ordered operation's
 };
 
 class NcclBackend : public Backend {
@@ -297,6 +387,15 @@ private:
 };
 
 } // namespace
+
+Result<bool> streamIdle(void *stream) {
+  cudaError_t query = cudaStreamQuery(static_cast<cudaStream_t>(stream));
+  if (query == cudaSuccess)
+    return true;
+  if (query == cudaErrorNotReady)
+    return false;
+  return cudaError("stream", query);
+}
 
 Result<std::unique_ptr<Backend>> createNcclBackend(const RuntimeConfig &config) {
   int count = 0;

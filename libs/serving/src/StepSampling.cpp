@@ -202,38 +202,56 @@ Status sampleStep(const proto::StepRequest &request, const engine::Tensor &logit
   return Status::ok();
 }
 
-bool greedyOnly(const proto::StepRequest &request) {
+bool samplesOnBackend(const proto::StepRequest &request) {
   bool samples = false;
   for (const proto::StepSequence &seq : request.sequences()) {
     if (seq.prompt_logprobs())
       return false;
     if (!seq.sample())
       continue;
-    const proto::SamplingParams &p = seq.sampling();
-    const bool greedy = p.temperature() <= 0.0f || p.top_k() == 1;
-    if (!greedy || processesLogits(seq) || seq.want_logprobs() || seq.top_logprobs() > 0)
+    if (processesLogits(seq) || seq.top_logprobs() > 0)
       return false;
     samples = true;
   }
   return samples;
 }
 
-Status greedyTokens(const proto::StepRequest &request, const std::vector<int32_t> &ids,
-                    proto::StepResponse &response) {
+std::vector<engine::RowSampling> backendSampling(const proto::StepRequest &request) {
+  std::vector<engine::RowSampling> rows;
+  for (const proto::StepSequence &seq : request.sequences()) {
+    if (!seq.sample())
+      continue;
+    const proto::SamplingParams &p = seq.sampling();
+    const int64_t position = seq.start_position() + seq.token_ids_size();
+    engine::RowSampling row;
+    row.params = {p.temperature(), p.top_p(), p.top_k(), tokenSeed(p.seed(), position)};
+    row.uniform = engine::Sampler(row.params).nextUniform();
+    row.logprob = seq.want_logprobs();
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+Status sampledTokens(const proto::StepRequest &request,
+                     const std::vector<engine::SampledToken> &tokens,
+                     proto::StepResponse &response) {
   size_t sampling = 0;
   for (const proto::StepSequence &seq : request.sequences())
     sampling += seq.sample() ? 1 : 0;
-  if (sampling != ids.size())
+  if (sampling != tokens.size())
     return Status::error("step " + std::to_string(request.step_id()) + ": " +
-                         std::to_string(ids.size()) + " greedy ids for " +
+                         std::to_string(tokens.size()) + " sampled tokens for " +
                          std::to_string(sampling) + " sampling sequences");
   size_t row = 0;
   for (const proto::StepSequence &seq : request.sequences()) {
     if (!seq.sample())
       continue;
+    const engine::SampledToken &token = tokens[row++];
     proto::SampledToken *out = response.add_tokens();
     out->set_sequence_id(seq.sequence_id());
-    out->set_token_id(ids[row++]);
+    out->set_token_id(token.id);
+    if (seq.want_logprobs())
+      out->set_logprob(token.logprob);
   }
   return Status::ok();
 }
@@ -241,13 +259,14 @@ Status greedyTokens(const proto::StepRequest &request, const std::vector<int32_t
 Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
                      bool samples, proto::StepResponse &response) {
   const engine::StepInput input = toStepInput(request);
-  if (samples && greedyOnly(request)) {
-    // Greedy without logprobs: the argmax runs where the logits are (on a
-    // GPU only the ids cross to the host).
-    Result<std::vector<int32_t>> ids = executor.stepGreedy(input);
-    if (!ids)
-      return ids.status();
-    return greedyTokens(request, *ids, response);
+  if (samples && samplesOnBackend(request)) {
+    // The sampling runs where the logits are (on a GPU only the ids and
+    // logprobs cross to the host).
+    const std::vector<engine::RowSampling> rows = backendSampling(request);
+    Result<std::vector<engine::SampledToken>> tokens = executor.stepSample(input, rows);
+    if (!tokens)
+      return tokens.status();
+    return sampledTokens(request, *tokens, response);
   }
   Result<engine::Tensor> logits = executor.step(input);
   if (!logits)

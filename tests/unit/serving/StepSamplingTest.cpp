@@ -147,43 +147,72 @@ TEST(StepSampling, PromptLogprobsOfAChunkUseTheNextChunksFirstToken) {
   EXPECT_FALSE(sampleStep(second, logitsOf({rows[3]}), bad).isOk());
 }
 
-// The greedy fast path: which steps may take the device's argmax, and that
-// its ids give the same tokens sampleStep gives from the logits.
-TEST(StepSampling, GreedyOnlyStepsTakeTheArgmaxIds) {
+// Sampling where the logits are: which steps may take it, and that the
+// tokens Executor::stepSample draws from backendSampling's rows (here the
+// CPU's Sampler with the row's uniform draw, what every backend computes)
+// are the tokens and logprobs sampleStep gives from the same logits.
+TEST(StepSampling, BackendSamplingGivesSampleStepsTokens) {
   proto::StepRequest request;
   greedySequence(request, {1, 2, 3});
   greedySequence(request, {4}).set_sample(false); // a prefill chunk
-  greedySequence(request, {5});
-  EXPECT_TRUE(greedyOnly(request));
-  const engine::Tensor logits = logitsOf({{0.1f, 0.9f, 0.9f}, {2.0f, -1.0f, 0.5f}});
-  proto::StepResponse fromLogits, fromIds;
-  ASSERT_TRUE(sampleStep(request, logits, fromLogits).isOk());
-  ASSERT_TRUE(greedyTokens(request, {1, 0}, fromIds).isOk());
-  ASSERT_EQ(fromIds.tokens_size(), 2);
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(fromIds.tokens(i).sequence_id(), fromLogits.tokens(i).sequence_id());
-    EXPECT_EQ(fromIds.tokens(i).token_id(), fromLogits.tokens(i).token_id());
+  auto &hot = greedySequence(request, {5, 6});
+  hot.mutable_sampling()->set_temperature(0.8f);
+  hot.mutable_sampling()->set_top_p(0.9f);
+  hot.mutable_sampling()->set_seed(7);
+  hot.set_start_position(9);
+  hot.set_want_logprobs(true);
+  auto &topK = greedySequence(request, {7});
+  topK.mutable_sampling()->set_temperature(1.5f);
+  topK.mutable_sampling()->set_top_k(3);
+  topK.mutable_sampling()->set_seed(11);
+  EXPECT_TRUE(samplesOnBackend(request));
+  const engine::Tensor logits = logitsOf({{0.1f, 0.9f, 0.9f, 0.3f, -2.0f},
+                                          {2.0f, 1.9f, 1.7f, 0.5f, 1.95f},
+                                          {0.4f, 0.2f, 0.3f, 0.1f, 0.35f}});
+  const std::vector<engine::RowSampling> rows = backendSampling(request);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_FALSE(rows[0].logprob);
+  EXPECT_TRUE(rows[1].logprob);
+  EXPECT_EQ(rows[1].params.seed, tokenSeed(7, 11)); // the position of the next token
+  for (int trial = 0; trial < 50; ++trial) {
+    proto::StepRequest r = request;
+    for (int s = 2; s < 4; ++s)
+      r.mutable_sequences(s)->mutable_sampling()->set_seed(static_cast<uint64_t>(100 + trial + s));
+    const std::vector<engine::RowSampling> trialRows = backendSampling(r);
+    std::vector<engine::SampledToken> tokens;
+    for (size_t i = 0; i < trialRows.size(); ++i) {
+      std::span<const float> row(logits.data.data() + i * 5, 5);
+      engine::SampledToken token;
+      token.id = engine::Sampler(trialRows[i].params).sample(row, trialRows[i].uniform);
+      token.logprob = static_cast<float>(row[size_t(token.id)] - engine::logNormalizer(row));
+      tokens.push_back(token);
+    }
+    proto::StepResponse fromLogits, fromBackend;
+    ASSERT_TRUE(sampleStep(r, logits, fromLogits).isOk());
+    ASSERT_TRUE(sampledTokens(r, tokens, fromBackend).isOk());
+    ASSERT_EQ(fromBackend.tokens_size(), 3);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(fromBackend.tokens(i).sequence_id(), fromLogits.tokens(i).sequence_id());
+      EXPECT_EQ(fromBackend.tokens(i).token_id(), fromLogits.tokens(i).token_id());
+      EXPECT_NEAR(fromBackend.tokens(i).logprob(), fromLogits.tokens(i).logprob(), 1e-6);
+    }
   }
   proto::StepResponse wrongCount;
-  EXPECT_FALSE(greedyTokens(request, {1}, wrongCount).isOk());
-  EXPECT_FALSE(greedyTokens(request, {1, 0, 2}, wrongCount).isOk());
+  EXPECT_FALSE(sampledTokens(request, {{1, 0}}, wrongCount).isOk());
 
   auto with = [&](auto change) {
     proto::StepRequest r = request;
     change(*r.mutable_sequences(2));
-    return greedyOnly(r);
+    return samplesOnBackend(r);
   };
-  EXPECT_TRUE(with([](proto::StepSequence &s) { s.mutable_sampling()->set_temperature(0.7f);
-                                                 s.mutable_sampling()->set_top_k(1); }));
-  EXPECT_FALSE(with([](proto::StepSequence &s) { s.mutable_sampling()->set_temperature(0.7f); }));
-  EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_want_logprobs(true); }));
+  EXPECT_TRUE(with([](proto::StepSequence &s) { s.mutable_sampling()->set_top_k(1); }));
   EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_top_logprobs(2); }));
   EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_prompt_logprobs(true); }));
   EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_presence_penalty(0.5f); }));
   EXPECT_FALSE(with([](proto::StepSequence &s) { s.set_constrained(true); }));
   proto::StepRequest none;
   greedySequence(none, {1}).set_sample(false);
-  EXPECT_FALSE(greedyOnly(none)); // nothing to sample
+  EXPECT_FALSE(samplesOnBackend(none)); // nothing to sample
 }
 
 } // namespace

@@ -26,6 +26,21 @@ public:
   /// True when buffers are device memory of the rank's CUDA device (NCCL);
   /// false for host memory (Gloo), which a CUDA executor stages through.
   virtual bool takesDeviceMemory() const { return false; }
+
+  // Stream-ordered collectives (NCCL): enqueued on `stream`, a cudaStream_t
+  // of the rank's device, behind the work already there, and returning
+  // without waiting, so that a CUDA executor keeps its steps free of host
+  // synchronisation and can record them as CUDA graphs. Only when
+  // ordersOnStream(); the others fail.
+  virtual bool ordersOnStream() const { return false; }
+  virtual Status allReduceSumOn(void *stream, float *data, size_t count, uint32_t groupId);
+  virtual Status allGatherOn(void *stream, const float *in, size_t count, float *out,
+                             uint32_t groupId);
+  virtual Status sendOn(void *stream, const float *data, size_t count, uint32_t peerRank);
+  virtual Status recvOn(void *stream, float *data, size_t count, uint32_t peerRank);
+  /// Waits until `stream` ran its work, bounded: a peer that died fails the
+  /// wait (and the communicator) instead of hanging it.
+  virtual Status synchronize(void *stream);
 };
 
 } // namespace llmir::engine

@@ -79,6 +79,22 @@ Status linearGroup(Context &context, const float *x, int64_t T,
 Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                   int32_t *ids);
 
+/// One row's sampling as the device reads it (engine::RowSampling without
+/// the logprob flag).
+struct SamplingRow {
+  float temperature = 0;
+  float topP = 1;
+  int32_t topK = 0;
+  int32_t unused = 0;
+  double uniform = 0;
+};
+/// ids[r] = the token engine::Sampler::sample(row r, params[r].uniform)
+/// draws from logits [rows, V], without sorting the vocabulary (radix
+/// selection); logprobs[r], when not null, its log-softmax over the raw
+/// logits. params, ids and logprobs are device memory.
+Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+                  const SamplingRow *params, int32_t *ids, float *logprobs);
+
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
                float eps, float *y,

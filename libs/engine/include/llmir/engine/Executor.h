@@ -7,6 +7,7 @@
 #include "llmir/engine/KvCache.h"
 #include "llmir/engine/ProtoFwd.h"
 #include "llmir/engine/Step.h"
+#include "llmir/engine/Sampler.h"
 #include "llmir/engine/Tensor.h"
 #include "llmir/support/Status.h"
 
@@ -84,6 +85,13 @@ public:
   /// On a CUDA device the argmax runs there and only the ids cross to the
   /// host. Fails on a stage without output.
   Result<std::vector<int32_t>> stepGreedy(const StepInput &step);
+  /// The same step, then one token per output row drawn as
+  /// Sampler::sample(row, rows[r].uniform) draws it (and its logprob when
+  /// rows[r].logprob). On a CUDA device the sampling runs there and only ids
+  /// and logprobs cross to the host. Fails on a stage without output, or
+  /// when rows.size() is not the number of output (logits) rows.
+  Result<std::vector<SampledToken>> stepSample(const StepInput &step,
+                                               std::span<const RowSampling> rows);
 
   const KvCacheShape &kvCacheShape() const;
 

@@ -144,8 +144,8 @@ public:
         bf16KvCache_(bf16KvCache), bf16Products_(bf16Products),
         context_(std::move(context)), comm_(comm),
         weights_(program.slots.size()), activations_(program.slots.size()) {
-    // Collectives run outside the stream (NCCL's own, or through the host):
-    // such programs are not recorded. LLMIR_CUDA_GRAPHS=0 turns graphs off.
+    // Collectives through the host (Gloo) cannot be recorded; NCCL's run on
+    // this stream and can. LLMIR_CUDA_GRAPHS=0 turns graphs off.
     const char *env = std::getenv("LLMIR_CUDA_GRAPHS");
     graphsAllowed_ = !(env && std::string(env) == "0");
     for (const BoundInstruction &inst : program.instructions)
@@ -164,7 +164,8 @@ public:
       case proto::ALL_GATHER_ROWS:
       case proto::SEND:
       case proto::RECV:
-        graphsAllowed_ = false;
+        collectives_ = true;
+        graphsAllowed_ = graphsAllowed_ && streamCollectives();
         break;
       default:
         break;
@@ -189,6 +190,10 @@ public:
     hostStep_.release();
     greedyIds_.release();
     hostIds_.release();
+    sampling_.release();
+    hostSampling_.release();
+    logprobs_.release();
+    hostLogprobs_.release();
     attentionScratch_.release();
     dropGraphs();
   }
@@ -258,6 +263,7 @@ public:
   // [layer][block][block_size][kv_heads][head_dim]).
   Status readKvBlock(int32_t block, std::byte *out) override {
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
+    LLMIR_RETURN_IF_ERROR(waitStream("finishing the step before a KV block copy"));
     const size_t chunk = kvLayerChunkBytes();
     for (int64_t layer = 0; layer < cache_.shape.numLayers; ++layer) {
       const size_t offset = kvChunkOffset(layer, block);
@@ -272,6 +278,7 @@ public:
 
   Status writeKvBlock(int32_t block, const std::byte *in) override {
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
+    LLMIR_RETURN_IF_ERROR(waitStream("finishing the step before a KV block copy"));
     const size_t chunk = kvLayerChunkBytes();
     for (int64_t layer = 0; layer < cache_.shape.numLayers; ++layer) {
       const size_t offset = kvChunkOffset(layer, block);
@@ -301,7 +308,7 @@ public:
     if (T > tokenCapacity_ || tableEntries > tableCapacity_) {
       tokenCapacity_ = std::max(tokenCapacity_, roundUpPow2(T, 256));
       tableCapacity_ = std::max(tableCapacity_, roundUpPow2(tableEntries, 1024));
-      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "synchronize"));
+      LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
       stepTables_.release();
       hostStep_.release();
     }
@@ -310,7 +317,7 @@ public:
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
     LLMIR_RETURN_IF_ERROR(hostStep_.reserve(total));
     // The previous step's upload may still be reading the staging memory.
-    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "synchronize"));
+    LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
     int32_t *host = hostStep_.data;
     std::copy(step.tokenIds.begin(), step.tokenIds.end(), host);
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
@@ -407,7 +414,7 @@ public:
                                                 t.data.size() * sizeof(float),
                                                 cudaMemcpyDeviceToHost, stream()),
                                 "reading slot " + std::to_string(slot)));
-    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "reading slot " + std::to_string(slot)));
+    LLMIR_RETURN_IF_ERROR(waitStream("reading slot " + std::to_string(slot)));
     return t;
   }
 
@@ -424,8 +431,68 @@ public:
                                                 static_cast<size_t>(rows) * sizeof(int32_t),
                                                 cudaMemcpyDeviceToHost, stream()),
                                 "reading greedy ids"));
-    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream()), "reading greedy ids"));
+    LLMIR_RETURN_IF_ERROR(waitStream("reading greedy ids"));
     return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
+  }
+
+  Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
+                                               std::span<const RowSampling> rows) override {
+    const DeviceTensor &d = activations_[slot];
+    const int64_t count = d.shape.size() == 2 ? d.shape[0] : 0;
+    if (count != static_cast<int64_t>(rows.size()) || count == 0)
+      return Status::error("sampleRows: " + std::to_string(rows.size()) +
+                           " rows of sampling parameters for logits " +
+                           model::formatShape(d.shape));
+    const size_t n = rows.size();
+    bool logprobs = false, greedy = true;
+    for (const RowSampling &row : rows) {
+      logprobs |= row.logprob;
+      greedy &= row.params.temperature <= 0.0f || row.params.topK == 1;
+    }
+    if (greedy && !logprobs) { // one pass per row instead of the cuts
+      Result<std::vector<int32_t>> ids = argmaxRows(slot);
+      if (!ids)
+        return ids.status();
+      std::vector<SampledToken> tokens(n);
+      for (size_t r = 0; r < n; ++r)
+        tokens[r].id = (*ids)[r];
+      return tokens;
+    }
+    LLMIR_RETURN_IF_ERROR(sampling_.reserve(n));
+    LLMIR_RETURN_IF_ERROR(hostSampling_.reserve(n));
+    LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(n));
+    LLMIR_RETURN_IF_ERROR(hostIds_.reserve(n));
+    LLMIR_RETURN_IF_ERROR(logprobs_.reserve(n));
+    LLMIR_RETURN_IF_ERROR(hostLogprobs_.reserve(n));
+    // (The previous call waited for its upload: the pinned rows are free.)
+    for (size_t r = 0; r < n; ++r) {
+      const SamplingParams &p = rows[r].params;
+      hostSampling_.data[r] = {p.temperature, p.topP, p.topK, 0, rows[r].uniform};
+    }
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(sampling_.data, hostSampling_.data,
+                                                n * sizeof(cuda::SamplingRow),
+                                                cudaMemcpyHostToDevice, stream()),
+                                "uploading sampling parameters"));
+    LLMIR_RETURN_IF_ERROR(cuda::sampleRows(stream(), d.data(), count, d.shape[1],
+                                           sampling_.data, greedyIds_.data,
+                                           logprobs ? logprobs_.data : nullptr));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(hostIds_.data, greedyIds_.data,
+                                                n * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                                stream()),
+                                "reading sampled ids"));
+    if (logprobs)
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(hostLogprobs_.data, logprobs_.data,
+                                                  n * sizeof(float), cudaMemcpyDeviceToHost,
+                                                  stream()),
+                                  "reading logprobs"));
+    LLMIR_RETURN_IF_ERROR(waitStream("reading sampled ids"));
+    std::vector<SampledToken> tokens(n);
+    for (size_t r = 0; r < n; ++r) {
+      tokens[r].id = hostIds_.data[r];
+      if (rows[r].logprob)
+        tokens[r].logprob = hostLogprobs_.data[r];
+    }
+    return tokens;
   }
 
 private:
@@ -603,9 +670,23 @@ private:
   }
 
   // --- collectives: device pointers for NCCL, host staging for Gloo --------
+  // Stream-ordered (NCCL) collectives are enqueued behind the kernels that
+  // produce their inputs; the host waits only where it reads results
+  // (waitStream), and a step with them can be recorded as a graph.
   bool deviceCollectives() const { return comm_->takesDeviceMemory(); }
+  bool streamCollectives() const { return comm_ && comm_->ordersOnStream(); }
+
+  /// Waits for this stream; bounded by the communicator's timeout when
+  /// collectives are on it (a dead peer would hang it).
+  Status waitStream(const std::string &what) {
+    if (collectives_ && streamCollectives())
+      return comm_->synchronize(stream()).withContext(what);
+    return check(cudaStreamSynchronize(stream()), what);
+  }
 
   Status allReduce(float *data, int64_t count, uint32_t group) {
+    if (streamCollectives())
+      return comm_->allReduceSumOn(stream(), data, static_cast<size_t>(count), group);
     if (deviceCollectives()) {
       // NCCL runs on its own stream: the inputs must be complete.
       LLMIR_RETURN_IF_ERROR(check(cudaDeviceSynchronize(), "synchronize"));
@@ -619,6 +700,8 @@ private:
 
   Status allGather(const float *in, int64_t count, float *outData, int64_t groupSize,
                    uint32_t group) {
+    if (streamCollectives())
+      return comm_->allGatherOn(stream(), in, static_cast<size_t>(count), outData, group);
     if (deviceCollectives()) {
       LLMIR_RETURN_IF_ERROR(check(cudaDeviceSynchronize(), "synchronize"));
       return comm_->allGather(in, static_cast<size_t>(count), outData, group);
@@ -798,6 +881,8 @@ private:
     }
     case proto::SEND: {
       const DeviceTensor &x = act(0);
+      if (streamCollectives())
+        return comm_->sendOn(stream(), x.data(), static_cast<size_t>(x.numel()), p.peer);
       if (deviceCollectives()) {
         LLMIR_RETURN_IF_ERROR(check(cudaDeviceSynchronize(), "synchronize"));
         return comm_->send(x.data(), static_cast<size_t>(x.numel()), p.peer);
@@ -816,6 +901,8 @@ private:
                              " does not say how much to receive");
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(std::move(shape)));
+      if (streamCollectives())
+        return comm_->recvOn(stream(), y.data(), static_cast<size_t>(y.numel()), p.peer);
       if (deviceCollectives()) {
         LLMIR_RETURN_IF_ERROR(check(cudaDeviceSynchronize(), "synchronize"));
         return comm_->recv(y.data(), static_cast<size_t>(y.numel()), p.peer);
@@ -926,6 +1013,7 @@ private:
   bool bf16Products_; // medium matmul precision
   cuda::Context context_;
   Communicator *comm_;
+  bool collectives_ = false; // the program has collectives or transfers
   std::vector<DeviceWeight> weights_;     // by slot id
   std::vector<DeviceTensor> activations_; // by slot id
   DeviceTensor aliased_, scratch_, packed_;
@@ -945,6 +1033,11 @@ private:
   int64_t partialRow_ = 0, attentionHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
+  // sampleRows: the rows' parameters and the sampled tokens' logprobs.
+  DeviceArray<cuda::SamplingRow> sampling_;
+  PinnedArray<cuda::SamplingRow> hostSampling_;
+  DeviceArray<float> logprobs_;
+  PinnedArray<float> hostLogprobs_;
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;
   std::vector<bool> addNormFused_, computedEarlier_;

@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <string>
 
@@ -276,6 +277,19 @@ std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq) {
 Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                   int32_t *ids) {
   return cudaStatus(detail::argmaxRows(stream, logits, rows, V, ids), "argmax");
+}
+
+// The public row and the launcher's are one layout (the device reads it).
+static_assert(sizeof(SamplingRow) == sizeof(detail::RowSampling) &&
+              offsetof(SamplingRow, topK) == offsetof(detail::RowSampling, topK) &&
+              offsetof(SamplingRow, uniform) == offsetof(detail::RowSampling, uniform));
+
+Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+                  const SamplingRow *params, int32_t *ids, float *logprobs) {
+  return cudaStatus(detail::sampleRows(stream, logits, rows, V,
+                                       reinterpret_cast<const detail::RowSampling *>(params),
+                                       ids, logprobs),
+                    "sampling");
 }
 
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,

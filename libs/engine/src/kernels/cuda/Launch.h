@@ -42,6 +42,19 @@ int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V].
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                int32_t *ids);
+/// One row's sampling: engine::SamplingParams and the uniform draw in [0, 1).
+struct RowSampling {
+  float temperature;
+  float topP;
+  int32_t topK;
+  int32_t unused;
+  double uniform;
+};
+/// ids[r] = the token engine::sampleWithUniform draws from row r of logits
+/// with params[r] (device memory); logprobs[r] (when not null) = its
+/// log-softmax over the raw logits.
+int sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
+               const RowSampling *params, int32_t *ids, float *logprobs);
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);

@@ -116,6 +116,21 @@ public:
   Status send(const void *data, size_t bytes, int peerRank);
   Status recv(void *data, size_t bytes, int peerRank);
 
+  // Stream-ordered operations (nccl; device memory): enqueued on `stream`
+  // (a cudaStream_t) behind the work already there, returning without
+  // waiting, so that a CUDA graph can capture them. Wait with synchronize().
+  Status allReduceOn(void *stream, void *data, size_t count, DataType type, ReduceOp op,
+                     const DeviceGroup &group);
+  Status allGatherOn(void *stream, const void *send, void *recv, size_t count,
+                     DataType type, const DeviceGroup &group);
+  Status sendOn(void *stream, const void *data, size_t bytes, int peerRank);
+  Status recvOn(void *stream, void *data, size_t bytes, int peerRank);
+  /// Waits until `stream` has run what was enqueued on it, within the
+  /// timeout, watching `groups` and the world group: an asynchronous error in
+  /// one of them (a peer died) or the timeout fails the wait and gives those
+  /// groups up, which makes their pending kernels on the stream return.
+  Status synchronize(void *stream, const std::vector<const DeviceGroup *> &groups);
+
 private:
   DistributedRuntime(RuntimeConfig config, std::unique_ptr<RendezvousClient> store,
                      std::unique_ptr<detail::Backend> backend);

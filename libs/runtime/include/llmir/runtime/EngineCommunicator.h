@@ -31,6 +31,15 @@ public:
   Status send(const float *data, size_t count, uint32_t peerRank) override;
   Status recv(float *data, size_t count, uint32_t peerRank) override;
   bool takesDeviceMemory() const override;
+  /// NCCL: collectives on the executor's stream (graph-capturable).
+  bool ordersOnStream() const override;
+  Status allReduceSumOn(void *stream, float *data, size_t count, uint32_t groupId) override;
+  Status allGatherOn(void *stream, const float *in, size_t count, float *out,
+                     uint32_t groupId) override;
+  Status sendOn(void *stream, const float *data, size_t count, uint32_t peerRank) override;
+  Status recvOn(void *stream, float *data, size_t count, uint32_t peerRank) override;
+  /// Bounded by the runtime's timeout; watches every group of the program.
+  Status synchronize(void *stream) override;
 
 private:
   explicit EngineCommunicator(DistributedRuntime &runtime) : runtime_(runtime) {}

@@ -5,6 +5,7 @@
 // the same token.
 #pragma once
 
+#include "llmir/engine/Sampler.h"
 #include "llmir/engine/Step.h"
 #include "llmir/engine/Tensor.h"
 #include "llmir/support/Status.h"
@@ -36,22 +37,28 @@ uint64_t tokenSeed(uint64_t seed, int64_t position);
 Status sampleStep(const proto::StepRequest &request, const engine::Tensor &logits,
                   proto::StepResponse &response);
 
-/// True when every sequence that samples in `request` picks greedily (the
-/// Sampler's rule: temperature 0 or top_k 1) with no logprobs, prompt
-/// logprobs or logit processing (bias, penalties, a grammar), and one does:
-/// then the greedy ids of the output rows (Executor::stepGreedy, an argmax on
-/// the device) are its tokens and the logits need not reach the host.
-bool greedyOnly(const proto::StepRequest &request);
+/// True when every sequence that samples in `request` needs only what
+/// Executor::stepSample computes (its token by temperature / top-k / top-p
+/// and that token's logprob), with no top logprobs, prompt logprobs or logit
+/// processing (bias, penalties, a grammar), and one does: then the sampling
+/// runs where the logits are and on a GPU only ids and logprobs reach the
+/// host.
+bool samplesOnBackend(const proto::StepRequest &request);
 
-/// Fills response.tokens for a greedyOnly request from the greedy id of each
-/// output row (one per sampling sequence, in request order); fails on a count
-/// that does not match.
-Status greedyTokens(const proto::StepRequest &request, const std::vector<int32_t> &ids,
-                    proto::StepResponse &response);
+/// Executor::stepSample's rows for such a request: one per sampling
+/// sequence, in request order, with the draw sampleStep's Sampler makes
+/// (seeded tokenSeed(seed, position)), so both give the same token.
+std::vector<engine::RowSampling> backendSampling(const proto::StepRequest &request);
+
+/// Fills response.tokens from stepSample's tokens (one per sampling
+/// sequence, in request order); fails on a count that does not match.
+Status sampledTokens(const proto::StepRequest &request,
+                     const std::vector<engine::SampledToken> &tokens,
+                     proto::StepResponse &response);
 
 /// Runs the request's step on `executor`; when `samples` (the rank that
-/// decides), fills response.tokens: by stepGreedy for a greedyOnly request,
-/// by sampleStep on the logits otherwise.
+/// decides), fills response.tokens: by stepSample for a samplesOnBackend
+/// request, by sampleStep on the logits otherwise.
 Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
                      bool samples, proto::StepResponse &response);
 
