@@ -218,6 +218,22 @@ Result<DeviceGroup> DistributedRuntime::createGroup(std::vector<int> ranks) {
                       std::move(ranks), what);
 }
 
+Result<std::unique_ptr<IpcAllReduce>>
+DistributedRuntime::createIpcAllReduce(const DeviceGroup &group,
+                                       IpcAllReduceOptions options) {
+  LLMIR_RETURN_IF_ERROR(checkGroup(group, "createIpcAllReduce"));
+  if (options.device < 0)
+    options.device = config_.cudaDevice;
+  options.timeout = config_.timeout;
+  // Its own namespace per rank list and generation, like createGroup's.
+  std::string key = joinRanks(group.ranks(), "-");
+  int generation = groupGenerations_["ipc/" + key]++;
+  return IpcAllReduce::create(*store_,
+                              config_.storePrefix + "/ipc/" + key + "/" +
+                                  std::to_string(generation) + "/",
+                              group.groupRank(), group.size(), options);
+}
+
 Status DistributedRuntime::checkGroup(const DeviceGroup &group,
                                       const char *operation) const {
   if (!group.comm_)

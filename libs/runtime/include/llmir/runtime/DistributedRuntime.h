@@ -15,6 +15,7 @@
 // tensors).
 #pragma once
 
+#include "llmir/runtime/IpcAllReduce.h"
 #include "llmir/support/Status.h"
 
 #include <chrono>
@@ -100,6 +101,16 @@ public:
   /// (distinct global ranks, this rank among them). Non-members do not call
   /// it. Creating the same rank list again makes a new, independent group.
   Result<DeviceGroup> createGroup(std::vector<int> ranks);
+
+  /// An f32 sum all-reduce over CUDA IPC buffers for `group`'s small
+  /// messages (llmir/runtime/IpcAllReduce.h), rendezvoused through this
+  /// runtime's store. Every member calls it (non-members do not); creating
+  /// it again for the same ranks makes a new, independent one. The device is
+  /// options.device, else RuntimeConfig::cudaDevice, else the current one;
+  /// the timeout is the runtime's. Fails on every member when any member
+  /// cannot take part (then use allReduce).
+  Result<std::unique_ptr<IpcAllReduce>>
+  createIpcAllReduce(const DeviceGroup &group, IpcAllReduceOptions options = {});
 
   /// In-place all-reduce of `count` elements.
   Status allReduce(void *data, size_t count, DataType type, ReduceOp op,

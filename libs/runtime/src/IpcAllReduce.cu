@@ -1,0 +1,459 @@
+// IpcAllReduce over CUDA IPC (see llmir/runtime/IpcAllReduce.h).
+//
+// Memory of each rank: one cudaMalloc'd region, mapped by every peer:
+//
+//   Flags   arrived[block][sender]: the barrier value `sender` last reached
+//           for this block, written by the sender over P2P;
+//           calls[block]: how many all-reduces this block has run (written
+//           by this rank only; it survives graph replays, which is what
+//           makes replays safe: epochs never come from kernel arguments)
+//   data    two halves of maxBytes (rounded up to 16 bytes); call c uses
+//           half c % 2
+//
+// Every call launches the same grid (kBlocks x kThreads), so calls[b] is
+// the same number for every block b and every rank: the call's epoch. Work
+// is split into float4 units of the exchange buffer (unit u = elements
+// 4u..4u+3, the last one zero-padded), and unit u belongs to one (block,
+// thread) by the grid-stride rule, the same on every rank whatever the
+// alignment of `data`. So block b of every rank touches exactly the units
+// block b of its peers touches, and a barrier between the blocks b of all
+// ranks (not the whole grid) orders everything that matters.
+//
+// Why alternate halves are enough (no barrier at the end of a call): a rank
+// that starts call c has finished call c-1, whose barrier every peer
+// reached, so every peer has finished call c-2 (a rank's calls are stream
+// ordered). Peers may still read half (c-1) % 2 of this rank; call c writes
+// half c % 2.
+//
+// Barrier values are 2c (after the copy-in) and 2c+1 (two-shot, after the
+// reduce-scatter): they only grow, and a peer can be at most one barrier
+// ahead, so waiting for `arrived >= value` is exact. The writes before a
+// barrier are made visible by __syncthreads() and a release store at system
+// scope (cumulative over the block's writes); the reads after it are ordered
+// by an acquire load at system scope and __syncthreads().
+#include "IpcAllReduceRecord.h"
+
+#include "llmir/runtime/IpcAllReduce.h"
+#include "llmir/runtime/RendezvousStore.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace llmir::runtime {
+namespace {
+
+constexpr int kMaxRanks = kIpcAllReduceMaxRanks;
+constexpr int kBlocks = 32;
+constexpr int kThreads = 512;
+
+static_assert(sizeof(cudaIpcMemHandle_t) == detail::kIpcHandleBytes,
+              "the store record carries a cudaIpcMemHandle_t");
+
+struct Flags {
+  unsigned long long arrived[kBlocks][kMaxRanks];
+  unsigned long long calls[kBlocks];
+};
+/// The data halves start after the flags, 256-byte aligned.
+constexpr size_t kFlagsBytes = (sizeof(Flags) + 255) / 256 * 256;
+
+/// Written by a kernel (host-mapped memory) before it traps on a timeout.
+struct DeviceFailure {
+  int waitedForRank; // -1: none
+  int block;
+  unsigned long long barrierValue;
+};
+
+struct KernelArgs {
+  float4 *buffers[kMaxRanks]; // each rank's data area, as mapped here
+  Flags *flags[kMaxRanks];
+  DeviceFailure *failure;
+  float *data;
+  size_t count;
+  size_t halfUnits; // float4 units per half
+  unsigned long long timeoutNs;
+  int rank;
+  int ranks;
+};
+
+__device__ __forceinline__ unsigned long long globalTimerNs() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ void storeRelease(unsigned long long *p,
+                                             unsigned long long v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long loadAcquire(unsigned long long *p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// Blocks b of all ranks meet: thread p signals rank p and waits for rank
+/// p's signal. A peer that does not come within the timeout is reported to
+/// the host and the kernel traps (a hang would be worse).
+__device__ void barrier(const KernelArgs &a, unsigned long long value) {
+  __syncthreads();
+  const int peer = threadIdx.x;
+  if (peer < a.ranks) {
+    storeRelease(&a.flags[peer]->arrived[blockIdx.x][a.rank], value);
+    unsigned long long *mine = &a.flags[a.rank]->arrived[blockIdx.x][peer];
+    if (loadAcquire(mine) < value) {
+      const unsigned long long start = globalTimerNs();
+      while (loadAcquire(mine) < value) {
+        if (globalTimerNs() - start > a.timeoutNs) {
+          volatile DeviceFailure *f = a.failure;
+          f->waitedForRank = peer;
+          f->block = blockIdx.x;
+          f->barrierValue = value;
+          __threadfence_system();
+          __trap();
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ float4 add(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+/// Unit u of `data`; lanes past `count` read as 0.
+template <bool Aligned>
+__device__ __forceinline__ float4 loadUnit(const float *data, size_t u, size_t count) {
+  const size_t i = 4 * u;
+  if (Aligned && i + 4 <= count)
+    return reinterpret_cast<const float4 *>(data)[u];
+  float4 v = make_float4(data[i], 0.f, 0.f, 0.f);
+  if (i + 1 < count)
+    v.y = data[i + 1];
+  if (i + 2 < count)
+    v.z = data[i + 2];
+  if (i + 3 < count)
+    v.w = data[i + 3];
+  return v;
+}
+
+template <bool Aligned>
+__device__ __forceinline__ void storeUnit(float *data, size_t u, size_t count, float4 v) {
+  const size_t i = 4 * u;
+  if (Aligned && i + 4 <= count) {
+    reinterpret_cast<float4 *>(data)[u] = v;
+    return;
+  }
+  data[i] = v.x;
+  if (i + 1 < count)
+    data[i + 1] = v.y;
+  if (i + 2 < count)
+    data[i + 2] = v.z;
+  if (i + 3 < count)
+    data[i + 3] = v.w;
+}
+
+/// Unit u of every rank's half `half`, summed in rank order 0..n-1 (the
+/// loads are issued before the adds).
+__device__ __forceinline__ float4 sumOverRanks(const KernelArgs &a, size_t half,
+                                               size_t u) {
+  float4 v[kMaxRanks];
+#pragma unroll
+  for (int p = 0; p < kMaxRanks; ++p)
+    if (p < a.ranks)
+      v[p] = __ldcg(a.buffers[p] + half + u);
+  float4 sum = v[0];
+#pragma unroll
+  for (int p = 1; p < kMaxRanks; ++p)
+    if (p < a.ranks)
+      sum = add(sum, v[p]);
+  return sum;
+}
+
+/// This call's epoch (the same on every block and rank), from device memory.
+__device__ __forceinline__ unsigned long long beginCall(const KernelArgs &a) {
+  __shared__ unsigned long long call;
+  if (threadIdx.x == 0) {
+    volatile unsigned long long *calls = &a.flags[a.rank]->calls[blockIdx.x];
+    call = *calls + 1;
+    *calls = call;
+  }
+  __syncthreads();
+  return call;
+}
+
+template <bool Aligned>
+__global__ void __launch_bounds__(kThreads) oneShotKernel(KernelArgs a) {
+  const unsigned long long call = beginCall(a);
+  const size_t half = (call & 1) * a.halfUnits;
+  const size_t units = (a.count + 3) / 4;
+  const size_t first = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  float4 *own = a.buffers[a.rank] + half;
+  for (size_t u = first; u < units; u += stride)
+    own[u] = loadUnit<Aligned>(a.data, u, a.count);
+  barrier(a, 2 * call);
+  for (size_t u = first; u < units; u += stride)
+    storeUnit<Aligned>(a.data, u, a.count, sumOverRanks(a, half, u));
+}
+
+template <bool Aligned>
+__global__ void __launch_bounds__(kThreads) twoShotKernel(KernelArgs a) {
+  const unsigned long long call = beginCall(a);
+  const size_t half = (call & 1) * a.halfUnits;
+  const size_t units = (a.count + 3) / 4;
+  // Chunk p (rank p's to reduce) is units [begin(p), begin(p + 1)); within a
+  // chunk, units go to (block, thread) by the grid-stride rule.
+  const size_t chunk = (units + a.ranks - 1) / a.ranks;
+  auto begin = [&](int p) {
+    const size_t b = size_t(p) * chunk;
+    return b < units ? b : units;
+  };
+  const size_t first = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  float4 *own = a.buffers[a.rank] + half;
+  for (int p = 0; p < a.ranks; ++p)
+    for (size_t u = begin(p) + first; u < begin(p + 1); u += stride)
+      own[u] = loadUnit<Aligned>(a.data, u, a.count);
+  barrier(a, 2 * call);
+  // Reduce-scatter: this rank's chunk, in place in its own buffer (peers
+  // read only their own chunks of it until the next barrier).
+  for (size_t u = begin(a.rank) + first; u < begin(a.rank + 1); u += stride)
+    own[u] = sumOverRanks(a, half, u);
+  barrier(a, 2 * call + 1);
+  // All-gather: each chunk from the rank that reduced it.
+  for (int p = 0; p < a.ranks; ++p)
+    for (size_t u = begin(p) + first; u < begin(p + 1); u += stride)
+      storeUnit<Aligned>(a.data, u, a.count, __ldcg(a.buffers[p] + half + u));
+}
+
+Status cudaFailure(const std::string &what, cudaError_t e) {
+  return Status::error("IpcAllReduce: " + what + ": " + cudaGetErrorString(e) +
+                       " (" + cudaGetErrorName(e) + ")");
+}
+
+} // namespace
+
+struct IpcAllReduce::Impl {
+  int rank = 0;
+  int ranks = 1;
+  int device = 0;
+  IpcAllReduceOptions options;
+  void *own = nullptr;                 // this rank's region (cudaMalloc)
+  std::vector<void *> opened;          // peers' regions (cudaIpcOpenMemHandle)
+  DeviceFailure *failure = nullptr;    // host-mapped (cudaHostAlloc)
+  DeviceFailure *failureOnDevice = nullptr;
+  KernelArgs args{};
+
+  ~Impl() {
+    int current = -1;
+    cudaGetDevice(&current);
+    cudaSetDevice(device);
+    for (void *p : opened)
+      if (p)
+        cudaIpcCloseMemHandle(p);
+    if (own)
+      cudaFree(own);
+    if (failure)
+      cudaFreeHost(failure);
+    if (current >= 0)
+      cudaSetDevice(current);
+  }
+
+  /// Allocates and zeroes this rank's region, and fills `record`.
+  Status setUp(detail::IpcPeerRecord &record) {
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess)
+      return cudaFailure("selecting device " + std::to_string(device), e);
+    char bus[32] = {};
+    if ((e = cudaDeviceGetPCIBusId(bus, sizeof(bus), device)) != cudaSuccess)
+      return cudaFailure("reading device " + std::to_string(device) + "'s PCI bus id", e);
+    record.pciBusId = bus;
+    const size_t halfBytes = args.halfUnits * sizeof(float4);
+    if ((e = cudaMalloc(&own, kFlagsBytes + 2 * halfBytes)) != cudaSuccess)
+      return cudaFailure("allocating " + std::to_string(kFlagsBytes + 2 * halfBytes) +
+                             " bytes of exchange buffer",
+                         e);
+    // Zero flags before any peer can map them (peers map after reading the
+    // record, published after this synchronisation).
+    if ((e = cudaMemset(own, 0, kFlagsBytes + 2 * halfBytes)) != cudaSuccess ||
+        (e = cudaDeviceSynchronize()) != cudaSuccess)
+      return cudaFailure("zeroing the exchange buffer", e);
+    if ((e = cudaHostAlloc(reinterpret_cast<void **>(&failure), sizeof(DeviceFailure),
+                           cudaHostAllocMapped)) != cudaSuccess)
+      return cudaFailure("allocating the host-mapped failure record", e);
+    failure->waitedForRank = -1;
+    failure->block = -1;
+    failure->barrierValue = 0;
+    if ((e = cudaHostGetDevicePointer(reinterpret_cast<void **>(&failureOnDevice),
+                                      failure, 0)) != cudaSuccess)
+      return cudaFailure("mapping the failure record", e);
+    cudaIpcMemHandle_t handle;
+    if ((e = cudaIpcGetMemHandle(&handle, own)) != cudaSuccess)
+      return cudaFailure("exporting the exchange buffer", e);
+    std::memcpy(record.handle.data(), &handle, sizeof(handle));
+    return Status::ok();
+  }
+
+  /// Checks peer access to each peer's GPU and maps its region.
+  Status openPeers(const std::vector<detail::IpcPeerRecord> &records) {
+    opened.assign(ranks, nullptr);
+    for (int p = 0; p < ranks; ++p) {
+      if (p == rank)
+        continue;
+      const std::string who = "rank " + std::to_string(p) + "'s GPU " + records[p].pciBusId;
+      int peerDevice = -1;
+      cudaError_t e = cudaDeviceGetByPCIBusId(&peerDevice, records[p].pciBusId.c_str());
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        return Status::error("IpcAllReduce: " + who +
+                             " is not visible to this process (CUDA_VISIBLE_DEVICES?), "
+                             "so peer-to-peer access cannot be checked: " +
+                             cudaGetErrorString(e));
+      }
+      int canAccess = 0;
+      if ((e = cudaDeviceCanAccessPeer(&canAccess, device, peerDevice)) != cudaSuccess)
+        return cudaFailure("checking peer access to " + who, e);
+      if (!canAccess)
+        return Status::error("IpcAllReduce: no peer-to-peer access from device " +
+                             std::to_string(device) + " to " + who +
+                             " (device " + std::to_string(peerDevice) +
+                             "); use NCCL for this group");
+      cudaIpcMemHandle_t handle;
+      std::memcpy(&handle, records[p].handle.data(), sizeof(handle));
+      if ((e = cudaIpcOpenMemHandle(&opened[p], handle,
+                                    cudaIpcMemLazyEnablePeerAccess)) != cudaSuccess) {
+        opened[p] = nullptr;
+        return cudaFailure("mapping " + who + "'s exchange buffer", e);
+      }
+    }
+    for (int p = 0; p < ranks; ++p) {
+      char *base = static_cast<char *>(p == rank ? own : opened[p]);
+      args.flags[p] = reinterpret_cast<Flags *>(base);
+      args.buffers[p] = reinterpret_cast<float4 *>(base + kFlagsBytes);
+    }
+    return Status::ok();
+  }
+};
+
+Result<std::unique_ptr<IpcAllReduce>>
+IpcAllReduce::create(RendezvousClient &store, const std::string &prefix, int groupRank,
+                     int groupSize, const IpcAllReduceOptions &options) {
+  LLMIR_RETURN_IF_ERROR(validateIpcAllReduceConfig(groupRank, groupSize, options));
+  if (prefix.empty())
+    return Status::error("IpcAllReduce: empty store prefix");
+  const std::string keys = prefix.back() == '/' ? prefix : prefix + "/";
+  auto impl = std::make_unique<Impl>();
+  impl->rank = groupRank;
+  impl->ranks = groupSize;
+  impl->options = options;
+  impl->args.rank = groupRank;
+  impl->args.ranks = groupSize;
+  impl->args.halfUnits = (options.maxBytes + sizeof(float4) - 1) / sizeof(float4);
+  impl->args.timeoutNs =
+      static_cast<unsigned long long>(options.timeout.count()) * 1000000ull;
+
+  detail::IpcPeerRecord mine;
+  mine.machineId = detail::localMachineId();
+  mine.hostname = detail::localHostname();
+  mine.maxBytes = options.maxBytes;
+  mine.oneShotMaxBytes = detail::resolvedOneShotMaxBytes(groupSize, options);
+  impl->device = options.device;
+  const Status setUp = [&]() -> Status {
+    if (impl->device < 0) {
+      cudaError_t e = cudaGetDevice(&impl->device);
+      if (e != cudaSuccess)
+        return cudaFailure("no current CUDA device", e);
+    }
+    return impl->setUp(mine);
+  }();
+  if (!setUp.isOk())
+    mine.error = setUp.message();
+
+  auto records = detail::exchangeIpcPeerRecords(store, keys, groupRank, groupSize, mine,
+                                                options.timeout);
+  Status local = records ? impl->openPeers(*records) : records.status();
+  impl->args.failure = impl->failureOnDevice;
+  Status agreed =
+      detail::agreeOnIpcOutcome(store, keys, groupRank, groupSize, local, options.timeout);
+  if (!agreed.isOk())
+    return agreed.withContext("IpcAllReduce over " + std::to_string(groupSize) +
+                              " ranks (this is rank " + std::to_string(groupRank) + ")");
+  return std::unique_ptr<IpcAllReduce>(new IpcAllReduce(std::move(impl)));
+}
+
+IpcAllReduce::IpcAllReduce(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+IpcAllReduce::~IpcAllReduce() = default;
+
+int IpcAllReduce::groupRank() const { return impl_->rank; }
+int IpcAllReduce::groupSize() const { return impl_->ranks; }
+int IpcAllReduce::device() const { return impl_->device; }
+size_t IpcAllReduce::maxBytes() const { return impl_->options.maxBytes; }
+
+bool IpcAllReduce::handles(size_t count) const {
+  return count <= impl_->options.maxBytes / sizeof(float);
+}
+
+Status IpcAllReduce::lastDeviceError() const {
+  const DeviceFailure *f = impl_->failure;
+  // Volatile: the kernel writes it through the mapping.
+  const int waited = *static_cast<const volatile int *>(&f->waitedForRank);
+  if (waited < 0)
+    return Status::ok();
+  return Status::error(
+      "IpcAllReduce: rank " + std::to_string(impl_->rank) + " waited over " +
+      std::to_string(impl_->options.timeout.count()) + " ms for rank " +
+      std::to_string(waited) + " at barrier " + std::to_string(f->barrierValue) +
+      " (block " + std::to_string(f->block) +
+      "); the peer died or called a different sequence of collectives, and the "
+      "kernel trapped (this process's CUDA context is lost)");
+}
+
+Status IpcAllReduce::allReduceSum(float *data, size_t count, CUstream_st *stream) {
+  auto algorithm = chooseIpcAllReduceAlgorithm(count, impl_->ranks, impl_->options);
+  if (!algorithm)
+    return algorithm.status();
+  return allReduceSum(data, count, stream, *algorithm);
+}
+
+Status IpcAllReduce::allReduceSum(float *data, size_t count, CUstream_st *stream,
+                                  IpcAllReduceAlgorithm algorithm) {
+  LLMIR_RETURN_IF_ERROR(lastDeviceError());
+  if (!handles(count))
+    return chooseIpcAllReduceAlgorithm(count, impl_->ranks, impl_->options).status();
+  if (count == 0)
+    return Status::ok();
+  if (!data)
+    return Status::error("IpcAllReduce: null buffer for " + std::to_string(count) +
+                         " floats");
+  int current = -1;
+  cudaError_t e = cudaGetDevice(&current);
+  if (e != cudaSuccess)
+    return cudaFailure("reading the current device", e);
+  if (current != impl_->device)
+    return Status::error("IpcAllReduce: the current device is " + std::to_string(current) +
+                         " but this rank's buffers are on device " +
+                         std::to_string(impl_->device) + "; cudaSetDevice first");
+  KernelArgs args = impl_->args;
+  args.data = data;
+  args.count = count;
+  const bool aligned = reinterpret_cast<uintptr_t>(data) % sizeof(float4) == 0;
+  cudaStream_t s = stream;
+  if (algorithm == IpcAllReduceAlgorithm::OneShot)
+    aligned ? oneShotKernel<true><<<kBlocks, kThreads, 0, s>>>(args)
+            : oneShotKernel<false><<<kBlocks, kThreads, 0, s>>>(args);
+  else
+    aligned ? twoShotKernel<true><<<kBlocks, kThreads, 0, s>>>(args)
+            : twoShotKernel<false><<<kBlocks, kThreads, 0, s>>>(args);
+  if ((e = cudaGetLastError()) != cudaSuccess)
+    return cudaFailure(std::string("launching the ") + ipcAllReduceAlgorithmName(algorithm) +
+                           " kernel",
+                       e);
+  return Status::ok();
+}
+
+} // namespace llmir::runtime
