@@ -83,7 +83,7 @@ Status awaitKeys(RendezvousClient &store, const std::string &prefix,
     return Status::ok();
   return Status::error((missing.size() == 1 ? "rank " : "ranks ") +
                        joinRanks(missing) + " of " + std::to_string(groupSize) +
-                       " did not publish its " + kind + " within " +
+                       " did not publish " + (kind == "record" ? "a record" : "an outcome") + " within " +
                        std::to_string(timeout.count()) + " ms (store prefix '" +
                        prefix + "')");
 }
@@ -214,7 +214,11 @@ Status agreeOnIpcOutcome(RendezvousClient &store, const std::string &prefix,
   // Empty value: this rank is ready; otherwise its error.
   LLMIR_RETURN_IF_ERROR(store.set(prefix + "outcome/" + std::to_string(groupRank),
                                   local.isOk() ? std::string() : local.message()));
-  LLMIR_RETURN_IF_ERROR(awaitKeys(store, prefix, "outcome", groupSize, timeout));
+  if (Status waited = awaitKeys(store, prefix, "outcome", groupSize, timeout);
+      !waited.isOk())
+    return local.isOk() ? waited
+                        : Status::error("rank " + std::to_string(groupRank) + ": " +
+                                        local.message() + "; then " + waited.message());
   std::string failures;
   for (int r = 0; r < groupSize; ++r) {
     auto value = store.get(prefix + "outcome/" + std::to_string(r), timeout);
