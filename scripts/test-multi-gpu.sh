@@ -6,11 +6,14 @@
 # logits) and the local mesh with GPU shard workers (scripts/mesh.sh
 # --smoke on the demo model, tests/integration/mesh_fixtures_smoke.sh on the
 # ../shared fixtures). Layouts needing more GPUs than visible are skipped.
+# Before them, runtime_ipc_allreduce_test: the CUDA IPC all-reduce between
+# one process per visible GPU against NCCL, eager and in a replayed graph.
 #
 #   scripts/test-multi-gpu.sh            build with CUDA, ctest -L multi_gpu
 #   scripts/test-multi-gpu.sh --bin DIR  binaries from DIR, no build (a GPU
 #                                        machine without the build's packages)
-# PARTS="runtime generate mesh" (the default) chooses which parts run.
+# PARTS="runtime generate mesh" (the default) chooses which parts run; "runtime"
+# is the NCCL and IPC all-reduce tests.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
@@ -21,9 +24,12 @@ export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" # the lent machines need multic
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 parts="${PARTS:-runtime generate mesh}"
 # The runtime's NCCL operations, blocking and stream-ordered (graph replays,
-# a dead peer's collective failing the wait instead of hanging it).
-[[ " $parts " == *" runtime "* ]] &&
-step runtime_nccl_test "$bin/runtime_nccl_test"
+# a dead peer's collective failing the wait instead of hanging it), and the
+# IPC all-reduce against NCCL.
+if [[ " $parts " == *" runtime "* ]]; then
+  step runtime_nccl_test "$bin/runtime_nccl_test"
+  step "ipc all-reduce" "$bin/runtime_ipc_allreduce_test"
+fi
 [[ " $parts " == *" generate "* ]] &&
 step "llmir-generate $layouts" python3 "$root/tests/integration/multi_gpu_generate_test.py" \
   --generate "$bin/llmir-generate" --models "$root/models" --fixtures "$fixtures" --layouts "$layouts"

@@ -1,0 +1,442 @@
+// IpcAllReduce between real processes, one GPU per rank (label multi_gpu):
+// one-shot, two-shot and the automatic choice, eagerly and inside a CUDA
+// graph replayed 100 times with new inputs and no host synchronisation in
+// between, against NCCL's all-reduce (DistributedRuntime over nccl) and
+// against the same sums computed on the host in rank order, which the
+// device must match bit for bit (so every rank holds the same bits). Skips
+// when fewer than 2 GPUs are visible (CI) or the GPUs have no peer access.
+#include "RankProcesses.h"
+
+#include "llmir/runtime/DistributedRuntime.h"
+#include "llmir/runtime/IpcAllReduce.h"
+#include "llmir/runtime/RendezvousStore.h"
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+using namespace llmir;
+using namespace llmir::runtime;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char *kSkip = "SKIP: ";
+
+/// Counted without touching CUDA: a parent that initialised CUDA could not
+/// use it in forked ranks.
+int visibleGpus() {
+  std::error_code ec;
+  int count = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    ++count;
+  return count;
+}
+
+Status check(cudaError_t e, const std::string &what) {
+  return e == cudaSuccess ? Status::ok()
+                          : Status::error(what + ": " + cudaGetErrorString(e));
+}
+
+/// Rank `rank`'s input element i for test case `seed`: mixed signs and
+/// exponents, so that sums round and their order matters.
+float inputValue(int rank, uint64_t seed, size_t i) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + uint64_t(rank) * 0xBF58476D1CE4E5B9ull +
+               i * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  x *= 0xD6E8FEB86659FD93ull;
+  x ^= x >> 32;
+  const float unit = float(x & 0xFFFFFF) / float(1 << 24) * 2.0f - 1.0f; // [-1, 1)
+  return std::ldexp(unit, int((x >> 24) % 9) - 4);
+}
+
+std::vector<float> inputs(int rank, uint64_t seed, size_t count) {
+  std::vector<float> v(count);
+  for (size_t i = 0; i < count; ++i)
+    v[i] = inputValue(rank, seed, i);
+  return v;
+}
+
+/// The sums in rank order 0..n-1, as the kernels add them.
+std::vector<float> rankOrderSum(int ranks, uint64_t seed, size_t count) {
+  std::vector<float> sum = inputs(0, seed, count);
+  for (int p = 1; p < ranks; ++p)
+    for (size_t i = 0; i < count; ++i)
+      sum[i] += inputValue(p, seed, i);
+  return sum;
+}
+
+/// `got` must equal `want` bit for bit; names the first difference.
+Status bitEqual(const std::vector<float> &got, const std::vector<float> &want,
+                const std::string &what) {
+  for (size_t i = 0; i < want.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0)
+      return Status::error(what + ": element " + std::to_string(i) + " is " +
+                           std::to_string(got[i]) + ", the rank-order sum " +
+                           std::to_string(want[i]));
+  return Status::ok();
+}
+
+uint64_t fnv1a(const std::vector<float> &v) {
+  uint64_t h = 1469598103934665603ull;
+  const unsigned char *p = reinterpret_cast<const unsigned char *>(v.data());
+  for (size_t i = 0; i < v.size() * sizeof(float); ++i)
+    h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+struct Case {
+  size_t count;
+  size_t offset; // floats from a 256-byte aligned allocation: 1 = unaligned
+  std::optional<IpcAllReduceAlgorithm> algorithm; // unset: the automatic choice
+};
+
+std::string describe(const Case &c) {
+  return std::to_string(c.count) + " floats at offset " + std::to_string(c.offset) + ", " +
+         (c.algorithm ? ipcAllReduceAlgorithmName(*c.algorithm) : "automatic");
+}
+
+/// The per-rank setup shared by the tests: runtime over NCCL on GPU `rank`,
+/// an IpcAllReduce over the world, a stream.
+struct RankSetup {
+  std::unique_ptr<DistributedRuntime> runtime;
+  std::unique_ptr<IpcAllReduce> ipc;
+  cudaStream_t stream = nullptr;
+  ~RankSetup() {
+    if (stream)
+      cudaStreamDestroy(stream);
+  }
+};
+
+Status setUpRank(RankSetup &s, int rank, int world, uint16_t port) {
+  setenv("NCCL_NVLS_ENABLE", "0", 0); // the lent machines need multicast off
+  LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(rank), "cudaSetDevice"));
+  RuntimeConfig config;
+  config.worldSize = world;
+  config.rank = rank;
+  config.storePort = port;
+  config.backend = "nccl";
+  config.timeout = 60s;
+  config.storePrefix = "ipc-test";
+  config.cudaDevice = rank;
+  auto rt = DistributedRuntime::init(config);
+  if (!rt)
+    return rt.status();
+  s.runtime = std::move(rt).value();
+  auto ipc = s.runtime->createIpcAllReduce(s.runtime->world());
+  if (!ipc) {
+    if (ipc.message().find("no peer-to-peer access") != std::string::npos)
+      return Status::error(kSkip + ipc.message());
+    return ipc.status();
+  }
+  s.ipc = std::move(ipc).value();
+  if (s.ipc->device() != rank)
+    return Status::error("IpcAllReduce on device " + std::to_string(s.ipc->device()));
+  return check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "stream");
+}
+
+/// Runs `body` on `world` forked ranks; fails the test with each rank's
+/// error, or skips when every rank says why it cannot run.
+void expectRanksPass(int world, const std::function<Status(int)> &body) {
+  auto outcomes = llmir::runtime::testing::runRanks(world, body, 240s);
+  bool allSkip = true;
+  for (auto &o : outcomes)
+    allSkip = allSkip && !o.ok && o.message.rfind(kSkip, 0) == 0;
+  if (allSkip)
+    GTEST_SKIP() << outcomes[0].message;
+  for (size_t r = 0; r < outcomes.size(); ++r)
+    EXPECT_TRUE(outcomes[r].ok) << "rank " << r << ": " << outcomes[r].message;
+}
+
+int testWorld() { return std::min(visibleGpus(), kIpcAllReduceMaxRanks); }
+
+class IpcAllReduceTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    world_ = testWorld();
+    if (world_ < 2)
+      GTEST_SKIP() << "needs 2 or more GPUs; " << world_ << " visible";
+    auto server = RendezvousServer::start("127.0.0.1", 0);
+    ASSERT_TRUE(server.isOk()) << server.message();
+    server_ = std::move(server).value();
+  }
+  int world_ = 0;
+  std::unique_ptr<RendezvousServer> server_;
+};
+
+TEST_F(IpcAllReduceTest, EagerCallsMatchNcclAndTheRankOrderSumBitForBit) {
+  const int world = world_;
+  const uint16_t port = server_->port();
+  expectRanksPass(world, [&](int rank) -> Status {
+    RankSetup s;
+    LLMIR_RETURN_IF_ERROR(setUpRank(s, rank, world, port));
+    std::vector<Case> cases;
+    for (size_t count : {size_t(1), size_t(7), size_t(1023), size_t(1024), size_t(4096),
+                         size_t(4097), size_t(4096 * 8), size_t(4096 * 64),
+                         size_t(4096 * 64 + 3), size_t(100003)})
+      for (size_t offset : {size_t(0), size_t(1)})
+        for (auto algorithm : {std::optional<IpcAllReduceAlgorithm>(),
+                               std::optional(IpcAllReduceAlgorithm::OneShot),
+                               std::optional(IpcAllReduceAlgorithm::TwoShot)})
+          cases.push_back({count, offset, algorithm});
+    const size_t capacity = 4096 * 64 + 3 + 8;
+    float *ipcBuffer = nullptr, *ncclBuffer = nullptr;
+    LLMIR_RETURN_IF_ERROR(check(cudaMalloc(&ipcBuffer, capacity * sizeof(float)), "malloc"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMalloc(&ncclBuffer, capacity * sizeof(float)), "malloc"));
+    const float sentinel = 12345.0f;
+    std::vector<float> guard(capacity, sentinel);
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const Case &c = cases[k];
+      const std::string what = describe(c);
+      const uint64_t seed = 1000 + k;
+      const std::vector<float> in = inputs(rank, seed, c.count);
+      // Sentinels around the message catch a store past either end.
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(ipcBuffer, guard.data(), capacity * sizeof(float),
+                                             cudaMemcpyHostToDevice), "guard"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(ipcBuffer + c.offset, in.data(),
+                                             c.count * sizeof(float), cudaMemcpyHostToDevice),
+                                  "upload"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(ncclBuffer, in.data(), c.count * sizeof(float),
+                                             cudaMemcpyHostToDevice), "upload"));
+      Status reduced = c.algorithm ? s.ipc->allReduceSum(ipcBuffer + c.offset, c.count,
+                                                         s.stream, *c.algorithm)
+                                   : s.ipc->allReduceSum(ipcBuffer + c.offset, c.count, s.stream);
+      LLMIR_RETURN_IF_ERROR(reduced.withContext(what));
+      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), what));
+      LLMIR_RETURN_IF_ERROR(s.runtime->allReduce(ncclBuffer, c.count, DataType::F32,
+                                                 ReduceOp::Sum, s.runtime->world()));
+      std::vector<float> all(capacity), nccl(c.count);
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(all.data(), ipcBuffer, capacity * sizeof(float),
+                                             cudaMemcpyDeviceToHost), "download"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(nccl.data(), ncclBuffer, c.count * sizeof(float),
+                                             cudaMemcpyDeviceToHost), "download"));
+      for (size_t i = 0; i < capacity; ++i)
+        if ((i < c.offset || i >= c.offset + c.count) && all[i] != sentinel)
+          return Status::error(what + ": wrote element " + std::to_string(i) +
+                               " outside the message");
+      std::vector<float> got(all.begin() + c.offset, all.begin() + c.offset + c.count);
+      LLMIR_RETURN_IF_ERROR(bitEqual(got, rankOrderSum(world, seed, c.count), what));
+      // NCCL adds in its own order: equal within float rounding of the sum
+      // of magnitudes (bit-equal with 2 ranks, where a + b is the only sum).
+      for (size_t i = 0; i < c.count; ++i) {
+        double magnitude = 0;
+        for (int p = 0; p < world; ++p)
+          magnitude += std::fabs(inputValue(p, seed, i));
+        if (std::fabs(double(got[i]) - double(nccl[i])) > world * FLT_EPSILON * magnitude)
+          return Status::error(what + ": element " + std::to_string(i) + " is " +
+                               std::to_string(got[i]) + ", NCCL's " + std::to_string(nccl[i]));
+      }
+      // Every rank holds the same bits.
+      int64_t mine = static_cast<int64_t>(fnv1a(got));
+      std::vector<int64_t> everyone(world);
+      LLMIR_RETURN_IF_ERROR(s.runtime->allGather(&mine, everyone.data(), 2, DataType::I32,
+                                                 s.runtime->world()));
+      for (int p = 0; p < world; ++p)
+        if (everyone[p] != mine)
+          return Status::error(what + ": rank " + std::to_string(p) +
+                               " holds different bits than rank " + std::to_string(rank));
+    }
+    LLMIR_RETURN_IF_ERROR(s.ipc->lastDeviceError());
+    cudaFree(ipcBuffer);
+    cudaFree(ncclBuffer);
+    return s.runtime->barrier(); // nobody frees its buffer while a peer reads it
+  });
+}
+
+TEST_F(IpcAllReduceTest, AGraphReplayedWithNewInputsGivesEveryReplaysSums) {
+  const int world = world_;
+  const uint16_t port = server_->port();
+  expectRanksPass(world, [&](int rank) -> Status {
+    RankSetup s;
+    LLMIR_RETURN_IF_ERROR(setUpRank(s, rank, world, port));
+    // Four calls per replay: A one-shot, B (unaligned) two-shot, C with the
+    // automatic choice, then A again two-shot (the sum of the sums), so
+    // consecutive calls alternate buffer halves within and across replays.
+    struct Slot {
+      size_t count, offset;
+      float *device = nullptr;
+    };
+    Slot a{4096, 0}, b{1023, 1}, c{4096 * 16 + 5, 0};
+    for (Slot *slot : {&a, &b, &c})
+      LLMIR_RETURN_IF_ERROR(check(
+          cudaMalloc(&slot->device, (slot->count + slot->offset) * sizeof(float)), "malloc"));
+    auto capture = [&]() -> Status {
+      LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(a.device, a.count, s.stream,
+                                                IpcAllReduceAlgorithm::OneShot));
+      LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(b.device + b.offset, b.count, s.stream,
+                                                IpcAllReduceAlgorithm::TwoShot));
+      LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(c.device, c.count, s.stream));
+      return s.ipc->allReduceSum(a.device, a.count, s.stream, IpcAllReduceAlgorithm::TwoShot);
+    };
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    LLMIR_RETURN_IF_ERROR(
+        check(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal), "capture"));
+    Status captured = capture();
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamEndCapture(s.stream, &graph), "end capture"));
+    LLMIR_RETURN_IF_ERROR(captured.withContext("capturing"));
+    LLMIR_RETURN_IF_ERROR(check(cudaGraphInstantiate(&exec, graph, 0), "instantiate"));
+
+    // All replays queued at once from pinned memory: inputs in, graph, out.
+    constexpr int kReplays = 100;
+    const size_t perReplay = a.count + b.count + c.count;
+    float *in = nullptr, *out = nullptr;
+    LLMIR_RETURN_IF_ERROR(check(cudaMallocHost(&in, kReplays * perReplay * sizeof(float)), "pin"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMallocHost(&out, kReplays * perReplay * sizeof(float)), "pin"));
+    auto seedOf = [](int replay, int slot) { return uint64_t(50000 + replay * 3 + slot); };
+    for (int r = 0; r < kReplays; ++r) {
+      float *dst = in + r * perReplay;
+      int slotIndex = 0;
+      for (Slot *slot : {&a, &b, &c}) {
+        std::vector<float> v = inputs(rank, seedOf(r, slotIndex++), slot->count);
+        std::memcpy(dst, v.data(), v.size() * sizeof(float));
+        dst += slot->count;
+      }
+    }
+    for (int r = 0; r < kReplays; ++r) {
+      float *src = in + r * perReplay, *dst = out + r * perReplay;
+      for (Slot *slot : {&a, &b, &c}) {
+        LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(slot->device + slot->offset, src,
+                                                    slot->count * sizeof(float),
+                                                    cudaMemcpyHostToDevice, s.stream),
+                                    "upload"));
+        src += slot->count;
+      }
+      LLMIR_RETURN_IF_ERROR(check(cudaGraphLaunch(exec, s.stream), "replay"));
+      for (Slot *slot : {&a, &b, &c}) {
+        LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(dst, slot->device + slot->offset,
+                                                    slot->count * sizeof(float),
+                                                    cudaMemcpyDeviceToHost, s.stream),
+                                    "download"));
+        dst += slot->count;
+      }
+    }
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), "replays"));
+    LLMIR_RETURN_IF_ERROR(s.ipc->lastDeviceError());
+    for (int r = 0; r < kReplays; ++r) {
+      const float *got = out + r * perReplay;
+      int slotIndex = 0;
+      for (Slot *slot : {&a, &b, &c}) {
+        std::vector<float> want = rankOrderSum(world, seedOf(r, slotIndex), slot->count);
+        if (slot == &a) // reduced twice: every rank then adds the same sum
+          for (float &v : want) {
+            const float once = v;
+            for (int p = 1; p < world; ++p)
+              v += once;
+          }
+        LLMIR_RETURN_IF_ERROR(bitEqual(std::vector<float>(got, got + slot->count), want,
+                                       "replay " + std::to_string(r) + ", slot " +
+                                           std::to_string(slotIndex)));
+        got += slot->count;
+        ++slotIndex;
+      }
+    }
+
+    // Eager calls continue the same epochs after the replays.
+    std::vector<float> eager = inputs(rank, 7, a.count);
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(a.device, eager.data(), a.count * sizeof(float),
+                                           cudaMemcpyHostToDevice), "upload"));
+    LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(a.device, a.count, s.stream));
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), "eager after replays"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(eager.data(), a.device, a.count * sizeof(float),
+                                           cudaMemcpyDeviceToHost), "download"));
+    LLMIR_RETURN_IF_ERROR(bitEqual(eager, rankOrderSum(world, 7, a.count), "eager after replays"));
+
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaFreeHost(in);
+    cudaFreeHost(out);
+    for (Slot *slot : {&a, &b, &c})
+      cudaFree(slot->device);
+    return s.runtime->barrier();
+  });
+}
+
+TEST_F(IpcAllReduceTest, MessagesOverTheBufferAreRefusedUntouched) {
+  const int world = world_;
+  const uint16_t port = server_->port();
+  expectRanksPass(world, [&](int rank) -> Status {
+    RankSetup s;
+    LLMIR_RETURN_IF_ERROR(setUpRank(s, rank, world, port));
+    const size_t limit = s.ipc->maxBytes() / sizeof(float);
+    if (!s.ipc->handles(limit) || s.ipc->handles(limit + 1))
+      return Status::error("handles() disagrees with maxBytes " +
+                           std::to_string(s.ipc->maxBytes()));
+    float *device = nullptr;
+    LLMIR_RETURN_IF_ERROR(check(cudaMalloc(&device, 16 * sizeof(float)), "malloc"));
+    std::vector<float> values(16, 3.0f);
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(device, values.data(), 64, cudaMemcpyHostToDevice),
+                                "upload"));
+    for (auto algorithm : {IpcAllReduceAlgorithm::OneShot, IpcAllReduceAlgorithm::TwoShot}) {
+      Status refused = s.ipc->allReduceSum(device, limit + 1, s.stream, algorithm);
+      if (refused.isOk() || refused.message().find("use NCCL") == std::string::npos)
+        return Status::error("a message over the buffer was not refused: " + refused.message());
+    }
+    Status refused = s.ipc->allReduceSum(device, limit + 1, s.stream);
+    if (refused.isOk())
+      return Status::error("a message over the buffer was not refused");
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), "sync"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(values.data(), device, 64, cudaMemcpyDeviceToHost),
+                                "download"));
+    for (float v : values)
+      if (v != 3.0f)
+        return Status::error("a refused call changed the buffer");
+    // Still usable afterwards.
+    LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(device, 16, s.stream));
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), "sync"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(values.data(), device, 64, cudaMemcpyDeviceToHost),
+                                "download"));
+    if (values[15] != 3.0f * world)
+      return Status::error("sum after a refusal: " + std::to_string(values[15]));
+    cudaFree(device);
+    return s.runtime->barrier();
+  });
+}
+
+TEST_F(IpcAllReduceTest, APeerThatNeverCallsIsNamedAfterTheTimeout) {
+  // Two ranks over the store only (no NCCL): rank 0 all-reduces, rank 1
+  // does not. Rank 0's kernel must give up after its timeout, trap, and
+  // name rank 1; rank 1 stays alive (its buffer mapped) until then.
+  const uint16_t port = server_->port();
+  expectRanksPass(2, [&](int rank) -> Status {
+    LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(rank), "cudaSetDevice"));
+    auto store = RendezvousClient::connect("127.0.0.1", port, 30s);
+    if (!store)
+      return store.status();
+    IpcAllReduceOptions options;
+    options.timeout = 2s;
+    auto ipc = IpcAllReduce::create(**store, "ipc-timeout/", rank, 2, options);
+    if (!ipc)
+      return ipc.message().find("no peer-to-peer access") != std::string::npos
+                 ? Status::error(kSkip + ipc.message())
+                 : ipc.status();
+    if (rank == 1) {
+      auto done = (*store)->get("rank0-done", 60s);
+      return done ? Status::ok() : done.status();
+    }
+    float *device = nullptr;
+    LLMIR_RETURN_IF_ERROR(check(cudaMalloc(&device, 64 * sizeof(float)), "malloc"));
+    LLMIR_RETURN_IF_ERROR((*ipc)->allReduceSum(device, 64, nullptr));
+    cudaError_t e = cudaDeviceSynchronize();
+    Status named = (*ipc)->lastDeviceError();
+    (void)(*store)->set("rank0-done", "1");
+    if (e == cudaSuccess)
+      return Status::error("the all-reduce finished without its peer");
+    if (named.isOk() || named.message().find("for rank 1") == std::string::npos)
+      return Status::error("lastDeviceError does not name rank 1: '" + named.message() +
+                           "' (CUDA said " + cudaGetErrorString(e) + ")");
+    Status refused = (*ipc)->allReduceSum(device, 64, nullptr);
+    if (refused.isOk())
+      return Status::error("a call after the timeout was accepted");
+    return Status::ok();
+  });
+}
+
+} // namespace
