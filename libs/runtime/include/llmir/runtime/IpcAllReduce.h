@@ -84,6 +84,7 @@ public:
   /// any rank cannot take part: ranks on different hosts, two ranks on one
   /// GPU, no peer-to-peer access between two GPUs (PCIe without P2P, a peer's
   /// GPU hidden by CUDA_VISIBLE_DEVICES), no CUDA. Callers then use NCCL.
+  /// Leaves the rank's device current (allReduceSum expects it).
   static Result<std::unique_ptr<IpcAllReduce>>
   create(RendezvousClient &store, const std::string &prefix, int groupRank,
          int groupSize, const IpcAllReduceOptions &options = {});
