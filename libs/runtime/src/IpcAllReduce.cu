@@ -250,6 +250,8 @@ struct IpcAllReduce::Impl {
   KernelArgs args{};
 
   ~Impl() {
+    if (!own && !failure && opened.empty())
+      return; // nothing was allocated (no device): touch no CUDA state
     int current = -1;
     cudaGetDevice(&current);
     cudaSetDevice(device);
