@@ -126,6 +126,9 @@ public:
     LLMIR_RETURN_IF_ERROR(check(cudaMemset(buffer_, 0, kMaxBytes), "cudaMemset"));
     LLMIR_RETURN_IF_ERROR(check(cudaDeviceSynchronize(), "sync"));
 
+    if (ipc_)
+      LLMIR_RETURN_IF_ERROR(checkIpcSums());
+
     if (rank_ == 0) {
       int nccl = 0;
       ncclGetVersion(&nccl);
@@ -200,6 +203,34 @@ private:
       std::memcpy(id.internal, bytes->data(), sizeof(id.internal));
     }
     return check(ncclCommInitRank(&comm_, ranks_, id, rank_), "ncclCommInitRank");
+  }
+
+  /// Times of a wrong kernel mean nothing: one-shot and two-shot must give
+  /// the exact sums of small integers first (runtime_ipc_allreduce_test
+  /// checks them thoroughly).
+  Status checkIpcSums() {
+    const size_t count = 4096 * 8 + 3;
+    for (auto algorithm : {runtime::IpcAllReduceAlgorithm::OneShot,
+                           runtime::IpcAllReduceAlgorithm::TwoShot}) {
+      std::vector<float> values(count);
+      for (size_t i = 0; i < count; ++i)
+        values[i] = float((i % 100) * (rank_ + 1));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(buffer_, values.data(), count * sizeof(float),
+                                             cudaMemcpyHostToDevice), "upload"));
+      LLMIR_RETURN_IF_ERROR(ipc_->allReduceSum(buffer_, count, stream_, algorithm));
+      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "check"));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(values.data(), buffer_, count * sizeof(float),
+                                             cudaMemcpyDeviceToHost), "download"));
+      const float ranksSum = float(ranks_ * (ranks_ + 1) / 2);
+      for (size_t i = 0; i < count; ++i)
+        if (values[i] != float(i % 100) * ranksSum)
+          return Status::error(std::string(runtime::ipcAllReduceAlgorithmName(algorithm)) +
+                               " gave " + std::to_string(values[i]) + " at element " +
+                               std::to_string(i) + ", expected " +
+                               std::to_string(float(i % 100) * ranksSum));
+    }
+    LLMIR_RETURN_IF_ERROR(check(cudaMemset(buffer_, 0, kMaxBytes), "cudaMemset"));
+    return check(cudaDeviceSynchronize(), "sync");
   }
 
   /// The ranks start each measurement together.
