@@ -242,12 +242,60 @@ LogicalResult DistributedAttentionOp::verify() {
   }
 }
 
+namespace {
+
+/// The layers of a KV cache type (paged or sharded).
+int64_t cacheLayers(Type cache) {
+  if (auto paged = cache.dyn_cast<PagedKVCacheType>())
+    return paged.getNumLayers();
+  return cache.cast<ShardedKVCacheType>().getNumLayers();
+}
+
+/// Both forms of remote_load / remote_store: the seed's needs `device` (and
+/// a tensor), the cache form `layer_begin` < `layer_end` within the cache.
+LogicalResult verifyRemoteForm(Operation *op, Type target, Optional<int32_t> device,
+                               Optional<int32_t> layerBegin, Optional<int32_t> layerEnd,
+                               bool hasTensor, StringRef tensorRole) {
+  const bool cacheForm = !target.isa<DevicePtrType>();
+  if (!cacheForm) {
+    if (!device)
+      return op->emitOpError() << "on a !llm.device_ptr needs 'device'";
+    if (layerBegin || layerEnd)
+      return op->emitOpError()
+             << "on a !llm.device_ptr takes no layer_begin / layer_end (those name "
+                "the layers of a KV cache)";
+    if (!hasTensor)
+      return op->emitOpError() << "on a !llm.device_ptr needs a tensor " << tensorRole;
+    return verifyAtLeast(op, "device", *device, 0);
+  }
+  if (device)
+    return op->emitOpError() << "on a KV cache takes no 'device' (the store is "
+                                "content-keyed)";
+  if (hasTensor)
+    return op->emitOpError() << "on a KV cache has no tensor " << tensorRole
+                             << ": the step's blocks move in place";
+  if (!layerBegin || !layerEnd)
+    return op->emitOpError() << "on a KV cache needs layer_begin and layer_end";
+  const int64_t layers = cacheLayers(target);
+  if (*layerBegin < 0 || *layerBegin >= *layerEnd || *layerEnd > layers)
+    return op->emitOpError() << "layers [" << *layerBegin << ", " << *layerEnd
+                             << ") are not a non-empty range within the cache's "
+                             << layers << " layers";
+  return success();
+}
+
+} // namespace
+
 LogicalResult RemoteLoadOp::verify() {
-  return verifyAtLeast(getOperation(), "device", getDevice(), 0);
+  return verifyRemoteForm(getOperation(), getAddress().getType(), getDevice(),
+                          getLayerBegin(), getLayerEnd(),
+                          static_cast<bool>(getResult()), "result");
 }
 
 LogicalResult RemoteStoreOp::verify() {
-  return verifyAtLeast(getOperation(), "device", getDevice(), 0);
+  return verifyRemoteForm(getOperation(), getAddress().getType(), getDevice(),
+                          getLayerBegin(), getLayerEnd(),
+                          static_cast<bool>(getData()), "operand");
 }
 
 LogicalResult CostAnnotationOp::verify() {

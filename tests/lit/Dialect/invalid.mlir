@@ -516,6 +516,78 @@ func.func @remote_58(%a: !llm.device_ptr, %d: tensor<16x1024xf16>) {
 
 // -----
 
+func.func @remote_cache_device(%c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // expected-error @+1 {{'llm.remote_load' op on a KV cache takes no 'device' (the store is content-keyed)}}
+  llm.remote_load(%c) {device = 0 : i32, layer_begin = 0 : i32, layer_end = 4 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_cache_no_layers(%c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // expected-error @+1 {{'llm.remote_store' op on a KV cache needs layer_begin and layer_end}}
+  llm.remote_store(%c) {layer_begin = 0 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_cache_layers_past_the_cache(%c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // expected-error @+1 {{'llm.remote_load' op layers [2, 5) are not a non-empty range within the cache's 4 layers}}
+  llm.remote_load(%c) {layer_begin = 2 : i32, layer_end = 5 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_cache_empty_range(%c: !llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) {
+  // expected-error @+1 {{'llm.remote_store' op layers [1, 1) are not a non-empty range within the cache's 4 layers}}
+  llm.remote_store(%c) {layer_begin = 1 : i32, layer_end = 1 : i32} : (!llm.sharded_kv_cache<f32, 4, 4, 32, 16, 1024, shards=2>) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_cache_with_result(%c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // expected-error @+1 {{'llm.remote_load' op on a KV cache has no tensor result: the step's blocks move in place}}
+  %t = llm.remote_load(%c) {layer_begin = 0 : i32, layer_end = 1 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @remote_cache_with_data(%c: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>, %d: tensor<4xf32>) {
+  // expected-error @+1 {{'llm.remote_store' op on a KV cache has no tensor operand: the step's blocks move in place}}
+  llm.remote_store(%d, %c) {layer_begin = 0 : i32, layer_end = 1 : i32} : (tensor<4xf32>, !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_ptr_without_device(%a: !llm.device_ptr) {
+  // expected-error @+1 {{'llm.remote_load' op on a !llm.device_ptr needs 'device'}}
+  %r = llm.remote_load(%a) : (!llm.device_ptr) -> tensor<16x1024xf16>
+  return
+}
+
+// -----
+
+func.func @remote_ptr_with_layers(%a: !llm.device_ptr, %d: tensor<16x1024xf16>) {
+  // expected-error @+1 {{'llm.remote_store' op on a !llm.device_ptr takes no layer_begin / layer_end (those name the layers of a KV cache)}}
+  llm.remote_store(%d, %a) {device = 1 : i32, layer_begin = 0 : i32, layer_end = 1 : i32} : (tensor<16x1024xf16>, !llm.device_ptr) -> ()
+  return
+}
+
+// -----
+
+func.func @remote_ptr_without_result(%a: !llm.device_ptr) {
+  // expected-error @+1 {{'llm.remote_load' op on a !llm.device_ptr needs a tensor result}}
+  llm.remote_load(%a) {device = 1 : i32} : (!llm.device_ptr) -> ()
+  return
+}
+
+// -----
+
 // ---- cost_annotation
 func.func @cost_annotation_59(%op: !llm.op) {
   // expected-error @+1 {{'llm.cost_annotation' op compute_flops is -1, expected >= 0}}

@@ -95,6 +95,17 @@ func.func @remote_memory(%address: !llm.device_ptr, %data: tensor<16x1024xf16>) 
   return %remote_data : tensor<16x1024xf16>
 }
 
+// The cache form: the step's KV blocks of layers [layer_begin, layer_end)
+// into (load) or out of (store) the cache; no tensor moves.
+// CHECK-LABEL: func.func @remote_kv_blocks
+func.func @remote_kv_blocks(%cache: !llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) {
+  // CHECK: llm.remote_load(%{{.*}}) {layer_begin = 0 : i32, layer_end = 4 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  llm.remote_load(%cache) {layer_begin = 0 : i32, layer_end = 4 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  // CHECK: llm.remote_store(%{{.*}}) {layer_begin = 1 : i32, layer_end = 2 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  llm.remote_store(%cache) {layer_begin = 1 : i32, layer_end = 2 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  return
+}
+
 // CHECK-LABEL: func.func @cost_model
 func.func @cost_model(%op: !llm.op) {
   // CHECK: llm.cost_annotation(%{{.*}}) {communication_bytes = 4096 : i64, compute_flops = 1.024000e+03 : f32, memory_bytes = 8192 : i64} : (!llm.op) -> ()

@@ -20,5 +20,10 @@ func.func @unused_results(%x: tensor<?x256xf32>, %k_in: tensor<?x128xf32>, %posi
   %sum = llm.all_reduce(%t) {reduction = "max", group_size = 2 : i32} : (tensor<16x1024xf16>) -> tensor<16x1024xf16>
   // CHECK: llm.remote_store
   llm.remote_store(%t, %addr) {device = 0 : i32} : (tensor<16x1024xf16>, !llm.device_ptr) -> ()
+  // The cache forms have no result to be unused: they move KV blocks.
+  // CHECK: llm.remote_load(%{{.*}}) {layer_begin
+  llm.remote_load(%cache) {layer_begin = 0 : i32, layer_end = 4 : i32} : (!llm.paged_kv_cache<f32, 4, 4, 32, 16, 1024>) -> ()
+  // CHECK: llm.remote_store(%{{.*}}) {layer_begin
+  llm.remote_store(%kv) {layer_begin = 0 : i32, layer_end = 12 : i32} : (!llm.sharded_kv_cache<f16, 12, 16, 64, 16, 32768, shards=4>) -> ()
   return
 }

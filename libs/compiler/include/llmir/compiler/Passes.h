@@ -26,6 +26,7 @@ std::unique_ptr<mlir::Pass> createModelPartitioningPass(PartitionOptions options
 std::unique_ptr<mlir::Pass> createCommunicationInsertionPass();
 std::unique_ptr<mlir::Pass> createMemoryPlanningPass();
 std::unique_ptr<mlir::Pass> createMemoryPlanningPass(std::optional<ClusterSpec> cluster);
+std::unique_ptr<mlir::Pass> createKvTransferInsertionPass();
 
 #define GEN_PASS_REGISTRATION
 #include "llmir/compiler/Passes.h.inc"

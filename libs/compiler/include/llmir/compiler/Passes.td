@@ -1,8 +1,10 @@
 //===- Passes.td - the llm compiler passes ------------------*- tablegen -*-===//
 //
 // Run in this order (llmir-compile and Compile.h do): llm-cost-model,
-// llm-partition, llm-insert-communication, llm-plan-memory. They talk through
-// module attributes: `llm.partition` (degrees and layers per stage) and
+// llm-partition, llm-insert-communication, llm-plan-memory, and
+// llm-insert-kv-transfers when the ranks' caches are connected to the
+// KV-block store (CompileOptions::kvStore). They talk through module
+// attributes: `llm.partition` (degrees and layers per stage) and
 // `llm.memory_plan` (bytes and KV blocks per stage); docs/compiler.md.
 //
 //===----------------------------------------------------------------------===//
@@ -48,6 +50,13 @@ def MemoryPlanning : Pass<"llm-plan-memory", "mlir::ModuleOp"> {
     Option<"cluster", "cluster", "std::string", "\"\"",
            "cluster spec (YAML) giving the device memory and serving targets">,
   ];
+}
+
+def KvTransferInsertion : Pass<"llm-insert-kv-transfers", "mlir::ModuleOp"> {
+  let summary = "move the step's KV blocks between the cache and the KV-block store: "
+                "llm.remote_load before a block's first attention, llm.remote_store after its last";
+  let constructor = "llmir::compiler::createKvTransferInsertionPass()";
+  let dependentDialects = ["mlir::llm::LLMDialect"];
 }
 
 #endif // LLMIR_COMPILER_PASSES_TD

@@ -167,16 +167,38 @@ def LLM_DistributedAttentionOp : LLM_Op<"distributed_attention"> {
 // Remote memory and cost annotations
 //===----------------------------------------------------------------------===//
 
-def LLM_RemoteLoadOp : LLM_Op<"remote_load", [MemoryEffects<[MemRead]>]> {
-  let summary = "read a tensor from another device's memory";
-  let arguments = (ins LLM_DevicePtrType:$address, LLM_I32Attr:$device);
-  let results = (outs AnyRankedTensor:$result);
+// Two forms each, chosen by the operand type (docs/ir.md). The seed's moves a
+// tensor through a `!llm.device_ptr` of another `device`. The cache form
+// names KV blocks of a paged or sharded cache, not addresses: "this step's
+// blocks to load (store) for layers [layer_begin, layer_end)" -- which blocks
+// is data of the step (the lowering's KV_LOAD / KV_STORE), and the store is
+// content-keyed. It has no result: the cache operand's memory effects keep
+// it before (load) or after (store) the attention that uses those layers.
+defvar LLM_RemoteTarget =
+    AnyTypeOf<[LLM_DevicePtrType, LLM_PagedKVCacheType, LLM_ShardedKVCacheType]>;
+
+def LLM_RemoteLoadOp : LLM_Op<"remote_load", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "read a tensor from another device's memory, or KV blocks into a cache";
+  let arguments = (ins LLM_RemoteTarget:$address, OptionalAttr<LLM_I32Attr>:$device,
+                       OptionalAttr<LLM_I32Attr>:$layer_begin,
+                       OptionalAttr<LLM_I32Attr>:$layer_end);
+  let results = (outs Optional<AnyRankedTensor>:$result);
+  let extraClassDeclaration = [{
+    /// The cache form: KV blocks of the step into the cache.
+    bool isCacheForm() { return !getAddress().getType().isa<DevicePtrType>(); }
+  }];
 }
 
-def LLM_RemoteStoreOp : LLM_Op<"remote_store", [MemoryEffects<[MemWrite]>]> {
-  let summary = "write a tensor into another device's memory";
-  let arguments = (ins AnyRankedTensor:$data, LLM_DevicePtrType:$address,
-                       LLM_I32Attr:$device);
+def LLM_RemoteStoreOp : LLM_Op<"remote_store", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "write a tensor into another device's memory, or KV blocks out of a cache";
+  let arguments = (ins Optional<AnyRankedTensor>:$data, LLM_RemoteTarget:$address,
+                       OptionalAttr<LLM_I32Attr>:$device,
+                       OptionalAttr<LLM_I32Attr>:$layer_begin,
+                       OptionalAttr<LLM_I32Attr>:$layer_end);
+  let extraClassDeclaration = [{
+    /// The cache form: KV blocks of the step out of the cache to the store.
+    bool isCacheForm() { return !getAddress().getType().isa<DevicePtrType>(); }
+  }];
 }
 
 def LLM_CostAnnotationOp : LLM_Op<"cost_annotation"> {
