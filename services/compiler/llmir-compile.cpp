@@ -26,6 +26,9 @@ static cl::opt<std::string> clusterSpec("cluster",
 static cl::opt<int> tp("tp", cl::desc("Tensor-parallel degree"), cl::init(1));
 static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel degree"), cl::init(1));
 static cl::opt<int> sp("sp", cl::desc("Sequence-parallel degree"), cl::init(1));
+static cl::opt<bool> kvStore(
+    "kv-store", cl::desc("Connect every rank's KV cache to the KV-block store "
+                         "(llm-insert-kv-transfers: KV_LOAD / KV_STORE)"));
 static cl::opt<bool> explain("llm-explain",
                              cl::desc("Print the partition candidates table"));
 
@@ -71,6 +74,7 @@ int main(int argc, char **argv) {
   options.sp = sp;
   options.clusterSpecPath = clusterSpec;
   options.explain = explain;
+  options.kvStore = kvStore;
   auto compiled =
       llmir::compiler::compileModule((*input)->getBuffer().str(), options);
   if (!compiled)

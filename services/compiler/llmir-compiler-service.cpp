@@ -1,7 +1,7 @@
 // llmir-compiler-service: compiles Hugging Face checkpoints into deployment
 // plans (cached by content hash) and serves each rank's ShardProgram.
 //
-//   POST /v1/compile  CompileRequest {"model_dir", "tp", "pp", "sp", "kv_block_size"}
+//   POST /v1/compile  CompileRequest {"model_dir", "tp", "pp", "sp", "kv_block_size", "kv_store"}
 //                     -> CompileResponse {"plan_id", "cache_hit", "plan": DeploymentPlan}
 //                     (proto/compile_service.proto as JSON: compiler/CompileApi.h)
 //   GET  /v1/plans/{id}               -> the plan as JSON
@@ -100,6 +100,7 @@ llmir::Result<svc::CompileRequest> parseCompileRequest(const std::string &body) 
   r.options.pp = parsed->pp();
   r.options.sp = parsed->sp();
   r.options.kvBlockSize = parsed->kv_block_size();
+  r.options.kvStore = parsed->kv_store();
   return r;
 }
 

@@ -34,6 +34,9 @@ struct WorkerMesh::Impl {
     body.set_tp(options.tp);
     body.set_pp(options.pp);
     body.set_kv_block_size(static_cast<int32_t>(options.kvBlockSize));
+    // The ranks' programs then move KV blocks (KV_LOAD / KV_STORE).
+    if (!options.kvStoreHost.empty())
+      body.set_kv_store(true);
     const std::string url = options.compilerUrl + "/v1/compile";
     net::HttpClientRequest request;
     request.method = "POST";

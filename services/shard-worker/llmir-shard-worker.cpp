@@ -91,6 +91,7 @@ struct Metrics {
     prometheus::Family<prometheus::Counter> &blocks;
     prometheus::Family<prometheus::Counter> &bytes;
     prometheus::Family<prometheus::Counter> &failedCalls;
+    prometheus::Family<prometheus::Counter> &instructions;
     llmir::kvstore::WorkerBlockStoreCounters seen;
 
     void add(prometheus::Family<prometheus::Counter> &family, const char *labelName,
@@ -112,6 +113,8 @@ struct Metrics {
       add(failedCalls, "op", "put", c.putCallsFailed, seen.putCallsFailed);
       add(failedCalls, "op", "get", c.loadCallsFailed, seen.loadCallsFailed);
       add(failedCalls, "op", "get_skipped", c.loadsSkipped, seen.loadsSkipped);
+      add(instructions, "op", "KV_LOAD", c.loadInstructions, seen.loadInstructions);
+      add(instructions, "op", "KV_STORE", c.storeInstructions, seen.storeInstructions);
     }
   };
   KvStoreMetrics kvStore{
@@ -130,6 +133,11 @@ struct Metrics {
           .Help("Store calls that failed (store down, restarted or past the deadline) by op: "
                 "put, get, get_skipped (not tried: backing off after a failure); the worker "
                 "goes on without the store.")
+          .Register(*registry),
+      prometheus::BuildCounter()
+          .Name("llmir:worker_kv_transfer_instructions_total")
+          .Help("KV_LOAD / KV_STORE instructions of the rank's program that moved KV blocks "
+                "to or from the store, by op (every block moves through them).")
           .Register(*registry),
       {}};
 

@@ -175,6 +175,8 @@ Result<CompiledModel> compileLoaded(ModuleOp module, const CompileOptions &optio
                       [] { return createCommunicationInsertionPass(); });
   passes.emplace_back("memory planning",
                       [&] { return createMemoryPlanningPass(partitionOptions.cluster); });
+  if (options.kvStore)
+    passes.emplace_back("KV transfer insertion", [] { return createKvTransferInsertionPass(); });
   if (auto stop = cancelledAfter("the import"))
     return *stop;
   for (auto &[stage, create] : passes) {

@@ -83,6 +83,10 @@ public:
       if (llvm::Error err = lower(&op))
         return std::move(err);
     }
+    if (pendingLoadEnd > numAttentionLayers)
+      return errorAt(step, "loads KV blocks of " + llvm::Twine(pendingLoadEnd) +
+                               " layers, the rank runs attention over " +
+                               llvm::Twine(numAttentionLayers));
     return std::move(program);
   }
 
@@ -307,6 +311,14 @@ private:
         })
         .Case([&](llm::SequenceParallelAttentionOp a) {
           return lowerSequenceParallelAttention(a);
+        })
+        .Case([&](llm::RemoteLoadOp l) {
+          return lowerKvTransfer(op, proto::KV_LOAD, l.isCacheForm(), l.getLayerBegin(),
+                                 l.getLayerEnd(), /*beforeAttention=*/true);
+        })
+        .Case([&](llm::RemoteStoreOp s) {
+          return lowerKvTransfer(op, proto::KV_STORE, s.isCacheForm(), s.getLayerBegin(),
+                                 s.getLayerEnd(), /*beforeAttention=*/false);
         })
         .Case([&](llm::SwiGLUOp s) {
           return done(emitUnary(op, proto::SWIGLU, {s.getGate(), s.getUp()}));
@@ -550,6 +562,32 @@ private:
     return llvm::Error::success();
   }
 
+  /// KV_LOAD / KV_STORE of the cache form. The ops name global layers; the
+  /// program numbers a rank's layers by the order of its attention ops
+  /// (describeAttention), so a load names the next `count` of them and a
+  /// store the last `count` lowered.
+  llvm::Error lowerKvTransfer(Operation *op, proto::Opcode opcode, bool cacheForm,
+                              Optional<int32_t> begin, Optional<int32_t> end,
+                              bool beforeAttention) {
+    if (!cacheForm)
+      return errorAt(op, "moves a tensor through a !llm.device_ptr; only the KV cache "
+                         "form lowers to a ShardProgram (KV_LOAD / KV_STORE)");
+    const int64_t count = *end - *begin; // verified: begin < end
+    const int64_t first = beforeAttention ? numAttentionLayers : numAttentionLayers - count;
+    if (first < 0)
+      return errorAt(op, "stores " + llvm::Twine(count) + " layers after only " +
+                             llvm::Twine(numAttentionLayers) +
+                             " attention ops of this rank; it must follow the attention "
+                             "of the layers it names");
+    proto::Instruction *inst = emit(opcode);
+    auto &ints = *inst->mutable_int_attrs();
+    ints["layer_begin"] = first;
+    ints["layer_end"] = first + count;
+    if (beforeAttention)
+      pendingLoadEnd = std::max(pendingLoadEnd, first + count);
+    return llvm::Error::success();
+  }
+
   llvm::Error lowerLogits(llm::LogitsOp l) {
     // Select the rows the step asks logits for, then project them.
     auto select = emit(proto::SELECT_ROWS);
@@ -579,6 +617,9 @@ private:
       std::tuple<std::string, int64_t, int64_t, int64_t, const void *>;
   std::map<WeightKey, uint32_t> weightSlots;
   int64_t numAttentionLayers = 0;
+  /// The end of the layers the KV_LOADs so far named: the program's cache
+  /// must hold them (checked once every attention op is lowered).
+  int64_t pendingLoadEnd = 0;
   /// The function splits the step's rows over the sp group (it holds the
   /// decoder form of llm.sequence_parallel_attention).
   bool tokenSplit = false;

@@ -92,6 +92,14 @@ Result<BoundProgram> bindProgram(const proto::ShardProgram &program,
     b.op = inst.op();
     b.name = "instruction " + std::to_string(i) + " (" + spec.name + ")";
     LLMIR_RETURN_IF_ERROR(checkKnownAttributes(inst, spec).withContext(b.name));
+    if (inst.op() == proto::KV_LOAD || inst.op() == proto::KV_STORE) {
+      // Validated: both attributes present, 0 <= begin < end <= layers.
+      bound.kvTransfers.push_back(
+          {inst.op(), b.name, bound.instructions.size(),
+           static_cast<uint32_t>(inst.int_attrs().at("layer_begin")),
+           static_cast<uint32_t>(inst.int_attrs().at("layer_end"))});
+      continue;
+    }
     b.inputs.assign(inst.inputs().begin(), inst.inputs().end());
     for (uint32_t id : b.inputs)
       b.inputIsWeight.push_back(bound.slots[id].isWeight);

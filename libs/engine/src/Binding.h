@@ -54,6 +54,16 @@ struct BoundInstruction {
   InstructionParams params;
 };
 
+/// A KV_LOAD or KV_STORE: not a kernel, the executor runs it through its
+/// KvTransferHook before compute instruction `before` (instructions.size():
+/// after the last one), so backends see only compute instructions.
+struct BoundKvTransfer {
+  proto::Opcode op = proto::OPCODE_UNSPECIFIED;
+  std::string name; // "instruction 12 (KV_LOAD)": its index in the ShardProgram
+  size_t before = 0;
+  uint32_t layerBegin = 0, layerEnd = 0; // local layers [begin, end)
+};
+
 struct BoundSlot {
   std::string name;
   bool isWeight = false;
@@ -63,7 +73,8 @@ struct BoundSlot {
 
 struct BoundProgram {
   std::vector<BoundSlot> slots;
-  std::vector<BoundInstruction> instructions;
+  std::vector<BoundInstruction> instructions; // compute only
+  std::vector<BoundKvTransfer> kvTransfers;   // in program order
   bool hasOutput = false;
   uint32_t outputSlot = 0;
   int64_t vocabSize = 0;

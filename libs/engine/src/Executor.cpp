@@ -6,6 +6,7 @@
 #include "llmir/model/Safetensors.h"
 #include "llmir/proto/shard_program.pb.h"
 
+#include <algorithm>
 #include <string>
 
 namespace llmir::engine {
@@ -199,9 +200,96 @@ Status Executor::writeKvBlock(int32_t block, std::span<const std::byte> in) {
   return backend_->writeKvBlock(block, in.data());
 }
 
+bool Executor::hasKvTransfers() const { return !program_->kvTransfers.empty(); }
+
+namespace {
+bool programHas(const BoundProgram &program, proto::Opcode op) {
+  return std::any_of(program.kvTransfers.begin(), program.kvTransfers.end(),
+                     [&](const BoundKvTransfer &t) { return t.op == op; });
+}
+} // namespace
+
+Result<KvTransferResult> Executor::transferKvBlocks(const std::vector<KvBlockRun> &loads,
+                                                    const std::vector<KvBlockRun> &stores) {
+  LLMIR_RETURN_IF_ERROR(validateKvBlockRuns(loads, kvCacheShape(), "load"));
+  LLMIR_RETURN_IF_ERROR(validateKvBlockRuns(stores, kvCacheShape(), "store"));
+  if (!kvTransferHook_)
+    return Status::error("KV block transfer: the executor has no KV transfer hook");
+  if (!loads.empty() && !programHas(*program_, proto::KV_LOAD))
+    return Status::error("KV block transfer: the program has no KV_LOAD (compiled "
+                         "without kv_store)");
+  if (!stores.empty() && !programHas(*program_, proto::KV_STORE))
+    return Status::error("KV block transfer: the program has no KV_STORE (compiled "
+                         "without kv_store)");
+  KvTransferResult result;
+  std::vector<KvBlockRun> pending = loads; // shrinks to what every KV_LOAD filled
+  result.loaded.resize(loads.size());
+  for (size_t r = 0; r < loads.size(); ++r)
+    result.loaded[r] = static_cast<uint32_t>(loads[r].blocks.size());
+  for (const BoundKvTransfer &t : program_->kvTransfers) {
+    if (t.op == proto::KV_STORE) {
+      if (stores.empty())
+        continue;
+      auto stored = kvTransferHook_->storeKvBlocks(stores, t.layerBegin, t.layerEnd);
+      if (!stored)
+        return stored.status().withContext(t.name);
+      result.stored += *stored;
+      continue;
+    }
+    if (loads.empty())
+      continue;
+    auto loaded = kvTransferHook_->loadKvBlocks(pending, t.layerBegin, t.layerEnd);
+    if (!loaded)
+      return loaded.status().withContext(t.name);
+    if (loaded->size() != pending.size())
+      return Status::error(t.name + ": the KV transfer hook answered " +
+                           std::to_string(loaded->size()) + " runs of " +
+                           std::to_string(pending.size()));
+    for (size_t r = 0; r < pending.size(); ++r) {
+      result.loaded[r] = std::min(result.loaded[r], (*loaded)[r]);
+      pending[r].blocks.resize(result.loaded[r]);
+    }
+  }
+  return result;
+}
+
+Status Executor::runKvTransfer(const BoundKvTransfer &t, const StepInput &step) {
+  if (t.op == proto::KV_STORE) {
+    if (step.kvStores.empty() || !kvTransferHook_)
+      return Status::ok(); // nothing to store, or no store: blocks stay local
+    auto stored = kvTransferHook_->storeKvBlocks(step.kvStores, t.layerBegin, t.layerEnd);
+    return stored ? Status::ok() : stored.status();
+  }
+  if (step.kvLoads.empty())
+    return Status::ok();
+  // Attention after this reads the blocks: one that did not come fails the
+  // step rather than let attention read whatever the block held.
+  auto loaded = kvTransferHook_->loadKvBlocks(step.kvLoads, t.layerBegin, t.layerEnd);
+  if (!loaded)
+    return loaded.status();
+  for (size_t r = 0; r < step.kvLoads.size(); ++r) {
+    const size_t want = step.kvLoads[r].blocks.size();
+    const size_t got = r < loaded->size() ? (*loaded)[r] : 0;
+    if (got < want)
+      return Status::error("load run " + std::to_string(r) + ": " + std::to_string(got) +
+                           " of its " + std::to_string(want) +
+                           " blocks came from the store; the step attends over all of them");
+  }
+  return Status::ok();
+}
+
 Status Executor::runStep(const StepInput &input, const InstructionObserver &observer) {
   LLMIR_RETURN_IF_ERROR(
       validateStepInput(input, kvCacheShape()).withContext("invalid step"));
+  LLMIR_RETURN_IF_ERROR(validateKvBlockRuns(input.kvLoads, kvCacheShape(), "load")
+                            .withContext("invalid step"));
+  LLMIR_RETURN_IF_ERROR(validateKvBlockRuns(input.kvStores, kvCacheShape(), "store")
+                            .withContext("invalid step"));
+  if (!input.kvLoads.empty() && (!kvTransferHook_ || !programHas(*program_, proto::KV_LOAD)))
+    return Status::error(std::string("invalid step: it names KV blocks to load, but ") +
+                         (kvTransferHook_ ? "the program has no KV_LOAD (compiled without "
+                                            "kv_store)"
+                                          : "the executor has no KV transfer hook"));
   const int64_t vocab = program_->vocabSize;
   for (size_t t = 0; vocab > 0 && t < input.tokenIds.size(); ++t)
     if (input.tokenIds[t] < 0 || input.tokenIds[t] >= vocab)
@@ -210,19 +298,33 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
                            ", outside the vocabulary of " +
                            std::to_string(vocab));
   LLMIR_RETURN_IF_ERROR(backend_->beginStep(input));
-  if (!observer)
+  // A step that moves no blocks runs the compute instructions as a program
+  // without KV_LOAD / KV_STORE would (CUDA graphs included); one that does
+  // runs them one by one with the transfers in between.
+  const bool movesBlocks =
+      kvTransferHook_ && !program_->kvTransfers.empty() &&
+      (!input.kvLoads.empty() || !input.kvStores.empty());
+  if (!observer && !movesBlocks)
     return backend_->runAll(program_->instructions);
+  auto transfer = program_->kvTransfers.begin();
+  auto transfersBefore = [&](size_t i) -> Status {
+    for (; movesBlocks && transfer != program_->kvTransfers.end() && transfer->before <= i;
+         ++transfer)
+      LLMIR_RETURN_IF_ERROR(runKvTransfer(*transfer, input).withContext(transfer->name));
+    return Status::ok();
+  };
   for (size_t i = 0; i < program_->instructions.size(); ++i) {
+    LLMIR_RETURN_IF_ERROR(transfersBefore(i));
     const BoundInstruction &inst = program_->instructions[i];
     LLMIR_RETURN_IF_ERROR(backend_->run(inst).withContext(inst.name));
-    if (!inst.outputs.empty()) {
+    if (observer && !inst.outputs.empty()) {
       Result<Tensor> out = backend_->read(inst.outputs.front());
       if (!out)
         return out.status().withContext(inst.name);
       observer(i, *out);
     }
   }
-  return Status::ok();
+  return transfersBefore(program_->instructions.size());
 }
 
 Result<Tensor> Executor::step(const StepInput &input,

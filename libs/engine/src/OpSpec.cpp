@@ -63,6 +63,8 @@ const OpSpec *findOpSpec(proto::Opcode op) {
         {"scale"},
         false,
         {"sliding_window", "kv_group", "head_offset"}}},
+      {proto::KV_LOAD, {"KV_LOAD", 0, 0, 0, {}, {"layer_begin", "layer_end"}, {}, false}},
+      {proto::KV_STORE, {"KV_STORE", 0, 0, 0, {}, {"layer_begin", "layer_end"}, {}, false}},
   };
   auto it = specs.find(op);
   return it == specs.end() ? nullptr : &it->second;

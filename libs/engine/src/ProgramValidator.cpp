@@ -130,6 +130,15 @@ Status validateAttributeValues(const proto::Instruction &inst,
                            std::to_string(kvHeads));
     return Status::ok();
   }
+  case proto::KV_LOAD:
+  case proto::KV_STORE: {
+    const int64_t begin = ints.at("layer_begin"), end = ints.at("layer_end");
+    if (begin < 0 || begin >= end || end > kv.num_layers())
+      return Status::error("layers [" + std::to_string(begin) + ", " + std::to_string(end) +
+                           ") are not a non-empty range of the KV cache's " +
+                           std::to_string(kv.num_layers()) + " layers");
+    return Status::ok();
+  }
   case proto::ATTENTION_MERGE:
     if (ints.at("num_heads") <= 0 || ints.at("head_dim") <= 0 || ints.at("sp_size") < 1)
       return Status::error("num_heads, head_dim and sp_size must be positive, got " +

@@ -55,6 +55,29 @@ Status validateStepInput(const StepInput &step, const KvCacheShape &cache) {
   return Status::ok();
 }
 
+Status validateKvBlockRuns(const std::vector<KvBlockRun> &runs, const KvCacheShape &cache,
+                           const char *what) {
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const KvBlockRun &run = runs[r];
+    const std::string where = std::string("KV ") + what + " run " + std::to_string(r);
+    if (run.firstBlock < 0)
+      return Status::error(where + ": first block " + std::to_string(run.firstBlock) +
+                           " is negative");
+    for (int32_t block : run.blocks)
+      if (block < 0 || block >= cache.numBlocks)
+        return Status::error(where + ": block id " + std::to_string(block) +
+                             " outside [0, " + std::to_string(cache.numBlocks) + ")");
+    const int64_t end = (int64_t{run.firstBlock} + static_cast<int64_t>(run.blocks.size())) *
+                        cache.blockSize;
+    if (static_cast<int64_t>(run.tokenIds.size()) < end)
+      return Status::error(where + ": blocks " + std::to_string(run.firstBlock) + " + " +
+                           std::to_string(run.blocks.size()) + " end at token " +
+                           std::to_string(end) + ", its token ids only " +
+                           std::to_string(run.tokenIds.size()));
+  }
+  return Status::ok();
+}
+
 RowRange sequenceParallelRows(int64_t numRows, int64_t spSize, int64_t spIndex) {
   const int64_t base = numRows / spSize, longer = numRows % spSize;
   const int64_t begin = spIndex * base + std::min(spIndex, longer);

@@ -1,7 +1,5 @@
 #include "llmir/kvstore/RankKvStore.h"
 
-#include "llmir/engine/Executor.h"
-
 namespace llmir::kvstore {
 
 Result<std::unique_ptr<RankKvStore>>
@@ -10,6 +8,9 @@ RankKvStore::create(const proto::KvStoreConfig &config, const proto::AssignRank 
   if (config.host().empty() || config.port() == 0 || config.port() > 65535)
     return Status::error("kv store address '" + config.host() + ":" +
                          std::to_string(config.port()) + "' is not usable");
+  if (!executor.hasKvTransfers())
+    return Status::error("the rank's program has no KV_LOAD / KV_STORE: its plan was "
+                         "compiled without kv_store");
   const engine::KvCacheShape &shape = executor.kvCacheShape();
   RankBlockFields fields;
   fields.model = assign.plan_id();
@@ -33,32 +34,75 @@ RankKvStore::create(const proto::KvStoreConfig &config, const proto::AssignRank 
   return std::unique_ptr<RankKvStore>(new RankKvStore(std::move(*store), executor));
 }
 
-Status RankKvStore::writeThrough(const proto::StepRequest &request) {
+RankKvStore::RankKvStore(std::unique_ptr<WorkerBlockStore> store, engine::Executor &executor)
+    : store_(std::move(store)), executor_(executor) {
+  executor_.setKvTransferHook(this);
+}
+
+RankKvStore::~RankKvStore() { executor_.setKvTransferHook(nullptr); }
+
+WorkerBlockStoreCounters RankKvStore::counters() const {
+  WorkerBlockStoreCounters c = store_->counters();
+  c.loadInstructions = loadInstructions_.load();
+  c.storeInstructions = storeInstructions_.load();
+  return c;
+}
+
+Status RankKvStore::checkLayers(const char *op, uint32_t layerBegin, uint32_t layerEnd) const {
+  const auto &fields = store_->fields();
+  if (layerBegin != fields.layerBegin || layerEnd != fields.layerEnd)
+    return Status::error(std::string(op) + " names layers [" + std::to_string(layerBegin) +
+                         ", " + std::to_string(layerEnd) +
+                         "); the store keys this rank's blocks over all of its layers [" +
+                         std::to_string(fields.layerBegin) + ", " +
+                         std::to_string(fields.layerEnd) + ")");
+  return Status::ok();
+}
+
+Result<std::vector<uint32_t>>
+RankKvStore::loadKvBlocks(const std::vector<engine::KvBlockRun> &runs, uint32_t layerBegin,
+                          uint32_t layerEnd) {
+  ++loadInstructions_;
+  LLMIR_RETURN_IF_ERROR(checkLayers("KV_LOAD", layerBegin, layerEnd));
+  std::vector<uint32_t> loaded;
+  for (const engine::KvBlockRun &run : runs) {
+    if (run.blocks.empty()) {
+      loaded.push_back(0);
+      continue;
+    }
+    auto got = store_->load(
+        std::span<const int32_t>(run.tokenIds), static_cast<uint32_t>(run.firstBlock),
+        static_cast<uint32_t>(run.blocks.size()),
+        [&](uint32_t i, std::span<const std::byte> bytes) {
+          return executor_.writeKvBlock(run.blocks[i], bytes);
+        });
+    if (!got)
+      return got.status();
+    loaded.push_back(*got);
+  }
+  return loaded;
+}
+
+Result<uint32_t> RankKvStore::storeKvBlocks(const std::vector<engine::KvBlockRun> &runs,
+                                            uint32_t layerBegin, uint32_t layerEnd) {
+  ++storeInstructions_;
+  LLMIR_RETURN_IF_ERROR(checkLayers("KV_STORE", layerBegin, layerEnd));
   const int64_t B = executor_.kvCacheShape().blockSize;
-  Status first = Status::ok();
-  for (const proto::StepSequence &seq : request.sequences()) {
-    std::span<const int32_t> prefix(seq.prefix_token_ids().data(),
-                                    static_cast<size_t>(seq.prefix_token_ids_size()));
-    for (int32_t index : seq.store_blocks()) {
-      Status status = Status::ok();
-      if (index < 0 || index >= seq.block_table_size() ||
-          (int64_t{index} + 1) * B > static_cast<int64_t>(prefix.size())) {
-        status = Status::error("sequence " + std::to_string(seq.sequence_id()) +
-                               ": store block " + std::to_string(index) +
-                               " is outside its block table or token prefix");
-      } else {
-        const int32_t physical = seq.block_table(index);
-        auto queued = store_->enqueue(
-            prefix.first(static_cast<size_t>((int64_t{index} + 1) * B)),
-            [&](std::span<std::byte> out) { return executor_.readKvBlock(physical, out); });
-        if (!queued)
-          status = queued.status();
-      }
-      if (!status && first)
-        first = status;
+  uint32_t queued = 0;
+  for (const engine::KvBlockRun &run : runs) {
+    std::span<const int32_t> tokens(run.tokenIds);
+    for (size_t i = 0; i < run.blocks.size(); ++i) {
+      const int32_t physical = run.blocks[i];
+      // The executor checked that the tokens cover every block of the run.
+      auto enqueued = store_->enqueue(
+          tokens.first(static_cast<size_t>((int64_t{run.firstBlock} + int64_t(i) + 1) * B)),
+          [&](std::span<std::byte> out) { return executor_.readKvBlock(physical, out); });
+      if (!enqueued)
+        return enqueued.status();
+      queued += *enqueued ? 1 : 0;
     }
   }
-  return first;
+  return queued;
 }
 
 proto::KvLoadResponse RankKvStore::load(const proto::KvLoadRequest &request, uint32_t rank,
@@ -77,41 +121,23 @@ proto::KvLoadResponse RankKvStore::load(const proto::KvLoadRequest &request, uin
                        " tokens");
     return response;
   }
-  std::span<const int32_t> tokens(request.token_ids().data(),
-                                  static_cast<size_t>(request.token_ids_size()));
+  std::vector<engine::KvBlockRun> runs(1);
+  runs[0].tokenIds.assign(request.token_ids().begin(), request.token_ids().end());
+  runs[0].firstBlock = request.first_block();
+  runs[0].blocks.assign(request.block_ids().begin(), request.block_ids().end());
   response.set_ok(true);
-  if (request.store()) {
-    // On-finish writes: copied now (the scheduler holds the blocks until
-    // every rank answered), put in the background like write-through.
-    uint32_t queued = 0;
-    for (uint32_t i = 0; i < count; ++i) {
-      const int32_t physical = request.block_ids(static_cast<int>(i));
-      auto enqueued = store_->enqueue(
-          tokens.first(static_cast<size_t>((int64_t{request.first_block()} + i + 1) * B)),
-          [&](std::span<std::byte> out) { return executor_.readKvBlock(physical, out); });
-      if (!enqueued) {
-        if (loadError && loadError->empty())
-          *loadError = enqueued.message();
-      } else if (*enqueued) {
-        ++queued;
-      }
-    }
-    response.set_blocks_loaded(queued);
+  // Through the program's KV_LOAD / KV_STORE, as a step would move them.
+  auto moved = request.store() ? executor_.transferKvBlocks({}, runs)
+                               : executor_.transferKvBlocks(runs, {});
+  if (!moved) {
+    // The store failed (or a block id is outside the cache): nothing
+    // usable, the scheduler computes the blocks.
+    if (loadError)
+      *loadError = moved.message();
+    response.set_blocks_loaded(0);
     return response;
   }
-  auto loaded = store_->load(tokens, static_cast<uint32_t>(request.first_block()), count,
-                             [&](uint32_t i, std::span<const std::byte> bytes) {
-                               return executor_.writeKvBlock(request.block_ids(static_cast<int>(i)),
-                                                             bytes);
-                             });
-  response.set_ok(true);
-  if (!loaded) {
-    if (loadError)
-      *loadError = loaded.message();
-    response.set_blocks_loaded(0);
-  } else {
-    response.set_blocks_loaded(*loaded);
-  }
+  response.set_blocks_loaded(request.store() ? moved->stored : moved->loaded[0]);
   return response;
 }
 

@@ -29,6 +29,22 @@ engine::StepInput toStepInput(const proto::StepRequest &request) {
     } else if (seq.sample()) {
       step.outputRows.push_back(end - 1);
     }
+    // Blocks this step fills, for the program's KV_STORE: runs of
+    // consecutive logical blocks keyed by the sequence's prefix. An index
+    // outside the block table becomes block id -1, which the executor
+    // refuses with the step (the scheduler never sends one).
+    for (int b = 0; b < seq.store_blocks_size(); ++b) {
+      const int32_t index = seq.store_blocks(b);
+      const int32_t physical =
+          index >= 0 && index < seq.block_table_size() ? seq.block_table(index) : -1;
+      engine::KvBlockRun *run = step.kvStores.empty() ? nullptr : &step.kvStores.back();
+      if (b == 0 || !run || run->firstBlock + static_cast<int32_t>(run->blocks.size()) != index) {
+        run = &step.kvStores.emplace_back();
+        run->tokenIds.assign(seq.prefix_token_ids().begin(), seq.prefix_token_ids().end());
+        run->firstBlock = index;
+      }
+      run->blocks.push_back(physical);
+    }
   }
   return step;
 }

@@ -82,7 +82,8 @@ Result<std::string> planId(const CompileRequest &request) {
   }
   const auto &o = request.options;
   hash.add("tp=" + std::to_string(o.tp) + ",pp=" + std::to_string(o.pp) +
-           ",sp=" + std::to_string(o.sp) + ",kv=" + std::to_string(o.kvBlockSize));
+           ",sp=" + std::to_string(o.sp) + ",kv=" + std::to_string(o.kvBlockSize) +
+           (o.kvStore ? ",kv_store" : ""));
   if (!o.clusterSpecPath.empty()) {
     auto spec = readFile(o.clusterSpecPath);
     if (!spec)

@@ -82,6 +82,8 @@ void addCounters(kvstore::WorkerBlockStoreCounters &to, const kvstore::WorkerBlo
   to.loadsSkipped += c.loadsSkipped;
   to.bytesStored += c.bytesStored;
   to.bytesLoaded += c.bytesLoaded;
+  to.loadInstructions += c.loadInstructions;
+  to.storeInstructions += c.storeInstructions;
 }
 } // namespace
 
@@ -203,6 +205,8 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
     // The store is a cache: a rank that cannot use it still serves.
     auto store = kvstore::RankKvStore::create(assign.kv_store(), assign, *executor_,
                                               options_.clusterSecret);
+    // It becomes the executor's KvTransferHook: the program's KV_LOAD /
+    // KV_STORE move the blocks.
     if (!store) {
       net::logWarn("kv store not used", {{"error", store.message()}});
     } else {
@@ -252,10 +256,8 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   if (Status ran = serving::stepAndSample(*executor_, request, decides_, response); !ran)
     return fail(ran);
   if (kvStore_) {
-    // Copies the filled blocks now (before a later step may reuse them);
-    // the puts run in the background.
-    if (Status written = kvStore_->writeThrough(request); !written)
-      net::logWarn("kv store write-through skipped a block", {{"error", written.message()}});
+    // The step's KV_STORE copied the filled blocks (store_blocks) into the
+    // write-through queue; the puts run in the background.
     const uint64_t putFailures = kvStore_->counters().putCallsFailed;
     if (putFailures != warnedPutFailures_ &&
         Clock::now() - lastKvStoreWarning_ > std::chrono::seconds(10)) {

@@ -135,6 +135,9 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
       await waitFor('the write-through of the prompt blocks', 10000, async () =>
         metric(await workerMetrics(port), 'llmir:worker_kv_store_blocks_total',
                'outcome="stored"') >= fullBlocks);
+      // The blocks left through the program's KV_STORE instruction.
+      assert.ok(metric(await workerMetrics(port), 'llmir:worker_kv_transfer_instructions_total',
+                       'op="KV_STORE"') >= 1, 'KV_STORE ran');
     }
     const b = startReplica();
     await mesh.waitForReplicas(2);
@@ -145,6 +148,10 @@ test('kv-block store: prefix hits across replicas, resume after SIGKILL, store r
     const second = await complete(mesh, longPrompt, 16);
     const after = await mesh.metrics();
     assert.deepEqual(second.ids, first.ids, 'replica B (store prefix) vs. replica A (computed)');
+    for (const w of b) // every rank of B loaded its part through KV_LOAD
+      assert.ok(metric(await workerMetrics(await workerHttpPort(mesh, w)),
+                       'llmir:worker_kv_transfer_instructions_total', 'op="KV_LOAD"') >= 1,
+                'the load ran through the program\'s KV_LOAD');
     const skipped = after.value('llmir:kv_store_prefill_tokens_skipped_total') -
                     before.value('llmir:kv_store_prefill_tokens_skipped_total');
     assert.equal(skipped, fullBlocks * 16, 'every full prompt block came from the store');

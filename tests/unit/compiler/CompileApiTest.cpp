@@ -23,6 +23,19 @@ TEST(CompileApi, ARequestRoundTripsWithItsDefaultsFilledIn) {
       << compileRequestJson(*parsed);
 }
 
+// kv_store asks for KV_LOAD / KV_STORE in the programs; absent, no store.
+TEST(CompileApi, KvStoreIsAnOptionalFlag) {
+  auto without = parseCompileRequest(R"({"model_dir": "m"})");
+  ASSERT_TRUE(without.isOk()) << without.message();
+  EXPECT_FALSE(without->kv_store());
+  auto with = parseCompileRequest(R"({"model_dir": "m", "kv_store": true})");
+  ASSERT_TRUE(with.isOk()) << with.message();
+  EXPECT_TRUE(with->kv_store());
+  EXPECT_NE(compileRequestJson(*with).find("\"kv_store\":true"), std::string::npos);
+  auto bad = parseCompileRequest(R"({"model_dir": "m", "kv_store": [true]})");
+  EXPECT_FALSE(bad.isOk());
+}
+
 TEST(CompileApi, BadRequestsNameWhatIsWrong) {
   struct Case {
     const char *body, *says;

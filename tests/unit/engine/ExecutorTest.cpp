@@ -322,6 +322,208 @@ TEST_F(ExecutorErrors, RejectsBadSteps) {
   EXPECT_CONTAINS((*executor)->step(step).message(), "id 48, outside the vocabulary");
 }
 
+// ---- KV_LOAD / KV_STORE (docs/kv-store.md) --------------------------------
+
+/// `program` with the KV-block store's instructions where the compiler puts
+/// them (llm-insert-kv-transfers + lowering): KV_LOAD of every layer before
+/// the first ATTENTION, KV_STORE after the last.
+proto::ShardProgram withKvTransfers(const proto::ShardProgram &program) {
+  proto::ShardProgram p = program;
+  p.clear_instructions();
+  int first = -1, last = -1;
+  for (int i = 0; i < program.instructions_size(); ++i)
+    if (program.instructions(i).op() == proto::ATTENTION) {
+      first = first < 0 ? i : first;
+      last = i;
+    }
+  auto transfer = [&](proto::Opcode op) {
+    proto::Instruction *inst = p.add_instructions();
+    inst->set_op(op);
+    (*inst->mutable_int_attrs())["layer_begin"] = 0;
+    (*inst->mutable_int_attrs())["layer_end"] = program.kv_cache().num_layers();
+  };
+  for (int i = 0; i < program.instructions_size(); ++i) {
+    if (i == first)
+      transfer(proto::KV_LOAD);
+    *p.add_instructions() = program.instructions(i);
+    if (i == last)
+      transfer(proto::KV_STORE);
+  }
+  return p;
+}
+
+/// A KV-block store in memory, keyed by a block's token prefix as the real
+/// one is: the engine's side of the store (kvstore::RankKvStore is the UCX
+/// one, tested against a real server in serving_test and the mesh tests).
+class InMemoryKvStore final : public KvTransferHook {
+public:
+  InMemoryKvStore(Executor &executor, std::map<std::vector<int32_t>, std::vector<std::byte>> &blocks)
+      : executor_(executor), blocks_(blocks) {}
+
+  Result<std::vector<uint32_t>> loadKvBlocks(const std::vector<KvBlockRun> &runs,
+                                             uint32_t layerBegin, uint32_t layerEnd) override {
+    ++loads;
+    layers = {layerBegin, layerEnd};
+    std::vector<uint32_t> loaded;
+    for (const KvBlockRun &run : runs) {
+      uint32_t n = 0;
+      for (; n < run.blocks.size(); ++n) { // the leading run of held blocks
+        auto it = blocks_.find(prefixOf(run, n));
+        if (it == blocks_.end())
+          break;
+        LLMIR_RETURN_IF_ERROR(executor_.writeKvBlock(run.blocks[n], it->second));
+      }
+      loaded.push_back(n);
+    }
+    return loaded;
+  }
+
+  Result<uint32_t> storeKvBlocks(const std::vector<KvBlockRun> &runs, uint32_t layerBegin,
+                                 uint32_t layerEnd) override {
+    ++stores;
+    layers = {layerBegin, layerEnd};
+    uint32_t stored = 0;
+    for (const KvBlockRun &run : runs)
+      for (size_t i = 0; i < run.blocks.size(); ++i, ++stored) {
+        std::vector<std::byte> bytes(executor_.kvBlockBytes());
+        LLMIR_RETURN_IF_ERROR(executor_.readKvBlock(run.blocks[i], bytes));
+        blocks_[prefixOf(run, i)] = std::move(bytes);
+      }
+    return stored;
+  }
+
+  int loads = 0, stores = 0;
+  std::pair<uint32_t, uint32_t> layers{0, 0};
+
+private:
+  std::vector<int32_t> prefixOf(const KvBlockRun &run, size_t i) const {
+    const size_t end = (static_cast<size_t>(run.firstBlock) + i + 1) *
+                       static_cast<size_t>(executor_.kvCacheShape().blockSize);
+    return {run.tokenIds.begin(), run.tokenIds.begin() + static_cast<std::ptrdiff_t>(end)};
+  }
+  Executor &executor_;
+  std::map<std::vector<int32_t>, std::vector<std::byte>> &blocks_;
+};
+
+// Executor A stores the blocks its prefill filled through KV_STORE;
+// executor B, another cache, loads them through KV_LOAD inside the step that
+// computes the rest: B's logits equal A's, step by step.
+TEST_P(ExecutorForward, KvStoreThenKvLoadInAStepContinueTheSequence) {
+  program = withKvTransfers(program);
+  auto computed = create();
+  auto loaded = create();
+  ASSERT_TRUE(computed && loaded);
+  EXPECT_TRUE(computed->hasKvTransfers());
+  std::map<std::vector<int32_t>, std::vector<std::byte>> store;
+  InMemoryKvStore hookA(*computed, store), hookB(*loaded, store);
+  computed->setKvTransferHook(&hookA);
+  loaded->setKvTransferHook(&hookB);
+  const int64_t B = computed->kvCacheShape().blockSize;
+  const int32_t full = static_cast<int32_t>((tokens.size() - 1) / static_cast<size_t>(B));
+  ASSERT_GE(full, 1);
+  const int64_t prefix = full * B;
+  const std::vector<int32_t> tableA = {5, 2, 8}, tableB = {7, 1, 3};
+
+  StepInput prefill = stepFor({tokens.begin(), tokens.begin() + prefix}, 0, tableA);
+  prefill.kvStores = {{tokens, 0, {tableA.begin(), tableA.begin() + full}}};
+  ASSERT_TRUE(computed->step(prefill).isOk());
+  EXPECT_EQ(hookA.stores, 1);
+  EXPECT_EQ(hookA.loads, 0) << "the step named nothing to load";
+  EXPECT_EQ(hookA.layers, std::make_pair(0u, static_cast<uint32_t>(config.layers)));
+  EXPECT_EQ(store.size(), static_cast<size_t>(full));
+
+  for (int64_t p = prefix; p < static_cast<int64_t>(tokens.size()); ++p) {
+    const int32_t pos = static_cast<int32_t>(p);
+    StepInput stepB = stepFor({tokens[p]}, pos, tableB);
+    if (p == prefix) // the first step of B loads the prefix, then attends over it
+      stepB.kvLoads = {{tokens, 0, {tableB.begin(), tableB.begin() + full}}};
+    Result<Tensor> a = computed->step(stepFor({tokens[p]}, pos, tableA));
+    Result<Tensor> b = loaded->step(stepB);
+    ASSERT_TRUE(a.isOk() && b.isOk()) << a.message() << b.message();
+    EXPECT_EQ(a->data, b->data) << "position " << p;
+  }
+  EXPECT_EQ(hookB.loads, 1);
+  EXPECT_EQ(hookA.stores, 1) << "steps that name no blocks do not call the hook";
+}
+
+TEST_P(ExecutorForward, KvTransferInstructionsDoNothingWithoutBlocksOrHook) {
+  auto plain = create();
+  program = withKvTransfers(program);
+  auto withTransfers = create();
+  ASSERT_TRUE(plain && withTransfers);
+  StepInput step = stepFor(tokens, 0, {6, 1, 9});
+  step.kvStores = {{tokens, 0, {6}}}; // no hook: the block stays local
+  Result<Tensor> a = plain->step(step), b = withTransfers->step(step);
+  ASSERT_TRUE(a.isOk() && b.isOk()) << a.message() << b.message();
+  EXPECT_EQ(a->data, b->data);
+}
+
+TEST_F(ExecutorErrors, RejectsBadKvTransferInstructions) {
+  const proto::ShardProgram transfers = withKvTransfers(program);
+  auto kvLoad = [&](proto::ShardProgram &p) -> proto::Instruction & {
+    return firstOf(p, proto::KV_LOAD);
+  };
+  proto::ShardProgram p = transfers;
+  kvLoad(p).mutable_int_attrs()->insert({"layer_start", 0}); // misspelt
+  EXPECT_CONTAINS(createError(p), "KV_LOAD has unknown int attribute 'layer_start'");
+  p = transfers;
+  kvLoad(p).mutable_int_attrs()->erase("layer_end");
+  EXPECT_CONTAINS(createError(p), "KV_LOAD lacks int attribute 'layer_end'");
+  p = transfers;
+  (*kvLoad(p).mutable_int_attrs())["layer_end"] = config.layers + 1;
+  EXPECT_CONTAINS(createError(p), "layers [0, 3) are not a non-empty range of the KV cache's 2");
+  p = transfers;
+  (*firstOf(p, proto::KV_STORE).mutable_int_attrs())["layer_begin"] = 2;
+  EXPECT_CONTAINS(createError(p), "KV_STORE: layers [2, 2)");
+  p = transfers;
+  kvLoad(p).add_inputs(0);
+  EXPECT_CONTAINS(createError(p), "KV_LOAD has 1 inputs; expected 0");
+  p = transfers;
+  kvLoad(p).mutable_float_attrs()->insert({"layer_begin", 0.0});
+  EXPECT_CONTAINS(createError(p), "unknown float attribute 'layer_begin'");
+}
+
+TEST_F(ExecutorErrors, AStepWhoseBlocksDoNotAllComeFails) {
+  std::map<std::vector<int32_t>, std::vector<std::byte>> store;
+  auto plain = Executor::create(program, providerFor(weights), {.numThreads = 1});
+  auto executor = Executor::create(withKvTransfers(program), providerFor(weights), {.numThreads = 1});
+  ASSERT_TRUE(plain && executor) << plain.message() << executor.message();
+  const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  StepInput step = stepFor({9}, 8, {0, 1, 2});
+  step.kvLoads = {{tokens, 0, {0, 1}}};
+  // Loads need a hook and a program with KV_LOAD.
+  EXPECT_CONTAINS((*executor)->step(step).message(), "no KV transfer hook");
+  InMemoryKvStore hookPlain(**plain, store);
+  (*plain)->setKvTransferHook(&hookPlain);
+  EXPECT_CONTAINS((*plain)->step(step).message(), "the program has no KV_LOAD");
+  EXPECT_CONTAINS((*plain)->transferKvBlocks(step.kvLoads, {}).message(), "has no KV_LOAD");
+
+  InMemoryKvStore hook(**executor, store);
+  (*executor)->setKvTransferHook(&hook);
+  // The store holds block 0 only: the step cannot attend over block 1.
+  StepInput first = stepFor({1, 2, 3, 4}, 0, {3});
+  first.kvStores = {{tokens, 0, {3}}};
+  ASSERT_TRUE((*executor)->step(first).isOk());
+  Result<Tensor> r = (*executor)->step(step);
+  ASSERT_FALSE(r.isOk());
+  EXPECT_CONTAINS(r.message(), "(KV_LOAD): load run 0: 1 of its 2 blocks came from the store");
+  // Between steps the same shortfall is an answer, not an error.
+  auto moved = (*executor)->transferKvBlocks(step.kvLoads, {});
+  ASSERT_TRUE(moved) << moved.message();
+  EXPECT_EQ(moved->loaded, std::vector<uint32_t>{1});
+  auto none = (*executor)->transferKvBlocks({{{9, 9, 9, 9}, 0, {4}}}, {});
+  ASSERT_TRUE(none) << none.message();
+  EXPECT_EQ(none->loaded, std::vector<uint32_t>{0});
+  // Runs outside the cache or their tokens are refused with the step.
+  step.kvLoads = {{tokens, 0, {0, 99}}};
+  EXPECT_CONTAINS((*executor)->step(step).message(), "KV load run 0: block id 99 outside");
+  step.kvLoads = {{{1, 2, 3}, 0, {0}}};
+  EXPECT_CONTAINS((*executor)->step(step).message(), "its token ids only 3");
+  step.kvLoads.clear();
+  step.kvStores = {{tokens, -1, {0}}};
+  EXPECT_CONTAINS((*executor)->step(step).message(), "KV store run 0: first block -1");
+}
+
 /// Plays the other ranks: every peer contributes ones to a sum, holds twice
 /// this rank's data in a gather, and sends sevens.
 class FakeCommunicator : public Communicator {

@@ -1,7 +1,8 @@
 // The batch manager with the KV-block store, on real pieces in one process:
 // replicas are engine Executors of the demo model whose caches are connected
 // to a real kvstore::Server over UCX (TCP loopback) through RankKvStore, as a
-// shard worker's are. A prefix written through by one replica is loaded by
+// shard worker's are: the demo compiled with kv_store, so every block moves
+// through the program's KV_LOAD / KV_STORE instructions (counted). A prefix written through by one replica is loaded by
 // another; a request moved between replicas resumes from stored blocks; a
 // store that is down changes nothing but the counters. Every output equals
 // the store-less engine's greedy ids. RemoteBackend's loads (the smallest
@@ -23,16 +24,31 @@ namespace {
 using namespace std::chrono_literals;
 using testing::DemoModel;
 
+/// The demo's rank-0 program compiled with kv_store (KV_LOAD / KV_STORE).
+const proto::ShardProgram *kvStoreProgram() {
+  static const proto::ShardProgram *program = [] {
+    compiler::CompileOptions options;
+    options.kvStore = true;
+    auto compiled = compiler::compileHuggingFace(testing::kDemoDir, options);
+    EXPECT_TRUE(compiled.isOk()) << compiled.message();
+    return compiled ? new proto::ShardProgram(compiled->programs.at(0)) : nullptr;
+  }();
+  return program;
+}
+
 /// One replica of one rank: the engine plus its cache's store connection.
 class StoreReplica final : public ReplicaBackend {
 public:
   static std::unique_ptr<StoreReplica> create(const DemoModel &demo, uint16_t storePort) {
+    const proto::ShardProgram *program = kvStoreProgram();
+    if (!program)
+      return nullptr;
     auto checkpoint = model::Checkpoint::open(testing::kDemoDir);
     EXPECT_TRUE(checkpoint.isOk()) << checkpoint.message();
     if (!checkpoint)
       return nullptr;
     auto replica = std::unique_ptr<StoreReplica>(new StoreReplica(std::move(*checkpoint)));
-    auto executor = engine::Executor::create(demo.program,
+    auto executor = engine::Executor::create(*program,
                                              engine::checkpointWeights(replica->checkpoint_),
                                              {.numKvBlocks = 128, .numThreads = 2});
     EXPECT_TRUE(executor.isOk()) << executor.message();
@@ -69,7 +85,7 @@ public:
     response.set_ok(true);
     if (Status s = sampleStep(request, *logits, response); !s)
       return done(s);
-    EXPECT_TRUE(kv_->writeThrough(request).isOk());
+    // The step's KV_STORE copied the blocks it filled into the queue.
     done(std::move(response));
   }
 
@@ -170,6 +186,11 @@ TEST_F(KvStoreSchedulerTest, APrefixWrittenThroughByOneReplicaIsLoadedByAnother)
   EXPECT_EQ(onA.stats().kvStoreWrittenBlocks, static_cast<uint64_t>(computed / B));
   EXPECT_EQ(a->kv().counters().blocksStored, static_cast<uint64_t>(computed / B));
   EXPECT_EQ(onA.stats().kvStoreLoadedTokens, 0u) << "the store was empty";
+  // The blocks went through the program: one KV_STORE per step that filled
+  // blocks, and A's one (empty) load through its KV_LOAD.
+  EXPECT_GT(a->kv().counters().storeInstructions, 0u);
+  EXPECT_LE(a->kv().counters().storeInstructions, static_cast<uint64_t>(computed / B));
+  EXPECT_EQ(a->kv().counters().loadInstructions, 1u);
 
   BatchScheduler onB(*b, demo->tokenizer, options());
   EXPECT_EQ(run(onB, longPrompt, 16), expected);
@@ -178,6 +199,7 @@ TEST_F(KvStoreSchedulerTest, APrefixWrittenThroughByOneReplicaIsLoadedByAnother)
   EXPECT_EQ(stats.kvStoreLoadFailures, 0u);
   EXPECT_EQ(stats.kvStoreLoadedTokens, static_cast<uint64_t>(fullPromptBlocks * B));
   EXPECT_EQ(b->kv().counters().blocksLoaded, static_cast<uint64_t>(fullPromptBlocks));
+  EXPECT_EQ(b->kv().counters().loadInstructions, 1u);
 
   // The loaded blocks joined B's prefix cache: the same prompt again needs
   // no second load.
@@ -205,6 +227,7 @@ TEST_F(KvStoreSchedulerTest, OnFinishWritesASequencesBlocksOnceItFinishes) {
   ASSERT_TRUE(a->kv().waitIdle(10s));
   // Mid-generation nothing was written: the prompt's blocks are long full.
   EXPECT_EQ(a->kv().counters().blocksStored, 0u);
+  EXPECT_EQ(a->kv().counters().storeInstructions, 0u);
   EXPECT_EQ(server->stats().blocks, 0u);
   EXPECT_EQ(onA.stats().kvStoreWrittenBlocks, 0u);
   onA.runUntilIdle();
@@ -216,6 +239,7 @@ TEST_F(KvStoreSchedulerTest, OnFinishWritesASequencesBlocksOnceItFinishes) {
   EXPECT_EQ(onA.stats().kvStoreWrittenBlocks, static_cast<uint64_t>(computed / B));
   EXPECT_EQ(a->kv().counters().blocksStored, static_cast<uint64_t>(computed / B));
   EXPECT_EQ(server->stats().blocks, static_cast<uint64_t>(computed / B));
+  EXPECT_EQ(a->kv().counters().storeInstructions, 1u) << "one on-finish KvLoadRequest{store}";
   // The held blocks went back: the replica serves the prompt again from its
   // prefix cache, and the write was not repeated for blocks still cached.
   EXPECT_EQ(run(onA, longPrompt, 16), expected);
@@ -323,6 +347,24 @@ TEST_F(KvStoreSchedulerTest, AStoreThatIsDownOnlyCostsRecompute) {
   EXPECT_EQ(counters.loadCallsFailed, 1u);
   EXPECT_EQ(counters.blocksStored, 0u);
   EXPECT_GT(counters.blocksPutFailed, 0u);
+}
+
+TEST_F(KvStoreSchedulerTest, AProgramCompiledWithoutTheStoreIsNotConnected) {
+  auto checkpoint = model::Checkpoint::open(testing::kDemoDir);
+  ASSERT_TRUE(checkpoint) << checkpoint.message();
+  auto executor = engine::Executor::create(demo->program, engine::checkpointWeights(*checkpoint),
+                                           {.numKvBlocks = 16, .numThreads = 1});
+  ASSERT_TRUE(executor) << executor.message();
+  EXPECT_FALSE((*executor)->hasKvTransfers());
+  proto::AssignRank assign;
+  assign.set_plan_id("demo-plan");
+  assign.set_world_size(1);
+  proto::KvStoreConfig config;
+  config.set_host("127.0.0.1");
+  config.set_port(server->port());
+  auto kv = kvstore::RankKvStore::create(config, assign, **executor);
+  ASSERT_FALSE(kv);
+  EXPECT_NE(kv.message().find("compiled without kv_store"), std::string::npos) << kv.message();
 }
 
 TEST(RemoteBackendLoads, TheResultIsTheShortestRunOfAllRanks) {

@@ -3,7 +3,7 @@
 // header and link llmir_compiler.
 //
 // import (optional) -> cost model -> partitioning -> communication insertion
-// -> memory planning -> one ShardProgram per rank (lowering of @prefill; the
+// -> memory planning (-> KV transfers, with kvStore) -> one ShardProgram per rank (lowering of @prefill; the
 // importer gives @prefill and @decode the same body) + the DeploymentPlan.
 #pragma once
 
@@ -30,6 +30,11 @@ struct CompileOptions {
   int64_t kvBlockSize = 16;
   /// Optional cluster spec (YAML, docs/cluster-spec.md).
   std::string clusterSpecPath;
+  /// Connect every rank's KV cache to the KV-block store: the
+  /// llm-insert-kv-transfers pass, lowered to KV_LOAD / KV_STORE
+  /// (docs/kv-store.md). The write policy is not an option here: it must not
+  /// change the plan, whose id is part of every block key.
+  bool kvStore = false;
   /// Fills CompiledModel::explanation with the candidates table.
   bool explain = false;
   /// Polled between decoder layers (import), between passes and between

@@ -22,6 +22,7 @@ namespace llmir::engine {
 class Communicator;
 class ExecutionBackend;
 struct BoundProgram;
+struct BoundKvTransfer;
 
 /// Element type of the KV cache. Auto follows the model, as vLLM's "auto":
 /// bf16 on a CUDA device when the weights are 16-bit, f32 otherwise (on the
@@ -53,6 +54,34 @@ struct ExecutorOptions {
   double gpuMemoryFraction = 0.0;
   KvCacheDType kvCacheDtype = KvCacheDType::Auto;
   MatmulPrecision matmulPrecision = MatmulPrecision::Highest;
+};
+
+/// Moves KV blocks between an executor's cache and the KV-block store for
+/// the program's KV_LOAD / KV_STORE instructions (docs/kv-store.md);
+/// kvstore::RankKvStore implements it over its store client. The engine
+/// knows no store: this is its only view of one. Called on the thread that
+/// runs the step, between instructions; it may call the executor's
+/// readKvBlock / writeKvBlock.
+class KvTransferHook {
+public:
+  virtual ~KvTransferHook() = default;
+  /// Fills the blocks of `runs` (local layers [layerBegin, layerEnd)) and
+  /// returns, per run, how many of its leading blocks it wrote; the others
+  /// are untouched. An error: none is usable (the store failed).
+  virtual Result<std::vector<uint32_t>> loadKvBlocks(const std::vector<KvBlockRun> &runs,
+                                                     uint32_t layerBegin, uint32_t layerEnd) = 0;
+  /// Copies the blocks of `runs` out of the cache for the store and returns
+  /// how many it took (a full queue drops blocks: not an error).
+  virtual Result<uint32_t> storeKvBlocks(const std::vector<KvBlockRun> &runs,
+                                         uint32_t layerBegin, uint32_t layerEnd) = 0;
+};
+
+/// What Executor::transferKvBlocks moved.
+struct KvTransferResult {
+  /// Per load run: the leading blocks every KV_LOAD of the program filled.
+  std::vector<uint32_t> loaded;
+  /// Blocks the KV_STOREs took (summed over them).
+  uint32_t stored = 0;
 };
 
 /// Sees each instruction's first output after it ran (a host copy): for
@@ -95,6 +124,23 @@ public:
 
   const KvCacheShape &kvCacheShape() const;
 
+  /// The KV_LOAD / KV_STORE instructions run through `hook` (null: they do
+  /// nothing, and a step that names blocks to load fails). `hook` must
+  /// outlive its use; set it between steps.
+  void setKvTransferHook(KvTransferHook *hook) { kvTransferHook_ = hook; }
+  /// Whether the program has KV_LOAD / KV_STORE instructions (compiled with
+  /// CompileOptions::kvStore).
+  bool hasKvTransfers() const;
+  /// Runs only the program's KV_LOAD and KV_STORE instructions, in program
+  /// order, for `loads` and `stores`: a transfer between steps (no tokens;
+  /// none of the blocks may be used by a step in flight). Unlike in a step,
+  /// a load that fills only a leading part of a run is no error: the result
+  /// says how much, and later KV_LOADs are asked for that part only. Fails
+  /// without a hook, when the program has no KV_LOAD (loads) or KV_STORE
+  /// (stores), on runs outside the cache, or when the hook fails.
+  Result<KvTransferResult> transferKvBlocks(const std::vector<KvBlockRun> &loads,
+                                            const std::vector<KvBlockRun> &stores);
+
   /// The KV cache's element type: "f32" or "bf16".
   const char *kvCacheDtypeName() const;
   /// Bytes of one physical KV block: for every layer, its keys then its
@@ -111,10 +157,13 @@ public:
 private:
   Executor(std::unique_ptr<BoundProgram> program, Device device);
   Status runStep(const StepInput &step, const InstructionObserver &observer);
+  /// One KV_LOAD / KV_STORE inside a step.
+  Status runKvTransfer(const BoundKvTransfer &transfer, const StepInput &step);
 
   std::unique_ptr<BoundProgram> program_;
   std::unique_ptr<ExecutionBackend> backend_;
   Device device_;
+  KvTransferHook *kvTransferHook_ = nullptr;
 };
 
 } // namespace llmir::engine

@@ -70,6 +70,9 @@ struct WorkerBlockStoreCounters {
   uint64_t loadsSkipped = 0;     // load: refused at once during a backoff
   uint64_t bytesStored = 0;
   uint64_t bytesLoaded = 0;
+  /// KV_LOAD / KV_STORE instructions run through RankKvStore (0 here).
+  uint64_t loadInstructions = 0;
+  uint64_t storeInstructions = 0;
 };
 
 class WorkerBlockStore {

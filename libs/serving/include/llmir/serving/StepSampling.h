@@ -25,7 +25,10 @@ class Executor;
 namespace llmir::serving {
 
 /// Tokens grouped by sequence in request order, one block table each; the
-/// logits rows are the last token of every sequence with `sample` set.
+/// logits rows are the last token of every sequence with `sample` set. The
+/// blocks each sequence marks to store (store_blocks, prefix_token_ids)
+/// become kvStores, which the program's KV_STORE copies out when the
+/// executor has a KvTransferHook (docs/kv-store.md).
 engine::StepInput toStepInput(const proto::StepRequest &request);
 
 /// The seed of the token sampled at `position` of a sequence seeded `seed`.
