@@ -99,6 +99,7 @@ public:
   }
 
   kvstore::RankKvStore &kv() { return *kv_; }
+  engine::Executor &executor() { return *executor_; }
   int loads = 0;
 
 private:
@@ -347,6 +348,65 @@ TEST_F(KvStoreSchedulerTest, AStoreThatIsDownOnlyCostsRecompute) {
   EXPECT_EQ(counters.loadCallsFailed, 1u);
   EXPECT_EQ(counters.blocksStored, 0u);
   EXPECT_GT(counters.blocksPutFailed, 0u);
+}
+
+/// One sequence's step: `tokens` from position `first`, block table `table`.
+engine::StepInput sequenceStep(const std::vector<int32_t> &tokens, int32_t first,
+                               const std::vector<int32_t> &table) {
+  engine::StepInput step;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    step.tokenIds.push_back(tokens[i]);
+    step.positions.push_back(first + static_cast<int32_t>(i));
+    step.tokenSeq.push_back(0);
+  }
+  step.blockTables = {table};
+  return step;
+}
+
+// KV_LOAD inside a compute step, through RankKvStore and the real store:
+// replica B's step over the prompt's tail loads the blocks A's KV_STORE
+// wrote and attends over them: its logits equal A's for the same step. With
+// the store down, that step fails naming the store (it cannot attend over
+// blocks that did not come).
+TEST_F(KvStoreSchedulerTest, AStepLoadsStoredBlocksThroughItsKvLoad) {
+  auto a = StoreReplica::create(*demo, server->port());
+  auto b = StoreReplica::create(*demo, server->port());
+  ASSERT_TRUE(a && b);
+  const int32_t B = a->info().blockSize;
+  const int32_t full = static_cast<int32_t>(longPrompt.size() - 1) / B;
+  ASSERT_GE(full, 2);
+  const std::vector<int32_t> head(longPrompt.begin(), longPrompt.begin() + full * B);
+  const std::vector<int32_t> tail(longPrompt.begin() + full * B, longPrompt.end());
+  std::vector<int32_t> tableA, tableB;
+  for (int32_t i = 0; i <= full; ++i) {
+    tableA.push_back(i);
+    tableB.push_back(100 - i);
+  }
+  engine::StepInput prefill = sequenceStep(head, 0, tableA);
+  prefill.kvStores = {{longPrompt, 0, {tableA.begin(), tableA.begin() + full}}};
+  ASSERT_TRUE(a->executor().step(prefill).isOk());
+  ASSERT_TRUE(a->kv().waitIdle(10s));
+  EXPECT_EQ(a->kv().counters().blocksStored, static_cast<uint64_t>(full));
+  auto computed = a->executor().step(sequenceStep(tail, full * B, tableA));
+  ASSERT_TRUE(computed) << computed.message();
+
+  engine::StepInput loadThenCompute = sequenceStep(tail, full * B, tableB);
+  loadThenCompute.kvLoads = {{longPrompt, 0, {tableB.begin(), tableB.begin() + full}}};
+  auto loaded = b->executor().step(loadThenCompute);
+  ASSERT_TRUE(loaded) << loaded.message();
+  EXPECT_EQ(loaded->data, computed->data);
+  EXPECT_EQ(b->kv().counters().loadInstructions, 1u);
+  EXPECT_EQ(b->kv().counters().blocksLoaded, static_cast<uint64_t>(full));
+
+  const uint16_t port = server->port();
+  server.reset();
+  auto c = StoreReplica::create(*demo, port);
+  ASSERT_TRUE(c);
+  auto failed = c->executor().step(loadThenCompute);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.message().find("(KV_LOAD): kv store 127.0.0.1:" + std::to_string(port)),
+            std::string::npos)
+      << failed.message();
 }
 
 TEST_F(KvStoreSchedulerTest, AProgramCompiledWithoutTheStoreIsNotConnected) {
