@@ -298,17 +298,23 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
                            ", outside the vocabulary of " +
                            std::to_string(vocab));
   LLMIR_RETURN_IF_ERROR(backend_->beginStep(input));
-  // A step that moves no blocks runs the compute instructions as a program
-  // without KV_LOAD / KV_STORE would (CUDA graphs included); one that does
-  // runs them one by one with the transfers in between.
-  const bool movesBlocks =
-      kvTransferHook_ && !program_->kvTransfers.empty() &&
-      (!input.kvLoads.empty() || !input.kvStores.empty());
-  if (!observer && !movesBlocks)
-    return backend_->runAll(program_->instructions);
+  // A step that loads no blocks runs the compute instructions as a program
+  // without KV_LOAD / KV_STORE would (CUDA graphs included), then its
+  // KV_STOREs: only attention writes the cache and a KV_STORE follows the
+  // attention of its layers (validated at load), so after the last
+  // instruction its blocks hold what they held at the KV_STORE. A step that
+  // loads runs the instructions one by one with the transfers in between.
+  const bool transfers = kvTransferHook_ && !program_->kvTransfers.empty();
+  if (!observer && !(transfers && !input.kvLoads.empty())) {
+    LLMIR_RETURN_IF_ERROR(backend_->runAll(program_->instructions));
+    for (const BoundKvTransfer &t : program_->kvTransfers)
+      if (transfers && t.op == proto::KV_STORE && !input.kvStores.empty())
+        LLMIR_RETURN_IF_ERROR(runKvTransfer(t, input).withContext(t.name));
+    return Status::ok();
+  }
   auto transfer = program_->kvTransfers.begin();
   auto transfersBefore = [&](size_t i) -> Status {
-    for (; movesBlocks && transfer != program_->kvTransfers.end() && transfer->before <= i;
+    for (; transfers && transfer != program_->kvTransfers.end() && transfer->before <= i;
          ++transfer)
       LLMIR_RETURN_IF_ERROR(runKvTransfer(*transfer, input).withContext(transfer->name));
     return Status::ok();

@@ -236,6 +236,40 @@ Status validateInstruction(const proto::Instruction &inst,
   return validateAttributeValues(inst, program).withContext(name);
 }
 
+/// KV_LOAD must come before any attention over its layers (attention reads
+/// the loaded blocks), KV_STORE after the attention of every one of them
+/// (it copies what attention wrote). Only attention writes the cache, so a
+/// KV_STORE copies the same bytes anywhere after that: the executor may run
+/// it after the step's last instruction. Attributes already validated.
+Status validateKvTransferOrder(const proto::ShardProgram &program) {
+  std::vector<bool> attended(program.kv_cache().num_layers(), false);
+  for (int i = 0; i < program.instructions_size(); ++i) {
+    const proto::Instruction &inst = program.instructions(i);
+    const auto &ints = inst.int_attrs();
+    switch (inst.op()) {
+    case proto::ATTENTION:
+    case proto::ATTENTION_PARTIAL:
+    case proto::SP_ATTENTION:
+      attended[static_cast<size_t>(ints.at("layer"))] = true;
+      break;
+    case proto::KV_LOAD:
+    case proto::KV_STORE: {
+      const bool load = inst.op() == proto::KV_LOAD;
+      for (int64_t l = ints.at("layer_begin"); l < ints.at("layer_end"); ++l)
+        if (attended[static_cast<size_t>(l)] == load)
+          return Status::error(
+              "instruction " + std::to_string(i) + ": " + (load ? "KV_LOAD" : "KV_STORE") +
+              " of layer " + std::to_string(l) + (load ? " after" : " before") +
+              " the attention over it (a load must precede it, a store follow it)");
+      break;
+    }
+    default:
+      break;
+    }
+  }
+  return Status::ok();
+}
+
 } // namespace
 
 Status validateProgram(const proto::ShardProgram &program,
@@ -253,6 +287,7 @@ Status validateProgram(const proto::ShardProgram &program,
         validateInstruction(program.instructions(i), program, hasCommunicator,
                             written)
             .withContext("instruction " + std::to_string(i)));
+  LLMIR_RETURN_IF_ERROR(validateKvTransferOrder(program));
   if (program.has_output()) {
     uint32_t out = program.output_slot();
     if (out >= static_cast<uint32_t>(program.slots_size()) || !written[out])

@@ -481,6 +481,26 @@ TEST_F(ExecutorErrors, RejectsBadKvTransferInstructions) {
   p = transfers;
   kvLoad(p).mutable_float_attrs()->insert({"layer_begin", 0.0});
   EXPECT_CONTAINS(createError(p), "unknown float attribute 'layer_begin'");
+  // A load after the attention over its layers, a store before it.
+  auto transferAt = [&](proto::Opcode op, bool atEnd) {
+    proto::ShardProgram q = program;
+    proto::Instruction inst;
+    inst.set_op(op);
+    (*inst.mutable_int_attrs())["layer_begin"] = 1;
+    (*inst.mutable_int_attrs())["layer_end"] = 2;
+    *q.add_instructions() = inst;
+    if (!atEnd) // move it to the front
+      for (int i = q.instructions_size() - 1; i > 0; --i)
+        q.mutable_instructions()->SwapElements(i, i - 1);
+    return q;
+  };
+  EXPECT_CONTAINS(createError(transferAt(proto::KV_LOAD, true)),
+                  "KV_LOAD of layer 1 after the attention over it");
+  EXPECT_CONTAINS(createError(transferAt(proto::KV_STORE, false)),
+                  "instruction 0: KV_STORE of layer 1 before the attention over it");
+  auto fine = Executor::create(transferAt(proto::KV_LOAD, false), providerFor(weights),
+                               {.numThreads = 1});
+  EXPECT_TRUE(fine) << fine.message();
 }
 
 TEST_F(ExecutorErrors, AStepWhoseBlocksDoNotAllComeFails) {
