@@ -262,6 +262,16 @@ PY
     [ -n "$stored" ] && [ "${stored%%.*}" -ge "$((tp * pp))" ] ||
       fail kv-store "the KV store holds ${stored:-no} blocks after the completion"
     echo "   the KV store holds ${stored%%.*} blocks written through by the workers"
+    # ... through each rank's program: its KV_STORE instruction ran.
+    for ((rank = 0; rank < tp * pp; rank++)); do
+      worker_http="$(sed -n 's/.*"msg":"connected".*"http_port":\([0-9]*\).*/\1/p' \
+        "$workdir/worker-$rank.log" | head -n 1)"
+      kv_stores="$(curl -sf "http://127.0.0.1:$worker_http/metrics" |
+        sed -n 's/^llmir:worker_kv_transfer_instructions_total{op="KV_STORE"} \([0-9.e+]*\)$/\1/p')"
+      [ -n "$kv_stores" ] && [ "${kv_stores%%.*}" -ge 1 ] ||
+        fail "worker-$rank" "worker $rank ran no KV_STORE instruction (${kv_stores:-no metric})"
+    done
+    echo "   every rank wrote them through its program's KV_STORE"
   fi
   echo "mesh.sh --smoke: ok"
   exit 0
