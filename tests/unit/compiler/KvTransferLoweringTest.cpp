@@ -1,10 +1,7 @@
 // CompileOptions::kvStore: llm-insert-kv-transfers and the lowering of its
 // ops to KV_LOAD / KV_STORE, on the demo model; the programs bind in the
 // engine (whose tests run the instructions).
-#include "llmir/compiler/Compile.h"
-#include "llmir/engine/CheckpointWeights.h"
-#include "llmir/engine/Executor.h"
-#include "llmir/model/Checkpoint.h"
+#include "LocalCluster.h"
 
 #include <gtest/gtest.h>
 
@@ -80,6 +77,31 @@ TEST(KvTransferLowering, EachRankMovesItsOwnLocalLayers) {
               (std::vector<std::string>{"KV_LOAD [0, 2)", "ATTENTION 0", "ATTENTION 1",
                                         "KV_STORE [0, 2)"}))
         << "rank " << program.rank();
+}
+
+// Under tensor x sequence parallelism (SP_ATTENTION over the sharded cache)
+// every rank's program binds with its transfers and, with no store
+// attached, computes exactly what the plan without them computes.
+TEST(KvTransferLowering, ShardedCachePlansBindAndComputeAsWithout) {
+  auto checkpoint = model::Checkpoint::open(kDemoModel);
+  ASSERT_TRUE(checkpoint) << checkpoint.message();
+  CompileOptions options;
+  options.kvBlockSize = 4;
+  options.tp = 2;
+  options.sp = 2;
+  auto plain = compileHuggingFace(kDemoModel, options);
+  options.kvStore = true;
+  auto withStore = compileHuggingFace(kDemoModel, options);
+  ASSERT_TRUE(plain && withStore) << plain.message() << withStore.message();
+  for (const proto::ShardProgram &program : withStore->programs)
+    EXPECT_EQ(transfersAndAttention(program),
+              (std::vector<std::string>{"KV_LOAD [0, 4)", "KV_STORE [0, 4)"}))
+        << "rank " << program.rank() << " (SP_ATTENTION between them)";
+  const std::vector<engine::StepInput> inputs = mixedBatchSteps();
+  const auto expected = runReplica(*plain, *checkpoint, inputs, 24);
+  const auto logits = runReplica(*withStore, *checkpoint, inputs, 24);
+  ASSERT_EQ(logits[0].size(), inputs.size()) << "rank 0 has the logits";
+  EXPECT_EQ(logits, expected);
 }
 
 } // namespace
