@@ -3,6 +3,10 @@
 #include "llmir/proto/shard_program.pb.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <string>
 #include <vector>
 
 namespace llmir::runtime {
@@ -34,7 +38,37 @@ EngineCommunicator::create(DistributedRuntime &runtime,
       return group.status().withContext("creating " + what);
     comm->groups_.emplace(g->id(), std::move(group).value());
   }
+  LLMIR_RETURN_IF_ERROR(comm->connectIpcAllReduce(program));
   return comm;
+}
+
+Status EngineCommunicator::connectIpcAllReduce(const proto::ShardProgram &program) {
+  const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
+  if (runtime_.backend() != "nccl" || (env && std::string(env) == "0"))
+    return Status::ok();
+  std::set<uint32_t> reduced;
+  for (const proto::Instruction &inst : program.instructions())
+    if (inst.op() == proto::ALL_REDUCE) {
+      auto group = inst.int_attrs().find("group");
+      if (group != inst.int_attrs().end())
+        reduced.insert(static_cast<uint32_t>(group->second));
+    }
+  // Ascending group ids on every rank, as the groups themselves.
+  for (uint32_t id : reduced) {
+    auto g = groups_.find(id);
+    if (g == groups_.end() || g->second.size() < 2)
+      continue;
+    auto ipc = runtime_.createIpcAllReduce(g->second);
+    if (ipc) {
+      ipc_.emplace(id, std::move(ipc).value());
+      continue;
+    }
+    // Every member failed together (create agrees on the outcome): NCCL
+    // carries this group's all-reduces.
+    std::fprintf(stderr, "rank %d: group %u all-reduces over NCCL only: %s\n",
+                 runtime_.rank(), id, ipc.message().c_str());
+  }
+  return Status::ok();
 }
 
 Result<const DeviceGroup *> EngineCommunicator::group(uint32_t groupId,
@@ -83,6 +117,10 @@ Status EngineCommunicator::allReduceSumOn(void *stream, float *data, size_t coun
   auto g = group(groupId, "allReduceSum");
   if (!g)
     return g.status();
+  // Small messages (a decode step's rows) through the IPC buffers: one
+  // kernel instead of NCCL's protocol.
+  if (auto ipc = ipc_.find(groupId); ipc != ipc_.end() && ipc->second->handles(count))
+    return ipc->second->allReduceSum(data, count, static_cast<CUstream_st *>(stream));
   return runtime_.allReduceOn(stream, data, count, DataType::F32, ReduceOp::Sum, **g);
 }
 

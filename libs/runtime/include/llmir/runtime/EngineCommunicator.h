@@ -10,6 +10,7 @@
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/ProtoFwd.h"
 #include "llmir/runtime/DistributedRuntime.h"
+#include "llmir/runtime/IpcAllReduce.h"
 
 #include <map>
 #include <memory>
@@ -18,7 +19,10 @@ namespace llmir::runtime {
 
 class EngineCommunicator : public engine::Communicator {
 public:
-  /// Creates the program's groups. Fails when the program's rank or world
+  /// Creates the program's groups and, on NCCL, an IpcAllReduce for each
+  /// group the program all-reduces over (unless LLMIR_IPC_ALLREDUCE=0; a
+  /// group whose GPUs cannot map each other's memory keeps NCCL alone).
+  /// Fails when the program's rank or world
   /// size disagree with the runtime's, when a group does not list this rank,
   /// or when a group cannot be connected within the runtime's timeout.
   /// `runtime` must outlive the communicator.
@@ -44,9 +48,13 @@ public:
 private:
   explicit EngineCommunicator(DistributedRuntime &runtime) : runtime_(runtime) {}
   Result<const DeviceGroup *> group(uint32_t groupId, const char *operation) const;
+  Status connectIpcAllReduce(const proto::ShardProgram &program);
 
   DistributedRuntime &runtime_;
   std::map<uint32_t, DeviceGroup> groups_;
+  /// Per group that all-reduces, on GPUs of one host with peer access: the
+  /// IPC all-reduce its small messages take (allReduceSumOn), NCCL beyond.
+  std::map<uint32_t, std::unique_ptr<IpcAllReduce>> ipc_;
 };
 
 } // namespace llmir::runtime
