@@ -261,6 +261,14 @@ Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
   return seconds;
 }
 
+double predictAllReduceSeconds(const ClusterSpec &spec, double bytes, int ranks) {
+  return linkAllReduceSeconds(spec.intraNode, bytes, ranks);
+}
+
+double predictSendSeconds(const ClusterSpec &spec, double bytes) {
+  return linkSendSeconds(spec.intraNode, bytes);
+}
+
 Result<CompiledModel> compileModule(const std::string &mlirText,
                                     const CompileOptions &options) {
   LLMIR_RETURN_IF_ERROR(checkNestingDepth(mlirText, "the llm module"));

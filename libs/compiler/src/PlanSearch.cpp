@@ -120,7 +120,7 @@ public:
   }
 
   double sendSeconds(double tokens) const {
-    return pp > 1 ? ppLink.latency + tokens * model.hiddenBytesPerToken / ppLink.bandwidth : 0;
+    return pp > 1 ? linkSendSeconds(ppLink, tokens * model.hiddenBytesPerToken) : 0;
   }
 
   /// Contiguous split of the layers into pp stages minimising the slowest
@@ -361,6 +361,14 @@ Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
 double predictStepSeconds(const ModelProfile &model, const ClusterSpec &spec, int tp, int pp,
                           int sp, double tokens, double context, bool decode) {
   return Evaluator(model, spec, tp, pp, sp).stepSeconds(tokens, context, decode);
+}
+
+double linkAllReduceSeconds(const LinkSpec &link, double bytes, int ranks) {
+  return allReduceSeconds(bytes, ranks, link, 1);
+}
+
+double linkSendSeconds(const LinkSpec &link, double bytes) {
+  return link.latency + bytes / link.bandwidth;
 }
 
 SearchResult searchPartitions(const ModelProfile &model, const ClusterSpec &spec) {

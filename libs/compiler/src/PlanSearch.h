@@ -54,6 +54,11 @@ Candidate evaluateCandidate(const ModelProfile &model, const ClusterSpec &spec,
 /// step.
 double predictStepSeconds(const ModelProfile &model, const ClusterSpec &spec, int tp, int pp,
                           int sp, double tokens, double context, bool decode);
+/// One all-reduce of `bytes` (each rank's buffer) over `ranks` ranks, and
+/// one point-to-point send of `bytes`, on `link` (the alpha-beta model every
+/// step prediction uses; Compile.h's predictAllReduceSeconds/predictSendSeconds).
+double linkAllReduceSeconds(const LinkSpec &link, double bytes, int ranks);
+double linkSendSeconds(const LinkSpec &link, double bytes);
 /// Every (tp, pp, sp) whose product divides the devices (fixed degrees of the
 /// spec respected); picks the highest decode throughput within the latency
 /// target, ties to lower decode time, then fewer devices per replica, then

@@ -148,5 +148,33 @@ TEST(PredictStepSeconds, CalibrationScalesTheRoofline) {
   EXPECT_FALSE(predictStepSeconds("/nonexistent/model", ideal, {decode}));
 }
 
+// The collectives' alpha-beta times the bench prints beside measured ones:
+// a ring all-reduce over n ranks costs 2 (n - 1) latencies and moves
+// 2 (n - 1) / n of the buffer; a send one latency and the buffer. A tensor-
+// parallel step's prediction grows with the link's latency by exactly its
+// collectives' latency terms.
+TEST(PredictStepSeconds, CollectivesFollowTheLink) {
+  ClusterSpec spec;
+  spec.intraNode = {100e9, 10e-6};
+  EXPECT_NEAR(predictAllReduceSeconds(spec, 1e6, 2), 2 * 10e-6 + 1e6 / 100e9, 1e-12);
+  EXPECT_NEAR(predictAllReduceSeconds(spec, 1e6, 4), 6 * 10e-6 + 1.5e6 / 100e9, 1e-12);
+  EXPECT_EQ(predictAllReduceSeconds(spec, 1e6, 1), 0);
+  EXPECT_NEAR(predictSendSeconds(spec, 1e6), 10e-6 + 1e6 / 100e9, 1e-12);
+
+  StepShape decode;
+  decode.tp = 2;
+  decode.tokens = 1;
+  decode.context = 100;
+  ClusterSpec slowLink = spec;
+  slowLink.intraNode.latency = 1e-3;
+  auto fast = predictStepSeconds(kDemoModel, spec, {decode});
+  auto slow = predictStepSeconds(kDemoModel, slowLink, {decode});
+  ASSERT_TRUE(fast && slow);
+  // 2 latencies per all-reduce, 1 per all-gather (the logits') at n = 2.
+  const double latencies = ((*slow)[0] - (*fast)[0]) / (1e-3 - 10e-6);
+  EXPECT_NEAR(latencies, std::round(latencies), 1e-6);
+  EXPECT_GE(latencies, 2 * 2 * 4); // attention and MLP of each of the 4 layers
+}
+
 } // namespace
 } // namespace llmir::compiler

@@ -70,6 +70,13 @@ struct StepShape {
 Result<std::vector<double>> predictStepSeconds(const std::string &hfDir,
                                                const ClusterSpec &spec,
                                                const std::vector<StepShape> &steps);
+/// The cost model's time of one all-reduce of `bytes` (each rank's buffer)
+/// over `ranks` ranks of one node, and of one pipeline send of `bytes` to
+/// the next stage on that node: the alpha-beta terms predictStepSeconds adds
+/// for each collective of a step, on `spec`'s intra-node link. For printing
+/// beside measured collectives (bench/gpu).
+double predictAllReduceSeconds(const ClusterSpec &spec, double bytes, int ranks);
+double predictSendSeconds(const ClusterSpec &spec, double bytes);
 
 /// Compiles an `llm` module given as MLIR text (as llmir-import writes it).
 Result<CompiledModel> compileModule(const std::string &mlirText,
