@@ -585,11 +585,11 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
   const int world = static_cast<int>(program.world_size());
   std::printf("{\"engine\": \"llmir\", %s, \"tp\": %d, \"pp\": %d, \"world_size\": %d, "
               "\"collectives\": \"%s\", \"matmul_precision\": \"%s\", \"weight_bytes\": %.0f, "
-              "\"load_s\": %.2f, \"decode_tok_s\": %s, \"decode_ms\": %s, "
-              "\"prefill_%d_ms\": %.3f, %s%s}\n",
+              "\"load_s\": %.2f, \"prompt\": %d, \"new_tokens\": %d, \"decode_tok_s\": %s, "
+              "\"decode_ms\": %s, \"prefill_%d_ms\": %.3f, %s%s}\n",
               deviceFields.c_str(), o.tp, o.pp, world,
               ctx.runtime ? (ctx.nccl ? "nccl" : "gloo") : "none", o.matmulPrecision.c_str(),
-              weightBytes, loadSeconds, jsonObject(tokPerS).c_str(),
+              weightBytes, loadSeconds, o.prompt, o.newTokens, jsonObject(tokPerS).c_str(),
               jsonObject(msPerStep).c_str(), o.prefill, prefillMs, predicted.c_str(),
               collectives->c_str());
   std::fflush(stdout);

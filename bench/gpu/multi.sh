@@ -6,7 +6,11 @@
 # config, batch, measured tok/s and ms/step, the cost model's predicted
 # ms/step, predicted / measured, speed-up vs TP=1; and the all-reduce (TP)
 # and stage-send (PP) times at the model's message sizes beside the model's
-# alpha-beta link, with the link fitted to the all-reduces.
+# alpha-beta link. Then the cost model calibrated to these runs
+# (bench/gpu/multi_report.py: the link fitted to the all-reduces, the device
+# to the TP=1 steps of every model, written to
+# ${TMPDIR:-/tmp}/llmir-gpu-bench/fitted-cluster-spec.yaml) and the table
+# again with its predictions.
 #
 #   bench/gpu/multi.sh [--device cuda|cpu] [MODEL...]     (default: 8b 1b)
 #
@@ -23,7 +27,7 @@
 #                 bench/gpu/h200.yaml on cuda, examples/laptop-cpu.yaml on cpu)
 #   BENCH_ARGS    more llmir-gpu-bench flags (e.g. "--prompt 16 --new-tokens 8
 #                 --prefill 64 --threads 1" for a quick CPU run)
-# Each run's JSON stays in the work folder (multi-MODEL-LAYOUT.json).
+# Each run's JSON stays in the work folder (multi-MODEL-tpN-ppM.json).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 device=cuda
@@ -31,7 +35,7 @@ models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) models+=("$1"); shift ;;
   esac
 done
@@ -55,6 +59,7 @@ else
   layouts="${LAYOUTS:-tp=1 tp=2 pp=2}"
 fi
 read -r -a extra <<<"${BENCH_ARGS:-}"
+results=()
 
 for model in "${models[@]}"; do
   if [ -d "$model" ]; then
@@ -65,7 +70,6 @@ for model in "${models[@]}"; do
       python3 "$root/scripts/make-bench-model.py" "$dir" --dtype bf16 --shape "$model" >&2
   fi
   name="$(basename "$dir")"
-  results=()
   for layout in $layouts; do
     tp=1 pp=1
     for part in ${layout//,/ }; do
@@ -83,78 +87,9 @@ for model in "${models[@]}"; do
     echo "multi.sh: $name $layout" >&2
     "$bin/llmir-gpu-bench" --model "$dir" --device "$device" --tp "$tp" --pp "$pp" \
       --batches "$batches" --cluster-spec "$spec" "${extra[@]}" >"$out"
-    results+=("$out")
+    results+=("$dir=$out")
   done
-  python3 - "$name" "$spec" "${results[@]}" <<'PY'
-import json, sys
-
-name, spec, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-runs = [json.loads(open(p).read().strip().splitlines()[-1]) for p in paths]
-if not runs:
-    sys.exit(f"multi.sh: no layout of {name} ran")
-
-def config(run):
-    parts = [f"TP={run['tp']}"] if run["tp"] > 1 else []
-    parts += [f"PP={run['pp']}"] if run["pp"] > 1 else []
-    return " x ".join(parts) or "TP=1"
-
-base = next((r for r in runs if r["tp"] == 1 and r["pp"] == 1), None)
-first = runs[0]
-where = first.get("gpu", first["device"])
-print(f"\n## {name} on {where} (cost model: {spec})\n")
-print("| config | batch | tok/s | ms/step | predicted ms/step | predicted / measured "
-      "| speed-up vs TP=1 |")
-print("|---|---|---|---|---|---|---|")
-ratios = []
-for run in runs:
-    for batch, tok in run["decode_tok_s"].items():
-        ms = run["decode_ms"][batch]
-        predicted = run["predicted_decode_ms"][batch]
-        ratios.append((f"{config(run)} batch {batch}", predicted / ms))
-        speedup = tok / base["decode_tok_s"][batch] if base and batch in base["decode_tok_s"] else None
-        print(f"| {config(run)} | {batch} | {tok:,.1f} | {ms:.3f} | {predicted:.3f} "
-              f"| {predicted / ms:.2f} | {f'{speedup:.2f}x' if speedup else '-'} |")
-    key = next(k for k in run if k.startswith("prefill_"))
-    tokens = int(key.split("_")[1])
-    ms, predicted = run[key], run[f"predicted_{key}"]
-    ratios.append((f"{config(run)} prefill {tokens}", predicted / ms))
-    speedup = base[key] / ms if base and key in base else None
-    print(f"| {config(run)} | prefill {tokens} | {1e3 * tokens / ms:,.1f} | {ms:.3f} "
-          f"| {predicted:.3f} | {predicted / ms:.2f} | {f'{speedup:.2f}x' if speedup else '-'} |")
-
-links = [(run, kind) for run in runs for kind in ("all_reduce", "send") if run.get(f"{kind}_us")]
-if links:
-    print("\n| config | collective | bytes | measured us | predicted us | predicted / measured |")
-    print("|---|---|---|---|---|---|")
-    for run, kind in links:
-        for size, us in run[f"{kind}_us"].items():
-            predicted = run[f"predicted_{kind}_us"][size]
-            label = "all-reduce (TP group)" if kind == "all_reduce" else "send (next stage)"
-            print(f"| {config(run)} | {label} | {int(size):,} | {us:.1f} | {predicted:.1f} "
-                  f"| {predicted / us:.2f} |")
-    # The link the cost model would need: a least-squares line through the
-    # all-reduce times, t = 2 (n - 1) latency + 2 (n - 1) / n * bytes / bandwidth.
-    points = [(run["tp"], int(size), us * 1e-6) for run in runs
-              for size, us in run.get("all_reduce_us", {}).items()]
-    sizes = {p[1] for p in points}
-    if len(sizes) >= 2:
-        n = len(points)
-        xs = [2 * (t - 1) / t * b for t, b, _ in points]  # bytes the ring moves per rank
-        zs = [2 * (t - 1) for t, _, _ in points]          # latency terms
-        ys = [s for _, _, s in points]
-        # Two unknowns (latency, 1 / bandwidth): normal equations.
-        sxx = sum(x * x for x in xs); szz = sum(z * z for z in zs); sxz = sum(x * z for x, z in zip(xs, zs))
-        sxy = sum(x * y for x, y in zip(xs, ys)); szy = sum(z * y for z, y in zip(zs, ys))
-        det = sxx * szz - sxz * sxz
-        if det > 0:
-            inverse_bw = (sxy * szz - szy * sxz) / det
-            latency = (szy * sxx - sxy * sxz) / det
-            bw = f"{1e-9 / inverse_bw:.1f}G" if inverse_bw > 0 else "unbounded (no size effect)"
-            print(f"\nThe all-reduces fit interconnect.intra_node {{latency: {latency * 1e6:.2f}us, "
-                  f"bandwidth: {bw}}} (alpha-beta, {n} points).")
-
-bad = [(label, r) for label, r in ratios if not 0.75 <= r <= 1.25]
-print(f"\nPredicted within 25% of the measured step: {len(ratios) - len(bad)} of {len(ratios)}"
-      + ("" if not bad else "; not: " + ", ".join(f"{label} ({r:.2f})" for label, r in bad)))
-PY
 done
+[ ${#results[@]} -gt 0 ] || { echo "multi.sh: no layout ran" >&2; exit 1; }
+python3 "$root/bench/gpu/multi_report.py" --bench "$bin/llmir-gpu-bench" --spec "$spec" \
+  --fitted "$work/fitted-cluster-spec.yaml" "${results[@]}"

@@ -8,8 +8,9 @@ other), the prefill, the cost model's predictions at that (tp, pp) (the same
 as --predict-only's), the collectives at the model's message sizes (the TP
 all-reduce of [tokens, hidden] f32, the stage send) beside their predictions.
 No timing is asserted. Then bench/gpu/multi.sh --device cpu end to end on the
-same model: its table has a row per layout and batch. Bad flags fail with a
-clear message.
+same model: its table has a row per layout and batch, and the cost model
+calibrated to the runs is written and used. Bad flags fail with a clear
+message.
 """
 import argparse
 import json
@@ -133,7 +134,14 @@ def check_multi_script(args):
           "multi.sh: TP=2 has a speed-up against TP=1")
     check(any("all-reduce (TP group)" in line for line in rows), "multi.sh: all-reduce rows")
     check(any("send (next stage)" in line for line in rows), "multi.sh: send rows")
-    check("Predicted within 25% of the measured step:" in proc.stdout, "multi.sh: the summary")
+    check("Predicted within 25% of the measured step (cost model on" in proc.stdout,
+          "multi.sh: the summary on the given spec")
+    # The calibration: a spec the bench accepts (the second table's
+    # predictions come from it), with the fitted device keys.
+    fitted = os.path.join(args.work, "llmir-gpu-bench", "fitted-cluster-spec.yaml")
+    check("cost model calibrated to these runs" in proc.stdout, "multi.sh: the calibrated table")
+    check(os.path.exists(fitted) and "memory_efficiency:" in open(fitted).read(),
+          "multi.sh: the fitted cluster spec")
 
 
 def main():

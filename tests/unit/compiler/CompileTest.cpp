@@ -155,6 +155,7 @@ TEST(PredictStepSeconds, CalibrationScalesTheRoofline) {
 // collectives' latency terms.
 TEST(PredictStepSeconds, CollectivesFollowTheLink) {
   ClusterSpec spec;
+  spec.devicesPerNode = 2; // the tp = 2 group on one node: the intra-node link
   spec.intraNode = {100e9, 10e-6};
   EXPECT_NEAR(predictAllReduceSeconds(spec, 1e6, 2), 2 * 10e-6 + 1e6 / 100e9, 1e-12);
   EXPECT_NEAR(predictAllReduceSeconds(spec, 1e6, 4), 6 * 10e-6 + 1.5e6 / 100e9, 1e-12);
