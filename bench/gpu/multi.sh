@@ -27,6 +27,8 @@
 #                 bench/gpu/h200.yaml on cuda, examples/laptop-cpu.yaml on cpu)
 #   BENCH_ARGS    more llmir-gpu-bench flags (e.g. "--prompt 16 --new-tokens 8
 #                 --prefill 64 --threads 1" for a quick CPU run)
+#   REUSE=1       a layout whose JSON is already in the work folder is not run
+#                 again (a second call that adds a model to the report)
 # Each run's JSON stays in the work folder (multi-MODEL-tpN-ppM.json).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,7 +37,7 @@ models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) models+=("$1"); shift ;;
   esac
 done
@@ -84,9 +86,14 @@ for model in "${models[@]}"; do
       continue
     fi
     out="$work/multi-$name-tp$tp-pp$pp.json"
-    echo "multi.sh: $name $layout" >&2
-    "$bin/llmir-gpu-bench" --model "$dir" --device "$device" --tp "$tp" --pp "$pp" \
-      --batches "$batches" --cluster-spec "$spec" "${extra[@]}" >"$out"
+    if [ "${REUSE:-0}" = 1 ] && [ -s "$out" ]; then
+      echo "multi.sh: $name $layout: reusing $out" >&2
+    else
+      echo "multi.sh: $name $layout" >&2
+      "$bin/llmir-gpu-bench" --model "$dir" --device "$device" --tp "$tp" --pp "$pp" \
+        --batches "$batches" --cluster-spec "$spec" "${extra[@]}" >"$out.part"
+      mv "$out.part" "$out"
+    fi
     results+=("$dir=$out")
   done
 done
