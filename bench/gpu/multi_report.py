@@ -31,6 +31,8 @@ import sys
 import tempfile
 
 DEVICE_KEYS = ("memory_efficiency", "matmul_efficiency", "attention_efficiency", "op_overhead")
+# The fit's bounds on each key's logarithm (the spec takes op_overhead below 1 s).
+BOUNDS = [(math.log(1e-5), 0.0)] * 3 + [(math.log(1e-9), math.log(1e-2))]
 
 
 def config(run):
@@ -211,7 +213,7 @@ def fit_device(runs, predict, base_text, link, start, scratch):
             out += [math.log(predicted_ms(prediction, key) / ms) for _, ms, key in steps(run)]
         return out
 
-    x = [math.log(start[k]) for k in DEVICE_KEYS]
+    x = [max(lo, min(hi, math.log(start[k]))) for (lo, hi), k in zip(BOUNDS, DEVICE_KEYS)]
     r = residuals(x)
     cost = sum(v * v for v in r)
     damping = 1e-2
@@ -230,8 +232,11 @@ def fit_device(runs, predict, base_text, link, start, scratch):
         g = [-sum(columns[i][k] * r[k] for k in range(len(r))) for i in range(n)]
         for i in range(n):
             a[i][i] += damping * (a[i][i] + 1e-9)
-        dx = solve(a, g)
-        candidate = [min(xi + d, 0.0) if i < 3 else xi + d for i, (xi, d) in enumerate(zip(x, dx))]
+        # A step changes a parameter at most e^2-fold, and stays within its
+        # bounds (efficiencies in [1e-5, 1], op_overhead in [1 ns, 10 ms]).
+        dx = [max(-2.0, min(2.0, d)) for d in solve(a, g)]
+        candidate = [max(lo, min(hi, xi + d))
+                     for (lo, hi), xi, d in zip(BOUNDS, x, dx)]
         r_new = residuals(candidate)
         cost_new = sum(v * v for v in r_new)
         if cost_new < cost:
