@@ -66,7 +66,7 @@ def check_run(args, tp, pp, hidden):
         check(all(positive(v) for v in run[field].values()), f"{label}: {field} positive")
     for b in BATCHES:
         tok, ms = run["decode_tok_s"][str(b)], run["decode_ms"][str(b)]
-        check(abs(tok * ms / 1e3 / b - 1) < 1e-3, f"{label}: batch {b} tok/s = batch / step")
+        check(abs(tok * ms / 1e3 / b - 1) < 1e-2, f"{label}: batch {b} tok/s = batch / step")
     check(positive(run[f"prefill_{PREFILL}_ms"]), f"{label}: prefill timed")
     check(positive(run[f"predicted_prefill_{PREFILL}_ms"]), f"{label}: prefill predicted")
     check(positive(run["weight_bytes"]), f"{label}: weight bytes")
