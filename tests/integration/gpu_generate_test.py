@@ -82,18 +82,24 @@ def main():
     # cores): the demo model's bf16 weights, bf16-level agreement.
     check_model(args.generate, demo, ["--matmul-precision", "medium"], "cuda medium", 2e-2,
                 exact_ids=8)
+    # The same seeded sample on both devices, drawn on the device for cuda
+    # (Executor::stepSample) and on the host for the CPU, at each KV-cache
+    # dtype: the same dtype on both sides (a bf16 cache changes the logits
+    # by ~1e-3, enough to move a draw, whoever samples).
     prompt = reference_cases(demo)[0]["prompt_ids"]
-    sampled = {}
-    for device in ("cpu", "cuda"):
-        proc = run(args.generate, "--model", demo, "--prompt-ids", ",".join(map(str, prompt)),
-                   "--max-tokens", "64", "--ignore-eos", "--temperature", "0.8", "--top-p", "0.9",
-                   "--seed", "7", "--json", "--device", device)
-        check(proc.returncode == 0, f"sampling on {device}: {proc.stderr}")
-        if proc.returncode == 0:
-            sampled[device] = json.loads(proc.stdout)["output_ids"]
-    check(sampled.get("cpu") is not None and sampled.get("cpu") == sampled.get("cuda"),
-          f"seeded sample differs: cpu {sampled.get('cpu')} cuda {sampled.get('cuda')}")
-    print(f"ok: seeded sample of 64 tokens equal on cpu and cuda: {sampled.get('cuda') == sampled.get('cpu')}")
+    for kv in ("f32", "bf16"):
+        sampled = {}
+        for device in ("cpu", "cuda"):
+            proc = run(args.generate, "--model", demo, "--prompt-ids", ",".join(map(str, prompt)),
+                       "--max-tokens", "64", "--ignore-eos", "--temperature", "0.8", "--top-p", "0.9",
+                       "--seed", "7", "--json", "--device", device, "--kv-cache-dtype", kv)
+            check(proc.returncode == 0, f"sampling on {device}: {proc.stderr}")
+            if proc.returncode == 0:
+                sampled[device] = json.loads(proc.stdout)["output_ids"]
+        check(sampled.get("cpu") is not None and sampled.get("cpu") == sampled.get("cuda"),
+              f"seeded sample with {kv} KV differs: cpu {sampled.get('cpu')} cuda {sampled.get('cuda')}")
+        print(f"ok: seeded sample of 64 tokens with {kv} KV equal on cpu and cuda: "
+              f"{sampled.get('cuda') == sampled.get('cpu')}")
     exit_on_failures()
 
 

@@ -273,7 +273,8 @@ private:
     ncclResult_t result = enqueue();
     if (result != ncclSuccess && result != ncclInProgress)
       return fail(ncclError("nccl: enqueue", result));
-    auto deadline = std::chrono::steady_clock::now() + timeout_;
+    const auto started = std::chrono::steady_clock::now();
+    const auto deadline = started + timeout_;
     for (;;) {
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
@@ -290,7 +291,12 @@ private:
         return fail(Status::error("nccl: operation did not complete within " +
                                   std::to_string(timeout_.count()) +
                                   " ms (a peer may have died)"));
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      // A token's broadcast between decode steps takes microseconds: spin
+      // (yielding) through the first milliseconds, sleep after them.
+      if (std::chrono::steady_clock::now() - started < std::chrono::milliseconds(2))
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 

@@ -31,7 +31,9 @@ __device__ uint32_t orderKey(float v) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-template <typename T, typename Op> __device__ T blockReduce(T value, Op op, T *shared) {
+/// op over the block's values; `identity` fills the lanes past the warps.
+template <typename T, typename Op>
+__device__ T blockReduce(T value, Op op, T *shared, T identity) {
   for (int offset = 16; offset > 0; offset /= 2)
     value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -40,7 +42,7 @@ template <typename T, typename Op> __device__ T blockReduce(T value, Op op, T *s
     shared[warp] = value;
   __syncthreads();
   if (warp == 0) {
-    value = lane < kThreads / 32 ? shared[lane] : shared[0];
+    value = lane < kThreads / 32 ? shared[lane] : identity;
     for (int offset = 16; offset > 0; offset /= 2)
       value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
     if (lane == 0)
@@ -141,20 +143,21 @@ __device__ int64_t nthTie(const Row &row, const Cut &within, uint32_t key, int64
   long long count = 0;
   for (int64_t i = threadIdx.x; i < row.V; i += blockDim.x)
     count += isTie(i) ? 1 : 0;
-  count = blockReduce(count, [](long long a, long long b) { return a + b; }, s.i64);
+  count = blockReduce(count, [](long long a, long long b) { return a + b; }, s.i64, 0LL);
   if (n <= 1) { // the usual case, one id with the key, among others
     long long id = row.V;
     for (int64_t i = threadIdx.x; i < row.V; i += blockDim.x)
       if (isTie(i))
         id = min(id, static_cast<long long>(i));
-    return blockReduce(id, [](long long a, long long b) { return a < b ? a : b; }, s.i64);
+    return blockReduce(id, [](long long a, long long b) { return a < b ? a : b; }, s.i64,
+                       static_cast<long long>(row.V));
   }
   if (n >= count) {
     long long id = -1;
     for (int64_t i = threadIdx.x; i < row.V; i += blockDim.x)
       if (isTie(i))
         id = max(id, static_cast<long long>(i));
-    return blockReduce(id, [](long long a, long long b) { return a > b ? a : b; }, s.i64);
+    return blockReduce(id, [](long long a, long long b) { return a > b ? a : b; }, s.i64, -1LL);
   }
   // Several equal logits and not all of them: count in id order, a block of
   // ids at a time.
@@ -205,7 +208,7 @@ __device__ Cut cutAt(const Row &row, const Cut &within, bool byCount, uint64_t t
     }
   }
   any = blockReduce<long long>(any, [](long long a, long long b) { return a < b ? a : b; },
-                               s.i64);
+                               s.i64, row.V);
   const uint64_t each = byCount ? 1 : row.mass(any);
   const int64_t needed =
       each == 0 ? INT64_MAX : static_cast<int64_t>((target - above + each - 1) / each);
@@ -224,7 +227,7 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
   float m = -INFINITY;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
     m = fmaxf(m, row.logits[i]);
-  row.maxLogit = blockReduce(m, fmax2, s.f32);
+  row.maxLogit = blockReduce(m, fmax2, s.f32, -INFINITY);
 
   int64_t chosen;
   const bool greedy = !(p.temperature > 0.0f) || p.topK == 1;
@@ -241,7 +244,7 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
       for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
         if (cut.contains(orderKey(row.logits[i]), i))
           total += row.mass(i);
-      return blockReduce(total, sum, s.u64);
+      return blockReduce(total, sum, s.u64, 0ULL);
     };
     if (p.topP < 1.0f) {
       const double total = static_cast<double>(massOf(kept));
@@ -262,7 +265,8 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
           lowestKey = k;
       }
       lowestKey = static_cast<uint32_t>(blockReduce<long long>(
-          lowestKey, [](long long a, long long b) { return a < b ? a : b; }, s.i64));
+          lowestKey, [](long long a, long long b) { return a < b ? a : b; }, s.i64,
+          0xffffffffLL));
       chosen = nthTie(row, kept, lowestKey, INT64_MAX, s);
     }
   }
@@ -271,7 +275,7 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
     double z = 0;
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
       z += exp(static_cast<double>(row.logits[i]) - static_cast<double>(row.maxLogit));
-    z = blockReduce(z, [](double a, double b) { return a + b; }, s.f64);
+    z = blockReduce(z, [](double a, double b) { return a + b; }, s.f64, 0.0);
     if (threadIdx.x == 0)
       logprobs[blockIdx.x] = static_cast<float>(
           static_cast<double>(row.logits[chosen]) - (row.maxLogit + log(z)));
