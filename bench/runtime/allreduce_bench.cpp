@@ -58,15 +58,6 @@ Status check(ncclResult_t r, const char *what) {
                           : Status::error(std::string(what) + ": " + ncclGetErrorString(r));
 }
 
-/// Counted without touching CUDA (the launcher forks after this).
-int visibleGpus() {
-  std::error_code ec;
-  int count = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
-    ++count;
-  return count;
-}
 
 /// The message sizes in bytes: the model's rows and powers of two.
 std::vector<std::pair<size_t, std::string>> messageSizes() {
@@ -305,7 +296,7 @@ private:
 } // namespace
 
 int main(int argc, char **argv) {
-  int ranks = std::min(visibleGpus(), llmir::runtime::kIpcAllReduceMaxRanks);
+  int ranks = std::min(runtime::visibleNvidiaGpus(), llmir::runtime::kIpcAllReduceMaxRanks);
   int iters = 200;
   int workerRank = -1;
   uint16_t port = 0;
@@ -334,7 +325,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (ranks < 2 || ranks > llmir::runtime::kIpcAllReduceMaxRanks)
-    fail("needs 2 to 8 ranks, one GPU each; " + std::to_string(visibleGpus()) +
+    fail("needs 2 to 8 ranks, one GPU each; " + std::to_string(runtime::visibleNvidiaGpus()) +
          " GPU(s) visible, --ranks " + std::to_string(ranks));
 
   auto server = runtime::RendezvousServer::start("127.0.0.1", 0);

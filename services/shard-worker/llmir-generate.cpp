@@ -483,13 +483,7 @@ Status runLauncher(const Options &o, int argc, char **argv) {
   launch.stdoutRank = decidingRank(compiled->programs.front());
   // Survivors fail within the runtime timeout; a little slack for exiting.
   launch.grace = std::chrono::seconds(o.timeoutSeconds + 5);
-  const std::string port = std::to_string((*server)->port());
-  launch.argsOf = [&](int rank) {
-    std::vector<std::string> args(argv, argv + argc);
-    args.insert(args.end(), {"--worker-rank", std::to_string(rank), "--world-size",
-                             std::to_string(world), "--store-port", port});
-    return args;
-  };
+  launch.argsOf = llmir::runtime::selfRankArgs(argc, argv, world, (*server)->port());
   return llmir::runtime::launchLocalRanks(launch).withContext(
       std::to_string(world) + " ranks (tp " + std::to_string(o.tp) + ", pp " +
       std::to_string(o.pp) + ", sp " + std::to_string(o.sp) + ")");

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -149,6 +150,28 @@ Status launchLocalRanks(const LaunchOptions &options) {
                std::to_string(options.grace.count()) + " ms were killed";
   }
   return Status::error(message);
+}
+
+std::function<std::vector<std::string>(int rank)> selfRankArgs(int argc, char **argv,
+                                                               int worldSize,
+                                                               uint16_t storePort) {
+  std::vector<std::string> own(argv, argv + argc);
+  return [own, worldSize, storePort](int rank) {
+    std::vector<std::string> args = own;
+    args.insert(args.end(), {"--worker-rank", std::to_string(rank), "--world-size",
+                             std::to_string(worldSize), "--store-port",
+                             std::to_string(storePort)});
+    return args;
+  };
+}
+
+int visibleNvidiaGpus() {
+  std::error_code ec;
+  int count = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    ++count;
+  return count;
 }
 
 } // namespace llmir::runtime

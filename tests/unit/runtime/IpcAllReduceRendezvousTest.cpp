@@ -6,6 +6,7 @@
 #include "IpcAllReduceRecord.h"
 
 #include "llmir/runtime/IpcAllReduce.h"
+#include "llmir/runtime/LocalLauncher.h"
 #include "llmir/runtime/RendezvousStore.h"
 
 #include <gtest/gtest.h>
@@ -238,15 +239,6 @@ TEST_F(IpcRendezvousTest, ARankThatNeverComesIsNamedAfterTheTimeout) {
       << outcomes[0].message();
 }
 
-/// Counted without touching CUDA (the multi-GPU test forks after this).
-int visibleGpus() {
-  std::error_code ec;
-  int count = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
-    ++count;
-  return count;
-}
 
 TEST_F(IpcRendezvousTest, CreateWithoutAGpuFailsAtOnceSayingWhy) {
   auto client = RendezvousClient::connect("127.0.0.1", server_->port(), 5s);
@@ -255,7 +247,7 @@ TEST_F(IpcRendezvousTest, CreateWithoutAGpuFailsAtOnceSayingWhy) {
   auto invalid = IpcAllReduce::create(**client, "ipc/", 0, 9, options);
   ASSERT_FALSE(invalid.isOk());
   EXPECT_TRUE(contains(invalid.message(), "group of 9 ranks")) << invalid.message();
-  if (visibleGpus() > 0)
+  if (runtime::visibleNvidiaGpus() > 0)
     GTEST_SKIP() << "a GPU is visible: runtime_ipc_allreduce_test covers create() there";
   // One rank, so nobody else is waited for: the failure is this rank's own.
   auto start = std::chrono::steady_clock::now();

@@ -9,6 +9,7 @@
 
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/IpcAllReduce.h"
+#include "llmir/runtime/LocalLauncher.h"
 #include "llmir/runtime/RendezvousStore.h"
 
 #include <cuda_runtime.h>
@@ -29,16 +30,6 @@ namespace {
 
 constexpr const char *kSkip = "SKIP: ";
 
-/// Counted without touching CUDA: a parent that initialised CUDA could not
-/// use it in forked ranks.
-int visibleGpus() {
-  std::error_code ec;
-  int count = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
-    ++count;
-  return count;
-}
 
 Status check(cudaError_t e, const std::string &what) {
   return e == cudaSuccess ? Status::ok()
@@ -155,7 +146,7 @@ void expectRanksPass(int world, const std::function<Status(int)> &body) {
     EXPECT_TRUE(outcomes[r].ok) << "rank " << r << ": " << outcomes[r].message;
 }
 
-int testWorld() { return std::min(visibleGpus(), kIpcAllReduceMaxRanks); }
+int testWorld() { return std::min(runtime::visibleNvidiaGpus(), kIpcAllReduceMaxRanks); }
 
 class IpcAllReduceTest : public ::testing::Test {
 protected:

@@ -3,6 +3,7 @@
 #include "RankProcesses.h"
 
 #include "llmir/runtime/DistributedRuntime.h"
+#include "llmir/runtime/LocalLauncher.h"
 #include "llmir/runtime/RendezvousStore.h"
 
 #include <cuda_runtime.h>
@@ -17,16 +18,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// Counted without touching CUDA: a parent that initialised CUDA could not
-/// use it in forked ranks.
-int visibleGpus() {
-  std::error_code ec;
-  int count = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
-    ++count;
-  return count;
-}
 
 Status check(cudaError_t e, const char *what) {
   return e == cudaSuccess ? Status::ok()
@@ -34,8 +25,22 @@ Status check(cudaError_t e, const char *what) {
                                           cudaGetErrorString(e));
 }
 
+/// Rank `rank` of `world` over NCCL, meeting at the store on `port`.
+Result<std::unique_ptr<DistributedRuntime>> joinNccl(int rank, int world, uint16_t port,
+                                                     const std::string &prefix,
+                                                     std::chrono::milliseconds timeout) {
+  RuntimeConfig config;
+  config.worldSize = world;
+  config.rank = rank;
+  config.storePort = port;
+  config.backend = "nccl";
+  config.timeout = timeout;
+  config.storePrefix = prefix;
+  return DistributedRuntime::init(config);
+}
+
 TEST(NcclRuntimeTest, CollectivesAndSendRecvOnDeviceBuffers) {
-  const int world = std::min(visibleGpus(), 2);
+  const int world = std::min(runtime::visibleNvidiaGpus(), 2);
   if (world == 0)
     GTEST_SKIP() << "no NVIDIA GPU visible";
   auto server = RendezvousServer::start("127.0.0.1", 0);
@@ -43,14 +48,7 @@ TEST(NcclRuntimeTest, CollectivesAndSendRecvOnDeviceBuffers) {
   const uint16_t port = (*server)->port();
 
   auto outcomes = llmir::runtime::testing::runRanks(world, [&](int rank) -> Status {
-    RuntimeConfig config;
-    config.worldSize = world;
-    config.rank = rank;
-    config.storePort = port;
-    config.backend = "nccl";
-    config.timeout = 60s;
-    config.storePrefix = "nccl-test";
-    auto rt = DistributedRuntime::init(config);
+    auto rt = joinNccl(rank, world, port, "nccl-test", 60s);
     if (!rt)
       return rt.status();
     const size_t n = 1 << 20;
@@ -102,20 +100,13 @@ TEST(NcclRuntimeTest, CollectivesAndSendRecvOnDeviceBuffers) {
 /// pipeline transfer, then a blocking collective on the same communicator
 /// (it waits for the stream's work first).
 TEST(NcclRuntimeTest, StreamOrderedCollectivesReplayInACudaGraph) {
-  if (visibleGpus() < 2)
+  if (runtime::visibleNvidiaGpus() < 2)
     GTEST_SKIP() << "needs 2 NVIDIA GPUs";
   auto server = RendezvousServer::start("127.0.0.1", 0);
   ASSERT_TRUE(server.isOk()) << server.message();
   const uint16_t port = (*server)->port();
   auto outcomes = llmir::runtime::testing::runRanks(2, [&](int rank) -> Status {
-    RuntimeConfig config;
-    config.worldSize = 2;
-    config.rank = rank;
-    config.storePort = port;
-    config.backend = "nccl";
-    config.timeout = 60s;
-    config.storePrefix = "nccl-stream-test";
-    auto rt = DistributedRuntime::init(config);
+    auto rt = joinNccl(rank, 2, port, "nccl-stream-test", 60s);
     if (!rt)
       return rt.status();
     auto group = (*rt)->createGroup({0, 1});
@@ -190,20 +181,13 @@ TEST(NcclRuntimeTest, StreamOrderedCollectivesReplayInACudaGraph) {
 /// A peer that dies with a stream-ordered all-reduce pending: the survivor's
 /// wait fails within the timeout, naming it, instead of hanging.
 TEST(NcclRuntimeTest, AWaitOnACollectiveOfADeadPeerFailsInsteadOfHanging) {
-  if (visibleGpus() < 2)
+  if (runtime::visibleNvidiaGpus() < 2)
     GTEST_SKIP() << "needs 2 NVIDIA GPUs";
   auto server = RendezvousServer::start("127.0.0.1", 0);
   ASSERT_TRUE(server.isOk()) << server.message();
   const uint16_t port = (*server)->port();
   auto outcomes = llmir::runtime::testing::runRanks(2, [&](int rank) -> Status {
-    RuntimeConfig config;
-    config.worldSize = 2;
-    config.rank = rank;
-    config.storePort = port;
-    config.backend = "nccl";
-    config.timeout = 3s;
-    config.storePrefix = "nccl-dead-peer-test";
-    auto rt = DistributedRuntime::init(config);
+    auto rt = joinNccl(rank, 2, port, "nccl-dead-peer-test", 3s);
     if (!rt)
       return rt.status();
     LLMIR_RETURN_IF_ERROR((*rt)->barrier());

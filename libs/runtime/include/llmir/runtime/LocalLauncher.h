@@ -8,6 +8,7 @@
 #include "llmir/support/Status.h"
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -35,5 +36,17 @@ struct LaunchOptions {
 /// A rank killed by a signal is named before ranks that exited with an error
 /// status, since their errors are usually its consequence.
 Status launchLocalRanks(const LaunchOptions &options);
+
+/// LaunchOptions::argsOf for a binary that re-runs itself as the ranks of a
+/// replica (llmir-generate, llmir-gpu-bench): its own argv plus
+/// --worker-rank r --world-size N --store-port P.
+std::function<std::vector<std::string>(int rank)> selfRankArgs(int argc, char **argv,
+                                                               int worldSize,
+                                                               uint16_t storePort);
+
+/// NVIDIA GPUs the driver lists (/proc/driver/nvidia/gpus), counted without
+/// initialising CUDA: a process that did could not use CUDA in the ranks it
+/// forks. CUDA_VISIBLE_DEVICES is not applied.
+int visibleNvidiaGpus();
 
 } // namespace llmir::runtime
