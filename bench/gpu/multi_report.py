@@ -12,8 +12,8 @@ beside the alpha-beta link. Then calibrates:
     line through the all-reduce times, t = 2 (n-1) latency + 2 (n-1)/n bytes
     / bandwidth;
   - the device (memory_efficiency, matmul_efficiency, attention_efficiency,
-    op_overhead): least squares of log(predicted / measured) over the TP=1
-    steps of every model (Gauss-Newton with damping, the Jacobian by finite
+    op_overhead, matmul_half_rows): least squares of log(predicted / measured)
+    over the TP=1 steps of every model (every step with --fit-every-layout) (Gauss-Newton with damping, the Jacobian by finite
     differences of `llmir-gpu-bench --predict-only`; efficiencies capped at 1);
 writes BASE.yaml with those values as OUT.yaml and prints every step again,
 predicted on OUT.yaml: the TP=1 steps are what was fitted, the TP and PP steps
@@ -30,9 +30,12 @@ import subprocess
 import sys
 import tempfile
 
-DEVICE_KEYS = ("memory_efficiency", "matmul_efficiency", "attention_efficiency", "op_overhead")
-# The fit's bounds on each key's logarithm (the spec takes op_overhead below 1 s).
-BOUNDS = [(math.log(1e-5), 0.0)] * 3 + [(math.log(1e-9), math.log(1e-2))]
+DEVICE_KEYS = ("memory_efficiency", "matmul_efficiency", "attention_efficiency", "op_overhead",
+               "matmul_half_rows")
+# The fit's bounds on each key's logarithm (the spec takes op_overhead below
+# 1 s; matmul_half_rows from 1 row to 100k).
+BOUNDS = [(math.log(1e-5), 0.0)] * 3 + [(math.log(1e-9), math.log(1e-2)),
+                                         (0.0, math.log(1e5))]
 
 
 def config(run):
@@ -70,7 +73,8 @@ def write_spec(base_text, device, link, path):
             out += [f"  memory_efficiency: {device['memory_efficiency']:.4g}",
                     f"  matmul_efficiency: {device['matmul_efficiency']:.4g}",
                     f"  attention_efficiency: {device['attention_efficiency']:.4g}",
-                    f"  op_overhead: {device['op_overhead'] * 1e6:.4g}us"]
+                    f"  op_overhead: {device['op_overhead'] * 1e6:.4g}us",
+                    f"  matmul_half_rows: {device['matmul_half_rows']:.4g}"]
         if link and line.strip() == "interconnect:":
             out.append(f"  intra_node: {{bandwidth: {link[1]:.4g}, latency: {link[0] * 1e6:.4g}us}}")
     if not any(line.strip() == "device:" for line in lines):
@@ -82,7 +86,7 @@ def write_spec(base_text, device, link, path):
         f.write("\n".join(out) + "\n")
 
 
-def write_fitted_spec(base_text, device, link, path, runs):
+def write_fitted_spec(base_text, device, link, path, runs, every_layout=False):
     write_spec(base_text, device, link, path)
     fitted_to = ", ".join(f"{name} {config(run)}" for name, model_runs in runs.items()
                           for _, run in model_runs)
@@ -90,7 +94,8 @@ def write_fitted_spec(base_text, device, link, path, runs):
         text = f.read()
     with open(path, "w") as f:
         f.write("# Calibrated by bench/gpu/multi_report.py (bench/gpu/multi.sh) to the measured\n"
-                f"# steps of {fitted_to}: the device to the TP=1 steps, the intra-node\n"
+                f"# steps of {fitted_to}: the device to the "
+                f"{'steps of every layout' if every_layout else 'TP=1 steps'}, the intra-node\n"
                 "# link to the all-reduces (when they gave a line).\n" + text)
 
 
@@ -190,11 +195,12 @@ def fit_link(runs):
     return latency, 1 / inverse_bandwidth
 
 
-def fit_device(runs, predict, base_text, link, start, scratch):
+def fit_device(runs, predict, base_text, link, start, scratch, every_layout=False):
     """The device calibration minimising sum of log(predicted / measured)^2
-    over the TP=1 steps, or None without TP=1 runs."""
+    over the TP=1 steps (every step with every_layout), or None without
+    them."""
     fitted = [(model_dir, run) for model_runs in runs.values() for model_dir, run in model_runs
-              if run["tp"] == 1 and run["pp"] == 1]
+              if every_layout or (run["tp"] == 1 and run["pp"] == 1)]
     if not fitted:
         return None
     spec_path = os.path.join(scratch, "trial.yaml")
@@ -203,7 +209,8 @@ def fit_device(runs, predict, base_text, link, start, scratch):
         return {"memory_efficiency": min(1.0, math.exp(x[0])),
                 "matmul_efficiency": min(1.0, math.exp(x[1])),
                 "attention_efficiency": min(1.0, math.exp(x[2])),
-                "op_overhead": math.exp(x[3])}
+                "op_overhead": math.exp(x[3]),
+                "matmul_half_rows": math.exp(x[4])}
 
     def residuals(x):
         write_spec(base_text, unpack(x), link, spec_path)
@@ -225,7 +232,7 @@ def fit_device(runs, predict, base_text, link, start, scratch):
             xj = list(x)
             xj[j] -= h
             columns.append([(b - a) / h for a, b in zip(residuals(xj), r)])
-        # (J^T J + damping diag) dx = -J^T r, four unknowns: Gaussian elimination.
+        # (J^T J + damping diag) dx = -J^T r, five unknowns: Gaussian elimination.
         n = len(x)
         a = [[sum(columns[i][k] * columns[j][k] for k in range(len(r))) for j in range(n)]
              for i in range(n)]
@@ -248,7 +255,8 @@ def fit_device(runs, predict, base_text, link, start, scratch):
         else:
             damping *= 10
     device = unpack(x)
-    print(f"\nThe TP=1 steps ({len(r)} of {len(fitted)} run(s)) fit the device: "
+    print(f"\nThe {'' if every_layout else 'TP=1 '}steps ({len(r)} of {len(fitted)} run(s)) "
+          "fit the device: "
           + ", ".join(f"{k} {device[k]:.4g}" if k != "op_overhead"
                       else f"op_overhead {device[k] * 1e6:.3g}us" for k in DEVICE_KEYS)
           + f" (rms log error {math.sqrt(cost / len(r)):.3f}).")
@@ -273,7 +281,7 @@ def solve(a, b):
 def base_device(text):
     """The base spec's calibration (1, 1, 1, a small overhead to start from)."""
     values = {"memory_efficiency": 1.0, "matmul_efficiency": 1.0, "attention_efficiency": 1.0,
-              "op_overhead": 1e-6}
+              "op_overhead": 1e-6, "matmul_half_rows": 1.0}
     for key in DEVICE_KEYS:
         match = re.search(r"^\s+%s:\s*([0-9.eE+-]+)\s*(us|ms|ns|s)?\s*$" % key, text, re.M)
         if match:
@@ -287,6 +295,10 @@ def main():
     parser.add_argument("--bench", required=True)
     parser.add_argument("--spec", required=True)
     parser.add_argument("--fitted", required=True)
+    parser.add_argument("--fit-every-layout", action="store_true",
+                        help="fit the device to the steps of every layout, not only TP=1's "
+                             "(with one decode batch TP=1 alone cannot tell the weight "
+                             "reads from the time per op: TP halves one, not the other)")
     parser.add_argument("runs", nargs="+", help="MODEL_DIR=RUN.json")
     args = parser.parse_args()
     runs = {}
@@ -303,11 +315,12 @@ def main():
     base_text = open(args.spec).read()
     link = fit_link(runs)
     with tempfile.TemporaryDirectory() as scratch:
-        device = fit_device(runs, predict, base_text, link, base_device(base_text), scratch)
+        device = fit_device(runs, predict, base_text, link, base_device(base_text), scratch,
+                            args.fit_every_layout)
     if device is None:
         print("\nNo TP=1 run: the device is not calibrated.")
         return
-    write_fitted_spec(base_text, device, link, args.fitted, runs)
+    write_fitted_spec(base_text, device, link, args.fitted, runs, args.fit_every_layout)
     recalibrated = {name: [predict(d, run, args.fitted) for d, run in model_runs]
                     for name, model_runs in runs.items()}
     print_steps(runs, recalibrated, f"cost model calibrated to these runs ({args.fitted})")

@@ -124,7 +124,8 @@ ClusterSpec parse(const YAML::Node &root, const std::string &source) {
   if (const YAML::Node d = root["device"]) {
     checkKeys(d, "device", {"kind", "memory", "peak_flops", "memory_bandwidth",
                             "memory_efficiency", "matmul_efficiency",
-                            "attention_efficiency", "op_overhead"});
+                            "attention_efficiency", "op_overhead", "matmul_half_rows",
+                            "gemv_rows"});
     if (d["kind"]) {
       spec.device.kind = d["kind"].as<std::string>();
       if (spec.device.kind != "cuda" && spec.device.kind != "cpu")
@@ -157,6 +158,18 @@ ClusterSpec parse(const YAML::Node &root, const std::string &source) {
       spec.device.opOverheadSeconds = quantity(d["op_overhead"], "device.op_overhead", true);
       if (!(spec.device.opOverheadSeconds < 1))
         fail("device.op_overhead", "is " + d["op_overhead"].Scalar() + ", expected seconds below 1");
+    }
+    if (d["matmul_half_rows"]) {
+      spec.device.matmulHalfRows =
+          quantity(d["matmul_half_rows"], "device.matmul_half_rows", false);
+      if (!(spec.device.matmulHalfRows < 1e9))
+        fail("device.matmul_half_rows",
+             "is " + d["matmul_half_rows"].Scalar() + ", expected rows below 1e9");
+    }
+    if (d["gemv_rows"]) {
+      spec.device.gemvRows = quantity(d["gemv_rows"], "device.gemv_rows", false);
+      if (!(spec.device.gemvRows < 1e9))
+        fail("device.gemv_rows", "is " + d["gemv_rows"].Scalar() + ", expected rows below 1e9");
     }
   }
   if (const YAML::Node i = root["interconnect"]) {

@@ -86,7 +86,12 @@ public:
     const double attentionFlops = rows * context * s.attentionFlopsPerPair * headShare();
     double bytes = weightBytesPerRank(s) + rows * s.activationBytesPerToken / tp +
                    (decode ? rows * context : tokens) * s.kvBytesPerToken * kvShare();
-    double compute = std::max((matmulFlops / device.matmulEfficiency + otherFlops +
+    // Small products leave most of the tiles idle (matmulHalfRows); GEMVs
+    // (under gemvRows) stream the weights and are priced by their bytes.
+    const double matmulEfficiency =
+        rows < device.gemvRows ? device.matmulEfficiency
+                               : device.matmulEfficiency * rows / (rows + device.matmulHalfRows);
+    double compute = std::max((matmulFlops / matmulEfficiency + otherFlops +
                                attentionFlops / device.attentionEfficiency) /
                                   device.peakFlops,
                               bytes / (device.memoryBandwidth * device.memoryEfficiency)) +

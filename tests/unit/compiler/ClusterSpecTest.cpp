@@ -49,6 +49,13 @@ device: {memory_efficiency: 0.63, matmul_efficiency: 0.42, attention_efficiency:
   auto calibrated =
       loadClusterSpec(std::string(LLMIR_SOURCE_DIR) + "/bench/gpu/h100-calibrated.yaml");
   EXPECT_TRUE(calibrated) << calibrated.message();
+  // The small-GEMM ramp and the GEMV rows (bench/gpu/h200-calibrated.yaml).
+  auto h200 = loadClusterSpec(std::string(LLMIR_SOURCE_DIR) + "/bench/gpu/h200-calibrated.yaml");
+  ASSERT_TRUE(h200) << h200.message();
+  EXPECT_DOUBLE_EQ(h200->device.matmulHalfRows, 201.7);
+  EXPECT_DOUBLE_EQ(h200->device.gemvRows, 8);
+  EXPECT_EQ(ideal->device.matmulHalfRows, 0.0);
+  EXPECT_EQ(ideal->device.gemvRows, 0.0);
 }
 
 struct BadSpec {
@@ -81,6 +88,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadSpec{"device: {memory_efficiency: 1.5}\n",
                 "device.memory_efficiency: is 1.5, expected a share in (0, 1]"},
         BadSpec{"device: {op_overhead: 2}\n", "device.op_overhead: is 2, expected seconds below 1"},
+        BadSpec{"device: {matmul_half_rows: -3}\n",
+                "device.matmul_half_rows: is -3, expected a positive value"},
+        BadSpec{"device: {gemv_rows: 0}\n", "device.gemv_rows: is 0, expected a positive value"},
+        BadSpec{"device: {gemv_row: 8}\n", "gemv_row"},
         // Found by fuzz/ClusterSpecFuzz.cpp: a memory past int64 was converted
         // anyway (undefined behaviour).
         BadSpec{"device: {memory: 666666666666666666666666666666GiB}\n",

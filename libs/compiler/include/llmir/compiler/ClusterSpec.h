@@ -25,6 +25,15 @@ struct DeviceSpec {
   double matmulEfficiency = 1.0;
   double attentionEfficiency = 1.0;
   double opOverheadSeconds = 0.0;
+  /// Rows (tokens per rank) at which the matrix products reach half of
+  /// matmulEfficiency: a product of r rows runs at matmulEfficiency * r /
+  /// (r + matmulHalfRows). 0: every size at matmulEfficiency. Small-batch
+  /// GEMMs leave most of a GPU's tiles idle (64 rows: a few percent of the
+  /// peak, 2,048: a third, measured on H200s).
+  double matmulHalfRows = 0.0;
+  /// Products of fewer rows run as GEMVs that stream the weights (LLMIR's
+  /// CUDA kernels: under 8 tokens): bound by the memory, no ramp. 0: none.
+  double gemvRows = 0.0;
 };
 
 /// One link type of the alpha-beta model: a message of n bytes takes
