@@ -420,7 +420,7 @@ Result<std::string> timeCollectives(const Options &o, const RankContext &ctx,
     std::unique_ptr<runtime::IpcAllReduce> ipc;
     if (ctx.nccl) {
       const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
-      if (!(env && std::string(env) == "0"))
+      if (env && std::string(env) == "1")
         if (auto made = rt.createIpcAllReduce(*group))
           ipc = std::move(made).value();
     }

@@ -20,7 +20,7 @@ namespace llmir::runtime {
 class EngineCommunicator : public engine::Communicator {
 public:
   /// Creates the program's groups and, on NCCL, an IpcAllReduce for each
-  /// group the program all-reduces over (unless LLMIR_IPC_ALLREDUCE=0; a
+  /// group the program all-reduces over (with LLMIR_IPC_ALLREDUCE=1; a
   /// group whose GPUs cannot map each other's memory keeps NCCL alone).
   /// Fails when the program's rank or world
   /// size disagree with the runtime's, when a group does not list this rank,
