@@ -221,6 +221,9 @@ void fail(const std::string &what) {
 
 int storePollUs = 0;  // ServerOptions::pollBeforeSleep of the store child
 int clientPollUs = 0; // ClientOptions::pollBeforeSleep of the bench's client
+int storeSpinUs = -1;  // ServerOptions::channelSpin (-1: its default)
+int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
+bool requestChannel = true;
 
 int serve() {
   // Ends with the bench, however the bench ends (fail() exits at once).
@@ -231,6 +234,8 @@ int serve() {
   o.host = "127.0.0.1";
   o.capacityBytes = 1ull << 30;
   o.pollBeforeSleep = std::chrono::microseconds(storePollUs);
+  if (storeSpinUs >= 0)
+    o.channelSpin = std::chrono::microseconds(storeSpinUs);
   auto server = kv::Server::start(o);
   if (!server)
     fail(server.message());
@@ -261,6 +266,14 @@ int main(int argc, char **argv) {
              "the store polls this long after its last activity before sleeping");
   config.add("poll-us", &clientPollUs,
              "the client polls this long after its last activity before sleeping");
+  config.add("store-spin-us", &storeSpinUs,
+             "after a request through a client's channel, the store checks the channels "
+             "this long before sleeping (-1: the default)");
+  config.add("spin-us", &clientSpinUs,
+             "the client checks its channel for the reply this long before sleeping "
+             "(-1: the default)");
+  config.add("request-channel", &requestChannel,
+             "carry same-host requests through the channel in the store's segment");
   config.add("serve", &serveMode, "internal: run the store for the parent bench");
   if (auto st = config.load(argc, argv); !st)
     fail(st.message());
@@ -289,7 +302,8 @@ int main(int argc, char **argv) {
     std::string perftestTls = transport == "shm" ? "shm" : transport;
 
     Child server = spawn({selfPath, "--serve",
-                          "--store-poll-us=" + std::to_string(storePollUs)});
+                          "--store-poll-us=" + std::to_string(storePollUs),
+                          "--store-spin-us=" + std::to_string(storeSpinUs)});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);
     uint16_t port = uint16_t(std::stoi(server.text.substr(server.text.find(' ') + 1)));
@@ -297,6 +311,9 @@ int main(int argc, char **argv) {
     co.port = port;
     co.timeout = std::chrono::seconds(30);
     co.pollBeforeSleep = std::chrono::microseconds(clientPollUs);
+    if (clientSpinUs >= 0)
+      co.channelSpin = std::chrono::microseconds(clientSpinUs);
+    co.requestChannel = requestChannel;
     auto client = kv::Client::create(co);
     if (!client)
       fail(client.message());

@@ -7,7 +7,13 @@
 #include "llmir/support/ClusterAuth.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -67,6 +73,13 @@ public:
   Status prepare(Clock::time_point deadline, int64_t limitMs);
   Status exchange(wire::Op op, size_t n, Clock::time_point deadline, int64_t limitMs);
   Status hello(Clock::time_point deadline, int64_t limitMs);
+  /// Asks for a request channel in the mapped segment; without one (an
+  /// older store, no room) requests stay on the endpoint.
+  Status openChannel(Clock::time_point deadline, int64_t limitMs);
+  /// One message's request and reply through the channel.
+  Status exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
+                           int64_t limitMs);
+  void closeChannel();
   bool sharedMemoryAllowed() const;
 
   ClientOptions options_;
@@ -95,6 +108,16 @@ public:
   // Room the store reserved ahead for our next shared put (slot, bytes),
   // from the last PutCommitAhead reply; the store frees it at our next commit.
   std::vector<std::pair<uint32_t, uint64_t>> spares_;
+  // The request channel in the mapped segment (null: requests go on the
+  // endpoint), the store's wake pipe, opened read-write so that it always
+  // has a reader (a write then never raises SIGPIPE, even after the store
+  // died), and the last request's sequence number.
+  uint8_t *channel_ = nullptr;
+  uint32_t channelBytes_ = 0;
+  int wakeFd_ = -1;
+  uint32_t channelSeq_ = 0;
+  std::optional<wire::ChannelOffer> channelOffer_;
+  std::vector<uint8_t> channelReply_;
 
   // The blocks of the current call (one of them is set).
   std::span<const PutBlock> putBlocks_;
@@ -140,7 +163,7 @@ public:
                                   void *data, size_t length,
                                   const ucp_am_recv_param_t *param);
   ucs_status_t handleReply(const void *header, size_t headerLength, void *data,
-                           size_t length, const ucp_am_recv_param_t *param);
+                           size_t length, bool rendezvous);
 };
 
 Status Client::Impl::ensureWorker() {
@@ -210,6 +233,7 @@ void Client::Impl::disconnect(bool force) {
   authenticated_ = false;
   authReply_.reset();
   // A restarted store has another segment; a dead one's pages are freed.
+  closeChannel();
   arena_.reset();
   spares_.clear();
   helloDone_ = false;
@@ -309,12 +333,12 @@ void Client::Impl::onSent(void *request, ucs_status_t status, void *user) {
 ucs_status_t Client::Impl::onReply(void *arg, const void *header, size_t headerLength,
                                    void *data, size_t length,
                                    const ucp_am_recv_param_t *param) {
-  return static_cast<Impl *>(arg)->handleReply(header, headerLength, data, length, param);
+  return static_cast<Impl *>(arg)->handleReply(header, headerLength, data, length,
+                                               param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV);
 }
 
 ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, void *data,
-                                       size_t length, const ucp_am_recv_param_t *param) {
-  bool rendezvous = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
+                                       size_t length, bool rendezvous) {
   MessageHeader h{};
   if (headerLength < sizeof h)
     return UCS_OK;
@@ -325,6 +349,15 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
   Message &message = it->second;
   message.done = true;
   const auto *bytes = static_cast<const uint8_t *>(header);
+  if (message.op == wire::Op::OpenChannel) {
+    // A store that predates the channel refuses it: requests stay on UCX.
+    if (!h.errorLength && headerLength == sizeof h + sizeof(wire::ChannelOffer)) {
+      wire::ChannelOffer offer;
+      std::memcpy(&offer, bytes + sizeof h, sizeof offer);
+      channelOffer_ = offer;
+    }
+    return UCS_OK;
+  }
   if (message.op == wire::Op::Hello) {
     // A store without a segment (or one that predates Hello and refuses it)
     // leaves offer_ empty: bytes then travel in messages.
@@ -603,6 +636,158 @@ Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
   }
   arena_ = std::move(*mapped);
   arenaNote_.clear();
+  if (options_.requestChannel)
+    return openChannel(deadline, limitMs);
+  return Status::ok();
+}
+
+Status Client::Impl::openChannel(Clock::time_point deadline, int64_t limitMs) {
+  channelOffer_.reset();
+  uint64_t id = nextId_++;
+  Message &message = messages_[id];
+  message.id = id;
+  message.op = wire::Op::OpenChannel;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(wire::Op::OpenChannel);
+  h.requestId = id;
+  message.header.resize(sizeof h);
+  std::memcpy(message.header.data(), &h, sizeof h);
+  ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, message.header.data(),
+                                         message.header.size(), nullptr, 0, &param);
+  if (UCS_PTR_IS_ERR(req))
+    return Status::error(where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req)));
+  Status answered = progressUntil([&] { return message.done; }, deadline,
+                                  "to the request-channel offer");
+  messages_.erase(id);
+  if (!answered && Clock::now() >= deadline)
+    return Status::error(where() + ": no reply within " + std::to_string(limitMs) +
+                         " ms (to the request-channel offer)");
+  LLMIR_RETURN_IF_ERROR(answered);
+  if (!channelOffer_) {
+    arenaNote_ = "the store offers no request channel";
+    return Status::ok();
+  }
+  const wire::ChannelOffer &offer = *channelOffer_;
+  uint64_t at = uint64_t(offer.slot) * kArenaAlignment;
+  uint64_t bytes = sizeof(wire::ChannelHeader) + 2ull * offer.messageBytes;
+  if (offer.slot == 0 || offer.messageBytes < sizeof(MessageHeader) + sizeof(BlockMeta) ||
+      at + bytes > arena_->size()) {
+    arenaNote_ = "the store's request channel lies outside its segment";
+    return Status::ok();
+  }
+  std::string path = "/proc/" + std::to_string(offer_->pid) + "/fd/" +
+                     std::to_string(offer.wakeFd);
+  int fd = ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    arenaNote_ = "cannot open the store's wake pipe " + path + ": " + std::strerror(errno);
+    return Status::ok();
+  }
+  wakeFd_ = fd;
+  channel_ = arena_->base() + at;
+  channelBytes_ = offer.messageBytes;
+  channelSeq_ = 0;
+  return Status::ok();
+}
+
+void Client::Impl::closeChannel() {
+  if (wakeFd_ >= 0)
+    ::close(wakeFd_);
+  wakeFd_ = -1;
+  channel_ = nullptr;
+  channelBytes_ = 0;
+  channelSeq_ = 0;
+  channelOffer_.reset();
+}
+
+Status Client::Impl::exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
+                                       int64_t limitMs) {
+  op_ = op;
+  statuses_.assign(n, BlockStatus::Missing);
+  uint64_t id = nextId_++;
+  Message &message = messages_[id];
+  message.id = id;
+  message.op = op;
+  message.first = 0;
+  message.count = static_cast<uint32_t>(n);
+  auto *channel = reinterpret_cast<wire::ChannelHeader *>(channel_);
+  uint8_t *request = channel_ + sizeof(wire::ChannelHeader);
+  const uint8_t *reply = request + channelBytes_;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(op);
+  h.requestId = id;
+  h.count = message.count;
+  std::memcpy(request, &h, sizeof h);
+  for (uint32_t i = 0; i < message.count; ++i) {
+    BlockMeta m;
+    fillRecord(i, m);
+    std::memcpy(request + sizeof h + i * sizeof m, &m, sizeof m);
+  }
+  std::atomic_ref<uint32_t>(channel->requestLength)
+      .store(static_cast<uint32_t>(sizeof h + n * sizeof(BlockMeta)), std::memory_order_relaxed);
+  uint32_t seq = ++channelSeq_;
+  std::atomic_ref<uint32_t>(channel->requestSeq).store(seq, std::memory_order_seq_cst);
+  auto &storeSleeping =
+      *reinterpret_cast<uint32_t *>(arena_->base() + wire::kStoreSleepingOffset);
+  if (std::atomic_ref<uint32_t>(storeSleeping).load(std::memory_order_seq_cst)) {
+    char byte = 1;
+    (void)!::write(wakeFd_, &byte, 1); // a full pipe already wakes it
+  }
+
+  // Wait for the reply: a brief spin, then a futex in short slices between
+  // which the UCX endpoint is progressed: a store that died is reported
+  // there (its pages stay mapped here, so nothing else notices).
+  std::atomic_ref<uint32_t> replySeq(channel->replySeq);
+  std::atomic_ref<uint32_t> waiting(channel->clientWaiting);
+  auto spinUntil = Clock::now() + options_.channelSpin;
+  for (;;) {
+    if (replySeq.load(std::memory_order_acquire) == seq)
+      break;
+    auto now = Clock::now();
+    if (now < spinUntil) {
+      for (int i = 0; i < 64; ++i)
+        wire::cpuRelax();
+      continue;
+    }
+    worker_->progress();
+    if (endpointFailed_) {
+      failure_ = where() + " is unreachable or the connection was lost: " +
+                 ucx::errorText(endpointError_);
+      break;
+    }
+    if (!failure_.empty())
+      break;
+    if (now >= deadline) {
+      failure_ = where() + ": no reply within " + std::to_string(limitMs) + " ms";
+      break;
+    }
+    waiting.store(1, std::memory_order_seq_cst);
+    uint32_t seen = replySeq.load(std::memory_order_seq_cst);
+    if (seen != seq) {
+      timespec slice{0, 1'000'000}; // 1 ms
+      syscall(SYS_futex, &channel->replySeq, FUTEX_WAIT, seen, &slice, nullptr, 0);
+    }
+    waiting.store(0, std::memory_order_relaxed);
+  }
+  if (failure_.empty()) {
+    uint32_t length =
+        std::atomic_ref<uint32_t>(channel->replyLength).load(std::memory_order_relaxed);
+    if (length > channelBytes_) {
+      failure_ = where() + ": malformed reply (" + std::to_string(length) +
+                 " bytes in a channel of " + std::to_string(channelBytes_) + ")";
+    } else {
+      // Copied out first: the segment is writable by others.
+      channelReply_.assign(reply, reply + length);
+      handleReply(channelReply_.data(), length, nullptr, 0, /*rendezvous=*/false);
+      if (failure_.empty() && !message.done)
+        failure_ = where() + ": malformed reply (not the request's id)";
+    }
+  }
+  if (!failure_.empty()) {
+    disconnect(/*force=*/true); // the next call reconnects
+    return Status::error(failure_);
+  }
+  messages_.clear();
   return Status::ok();
 }
 
@@ -683,6 +868,9 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
 
 Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
                               int64_t limitMs) {
+  if (channel_ && wire::carriedByChannel(static_cast<uint16_t>(op)) &&
+      n <= maxBlocksPerMessage_ && sizeof(MessageHeader) + n * sizeof(BlockMeta) <= channelBytes_)
+    return exchangeOnChannel(op, n, deadline, limitMs);
   op_ = op;
   statuses_.assign(n, BlockStatus::Missing);
   // Every message goes out before any reply is awaited.
@@ -791,6 +979,7 @@ Client::~Client() = default;
 size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_; }
 
 bool Client::usesSharedMemory() const { return impl_->arena_ != nullptr; }
+bool Client::usesRequestChannel() const { return impl_->channel_ != nullptr; }
 
 std::string Client::describeConnection() const {
   if (!impl_->ep_)
@@ -798,7 +987,10 @@ std::string Client::describeConnection() const {
   std::string bytes =
       impl_->arena_
           ? "block bytes: shared memory (the store's segment of " +
-                std::to_string(impl_->arena_->size()) + " bytes, mapped)\n"
+                std::to_string(impl_->arena_->size()) + " bytes, mapped)\n" +
+                (impl_->channel_ ? "requests: the channel in the segment\n"
+                                 : "requests: UCX active messages (" + impl_->arenaNote_ +
+                                       ")\n")
           : "block bytes: UCX active messages" +
                 (impl_->arenaNote_.empty() ? "" : " (" + impl_->arenaNote_ + ")") + "\n";
   char *text = nullptr;

@@ -8,6 +8,9 @@
 
 #include <arpa/inet.h>
 #include <atomic>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -71,6 +74,11 @@ public:
   Impl(const ServerOptions &options, OperationObserver observer)
       : options_(options), observer_(std::move(observer)),
         pool_(options.capacityBytes) {}
+  ~Impl() {
+    for (int fd : wakePipe_)
+      if (fd >= 0)
+        close(fd);
+  }
 
   Status open();
   void run();
@@ -93,6 +101,22 @@ public:
   // (PutCommitAhead): not counted against the budget until committed; at
   // most one commit's records per endpoint.
   std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> spares_;
+  // Same-host clients' request channels in the segment (wire::ChannelHeader),
+  // per endpoint; freed when it goes away.
+  struct Channel {
+    uint64_t offset = 0;
+    wire::ChannelHeader *header = nullptr;
+    uint32_t lastSeq = 0; // of the last request served
+  };
+  std::map<ucp_ep_h, Channel> channels_;
+  // Clients write a byte here to wake the progress thread while it sleeps
+  // (the word at wire::kStoreSleepingOffset says so); they open the write
+  // end through /proc/<pid>/fd.
+  int wakePipe_[2] = {-1, -1};
+  // Set while a channel's request is handled: send() answers there.
+  Channel *replyChannel_ = nullptr;
+  std::vector<uint8_t> channelRequest_;
+  Clock::time_point lastChannelRequest_;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -126,6 +150,18 @@ public:
   void handleRequest(const void *header, size_t headerLength, void *data,
                      size_t length, const ucp_am_recv_param_t *param,
                      ucs_status_t &result);
+  void serve(ucp_ep_h ep, const void *header, size_t headerLength, void *data,
+             size_t length, bool rendezvous, ucs_status_t &result);
+  void openChannel(ucp_ep_h ep, const MessageHeader &h);
+  void freeChannel(ucp_ep_h ep);
+  /// Serves every channel's pending request; true when there was one.
+  bool serveChannels();
+  bool channelPending() const;
+  /// Writes `reply` into replyChannel_'s reply area and wakes its client.
+  void answerOnChannel(Reply *reply);
+  uint32_t &storeSleeping() const {
+    return *reinterpret_cast<uint32_t *>(arena_->base() + wire::kStoreSleepingOffset);
+  }
   void refuse(ucp_ep_h ep, const MessageHeader &request, const std::string &why);
   void handleAuth(ucp_ep_h ep, std::string_view bytes, size_t payloadLength);
   /// Disconnects `ep` without answering (closed outside the callback).
@@ -179,6 +215,9 @@ Status Server::Impl::open() {
     if (arena) {
       arena_ = std::move(*arena);
       arenaStatus_ = std::to_string(arena_->size()) + " bytes";
+      // No wake pipe: clients then keep their requests on UCX.
+      if (pipe2(wakePipe_, O_NONBLOCK | O_CLOEXEC) != 0)
+        wakePipe_[0] = wakePipe_[1] = -1;
     } else {
       arenaStatus_ = arena.status().message();
     }
@@ -252,6 +291,7 @@ void Server::Impl::onConnect(ucp_conn_request_h request, void *arg) {
 
 void Server::Impl::forgetEndpoint(ucp_ep_h ep) {
   pins_.erase(ep);
+  freeChannel(ep);
   spares_.erase(ep);
   auto it = reservations_.find(ep);
   if (it == reservations_.end())
@@ -366,6 +406,8 @@ void Server::Impl::refuse(ucp_ep_h ep, const MessageHeader &request,
 }
 
 void Server::Impl::send(ucp_ep_h ep, Reply *reply) {
+  if (replyChannel_)
+    return answerOnChannel(reply);
   if (!ep || !endpoints_.count(ep)) {
     delete reply; // the client is gone
     return;
@@ -407,10 +449,15 @@ void Server::Impl::onReplySent(void *request, ucs_status_t status, void *user) {
 void Server::Impl::handleRequest(const void *header, size_t headerLength, void *data,
                                  size_t length, const ucp_am_recv_param_t *param,
                                  ucs_status_t &result) {
-  Clock::time_point start = Clock::now();
   bool rendezvous = param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV;
   ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep
                                                                      : nullptr;
+  serve(ep, header, headerLength, data, length, rendezvous, result);
+}
+
+void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, void *data,
+                         size_t length, bool rendezvous, ucs_status_t &result) {
+  Clock::time_point start = Clock::now();
   if (options_.clusterSecret && (!ep || handshakes_.count(ep)))
     return drop(ep); // before the handshake: nothing is served or answered
   MessageHeader h{};
@@ -432,8 +479,13 @@ void Server::Impl::handleRequest(const void *header, size_t headerLength, void *
   pins_.erase(ep);
 
   auto op = static_cast<wire::Op>(h.op);
+  if (replyChannel_ && !wire::carriedByChannel(h.op))
+    return refuse(ep, h, "operation " + std::to_string(h.op) +
+                             " is not carried by the request channel");
   if (op == wire::Op::Put)
     return startPut(ep, h, records.data(), data, length, rendezvous, result);
+  if (op == wire::Op::OpenChannel)
+    return openChannel(ep, h);
   if (op >= wire::Op::Hello && op <= wire::Op::PutCommitAhead) {
     if (length != 0)
       return refuse(ep, h, "shared-memory requests carry no payload");
@@ -758,6 +810,114 @@ void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
   replyShared(ep, h, records, Operation::Put, start, bytes, rejected);
 }
 
+void Server::Impl::openChannel(ucp_ep_h ep, const MessageHeader &h) {
+  if (!arena_ || wakePipe_[1] < 0)
+    return refuse(ep, h, "this store has no shared-memory segment");
+  if (!channels_.count(ep)) {
+    uint64_t bytes = sizeof(wire::ChannelHeader) + 2ull * wire::kChannelMessageBytes;
+    auto offset = arena_->allocate(bytes); // from the slack, never evicting
+    if (!offset)
+      return refuse(ep, h, "no room for a request channel in the segment");
+    Channel channel;
+    channel.offset = *offset;
+    channel.header = reinterpret_cast<wire::ChannelHeader *>(arena_->base() + *offset);
+    std::memset(channel.header, 0, sizeof(wire::ChannelHeader));
+    channels_[ep] = channel;
+  }
+  Reply *reply = replyFor(h, {});
+  wire::ChannelOffer offer{};
+  offer.slot = static_cast<uint32_t>(channels_[ep].offset / kArenaAlignment);
+  offer.wakeFd = wakePipe_[1];
+  offer.messageBytes = wire::kChannelMessageBytes;
+  size_t at = reply->header.size();
+  reply->header.resize(at + sizeof offer);
+  std::memcpy(reply->header.data() + at, &offer, sizeof offer);
+  reply->start = Clock::now();
+  send(ep, reply);
+}
+
+void Server::Impl::freeChannel(ucp_ep_h ep) {
+  auto it = channels_.find(ep);
+  if (it == channels_.end())
+    return;
+  arena_->free(it->second.offset,
+               sizeof(wire::ChannelHeader) + 2ull * wire::kChannelMessageBytes);
+  channels_.erase(it);
+}
+
+bool Server::Impl::channelPending() const {
+  for (const auto &[ep, channel] : channels_)
+    if (std::atomic_ref<uint32_t>(channel.header->requestSeq).load(std::memory_order_seq_cst) !=
+        channel.lastSeq)
+      return true;
+  return false;
+}
+
+bool Server::Impl::serveChannels() {
+  bool served = false;
+  // A request may close its endpoint (drop): iterate over a copy of the keys.
+  std::vector<ucp_ep_h> eps;
+  for (const auto &[ep, channel] : channels_)
+    eps.push_back(ep);
+  for (ucp_ep_h ep : eps) {
+    auto it = channels_.find(ep);
+    if (it == channels_.end())
+      continue;
+    Channel &channel = it->second;
+    uint32_t seq =
+        std::atomic_ref<uint32_t>(channel.header->requestSeq).load(std::memory_order_acquire);
+    if (seq == channel.lastSeq)
+      continue;
+    served = true;
+    channel.lastSeq = seq;
+    // Copied out first: the client could change the area while it is parsed.
+    uint32_t length = std::atomic_ref<uint32_t>(channel.header->requestLength)
+                          .load(std::memory_order_relaxed);
+    const uint8_t *area = reinterpret_cast<const uint8_t *>(channel.header + 1);
+    channelRequest_.assign(area, area + std::min(length, wire::kChannelMessageBytes));
+    replyChannel_ = &channel;
+    if (length > wire::kChannelMessageBytes || length < sizeof(MessageHeader)) {
+      MessageHeader h{};
+      if (length >= sizeof h)
+        std::memcpy(&h, channelRequest_.data(), sizeof h);
+      refuse(ep, h, "request of " + std::to_string(length) + " bytes in a channel of " +
+                        std::to_string(wire::kChannelMessageBytes));
+    } else {
+      ucs_status_t ignored = UCS_OK;
+      serve(ep, channelRequest_.data(), channelRequest_.size(), nullptr, 0, false, ignored);
+    }
+    replyChannel_ = nullptr;
+  }
+  return served;
+}
+
+void Server::Impl::answerOnChannel(Reply *reply) {
+  Channel &channel = *replyChannel_;
+  if (!reply->iov.empty() || reply->header.size() > wire::kChannelMessageBytes) {
+    // Not a reply the channel carries (refused before it is built; kept as
+    // a guard): say so rather than leave the client waiting.
+    MessageHeader h;
+    std::memcpy(&h, reply->header.data(), sizeof h);
+    static const std::string why = "reply too large for the request channel";
+    h.count = 0;
+    h.errorLength = static_cast<uint32_t>(why.size());
+    reply->header.resize(sizeof h + why.size());
+    std::memcpy(reply->header.data(), &h, sizeof h);
+    std::memcpy(reply->header.data() + sizeof h, why.data(), why.size());
+    reply->iov.clear();
+    reply->blocks = 0;
+  }
+  uint8_t *area = reinterpret_cast<uint8_t *>(channel.header + 1) + wire::kChannelMessageBytes;
+  std::memcpy(area, reply->header.data(), reply->header.size());
+  std::atomic_ref<uint32_t>(channel.header->replyLength)
+      .store(static_cast<uint32_t>(reply->header.size()), std::memory_order_relaxed);
+  std::atomic_ref<uint32_t>(channel.header->replySeq)
+      .store(channel.lastSeq, std::memory_order_seq_cst);
+  if (std::atomic_ref<uint32_t>(channel.header->clientWaiting).load(std::memory_order_seq_cst))
+    syscall(SYS_futex, &channel.header->replySeq, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+  onReplySent(nullptr, UCS_OK, reply); // the observer sees it; freed
+}
+
 void Server::Impl::receivePending() {
   std::vector<PendingPut *> puts;
   puts.swap(toReceive_);
@@ -831,6 +991,10 @@ void Server::Impl::run() {
   auto lastActivity = Clock::now();
   while (!stopping_) {
     bool busy = worker_->progress();
+    if (!channels_.empty() && serveChannels()) {
+      busy = true;
+      lastChannelRequest_ = Clock::now();
+    }
     if (!toReceive_.empty()) {
       receivePending();
       busy = true;
@@ -851,10 +1015,35 @@ void Server::Impl::run() {
     // Sleep on the event fd when idle (network events or ucp_worker_signal
     // from stop() wake it); spinning without bound measured slower on a
     // shared machine, so at most pollBeforeSleep after the last activity.
-    if (busy)
+    if (busy) {
       lastActivity = Clock::now();
-    else if (Clock::now() - lastActivity >= options_.pollBeforeSleep)
+      continue;
+    }
+    auto now = Clock::now();
+    if (!channels_.empty() && now - lastChannelRequest_ < options_.channelSpin) {
+      // A channel client's next request usually comes within its copy of a
+      // block: look for it with memory loads only, progressing UCX (a
+      // system call) every few microseconds.
+      for (int i = 0; i < 512 && !channelPending(); ++i)
+        wire::cpuRelax();
+      continue;
+    }
+    if (now - lastActivity < options_.pollBeforeSleep)
+      continue;
+    if (channels_.empty()) {
       worker_->wait(100);
+      continue;
+    }
+    // Say that we sleep, then look once more: a client that wrote its
+    // request before seeing the word is caught here, one that saw it
+    // writes to the wake pipe (both sides' accesses are seq_cst).
+    std::atomic_ref<uint32_t>(storeSleeping()).store(1, std::memory_order_seq_cst);
+    if (!channelPending())
+      worker_->wait(100, wakePipe_[0]);
+    std::atomic_ref<uint32_t>(storeSleeping()).store(0, std::memory_order_seq_cst);
+    char drain[64];
+    while (read(wakePipe_[0], drain, sizeof drain) > 0) {
+    }
   }
   // Shut down on the thread that owns the worker.
   for (ucp_ep_h ep : endpoints_)
@@ -863,6 +1052,8 @@ void Server::Impl::run() {
   handshakes_.clear();
   pins_.clear();
   spares_.clear();
+  while (!channels_.empty())
+    freeChannel(channels_.begin()->first);
   for (auto &[ep, held] : reservations_)
     for (auto &[slot, block] : held)
       pool_.release(block->bytes);

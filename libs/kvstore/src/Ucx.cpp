@@ -61,12 +61,12 @@ bool Worker::progress() {
   return any;
 }
 
-void Worker::wait(int timeoutMs) {
+void Worker::wait(int timeoutMs, int alsoFd) {
   ucs_status_t st = ucp_worker_arm(worker_);
   if (st == UCS_ERR_BUSY)
     return; // events pending: progress again
-  pollfd p{eventFd_, POLLIN, 0};
-  (void)::poll(&p, 1, timeoutMs);
+  pollfd p[2] = {{eventFd_, POLLIN, 0}, {alsoFd, POLLIN, 0}};
+  (void)::poll(p, alsoFd >= 0 ? 2 : 1, timeoutMs);
 }
 
 Result<sockaddr_storage> resolve(const std::string &host, uint16_t port,

@@ -30,8 +30,9 @@ public:
   /// Progresses until idle; true when anything happened.
   bool progress();
   /// Arms the worker and sleeps up to `timeoutMs` for network events
-  /// (returns at once when events are pending).
-  void wait(int timeoutMs);
+  /// (returns at once when events are pending), or until `alsoFd` (when
+  /// not negative) is readable.
+  void wait(int timeoutMs, int alsoFd = -1);
 
 private:
   Worker() = default;

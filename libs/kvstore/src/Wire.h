@@ -46,10 +46,21 @@ constexpr uint16_t kVersion = 1;
 //              those slots directly. Held until the endpoint's next commit
 //              (which frees those it does not name) or until it goes away;
 //              not counted against the budget until committed.
+//  OpenChannel: count 0; the reply carries a ChannelOffer after the header:
+//              a request/reply channel in the segment for this endpoint
+//              (below), or an error when the store has no segment.
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
   Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7, PutCommitAhead = 8,
+  OpenChannel = 9,
 };
+
+// Whether a request of `op` may travel through the channel: those whose
+// request and reply carry no block bytes, except the connection's setup.
+inline bool carriedByChannel(uint16_t op) {
+  return op == uint16_t(Op::Exists) || (op >= uint16_t(Op::GetShared) &&
+                                        op <= uint16_t(Op::PutCommitAhead));
+}
 
 // Per-block outcome in a reply.
 enum class Code : uint32_t {
@@ -94,6 +105,50 @@ struct ArenaOffer {
   uint8_t nonce[16];
 };
 static_assert(sizeof(ArenaOffer) == 32);
+
+// A same-host client's request/reply channel (docs/kv-store.md, "Request
+// channel"): ChannelHeader at the channel's offset in the segment, then the
+// request area and the reply area, `messageBytes` each. A request or reply
+// is a MessageHeader with its records, exactly as in an active message.
+// The client writes the request, sets requestLength and then increments
+// requestSeq; the store copies the request out, handles it, writes the reply
+// and replyLength and sets replySeq to the request's requestSeq. A side that
+// sleeps says so first (clientWaiting here; the store's word at
+// kStoreSleepingOffset of the segment), so the other wakes it: the store
+// wakes the client with FUTEX_WAKE on replySeq, the client the store with a
+// byte into the store's wake pipe. The client sends one request at a time.
+struct ChannelHeader {
+  uint32_t requestSeq;   // client -> store
+  uint32_t requestLength;
+  uint32_t clientWaiting; // 1 while the client may sleep on replySeq
+  uint32_t pad0[13];
+  uint32_t replySeq;      // store -> client (own cache line)
+  uint32_t replyLength;
+  uint32_t pad1[14];
+};
+static_assert(sizeof(ChannelHeader) == 128);
+// In the segment's first 64 bytes (after the 16-byte nonce): non-zero while
+// the store's progress thread sleeps (or is about to).
+constexpr uint64_t kStoreSleepingOffset = 32;
+// Each of the request and reply areas.
+constexpr uint32_t kChannelMessageBytes = 16 << 10;
+
+// A spin-wait hint to the core (its sibling thread, or the hypervisor).
+inline void cpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+struct ChannelOffer {
+  uint32_t slot;         // the ChannelHeader's offset / 64
+  int32_t wakeFd;        // the store's wake pipe (write end), /proc/<pid>/fd/<wakeFd>
+  uint32_t messageBytes; // each area
+  uint32_t reserved;
+};
+static_assert(sizeof(ChannelOffer) == 16);
 
 inline std::string dtypeOf(const BlockMeta &m) {
   return std::string(m.dtype, strnlen(m.dtype, sizeof m.dtype));

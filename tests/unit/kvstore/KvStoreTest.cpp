@@ -89,6 +89,7 @@ TEST_P(KvStore, PutGetExistsRoundTripAcrossSizes) {
   for (BlockStatus s : *stored)
     EXPECT_EQ(s, BlockStatus::Stored);
   EXPECT_EQ(client->usesSharedMemory(), sharedMemory()) << client->describeConnection();
+  EXPECT_EQ(client->usesRequestChannel(), sharedMemory()) << client->describeConnection();
 
   std::vector<BlockQuery> queries;
   for (size_t i = 0; i < sizes.size(); ++i)
@@ -290,8 +291,10 @@ TEST_P(KvStore, ARestartedServerIsAnErrorThenUsedAgain) {
   ASSERT_TRUE(again) << again.message();
   EXPECT_EQ((*again)[0], BlockStatus::Found);
   EXPECT_EQ(out, data);
-  // The restarted store's segment is another one; the client mapped it.
+  // The restarted store's segment is another one; the client mapped it and
+  // uses the new store's channel.
   EXPECT_EQ(client->usesSharedMemory(), sharedMemory()) << client->describeConnection();
+  EXPECT_EQ(client->usesRequestChannel(), sharedMemory()) << client->describeConnection();
 }
 
 TEST_P(KvStore, AStoreWithoutASegmentMovesBytesInMessages) {

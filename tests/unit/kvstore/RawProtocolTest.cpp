@@ -12,6 +12,8 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -263,6 +265,116 @@ TEST(KvStoreRawProtocol, ASharedPutWhoseBytesDoNotMatchItsChecksumNeverReachesAR
     EXPECT_EQ(out1, good);
     EXPECT_EQ((*got)[1], BlockStatus::Rejected) << "bytes that do not match their checksum";
   }
+}
+
+// The request channel (docs/kv-store.md, "Request channel"), driven by hand:
+// it answers the shared-memory operations exactly as the endpoint does,
+// refuses others and requests longer than its area with an error reply (the
+// store keeps serving), and a second OpenChannel returns the same channel.
+TEST(KvStoreRawProtocol, TheRequestChannelServesItsOperationsAndRefusesTheRest) {
+  setenv("UCX_TLS", "shm,tcp", 1);
+  auto server = Server::start(sharedStoreOptions());
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+  auto arena = mapStoreSegment(peer);
+  ASSERT_TRUE(arena) << arena.message();
+  auto opened = peer.roundTrip(request(wire::Op::OpenChannel, 2, {}), {});
+  ASSERT_TRUE(opened);
+  ASSERT_EQ(opened->size(), sizeof(wire::MessageHeader) + sizeof(wire::ChannelOffer));
+  wire::ChannelOffer offer;
+  std::memcpy(&offer, opened->data() + sizeof(wire::MessageHeader), sizeof offer);
+  ASSERT_NE(offer.slot, 0u);
+  ASSERT_EQ(offer.messageBytes, wire::kChannelMessageBytes);
+  ASSERT_LE(uint64_t(offer.slot) * kArenaAlignment + sizeof(wire::ChannelHeader) +
+                2 * offer.messageBytes,
+            (*arena)->size());
+  auto again = peer.roundTrip(request(wire::Op::OpenChannel, 3, {}), {});
+  ASSERT_TRUE(again);
+  ASSERT_EQ(again->size(), opened->size());
+  EXPECT_EQ(std::memcmp(again->data() + sizeof(wire::MessageHeader), &offer, sizeof offer), 0);
+
+  // The store's wake pipe, opened as the client opens it.
+  std::string pipePath = "/proc/" + std::to_string(getpid()) + "/fd/" +
+                         std::to_string(offer.wakeFd);
+  int wake = open(pipePath.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(wake, 0) << pipePath;
+  uint8_t *base = (*arena)->base() + uint64_t(offer.slot) * kArenaAlignment;
+  auto *channel = reinterpret_cast<wire::ChannelHeader *>(base);
+  uint8_t *requestArea = base + sizeof(wire::ChannelHeader);
+  const uint8_t *replyArea = requestArea + offer.messageBytes;
+  uint32_t seq = 0;
+  auto onChannel = [&](const std::vector<uint8_t> &message, uint32_t length) {
+    std::memcpy(requestArea, message.data(), std::min<size_t>(message.size(), offer.messageBytes));
+    std::atomic_ref<uint32_t>(channel->requestLength).store(length);
+    std::atomic_ref<uint32_t>(channel->requestSeq).store(++seq);
+    char byte = 1;
+    EXPECT_EQ(write(wake, &byte, 1), 1);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::atomic_ref<uint32_t>(channel->replySeq).load() != seq &&
+           std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    EXPECT_EQ(std::atomic_ref<uint32_t>(channel->replySeq).load(), seq) << "no reply";
+    uint32_t replyLength = std::atomic_ref<uint32_t>(channel->replyLength).load();
+    EXPECT_LE(replyLength, offer.messageBytes);
+    return std::vector<uint8_t>(replyArea, replyArea + std::min(replyLength, offer.messageBytes));
+  };
+  auto errorOf = [](const std::vector<uint8_t> &reply) {
+    wire::MessageHeader h;
+    std::memcpy(&h, reply.data(), sizeof h);
+    if (!h.errorLength || reply.size() != sizeof h + h.errorLength)
+      return std::string();
+    return std::string(reinterpret_cast<const char *>(reply.data() + sizeof h), h.errorLength);
+  };
+
+  auto exists = request(wire::Op::Exists, 4, {meta(7, 4096, 0)});
+  auto reply = onChannel(exists, uint32_t(exists.size()));
+  auto r = records(reply);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Missing));
+
+  // A get in messages carries block bytes: not through the channel.
+  auto get = request(wire::Op::Get, 5, {meta(7, 4096, 0)});
+  EXPECT_NE(errorOf(onChannel(get, uint32_t(get.size()))).find("not carried by the request channel"),
+            std::string::npos);
+  // A length beyond the area, and one shorter than a header.
+  EXPECT_NE(errorOf(onChannel(exists, offer.messageBytes + 1)).find("bytes in a channel"),
+            std::string::npos);
+  EXPECT_NE(errorOf(onChannel(exists, 3)).find("bytes in a channel"), std::string::npos);
+
+  // Still serving: a block reserved, written and committed through the channel
+  // is read back by a library client.
+  const size_t bytes = 64 << 10;
+  std::vector<uint8_t> block(bytes);
+  for (size_t i = 0; i < bytes; ++i)
+    block[i] = uint8_t(i * 5 + 1);
+  auto reserve = request(wire::Op::PutReserve, 6, {meta(8, bytes, 0)});
+  r = records(onChannel(reserve, uint32_t(reserve.size())));
+  ASSERT_EQ(r.size(), 1u);
+  ASSERT_EQ(r[0].code, uint32_t(wire::Code::Reserved));
+  std::memcpy((*arena)->base() + uint64_t(r[0].slot) * kArenaAlignment, block.data(), bytes);
+  wire::BlockMeta m = meta(8, bytes, blockChecksum(block.data(), bytes));
+  m.slot = r[0].slot;
+  auto commit = request(wire::Op::PutCommit, 7, {m});
+  r = records(onChannel(commit, uint32_t(commit.size())));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Stored));
+  close(wake);
+
+  ClientOptions co;
+  co.port = (*server)->port();
+  co.timeout = std::chrono::seconds(10);
+  auto reader = Client::create(co);
+  ASSERT_TRUE(reader) << reader.message();
+  std::vector<uint8_t> out(bytes, 0);
+  BlockKey k;
+  k.bytes.fill(8);
+  GetBlock g{k, "f32", out.data(), bytes};
+  auto got = (*reader)->get(std::span(&g, 1));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_TRUE((*reader)->usesRequestChannel()) << (*reader)->describeConnection();
+  EXPECT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ(out, block);
 }
 
 // PutCommitAhead: the reply reserves room of each record's size for the

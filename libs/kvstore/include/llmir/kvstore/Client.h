@@ -45,6 +45,15 @@ struct ClientOptions {
   /// within it skips a wake-up (docs/performance.md, "KV-block store").
   /// 0: sleep at once.
   std::chrono::microseconds pollBeforeSleep{0};
+  /// With the store's shared-memory segment mapped, requests and replies of
+  /// the shared-memory operations go through a channel in the segment
+  /// instead of the UCX endpoint (docs/kv-store.md, "Request channel"); the
+  /// endpoint stays for setup and for noticing that the store died. While
+  /// waiting for a reply there, check for it `channelSpin` before sleeping
+  /// on a futex; 0 (sleep at once) measured as fast or faster on the shared
+  /// 2-core machine (docs/performance.md).
+  bool requestChannel = true;
+  std::chrono::microseconds channelSpin{0};
 };
 
 enum class BlockStatus {
@@ -102,6 +111,9 @@ public:
   /// Whether the current connection moves block bytes through the store's
   /// shared-memory segment.
   bool usesSharedMemory() const;
+  /// Whether the current connection carries shared-memory requests and
+  /// replies through the channel in the store's segment.
+  bool usesRequestChannel() const;
 
   class Impl;
 

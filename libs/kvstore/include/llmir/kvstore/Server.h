@@ -39,6 +39,13 @@ struct ServerOptions {
   /// often follows within tens of microseconds; polling catches it without
   /// a wake-up, at the cost of a busy core meanwhile.
   std::chrono::microseconds pollBeforeSleep{0};
+  /// After a request that came through a same-host client's channel
+  /// (docs/kv-store.md, "Request channel"), keep checking the channels this
+  /// long before sleeping (memory loads, and a UCX progress every few
+  /// microseconds). 0 (sleep at once) measured fastest on the shared 2-core
+  /// machine: a spinning store took the core its client needed
+  /// (docs/performance.md).
+  std::chrono::microseconds channelSpin{0};
 };
 
 enum class Operation { Put, Get, Exists };
