@@ -638,6 +638,7 @@ Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
   arenaNote_.clear();
   if (options_.requestChannel)
     return openChannel(deadline, limitMs);
+  arenaNote_ = "the request channel is off for this client";
   return Status::ok();
 }
 

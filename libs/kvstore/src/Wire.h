@@ -26,7 +26,7 @@ constexpr char kNoSecret = 0x00;
 constexpr uint32_t kMagic = 0x4b56534c; // "LSVK"
 constexpr uint16_t kVersion = 1;
 
-// Ops 4-7 move block bytes through the store's shared-memory segment
+// Ops 4-8 move block bytes through the store's shared-memory segment
 // (docs/kv-store.md, "Shared memory"); their messages carry no payload.
 //  Hello:      count 0; the reply carries an ArenaOffer after the header, or
 //              nothing when the store has no segment.

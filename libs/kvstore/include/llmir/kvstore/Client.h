@@ -35,10 +35,9 @@ struct ClientOptions {
   /// Move block bytes through the store's shared-memory segment when the
   /// store offers one, this process can map it (same host, same pid
   /// namespace, same user) and the UCX environment allows shared memory
-  /// (UCX_TLS unset, or naming shm, sm, posix, sysv, cma or all). Requests
-  /// and replies stay on the UCX endpoint, whose peer-failure reporting
-  /// tells the client that the store died. Otherwise bytes travel in
-  /// active messages.
+  /// (UCX_TLS unset, or naming shm, sm, posix, sysv, cma or all). The UCX
+  /// endpoint stays open: its peer-failure reporting tells the client that
+  /// the store died. Otherwise bytes travel in active messages.
   bool sharedMemory = true;
   /// While waiting for a reply, keep polling the UCX worker this long after
   /// the last activity before sleeping on its event fd: a reply that comes
