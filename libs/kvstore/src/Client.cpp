@@ -73,6 +73,10 @@ public:
   Status prepare(Clock::time_point deadline, int64_t limitMs);
   Status exchange(wire::Op op, size_t n, Clock::time_point deadline, int64_t limitMs);
   Status hello(Clock::time_point deadline, int64_t limitMs);
+  /// A request of only a header (`op`) and its reply, within `deadline`;
+  /// `what` names it in errors.
+  Status headerOnlyCall(wire::Op op, const std::string &what, Clock::time_point deadline,
+                        int64_t limitMs);
   /// Asks for a request channel in the mapped segment; without one (an
   /// older store, no room) requests stay on the endpoint.
   Status openChannel(Clock::time_point deadline, int64_t limitMs);
@@ -598,15 +602,14 @@ bool Client::Impl::sharedMemoryAllowed() const {
   return exclude ? !named : named;
 }
 
-Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
-  helloDone_ = true;
-  offer_.reset();
+Status Client::Impl::headerOnlyCall(wire::Op op, const std::string &what,
+                                    Clock::time_point deadline, int64_t limitMs) {
   uint64_t id = nextId_++;
   Message &message = messages_[id];
   message.id = id;
-  message.op = wire::Op::Hello;
+  message.op = op;
   MessageHeader h;
-  h.op = static_cast<uint16_t>(wire::Op::Hello);
+  h.op = static_cast<uint16_t>(op);
   h.requestId = id;
   message.header.resize(sizeof h);
   std::memcpy(message.header.data(), &h, sizeof h);
@@ -615,13 +618,19 @@ Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
                                          message.header.size(), nullptr, 0, &param);
   if (UCS_PTR_IS_ERR(req))
     return Status::error(where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req)));
-  Status answered = progressUntil([&] { return message.done; }, deadline,
-                                  "to the shared-memory hello");
+  Status answered = progressUntil([&] { return message.done; }, deadline, "to " + what);
   messages_.erase(id);
   if (!answered && Clock::now() >= deadline) // worded as any call's deadline
-    return Status::error(where() + ": no reply within " + std::to_string(limitMs) +
-                         " ms (to the shared-memory hello)");
-  LLMIR_RETURN_IF_ERROR(answered);
+    return Status::error(where() + ": no reply within " + std::to_string(limitMs) + " ms (to " +
+                         what + ")");
+  return answered;
+}
+
+Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
+  helloDone_ = true;
+  offer_.reset();
+  LLMIR_RETURN_IF_ERROR(
+      headerOnlyCall(wire::Op::Hello, "the shared-memory hello", deadline, limitMs));
   if (!offer_) {
     arenaNote_ = "the store offers no shared-memory segment";
     return Status::ok();
@@ -644,27 +653,8 @@ Status Client::Impl::hello(Clock::time_point deadline, int64_t limitMs) {
 
 Status Client::Impl::openChannel(Clock::time_point deadline, int64_t limitMs) {
   channelOffer_.reset();
-  uint64_t id = nextId_++;
-  Message &message = messages_[id];
-  message.id = id;
-  message.op = wire::Op::OpenChannel;
-  MessageHeader h;
-  h.op = static_cast<uint16_t>(wire::Op::OpenChannel);
-  h.requestId = id;
-  message.header.resize(sizeof h);
-  std::memcpy(message.header.data(), &h, sizeof h);
-  ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
-  ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, message.header.data(),
-                                         message.header.size(), nullptr, 0, &param);
-  if (UCS_PTR_IS_ERR(req))
-    return Status::error(where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req)));
-  Status answered = progressUntil([&] { return message.done; }, deadline,
-                                  "to the request-channel offer");
-  messages_.erase(id);
-  if (!answered && Clock::now() >= deadline)
-    return Status::error(where() + ": no reply within " + std::to_string(limitMs) +
-                         " ms (to the request-channel offer)");
-  LLMIR_RETURN_IF_ERROR(answered);
+  LLMIR_RETURN_IF_ERROR(
+      headerOnlyCall(wire::Op::OpenChannel, "the request-channel offer", deadline, limitMs));
   if (!channelOffer_) {
     arenaNote_ = "the store offers no request channel";
     return Status::ok();
