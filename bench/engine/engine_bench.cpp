@@ -13,8 +13,11 @@
 //
 //   llmir-engine-bench [--threads 1,2] [--prefill 512] [--decode 128]
 //                      [--repeats 3] [--kv-cache-dtype auto|f32|bf16]
+//                      [--matmul-precision highest|medium]
 //                      [--llama-bench PATH --gguf-dir DIR] MODEL_DIR...
-// (--kv-cache-dtype: LLMIR's; llama-bench keeps its default f16 cache.)
+// (--kv-cache-dtype: LLMIR's; llama-bench keeps its default f16 cache.
+// --matmul-precision: LLMIR's; medium rounds the activations of products with
+// bf16 weights to bf16, as llama.cpp's bf16 matmuls always do.)
 // --cpu-time times LLMIR by the process's CPU time instead of the wall
 // clock: for comparing two LLMIR builds at 1 thread on a machine shared with
 // other work (time spent descheduled does not count); not comparable with
@@ -53,6 +56,8 @@ struct Options {
   int repeats = 3;
   engine::KvCacheDType kvCacheDtype = engine::KvCacheDType::Auto;
   std::string kvCacheDtypeName = "auto";
+  engine::MatmulPrecision matmulPrecision = engine::MatmulPrecision::Highest;
+  std::string matmulPrecisionName = "highest";
   bool cpuTime = false;
   std::string llamaBench; // the peer's llama-bench binary, if given
   std::string ggufDir;    // where its GGUF files are
@@ -64,6 +69,7 @@ struct Options {
                "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
                "1,2] [--prefill N] [--decode N] [--repeats N]\n"
                "                          [--kv-cache-dtype auto|f32|bf16] [--cpu-time]\n"
+               "                          [--matmul-precision highest|medium]\n"
                "                          [--llama-bench PATH --gguf-dir DIR] "
                "MODEL_DIR...\n",
                why);
@@ -109,6 +115,13 @@ Options parseOptions(int argc, char **argv) {
       if (!dtype)
         usage(dtype.message().c_str());
       options.kvCacheDtype = *dtype;
+    } else if (arg == "--matmul-precision") {
+      options.matmulPrecisionName = value();
+      Result<engine::MatmulPrecision> precision =
+          engine::parseMatmulPrecision(options.matmulPrecisionName);
+      if (!precision)
+        usage(precision.message().c_str());
+      options.matmulPrecision = *precision;
     } else if (arg == "--cpu-time") {
       options.cpuTime = true;
     } else if (arg == "--llama-bench") {
@@ -200,7 +213,8 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
   Result<std::unique_ptr<engine::Executor>> executor = engine::Executor::create(
       model.program, engine::checkpointWeights(model.checkpoint),
       {.numKvBlocks = numBlocks, .numThreads = threads,
-       .kvCacheDtype = options.kvCacheDtype});
+       .kvCacheDtype = options.kvCacheDtype,
+       .matmulPrecision = options.matmulPrecision});
   if (!executor)
     return executor.status();
 
@@ -258,10 +272,11 @@ int main(int argc, char **argv) {
         llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
 
   std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
-              "(after the prefill), best of %d%s; KV cache %s%s\n",
+              "(after the prefill), best of %d%s; KV cache %s; matmul "
+              "precision %s%s\n",
               options.prefillTokens, options.decodeTokens, options.repeats,
               withPeer ? ", each repeat followed by llama.cpp's" : "",
-              options.kvCacheDtypeName.c_str(),
+              options.kvCacheDtypeName.c_str(), options.matmulPrecisionName.c_str(),
               options.cpuTime ? "; LLMIR timed by process CPU time" : "");
   if (withPeer)
     std::printf("# llama.cpp: %s\n#            %s\n",

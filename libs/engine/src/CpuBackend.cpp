@@ -18,6 +18,7 @@ public:
       : program_(program), kernels_(cpuKernelRegistry()),
         pool_(std::make_unique<ThreadPool>(options.numThreads)), comm_(comm),
         kvElement_(options.bf16KvCache ? KvElement::BF16 : KvElement::F32),
+        bf16Products_(options.bf16Products),
         weights_(program.slots.size()), activations_(program.slots.size()) {}
 
   Status loadWeight(uint32_t slot, WeightTensor weight) override {
@@ -68,6 +69,7 @@ public:
     call.kvCache = &*cache_;
     call.pool = pool_.get();
     call.comm = comm_;
+    call.bf16Products = bf16Products_;
     call.inputs.clear();
     for (size_t i = 0; i < inst.inputs.size(); ++i) {
       const uint32_t id = inst.inputs[i];
@@ -108,6 +110,7 @@ private:
   std::unique_ptr<ThreadPool> pool_;
   Communicator *comm_;
   KvElement kvElement_;
+  bool bf16Products_;
   std::optional<KvCache> cache_;
   std::vector<WeightTensor> weights_;  // by slot id (empty for activations)
   std::vector<Tensor> activations_;    // by slot id (empty for weights)

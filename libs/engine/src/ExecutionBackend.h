@@ -61,7 +61,7 @@ struct BackendOptions {
   unsigned numThreads = 0;         // CPU kernel threads (0: hardware)
   double gpuMemoryFraction = 0.9;  // CUDA: share of the device's memory
   bool bf16KvCache = false;        // KV cache elements bf16 instead of f32
-  bool bf16Products = false;       // CUDA: medium matmul precision (the CPU ignores it)
+  bool bf16Products = false;       // medium matmul precision: bf16 activations x bf16 weights
 };
 
 std::unique_ptr<ExecutionBackend>

@@ -35,6 +35,8 @@ struct KernelCall {
   KvCache *kvCache = nullptr;
   ThreadPool *pool = nullptr;
   Communicator *comm = nullptr; // null when the program has no collectives
+  /// Medium matmul precision: LINEAR with bf16 weights rounds x to bf16.
+  bool bf16Products = false;
 };
 
 using Kernel = std::function<Status(KernelCall &)>;

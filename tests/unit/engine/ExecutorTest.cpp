@@ -46,9 +46,21 @@ WeightProvider providerFor(const WeightMap &weights) {
 }
 
 /// Naive forward pass of the whole sequence: logits [L, vocab] in double.
+/// bf16Products: the inputs of products with bf16 weights are rounded to bf16
+/// first (the medium matmul precision).
 std::vector<double> referenceLogits(const TinyLlama &c, const WeightMap &weights,
-                                    const std::vector<int32_t> &tokens) {
+                                    const std::vector<int32_t> &tokens,
+                                    bool bf16Products = false) {
   auto W = [&](const std::string &name) { return weightValues(weights.at(name)); };
+  auto refLinear = [&](const std::vector<double> &x, int64_t T, const std::string &name,
+                       int64_t N, int64_t K) {
+    if (!bf16Products || weights.at(name).dtype != proto::BF16)
+      return testing::refLinear(x, T, weightValues(weights.at(name)), N, K);
+    std::vector<double> rounded(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      rounded[i] = bf16ToF32(f32ToBf16(static_cast<float>(x[i])));
+    return testing::refLinear(rounded, T, weightValues(weights.at(name)), N, K);
+  };
   const int64_t L = static_cast<int64_t>(tokens.size());
   std::vector<int32_t> positions(tokens.size());
   for (size_t i = 0; i < positions.size(); ++i)
@@ -62,28 +74,28 @@ std::vector<double> referenceLogits(const TinyLlama &c, const WeightMap &weights
     auto lw = [&](const std::string &s) { return W(layerName(l, s)); };
     std::vector<double> h = x;
     refRmsNorm(h, c.hidden, lw("input_layernorm.weight"), c.eps);
-    std::vector<double> q = refLinear(h, L, lw("self_attn.q_proj.weight"), qWidth, c.hidden);
-    std::vector<double> k = refLinear(h, L, lw("self_attn.k_proj.weight"), kvWidth, c.hidden);
-    std::vector<double> v = refLinear(h, L, lw("self_attn.v_proj.weight"), kvWidth, c.hidden);
+    std::vector<double> q = refLinear(h, L, layerName(l, "self_attn.q_proj.weight"), qWidth, c.hidden);
+    std::vector<double> k = refLinear(h, L, layerName(l, "self_attn.k_proj.weight"), kvWidth, c.hidden);
+    std::vector<double> v = refLinear(h, L, layerName(l, "self_attn.v_proj.weight"), kvWidth, c.hidden);
     refRope(q, c.heads, c.headDim, positions, c.theta);
     refRope(k, c.kvHeads, c.headDim, positions, c.theta);
     std::vector<double> a = refAttention(q, k, v, L, c.heads, c.kvHeads, c.headDim,
                                          1.0 / std::sqrt(double(c.headDim)));
-    std::vector<double> o = refLinear(a, L, lw("self_attn.o_proj.weight"), c.hidden, qWidth);
+    std::vector<double> o = refLinear(a, L, layerName(l, "self_attn.o_proj.weight"), c.hidden, qWidth);
     for (size_t i = 0; i < x.size(); ++i)
       x[i] += o[i];
     std::vector<double> h2 = x;
     refRmsNorm(h2, c.hidden, lw("post_attention_layernorm.weight"), c.eps);
-    std::vector<double> g = refLinear(h2, L, lw("mlp.gate_proj.weight"), c.ffn, c.hidden);
-    std::vector<double> u = refLinear(h2, L, lw("mlp.up_proj.weight"), c.ffn, c.hidden);
+    std::vector<double> g = refLinear(h2, L, layerName(l, "mlp.gate_proj.weight"), c.ffn, c.hidden);
+    std::vector<double> u = refLinear(h2, L, layerName(l, "mlp.up_proj.weight"), c.ffn, c.hidden);
     for (size_t i = 0; i < g.size(); ++i)
       g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-    std::vector<double> d = refLinear(g, L, lw("mlp.down_proj.weight"), c.hidden, c.ffn);
+    std::vector<double> d = refLinear(g, L, layerName(l, "mlp.down_proj.weight"), c.hidden, c.ffn);
     for (size_t i = 0; i < x.size(); ++i)
       x[i] += d[i];
   }
   refRmsNorm(x, c.hidden, W("model.norm.weight"), c.eps);
-  return refLinear(x, L, W("lm_head.weight"), c.vocab, c.hidden);
+  return refLinear(x, L, "lm_head.weight", c.vocab, c.hidden);
 }
 
 StepInput stepFor(const std::vector<int32_t> &tokens, int32_t firstPosition,
@@ -207,6 +219,49 @@ TEST_P(ExecutorForward, BatchesSequencesInOneStep) {
                  static_cast<int64_t>(tokens.size()) - 1, config.vocab);
   expectLogitRow(*logits, 1, referenceLogits(config, weights, other), 3,
                  config.vocab);
+}
+
+// Medium matmul precision: products with bf16 weights take x rounded to
+// bf16 (the `vdpbf16ps` kernels where the CPU has them), so prefill and
+// decode match the reference whose products use the same rounded inputs;
+// f32 and f16 weights keep the highest-precision results.
+TEST_P(ExecutorForward, MediumPrecisionMatchesReferenceOfRoundedActivations) {
+  ExecutorOptions options{.numThreads = 2};
+  options.matmulPrecision = MatmulPrecision::Medium;
+  auto executor = Executor::create(program, providerFor(weights), options);
+  ASSERT_TRUE(executor.isOk()) << executor.message();
+  std::vector<double> ref = referenceLogits(config, weights, tokens, true);
+  const std::vector<int32_t> table = {2, 7, 4};
+  std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 5);
+  StepInput first = stepFor(prompt, 0, table);
+  first.outputRows = {0, 1, 2, 3, 4};
+  Result<Tensor> logits = (*executor)->step(first);
+  ASSERT_TRUE(logits.isOk()) << logits.message();
+  for (int64_t t = 0; t < 5; ++t)
+    expectLogitRow(*logits, t, ref, t, config.vocab);
+  for (int32_t p = 5; p < static_cast<int32_t>(tokens.size()); ++p) {
+    logits = (*executor)->step(stepFor({tokens[p]}, p, table));
+    ASSERT_TRUE(logits.isOk()) << logits.message();
+    expectLogitRow(*logits, 0, ref, p, config.vocab);
+  }
+  // A 9-token prefill takes the GEMM path (more than 8 tokens).
+  auto again = Executor::create(program, providerFor(weights), options);
+  ASSERT_TRUE(again.isOk()) << again.message();
+  StepInput whole = stepFor(tokens, 0, {6, 1, 9});
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens.size()); ++i)
+    whole.outputRows.push_back(i);
+  logits = (*again)->step(whole);
+  ASSERT_TRUE(logits.isOk()) << logits.message();
+  for (int64_t t = 0; t < logits->rows(); ++t)
+    expectLogitRow(*logits, t, ref, t, config.vocab);
+  if (GetParam() == proto::BF16) { // the rounding matters at this tolerance
+    const std::vector<double> exact = referenceLogits(config, weights, tokens);
+    double farthest = 0;
+    for (size_t i = 0; i < exact.size(); ++i)
+      farthest = std::max(farthest, std::fabs(logits->data[i] - exact[i]) /
+                                        (1.0 + std::fabs(exact[i])));
+    EXPECT_GT(farthest, 1e-3);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(WeightDTypes, ExecutorForward,

@@ -84,6 +84,55 @@ INSTANTIATE_TEST_SUITE_P(
         std::make_tuple(proto::BF16, 9, 293, 100, true),
         std::make_tuple(proto::F32, 64, 576, 96, false)));
 
+// Medium matmul precision (bf16 products): with bf16 weights, the product
+// of x rounded to bf16 (nearest even), against the double reference on the
+// same rounded x; as tight as the f32 test (the products are exact in f32,
+// only the f32 sums differ). Covers the `vdpbf16ps` GEMV (K tails under 32:
+// masked loads) and pair-packed GEMM (pair counts not in 16s), and the
+// rounding fallback (odd K; other ISAs).
+class MediumLinearTest
+    : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(MediumLinearTest, MatchesReferenceOfRoundedActivations) {
+  auto [T, K, N] = GetParam();
+  std::mt19937 rng(11);
+  std::vector<float> x = randomFloats(static_cast<size_t>(T * K), rng, 2.0f);
+  const std::vector<float> values = randomFloats(static_cast<size_t>(N * K), rng);
+  WeightTensor w = makeWeight(proto::BF16, {N, K}, values);
+  std::vector<float> bias = randomFloats(static_cast<size_t>(N), rng);
+  ThreadPool pool(3);
+  std::vector<float> y(static_cast<size_t>(T * N), -1.0f);
+  cpu::linear(x.data(), T, WeightView::of(w), bias.data(), y.data(), pool, true);
+  std::vector<double> rounded(x.size());
+  for (size_t i = 0; i < x.size(); ++i)
+    rounded[i] = bf16ToF32(f32ToBf16(x[i]));
+  std::vector<double> ref = refLinear(rounded, T, weightValues(w), N, K);
+  std::vector<double> unrounded = refLinear(toDouble(x), T, weightValues(w), N, K);
+  double farthest = 0; // from the reference on unrounded x: the rounding shows
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      const double expected = ref[t * N + n] + bias[n];
+      ASSERT_NEAR(y[t * N + n], expected, 2e-6 * K) << "t=" << t << " n=" << n;
+      farthest = std::max(farthest, std::fabs(y[t * N + n] - unrounded[t * N + n] - bias[n]));
+    }
+  EXPECT_GT(farthest, 4e-6 * K) << "x was not rounded to bf16";
+
+  // Other weights are unaffected: f32 weights give the highest-precision result.
+  WeightTensor w32 = makeWeight(proto::F32, {N, K}, values);
+  std::vector<float> medium(y.size()), highest(y.size());
+  cpu::linear(x.data(), T, WeightView::of(w32), nullptr, medium.data(), pool, true);
+  cpu::linear(x.data(), T, WeightView::of(w32), nullptr, highest.data(), pool, false);
+  EXPECT_EQ(medium, highest);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MediumLinearTest,
+    ::testing::Values(std::make_tuple(1, 67, 37), std::make_tuple(1, 256, 300),
+                      std::make_tuple(3, 100, 40), std::make_tuple(8, 576, 65),
+                      std::make_tuple(9, 293, 100), // odd K: rounded x, f32 GEMM
+                      std::make_tuple(12, 576, 64), std::make_tuple(37, 66, 37),
+                      std::make_tuple(20, 1536, 70), std::make_tuple(64, 32, 96)));
+
 TEST(RmsNorm, MatchesReference) {
   std::mt19937 rng(1);
   const int64_t T = 3, H = 96;

@@ -1,5 +1,6 @@
 // The CPU math kernels, on raw row-major buffers. All arithmetic is f32;
-// weights are widened from their stored dtype. Callers guarantee sizes (the
+// weights are widened from their stored dtype (except linear's opt-in bf16
+// products). Callers guarantee sizes (the
 // executor validates programs and steps before calling these).
 #pragma once
 
@@ -18,8 +19,12 @@ struct StepInput;
 namespace cpu {
 
 /// y[T, N] = x[T, K] * w[N, K]^T + bias[N] (bias may be null).
+/// bf16Products (the medium matmul precision): with bf16 weights, x is
+/// rounded to bf16 (nearest even) and the products summed in f32, as
+/// llama.cpp and PyTorch compute a bf16 model (AVX512-BF16 `vdpbf16ps`
+/// where the CPU has it); other weights are unaffected.
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
-            float *y, ThreadPool &pool);
+            float *y, ThreadPool &pool, bool bf16Products = false);
 
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H. A per-head norm
 /// (weight of G elements, G dividing the row) passes T * (row / G) rows of G.

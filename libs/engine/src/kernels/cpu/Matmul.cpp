@@ -2,7 +2,8 @@
 // dtype. Few tokens (decode) run a GEMV that widens weights in registers,
 // rows split over the pool: it is bound by memory bandwidth. Many tokens
 // (prefill) run a register-blocked GEMM where the ISA has one (AVX-512),
-// else OpenBLAS sgemm, on tiles of widened rows for half weights.
+// else OpenBLAS sgemm, on tiles of widened rows for half weights. With bf16
+// products (medium precision) bf16 weights meet x rounded to bf16.
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -93,16 +94,69 @@ void panelGemm(const float *x, int64_t T, const WeightView &w, float *y,
   });
 }
 
+// Medium precision with `vdpbf16ps`: x rounded to bf16 once (split over
+// the pool for prefill), then the GEMV or the pair-packed panel GEMM.
+void bf16DotLinear(const float *x, int64_t T, const WeightView &w, float *y,
+                   ThreadPool &pool) {
+  const simd::Kernels &k = simd::kernels();
+  const int64_t N = w.rows, K = w.cols;
+  thread_local std::vector<uint16_t> roundedStorage;
+  roundedStorage.resize(static_cast<size_t>(T * K));
+  uint16_t *rounded = roundedStorage.data(); // the pool sees this thread's copy
+  if (T <= kGemvMaxTokens) {
+    k.toBf16(x, rounded, T * K);
+    pool.parallelFor(static_cast<size_t>(N), 64, [&](size_t b, size_t e) {
+      k.gemvBf16Dot(rounded, T, w.data, K, static_cast<int64_t>(b),
+                    static_cast<int64_t>(e), y, N);
+    });
+    return;
+  }
+  pool.parallelFor(static_cast<size_t>(T), 8, [&](size_t b, size_t e) {
+    k.toBf16(x + b * K, rounded + b * K, static_cast<int64_t>(e - b) * K);
+  });
+  constexpr int64_t kPanel = 32;
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  pool.parallelFor(static_cast<size_t>(panels), 1, [&](size_t b, size_t e) {
+    thread_local std::vector<uint32_t> packed;
+    packed.resize(static_cast<size_t>(K / 2 * kPanel));
+    for (size_t p = b; p < e; ++p) {
+      const int64_t n0 = static_cast<int64_t>(p) * kPanel;
+      k.gemmPanelBf16Dot(rounded, T, w.data, K, n0, std::min(kPanel, N - n0),
+                         y, N, packed.data());
+    }
+  });
+}
+
+// Medium precision without `vdpbf16ps`: the f32 kernels on x rounded to
+// bf16 values compute the same products (each exact in f32).
+void roundedLinear(const float *x, int64_t T, const WeightView &w, float *y,
+                   ThreadPool &pool) {
+  const int64_t K = w.cols;
+  thread_local std::vector<float> roundedStorage;
+  thread_local std::vector<uint16_t> bits;
+  roundedStorage.resize(static_cast<size_t>(T * K));
+  bits.resize(static_cast<size_t>(T * K));
+  simd::kernels().toBf16(x, bits.data(), T * K);
+  simd::kernels().widen[simd::kBf16](bits.data(), roundedStorage.data(), T * K);
+  linear(roundedStorage.data(), T, w, nullptr, y, pool, false);
+}
+
 } // namespace
 
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
-            float *y, ThreadPool &pool) {
+            float *y, ThreadPool &pool, bool bf16Products) {
   const int64_t N = w.rows, K = w.cols;
   if (T <= 0 || N <= 0)
     return;
-  if (T <= kGemvMaxTokens)
+  const simd::Kernels &kernels = simd::kernels();
+  if (bf16Products && w.dtype == proto::BF16) {
+    if (kernels.gemvBf16Dot && (T <= kGemvMaxTokens || K % 2 == 0))
+      bf16DotLinear(x, T, w, y, pool);
+    else
+      roundedLinear(x, T, w, y, pool);
+  } else if (T <= kGemvMaxTokens)
     gemv(x, T, w, y, pool);
-  else if (simd::kernels().hasFastGemm)
+  else if (kernels.hasFastGemm)
     panelGemm(x, T, w, y, pool);
   else if (w.dtype == proto::F32)
     sgemm(x, T, reinterpret_cast<const float *>(w.data), N, K, y, N, pool);

@@ -96,7 +96,8 @@ Status runLinear(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y.reshape({x.rows(), N});
   cpu::linear(x.data.data(), x.rows(), WeightView::of(w),
-              bias.empty() ? nullptr : bias.data(), y.data.data(), *call.pool);
+              bias.empty() ? nullptr : bias.data(), y.data.data(), *call.pool,
+              call.bf16Products);
   return Status::ok();
 }
 

@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -25,6 +28,17 @@ constexpr bool kIsaHasGemm = true;
 #include "SimdKernels.inc"
 #pragma clang attribute pop
 } // namespace avx512
+
+// avx512 plus AVX512-BF16's `vdpbf16ps` for the medium matmul precision.
+namespace avx512bf16 {
+constexpr const char *kIsaName = "avx512bf16";
+constexpr bool kIsaHasGemm = true;
+#define LLMIR_SIMD_BF16_DOT 1
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"))), apply_to = function)
+#include "SimdKernels.inc"
+#pragma clang attribute pop
+#undef LLMIR_SIMD_BF16_DOT
+} // namespace avx512bf16
 
 namespace avx2 {
 constexpr const char *kIsaName = "avx2";
@@ -56,8 +70,13 @@ const Kernels &select() {
   // Every CPU with AVX2 and FMA also has F16C (Haswell, Piledriver on).
   if (forced && std::strcmp(forced, "generic") == 0)
     return generic::table;
+  const bool hasAvx512Bf16 = hasAvx512 && __builtin_cpu_supports("avx512bf16");
   if (forced && std::strcmp(forced, "avx2") == 0 && hasAvx2)
     return avx2::table;
+  if (forced && std::strcmp(forced, "avx512") == 0 && hasAvx512)
+    return avx512::table;
+  if (hasAvx512Bf16)
+    return avx512bf16::table;
   if (hasAvx512)
     return avx512::table;
   if (hasAvx2)

@@ -13,6 +13,10 @@ enum WeightKind : int { kF32 = 0, kBf16 = 1, kF16 = 2 };
 
 using GemvFn = void (*)(const float *x, int64_t T, const void *w, int64_t K,
                         int64_t nBegin, int64_t nEnd, float *y, int64_t ldy);
+/// Medium matmul precision: x already rounded to bf16 (bits), w bf16.
+using GemvBf16DotFn = void (*)(const uint16_t *x, int64_t T, const void *w,
+                               int64_t K, int64_t nBegin, int64_t nEnd,
+                               float *y, int64_t ldy);
 
 struct Kernels {
   const char *isa;
@@ -59,10 +63,22 @@ struct Kernels {
   /// dst[i] = src[i] rounded to the nearest bf16 (ties to even; NaN stays
   /// NaN), as model::f32ToBf16.
   void (*toBf16)(const float *src, uint16_t *dst, int64_t n);
+  /// Products of bf16 activations and bf16 weights with f32 accumulation
+  /// (AVX512-BF16 `vdpbf16ps`, two products per lane and instruction), for
+  /// the medium matmul precision; null where the set has no such
+  /// instruction (the caller then rounds x to bf16 and runs the f32 kernels,
+  /// which compute the same products exactly). gemvBf16Dot is gemv[kBf16]
+  /// on rounded x; gemmPanelBf16Dot is gemmPanel[kBf16] on rounded x for
+  /// even K, its panel scratch K * 16 uint32 (pairs of bf16).
+  GemvBf16DotFn gemvBf16Dot;
+  void (*gemmPanelBf16Dot)(const uint16_t *x, int64_t T, const void *w,
+                           int64_t K, int64_t n0, int64_t cols, float *y,
+                           int64_t ldy, uint32_t *panel);
 };
 
-/// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512|avx2|generic forces
-/// one (tests use it to cover every path on one machine).
+/// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512bf16|avx512|avx2|generic
+/// forces one (tests use it to cover every path on one machine); avx512bf16
+/// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
 const Kernels &kernels();
 
 } // namespace llmir::engine::cpu::simd
