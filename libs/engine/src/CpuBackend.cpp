@@ -3,10 +3,14 @@
 #include "ExecutionBackend.h"
 #include "KernelRegistry.h"
 
+#include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/ThreadPool.h"
+#include "llmir/model/Safetensors.h"
+#include "llmir/proto/shard_program.pb.h"
 
 #include <cstring>
 #include <optional>
+#include <string>
 
 namespace llmir::engine {
 namespace {
@@ -60,10 +64,21 @@ public:
 
   Status beginStep(const StepInput &step) override {
     call_.step = &step;
+    if (linearGroupSize_.empty()) // the weights are loaded by now
+      planLinearGroups();
     return Status::ok();
   }
 
   Status run(const BoundInstruction &inst) override {
+    const auto &insts = program_.instructions;
+    if (inst.op == proto::LINEAR && &inst >= insts.data() &&
+        &inst < insts.data() + insts.size() && !linearGroupSize_.empty()) {
+      const size_t index = static_cast<size_t>(&inst - insts.data());
+      if (linearGroupSize_[index] == 0)
+        return Status::ok(); // computed with its group's first instruction
+      if (linearGroupSize_[index] > 1)
+        return runLinearGroup(index, linearGroupSize_[index]);
+    }
     KernelCall &call = call_;
     call.params = &inst.params;
     call.kvCache = &*cache_;
@@ -99,6 +114,79 @@ public:
   Result<Tensor> read(uint32_t slot) override { return activations_[slot]; }
 
 private:
+  /// Consecutive LINEARs of one input whose weights share dtype and width
+  /// (Q, K, V; gate, up) run as one cpu::linearGroup: one split over the
+  /// pool for all their rows (linearGroupSize_: the group's size at its
+  /// first instruction, 0 at the others, 1 alone).
+  void planLinearGroups() {
+    const auto &insts = program_.instructions;
+    linearGroupSize_.assign(insts.size(), 1);
+    auto groupable = [&](size_t i) {
+      const BoundInstruction &inst = insts[i];
+      return inst.op == proto::LINEAR && inst.inputs.size() >= 2 && inst.inputIsWeight[1] &&
+             !inst.inputIsWeight[0] && !inst.outputAliasesInput[0] &&
+             weights_[inst.inputs[1]].shape.size() == 2;
+    };
+    for (size_t i = 0; i < insts.size();) {
+      size_t end = i + 1;
+      if (groupable(i)) {
+        const WeightTensor &first = weights_[insts[i].inputs[1]];
+        while (end < insts.size() && groupable(end) &&
+               insts[end].inputs[0] == insts[i].inputs[0] &&
+               weights_[insts[end].inputs[1]].dtype == first.dtype &&
+               weights_[insts[end].inputs[1]].shape[1] == first.shape[1]) {
+          // The shared input must not be overwritten inside the group.
+          bool overwrites = false;
+          for (size_t j = i; j < end; ++j)
+            overwrites |= insts[j].outputs[0] == insts[i].inputs[0];
+          if (overwrites)
+            break;
+          ++end;
+        }
+      }
+      linearGroupSize_[i] = end - i;
+      for (size_t j = i + 1; j < end; ++j)
+        linearGroupSize_[j] = 0;
+      i = end;
+    }
+  }
+
+  // The checks of the LINEAR kernel (Ops.cpp) for every member, then one
+  // cpu::linearGroup.
+  Status runLinearGroup(size_t first, size_t count) {
+    const auto &insts = program_.instructions;
+    const Tensor &x = activations_[insts[first].inputs[0]];
+    std::vector<cpu::LinearOutput> outputs;
+    groupBiases_.resize(count);
+    for (size_t j = 0; j < count; ++j) {
+      const BoundInstruction &member = insts[first + j];
+      const WeightTensor &w = weights_[member.inputs[1]];
+      const int64_t N = w.shape[0], K = w.shape[1];
+      if (x.rowSize() != K)
+        return Status::error("input " + model::formatShape(x.shape) +
+                             " does not match weight [N, K] = " + model::formatShape(w.shape) +
+                             " (K differs)")
+            .withContext(member.name);
+      groupBiases_[j].clear();
+      if (member.inputs.size() == 3) {
+        const WeightTensor &b = weights_[member.inputs[2]];
+        if (b.shape.size() != 1 || b.shape[0] != N)
+          return Status::error("bias has shape " + model::formatShape(b.shape) + "; expected [" +
+                               std::to_string(N) + "]")
+              .withContext(member.name);
+        groupBiases_[j].resize(static_cast<size_t>(N));
+        const WeightView bias = WeightView::of(b);
+        bias.widenRows(0, bias.rows, groupBiases_[j].data());
+      }
+      Tensor &y = activations_[member.outputs[0]];
+      y.reshape({x.rows(), N});
+      outputs.push_back({WeightView::of(w), groupBiases_[j].empty() ? nullptr : groupBiases_[j].data(),
+                         y.data.data()});
+    }
+    cpu::linearGroup(x.data.data(), x.rows(), outputs, *pool_, bf16Products_);
+    return Status::ok();
+  }
+
   size_t layerChunkBytes() const {
     const KvCacheShape &shape = cache_->shape();
     return static_cast<size_t>(shape.blockSize * shape.numKvHeads * shape.headDim) *
@@ -116,6 +204,8 @@ private:
   std::vector<Tensor> activations_;    // by slot id (empty for weights)
   Tensor aliasedOutput_;
   KernelCall call_;
+  std::vector<size_t> linearGroupSize_; // planLinearGroups
+  std::vector<std::vector<float>> groupBiases_;
 };
 
 } // namespace

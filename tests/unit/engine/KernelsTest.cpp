@@ -133,6 +133,40 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(12, 576, 64), std::make_tuple(37, 66, 37),
                       std::make_tuple(20, 1536, 70), std::make_tuple(64, 32, 96)));
 
+// Several weights of one input in one split over the pool (the decode
+// GEMVs of Q, K, V): each output exactly as linear computes it alone, for
+// few tokens (the grouped GEMV) and many (the GEMM), at both precisions.
+TEST(LinearGroup, EachOutputAsLinearAlone) {
+  std::mt19937 rng(5);
+  ThreadPool pool(3);
+  for (proto::DType dtype : {proto::F32, proto::BF16})
+    for (int64_t T : {1, 3, 20})
+      for (bool bf16Products : {false, true}) {
+        const int64_t K = 96;
+        const std::vector<int64_t> widths = {96, 32, 32, 130};
+        std::vector<float> x = randomFloats(static_cast<size_t>(T * K), rng);
+        std::vector<WeightTensor> weights;
+        std::vector<std::vector<float>> biases, got, want;
+        for (int64_t N : widths) {
+          weights.push_back(makeWeight(dtype, {N, K}, randomFloats(static_cast<size_t>(N * K), rng)));
+          biases.push_back(randomFloats(static_cast<size_t>(N), rng));
+          got.emplace_back(static_cast<size_t>(T * N), -1.0f);
+          want.emplace_back(static_cast<size_t>(T * N), -2.0f);
+        }
+        std::vector<cpu::LinearOutput> outputs;
+        for (size_t i = 0; i < widths.size(); ++i) {
+          const float *bias = i == 1 ? biases[i].data() : nullptr;
+          outputs.push_back({WeightView::of(weights[i]), bias, got[i].data()});
+          cpu::linear(x.data(), T, WeightView::of(weights[i]), bias, want[i].data(), pool,
+                      bf16Products);
+        }
+        cpu::linearGroup(x.data(), T, outputs, pool, bf16Products);
+        for (size_t i = 0; i < widths.size(); ++i)
+          EXPECT_EQ(got[i], want[i]) << dtypeName(dtype) << " T=" << T << " output " << i
+                                     << (bf16Products ? " medium" : "");
+      }
+}
+
 TEST(RmsNorm, MatchesReference) {
   std::mt19937 rng(1);
   const int64_t T = 3, H = 96;

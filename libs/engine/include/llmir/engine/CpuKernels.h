@@ -7,6 +7,7 @@
 #include "llmir/engine/Tensor.h"
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace llmir::engine {
@@ -25,6 +26,18 @@ namespace cpu {
 /// where the CPU has it); other weights are unaffected.
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
             float *y, ThreadPool &pool, bool bf16Products = false);
+
+/// One output of linearGroup: y[T, w.rows] = x w^T + bias (bias may be null).
+struct LinearOutput {
+  WeightView w;
+  const float *bias = nullptr;
+  float *y = nullptr;
+};
+/// linear for several weights of one input (Q, K, V; gate, up), each of
+/// x's K columns and one dtype: the decode GEMVs split all their rows over
+/// the pool at once, and x is rounded (bf16Products) once.
+void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> outputs,
+                 ThreadPool &pool, bool bf16Products = false);
 
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H. A per-head norm
 /// (weight of G elements, G dividing the row) passes T * (row / G) rows of G.

@@ -13,6 +13,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <span>
 #include <vector>
 
 namespace llmir::engine::cpu {
@@ -31,15 +32,6 @@ simd::WeightKind kindOf(proto::DType dtype) {
   default:
     return simd::kF32;
   }
-}
-
-void gemv(const float *x, int64_t T, const WeightView &w, float *y,
-          ThreadPool &pool) {
-  simd::GemvFn fn = simd::kernels().gemv[kindOf(w.dtype)];
-  pool.parallelFor(static_cast<size_t>(w.rows), 64, [&](size_t b, size_t e) {
-    fn(x, T, w.data, w.cols, static_cast<int64_t>(b), static_cast<int64_t>(e),
-       y, w.rows);
-  });
 }
 
 // OpenBLAS runs its own threads; match them to the pool so the two never
@@ -94,78 +86,113 @@ void panelGemm(const float *x, int64_t T, const WeightView &w, float *y,
   });
 }
 
-// Medium precision with `vdpbf16ps`: x rounded to bf16 once (split over
-// the pool for prefill), then the GEMV or the pair-packed panel GEMM.
-void bf16DotLinear(const float *x, int64_t T, const WeightView &w, float *y,
-                   ThreadPool &pool) {
+// The rows of every output of a group as one range split over the pool:
+// one barrier for Q, K and V (or gate and up) instead of one each, and
+// chunks that balance across threads even for narrow outputs (K and V of
+// grouped-query attention: 3 chunks of 64 rows split 2:1 over 2 threads).
+// xBf16: x rounded to bf16 for the `vdpbf16ps` GEMV (medium precision).
+void groupGemv(const float *x, const uint16_t *xBf16, int64_t T,
+               std::span<const LinearOutput> outputs, ThreadPool &pool) {
   const simd::Kernels &k = simd::kernels();
-  const int64_t N = w.rows, K = w.cols;
-  thread_local std::vector<uint16_t> roundedStorage;
-  roundedStorage.resize(static_cast<size_t>(T * K));
-  uint16_t *rounded = roundedStorage.data(); // the pool sees this thread's copy
-  if (T <= kGemvMaxTokens) {
-    k.toBf16(x, rounded, T * K);
-    pool.parallelFor(static_cast<size_t>(N), 64, [&](size_t b, size_t e) {
-      k.gemvBf16Dot(rounded, T, w.data, K, static_cast<int64_t>(b),
-                    static_cast<int64_t>(e), y, N);
-    });
-    return;
-  }
-  pool.parallelFor(static_cast<size_t>(T), 8, [&](size_t b, size_t e) {
-    k.toBf16(x + b * K, rounded + b * K, static_cast<int64_t>(e - b) * K);
+  std::vector<size_t> offsets = {0}; // first row of each output in the range
+  for (const LinearOutput &o : outputs)
+    offsets.push_back(offsets.back() + static_cast<size_t>(o.w.rows));
+  pool.parallelFor(offsets.back(), 64, [&](size_t b, size_t e) {
+    for (size_t m = 0; m < outputs.size(); ++m) {
+      const size_t lo = std::max(b, offsets[m]), hi = std::min(e, offsets[m + 1]);
+      if (lo >= hi)
+        continue;
+      const WeightView &w = outputs[m].w;
+      const int64_t nBegin = static_cast<int64_t>(lo - offsets[m]);
+      const int64_t nEnd = static_cast<int64_t>(hi - offsets[m]);
+      if (xBf16)
+        k.gemvBf16Dot(xBf16, T, w.data, w.cols, nBegin, nEnd, outputs[m].y, w.rows);
+      else
+        k.gemv[kindOf(w.dtype)](x, T, w.data, w.cols, nBegin, nEnd, outputs[m].y,
+                                w.rows);
+    }
   });
+}
+
+// The pair-packed panel GEMM of `vdpbf16ps` on x rounded to bf16 (even K).
+void bf16DotGemm(const uint16_t *xBf16, int64_t T, const WeightView &w,
+                 float *y, ThreadPool &pool) {
   constexpr int64_t kPanel = 32;
+  auto fn = simd::kernels().gemmPanelBf16Dot;
+  const int64_t N = w.rows, K = w.cols;
   const int64_t panels = (N + kPanel - 1) / kPanel;
   pool.parallelFor(static_cast<size_t>(panels), 1, [&](size_t b, size_t e) {
     thread_local std::vector<uint32_t> packed;
     packed.resize(static_cast<size_t>(K / 2 * kPanel));
     for (size_t p = b; p < e; ++p) {
       const int64_t n0 = static_cast<int64_t>(p) * kPanel;
-      k.gemmPanelBf16Dot(rounded, T, w.data, K, n0, std::min(kPanel, N - n0),
-                         y, N, packed.data());
+      fn(xBf16, T, w.data, K, n0, std::min(kPanel, N - n0), y, N, packed.data());
     }
   });
 }
 
-// Medium precision without `vdpbf16ps`: the f32 kernels on x rounded to
-// bf16 values compute the same products (each exact in f32).
-void roundedLinear(const float *x, int64_t T, const WeightView &w, float *y,
-                   ThreadPool &pool) {
-  const int64_t K = w.cols;
-  thread_local std::vector<float> roundedStorage;
-  thread_local std::vector<uint16_t> bits;
-  roundedStorage.resize(static_cast<size_t>(T * K));
-  bits.resize(static_cast<size_t>(T * K));
-  simd::kernels().toBf16(x, bits.data(), T * K);
-  simd::kernels().widen[simd::kBf16](bits.data(), roundedStorage.data(), T * K);
-  linear(roundedStorage.data(), T, w, nullptr, y, pool, false);
-}
-
 } // namespace
+
+void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> outputs,
+                 ThreadPool &pool, bool bf16Products) {
+  if (T <= 0 || outputs.empty())
+    return;
+  const simd::Kernels &kernels = simd::kernels();
+  const int64_t K = outputs.front().w.cols;
+  const bool bf16 = bf16Products && outputs.front().w.dtype == proto::BF16;
+  if (bf16 && !(kernels.gemvBf16Dot && (T <= kGemvMaxTokens || K % 2 == 0))) {
+    // Medium precision without `vdpbf16ps`: the f32 kernels on x rounded to
+    // bf16 values compute the same products (each exact in f32).
+    thread_local std::vector<uint16_t> bits;
+    thread_local std::vector<float> rounded;
+    bits.resize(static_cast<size_t>(T * K));
+    rounded.resize(static_cast<size_t>(T * K));
+    kernels.toBf16(x, bits.data(), T * K);
+    kernels.widen[simd::kBf16](bits.data(), rounded.data(), T * K);
+    linearGroup(rounded.data(), T, outputs, pool, false);
+    return;
+  }
+  const uint16_t *xBf16 = nullptr;
+  if (bf16) { // rounded once for the whole group (split over the pool for prefill)
+    thread_local std::vector<uint16_t> storage;
+    storage.resize(static_cast<size_t>(T * K));
+    uint16_t *rounded = storage.data(); // the pool sees this thread's copy
+    if (T <= kGemvMaxTokens)
+      kernels.toBf16(x, rounded, T * K);
+    else
+      pool.parallelFor(static_cast<size_t>(T), 8, [&](size_t b, size_t e) {
+        kernels.toBf16(x + b * K, rounded + b * K, static_cast<int64_t>(e - b) * K);
+      });
+    xBf16 = rounded;
+  }
+  if (T <= kGemvMaxTokens)
+    groupGemv(x, xBf16, T, outputs, pool);
+  for (const LinearOutput &o : outputs) {
+    const WeightView &w = o.w;
+    const int64_t N = w.rows;
+    if (T > kGemvMaxTokens) {
+      if (xBf16)
+        bf16DotGemm(xBf16, T, w, o.y, pool);
+      else if (kernels.hasFastGemm)
+        panelGemm(x, T, w, o.y, pool);
+      else if (w.dtype == proto::F32)
+        sgemm(x, T, reinterpret_cast<const float *>(w.data), N, K, o.y, N, pool);
+      else
+        halfGemm(x, T, w, o.y, pool);
+    }
+    if (o.bias)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n)
+          o.y[t * N + n] += o.bias[n];
+  }
+}
 
 void linear(const float *x, int64_t T, const WeightView &w, const float *bias,
             float *y, ThreadPool &pool, bool bf16Products) {
-  const int64_t N = w.rows, K = w.cols;
-  if (T <= 0 || N <= 0)
+  if (w.rows <= 0)
     return;
-  const simd::Kernels &kernels = simd::kernels();
-  if (bf16Products && w.dtype == proto::BF16) {
-    if (kernels.gemvBf16Dot && (T <= kGemvMaxTokens || K % 2 == 0))
-      bf16DotLinear(x, T, w, y, pool);
-    else
-      roundedLinear(x, T, w, y, pool);
-  } else if (T <= kGemvMaxTokens)
-    gemv(x, T, w, y, pool);
-  else if (kernels.hasFastGemm)
-    panelGemm(x, T, w, y, pool);
-  else if (w.dtype == proto::F32)
-    sgemm(x, T, reinterpret_cast<const float *>(w.data), N, K, y, N, pool);
-  else
-    halfGemm(x, T, w, y, pool);
-  if (bias)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t n = 0; n < N; ++n)
-        y[t * N + n] += bias[n];
+  const LinearOutput output{w, bias, y};
+  linearGroup(x, T, std::span<const LinearOutput>(&output, 1), pool, bf16Products);
 }
 
 } // namespace llmir::engine::cpu
