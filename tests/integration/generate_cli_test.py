@@ -73,11 +73,14 @@ def main():
                "--kv-cache-dtype", "f16")
     check(proc.returncode == 2 and "auto, f32, bf16" in proc.stderr, f"--kv-cache-dtype f16: {proc.stderr}")
     # Medium matmul precision on the CPU: the demo model's bf16 weights meet
-    # activations rounded to bf16 (`vdpbf16ps` where the CPU has it), so the
-    # contract is the CUDA backend's medium one: prompt logits within 2e-2 of
-    # the reference, the first 8 greedy ids equal; and the logits must move
-    # (the option is not ignored). An unknown precision is a usage error
-    # naming the accepted ones.
+    # activations rounded to bf16 (`vdpbf16ps` where the CPU has it) in
+    # prefill and decode alike, as llama.cpp's bf16 path computes. The
+    # contract: prompt logits within 2e-2 of the reference (measured 3-4e-3)
+    # and so the first greedy id; later ids may fall the other way of a near
+    # tie (case 1 of the demo model does at its 5th token), unlike CUDA's
+    # medium, whose decode products stay f32. The logits must move (the
+    # option is not ignored). An unknown precision is a usage error naming
+    # the accepted ones.
     reference_logits = read_safetensors(os.path.join(demo, "reference_logits.safetensors"))
     for i, case in enumerate(reference_cases(demo)):
         with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +94,7 @@ def main():
                 if proc.returncode != 0:
                     break
                 got = json.loads(proc.stdout)["output_ids"]
-                n = len(case["greedy_ids"]) if precision == "highest" else 8
+                n = len(case["greedy_ids"]) if precision == "highest" else 1
                 check(got[:n] == case["greedy_ids"][:n],
                       f"--matmul-precision {precision} on cpu, case {i}: {got[:n]} != reference {case['greedy_ids'][:n]}")
             else:
@@ -100,8 +103,8 @@ def main():
                 highest = read_safetensors(dumps["highest"])["logits"][1]
                 err = relative_error(medium, want)
                 check(err <= 2e-2, f"--matmul-precision medium on cpu, case {i}: logits error {err:.2e} > 2e-2")
-                check(relative_error(highest, medium) > 1e-5,
-                      f"--matmul-precision medium on cpu, case {i}: logits equal highest's (not applied)")
+                check(relative_error(medium, highest) > 1e-4,
+                      f"--matmul-precision medium on cpu, case {i}: logits as highest's (not applied)")
     proc = run(args.generate, "--model", demo, "--prompt-ids", "1", "--max-tokens", "4",
                "--matmul-precision", "high")
     check(proc.returncode == 2 and "highest, medium" in proc.stderr,

@@ -36,9 +36,10 @@ Result<KvCacheDType> parseKvCacheDType(std::string_view text);
 /// activations go in as two bf16 halves; the Hugging Face references hold
 /// at 1e-4); Medium rounds the activations to bf16 for the tensor cores, as
 /// a bf16 model computes (about half the work of large steps; logits within
-/// ~1e-2). On the CPU medium rounds the activations of products with bf16
-/// weights to bf16 and multiplies them with AVX512-BF16 `vdpbf16ps` (f32
-/// sums), as llama.cpp's bf16 path does; other weights stay f32.
+/// ~1e-2). On the CPU medium rounds the activations of every product with
+/// bf16 weights to bf16, prefill and decode alike, and multiplies them with
+/// AVX512-BF16 `vdpbf16ps` (f32 sums), as llama.cpp's bf16 path does (the
+/// demo model's prompt logits within 4e-3); other weights stay f32.
 enum class MatmulPrecision { Highest, Medium };
 /// "highest" or "medium".
 Result<MatmulPrecision> parseMatmulPrecision(std::string_view text);
