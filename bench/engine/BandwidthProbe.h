@@ -6,8 +6,9 @@
 
 namespace llmir::bench {
 
-/// Best of `repeats` timed passes over a buffer of `bytes`, read by
-/// `numThreads` threads; bytes per second.
+/// Best of `repeats` timed passes over a buffer of `bytes` on huge pages
+/// (engine::HugePageRegion, as the CPU backend's weights), read by
+/// `numThreads` threads; bytes per second (0 when it cannot be allocated).
 double measureReadBandwidth(size_t bytes, unsigned numThreads, int repeats);
 
 } // namespace llmir::bench

@@ -287,7 +287,7 @@ int main(int argc, char **argv) {
                                    1, 0, options.decodeTokens,
                                    options.prefillTokens})
                     .c_str());
-  std::printf("# memory read bandwidth (1 GiB stream, best of 5):");
+  std::printf("# memory read bandwidth (1 GiB stream on huge pages, best of 5):");
   for (auto [threads, bytesPerSecond] : bandwidth)
     std::printf("  %u thread%s %.1f GB/s", threads, threads == 1 ? "" : "s",
                 bytesPerSecond / 1e9);

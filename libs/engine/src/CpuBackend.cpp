@@ -4,6 +4,7 @@
 #include "KernelRegistry.h"
 
 #include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/HugePages.h"
 #include "llmir/engine/ThreadPool.h"
 #include "llmir/model/Safetensors.h"
 #include "llmir/proto/shard_program.pb.h"
@@ -23,9 +24,19 @@ public:
         pool_(std::make_unique<ThreadPool>(options.numThreads)), comm_(comm),
         kvElement_(options.bf16KvCache ? KvElement::BF16 : KvElement::F32),
         bf16Products_(options.bf16Products),
-        weights_(program.slots.size()), activations_(program.slots.size()) {}
+        weights_(program.slots.size()), views_(program.slots.size()),
+        activations_(program.slots.size()) {}
 
+  // The elements move to the huge-page arena (decode streams them once per
+  // token; see HugePages.h); weights_ keeps dtype and shape.
   Status loadWeight(uint32_t slot, WeightTensor weight) override {
+    Result<const std::byte *> copy = arena_.copy(weight.data.data(), weight.data.size());
+    if (!copy)
+      return copy.status().withContext("weights");
+    WeightView view = WeightView::of(weight);
+    view.data = *copy;
+    views_[slot] = view;
+    std::vector<std::byte>().swap(weight.data); // the arena holds them now
     weights_[slot] = std::move(weight);
     return Status::ok();
   }
@@ -89,9 +100,9 @@ public:
     for (size_t i = 0; i < inst.inputs.size(); ++i) {
       const uint32_t id = inst.inputs[i];
       if (inst.inputIsWeight[i])
-        call.inputs.push_back({nullptr, &weights_[id]});
+        call.inputs.push_back({nullptr, &weights_[id], views_[id]});
       else
-        call.inputs.push_back({&activations_[id], nullptr});
+        call.inputs.push_back({&activations_[id], nullptr, {}});
     }
     call.outputs.clear();
     call.outputSlotShapes.clear();
@@ -175,12 +186,12 @@ private:
                                std::to_string(N) + "]")
               .withContext(member.name);
         groupBiases_[j].resize(static_cast<size_t>(N));
-        const WeightView bias = WeightView::of(b);
+        const WeightView &bias = views_[member.inputs[2]];
         bias.widenRows(0, bias.rows, groupBiases_[j].data());
       }
       Tensor &y = activations_[member.outputs[0]];
       y.reshape({x.rows(), N});
-      outputs.push_back({WeightView::of(w), groupBiases_[j].empty() ? nullptr : groupBiases_[j].data(),
+      outputs.push_back({views_[member.inputs[1]], groupBiases_[j].empty() ? nullptr : groupBiases_[j].data(),
                          y.data.data()});
     }
     cpu::linearGroup(x.data.data(), x.rows(), outputs, *pool_, bf16Products_);
@@ -200,7 +211,9 @@ private:
   KvElement kvElement_;
   bool bf16Products_;
   std::optional<KvCache> cache_;
-  std::vector<WeightTensor> weights_;  // by slot id (empty for activations)
+  HugePageArena arena_;                // every weight's elements
+  std::vector<WeightTensor> weights_;  // by slot id: dtype and shape (elements in arena_)
+  std::vector<WeightView> views_;      // by slot id: the elements in arena_
   std::vector<Tensor> activations_;    // by slot id (empty for weights)
   Tensor aliasedOutput_;
   KernelCall call_;

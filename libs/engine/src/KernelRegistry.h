@@ -21,7 +21,8 @@ struct StepInput;
 /// One instruction input: an activation or a weight (exactly one is set).
 struct Operand {
   const Tensor *activation = nullptr;
-  const WeightTensor *weight = nullptr;
+  const WeightTensor *weight = nullptr; // dtype and shape
+  WeightView view;                      // a weight's elements (the backend's copy)
 };
 
 /// Everything a kernel may use.

@@ -2,6 +2,7 @@
 #include "TestUtil.h"
 
 #include "llmir/engine/CpuKernels.h"
+#include "llmir/engine/HugePages.h"
 #include "llmir/engine/ThreadPool.h"
 
 #include <gtest/gtest.h>
@@ -24,6 +25,32 @@ TEST(DTypeConversion, RoundTripsExactValuesAndRoundsToNearestEven) {
   EXPECT_EQ(bf16ToF32(f32ToBf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
   EXPECT_EQ(f16ToF32(f32ToF16(1.0f + 0x1p-11f)), 1.0f);
   EXPECT_TRUE(std::isinf(f16ToF32(f32ToF16(1e6f))));
+}
+
+// The CPU backend's weight copies: 64-byte aligned, contents kept, small
+// copies sharing a region, one larger than a region getting its own; each
+// copy stays valid while later ones are made.
+TEST(HugePageArena, CopiesKeepContentsAndAlignment) {
+  HugePageArena arena;
+  std::vector<std::vector<std::byte>> sources;
+  std::vector<const std::byte *> copies;
+  for (size_t n : {size_t{0}, size_t{1}, size_t{4097}, size_t{3} << 20, size_t{70} << 20,
+                   size_t{100}}) {
+    std::vector<std::byte> bytes(n);
+    for (size_t i = 0; i < n; ++i)
+      bytes[i] = static_cast<std::byte>((i * 131 + n) & 0xff);
+    Result<const std::byte *> copy = arena.copy(bytes.data(), n);
+    ASSERT_TRUE(copy.isOk()) << copy.message();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(*copy) % 64, 0u) << n;
+    sources.push_back(std::move(bytes));
+    copies.push_back(*copy);
+  }
+  for (size_t i = 0; i < sources.size(); ++i)
+    EXPECT_TRUE(std::equal(sources[i].begin(), sources[i].end(), copies[i])) << i;
+  Result<HugePageRegion> region = HugePageRegion::allocate(5);
+  ASSERT_TRUE(region.isOk());
+  EXPECT_EQ(region->size(), HugePageRegion::kHugePage);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(region->data()) % HugePageRegion::kHugePage, 0u);
 }
 
 TEST(ThreadPool, CoversEveryIndexOnce) {

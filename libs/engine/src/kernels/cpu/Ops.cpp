@@ -23,6 +23,11 @@ const Tensor &act(const KernelCall &call, size_t i) {
 const WeightTensor &weight(const KernelCall &call, size_t i) {
   return *call.inputs[i].weight;
 }
+// The weight's elements: the backend keeps its own copy (on huge pages), so
+// kernels read them through this view, never through WeightTensor::data.
+const WeightView &weightView(const KernelCall &call, size_t i) {
+  return call.inputs[i].view;
+}
 
 Status expectRows(const Tensor &x, int64_t rows, const char *what) {
   if (x.shape.empty() || x.rows() != rows)
@@ -40,8 +45,7 @@ Status expectWeightRank(const WeightTensor &w, size_t rank, const char *what) {
   return Status::ok();
 }
 
-std::vector<float> widened(const WeightTensor &w) {
-  WeightView view = WeightView::of(w);
+std::vector<float> widened(const WeightView &view) {
   std::vector<float> out(static_cast<size_t>(view.rows * view.cols));
   view.widenRows(0, view.rows, out.data());
   return out;
@@ -53,7 +57,7 @@ Status runEmbedding(KernelCall &call) {
   const int64_t T = call.step->numTokens();
   Tensor &y = *call.outputs[0];
   y.reshape({T, table.shape[1]});
-  cpu::embedding(call.step->tokenIds.data(), T, WeightView::of(table),
+  cpu::embedding(call.step->tokenIds.data(), T, weightView(call, 0),
                  call.params->vocabOffset, y.data.data());
   return Status::ok();
 }
@@ -72,7 +76,7 @@ Status runRmsNorm(KernelCall &call) {
   Tensor &y = *call.outputs[0];
   y.reshape(x.shape);
   cpu::rmsNorm(x.data.data(), x.rows() * (x.rowSize() / group), group,
-               widened(w).data(), call.params->eps, y.data.data());
+               widened(weightView(call, 1)).data(), call.params->eps, y.data.data());
   return Status::ok();
 }
 
@@ -91,11 +95,11 @@ Status runLinear(KernelCall &call) {
     if (b.shape.size() != 1 || b.shape[0] != N)
       return Status::error("bias has shape " + model::formatShape(b.shape) +
                            "; expected [" + std::to_string(N) + "]");
-    bias = widened(b);
+    bias = widened(weightView(call, 2));
   }
   Tensor &y = *call.outputs[0];
   y.reshape({x.rows(), N});
-  cpu::linear(x.data.data(), x.rows(), WeightView::of(w),
+  cpu::linear(x.data.data(), x.rows(), weightView(call, 1),
               bias.empty() ? nullptr : bias.data(), y.data.data(), *call.pool,
               call.bf16Products);
   return Status::ok();
