@@ -42,6 +42,19 @@ Result<HugePageRegion> HugePageRegion::allocate(size_t bytes) {
   return region;
 }
 
+void adviseHugePages(void *data, size_t bytes) {
+#if defined(__linux__)
+  constexpr uintptr_t kPage = HugePageRegion::kHugePage;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kPage - 1);
+  if (end > begin)
+    (void)madvise(reinterpret_cast<void *>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 HugePageRegion::HugePageRegion(HugePageRegion &&other) noexcept { *this = std::move(other); }
 
 HugePageRegion &HugePageRegion::operator=(HugePageRegion &&other) noexcept {

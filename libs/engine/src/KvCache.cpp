@@ -1,4 +1,5 @@
 #include "llmir/engine/KvCache.h"
+#include "llmir/engine/HugePages.h"
 
 #include <algorithm>
 #include <cassert>
@@ -44,8 +45,14 @@ KvCache::KvCache(const KvCacheShape &shape, KvElement element)
     const auto address = reinterpret_cast<uintptr_t>(v.data());
     return ((kLine - address % kLine) % kLine) / sizeof(float);
   };
-  keys_.assign(floats + kLine / sizeof(float), 0.0f);
-  values_.assign(floats + kLine / sizeof(float), 0.0f);
+  // Huge pages where the cache spans them: decode attention reads a KV
+  // head's rows strided over the whole layer while the weight stream evicts
+  // the TLB (reserve maps without touching; assign then fills in place).
+  for (std::vector<float> *v : {&keys_, &values_}) {
+    v->reserve(floats + kLine / sizeof(float));
+    adviseHugePages(v->data(), v->capacity() * sizeof(float));
+    v->assign(floats + kLine / sizeof(float), 0.0f);
+  }
   keysBase_ = base(keys_);
   valuesBase_ = base(values_);
 }

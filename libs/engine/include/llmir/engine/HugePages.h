@@ -41,6 +41,11 @@ private:
   size_t size_ = 0;
 };
 
+/// Advises the whole 2 MiB pages inside [data, data + bytes) MADV_HUGEPAGE
+/// (Linux; a no-op elsewhere). Pages already touched stay as they are, so
+/// call it on fresh memory (a vector's reserve()) before writing it.
+void adviseHugePages(void *data, size_t bytes);
+
 /// Bump allocation of read-only copies (weights) from huge-page regions of
 /// at least 64 MiB each, so that tensors smaller than a huge page still
 /// share them. Copies stay valid until the arena is destroyed.
