@@ -152,8 +152,8 @@ Result<Options> parseArgs(int argc, char **argv) {
              "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
   std::string matmulPrecision = "highest";
   config.add("matmul-precision", &matmulPrecision,
-             "highest (products within f32 rounding) or medium (cuda: activations rounded to "
-             "bf16 for the tensor cores)");
+             "highest (products within f32 rounding) or medium (activations rounded to bf16 "
+             "in products with bf16 weights: cuda's tensor cores, the cpu's vdpbf16ps)");
   // Set by the launcher on its worker processes.
   config.add("worker-rank", &o.workerRank, "internal: this worker's rank");
   config.add("world-size", &o.worldSize, "internal: ranks of the replica");

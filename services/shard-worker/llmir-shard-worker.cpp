@@ -211,8 +211,9 @@ int main(int argc, char **argv) {
   config.add("worker.kv-cache-dtype", &s.kvCacheDtype,
              "auto (bf16 on cuda for 16-bit weights, else f32), f32 or bf16");
   config.add("worker.matmul-precision", &s.matmulPrecision,
-             "highest (products within f32 rounding) or medium (cuda: activations rounded "
-             "to bf16 for the tensor cores, as bf16 models compute)");
+             "highest (products within f32 rounding) or medium (activations rounded to bf16 "
+             "in products with bf16 weights, as bf16 models compute: cuda's tensor cores, "
+             "the cpu's vdpbf16ps)");
   config.add("worker.gpu-memory-fraction", &s.gpuMemoryFraction,
              "cuda: share of the device's memory for weights, activations and KV "
              "blocks when the scheduler does not fix the block count");
