@@ -1,6 +1,8 @@
 #include "llmir/engine/HugePages.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
