@@ -1,12 +1,12 @@
 // The OpenAI request parser: any body for either endpoint gives a request or
 // an error naming a parameter.
-#include "OpenAiProtocol.h"
+#include "llmir/openai/OpenAiProtocol.h"
 
 #include <cstdint>
 #include <string_view>
 #include <variant>
 
-using namespace llmir::scheduler;
+using namespace llmir::openai;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size == 0)

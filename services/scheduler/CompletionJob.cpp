@@ -2,7 +2,7 @@
 
 namespace llmir::scheduler {
 
-CompletionJob::CompletionJob(ApiRequest request, ResponseContext context,
+CompletionJob::CompletionJob(openai::ApiRequest request, openai::ResponseContext context,
                              Metrics &metrics, serving::ReplicaRouter &router,
                              serving::KeyConcurrencyLimiter::Lease keySlot)
     : request_(std::move(request)), context_(std::move(context)), metrics_(metrics),
@@ -52,12 +52,12 @@ void CompletionJob::onEvent(size_t prompt, const serving::SequenceEvent &event) 
     sawFirstToken_ = true;
     lastToken_[i] = now;
   }
-  ChoiceResult &choice = choices_[i];
+  openai::ChoiceResult &choice = choices_[i];
   if (request_.stream && context_.toolCalls) {
     // Content is released as soon as it cannot start a call; calls whole.
     auto &tools = toolStreams_[i];
     if (!tools)
-      tools.emplace(*context_.toolCalls, toolCallIdSeed(context_, i));
+      tools.emplace(*context_.toolCalls, openai::toolCallIdSeed(context_, i));
     const size_t before = tools->numToolCalls();
     serving::ToolCallStream::Delta delta = tools->push(event.text);
     if (event.finish) {
@@ -68,13 +68,13 @@ void CompletionJob::onEvent(size_t prompt, const serving::SequenceEvent &event) 
     }
     serving::SequenceEvent shown = event;
     shown.text = std::move(delta.content);
-    if (auto chunk = chunkJson(context_, shown, !sentFirstChunk_[i], static_cast<uint32_t>(i),
+    if (auto chunk = openai::chunkJson(context_, shown, !sentFirstChunk_[i], static_cast<uint32_t>(i),
                                prompt, delta.toolCalls, before)) {
       stream_->writeEvent(*chunk);
       sentFirstChunk_[i] = true;
     }
   } else if (request_.stream) {
-    if (auto chunk = chunkJson(context_, event, !sentFirstChunk_[i], static_cast<uint32_t>(i), prompt)) {
+    if (auto chunk = openai::chunkJson(context_, event, !sentFirstChunk_[i], static_cast<uint32_t>(i), prompt)) {
       stream_->writeEvent(*chunk);
       sentFirstChunk_[i] = true;
     }
@@ -108,10 +108,10 @@ void CompletionJob::finishLocked() {
   metrics_.update(router_.stats());
   if (request_.stream) {
     if (request_.includeUsage)
-      stream_->writeEvent(usageChunkJson(context_, generated_));
+      stream_->writeEvent(openai::usageChunkJson(context_, generated_));
     stream_->writeEvent("[DONE]");
   } else {
-    stream_->write(responseJson(context_, choices_));
+    stream_->write(openai::responseJson(context_, choices_));
   }
   stream_->close();
   stream_.reset();

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "Metrics.h"
-#include "OpenAiProtocol.h"
+#include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
 #include "llmir/serving/Admission.h"
@@ -21,7 +21,7 @@ public:
   /// `keySlot` (its API key's concurrency slot) is released when the last
   /// choice finishes, which a client going away also leads to (its request
   /// is cancelled), or at the latest when the job is destroyed.
-  CompletionJob(ApiRequest request, ResponseContext context, Metrics &metrics,
+  CompletionJob(openai::ApiRequest request, openai::ResponseContext context, Metrics &metrics,
                 serving::ReplicaRouter &router, serving::KeyConcurrencyLimiter::Lease keySlot);
 
   /// Queues the request and answers on `stream` (SSE or one JSON body);
@@ -33,15 +33,15 @@ private:
   void onEvent(size_t prompt, const serving::SequenceEvent &event);
   void finishLocked();
 
-  ApiRequest request_;
-  ResponseContext context_;
+  openai::ApiRequest request_;
+  openai::ResponseContext context_;
   Metrics &metrics_;
   serving::ReplicaRouter &router_;
   serving::KeyConcurrencyLimiter::Lease keySlot_;
 
   std::mutex mutex_;
   std::shared_ptr<net::ResponseStream> stream_;
-  std::vector<ChoiceResult> choices_;
+  std::vector<openai::ChoiceResult> choices_;
   std::vector<bool> sentFirstChunk_;
   std::vector<std::optional<serving::ToolCallStream>> toolStreams_; // streamed tool calls
   std::vector<std::chrono::steady_clock::time_point> lastToken_;

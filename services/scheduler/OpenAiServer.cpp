@@ -1,7 +1,7 @@
 #include "OpenAiServer.h"
 
 #include "CompletionJob.h"
-#include "OpenAiProtocol.h"
+#include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/model/Tokenizer.h"
 #include "llmir/support/ClusterAuth.h"
@@ -14,8 +14,8 @@ namespace llmir::scheduler {
 
 namespace {
 
-net::HttpResponse errorResponse(const ApiError &error) {
-  return net::HttpResponse::json(error.status, errorJson(error));
+net::HttpResponse errorResponse(const openai::ApiError &error) {
+  return net::HttpResponse::json(error.status, openai::errorJson(error));
 }
 
 /// A refusal the client should retry: the OpenAI error body plus Retry-After.
@@ -43,10 +43,10 @@ OpenAiServer::OpenAiServer(OpenAiServerOptions options, const model::Tokenizer &
 
 void OpenAiServer::addRoutes(net::HttpServer &server) {
   server.route("POST", "/v1/completions", [this](const net::HttpRequest &r) {
-    return complete(r, static_cast<int>(Endpoint::Completions));
+    return complete(r, static_cast<int>(openai::Endpoint::Completions));
   });
   server.route("POST", "/v1/chat/completions", [this](const net::HttpRequest &r) {
-    return complete(r, static_cast<int>(Endpoint::Chat));
+    return complete(r, static_cast<int>(openai::Endpoint::Chat));
   });
   server.route("GET", "/v1/models", [this](const net::HttpRequest &r) {
     if (!authorized(r))
@@ -107,18 +107,18 @@ std::string OpenAiServer::bearerKey(const net::HttpRequest &http) {
 
 namespace {
 
-const ApiError kUnauthorized{401, "Incorrect API key provided.", "invalid_request_error", "",
+const openai::ApiError kUnauthorized{401, "Incorrect API key provided.", "invalid_request_error", "",
                              "invalid_api_key"};
 
 /// The body as a JSON object, or the 400 that says why not.
-std::variant<boost::json::object, ApiError> jsonObject(const std::string &body) {
+std::variant<boost::json::object, openai::ApiError> jsonObject(const std::string &body) {
   boost::system::error_code ec;
   boost::json::value root = boost::json::parse(body, ec);
   if (ec)
-    return ApiError{400, "the request body is not valid JSON: " + ec.message(),
+    return openai::ApiError{400, "the request body is not valid JSON: " + ec.message(),
                     "invalid_request_error", "", ""};
   if (!root.is_object())
-    return ApiError{400, "the request body must be a JSON object", "invalid_request_error", "", ""};
+    return openai::ApiError{400, "the request body must be a JSON object", "invalid_request_error", "", ""};
   return std::move(root.as_object());
 }
 
@@ -128,7 +128,7 @@ net::HttpResponse OpenAiServer::tokenize(const net::HttpRequest &http) const {
   if (!authorized(http))
     return errorResponse(kUnauthorized);
   auto parsed = jsonObject(http.body);
-  if (auto *error = std::get_if<ApiError>(&parsed))
+  if (auto *error = std::get_if<openai::ApiError>(&parsed))
     return errorResponse(*error);
   const boost::json::object &body = std::get<boost::json::object>(parsed);
   if (const auto *model = body.if_contains("model");
@@ -139,11 +139,11 @@ net::HttpResponse OpenAiServer::tokenize(const net::HttpRequest &http) const {
   const char *param = "prompt";
   if (body.contains("messages")) {
     param = "messages";
-    ChatInput chat;
-    if (auto error = parseChatInput(body, chat))
+    openai::ChatInput chat;
+    if (auto error = openai::parseChatInput(body, chat))
       return errorResponse(*error);
-    auto prompt = chatPrompt(options_.chatFormat, chat);
-    if (auto *error = std::get_if<ApiError>(&prompt))
+    auto prompt = openai::chatPrompt(options_.chatFormat, chat);
+    if (auto *error = std::get_if<openai::ApiError>(&prompt))
       return errorResponse(*error);
     text = std::move(std::get<std::string>(prompt));
   } else {
@@ -179,7 +179,7 @@ net::HttpResponse OpenAiServer::detokenize(const net::HttpRequest &http) const {
   if (!authorized(http))
     return errorResponse(kUnauthorized);
   auto parsed = jsonObject(http.body);
-  if (auto *error = std::get_if<ApiError>(&parsed))
+  if (auto *error = std::get_if<openai::ApiError>(&parsed))
     return errorResponse(*error);
   const boost::json::object &body = std::get<boost::json::object>(parsed);
   const auto *tokens = body.if_contains("tokens");
@@ -203,7 +203,7 @@ net::HttpResponse OpenAiServer::detokenize(const net::HttpRequest &http) const {
 }
 
 net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpointId) {
-  const auto endpoint = static_cast<Endpoint>(endpointId);
+  const auto endpoint = static_cast<openai::Endpoint>(endpointId);
   if (!authorized(http))
     return errorResponse({401, "Incorrect API key provided.", "invalid_request_error", "",
                           "invalid_api_key"});
@@ -223,10 +223,10 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     metrics_.observeRefusal("no_replica");
     return refusalResponse(serving::noReplica(options_.noReplicaTimeout, options_.admission));
   }
-  auto parsed = parseRequest(endpoint, http.body);
-  if (auto *error = std::get_if<ApiError>(&parsed))
+  auto parsed = openai::parseRequest(endpoint, http.body);
+  if (auto *error = std::get_if<openai::ApiError>(&parsed))
     return errorResponse(*error);
-  ApiRequest request = std::move(std::get<ApiRequest>(parsed));
+  openai::ApiRequest request = std::move(std::get<openai::ApiRequest>(parsed));
   if (auto refusal = serving::shedLoad(router_.stats().numWaiting, request.params.n,
                                        options_.admission)) {
     metrics_.observeRefusal(refusal->code);
@@ -236,18 +236,18 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
     return errorResponse({404, "The model `" + request.model + "` does not exist.",
                           "invalid_request_error", "model", "model_not_found"});
 
-  const char *promptParam = endpoint == Endpoint::Chat ? "messages" : "prompt";
-  std::vector<PromptContext> prompts;
-  if (endpoint == Endpoint::Chat) {
-    if (auto error = applyToolChoice(options_.chatFormat, request.chat, request.params))
+  const char *promptParam = endpoint == openai::Endpoint::Chat ? "messages" : "prompt";
+  std::vector<openai::PromptContext> prompts;
+  if (endpoint == openai::Endpoint::Chat) {
+    if (auto error = openai::applyToolChoice(options_.chatFormat, request.chat, request.params))
       return errorResponse(*error);
-    auto prompt = chatPrompt(options_.chatFormat, request.chat);
-    if (auto *error = std::get_if<ApiError>(&prompt))
+    auto prompt = openai::chatPrompt(options_.chatFormat, request.chat);
+    if (auto *error = std::get_if<openai::ApiError>(&prompt))
       return errorResponse(*error);
     request.prompts.push_back({std::move(std::get<std::string>(prompt)), {}});
   }
-  for (PromptInput &input : request.prompts) {
-    PromptContext prompt;
+  for (openai::PromptInput &input : request.prompts) {
+    openai::PromptContext prompt;
     if (input.text) {
       auto ids = tokenizer_.encode(*input.text);
       if (!ids)
@@ -274,15 +274,15 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   const serving::RequestLimits limits = router_.limits();
   if (!request.maxTokensGiven) {
     size_t longest = 0;
-    for (const PromptContext &p : prompts)
+    for (const openai::PromptContext &p : prompts)
       longest = std::max(longest, p.ids.size());
     const int64_t room = limits.maxModelLen - static_cast<int64_t>(longest);
     // At least 1, so a prompt that fills the context is reported as such.
     request.params.maxTokens = std::max<int64_t>(
-        1, endpoint == Endpoint::Chat ? room
+        1, endpoint == openai::Endpoint::Chat ? room
                                       : std::min(options_.defaultCompletionTokens, room));
   }
-  for (const PromptContext &p : prompts) {
+  for (const openai::PromptContext &p : prompts) {
     request.params.promptIds = p.ids;
     if (auto error = serving::validateRequest(request.params, limits)) {
       std::string param = error->param == "prompt" ? promptParam : error->param;
@@ -291,15 +291,15 @@ net::HttpResponse OpenAiServer::complete(const net::HttpRequest &http, int endpo
   }
   request.params.promptIds.clear(); // the job keeps them in its context
 
-  ResponseContext context;
+  openai::ResponseContext context;
   const uint64_t serial = nextId_++;
-  context.id = std::string(endpoint == Endpoint::Chat ? "chatcmpl-" : "cmpl-") +
+  context.id = std::string(endpoint == openai::Endpoint::Chat ? "chatcmpl-" : "cmpl-") +
                http.requestId + "-" + std::to_string(serial);
   context.created = unixSeconds();
   context.model = options_.modelName;
   context.tokenizer = &tokenizer_;
   context.prompts = std::move(prompts);
-  if (endpoint == Endpoint::Chat && options_.chatFormat.toolCalls && request.chat.hasTools &&
+  if (endpoint == openai::Endpoint::Chat && options_.chatFormat.toolCalls && request.chat.hasTools &&
       !request.chat.toolChoiceNone)
     context.toolCalls = options_.chatFormat.toolCalls;
   const bool stream = request.stream;

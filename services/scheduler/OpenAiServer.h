@@ -3,7 +3,7 @@
 #pragma once
 
 #include "Metrics.h"
-#include "OpenAiProtocol.h"
+#include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"
 #include "llmir/serving/Admission.h"
@@ -36,7 +36,7 @@ struct OpenAiServerOptions {
   /// Load shedding (429) and the Retry-After of 429 and 503.
   serving::AdmissionOptions admission;
   /// How /v1/chat/completions turns messages into a prompt.
-  ChatFormat chatFormat;
+  openai::ChatFormat chatFormat;
   /// Refreshes the cluster metrics before /metrics renders.
   std::function<void()> refreshMetrics;
 };

@@ -191,7 +191,7 @@ std::string specialToken(const boost::json::object &config, std::string_view key
 /// The chat format from the model's tokenizer_config.json: its string
 /// chat_template, parsed now so an unsupported one stops the start, or the
 /// documented default when there is none.
-Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
+Result<openai::ChatFormat> loadChatFormat(const std::string &dir) {
   const fs::path path = fs::path(dir) / "tokenizer_config.json";
   boost::json::object object;
   if (std::ifstream in(path); in) {
@@ -204,7 +204,7 @@ Result<scheduler::ChatFormat> loadChatFormat(const std::string &dir) {
                            (ec ? " (" + ec.message() + ")" : std::string()));
     object = std::move(config.as_object());
   }
-  scheduler::ChatFormat format;
+  openai::ChatFormat format;
   format.inputs = {.addGenerationPrompt = true,
                    .bosToken = specialToken(object, "bos_token"),
                    .eosToken = specialToken(object, "eos_token")};

@@ -21,7 +21,7 @@ namespace llmir::model {
 class Tokenizer;
 }
 
-namespace llmir::scheduler {
+namespace llmir::openai {
 
 enum class Endpoint { Completions, Chat };
 
@@ -166,4 +166,4 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
 /// The final usage-only chunk (stream_options.include_usage).
 std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens);
 
-} // namespace llmir::scheduler
+} // namespace llmir::openai

@@ -1,4 +1,4 @@
-#include "OpenAiProtocol.h"
+#include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/model/Tokenizer.h"
 #include "llmir/serving/OutputGrammar.h"
@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-namespace llmir::scheduler {
+namespace llmir::openai {
 
 namespace json = boost::json;
 
@@ -721,4 +721,4 @@ std::string usageChunkJson(const ResponseContext &ctx, int64_t completionTokens)
   return json::serialize(out);
 }
 
-} // namespace llmir::scheduler
+} // namespace llmir::openai
