@@ -563,9 +563,13 @@ json::value completionLogprobs(const ResponseContext &ctx, const ChoiceResult &c
                       {"text_offset", std::move(offsets)}};
 }
 
-json::array bytesOf(const std::string &text) {
+/// Chat logprobs' "bytes": the token's own bytes, so that the tokens of one
+/// character (each alone decoding to U+FFFD) join into it, as OpenAI means
+/// them to.
+json::array tokenBytes(const ResponseContext &ctx, int32_t id) {
+  auto raw = ctx.tokenizer->tokenBytes(id);
   json::array bytes;
-  for (unsigned char b : text)
+  for (unsigned char b : raw ? *raw : std::string())
     bytes.emplace_back(static_cast<int>(b));
   return bytes;
 }
@@ -578,11 +582,11 @@ json::value chatLogprobs(const ResponseContext &ctx, const ChoiceResult &c) {
     for (const serving::TopLogprob &t : c.topLogprobs[i]) {
       std::string topText = tokenText(ctx, t.tokenId);
       tops.emplace_back(json::object{
-          {"token", topText}, {"logprob", t.logprob}, {"bytes", bytesOf(topText)}});
+          {"token", topText}, {"logprob", t.logprob}, {"bytes", tokenBytes(ctx, t.tokenId)}});
     }
     content.emplace_back(json::object{{"token", text},
                                       {"logprob", c.logprobs[i]},
-                                      {"bytes", bytesOf(text)},
+                                      {"bytes", tokenBytes(ctx, c.tokenIds[i])},
                                       {"top_logprobs", std::move(tops)}});
   }
   return json::object{{"content", std::move(content)}};

@@ -296,6 +296,36 @@ TEST(ResponseJson, ChatLogprobs) {
   }
 }
 
+TEST(ResponseJson, ChatLogprobBytesAreTheTokensOwnBytes) {
+  // "bytes" lets a client join the tokens of one character; a token that is
+  // part of a UTF-8 sequence gives its raw bytes, not U+FFFD's.
+  ApiRequest req = request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "hi"}],
+                                              "logprobs": true, "top_logprobs": 1})");
+  ResponseContext ctx = contextFor(req, {"p"});
+  // Byte-level BPE: "Ã" spells the byte 0xC3, "¤" 0xA4 ("ä" is C3 A4).
+  const auto lead = demoTokenizer().tokenToId("\xC3\x83");
+  const auto trail = demoTokenizer().tokenToId("\xC2\xA4");
+  ASSERT_TRUE(lead && trail);
+  ChoiceResult c;
+  c.text = "\xC3\xA4";
+  c.tokenIds = {*lead, *trail};
+  c.logprobs = {-0.1f, -0.2f};
+  c.topLogprobs = {{{*lead, -0.1f}}, {{*trail, -0.2f}}};
+  c.finishReason = "stop";
+  json::object choice = parseObject(responseJson(ctx, {c})).at("choices").at(0).as_object();
+  const json::array &content = choice.at("logprobs").at("content").as_array();
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(bytesOf(content[0].at("bytes")), (std::vector<int>{0xC3}));
+  EXPECT_EQ(bytesOf(content[1].at("bytes")), (std::vector<int>{0xA4}));
+  EXPECT_EQ(bytesOf(content[0].at("top_logprobs").at(0).at("bytes")), (std::vector<int>{0xC3}));
+  // Joined, they are the character.
+  std::string joined;
+  for (const json::value &entry : content)
+    for (int b : bytesOf(entry.at("bytes")))
+      joined.push_back(static_cast<char>(b));
+  EXPECT_EQ(joined, "\xC3\xA4");
+}
+
 TEST(ResponseJson, ChatToolCalls) {
   ApiRequest req = request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "w?"}],
       "tools": [{"type": "function", "function": {"name": "get_weather"}}]})");
