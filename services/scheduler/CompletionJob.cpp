@@ -13,7 +13,7 @@ CompletionJob::CompletionJob(openai::ApiRequest request, openai::ResponseContext
   choices_.resize(n);
   for (size_t i = 0; i < n; ++i)
     choices_[i].prompt = i / static_cast<size_t>(request_.params.n);
-  sentFirstChunk_.assign(n, false);
+  streamed_.assign(n, openai::StreamedChoice{});
   toolStreams_.resize(n);
   lastToken_.resize(n);
   unfinished_ = static_cast<int32_t>(n);
@@ -68,16 +68,12 @@ void CompletionJob::onEvent(size_t prompt, const serving::SequenceEvent &event) 
     }
     serving::SequenceEvent shown = event;
     shown.text = std::move(delta.content);
-    if (auto chunk = openai::chunkJson(context_, shown, !sentFirstChunk_[i], static_cast<uint32_t>(i),
-                               prompt, delta.toolCalls, before)) {
+    if (auto chunk = openai::chunkJson(context_, shown, streamed_[i], static_cast<uint32_t>(i),
+                                       prompt, delta.toolCalls, before))
       stream_->writeEvent(*chunk);
-      sentFirstChunk_[i] = true;
-    }
   } else if (request_.stream) {
-    if (auto chunk = openai::chunkJson(context_, event, !sentFirstChunk_[i], static_cast<uint32_t>(i), prompt)) {
+    if (auto chunk = openai::chunkJson(context_, event, streamed_[i], static_cast<uint32_t>(i), prompt))
       stream_->writeEvent(*chunk);
-      sentFirstChunk_[i] = true;
-    }
   } else {
     if (!event.promptLogprobs.empty()) {
       choice.promptLogprobs = event.promptLogprobs;

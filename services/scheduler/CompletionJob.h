@@ -42,7 +42,7 @@ private:
   std::mutex mutex_;
   std::shared_ptr<net::ResponseStream> stream_;
   std::vector<openai::ChoiceResult> choices_;
-  std::vector<bool> sentFirstChunk_;
+  std::vector<openai::StreamedChoice> streamed_;
   std::vector<std::optional<serving::ToolCallStream>> toolStreams_; // streamed tool calls
   std::vector<std::chrono::steady_clock::time_point> lastToken_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();

@@ -672,10 +672,11 @@ std::string responseJson(const ResponseContext &ctx, const std::vector<ChoiceRes
 }
 
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
-                                     const serving::SequenceEvent &event, bool first,
+                                     const serving::SequenceEvent &event, StreamedChoice &sent,
                                      uint32_t index, size_t prompt,
                                      const std::vector<serving::ToolCall> &toolCalls,
                                      size_t firstToolCall) {
+  const bool first = !sent.sentFirst;
   const bool chat = isChat(ctx);
   const PromptContext *echo = !chat && first && ctx.request->echo ? &ctx.prompts.at(prompt) : nullptr;
   if (!first && event.text.empty() && !event.finish && !event.logprob &&
@@ -709,12 +710,18 @@ std::optional<std::string> chunkJson(const ResponseContext &ctx,
     choice["delta"] = std::move(delta);
     choice["logprobs"] = event.logprob ? chatLogprobs(ctx, one) : json::value(nullptr);
   } else {
-    choice["text"] = echo ? echo->text + event.text : event.text;
-    choice["logprobs"] = withLogprobs ? completionLogprobs(ctx, one, 0, echo) : json::value(nullptr);
+    // text_offset counts from the start of the choice's text, as in a
+    // whole response (it restarted at 0 in every chunk).
+    std::string text = echo ? echo->text + event.text : event.text;
+    choice["logprobs"] =
+        withLogprobs ? completionLogprobs(ctx, one, sent.textSent, echo) : json::value(nullptr);
+    sent.textSent += text.size();
+    choice["text"] = std::move(text);
   }
   if (ctx.request->returnTokenIds)
     choice["token_ids"] = event.tokenId ? json::array{*event.tokenId} : json::array{};
   out["choices"] = json::array{std::move(choice)};
+  sent.sentFirst = true;
   return json::serialize(out);
 }
 

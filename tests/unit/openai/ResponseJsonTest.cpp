@@ -378,12 +378,23 @@ serving::SequenceEvent tokenEvent(int32_t id, std::string text) {
   return event;
 }
 
+/// A chunk of a choice that has (first: not yet) sent its first chunk.
+std::optional<std::string> chunk(const ResponseContext &ctx, const serving::SequenceEvent &event,
+                                 bool first, uint32_t index, size_t prompt,
+                                 const std::vector<serving::ToolCall> &calls = {},
+                                 size_t firstCall = 0) {
+  StreamedChoice sent{!first, 0};
+  auto out = chunkJson(ctx, event, sent, index, prompt, calls, firstCall);
+  EXPECT_EQ(sent.sentFirst, !first || out.has_value());
+  return out;
+}
+
 TEST(ResponseJson, ChatChunks) {
   ApiRequest req = request(Endpoint::Chat,
                            R"({"messages": [{"role": "user", "content": "hi"}], "stream": true})");
   ResponseContext ctx = contextFor(req, {"p"});
 
-  auto first = chunkJson(ctx, tokenEvent(5, "Hel"), true, 0, 0);
+  auto first = chunk(ctx, tokenEvent(5, "Hel"), true, 0, 0);
   ASSERT_TRUE(first);
   json::object out = parseObject(*first);
   expectEnvelope(out, "chat.completion.chunk", "chatcmpl-abc");
@@ -395,21 +406,21 @@ TEST(ResponseJson, ChatChunks) {
   EXPECT_TRUE(choice.at("logprobs").is_null());
   EXPECT_EQ(choice.at("delta"), (json::object{{"role", "assistant"}, {"content", "Hel"}}));
 
-  json::object next = parseObject(*chunkJson(ctx, tokenEvent(6, "lo"), false, 2, 0));
+  json::object next = parseObject(*chunk(ctx, tokenEvent(6, "lo"), false, 2, 0));
   EXPECT_EQ(next.at("choices").at(0).at("index"), 2);
   EXPECT_EQ(next.at("choices").at(0).at("delta"), (json::object{{"content", "lo"}}));
 
   serving::SequenceEvent last = tokenEvent(7, "");
   last.finish = serving::FinishReason::Length;
-  json::object end = parseObject(*chunkJson(ctx, last, false, 0, 0));
+  json::object end = parseObject(*chunk(ctx, last, false, 0, 0));
   EXPECT_EQ(end.at("choices").at(0).at("finish_reason"), "length");
   EXPECT_TRUE(end.at("choices").at(0).at("delta").as_object().empty());
 
   // A token whose text is held back (a partial character, a possible stop
   // string) sends nothing.
-  EXPECT_FALSE(chunkJson(ctx, tokenEvent(8, ""), false, 0, 0));
+  EXPECT_FALSE(chunk(ctx, tokenEvent(8, ""), false, 0, 0));
   // But the first chunk always goes: it carries the role.
-  json::object role = parseObject(*chunkJson(ctx, tokenEvent(8, ""), true, 0, 0));
+  json::object role = parseObject(*chunk(ctx, tokenEvent(8, ""), true, 0, 0));
   EXPECT_EQ(role.at("choices").at(0).at("delta"),
             (json::object{{"role", "assistant"}, {"content", ""}}));
 }
@@ -421,7 +432,7 @@ TEST(ResponseJson, ChatChunkLogprobs) {
   serving::SequenceEvent event = tokenEvent(5, decode(5));
   event.logprob = -0.5f;
   event.topLogprobs = {{5, -0.5f}};
-  json::object out = parseObject(*chunkJson(ctx, event, false, 0, 0));
+  json::object out = parseObject(*chunk(ctx, event, false, 0, 0));
   const json::array &content = out.at("choices").at(0).at("logprobs").at("content").as_array();
   ASSERT_EQ(content.size(), 1u);
   EXPECT_EQ(str(content[0].at("token")), decode(5));
@@ -430,7 +441,7 @@ TEST(ResponseJson, ChatChunkLogprobs) {
   // A held-back token with a logprob is still sent (its logprob is news).
   serving::SequenceEvent held = event;
   held.text.clear();
-  EXPECT_TRUE(chunkJson(ctx, held, false, 0, 0));
+  EXPECT_TRUE(chunk(ctx, held, false, 0, 0));
 }
 
 TEST(ResponseJson, ChatChunkToolCalls) {
@@ -440,7 +451,7 @@ TEST(ResponseJson, ChatChunkToolCalls) {
   ctx.toolCalls = serving::ToolCallFormat::Hermes;
   std::vector<serving::ToolCall> calls = {{"call_1", "f", "{\"a\":1}"}, {"call_2", "f", "{}"}};
   serving::SequenceEvent event = tokenEvent(5, "");
-  json::object out = parseObject(*chunkJson(ctx, event, true, 0, 0, calls, 3));
+  json::object out = parseObject(*chunk(ctx, event, true, 0, 0, calls, 3));
   const json::object &delta = out.at("choices").at(0).at("delta").as_object();
   EXPECT_EQ(delta.at("role"), "assistant");
   EXPECT_FALSE(delta.contains("content")); // only calls so far
@@ -456,16 +467,16 @@ TEST(ResponseJson, ChatChunkToolCalls) {
   // The finish after calls says tool_calls; with none, stop stays stop.
   serving::SequenceEvent finish;
   finish.finish = serving::FinishReason::Stop;
-  json::object afterCalls = parseObject(*chunkJson(ctx, finish, false, 0, 0, {}, 2));
+  json::object afterCalls = parseObject(*chunk(ctx, finish, false, 0, 0, {}, 2));
   EXPECT_EQ(afterCalls.at("choices").at(0).at("finish_reason"), "tool_calls");
-  json::object noCalls = parseObject(*chunkJson(ctx, finish, false, 0, 0, {}, 0));
+  json::object noCalls = parseObject(*chunk(ctx, finish, false, 0, 0, {}, 0));
   EXPECT_EQ(noCalls.at("choices").at(0).at("finish_reason"), "stop");
 }
 
 TEST(ResponseJson, CompletionChunks) {
   ApiRequest req = request(Endpoint::Completions, R"({"prompt": "ab", "stream": true})");
   ResponseContext ctx = contextFor(req, {"ab"});
-  json::object out = parseObject(*chunkJson(ctx, tokenEvent(5, "x"), true, 1, 0));
+  json::object out = parseObject(*chunk(ctx, tokenEvent(5, "x"), true, 1, 0));
   expectEnvelope(out, "text_completion", "cmpl-abc");
   const json::object &choice = out.at("choices").at(0).as_object();
   EXPECT_EQ(choice.at("index"), 1);
@@ -476,7 +487,7 @@ TEST(ResponseJson, CompletionChunks) {
 
   serving::SequenceEvent stop;
   stop.finish = serving::FinishReason::Stop;
-  json::object end = parseObject(*chunkJson(ctx, stop, false, 1, 0));
+  json::object end = parseObject(*chunk(ctx, stop, false, 1, 0));
   EXPECT_EQ(end.at("choices").at(0).at("finish_reason"), "stop");
   EXPECT_EQ(end.at("choices").at(0).at("text"), "");
 }
@@ -488,7 +499,7 @@ TEST(ResponseJson, CompletionChunkEchoAndLogprobs) {
   serving::SequenceEvent event = tokenEvent(5, decode(5));
   event.logprob = -1.0f;
   // The first chunk of prompt 1's choice echoes "cd".
-  json::object first = parseObject(*chunkJson(ctx, event, true, 1, 1));
+  json::object first = parseObject(*chunk(ctx, event, true, 1, 1));
   const json::object &choice = first.at("choices").at(0).as_object();
   EXPECT_EQ(str(choice.at("text")), "cd" + decode(5));
   const json::object &lp = choice.at("logprobs").as_object();
@@ -499,23 +510,53 @@ TEST(ResponseJson, CompletionChunkEchoAndLogprobs) {
   // logprobs 0: no alternatives, an empty object per token.
   EXPECT_TRUE(lp.at("top_logprobs").at(n - 1).as_object().empty());
   // Later chunks do not echo.
-  json::object later = parseObject(*chunkJson(ctx, event, false, 1, 1));
+  json::object later = parseObject(*chunk(ctx, event, false, 1, 1));
   EXPECT_EQ(str(later.at("choices").at(0).at("text")), decode(5));
   EXPECT_EQ(later.at("choices").at(0).at("logprobs").at("tokens").as_array().size(), 1u);
+}
+
+TEST(ResponseJson, StreamedTextOffsetsCountFromTheChoicesStart) {
+  // As in a whole response: the offset of each token in the choice's text
+  // (echoed prompt included), not 0 in every chunk.
+  ApiRequest req = request(Endpoint::Completions,
+                           R"({"prompt": "ab", "stream": true, "echo": true, "logprobs": 0})");
+  ResponseContext ctx = contextFor(req, {"ab"});
+  StreamedChoice sent;
+  std::string streamed;
+  std::vector<size_t> offsets;
+  for (int32_t id : encode(" one two three")) {
+    serving::SequenceEvent event = tokenEvent(id, decode(id));
+    event.logprob = -1.0f;
+    auto out = chunkJson(ctx, event, sent, 0, 0);
+    ASSERT_TRUE(out);
+    json::object choice = parseObject(*out).at("choices").at(0).as_object();
+    const json::array &tokenOffsets = choice.at("logprobs").at("text_offset").as_array();
+    offsets.push_back(static_cast<size_t>(tokenOffsets.back().to_number<int64_t>()));
+    EXPECT_EQ(offsets.back(), streamed.size() + (streamed.empty() ? 2 : 0)) << "after the echo";
+    streamed += str(choice.at("text"));
+    EXPECT_EQ(sent.textSent, streamed.size());
+  }
+  EXPECT_TRUE(sent.sentFirst);
+  ASSERT_GE(offsets.size(), 3u);
+  EXPECT_EQ(streamed, "ab one two three");
+  // A held-back token sends nothing and moves nothing.
+  StreamedChoice before = sent;
+  EXPECT_FALSE(chunkJson(ctx, tokenEvent(5, ""), sent, 0, 0));
+  EXPECT_EQ(sent.textSent, before.textSent);
 }
 
 TEST(ResponseJson, ChunkTokenIds) {
   ApiRequest req = request(Endpoint::Completions,
                            R"({"prompt": "ab", "stream": true, "return_token_ids": true})");
   ResponseContext ctx = contextFor(req, {"ab"});
-  json::object out = parseObject(*chunkJson(ctx, tokenEvent(5, "x"), false, 0, 0));
+  json::object out = parseObject(*chunk(ctx, tokenEvent(5, "x"), false, 0, 0));
   EXPECT_EQ(out.at("choices").at(0).at("token_ids"), (json::array{5}));
   // Even a held-back token is sent, for its id.
-  json::object held = parseObject(*chunkJson(ctx, tokenEvent(6, ""), false, 0, 0));
+  json::object held = parseObject(*chunk(ctx, tokenEvent(6, ""), false, 0, 0));
   EXPECT_EQ(held.at("choices").at(0).at("token_ids"), (json::array{6}));
   serving::SequenceEvent stop;
   stop.finish = serving::FinishReason::Stop;
-  json::object end = parseObject(*chunkJson(ctx, stop, false, 0, 0));
+  json::object end = parseObject(*chunk(ctx, stop, false, 0, 0));
   EXPECT_EQ(end.at("choices").at(0).at("token_ids"), json::array{});
 }
 

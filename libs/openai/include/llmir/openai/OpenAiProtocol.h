@@ -155,11 +155,19 @@ uint64_t toolCallIdSeed(const ResponseContext &ctx, size_t choice);
 std::string responseJson(const ResponseContext &ctx,
                          const std::vector<ChoiceResult> &choices);
 
+/// What a stream has sent of one choice so far.
+struct StreamedChoice {
+  bool sentFirst = false; // the first chunk (chat role, completions echo) went
+  /// Bytes of text sent: completions' text_offset of the next token.
+  size_t textSent = 0;
+};
+
 /// One streamed chunk for `event` (a token and/or a finish) of choice
-/// `choice`; nullopt when the event has nothing to send. `first` adds the
-/// chat role delta, or (completions with echo) the prompt of `prompt`.
+/// `choice`; nullopt when the event has nothing to send. The first chunk
+/// adds the chat role delta, or (completions with echo) the prompt of
+/// `prompt`. `sent` is advanced past a chunk returned.
 std::optional<std::string> chunkJson(const ResponseContext &ctx,
-                                     const serving::SequenceEvent &event, bool first,
+                                     const serving::SequenceEvent &event, StreamedChoice &sent,
                                      uint32_t choice, size_t prompt,
                                      const std::vector<serving::ToolCall> &toolCalls = {},
                                      size_t firstToolCall = 0);
