@@ -107,8 +107,8 @@ std::string OpenAiServer::bearerKey(const net::HttpRequest &http) {
 
 namespace {
 
-const openai::ApiError kUnauthorized{401, "Incorrect API key provided.", "invalid_request_error", "",
-                             "invalid_api_key"};
+const openai::ApiError kUnauthorized{401, "Incorrect API key provided.",
+                                     "invalid_request_error", "", "invalid_api_key"};
 
 /// The body as a JSON object, or the 400 that says why not.
 std::variant<boost::json::object, openai::ApiError> jsonObject(const std::string &body) {
@@ -116,9 +116,10 @@ std::variant<boost::json::object, openai::ApiError> jsonObject(const std::string
   boost::json::value root = boost::json::parse(body, ec);
   if (ec)
     return openai::ApiError{400, "the request body is not valid JSON: " + ec.message(),
-                    "invalid_request_error", "", ""};
+                            "invalid_request_error", "", ""};
   if (!root.is_object())
-    return openai::ApiError{400, "the request body must be a JSON object", "invalid_request_error", "", ""};
+    return openai::ApiError{400, "the request body must be a JSON object",
+                            "invalid_request_error", "", ""};
   return std::move(root.as_object());
 }
 
