@@ -138,6 +138,40 @@ test('a prompt of token ids and logprobs', async () => {
   }
 });
 
+test("streamed logprobs carry the text_offset of a whole response; chat logprob bytes are each token's own", async () => {
+  const c = reference.cases[0];
+  const request = { model: modelName, prompt: c.prompt_text, ...greedy, max_tokens: 12, logprobs: 1 };
+  const whole = (await client.completions.create(request)).choices[0].logprobs;
+  const offsets = [];
+  const tokens = [];
+  for await (const chunk of await client.completions.create({ ...request, stream: true }))
+    for (const ch of chunk.choices)
+      if (ch.logprobs) { offsets.push(...ch.logprobs.text_offset); tokens.push(...ch.logprobs.tokens); }
+  assert.deepEqual(tokens, whole.tokens);
+  assert.deepEqual(offsets, whole.text_offset, 'offsets count from the start of the choice');
+  assert.ok(offsets.at(-1) > 0);
+
+  // Chat: "bytes" are each token's own bytes (by the independent decoder),
+  // so a character split over tokens joins again. logit_bias forces tokens
+  // that are halves of "ä" (C3 A4), each alone not valid UTF-8.
+  const byteToken = (b) => tokenizerJson.model.vocab[[...unicodeToByte].find(([, v]) => v === b)[0]];
+  const lead = byteToken(0xC3);
+  const trail = byteToken(0xA4);
+  for (const logit_bias of [{}, { [lead]: 100 }, { [lead]: 50, [trail]: 50 }]) {
+    const r = await client.chat.completions.create({
+      model: modelName, messages: [{ role: 'user', content: c.prompt_text }], temperature: 1, seed: 3,
+      max_tokens: 8, ignore_eos: true, logprobs: true, top_logprobs: 1, return_token_ids: true, logit_bias });
+    const ids = r.choices[0].token_ids;
+    const entries = r.choices[0].logprobs.content;
+    assert.equal(entries.length, ids.length);
+    for (const [i, e] of entries.entries()) {
+      const own = [...idToToken.get(ids[i])].map((ch) => unicodeToByte.get(ch));
+      assert.deepEqual(e.bytes, own, `token ${ids[i]}`);
+      if (Object.keys(logit_bias).length) assert.ok(ids[i] === lead || ids[i] === trail);
+    }
+  }
+});
+
 test('chat completions use the default template', async () => {
   const messages = [{ role: 'user', content: 'def main(' }];
   const chat = await client.chat.completions.create({ model: modelName, messages, ...greedy });
