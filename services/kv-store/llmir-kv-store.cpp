@@ -34,6 +34,7 @@ struct Settings {
   uint64_t capacityBytes = 1ull << 30;
   uint64_t maxBlockBytes = 64ull << 20;
   bool sharedMemory = true;
+  uint32_t channelSpinUs = 0;
   std::string logLevel = "info";
   std::string clusterSecretFile;
 };
@@ -142,6 +143,10 @@ int main(int argc, char **argv) {
   config.add("store.shared-memory", &s.sharedMemory,
              "hold blocks in a shared-memory segment that clients on this host map "
              "(their bytes then skip UCX)");
+  config.add("store.channel-spin-us", &s.channelSpinUs,
+             "after a request through a same-host client's channel, look for the next this "
+             "many microseconds before sleeping (0: sleep at once; pays on cores of the "
+             "store's own, costs a time slice per call on oversubscribed ones)");
   config.add("log.level", &s.logLevel, "debug, info, warn or error");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
@@ -192,6 +197,7 @@ int main(int argc, char **argv) {
   options.capacityBytes = s.capacityBytes;
   options.maxBlockBytes = s.maxBlockBytes;
   options.sharedMemory = s.sharedMemory;
+  options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
   options.clusterSecret = *clusterSecret;
   auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
     metrics.record(r);
