@@ -119,4 +119,31 @@ Result<BoundProgram> bindProgram(const proto::ShardProgram &program,
   return bound;
 }
 
+std::vector<size_t> planLinearGroups(const std::vector<BoundInstruction> &insts,
+                                     const std::function<bool(size_t)> &groupable,
+                                     const LinearWeightOf &weightOf, size_t maxSize) {
+  std::vector<size_t> groupSize(insts.size(), 1);
+  for (size_t i = 0; i < insts.size();) {
+    size_t end = i + 1;
+    if (groupable(i)) {
+      const auto first = weightOf(i);
+      while (end < insts.size() && end - i < maxSize && groupable(end) &&
+             insts[end].inputs[0] == insts[i].inputs[0] && weightOf(end) == first) {
+        // The shared input must not be overwritten inside the group.
+        bool overwrites = false;
+        for (size_t j = i; j < end; ++j)
+          overwrites |= insts[j].outputs[0] == insts[i].inputs[0];
+        if (overwrites)
+          break;
+        ++end;
+      }
+    }
+    groupSize[i] = end - i;
+    for (size_t j = i + 1; j < end; ++j)
+      groupSize[j] = 0;
+    i = end;
+  }
+  return groupSize;
+}
+
 } // namespace llmir::engine

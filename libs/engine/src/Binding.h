@@ -11,6 +11,8 @@
 #include "llmir/support/Status.h"
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -85,5 +87,18 @@ struct BoundProgram {
 /// attribute the opcode does not define.
 Result<BoundProgram> bindProgram(const proto::ShardProgram &program,
                                  bool hasCommunicator);
+
+/// The (dtype, width K) of a LINEAR's loaded weight, as a backend holds it.
+using LinearWeightOf = std::function<std::pair<proto::DType, int64_t>(size_t instruction)>;
+
+/// Consecutive LINEARs that read the same x with weights of one dtype and
+/// width (Q, K, V; gate, up), planned as one product group each: the
+/// group's size at its first instruction, 0 at the others, 1 alone.
+/// `groupable(i)` is the backend's test of instruction i (a LINEAR its
+/// group kernel takes); a group ends at `maxSize` members or before a member
+/// whose predecessors overwrote x.
+std::vector<size_t> planLinearGroups(const std::vector<BoundInstruction> &instructions,
+                                     const std::function<bool(size_t)> &groupable,
+                                     const LinearWeightOf &weightOf, size_t maxSize = SIZE_MAX);
 
 } // namespace llmir::engine

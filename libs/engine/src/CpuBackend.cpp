@@ -131,35 +131,18 @@ private:
   /// first instruction, 0 at the others, 1 alone).
   void planLinearGroups() {
     const auto &insts = program_.instructions;
-    linearGroupSize_.assign(insts.size(), 1);
-    auto groupable = [&](size_t i) {
-      const BoundInstruction &inst = insts[i];
-      return inst.op == proto::LINEAR && inst.inputs.size() >= 2 && inst.inputIsWeight[1] &&
-             !inst.inputIsWeight[0] && !inst.outputAliasesInput[0] &&
-             weights_[inst.inputs[1]].shape.size() == 2;
-    };
-    for (size_t i = 0; i < insts.size();) {
-      size_t end = i + 1;
-      if (groupable(i)) {
-        const WeightTensor &first = weights_[insts[i].inputs[1]];
-        while (end < insts.size() && groupable(end) &&
-               insts[end].inputs[0] == insts[i].inputs[0] &&
-               weights_[insts[end].inputs[1]].dtype == first.dtype &&
-               weights_[insts[end].inputs[1]].shape[1] == first.shape[1]) {
-          // The shared input must not be overwritten inside the group.
-          bool overwrites = false;
-          for (size_t j = i; j < end; ++j)
-            overwrites |= insts[j].outputs[0] == insts[i].inputs[0];
-          if (overwrites)
-            break;
-          ++end;
-        }
-      }
-      linearGroupSize_[i] = end - i;
-      for (size_t j = i + 1; j < end; ++j)
-        linearGroupSize_[j] = 0;
-      i = end;
-    }
+    linearGroupSize_ = engine::planLinearGroups(
+        insts,
+        [&](size_t i) {
+          const BoundInstruction &inst = insts[i];
+          return inst.op == proto::LINEAR && inst.inputs.size() >= 2 && inst.inputIsWeight[1] &&
+                 !inst.inputIsWeight[0] && !inst.outputAliasesInput[0] &&
+                 weights_[inst.inputs[1]].shape.size() == 2;
+        },
+        [&](size_t i) {
+          const WeightTensor &w = weights_[insts[i].inputs[1]];
+          return std::make_pair(w.dtype, w.shape[1]);
+        });
   }
 
   // The checks of the LINEAR kernel (Ops.cpp) for every member, then one

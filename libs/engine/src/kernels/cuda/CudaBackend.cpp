@@ -526,40 +526,24 @@ private:
   /// an earlier one wrote.
   void planFusions() {
     const auto &insts = program_.instructions;
-    linearGroupSize_.assign(insts.size(), 1);
     addNormFused_.assign(insts.size(), false);
     computedEarlier_.assign(insts.size(), false);
-    auto groupable = [&](size_t i) {
-      const BoundInstruction &inst = insts[i];
-      if (inst.op != proto::LINEAR || inst.outputAliasesInput[0])
-        return false;
-      const DeviceWeight &w = weights_[inst.inputs[1]];
-      return w.shape.size() == 2 && (w.dtype == proto::BF16 || w.dtype == proto::F16);
-    };
-    for (size_t i = 0; i < insts.size();) {
-      size_t end = i + 1;
-      if (groupable(i)) {
-        const DeviceWeight &first = weights_[insts[i].inputs[1]];
-        while (end < insts.size() && end - i < kMaxLinearGroup && groupable(end) &&
-               insts[end].inputs[0] == insts[i].inputs[0] &&
-               weights_[insts[end].inputs[1]].dtype == first.dtype &&
-               weights_[insts[end].inputs[1]].shape[1] == first.shape[1]) {
-          // The shared input must not be overwritten inside the group.
-          bool overwrites = false;
-          for (size_t j = i; j < end; ++j)
-            overwrites |= insts[j].outputs[0] == insts[i].inputs[0];
-          if (overwrites)
-            break;
-          ++end;
-        }
-      }
-      linearGroupSize_[i] = end - i;
-      for (size_t j = i + 1; j < end; ++j) {
-        linearGroupSize_[j] = 0;
-        computedEarlier_[j] = true;
-      }
-      i = end;
-    }
+    linearGroupSize_ = planLinearGroups(
+        insts,
+        [&](size_t i) {
+          const BoundInstruction &inst = insts[i];
+          if (inst.op != proto::LINEAR || inst.outputAliasesInput[0])
+            return false;
+          const DeviceWeight &w = weights_[inst.inputs[1]];
+          return w.shape.size() == 2 && (w.dtype == proto::BF16 || w.dtype == proto::F16);
+        },
+        [&](size_t i) {
+          const DeviceWeight &w = weights_[insts[i].inputs[1]];
+          return std::make_pair(w.dtype, w.shape[1]);
+        },
+        kMaxLinearGroup);
+    for (size_t j = 0; j < insts.size(); ++j)
+      computedEarlier_[j] = linearGroupSize_[j] == 0;
     for (size_t i = 0; i + 1 < insts.size(); ++i) {
       const BoundInstruction &add = insts[i], &norm = insts[i + 1];
       if (add.op != proto::ADD || norm.op != proto::RMS_NORM || computedEarlier_[i + 1] ||
