@@ -195,22 +195,39 @@ private:
   Status settlePending() {
     if (!pendingStream_)
       return Status::ok();
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    for (;;) {
-      LLMIR_RETURN_IF_ERROR(asyncError());
-      cudaError_t query = cudaStreamQuery(pendingStream_);
-      if (query == cudaSuccess)
-        break;
-      if (query != cudaErrorNotReady)
-        return fail(cudaError("nccl: stream", query));
-      if (std::chrono::steady_clock::now() > deadline)
-        return fail(Status::error("nccl: stream-ordered operations did not complete within " +
-                                  std::to_string(timeout_.count()) +
-                                  " ms (a peer may have died)"));
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
+    LLMIR_RETURN_IF_ERROR(awaitStream(pendingStream_, "stream-ordered operations"));
     pendingStream_ = nullptr;
     return Status::ok();
+  }
+
+  /// Waits until `stream` ran its work, within the timeout; the
+  /// communicator's asynchronous error or the timeout aborts it.
+  Status awaitStream(cudaStream_t stream, const char *what) {
+    const auto started = std::chrono::steady_clock::now();
+    const auto deadline = started + timeout_;
+    for (;;) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress)
+        return fail(ncclError("nccl: communicator error", async));
+      if (async == ncclSuccess) {
+        cudaError_t query = cudaStreamQuery(stream);
+        if (query == cudaSuccess)
+          return Status::ok();
+        if (query != cudaErrorNotReady)
+          return fail(cudaError("nccl: stream", query));
+      }
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(Status::error(std::string("nccl: ") + what + " did not complete within " +
+                                  std::to_string(timeout_.count()) +
+                                  " ms (a peer may have died)"));
+      // A token's broadcast between decode steps takes microseconds: spin
+      // (yielding) through the first milliseconds, sleep after them.
+      if (std::chrono::steady_clock::now() - started < std::chrono::milliseconds(2))
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
   }
 
   static bool isDevice(const void *p) {
@@ -273,31 +290,7 @@ private:
     ncclResult_t result = enqueue();
     if (result != ncclSuccess && result != ncclInProgress)
       return fail(ncclError("nccl: enqueue", result));
-    const auto started = std::chrono::steady_clock::now();
-    const auto deadline = started + timeout_;
-    for (;;) {
-      ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
-      if (async != ncclSuccess && async != ncclInProgress)
-        return fail(ncclError("nccl: communicator error", async));
-      if (async == ncclSuccess) {
-        cudaError_t query = cudaStreamQuery(stream_);
-        if (query == cudaSuccess)
-          return Status::ok();
-        if (query != cudaErrorNotReady)
-          return fail(cudaError("nccl: stream", query));
-      }
-      if (std::chrono::steady_clock::now() > deadline)
-        return fail(Status::error("nccl: operation did not complete within " +
-                                  std::to_string(timeout_.count()) +
-                                  " ms (a peer may have died)"));
-      // A token's broadcast between decode steps takes microseconds: spin
-      // (yielding) through the first milliseconds, sleep after them.
-      if (std::chrono::steady_clock::now() - started < std::chrono::milliseconds(2))
-        std::this_thread::yield();
-      else
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
+    return awaitStream(stream_, "operation");
   }
 
   Status fail(Status status) {
