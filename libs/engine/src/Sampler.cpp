@@ -65,11 +65,16 @@ int32_t Sampler::sample(std::span<const float> logits, double uniform) {
   // Below e^-40 of the largest a probability moves no sum it joins by more
   // than 1e-12 of it (the largest is 1): its exp is skipped.
   const double negligible = maxLogit - 40.0 * params_.temperature;
-  // softmax(logits / T) over the candidates, in f64 for the cumulative sums.
-  double total = 0.0;
+  // softmax(logits / T) over the candidates, in f64 for the cumulative sums;
+  // beside it the mass of their f32 probabilities, what is kept when every
+  // candidate is (top-p 1).
+  double total = 0.0, everyCandidate = 0.0;
   for (int32_t id : order_)
-    if (logits[static_cast<size_t>(id)] > negligible)
-      total += probability(id);
+    if (logits[static_cast<size_t>(id)] > negligible) {
+      const double p = probability(id);
+      total += p;
+      everyCandidate += static_cast<float>(p);
+    }
   probs_.clear();
   auto sortedUpTo = [&](size_t wanted) { // order_[0, wanted) sorted, probs_ too
     wanted = std::min(wanted, k);
@@ -101,9 +106,7 @@ int32_t Sampler::sample(std::span<const float> logits, double uniform) {
       }
     }
   } else {
-    for (int32_t id : order_) // every candidate is kept: any order
-      if (logits[static_cast<size_t>(id)] > negligible)
-        keptMass += static_cast<float>(probability(id));
+    keptMass = everyCandidate;
   }
 
   double draw = keptMass * uniform;
