@@ -38,6 +38,8 @@ EngineCommunicator::create(DistributedRuntime &runtime,
       return group.status().withContext("creating " + what);
     comm->groups_.emplace(g->id(), std::move(group).value());
   }
+  for (const auto &[id, group] : comm->groups_)
+    comm->watched_.push_back(&group);
   LLMIR_RETURN_IF_ERROR(comm->connectIpcAllReduce(program));
   return comm;
 }
@@ -147,10 +149,7 @@ Status EngineCommunicator::recvOn(void *stream, float *data, size_t count,
 }
 
 Status EngineCommunicator::synchronize(void *stream) {
-  std::vector<const DeviceGroup *> watched;
-  for (const auto &[id, group] : groups_)
-    watched.push_back(&group);
-  return runtime_.synchronize(stream, watched);
+  return runtime_.synchronize(stream, watched_);
 }
 
 } // namespace llmir::runtime

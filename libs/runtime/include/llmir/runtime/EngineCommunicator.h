@@ -14,6 +14,7 @@
 
 #include <map>
 #include <memory>
+#include <vector>
 
 namespace llmir::runtime {
 
@@ -52,6 +53,7 @@ private:
 
   DistributedRuntime &runtime_;
   std::map<uint32_t, DeviceGroup> groups_;
+  std::vector<const DeviceGroup *> watched_; // every group: synchronize's list
   /// Per group that all-reduces, on GPUs of one host with peer access: the
   /// IPC all-reduce its small messages take (allReduceSumOn), NCCL beyond.
   std::map<uint32_t, std::unique_ptr<IpcAllReduce>> ipc_;
