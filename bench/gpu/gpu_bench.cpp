@@ -418,12 +418,9 @@ Result<std::string> timeCollectives(const Options &o, const RankContext &ctx,
     // As the engine sends a TP group's small all-reduces (EngineCommunicator):
     // through the IPC all-reduce where the GPUs can, else NCCL.
     std::unique_ptr<runtime::IpcAllReduce> ipc;
-    if (ctx.nccl) {
-      const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
-      if (env && std::string(env) == "1")
-        if (auto made = rt.createIpcAllReduce(*group))
-          ipc = std::move(made).value();
-    }
+    if (ctx.nccl && runtime::ipcAllReduceRequested())
+      if (auto made = rt.createIpcAllReduce(*group))
+        ipc = std::move(made).value();
     for (int64_t width : collectiveWidths(program, proto::ALL_REDUCE))
       for (int64_t tokens : stepTokens) {
         const size_t count = static_cast<size_t>(tokens * width);

@@ -44,13 +44,17 @@ EngineCommunicator::create(DistributedRuntime &runtime,
   return comm;
 }
 
+bool ipcAllReduceRequested() {
+  const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
+  return env && std::string(env) == "1";
+}
+
 Status EngineCommunicator::connectIpcAllReduce(const proto::ShardProgram &program) {
   // Opt-in for now: the ids of whole models have not been checked with it
   // on GPUs yet, and a peer that dies mid-call makes its kernel trap after
   // the timeout, which loses this process's CUDA context (NCCL's wait gives
   // the group up and the process can rejoin).
-  const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
-  if (runtime_.backend() != "nccl" || !(env && std::string(env) == "1"))
+  if (runtime_.backend() != "nccl" || !ipcAllReduceRequested())
     return Status::ok();
   std::set<uint32_t> reduced;
   for (const proto::Instruction &inst : program.instructions())

@@ -18,6 +18,10 @@
 
 namespace llmir::runtime {
 
+/// Whether the engine's TP all-reduces go through IpcAllReduce on NCCL
+/// groups (LLMIR_IPC_ALLREDUCE=1; opt-in, see connectIpcAllReduce).
+bool ipcAllReduceRequested();
+
 class EngineCommunicator : public engine::Communicator {
 public:
   /// Creates the program's groups and, on NCCL, an IpcAllReduce for each
