@@ -146,4 +146,16 @@ std::vector<size_t> planLinearGroups(const std::vector<BoundInstruction> &insts,
   return groupSize;
 }
 
+bool readBeforeWritten(const BoundProgram &program, size_t after, uint32_t slot) {
+  const std::vector<BoundInstruction> &insts = program.instructions;
+  for (size_t j = after + 1; j < insts.size(); ++j) {
+    const BoundInstruction &inst = insts[j];
+    if (std::find(inst.inputs.begin(), inst.inputs.end(), slot) != inst.inputs.end())
+      return true;
+    if (std::find(inst.outputs.begin(), inst.outputs.end(), slot) != inst.outputs.end())
+      return false;
+  }
+  return program.hasOutput && program.outputSlot == slot;
+}
+
 } // namespace llmir::engine

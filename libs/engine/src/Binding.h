@@ -101,4 +101,12 @@ std::vector<size_t> planLinearGroups(const std::vector<BoundInstruction> &instru
                                      const std::function<bool(size_t)> &groupable,
                                      const LinearWeightOf &weightOf, size_t maxSize = SIZE_MAX);
 
+/// Whether an instruction after `after` reads `slot` before one writes it:
+/// whether what the instruction at `after` (or before it) left in the slot
+/// is still needed. Slots are reused across layers by the memory plan, so
+/// "no other reader anywhere" would be too strict a test for a fusion that
+/// leaves an output unwritten. The program's output slot counts as read at
+/// the end.
+bool readBeforeWritten(const BoundProgram &program, size_t after, uint32_t slot);
+
 } // namespace llmir::engine

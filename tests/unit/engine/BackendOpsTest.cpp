@@ -236,6 +236,39 @@ TEST_F(BackendOps, LinearGroup) {
     }
 }
 
+// Gate and up products and the SWIGLU after them in one GEMV launch (few
+// tokens) or through linearGroup (many): against the CPU's three
+// instructions, and bit-equal to the device's own unfused kernels.
+TEST_F(BackendOps, LinearSwiglu) {
+  for (proto::DType dtype : {proto::BF16, proto::F16})
+    for (int64_t T : {1, 3, 8, 24}) {
+      const int64_t K = 768, N = 320;
+      const std::vector<float> x = randomFloats(size_t(T * K), rng_);
+      const WeightTensor gate =
+          makeWeight(dtype, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f));
+      const WeightTensor up = makeWeight(dtype, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f));
+      const std::vector<float> upBias = randomFloats(size_t(N), rng_);
+      std::vector<float> g(size_t(T * N)), u(size_t(T * N)), want(size_t(T * N));
+      cpu::linear(x.data(), T, WeightView::of(gate), nullptr, g.data(), pool_);
+      cpu::linear(x.data(), T, WeightView::of(up), upBias.data(), u.data(), pool_);
+      cpu::swiglu(g.data(), u.data(), want.data(), T * N);
+
+      DeviceWeight dgate(gate), dup(up);
+      DeviceArray<float> dx(x), dbias(upBias), dg(g.size()), du(u.size()), dy(want.size()),
+          unfused(want.size());
+      const cuda::LinearOutput gateOut{dgate.view, nullptr, dg.get()};
+      const cuda::LinearOutput upOut{dup.view, dbias.get(), du.get()};
+      Status status = cuda::linearSwiglu(*context_, dx.get(), T, gateOut, upOut, dy.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      const std::string shape = "T=" + std::to_string(T) + " K=768 N=320 " + weightName(dtype);
+      compare("LINEAR+SWIGLU", shape, dy.download(), want, kMatmulLimit);
+      const cuda::LinearOutput both[2] = {gateOut, upOut};
+      ASSERT_TRUE(cuda::linearGroup(*context_, dx.get(), T, both).isOk());
+      ASSERT_TRUE(cuda::swiglu(dg.get(), du.get(), unfused.get(), T * N).isOk());
+      compare("LINEAR+SWIGLU vs unfused", shape, dy.download(), unfused.download(), 0.0);
+    }
+}
+
 // Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
 TEST_F(BackendOps, ArgmaxRows) {
   const int64_t rows = 5, V = 32001;

@@ -73,6 +73,13 @@ struct LinearOutput {
 /// Q, K and V): for few tokens one launch reads all their weights.
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs);
+/// y[T, N] = silu(gate) * up for the products gate and up of x (a LINEAR
+/// pair and the SWIGLU after it): one GEMV launch computing both rows of
+/// each n for 16-bit weights at decode sizes (gate.y and up.y untouched);
+/// otherwise linearGroup into gate.y and up.y, then the SWIGLU kernel. The
+/// same values as the three instructions one after the other.
+Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
+                    const LinearOutput &up, float *y);
 
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V]
 /// (greedy sampling as engine::argmax, on the device).
@@ -176,12 +183,21 @@ std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq);
 /// Writes this step's k, v [T, Hkv * D] into the cache (the blocks of this
 /// rank when params.kvShards > 1), then causal grouped-query attention of
 /// q [T, Hq * D] over each token's positions 0..p; out [T, Hq * D]. The step
-/// must be valid for the cache. headDim must be at most 256.
+/// must be valid for the cache. headDim must be at most 256. keysStored: k
+/// and v are already in the cache (ropeAndStore).
 Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
                       float *out,
-                      Stream stream = nullptr);
+                      Stream stream = nullptr, bool keysStored = false);
+/// The two ROPEs feeding a plain ATTENTION and that attention's store in
+/// one launch: qOut = rope(q), kOut = rope(k) (frequencies as the rope()
+/// overloads take them), then kOut and v written into the cache as
+/// pagedAttention would; pagedAttention then runs with keysStored.
+Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
+                    float *kOut, const float *kFrequencies, const float *v,
+                    const DeviceStep &step, const cpu::AttentionParams &params,
+                    DeviceKvCache &cache, Stream stream = nullptr);
 
 /// ATTENTION_PARTIAL: stores k, v in this rank's blocks (params.kvShards /
 /// kvShard), then attends each token over the visible positions of those

@@ -7,11 +7,13 @@
 // head dimension (coalesced reads). Walking keys one per warp instead left
 // every load's latency exposed (decode attention was ~40 us a layer). The
 // warps' partial results are merged exactly at the end.
-#include "Launch.h"
+#include "DependentLaunch.cuh"
+#include "Rope.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -66,6 +68,7 @@ __device__ __forceinline__ void storeCached(__nv_bfloat16 *p, float v) {
 template <typename C>
 __global__ void storeKernel(const float *k, const float *v,
                             AttentionGeometry g) {
+  beginDependentKernel();
   const int64_t t = blockIdx.x;
   const int64_t position = g.positions[t];
   if ((position / g.blockSize) % g.kvShards != g.kvShard)
@@ -76,6 +79,41 @@ __global__ void storeKernel(const float *k, const float *v,
     storeCached(static_cast<C *>(g.keys) + row + i, k[t * g.kvRowStride + i]);
     storeCached(static_cast<C *>(g.values) + row + i, v[t * g.kvRowStride + i]);
   }
+}
+
+// The ROPEs of an attention's queries and keys and its store in one pass:
+// one block per token, a thread per (head, pair) of the queries then of the
+// keys; the thread rotating a key pair also writes it into the cache, and
+// the values are copied as storeKernel does. Same rotation (rotatePair) and
+// the same cache rows as the three kernels.
+template <typename C>
+__global__ void ropeStoreKernel(const float *q, float *qOut, int64_t qHeads,
+                                const float *qFrequencies, const float *k, float *kOut,
+                                const float *kFrequencies, const float *v, AttentionGeometry g) {
+  beginDependentKernel();
+  const int64_t t = blockIdx.x, D = g.headDim, half = D / 2;
+  const int64_t kHeads = g.numKvHeads, position = g.positions[t];
+  const float angle = static_cast<float>(position);
+  const bool mine = (position / g.blockSize) % g.kvShards == g.kvShard;
+  const int64_t row = mine ? cacheRow(g, g.tokenSeq[t], position) : 0;
+  C *keys = static_cast<C *>(g.keys) + row;
+  for (int64_t p = threadIdx.x; p < (qHeads + kHeads) * half; p += blockDim.x) {
+    if (p < qHeads * half) {
+      const int64_t h = p / half, i = p % half, head = (t * qHeads + h) * D;
+      rotatePair(q + head, qOut + head, i, half, angle * qFrequencies[i]);
+      continue;
+    }
+    const int64_t h = (p - qHeads * half) / half, i = (p - qHeads * half) % half;
+    const int64_t head = t * g.kvRowStride + h * D;
+    rotatePair(k + head, kOut + head, i, half, angle * kFrequencies[i]);
+    if (mine) {
+      storeCached(keys + h * D + i, kOut[head + i]);
+      storeCached(keys + h * D + i + half, kOut[head + i + half]);
+    }
+  }
+  if (mine)
+    for (int64_t i = threadIdx.x; i < kHeads * D; i += blockDim.x)
+      storeCached(static_cast<C *>(g.values) + row + i, v[t * g.kvRowStride + i]);
 }
 
 // q . key over D, key in the cache's element type; 16-byte loads when the
@@ -137,6 +175,7 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
   __shared__ float warpMax[kWarps], warpSum[kWarps];
   __shared__ float warpOut[kWarps][kMaxHeadDim];
   __shared__ float query[kMaxHeadDim];
+  beginDependentKernel();
   const int64_t r = blockIdx.x, t = g.firstQuery + r, h = blockIdx.y;
   const int64_t D = g.headDim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -604,6 +643,7 @@ __global__ void __launch_bounds__(128)
 // o = sum_r exp(lse_r - lse) o_r / sum_r exp(lse_r - lse), as the CPU's.
 __global__ void mergeKernel(const float *gathered, int64_t shards,
                             int64_t numHeads, int64_t headDim, float *out) {
+  beginDependentKernel();
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const int64_t row = numHeads * headDim + numHeads;
   const float *shard0 = gathered + t * shards * row;
@@ -635,9 +675,29 @@ __global__ void mergeKernel(const float *gathered, int64_t shards,
 int storeKeysAndValues(Stream stream, const float *k, const float *v,
                        const AttentionGeometry &g) {
   if (g.numTokens > 0 && g.bf16Cache)
-    storeKernel<__nv_bfloat16><<<static_cast<unsigned>(g.numTokens), 128, 0, stream>>>(k, v, g);
+    launchDependent(storeKernel<__nv_bfloat16>, static_cast<unsigned>(g.numTokens), 128, 0,
+                    stream, k, v, g);
   else if (g.numTokens > 0)
-    storeKernel<float><<<static_cast<unsigned>(g.numTokens), 128, 0, stream>>>(k, v, g);
+    launchDependent(storeKernel<float>, static_cast<unsigned>(g.numTokens), 128, 0, stream, k,
+                    v, g);
+  return cudaGetLastError();
+}
+
+int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
+                 const float *qFrequencies, const float *k, float *kOut,
+                 const float *kFrequencies, const float *v, const AttentionGeometry &g) {
+  if (g.numTokens <= 0)
+    return cudaGetLastError();
+  const int64_t pairs = (qHeads + g.numKvHeads) * (g.headDim / 2);
+  const unsigned threads =
+      static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, (pairs + 31) / 32 * 32)));
+  const unsigned blocks = static_cast<unsigned>(g.numTokens);
+  if (g.bf16Cache)
+    launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, threads, 0, stream, q, qOut, qHeads,
+                    qFrequencies, k, kOut, kFrequencies, v, g);
+  else
+    launchDependent(ropeStoreKernel<float>, blocks, threads, 0, stream, q, qOut, qHeads,
+                    qFrequencies, k, kOut, kFrequencies, v, g);
   return cudaGetLastError();
 }
 
@@ -647,9 +707,10 @@ void launchAttend(Stream stream, const float *q, const AttentionGeometry &g, flo
   const dim3 grid(static_cast<unsigned>(g.numQueries), static_cast<unsigned>(g.numHeads),
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   if (g.bf16Cache)
-    attendKernel<__nv_bfloat16, PerLane><<<grid, kWarps * 32, 0, stream>>>(q, g, out);
+    launchDependent(attendKernel<__nv_bfloat16, PerLane>, grid, kWarps * 32, 0, stream, q, g,
+                    out);
   else
-    attendKernel<float, PerLane><<<grid, kWarps * 32, 0, stream>>>(q, g, out);
+    launchDependent(attendKernel<float, PerLane>, grid, kWarps * 32, 0, stream, q, g, out);
 }
 } // namespace
 
@@ -729,7 +790,7 @@ int mergeAttention(Stream stream, const float *gathered, int64_t T, int64_t shar
                    int64_t numHeads, int64_t headDim, float *out) {
   if (T > 0) {
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(numHeads));
-    mergeKernel<<<grid, 64, 0, stream>>>(gathered, shards, numHeads, headDim, out);
+    launchDependent(mergeKernel, grid, 64, 0, stream, gathered, shards, numHeads, headDim, out);
   }
   return cudaGetLastError();
 }

@@ -361,6 +361,8 @@ public:
     const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
     if (index < computedEarlier_.size() && computedEarlier_[index])
       return Status::ok(); // computed with an instruction before it (planFusions)
+    if (wholeProgram_ && index < swigluComputedEarlier_.size() && swigluComputedEarlier_[index])
+      return Status::ok();
     LLMIR_RETURN_IF_ERROR(dispatch(inst));
     for (size_t o = 0; o < inst.outputs.size(); ++o)
       if (inst.outputAliasesInput[o])
@@ -371,6 +373,16 @@ public:
   Status runAll(const std::vector<BoundInstruction> &instructions) override {
     if (linearGroupSize_.empty())
       planFusions();
+    // Fusions whose skipped instructions' outputs are never written apply
+    // only while the whole program runs here (not one by one with an
+    // observer reading every output).
+    wholeProgram_ = true;
+    const Status ran = runAllWhole(instructions);
+    wholeProgram_ = false;
+    return ran;
+  }
+
+  Status runAllWhole(const std::vector<BoundInstruction> &instructions) {
     if (!graphsAllowed_ || !decodeStep_)
       return ExecutionBackend::runAll(instructions);
     GraphKey key{step_->numTokens(), deviceStep_.blockTableStride, selectedRows(*step_)};
@@ -544,6 +556,8 @@ private:
         kMaxLinearGroup);
     for (size_t j = 0; j < insts.size(); ++j)
       computedEarlier_[j] = linearGroupSize_[j] == 0;
+    planSwigluFusions();
+    planRopeStores();
     for (size_t i = 0; i + 1 < insts.size(); ++i) {
       const BoundInstruction &add = insts[i], &norm = insts[i + 1];
       if (add.op != proto::ADD || norm.op != proto::RMS_NORM || computedEarlier_[i + 1] ||
@@ -559,6 +573,108 @@ private:
       addNormFused_[i] = true;
       computedEarlier_[i + 1] = true;
     }
+  }
+
+  /// A LINEAR pair (gate, up) whose outputs no instruction after the SWIGLU
+  /// right after it reads runs as one linearSwiglu writing the SWIGLU's output
+  /// (linearSwiglu_ at the pair's first instruction, swigluComputedEarlier_
+  /// at the SWIGLU): gate and up are then never written, which is why this
+  /// applies only to whole-program runs (wholeProgram_).
+  void planSwigluFusions() {
+    const auto &insts = program_.instructions;
+    linearSwiglu_.assign(insts.size(), false);
+    swigluComputedEarlier_.assign(insts.size(), false);
+    if (!fusionsEnabled())
+      return;
+    for (size_t i = 0; i + 2 < insts.size(); ++i) {
+      if (linearGroupSize_[i] != 2)
+        continue;
+      const BoundInstruction &gate = insts[i], &up = insts[i + 1], &act = insts[i + 2];
+      const uint32_t g = gate.outputs[0], u = up.outputs[0];
+      if (act.op != proto::SWIGLU || act.inputs.size() != 2 || act.inputs[0] != g ||
+          act.inputs[1] != u || g == u || act.outputAliasesInput[0] ||
+          readBeforeWritten(program_, i + 2, g) || readBeforeWritten(program_, i + 2, u))
+        continue;
+      linearSwiglu_[i] = true;
+      swigluComputedEarlier_[i + 2] = true;
+    }
+  }
+
+  /// Two ROPEs (queries, keys) right before the plain ATTENTION that reads
+  /// them run as one ropeAndStore, which also stores the keys and values
+  /// the attention would store first (ropeStore_ at the first ROPE;
+  /// keysStored_ at the ATTENTION). Every output is still written.
+  void planRopeStores() {
+    const auto &insts = program_.instructions;
+    ropeStore_.assign(insts.size(), false);
+    keysStored_.assign(insts.size(), false);
+    if (!fusionsEnabled())
+      return;
+    for (size_t i = 0; i + 2 < insts.size(); ++i) {
+      const BoundInstruction &a = insts[i], &b = insts[i + 1], &att = insts[i + 2];
+      if (a.op != proto::ROPE || b.op != proto::ROPE || att.op != proto::ATTENTION ||
+          computedEarlier_[i] || computedEarlier_[i + 1] || computedEarlier_[i + 2] ||
+          a.outputAliasesInput[0] || b.outputAliasesInput[0] || att.inputs.size() < 3 ||
+          a.params.spSize > 1 || b.params.spSize > 1 ||
+          a.params.headDim != att.params.attention.headDim ||
+          b.params.headDim != att.params.attention.headDim)
+        continue;
+      const uint32_t q = att.inputs[0], k = att.inputs[1];
+      const bool ordered = a.outputs[0] == q && b.outputs[0] == k;
+      const bool swapped = a.outputs[0] == k && b.outputs[0] == q;
+      if (!ordered && !swapped)
+        continue;
+      ropeStore_[i] = true;
+      computedEarlier_[i + 1] = true;
+      keysStored_[i + 2] = true;
+    }
+  }
+
+  static bool fusionsEnabled() {
+    // LLMIR_CUDA_FUSIONS=0: each instruction its own kernels (for measuring).
+    const char *env = std::getenv("LLMIR_CUDA_FUSIONS");
+    return !(env && std::string(env) == "0");
+  }
+
+  /// The binding's inverse frequencies of a ROPE (scaled for llama3 /
+  /// linear RoPE; the same f32 values the CPU rotates with), uploaded on
+  /// first use.
+  Result<const float *> ropeFrequencies(const BoundInstruction &inst) {
+    DeviceArray<float> &frequencies = ropeFrequencies_[&inst];
+    const std::vector<float> &host = inst.params.ropeInverseFrequencies;
+    if (!frequencies.data) {
+      LLMIR_RETURN_IF_ERROR(frequencies.reserve(host.size()));
+      LLMIR_RETURN_IF_ERROR(
+          toDevice(frequencies.data, host.data(), static_cast<int64_t>(host.size())));
+    }
+    return static_cast<const float *>(frequencies.data);
+  }
+
+  /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
+  /// store in one launch.
+  Status ropeAndStore(size_t index) {
+    const auto &insts = program_.instructions;
+    const BoundInstruction &att = insts[index + 2];
+    const bool queryFirst = insts[index].outputs[0] == att.inputs[0];
+    const BoundInstruction &qi = insts[queryFirst ? index : index + 1];
+    const BoundInstruction &ki = insts[queryFirst ? index + 1 : index];
+    const cpu::AttentionParams &a = att.params.attention;
+    const DeviceTensor &q = activations_[qi.inputs[0]], &k = activations_[ki.inputs[0]];
+    const DeviceTensor &v = activations_[att.inputs[2]];
+    LLMIR_RETURN_IF_ERROR(expectMatrix(q, T(), a.numHeads * a.headDim, "query"));
+    LLMIR_RETURN_IF_ERROR(expectMatrix(k, T(), a.numKvHeads * a.headDim, "key"));
+    LLMIR_RETURN_IF_ERROR(expectMatrix(v, T(), a.numKvHeads * a.headDim, "value"));
+    Result<const float *> qFrequencies = ropeFrequencies(qi);
+    LLMIR_RETURN_IF_ERROR(qFrequencies.status());
+    Result<const float *> kFrequencies = ropeFrequencies(ki);
+    LLMIR_RETURN_IF_ERROR(kFrequencies.status());
+    DeviceTensor &qy = activations_[qi.outputs[0]], &ky = activations_[ki.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(qy.reshape(q.shape));
+    LLMIR_RETURN_IF_ERROR(ky.reshape(k.shape));
+    if (T() == 0)
+      return Status::ok();
+    return cuda::ropeAndStore(q.data(), qy.data(), *qFrequencies, k.data(), ky.data(),
+                              *kFrequencies, v.data(), deviceStep_, a, cache_, stream());
   }
 
   // --- CUDA graphs -----------------------------------------------------------
@@ -754,29 +870,33 @@ private:
         LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
         outputs.push_back({w.view(), bias, y.data()});
       }
+      if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
+        const BoundInstruction &act = program_.instructions[index + 2];
+        DeviceTensor &y = activations_[act.outputs[0]];
+        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), outputs[0].w.rows}));
+        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1],
+                                  y.data());
+      }
       return cuda::linearGroup(context_, x.data(), x.rows(), outputs);
     }
     case proto::ROPE: {
+      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      if (index < ropeStore_.size() && ropeStore_[index])
+        return ropeAndStore(index);
       const DeviceTensor &x = act(0);
       const RowRange r = rows();
       if (x.shape.empty() || x.rows() != r.size() || x.rowSize() % p.headDim != 0)
         return Status::error("ROPE input " + model::formatShape(x.shape) + " for " +
                              std::to_string(r.size()) + " rows of whole heads of " +
                              std::to_string(p.headDim));
-      // The binding's inverse frequencies (scaled for llama3 / linear RoPE),
-      // the same f32 values the CPU rotates with, uploaded on first use.
-      DeviceArray<float> &frequencies = ropeFrequencies_[&inst];
-      if (!frequencies.data) {
-        LLMIR_RETURN_IF_ERROR(frequencies.reserve(p.ropeInverseFrequencies.size()));
-        LLMIR_RETURN_IF_ERROR(toDevice(frequencies.data, p.ropeInverseFrequencies.data(),
-                                       static_cast<int64_t>(p.ropeInverseFrequencies.size())));
-      }
+      Result<const float *> frequencies = ropeFrequencies(inst);
+      LLMIR_RETURN_IF_ERROR(frequencies.status());
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
       if (r.size() == 0)
         return Status::ok();
       return cuda::rope(x.data(), y.data(), r.size(), y.rowSize() / p.headDim, p.headDim,
-                        positions_ + r.begin, frequencies.data, stream());
+                        positions_ + r.begin, *frequencies, stream());
     }
     case proto::ATTENTION:
     case proto::ATTENTION_PARTIAL: {
@@ -788,8 +908,10 @@ private:
       DeviceTensor &o = out(0);
       if (inst.op == proto::ATTENTION) {
         LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth}));
-        return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(),
-                                    deviceStep_, a, cache_, o.data(), stream());
+        const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+        return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(), deviceStep_, a,
+                                    cache_, o.data(), stream(),
+                                    index < keysStored_.size() && keysStored_[index]);
       }
       LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth + a.numHeads}));
       return cuda::partialAttention(act(0).data(), act(1).data(), act(2).data(),
@@ -1025,6 +1147,9 @@ private:
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;
   std::vector<bool> addNormFused_, computedEarlier_;
+  std::vector<bool> linearSwiglu_, swigluComputedEarlier_;
+  std::vector<bool> ropeStore_, keysStored_; // planRopeStores
+  bool wholeProgram_ = false; // inside runAll (planSwigluFusions)
   bool graphsAllowed_ = false;
   bool decodeStep_ = false; // this step's isDecodeStep(), from beginStep
   std::map<GraphKey, Graph> graphs_;

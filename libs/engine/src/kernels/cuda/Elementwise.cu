@@ -1,6 +1,6 @@
 // Elementwise kernels: widening of stored weights, bias, SWIGLU, ADD,
 // EMBEDDING. One thread per element, grid-stride.
-#include "Launch.h"
+#include "DependentLaunch.cuh"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -38,6 +38,7 @@ __global__ void widenKernel(const void *src, Storage storage, int64_t n,
 
 __global__ void addBiasKernel(float *y, const float *bias, int64_t n,
                               int64_t N) {
+  beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] += bias[i % N];
@@ -45,6 +46,7 @@ __global__ void addBiasKernel(float *y, const float *bias, int64_t n,
 
 __global__ void swigluKernel(const float *gate, const float *up, float *y,
                              int64_t n) {
+  beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float g = gate[i];
@@ -53,6 +55,7 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y,
 }
 
 __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
+  beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = a[i] + b[i];
@@ -62,6 +65,7 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t n,
                                 const void *table, Storage storage,
                                 int64_t rows, int64_t cols, int64_t vocabOffset,
                                 float *y) {
+  beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = static_cast<int64_t>(ids[i / cols]) - vocabOffset;
@@ -74,6 +78,7 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t n,
 // reduction with the same tie rule as the CPU's argmax.
 constexpr int kArgmaxThreads = 512;
 __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
+  beginDependentKernel();
   __shared__ float bestValue[kArgmaxThreads];
   __shared__ int64_t bestIndex[kArgmaxThreads];
   const float *row = logits + blockIdx.x * V;
@@ -110,7 +115,8 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                int32_t *ids) {
   if (rows > 0 && V > 0)
-    argmaxKernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, V, ids);
+    launchDependent(argmaxKernel, static_cast<unsigned>(rows), kArgmaxThreads, 0, stream,
+                    logits, V, ids);
   return cudaGetLastError();
 }
 
@@ -120,24 +126,24 @@ int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst
 }
 
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N) {
-  addBiasKernel<<<gridFor(T * N), kThreads, 0, stream>>>(y, bias, T * N, N);
+  launchDependent(addBiasKernel, gridFor(T * N), kThreads, 0, stream, y, bias, T * N, N);
   return cudaGetLastError();
 }
 
 int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n) {
-  swigluKernel<<<gridFor(n), kThreads, 0, stream>>>(gate, up, y, n);
+  launchDependent(swigluKernel, gridFor(n), kThreads, 0, stream, gate, up, y, n);
   return cudaGetLastError();
 }
 
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n) {
-  addKernel<<<gridFor(n), kThreads, 0, stream>>>(a, b, y, n);
+  launchDependent(addKernel, gridFor(n), kThreads, 0, stream, a, b, y, n);
   return cudaGetLastError();
 }
 
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y) {
-  embeddingKernel<<<gridFor(T * cols), kThreads, 0, stream>>>(
-      ids, T * cols, table, storage, rows, cols, vocabOffset, y);
+  launchDependent(embeddingKernel, gridFor(T * cols), kThreads, 0, stream, ids, T * cols,
+                  table, storage, rows, cols, vocabOffset, y);
   return cudaGetLastError();
 }
 

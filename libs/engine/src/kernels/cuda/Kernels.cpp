@@ -100,6 +100,24 @@ int64_t tensorCoreMinTokens() {
 
 } // namespace
 
+namespace detail {
+bool dependentLaunchEnabled() {
+  static const bool enabled = [] {
+    const char *text = std::getenv("LLMIR_CUDA_PDL");
+    if (text && std::string(text) == "0")
+      return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError(); // not sticky: clear it
+      return false;
+    }
+    return major >= 9;
+  }();
+  return enabled;
+}
+} // namespace detail
+
 Context::Context(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Context::Context(Context &&) noexcept = default;
 Context &Context::operator=(Context &&) noexcept = default;
@@ -250,6 +268,32 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   return Status::ok();
 }
 
+Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
+                    const LinearOutput &up, float *y) {
+  Context::State &state = context.state();
+  const int64_t K = gate.w.cols, N = gate.w.rows;
+  if (up.w.cols != K || up.w.rows != N || up.w.dtype != gate.w.dtype)
+    return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
+  Result<detail::Storage> storage = storageOf(gate.w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  const bool gemv = *storage == detail::Storage::F16 ||
+                    (*storage == detail::Storage::BF16 && T < tensorCoreMinTokens());
+  if (!gemv) {
+    const LinearOutput both[2] = {gate, up};
+    LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
+    return swiglu(gate.y, up.y, y, T * N, state.stream);
+  }
+  if (T <= 0)
+    return Status::ok();
+  detail::LinearSegments segments{};
+  segments.segment[0] = {gate.w.data, N, gate.bias, y};
+  segments.segment[1] = {up.w.data, N, up.bias, nullptr};
+  segments.count = 2;
+  segments.pairedSwiglu = true;
+  return cudaStatus(detail::linear16(state.stream, x, T, K, *storage, segments),
+                    "linear + swiglu (16-bit)");
+}
+
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y) {
   const LinearOutput output{w, bias, y};
@@ -386,14 +430,26 @@ Status checkHeadDim(const cpu::AttentionParams &params) {
 
 } // namespace
 
+Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
+                    float *kOut, const float *kFrequencies, const float *v,
+                    const DeviceStep &step, const cpu::AttentionParams &params,
+                    DeviceKvCache &cache, Stream stream) {
+  LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
+  const detail::AttentionGeometry g = geometryOf(step, params, cache);
+  return cudaStatus(detail::ropeAndStore(stream, q, qOut, params.numHeads, qFrequencies, k, kOut,
+                                         kFrequencies, v, g),
+                    "rope + store keys and values");
+}
+
 Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
-                      float *out, Stream stream) {
+                      float *out, Stream stream, bool keysStored) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   const detail::AttentionGeometry g = geometryOf(step, params, cache);
-  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(stream, k, v, g),
-                                   "store keys and values"));
+  if (!keysStored)
+    LLMIR_RETURN_IF_ERROR(cudaStatus(detail::storeKeysAndValues(stream, k, v, g),
+                                     "store keys and values"));
   if (step.numPrefillTiles > 0 && detail::prefillAttendApplies(g))
     return cudaStatus(detail::prefillAttend(stream, q, g, step.prefillTiles,
                                             step.numPrefillTiles, out),

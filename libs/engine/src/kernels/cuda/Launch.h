@@ -15,6 +15,11 @@ enum class Storage { F32, F16, BF16 };
 /// kernel on `stream` (nullptr: the legacy default stream).
 using Stream = ::CUstream_st *;
 
+/// Whether kernels are launched as programmatic dependents of the kernel
+/// before them (DependentLaunch.cuh): on devices of compute capability 9.0
+/// and up, unless LLMIR_CUDA_PDL=0. Read once per process.
+bool dependentLaunchEnabled();
+
 int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
 /// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
 /// (+ bias[N] when bias is not null).
@@ -29,6 +34,9 @@ struct LinearSegments {
   LinearSegment segment[kMaxLinearSegments];
   int count;
   unsigned firstBlock[kMaxLinearSegments]; // filled by linear16
+  /// SwiGLU fused: exactly two segments of one N, gate then up; segment 0's
+  /// y receives silu(gate + bias) * (up + bias) and segment 1's y is unused.
+  bool pairedSwiglu;
 };
 /// Every segment's product for 16-bit w, read in its stored dtype with f32
 /// accumulation (no widened copy of the weights), in one launch.
@@ -113,6 +121,12 @@ constexpr int64_t kMaxHeadDim = 256;
 
 int storeKeysAndValues(Stream stream, const float *k, const float *v,
                        const AttentionGeometry &g);
+/// qOut = rope(q) ([T, qHeads * D]), kOut = rope(k) ([T, kvRowStride]), and
+/// kOut and v stored as storeKeysAndValues stores k and v: an attention's
+/// two ROPEs and its store in one launch.
+int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
+                 const float *qFrequencies, const float *k, float *kOut,
+                 const float *kFrequencies, const float *v, const AttentionGeometry &g);
 /// Rows per prefill tile (prefillAttend).
 constexpr int64_t kPrefillTileRows = 64;
 /// Whether prefillAttend can take this attention (plain ATTENTION, head dim

@@ -15,7 +15,7 @@
 // halves of the f32 result gives ~16 mantissa bits of x, so the product
 // stays within f32 rounding of the exact one (HF-exact references hold)
 // while the weights are read once.
-#include "Launch.h"
+#include "DependentLaunch.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -56,25 +56,90 @@ __device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
   }
 }
 
+// One warp's dot products of weight row `row` with the block's tokens,
+// added to acc. `packed` holds the first round of the row's loads when
+// `loaded` (issued before the kernel waited for its input); each round's
+// kLoadsInFlight loads are issued before any product of it, and the last
+// round's missing ones (past K) are skipped, not run one at a time.
+template <int Tokens>
+__device__ __forceinline__ void loadRound(const unsigned short *row, int64_t k, int64_t K,
+                                          uint4 (&packed)[kLoadsInFlight]) {
+  constexpr int64_t kStride = 32 * 8; // elements one warp-wide load covers
+#pragma unroll
+  for (int j = 0; j < kLoadsInFlight; ++j)
+    packed[j] = k + j * kStride < K
+                    ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kStride))
+                    : make_uint4(0, 0, 0, 0);
+}
+
+template <int Tokens>
+__device__ __forceinline__ void dotRow(const unsigned short *row, int64_t K, int lane, bool bf16,
+                                       const float *xs, int tokens,
+                                       uint4 (&packed)[kLoadsInFlight], bool loaded,
+                                       float (&acc)[Tokens]) {
+  if (K % 8 == 0) {
+    constexpr int64_t kStride = 32 * 8;
+    int64_t k = int64_t(lane) * 8;
+    if (!loaded && k < K)
+      loadRound<Tokens>(row, k, K, packed);
+    for (; k < K; k += kLoadsInFlight * kStride) {
+#pragma unroll
+      for (int j = 0; j < kLoadsInFlight; ++j)
+        if (k + j * kStride < K)
+          accumulate8<Tokens>(packed[j], bf16, xs + k + j * kStride, K, tokens, acc);
+      if (k + kLoadsInFlight * kStride < K)
+        loadRound<Tokens>(row, k + kLoadsInFlight * kStride, K, packed);
+    }
+    return;
+  }
+  for (int64_t k = lane; k < K; k += 32) {
+    const float wv = toFloat(row[k], bf16);
+#pragma unroll
+    for (int i = 0; i < Tokens; ++i)
+      if (i < tokens)
+        acc[i] += wv * xs[i * K + k];
+  }
+}
+
+template <int Tokens>
+__device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
+  float v = acc[i];
+  for (int offset = 16; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // Block b of the grid belongs to the segment whose [firstBlock, next) holds
 // it; grid.y walks the tokens Tokens at a time. When a block's tokens fit
 // (kSharedXBytes; stageX), x is staged in shared memory first: every warp of the block
 // reads all of it, and shared loads keep the weight loads the only global
-// traffic in flight.
+// traffic in flight. Paired (SwiGLU fused): segments 0 and 1 are gate and
+// up of one width; each warp computes row n of both and writes
+// silu(gate) * up to swigluOut, with the SWIGLU kernel's arithmetic.
 constexpr int64_t kSharedXBytes = 48 * 1024;
 
-template <int Tokens>
+template <int Tokens, bool Paired>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   extern __shared__ float4 staged[];
   int s = 0;
-  while (s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
+  while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
     ++s;
   const LinearSegment seg = segments.segment[s];
   const int64_t n = (blockIdx.x - segments.firstBlock[s]) * int64_t(kWarpsPerBlock) +
                     threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const bool active = n < seg.N;
+  const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
+  // The weights are written by no kernel: their first round is requested
+  // while the kernel producing x may still run (DependentLaunch.cuh).
+  uint4 packed[kLoadsInFlight];
+  const bool loaded = active && K % 8 == 0;
+  if (loaded)
+    loadRound<Tokens>(row, int64_t(lane) * 8, K, packed);
+  waitForPrecedingKernels();
+  allowDependentLaunch();
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
@@ -85,47 +150,41 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     __syncthreads();
     xs = reinterpret_cast<const float *>(staged);
   }
-  if (n >= seg.N)
+  if (!active)
     return;
-  const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
   float acc[Tokens];
 #pragma unroll
   for (int i = 0; i < Tokens; ++i)
     acc[i] = 0.0f;
-  if (K % 8 == 0) {
-    constexpr int64_t kStride = 32 * 8; // elements one warp-wide load covers
-    // kLoadsInFlight loads issued before any product; the last round's
-    // missing ones (past K) are skipped, not run one at a time.
-    for (int64_t k = int64_t(lane) * 8; k < K; k += kLoadsInFlight * kStride) {
-      uint4 packed[kLoadsInFlight];
+  dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
+  if constexpr (Paired) {
+    const LinearSegment upSeg = segments.segment[1];
+    float up[Tokens];
 #pragma unroll
-      for (int j = 0; j < kLoadsInFlight; ++j)
-        packed[j] = k + j * kStride < K
-                        ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kStride))
-                        : make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < Tokens; ++i)
+      up[i] = 0.0f;
+    dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
+                   tokens, packed, false, up);
 #pragma unroll
-      for (int j = 0; j < kLoadsInFlight; ++j)
-        if (k + j * kStride < K)
-          accumulate8<Tokens>(packed[j], bf16, xs + k + j * kStride, K, tokens, acc);
+    for (int i = 0; i < Tokens; ++i) {
+      float g = warpTotal(acc, i), u = warpTotal(up, i);
+      if (lane == 0 && i < tokens) {
+        if (seg.bias)
+          g += seg.bias[n];
+        if (upSeg.bias)
+          u += upSeg.bias[n];
+        seg.y[(t0 + i) * seg.N + n] = g / (1.0f + expf(-g)) * u;
+      }
     }
   } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wv = toFloat(row[k], bf16);
 #pragma unroll
-      for (int i = 0; i < Tokens; ++i)
-        if (i < tokens)
-          acc[i] += wv * xs[i * K + k];
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < Tokens; ++i) {
-    float v = acc[i];
-    for (int offset = 16; offset > 0; offset /= 2)
-      v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0 && i < tokens) {
-      if (seg.bias)
-        v += seg.bias[n];
-      seg.y[(t0 + i) * seg.N + n] = v;
+    for (int i = 0; i < Tokens; ++i) {
+      float v = warpTotal(acc, i);
+      if (lane == 0 && i < tokens) {
+        if (seg.bias)
+          v += seg.bias[n];
+        seg.y[(t0 + i) * seg.N + n] = v;
+      }
     }
   }
 }
@@ -136,12 +195,18 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
   const dim3 grid(blocks, static_cast<unsigned>((T + Tokens - 1) / Tokens));
   const int64_t xBytes = std::min<int64_t>(T, Tokens) * K * int64_t(sizeof(float));
   const bool stageX = K % 8 == 0 && xBytes <= kSharedXBytes;
-  linear16Kernel<Tokens><<<grid, kWarpsPerBlock * 32, stageX ? static_cast<size_t>(xBytes) : 0,
-                           stream>>>(x, T, K, bf16, stageX, segments);
+  const size_t shared = stageX ? static_cast<size_t>(xBytes) : 0;
+  if (segments.pairedSwiglu)
+    launchDependent(linear16Kernel<Tokens, true>, grid, kWarpsPerBlock * 32, shared, stream, x,
+                    T, K, bf16, stageX, segments);
+  else
+    launchDependent(linear16Kernel<Tokens, false>, grid, kWarpsPerBlock * 32, shared, stream,
+                    x, T, K, bf16, stageX, segments);
 }
 
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
                                 __nv_bfloat16 *lo) {
+  beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float v = x[i];
@@ -154,6 +219,7 @@ __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
 
 __global__ void joinHalvesKernel(const float *halves, int64_t T, int64_t N,
                                  const float *bias, float *y) {
+  beginDependentKernel();
   const int64_t n = T * N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -178,8 +244,12 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
   int64_t blocks = 0;
   for (int s = 0; s < segments.count; ++s) {
     segments.firstBlock[s] = static_cast<unsigned>(blocks);
-    blocks += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    if (!segments.pairedSwiglu || s == 0) // paired: segment 0's rows carry both
+      blocks += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
   }
+  if (segments.pairedSwiglu &&
+      (segments.count != 2 || segments.segment[0].N != segments.segment[1].N))
+    return cudaErrorInvalidValue;
   if (blocks == 0)
     return cudaGetLastError();
   const bool bf16 = storage == Storage::BF16;
@@ -197,15 +267,16 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
 
 int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo) {
   if (n > 0)
-    splitBf16Kernel<<<gridFor(n, 256), 256, 0, stream>>>(
-        x, n, static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
+    launchDependent(splitBf16Kernel, gridFor(n, 256), 256, 0, stream, x, n,
+                    static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
   return cudaGetLastError();
 }
 
 int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
                const float *bias, float *y) {
   if (T * N > 0)
-    joinHalvesKernel<<<gridFor(T * N, 256), 256, 0, stream>>>(halves, T, N, bias, y);
+    launchDependent(joinHalvesKernel, gridFor(T * N, 256), 256, 0, stream, halves, T, N, bias,
+                    y);
   return cudaGetLastError();
 }
 

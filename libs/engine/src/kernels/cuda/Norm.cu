@@ -1,7 +1,8 @@
 // RMS_NORM (sum of squares in double, as the CPU kernel) and ROPE (angles
 // formed in f32 from an inverse frequency computed in double, cos/sin in
 // double, as the CPU kernel does).
-#include "Launch.h"
+#include "DependentLaunch.cuh"
+#include "Rope.cuh"
 
 #include <cuda_runtime.h>
 
@@ -34,6 +35,7 @@ __device__ float inverseRms(double sum, int64_t H, float eps) {
 // One block per row.
 __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
                               float eps, float *y) {
+  beginDependentKernel();
   const float *row = x + blockIdx.x * H;
   double sum = 0.0;
 #pragma unroll 8
@@ -49,6 +51,7 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // arithmetic as the two kernels one after the other.
 __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
                                  const float *weight, float eps, float *y) {
+  beginDependentKernel();
   const int64_t base = blockIdx.x * H;
   double sum = 0.0;
 #pragma unroll 8
@@ -62,21 +65,10 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
     y[base + i] = weight[i] * (sumOut[base + i] * scale); // this thread's own store
 }
 
-// HF rotate_half of the pair (i, i + D/2) of one head by `angle` (cos and
-// sin in double, as the CPU kernel).
-__device__ void rotatePair(const float *head, float *rotated, int64_t i, int64_t half,
-                           float angle) {
-  double sine, cosine;
-  sincos(static_cast<double>(angle), &sine, &cosine);
-  const float c = static_cast<float>(cosine), s = static_cast<float>(sine);
-  const float a = head[i], b = head[i + half];
-  rotated[i] = a * c - b * s;
-  rotated[i + half] = b * c + a * s;
-}
-
 // One block per token, one thread per (head, pair).
 __global__ void ropeKernel(const float *x, float *y, int64_t numHeads, int64_t headDim,
                            const int32_t *positions, float theta) {
+  beginDependentKernel();
   const int64_t half = headDim / 2;
   const float position = static_cast<float>(positions[blockIdx.x]);
   for (int64_t p = threadIdx.x; p < numHeads * half; p += blockDim.x) {
@@ -96,6 +88,7 @@ __global__ void ropeKernel(const float *x, float *y, int64_t numHeads, int64_t h
 __global__ void ropeFrequenciesKernel(const float *x, float *y, int64_t numHeads, int64_t headDim,
                                       const int32_t *positions,
                                       const float *inverseFrequencies) {
+  beginDependentKernel();
   const int64_t half = headDim / 2;
   const float position = static_cast<float>(positions[blockIdx.x]);
   for (int64_t p = threadIdx.x; p < numHeads * half; p += blockDim.x) {
@@ -119,32 +112,33 @@ int ropeWithFrequencies(Stream stream, const float *x, float *y, int64_t T, int6
                         int64_t headDim, const int32_t *positions,
                         const float *inverseFrequencies) {
   if (T > 0)
-    ropeFrequenciesKernel<<<static_cast<unsigned>(T), ropeThreads(numHeads, headDim), 0,
-                            stream>>>(x, y, numHeads, headDim, positions, inverseFrequencies);
+    launchDependent(ropeFrequenciesKernel, static_cast<unsigned>(T),
+                    ropeThreads(numHeads, headDim), 0, stream, x, y, numHeads, headDim,
+                    positions, inverseFrequencies);
   return cudaGetLastError();
 }
 
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y) {
   if (T > 0)
-    rmsNormKernel<<<static_cast<unsigned>(T), kNormThreads, 0, stream>>>(x, H, weight, eps,
-                                                              y);
+    launchDependent(rmsNormKernel, static_cast<unsigned>(T), kNormThreads, 0, stream, x, H,
+                    weight, eps, y);
   return cudaGetLastError();
 }
 
 int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
                int64_t H, const float *weight, float eps, float *y) {
   if (T > 0)
-    addRmsNormKernel<<<static_cast<unsigned>(T), kNormThreads, 0, stream>>>(a, b, sum, H, weight,
-                                                                             eps, y);
+    launchDependent(addRmsNormKernel, static_cast<unsigned>(T), kNormThreads, 0, stream, a, b,
+                    sum, H, weight, eps, y);
   return cudaGetLastError();
 }
 
 int rope(Stream stream, float *x, int64_t T, int64_t numHeads, int64_t headDim,
          const int32_t *positions, float theta) {
   if (T > 0)
-    ropeKernel<<<static_cast<unsigned>(T), ropeThreads(numHeads, headDim), 0, stream>>>(
-        x, x, numHeads, headDim, positions, theta);
+    launchDependent(ropeKernel, static_cast<unsigned>(T), ropeThreads(numHeads, headDim), 0,
+                    stream, x, x, numHeads, headDim, positions, theta);
   return cudaGetLastError();
 }
 

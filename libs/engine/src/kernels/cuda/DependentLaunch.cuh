@@ -1,0 +1,63 @@
+// Programmatic dependent launch (Hopper's griddepcontrol): a kernel of the
+// backend may begin while the kernel before it on the stream finishes, so
+// its launch and its prologue (the GEMV's first weight loads) overlap the
+// other's tail instead of following it. At batch-1 decode a step is ~250
+// short kernels whose launch gaps and ramp-ups were half of its time.
+//
+// The rule every kernel launched with launchDependent() keeps: nothing it
+// reads that an earlier kernel writes (activations, the KV cache, the
+// step's tables), and nothing it writes, is touched before
+// waitForPrecedingKernels(); only data no kernel writes (weights) may be
+// read before it. The wait returns once the preceding kernels have
+// completed and their writes are visible, whatever they signalled, so the
+// early signal (allowDependentLaunch) each kernel gives at its start only
+// lets the next kernel's blocks be placed once all of this kernel's blocks
+// are running; it never lets them read early. Without the attribute (or
+// before sm_90) both calls do nothing.
+#pragma once
+
+#include "Launch.h"
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace llmir::engine::cuda::detail {
+
+__device__ __forceinline__ void waitForPrecedingKernels() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/// Both, at the top of a kernel without a prologue of its own.
+__device__ __forceinline__ void beginDependentKernel() {
+  waitForPrecedingKernels();
+  allowDependentLaunch();
+}
+
+/// `kernel<<<grid, block, shared, stream>>>(args...)`, allowed to overlap the
+/// stream's previous kernel when dependentLaunchEnabled().
+template <typename... Params, typename... Args>
+void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                     Stream stream, Args &&...args) {
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = dependentLaunchEnabled() ? 1 : 0;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+} // namespace llmir::engine::cuda::detail
