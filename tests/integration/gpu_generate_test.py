@@ -16,7 +16,7 @@ import os
 import subprocess
 import tempfile
 
-from generate_reference import (check, exit_on_failures, family_models, greedy_args,
+from generate_reference import (check, exit_on_failures, failures, family_models, greedy_args,
                                 models_under_test, parse_args, read_safetensors,
                                 reference_cases, relative_error)
 
@@ -30,6 +30,7 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
     within `tolerance` of the reference."""
     cases = reference_cases(model_dir)
     worst = 0.0
+    failed_before = len(failures)
     for i, case in enumerate(cases):
         with tempfile.TemporaryDirectory() as tmp:
             dump = os.path.join(tmp, "logits.safetensors")
@@ -48,7 +49,9 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
                                      read_safetensors(ref_path)[f"prompt{i}.logits"][1])
                 worst = max(worst, err)
                 check(err <= tolerance, f"{label} {model_dir} case {i}: logits relative error {err:.2e} > {tolerance}")
-    print(f"ok: {label} {model_dir} ({len(cases)} cases, worst logits relative error {worst:.2e})", flush=True)
+    verdict = "ok" if len(failures) == failed_before else "FAILED"
+    print(f"{verdict}: {label} {model_dir} ({len(cases)} cases, worst logits relative error "
+          f"{worst:.2e})", flush=True)
 
 
 def main():
@@ -98,8 +101,9 @@ def main():
                 sampled[device] = json.loads(proc.stdout)["output_ids"]
         check(sampled.get("cpu") is not None and sampled.get("cpu") == sampled.get("cuda"),
               f"seeded sample with {kv} KV differs: cpu {sampled.get('cpu')} cuda {sampled.get('cuda')}")
-        print(f"ok: seeded sample of 64 tokens with {kv} KV equal on cpu and cuda: "
-              f"{sampled.get('cuda') == sampled.get('cpu')}")
+        equal = sampled.get("cpu") is not None and sampled.get("cuda") == sampled.get("cpu")
+        print(f"{'ok' if equal else 'FAILED'}: seeded sample of 64 tokens with {kv} KV equal on "
+              f"cpu and cuda: {equal}")
     exit_on_failures()
 
 

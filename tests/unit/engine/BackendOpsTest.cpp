@@ -160,7 +160,8 @@ TEST_F(BackendOps, Linear) {
   for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16})
     for (Shape s : {Shape{1, 256, 384, false}, Shape{2, 256, 64, true},
                     Shape{3, 1000, 40, false}, Shape{7, 512, 320, true}, Shape{9, 2048, 64, false},
-                    Shape{1, 5632, 72, true},
+                    Shape{1, 5632, 72, true}, Shape{1, 14336, 40, true},
+                    Shape{2, 8192, 24, false},
                     Shape{16, 2048, 256, true}, Shape{33, 1024, 96, false},
                     Shape{130, 512, 1000, true}}) {
       const WeightTensor w = makeWeight(
@@ -657,6 +658,21 @@ TEST_F(BackendOps, PagedAttention) {
                                     deviceCache, splitOut.get());
       ASSERT_TRUE(status.isOk()) << status.message();
       compare("ATTN_SPLIT", shapeText + " 3 splits", splitOut.download(), want, kMatmulLimit);
+      // The last split block of each (token, head) merging in place of the
+      // merge launch: the same values, and the counters left at zero (the
+      // second call reuses them).
+      DeviceArray<unsigned> counters(size_t(T * c.heads));
+      DeviceArray<float> fusedOut(q.size());
+      splitStep.splitCounters = counters.get();
+      for (int call = 0; call < 2; ++call) {
+        status = cuda::pagedAttention(dq.get(), dk.get(), dv.get(), splitStep, params,
+                                      deviceCache, fusedOut.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        compare("ATTN_SPLIT", shapeText + " 3 splits merged in-kernel", fusedOut.download(),
+                splitOut.download(), 0.0);
+      }
+      const std::vector<unsigned> left = counters.download();
+      EXPECT_TRUE(std::all_of(left.begin(), left.end(), [](unsigned n) { return n == 0; }));
     }
     // The stored keys and values: the whole cache must match.
     std::vector<float> cpuKeys(cacheFloats), cpuValues(cacheFloats);

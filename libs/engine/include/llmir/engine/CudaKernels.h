@@ -170,6 +170,9 @@ struct DeviceStep {
   /// (heads * headDim + heads) floats for the largest attention.
   int64_t decodeSplits = 1;
   float *attentionScratch = nullptr;
+  /// numTokens * heads counters, zero between steps: the split blocks of a
+  /// (token, head) count themselves and the last merges (no merge launch).
+  unsigned *splitCounters = nullptr;
   /// Medium matmul precision: prefill attention on tensor cores takes the
   /// queries and probabilities rounded to bf16 instead of two halves each.
   bool bf16Queries = false;

@@ -166,6 +166,35 @@ __device__ __forceinline__ float warpSumOf(float v) {
   return v;
 }
 
+// Head h of one row of shards' partials (each shard's normalised outputs
+// then its log-sum-exps, side by side): o = sum_r exp(lse_r - lse) o_r /
+// sum_r exp(lse_r - lse), as the CPU's merge; the block's threads stride
+// over the head dimension. Partials written by other blocks are read
+// through L2 (__ldcg): they are never in this block's L1.
+__device__ void mergeHead(const float *shard0, int64_t shards, int64_t numHeads,
+                          int64_t headDim, int64_t h, float *o) {
+  const int64_t row = numHeads * headDim + numHeads;
+  float lse = -INFINITY;
+  for (int64_t r = 0; r < shards; ++r)
+    lse = fmaxf(lse, __ldcg(shard0 + r * row + numHeads * headDim + h));
+  if (lse == -INFINITY) {
+    for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x)
+      o[d] = 0.0f;
+    return;
+  }
+  float total = 0.0f;
+  for (int64_t r = 0; r < shards; ++r)
+    total += expf(__ldcg(shard0 + r * row + numHeads * headDim + h) - lse);
+  for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t r = 0; r < shards; ++r) {
+      const float weight = expf(__ldcg(shard0 + r * row + numHeads * headDim + h) - lse) / total;
+      sum += weight * __ldcg(shard0 + r * row + h * headDim + d);
+    }
+    o[d] = sum;
+  }
+}
+
 // PerLane: head-dimension elements per lane (D <= 32 * PerLane), a template
 // argument so that acc and the value loads take only the registers D needs.
 template <typename C, int PerLane>
@@ -275,21 +304,42 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
       o[d] = 0.0f;
     if (threadIdx.x == 0)
       rowOut[g.numHeads * D + h] = -INFINITY;
+  } else {
+    float factor[kWarps], total = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      factor[w] = expf(warpMax[w] - maximum); // 0 for a warp that saw no key
+      total += warpSum[w] * factor[w];
+    }
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      float sum = 0.0f;
+      for (int w = 0; w < kWarps; ++w)
+        sum += warpOut[w][d] * factor[w];
+      o[d] = sum / total;
+    }
+    if (partial && threadIdx.x == 0)
+      rowOut[g.numHeads * D + h] = maximum + logf(total);
+  }
+  if (g.splits <= 1 || !g.mergedOut)
     return;
+  // Flash-decoding's merge in the split block that finishes last for this
+  // (query, head) (the threadfence-reduction pattern): every split's
+  // partial is written and fenced before it is counted, so the last one
+  // reads all of them; it resets the counter for the next step. One kernel
+  // fewer per layer than a merge launch.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned *counter = g.splitCounters + r * g.numHeads + h;
+    last = atomicAdd(counter, 1u) == static_cast<unsigned>(g.splits - 1);
+    if (last)
+      *counter = 0;
   }
-  float factor[kWarps], total = 0.0f;
-  for (int w = 0; w < kWarps; ++w) {
-    factor[w] = expf(warpMax[w] - maximum); // 0 for a warp that saw no key
-    total += warpSum[w] * factor[w];
-  }
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w)
-      sum += warpOut[w][d] * factor[w];
-    o[d] = sum / total;
-  }
-  if (partial && threadIdx.x == 0)
-    rowOut[g.numHeads * D + h] = maximum + logf(total);
+  __syncthreads();
+  if (!last)
+    return;
+  __threadfence();
+  mergeHead(out + r * outRow, g.splits, g.numHeads, D, h, g.mergedOut + (r * g.numHeads + h) * D);
 }
 
 // Prefill (an f32 cache, or head dimensions the tensor-core kernel below
@@ -645,29 +695,8 @@ __global__ void mergeKernel(const float *gathered, int64_t shards,
                             int64_t numHeads, int64_t headDim, float *out) {
   beginDependentKernel();
   const int64_t t = blockIdx.x, h = blockIdx.y;
-  const int64_t row = numHeads * headDim + numHeads;
-  const float *shard0 = gathered + t * shards * row;
-  float lse = -INFINITY;
-  for (int64_t r = 0; r < shards; ++r)
-    lse = fmaxf(lse, shard0[r * row + numHeads * headDim + h]);
-  float *o = out + (t * numHeads + h) * headDim;
-  if (lse == -INFINITY) {
-    for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x)
-      o[d] = 0.0f;
-    return;
-  }
-  float total = 0.0f;
-  for (int64_t r = 0; r < shards; ++r)
-    total += expf(shard0[r * row + numHeads * headDim + h] - lse);
-  for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) {
-    float sum = 0.0f;
-    for (int64_t r = 0; r < shards; ++r) {
-      const float weight =
-          expf(shard0[r * row + numHeads * headDim + h] - lse) / total;
-      sum += weight * shard0[r * row + h * headDim + d];
-    }
-    o[d] = sum;
-  }
+  mergeHead(gathered + t * shards * (numHeads * headDim + numHeads), shards, numHeads, headDim,
+            h, out + (t * numHeads + h) * headDim);
 }
 
 } // namespace

@@ -195,6 +195,7 @@ public:
     logprobs_.release();
     hostLogprobs_.release();
     attentionScratch_.release();
+    splitCounters_.release();
     dropGraphs();
   }
 
@@ -351,6 +352,14 @@ public:
             static_cast<size_t>(static_cast<int64_t>(T) * splits * partialRow_)));
         deviceStep_.decodeSplits = splits;
         deviceStep_.attentionScratch = attentionScratch_.data;
+        const size_t counters = static_cast<size_t>(static_cast<int64_t>(T) * attentionHeads_);
+        if (counters > splitCounters_.capacity) { // zeroed once: the kernels leave them zero
+          LLMIR_RETURN_IF_ERROR(splitCounters_.reserve(counters));
+          LLMIR_RETURN_IF_ERROR(check(
+              cudaMemset(splitCounters_.data, 0, splitCounters_.capacity * sizeof(unsigned)),
+              "clearing the split counters"));
+        }
+        deviceStep_.splitCounters = splitCounters_.data;
       }
     }
     return Status::ok();
@@ -556,8 +565,6 @@ private:
         kMaxLinearGroup);
     for (size_t j = 0; j < insts.size(); ++j)
       computedEarlier_[j] = linearGroupSize_[j] == 0;
-    planSwigluFusions();
-    planRopeStores();
     for (size_t i = 0; i + 1 < insts.size(); ++i) {
       const BoundInstruction &add = insts[i], &norm = insts[i + 1];
       if (add.op != proto::ADD || norm.op != proto::RMS_NORM || computedEarlier_[i + 1] ||
@@ -573,6 +580,8 @@ private:
       addNormFused_[i] = true;
       computedEarlier_[i + 1] = true;
     }
+    planSwigluFusions();
+    planRopeStores();
   }
 
   /// A LINEAR pair (gate, up) whose outputs no instruction after the SWIGLU
@@ -677,6 +686,38 @@ private:
                               *kFrequencies, v.data(), deviceStep_, a, cache_, stream());
   }
 
+  /// The outputs of the linear group whose first instruction is `head`, for
+  /// input x (shapes checked, outputs sized).
+  Status groupOutputs(size_t head, const DeviceTensor &x,
+                      std::vector<cuda::LinearOutput> &outputs) {
+    const size_t groupSize = head < linearGroupSize_.size() ? linearGroupSize_[head] : 1;
+    for (size_t j = head; j < head + groupSize; ++j) {
+      const BoundInstruction &member = program_.instructions[j];
+      const DeviceWeight &w = weights_[member.inputs[1]];
+      if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
+        return Status::error("input " + model::formatShape(x.shape) +
+                             " does not match weight [N, K] = " + model::formatShape(w.shape));
+      const float *bias =
+          member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
+      DeviceTensor &y =
+          member.outputAliasesInput[0] ? aliased_ : activations_[member.outputs[0]];
+      LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
+      outputs.push_back({w.view(), bias, y.data()});
+    }
+    return Status::ok();
+  }
+
+  /// The SWIGLU's output when the group at `head` computes it too
+  /// (planSwigluFusions, whole-program runs only), sized; else null.
+  float *swigluOutput(size_t head, int64_t rows, const std::vector<cuda::LinearOutput> &outputs) {
+    if (!wholeProgram_ || head >= linearSwiglu_.size() || !linearSwiglu_[head])
+      return nullptr;
+    DeviceTensor &y = activations_[program_.instructions[head + 2].outputs[0]];
+    if (!y.reshape({rows, outputs[0].w.rows}).isOk())
+      return nullptr; // the unfused path reports the allocation failure
+    return y.data();
+  }
+
   // --- CUDA graphs -----------------------------------------------------------
   struct GraphKey {
     int64_t tokens;
@@ -705,7 +746,7 @@ private:
       l.slots.emplace_back(t.storage.data, t.storage.capacity, t.shape);
     l.slots.emplace_back(aliased_.storage.data, aliased_.storage.capacity, aliased_.shape);
     l.fixed = {stepTables_.data, keys_.data, values_.data, context_.scratchAddress(),
-               attentionScratch_.data};
+               attentionScratch_.data, splitCounters_.data};
     return l;
   }
 
@@ -854,29 +895,10 @@ private:
     case proto::LINEAR: {
       const DeviceTensor &x = act(0);
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
-      const size_t groupSize = index < linearGroupSize_.size() ? linearGroupSize_[index] : 1;
       std::vector<cuda::LinearOutput> outputs;
-      for (size_t j = index; j < index + groupSize; ++j) {
-        const BoundInstruction &member = program_.instructions[j];
-        const DeviceWeight &w = weights_[member.inputs[1]];
-        if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
-          return Status::error("input " + model::formatShape(x.shape) +
-                               " does not match weight [N, K] = " +
-                               model::formatShape(w.shape));
-        const float *bias =
-            member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
-        DeviceTensor &y = member.outputAliasesInput[0] ? aliased_
-                                                       : activations_[member.outputs[0]];
-        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
-        outputs.push_back({w.view(), bias, y.data()});
-      }
-      if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
-        const BoundInstruction &act = program_.instructions[index + 2];
-        DeviceTensor &y = activations_[act.outputs[0]];
-        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), outputs[0].w.rows}));
-        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1],
-                                  y.data());
-      }
+      LLMIR_RETURN_IF_ERROR(groupOutputs(index, x, outputs));
+      if (float *y = swigluOutput(index, x.rows(), outputs))
+        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1], y);
       return cuda::linearGroup(context_, x.data(), x.rows(), outputs);
     }
     case proto::ROPE: {
@@ -1136,6 +1158,7 @@ private:
   /// Flash-decoding partials (beginStep); the program's widest partial row
   /// and most query heads over its ATTENTIONs.
   DeviceArray<float> attentionScratch_;
+  DeviceArray<unsigned> splitCounters_; // attend's merge counters (DeviceStep::splitCounters)
   int64_t partialRow_ = 0, attentionHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;

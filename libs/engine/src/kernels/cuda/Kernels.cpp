@@ -457,6 +457,12 @@ Status pagedAttention(const float *q, const float *k, const float *v,
   if (step.decodeSplits > 1 && step.attentionScratch) {
     detail::AttentionGeometry split = g;
     split.splits = step.decodeSplits;
+    if (step.splitCounters) {
+      split.mergedOut = out;
+      split.splitCounters = step.splitCounters;
+      return cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
+                        "split attention");
+    }
     LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
                                      "split attention"));
     return cudaStatus(detail::mergeAttention(stream, step.attentionScratch, g.numQueries,

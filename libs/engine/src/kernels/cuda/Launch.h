@@ -107,6 +107,12 @@ struct AttentionGeometry {
   /// out [numQueries, splits * (numHeads * D + numHeads)], for
   /// mergeAttention. 1: one block.
   int64_t splits;
+  /// With splits > 1: when mergedOut is given, the last split block of each
+  /// (query, head) merges the partials into mergedOut [numQueries, numHeads
+  /// * D] itself (no mergeAttention launch), counting finished splits in
+  /// splitCounters [numQueries * numHeads] (zero before and after).
+  float *mergedOut;
+  unsigned *splitCounters;
   /// Sliding window W (0: none): token at p sees p - W < j <= p.
   int64_t slidingWindow;
   /// Uneven head split (kvGroup > 0): query head h uses KV head

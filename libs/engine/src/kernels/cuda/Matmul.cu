@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 
 namespace llmir::engine::cuda::detail {
 namespace {
@@ -116,7 +117,11 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
 // traffic in flight. Paired (SwiGLU fused): segments 0 and 1 are gate and
 // up of one width; each warp computes row n of both and writes
 // silu(gate) * up to swigluOut, with the SWIGLU kernel's arithmetic.
-constexpr int64_t kSharedXBytes = 48 * 1024;
+// 64 KiB: the down projection of an 8B shape (K = 14,336) at one token; past
+// the default 48 KiB a kernel must opt in (allowSharedX), and 64 KiB still
+// leaves three blocks per multiprocessor.
+constexpr int64_t kSharedXBytes = 64 * 1024;
+constexpr int64_t kDefaultSharedBytes = 48 * 1024;
 
 template <int Tokens, bool Paired>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
@@ -189,6 +194,24 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
+/// Lets linear16Kernel<Tokens, Paired> take kSharedXBytes of dynamic shared
+/// memory on the current device (once per device: the attribute is the
+/// device's; the first launch of a shape runs eagerly, before any graph
+/// records it).
+template <int Tokens, bool Paired> void allowSharedX() {
+  static std::atomic<uint64_t> devices{0};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= 64)
+    return;
+  const uint64_t bit = uint64_t(1) << device;
+  if (devices.load() & bit)
+    return;
+  cudaFuncSetAttribute(linear16Kernel<Tokens, Paired>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(kSharedXBytes));
+  devices.fetch_or(bit);
+}
+
 template <int Tokens>
 void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf16,
                     const LinearSegments &segments, unsigned blocks) {
@@ -196,12 +219,16 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
   const int64_t xBytes = std::min<int64_t>(T, Tokens) * K * int64_t(sizeof(float));
   const bool stageX = K % 8 == 0 && xBytes <= kSharedXBytes;
   const size_t shared = stageX ? static_cast<size_t>(xBytes) : 0;
+  auto launch = [&](auto kernel, auto allow) {
+    if (shared > size_t(kDefaultSharedBytes))
+      allow();
+    launchDependent(kernel, grid, kWarpsPerBlock * 32, shared, stream, x, T, K, bf16, stageX,
+                    segments);
+  };
   if (segments.pairedSwiglu)
-    launchDependent(linear16Kernel<Tokens, true>, grid, kWarpsPerBlock * 32, shared, stream, x,
-                    T, K, bf16, stageX, segments);
+    launch(linear16Kernel<Tokens, true>, allowSharedX<Tokens, true>);
   else
-    launchDependent(linear16Kernel<Tokens, false>, grid, kWarpsPerBlock * 32, shared, stream,
-                    x, T, K, bf16, stageX, segments);
+    launch(linear16Kernel<Tokens, false>, allowSharedX<Tokens, false>);
 }
 
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
