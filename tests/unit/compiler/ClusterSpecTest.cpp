@@ -52,7 +52,7 @@ device: {memory_efficiency: 0.63, matmul_efficiency: 0.42, attention_efficiency:
   // The small-GEMM ramp and the GEMV rows (bench/gpu/h200-calibrated.yaml).
   auto h200 = loadClusterSpec(std::string(LLMIR_SOURCE_DIR) + "/bench/gpu/h200-calibrated.yaml");
   ASSERT_TRUE(h200) << h200.message();
-  EXPECT_DOUBLE_EQ(h200->device.matmulHalfRows, 201.7);
+  EXPECT_DOUBLE_EQ(h200->device.matmulHalfRows, 174.7);
   EXPECT_DOUBLE_EQ(h200->device.gemvRows, 8);
   EXPECT_EQ(ideal->device.matmulHalfRows, 0.0);
   EXPECT_EQ(ideal->device.gemvRows, 0.0);
