@@ -472,6 +472,21 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
     return refuse(ep, h, "request header length " + std::to_string(headerLength) +
                              " does not match its " + std::to_string(h.count) +
                              " block records");
+  // A reply carries as many records as its request. One whose header is
+  // larger than this worker sends would not arrive whole (ucx::Worker::
+  // create: UCX's short protocol cuts headers of 64 KiB or more), so such a
+  // request (a client with larger UCX segments than the store, or not ours)
+  // is refused in a short error reply instead of answered with one the
+  // client cannot read.
+  if (!replyChannel_ && headerLength > worker_->maxAmHeader())
+    return refuse(ep, h, "request of " + std::to_string(h.count) + " block records (" +
+                             std::to_string(headerLength) +
+                             " header bytes): this store sends at most " +
+                             std::to_string(worker_->maxAmHeader()) +
+                             " header bytes per message, " +
+                             std::to_string((worker_->maxAmHeader() - sizeof h) /
+                                            sizeof(BlockMeta)) +
+                             " records");
   const auto *metas = reinterpret_cast<const BlockMeta *>(
       static_cast<const uint8_t *>(header) + sizeof h);
   std::vector<BlockMeta> records(metas, metas + h.count); // header may be unaligned

@@ -1,5 +1,6 @@
 #include "Ucx.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +44,17 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   st = ucp_worker_query(w->worker_, &attr);
   if (st != UCS_OK)
     return Status::error("UCX worker query: " + errorText(st));
-  w->maxAmHeader_ = attr.max_am_header;
+  // UCX (1.13, and master as of 2026) sends an active message whose header
+  // and payload fit the transport's short limit with the header's length in
+  // 16 bits (ucp_am_fill_short_header), although ucp_worker_query reports
+  // max_am_header up to the transport's whole segment: a header of 64 KiB or
+  // more then arrives cut to its length mod 65536 (the receiver sees another
+  // header and the rest as payload). TCP's short limit is its segment
+  // (UCX_TCP_TX_SEG_SIZE, 8 KiB by default), so with segments above 64 KiB a
+  // reply of many records was dropped as malformed and the call waited for
+  // it until its deadline. Headers stay below that bound whatever the
+  // segments (docs/kv-store.md, "Protocol").
+  w->maxAmHeader_ = std::min<size_t>(attr.max_am_header, kMaxAmHeaderBytes);
   return w;
 }
 

@@ -15,6 +15,10 @@ namespace llmir::kvstore::ucx {
 
 std::string errorText(ucs_status_t status);
 
+/// The largest active-message header this library sends: UCX's short
+/// protocol carries a header's length in 16 bits (Worker::create says more).
+constexpr size_t kMaxAmHeaderBytes = 65535;
+
 class Worker {
 public:
   /// Single-threaded worker (ucp_worker_signal, the only call made from
@@ -26,6 +30,8 @@ public:
   ~Worker();
 
   ucp_worker_h handle() const { return worker_; }
+  /// UCX's max_am_header, at most kMaxAmHeaderBytes: the largest header
+  /// this worker sends (a request's records, a reply's as many).
   size_t maxAmHeader() const { return maxAmHeader_; }
   /// Progresses until idle; true when anything happened.
   bool progress();

@@ -411,6 +411,91 @@ TEST_P(KvStore, ConcurrentClientsUnderEvictionNeverSeeWrongBytes) {
   EXPECT_GT(s.evictions, 0u);
 }
 
+// UCX's TCP segment size decides the largest active-message header it
+// reports (max_am_header, so the records per message) and which messages go
+// by its short protocol (header and payload within one segment). That
+// protocol carries a header's length in 16 bits: with segments above 64 KiB
+// a split batch's replies (header only: put, exists, a get of missing
+// blocks) arrived cut, were dropped as malformed and the call waited until
+// its deadline. Every size here, the library's default among them, must
+// round-trip batches of several full messages.
+class KvStoreTcpSegments : public ::testing::TestWithParam<const char *> {
+protected:
+  void SetUp() override {
+    setenv("UCX_TLS", "tcp", 1);
+    setenv("UCX_TCP_TX_SEG_SIZE", GetParam(), 1);
+    setenv("UCX_TCP_RX_SEG_SIZE", GetParam(), 1);
+  }
+  void TearDown() override {
+    unsetenv("UCX_TCP_TX_SEG_SIZE");
+    unsetenv("UCX_TCP_RX_SEG_SIZE");
+  }
+};
+
+TEST_P(KvStoreTcpSegments, BatchesOfSeveralFullMessagesRoundTrip) {
+  ServerOptions so;
+  so.host = "127.0.0.1";
+  so.capacityBytes = 64ull << 20;
+  so.sharedMemory = false;
+  auto server = Server::start(so);
+  ASSERT_TRUE(server) << server.message();
+  ClientOptions co;
+  co.port = (*server)->port();
+  co.timeout = 5s;
+  auto created = Client::create(co);
+  ASSERT_TRUE(created) << created.message();
+  Client &client = **created;
+  size_t perMessage = client.maxBlocksPerMessage();
+  ASSERT_GT(perMessage, 0u);
+  // A message's header (24 bytes, then 72 per record) stays below 64 KiB.
+  EXPECT_LT(24 + perMessage * 72, size_t(1) << 16) << perMessage << " records per message";
+
+  size_t n = perMessage * 2 + 3;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<PutBlock> puts;
+  for (size_t i = 0; i < n; ++i) {
+    data.push_back(bytesOf(256, uint32_t(5000 + i)));
+    puts.push_back({keyFor("segments", int32_t(i)), "bf16", data.back().data(), 256});
+  }
+  auto stored = client.put(puts);
+  ASSERT_TRUE(stored) << stored.message();
+  ASSERT_EQ(stored->size(), n);
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ((*stored)[i], BlockStatus::Stored) << i;
+
+  std::vector<BlockQuery> queries;
+  for (size_t i = 0; i < n; ++i)
+    queries.push_back({keyFor("segments", int32_t(i)), "bf16", 256});
+  auto present = client.exists(queries);
+  ASSERT_TRUE(present) << present.message();
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ((*present)[i], BlockStatus::Found) << i;
+
+  // Replies of records only (every block missing), then of records and bytes.
+  std::vector<std::vector<uint8_t>> out(n, std::vector<uint8_t>(256, 0));
+  std::vector<GetBlock> misses;
+  for (size_t i = 0; i < n; ++i)
+    misses.push_back({keyFor("never-stored", int32_t(i)), "bf16", out[i].data(), 256});
+  auto missing = client.get(misses);
+  ASSERT_TRUE(missing) << missing.message();
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ((*missing)[i], BlockStatus::Missing) << i;
+  std::vector<GetBlock> gets;
+  for (size_t i = 0; i < n; ++i)
+    gets.push_back({keyFor("segments", int32_t(i)), "bf16", out[i].data(), 256});
+  auto got = client.get(gets);
+  ASSERT_TRUE(got) << got.message();
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ((*got)[i], BlockStatus::Found) << i;
+    ASSERT_EQ(out[i], data[i]) << i;
+  }
+  EXPECT_EQ((*server)->stats().blocks, n);
+}
+
+INSTANTIATE_TEST_SUITE_P(SegmentSizes, KvStoreTcpSegments,
+                         ::testing::Values("8k", "64k", "256k", "1m"),
+                         [](const auto &info) { return std::string(info.param); });
+
 INSTANTIATE_TEST_SUITE_P(Transports, KvStore, ::testing::Values("tcp", "shm,tcp"),
                          [](const auto &info) {
                            return std::string(info.param).find("shm") == 0 ? "shm"

@@ -185,6 +185,60 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
 }
 
+// UCX's short protocol carries an active-message header's length in 16 bits
+// (ucx::Worker::create), so the store answers no request whose reply (as
+// many records) would need a header of 64 KiB or more: a peer with large
+// TCP segments that sends one gets a short error reply naming the limit,
+// not a reply cut to its length mod 65536, and the store keeps serving.
+TEST(KvStoreRawProtocol, ARequestWhoseReplyHeaderWouldNotArriveWholeIsRefused) {
+  setenv("UCX_TLS", "tcp", 1);
+  setenv("UCX_TCP_TX_SEG_SIZE", "256k", 1);
+  setenv("UCX_TCP_RX_SEG_SIZE", "256k", 1);
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 16 << 20;
+  o.sharedMemory = false;
+  auto server = Server::start(o);
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+  unsetenv("UCX_TCP_TX_SEG_SIZE");
+  unsetenv("UCX_TCP_RX_SEG_SIZE");
+
+  // 1000 records: a 72,024-byte header. The payload (1000 x 512 bytes, more
+  // than a segment) keeps the request itself off the short protocol.
+  constexpr size_t kRecords = 1000, kBytes = 512;
+  std::vector<uint8_t> payload(kRecords * kBytes, 0x33);
+  std::vector<wire::BlockMeta> metas;
+  for (size_t i = 0; i < kRecords; ++i) {
+    wire::BlockMeta m = meta(uint8_t(i), kBytes, blockChecksum(payload.data(), kBytes));
+    std::memcpy(m.key + 1, &i, sizeof i); // distinct keys
+    metas.push_back(m);
+  }
+  auto reply = peer.roundTrip(request(wire::Op::Put, 7, metas), payload);
+  ASSERT_TRUE(reply) << "no reply";
+  wire::MessageHeader h;
+  ASSERT_GE(reply->size(), sizeof h);
+  std::memcpy(&h, reply->data(), sizeof h);
+  EXPECT_EQ(h.magic, wire::kMagic) << "a reply cut by UCX's short protocol";
+  EXPECT_EQ(h.requestId, 7u);
+  ASSERT_GT(h.errorLength, 0u);
+  ASSERT_EQ(reply->size(), sizeof h + h.errorLength);
+  std::string why(reinterpret_cast<const char *>(reply->data() + sizeof h), h.errorLength);
+  EXPECT_NE(why.find("1000 block records"), std::string::npos) << why;
+  EXPECT_EQ((*server)->stats().blocks, 0u);
+
+  // Within the limit the same peer is served.
+  metas.resize(100);
+  payload.resize(100 * kBytes);
+  auto served = peer.roundTrip(request(wire::Op::Put, 8, metas), payload);
+  ASSERT_TRUE(served);
+  auto r = records(*served);
+  ASSERT_EQ(r.size(), 100u);
+  for (const auto &m : r)
+    EXPECT_EQ(m.code, uint32_t(wire::Code::Stored));
+}
+
 // A 4 MiB store on loopback whose blocks live in its shared-memory segment.
 ServerOptions sharedStoreOptions() {
   ServerOptions o;
