@@ -15,6 +15,10 @@ namespace llmir::kvstore::ucx {
 
 std::string errorText(ucs_status_t status);
 
+/// UCX's TCP send and receive segment size unless UCX_TCP_TX_SEG_SIZE or
+/// UCX_TCP_RX_SEG_SIZE is set (Worker::create says why).
+constexpr const char *kTcpSegmentSize = "256k";
+
 /// The largest active-message header this library sends: UCX's short
 /// protocol carries a header's length in 16 bits (Worker::create says more).
 constexpr size_t kMaxAmHeaderBytes = 65535;
