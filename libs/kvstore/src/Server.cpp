@@ -421,6 +421,13 @@ void Server::Impl::send(ucp_ep_h ep, Reply *reply) {
   size_t count = 0;
   if (reply->iov.empty()) {
     param.datatype = ucp_dt_make_contig(1);
+  } else if (reply->iov.size() == 1) {
+    // One block: a contiguous buffer, not a one-element iov (with the
+    // client's contiguous receive, Client::Impl::receivePending, a 1 MiB get
+    // over TCP measured 1.3x faster, docs/performance.md).
+    param.datatype = ucp_dt_make_contig(1);
+    buffer = reply->iov[0].buffer;
+    count = reply->iov[0].length;
   } else {
     param.datatype = UCP_DATATYPE_IOV;
     buffer = reply->iov.data();

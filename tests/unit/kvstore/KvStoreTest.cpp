@@ -490,6 +490,22 @@ TEST_P(KvStoreTcpSegments, BatchesOfSeveralFullMessagesRoundTrip) {
     ASSERT_EQ(out[i], data[i]) << i;
   }
   EXPECT_EQ((*server)->stats().blocks, n);
+
+  // Single blocks around and far above the segment (eager and rendezvous,
+  // sent and received as one contiguous buffer).
+  for (size_t bytes : {size_t(60) << 10, size_t(300) << 10, size_t(4) << 20}) {
+    std::vector<uint8_t> block = bytesOf(bytes, uint32_t(bytes));
+    PutBlock p{keyFor("single", int32_t(bytes)), "f32", block.data(), bytes};
+    auto r = client.put(std::span(&p, 1));
+    ASSERT_TRUE(r) << r.message();
+    ASSERT_EQ((*r)[0], BlockStatus::Stored) << bytes;
+    std::vector<uint8_t> back(bytes, 0);
+    GetBlock g{keyFor("single", int32_t(bytes)), "f32", back.data(), bytes};
+    auto fetched = client.get(std::span(&g, 1));
+    ASSERT_TRUE(fetched) << fetched.message();
+    ASSERT_EQ((*fetched)[0], BlockStatus::Found) << bytes;
+    EXPECT_EQ(back, block) << bytes;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(SegmentSizes, KvStoreTcpSegments,
