@@ -896,6 +896,11 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
     }
     ucp_request_param_t param =
         sendParams(message.iov.empty() ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV);
+    uint64_t payload = 0;
+    for (const ucp_dt_iov_t &v : message.iov)
+      payload += v.length;
+    if (payload > 0 && payload <= ucx::kEagerPayloadBytes)
+      param.flags |= UCP_AM_SEND_FLAG_EAGER;
     ucs_status_ptr_t req = ucp_am_send_nbx(
         ep_, wire::kAmRequest, message.header.data(), message.header.size(),
         message.iov.empty() ? nullptr : message.iov.data(), message.iov.size(), &param);

@@ -433,6 +433,13 @@ void Server::Impl::send(ucp_ep_h ep, Reply *reply) {
     buffer = reply->iov.data();
     count = reply->iov.size();
   }
+  uint64_t payload = 0;
+  for (const ucp_dt_iov_t &v : reply->iov)
+    payload += v.length;
+  if (payload > 0 && payload <= ucx::kEagerPayloadBytes) {
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+  }
   ucs_status_ptr_t req = ucp_am_send_nbx(ep, wire::kAmReply, reply->header.data(),
                                          reply->header.size(), buffer, count, &param);
   if (req == nullptr)
