@@ -49,8 +49,8 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   // (receive): a 1 MiB block then moves in 4 socket writes and active
   // messages instead of 128, and messages up to 256 KiB skip rendezvous.
   // Measured with llmir-kvstore-bench over TCP loopback (docs/performance.md,
-  // "TCP segments"): 1 MiB put/get 1.1-1.3 -> 2.0-2.1 GB/s per call, 4 MiB
-  // 1.1 -> 1.6-1.9, on the same loaded machine in the same run. Set only when
+  // "TCP segments"): 1 MiB put/get 0.9-1.3 -> 2.0-2.7 GB/s per call, 4 MiB
+  // 1.1 -> 1.5-1.7, on the same loaded machine in the same runs. Set only when
   // the user set neither variable (UCX refuses a receive segment smaller
   // than the send one), in this context's configuration, not the process
   // environment (children such as ucx_perftest keep UCX's defaults). A
