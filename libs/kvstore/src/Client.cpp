@@ -873,13 +873,32 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   op_ = op;
   statuses_.assign(n, BlockStatus::Missing);
   // Every message goes out before any reply is awaited.
-  for (size_t first = 0; first < n; first += maxBlocksPerMessage_) {
+  // A message holds at most maxBlocksPerMessage_ records and, for puts and
+  // gets, at most ucx::kEagerPayloadBytes of block bytes (a larger block
+  // goes alone): every message of small blocks then goes eagerly, and a
+  // batch of large blocks is several messages in flight together, as
+  // ucx_perftest keeps several sends in flight, instead of one rendezvous
+  // with an iov over all of them (8 x 1 MiB per call over TCP measured
+  // 1.3-1.6x faster, docs/performance.md "TCP segments").
+  size_t step = 0;
+  for (size_t first = 0; first < n; first += step) {
+    step = 0;
+    uint64_t planned = 0;
+    while (first + step < n && step < maxBlocksPerMessage_) {
+      uint64_t b = op == wire::Op::Put   ? putBlocks_[first + step].bytes
+                   : op == wire::Op::Get ? getBlocks_[first + step].bytes
+                                         : 0;
+      if (step > 0 && planned + b > ucx::kEagerPayloadBytes)
+        break;
+      planned += b;
+      ++step;
+    }
     uint64_t id = nextId_++;
     Message &message = messages_[id];
     message.id = id;
     message.op = op;
     message.first = first;
-    message.count = static_cast<uint32_t>(std::min(maxBlocksPerMessage_, n - first));
+    message.count = static_cast<uint32_t>(step);
     MessageHeader h;
     h.op = static_cast<uint16_t>(op);
     h.requestId = id;

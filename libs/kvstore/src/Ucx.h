@@ -26,6 +26,8 @@ constexpr const char *kTcpSegmentSize = "256k";
 /// get's from 420-460 to 310-340 us in two runs (docs/performance.md, "TCP
 /// segments"). Larger messages keep UCX's choice: eager at every size
 /// halved 4 MiB and 8-block calls (the assembled copy costs more there).
+/// The client also splits a call's blocks into messages of at most this
+/// many bytes (a larger block alone), so batches of small blocks go eagerly.
 constexpr uint64_t kEagerPayloadBytes = 1 << 20;
 
 /// The largest active-message header this library sends: UCX's short
