@@ -114,23 +114,55 @@ std::pair<int64_t, int64_t> partOf(int64_t first, int64_t length, int64_t part,
   return {begin, std::min(length, begin + chunk)};
 }
 
-// Query heads heads[0, count) (count <= 4, all of KV head kvHead) of token t.
-// With parts > 1 only part `part` of the positions, written to partial
-// (per head D outputs, normalised over the part, then its log-sum-exp of
-// the scaled scores) for mergeParts.
-void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
-                 const int64_t *heads, int64_t count, float *out,
-                 std::vector<float> &scratch, int64_t part = 0,
+// The query heads of a decode token in groups of up to 4 that share one KV
+// head (grouped-query attention; more than 4 heads per KV head split into
+// several groups), as the decode kernels take them.
+struct DecodeGroups {
+  std::vector<int64_t> heads;   // [groups][kQueryBlock] query heads
+  std::vector<int64_t> counts;  // heads in each group (1..4)
+  std::vector<int64_t> offsets; // first element of its KV head in a cache row
+  int64_t size() const { return static_cast<int64_t>(counts.size()); }
+};
+
+DecodeGroups decodeGroupsOf(const AttentionParams &params) {
+  DecodeGroups groups;
+  for (int64_t kv = 0; kv < params.numKvHeads; ++kv) {
+    int64_t count = 0;
+    for (int64_t h = 0; h < params.numHeads; ++h) {
+      if (kvHeadOf(params, h) != kv)
+        continue;
+      if (count == 0) {
+        groups.heads.resize(groups.heads.size() + kQueryBlock, 0);
+        groups.offsets.push_back(kv * params.headDim);
+        groups.counts.push_back(0);
+      }
+      groups.heads[groups.heads.size() - kQueryBlock + static_cast<size_t>(count)] = h;
+      groups.counts.back() = ++count;
+      if (count == kQueryBlock)
+        count = 0;
+    }
+  }
+  return groups;
+}
+
+// Every query head of token t, in one pass over its cache rows for all KV
+// heads (see rowScores). With parts > 1 only part `part` of the positions,
+// written to partial (per group and head D outputs, normalised over the
+// part, then its log-sum-exp of the scaled scores; [group][kQueryBlock]
+// rows of D + 1) for mergeParts.
+void attendToken(const Geometry &g, const float *q, int64_t t, const DecodeGroups &groups,
+                 float *out, std::vector<float> &scratch, int64_t part = 0,
                  int64_t parts = 1, float *partial = nullptr) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = g.params.headDim, Hq = g.params.numHeads;
+  const int64_t G = groups.size();
   const int32_t seq = g.step.tokenSeq[t];
   int64_t length = static_cast<int64_t>(g.step.positions[t]) + 1;
   int64_t first = firstVisiblePosition(length - 1, g.params.slidingWindow);
   if (parts > 1) {
     std::tie(first, length) = partOf(first, length, part, parts);
     if (first >= length) { // nothing visible in this part
-      for (int64_t r = 0; r < count; ++r) {
+      for (int64_t r = 0; r < G * kQueryBlock; ++r) {
         std::fill(partial + r * (D + 1), partial + r * (D + 1) + D, 0.0f);
         partial[r * (D + 1) + D] = -std::numeric_limits<float>::infinity();
       }
@@ -144,57 +176,64 @@ void attendGroup(const Geometry &g, const float *q, int64_t t, int64_t kvHead,
   // Block by block: one table lookup per block, then a stride per slot.
   const int64_t rowBytes = g.params.numKvHeads * D * static_cast<int64_t>(g.cache.elementSize());
   for (int64_t j = first; j < length;) {
-    const char *key = static_cast<const char *>(g.key(seq, j, kvHead));
-    const char *value = static_cast<const char *>(g.value(seq, j, kvHead));
+    const char *key = static_cast<const char *>(g.key(seq, j, 0));
+    const char *value = static_cast<const char *>(g.value(seq, j, 0));
     const int64_t end = std::min(length, (j / g.blockSize + 1) * g.blockSize);
     for (; j < end; ++j, key += rowBytes, value += rowBytes) {
       keys[j - first] = key;
       values[j - first] = value;
     }
   }
-  scratch.resize(static_cast<size_t>(count * L));
+  scratch.resize(static_cast<size_t>(G * kQueryBlock * L));
   float *s = scratch.data();
-  const float *queries[kQueryBlock];
-  float *outputs[kQueryBlock];
-  for (int64_t r = 0; r < count; ++r) {
-    queries[r] = q + ((t - g.firstRow) * Hq + heads[r]) * D;
-    outputs[r] = parts > 1 ? partial + r * (D + 1)
-                           : out + ((t - g.firstRow) * Hq + heads[r]) * D;
-  }
-  k.rowScores[g.kind()](queries, count, keys, L, D, s, L);
-  for (int64_t r = 0; r < count; ++r) {
-    float *row = s + r * L;
-    const int64_t top = std::max_element(row, row + L) - row;
-    const float max = row[top] * g.params.scale;
-    k.softmax(row, L, g.params.scale);
-    // The largest weight is 1 / sum(exp(s * scale - max)): the part's lse.
-    if (parts > 1)
-      partial[r * (D + 1) + D] = max - std::log(row[top]);
-  }
-  k.rowWeightedSum[g.kind()](s, L, count, values, L, D, outputs);
+  thread_local std::vector<const float *> queries;
+  thread_local std::vector<float *> outputs;
+  queries.assign(static_cast<size_t>(G * kQueryBlock), nullptr);
+  outputs.assign(static_cast<size_t>(G * kQueryBlock), nullptr);
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
+      const size_t i = static_cast<size_t>(gi * kQueryBlock + r);
+      const int64_t h = groups.heads[i];
+      queries[i] = q + ((t - g.firstRow) * Hq + h) * D;
+      outputs[i] = parts > 1 ? partial + static_cast<int64_t>(i) * (D + 1)
+                             : out + ((t - g.firstRow) * Hq + h) * D;
+    }
+  k.rowScores[g.kind()](queries.data(), groups.counts.data(), groups.offsets.data(), G,
+                        keys, L, D, s, L);
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
+      const int64_t i = gi * kQueryBlock + r;
+      float *row = s + i * L;
+      const int64_t top = std::max_element(row, row + L) - row;
+      const float max = row[top] * g.params.scale;
+      k.softmax(row, L, g.params.scale);
+      // The largest weight is 1 / sum(exp(s * scale - max)): the part's lse.
+      if (parts > 1)
+        partial[i * (D + 1) + D] = max - std::log(row[top]);
+    }
+  k.rowWeightedSum[g.kind()](s, L, groups.counts.data(), groups.offsets.data(), G, values, L,
+                             D, outputs.data());
 }
 
-// out = the parts' outputs weighted by exp(lse - max lse), normalised.
-void mergeParts(const float *partial, int64_t parts, int64_t count, int64_t D,
-                float *const *outputs) {
-  for (int64_t r = 0; r < count; ++r) {
-    float top = -std::numeric_limits<float>::infinity();
-    for (int64_t p = 0; p < parts; ++p)
-      top = std::max(top, partial[(p * kQueryBlock + r) * (D + 1) + D]);
-    float *o = outputs[r];
-    std::fill(o, o + D, 0.0f);
-    float total = 0;
-    for (int64_t p = 0; p < parts; ++p) {
-      const float *part = partial + (p * kQueryBlock + r) * (D + 1);
-      if (part[D] == -std::numeric_limits<float>::infinity())
-        continue;
-      const float weight = std::exp(part[D] - top);
-      total += weight;
-      simd::kernels().axpy(weight, part, o, D);
-    }
-    for (int64_t d = 0; d < D; ++d)
-      o[d] /= total;
+// out = the parts' outputs weighted by exp(lse - max lse), normalised; a
+// part's rows are `stride` rows of D + 1 apart, row r its own.
+void mergeParts(const float *partial, int64_t parts, int64_t stride, int64_t r, int64_t D,
+                float *o) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t p = 0; p < parts; ++p)
+    top = std::max(top, partial[(p * stride + r) * (D + 1) + D]);
+  std::fill(o, o + D, 0.0f);
+  float total = 0;
+  for (int64_t p = 0; p < parts; ++p) {
+    const float *part = partial + (p * stride + r) * (D + 1);
+    if (part[D] == -std::numeric_limits<float>::infinity())
+      continue;
+    const float weight = std::exp(part[D] - top);
+    total += weight;
+    simd::kernels().axpy(weight, part, o, D);
   }
+  for (int64_t d = 0; d < D; ++d)
+    o[d] /= total;
 }
 
 // K^T [D][padded] then V [padded][D] of one KV head, zero past `keys`.
@@ -328,76 +367,56 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
                    });
 
   // Work items: (query block, head) of the runs, then (token, head) or,
-  // with D in 16s, (token, up to 4 query heads of one KV head).
+  // with D in 16s, (token, part of its positions) over all query heads.
   struct Item {
     int32_t run; // -1 for a single token
-    int64_t t, rows, h; // single grouped: h indexes groups, rows its count
+    int64_t t, rows, h;
     int64_t part = 0, parts = 1; // of the positions (grouped decode)
     size_t partial = 0;          // its floats in `partials` when parts > 1
   };
   const bool grouped = D % 16 == 0;
-  std::vector<int64_t> groups; // [4] query heads per group, by KV head
-  std::vector<int64_t> groupKv, groupCount;
-  if (grouped)
-    for (int64_t kv = 0; kv < Hkv; ++kv) {
-      int64_t count = 0;
-      for (int64_t h = 0; h < Hq; ++h) {
-        if (kvHeadOf(params, h) != kv)
-          continue;
-        if (count == 0) {
-          groups.resize(groups.size() + kQueryBlock);
-          groupKv.push_back(kv);
-          groupCount.push_back(0);
-        }
-        groups[groups.size() - kQueryBlock + count] = h;
-        groupCount.back() = ++count;
-        if (count == kQueryBlock)
-          count = 0;
-      }
-    }
+  const DecodeGroups groups = grouped ? decodeGroupsOf(params) : DecodeGroups{};
   std::vector<Item> items;
   for (size_t r = 0; r < runs.size(); ++r)
     for (int64_t t = runs[r].begin; t < runs[r].end; t += kQueryBlock)
       for (int64_t h = 0; h < Hq; ++h)
         items.push_back({static_cast<int32_t>(r), t,
                          std::min(kQueryBlock, runs[r].end - t), h});
-  // Fewer decode items than twice the threads (one token's 3 KV heads on 2
-  // threads): split their positions into parts, merged by log-sum-exp
+  // Fewer decode tokens than twice the threads (one token on 2 threads):
+  // split their positions into parts, merged by log-sum-exp
   // (flash-decoding), so that every thread has a share.
-  const size_t decodeItems = singles.size() * groupKv.size();
+  const size_t decodeItems = grouped ? singles.size() : 0;
   const int64_t parts =
-      grouped && runs.empty() && decodeItems > 0
+      runs.empty() && decodeItems > 0 && pool.numThreads() > 1
           ? std::clamp<int64_t>(static_cast<int64_t>((2 * pool.numThreads() + decodeItems - 1) /
                                                      decodeItems),
                                 1, 4)
           : 1;
   constexpr int64_t kMinPartKeys = 128; // shorter parts cost more to merge
-  const size_t partialFloats = static_cast<size_t>(kQueryBlock * (D + 1));
+  const size_t partialFloats = static_cast<size_t>(groups.size() * kQueryBlock * (D + 1));
   thread_local std::vector<float> partials;
   size_t partialsUsed = 0;
   struct Split {
-    int64_t t, group, parts;
+    int64_t t, parts;
     size_t partial;
   };
   std::vector<Split> splits;
   for (int64_t t : singles) {
-    if (grouped)
-      for (size_t gi = 0; gi < groupKv.size(); ++gi) {
-        const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
-        const int64_t visible = length - firstVisiblePosition(length - 1, params.slidingWindow);
-        const int64_t n = visible >= parts * kMinPartKeys ? parts : 1;
+    if (grouped) {
+      const int64_t length = static_cast<int64_t>(step.positions[t]) + 1;
+      const int64_t visible = length - firstVisiblePosition(length - 1, params.slidingWindow);
+      const int64_t n = std::min(parts, std::max<int64_t>(1, visible / kMinPartKeys));
+      if (n > 1)
+        splits.push_back({t, n, partialsUsed});
+      for (int64_t p = 0; p < n; ++p) {
+        items.push_back({-1, t, 0, 0, p, n, partialsUsed});
         if (n > 1)
-          splits.push_back({t, static_cast<int64_t>(gi), n, partialsUsed});
-        for (int64_t p = 0; p < n; ++p) {
-          items.push_back({-1, t, groupCount[gi], static_cast<int64_t>(gi), p, n,
-                           partialsUsed});
-          if (n > 1)
-            partialsUsed += partialFloats;
-        }
+          partialsUsed += partialFloats;
       }
-    else
+    } else {
       for (int64_t h = 0; h < Hq; ++h)
         items.push_back({-1, t, 1, h});
+    }
   }
 
   partials.resize(partialsUsed);
@@ -407,9 +426,7 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
     for (size_t i = b; i < e; ++i) {
       const Item &item = items[i];
       if (item.run < 0 && grouped) {
-        const size_t gi = static_cast<size_t>(item.h);
-        attendGroup(g, q, item.t, groupKv[gi], groups.data() + gi * kQueryBlock,
-                    item.rows, out, scratch, item.part, item.parts,
+        attendToken(g, q, item.t, groups, out, scratch, item.part, item.parts,
                     partialData + item.partial);
       } else if (item.run < 0) {
         attendOne(g, q, item.t, item.h, out, scratch);
@@ -420,13 +437,15 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
       }
     }
   });
-  for (const Split &split : splits) {
-    const size_t gi = static_cast<size_t>(split.group);
-    float *outputs[kQueryBlock];
-    for (int64_t r = 0; r < groupCount[gi]; ++r)
-      outputs[r] = out + ((split.t - rows.begin) * Hq + groups[gi * kQueryBlock + r]) * D;
-    mergeParts(partialData + split.partial, split.parts, groupCount[gi], D, outputs);
-  }
+  const int64_t stride = groups.size() * kQueryBlock; // rows of a part
+  for (const Split &split : splits)
+    for (int64_t gi = 0; gi < groups.size(); ++gi)
+      for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
+        const int64_t i = gi * kQueryBlock + r;
+        const int64_t h = groups.heads[static_cast<size_t>(i)];
+        mergeParts(partialData + split.partial, split.parts, stride, i, D,
+                   out + ((split.t - rows.begin) * Hq + h) * D);
+      }
 }
 
 } // namespace llmir::engine::cpu

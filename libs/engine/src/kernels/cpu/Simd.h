@@ -48,16 +48,21 @@ struct Kernels {
   /// D a multiple of 16; v is [L][D] contiguous.
   void (*weightedSum4)(const float *p, int64_t ldp, const float *v, int64_t L,
                        int64_t D, float *const *o);
-  /// Decode attention for `count` (1..4) query heads of one KV head, each
-  /// key read once for all of them: s[r * lds + j] = q[r] . keys[j] for
-  /// r < count, j < L; D a multiple of 16; keys are row pointers into the
-  /// paged cache, indexed by the cache's element (kF32 or kBf16).
-  void (*rowScores[2])(const float *const *q, int64_t count,
+  /// Decode attention over every query head of one token, each cache row
+  /// read once for all of them: `groups` groups of counts[g] (1..4) query
+  /// heads that share one KV head, whose elements start offsets[g] elements
+  /// into a position's row (keys[j]: the row of position j, all KV heads,
+  /// as the cache stores it; indexed by the cache's element, kF32 or kBf16).
+  /// s[(g * 4 + r) * lds + j] = q[g * 4 + r] . key j of group g, for
+  /// r < counts[g], j < L; D a multiple of 16.
+  void (*rowScores[2])(const float *const *q, const int64_t *counts,
+                       const int64_t *offsets, int64_t groups,
                        const void *const *keys, int64_t L, int64_t D, float *s,
                        int64_t lds);
-  /// o[r][d] = sum_j p[r * ldp + j] * values[j][d] for r < count (1..4),
-  /// j < L; D a multiple of 16; values are row pointers, indexed as above.
-  void (*rowWeightedSum[2])(const float *p, int64_t ldp, int64_t count,
+  /// o[g * 4 + r][d] = sum_j p[(g * 4 + r) * ldp + j] * value j of group g
+  /// [d], same layout as rowScores.
+  void (*rowWeightedSum[2])(const float *p, int64_t ldp, const int64_t *counts,
+                            const int64_t *offsets, int64_t groups,
                             const void *const *values, int64_t L, int64_t D,
                             float *const *o);
   /// dst[i] = src[i] rounded to the nearest bf16 (ties to even; NaN stays
