@@ -319,13 +319,18 @@ TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
     expectGroupedDecodeMatchesReference(H, Hkv, KvElement::F32);
 }
 
-// Few decode items for the threads (3 KV heads on 2 or 4 threads, 1 on 3):
-// long contexts split their positions into parts merged by log-sum-exp.
+// Fewer decode tokens than twice the threads: long contexts split a token's
+// positions into parts (all query heads in each), merged by log-sum-exp;
+// 2 groups of query heads per KV head (5 heads: 4 + 1) in every part; and
+// one thread, which never splits.
 TEST(PagedAttention, DecodeSplitOverThreadsMatchesReference) {
   expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 300, 2);
   expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 400, 4);
   expectGroupedDecodeMatchesReference(4, 1, KvElement::F32, 600, 3);
   expectGroupedDecodeMatchesReference(8, 2, KvElement::BF16, 300, 2);
+  expectGroupedDecodeMatchesReference(10, 2, KvElement::F32, 300, 2);
+  expectGroupedDecodeMatchesReference(10, 2, KvElement::BF16, 300, 3);
+  expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 300, 1);
 }
 
 // A bf16 cache: the same paths agree with the reference of the rounded keys
