@@ -34,4 +34,28 @@ TEST(Result, CarriesValueOrStatus) {
   EXPECT_TRUE(chain(1).isOk());
 }
 
+// The value of a temporary Result is moved out, not copied: a type that
+// counts its copies sees none.
+struct CopyCounter {
+  int *copies;
+  explicit CopyCounter(int *c) : copies(c) {}
+  CopyCounter(const CopyCounter &o) : copies(o.copies) { ++*copies; }
+  CopyCounter(CopyCounter &&) noexcept = default;
+  CopyCounter &operator=(const CopyCounter &) = default;
+  CopyCounter &operator=(CopyCounter &&) noexcept = default;
+};
+
+llmir::Result<CopyCounter> makeCounter(int *copies) { return CopyCounter(copies); }
+
+TEST(Result, ValueOfATemporaryIsMovedOut) {
+  int copies = 0;
+  CopyCounter moved = *makeCounter(&copies);
+  CopyCounter alsoMoved = std::move(*makeCounter(&copies));
+  EXPECT_EQ(copies, 0);
+  auto held = makeCounter(&copies);
+  CopyCounter copied = *held; // an lvalue Result still copies
+  EXPECT_EQ(copies, 1);
+  (void)moved, (void)alsoMoved, (void)copied;
+}
+
 } // namespace

@@ -68,6 +68,9 @@ public:
   const T *operator->() const { return &value(); }
   T &operator*() & { return value(); }
   const T &operator*() const & { return value(); }
+  /// `*make()` of a temporary moves its value out (without this overload it
+  /// bound to the const one, and std::move(*make()) silently copied).
+  T &&operator*() && { return std::move(*this).value(); }
 
   Status status() const {
     return isOk() ? Status::ok() : std::get<Status>(value_);
