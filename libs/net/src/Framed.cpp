@@ -1,11 +1,12 @@
 // Framed channel on Asio: every connection reads frames in a loop on its
 // strand and writes from a queue; send() serialises on the caller's thread
-// and posts the frame to the strand.
+// and hands the frame to the strand (inline when called on it).
 #include "llmir/net/Framed.h"
 
 #include "llmir/support/ClusterAuth.h"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -89,10 +90,12 @@ public:
     }
     for (int i = 0; i < 4; ++i)
       frame[i] = static_cast<char>((size >> (8 * i)) & 0xff);
-    asio::post(socket_.get_executor(),
-               [self = shared_from_this(), frame = std::move(frame)]() mutable {
-                 self->enqueue(std::move(frame));
-               });
+    // On the connection's own I/O thread (a handler answering a message)
+    // the frame is written at once, not after the handler returns.
+    asio::dispatch(socket_.get_executor(),
+                   [self = shared_from_this(), frame = std::move(frame)]() mutable {
+                     self->enqueue(std::move(frame));
+                   });
     return Status::ok();
   }
 

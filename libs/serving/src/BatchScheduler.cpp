@@ -91,6 +91,10 @@ template <typename T> bool contains(const std::vector<T> &v, const T &x) {
 template <typename C, typename T> void erase(C &c, const T &x) {
   c.erase(std::remove(c.begin(), c.end(), x), c.end());
 }
+// Set while this thread is inside backend_.submit: a synchronous backend
+// completes the step there, and that completion must not submit the next
+// step itself (the stack would grow by a step per token).
+thread_local bool insideSubmit = false;
 } // namespace
 
 BatchScheduler::BatchScheduler(ReplicaBackend &backend,
@@ -596,9 +600,13 @@ void BatchScheduler::submit(InFlightStep step) {
   if (observer)
     observer(step.stats);
   const uint64_t stepId = step.request.step_id();
+  const bool outer = !insideSubmit;
+  insideSubmit = true;
   backend_.submit(step.request, [this, stepId](Result<proto::StepResponse> response) {
     onStepDone(stepId, std::move(response));
   });
+  if (outer)
+    insideSubmit = false;
 }
 
 void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> response) {
@@ -673,6 +681,21 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
       onTokenLocked(seq, sampled.at(id));
   }
   ++version_;
+  if (loopStarted_ && !stopping_ && !insideSubmit) {
+    // The next step goes out before this step's events are handed out: the
+    // replica computes while the tokens are framed and streamed to the
+    // clients, and no wake-up of the loop thread sits between two steps.
+    std::optional<InFlightStep> next = scheduleLocked();
+    std::vector<StoreLoad> loads;
+    loads.swap(storeLoadsToSend_);
+    if (next || !loads.empty()) {
+      lock.unlock();
+    sendStoreLoads(std::move(loads));
+      if (next)
+        submit(std::move(*next));
+      lock.lock();
+    }
+  }
   deliver(lock);
   --completing_;
   wake_.notify_all();
@@ -729,6 +752,7 @@ void BatchScheduler::start() {
   if (thread_.joinable())
     return;
   stopping_ = false;
+  loopStarted_ = true;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -745,6 +769,8 @@ void BatchScheduler::stop() {
   requestStop();
   if (thread_.joinable())
     thread_.join();
+  std::lock_guard<std::mutex> lock(mutex_);
+  loopStarted_ = false;
 }
 
 std::vector<DetachedRequest> BatchScheduler::detachAll() {

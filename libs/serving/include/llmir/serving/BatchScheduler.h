@@ -11,7 +11,9 @@
 // Thread safety: every public method may be called from any thread. Event
 // callbacks run on the thread that completed a step (or called cancel()),
 // never under the scheduler's lock, so they may call back into it; they
-// should return quickly.
+// should return quickly. Once start()ed, the thread that completes a step
+// also schedules and submits the next one, before it hands out the step's
+// events (unless it is inside the backend's submit: a synchronous backend).
 #pragma once
 
 #include "llmir/serving/BlockManager.h"
@@ -267,6 +269,9 @@ private:
   std::function<void(const StepStats &)> stepObserver_;
   std::thread thread_;
   bool stopping_ = false;
+  /// start() was called (and not stop()): a completed step then schedules
+  /// and submits the next one itself, on the thread that completed it.
+  bool loopStarted_ = false;
 };
 
 } // namespace llmir::serving
