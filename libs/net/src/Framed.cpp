@@ -1,6 +1,7 @@
 // Framed channel on Asio: every connection reads frames in a loop on its
 // strand and writes from a queue; send() serialises on the caller's thread
-// and hands the frame to the strand (inline when called on it).
+// and writes the frame there when nothing is queued, else hands it to the
+// strand (inline when called on it).
 #include "llmir/net/Framed.h"
 
 #include "llmir/support/ClusterAuth.h"
@@ -24,6 +25,8 @@
 #include <map>
 #include <mutex>
 #include <thread>
+
+#include <sys/socket.h>
 
 namespace llmir::net {
 namespace {
@@ -90,11 +93,29 @@ public:
     }
     for (int i = 0; i < 4; ++i)
       frame[i] = static_cast<char>((size >> (8 * i)) & 0xff);
+    {
+      // Nothing queued or being written: write from this thread, without
+      // waking the I/O thread (a step's round trip crosses this twice).
+      std::lock_guard lock(writeMu_);
+      if (open_ && authenticated_ && !writing_ && outQueue_.empty() && framesHandedOver_ == 0) {
+        const ssize_t n = ::send(socket_.native_handle(), frame.data(), frame.size(),
+                                 MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == static_cast<ssize_t>(frame.size())) {
+          queuedBytes_ -= frame.size();
+          return Status::ok();
+        }
+        if (n > 0) { // the rest goes through the I/O thread, ahead of later frames
+          queuedBytes_ -= static_cast<uint64_t>(n);
+          frame.erase(0, static_cast<size_t>(n));
+        } // n < 0: a full socket buffer waits there; an error ends it there
+      }
+      ++framesHandedOver_;
+    }
     // On the connection's own I/O thread (a handler answering a message)
-    // the frame is written at once, not after the handler returns.
+    // the frame is queued at once, not after the handler returns.
     asio::dispatch(socket_.get_executor(),
                    [self = shared_from_this(), frame = std::move(frame)]() mutable {
-                     self->enqueue(std::move(frame));
+                     self->enqueue(std::move(frame), /*handedOver=*/true);
                    });
     return Status::ok();
   }
@@ -122,11 +143,14 @@ private:
   void opened() {
     if (!open_)
       return;
-    authenticated_ = true;
     handshakeTimer_.cancel();
-    for (std::string &frame : heldFrames_)
-      outQueue_.push_back(std::move(frame));
-    heldFrames_.clear();
+    {
+      std::lock_guard lock(writeMu_);
+      authenticated_ = true;
+      for (std::string &frame : heldFrames_)
+        outQueue_.push_back(std::move(frame));
+      heldFrames_.clear();
+    }
     if (handlers_->onOpen)
       handlers_->onOpen(shared_from_this());
     flush();
@@ -154,7 +178,10 @@ private:
 
   void writeRaw(std::string bytes) {
     queuedBytes_ += bytes.size();
-    outQueue_.push_back(std::move(bytes));
+    {
+      std::lock_guard lock(writeMu_);
+      outQueue_.push_back(std::move(bytes));
+    }
     flush();
   }
 
@@ -276,31 +303,43 @@ private:
     enqueue(std::move(frame));
   }
 
-  void enqueue(std::string frame) {
-    if (!open_)
-      return;
-    if (!authenticated_) { // nothing of the application's before the handshake
-      heldFrames_.push_back(std::move(frame));
-      return;
+  // handedOver: a frame send() passed to this thread (counted there).
+  void enqueue(std::string frame, bool handedOver = false) {
+    {
+      std::lock_guard lock(writeMu_);
+      if (handedOver) // queued in the same hold: no direct write overtakes it
+        --framesHandedOver_;
+      if (!open_)
+        return;
+      if (!authenticated_) { // nothing of the application's before the handshake
+        heldFrames_.push_back(std::move(frame));
+        return;
+      }
+      outQueue_.push_back(std::move(frame));
     }
-    outQueue_.push_back(std::move(frame));
     flush();
   }
 
   void flush() {
+    std::unique_lock lock(writeMu_);
     if (writing_ || !open_)
       return;
     if (outQueue_.empty()) {
+      lock.unlock();
       if (closeAfterFlush_)
         finish(rejectReason_);
       return;
     }
     writing_ = true;
+    // The front frame stays put: the deque only grows at the back meanwhile.
     asio::async_write(socket_, asio::buffer(outQueue_.front()),
                       [self = shared_from_this()](error_code ec, size_t n) {
-                        self->writing_ = false;
-                        self->queuedBytes_ -= self->outQueue_.front().size();
-                        self->outQueue_.pop_front();
+                        {
+                          std::lock_guard lock(self->writeMu_);
+                          self->writing_ = false;
+                          self->queuedBytes_ -= self->outQueue_.front().size();
+                          self->outQueue_.pop_front();
+                        }
                         if (ec)
                           return self->finish(Status::error(
                               "writing to " + self->peer_ + " failed: " + ec.message()));
@@ -313,8 +352,11 @@ private:
       return;
     error_code ignored;
     handshakeTimer_.cancel();
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    {
+      std::lock_guard lock(writeMu_); // no direct write into a closed descriptor
+      socket_.shutdown(tcp::socket::shutdown_both, ignored);
+      socket_.close(ignored);
+    }
     // The queue stays: a write in flight still points into its front.
     if (handlers_->onClose)
       handlers_->onClose(shared_from_this(), reason);
@@ -336,8 +378,13 @@ private:
   std::atomic<uint64_t> queuedBytes_{0};
   std::array<unsigned char, 4> header_{};
   std::string body_;
+  // Guards the write side (send() writes directly from other threads):
+  // outQueue_, writing_, heldFrames_, authenticated_, framesHandedOver_ and
+  // the descriptor's closing.
+  std::mutex writeMu_;
   std::deque<std::string> outQueue_;
   bool writing_ = false;
+  int framesHandedOver_ = 0; // dispatched by send(), not yet in outQueue_
   bool closeAfterFlush_ = false;
   Status rejectReason_;
 };

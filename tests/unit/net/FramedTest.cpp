@@ -98,6 +98,45 @@ TEST(FramedTest, SendIsSafeFromManyThreads) {
     EXPECT_EQ(c, 50);
 }
 
+// send() writes a frame from the caller's thread when nothing is queued; a
+// frame larger than the socket buffer is only partly written there and its
+// rest goes through the I/O thread. Frames after it, from this thread or
+// others, must neither overtake it nor interleave with it.
+TEST(FramedTest, FramesLargerThanTheSocketBufferStayWholeAndInOrder) {
+  EchoServer echo;
+  auto client = FramedClient::connect("127.0.0.1", echo.server->port(), 5s);
+  ASSERT_TRUE(client.isOk()) << client.message();
+  auto id = [](int thread, int i) {
+    // Every third frame is 3 MB: far past a loopback socket's buffer.
+    const size_t size = i % 3 == 0 ? (3u << 20) : 8;
+    std::string s = std::to_string(thread) + ":" + std::to_string(i) + ":";
+    s.resize(size, static_cast<char>('a' + (thread * 7 + i) % 26));
+    return s;
+  };
+  constexpr int kThreads = 3, kFrames = 12;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kFrames; ++i)
+        EXPECT_TRUE((*client)->send(heartbeat(id(t, i))).isOk());
+    });
+  for (auto &t : threads)
+    t.join();
+  int next[kThreads] = {};
+  for (int n = 0; n < kThreads * kFrames; ++n) {
+    auto e = (*client)->receive(10s);
+    ASSERT_TRUE(e.isOk()) << e.message();
+    const std::string &got = e->heartbeat().worker_id();
+    const int t = std::stoi(got);
+    ASSERT_GE(t, 0);
+    ASSERT_LT(t, kThreads);
+    EXPECT_EQ(got, id(t, next[t])) << "frame " << next[t] << " of thread " << t;
+    ++next[t];
+  }
+  for (int c : next)
+    EXPECT_EQ(c, kFrames);
+}
+
 TEST(FramedTest, ReceiveTimesOut) {
   EchoServer echo;
   auto client = FramedClient::connect("127.0.0.1", echo.server->port(), 5s);
