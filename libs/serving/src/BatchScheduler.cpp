@@ -690,7 +690,7 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     loads.swap(storeLoadsToSend_);
     if (next || !loads.empty()) {
       lock.unlock();
-    sendStoreLoads(std::move(loads));
+      sendStoreLoads(std::move(loads));
       if (next)
         submit(std::move(*next));
       lock.lock();
