@@ -590,24 +590,7 @@ void Client::Impl::fillRecord(size_t index, BlockMeta &m) const {
 bool Client::Impl::sharedMemoryAllowed() const {
   if (!options_.sharedMemory)
     return false;
-  const char *tls = std::getenv("UCX_TLS");
-  if (!tls || !*tls)
-    return true;
-  std::string list = tls;
-  bool exclude = list[0] == '^';
-  bool named = false;
-  size_t at = exclude ? 1 : 0;
-  while (at <= list.size()) {
-    size_t end = list.find(',', at);
-    if (end == std::string::npos)
-      end = list.size();
-    std::string name = list.substr(at, end - at);
-    if (name == "shm" || name == "sm" || name == "posix" || name == "sysv" ||
-        name == "cma" || name == "mm" || (name == "all" && !exclude))
-      named = true;
-    at = end + 1;
-  }
-  return exclude ? !named : named;
+  return ucx::transportsAllow({"shm", "sm", "posix", "sysv", "cma", "mm"});
 }
 
 Status Client::Impl::headerOnlyCall(wire::Op op, const std::string &what,

@@ -13,27 +13,23 @@ std::string errorText(ucs_status_t status) {
   return ucs_status_string(status);
 }
 
-namespace {
-// Whether UCX_TLS lets UCX use tcp (unset, "all", a list naming it, or a
-// "^" list that does not): without tcp, UCX warns that a tcp setting was
-// not used by any transport.
-bool transportsIncludeTcp() {
+bool transportsAllow(std::initializer_list<std::string_view> names) {
   const char *tls = std::getenv("UCX_TLS");
   if (!tls || !*tls)
     return true;
-  std::string list = tls;
-  bool exclude = list[0] == '^';
+  const std::string_view list = tls;
+  const bool exclude = list[0] == '^';
   bool named = false;
   for (size_t at = exclude ? 1 : 0; at <= list.size();) {
-    size_t end = std::min(list.find(',', at), list.size());
-    std::string name = list.substr(at, end - at);
-    if (name == "tcp" || (name == "all" && !exclude))
-      named = true;
+    const size_t end = std::min(list.find(',', at), list.size());
+    const std::string_view name = list.substr(at, end - at);
+    named |= name == "all" && !exclude;
+    for (std::string_view n : names)
+      named |= name == n;
     at = end + 1;
   }
   return exclude ? !named : named;
 }
-} // namespace
 
 Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   std::unique_ptr<Worker> w(new Worker());
@@ -59,7 +55,7 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   // needs UCX_TCP_RX_SEG_SIZE of at least 256k. ("TX_SEG_SIZE" is the
   // transport's own name: ucp_config_modify hands unknown names to every
   // transport, and only tcp has these in UCX 1.13.)
-  if (transportsIncludeTcp() && !std::getenv("UCX_TCP_TX_SEG_SIZE") &&
+  if (transportsAllow({"tcp"}) && !std::getenv("UCX_TCP_TX_SEG_SIZE") &&
       !std::getenv("UCX_TCP_RX_SEG_SIZE")) {
     for (const char *name : {"TX_SEG_SIZE", "RX_SEG_SIZE"}) {
       st = ucp_config_modify(config, name, kTcpSegmentSize);

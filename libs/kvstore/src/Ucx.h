@@ -7,8 +7,10 @@
 #include <ucp/api/ucp.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <sys/socket.h>
 
 namespace llmir::kvstore::ucx {
@@ -64,6 +66,10 @@ private:
 };
 
 /// host:port as a socket address (numeric or resolvable host names).
+/// Whether UCX_TLS lets UCX use a transport called one of `names` (unset,
+/// "all", a list naming one, or a "^" exclusion list naming none).
+bool transportsAllow(std::initializer_list<std::string_view> names);
+
 Result<sockaddr_storage> resolve(const std::string &host, uint16_t port,
                                  socklen_t &length);
 

@@ -3,6 +3,7 @@
 // hashes as it goes) must both give XXH3-64 exactly, whichever computes it:
 // the values below came from libxxhash's own XXH3_64bits.
 #include "SharedArena.h"
+#include "Ucx.h"
 
 #include "llmir/kvstore/BlockKey.h"
 
@@ -10,6 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <vector>
@@ -122,3 +125,37 @@ TEST(SharedArena, AllocatesFirstFitMergesFreedRangesAndMapsOnlyWithItsNonce) {
 }
 
 } // namespace
+
+namespace llmir::kvstore::ucx {
+namespace {
+
+// UCX_TLS as UCX reads it: unset or "all" allows everything, a list allows
+// what it names, a "^" list everything it does not name.
+TEST(UcxTransports, FollowUcxTls) {
+  const char *saved = std::getenv("UCX_TLS");
+  const std::string before = saved ? saved : "";
+  const std::initializer_list<std::string_view> shm = {"shm", "sm", "posix", "sysv", "cma", "mm"};
+  unsetenv("UCX_TLS");
+  EXPECT_TRUE(transportsAllow({"tcp"}));
+  setenv("UCX_TLS", "all", 1);
+  EXPECT_TRUE(transportsAllow(shm));
+  setenv("UCX_TLS", "tcp", 1);
+  EXPECT_TRUE(transportsAllow({"tcp"}));
+  EXPECT_FALSE(transportsAllow(shm));
+  setenv("UCX_TLS", "rc,posix,tcp", 1);
+  EXPECT_TRUE(transportsAllow(shm));
+  setenv("UCX_TLS", "^tcp", 1);
+  EXPECT_FALSE(transportsAllow({"tcp"}));
+  EXPECT_TRUE(transportsAllow(shm));
+  setenv("UCX_TLS", "^all", 1); // excludes nothing by that name
+  EXPECT_TRUE(transportsAllow({"tcp"}));
+  setenv("UCX_TLS", "tcpx", 1); // whole names only
+  EXPECT_FALSE(transportsAllow({"tcp"}));
+  if (saved)
+    setenv("UCX_TLS", before.c_str(), 1);
+  else
+    unsetenv("UCX_TLS");
+}
+
+} // namespace
+} // namespace llmir::kvstore::ucx
