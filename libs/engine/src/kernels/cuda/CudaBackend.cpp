@@ -686,38 +686,6 @@ private:
                               *kFrequencies, v.data(), deviceStep_, a, cache_, stream());
   }
 
-  /// The outputs of the linear group whose first instruction is `head`, for
-  /// input x (shapes checked, outputs sized).
-  Status groupOutputs(size_t head, const DeviceTensor &x,
-                      std::vector<cuda::LinearOutput> &outputs) {
-    const size_t groupSize = head < linearGroupSize_.size() ? linearGroupSize_[head] : 1;
-    for (size_t j = head; j < head + groupSize; ++j) {
-      const BoundInstruction &member = program_.instructions[j];
-      const DeviceWeight &w = weights_[member.inputs[1]];
-      if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
-        return Status::error("input " + model::formatShape(x.shape) +
-                             " does not match weight [N, K] = " + model::formatShape(w.shape));
-      const float *bias =
-          member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
-      DeviceTensor &y =
-          member.outputAliasesInput[0] ? aliased_ : activations_[member.outputs[0]];
-      LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
-      outputs.push_back({w.view(), bias, y.data()});
-    }
-    return Status::ok();
-  }
-
-  /// The SWIGLU's output when the group at `head` computes it too
-  /// (planSwigluFusions, whole-program runs only), sized; else null.
-  float *swigluOutput(size_t head, int64_t rows, const std::vector<cuda::LinearOutput> &outputs) {
-    if (!wholeProgram_ || head >= linearSwiglu_.size() || !linearSwiglu_[head])
-      return nullptr;
-    DeviceTensor &y = activations_[program_.instructions[head + 2].outputs[0]];
-    if (!y.reshape({rows, outputs[0].w.rows}).isOk())
-      return nullptr; // the unfused path reports the allocation failure
-    return y.data();
-  }
-
   // --- CUDA graphs -----------------------------------------------------------
   struct GraphKey {
     int64_t tokens;
@@ -895,10 +863,29 @@ private:
     case proto::LINEAR: {
       const DeviceTensor &x = act(0);
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      const size_t groupSize = index < linearGroupSize_.size() ? linearGroupSize_[index] : 1;
       std::vector<cuda::LinearOutput> outputs;
-      LLMIR_RETURN_IF_ERROR(groupOutputs(index, x, outputs));
-      if (float *y = swigluOutput(index, x.rows(), outputs))
-        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1], y);
+      for (size_t j = index; j < index + groupSize; ++j) {
+        const BoundInstruction &member = program_.instructions[j];
+        const DeviceWeight &w = weights_[member.inputs[1]];
+        if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
+          return Status::error("input " + model::formatShape(x.shape) +
+                               " does not match weight [N, K] = " +
+                               model::formatShape(w.shape));
+        const float *bias =
+            member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
+        DeviceTensor &y = member.outputAliasesInput[0] ? aliased_
+                                                       : activations_[member.outputs[0]];
+        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
+        outputs.push_back({w.view(), bias, y.data()});
+      }
+      // gate, up and the SWIGLU after them (planSwigluFusions).
+      if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
+        DeviceTensor &y = activations_[program_.instructions[index + 2].outputs[0]];
+        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), outputs[0].w.rows}));
+        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1],
+                                  y.data());
+      }
       return cuda::linearGroup(context_, x.data(), x.rows(), outputs);
     }
     case proto::ROPE: {

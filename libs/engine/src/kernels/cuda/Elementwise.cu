@@ -87,8 +87,8 @@ struct Best {
 };
 
 // Whether (v, i) replaces best: the first candidate, a larger value, or an
-// equal one at a lower index. A thread sees its own indices in ascending
-// order, so within a thread "larger" alone keeps the lowest.
+// equal one at a lower index (engine::argmax's rule; a thread's own indices
+// come in ascending order, so within a thread only a larger value wins).
 __device__ __forceinline__ bool better(float v, int64_t i, const Best &best, int64_t V) {
   return i < V && (best.index == V || v > best.value || (v == best.value && i < best.index));
 }
@@ -99,12 +99,9 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
   const float *row = logits + blockIdx.x * V;
   Best best{-INFINITY, V};
   auto offer = [&](float v, int64_t i) {
-    if (best.index == V || v > best.value) {
-      best.value = v;
-      best.index = i;
-    }
+    if (better(v, i, best, V))
+      best = {v, i};
   };
-  int64_t scalarFrom = 0;
   if (V % 4 == 0) { // rows start 16-byte aligned
     const float4 *row4 = reinterpret_cast<const float4 *>(row);
     const int64_t n4 = V / 4;
@@ -127,10 +124,10 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
         }
       }
     }
-    scalarFrom = V; // nothing left
+  } else {
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+      offer(row[i], i);
   }
-  for (int64_t i = scalarFrom + threadIdx.x; i < V; i += blockDim.x)
-    offer(row[i], i);
   for (int offset = 16; offset > 0; offset /= 2) {
     const float v = __shfl_xor_sync(0xffffffffu, best.value, offset);
     const int64_t i = __shfl_xor_sync(0xffffffffu, best.index, offset);

@@ -98,6 +98,13 @@ int64_t tensorCoreMinTokens() {
   return tokens;
 }
 
+/// Whether a product with weights stored as `storage` over T tokens runs as
+/// the GEMV (linear16) rather than on cuBLAS.
+bool takesGemv(detail::Storage storage, int64_t T) {
+  return storage == detail::Storage::F16 ||
+         (storage == detail::Storage::BF16 && T < tensorCoreMinTokens());
+}
+
 } // namespace
 
 namespace detail {
@@ -237,9 +244,7 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   for (const LinearOutput &o : outputs)
     if (o.w.cols != K || o.w.dtype != outputs.front().w.dtype)
       return Status::error("CUDA linear group: weights differ in K or dtype");
-  if (*storage == detail::Storage::BF16 && T >= tensorCoreMinTokens())
-    return splitGemms(state, x, T, outputs);
-  if (*storage != detail::Storage::F32) {
+  if (takesGemv(*storage, T)) {
     for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
       detail::LinearSegments segments{};
       for (size_t i = first; i < outputs.size() && segments.count < detail::kMaxLinearSegments;
@@ -251,6 +256,8 @@ Status linearGroup(Context &context, const float *x, int64_t T,
     }
     return Status::ok();
   }
+  if (*storage == detail::Storage::BF16)
+    return splitGemms(state, x, T, outputs);
   const float one = 1.0f, zero = 0.0f;
   for (const LinearOutput &o : outputs) {
     const int64_t N = o.w.rows;
@@ -276,9 +283,7 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
     return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
   Result<detail::Storage> storage = storageOf(gate.w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  const bool gemv = *storage == detail::Storage::F16 ||
-                    (*storage == detail::Storage::BF16 && T < tensorCoreMinTokens());
-  if (!gemv) {
+  if (!takesGemv(*storage, T)) {
     const LinearOutput both[2] = {gate, up};
     LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
     return swiglu(gate.y, up.y, y, T * N, state.stream);
@@ -457,14 +462,14 @@ Status pagedAttention(const float *q, const float *k, const float *v,
   if (step.decodeSplits > 1 && step.attentionScratch) {
     detail::AttentionGeometry split = g;
     split.splits = step.decodeSplits;
-    if (step.splitCounters) {
+    if (step.splitCounters) { // the last split block of each (token, head) merges
       split.mergedOut = out;
       split.splitCounters = step.splitCounters;
-      return cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
-                        "split attention");
     }
     LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
                                      "split attention"));
+    if (split.mergedOut)
+      return Status::ok();
     return cudaStatus(detail::mergeAttention(stream, step.attentionScratch, g.numQueries,
                                              step.decodeSplits, g.numHeads, g.headDim, out),
                       "split attention merge");

@@ -57,39 +57,41 @@ __device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
   }
 }
 
+// Elements one warp-wide round of 16-byte loads covers.
+constexpr int64_t kRoundStride = 32 * 8;
+
+// Round k of a weight row: kLoadsInFlight warp-wide loads, those past K
+// skipped.
+__device__ __forceinline__ void loadRound(const unsigned short *row, int64_t k, int64_t K,
+                                          uint4 (&packed)[kLoadsInFlight]) {
+#pragma unroll
+  for (int j = 0; j < kLoadsInFlight; ++j)
+    packed[j] = k + j * kRoundStride < K
+                    ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kRoundStride))
+                    : make_uint4(0, 0, 0, 0);
+}
+
 // One warp's dot products of weight row `row` with the block's tokens,
 // added to acc. `packed` holds the first round of the row's loads when
 // `loaded` (issued before the kernel waited for its input); each round's
 // kLoadsInFlight loads are issued before any product of it, and the last
 // round's missing ones (past K) are skipped, not run one at a time.
 template <int Tokens>
-__device__ __forceinline__ void loadRound(const unsigned short *row, int64_t k, int64_t K,
-                                          uint4 (&packed)[kLoadsInFlight]) {
-  constexpr int64_t kStride = 32 * 8; // elements one warp-wide load covers
-#pragma unroll
-  for (int j = 0; j < kLoadsInFlight; ++j)
-    packed[j] = k + j * kStride < K
-                    ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kStride))
-                    : make_uint4(0, 0, 0, 0);
-}
-
-template <int Tokens>
 __device__ __forceinline__ void dotRow(const unsigned short *row, int64_t K, int lane, bool bf16,
                                        const float *xs, int tokens,
                                        uint4 (&packed)[kLoadsInFlight], bool loaded,
                                        float (&acc)[Tokens]) {
   if (K % 8 == 0) {
-    constexpr int64_t kStride = 32 * 8;
     int64_t k = int64_t(lane) * 8;
     if (!loaded && k < K)
-      loadRound<Tokens>(row, k, K, packed);
-    for (; k < K; k += kLoadsInFlight * kStride) {
+      loadRound(row, k, K, packed);
+    for (; k < K; k += kLoadsInFlight * kRoundStride) {
 #pragma unroll
       for (int j = 0; j < kLoadsInFlight; ++j)
-        if (k + j * kStride < K)
-          accumulate8<Tokens>(packed[j], bf16, xs + k + j * kStride, K, tokens, acc);
-      if (k + kLoadsInFlight * kStride < K)
-        loadRound<Tokens>(row, k + kLoadsInFlight * kStride, K, packed);
+        if (k + j * kRoundStride < K)
+          accumulate8<Tokens>(packed[j], bf16, xs + k + j * kRoundStride, K, tokens, acc);
+      if (k + kLoadsInFlight * kRoundStride < K)
+        loadRound(row, k + kLoadsInFlight * kRoundStride, K, packed);
     }
     return;
   }
@@ -116,7 +118,7 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
 // reads all of it, and shared loads keep the weight loads the only global
 // traffic in flight. Paired (SwiGLU fused): segments 0 and 1 are gate and
 // up of one width; each warp computes row n of both and writes
-// silu(gate) * up to swigluOut, with the SWIGLU kernel's arithmetic.
+// silu(gate) * up to segment 0's y, with the SWIGLU kernel's arithmetic.
 // 64 KiB: the down projection of an 8B shape (K = 14,336) at one token; past
 // the default 48 KiB a kernel must opt in (allowSharedX), and 64 KiB still
 // leaves three blocks per multiprocessor.
@@ -142,7 +144,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   uint4 packed[kLoadsInFlight];
   const bool loaded = active && K % 8 == 0;
   if (loaded)
-    loadRound<Tokens>(row, int64_t(lane) * 8, K, packed);
+    loadRound(row, int64_t(lane) * 8, K, packed);
   waitForPrecedingKernels();
   allowDependentLaunch();
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
