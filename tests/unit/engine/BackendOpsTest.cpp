@@ -455,6 +455,11 @@ TEST_F(BackendOps, PagedAttention) {
   };
   const std::vector<AttentionCase> cases = {
       {"MHA decode", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
+      // One query row takes the group kernel (a block per KV head): groups
+      // of 4 and 8 heads, keys over several chunks, a sliding window.
+      {"GQA decode", 8, 2, 128, 16, 1, {100}, {0}, {{5, 2, 7, 0, 6, 1, 3}}},
+      {"GQA decode group of 8", 16, 2, 64, 32, 0, {150}, {0}, {{3, 6, 1, 7, 0}}},
+      {"GQA windowed decode", 4, 2, 32, 16, 0, {90}, {0}, {{6, 1, 5, 2, 7, 0}}, 40},
       {"GQA prefill",
        8,
        2,

@@ -5,10 +5,12 @@
 // short kernels whose launch gaps and ramp-ups were half of its time.
 //
 // The rule every kernel launched with launchDependent() keeps: nothing it
-// reads that an earlier kernel writes (activations, the KV cache, the
-// step's tables), and nothing it writes, is touched before
-// waitForPrecedingKernels(); only data no kernel writes (weights) may be
-// read before it. The wait returns once the preceding kernels have
+// reads that an earlier kernel writes (activations, the KV cache), and
+// nothing it writes, is touched before waitForPrecedingKernels(); only data
+// no kernel writes may be read before it: weights, and the step's tables
+// (ids, positions, block tables), which the host uploads ahead of the
+// step's first kernel (a copy, never a dependent launch: every kernel of the
+// step starts after it). The wait returns once the preceding kernels have
 // completed and their writes are visible, whatever they signalled, so the
 // early signal (allowDependentLaunch) each kernel gives at its start only
 // lets the next kernel's blocks be placed once all of this kernel's blocks

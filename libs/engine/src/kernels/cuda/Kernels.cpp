@@ -123,6 +123,14 @@ bool dependentLaunchEnabled() {
   }();
   return enabled;
 }
+
+bool groupDecodeEnabled() {
+  static const bool enabled = [] {
+    const char *text = std::getenv("LLMIR_CUDA_GROUP_ATTENTION");
+    return !(text && std::string(text) == "0");
+  }();
+  return enabled;
+}
 } // namespace detail
 
 Context::Context(std::unique_ptr<State> state) : state_(std::move(state)) {}

@@ -19,6 +19,10 @@ using Stream = ::CUstream_st *;
 /// before them (DependentLaunch.cuh): on devices of compute capability 9.0
 /// and up, unless LLMIR_CUDA_PDL=0. Read once per process.
 bool dependentLaunchEnabled();
+/// Whether decode attention runs one block per KV head's group of query
+/// heads (groupDecodeKernel in Attention.cu) where it applies, unless
+/// LLMIR_CUDA_GROUP_ATTENTION=0 (kept for measuring). Read once per process.
+bool groupDecodeEnabled();
 
 int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
 /// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
