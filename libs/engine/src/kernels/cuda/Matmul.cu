@@ -126,11 +126,13 @@ constexpr int64_t kSharedXBytes = 64 * 1024;
 constexpr int64_t kDefaultSharedBytes = 48 * 1024;
 
 // One token's unpaired GEMV kept to 64 registers (66 unbounded): four blocks
-// a multiprocessor instead of three, an 8B shape's O and down projections
-// (512 blocks) in one wave instead of 1.3 (down 45.3 -> 39.0 us alone on an
-// H200). The others are left to the compiler (0): bounded, they spill.
-template <int Tokens, bool Paired>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, Tokens == 1 && !Paired ? 4 : 0)
+// of 8 rows a multiprocessor instead of three, an 8B shape's O projection
+// (512 blocks) in one wave instead of 1.3. The others are left to the
+// compiler (0): bounded, they spill. Warps: rows a block (kWarpsPerBlock, or
+// kWideWarps where x's staging lets few blocks share a multiprocessor).
+template <int Tokens, bool Paired, int Warps = kWarpsPerBlock>
+__global__ void __launch_bounds__(Warps * 32,
+                                  Tokens == 1 && !Paired ? 4 * kWarpsPerBlock / Warps : 0)
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   extern __shared__ float4 staged[];
@@ -138,7 +140,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, Tokens == 1 && !Paired ? 
   while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
     ++s;
   const LinearSegment seg = segments.segment[s];
-  const int64_t n = (blockIdx.x - segments.firstBlock[s]) * int64_t(kWarpsPerBlock) +
+  const int64_t n = (blockIdx.x - segments.firstBlock[s]) * int64_t(Warps) +
                     threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const bool active = n < seg.N;
@@ -200,11 +202,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, Tokens == 1 && !Paired ? 
   }
 }
 
-/// Lets linear16Kernel<Tokens, Paired> take kSharedXBytes of dynamic shared
-/// memory on the current device (once per device: the attribute is the
-/// device's; the first launch of a shape runs eagerly, before any graph
+/// Lets linear16Kernel<Tokens, Paired, Warps> take kSharedXBytes of dynamic
+/// shared memory on the current device (once per device: the attribute is
+/// the device's; the first launch of a shape runs eagerly, before any graph
 /// records it).
-template <int Tokens, bool Paired> void allowSharedX() {
+template <int Tokens, bool Paired, int Warps> void allowSharedX() {
   static std::atomic<uint64_t> devices{0};
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess || device >= 64)
@@ -212,29 +214,49 @@ template <int Tokens, bool Paired> void allowSharedX() {
   const uint64_t bit = uint64_t(1) << device;
   if (devices.load() & bit)
     return;
-  cudaFuncSetAttribute(linear16Kernel<Tokens, Paired>,
+  cudaFuncSetAttribute(linear16Kernel<Tokens, Paired, Warps>,
                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                        static_cast<int>(kSharedXBytes));
   devices.fetch_or(bit);
 }
 
+// Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
+// three blocks fit a multiprocessor: 512 blocks of 8 rows were 1.3 waves,
+// the second mostly idle. Blocks of kWideWarps rows (one token, unpaired)
+// put the whole grid in one wave: on an H200 the down projection alone
+// 39.0 -> 35.7 us (45.3 before the 64-register bound), 8B batch 1 +1%.
+constexpr int kWideWarps = 16;
+
+template <int Tokens, bool Paired, int Warps>
+void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
+                size_t shared, LinearSegments segments) {
+  if (shared > size_t(kDefaultSharedBytes))
+    allowSharedX<Tokens, Paired, Warps>();
+  int64_t blocks = 0;
+  for (int s = 0; s < segments.count; ++s) {
+    segments.firstBlock[s] = static_cast<unsigned>(blocks);
+    if (!Paired || s == 0) // paired: segment 0's rows carry both
+      blocks += (segments.segment[s].N + Warps - 1) / Warps;
+  }
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
+  launchDependent(linear16Kernel<Tokens, Paired, Warps>, grid, Warps * 32, shared, stream, x, T,
+                  K, bf16, stageX, segments);
+}
+
 template <int Tokens>
 void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf16,
-                    const LinearSegments &segments, unsigned blocks) {
-  const dim3 grid(blocks, static_cast<unsigned>((T + Tokens - 1) / Tokens));
+                    const LinearSegments &segments) {
   const int64_t xBytes = std::min<int64_t>(T, Tokens) * K * int64_t(sizeof(float));
   const bool stageX = K % 8 == 0 && xBytes <= kSharedXBytes;
   const size_t shared = stageX ? static_cast<size_t>(xBytes) : 0;
-  auto launch = [&](auto kernel, auto allow) {
-    if (shared > size_t(kDefaultSharedBytes))
-      allow();
-    launchDependent(kernel, grid, kWarpsPerBlock * 32, shared, stream, x, T, K, bf16, stageX,
-                    segments);
-  };
   if (segments.pairedSwiglu)
-    launch(linear16Kernel<Tokens, true>, allowSharedX<Tokens, true>);
-  else
-    launch(linear16Kernel<Tokens, false>, allowSharedX<Tokens, false>);
+    return launchRows<Tokens, true, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared,
+                                                    segments);
+  if constexpr (Tokens == 1)
+    if (shared > size_t(kDefaultSharedBytes))
+      return launchRows<Tokens, false, kWideWarps>(stream, x, T, K, bf16, stageX, shared,
+                                                   segments);
+  launchRows<Tokens, false, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared, segments);
 }
 
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
@@ -274,27 +296,23 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
              LinearSegments segments) {
   if (T <= 0 || segments.count <= 0)
     return cudaGetLastError();
-  int64_t blocks = 0;
-  for (int s = 0; s < segments.count; ++s) {
-    segments.firstBlock[s] = static_cast<unsigned>(blocks);
-    if (!segments.pairedSwiglu || s == 0) // paired: segment 0's rows carry both
-      blocks += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  }
+  int64_t rows = 0;
+  for (int s = 0; s < segments.count; ++s)
+    rows += segments.segment[s].N;
   if (segments.pairedSwiglu &&
       (segments.count != 2 || segments.segment[0].N != segments.segment[1].N))
     return cudaErrorInvalidValue;
-  if (blocks == 0)
+  if (rows == 0)
     return cudaGetLastError();
   const bool bf16 = storage == Storage::BF16;
-  const unsigned grid = static_cast<unsigned>(blocks);
   if (T == 1)
-    launchLinear16<1>(stream, x, T, K, bf16, segments, grid);
+    launchLinear16<1>(stream, x, T, K, bf16, segments);
   else if (T == 2)
-    launchLinear16<2>(stream, x, T, K, bf16, segments, grid);
+    launchLinear16<2>(stream, x, T, K, bf16, segments);
   else if (T <= 4)
-    launchLinear16<4>(stream, x, T, K, bf16, segments, grid);
+    launchLinear16<4>(stream, x, T, K, bf16, segments);
   else
-    launchLinear16<8>(stream, x, T, K, bf16, segments, grid);
+    launchLinear16<8>(stream, x, T, K, bf16, segments);
   return cudaGetLastError();
 }
 
