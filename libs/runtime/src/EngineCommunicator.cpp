@@ -153,7 +153,12 @@ Status EngineCommunicator::recvOn(void *stream, float *data, size_t count,
 }
 
 Status EngineCommunicator::synchronize(void *stream) {
-  return runtime_.synchronize(stream, watched_);
+  LLMIR_RETURN_IF_ERROR(runtime_.synchronize(stream, watched_));
+  // An IPC all-reduce that gave up on a peer returns without its sums (it
+  // no longer traps): the step's results are void.
+  for (const auto &[id, ipc] : ipc_)
+    LLMIR_RETURN_IF_ERROR(ipc->lastDeviceError());
+  return Status::ok();
 }
 
 } // namespace llmir::runtime

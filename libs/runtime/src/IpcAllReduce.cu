@@ -59,7 +59,7 @@ struct Flags {
 /// The data halves start after the flags, 256-byte aligned.
 constexpr size_t kFlagsBytes = (sizeof(Flags) + 255) / 256 * 256;
 
-/// Written by a kernel (host-mapped memory) before it traps on a timeout.
+/// Written by a kernel (host-mapped memory) that gave up on a peer.
 struct DeviceFailure {
   int waitedForRank; // -1: none
   int block;
@@ -95,10 +95,26 @@ __device__ __forceinline__ unsigned long long loadAcquire(unsigned long long *p)
   return v;
 }
 
+/// Whether a kernel of this rank gave up on a peer (then every later call
+/// returns at once: its sums are void, and waiting out the timeout once per
+/// all-reduce of a step would stall the rank for minutes).
+__device__ __forceinline__ bool failed(const KernelArgs &a) {
+  return *static_cast<volatile int *>(&a.failure->waitedForRank) >= 0;
+}
+
 /// Blocks b of all ranks meet: thread p signals rank p and waits for rank
-/// p's signal. A peer that does not come within the timeout is reported to
-/// the host and the kernel traps (a hang would be worse).
-__device__ void barrier(const KernelArgs &a, unsigned long long value) {
+/// p's signal. A peer that does not come within the timeout (or a failure
+/// another block already reported) makes the block give up: the first to
+/// give up reports the peer to the host through the mapped DeviceFailure,
+/// and the kernel returns without its sums. It used to trap, which cost the
+/// process its CUDA context; the host now learns of it from
+/// lastDeviceError() (EngineCommunicator::synchronize checks it after each
+/// step) and gives the group up as it does an NCCL error. False when the
+/// block gave up.
+__device__ bool barrier(const KernelArgs &a, unsigned long long value) {
+  __shared__ bool gaveUp;
+  if (threadIdx.x == 0)
+    gaveUp = false;
   __syncthreads();
   const int peer = threadIdx.x;
   if (peer < a.ranks) {
@@ -107,18 +123,28 @@ __device__ void barrier(const KernelArgs &a, unsigned long long value) {
     if (loadAcquire(mine) < value) {
       const unsigned long long start = globalTimerNs();
       while (loadAcquire(mine) < value) {
+        if (failed(a)) {
+          gaveUp = true;
+          break;
+        }
         if (globalTimerNs() - start > a.timeoutNs) {
+          // Plain stores (atomics on host memory need support PCIe hosts
+          // lack): blocks giving up at once may mix their reports, each
+          // naming a peer that did not come.
           volatile DeviceFailure *f = a.failure;
-          f->waitedForRank = peer;
           f->block = blockIdx.x;
           f->barrierValue = value;
           __threadfence_system();
-          __trap();
+          f->waitedForRank = peer;
+          __threadfence_system();
+          gaveUp = true;
+          break;
         }
       }
     }
   }
   __syncthreads();
+  return !gaveUp;
 }
 
 __device__ __forceinline__ float4 add(float4 a, float4 b) {
@@ -174,13 +200,18 @@ __device__ __forceinline__ float4 sumOverRanks(const KernelArgs &a, size_t half,
   return sum;
 }
 
-/// This call's epoch (the same on every block and rank), from device memory.
+/// This call's epoch (the same on every block and rank), from device memory;
+/// 0 once this rank has given up on a peer (failed): the call does nothing.
 __device__ __forceinline__ unsigned long long beginCall(const KernelArgs &a) {
   __shared__ unsigned long long call;
   if (threadIdx.x == 0) {
-    volatile unsigned long long *calls = &a.flags[a.rank]->calls[blockIdx.x];
-    call = *calls + 1;
-    *calls = call;
+    if (failed(a)) {
+      call = 0;
+    } else {
+      volatile unsigned long long *calls = &a.flags[a.rank]->calls[blockIdx.x];
+      call = *calls + 1;
+      *calls = call;
+    }
   }
   __syncthreads();
   return call;
@@ -189,6 +220,8 @@ __device__ __forceinline__ unsigned long long beginCall(const KernelArgs &a) {
 template <bool Aligned>
 __global__ void __launch_bounds__(kThreads) oneShotKernel(KernelArgs a) {
   const unsigned long long call = beginCall(a);
+  if (call == 0)
+    return;
   const size_t half = (call & 1) * a.halfUnits;
   const size_t units = (a.count + 3) / 4;
   const size_t first = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -196,7 +229,8 @@ __global__ void __launch_bounds__(kThreads) oneShotKernel(KernelArgs a) {
   float4 *own = a.buffers[a.rank] + half;
   for (size_t u = first; u < units; u += stride)
     own[u] = loadUnit<Aligned>(a.data, u, a.count);
-  barrier(a, 2 * call);
+  if (!barrier(a, 2 * call))
+    return;
   for (size_t u = first; u < units; u += stride)
     storeUnit<Aligned>(a.data, u, a.count, sumOverRanks(a, half, u));
 }
@@ -204,6 +238,8 @@ __global__ void __launch_bounds__(kThreads) oneShotKernel(KernelArgs a) {
 template <bool Aligned>
 __global__ void __launch_bounds__(kThreads) twoShotKernel(KernelArgs a) {
   const unsigned long long call = beginCall(a);
+  if (call == 0)
+    return;
   const size_t half = (call & 1) * a.halfUnits;
   const size_t units = (a.count + 3) / 4;
   // Chunk p (rank p's to reduce) is units [begin(p), begin(p + 1)); within a
@@ -219,12 +255,14 @@ __global__ void __launch_bounds__(kThreads) twoShotKernel(KernelArgs a) {
   for (int p = 0; p < a.ranks; ++p)
     for (size_t u = begin(p) + first; u < begin(p + 1); u += stride)
       own[u] = loadUnit<Aligned>(a.data, u, a.count);
-  barrier(a, 2 * call);
+  if (!barrier(a, 2 * call))
+    return;
   // Reduce-scatter: this rank's chunk, in place in its own buffer (peers
   // read only their own chunks of it until the next barrier).
   for (size_t u = begin(a.rank) + first; u < begin(a.rank + 1); u += stride)
     own[u] = sumOverRanks(a, half, u);
-  barrier(a, 2 * call + 1);
+  if (!barrier(a, 2 * call + 1))
+    return;
   // All-gather: each chunk from the rank that reduced it.
   for (int p = 0; p < a.ranks; ++p)
     for (size_t u = begin(p) + first; u < begin(p + 1); u += stride)
@@ -411,8 +449,8 @@ Status IpcAllReduce::lastDeviceError() const {
       std::to_string(impl_->options.timeout.count()) + " ms for rank " +
       std::to_string(waited) + " at barrier " + std::to_string(f->barrierValue) +
       " (block " + std::to_string(f->block) +
-      "); the peer died or called a different sequence of collectives, and the "
-      "kernel trapped (this process's CUDA context is lost)");
+      "); the peer died or called a different sequence of collectives: the kernel gave "
+      "up, this rank's sums since are void and later calls are refused");
 }
 
 Status IpcAllReduce::allReduceSum(float *data, size_t count, CUstream_st *stream) {

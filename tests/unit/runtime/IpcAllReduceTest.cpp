@@ -391,10 +391,13 @@ TEST_F(IpcAllReduceTest, MessagesOverTheBufferAreRefusedUntouched) {
   });
 }
 
-TEST_F(IpcAllReduceTest, APeerThatNeverCallsIsNamedAfterTheTimeout) {
+TEST_F(IpcAllReduceTest, APeerThatNeverCallsIsNamedAfterTheTimeoutAndTheContextLives) {
   // Two ranks over the store only (no NCCL): rank 0 all-reduces, rank 1
-  // does not. Rank 0's kernel must give up after its timeout, trap, and
-  // name rank 1; rank 1 stays alive (its buffer mapped) until then.
+  // does not. Rank 0's kernel must give up after its timeout and name rank
+  // 1, its data untouched past its own copy-in; a second call queued behind
+  // it must return at once instead of waiting out another timeout; and the
+  // CUDA context must still work (it used to trap and lose it). Rank 1 stays
+  // alive (its buffer mapped) until then.
   const uint16_t port = server_->port();
   expectRanksPass(2, [&](int rank) -> Status {
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(rank), "cudaSetDevice"));
@@ -414,19 +417,37 @@ TEST_F(IpcAllReduceTest, APeerThatNeverCallsIsNamedAfterTheTimeout) {
     }
     float *device = nullptr;
     LLMIR_RETURN_IF_ERROR(check(cudaMalloc(&device, 64 * sizeof(float)), "malloc"));
+    const auto start = std::chrono::steady_clock::now();
     LLMIR_RETURN_IF_ERROR((*ipc)->allReduceSum(device, 64, nullptr));
+    LLMIR_RETURN_IF_ERROR((*ipc)->allReduceSum(device, 64, nullptr)); // queued behind
     cudaError_t e = cudaDeviceSynchronize();
+    const auto waited = std::chrono::steady_clock::now() - start;
     Status named = (*ipc)->lastDeviceError();
     (void)(*store)->set("rank0-done", "1");
-    if (e == cudaSuccess)
-      return Status::error("the all-reduce finished without its peer");
+    if (e != cudaSuccess)
+      return Status::error(std::string("the kernel faulted: ") + cudaGetErrorString(e));
+    if (waited >= 2 * options.timeout)
+      return Status::error("two calls waited " +
+                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              waited)
+                                              .count()) +
+                           " ms: the second did not return at once");
     if (named.isOk() || named.message().find("for rank 1") == std::string::npos)
-      return Status::error("lastDeviceError does not name rank 1: '" + named.message() +
-                           "' (CUDA said " + cudaGetErrorString(e) + ")");
+      return Status::error("lastDeviceError does not name rank 1: '" + named.message() + "'");
     Status refused = (*ipc)->allReduceSum(device, 64, nullptr);
     if (refused.isOk())
       return Status::error("a call after the timeout was accepted");
-    return Status::ok();
+    // The context lives: a copy round trip works.
+    std::vector<float> host(64, 3.0f), back(64, 0.0f);
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(device, host.data(), 64 * sizeof(float),
+                                           cudaMemcpyHostToDevice),
+                                "copy in after the timeout"));
+    LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(back.data(), device, 64 * sizeof(float),
+                                           cudaMemcpyDeviceToHost),
+                                "copy out after the timeout"));
+    if (back != host)
+      return Status::error("the copy after the timeout came back different");
+    return check(cudaFree(device), "free");
   });
 }
 

@@ -25,9 +25,11 @@
 // Contract (as for any collective): every rank makes the same sequence of
 // calls with the same counts and algorithms, each rank's calls on one stream
 // (or streams ordered with each other). A rank that stops calling leaves the
-// others spinning in their barrier until `timeout`; then the kernel traps
-// (the CUDA context is lost, as with any device fault) and lastDeviceError()
-// names the rank that never arrived.
+// others spinning in their barrier until `timeout`; then the kernel gives
+// up and returns without its sums, lastDeviceError() names the rank that
+// never arrived, and every later call returns at once (its results void)
+// and is refused on the host. The CUDA context survives: the caller gives
+// the group up as it would after an NCCL error.
 #pragma once
 
 #include "llmir/support/Status.h"
@@ -113,8 +115,8 @@ public:
                       IpcAllReduceAlgorithm algorithm);
 
   /// Ok, or which barrier timed out and which rank it waited for (the
-  /// kernel wrote it to host memory before trapping). Reads host memory
-  /// only: no synchronisation.
+  /// kernel wrote it to host memory when it gave up). Reads host memory
+  /// only: no synchronisation; read it after the stream's work is done.
   Status lastDeviceError() const;
 
   struct Impl;
