@@ -25,8 +25,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
+#include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <netinet/in.h>
 #include <poll.h>
 #include <spawn.h>
@@ -173,13 +176,41 @@ double perftest(const std::string &tool, const std::string &test, uint64_t size)
 struct Sample {
   double gbps = 0;
   double p50us = 0;
+  // CPU time (all threads) per MiB moved: the bench's client and the store
+  // child. Unlike wall time it barely moves with other processes' load, so
+  // it shows what a change saves in copies and hashing.
+  double clientCpuUsPerMiB = 0;
+  double storeCpuUsPerMiB = 0;
 };
+
+pid_t storePid = -1; // the store child of the transport being measured
+
+// Nanoseconds on a CPU of every thread of `pid` (self when 0), from
+// /proc/PID/task/*/schedstat (the first field).
+double cpuNanoseconds(pid_t pid) {
+  std::string dir = pid == 0 ? "/proc/self/task" : "/proc/" + std::to_string(pid) + "/task";
+  double total = 0;
+  if (DIR *d = opendir(dir.c_str())) {
+    while (dirent *e = readdir(d)) {
+      if (e->d_name[0] == '.')
+        continue;
+      std::ifstream in(dir + "/" + e->d_name + "/schedstat");
+      double ns = 0;
+      if (in >> ns)
+        total += ns;
+    }
+    closedir(d);
+  }
+  return total;
+}
 
 // Repeats `op` (moving `bytes` per call) for about `seconds`.
 template <typename Op> Sample measure(Op op, uint64_t bytes, double seconds) {
   for (int i = 0; i < 3; ++i)
     op(); // warm up (connection, page faults)
   std::vector<double> times;
+  double clientCpu0 = cpuNanoseconds(0);
+  double storeCpu0 = storePid > 0 ? cpuNanoseconds(storePid) : 0;
   auto start = Clock::now();
   auto until = start + std::chrono::duration<double>(seconds);
   while (Clock::now() < until || times.size() < 5) {
@@ -188,8 +219,15 @@ template <typename Op> Sample measure(Op op, uint64_t bytes, double seconds) {
     times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
   double total = std::chrono::duration<double>(Clock::now() - start).count();
+  double mib = double(bytes) * times.size() / 1048576.0;
+  Sample sample;
+  sample.clientCpuUsPerMiB = (cpuNanoseconds(0) - clientCpu0) / 1e3 / mib;
+  if (storePid > 0)
+    sample.storeCpuUsPerMiB = (cpuNanoseconds(storePid) - storeCpu0) / 1e3 / mib;
   std::sort(times.begin(), times.end());
-  return {double(bytes) * times.size() / total / 1e9, times[times.size() / 2] * 1e6};
+  sample.gbps = double(bytes) * times.size() / total / 1e9;
+  sample.p50us = times[times.size() / 2] * 1e6;
+  return sample;
 }
 
 struct Stats {
@@ -254,6 +292,7 @@ int main(int argc, char **argv) {
   double seconds = 0.4;
   uint64_t batch = 8;
   std::string tool = "ucx_perftest";
+  std::string measureList = "put1,get1,putN,getN,memcpy,perftest";
   bool serveMode = false;
   llmir::net::Config config("llmir-kvstore-bench");
   config.add("transports", &transportList, "tcp, shm (UCX_TLS=shm,tcp), comma-separated");
@@ -262,6 +301,9 @@ int main(int argc, char **argv) {
   config.add("seconds", &seconds, "time per store measurement");
   config.add("batch", &batch, "blocks per call in the batched measurement");
   config.add("perftest", &tool, "the ucx_perftest binary");
+  config.add("measure", &measureList,
+             "what each round measures (for profiling one of them): put1, get1, putN, "
+             "getN, memcpy, perftest; comma-separated");
   config.add("store-poll-us", &storePollUs,
              "the store polls this long after its last activity before sleeping");
   config.add("poll-us", &clientPollUs,
@@ -294,6 +336,14 @@ int main(int argc, char **argv) {
   for (auto &t : transports)
     if (t != "tcp" && t != "shm")
       fail("transport '" + t + "' is not tcp or shm");
+  std::vector<std::string> measured = split(measureList);
+  for (auto &m : measured)
+    if (m != "put1" && m != "get1" && m != "putN" && m != "getN" && m != "memcpy" &&
+        m != "perftest")
+      fail("--measure: '" + m + "' is not put1, get1, putN, getN, memcpy or perftest");
+  auto measures = [&](const char *what) {
+    return std::find(measured.begin(), measured.end(), what) != measured.end();
+  };
 
   for (const std::string &transport : transports) {
     std::string tls = transport == "shm" ? "shm,tcp" : transport;
@@ -306,6 +356,7 @@ int main(int argc, char **argv) {
                           "--store-spin-us=" + std::to_string(storeSpinUs)});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);
+    storePid = server.pid;
     uint16_t port = uint16_t(std::stoi(server.text.substr(server.text.find(' ') + 1)));
     kv::ClientOptions co;
     co.port = port;
@@ -323,6 +374,8 @@ int main(int argc, char **argv) {
     std::string best;
     double bestGbps = -1;
     for (const char *test : {"ucp_am_bw", "tag_bw", "ucp_put_bw"}) {
+      if (!measures("perftest"))
+        break;
       double g = perftest(tool, test, 1 << 20);
       std::cout << "# " << transport << ": ucx_perftest -t " << test
                 << " at 1 MiB: " << g << " GB/s\n";
@@ -358,44 +411,71 @@ int main(int argc, char **argv) {
               fail(std::string("unexpected block status ") + kv::blockStatusName(s));
         };
         auto &row = results[size];
-        Sample putOne = measure([&] { check((*client)->put(std::span(puts.data(), 1)),
-                                            kv::BlockStatus::Stored); },
-                                size, seconds);
-        Sample getOne = measure([&] { check((*client)->get(std::span(gets.data(), 1)),
-                                            kv::BlockStatus::Found); },
-                                size, seconds);
-        Sample putBatch = measure([&] { check((*client)->put(puts), kv::BlockStatus::Stored); },
-                                  size * batch, seconds);
-        Sample getBatch = measure([&] { check((*client)->get(gets), kv::BlockStatus::Found); },
-                                  size * batch, seconds);
-        if (out != data)
-          fail("get returned different bytes than put stored");
+        // Gets find what the puts stored; measured alone, they need one put first.
+        if (!measures("put1") && !measures("putN") && (measures("get1") || measures("getN")))
+          check((*client)->put(puts), kv::BlockStatus::Stored);
+        std::optional<Sample> putOne, getOne, putBatch, getBatch, copyBatch;
+        if (measures("put1"))
+          putOne = measure([&] { check((*client)->put(std::span(puts.data(), 1)),
+                                       kv::BlockStatus::Stored); },
+                           size, seconds);
+        if (measures("get1"))
+          getOne = measure([&] { check((*client)->get(std::span(gets.data(), 1)),
+                                       kv::BlockStatus::Found); },
+                           size, seconds);
+        if (measures("putN"))
+          putBatch = measure([&] { check((*client)->put(puts), kv::BlockStatus::Stored); },
+                             size * batch, seconds);
+        if (measures("getN")) {
+          getBatch = measure([&] { check((*client)->get(gets), kv::BlockStatus::Found); },
+                             size * batch, seconds);
+          if (out != data)
+            fail("get returned different bytes than put stored");
+        }
         // What one core's memcpy makes of the same batch (distinct sources
         // and destinations, as the store's calls see them): perftest moves
         // one buffer that stays in cache, so this is the other yardstick.
-        Sample copyBatch = measure([&] {
-          for (uint64_t b = 0; b < batch; ++b)
-            std::memcpy(out[b].data(), data[b].data(), size);
-        }, size * batch, seconds);
+        if (measures("memcpy"))
+          copyBatch = measure([&] {
+            for (uint64_t b = 0; b < batch; ++b)
+              std::memcpy(out[b].data(), data[b].data(), size);
+          }, size * batch, seconds);
         if (r == 0 && size == sizes.front())
           std::cout << "# " << transport << " connection:\n"
                     << (*client)->describeConnection();
-        setenv("UCX_TLS", perftestTls.c_str(), 1);
-        double ref = perftest(tool, best, size);
-        setenv("UCX_TLS", tls.c_str(), 1);
-        row["put1"].values.push_back(putOne.gbps);
-        row["get1"].values.push_back(getOne.gbps);
-        row["putN"].values.push_back(putBatch.gbps);
-        row["getN"].values.push_back(getBatch.gbps);
-        row["put_us"].values.push_back(putOne.p50us);
-        row["get_us"].values.push_back(getOne.p50us);
+        double ref = -1;
+        if (measures("perftest")) {
+          setenv("UCX_TLS", perftestTls.c_str(), 1);
+          ref = perftest(tool, best, size);
+          setenv("UCX_TLS", tls.c_str(), 1);
+        }
+        if (putOne) {
+          row["put1"].values.push_back(putOne->gbps);
+          row["put_us"].values.push_back(putOne->p50us);
+          row["put_client_cpu"].values.push_back(putOne->clientCpuUsPerMiB);
+          row["put_store_cpu"].values.push_back(putOne->storeCpuUsPerMiB);
+        }
+        if (getOne) {
+          row["get1"].values.push_back(getOne->gbps);
+          row["get_us"].values.push_back(getOne->p50us);
+          row["get_client_cpu"].values.push_back(getOne->clientCpuUsPerMiB);
+          row["get_store_cpu"].values.push_back(getOne->storeCpuUsPerMiB);
+        }
+        if (putBatch)
+          row["putN"].values.push_back(putBatch->gbps);
+        if (getBatch)
+          row["getN"].values.push_back(getBatch->gbps);
         if (ref > 0) { // a failed perftest run (reported on stderr) is left out
           row["perftest"].values.push_back(ref);
-          row["ratio_put"].values.push_back(putBatch.gbps / ref);
-          row["ratio_get"].values.push_back(getBatch.gbps / ref);
+          if (putBatch)
+            row["ratio_put"].values.push_back(putBatch->gbps / ref);
+          if (getBatch)
+            row["ratio_get"].values.push_back(getBatch->gbps / ref);
         }
-        row["memcpy"].values.push_back(copyBatch.gbps);
-        row["ratio_get_memcpy"].values.push_back(getBatch.gbps / copyBatch.gbps);
+        if (copyBatch)
+          row["memcpy"].values.push_back(copyBatch->gbps);
+        if (copyBatch && getBatch)
+          row["ratio_get_memcpy"].values.push_back(getBatch->gbps / copyBatch->gbps);
         std::cerr << "# round " << r + 1 << " " << transport << " " << sizeName(size)
                   << " done\n";
       }
@@ -410,8 +490,9 @@ int main(int argc, char **argv) {
     std::cout << "| block | put GB/s (1/call) | get GB/s (1/call) | put GB/s (" << batch
               << "/call) | get GB/s (" << batch << "/call) | put p50 us | get p50 us | "
               << "ucx_perftest " << best << " GB/s | put/perftest | get/perftest | memcpy GB/s ("
-              << batch << " blocks) | get/memcpy |\n";
-    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+              << batch << " blocks) | get/memcpy | put CPU us/MiB client | store | "
+              << "get CPU us/MiB client | store |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (uint64_t size : sizes) {
       auto &row = results[size];
       std::cout << "| " << sizeName(size) << " | " << row["put1"].str() << " | "
@@ -419,7 +500,10 @@ int main(int argc, char **argv) {
                 << row["getN"].str() << " | " << row["put_us"].str(0) << " | "
                 << row["get_us"].str(0) << " | " << row["perftest"].str() << " | "
                 << row["ratio_put"].str() << " | " << row["ratio_get"].str() << " | "
-                << row["memcpy"].str() << " | " << row["ratio_get_memcpy"].str() << " |\n";
+                << row["memcpy"].str() << " | " << row["ratio_get_memcpy"].str() << " | "
+                << row["put_client_cpu"].str(0) << " | " << row["put_store_cpu"].str(0) << " | "
+                << row["get_client_cpu"].str(0) << " | " << row["get_store_cpu"].str(0)
+                << " |\n";
     }
     std::cout << std::flush;
   }

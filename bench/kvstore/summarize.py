@@ -8,7 +8,8 @@ import statistics
 import sys
 
 COLUMNS = ["put1", "get1", "putN", "getN", "put_us", "get_us", "perftest",
-           "ratio_put", "ratio_get", "memcpy", "ratio_get_memcpy"]
+           "ratio_put", "ratio_get", "memcpy", "ratio_get_memcpy", "put_client_cpu",
+           "put_store_cpu", "get_client_cpu", "get_store_cpu"]
 SIZE = {"KiB": 1 << 10, "MiB": 1 << 20}
 
 
@@ -45,7 +46,9 @@ def main(directory):
              ("putN", "put GB/s (8/call)"), ("getN", "get GB/s (8/call)"),
              ("put_us", "put p50 us"), ("get_us", "get p50 us"),
              ("put_p50_gbps", "put p50 GB/s"), ("get_p50_gbps", "get p50 GB/s"),
-             ("perftest", "ucx_perftest GB/s"), ("memcpy", "memcpy GB/s (8 blocks)")]
+             ("perftest", "ucx_perftest GB/s"), ("memcpy", "memcpy GB/s (8 blocks)"),
+             ("put_client_cpu", "put CPU us/MiB client"), ("put_store_cpu", "put CPU us/MiB store"),
+             ("get_client_cpu", "get CPU us/MiB client"), ("get_store_cpu", "get CPU us/MiB store")]
     print("| variant | block | " + " | ".join(h for _, h in shown) + " | rounds |")
     print("|" + "---|" * (len(shown) + 3))
     for size in sizes:
@@ -53,7 +56,7 @@ def main(directory):
             row = data.get((label, size))
             if not row:
                 continue
-            cells = [fmt(row[c], 0 if c.endswith("_us") else 2) for c, _ in shown]
+            cells = [fmt(row[c], 0 if c.endswith(("_us", "_cpu")) else 2) for c, _ in shown]
             print(f"| {label} | {size} | " + " | ".join(cells) + f" | {len(row['put1'])} |")
 
 
