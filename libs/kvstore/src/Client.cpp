@@ -44,6 +44,8 @@ namespace {
 // (the store's own limit is far below).
 constexpr uint64_t kMaxReplyBlockBytes = 1ull << 32;
 
+constexpr uint32_t kNoRecord = UINT32_MAX;
+
 // One request message of the current call, awaiting its reply.
 struct Message {
   uint64_t id = 0;
@@ -52,8 +54,12 @@ struct Message {
   uint32_t count = 0;
   std::vector<uint8_t> header;
   std::vector<ucp_dt_iov_t> iov;  // put payload / get destinations
+  // get: the reply record of each destination in `iov` (kNoRecord: scratch
+  // for bytes that are not what was asked for).
+  std::vector<uint32_t> iovRecord;
   std::vector<BlockMeta> replies; // get: for checksum verification
   bool done = false;
+  bool verified = false;          // get: checksums already compared (eager reply)
   void *descriptor = nullptr;     // rendezvous reply data still to pull
 };
 
@@ -473,6 +479,7 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
         wire::dtypeOf(m) == g.dtype && m.bytes == g.bytes) {
       statuses_[index] = BlockStatus::Found; // until its checksum is verified
       message.iov.push_back({g.destination, g.bytes});
+      message.iovRecord.push_back(i);
     } else {
       // Not what was asked for: its bytes go to scratch, never to the caller.
       statuses_[index] = BlockStatus::Rejected;
@@ -480,6 +487,7 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
       if (scratch_.size() < m.bytes)
         scratch_.resize(m.bytes);
       message.iov.push_back({scratch_.data(), m.bytes});
+      message.iovRecord.push_back(kNoRecord);
     }
   }
   if (expectedPayload != length) {
@@ -495,12 +503,21 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
     toReceive_.push_back(&message);
     return UCS_INPROGRESS;
   }
+  // Eager: the bytes are in UCX's buffer. Copy each block out and hash it in
+  // one pass (as the shared-memory get does): a copy and then a hash read
+  // every byte twice (docs/performance.md, "TCP, branch kv8").
   const auto *src = static_cast<const uint8_t *>(data);
-  for (const ucp_dt_iov_t &v : message.iov) {
-    std::memcpy(v.buffer, src, v.length);
-    src += v.length;
+  for (size_t v = 0; v < message.iov.size(); ++v) {
+    uint32_t record = message.iovRecord[v];
+    if (record != kNoRecord) {
+      size_t index = message.first + record;
+      uint64_t sum = copyWithChecksum(message.iov[v].buffer, src, message.iov[v].length);
+      if (sum != message.replies[record].checksum)
+        statuses_[index] = BlockStatus::Rejected;
+    }
+    src += message.iov[v].length;
   }
-  verify(message);
+  message.verified = true;
   return UCS_OK;
 }
 
@@ -953,7 +970,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   }
   if (op == wire::Op::Get)
     for (auto &kv : messages_)
-      if (kv.second.first != SIZE_MAX)
+      if (kv.second.first != SIZE_MAX && !kv.second.verified)
         verify(kv.second);
   for (auto &kv : messages_)
     if (kv.second.first == SIZE_MAX) { // a rendezvous receive failed
