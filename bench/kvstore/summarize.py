@@ -31,8 +31,9 @@ def main(directory):
                     row[column].append(float(cell.split()[0]))
             number, unit = size.split()
             block = int(number) * SIZE[unit]
-            row["put_p50_gbps"].append(block / row["put_us"][-1] / 1e3)
-            row["get_p50_gbps"].append(block / row["get_us"][-1] / 1e3)
+            for op in ("put", "get"):  # absent when --measure left it out
+                if len(row[op + "_us"]) > len(row[op + "_p50_gbps"]):
+                    row[op + "_p50_gbps"].append(block / row[op + "_us"][-1] / 1e3)
 
     def fmt(values, digits=2):
         if not values:
@@ -57,7 +58,7 @@ def main(directory):
             if not row:
                 continue
             cells = [fmt(row[c], 0 if c.endswith(("_us", "_cpu")) else 2) for c, _ in shown]
-            print(f"| {label} | {size} | " + " | ".join(cells) + f" | {len(row['put1'])} |")
+            print(f"| {label} | {size} | " + " | ".join(cells) + f" | {max(len(v) for v in row.values())} |")
 
 
 if __name__ == "__main__":

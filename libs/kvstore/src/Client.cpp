@@ -59,7 +59,8 @@ struct Message {
   std::vector<uint32_t> iovRecord;
   std::vector<BlockMeta> replies; // get: for checksum verification
   bool done = false;
-  bool verified = false;          // get: checksums already compared (eager reply)
+  bool verified = false;          // get: checksums already compared
+  Client::Impl *owner = nullptr;  // rendezvous: the client verifying on arrival
   void *descriptor = nullptr;     // rendezvous reply data still to pull
 };
 
@@ -541,7 +542,13 @@ void Client::Impl::onReceived(void *request, ucs_status_t status, size_t, void *
     message->replies.clear();
     message->count = 0; // verify() then has nothing to pass
     message->first = SIZE_MAX;
+    return;
   }
+  // Hash the blocks now, while the call's other messages are still
+  // arriving and these bytes were just written, rather than all after the
+  // last reply.
+  message->owner->verify(*message);
+  message->verified = true;
 }
 
 void Client::Impl::receivePending() {
@@ -553,6 +560,7 @@ void Client::Impl::receivePending() {
                          UCP_OP_ATTR_FIELD_DATATYPE;
     param.cb.recv_am = &Impl::onReceived;
     param.user_data = message;
+    message->owner = this;
     // One destination: a contiguous buffer, not a one-element iov (UCX's
     // rendezvous takes another path for contiguous data). With the store
     // sending one block contiguously too, a 1 MiB get over TCP measured
@@ -573,6 +581,8 @@ void Client::Impl::receivePending() {
       message->done = true;
     } else if (req == nullptr) {
       message->done = true;
+      verify(*message);
+      message->verified = true;
     }
   }
 }
