@@ -923,16 +923,27 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
         message.iov.push_back({const_cast<void *>(putBlocks_[first + i].data),
                                putBlocks_[first + i].bytes});
     }
-    ucp_request_param_t param =
-        sendParams(message.iov.empty() ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV);
     uint64_t payload = 0;
     for (const ucp_dt_iov_t &v : message.iov)
       payload += v.length;
-    if (payload > 0 && payload <= ucx::kEagerPayloadBytes)
+    bool eager = payload > 0 && payload <= ucx::kEagerPayloadBytes;
+    // A message going by rendezvous carries one block (larger messages are
+    // split by block): send it as a contiguous buffer. With an iov, UCX
+    // 1.13's rendezvous over TCP packs the bytes into bounce segments
+    // (ucp_rndv_progress_am_bcopy, ucp_dt_iov_gather) and the store unpacks
+    // them (ucp_dt_iov_scatter): a copy on each side (docs/performance.md,
+    // "TCP, branch kv8").
+    bool contig = !eager && message.iov.size() == 1;
+    ucp_request_param_t param = sendParams(
+        message.iov.empty() || contig ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV);
+    if (eager)
       param.flags |= UCP_AM_SEND_FLAG_EAGER;
-    ucs_status_ptr_t req = ucp_am_send_nbx(
-        ep_, wire::kAmRequest, message.header.data(), message.header.size(),
-        message.iov.empty() ? nullptr : message.iov.data(), message.iov.size(), &param);
+    const void *buffer = message.iov.empty() ? nullptr
+                         : contig            ? message.iov[0].buffer
+                                             : static_cast<const void *>(message.iov.data());
+    size_t count = contig ? message.iov[0].length : message.iov.size();
+    ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, message.header.data(),
+                                           message.header.size(), buffer, count, &param);
     if (UCS_PTR_IS_ERR(req)) {
       failure_ = where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req));
       break;

@@ -961,9 +961,14 @@ void Server::Impl::receivePending() {
                          UCP_OP_ATTR_FIELD_DATATYPE;
     param.cb.recv_am = &Impl::onPutReceived;
     param.user_data = put;
-    param.datatype = UCP_DATATYPE_IOV;
-    ucs_status_ptr_t req = ucp_am_recv_data_nbx(worker_->handle(), put->descriptor,
-                                                put->iov.data(), put->iov.size(), &param);
+    // One block (a rendezvous put carries one, Client: "contiguous"): a
+    // contiguous buffer, which UCX receives without unpacking an iov.
+    bool contig = put->iov.size() == 1;
+    param.datatype = contig ? ucp_dt_make_contig(1) : UCP_DATATYPE_IOV;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(
+        worker_->handle(), put->descriptor,
+        contig ? put->iov[0].buffer : static_cast<void *>(put->iov.data()),
+        contig ? put->iov[0].length : put->iov.size(), &param);
     if (req == nullptr)
       finishPut(put, true);
     else if (UCS_PTR_IS_ERR(req))
