@@ -195,6 +195,56 @@ __device__ void mergeHead(const float *shard0, int64_t shards, int64_t numHeads,
   }
 }
 
+// A decode block's keys and the row it writes: query row r's visible
+// positions (a sliding window W shows length - W .. length - 1 only), or
+// split blockIdx.z's part of them. Partial results (a sequence-parallel
+// shard's, or one of `splits` key ranges of a flash-decoding split) are
+// each head's normalised output then each head's log-sum-exp; splits are
+// side by side in a row, as mergeKernel reads shards.
+struct DecodeBlock {
+  int64_t begin, end; // keys [begin, end)
+  bool partial;       // writes a partial row (output, log-sum-exp)
+  int64_t outRow;     // floats per query row of `out`
+  float *rowOut;      // this block's row (its split's part)
+};
+__device__ __forceinline__ DecodeBlock decodeBlock(const AttentionGeometry &g, int64_t r,
+                                                   int64_t length, int64_t D, float *out) {
+  DecodeBlock b;
+  b.begin = g.slidingWindow > 0 && length > g.slidingWindow ? length - g.slidingWindow : 0;
+  b.end = length;
+  b.partial = g.partial || g.splits > 1;
+  const int64_t partialRow = g.numHeads * D + g.numHeads;
+  b.outRow = b.partial ? g.splits * partialRow : g.numHeads * D;
+  b.rowOut = out + r * b.outRow + (g.splits > 1 ? blockIdx.z * partialRow : 0);
+  if (g.splits > 1) {
+    const int64_t first = b.begin;
+    const int64_t part = (length - first + g.splits - 1) / g.splits;
+    b.begin = first + blockIdx.z * part;
+    b.end = b.begin + part < length ? b.begin + part : length;
+  }
+  return b;
+}
+
+// Flash-decoding's merge in the split block that finishes last (the
+// threadfence-reduction pattern): every split's partial is written and
+// fenced before it is counted in `counter`, so the last one reads all of
+// them; it resets the counter for the next step. One kernel fewer per layer
+// than a merge launch. True in every thread of the last block.
+__device__ __forceinline__ bool lastSplitToFinish(unsigned *counter, int64_t splits) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == static_cast<unsigned>(splits - 1);
+    if (last)
+      *counter = 0;
+  }
+  __syncthreads();
+  if (last)
+    __threadfence();
+  return last;
+}
+
 // PerLane: head-dimension elements per lane (D <= 32 * PerLane), a template
 // argument so that acc and the value loads take only the registers D needs.
 template <typename C, int PerLane>
@@ -210,25 +260,8 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kvHead = kvHeadOf(g, h);
   const int32_t seq = g.tokenSeq[t];
-  const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
-  // A sliding window W shows positions length - W .. length - 1 only.
-  const int64_t first =
-      g.slidingWindow > 0 && length > g.slidingWindow ? length - g.slidingWindow : 0;
-  // Partial results (a sequence-parallel shard's, or one of `splits` key
-  // ranges of a flash-decoding split) are each head's normalised output then
-  // each head's log-sum-exp; splits are side by side in a row, as
-  // mergeKernel reads shards.
-  const bool partial = g.partial || g.splits > 1;
-  const int64_t partialRow = g.numHeads * D + g.numHeads;
-  const int64_t outRow = partial ? g.splits * partialRow : g.numHeads * D;
-  float *rowOut = out + r * outRow + (g.splits > 1 ? blockIdx.z * partialRow : 0);
-  // This block's keys: the visible range, or its split's part of it.
-  int64_t begin = first, end = length;
-  if (g.splits > 1) {
-    const int64_t part = (length - first + g.splits - 1) / g.splits;
-    begin = first + blockIdx.z * part;
-    end = begin + part < length ? begin + part : length;
-  }
+  const auto [begin, end, partial, outRow, rowOut] =
+      decodeBlock(g, r, static_cast<int64_t>(g.positions[t]) + 1, D, out);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     query[d] = q[(r * g.numHeads + h) * D + d];
   __syncthreads();
@@ -319,26 +352,9 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
     if (partial && threadIdx.x == 0)
       rowOut[g.numHeads * D + h] = maximum + logf(total);
   }
-  if (g.splits <= 1 || !g.mergedOut)
+  if (g.splits <= 1 || !g.mergedOut ||
+      !lastSplitToFinish(g.splitCounters + r * g.numHeads + h, g.splits))
     return;
-  // Flash-decoding's merge in the split block that finishes last for this
-  // (query, head) (the threadfence-reduction pattern): every split's
-  // partial is written and fenced before it is counted, so the last one
-  // reads all of them; it resets the counter for the next step. One kernel
-  // fewer per layer than a merge launch.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned *counter = g.splitCounters + r * g.numHeads + h;
-    last = atomicAdd(counter, 1u) == static_cast<unsigned>(g.splits - 1);
-    if (last)
-      *counter = 0;
-  }
-  __syncthreads();
-  if (!last)
-    return;
-  __threadfence();
   mergeHead(out + r * outRow, g.splits, g.numHeads, D, h, g.mergedOut + (r * g.numHeads + h) * D);
 }
 
@@ -477,19 +493,8 @@ __global__ void __launch_bounds__(kGroupThreads)
   if (heads <= 0)
     return; // an uneven split's KV head without a query head here
   const int32_t seq = g.tokenSeq[t];
-  const int64_t length = static_cast<int64_t>(g.positions[t]) + 1;
-  const int64_t first =
-      g.slidingWindow > 0 && length > g.slidingWindow ? length - g.slidingWindow : 0;
-  const bool partial = g.partial || g.splits > 1;
-  const int64_t partialRow = g.numHeads * D + g.numHeads;
-  const int64_t outRow = partial ? g.splits * partialRow : g.numHeads * D;
-  float *rowOut = out + r * outRow + (g.splits > 1 ? blockIdx.z * partialRow : 0);
-  int64_t begin = first, end = length;
-  if (g.splits > 1) {
-    const int64_t part = (length - first + g.splits - 1) / g.splits;
-    begin = first + blockIdx.z * part;
-    end = begin + part < length ? begin + part : length;
-  }
+  const DecodeBlock block = decodeBlock(g, r, static_cast<int64_t>(g.positions[t]) + 1, D, out);
+  const int64_t begin = block.begin, end = block.end; // (the lambda below captures end)
   // Cache row offsets of the chunk of keys from `chunk` (-1: another
   // sequence-parallel rank's block).
   auto findRows = [&](int64_t chunk) {
@@ -605,29 +610,17 @@ __global__ void __launch_bounds__(kGroupThreads)
     if (o < heads * D) {
       const int h = o / D;
       const float total = headSum[h];
-      rowOut[(firstHead + h) * D + o % D] = total > 0.0f ? acc[i] / total : 0.0f;
+      block.rowOut[(firstHead + h) * D + o % D] = total > 0.0f ? acc[i] / total : 0.0f;
     }
   }
-  if (partial && tid < heads)
-    rowOut[g.numHeads * D + firstHead + tid] =
+  if (block.partial && tid < heads)
+    block.rowOut[g.numHeads * D + firstHead + tid] =
         headSum[tid] > 0.0f ? headMax[tid] + logf(headSum[tid]) : -INFINITY;
-  if (g.splits <= 1 || !g.mergedOut)
+  // The last split block of this (query row, group) merges.
+  if (g.splits <= 1 || !g.mergedOut ||
+      !lastSplitToFinish(g.splitCounters + r * g.numHeads + firstHead, g.splits))
     return;
-  // The last split block of this (query row, group) merges, as attendKernel.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    unsigned *counter = g.splitCounters + r * g.numHeads + firstHead;
-    last = atomicAdd(counter, 1u) == static_cast<unsigned>(g.splits - 1);
-    if (last)
-      *counter = 0;
-  }
-  __syncthreads();
-  if (!last)
-    return;
-  __threadfence();
-  mergeGroup(out + r * outRow, g.splits, g.numHeads, D, firstHead, static_cast<int>(heads),
+  mergeGroup(out + r * block.outRow, g.splits, g.numHeads, D, firstHead, static_cast<int>(heads),
              g.mergedOut + r * g.numHeads * D);
 }
 
