@@ -149,7 +149,7 @@ uint64_t BatchScheduler::addRequest(RequestParams params, EventCallback onEvent)
   const uint64_t id = request->id;
   requests_[id] = std::move(request);
   ++version_;
-  wake_.notify_all();
+  notifyAll();
   return id;
 }
 
@@ -170,7 +170,7 @@ void BatchScheduler::cancel(uint64_t requestId) {
       finishLocked(*seq, FinishReason::Abort, "");
   }
   ++version_;
-  wake_.notify_all();
+  notifyAll();
   deliver(lock);
 }
 
@@ -202,7 +202,7 @@ void BatchScheduler::deliver(std::unique_lock<std::mutex> &lock) {
     lock.lock();
   }
   delivering_ = false;
-  wake_.notify_all(); // detachAll and stop wait for quiescence
+  notifyAll(); // detachAll and stop wait for quiescence
 }
 
 void BatchScheduler::retireLocked(Sequence &seq) {
@@ -270,7 +270,7 @@ void BatchScheduler::onStoreWriteDone(uint64_t loadId) {
     heldForStore_.erase(held);
   }
   ++version_; // the blocks may admit a waiting sequence
-  wake_.notify_all();
+  notifyAll();
 }
 
 void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
@@ -459,7 +459,7 @@ void BatchScheduler::onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loade
   ++version_;
   deliver(lock);
   --completing_;
-  wake_.notify_all();
+  notifyAll();
 }
 
 void BatchScheduler::markWriteThroughLocked(const Sequence &seq, proto::StepSequence &entry) {
@@ -680,25 +680,35 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     if (sample)
       onTokenLocked(seq, sampled.at(id));
   }
-  ++version_;
-  if (loopStarted_ && !stopping_ && !insideSubmit) {
-    // The next step goes out before this step's events are handed out: the
-    // replica computes while the tokens are framed and streamed to the
-    // clients, and no wake-up of the loop thread sits between two steps.
+  // The next steps go out before this step's events are handed out: the
+  // replica computes while the tokens are framed and streamed to the
+  // clients, and no wake-up of the loop thread sits between two steps. All
+  // that is schedulable is scheduled here (more than one step when the
+  // pipeline has room), so the loop thread would find nothing: version_
+  // stays and only quiescence waiters are woken. Otherwise (not started,
+  // stopping, or inside a synchronous backend's submit) the loop thread
+  // schedules what this step freed.
+  const bool scheduleHere = loopStarted_ && !stopping_ && !insideSubmit;
+  if (!scheduleHere)
+    ++version_;
+  while (scheduleHere) {
     std::optional<InFlightStep> next = scheduleLocked();
     std::vector<StoreLoad> loads;
     loads.swap(storeLoadsToSend_);
-    if (next || !loads.empty()) {
-      lock.unlock();
-      sendStoreLoads(std::move(loads));
-      if (next)
-        submit(std::move(*next));
-      lock.lock();
-    }
+    if (!next && loads.empty())
+      break;
+    lock.unlock();
+    sendStoreLoads(std::move(loads));
+    if (next)
+      submit(std::move(*next));
+    lock.lock();
   }
   deliver(lock);
   --completing_;
-  wake_.notify_all();
+  if (scheduleHere)
+    quiet_.notify_all();
+  else
+    notifyAll();
 }
 
 bool BatchScheduler::stepOnce() {
@@ -730,7 +740,7 @@ void BatchScheduler::loop() {
     loads.swap(storeLoadsToSend_);
     if (!step && loads.empty()) {
       const uint64_t seen = version_;
-      wake_.wait(lock, [&] { return stopping_ || version_ != seen; });
+      work_.wait(lock, [&] { return stopping_ || version_ != seen; });
       continue;
     }
     lock.unlock();
@@ -739,7 +749,7 @@ void BatchScheduler::loop() {
       submit(std::move(*step));
     lock.lock();
   }
-  wake_.wait(lock, [&] { return quiescentLocked(); });
+  quiet_.wait(lock, [&] { return quiescentLocked(); });
 }
 
 bool BatchScheduler::quiescentLocked() const {
@@ -762,7 +772,7 @@ void BatchScheduler::requestStop() {
     stopping_ = true;
     ++version_;
   }
-  wake_.notify_all();
+  notifyAll();
 }
 
 void BatchScheduler::stop() {
@@ -775,7 +785,7 @@ void BatchScheduler::stop() {
 
 std::vector<DetachedRequest> BatchScheduler::detachAll() {
   std::unique_lock<std::mutex> lock(mutex_);
-  wake_.wait(lock, [&] { return quiescentLocked(); });
+  quiet_.wait(lock, [&] { return quiescentLocked(); });
   std::vector<Sequence *> cancelled; // while in flight: they end here
   for (auto &[id, seq] : sequences_)
     if (seq->cancelled)
@@ -828,7 +838,7 @@ uint64_t BatchScheduler::adopt(DetachedRequest detached) {
   const uint64_t id = request->id;
   requests_[id] = std::move(request);
   ++version_;
-  wake_.notify_all();
+  notifyAll();
   return id;
 }
 

@@ -237,7 +237,17 @@ private:
   int32_t vocabSize_;
 
   mutable std::mutex mutex_;
-  std::condition_variable wake_;
+  // Two conditions, so that a step's completion wakes only who it concerns:
+  // work_ the loop thread (version_ moved: something to schedule), quiet_
+  // those waiting for quiescence (detachAll, the loop's end). A completion
+  // that scheduled the next step itself notifies quiet_ only (one wake-up of
+  // the loop thread per token saved).
+  std::condition_variable work_, quiet_;
+  /// Both: every change but a completion that scheduled inline.
+  void notifyAll() {
+    work_.notify_all();
+    quiet_.notify_all();
+  }
   std::unique_ptr<BlockManager> blocks_;
   std::map<uint64_t, std::unique_ptr<Request>> requests_;
   std::deque<Sequence *> waiting_;
