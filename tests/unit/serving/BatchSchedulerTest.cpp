@@ -7,7 +7,12 @@
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/OutputGrammar.h"
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 
 #include <map>
@@ -281,6 +286,111 @@ TEST_F(BatchSchedulerTest, FailedStepsAreRecomputedWithoutLosingTokens) {
   EXPECT_GT(s.stats().numStepFailures, 0u);
   for (size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i].greedyIds);
+}
+
+/// Runs the inner (synchronous) backend's steps on a thread of its own, as
+/// a remote replica answers: a step completes after submit() returned, on
+/// another thread, so the scheduler's completing thread schedules the next
+/// steps itself. Claims a pipeline of `depth` steps in flight.
+class ThreadedBackend final : public ReplicaBackend {
+public:
+  ThreadedBackend(ReplicaBackend &inner, int32_t depth) : inner_(inner), depth_(depth) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~ThreadedBackend() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  ReplicaInfo info() const override {
+    ReplicaInfo info = inner_.info();
+    info.pipelineDepth = depth_;
+    return info;
+  }
+  void submit(const proto::StepRequest &request, StepDone done) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back({request, std::move(done)});
+      mostInFlight_ = std::max(mostInFlight_, queue_.size() + (running_ ? 1 : 0));
+    }
+    wake_.notify_all();
+  }
+  size_t mostInFlight() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return mostInFlight_;
+  }
+
+private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty())
+        return;
+      auto [request, done] = std::move(queue_.front());
+      queue_.pop_front();
+      running_ = true;
+      lock.unlock();
+      inner_.submit(request, [&, done = std::move(done)](Result<proto::StepResponse> r) mutable {
+        {
+          std::lock_guard<std::mutex> relock(mutex_);
+          running_ = false; // done: the steps its completion submits are the next ones
+        }
+        done(std::move(r));
+      });
+      lock.lock();
+    }
+  }
+
+  ReplicaBackend &inner_;
+  int32_t depth_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::pair<proto::StepRequest, StepDone>> queue_;
+  bool running_ = false, stopping_ = false;
+  size_t mostInFlight_ = 0;
+  std::thread thread_;
+};
+
+// Steps completing on the replica's thread, two allowed in flight: each
+// completion schedules the next steps itself (not the loop thread), and no
+// request may be left waiting for a wake-up that does not come.
+TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoing) {
+  auto backend = demo->backend(128);
+  ASSERT_TRUE(backend);
+  ThreadedBackend threaded(*backend, 2);
+  SchedulerOptions options;
+  options.eosTokenIds = {*demo->tokenizer.eosId()};
+  auto s = std::make_unique<BatchScheduler>(threaded, demo->tokenizer, options);
+  std::mutex mutex;
+  std::condition_variable cv;
+  Collector collector;
+  int finished = 0;
+  auto callback = [&, inner = collector.callback()](const SequenceEvent &e) {
+    std::lock_guard<std::mutex> lock(mutex);
+    inner(e);
+    if (e.finish) {
+      ++finished;
+      cv.notify_all();
+    }
+  };
+  s->start();
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < 8; ++i) {
+    ids.push_back(s->addRequest(greedy(demo->cases[i % 4].promptIds), callback));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1)); // arrivals while steps run
+  }
+  std::unique_lock<std::mutex> lock(mutex);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return finished == 8; }))
+      << finished << " of 8 finished";
+  lock.unlock();
+  s->stop();
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);
+  EXPECT_EQ(threaded.mostInFlight(), 2u); // both stages kept busy, never more
 }
 
 TEST_F(BatchSchedulerTest, BackgroundThreadServesConcurrentSubmitters) {
