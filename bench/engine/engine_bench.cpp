@@ -2,8 +2,11 @@
 // Hugging Face Llama checkpoints, at several thread counts, next to the
 // machine's memory read bandwidth measured in the same run. Decode is
 // reported as a fraction of the bandwidth ceiling: a decode token reads every
-// weight once (the embedding table only one row), so
-// ceiling = bandwidth / weight bytes per token.
+// weight once (the embedding table only one row) and the keys and values of
+// every position of its context in every layer, so
+// ceiling = bandwidth / (weight bytes + KV-cache bytes per token), the KV
+// bytes averaged over the decode tokens measured (contexts prefill + 1 to
+// prefill + decode).
 //
 // With --llama-bench PATH --gguf-dir DIR it runs llama.cpp's llama-bench on
 // DIR/<model dir name>.gguf in the same invocation, each repeat right after
@@ -201,6 +204,8 @@ double now(bool cpuTime) {
 
 struct Throughput {
   double prefill = 0, decode = 0; // tokens per second, best of the repeats
+  double kvBytesPerToken = 0;     // KV cache read per decode token, on average
+  std::string kvCacheDtype;       // the executor's: "f32" or "bf16"
 };
 
 // `afterRepeat` runs after each of LLMIR's repeats (the peer's turn).
@@ -236,6 +241,12 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
   decode.tokenSeq = {0};
 
   Throughput best;
+  best.kvCacheDtype = (*executor)->kvCacheDtypeName();
+  best.kvBytesPerToken =
+      static_cast<double>(engine::decodeKvBytesRead(
+          (*executor)->kvCacheShape(), best.kvCacheDtype == "bf16" ? 2 : 4,
+          options.prefillTokens, options.decodeTokens)) /
+      options.decodeTokens;
   for (int r = 0; r < options.repeats; ++r) {
     double start = now(options.cpuTime);
     Result<engine::Tensor> logits = (*executor)->step(prefill);
@@ -292,12 +303,12 @@ int main(int argc, char **argv) {
     std::printf("  %u thread%s %.1f GB/s", threads, threads == 1 ? "" : "s",
                 bytesPerSecond / 1e9);
   std::printf("\n#\n");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %8s %8s\n", "model",
-              "dtype", "threads", "prefill", "decode", "weights", "ceiling",
-              "decode", "of", "llama.cpp", "llama.cpp");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %9s %9s\n", "", "", "",
-              "(tok/s)", "(tok/s)", "(MB/tok)", "(tok/s)", "(GB/s)", "ceiling",
-              "prefill", "decode");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %9s %8s %8s %9s %9s\n", "model",
+              "dtype", "threads", "prefill", "decode", "weights", "KV cache",
+              "ceiling", "decode", "of", "llama.cpp", "llama.cpp");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %9s %8s %8s %9s %9s\n", "", "", "",
+              "(tok/s)", "(tok/s)", "(MB/tok)", "(MB/tok)", "(tok/s)", "(GB/s)",
+              "ceiling", "prefill", "decode");
 
   int failures = 0;
   for (const std::string &dir : options.models) {
@@ -344,11 +355,12 @@ int main(int argc, char **argv) {
         ++failures;
         continue;
       }
-      const double ceiling = bandwidth[threads] / model->weightBytesPerToken;
-      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %8.1f %7.0f%%",
+      const double bytesPerToken = model->weightBytesPerToken + t->kvBytesPerToken;
+      const double ceiling = bandwidth[threads] / bytesPerToken;
+      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %9.1f %8.1f %7.0f%%",
                   label.c_str(), model->dtype.c_str(), threads, t->prefill,
-                  t->decode, model->weightBytesPerToken / 1e6, ceiling,
-                  t->decode * model->weightBytesPerToken / 1e9,
+                  t->decode, model->weightBytesPerToken / 1e6,
+                  t->kvBytesPerToken / 1e6, ceiling, t->decode * bytesPerToken / 1e9,
                   100.0 * t->decode / ceiling);
       if (withPeer)
         std::printf(" %9.1f %9.1f   LLMIR/llama.cpp: prefill %.2fx, decode %.2fx",

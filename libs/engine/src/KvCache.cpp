@@ -57,6 +57,14 @@ KvCache::KvCache(const KvCacheShape &shape, KvElement element)
   valuesBase_ = base(values_);
 }
 
+int64_t decodeKvBytesRead(const KvCacheShape &shape, size_t elementBytes,
+                          int64_t contextBefore, int64_t tokens) {
+  // Positions attended, summed over the steps: (c+1) + ... + (c+tokens).
+  const int64_t positions = tokens * contextBefore + tokens * (tokens + 1) / 2;
+  return positions * shape.numLayers * shape.numKvHeads * shape.headDim * 2 *
+         static_cast<int64_t>(elementBytes);
+}
+
 size_t KvCache::offset(int64_t layer, int32_t block, int64_t slot) const {
   assert(layer >= 0 && layer < shape_.numLayers);
   assert(block >= 0 && block < shape_.numBlocks);

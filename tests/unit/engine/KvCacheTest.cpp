@@ -36,6 +36,17 @@ TEST(KvCache, RejectsEmptyShape) {
   EXPECT_TRUE(KvCache::create({1, 2, 4, 4, 8}).isOk());
 }
 
+TEST(KvCache, DecodeReadsEveryCachedPositionOfEveryLayer) {
+  // SmolLM-135M: 30 layers, 3 KV heads of 64; 128 tokens after 512.
+  const KvCacheShape smol{30, 3, 64, 16, 40};
+  // The steps attend over 513, 514, ..., 640 positions: 73,792 in all.
+  EXPECT_EQ(decodeKvBytesRead(smol, 4, 512, 128), int64_t{73792} * 30 * 3 * 64 * 2 * 4);
+  EXPECT_EQ(decodeKvBytesRead(smol, 2, 512, 128), int64_t{73792} * 30 * 3 * 64 * 2 * 2);
+  // One step with nothing cached reads its own key and value.
+  EXPECT_EQ(decodeKvBytesRead({2, 1, 8, 4, 1}, 4, 0, 1), 2 * 1 * 8 * 2 * 4);
+  EXPECT_EQ(decodeKvBytesRead(smol, 4, 512, 0), 0);
+}
+
 class StepValidation : public ::testing::Test {
 protected:
   KvCacheShape cache{1, 1, 4, 4, 8}; // block size 4, 8 blocks

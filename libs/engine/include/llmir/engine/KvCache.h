@@ -64,6 +64,15 @@ private:
   size_t keysBase_ = 0, valuesBase_ = 0;
 };
 
+/// Bytes of keys and values that attention reads over `tokens` decode steps
+/// of one sequence, one token per step, after `contextBefore` positions are
+/// cached: the step at position p attends over p + 1 positions (its own
+/// included), and each position holds, in every layer, numKvHeads x headDim
+/// keys and as many values of `elementBytes` each. What a decode token reads
+/// besides the weights (the bench's bandwidth ceiling counts both).
+int64_t decodeKvBytesRead(const KvCacheShape &shape, size_t elementBytes,
+                          int64_t contextBefore, int64_t tokens);
+
 /// Free list of physical block ids [0, numBlocks).
 class BlockAllocator {
 public:
