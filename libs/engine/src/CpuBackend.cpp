@@ -50,14 +50,14 @@ public:
   }
 
   const KvCacheShape &kvCacheShape() const override { return cache_->shape(); }
-  size_t kvElementBytes() const override { return sizeof(float); }
+  size_t kvElementBytes() const override { return cache_->elementSize(); }
 
   // A block of one layer is contiguous ([block_size][kv_heads][head_dim]).
   Status readKvBlock(int32_t block, std::byte *out) override {
     const size_t chunk = layerChunkBytes();
     for (int64_t layer = 0; layer < cache_->shape().numLayers; ++layer) {
-      std::memcpy(out, cache_->keyRow(layer, block, 0), chunk);
-      std::memcpy(out + chunk, cache_->valueRow(layer, block, 0), chunk);
+      std::memcpy(out, cache_->keyData(layer, block, 0), chunk);
+      std::memcpy(out + chunk, cache_->valueData(layer, block, 0), chunk);
       out += 2 * chunk;
     }
     return Status::ok();
@@ -66,8 +66,8 @@ public:
   Status writeKvBlock(int32_t block, const std::byte *in) override {
     const size_t chunk = layerChunkBytes();
     for (int64_t layer = 0; layer < cache_->shape().numLayers; ++layer) {
-      std::memcpy(cache_->keyRow(layer, block, 0), in, chunk);
-      std::memcpy(cache_->valueRow(layer, block, 0), in + chunk, chunk);
+      std::memcpy(cache_->keyData(layer, block, 0), in, chunk);
+      std::memcpy(cache_->valueData(layer, block, 0), in + chunk, chunk);
       in += 2 * chunk;
     }
     return Status::ok();
@@ -184,7 +184,7 @@ private:
   size_t layerChunkBytes() const {
     const KvCacheShape &shape = cache_->shape();
     return static_cast<size_t>(shape.blockSize * shape.numKvHeads * shape.headDim) *
-           sizeof(float);
+           cache_->elementSize();
   }
 
   const BoundProgram &program_;

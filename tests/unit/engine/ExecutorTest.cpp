@@ -128,8 +128,9 @@ protected:
   WeightMap weights = randomWeights(program, GetParam(), 99);
   std::vector<int32_t> tokens = {3, 17, 0, 47, 22, 5, 5, 31, 12};
 
-  std::unique_ptr<Executor> create() {
-    auto executor = Executor::create(program, providerFor(weights), {.numThreads = 2});
+  std::unique_ptr<Executor> create(KvCacheDType kvCacheDtype = KvCacheDType::Auto) {
+    auto executor = Executor::create(program, providerFor(weights),
+                                     {.numThreads = 2, .kvCacheDtype = kvCacheDtype});
     EXPECT_TRUE(executor.isOk()) << executor.message();
     return executor.isOk() ? std::move(*executor) : nullptr;
   }
@@ -169,17 +170,39 @@ TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
 // The KV store's block transfers: blocks prefilled on one executor, copied
 // out and written into other physical blocks of a second executor, let the
 // second decode as if it had computed them (identical logits).
+void expectKvBlocksContinueTheSequence(Executor *computed, Executor *loaded,
+                                       const std::vector<int32_t> &tokens,
+                                       const char *kvCacheDtype);
+
 TEST_P(ExecutorForward, KvBlocksCopiedToAnotherExecutorContinueTheSequence) {
   auto computed = create();
   auto loaded = create();
   ASSERT_TRUE(computed && loaded);
+  expectKvBlocksContinueTheSequence(computed.get(), loaded.get(), tokens, "f32");
+}
+
+// The same with bf16 caches: a block is half the bytes, and all of them move
+// (a block read at f32 size took half of the next block with it).
+TEST_P(ExecutorForward, Bf16KvBlocksCopiedToAnotherExecutorContinueTheSequence) {
+  auto computed = create(KvCacheDType::BF16);
+  auto loaded = create(KvCacheDType::BF16);
+  ASSERT_TRUE(computed && loaded);
+  EXPECT_EQ(computed->kvBlockBytes(), static_cast<size_t>(2 * config.layers * computed->kvCacheShape().blockSize *
+                                                          config.kvHeads * config.headDim) *
+                                          2);
+  expectKvBlocksContinueTheSequence(computed.get(), loaded.get(), tokens, "bf16");
+}
+
+void expectKvBlocksContinueTheSequence(Executor *computed, Executor *loaded,
+                                       const std::vector<int32_t> &tokens,
+                                       const char *kvCacheDtype) {
   const int64_t blockSize = computed->kvCacheShape().blockSize;
   const int32_t full = static_cast<int32_t>(tokens.size() - 1) / static_cast<int32_t>(blockSize);
   ASSERT_GE(full, 1) << "the test needs at least one full block";
   const int64_t prefix = full * blockSize;
   std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + prefix);
   ASSERT_TRUE(computed->step(stepFor(prompt, 0, {5, 2, 8})).isOk());
-  EXPECT_STREQ(computed->kvCacheDtypeName(), "f32");
+  EXPECT_STREQ(computed->kvCacheDtypeName(), kvCacheDtype);
   const std::vector<int32_t> target = {7, 1, 3};
   std::vector<std::byte> block(computed->kvBlockBytes());
   for (int32_t b = 0; b < full; ++b) {
