@@ -54,15 +54,18 @@ float sumStream(const float *data, size_t n) {
 
 } // namespace
 
-double measureReadBandwidth(size_t bytes, unsigned numThreads, int repeats) {
-  const size_t words = bytes / sizeof(float);
-  // On huge pages, as the CPU backend keeps its weights: the ceiling of the
-  // memory decode streams from (4 KiB pages read about half as fast here).
-  Result<engine::HugePageRegion> region = engine::HugePageRegion::allocate(words * sizeof(float));
+Result<ReadBandwidthProbe> ReadBandwidthProbe::create(size_t bytes) {
+  Result<engine::HugePageRegion> region = engine::HugePageRegion::allocate(bytes);
   if (!region)
-    return 0.0;
+    return region.status().withContext("bandwidth probe");
   float *buffer = reinterpret_cast<float *>(region->data());
-  std::fill(buffer, buffer + words, 1.0f); // touches every page
+  std::fill(buffer, buffer + bytes / sizeof(float), 1.0f); // touches every page
+  return ReadBandwidthProbe(std::move(*region));
+}
+
+double ReadBandwidthProbe::measure(unsigned numThreads, int repeats) {
+  const size_t words = region_.size() / sizeof(float);
+  const float *buffer = reinterpret_cast<const float *>(region_.data());
   numThreads = std::max(1u, numThreads);
   const size_t perThread = words / numThreads;
   std::vector<float> sinks(numThreads);

@@ -2,13 +2,28 @@
 // of a buffer much larger than the last-level cache.
 #pragma once
 
+#include "llmir/engine/HugePages.h"
+#include "llmir/support/Status.h"
+
 #include <cstddef>
 
 namespace llmir::bench {
 
-/// Best of `repeats` timed passes over a buffer of `bytes` on huge pages
-/// (engine::HugePageRegion, as the CPU backend's weights), read by
-/// `numThreads` threads; bytes per second (0 when it cannot be allocated).
-double measureReadBandwidth(size_t bytes, unsigned numThreads, int repeats);
+/// A buffer of `bytes` on huge pages (engine::HugePageRegion, as the CPU
+/// backend's weights), filled once, so that the bandwidth can be measured
+/// again right beside each measurement of decode (on a shared machine the
+/// bandwidth left to this process moves from minute to minute).
+class ReadBandwidthProbe {
+public:
+  /// Fails when `bytes` cannot be mapped.
+  static Result<ReadBandwidthProbe> create(size_t bytes);
+  /// Best of `repeats` timed passes over the buffer, read by `numThreads`
+  /// threads; bytes per second.
+  double measure(unsigned numThreads, int repeats);
+
+private:
+  explicit ReadBandwidthProbe(engine::HugePageRegion region) : region_(std::move(region)) {}
+  engine::HugePageRegion region_;
+};
 
 } // namespace llmir::bench

@@ -6,7 +6,9 @@
 // every position of its context in every layer, so
 // ceiling = bandwidth / (weight bytes + KV-cache bytes per token), the KV
 // bytes averaged over the decode tokens measured (contexts prefill + 1 to
-// prefill + decode).
+// prefill + decode). The bandwidth is measured right before each repeat at
+// the row's thread count (best of 3 passes, best over the repeats), so that
+// on a shared machine it sees the load that the decode beside it saw.
 //
 // With --llama-bench PATH --gguf-dir DIR it runs llama.cpp's llama-bench on
 // DIR/<model dir name>.gguf in the same invocation, each repeat right after
@@ -42,7 +44,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
-#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -204,13 +205,14 @@ double now(bool cpuTime) {
 
 struct Throughput {
   double prefill = 0, decode = 0; // tokens per second, best of the repeats
+  double bandwidth = 0;           // bytes per second, best of the repeats' probes
   double kvBytesPerToken = 0;     // KV cache read per decode token, on average
   std::string kvCacheDtype;       // the executor's: "f32" or "bf16"
 };
 
 // `afterRepeat` runs after each of LLMIR's repeats (the peer's turn).
 Result<Throughput> measure(const BenchModel &model, unsigned threads,
-                           const Options &options,
+                           const Options &options, bench::ReadBandwidthProbe &probe,
                            const std::function<Status()> &afterRepeat) {
   const int64_t positions = options.prefillTokens + options.decodeTokens;
   const int64_t blockSize = model.program.kv_cache().block_size();
@@ -248,6 +250,7 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
           options.prefillTokens, options.decodeTokens)) /
       options.decodeTokens;
   for (int r = 0; r < options.repeats; ++r) {
+    best.bandwidth = std::max(best.bandwidth, probe.measure(threads, 3));
     double start = now(options.cpuTime);
     Result<engine::Tensor> logits = (*executor)->step(prefill);
     if (!logits)
@@ -277,10 +280,11 @@ int main(int argc, char **argv) {
   Options options = parseOptions(argc, argv);
   const bool withPeer = !options.llamaBench.empty();
   const size_t probeBytes = size_t{1} << 30; // >> any LLC here
-  std::map<unsigned, double> bandwidth;
-  for (unsigned threads : options.threads)
-    bandwidth[threads] =
-        llmir::bench::measureReadBandwidth(probeBytes, threads, 5);
+  Result<bench::ReadBandwidthProbe> probe = bench::ReadBandwidthProbe::create(probeBytes);
+  if (!probe) {
+    std::fprintf(stderr, "llmir-engine-bench: %s\n", probe.message().c_str());
+    return 1;
+  }
 
   std::printf("# llmir-engine-bench: prefill %d tokens, decode %d tokens "
               "(after the prefill), best of %d%s; KV cache %s; matmul "
@@ -298,16 +302,13 @@ int main(int argc, char **argv) {
                                    1, 0, options.decodeTokens,
                                    options.prefillTokens})
                     .c_str());
-  std::printf("# memory read bandwidth (1 GiB stream on huge pages, best of 5):");
-  for (auto [threads, bytesPerSecond] : bandwidth)
-    std::printf("  %u thread%s %.1f GB/s", threads, threads == 1 ? "" : "s",
-                bytesPerSecond / 1e9);
-  std::printf("\n#\n");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %9s %8s %8s %9s %9s\n", "model",
-              "dtype", "threads", "prefill", "decode", "weights", "KV cache",
+  std::printf("# probe: memory read bandwidth, a 1 GiB stream on huge pages read by the "
+              "row's threads right before each repeat (best of 3, best over the repeats)\n#\n");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %9s %8s %8s %9s %9s\n", "model",
+              "dtype", "threads", "prefill", "decode", "weights", "KV cache", "probe",
               "ceiling", "decode", "of", "llama.cpp", "llama.cpp");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %9s %8s %8s %9s %9s\n", "", "", "",
-              "(tok/s)", "(tok/s)", "(MB/tok)", "(MB/tok)", "(tok/s)", "(GB/s)",
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %9s %8s %8s %9s %9s\n", "", "", "",
+              "(tok/s)", "(tok/s)", "(MB/tok)", "(MB/tok)", "(GB/s)", "(tok/s)", "(GB/s)",
               "ceiling", "prefill", "decode");
 
   int failures = 0;
@@ -348,7 +349,7 @@ int main(int argc, char **argv) {
         peer.decode = std::max(peer.decode, *decode);
         return Status::ok();
       };
-      Result<Throughput> t = measure(*model, threads, options, runPeer);
+      Result<Throughput> t = measure(*model, threads, options, *probe, runPeer);
       if (!t) {
         std::fprintf(stderr, "%s, %u threads: %s\n", dir.c_str(), threads,
                      t.message().c_str());
@@ -356,12 +357,12 @@ int main(int argc, char **argv) {
         continue;
       }
       const double bytesPerToken = model->weightBytesPerToken + t->kvBytesPerToken;
-      const double ceiling = bandwidth[threads] / bytesPerToken;
-      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %9.1f %8.1f %7.0f%%",
+      const double ceiling = t->bandwidth / bytesPerToken;
+      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %8.1f %9.1f %8.1f %7.0f%%",
                   label.c_str(), model->dtype.c_str(), threads, t->prefill,
                   t->decode, model->weightBytesPerToken / 1e6,
-                  t->kvBytesPerToken / 1e6, ceiling, t->decode * bytesPerToken / 1e9,
-                  100.0 * t->decode / ceiling);
+                  t->kvBytesPerToken / 1e6, t->bandwidth / 1e9, ceiling,
+                  t->decode * bytesPerToken / 1e9, 100.0 * t->decode / ceiling);
       if (withPeer)
         std::printf(" %9.1f %9.1f   LLMIR/llama.cpp: prefill %.2fx, decode %.2fx",
                     peer.prefill, peer.decode, t->prefill / peer.prefill,
