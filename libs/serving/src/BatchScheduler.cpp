@@ -691,17 +691,7 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
   const bool scheduleHere = loopStarted_ && !stopping_ && !insideSubmit;
   if (!scheduleHere)
     ++version_;
-  while (scheduleHere) {
-    std::optional<InFlightStep> next = scheduleLocked();
-    std::vector<StoreLoad> loads;
-    loads.swap(storeLoadsToSend_);
-    if (!next && loads.empty())
-      break;
-    lock.unlock();
-    sendStoreLoads(std::move(loads));
-    if (next)
-      submit(std::move(*next));
-    lock.lock();
+  while (scheduleHere && submitNextLocked(lock)) {
   }
   deliver(lock);
   --completing_;
@@ -711,20 +701,23 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     notifyAll();
 }
 
-bool BatchScheduler::stepOnce() {
-  std::optional<InFlightStep> step;
+bool BatchScheduler::submitNextLocked(std::unique_lock<std::mutex> &lock) {
+  std::optional<InFlightStep> step = scheduleLocked();
   std::vector<StoreLoad> loads;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    step = scheduleLocked();
-    loads.swap(storeLoadsToSend_);
-  }
+  loads.swap(storeLoadsToSend_);
   if (!step && loads.empty())
     return false;
+  lock.unlock();
   sendStoreLoads(std::move(loads));
   if (step)
     submit(std::move(*step));
+  lock.lock();
   return true;
+}
+
+bool BatchScheduler::stepOnce() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return submitNextLocked(lock);
 }
 
 void BatchScheduler::runUntilIdle() {
@@ -735,19 +728,10 @@ void BatchScheduler::runUntilIdle() {
 void BatchScheduler::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
-    std::optional<InFlightStep> step = scheduleLocked();
-    std::vector<StoreLoad> loads;
-    loads.swap(storeLoadsToSend_);
-    if (!step && loads.empty()) {
-      const uint64_t seen = version_;
-      work_.wait(lock, [&] { return stopping_ || version_ != seen; });
+    if (submitNextLocked(lock))
       continue;
-    }
-    lock.unlock();
-    sendStoreLoads(std::move(loads));
-    if (step)
-      submit(std::move(*step));
-    lock.lock();
+    const uint64_t seen = version_;
+    work_.wait(lock, [&] { return stopping_ || version_ != seen; });
   }
   quiet_.wait(lock, [&] { return quiescentLocked(); });
 }

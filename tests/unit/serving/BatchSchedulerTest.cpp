@@ -49,6 +49,34 @@ struct Collector {
   }
 };
 
+/// A Collector for events from other threads (a started scheduler), with a
+/// bounded wait for a number of finished choices.
+struct ThreadSafeCollector {
+  Collector collector;
+  std::mutex mutex;
+  std::condition_variable cv;
+  int finished = 0;
+
+  EventCallback callback() {
+    return [this, inner = collector.callback()](const SequenceEvent &e) {
+      std::lock_guard<std::mutex> lock(mutex);
+      inner(e);
+      if (e.finish) {
+        ++finished;
+        cv.notify_all();
+      }
+    };
+  }
+  bool waitForFinished(int n, std::chrono::seconds limit = std::chrono::seconds(120)) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, limit, [&] { return finished >= n; });
+  }
+  const Outcome &of(uint64_t request) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return collector.of(request);
+  }
+};
+
 RequestParams greedy(const std::vector<int32_t> &prompt, int64_t maxTokens = 32) {
   RequestParams p;
   p.promptIds = prompt;
@@ -365,28 +393,14 @@ TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoin
   SchedulerOptions options;
   options.eosTokenIds = {*demo->tokenizer.eosId()};
   auto s = std::make_unique<BatchScheduler>(threaded, demo->tokenizer, options);
-  std::mutex mutex;
-  std::condition_variable cv;
-  Collector collector;
-  int finished = 0;
-  auto callback = [&, inner = collector.callback()](const SequenceEvent &e) {
-    std::lock_guard<std::mutex> lock(mutex);
-    inner(e);
-    if (e.finish) {
-      ++finished;
-      cv.notify_all();
-    }
-  };
+  ThreadSafeCollector collector;
   s->start();
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < 8; ++i) {
-    ids.push_back(s->addRequest(greedy(demo->cases[i % 4].promptIds), callback));
+    ids.push_back(s->addRequest(greedy(demo->cases[i % 4].promptIds), collector.callback()));
     std::this_thread::sleep_for(std::chrono::milliseconds(1)); // arrivals while steps run
   }
-  std::unique_lock<std::mutex> lock(mutex);
-  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return finished == 8; }))
-      << finished << " of 8 finished";
-  lock.unlock();
+  ASSERT_TRUE(collector.waitForFinished(8)) << collector.finished << " of 8 finished";
   s->stop();
   for (size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);
@@ -397,30 +411,17 @@ TEST_F(BatchSchedulerTest, BackgroundThreadServesConcurrentSubmitters) {
   auto backend = demo->backend(128);
   ASSERT_TRUE(backend);
   auto s = scheduler(*backend);
-  std::mutex mutex;
-  std::condition_variable cv;
-  Collector collector;
-  int finished = 0;
-  auto callback = [&, inner = collector.callback()](const SequenceEvent &e) {
-    std::lock_guard<std::mutex> lock(mutex);
-    inner(e);
-    if (e.finish) {
-      ++finished;
-      cv.notify_all();
-    }
-  };
+  ThreadSafeCollector collector;
   s->start();
   std::vector<uint64_t> ids(8);
   std::vector<std::thread> clients;
   for (size_t i = 0; i < ids.size(); ++i)
     clients.emplace_back([&, i] {
-      ids[i] = s->addRequest(greedy(demo->cases[i % 4].promptIds), callback);
+      ids[i] = s->addRequest(greedy(demo->cases[i % 4].promptIds), collector.callback());
     });
   for (auto &t : clients)
     t.join();
-  std::unique_lock<std::mutex> lock(mutex);
-  cv.wait(lock, [&] { return finished == 8; });
-  lock.unlock();
+  ASSERT_TRUE(collector.waitForFinished(8)) << collector.finished << " of 8 finished";
   s->stop();
   for (size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);

@@ -212,6 +212,9 @@ private:
   void storeOnFinishLocked(Sequence &seq);
   void onStoreWriteDone(uint64_t loadId);
   std::optional<InFlightStep> scheduleLocked();
+  /// Schedules a step (and takes the queued store loads) and submits them
+  /// with the lock released; false when there was nothing to send.
+  bool submitNextLocked(std::unique_lock<std::mutex> &lock);
   bool startStoreLoadLocked(Sequence &seq);
   void sendStoreLoads(std::vector<StoreLoad> loads);
   void onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loaded);
