@@ -364,11 +364,14 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
 // shape's step reads ~1 MB of cache) and is bound by latency: attendKernel,
 // a block per query head, spent ~26 us a layer in chains of dependent loads
 // and read each key once per query head of its group. Here the block copies
-// a chunk of up to kGroupChunk keys and values into shared memory with every
-// load in flight at once (cp.async), scores them against all of the group's
-// queries, updates one online softmax per head and accumulates the values,
-// so a chunk costs one memory latency and each key is read once. Partial
-// rows, splits and the in-kernel merge are attendKernel's.
+// a chunk of up to GroupChunk<C>::Keys keys and values into shared memory
+// with every load in flight at once (cp.async), scores them against all of
+// the group's queries, updates one online softmax per head and accumulates
+// the values, so a chunk costs one memory latency and each key is read once.
+// Partial rows, splits and the in-kernel merge are attendKernel's. On an
+// H200 it takes 22 us a layer at the 8B shape (attendKernel 26.5) and 17 us
+// at 1.1B, alone: ncu finds a serial chain of ~2,000 instructions a warp at
+// one warp per scheduler, which is what to cut next.
 constexpr int kMaxGroup = 8;
 constexpr int kGroupThreads = 128;
 
