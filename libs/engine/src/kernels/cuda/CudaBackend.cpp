@@ -15,6 +15,7 @@
 // the backend's (a larger step may have grown them: then it is recorded
 // again).
 #include "ExecutionBackend.h"
+#include "Launch.h"
 
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/CudaKernels.h"
@@ -23,7 +24,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
@@ -146,8 +146,7 @@ public:
         weights_(program.slots.size()), activations_(program.slots.size()) {
     // Collectives through the host (Gloo) cannot be recorded; NCCL's run on
     // this stream and can. LLMIR_CUDA_GRAPHS=0 turns graphs off.
-    const char *env = std::getenv("LLMIR_CUDA_GRAPHS");
-    graphsAllowed_ = !(env && std::string(env) == "0");
+    graphsAllowed_ = !cuda::detail::switchedOff("LLMIR_CUDA_GRAPHS");
     for (const BoundInstruction &inst : program.instructions)
       if (inst.op == proto::ATTENTION) {
         const cpu::AttentionParams &a = inst.params.attention;
@@ -641,8 +640,7 @@ private:
 
   static bool fusionsEnabled() {
     // LLMIR_CUDA_FUSIONS=0: each instruction its own kernels (for measuring).
-    const char *env = std::getenv("LLMIR_CUDA_FUSIONS");
-    return !(env && std::string(env) == "0");
+    return !cuda::detail::switchedOff("LLMIR_CUDA_FUSIONS");
   }
 
   /// The binding's inverse frequencies of a ROPE (scaled for llama3 /

@@ -108,10 +108,14 @@ bool takesGemv(detail::Storage storage, int64_t T) {
 } // namespace
 
 namespace detail {
+bool switchedOff(const char *name) {
+  const char *text = std::getenv(name);
+  return text && std::string(text) == "0";
+}
+
 bool dependentLaunchEnabled() {
   static const bool enabled = [] {
-    const char *text = std::getenv("LLMIR_CUDA_PDL");
-    if (text && std::string(text) == "0")
+    if (switchedOff("LLMIR_CUDA_PDL"))
       return false;
     int device = 0, major = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
@@ -125,10 +129,7 @@ bool dependentLaunchEnabled() {
 }
 
 bool groupDecodeEnabled() {
-  static const bool enabled = [] {
-    const char *text = std::getenv("LLMIR_CUDA_GROUP_ATTENTION");
-    return !(text && std::string(text) == "0");
-  }();
+  static const bool enabled = !switchedOff("LLMIR_CUDA_GROUP_ATTENTION");
   return enabled;
 }
 } // namespace detail

@@ -15,6 +15,10 @@ enum class Storage { F32, F16, BF16 };
 /// kernel on `stream` (nullptr: the legacy default stream).
 using Stream = ::CUstream_st *;
 
+/// Whether the environment variable `name` is "0": how the backend's
+/// switches for measuring (LLMIR_CUDA_GRAPHS, _FUSIONS, _PDL,
+/// _GROUP_ATTENTION) are turned off.
+bool switchedOff(const char *name);
 /// Whether kernels are launched as programmatic dependents of the kernel
 /// before them (DependentLaunch.cuh): on devices of compute capability 9.0
 /// and up, unless LLMIR_CUDA_PDL=0. Read once per process.
