@@ -207,7 +207,6 @@ struct Throughput {
   double prefill = 0, decode = 0; // tokens per second, best of the repeats
   double bandwidth = 0;           // bytes per second, best of the repeats' probes
   double kvBytesPerToken = 0;     // KV cache read per decode token, on average
-  std::string kvCacheDtype;       // the executor's: "f32" or "bf16"
 };
 
 // `afterRepeat` runs after each of LLMIR's repeats (the peer's turn).
@@ -243,11 +242,10 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
   decode.tokenSeq = {0};
 
   Throughput best;
-  best.kvCacheDtype = (*executor)->kvCacheDtypeName();
   best.kvBytesPerToken =
       static_cast<double>(engine::decodeKvBytesRead(
-          (*executor)->kvCacheShape(), best.kvCacheDtype == "bf16" ? 2 : 4,
-          options.prefillTokens, options.decodeTokens)) /
+          (*executor)->kvCacheShape(), (*executor)->kvElementBytes(), options.prefillTokens,
+          options.decodeTokens)) /
       options.decodeTokens;
   for (int r = 0; r < options.repeats; ++r) {
     best.bandwidth = std::max(best.bandwidth, probe.measure(threads, 3));

@@ -167,14 +167,16 @@ const KvCacheShape &Executor::kvCacheShape() const {
 }
 
 const char *Executor::kvCacheDtypeName() const {
-  return backend_->kvElementBytes() == 2 ? "bf16" : "f32";
+  return kvElementBytes() == 2 ? "bf16" : "f32";
 }
+
+size_t Executor::kvElementBytes() const { return backend_->kvElementBytes(); }
 
 size_t Executor::kvBlockBytes() const {
   const KvCacheShape &shape = kvCacheShape();
   return static_cast<size_t>(2 * shape.numLayers * shape.blockSize * shape.numKvHeads *
                              shape.headDim) *
-         backend_->kvElementBytes();
+         kvElementBytes();
 }
 
 namespace {

@@ -144,8 +144,9 @@ public:
   Result<KvTransferResult> transferKvBlocks(const std::vector<KvBlockRun> &loads,
                                             const std::vector<KvBlockRun> &stores);
 
-  /// The KV cache's element type: "f32" or "bf16".
+  /// The KV cache's element type: "f32" or "bf16", and its bytes (4 or 2).
   const char *kvCacheDtypeName() const;
+  size_t kvElementBytes() const;
   /// Bytes of one physical KV block: for every layer, its keys then its
   /// values ([block_size][kv_heads][head_dim] each).
   size_t kvBlockBytes() const;
