@@ -11,12 +11,14 @@
 #
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
 #                       [--device cpu|cuda] [--kv-cache-dtype auto|f32|bf16]
-#                       [--kv-store] [--kv-store-port N]
+#                       [--kv-store] [--kv-store-port N] [--scheduler-arg ARG]...
 #   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
 #   --kv-store  also start llmir-kv-store (UCX port --kv-store-port, default
 #            13337; HTTP 8083): workers write full KV blocks through to it and
 #            replicas load prefixes from it (docs/kv-store.md).
 #   --device cuda  the workers run on the GPUs (worker i on GPU i % count).
+#   --scheduler-arg ARG  one more argument for llmir-scheduler (e.g.
+#            --scheduler-arg --chain-decode=false).
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
 #            greedy completion, check its token ids against the model's
 #            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
@@ -43,6 +45,7 @@ kv_cache_dtype=auto
 kv_store=0
 kv_store_port=13337
 kv_store_http_port=8083
+scheduler_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0; kv_store_port=0; kv_store_http_port=0 ;;
@@ -57,7 +60,8 @@ while [ $# -gt 0 ]; do
     --pp) pp="$2"; shift ;;
     --device) device="$2"; shift ;;
     --kv-cache-dtype) kv_cache_dtype="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --scheduler-arg) scheduler_args+=("$2"); shift ;;
+    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -151,7 +155,7 @@ echo "== llmir-scheduler (mesh mode, tp=$tp pp=$pp)"
 start scheduler "$bin/llmir-scheduler" --model="$model" --http.host=127.0.0.1 --http.port="$port" \
   --http.port-file="$workdir/scheduler.port" --compiler-url="http://127.0.0.1:$compiler_port" \
   --tp="$tp" --pp="$pp" --worker-port=0 --worker-port-file="$workdir/worker.port" \
-  ${kv_store_args[@]+"${kv_store_args[@]}"}
+  ${kv_store_args[@]+"${kv_store_args[@]}"} ${scheduler_args[@]+"${scheduler_args[@]}"}
 wait_for scheduler 120 test -s "$workdir/scheduler.port"
 wait_for scheduler 30 test -s "$workdir/worker.port"
 port="$(cat "$workdir/scheduler.port")"

@@ -8,7 +8,8 @@
 #
 #   bench/gpu/served.sh [MODEL_DIR]     (default: the demo model)
 #
-# DEVICE=cpu runs the same on the CPU. Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
+# DEVICE=cpu runs the same on the CPU; CHAIN_DECODE=false turns the
+# scheduler's chained decodes off (docs/services.md) for an A/B. Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
 # tokenizer (bench/gpu's random ones) gets the demo model's: the prompts are
 # its words and the ids it generates are streamed, not read.
 set -euo pipefail
@@ -31,8 +32,9 @@ if [ ! -f "$model/tokenizer.json" ]; then
   model="$work/model"
 fi
 port=18000
+chain="${CHAIN_DECODE:-true}"
 TMPDIR="$work" "$root/scripts/mesh.sh" --model "$model" --tp 1 --device "${DEVICE:-cuda}" --port "$port" \
-  --compiler-port 18081 >"$work/mesh.out" 2>&1 &
+  --compiler-port 18081 --scheduler-arg "--chain-decode=$chain" >"$work/mesh.out" 2>&1 &
 mesh_pid=$!
 for _ in $(seq 600); do
   grep -q "replica ready" "$work/mesh.out" && break
@@ -55,13 +57,13 @@ read -r sum0 count0 <<<"$(decode_seconds)"
   --output-len "$output_len" --ignore-eos=true --temperature=0 --json "$work/bench.json" \
   >"$work/bench.out"
 read -r sum1 count1 <<<"$(decode_seconds)"
-python3 - "$work/bench.json" "$sum0" "$count0" "$sum1" "$count1" "$model" <<'PY'
+python3 - "$work/bench.json" "$sum0" "$count0" "$sum1" "$count1" "$model" "$chain" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 s0, c0, s1, c1 = map(float, sys.argv[2:6])
 step_ms = 1e3 * (s1 - s0) / (c1 - c0)
 tpot = bench.get("mean_tpot_ms") or bench.get("tpot_ms", {}).get("mean")
-print(f"served at concurrency 1 on {sys.argv[6]}: mean TPOT {tpot:.3f} ms (llmir-bench), "
+print(f"served at concurrency 1 on {sys.argv[6]} (chain-decode={sys.argv[7]}): mean TPOT {tpot:.3f} ms (llmir-bench), "
       f"worker decode step {step_ms:.3f} ms over {int(c1 - c0)} steps: "
       f"TPOT / step = {tpot / step_ms:.3f}")
 PY

@@ -53,6 +53,7 @@ struct Settings {
   int64_t kvBlocks = 1024;
   int64_t maxModelLen = 0;
   bool prefixCaching = true;
+  bool chainDecode = true;
   int engineThreads = 0;
   std::string device = "cpu";
   std::string kvCacheDtype = "auto";
@@ -111,6 +112,8 @@ void bind(net::Config &config, Settings &s) {
   config.add("max-model-len", &s.maxModelLen,
              "tokens per sequence (0: the model's max_position_embeddings)");
   config.add("enable-prefix-caching", &s.prefixCaching, "reuse KV blocks of equal prefixes");
+  config.add("chain-decode", &s.chainDecode,
+             "send a one-rank replica's next decode step before this one answers");
   config.add("engine-threads", &s.engineThreads, "CPU kernel threads (0: all cores)");
   config.add("kv-cache-dtype", &s.kvCacheDtype,
              "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");
@@ -348,6 +351,7 @@ int run(const Settings &s) {
   options.maxNumSeqs = s.maxNumSeqs;
   options.maxBatchTokens = s.maxBatchTokens;
   options.enablePrefixCaching = s.prefixCaching;
+  options.chainDecode = s.chainDecode;
   options.kvStoreWritePolicy = *serving::parseKvStoreWritePolicy(s.kvStoreWritePolicy); // validate()d
   options.maxModelLen = s.maxModelLen > 0 ? s.maxModelLen : modelConfig->maxPositionEmbeddings;
   // A sequence must fit one replica's KV cache.

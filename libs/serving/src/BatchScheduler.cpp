@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cassert>
 #include <random>
+#include <utility>
 
 namespace llmir::serving {
 
@@ -103,6 +104,9 @@ BatchScheduler::BatchScheduler(ReplicaBackend &backend,
     : backend_(backend), tokenizer_(tokenizer), options_(std::move(options)) {
   const ReplicaInfo info = backend_.info();
   pipelineDepth_ = std::max(1, info.pipelineDepth);
+  chainDecode_ = options_.chainDecode && info.chainsDecode;
+  // The chained step waits on the replica while the one before it runs.
+  maxInFlight_ = pipelineDepth_ + (chainDecode_ ? 1 : 0);
   vocabSize_ = info.vocabSize;
   kvStore_ = info.kvStore;
   blocks_ = std::make_unique<BlockManager>(info.numKvBlocks, info.blockSize,
@@ -205,15 +209,28 @@ void BatchScheduler::deliver(std::unique_lock<std::mutex> &lock) {
   notifyAll(); // detachAll and stop wait for quiescence
 }
 
+void BatchScheduler::releaseBlocksLocked(Sequence &seq) {
+  // Only a chained step can still be computing into a sequence's blocks when
+  // it ends or is preempted: the one it was promoted to (inFlight), or the
+  // one behind the step that just returned.
+  const uint64_t busy = seq.inFlight ? seq.stepId : seq.chainedStepId;
+  if (busy != 0) {
+    heldForStep_[busy].push_back(std::move(seq.blocks));
+    seq.blocks = SequenceBlocks{};
+  } else {
+    blocks_->release(seq.blocks);
+  }
+  seq.chainedStepId = 0;
+}
+
 void BatchScheduler::retireLocked(Sequence &seq) {
-  assert(!seq.inFlight);
   seq.finished = true;
   if (seq.running)
     erase(running_, &seq);
   else
     erase(waiting_, &seq);
   seq.running = false;
-  blocks_->release(seq.blocks);
+  releaseBlocksLocked(seq);
   sequences_.erase(seq.id);
   auto it = requests_.find(seq.requestId);
   assert(it != requests_.end());
@@ -333,7 +350,7 @@ void BatchScheduler::onTokenLocked(Sequence &seq, const void *sampledToken) {
 
 void BatchScheduler::preemptLocked(Sequence &seq) {
   assert(seq.running && !seq.inFlight);
-  blocks_->release(seq.blocks);
+  releaseBlocksLocked(seq);
   seq.numComputed = 0;
   seq.storeLookedUp = false; // its blocks may be in the store by now
   seq.running = false;
@@ -474,17 +491,106 @@ void BatchScheduler::markWriteThroughLocked(const Sequence &seq, proto::StepSequ
   }
 }
 
+void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
+                                     proto::StepSequence &entry) {
+  const RequestParams &params = requests_.at(seq.requestId)->params;
+  entry.set_sequence_id(seq.id);
+  if (chained) {
+    // One decode at the position after the step in flight; its token is
+    // the one that step samples (chainableLocked ruled out what would need
+    // it here).
+    entry.set_chained_input(true);
+    entry.set_start_position(static_cast<int32_t>(seq.numComputed + seq.chunk));
+  } else {
+    auto first = seq.tokens.begin() + seq.numComputed;
+    entry.mutable_token_ids()->Add(first, first + seq.chunk);
+    entry.set_start_position(static_cast<int32_t>(seq.numComputed));
+  }
+  entry.mutable_block_table()->Add(seq.blocks.table.begin(), seq.blocks.table.end());
+  const bool sample =
+      chained || seq.numComputed + seq.chunk == static_cast<int64_t>(seq.tokens.size());
+  entry.set_sample(sample);
+  proto::SamplingParams *sampling = entry.mutable_sampling();
+  sampling->set_temperature(params.sampling.temperature);
+  sampling->set_top_p(params.sampling.topP);
+  sampling->set_top_k(params.sampling.topK);
+  sampling->set_seed(seq.seed);
+  entry.set_want_logprobs(params.logprobs);
+  entry.set_top_logprobs(static_cast<uint32_t>(params.topLogprobs));
+  for (const auto &[id, bias] : params.logitBias) {
+    proto::TokenLogprob *b = entry.add_logit_bias();
+    b->set_token_id(id);
+    b->set_logprob(bias);
+  }
+  if (chained)
+    return;
+  if (params.promptLogprobs && seq.numComputed + 1 < seq.promptLen) {
+    entry.set_prompt_logprobs(true);
+    entry.set_prompt_length(static_cast<int32_t>(seq.promptLen));
+    const int64_t next = seq.numComputed + seq.chunk;
+    entry.set_next_prompt_token(next < seq.promptLen ? seq.tokens[static_cast<size_t>(next)] : -1);
+  }
+  if (sample && seq.grammar) {
+    // The mask of this step, from the output so far.
+    entry.set_constrained(true);
+    const std::vector<int32_t> allowed =
+        seq.grammar->allowedTokens(tokenizer_, vocabSize_, options_.eosTokenIds);
+    entry.mutable_allowed_token_ids()->Add(allowed.begin(), allowed.end());
+  }
+  const bool repetition = params.repetitionPenalty != 1.0f;
+  if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {
+    entry.set_presence_penalty(params.presencePenalty);
+    entry.set_frequency_penalty(params.frequencyPenalty);
+    entry.set_repetition_penalty(params.repetitionPenalty);
+    entry.mutable_output_token_ids()->Add(seq.tokens.begin() + seq.promptLen, seq.tokens.end());
+    if (repetition)
+      entry.mutable_prompt_token_ids()->Add(seq.tokens.begin(), seq.tokens.begin() + seq.promptLen);
+  }
+  if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough)
+    markWriteThroughLocked(seq, entry);
+}
+
+bool BatchScheduler::chainableLocked(Sequence &seq) {
+  if (!chainDecode_ || seq.chainedStepId != 0 || seq.cancelled)
+    return false;
+  const int64_t position = seq.numComputed + seq.chunk; // the chained token's
+  if (position != static_cast<int64_t>(seq.tokens.size()))
+    return false; // the step in flight samples nothing
+  const RequestParams &params = requests_.at(seq.requestId)->params;
+  // What needs the sampled token on the scheduler's side first: the grammar's
+  // next mask, penalties over the output so far.
+  if (seq.grammar || params.presencePenalty != 0 || params.frequencyPenalty != 0 ||
+      params.repetitionPenalty != 1.0f)
+    return false;
+  // The step in flight samples output token numGenerated() + 1, the chained
+  // one the next: only when that one may still be wanted.
+  if (seq.numGenerated() + 2 > params.maxTokens || position + 2 > options_.maxModelLen)
+    return false;
+  // Write-through keys a block by its tokens: a step that fills one must
+  // know them all.
+  if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough &&
+      (position + 1) % blocks_->blockSize() == 0)
+    return false;
+  return blocks_->ensureCapacity(seq.blocks, position + 1); // never preempts for it
+}
+
 std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
-  if (static_cast<int32_t>(inFlight_.size()) >= pipelineDepth_)
+  if (static_cast<int32_t>(inFlight_.size()) >= maxInFlight_)
     return std::nullopt;
   int32_t budget = options_.maxBatchTokens;
-  std::vector<Sequence *> chosen;
+  std::vector<Sequence *> chosen, chained;
 
-  // Running sequences first: decodes and the rest of chunked prefills.
+  // Running sequences first: decodes and the rest of chunked prefills (and
+  // chained decodes of those in flight).
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Sequence &seq = *running_[i];
-    if (seq.inFlight)
+    if (seq.inFlight) {
+      if (chainableLocked(seq)) {
+        --budget;
+        chained.push_back(&seq);
+      }
       continue;
+    }
     const int64_t toCompute = static_cast<int64_t>(seq.tokens.size()) - seq.numComputed;
     const int32_t chunk = static_cast<int32_t>(std::min<int64_t>(toCompute, budget));
     bool fits = blocks_->ensureCapacity(seq.blocks, seq.numComputed + chunk);
@@ -527,65 +633,28 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
     budget -= seq.chunk;
     chosen.push_back(&seq);
   }
-  if (chosen.empty())
+  if (chosen.empty() && chained.empty())
     return std::nullopt;
 
   InFlightStep step;
   step.request.set_step_id(nextStepId_++);
   std::vector<uint64_t> ids;
   for (Sequence *seq : chosen) {
-    const RequestParams &params = requests_.at(seq->requestId)->params;
-    proto::StepSequence *entry = step.request.add_sequences();
-    entry->set_sequence_id(seq->id);
-    auto first = seq->tokens.begin() + seq->numComputed;
-    entry->mutable_token_ids()->Add(first, first + seq->chunk);
-    entry->set_start_position(static_cast<int32_t>(seq->numComputed));
-    entry->mutable_block_table()->Add(seq->blocks.table.begin(), seq->blocks.table.end());
-    const bool sample =
-        seq->numComputed + seq->chunk == static_cast<int64_t>(seq->tokens.size());
-    entry->set_sample(sample);
-    proto::SamplingParams *sampling = entry->mutable_sampling();
-    sampling->set_temperature(params.sampling.temperature);
-    sampling->set_top_p(params.sampling.topP);
-    sampling->set_top_k(params.sampling.topK);
-    sampling->set_seed(seq->seed);
-    entry->set_want_logprobs(params.logprobs);
-    entry->set_top_logprobs(static_cast<uint32_t>(params.topLogprobs));
-    if (params.promptLogprobs && seq->numComputed + 1 < seq->promptLen) {
-      entry->set_prompt_logprobs(true);
-      entry->set_prompt_length(static_cast<int32_t>(seq->promptLen));
-      const int64_t next = seq->numComputed + seq->chunk;
-      entry->set_next_prompt_token(next < seq->promptLen ? seq->tokens[static_cast<size_t>(next)] : -1);
-    }
-    for (const auto &[id, bias] : params.logitBias) {
-      proto::TokenLogprob *b = entry->add_logit_bias();
-      b->set_token_id(id);
-      b->set_logprob(bias);
-    }
-    if (sample && seq->grammar) {
-      // The mask of this step, from the output so far.
-      entry->set_constrained(true);
-      const std::vector<int32_t> allowed =
-          seq->grammar->allowedTokens(tokenizer_, vocabSize_, options_.eosTokenIds);
-      entry->mutable_allowed_token_ids()->Add(allowed.begin(), allowed.end());
-    }
-    const bool repetition = params.repetitionPenalty != 1.0f;
-    if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {
-      entry->set_presence_penalty(params.presencePenalty);
-      entry->set_frequency_penalty(params.frequencyPenalty);
-      entry->set_repetition_penalty(params.repetitionPenalty);
-      entry->mutable_output_token_ids()->Add(seq->tokens.begin() + seq->promptLen, seq->tokens.end());
-      if (repetition)
-        entry->mutable_prompt_token_ids()->Add(seq->tokens.begin(), seq->tokens.begin() + seq->promptLen);
-    }
-    if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough)
-      markWriteThroughLocked(*seq, *entry);
+    fillEntryLocked(*seq, false, *step.request.add_sequences());
     seq->inFlight = true;
+    seq->stepId = step.request.step_id();
     ids.push_back(seq->id);
     ++step.stats.numSequences;
     step.stats.numTokens += seq->chunk;
     if (seq->numComputed < seq->promptLen)
       step.stats.numPrefillTokens += seq->chunk;
+  }
+  for (Sequence *seq : chained) {
+    fillEntryLocked(*seq, true, *step.request.add_sequences());
+    seq->chainedStepId = step.request.step_id();
+    ids.push_back(seq->id);
+    ++step.stats.numSequences;
+    ++step.stats.numTokens;
   }
   inFlight_[step.request.step_id()] = std::move(ids);
   return step;
@@ -636,6 +705,14 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     if (found == sequences_.end())
       continue;
     Sequence &seq = *found->second;
+    if (seq.chainedStepId == stepId) {
+      // Returned before the step it chains on (a send failed): nothing of
+      // it is usable, and the sequence goes on from that step.
+      seq.chainedStepId = 0;
+      continue;
+    }
+    if (!seq.inFlight || seq.stepId != stepId)
+      continue; // a chained step whose predecessor failed: the sequence was re-queued
     seq.inFlight = false;
     if (seq.cancelled) {
       finishLocked(seq, FinishReason::Abort, "");
@@ -677,9 +754,19 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     if (seq.index == 0 && seq.numComputed >= seq.promptLen)
       for (auto &sibling : requests_.at(seq.requestId)->sequences)
         sibling->waitingForLeader = false;
-    if (sample)
-      onTokenLocked(seq, sampled.at(id));
+    if (!sample)
+      continue;
+    if (seq.chainedStepId != 0) {
+      // Its chained step now decodes the token just sampled.
+      seq.inFlight = true;
+      seq.stepId = std::exchange(seq.chainedStepId, 0);
+      seq.chunk = 1;
+    }
+    onTokenLocked(seq, sampled.at(id)); // may end the sequence (blocks held for that step)
   }
+  if (auto held = heldForStep_.extract(stepId))
+    for (SequenceBlocks &blocks : held.mapped())
+      blocks_->release(blocks);
   // The next steps go out before this step's events are handed out: the
   // replica computes while the tokens are framed and streamed to the
   // clients, and no wake-up of the loop thread sits between two steps. All

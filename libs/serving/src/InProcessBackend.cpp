@@ -19,6 +19,7 @@ InProcessBackend::create(const proto::ShardProgram &program,
   info.numKvBlocks = static_cast<int32_t>(kv.numBlocks);
   info.blockSize = static_cast<int32_t>(kv.blockSize);
   info.vocabSize = static_cast<int32_t>(program.vocab_size());
+  info.chainsDecode = true;
   return std::unique_ptr<InProcessBackend>(
       new InProcessBackend(std::move(*executor), info));
 }
@@ -30,7 +31,7 @@ void InProcessBackend::submit(const proto::StepRequest &request, StepDone done) 
     proto::StepResponse response;
     response.set_step_id(request.step_id());
     response.set_ok(true);
-    LLMIR_RETURN_IF_ERROR(stepAndSample(*executor_, request, true, response)
+    LLMIR_RETURN_IF_ERROR(stepAndSample(*executor_, request, true, response, &chain_)
                               .withContext("step " + std::to_string(request.step_id())));
     response.set_step_seconds(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

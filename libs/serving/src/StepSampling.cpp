@@ -272,22 +272,77 @@ Status sampledTokens(const proto::StepRequest &request,
   return Status::ok();
 }
 
-Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
-                     bool samples, proto::StepResponse &response) {
-  const engine::StepInput input = toStepInput(request);
-  if (samples && samplesOnBackend(request)) {
-    // The sampling runs where the logits are (on a GPU only the ids and
-    // logprobs cross to the host).
-    const std::vector<engine::RowSampling> rows = backendSampling(request);
-    Result<std::vector<engine::SampledToken>> tokens = executor.stepSample(input, rows);
-    if (!tokens)
-      return tokens.status();
-    return sampledTokens(request, *tokens, response);
+bool DecodeChain::chains(const proto::StepRequest &request) {
+  return std::any_of(request.sequences().begin(), request.sequences().end(),
+                     [](const proto::StepSequence &seq) { return seq.chained_input(); });
+}
+
+Status DecodeChain::fillChainedInputs(proto::StepRequest &request) const {
+  for (proto::StepSequence &seq : *request.mutable_sequences()) {
+    if (!seq.chained_input())
+      continue;
+    auto it = last_.find(seq.sequence_id());
+    if (it == last_.end() || it->second.position != seq.start_position() ||
+        seq.token_ids_size() != 0)
+      return Status::error("sequence " + std::to_string(seq.sequence_id()) +
+                           " chains on a token the previous step did not sample for position " +
+                           std::to_string(seq.start_position()));
+    seq.add_token_ids(it->second.tokenId);
   }
-  Result<engine::Tensor> logits = executor.step(input);
-  if (!logits)
-    return logits.status();
-  return samples ? sampleStep(request, *logits, response) : Status::ok();
+  return Status::ok();
+}
+
+void DecodeChain::remember(const proto::StepRequest &request,
+                           const proto::StepResponse &response, bool ok) {
+  ++steps_;
+  std::unordered_map<uint64_t, int64_t> next; // sequence id -> position after its chunk
+  for (const proto::StepSequence &seq : request.sequences()) {
+    last_.erase(seq.sequence_id());
+    if (ok && seq.sample())
+      next[seq.sequence_id()] = int64_t{seq.start_position()} + seq.token_ids_size();
+  }
+  for (const proto::SampledToken &token : response.tokens())
+    if (auto it = next.find(token.sequence_id()); it != next.end())
+      last_[token.sequence_id()] = {token.token_id(), it->second, steps_};
+  // A chain follows its step within the replica's few steps in flight;
+  // what finished sequences left behind goes after a while.
+  constexpr uint64_t kKeptSteps = 64;
+  if (last_.size() > 1024)
+    std::erase_if(last_, [&](const auto &kept) { return kept.second.step + kKeptSteps < steps_; });
+}
+
+Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
+                     bool samples, proto::StepResponse &response, DecodeChain *chain) {
+  auto run = [&](const proto::StepRequest &step) -> Status {
+    const engine::StepInput input = toStepInput(step);
+    if (samples && samplesOnBackend(step)) {
+      // The sampling runs where the logits are (on a GPU only the ids and
+      // logprobs cross to the host).
+      const std::vector<engine::RowSampling> rows = backendSampling(step);
+      Result<std::vector<engine::SampledToken>> tokens = executor.stepSample(input, rows);
+      if (!tokens)
+        return tokens.status();
+      return sampledTokens(step, *tokens, response);
+    }
+    Result<engine::Tensor> logits = executor.step(input);
+    if (!logits)
+      return logits.status();
+    return samples ? sampleStep(step, *logits, response) : Status::ok();
+  };
+  if (!chain)
+    return run(request);
+  const proto::StepRequest *step = &request;
+  proto::StepRequest filled;
+  Status status = Status::ok();
+  if (DecodeChain::chains(request)) {
+    filled = request;
+    status = chain->fillChainedInputs(filled);
+    step = &filled;
+  }
+  if (status)
+    status = run(*step);
+  chain->remember(*step, response, status.isOk());
+  return status;
 }
 
 } // namespace llmir::serving

@@ -128,6 +128,7 @@ void ShardWorker::tearDown() {
   comm_.reset();
   runtime_.reset();
   checkpoint_.reset();
+  chain_.forget();
   loadedBytes_ = 0;
 }
 
@@ -253,7 +254,7 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   bool prefill = false;
   for (const auto &seq : request.sequences())
     prefill |= seq.token_ids_size() > 1;
-  if (Status ran = serving::stepAndSample(*executor_, request, decides_, response); !ran)
+  if (Status ran = serving::stepAndSample(*executor_, request, decides_, response, &chain_); !ran)
     return fail(ran);
   if (kvStore_) {
     // The step's KV_STORE copied the filled blocks (store_blocks) into the

@@ -13,6 +13,7 @@
 #include "llmir/proto/worker.pb.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/EngineCommunicator.h"
+#include "llmir/serving/StepSampling.h"
 
 #include <chrono>
 #include <functional>
@@ -98,6 +99,9 @@ private:
   std::unique_ptr<runtime::EngineCommunicator> comm_;
   std::unique_ptr<TimedCommunicator> timedComm_;
   std::unique_ptr<engine::Executor> executor_;
+  // The deciding rank's samples for chained decodes (a one-rank replica's
+  // scheduler sends them; ReplicaInfo::chainsDecode).
+  serving::DecodeChain chain_;
   // The KV-block store (AssignRank.kv_store); null without one or when it
   // could not be set up (the rank then serves without it).
   mutable std::mutex kvStoreMutex_; // kvStore_ and retired counters vs. metrics

@@ -7,6 +7,7 @@
 #include "llmir/serving/BatchScheduler.h"
 #include "llmir/serving/OutputGrammar.h"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -296,7 +297,7 @@ public:
 
 private:
   ReplicaBackend &inner_;
-  int steps_ = 0;
+  std::atomic<int> steps_{0};
 };
 
 TEST_F(BatchSchedulerTest, FailedStepsAreRecomputedWithoutLosingTokens) {
@@ -392,6 +393,7 @@ TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoin
   ThreadedBackend threaded(*backend, 2);
   SchedulerOptions options;
   options.eosTokenIds = {*demo->tokenizer.eosId()};
+  options.chainDecode = false; // the pipeline's own two steps (chaining adds one)
   auto s = std::make_unique<BatchScheduler>(threaded, demo->tokenizer, options);
   ThreadSafeCollector collector;
   s->start();
@@ -405,6 +407,78 @@ TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoin
   for (size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i % 4].greedyIds);
   EXPECT_EQ(threaded.mostInFlight(), 2u); // both stages kept busy, never more
+}
+
+// Chained decodes on a replica that runs its steps in order on a thread of
+// its own: the next step is always queued behind the running one (one more
+// than the pipeline's depth), the tokens are the reference's, a step chained
+// after a sequence's last token is dropped, and every block comes back.
+TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenceIds) {
+  for (int32_t depth : {1, 2}) {
+    auto backend = demo->backend(128);
+    ASSERT_TRUE(backend);
+    ASSERT_TRUE(backend->info().chainsDecode);
+    ThreadedBackend threaded(*backend, depth);
+    SchedulerOptions options;
+    options.eosTokenIds = {*demo->tokenizer.eosId()};
+    BatchScheduler s(threaded, demo->tokenizer, options);
+    ThreadSafeCollector collector;
+    s.start();
+    std::vector<std::pair<uint64_t, size_t>> requests; // id, tokens asked
+    for (size_t i = 0; i < 8; ++i) {
+      const size_t maxTokens = i == 5 ? 1 : i == 6 ? 2 : 32; // too short to chain, or once
+      requests.emplace_back(
+          s.addRequest(greedy(demo->cases[i % 4].promptIds, static_cast<int64_t>(maxTokens)),
+                       collector.callback()),
+          maxTokens);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_TRUE(collector.waitForFinished(8)) << collector.finished << " of 8 finished";
+    s.stop();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const auto &reference = demo->cases[i % 4].greedyIds;
+      const size_t n = std::min(requests[i].second, reference.size());
+      EXPECT_EQ(collector.of(requests[i].first).ids,
+                std::vector<int32_t>(reference.begin(), reference.begin() + n))
+          << "request " << i << " at depth " << depth;
+    }
+    EXPECT_EQ(threaded.mostInFlight(), static_cast<size_t>(depth) + 1);
+    EXPECT_EQ(s.stats().kvUsage, 0.0);
+  }
+}
+
+// A chained step whose predecessor failed is dropped, in both orders: the
+// replica fails a step and the chained one after it finds no token (the
+// failure in order, as a worker answers), or a step fails at submit before
+// the one it chains on returned (a send failure). Nothing is lost.
+TEST_F(BatchSchedulerTest, ChainedDecodesAfterAFailedStepAreDroppedAndRecomputed) {
+  for (bool failAtSubmit : {false, true}) {
+    auto backend = demo->backend(128);
+    ASSERT_TRUE(backend);
+    std::unique_ptr<ReplicaBackend> below, top;
+    if (failAtSubmit) {
+      below = std::make_unique<ThreadedBackend>(*backend, 1);
+      top = std::make_unique<FlakyBackend>(*below);
+    } else {
+      below = std::make_unique<FlakyBackend>(*backend);
+      top = std::make_unique<ThreadedBackend>(*below, 1);
+    }
+    SchedulerOptions options{.maxStepRetries = 100};
+    options.eosTokenIds = {*demo->tokenizer.eosId()};
+    BatchScheduler s(*top, demo->tokenizer, options);
+    ThreadSafeCollector collector;
+    s.start();
+    std::vector<uint64_t> ids;
+    for (const auto &c : demo->cases)
+      ids.push_back(s.addRequest(greedy(c.promptIds), collector.callback()));
+    ASSERT_TRUE(collector.waitForFinished(static_cast<int>(ids.size())));
+    s.stop();
+    EXPECT_GT(s.stats().numStepFailures, 0u);
+    for (size_t i = 0; i < ids.size(); ++i)
+      EXPECT_EQ(collector.of(ids[i]).ids, demo->cases[i].greedyIds)
+          << "request " << i << (failAtSubmit ? ", failing at submit" : ", failing in order");
+    EXPECT_EQ(s.stats().kvUsage, 0.0);
+  }
 }
 
 TEST_F(BatchSchedulerTest, BackgroundThreadServesConcurrentSubmitters) {

@@ -151,6 +151,51 @@ TEST(StepSampling, PromptLogprobsOfAChunkUseTheNextChunksFirstToken) {
 // tokens Executor::stepSample draws from backendSampling's rows (here the
 // CPU's Sampler with the row's uniform draw, what every backend computes)
 // are the tokens and logprobs sampleStep gives from the same logits.
+// A chained decode takes the token the replica sampled for its sequence at
+// the position before it, from whichever earlier step; one the replica has
+// not sampled there (a failed step, a position ahead) fails the step, naming
+// the sequence.
+TEST(StepSampling, DecodeChainFillsChainedInputsOnlyFromTheSampleAtThePositionBefore) {
+  auto stepOf = [](uint64_t id, int32_t start, std::vector<int32_t> tokens) {
+    proto::StepRequest request;
+    proto::StepSequence *seq = request.add_sequences();
+    seq->set_sequence_id(id);
+    seq->set_start_position(start);
+    seq->mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    seq->set_sample(true);
+    seq->set_chained_input(tokens.empty());
+    return request;
+  };
+  auto sampled = [](uint64_t id, int32_t token) {
+    proto::StepResponse response;
+    proto::SampledToken *t = response.add_tokens();
+    t->set_sequence_id(id);
+    t->set_token_id(token);
+    return response;
+  };
+  DecodeChain chain;
+  chain.remember(stepOf(7, 0, {5, 6, 7}), sampled(7, 42), true); // a prompt of 3: 42 goes at 3
+  chain.remember(stepOf(8, 0, {1}), sampled(8, 9), true);        // another step between
+  EXPECT_FALSE(DecodeChain::chains(stepOf(7, 3, {42})));
+
+  proto::StepRequest next = stepOf(7, 3, {});
+  ASSERT_TRUE(DecodeChain::chains(next));
+  ASSERT_TRUE(chain.fillChainedInputs(next));
+  ASSERT_EQ(next.sequences(0).token_ids_size(), 1);
+  EXPECT_EQ(next.sequences(0).token_ids(0), 42);
+
+  proto::StepRequest ahead = stepOf(7, 4, {});
+  Status status = chain.fillChainedInputs(ahead);
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.message().find("sequence 7"), std::string::npos) << status.message();
+
+  chain.remember(stepOf(7, 3, {42}), proto::StepResponse{}, false); // that step failed
+  proto::StepRequest afterFailure = stepOf(7, 4, {});
+  EXPECT_FALSE(chain.fillChainedInputs(afterFailure));
+  proto::StepRequest unknown = stepOf(3, 1, {});
+  EXPECT_FALSE(chain.fillChainedInputs(unknown));
+}
+
 TEST(StepSampling, BackendSamplingGivesSampleStepsTokens) {
   proto::StepRequest request;
   greedySequence(request, {1, 2, 3});

@@ -67,6 +67,12 @@ struct SchedulerOptions {
   int32_t maxStepRetries = 3;
   /// With a store (ReplicaInfo::kvStore); loads happen under every policy.
   KvStoreWritePolicy kvStoreWritePolicy = KvStoreWritePolicy::WriteThrough;
+  /// On a replica that chains decodes (ReplicaInfo::chainsDecode): send a
+  /// sequence's next decode while its current step is in flight, its input
+  /// the token that step samples (vLLM's asynchronous scheduling), so the
+  /// replica never idles for the round trip to the scheduler between two
+  /// tokens. A step chained after a sequence's last token is wasted.
+  bool chainDecode = true;
 };
 
 enum class FinishReason { Stop, Length, Abort, Error };
@@ -220,6 +226,12 @@ private:
   void onStoreLoadDone(uint64_t sequenceId, Result<uint32_t> loaded);
   void markWriteThroughLocked(const Sequence &seq, proto::StepSequence &entry);
   bool admitLocked(Sequence &seq, int32_t &budget);
+  /// `seq` (in flight) may also go in the step being scheduled, chained.
+  bool chainableLocked(Sequence &seq);
+  void fillEntryLocked(const Sequence &seq, bool chained, proto::StepSequence &entry);
+  /// Frees `seq`'s blocks, or holds them until the step still computing
+  /// into them (a chained one) returns.
+  void releaseBlocksLocked(Sequence &seq);
   bool preemptForLocked(Sequence &seq);
   void preemptLocked(Sequence &seq);
   void onStepDone(uint64_t stepId, Result<proto::StepResponse> response);
@@ -237,6 +249,8 @@ private:
   const model::Tokenizer &tokenizer_;
   SchedulerOptions options_;
   int32_t pipelineDepth_;
+  bool chainDecode_ = false; // options_.chainDecode on a replica that chains
+  int32_t maxInFlight_ = 1;  // pipelineDepth_, one more when chaining
   int32_t vocabSize_;
 
   mutable std::mutex mutex_;
@@ -272,6 +286,9 @@ private:
   int32_t storeLoadsInFlight_ = 0;
   int32_t storeWritesInFlight_ = 0;
   std::map<uint64_t, SequenceBlocks> heldForStore_; // by load id
+  // Blocks of sequences that ended while a chained step of theirs was in
+  // flight, by that step's id: freed when it returns.
+  std::map<uint64_t, std::vector<SequenceBlocks>> heldForStep_;
   uint64_t nextLoadId_ = 1;
   uint64_t kvStoreLoads_ = 0;
   uint64_t kvStoreLoadFailures_ = 0;

@@ -4,6 +4,7 @@
 
 #include "llmir/engine/Executor.h"
 #include "llmir/serving/ReplicaBackend.h"
+#include "llmir/serving/StepSampling.h"
 
 #include <memory>
 #include <mutex>
@@ -28,6 +29,7 @@ private:
 
   std::mutex mutex_;
   std::unique_ptr<engine::Executor> executor_;
+  DecodeChain chain_;
   ReplicaInfo info_;
 };
 

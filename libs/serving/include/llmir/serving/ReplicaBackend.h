@@ -23,6 +23,11 @@ struct ReplicaInfo {
   /// blocks they fill for write-through, and loadBlocks() fills a
   /// sequence's blocks from the store.
   bool kvStore = false;
+  /// The replica fills a chained_input sequence with the token its previous
+  /// step sampled for it (DecodeChain: one rank that both computes and
+  /// samples, running steps in order), so the scheduler may send a
+  /// sequence's next decode while this one is in flight.
+  bool chainsDecode = false;
 };
 
 class ReplicaBackend {

@@ -11,6 +11,7 @@
 #include "llmir/support/Status.h"
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace llmir::proto {
@@ -59,10 +60,43 @@ Status sampledTokens(const proto::StepRequest &request,
                      const std::vector<engine::SampledToken> &tokens,
                      proto::StepResponse &response);
 
+/// What a replica that chains decode steps (ReplicaInfo::chainsDecode) keeps
+/// from one step to the next: the token its last step sampled for each
+/// sequence, and the position that token goes in. A StepSequence marked
+/// chained_input carries no token and takes that one, so the scheduler can
+/// send a sequence's next decode before this step's answer reached it.
+class DecodeChain {
+public:
+  /// True when some sequence of `request` is chained_input.
+  static bool chains(const proto::StepRequest &request);
+  /// Gives every chained_input sequence of `request` its token; fails, naming
+  /// the sequence, when no step sampled one for it at start_position - 1
+  /// (that step failed, or has not run here).
+  Status fillChainedInputs(proto::StepRequest &request) const;
+  /// After a step: keeps each sequence's sampled token; a failed step
+  /// (`ok` false) drops what was kept for its sequences.
+  void remember(const proto::StepRequest &request, const proto::StepResponse &response,
+                bool ok);
+  /// Drops everything (the replica was set up again).
+  void forget() { last_.clear(); }
+
+private:
+  struct Sample {
+    int32_t tokenId = 0;
+    int64_t position = 0; // where it goes in: the sampling row's position + 1
+    uint64_t step = 0;    // steps_ when it was sampled
+  };
+  std::unordered_map<uint64_t, Sample> last_; // by sequence id
+  uint64_t steps_ = 0;
+};
+
 /// Runs the request's step on `executor`; when `samples` (the rank that
 /// decides), fills response.tokens: by stepSample for a samplesOnBackend
-/// request, by sampleStep on the logits otherwise.
+/// request, by sampleStep on the logits otherwise. With a `chain` (a
+/// single-rank replica), chained inputs are filled from it first and the
+/// step's samples kept in it after.
 Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,
-                     bool samples, proto::StepResponse &response);
+                     bool samples, proto::StepResponse &response,
+                     DecodeChain *chain = nullptr);
 
 } // namespace llmir::serving
