@@ -82,38 +82,49 @@ __global__ void storeKernel(const float *k, const float *v,
 }
 
 // The ROPEs of an attention's queries and keys and its store in one pass:
-// one block per token, a thread per (head, pair) of the queries then of the
+// blocks (token, part), a thread per (head, pair) of the queries then of the
 // keys; the thread rotating a key pair also writes it into the cache, and
 // the values are copied as storeKernel does. Same rotation (rotatePair) and
-// the same cache rows as the three kernels.
+// the same cache rows as the three kernels. The angles' double sin and cos
+// depend on the step's positions and the frequencies only, which no kernel
+// writes: they are computed before the wait, while the projection before
+// still runs, and a decode token's pairs spread over several blocks (one
+// block a token ran them on one multiprocessor, ~6-7 us a layer).
+constexpr int kRopeThreads = 128;
 template <typename C>
-__global__ void ropeStoreKernel(const float *q, float *qOut, int64_t qHeads,
-                                const float *qFrequencies, const float *k, float *kOut,
-                                const float *kFrequencies, const float *v, AttentionGeometry g) {
-  beginDependentKernel();
+__global__ void __launch_bounds__(kRopeThreads)
+    ropeStoreKernel(const float *q, float *qOut, int64_t qHeads, const float *qFrequencies,
+                    const float *k, float *kOut, const float *kFrequencies, const float *v,
+                    AttentionGeometry g) {
   const int64_t t = blockIdx.x, D = g.headDim, half = D / 2;
   const int64_t kHeads = g.numKvHeads, position = g.positions[t];
   const float angle = static_cast<float>(position);
   const bool mine = (position / g.blockSize) % g.kvShards == g.kvShard;
   const int64_t row = mine ? cacheRow(g, g.tokenSeq[t], position) : 0;
   C *keys = static_cast<C *>(g.keys) + row;
-  for (int64_t p = threadIdx.x; p < (qHeads + kHeads) * half; p += blockDim.x) {
-    if (p < qHeads * half) {
-      const int64_t h = p / half, i = p % half, head = (t * qHeads + h) * D;
-      rotatePair(q + head, qOut + head, i, half, angle * qFrequencies[i]);
-      continue;
-    }
-    const int64_t h = (p - qHeads * half) / half, i = (p - qHeads * half) % half;
-    const int64_t head = t * g.kvRowStride + h * D;
-    rotatePair(k + head, kOut + head, i, half, angle * kFrequencies[i]);
+  const int64_t p = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  const bool isQuery = p < qHeads * half;
+  const int64_t pk = p - qHeads * half; // the key pair's index
+  const int64_t i = isQuery ? p % half : pk % half;
+  const bool active = p < (qHeads + kHeads) * half;
+  const Rotation rotation =
+      active ? rotationBy(angle * (isQuery ? qFrequencies[i] : kFrequencies[i])) : Rotation{};
+  waitForPrecedingKernels();
+  allowDependentLaunch();
+  if (active && isQuery) {
+    const int64_t head = (t * qHeads + p / half) * D;
+    rotatePair(q + head, qOut + head, i, half, rotation);
+  } else if (active) {
+    const int64_t h = pk / half, head = t * g.kvRowStride + h * D;
+    rotatePair(k + head, kOut + head, i, half, rotation);
     if (mine) {
       storeCached(keys + h * D + i, kOut[head + i]);
       storeCached(keys + h * D + i + half, kOut[head + i + half]);
     }
   }
   if (mine)
-    for (int64_t i = threadIdx.x; i < kHeads * D; i += blockDim.x)
-      storeCached(static_cast<C *>(g.values) + row + i, v[t * g.kvRowStride + i]);
+    for (int64_t e = p; e < kHeads * D; e += int64_t(gridDim.y) * blockDim.x)
+      storeCached(static_cast<C *>(g.values) + row + e, v[t * g.kvRowStride + e]);
 }
 
 // q . key over D, key in the cache's element type; 16-byte loads when the
@@ -218,7 +229,9 @@ __device__ __forceinline__ DecodeBlock decodeBlock(const AttentionGeometry &g, i
   b.rowOut = out + r * b.outRow + (g.splits > 1 ? blockIdx.z * partialRow : 0);
   if (g.splits > 1) {
     const int64_t first = b.begin;
-    const int64_t part = (length - first + g.splits - 1) / g.splits;
+    // 32-bit: a 64-bit division is a long instruction sequence on the GPU.
+    const int64_t part = static_cast<int32_t>(length - first + g.splits - 1) /
+                         static_cast<int32_t>(g.splits);
     b.begin = first + blockIdx.z * part;
     b.end = b.begin + part < length ? b.begin + part : length;
   }
@@ -368,12 +381,15 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
 // with every load in flight at once (cp.async), scores them against all of
 // the group's queries, updates one online softmax per head and accumulates
 // the values, so a chunk costs one memory latency and each key is read once.
-// Partial rows, splits and the in-kernel merge are attendKernel's. On an
-// H200 it takes 22 us a layer at the 8B shape (attendKernel 26.5) and 17 us
-// at 1.1B, alone: ncu finds a serial chain of ~2,000 instructions a warp at
-// one warp per scheduler, which is what to cut next.
+// Partial rows, splits and the in-kernel merge are attendKernel's. It is a
+// serial chain (ncu: ~2,000 instructions a warp at one warp per scheduler
+// with 128 threads): 256 threads halve each thread's share of the scores
+// and sums, and the first chunk's rows are requested before the
+// dependent-launch wait. On an H200, alone, 8B shape 22.3 -> 18.1 us a layer
+// (attendKernel 26.5), 1.1B 17 us; end to end, with the wait hiding a
+// memory latency, 1.1B batch 1 +4-5%, 8B +2.5% (docs/performance.md).
 constexpr int kMaxGroup = 8;
-constexpr int kGroupThreads = 128;
+constexpr int kGroupThreads = 256;
 
 template <typename C> struct GroupChunk {
   // Keys a chunk: two tiles of Keys x (D + pad) elements stay under the
@@ -485,7 +501,10 @@ __global__ void __launch_bounds__(kGroupThreads)
   // covers global heads of kvGroup, some of them on other ranks).
   int64_t firstHead, heads;
   if (g.kvGroup > 0) {
-    const int64_t global = (kvHead + g.headOffset / g.kvGroup) * g.kvGroup - g.headOffset;
+    const int64_t global =
+        (kvHead + static_cast<int32_t>(g.headOffset) / static_cast<int32_t>(g.kvGroup)) *
+            g.kvGroup -
+        g.headOffset;
     firstHead = global > 0 ? global : 0;
     const int64_t past = global + g.kvGroup < g.numHeads ? global + g.kvGroup : g.numHeads;
     heads = past - firstHead;
@@ -509,19 +528,45 @@ __global__ void __launch_bounds__(kGroupThreads)
                      : -1;
     }
   };
+  // Every 16-byte piece of the chunk's key and value rows, all in flight at
+  // once; rows of another sequence-parallel rank become zeros. `which`
+  // picks the rows: positions before `written` (0), from it (1), all (2).
+  const int64_t written = g.positions[t]; // the row this step stores
+  auto copyChunk = [&](int64_t chunk, int which) {
+    const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
+    for (int p = tid; p < n * kPieces; p += kGroupThreads) {
+      const int j = p / kPieces, piece = p % kPieces;
+      if (which != 2 && (chunk + j >= written) != (which == 1))
+        continue;
+      C *key = keyTile + j * kPitch + piece * (16 / sizeof(C));
+      C *value = valueTile + j * kPitch + piece * (16 / sizeof(C));
+      if (rowAt[j] < 0) {
+        *reinterpret_cast<uint4 *>(key) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(value) = make_uint4(0, 0, 0, 0);
+        continue;
+      }
+      const int64_t at = rowAt[j] + piece * (16 / int(sizeof(C)));
+      copyAsync16(key, keys + at);
+      copyAsync16(value, values + at);
+    }
+  };
   // The step's tables are uploaded before its first kernel and written by
-  // none (DependentLaunch.cuh): the first chunk's rows are looked up while
-  // the kernel before (which stores this step's key) may still run.
+  // none, and the only cache row the kernel before may still be writing is
+  // the one this step stores (DependentLaunch.cuh: every kernel before that
+  // one has finished): the first chunk's other rows are in flight before
+  // the wait, its last memory latency hidden behind the kernel before.
   findRows(begin);
+  __syncthreads();
+  copyChunk(begin, 0);
   waitForPrecedingKernels();
   allowDependentLaunch();
+  copyChunk(begin, 1);
   for (int64_t i = tid; i < heads * D; i += kGroupThreads)
     query[i] = q[(r * g.numHeads + firstHead) * D + i];
   if (tid < kMaxGroup) {
     headMax[tid] = -INFINITY;
     headSum[tid] = 0.0f;
   }
-  __syncthreads();
   float acc[kOutputs];
 #pragma unroll
   for (int i = 0; i < kOutputs; ++i)
@@ -529,15 +574,8 @@ __global__ void __launch_bounds__(kGroupThreads)
 
   for (int64_t chunk = begin; chunk < end; chunk += kKeys) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
-    // Every 16-byte piece of the chunk's key and value rows at once.
-    for (int p = tid; p < n * kPieces; p += kGroupThreads) {
-      const int j = p / kPieces, piece = p % kPieces;
-      if (rowAt[j] < 0)
-        continue;
-      const int64_t at = rowAt[j] + piece * (16 / int(sizeof(C)));
-      copyAsync16(keyTile + j * kPitch + piece * (16 / sizeof(C)), keys + at);
-      copyAsync16(valueTile + j * kPitch + piece * (16 / sizeof(C)), values + at);
-    }
+    if (chunk != begin)
+      copyChunk(chunk, 2);
     waitAsyncCopies();
     __syncthreads();
     // Scores, consecutive threads on consecutive keys of one head (the
@@ -590,19 +628,22 @@ __global__ void __launch_bounds__(kGroupThreads)
     // looked up while the values are summed.
     if (chunk + kKeys < end)
       findRows(chunk + kKeys);
-    // Outputs (head, d), consecutive threads on consecutive d.
+    // Outputs (head, d), consecutive threads on consecutive d: a thread's
+    // outputs are independent sums, advanced together key by key (one
+    // dependent chain a key, not one an output). A masked key's p is 0 and
+    // its row zeros.
 #pragma unroll
     for (int i = 0; i < kOutputs; ++i) {
       const int o = tid + i * kGroupThreads;
-      if (o < heads * D) {
-        const int h = o / D, d = o % D;
-        float sum = acc[i] * headCorrection[h];
-        for (int j = 0; j < n; ++j) {
-          const float p = score[h * kKeys + j];
-          if (p != 0.0f)
-            sum += p * loadCached(valueTile + j * kPitch + d);
-        }
-        acc[i] = sum;
+      if (o < heads * D)
+        acc[i] *= headCorrection[o / D];
+    }
+    for (int j = 0; j < n; ++j) {
+#pragma unroll
+      for (int i = 0; i < kOutputs; ++i) {
+        const int o = tid + i * kGroupThreads;
+        if (o < heads * D)
+          acc[i] += score[(o / D) * kKeys + j] * loadCached(valueTile + j * kPitch + o % D);
       }
     }
     __syncthreads(); // before the next chunk's copies overwrite the tiles
@@ -1003,9 +1044,9 @@ int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
   if (g.numTokens <= 0)
     return cudaGetLastError();
   const int64_t pairs = (qHeads + g.numKvHeads) * (g.headDim / 2);
-  const unsigned threads =
-      static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, (pairs + 31) / 32 * 32)));
-  const unsigned blocks = static_cast<unsigned>(g.numTokens);
+  const unsigned threads = kRopeThreads;
+  const dim3 blocks(static_cast<unsigned>(g.numTokens),
+                    static_cast<unsigned>((pairs + kRopeThreads - 1) / kRopeThreads));
   if (g.bf16Cache)
     launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, threads, 0, stream, q, qOut, qHeads,
                     qFrequencies, k, kOut, kFrequencies, v, g);

@@ -6,16 +6,26 @@
 
 namespace llmir::engine::cuda::detail {
 
-// HF rotate_half of the pair (i, i + D/2) of one head by `angle` (cos and
-// sin in double, as the CPU kernel).
-__device__ __forceinline__ void rotatePair(const float *head, float *rotated, int64_t i,
-                                           int64_t half, float angle) {
+// cos and sin of a rotation angle, in double as the CPU kernel, rounded.
+struct Rotation {
+  float c, s;
+};
+__device__ __forceinline__ Rotation rotationBy(float angle) {
   double sine, cosine;
   sincos(static_cast<double>(angle), &sine, &cosine);
-  const float c = static_cast<float>(cosine), s = static_cast<float>(sine);
+  return {static_cast<float>(cosine), static_cast<float>(sine)};
+}
+
+// HF rotate_half of the pair (i, i + D/2) of one head.
+__device__ __forceinline__ void rotatePair(const float *head, float *rotated, int64_t i,
+                                           int64_t half, Rotation r) {
   const float a = head[i], b = head[i + half];
-  rotated[i] = a * c - b * s;
-  rotated[i + half] = b * c + a * s;
+  rotated[i] = a * r.c - b * r.s;
+  rotated[i + half] = b * r.c + a * r.s;
+}
+__device__ __forceinline__ void rotatePair(const float *head, float *rotated, int64_t i,
+                                           int64_t half, float angle) {
+  rotatePair(head, rotated, i, half, rotationBy(angle));
 }
 
 } // namespace llmir::engine::cuda::detail
