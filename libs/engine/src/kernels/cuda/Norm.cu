@@ -32,11 +32,49 @@ __device__ float inverseRms(double sum, int64_t H, float eps) {
   return 1.0f / sqrtf(meanSquare + eps);
 }
 
+// Where a row has at most kNormPerThread elements a thread (H up to 8,192),
+// a thread keeps its elements and their weights in registers: the weights
+// (written by no kernel) are loaded before the dependent-launch wait, so
+// the only memory latency after it is the row's, and the row is not read
+// twice. The arithmetic is the loop's, element for element.
+constexpr int kNormPerThread = 8;
+
+template <typename Row>
+__device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const float *weight,
+                                                     float eps, float *y) {
+  float w[kNormPerThread], h[kNormPerThread];
+#pragma unroll
+  for (int j = 0; j < kNormPerThread; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    w[j] = i < H ? weight[i] : 0.0f;
+  }
+  beginDependentKernel();
+  double sum = 0.0;
+#pragma unroll
+  for (int j = 0; j < kNormPerThread; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < H) {
+      h[j] = row(i);
+      sum += static_cast<double>(h[j]) * h[j];
+    }
+  }
+  const float scale = inverseRms(sum, H, eps);
+#pragma unroll
+  for (int j = 0; j < kNormPerThread; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < H)
+      y[i] = w[j] * (h[j] * scale);
+  }
+}
+
 // One block per row.
 __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
                               float eps, float *y) {
-  beginDependentKernel();
   const float *row = x + blockIdx.x * H;
+  if (H <= kNormPerThread * int64_t(blockDim.x))
+    return normalizeInRegisters([&](int64_t i) { return row[i]; }, H, weight, eps,
+                                y + blockIdx.x * H);
+  beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
@@ -51,8 +89,16 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // arithmetic as the two kernels one after the other.
 __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
                                  const float *weight, float eps, float *y) {
-  beginDependentKernel();
   const int64_t base = blockIdx.x * H;
+  if (H <= kNormPerThread * int64_t(blockDim.x))
+    return normalizeInRegisters(
+        [&](int64_t i) {
+          const float h = a[base + i] + b[base + i];
+          sumOut[base + i] = h;
+          return h;
+        },
+        H, weight, eps, y + base);
+  beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
