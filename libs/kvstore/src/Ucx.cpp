@@ -41,20 +41,26 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK)
     return Status::error("UCX configuration (UCX_* environment): " + errorText(st));
-  // TCP segments of 256 KiB instead of UCX's 8 KiB (send) and 64 KiB
-  // (receive): a 1 MiB block then moves in 4 socket writes and active
-  // messages instead of 128, and messages up to 256 KiB skip rendezvous.
+  // TCP segments of 4200 KiB instead of UCX's 8 KiB (send) and 64 KiB
+  // (receive): a message of one block up to 4 MiB (with its header) is then
+  // one segment, sent eagerly in one go and handed to our handler where UCX
+  // read it, with no rendezvous round trip and no reassembly copy of its
+  // fragments into a buffer of UCX's, and each recv() takes up to a segment.
   // Measured with llmir-kvstore-bench over TCP loopback (docs/performance.md,
-  // "TCP segments"): 1 MiB put/get 0.9-1.3 -> 2.0-2.7 GB/s per call, 4 MiB
-  // 1.1 -> 1.5-1.7, on the same loaded machine in the same runs. Set only when
-  // the user set neither variable (UCX refuses a receive segment smaller
-  // than the send one), in this context's configuration, not the process
-  // environment (children such as ucx_perftest keep UCX's defaults). A
-  // peer's receive segment must hold the other's send segments: every
-  // process of the mesh uses this library; a foreign UCX peer of the store
-  // needs UCX_TCP_RX_SEG_SIZE of at least 256k. ("TX_SEG_SIZE" is the
-  // transport's own name: ucp_config_modify hands unknown names to every
-  // transport, and only tcp has these in UCX 1.13.)
+  // "TCP segments" and "TCP, branch kv9"): 8 KiB / 64 KiB -> 256 KiB took a
+  // 1 MiB put/get from 0.9-1.3 to 2.0-2.7 GB/s per call; 256 KiB -> 4200 KiB
+  // took 4 MiB gets from 3.8 to 4.4 GB/s per call and 32 x 1 MiB gets from
+  // 3.5 to 4.6 GB/s, with less CPU per MiB on both sides. The memory: UCX
+  // takes a segment per connection only while a message is partly sent or
+  // received (its pools grow 8 segments at a time, untouched until used).
+  // Set only when the user set neither variable (UCX refuses a receive
+  // segment smaller than the send one), in this context's configuration, not
+  // the process environment (children such as ucx_perftest keep UCX's
+  // defaults). A peer's receive segment must hold the other's send
+  // segments: every process of the mesh uses this library; a foreign UCX
+  // peer of the store needs UCX_TCP_RX_SEG_SIZE of at least 4200k.
+  // ("TX_SEG_SIZE" is the transport's own name: ucp_config_modify hands
+  // unknown names to every transport, and only tcp has these in UCX 1.13.)
   if (transportsAllow({"tcp"}) && !std::getenv("UCX_TCP_TX_SEG_SIZE") &&
       !std::getenv("UCX_TCP_RX_SEG_SIZE")) {
     for (const char *name : {"TX_SEG_SIZE", "RX_SEG_SIZE"}) {

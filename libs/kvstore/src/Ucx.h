@@ -18,8 +18,9 @@ namespace llmir::kvstore::ucx {
 std::string errorText(ucs_status_t status);
 
 /// UCX's TCP send and receive segment size unless UCX_TCP_TX_SEG_SIZE or
-/// UCX_TCP_RX_SEG_SIZE is set (Worker::create says why).
-constexpr const char *kTcpSegmentSize = "256k";
+/// UCX_TCP_RX_SEG_SIZE is set (Worker::create says why): a message of a
+/// 4 MiB block and a full 64 KiB header (kMaxAmHeaderBytes) in one segment.
+constexpr const char *kTcpSegmentSize = "4200k";
 
 /// A message whose block bytes are at most this many goes eagerly
 /// (UCP_AM_SEND_FLAG_EAGER: in one go, the receiver's UCX assembling it)
