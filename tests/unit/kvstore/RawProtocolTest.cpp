@@ -63,13 +63,16 @@ struct RawPeer {
     ASSERT_EQ(ucp_ep_create(worker->handle(), &p, &ep), UCS_OK);
   }
 
-  // Sends one request and waits up to 10 s for its reply header.
+  // Sends one request and waits up to 10 s for its reply header;
+  // `rendezvous` forces UCX's rendezvous protocol for the payload (with the
+  // library's TCP segments a message of up to 4 MiB otherwise goes eagerly).
   std::optional<std::vector<uint8_t>> roundTrip(const std::vector<uint8_t> &header,
-                                                const std::vector<uint8_t> &payload) {
+                                                const std::vector<uint8_t> &payload,
+                                                bool rendezvous = false) {
     reply.reset();
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_AM_SEND_FLAG_REPLY;
+    param.flags = UCP_AM_SEND_FLAG_REPLY | (rendezvous ? UCP_AM_SEND_FLAG_RNDV : 0);
     ucs_status_ptr_t req =
         ucp_am_send_nbx(ep, wire::kAmRequest, header.data(), header.size(),
                         payload.empty() ? nullptr : payload.data(), payload.size(), &param);
@@ -134,6 +137,7 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   peer.connect((*server)->port());
 
   for (size_t bytes : {size_t(512), size_t(256 << 10)}) { // eager and rendezvous
+    bool rendezvous = bytes > 512;
     std::vector<uint8_t> payload(2 * bytes);
     for (size_t i = 0; i < payload.size(); ++i)
       payload[i] = uint8_t(i * 7);
@@ -141,7 +145,7 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
     uint64_t second = blockChecksum(payload.data() + bytes, bytes);
     auto reply = peer.roundTrip(
         request(wire::Op::Put, 1, {meta(1, bytes, good), meta(2, bytes, second ^ 1)}),
-        payload);
+        payload, rendezvous);
     ASSERT_TRUE(reply);
     auto r = records(*reply);
     ASSERT_EQ(r.size(), 2u);
@@ -551,6 +555,7 @@ struct LyingStore {
   std::vector<uint8_t> bytes;        // sent for every Found block
   bool corruptChecksum = false;      // record's checksum != bytes
   bool wrongKey = false;             // record's key != requested key
+  bool rendezvous = false;           // force UCX's rendezvous for the reply's bytes
   std::vector<uint8_t> replyHeader;  // kept until the send completes
   std::vector<ucp_dt_iov_t> iov;     // so is the iov array (UCX reads it later)
   std::atomic<bool> stop{false};
@@ -592,8 +597,9 @@ struct LyingStore {
       iov.push_back({self->bytes.data(), self->bytes.size()});
     }
     ucp_request_param_t rp{};
-    rp.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
+    rp.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
     rp.datatype = UCP_DATATYPE_IOV;
+    rp.flags = self->rendezvous ? UCP_AM_SEND_FLAG_RNDV : 0;
     ucs_status_ptr_t req =
         ucp_am_send_nbx(param->reply_ep, wire::kAmReply, self->replyHeader.data(),
                         self->replyHeader.size(), iov.data(), iov.size(), &rp);
@@ -653,6 +659,7 @@ TEST(KvStoreRawProtocol, TheClientRejectsBlocksThatDoNotMatch) {
       store.bytes.assign(size, 0x5a);
       store.corruptChecksum = mode == 1;
       store.wrongKey = mode == 2;
+      store.rendezvous = size > 512;
       uint16_t port = store.start();
       ClientOptions o;
       o.port = port;
