@@ -27,10 +27,15 @@ constexpr const char *kTcpSegmentSize = "4200k";
 /// instead of by rendezvous (a request-to-send and a ready-to-receive first):
 /// over TCP loopback a 1 MiB put's p50 fell from 500-560 to 270-330 us and a
 /// get's from 420-460 to 310-340 us in two runs (docs/performance.md, "TCP
-/// segments"). Larger messages keep UCX's choice: eager at every size
-/// halved 4 MiB and 8-block calls (the assembled copy costs more there).
-/// The client also splits a call's blocks into messages of at most this
-/// many bytes (a larger block alone), so batches of small blocks go eagerly.
+/// segments", measured with 256 KiB segments). Larger messages keep UCX's
+/// choice: forcing eager at every size, with messages in several segments,
+/// halved 4 MiB and 8-block calls (the assembled copy costs more there);
+/// with kTcpSegmentSize UCX itself sends a message eagerly up to the
+/// segment (a 4 MiB block), in one piece, and by rendezvous beyond.
+/// Messages of up to 4 MiB of blocks were slower for 32 x 1 MiB calls
+/// (docs/performance.md, "TCP, branch kv9"). The client also splits a
+/// call's blocks into messages of at most this many bytes (a larger block
+/// alone), so batches of small blocks go eagerly.
 constexpr uint64_t kEagerPayloadBytes = 1 << 20;
 
 /// The largest active-message header this library sends: UCX's short
