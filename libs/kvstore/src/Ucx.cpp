@@ -49,10 +49,11 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   // Measured with llmir-kvstore-bench over TCP loopback (docs/performance.md,
   // "TCP segments" and "TCP, branch kv9"): 8 KiB / 64 KiB -> 256 KiB took a
   // 1 MiB put/get from 0.9-1.3 to 2.0-2.7 GB/s per call; 256 KiB -> 4200 KiB
-  // took 4 MiB gets from 3.75 to 4.36 GB/s per call and 32 x 1 MiB gets from
-  // 3.48 to 4.60 GB/s, with less CPU per MiB on both sides. The memory: UCX
-  // takes a segment per connection only while a message is partly sent or
-  // received (its pools grow 8 segments at a time, untouched until used).
+  // took calls of 32 puts 1.3-1.5x faster at 1 and 4 MiB, single 1 MiB puts
+  // and gets a little, with less CPU per MiB (single 4 MiB gets did not
+  // gain). The memory: UCX takes a segment per connection only while a
+  // message is partly sent or received (its pools grow 8 segments at a
+  // time, untouched until used).
   // Set only when the user set neither variable (UCX refuses a receive
   // segment smaller than the send one), in this context's configuration, not
   // the process environment (children such as ucx_perftest keep UCX's
