@@ -231,7 +231,11 @@ TEST(WorkerProtocolTest, SessionsServeTheReferenceIdsWithTheSecretAndDrainCleanl
   scheduler.membership->stop();
   ASSERT_EQ(workers[1]->end.wait_for(30s), std::future_status::ready);
   const SessionEnd lost = workers[1]->end.get();
-  EXPECT_EQ(lost, SessionEnd::SchedulerLost) << describe(lost);
+  // The session's receive usually sees the close first; a heartbeat (every
+  // 50 ms here) sent into the closing socket can find it first (seen once
+  // in a loaded full-suite run): both end the session with exit code 1.
+  EXPECT_TRUE(lost == SessionEnd::SchedulerLost || lost == SessionEnd::SendFailed)
+      << describe(lost);
   EXPECT_EQ(exitCode(lost), 1);
 }
 
