@@ -447,6 +447,38 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
   }
 }
 
+// Cancelled from its own event while a step and the step chained on it are
+// in flight: no token after the cancel, the other request untouched, and
+// the blocks the chained step still wrote into come back when it returns.
+TEST_F(BatchSchedulerTest, CancellingAChainedSequenceDropsItsStepsAndFreesItsBlocks) {
+  auto backend = demo->backend(128);
+  ASSERT_TRUE(backend);
+  ThreadedBackend threaded(*backend, 1);
+  SchedulerOptions options;
+  options.eosTokenIds = {*demo->tokenizer.eosId()};
+  options.enablePrefixCaching = false;
+  BatchScheduler s(threaded, demo->tokenizer, options);
+  ThreadSafeCollector collector;
+  s.start();
+  const uint64_t keep = s.addRequest(greedy(demo->cases[0].promptIds), collector.callback());
+  std::atomic<uint64_t> victim{0};
+  victim = s.addRequest(greedy(demo->cases[1].promptIds),
+                        [&, inner = collector.callback()](const SequenceEvent &e) {
+                          inner(e);
+                          if (e.numGenerated == 3 && !e.finish)
+                            s.cancel(victim);
+                        });
+  ASSERT_TRUE(collector.waitForFinished(2));
+  s.stop();
+  EXPECT_EQ(collector.of(victim).finish, FinishReason::Abort);
+  EXPECT_EQ(collector.of(victim).ids,
+            std::vector<int32_t>(demo->cases[1].greedyIds.begin(),
+                                 demo->cases[1].greedyIds.begin() + 3));
+  EXPECT_EQ(collector.of(keep).ids, demo->cases[0].greedyIds);
+  EXPECT_EQ(threaded.mostInFlight(), 2u);
+  EXPECT_EQ(s.stats().kvUsage, 0.0);
+}
+
 // A chained step whose predecessor failed is dropped, in both orders: the
 // replica fails a step and the chained one after it finds no token (the
 // failure in order, as a worker answers), or a step fails at submit before
