@@ -29,7 +29,7 @@ template <class Ready> bool spinUntil(const Ready &ready) {
   return ready();
 }
 
-uint64_t generationOf(uint64_t ticket) { return ticket >> 32; }
+uint32_t generationOf(uint64_t ticket) { return static_cast<uint32_t>(ticket >> 32); }
 
 // Chunk index of a closed generation: above any chunk count.
 constexpr uint64_t kNoChunk = 0xffffffffu;
@@ -38,10 +38,11 @@ constexpr uint64_t kNoChunk = 0xffffffffu;
 
 ThreadPool::ThreadPool(unsigned numThreads)
     : numThreads_(numThreads ? numThreads
-                             : std::max(1u, std::thread::hardware_concurrency())) {
-  // The caller takes part, so numThreads_ - 1 workers.
+                             : std::max(1u, std::thread::hardware_concurrency())),
+      segments_(std::make_unique<Segment[]>(numThreads_)) {
+  // The caller takes part (segment 0), so numThreads_ - 1 workers.
   for (unsigned i = 1; i < numThreads_; ++i)
-    workers_.emplace_back([this] { workerLoop(); });
+    workers_.emplace_back([this, i] { workerLoop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -66,26 +67,35 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
     body(0, n);
     return;
   }
-  // Close the previous generation before touching the shared fields: a
-  // worker still holding that generation's last ticket could otherwise claim
-  // a chunk against the new chunk count, run it twice and push completed_
-  // past numChunks, so that this call would wait forever. A closed (odd)
-  // generation offers no chunk; the new one opens at the next (even) value.
-  const uint64_t closed = generationOf(ticket_.load(std::memory_order_relaxed)) + 1;
-  ticket_.store(closed << 32 | kNoChunk, std::memory_order_release);
+  // Close the previous generation's segments before touching the shared
+  // fields: a worker still holding that generation's last ticket of a
+  // segment could otherwise claim a chunk against the new chunk count, run
+  // it twice and push completed_ past numChunks, so that this call would
+  // wait forever. A closed (odd) generation offers no chunk; the new one
+  // opens at the next (even) value.
+  // 32 bits, wrapping, as in the tickets.
+  const uint32_t generation = generation_.load(std::memory_order_relaxed) + 2;
+  for (unsigned s = 0; s < numThreads_; ++s)
+    segments_[s].ticket.store(uint64_t{generation - 1} << 32 | kNoChunk,
+                              std::memory_order_release);
   body_ = &body;
   n_ = n;
   chunk_ = chunk;
   numChunks_.store(static_cast<uint32_t>(numChunks), std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
-  const uint64_t generation = closed + 1;
+  for (unsigned s = 0; s < numThreads_; ++s) {
+    segments_[s].end.store(static_cast<uint32_t>(numChunks * (s + 1) / numThreads_),
+                           std::memory_order_relaxed);
+    segments_[s].ticket.store(uint64_t{generation} << 32 | (numChunks * s / numThreads_),
+                              std::memory_order_release);
+  }
   {
     // Under the mutex so that a worker about to sleep cannot miss it.
     std::lock_guard<std::mutex> lock(mutex_);
-    ticket_.store(generation << 32, std::memory_order_release);
+    generation_.store(generation, std::memory_order_release);
   }
   wake_.notify_all();
-  runChunks(generation);
+  runChunks(generation, 0);
   auto allDone = [&] {
     return completed_.load(std::memory_order_acquire) == numChunks;
   };
@@ -96,36 +106,38 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
   body_ = nullptr;
 }
 
-void ThreadPool::runChunks(uint64_t generation) {
-  uint64_t ticket = ticket_.load(std::memory_order_acquire);
-  while (true) {
-    if (generationOf(ticket) != generation)
-      return;
-    const uint32_t index = static_cast<uint32_t>(ticket);
-    // A stale read (a newer call) is caught by the exchange below.
-    if (index >= numChunks_.load(std::memory_order_relaxed))
-      return;
-    if (!ticket_.compare_exchange_weak(ticket, ticket + 1,
-                                       std::memory_order_acq_rel))
-      continue; // ticket now holds the fresh value
-    const size_t begin = index * chunk_;
-    (*body_)(begin, std::min(n_, begin + chunk_));
-    if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
-        numChunks_.load(std::memory_order_relaxed)) {
-      std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait
-      done_.notify_one();
+void ThreadPool::runChunks(uint32_t generation, unsigned slot) {
+  for (unsigned i = 0; i < numThreads_; ++i) {
+    Segment &segment = segments_[(slot + i) % numThreads_];
+    uint64_t ticket = segment.ticket.load(std::memory_order_acquire);
+    while (true) {
+      if (generationOf(ticket) != generation)
+        return; // a newer call: this one's chunks are all claimed
+      const uint32_t index = static_cast<uint32_t>(ticket);
+      // A stale read (a newer call) is caught by the exchange below.
+      if (index >= segment.end.load(std::memory_order_relaxed))
+        break; // this segment is claimed; the next one
+      if (!segment.ticket.compare_exchange_weak(ticket, ticket + 1,
+                                                std::memory_order_acq_rel))
+        continue; // ticket now holds the fresh value
+      const size_t begin = index * chunk_;
+      (*body_)(begin, std::min(n_, begin + chunk_));
+      if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
+          numChunks_.load(std::memory_order_relaxed)) {
+        std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait
+        done_.notify_one();
+      }
+      ticket = segment.ticket.load(std::memory_order_acquire);
     }
-    ticket = ticket_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::workerLoop() {
-  uint64_t seenGeneration = 0;
+void ThreadPool::workerLoop(unsigned slot) {
+  uint32_t seenGeneration = 0;
   while (true) {
     auto woken = [&] {
       return stopping_.load(std::memory_order_relaxed) ||
-             generationOf(ticket_.load(std::memory_order_acquire)) !=
-                 seenGeneration;
+             generation_.load(std::memory_order_acquire) != seenGeneration;
     };
     if (!spinUntil(woken)) {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -133,8 +145,8 @@ void ThreadPool::workerLoop() {
     }
     if (stopping_.load())
       return;
-    seenGeneration = generationOf(ticket_.load(std::memory_order_acquire));
-    runChunks(seenGeneration);
+    seenGeneration = generation_.load(std::memory_order_acquire);
+    runChunks(seenGeneration, slot);
   }
 }
 

@@ -4,6 +4,11 @@
 // dispatches hundreds of short loops, so idle threads spin briefly before
 // sleeping; and as chunks are claimed, not assigned, a worker that the OS
 // has not scheduled (cores shared with other work) delays nobody.
+// Each thread first claims the chunks of its own contiguous segment of the
+// range (thread i of P: the i-th P-th), then those left in the others: a
+// decode GEMV's rows are one weight stream per thread, not every other
+// chunk (which one core read 7-10% slower: docs/performance.md, "Eighth
+// round").
 #pragma once
 
 #include <atomic>
@@ -11,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,9 +40,18 @@ public:
                    const std::function<void(size_t, size_t)> &body);
 
 private:
-  void workerLoop();
-  /// Claims and runs chunks of `generation` until none is left.
-  void runChunks(uint64_t generation);
+  void workerLoop(unsigned slot);
+  /// Claims and runs chunks of `generation` until none is left, starting
+  /// with segment `slot` (the caller's is 0).
+  void runChunks(uint32_t generation, unsigned slot);
+
+  // A thread's share of the chunks: [first chunk, end) as claimed so far.
+  struct alignas(64) Segment {
+    // generation << 32 | next chunk to claim; a closed generation (odd)
+    // offers none.
+    std::atomic<uint64_t> ticket{0};
+    std::atomic<uint32_t> end{0}; // read racily by late workers
+  };
 
   unsigned numThreads_;
   std::vector<std::thread> workers_;
@@ -50,8 +65,10 @@ private:
   size_t n_ = 0;
   size_t chunk_ = 0;
   std::atomic<uint32_t> numChunks_{0}; // read racily by late workers
-  // generation << 32 | next chunk to claim.
-  std::atomic<uint64_t> ticket_{0};
+  // The open generation (even; one per call), published after every
+  // segment's ticket: a worker that sees it finds the segments open.
+  std::atomic<uint32_t> generation_{0};
+  std::unique_ptr<Segment[]> segments_; // numThreads_
   std::atomic<uint32_t> completed_{0};
   std::atomic<bool> stopping_{false};
 };
