@@ -6,9 +6,12 @@
 // every position of its context in every layer, so
 // ceiling = bandwidth / (weight bytes + KV-cache bytes per token), the KV
 // bytes averaged over the decode tokens measured (contexts prefill + 1 to
-// prefill + decode). The bandwidth is measured right before each repeat at
-// the row's thread count (best of 3 passes, best over the repeats), so that
-// on a shared machine it sees the load that the decode beside it saw.
+// prefill + decode). The bandwidth is measured right before and right after
+// each repeat at the row's thread count (best of 3 passes, best over the
+// repeats), so that on a shared machine it sees the load that the decode
+// beside it saw; the lowest of those probes is printed too (`lowest probe`),
+// as the 2-thread bandwidth of the machine in docs/performance.md switches
+// between two modes, sometimes within a repeat.
 //
 // With --llama-bench PATH --gguf-dir DIR it runs llama.cpp's llama-bench on
 // DIR/<model dir name>.gguf in the same invocation, each repeat right after
@@ -206,6 +209,7 @@ double now(bool cpuTime) {
 struct Throughput {
   double prefill = 0, decode = 0; // tokens per second, best of the repeats
   double bandwidth = 0;           // bytes per second, best of the repeats' probes
+  double lowestBandwidth = 0;     // the lowest of the same probes
   double kvBytesPerToken = 0;     // KV cache read per decode token, on average
 };
 
@@ -247,8 +251,18 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
           (*executor)->kvCacheShape(), (*executor)->kvElementBytes(), options.prefillTokens,
           options.decodeTokens)) /
       options.decodeTokens;
+  // Probed before and after each repeat: the 2-thread probe here has two
+  // modes (about one core's bandwidth, or twice that) that can change
+  // between the probe and the decode beside it, so the row shows the
+  // lowest probe too.
+  auto probeNow = [&] {
+    const double bandwidth = probe.measure(threads, 3);
+    best.bandwidth = std::max(best.bandwidth, bandwidth);
+    best.lowestBandwidth =
+        best.lowestBandwidth > 0 ? std::min(best.lowestBandwidth, bandwidth) : bandwidth;
+  };
   for (int r = 0; r < options.repeats; ++r) {
-    best.bandwidth = std::max(best.bandwidth, probe.measure(threads, 3));
+    probeNow();
     double start = now(options.cpuTime);
     Result<engine::Tensor> logits = (*executor)->step(prefill);
     if (!logits)
@@ -266,6 +280,7 @@ Result<Throughput> measure(const BenchModel &model, unsigned threads,
     }
     best.decode = std::max(best.decode,
                            options.decodeTokens / (now(options.cpuTime) - start));
+    probeNow();
     if (Status peer = afterRepeat(); !peer.isOk())
       return peer;
   }
@@ -301,13 +316,14 @@ int main(int argc, char **argv) {
                                    options.prefillTokens})
                     .c_str());
   std::printf("# probe: memory read bandwidth, a 1 GiB stream on huge pages read by the "
-              "row's threads right before each repeat (best of 3, best over the repeats)\n#\n");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %9s %8s %8s %9s %9s\n", "model",
+              "row's threads right before and after each repeat (best of 3 passes; the "
+              "ceiling takes the best, `lowest` is the lowest)\n#\n");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %9s %8s %8s %9s %9s\n", "model",
               "dtype", "threads", "prefill", "decode", "weights", "KV cache", "probe",
-              "ceiling", "decode", "of", "llama.cpp", "llama.cpp");
-  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %9s %8s %8s %9s %9s\n", "", "", "",
-              "(tok/s)", "(tok/s)", "(MB/tok)", "(MB/tok)", "(GB/s)", "(tok/s)", "(GB/s)",
-              "ceiling", "prefill", "decode");
+              "lowest", "ceiling", "decode", "of", "llama.cpp", "llama.cpp");
+  std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %9s %8s %8s %9s %9s\n", "", "", "",
+              "(tok/s)", "(tok/s)", "(MB/tok)", "(MB/tok)", "(GB/s)", "probe", "(tok/s)",
+              "(GB/s)", "ceiling", "prefill", "decode");
 
   int failures = 0;
   for (const std::string &dir : options.models) {
@@ -356,10 +372,11 @@ int main(int argc, char **argv) {
       }
       const double bytesPerToken = model->weightBytesPerToken + t->kvBytesPerToken;
       const double ceiling = t->bandwidth / bytesPerToken;
-      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %8.1f %9.1f %8.1f %7.0f%%",
+      std::printf("  %-16s %5s %7u %9.1f %9.1f %9.1f %9.1f %8.1f %8.1f %9.1f %8.1f %7.0f%%",
                   label.c_str(), model->dtype.c_str(), threads, t->prefill,
                   t->decode, model->weightBytesPerToken / 1e6,
-                  t->kvBytesPerToken / 1e6, t->bandwidth / 1e9, ceiling,
+                  t->kvBytesPerToken / 1e6, t->bandwidth / 1e9,
+                  t->lowestBandwidth / 1e9, ceiling,
                   t->decode * bytesPerToken / 1e9, 100.0 * t->decode / ceiling);
       if (withPeer)
         std::printf(" %9.1f %9.1f   LLMIR/llama.cpp: prefill %.2fx, decode %.2fx",
