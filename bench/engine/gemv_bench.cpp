@@ -19,13 +19,14 @@
 // Each figure is the best of --repeats; GB/s counts the weight bytes read.
 //
 //   llmir-gemv-bench [--threads 1,2] [--dtype f32|bf16] [--tokens 32]
-//                    [--repeats 5] [--medium]
+//                    [--repeats 5] [--medium] [--share] [--passes N]   (--help)
 #include "BandwidthProbe.h"
 
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/HugePages.h"
 #include "llmir/engine/Tensor.h"
 #include "llmir/engine/ThreadPool.h"
+#include "llmir/net/Config.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <algorithm>
@@ -53,54 +54,53 @@ struct Options {
           vocab = 49152;
 };
 
-[[noreturn]] void usage(const char *why) {
-  std::fprintf(stderr,
-               "llmir-gemv-bench: %s\nusage: llmir-gemv-bench [--threads 1,2] "
-               "[--dtype f32|bf16] [--tokens N] [--repeats N] [--medium]\n",
-               why);
+[[noreturn]] void fail(const std::string &why) {
+  std::fprintf(stderr, "llmir-gemv-bench: %s\n", why.c_str());
   std::exit(2);
 }
 
+/// The flags through net::Config, as every service and bench reads its own.
 Options parseOptions(int argc, char **argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        usage((arg + " needs a value").c_str());
-      return argv[++i];
-    };
-    if (arg == "--threads") {
-      o.threads.clear();
-      std::string list = value();
-      for (size_t b = 0; b <= list.size();) {
-        size_t e = std::min(list.find(',', b), list.size());
-        int t = std::atoi(list.substr(b, e - b).c_str());
-        if (t <= 0)
-          usage("--threads needs positive integers");
-        o.threads.push_back(static_cast<unsigned>(t));
-        b = e + 1;
-      }
-    } else if (arg == "--dtype") {
-      std::string d = value();
-      if (d != "f32" && d != "bf16")
-        usage("--dtype is f32 or bf16");
-      o.bf16 = d == "bf16";
-    } else if (arg == "--tokens") {
-      o.tokens = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--repeats") {
-      o.repeats = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--passes") {
-      o.passes = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--share") {
-      o.share = true;
-    } else if (arg == "--medium") {
-      o.medium = true;
-    } else {
-      usage(("unknown option " + arg).c_str());
-    }
+  std::string threadList = "1,2", dtype = "f32";
+  net::Config config("llmir-gemv-bench");
+  config.add("threads", &threadList, "thread counts, comma-separated");
+  config.add("dtype", &dtype, "f32 or bf16 weights");
+  config.add("tokens", &o.tokens, "decode tokens timed per repeat");
+  config.add("repeats", &o.repeats, "repeats (the best is shown)");
+  config.add("passes", &o.passes, "also time the probe's passes one by one (0: off)");
+  config.add("share", &o.share, "also time one thread's half of every weight");
+  config.add("medium", &o.medium, "bf16 activations (vdpbf16ps), as --matmul-precision medium");
+  if (Status st = config.load(argc, argv); !st)
+    fail(st.message());
+  if (config.helpRequested()) {
+    std::printf("%s", config.usage().c_str());
+    std::exit(0);
   }
+  o.threads.clear();
+  for (size_t b = 0; b <= threadList.size();) {
+    const size_t e = std::min(threadList.find(',', b), threadList.size());
+    const int t = std::atoi(threadList.substr(b, e - b).c_str());
+    if (t <= 0)
+      fail("threads: '" + threadList + "' is not a list of positive numbers");
+    o.threads.push_back(static_cast<unsigned>(t));
+    b = e + 1;
+  }
+  if (dtype != "f32" && dtype != "bf16")
+    fail("dtype is f32 or bf16");
+  o.bf16 = dtype == "bf16";
+  if (o.tokens < 1 || o.repeats < 1 || o.passes < 0)
+    fail("tokens and repeats must be >= 1, passes >= 0");
   return o;
+}
+
+// Rows [lo, hi) of `w` as a weight of their own, writing y + lo.
+engine::cpu::LinearOutput rowsOf(const engine::WeightView &w, int64_t lo, int64_t hi,
+                                 size_t elementBytes, float *y) {
+  engine::WeightView share = w;
+  share.data += static_cast<size_t>(lo * w.cols) * elementBytes;
+  share.rows = hi - lo;
+  return {share, nullptr, y + lo};
 }
 
 // The decode's linear groups of one layer (and the LM head), in the
@@ -231,11 +231,8 @@ int main(int argc, char **argv) {
             for (const engine::WeightView &w : g.weights) {
               const int64_t parts = alternate ? 8 : 2;
               for (int64_t c = 0; c < parts; c += 2) {
-                const int64_t lo = w.rows * c / parts, hi = w.rows * (c + 1) / parts;
-                engine::WeightView share = w;
-                share.data += static_cast<size_t>(lo * w.cols) * elem;
-                share.rows = hi - lo;
-                outs.push_back({share, nullptr, yData + offset + lo});
+                outs.push_back(rowsOf(w, w.rows * c / parts, w.rows * (c + 1) / parts, elem,
+                                      yData + offset));
               }
               offset += static_cast<size_t>(w.rows);
             }
@@ -305,12 +302,9 @@ int main(int argc, char **argv) {
               std::vector<engine::cpu::LinearOutput> outs;
               size_t offset = 0;
               for (const engine::WeightView &w : g.weights) {
-                const int64_t lo = w.rows * static_cast<int64_t>(i) / threads;
-                const int64_t hi = w.rows * static_cast<int64_t>(i + 1) / threads;
-                engine::WeightView share = w;
-                share.data += static_cast<size_t>(lo * w.cols) * elem;
-                share.rows = hi - lo;
-                outs.push_back({share, nullptr, yData + offset + lo});
+                outs.push_back(rowsOf(w, w.rows * static_cast<int64_t>(i) / threads,
+                                      w.rows * static_cast<int64_t>(i + 1) / threads, elem,
+                                      yData + offset));
                 offset += static_cast<size_t>(w.rows);
               }
               engine::cpu::linearGroup(xData, 1, outs, single, o.medium);
