@@ -196,6 +196,39 @@ TEST(StepSampling, DecodeChainFillsChainedInputsOnlyFromTheSampleAtThePositionBe
   EXPECT_FALSE(chain.fillChainedInputs(unknown));
 }
 
+// What finished sequences leave in a worker's chain does not pile up: past
+// 1,024 kept samples, those older than 64 steps go; recent ones stay.
+TEST(StepSampling, DecodeChainForgetsSamplesOfSequencesLongGone) {
+  DecodeChain chain;
+  for (uint64_t id = 1; id <= 1100; ++id) {
+    proto::StepRequest step;
+    proto::StepSequence *seq = step.add_sequences();
+    seq->set_sequence_id(id);
+    seq->add_token_ids(1);
+    seq->set_sample(true);
+    proto::StepResponse response;
+    proto::SampledToken *token = response.add_tokens();
+    token->set_sequence_id(id);
+    token->set_token_id(static_cast<int32_t>(id));
+    chain.remember(step, response, true);
+  }
+  auto chained = [](uint64_t id) {
+    proto::StepRequest next;
+    proto::StepSequence *seq = next.add_sequences();
+    seq->set_sequence_id(id);
+    seq->set_start_position(1);
+    seq->set_sample(true);
+    seq->set_chained_input(true);
+    return next;
+  };
+  proto::StepRequest old = chained(1), recent = chained(1050), last = chained(1100);
+  EXPECT_FALSE(chain.fillChainedInputs(old));
+  ASSERT_TRUE(chain.fillChainedInputs(recent));
+  EXPECT_EQ(recent.sequences(0).token_ids(0), 1050);
+  ASSERT_TRUE(chain.fillChainedInputs(last));
+  EXPECT_EQ(last.sequences(0).token_ids(0), 1100);
+}
+
 TEST(StepSampling, BackendSamplingGivesSampleStepsTokens) {
   proto::StepRequest request;
   greedySequence(request, {1, 2, 3});
