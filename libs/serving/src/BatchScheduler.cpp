@@ -109,6 +109,7 @@ BatchScheduler::BatchScheduler(ReplicaBackend &backend,
   maxInFlight_ = pipelineDepth_ + (chainDecode_ ? 1 : 0);
   vocabSize_ = info.vocabSize;
   kvStore_ = info.kvStore;
+  writeThrough_ = kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough;
   blocks_ = std::make_unique<BlockManager>(info.numKvBlocks, info.blockSize,
                                            options_.enablePrefixCaching);
   const int64_t capacity = int64_t{info.numKvBlocks} * info.blockSize;
@@ -546,7 +547,7 @@ void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
     if (repetition)
       entry.mutable_prompt_token_ids()->Add(seq.tokens.begin(), seq.tokens.begin() + seq.promptLen);
   }
-  if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough)
+  if (writeThrough_)
     markWriteThroughLocked(seq, entry);
 }
 
@@ -568,8 +569,7 @@ bool BatchScheduler::chainableLocked(Sequence &seq) {
     return false;
   // Write-through keys a block by its tokens: a step that fills one must
   // know them all.
-  if (kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough &&
-      (position + 1) % blocks_->blockSize() == 0)
+  if (writeThrough_ && (position + 1) % blocks_->blockSize() == 0)
     return false;
   return blocks_->ensureCapacity(seq.blocks, position + 1); // never preempts for it
 }

@@ -295,15 +295,19 @@ Status DecodeChain::fillChainedInputs(proto::StepRequest &request) const {
 void DecodeChain::remember(const proto::StepRequest &request,
                            const proto::StepResponse &response, bool ok) {
   ++steps_;
-  std::unordered_map<uint64_t, int64_t> next; // sequence id -> position after its chunk
+  // response.tokens holds one token per sampling sequence in request order
+  // (sampleStep, sampledTokens): walked beside the request, no lookup table
+  // built per step.
+  int next = 0;
   for (const proto::StepSequence &seq : request.sequences()) {
     last_.erase(seq.sequence_id());
-    if (ok && seq.sample())
-      next[seq.sequence_id()] = int64_t{seq.start_position()} + seq.token_ids_size();
+    if (!ok || !seq.sample() || next >= response.tokens_size())
+      continue;
+    const proto::SampledToken &token = response.tokens(next++);
+    if (token.sequence_id() == seq.sequence_id())
+      last_[seq.sequence_id()] = {token.token_id(),
+                                  int64_t{seq.start_position()} + seq.token_ids_size(), steps_};
   }
-  for (const proto::SampledToken &token : response.tokens())
-    if (auto it = next.find(token.sequence_id()); it != next.end())
-      last_[token.sequence_id()] = {token.token_id(), it->second, steps_};
   // A chain follows its step within the replica's few steps in flight;
   // what finished sequences left behind goes after a while.
   constexpr uint64_t kKeptSteps = 64;

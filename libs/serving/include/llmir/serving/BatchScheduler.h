@@ -282,6 +282,7 @@ private:
   uint64_t numPreemptions_ = 0;
   uint64_t numStepFailures_ = 0;
   bool kvStore_ = false; // backend_.info().kvStore
+  bool writeThrough_ = false; // kvStore_ under KvStoreWritePolicy::WriteThrough
   std::vector<StoreLoad> storeLoadsToSend_; // filled by scheduleLocked
   int32_t storeLoadsInFlight_ = 0;
   int32_t storeWritesInFlight_ = 0;
