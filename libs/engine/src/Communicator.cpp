@@ -22,6 +22,9 @@ Status Communicator::sendOn(void *, const float *, size_t, uint32_t) {
 Status Communicator::recvOn(void *, float *, size_t, uint32_t) {
   return notStreamOrdered("recvOn");
 }
+Status Communicator::allReduceAddRmsNormOn(void *, const AllReduceAddRmsNorm &, uint32_t) {
+  return Status::error("this communicator has no fused all-reduce + add + RMS norm");
+}
 Status Communicator::synchronize(void *) { return notStreamOrdered("synchronize"); }
 
 } // namespace llmir::engine

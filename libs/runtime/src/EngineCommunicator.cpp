@@ -134,6 +134,44 @@ Status EngineCommunicator::allReduceSumOn(void *stream, float *data, size_t coun
   return runtime_.allReduceOn(stream, data, count, DataType::F32, ReduceOp::Sum, **g);
 }
 
+namespace {
+IpcAddRmsNorm ipcOperands(const engine::AllReduceAddRmsNorm &op) {
+  IpcAddRmsNorm ipc;
+  ipc.partial = op.partial;
+  ipc.residual = op.residual;
+  ipc.sum = op.sum;
+  ipc.weight = op.weight;
+  ipc.normed = op.normed;
+  ipc.rows = op.rows < 0 ? 0 : static_cast<size_t>(op.rows);
+  ipc.width = op.width < 0 ? 0 : static_cast<size_t>(op.width);
+  ipc.eps = op.eps;
+  ipc.dependentLaunch = op.dependentLaunch;
+  return ipc;
+}
+
+bool fusedNormSwitchedOff() {
+  const char *v = std::getenv("LLMIR_IPC_FUSED_NORM");
+  return v && std::string(v) == "0";
+}
+} // namespace
+
+bool EngineCommunicator::fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
+                                                  uint32_t groupId) const {
+  static const bool off = fusedNormSwitchedOff();
+  auto ipc = ipc_.find(groupId);
+  return !off && ipc != ipc_.end() && ipc->second->fusesAddRmsNorm(ipcOperands(op));
+}
+
+Status EngineCommunicator::allReduceAddRmsNormOn(void *stream,
+                                                 const engine::AllReduceAddRmsNorm &op,
+                                                 uint32_t groupId) {
+  auto ipc = ipc_.find(groupId);
+  if (ipc == ipc_.end())
+    return Status::error("group " + std::to_string(groupId) +
+                         " has no IPC all-reduce for the fused add + RMS norm");
+  return ipc->second->allReduceAddRmsNorm(ipcOperands(op), static_cast<CUstream_st *>(stream));
+}
+
 Status EngineCommunicator::allGatherOn(void *stream, const float *in, size_t count,
                                        float *out, uint32_t groupId) {
   auto g = group(groupId, "allGather");

@@ -49,6 +49,28 @@ chooseIpcAllReduceAlgorithm(size_t count, int groupSize,
              : IpcAllReduceAlgorithm::TwoShot;
 }
 
+Status checkIpcAddRmsNormShape(size_t rows, size_t width, int groupSize,
+                               const IpcAllReduceOptions &options) {
+  const std::string shape =
+      "IpcAllReduce: fused add + RMS norm of " + std::to_string(rows) + " x " +
+      std::to_string(width) + " floats";
+  if (rows == 0 || width == 0)
+    return Status::error(shape + ": nothing to normalise");
+  if (width % 4 != 0 || width > kIpcAddRmsNormMaxWidth)
+    return Status::error(shape + ": rows must be whole float4s of at most " +
+                         std::to_string(kIpcAddRmsNormMaxWidth) + " floats");
+  const size_t bytes = rows * width * sizeof(float);
+  if (bytes > detail::resolvedOneShotMaxBytes(groupSize, options))
+    return Status::error(shape + ": over the one-shot size");
+  // Each rank's rows land in every peer's half at the rank's own slot.
+  const size_t halfBytes = (options.maxBytes + 15) / 16 * 16;
+  if (bytes > halfBytes / size_t(groupSize))
+    return Status::error(shape + ": " + std::to_string(groupSize) +
+                         " ranks' rows exceed the exchange buffer's half of " +
+                         std::to_string(halfBytes) + " bytes");
+  return Status::ok();
+}
+
 namespace detail {
 
 namespace {

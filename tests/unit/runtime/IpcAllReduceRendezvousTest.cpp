@@ -78,6 +78,22 @@ IpcPeerRecord record(const std::string &gpu) {
   return r;
 }
 
+TEST(IpcAllReduceChoiceTest, TheFusedAddRmsNormTakesDecodeRowsAndSaysWhyNotOthers) {
+  IpcAllReduceOptions options; // 8 MiB halves
+  EXPECT_TRUE(checkIpcAddRmsNormShape(1, 4096, 2, options).isOk());
+  EXPECT_TRUE(checkIpcAddRmsNormShape(16, 8192, 4, options).isOk()); // 512 KiB, the one-shot limit
+  auto refused = [&](size_t rows, size_t width, int ranks, const std::string &why) {
+    Status s = checkIpcAddRmsNormShape(rows, width, ranks, options);
+    EXPECT_FALSE(s.isOk()) << rows << " x " << width;
+    EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
+  };
+  refused(0, 4096, 2, "nothing to normalise");
+  refused(1, 4098, 2, "whole float4s");
+  refused(1, 8196, 2, "at most 8192");
+  refused(17, 8192, 4, "over the one-shot size"); // 544 KiB > 512 KiB at 4 ranks
+  refused(129, 8192, 2, "exceed the exchange buffer"); // 2 ranks x 4.03 MiB > 8 MiB
+}
+
 TEST(IpcPeerRecordTest, RoundTripsAndRejectsDamage) {
   IpcPeerRecord r = record("0000:19:00.0");
   auto bytes = encodeIpcPeerRecord(r);

@@ -350,6 +350,154 @@ TEST_F(IpcAllReduceTest, AGraphReplayedWithNewInputsGivesEveryReplaysSums) {
   });
 }
 
+/// The host's fused add + RMS norm of one row, as the engine's kernels do
+/// it (sum of squares in double; the device's order of that sum differs, so
+/// normed values are compared within a few float roundings).
+void addRmsNormOnHost(const std::vector<float> &reduced, const std::vector<float> &residual,
+                      const std::vector<float> &weight, size_t rows, size_t width, float eps,
+                      std::vector<float> &sum, std::vector<float> &normed) {
+  sum.assign(rows * width, 0.f);
+  normed.assign(rows * width, 0.f);
+  for (size_t r = 0; r < rows; ++r) {
+    double squares = 0;
+    for (size_t i = 0; i < width; ++i) {
+      const float h = reduced[r * width + i] + residual[r * width + i];
+      sum[r * width + i] = h;
+      squares += double(h) * h;
+    }
+    const float scale = 1.0f / std::sqrt(float(squares / double(width)) + eps);
+    for (size_t i = 0; i < width; ++i)
+      normed[r * width + i] = weight[i] * (sum[r * width + i] * scale);
+  }
+}
+
+TEST_F(IpcAllReduceTest, FusedAddRmsNormGivesTheSumsBitForBitEagerAndInAGraph) {
+  const int world = world_;
+  const uint16_t port = server_->port();
+  expectRanksPass(world, [&](int rank) -> Status {
+    RankSetup s;
+    LLMIR_RETURN_IF_ERROR(setUpRank(s, rank, world, port));
+    const float eps = 1e-5f;
+    struct Shape {
+      size_t rows, width;
+    };
+    // Decode rows of 1.1B- and 8B-shaped models, the widest row, more rows
+    // than blocks (33 x 1024, 64 x 4), a row of three float4s.
+    const std::vector<Shape> shapes = {{1, 4096}, {3, 2048}, {8, 4096}, {1, 8192},
+                                       {33, 1024}, {64, 4}, {1, 12}};
+    const size_t capacity = 33 * 1024; // the largest shape
+    float *partial, *residual, *sum, *normed, *weight, *plain;
+    for (float **p : {&partial, &residual, &sum, &normed, &weight, &plain})
+      LLMIR_RETURN_IF_ERROR(check(cudaMalloc(p, capacity * sizeof(float)), "malloc"));
+    auto upload = [&](float *to, const std::vector<float> &v) {
+      return check(cudaMemcpy(to, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice),
+                   "upload");
+    };
+    auto download = [&](const float *from, size_t count) {
+      std::vector<float> v(count);
+      cudaMemcpy(v.data(), from, count * sizeof(float), cudaMemcpyDeviceToHost);
+      return v;
+    };
+    // One fused call checked against the host: `seed` picks the inputs.
+    auto expectCall = [&](const Shape &shape, uint64_t seed, const std::string &what,
+                          const std::vector<float> &sumGot,
+                          const std::vector<float> &normedGot) -> Status {
+      const size_t count = shape.rows * shape.width;
+      const std::vector<float> reduced = rankOrderSum(world, seed, count);
+      const std::vector<float> res = inputs(100, seed, count), w = inputs(200, seed, shape.width);
+      std::vector<float> sumWant, normedWant;
+      addRmsNormOnHost(reduced, res, w, shape.rows, shape.width, eps, sumWant, normedWant);
+      LLMIR_RETURN_IF_ERROR(bitEqual(sumGot, sumWant, what + ": sum"));
+      for (size_t i = 0; i < count; ++i)
+        if (std::fabs(normedGot[i] - normedWant[i]) > 4 * FLT_EPSILON * std::fabs(normedWant[i]))
+          return Status::error(what + ": normed element " + std::to_string(i) + " is " +
+                               std::to_string(normedGot[i]) + ", the host's " +
+                               std::to_string(normedWant[i]));
+      return Status::ok();
+    };
+    auto operands = [&](const Shape &shape) {
+      IpcAddRmsNorm op;
+      op.partial = partial;
+      op.residual = residual;
+      op.sum = sum;
+      op.weight = weight;
+      op.normed = normed;
+      op.rows = shape.rows;
+      op.width = shape.width;
+      op.eps = eps;
+      return op;
+    };
+    auto uploadCase = [&](const Shape &shape, uint64_t seed) -> Status {
+      const size_t count = shape.rows * shape.width;
+      LLMIR_RETURN_IF_ERROR(upload(partial, inputs(rank, seed, count)));
+      LLMIR_RETURN_IF_ERROR(upload(residual, inputs(100, seed, count)));
+      return upload(weight, inputs(200, seed, shape.width));
+    };
+
+    // Eager, each fused call between plain all-reduces (pull and push calls
+    // take alternate halves in one sequence).
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const Shape &shape = shapes[k];
+      const std::string what = std::to_string(shape.rows) + " x " + std::to_string(shape.width);
+      const uint64_t seed = 3000 + k;
+      const size_t count = shape.rows * shape.width;
+      if (!s.ipc->fusesAddRmsNorm(operands(shape)))
+        return Status::error(what + ": refused");
+      LLMIR_RETURN_IF_ERROR(uploadCase(shape, seed));
+      LLMIR_RETURN_IF_ERROR(upload(plain, inputs(rank, seed + 77, 4096)));
+      LLMIR_RETURN_IF_ERROR(s.ipc->allReduceSum(plain, 4096, s.stream));
+      LLMIR_RETURN_IF_ERROR(s.ipc->allReduceAddRmsNorm(operands(shape), s.stream));
+      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), what));
+      LLMIR_RETURN_IF_ERROR(
+          expectCall(shape, seed, what, download(sum, count), download(normed, count)));
+      LLMIR_RETURN_IF_ERROR(bitEqual(download(partial, count), inputs(rank, seed, count),
+                                     what + ": the partial sums (left as they were)"));
+      LLMIR_RETURN_IF_ERROR(
+          bitEqual(download(plain, 4096), rankOrderSum(world, seed + 77, 4096), what + ": plain"));
+    }
+
+    // In a graph with a plain all-reduce after it, replayed with new inputs.
+    const Shape shape{1, 4096};
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    LLMIR_RETURN_IF_ERROR(
+        check(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal), "capture"));
+    Status captured = s.ipc->allReduceAddRmsNorm(operands(shape), s.stream);
+    if (captured.isOk())
+      captured = s.ipc->allReduceSum(plain, 4096, s.stream);
+    LLMIR_RETURN_IF_ERROR(check(cudaStreamEndCapture(s.stream, &graph), "end capture"));
+    LLMIR_RETURN_IF_ERROR(captured.withContext("capturing"));
+    LLMIR_RETURN_IF_ERROR(check(cudaGraphInstantiate(&exec, graph, 0), "instantiate"));
+    for (int replay = 0; replay < 20; ++replay) {
+      const uint64_t seed = 9000 + replay;
+      LLMIR_RETURN_IF_ERROR(uploadCase(shape, seed));
+      LLMIR_RETURN_IF_ERROR(upload(plain, inputs(rank, seed + 77, 4096)));
+      LLMIR_RETURN_IF_ERROR(check(cudaGraphLaunch(exec, s.stream), "replay"));
+      LLMIR_RETURN_IF_ERROR(check(cudaStreamSynchronize(s.stream), "replay"));
+      const std::string what = "replay " + std::to_string(replay);
+      LLMIR_RETURN_IF_ERROR(
+          expectCall(shape, seed, what, download(sum, 4096), download(normed, 4096)));
+      LLMIR_RETURN_IF_ERROR(
+          bitEqual(download(plain, 4096), rankOrderSum(world, seed + 77, 4096), what + ": plain"));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+
+    // Refused: an unaligned operand, a row past the widest.
+    IpcAddRmsNorm unaligned = operands(shape);
+    unaligned.residual = residual + 1;
+    if (s.ipc->fusesAddRmsNorm(unaligned) ||
+        s.ipc->allReduceAddRmsNorm(unaligned, s.stream).isOk())
+      return Status::error("an unaligned residual was taken");
+    if (s.ipc->fusesAddRmsNorm(operands({1, kIpcAddRmsNormMaxWidth + 4})))
+      return Status::error("a row past the widest was taken");
+    LLMIR_RETURN_IF_ERROR(s.ipc->lastDeviceError());
+    for (float *p : {partial, residual, sum, normed, weight, plain})
+      cudaFree(p);
+    return s.runtime->barrier();
+  });
+}
+
 TEST_F(IpcAllReduceTest, MessagesOverTheBufferAreRefusedUntouched) {
   const int world = world_;
   const uint16_t port = server_->port();

@@ -9,6 +9,23 @@
 
 namespace llmir::engine {
 
+/// A tensor-parallel residual branch's all-reduce with the residual add and
+/// RMS norm after it (see allReduceAddRmsNormOn): rows x width floats,
+/// device memory.
+struct AllReduceAddRmsNorm {
+  const float *partial = nullptr;  // this rank's share of the branch
+  const float *residual = nullptr; // the other operand of the ADD
+  float *sum = nullptr;            // the ADD's output
+  const float *weight = nullptr;   // the RMS_NORM's weight, [width]
+  float *normed = nullptr;         // the RMS_NORM's output
+  int64_t rows = 0;
+  int64_t width = 0;
+  float eps = 1e-6f;
+  /// Whether the kernel may start while the one before it finishes
+  /// (Hopper's programmatic dependent launch, as the engine's kernels).
+  bool dependentLaunch = false;
+};
+
 class Communicator {
 public:
   virtual ~Communicator() = default;
@@ -38,6 +55,18 @@ public:
                              uint32_t groupId);
   virtual Status sendOn(void *stream, const float *data, size_t count, uint32_t peerRank);
   virtual Status recvOn(void *stream, float *data, size_t count, uint32_t peerRank);
+  /// sum = (the group's sum of `partial`) + residual, normed = RMS norm of
+  /// sum, in one stream-ordered step where fusesAllReduceAddRmsNorm says the
+  /// communicator can (TensorRT-LLM's all-reduce + residual + RMSNorm
+  /// fusion); the arithmetic and the result's bits are those of the
+  /// all-reduce, ADD and fused ADD+RMS_NORM one after the other, up to the
+  /// order of the sum of squares. Every rank of the group must decide alike
+  /// (the same op shape on every rank gives the same answer).
+  virtual bool fusesAllReduceAddRmsNorm(const AllReduceAddRmsNorm &, uint32_t) const {
+    return false;
+  }
+  virtual Status allReduceAddRmsNormOn(void *stream, const AllReduceAddRmsNorm &op,
+                                       uint32_t groupId);
   /// Waits until `stream` ran its work, bounded: a peer that died fails the
   /// wait (and the communicator) instead of hanging it.
   virtual Status synchronize(void *stream);

@@ -344,8 +344,8 @@ public:
     decodeStep_ = isDecodeStep();
     const int64_t pairs = static_cast<int64_t>(T) * attentionHeads_;
     if (tiles.empty() && pairs > 0 && decodeStep_) {
-      const int64_t splits =
-          std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, kMaxDecodeSplits);
+      const int64_t splits = std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1,
+                                                 maxDecodeSplits());
       if (splits > 1) {
         LLMIR_RETURN_IF_ERROR(attentionScratch_.reserve(
             static_cast<size_t>(static_cast<int64_t>(T) * splits * partialRow_)));
@@ -370,6 +370,8 @@ public:
     if (index < computedEarlier_.size() && computedEarlier_[index])
       return Status::ok(); // computed with an instruction before it (planFusions)
     if (wholeProgram_ && index < swigluComputedEarlier_.size() && swigluComputedEarlier_[index])
+      return Status::ok();
+    if (capturing_ && skippedForMeasuring(inst.op))
       return Status::ok();
     LLMIR_RETURN_IF_ERROR(dispatch(inst));
     for (size_t o = 0; o < inst.outputs.size(); ++o)
@@ -409,7 +411,9 @@ public:
       dropGraphs();
     LLMIR_RETURN_IF_ERROR(check(
         cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal), "begin capture"));
+    capturing_ = true;
     Status ran = ExecutionBackend::runAll(instructions);
+    capturing_ = false;
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(stream(), &graph);
     if (!ran.isOk()) {
@@ -581,6 +585,70 @@ private:
     }
     planSwigluFusions();
     planRopeStores();
+    planAllReduceNorms();
+  }
+
+  /// An ALL_REDUCE whose output only the fused ADD+RMS_NORM right after it
+  /// reads (a tensor-parallel residual branch) may run with them as one
+  /// collective (Communicator::allReduceAddRmsNormOn): the ALL_REDUCE is
+  /// then deferred to the ADD (deferredAllReduce_), which decides by the
+  /// step's size, and its output is never written; whole-program runs only.
+  void planAllReduceNorms() {
+    const auto &insts = program_.instructions;
+    allReduceBeforeAddNorm_.assign(insts.size(), false);
+    if (!fusionsEnabled())
+      return;
+    for (size_t i = 0; i + 1 < insts.size(); ++i) {
+      const BoundInstruction &ar = insts[i], &add = insts[i + 1];
+      if (ar.op != proto::ALL_REDUCE || add.op != proto::ADD || !addNormFused_[i + 1] ||
+          ar.outputAliasesInput[0] || add.inputs.size() != 2 || ar.inputs.empty())
+        continue;
+      const uint32_t partial = ar.inputs[0], reduced = ar.outputs[0];
+      const int uses = (add.inputs[0] == reduced) + (add.inputs[1] == reduced);
+      const uint32_t residual = add.inputs[0] == reduced ? add.inputs[1] : add.inputs[0];
+      if (uses != 1 || residual == partial || readBeforeWritten(program_, i + 1, reduced))
+        continue;
+      allReduceBeforeAddNorm_[i] = true;
+    }
+  }
+
+  /// The deferred ALL_REDUCE at `arIndex` with the ADD at `index` (and the
+  /// RMS_NORM fused with it): one collective when the communicator takes
+  /// the step's size, else the all-reduce, then the ADD+RMS_NORM.
+  Status allReduceAddNorm(size_t arIndex, size_t index) {
+    const auto &insts = program_.instructions;
+    const BoundInstruction &ar = insts[arIndex], &add = insts[index], &norm = insts[index + 1];
+    const DeviceTensor &partial = activations_[ar.inputs[0]];
+    const bool reducedFirst = add.inputs[0] == ar.outputs[0];
+    const DeviceTensor &residual = activations_[add.inputs[reducedFirst ? 1 : 0]];
+    if (partial.shape != residual.shape)
+      return Status::error("operand shapes differ: " + model::formatShape(partial.shape) +
+                           " and " + model::formatShape(residual.shape));
+    DeviceTensor &sum = out(0);
+    LLMIR_RETURN_IF_ERROR(sum.reshape(partial.shape));
+    const DeviceWeight &w = weights_[norm.inputs[1]];
+    DeviceTensor &normed = activations_[norm.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(normed.reshape(partial.shape));
+    AllReduceAddRmsNorm op;
+    op.partial = partial.data();
+    op.residual = residual.data();
+    op.sum = sum.data();
+    op.weight = w.widened.data;
+    op.normed = normed.data();
+    op.rows = partial.rows();
+    op.width = partial.rowSize();
+    op.eps = norm.params.eps;
+    op.dependentLaunch = cuda::detail::dependentLaunchEnabled();
+    if (partial.numel() > 0 && comm_->fusesAllReduceAddRmsNorm(op, ar.params.group))
+      return comm_->allReduceAddRmsNormOn(stream(), op, ar.params.group);
+    // Unfused: as the two instructions would have run.
+    DeviceTensor &reduced = activations_[ar.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(copy(reduced.data(), partial.data(), partial.numel()));
+    if (partial.numel() > 0)
+      LLMIR_RETURN_IF_ERROR(allReduce(reduced.data(), reduced.numel(), ar.params.group));
+    const DeviceTensor &a = activations_[add.inputs[0]], &b = activations_[add.inputs[1]];
+    return cuda::addRmsNorm(a.data(), b.data(), sum.data(), a.rows(), a.rowSize(),
+                            w.widened.data, norm.params.eps, normed.data(), stream());
   }
 
   /// A LINEAR pair (gate, up) whose outputs no instruction after the SWIGLU
@@ -636,6 +704,40 @@ private:
       computedEarlier_[i + 1] = true;
       keysStored_[i + 2] = true;
     }
+  }
+
+  /// LLMIR_CUDA_SKIP_OPS=ATTENTION,ROPE,...: those instructions (with what
+  /// is fused into them) are left out of the decode steps' CUDA graphs
+  /// (the eager steps before a graph is recorded still run them and give
+  /// the outputs their shapes). For measuring only: a step's time with and
+  /// without a kind of op, inside its graph, is that op's share of the step
+  /// where no timeline profiler runs; the outputs are garbage.
+  static bool skippedForMeasuring(proto::Opcode op) {
+    static const std::set<std::string> skipped = [] {
+      std::set<std::string> names;
+      const char *text = std::getenv("LLMIR_CUDA_SKIP_OPS");
+      std::string list = text ? text : "";
+      for (size_t begin = 0; begin < list.size();) {
+        size_t end = list.find(',', begin);
+        if (end == std::string::npos)
+          end = list.size();
+        if (end > begin)
+          names.insert(list.substr(begin, end - begin));
+        begin = end + 1;
+      }
+      return names;
+    }();
+    return !skipped.empty() && skipped.count(proto::Opcode_Name(op)) > 0;
+  }
+
+  /// kMaxDecodeSplits, or fewer with LLMIR_CUDA_DECODE_SPLITS=N (measuring).
+  static int64_t maxDecodeSplits() {
+    static const int64_t most = [] {
+      const char *text = std::getenv("LLMIR_CUDA_DECODE_SPLITS");
+      const int64_t n = text ? std::atoll(text) : 0;
+      return n >= 1 ? std::min<int64_t>(n, kMaxDecodeSplits) : int64_t(kMaxDecodeSplits);
+    }();
+    return most;
   }
 
   static bool fusionsEnabled() {
@@ -944,6 +1046,10 @@ private:
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(a.shape));
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      if (inst.op == proto::ADD && deferredAllReduce_ + 1 == index) {
+        deferredAllReduce_ = kNone;
+        return allReduceAddNorm(index - 1, index);
+      }
       if (inst.op == proto::ADD && index < addNormFused_.size() && addNormFused_[index]) {
         const BoundInstruction &norm = program_.instructions[index + 1];
         const DeviceWeight &w = weights_[norm.inputs[1]];
@@ -960,6 +1066,12 @@ private:
       const DeviceTensor &x = act(0);
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
+      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      if (wholeProgram_ && streamCollectives() && index < allReduceBeforeAddNorm_.size() &&
+          allReduceBeforeAddNorm_[index]) {
+        deferredAllReduce_ = index; // run by the ADD after it (planAllReduceNorms)
+        return Status::ok();
+      }
       LLMIR_RETURN_IF_ERROR(copy(y.data(), x.data(), x.numel()));
       if (x.numel() == 0) // an empty token-split slice: so is every peer's
         return Status::ok();
@@ -1155,6 +1267,10 @@ private:
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;
   std::vector<bool> addNormFused_, computedEarlier_;
+  std::vector<bool> allReduceBeforeAddNorm_; // planAllReduceNorms
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  size_t deferredAllReduce_ = kNone;
+  bool capturing_ = false; // recording a decode step's graph (skippedForMeasuring)
   std::vector<bool> linearSwiglu_, swigluComputedEarlier_;
   std::vector<bool> ropeStore_, keysStored_; // planRopeStores
   bool wholeProgram_ = false; // inside runAll (planSwigluFusions)

@@ -47,6 +47,12 @@ public:
                      uint32_t groupId) override;
   Status sendOn(void *stream, const float *data, size_t count, uint32_t peerRank) override;
   Status recvOn(void *stream, float *data, size_t count, uint32_t peerRank) override;
+  /// Through the group's IpcAllReduce (its fused kernel) when it has one
+  /// that takes the shape; LLMIR_IPC_FUSED_NORM=0 turns it off (A/B).
+  bool fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
+                                uint32_t groupId) const override;
+  Status allReduceAddRmsNormOn(void *stream, const engine::AllReduceAddRmsNorm &op,
+                               uint32_t groupId) override;
   /// Bounded by the runtime's timeout; watches every group of the program.
   Status synchronize(void *stream) override;
 

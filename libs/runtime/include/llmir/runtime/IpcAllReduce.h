@@ -68,6 +68,46 @@ struct IpcAllReduceOptions {
   std::chrono::milliseconds timeout{30000};
 };
 
+/// An all-reduce fused with the residual add and RMS norm that follow it in a
+/// transformer layer (TensorRT-LLM's all-reduce + residual + RMSNorm fusion),
+/// for `rows` rows of `width` floats, row-major:
+///
+///   sum[r]    = (partial[r] of rank 0 + ... + rank n-1) + residual[r]
+///   normed[r] = weight * (sum[r] * 1 / sqrt(mean(sum[r]^2) + eps))
+///
+/// with the arithmetic of the engine's ALL_REDUCE, ADD and fused
+/// ADD+RMS_NORM kernels (ranks summed in order, the sum of squares in
+/// double), so every rank gets the same bits of `sum`. One kernel replaces
+/// three (a copy, the all-reduce, the norm) per residual branch of a
+/// tensor-parallel decode step. Out of place: `partial` is left as it was.
+/// Every pointer is device memory of the rank's device, 16-byte aligned.
+struct IpcAddRmsNorm {
+  const float *partial = nullptr;
+  const float *residual = nullptr;
+  float *sum = nullptr;
+  const float *weight = nullptr; // [width]
+  float *normed = nullptr;
+  size_t rows = 0;
+  size_t width = 0;
+  float eps = 1e-6f;
+  /// Launched with Hopper's programmatic dependent launch (the engine's
+  /// kernels use it): the kernel loads `weight` while the kernel before it
+  /// on the stream finishes, and waits for it before anything else.
+  bool dependentLaunch = false;
+};
+
+/// Widest row allReduceAddRmsNorm normalises (its block keeps a row in
+/// registers).
+constexpr size_t kIpcAddRmsNormMaxWidth = 8192;
+
+/// Why `rows` x `width` cannot take the fused path (ok when it can): the row
+/// must be whole float4s and at most kIpcAddRmsNormMaxWidth, the message
+/// within the one-shot size, and every rank's rows must fit one half of the
+/// exchange buffer (each rank pushes its rows into every peer's). Also in
+/// builds without CUDA.
+Status checkIpcAddRmsNormShape(size_t rows, size_t width, int groupSize,
+                               const IpcAllReduceOptions &options);
+
 /// What create() checks before touching CUDA (also in builds without CUDA).
 Status validateIpcAllReduceConfig(int groupRank, int groupSize,
                                   const IpcAllReduceOptions &options);
@@ -114,6 +154,15 @@ public:
   Status allReduceSum(float *data, size_t count, CUstream_st *stream,
                       IpcAllReduceAlgorithm algorithm);
 
+  /// Whether allReduceAddRmsNorm takes `op` (its shape passes
+  /// checkIpcAddRmsNormShape and its pointers are 16-byte aligned).
+  bool fusesAddRmsNorm(const IpcAddRmsNorm &op) const;
+  /// The fused all-reduce + residual add + RMS norm (IpcAddRmsNorm), queued
+  /// on `stream`; one-shot, with each rank pushing its rows into its peers'
+  /// buffers so that the reads after the barrier are local. It counts as a
+  /// call in the group's sequence like allReduceSum. Errors leave every
+  /// output as it was.
+  Status allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *stream);
   /// Ok, or which barrier timed out and which rank it waited for (the
   /// kernel wrote it to host memory when it gave up). Reads host memory
   /// only: no synchronisation; read it after the stream's work is done.
