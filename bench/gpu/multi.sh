@@ -24,7 +24,7 @@
 #                 the fourth with 4 GPUs; layouts needing more GPUs than
 #                 visible are skipped; tp=1 is the speed-up's base)
 #   CLUSTER_SPEC  the cost model's device and link (default
-#                 bench/gpu/h200-calibrated.yaml on cuda, examples/laptop-cpu.yaml on cpu)
+#                 bench/gpu/h200-x4-calibrated.yaml on cuda, examples/laptop-cpu.yaml on cpu)
 #   BENCH_ARGS    more llmir-gpu-bench flags (e.g. "--prompt 16 --new-tokens 8
 #                 --prefill 64 --threads 1" for a quick CPU run)
 #   REUSE=1       a layout whose JSON is already in the work folder is not run
@@ -54,7 +54,7 @@ export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" # the lent machines need multic
 gpus=0
 if [ "$device" = cuda ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-  spec="${CLUSTER_SPEC:-$root/bench/gpu/h200-calibrated.yaml}"
+  spec="${CLUSTER_SPEC:-$root/bench/gpu/h200-x4-calibrated.yaml}"
   layouts="${LAYOUTS:-tp=1 tp=2 pp=2$([ "$gpus" -ge 4 ] && echo ' tp=2,pp=2')}"
 else
   spec="${CLUSTER_SPEC:-$root/examples/laptop-cpu.yaml}"

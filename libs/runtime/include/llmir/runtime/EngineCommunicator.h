@@ -19,13 +19,13 @@
 namespace llmir::runtime {
 
 /// Whether the engine's TP all-reduces go through IpcAllReduce on NCCL
-/// groups (LLMIR_IPC_ALLREDUCE=1; opt-in, see connectIpcAllReduce).
+/// groups (the default; LLMIR_IPC_ALLREDUCE=0 keeps NCCL alone).
 bool ipcAllReduceRequested();
 
 class EngineCommunicator : public engine::Communicator {
 public:
   /// Creates the program's groups and, on NCCL, an IpcAllReduce for each
-  /// group the program all-reduces over (with LLMIR_IPC_ALLREDUCE=1; a
+  /// group the program all-reduces over (unless LLMIR_IPC_ALLREDUCE=0; a
   /// group whose GPUs cannot map each other's memory keeps NCCL alone).
   /// Fails when the program's rank or world
   /// size disagree with the runtime's, when a group does not list this rank,
