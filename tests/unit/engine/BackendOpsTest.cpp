@@ -181,9 +181,10 @@ TEST_F(BackendOps, Linear) {
                                     " N=" + std::to_string(s.N) + " " + weightName(dtype) +
                                     (s.bias ? " bias" : "");
       compare("LINEAR", shapeText, dy.download(), want, kMatmulLimit);
-      // Medium precision on tensor cores (bf16 weights from 8 tokens): the
-      // product of x rounded to bf16, against the CPU's on the same rounded x.
-      if (dtype == proto::BF16 && s.T >= 8) {
+      // Medium precision on tensor cores (bf16 weights from 2 tokens: the
+      // batched GEMV, then cuBLAS): the product of x rounded to bf16, against
+      // the CPU's on the same rounded x.
+      if (dtype == proto::BF16 && s.T >= 2) {
         std::vector<float> rounded(x.size());
         for (size_t i = 0; i < x.size(); ++i)
           rounded[i] = bf16Value(bf16Bits(x[i]));

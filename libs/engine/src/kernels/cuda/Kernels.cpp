@@ -85,10 +85,11 @@ Status createHandle(cublasHandle_t &handle, cudaStream_t stream, void *workspace
   return cublasStatus(cublasSetMathMode(handle, mode), "math mode");
 }
 
-/// Tensor cores for bf16 weights from this many tokens on (8: measured on an
-/// H100, batch-8 decode 1.5x faster than the GEMV; LLMIR_CUDA_GEMM_MIN_TOKENS
+/// cuBLAS for bf16 weights from this many tokens on (8: measured on an H100,
+/// batch-8 decode 1.5x faster than the GEMV; LLMIR_CUDA_GEMM_MIN_TOKENS
 /// overrides it, for measuring); fewer go through the GEMV, which reads the
-/// weights once for all of them.
+/// weights once for all of them. 2 to 8 tokens now take the tensor-core
+/// batched GEMV first (takesMmaGemv).
 int64_t tensorCoreMinTokens() {
   static const int64_t tokens = [] {
     const char *text = std::getenv("LLMIR_CUDA_GEMM_MIN_TOKENS");
@@ -96,6 +97,17 @@ int64_t tensorCoreMinTokens() {
     return value > 0 ? static_cast<int64_t>(value) : int64_t(8);
   }();
   return tokens;
+}
+
+/// Whether a product of 2 to 8 tokens with bf16 weights runs on the tensor
+/// cores' batched GEMV (linearMma; LLMIR_CUDA_MMA_GEMV=0 for measuring). On
+/// an H200, 1.1B shape, medium precision, against the GEMV (2, 4 tokens) and
+/// cuBLAS (8): batch 2 1.64 -> 1.61 ms a step, batch 4 2.40 -> 1.63, batch 8
+/// 2.10 -> 1.71; 8B batch 4 14.15 -> 7.00, but batch 8 6.65 -> 7.45 (cuBLAS
+/// is ahead there: docs/performance.md).
+bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
+  static const bool enabled = !detail::switchedOff("LLMIR_CUDA_MMA_GEMV");
+  return enabled && storage == detail::Storage::BF16 && T >= 2 && T <= 8 && K % 8 == 0;
 }
 
 /// Whether a product with weights stored as `storage` over T tokens runs as
@@ -253,7 +265,8 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   for (const LinearOutput &o : outputs)
     if (o.w.cols != K || o.w.dtype != outputs.front().w.dtype)
       return Status::error("CUDA linear group: weights differ in K or dtype");
-  if (takesGemv(*storage, T)) {
+  const bool mma = takesMmaGemv(*storage, T, K);
+  if (mma || takesGemv(*storage, T)) {
     for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
       detail::LinearSegments segments{};
       for (size_t i = first; i < outputs.size() && segments.count < detail::kMaxLinearSegments;
@@ -261,7 +274,9 @@ Status linearGroup(Context &context, const float *x, int64_t T,
         segments.segment[segments.count++] = {outputs[i].w.data, outputs[i].w.rows,
                                               outputs[i].bias, outputs[i].y};
       LLMIR_RETURN_IF_ERROR(cudaStatus(
-          detail::linear16(state.stream, x, T, K, *storage, segments), "linear (16-bit)"));
+          mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
+              : detail::linear16(state.stream, x, T, K, *storage, segments),
+          "linear (16-bit)"));
     }
     return Status::ok();
   }
@@ -292,7 +307,8 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
     return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
   Result<detail::Storage> storage = storageOf(gate.w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  if (!takesGemv(*storage, T)) {
+  const bool mma = takesMmaGemv(*storage, T, K);
+  if (!mma && !takesGemv(*storage, T)) {
     const LinearOutput both[2] = {gate, up};
     LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
     return swiglu(gate.y, up.y, y, T * N, state.stream);
@@ -304,7 +320,8 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   segments.segment[1] = {up.w.data, N, up.bias, nullptr};
   segments.count = 2;
   segments.pairedSwiglu = true;
-  return cudaStatus(detail::linear16(state.stream, x, T, K, *storage, segments),
+  return cudaStatus(mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
+                        : detail::linear16(state.stream, x, T, K, *storage, segments),
                     "linear + swiglu (16-bit)");
 }
 

@@ -51,6 +51,11 @@ struct LinearSegments {
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
              LinearSegments segments);
 /// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
+/// The same products for 2 to 8 tokens with bf16 weights (K a multiple of
+/// 8) on tensor cores: x rounded to bf16, plus its remainder's product when
+/// `highest` (the split GEMMs' arithmetic, Matmul.cu).
+int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
+              LinearSegments segments);
 int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo);
 /// y[T, N] = halves[0:T] + halves[T:2T] (+ bias[N]), halves [2T, N].
 int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,

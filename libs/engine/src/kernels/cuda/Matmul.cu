@@ -259,6 +259,160 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
   launchRows<Tokens, false, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared, segments);
 }
 
+// Two to eight tokens with bf16 weights (batched decode): tensor cores. The
+// GEMV above computes every token of a row in one warp, its lanes reading
+// each token's x from shared memory for every 16 bytes of weights: at 4 and
+// 8 tokens those x reads, not the weights, bound it (an H200, 1.1B shape:
+// batch 4 at 2.4 ms a step against 1.35 at batch 1; batch 8 4.3 ms, which is
+// why batch 8 went to cuBLAS, two launches a product with x's conversion).
+// Here a warp multiplies an 8-row tile of W by the step's tokens with
+// mma.m16n8k16 (A = tokens, zero past T; B = the tile's rows), and the eight
+// warps of a block split K, their partial tiles summed in warp order in
+// shared memory (deterministic). The reduction order of k does not matter
+// to a dot product, so each lane takes 16 contiguous bytes of its row g =
+// lane / 4 (and x of token g at the same k) and gives them to the fragment
+// slots of logical k {2c, 2c+1, 2c+8, 2c+9} (c = lane % 4) of two mmas: one
+// 16-byte load of weights per lane per 32 k, as the GEMV. x is converted in
+// registers: medium precision rounds it to bf16, highest adds a second mma
+// of the remainder (x = hi + lo, the cuBLAS path's split).
+constexpr int kMmaSplits = 8; // warps of a block, each a K range of one tile
+constexpr int kMmaRows = 8;   // weight rows a tile (the mma's N)
+constexpr int kMmaAhead = 8;  // 32-k steps whose weights a warp has requested
+
+__device__ __forceinline__ void mmaBf16(float (&c)[4], unsigned a0, unsigned a2, unsigned b0,
+                                        unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned bits(__nv_bfloat162 v) {
+  return *reinterpret_cast<unsigned *>(&v);
+}
+
+// Two x values as a bf16 pair (the first in the low half) and, for highest
+// precision, the pair of their remainders.
+__device__ __forceinline__ void splitPair(float v0, float v1, unsigned &hi, unsigned &lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+  hi = bits(h);
+  const float2 back = __bfloat1622float2(h);
+  lo = bits(__floats2bfloat162_rn(v0 - back.x, v1 - back.y));
+}
+
+template <bool Paired>
+__global__ void __launch_bounds__(kMmaSplits * 32)
+    linearMmaKernel(const float *x, int T, int64_t K, bool withLo, LinearSegments segments) {
+  __shared__ float partial[Paired ? 2 : 1][kMmaSplits][8][kMmaRows];
+  int s = 0;
+  while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
+    ++s;
+  const LinearSegment seg = segments.segment[s];
+  const int64_t rowBase = int64_t(blockIdx.x - segments.firstBlock[s]) * kMmaRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const bool rowActive = rowBase + g < seg.N;
+  const int64_t steps = (K + 31) / 32;
+  const int64_t per = (steps + kMmaSplits - 1) / kMmaSplits;
+  const int64_t first = warp * per, last = first + per < steps ? first + per : steps;
+  const unsigned short *gateRow = static_cast<const unsigned short *>(seg.w) + (rowBase + g) * K;
+  const unsigned short *upRow =
+      Paired ? static_cast<const unsigned short *>(segments.segment[1].w) + (rowBase + g) * K
+             : nullptr;
+  auto load = [&](const unsigned short *row, int64_t step) {
+    const int64_t k = step * 32 + 8 * c;
+    return rowActive && step < last && k < K ? __ldg(reinterpret_cast<const uint4 *>(row + k))
+                                             : make_uint4(0, 0, 0, 0);
+  };
+  // The weights are written by no kernel: the first steps' are requested
+  // while the kernel producing x may still run (DependentLaunch.cuh).
+  uint4 gateAhead[kMmaAhead], upAhead[Paired ? kMmaAhead : 1];
+#pragma unroll
+  for (int j = 0; j < kMmaAhead; ++j) {
+    gateAhead[j] = load(gateRow, first + j);
+    if constexpr (Paired)
+      upAhead[j] = load(upRow, first + j);
+  }
+  waitForPrecedingKernels();
+  allowDependentLaunch();
+  // x of the same steps, requested ahead as the weights are (an L2 read a
+  // step, waited for one at a time, was most of a warp's time).
+  const float *xRow = x + int64_t(g) * K;
+  auto loadX = [&](int64_t step, float4 &a, float4 &b) {
+    const int64_t k = step * 32 + 8 * c;
+    if (g < T && step < last && k < K) {
+      a = *reinterpret_cast<const float4 *>(xRow + k);
+      b = *reinterpret_cast<const float4 *>(xRow + k + 4);
+    } else {
+      a = b = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  float4 xa[kMmaAhead], xb[kMmaAhead];
+#pragma unroll
+  for (int j = 0; j < kMmaAhead; ++j)
+    loadX(first + j, xa[j], xb[j]);
+  float gate[4] = {0.f, 0.f, 0.f, 0.f}, up[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t base = first; base < last; base += kMmaAhead) {
+#pragma unroll
+    for (int j = 0; j < kMmaAhead; ++j) {
+      const int64_t step = base + j;
+      unsigned hi[4], lo[4];
+      splitPair(xa[j].x, xa[j].y, hi[0], lo[0]);
+      splitPair(xa[j].z, xa[j].w, hi[1], lo[1]);
+      splitPair(xb[j].x, xb[j].y, hi[2], lo[2]);
+      splitPair(xb[j].z, xb[j].w, hi[3], lo[3]);
+      loadX(step + kMmaAhead, xa[j], xb[j]);
+      // Steps past the warp's range hold zeros: their products add nothing.
+      const uint4 w = gateAhead[j];
+      gateAhead[j] = load(gateRow, step + kMmaAhead);
+      mmaBf16(gate, hi[0], hi[1], w.x, w.y);
+      mmaBf16(gate, hi[2], hi[3], w.z, w.w);
+      if (withLo) {
+        mmaBf16(gate, lo[0], lo[1], w.x, w.y);
+        mmaBf16(gate, lo[2], lo[3], w.z, w.w);
+      }
+      if constexpr (Paired) {
+        const uint4 u = upAhead[j];
+        upAhead[j] = load(upRow, step + kMmaAhead);
+        mmaBf16(up, hi[0], hi[1], u.x, u.y);
+        mmaBf16(up, hi[2], hi[3], u.z, u.w);
+        if (withLo) {
+          mmaBf16(up, lo[0], lo[1], u.x, u.y);
+          mmaBf16(up, lo[2], lo[3], u.z, u.w);
+        }
+      }
+    }
+  }
+  // c0, c1: token g, rows 2c and 2c + 1 of the tile (c2, c3: tokens 8-15).
+  partial[0][warp][g][2 * c] = gate[0];
+  partial[0][warp][g][2 * c + 1] = gate[1];
+  if constexpr (Paired) {
+    partial[Paired ? 1 : 0][warp][g][2 * c] = up[0];
+    partial[Paired ? 1 : 0][warp][g][2 * c + 1] = up[1];
+  }
+  __syncthreads();
+  const int t = threadIdx.x / kMmaRows, r = threadIdx.x % kMmaRows;
+  const int64_t n = rowBase + r;
+  if (threadIdx.x >= 8 * kMmaRows || t >= T || n >= seg.N)
+    return;
+  float v = 0.f, u = 0.f;
+#pragma unroll
+  for (int w = 0; w < kMmaSplits; ++w) {
+    v += partial[0][w][t][r];
+    if constexpr (Paired)
+      u += partial[Paired ? 1 : 0][w][t][r];
+  }
+  if (seg.bias)
+    v += seg.bias[n];
+  if constexpr (Paired) {
+    const LinearSegment upSeg = segments.segment[1];
+    if (upSeg.bias)
+      u += upSeg.bias[n];
+    seg.y[int64_t(t) * seg.N + n] = v / (1.0f + expf(-v)) * u;
+  } else {
+    seg.y[int64_t(t) * seg.N + n] = v;
+  }
+}
+
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
                                 __nv_bfloat16 *lo) {
   beginDependentKernel();
@@ -313,6 +467,31 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
     launchLinear16<4>(stream, x, T, K, bf16, segments);
   else
     launchLinear16<8>(stream, x, T, K, bf16, segments);
+  return cudaGetLastError();
+}
+
+int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
+              LinearSegments segments) {
+  if (T <= 0 || segments.count <= 0)
+    return cudaGetLastError();
+  if (T > 8 || K % 8 != 0 ||
+      (segments.pairedSwiglu &&
+       (segments.count != 2 || segments.segment[0].N != segments.segment[1].N)))
+    return cudaErrorInvalidValue;
+  int64_t blocks = 0;
+  for (int s = 0; s < segments.count; ++s) {
+    segments.firstBlock[s] = static_cast<unsigned>(blocks);
+    if (!segments.pairedSwiglu || s == 0)
+      blocks += (segments.segment[s].N + kMmaRows - 1) / kMmaRows;
+  }
+  if (blocks == 0)
+    return cudaGetLastError();
+  if (segments.pairedSwiglu)
+    launchDependent(linearMmaKernel<true>, static_cast<unsigned>(blocks), kMmaSplits * 32, 0,
+                    stream, x, static_cast<int>(T), K, highest, segments);
+  else
+    launchDependent(linearMmaKernel<false>, static_cast<unsigned>(blocks), kMmaSplits * 32, 0,
+                    stream, x, static_cast<int>(T), K, highest, segments);
   return cudaGetLastError();
 }
 
