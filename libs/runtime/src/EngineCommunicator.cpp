@@ -159,7 +159,9 @@ bool EngineCommunicator::fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsN
                                                   uint32_t groupId) const {
   static const bool off = fusedNormSwitchedOff();
   auto ipc = ipc_.find(groupId);
-  return !off && ipc != ipc_.end() && ipc->second->fusesAddRmsNorm(ipcOperands(op));
+  return !off && ipc != ipc_.end() && op.rows > 0 && op.width > 0 &&
+         ipc->second->fusesAddRmsNorm(static_cast<size_t>(op.rows),
+                                      static_cast<size_t>(op.width));
 }
 
 Status EngineCommunicator::allReduceAddRmsNormOn(void *stream,

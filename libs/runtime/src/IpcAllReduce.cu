@@ -576,18 +576,18 @@ Status IpcAllReduce::lastDeviceError() const {
       "up, this rank's sums since are void and later calls are refused");
 }
 
-bool IpcAllReduce::fusesAddRmsNorm(const IpcAddRmsNorm &op) const {
-  auto aligned = [](const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return checkIpcAddRmsNormShape(op.rows, op.width, impl_->ranks, impl_->options).isOk() &&
-         op.partial && op.residual && op.sum && op.weight && op.normed &&
-         aligned(op.partial) && aligned(op.residual) && aligned(op.sum) &&
-         aligned(op.weight) && aligned(op.normed);
+bool IpcAllReduce::fusesAddRmsNorm(size_t rows, size_t width) const {
+  return checkIpcAddRmsNormShape(rows, width, impl_->ranks, impl_->options).isOk();
 }
 
 Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *stream) {
   LLMIR_RETURN_IF_ERROR(lastDeviceError());
   LLMIR_RETURN_IF_ERROR(checkIpcAddRmsNormShape(op.rows, op.width, impl_->ranks, impl_->options));
-  if (!fusesAddRmsNorm(op))
+  auto aligned = [](const void *p) {
+    return p && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  };
+  if (!aligned(op.partial) || !aligned(op.residual) || !aligned(op.sum) ||
+      !aligned(op.weight) || !aligned(op.normed))
     return Status::error("IpcAllReduce: fused add + RMS norm needs non-null, 16-byte "
                          "aligned operands");
   int current = -1;

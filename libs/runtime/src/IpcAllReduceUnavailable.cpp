@@ -28,7 +28,7 @@ Status IpcAllReduce::allReduceSum(float *, size_t, CUstream_st *) {
 Status IpcAllReduce::allReduceSum(float *, size_t, CUstream_st *, IpcAllReduceAlgorithm) {
   return Status::error("IpcAllReduce unavailable: built without CUDA");
 }
-bool IpcAllReduce::fusesAddRmsNorm(const IpcAddRmsNorm &) const { return false; }
+bool IpcAllReduce::fusesAddRmsNorm(size_t, size_t) const { return false; }
 Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &, CUstream_st *) {
   return Status::error("IpcAllReduce unavailable: built without CUDA");
 }

@@ -441,7 +441,7 @@ TEST_F(IpcAllReduceTest, FusedAddRmsNormGivesTheSumsBitForBitEagerAndInAGraph) {
       const std::string what = std::to_string(shape.rows) + " x " + std::to_string(shape.width);
       const uint64_t seed = 3000 + k;
       const size_t count = shape.rows * shape.width;
-      if (!s.ipc->fusesAddRmsNorm(operands(shape)))
+      if (!s.ipc->fusesAddRmsNorm(shape.rows, shape.width))
         return Status::error(what + ": refused");
       LLMIR_RETURN_IF_ERROR(uploadCase(shape, seed));
       LLMIR_RETURN_IF_ERROR(upload(plain, inputs(rank, seed + 77, 4096)));
@@ -483,13 +483,15 @@ TEST_F(IpcAllReduceTest, FusedAddRmsNormGivesTheSumsBitForBitEagerAndInAGraph) {
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
 
-    // Refused: an unaligned operand, a row past the widest.
+    // Refused, on the host before any launch (every rank refuses alike, so
+    // the group's call sequence stays in step): an unaligned operand, a row
+    // past the widest.
     IpcAddRmsNorm unaligned = operands(shape);
     unaligned.residual = residual + 1;
-    if (s.ipc->fusesAddRmsNorm(unaligned) ||
-        s.ipc->allReduceAddRmsNorm(unaligned, s.stream).isOk())
+    if (s.ipc->allReduceAddRmsNorm(unaligned, s.stream).isOk())
       return Status::error("an unaligned residual was taken");
-    if (s.ipc->fusesAddRmsNorm(operands({1, kIpcAddRmsNormMaxWidth + 4})))
+    if (s.ipc->fusesAddRmsNorm(1, kIpcAddRmsNormMaxWidth + 4) ||
+        s.ipc->allReduceAddRmsNorm(operands({1, kIpcAddRmsNormMaxWidth + 4}), s.stream).isOk())
       return Status::error("a row past the widest was taken");
     LLMIR_RETURN_IF_ERROR(s.ipc->lastDeviceError());
     for (float *p : {partial, residual, sum, normed, weight, plain})

@@ -60,8 +60,8 @@ public:
   /// communicator can (TensorRT-LLM's all-reduce + residual + RMSNorm
   /// fusion); the arithmetic and the result's bits are those of the
   /// all-reduce, ADD and fused ADD+RMS_NORM one after the other, up to the
-  /// order of the sum of squares. Every rank of the group must decide alike
-  /// (the same op shape on every rank gives the same answer).
+  /// order of the sum of squares. Every rank of the group must decide alike:
+  /// the answer depends on the shape (and the group) only.
   virtual bool fusesAllReduceAddRmsNorm(const AllReduceAddRmsNorm &, uint32_t) const {
     return false;
   }

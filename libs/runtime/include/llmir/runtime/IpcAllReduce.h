@@ -154,14 +154,16 @@ public:
   Status allReduceSum(float *data, size_t count, CUstream_st *stream,
                       IpcAllReduceAlgorithm algorithm);
 
-  /// Whether allReduceAddRmsNorm takes `op` (its shape passes
-  /// checkIpcAddRmsNormShape and its pointers are 16-byte aligned).
-  bool fusesAddRmsNorm(const IpcAddRmsNorm &op) const;
+  /// Whether allReduceAddRmsNorm takes `rows` x `width` (its shape passes
+  /// checkIpcAddRmsNormShape). By shape only, so that every rank of the
+  /// group decides alike: a rank taking the fused kernel while a peer runs
+  /// the plain one would exchange rows in different layouts.
+  bool fusesAddRmsNorm(size_t rows, size_t width) const;
   /// The fused all-reduce + residual add + RMS norm (IpcAddRmsNorm), queued
   /// on `stream`; one-shot, with each rank pushing its rows into its peers'
   /// buffers so that the reads after the barrier are local. It counts as a
-  /// call in the group's sequence like allReduceSum. Errors leave every
-  /// output as it was.
+  /// call in the group's sequence like allReduceSum. Errors (a shape it does
+  /// not take, an operand not 16-byte aligned) leave every output as it was.
   Status allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *stream);
   /// Ok, or which barrier timed out and which rank it waited for (the
   /// kernel wrote it to host memory when it gave up). Reads host memory
