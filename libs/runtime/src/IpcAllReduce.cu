@@ -462,6 +462,20 @@ struct IpcAllReduce::Impl {
     return Status::ok();
   }
 
+  /// Calls are queued on the calling thread's current device: it must be
+  /// this rank's.
+  Status expectCurrentDevice() const {
+    int current = -1;
+    const cudaError_t e = cudaGetDevice(&current);
+    if (e != cudaSuccess)
+      return cudaFailure("reading the current device", e);
+    if (current != device)
+      return Status::error("IpcAllReduce: the current device is " + std::to_string(current) +
+                           " but this rank's buffers are on device " + std::to_string(device) +
+                           "; cudaSetDevice first");
+    return Status::ok();
+  }
+
   /// Checks peer access to each peer's GPU and maps its region.
   Status openPeers(const std::vector<detail::IpcPeerRecord> &records) {
     opened.assign(ranks, nullptr);
@@ -590,14 +604,7 @@ Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *s
       !aligned(op.weight) || !aligned(op.normed))
     return Status::error("IpcAllReduce: fused add + RMS norm needs non-null, 16-byte "
                          "aligned operands");
-  int current = -1;
-  cudaError_t e = cudaGetDevice(&current);
-  if (e != cudaSuccess)
-    return cudaFailure("reading the current device", e);
-  if (current != impl_->device)
-    return Status::error("IpcAllReduce: the current device is " + std::to_string(current) +
-                         " but this rank's buffers are on device " +
-                         std::to_string(impl_->device) + "; cudaSetDevice first");
+  LLMIR_RETURN_IF_ERROR(impl_->expectCurrentDevice());
   NormArgs n;
   n.partial = reinterpret_cast<const float4 *>(op.partial);
   n.residual = reinterpret_cast<const float4 *>(op.residual);
@@ -617,8 +624,8 @@ Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *s
   config.stream = stream;
   config.attrs = attribute;
   config.numAttrs = 1;
-  if ((e = cudaLaunchKernelEx(&config, oneShotAddRmsNormKernel, impl_->args, n)) !=
-      cudaSuccess)
+  if (const cudaError_t e = cudaLaunchKernelEx(&config, oneShotAddRmsNormKernel, impl_->args, n);
+      e != cudaSuccess)
     return cudaFailure("launching the fused add + RMS norm kernel", e);
   return Status::ok();
 }
@@ -640,14 +647,7 @@ Status IpcAllReduce::allReduceSum(float *data, size_t count, CUstream_st *stream
   if (!data)
     return Status::error("IpcAllReduce: null buffer for " + std::to_string(count) +
                          " floats");
-  int current = -1;
-  cudaError_t e = cudaGetDevice(&current);
-  if (e != cudaSuccess)
-    return cudaFailure("reading the current device", e);
-  if (current != impl_->device)
-    return Status::error("IpcAllReduce: the current device is " + std::to_string(current) +
-                         " but this rank's buffers are on device " +
-                         std::to_string(impl_->device) + "; cudaSetDevice first");
+  LLMIR_RETURN_IF_ERROR(impl_->expectCurrentDevice());
   KernelArgs args = impl_->args;
   args.data = data;
   args.count = count;
@@ -659,7 +659,7 @@ Status IpcAllReduce::allReduceSum(float *data, size_t count, CUstream_st *stream
   else
     aligned ? twoShotKernel<true><<<kBlocks, kThreads, 0, s>>>(args)
             : twoShotKernel<false><<<kBlocks, kThreads, 0, s>>>(args);
-  if ((e = cudaGetLastError()) != cudaSuccess)
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess)
     return cudaFailure(std::string("launching the ") + ipcAllReduceAlgorithmName(algorithm) +
                            " kernel",
                        e);
