@@ -75,8 +75,18 @@ Status runRmsNorm(KernelCall &call) {
                          " (expected the row width or a divisor of it)");
   Tensor &y = *call.outputs[0];
   y.reshape(x.shape);
-  cpu::rmsNorm(x.data.data(), x.rows() * (x.rowSize() / group), group,
-               widened(weightView(call, 1)).data(), call.params->eps, y.data.data());
+  // An f32 weight is read in place; a 16-bit one widened into reused
+  // scratch (a decode token runs 61 norms: no allocation per call).
+  const WeightView &view = weightView(call, 1);
+  const float *normWeight = reinterpret_cast<const float *>(view.data);
+  if (view.dtype != proto::F32) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(view.rows * view.cols));
+    view.widenRows(0, view.rows, scratch.data());
+    normWeight = scratch.data();
+  }
+  cpu::rmsNorm(x.data.data(), x.rows() * (x.rowSize() / group), group, normWeight,
+               call.params->eps, y.data.data());
   return Status::ok();
 }
 

@@ -5,7 +5,10 @@
 // same way.
 #include "llmir/engine/CpuKernels.h"
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace llmir::engine::cpu {
@@ -47,26 +50,61 @@ std::vector<float> ropeInverseFrequencies(int64_t headDim, float theta,
   return inverseFrequency;
 }
 
+namespace {
+
+// The cosines and sines of one step's angles ([T][half] each). Every layer
+// rotates Q and K at the same positions with the same frequencies, so a
+// step computes them once instead of twice per layer (a decode token's 60
+// calls spent as long in cos/sin as in its norms). Kept per thread: the
+// last positions and frequencies, compared by value, so a different step,
+// model or sequence recomputes.
+struct RopeTable {
+  std::vector<int32_t> positions;
+  std::vector<float> inverseFrequency;
+  std::vector<float> cosines, sines;
+
+  void prepare(int64_t T, int64_t half, const int32_t *pos, const float *frequency) {
+    if (static_cast<int64_t>(positions.size()) == T &&
+        static_cast<int64_t>(inverseFrequency.size()) == half &&
+        std::equal(pos, pos + T, positions.begin()) &&
+        std::equal(frequency, frequency + half, inverseFrequency.begin(),
+                   [](float a, float b) { // bit patterns: NaN or -0 never match loosely
+                     return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
+                   }))
+      return;
+    positions.assign(pos, pos + T);
+    inverseFrequency.assign(frequency, frequency + half);
+    cosines.resize(static_cast<size_t>(T * half));
+    sines.resize(static_cast<size_t>(T * half));
+    for (int64_t t = 0; t < T; ++t) {
+      const float position = static_cast<float>(pos[t]);
+      for (int64_t i = 0; i < half; ++i) {
+        float angle = position * frequency[i];
+        cosines[static_cast<size_t>(t * half + i)] =
+            static_cast<float>(std::cos(static_cast<double>(angle)));
+        sines[static_cast<size_t>(t * half + i)] =
+            static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    }
+  }
+};
+
+} // namespace
+
 void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
           const int32_t *positions, const float *inverseFrequency) {
   const int64_t half = headDim / 2;
-  std::vector<float> cosines(static_cast<size_t>(half));
-  std::vector<float> sines(static_cast<size_t>(half));
+  thread_local RopeTable table;
+  table.prepare(T, half, positions, inverseFrequency);
   for (int64_t t = 0; t < T; ++t) {
-    const float position = static_cast<float>(positions[t]);
-    for (int64_t i = 0; i < half; ++i) {
-      float angle = position * inverseFrequency[i];
-      cosines[static_cast<size_t>(i)] =
-          static_cast<float>(std::cos(static_cast<double>(angle)));
-      sines[static_cast<size_t>(i)] =
-          static_cast<float>(std::sin(static_cast<double>(angle)));
-    }
+    const float *cosines = table.cosines.data() + t * half;
+    const float *sines = table.sines.data() + t * half;
     for (int64_t h = 0; h < numHeads; ++h) {
       float *head = x + (t * numHeads + h) * headDim;
       for (int64_t i = 0; i < half; ++i) {
         float a = head[i], b = head[i + half];
-        float c = cosines[static_cast<size_t>(i)];
-        float s = sines[static_cast<size_t>(i)];
+        float c = cosines[i];
+        float s = sines[i];
         head[i] = a * c - b * s;
         head[i + half] = b * c + a * s;
       }
