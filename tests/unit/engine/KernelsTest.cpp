@@ -219,6 +219,45 @@ TEST(Rope, MatchesRotateHalfReference) {
     EXPECT_NEAR(x[i], ref[i], 1e-5) << i;
 }
 
+// rope keeps the last step's cosines and sines per thread: calls with other
+// positions, other frequencies or another count of tokens must not reuse them.
+TEST(Rope, EachCallFollowsItsOwnPositionsAndFrequencies) {
+  std::mt19937 rng(5);
+  const int64_t heads = 2, D = 8;
+  struct Call {
+    std::vector<int32_t> positions;
+    double theta;
+  };
+  const std::vector<Call> calls = {{{5, 6}, 10000.0}, {{5, 6}, 10000.0}, {{5, 7}, 10000.0},
+                                   {{5}, 10000.0},    {{5}, 500000.0},   {{5, 6}, 10000.0}};
+  for (size_t c = 0; c < calls.size(); ++c) {
+    const int64_t T = static_cast<int64_t>(calls[c].positions.size());
+    std::vector<float> x = randomFloats(T * heads * D, rng);
+    std::vector<double> ref = toDouble(x);
+    const std::vector<float> frequencies =
+        cpu::ropeInverseFrequencies(D, static_cast<float>(calls[c].theta), {});
+    cpu::rope(x.data(), T, heads, D, calls[c].positions.data(), frequencies.data());
+    refRope(ref, heads, D, calls[c].positions, calls[c].theta);
+    for (size_t i = 0; i < x.size(); ++i)
+      EXPECT_NEAR(x[i], ref[i], 1e-5) << "call " << c << ", element " << i;
+  }
+}
+
+TEST(RmsNorm, RowsOfEveryWidthMatchReference) {
+  std::mt19937 rng(6);
+  for (int64_t H : {1, 7, 8, 9, 64, 577}) {
+    const int64_t T = 2;
+    std::vector<float> x = randomFloats(T * H, rng, 3.0f);
+    std::vector<float> w = randomFloats(H, rng);
+    std::vector<float> y(T * H);
+    cpu::rmsNorm(x.data(), T, H, w.data(), 1e-5f, y.data());
+    std::vector<double> ref = toDouble(x);
+    refRmsNorm(ref, H, w, 1e-5);
+    for (size_t i = 0; i < y.size(); ++i)
+      EXPECT_NEAR(y[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << "H " << H << ", " << i;
+  }
+}
+
 TEST(Elementwise, SwigluAndAdd) {
   std::mt19937 rng(3);
   std::vector<float> a = randomFloats(50, rng, 4.0f), b = randomFloats(50, rng);
