@@ -243,6 +243,24 @@ TEST(Rope, EachCallFollowsItsOwnPositionsAndFrequencies) {
   }
 }
 
+// Out of place (ROPE's kernel writes its output slot from the input): the
+// same values as in place, the input untouched, odd last elements copied.
+TEST(Rope, OutOfPlaceMatchesInPlace) {
+  std::mt19937 rng(7);
+  const std::vector<int32_t> positions = {3, 40};
+  for (int64_t D : {8, 7}) {
+    const int64_t T = 2, heads = 3;
+    const std::vector<float> frequencies = cpu::ropeInverseFrequencies(D, 10000.0f, {});
+    const std::vector<float> x = randomFloats(T * heads * D, rng);
+    std::vector<float> inPlace = x, y(x.size(), -7.0f);
+    cpu::rope(inPlace.data(), T, heads, D, positions.data(), frequencies.data());
+    cpu::rope(x.data(), y.data(), T, heads, D, positions.data(), frequencies.data());
+    EXPECT_EQ(y, inPlace) << "D " << D;
+    if (D % 2 != 0)
+      EXPECT_EQ(y[D - 1], x[D - 1]);
+  }
+}
+
 TEST(RmsNorm, RowsOfEveryWidthMatchReference) {
   std::mt19937 rng(6);
   for (int64_t H : {1, 7, 8, 9, 64, 577}) {

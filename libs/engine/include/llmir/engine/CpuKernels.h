@@ -63,6 +63,9 @@ std::vector<float> ropeInverseFrequencies(int64_t headDim, float theta,
 /// positions[t]; inverseFrequencies has headDim / 2 entries.
 void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
           const int32_t *positions, const float *inverseFrequencies);
+/// The same from x into y (y may be x).
+void rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, const float *inverseFrequencies);
 /// The same with unscaled ("default") frequencies of `theta`.
 void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
           const int32_t *positions, float theta);

@@ -131,8 +131,8 @@ Status runRope(KernelCall &call) {
     return Status::error("rows of " + std::to_string(x.rowSize()) +
                          " are not whole heads of " + std::to_string(headDim));
   Tensor &y = *call.outputs[0];
-  y = x;
-  cpu::rope(y.data.data(), y.rows(), y.rowSize() / headDim, headDim,
+  y.reshape(x.shape); // rotated from x, not copied and rotated in place
+  cpu::rope(x.data.data(), y.data.data(), x.rows(), x.rowSize() / headDim, headDim,
             call.step->positions.data() + rows.begin,
             call.params->ropeInverseFrequencies.data());
   return Status::ok();

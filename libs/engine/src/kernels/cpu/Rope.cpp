@@ -93,6 +93,11 @@ struct RopeTable {
 
 void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
           const int32_t *positions, const float *inverseFrequency) {
+  rope(x, x, T, numHeads, headDim, positions, inverseFrequency);
+}
+
+void rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headDim,
+          const int32_t *positions, const float *inverseFrequency) {
   const int64_t half = headDim / 2;
   thread_local RopeTable table;
   table.prepare(T, half, positions, inverseFrequency);
@@ -100,14 +105,17 @@ void rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
     const float *cosines = table.cosines.data() + t * half;
     const float *sines = table.sines.data() + t * half;
     for (int64_t h = 0; h < numHeads; ++h) {
-      float *head = x + (t * numHeads + h) * headDim;
+      const float *in = x + (t * numHeads + h) * headDim;
+      float *out = y + (t * numHeads + h) * headDim;
       for (int64_t i = 0; i < half; ++i) {
-        float a = head[i], b = head[i + half];
+        float a = in[i], b = in[i + half];
         float c = cosines[i];
         float s = sines[i];
-        head[i] = a * c - b * s;
-        head[i + half] = b * c + a * s;
+        out[i] = a * c - b * s;
+        out[i + half] = b * c + a * s;
       }
+      if (headDim % 2 != 0) // an odd last element has no pair: unrotated
+        out[headDim - 1] = in[headDim - 1];
     }
   }
 }
