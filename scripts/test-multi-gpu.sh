@@ -12,8 +12,10 @@
 #   scripts/test-multi-gpu.sh            build with CUDA, ctest -L multi_gpu
 #   scripts/test-multi-gpu.sh --bin DIR  binaries from DIR, no build (a GPU
 #                                        machine without the build's packages)
-# PARTS="runtime generate mesh" (the default) chooses which parts run; "runtime"
-# is the NCCL and IPC all-reduce tests.
+# PARTS="runtime generate mesh fault" (the default) chooses which parts run;
+# "runtime" is the NCCL and IPC all-reduce tests; "fault" (4 GPUs or more) is
+# tests/integration/mesh_fault_test.py: two tp=2 replicas, one GPU a worker,
+# NCCL with the IPC all-reduce, a worker SIGKILLed mid-stream.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixtures="${LLMIR_FIXTURES_DIR:-$root/../shared/fixtures}"
@@ -22,7 +24,7 @@ layouts="${LAYOUTS:-tp=2 pp=2 tp=4 tp=2,pp=2}"
 gpu_tests_start multi_gpu 1800 "$@"
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" # the lent machines need multicast off
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-parts="${PARTS:-runtime generate mesh}"
+parts="${PARTS:-runtime generate mesh fault}"
 # The runtime's NCCL operations, blocking and stream-ordered (graph replays,
 # a dead peer's collective failing the wait instead of hanging it), and the
 # IPC all-reduce against NCCL.
@@ -49,4 +51,12 @@ for layout in $layouts; do
   step "mesh $layout fixtures" env LLMIR_BUILD_DIR="$(dirname "$bin")" FIXTURES_ONLY=1 \
     "$root/tests/integration/mesh_fixtures_smoke.sh" "$fixtures" "${opts[@]}"
 done
+if [[ " $parts " == *" fault "* ]]; then
+  if [ "$gpus" -ge 4 ]; then
+    step "mesh fault (two tp=2 replicas, a worker killed)" python3 \
+      "$root/tests/integration/mesh_fault_test.py" --bin "$bin" --device cuda
+  else
+    echo "SKIPPED mesh fault: two tp=2 replicas need 4 GPUs, $gpus visible"
+  fi
+fi
 gpu_tests_finish test-multi-gpu
