@@ -9,7 +9,8 @@ import sys
 
 COLUMNS = ["put1", "get1", "putN", "getN", "put_us", "get_us", "perftest",
            "ratio_put", "ratio_get", "memcpy", "ratio_get_memcpy", "put_client_cpu",
-           "put_store_cpu", "get_client_cpu", "get_store_cpu"]
+           "put_store_cpu", "get_client_cpu", "get_store_cpu", "perftestN", "ratio_put1",
+           "ratio_get1", "ratio_putN", "ratio_getN"]
 SIZE = {"KiB": 1 << 10, "MiB": 1 << 20}
 
 
@@ -52,7 +53,11 @@ def main(directory):
              ("put_p50_gbps", "put p50 GB/s"), ("get_p50_gbps", "get p50 GB/s"),
              ("perftest", "ucx_perftest GB/s"), ("memcpy", f"memcpy GB/s ({batch} blocks)"),
              ("put_client_cpu", "put CPU us/MiB client"), ("put_store_cpu", "put CPU us/MiB store"),
-             ("get_client_cpu", "get CPU us/MiB client"), ("get_store_cpu", "get CPU us/MiB store")]
+             ("get_client_cpu", "get CPU us/MiB client"), ("get_store_cpu", "get CPU us/MiB store"),
+             ("perftestN", f"ucx_perftest GB/s ({batch} x block)"),
+             ("ratio_put1", "put/perftest (1/call)"), ("ratio_get1", "get/perftest (1/call)"),
+             ("ratio_putN", f"put/perftest ({batch}/call, {batch} x block)"),
+             ("ratio_getN", f"get/perftest ({batch}/call, {batch} x block)")]
     print("| variant | block | " + " | ".join(h for _, h in shown) + " | rounds |")
     print("|" + "---|" * (len(shown) + 3))
     for size in sizes:
