@@ -14,8 +14,16 @@ COLUMNS = ["put1", "get1", "putN", "getN", "put_us", "get_us", "perftest",
 SIZE = {"KiB": 1 << 10, "MiB": 1 << 20}
 
 
-def main(directory):
+def main(directory, perftest_share=0.0):
+    """perftest_share: pool a round's ratios only where that round's perftest
+    (at the block size for the one-per-call ratios, at batch x block for the
+    batched ones) reached this share of the best such perftest of the same
+    variant and size in the directory. perftest busy-polls on both sides, so a
+    third process on the two cores drops it to a fraction (TCP 5-6 GB/s to
+    0.2-1.5) while the store's sleeping processes lose less: such rounds say
+    nothing about the ratio."""
     data = collections.defaultdict(lambda: collections.defaultdict(list))
+    rounds = collections.defaultdict(list)  # (label, size) -> per-round values
     labels, sizes = [], []
     batch = "8"  # blocks per call of the batched columns, from the bench's header
     for path in sorted(glob.glob(directory + "/*.txt")):
@@ -29,15 +37,26 @@ def main(directory):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             size = cells[0]
             sizes += [size] if size not in sizes else []
-            row = data[(label, size)]
-            for column, cell in zip(COLUMNS, cells[1:]):
-                if cell and cell != "-":
-                    row[column].append(float(cell.split()[0]))
+            values = {column: float(cell.split()[0]) for column, cell in zip(COLUMNS, cells[1:])
+                      if cell and cell != "-"}
             number, unit = size.split()
             block = int(number) * SIZE[unit]
             for op in ("put", "get"):  # absent when --measure left it out
-                if len(row[op + "_us"]) > len(row[op + "_p50_gbps"]):
-                    row[op + "_p50_gbps"].append(block / row[op + "_us"][-1] / 1e3)
+                if op + "_us" in values:
+                    values[op + "_p50_gbps"] = block / values[op + "_us"] / 1e3
+            rounds[(label, size)].append(values)
+    reference = {"ratio_put": "perftest", "ratio_get": "perftest", "ratio_put1": "perftest",
+                 "ratio_get1": "perftest", "ratio_putN": "perftestN", "ratio_getN": "perftestN"}
+    for key, per_round in rounds.items():
+        best = {ref: max((v.get(ref, 0) for v in per_round), default=0)
+                for ref in ("perftest", "perftestN")}
+        row = data[key]
+        for values in per_round:
+            for column, value in values.items():
+                ref = reference.get(column)
+                if ref and values.get(ref, 0) < perftest_share * best[ref]:
+                    continue
+                row[column].append(value)
 
     def fmt(values, digits=2):
         if not values:
@@ -65,9 +84,15 @@ def main(directory):
             row = data.get((label, size))
             if not row:
                 continue
-            cells = [fmt(row[c], 0 if c.endswith(("_us", "_cpu")) else 2) for c, _ in shown]
+            cells = [fmt(row[c], 0 if c.endswith(("_us", "_cpu")) else 2) +
+                     (f" [{len(row[c])}]" if perftest_share and c.startswith("ratio") else "")
+                     for c, _ in shown]
             print(f"| {label} | {size} | " + " | ".join(cells) + f" | {max(len(v) for v in row.values())} |")
+    if perftest_share:
+        print(f"\nRatios [rounds] only from rounds whose perftest reached {perftest_share} of "
+              "the best perftest of that variant and size.")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # summarize.py DIR [PERFTEST_SHARE], e.g. 0.7
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)
