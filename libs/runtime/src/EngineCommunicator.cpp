@@ -135,20 +135,6 @@ Status EngineCommunicator::allReduceSumOn(void *stream, float *data, size_t coun
 }
 
 namespace {
-IpcAddRmsNorm ipcOperands(const engine::AllReduceAddRmsNorm &op) {
-  IpcAddRmsNorm ipc;
-  ipc.partial = op.partial;
-  ipc.residual = op.residual;
-  ipc.sum = op.sum;
-  ipc.weight = op.weight;
-  ipc.normed = op.normed;
-  ipc.rows = op.rows < 0 ? 0 : static_cast<size_t>(op.rows);
-  ipc.width = op.width < 0 ? 0 : static_cast<size_t>(op.width);
-  ipc.eps = op.eps;
-  ipc.dependentLaunch = op.dependentLaunch;
-  return ipc;
-}
-
 bool fusedNormSwitchedOff() {
   const char *v = std::getenv("LLMIR_IPC_FUSED_NORM");
   return v && std::string(v) == "0";
@@ -171,7 +157,7 @@ Status EngineCommunicator::allReduceAddRmsNormOn(void *stream,
   if (ipc == ipc_.end())
     return Status::error("group " + std::to_string(groupId) +
                          " has no IPC all-reduce for the fused add + RMS norm");
-  return ipc->second->allReduceAddRmsNorm(ipcOperands(op), static_cast<CUstream_st *>(stream));
+  return ipc->second->allReduceAddRmsNorm(op, static_cast<CUstream_st *>(stream));
 }
 
 Status EngineCommunicator::allGatherOn(void *stream, const float *in, size_t count,

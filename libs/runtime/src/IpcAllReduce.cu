@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) twoShotKernel(KernelArgs a) {
       storeUnit<Aligned>(a.data, u, a.count, __ldcg(a.buffers[p] + half + u));
 }
 
-// --- all-reduce + residual add + RMS norm (IpcAddRmsNorm) -------------------
+// --- all-reduce + residual add + RMS norm (allReduceAddRmsNorm) -------------
 //
 // Rows go to blocks by r = block, block + kBlocks, ...; blocks without a row
 // only count the call (beginCall) and return, the same ones on every rank,
@@ -594,9 +594,12 @@ bool IpcAllReduce::fusesAddRmsNorm(size_t rows, size_t width) const {
   return checkIpcAddRmsNormShape(rows, width, impl_->ranks, impl_->options).isOk();
 }
 
-Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *stream) {
+Status IpcAllReduce::allReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
+                                         CUstream_st *stream) {
   LLMIR_RETURN_IF_ERROR(lastDeviceError());
-  LLMIR_RETURN_IF_ERROR(checkIpcAddRmsNormShape(op.rows, op.width, impl_->ranks, impl_->options));
+  const size_t rows = op.rows > 0 ? static_cast<size_t>(op.rows) : 0;
+  const size_t width = op.width > 0 ? static_cast<size_t>(op.width) : 0;
+  LLMIR_RETURN_IF_ERROR(checkIpcAddRmsNormShape(rows, width, impl_->ranks, impl_->options));
   auto aligned = [](const void *p) {
     return p && reinterpret_cast<uintptr_t>(p) % 16 == 0;
   };
@@ -611,9 +614,9 @@ Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *s
   n.sum = reinterpret_cast<float4 *>(op.sum);
   n.weight = reinterpret_cast<const float4 *>(op.weight);
   n.normed = reinterpret_cast<float4 *>(op.normed);
-  n.rows = static_cast<int>(op.rows);
-  n.width = static_cast<int>(op.width);
-  n.widthUnits = static_cast<int>(op.width / 4);
+  n.rows = static_cast<int>(rows);
+  n.width = static_cast<int>(width);
+  n.widthUnits = static_cast<int>(width / 4);
   n.eps = op.eps;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

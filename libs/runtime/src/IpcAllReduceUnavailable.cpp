@@ -29,7 +29,7 @@ Status IpcAllReduce::allReduceSum(float *, size_t, CUstream_st *, IpcAllReduceAl
   return Status::error("IpcAllReduce unavailable: built without CUDA");
 }
 bool IpcAllReduce::fusesAddRmsNorm(size_t, size_t) const { return false; }
-Status IpcAllReduce::allReduceAddRmsNorm(const IpcAddRmsNorm &, CUstream_st *) {
+Status IpcAllReduce::allReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &, CUstream_st *) {
   return Status::error("IpcAllReduce unavailable: built without CUDA");
 }
 Status IpcAllReduce::lastDeviceError() const { return Status::ok(); }

@@ -416,14 +416,14 @@ TEST_F(IpcAllReduceTest, FusedAddRmsNormGivesTheSumsBitForBitEagerAndInAGraph) {
       return Status::ok();
     };
     auto operands = [&](const Shape &shape) {
-      IpcAddRmsNorm op;
+      engine::AllReduceAddRmsNorm op;
       op.partial = partial;
       op.residual = residual;
       op.sum = sum;
       op.weight = weight;
       op.normed = normed;
-      op.rows = shape.rows;
-      op.width = shape.width;
+      op.rows = static_cast<int64_t>(shape.rows);
+      op.width = static_cast<int64_t>(shape.width);
       op.eps = eps;
       return op;
     };
@@ -486,7 +486,7 @@ TEST_F(IpcAllReduceTest, FusedAddRmsNormGivesTheSumsBitForBitEagerAndInAGraph) {
     // Refused, on the host before any launch (every rank refuses alike, so
     // the group's call sequence stays in step): an unaligned operand, a row
     // past the widest.
-    IpcAddRmsNorm unaligned = operands(shape);
+    engine::AllReduceAddRmsNorm unaligned = operands(shape);
     unaligned.residual = residual + 1;
     if (s.ipc->allReduceAddRmsNorm(unaligned, s.stream).isOk())
       return Status::error("an unaligned residual was taken");

@@ -612,43 +612,36 @@ private:
     }
   }
 
-  /// The deferred ALL_REDUCE at `arIndex` with the ADD at `index` (and the
-  /// RMS_NORM fused with it): one collective when the communicator takes
-  /// the step's size, else the all-reduce, then the ADD+RMS_NORM.
-  Status allReduceAddNorm(size_t arIndex, size_t index) {
-    const auto &insts = program_.instructions;
-    const BoundInstruction &ar = insts[arIndex], &add = insts[index], &norm = insts[index + 1];
+  /// The ALL_REDUCE at `arIndex`, deferred to the ADD after it (whose output
+  /// is `sum`) and the RMS_NORM fused with that ADD: one collective doing
+  /// all three where the communicator takes the step's size (true), else
+  /// the all-reduce alone into its own output (false), the ADD+RMS_NORM
+  /// then running as without the deferral.
+  Result<bool> runDeferredAllReduce(size_t arIndex, DeviceTensor &sum, const DeviceWeight &w,
+                                    float eps, DeviceTensor &normed) {
+    const BoundInstruction &ar = program_.instructions[arIndex];
+    const BoundInstruction &add = program_.instructions[arIndex + 1];
     const DeviceTensor &partial = activations_[ar.inputs[0]];
-    const bool reducedFirst = add.inputs[0] == ar.outputs[0];
-    const DeviceTensor &residual = activations_[add.inputs[reducedFirst ? 1 : 0]];
-    if (partial.shape != residual.shape)
-      return Status::error("operand shapes differ: " + model::formatShape(partial.shape) +
-                           " and " + model::formatShape(residual.shape));
-    DeviceTensor &sum = out(0);
-    LLMIR_RETURN_IF_ERROR(sum.reshape(partial.shape));
-    const DeviceWeight &w = weights_[norm.inputs[1]];
-    DeviceTensor &normed = activations_[norm.outputs[0]];
-    LLMIR_RETURN_IF_ERROR(normed.reshape(partial.shape));
+    const uint32_t residual = add.inputs[add.inputs[0] == ar.outputs[0] ? 1 : 0];
     AllReduceAddRmsNorm op;
     op.partial = partial.data();
-    op.residual = residual.data();
+    op.residual = activations_[residual].data();
     op.sum = sum.data();
     op.weight = w.widened.data;
     op.normed = normed.data();
     op.rows = partial.rows();
     op.width = partial.rowSize();
-    op.eps = norm.params.eps;
+    op.eps = eps;
     op.dependentLaunch = cuda::detail::dependentLaunchEnabled();
-    if (partial.numel() > 0 && comm_->fusesAllReduceAddRmsNorm(op, ar.params.group))
-      return comm_->allReduceAddRmsNormOn(stream(), op, ar.params.group);
-    // Unfused: as the two instructions would have run.
+    if (partial.numel() > 0 && comm_->fusesAllReduceAddRmsNorm(op, ar.params.group)) {
+      LLMIR_RETURN_IF_ERROR(comm_->allReduceAddRmsNormOn(stream(), op, ar.params.group));
+      return true;
+    }
     DeviceTensor &reduced = activations_[ar.outputs[0]];
     LLMIR_RETURN_IF_ERROR(copy(reduced.data(), partial.data(), partial.numel()));
     if (partial.numel() > 0)
       LLMIR_RETURN_IF_ERROR(allReduce(reduced.data(), reduced.numel(), ar.params.group));
-    const DeviceTensor &a = activations_[add.inputs[0]], &b = activations_[add.inputs[1]];
-    return cuda::addRmsNorm(a.data(), b.data(), sum.data(), a.rows(), a.rowSize(),
-                            w.widened.data, norm.params.eps, normed.data(), stream());
+    return false;
   }
 
   /// A LINEAR pair (gate, up) whose outputs no instruction after the SWIGLU
@@ -1046,15 +1039,17 @@ private:
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(a.shape));
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
-      if (inst.op == proto::ADD && deferredAllReduce_ + 1 == index) {
-        deferredAllReduce_ = kNone;
-        return allReduceAddNorm(index - 1, index);
-      }
       if (inst.op == proto::ADD && index < addNormFused_.size() && addNormFused_[index]) {
         const BoundInstruction &norm = program_.instructions[index + 1];
         const DeviceWeight &w = weights_[norm.inputs[1]];
         DeviceTensor &normed = activations_[norm.outputs[0]];
         LLMIR_RETURN_IF_ERROR(normed.reshape(a.shape));
+        if (deferredAllReduce_ + 1 == index) { // planAllReduceNorms
+          deferredAllReduce_ = kNone;
+          Result<bool> fused = runDeferredAllReduce(index - 1, y, w, norm.params.eps, normed);
+          if (!fused || *fused)
+            return fused.status();
+        }
         return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
                                 w.widened.data, norm.params.eps, normed.data(), stream());
       }

@@ -110,6 +110,16 @@ bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
   return enabled && storage == detail::Storage::BF16 && T >= 2 && T <= 8 && K % 8 == 0;
 }
 
+/// The segments' products on the batched GEMV (linearMma) where
+/// takesMmaGemv says `mma`, else on the GEMV (linear16).
+Status launchGemv(const Context::State &state, bool mma, const float *x, int64_t T, int64_t K,
+                  detail::Storage storage, const detail::LinearSegments &segments,
+                  const char *what) {
+  return cudaStatus(mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
+                        : detail::linear16(state.stream, x, T, K, storage, segments),
+                    what);
+}
+
 /// Whether a product with weights stored as `storage` over T tokens runs as
 /// the GEMV (linear16) rather than on cuBLAS.
 bool takesGemv(detail::Storage storage, int64_t T) {
@@ -273,10 +283,8 @@ Status linearGroup(Context &context, const float *x, int64_t T,
            ++i)
         segments.segment[segments.count++] = {outputs[i].w.data, outputs[i].w.rows,
                                               outputs[i].bias, outputs[i].y};
-      LLMIR_RETURN_IF_ERROR(cudaStatus(
-          mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
-              : detail::linear16(state.stream, x, T, K, *storage, segments),
-          "linear (16-bit)"));
+      LLMIR_RETURN_IF_ERROR(
+          launchGemv(state, mma, x, T, K, *storage, segments, "linear (16-bit)"));
     }
     return Status::ok();
   }
@@ -320,9 +328,7 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   segments.segment[1] = {up.w.data, N, up.bias, nullptr};
   segments.count = 2;
   segments.pairedSwiglu = true;
-  return cudaStatus(mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
-                        : detail::linear16(state.stream, x, T, K, *storage, segments),
-                    "linear + swiglu (16-bit)");
+  return launchGemv(state, mma, x, T, K, *storage, segments, "linear + swiglu (16-bit)");
 }
 
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,

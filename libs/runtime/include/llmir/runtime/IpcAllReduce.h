@@ -32,6 +32,7 @@
 // the group up as it would after an NCCL error.
 #pragma once
 
+#include "llmir/engine/Communicator.h"
 #include "llmir/support/Status.h"
 
 #include <chrono>
@@ -66,34 +67,6 @@ struct IpcAllReduceOptions {
   int device = -1;
   /// Bounds the rendezvous and each device-side barrier wait.
   std::chrono::milliseconds timeout{30000};
-};
-
-/// An all-reduce fused with the residual add and RMS norm that follow it in a
-/// transformer layer (TensorRT-LLM's all-reduce + residual + RMSNorm fusion),
-/// for `rows` rows of `width` floats, row-major:
-///
-///   sum[r]    = (partial[r] of rank 0 + ... + rank n-1) + residual[r]
-///   normed[r] = weight * (sum[r] * 1 / sqrt(mean(sum[r]^2) + eps))
-///
-/// with the arithmetic of the engine's ALL_REDUCE, ADD and fused
-/// ADD+RMS_NORM kernels (ranks summed in order, the sum of squares in
-/// double), so every rank gets the same bits of `sum`. One kernel replaces
-/// three (a copy, the all-reduce, the norm) per residual branch of a
-/// tensor-parallel decode step. Out of place: `partial` is left as it was.
-/// Every pointer is device memory of the rank's device, 16-byte aligned.
-struct IpcAddRmsNorm {
-  const float *partial = nullptr;
-  const float *residual = nullptr;
-  float *sum = nullptr;
-  const float *weight = nullptr; // [width]
-  float *normed = nullptr;
-  size_t rows = 0;
-  size_t width = 0;
-  float eps = 1e-6f;
-  /// Launched with Hopper's programmatic dependent launch (the engine's
-  /// kernels use it): the kernel loads `weight` while the kernel before it
-  /// on the stream finishes, and waits for it before anything else.
-  bool dependentLaunch = false;
 };
 
 /// Widest row allReduceAddRmsNorm normalises (its block keeps a row in
@@ -159,12 +132,27 @@ public:
   /// group decides alike: a rank taking the fused kernel while a peer runs
   /// the plain one would exchange rows in different layouts.
   bool fusesAddRmsNorm(size_t rows, size_t width) const;
-  /// The fused all-reduce + residual add + RMS norm (IpcAddRmsNorm), queued
-  /// on `stream`; one-shot, with each rank pushing its rows into its peers'
-  /// buffers so that the reads after the barrier are local. It counts as a
-  /// call in the group's sequence like allReduceSum. Errors (a shape it does
-  /// not take, an operand not 16-byte aligned) leave every output as it was.
-  Status allReduceAddRmsNorm(const IpcAddRmsNorm &op, CUstream_st *stream);
+  /// The all-reduce fused with the residual add and RMS norm after it
+  /// (TensorRT-LLM's all-reduce + residual + RMSNorm fusion), for op.rows
+  /// rows of op.width floats, row-major:
+  ///
+  ///   sum[r]    = (partial[r] of rank 0 + ... + rank n-1) + residual[r]
+  ///   normed[r] = weight * (sum[r] * 1 / sqrt(mean(sum[r]^2) + eps))
+  ///
+  /// with the arithmetic of the engine's ALL_REDUCE, ADD and fused
+  /// ADD+RMS_NORM kernels (ranks summed in order, the sum of squares in
+  /// double), so every rank gets the same bits of `sum`: one kernel where
+  /// three ran (a copy, the all-reduce, the norm) per residual branch of a
+  /// tensor-parallel decode step. Out of place (`partial` is left as it
+  /// was); every pointer device memory of this rank's device, 16-byte
+  /// aligned; with op.dependentLaunch the kernel loads `weight` while the
+  /// kernel before it on the stream finishes (Hopper's programmatic
+  /// dependent launch). Queued on `stream`, one-shot, each rank pushing its
+  /// rows into its peers' buffers so that the reads after the barrier are
+  /// local; it counts as a call in the group's sequence like allReduceSum.
+  /// Errors (a shape it does not take, an operand not 16-byte aligned)
+  /// leave every output as it was.
+  Status allReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op, CUstream_st *stream);
   /// Ok, or which barrier timed out and which rank it waited for (the
   /// kernel wrote it to host memory when it gave up). Reads host memory
   /// only: no synchronisation; read it after the stream's work is done.
