@@ -93,11 +93,10 @@ class Mesh:
             "--tp", str(self.args.tp), "--kv-blocks", "512", "--max-num-seqs", "64",
             "--heartbeat-timeout-ms", "2000", "--no-replica-timeout-ms", "20000",
             "--drain-grace-ms", "500"])
-        read = lambda f: open(f).read().strip() if os.path.exists(f) and open(f).read().strip() else None
         self.base = "http://127.0.0.1:" + self.wait_for("the scheduler's port", 120,
-                                                        lambda: read(port_file), scheduler)
-        self.worker_port = self.wait_for("the workers' port", 30, lambda: read(worker_port_file),
-                                         scheduler)
+                                                        lambda: read_port(port_file), scheduler)
+        self.worker_port = self.wait_for("the workers' port", 30,
+                                         lambda: read_port(worker_port_file), scheduler)
 
     def start_worker(self, device_index):
         device, collectives = "cpu", "gloo"
@@ -114,21 +113,19 @@ class Mesh:
         self.workers.append(worker)
         return worker
 
-    def replicas(self, state):
-        text = urllib.request.urlopen(self.base + "/metrics", timeout=10).read().decode()
-        m = re.search(r'^llmir:replicas\{[^}]*state="%s"[^}]*\} ([0-9.e+]+)$' % state, text,
-                      re.M)
-        return float(m.group(1)) if m else 0.0
-
-    def requeued_tokens(self):
-        """llmir:requeued_tokens_total over both of its kv labels."""
+    def metric(self, name):
+        """The sum of the labelled metric `name`'s samples."""
         text = urllib.request.urlopen(self.base + "/metrics", timeout=10).read().decode()
         return sum(float(v) for v in re.findall(
-            r'^llmir:requeued_tokens_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+            r'^%s\{[^}]*\} ([0-9.e+]+)$' % re.escape(name), text, re.M))
 
     def wait_for_replicas(self, ready, seconds):
-        self.wait_for(f"{ready} ready replicas", seconds,
-                      lambda: self.replicas("ready") == ready and self.replicas("joining") == 0)
+        def settled():
+            text = urllib.request.urlopen(self.base + "/metrics", timeout=10).read().decode()
+            state = dict(re.findall(r'^llmir:replicas\{[^}]*state="(\w+)"[^}]*\} ([0-9.e+]+)$',
+                                    text, re.M))
+            return float(state.get("ready", 0)) == ready and float(state.get("joining", 0)) == 0
+        self.wait_for(f"{ready} ready replicas", seconds, settled)
 
     def stop(self, keep):
         for p in reversed(self.processes):
@@ -144,6 +141,15 @@ class Mesh:
             print(f"mesh_fault_test: logs kept in {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+def read_port(path):
+    """A port file's content once it has been written, else None."""
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def post(base, body, timeout=120):
@@ -230,7 +236,7 @@ def main():
         differ = [i for i, o in enumerate(out) if o[1] != texts[i % len(texts)][1]]
         if differ:
             raise RuntimeError(f"streams {differ} differ from the single-request text")
-        moved = mesh.requeued_tokens()
+        moved = mesh.metric("llmir:requeued_tokens_total")
         if moved <= 0:
             raise RuntimeError("no sequence was moved off the killed replica "
                                "(llmir:requeued_tokens_total is 0): the kill hit nothing")
