@@ -8,7 +8,8 @@ the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
 (NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
 KV cache, logits within 2e-2 and the first 8 greedy ids (and so for the demo
 model at --matmul-precision medium). Then the same seeded sample
-(temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU.
+(temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU: all
+64 tokens equal with an f32 cache, the first 8 with a bf16 cache.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
 """
 import json
@@ -88,9 +89,13 @@ def main():
     # The same seeded sample on both devices, drawn on the device for cuda
     # (Executor::stepSample) and on the host for the CPU, at each KV-cache
     # dtype: the same dtype on both sides (a bf16 cache changes the logits
-    # by ~1e-3, enough to move a draw, whoever samples).
+    # by ~1e-3, enough to move a draw, whoever samples). All 64 tokens with
+    # an f32 cache; with a bf16 cache the first 8, as the bf16 greedy check:
+    # there a last-bit difference of the f32 arithmetic before a store (the
+    # order of a sum in an attention kernel) rounds a cached value to the
+    # next bf16 (relative 4e-3) now and then, and a later draw may move.
     prompt = reference_cases(demo)[0]["prompt_ids"]
-    for kv in ("f32", "bf16"):
+    for kv, compared in (("f32", 64), ("bf16", 8)):
         sampled = {}
         for device in ("cpu", "cuda"):
             proc = run(args.generate, "--model", demo, "--prompt-ids", ",".join(map(str, prompt)),
@@ -99,11 +104,13 @@ def main():
             check(proc.returncode == 0, f"sampling on {device}: {proc.stderr}")
             if proc.returncode == 0:
                 sampled[device] = json.loads(proc.stdout)["output_ids"]
-        check(sampled.get("cpu") is not None and sampled.get("cpu") == sampled.get("cuda"),
-              f"seeded sample with {kv} KV differs: cpu {sampled.get('cpu')} cuda {sampled.get('cuda')}")
-        equal = sampled.get("cpu") is not None and sampled.get("cuda") == sampled.get("cpu")
-        print(f"{'ok' if equal else 'FAILED'}: seeded sample of 64 tokens with {kv} KV equal on "
-              f"cpu and cuda: {equal}")
+        cpu, cuda = sampled.get("cpu"), sampled.get("cuda")
+        equal = cpu is not None and cuda is not None and len(cpu) == len(cuda) == 64 and \
+            cpu[:compared] == cuda[:compared]
+        check(equal, f"seeded sample with {kv} KV differs in its first {compared} tokens: "
+                     f"cpu {cpu} cuda {cuda}")
+        print(f"{'ok' if equal else 'FAILED'}: seeded sample with {kv} KV, first {compared} of 64 "
+              f"tokens equal on cpu and cuda (all 64: {cpu == cuda})")
     exit_on_failures()
 
 

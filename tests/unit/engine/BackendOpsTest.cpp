@@ -737,5 +737,112 @@ TEST_F(BackendOps, PagedAttention) {
   }
 }
 
+// A one-token decode step's ROPEs, KV store and attention in the group
+// decode kernel (ropeStoreAttention) against the two launches it replaces
+// (ropeAndStore, then pagedAttention with the keys stored): the rotated
+// queries and keys, every cache row, the attention's output. The step's
+// row lands in the last key chunk of one split, of a later chunk, or (a
+// sliding window) after the window's start; f32 and bf16 caches; one and
+// three splits merged in the kernel.
+TEST_F(BackendOps, RopeStoreAttention) {
+  const std::vector<AttentionCase> cases = {
+      {"MHA", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
+      {"GQA group of 4", 8, 2, 128, 16, 1, {100}, {0}, {{5, 2, 7, 0, 6, 1, 3}}},
+      {"GQA group of 8", 16, 2, 64, 32, 0, {150}, {0}, {{3, 6, 1, 7, 0}}},
+      {"GQA windowed", 4, 2, 32, 16, 0, {90}, {0}, {{6, 1, 5, 2, 7, 0}}, 40},
+      {"GQA D=96", 12, 4, 96, 8, 1, {33}, {0}, {{0, 2, 3, 5, 7}}},
+  };
+  for (const AttentionCase &c : cases)
+    for (const bool bf16 : {false, true})
+      for (const int64_t splits : {int64_t(1), int64_t(3)}) {
+        const int64_t width = c.kvHeads * c.headDim, half = c.headDim / 2;
+        const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, 8};
+        const size_t cacheElements =
+            size_t(shape.numLayers * shape.numBlocks * shape.blockSize * width);
+        std::vector<float> qFrequencies(static_cast<size_t>(half)),
+            kFrequencies(static_cast<size_t>(half));
+        for (int64_t i = 0; i < half; ++i) {
+          qFrequencies[size_t(i)] = std::pow(10000.0f, -2.0f * float(i) / float(c.headDim));
+          kFrequencies[size_t(i)] = std::pow(500000.0f, -2.0f * float(i) / float(c.headDim));
+        }
+        const std::vector<float> q = randomFloats(size_t(c.heads * c.headDim), rng_);
+        const std::vector<float> k = randomFloats(size_t(width), rng_);
+        const std::vector<float> v = randomFloats(size_t(width), rng_);
+        const std::vector<float> history = randomFloats(cacheElements, rng_);
+        std::vector<uint16_t> historyBits(cacheElements);
+        for (size_t i = 0; i < cacheElements; ++i)
+          historyBits[i] = bf16Bits(history[i]);
+        cpu::AttentionParams params;
+        params.layer = c.layer;
+        params.numHeads = c.heads;
+        params.numKvHeads = c.kvHeads;
+        params.headDim = c.headDim;
+        params.scale = 1.0f / std::sqrt(float(c.headDim));
+        params.slidingWindow = c.slidingWindow;
+        const std::vector<int32_t> &table = c.blockTables[0];
+        DeviceArray<int32_t> dpos(c.positions), dseq(c.tokenSeq), dtable(table);
+        DeviceArray<float> dq(q), dk(k), dv(v), dqf(qFrequencies), dkf(kFrequencies);
+        DeviceArray<float> scratch(size_t(splits * (c.heads * c.headDim + c.heads)));
+        DeviceArray<unsigned> counters(size_t(c.heads));
+        cuda::DeviceStep step{1, dpos.get(), dseq.get(), dtable.get(), int64_t(table.size())};
+        if (splits > 1) {
+          step.decodeSplits = splits;
+          step.attentionScratch = scratch.get();
+          step.splitCounters = counters.get();
+        }
+        struct Run {
+          DeviceArray<float> keys, values, qOut, kOut, out;
+          DeviceArray<uint16_t> keyBits, valueBits;
+        };
+        auto makeRun = [&] {
+          return Run{DeviceArray<float>(history), DeviceArray<float>(history),
+                     DeviceArray<float>(q.size()), DeviceArray<float>(k.size()),
+                     DeviceArray<float>(q.size()), DeviceArray<uint16_t>(historyBits),
+                     DeviceArray<uint16_t>(historyBits)};
+        };
+        Run separate = makeRun(), fused = makeRun();
+        auto cacheOf = [&](Run &run) {
+          return bf16 ? cuda::DeviceKvCache{shape, run.keyBits.get(), run.valueBits.get(), true}
+                      : cuda::DeviceKvCache{shape, run.keys.get(), run.values.get()};
+        };
+        cuda::DeviceKvCache separateCache = cacheOf(separate), fusedCache = cacheOf(fused);
+        const std::string label = c.name + " D=" + std::to_string(c.headDim) +
+                                  (bf16 ? " bf16" : " f32") + " splits=" +
+                                  std::to_string(splits);
+        ASSERT_TRUE(cuda::ropeStoreAttentionApplies(step, params, fusedCache)) << label;
+        Status status = cuda::ropeAndStore(dq.get(), separate.qOut.get(), dqf.get(), dk.get(),
+                                           separate.kOut.get(), dkf.get(), dv.get(), step,
+                                           params, separateCache);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        status = cuda::pagedAttention(separate.qOut.get(), separate.kOut.get(), dv.get(), step,
+                                      params, separateCache, separate.out.get(), nullptr, true);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        status = cuda::ropeStoreAttention(dq.get(), fused.qOut.get(), dqf.get(), dk.get(),
+                                          fused.kOut.get(), dkf.get(), dv.get(), step, params,
+                                          fusedCache, fused.out.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        compare("ROPE_STORE_ATTN", label + " queries", fused.qOut.download(),
+                separate.qOut.download(), 1e-6);
+        compare("ROPE_STORE_ATTN", label + " keys", fused.kOut.download(),
+                separate.kOut.download(), 1e-6);
+        auto cacheFloats = [&](Run &run, bool keys) {
+          if (!bf16)
+            return keys ? run.keys.download() : run.values.download();
+          const std::vector<uint16_t> bits = keys ? run.keyBits.download() : run.valueBits.download();
+          std::vector<float> x(bits.size());
+          for (size_t i = 0; i < bits.size(); ++i)
+            x[i] = bf16Value(bits[i]);
+          return x;
+        };
+        // One bf16 step where a key's rotation differs in the last f32 bit.
+        const double cacheLimit = bf16 ? 1e-3 : 1e-6;
+        compare("ROPE_STORE_ATTN", label + " cached keys", cacheFloats(fused, true),
+                cacheFloats(separate, true), cacheLimit);
+        compare("ROPE_STORE_ATTN", label + " cached values", cacheFloats(fused, false),
+                cacheFloats(separate, false), 0.0);
+        compare("ROPE_STORE_ATTN", label, fused.out.download(), separate.out.download(), 1e-5);
+      }
+}
+
 } // namespace
 } // namespace llmir::engine

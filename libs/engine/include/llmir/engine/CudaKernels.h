@@ -201,6 +201,18 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
                     DeviceKvCache &cache, Stream stream = nullptr);
+/// Whether ropeStoreAttention takes this step: one token, decoded by the
+/// group decode kernel (no uneven head split, no sequence-parallel key
+/// split; LLMIR_CUDA_FUSED_ROPE=0 turns it off for measuring).
+bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
+                               DeviceKvCache &cache);
+/// ropeAndStore followed by pagedAttention(qOut, ..., keysStored) as one
+/// launch, for a step ropeStoreAttentionApplies to (an error otherwise):
+/// the same outputs, the same cache rows.
+Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies, const float *k,
+                          float *kOut, const float *kFrequencies, const float *v,
+                          const DeviceStep &step, const cpu::AttentionParams &params,
+                          DeviceKvCache &cache, float *out, Stream stream = nullptr);
 
 /// ATTENTION_PARTIAL: stores k, v in this rank's blocks (params.kvShards /
 /// kvShard), then attends each token over the visible positions of those

@@ -63,6 +63,10 @@ __device__ __forceinline__ void storeCached(float *p, float v) { *p = v; }
 __device__ __forceinline__ void storeCached(__nv_bfloat16 *p, float v) {
   *p = __float2bfloat16_rn(v);
 }
+__device__ __forceinline__ void setCached(float &to, float v) { to = v; }
+__device__ __forceinline__ void setCached(__nv_bfloat16 &to, float v) {
+  to = __float2bfloat16_rn(v);
+}
 
 // One block per token, threads over the row's Hkv * D floats.
 template <typename C>
@@ -461,13 +465,16 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
 // any product. Merging head after head, each a chain of dependent L2 reads,
 // cost ~4 us a head.
 constexpr int kMaxGroupSplits = 16;
-__device__ void mergeGroup(const float *shard0, int64_t shards, int64_t numHeads, int64_t D,
-                           int64_t firstHead, int heads, float *out) {
+// D a template argument and the indices 32-bit: `o / D` and `o % D` of a
+// 64-bit D were calls to a 64-bit division routine, twice an output.
+template <int D>
+__device__ void mergeGroup(const float *shard0, int shards, int numHeads, int firstHead,
+                           int heads, float *out) {
   __shared__ float weight[kMaxGroup][kMaxGroupSplits];
   __shared__ bool none[kMaxGroup];
-  const int64_t row = numHeads * D + numHeads;
-  if (threadIdx.x < heads) {
-    const int64_t h = firstHead + threadIdx.x;
+  const int row = numHeads * D + numHeads;
+  if (static_cast<int>(threadIdx.x) < heads) {
+    const int h = firstHead + static_cast<int>(threadIdx.x);
     float lse[kMaxGroupSplits];
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
@@ -490,9 +497,9 @@ __device__ void mergeGroup(const float *shard0, int64_t shards, int64_t numHeads
         weight[threadIdx.x][r] = expf(lse[r] - maximum) / total;
   }
   __syncthreads();
-  for (int64_t o = threadIdx.x; o < heads * D; o += blockDim.x) {
-    const int h = static_cast<int>(o / D);
-    const int64_t at = (firstHead + h) * D + o % D;
+  for (int o = static_cast<int>(threadIdx.x); o < heads * D; o += static_cast<int>(blockDim.x)) {
+    const int h = o / D;
+    const int at = (firstHead + h) * D + o % D;
     float partial[kMaxGroupSplits];
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
@@ -507,13 +514,20 @@ __device__ void mergeGroup(const float *shard0, int64_t shards, int64_t numHeads
   }
 }
 
+// With rope.q set (ropeStoreAttend), the kernel also does what
+// ropeStoreKernel does for its KV head: the queries of its group are rotated
+// from rope.q as they are read (q is not read), and the block whose keys
+// hold the step's own row rotates that key, stores it and the value into the
+// cache and puts both straight into its tiles. Same rotation (rotationBy,
+// the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
+// one global round trip a layer fewer.
 template <typename C, int D>
 __global__ void __launch_bounds__(kGroupThreads)
-    groupDecodeKernel(const float *q, AttentionGeometry g, float *out) {
+    groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope) {
   using Chunk = GroupChunk<C>;
   constexpr int kKeys = Chunk::Keys, kPitch = D + Chunk::Pad;
   constexpr int kPieces = D * int(sizeof(C)) / 16; // 16-byte pieces a row
-  constexpr int kOutputs = (kMaxGroup * D + kGroupThreads - 1) / kGroupThreads;
+  constexpr int kOctets = D / 8; // 8-element pieces of an output row
   __shared__ __align__(16) C keyTile[kKeys * kPitch];
   __shared__ __align__(16) C valueTile[kKeys * kPitch];
   __shared__ __align__(16) float query[kMaxGroup * D];
@@ -560,6 +574,7 @@ __global__ void __launch_bounds__(kGroupThreads)
   // once; rows of another sequence-parallel rank become zeros. `which`
   // picks the rows: positions before `written` (0), from it (1), all (2).
   const int64_t written = g.positions[t]; // the row this step stores
+  const bool fused = rope.q != nullptr;
   auto copyChunk = [&](int64_t chunk, int which) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
     for (int p = tid; p < n * kPieces; p += kGroupThreads) {
@@ -583,46 +598,128 @@ __global__ void __launch_bounds__(kGroupThreads)
   // the one this step stores (DependentLaunch.cuh: every kernel before that
   // one has finished): the first chunk's other rows are in flight before
   // the wait, its last memory latency hidden behind the kernel before.
+  // Fused RoPE: the rotations of the D / 2 pairs, for the queries and the
+  // keys, depend on the step's positions and the frequencies only (written
+  // by no kernel): computed before the wait, as ropeStoreKernel does.
+  constexpr int kHalf = D / 2;
+  __shared__ Rotation rotations[2][kHalf];
+  if (fused && tid < 2 * kHalf) {
+    const int i = tid % kHalf;
+    const float *frequencies = tid < kHalf ? rope.qFrequencies : rope.kFrequencies;
+    rotations[tid / kHalf][i] = rotationBy(static_cast<float>(written) * frequencies[i]);
+  }
+  const bool storesRow = fused && begin <= written && written < end;
+  const int64_t writtenRow = storesRow ? cacheRow(g, seq, written) + kvHead * D : 0;
   findRows(begin);
   __syncthreads();
   copyChunk(begin, 0);
   waitForPrecedingKernels();
   allowDependentLaunch();
-  copyChunk(begin, 1);
-  for (int64_t i = tid; i < heads * D; i += kGroupThreads)
-    query[i] = q[(r * g.numHeads + firstHead) * D + i];
+  // The step's own key (rotated) and value, cached in registers until the
+  // chunk that holds the row: thread i < D / 2 the key pair (i, i + D / 2),
+  // thread d < D the value d.
+  C newKey[2] = {}, newValue = {};
+  if (!fused) {
+    copyChunk(begin, 1);
+    for (int64_t i = tid; i < heads * D; i += kGroupThreads)
+      query[i] = q[(r * g.numHeads + firstHead) * D + i];
+  } else {
+    for (int p = tid; p < static_cast<int>(heads) * kHalf; p += kGroupThreads) {
+      const int h = p / kHalf, i = p % kHalf;
+      const int64_t at = (r * g.numHeads + firstHead + h) * D + i;
+      const float a = rope.q[at], b = rope.q[at + kHalf];
+      const Rotation rot = rotations[0][i];
+      const float x = a * rot.c - b * rot.s, y = b * rot.c + a * rot.s;
+      query[h * D + i] = x;
+      query[h * D + i + kHalf] = y;
+      if (blockIdx.z == 0) { // every output still written, once
+        rope.qOut[at] = x;
+        rope.qOut[at + kHalf] = y;
+      }
+    }
+    if (storesRow) {
+      const int64_t at = t * g.kvRowStride + kvHead * D;
+      if (tid < kHalf) {
+        const float a = rope.k[at + tid], b = rope.k[at + tid + kHalf];
+        const Rotation rot = rotations[1][tid];
+        const float x = a * rot.c - b * rot.s, y = b * rot.c + a * rot.s;
+        rope.kOut[at + tid] = x;
+        rope.kOut[at + tid + kHalf] = y;
+        storeCached(static_cast<C *>(g.keys) + writtenRow + tid, x);
+        storeCached(static_cast<C *>(g.keys) + writtenRow + tid + kHalf, y);
+        setCached(newKey[0], x);
+        setCached(newKey[1], y);
+      }
+      if (tid < D) {
+        const float v = rope.v[at + tid];
+        storeCached(static_cast<C *>(g.values) + writtenRow + tid, v);
+        setCached(newValue, v);
+      }
+    }
+  }
   if (tid < kMaxGroup) {
     headMax[tid] = -INFINITY;
     headSum[tid] = 0.0f;
   }
-  float acc[kOutputs];
+  // The values' sums: a thread owns 8 consecutive outputs (head h, octet)
+  // and one of `parts` interleaved shares of each chunk's keys; the parts
+  // of an output are lanes of one warp (lane / itemsPerWarp), summed by
+  // shuffles at the end. Eight lanes on eight octets of one row read 128
+  // contiguous bytes (no bank conflict), and a key costs a thread one
+  // 16-byte read and 8 FMAs for 8 outputs (with a thread per output it
+  // cost two scalar shared reads an FMA, a quarter of a step's attention).
+  const int items = static_cast<int>(heads) * kOctets;
+  int parts = 1;
+  while (parts < 8 && items * parts * 2 <= kGroupThreads)
+    parts *= 2;
+  const int itemsPerWarp = 32 / parts, part = lane / itemsPerWarp;
+  const int item = warp * itemsPerWarp + lane % itemsPerWarp;
+  const bool owner = item < items;
+  const int outHead = owner ? item / kOctets : 0, octet = item % kOctets;
+  float acc[8];
 #pragma unroll
-  for (int i = 0; i < kOutputs; ++i)
-    acc[i] = 0.0f;
+  for (int e = 0; e < 8; ++e)
+    acc[e] = 0.0f;
 
   for (int64_t chunk = begin; chunk < end; chunk += kKeys) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
     if (chunk != begin)
-      copyChunk(chunk, 2);
+      copyChunk(chunk, fused ? 0 : 2);
+    if (storesRow && written < chunk + kKeys) { // fused: the step's row from registers
+      const int j = static_cast<int>(written - chunk);
+      if (tid < kHalf) {
+        keyTile[j * kPitch + tid] = newKey[0];
+        keyTile[j * kPitch + tid + kHalf] = newKey[1];
+      }
+      if (tid < D)
+        valueTile[j * kPitch + tid] = newValue;
+    }
     waitAsyncCopies();
     __syncthreads();
     // Scores, consecutive threads on consecutive keys of one head (the
-    // query read is a broadcast, the key rows distinct banks).
-    for (int p = tid; p < heads * kKeys; p += kGroupThreads) {
-      const int h = p / kKeys, j = p % kKeys;
+    // query read is a broadcast, the key rows distinct banks), over the
+    // chunk's keys rounded up to 32 (whole warps past n skip, where
+    // kKeys rows a head left two thirds of the threads masked); two
+    // partial dot products halve the dependent chain.
+    const int keyShift = n > 32 ? 6 : 5, paddedKeys = 1 << keyShift;
+    for (int p = tid; p < static_cast<int>(heads) << keyShift; p += kGroupThreads) {
+      const int h = p >> keyShift, j = p & (paddedKeys - 1);
       float dot = -INFINITY;
       if (j < n && rowAt[j] >= 0) {
-        dot = 0.0f;
+        float even = 0.0f, odd = 0.0f;
         const float *qh = query + h * D;
 #pragma unroll
-        for (int d = 0; d < D; d += 8) {
-          float k8[8];
+        for (int d = 0; d < D; d += 16) {
+          float k8[8], k8b[8];
           load8(keyTile + j * kPitch + d, k8);
+          load8(keyTile + j * kPitch + d + 8, k8b);
 #pragma unroll
-          for (int e = 0; e < 8; ++e)
-            dot += qh[d + e] * k8[e];
+          for (int e = 0; e < 8; ++e) {
+            even += qh[d + e] * k8[e];
+            odd += qh[d + 8 + e] * k8b[e];
+          }
         }
-        dot *= g.scale;
+        dot = (even + odd) * g.scale;
       }
       score[h * kKeys + j] = dot;
     }
@@ -631,12 +728,12 @@ __global__ void __launch_bounds__(kGroupThreads)
     // and the scores turned into unnormalised probabilities.
     for (int h = warp; h < heads; h += kGroupThreads / 32) {
       float m = -INFINITY;
-      for (int j = lane; j < kKeys; j += 32)
+      for (int j = lane; j < paddedKeys; j += 32)
         m = fmaxf(m, score[h * kKeys + j]);
       m = warpMaximum(m);
       const float newMax = fmaxf(headMax[h], m);
       float sum = 0.0f;
-      for (int j = lane; j < kKeys; j += 32) {
+      for (int j = lane; j < paddedKeys; j += 32) {
         const float s = score[h * kKeys + j];
         const float e = s == -INFINITY ? 0.0f : expf(s - newMax);
         score[h * kKeys + j] = e;
@@ -656,34 +753,37 @@ __global__ void __launch_bounds__(kGroupThreads)
     // looked up while the values are summed.
     if (chunk + kKeys < end)
       findRows(chunk + kKeys);
-    // Outputs (head, d), consecutive threads on consecutive d: a thread's
-    // outputs are independent sums, advanced together key by key (one
-    // dependent chain a key, not one an output). A masked key's p is 0 and
-    // its row zeros.
+    // The values (see acc). A masked key's p is 0 and its row zeros.
+    if (owner) {
+      const float correction = headCorrection[outHead];
 #pragma unroll
-    for (int i = 0; i < kOutputs; ++i) {
-      const int o = tid + i * kGroupThreads;
-      if (o < heads * D)
-        acc[i] *= headCorrection[o / D];
-    }
-    for (int j = 0; j < n; ++j) {
+      for (int e = 0; e < 8; ++e)
+        acc[e] *= correction;
+      const float *p = score + outHead * kKeys;
+      const C *column = valueTile + octet * 8;
+#pragma unroll 2
+      for (int j = part; j < n; j += parts) {
+        float v8[8];
+        load8(column + j * kPitch, v8);
+        const float weight = p[j];
 #pragma unroll
-      for (int i = 0; i < kOutputs; ++i) {
-        const int o = tid + i * kGroupThreads;
-        if (o < heads * D)
-          acc[i] += score[(o / D) * kKeys + j] * loadCached(valueTile + j * kPitch + o % D);
+        for (int e = 0; e < 8; ++e)
+          acc[e] += weight * v8[e];
       }
     }
     __syncthreads(); // before the next chunk's copies overwrite the tiles
   }
+  for (int offset = itemsPerWarp; offset < 32; offset *= 2) {
 #pragma unroll
-  for (int i = 0; i < kOutputs; ++i) {
-    const int o = tid + i * kGroupThreads;
-    if (o < heads * D) {
-      const int h = o / D;
-      const float total = headSum[h];
-      block.rowOut[(firstHead + h) * D + o % D] = total > 0.0f ? acc[i] / total : 0.0f;
-    }
+    for (int e = 0; e < 8; ++e)
+      acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], offset);
+  }
+  if (owner && part == 0) {
+    const float total = headSum[outHead];
+    float *to = block.rowOut + (firstHead + outHead) * D + octet * 8;
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      to[e] = total > 0.0f ? acc[e] / total : 0.0f;
   }
   if (block.partial && tid < heads)
     block.rowOut[g.numHeads * D + firstHead + tid] =
@@ -692,8 +792,8 @@ __global__ void __launch_bounds__(kGroupThreads)
   if (g.splits <= 1 || !g.mergedOut ||
       !lastSplitToFinish(g.splitCounters + r * g.numHeads + firstHead, g.splits))
     return;
-  mergeGroup(out + r * block.outRow, g.splits, g.numHeads, D, firstHead, static_cast<int>(heads),
-             g.mergedOut + r * g.numHeads * D);
+  mergeGroup<D>(out + r * block.outRow, static_cast<int>(g.splits), static_cast<int>(g.numHeads),
+                static_cast<int>(firstHead), static_cast<int>(heads), g.mergedOut + r * g.numHeads * D);
 }
 
 // Prefill (an f32 cache, or head dimensions the tensor-core kernel below
@@ -1168,32 +1268,56 @@ int64_t largestGroup(const AttentionGeometry &g) {
 }
 
 template <int D>
-void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g, float *out) {
+void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g, float *out,
+                       const FusedRope &rope) {
   const dim3 grid(static_cast<unsigned>(g.numQueries), static_cast<unsigned>(g.numKvHeads),
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   if (g.bf16Cache)
     launchDependent(groupDecodeKernel<__nv_bfloat16, D>, grid, kGroupThreads, 0, stream, q, g,
-                    out);
+                    out, rope);
   else
-    launchDependent(groupDecodeKernel<float, D>, grid, kGroupThreads, 0, stream, q, g, out);
+    launchDependent(groupDecodeKernel<float, D>, grid, kGroupThreads, 0, stream, q, g, out,
+                    rope);
 }
-} // namespace
 
 // The group kernel for one query row (batch-1 decode: +2-3% end to end on
 // an H200 at 1.1B and 8B shapes); with more rows, attendKernel's block per
 // query head spreads the work wider (1.1B batch 8: 3.6k tok/s with the
 // group kernel, 3.7-3.8k without).
-int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out) {
-  if (g.numQueries == 1 && groupDecodeEnabled() && largestGroup(g) <= kMaxGroup &&
-      g.splits <= kMaxGroupSplits) {
-    switch (g.headDim) {
-    case 32: launchGroupDecode<32>(stream, q, g, out); return cudaGetLastError();
-    case 64: launchGroupDecode<64>(stream, q, g, out); return cudaGetLastError();
-    case 96: launchGroupDecode<96>(stream, q, g, out); return cudaGetLastError();
-    case 128: launchGroupDecode<128>(stream, q, g, out); return cudaGetLastError();
-    default: break;
-    }
+bool groupDecodeTakes(const AttentionGeometry &g) {
+  return g.numQueries == 1 && groupDecodeEnabled() && largestGroup(g) <= kMaxGroup &&
+         g.splits <= kMaxGroupSplits &&
+         (g.headDim == 32 || g.headDim == 64 || g.headDim == 96 || g.headDim == 128);
+}
+
+int launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g, float *out,
+                      const FusedRope &rope) {
+  switch (g.headDim) {
+  case 32: launchGroupDecode<32>(stream, q, g, out, rope); break;
+  case 64: launchGroupDecode<64>(stream, q, g, out, rope); break;
+  case 96: launchGroupDecode<96>(stream, q, g, out, rope); break;
+  default: launchGroupDecode<128>(stream, q, g, out, rope); break;
   }
+  return cudaGetLastError();
+}
+} // namespace
+
+bool ropeStoreAttendApplies(const AttentionGeometry &g) {
+  // One query row of one sequence on the group kernel; an uneven head
+  // split's KV head may have no query head here (its block would return
+  // before storing), and a partial attention stores only some rows.
+  return groupDecodeTakes(g) && g.numTokens == 1 && g.kvGroup <= 0 && !g.partial &&
+         g.kvShards == 1 && g.firstQuery == 0 && fusedRopeEnabled();
+}
+
+int ropeStoreAttend(Stream stream, const FusedRope &rope, const AttentionGeometry &g,
+                    float *out) {
+  return launchGroupDecode(stream, nullptr, g, out, rope);
+}
+
+int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out) {
+  if (groupDecodeTakes(g))
+    return launchGroupDecode(stream, q, g, out, FusedRope{});
   if (g.numQueries > 0) {
     if (g.headDim <= 64)
       launchAttend<2>(stream, q, g, out);

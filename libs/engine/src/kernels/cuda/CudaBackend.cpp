@@ -752,9 +752,13 @@ private:
     return static_cast<const float *>(frequencies.data);
   }
 
-  /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
-  /// store in one launch.
-  Status ropeAndStore(size_t index) {
+  /// The ROPE pair at `index` (ropeStore_) and the ATTENTION after it: the
+  /// operands of their fused launches, the ROPEs' outputs shaped.
+  struct RopeStoreOperands {
+    const float *q, *qFrequencies, *k, *kFrequencies, *v;
+    float *qOut, *kOut;
+  };
+  Result<RopeStoreOperands> ropeStoreOperands(size_t index) {
     const auto &insts = program_.instructions;
     const BoundInstruction &att = insts[index + 2];
     const bool queryFirst = insts[index].outputs[0] == att.inputs[0];
@@ -773,10 +777,28 @@ private:
     DeviceTensor &qy = activations_[qi.outputs[0]], &ky = activations_[ki.outputs[0]];
     LLMIR_RETURN_IF_ERROR(qy.reshape(q.shape));
     LLMIR_RETURN_IF_ERROR(ky.reshape(k.shape));
-    if (T() == 0)
+    return RopeStoreOperands{q.data(), *qFrequencies, k.data(), *kFrequencies, v.data(),
+                             qy.data(), ky.data()};
+  }
+
+  /// ropeStore_ at `index` in a one-token step the group decode kernel
+  /// takes: the ATTENTION two instructions on runs the ROPEs and the store
+  /// itself (ropeStoreAttention), one launch a layer fewer.
+  bool ropeFoldedIntoAttention(size_t index) {
+    return T() == 1 && cuda::ropeStoreAttentionApplies(
+                           deviceStep_, program_.instructions[index + 2].params.attention, cache_);
+  }
+
+  /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
+  /// store in one launch (or in the ATTENTION's, ropeFoldedIntoAttention).
+  Status ropeAndStore(size_t index) {
+    Result<RopeStoreOperands> o = ropeStoreOperands(index);
+    LLMIR_RETURN_IF_ERROR(o.status());
+    if (T() == 0 || ropeFoldedIntoAttention(index))
       return Status::ok();
-    return cuda::ropeAndStore(q.data(), qy.data(), *qFrequencies, k.data(), ky.data(),
-                              *kFrequencies, v.data(), deviceStep_, a, cache_, stream());
+    return cuda::ropeAndStore(o->q, o->qOut, o->qFrequencies, o->k, o->kOut, o->kFrequencies,
+                              o->v, deviceStep_, program_.instructions[index + 2].params.attention,
+                              cache_, stream());
   }
 
   // --- CUDA graphs -----------------------------------------------------------
@@ -1011,9 +1033,16 @@ private:
       if (inst.op == proto::ATTENTION) {
         LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth}));
         const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+        const bool keysStored = index < keysStored_.size() && keysStored_[index];
+        if (keysStored && ropeFoldedIntoAttention(index - 2)) {
+          Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);
+          LLMIR_RETURN_IF_ERROR(r.status());
+          return cuda::ropeStoreAttention(r->q, r->qOut, r->qFrequencies, r->k, r->kOut,
+                                          r->kFrequencies, r->v, deviceStep_, a, cache_,
+                                          o.data(), stream());
+        }
         return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(), deviceStep_, a,
-                                    cache_, o.data(), stream(),
-                                    index < keysStored_.size() && keysStored_[index]);
+                                    cache_, o.data(), stream(), keysStored);
       }
       LLMIR_RETURN_IF_ERROR(o.reshape({T(), qWidth + a.numHeads}));
       return cuda::partialAttention(act(0).data(), act(1).data(), act(2).data(),

@@ -154,6 +154,11 @@ bool groupDecodeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_GROUP_ATTENTION");
   return enabled;
 }
+
+bool fusedRopeEnabled() {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_FUSED_ROPE");
+  return enabled;
+}
 } // namespace detail
 
 Context::Context(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -478,6 +483,41 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
                     "rope + store keys and values");
 }
 
+namespace {
+/// How attend() runs a decode (non-tiled) step's attention into `out`:
+/// flash-decoding's splits where the step has them, attending into the
+/// scratch and merged in the kernel (split counters) or by mergeAttention
+/// after it (mergeAfter).
+struct DecodeAttend {
+  detail::AttentionGeometry g;
+  float *attendOut;
+  bool mergeAfter;
+};
+DecodeAttend decodeAttend(const DeviceStep &step, const detail::AttentionGeometry &g,
+                          float *out) {
+  DecodeAttend d{g, out, false};
+  if (step.decodeSplits > 1 && step.attentionScratch) {
+    d.g.splits = step.decodeSplits;
+    d.attendOut = step.attentionScratch;
+    if (step.splitCounters) { // the last split block of each (token, head) merges
+      d.g.mergedOut = out;
+      d.g.splitCounters = step.splitCounters;
+    } else {
+      d.mergeAfter = true;
+    }
+  }
+  return d;
+}
+
+Status mergeSplits(const DeviceStep &step, const DecodeAttend &d, float *out, Stream stream) {
+  if (!d.mergeAfter)
+    return Status::ok();
+  return cudaStatus(detail::mergeAttention(stream, step.attentionScratch, d.g.numQueries,
+                                           step.decodeSplits, d.g.numHeads, d.g.headDim, out),
+                    "split attention merge");
+}
+} // namespace
+
 Status pagedAttention(const float *q, const float *k, const float *v,
                       const DeviceStep &step,
                       const cpu::AttentionParams &params, DeviceKvCache &cache,
@@ -491,22 +531,38 @@ Status pagedAttention(const float *q, const float *k, const float *v,
     return cudaStatus(detail::prefillAttend(stream, q, g, step.prefillTiles,
                                             step.numPrefillTiles, out),
                       "prefill attention");
-  if (step.decodeSplits > 1 && step.attentionScratch) {
-    detail::AttentionGeometry split = g;
-    split.splits = step.decodeSplits;
-    if (step.splitCounters) { // the last split block of each (token, head) merges
-      split.mergedOut = out;
-      split.splitCounters = step.splitCounters;
-    }
-    LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, split, step.attentionScratch),
-                                     "split attention"));
-    if (split.mergedOut)
-      return Status::ok();
-    return cudaStatus(detail::mergeAttention(stream, step.attentionScratch, g.numQueries,
-                                             step.decodeSplits, g.numHeads, g.headDim, out),
-                      "split attention merge");
-  }
-  return cudaStatus(detail::attend(stream, q, g, out), "attention");
+  const DecodeAttend d = decodeAttend(step, g, out);
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, d.g, d.attendOut), "attention"));
+  return mergeSplits(step, d, out, stream);
+}
+
+bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
+                               DeviceKvCache &cache) {
+  if (params.headDim > detail::kMaxHeadDim || step.numPrefillTiles > 0)
+    return false;
+  return detail::ropeStoreAttendApplies(
+      decodeAttend(step, geometryOf(step, params, cache), nullptr).g);
+}
+
+Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies, const float *k,
+                          float *kOut, const float *kFrequencies, const float *v,
+                          const DeviceStep &step, const cpu::AttentionParams &params,
+                          DeviceKvCache &cache, float *out, Stream stream) {
+  if (!ropeStoreAttentionApplies(step, params, cache))
+    return Status::error("rope + store + attention: not a one-token decode step of the "
+                         "group decode kernel");
+  const DecodeAttend d = decodeAttend(step, geometryOf(step, params, cache), out);
+  detail::FusedRope rope;
+  rope.q = q;
+  rope.qOut = qOut;
+  rope.qFrequencies = qFrequencies;
+  rope.k = k;
+  rope.kOut = kOut;
+  rope.kFrequencies = kFrequencies;
+  rope.v = v;
+  LLMIR_RETURN_IF_ERROR(cudaStatus(detail::ropeStoreAttend(stream, rope, d.g, d.attendOut),
+                                   "rope + store + attention"));
+  return mergeSplits(step, d, out, stream);
 }
 
 Status partialAttention(const float *q, const float *k, const float *v,

@@ -27,6 +27,10 @@ bool dependentLaunchEnabled();
 /// heads (groupDecodeKernel in Attention.cu) where it applies, unless
 /// LLMIR_CUDA_GROUP_ATTENTION=0 (kept for measuring). Read once per process.
 bool groupDecodeEnabled();
+/// Whether a batch-1 decode step's two ROPEs and KV store run inside the
+/// group decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
+/// (kept for measuring). Read once per process.
+bool fusedRopeEnabled();
 
 int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
 /// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
@@ -146,6 +150,26 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
 int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *qFrequencies, const float *k, float *kOut,
                  const float *kFrequencies, const float *v, const AttentionGeometry &g);
+/// The operands of ropeAndStore, for ropeStoreAttend: q [T, numHeads * D]
+/// and k [T, kvRowStride] before RoPE, their rotated outputs (still
+/// written), the frequencies, v.
+struct FusedRope {
+  const float *q = nullptr;
+  float *qOut = nullptr;
+  const float *qFrequencies = nullptr;
+  const float *k = nullptr;
+  float *kOut = nullptr;
+  const float *kFrequencies = nullptr;
+  const float *v = nullptr;
+};
+/// Whether ropeStoreAttend takes this geometry: one query row of a one-token
+/// step on the group decode kernel, no uneven head split, no sequence-
+/// parallel key split.
+bool ropeStoreAttendApplies(const AttentionGeometry &g);
+/// ropeAndStore, then attend() of the rotated queries, as one launch of the
+/// group decode kernel (g as attend() takes it, splits included).
+int ropeStoreAttend(Stream stream, const FusedRope &rope, const AttentionGeometry &g,
+                    float *out);
 /// Rows per prefill tile (prefillAttend).
 constexpr int64_t kPrefillTileRows = 64;
 /// Whether prefillAttend can take this attention (plain ATTENTION, head dim
