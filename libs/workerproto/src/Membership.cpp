@@ -16,13 +16,20 @@ namespace llmir::workerproto {
 namespace {
 using Clock = std::chrono::steady_clock;
 
-enum class WorkerState { Unregistered, Idle, Joining, Serving, Draining };
+// Leaving: a rank of a replica torn down before it was ready, still inside
+// its own join (the rendezvous, NCCL's communicator, the weights) until it
+// answers RankReady for that replica or the replica's join deadline passes.
+// Assigned again before then, it took the next AssignRank only after its
+// join ran out, by which time its new peer had given up on it: on GPUs
+// (NCCL's init) the two stayed a replica apart, every join failing.
+enum class WorkerState { Unregistered, Idle, Joining, Leaving, Serving, Draining };
 
 struct Worker {
   net::FramedConnectionPtr conn;
   std::string workerId;
   WorkerState state = WorkerState::Unregistered;
-  std::string replicaId;
+  std::string replicaId; // Leaving: the torn-down replica it still joins
+  Clock::time_point leaveBy; // Leaving: idle from then on, answered or not
   Clock::time_point connectedAt = Clock::now();
   Clock::time_point lastSeen = Clock::now();
   uint64_t order = 0; // registration order: the pool is first come, first assigned
@@ -32,6 +39,7 @@ struct MeshReplica {
   std::string id;
   std::vector<uint64_t> ranks; // connection ids, rank order
   std::vector<bool> rankReady; // by rank: each counts once
+  std::vector<bool> answered;  // by rank: RankReady received, ok or not
   uint32_t numReady = 0;
   bool ready = false;
   bool draining = false;
@@ -87,6 +95,7 @@ struct WorkerMembership::Impl {
       replica.id = "replica-" + std::to_string(nextReplica++);
       replica.joinDeadline = Clock::now() + options.joinTimeout;
       replica.rankReady.assign(worldSize, false);
+      replica.answered.assign(worldSize, false);
       std::vector<net::FramedConnectionPtr> conns;
       for (uint32_t rank = 0; rank < worldSize; ++rank) {
         Worker &w = workers.at(idle[first + rank].second);
@@ -153,14 +162,20 @@ struct WorkerMembership::Impl {
     }
   }
 
-  /// The replica's workers leave it: draining ones are released, the others
-  /// go back to the pool.
+  /// The replica's workers leave it: draining ones are released, ranks
+  /// still joining it finish that first (Leaving), the others go back to
+  /// the pool.
   void disbandLocked(MeshReplica &replica) {
-    for (uint64_t conn : replica.ranks) {
-      auto it = workers.find(conn);
+    for (size_t rank = 0; rank < replica.ranks.size(); ++rank) {
+      auto it = workers.find(replica.ranks[rank]);
       if (it == workers.end())
         continue;
       Worker &w = it->second;
+      if (w.state == WorkerState::Joining && !replica.answered[rank]) {
+        w.state = WorkerState::Leaving;
+        w.leaveBy = replica.joinDeadline;
+        continue; // keeps replicaId: its answer names it
+      }
       w.replicaId.clear();
       if (w.state == WorkerState::Draining)
         sendOrDrop(w.conn, drainMessage("its replica handed back its work"), "Drain",
@@ -169,6 +184,12 @@ struct WorkerMembership::Impl {
         w.state = WorkerState::Idle;
     }
     replicas.erase(replica.id);
+  }
+
+  void leftLocked(Worker &w) {
+    w.state = WorkerState::Idle;
+    w.replicaId.clear();
+    tryFormLocked();
   }
 
   /// A rank is gone (or failed to join): tear the replica down.
@@ -237,6 +258,11 @@ struct WorkerMembership::Impl {
 
   void onRankReadyLocked(const net::FramedConnectionPtr &conn, Worker &w,
                          const proto::RankReady &ready) {
+    if (w.state == WorkerState::Leaving) {
+      if (ready.replica_id() == w.replicaId)
+        leftLocked(w); // its join is over: it takes the next assignment at once
+      return;
+    }
     auto it = replicas.find(w.replicaId);
     if (it == replicas.end() || it->first != ready.replica_id() || it->second.ready ||
         w.state != WorkerState::Joining)
@@ -247,6 +273,7 @@ struct WorkerMembership::Impl {
     if (rank == replica.ranks.end())
       return;
     if (!ready.ok()) {
+      replica.answered[static_cast<size_t>(rank - replica.ranks.begin())] = true;
       failReplicaLocked(replica, "rank " + std::to_string(rank - replica.ranks.begin()) +
                                      " failed to join: " +
                                      ready.error().substr(0, kMaxLoggedErrorBytes));
@@ -254,6 +281,7 @@ struct WorkerMembership::Impl {
     }
     // Counted once per rank: a rank answering twice does not stand in for another.
     const size_t index = static_cast<size_t>(rank - replica.ranks.begin());
+    replica.answered[index] = true;
     if (replica.rankReady[index])
       return;
     replica.rankReady[index] = true;
@@ -355,6 +383,12 @@ struct WorkerMembership::Impl {
           net::logWarn("heartbeat timeout", {{"worker_id", w.workerId}});
           w.conn->abort(Status::error("heartbeat timeout")); // onClose tears its replica down
         }
+      for (auto &[id, w] : workers)
+        if (w.state == WorkerState::Leaving && now > w.leaveBy) {
+          net::logWarn("a torn-down replica's rank never answered its join; idle again",
+                       {{"worker_id", w.workerId}, {"replica_id", w.replicaId}});
+          leftLocked(w);
+        }
       for (auto &[id, replica] : replicas)
         if (!replica.ready && now > replica.joinDeadline) {
           for (uint64_t conn : replica.ranks)
@@ -405,6 +439,7 @@ MeshCounts WorkerMembership::counts() const {
       ++c.workersIdle;
       break;
     case WorkerState::Joining:
+    case WorkerState::Leaving: // still inside a join
       ++c.workersJoining;
       break;
     case WorkerState::Serving:

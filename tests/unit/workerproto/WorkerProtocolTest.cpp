@@ -398,11 +398,17 @@ TEST(WorkerProtocolTest, StepsCountOncePerRankOfTheReplicaTheyWentTo) {
   scheduler.router->cancel(id);
 }
 
-TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolAndAFreshReplicaForms) {
+// A rank failing its join tears the replica down; the other rank, still
+// inside its own join, is assigned again only once it answers for the old
+// replica (or the old replica's join deadline passes): assigned at once, it
+// took the new assignment only after its join ran out, and the two workers
+// stayed a replica apart (seen with NCCL on GPUs, every join failing).
+TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolOnceEachAnsweredAndAFreshReplicaForms) {
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
   MembershipOptions options;
   options.worldSize = 2;
+  options.heartbeatTimeout = 60s; // the hand-driven peers send none
   ASSERT_TRUE(scheduler.start(options).isOk());
   std::vector<std::unique_ptr<net::FramedClient>> peers;
   for (int i = 0; i < 2; ++i) {
@@ -422,6 +428,19 @@ TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolAndAFreshReplicaFo
   failed.set_ok(false);
   failed.set_error("cannot load weights");
   ASSERT_TRUE(peers[1]->send(rankReadyMessage(failed)).isOk());
+  // Rank 0 has not answered: nobody is assigned, rank 0 still counts as joining.
+  EXPECT_FALSE(receiveKind(*peers[0], proto::Envelope::kAssignRank, 1500ms).isOk());
+  EXPECT_FALSE(receiveKind(*peers[1], proto::Envelope::kAssignRank, 200ms).isOk());
+  ASSERT_TRUE(scheduler.waitForCounts(
+      [](const MeshCounts &c) { return c.workersIdle == 1 && c.workersJoining == 1; }));
+  // An answer for another replica does not count; rank 0's own does.
+  proto::RankReady other = failed;
+  other.set_replica_id("replica-999");
+  ASSERT_TRUE(peers[0]->send(rankReadyMessage(other)).isOk());
+  EXPECT_FALSE(receiveKind(*peers[1], proto::Envelope::kAssignRank, 500ms).isOk());
+  proto::RankReady peerLeft = failed;
+  peerLeft.set_error("rendezvous: rank 1 of 2 did not join");
+  ASSERT_TRUE(peers[0]->send(rankReadyMessage(peerLeft)).isOk());
   for (auto &peer : peers) {
     auto e = receiveKind(*peer, proto::Envelope::kAssignRank);
     ASSERT_TRUE(e.isOk()) << e.message();
