@@ -447,6 +447,17 @@ struct AttentionCase {
   int64_t slidingWindow = 0;
 };
 
+cpu::AttentionParams paramsOf(const AttentionCase &c) {
+  cpu::AttentionParams params;
+  params.layer = c.layer;
+  params.numHeads = c.heads;
+  params.numKvHeads = c.kvHeads;
+  params.headDim = c.headDim;
+  params.scale = 1.0f / std::sqrt(float(c.headDim));
+  params.slidingWindow = c.slidingWindow;
+  return params;
+}
+
 
 TEST_F(BackendOps, PagedAttention) {
   auto range = [](int32_t begin, int32_t end) {
@@ -552,13 +563,7 @@ TEST_F(BackendOps, PagedAttention) {
     step.tokenSeq = c.tokenSeq;
     step.blockTables = c.blockTables;
     ASSERT_TRUE(validateStepInput(step, shape).isOk()) << c.name;
-    cpu::AttentionParams params;
-    params.layer = c.layer;
-    params.numHeads = c.heads;
-    params.numKvHeads = c.kvHeads;
-    params.headDim = c.headDim;
-    params.scale = 1.0f / std::sqrt(float(c.headDim));
-    params.slidingWindow = c.slidingWindow;
+    const cpu::AttentionParams params = paramsOf(c);
 
     const std::vector<float> q =
         randomFloats(size_t(T * c.heads * c.headDim), rng_);
@@ -772,13 +777,7 @@ TEST_F(BackendOps, RopeStoreAttention) {
         std::vector<uint16_t> historyBits(cacheElements);
         for (size_t i = 0; i < cacheElements; ++i)
           historyBits[i] = bf16Bits(history[i]);
-        cpu::AttentionParams params;
-        params.layer = c.layer;
-        params.numHeads = c.heads;
-        params.numKvHeads = c.kvHeads;
-        params.headDim = c.headDim;
-        params.scale = 1.0f / std::sqrt(float(c.headDim));
-        params.slidingWindow = c.slidingWindow;
+        const cpu::AttentionParams params = paramsOf(c);
         const std::vector<int32_t> &table = c.blockTables[0];
         DeviceArray<int32_t> dpos(c.positions), dseq(c.tokenSeq), dtable(table);
         DeviceArray<float> dq(q), dk(k), dv(v), dqf(qFrequencies), dkf(kFrequencies);

@@ -552,14 +552,7 @@ Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies
     return Status::error("rope + store + attention: not a one-token decode step of the "
                          "group decode kernel");
   const DecodeAttend d = decodeAttend(step, geometryOf(step, params, cache), out);
-  detail::FusedRope rope;
-  rope.q = q;
-  rope.qOut = qOut;
-  rope.qFrequencies = qFrequencies;
-  rope.k = k;
-  rope.kOut = kOut;
-  rope.kFrequencies = kFrequencies;
-  rope.v = v;
+  const detail::FusedRope rope{q, qOut, qFrequencies, k, kOut, kFrequencies, v};
   LLMIR_RETURN_IF_ERROR(cudaStatus(detail::ropeStoreAttend(stream, rope, d.g, d.attendOut),
                                    "rope + store + attention"));
   return mergeSplits(step, d, out, stream);
