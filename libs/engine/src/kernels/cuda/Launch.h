@@ -17,7 +17,7 @@ using Stream = ::CUstream_st *;
 
 /// Whether the environment variable `name` is "0": how the backend's
 /// switches for measuring (LLMIR_CUDA_GRAPHS, _FUSIONS, _PDL,
-/// _GROUP_ATTENTION) are turned off.
+/// _GROUP_ATTENTION, _FUSED_ROPE, _MMA_GEMV) are turned off.
 bool switchedOff(const char *name);
 /// Whether kernels are launched as programmatic dependents of the kernel
 /// before them (DependentLaunch.cuh): on devices of compute capability 9.0
