@@ -220,6 +220,8 @@ struct WorkerMembership::Impl {
                                      {"reason", reason.substr(0, kMaxLoggedErrorBytes)}});
     const WorkerState was = w.state;
     w.state = WorkerState::Draining;
+    if (was == WorkerState::Leaving)
+      w.replicaId.clear(); // holds no replica: released, not lost, when it goes
     auto it = replicas.find(w.replicaId);
     if (was == WorkerState::Serving && it != replicas.end() && it->second.ready) {
       MeshReplica &replica = it->second;

@@ -441,12 +441,27 @@ TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolOnceEachAnsweredAn
   proto::RankReady peerLeft = failed;
   peerLeft.set_error("rendezvous: rank 1 of 2 did not join");
   ASSERT_TRUE(peers[0]->send(rankReadyMessage(peerLeft)).isOk());
+  std::vector<std::string> second;
   for (auto &peer : peers) {
     auto e = receiveKind(*peer, proto::Envelope::kAssignRank);
     ASSERT_TRUE(e.isOk()) << e.message();
     EXPECT_NE(e->assign_rank().replica_id(), first[0]); // ids are never reused
     EXPECT_EQ(e->assign_rank().store_prefix(), "llmir/" + e->assign_rank().replica_id());
+    second.push_back(e->assign_rank().replica_id());
   }
+  EXPECT_EQ(scheduler.membership->counts().workersLost, 0u);
+
+  // Once more, and the rank still joining drains instead of answering: it
+  // holds no replica, so it is released (Drain back), not lost, when it goes.
+  failed.set_replica_id(second[1]);
+  ASSERT_TRUE(peers[1]->send(rankReadyMessage(failed)).isOk());
+  ASSERT_TRUE(scheduler.waitForCounts(
+      [](const MeshCounts &c) { return c.workersIdle == 1 && c.workersJoining == 1; }));
+  ASSERT_TRUE(peers[0]->send(drainMessage("SIGTERM")).isOk());
+  ASSERT_TRUE(receiveKind(*peers[0], proto::Envelope::kDrain).isOk());
+  peers[0].reset();
+  ASSERT_TRUE(scheduler.waitForCounts(
+      [](const MeshCounts &c) { return c.workersIdle == 1 && c.workersJoining == 0; }));
   EXPECT_EQ(scheduler.membership->counts().workersLost, 0u);
 }
 
