@@ -10,9 +10,10 @@
 //   once per KV head, transposed, and each block of 4 queries computes its
 //   scores and weighted values with register-blocked kernels (no horizontal
 //   sums, every key and value load shared by 4 queries);
-// - fewer tokens (decode): each (token, KV head) reads its keys and values
-//   through the block table once for the (up to 4) query heads it serves
-//   (grouped-query attention), the outputs kept in registers.
+// - fewer tokens (decode): each token reads its keys and values through the
+//   block table in one pass for all its query heads, in groups of up to 4
+//   that share a KV head (grouped-query attention), scores, softmax and
+//   weighted values together (online softmax, simd::Kernels::decodeAttention).
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -146,13 +147,13 @@ DecodeGroups decodeGroupsOf(const AttentionParams &params) {
 }
 
 // Every query head of token t, in one pass over its cache rows for all KV
-// heads (see rowScores). With parts > 1 only part `part` of the positions,
+// heads (simd::Kernels::decodeAttention). With parts > 1 only part `part` of the positions,
 // written to partial (per group and head D outputs, normalised over the
 // part, then its log-sum-exp of the scaled scores; [group][kQueryBlock]
 // rows of D + 1) for mergeParts.
 void attendToken(const Geometry &g, const float *q, int64_t t, const DecodeGroups &groups,
-                 float *out, std::vector<float> &scratch, int64_t part = 0,
-                 int64_t parts = 1, float *partial = nullptr) {
+                 float *out, int64_t part = 0, int64_t parts = 1,
+                 float *partial = nullptr) {
   const simd::Kernels &k = simd::kernels();
   const int64_t D = g.params.headDim, Hq = g.params.numHeads;
   const int64_t G = groups.size();
@@ -184,12 +185,12 @@ void attendToken(const Geometry &g, const float *q, int64_t t, const DecodeGroup
       values[j - first] = value;
     }
   }
-  scratch.resize(static_cast<size_t>(G * kQueryBlock * L));
-  float *s = scratch.data();
   thread_local std::vector<const float *> queries;
   thread_local std::vector<float *> outputs;
+  thread_local std::vector<float> lse;
   queries.assign(static_cast<size_t>(G * kQueryBlock), nullptr);
   outputs.assign(static_cast<size_t>(G * kQueryBlock), nullptr);
+  lse.resize(static_cast<size_t>(G * kQueryBlock));
   for (int64_t gi = 0; gi < G; ++gi)
     for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
       const size_t i = static_cast<size_t>(gi * kQueryBlock + r);
@@ -198,21 +199,15 @@ void attendToken(const Geometry &g, const float *q, int64_t t, const DecodeGroup
       outputs[i] = parts > 1 ? partial + static_cast<int64_t>(i) * (D + 1)
                              : out + ((t - g.firstRow) * Hq + h) * D;
     }
-  k.rowScores[g.kind()](queries.data(), groups.counts.data(), groups.offsets.data(), G,
-                        keys, L, D, s, L);
-  for (int64_t gi = 0; gi < G; ++gi)
-    for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
-      const int64_t i = gi * kQueryBlock + r;
-      float *row = s + i * L;
-      const int64_t top = std::max_element(row, row + L) - row;
-      const float max = row[top] * g.params.scale;
-      k.softmax(row, L, g.params.scale);
-      // The largest weight is 1 / sum(exp(s * scale - max)): the part's lse.
-      if (parts > 1)
-        partial[i * (D + 1) + D] = max - std::log(row[top]);
-    }
-  k.rowWeightedSum[g.kind()](s, L, groups.counts.data(), groups.offsets.data(), G, values, L,
-                             D, outputs.data());
+  k.decodeAttention[g.kind()](queries.data(), groups.counts.data(), groups.offsets.data(), G,
+                              keys, values, L, D, g.params.scale, outputs.data(),
+                              parts > 1 ? lse.data() : nullptr);
+  if (parts > 1) // the part's log-sum-exp of the scaled scores
+    for (int64_t gi = 0; gi < G; ++gi)
+      for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {
+        const int64_t i = gi * kQueryBlock + r;
+        partial[i * (D + 1) + D] = lse[static_cast<size_t>(i)];
+      }
 }
 
 // out = the parts' outputs weighted by exp(lse - max lse), normalised; a
@@ -426,7 +421,7 @@ void attendCached(const float *q, const StepInput &step, RowRange rows,
     for (size_t i = b; i < e; ++i) {
       const Item &item = items[i];
       if (item.run < 0 && grouped) {
-        attendToken(g, q, item.t, groups, out, scratch, item.part, item.parts,
+        attendToken(g, q, item.t, groups, out, item.part, item.parts,
                     partialData + item.partial);
       } else if (item.run < 0) {
         attendOne(g, q, item.t, item.h, out, scratch);

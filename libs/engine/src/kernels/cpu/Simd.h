@@ -51,20 +51,17 @@ struct Kernels {
   /// Decode attention over every query head of one token, each cache row
   /// read once for all of them: `groups` groups of counts[g] (1..4) query
   /// heads that share one KV head, whose elements start offsets[g] elements
-  /// into a position's row (keys[j]: the row of position j, all KV heads,
-  /// as the cache stores it; indexed by the cache's element, kF32 or kBf16).
-  /// s[(g * 4 + r) * lds + j] = q[g * 4 + r] . key j of group g, for
-  /// r < counts[g], j < L; D a multiple of 16.
-  void (*rowScores[2])(const float *const *q, const int64_t *counts,
-                       const int64_t *offsets, int64_t groups,
-                       const void *const *keys, int64_t L, int64_t D, float *s,
-                       int64_t lds);
-  /// o[g * 4 + r][d] = sum_j p[(g * 4 + r) * ldp + j] * value j of group g
-  /// [d], same layout as rowScores.
-  void (*rowWeightedSum[2])(const float *p, int64_t ldp, const int64_t *counts,
-                            const int64_t *offsets, int64_t groups,
-                            const void *const *values, int64_t L, int64_t D,
-                            float *const *o);
+  /// into a position's row (keys[j], values[j]: the rows of position j, all
+  /// KV heads, as the cache stores them; indexed by the cache's element,
+  /// kF32 or kBf16). For r < counts[g], head i = g * 4 + r:
+  /// o[i][d] = sum_j softmax_j(scale * q[i] . key j) * value j [d] over
+  /// j < L (L >= 1), and, when lse is not null, lse[i] = log sum_j
+  /// exp(scale * q[i] . key j). D a multiple of 16.
+  void (*decodeAttention[2])(const float *const *q, const int64_t *counts,
+                             const int64_t *offsets, int64_t groups,
+                             const void *const *keys, const void *const *values,
+                             int64_t L, int64_t D, float scale, float *const *o,
+                             float *lse);
   /// dst[i] = src[i] rounded to the nearest bf16 (ties to even; NaN stays
   /// NaN), as model::f32ToBf16.
   void (*toBf16)(const float *src, uint16_t *dst, int64_t n);
