@@ -238,8 +238,7 @@ TEST(PagedAttention, SlidingWindowHidesOlderPositionsOnEveryPath) {
 // them (a bf16 cache rounds them when storing).
 void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement element,
                                          int64_t L = 45, unsigned threads = 2,
-                                         int64_t D = 64) {
-  constexpr int64_t B = 8;
+                                         int64_t D = 64, int64_t B = 8) {
   constexpr float scale = 0.125f;
   std::mt19937 rng(17);
   const std::vector<float> q = randomFloats(L * H * D, rng, 2.0f);
@@ -273,7 +272,7 @@ void expectGroupedDecodeMatchesReference(int64_t H, int64_t Hkv, KvElement eleme
     return step;
   };
   const std::string label = "H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) +
-                            " D=" + std::to_string(D) +
+                            " D=" + std::to_string(D) + " B=" + std::to_string(B) +
                             (element == KvElement::BF16 ? " bf16" : " f32") +
                             " L=" + std::to_string(L) + " threads=" + std::to_string(threads);
   KvCache cache = newCache();
@@ -326,13 +325,16 @@ TEST(PagedAttention, GroupedDecodeMatchesReferenceAtHeadDim64) {
 // keys, remainders of every size, one key alone) at head dims that are and
 // are not a multiple of the kernels' 64-wide value blocks (16, 48, 80, 128;
 // 24 takes the per-head path), for GQA ratios of 1, 3, 4 and 7 query heads
-// per KV head, both cache elements, against the double reference.
+// per KV head, both cache elements, against the double reference; cache
+// blocks of 8 positions in reverse physical order (a block of 16 keys is
+// two pieces) and of 32 (16 keys equally spaced).
 TEST(PagedAttention, DecodeMatchesReferenceAtOddLengthsAndHeadDims) {
-  for (int64_t D : {16, 24, 48, 80, 128})
-    for (auto [H, Hkv] : std::initializer_list<std::pair<int64_t, int64_t>>{
-             {9, 3}, {3, 3}, {8, 2}, {7, 1}})
-      for (KvElement element : {KvElement::F32, KvElement::BF16})
-        expectGroupedDecodeMatchesReference(H, Hkv, element, 37, 1, D);
+  for (int64_t B : {8, 32})
+    for (int64_t D : {16, 24, 48, 80, 128})
+      for (auto [H, Hkv] : std::initializer_list<std::pair<int64_t, int64_t>>{
+               {9, 3}, {3, 3}, {8, 2}, {7, 1}})
+        for (KvElement element : {KvElement::F32, KvElement::BF16})
+          expectGroupedDecodeMatchesReference(H, Hkv, element, 37, 1, D, B);
   // Split over threads (parts merged by log-sum-exp) at another head dim.
   expectGroupedDecodeMatchesReference(9, 3, KvElement::F32, 300, 2, 80);
 }
