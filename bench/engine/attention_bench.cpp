@@ -44,7 +44,7 @@ using namespace llmir;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::vector<unsigned> threads = {1, 2};
+  std::vector<int> threads = {1, 2};
   bool bf16 = false;
   int prefill = 512, decode = 128, repeats = 3, evictMb = 9;
   int64_t layers = 30, heads = 9, kvHeads = 3, headDim = 64, blockSize = 16;
@@ -57,9 +57,9 @@ struct Options {
 
 Options parseOptions(int argc, char **argv) {
   Options o;
-  std::string threadList = "1,2", dtype = "f32";
+  std::string dtype = "f32";
   net::Config config("llmir-attention-bench");
-  config.add("threads", &threadList, "thread counts, comma-separated");
+  config.add("threads", &o.threads, "thread counts, comma-separated");
   config.add("kv-dtype", &dtype, "f32 or bf16 KV cache");
   config.add("prefill", &o.prefill, "positions cached before the first decode token");
   config.add("decode", &o.decode, "decode tokens timed per repeat");
@@ -70,15 +70,6 @@ Options parseOptions(int argc, char **argv) {
   if (config.helpRequested()) {
     std::printf("%s", config.usage().c_str());
     std::exit(0);
-  }
-  o.threads.clear();
-  for (size_t b = 0; b <= threadList.size();) {
-    const size_t e = std::min(threadList.find(',', b), threadList.size());
-    const int t = std::atoi(threadList.substr(b, e - b).c_str());
-    if (t <= 0)
-      fail("threads: '" + threadList + "' is not a list of positive numbers");
-    o.threads.push_back(static_cast<unsigned>(t));
-    b = e + 1;
   }
   if (dtype != "f32" && dtype != "bf16")
     fail("kv-dtype is f32 or bf16");
@@ -199,7 +190,7 @@ int main(int argc, char **argv) {
   std::printf("# %7s %12s %12s %10s %10s %10s %10s\n", "", "(ms/tok)", "(GB/s)", "(ms/tok)",
               "(GB/s)", "(ms/tok)", "(GB/s)");
   const size_t rowBytes = static_cast<size_t>(kvWidth) * element;
-  for (unsigned threads : o.threads) {
+  for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
     engine::ThreadPool pool(threads);
     double attentionBest = 1e30, readBest = 1e30, pairedBest = 1e30;
     for (int r = 0; r < o.repeats; ++r) {

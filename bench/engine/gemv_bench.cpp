@@ -43,7 +43,7 @@ using namespace llmir;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::vector<unsigned> threads = {1, 2};
+  std::vector<int> threads = {1, 2};
   bool bf16 = false;
   bool medium = false;
   bool share = false;
@@ -62,9 +62,9 @@ struct Options {
 /// The flags through net::Config, as every service and bench reads its own.
 Options parseOptions(int argc, char **argv) {
   Options o;
-  std::string threadList = "1,2", dtype = "f32";
+  std::string dtype = "f32";
   net::Config config("llmir-gemv-bench");
-  config.add("threads", &threadList, "thread counts, comma-separated");
+  config.add("threads", &o.threads, "thread counts, comma-separated");
   config.add("dtype", &dtype, "f32 or bf16 weights");
   config.add("tokens", &o.tokens, "decode tokens timed per repeat");
   config.add("repeats", &o.repeats, "repeats (the best is shown)");
@@ -76,15 +76,6 @@ Options parseOptions(int argc, char **argv) {
   if (config.helpRequested()) {
     std::printf("%s", config.usage().c_str());
     std::exit(0);
-  }
-  o.threads.clear();
-  for (size_t b = 0; b <= threadList.size();) {
-    const size_t e = std::min(threadList.find(',', b), threadList.size());
-    const int t = std::atoi(threadList.substr(b, e - b).c_str());
-    if (t <= 0)
-      fail("threads: '" + threadList + "' is not a list of positive numbers");
-    o.threads.push_back(static_cast<unsigned>(t));
-    b = e + 1;
   }
   if (dtype != "f32" && dtype != "bf16")
     fail("dtype is f32 or bf16");
@@ -202,7 +193,7 @@ int main(int argc, char **argv) {
   if (o.passes > 0) {
     // The probe's passes one by one: the engine bench's ceiling takes the
     // best pass, a decode runs for seconds.
-    for (unsigned threads : o.threads) {
+    for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
       std::vector<double> v;
       for (int i = 0; i < o.passes; ++i)
         v.push_back(probe->measure(threads, 1) / 1e9);
@@ -257,7 +248,7 @@ int main(int argc, char **argv) {
   std::printf("# %7s %8s %8s %8s %8s %8s %10s %10s\n", "", "(GB/s)", "(GB/s)", "(GB/s)",
               "(GB/s)", "(ms/tok)", "(ms/tok)", "(us)");
   volatile float sink = 0;
-  for (unsigned threads : o.threads) {
+  for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
     engine::ThreadPool pool(threads);
     engine::ThreadPool single(1);
     double probeBest = 0, sumBest = 0, gemvBest = 1e30, oneBest = 1e30, barrierBest = 1e30;

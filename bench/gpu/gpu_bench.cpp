@@ -69,8 +69,7 @@ const std::string kPredictedKey = kStorePrefix + "/predicted";
 
 struct Options {
   std::string device = "cuda";
-  std::string batchList = "1,8,32,128";
-  std::vector<int> batches;
+  std::vector<int> batches = {1, 8, 32, 128};
   int prompt = 128, newTokens = 128, prefill = 2048;
   std::string model;
   std::string clusterSpec; // the cost model's device (default: the ideal H100)
@@ -101,7 +100,7 @@ Options parse(int argc, char **argv) {
              "cuda (rank r on cuda:r), cuda:N (every rank on N) or cpu (ranks over Gloo)");
   config.add("tp", &o.tp, "tensor-parallel ranks");
   config.add("pp", &o.pp, "pipeline stages");
-  config.add("batches", &o.batchList, "decode batch sizes, comma-separated");
+  config.add("batches", &o.batches, "decode batch sizes, comma-separated");
   config.add("prompt", &o.prompt, "prompt tokens per sequence before decoding");
   config.add("new-tokens", &o.newTokens, "decode steps timed per batch size");
   config.add("prefill", &o.prefill, "tokens of the timed single prefill");
@@ -124,14 +123,6 @@ Options parse(int argc, char **argv) {
   if (config.helpRequested()) {
     std::printf("%s", config.usage().c_str());
     std::exit(0);
-  }
-  for (size_t b = 0; b <= o.batchList.size();) {
-    const size_t e = std::min(o.batchList.find(',', b), o.batchList.size());
-    const int batch = std::atoi(o.batchList.substr(b, e - b).c_str());
-    if (batch <= 0)
-      fail("batches: '" + o.batchList + "' is not a list of positive numbers");
-    o.batches.push_back(batch);
-    b = e + 1;
   }
   if (o.model.empty())
     fail("model is required (--model DIR)");

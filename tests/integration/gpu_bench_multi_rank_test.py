@@ -102,7 +102,7 @@ def check_run(args, tp, pp, hidden):
 
 def check_bad_flags(args):
     for extra, expected in ((["--tp", "0"], "tp and pp must be >= 1"),
-                            (["--batches", "1,x"], "is not a list of positive numbers"),
+                            (["--batches", "1,x"], "expects a list of positive integers, got '1,x'"),
                             (["--pp", "2", "--prefill", "1"], "one token per pipeline stage")):
         cmd = [args.bench, "--model", args.model, "--device", "cpu", *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

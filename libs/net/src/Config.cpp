@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
@@ -32,9 +33,25 @@ bool parseInt(const std::string &text, Int &out) {
   }
 }
 
+// "1,2,8": every item a positive int.
+bool parsePositiveList(const std::string &text, std::vector<int> &out) {
+  std::vector<int> items;
+  for (size_t begin = 0; begin <= text.size();) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    int item = 0;
+    if (!parseInt(text.substr(begin, end - begin), item) || item <= 0)
+      return false;
+    items.push_back(item);
+    begin = end + 1;
+  }
+  out = std::move(items);
+  return true;
+}
+
 const char *typeName(const auto &target) {
   using T = std::remove_pointer_t<std::decay_t<decltype(target)>>;
-  if constexpr (std::is_same_v<T, std::string>) return "string";
+  if constexpr (std::is_same_v<T, std::vector<int>>) return "list of positive integers";
+  else if constexpr (std::is_same_v<T, std::string>) return "string";
   else if constexpr (std::is_same_v<T, bool>) return "bool";
   else if constexpr (std::is_same_v<T, double>) return "number";
   else if constexpr (std::is_unsigned_v<T>) return "unsigned integer";
@@ -99,6 +116,7 @@ void Config::add(std::string k, uint16_t *t, std::string d) { addField(std::move
 void Config::add(std::string k, uint32_t *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, uint64_t *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, double *t, std::string d) { addField(std::move(k), t, std::move(d)); }
+void Config::add(std::string k, std::vector<int> *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 
 Config::Field *Config::find(const std::string &key) {
   for (Field &f : fields_)
@@ -148,6 +166,8 @@ Status Config::set(const std::string &key, const std::string &value,
           else
             return false;
           return true;
+        } else if constexpr (std::is_same_v<T, std::vector<int>>) {
+          return parsePositiveList(value, *target);
         } else if constexpr (std::is_same_v<T, double>) {
           char *end = nullptr;
           double d = std::strtod(value.c_str(), &end);
@@ -249,7 +269,10 @@ std::string Config::usage() const {
         [&](auto *t) {
           using T = std::remove_pointer_t<decltype(t)>;
           if constexpr (std::is_same_v<T, std::string>) out << '"' << *t << '"';
-          else if constexpr (std::is_same_v<T, bool>) out << (*t ? "true" : "false");
+          else if constexpr (std::is_same_v<T, std::vector<int>>) {
+            for (size_t i = 0; i < t->size(); ++i)
+              out << (i ? "," : "") << (*t)[i];
+          } else if constexpr (std::is_same_v<T, bool>) out << (*t ? "true" : "false");
           else out << +*t;
         },
         f.target);

@@ -85,6 +85,26 @@ TEST(ConfigTest, BadValuesAreErrors) {
   EXPECT_EQ(s.port, 8080) << "a failed set leaves the value alone";
 }
 
+TEST(ConfigTest, ListsOfPositiveIntegers) {
+  std::vector<int> batches = {1, 8};
+  Config c("bench");
+  c.add("batches", &batches, "batch sizes");
+  EXPECT_NE(c.usage().find("now 1,8"), std::string::npos) << c.usage();
+  ASSERT_TRUE(c.set("batches", "1,2,32", "test").isOk());
+  EXPECT_EQ(batches, (std::vector<int>{1, 2, 32}));
+  ASSERT_TRUE(c.set("batches", "4", "test").isOk());
+  EXPECT_EQ(batches, std::vector<int>{4});
+  for (const char *bad : {"", "1,,2", "1,", "0", "1,-2", "two", "1.5", "3000000000"}) {
+    llmir::Status st = c.set("batches", bad, "test");
+    EXPECT_FALSE(st.isOk()) << bad;
+    EXPECT_NE(st.message().find("list of positive integers"), std::string::npos) << st.message();
+  }
+  EXPECT_EQ(batches, std::vector<int>{4}) << "a failed set leaves the value alone";
+  const char *argv[] = {"bench", "--batches=16,64"};
+  ASSERT_TRUE(c.load(2, argv).isOk());
+  EXPECT_EQ(batches, (std::vector<int>{16, 64}));
+}
+
 TEST(ConfigTest, OneSpellingLowerCaseWordsJoinedByDashGroupsByDot) {
   for (const char *good : {"port", "log.level", "http.max-body-bytes", "timeouts.drain-grace-ms",
                            "worker.device", "tp", "kv-blocks", "a1.b2-3c"})

@@ -33,6 +33,9 @@ public:
   void add(std::string key, uint32_t *target, std::string doc);
   void add(std::string key, uint64_t *target, std::string doc);
   void add(std::string key, double *target, std::string doc);
+  /// Comma-separated positive integers ("1,2,8"), e.g. a bench's thread or
+  /// batch counts; empty items, zero and negatives are errors.
+  void add(std::string key, std::vector<int> *target, std::string doc);
 
   /// Reads argv: `--config=PATH` (or `--config PATH`) names the YAML file,
   /// `--help` asks for usage(), `--check-config` asks the service to validate
@@ -59,7 +62,8 @@ public:
 
 private:
   using Target = std::variant<std::string *, bool *, int *, int64_t *,
-                              uint16_t *, uint32_t *, uint64_t *, double *>;
+                              uint16_t *, uint32_t *, uint64_t *, double *,
+                              std::vector<int> *>;
   struct Field {
     std::string key;
     Target target;
