@@ -38,6 +38,7 @@
 #include "llmir/engine/Executor.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
+#include "llmir/net/Config.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <algorithm>
@@ -57,7 +58,7 @@ namespace {
 using namespace llmir;
 
 struct Options {
-  std::vector<unsigned> threads = {1, 2};
+  std::vector<int> threads = {1, 2};
   int prefillTokens = 512;
   int decodeTokens = 128;
   int repeats = 3;
@@ -71,81 +72,48 @@ struct Options {
   std::vector<std::string> models;
 };
 
-[[noreturn]] void usage(const char *why) {
-  std::fprintf(stderr,
-               "llmir-engine-bench: %s\nusage: llmir-engine-bench [--threads "
-               "1,2] [--prefill N] [--decode N] [--repeats N]\n"
-               "                          [--kv-cache-dtype auto|f32|bf16] [--cpu-time]\n"
-               "                          [--matmul-precision highest|medium]\n"
-               "                          [--llama-bench PATH --gguf-dir DIR] "
-               "MODEL_DIR...\n",
-               why);
+[[noreturn]] void fail(const std::string &why) {
+  std::fprintf(stderr, "llmir-engine-bench: %s\n", why.c_str());
   std::exit(2);
 }
 
-int positiveInt(const char *text, const char *flag) {
-  char *end = nullptr;
-  long value = std::strtol(text, &end, 10);
-  if (*end != '\0' || value <= 0 || value > 1 << 20)
-    usage((std::string(flag) + " needs a positive integer").c_str());
-  return static_cast<int>(value);
-}
-
+/// The flags through net::Config, as every service and bench reads its own;
+/// the checkpoints are the arguments without "--".
 Options parseOptions(int argc, char **argv) {
-  Options options;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> const char * {
-      if (i + 1 >= argc)
-        usage((arg + " needs a value").c_str());
-      return argv[++i];
-    };
-    if (arg == "--threads") {
-      options.threads.clear();
-      std::string list = value();
-      for (size_t begin = 0; begin <= list.size();) {
-        size_t end = std::min(list.find(',', begin), list.size());
-        options.threads.push_back(static_cast<unsigned>(
-            positiveInt(list.substr(begin, end - begin).c_str(), "--threads")));
-        begin = end + 1;
-      }
-    } else if (arg == "--prefill") {
-      options.prefillTokens = positiveInt(value(), "--prefill");
-    } else if (arg == "--decode") {
-      options.decodeTokens = positiveInt(value(), "--decode");
-    } else if (arg == "--repeats") {
-      options.repeats = positiveInt(value(), "--repeats");
-    } else if (arg == "--kv-cache-dtype") {
-      options.kvCacheDtypeName = value();
-      Result<engine::KvCacheDType> dtype =
-          engine::parseKvCacheDType(options.kvCacheDtypeName);
-      if (!dtype)
-        usage(dtype.message().c_str());
-      options.kvCacheDtype = *dtype;
-    } else if (arg == "--matmul-precision") {
-      options.matmulPrecisionName = value();
-      Result<engine::MatmulPrecision> precision =
-          engine::parseMatmulPrecision(options.matmulPrecisionName);
-      if (!precision)
-        usage(precision.message().c_str());
-      options.matmulPrecision = *precision;
-    } else if (arg == "--cpu-time") {
-      options.cpuTime = true;
-    } else if (arg == "--llama-bench") {
-      options.llamaBench = value();
-    } else if (arg == "--gguf-dir") {
-      options.ggufDir = value();
-    } else if (arg.starts_with("--")) {
-      usage(("unknown option " + arg).c_str());
-    } else {
-      options.models.push_back(arg);
-    }
+  Options o;
+  net::Config config("llmir-engine-bench");
+  config.add("threads", &o.threads, "thread counts, comma-separated");
+  config.add("prefill", &o.prefillTokens, "prompt tokens of the prefill timed");
+  config.add("decode", &o.decodeTokens, "decode tokens timed after the prefill");
+  config.add("repeats", &o.repeats, "repeats (the best is shown)");
+  config.add("kv-cache-dtype", &o.kvCacheDtypeName, "auto, f32 or bf16 (LLMIR's KV cache)");
+  config.add("matmul-precision", &o.matmulPrecisionName,
+             "highest or medium (bf16 activations in products with bf16 weights)");
+  config.add("cpu-time", &o.cpuTime, "time LLMIR by process CPU time (A/B at 1 thread)");
+  config.add("llama-bench", &o.llamaBench, "llama.cpp's llama-bench, run in the same invocation");
+  config.add("gguf-dir", &o.ggufDir, "the GGUF files of the models, for --llama-bench");
+  config.addPositional("MODEL_DIR", &o.models, "Hugging Face checkpoints to time");
+  if (Status st = config.load(argc, argv); !st)
+    fail(st.message());
+  if (config.helpRequested()) {
+    std::printf("%s", config.usage().c_str());
+    std::exit(0);
   }
-  if (options.models.empty())
-    usage("no model directory given");
-  if (options.llamaBench.empty() != options.ggufDir.empty())
-    usage("--llama-bench and --gguf-dir go together");
-  return options;
+  if (o.prefillTokens < 1 || o.decodeTokens < 1 || o.repeats < 1)
+    fail("prefill, decode and repeats must be >= 1");
+  Result<engine::KvCacheDType> dtype = engine::parseKvCacheDType(o.kvCacheDtypeName);
+  if (!dtype)
+    fail(dtype.message());
+  o.kvCacheDtype = *dtype;
+  Result<engine::MatmulPrecision> precision = engine::parseMatmulPrecision(o.matmulPrecisionName);
+  if (!precision)
+    fail(precision.message());
+  o.matmulPrecision = *precision;
+  if (o.models.empty())
+    fail("no model directory given (llmir-engine-bench [--key=value ...] MODEL_DIR...)");
+  if (o.llamaBench.empty() != o.ggufDir.empty())
+    fail("--llama-bench and --gguf-dir go together");
+  return o;
 }
 
 // A loaded model: its single-rank program (compiled by the real compiler)
@@ -345,7 +313,8 @@ int main(int argc, char **argv) {
       continue;
     }
     std::string label = name.size() > 16 ? "..." + name.substr(name.size() - 13) : name;
-    for (unsigned threads : options.threads) {
+    for (const int threadCount : options.threads) {
+      const auto threads = static_cast<unsigned>(threadCount);
       Throughput peer;
       auto runPeer = [&]() -> Status {
         if (!withPeer)

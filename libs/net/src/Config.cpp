@@ -117,6 +117,11 @@ void Config::add(std::string k, uint32_t *t, std::string d) { addField(std::move
 void Config::add(std::string k, uint64_t *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, double *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, std::vector<int> *t, std::string d) { addField(std::move(k), t, std::move(d)); }
+void Config::addPositional(std::string name, std::vector<std::string> *target, std::string doc) {
+  positional_ = target;
+  positionalName_ = std::move(name);
+  positionalDoc_ = std::move(doc);
+}
 
 Config::Field *Config::find(const std::string &key) {
   for (Field &f : fields_)
@@ -213,6 +218,7 @@ Status Config::load(int argc, const char *const *argv) {
     return Status::error(bindingError_);
   std::string configPath;
   std::vector<std::pair<std::string, std::string>> flags;
+  std::vector<std::string> positionals;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -223,8 +229,12 @@ Status Config::load(int argc, const char *const *argv) {
       checkRequested_ = true;
       continue;
     }
-    if (!arg.starts_with("--"))
-      return Status::error("argument '" + arg + "': expected --key=value");
+    if (!arg.starts_with("--")) {
+      if (!positional_)
+        return Status::error("argument '" + arg + "': expected --key=value");
+      positionals.push_back(arg);
+      continue;
+    }
     std::string key = arg.substr(2), value;
     if (size_t eq = key.find('='); eq != std::string::npos) {
       value = key.substr(eq + 1);
@@ -250,13 +260,15 @@ Status Config::load(int argc, const char *const *argv) {
       LLMIR_RETURN_IF_ERROR(set(f.key, env, "environment " + envName(f.key)));
   for (const auto &[key, value] : flags)
     LLMIR_RETURN_IF_ERROR(set(key, value, "flag --" + key));
+  if (positional_ && !positionals.empty())
+    *positional_ = std::move(positionals);
   return Status::ok();
 }
 
 std::string Config::usage() const {
   std::ostringstream out;
-  out << "usage: " << service_
-      << " [--config=FILE.yaml] [--check-config] [--key=value ...]\n"
+  out << "usage: " << service_ << " [--config=FILE.yaml] [--check-config] [--key=value ...]"
+      << (positional_ ? " " + positionalName_ + "..." : std::string()) << "\n"
          "Each key can be set in the YAML file (dots = nested maps), by the "
          "environment variable shown, or by a flag (highest precedence).\n"
          "--check-config loads and validates the configuration, then exits "
@@ -278,6 +290,8 @@ std::string Config::usage() const {
         f.target);
     out << ")\n      " << f.doc << "\n";
   }
+  if (positional_)
+    out << "  " << positionalName_ << "...\n      " << positionalDoc_ << "\n";
   return out.str();
 }
 

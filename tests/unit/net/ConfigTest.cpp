@@ -105,6 +105,23 @@ TEST(ConfigTest, ListsOfPositiveIntegers) {
   EXPECT_EQ(batches, (std::vector<int>{16, 64}));
 }
 
+TEST(ConfigTest, PositionalArgumentsOnlyWhereBound) {
+  int repeats = 3;
+  std::vector<std::string> models;
+  Config plain("service");
+  plain.add("repeats", &repeats, "repeats");
+  const char *argv[] = {"bench", "--repeats", "2", "a", "--repeats=5", "b"};
+  EXPECT_FALSE(plain.load(6, argv).isOk()) << "a service takes flags only";
+  Config bench("bench");
+  bench.add("repeats", &repeats, "repeats");
+  bench.addPositional("MODEL_DIR", &models, "checkpoints to run");
+  ASSERT_TRUE(bench.load(6, argv).isOk());
+  EXPECT_EQ(models, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(repeats, 5);
+  EXPECT_NE(bench.usage().find("MODEL_DIR...\n      checkpoints to run"), std::string::npos)
+      << bench.usage();
+}
+
 TEST(ConfigTest, OneSpellingLowerCaseWordsJoinedByDashGroupsByDot) {
   for (const char *good : {"port", "log.level", "http.max-body-bytes", "timeouts.drain-grace-ms",
                            "worker.device", "tp", "kv-blocks", "a1.b2-3c"})

@@ -36,8 +36,12 @@ public:
   /// Comma-separated positive integers ("1,2,8"), e.g. a bench's thread or
   /// batch counts; empty items, zero and negatives are errors.
   void add(std::string key, std::vector<int> *target, std::string doc);
+  /// Arguments that are not flags (a bench's MODEL_DIR...) go to `*target`
+  /// in their order; without this binding such an argument is an error.
+  void addPositional(std::string name, std::vector<std::string> *target, std::string doc);
 
   /// Reads argv: `--config=PATH` (or `--config PATH`) names the YAML file,
+  /// arguments without `--` go to the positional binding (addPositional),
   /// `--help` asks for usage(), `--check-config` asks the service to validate
   /// its configuration and exit, `--key=value` / `--key value` set a key
   /// (`--flag` alone sets a bool). Applies file, then environment, then flags.
@@ -78,6 +82,8 @@ private:
   bool helpRequested_ = false;
   bool checkRequested_ = false;
   std::string bindingError_; // a key added with a bad spelling
+  std::vector<std::string> *positional_ = nullptr;
+  std::string positionalName_, positionalDoc_;
 };
 
 } // namespace llmir::net
