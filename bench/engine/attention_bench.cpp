@@ -65,12 +65,7 @@ Options parseOptions(int argc, char **argv) {
   config.add("decode", &o.decode, "decode tokens timed per repeat");
   config.add("repeats", &o.repeats, "repeats (the best is shown)");
   config.add("evict-mb", &o.evictMb, "MB of other memory read between two layers");
-  if (Status st = config.load(argc, argv); !st)
-    fail(st.message());
-  if (config.helpRequested()) {
-    std::printf("%s", config.usage().c_str());
-    std::exit(0);
-  }
+  config.loadOrExit(argc, argv);
   if (dtype != "f32" && dtype != "bf16")
     fail("kv-dtype is f32 or bf16");
   o.bf16 = dtype == "bf16";

@@ -93,12 +93,7 @@ Options parseOptions(int argc, char **argv) {
   config.add("llama-bench", &o.llamaBench, "llama.cpp's llama-bench, run in the same invocation");
   config.add("gguf-dir", &o.ggufDir, "the GGUF files of the models, for --llama-bench");
   config.addPositional("MODEL_DIR", &o.models, "Hugging Face checkpoints to time");
-  if (Status st = config.load(argc, argv); !st)
-    fail(st.message());
-  if (config.helpRequested()) {
-    std::printf("%s", config.usage().c_str());
-    std::exit(0);
-  }
+  config.loadOrExit(argc, argv);
   if (o.prefillTokens < 1 || o.decodeTokens < 1 || o.repeats < 1)
     fail("prefill, decode and repeats must be >= 1");
   Result<engine::KvCacheDType> dtype = engine::parseKvCacheDType(o.kvCacheDtypeName);

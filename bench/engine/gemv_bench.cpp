@@ -71,12 +71,7 @@ Options parseOptions(int argc, char **argv) {
   config.add("passes", &o.passes, "also time the probe's passes one by one (0: off)");
   config.add("share", &o.share, "also time one thread's half of every weight");
   config.add("medium", &o.medium, "bf16 activations (vdpbf16ps), as --matmul-precision medium");
-  if (Status st = config.load(argc, argv); !st)
-    fail(st.message());
-  if (config.helpRequested()) {
-    std::printf("%s", config.usage().c_str());
-    std::exit(0);
-  }
+  config.loadOrExit(argc, argv);
   if (dtype != "f32" && dtype != "bf16")
     fail("dtype is f32 or bf16");
   o.bf16 = dtype == "bf16";

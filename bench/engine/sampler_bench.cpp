@@ -27,14 +27,7 @@ int main(int argc, char **argv) {
   config.add("top-p", &topP, "nucleus mass");
   config.add("top-k", &topK, "0: off");
   config.add("spread", &spread, "standard deviation of the random logits");
-  if (Status st = config.load(argc, argv); !st) {
-    std::fprintf(stderr, "llmir-sampler-bench: %s\n", st.message().c_str());
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::printf("%s", config.usage().c_str());
-    return 0;
-  }
+  config.loadOrExit(argc, argv);
   std::stringstream list(vocabs);
   for (std::string item; std::getline(list, item, ',');) {
     const size_t vocab = std::stoul(item);

@@ -118,12 +118,7 @@ Options parse(int argc, char **argv) {
   config.add("worker-rank", &o.workerRank, "internal: this rank");
   config.add("world-size", &o.worldSize, "internal: ranks of the replica");
   config.add("store-port", &o.storePort, "internal: the launcher's rendezvous store");
-  if (Status st = config.load(argc, argv); !st)
-    fail(st.message());
-  if (config.helpRequested()) {
-    std::printf("%s", config.usage().c_str());
-    std::exit(0);
-  }
+  config.loadOrExit(argc, argv);
   if (o.model.empty())
     fail("model is required (--model DIR)");
   if (o.prompt <= 0 || o.newTokens <= 0 || o.prefill <= 0)

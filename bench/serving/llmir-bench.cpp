@@ -90,15 +90,8 @@ int run(Flags &f) {
 
 int main(int argc, char **argv) {
   Flags flags;
-  net::Config config("bench");
+  net::Config config("llmir-bench");
   bind(config, flags);
-  if (Status loaded = config.load(argc, argv); !loaded) {
-    std::cerr << "llmir-bench: " << loaded.message() << "\n";
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::cout << config.usage();
-    return 0;
-  }
+  config.loadOrExit(argc, argv);
   return run(flags);
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <sstream>
@@ -263,6 +264,17 @@ Status Config::load(int argc, const char *const *argv) {
   if (positional_ && !positionals.empty())
     *positional_ = std::move(positionals);
   return Status::ok();
+}
+
+void Config::loadOrExit(int argc, const char *const *argv) {
+  if (Status st = load(argc, argv); !st) {
+    std::fprintf(stderr, "%s: %s\n", service_.c_str(), st.message().c_str());
+    std::exit(2);
+  }
+  if (helpRequested_) {
+    std::fputs(usage().c_str(), stdout);
+    std::exit(0);
+  }
 }
 
 std::string Config::usage() const {

@@ -47,6 +47,9 @@ public:
   /// (`--flag` alone sets a bool). Applies file, then environment, then flags.
   /// Fails first if a key was bound with a spelling outside the convention.
   Status load(int argc, const char *const *argv);
+  /// load() for a command-line tool (a bench): `--help` prints usage() and
+  /// exits 0, an error prints "<name>: <message>" and exits 2.
+  void loadOrExit(int argc, const char *const *argv);
   /// Applies one YAML file (also usable without load()).
   Status loadYamlFile(const std::string &path);
   /// Sets `key` from text; `source` names where it came from, for errors.
