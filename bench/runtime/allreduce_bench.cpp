@@ -16,6 +16,7 @@
 //
 //   llmir-allreduce-bench [--ranks N (default: every visible GPU, at most 8)]
 //                         [--iters N (default 200)]
+#include "llmir/net/Config.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/IpcAllReduce.h"
 #include "llmir/runtime/LocalLauncher.h"
@@ -300,21 +301,12 @@ int main(int argc, char **argv) {
   int iters = 200;
   int workerRank = -1;
   uint16_t port = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--ranks")
-      ranks = std::atoi(value.c_str());
-    else if (flag == "--iters")
-      iters = std::atoi(value.c_str());
-    else if (flag == "--worker-rank") // hidden: one rank
-      workerRank = std::atoi(value.c_str());
-    else if (flag == "--store-port")
-      port = static_cast<uint16_t>(std::atoi(value.c_str()));
-    else
-      fail("unknown option " + flag + "; usage: llmir-allreduce-bench [--ranks N] [--iters N]");
-  }
-  if (argc % 2 == 0)
-    fail(std::string("option ") + argv[argc - 1] + " needs a value");
+  net::Config config("llmir-allreduce-bench");
+  config.add("ranks", &ranks, "processes, one GPU each (default: the visible GPUs, at most 8)");
+  config.add("iters", &iters, "all-reduces timed per size and path");
+  config.add("worker-rank", &workerRank, "internal: one rank");
+  config.add("store-port", &port, "internal: the launcher's rendezvous store");
+  config.loadOrExit(argc, argv);
   if (iters < kOpsPerGraph)
     fail("--iters must be >= " + std::to_string(kOpsPerGraph));
   if (workerRank >= 0) {

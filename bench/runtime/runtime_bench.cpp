@@ -7,6 +7,7 @@
 //
 //   llmir-runtime-bench [--max-bytes 67108864] [--generate PATH --model DIR]
 //                       [--decode 256]
+#include "llmir/net/Config.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/LocalLauncher.h"
 #include "llmir/runtime/RendezvousStore.h"
@@ -95,30 +96,19 @@ double decodeTokensPerSecond(const std::string &generate, const std::string &mod
 } // namespace
 
 int main(int argc, char **argv) {
-  size_t maxBytes = 64u << 20;
+  uint64_t maxBytes = 64u << 20;
   std::string generate, model;
   int decode = 256;
   int workerRank = -1;
   uint16_t port = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--max-bytes")
-      maxBytes = std::strtoull(value.c_str(), nullptr, 10);
-    else if (flag == "--generate")
-      generate = value;
-    else if (flag == "--model")
-      model = value;
-    else if (flag == "--decode")
-      decode = std::atoi(value.c_str());
-    else if (flag == "--worker-rank") // hidden: one all-reduce rank
-      workerRank = std::atoi(value.c_str());
-    else if (flag == "--store-port")
-      port = static_cast<uint16_t>(std::atoi(value.c_str()));
-    else
-      fail("unknown option " + flag +
-           "; usage: llmir-runtime-bench [--max-bytes N] [--generate PATH --model DIR] "
-           "[--decode N]");
-  }
+  net::Config config("llmir-runtime-bench");
+  config.add("max-bytes", &maxBytes, "largest all-reduce message, bytes");
+  config.add("generate", &generate, "llmir-generate, for the TP=2 vs TP=1 decode rows (with --model)");
+  config.add("model", &model, "checkpoint for the decode rows");
+  config.add("decode", &decode, "decode tokens of the decode rows");
+  config.add("worker-rank", &workerRank, "internal: one all-reduce rank");
+  config.add("store-port", &port, "internal: the launcher's rendezvous store");
+  config.loadOrExit(argc, argv);
   if (maxBytes < 1024 || decode < 1)
     fail("--max-bytes must be >= 1024 and --decode >= 1");
   if (workerRank >= 0) {

@@ -186,12 +186,13 @@ Status Config::set(const std::string &key, const std::string &value,
         }
       },
       field->target);
-  if (!ok)
-    return Status::error(source + ": config key '" + key + "' expects a " +
-                         std::visit([](auto *t) { return std::string(typeName(t)); },
-                                    field->target) +
-                         ", got '" + value + "'");
-  return Status::ok();
+  if (ok)
+    return Status::ok();
+  const std::string type =
+      std::visit([](auto *t) { return std::string(typeName(t)); }, field->target);
+  const char *article = type.find_first_of("aeiou") == 0 ? "an " : "a ";
+  return Status::error(source + ": config key '" + key + "' expects " + article + type +
+                       ", got '" + value + "'");
 }
 
 Status Config::loadYamlFile(const std::string &path) {
