@@ -59,13 +59,12 @@ __device__ __forceinline__ float loadCached(const float *p) { return *p; }
 __device__ __forceinline__ float loadCached(const __nv_bfloat16 *p) {
   return __bfloat162float(*p);
 }
-__device__ __forceinline__ void storeCached(float *p, float v) { *p = v; }
-__device__ __forceinline__ void storeCached(__nv_bfloat16 *p, float v) {
-  *p = __float2bfloat16_rn(v);
-}
 __device__ __forceinline__ void setCached(float &to, float v) { to = v; }
 __device__ __forceinline__ void setCached(__nv_bfloat16 &to, float v) {
   to = __float2bfloat16_rn(v);
+}
+template <typename C> __device__ __forceinline__ void storeCached(C *p, float v) {
+  setCached(*p, v);
 }
 
 // One block per token, threads over the row's Hkv * D floats.
@@ -627,33 +626,28 @@ __global__ void __launch_bounds__(kGroupThreads)
     for (int p = tid; p < static_cast<int>(heads) * kHalf; p += kGroupThreads) {
       const int h = p / kHalf, i = p % kHalf;
       const int64_t at = (r * g.numHeads + firstHead + h) * D + i;
-      const float a = rope.q[at], b = rope.q[at + kHalf];
-      const Rotation rot = rotations[0][i];
-      const float x = a * rot.c - b * rot.s, y = b * rot.c + a * rot.s;
-      query[h * D + i] = x;
-      query[h * D + i + kHalf] = y;
+      const RotatedPair x = rotate(rope.q[at], rope.q[at + kHalf], rotations[0][i]);
+      query[h * D + i] = x.first;
+      query[h * D + i + kHalf] = x.second;
       if (blockIdx.z == 0) { // every output still written, once
-        rope.qOut[at] = x;
-        rope.qOut[at + kHalf] = y;
+        rope.qOut[at] = x.first;
+        rope.qOut[at + kHalf] = x.second;
       }
     }
     if (storesRow) {
       const int64_t at = t * g.kvRowStride + kvHead * D;
       if (tid < kHalf) {
-        const float a = rope.k[at + tid], b = rope.k[at + tid + kHalf];
-        const Rotation rot = rotations[1][tid];
-        const float x = a * rot.c - b * rot.s, y = b * rot.c + a * rot.s;
-        rope.kOut[at + tid] = x;
-        rope.kOut[at + tid + kHalf] = y;
-        storeCached(static_cast<C *>(g.keys) + writtenRow + tid, x);
-        storeCached(static_cast<C *>(g.keys) + writtenRow + tid + kHalf, y);
-        setCached(newKey[0], x);
-        setCached(newKey[1], y);
+        const RotatedPair x = rotate(rope.k[at + tid], rope.k[at + tid + kHalf], rotations[1][tid]);
+        rope.kOut[at + tid] = x.first;
+        rope.kOut[at + tid + kHalf] = x.second;
+        setCached(newKey[0], x.first);
+        setCached(newKey[1], x.second);
+        static_cast<C *>(g.keys)[writtenRow + tid] = newKey[0];
+        static_cast<C *>(g.keys)[writtenRow + tid + kHalf] = newKey[1];
       }
       if (tid < D) {
-        const float v = rope.v[at + tid];
-        storeCached(static_cast<C *>(g.values) + writtenRow + tid, v);
-        setCached(newValue, v);
+        setCached(newValue, rope.v[at + tid]);
+        static_cast<C *>(g.values)[writtenRow + tid] = newValue;
       }
     }
   }

@@ -361,24 +361,24 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
       splitPair(xb[j].x, xb[j].y, hi[2], lo[2]);
       splitPair(xb[j].z, xb[j].w, hi[3], lo[3]);
       loadX(step + kMmaAhead, xa[j], xb[j]);
-      // Steps past the warp's range hold zeros: their products add nothing.
+      // One weight tile's products with x's high halves, then (highest)
+      // its low halves. Steps past the warp's range hold zeros: their
+      // products add nothing.
+      auto multiply = [&](float(&acc)[4], uint4 w) {
+        mmaBf16(acc, hi[0], hi[1], w.x, w.y);
+        mmaBf16(acc, hi[2], hi[3], w.z, w.w);
+        if (withLo) {
+          mmaBf16(acc, lo[0], lo[1], w.x, w.y);
+          mmaBf16(acc, lo[2], lo[3], w.z, w.w);
+        }
+      };
       const uint4 w = gateAhead[j];
       gateAhead[j] = load(gateRow, step + kMmaAhead);
-      mmaBf16(gate, hi[0], hi[1], w.x, w.y);
-      mmaBf16(gate, hi[2], hi[3], w.z, w.w);
-      if (withLo) {
-        mmaBf16(gate, lo[0], lo[1], w.x, w.y);
-        mmaBf16(gate, lo[2], lo[3], w.z, w.w);
-      }
+      multiply(gate, w);
       if constexpr (Paired) {
         const uint4 u = upAhead[j];
         upAhead[j] = load(upRow, step + kMmaAhead);
-        mmaBf16(up, hi[0], hi[1], u.x, u.y);
-        mmaBf16(up, hi[2], hi[3], u.z, u.w);
-        if (withLo) {
-          mmaBf16(up, lo[0], lo[1], u.x, u.y);
-          mmaBf16(up, lo[2], lo[3], u.z, u.w);
-        }
+        multiply(up, u);
       }
     }
   }

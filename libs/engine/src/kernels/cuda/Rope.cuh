@@ -16,12 +16,20 @@ __device__ __forceinline__ Rotation rotationBy(float angle) {
   return {static_cast<float>(cosine), static_cast<float>(sine)};
 }
 
+// HF rotate_half's arithmetic on one pair (a, b) = (x[i], x[i + D/2]).
+struct RotatedPair {
+  float first, second;
+};
+__device__ __forceinline__ RotatedPair rotate(float a, float b, Rotation r) {
+  return {a * r.c - b * r.s, b * r.c + a * r.s};
+}
+
 // HF rotate_half of the pair (i, i + D/2) of one head.
 __device__ __forceinline__ void rotatePair(const float *head, float *rotated, int64_t i,
                                            int64_t half, Rotation r) {
-  const float a = head[i], b = head[i + half];
-  rotated[i] = a * r.c - b * r.s;
-  rotated[i + half] = b * r.c + a * r.s;
+  const RotatedPair p = rotate(head[i], head[i + half], r);
+  rotated[i] = p.first;
+  rotated[i + half] = p.second;
 }
 __device__ __forceinline__ void rotatePair(const float *head, float *rotated, int64_t i,
                                            int64_t half, float angle) {
