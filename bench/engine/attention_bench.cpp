@@ -185,7 +185,7 @@ int main(int argc, char **argv) {
   std::printf("# %7s %12s %12s %10s %10s %10s %10s\n", "", "(ms/tok)", "(GB/s)", "(ms/tok)",
               "(GB/s)", "(ms/tok)", "(GB/s)");
   const size_t rowBytes = static_cast<size_t>(kvWidth) * element;
-  for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
+  for (const unsigned threads : o.threads) { // positive: Config checks
     engine::ThreadPool pool(threads);
     double attentionBest = 1e30, readBest = 1e30, pairedBest = 1e30;
     for (int r = 0; r < o.repeats; ++r) {
@@ -207,25 +207,26 @@ int main(int argc, char **argv) {
           sink += out[0];
         }
         // The same rows read plainly: a layer's positions are contiguous
-        // (blocks in order), keys then values.
-        for (int64_t l = 0; l < o.layers; ++l) {
-          evict();
-          const auto *keys = static_cast<const std::byte *>(cache->keyData(l, 0, 0));
-          const auto *values = static_cast<const std::byte *>(cache->valueData(l, 0, 0));
-          const size_t bytes = static_cast<size_t>(position + 1) * rowBytes / 256 * 256;
-          auto start = Clock::now();
-          sink += sumAvx512(keys, bytes) + sumAvx512(values, bytes);
-          read += seconds(start);
-        }
-        for (int64_t l = 0; l < o.layers; ++l) {
-          evict();
-          const auto *keys = static_cast<const std::byte *>(cache->keyData(l, 0, 0));
-          const auto *values = static_cast<const std::byte *>(cache->valueData(l, 0, 0));
-          const size_t bytes = static_cast<size_t>(position + 1) * rowBytes / 256 * 256;
-          auto start = Clock::now();
-          sink += sumAvx512Pair(keys, values, bytes);
-          paired += seconds(start);
-        }
+        // (blocks in order); keys then values, and both together.
+        auto timeReads = [&](auto &&readLayer) {
+          double total = 0;
+          for (int64_t l = 0; l < o.layers; ++l) {
+            evict();
+            const auto *keys = static_cast<const std::byte *>(cache->keyData(l, 0, 0));
+            const auto *values = static_cast<const std::byte *>(cache->valueData(l, 0, 0));
+            const size_t bytes = static_cast<size_t>(position + 1) * rowBytes / 256 * 256;
+            auto start = Clock::now();
+            sink += readLayer(keys, values, bytes);
+            total += seconds(start);
+          }
+          return total;
+        };
+        read += timeReads([](const std::byte *keys, const std::byte *values, size_t bytes) {
+          return sumAvx512(keys, bytes) + sumAvx512(values, bytes);
+        });
+        paired += timeReads([](const std::byte *keys, const std::byte *values, size_t bytes) {
+          return sumAvx512Pair(keys, values, bytes);
+        });
       }
       attentionBest = std::min(attentionBest, attention / o.decode);
       readBest = std::min(readBest, read / o.decode);

@@ -308,8 +308,7 @@ int main(int argc, char **argv) {
       continue;
     }
     std::string label = name.size() > 16 ? "..." + name.substr(name.size() - 13) : name;
-    for (const int threadCount : options.threads) {
-      const auto threads = static_cast<unsigned>(threadCount);
+    for (const unsigned threads : options.threads) { // positive: Config checks
       Throughput peer;
       auto runPeer = [&]() -> Status {
         if (!withPeer)

@@ -188,7 +188,7 @@ int main(int argc, char **argv) {
   if (o.passes > 0) {
     // The probe's passes one by one: the engine bench's ceiling takes the
     // best pass, a decode runs for seconds.
-    for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
+    for (const unsigned threads : o.threads) { // positive: Config checks
       std::vector<double> v;
       for (int i = 0; i < o.passes; ++i)
         v.push_back(probe->measure(threads, 1) / 1e9);
@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
   std::printf("# %7s %8s %8s %8s %8s %8s %10s %10s\n", "", "(GB/s)", "(GB/s)", "(GB/s)",
               "(GB/s)", "(ms/tok)", "(ms/tok)", "(us)");
   volatile float sink = 0;
-  for (const unsigned threads : std::vector<unsigned>(o.threads.begin(), o.threads.end())) {
+  for (const unsigned threads : o.threads) { // positive: Config checks
     engine::ThreadPool pool(threads);
     engine::ThreadPool single(1);
     double probeBest = 0, sumBest = 0, gemvBest = 1e30, oneBest = 1e30, barrierBest = 1e30;
