@@ -39,7 +39,6 @@ struct MeshReplica {
   std::string id;
   std::vector<uint64_t> ranks; // connection ids, rank order
   std::vector<bool> rankReady; // by rank: each counts once
-  std::vector<bool> answered;  // by rank: RankReady received, ok or not
   uint32_t numReady = 0;
   bool ready = false;
   bool draining = false;
@@ -95,7 +94,6 @@ struct WorkerMembership::Impl {
       replica.id = "replica-" + std::to_string(nextReplica++);
       replica.joinDeadline = Clock::now() + options.joinTimeout;
       replica.rankReady.assign(worldSize, false);
-      replica.answered.assign(worldSize, false);
       std::vector<net::FramedConnectionPtr> conns;
       for (uint32_t rank = 0; rank < worldSize; ++rank) {
         Worker &w = workers.at(idle[first + rank].second);
@@ -171,7 +169,7 @@ struct WorkerMembership::Impl {
       if (it == workers.end())
         continue;
       Worker &w = it->second;
-      if (w.state == WorkerState::Joining && !replica.answered[rank]) {
+      if (w.state == WorkerState::Joining && !replica.rankReady[rank]) {
         w.state = WorkerState::Leaving;
         w.leaveBy = replica.joinDeadline;
         continue; // keeps replicaId: its answer names it
@@ -275,7 +273,7 @@ struct WorkerMembership::Impl {
     if (rank == replica.ranks.end())
       return;
     if (!ready.ok()) {
-      replica.answered[static_cast<size_t>(rank - replica.ranks.begin())] = true;
+      w.state = WorkerState::Idle; // its join is over: disbanding keeps it in the pool
       failReplicaLocked(replica, "rank " + std::to_string(rank - replica.ranks.begin()) +
                                      " failed to join: " +
                                      ready.error().substr(0, kMaxLoggedErrorBytes));
@@ -283,7 +281,6 @@ struct WorkerMembership::Impl {
     }
     // Counted once per rank: a rank answering twice does not stand in for another.
     const size_t index = static_cast<size_t>(rank - replica.ranks.begin());
-    replica.answered[index] = true;
     if (replica.rankReady[index])
       return;
     replica.rankReady[index] = true;
