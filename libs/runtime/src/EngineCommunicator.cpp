@@ -44,10 +44,16 @@ EngineCommunicator::create(DistributedRuntime &runtime,
   return comm;
 }
 
-bool ipcAllReduceRequested() {
-  const char *env = std::getenv("LLMIR_IPC_ALLREDUCE");
-  return !env || std::string(env) != "0";
+namespace {
+/// Whether the environment variable `name` is "0": how the IPC all-reduce's
+/// switches (on by default) are turned off.
+bool switchedOff(const char *name) {
+  const char *value = std::getenv(name);
+  return value && std::string(value) == "0";
 }
+} // namespace
+
+bool ipcAllReduceRequested() { return !switchedOff("LLMIR_IPC_ALLREDUCE"); }
 
 Status EngineCommunicator::connectIpcAllReduce(const proto::ShardProgram &program) {
   // On by default (LLMIR_IPC_ALLREDUCE=0: NCCL alone): whole models' greedy
@@ -134,16 +140,9 @@ Status EngineCommunicator::allReduceSumOn(void *stream, float *data, size_t coun
   return runtime_.allReduceOn(stream, data, count, DataType::F32, ReduceOp::Sum, **g);
 }
 
-namespace {
-bool fusedNormSwitchedOff() {
-  const char *v = std::getenv("LLMIR_IPC_FUSED_NORM");
-  return v && std::string(v) == "0";
-}
-} // namespace
-
 bool EngineCommunicator::fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
                                                   uint32_t groupId) const {
-  static const bool off = fusedNormSwitchedOff();
+  static const bool off = switchedOff("LLMIR_IPC_FUSED_NORM");
   auto ipc = ipc_.find(groupId);
   return !off && ipc != ipc_.end() && op.rows > 0 && op.width > 0 &&
          ipc->second->fusesAddRmsNorm(static_cast<size_t>(op.rows),
