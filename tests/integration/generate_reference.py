@@ -6,9 +6,19 @@ import json
 import math
 import os
 import struct
+import subprocess
 import sys
 
 failures = []
+
+
+def visible_gpus():
+    """How many GPUs nvidia-smi lists (0 without nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    except (OSError, subprocess.SubprocessError):
+        return 0
 
 
 def check(condition, message):

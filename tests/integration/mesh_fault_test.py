@@ -38,6 +38,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate_reference import visible_gpus  # noqa: E402
 
 
 class Mesh:
@@ -52,8 +54,7 @@ class Mesh:
         self.workers = []
         self.gpus = 0
         if args.device == "cuda":
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-            self.gpus = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+            self.gpus = visible_gpus()
             if self.gpus == 0:
                 sys.exit("mesh_fault_test: --device cuda but nvidia-smi lists no GPU")
 

@@ -11,21 +11,12 @@ sharing a GPU). Needs CUDA devices (CTest label multi_gpu); run by
 scripts/test-multi-gpu.sh.
 """
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from generate_reference import (exit_on_failures, family_models,  # noqa: E402
-                                models_under_test)
+                                models_under_test, visible_gpus)
 from gpu_generate_test import check_model  # noqa: E402
-
-
-def visible_gpus():
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-        return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-    except (OSError, subprocess.SubprocessError):
-        return 0
 
 
 def main():
