@@ -10,6 +10,7 @@
 #include "DependentLaunch.cuh"
 #include "Rope.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -520,9 +521,70 @@ __device__ void mergeGroup(const float *shard0, int shards, int numHeads, int fi
 // cache and puts both straight into its tiles. Same rotation (rotationBy,
 // the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
 // one global round trip a layer fewer.
+// mergeGroup for a cluster of the `splits` blocks of one (query row, group)
+// (clusterMerge): each split's normalised outputs (partialOut, heads * D)
+// and log-sum-exps (partialLse) stay in its shared memory; after a cluster
+// barrier every block merges a slice of the outputs, reading the splits'
+// partials through distributed shared memory, with mergeGroup's arithmetic
+// in its order (the same bits). No fence, counter or L2 round trip: the
+// threadfence-reduction merge put three memory latencies after the last
+// split's sums.
+template <int D>
+__device__ void mergeCluster(const float *partialOut, const float *partialLse, int splits,
+                             int heads, float *out) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  __shared__ float weight[kMaxGroup][kMaxGroupSplits];
+  __shared__ bool none[kMaxGroup];
+  cluster.sync(); // every split's partial is in its shared memory
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < heads) {
+    float lse[kMaxGroupSplits];
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        lse[r] = *cluster.map_shared_rank(partialLse + tid, static_cast<unsigned>(r));
+    float maximum = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        maximum = fmaxf(maximum, lse[r]);
+    none[tid] = maximum == -INFINITY;
+    float total = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        total += expf(lse[r] - maximum);
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        weight[tid][r] = expf(lse[r] - maximum) / total;
+  }
+  __syncthreads();
+  const int outputs = heads * D, share = (outputs + splits - 1) / splits;
+  const int first = static_cast<int>(cluster.block_rank()) * share;
+  const int last = first + share < outputs ? first + share : outputs;
+  for (int o = first + tid; o < last; o += static_cast<int>(blockDim.x)) {
+    const int h = o / D;
+    float partial[kMaxGroupSplits];
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        partial[r] = *cluster.map_shared_rank(partialOut + o, static_cast<unsigned>(r));
+    float sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxGroupSplits; ++r)
+      if (r < splits)
+        sum += weight[h][r] * partial[r];
+    out[o] = none[h] ? 0.0f : sum;
+  }
+  cluster.sync(); // no block leaves while another reads its shared memory
+}
+
 template <typename C, int D>
 __global__ void __launch_bounds__(kGroupThreads)
-    groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope) {
+    groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope,
+                      bool clusterMerge) {
   using Chunk = GroupChunk<C>;
   constexpr int kKeys = Chunk::Keys, kPitch = D + Chunk::Pad;
   constexpr int kPieces = D * int(sizeof(C)) / 16; // 16-byte pieces a row
@@ -771,6 +833,23 @@ __global__ void __launch_bounds__(kGroupThreads)
 #pragma unroll
     for (int e = 0; e < 8; ++e)
       acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], offset);
+  }
+  if (clusterMerge) {
+    // The queries are no longer read: their shared memory holds this
+    // split's outputs for mergeCluster.
+    __shared__ float partialLse[kMaxGroup];
+    __syncthreads();
+    if (owner && part == 0) {
+      const float total = headSum[outHead];
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        query[outHead * D + octet * 8 + e] = total > 0.0f ? acc[e] / total : 0.0f;
+    }
+    if (tid < heads)
+      partialLse[tid] = headSum[tid] > 0.0f ? headMax[tid] + logf(headSum[tid]) : -INFINITY;
+    mergeCluster<D>(query, partialLse, static_cast<int>(g.splits), static_cast<int>(heads),
+                    g.mergedOut + (r * g.numHeads + firstHead) * D);
+    return;
   }
   if (owner && part == 0) {
     const float total = headSum[outHead];
@@ -1261,17 +1340,28 @@ int64_t largestGroup(const AttentionGeometry &g) {
   return std::min(g.kvGroup, g.numHeads);
 }
 
+// The splits of one (query row, group) as one thread-block cluster merging
+// through distributed shared memory (mergeCluster), where the in-kernel
+// merge applies (mergedOut) and the splits fit a portable cluster;
+// LLMIR_CUDA_CLUSTER_MERGE=0 keeps the counter merge (for measuring).
+constexpr int64_t kMaxClusterSplits = 8;
+bool clusterMergeTakes(const AttentionGeometry &g) {
+  return g.splits > 1 && g.splits <= kMaxClusterSplits && g.mergedOut && clusterMergeEnabled();
+}
+
 template <int D>
 void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g, float *out,
                        const FusedRope &rope) {
   const dim3 grid(static_cast<unsigned>(g.numQueries), static_cast<unsigned>(g.numKvHeads),
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
+  const bool cluster = clusterMergeTakes(g);
+  const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
   if (g.bf16Cache)
-    launchDependent(groupDecodeKernel<__nv_bfloat16, D>, grid, kGroupThreads, 0, stream, q, g,
-                    out, rope);
+    launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D>, grid, kGroupThreads, 0, stream,
+                           clusterDim, q, g, out, rope, cluster);
   else
-    launchDependent(groupDecodeKernel<float, D>, grid, kGroupThreads, 0, stream, q, g, out,
-                    rope);
+    launchDependentCluster(groupDecodeKernel<float, D>, grid, kGroupThreads, 0, stream,
+                           clusterDim, q, g, out, rope, cluster);
 }
 
 // The group kernel for one query row (batch-1 decode: +2-3% end to end on

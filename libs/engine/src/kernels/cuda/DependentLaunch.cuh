@@ -62,4 +62,26 @@ void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sh
   cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
+/// launchDependent with the grid in thread-block clusters of `cluster`
+/// blocks (compute capability 9.0; cluster (1, 1, 1): none).
+template <typename... Params, typename... Args>
+void launchDependentCluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                            Stream stream, dim3 cluster, Args &&...args) {
+  cudaLaunchAttribute attribute[2];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = dependentLaunchEnabled() ? 1 : 0;
+  attribute[1].id = cudaLaunchAttributeClusterDimension;
+  attribute[1].val.clusterDim.x = cluster.x;
+  attribute[1].val.clusterDim.y = cluster.y;
+  attribute[1].val.clusterDim.z = cluster.z;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = cluster.x * cluster.y * cluster.z > 1 ? 2 : 1;
+  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
 } // namespace llmir::engine::cuda::detail

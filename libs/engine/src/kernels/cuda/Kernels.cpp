@@ -159,6 +159,21 @@ bool fusedRopeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_FUSED_ROPE");
   return enabled;
 }
+
+bool clusterMergeEnabled() {
+  static const bool enabled = [] {
+    if (switchedOff("LLMIR_CUDA_CLUSTER_MERGE"))
+      return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError(); // not sticky: clear it
+      return false;
+    }
+    return major >= 9;
+  }();
+  return enabled;
+}
 } // namespace detail
 
 Context::Context(std::unique_ptr<State> state) : state_(std::move(state)) {}

@@ -31,6 +31,11 @@ bool groupDecodeEnabled();
 /// group decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
 /// (kept for measuring). Read once per process.
 bool fusedRopeEnabled();
+/// Whether flash-decoding's splits of the group decode attention merge as a
+/// thread-block cluster through distributed shared memory (compute
+/// capability 9.0 and up), unless LLMIR_CUDA_CLUSTER_MERGE=0 (kept for
+/// measuring). Read once per process.
+bool clusterMergeEnabled();
 
 int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
 /// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
