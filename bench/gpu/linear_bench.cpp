@@ -11,6 +11,7 @@
 //                      [--reps 200] [--matmul-precision highest|medium]
 #include "llmir/engine/CudaKernels.h"
 #include "llmir/engine/Tensor.h"
+#include "llmir/net/Config.h"
 #include "llmir/proto/shard_program.pb.h"
 
 #include <cuda_runtime.h>
@@ -19,7 +20,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -46,14 +46,6 @@ std::vector<Product> productsOf(const std::string &shape) {
           {"lm_head", 128256 / tp, 4096}};
 }
 
-std::vector<int64_t> parseList(const std::string &text) {
-  std::vector<int64_t> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');)
-    out.push_back(std::atoll(item.c_str()));
-  return out;
-}
-
 bool check(cudaError_t e, const char *what) {
   if (e == cudaSuccess)
     return true;
@@ -63,23 +55,15 @@ bool check(cudaError_t e, const char *what) {
 } // namespace
 
 int main(int argc, char **argv) {
-  std::string shape = "1b", tokensText = "1,2,4,8", precision = "medium";
+  std::string shape = "1b", precision = "medium";
+  std::vector<int> tokens = {1, 2, 4, 8};
   int reps = 200;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--shape")
-      shape = value;
-    else if (flag == "--tokens")
-      tokensText = value;
-    else if (flag == "--reps")
-      reps = std::atoi(value.c_str());
-    else if (flag == "--matmul-precision")
-      precision = value;
-    else {
-      std::fprintf(stderr, "llmir-linear-bench: unknown flag %s\n", flag.c_str());
-      return 2;
-    }
-  }
+  net::Config config("llmir-linear-bench");
+  config.add("shape", &shape, "1b, 8b, 8b-tp2 or 8b-tp4 (a rank's products at that TP)");
+  config.add("tokens", &tokens, "rows of x, comma-separated");
+  config.add("reps", &reps, "launches recorded in one graph");
+  config.add("matmul-precision", &precision, "highest or medium");
+  config.loadOrExit(argc, argv);
   const std::vector<Product> products = productsOf(shape);
   if (products.empty() || reps < 1 || (precision != "highest" && precision != "medium")) {
     std::fprintf(stderr, "usage: llmir-linear-bench [--shape 1b|8b|8b-tp2|8b-tp4] "
@@ -111,7 +95,7 @@ int main(int argc, char **argv) {
     for (void *&w : weights)
       ok = ok && check(cudaMalloc(&w, bytes), "allocating weights") &&
            check(cudaMemcpy(w, host.data(), bytes, cudaMemcpyHostToDevice), "uploading weights");
-    for (int64_t T : parseList(tokensText)) {
+    for (const int64_t T : std::vector<int64_t>(tokens.begin(), tokens.end())) {
       float *x = nullptr, *y = nullptr;
       ok = ok && check(cudaMalloc(&x, static_cast<size_t>(T * p.k) * sizeof(float)), "x") &&
            check(cudaMemset(x, 0, static_cast<size_t>(T * p.k) * sizeof(float)), "x") &&
