@@ -277,7 +277,10 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
 // of the remainder (x = hi + lo, the cuBLAS path's split).
 constexpr int kMmaSplits = 8; // warps of a block, each a K range of one tile
 constexpr int kMmaRows = 8;   // weight rows a tile (the mma's N)
-constexpr int kMmaAhead = 8;  // 32-k steps whose weights a warp has requested
+// 32-k steps whose weights a warp has requested: 128 bytes a lane, of one
+// row or (paired) of two.
+template <bool Paired> constexpr int kMmaAhead = Paired ? 4 : 8;
+constexpr int kMmaXAhead = 4; // ... and whose x (mostly L1 hits: a shorter wait)
 
 __device__ __forceinline__ void mmaBf16(float (&c)[4], unsigned a0, unsigned a2, unsigned b0,
                                         unsigned b1) {
@@ -293,16 +296,25 @@ __device__ __forceinline__ unsigned bits(__nv_bfloat162 v) {
 
 // Two x values as a bf16 pair (the first in the low half) and, for highest
 // precision, the pair of their remainders.
+template <bool Highest>
 __device__ __forceinline__ void splitPair(float v0, float v1, unsigned &hi, unsigned &lo) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
   hi = bits(h);
-  const float2 back = __bfloat1622float2(h);
-  lo = bits(__floats2bfloat162_rn(v0 - back.x, v1 - back.y));
+  if constexpr (Highest) {
+    const float2 back = __bfloat1622float2(h);
+    lo = bits(__floats2bfloat162_rn(v0 - back.x, v1 - back.y));
+  }
 }
 
-template <bool Paired>
+// Highest is a template argument, not a flag: at medium precision the
+// remainders are neither computed nor kept. As a flag (an H200, 8B shape, 8
+// tokens, ncu) the kernel issued an instruction every other cycle on each
+// scheduler, 127 registers and some spilled, two blocks a multiprocessor:
+// 2.2 TB/s where cuBLAS moves the same weights at 3.0.
+template <bool Paired, bool Highest>
 __global__ void __launch_bounds__(kMmaSplits * 32)
-    linearMmaKernel(const float *x, int T, int64_t K, bool withLo, LinearSegments segments) {
+    linearMmaKernel(const float *x, int T, int64_t K, LinearSegments segments) {
+  constexpr int Ahead = kMmaAhead<Paired>;
   __shared__ float partial[Paired ? 2 : 1][kMmaSplits][8][kMmaRows];
   int s = 0;
   while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
@@ -325,9 +337,9 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
   };
   // The weights are written by no kernel: the first steps' are requested
   // while the kernel producing x may still run (DependentLaunch.cuh).
-  uint4 gateAhead[kMmaAhead], upAhead[Paired ? kMmaAhead : 1];
+  uint4 gateAhead[Ahead], upAhead[Paired ? Ahead : 1];
 #pragma unroll
-  for (int j = 0; j < kMmaAhead; ++j) {
+  for (int j = 0; j < Ahead; ++j) {
     gateAhead[j] = load(gateRow, first + j);
     if constexpr (Paired)
       upAhead[j] = load(upRow, first + j);
@@ -346,38 +358,39 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
       a = b = make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
-  float4 xa[kMmaAhead], xb[kMmaAhead];
+  float4 xa[kMmaXAhead], xb[kMmaXAhead];
 #pragma unroll
-  for (int j = 0; j < kMmaAhead; ++j)
+  for (int j = 0; j < kMmaXAhead; ++j)
     loadX(first + j, xa[j], xb[j]);
   float gate[4] = {0.f, 0.f, 0.f, 0.f}, up[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t base = first; base < last; base += kMmaAhead) {
+  for (int64_t base = first; base < last; base += Ahead) {
 #pragma unroll
-    for (int j = 0; j < kMmaAhead; ++j) {
+    for (int j = 0; j < Ahead; ++j) {
       const int64_t step = base + j;
+      const int xj = j % kMmaXAhead; // a constant once unrolled
       unsigned hi[4], lo[4];
-      splitPair(xa[j].x, xa[j].y, hi[0], lo[0]);
-      splitPair(xa[j].z, xa[j].w, hi[1], lo[1]);
-      splitPair(xb[j].x, xb[j].y, hi[2], lo[2]);
-      splitPair(xb[j].z, xb[j].w, hi[3], lo[3]);
-      loadX(step + kMmaAhead, xa[j], xb[j]);
+      splitPair<Highest>(xa[xj].x, xa[xj].y, hi[0], lo[0]);
+      splitPair<Highest>(xa[xj].z, xa[xj].w, hi[1], lo[1]);
+      splitPair<Highest>(xb[xj].x, xb[xj].y, hi[2], lo[2]);
+      splitPair<Highest>(xb[xj].z, xb[xj].w, hi[3], lo[3]);
+      loadX(step + kMmaXAhead, xa[xj], xb[xj]);
       // One weight tile's products with x's high halves, then (highest)
       // its low halves. Steps past the warp's range hold zeros: their
       // products add nothing.
       auto multiply = [&](float(&acc)[4], uint4 w) {
         mmaBf16(acc, hi[0], hi[1], w.x, w.y);
         mmaBf16(acc, hi[2], hi[3], w.z, w.w);
-        if (withLo) {
+        if constexpr (Highest) {
           mmaBf16(acc, lo[0], lo[1], w.x, w.y);
           mmaBf16(acc, lo[2], lo[3], w.z, w.w);
         }
       };
       const uint4 w = gateAhead[j];
-      gateAhead[j] = load(gateRow, step + kMmaAhead);
+      gateAhead[j] = load(gateRow, step + Ahead);
       multiply(gate, w);
       if constexpr (Paired) {
         const uint4 u = upAhead[j];
-        upAhead[j] = load(upRow, step + kMmaAhead);
+        upAhead[j] = load(upRow, step + Ahead);
         multiply(up, u);
       }
     }
@@ -486,12 +499,14 @@ int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
   }
   if (blocks == 0)
     return cudaGetLastError();
+  const auto launch = [&](auto kernel) {
+    launchDependent(kernel, static_cast<unsigned>(blocks), kMmaSplits * 32, 0, stream, x,
+                    static_cast<int>(T), K, segments);
+  };
   if (segments.pairedSwiglu)
-    launchDependent(linearMmaKernel<true>, static_cast<unsigned>(blocks), kMmaSplits * 32, 0,
-                    stream, x, static_cast<int>(T), K, highest, segments);
+    highest ? launch(linearMmaKernel<true, true>) : launch(linearMmaKernel<true, false>);
   else
-    launchDependent(linearMmaKernel<false>, static_cast<unsigned>(blocks), kMmaSplits * 32, 0,
-                    stream, x, static_cast<int>(T), K, highest, segments);
+    highest ? launch(linearMmaKernel<false, true>) : launch(linearMmaKernel<false, false>);
   return cudaGetLastError();
 }
 
