@@ -103,8 +103,8 @@ int64_t tensorCoreMinTokens() {
 /// cores' batched GEMV (linearMma; LLMIR_CUDA_MMA_GEMV=0 for measuring). On
 /// an H200, 1.1B shape, medium precision, against the GEMV (2, 4 tokens) and
 /// cuBLAS (8): batch 2 1.64 -> 1.61 ms a step, batch 4 2.40 -> 1.63, batch 8
-/// 2.10 -> 1.71; 8B batch 4 14.15 -> 7.00, but batch 8 6.65 -> 7.45 (cuBLAS
-/// is ahead there: docs/performance.md).
+/// 2.10 -> 1.71 (1.40 since its precision became a template argument); 8B
+/// batch 4 14.15 -> 7.00, batch 8 6.53-6.68 -> 5.97-6.00 (docs/performance.md).
 bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
   static const bool enabled = !detail::switchedOff("LLMIR_CUDA_MMA_GEMV");
   return enabled && storage == detail::Storage::BF16 && T >= 2 && T <= 8 && K % 8 == 0;
