@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -1038,6 +1039,15 @@ __device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], u
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// bf16 per shared row of a key or value tile: fragment reads hit distinct
+// banks.
+__host__ __device__ constexpr int mmaPrefillPitch(int D) { return D + 8; }
+// Two tiles of keys and two of values: 36 KiB at D = 64, 68 KiB at 128 (past
+// the 48 KiB a kernel gets without asking: allowMmaPrefillShared).
+constexpr size_t mmaPrefillSharedBytes(int D) {
+  return size_t(4) * kMmaKeys * mmaPrefillPitch(D) * sizeof(__nv_bfloat16);
+}
+
 // (x, y) as bf16 pairs hi and lo with hi + lo = (x, y) to ~16 bits.
 __device__ __forceinline__ void splitPair(float x, float y, uint32_t &hi, uint32_t &lo) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
@@ -1051,10 +1061,11 @@ template <int D, bool Split>
 __global__ void __launch_bounds__(128)
     mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,
                            float *out) {
-  constexpr int kPitch = D + 8; // bf16 per shared row: fragment reads hit distinct banks
+  constexpr int kPitch = mmaPrefillPitch(D);
   constexpr int kChunks = D / 16, kDTiles = D / 8, kKeyTiles = kMmaKeys / 8;
-  __shared__ __align__(16) __nv_bfloat16 keyTile[kMmaKeys * kPitch];
-  __shared__ __align__(16) __nv_bfloat16 valueTile[kMmaKeys * kPitch];
+  // Two key and two value tiles (dynamic shared memory, mmaPrefillSharedBytes):
+  // the next pair is copied in (cp.async) while this one is multiplied.
+  extern __shared__ __align__(16) __nv_bfloat16 tileBuffers[];
   // The last tiles of a sequence see the most keys: they start first.
   const int64_t tile = gridDim.x - 1 - blockIdx.x;
   const int64_t firstRow = tiles[2 * tile], count = tiles[2 * tile + 1];
@@ -1097,23 +1108,44 @@ __global__ void __launch_bounds__(128)
     acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
   float runningMax[2] = {-INFINITY, -INFINITY}, runningSum[2] = {0.0f, 0.0f};
 
-  for (int64_t base = first - first % kMmaKeys; base <= last; base += kMmaKeys) {
-    __syncthreads(); // the previous tile is no longer read
-    // 16-byte pieces of the tile's key and value rows; past `last` zeros
-    // (their probabilities are 0, and 0 * garbage could be NaN).
+  // 16-byte pieces of a tile's key and value rows, copied asynchronously;
+  // past `last` zeros (their probabilities are 0, and 0 * garbage could be
+  // NaN). One commit group a tile.
+  const auto requestTile = [&](int64_t tileBase, int buffer) {
+    __nv_bfloat16 *keyTile = tileBuffers + buffer * 2 * kMmaKeys * kPitch;
+    __nv_bfloat16 *valueTile = keyTile + kMmaKeys * kPitch;
     for (int i = threadIdx.x; i < kMmaKeys * (D / 8); i += blockDim.x) {
       const int key = i / (D / 8), piece = i % (D / 8);
-      const int64_t j = base + key;
-      uint4 k4 = make_uint4(0, 0, 0, 0), v4 = make_uint4(0, 0, 0, 0);
+      const int64_t j = tileBase + key;
+      __nv_bfloat16 *k = keyTile + key * kPitch + piece * 8, *v = valueTile + key * kPitch + piece * 8;
       if (j <= last) {
         const int64_t at = cacheRow(g, seq, j) + kvHead * D + piece * 8;
-        k4 = *reinterpret_cast<const uint4 *>(keys + at);
-        v4 = *reinterpret_cast<const uint4 *>(values + at);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                         static_cast<uint32_t>(__cvta_generic_to_shared(k))),
+                     "l"(keys + at));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                         static_cast<uint32_t>(__cvta_generic_to_shared(v))),
+                     "l"(values + at));
+      } else {
+        *reinterpret_cast<uint4 *>(k) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(v) = make_uint4(0, 0, 0, 0);
       }
-      *reinterpret_cast<uint4 *>(keyTile + key * kPitch + piece * 8) = k4;
-      *reinterpret_cast<uint4 *>(valueTile + key * kPitch + piece * 8) = v4;
     }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  const int64_t firstBase = first - first % kMmaKeys;
+  requestTile(firstBase, 0);
+  int buffer = 0;
+  for (int64_t base = firstBase; base <= last; base += kMmaKeys, buffer ^= 1) {
+    __syncthreads(); // the other buffer (the previous tile) is no longer read
+    if (base + kMmaKeys <= last)
+      requestTile(base + kMmaKeys, buffer ^ 1);
+    else
+      asm volatile("cp.async.commit_group;\n" ::); // an empty group: the wait below is the same
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory"); // this tile's copies, not the next's
     __syncthreads();
+    const __nv_bfloat16 *keyTile = tileBuffers + buffer * 2 * kMmaKeys * kPitch;
+    const __nv_bfloat16 *valueTile = keyTile + kMmaKeys * kPitch;
     // Scores: C fragments, element e of n-tile t is row[e / 2] and key
     // base + 8 t + 2 pair + e % 2.
     float s[kKeyTiles][4];
@@ -1299,14 +1331,40 @@ bool prefillAttendApplies(const AttentionGeometry &g) {
 }
 
 namespace {
+/// Lets mmaPrefillAttendKernel<D, Split> take its two tiles' shared memory
+/// past the default 48 KiB, once per device (the attribute is the
+/// device's; the first launch of a shape runs eagerly, before any graph
+/// records it). One flag set per instantiation: <D, false> and <D, true>
+/// have the same function type, so one shared flag would leave the second
+/// without it (cudaErrorInvalidValue at its launch).
+template <int D, bool Split> void allowMmaPrefillShared() {
+  if constexpr (mmaPrefillSharedBytes(D) > 48 * 1024) {
+    static std::atomic<uint64_t> devices{0};
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device >= 64)
+      return;
+    const uint64_t bit = uint64_t(1) << device;
+    if (devices.load() & bit)
+      return;
+    cudaFuncSetAttribute(mmaPrefillAttendKernel<D, Split>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(mmaPrefillSharedBytes(D)));
+    devices.fetch_or(bit);
+  }
+}
+
 template <int D>
 void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                             const int32_t *tiles, int64_t numTiles, float *out) {
   const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads));
-  if (g.bf16Queries)
-    mmaPrefillAttendKernel<D, false><<<grid, 128, 0, stream>>>(q, g, tiles, out);
-  else
-    mmaPrefillAttendKernel<D, true><<<grid, 128, 0, stream>>>(q, g, tiles, out);
+  constexpr size_t shared = mmaPrefillSharedBytes(D);
+  if (g.bf16Queries) {
+    allowMmaPrefillShared<D, false>();
+    mmaPrefillAttendKernel<D, false><<<grid, 128, shared, stream>>>(q, g, tiles, out);
+  } else {
+    allowMmaPrefillShared<D, true>();
+    mmaPrefillAttendKernel<D, true><<<grid, 128, shared, stream>>>(q, g, tiles, out);
+  }
 }
 } // namespace
 

@@ -1,5 +1,5 @@
 // Elementwise kernels: widening of stored weights, bias, SWIGLU, ADD,
-// EMBEDDING. One thread per element, grid-stride.
+// EMBEDDING. Grid-stride; SWIGLU four elements a thread where it can.
 #include "DependentLaunch.cuh"
 
 #include <cuda_fp16.h>
@@ -15,6 +15,8 @@ unsigned gridFor(int64_t n) {
   return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1)
                                               : 65535);
 }
+
+bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 __device__ float load(const void *src, Storage storage, int64_t i) {
   switch (storage) {
@@ -44,13 +46,28 @@ __global__ void addBiasKernel(float *y, const float *bias, int64_t n,
     y[i] += bias[i % N];
 }
 
-__global__ void swigluKernel(const float *gate, const float *up, float *y,
-                             int64_t n) {
+__device__ __forceinline__ float siluTimes(float g, float u) {
+  return g / (1.0f + expf(-g)) * u;
+}
+
+// Four elements a thread with 16-byte loads and stores (Vector: every
+// pointer 16-byte aligned and n a multiple of 4), else one. One element a
+// thread moved 2.1 TB/s on an H200 (a 2,048-token prefill of the 1.1B
+// shape: 66 us a call).
+template <bool Vector>
+__global__ void swigluKernel(const float *gate, const float *up, float *y, int64_t n) {
   beginDependentKernel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    float g = gate[i];
-    y[i] = g / (1.0f + expf(-g)) * up[i];
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  if constexpr (Vector) {
+    for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n / 4; q += stride) {
+      const float4 g = reinterpret_cast<const float4 *>(gate)[q];
+      const float4 u = reinterpret_cast<const float4 *>(up)[q];
+      reinterpret_cast<float4 *>(y)[q] = make_float4(siluTimes(g.x, u.x), siluTimes(g.y, u.y),
+                                                     siluTimes(g.z, u.z), siluTimes(g.w, u.w));
+    }
+  } else {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+      y[i] = siluTimes(gate[i], up[i]);
   }
 }
 
@@ -167,7 +184,10 @@ int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N) {
 }
 
 int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n) {
-  launchDependent(swigluKernel, gridFor(n), kThreads, 0, stream, gate, up, y, n);
+  if (n % 4 == 0 && aligned16(gate) && aligned16(up) && aligned16(y))
+    launchDependent(swigluKernel<true>, gridFor(n / 4), kThreads, 0, stream, gate, up, y, n);
+  else
+    launchDependent(swigluKernel<false>, gridFor(n), kThreads, 0, stream, gate, up, y, n);
   return cudaGetLastError();
 }
 

@@ -426,16 +426,36 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
   }
 }
 
+// x's bf16 halves for cuBLAS: four elements a thread (16-byte loads, 8-byte
+// stores) where x and both outputs allow it, else one. One element a thread
+// (2-byte stores) moved 1.2 TB/s on an H200 (a 2,048-token prefill of the
+// 1.1B shape: 22-56 us a call, 66 calls).
+__device__ __forceinline__ void splitOne(float v, __nv_bfloat16 &hi, __nv_bfloat16 *lo) {
+  hi = __float2bfloat16_rn(v);
+  if (lo) // medium precision keeps hi only
+    *lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+}
+
+template <bool Vector>
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
                                 __nv_bfloat16 *lo) {
   beginDependentKernel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = x[i];
-    const __nv_bfloat16 h = __float2bfloat16_rn(v);
-    hi[i] = h;
-    if (lo) // medium precision keeps hi only
-      lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  if constexpr (Vector) {
+    for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n / 4; q += stride) {
+      const float4 v = reinterpret_cast<const float4 *>(x)[q];
+      __align__(8) __nv_bfloat16 h[4], l[4];
+      splitOne(v.x, h[0], lo ? &l[0] : nullptr);
+      splitOne(v.y, h[1], lo ? &l[1] : nullptr);
+      splitOne(v.z, h[2], lo ? &l[2] : nullptr);
+      splitOne(v.w, h[3], lo ? &l[3] : nullptr);
+      reinterpret_cast<uint2 *>(hi)[q] = *reinterpret_cast<const uint2 *>(h);
+      if (lo)
+        reinterpret_cast<uint2 *>(lo)[q] = *reinterpret_cast<const uint2 *>(l);
+    }
+  } else {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+      splitOne(x[i], hi[i], lo ? &lo[i] : nullptr);
   }
 }
 
@@ -511,8 +531,14 @@ int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
 }
 
 int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo) {
-  if (n > 0)
-    launchDependent(splitBf16Kernel, gridFor(n, 256), 256, 0, stream, x, n,
+  const auto fits = [](const void *p, uintptr_t bytes) {
+    return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+  };
+  if (n > 0 && n % 4 == 0 && fits(x, 16) && fits(hi, 8) && fits(lo, 8))
+    launchDependent(splitBf16Kernel<true>, gridFor(n / 4, 256), 256, 0, stream, x, n,
+                    static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
+  else if (n > 0)
+    launchDependent(splitBf16Kernel<false>, gridFor(n, 256), 256, 0, stream, x, n,
                     static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
   return cudaGetLastError();
 }
