@@ -15,7 +15,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -1043,7 +1042,7 @@ __device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], u
 // banks.
 __host__ __device__ constexpr int mmaPrefillPitch(int D) { return D + 8; }
 // Two tiles of keys and two of values: 36 KiB at D = 64, 68 KiB at 128 (past
-// the 48 KiB a kernel gets without asking: allowMmaPrefillShared).
+// the 48 KiB a kernel gets without asking: allowDynamicShared).
 constexpr size_t mmaPrefillSharedBytes(int D) {
   return size_t(4) * kMmaKeys * mmaPrefillPitch(D) * sizeof(__nv_bfloat16);
 }
@@ -1331,38 +1330,16 @@ bool prefillAttendApplies(const AttentionGeometry &g) {
 }
 
 namespace {
-/// Lets mmaPrefillAttendKernel<D, Split> take its two tiles' shared memory
-/// past the default 48 KiB, once per device (the attribute is the
-/// device's; the first launch of a shape runs eagerly, before any graph
-/// records it). One flag set per instantiation: <D, false> and <D, true>
-/// have the same function type, so one shared flag would leave the second
-/// without it (cudaErrorInvalidValue at its launch).
-template <int D, bool Split> void allowMmaPrefillShared() {
-  if constexpr (mmaPrefillSharedBytes(D) > 48 * 1024) {
-    static std::atomic<uint64_t> devices{0};
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device >= 64)
-      return;
-    const uint64_t bit = uint64_t(1) << device;
-    if (devices.load() & bit)
-      return;
-    cudaFuncSetAttribute(mmaPrefillAttendKernel<D, Split>,
-                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(mmaPrefillSharedBytes(D)));
-    devices.fetch_or(bit);
-  }
-}
-
 template <int D>
 void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                             const int32_t *tiles, int64_t numTiles, float *out) {
   const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads));
   constexpr size_t shared = mmaPrefillSharedBytes(D);
   if (g.bf16Queries) {
-    allowMmaPrefillShared<D, false>();
+    allowDynamicShared<mmaPrefillAttendKernel<D, false>>(shared);
     mmaPrefillAttendKernel<D, false><<<grid, 128, shared, stream>>>(q, g, tiles, out);
   } else {
-    allowMmaPrefillShared<D, true>();
+    allowDynamicShared<mmaPrefillAttendKernel<D, true>>(shared);
     mmaPrefillAttendKernel<D, true><<<grid, 128, shared, stream>>>(q, g, tiles, out);
   }
 }

@@ -22,6 +22,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
 #include <utility>
 
 namespace llmir::engine::cuda::detail {
@@ -44,26 +46,10 @@ __device__ __forceinline__ void beginDependentKernel() {
   allowDependentLaunch();
 }
 
-/// `kernel<<<grid, block, shared, stream>>>(args...)`, allowed to overlap the
-/// stream's previous kernel when dependentLaunchEnabled().
-template <typename... Params, typename... Args>
-void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
-                     Stream stream, Args &&...args) {
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = dependentLaunchEnabled() ? 1 : 0;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
-
-/// launchDependent with the grid in thread-block clusters of `cluster`
-/// blocks (compute capability 9.0; cluster (1, 1, 1): none).
+/// `kernel<<<grid, block, shared, stream>>>(args...)` with the grid in
+/// thread-block clusters of `cluster` blocks (compute capability 9.0;
+/// cluster (1, 1, 1): none), allowed to overlap the stream's previous
+/// kernel when dependentLaunchEnabled().
 template <typename... Params, typename... Args>
 void launchDependentCluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
                             Stream stream, dim3 cluster, Args &&...args) {
@@ -82,6 +68,33 @@ void launchDependentCluster(void (*kernel)(Params...), dim3 grid, dim3 block, si
   config.attrs = attribute;
   config.numAttrs = cluster.x * cluster.y * cluster.z > 1 ? 2 : 1;
   cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+/// launchDependentCluster without clusters.
+template <typename... Params, typename... Args>
+void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                     Stream stream, Args &&...args) {
+  launchDependentCluster(kernel, grid, block, shared, stream, dim3(1, 1, 1),
+                         std::forward<Args>(args)...);
+}
+
+/// Lets `Kernel` take `bytes` of dynamic shared memory past the 48 KiB a
+/// kernel gets without asking, once per (kernel, device): the attribute is
+/// the device's, and the first launch of a shape runs eagerly, before any
+/// graph records it. One flag set per kernel (the template argument), not
+/// per function type: two instantiations of one kernel template share a
+/// type, and a shared flag left the second without the attribute.
+template <auto Kernel> void allowDynamicShared(size_t bytes) {
+  static std::atomic<uint64_t> devices{0};
+  int device = 0;
+  if (bytes <= 48 * 1024 || cudaGetDevice(&device) != cudaSuccess || device >= 64)
+    return;
+  const uint64_t bit = uint64_t(1) << device;
+  if (devices.load() & bit)
+    return;
+  cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(bytes));
+  devices.fetch_or(bit);
 }
 
 } // namespace llmir::engine::cuda::detail

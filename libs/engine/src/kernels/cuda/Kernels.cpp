@@ -135,18 +135,22 @@ bool switchedOff(const char *name) {
   return text && std::string(text) == "0";
 }
 
+namespace {
+/// Compute capability 9.0 or newer on the current device (dependent launch,
+/// thread-block clusters).
+bool hopperOrNewer() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError(); // not sticky: clear it
+    return false;
+  }
+  return major >= 9;
+}
+} // namespace
+
 bool dependentLaunchEnabled() {
-  static const bool enabled = [] {
-    if (switchedOff("LLMIR_CUDA_PDL"))
-      return false;
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-      cudaGetLastError(); // not sticky: clear it
-      return false;
-    }
-    return major >= 9;
-  }();
+  static const bool enabled = !switchedOff("LLMIR_CUDA_PDL") && hopperOrNewer();
   return enabled;
 }
 
@@ -161,17 +165,7 @@ bool fusedRopeEnabled() {
 }
 
 bool clusterMergeEnabled() {
-  static const bool enabled = [] {
-    if (switchedOff("LLMIR_CUDA_CLUSTER_MERGE"))
-      return false;
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-      cudaGetLastError(); // not sticky: clear it
-      return false;
-    }
-    return major >= 9;
-  }();
+  static const bool enabled = !switchedOff("LLMIR_CUDA_CLUSTER_MERGE") && hopperOrNewer();
   return enabled;
 }
 } // namespace detail

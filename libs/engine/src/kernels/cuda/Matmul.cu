@@ -22,7 +22,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 
 namespace llmir::engine::cuda::detail {
 namespace {
@@ -202,24 +201,6 @@ __global__ void __launch_bounds__(Warps * 32,
   }
 }
 
-/// Lets linear16Kernel<Tokens, Paired, Warps> take kSharedXBytes of dynamic
-/// shared memory on the current device (once per device: the attribute is
-/// the device's; the first launch of a shape runs eagerly, before any graph
-/// records it).
-template <int Tokens, bool Paired, int Warps> void allowSharedX() {
-  static std::atomic<uint64_t> devices{0};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device >= 64)
-    return;
-  const uint64_t bit = uint64_t(1) << device;
-  if (devices.load() & bit)
-    return;
-  cudaFuncSetAttribute(linear16Kernel<Tokens, Paired, Warps>,
-                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(kSharedXBytes));
-  devices.fetch_or(bit);
-}
-
 // Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
 // three blocks fit a multiprocessor: 512 blocks of 8 rows were 1.3 waves,
 // the second mostly idle. Blocks of kWideWarps rows (one token, unpaired)
@@ -230,8 +211,7 @@ constexpr int kWideWarps = 16;
 template <int Tokens, bool Paired, int Warps>
 void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                 size_t shared, LinearSegments segments) {
-  if (shared > size_t(kDefaultSharedBytes))
-    allowSharedX<Tokens, Paired, Warps>();
+  allowDynamicShared<linear16Kernel<Tokens, Paired, Warps>>(shared);
   int64_t blocks = 0;
   for (int s = 0; s < segments.count; ++s) {
     segments.firstBlock[s] = static_cast<unsigned>(blocks);
