@@ -5,7 +5,14 @@ namespace llmir::kvstore {
 bool BlockPool::evictOneLocked() {
   if (lru_.empty())
     return false;
+  // A block a client found since the pool last looked at it counts as
+  // used now (a second chance, at most once per block and eviction).
+  if (hooks_.touched)
+    for (size_t chances = lru_.size(); chances > 0 && hooks_.touched(lru_.back()); --chances)
+      lru_.splice(lru_.begin(), lru_, std::prev(lru_.end()));
   auto it = blocks_.find(lru_.back());
+  if (hooks_.dropped)
+    hooks_.dropped(it->first);
   stats_.bytesHeld -= it->second.block->bytes;
   stats_.blocks -= 1;
   stats_.evictions += 1;
@@ -39,6 +46,8 @@ void BlockPool::insert(std::shared_ptr<StoredBlock> block) {
   stats_.bytesReserved -= block->bytes;
   auto it = blocks_.find(block->key);
   if (it != blocks_.end()) {
+    if (hooks_.dropped)
+      hooks_.dropped(it->first);
     stats_.bytesHeld -= it->second.block->bytes;
     stats_.blocks -= 1;
     lru_.erase(it->second.lru);
@@ -49,7 +58,14 @@ void BlockPool::insert(std::shared_ptr<StoredBlock> block) {
   stats_.stored += 1;
   lru_.push_front(block->key);
   BlockKey key = block->key;
-  blocks_.emplace(key, Entry{std::move(block), lru_.begin()});
+  auto placed = blocks_.emplace(key, Entry{std::move(block), lru_.begin()}).first;
+  if (hooks_.held)
+    hooks_.held(*placed->second.block);
+}
+
+void BlockPool::setIndexHooks(IndexHooks hooks) {
+  std::lock_guard lock(mu_);
+  hooks_ = std::move(hooks);
 }
 
 std::shared_ptr<const StoredBlock> BlockPool::find(const BlockKey &key) {

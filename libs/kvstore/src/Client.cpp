@@ -1,6 +1,7 @@
 #include "llmir/kvstore/Client.h"
 
 #include "SharedArena.h"
+#include "SharedIndex.h"
 #include "Ucx.h"
 #include "Wire.h"
 
@@ -11,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -92,6 +94,14 @@ public:
                            int64_t limitMs);
   void closeChannel();
   bool sharedMemoryAllowed() const;
+  /// A get served from the store's index where it can be (SharedIndex.h);
+  /// the other blocks go to the store through the channel.
+  Result<std::vector<BlockStatus>> getFromIndex(size_t n, Clock::time_point deadline,
+                                                int64_t limitMs);
+  /// Whether the store behind the mapped segment stopped serving it: it
+  /// said so (a clean stop), its process exited (a pidfd of it polls
+  /// readable) or, without a pidfd, the endpoint reported the peer lost.
+  bool storeGone();
 
   ClientOptions options_;
   std::unique_ptr<ucx::Worker> worker_;
@@ -129,6 +139,13 @@ public:
   uint32_t channelSeq_ = 0;
   std::optional<wire::ChannelOffer> channelOffer_;
   std::vector<uint8_t> channelReply_;
+  // The store's index in the mapped segment (gets served here without a
+  // request; needs the channel, whose header carries their counters), and
+  // a pidfd of the store's process (-1: none), which tells that it died.
+  std::optional<index::Reader> index_;
+  int storePidFd_ = -1;
+  std::vector<GetBlock> askStore_;
+  std::vector<size_t> askIndex_;
 
   // The blocks of the current call (one of them is set).
   std::span<const PutBlock> putBlocks_;
@@ -244,6 +261,10 @@ void Client::Impl::disconnect(bool force) {
   authenticated_ = false;
   authReply_.reset();
   // A restarted store has another segment; a dead one's pages are freed.
+  index_.reset();
+  if (storePidFd_ >= 0)
+    ::close(storePidFd_);
+  storePidFd_ = -1;
   closeChannel();
   arena_.reset();
   spares_.clear();
@@ -696,7 +717,80 @@ Status Client::Impl::openChannel(Clock::time_point deadline, int64_t limitMs) {
   channel_ = arena_->base() + at;
   channelBytes_ = offer.messageBytes;
   channelSeq_ = 0;
+  if (options_.indexedGets) {
+    index_ = index::Reader::open(arena_->base(), arena_->size());
+#ifdef SYS_pidfd_open
+    if (index_)
+      storePidFd_ = static_cast<int>(syscall(SYS_pidfd_open, offer_->pid, 0));
+#endif
+  }
   return Status::ok();
+}
+
+bool Client::Impl::storeGone() {
+  if (index_->closed())
+    return true;
+  if (storePidFd_ >= 0) {
+    pollfd p{storePidFd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
+  }
+  worker_->progress();
+  return endpointFailed_;
+}
+
+Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::time_point deadline,
+                                                            int64_t limitMs) {
+  if (storeGone()) {
+    std::string why = where() + " is unreachable or the connection was lost: " +
+                      (index_->closed() ? "the store stopped serving its segment"
+                                        : "the store's process exited");
+    disconnect(/*force=*/true); // the next call reconnects
+    return Status::error(why);
+  }
+  std::span<const GetBlock> blocks = getBlocks_;
+  std::vector<BlockStatus> out(n, BlockStatus::Missing);
+  askStore_.clear();
+  askIndex_.clear();
+  uint64_t hits = 0, bytes = 0, rejected = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const GetBlock &g = blocks[i];
+    switch (index_->get(g.key, g.dtype, g.destination, g.bytes)) {
+    case index::LocalGet::Found:
+      out[i] = BlockStatus::Found;
+      ++hits;
+      bytes += g.bytes;
+      break;
+    case index::LocalGet::Rejected:
+      out[i] = BlockStatus::Rejected;
+      ++rejected;
+      break;
+    case index::LocalGet::AskTheStore:
+      askStore_.push_back(g);
+      askIndex_.push_back(i);
+      break;
+    }
+  }
+  // The store adds these to its metrics (the client is the only writer).
+  auto *counters = reinterpret_cast<wire::ChannelHeader *>(channel_);
+  if (hits)
+    __atomic_store_n(&counters->localHits, counters->localHits + hits, __ATOMIC_RELAXED);
+  if (bytes)
+    __atomic_store_n(&counters->localBytes, counters->localBytes + bytes, __ATOMIC_RELAXED);
+  if (rejected)
+    __atomic_store_n(&counters->localRejected, counters->localRejected + rejected,
+                     __ATOMIC_RELAXED);
+  if (askStore_.empty())
+    return out;
+  // Not indexed, or withdrawn, replaced or freed around the copy: the
+  // store answers for those (GetShared through the channel).
+  std::vector<size_t> where = askIndex_;
+  getBlocks_ = askStore_;
+  Status st = exchange(wire::Op::GetShared, askStore_.size(), deadline, limitMs);
+  getBlocks_ = blocks;
+  LLMIR_RETURN_IF_ERROR(st);
+  for (size_t k = 0; k < where.size(); ++k)
+    out[where[k]] = statuses_[k];
+  return out;
 }
 
 void Client::Impl::closeChannel() {
@@ -827,6 +921,12 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
   if (n == 0)
     return statuses_;
   LLMIR_RETURN_IF_ERROR(prepare(deadline, limit.count()));
+  if (index_ && op == wire::Op::Get) {
+    auto got = getFromIndex(n, deadline, limit.count());
+    if (got)
+      statuses_ = *got;
+    return got;
+  }
   if (arena_ && op == wire::Op::Get)
     op = wire::Op::GetShared;
   if (!arena_ || op != wire::Op::Put) {
@@ -1024,6 +1124,7 @@ size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_;
 
 bool Client::usesSharedMemory() const { return impl_->arena_ != nullptr; }
 bool Client::usesRequestChannel() const { return impl_->channel_ != nullptr; }
+bool Client::usesIndexedGets() const { return impl_->index_.has_value(); }
 
 std::string Client::describeConnection() const {
   if (!impl_->ep_)
@@ -1034,7 +1135,8 @@ std::string Client::describeConnection() const {
                 std::to_string(impl_->arena_->size()) + " bytes, mapped)\n" +
                 (impl_->channel_ ? "requests: the channel in the segment\n"
                                  : "requests: UCX active messages (" + impl_->arenaNote_ +
-                                       ")\n")
+                                       ")\n") +
+                (impl_->index_ ? "gets: served from the store's index in the segment\n" : "")
           : "block bytes: UCX active messages" +
                 (impl_->arenaNote_.empty() ? "" : " (" + impl_->arenaNote_ + ")") + "\n";
   char *text = nullptr;

@@ -1,12 +1,14 @@
 #include "llmir/kvstore/Server.h"
 
 #include "SharedArena.h"
+#include "SharedIndex.h"
 #include "Ucx.h"
 #include "Wire.h"
 
 #include "llmir/support/ClusterAuth.h"
 
 #include <arpa/inet.h>
+#include <algorithm>
 #include <atomic>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -94,6 +96,9 @@ public:
   // Before the pool: its blocks return their memory to the segment.
   std::unique_ptr<SharedArena> arena_;
   std::string arenaStatus_ = "off";
+  // The blocks of the segment by key, for clients that serve gets
+  // themselves (SharedIndex.h); kept by the pool's hooks.
+  std::optional<index::Writer> index_;
   BlockPool pool_;
   // Per endpoint: blocks of its last shared get (alive until its next
   // request) and room reserved by its shared puts (until committed or the
@@ -112,6 +117,38 @@ public:
     uint32_t lastSeq = 0; // of the last request served
   };
   std::map<ucp_ep_h, Channel> channels_;
+  // The gets clients served themselves, as their channels count them
+  // (ChannelHeader::local*), read by stats() on another thread: per live
+  // channel the largest values seen (a client's counters only grow; one
+  // that writes smaller ones cannot make ours shrink), plus those of
+  // channels already freed.
+  struct LocalGets {
+    uint64_t hits = 0, bytes = 0, rejected = 0;
+  };
+  mutable std::mutex localMu_;
+  mutable std::map<ucp_ep_h, std::pair<const wire::ChannelHeader *, LocalGets>> localLive_;
+  LocalGets localRetired_;
+  static void foldLocal(const wire::ChannelHeader *h, LocalGets &seen) {
+    seen.hits = std::max(seen.hits, __atomic_load_n(&h->localHits, __ATOMIC_RELAXED));
+    seen.bytes = std::max(seen.bytes, __atomic_load_n(&h->localBytes, __ATOMIC_RELAXED));
+    seen.rejected =
+        std::max(seen.rejected, __atomic_load_n(&h->localRejected, __ATOMIC_RELAXED));
+  }
+  PoolStats stats() const {
+    PoolStats s = pool_.stats();
+    std::lock_guard lock(localMu_);
+    LocalGets sum = localRetired_;
+    for (auto &[ep, live] : localLive_) {
+      foldLocal(live.first, live.second);
+      sum.hits += live.second.hits;
+      sum.bytes += live.second.bytes;
+      sum.rejected += live.second.rejected;
+    }
+    s.hits += sum.hits;
+    s.rejected += sum.rejected;
+    s.clientServedBytes = sum.bytes;
+    return s;
+  }
   // Clients write a byte here to wake the progress thread while it sleeps
   // (the word at wire::kStoreSleepingOffset says so); they open the write
   // end through /proc/<pid>/fd.
@@ -218,6 +255,13 @@ Status Server::Impl::open() {
     if (arena) {
       arena_ = std::move(*arena);
       arenaStatus_ = std::to_string(arena_->size()) + " bytes";
+      index_ = index::Writer::create(*arena_, options_.capacityBytes);
+      if (index_) {
+        index::Writer *w = &*index_;
+        pool_.setIndexHooks({[w](const StoredBlock &b) { w->publish(b); },
+                             [w](const BlockKey &k) { w->withdraw(k); },
+                             [w](const BlockKey &k) { return w->takeTouched(k); }});
+      }
       // No wake pipe: clients then keep their requests on UCX.
       if (pipe2(wakePipe_, O_NONBLOCK | O_CLOEXEC) != 0)
         wakePipe_[0] = wakePipe_[1] = -1;
@@ -857,6 +901,8 @@ void Server::Impl::openChannel(ucp_ep_h ep, const MessageHeader &h) {
     channel.header = reinterpret_cast<wire::ChannelHeader *>(arena_->base() + *offset);
     std::memset(channel.header, 0, sizeof(wire::ChannelHeader));
     channels_[ep] = channel;
+    std::lock_guard lock(localMu_);
+    localLive_[ep] = {channel.header, LocalGets{}};
   }
   Reply *reply = replyFor(h, {});
   wire::ChannelOffer offer{};
@@ -874,6 +920,16 @@ void Server::Impl::freeChannel(ucp_ep_h ep) {
   auto it = channels_.find(ep);
   if (it == channels_.end())
     return;
+  {
+    std::lock_guard lock(localMu_);
+    if (auto live = localLive_.find(ep); live != localLive_.end()) {
+      foldLocal(live->second.first, live->second.second);
+      localRetired_.hits += live->second.second.hits;
+      localRetired_.bytes += live->second.second.bytes;
+      localRetired_.rejected += live->second.second.rejected;
+      localLive_.erase(live);
+    }
+  }
   arena_->free(it->second.offset,
                sizeof(wire::ChannelHeader) + 2ull * wire::kChannelMessageBytes);
   channels_.erase(it);
@@ -1085,7 +1141,10 @@ void Server::Impl::run() {
     while (read(wakePipe_[0], drain, sizeof drain) > 0) {
     }
   }
-  // Shut down on the thread that owns the worker.
+  // Shut down on the thread that owns the worker. Clients stop serving
+  // gets from the segment first (they fail the call, as on a lost store).
+  if (index_)
+    index_->close();
   for (ucp_ep_h ep : endpoints_)
     ucx::closeEndpoint(*worker_, ep, /*force=*/true);
   endpoints_.clear();
@@ -1147,7 +1206,7 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() { stop(); }
 void Server::stop() { impl_->stop(); }
 uint16_t Server::port() const { return impl_->port_; }
-PoolStats Server::stats() const { return impl_->pool_.stats(); }
+PoolStats Server::stats() const { return impl_->stats(); }
 uint64_t Server::connections() const { return impl_->connections_; }
 std::string Server::sharedMemoryStatus() const { return impl_->arenaStatus_; }
 

@@ -3,6 +3,7 @@
 #include "Checksum.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -69,9 +70,22 @@ std::optional<uint64_t> SharedArena::allocate(uint64_t bytes) {
   return std::nullopt;
 }
 
+void SharedArena::attachGenerations(uint64_t offset, uint32_t regionShift) {
+  std::lock_guard lock(mu_);
+  generations_ = reinterpret_cast<uint32_t *>(base_ + offset);
+  regionShift_ = regionShift;
+}
+
 void SharedArena::free(uint64_t offset, uint64_t bytes) {
   bytes = alignUp(bytes);
   std::lock_guard lock(mu_);
+  if (generations_ && bytes > 0) {
+    // Before the range can be handed out again (allocate takes this lock):
+    // a client that copied from it sees the bump once it could have seen
+    // any byte written there later.
+    for (uint64_t r = offset >> regionShift_; r <= (offset + bytes - 1) >> regionShift_; ++r)
+      std::atomic_ref<uint32_t>(generations_[r]).fetch_add(1, std::memory_order_seq_cst);
+  }
   auto next = free_.lower_bound(offset);
   if (next != free_.end() && offset + bytes == next->first) { // merge with the next
     bytes += next->second;

@@ -48,6 +48,11 @@ public:
   /// touched part of the segment compact); nullopt when no free range fits.
   std::optional<uint64_t> allocate(uint64_t bytes);
   void free(uint64_t offset, uint64_t bytes);
+  /// From now on free() bumps, before a range can be allocated again, the
+  /// u32 generation of every 2^regionShift-byte region of the segment the
+  /// range overlaps (a table at `offset` in the segment, one u32 per region;
+  /// SharedIndex.h says why).
+  void attachGenerations(uint64_t offset, uint32_t regionShift);
 
 private:
   SharedArena() = default;
@@ -57,6 +62,8 @@ private:
   ArenaNonce nonce_{};
   std::mutex mu_;
   std::map<uint64_t, uint64_t> free_; // offset -> length, coalesced
+  uint32_t *generations_ = nullptr;
+  uint32_t regionShift_ = 0;
 };
 
 /// The client's side: the store's segment mapped read-write.

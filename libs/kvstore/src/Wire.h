@@ -121,10 +121,17 @@ struct ChannelHeader {
   uint32_t requestSeq;   // client -> store
   uint32_t requestLength;
   uint32_t clientWaiting; // 1 while the client may sleep on replySeq
-  uint32_t pad0[13];
+  uint32_t pad0;
+  // Gets the client served itself from the store's index (SharedIndex.h),
+  // cumulative: blocks found, their bytes, blocks rejected (dtype, size or
+  // checksum). The store adds them to its own counters (its metrics).
+  uint64_t localHits;
+  uint64_t localBytes;
+  uint64_t localRejected;
+  uint32_t pad1[6];
   uint32_t replySeq;      // store -> client (own cache line)
   uint32_t replyLength;
-  uint32_t pad1[14];
+  uint32_t pad2[14];
 };
 static_assert(sizeof(ChannelHeader) == 128);
 // In the segment's first 64 bytes (after the 16-byte nonce): non-zero while

@@ -52,6 +52,10 @@ struct PoolStats {
   uint64_t evictions = 0;
   uint64_t stored = 0;
   uint64_t rejected = 0;
+  /// Of the hits: bytes of the blocks that same-host clients found in the
+  /// store's index and copied out of its segment themselves (Server::stats;
+  /// no request reached the store for them).
+  uint64_t clientServedBytes = 0;
 };
 
 class BlockPool {
@@ -82,6 +86,22 @@ public:
   void countRejected(uint64_t n = 1);
   PoolStats stats() const;
 
+  /// What a store that lets clients serve gets themselves (its index in the
+  /// shared-memory segment) needs from the pool. Each runs under the pool's
+  /// lock, on the thread that changed the pool.
+  struct IndexHooks {
+    /// A block is held under its key from now on (new or replacing).
+    std::function<void(const StoredBlock &)> held;
+    /// The key's block is no longer held (evicted or replaced; replacement
+    /// calls `held` with the new block after this).
+    std::function<void(const BlockKey &)> dropped;
+    /// Whether a client found the block since it was last asked: the
+    /// eviction then moves it to the most recent end instead (clients'
+    /// hits do not reach the pool when they happen).
+    std::function<bool(const BlockKey &)> touched;
+  };
+  void setIndexHooks(IndexHooks hooks);
+
 private:
   struct Entry {
     std::shared_ptr<StoredBlock> block;
@@ -93,6 +113,7 @@ private:
   std::unordered_map<BlockKey, Entry, BlockKeyHash> blocks_;
   std::list<BlockKey> lru_; // front: most recently used
   PoolStats stats_;
+  IndexHooks hooks_;
 };
 
 } // namespace llmir::kvstore

@@ -53,6 +53,12 @@ struct ClientOptions {
   /// 2-core machine (docs/performance.md).
   bool requestChannel = true;
   std::chrono::microseconds channelSpin{0};
+  /// With the request channel open and a store that publishes its index in
+  /// the segment, serve gets here: look the key up, copy and hash the
+  /// block, and prove it was not freed meanwhile, without a request
+  /// (docs/kv-store.md, "Gets served by the client"). Blocks the index does
+  /// not hold (or that changed during the copy) are asked of the store.
+  bool indexedGets = true;
 };
 
 enum class BlockStatus {
@@ -113,6 +119,8 @@ public:
   /// Whether the current connection carries shared-memory requests and
   /// replies through the channel in the store's segment.
   bool usesRequestChannel() const;
+  /// Whether the current connection serves gets from the store's index.
+  bool usesIndexedGets() const;
 
   class Impl;
 
