@@ -123,6 +123,13 @@ struct Metrics {
     evictions.Increment(double(s.evictions - last.evictions));
     stored.Increment(double(s.stored - last.stored));
     rejected.Increment(double(s.rejected - last.rejected));
+    // Gets that same-host clients served from the store's index moved their
+    // bytes through the segment without a request (no request histogram).
+    if (s.clientServedBytes > last.clientServedBytes) {
+      double moved = double(s.clientServedBytes - last.clientServedBytes);
+      bytesMoved.Add({{"op", "get"}}).Increment(moved);
+      sharedBytes.Add({{"op", "get"}}).Increment(moved);
+    }
     last = s;
   }
 };

@@ -298,6 +298,122 @@ TEST_P(KvStore, ARestartedServerIsAnErrorThenUsedAgain) {
   EXPECT_EQ(client->usesRequestChannel(), sharedMemory()) << client->describeConnection();
 }
 
+// With shm,tcp a get of blocks the store's index holds is served by the
+// client itself (docs/kv-store.md, "Gets served by the client"): no request
+// reaches the store, yet its hits, bytes and recency count them; a block
+// not held is asked of the store through the channel.
+TEST_P(KvStore, GetsOfIndexedBlocksAreServedByTheClientAndStillCounted) {
+  std::atomic<int> getRequests{0};
+  ServerOptions so;
+  so.capacityBytes = 3 * (1 << 20);
+  auto started = Server::start(so, [&](const OperationRecord &r) {
+    if (r.op == Operation::Get)
+      ++getRequests;
+  });
+  ASSERT_TRUE(started) << started.message();
+  auto server = std::move(*started);
+  auto client = connect(server->port());
+  ASSERT_TRUE(client);
+  std::vector<std::vector<uint8_t>> data;
+  for (int i = 0; i < 4; ++i)
+    data.push_back(bytesOf(1 << 20, uint32_t(40 + i)));
+  auto putOne = [&](int i) {
+    PutBlock p{keyFor("indexed", 16 * i), "f32", data[i].data(), data[i].size()};
+    auto r = client->put(std::span(&p, 1));
+    ASSERT_TRUE(r) << r.message();
+    EXPECT_EQ((*r)[0], BlockStatus::Stored);
+  };
+  for (int i = 0; i < 3; ++i)
+    putOne(i);
+  EXPECT_EQ(client->usesIndexedGets(), sharedMemory()) << client->describeConnection();
+
+  std::vector<uint8_t> out(1 << 20), other(64);
+  GetBlock g{keyFor("indexed", 0), "f32", out.data(), out.size()};
+  auto got = client->get(std::span(&g, 1));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ(out, data[0]);
+  if (sharedMemory()) // (over TCP the store counts requests as their replies complete)
+    EXPECT_EQ(getRequests.load(), 0);
+  PoolStats s = server->stats();
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.clientServedBytes, sharedMemory() ? uint64_t(1 << 20) : 0u);
+
+  // A held block and one never stored: only the second is asked of the store.
+  std::vector<GetBlock> two = {g, {keyFor("indexed", 999), "f32", other.data(), 64}};
+  auto mixed = client->get(two);
+  ASSERT_TRUE(mixed) << mixed.message();
+  EXPECT_EQ((*mixed)[0], BlockStatus::Found);
+  EXPECT_EQ((*mixed)[1], BlockStatus::Missing);
+  s = server->stats();
+  EXPECT_EQ(s.hits, 2u);
+  EXPECT_EQ(s.misses, 1u);
+  if (sharedMemory())
+    EXPECT_EQ(getRequests.load(), 1);
+  // Held with another size: rejected, counted, never copied.
+  GetBlock wrongSize{keyFor("indexed", 0), "f32", other.data(), 64};
+  auto rejected = client->get(std::span(&wrongSize, 1));
+  ASSERT_TRUE(rejected) << rejected.message();
+  EXPECT_EQ((*rejected)[0], BlockStatus::Rejected);
+  EXPECT_EQ(server->stats().rejected, 1u);
+
+  // Recency: block 0 was found last (by the client, not the store), so the
+  // put that needs room evicts block 1, the least recently used.
+  putOne(3);
+  std::vector<BlockQuery> q;
+  for (int i = 0; i < 4; ++i)
+    q.push_back({keyFor("indexed", 16 * i), "f32", data[i].size()});
+  auto present = client->exists(q);
+  ASSERT_TRUE(present) << present.message();
+  EXPECT_EQ((*present)[0], BlockStatus::Found);
+  EXPECT_EQ((*present)[1], BlockStatus::Missing);
+  EXPECT_EQ((*present)[2], BlockStatus::Found);
+  EXPECT_EQ((*present)[3], BlockStatus::Found);
+  // An evicted block is no longer served from the index.
+  GetBlock evicted{keyFor("indexed", 16), "f32", out.data(), out.size()};
+  auto gone = client->get(std::span(&evicted, 1));
+  ASSERT_TRUE(gone) << gone.message();
+  EXPECT_EQ((*gone)[0], BlockStatus::Missing);
+}
+
+// The client's mapping of a stopped store's segment stays readable (its
+// pages live until unmapped), index included: the client must not serve
+// gets from it. After the restart the same key holds other bytes in the new
+// store, and only those may come back.
+TEST_P(KvStore, ARestartedStoreInvalidatesTheMappedIndex) {
+  auto server = startServer(8 << 20);
+  ASSERT_TRUE(server);
+  uint16_t port = server->port();
+  auto client = connect(port, 2s);
+  ASSERT_TRUE(client);
+  std::vector<uint8_t> before = bytesOf(256 << 10, 60), after = bytesOf(256 << 10, 61);
+  PutBlock p{keyFor("incarnation", 0), "f32", before.data(), before.size()};
+  ASSERT_TRUE(client->put(std::span(&p, 1)));
+  std::vector<uint8_t> out(before.size());
+  GetBlock g{keyFor("incarnation", 0), "f32", out.data(), out.size()};
+  auto got = client->get(std::span(&g, 1));
+  ASSERT_TRUE(got) << got.message();
+  ASSERT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ(client->usesIndexedGets(), sharedMemory());
+
+  server->stop();
+  server = startServer(8 << 20, port);
+  ASSERT_TRUE(server);
+  auto first = client->get(std::span(&g, 1));
+  if (first) // the error of the call that meets the restart, or the new store's answer
+    EXPECT_EQ((*first)[0], BlockStatus::Missing) << "served from the old store's segment";
+  else
+    EXPECT_NE(first.message().find("kv store"), std::string::npos) << first.message();
+  PutBlock q{keyFor("incarnation", 0), "f32", after.data(), after.size()};
+  auto stored = client->put(std::span(&q, 1));
+  ASSERT_TRUE(stored) << stored.message();
+  auto again = client->get(std::span(&g, 1));
+  ASSERT_TRUE(again) << again.message();
+  EXPECT_EQ((*again)[0], BlockStatus::Found);
+  EXPECT_EQ(out, after) << "the old store's bytes came back";
+  EXPECT_EQ(client->usesIndexedGets(), sharedMemory()) << client->describeConnection();
+}
+
 TEST_P(KvStore, AStoreWithoutASegmentMovesBytesInMessages) {
   auto server = startServer(8 << 20, 0, /*withSegment=*/false);
   ASSERT_TRUE(server);

@@ -1,0 +1,197 @@
+// The store's index in its shared-memory segment (SharedIndex.h), read the
+// way a client reads it: through a second mapping of the segment. The store
+// side is the real index::Writer over a real SharedArena; the threads below
+// play the store (publishing, withdrawing and freeing blocks, reusing their
+// ranges for other blocks) and the client (copying blocks out meanwhile).
+#include "SharedArena.h"
+#include "SharedIndex.h"
+
+#include "llmir/kvstore/BlockKey.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+using namespace llmir::kvstore;
+
+namespace {
+
+BlockKey keyOf(int32_t i) {
+  std::vector<int32_t> tokens(16);
+  std::iota(tokens.begin(), tokens.end(), i * 16);
+  BlockKeyFields f;
+  f.model = "index";
+  f.layerEnd = 1;
+  f.dtype = "f32";
+  f.blockTokens = 16;
+  f.tokenPrefix = tokens;
+  return *makeBlockKey(f);
+}
+
+std::vector<uint8_t> contentOf(int32_t i, size_t n) {
+  std::vector<uint8_t> out(n);
+  std::mt19937 rng(uint32_t(i) * 7919u + 1);
+  for (auto &b : out)
+    b = static_cast<uint8_t>(rng());
+  return out;
+}
+
+// A block in the arena as the store holds one (its range is freed by the
+// test, in the store's order: withdrawn from the index first).
+StoredBlock placed(SharedArena &arena, int32_t i, const std::vector<uint8_t> &bytes) {
+  auto at = arena.allocate(bytes.size());
+  EXPECT_TRUE(at);
+  std::memcpy(arena.base() + *at, bytes.data(), bytes.size());
+  StoredBlock b;
+  b.key = keyOf(i);
+  b.dtype = "f32";
+  b.bytes = bytes.size();
+  b.checksum = blockChecksum(bytes.data(), bytes.size());
+  b.arenaOffset = *at;
+  return b;
+}
+
+struct Segment {
+  std::unique_ptr<SharedArena> arena;
+  std::unique_ptr<ArenaMapping> client; // the client's own mapping
+};
+
+Segment segmentOf(uint64_t bytes) {
+  Segment s;
+  auto arena = SharedArena::create(bytes);
+  EXPECT_TRUE(arena) << arena.message();
+  s.arena = std::move(*arena);
+  auto mapped = ArenaMapping::open(getpid(), s.arena->fd(), s.arena->size(), s.arena->nonce());
+  EXPECT_TRUE(mapped) << mapped.message();
+  s.client = std::move(*mapped);
+  return s;
+}
+
+TEST(SharedIndex, AFoundBlockIsTheBlockAndAnythingElseIsRejectedOrAskedOfTheStore) {
+  Segment seg = segmentOf(8 << 20);
+  // A segment without a published index offers none.
+  EXPECT_FALSE(index::Reader::open(seg.client->base(), seg.client->size()));
+  auto writer = index::Writer::create(*seg.arena, 4 << 20);
+  ASSERT_TRUE(writer);
+  auto reader = index::Reader::open(seg.client->base(), seg.client->size());
+  ASSERT_TRUE(reader);
+  EXPECT_FALSE(reader->closed());
+
+  const size_t n = (1 << 20) + 100; // ends mid-region and mid-stripe
+  std::vector<uint8_t> content = contentOf(1, n);
+  StoredBlock block = placed(*seg.arena, 1, content);
+  writer->publish(block);
+
+  std::vector<uint8_t> out(n);
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::Found);
+  EXPECT_EQ(out, content);
+  EXPECT_TRUE(writer->takeTouched(keyOf(1))) << "a client's hit is visible to the store";
+  EXPECT_FALSE(writer->takeTouched(keyOf(1))) << "and cleared once taken";
+
+  // Held with another dtype or size: rejected, as the store answers.
+  EXPECT_EQ(reader->get(keyOf(1), "bf16", out.data(), n), index::LocalGet::Rejected);
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n - 1), index::LocalGet::Rejected);
+  // Not indexed: the store is asked (never reported Missing from here).
+  EXPECT_EQ(reader->get(keyOf(2), "f32", out.data(), n), index::LocalGet::AskTheStore);
+
+  // A block whose bytes were changed in the segment (a buggy or hostile
+  // process mapping it) no longer hashes to its checksum: rejected.
+  seg.client->base()[block.arenaOffset + n / 2] ^= 0x40;
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::Rejected);
+  seg.client->base()[block.arenaOffset + n / 2] ^= 0x40;
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::Found);
+
+  // Withdrawn (evicted): the store is asked; its range may then be reused.
+  writer->withdraw(keyOf(1));
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::AskTheStore);
+  seg.arena->free(block.arenaOffset, n);
+
+  // Replaced under the same key: the new block is the one found.
+  std::vector<uint8_t> shorter = contentOf(3, 4096);
+  StoredBlock other = placed(*seg.arena, 1, shorter);
+  writer->publish(other);
+  std::vector<uint8_t> small(4096);
+  EXPECT_EQ(reader->get(keyOf(1), "f32", small.data(), 4096), index::LocalGet::Found);
+  EXPECT_EQ(small, shorter);
+
+  writer->close();
+  EXPECT_TRUE(reader->closed()) << "a stopped store's segment is not served from";
+}
+
+TEST(SharedIndex, ABlockFreedOrReusedDuringTheCopyIsNeverFound) {
+  // The "store" thread keeps publishing blocks and withdrawing and freeing
+  // them, so that the next block is placed in a freed range at once (the
+  // arena allocates first-fit from the lowest address); the "client" thread
+  // copies blocks out meanwhile. Every block's bytes depend on its key only,
+  // so a copy that caught another block's bytes would hash wrong: the
+  // generations must turn every such race into AskTheStore before the hash
+  // sees it (no block is ever corrupted here, so no Rejected), and a Found
+  // block must be exactly its bytes.
+  constexpr size_t kBlock = 192 << 10; // not a multiple of the 64 KiB regions
+  constexpr int kKeys = 6;
+  Segment seg = segmentOf(16 << 20);
+  auto writer = index::Writer::create(*seg.arena, 8 << 20);
+  ASSERT_TRUE(writer);
+  auto reader = index::Reader::open(seg.client->base(), seg.client->size());
+  ASSERT_TRUE(reader);
+  std::vector<std::vector<uint8_t>> content;
+  for (int k = 0; k < kKeys; ++k)
+    content.push_back(contentOf(k, kBlock));
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> published{0};
+  std::thread store([&] {
+    std::map<int, uint64_t> held; // key -> offset
+    std::mt19937 rng(42);
+    while (!stop) {
+      int k = int(rng() % kKeys);
+      if (auto it = held.find(k); it != held.end()) {
+        writer->withdraw(keyOf(k)); // the store's order: withdraw, then free
+        seg.arena->free(it->second, kBlock);
+        held.erase(it);
+      } else {
+        StoredBlock b = placed(*seg.arena, k, content[k]);
+        writer->publish(b);
+        held[k] = b.arenaOffset;
+        ++published;
+      }
+    }
+  });
+  uint64_t found = 0, asked = 0, rejected = 0, wrong = 0;
+  std::vector<uint8_t> out(kBlock);
+  std::mt19937 rng(7);
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  while (std::chrono::steady_clock::now() < until || found < 50) {
+    int k = int(rng() % kKeys);
+    switch (reader->get(keyOf(k), "f32", out.data(), kBlock)) {
+    case index::LocalGet::Found:
+      ++found;
+      if (out != content[k])
+        ++wrong;
+      break;
+    case index::LocalGet::Rejected: ++rejected; break;
+    case index::LocalGet::AskTheStore: ++asked; break;
+    }
+    if (found + asked + rejected > 5'000'000)
+      break;
+  }
+  stop = true;
+  store.join();
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(rejected, 0u) << "a block freed or reused during the copy must be asked of the store";
+  EXPECT_GT(found, 0u);
+  EXPECT_GT(asked, 0u);
+  EXPECT_GT(published.load(), 100u);
+  RecordProperty("found", std::to_string(found));
+  RecordProperty("asked", std::to_string(asked));
+}
+
+} // namespace
