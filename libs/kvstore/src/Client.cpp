@@ -72,6 +72,12 @@ class Client::Impl {
 public:
   explicit Impl(const ClientOptions &options) : options_(options) {}
   ~Impl() {
+    // The last pipelined put's commit reaches the store before we go (it
+    // would free the room with our endpoint otherwise).
+    if (pipelinedPending_) {
+      auto limit = std::min<std::chrono::milliseconds>(options_.timeout, std::chrono::seconds(1));
+      (void)finishPipelined(Clock::now() + limit, limit.count());
+    }
     disconnect(/*force=*/false); // a clean close, seen by the store
     worker_.reset();
   }
@@ -89,6 +95,23 @@ public:
   /// Asks for a request channel in the mapped segment; without one (an
   /// older store, no room) requests stay on the endpoint.
   Status openChannel(Clock::time_point deadline, int64_t limitMs);
+  /// Publishes the request of `length` bytes already in the request area;
+  /// its sequence number.
+  uint32_t postOnChannel(uint32_t length);
+  /// Waits for the reply to `seq`; sets failure_ when none comes.
+  void awaitOnChannel(uint32_t seq, Clock::time_point deadline, int64_t limitMs);
+  /// A put served by rooms the store handed out ahead (PutPipelined):
+  /// copied in and committed without waiting; nullopt when the rooms are
+  /// not there (the call then takes the round trip).
+  Result<std::optional<std::vector<BlockStatus>>> putPipelined(size_t n,
+                                                               Clock::time_point deadline,
+                                                               int64_t limitMs);
+  /// Posts a PutPipelined of `records` (left pending: its reply is read by
+  /// finishPipelined, before the channel carries anything else).
+  void postPipelined(std::vector<BlockMeta> records);
+  /// Reads the pending PutPipelined's reply: its rooms join rooms_; a
+  /// commit the store did not store is counted (pipelinedRefused_).
+  Status finishPipelined(Clock::time_point deadline, int64_t limitMs);
   /// One message's request and reply through the channel.
   Status exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
                            int64_t limitMs);
@@ -146,6 +169,18 @@ public:
   int storePidFd_ = -1;
   std::vector<GetBlock> askStore_;
   std::vector<size_t> askIndex_;
+  // Pipelined puts: rooms the store reserved for ours (slot, bytes), the
+  // PutPipelined whose reply is still to read, commits it did not store
+  // (never in normal operation: the client checked size and dtype, the
+  // budget was reserved with the room), and whether the store refused
+  // rooms on this connection (then puts take the round trip).
+  std::vector<std::pair<uint32_t, uint64_t>> rooms_;
+  bool pipelinedPending_ = false;
+  uint32_t pendingSeq_ = 0;
+  uint64_t pendingId_ = 0;
+  std::vector<BlockMeta> pendingRecords_;
+  uint64_t pipelinedRefused_ = 0;
+  bool pipelinedOff_ = false;
 
   // The blocks of the current call (one of them is set).
   std::span<const PutBlock> putBlocks_;
@@ -262,6 +297,10 @@ void Client::Impl::disconnect(bool force) {
   authReply_.reset();
   // A restarted store has another segment; a dead one's pages are freed.
   index_.reset();
+  rooms_.clear();
+  pipelinedPending_ = false;
+  pendingRecords_.clear();
+  pipelinedOff_ = false;
   if (storePidFd_ >= 0)
     ::close(storePidFd_);
   storePidFd_ = -1;
@@ -803,31 +842,10 @@ void Client::Impl::closeChannel() {
   channelOffer_.reset();
 }
 
-Status Client::Impl::exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
-                                       int64_t limitMs) {
-  op_ = op;
-  statuses_.assign(n, BlockStatus::Missing);
-  uint64_t id = nextId_++;
-  Message &message = messages_[id];
-  message.id = id;
-  message.op = op;
-  message.first = 0;
-  message.count = static_cast<uint32_t>(n);
+uint32_t Client::Impl::postOnChannel(uint32_t length) {
   auto *channel = reinterpret_cast<wire::ChannelHeader *>(channel_);
-  uint8_t *request = channel_ + sizeof(wire::ChannelHeader);
-  const uint8_t *reply = request + channelBytes_;
-  MessageHeader h;
-  h.op = static_cast<uint16_t>(op);
-  h.requestId = id;
-  h.count = message.count;
-  std::memcpy(request, &h, sizeof h);
-  for (uint32_t i = 0; i < message.count; ++i) {
-    BlockMeta m;
-    fillRecord(i, m);
-    std::memcpy(request + sizeof h + i * sizeof m, &m, sizeof m);
-  }
   std::atomic_ref<uint32_t>(channel->requestLength)
-      .store(static_cast<uint32_t>(sizeof h + n * sizeof(BlockMeta)), std::memory_order_relaxed);
+      .store(length, std::memory_order_relaxed);
   uint32_t seq = ++channelSeq_;
   std::atomic_ref<uint32_t>(channel->requestSeq).store(seq, std::memory_order_seq_cst);
   auto &storeSleeping =
@@ -837,6 +855,11 @@ Status Client::Impl::exchangeOnChannel(wire::Op op, size_t n, Clock::time_point 
     (void)!::write(wakeFd_, &byte, 1); // a full pipe already wakes it
   }
 
+  return seq;
+}
+
+void Client::Impl::awaitOnChannel(uint32_t seq, Clock::time_point deadline, int64_t limitMs) {
+  auto *channel = reinterpret_cast<wire::ChannelHeader *>(channel_);
   // Wait for the reply: a brief spin, then a futex in short slices between
   // which the UCX endpoint is progressed: a store that died is reported
   // there (its pages stay mapped here, so nothing else notices).
@@ -872,6 +895,187 @@ Status Client::Impl::exchangeOnChannel(wire::Op op, size_t n, Clock::time_point 
     }
     waiting.store(0, std::memory_order_relaxed);
   }
+}
+
+void Client::Impl::postPipelined(std::vector<BlockMeta> records) {
+  uint64_t id = nextId_++;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(wire::Op::PutPipelined);
+  h.requestId = id;
+  h.count = static_cast<uint32_t>(records.size());
+  uint8_t *request = channel_ + sizeof(wire::ChannelHeader);
+  std::memcpy(request, &h, sizeof h);
+  std::memcpy(request + sizeof h, records.data(), records.size() * sizeof(BlockMeta));
+  pendingSeq_ = postOnChannel(static_cast<uint32_t>(sizeof h + records.size() * sizeof(BlockMeta)));
+  pendingId_ = id;
+  pendingRecords_ = std::move(records);
+  pipelinedPending_ = true;
+}
+
+Status Client::Impl::finishPipelined(Clock::time_point deadline, int64_t limitMs) {
+  if (!pipelinedPending_)
+    return Status::ok();
+  pipelinedPending_ = false;
+  failure_.clear();
+  awaitOnChannel(pendingSeq_, deadline, limitMs);
+  if (failure_.empty()) {
+    auto *channel = reinterpret_cast<wire::ChannelHeader *>(channel_);
+    uint32_t length =
+        std::atomic_ref<uint32_t>(channel->replyLength).load(std::memory_order_relaxed);
+    const uint8_t *reply = channel_ + sizeof(wire::ChannelHeader) + channelBytes_;
+    MessageHeader h{};
+    size_t count = pendingRecords_.size();
+    if (length >= sizeof h)
+      std::memcpy(&h, reply, sizeof h);
+    if (length > channelBytes_ || length != sizeof h + count * sizeof(BlockMeta) ||
+        h.magic != wire::kMagic || h.requestId != pendingId_ || h.count != count ||
+        h.errorLength != 0) {
+      failure_ = where() + ": malformed reply to a pipelined put";
+    } else {
+      std::vector<BlockMeta> replies(count); // copied out: the segment is writable by others
+      std::memcpy(replies.data(), reply + sizeof h, count * sizeof(BlockMeta));
+      for (size_t i = 0; i < count; ++i) {
+        const BlockMeta &asked = pendingRecords_[i];
+        const BlockMeta &m = replies[i];
+        if (asked.slot != 0) { // a commit, or a room given back (bytes 0)
+          if (asked.bytes != 0 && static_cast<Code>(m.code) != Code::Stored)
+            ++pipelinedRefused_;
+          continue;
+        }
+        uint64_t at = uint64_t(m.slot) * kArenaAlignment;
+        if (static_cast<Code>(m.code) == Code::Reserved) {
+          if (m.slot == 0 || m.bytes != asked.bytes || at + m.bytes > arena_->size()) {
+            failure_ = where() + ": malformed reply (a room outside the segment)";
+            break;
+          }
+          rooms_.emplace_back(m.slot, m.bytes);
+        }
+      }
+    }
+  }
+  pendingRecords_.clear();
+  if (!failure_.empty()) {
+    std::string why = failure_;
+    disconnect(/*force=*/true); // the next call reconnects
+    return Status::error(why);
+  }
+  return Status::ok();
+}
+
+Result<std::optional<std::vector<BlockStatus>>> Client::Impl::putPipelined(
+    size_t n, Clock::time_point deadline, int64_t limitMs) {
+  // Every block needs a room of its size.
+  std::vector<size_t> roomOf(n);
+  auto match = [&] {
+    std::vector<bool> taken(rooms_.size(), false);
+    for (size_t i = 0; i < n; ++i) {
+      bool found = false;
+      for (size_t r = 0; r < rooms_.size() && !found; ++r)
+        if (!taken[r] && rooms_[r].second == putBlocks_[i].bytes) {
+          taken[r] = found = true;
+          roomOf[i] = r;
+        }
+      if (!found)
+        return false;
+    }
+    return true;
+  };
+  if (!match()) {
+    LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs)); // its rooms may do
+    if (!match()) {
+      // Two rooms per block, waiting for them: this put and the next one
+      // copy while the store answers the commit before.
+      std::vector<BlockMeta> asks;
+      for (size_t i = 0; i < n; ++i)
+        for (int twice = 0; twice < 2; ++twice) {
+          BlockMeta m{};
+          m.bytes = putBlocks_[i].bytes;
+          asks.push_back(m);
+        }
+      postPipelined(std::move(asks));
+      LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
+      if (!match()) {
+        // The store keeps its budget for blocks: round trips from now on,
+        // and the rooms it did hand out go back.
+        pipelinedOff_ = true;
+        if (!rooms_.empty()) {
+          std::vector<BlockMeta> back;
+          for (auto [slot, bytes] : rooms_) {
+            BlockMeta m{};
+            m.slot = slot; // bytes 0: returned
+            back.push_back(m);
+          }
+          rooms_.clear();
+          postPipelined(std::move(back));
+          LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
+        }
+        return std::optional<std::vector<BlockStatus>>();
+      }
+    }
+  }
+  // Copy each block into its room, hashing as it goes, while the store
+  // answers the previous commit.
+  std::vector<BlockMeta> records;
+  std::vector<bool> used(rooms_.size(), false);
+  for (size_t i = 0; i < n; ++i) {
+    const PutBlock &p = putBlocks_[i];
+    auto [slot, bytes] = rooms_[roomOf[i]];
+    used[roomOf[i]] = true;
+    BlockMeta m{};
+    std::memcpy(m.key, p.key.bytes.data(), sizeof m.key);
+    wire::setDtype(m, p.dtype);
+    m.bytes = bytes;
+    m.slot = slot;
+    m.checksum = copyWithChecksum(arena_->base() + uint64_t(slot) * kArenaAlignment, p.data,
+                                  p.bytes);
+    records.push_back(m);
+  }
+  std::vector<std::pair<uint32_t, uint64_t>> left;
+  for (size_t r = 0; r < rooms_.size(); ++r)
+    if (!used[r])
+      left.push_back(rooms_[r]);
+  rooms_ = std::move(left);
+  // The channel carries one request at a time: the previous commit's reply
+  // first (usually in by now), then this commit with a room per block for
+  // the put after the next.
+  LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
+  for (size_t i = 0; i < n; ++i) {
+    BlockMeta m{};
+    m.bytes = putBlocks_[i].bytes;
+    records.push_back(m);
+  }
+  postPipelined(std::move(records));
+  // Stored: the room's budget is the store's already and its size and the
+  // dtype were checked here, so the commit stores the block when the store
+  // reads it (the next call, or the client's destruction, reads its reply).
+  return std::optional<std::vector<BlockStatus>>(std::vector<BlockStatus>(n, BlockStatus::Stored));
+}
+
+Status Client::Impl::exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
+                                       int64_t limitMs) {
+  op_ = op;
+  statuses_.assign(n, BlockStatus::Missing);
+  uint64_t id = nextId_++;
+  Message &message = messages_[id];
+  message.id = id;
+  message.op = op;
+  message.first = 0;
+  message.count = static_cast<uint32_t>(n);
+  auto *channel = reinterpret_cast<wire::ChannelHeader *>(channel_);
+  uint8_t *request = channel_ + sizeof(wire::ChannelHeader);
+  const uint8_t *reply = request + channelBytes_;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(op);
+  h.requestId = id;
+  h.count = message.count;
+  std::memcpy(request, &h, sizeof h);
+  for (uint32_t i = 0; i < message.count; ++i) {
+    BlockMeta m;
+    fillRecord(i, m);
+    std::memcpy(request + sizeof h + i * sizeof m, &m, sizeof m);
+  }
+  uint32_t seq = postOnChannel(static_cast<uint32_t>(sizeof h + n * sizeof(BlockMeta)));
+  awaitOnChannel(seq, deadline, limitMs);
   if (failure_.empty()) {
     uint32_t length =
         std::atomic_ref<uint32_t>(channel->replyLength).load(std::memory_order_relaxed);
@@ -933,6 +1137,17 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
     LLMIR_RETURN_IF_ERROR(exchange(op, n, deadline, limit.count()));
     return statuses_;
   }
+  if (channel_ && options_.pipelinedPuts && !pipelinedOff_ &&
+      sizeof(MessageHeader) + 2 * n * sizeof(BlockMeta) <= channelBytes_) {
+    auto piped = putPipelined(n, deadline, limit.count());
+    if (!piped)
+      return piped.status();
+    if (*piped) {
+      statuses_ = **piped;
+      return statuses_;
+    }
+  }
+  LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limit.count()));
   // A shared put: room in the segment (reserved ahead by our last commit,
   // or else asked for now), the blocks copied into it (hashed as they go),
   // then committed under their checksums. A call in one message asks for
@@ -977,6 +1192,8 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
 
 Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
                               int64_t limitMs) {
+  // A pipelined put's commit is served before anything this call asks.
+  LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
   if (channel_ && wire::carriedByChannel(static_cast<uint16_t>(op)) &&
       n <= maxBlocksPerMessage_ && sizeof(MessageHeader) + n * sizeof(BlockMeta) <= channelBytes_)
     return exchangeOnChannel(op, n, deadline, limitMs);
@@ -1125,6 +1342,7 @@ size_t Client::maxBlocksPerMessage() const { return impl_->maxBlocksPerMessage_;
 bool Client::usesSharedMemory() const { return impl_->arena_ != nullptr; }
 bool Client::usesRequestChannel() const { return impl_->channel_ != nullptr; }
 bool Client::usesIndexedGets() const { return impl_->index_.has_value(); }
+uint64_t Client::pipelinedPutsRefused() const { return impl_->pipelinedRefused_; }
 
 std::string Client::describeConnection() const {
   if (!impl_->ep_)

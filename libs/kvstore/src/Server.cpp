@@ -109,6 +109,11 @@ public:
   // (PutCommitAhead): not counted against the budget until committed; at
   // most one commit's records per endpoint.
   std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> spares_;
+  // Rooms for an endpoint's pipelined puts (PutPipelined): budget reserved
+  // when handed out, so their commit cannot fail; returned when the
+  // endpoint goes away. With the bytes they hold per endpoint.
+  std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> rooms_;
+  std::map<ucp_ep_h, uint64_t> roomBytes_;
   // Same-host clients' request channels in the segment (wire::ChannelHeader),
   // per endpoint; freed when it goes away.
   struct Channel {
@@ -222,6 +227,8 @@ public:
   void getShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
                  Clock::time_point start);
   void reserveShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records);
+  void putPipelined(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
+                    Clock::time_point start);
   /// `ahead`: reserve room of each record's size for the endpoint's next put.
   void commitShared(ucp_ep_h ep, const MessageHeader &h, std::vector<BlockMeta> &records,
                     Clock::time_point start, bool ahead);
@@ -340,6 +347,12 @@ void Server::Impl::forgetEndpoint(ucp_ep_h ep) {
   pins_.erase(ep);
   freeChannel(ep);
   spares_.erase(ep);
+  if (auto it = rooms_.find(ep); it != rooms_.end()) {
+    for (auto &[slot, block] : it->second)
+      pool_.release(block->bytes);
+    rooms_.erase(it);
+  }
+  roomBytes_.erase(ep);
   auto it = reservations_.find(ep);
   if (it == reservations_.end())
     return;
@@ -562,6 +575,11 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
     return startPut(ep, h, records.data(), data, length, rendezvous, result);
   if (op == wire::Op::OpenChannel)
     return openChannel(ep, h);
+  if (op == wire::Op::PutPipelined) {
+    if (!replyChannel_ || !arena_) // its client does not wait: only where it reads replies in order
+      return refuse(ep, h, "pipelined puts travel through the request channel only");
+    return putPipelined(ep, h, records, start);
+  }
   if (op >= wire::Op::Hello && op <= wire::Op::PutCommitAhead) {
     if (length != 0)
       return refuse(ep, h, "shared-memory requests carry no payload");
@@ -888,6 +906,80 @@ void Server::Impl::commitShared(ucp_ep_h ep, const MessageHeader &h,
   replyShared(ep, h, records, Operation::Put, start, bytes, rejected);
 }
 
+void Server::Impl::putPipelined(ucp_ep_h ep, const MessageHeader &h,
+                                std::vector<BlockMeta> &records, Clock::time_point start) {
+  auto &held = rooms_[ep];
+  uint64_t &heldBytes = roomBytes_[ep];
+  const uint64_t share = options_.capacityBytes / wire::kPipelinedShareDivisor;
+  uint32_t rejected = 0;
+  uint64_t bytes = 0, blocks = 0;
+  // Commits first (in record order), then the rooms asked for: a room
+  // freed by a commit's replacement can serve the next request.
+  for (BlockMeta &m : records) {
+    if (m.slot == 0)
+      continue;
+    auto it = held.find(m.slot);
+    std::string dtype = wire::dtypeOf(m);
+    if (it == held.end()) {
+      m.code = static_cast<uint32_t>(Code::Rejected); // not a room of ours
+      ++rejected;
+      continue;
+    }
+    std::shared_ptr<StoredBlock> block = std::move(it->second);
+    held.erase(it);
+    heldBytes -= block->bytes;
+    if (m.bytes == 0) { // the client gives the room back
+      pool_.release(block->bytes);
+      m.code = static_cast<uint32_t>(Code::Missing);
+      continue;
+    }
+    if (block->bytes != m.bytes || !isValidDtype(dtype)) {
+      pool_.release(block->bytes); // freed with `block`
+      m.code = static_cast<uint32_t>(Code::Rejected);
+      ++rejected;
+      continue;
+    }
+    // As every shared-memory commit: stored under the client's checksum,
+    // which every reader verifies ("Shared memory").
+    std::memcpy(block->key.bytes.data(), m.key, sizeof m.key);
+    block->dtype = dtype;
+    block->checksum = m.checksum;
+    bytes += block->bytes;
+    ++blocks;
+    pool_.insert(std::move(block)); // its budget was reserved with the room
+    m.code = static_cast<uint32_t>(Code::Stored);
+  }
+  for (BlockMeta &m : records) {
+    if (m.slot != 0)
+      continue;
+    m.code = static_cast<uint32_t>(Code::NoSpace);
+    if (m.bytes == 0 || m.bytes > options_.maxBlockBytes || heldBytes + m.bytes > share)
+      continue;
+    if (!pool_.reserve(m.bytes))
+      continue;
+    auto block = allocateBlock(m.bytes); // returns the reservation when it fails
+    if (!block)
+      continue;
+    m.slot = static_cast<uint32_t>(block->arenaOffset / kArenaAlignment);
+    m.code = static_cast<uint32_t>(Code::Reserved);
+    heldBytes += m.bytes;
+    held[m.slot] = std::move(block);
+  }
+  if (held.empty()) {
+    rooms_.erase(ep);
+    roomBytes_.erase(ep);
+  }
+  if (rejected)
+    pool_.countRejected(rejected);
+  Reply *reply = replyFor(h, records);
+  reply->op = Operation::Put;
+  reply->start = start;
+  reply->blocks = static_cast<uint32_t>(blocks); // 0 (rooms only): not a put the observer sees
+  reply->bytes = bytes;
+  reply->sharedMemory = true;
+  send(ep, reply);
+}
+
 void Server::Impl::openChannel(ucp_ep_h ep, const MessageHeader &h) {
   if (!arena_ || wakePipe_[1] < 0)
     return refuse(ep, h, "this store has no shared-memory segment");
@@ -1151,6 +1243,11 @@ void Server::Impl::run() {
   handshakes_.clear();
   pins_.clear();
   spares_.clear();
+  for (auto &[ep, held] : rooms_)
+    for (auto &[slot, block] : held)
+      pool_.release(block->bytes);
+  rooms_.clear();
+  roomBytes_.clear();
   while (!channels_.empty())
     freeChannel(channels_.begin()->first);
   for (auto &[ep, held] : reservations_)

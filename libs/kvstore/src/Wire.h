@@ -46,20 +46,36 @@ constexpr uint16_t kVersion = 1;
 //              those slots directly. Held until the endpoint's next commit
 //              (which frees those it does not name) or until it goes away;
 //              not counted against the budget until committed.
+//  PutPipelined (channel only): two kinds of record. One with a slot commits
+//              the block the client wrote into that room (a room this
+//              endpoint got from an earlier PutPipelined: its budget is
+//              already counted, so the commit cannot fail for room): Stored,
+//              or Rejected when the room is not held or another size. One
+//              with slot 0 asks for a room of `bytes`: its budget reserved
+//              now (evicting), the range allocated: Reserved with the slot,
+//              or NoSpace (also past the endpoint's share, kPipelinedShare).
+//              One with a slot and 0 bytes gives that room back (Missing).
+//              The client sends commits without waiting for the reply
+//              (docs/kv-store.md, "Pipelined puts").
 //  OpenChannel: count 0; the reply carries a ChannelOffer after the header:
 //              a request/reply channel in the segment for this endpoint
 //              (below), or an error when the store has no segment.
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
   Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7, PutCommitAhead = 8,
-  OpenChannel = 9,
+  OpenChannel = 9, PutPipelined = 10,
 };
+// An endpoint's rooms for pipelined puts hold at most this share of the
+// store's budget (1/16): beyond it PutPipelined answers NoSpace and the
+// client puts with a round trip, so small stores keep their budget for
+// blocks.
+constexpr uint64_t kPipelinedShareDivisor = 16;
 
 // Whether a request of `op` may travel through the channel: those whose
 // request and reply carry no block bytes, except the connection's setup.
 inline bool carriedByChannel(uint16_t op) {
-  return op == uint16_t(Op::Exists) || (op >= uint16_t(Op::GetShared) &&
-                                        op <= uint16_t(Op::PutCommitAhead));
+  return op == uint16_t(Op::Exists) || op == uint16_t(Op::PutPipelined) ||
+         (op >= uint16_t(Op::GetShared) && op <= uint16_t(Op::PutCommitAhead));
 }
 
 // Per-block outcome in a reply.

@@ -414,6 +414,67 @@ TEST_P(KvStore, ARestartedStoreInvalidatesTheMappedIndex) {
   EXPECT_EQ(client->usesIndexedGets(), sharedMemory()) << client->describeConnection();
 }
 
+// With shm,tcp puts go through rooms the store reserved ahead and their
+// commits are not waited for (docs/kv-store.md, "Pipelined puts"): the
+// client that put a block reads it back at once, another client finds it
+// once the store has read the commit, and the rooms' budget goes back with
+// the client.
+TEST_P(KvStore, PipelinedPutsAreReadBackByTheirClientAndByOthers) {
+  constexpr size_t kBlock = 1 << 20;
+  auto server = startServer(64ull << 20); // an endpoint's rooms: up to 4 MiB
+  ASSERT_TRUE(server);
+  auto writer = connect(server->port());
+  auto reader = connect(server->port());
+  ASSERT_TRUE(writer && reader);
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<uint8_t> out(kBlock);
+  for (int i = 0; i < 8; ++i) {
+    data.push_back(bytesOf(kBlock, uint32_t(70 + i)));
+    PutBlock p{keyFor("piped", 16 * i), "f32", data[i].data(), kBlock};
+    auto stored = writer->put(std::span(&p, 1));
+    ASSERT_TRUE(stored) << stored.message();
+    EXPECT_EQ((*stored)[0], BlockStatus::Stored);
+    // Its own client reads it back at once (the commit is read first).
+    GetBlock g{keyFor("piped", 16 * i), "f32", out.data(), kBlock};
+    auto got = writer->get(std::span(&g, 1));
+    ASSERT_TRUE(got) << got.message();
+    EXPECT_EQ((*got)[0], BlockStatus::Found) << i;
+    EXPECT_EQ(out, data[i]) << i;
+  }
+  // Put again without reading: the last commit may still be on its way.
+  for (int i = 0; i < 8; ++i) {
+    PutBlock p{keyFor("piped", 16 * i), "f32", data[i].data(), kBlock};
+    ASSERT_TRUE(writer->put(std::span(&p, 1)));
+  }
+  EXPECT_EQ(writer->pipelinedPutsRefused(), 0u);
+  auto until = std::chrono::steady_clock::now() + 5s;
+  size_t found = 0;
+  while (found < 8 && std::chrono::steady_clock::now() < until) {
+    found = 0;
+    for (int i = 0; i < 8; ++i) {
+      GetBlock g{keyFor("piped", 16 * i), "f32", out.data(), kBlock};
+      auto got = reader->get(std::span(&g, 1));
+      ASSERT_TRUE(got) << got.message();
+      if ((*got)[0] == BlockStatus::Found) {
+        EXPECT_EQ(out, data[i]) << i;
+        ++found;
+      }
+    }
+  }
+  EXPECT_EQ(found, 8u) << "another client finds every block once the store read the commits";
+  PoolStats s = server->stats();
+  EXPECT_EQ(s.blocks, 8u);
+  EXPECT_LE(s.bytesReserved, (64ull << 20) / 16) << "rooms ahead: at most the endpoint's share";
+  // The rooms' budget goes back with the client (the store notices the
+  // closed endpoint on its thread).
+  writer.reset();
+  until = std::chrono::steady_clock::now() + 5s;
+  while (server->stats().bytesReserved != 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(server->stats().bytesReserved, 0u);
+  EXPECT_EQ(server->stats().blocks, 8u) << "the last commit was read before the client went";
+}
+
 TEST_P(KvStore, AStoreWithoutASegmentMovesBytesInMessages) {
   auto server = startServer(8 << 20, 0, /*withSegment=*/false);
   ASSERT_TRUE(server);

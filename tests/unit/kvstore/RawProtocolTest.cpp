@@ -417,6 +417,63 @@ TEST(KvStoreRawProtocol, TheRequestChannelServesItsOperationsAndRefusesTheRest) 
   r = records(onChannel(commit, uint32_t(commit.size())));
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].code, uint32_t(wire::Code::Stored));
+
+  // PutPipelined: its client does not wait for the reply, so only the
+  // channel (read in order) carries it.
+  auto overUcx = peer.roundTrip(request(wire::Op::PutPipelined, 8, {meta(9, bytes, 0)}), {});
+  ASSERT_TRUE(overUcx);
+  EXPECT_NE(errorOf(*overUcx).find("request channel only"), std::string::npos);
+  // A room (slot 0 asks for one): its budget is reserved at once.
+  auto askRoom = request(wire::Op::PutPipelined, 9, {meta(9, bytes, 0)});
+  r = records(onChannel(askRoom, uint32_t(askRoom.size())));
+  ASSERT_EQ(r.size(), 1u);
+  ASSERT_EQ(r[0].code, uint32_t(wire::Code::Reserved));
+  uint32_t room = r[0].slot;
+  ASSERT_NE(room, 0u);
+  EXPECT_EQ((*server)->stats().bytesReserved, bytes);
+  // Past the endpoint's share of the budget (4 MiB / 16): no room.
+  auto tooMuch = request(wire::Op::PutPipelined, 10, {meta(9, 512 << 10, 0)});
+  r = records(onChannel(tooMuch, uint32_t(tooMuch.size())));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::NoSpace));
+  // A commit into a room the endpoint does not hold, or of another size, is
+  // Rejected (the second frees the room and its budget).
+  wire::BlockMeta stray = meta(9, bytes, 0);
+  stray.slot = room + 1;
+  auto strayCommit = request(wire::Op::PutPipelined, 11, {stray});
+  r = records(onChannel(strayCommit, uint32_t(strayCommit.size())));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Rejected));
+  wire::BlockMeta shorter = meta(9, bytes - 64, 0);
+  shorter.slot = room;
+  auto shortCommit = request(wire::Op::PutPipelined, 12, {shorter});
+  r = records(onChannel(shortCommit, uint32_t(shortCommit.size())));
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Rejected));
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u);
+  // A room, the block written into it and committed, with a room for the
+  // next put in the same request: Stored, and a new room Reserved.
+  r = records(onChannel(askRoom, uint32_t(askRoom.size())));
+  ASSERT_EQ(r[0].code, uint32_t(wire::Code::Reserved));
+  room = r[0].slot;
+  std::vector<uint8_t> piped(bytes);
+  for (size_t i = 0; i < bytes; ++i)
+    piped[i] = uint8_t(i * 3 + 7);
+  std::memcpy((*arena)->base() + uint64_t(room) * kArenaAlignment, piped.data(), bytes);
+  wire::BlockMeta pipedCommit = meta(9, bytes, blockChecksum(piped.data(), bytes));
+  pipedCommit.slot = room;
+  auto commitAndRoom = request(wire::Op::PutPipelined, 13, {pipedCommit, meta(0, bytes, 0)});
+  r = records(onChannel(commitAndRoom, uint32_t(commitAndRoom.size())));
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Stored));
+  EXPECT_EQ(r[1].code, uint32_t(wire::Code::Reserved));
+  EXPECT_EQ((*server)->stats().bytesReserved, bytes) << "the new room's budget";
+  // Given back (0 bytes): its budget is the store's again.
+  wire::BlockMeta giveBack{};
+  giveBack.slot = r[1].slot;
+  auto back = request(wire::Op::PutPipelined, 14, {giveBack});
+  r = records(onChannel(back, uint32_t(back.size())));
+  EXPECT_EQ(r[0].code, uint32_t(wire::Code::Missing));
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u);
   close(wake);
 
   ClientOptions co;
@@ -433,6 +490,12 @@ TEST(KvStoreRawProtocol, TheRequestChannelServesItsOperationsAndRefusesTheRest) 
   EXPECT_TRUE((*reader)->usesRequestChannel()) << (*reader)->describeConnection();
   EXPECT_EQ((*got)[0], BlockStatus::Found);
   EXPECT_EQ(out, block);
+  k.bytes.fill(9);
+  GetBlock gp{k, "f32", out.data(), bytes};
+  got = (*reader)->get(std::span(&gp, 1));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ(out, piped);
 }
 
 // PutCommitAhead: the reply reserves room of each record's size for the

@@ -59,6 +59,13 @@ struct ClientOptions {
   /// (docs/kv-store.md, "Gets served by the client"). Blocks the index does
   /// not hold (or that changed during the copy) are asked of the store.
   bool indexedGets = true;
+  /// With the request channel open, put through rooms the store handed out
+  /// ahead with their budget reserved: the client copies the blocks in and
+  /// posts their commit without waiting for it (its reply is read at the
+  /// next call), so a put costs the copy while the store commits the one
+  /// before (docs/kv-store.md, "Pipelined puts"). Such a put returns
+  /// Stored for every block; the store stores it when it reads the commit.
+  bool pipelinedPuts = true;
 };
 
 enum class BlockStatus {
@@ -121,6 +128,10 @@ public:
   bool usesRequestChannel() const;
   /// Whether the current connection serves gets from the store's index.
   bool usesIndexedGets() const;
+  /// Blocks of pipelined puts the store did not store after all (it
+  /// answered other than Stored to their commit); 0 unless a peer breaks
+  /// the protocol.
+  uint64_t pipelinedPutsRefused() const;
 
   class Impl;
 
