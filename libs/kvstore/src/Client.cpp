@@ -112,6 +112,10 @@ public:
   /// Reads the pending PutPipelined's reply: its rooms join rooms_; a
   /// commit the store did not store is counted (pipelinedRefused_).
   Status finishPipelined(Clock::time_point deadline, int64_t limitMs);
+  /// Gives back to the store the rooms whose size no block of the current
+  /// put has (every room with `all`), as many per request as the channel
+  /// carries, waiting for each.
+  Status giveBackRooms(bool all, size_t n, Clock::time_point deadline, int64_t limitMs);
   /// One message's request and reply through the channel.
   Status exchangeOnChannel(wire::Op op, size_t n, Clock::time_point deadline,
                            int64_t limitMs);
@@ -962,6 +966,30 @@ Status Client::Impl::finishPipelined(Clock::time_point deadline, int64_t limitMs
   return Status::ok();
 }
 
+Status Client::Impl::giveBackRooms(bool all, size_t n, Clock::time_point deadline,
+                                   int64_t limitMs) {
+  std::vector<std::pair<uint32_t, uint64_t>> keep, back;
+  for (auto room : rooms_) {
+    bool wanted = false;
+    for (size_t i = 0; i < n && !all && !wanted; ++i)
+      wanted = putBlocks_[i].bytes == room.second;
+    (wanted ? keep : back).push_back(room);
+  }
+  rooms_ = std::move(keep);
+  const size_t perRequest = (channelBytes_ - sizeof(MessageHeader)) / sizeof(BlockMeta);
+  for (size_t first = 0; first < back.size(); first += perRequest) {
+    std::vector<BlockMeta> records;
+    for (size_t i = first; i < std::min(back.size(), first + perRequest); ++i) {
+      BlockMeta m{};
+      m.slot = back[i].first; // bytes 0: given back
+      records.push_back(m);
+    }
+    postPipelined(std::move(records));
+    LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
+  }
+  return Status::ok();
+}
+
 Result<std::optional<std::vector<BlockStatus>>> Client::Impl::putPipelined(
     size_t n, Clock::time_point deadline, int64_t limitMs) {
   // Every block needs a room of its size.
@@ -983,6 +1011,9 @@ Result<std::optional<std::vector<BlockStatus>>> Client::Impl::putPipelined(
   if (!match()) {
     LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs)); // its rooms may do
     if (!match()) {
+      // Rooms of sizes this put does not have hold the store's budget for
+      // nothing (the client's blocks changed size): back they go.
+      LLMIR_RETURN_IF_ERROR(giveBackRooms(/*all=*/false, n, deadline, limitMs));
       // Two rooms per block, waiting for them: this put and the next one
       // copy while the store answers the commit before.
       std::vector<BlockMeta> asks;
@@ -998,17 +1029,7 @@ Result<std::optional<std::vector<BlockStatus>>> Client::Impl::putPipelined(
         // The store keeps its budget for blocks: round trips from now on,
         // and the rooms it did hand out go back.
         pipelinedOff_ = true;
-        if (!rooms_.empty()) {
-          std::vector<BlockMeta> back;
-          for (auto [slot, bytes] : rooms_) {
-            BlockMeta m{};
-            m.slot = slot; // bytes 0: returned
-            back.push_back(m);
-          }
-          rooms_.clear();
-          postPipelined(std::move(back));
-          LLMIR_RETURN_IF_ERROR(finishPipelined(deadline, limitMs));
-        }
+        LLMIR_RETURN_IF_ERROR(giveBackRooms(/*all=*/true, n, deadline, limitMs));
         return std::optional<std::vector<BlockStatus>>();
       }
     }
