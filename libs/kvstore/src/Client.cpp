@@ -931,7 +931,14 @@ Status Client::Impl::finishPipelined(Clock::time_point deadline, int64_t limitMs
     size_t count = pendingRecords_.size();
     if (length >= sizeof h)
       std::memcpy(&h, reply, sizeof h);
-    if (length > channelBytes_ || length != sizeof h + count * sizeof(BlockMeta) ||
+    bool onlyRooms = std::all_of(pendingRecords_.begin(), pendingRecords_.end(),
+                                 [](const BlockMeta &m) { return m.slot == 0; });
+    if (length >= sizeof h && h.magic == wire::kMagic && h.requestId == pendingId_ &&
+        h.errorLength != 0 && onlyRooms) {
+      // A store that predates PutPipelined refuses it ("unknown operation
+      // 10"): nothing was committed; puts take the round trip with it.
+      pipelinedOff_ = true;
+    } else if (length > channelBytes_ || length != sizeof h + count * sizeof(BlockMeta) ||
         h.magic != wire::kMagic || h.requestId != pendingId_ || h.count != count ||
         h.errorLength != 0) {
       failure_ = where() + ": malformed reply to a pipelined put";
