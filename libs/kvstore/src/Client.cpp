@@ -794,7 +794,7 @@ Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::tim
   std::vector<BlockStatus> out(n, BlockStatus::Missing);
   askStore_.clear();
   askIndex_.clear();
-  uint64_t hits = 0, bytes = 0, rejected = 0;
+  uint64_t hits = 0, bytes = 0, rejected = 0, misses = 0;
   for (size_t i = 0; i < n; ++i) {
     const GetBlock &g = blocks[i];
     switch (index_->get(g.key, g.dtype, g.destination, g.bytes)) {
@@ -802,6 +802,15 @@ Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::tim
       out[i] = BlockStatus::Found;
       ++hits;
       bytes += g.bytes;
+      break;
+    case index::LocalGet::Missing:
+      if (pipelinedPending_) { // perhaps our own put, not read by the store yet
+        askStore_.push_back(g);
+        askIndex_.push_back(i);
+        break;
+      }
+      out[i] = BlockStatus::Missing;
+      ++misses;
       break;
     case index::LocalGet::Rejected:
       out[i] = BlockStatus::Rejected;
@@ -821,6 +830,9 @@ Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::tim
     __atomic_store_n(&counters->localBytes, counters->localBytes + bytes, __ATOMIC_RELAXED);
   if (rejected)
     __atomic_store_n(&counters->localRejected, counters->localRejected + rejected,
+                     __ATOMIC_RELAXED);
+  if (misses)
+    __atomic_store_n(&counters->localMisses, counters->localMisses + misses,
                      __ATOMIC_RELAXED);
   if (askStore_.empty())
     return out;

@@ -128,7 +128,7 @@ public:
   // that writes smaller ones cannot make ours shrink), plus those of
   // channels already freed.
   struct LocalGets {
-    uint64_t hits = 0, bytes = 0, rejected = 0;
+    uint64_t hits = 0, bytes = 0, rejected = 0, misses = 0;
   };
   mutable std::mutex localMu_;
   mutable std::map<ucp_ep_h, std::pair<const wire::ChannelHeader *, LocalGets>> localLive_;
@@ -138,6 +138,7 @@ public:
     seen.bytes = std::max(seen.bytes, __atomic_load_n(&h->localBytes, __ATOMIC_RELAXED));
     seen.rejected =
         std::max(seen.rejected, __atomic_load_n(&h->localRejected, __ATOMIC_RELAXED));
+    seen.misses = std::max(seen.misses, __atomic_load_n(&h->localMisses, __ATOMIC_RELAXED));
   }
   PoolStats stats() const {
     PoolStats s = pool_.stats();
@@ -148,8 +149,10 @@ public:
       sum.hits += live.second.hits;
       sum.bytes += live.second.bytes;
       sum.rejected += live.second.rejected;
+      sum.misses += live.second.misses;
     }
     s.hits += sum.hits;
+    s.misses += sum.misses;
     s.rejected += sum.rejected;
     s.clientServedBytes = sum.bytes;
     return s;
@@ -1019,6 +1022,7 @@ void Server::Impl::freeChannel(ucp_ep_h ep) {
       localRetired_.hits += live->second.second.hits;
       localRetired_.bytes += live->second.second.bytes;
       localRetired_.rejected += live->second.second.rejected;
+      localRetired_.misses += live->second.second.misses;
       localLive_.erase(live);
     }
   }

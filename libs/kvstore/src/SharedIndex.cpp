@@ -49,6 +49,7 @@ std::optional<Writer> Writer::create(SharedArena &arena, uint64_t capacityBytes)
   w.entries_ = reinterpret_cast<IndexEntry *>(arena.base() + *entriesAt);
   w.buckets_ = static_cast<uint32_t>(entries / kWays);
   w.used_.assign(entries, false);
+  w.unindexedCount_.assign(entries / kWays, 0);
   w.seqs_.assign(entries, 0);
   SegmentDirectory *d = directoryOf(arena.base());
   d->version = kVersion;
@@ -84,23 +85,52 @@ void Writer::write(uint32_t i, const StoredBlock *block) {
   storeRelease(&e->seq, seq + 2);
 }
 
+void Writer::countUnindexed(uint32_t bucket, int delta) {
+  unindexedCount_[bucket] += delta;
+  // Raised before a held key goes without an entry (publish), lowered after
+  // it stops being held (withdraw): a client never sees 0 while such a key
+  // is held.
+  __atomic_store_n(&entries_[bucket * kWays].unindexed, unindexedCount_[bucket],
+                   __ATOMIC_SEQ_CST);
+}
+
 void Writer::publish(const StoredBlock &block) {
-  if (block.arenaOffset == 0 || block.arenaOffset / kArenaAlignment > UINT32_MAX)
-    return withdraw(block.key);
-  if (auto it = where_.find(block.key); it != where_.end())
-    return write(it->second, &block); // replaced under the same key
-  uint32_t first = bucketOf(block.key.bytes.data(), buckets_) * kWays;
-  for (uint32_t i = first; i < first + kWays; ++i) {
-    if (used_[i])
-      continue;
-    used_[i] = true;
-    where_.emplace(block.key, i);
-    return write(i, &block);
+  uint32_t bucket = bucketOf(block.key.bytes.data(), buckets_);
+  bool indexable = block.arenaOffset != 0 && block.arenaOffset / kArenaAlignment <= UINT32_MAX;
+  if (auto it = where_.find(block.key); it != where_.end()) {
+    if (indexable)
+      return write(it->second, &block); // replaced under the same key
+    // Counted before its entry goes: never neither.
+    unindexed_.emplace(block.key, bucket);
+    countUnindexed(bucket, +1);
+    write(it->second, nullptr);
+    used_[it->second] = false;
+    where_.erase(it);
+    return;
   }
-  // No free way: not indexed; clients ask the store for it.
+  if (indexable && !unindexed_.count(block.key)) {
+    uint32_t first = bucket * kWays;
+    for (uint32_t i = first; i < first + kWays; ++i) {
+      if (used_[i])
+        continue;
+      used_[i] = true;
+      where_.emplace(block.key, i);
+      return write(i, &block);
+    }
+  }
+  // No free way (or not in the segment): held without an entry; clients
+  // ask the store for keys of this bucket they do not find.
+  if (unindexed_.emplace(block.key, bucket).second)
+    countUnindexed(bucket, +1);
 }
 
 void Writer::withdraw(const BlockKey &key) {
+  if (auto u = unindexed_.find(key); u != unindexed_.end()) {
+    uint32_t bucket = u->second;
+    unindexed_.erase(u);
+    countUnindexed(bucket, -1);
+    return;
+  }
   auto it = where_.find(key);
   if (it == where_.end())
     return;
@@ -159,9 +189,11 @@ uint64_t Reader::generationSum(uint64_t offset, uint64_t bytes) const {
 LocalGet Reader::get(const BlockKey &key, const std::string &dtype, void *destination,
                      uint64_t bytes) {
   uint32_t first = bucketOf(key.bytes.data(), buckets_) * kWays;
+  uint32_t seqs[kWays];
   for (uint32_t i = first; i < first + kWays; ++i) {
     IndexEntry *e = entries_ + i;
     uint32_t seq = loadAcquire(&e->seq);
+    seqs[i - first] = seq;
     if (seq & 1)
       return LocalGet::AskTheStore; // being rewritten (perhaps ours)
     uint32_t slot = loadRelaxed(&e->slot);
@@ -198,7 +230,15 @@ LocalGet Reader::get(const BlockKey &key, const std::string &dtype, void *destin
       storeRelaxed(&e->touched, 1u);
     return LocalGet::Found;
   }
-  return LocalGet::AskTheStore; // not indexed
+  // In no way. Missing if no way changed during the scan (a torn key cannot
+  // have hidden ours) and the bucket holds no key without an entry.
+  if (__atomic_load_n(&entries_[first].unindexed, __ATOMIC_SEQ_CST) != 0)
+    return LocalGet::AskTheStore;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (uint32_t i = first; i < first + kWays; ++i)
+    if (loadRelaxed(&entries_[i].seq) != seqs[i - first])
+      return LocalGet::AskTheStore;
+  return LocalGet::Missing;
 }
 
 } // namespace llmir::kvstore::index

@@ -13,8 +13,10 @@
 //              after the bump.
 //   index:     `buckets` x kWays IndexEntry; a key lives in the bucket of its
 //              first 8 bytes (keys are SHA-256), in any way of it. A key
-//              that finds no free way is not indexed: clients ask the store
-//              for it (a miss in the index is never reported as Missing).
+//              that finds no free way is not indexed (counted in the
+//              bucket's first entry): a key found in no way of a bucket
+//              that counts none is Missing without asking the store, else
+//              the store is asked.
 //
 // A client's get: read the entry (its sequence number even and unchanged
 // around the read, seqlock style), sum the generations of the block's
@@ -74,7 +76,11 @@ struct IndexEntry {
   // the store clears it when it looks at the block for eviction and then
   // keeps the block as recently used.
   uint32_t touched;
-  uint32_t pad[13];
+  // In a bucket's first entry only: how many keys of the bucket the store
+  // holds without an entry (the bucket was full, or the block is not in the
+  // segment). While 0, a key found in none of the bucket's ways is not held.
+  uint32_t unindexed;
+  uint32_t pad[12];
 };
 static_assert(sizeof(IndexEntry) == 128);
 static_assert(offsetof(IndexEntry, touched) == 72);
@@ -116,12 +122,15 @@ private:
   uint8_t *base_ = nullptr;
   IndexEntry *entries_ = nullptr;
   uint32_t buckets_ = 0;
+  void countUnindexed(uint32_t bucket, int delta);
   std::unordered_map<BlockKey, uint32_t, BlockKeyHash> where_; // key -> entry
+  std::unordered_map<BlockKey, uint32_t, BlockKeyHash> unindexed_; // key -> bucket
+  std::vector<uint32_t> unindexedCount_; // per bucket
   std::vector<bool> used_;
   std::vector<uint32_t> seqs_; // the store's own copy of each entry's seq
 };
 
-enum class LocalGet { Found, Rejected, AskTheStore };
+enum class LocalGet { Found, Missing, Rejected, AskTheStore };
 
 /// A client's side, over its mapping of the segment.
 class Reader {
@@ -132,10 +141,13 @@ public:
 
   /// Copies the block under `key` into `destination` if the index holds it
   /// with this dtype and size and its bytes hash to the entry's checksum
-  /// (Found); Rejected when it holds the key with another dtype or size, or
-  /// bytes that do not match (a corrupted block); AskTheStore when the key
-  /// is not indexed or the block was withdrawn, replaced or freed around the
-  /// copy. The destination's contents are unspecified unless Found.
+  /// (Found); Missing when no way of the key's bucket held it while the
+  /// bucket counted no unindexed key; Rejected when it holds the key with
+  /// another dtype or size, or bytes that do not match (a corrupted block);
+  /// AskTheStore when the key may be held without an entry, an entry
+  /// changed under the read, or the block was withdrawn, replaced or freed
+  /// around the copy. The destination's contents are unspecified unless
+  /// Found.
   LocalGet get(const BlockKey &key, const std::string &dtype, void *destination,
                uint64_t bytes);
   /// The store stopped serving this segment (it stopped or restarted).

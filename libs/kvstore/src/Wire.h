@@ -140,11 +140,13 @@ struct ChannelHeader {
   uint32_t pad0;
   // Gets the client served itself from the store's index (SharedIndex.h),
   // cumulative: blocks found, their bytes, blocks rejected (dtype, size or
-  // checksum). The store adds them to its own counters (its metrics).
+  // checksum), blocks missing. The store adds them to its own counters
+  // (its metrics).
   uint64_t localHits;
   uint64_t localBytes;
   uint64_t localRejected;
-  uint32_t pad1[6];
+  uint64_t localMisses;
+  uint32_t pad1[4];
   uint32_t replySeq;      // store -> client (own cache line)
   uint32_t replyLength;
   uint32_t pad2[14];

@@ -99,8 +99,8 @@ TEST(SharedIndex, AFoundBlockIsTheBlockAndAnythingElseIsRejectedOrAskedOfTheStor
   // Held with another dtype or size: rejected, as the store answers.
   EXPECT_EQ(reader->get(keyOf(1), "bf16", out.data(), n), index::LocalGet::Rejected);
   EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n - 1), index::LocalGet::Rejected);
-  // Not indexed: the store is asked (never reported Missing from here).
-  EXPECT_EQ(reader->get(keyOf(2), "f32", out.data(), n), index::LocalGet::AskTheStore);
+  // Never stored, in a bucket that holds every key it has: missing.
+  EXPECT_EQ(reader->get(keyOf(2), "f32", out.data(), n), index::LocalGet::Missing);
 
   // A block whose bytes were changed in the segment (a buggy or hostile
   // process mapping it) no longer hashes to its checksum: rejected.
@@ -109,9 +109,9 @@ TEST(SharedIndex, AFoundBlockIsTheBlockAndAnythingElseIsRejectedOrAskedOfTheStor
   seg.client->base()[block.arenaOffset + n / 2] ^= 0x40;
   EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::Found);
 
-  // Withdrawn (evicted): the store is asked; its range may then be reused.
+  // Withdrawn (evicted): missing; its range may then be reused.
   writer->withdraw(keyOf(1));
-  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::AskTheStore);
+  EXPECT_EQ(reader->get(keyOf(1), "f32", out.data(), n), index::LocalGet::Missing);
   seg.arena->free(block.arenaOffset, n);
 
   // Replaced under the same key: the new block is the one found.
@@ -124,6 +124,47 @@ TEST(SharedIndex, AFoundBlockIsTheBlockAndAnythingElseIsRejectedOrAskedOfTheStor
 
   writer->close();
   EXPECT_TRUE(reader->closed()) << "a stopped store's segment is not served from";
+}
+
+TEST(SharedIndex, AKeyHeldWithoutAnEntryIsAskedOfTheStoreNeverMissing) {
+  // A small index (64 entries: 8 buckets of 8 ways); nine keys of one
+  // bucket: the ninth is held without an entry, so no key of that bucket
+  // may be reported missing by the client until it is gone.
+  Segment seg = segmentOf(4 << 20);
+  auto writer = index::Writer::create(*seg.arena, 64 << 10);
+  ASSERT_TRUE(writer);
+  ASSERT_EQ(writer->buckets(), 8u);
+  auto reader = index::Reader::open(seg.client->base(), seg.client->size());
+  ASSERT_TRUE(reader);
+  auto bucketOf = [&](int32_t i) {
+    uint64_t h;
+    std::memcpy(&h, keyOf(i).bytes.data(), sizeof h);
+    return h & 7;
+  };
+  std::vector<int32_t> same;
+  int32_t other = -1;
+  for (int32_t i = 100; same.size() < 10; ++i)
+    if (bucketOf(i) == bucketOf(100))
+      same.push_back(i);
+    else if (other < 0)
+      other = i;
+  std::vector<uint8_t> content = contentOf(0, 4096), out(4096);
+  for (size_t k = 0; k < 9; ++k)
+    writer->publish(placed(*seg.arena, same[k], content));
+  EXPECT_EQ(reader->get(keyOf(same[0]), "f32", out.data(), 4096), index::LocalGet::Found);
+  EXPECT_EQ(reader->get(keyOf(same[8]), "f32", out.data(), 4096), index::LocalGet::AskTheStore)
+      << "held without an entry";
+  EXPECT_EQ(reader->get(keyOf(same[9]), "f32", out.data(), 4096), index::LocalGet::AskTheStore)
+      << "its bucket holds a key without an entry: not known to be missing";
+  EXPECT_EQ(reader->get(keyOf(other), "f32", out.data(), 4096), index::LocalGet::Missing)
+      << "another bucket";
+  writer->withdraw(keyOf(same[8]));
+  EXPECT_EQ(reader->get(keyOf(same[9]), "f32", out.data(), 4096), index::LocalGet::Missing);
+  // A way freed later does not index the key that had none (it stays
+  // counted until withdrawn): publish it again once its old entry is gone.
+  writer->withdraw(keyOf(same[0]));
+  writer->publish(placed(*seg.arena, same[9], content));
+  EXPECT_EQ(reader->get(keyOf(same[9]), "f32", out.data(), 4096), index::LocalGet::Found);
 }
 
 TEST(SharedIndex, ABlockFreedOrReusedDuringTheCopyIsNeverFound) {
@@ -178,6 +219,7 @@ TEST(SharedIndex, ABlockFreedOrReusedDuringTheCopyIsNeverFound) {
         ++wrong;
       break;
     case index::LocalGet::Rejected: ++rejected; break;
+    case index::LocalGet::Missing: ++asked; break; // withdrawn: as good as asking
     case index::LocalGet::AskTheStore: ++asked; break;
     }
     if (found + asked + rejected > 5'000'000)
