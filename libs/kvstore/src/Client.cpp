@@ -836,7 +836,7 @@ Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::tim
                      __ATOMIC_RELAXED);
   if (askStore_.empty())
     return out;
-  // Not indexed, or withdrawn, replaced or freed around the copy: the
+  // Perhaps held without an entry, or changed or freed around the copy: the
   // store answers for those (GetShared through the channel).
   std::vector<size_t> where = askIndex_;
   getBlocks_ = askStore_;

@@ -56,8 +56,10 @@ struct ClientOptions {
   /// With the request channel open and a store that publishes its index in
   /// the segment, serve gets here: look the key up, copy and hash the
   /// block, and prove it was not freed meanwhile, without a request
-  /// (docs/kv-store.md, "Gets served by the client"). Blocks the index does
-  /// not hold (or that changed during the copy) are asked of the store.
+  /// (docs/kv-store.md, "Gets served by the client"). A key its bucket does
+  /// not hold is Missing without a request; blocks the index may hold
+  /// without an entry, or that changed during the copy, are asked of the
+  /// store.
   bool indexedGets = true;
   /// With the request channel open, put through rooms the store handed out
   /// ahead with their budget reserved: the client copies the blocks in and
