@@ -277,18 +277,29 @@ bool DecodeChain::chains(const proto::StepRequest &request) {
                      [](const proto::StepSequence &seq) { return seq.chained_input(); });
 }
 
-Status DecodeChain::fillChainedInputs(proto::StepRequest &request) const {
-  for (proto::StepSequence &seq : *request.mutable_sequences()) {
-    if (!seq.chained_input())
-      continue;
-    auto it = last_.find(seq.sequence_id());
-    if (it == last_.end() || it->second.position != seq.start_position() ||
-        seq.token_ids_size() != 0)
-      return Status::error("sequence " + std::to_string(seq.sequence_id()) +
-                           " chains on a token the previous step did not sample for position " +
-                           std::to_string(seq.start_position()));
-    seq.add_token_ids(it->second.tokenId);
+Status DecodeChain::fillChainedInputs(proto::StepRequest &request,
+                                      std::vector<uint64_t> &unchained) const {
+  auto *sequences = request.mutable_sequences();
+  int kept = 0;
+  for (int i = 0; i < sequences->size(); ++i) {
+    proto::StepSequence &seq = sequences->at(i);
+    if (seq.chained_input()) {
+      if (seq.token_ids_size() != 0)
+        return Status::error("sequence " + std::to_string(seq.sequence_id()) +
+                             " is chained_input but carries " +
+                             std::to_string(seq.token_ids_size()) + " tokens");
+      auto it = last_.find(seq.sequence_id());
+      if (it == last_.end() || it->second.position != seq.start_position()) {
+        unchained.push_back(seq.sequence_id());
+        continue;
+      }
+      seq.add_token_ids(it->second.tokenId);
+    }
+    if (kept != i)
+      sequences->SwapElements(kept, i);
+    ++kept;
   }
+  sequences->DeleteSubrange(kept, sequences->size() - kept);
   return Status::ok();
 }
 
@@ -338,12 +349,13 @@ Status stepAndSample(engine::Executor &executor, const proto::StepRequest &reque
   const proto::StepRequest *step = &request;
   proto::StepRequest filled;
   Status status = Status::ok();
+  std::vector<uint64_t> unchained; // answered with no token
   if (DecodeChain::chains(request)) {
     filled = request;
-    status = chain->fillChainedInputs(filled);
+    status = chain->fillChainedInputs(filled, unchained);
     step = &filled;
   }
-  if (status)
+  if (status && step->sequences_size() > 0)
     status = run(*step);
   chain->remember(*step, response, status.isOk());
   return status;

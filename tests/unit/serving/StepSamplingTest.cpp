@@ -180,20 +180,70 @@ TEST(StepSampling, DecodeChainFillsChainedInputsOnlyFromTheSampleAtThePositionBe
 
   proto::StepRequest next = stepOf(7, 3, {});
   ASSERT_TRUE(DecodeChain::chains(next));
-  ASSERT_TRUE(chain.fillChainedInputs(next));
+  std::vector<uint64_t> unchained;
+  ASSERT_TRUE(chain.fillChainedInputs(next, unchained));
+  EXPECT_TRUE(unchained.empty());
   ASSERT_EQ(next.sequences(0).token_ids_size(), 1);
   EXPECT_EQ(next.sequences(0).token_ids(0), 42);
 
-  proto::StepRequest ahead = stepOf(7, 4, {});
-  Status status = chain.fillChainedInputs(ahead);
-  ASSERT_FALSE(status);
-  EXPECT_NE(status.message().find("sequence 7"), std::string::npos) << status.message();
+  // No token sampled for the position it chains on: taken out of the step.
+  auto takenOut = [&](proto::StepRequest request) {
+    std::vector<uint64_t> ids;
+    EXPECT_TRUE(chain.fillChainedInputs(request, ids));
+    EXPECT_EQ(request.sequences_size(), 0);
+    return ids;
+  };
+  EXPECT_EQ(takenOut(stepOf(7, 4, {})), std::vector<uint64_t>{7}); // ahead of its step
+  chain.remember(stepOf(7, 3, {42}), proto::StepResponse{}, false);  // that step failed
+  EXPECT_EQ(takenOut(stepOf(7, 4, {})), std::vector<uint64_t>{7});
+  EXPECT_EQ(takenOut(stepOf(3, 1, {})), std::vector<uint64_t>{3}); // never sampled here
+}
 
-  chain.remember(stepOf(7, 3, {42}), proto::StepResponse{}, false); // that step failed
-  proto::StepRequest afterFailure = stepOf(7, 4, {});
-  EXPECT_FALSE(chain.fillChainedInputs(afterFailure));
-  proto::StepRequest unknown = stepOf(3, 1, {});
-  EXPECT_FALSE(chain.fillChainedInputs(unknown));
+// A step whose chained sequences are partly broken runs for the others, in
+// their order; a chained sequence that carries tokens is a malformed request.
+TEST(StepSampling, DecodeChainTakesOutOnlyTheBrokenChains) {
+  auto sequence = [](proto::StepRequest &step, uint64_t id, int32_t start, bool chained) {
+    proto::StepSequence *seq = step.add_sequences();
+    seq->set_sequence_id(id);
+    seq->set_start_position(start);
+    seq->set_sample(true);
+    seq->set_chained_input(chained);
+    if (!chained)
+      seq->add_token_ids(5);
+    return seq;
+  };
+  DecodeChain chain;
+  proto::StepRequest first;
+  sequence(first, 1, 0, false);
+  sequence(first, 2, 0, false);
+  proto::StepResponse sampled;
+  for (uint64_t id : {1, 2}) {
+    proto::SampledToken *t = sampled.add_tokens();
+    t->set_sequence_id(id);
+    t->set_token_id(static_cast<int32_t>(10 + id));
+  }
+  chain.remember(first, sampled, true);
+
+  proto::StepRequest next;
+  sequence(next, 1, 1, true);
+  sequence(next, 3, 4, true); // its previous step never ran here
+  sequence(next, 4, 0, false);
+  sequence(next, 2, 1, true);
+  std::vector<uint64_t> unchained;
+  ASSERT_TRUE(chain.fillChainedInputs(next, unchained));
+  EXPECT_EQ(unchained, std::vector<uint64_t>{3});
+  ASSERT_EQ(next.sequences_size(), 3);
+  EXPECT_EQ(next.sequences(0).sequence_id(), 1u);
+  EXPECT_EQ(next.sequences(0).token_ids(0), 11);
+  EXPECT_EQ(next.sequences(1).sequence_id(), 4u);
+  EXPECT_EQ(next.sequences(2).sequence_id(), 2u);
+  EXPECT_EQ(next.sequences(2).token_ids(0), 12);
+
+  proto::StepRequest malformed;
+  sequence(malformed, 1, 1, true)->add_token_ids(7);
+  Status status = chain.fillChainedInputs(malformed, unchained);
+  ASSERT_FALSE(status);
+  EXPECT_NE(status.message().find("sequence 1"), std::string::npos) << status.message();
 }
 
 // What finished sequences leave in a worker's chain does not pile up: past
@@ -222,11 +272,14 @@ TEST(StepSampling, DecodeChainForgetsSamplesOfSequencesLongGone) {
     return next;
   };
   proto::StepRequest old = chained(1), recent = chained(1050), last = chained(1100);
-  EXPECT_FALSE(chain.fillChainedInputs(old));
-  ASSERT_TRUE(chain.fillChainedInputs(recent));
+  std::vector<uint64_t> unchained;
+  ASSERT_TRUE(chain.fillChainedInputs(old, unchained));
+  EXPECT_EQ(unchained, std::vector<uint64_t>{1}); // forgotten
+  ASSERT_TRUE(chain.fillChainedInputs(recent, unchained));
   EXPECT_EQ(recent.sequences(0).token_ids(0), 1050);
-  ASSERT_TRUE(chain.fillChainedInputs(last));
+  ASSERT_TRUE(chain.fillChainedInputs(last, unchained));
   EXPECT_EQ(last.sequences(0).token_ids(0), 1100);
+  EXPECT_EQ(unchained.size(), 1u);
 }
 
 TEST(StepSampling, BackendSamplingGivesSampleStepsTokens) {

@@ -69,10 +69,17 @@ class DecodeChain {
 public:
   /// True when some sequence of `request` is chained_input.
   static bool chains(const proto::StepRequest &request);
-  /// Gives every chained_input sequence of `request` its token; fails, naming
-  /// the sequence, when no step sampled one for it at start_position - 1
-  /// (that step failed, or has not run here).
-  Status fillChainedInputs(proto::StepRequest &request) const;
+  /// Gives every chained_input sequence of `request` its token. A sequence
+  /// for which no step sampled one at start_position - 1 (that step failed,
+  /// or has not run here) is taken out of the request and its id added to
+  /// `unchained`: the step runs for the others, and the scheduler, finding
+  /// no token for it, computes it again. Failing the whole step instead made
+  /// every other sequence of it recompute too, and the steps chained on it
+  /// fail in turn: with a failure every third step, a chain of failed steps
+  /// that never ended (BatchSchedulerTest's chained-decode failures). A
+  /// chained_input sequence that carries tokens is a malformed request: an
+  /// error naming it.
+  Status fillChainedInputs(proto::StepRequest &request, std::vector<uint64_t> &unchained) const;
   /// After a step: keeps each sequence's sampled token; a failed step
   /// (`ok` false) drops what was kept for its sequences.
   void remember(const proto::StepRequest &request, const proto::StepResponse &response,
