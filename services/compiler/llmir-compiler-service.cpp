@@ -39,7 +39,7 @@ struct Settings {
   uint16_t port = 8081;
   unsigned threads = 4;
   uint64_t maxBodyBytes = 1 << 20;
-  std::string logLevel = "info";
+  llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
   std::string clusterSecretFile;
   uint64_t planCacheBytes = uint64_t(1) << 30;
   unsigned compileMaxConcurrent = 2;
@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
   config.add("http.port", &s.port, "HTTP port (0 = ephemeral; the log line 'listening' names it)");
   config.add("http.threads", &s.threads, "HTTP threads (a compile occupies one)");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
-  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("plans.cache-bytes", &s.planCacheBytes,
              "plans (and their programs) kept in memory; the least recently used "
              "are dropped past this many serialized bytes");
@@ -162,12 +162,6 @@ int main(int argc, char **argv) {
     std::cout << config.usage();
     return 0;
   }
-  llmir::net::LogLevel level;
-  if (!llmir::net::parseLogLevel(s.logLevel, level)) {
-    std::cerr << "llmir-compiler-service: log.level '" << s.logLevel
-              << "' is not one of debug, info, warn, error\n";
-    return 2;
-  }
   if (s.threads < 1) {
     std::cerr << "llmir-compiler-service: http.threads must be at least 1\n";
     return 2;
@@ -182,7 +176,7 @@ int main(int argc, char **argv) {
     std::cout << "llmir-compiler-service: configuration is valid\n";
     return 0;
   }
-  llmir::net::initLogging("compiler", level);
+  llmir::net::initLogging("compiler", s.logLevel);
 
   auto clusterSecret = llmir::net::loadServiceClusterSecret(
       {.secretFile = s.clusterSecretFile,

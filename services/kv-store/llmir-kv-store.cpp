@@ -35,7 +35,7 @@ struct Settings {
   uint64_t maxBlockBytes = 64ull << 20;
   bool sharedMemory = true;
   uint32_t channelSpinUs = 0;
-  std::string logLevel = "info";
+  llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
   std::string clusterSecretFile;
 };
 
@@ -154,7 +154,7 @@ int main(int argc, char **argv) {
              "after a request through a same-host client's channel, look for the next this "
              "many microseconds before sleeping (0: sleep at once; pays on cores of the "
              "store's own, costs a time slice per call on oversubscribed ones)");
-  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
              "any put or get (else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
@@ -165,12 +165,6 @@ int main(int argc, char **argv) {
   if (config.helpRequested()) {
     std::cout << config.usage();
     return 0;
-  }
-  llmir::net::LogLevel level;
-  if (!llmir::net::parseLogLevel(s.logLevel, level)) {
-    std::cerr << "llmir-kv-store: log.level '" << s.logLevel
-              << "' is not one of debug, info, warn, error\n";
-    return 2;
   }
   if (s.capacityBytes == 0 || s.maxBlockBytes == 0) {
     std::cerr << "llmir-kv-store: store.capacity-bytes and store.max-block-bytes must be "
@@ -186,7 +180,7 @@ int main(int argc, char **argv) {
     std::cout << "llmir-kv-store: configuration is valid\n";
     return 0;
   }
-  llmir::net::initLogging("kv-store", level);
+  llmir::net::initLogging("kv-store", s.logLevel);
 
   auto clusterSecret = llmir::net::loadServiceClusterSecret(
       {.secretFile = s.clusterSecretFile,

@@ -59,7 +59,7 @@ struct Settings {
   std::string kvCacheDtype = "auto";
   int httpThreads = 4;
   uint64_t maxBodyBytes = 1 << 20;
-  std::string logLevel = "info";
+  net::LogLevel logLevel = net::LogLevel::Info;
   std::string toolCallParser; // empty: tool calls stay text
   // Mesh mode.
   std::string compilerUrl;
@@ -123,7 +123,7 @@ void bind(net::Config &config, Settings &s) {
              "HTTP handler threads (a request waiting for a replica holds one; /healthz, "
              "/readyz and /metrics are answered on the I/O thread regardless)");
   config.add("http.max-body-bytes", &s.maxBodyBytes, "larger request bodies get 413");
-  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("tool-call-parser", &s.toolCallParser,
              "chat: parse tool calls out of the output (hermes, llama3_json or mistral)");
   config.add("compiler-url", &s.compilerUrl,
@@ -281,10 +281,6 @@ Result<std::vector<serving::ApiKeyEntry>> loadApiKeys(const std::string &path) {
 Status validate(const Settings &s) {
   if (s.model.empty())
     return Status::error("'model' is required (see --help)");
-  net::LogLevel level;
-  if (!net::parseLogLevel(s.logLevel, level))
-    return Status::error("'log.level' must be debug, info, warn or error, got '" +
-                         s.logLevel + "'");
   if (!serving::parseBalancePolicy(s.lbPolicy))
     return Status::error("'lb-policy' must be weighted, least-outstanding or round-robin, got '" +
                          s.lbPolicy + "'");
@@ -527,8 +523,6 @@ int main(int argc, char **argv) {
     std::cout << "llmir-scheduler: configuration is valid\n";
     return 0;
   }
-  net::LogLevel level = net::LogLevel::Info;
-  (void)net::parseLogLevel(settings.logLevel, level); // validate()d
-  net::initLogging("scheduler", level);
+  net::initLogging("scheduler", settings.logLevel);
   return run(settings);
 }

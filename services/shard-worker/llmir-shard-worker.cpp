@@ -54,7 +54,7 @@ struct Settings {
   uint32_t collectiveTimeoutMs = 30000;
   uint32_t drainGraceMs = 30000;
   unsigned threads = 0;
-  std::string logLevel = "info";
+  net::LogLevel logLevel = net::LogLevel::Info;
   std::string clusterSecretFile;
 };
 
@@ -227,7 +227,7 @@ int main(int argc, char **argv) {
              "bound on joining the replica and on every collective");
   config.add("timeouts.drain-grace-ms", &s.drainGraceMs,
              "after SIGTERM, keep serving steps this long at most");
-  config.add("log.level", &s.logLevel, "debug, info, warn or error");
+  config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
              "docs/reliability.md)");
@@ -238,11 +238,6 @@ int main(int argc, char **argv) {
   if (config.helpRequested()) {
     std::cout << config.usage();
     return 0;
-  }
-  net::LogLevel level;
-  if (!net::parseLogLevel(s.logLevel, level)) {
-    std::cerr << "llmir-shard-worker: bad log.level '" << s.logLevel << "'\n";
-    return 2;
   }
   if (s.heartbeatMs == 0 || s.collectiveTimeoutMs == 0) {
     std::cerr << "llmir-shard-worker: timeouts.heartbeat-ms and timeouts.collective-ms must be "
@@ -278,7 +273,7 @@ int main(int argc, char **argv) {
   }
   if (s.workerId.empty())
     s.workerId = defaultWorkerId();
-  net::initLogging("shard-worker", level);
+  net::initLogging("shard-worker", s.logLevel);
 
   Metrics metrics;
   llmir::shard_worker::WorkerObserver observer;

@@ -52,6 +52,7 @@ bool parsePositiveList(const std::string &text, std::vector<int> &out) {
 const char *typeName(const auto &target) {
   using T = std::remove_pointer_t<std::decay_t<decltype(target)>>;
   if constexpr (std::is_same_v<T, std::vector<int>>) return "list of positive integers";
+  else if constexpr (std::is_same_v<T, LogLevel>) return "log level (debug, info, warn or error)";
   else if constexpr (std::is_same_v<T, std::string>) return "string";
   else if constexpr (std::is_same_v<T, bool>) return "bool";
   else if constexpr (std::is_same_v<T, double>) return "number";
@@ -118,6 +119,7 @@ void Config::add(std::string k, uint32_t *t, std::string d) { addField(std::move
 void Config::add(std::string k, uint64_t *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, double *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::add(std::string k, std::vector<int> *t, std::string d) { addField(std::move(k), t, std::move(d)); }
+void Config::add(std::string k, LogLevel *t, std::string d) { addField(std::move(k), t, std::move(d)); }
 void Config::addPositional(std::string name, std::vector<std::string> *target, std::string doc) {
   positional_ = target;
   positionalName_ = std::move(name);
@@ -174,6 +176,8 @@ Status Config::set(const std::string &key, const std::string &value,
           return true;
         } else if constexpr (std::is_same_v<T, std::vector<int>>) {
           return parsePositiveList(value, *target);
+        } else if constexpr (std::is_same_v<T, LogLevel>) {
+          return parseLogLevel(value, *target);
         } else if constexpr (std::is_same_v<T, double>) {
           char *end = nullptr;
           double d = std::strtod(value.c_str(), &end);
@@ -298,6 +302,7 @@ std::string Config::usage() const {
             for (size_t i = 0; i < t->size(); ++i)
               out << (i ? "," : "") << (*t)[i];
           } else if constexpr (std::is_same_v<T, bool>) out << (*t ? "true" : "false");
+          else if constexpr (std::is_same_v<T, LogLevel>) out << logLevelName(*t);
           else out << +*t;
         },
         f.target);

@@ -13,15 +13,6 @@ std::mutex logMu;
 std::string logService = "llmir";
 LogLevel logMinLevel = LogLevel::Info;
 
-const char *levelName(LogLevel level) {
-  switch (level) {
-  case LogLevel::Debug: return "debug";
-  case LogLevel::Info: return "info";
-  case LogLevel::Warn: return "warn";
-  case LogLevel::Error: return "error";
-  }
-  return "info";
-}
 
 std::string quote(std::string_view s) {
   return boost::json::serialize(boost::json::string(s));
@@ -52,6 +43,16 @@ LogField::LogField(std::string_view k, double v)
     : key(k), json(boost::json::serialize(boost::json::value(v))) {}
 LogField::LogField(std::string_view k, bool v) : key(k), json(v ? "true" : "false") {}
 
+const char *logLevelName(LogLevel level) {
+  switch (level) {
+  case LogLevel::Debug: return "debug";
+  case LogLevel::Info: return "info";
+  case LogLevel::Warn: return "warn";
+  case LogLevel::Error: return "error";
+  }
+  return "info";
+}
+
 void initLogging(std::string service, LogLevel minLevel) {
   std::lock_guard lock(logMu);
   logService = std::move(service);
@@ -60,7 +61,7 @@ void initLogging(std::string service, LogLevel minLevel) {
 
 bool parseLogLevel(std::string_view text, LogLevel &level) {
   for (LogLevel l : {LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error})
-    if (text == levelName(l)) {
+    if (text == logLevelName(l)) {
       level = l;
       return true;
     }
@@ -76,7 +77,7 @@ std::string formatLogLine(LogLevel level, std::string_view msg,
     service = logService;
   }
   std::string line = "{\"ts\":\"" + timestamp() + "\",\"level\":\"" +
-                     levelName(level) + "\",\"service\":" + quote(service) +
+                     logLevelName(level) + "\",\"service\":" + quote(service) +
                      ",\"msg\":" + quote(msg);
   if (!requestId.empty())
     line += ",\"request_id\":" + quote(requestId);

@@ -105,6 +105,27 @@ TEST(ConfigTest, ListsOfPositiveIntegers) {
   EXPECT_EQ(batches, (std::vector<int>{16, 64}));
 }
 
+// Every service's log.level: read where the other keys are, one message
+// for a bad value, shown by name in the usage.
+TEST(ConfigTest, LogLevels) {
+  llmir::net::LogLevel level = llmir::net::LogLevel::Info;
+  Config c("svc");
+  c.add("log.level", &level, "debug, info, warn or error");
+  EXPECT_NE(c.usage().find("now info"), std::string::npos) << c.usage();
+  ASSERT_TRUE(c.set("log.level", "warn", "test").isOk());
+  EXPECT_EQ(level, llmir::net::LogLevel::Warn);
+  for (const char *bad : {"", "verbose", "INFO", "warning"}) {
+    llmir::Status st = c.set("log.level", bad, "test");
+    EXPECT_FALSE(st.isOk()) << bad;
+    EXPECT_NE(st.message().find("debug, info, warn or error"), std::string::npos)
+        << st.message();
+  }
+  EXPECT_EQ(level, llmir::net::LogLevel::Warn) << "a failed set leaves the value alone";
+  const char *argv[] = {"svc", "--log.level=debug"};
+  ASSERT_TRUE(c.load(2, argv).isOk());
+  EXPECT_EQ(level, llmir::net::LogLevel::Debug);
+}
+
 TEST(ConfigTest, PositionalArgumentsOnlyWhereBound) {
   int repeats = 3;
   std::vector<std::string> models;

@@ -11,6 +11,7 @@
 // the message rather than accepted as an alias.
 #pragma once
 
+#include "llmir/net/Log.h"
 #include "llmir/support/Status.h"
 
 #include <cstdint>
@@ -36,6 +37,9 @@ public:
   /// Comma-separated positive integers ("1,2,8"), e.g. a bench's thread or
   /// batch counts; empty items, zero and negatives are errors.
   void add(std::string key, std::vector<int> *target, std::string doc);
+  /// debug, info, warn or error (parseLogLevel): every service's log.level,
+  /// checked where the other keys are, with the same message.
+  void add(std::string key, LogLevel *target, std::string doc);
   /// Arguments that are not flags (a bench's MODEL_DIR...) go to `*target`
   /// in their order; without this binding such an argument is an error.
   void addPositional(std::string name, std::vector<std::string> *target, std::string doc);
@@ -70,7 +74,7 @@ public:
 private:
   using Target = std::variant<std::string *, bool *, int *, int64_t *,
                               uint16_t *, uint32_t *, uint64_t *, double *,
-                              std::vector<int> *>;
+                              std::vector<int> *, LogLevel *>;
   struct Field {
     std::string key;
     Target target;

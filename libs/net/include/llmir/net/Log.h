@@ -31,6 +31,8 @@ struct LogField {
 void initLogging(std::string service, LogLevel minLevel = LogLevel::Info);
 /// "debug", "info", "warn", "error"; false for anything else.
 bool parseLogLevel(std::string_view text, LogLevel &level);
+/// "debug", "info", "warn" or "error": what parseLogLevel reads.
+const char *logLevelName(LogLevel level);
 
 void log(LogLevel level, std::string_view msg,
          std::initializer_list<LogField> fields = {},
