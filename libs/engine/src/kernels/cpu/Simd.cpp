@@ -11,6 +11,7 @@
 #endif
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace llmir::engine::cpu::simd {
