@@ -194,6 +194,45 @@ TEST(LinearGroup, EachOutputAsLinearAlone) {
       }
 }
 
+// The decode GEMVs read a thread's rows as two streams (row i beside row
+// i + half of its range, AVX-512): a row's sum must not depend on which row
+// it was paired with or whether it was left alone, i.e. on how the pool
+// split the rows. Alone on 1 thread, output 0 (37 rows) pairs row i with
+// i + 18 and leaves row 36 alone, output 1 (64 rows) pairs i with i + 32;
+// grouped on 3 threads (chunks of 64 rows over both) output 1 is split
+// into 27 and 37 rows, so its rows 26 and 63 are alone and the rest pair
+// otherwise.
+TEST(Linear, DecodeRowsIdenticalWhateverThePoolSplit) {
+  std::mt19937 rng(9);
+  ThreadPool one(1), three(3);
+  for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16})
+    for (int64_t K : {64, 67, 256, 576})
+      for (int64_t T : {1, 3})
+        for (bool bf16Products : {false, true}) {
+          const std::vector<int64_t> widths = {37, 64};
+          std::vector<float> x = randomFloats(static_cast<size_t>(T * K), rng);
+          std::vector<WeightTensor> weights;
+          std::vector<std::vector<float>> grouped, alone;
+          std::vector<cpu::LinearOutput> outputs;
+          for (int64_t N : widths) {
+            weights.push_back(
+                makeWeight(dtype, {N, K}, randomFloats(static_cast<size_t>(N * K), rng)));
+            grouped.emplace_back(static_cast<size_t>(T * N), -1.0f);
+            alone.emplace_back(static_cast<size_t>(T * N), -2.0f);
+          }
+          for (size_t i = 0; i < widths.size(); ++i) {
+            outputs.push_back({WeightView::of(weights[i]), nullptr, grouped[i].data()});
+            cpu::linear(x.data(), T, WeightView::of(weights[i]), nullptr, alone[i].data(),
+                        one, bf16Products);
+          }
+          cpu::linearGroup(x.data(), T, outputs, three, bf16Products);
+          for (size_t i = 0; i < widths.size(); ++i)
+            EXPECT_EQ(grouped[i], alone[i]) << dtypeName(dtype) << " K=" << K << " T=" << T
+                                            << " output " << i
+                                            << (bf16Products ? " medium" : "");
+        }
+}
+
 TEST(Rope, MatchesRotateHalfReference) {
   std::mt19937 rng(2);
   const int64_t T = 4, heads = 3, D = 16;
