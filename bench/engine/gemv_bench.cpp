@@ -16,10 +16,17 @@
 //               dependencies: it bounds what fewer barriers could give)
 //   barrier     an empty parallelFor of one chunk per thread (microseconds)
 //
+// --read-forms instead times plain reads of the same weights on the calling
+// thread in four forms (why a read of the weights fell short of the probe,
+// docs/performance.md, "Eleventh round"): 256-bit loads (the probe's loop),
+// 512-bit loads (`sum`), 512-bit loads with each line prefetched 1 KiB ahead
+// into L2, and 512-bit loads of the first and second half side by side.
+//
 // Each figure is the best of --repeats; GB/s counts the weight bytes read.
 //
 //   llmir-gemv-bench [--threads 1,2] [--dtype f32|bf16] [--tokens 32]
-//                    [--repeats 5] [--medium] [--share] [--passes N]   (--help)
+//                    [--repeats 5] [--medium] [--share] [--passes N]
+//                    [--read-forms]                                     (--help)
 #include "BandwidthProbe.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -47,6 +54,7 @@ struct Options {
   bool bf16 = false;
   bool medium = false;
   bool share = false;
+  bool readForms = false;
   int passes = 0;
   int tokens = 32;
   int repeats = 5;
@@ -70,6 +78,7 @@ Options parseOptions(int argc, char **argv) {
   config.add("repeats", &o.repeats, "repeats (the best is shown)");
   config.add("passes", &o.passes, "also time the probe's passes one by one (0: off)");
   config.add("share", &o.share, "also time one thread's half of every weight");
+  config.add("read-forms", &o.readForms, "time plain reads of the weights in four forms instead");
   config.add("medium", &o.medium, "bf16 activations (vdpbf16ps), as --matmul-precision medium");
   config.loadOrExit(argc, argv);
   if (dtype != "f32" && dtype != "bf16")
@@ -108,6 +117,56 @@ __attribute__((target("avx512f"))) float sumAvx512(const float *data, size_t n) 
       v16f v;
       std::memcpy(&v, data + i + 16 * j, sizeof v);
       a[j] += v;
+    }
+  v16f s = a[0] + a[1] + a[2] + a[3];
+  float total = 0;
+  for (int j = 0; j < 16; ++j)
+    total += s[j];
+  return total;
+}
+
+// The read forms of --read-forms, each four independent sums.
+typedef float v8f __attribute__((vector_size(32)));
+__attribute__((target("avx2"))) float sumAvx2(const float *data, size_t n) {
+  v8f a[4] = {};
+  for (size_t i = 0; i + 32 <= n; i += 32)
+    for (int j = 0; j < 4; ++j) {
+      v8f v;
+      std::memcpy(&v, data + i + 8 * j, sizeof v);
+      a[j] += v;
+    }
+  v8f s = a[0] + a[1] + a[2] + a[3];
+  float total = 0;
+  for (int j = 0; j < 8; ++j)
+    total += s[j];
+  return total;
+}
+__attribute__((target("avx512f"))) float sumAvx512Prefetch(const float *data, size_t n) {
+  v16f a[4] = {};
+  for (size_t i = 0; i + 64 <= n; i += 64)
+    for (int j = 0; j < 4; ++j) {
+      __builtin_prefetch(data + i + 16 * j + 256, 0, 2); // 1 KiB ahead, into L2
+      v16f v;
+      std::memcpy(&v, data + i + 16 * j, sizeof v);
+      a[j] += v;
+    }
+  v16f s = a[0] + a[1] + a[2] + a[3];
+  float total = 0;
+  for (int j = 0; j < 16; ++j)
+    total += s[j];
+  return total;
+}
+__attribute__((target("avx512f"))) float sumAvx512TwoStreams(const float *data, size_t n) {
+  const size_t half = n / 2 / 32 * 32;
+  const float *second = data + half;
+  v16f a[4] = {};
+  for (size_t i = 0; i + 32 <= half; i += 32)
+    for (int j = 0; j < 2; ++j) {
+      v16f u, v;
+      std::memcpy(&u, data + i + 16 * j, sizeof u);
+      std::memcpy(&v, second + i + 16 * j, sizeof v);
+      a[j] += u;
+      a[2 + j] += v;
     }
   v16f s = a[0] + a[1] + a[2] + a[3];
   float total = 0;
@@ -199,6 +258,36 @@ int main(int argc, char **argv) {
       std::printf("\n#   min %.1f median %.1f max %.1f\n", v.front(), v[v.size() / 2],
                   v.back());
     }
+    return 0;
+  }
+  if (o.readForms) {
+    // Alternated within each repeat, so each form sees the same minutes.
+    const float *all = reinterpret_cast<const float *>(region->data());
+    const size_t words = bytes / 4;
+    struct Form {
+      const char *name;
+      float (*sum)(const float *, size_t);
+      double best = 0;
+    };
+    Form forms[] = {{"256-bit loads", sumAvx2},
+                    {"512-bit loads", sumAvx512},
+                    {"512-bit, prefetch 1 KiB", sumAvx512Prefetch},
+                    {"512-bit, two streams", sumAvx512TwoStreams}};
+    volatile float keep = 0;
+    double probeBest = 0;
+    for (int r = 0; r < o.repeats; ++r) {
+      for (Form &f : forms) {
+        const auto start = Clock::now();
+        for (int t = 0; t < o.tokens; ++t)
+          keep = keep + f.sum(all, words);
+        f.best = std::max(f.best, static_cast<double>(bytes) * o.tokens / seconds(start));
+      }
+      probeBest = std::max(probeBest, probe->measure(1, 3));
+    }
+    std::printf("# one thread, plain reads of the weights (GB/s), best of %d; probe %.1f\n",
+                o.repeats, probeBest / 1e9);
+    for (const Form &f : forms)
+      std::printf("  %-26s %6.1f\n", f.name, f.best / 1e9);
     return 0;
   }
   if (o.share) {
