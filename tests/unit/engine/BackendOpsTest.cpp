@@ -355,18 +355,29 @@ TEST_F(BackendOps, SampleRows) {
   EXPECT_LE(worstLogprob, 1e-5);
 }
 
+// Few rows (1,024-thread blocks) and many (a prefill: blocks sized to the
+// row, 128 to 1,024 threads, in registers or, past 8 a thread, the loop);
+// ADD+RMS_NORM against the CPU's add then norm.
 TEST_F(BackendOps, RmsNorm) {
-  for (auto [T, H] : {std::pair<int64_t, int64_t>{1, 4096}, {5, 1000}}) {
+  for (auto [T, H] : {std::pair<int64_t, int64_t>{1, 4096}, {5, 1000}, {100, 2048}, {70, 5000},
+                      {64, 300}, {65, 12000}}) {
     const std::vector<float> x = randomFloats(size_t(T * H), rng_, 3.0f);
+    const std::vector<float> residual = randomFloats(size_t(T * H), rng_, 3.0f);
     const std::vector<float> weight = randomFloats(size_t(H), rng_);
-    std::vector<float> want(x.size());
+    const std::string shape = "T=" + std::to_string(T) + " H=" + std::to_string(H);
+    std::vector<float> want(x.size()), sum(x.size()), wantAdded(x.size());
     cpu::rmsNorm(x.data(), T, H, weight.data(), 1e-6f, want.data());
+    cpu::add(x.data(), residual.data(), sum.data(), T * H);
+    cpu::rmsNorm(sum.data(), T, H, weight.data(), 1e-6f, wantAdded.data());
 
-    DeviceArray<float> dx(x), dw(weight), dy(x.size());
+    DeviceArray<float> dx(x), dr(residual), dw(weight), dy(x.size()), dsum(x.size());
     Status status = cuda::rmsNorm(dx.get(), T, H, dw.get(), 1e-6f, dy.get());
     ASSERT_TRUE(status.isOk()) << status.message();
-    compare("RMS_NORM", "T=" + std::to_string(T) + " H=" + std::to_string(H),
-            dy.download(), want, kElementwiseLimit);
+    compare("RMS_NORM", shape, dy.download(), want, kElementwiseLimit);
+    status = cuda::addRmsNorm(dx.get(), dr.get(), dsum.get(), T, H, dw.get(), 1e-6f, dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("ADD+RMS_NORM sum", shape, dsum.download(), sum, kElementwiseLimit);
+    compare("ADD+RMS_NORM", shape, dy.download(), wantAdded, kElementwiseLimit);
   }
 }
 
