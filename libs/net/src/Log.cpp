@@ -13,7 +13,6 @@ std::mutex logMu;
 std::string logService = "llmir";
 LogLevel logMinLevel = LogLevel::Info;
 
-
 std::string quote(std::string_view s) {
   return boost::json::serialize(boost::json::string(s));
 }

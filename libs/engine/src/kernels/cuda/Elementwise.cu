@@ -16,8 +16,6 @@ unsigned gridFor(int64_t n) {
                                               : 65535);
 }
 
-bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 __device__ float load(const void *src, Storage storage, int64_t i) {
   switch (storage) {
   case Storage::F16:
@@ -184,7 +182,7 @@ int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N) {
 }
 
 int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n) {
-  if (n % 4 == 0 && aligned16(gate) && aligned16(up) && aligned16(y))
+  if (n % 4 == 0 && alignedTo(gate, 16) && alignedTo(up, 16) && alignedTo(y, 16))
     launchDependent(swigluKernel<true>, gridFor(n / 4), kThreads, 0, stream, gate, up, y, n);
   else
     launchDependent(swigluKernel<false>, gridFor(n), kThreads, 0, stream, gate, up, y, n);

@@ -19,6 +19,11 @@ using Stream = ::CUstream_st *;
 /// switches for measuring (LLMIR_CUDA_GRAPHS, _FUSIONS, _PDL,
 /// _GROUP_ATTENTION, _FUSED_ROPE, _MMA_GEMV) are turned off.
 bool switchedOff(const char *name);
+/// Whether `p` is a multiple of `bytes` (a kernel's vector loads and stores
+/// need it of every pointer they take).
+inline bool alignedTo(const void *p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 /// Whether kernels are launched as programmatic dependents of the kernel
 /// before them (DependentLaunch.cuh): on devices of compute capability 9.0
 /// and up, unless LLMIR_CUDA_PDL=0. Read once per process.

@@ -511,10 +511,7 @@ int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
 }
 
 int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo) {
-  const auto fits = [](const void *p, uintptr_t bytes) {
-    return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-  };
-  if (n > 0 && n % 4 == 0 && fits(x, 16) && fits(hi, 8) && fits(lo, 8))
+  if (n > 0 && n % 4 == 0 && alignedTo(x, 16) && alignedTo(hi, 8) && alignedTo(lo, 8))
     launchDependent(splitBf16Kernel<true>, gridFor(n / 4, 256), 256, 0, stream, x, n,
                     static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
   else if (n > 0)
