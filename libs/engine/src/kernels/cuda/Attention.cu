@@ -467,83 +467,23 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
 constexpr int kMaxGroupSplits = 16;
 // D a template argument and the indices 32-bit: `o / D` and `o % D` of a
 // 64-bit D were calls to a 64-bit division routine, twice an output.
-template <int D>
-__device__ void mergeGroup(const float *shard0, int shards, int numHeads, int firstHead,
-                           int heads, float *out) {
+// The merge's arithmetic for outputs [begin, end) of `heads` heads, split
+// r's log-sum-exp of head t and output o read by lseOf(r, t) and
+// partialOf(r, o): mergeGroup reads the partials from global memory,
+// mergeCluster from the cluster's shared memory; the same sums in the same
+// order either way.
+template <int D, typename LseOf, typename PartialOf>
+__device__ void mergeWeighted(int splits, int heads, int begin, int end, LseOf lseOf,
+                              PartialOf partialOf, float *out) {
   __shared__ float weight[kMaxGroup][kMaxGroupSplits];
   __shared__ bool none[kMaxGroup];
-  const int row = numHeads * D + numHeads;
-  if (static_cast<int>(threadIdx.x) < heads) {
-    const int h = firstHead + static_cast<int>(threadIdx.x);
-    float lse[kMaxGroupSplits];
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        lse[r] = __ldcg(shard0 + r * row + numHeads * D + h);
-    float maximum = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        maximum = fmaxf(maximum, lse[r]);
-    none[threadIdx.x] = maximum == -INFINITY;
-    float total = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        total += expf(lse[r] - maximum);
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        weight[threadIdx.x][r] = expf(lse[r] - maximum) / total;
-  }
-  __syncthreads();
-  for (int o = static_cast<int>(threadIdx.x); o < heads * D; o += static_cast<int>(blockDim.x)) {
-    const int h = o / D;
-    const int at = (firstHead + h) * D + o % D;
-    float partial[kMaxGroupSplits];
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        partial[r] = __ldcg(shard0 + r * row + at);
-    float sum = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < shards)
-        sum += weight[h][r] * partial[r];
-    out[at] = none[h] ? 0.0f : sum;
-  }
-}
-
-// With rope.q set (ropeStoreAttend), the kernel also does what
-// ropeStoreKernel does for its KV head: the queries of its group are rotated
-// from rope.q as they are read (q is not read), and the block whose keys
-// hold the step's own row rotates that key, stores it and the value into the
-// cache and puts both straight into its tiles. Same rotation (rotationBy,
-// the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
-// one global round trip a layer fewer.
-// mergeGroup for a cluster of the `splits` blocks of one (query row, group)
-// (clusterMerge): each split's normalised outputs (partialOut, heads * D)
-// and log-sum-exps (partialLse) stay in its shared memory; after a cluster
-// barrier every block merges a slice of the outputs, reading the splits'
-// partials through distributed shared memory, with mergeGroup's arithmetic
-// in its order (the same bits). No fence, counter or L2 round trip: the
-// threadfence-reduction merge put three memory latencies after the last
-// split's sums.
-template <int D>
-__device__ void mergeCluster(const float *partialOut, const float *partialLse, int splits,
-                             int heads, float *out) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  __shared__ float weight[kMaxGroup][kMaxGroupSplits];
-  __shared__ bool none[kMaxGroup];
-  cluster.sync(); // every split's partial is in its shared memory
   const int tid = static_cast<int>(threadIdx.x);
   if (tid < heads) {
     float lse[kMaxGroupSplits];
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
       if (r < splits)
-        lse[r] = *cluster.map_shared_rank(partialLse + tid, static_cast<unsigned>(r));
+        lse[r] = lseOf(r, tid);
     float maximum = -INFINITY;
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
@@ -561,16 +501,13 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
         weight[tid][r] = expf(lse[r] - maximum) / total;
   }
   __syncthreads();
-  const int outputs = heads * D, share = (outputs + splits - 1) / splits;
-  const int first = static_cast<int>(cluster.block_rank()) * share;
-  const int last = first + share < outputs ? first + share : outputs;
-  for (int o = first + tid; o < last; o += static_cast<int>(blockDim.x)) {
+  for (int o = begin + tid; o < end; o += static_cast<int>(blockDim.x)) {
     const int h = o / D;
     float partial[kMaxGroupSplits];
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
       if (r < splits)
-        partial[r] = *cluster.map_shared_rank(partialOut + o, static_cast<unsigned>(r));
+        partial[r] = partialOf(r, o);
     float sum = 0.0f;
 #pragma unroll
     for (int r = 0; r < kMaxGroupSplits; ++r)
@@ -578,9 +515,52 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
         sum += weight[h][r] * partial[r];
     out[o] = none[h] ? 0.0f : sum;
   }
+}
+
+template <int D>
+__device__ void mergeGroup(const float *shard0, int shards, int numHeads, int firstHead,
+                           int heads, float *out) {
+  const int row = numHeads * D + numHeads;
+  const float *first = shard0 + firstHead * D; // the group's first output of split 0
+  mergeWeighted<D>(
+      shards, heads, 0, heads * D,
+      [&](int r, int t) { return __ldcg(shard0 + r * row + numHeads * D + firstHead + t); },
+      [&](int r, int o) { return __ldcg(first + r * row + o); }, out + firstHead * D);
+}
+
+// mergeGroup for a cluster of the `splits` blocks of one (query row, group)
+// (clusterMerge): each split's normalised outputs (partialOut, heads * D)
+// and log-sum-exps (partialLse) stay in its shared memory; after a cluster
+// barrier every block merges a slice of the outputs, reading the splits'
+// partials through distributed shared memory, with mergeGroup's arithmetic
+// in its order (the same bits). No fence, counter or L2 round trip: the
+// threadfence-reduction merge put three memory latencies after the last
+// split's sums.
+template <int D>
+__device__ void mergeCluster(const float *partialOut, const float *partialLse, int splits,
+                             int heads, float *out) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync(); // every split's partial is in its shared memory
+  const int outputs = heads * D, share = (outputs + splits - 1) / splits;
+  const int first = static_cast<int>(cluster.block_rank()) * share;
+  const auto inSplit = [&](const float *p, int r) {
+    return *cluster.map_shared_rank(p, static_cast<unsigned>(r));
+  };
+  mergeWeighted<D>(
+      splits, heads, first, first + share < outputs ? first + share : outputs,
+      [&](int r, int t) { return inSplit(partialLse + t, r); },
+      [&](int r, int o) { return inSplit(partialOut + o, r); }, out);
   cluster.sync(); // no block leaves while another reads its shared memory
 }
 
+// With rope.q set (ropeStoreAttend), the kernel also does what
+// ropeStoreKernel does for its KV head: the queries of its group are rotated
+// from rope.q as they are read (q is not read), and the block whose keys
+// hold the step's own row rotates that key, stores it and the value into the
+// cache and puts both straight into its tiles. Same rotation (rotationBy,
+// the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
+// one global round trip a layer fewer.
 template <typename C, int D>
 __global__ void __launch_bounds__(kGroupThreads)
     groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope,
