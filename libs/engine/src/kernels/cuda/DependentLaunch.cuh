@@ -78,8 +78,11 @@ void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sh
                          std::forward<Args>(args)...);
 }
 
-/// Lets `Kernel` take `bytes` of dynamic shared memory past the 48 KiB a
-/// kernel gets without asking, once per (kernel, device): the attribute is
+/// The shared memory a kernel gets without asking (allowDynamicShared).
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+
+/// Lets `Kernel` take `bytes` of dynamic shared memory past the
+/// kDefaultSharedBytes a kernel gets without asking, once per (kernel, device): the attribute is
 /// the device's, and the first launch of a shape runs eagerly, before any
 /// graph records it. One flag set per kernel (the template argument), not
 /// per function type: two instantiations of one kernel template share a
@@ -87,7 +90,7 @@ void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sh
 template <auto Kernel> void allowDynamicShared(size_t bytes) {
   static std::atomic<uint64_t> devices{0};
   int device = 0;
-  if (bytes <= 48 * 1024 || cudaGetDevice(&device) != cudaSuccess || device >= 64)
+  if (bytes <= kDefaultSharedBytes || cudaGetDevice(&device) != cudaSuccess || device >= 64)
     return;
   const uint64_t bit = uint64_t(1) << device;
   if (devices.load() & bit)

@@ -119,10 +119,9 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
 // up of one width; each warp computes row n of both and writes
 // silu(gate) * up to segment 0's y, with the SWIGLU kernel's arithmetic.
 // 64 KiB: the down projection of an 8B shape (K = 14,336) at one token; past
-// the default 48 KiB a kernel must opt in (allowSharedX), and 64 KiB still
+// the default 48 KiB a kernel must opt in (allowDynamicShared), and 64 KiB still
 // leaves three blocks per multiprocessor.
 constexpr int64_t kSharedXBytes = 64 * 1024;
-constexpr int64_t kDefaultSharedBytes = 48 * 1024;
 
 // One token's unpaired GEMV kept to 64 registers (66 unbounded): four blocks
 // of 8 rows a multiprocessor instead of three, an 8B shape's O projection
@@ -233,7 +232,7 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
     return launchRows<Tokens, true, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared,
                                                     segments);
   if constexpr (Tokens == 1)
-    if (shared > size_t(kDefaultSharedBytes))
+    if (shared > kDefaultSharedBytes)
       return launchRows<Tokens, false, kWideWarps>(stream, x, T, K, bf16, stageX, shared,
                                                    segments);
   launchRows<Tokens, false, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared, segments);
