@@ -1067,6 +1067,15 @@ __global__ void __launch_bounds__(128)
                          ? position[i] + 1 - g.slidingWindow
                          : 0;
   }
+  // The same in 32 bits (positions are int32 in the step's tables), and the
+  // keys both rows see: a tile inside [seesFrom, seesUpTo] needs no mask.
+  const int32_t position32[2] = {static_cast<int32_t>(position[0]),
+                                 static_cast<int32_t>(position[1])};
+  const int32_t windowStart32[2] = {static_cast<int32_t>(windowStart[0]),
+                                    static_cast<int32_t>(windowStart[1])};
+  const int32_t seesUpTo = min(position32[0], position32[1]);
+  const int32_t seesFrom = max(windowStart32[0], windowStart32[1]);
+  const float scaleLog2 = g.scale * 1.4426950408889634f; // log2(e)
   // Q as A fragments: register k holds row[k % 2], columns 16 c + 8 (k / 2)
   // + 2 pair and the next.
   uint32_t qHi[kChunks][4], qLo[kChunks][4];
@@ -1141,15 +1150,21 @@ __global__ void __launch_bounds__(128)
           mmaBf16(s[t], qLo[c], b0, b1);
       }
     }
+    // Scores in base 2 (scaled by log2 e: exp2f is one MUFU.EX2, expf a
+    // longer sequence); the mask tested only where the tile holds a key one
+    // of this thread's rows must not see (the diagonal tiles and a sliding
+    // window's edge), in 32-bit arithmetic.
+    const int32_t tileFirst = static_cast<int32_t>(base);
+    const bool wholeTile = tileFirst + kMmaKeys - 1 <= seesUpTo && tileFirst >= seesFrom;
     float tileMax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int t = 0; t < kKeyTiles; ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e / 2;
-        const int64_t j = base + 8 * t + 2 * pair + e % 2;
-        const bool visible = j <= position[i] && j >= windowStart[i];
-        s[t][e] = visible ? s[t][e] * g.scale : -INFINITY;
+        const int32_t j = tileFirst + 8 * t + 2 * pair + e % 2;
+        const bool visible = wholeTile || (j <= position32[i] && j >= windowStart32[i]);
+        s[t][e] = visible ? s[t][e] * scaleLog2 : -INFINITY;
         tileMax[i] = fmaxf(tileMax[i], s[t][e]);
       }
     float correction[2], tileSum[2] = {0.0f, 0.0f};
@@ -1159,7 +1174,7 @@ __global__ void __launch_bounds__(128)
       tileMax[i] = fmaxf(tileMax[i], __shfl_xor_sync(0xffffffffu, tileMax[i], 1));
       tileMax[i] = fmaxf(tileMax[i], __shfl_xor_sync(0xffffffffu, tileMax[i], 2));
       const float newMax = fmaxf(runningMax[i], tileMax[i]);
-      correction[i] = newMax == -INFINITY ? 1.0f : expf(runningMax[i] - newMax);
+      correction[i] = newMax == -INFINITY ? 1.0f : exp2f(runningMax[i] - newMax);
       runningMax[i] = newMax;
     }
 #pragma unroll
@@ -1167,7 +1182,9 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e / 2;
-        s[t][e] = s[t][e] == -INFINITY ? 0.0f : expf(s[t][e] - runningMax[i]);
+        // A masked score (or a row that has seen no key yet: -inf - -inf)
+        // weighs 0.
+        s[t][e] = s[t][e] == -INFINITY ? 0.0f : exp2f(s[t][e] - runningMax[i]);
         tileSum[i] += s[t][e];
       }
     // Each lane's share of its rows' sums (the lanes are summed at the end).
