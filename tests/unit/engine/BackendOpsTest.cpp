@@ -204,7 +204,7 @@ TEST_F(BackendOps, Linear) {
 // the other (many), against the CPU's one by one.
 TEST_F(BackendOps, LinearGroup) {
   for (proto::DType dtype : {proto::BF16, proto::F16})
-    for (int64_t T : {1, 5, 24}) {
+    for (int64_t T : {1, 5, 16, 24}) {
       const int64_t K = 768;
       const std::vector<int64_t> widths = {768, 256, 256, 40};
       const std::vector<float> x = randomFloats(size_t(T * K), rng_);
@@ -243,7 +243,7 @@ TEST_F(BackendOps, LinearGroup) {
 // instructions, and bit-equal to the device's own unfused kernels.
 TEST_F(BackendOps, LinearSwiglu) {
   for (proto::DType dtype : {proto::BF16, proto::F16})
-    for (int64_t T : {1, 3, 8, 24}) {
+    for (int64_t T : {1, 3, 8, 12, 24}) {
       const int64_t K = 768, N = 320;
       const std::vector<float> x = randomFloats(size_t(T * K), rng_);
       const WeightTensor gate =

@@ -105,9 +105,16 @@ int64_t tensorCoreMinTokens() {
 /// cuBLAS (8): batch 2 1.64 -> 1.61 ms a step, batch 4 2.40 -> 1.63, batch 8
 /// 2.10 -> 1.71 (1.40 since its precision became a template argument); 8B
 /// batch 4 14.15 -> 7.00, batch 8 6.53-6.68 -> 5.97-6.00 (docs/performance.md).
+/// Up to 16 tokens (untested on a GPU, for an A/B: the mma's rows 8-15 carry
+/// tokens 8-15 on the same weight loads, where cuBLAS took 9-16);
+/// LLMIR_CUDA_MMA_MAX_TOKENS=8 keeps 9-16 on cuBLAS.
 bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
   static const bool enabled = !detail::switchedOff("LLMIR_CUDA_MMA_GEMV");
-  return enabled && storage == detail::Storage::BF16 && T >= 2 && T <= 8 && K % 8 == 0;
+  static const int64_t maxTokens = [] {
+    const char *text = std::getenv("LLMIR_CUDA_MMA_MAX_TOKENS");
+    return text && std::string(text) == "8" ? int64_t(8) : int64_t(16);
+  }();
+  return enabled && storage == detail::Storage::BF16 && T >= 2 && T <= maxTokens && K % 8 == 0;
 }
 
 /// The segments' products on the batched GEMV (linearMma) where

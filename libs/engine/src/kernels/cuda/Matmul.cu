@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace llmir::engine::cuda::detail {
 namespace {
@@ -261,12 +262,13 @@ constexpr int kMmaRows = 8;   // weight rows a tile (the mma's N)
 template <bool Paired> constexpr int kMmaAhead = Paired ? 4 : 8;
 constexpr int kMmaXAhead = 4; // ... and whose x (mostly L1 hits: a shorter wait)
 
-__device__ __forceinline__ void mmaBf16(float (&c)[4], unsigned a0, unsigned a2, unsigned b0,
-                                        unsigned b1) {
+// A's rows g (a0, a2) and g + 8 (a1, a3): tokens g and g + 8.
+__device__ __forceinline__ void mmaBf16(float (&c)[4], unsigned a0, unsigned a1, unsigned a2,
+                                        unsigned a3, unsigned b0, unsigned b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ unsigned bits(__nv_bfloat162 v) {
@@ -290,11 +292,16 @@ __device__ __forceinline__ void splitPair(float v0, float v1, unsigned &hi, unsi
 // tokens, ncu) the kernel issued an instruction every other cycle on each
 // scheduler, 127 registers and some spilled, two blocks a multiprocessor:
 // 2.2 TB/s where cuBLAS moves the same weights at 3.0.
-template <bool Paired, bool Highest>
+// Wide: 9 to 16 tokens, the mma's A rows 8-15 carrying tokens 8-15 (zeros
+// up to 8 tokens), on the same weight loads; each lane then reads x of two
+// tokens, two steps ahead instead of four to keep the registers.
+template <bool Paired, bool Highest, bool Wide>
 __global__ void __launch_bounds__(kMmaSplits * 32)
     linearMmaKernel(const float *x, int T, int64_t K, LinearSegments segments) {
   constexpr int Ahead = kMmaAhead<Paired>;
-  __shared__ float partial[Paired ? 2 : 1][kMmaSplits][8][kMmaRows];
+  constexpr int XAhead = Wide ? 2 : kMmaXAhead;
+  constexpr int Tokens = Wide ? 16 : 8;
+  __shared__ float partial[Paired ? 2 : 1][kMmaSplits][Tokens][kMmaRows];
   int s = 0;
   while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
     ++s;
@@ -327,41 +334,52 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
   allowDependentLaunch();
   // x of the same steps, requested ahead as the weights are (an L2 read a
   // step, waited for one at a time, was most of a warp's time).
-  const float *xRow = x + int64_t(g) * K;
-  auto loadX = [&](int64_t step, float4 &a, float4 &b) {
+  auto loadX = [&](int token, int64_t step, float4 &a, float4 &b) {
     const int64_t k = step * 32 + 8 * c;
-    if (g < T && step < last && k < K) {
-      a = *reinterpret_cast<const float4 *>(xRow + k);
-      b = *reinterpret_cast<const float4 *>(xRow + k + 4);
+    if (token < T && step < last && k < K) {
+      const float *row = x + int64_t(token) * K;
+      a = *reinterpret_cast<const float4 *>(row + k);
+      b = *reinterpret_cast<const float4 *>(row + k + 4);
     } else {
       a = b = make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
-  float4 xa[kMmaXAhead], xb[kMmaXAhead];
+  // Token g's x (xa, xb) and, Wide, token g + 8's (xc, xd).
+  float4 xa[XAhead], xb[XAhead], xc[Wide ? XAhead : 1], xd[Wide ? XAhead : 1];
 #pragma unroll
-  for (int j = 0; j < kMmaXAhead; ++j)
-    loadX(first + j, xa[j], xb[j]);
+  for (int j = 0; j < XAhead; ++j) {
+    loadX(g, first + j, xa[j], xb[j]);
+    if constexpr (Wide)
+      loadX(g + 8, first + j, xc[j], xd[j]);
+  }
   float gate[4] = {0.f, 0.f, 0.f, 0.f}, up[4] = {0.f, 0.f, 0.f, 0.f};
   for (int64_t base = first; base < last; base += Ahead) {
 #pragma unroll
     for (int j = 0; j < Ahead; ++j) {
       const int64_t step = base + j;
-      const int xj = j % kMmaXAhead; // a constant once unrolled
-      unsigned hi[4], lo[4];
+      const int xj = j % XAhead; // a constant once unrolled
+      unsigned hi[4], lo[4], hi8[4] = {0u, 0u, 0u, 0u}, lo8[4] = {0u, 0u, 0u, 0u};
       splitPair<Highest>(xa[xj].x, xa[xj].y, hi[0], lo[0]);
       splitPair<Highest>(xa[xj].z, xa[xj].w, hi[1], lo[1]);
       splitPair<Highest>(xb[xj].x, xb[xj].y, hi[2], lo[2]);
       splitPair<Highest>(xb[xj].z, xb[xj].w, hi[3], lo[3]);
-      loadX(step + kMmaXAhead, xa[xj], xb[xj]);
+      loadX(g, step + XAhead, xa[xj], xb[xj]);
+      if constexpr (Wide) {
+        splitPair<Highest>(xc[xj].x, xc[xj].y, hi8[0], lo8[0]);
+        splitPair<Highest>(xc[xj].z, xc[xj].w, hi8[1], lo8[1]);
+        splitPair<Highest>(xd[xj].x, xd[xj].y, hi8[2], lo8[2]);
+        splitPair<Highest>(xd[xj].z, xd[xj].w, hi8[3], lo8[3]);
+        loadX(g + 8, step + XAhead, xc[xj], xd[xj]);
+      }
       // One weight tile's products with x's high halves, then (highest)
       // its low halves. Steps past the warp's range hold zeros: their
       // products add nothing.
       auto multiply = [&](float(&acc)[4], uint4 w) {
-        mmaBf16(acc, hi[0], hi[1], w.x, w.y);
-        mmaBf16(acc, hi[2], hi[3], w.z, w.w);
+        mmaBf16(acc, hi[0], hi8[0], hi[1], hi8[1], w.x, w.y);
+        mmaBf16(acc, hi[2], hi8[2], hi[3], hi8[3], w.z, w.w);
         if constexpr (Highest) {
-          mmaBf16(acc, lo[0], lo[1], w.x, w.y);
-          mmaBf16(acc, lo[2], lo[3], w.z, w.w);
+          mmaBf16(acc, lo[0], lo8[0], lo[1], lo8[1], w.x, w.y);
+          mmaBf16(acc, lo[2], lo8[2], lo[3], lo8[3], w.z, w.w);
         }
       };
       const uint4 w = gateAhead[j];
@@ -377,14 +395,22 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
   // c0, c1: token g, rows 2c and 2c + 1 of the tile (c2, c3: tokens 8-15).
   partial[0][warp][g][2 * c] = gate[0];
   partial[0][warp][g][2 * c + 1] = gate[1];
+  if constexpr (Wide) {
+    partial[0][warp][g + 8][2 * c] = gate[2];
+    partial[0][warp][g + 8][2 * c + 1] = gate[3];
+  }
   if constexpr (Paired) {
     partial[Paired ? 1 : 0][warp][g][2 * c] = up[0];
     partial[Paired ? 1 : 0][warp][g][2 * c + 1] = up[1];
+    if constexpr (Wide) {
+      partial[Paired ? 1 : 0][warp][g + 8][2 * c] = up[2];
+      partial[Paired ? 1 : 0][warp][g + 8][2 * c + 1] = up[3];
+    }
   }
   __syncthreads();
   const int t = threadIdx.x / kMmaRows, r = threadIdx.x % kMmaRows;
   const int64_t n = rowBase + r;
-  if (threadIdx.x >= 8 * kMmaRows || t >= T || n >= seg.N)
+  if (threadIdx.x >= Tokens * kMmaRows || t >= T || n >= seg.N)
     return;
   float v = 0.f, u = 0.f;
 #pragma unroll
@@ -486,7 +512,7 @@ int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
               LinearSegments segments) {
   if (T <= 0 || segments.count <= 0)
     return cudaGetLastError();
-  if (T > 8 || K % 8 != 0 ||
+  if (T > 16 || K % 8 != 0 ||
       (segments.pairedSwiglu &&
        (segments.count != 2 || segments.segment[0].N != segments.segment[1].N)))
     return cudaErrorInvalidValue;
@@ -502,10 +528,19 @@ int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
     launchDependent(kernel, static_cast<unsigned>(blocks), kMmaSplits * 32, 0, stream, x,
                     static_cast<int>(T), K, segments);
   };
-  if (segments.pairedSwiglu)
-    highest ? launch(linearMmaKernel<true, true>) : launch(linearMmaKernel<true, false>);
+  const auto launchWidth = [&](auto wide) {
+    constexpr bool Wide = decltype(wide)::value;
+    if (segments.pairedSwiglu)
+      highest ? launch(linearMmaKernel<true, true, Wide>)
+              : launch(linearMmaKernel<true, false, Wide>);
+    else
+      highest ? launch(linearMmaKernel<false, true, Wide>)
+              : launch(linearMmaKernel<false, false, Wide>);
+  };
+  if (T > 8)
+    launchWidth(std::true_type{});
   else
-    highest ? launch(linearMmaKernel<false, true>) : launch(linearMmaKernel<false, false>);
+    launchWidth(std::false_type{});
   return cudaGetLastError();
 }
 
