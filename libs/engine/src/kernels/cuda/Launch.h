@@ -65,7 +65,7 @@ struct LinearSegments {
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
              LinearSegments segments);
 /// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
-/// The same products for 2 to 8 tokens with bf16 weights (K a multiple of
+/// The same products for 2 to 16 tokens with bf16 weights (K a multiple of
 /// 8) on tensor cores: x rounded to bf16, plus its remainder's product when
 /// `highest` (the split GEMMs' arithmetic, Matmul.cu).
 int linearMma(Stream stream, const float *x, int64_t T, int64_t K, bool highest,
