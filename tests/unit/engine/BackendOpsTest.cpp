@@ -483,6 +483,11 @@ TEST_F(BackendOps, PagedAttention) {
       {"GQA decode", 8, 2, 128, 16, 1, {100}, {0}, {{5, 2, 7, 0, 6, 1, 3}}},
       {"GQA decode group of 8", 16, 2, 64, 32, 0, {150}, {0}, {{3, 6, 1, 7, 0}}},
       {"GQA windowed decode", 4, 2, 32, 16, 0, {90}, {0}, {{6, 1, 5, 2, 7, 0}}, 40},
+      // Batched decode (a row per sequence) on the group kernel too.
+      {"GQA batched decode", 16, 2, 64, 16, 0, {40, 60, 9}, {0, 1, 2},
+       {{5, 2, 7}, {0, 6, 1, 3}, {4}}},
+      {"GQA batched windowed decode", 8, 2, 128, 16, 1, {70, 33}, {0, 1},
+       {{3, 0, 6, 1, 7}, {2, 5, 4}}, 24},
       {"GQA prefill",
        8,
        2,

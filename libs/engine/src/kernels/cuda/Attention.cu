@@ -1396,12 +1396,14 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
                            clusterDim, q, g, out, rope, cluster);
 }
 
-// The group kernel for one query row (batch-1 decode: +2-3% end to end on
-// an H200 at 1.1B and 8B shapes); with more rows, attendKernel's block per
-// query head spreads the work wider (1.1B batch 8: 3.6k tok/s with the
-// group kernel, 3.7-3.8k without).
+// The group kernel for every decode step it can take: each key is read
+// once per group of query heads, where attendKernel's block per query head
+// reads it once per head. On an H200 (1.1B shape, medium, ms a step, block
+// per head -> group): batch 16 1.76 -> 1.65, 32 2.68 -> 2.50, 128 4.33 ->
+// 2.99; 8B batch 32 8.92 -> 6.96. (Session 6 measured batch 8 the other
+// way, 3.6k against 3.7-3.8k tok/s, before the kernel's cp.async chunks.)
 bool groupDecodeTakes(const AttentionGeometry &g) {
-  return g.numQueries == 1 && groupDecodeEnabled() && largestGroup(g) <= kMaxGroup &&
+  return groupDecodeEnabled() && largestGroup(g) <= kMaxGroup &&
          g.splits <= kMaxGroupSplits &&
          (g.headDim == 32 || g.headDim == 64 || g.headDim == 96 || g.headDim == 128);
 }

@@ -151,6 +151,7 @@ public:
       if (inst.op == proto::ATTENTION) {
         const cpu::AttentionParams &a = inst.params.attention;
         attentionHeads_ = std::max(attentionHeads_, a.numHeads);
+        attentionKvHeads_ = std::max(attentionKvHeads_, a.numKvHeads);
         partialRow_ = std::max(partialRow_, a.numHeads * a.headDim + a.numHeads);
       }
     int sms = 0;
@@ -342,7 +343,11 @@ public:
     // most multiprocessors idle: each pair's keys over up to 8 blocks. It
     // depends on T only, so a recorded graph stays valid.
     decodeStep_ = isDecodeStep();
-    const int64_t pairs = static_cast<int64_t>(T) * attentionHeads_;
+    // The group kernel runs a block per (token, KV head) where
+    // attendKernel ran one per (token, query head).
+    const int64_t pairs = static_cast<int64_t>(T) * (cuda::detail::groupDecodeEnabled()
+                                                         ? attentionKvHeads_
+                                                         : attentionHeads_);
     if (tiles.empty() && pairs > 0 && decodeStep_) {
       const int64_t splits = std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1,
                                                  maxDecodeSplits());
@@ -1280,7 +1285,7 @@ private:
   /// and most query heads over its ATTENTIONs.
   DeviceArray<float> attentionScratch_;
   DeviceArray<unsigned> splitCounters_; // attend's merge counters (DeviceStep::splitCounters)
-  int64_t partialRow_ = 0, attentionHeads_ = 0;
+  int64_t partialRow_ = 0, attentionHeads_ = 0, attentionKvHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
   // sampleRows: the rows' parameters and the sampled tokens' logprobs.
