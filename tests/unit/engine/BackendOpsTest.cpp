@@ -271,6 +271,73 @@ TEST_F(BackendOps, LinearSwiglu) {
     }
 }
 
+// A group whose bf16 weights lie side by side in one allocation (as
+// CudaBackend packs them) is one GEMM and a scatter from 17 tokens up to
+// the two-GEMM regime (512); Q, K, V-like outputs with a bias, and gate+up
+// with the SWIGLU written by the scatter, at both precisions, against the
+// CPU (medium: on x rounded to bf16).
+TEST_F(BackendOps, LinearGroupSideBySide) {
+  for (bool medium : {false, true})
+    for (int64_t T : {24, 64, 600}) {
+      const int64_t K = 512;
+      const std::vector<int64_t> widths = {512, 128, 128, 320, 320};
+      const std::vector<float> x = randomFloats(size_t(T * K), rng_);
+      std::vector<float> xUsed = x;
+      if (medium)
+        for (float &v : xUsed)
+          v = bf16Value(bf16Bits(v));
+      std::vector<WeightTensor> weights;
+      std::vector<std::byte> packed;
+      for (int64_t N : widths) {
+        weights.push_back(
+            makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f)));
+        packed.insert(packed.end(), weights.back().data.begin(), weights.back().data.end());
+      }
+      DeviceArray<std::byte> dpacked(packed);
+      std::vector<WeightView> views;
+      size_t at = 0;
+      for (const WeightTensor &w : weights) {
+        views.push_back(WeightView::of(w));
+        views.back().data = dpacked.get() + at;
+        at += w.data.size();
+      }
+      const std::vector<float> bias = randomFloats(size_t(widths[1]), rng_);
+      DeviceArray<float> dx(x), dbias(bias);
+      context_->setBf16Products(medium);
+      const std::string precision = medium ? " medium" : " highest";
+      // Q, K (with a bias), V.
+      std::vector<std::unique_ptr<DeviceArray<float>>> outputs;
+      std::vector<cuda::LinearOutput> group;
+      for (size_t i = 0; i < 3; ++i) {
+        outputs.push_back(std::make_unique<DeviceArray<float>>(size_t(T * widths[i])));
+        group.push_back({views[i], i == 1 ? dbias.get() : nullptr, outputs.back()->get()});
+      }
+      Status status = cuda::linearGroup(*context_, dx.get(), T, group);
+      ASSERT_TRUE(status.isOk()) << status.message();
+      for (size_t i = 0; i < 3; ++i) {
+        std::vector<float> want(size_t(T * widths[i]));
+        cpu::linear(xUsed.data(), T, WeightView::of(weights[i]), i == 1 ? bias.data() : nullptr,
+                    want.data(), pool_);
+        compare("LINEAR packed", "T=" + std::to_string(T) + " N=" + std::to_string(widths[i]) +
+                                     precision,
+                outputs[i]->download(), want, kMatmulLimit);
+      }
+      // Gate and up (weights 3 and 4) and the SWIGLU.
+      const int64_t N = widths[3];
+      std::vector<float> g(size_t(T * N)), u(size_t(T * N)), want(size_t(T * N));
+      cpu::linear(xUsed.data(), T, WeightView::of(weights[3]), nullptr, g.data(), pool_);
+      cpu::linear(xUsed.data(), T, WeightView::of(weights[4]), nullptr, u.data(), pool_);
+      cpu::swiglu(g.data(), u.data(), want.data(), T * N);
+      DeviceArray<float> dg(g.size()), du(u.size()), dy(want.size());
+      status = cuda::linearSwiglu(*context_, dx.get(), T, {views[3], nullptr, dg.get()},
+                                  {views[4], nullptr, du.get()}, dy.get());
+      context_->setBf16Products(false);
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("LINEAR+SWIGLU packed", "T=" + std::to_string(T) + " N=320" + precision,
+              dy.download(), want, kMatmulLimit);
+    }
+}
+
 // Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
 TEST_F(BackendOps, ArgmaxRows) {
   const int64_t rows = 5, V = 32001;

@@ -122,6 +122,9 @@ struct DeviceWeight {
   proto::DType dtype{};
   std::vector<int64_t> shape;
   DeviceArray<std::byte> stored;
+  /// Where the weight's bytes are: stored's, or its place in a linear
+  /// group's packed allocation (CudaBackend::packLinearGroups).
+  const std::byte *bytes = nullptr;
   /// 1-D weights (norm scales, biases) also as f32: the kernels take them
   /// widened, and they are a few KB.
   DeviceArray<float> widened;
@@ -129,7 +132,7 @@ struct DeviceWeight {
   WeightView view() const {
     WeightView v;
     v.dtype = dtype;
-    v.data = stored.data;
+    v.data = bytes;
     v.rows = shape.size() == 2 ? shape[0] : 1;
     v.cols = shape.empty() ? 0 : shape.back();
     return v;
@@ -178,6 +181,8 @@ public:
       w.stored.release();
       w.widened.release();
     }
+    for (DeviceArray<std::byte> &pack : linearPacks_)
+      pack.release();
     for (DeviceTensor &t : activations_)
       t.storage.release();
     for (auto &[inst, table] : ropeFrequencies_)
@@ -208,6 +213,7 @@ public:
     LLMIR_RETURN_IF_ERROR(check(cudaMemcpy(w.stored.data, weight.data.data(),
                                            weight.data.size(), cudaMemcpyHostToDevice),
                                 "uploading a weight"));
+    w.bytes = w.stored.data;
     if (weight.shape.size() == 1) {
       std::vector<float> f32(static_cast<size_t>(weight.shape[0]));
       WeightView::of(weight).widenRow(0, f32.data());
@@ -573,6 +579,7 @@ private:
         kMaxLinearGroup);
     for (size_t j = 0; j < insts.size(); ++j)
       computedEarlier_[j] = linearGroupSize_[j] == 0;
+    packLinearGroups();
     for (size_t i = 0; i + 1 < insts.size(); ++i) {
       const BoundInstruction &add = insts[i], &norm = insts[i + 1];
       if (add.op != proto::ADD || norm.op != proto::RMS_NORM || computedEarlier_[i + 1] ||
@@ -591,6 +598,64 @@ private:
     planSwigluFusions();
     planRopeStores();
     planAllReduceNorms();
+  }
+
+  static size_t weightBytes(const DeviceWeight &w) {
+    return static_cast<size_t>(w.shape[0] * w.shape[1]) * 2; // 2-D, 16-bit
+  }
+
+  /// Each linear group's bf16 weights moved side by side into one
+  /// allocation, in the group's order, so that a step with more tokens than
+  /// the GEMV takes multiplies the group as one matrix (cuda::linearGroup).
+  /// A group whose weights could not be packed (a weight used twice, no
+  /// memory for the copy) keeps them where they are and runs as before;
+  /// LLMIR_CUDA_PACK_GROUPS=0 packs none (for measuring).
+  void packLinearGroups() {
+    if (cuda::detail::switchedOff("LLMIR_CUDA_PACK_GROUPS"))
+      return;
+    const auto &insts = program_.instructions;
+    for (size_t i = 0; i < linearGroupSize_.size(); ++i) {
+      const size_t size = linearGroupSize_[i];
+      if (size < 2)
+        continue;
+      std::vector<uint32_t> slots;
+      size_t bytes = 0;
+      for (size_t j = i; j < i + size; ++j) {
+        const uint32_t slot = insts[j].inputs[1];
+        if (weights_[slot].dtype != proto::BF16 ||
+            std::find(slots.begin(), slots.end(), slot) != slots.end())
+          break;
+        slots.push_back(slot);
+        bytes += weightBytes(weights_[slot]);
+      }
+      if (slots.size() != size)
+        continue;
+      DeviceArray<std::byte> pack;
+      if (!pack.reserve(bytes).isOk()) {
+        cudaGetLastError(); // not sticky: the group runs unpacked
+        continue;
+      }
+      size_t at = 0;
+      bool copied = true;
+      for (uint32_t slot : slots) {
+        DeviceWeight &w = weights_[slot];
+        copied = copied && cudaMemcpy(pack.data + at, w.bytes, weightBytes(w),
+                                      cudaMemcpyDeviceToDevice) == cudaSuccess;
+        at += weightBytes(w);
+      }
+      if (!copied) {
+        pack.release();
+        continue;
+      }
+      at = 0;
+      for (uint32_t slot : slots) {
+        DeviceWeight &w = weights_[slot];
+        w.bytes = pack.data + at;
+        at += weightBytes(w);
+        w.stored.release();
+      }
+      linearPacks_.push_back(pack);
+    }
   }
 
   /// An ALL_REDUCE whose output only the fused ADD+RMS_NORM right after it
@@ -1295,6 +1360,8 @@ private:
   PinnedArray<float> hostLogprobs_;
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;
+  std::vector<DeviceArray<std::byte>> linearPacks_; // packLinearGroups
+
   std::vector<bool> addNormFused_, computedEarlier_;
   std::vector<bool> allReduceBeforeAddNorm_; // planAllReduceNorms
   static constexpr size_t kNone = static_cast<size_t>(-1);

@@ -69,6 +69,45 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y, int64
   }
 }
 
+// One GEMM's product of a group's side-by-side weights, product [T, total]
+// (and its remainder half [T, total] after it when `halves`), handed out to
+// the group's outputs with joinHalvesKernel's arithmetic (hi + lo, then the
+// bias), or for a gate+up pair as silu(gate) * up into segment 0's y, the
+// SWIGLU's arithmetic.
+__global__ void scatterProductKernel(const float *product, int64_t T, int64_t total,
+                                     bool halves, LinearSegments s) {
+  beginDependentKernel();
+  const int64_t cols = s.pairedSwiglu ? s.segment[0].N : total;
+  const int64_t n = T * cols;
+  const int64_t lo = T * total; // the remainder half's offset
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / cols, c = i % cols;
+    const int64_t at = t * total + c;
+    float v = product[at];
+    if (halves)
+      v += product[lo + at];
+    if (s.pairedSwiglu) {
+      float u = product[at + cols];
+      if (halves)
+        u += product[lo + at + cols];
+      if (s.segment[0].bias)
+        v += s.segment[0].bias[c];
+      if (s.segment[1].bias)
+        u += s.segment[1].bias[c];
+      s.segment[0].y[i] = siluTimes(v, u);
+      continue;
+    }
+    int k = 0;
+    int64_t first = 0; // segment k's first column
+    while (k + 1 < s.count && c >= first + s.segment[k].N)
+      first += s.segment[k++].N;
+    if (s.segment[k].bias)
+      v += s.segment[k].bias[c - first];
+    s.segment[k].y[t * s.segment[k].N + c - first] = v;
+  }
+}
+
 __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
   beginDependentKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -178,6 +217,18 @@ int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst
 
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N) {
   launchDependent(addBiasKernel, gridFor(T * N), kThreads, 0, stream, y, bias, T * N, N);
+  return cudaGetLastError();
+}
+
+int scatterProduct(Stream stream, const float *product, int64_t T, bool halves,
+                   const LinearSegments &segments) {
+  int64_t total = 0;
+  for (int k = 0; k < segments.count; ++k)
+    total += segments.segment[k].N;
+  const int64_t n = T * (segments.pairedSwiglu ? segments.segment[0].N : total);
+  if (n > 0)
+    launchDependent(scatterProductKernel, gridFor(n), kThreads, 0, stream, product, T, total,
+                    halves, segments);
   return cudaGetLastError();
 }
 

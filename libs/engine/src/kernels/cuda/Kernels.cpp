@@ -236,22 +236,42 @@ Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const Weigh
       "bf16 gemm");
 }
 
+/// Whether a group's weights lie side by side in one allocation, in the
+/// group's order (CudaBackend packs each group's bf16 weights so).
+bool sideBySide(std::span<const LinearOutput> outputs) {
+  for (size_t i = 1; i < outputs.size(); ++i) {
+    const WeightView &before = outputs[i - 1].w;
+    if (reinterpret_cast<const char *>(outputs[i].w.data) !=
+        reinterpret_cast<const char *>(before.data) + before.rows * before.cols * 2)
+      return false;
+  }
+  return outputs.size() > 1;
+}
+
 /// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
 /// of a group (x split once). Highest precision: x as two bf16 halves, hi +
 /// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
-/// rounded to bf16 (hi only), as bf16 models compute.
+/// rounded to bf16 (hi only), as bf16 models compute. A group whose weights
+/// lie side by side below kTwoGemmTokens is one GEMM and one scatterProduct
+/// (at 32 tokens, Q, K and V were three cuBLAS launches, K's and V's 6.6 us
+/// each for 1 MB of weights); with swigluY (gate and up) the scatter writes
+/// silu(gate) * up there instead of the two outputs.
 Status splitGemms(Context::State &state, const float *x, int64_t T,
-                  std::span<const LinearOutput> outputs) {
+                  std::span<const LinearOutput> outputs, float *swigluY = nullptr) {
   const int64_t K = outputs.front().w.cols;
-  int64_t maxN = 0;
-  for (const LinearOutput &o : outputs)
+  int64_t maxN = 0, totalN = 0;
+  for (const LinearOutput &o : outputs) {
     maxN = std::max(maxN, o.w.rows);
+    totalN += o.w.rows;
+  }
   const bool both = !state.bf16Products;
+  const bool packed = T < kTwoGemmTokens && sideBySide(outputs);
   const bool join = both && T < kTwoGemmTokens;
   const size_t halfBytes = static_cast<size_t>(T * K) * 2;
   const size_t halvesBytes = (2 * halfBytes + 255) / 256 * 256;
+  const int64_t productColumns = packed ? totalN : join ? maxN : 0;
   const size_t need =
-      halvesBytes + (join ? static_cast<size_t>(2 * T * maxN) * sizeof(float) : 0);
+      halvesBytes + static_cast<size_t>((both ? 2 : 1) * T * productColumns) * sizeof(float);
   if (need > state.splitBytes) {
     LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(state.stream), "synchronize"));
     cudaFree(state.split);
@@ -265,6 +285,20 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   float *product = reinterpret_cast<float *>(hi + halvesBytes);
   LLMIR_RETURN_IF_ERROR(
       cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
+  if (packed) {
+    WeightView all = outputs.front().w;
+    all.rows = totalN;
+    LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, both ? 2 * T : T, all, 0.0f, product));
+    detail::LinearSegments segments{};
+    for (const LinearOutput &o : outputs)
+      segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
+    if (swigluY) {
+      segments.segment[0].y = swigluY;
+      segments.pairedSwiglu = true;
+    }
+    return cudaStatus(detail::scatterProduct(state.stream, product, T, both, segments),
+                      "scatter");
+  }
   for (const LinearOutput &o : outputs) {
     const int64_t N = o.w.rows;
     if (join) {
@@ -339,6 +373,8 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   const bool mma = takesMmaGemv(*storage, T, K);
   if (!mma && !takesGemv(*storage, T)) {
     const LinearOutput both[2] = {gate, up};
+    if (*storage == detail::Storage::BF16 && T < kTwoGemmTokens && sideBySide(both))
+      return splitGemms(state, x, T, both, y);
     LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
     return swiglu(gate.y, up.y, y, T * N, state.stream);
   }

@@ -74,6 +74,12 @@ int splitBf16(Stream stream, const float *x, int64_t n, void *hi, void *lo);
 /// y[T, N] = halves[0:T] + halves[T:2T] (+ bias[N]), halves [2T, N].
 int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
                const float *bias, float *y);
+/// A group's outputs from one GEMM over its side-by-side weights: product
+/// [T, sum of N] (then [T, sum of N] of remainder products when `halves`,
+/// joined as joinHalves does), biases added; with pairedSwiglu, segment 0's
+/// y = silu(gate) * up.
+int scatterProduct(Stream stream, const float *product, int64_t T, bool halves,
+                   const LinearSegments &segments);
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V].
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                int32_t *ids);
