@@ -839,6 +839,9 @@ TEST_F(BackendOps, RopeStoreAttention) {
       {"GQA group of 8", 16, 2, 64, 32, 0, {150}, {0}, {{3, 6, 1, 7, 0}}},
       {"GQA windowed", 4, 2, 32, 16, 0, {90}, {0}, {{6, 1, 5, 2, 7, 0}}, 40},
       {"GQA D=96", 12, 4, 96, 8, 1, {33}, {0}, {{0, 2, 3, 5, 7}}},
+      // A batched decode step: a row per sequence, each rotating and
+      // storing its own row.
+      {"GQA batched", 16, 2, 64, 16, 0, {40, 60, 9}, {0, 1, 2}, {{5, 2, 7}, {0, 6, 1, 3}, {4}}},
   };
   for (const AttentionCase &c : cases)
     for (const bool bf16 : {false, true})
@@ -853,20 +856,26 @@ TEST_F(BackendOps, RopeStoreAttention) {
           qFrequencies[size_t(i)] = std::pow(10000.0f, -2.0f * float(i) / float(c.headDim));
           kFrequencies[size_t(i)] = std::pow(500000.0f, -2.0f * float(i) / float(c.headDim));
         }
-        const std::vector<float> q = randomFloats(size_t(c.heads * c.headDim), rng_);
-        const std::vector<float> k = randomFloats(size_t(width), rng_);
-        const std::vector<float> v = randomFloats(size_t(width), rng_);
+        const int64_t T = int64_t(c.positions.size());
+        const std::vector<float> q = randomFloats(size_t(T * c.heads * c.headDim), rng_);
+        const std::vector<float> k = randomFloats(size_t(T * width), rng_);
+        const std::vector<float> v = randomFloats(size_t(T * width), rng_);
         const std::vector<float> history = randomFloats(cacheElements, rng_);
         std::vector<uint16_t> historyBits(cacheElements);
         for (size_t i = 0; i < cacheElements; ++i)
           historyBits[i] = bf16Bits(history[i]);
         const cpu::AttentionParams params = paramsOf(c);
-        const std::vector<int32_t> &table = c.blockTables[0];
-        DeviceArray<int32_t> dpos(c.positions), dseq(c.tokenSeq), dtable(table);
+        size_t stride = 0;
+        for (const auto &table : c.blockTables)
+          stride = std::max(stride, table.size());
+        std::vector<int32_t> tables(c.blockTables.size() * stride, 0);
+        for (size_t r = 0; r < c.blockTables.size(); ++r)
+          std::copy(c.blockTables[r].begin(), c.blockTables[r].end(), tables.begin() + r * stride);
+        DeviceArray<int32_t> dpos(c.positions), dseq(c.tokenSeq), dtable(tables);
         DeviceArray<float> dq(q), dk(k), dv(v), dqf(qFrequencies), dkf(kFrequencies);
-        DeviceArray<float> scratch(size_t(splits * (c.heads * c.headDim + c.heads)));
-        DeviceArray<unsigned> counters(size_t(c.heads));
-        cuda::DeviceStep step{1, dpos.get(), dseq.get(), dtable.get(), int64_t(table.size())};
+        DeviceArray<float> scratch(size_t(T * splits * (c.heads * c.headDim + c.heads)));
+        DeviceArray<unsigned> counters(size_t(T * c.heads));
+        cuda::DeviceStep step{T, dpos.get(), dseq.get(), dtable.get(), int64_t(stride)};
         if (splits > 1) {
           step.decodeSplits = splits;
           step.attentionScratch = scratch.get();

@@ -201,8 +201,9 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
                     DeviceKvCache &cache, Stream stream = nullptr);
-/// Whether ropeStoreAttention takes this step: one token, decoded by the
-/// group decode kernel (no uneven head split, no sequence-parallel key
+/// Whether ropeStoreAttention takes this step: a decode step (the caller
+/// guarantees one token a sequence, each its own query row) of the group
+/// decode kernel (no uneven head split, no sequence-parallel key
 /// split; LLMIR_CUDA_FUSED_ROPE=0 turns it off for measuring).
 bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
                                DeviceKvCache &cache);

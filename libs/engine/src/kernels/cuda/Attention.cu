@@ -1421,10 +1421,12 @@ int launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g,
 } // namespace
 
 bool ropeStoreAttendApplies(const AttentionGeometry &g) {
-  // One query row of one sequence on the group kernel; an uneven head
-  // split's KV head may have no query head here (its block would return
-  // before storing), and a partial attention stores only some rows.
-  return groupDecodeTakes(g) && g.numTokens == 1 && g.kvGroup <= 0 && !g.partial &&
+  // A decode step's rows (one token a sequence: the caller's to know) on
+  // the group kernel, each block rotating and storing its own row; an
+  // uneven head split's KV head may have no query head here (its block
+  // would return before storing), and a partial attention stores only some
+  // rows.
+  return groupDecodeTakes(g) && g.numTokens == g.numQueries && g.kvGroup <= 0 && !g.partial &&
          g.kvShards == 1 && g.firstQuery == 0 && fusedRopeEnabled();
 }
 

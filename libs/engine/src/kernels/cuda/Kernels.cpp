@@ -601,7 +601,7 @@ Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies
                           const DeviceStep &step, const cpu::AttentionParams &params,
                           DeviceKvCache &cache, float *out, Stream stream) {
   if (!ropeStoreAttentionApplies(step, params, cache))
-    return Status::error("rope + store + attention: not a one-token decode step of the "
+    return Status::error("rope + store + attention: not a decode step of the "
                          "group decode kernel");
   const DecodeAttend d = decodeAttend(step, geometryOf(step, params, cache), out);
   const detail::FusedRope rope{q, qOut, qFrequencies, k, kOut, kFrequencies, v};
