@@ -525,6 +525,34 @@ struct AttentionCase {
   int64_t slidingWindow = 0;
 };
 
+// The cache blocks a case's tables name (at least 8).
+int64_t blocksOf(const AttentionCase &c) {
+  int64_t blocks = 8;
+  for (const auto &table : c.blockTables)
+    for (int32_t b : table)
+      blocks = std::max<int64_t>(blocks, b + 1);
+  return blocks;
+}
+
+// A decode step of `rows` sequences, one query row each, at positions
+// 3 + 7 r % 40 over blocks of 16 (each sequence its own blocks): enough
+// rows for the group kernel's tensor-core path (mmaDecodeRows).
+AttentionCase batchedDecode(std::string name, int64_t heads, int64_t kvHeads, int64_t headDim,
+                            int rows) {
+  AttentionCase c{std::move(name), heads, kvHeads, headDim, 16, 1, {}, {}, {}};
+  int32_t next = 0;
+  for (int r = 0; r < rows; ++r) {
+    const int32_t position = 3 + (7 * r) % 40;
+    c.positions.push_back(position);
+    c.tokenSeq.push_back(r);
+    std::vector<int32_t> table;
+    for (int32_t b = 0; b <= position / 16; ++b)
+      table.push_back(next++);
+    c.blockTables.push_back(table);
+  }
+  return c;
+}
+
 cpu::AttentionParams paramsOf(const AttentionCase &c) {
   cpu::AttentionParams params;
   params.layer = c.layer;
@@ -555,6 +583,9 @@ TEST_F(BackendOps, PagedAttention) {
        {{5, 2, 7}, {0, 6, 1, 3}, {4}}},
       {"GQA batched windowed decode", 8, 2, 128, 16, 1, {70, 33}, {0, 1},
        {{3, 0, 6, 1, 7}, {2, 5, 4}}, 24},
+      // From 16 rows the group kernel scores on tensor cores.
+      batchedDecode("GQA batched decode, 16 rows", 16, 2, 64, 16),
+      batchedDecode("GQA batched decode, 17 rows", 8, 2, 128, 17),
       {"GQA prefill",
        8,
        2,
@@ -615,7 +646,7 @@ TEST_F(BackendOps, PagedAttention) {
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());
     const int64_t width = c.kvHeads * c.headDim;
-    const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, 8};
+    const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, blocksOf(c)};
     const size_t cacheFloats =
         size_t(shape.numLayers * shape.numBlocks * shape.blockSize * width);
     // The same random history in both caches (cached positions before the
@@ -842,12 +873,14 @@ TEST_F(BackendOps, RopeStoreAttention) {
       // A batched decode step: a row per sequence, each rotating and
       // storing its own row.
       {"GQA batched", 16, 2, 64, 16, 0, {40, 60, 9}, {0, 1, 2}, {{5, 2, 7}, {0, 6, 1, 3}, {4}}},
+      batchedDecode("GQA batched, 16 rows", 16, 2, 64, 16),
+      batchedDecode("GQA batched, 16 rows D=128", 8, 2, 128, 16),
   };
   for (const AttentionCase &c : cases)
     for (const bool bf16 : {false, true})
       for (const int64_t splits : {int64_t(1), int64_t(3)}) {
         const int64_t width = c.kvHeads * c.headDim, half = c.headDim / 2;
-        const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, 8};
+        const KvCacheShape shape{2, c.kvHeads, c.headDim, c.blockSize, blocksOf(c)};
         const size_t cacheElements =
             size_t(shape.numLayers * shape.numBlocks * shape.blockSize * width);
         std::vector<float> qFrequencies(static_cast<size_t>(half)),

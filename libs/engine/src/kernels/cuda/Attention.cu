@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace llmir::engine::cuda::detail {
 namespace {
@@ -423,6 +424,25 @@ __global__ void __launch_bounds__(kWarps * 32) attendKernel(const float *q, Atte
 constexpr int kMaxGroup = 8;
 constexpr int kGroupThreads = 256;
 
+// D[16x8] += A[16x16] B[16x8], bf16 operands, f32 accumulators.
+__device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// (x, y) as bf16 pairs hi and lo with hi + lo = (x, y) to ~16 bits.
+__device__ __forceinline__ void splitPair(float x, float y, uint32_t &hi, uint32_t &lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const __nv_bfloat162 l =
+      __floats2bfloat162_rn(x - __low2float(h), y - __high2float(h));
+  hi = *reinterpret_cast<const uint32_t *>(&h);
+  lo = *reinterpret_cast<const uint32_t *>(&l);
+}
+
+
 template <typename C> struct GroupChunk {
   // Keys a chunk: two tiles of Keys x (D + pad) elements stay under the
   // 48 KiB of static shared memory at D = 128.
@@ -561,7 +581,7 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
 // cache and puts both straight into its tiles. Same rotation (rotationBy,
 // the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
 // one global round trip a layer fewer.
-template <typename C, int D>
+template <typename C, int D, bool Mma>
 __global__ void __launch_bounds__(kGroupThreads)
     groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope,
                       bool clusterMerge) {
@@ -716,6 +736,27 @@ __global__ void __launch_bounds__(kGroupThreads)
 #pragma unroll
   for (int e = 0; e < 8; ++e)
     acc[e] = 0.0f;
+  // Mma with a bf16 cache: scores and value sums on tensor cores (mma m16n8k16, the
+  // group's heads as rows 0-7 of A; rows 8-15 are zeros). Warp w scores keys
+  // 8w .. 8w + 7 of the chunk and sums the values of d-tiles w, w + 8, ..
+  // (8 columns each); the queries and probabilities go in as two bf16
+  // halves, hi + lo, as the prefill kernel's, so the products keep ~16 bits
+  // of the f32 operand. On CUDA cores a score cost ~8 instructions of shared
+  // reads, bf16 widening and FMAs per 8 elements: ncu at 1.1B batch 32 saw
+  // ~1,900 instructions a warp and 16 cycles between issues. On an H200
+  // (ms a step, CUDA cores -> tensor cores): 1.1B batch 32 2.05-2.13 ->
+  // 1.87-1.93, batch 128 2.67-2.74 -> 2.42-2.44 (medium); 8B batch 32 6.43
+  // -> 5.99; but batch 1, a chain of latencies over a few keys a split, got
+  // slower (1.1B 1.24-1.27 -> 1.33-1.37 highest, 8B 4.81 -> 5.07): the
+  // launch takes this path from mmaDecodeRows() query rows.
+  constexpr bool kMma = Mma && std::is_same_v<C, __nv_bfloat16>;
+  constexpr int kDTiles = D / 8, kWarpDTiles = (kDTiles + 7) / 8;
+  const int quad = lane / 4, pairLane = lane % 4; // a fragment's row and column pair
+  const bool liveRow = quad < heads;
+  float accTile[kWarpDTiles][4];
+#pragma unroll
+  for (int i = 0; i < kWarpDTiles; ++i)
+    accTile[i][0] = accTile[i][1] = accTile[i][2] = accTile[i][3] = 0.0f;
 
   for (int64_t chunk = begin; chunk < end; chunk += kKeys) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
@@ -730,6 +771,15 @@ __global__ void __launch_bounds__(kGroupThreads)
       if (tid < D)
         valueTile[j * kPitch + tid] = newValue;
     }
+    if constexpr (kMma) {
+      // The value rows past n up to a multiple of 16 enter the sums with
+      // probability 0: zeros, not a previous chunk's rows or uninitialised
+      // memory (0 * NaN).
+      const int tail = ((n + 15) & ~15) - n;
+      for (int p = tid; p < tail * kPieces; p += kGroupThreads)
+        *reinterpret_cast<uint4 *>(valueTile + (n + p / kPieces) * kPitch +
+                                   (p % kPieces) * (16 / int(sizeof(C)))) = make_uint4(0, 0, 0, 0);
+    }
     waitAsyncCopies();
     __syncthreads();
     // Scores, consecutive threads on consecutive keys of one head (the
@@ -738,7 +788,36 @@ __global__ void __launch_bounds__(kGroupThreads)
     // kKeys rows a head left two thirds of the threads masked); two
     // partial dot products halve the dependent chain.
     const int keyShift = n > 32 ? 6 : 5, paddedKeys = 1 << keyShift;
-    for (int p = tid; p < static_cast<int>(heads) << keyShift; p += kGroupThreads) {
+    if constexpr (kMma) {
+      if (warp < paddedKeys / 8) {
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int c = 0; c < D / 16; ++c) {
+          // The query's A fragment, split again each chunk: kept in
+          // registers, 4 a 16 dimensions, it cost the kernel its third
+          // block a multiprocessor (88 registers at D = 64) and so whole
+          // clusters at batch 8.
+          uint32_t hi[4] = {0u, 0u, 0u, 0u}, lo[4] = {0u, 0u, 0u, 0u};
+          if (liveRow) {
+            const float *row = query + quad * D + 16 * c + 2 * pairLane;
+            splitPair(row[0], row[1], hi[0], lo[0]);
+            splitPair(row[8], row[9], hi[2], lo[2]);
+          }
+          const C *key = keyTile + (8 * warp + quad) * kPitch + 16 * c + 2 * pairLane;
+          const uint32_t b0 = *reinterpret_cast<const uint32_t *>(key);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t *>(key + 8);
+          mmaBf16(sc, hi, b0, b1);
+          mmaBf16(sc, lo, b0, b1);
+        }
+        if (liveRow)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = 8 * warp + 2 * pairLane + e;
+            score[quad * kKeys + j] = j < n && rowAt[j] >= 0 ? sc[e] * g.scale : -INFINITY;
+          }
+      }
+    }
+    for (int p = tid; !kMma && p < static_cast<int>(heads) << keyShift; p += kGroupThreads) {
       const int h = p >> keyShift, j = p & (paddedKeys - 1);
       float dot = -INFINITY;
       if (j < n && rowAt[j] >= 0) {
@@ -790,7 +869,39 @@ __global__ void __launch_bounds__(kGroupThreads)
     if (chunk + kKeys < end)
       findRows(chunk + kKeys);
     // The values (see acc). A masked key's p is 0 and its row zeros.
-    if (owner) {
+    if constexpr (kMma) {
+      const float correction = liveRow ? headCorrection[quad] : 1.0f;
+#pragma unroll
+      for (int i = 0; i < kWarpDTiles; ++i) {
+        accTile[i][0] *= correction;
+        accTile[i][1] *= correction;
+      }
+      for (int kc = 0; kc < (n + 15) / 16; ++kc) {
+        uint32_t hi[4] = {0u, 0u, 0u, 0u}, lo[4] = {0u, 0u, 0u, 0u};
+        if (liveRow) {
+          const float *p = score + quad * kKeys + 16 * kc + 2 * pairLane;
+          splitPair(p[0], p[1], hi[0], lo[0]);
+          splitPair(p[8], p[9], hi[2], lo[2]);
+        }
+#pragma unroll
+        for (int i = 0; i < kWarpDTiles; ++i) {
+          const int t = warp + 8 * i;
+          if (t >= kDTiles)
+            break;
+          // Lanes 0-15 address keys 16 kc + 0 .. 15 at column 8 t; the
+          // transposed 8x8 matrices are the B fragment's two halves.
+          const C *v = valueTile + (16 * kc + lane % 16) * kPitch + 8 * t;
+          const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(v));
+          uint32_t b0, b1;
+          asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                       : "=r"(b0), "=r"(b1)
+                       : "r"(address));
+          mmaBf16(accTile[i], hi, b0, b1);
+          mmaBf16(accTile[i], lo, b0, b1);
+        }
+      }
+    }
+    if (!kMma && owner) {
       const float correction = headCorrection[outHead];
 #pragma unroll
       for (int e = 0; e < 8; ++e)
@@ -809,35 +920,49 @@ __global__ void __launch_bounds__(kGroupThreads)
     }
     __syncthreads(); // before the next chunk's copies overwrite the tiles
   }
-  for (int offset = itemsPerWarp; offset < 32; offset *= 2) {
+  if constexpr (!kMma)
+    for (int offset = itemsPerWarp; offset < 32; offset *= 2) {
 #pragma unroll
-    for (int e = 0; e < 8; ++e)
-      acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], offset);
-  }
+      for (int e = 0; e < 8; ++e)
+        acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], offset);
+    }
+  // f(h, d, sum) for each output sum this thread holds (unnormalised).
+  const auto eachOutput = [&](auto f) {
+    if constexpr (kMma) {
+      if (liveRow)
+#pragma unroll
+        for (int i = 0; i < kWarpDTiles; ++i) {
+          const int t = warp + 8 * i;
+          if (t < kDTiles) {
+            f(quad, 8 * t + 2 * pairLane, accTile[i][0]);
+            f(quad, 8 * t + 2 * pairLane + 1, accTile[i][1]);
+          }
+        }
+    } else if (owner && part == 0) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        f(outHead, octet * 8 + e, acc[e]);
+    }
+  };
   if (clusterMerge) {
     // The queries are no longer read: their shared memory holds this
     // split's outputs for mergeCluster.
     __shared__ float partialLse[kMaxGroup];
     __syncthreads();
-    if (owner && part == 0) {
-      const float total = headSum[outHead];
-#pragma unroll
-      for (int e = 0; e < 8; ++e)
-        query[outHead * D + octet * 8 + e] = total > 0.0f ? acc[e] / total : 0.0f;
-    }
+    eachOutput([&](int h, int d, float sum) {
+      const float total = headSum[h];
+      query[h * D + d] = total > 0.0f ? sum / total : 0.0f;
+    });
     if (tid < heads)
       partialLse[tid] = headSum[tid] > 0.0f ? headMax[tid] + logf(headSum[tid]) : -INFINITY;
     mergeCluster<D>(query, partialLse, static_cast<int>(g.splits), static_cast<int>(heads),
                     g.mergedOut + (r * g.numHeads + firstHead) * D);
     return;
   }
-  if (owner && part == 0) {
-    const float total = headSum[outHead];
-    float *to = block.rowOut + (firstHead + outHead) * D + octet * 8;
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-      to[e] = total > 0.0f ? acc[e] / total : 0.0f;
-  }
+  eachOutput([&](int h, int d, float sum) {
+    const float total = headSum[h];
+    block.rowOut[(firstHead + h) * D + d] = total > 0.0f ? sum / total : 0.0f;
+  });
   if (block.partial && tid < heads)
     block.rowOut[g.numHeads * D + firstHead + tid] =
         headSum[tid] > 0.0f ? headMax[tid] + logf(headSum[tid]) : -INFINITY;
@@ -1010,14 +1135,6 @@ __global__ void __launch_bounds__(kWarps * 32)
 // tiled kernel ran at ~3.4 TFLOP/s, most of a 2,048-token prefill.
 constexpr int kMmaKeys = 64;
 
-__device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // bf16 per shared row of a key or value tile: fragment reads hit distinct
 // banks.
 __host__ __device__ constexpr int mmaPrefillPitch(int D) { return D + 8; }
@@ -1025,15 +1142,6 @@ __host__ __device__ constexpr int mmaPrefillPitch(int D) { return D + 8; }
 // the 48 KiB a kernel gets without asking: allowDynamicShared).
 constexpr size_t mmaPrefillSharedBytes(int D) {
   return size_t(4) * kMmaKeys * mmaPrefillPitch(D) * sizeof(__nv_bfloat16);
-}
-
-// (x, y) as bf16 pairs hi and lo with hi + lo = (x, y) to ~16 bits.
-__device__ __forceinline__ void splitPair(float x, float y, uint32_t &hi, uint32_t &lo) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-  const __nv_bfloat162 l =
-      __floats2bfloat162_rn(x - __low2float(h), y - __high2float(h));
-  hi = *reinterpret_cast<const uint32_t *>(&h);
-  lo = *reinterpret_cast<const uint32_t *>(&l);
 }
 
 template <int D, bool Split>
@@ -1388,11 +1496,14 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   const bool cluster = clusterMergeTakes(g);
   const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
-  if (g.bf16Cache)
-    launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D>, grid, kGroupThreads, 0, stream,
-                           clusterDim, q, g, out, rope, cluster);
+  if (g.bf16Cache && g.numQueries >= mmaDecodeRows())
+    launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, true>, grid, kGroupThreads, 0,
+                           stream, clusterDim, q, g, out, rope, cluster);
+  else if (g.bf16Cache)
+    launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, false>, grid, kGroupThreads, 0,
+                           stream, clusterDim, q, g, out, rope, cluster);
   else
-    launchDependentCluster(groupDecodeKernel<float, D>, grid, kGroupThreads, 0, stream,
+    launchDependentCluster(groupDecodeKernel<float, D, false>, grid, kGroupThreads, 0, stream,
                            clusterDim, q, g, out, rope, cluster);
 }
 

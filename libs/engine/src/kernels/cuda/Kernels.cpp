@@ -166,6 +166,15 @@ bool groupDecodeEnabled() {
   return enabled;
 }
 
+int64_t mmaDecodeRows() {
+  static const int64_t rows = [] {
+    const char *text = std::getenv("LLMIR_CUDA_MMA_DECODE_ROWS");
+    const int64_t n = text ? std::atoll(text) : 0;
+    return n >= 1 ? n : int64_t(16);
+  }();
+  return rows;
+}
+
 bool fusedRopeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_FUSED_ROPE");
   return enabled;

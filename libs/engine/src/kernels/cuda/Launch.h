@@ -32,6 +32,10 @@ bool dependentLaunchEnabled();
 /// heads (groupDecodeKernel in Attention.cu) where it applies, unless
 /// LLMIR_CUDA_GROUP_ATTENTION=0 (kept for measuring). Read once per process.
 bool groupDecodeEnabled();
+/// From how many query rows a decode step's group attention over a bf16
+/// cache scores and sums on tensor cores (groupDecodeKernel's Mma): 16, or
+/// LLMIR_CUDA_MMA_DECODE_ROWS=N (for measuring). Read once per process.
+int64_t mmaDecodeRows();
 /// Whether a batch-1 decode step's two ROPEs and KV store run inside the
 /// group decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
 /// (kept for measuring). Read once per process.
