@@ -75,15 +75,26 @@ public:
 
   Status beginStep(const StepInput &step) override {
     call_.step = &step;
-    if (linearGroupSize_.empty()) // the weights are loaded by now
+    if (linearGroupSize_.empty()) { // the weights are loaded by now
       planLinearGroups();
+      planBuffers();
+    }
+    releaseBuffers(program_.instructions.size()); // those the last instruction read
     return Status::ok();
   }
 
   Status run(const BoundInstruction &inst) override {
     const auto &insts = program_.instructions;
-    if (inst.op == proto::LINEAR && &inst >= insts.data() &&
-        &inst < insts.data() + insts.size() && !linearGroupSize_.empty()) {
+    const bool planned = &inst >= insts.data() && &inst < insts.data() + insts.size() &&
+                         !linearGroupSize_.empty();
+    if (planned) {
+      const size_t index = static_cast<size_t>(&inst - insts.data());
+      releaseBuffers(index);
+      for (size_t o = 0; o < inst.outputs.size(); ++o)
+        if (!inst.outputAliasesInput[o])
+          takeBuffer(inst.outputs[o]);
+    }
+    if (inst.op == proto::LINEAR && planned) {
       const size_t index = static_cast<size_t>(&inst - insts.data());
       if (linearGroupSize_[index] == 0)
         return Status::ok(); // computed with its group's first instruction
@@ -172,6 +183,7 @@ private:
         const WeightView &bias = views_[member.inputs[2]];
         bias.widenRows(0, bias.rows, groupBiases_[j].data());
       }
+      takeBuffer(member.outputs[0]);
       Tensor &y = activations_[member.outputs[0]];
       y.reshape({x.rows(), N});
       outputs.push_back({views_[member.inputs[1]], groupBiases_[j].empty() ? nullptr : groupBiases_[j].data(),
@@ -179,6 +191,74 @@ private:
     }
     cpu::linearGroup(x.data.data(), x.rows(), outputs, *pool_, bf16Products_);
     return Status::ok();
+  }
+
+  /// Activation buffers passed from slot to slot: a slot gives its buffer
+  /// back after its last reader and an output takes the buffer given back
+  /// last. Each layer's activations otherwise had buffers of their own, last
+  /// touched a token (the whole weight stream) earlier, so a decode token's
+  /// small kernels (norms, adds, RoPE, SwiGLU) and the GEMVs' outputs waited
+  /// on memory for every line they read or wrote; passed on, they are the
+  /// few most recently used buffers, in cache. A slot keeps its buffer when
+  /// it is the program's output, read before any instruction writes it
+  /// (state from an earlier step), or written by none.
+  void planBuffers() {
+    const auto &insts = program_.instructions;
+    constexpr size_t kNever = ~size_t{0};
+    std::vector<size_t> lastUse(program_.slots.size(), kNever),
+        firstWrite(program_.slots.size(), kNever);
+    std::vector<bool> keep(program_.slots.size(), false);
+    for (size_t i = 0; i < insts.size(); ++i) {
+      const BoundInstruction &inst = insts[i];
+      for (size_t k = 0; k < inst.inputs.size(); ++k) {
+        if (inst.inputIsWeight[k])
+          continue;
+        const uint32_t id = inst.inputs[k];
+        if (firstWrite[id] == kNever || firstWrite[id] >= i)
+          keep[id] = true; // read before this step writes it
+        lastUse[id] = i;
+      }
+      for (uint32_t id : inst.outputs) {
+        if (firstWrite[id] == kNever)
+          firstWrite[id] = i;
+        if (lastUse[id] == kNever || lastUse[id] < i)
+          lastUse[id] = i;
+      }
+    }
+    if (program_.hasOutput)
+      keep[program_.outputSlot] = true;
+    recycled_.assign(program_.slots.size(), false);
+    releaseAfter_.assign(insts.size() + 1, {});
+    for (uint32_t id = 0; id < program_.slots.size(); ++id) {
+      if (program_.slots[id].isWeight || keep[id] || firstWrite[id] == kNever)
+        continue;
+      recycled_[id] = true;
+      releaseAfter_[lastUse[id] + 1].push_back(id);
+    }
+  }
+
+  /// Gives back the buffers of the slots last read by instruction index - 1
+  /// (run() calls it before instruction `index`, so an observer still reads
+  /// the previous instruction's outputs).
+  void releaseBuffers(size_t index) {
+    if (index >= releaseAfter_.size())
+      return;
+    for (uint32_t id : releaseAfter_[index]) {
+      std::vector<float> &data = activations_[id].data;
+      if (data.capacity() == 0)
+        continue;
+      freeBuffers_.emplace_back();
+      freeBuffers_.back().swap(data);
+    }
+  }
+
+  /// An output slot without a buffer takes the one given back last.
+  void takeBuffer(uint32_t id) {
+    if (!recycled_.empty() && recycled_[id] && activations_[id].data.capacity() == 0 &&
+        !freeBuffers_.empty()) {
+      activations_[id].data.swap(freeBuffers_.back());
+      freeBuffers_.pop_back();
+    }
   }
 
   size_t layerChunkBytes() const {
@@ -202,6 +282,10 @@ private:
   KernelCall call_;
   std::vector<size_t> linearGroupSize_; // planLinearGroups
   std::vector<std::vector<float>> groupBiases_;
+  // planBuffers
+  std::vector<bool> recycled_;                     // by slot: passes its buffer on
+  std::vector<std::vector<uint32_t>> releaseAfter_; // by instruction: slots given back before it
+  std::vector<std::vector<float>> freeBuffers_;    // given back, the last one last
 };
 
 } // namespace
