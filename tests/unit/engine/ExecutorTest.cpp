@@ -167,6 +167,37 @@ TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
   }
 }
 
+// The CPU backend passes activation buffers from slot to slot (a slot's
+// buffer goes to a later output once its last reader ran): steps observed
+// instruction by instruction (each output read right after it is computed)
+// and steps run whole give the same logits, bit for bit, through a prefill
+// and decode steps whose activations change size, and what the observer
+// sees of the last instruction is the step's output.
+TEST_P(ExecutorForward, ObservedStepsMatchStepsRunWhole) {
+  auto whole = create();
+  auto observed = create();
+  ASSERT_TRUE(whole && observed);
+  const std::vector<int32_t> table = {2, 7, 4};
+  std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 5);
+  for (int32_t p = 4; p < static_cast<int32_t>(tokens.size()); ++p) {
+    const StepInput step = p == 4 ? stepFor(prompt, 0, table) : stepFor({tokens[p]}, p, table);
+    Result<Tensor> expected = whole->step(step);
+    ASSERT_TRUE(expected.isOk()) << expected.message();
+    size_t seen = 0;
+    Tensor last;
+    Result<Tensor> logits = observed->step(step, [&](size_t, const Tensor &out) {
+      ++seen;
+      EXPECT_EQ(out.data.size(), static_cast<size_t>(out.numel()));
+      last = out;
+    });
+    ASSERT_TRUE(logits.isOk()) << logits.message();
+    EXPECT_GT(seen, 0u);
+    ASSERT_EQ(logits->shape, expected->shape);
+    EXPECT_EQ(logits->data, expected->data) << "position " << p;
+    EXPECT_EQ(last.data, expected->data) << "position " << p;
+  }
+}
+
 // The KV store's block transfers: blocks prefilled on one executor, copied
 // out and written into other physical blocks of a second executor, let the
 // second decode as if it had computed them (identical logits).
