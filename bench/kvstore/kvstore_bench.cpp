@@ -279,6 +279,7 @@ void fail(const std::string &what) {
 int storePollUs = 0;  // ServerOptions::pollBeforeSleep of the store child
 int clientPollUs = 0; // ClientOptions::pollBeforeSleep of the bench's client
 int storeSpinUs = -1;  // ServerOptions::channelSpin (-1: its default)
+int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
 
@@ -293,6 +294,8 @@ int serve() {
   o.pollBeforeSleep = std::chrono::microseconds(storePollUs);
   if (storeSpinUs >= 0)
     o.channelSpin = std::chrono::microseconds(storeSpinUs);
+  if (storeIdleSpinUs >= 0)
+    o.idleChannelSpin = std::chrono::microseconds(storeIdleSpinUs);
   auto server = kv::Server::start(o);
   if (!server)
     fail(server.message());
@@ -330,6 +333,9 @@ int main(int argc, char **argv) {
              "the store polls this long after its last activity before sleeping");
   config.add("poll-us", &clientPollUs,
              "the client polls this long after its last activity before sleeping");
+  config.add("store-idle-spin-us", &storeIdleSpinUs,
+             "as --store-spin-us, only while the host has a CPU to spare as the spin "
+             "begins (-1: the default)");
   config.add("store-spin-us", &storeSpinUs,
              "after a request through a client's channel, the store checks the channels "
              "this long before sleeping (-1: the default)");
@@ -376,7 +382,8 @@ int main(int argc, char **argv) {
 
     Child server = spawn({selfPath, "--serve",
                           "--store-poll-us=" + std::to_string(storePollUs),
-                          "--store-spin-us=" + std::to_string(storeSpinUs)});
+                          "--store-spin-us=" + std::to_string(storeSpinUs),
+                          "--store-idle-spin-us=" + std::to_string(storeIdleSpinUs)});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);
     storePid = server.pid;

@@ -35,6 +35,7 @@ struct Settings {
   uint64_t maxBlockBytes = 64ull << 20;
   bool sharedMemory = true;
   uint32_t channelSpinUs = 0;
+  uint32_t idleChannelSpinUs = 200;
   llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
   std::string clusterSecretFile;
 };
@@ -154,6 +155,10 @@ int main(int argc, char **argv) {
              "after a request through a same-host client's channel, look for the next this "
              "many microseconds before sleeping (0: sleep at once; pays on cores of the "
              "store's own, costs a time slice per call on oversubscribed ones)");
+  config.add("store.idle-channel-spin-us", &s.idleChannelSpinUs,
+             "the same, but only while the host has a CPU to spare as the spin begins "
+             "(runnable threads no more than CPUs, /proc/loadavg): a client's next request "
+             "then finds the store awake (0: off)");
   config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
@@ -199,6 +204,7 @@ int main(int argc, char **argv) {
   options.maxBlockBytes = s.maxBlockBytes;
   options.sharedMemory = s.sharedMemory;
   options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
+  options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
   options.clusterSecret = *clusterSecret;
   auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
     metrics.record(r);

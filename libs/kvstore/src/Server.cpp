@@ -1,6 +1,7 @@
 #include "llmir/kvstore/Server.h"
 
 #include "SharedArena.h"
+#include "IdleCpu.h"
 #include "SharedIndex.h"
 #include "Ucx.h"
 #include "Wire.h"
@@ -165,6 +166,10 @@ public:
   Channel *replyChannel_ = nullptr;
   std::vector<uint8_t> channelRequest_;
   Clock::time_point lastChannelRequest_;
+  // How long to look for the next channel request after the last one:
+  // channelSpin, or idleChannelSpin when the host had a CPU to spare then.
+  std::chrono::microseconds channelSpinNow_{0};
+  IdleCpuProbe idleCpu_;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -1186,6 +1191,10 @@ void Server::Impl::run() {
     if (!channels_.empty() && serveChannels()) {
       busy = true;
       lastChannelRequest_ = Clock::now();
+      // Decided after the reply went out, off the client's path.
+      channelSpinNow_ = options_.channelSpin;
+      if (options_.idleChannelSpin > channelSpinNow_ && idleCpu_.spare())
+        channelSpinNow_ = options_.idleChannelSpin;
     }
     if (!toReceive_.empty()) {
       receivePending();
@@ -1212,7 +1221,7 @@ void Server::Impl::run() {
       continue;
     }
     auto now = Clock::now();
-    if (!channels_.empty() && now - lastChannelRequest_ < options_.channelSpin) {
+    if (!channels_.empty() && now - lastChannelRequest_ < channelSpinNow_) {
       // A channel client's next request usually comes within its copy of a
       // block: look for it with memory loads only, progressing UCX (a
       // system call) every few microseconds.

@@ -420,6 +420,44 @@ TEST_P(KvStore, ARestartedStoreInvalidatesTheMappedIndex) {
 // client that put a block reads it back at once, another client finds it
 // once the store has read the commit, and the rooms' budget goes back with
 // the client.
+// A store that keeps looking for channel requests after each one (as
+// idleChannelSpin does while the host has a CPU to spare) is awake when its
+// clients post: they write no wake-up, so the spin alone must find every
+// request. It lasts longer than the clients' deadline here: a request the
+// spinning store missed fails its call instead of waiting for the sleep.
+TEST_P(KvStore, ASpinningStoreServesEveryRequestItsClientsPostWithoutWakingIt) {
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 64ull << 20;
+  o.channelSpin = 3s;
+  auto started = Server::start(o);
+  ASSERT_TRUE(started) << started.message();
+  auto &server = *started;
+  auto writer = connect(server->port(), 1s);
+  auto reader = connect(server->port(), 1s);
+  ASSERT_TRUE(writer && reader);
+  constexpr size_t kBlock = 256 << 10;
+  std::vector<uint8_t> out(kBlock);
+  for (int i = 0; i < 40; ++i) {
+    auto data = bytesOf(kBlock, uint32_t(500 + i));
+    PutBlock p{keyFor("spun", i), "f32", data.data(), kBlock};
+    auto stored = writer->put(std::span(&p, 1)); // pipelined through the channel
+    ASSERT_TRUE(stored) << i << ": " << stored.message();
+    EXPECT_EQ((*stored)[0], BlockStatus::Stored);
+    BlockQuery q{keyFor("spun", i), "f32", kBlock};
+    auto held = writer->exists(std::span(&q, 1)); // reads the commit's reply first
+    ASSERT_TRUE(held) << i << ": " << held.message();
+    EXPECT_EQ((*held)[0], BlockStatus::Found) << i;
+    GetBlock g{keyFor("spun", i), "f32", out.data(), kBlock};
+    auto got = reader->get(std::span(&g, 1));
+    ASSERT_TRUE(got) << i << ": " << got.message();
+    EXPECT_EQ((*got)[0], BlockStatus::Found) << i;
+    EXPECT_EQ(out, data) << i;
+  }
+  EXPECT_EQ(writer->usesRequestChannel(), sharedMemory()) << writer->describeConnection();
+  EXPECT_EQ(writer->pipelinedPutsRefused(), 0u);
+}
+
 TEST_P(KvStore, PipelinedPutsAreReadBackByTheirClientAndByOthers) {
   constexpr size_t kBlock = 1 << 20;
   auto server = startServer(64ull << 20); // an endpoint's rooms: up to 4 MiB

@@ -46,6 +46,15 @@ struct ServerOptions {
   /// machine: a spinning store took the core its client needed
   /// (docs/performance.md).
   std::chrono::microseconds channelSpin{0};
+  /// The same spin, but only when the host has a CPU to spare as the spin
+  /// begins (its runnable threads, the store's included, no more than the
+  /// CPUs it may run on: /proc/loadavg). Then a spinning store delays
+  /// nobody, and a client that finds it awake posts its next request
+  /// without waking it: a pipelined 1 MiB put no longer pays the wake-up
+  /// (docs/performance.md, "kv12"; 200 us also covers the copy of a 4 MiB
+  /// block). On a busy host it sleeps at once, as with channelSpin 0. 0:
+  /// off. The longer of the two applies.
+  std::chrono::microseconds idleChannelSpin{200};
 };
 
 enum class Operation { Put, Get, Exists };
