@@ -42,7 +42,7 @@ long IdleCpuProbe::runnable(const char *loadavg) {
   return end != p && *end == '/' ? n : -1;
 }
 
-bool IdleCpuProbe::spare() {
+bool IdleCpuProbe::spare(int waking) {
   if (fd_ < 0 || cpus_ <= 0)
     return false;
   char text[128];
@@ -51,7 +51,7 @@ bool IdleCpuProbe::spare() {
     return false;
   text[n] = '\0';
   long r = runnable(text);
-  return r > 0 && r <= cpus_;
+  return r > 0 && r + waking <= cpus_;
 }
 
 } // namespace llmir::kvstore

@@ -14,10 +14,11 @@ public:
   IdleCpuProbe(const IdleCpuProbe &) = delete;
   IdleCpuProbe &operator=(const IdleCpuProbe &) = delete;
   /// True when the host's runnable threads (/proc/loadavg's fourth field,
-  /// the caller included) are no more than the CPUs this process may run
+  /// the caller included), plus `waking` threads the caller just woke (not
+  /// yet counted there), are no more than the CPUs this process may run
   /// on: no runnable thread then waits for a CPU, so spinning delays
   /// nobody. False where that cannot be read. One pread(2).
-  bool spare();
+  bool spare(int waking = 0);
   /// The number in the fourth field of a /proc/loadavg line ("0.5 0.4 0.3
   /// 2/345 678": 2), or -1.
   static long runnable(const char *loadavg);

@@ -170,6 +170,9 @@ public:
   // channelSpin, or idleChannelSpin when the host had a CPU to spare then.
   std::chrono::microseconds channelSpinNow_{0};
   IdleCpuProbe idleCpu_;
+  // A reply woke a client sleeping on its channel: it is about to run but
+  // /proc/loadavg may not count it yet.
+  bool wokeChannelClient_ = false;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -1104,8 +1107,10 @@ void Server::Impl::answerOnChannel(Reply *reply) {
       .store(static_cast<uint32_t>(reply->header.size()), std::memory_order_relaxed);
   std::atomic_ref<uint32_t>(channel.header->replySeq)
       .store(channel.lastSeq, std::memory_order_seq_cst);
-  if (std::atomic_ref<uint32_t>(channel.header->clientWaiting).load(std::memory_order_seq_cst))
+  if (std::atomic_ref<uint32_t>(channel.header->clientWaiting).load(std::memory_order_seq_cst)) {
     syscall(SYS_futex, &channel.header->replySeq, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+    wokeChannelClient_ = true;
+  }
   onReplySent(nullptr, UCS_OK, reply); // the observer sees it; freed
 }
 
@@ -1192,9 +1197,12 @@ void Server::Impl::run() {
       busy = true;
       lastChannelRequest_ = Clock::now();
       // Decided after the reply went out, off the client's path.
+      // A client that posted without waiting (a pipelined put) is running,
+      // counted; one just woken is counted here.
       channelSpinNow_ = options_.channelSpin;
-      if (options_.idleChannelSpin > channelSpinNow_ && idleCpu_.spare())
+      if (options_.idleChannelSpin > channelSpinNow_ && idleCpu_.spare(wokeChannelClient_ ? 1 : 0))
         channelSpinNow_ = options_.idleChannelSpin;
+      wokeChannelClient_ = false;
     }
     if (!toReceive_.empty()) {
       receivePending();

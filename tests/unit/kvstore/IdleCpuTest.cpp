@@ -46,10 +46,12 @@ TEST(IdleCpuProbe, ASpareCpuIsNoMoreRunnableThreadsThanCpusAndIsReadAfresh) {
   file.write("0.10 0.20 0.30 2/100 123\n");
   IdleCpuProbe probe(file.path.c_str(), 2);
   EXPECT_TRUE(probe.spare()); // the caller and one other: each has a CPU
+  EXPECT_FALSE(probe.spare(1)); // and one it just woke: a CPU short
   file.write("2.90 2.20 1.30 3/100 124\n");
   EXPECT_FALSE(probe.spare()); // a third waits: spinning would delay it
   file.write("0.10 0.20 0.30 1/100 125\n");
   EXPECT_TRUE(probe.spare());
+  EXPECT_TRUE(probe.spare(1));
   file.write("garbage\n");
   EXPECT_FALSE(probe.spare()); // cannot tell: do not spin
   IdleCpuProbe missing("/nonexistent/loadavg", 2);
