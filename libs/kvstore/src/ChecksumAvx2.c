@@ -55,3 +55,51 @@ uint64_t llmir_kvstore_copy_checksum_avx2(void *destination, const void *source,
   return XXH3_hashLong_64b_internal(source, bytes, XXH3_kSecret, sizeof(XXH3_kSecret),
                                     copy_accumulate_512, XXH3_scrambleAcc_avx2);
 }
+
+/* A block hashed in parts, in order (PutPart over TCP, docs/kv-store.md
+ * "Blocks in parts"): XXH3's long-input loop cut at part boundaries. Every
+ * part but the last is a multiple of 1024 bytes (XXH3's block with the
+ * default secret: 16 stripes, then a scramble), so its blocks are full
+ * blocks of the whole input and it leaves no stripe behind; the last part
+ * (at least 64 bytes, so its last stripe lies inside it) goes through the
+ * loop as XXH3 runs it over a whole input, which is the same arithmetic:
+ * (total - 1) / 1024 = earlier blocks + (last - 1) / 1024. The value equals
+ * XXH3_64bits over the whole block (longer than 240 bytes). `destination`
+ * null: hash only. */
+void llmir_kvstore_parts_init_avx2(uint64_t *acc) {
+  static const uint64_t init[XXH_ACC_NB] = XXH3_INIT_ACC;
+  memcpy(acc, init, sizeof init);
+}
+
+void llmir_kvstore_parts_add_avx2(uint64_t *acc, void *destination, const void *source,
+                                  uint64_t bytes) {
+  const size_t perBlock = (sizeof(XXH3_kSecret) - XXH_STRIPE_LEN) / XXH_SECRET_CONSUME_RATE;
+  const size_t blockLen = XXH_STRIPE_LEN * perBlock;
+  const xxh_u8 *in = (const xxh_u8 *)source;
+  const xxh_u8 *secret = XXH3_kSecret;
+  if (destination)
+    copy_offset = (const unsigned char *)destination - (const unsigned char *)source;
+  for (size_t n = 0; n < bytes / blockLen; n++) {
+    if (destination)
+      XXH3_accumulate(acc, in + n * blockLen, secret, perBlock, copy_accumulate_512);
+    else
+      XXH3_accumulate(acc, in + n * blockLen, secret, perBlock, XXH3_accumulate_512_avx2);
+    XXH3_scrambleAcc_avx2(acc, secret + sizeof(XXH3_kSecret) - XXH_STRIPE_LEN);
+  }
+}
+
+uint64_t llmir_kvstore_parts_finish_avx2(uint64_t *acc, void *destination, const void *source,
+                                         uint64_t bytes, uint64_t total) {
+  if (destination) {
+    copy_offset = (const unsigned char *)destination - (const unsigned char *)source;
+    XXH3_hashLong_internal_loop(acc, (const xxh_u8 *)source, bytes, XXH3_kSecret,
+                                sizeof(XXH3_kSecret), copy_accumulate_512,
+                                XXH3_scrambleAcc_avx2);
+  } else {
+    XXH3_hashLong_internal_loop(acc, (const xxh_u8 *)source, bytes, XXH3_kSecret,
+                                sizeof(XXH3_kSecret), XXH3_accumulate_512_avx2,
+                                XXH3_scrambleAcc_avx2);
+  }
+  return XXH3_mergeAccs(acc, XXH3_kSecret + XXH_SECRET_MERGEACCS_START,
+                        (xxh_u64)total * XXH_PRIME64_1);
+}

@@ -159,4 +159,47 @@ uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes)
   return XXH3_64bits_digest(&state);
 }
 
+PartChecksum::PartChecksum() {
+#if LLMIR_KVSTORE_AVX2
+  if (detail::hasAvx2()) {
+    llmir_kvstore_parts_init_avx2(acc_);
+    return;
+  }
+#endif
+  auto *state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  state_ = state;
+}
+
+PartChecksum::~PartChecksum() {
+  if (state_)
+    XXH3_freeState(static_cast<XXH3_state_t *>(state_));
+}
+
+void PartChecksum::add(void *destination, const void *source, uint64_t bytes) {
+  if (!state_) {
+#if LLMIR_KVSTORE_AVX2
+    llmir_kvstore_parts_add_avx2(acc_, destination, source, bytes);
+#endif
+    return;
+  }
+  auto *state = static_cast<XXH3_state_t *>(state_);
+  if (destination) {
+    std::memcpy(destination, source, bytes);
+    source = destination;
+  }
+  XXH3_64bits_update(state, source, bytes);
+}
+
+uint64_t PartChecksum::finish(void *destination, const void *source, uint64_t bytes,
+                              uint64_t total) {
+  if (!state_) {
+#if LLMIR_KVSTORE_AVX2
+    return llmir_kvstore_parts_finish_avx2(acc_, destination, source, bytes, total);
+#endif
+  }
+  add(destination, source, bytes);
+  return XXH3_64bits_digest(static_cast<XXH3_state_t *>(state_));
+}
+
 } // namespace llmir::kvstore

@@ -89,4 +89,28 @@ private:
 /// is still in cache: one pass over memory instead of two.
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes);
 
+/// The XXH3-64 of a block (the same value as blockChecksum) taken part by
+/// part, in order, each part copied to its destination while it is hashed
+/// (as copyWithChecksum) unless the destination is null. Parts: every one
+/// but the last a multiple of kPartAlignment bytes, the last at least
+/// kPartAlignment; the block longer than 2 x kPartAlignment. A block sent in
+/// parts over TCP is hashed this way on both sides (docs/kv-store.md,
+/// "Blocks in parts").
+class PartChecksum {
+public:
+  static constexpr uint64_t kPartAlignment = 1024;
+  PartChecksum();
+  ~PartChecksum();
+  PartChecksum(const PartChecksum &) = delete;
+  PartChecksum &operator=(const PartChecksum &) = delete;
+  /// A part that is not the last.
+  void add(void *destination, const void *source, uint64_t bytes);
+  /// The last part; the block's XXH3 (`total`: the block's bytes).
+  uint64_t finish(void *destination, const void *source, uint64_t bytes, uint64_t total);
+
+private:
+  alignas(64) uint64_t acc_[8];
+  void *state_ = nullptr; // libxxhash's streaming state where AVX2 is absent
+};
+
 } // namespace llmir::kvstore

@@ -65,6 +65,46 @@ TEST(BlockChecksum, IsXxh3ForEveryLengthClassAndTheCopyHashesTheSame) {
     }
 }
 
+// A block hashed in parts (TCP puts of large blocks): the same XXH3 as the
+// whole, at every split the protocol allows (parts of multiples of 1 KiB,
+// a last part of at least 1 KiB, ending anywhere), copying or not, and the
+// copy exactly the bytes.
+TEST(BlockChecksum, PartsGiveTheWholeBlocksXxh3) {
+  const std::vector<unsigned char> data = pattern(3 << 20);
+  for (size_t total : {size_t(2048), size_t(2049), size_t(3000), size_t(65536 + 1023),
+                       size_t(1 << 20), size_t((1 << 20) + 77), size_t(3 << 20)})
+    for (size_t part : {size_t(1024), size_t(4096), size_t(256 << 10), size_t(1 << 20)}) {
+      if (total < part + PartChecksum::kPartAlignment)
+        continue; // at least two parts, the last one of 1 KiB or more
+      uint64_t whole = blockChecksum(data.data(), total);
+      for (bool copying : {false, true}) {
+        std::vector<unsigned char> copy(total + 1, 0xee);
+        PartChecksum sum;
+        size_t at = 0;
+        while (total - at >= part + PartChecksum::kPartAlignment) {
+          sum.add(copying ? copy.data() + at : nullptr, data.data() + at, part);
+          at += part;
+        }
+        EXPECT_EQ(sum.finish(copying ? copy.data() + at : nullptr, data.data() + at,
+                             total - at, total),
+                  whole)
+            << total << " bytes in parts of " << part << (copying ? ", copying" : "");
+        if (copying) {
+          EXPECT_TRUE(std::equal(data.begin(), data.begin() + total, copy.begin())) << total;
+          EXPECT_EQ(copy[total], 0xee) << "wrote past " << total << " bytes";
+        }
+      }
+    }
+  // A changed byte in any part changes the value.
+  std::vector<unsigned char> other = data;
+  other[(1 << 20) + 5] ^= 1;
+  PartChecksum a, b;
+  a.add(nullptr, data.data(), 1 << 20);
+  b.add(nullptr, other.data(), 1 << 20);
+  EXPECT_NE(a.finish(nullptr, data.data() + (1 << 20), 1 << 20, 2 << 20),
+            b.finish(nullptr, other.data() + (1 << 20), 1 << 20, 2 << 20));
+}
+
 } // namespace
 
 namespace {
