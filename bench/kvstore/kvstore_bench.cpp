@@ -282,6 +282,7 @@ int storeSpinUs = -1;  // ServerOptions::channelSpin (-1: its default)
 int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
+int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
 
 int serve() {
   // Ends with the bench, however the bench ends (fail() exits at once).
@@ -344,6 +345,9 @@ int main(int argc, char **argv) {
              "(-1: the default)");
   config.add("request-channel", &requestChannel,
              "carry same-host requests through the channel in the store's segment");
+  config.add("part-bytes", &partBytes,
+             "over TCP, puts of blocks of at least twice this go in parts of it (0: whole; "
+             "-1: the client's default)");
   config.add("serve", &serveMode, "internal: run the store for the parent bench");
   if (auto st = config.load(argc, argv); !st)
     fail(st.message());
@@ -395,6 +399,8 @@ int main(int argc, char **argv) {
     if (clientSpinUs >= 0)
       co.channelSpin = std::chrono::microseconds(clientSpinUs);
     co.requestChannel = requestChannel;
+    if (partBytes >= 0)
+      co.partBytes = uint64_t(partBytes);
     auto client = kv::Client::create(co);
     if (!client)
       fail(client.message());

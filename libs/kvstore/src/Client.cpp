@@ -55,6 +55,7 @@ struct Message {
   size_t first = 0;   // index of its first block in the call
   uint32_t count = 0;
   std::vector<uint8_t> header;
+  std::vector<std::vector<uint8_t>> partHeaders; // PutPart: one per part, alive while sent
   std::vector<ucp_dt_iov_t> iov;  // put payload / get destinations
   // get: the reply record of each destination in `iov` (kNoRecord: scratch
   // for bytes that are not what was asked for).
@@ -87,6 +88,13 @@ public:
   /// mapped; then sends one call's messages and waits for their replies.
   Status prepare(Clock::time_point deadline, int64_t limitMs);
   Status exchange(wire::Op op, size_t n, Clock::time_point deadline, int64_t limitMs);
+  /// Whether a put's block of `bytes` goes in parts (ClientOptions::partBytes).
+  bool inParts_(uint64_t bytes) const {
+    return options_.partBytes > 0 && bytes >= 2 * options_.partBytes;
+  }
+  /// Sends put block `index` as PutPart messages, each hashed just before it
+  /// goes; false (failure_ set) when a send fails.
+  bool sendInParts(size_t index);
   Status hello(Clock::time_point deadline, int64_t limitMs);
   /// A request of only a header (`op`) and its reply, within `deadline`;
   /// `what` names it in errors.
@@ -473,7 +481,8 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
     default: status = BlockStatus::Rejected; break;
     }
     bool commit = message.op == wire::Op::PutCommit || message.op == wire::Op::PutCommitAhead;
-    if ((message.op == wire::Op::Put || commit) && status != BlockStatus::Stored &&
+    if ((message.op == wire::Op::Put || message.op == wire::Op::PutPart || commit) &&
+        status != BlockStatus::Stored &&
         status != BlockStatus::NoSpace)
       status = BlockStatus::Rejected;
     if (message.op == wire::Op::PutCommitAhead && m.slot != 0) {
@@ -1251,14 +1260,23 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   for (size_t first = 0; first < n; first += step) {
     step = 0;
     uint64_t planned = 0;
+    bool inParts = false;
     while (first + step < n && step < maxBlocksPerMessage_) {
       uint64_t b = op == wire::Op::Put   ? putBlocks_[first + step].bytes
                    : op == wire::Op::Get ? getBlocks_[first + step].bytes
                                          : 0;
-      if (step > 0 && planned + b > ucx::kEagerPayloadBytes)
+      bool parts = op == wire::Op::Put && inParts_(b);
+      if (step > 0 && (parts || planned + b > ucx::kEagerPayloadBytes))
         break;
       planned += b;
       ++step;
+      if ((inParts = parts))
+        break;
+    }
+    if (inParts) {
+      if (!sendInParts(first))
+        break;
+      continue;
     }
     uint64_t id = nextId_++;
     Message &message = messages_[id];
@@ -1360,6 +1378,51 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   return Status::ok();
 }
 
+bool Client::Impl::sendInParts(size_t index) {
+  const PutBlock &p = putBlocks_[index];
+  uint64_t id = nextId_++;
+  Message &message = messages_[id];
+  message.id = id;
+  message.op = wire::Op::PutPart;
+  message.first = index;
+  message.count = 1;
+  BlockMeta m{};
+  std::memcpy(m.key, p.key.bytes.data(), sizeof m.key);
+  wire::setDtype(m, p.dtype);
+  m.bytes = p.bytes;
+  MessageHeader h;
+  h.op = static_cast<uint16_t>(wire::Op::PutPart);
+  h.requestId = id;
+  h.count = 1;
+  // Parts of partBytes; the last takes the rest (partBytes + 1023 at most,
+  // so never less than 1024 bytes).
+  const uint64_t part = options_.partBytes;
+  const auto *bytes = static_cast<const uint8_t *>(p.data);
+  PartChecksum sum;
+  for (uint64_t at = 0; at < p.bytes;) {
+    bool last = p.bytes - at < part + wire::kPartAlignment;
+    uint64_t length = last ? p.bytes - at : part;
+    m.slot = static_cast<uint32_t>(at / wire::kPartAlignment);
+    if (last)
+      m.checksum = sum.finish(nullptr, bytes + at, length, p.bytes);
+    else
+      sum.add(nullptr, bytes + at, length);
+    std::vector<uint8_t> &header = message.partHeaders.emplace_back(sizeof h + sizeof m);
+    std::memcpy(header.data(), &h, sizeof h);
+    std::memcpy(header.data() + sizeof h, &m, sizeof m);
+    ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
+    param.flags |= UCP_AM_SEND_FLAG_EAGER; // the store copies each part as it comes
+    ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, header.data(), header.size(),
+                                           bytes + at, length, &param);
+    if (UCS_PTR_IS_ERR(req)) {
+      failure_ = where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req));
+      return false;
+    }
+    at += length;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 
 Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
@@ -1368,6 +1431,9 @@ Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
   if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
     return Status::error("kv store client: the cluster secret must have at least " +
                          std::to_string(auth::kMinSecretBytes) + " bytes");
+  if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
+    return Status::error("kv store client: partBytes must be a multiple of 1024 up to 1 MiB "
+                         "(0: no parts), not " + std::to_string(options.partBytes));
   auto impl = std::make_unique<Impl>(options);
   if (auto st = impl->ensureWorker(); !st)
     return st;

@@ -115,6 +115,19 @@ public:
   // endpoint goes away. With the bytes they hold per endpoint.
   std::map<ucp_ep_h, std::map<uint32_t, std::shared_ptr<StoredBlock>>> rooms_;
   std::map<ucp_ep_h, uint64_t> roomBytes_;
+  // Blocks arriving in parts (PutPart), per endpoint and request id: the
+  // first part reserved the block's room (null block: NoSpace or Rejected,
+  // the rest of its parts are read and dropped); released if the endpoint
+  // goes away before the last part.
+  struct PartialPut {
+    BlockMeta first{};
+    std::shared_ptr<StoredBlock> block;
+    Code code = Code::None;
+    uint64_t next = 0; // the offset the next part must have
+    std::unique_ptr<PartChecksum> sum;
+    Clock::time_point start;
+  };
+  std::map<ucp_ep_h, std::map<uint64_t, PartialPut>> partial_;
   // Same-host clients' request channels in the segment (wire::ChannelHeader),
   // per endpoint; freed when it goes away.
   struct Channel {
@@ -227,6 +240,8 @@ public:
   void startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta *metas,
                 void *data, size_t length, bool rendezvous, ucs_status_t &result);
   void finishPut(PendingPut *put, bool received);
+  void putPart(ucp_ep_h ep, const MessageHeader &h, const BlockMeta &record, const void *data,
+               size_t length, bool rendezvous, Clock::time_point start);
   void receivePending();
   /// A block of `bytes` whose pool reservation is already made, in the
   /// segment when there is one (evicting while the segment is fragmented);
@@ -364,6 +379,12 @@ void Server::Impl::forgetEndpoint(ucp_ep_h ep) {
     rooms_.erase(it);
   }
   roomBytes_.erase(ep);
+  if (auto parts = partial_.find(ep); parts != partial_.end()) {
+    for (auto &[id, put] : parts->second)
+      if (put.block)
+        pool_.release(put.block->bytes);
+    partial_.erase(parts);
+  }
   auto it = reservations_.find(ep);
   if (it == reservations_.end())
     return;
@@ -584,6 +605,11 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
                              " is not carried by the request channel");
   if (op == wire::Op::Put)
     return startPut(ep, h, records.data(), data, length, rendezvous, result);
+  if (op == wire::Op::PutPart) {
+    if (replyChannel_ || h.count != 1)
+      return refuse(ep, h, "a put part carries one record, over UCX");
+    return putPart(ep, h, records[0], data, length, rendezvous, start);
+  }
   if (op == wire::Op::OpenChannel)
     return openChannel(ep, h);
   if (op == wire::Op::PutPipelined) {
@@ -1142,6 +1168,101 @@ void Server::Impl::onPutReceived(void *request, ucs_status_t status, size_t, voi
   auto *put = static_cast<PendingPut *>(user);
   ucp_request_free(request);
   put->owner->finishPut(put, status == UCS_OK);
+}
+
+void Server::Impl::putPart(ucp_ep_h ep, const MessageHeader &h, const BlockMeta &m,
+                           const void *data, size_t length, bool rendezvous,
+                           Clock::time_point start) {
+  auto &parts = partial_[ep];
+  auto it = parts.find(h.requestId);
+  uint64_t offset = uint64_t(m.slot) * wire::kPartAlignment;
+  auto fail = [&](const std::string &why) {
+    if (it != parts.end()) {
+      if (it->second.block)
+        pool_.release(it->second.block->bytes);
+      parts.erase(it);
+    }
+    if (parts.empty())
+      partial_.erase(ep);
+    refuse(ep, h, why);
+  };
+  // The bytes are copied out of UCX's buffer as they come; a part that
+  // comes by rendezvous (the client sends them eagerly) is not ours.
+  if (rendezvous)
+    return fail("put parts come eagerly");
+  if (it == parts.end()) {
+    if (offset != 0)
+      return fail("put part at offset " + std::to_string(offset) + " of a block not begun");
+    if (m.bytes < 2 * wire::kPartAlignment || m.bytes > options_.maxBlockBytes)
+      return fail("a block in parts has " + std::to_string(m.bytes) + " bytes; 2048.." +
+                  std::to_string(options_.maxBlockBytes));
+    PartialPut put;
+    put.first = m;
+    put.start = start;
+    std::string dtype = wire::dtypeOf(m);
+    if (!isValidDtype(dtype)) {
+      put.code = Code::Rejected;
+      pool_.countRejected();
+    } else if (!pool_.reserve(m.bytes)) {
+      put.code = Code::NoSpace;
+    } else if (!(put.block = allocateBlock(m.bytes))) {
+      put.code = Code::NoSpace;
+    } else {
+      std::memcpy(put.block->key.bytes.data(), m.key, sizeof m.key);
+      put.block->dtype = dtype;
+      put.sum = std::make_unique<PartChecksum>();
+    }
+    it = parts.emplace(h.requestId, std::move(put)).first;
+  }
+  PartialPut &put = it->second;
+  if (std::memcmp(m.key, put.first.key, sizeof m.key) != 0 ||
+      std::memcmp(m.dtype, put.first.dtype, sizeof m.dtype) != 0 || m.bytes != put.first.bytes)
+    return fail("a put part's record differs from its block's first part");
+  if (offset != put.next)
+    return fail("put part at offset " + std::to_string(offset) + " where " +
+                std::to_string(put.next) + " was due");
+  bool last = offset + length == m.bytes;
+  if (length < wire::kPartAlignment || offset + length > m.bytes ||
+      (!last && length % wire::kPartAlignment != 0))
+    return fail("a put part of " + std::to_string(length) + " bytes at offset " +
+                std::to_string(offset) + " of a " + std::to_string(m.bytes) +
+                "-byte block (parts: multiples of 1024 bytes but the last, of at least 1024)");
+  put.next += length;
+  uint64_t sum = 0;
+  if (put.block) {
+    uint8_t *to = put.block->data.get() + offset;
+    if (last)
+      sum = put.sum->finish(to, data, length, m.bytes);
+    else
+      put.sum->add(to, data, length);
+  }
+  if (!last)
+    return;
+  Code code = put.code;
+  if (put.block) {
+    if (sum != m.checksum) {
+      pool_.release(put.block->bytes); // corrupted or mislabelled: never stored
+      pool_.countRejected();
+      code = Code::Rejected;
+    } else {
+      put.block->checksum = sum;
+      pool_.insert(std::move(put.block));
+      code = Code::Stored;
+    }
+  }
+  BlockMeta record = put.first;
+  record.checksum = m.checksum;
+  record.slot = 0;
+  record.code = static_cast<uint32_t>(code);
+  Reply *reply = replyFor(h, {record});
+  reply->op = Operation::Put;
+  reply->start = put.start;
+  reply->bytes = m.bytes;
+  reply->blocks = 1;
+  parts.erase(it);
+  if (parts.empty())
+    partial_.erase(ep);
+  send(ep, reply);
 }
 
 void Server::Impl::finishPut(PendingPut *put, bool received) {

@@ -60,11 +60,25 @@ constexpr uint16_t kVersion = 1;
 //  OpenChannel: count 0; the reply carries a ChannelOffer after the header:
 //              a request/reply channel in the segment for this endpoint
 //              (below), or an error when the store has no segment.
+//  PutPart (over UCX only): one block in several messages, so that the
+//              store copies and hashes part k while part k+1 travels and
+//              the client hashes part k+1 while part k travels
+//              (docs/kv-store.md, "Blocks in parts"). Each message: count 1,
+//              the record of the whole block (key, dtype, bytes), `slot` the
+//              part's offset / kPartAlignment, `checksum` the block's XXH3
+//              in the last part (0 in the others); the payload the part's
+//              bytes, eagerly. Every part but the last is a multiple of
+//              kPartAlignment bytes, the last at least kPartAlignment; the
+//              parts of a block share the requestId and come in order. One
+//              reply (op PutPart, the record with its code) after the last
+//              part; a part out of order or unlike the first is refused
+//              with an error reply and the block dropped.
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
   Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7, PutCommitAhead = 8,
-  OpenChannel = 9, PutPipelined = 10,
+  OpenChannel = 9, PutPipelined = 10, PutPart = 11,
 };
+constexpr uint64_t kPartAlignment = 1024; // PartChecksum::kPartAlignment
 // An endpoint's rooms for pipelined puts hold at most this share of the
 // store's budget (1/16): beyond it PutPipelined answers NoSpace and the
 // client puts with a round trip, so small stores keep their budget for

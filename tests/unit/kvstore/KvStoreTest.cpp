@@ -565,6 +565,60 @@ TEST_P(KvStore, AStoreWithoutASegmentMovesBytesInMessages) {
   EXPECT_EQ(out, data);
 }
 
+// Over UCX a block of at least twice ClientOptions::partBytes goes in parts
+// (PutPart); whole or in parts of any size, every client reads the same
+// bytes, and a part size the protocol does not allow is refused up front.
+TEST_P(KvStore, BlocksPutInPartsOrWholeReadTheSame) {
+  auto server = startServer(64 << 20);
+  ASSERT_TRUE(server);
+  std::vector<std::unique_ptr<Client>> clients;
+  for (uint64_t part : {uint64_t(0), uint64_t(1024), uint64_t(64 << 10), uint64_t(512 << 10)}) {
+    ClientOptions o;
+    o.port = server->port();
+    o.timeout = 5s;
+    o.partBytes = part;
+    auto c = Client::create(o);
+    ASSERT_TRUE(c) << c.message();
+    clients.push_back(std::move(*c));
+  }
+  std::vector<size_t> sizes = {2048, 2049, (128 << 10) + 5, 1 << 20, (3 << 20) + 1000};
+  for (size_t w = 0; w < clients.size(); ++w) {
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<PutBlock> puts;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      data.push_back(bytesOf(sizes[i], uint32_t(100 * w + i)));
+      puts.push_back({keyFor("parts-" + std::to_string(w), int32_t(16 * i)), "f32",
+                      data.back().data(), sizes[i]});
+    }
+    auto stored = clients[w]->put(puts);
+    ASSERT_TRUE(stored) << stored.message();
+    for (BlockStatus st : *stored)
+      EXPECT_EQ(st, BlockStatus::Stored);
+    for (size_t r = 0; r < clients.size(); ++r) {
+      std::vector<std::vector<uint8_t>> out;
+      std::vector<GetBlock> gets;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        out.emplace_back(sizes[i]);
+        gets.push_back({puts[i].key, "f32", out.back().data(), sizes[i]});
+      }
+      auto got = clients[r]->get(gets);
+      ASSERT_TRUE(got) << got.message();
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        EXPECT_EQ((*got)[i], BlockStatus::Found) << w << " " << r << " " << i;
+        EXPECT_EQ(out[i], data[i]) << "written by client " << w << ", read by " << r;
+      }
+    }
+  }
+  for (uint64_t bad : {uint64_t(1000), uint64_t(2 << 20)}) {
+    ClientOptions o;
+    o.port = server->port();
+    o.partBytes = bad;
+    auto c = Client::create(o);
+    ASSERT_FALSE(c) << bad;
+    EXPECT_NE(c.message().find("partBytes"), std::string::npos) << c.message();
+  }
+}
+
 TEST_P(KvStore, BlocksPutInMessagesAreReadThroughTheSegmentAndBack) {
   // One client moves bytes in messages, the other through the segment: each
   // reads what the other wrote, byte for byte.

@@ -90,6 +90,33 @@ struct RawPeer {
     return reply;
   }
 
+  // Sends one message without waiting for a reply (a put part before the
+  // last, which the store does not answer), until UCX has it.
+  void post(const std::vector<uint8_t> &header, const uint8_t *payload, size_t length,
+            bool rendezvous = false) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_REPLY |
+                  (rendezvous ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER);
+    ucs_status_ptr_t req = ucp_am_send_nbx(ep, wire::kAmRequest, header.data(), header.size(),
+                                           payload, length, &param);
+    EXPECT_FALSE(UCS_PTR_IS_ERR(req));
+    if (req && !UCS_PTR_IS_ERR(req)) {
+      while (ucp_request_check_status(req) == UCS_INPROGRESS)
+        worker->progress();
+      ucp_request_free(req);
+    }
+  }
+  // Progresses until a reply comes (up to `seconds`).
+  std::optional<std::vector<uint8_t>> awaitReply(int seconds = 10) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    while (!reply && std::chrono::steady_clock::now() < until) {
+      if (!worker->progress())
+        worker->wait(5);
+    }
+    return reply;
+  }
+
   ~RawPeer() {
     if (ep)
       ucx::closeEndpoint(*worker, ep, /*force=*/true);
@@ -187,6 +214,152 @@ TEST(KvStoreRawProtocol, ABlockWhoseChecksumDoesNotMatchIsRejected) {
   auto stillServing = peer.roundTrip(request(wire::Op::Exists, 5, {meta(1, 256 << 10, 0)}), {});
   ASSERT_TRUE(stillServing);
   EXPECT_EQ(records(*stillServing)[0].code, uint32_t(wire::Code::Found));
+}
+
+std::string errorOf(const std::vector<uint8_t> &reply) {
+  wire::MessageHeader h;
+  std::memcpy(&h, reply.data(), sizeof h);
+  if (h.errorLength == 0 || reply.size() != sizeof h + h.errorLength)
+    return "";
+  return std::string(reinterpret_cast<const char *>(reply.data() + sizeof h), h.errorLength);
+}
+
+// A block in parts (PutPart, docs/kv-store.md "Blocks in parts"): stored
+// only when every part came, in order, under one record, and the XXH3 taken
+// across the parts equals the checksum of the last; anything else is
+// refused or rejected without storing it or keeping its reservation, and
+// the store serves on.
+TEST(KvStoreRawProtocol, ABlockInPartsIsStoredOnlyWholeInOrderAndMatchingItsChecksum) {
+  setenv("UCX_TLS", "tcp", 1);
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 8 << 20;
+  auto server = Server::start(o);
+  ASSERT_TRUE(server) << server.message();
+  RawPeer peer;
+  peer.connect((*server)->port());
+  constexpr size_t kBytes = (64 << 10) + 3000, kPart = 16 << 10;
+  std::vector<uint8_t> block(kBytes);
+  for (size_t i = 0; i < kBytes; ++i)
+    block[i] = uint8_t(i * 13 + (i >> 9));
+  const uint64_t sum = blockChecksum(block.data(), kBytes);
+  // Sends parts [0, upTo) of the block (the last one the rest) as `id`,
+  // the last carrying `lastSum`; the reply to the last.
+  auto putInParts = [&](uint8_t key, uint64_t id, uint64_t lastSum) {
+    std::optional<std::vector<uint8_t>> reply;
+    for (size_t at = 0; at < kBytes; at += kPart) {
+      bool last = kBytes - at < kPart + 1024;
+      size_t length = last ? kBytes - at : kPart;
+      wire::BlockMeta m = meta(key, kBytes, last ? lastSum : 0);
+      m.slot = uint32_t(at / 1024);
+      peer.reply.reset();
+      if (last) {
+        peer.post(request(wire::Op::PutPart, id, {m}), block.data() + at, length);
+        reply = peer.awaitReply();
+        break;
+      }
+      peer.post(request(wire::Op::PutPart, id, {m}), block.data() + at, length);
+    }
+    return reply;
+  };
+  auto found = [&](uint8_t key) {
+    auto r = peer.roundTrip(request(wire::Op::Exists, 900 + key, {meta(key, kBytes, 0)}), {});
+    return r && records(*r).size() == 1 && records(*r)[0].code == uint32_t(wire::Code::Found);
+  };
+
+  // Whole and matching: Stored, and a client reads back exactly its bytes
+  // (the store kept the XXH3 of the whole block, which the client checks).
+  auto stored = putInParts(1, 10, sum);
+  ASSERT_TRUE(stored);
+  ASSERT_EQ(records(*stored).size(), 1u) << errorOf(*stored);
+  EXPECT_EQ(records(*stored)[0].code, uint32_t(wire::Code::Stored));
+  {
+    ClientOptions co;
+    co.port = (*server)->port();
+    auto client = Client::create(co);
+    ASSERT_TRUE(client);
+    std::vector<uint8_t> out(kBytes);
+    BlockKey key;
+    std::memset(key.bytes.data(), 1, key.bytes.size());
+    GetBlock g{key, "f32", out.data(), kBytes};
+    auto got = (*client)->get(std::span(&g, 1));
+    ASSERT_TRUE(got) << got.message();
+    EXPECT_EQ((*got)[0], BlockStatus::Found);
+    EXPECT_EQ(out, block);
+  }
+  // Its checksum off by a bit: Rejected, not stored, nothing left reserved.
+  auto rejected = putInParts(2, 11, sum ^ 1);
+  ASSERT_TRUE(rejected);
+  ASSERT_EQ(records(*rejected).size(), 1u) << errorOf(*rejected);
+  EXPECT_EQ(records(*rejected)[0].code, uint32_t(wire::Code::Rejected));
+  EXPECT_FALSE(found(2));
+  // A changed byte in a middle part, the checksum of the original: Rejected.
+  block[kPart + 5] ^= 0x40;
+  auto changed = putInParts(3, 12, sum);
+  block[kPart + 5] ^= 0x40;
+  ASSERT_TRUE(changed);
+  ASSERT_EQ(records(*changed).size(), 1u) << errorOf(*changed);
+  EXPECT_EQ(records(*changed)[0].code, uint32_t(wire::Code::Rejected));
+  EXPECT_FALSE(found(3));
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u);
+
+  // Refused with an error reply, the block dropped with its reservation:
+  auto part = [&](uint8_t key, uint64_t id, size_t at, size_t length, uint64_t bytes = kBytes,
+                  bool rendezvous = false) {
+    wire::BlockMeta m = meta(key, bytes, 0);
+    m.slot = uint32_t(at / 1024);
+    peer.reply.reset();
+    peer.post(request(wire::Op::PutPart, id, {m}), block.data() + at, length, rendezvous);
+  };
+  auto refusal = [&](const char *what) {
+    auto r = peer.awaitReply(5);
+    EXPECT_TRUE(r) << what;
+    return r ? errorOf(*r) : std::string();
+  };
+  // a part out of order (the second skipped),
+  part(4, 20, 0, kPart);
+  auto reservedSoon = [&] { // the store reads the part on its own thread
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while ((*server)->stats().bytesReserved == 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return (*server)->stats().bytesReserved;
+  };
+  EXPECT_GT(reservedSoon(), 0u); // the first part reserved the block
+  part(4, 20, 2 * kPart, kPart);
+  EXPECT_NE(refusal("out of order").find("was due"), std::string::npos);
+  // a later part of a block not begun,
+  part(5, 21, kPart, kPart);
+  EXPECT_NE(refusal("not begun").find("not begun"), std::string::npos);
+  // a part whose record is another block's,
+  part(6, 22, 0, kPart);
+  part(6, 22, kPart, kPart, kBytes + 1024);
+  EXPECT_NE(refusal("another record").find("differs"), std::string::npos);
+  // a part before the last that is not a multiple of 1 KiB,
+  part(7, 23, 0, kPart - 8);
+  EXPECT_NE(refusal("unaligned").find("multiples of 1024"), std::string::npos);
+  // and a part by rendezvous (they come eagerly, copied as they arrive).
+  part(8, 24, 0, kPart, kBytes, /*rendezvous=*/true);
+  EXPECT_NE(refusal("rendezvous").find("eagerly"), std::string::npos);
+  for (uint8_t key : {4, 5, 6, 7, 8})
+    EXPECT_FALSE(found(key)) << int(key);
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u) << "a refused block's reservation leaked";
+
+  // A peer that goes away in the middle of a block: its reservation returns.
+  {
+    RawPeer leaving;
+    leaving.connect((*server)->port());
+    wire::BlockMeta m = meta(9, kBytes, 0);
+    leaving.post(request(wire::Op::PutPart, 30, {m}), block.data(), kPart);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while ((*server)->stats().bytesReserved == 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_GT((*server)->stats().bytesReserved, 0u);
+  }
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while ((*server)->stats().bytesReserved != 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ((*server)->stats().bytesReserved, 0u);
+  EXPECT_TRUE(found(1)); // and the store serves on
 }
 
 // UCX's short protocol carries an active-message header's length in 16 bits
