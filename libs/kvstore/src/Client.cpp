@@ -88,9 +88,11 @@ public:
   /// mapped; then sends one call's messages and waits for their replies.
   Status prepare(Clock::time_point deadline, int64_t limitMs);
   Status exchange(wire::Op op, size_t n, Clock::time_point deadline, int64_t limitMs);
-  /// Whether a put's block of `bytes` goes in parts (ClientOptions::partBytes).
+  /// Whether a put's block of `bytes` goes in parts (ClientOptions::partBytes):
+  /// more than two parts' worth (a block of exactly two measured no faster
+  /// in parts, docs/performance.md "kv12").
   bool inParts_(uint64_t bytes) const {
-    return options_.partBytes > 0 && bytes >= 2 * options_.partBytes;
+    return options_.partBytes > 0 && bytes > 2 * options_.partBytes;
   }
   /// Sends put block `index` as PutPart messages, each hashed just before it
   /// goes; false (failure_ set) when a send fails.

@@ -68,8 +68,9 @@ struct ClientOptions {
   /// before (docs/kv-store.md, "Pipelined puts"). Such a put returns
   /// Stored for every block; the store stores it when it reads the commit.
   bool pipelinedPuts = true;
-  /// Over UCX (no shared segment), a put's block of at least twice this
-  /// many bytes goes in parts of this size (PutPart), hashed part by part:
+  /// Over UCX (no shared segment), a put's block of more than twice this
+  /// many bytes (above 1 MiB by default) goes in parts of this size
+  /// (PutPart), hashed part by part:
   /// the client hashes part k+1 while part k travels and the store copies
   /// and hashes part k while part k+1 does (docs/kv-store.md, "Blocks in
   /// parts"; 512 KiB measured faster than 256 KiB). A multiple of 1024 up
