@@ -1193,6 +1193,9 @@ void Server::Impl::putPart(ucp_ep_h ep, const MessageHeader &h, const BlockMeta 
   if (it == parts.end()) {
     if (offset != 0)
       return fail("put part at offset " + std::to_string(offset) + " of a block not begun");
+    if (parts.size() >= wire::kMaxBlocksInParts)
+      return fail("more than " + std::to_string(wire::kMaxBlocksInParts) +
+                  " blocks begun in parts and not finished");
     if (m.bytes < 2 * wire::kPartAlignment || m.bytes > options_.maxBlockBytes)
       return fail("a block in parts has " + std::to_string(m.bytes) + " bytes; 2048.." +
                   std::to_string(options_.maxBlockBytes));

@@ -79,6 +79,12 @@ enum class Op : uint16_t {
   OpenChannel = 9, PutPipelined = 10, PutPart = 11,
 };
 constexpr uint64_t kPartAlignment = 1024; // PartChecksum::kPartAlignment
+// Blocks one endpoint may have begun in parts and not finished: the first
+// part of one more is refused (a peer cannot grow the store's state
+// without bound; a client's put call sends its blocks' parts one block
+// after another, so only a call of more blocks than this above 1 MiB
+// could meet it).
+constexpr size_t kMaxBlocksInParts = 4096;
 // An endpoint's rooms for pipelined puts hold at most this share of the
 // store's budget (1/16): beyond it PutPipelined answers NoSpace and the
 // client puts with a round trip, so small stores keep their budget for

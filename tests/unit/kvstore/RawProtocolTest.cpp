@@ -344,6 +344,21 @@ TEST(KvStoreRawProtocol, ABlockInPartsIsStoredOnlyWholeInOrderAndMatchingItsChec
     EXPECT_FALSE(found(key)) << int(key);
   EXPECT_EQ((*server)->stats().bytesReserved, 0u) << "a refused block's reservation leaked";
 
+  // A peer that begins more blocks than the store keeps half-received: the
+  // one beyond the bound is refused (the others stay begun). Blocks larger
+  // than the store: NoSpace at their end, so they evict nothing meanwhile.
+  {
+    RawPeer many;
+    many.connect((*server)->port());
+    for (size_t i = 0; i < wire::kMaxBlocksInParts; ++i)
+      many.post(request(wire::Op::PutPart, 1000 + i, {meta(10, 16 << 20, 0)}), block.data(),
+                1024);
+    many.reply.reset();
+    many.post(request(wire::Op::PutPart, 999, {meta(11, 16 << 20, 0)}), block.data(), 1024);
+    auto r = many.awaitReply(10);
+    ASSERT_TRUE(r);
+    EXPECT_NE(errorOf(*r).find("blocks begun in parts"), std::string::npos) << errorOf(*r);
+  }
   // A peer that goes away in the middle of a block: its reservation returns.
   {
     RawPeer leaving;
