@@ -65,6 +65,13 @@ struct Message {
   bool verified = false;          // get: checksums already compared
   Client::Impl *owner = nullptr;  // rendezvous: the client verifying on arrival
   void *descriptor = nullptr;     // rendezvous reply data still to pull
+  // GetParts: a reply in parts being received (the first part set them):
+  // the XXH3 so far, where the bytes go (the caller's destination, or
+  // partScratch for a block that is not what was asked for), the offset due.
+  std::unique_ptr<PartChecksum> partSum;
+  uint8_t *partTarget = nullptr;
+  uint64_t partNext = 0;
+  std::vector<uint8_t> partScratch;
 };
 
 } // namespace
@@ -97,6 +104,10 @@ public:
   /// Sends put block `index` as PutPart messages, each hashed just before it
   /// goes; false (failure_ set) when a send fails.
   bool sendInParts(size_t index);
+  /// One part of a GetParts reply (record `m`, its offset `at`): copied into
+  /// the destination while hashed; the last compares the block's XXH3.
+  ucs_status_t receivePart(Message &message, const BlockMeta &m, uint64_t at, const void *data,
+                           size_t length, bool rendezvous);
   Status hello(Clock::time_point deadline, int64_t limitMs);
   /// A request of only a header (`op`) and its reply, within `deadline`;
   /// `what` names it in errors.
@@ -422,6 +433,64 @@ ucs_status_t Client::Impl::onReply(void *arg, const void *header, size_t headerL
                                                param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV);
 }
 
+ucs_status_t Client::Impl::receivePart(Message &message, const BlockMeta &m, uint64_t at,
+                                       const void *data, size_t length, bool rendezvous) {
+  auto malformed = [&](const std::string &why) {
+    failure_ = where() + ": malformed reply (" + why + ")";
+    message.done = true;
+    return UCS_OK;
+  };
+  const size_t index = message.first;
+  if (rendezvous)
+    return malformed("a get reply's part by rendezvous");
+  if (!message.partSum) {
+    if (at != 0)
+      return malformed("a get reply's part before its first");
+    if (m.bytes > kMaxReplyBlockBytes || m.bytes < 2 * wire::kPartAlignment)
+      return malformed("a block in parts of " + std::to_string(m.bytes) + " bytes");
+    const GetBlock &g = getBlocks_[index];
+    message.replies.assign(1, m);
+    if (std::memcmp(m.key, g.key.bytes.data(), sizeof m.key) == 0 && wire::dtypeOf(m) == g.dtype &&
+        m.bytes == g.bytes) {
+      message.partTarget = static_cast<uint8_t *>(g.destination);
+      statuses_[index] = BlockStatus::Found; // until its checksum is verified
+    } else {
+      // Not what was asked for: its bytes go to scratch, never to the caller.
+      message.partScratch.resize(m.bytes);
+      message.partTarget = message.partScratch.data();
+      statuses_[index] = BlockStatus::Rejected;
+    }
+    message.partSum = std::make_unique<PartChecksum>();
+    message.partNext = 0;
+  } else {
+    const BlockMeta &first = message.replies[0];
+    if (std::memcmp(m.key, first.key, sizeof m.key) != 0 ||
+        std::memcmp(m.dtype, first.dtype, sizeof m.dtype) != 0 || m.bytes != first.bytes ||
+        m.checksum != first.checksum)
+      return malformed("a get reply's part unlike its first");
+  }
+  if (at != message.partNext)
+    return malformed("a get reply's part at offset " + std::to_string(at) + " where " +
+                     std::to_string(message.partNext) + " was due");
+  const bool last = at + length == m.bytes;
+  if (length < wire::kPartAlignment || at + length > m.bytes ||
+      (!last && length % wire::kPartAlignment != 0))
+    return malformed("a get reply's part of " + std::to_string(length) + " bytes");
+  if (!last) {
+    message.partSum->add(message.partTarget + at, data, length);
+    message.partNext += length;
+    return UCS_OK; // more to come
+  }
+  uint64_t sum = message.partSum->finish(message.partTarget + at, data, length, m.bytes);
+  if (sum != m.checksum)
+    statuses_[index] = BlockStatus::Rejected;
+  message.partSum.reset();
+  message.partScratch = {};
+  message.verified = true;
+  message.done = true;
+  return UCS_OK;
+}
+
 ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, void *data,
                                        size_t length, bool rendezvous) {
   MessageHeader h{};
@@ -432,6 +501,14 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
   if (h.magic != wire::kMagic || it == messages_.end() || it->second.done)
     return UCS_OK; // a late reply to a call that already failed: dropped
   Message &message = it->second;
+  if (message.op == wire::Op::GetParts && h.op == uint16_t(wire::Op::GetParts) &&
+      h.errorLength == 0 && h.count == 1 && headerLength == sizeof h + sizeof(BlockMeta)) {
+    BlockMeta m;
+    std::memcpy(&m, static_cast<const uint8_t *>(header) + sizeof h, sizeof m);
+    uint64_t at = uint64_t(m.slot) * wire::kPartAlignment;
+    if (static_cast<Code>(m.code) == Code::Found && (at != 0 || length < m.bytes))
+      return receivePart(message, m, at, data, length, rendezvous);
+  }
   message.done = true;
   const auto *bytes = static_cast<const uint8_t *>(header);
   if (message.op == wire::Op::OpenChannel) {
@@ -530,7 +607,7 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
       statuses_[index] = sum == m.checksum ? BlockStatus::Found : BlockStatus::Rejected;
       continue;
     }
-    if (message.op != wire::Op::Get) {
+    if (message.op != wire::Op::Get && message.op != wire::Op::GetParts) {
       if (status == BlockStatus::Found) {
         const BlockQuery &q = queries_[index];
         if (std::memcmp(m.key, q.key.bytes.data(), sizeof m.key) != 0 ||
@@ -1284,10 +1361,13 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
     Message &message = messages_[id];
     message.id = id;
     message.op = op;
+    // One large block: the store may answer in parts (GetParts).
+    if (op == wire::Op::Get && step == 1 && inParts_(getBlocks_[first].bytes))
+      message.op = wire::Op::GetParts;
     message.first = first;
     message.count = static_cast<uint32_t>(step);
     MessageHeader h;
-    h.op = static_cast<uint16_t>(op);
+    h.op = static_cast<uint16_t>(message.op);
     h.requestId = id;
     h.count = message.count;
     message.header.resize(sizeof h + message.count * sizeof(BlockMeta));

@@ -242,6 +242,8 @@ public:
   void finishPut(PendingPut *put, bool received);
   void putPart(ucp_ep_h ep, const MessageHeader &h, const BlockMeta &record, const void *data,
                size_t length, bool rendezvous, Clock::time_point start);
+  /// Sends a get reply of one Found block (GetParts) as parts.
+  void sendInParts(ucp_ep_h ep, Reply *whole);
   void receivePending();
   /// A block of `bytes` whose pool reservation is already made, in the
   /// segment when there is one (evicting while the segment is fragmented);
@@ -630,14 +632,15 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
       return reserveShared(ep, h, records);
     return commitShared(ep, h, records, start, op == wire::Op::PutCommitAhead);
   }
-  if (op != wire::Op::Get && op != wire::Op::Exists)
+  if (op != wire::Op::Get && op != wire::Op::Exists && op != wire::Op::GetParts)
     return refuse(ep, h, "unknown operation " + std::to_string(h.op));
   if (length != 0)
     return refuse(ep, h, "get and exists requests carry no payload");
 
   auto *reply = new Reply();
   reply->owner = this;
-  reply->op = op == wire::Op::Get ? Operation::Get : Operation::Exists;
+  const bool get = op == wire::Op::Get || op == wire::Op::GetParts;
+  reply->op = get ? Operation::Get : Operation::Exists;
   reply->start = start;
   reply->blocks = h.count;
   MessageHeader rh;
@@ -652,7 +655,7 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
     BlockKey key;
     std::memcpy(key.bytes.data(), m.key, sizeof m.key);
     std::shared_ptr<const StoredBlock> block =
-        op == wire::Op::Get ? pool_.find(key) : pool_.peek(key);
+        get ? pool_.find(key) : pool_.peek(key);
     Code code = Code::Missing;
     if (block) {
       if (block->dtype != wire::dtypeOf(m) || block->bytes != m.bytes) {
@@ -661,7 +664,7 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
       } else {
         code = Code::Found;
         m.checksum = block->checksum;
-        if (op == wire::Op::Get) {
+        if (get) {
           reply->iov.push_back({block->data.get(), block->bytes});
           reply->bytes += block->bytes;
           reply->hold.push_back(block);
@@ -673,7 +676,39 @@ void Server::Impl::serve(ucp_ep_h ep, const void *header, size_t headerLength, v
   }
   if (rejected)
     pool_.countRejected(rejected);
+  if (op == wire::Op::GetParts && h.count == 1 && reply->hold.size() == 1 &&
+      options_.partBytes > 0 &&
+      reply->bytes > 2 * options_.partBytes)
+    return sendInParts(ep, reply);
   send(ep, reply);
+}
+
+void Server::Impl::sendInParts(ucp_ep_h ep, Reply *whole) {
+  // One message per part, each holding the block; the observer sees the
+  // last (blocks and bytes set there only).
+  std::unique_ptr<Reply> owned(whole);
+  MessageHeader rh;
+  std::memcpy(&rh, whole->header.data(), sizeof rh);
+  BlockMeta m;
+  std::memcpy(&m, whole->header.data() + sizeof rh, sizeof m);
+  const auto *bytes = static_cast<const uint8_t *>(whole->iov[0].buffer);
+  const uint64_t total = whole->iov[0].length, part = options_.partBytes;
+  for (uint64_t at = 0; at < total;) {
+    bool last = total - at < part + wire::kPartAlignment;
+    uint64_t length = last ? total - at : part;
+    m.slot = static_cast<uint32_t>(at / wire::kPartAlignment);
+    Reply *reply = replyFor(rh, {m});
+    reply->op = Operation::Get;
+    reply->start = whole->start;
+    reply->hold = whole->hold;
+    reply->iov.push_back({const_cast<uint8_t *>(bytes + at), length});
+    if (last) {
+      reply->blocks = whole->blocks;
+      reply->bytes = total;
+    }
+    send(ep, reply);
+    at += length;
+  }
 }
 
 void Server::Impl::startPut(ucp_ep_h ep, const MessageHeader &h, const BlockMeta *metas,
@@ -1433,6 +1468,9 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions &options,
     return Status::error("kv store capacity must be at least one byte");
   if (options.maxBlockBytes == 0)
     return Status::error("kv store max block size must be at least one byte");
+  if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
+    return Status::error("kv store: partBytes must be a multiple of 1024 up to 1 MiB (0: no "
+                         "parts), not " + std::to_string(options.partBytes));
   if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
     return Status::error("kv store: the cluster secret must have at least " +
                          std::to_string(auth::kMinSecretBytes) + " bytes");

@@ -76,8 +76,15 @@ constexpr uint16_t kVersion = 1;
 enum class Op : uint16_t {
   Put = 1, Get = 2, Exists = 3,
   Hello = 4, GetShared = 5, PutReserve = 6, PutCommit = 7, PutCommitAhead = 8,
-  OpenChannel = 9, PutPipelined = 10, PutPart = 11,
+  OpenChannel = 9, PutPipelined = 10, PutPart = 11, GetParts = 12,
 };
+//  GetParts (over UCX only): as Get, but a reply of one Found block larger
+//              than twice the store's part size (ServerOptions::partBytes)
+//              may come as several messages, as PutPart's: op GetParts,
+//              count 1, the block's record (code Found, its checksum) with
+//              `slot` the part's offset / kPartAlignment, the part's bytes
+//              as payload, in order. Any other reply is one message, as for
+//              Get. Clients that cannot take parts send Get.
 constexpr uint64_t kPartAlignment = 1024; // PartChecksum::kPartAlignment
 // Blocks one endpoint may have begun in parts and not finished: the first
 // part of one more is refused (a peer cannot grow the store's state

@@ -807,6 +807,12 @@ struct LyingStore {
   bool corruptChecksum = false;      // record's checksum != bytes
   bool wrongKey = false;             // record's key != requested key
   bool rendezvous = false;           // force UCX's rendezvous for the reply's bytes
+  // GetParts requests are answered in parts of this many bytes (0: whole),
+  // with `partFault`: 1 the second part left out, 2 the second part under
+  // another checksum, 3 the second part by rendezvous.
+  size_t partBytes = 0;
+  int partFault = 0;
+  std::vector<std::vector<uint8_t>> partHeaders; // kept until sent
   std::vector<uint8_t> replyHeader;  // kept until the send completes
   std::vector<ucp_dt_iov_t> iov;     // so is the iov array (UCX reads it later)
   std::atomic<bool> stop{false};
@@ -846,6 +852,38 @@ struct LyingStore {
         m.key[0] ^= 0xff;
       std::memcpy(at, &m, sizeof m);
       iov.push_back({self->bytes.data(), self->bytes.size()});
+    }
+    if (h.op == uint16_t(wire::Op::GetParts) && self->partBytes > 0 && h.count == 1) {
+      wire::BlockMeta m;
+      std::memcpy(&m, self->replyHeader.data() + sizeof h, sizeof m);
+      self->partHeaders.clear();
+      self->partHeaders.reserve(self->bytes.size() / self->partBytes + 1);
+      size_t index = 0;
+      for (size_t at = 0; at < self->bytes.size(); ++index) {
+        bool last = self->bytes.size() - at < self->partBytes + 1024;
+        size_t length = last ? self->bytes.size() - at : self->partBytes;
+        wire::BlockMeta pm = m;
+        pm.slot = uint32_t(at / 1024);
+        if (self->partFault == 2 && index == 1)
+          pm.checksum ^= 2;
+        auto &header = self->partHeaders.emplace_back(sizeof h + sizeof pm);
+        std::memcpy(header.data(), self->replyHeader.data(), sizeof h);
+        std::memcpy(header.data() + sizeof h, &pm, sizeof pm);
+        ucp_request_param_t pp{};
+        pp.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+        pp.datatype = ucp_dt_make_contig(1);
+        pp.flags = self->partFault == 3 && index == 1 ? UCP_AM_SEND_FLAG_RNDV
+                                                      : UCP_AM_SEND_FLAG_EAGER;
+        if (!(self->partFault == 1 && index == 1)) {
+          ucs_status_ptr_t req =
+              ucp_am_send_nbx(param->reply_ep, wire::kAmReply, header.data(), header.size(),
+                              self->bytes.data() + at, length, &pp);
+          if (req && !UCS_PTR_IS_ERR(req))
+            ucp_request_free(req);
+        }
+        at += length;
+      }
+      return UCS_OK;
     }
     ucp_request_param_t rp{};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
@@ -934,6 +972,80 @@ TEST(KvStoreRawProtocol, TheClientRejectsBlocksThatDoNotMatch) {
       }
     }
   }
+}
+
+// A block a store sends in parts (GetParts): the client copies each part
+// into the caller's destination while hashing across them and returns
+// Found only when the XXH3 of the whole equals the record's; a record for
+// another key sends every part to scratch; a part out of order, under
+// another record or by rendezvous fails the call (never a Found block).
+TEST(KvStoreRawProtocol, TheClientChecksEveryPartOfABlockInParts) {
+  setenv("UCX_TLS", "tcp", 1);
+  const size_t size = (3 << 20) + 4096;
+  struct Case {
+    const char *name;
+    bool corrupt, wrongKey;
+    int fault;
+    const char *failure; // the call's error, or null: a status
+  };
+  for (const Case &c : {Case{"honest", false, false, 0, nullptr},
+                        Case{"corrupted bytes", true, false, 0, nullptr},
+                        Case{"another key", false, true, 0, nullptr},
+                        Case{"a part left out", false, false, 1, "was due"},
+                        Case{"a part under another record", false, false, 2, "unlike its first"},
+                        Case{"a part by rendezvous", false, false, 3, "by rendezvous"}}) {
+    SCOPED_TRACE(c.name);
+    LyingStore store;
+    store.bytes.resize(size);
+    for (size_t i = 0; i < size; ++i)
+      store.bytes[i] = uint8_t(i * 31 + (i >> 12));
+    store.corruptChecksum = c.corrupt;
+    store.wrongKey = c.wrongKey;
+    store.partBytes = 512 << 10;
+    store.partFault = c.fault;
+    uint16_t port = store.start();
+    ClientOptions o;
+    o.port = port;
+    o.timeout = std::chrono::seconds(10);
+    auto client = Client::create(o);
+    ASSERT_TRUE(client) << client.message();
+    std::vector<uint8_t> out(size, 0);
+    BlockKey key;
+    key.bytes.fill(7);
+    GetBlock g{key, "f32", out.data(), size};
+    auto got = (*client)->get(std::span(&g, 1));
+    if (c.failure) {
+      ASSERT_FALSE(got);
+      EXPECT_NE(got.message().find(c.failure), std::string::npos) << got.message();
+      continue;
+    }
+    ASSERT_TRUE(got) << got.message();
+    if (!c.corrupt && !c.wrongKey) {
+      EXPECT_EQ((*got)[0], BlockStatus::Found);
+      EXPECT_EQ(out, store.bytes);
+    } else {
+      EXPECT_EQ((*got)[0], BlockStatus::Rejected);
+      if (c.wrongKey)
+        EXPECT_EQ(out, std::vector<uint8_t>(size, 0)) << "another key's bytes reached the caller";
+    }
+  }
+  // A client that takes no parts asks with Get: one message, as before.
+  LyingStore whole;
+  whole.bytes.assign(size, 0x3c);
+  whole.partBytes = 512 << 10;
+  ClientOptions o;
+  o.port = whole.start();
+  o.partBytes = 0;
+  auto client = Client::create(o);
+  ASSERT_TRUE(client);
+  std::vector<uint8_t> out(size, 0);
+  BlockKey key;
+  key.bytes.fill(7);
+  GetBlock g{key, "f32", out.data(), size};
+  auto got = (*client)->get(std::span(&g, 1));
+  ASSERT_TRUE(got) << got.message();
+  EXPECT_EQ((*got)[0], BlockStatus::Found);
+  EXPECT_EQ(out, whole.bytes);
 }
 
 } // namespace

@@ -23,6 +23,11 @@ struct ServerOptions {
   uint16_t port = 0; // 0: ephemeral (port() names it)
   uint64_t capacityBytes = 1ull << 30;
   uint64_t maxBlockBytes = 64ull << 20; // a larger block is rejected
+  /// A get reply of one block larger than twice this, to a client that asks
+  /// for parts (GetParts, over UCX), goes as messages of this many bytes,
+  /// so the client copies and hashes part k while part k+1 travels
+  /// (docs/kv-store.md, "Blocks in parts"). A multiple of 1024; 0: whole.
+  uint64_t partBytes = 512 << 10;
   /// When set, a client must prove it (the cluster handshake of
   /// llmir/support/ClusterAuth.h, as the endpoint's first exchange) before
   /// any put, get or exists is served; one that does not is disconnected
