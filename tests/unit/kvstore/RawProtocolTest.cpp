@@ -939,6 +939,21 @@ struct LyingStore {
   }
 };
 
+// One get of the block LyingStore answers for (key 7 .. 7, "f32") into
+// `out`, through a fresh client with `options` (its port set here).
+llmir::Result<std::vector<BlockStatus>> getFrom(LyingStore &store, std::vector<uint8_t> &out,
+                                                ClientOptions options = {}) {
+  options.port = store.start();
+  options.timeout = std::chrono::seconds(10);
+  auto client = Client::create(options);
+  if (!client)
+    return client.status();
+  BlockKey key;
+  key.bytes.fill(7);
+  GetBlock g{key, "f32", out.data(), out.size()};
+  return (*client)->get(std::span(&g, 1));
+}
+
 TEST(KvStoreRawProtocol, TheClientRejectsBlocksThatDoNotMatch) {
   setenv("UCX_TLS", "tcp", 1);
   for (size_t size : {size_t(512), size_t(256 << 10)}) { // eager and rendezvous
@@ -949,17 +964,8 @@ TEST(KvStoreRawProtocol, TheClientRejectsBlocksThatDoNotMatch) {
       store.corruptChecksum = mode == 1;
       store.wrongKey = mode == 2;
       store.rendezvous = size > 512;
-      uint16_t port = store.start();
-      ClientOptions o;
-      o.port = port;
-      o.timeout = std::chrono::seconds(10);
-      auto client = Client::create(o);
-      ASSERT_TRUE(client) << client.message();
       std::vector<uint8_t> out(size, 0);
-      BlockKey key;
-      key.bytes.fill(7);
-      GetBlock g{key, "f32", out.data(), size};
-      auto got = (*client)->get(std::span(&g, 1));
+      auto got = getFrom(store, out);
       ASSERT_TRUE(got) << got.message();
       if (mode == 0) {
         EXPECT_EQ((*got)[0], BlockStatus::Found) << "an honest reply is accepted";
@@ -1003,17 +1009,8 @@ TEST(KvStoreRawProtocol, TheClientChecksEveryPartOfABlockInParts) {
     store.wrongKey = c.wrongKey;
     store.partBytes = 512 << 10;
     store.partFault = c.fault;
-    uint16_t port = store.start();
-    ClientOptions o;
-    o.port = port;
-    o.timeout = std::chrono::seconds(10);
-    auto client = Client::create(o);
-    ASSERT_TRUE(client) << client.message();
     std::vector<uint8_t> out(size, 0);
-    BlockKey key;
-    key.bytes.fill(7);
-    GetBlock g{key, "f32", out.data(), size};
-    auto got = (*client)->get(std::span(&g, 1));
+    auto got = getFrom(store, out);
     if (c.failure) {
       ASSERT_FALSE(got);
       EXPECT_NE(got.message().find(c.failure), std::string::npos) << got.message();
@@ -1033,16 +1030,10 @@ TEST(KvStoreRawProtocol, TheClientChecksEveryPartOfABlockInParts) {
   LyingStore whole;
   whole.bytes.assign(size, 0x3c);
   whole.partBytes = 512 << 10;
-  ClientOptions o;
-  o.port = whole.start();
-  o.partBytes = 0;
-  auto client = Client::create(o);
-  ASSERT_TRUE(client);
+  ClientOptions wholeBlocks;
+  wholeBlocks.partBytes = 0;
   std::vector<uint8_t> out(size, 0);
-  BlockKey key;
-  key.bytes.fill(7);
-  GetBlock g{key, "f32", out.data(), size};
-  auto got = (*client)->get(std::span(&g, 1));
+  auto got = getFrom(whole, out, wholeBlocks);
   ASSERT_TRUE(got) << got.message();
   EXPECT_EQ((*got)[0], BlockStatus::Found);
   EXPECT_EQ(out, whole.bytes);
