@@ -36,6 +36,7 @@ struct Settings {
   bool sharedMemory = true;
   uint32_t channelSpinUs = 0;
   uint32_t idleChannelSpinUs = 200;
+  uint64_t partBytes = kv::ServerOptions{}.partBytes;
   llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
   std::string clusterSecretFile;
 };
@@ -159,6 +160,10 @@ int main(int argc, char **argv) {
              "the same, but only while the host has a CPU to spare as the spin begins "
              "(runnable threads no more than CPUs, /proc/loadavg): a client's next request "
              "then finds the store awake (0: off)");
+  config.add("store.part-bytes", &s.partBytes,
+             "a get of one block over twice this size, by a client that takes parts (TCP), "
+             "goes as messages of this many bytes, copied and hashed while the next travels "
+             "(a multiple of 1024 up to 1 MiB; 0: whole blocks)");
   config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
@@ -181,6 +186,19 @@ int main(int argc, char **argv) {
               << ") exceeds store.capacity-bytes (" << s.capacityBytes << ")\n";
     return 2;
   }
+  kv::ServerOptions options;
+  options.host = s.ucxHost;
+  options.port = s.ucxPort;
+  options.capacityBytes = s.capacityBytes;
+  options.maxBlockBytes = s.maxBlockBytes;
+  options.partBytes = s.partBytes;
+  options.sharedMemory = s.sharedMemory;
+  options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
+  options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
+  if (auto st = kv::validate(options); !st) {
+    std::cerr << "llmir-kv-store: " << st.message() << "\n";
+    return 2;
+  }
   if (config.checkRequested()) {
     std::cout << "llmir-kv-store: configuration is valid\n";
     return 0;
@@ -197,14 +215,6 @@ int main(int argc, char **argv) {
   }
 
   Metrics metrics;
-  kv::ServerOptions options;
-  options.host = s.ucxHost;
-  options.port = s.ucxPort;
-  options.capacityBytes = s.capacityBytes;
-  options.maxBlockBytes = s.maxBlockBytes;
-  options.sharedMemory = s.sharedMemory;
-  options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
-  options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
   options.clusterSecret = *clusterSecret;
   auto store = kv::Server::start(options, [&](const kv::OperationRecord &r) {
     metrics.record(r);

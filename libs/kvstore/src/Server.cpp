@@ -1462,18 +1462,25 @@ void Server::Impl::stop() {
 
 // ---------------------------------------------------------------------------
 
-Result<std::unique_ptr<Server>> Server::start(const ServerOptions &options,
-                                              OperationObserver observer) {
+Status validate(const ServerOptions &options) {
   if (options.capacityBytes == 0)
     return Status::error("kv store capacity must be at least one byte");
   if (options.maxBlockBytes == 0)
     return Status::error("kv store max block size must be at least one byte");
   if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
-    return Status::error("kv store: partBytes must be a multiple of 1024 up to 1 MiB (0: no "
-                         "parts), not " + std::to_string(options.partBytes));
+    return Status::error("kv store: the part size (partBytes, store.part-bytes) must be a "
+                         "multiple of 1024 up to 1 MiB (0: whole blocks), not " +
+                         std::to_string(options.partBytes));
   if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
     return Status::error("kv store: the cluster secret must have at least " +
                          std::to_string(auth::kMinSecretBytes) + " bytes");
+  return Status::ok();
+}
+
+Result<std::unique_ptr<Server>> Server::start(const ServerOptions &options,
+                                              OperationObserver observer) {
+  if (auto st = validate(options); !st)
+    return st;
   auto impl = std::make_unique<Impl>(options, std::move(observer));
   if (auto st = impl->open(); !st)
     return st;

@@ -472,8 +472,15 @@ TEST_P(KvStoreService, BadConfigurationIsRefusedAtStart) {
   ASSERT_TRUE(rc);
   EXPECT_EQ(*rc, 2);
 
+  StoreProcess oddParts({"--store.part-bytes=1000", "--check-config"});
+  rc = oddParts.waitExit(20s);
+  ASSERT_TRUE(rc);
+  EXPECT_EQ(*rc, 2);
+  oddParts.waitForLine("x", 100ms);
+  EXPECT_NE(oddParts.output().find("store.part-bytes"), std::string::npos) << oddParts.output();
+
   StoreProcess good({"--store.capacity-bytes=1048576", "--store.max-block-bytes=65536",
-                     "--check-config"});
+                     "--store.part-bytes=262144", "--check-config"});
   rc = good.waitExit(20s);
   ASSERT_TRUE(rc);
   EXPECT_EQ(*rc, 0);

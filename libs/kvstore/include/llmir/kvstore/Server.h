@@ -75,6 +75,10 @@ struct OperationRecord {
 };
 using OperationObserver = std::function<void(const OperationRecord &)>;
 
+/// What Server::start refuses in `options` before it opens anything (sizes,
+/// part size, the secret's length): for a service's --check-config.
+Status validate(const ServerOptions &options);
+
 class Server {
 public:
   /// Binds the listener and starts the progress thread. `observer` runs on
