@@ -99,15 +99,15 @@ int64_t tensorCoreMinTokens() {
   return tokens;
 }
 
-/// Whether a product of 2 to 8 tokens with bf16 weights runs on the tensor
+/// Whether a product of 2 to 16 tokens with bf16 weights runs on the tensor
 /// cores' batched GEMV (linearMma; LLMIR_CUDA_MMA_GEMV=0 for measuring). On
 /// an H200, 1.1B shape, medium precision, against the GEMV (2, 4 tokens) and
 /// cuBLAS (8): batch 2 1.64 -> 1.61 ms a step, batch 4 2.40 -> 1.63, batch 8
 /// 2.10 -> 1.71 (1.40 since its precision became a template argument); 8B
 /// batch 4 14.15 -> 7.00, batch 8 6.53-6.68 -> 5.97-6.00 (docs/performance.md).
-/// Up to 16 tokens (untested on a GPU, for an A/B: the mma's rows 8-15 carry
-/// tokens 8-15 on the same weight loads, where cuBLAS took 9-16);
-/// LLMIR_CUDA_MMA_MAX_TOKENS=8 keeps 9-16 on cuBLAS.
+/// Up to 16 tokens: the mma's rows 8-15 carry tokens 8-15 on the same weight
+/// loads, where cuBLAS took 9-16 (1.1B batch 12 / 16 2.16 / 2.07 -> 1.63 /
+/// 1.74 ms a step, medium); LLMIR_CUDA_MMA_MAX_TOKENS=8 keeps 9-16 on cuBLAS.
 bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
   static const bool enabled = !detail::switchedOff("LLMIR_CUDA_MMA_GEMV");
   static const int64_t maxTokens = [] {

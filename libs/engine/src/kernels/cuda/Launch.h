@@ -36,8 +36,8 @@ bool groupDecodeEnabled();
 /// cache scores and sums on tensor cores (groupDecodeKernel's Mma): 16, or
 /// LLMIR_CUDA_MMA_DECODE_ROWS=N (for measuring). Read once per process.
 int64_t mmaDecodeRows();
-/// Whether a batch-1 decode step's two ROPEs and KV store run inside the
-/// group decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
+/// Whether a decode step's two ROPEs and KV store run inside the group
+/// decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
 /// (kept for measuring). Read once per process.
 bool fusedRopeEnabled();
 /// Whether flash-decoding's splits of the group decode attention merge as a
@@ -182,9 +182,9 @@ struct FusedRope {
   const float *kFrequencies = nullptr;
   const float *v = nullptr;
 };
-/// Whether ropeStoreAttend takes this geometry: one query row of a one-token
-/// step on the group decode kernel, no uneven head split, no sequence-
-/// parallel key split.
+/// Whether ropeStoreAttend takes this geometry: a decode step's query rows
+/// (one token a sequence, the caller's to know) on the group decode kernel,
+/// no uneven head split, no sequence-parallel key split.
 bool ropeStoreAttendApplies(const AttentionGeometry &g);
 /// ropeAndStore, then attend() of the rotated queries, as one launch of the
 /// group decode kernel (g as attend() takes it, splits included).
