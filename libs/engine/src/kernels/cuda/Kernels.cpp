@@ -106,8 +106,9 @@ int64_t tensorCoreMinTokens() {
 /// 2.10 -> 1.71 (1.40 since its precision became a template argument); 8B
 /// batch 4 14.15 -> 7.00, batch 8 6.53-6.68 -> 5.97-6.00 (docs/performance.md).
 /// Up to 16 tokens: the mma's rows 8-15 carry tokens 8-15 on the same weight
-/// loads, where cuBLAS took 9-16 (1.1B batch 12 / 16 2.16 / 2.07 -> 1.63 /
-/// 1.74 ms a step, medium); LLMIR_CUDA_MMA_MAX_TOKENS=8 keeps 9-16 on cuBLAS.
+/// loads, where cuBLAS took 9-16 (1.1B, medium, ms a step: batch 12
+/// 2.16-2.17 -> 1.63-1.70, batch 16 2.07-2.16 -> 1.74-1.82);
+/// LLMIR_CUDA_MMA_MAX_TOKENS=8 keeps 9-16 on cuBLAS.
 bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
   static const bool enabled = !detail::switchedOff("LLMIR_CUDA_MMA_GEMV");
   static const int64_t maxTokens = [] {
