@@ -14,6 +14,8 @@
 # profiling: past the prompt's prefill into the decode steps; default 3000),
 # COUNT (kernels to profile: default 300, about one 8B step at batch 1),
 # PRECISION (default medium), OUT (keep ncu's CSV there).
+# For stalls by source line (ncu --set full, its source page) build with
+# `cmake -DLLMIR_CUDA_LINEINFO=ON` (off by default: larger binaries).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 model="${1:?usage: bench/gpu/profile.sh MODEL_DIR [BATCH]}"
