@@ -33,7 +33,8 @@ bool dependentLaunchEnabled();
 /// LLMIR_CUDA_GROUP_ATTENTION=0 (kept for measuring). Read once per process.
 bool groupDecodeEnabled();
 /// From how many query rows a decode step's group attention over a bf16
-/// cache scores and sums on tensor cores (groupDecodeKernel's Mma): 16, or
+/// cache (head dims 64 and 128) scores and sums on tensor cores
+/// (groupDecodeKernel's Mma): 16, or
 /// LLMIR_CUDA_MMA_DECODE_ROWS=N (for measuring). Read once per process.
 int64_t mmaDecodeRows();
 /// Whether a decode step's two ROPEs and KV store run inside the group
