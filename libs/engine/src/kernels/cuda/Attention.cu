@@ -1498,11 +1498,13 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
   const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
   // Head dims 64 and 128 only: the ones BackendOps has run on tensor cores
   // (16- and 17-row cases); 32 and 96 wait for theirs.
-  constexpr bool kMmaTested = D == 64 || D == 128;
-  if (kMmaTested && g.bf16Cache && g.numQueries >= mmaDecodeRows())
-    launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, true>, grid, kGroupThreads, 0,
-                           stream, clusterDim, q, g, out, rope, cluster);
-  else if (g.bf16Cache)
+  if constexpr (D == 64 || D == 128)
+    if (g.bf16Cache && g.numQueries >= mmaDecodeRows()) {
+      launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, true>, grid, kGroupThreads, 0,
+                             stream, clusterDim, q, g, out, rope, cluster);
+      return;
+    }
+  if (g.bf16Cache)
     launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, false>, grid, kGroupThreads, 0,
                            stream, clusterDim, q, g, out, rope, cluster);
   else

@@ -795,11 +795,8 @@ private:
 
   /// kMaxDecodeSplits, or fewer with LLMIR_CUDA_DECODE_SPLITS=N (measuring).
   static int64_t maxDecodeSplits() {
-    static const int64_t most = [] {
-      const char *text = std::getenv("LLMIR_CUDA_DECODE_SPLITS");
-      const int64_t n = text ? std::atoll(text) : 0;
-      return n >= 1 ? std::min<int64_t>(n, kMaxDecodeSplits) : int64_t(kMaxDecodeSplits);
-    }();
+    static const int64_t most = std::min<int64_t>(
+        cuda::detail::countFromEnv("LLMIR_CUDA_DECODE_SPLITS", kMaxDecodeSplits), kMaxDecodeSplits);
     return most;
   }
 

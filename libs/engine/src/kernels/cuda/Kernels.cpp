@@ -88,14 +88,10 @@ Status createHandle(cublasHandle_t &handle, cudaStream_t stream, void *workspace
 /// cuBLAS for bf16 weights from this many tokens on (8: measured on an H100,
 /// batch-8 decode 1.5x faster than the GEMV; LLMIR_CUDA_GEMM_MIN_TOKENS
 /// overrides it, for measuring); fewer go through the GEMV, which reads the
-/// weights once for all of them. 2 to 8 tokens now take the tensor-core
+/// weights once for all of them. 2 to 16 tokens now take the tensor-core
 /// batched GEMV first (takesMmaGemv).
 int64_t tensorCoreMinTokens() {
-  static const int64_t tokens = [] {
-    const char *text = std::getenv("LLMIR_CUDA_GEMM_MIN_TOKENS");
-    const long value = text ? std::strtol(text, nullptr, 10) : 0;
-    return value > 0 ? static_cast<int64_t>(value) : int64_t(8);
-  }();
+  static const int64_t tokens = detail::countFromEnv("LLMIR_CUDA_GEMM_MIN_TOKENS", 8);
   return tokens;
 }
 
@@ -143,6 +139,12 @@ bool switchedOff(const char *name) {
   return text && std::string(text) == "0";
 }
 
+int64_t countFromEnv(const char *name, int64_t fallback) {
+  const char *text = std::getenv(name);
+  const long long value = text ? std::atoll(text) : 0;
+  return value > 0 ? static_cast<int64_t>(value) : fallback;
+}
+
 namespace {
 /// Compute capability 9.0 or newer on the current device (dependent launch,
 /// thread-block clusters).
@@ -168,11 +170,7 @@ bool groupDecodeEnabled() {
 }
 
 int64_t mmaDecodeRows() {
-  static const int64_t rows = [] {
-    const char *text = std::getenv("LLMIR_CUDA_MMA_DECODE_ROWS");
-    const int64_t n = text ? std::atoll(text) : 0;
-    return n >= 1 ? n : int64_t(16);
-  }();
+  static const int64_t rows = countFromEnv("LLMIR_CUDA_MMA_DECODE_ROWS", 16);
   return rows;
 }
 
@@ -258,6 +256,12 @@ bool sideBySide(std::span<const LinearOutput> outputs) {
   return outputs.size() > 1;
 }
 
+/// Whether splitGemms multiplies the group as one GEMM and a scatterProduct:
+/// weights side by side, below the two-GEMM regime.
+bool oneGemm(int64_t T, std::span<const LinearOutput> outputs) {
+  return T < kTwoGemmTokens && sideBySide(outputs);
+}
+
 /// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
 /// of a group (x split once). Highest precision: x as two bf16 halves, hi +
 /// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
@@ -275,7 +279,7 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
     totalN += o.w.rows;
   }
   const bool both = !state.bf16Products;
-  const bool packed = T < kTwoGemmTokens && sideBySide(outputs);
+  const bool packed = oneGemm(T, outputs);
   const bool join = both && T < kTwoGemmTokens;
   const size_t halfBytes = static_cast<size_t>(T * K) * 2;
   const size_t halvesBytes = (2 * halfBytes + 255) / 256 * 256;
@@ -383,7 +387,7 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   const bool mma = takesMmaGemv(*storage, T, K);
   if (!mma && !takesGemv(*storage, T)) {
     const LinearOutput both[2] = {gate, up};
-    if (*storage == detail::Storage::BF16 && T < kTwoGemmTokens && sideBySide(both))
+    if (*storage == detail::Storage::BF16 && oneGemm(T, both))
       return splitGemms(state, x, T, both, y);
     LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
     return swiglu(gate.y, up.y, y, T * N, state.stream);

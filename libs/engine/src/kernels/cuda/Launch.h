@@ -19,6 +19,10 @@ using Stream = ::CUstream_st *;
 /// switches for measuring (LLMIR_CUDA_GRAPHS, _FUSIONS, _PDL,
 /// _GROUP_ATTENTION, _FUSED_ROPE, _MMA_GEMV) are turned off.
 bool switchedOff(const char *name);
+/// The positive integer in the environment variable `name`, else `fallback`:
+/// how the backend's sizes for measuring (LLMIR_CUDA_GEMM_MIN_TOKENS,
+/// _MMA_DECODE_ROWS, _DECODE_SPLITS) are set.
+int64_t countFromEnv(const char *name, int64_t fallback);
 /// Whether `p` is a multiple of `bytes` (a kernel's vector loads and stores
 /// need it of every pointer they take).
 inline bool alignedTo(const void *p, uintptr_t bytes) {
