@@ -108,25 +108,35 @@ double seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Four independent 64-byte sums, as the probe's loop (wider).
 typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+
+// The total of four vector sums (inlined into each form's target).
+template <typename V> __attribute__((always_inline)) inline float total(const V (&a)[4]) {
+  const V s = a[0] + a[1] + a[2] + a[3];
+  float t = 0;
+  for (size_t j = 0; j < sizeof(V) / sizeof(float); ++j)
+    t += s[j];
+  return t;
+}
+
+// Four independent 64-byte sums, as the probe's loop (wider); Prefetch: each
+// load's line 1 KiB ahead requested into L2 (a --read-forms form).
+template <bool Prefetch>
 __attribute__((target("avx512f"))) float sumAvx512(const float *data, size_t n) {
   v16f a[4] = {};
   for (size_t i = 0; i + 64 <= n; i += 64)
     for (int j = 0; j < 4; ++j) {
+      if (Prefetch)
+        __builtin_prefetch(data + i + 16 * j + 256, 0, 2);
       v16f v;
       std::memcpy(&v, data + i + 16 * j, sizeof v);
       a[j] += v;
     }
-  v16f s = a[0] + a[1] + a[2] + a[3];
-  float total = 0;
-  for (int j = 0; j < 16; ++j)
-    total += s[j];
-  return total;
+  return total(a);
 }
 
-// The read forms of --read-forms, each four independent sums.
-typedef float v8f __attribute__((vector_size(32)));
+// The other read forms of --read-forms, each four independent sums.
 __attribute__((target("avx2"))) float sumAvx2(const float *data, size_t n) {
   v8f a[4] = {};
   for (size_t i = 0; i + 32 <= n; i += 32)
@@ -135,26 +145,7 @@ __attribute__((target("avx2"))) float sumAvx2(const float *data, size_t n) {
       std::memcpy(&v, data + i + 8 * j, sizeof v);
       a[j] += v;
     }
-  v8f s = a[0] + a[1] + a[2] + a[3];
-  float total = 0;
-  for (int j = 0; j < 8; ++j)
-    total += s[j];
-  return total;
-}
-__attribute__((target("avx512f"))) float sumAvx512Prefetch(const float *data, size_t n) {
-  v16f a[4] = {};
-  for (size_t i = 0; i + 64 <= n; i += 64)
-    for (int j = 0; j < 4; ++j) {
-      __builtin_prefetch(data + i + 16 * j + 256, 0, 2); // 1 KiB ahead, into L2
-      v16f v;
-      std::memcpy(&v, data + i + 16 * j, sizeof v);
-      a[j] += v;
-    }
-  v16f s = a[0] + a[1] + a[2] + a[3];
-  float total = 0;
-  for (int j = 0; j < 16; ++j)
-    total += s[j];
-  return total;
+  return total(a);
 }
 __attribute__((target("avx512f"))) float sumAvx512TwoStreams(const float *data, size_t n) {
   const size_t half = n / 2 / 32 * 32;
@@ -168,11 +159,7 @@ __attribute__((target("avx512f"))) float sumAvx512TwoStreams(const float *data, 
       a[j] += u;
       a[2 + j] += v;
     }
-  v16f s = a[0] + a[1] + a[2] + a[3];
-  float total = 0;
-  for (int j = 0; j < 16; ++j)
-    total += s[j];
-  return total;
+  return total(a);
 }
 
 } // namespace
@@ -270,8 +257,8 @@ int main(int argc, char **argv) {
       double best = 0;
     };
     Form forms[] = {{"256-bit loads", sumAvx2},
-                    {"512-bit loads", sumAvx512},
-                    {"512-bit, prefetch 1 KiB", sumAvx512Prefetch},
+                    {"512-bit loads", sumAvx512<false>},
+                    {"512-bit, prefetch 1 KiB", sumAvx512<true>},
                     {"512-bit, two streams", sumAvx512TwoStreams}};
     volatile float keep = 0;
     double probeBest = 0;
@@ -349,7 +336,7 @@ int main(int argc, char **argv) {
           for (size_t i = b; i < e; ++i) {
             const size_t lo = words * i / threads / 64 * 64;
             const size_t hi = i + 1 == threads ? words : words * (i + 1) / threads / 64 * 64;
-            partial[i] += sumAvx512(all + lo, hi - lo);
+            partial[i] += sumAvx512<false>(all + lo, hi - lo);
           }
         });
       sumBest = std::max(sumBest, static_cast<double>(bytes) * o.tokens / seconds(start));
