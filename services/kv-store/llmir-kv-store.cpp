@@ -176,16 +176,6 @@ int main(int argc, char **argv) {
     std::cout << config.usage();
     return 0;
   }
-  if (s.capacityBytes == 0 || s.maxBlockBytes == 0) {
-    std::cerr << "llmir-kv-store: store.capacity-bytes and store.max-block-bytes must be "
-                 "at least 1\n";
-    return 2;
-  }
-  if (s.maxBlockBytes > s.capacityBytes) {
-    std::cerr << "llmir-kv-store: store.max-block-bytes (" << s.maxBlockBytes
-              << ") exceeds store.capacity-bytes (" << s.capacityBytes << ")\n";
-    return 2;
-  }
   kv::ServerOptions options;
   options.host = s.ucxHost;
   options.port = s.ucxPort;
@@ -197,6 +187,11 @@ int main(int argc, char **argv) {
   options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
   if (auto st = kv::validate(options); !st) {
     std::cerr << "llmir-kv-store: " << st.message() << "\n";
+    return 2;
+  }
+  if (s.maxBlockBytes > s.capacityBytes) {
+    std::cerr << "llmir-kv-store: store.max-block-bytes (" << s.maxBlockBytes
+              << ") exceeds store.capacity-bytes (" << s.capacityBytes << ")\n";
     return 2;
   }
   if (config.checkRequested()) {

@@ -1464,9 +1464,11 @@ void Server::Impl::stop() {
 
 Status validate(const ServerOptions &options) {
   if (options.capacityBytes == 0)
-    return Status::error("kv store capacity must be at least one byte");
+    return Status::error("kv store capacity (capacityBytes, store.capacity-bytes) must be at "
+                         "least one byte");
   if (options.maxBlockBytes == 0)
-    return Status::error("kv store max block size must be at least one byte");
+    return Status::error("kv store max block size (maxBlockBytes, store.max-block-bytes) must "
+                         "be at least one byte");
   if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
     return Status::error("kv store: the part size (partBytes, store.part-bytes) must be a "
                          "multiple of 1024 up to 1 MiB (0: whole blocks), not " +
