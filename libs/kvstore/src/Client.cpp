@@ -24,6 +24,9 @@
 
 namespace llmir::kvstore {
 
+// Parts on the wire are what PartChecksum hashes part by part.
+static_assert(wire::kPartAlignment == PartChecksum::kPartAlignment);
+
 using Clock = std::chrono::steady_clock;
 using wire::BlockMeta;
 using wire::Code;
@@ -1513,7 +1516,7 @@ Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
   if (options.clusterSecret && options.clusterSecret->size() < auth::kMinSecretBytes)
     return Status::error("kv store client: the cluster secret must have at least " +
                          std::to_string(auth::kMinSecretBytes) + " bytes");
-  if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
+  if (!wire::validPartBytes(options.partBytes))
     return Status::error("kv store client: partBytes must be a multiple of 1024 up to 1 MiB "
                          "(0: no parts), not " + std::to_string(options.partBytes));
   auto impl = std::make_unique<Impl>(options);

@@ -1469,7 +1469,7 @@ Status validate(const ServerOptions &options) {
   if (options.maxBlockBytes == 0)
     return Status::error("kv store max block size (maxBlockBytes, store.max-block-bytes) must "
                          "be at least one byte");
-  if (options.partBytes % wire::kPartAlignment != 0 || options.partBytes > (1u << 20))
+  if (!wire::validPartBytes(options.partBytes))
     return Status::error("kv store: the part size (partBytes, store.part-bytes) must be a "
                          "multiple of 1024 up to 1 MiB (0: whole blocks), not " +
                          std::to_string(options.partBytes));

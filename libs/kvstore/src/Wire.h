@@ -85,7 +85,13 @@ enum class Op : uint16_t {
 //              `slot` the part's offset / kPartAlignment, the part's bytes
 //              as payload, in order. Any other reply is one message, as for
 //              Get. Clients that cannot take parts send Get.
-constexpr uint64_t kPartAlignment = 1024; // PartChecksum::kPartAlignment
+constexpr uint64_t kPartAlignment = 1024; // PartChecksum's (Client.cpp asserts it)
+constexpr uint64_t kMaxPartBytes = 1 << 20;
+// Whether `partBytes` is a part size a client or store may be given
+// (ClientOptions / ServerOptions::partBytes; 0: whole blocks).
+inline bool validPartBytes(uint64_t partBytes) {
+  return partBytes % kPartAlignment == 0 && partBytes <= kMaxPartBytes;
+}
 // Blocks one endpoint may have begun in parts and not finished: the first
 // part of one more is refused (a peer cannot grow the store's state
 // without bound; a client's put call sends its blocks' parts one block
