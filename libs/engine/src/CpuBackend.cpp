@@ -93,12 +93,9 @@ public:
       for (size_t o = 0; o < inst.outputs.size(); ++o)
         if (!inst.outputAliasesInput[o])
           takeBuffer(inst.outputs[o]);
-    }
-    if (inst.op == proto::LINEAR && planned) {
-      const size_t index = static_cast<size_t>(&inst - insts.data());
-      if (linearGroupSize_[index] == 0)
+      if (inst.op == proto::LINEAR && linearGroupSize_[index] == 0)
         return Status::ok(); // computed with its group's first instruction
-      if (linearGroupSize_[index] > 1)
+      if (inst.op == proto::LINEAR && linearGroupSize_[index] > 1)
         return runLinearGroup(index, linearGroupSize_[index]);
     }
     KernelCall &call = call_;
