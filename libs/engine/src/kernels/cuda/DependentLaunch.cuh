@@ -82,22 +82,24 @@ void launchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sh
 constexpr size_t kDefaultSharedBytes = 48 * 1024;
 
 /// Lets `Kernel` take `bytes` of dynamic shared memory past the
-/// kDefaultSharedBytes a kernel gets without asking, once per (kernel, device): the attribute is
-/// the device's, and the first launch of a shape runs eagerly, before any
-/// graph records it. One flag set per kernel (the template argument), not
-/// per function type: two instantiations of one kernel template share a
-/// type, and a shared flag left the second without the attribute.
+/// kDefaultSharedBytes a kernel gets without asking: the attribute is the
+/// device's, set again only when a launch needs more than any before on
+/// that device (a kernel launched with several sizes, e.g. linear16's
+/// staged rows, would otherwise keep the first size and refuse a larger
+/// one with "invalid argument"); the first launch of a shape runs eagerly,
+/// before any graph records it. One record per kernel (the template
+/// argument), not per function type: two instantiations of one kernel
+/// template share a type.
 template <auto Kernel> void allowDynamicShared(size_t bytes) {
-  static std::atomic<uint64_t> devices{0};
+  static std::atomic<size_t> allowed[64] = {};
   int device = 0;
   if (bytes <= kDefaultSharedBytes || cudaGetDevice(&device) != cudaSuccess || device >= 64)
     return;
-  const uint64_t bit = uint64_t(1) << device;
-  if (devices.load() & bit)
+  if (bytes <= allowed[device].load())
     return;
-  cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(bytes));
-  devices.fetch_or(bit);
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(bytes)) == cudaSuccess)
+    allowed[device].store(bytes);
 }
 
 } // namespace llmir::engine::cuda::detail

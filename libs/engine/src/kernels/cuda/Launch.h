@@ -203,8 +203,9 @@ bool prefillAttendApplies(const AttentionGeometry &g);
 /// attend() for steps with runs of rows of one sequence: tiles [numTiles][2]
 /// (first row, count <= kPrefillTileRows, rows consecutive in the step and
 /// of one sequence) covering every row. A bf16 cache with head dimension 16,
-/// 32, 64, 96 or 128 runs on tensor cores (queries and probabilities split
-/// into bf16 halves: within 1e-5 of f32), anything else on CUDA cores.
+/// 32, 64, 96 or 128 and a positive scale runs on tensor cores (queries and
+/// probabilities split into bf16 halves: within 1e-5 of f32), anything else
+/// on CUDA cores.
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out);
 int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out);
