@@ -338,6 +338,86 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
     }
 }
 
+// The norm before a group of cuBLAS products writes x's bf16 halves where the
+// products read them (splitInputFor), so they skip their own split: the
+// same bits as splitting x, on the packed one-GEMM path (24 tokens) and the
+// two-GEMM path (600), both precisions, Q/K/V and gate+up. The products
+// read the producer's halves, not x: given zeros for x they still give the
+// norm's products. One token (the GEMV) takes no halves.
+TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
+  const int64_t K = 512;
+  const std::vector<int64_t> widths = {512, 128, 128, 320, 320};
+  std::vector<WeightTensor> weights;
+  std::vector<std::byte> packed;
+  for (int64_t N : widths) {
+    weights.push_back(makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f)));
+    packed.insert(packed.end(), weights.back().data.begin(), weights.back().data.end());
+  }
+  DeviceArray<std::byte> dpacked(packed);
+  std::vector<WeightView> views;
+  size_t at = 0;
+  for (const WeightTensor &w : weights) {
+    views.push_back(WeightView::of(w));
+    views.back().data = dpacked.get() + at;
+    at += w.data.size();
+  }
+  const std::vector<float> normWeight = randomFloats(size_t(K), rng_);
+  DeviceArray<float> dw(normWeight);
+  for (bool medium : {false, true})
+    for (int64_t T : {1, 24, 600}) {
+      const std::vector<float> a = randomFloats(size_t(T * K), rng_, 3.0f);
+      const std::vector<float> b = randomFloats(size_t(T * K), rng_, 3.0f);
+      DeviceArray<float> da(a), db(b), sum(a.size()), normed(a.size()),
+          zeros(std::vector<float>(a.size(), 0.0f));
+      context_->setBf16Products(medium);
+      const std::string shape =
+          "T=" + std::to_string(T) + (medium ? " medium" : " highest");
+      const cuda::Stream stream = context_->stream();
+      auto norm = [&](cuda::SplitInput split) {
+        ASSERT_TRUE(cuda::addRmsNorm(da.get(), db.get(), sum.get(), T, K, dw.get(), 1e-5f,
+                                     normed.get(), stream, split)
+                        .isOk());
+      };
+      for (bool swiglu : {false, true}) {
+        std::vector<std::unique_ptr<DeviceArray<float>>> want, got;
+        std::vector<cuda::LinearOutput> wantGroup, gotGroup;
+        const size_t first = swiglu ? 3 : 0, count = swiglu ? 2 : 3;
+        for (size_t i = first; i < first + count; ++i) {
+          want.push_back(std::make_unique<DeviceArray<float>>(size_t(T * widths[i])));
+          got.push_back(std::make_unique<DeviceArray<float>>(size_t(T * widths[i])));
+          wantGroup.push_back({views[i], nullptr, want.back()->get()});
+          gotGroup.push_back({views[i], nullptr, got.back()->get()});
+        }
+        DeviceArray<float> wantY(size_t(T * widths[3])), gotY(size_t(T * widths[3]));
+        norm({});
+        ASSERT_TRUE((swiglu ? cuda::linearSwiglu(*context_, normed.get(), T, wantGroup[0],
+                                                 wantGroup[1], wantY.get())
+                            : cuda::linearGroup(*context_, normed.get(), T, wantGroup))
+                        .isOk());
+        Result<cuda::SplitInput> split = cuda::splitInputFor(*context_, T, gotGroup);
+        ASSERT_TRUE(split.isOk()) << split.message();
+        EXPECT_EQ(split->hi == nullptr, T == 1) << shape;
+        EXPECT_EQ(split->lo == nullptr, T == 1 || medium) << shape;
+        norm(*split);
+        // x given as zeros: only the halves the norm wrote hold its values.
+        const float *x = split->hi ? zeros.get() : normed.get();
+        const Status status =
+            swiglu ? cuda::linearSwiglu(*context_, x, T, gotGroup[0], gotGroup[1], gotY.get(),
+                                        split->hi != nullptr)
+                   : cuda::linearGroup(*context_, x, T, gotGroup, split->hi != nullptr);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        if (swiglu)
+          compare("LINEAR+SWIGLU on the norm's halves", shape, gotY.download(),
+                  wantY.download(), 0.0);
+        else
+          for (size_t i = 0; i < count; ++i)
+            compare("LINEAR on the norm's halves", shape + " N=" + std::to_string(widths[i]),
+                    got[i]->download(), want[i]->download(), 0.0);
+      }
+    }
+  context_->setBf16Products(false);
+}
+
 // Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
 TEST_F(BackendOps, ArgmaxRows) {
   const int64_t rows = 5, V = 32001;

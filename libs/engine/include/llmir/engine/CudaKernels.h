@@ -70,16 +70,30 @@ struct LinearOutput {
   float *y = nullptr; // [T, N]
 };
 /// Several LINEARs of the same x [T, K] (weights of one dtype and K, e.g.
-/// Q, K and V): for few tokens one launch reads all their weights.
+/// Q, K and V): for few tokens one launch reads all their weights. xSplit:
+/// x's bf16 halves are already where splitInputFor(T, outputs) said (its
+/// producer wrote them), so x is not split again; x itself must still hold
+/// the values (it is read wherever the halves cannot be).
 Status linearGroup(Context &context, const float *x, int64_t T,
-                   std::span<const LinearOutput> outputs);
+                   std::span<const LinearOutput> outputs, bool xSplit = false);
+/// Where the products of `outputs` over T tokens on cuBLAS (bf16 weights,
+/// more tokens than the GEMVs take) read x's bf16 halves: hi, and lo at
+/// highest precision (x = hi + lo); the context's scratch, sized now. The
+/// kernel producing x may write them there (addRmsNorm's split) and the
+/// product then skip its split launch (xSplit). Null hi: the product does
+/// not split x.
+struct SplitInput {
+  void *hi = nullptr, *lo = nullptr;
+};
+Result<SplitInput> splitInputFor(Context &context, int64_t T,
+                                 std::span<const LinearOutput> outputs);
 /// y[T, N] = silu(gate) * up for the products gate and up of x (a LINEAR
 /// pair and the SWIGLU after it): one GEMV launch computing both rows of
 /// each n for 16-bit weights at decode sizes (gate.y and up.y untouched);
 /// otherwise linearGroup into gate.y and up.y, then the SWIGLU kernel. The
 /// same values as the three instructions one after the other.
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
-                    const LinearOutput &up, float *y);
+                    const LinearOutput &up, float *y, bool xSplit = false);
 
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V]
 /// (greedy sampling as engine::argmax, on the device).
@@ -108,9 +122,11 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
                Stream stream = nullptr);
 
 /// sum = a + b, then y = rmsNorm(sum) as rmsNorm does (the residual add
-/// and the norm after it, one pass).
+/// and the norm after it, one pass); with split.hi, y's bf16 halves too,
+/// for the product that reads y (splitInputFor).
 Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
-                  const float *weight, float eps, float *y, Stream stream = nullptr);
+                  const float *weight, float eps, float *y, Stream stream = nullptr,
+                  SplitInput split = {});
 
 /// In place HF rotate_half RoPE of x[T, numHeads * headDim]; token t is at
 /// positions[t] (a device array).

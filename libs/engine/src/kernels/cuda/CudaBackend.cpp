@@ -598,6 +598,49 @@ private:
     planSwigluFusions();
     planRopeStores();
     planAllReduceNorms();
+    planSplitsInProducers();
+  }
+
+  /// A fused ADD+RMS_NORM whose normed row the LINEAR group right after it
+  /// reads (a layer's Q/K/V or gate/up) writes that row's bf16 halves for
+  /// the group's cuBLAS products too (cuda::splitInputFor: steps of more
+  /// tokens than the GEMVs take), so the product does not launch its own
+  /// split (a launch a group: ~2.5 us at batch 32, 8 us a 2,048-token
+  /// prefill's). The normed row is still written. Not after a deferred
+  /// all-reduce (planAllReduceNorms: that ADD runs inside the collective).
+  void planSplitsInProducers() {
+    const auto &insts = program_.instructions;
+    splitBy_.assign(insts.size(), kNone);
+    if (!fusionsEnabled())
+      return;
+    for (size_t i = 0; i + 2 < insts.size(); ++i) {
+      const BoundInstruction &norm = insts[i + 1], &linear = insts[i + 2];
+      if (!addNormFused_[i] || (i > 0 && allReduceBeforeAddNorm_[i - 1]) ||
+          linear.op != proto::LINEAR || linearGroupSize_[i + 2] == 0 || linear.inputs.empty() ||
+          linear.inputs[0] != norm.outputs[0])
+        continue;
+      splitBy_[i] = i + 2;
+    }
+  }
+
+  /// The outputs of the LINEAR group starting at `index` over x (shaped).
+  Result<std::vector<cuda::LinearOutput>> linearOutputs(size_t index, const DeviceTensor &x) {
+    const size_t groupSize = index < linearGroupSize_.size() ? linearGroupSize_[index] : 1;
+    std::vector<cuda::LinearOutput> outputs;
+    for (size_t j = index; j < index + groupSize; ++j) {
+      const BoundInstruction &member = program_.instructions[j];
+      const DeviceWeight &w = weights_[member.inputs[1]];
+      if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
+        return Status::error("input " + model::formatShape(x.shape) +
+                             " does not match weight [N, K] = " + model::formatShape(w.shape));
+      const float *bias =
+          member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
+      DeviceTensor &y =
+          member.outputAliasesInput[0] ? aliased_ : activations_[member.outputs[0]];
+      LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
+      outputs.push_back({w.view(), bias, y.data()});
+    }
+    return outputs;
   }
 
   static size_t weightBytes(const DeviceWeight &w) {
@@ -1046,30 +1089,19 @@ private:
     case proto::LINEAR: {
       const DeviceTensor &x = act(0);
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
-      const size_t groupSize = index < linearGroupSize_.size() ? linearGroupSize_[index] : 1;
-      std::vector<cuda::LinearOutput> outputs;
-      for (size_t j = index; j < index + groupSize; ++j) {
-        const BoundInstruction &member = program_.instructions[j];
-        const DeviceWeight &w = weights_[member.inputs[1]];
-        if (w.shape.size() != 2 || x.rowSize() != w.shape[1])
-          return Status::error("input " + model::formatShape(x.shape) +
-                               " does not match weight [N, K] = " +
-                               model::formatShape(w.shape));
-        const float *bias =
-            member.inputs.size() == 3 ? weights_[member.inputs[2]].widened.data : nullptr;
-        DeviceTensor &y = member.outputAliasesInput[0] ? aliased_
-                                                       : activations_[member.outputs[0]];
-        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), w.shape[0]}));
-        outputs.push_back({w.view(), bias, y.data()});
-      }
+      Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(index, x);
+      LLMIR_RETURN_IF_ERROR(outputs.status());
+      // x's bf16 halves written by its producer (planSplitsInProducers).
+      const bool xSplit = splitLinear_ == index;
+      splitLinear_ = kNone;
       // gate, up and the SWIGLU after them (planSwigluFusions).
       if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
         DeviceTensor &y = activations_[program_.instructions[index + 2].outputs[0]];
-        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), outputs[0].w.rows}));
-        return cuda::linearSwiglu(context_, x.data(), x.rows(), outputs[0], outputs[1],
-                                  y.data());
+        LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), (*outputs)[0].w.rows}));
+        return cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0], (*outputs)[1],
+                                  y.data(), xSplit);
       }
-      return cuda::linearGroup(context_, x.data(), x.rows(), outputs);
+      return cuda::linearGroup(context_, x.data(), x.rows(), *outputs, xSplit);
     }
     case proto::ROPE: {
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
@@ -1147,8 +1179,21 @@ private:
           if (!fused || *fused)
             return fused.status();
         }
+        // The product reading the norm on cuBLAS takes its bf16 halves from
+        // this launch (planSplitsInProducers).
+        cuda::SplitInput split;
+        if (index < splitBy_.size() && splitBy_[index] != kNone) {
+          const size_t linear = splitBy_[index];
+          Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(linear, normed);
+          LLMIR_RETURN_IF_ERROR(outputs.status());
+          Result<cuda::SplitInput> into = cuda::splitInputFor(context_, a.rows(), *outputs);
+          LLMIR_RETURN_IF_ERROR(into.status());
+          split = *into;
+          if (split.hi)
+            splitLinear_ = linear;
+        }
         return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
-                                w.widened.data, norm.params.eps, normed.data(), stream());
+                                w.widened.data, norm.params.eps, normed.data(), stream(), split);
       }
       return inst.op == proto::SWIGLU
                  ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel(), stream())
@@ -1367,6 +1412,10 @@ private:
   bool capturing_ = false; // recording a decode step's graph (skippedForMeasuring)
   std::vector<bool> linearSwiglu_, swigluComputedEarlier_;
   std::vector<bool> ropeStore_, keysStored_; // planRopeStores
+  /// planSplitsInProducers: per fused ADD, the LINEAR whose x's halves it
+  /// writes; the LINEAR whose halves this step's producer wrote.
+  std::vector<size_t> splitBy_;
+  size_t splitLinear_ = kNone;
   bool wholeProgram_ = false; // inside runAll (planSwigluFusions)
   bool graphsAllowed_ = false;
   bool decodeStep_ = false; // this step's isDecodeStep(), from beginStep

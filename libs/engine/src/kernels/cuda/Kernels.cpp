@@ -179,6 +179,11 @@ bool fusedRopeEnabled() {
   return enabled;
 }
 
+bool splitIntoProducersEnabled() {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_SPLIT_IN_PRODUCERS");
+  return enabled;
+}
+
 bool clusterMergeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_CLUSTER_MERGE") && hopperOrNewer();
   return enabled;
@@ -270,38 +275,71 @@ bool oneGemm(int64_t T, std::span<const LinearOutput> outputs) {
 /// (at 32 tokens, Q, K and V were three cuBLAS launches, K's and V's 6.6 us
 /// each for 1 MB of weights); with swigluY (gate and up) the scatter writes
 /// silu(gate) * up there instead of the two outputs.
-Status splitGemms(Context::State &state, const float *x, int64_t T,
-                  std::span<const LinearOutput> outputs, float *swigluY = nullptr) {
+/// Where splitGemms puts x's halves and the product in the scratch for
+/// `outputs` over T tokens: [hi | lo] (lo at highest precision: 2T columns
+/// for the joined GEMM), then the f32 product.
+struct SplitLayout {
+  size_t halfBytes, halvesBytes, need;
+  bool both, packed, join;
+};
+
+SplitLayout splitLayout(const Context::State &state, int64_t T,
+                        std::span<const LinearOutput> outputs) {
   const int64_t K = outputs.front().w.cols;
   int64_t maxN = 0, totalN = 0;
   for (const LinearOutput &o : outputs) {
     maxN = std::max(maxN, o.w.rows);
     totalN += o.w.rows;
   }
-  const bool both = !state.bf16Products;
-  const bool packed = oneGemm(T, outputs);
-  const bool join = both && T < kTwoGemmTokens;
-  const size_t halfBytes = static_cast<size_t>(T * K) * 2;
-  const size_t halvesBytes = (2 * halfBytes + 255) / 256 * 256;
-  const int64_t productColumns = packed ? totalN : join ? maxN : 0;
-  const size_t need =
-      halvesBytes + static_cast<size_t>((both ? 2 : 1) * T * productColumns) * sizeof(float);
-  if (need > state.splitBytes) {
-    LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(state.stream), "synchronize"));
-    cudaFree(state.split);
-    state.split = nullptr;
-    state.splitBytes = 0;
-    LLMIR_RETURN_IF_ERROR(cudaStatus(cudaMalloc(&state.split, need), "linear scratch"));
-    state.splitBytes = need;
-  }
+  SplitLayout l{};
+  l.both = !state.bf16Products;
+  l.packed = oneGemm(T, outputs);
+  l.join = l.both && T < kTwoGemmTokens;
+  l.halfBytes = static_cast<size_t>(T * K) * 2;
+  l.halvesBytes = (2 * l.halfBytes + 255) / 256 * 256;
+  const int64_t productColumns = l.packed ? totalN : l.join ? maxN : 0;
+  l.need = l.halvesBytes +
+           static_cast<size_t>((l.both ? 2 : 1) * T * productColumns) * sizeof(float);
+  return l;
+}
+
+/// The scratch grown to `need` bytes (a synchronisation and a new address:
+/// a captured graph notices through Context::scratchAddress).
+Status reserveSplit(Context::State &state, size_t need) {
+  if (need <= state.splitBytes)
+    return Status::ok();
+  LLMIR_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(state.stream), "synchronize"));
+  cudaFree(state.split);
+  state.split = nullptr;
+  state.splitBytes = 0;
+  LLMIR_RETURN_IF_ERROR(cudaStatus(cudaMalloc(&state.split, need), "linear scratch"));
+  state.splitBytes = need;
+  return Status::ok();
+}
+
+/// With xSplit, x's halves are already in the scratch (splitInputFor, written
+/// by x's producer) and are not split again.
+Status splitGemms(Context::State &state, const float *x, int64_t T,
+                  std::span<const LinearOutput> outputs, float *swigluY = nullptr,
+                  bool xSplit = false) {
+  const int64_t K = outputs.front().w.cols;
+  const SplitLayout l = splitLayout(state, T, outputs);
+  const bool both = l.both, packed = l.packed, join = l.join;
+  // A scratch that must grow loses the halves: x (always written too) is
+  // split again.
+  xSplit = xSplit && l.need <= state.splitBytes;
+  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
   char *hi = static_cast<char *>(state.split);
-  char *lo = both ? hi + halfBytes : nullptr; // [hi; lo]: 2T columns for the joined GEMM
-  float *product = reinterpret_cast<float *>(hi + halvesBytes);
-  LLMIR_RETURN_IF_ERROR(
-      cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
+  char *lo = both ? hi + l.halfBytes : nullptr; // [hi; lo]: 2T columns for the joined GEMM
+  float *product = reinterpret_cast<float *>(hi + l.halvesBytes);
+  if (!xSplit)
+    LLMIR_RETURN_IF_ERROR(
+        cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
   if (packed) {
     WeightView all = outputs.front().w;
-    all.rows = totalN;
+    all.rows = 0;
+    for (const LinearOutput &o : outputs)
+      all.rows += o.w.rows;
     LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, both ? 2 * T : T, all, 0.0f, product));
     detail::LinearSegments segments{};
     for (const LinearOutput &o : outputs)
@@ -331,10 +369,30 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   return Status::ok();
 }
 
+/// Whether linearGroup / linearSwiglu multiply x on cuBLAS through
+/// splitGemms (bf16 weights, more tokens than the GEMVs take).
+bool takesSplitGemms(const WeightView &w, int64_t T) {
+  Result<detail::Storage> storage = storageOf(w, "linear");
+  return storage.isOk() && *storage == detail::Storage::BF16 &&
+         !takesMmaGemv(*storage, T, w.cols) && !takesGemv(*storage, T);
+}
+
 } // namespace
 
+Result<SplitInput> splitInputFor(Context &context, int64_t T,
+                                 std::span<const LinearOutput> outputs) {
+  Context::State &state = context.state();
+  if (outputs.empty() || T <= 0 || !takesSplitGemms(outputs.front().w, T) ||
+      !detail::splitIntoProducersEnabled())
+    return SplitInput{};
+  const SplitLayout l = splitLayout(state, T, outputs);
+  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
+  char *hi = static_cast<char *>(state.split);
+  return SplitInput{hi, l.both ? hi + l.halfBytes : nullptr};
+}
+
 Status linearGroup(Context &context, const float *x, int64_t T,
-                   std::span<const LinearOutput> outputs) {
+                   std::span<const LinearOutput> outputs, bool xSplit) {
   Context::State &state = context.state();
   if (outputs.empty())
     return Status::ok();
@@ -358,7 +416,7 @@ Status linearGroup(Context &context, const float *x, int64_t T,
     return Status::ok();
   }
   if (*storage == detail::Storage::BF16)
-    return splitGemms(state, x, T, outputs);
+    return splitGemms(state, x, T, outputs, nullptr, xSplit);
   const float one = 1.0f, zero = 0.0f;
   for (const LinearOutput &o : outputs) {
     const int64_t N = o.w.rows;
@@ -377,7 +435,7 @@ Status linearGroup(Context &context, const float *x, int64_t T,
 }
 
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
-                    const LinearOutput &up, float *y) {
+                    const LinearOutput &up, float *y, bool xSplit) {
   Context::State &state = context.state();
   const int64_t K = gate.w.cols, N = gate.w.rows;
   if (up.w.cols != K || up.w.rows != N || up.w.dtype != gate.w.dtype)
@@ -388,8 +446,8 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   if (!mma && !takesGemv(*storage, T)) {
     const LinearOutput both[2] = {gate, up};
     if (*storage == detail::Storage::BF16 && oneGemm(T, both))
-      return splitGemms(state, x, T, both, y);
-    LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both));
+      return splitGemms(state, x, T, both, y, xSplit);
+    LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both, xSplit));
     return swiglu(gate.y, up.y, y, T * N, state.stream);
   }
   if (T <= 0)
@@ -450,8 +508,9 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
 }
 
 Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
-                  const float *weight, float eps, float *y, Stream stream) {
-  return cudaStatus(detail::addRmsNorm(stream, a, b, sum, T, H, weight, eps, y),
+                  const float *weight, float eps, float *y, Stream stream, SplitInput split) {
+  return cudaStatus(detail::addRmsNorm(stream, a, b, sum, T, H, weight, eps, y, split.hi,
+                                       split.lo),
                     "add + rms_norm");
 }
 

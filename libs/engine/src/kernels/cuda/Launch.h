@@ -50,6 +50,10 @@ bool fusedRopeEnabled();
 /// capability 9.0 and up), unless LLMIR_CUDA_CLUSTER_MERGE=0 (kept for
 /// measuring). Read once per process.
 bool clusterMergeEnabled();
+/// Whether a product's bf16 input halves are written by the kernel that
+/// produces its input (cuda::splitInputFor), unless
+/// LLMIR_CUDA_SPLIT_IN_PRODUCERS=0 (kept for measuring). Read once per process.
+bool splitIntoProducersEnabled();
 
 int widen(Stream stream, const void *src, Storage storage, int64_t n, float *dst);
 /// One LINEAR of a group sharing its input: y[T, N] = x[T, K] * w[N, K]^T
@@ -108,9 +112,11 @@ int sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);
-/// sum = a + b, then y = rmsNorm(sum) per row of H.
+/// sum = a + b, then y = rmsNorm(sum) per row of H; with hi, y's bf16
+/// halves too (splitBf16's: hi, and lo when not null).
 int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
-               int64_t H, const float *weight, float eps, float *y);
+               int64_t H, const float *weight, float eps, float *y, void *hi = nullptr,
+               void *lo = nullptr);
 int rope(Stream stream, float *x, int64_t T, int64_t numHeads, int64_t headDim,
          const int32_t *positions, float theta);
 /// y = x rotated (y may be x).

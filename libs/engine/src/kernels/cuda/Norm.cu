@@ -4,6 +4,7 @@
 #include "DependentLaunch.cuh"
 #include "Rope.cuh"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,9 +40,24 @@ __device__ float inverseRms(double sum, int64_t H, float eps) {
 // twice. The arithmetic is the loop's, element for element.
 constexpr int kNormPerThread = 8;
 
+// y[i] = v, and with hi its bf16 halves for the product that reads y,
+// splitBf16's arithmetic (Matmul.cu): hi = bf16(v), lo = bf16(v - hi).
+__device__ __forceinline__ void storeNormed(float *y, __nv_bfloat16 *hi, __nv_bfloat16 *lo,
+                                            int64_t i, float v) {
+  y[i] = v;
+  if (hi) {
+    const __nv_bfloat16 h = __float2bfloat16_rn(v);
+    hi[i] = h;
+    if (lo)
+      lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+  }
+}
+
 template <typename Row>
 __device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const float *weight,
-                                                     float eps, float *y) {
+                                                     float eps, float *y,
+                                                     __nv_bfloat16 *hi = nullptr,
+                                                     __nv_bfloat16 *lo = nullptr) {
   float w[kNormPerThread], h[kNormPerThread];
 #pragma unroll
   for (int j = 0; j < kNormPerThread; ++j) {
@@ -63,7 +79,7 @@ __device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const f
   for (int j = 0; j < kNormPerThread; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
     if (i < H)
-      y[i] = w[j] * (h[j] * scale);
+      storeNormed(y, hi, lo, i, w[j] * (h[j] * scale));
   }
 }
 
@@ -87,9 +103,16 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // The residual ADD and the RMS_NORM after it in one pass: sum = a + b is
 // stored (later instructions read it) and normalised into y, the same
 // arithmetic as the two kernels one after the other.
+// With hi (and lo), y's bf16 halves are written too (storeNormed).
 __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
-                                 const float *weight, float eps, float *y) {
+                                 const float *weight, float eps, float *y, __nv_bfloat16 *hi,
+                                 __nv_bfloat16 *lo) {
   const int64_t base = blockIdx.x * H;
+  if (hi) {
+    hi += base;
+    if (lo)
+      lo += base;
+  }
   if (H <= kNormPerThread * int64_t(blockDim.x))
     return normalizeInRegisters(
         [&](int64_t i) {
@@ -97,7 +120,7 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
           sumOut[base + i] = h;
           return h;
         },
-        H, weight, eps, y + base);
+        H, weight, eps, y + base, hi, lo);
   beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
@@ -107,8 +130,8 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
     sum += static_cast<double>(h) * h;
   }
   const float scale = inverseRms(sum, H, eps);
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
-    y[base + i] = weight[i] * (sumOut[base + i] * scale); // this thread's own store
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) // sumOut: this thread's own store
+    storeNormed(y + base, hi, lo, i, weight[i] * (sumOut[base + i] * scale));
 }
 
 // One block per token, one thread per (head, pair).
@@ -185,10 +208,11 @@ int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *we
 }
 
 int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
-               int64_t H, const float *weight, float eps, float *y) {
+               int64_t H, const float *weight, float eps, float *y, void *hi, void *lo) {
   if (T > 0)
     launchDependent(addRmsNormKernel, static_cast<unsigned>(T), normThreads(T, H), 0, stream, a, b,
-                    sum, H, weight, eps, y);
+                    sum, H, weight, eps, y, static_cast<__nv_bfloat16 *>(hi),
+                    static_cast<__nv_bfloat16 *>(lo));
   return cudaGetLastError();
 }
 
