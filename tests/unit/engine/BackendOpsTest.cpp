@@ -86,6 +86,37 @@ struct DeviceWeight {
   }
 };
 
+// A group's random bf16 weights [N, K] for each width, side by side in one
+// device allocation as CudaBackend packs a group, and a view of each.
+struct PackedBf16Weights {
+  std::vector<WeightTensor> weights;
+  std::vector<std::byte> packed;
+  DeviceArray<std::byte> bytes;
+  std::vector<WeightView> views;
+  PackedBf16Weights(const std::vector<int64_t> &widths, int64_t K, std::mt19937 &rng)
+      : weights(make(widths, K, rng)), packed(concatenated(weights)), bytes(packed) {
+    size_t at = 0;
+    for (const WeightTensor &w : weights) {
+      views.push_back(WeightView::of(w));
+      views.back().data = bytes.get() + at;
+      at += w.data.size();
+    }
+  }
+  static std::vector<WeightTensor> make(const std::vector<int64_t> &widths, int64_t K,
+                                        std::mt19937 &rng) {
+    std::vector<WeightTensor> weights;
+    for (int64_t N : widths)
+      weights.push_back(makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng, 0.1f)));
+    return weights;
+  }
+  static std::vector<std::byte> concatenated(const std::vector<WeightTensor> &weights) {
+    std::vector<std::byte> all;
+    for (const WeightTensor &w : weights)
+      all.insert(all.end(), w.data.begin(), w.data.end());
+    return all;
+  }
+};
+
 double relativeError(const std::vector<float> &got,
                      const std::vector<float> &want) {
   EXPECT_EQ(got.size(), want.size());
@@ -286,21 +317,9 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
       if (medium)
         for (float &v : xUsed)
           v = bf16Value(bf16Bits(v));
-      std::vector<WeightTensor> weights;
-      std::vector<std::byte> packed;
-      for (int64_t N : widths) {
-        weights.push_back(
-            makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f)));
-        packed.insert(packed.end(), weights.back().data.begin(), weights.back().data.end());
-      }
-      DeviceArray<std::byte> dpacked(packed);
-      std::vector<WeightView> views;
-      size_t at = 0;
-      for (const WeightTensor &w : weights) {
-        views.push_back(WeightView::of(w));
-        views.back().data = dpacked.get() + at;
-        at += w.data.size();
-      }
+      const PackedBf16Weights packed(widths, K, rng_);
+      const std::vector<WeightTensor> &weights = packed.weights;
+      const std::vector<WeightView> &views = packed.views;
       const std::vector<float> bias = randomFloats(size_t(widths[1]), rng_);
       DeviceArray<float> dx(x), dbias(bias);
       context_->setBf16Products(medium);
@@ -347,20 +366,8 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
 TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   const int64_t K = 512;
   const std::vector<int64_t> widths = {512, 128, 128, 320, 320};
-  std::vector<WeightTensor> weights;
-  std::vector<std::byte> packed;
-  for (int64_t N : widths) {
-    weights.push_back(makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f)));
-    packed.insert(packed.end(), weights.back().data.begin(), weights.back().data.end());
-  }
-  DeviceArray<std::byte> dpacked(packed);
-  std::vector<WeightView> views;
-  size_t at = 0;
-  for (const WeightTensor &w : weights) {
-    views.push_back(WeightView::of(w));
-    views.back().data = dpacked.get() + at;
-    at += w.data.size();
-  }
+  const PackedBf16Weights packed(widths, K, rng_);
+  const std::vector<WeightView> &views = packed.views;
   const std::vector<float> normWeight = randomFloats(size_t(K), rng_);
   DeviceArray<float> dw(normWeight);
   for (bool medium : {false, true})
