@@ -29,6 +29,19 @@
 // call keep `batch` messages in flight, the way ucx_perftest's bandwidth
 // tests keep up to 32 sends outstanding (their default window, -O); hence the
 // default of 32. One block per call is a depth of one.
+//
+// A depth of one on both sides: a one-block call is synchronous (the next
+// call starts after the reply), while perftest's bandwidth tests keep 32
+// sends outstanding and a send completes locally (TCP: once the socket has
+// the bytes; shared memory: once the copy into the peer's segment is done),
+// with no reply. So each round also runs the same primitive with `-O 1`
+// (perftest1: one send outstanding, still no reply) and perftest's best
+// ping-pong test at the block size (pingpong: ucp_am_lat, tag_lat or
+// ucp_put_lat, the best at 1 MiB; each message is sent after the previous
+// one arrived, as a call waits for its reply; perftest reports half the
+// round trip, so its bandwidth is one block one way per half round trip,
+// where a call moves one block one way and a short reply back). The one-
+// block calls' ratios to both are printed beside the ratio to the default.
 #include "llmir/kvstore/Client.h"
 #include "llmir/kvstore/Server.h"
 #include "llmir/net/Config.h"
@@ -154,17 +167,27 @@ uint16_t freePort() {
   return ntohs(a.sin_port);
 }
 
-// ucx_perftest's bandwidth in GB/s (10^9 bytes/s), or a negative number.
-// At least 64 iterations and 256 MiB, or (messages above 4 MiB: the batch's
-// footprint) at least 8 and 2 GiB, so that 128 MiB messages take about as
-// long as the rest of a round.
-double perftest(const std::string &tool, const std::string &test, uint64_t size) {
+struct PerftestResult {
+  double gbps = -1;  // overall bandwidth, GB/s (10^9 bytes/s); negative: failed
+  double p50us = -1; // perftest's typical (median) latency, us
+};
+
+// One ucx_perftest run (a server and a client on loopback). At least 64
+// iterations and 256 MiB, or (messages above 4 MiB: the batch's footprint)
+// at least 8 and 2 GiB, so that 128 MiB messages take about as long as the
+// rest of a round. `extra` goes to both sides (e.g. {"-O", "1"}).
+// A ping-pong test (*_lat) reports half a round trip as its latency and the
+// message size over that as its bandwidth: one message one way, each sent
+// only after the previous one arrived.
+PerftestResult perftestRun(const std::string &tool, const std::string &test, uint64_t size,
+                           const std::vector<std::string> &extra = {}) {
   uint64_t iters = size > (4ull << 20) ? std::max<uint64_t>(8, (2ull << 30) / size)
                                        : std::max<uint64_t>(64, (256ull << 20) / size);
   std::string port = std::to_string(freePort());
   std::vector<std::string> common = {"-t", test, "-s", std::to_string(size), "-n",
                                      std::to_string(iters), "-w",
                                      std::to_string(iters / 10), "-p", port, "-v"};
+  common.insert(common.end(), extra.begin(), extra.end());
   std::vector<std::string> server = {tool};
   server.insert(server.end(), common.begin(), common.end());
   Child s = spawn(server);
@@ -179,17 +202,24 @@ double perftest(const std::string &tool, const std::string &test, uint64_t size)
   s.wait();
   // CSV: iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr
   std::stringstream in(c.text);
-  double best = -1;
+  PerftestResult result;
   for (std::string line; std::getline(in, line);) {
     line.erase(0, line.find_first_not_of(' '));
     auto fields = split(line);
     // The last row is the final result (earlier "[thread 0]" rows are progress).
-    if (fields.size() == 8 && std::isdigit(static_cast<unsigned char>(fields[0][0])))
-      best = std::stod(fields[5]) * 1048576.0 / 1e9; // perftest's MB/s is MiB/s
+    if (fields.size() == 8 && std::isdigit(static_cast<unsigned char>(fields[0][0]))) {
+      result.gbps = std::stod(fields[5]) * 1048576.0 / 1e9; // perftest's MB/s is MiB/s
+      result.p50us = std::stod(fields[1]);
+    }
   }
-  if (best < 0)
+  if (result.gbps < 0)
     std::cerr << "ucx_perftest " << test << " " << size << " failed:\n" << c.text << "\n";
-  return best;
+  return result;
+}
+
+double perftest(const std::string &tool, const std::string &test, uint64_t size,
+                const std::vector<std::string> &extra = {}) {
+  return perftestRun(tool, test, size, extra).gbps;
 }
 
 struct Sample {
@@ -315,7 +345,7 @@ int main(int argc, char **argv) {
   double seconds = 0.4;
   uint64_t batch = 32; // ucx_perftest's default window for its *_bw tests
   std::string tool = "ucx_perftest";
-  std::string measureList = "put1,get1,putN,getN,memcpy,perftest,perftestN";
+  std::string measureList = "put1,get1,putN,getN,memcpy,perftest,perftestN,perftest1,pingpong";
   bool serveMode = false;
   llmir::net::Config config("llmir-kvstore-bench");
   config.add("transports", &transportList, "tcp, shm (UCX_TLS=shm,tcp), comma-separated");
@@ -329,7 +359,9 @@ int main(int argc, char **argv) {
   config.add("measure", &measureList,
              "what each round measures (for profiling one of them): put1, get1, putN, "
              "getN, memcpy, perftest (at the block size), perftestN (one message of "
-             "batch x block bytes: the batched call's memory footprint); comma-separated");
+             "batch x block bytes: the batched call's memory footprint), perftest1 (at the "
+             "block size with one send outstanding, -O 1), pingpong (perftest's best ping-pong "
+             "test at the block size); comma-separated");
   config.add("store-poll-us", &storePollUs,
              "the store polls this long after its last activity before sleeping");
   config.add("poll-us", &clientPollUs,
@@ -371,9 +403,10 @@ int main(int argc, char **argv) {
   std::vector<std::string> measured = split(measureList);
   for (auto &m : measured)
     if (m != "put1" && m != "get1" && m != "putN" && m != "getN" && m != "memcpy" &&
-        m != "perftest" && m != "perftestN")
+        m != "perftest" && m != "perftestN" && m != "perftest1" && m != "pingpong")
       fail("--measure: '" + m +
-           "' is not put1, get1, putN, getN, memcpy, perftest or perftestN");
+           "' is not put1, get1, putN, getN, memcpy, perftest, perftestN, perftest1 or "
+           "pingpong");
   auto measures = [&](const char *what) {
     return std::find(measured.begin(), measured.end(), what) != measured.end();
   };
@@ -410,7 +443,7 @@ int main(int argc, char **argv) {
     std::string best;
     double bestGbps = -1;
     for (const char *test : {"ucp_am_bw", "tag_bw", "ucp_put_bw"}) {
-      if (!measures("perftest") && !measures("perftestN"))
+      if (!measures("perftest") && !measures("perftestN") && !measures("perftest1"))
         break;
       double g = perftest(tool, test, 1 << 20);
       std::cout << "# " << transport << ": ucx_perftest -t " << test
@@ -418,6 +451,21 @@ int main(int argc, char **argv) {
       if (g > bestGbps) {
         bestGbps = g;
         best = test;
+      }
+    }
+    // The same for the ping-pong tests (depth one, each message waits for
+    // the previous one to arrive).
+    std::string bestPingPong;
+    double bestPingPongGbps = -1;
+    for (const char *test : {"ucp_am_lat", "tag_lat", "ucp_put_lat"}) {
+      if (!measures("pingpong"))
+        break;
+      PerftestResult p = perftestRun(tool, test, 1 << 20);
+      std::cout << "# " << transport << ": ucx_perftest -t " << test
+                << " at 1 MiB: " << p.gbps << " GB/s, p50 " << p.p50us << " us one way\n";
+      if (p.gbps > bestPingPongGbps) {
+        bestPingPongGbps = p.gbps;
+        bestPingPong = test;
       }
     }
     setenv("UCX_TLS", tls.c_str(), 1);
@@ -490,6 +538,12 @@ int main(int argc, char **argv) {
         // batch x block bytes has the batched call's footprint.
         if (measures("perftestN") && batch > 1)
           refBatch = perftest(tool, best, size * batch);
+        double refDepth1 = -1;
+        if (measures("perftest1"))
+          refDepth1 = perftest(tool, best, size, {"-O", "1"});
+        PerftestResult pingPong;
+        if (measures("pingpong"))
+          pingPong = perftestRun(tool, bestPingPong, size);
         setenv("UCX_TLS", tls.c_str(), 1);
         if (putOne) {
           row["put1"].values.push_back(putOne->gbps);
@@ -525,6 +579,21 @@ int main(int argc, char **argv) {
           if (getBatch)
             row["ratio_getN"].values.push_back(getBatch->gbps / refBatch);
         }
+        if (refDepth1 > 0) {
+          row["perftest1"].values.push_back(refDepth1);
+          if (putOne)
+            row["ratio_put1_d1"].values.push_back(putOne->gbps / refDepth1);
+          if (getOne)
+            row["ratio_get1_d1"].values.push_back(getOne->gbps / refDepth1);
+        }
+        if (pingPong.gbps > 0) {
+          row["pingpong"].values.push_back(pingPong.gbps);
+          row["pingpong_us"].values.push_back(pingPong.p50us);
+          if (putOne)
+            row["ratio_put1_pp"].values.push_back(putOne->gbps / pingPong.gbps);
+          if (getOne)
+            row["ratio_get1_pp"].values.push_back(getOne->gbps / pingPong.gbps);
+        }
         if (copyBatch)
           row["memcpy"].values.push_back(copyBatch->gbps);
         if (copyBatch && getBatch)
@@ -538,7 +607,7 @@ int main(int argc, char **argv) {
     server.wait();
 
     std::cout << "\n## UCX_TLS=" << tls << " (ucx_perftest: UCX_TLS=" << perftestTls
-              << ", -t " << best << "), " << repeats
+              << ", -t " << best << ", ping-pong -t " << bestPingPong << "), " << repeats
               << " interleaved rounds, median (min-max), GB/s = 1e9 B/s\n\n";
     std::cout << "| block | put GB/s (1/call) | get GB/s (1/call) | put GB/s (" << batch
               << "/call) | get GB/s (" << batch << "/call) | put p50 us | get p50 us | "
@@ -547,9 +616,12 @@ int main(int argc, char **argv) {
               << "get CPU us/MiB client | store | ucx_perftest " << best << " GB/s ("
               << batch << " x block) | put/perftest (1/call) | get/perftest (1/call) | put ("
               << batch << "/call)/perftest (" << batch << " x block) | get (" << batch
-              << "/call)/perftest (" << batch << " x block) |\n";
+              << "/call)/perftest (" << batch << " x block) | ucx_perftest " << best
+              << " -O 1 GB/s | put/perftest -O 1 (1/call) | get/perftest -O 1 (1/call) | "
+              << "ucx_perftest " << bestPingPong << " GB/s | " << bestPingPong
+              << " p50 us (one way) | put/ping-pong (1/call) | get/ping-pong (1/call) |\n";
     std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-                 "---|\n";
+                 "---|---|---|---|---|---|---|---|\n";
     for (uint64_t size : sizes) {
       auto &row = results[size];
       std::cout << "| " << sizeName(size) << " | " << row["put1"].str() << " | "
@@ -562,7 +634,10 @@ int main(int argc, char **argv) {
                 << row["get_client_cpu"].str(0) << " | " << row["get_store_cpu"].str(0)
                 << " | " << row["perftestN"].str() << " | " << row["ratio_put1"].str() << " | "
                 << row["ratio_get1"].str() << " | " << row["ratio_putN"].str() << " | "
-                << row["ratio_getN"].str() << " |\n";
+                << row["ratio_getN"].str() << " | " << row["perftest1"].str() << " | "
+                << row["ratio_put1_d1"].str() << " | " << row["ratio_get1_d1"].str() << " | "
+                << row["pingpong"].str() << " | " << row["pingpong_us"].str(0) << " | "
+                << row["ratio_put1_pp"].str() << " | " << row["ratio_get1_pp"].str() << " |\n";
     }
     std::cout << std::flush;
   }

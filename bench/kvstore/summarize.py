@@ -10,7 +10,8 @@ import sys
 COLUMNS = ["put1", "get1", "putN", "getN", "put_us", "get_us", "perftest",
            "ratio_put", "ratio_get", "memcpy", "ratio_get_memcpy", "put_client_cpu",
            "put_store_cpu", "get_client_cpu", "get_store_cpu", "perftestN", "ratio_put1",
-           "ratio_get1", "ratio_putN", "ratio_getN"]
+           "ratio_get1", "ratio_putN", "ratio_getN", "perftest1", "ratio_put1_d1",
+           "ratio_get1_d1", "pingpong", "pingpong_us", "ratio_put1_pp", "ratio_get1_pp"]
 SIZE = {"KiB": 1 << 10, "MiB": 1 << 20}
 
 
@@ -46,10 +47,12 @@ def main(directory, perftest_share=0.0):
                     values[op + "_p50_gbps"] = block / values[op + "_us"] / 1e3
             rounds[(label, size)].append(values)
     reference = {"ratio_put": "perftest", "ratio_get": "perftest", "ratio_put1": "perftest",
-                 "ratio_get1": "perftest", "ratio_putN": "perftestN", "ratio_getN": "perftestN"}
+                 "ratio_get1": "perftest", "ratio_putN": "perftestN", "ratio_getN": "perftestN",
+                 "ratio_put1_d1": "perftest1", "ratio_get1_d1": "perftest1",
+                 "ratio_put1_pp": "pingpong", "ratio_get1_pp": "pingpong"}
     for key, per_round in rounds.items():
         best = {ref: max((v.get(ref, 0) for v in per_round), default=0)
-                for ref in ("perftest", "perftestN")}
+                for ref in set(reference.values())}
         row = data[key]
         for values in per_round:
             for column, value in values.items():
@@ -76,7 +79,20 @@ def main(directory, perftest_share=0.0):
              ("perftestN", f"ucx_perftest GB/s ({batch} x block)"),
              ("ratio_put1", "put/perftest (1/call)"), ("ratio_get1", "get/perftest (1/call)"),
              ("ratio_putN", f"put/perftest ({batch}/call, {batch} x block)"),
-             ("ratio_getN", f"get/perftest ({batch}/call, {batch} x block)")]
+             ("ratio_getN", f"get/perftest ({batch}/call, {batch} x block)"),
+             # The same depth on both sides: `batch` messages in flight against
+             # perftest's window of 32 at the block size; one call at a time
+             # against perftest with one send outstanding (-O 1) and against
+             # its ping-pong (each message sent after the previous arrived).
+             ("ratio_put", f"put/perftest ({batch}/call, block)"),
+             ("ratio_get", f"get/perftest ({batch}/call, block)"),
+             ("perftest1", "ucx_perftest -O 1 GB/s"),
+             ("ratio_put1_d1", "put/perftest -O 1 (1/call)"),
+             ("ratio_get1_d1", "get/perftest -O 1 (1/call)"),
+             ("pingpong", "ucx_perftest ping-pong GB/s"),
+             ("pingpong_us", "ping-pong p50 us (one way)"),
+             ("ratio_put1_pp", "put/ping-pong (1/call)"),
+             ("ratio_get1_pp", "get/ping-pong (1/call)")]
     print("| variant | block | " + " | ".join(h for _, h in shown) + " | rounds |")
     print("|" + "---|" * (len(shown) + 3))
     for size in sizes:
