@@ -308,6 +308,7 @@ void fail(const std::string &what) {
 
 int storePollUs = 0;  // ServerOptions::pollBeforeSleep of the store child
 int clientPollUs = 0; // ClientOptions::pollBeforeSleep of the bench's client
+int clientIdlePollUs = -1; // ClientOptions::idlePoll (-1: its default)
 int storeSpinUs = -1;  // ServerOptions::channelSpin (-1: its default)
 int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
@@ -369,6 +370,9 @@ int main(int argc, char **argv) {
   config.add("store-idle-spin-us", &storeIdleSpinUs,
              "as --store-spin-us, only while the host has a CPU to spare as the spin "
              "begins (-1: the default)");
+  config.add("idle-poll-us", &clientIdlePollUs,
+             "the client polls UCX this long while waiting for replies when the host has a "
+             "CPU to spare as the wait begins (-1: the default)");
   config.add("store-spin-us", &storeSpinUs,
              "after a request through a client's channel, the store checks the channels "
              "this long before sleeping (-1: the default)");
@@ -429,6 +433,8 @@ int main(int argc, char **argv) {
     co.port = port;
     co.timeout = std::chrono::seconds(30);
     co.pollBeforeSleep = std::chrono::microseconds(clientPollUs);
+    if (clientIdlePollUs >= 0)
+      co.idlePoll = std::chrono::microseconds(clientIdlePollUs);
     if (clientSpinUs >= 0)
       co.channelSpin = std::chrono::microseconds(clientSpinUs);
     co.requestChannel = requestChannel;

@@ -1,5 +1,6 @@
 #include "llmir/kvstore/Client.h"
 
+#include "IdleCpu.h"
 #include "SharedArena.h"
 #include "SharedIndex.h"
 #include "Ucx.h"
@@ -155,6 +156,8 @@ public:
   bool storeGone();
 
   ClientOptions options_;
+  // Whether the host has a CPU to spare for polling (ClientOptions::idlePoll).
+  IdleCpuProbe idleCpu_;
   std::unique_ptr<ucx::Worker> worker_;
   size_t maxBlocksPerMessage_ = 0;
   ucp_ep_h ep_ = nullptr;
@@ -1412,6 +1415,12 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
 
   // Progress until every reply is in, the connection fails, or the deadline.
   auto lastActivity = Clock::now();
+  // Polling where a CPU is spare reads a reply as it arrives (a get's
+  // block: the wake-up was a large part of the call); on a busy host a
+  // polling client would take the core its store needs, so it sleeps.
+  auto pollFor = options_.pollBeforeSleep;
+  if (options_.idlePoll > pollFor && idleCpu_.spare())
+    pollFor = options_.idlePoll;
   while (failure_.empty()) {
     bool busy = worker_->progress();
     if (!toReceive_.empty()) {
@@ -1440,7 +1449,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
     // caught without a wake-up.
     if (busy)
       lastActivity = now;
-    else if (now - lastActivity >= options_.pollBeforeSleep) {
+    else if (now - lastActivity >= pollFor) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       worker_->wait(static_cast<int>(std::clamp<int64_t>(left.count(), 1, 10)));
     }
@@ -1519,6 +1528,10 @@ Result<std::unique_ptr<Client>> Client::create(const ClientOptions &options) {
   if (!wire::validPartBytes(options.partBytes))
     return Status::error("kv store client: partBytes must be a multiple of 1024 up to 1 MiB "
                          "(0: no parts), not " + std::to_string(options.partBytes));
+  if (options.pollBeforeSleep.count() < 0 || options.idlePoll.count() < 0 ||
+      options.channelSpin.count() < 0)
+    return Status::error("kv store client: pollBeforeSleep, idlePoll and channelSpin must not "
+                         "be negative");
   auto impl = std::make_unique<Impl>(options);
   if (auto st = impl->ensureWorker(); !st)
     return st;

@@ -619,6 +619,56 @@ TEST_P(KvStore, BlocksPutInPartsOrWholeReadTheSame) {
   }
 }
 
+// A client that polls UCX while it waits for replies (ClientOptions::idlePoll
+// where the host has a CPU to spare, pollBeforeSleep always) gets every reply
+// of single and batched calls, whole blocks and blocks in parts, and meets its
+// deadline: the poll lasts longer than the calls' timeout here. Negative poll
+// times are refused.
+TEST_P(KvStore, APollingClientGetsEveryReply) {
+  auto server = startServer(64ull << 20);
+  ASSERT_TRUE(server);
+  for (bool always : {false, true}) {
+    ClientOptions o;
+    o.port = server->port();
+    o.timeout = 2s;
+    o.sharedMemory = false; // the wait on UCX is what polls
+    (always ? o.pollBeforeSleep : o.idlePoll) = std::chrono::microseconds(3s);
+    auto client = Client::create(o);
+    ASSERT_TRUE(client) << client.message();
+    for (int i = 0; i < 12; ++i) {
+      const size_t n = i % 3 == 2 ? 3 : 1;
+      const size_t bytes = i % 2 ? (2 << 20) + 4096 : 256 << 10; // in parts and whole
+      std::vector<std::vector<uint8_t>> data, out;
+      std::vector<PutBlock> puts;
+      std::vector<GetBlock> gets;
+      for (size_t b = 0; b < n; ++b) {
+        data.push_back(bytesOf(bytes, uint32_t(900 + i * 8 + b + (always ? 100 : 0))));
+        out.emplace_back(bytes);
+      }
+      for (size_t b = 0; b < n; ++b) {
+        BlockKey key = keyFor(always ? "poll-always" : "poll-idle", i * 8 + int(b));
+        puts.push_back({key, "f32", data[b].data(), bytes});
+        gets.push_back({key, "f32", out[b].data(), bytes});
+      }
+      auto stored = (*client)->put(puts);
+      ASSERT_TRUE(stored) << i << ": " << stored.message();
+      auto got = (*client)->get(gets);
+      ASSERT_TRUE(got) << i << ": " << got.message();
+      for (size_t b = 0; b < n; ++b) {
+        EXPECT_EQ((*stored)[b], BlockStatus::Stored) << i << " " << b;
+        EXPECT_EQ((*got)[b], BlockStatus::Found) << i << " " << b;
+        EXPECT_EQ(out[b], data[b]) << i << " " << b;
+      }
+    }
+  }
+  ClientOptions bad;
+  bad.port = server->port();
+  bad.idlePoll = std::chrono::microseconds(-1);
+  auto refused = Client::create(bad);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.message().find("idlePoll"), std::string::npos) << refused.message();
+}
+
 TEST_P(KvStore, BlocksPutInMessagesAreReadThroughTheSegmentAndBack) {
   // One client moves bytes in messages, the other through the segment: each
   // reads what the other wrote, byte for byte.

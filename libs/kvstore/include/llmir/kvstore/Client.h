@@ -44,6 +44,14 @@ struct ClientOptions {
   /// within it skips a wake-up (docs/performance.md, "KV-block store").
   /// 0: sleep at once.
   std::chrono::microseconds pollBeforeSleep{0};
+  /// The same poll, but only when the host has a CPU to spare as the wait
+  /// for a call's replies over UCX begins (its runnable threads, this one
+  /// included, no more than the CPUs it may run on: /proc/loadavg), so a
+  /// polling client delays nobody: a get's reply is read as it arrives
+  /// instead of after a wake-up (TCP 1 MiB get p50 ~450 -> ~230 us where the
+  /// client had a core; docs/performance.md, "branch kv13"). The longer of
+  /// the two applies. 0: off.
+  std::chrono::microseconds idlePoll{200};
   /// With the store's shared-memory segment mapped, requests and replies of
   /// the shared-memory operations go through a channel in the segment
   /// instead of the UCX endpoint (docs/kv-store.md, "Request channel"); the
