@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 #include <cstdlib>
@@ -58,7 +59,28 @@ constexpr bool kIsaHasGemm = false;
 
 namespace {
 
-const Kernels &select() {
+// Whether the decode GEMVs' software prefetch pays on this CPU. It was
+// measured to on Zen 4 (AMD family 19h: one core streamed a bf16 decode's
+// weights at 25-29 GB/s with it against 19-20 without) and not on Zen 5
+// (family 1Ah: a plain 512-bit read of the same weights 36.8 GB/s with the
+// prefetch against 43.7 without; docs/performance.md, "Thirteenth round");
+// elsewhere it stays on, as it was everywhere before.
+bool gemvPrefetchPays() {
+  if (const char *forced = std::getenv("LLMIR_CPU_GEMV_PREFETCH"))
+    return std::strcmp(forced, "0") != 0;
+#ifdef LLMIR_SIMD_X86
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__builtin_cpu_is("amd") && __get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+    unsigned family = (eax >> 8) & 0xf;
+    if (family == 0xf)
+      family += (eax >> 20) & 0xff;
+    return family < 0x1a;
+  }
+#endif
+  return true;
+}
+
+const Kernels &select(bool gemvPrefetch) {
   const char *forced = std::getenv("LLMIR_CPU_ISA");
 #ifdef LLMIR_SIMD_X86
   __builtin_cpu_init();
@@ -70,27 +92,27 @@ const Kernels &select() {
                          __builtin_cpu_supports("avx512dq");
   // Every CPU with AVX2 and FMA also has F16C (Haswell, Piledriver on).
   if (forced && std::strcmp(forced, "generic") == 0)
-    return generic::table;
+    return gemvPrefetch ? generic::table : generic::tableWithoutGemvPrefetch;
   const bool hasAvx512Bf16 = hasAvx512 && __builtin_cpu_supports("avx512bf16");
   if (forced && std::strcmp(forced, "avx2") == 0 && hasAvx2)
-    return avx2::table;
+    return gemvPrefetch ? avx2::table : avx2::tableWithoutGemvPrefetch;
   if (forced && std::strcmp(forced, "avx512") == 0 && hasAvx512)
-    return avx512::table;
+    return gemvPrefetch ? avx512::table : avx512::tableWithoutGemvPrefetch;
   if (hasAvx512Bf16)
-    return avx512bf16::table;
+    return gemvPrefetch ? avx512bf16::table : avx512bf16::tableWithoutGemvPrefetch;
   if (hasAvx512)
-    return avx512::table;
+    return gemvPrefetch ? avx512::table : avx512::tableWithoutGemvPrefetch;
   if (hasAvx2)
-    return avx2::table;
+    return gemvPrefetch ? avx2::table : avx2::tableWithoutGemvPrefetch;
 #endif
   (void)forced;
-  return generic::table;
+  return gemvPrefetch ? generic::table : generic::tableWithoutGemvPrefetch;
 }
 
 } // namespace
 
 const Kernels &kernels() {
-  static const Kernels &chosen = select();
+  static const Kernels &chosen = select(gemvPrefetchPays());
   return chosen;
 }
 

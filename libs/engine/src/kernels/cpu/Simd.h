@@ -76,11 +76,18 @@ struct Kernels {
   void (*gemmPanelBf16Dot)(const uint16_t *x, int64_t T, const void *w,
                            int64_t K, int64_t n0, int64_t cols, float *y,
                            int64_t ldy, uint32_t *panel);
+  /// The decode GEMVs (gemv, gemvBf16Dot) prefetch their weights in
+  /// software; false: they leave it to the hardware prefetchers. Either
+  /// form computes the same sums in the same order.
+  bool gemvPrefetch;
 };
 
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512bf16|avx512|avx2|generic
 /// forces one (tests use it to cover every path on one machine); avx512bf16
 /// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
+/// The decode GEMVs prefetch in software except on AMD family 1Ah (Zen 5),
+/// where that was measured slower; LLMIR_CPU_GEMV_PREFETCH=0|1 forces
+/// either form (the results are the same).
 const Kernels &kernels();
 
 } // namespace llmir::engine::cpu::simd
