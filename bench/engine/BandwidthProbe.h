@@ -17,8 +17,9 @@ class ReadBandwidthProbe {
 public:
   /// Fails when `bytes` cannot be mapped.
   static Result<ReadBandwidthProbe> create(size_t bytes);
-  /// Best of `repeats` timed passes over the buffer, read by `numThreads`
-  /// threads; bytes per second.
+  /// Best of `repeats` timed passes over the buffer in each load width the
+  /// CPU has (256- and 512-bit, alternated), read by `numThreads` threads;
+  /// bytes per second.
   double measure(unsigned numThreads, int repeats);
 
 private:

@@ -279,8 +279,8 @@ int main(int argc, char **argv) {
                                    options.prefillTokens})
                     .c_str());
   std::printf("# probe: memory read bandwidth, a 1 GiB stream on huge pages read by the "
-              "row's threads right before and after each repeat (best of 3 passes; the "
-              "ceiling takes the best, `lowest` is the lowest)\n#\n");
+              "row's threads right before and after each repeat (best of 3 passes in each load "
+              "width, 256- and 512-bit; the ceiling takes the best, `lowest` is the lowest)\n#\n");
   std::printf("# %-16s %5s %7s %9s %9s %9s %9s %8s %8s %9s %8s %8s %9s %9s\n", "model",
               "dtype", "threads", "prefill", "decode", "weights", "KV cache", "probe",
               "lowest", "ceiling", "decode", "of", "llama.cpp", "llama.cpp");

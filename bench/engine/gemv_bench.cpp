@@ -5,7 +5,7 @@
 // it times, per token and at each thread count:
 //
 //   probe       the engine bench's bandwidth probe (1 GiB on huge pages,
-//               fresh threads, AVX2 sums)
+//               fresh threads, the faster of 256- and 512-bit sums)
 //   sum         the same sum over the weights themselves, by the pool: one
 //               parallelFor per token, each thread a contiguous share
 //   gemv        the decode's calls: cpu::linearGroup per group of one input
