@@ -93,7 +93,7 @@ void panelGemm(const float *x, int64_t T, const WeightView &w, float *y,
 // xBf16: x rounded to bf16 for the `vdpbf16ps` GEMV (medium precision).
 void groupGemv(const float *x, const uint16_t *xBf16, int64_t T,
                std::span<const LinearOutput> outputs, ThreadPool &pool) {
-  const simd::Kernels &k = simd::kernels();
+  const simd::Kernels &k = simd::gemvKernels(pool.numThreads());
   std::vector<size_t> offsets = {0}; // first row of each output in the range
   for (const LinearOutput &o : outputs)
     offsets.push_back(offsets.back() + static_cast<size_t>(o.w.rows));

@@ -59,28 +59,32 @@ constexpr bool kIsaHasGemm = false;
 
 namespace {
 
-// Whether the decode GEMVs' software prefetch pays on this CPU. It was
-// measured to on Zen 4 (AMD family 19h: one core streamed a bf16 decode's
-// weights at 25-29 GB/s with it against 19-20 without) and not on Zen 5
-// (family 1Ah: a plain 512-bit read of the same weights 36.8 GB/s with the
-// prefetch against 43.7 without; docs/performance.md, "Thirteenth round");
-// elsewhere it stays on, as it was everywhere before.
-bool gemvPrefetchPays() {
-  if (const char *forced = std::getenv("LLMIR_CPU_GEMV_PREFETCH"))
-    return std::strcmp(forced, "0") != 0;
+// AMD family 1Ah (Zen 5), where the decode GEMVs' software prefetch was
+// measured slower on one thread: a plain 512-bit read of the bench model's
+// weights 36.8 GB/s with it against 43.7 without, the 1-thread decode 8-21%
+// slower; on 2 threads it was faster in one set of alternations and not in
+// the passes beside them, so it stays there (docs/performance.md,
+// "Thirteenth round"). On Zen 4 (family 19h) it took one core from 19-20 to
+// 25-29 GB/s; elsewhere it stays on, as it was everywhere before.
+bool isZen5() {
 #ifdef LLMIR_SIMD_X86
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__builtin_cpu_is("amd") && __get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
     unsigned family = (eax >> 8) & 0xf;
     if (family == 0xf)
       family += (eax >> 20) & 0xff;
-    return family < 0x1a;
+    return family == 0x1a;
   }
 #endif
-  return true;
+  return false;
 }
 
-const Kernels &select(bool gemvPrefetch) {
+// The chosen ISA's set with the prefetching decode GEMVs and without.
+struct Sets {
+  const Kernels *prefetching, *plain;
+};
+
+Sets select() {
   const char *forced = std::getenv("LLMIR_CPU_ISA");
 #ifdef LLMIR_SIMD_X86
   __builtin_cpu_init();
@@ -92,28 +96,48 @@ const Kernels &select(bool gemvPrefetch) {
                          __builtin_cpu_supports("avx512dq");
   // Every CPU with AVX2 and FMA also has F16C (Haswell, Piledriver on).
   if (forced && std::strcmp(forced, "generic") == 0)
-    return gemvPrefetch ? generic::table : generic::tableWithoutGemvPrefetch;
+    return {&generic::table, &generic::tableWithoutGemvPrefetch};
   const bool hasAvx512Bf16 = hasAvx512 && __builtin_cpu_supports("avx512bf16");
   if (forced && std::strcmp(forced, "avx2") == 0 && hasAvx2)
-    return gemvPrefetch ? avx2::table : avx2::tableWithoutGemvPrefetch;
+    return {&avx2::table, &avx2::tableWithoutGemvPrefetch};
   if (forced && std::strcmp(forced, "avx512") == 0 && hasAvx512)
-    return gemvPrefetch ? avx512::table : avx512::tableWithoutGemvPrefetch;
+    return {&avx512::table, &avx512::tableWithoutGemvPrefetch};
   if (hasAvx512Bf16)
-    return gemvPrefetch ? avx512bf16::table : avx512bf16::tableWithoutGemvPrefetch;
+    return {&avx512bf16::table, &avx512bf16::tableWithoutGemvPrefetch};
   if (hasAvx512)
-    return gemvPrefetch ? avx512::table : avx512::tableWithoutGemvPrefetch;
+    return {&avx512::table, &avx512::tableWithoutGemvPrefetch};
   if (hasAvx2)
-    return gemvPrefetch ? avx2::table : avx2::tableWithoutGemvPrefetch;
+    return {&avx2::table, &avx2::tableWithoutGemvPrefetch};
 #endif
   (void)forced;
-  return gemvPrefetch ? generic::table : generic::tableWithoutGemvPrefetch;
+  return {&generic::table, &generic::tableWithoutGemvPrefetch};
+}
+
+const Sets &sets() {
+  static const Sets chosen = select();
+  return chosen;
+}
+
+/// LLMIR_CPU_GEMV_PREFETCH: 1 or 0 forces a form, -1 (unset) lets the CPU
+/// and the thread count decide.
+int forcedGemvPrefetch() {
+  const char *forced = std::getenv("LLMIR_CPU_GEMV_PREFETCH");
+  return forced ? std::strcmp(forced, "0") != 0 : -1;
 }
 
 } // namespace
 
 const Kernels &kernels() {
-  static const Kernels &chosen = select(gemvPrefetchPays());
+  static const Kernels &chosen =
+      forcedGemvPrefetch() == 0 ? *sets().plain : *sets().prefetching;
   return chosen;
+}
+
+const Kernels &gemvKernels(unsigned threads) {
+  static const int forced = forcedGemvPrefetch();
+  static const bool zen5 = isZen5();
+  const bool prefetch = forced >= 0 ? forced == 1 : !(zen5 && threads <= 1);
+  return prefetch ? *sets().prefetching : *sets().plain;
 }
 
 } // namespace llmir::engine::cpu::simd

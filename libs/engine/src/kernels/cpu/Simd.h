@@ -85,9 +85,11 @@ struct Kernels {
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512bf16|avx512|avx2|generic
 /// forces one (tests use it to cover every path on one machine); avx512bf16
 /// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
-/// The decode GEMVs prefetch in software except on AMD family 1Ah (Zen 5),
-/// where that was measured slower; LLMIR_CPU_GEMV_PREFETCH=0|1 forces
-/// either form (the results are the same).
 const Kernels &kernels();
+/// kernels() with the decode GEMVs (gemv, gemvBf16Dot) for a pool of
+/// `threads`: they prefetch in software except on one thread of AMD family
+/// 1Ah (Zen 5), where that was measured slower; LLMIR_CPU_GEMV_PREFETCH=0|1
+/// forces either form, here and in kernels() (the results are the same).
+const Kernels &gemvKernels(unsigned threads);
 
 } // namespace llmir::engine::cpu::simd
