@@ -267,19 +267,12 @@ bool oneGemm(int64_t T, std::span<const LinearOutput> outputs) {
   return T < kTwoGemmTokens && sideBySide(outputs);
 }
 
-/// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
-/// of a group (x split once). Highest precision: x as two bf16 halves, hi +
-/// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
-/// rounded to bf16 (hi only), as bf16 models compute. A group whose weights
-/// lie side by side below kTwoGemmTokens is one GEMM and one scatterProduct
-/// (at 32 tokens, Q, K and V were three cuBLAS launches, K's and V's 6.6 us
-/// each for 1 MB of weights); with swigluY (gate and up) the scatter writes
-/// silu(gate) * up there instead of the two outputs.
 /// Where splitGemms puts x's halves and the product in the scratch for
 /// `outputs` over T tokens: [hi | lo] (lo at highest precision: 2T columns
 /// for the joined GEMM), then the f32 product.
 struct SplitLayout {
   size_t halfBytes, halvesBytes, need;
+  int64_t totalN; // the group's rows: the packed GEMM's
   bool both, packed, join;
 };
 
@@ -292,6 +285,7 @@ SplitLayout splitLayout(const Context::State &state, int64_t T,
     totalN += o.w.rows;
   }
   SplitLayout l{};
+  l.totalN = totalN;
   l.both = !state.bf16Products;
   l.packed = oneGemm(T, outputs);
   l.join = l.both && T < kTwoGemmTokens;
@@ -317,6 +311,20 @@ Status reserveSplit(Context::State &state, size_t need) {
   return Status::ok();
 }
 
+/// Where x's halves lie in the scratch laid out as l.
+SplitInput halvesIn(const Context::State &state, const SplitLayout &l) {
+  char *hi = static_cast<char *>(state.split);
+  return SplitInput{hi, l.both ? hi + l.halfBytes : nullptr};
+}
+
+/// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
+/// of a group (x split once). Highest precision: x as two bf16 halves, hi +
+/// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
+/// rounded to bf16 (hi only), as bf16 models compute. A group whose weights
+/// lie side by side below kTwoGemmTokens is one GEMM and one scatterProduct
+/// (at 32 tokens, Q, K and V were three cuBLAS launches, K's and V's 6.6 us
+/// each for 1 MB of weights); with swigluY (gate and up) the scatter writes
+/// silu(gate) * up there instead of the two outputs.
 /// With xSplit, x's halves are already in the scratch (splitInputFor, written
 /// by x's producer) and are not split again.
 Status splitGemms(Context::State &state, const float *x, int64_t T,
@@ -329,17 +337,15 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   // split again.
   xSplit = xSplit && l.need <= state.splitBytes;
   LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
-  char *hi = static_cast<char *>(state.split);
-  char *lo = both ? hi + l.halfBytes : nullptr; // [hi; lo]: 2T columns for the joined GEMM
+  const SplitInput halves = halvesIn(state, l); // [hi; lo]: 2T columns for the joined GEMM
+  char *hi = static_cast<char *>(halves.hi), *lo = static_cast<char *>(halves.lo);
   float *product = reinterpret_cast<float *>(hi + l.halvesBytes);
   if (!xSplit)
     LLMIR_RETURN_IF_ERROR(
         cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
   if (packed) {
     WeightView all = outputs.front().w;
-    all.rows = 0;
-    for (const LinearOutput &o : outputs)
-      all.rows += o.w.rows;
+    all.rows = l.totalN;
     LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, both ? 2 * T : T, all, 0.0f, product));
     detail::LinearSegments segments{};
     for (const LinearOutput &o : outputs)
@@ -387,8 +393,7 @@ Result<SplitInput> splitInputFor(Context &context, int64_t T,
     return SplitInput{};
   const SplitLayout l = splitLayout(state, T, outputs);
   LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
-  char *hi = static_cast<char *>(state.split);
-  return SplitInput{hi, l.both ? hi + l.halfBytes : nullptr};
+  return halvesIn(state, l);
 }
 
 Status linearGroup(Context &context, const float *x, int64_t T,
