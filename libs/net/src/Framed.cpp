@@ -1,7 +1,7 @@
 // Framed channel on Asio: every connection reads frames in a loop on its
 // strand and writes from a queue; send() serialises on the caller's thread
-// and writes the frame there when nothing is queued, else hands it to the
-// strand (inline when called on it).
+// and writes the frame there when nothing is queued, else queues it (under the
+// same lock, so frames keep their order) and wakes the strand.
 #include "llmir/net/Framed.h"
 
 #include "llmir/support/ClusterAuth.h"
@@ -94,10 +94,21 @@ public:
     for (int i = 0; i < 4; ++i)
       frame[i] = static_cast<char>((size >> (8 * i)) & 0xff);
     {
-      // Nothing queued or being written: write from this thread, without
-      // waking the I/O thread (a step's round trip crosses this twice).
+      // The frame takes its place in the order under the write lock: either
+      // written here whole, or (partly written, or behind others) put in the
+      // queue before the lock is released, so no later send() overtakes it.
       std::lock_guard lock(writeMu_);
-      if (open_ && authenticated_ && !writing_ && outQueue_.empty() && framesHandedOver_ == 0) {
+      if (!open_) {
+        queuedBytes_ -= frame.size();
+        return Status::error("framed send to " + peer_ + ": connection is closed");
+      }
+      if (!authenticated_) { // nothing of the application's before the handshake
+        heldFrames_.push_back(std::move(frame));
+        return Status::ok();
+      }
+      if (!writing_ && outQueue_.empty()) {
+        // Nothing queued or being written: write from this thread, without
+        // waking the I/O thread (a step's round trip crosses this twice).
         const ssize_t n = ::send(socket_.native_handle(), frame.data(), frame.size(),
                                  MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n == static_cast<ssize_t>(frame.size())) {
@@ -109,14 +120,11 @@ public:
           frame.erase(0, static_cast<size_t>(n));
         } // n < 0: a full socket buffer waits there; an error ends it there
       }
-      ++framesHandedOver_;
+      outQueue_.push_back(std::move(frame));
     }
-    // On the connection's own I/O thread (a handler answering a message)
-    // the frame is queued at once, not after the handler returns.
-    asio::dispatch(socket_.get_executor(),
-                   [self = shared_from_this(), frame = std::move(frame)]() mutable {
-                     self->enqueue(std::move(frame), /*handedOver=*/true);
-                   });
+    // The I/O thread writes the queue; on that thread (a handler answering a
+    // message) the write starts at once, not after the handler returns.
+    asio::dispatch(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
     return Status::ok();
   }
 
@@ -303,12 +311,10 @@ private:
     enqueue(std::move(frame));
   }
 
-  // handedOver: a frame send() passed to this thread (counted there).
-  void enqueue(std::string frame, bool handedOver = false) {
+  // On the I/O thread (reject()).
+  void enqueue(std::string frame) {
     {
       std::lock_guard lock(writeMu_);
-      if (handedOver) // queued in the same hold: no direct write overtakes it
-        --framesHandedOver_;
       if (!open_)
         return;
       if (!authenticated_) { // nothing of the application's before the handshake
@@ -379,12 +385,11 @@ private:
   std::array<unsigned char, 4> header_{};
   std::string body_;
   // Guards the write side (send() writes directly from other threads):
-  // outQueue_, writing_, heldFrames_, authenticated_, framesHandedOver_ and
+  // outQueue_, writing_, heldFrames_, authenticated_ and
   // the descriptor's closing.
   std::mutex writeMu_;
   std::deque<std::string> outQueue_;
   bool writing_ = false;
-  int framesHandedOver_ = 0; // dispatched by send(), not yet in outQueue_
   bool closeAfterFlush_ = false;
   Status rejectReason_;
 };
