@@ -328,9 +328,19 @@ TEST_F(BatchSchedulerTest, FailedStepsAreRecomputedWithoutLosingTokens) {
 /// a remote replica answers: a step completes after submit() returned, on
 /// another thread, so the scheduler's completing thread schedules the next
 /// steps itself. Claims a pipeline of `depth` steps in flight.
+///
+/// With `holdFirstUntil` > 0 the first step starts only once that many are
+/// queued (or after 5 s): a scheduler that keeps the pipeline full queues
+/// them without waiting for a completion. A test that counts the most in
+/// flight holds the first step and lets each of the first requests arrive
+/// once the one before is in a step (waitForSubmits), so the count does not
+/// hang on which thread the OS ran first: on a loaded host the first step
+/// could finish before the loop thread queued the next, or every request
+/// could arrive before the loop thread built the first step.
 class ThreadedBackend final : public ReplicaBackend {
 public:
-  ThreadedBackend(ReplicaBackend &inner, int32_t depth) : inner_(inner), depth_(depth) {
+  ThreadedBackend(ReplicaBackend &inner, int32_t depth, size_t holdFirstUntil = 0)
+      : inner_(inner), depth_(depth), holdFirstUntil_(holdFirstUntil) {
     thread_ = std::thread([this] { run(); });
   }
   ~ThreadedBackend() override {
@@ -350,6 +360,7 @@ public:
     {
       std::lock_guard<std::mutex> lock(mutex_);
       queue_.push_back({request, std::move(done)});
+      ++submits_;
       mostInFlight_ = std::max(mostInFlight_, queue_.size() + (running_ ? 1 : 0));
     }
     wake_.notify_all();
@@ -358,10 +369,17 @@ public:
     std::lock_guard<std::mutex> lock(mutex_);
     return mostInFlight_;
   }
+  /// Waits (up to 5 s) until `n` steps were submitted in all.
+  bool waitForSubmits(size_t n) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return wake_.wait_for(lock, std::chrono::seconds(5), [&] { return submits_ >= n; });
+  }
 
 private:
   void run() {
     std::unique_lock<std::mutex> lock(mutex_);
+    wake_.wait_for(lock, std::chrono::seconds(5),
+                   [&] { return stopping_ || queue_.size() >= holdFirstUntil_; });
     for (;;) {
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty())
@@ -383,11 +401,12 @@ private:
 
   ReplicaBackend &inner_;
   int32_t depth_;
+  size_t holdFirstUntil_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::pair<proto::StepRequest, StepDone>> queue_;
   bool running_ = false, stopping_ = false;
-  size_t mostInFlight_ = 0;
+  size_t mostInFlight_ = 0, submits_ = 0;
   std::thread thread_;
 };
 
@@ -397,7 +416,7 @@ private:
 TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoing) {
   auto backend = demo->backend(128);
   ASSERT_TRUE(backend);
-  ThreadedBackend threaded(*backend, 2);
+  ThreadedBackend threaded(*backend, 2, /*holdFirstUntil=*/2);
   SchedulerOptions options;
   options.eosTokenIds = {*demo->tokenizer.eosId()};
   options.chainDecode = false; // the pipeline's own two steps (chaining adds one)
@@ -407,6 +426,8 @@ TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoin
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < 8; ++i) {
     ids.push_back(s->addRequest(greedy(demo->cases[i % 4].promptIds), collector.callback()));
+    if (i < 2) // the first two in steps of their own, while the first is held
+      ASSERT_TRUE(threaded.waitForSubmits(i + 1));
     std::this_thread::sleep_for(std::chrono::milliseconds(1)); // arrivals while steps run
   }
   ASSERT_TRUE(collector.waitForFinished(8)) << collector.finished << " of 8 finished";
@@ -425,7 +446,7 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
     auto backend = demo->backend(128);
     ASSERT_TRUE(backend);
     ASSERT_TRUE(backend->info().chainsDecode);
-    ThreadedBackend threaded(*backend, depth);
+    ThreadedBackend threaded(*backend, depth, /*holdFirstUntil=*/static_cast<size_t>(depth) + 1);
     SchedulerOptions options;
     options.eosTokenIds = {*demo->tokenizer.eosId()};
     BatchScheduler s(threaded, demo->tokenizer, options);
@@ -438,6 +459,8 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
           s.addRequest(greedy(demo->cases[i % 4].promptIds, static_cast<int64_t>(maxTokens)),
                        collector.callback()),
           maxTokens);
+      if (i <= static_cast<size_t>(depth)) // each of the first in a step, the first held
+        ASSERT_TRUE(threaded.waitForSubmits(i + 1));
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     ASSERT_TRUE(collector.waitForFinished(8)) << collector.finished << " of 8 finished";
