@@ -154,28 +154,18 @@ int main(int argc, char **argv) {
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; /v1/* then needs its derived bearer token "
              "(else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
-  if (auto st = config.load(argc, argv); !st) {
-    std::cerr << "llmir-compiler-service: " << st.message() << "\n";
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::cout << config.usage();
-    return 0;
-  }
-  if (s.threads < 1) {
-    std::cerr << "llmir-compiler-service: http.threads must be at least 1\n";
-    return 2;
-  }
-  if (s.compileMaxConcurrent < 1 || s.compileMaxConcurrent >= s.threads) {
-    std::cerr << "llmir-compiler-service: compile.max-concurrent (" << s.compileMaxConcurrent
-              << ") must be at least 1 and below http.threads (" << s.threads
-              << "): a compile holds an HTTP thread, and probes and plan fetches need one\n";
-    return 2;
-  }
-  if (config.checkRequested()) {
-    std::cout << "llmir-compiler-service: configuration is valid\n";
-    return 0;
-  }
+  auto validate = [&]() -> llmir::Status {
+    if (s.threads < 1)
+      return llmir::Status::error("http.threads must be at least 1");
+    if (s.compileMaxConcurrent < 1 || s.compileMaxConcurrent >= s.threads)
+      return llmir::Status::error(
+          "compile.max-concurrent (" + std::to_string(s.compileMaxConcurrent) +
+          ") must be at least 1 and below http.threads (" + std::to_string(s.threads) +
+          "): a compile holds an HTTP thread, and probes and plan fetches need one");
+    return llmir::Status::ok();
+  };
+  if (std::optional<int> exitCode = config.loadService(argc, argv, validate))
+    return *exitCode;
   llmir::net::initLogging("compiler", s.logLevel);
 
   auto clusterSecret = llmir::net::loadServiceClusterSecret(
@@ -279,19 +269,10 @@ int main(int argc, char **argv) {
     return res;
   });
 
-  server.route("GET", "/healthz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ok\n");
-  }, llmir::net::HandlerThread::Io);
-  server.route("GET", "/readyz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ready\n");
-  }, llmir::net::HandlerThread::Io);
-  server.route("GET", "/metrics", [&](const HttpRequest &) {
+  llmir::net::addProbeRoutes(server, {.metricsText = [&] {
     metrics.compilesRunning.Set(store.compilesRunning());
-    HttpResponse res = HttpResponse::text(
-        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
-    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
-    return res;
-  }, llmir::net::HandlerThread::Io);
+    return prometheus::TextSerializer().Serialize(metrics.registry->Collect());
+  }});
 
   llmir::net::HttpServerConfig http;
   http.host = s.host;

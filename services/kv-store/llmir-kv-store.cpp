@@ -20,8 +20,7 @@
 #include <iostream>
 #include <mutex>
 
-using llmir::net::HttpRequest;
-using llmir::net::HttpResponse;
+using llmir::Status;
 namespace kv = llmir::kvstore;
 
 namespace {
@@ -168,36 +167,25 @@ int main(int argc, char **argv) {
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
              "any put or get (else $LLMIR_CLUSTER_SECRET; docs/reliability.md)");
-  if (auto st = config.load(argc, argv); !st) {
-    std::cerr << "llmir-kv-store: " << st.message() << "\n";
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::cout << config.usage();
-    return 0;
-  }
   kv::ServerOptions options;
-  options.host = s.ucxHost;
-  options.port = s.ucxPort;
-  options.capacityBytes = s.capacityBytes;
-  options.maxBlockBytes = s.maxBlockBytes;
-  options.partBytes = s.partBytes;
-  options.sharedMemory = s.sharedMemory;
-  options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
-  options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
-  if (auto st = kv::validate(options); !st) {
-    std::cerr << "llmir-kv-store: " << st.message() << "\n";
-    return 2;
-  }
-  if (s.maxBlockBytes > s.capacityBytes) {
-    std::cerr << "llmir-kv-store: store.max-block-bytes (" << s.maxBlockBytes
-              << ") exceeds store.capacity-bytes (" << s.capacityBytes << ")\n";
-    return 2;
-  }
-  if (config.checkRequested()) {
-    std::cout << "llmir-kv-store: configuration is valid\n";
-    return 0;
-  }
+  auto validate = [&]() -> Status {
+    options.host = s.ucxHost;
+    options.port = s.ucxPort;
+    options.capacityBytes = s.capacityBytes;
+    options.maxBlockBytes = s.maxBlockBytes;
+    options.partBytes = s.partBytes;
+    options.sharedMemory = s.sharedMemory;
+    options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
+    options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
+    LLMIR_RETURN_IF_ERROR(kv::validate(options));
+    if (s.maxBlockBytes > s.capacityBytes)
+      return Status::error("store.max-block-bytes (" + std::to_string(s.maxBlockBytes) +
+                           ") exceeds store.capacity-bytes (" +
+                           std::to_string(s.capacityBytes) + ")");
+    return Status::ok();
+  };
+  if (std::optional<int> exitCode = config.loadService(argc, argv, validate))
+    return *exitCode;
   llmir::net::initLogging("kv-store", s.logLevel);
 
   auto clusterSecret = llmir::net::loadServiceClusterSecret(
@@ -220,20 +208,11 @@ int main(int argc, char **argv) {
   }
 
   llmir::net::HttpServer server;
-  server.route("GET", "/healthz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ok\n");
-  }, llmir::net::HandlerThread::Io);
   // Ready once the UCX listener is up, which start() above guarantees.
-  server.route("GET", "/readyz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ready\n");
-  }, llmir::net::HandlerThread::Io);
-  server.route("GET", "/metrics", [&](const HttpRequest &) {
+  llmir::net::addProbeRoutes(server, {.metricsText = [&] {
     metrics.refresh((*store)->stats(), (*store)->connections());
-    HttpResponse res = HttpResponse::text(
-        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
-    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
-    return res;
-  }, llmir::net::HandlerThread::Io);
+    return prometheus::TextSerializer().Serialize(metrics.registry->Collect());
+  }});
   llmir::net::HttpServerConfig http;
   http.host = s.httpHost;
   http.port = s.httpPort;

@@ -56,25 +56,21 @@ void OpenAiServer::addRoutes(net::HttpServer &server) {
   });
   server.route("POST", "/tokenize", [this](const net::HttpRequest &r) { return tokenize(r); });
   server.route("POST", "/detokenize", [this](const net::HttpRequest &r) { return detokenize(r); });
-  server.route("GET", "/healthz", [](const net::HttpRequest &) {
-    return net::HttpResponse::text(200, "ok\n");
-  }, llmir::net::HandlerThread::Io);
-  server.route("GET", "/readyz", [this](const net::HttpRequest &) {
-    if (!ready_)
-      return net::HttpResponse::text(503, "not ready\n");
-    return router_.waitForReplica(std::chrono::milliseconds(0))
-               ? net::HttpResponse::text(200, "ready\n")
-               : net::HttpResponse::text(503, "no replica ready\n");
-  }, llmir::net::HandlerThread::Io);
-  server.route("GET", "/metrics", [this](const net::HttpRequest &) {
-    metrics_.update(router_.stats());
-    metrics_.setRequestsInFlight(static_cast<int64_t>(keyLimiter_.totalInFlight()));
-    if (options_.refreshMetrics)
-      options_.refreshMetrics();
-    net::HttpResponse response = net::HttpResponse::text(200, metrics_.render());
-    response.contentType = "text/plain; version=0.0.4; charset=utf-8";
-    return response;
-  }, llmir::net::HandlerThread::Io);
+  net::addProbeRoutes(server, {.notReady = [this]() -> std::optional<std::string> {
+                                 if (!ready_)
+                                   return "not ready";
+                                 if (!router_.waitForReplica(std::chrono::milliseconds(0)))
+                                   return "no replica ready";
+                                 return std::nullopt;
+                               },
+                               .metricsText = [this] {
+                                 metrics_.update(router_.stats());
+                                 metrics_.setRequestsInFlight(
+                                     static_cast<int64_t>(keyLimiter_.totalInFlight()));
+                                 if (options_.refreshMetrics)
+                                   options_.refreshMetrics();
+                                 return metrics_.render();
+                               }});
 }
 
 net::HttpResponse OpenAiServer::models() const {

@@ -505,24 +505,11 @@ int run(const Settings &s) {
 int main(int argc, char **argv) {
   net::installTerminationHandler();
   Settings settings;
-  net::Config config("scheduler");
+  net::Config config("llmir-scheduler");
   bind(config, settings);
-  if (Status loaded = config.load(argc, argv); !loaded) {
-    std::cerr << "llmir-scheduler: " << loaded.message() << "\n";
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::cout << config.usage();
-    return 0;
-  }
-  if (Status valid = validate(settings); !valid) {
-    std::cerr << "llmir-scheduler: " << valid.message() << "\n";
-    return 2;
-  }
-  if (config.checkRequested()) {
-    std::cout << "llmir-scheduler: configuration is valid\n";
-    return 0;
-  }
+  if (std::optional<int> exitCode =
+          config.loadService(argc, argv, [&] { return validate(settings); }))
+    return *exitCode;
   net::initLogging("scheduler", settings.logLevel);
   return run(settings);
 }

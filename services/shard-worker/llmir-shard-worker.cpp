@@ -30,8 +30,6 @@
 #include <unistd.h>
 
 using namespace std::chrono_literals;
-using llmir::net::HttpRequest;
-using llmir::net::HttpResponse;
 namespace net = llmir::net;
 namespace proto = llmir::proto;
 
@@ -231,46 +229,34 @@ int main(int argc, char **argv) {
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
              "docs/reliability.md)");
-  if (auto st = config.load(argc, argv); !st) {
-    std::cerr << "llmir-shard-worker: " << st.message() << "\n";
-    return 2;
-  }
-  if (config.helpRequested()) {
-    std::cout << config.usage();
-    return 0;
-  }
-  if (s.heartbeatMs == 0 || s.collectiveTimeoutMs == 0) {
-    std::cerr << "llmir-shard-worker: timeouts.heartbeat-ms and timeouts.collective-ms must be "
-                 "positive\n";
-    return 2;
-  }
-  auto device = llmir::engine::Device::parse(s.device);
-  if (!device) {
-    std::cerr << "llmir-shard-worker: worker.device: " << device.message() << "\n";
-    return 2;
-  }
-  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl") {
-    std::cerr << "llmir-shard-worker: worker.collectives '" << s.collectives
-              << "' is not one of auto, gloo, nccl\n";
-    return 2;
-  }
-  auto kvCacheDtype = llmir::engine::parseKvCacheDType(s.kvCacheDtype);
-  if (!kvCacheDtype) {
-    std::cerr << "llmir-shard-worker: worker.kv-cache-dtype: " << kvCacheDtype.message() << "\n";
-    return 2;
-  }
-  auto matmulPrecision = llmir::engine::parseMatmulPrecision(s.matmulPrecision);
-  if (!matmulPrecision) {
-    std::cerr << "llmir-shard-worker: worker.matmul-precision: " << matmulPrecision.message()
-              << "\n";
-    return 2;
-  }
   // --check-config checks the settings, not this machine: whether the CUDA
   // device exists is a start-time check (CI has no GPU, GPU nodes do).
-  if (config.checkRequested()) {
-    std::cout << "llmir-shard-worker: configuration is valid\n";
-    return 0;
-  }
+  std::optional<llmir::engine::Device> device;
+  std::optional<llmir::engine::KvCacheDType> kvCacheDtype;
+  std::optional<llmir::engine::MatmulPrecision> matmulPrecision;
+  auto validate = [&]() -> llmir::Status {
+    if (s.heartbeatMs == 0 || s.collectiveTimeoutMs == 0)
+      return llmir::Status::error(
+          "timeouts.heartbeat-ms and timeouts.collective-ms must be positive");
+    auto parsedDevice = llmir::engine::Device::parse(s.device);
+    if (!parsedDevice)
+      return parsedDevice.status().withContext("worker.device");
+    device = *parsedDevice;
+    if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl")
+      return llmir::Status::error("worker.collectives '" + s.collectives +
+                                  "' is not one of auto, gloo, nccl");
+    auto parsedDtype = llmir::engine::parseKvCacheDType(s.kvCacheDtype);
+    if (!parsedDtype)
+      return parsedDtype.status().withContext("worker.kv-cache-dtype");
+    kvCacheDtype = *parsedDtype;
+    auto parsedPrecision = llmir::engine::parseMatmulPrecision(s.matmulPrecision);
+    if (!parsedPrecision)
+      return parsedPrecision.status().withContext("worker.matmul-precision");
+    matmulPrecision = *parsedPrecision;
+    return llmir::Status::ok();
+  };
+  if (std::optional<int> exitCode = config.loadService(argc, argv, validate))
+    return *exitCode;
   if (s.workerId.empty())
     s.workerId = defaultWorkerId();
   net::initLogging("shard-worker", s.logLevel);
@@ -317,20 +303,16 @@ int main(int argc, char **argv) {
 
   std::atomic<bool> ready{false};
   net::HttpServer http;
-  http.route("GET", "/healthz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ok\n");
-  }, llmir::net::HandlerThread::Io);
-  http.route("GET", "/readyz", [&](const HttpRequest &) {
-    return ready ? HttpResponse::text(200, "ready\n")
-                 : HttpResponse::text(503, "no rank assigned yet\n");
-  }, llmir::net::HandlerThread::Io);
-  http.route("GET", "/metrics", [&](const HttpRequest &) {
-    metrics.kvStore.update(worker.kvStoreCounters());
-    HttpResponse res = HttpResponse::text(
-        200, prometheus::TextSerializer().Serialize(metrics.registry->Collect()));
-    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
-    return res;
-  }, llmir::net::HandlerThread::Io);
+  net::addProbeRoutes(http, {.notReady = [&]() -> std::optional<std::string> {
+                               if (ready)
+                                 return std::nullopt;
+                               return "no rank assigned yet";
+                             },
+                             .metricsText = [&] {
+                               metrics.kvStore.update(worker.kvStoreCounters());
+                               return prometheus::TextSerializer().Serialize(
+                                   metrics.registry->Collect());
+                             }});
   net::HttpServerConfig httpConfig;
   httpConfig.host = s.httpHost;
   httpConfig.port = s.httpPort;

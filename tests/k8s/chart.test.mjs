@@ -387,7 +387,7 @@ test('--check-config fails on a key the binary does not know', { skip: !binaries
   // What the chart rendered before issue 15 (log: {level}) is fine now; the
   // old scheduler spelling and the worker's old snake_case keys are not.
   const cases = [
-    ['scheduler', ['scheduler.config.log-level=info'], /unknown scheduler config key 'log-level'/],
+    ['scheduler', ['scheduler.config.log-level=info'], /unknown llmir-scheduler config key 'log-level'/],
     ['scheduler', ['scheduler.config.lb-policy=random'], /lb-policy/],
     ['worker', ['worker.config.timeouts.drain_grace_ms=5'], /did you mean 'timeouts.drain-grace-ms'/],
     ['compiler', ['compiler.config.http.max_body_bytes=5'], /did you mean 'http.max-body-bytes'/],

@@ -282,6 +282,26 @@ void Config::loadOrExit(int argc, const char *const *argv) {
   }
 }
 
+std::optional<int> Config::loadService(int argc, const char *const *argv,
+                                       const std::function<Status()> &validate) {
+  Status st = load(argc, argv);
+  if (st && helpRequested_) {
+    std::fputs(usage().c_str(), stdout);
+    return 0;
+  }
+  if (st && validate)
+    st = validate();
+  if (!st) {
+    std::fprintf(stderr, "%s: %s\n", service_.c_str(), st.message().c_str());
+    return 2;
+  }
+  if (checkRequested_) {
+    std::printf("%s: configuration is valid\n", service_.c_str());
+    return 0;
+  }
+  return std::nullopt;
+}
+
 std::string Config::usage() const {
   std::ostringstream out;
   out << "usage: " << service_ << " [--config=FILE.yaml] [--check-config] [--key=value ...]"

@@ -636,4 +636,21 @@ void HttpServer::stop() {
   impl_->threads.clear();
 }
 
+void addProbeRoutes(HttpServer &server, ProbeRoutes probes) {
+  server.route("GET", "/healthz", [](const HttpRequest &) {
+    return HttpResponse::text(200, "ok\n");
+  }, HandlerThread::Io);
+  server.route("GET", "/readyz", [notReady = std::move(probes.notReady)](const HttpRequest &) {
+    if (notReady)
+      if (std::optional<std::string> why = notReady())
+        return HttpResponse::text(503, *why + "\n");
+    return HttpResponse::text(200, "ready\n");
+  }, HandlerThread::Io);
+  server.route("GET", "/metrics", [text = std::move(probes.metricsText)](const HttpRequest &) {
+    HttpResponse res = HttpResponse::text(200, text());
+    res.contentType = "text/plain; version=0.0.4; charset=utf-8";
+    return res;
+  }, HandlerThread::Io);
+}
+
 } // namespace llmir::net

@@ -9,6 +9,7 @@
 #include <fstream>
 
 using namespace llmir::net;
+using llmir::Status;
 
 namespace {
 
@@ -197,6 +198,29 @@ TEST(ConfigTest, CheckConfigIsAModeNotAKey) {
   auto st = bad.load(3, badArgv);
   ASSERT_FALSE(st.isOk()) << "an unknown key fails the check like a start";
   EXPECT_NE(st.message().find("'log.level'"), std::string::npos) << st.message();
+}
+
+// A service's main(): start, or the exit code of a bad configuration, of
+// --help and of --check-config, which runs the settings' own rules as well.
+TEST(ConfigTest, LoadServiceGivesTheExitCodeOrStarts) {
+  auto run = [](std::vector<const char *> argv, Status rules) {
+    Settings s;
+    Config c = bind(s);
+    int validated = 0;
+    std::optional<int> exitCode =
+        c.loadService(static_cast<int>(argv.size()), argv.data(), [&] {
+          ++validated;
+          return rules;
+        });
+    return std::make_pair(exitCode, validated);
+  };
+  const Status fine = Status::ok(), wrong = Status::error("threads must be positive");
+  EXPECT_EQ(run({"svc", "--http.port=9000"}, fine), std::make_pair(std::optional<int>(), 1));
+  EXPECT_EQ(run({"svc", "--help"}, wrong), std::make_pair(std::optional<int>(0), 0));
+  EXPECT_EQ(run({"svc", "--no-such-key=1"}, fine), std::make_pair(std::optional<int>(2), 0));
+  EXPECT_EQ(run({"svc", "--http.port=9000"}, wrong), std::make_pair(std::optional<int>(2), 1));
+  EXPECT_EQ(run({"svc", "--check-config"}, fine), std::make_pair(std::optional<int>(0), 1));
+  EXPECT_EQ(run({"svc", "--check-config"}, wrong), std::make_pair(std::optional<int>(2), 1));
 }
 
 TEST(ConfigTest, UsageListsEveryKeyWithItsEnvName) {

@@ -336,9 +336,7 @@ TEST(HttpServerThreadsTest, ProbesAnswerWhileEveryHandlerThreadIsBlocked) {
     cv.wait(lock, [&] { return release; });
     return HttpResponse::text(200, "waited\n");
   });
-  server.route("GET", "/healthz", [](const HttpRequest &) {
-    return HttpResponse::text(200, "ok\n");
-  }, HandlerThread::Io);
+  addProbeRoutes(server, {.metricsText = [] { return std::string("up 1\n"); }});
   server.route("GET", "/pooled", [](const HttpRequest &) {
     return HttpResponse::text(200, "pooled\n");
   });
@@ -367,6 +365,11 @@ TEST(HttpServerThreadsTest, ProbesAnswerWhileEveryHandlerThreadIsBlocked) {
     EXPECT_EQ(health->status, 200);
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
   }
+  for (const char *path : {"/readyz", "/metrics"}) { // and so do the others
+    auto probe = httpGet(base + path, std::chrono::seconds(1));
+    ASSERT_TRUE(probe.isOk()) << path << ": " << probe.message();
+    EXPECT_EQ(probe->status, 200) << path;
+  }
   // A pool route waits its turn (it is queued, not refused).
   auto pooled = httpGet(base + "/pooled", std::chrono::milliseconds(300));
   EXPECT_FALSE(pooled.isOk());
@@ -381,6 +384,48 @@ TEST(HttpServerThreadsTest, ProbesAnswerWhileEveryHandlerThreadIsBlocked) {
   auto after = httpGet(base + "/pooled", std::chrono::seconds(5));
   ASSERT_TRUE(after.isOk()) << after.message();
   EXPECT_EQ(after->status, 200);
+}
+
+// Every service's probes: liveness always, readiness with the reason it
+// is not, the scrape in Prometheus' text format.
+TEST(HttpServerProbesTest, ReadinessGivesItsReasonAndMetricsAreTheTextFormat) {
+  HttpServer server;
+  std::atomic<bool> ready{false};
+  std::atomic<int> scrapes{0};
+  addProbeRoutes(server, {.notReady = [&]() -> std::optional<std::string> {
+                            if (ready)
+                              return std::nullopt;
+                            return "no replica ready";
+                          },
+                          .metricsText = [&] {
+                            ++scrapes;
+                            return "llmir:up " + std::to_string(scrapes.load()) + "\n";
+                          }});
+  ASSERT_TRUE(server.start({}).isOk());
+  const std::string base = "http://127.0.0.1:" + std::to_string(server.port());
+  auto health = httpGet(base + "/healthz");
+  ASSERT_TRUE(health.isOk()) << health.message();
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, "ok\n");
+  auto notReady = httpGet(base + "/readyz");
+  ASSERT_TRUE(notReady.isOk()) << notReady.message();
+  EXPECT_EQ(notReady->status, 503);
+  EXPECT_EQ(notReady->body, "no replica ready\n");
+  ready = true;
+  auto isReady = httpGet(base + "/readyz");
+  ASSERT_TRUE(isReady.isOk()) << isReady.message();
+  EXPECT_EQ(isReady->status, 200);
+  for (int i = 1; i <= 2; ++i) { // rendered afresh for every scrape
+    auto metrics = httpGet(base + "/metrics");
+    ASSERT_TRUE(metrics.isOk()) << metrics.message();
+    EXPECT_EQ(metrics->status, 200);
+    EXPECT_EQ(metrics->body, "llmir:up " + std::to_string(i) + "\n");
+    EXPECT_EQ(metrics->header("content-type").value_or(""),
+              "text/plain; version=0.0.4; charset=utf-8");
+  }
+  auto post = httpPost(base + "/metrics", "{}");
+  ASSERT_TRUE(post.isOk()) << post.message();
+  EXPECT_EQ(post->status, 405);
 }
 
 TEST(HttpClientTest, ConnectionRefusedAndBadUrlAreErrors) {

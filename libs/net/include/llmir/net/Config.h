@@ -15,6 +15,8 @@
 #include "llmir/support/Status.h"
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -54,6 +56,14 @@ public:
   /// load() for a command-line tool (a bench): `--help` prints usage() and
   /// exits 0, an error prints "<name>: <message>" and exits 2.
   void loadOrExit(int argc, const char *const *argv);
+  /// load() for a service's main(): returns the exit code when the process
+  /// is to stop before starting anything, nullopt when it is to start.
+  /// A load error or an error of `validate` (the settings' own rules, run
+  /// after the keys are read) prints "<name>: <message>" and gives 2;
+  /// `--help` prints usage() and gives 0; `--check-config` runs `validate`,
+  /// prints "<name>: configuration is valid" and gives 0.
+  std::optional<int> loadService(int argc, const char *const *argv,
+                                 const std::function<Status()> &validate = {});
   /// Applies one YAML file (also usable without load()).
   Status loadYamlFile(const std::string &path);
   /// Sets `key` from text; `source` names where it came from, for errors.

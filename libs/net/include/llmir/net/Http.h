@@ -128,4 +128,14 @@ private:
   std::shared_ptr<Impl> impl_;
 };
 
+/// The probes and scrape every service answers, on the I/O thread (a busy
+/// handler pool never fails a liveness check or a scrape): GET /healthz
+/// "ok"; GET /readyz 200 "ready", or 503 with the reason notReady() gives;
+/// GET /metrics the Prometheus text exposition metricsText() renders.
+struct ProbeRoutes {
+  std::function<std::optional<std::string>()> notReady; // empty: always ready
+  std::function<std::string()> metricsText;
+};
+void addProbeRoutes(HttpServer &server, ProbeRoutes probes);
+
 } // namespace llmir::net
