@@ -8,9 +8,9 @@
 // load balancing, re-queue on failure). `--help` lists every key; each is
 // also settable from a YAML file (--config) or LLMIR_<KEY> environment
 // variables.
-#include "Metrics.h"
-#include "OpenAiServer.h"
-#include "WorkerMesh.h"
+#include "llmir/scheduler/Metrics.h"
+#include "llmir/scheduler/OpenAiServer.h"
+#include "llmir/scheduler/WorkerMesh.h"
 
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"

@@ -1,7 +1,7 @@
 // Mesh mode's setup around libs/workerproto: the plan compiled on the
 // compiler service, the rendezvous store, and the workers' endpoint whose
 // protocol (membership, heartbeats, join, drain, steps) is the library's.
-#include "WorkerMesh.h"
+#include "llmir/scheduler/WorkerMesh.h"
 
 #include "llmir/compiler/CompileApi.h"
 

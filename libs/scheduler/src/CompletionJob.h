@@ -3,7 +3,7 @@
 // while feeding the latency and token metrics.
 #pragma once
 
-#include "Metrics.h"
+#include "llmir/scheduler/Metrics.h"
 #include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"

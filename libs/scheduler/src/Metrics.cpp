@@ -1,4 +1,4 @@
-#include "Metrics.h"
+#include "llmir/scheduler/Metrics.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>

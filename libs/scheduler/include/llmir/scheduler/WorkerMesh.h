@@ -5,7 +5,7 @@
 // every rank reported RankReady (docs/reliability.md).
 #pragma once
 
-#include "Metrics.h"
+#include "llmir/scheduler/Metrics.h"
 
 #include "llmir/serving/ReplicaRouter.h"
 #include "llmir/support/Status.h"

@@ -2,7 +2,7 @@
 // plus /healthz, /readyz and /metrics.
 #pragma once
 
-#include "Metrics.h"
+#include "llmir/scheduler/Metrics.h"
 #include "llmir/openai/OpenAiProtocol.h"
 
 #include "llmir/net/Http.h"

@@ -1,4 +1,4 @@
-#include "OpenAiServer.h"
+#include "llmir/scheduler/OpenAiServer.h"
 
 #include "CompletionJob.h"
 #include "llmir/openai/OpenAiProtocol.h"
