@@ -7,7 +7,7 @@
 //   GET  /v1/plans/{id}               -> the plan as JSON
 //   GET  /v1/plans/{id}/ranks/{rank}  -> ShardProgram bytes (application/x-protobuf)
 //   GET  /healthz /readyz /metrics
-#include "service/PlanStore.h"
+#include "llmir/compiler/PlanStore.h"
 
 #include "llmir/compiler/CompileApi.h"
 #include "llmir/net/ClusterSecret.h"
@@ -30,7 +30,6 @@
 
 using llmir::net::HttpRequest;
 using llmir::net::HttpResponse;
-namespace svc = llmir::compiler_service;
 
 namespace {
 
@@ -90,11 +89,11 @@ std::string planJson(const llmir::proto::DeploymentPlan &plan) {
   return out;
 }
 
-llmir::Result<svc::CompileRequest> parseCompileRequest(const std::string &body) {
+llmir::Result<llmir::compiler::CompileRequest> parseCompileRequest(const std::string &body) {
   auto parsed = llmir::compiler::parseCompileRequest(body);
   if (!parsed)
     return parsed.status();
-  svc::CompileRequest r;
+  llmir::compiler::CompileRequest r;
   r.modelDir = parsed->model_dir();
   r.options.tp = parsed->tp();
   r.options.pp = parsed->pp();
@@ -178,11 +177,11 @@ int main(int argc, char **argv) {
   }
 
   Metrics metrics;
-  svc::PlanStoreOptions storeOptions;
+  llmir::compiler::PlanStoreOptions storeOptions;
   storeOptions.maxBytes = s.planCacheBytes;
   storeOptions.maxConcurrent = s.compileMaxConcurrent;
   storeOptions.deadline = std::chrono::milliseconds(s.compileTimeoutMs);
-  svc::PlanStore store(storeOptions);
+  llmir::compiler::PlanStore store(storeOptions);
   llmir::net::HttpServer server;
   // /v1/* (compiles, plans, programs) needs the bearer derived from the
   // cluster secret; health and metrics stay open for probes and scrapers.
@@ -210,7 +209,7 @@ int main(int argc, char **argv) {
     auto lookup = store.compile(*request);
     double seconds = std::chrono::duration<double>(
                          std::chrono::steady_clock::now() - start).count();
-    using Outcome = svc::PlanStore::Outcome;
+    using Outcome = llmir::compiler::PlanStore::Outcome;
     if (lookup.outcome == Outcome::Busy) {
       metrics.requests.Add({{"outcome", "busy"}}).Increment();
       HttpResponse res = HttpResponse::error(503, lookup.error);

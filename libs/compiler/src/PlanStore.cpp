@@ -1,4 +1,4 @@
-#include "PlanStore.h"
+#include "llmir/compiler/PlanStore.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -6,7 +6,7 @@
 #include <fstream>
 #include <vector>
 
-namespace llmir::compiler_service {
+namespace llmir::compiler {
 namespace {
 namespace fs = std::filesystem;
 
@@ -132,14 +132,14 @@ PlanStore::Lookup PlanStore::compile(const CompileRequest &request) {
 }
 
 PlanStore::Lookup PlanStore::runCompile(const CompileRequest &request, const std::string &id) {
-  compiler::CompileOptions options = request.options;
+  CompileOptions options = request.options;
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + options_.deadline;
   if (options_.deadline.count() > 0)
     options.cancelled = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
-  auto compiled = compiler::compileHuggingFace(request.modelDir, options);
+  auto compiled = compileHuggingFace(request.modelDir, options);
   if (!compiled) {
-    if (compiled.message().rfind(compiler::kCompileCancelled, 0) == 0)
+    if (compiled.message().rfind(kCompileCancelled, 0) == 0)
       return Lookup{Outcome::DeadlineExceeded, nullptr, false,
                     "the compile of '" + request.modelDir + "' was cancelled at its deadline of " +
                         std::to_string(options_.deadline.count()) +
@@ -185,4 +185,4 @@ uint64_t PlanStore::cachedBytes() const {
   return bytes_;
 }
 
-} // namespace llmir::compiler_service
+} // namespace llmir::compiler

@@ -13,16 +13,16 @@
 #include <mutex>
 #include <string>
 
-namespace llmir::compiler_service {
+namespace llmir::compiler {
 
 struct CompileRequest {
   std::string modelDir;
-  compiler::CompileOptions options;
+  CompileOptions options;
 };
 
 struct Plan {
   std::string id;
-  compiler::CompiledModel compiled;
+  CompiledModel compiled;
   /// Serialized size of the plan and its programs: what the cache counts.
   uint64_t bytes = 0;
 };
@@ -94,4 +94,4 @@ private:
   std::map<std::string, Entry> plans_;
 };
 
-} // namespace llmir::compiler_service
+} // namespace llmir::compiler
