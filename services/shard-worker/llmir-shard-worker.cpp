@@ -8,7 +8,7 @@
 // steps until the scheduler answers with Drain (it has moved this replica's
 // sequences away), the connection closes, or timeouts.drain-grace-ms passes; then it
 // exits 0. A lost scheduler connection exits 1 (an orchestrator restarts it).
-#include "worker/ShardWorker.h"
+#include "llmir/shardworker/ShardWorker.h"
 
 #include "llmir/net/ClusterSecret.h"
 #include "llmir/net/Config.h"

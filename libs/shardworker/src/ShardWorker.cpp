@@ -1,4 +1,4 @@
-#include "ShardWorker.h"
+#include "llmir/shardworker/ShardWorker.h"
 
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/net/HttpClient.h"

@@ -1,0 +1,190 @@
+// One shard worker's rank (libs/shardworker) as the mesh drives it: an
+// AssignRank names the plan on a compiler endpoint (here an HTTP server on
+// loopback serving the demo model's real compiled programs) and the
+// replica's rendezvous store; then prefill and decode steps must give
+// Hugging Face's greedy ids. A plan that cannot be fetched, or a program for
+// another rank, is a RankReady with the reason, and the worker can be set up
+// again afterwards.
+#include "../serving/DemoModel.h"
+
+#include "llmir/compiler/Compile.h"
+#include "llmir/net/Http.h"
+#include "llmir/runtime/RendezvousStore.h"
+#include "llmir/shardworker/ShardWorker.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+namespace llmir::shard_worker {
+namespace {
+
+using serving::testing::DemoModel;
+using serving::testing::kDemoDir;
+
+constexpr int32_t kBlockSize = 16; // the compile's default
+
+class ShardWorkerTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    demo = DemoModel::get();
+    ASSERT_TRUE(demo);
+    // What the compiler service would answer: plan "tp1" (one rank) and
+    // "tp2" (two), each rank's program as protobuf bytes.
+    for (int tp : {1, 2}) {
+      auto compiled = compiler::compileHuggingFace(kDemoDir, {.tp = tp});
+      ASSERT_TRUE(compiled.isOk()) << compiled.message();
+      for (size_t rank = 0; rank < compiled->programs.size(); ++rank)
+        programs["/v1/plans/tp" + std::to_string(tp) + "/ranks/" +
+                 std::to_string(rank)] =
+            compiled->programs[rank].SerializeAsString();
+    }
+    compilerEndpoint.routePrefix(
+        "GET", "/v1/plans/", [this](const net::HttpRequest &r) {
+          auto it = programs.find(r.path);
+          if (it == programs.end())
+            return net::HttpResponse::error(404, "no plan at " + r.path);
+          net::HttpResponse res;
+          res.contentType = "application/x-protobuf";
+          res.body = it->second;
+          return res;
+        });
+    ASSERT_TRUE(compilerEndpoint.start({.port = 0}).isOk());
+    auto started = runtime::RendezvousServer::start("127.0.0.1", 0);
+    ASSERT_TRUE(started.isOk()) << started.message();
+    store = std::move(*started);
+  }
+
+  proto::AssignRank assign(const std::string &planId,
+                           const std::string &replica) const {
+    proto::AssignRank a;
+    a.set_replica_id(replica);
+    a.set_rank(0);
+    a.set_world_size(1);
+    a.set_plan_id(planId);
+    a.set_compiler_url("http://127.0.0.1:" +
+                       std::to_string(compilerEndpoint.port()));
+    a.set_store_host("127.0.0.1");
+    a.set_store_port(store->port());
+    a.set_store_prefix("test/" + replica);
+    a.set_model_dir(kDemoDir);
+    a.set_num_kv_blocks(64);
+    return a;
+  }
+
+  static ShardWorkerOptions options() {
+    ShardWorkerOptions o;
+    o.threads = 2;
+    o.collectiveTimeout = std::chrono::seconds(10);
+    o.fetchTimeout = std::chrono::seconds(10);
+    return o;
+  }
+
+  // One greedy sequence of reference case `c`: its prompt, then `decodes`
+  // single-token steps, each fed the token the step before sampled.
+  std::vector<int32_t> generate(ShardWorker &worker, size_t c, int decodes) {
+    const auto &prompt = demo->cases[c].promptIds;
+    std::vector<int32_t> blocks;
+    for (int32_t b = 0;
+         b * kBlockSize < static_cast<int32_t>(prompt.size()) + decodes + 1;
+         ++b)
+      blocks.push_back(b);
+    std::vector<int32_t> out;
+    int32_t position = 0;
+    std::vector<int32_t> feed = prompt;
+    for (int step = 0; step <= decodes; ++step) {
+      proto::StepRequest request;
+      request.set_step_id(static_cast<uint64_t>(step + 1));
+      proto::StepSequence *seq = request.add_sequences();
+      seq->set_sequence_id(7);
+      for (int32_t id : feed)
+        seq->add_token_ids(id);
+      seq->set_start_position(position);
+      for (int32_t b : blocks)
+        seq->add_block_table(b);
+      seq->set_sample(true);
+      seq->mutable_sampling()->set_temperature(0.0f);
+      seq->mutable_sampling()->set_top_p(1.0f);
+      proto::StepResponse response = worker.step(request);
+      EXPECT_TRUE(response.ok()) << response.error();
+      EXPECT_EQ(response.step_id(), request.step_id());
+      if (!response.ok() || response.tokens_size() != 1)
+        break;
+      EXPECT_EQ(response.tokens(0).sequence_id(), 7u);
+      out.push_back(response.tokens(0).token_id());
+      position += static_cast<int32_t>(feed.size());
+      feed = {out.back()};
+    }
+    return out;
+  }
+
+  const DemoModel *demo = nullptr;
+  std::map<std::string, std::string> programs; // by request path
+  net::HttpServer compilerEndpoint;
+  std::unique_ptr<runtime::RendezvousServer> store;
+};
+
+TEST_F(ShardWorkerTest, AStepBeforeAnyAssignmentFailsWithTheReason) {
+  ShardWorker worker(options(), {});
+  proto::StepRequest request;
+  request.set_step_id(3);
+  proto::StepResponse response = worker.step(request);
+  EXPECT_FALSE(response.ok());
+  EXPECT_EQ(response.step_id(), 3u);
+  EXPECT_NE(response.error().find("no rank assigned"), std::string::npos)
+      << response.error();
+  EXPECT_FALSE(worker.ready());
+}
+
+TEST_F(ShardWorkerTest, AnAssignedRankGivesTheReferenceGreedyIds) {
+  int steps = 0;
+  ShardWorker worker(options(),
+                     {.stepSeconds = [&](const char *, double) { ++steps; }});
+  proto::RankReady ready = worker.setUp(assign("tp1", "r1"));
+  ASSERT_TRUE(ready.ok()) << ready.error();
+  EXPECT_EQ(ready.replica_id(), "r1");
+  EXPECT_TRUE(worker.ready());
+  EXPECT_GT(ready.loaded_bytes(), 0u);
+  EXPECT_EQ(ready.loaded_bytes(), worker.loadedBytes());
+  const auto &reference = demo->cases[0].greedyIds;
+  EXPECT_EQ(generate(worker, 0, 7),
+            std::vector<int32_t>(reference.begin(), reference.begin() + 8));
+  EXPECT_EQ(steps, 8) << "every step observed";
+}
+
+TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {
+  ShardWorker worker(options(), {});
+  proto::RankReady missing = worker.setUp(assign("no-such-plan", "r1"));
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().find("404"), std::string::npos) << missing.error();
+  EXPECT_NE(missing.error().find("/v1/plans/no-such-plan/ranks/0"),
+            std::string::npos)
+      << missing.error();
+  EXPECT_FALSE(worker.ready());
+
+  // Rank 0 of a two-rank plan handed to a one-rank replica.
+  proto::RankReady mismatch = worker.setUp(assign("tp2", "r2"));
+  EXPECT_FALSE(mismatch.ok());
+  EXPECT_NE(mismatch.error().find("rank 0 of 2, assigned rank 0 of 1"),
+            std::string::npos)
+      << mismatch.error();
+  EXPECT_FALSE(worker.ready());
+
+  proto::AssignRank badDir = assign("tp1", "r3");
+  badDir.set_model_dir("/nonexistent/llmir-model");
+  proto::RankReady noCheckpoint = worker.setUp(badDir);
+  EXPECT_FALSE(noCheckpoint.ok());
+  EXPECT_NE(noCheckpoint.error().find("/nonexistent/llmir-model"),
+            std::string::npos)
+      << noCheckpoint.error();
+
+  proto::RankReady good = worker.setUp(assign("tp1", "r4"));
+  ASSERT_TRUE(good.ok()) << good.error();
+  const auto &reference = demo->cases[1].greedyIds;
+  EXPECT_EQ(generate(worker, 1, 3),
+            std::vector<int32_t>(reference.begin(), reference.begin() + 4));
+}
+
+} // namespace
+} // namespace llmir::shard_worker
