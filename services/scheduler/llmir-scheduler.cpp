@@ -9,6 +9,7 @@
 // also settable from a YAML file (--config) or LLMIR_<KEY> environment
 // variables.
 #include "llmir/scheduler/Metrics.h"
+#include "llmir/scheduler/ModelFiles.h"
 #include "llmir/scheduler/OpenAiServer.h"
 #include "llmir/scheduler/WorkerMesh.h"
 
@@ -183,99 +184,6 @@ void writePortFile(const std::string &path, uint16_t port) {
   fs::rename(tmp, path);
 }
 
-/// A special token of tokenizer_config.json: a string or {"content": ...}.
-std::string specialToken(const boost::json::object &config, std::string_view key) {
-  const boost::json::value *token = config.if_contains(key);
-  if (token && token->is_object())
-    token = token->as_object().if_contains("content");
-  return token && token->is_string() ? std::string(token->as_string()) : std::string();
-}
-
-/// The chat format from the model's tokenizer_config.json: its string
-/// chat_template, parsed now so an unsupported one stops the start, or the
-/// documented default when there is none.
-Result<openai::ChatFormat> loadChatFormat(const std::string &dir) {
-  const fs::path path = fs::path(dir) / "tokenizer_config.json";
-  boost::json::object object;
-  if (std::ifstream in(path); in) {
-    std::stringstream text;
-    text << in.rdbuf();
-    boost::system::error_code ec;
-    boost::json::value config = boost::json::parse(text.str(), ec);
-    if (ec || !config.is_object())
-      return Status::error(path.string() + ": not a JSON object" +
-                           (ec ? " (" + ec.message() + ")" : std::string()));
-    object = std::move(config.as_object());
-  }
-  openai::ChatFormat format;
-  format.inputs = {.addGenerationPrompt = true,
-                   .bosToken = specialToken(object, "bos_token"),
-                   .eosToken = specialToken(object, "eos_token")};
-  auto parse = [](const fs::path &where, std::string_view source,
-                  std::optional<serving::ChatTemplate> &into) -> Status {
-    auto parsed = serving::ChatTemplate::parse(source);
-    if (!parsed)
-      return Status::error(where.string() + ": " + parsed.message());
-    into = std::move(*parsed);
-    return Status::ok();
-  };
-  const boost::json::value *source = object.if_contains("chat_template");
-  if (!source || source->is_null()) {
-    // Recent transformers save the template beside the config instead.
-    const fs::path file = fs::path(dir) / "chat_template.jinja";
-    std::ifstream in(file, std::ios::binary);
-    if (!in)
-      return format;
-    std::stringstream text;
-    text << in.rdbuf();
-    LLMIR_RETURN_IF_ERROR(parse(file, text.str(), format.chatTemplate));
-    return format;
-  }
-  if (source->is_string()) {
-    LLMIR_RETURN_IF_ERROR(parse(path, source->as_string(), format.chatTemplate));
-    return format;
-  }
-  // Named templates [{"name", "template"}]: "default", and "tool_use" for
-  // requests with tools when there is one (as transformers picks them).
-  if (!source->is_array())
-    return Status::error(path.string() + ": chat_template must be a string or a list of "
-                                         "{name, template}");
-  for (const boost::json::value &entry : source->as_array()) {
-    const boost::json::object *named = entry.if_object();
-    const boost::json::value *name = named ? named->if_contains("name") : nullptr;
-    const boost::json::value *text = named ? named->if_contains("template") : nullptr;
-    if (!name || !name->is_string() || !text || !text->is_string())
-      return Status::error(path.string() + ": each named chat_template needs a string name "
-                                           "and template");
-    if (name->as_string() == "default")
-      LLMIR_RETURN_IF_ERROR(parse(path, text->as_string(), format.chatTemplate));
-    else if (name->as_string() == "tool_use")
-      LLMIR_RETURN_IF_ERROR(parse(path, text->as_string(), format.toolUseTemplate));
-  }
-  if (!format.chatTemplate)
-    return Status::error(path.string() + ": the named chat templates have no \"default\"");
-  return format;
-}
-
-/// The API keys file: at most 1 MiB, parsed by serving::parseApiKeys.
-Result<std::vector<serving::ApiKeyEntry>> loadApiKeys(const std::string &path) {
-  constexpr uintmax_t kMaxBytes = 1 << 20;
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec))
-    return Status::error("'api-keys-file' " + path + ": not a readable regular file");
-  if (fs::file_size(path, ec) > kMaxBytes)
-    return Status::error("'api-keys-file' " + path + ": larger than the limit of 1048576 bytes");
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in && !in.eof())
-    return Status::error("'api-keys-file' " + path + ": cannot be read");
-  auto keys = serving::parseApiKeys(text.str());
-  if (!keys)
-    return keys.status().withContext("'api-keys-file' " + path);
-  return keys;
-}
-
 /// What can be checked without reading the model or binding a port: the
 /// checks `--check-config` runs and every start runs first.
 Status validate(const Settings &s) {
@@ -300,7 +208,7 @@ Status validate(const Settings &s) {
   if (s.keyLimitRetryAfterS < 1)
     return Status::error("'limits.concurrency-retry-after-s' must be at least 1");
   if (!s.apiKeysFile.empty())
-    if (auto keys = loadApiKeys(s.apiKeysFile); !keys)
+    if (auto keys = scheduler::loadApiKeys(s.apiKeysFile); !keys)
       return keys.status();
   if (!s.toolCallParser.empty())
     if (auto format = serving::toolCallFormat(s.toolCallParser); !format)
@@ -333,7 +241,7 @@ int run(const Settings &s) {
     net::logError("cannot load the tokenizer", {{"error", tokenizer.message()}});
     return 1;
   }
-  auto chatFormat = loadChatFormat(s.model);
+  auto chatFormat = scheduler::loadChatFormat(s.model);
   if (!chatFormat) {
     net::logError("cannot use the model's chat template", {{"error", chatFormat.message()}});
     return 1;
@@ -447,7 +355,7 @@ int run(const Settings &s) {
                                      .retryAfter = std::chrono::seconds(s.keyLimitRetryAfterS)};
   std::vector<std::string> apiKeys;
   if (!s.apiKeysFile.empty()) {
-    auto keys = loadApiKeys(s.apiKeysFile);
+    auto keys = scheduler::loadApiKeys(s.apiKeysFile);
     if (!keys) {
       net::logError("cannot load the API keys", {{"error", keys.message()}});
       return 2;
