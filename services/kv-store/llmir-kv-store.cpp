@@ -36,6 +36,7 @@ struct Settings {
   uint32_t channelSpinUs = 0;
   uint32_t idleChannelSpinUs = 200;
   uint64_t partBytes = kv::ServerOptions{}.partBytes;
+  std::string tcpCongestion = kv::ServerOptions{}.tcpCongestion;
   llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
   std::string clusterSecretFile;
 };
@@ -163,6 +164,10 @@ int main(int argc, char **argv) {
              "a get of one block over twice this size, by a client that takes parts (TCP), "
              "goes as messages of this many bytes, copied and hashed while the next travels "
              "(a multiple of 1024 up to 1 MiB; 0: whole blocks)");
+  config.add("store.tcp-congestion", &s.tcpCongestion,
+             "TCP congestion control of the store's UCX sockets: the first of these "
+             "(comma-separated) the kernel allows (\"\": the host's default; BBR made 1 MiB "
+             "blocks ~3x slower over loopback)");
   config.add("log.level", &s.logLevel, "the lowest level of the lines logged");
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret; UCX clients must then prove it before "
@@ -177,6 +182,7 @@ int main(int argc, char **argv) {
     options.sharedMemory = s.sharedMemory;
     options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
     options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
+    options.tcpCongestion = s.tcpCongestion;
     LLMIR_RETURN_IF_ERROR(kv::validate(options));
     if (s.maxBlockBytes > s.capacityBytes)
       return Status::error("store.max-block-bytes (" + std::to_string(s.maxBlockBytes) +

@@ -263,7 +263,7 @@ public:
 Status Client::Impl::ensureWorker() {
   if (worker_)
     return Status::ok();
-  auto worker = ucx::Worker::create();
+  auto worker = ucx::Worker::create(/*listener=*/false, options_.tcpCongestion);
   if (!worker)
     return worker.status();
   worker_ = std::move(*worker);

@@ -279,7 +279,7 @@ public:
 // ---------------------------------------------------------------------------
 
 Status Server::Impl::open() {
-  auto worker = ucx::Worker::create(/*listener=*/true);
+  auto worker = ucx::Worker::create(/*listener=*/true, options_.tcpCongestion);
   if (!worker)
     return worker.status();
   worker_ = std::move(*worker);

@@ -1,5 +1,7 @@
 #include "Ucx.h"
 
+#include "TcpCongestion.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -31,7 +33,8 @@ bool transportsAllow(std::initializer_list<std::string_view> names) {
   return exclude ? !named : named;
 }
 
-Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
+Result<std::unique_ptr<Worker>> Worker::create(bool listener,
+                                               const std::string &tcpCongestion) {
   std::unique_ptr<Worker> w(new Worker());
   // UCX reads its connection manager's options from the environment only;
   // an explicit UCX_TCP_CM_REUSEADDR wins.
@@ -80,6 +83,10 @@ Result<std::unique_ptr<Worker>> Worker::create(bool listener) {
   ucp_config_release(config);
   if (st != UCS_OK)
     return Status::error("UCX init: " + errorText(st));
+  // Before the worker opens its TCP transport's listening sockets (after
+  // ucp_init, which loads UCX's transport modules).
+  if (!tcpCongestion.empty() && transportsAllow({"tcp"}))
+    useTcpCongestionForUcx(tcpCongestion);
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   wp.thread_mode = UCS_THREAD_MODE_SINGLE;

@@ -48,8 +48,11 @@ public:
   /// another thread, is safe on any worker). `listener`: allow binding a
   /// port whose previous connections linger in TIME_WAIT, so that a
   /// restarted server gets its port back (unless UCX_TCP_CM_REUSEADDR says
-  /// otherwise).
-  static Result<std::unique_ptr<Worker>> create(bool listener = false);
+  /// otherwise). `tcpCongestion`: the TCP congestion controls to try on
+  /// the sockets UCX opens from now on (useTcpCongestionForUcx, process-wide;
+  /// "": leave the host's default).
+  static Result<std::unique_ptr<Worker>> create(bool listener = false,
+                                                const std::string &tcpCongestion = "");
   ~Worker();
 
   ucp_worker_h handle() const { return worker_; }

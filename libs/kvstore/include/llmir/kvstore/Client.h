@@ -52,6 +52,11 @@ struct ClientOptions {
   /// client had a core; docs/performance.md, "branch kv13"). The longer of
   /// the two applies. 0: off.
   std::chrono::microseconds idlePoll{200};
+  /// The TCP congestion control of this client's UCX sockets: the first
+  /// of these (comma-separated) the kernel lets the process set; "": the
+  /// host's default. Over TCP loopback on a host whose default is BBR, a
+  /// 1 MiB put took ~3x as long (docs/performance.md, "branch kv14").
+  std::string tcpCongestion = "cubic,reno";
   /// With the store's shared-memory segment mapped, requests and replies of
   /// the shared-memory operations go through a channel in the segment
   /// instead of the UCX endpoint (docs/kv-store.md, "Request channel"); the

@@ -60,6 +60,11 @@ struct ServerOptions {
   /// block). On a busy host it sleeps at once, as with channelSpin 0. 0:
   /// off. The longer of the two applies.
   std::chrono::microseconds idleChannelSpin{200};
+  /// The TCP congestion control of the store's UCX sockets: the first of
+  /// these (comma-separated) the kernel lets the process set; "": the
+  /// host's default. Over TCP loopback on a host whose default is BBR, a
+  /// 1 MiB get took ~3x as long (docs/performance.md, "branch kv14").
+  std::string tcpCongestion = "cubic,reno";
 };
 
 enum class Operation { Put, Get, Exists };
