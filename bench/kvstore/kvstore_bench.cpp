@@ -314,6 +314,9 @@ int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
 int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
+// ClientOptions / ServerOptions::tcpCongestion of the client and the store
+// ("default": the library's; "": the host's default).
+std::string tcpCongestion = "default";
 
 int serve() {
   // Ends with the bench, however the bench ends (fail() exits at once).
@@ -328,6 +331,8 @@ int serve() {
     o.channelSpin = std::chrono::microseconds(storeSpinUs);
   if (storeIdleSpinUs >= 0)
     o.idleChannelSpin = std::chrono::microseconds(storeIdleSpinUs);
+  if (tcpCongestion != "default")
+    o.tcpCongestion = tcpCongestion;
   auto server = kv::Server::start(o);
   if (!server)
     fail(server.message());
@@ -384,6 +389,10 @@ int main(int argc, char **argv) {
   config.add("part-bytes", &partBytes,
              "over TCP, puts of blocks of at least twice this go in parts of it (0: whole; "
              "-1: the client's default)");
+  config.add("tcp-congestion", &tcpCongestion,
+             "TCP congestion controls of the client's and the store's UCX sockets, the "
+             "first the kernel allows (comma-separated; \"default\": the library's, "
+             "\"\": the host's default); ucx_perftest keeps the host's");
   config.add("serve", &serveMode, "internal: run the store for the parent bench");
   if (auto st = config.load(argc, argv); !st)
     fail(st.message());
@@ -424,7 +433,8 @@ int main(int argc, char **argv) {
     Child server = spawn({selfPath, "--serve",
                           "--store-poll-us=" + std::to_string(storePollUs),
                           "--store-spin-us=" + std::to_string(storeSpinUs),
-                          "--store-idle-spin-us=" + std::to_string(storeIdleSpinUs)});
+                          "--store-idle-spin-us=" + std::to_string(storeIdleSpinUs),
+                          "--tcp-congestion=" + tcpCongestion});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);
     storePid = server.pid;
@@ -440,6 +450,8 @@ int main(int argc, char **argv) {
     co.requestChannel = requestChannel;
     if (partBytes >= 0)
       co.partBytes = uint64_t(partBytes);
+    if (tcpCongestion != "default")
+      co.tcpCongestion = tcpCongestion;
     auto client = kv::Client::create(co);
     if (!client)
       fail(client.message());
