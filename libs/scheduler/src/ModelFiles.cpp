@@ -19,16 +19,24 @@ std::string specialToken(const boost::json::object &config, std::string_view key
   return token && token->is_string() ? std::string(token->as_string()) : std::string();
 }
 
+/// The whole file, or nullopt when it cannot be opened.
+std::optional<std::string> readWholeFile(const fs::path &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return std::nullopt;
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 } // namespace
 
 Result<openai::ChatFormat> loadChatFormat(const std::string &dir) {
   const fs::path path = fs::path(dir) / "tokenizer_config.json";
   boost::json::object object;
-  if (std::ifstream in(path); in) {
-    std::stringstream text;
-    text << in.rdbuf();
+  if (std::optional<std::string> text = readWholeFile(path)) {
     boost::system::error_code ec;
-    boost::json::value config = boost::json::parse(text.str(), ec);
+    boost::json::value config = boost::json::parse(*text, ec);
     if (ec || !config.is_object())
       return Status::error(path.string() + ": not a JSON object" +
                            (ec ? " (" + ec.message() + ")" : std::string()));
@@ -50,12 +58,10 @@ Result<openai::ChatFormat> loadChatFormat(const std::string &dir) {
   if (!source || source->is_null()) {
     // Recent transformers save the template beside the config instead.
     const fs::path file = fs::path(dir) / "chat_template.jinja";
-    std::ifstream in(file, std::ios::binary);
-    if (!in)
+    std::optional<std::string> text = readWholeFile(file);
+    if (!text)
       return format;
-    std::stringstream text;
-    text << in.rdbuf();
-    LLMIR_RETURN_IF_ERROR(parse(file, text.str(), format.chatTemplate));
+    LLMIR_RETURN_IF_ERROR(parse(file, *text, format.chatTemplate));
     return format;
   }
   if (source->is_string()) {
@@ -91,12 +97,10 @@ Result<std::vector<serving::ApiKeyEntry>> loadApiKeys(const std::string &path) {
     return Status::error("'api-keys-file' " + path + ": not a readable regular file");
   if (fs::file_size(path, ec) > kMaxBytes)
     return Status::error("'api-keys-file' " + path + ": larger than the limit of 1048576 bytes");
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in && !in.eof())
+  std::optional<std::string> text = readWholeFile(path);
+  if (!text)
     return Status::error("'api-keys-file' " + path + ": cannot be read");
-  auto keys = serving::parseApiKeys(text.str());
+  auto keys = serving::parseApiKeys(*text);
   if (!keys)
     return keys.status().withContext("'api-keys-file' " + path);
   return keys;
