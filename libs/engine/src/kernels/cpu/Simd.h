@@ -76,7 +76,7 @@ struct Kernels {
   void (*gemmPanelBf16Dot)(const uint16_t *x, int64_t T, const void *w,
                            int64_t K, int64_t n0, int64_t cols, float *y,
                            int64_t ldy, uint32_t *panel);
-  /// The decode GEMVs (gemv, gemvBf16Dot) prefetch their weights in
+  /// The decode GEMVs (gemv, gemvBf16, gemvBf16Dot) prefetch their weights in
   /// software; false: they leave it to the hardware prefetchers. Either
   /// form computes the same sums in the same order.
   bool gemvPrefetch;
@@ -86,7 +86,7 @@ struct Kernels {
 /// forces one (tests use it to cover every path on one machine); avx512bf16
 /// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
 const Kernels &kernels();
-/// kernels() with the decode GEMVs (gemv, gemvBf16Dot) for a pool of
+/// kernels() with the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) for a pool of
 /// `threads`: they prefetch in software except on one thread of AMD family
 /// 1Ah (Zen 5), where that was measured slower; LLMIR_CPU_GEMV_PREFETCH=0|1
 /// forces either form, here and in kernels() (the results are the same).
