@@ -71,6 +71,21 @@ uint64_t prefixKey(const std::vector<int32_t> &prompt, int32_t tokens) {
   return hash;
 }
 
+/// The counters that only grow (a replica's since it started), added into
+/// `to`: the router's totals, and what retired replicas had counted.
+void addCounters(SchedulerStats &to, const SchedulerStats &from) {
+  to.prefixQueryTokens += from.prefixQueryTokens;
+  to.prefixHitTokens += from.prefixHitTokens;
+  to.numPreemptions += from.numPreemptions;
+  to.numStepFailures += from.numStepFailures;
+  to.kvStoreLoads += from.kvStoreLoads;
+  to.kvStoreLoadFailures += from.kvStoreLoadFailures;
+  to.kvStoreLoadedTokens += from.kvStoreLoadedTokens;
+  to.kvStoreWrittenBlocks += from.kvStoreWrittenBlocks;
+  to.adoptedTokensReused += from.adoptedTokensReused;
+  to.adoptedTokensRecomputed += from.adoptedTokensRecomputed;
+}
+
 } // namespace
 
 struct ReplicaRouter::Replica {
@@ -321,17 +336,7 @@ void ReplicaRouter::moveAway(Replica &replica) {
   // changeMutex_ is held: no request is added to or cancelled on it now.
   std::vector<DetachedRequest> detached = replica.scheduler->detachAll();
   std::lock_guard<std::mutex> lock(mutex_);
-  const SchedulerStats last = replica.scheduler->stats();
-  retired_.prefixQueryTokens += last.prefixQueryTokens;
-  retired_.prefixHitTokens += last.prefixHitTokens;
-  retired_.numPreemptions += last.numPreemptions;
-  retired_.numStepFailures += last.numStepFailures;
-  retired_.kvStoreLoads += last.kvStoreLoads;
-  retired_.kvStoreLoadFailures += last.kvStoreLoadFailures;
-  retired_.kvStoreLoadedTokens += last.kvStoreLoadedTokens;
-  retired_.kvStoreWrittenBlocks += last.kvStoreWrittenBlocks;
-  retired_.adoptedTokensReused += last.adoptedTokensReused;
-  retired_.adoptedTokensRecomputed += last.adoptedTokensRecomputed;
+  addCounters(retired_, replica.scheduler->stats());
   std::erase_if(replicas_, [&](const auto &r) { return r.get() == &replica; });
   for (DetachedRequest &request : detached) {
     auto id = replica.localToRouter.find(request.id());
@@ -508,16 +513,7 @@ SchedulerStats ReplicaRouter::stats() const {
     total.numRunning += s.numRunning;
     total.numWaiting += s.numWaiting;
     total.kvUsage += s.kvUsage / static_cast<double>(replicas_.size());
-    total.prefixQueryTokens += s.prefixQueryTokens;
-    total.prefixHitTokens += s.prefixHitTokens;
-    total.numPreemptions += s.numPreemptions;
-    total.numStepFailures += s.numStepFailures;
-    total.kvStoreLoads += s.kvStoreLoads;
-    total.kvStoreLoadFailures += s.kvStoreLoadFailures;
-    total.kvStoreLoadedTokens += s.kvStoreLoadedTokens;
-    total.kvStoreWrittenBlocks += s.kvStoreWrittenBlocks;
-    total.adoptedTokensReused += s.adoptedTokensReused;
-    total.adoptedTokensRecomputed += s.adoptedTokensRecomputed;
+    addCounters(total, s);
     total.outstandingTokens += s.outstandingTokens;
   }
   for (const Waiting &w : waiting_)
