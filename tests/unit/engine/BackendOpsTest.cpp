@@ -363,6 +363,95 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
 // two-GEMM path (600), both precisions, Q/K/V and gate+up. The products
 // read the producer's halves, not x: given zeros for x they still give the
 // norm's products. One token (the GEMV) takes no halves.
+// The residual ADD and RMS_NORM between two one-token products, done by
+// their GEMVs (cuda::ResidualNorm): the producer's y and the sum as the
+// ADD's, the normed row and the consumer's products (a Q/K/V-like group,
+// and gate/up with the SWIGLU) as after ADD+RMS_NORM's own launch. The
+// squares are summed in another order, in double: within a float's
+// rounding of the norm.
+TEST_F(BackendOps, ResidualNormBetweenProducts) {
+  struct Shape {
+    int64_t H, K; // the producer: [H, K]; the consumers read H
+  };
+  // The 1.1B shape's O (K = H) and down (K = 5,632); the 8B down (K =
+  // 14,336: 16-row blocks); a small one.
+  for (const Shape s : {Shape{2048, 2048}, Shape{2048, 5632}, Shape{4096, 14336}, Shape{96, 40}}) {
+    const std::string shape = "H=" + std::to_string(s.H) + " K=" + std::to_string(s.K);
+    const PackedBf16Weights producer({s.H}, s.K, rng_);
+    const PackedBf16Weights consumer({s.H / 2, 32, 32, 3 * s.H / 4, 3 * s.H / 4}, s.H, rng_);
+    const std::vector<float> x = randomFloats(size_t(s.K), rng_);
+    const std::vector<float> residual = randomFloats(size_t(s.H), rng_, 3.0f);
+    const std::vector<float> normWeight = randomFloats(size_t(s.H), rng_);
+    DeviceArray<float> dx(x), dr(residual), dw(normWeight);
+    ASSERT_TRUE(cuda::takesResidualNorm(producer.views[0], consumer.views[0], 1)) << shape;
+    EXPECT_FALSE(cuda::takesResidualNorm(producer.views[0], consumer.views[0], 2)) << shape;
+    const int64_t count = cuda::residualNormPartials(s.K, s.H);
+    DeviceArray<double> partials(std::vector<double>(size_t(count), -1.0));
+    for (bool swiglu : {false, true}) {
+      const std::string what = shape + (swiglu ? " gate/up" : " q/k/v");
+      const size_t first = swiglu ? 3 : 0, count3 = swiglu ? 2 : 3;
+      // Reference: three launches.
+      DeviceArray<float> y(size_t(s.H)), sum(size_t(s.H)), normed(size_t(s.H));
+      const cuda::LinearOutput p{producer.views[0], nullptr, y.get()};
+      ASSERT_TRUE(cuda::linearGroup(*context_, dx.get(), 1, std::span(&p, 1)).isOk());
+      ASSERT_TRUE(cuda::addRmsNorm(dr.get(), y.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
+                                   normed.get(), context_->stream())
+                      .isOk());
+      std::vector<std::unique_ptr<DeviceArray<float>>> want, got;
+      std::vector<cuda::LinearOutput> wantGroup, gotGroup;
+      for (size_t i = first; i < first + count3; ++i) {
+        want.push_back(std::make_unique<DeviceArray<float>>(size_t(consumer.views[i].rows)));
+        got.push_back(std::make_unique<DeviceArray<float>>(size_t(consumer.views[i].rows)));
+        wantGroup.push_back({consumer.views[i], nullptr, want.back()->get()});
+        gotGroup.push_back({consumer.views[i], nullptr, got.back()->get()});
+      }
+      DeviceArray<float> wantY(size_t(consumer.views[3].rows)),
+          gotY(size_t(consumer.views[3].rows));
+      ASSERT_TRUE((swiglu ? cuda::linearSwiglu(*context_, normed.get(), 1, wantGroup[0],
+                                               wantGroup[1], wantY.get())
+                          : cuda::linearGroup(*context_, normed.get(), 1, wantGroup))
+                      .isOk());
+      // Fused: the producer, then the consumer reading the sum.
+      DeviceArray<float> y2(size_t(s.H)), sum2(size_t(s.H)), normed2(size_t(s.H));
+      cuda::ResidualNorm n;
+      n.residual = dr.get();
+      n.sum = sum2.get();
+      n.partials = partials.get();
+      n.partialCount = count;
+      n.weight = dw.get();
+      n.eps = 1e-5f;
+      n.normed = normed2.get();
+      const cuda::LinearOutput p2{producer.views[0], nullptr, y2.get()};
+      Status status =
+          cuda::linearGroupWithNorm(*context_, dx.get(), 1, std::span(&p2, 1), &n, nullptr);
+      ASSERT_TRUE(status.isOk()) << status.message();
+      status = swiglu ? cuda::linearSwigluWithNorm(*context_, sum2.get(), 1, gotGroup[0],
+                                                   gotGroup[1], gotY.get(), n)
+                      : cuda::linearGroupWithNorm(*context_, sum2.get(), 1, gotGroup, nullptr, &n);
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("ResidualNorm producer", what + " y", y2.download(), y.download(), 0.0);
+      compare("ResidualNorm producer", what + " sum", sum2.download(), sum.download(), 0.0);
+      compare("ResidualNorm consumer", what + " normed", normed2.download(), normed.download(),
+              1e-7);
+      if (swiglu)
+        compare("ResidualNorm consumer", what + " swiglu", gotY.download(), wantY.download(),
+                1e-6);
+      else
+        for (size_t i = 0; i < count3; ++i)
+          compare("ResidualNorm consumer", what + " N=" + std::to_string(wantGroup[i].w.rows),
+                  got[i]->download(), want[i]->download(), 1e-6);
+    }
+    // A partial count that is not the producer's blocks: an error, nothing launched.
+    cuda::ResidualNorm bad;
+    bad.partialCount = count + 1;
+    DeviceArray<float> y3(size_t(s.H));
+    const cuda::LinearOutput p3{producer.views[0], nullptr, y3.get()};
+    EXPECT_FALSE(
+        cuda::linearGroupWithNorm(*context_, dx.get(), 1, std::span(&p3, 1), &bad, nullptr)
+            .isOk());
+  }
+}
+
 TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   const int64_t K = 512;
   const std::vector<int64_t> widths = {512, 128, 128, 320, 320};

@@ -69,6 +69,29 @@ struct LinearOutput {
   const float *bias = nullptr;
   float *y = nullptr; // [T, N]
 };
+/// The residual ADD and the RMS_NORM of its sum between two products of one
+/// token (a layer's O projection and gate/up; down and the next layer's
+/// Q/K/V), done by the products' GEMVs instead of a launch of their own:
+/// the producer adds `residual` to its y, stores the sum and its blocks'
+/// sums of squares (`partials`); the consumer reads the sum, normalises it
+/// as it stages it and stores the normed row. The same values as ADD and
+/// RMS_NORM between them (squares summed in double in another order).
+/// takesResidualNorm says where it applies.
+struct ResidualNorm {
+  const float *residual = nullptr;
+  float *sum = nullptr;
+  /// Scratch of partialCount doubles, partialCount =
+  /// residualNormPartials(producer's K, H): one a producer block.
+  double *partials = nullptr;
+  int64_t partialCount = 0;
+  const float *weight = nullptr; // the norm's, H
+  float eps = 0.0f;
+  float *normed = nullptr;
+};
+/// Whether a producer with weights `producer` [H, K] and a consumer with
+/// weights `consumer` [N, H] can pass the norm over T tokens.
+bool takesResidualNorm(const WeightView &producer, const WeightView &consumer, int64_t T);
+int64_t residualNormPartials(int64_t producerK, int64_t H);
 /// Several LINEARs of the same x [T, K] (weights of one dtype and K, e.g.
 /// Q, K and V): for few tokens one launch reads all their weights. xSplit:
 /// x's bf16 halves are already where splitInputFor(T, outputs) said (its
@@ -76,6 +99,12 @@ struct LinearOutput {
 /// the values (it is read wherever the halves cannot be).
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs, bool xSplit = false);
+/// linearGroup as the producer (`produces`: one output) or the consumer
+/// (`consumes`: x is the sum, outputs' K its width) of a ResidualNorm;
+/// an error where takesResidualNorm does not hold.
+Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
+                           std::span<const LinearOutput> outputs, const ResidualNorm *produces,
+                           const ResidualNorm *consumes);
 /// Where the products of `outputs` over T tokens on cuBLAS (bf16 weights,
 /// more tokens than the GEMVs take) read x's bf16 halves: hi, and lo at
 /// highest precision (x = hi + lo); the context's scratch, sized now. The
@@ -94,6 +123,10 @@ Result<SplitInput> splitInputFor(Context &context, int64_t T,
 /// same values as the three instructions one after the other.
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit = false);
+/// linearSwiglu as the consumer of a ResidualNorm (x is the sum).
+Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
+                            const LinearOutput &gate, const LinearOutput &up, float *y,
+                            const ResidualNorm &consumes);
 
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V]
 /// (greedy sampling as engine::argmax, on the device).

@@ -439,6 +439,58 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   return Status::ok();
 }
 
+namespace {
+detail::ResidualNormDevice onDevice(const ResidualNorm &n, int count) {
+  return {n.residual, n.sum, n.partials, count, n.weight, n.eps, n.normed};
+}
+
+bool sixteenBit(const WeightView &w) {
+  return w.dtype == proto::BF16 || w.dtype == proto::F16;
+}
+} // namespace
+
+bool takesResidualNorm(const WeightView &producer, const WeightView &consumer, int64_t T) {
+  const int64_t H = producer.rows;
+  // One token on the GEMV (linear16) both sides, the consumer staging x.
+  return T == 1 && sixteenBit(producer) && sixteenBit(consumer) && consumer.cols == H &&
+         H % 8 == 0 && detail::oneTokenStagesX(H);
+}
+
+int64_t residualNormPartials(int64_t producerK, int64_t H) {
+  return detail::oneTokenBlocks(producerK, H);
+}
+
+Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
+                           std::span<const LinearOutput> outputs, const ResidualNorm *produces,
+                           const ResidualNorm *consumes) {
+  Context::State &state = context.state();
+  if (outputs.empty() || outputs.size() > detail::kMaxLinearSegments ||
+      (produces && outputs.size() != 1))
+    return Status::error("CUDA linear with the residual norm: one product (producer) or at "
+                         "most " + std::to_string(detail::kMaxLinearSegments) + " (consumer)");
+  const WeightView &w = outputs.front().w;
+  if (T != 1 || !sixteenBit(w) || (consumes && !detail::oneTokenStagesX(w.cols)))
+    return Status::error("CUDA linear with the residual norm: one token, 16-bit weights");
+  Result<detail::Storage> storage = storageOf(w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  detail::LinearSegments segments{};
+  for (const LinearOutput &o : outputs) {
+    if (o.w.cols != w.cols || o.w.dtype != w.dtype)
+      return Status::error("CUDA linear group: weights differ in K or dtype");
+    segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
+  }
+  if (produces) {
+    if (produces->partialCount != detail::oneTokenBlocks(w.cols, w.rows))
+      return Status::error("CUDA linear with the residual norm: partialCount is not "
+                           "residualNormPartials(K, N)");
+    segments.produce = onDevice(*produces, static_cast<int>(produces->partialCount));
+  }
+  if (consumes)
+    segments.consume = onDevice(*consumes, static_cast<int>(consumes->partialCount));
+  return cudaStatus(detail::linear16(state.stream, x, T, w.cols, *storage, segments),
+                    "linear (16-bit) with the residual norm");
+}
+
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit) {
   Context::State &state = context.state();
@@ -463,6 +515,27 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   segments.count = 2;
   segments.pairedSwiglu = true;
   return launchGemv(state, mma, x, T, K, *storage, segments, "linear + swiglu (16-bit)");
+}
+
+Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
+                            const LinearOutput &gate, const LinearOutput &up, float *y,
+                            const ResidualNorm &consumes) {
+  Context::State &state = context.state();
+  const int64_t K = gate.w.cols, N = gate.w.rows;
+  if (up.w.cols != K || up.w.rows != N || up.w.dtype != gate.w.dtype)
+    return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
+  if (T != 1 || !sixteenBit(gate.w) || !detail::oneTokenStagesX(K))
+    return Status::error("CUDA linear + swiglu with the residual norm: one token, 16-bit weights");
+  Result<detail::Storage> storage = storageOf(gate.w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  detail::LinearSegments segments{};
+  segments.segment[0] = {gate.w.data, N, gate.bias, y};
+  segments.segment[1] = {up.w.data, N, up.bias, nullptr};
+  segments.count = 2;
+  segments.pairedSwiglu = true;
+  segments.consume = onDevice(consumes, static_cast<int>(consumes.partialCount));
+  return cudaStatus(detail::linear16(state.stream, x, T, K, *storage, segments),
+                    "linear + swiglu (16-bit) with the residual norm");
 }
 
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,

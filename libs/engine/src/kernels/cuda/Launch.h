@@ -65,6 +65,20 @@ struct LinearSegment {
   float *y;
 };
 constexpr int kMaxLinearSegments = 4;
+/// cuda::ResidualNorm on the device (linear16, one token). Producer side
+/// (sum set): the one segment's y plus `residual` stored in `sum`, and each
+/// block's sum of the squares of its rows of it in partials[block]. Consumer
+/// side (weight set): x is the sum; staged as weight * (x * scale), scale
+/// from the `count` partials; block 0 stores the normed row in `normed`.
+struct ResidualNormDevice {
+  const float *residual;
+  float *sum;
+  double *partials;
+  int count;
+  const float *weight;
+  float eps;
+  float *normed;
+};
 struct LinearSegments {
   LinearSegment segment[kMaxLinearSegments];
   int count;
@@ -72,11 +86,19 @@ struct LinearSegments {
   /// SwiGLU fused: exactly two segments of one N, gate then up; segment 0's
   /// y receives silu(gate + bias) * (up + bias) and segment 1's y is unused.
   bool pairedSwiglu;
+  ResidualNormDevice produce; // sum null: none
+  ResidualNormDevice consume; // weight null: none
 };
 /// Every segment's product for 16-bit w, read in its stored dtype with f32
 /// accumulation (no widened copy of the weights), in one launch.
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
              LinearSegments segments);
+/// Whether linear16 stages a token's x [K] in shared memory (where
+/// ResidualNormDevice's consumer side applies), and the blocks of its grid
+/// for one token and one unpaired segment of N rows (the producer side's
+/// partial count).
+bool oneTokenStagesX(int64_t K);
+int64_t oneTokenBlocks(int64_t K, int64_t N);
 /// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
 /// The same products for 2 to 16 tokens with bf16 weights (K a multiple of
 /// 8) on tensor cores: x rounded to bf16, plus its remainder's product when

@@ -112,6 +112,64 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
   return v;
 }
 
+// ResidualNorm, consumer side: x (the residual sum) staged normalised,
+// weight * (x * scale), with addRmsNorm's formula for the scale from the
+// producer's per-block sums of squares (summed here in a fixed order: the
+// same in every block and every run). Block 0 also stores the normed row,
+// which later instructions may read. Replaces the norm's own launch: at
+// batch-1 decode a phase boundary costs ~2.2 us (llmir-launch-bench), and
+// the norm kernel's body as much again.
+__device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t H,
+                            float4 *staged) {
+  __shared__ double partial[32];
+  __shared__ float scale;
+  double squares = 0.0;
+  for (int i = threadIdx.x; i < c.count; i += blockDim.x)
+    squares += __ldcg(c.partials + i);
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = squares;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+      total += partial[w];
+    scale = 1.0f / sqrtf(static_cast<float>(total / static_cast<double>(H)) + c.eps);
+  }
+  __syncthreads();
+  const float s = scale;
+  const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
+  const float4 *from = reinterpret_cast<const float4 *>(x);
+  const float4 *weight = reinterpret_cast<const float4 *>(c.weight);
+  float4 *normed = reinterpret_cast<float4 *>(c.normed);
+  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+    const float4 h = __ldcg(from + i), w = weight[i];
+    const float4 v = make_float4(w.x * (h.x * s), w.y * (h.y * s), w.z * (h.z * s),
+                                 w.w * (h.w * s));
+    staged[i] = v;
+    if (stores)
+      normed[i] = v;
+  }
+}
+
+// ResidualNorm, producer side, after the block's rows of y are computed:
+// `square` is lane 0's (h = y + residual)^2 of its row (0 past N); the
+// block's sum, in warp order, goes to partials[block].
+template <int Warps>
+__device__ void storeSquares(const ResidualNormDevice &p, double square) {
+  __shared__ double rowSquares[Warps];
+  if (threadIdx.x % 32 == 0)
+    rowSquares[threadIdx.x / 32] = square;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < Warps; ++w)
+      total += rowSquares[w];
+    p.partials[blockIdx.x] = total;
+  }
+}
+
 // Block b of the grid belongs to the segment whose [firstBlock, next) holds
 // it; grid.y walks the tokens Tokens at a time. When a block's tokens fit
 // (kSharedXBytes; stageX), x is staged in shared memory first: every warp of the block
@@ -156,49 +214,63 @@ __global__ void __launch_bounds__(Warps * 32,
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
   if (stageX) {
-    const float4 *from = reinterpret_cast<const float4 *>(xs);
-    for (int64_t i = threadIdx.x; i < tokens * K / 4; i += blockDim.x)
-      staged[i] = from[i];
+    if (Tokens == 1 && segments.consume.weight) {
+      stageNormed(segments.consume, xs, K, staged);
+    } else {
+      const float4 *from = reinterpret_cast<const float4 *>(xs);
+      for (int64_t i = threadIdx.x; i < tokens * K / 4; i += blockDim.x)
+        staged[i] = from[i];
+    }
     __syncthreads();
     xs = reinterpret_cast<const float *>(staged);
   }
-  if (!active)
-    return;
-  float acc[Tokens];
-#pragma unroll
-  for (int i = 0; i < Tokens; ++i)
-    acc[i] = 0.0f;
-  dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
-  if constexpr (Paired) {
-    const LinearSegment upSeg = segments.segment[1];
-    float up[Tokens];
+  // The producer's block sum needs every warp: rows past N skip to it.
+  const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
+  double square = 0.0;
+  if (active) {
+    float acc[Tokens];
 #pragma unroll
     for (int i = 0; i < Tokens; ++i)
-      up[i] = 0.0f;
-    dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
-                   tokens, packed, false, up);
+      acc[i] = 0.0f;
+    dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
+    if constexpr (Paired) {
+      const LinearSegment upSeg = segments.segment[1];
+      float up[Tokens];
 #pragma unroll
-    for (int i = 0; i < Tokens; ++i) {
-      float g = warpTotal(acc, i), u = warpTotal(up, i);
-      if (lane == 0 && i < tokens) {
-        if (seg.bias)
-          g += seg.bias[n];
-        if (upSeg.bias)
-          u += upSeg.bias[n];
-        seg.y[(t0 + i) * seg.N + n] = g / (1.0f + expf(-g)) * u;
+      for (int i = 0; i < Tokens; ++i)
+        up[i] = 0.0f;
+      dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
+                     tokens, packed, false, up);
+#pragma unroll
+      for (int i = 0; i < Tokens; ++i) {
+        float g = warpTotal(acc, i), u = warpTotal(up, i);
+        if (lane == 0 && i < tokens) {
+          if (seg.bias)
+            g += seg.bias[n];
+          if (upSeg.bias)
+            u += upSeg.bias[n];
+          seg.y[(t0 + i) * seg.N + n] = g / (1.0f + expf(-g)) * u;
+        }
       }
-    }
-  } else {
+    } else {
 #pragma unroll
-    for (int i = 0; i < Tokens; ++i) {
-      float v = warpTotal(acc, i);
-      if (lane == 0 && i < tokens) {
-        if (seg.bias)
-          v += seg.bias[n];
-        seg.y[(t0 + i) * seg.N + n] = v;
+      for (int i = 0; i < Tokens; ++i) {
+        float v = warpTotal(acc, i);
+        if (lane == 0 && i < tokens) {
+          if (seg.bias)
+            v += seg.bias[n];
+          seg.y[(t0 + i) * seg.N + n] = v;
+          if (produces) {
+            const float h = v + segments.produce.residual[n];
+            segments.produce.sum[n] = h;
+            square = static_cast<double>(h) * h;
+          }
+        }
       }
     }
   }
+  if (produces)
+    storeSquares<Warps>(segments.produce, square);
 }
 
 // Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
@@ -483,6 +555,20 @@ unsigned gridFor(int64_t n, int threads) {
 }
 
 } // namespace
+
+bool oneTokenStagesX(int64_t K) {
+  return K % 8 == 0 && K * int64_t(sizeof(float)) <= kSharedXBytes;
+}
+
+int64_t oneTokenBlocks(int64_t K, int64_t N) {
+  // launchLinear16's choice at one token, unpaired: kWideWarps rows a block
+  // where x's staging passes the default shared memory.
+  const int64_t warps =
+      oneTokenStagesX(K) && K * int64_t(sizeof(float)) > int64_t(kDefaultSharedBytes)
+          ? kWideWarps
+          : kWarpsPerBlock;
+  return (N + warps - 1) / warps;
+}
 
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
              LinearSegments segments) {
