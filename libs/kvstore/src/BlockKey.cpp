@@ -90,6 +90,8 @@ Result<BlockKey> makeBlockKey(const BlockKeyFields &f) {
 
 uint64_t blockChecksum(const void *data, size_t bytes) {
 #if LLMIR_KVSTORE_AVX2
+  if (detail::hasAvx512())
+    return llmir_kvstore_checksum_avx512(data, bytes);
   if (detail::hasAvx2())
     return llmir_kvstore_checksum_avx2(data, bytes);
 #endif

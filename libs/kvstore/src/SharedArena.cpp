@@ -139,7 +139,9 @@ ArenaMapping::~ArenaMapping() {
 
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes) {
 #if LLMIR_KVSTORE_AVX2
-  if (detail::hasAvx2()) // one pass: each stripe loaded once, stored and hashed
+  if (detail::hasAvx512()) // one pass: each stripe loaded once, stored and hashed
+    return llmir_kvstore_copy_checksum_avx512(destination, source, bytes);
+  if (detail::hasAvx2())
     return llmir_kvstore_copy_checksum_avx2(destination, source, bytes);
 #endif
   constexpr uint64_t kChunk = 64 << 10; // stays in L2 between copy and hash
@@ -179,7 +181,10 @@ PartChecksum::~PartChecksum() {
 void PartChecksum::add(void *destination, const void *source, uint64_t bytes) {
   if (!state_) {
 #if LLMIR_KVSTORE_AVX2
-    llmir_kvstore_parts_add_avx2(acc_, destination, source, bytes);
+    if (detail::hasAvx512())
+      llmir_kvstore_parts_add_avx512(acc_, destination, source, bytes);
+    else
+      llmir_kvstore_parts_add_avx2(acc_, destination, source, bytes);
 #endif
     return;
   }
@@ -195,6 +200,8 @@ uint64_t PartChecksum::finish(void *destination, const void *source, uint64_t by
                               uint64_t total) {
   if (!state_) {
 #if LLMIR_KVSTORE_AVX2
+    if (detail::hasAvx512())
+      return llmir_kvstore_parts_finish_avx512(acc_, destination, source, bytes, total);
     return llmir_kvstore_parts_finish_avx2(acc_, destination, source, bytes, total);
 #endif
   }
