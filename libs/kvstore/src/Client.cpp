@@ -151,8 +151,9 @@ public:
   Result<std::vector<BlockStatus>> getFromIndex(size_t n, Clock::time_point deadline,
                                                 int64_t limitMs);
   /// Whether the store behind the mapped segment stopped serving it: it
-  /// said so (a clean stop), its process exited (a pidfd of it polls
-  /// readable) or, without a pidfd, the endpoint reported the peer lost.
+  /// said so (a clean stop), or its liveness lock shows no live holder and
+  /// its process exited (a pidfd of it polls readable) or, without a pidfd,
+  /// the endpoint reported the peer lost.
   bool storeGone();
 
   ClientOptions options_;
@@ -867,6 +868,11 @@ Status Client::Impl::openChannel(Clock::time_point deadline, int64_t limitMs) {
 bool Client::Impl::storeGone() {
   if (index_->closed())
     return true;
+  // The store's progress thread holds its liveness lock: alive, known
+  // without a system call (a poll of the pidfd per get cost a 1 MiB get
+  // 2-3 us and its TLB: docs/performance.md, "branch kv15").
+  if (index_->storeHoldsLivenessLock())
+    return false;
   if (storePidFd_ >= 0) {
     pollfd p{storePidFd_, POLLIN, 0};
     return ::poll(&p, 1, 0) > 0;

@@ -1349,6 +1349,10 @@ void Server::Impl::finishPut(PendingPut *put, bool received) {
 }
 
 void Server::Impl::run() {
+  // Clients know this thread runs while it holds the lock (before any
+  // Hello is answered, so every client that maps the segment finds it).
+  if (index_)
+    index_->holdLivenessLock();
   auto lastActivity = Clock::now();
   while (!stopping_) {
     bool busy = worker_->progress();

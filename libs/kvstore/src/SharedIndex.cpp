@@ -4,7 +4,9 @@
 #include "Wire.h"
 
 #include <bit>
+#include <cerrno>
 #include <cstring>
+#include <pthread.h>
 
 namespace llmir::kvstore::index {
 
@@ -24,6 +26,12 @@ template <typename T> void storeRelease(T *p, T v) { __atomic_store_n(p, v, __AT
 SegmentDirectory *directoryOf(uint8_t *base) {
   return reinterpret_cast<SegmentDirectory *>(base + kDirectoryOffset);
 }
+
+uint32_t *livenessSlotOf(uint8_t *base) {
+  return reinterpret_cast<uint32_t *>(base + kLivenessSlotOffset);
+}
+
+static_assert(sizeof(pthread_mutex_t) <= kArenaAlignment);
 
 } // namespace
 
@@ -51,6 +59,21 @@ std::optional<Writer> Writer::create(SharedArena &arena, uint64_t capacityBytes)
   w.used_.assign(entries, false);
   w.unindexedCount_.assign(entries / kWays, 0);
   w.seqs_.assign(entries, 0);
+  // The liveness lock (holdLivenessLock takes it on the progress thread).
+  // Without room for it clients poll the store's pidfd instead.
+  if (auto at = arena.allocate(kArenaAlignment)) {
+    auto *lock = reinterpret_cast<pthread_mutex_t *>(arena.base() + *at);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    bool made = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED) == 0 &&
+                pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST) == 0 &&
+                pthread_mutex_init(lock, &attr) == 0;
+    pthread_mutexattr_destroy(&attr);
+    if (made)
+      w.livenessAt_ = *at;
+    else
+      arena.free(*at, kArenaAlignment);
+  }
   SegmentDirectory *d = directoryOf(arena.base());
   d->version = kVersion;
   d->generationsSlot = static_cast<uint32_t>(*generations / kArenaAlignment);
@@ -150,6 +173,14 @@ void Writer::close() {
   __atomic_store_n(&directoryOf(base_)->closed, 1u, __ATOMIC_SEQ_CST);
 }
 
+void Writer::holdLivenessLock() {
+  if (livenessAt_ == 0)
+    return;
+  if (pthread_mutex_lock(reinterpret_cast<pthread_mutex_t *>(base_ + livenessAt_)) != 0)
+    return; // not published: clients poll the pidfd
+  storeRelease(livenessSlotOf(base_), static_cast<uint32_t>(livenessAt_ / kArenaAlignment));
+}
+
 // ---------------------------------------------------------------------------
 
 std::optional<Reader> Reader::open(uint8_t *base, uint64_t segmentBytes) {
@@ -171,11 +202,39 @@ std::optional<Reader> Reader::open(uint8_t *base, uint64_t segmentBytes) {
   r.generations_ = reinterpret_cast<const uint32_t *>(base + generations);
   r.entries_ = reinterpret_cast<IndexEntry *>(base + entries);
   r.buckets_ = buckets;
+  uint64_t liveness = uint64_t(loadAcquire(livenessSlotOf(base))) * kArenaAlignment;
+  if (liveness >= 64 && liveness + kArenaAlignment <= segmentBytes)
+    r.liveness_ = base + liveness;
   return r;
 }
 
 bool Reader::closed() const {
   return __atomic_load_n(&directoryOf(base_)->closed, __ATOMIC_SEQ_CST) != 0;
+}
+
+bool Reader::storeHoldsLivenessLock() const {
+  if (!liveness_)
+    return false;
+  auto *lock = static_cast<pthread_mutex_t *>(liveness_);
+  // Held by a live thread: EBUSY, without a system call (nor a write: the
+  // compare-and-swap fails). Held by a thread that ended: EOWNERDEAD, and
+  // this thread holds it now: it is made consistent and let go at once
+  // (never kept: it would stay on this thread's robust list after the
+  // segment is unmapped), and so tells every later look nothing, as does a
+  // lock nobody holds (0; the store never lets go, so a writer of the
+  // segment cleared it) or one left unrecoverable (ENOTRECOVERABLE, which
+  // glibc returns holding it). "Nothing" sends the caller to the pidfd.
+  // (Any client can write any byte of the segment: at worst it makes this
+  // say "no", or "yes" for a store that died, whose blocks are still
+  // verified byte by byte by every reader.)
+  int held = pthread_mutex_trylock(lock);
+  if (held == EBUSY)
+    return true;
+  if (held == EOWNERDEAD)
+    pthread_mutex_consistent(lock);
+  if (held == 0 || held == EOWNERDEAD || held == ENOTRECOVERABLE)
+    pthread_mutex_unlock(lock);
+  return false;
 }
 
 uint64_t Reader::generationSum(uint64_t offset, uint64_t bytes) const {

@@ -5,6 +5,13 @@
 // the client"). No request, no wake-up of the store, none of the client.
 //
 // Layout (offsets in the segment; the store writes, clients read):
+//   [16, 20)   u32: offset / 64 of the store's liveness lock (0: none), a
+//              process-shared robust mutex that the store's progress thread
+//              holds while it runs. When that thread ends (the process
+//              killed included) the kernel marks the lock's owner dead, so
+//              a client learns that the store is alive with one atomic
+//              operation instead of a system call (docs/kv-store.md, "Gets
+//              served by the client").
 //   [40, 64)   SegmentDirectory: where the index and the generations are,
 //              and whether the store still serves this segment.
 //   generations: one u32 per 2^kRegionShift bytes of the segment, bumped
@@ -50,6 +57,7 @@ namespace index {
 constexpr uint32_t kDirectoryMagic = 0x58444e49; // "INDX"
 constexpr uint32_t kVersion = 1;
 constexpr uint64_t kDirectoryOffset = 40;
+constexpr uint64_t kLivenessSlotOffset = 16; // after the 16-byte nonce
 constexpr uint32_t kWays = 8;
 constexpr uint32_t kRegionShift = 16; // 64 KiB regions
 
@@ -114,6 +122,11 @@ public:
   bool takeTouched(const BlockKey &key);
   /// Clients stop serving gets from this segment.
   void close();
+  /// Takes the liveness lock and publishes it; on the thread whose end
+  /// means the store's end (the progress thread), before it serves anyone.
+  /// It is never released: the kernel marks its owner dead when the thread
+  /// ends.
+  void holdLivenessLock();
   uint32_t buckets() const { return buckets_; }
 
 private:
@@ -122,6 +135,7 @@ private:
   uint8_t *base_ = nullptr;
   IndexEntry *entries_ = nullptr;
   uint32_t buckets_ = 0;
+  uint64_t livenessAt_ = 0; // the lock's offset in the segment; 0: none
   void countUnindexed(uint32_t bucket, int delta);
   std::unordered_map<BlockKey, uint32_t, BlockKeyHash> where_; // key -> entry
   std::unordered_map<BlockKey, uint32_t, BlockKeyHash> unindexed_; // key -> bucket
@@ -152,6 +166,11 @@ public:
                uint64_t bytes);
   /// The store stopped serving this segment (it stopped or restarted).
   bool closed() const;
+  /// True when the store's progress thread holds its liveness lock: the
+  /// store runs (or is stopped by a signal). False when the lock shows no
+  /// live holder, or the store published none: then only a system call
+  /// (the client's pidfd) can tell.
+  bool storeHoldsLivenessLock() const;
 
 private:
   Reader() = default;
@@ -161,6 +180,7 @@ private:
   const uint32_t *generations_ = nullptr;
   IndexEntry *entries_ = nullptr;
   uint32_t buckets_ = 0;
+  void *liveness_ = nullptr; // pthread_mutex_t in the segment; null: none
 };
 
 } // namespace index

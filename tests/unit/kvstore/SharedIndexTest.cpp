@@ -16,6 +16,8 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <csignal>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -234,6 +236,66 @@ TEST(SharedIndex, ABlockFreedOrReusedDuringTheCopyIsNeverFound) {
   EXPECT_GT(published.load(), 100u);
   RecordProperty("found", std::to_string(found));
   RecordProperty("asked", std::to_string(asked));
+}
+
+// The liveness lock: held by the store's progress thread while it runs, so
+// a client tells a live store without a system call. Another process that
+// holds it (the store) and is killed, or a thread that holds it and ends,
+// leaves it showing no live holder; a segment whose store never took it
+// tells nothing (the client then polls the store's pidfd).
+TEST(SharedIndex, TheLivenessLockShowsWhetherTheStoresThreadStillRuns) {
+  Segment seg = segmentOf(8 << 20);
+  auto writer = index::Writer::create(*seg.arena, 4 << 20);
+  ASSERT_TRUE(writer);
+  auto before = index::Reader::open(seg.client->base(), seg.client->size());
+  ASSERT_TRUE(before);
+  EXPECT_FALSE(before->storeHoldsLivenessLock()) << "no store has taken it yet";
+
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t store = fork();
+  ASSERT_GE(store, 0);
+  if (store == 0) { // the store: takes the lock and runs until killed
+    writer->holdLivenessLock();
+    char c = 1;
+    (void)!write(ready[1], &c, 1);
+    for (;;)
+      pause();
+  }
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  close(ready[0]);
+  close(ready[1]);
+  auto reader = index::Reader::open(seg.client->base(), seg.client->size());
+  ASSERT_TRUE(reader);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(reader->storeHoldsLivenessLock()) << "the store runs";
+  kill(store, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(store, &status, 0), store);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_FALSE(reader->storeHoldsLivenessLock()) << "the store was killed";
+
+  // A thread of this process as the store: it ends holding the lock.
+  Segment seg2 = segmentOf(8 << 20);
+  auto writer2 = index::Writer::create(*seg2.arena, 4 << 20);
+  ASSERT_TRUE(writer2);
+  std::atomic<bool> held{false}, end{false};
+  std::thread thread([&] {
+    writer2->holdLivenessLock();
+    held = true;
+    while (!end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (!held)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto reader2 = index::Reader::open(seg2.client->base(), seg2.client->size());
+  ASSERT_TRUE(reader2);
+  EXPECT_TRUE(reader2->storeHoldsLivenessLock());
+  end = true;
+  thread.join();
+  EXPECT_FALSE(reader2->storeHoldsLivenessLock()) << "the store's thread ended";
+  EXPECT_FALSE(reader2->storeHoldsLivenessLock());
 }
 
 } // namespace
