@@ -43,7 +43,9 @@ def main(directory, perftest_share=0.0):
             number, unit = size.split()
             block = int(number) * SIZE[unit]
             for op in ("put", "get"):  # absent when --measure left it out
-                if op + "_us" in values:
+                # A p50 printed as 0 us (under 0.5 us: a small get served
+                # from the index) has no bandwidth to show.
+                if values.get(op + "_us", 0) > 0:
                     values[op + "_p50_gbps"] = block / values[op + "_us"] / 1e3
             rounds[(label, size)].append(values)
     reference = {"ratio_put": "perftest", "ratio_get": "perftest", "ratio_put1": "perftest",
