@@ -95,7 +95,7 @@ public:
           takeBuffer(inst.outputs[o]);
       if (inst.op == proto::LINEAR && linearGroupSize_[index] == 0)
         return Status::ok(); // computed with its group's first instruction
-      if (inst.op == proto::LINEAR && linearGroupSize_[index] > 1)
+      if (inst.op == proto::LINEAR && groupable_[index])
         return runLinearGroup(index, linearGroupSize_[index]);
     }
     KernelCall &call = call_;
@@ -137,20 +137,41 @@ private:
   /// (Q, K, V; gate, up) run as one cpu::linearGroup: one split over the
   /// pool for all their rows (linearGroupSize_: the group's size at its
   /// first instruction, 0 at the others, 1 alone).
+  /// A LINEAR of a 2-D weight runs through runLinearGroup even alone
+  /// (groupable_), so that each knows the weights of the one after it
+  /// (nextLinear_: the next group's first instruction; the last group's is
+  /// the first, the next step's).
   void planLinearGroups() {
     const auto &insts = program_.instructions;
+    auto groupable = [&](size_t i) {
+      const BoundInstruction &inst = insts[i];
+      return inst.op == proto::LINEAR && inst.inputs.size() >= 2 && inst.inputIsWeight[1] &&
+             !inst.inputIsWeight[0] && !inst.outputAliasesInput[0] &&
+             weights_[inst.inputs[1]].shape.size() == 2;
+    };
+    groupable_.assign(insts.size(), false);
+    for (size_t i = 0; i < insts.size(); ++i)
+      groupable_[i] = groupable(i);
     linearGroupSize_ = engine::planLinearGroups(
-        insts,
-        [&](size_t i) {
-          const BoundInstruction &inst = insts[i];
-          return inst.op == proto::LINEAR && inst.inputs.size() >= 2 && inst.inputIsWeight[1] &&
-                 !inst.inputIsWeight[0] && !inst.outputAliasesInput[0] &&
-                 weights_[inst.inputs[1]].shape.size() == 2;
-        },
+        insts, groupable,
         [&](size_t i) {
           const WeightTensor &w = weights_[insts[i].inputs[1]];
           return std::make_pair(w.dtype, w.shape[1]);
         });
+    constexpr size_t kNone = ~size_t{0};
+    nextLinear_.assign(insts.size(), kNone);
+    size_t first = kNone, last = kNone;
+    for (size_t i = 0; i < insts.size(); ++i) {
+      if (!groupable_[i] || linearGroupSize_[i] == 0)
+        continue;
+      if (last != kNone)
+        nextLinear_[last] = i;
+      else
+        first = i;
+      last = i;
+    }
+    if (last != kNone)
+      nextLinear_[last] = first;
   }
 
   // The checks of the LINEAR kernel (Ops.cpp) for every member, then one
@@ -186,7 +207,11 @@ private:
       outputs.push_back({views_[member.inputs[1]], groupBiases_[j].empty() ? nullptr : groupBiases_[j].data(),
                          y.data.data()});
     }
-    cpu::linearGroup(x.data.data(), x.rows(), outputs, *pool_, bf16Products_);
+    nextWeights_.clear();
+    if (const size_t next = nextLinear_[first]; next < insts.size())
+      for (size_t j = next; j < next + linearGroupSize_[next]; ++j)
+        nextWeights_.push_back(views_[insts[j].inputs[1]]);
+    cpu::linearGroup(x.data.data(), x.rows(), outputs, *pool_, bf16Products_, nextWeights_);
     return Status::ok();
   }
 
@@ -277,7 +302,11 @@ private:
   std::vector<Tensor> activations_;    // by slot id (empty for weights)
   Tensor aliasedOutput_;
   KernelCall call_;
-  std::vector<size_t> linearGroupSize_; // planLinearGroups
+  // planLinearGroups
+  std::vector<size_t> linearGroupSize_;
+  std::vector<bool> groupable_;
+  std::vector<size_t> nextLinear_;
+  std::vector<WeightView> nextWeights_; // runLinearGroup's, reused
   std::vector<std::vector<float>> groupBiases_;
   // planBuffers
   std::vector<bool> recycled_;                     // by slot: passes its buffer on

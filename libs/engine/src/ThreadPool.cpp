@@ -19,6 +19,9 @@ constexpr int kSpinIterations = 20000;
 // Chunks per thread: small enough that the caller absorbs the share of a
 // worker that has not started, large enough to amortise claiming.
 constexpr size_t kChunksPerThread = 4;
+// Read-ahead is prefetched in steps of this many bytes, checking between
+// two whether the thread is wanted (a new call, the call's last chunk done).
+constexpr size_t kReadAheadStep = 1024;
 
 template <class Ready> bool spinUntil(const Ready &ready) {
   for (int i = 0; i < kSpinIterations; ++i) {
@@ -55,13 +58,33 @@ ThreadPool::~ThreadPool() {
     t.join();
 }
 
-void ThreadPool::parallelFor(size_t n, size_t minChunk,
-                             const std::function<void(size_t, size_t)> &body) {
-  if (n == 0)
-    return;
-  const size_t chunk = std::max<size_t>(
+size_t ThreadPool::chunkOf(size_t n, size_t minChunk) const {
+  return std::max<size_t>(
       std::max<size_t>(minChunk, 1),
       (n + numThreads_ * kChunksPerThread - 1) / (numThreads_ * kChunksPerThread));
+}
+
+std::pair<size_t, size_t> ThreadPool::segmentOf(size_t n, size_t minChunk,
+                                                unsigned slot) const {
+  const size_t chunk = chunkOf(n, minChunk);
+  const size_t numChunks = (n + chunk - 1) / chunk;
+  if (numChunks <= 1 || workers_.empty())
+    return slot == 0 ? std::pair<size_t, size_t>{0, n} : std::pair<size_t, size_t>{n, n};
+  return {std::min(n, numChunks * slot / numThreads_ * chunk),
+          std::min(n, numChunks * (slot + 1) / numThreads_ * chunk)};
+}
+
+void ThreadPool::parallelFor(size_t n, size_t minChunk,
+                             const std::function<void(size_t, size_t)> &body) {
+  parallelFor(n, minChunk, body, {});
+}
+
+void ThreadPool::parallelFor(
+    size_t n, size_t minChunk, const std::function<void(size_t, size_t)> &body,
+    const std::function<std::span<const ReadAhead>(unsigned slot)> &readAheadOf) {
+  if (n == 0)
+    return;
+  const size_t chunk = chunkOf(n, minChunk);
   const size_t numChunks = (n + chunk - 1) / chunk;
   if (numChunks <= 1 || workers_.empty()) {
     body(0, n);
@@ -84,6 +107,18 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
   numChunks_.store(static_cast<uint32_t>(numChunks), std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
   for (unsigned s = 0; s < numThreads_; ++s) {
+    Segment &segment = segments_[s];
+    const std::span<const ReadAhead> ranges =
+        readAheadOf ? readAheadOf(s) : std::span<const ReadAhead>();
+    const size_t count = std::min(ranges.size(), kMaxReadAhead);
+    for (size_t r = 0; r < count; ++r) {
+      segment.aheadBegin[r].store(ranges[r].begin, std::memory_order_relaxed);
+      segment.aheadBytes[r].store(ranges[r].bytes, std::memory_order_relaxed);
+    }
+    segment.aheadCount.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
+    segment.aheadGeneration.store(generation, std::memory_order_relaxed);
+  }
+  for (unsigned s = 0; s < numThreads_; ++s) {
     segments_[s].end.store(static_cast<uint32_t>(numChunks * (s + 1) / numThreads_),
                            std::memory_order_relaxed);
     segments_[s].ticket.store(uint64_t{generation} << 32 | (numChunks * s / numThreads_),
@@ -99,6 +134,7 @@ void ThreadPool::parallelFor(size_t n, size_t minChunk,
   auto allDone = [&] {
     return completed_.load(std::memory_order_acquire) == numChunks;
   };
+  readAhead(generation, 0, allDone);
   if (!spinUntil(allDone)) {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, allDone);
@@ -132,6 +168,26 @@ void ThreadPool::runChunks(uint32_t generation, unsigned slot) {
   }
 }
 
+template <class Stop>
+void ThreadPool::readAhead(uint32_t generation, unsigned slot, const Stop &stop) {
+  Segment &segment = segments_[slot];
+  if (segment.aheadGeneration.load(std::memory_order_relaxed) != generation)
+    return;
+  const uint32_t count = segment.aheadCount.load(std::memory_order_relaxed);
+  for (uint32_t r = 0; r < count && r < kMaxReadAhead; ++r) {
+    const char *p = static_cast<const char *>(segment.aheadBegin[r].load(std::memory_order_relaxed));
+    const size_t bytes = segment.aheadBytes[r].load(std::memory_order_relaxed);
+    // A prefetch never faults, so a range that a newer call has replaced
+    // meanwhile costs at most a few useless lines.
+    for (size_t offset = 0; offset < bytes; offset += kReadAheadStep) {
+      if (stop())
+        return;
+      for (size_t line = offset; line < std::min(bytes, offset + kReadAheadStep); line += 64)
+        __builtin_prefetch(p + line, 0, 2); // into L2 (prefetcht1)
+    }
+  }
+}
+
 void ThreadPool::workerLoop(unsigned slot) {
   uint32_t seenGeneration = 0;
   while (true) {
@@ -147,6 +203,10 @@ void ThreadPool::workerLoop(unsigned slot) {
       return;
     seenGeneration = generation_.load(std::memory_order_acquire);
     runChunks(seenGeneration, slot);
+    readAhead(seenGeneration, slot, [&] {
+      return generation_.load(std::memory_order_relaxed) != seenGeneration ||
+             stopping_.load(std::memory_order_relaxed);
+    });
   }
 }
 

@@ -36,8 +36,13 @@ struct LinearOutput {
 /// linear for several weights of one input (Q, K, V; gate, up), each of
 /// x's K columns and one dtype: the decode GEMVs split all their rows over
 /// the pool at once, and x is rounded (bf16Products) once.
+/// `next`: the weights of the linear group that runs next, if known (a
+/// decode step's next GEMV): once a thread has no rows left here, it
+/// prefetches the start of its rows there while it waits
+/// (ThreadPool::parallelFor's read-ahead).
 void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> outputs,
-                 ThreadPool &pool, bool bf16Products = false);
+                 ThreadPool &pool, bool bf16Products = false,
+                 std::span<const WeightView> next = {});
 
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H. A per-head norm
 /// (weight of G elements, G dividing the row) passes T * (row / G) rows of G.

@@ -18,10 +18,18 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
 namespace llmir::engine {
+
+/// Bytes a pool thread may bring into its cache while it waits: the start
+/// of its share of the data of the call that comes next.
+struct ReadAhead {
+  const void *begin = nullptr;
+  size_t bytes = 0;
+};
 
 class ThreadPool {
 public:
@@ -38,12 +46,32 @@ public:
   /// reentrant: body must not call parallelFor on the same pool.
   void parallelFor(size_t n, size_t minChunk,
                    const std::function<void(size_t, size_t)> &body);
+  /// As above; then each thread that has run out of chunks, while it waits
+  /// (a worker until the next call, the caller until the call's chunks are
+  /// done), prefetches readAhead(slot) into its L2 (thread `slot` of
+  /// numThreads(): the caller is 0): at two threads a decode step leaves a
+  /// worker idle for several microseconds between two GEMVs (the caller's
+  /// norms, adds and bookkeeping; a chunk's imbalance), in which it can read
+  /// the start of its rows of the next GEMV ("Fifteenth round" in
+  /// docs/performance.md). At most kMaxReadAhead ranges a thread.
+  static constexpr size_t kMaxReadAhead = 4;
+  void parallelFor(size_t n, size_t minChunk,
+                   const std::function<void(size_t, size_t)> &body,
+                   const std::function<std::span<const ReadAhead>(unsigned slot)> &readAheadOf);
+
+  /// The rows [begin, end) that thread `slot` claims first in a
+  /// parallelFor(n, minChunk, ...): its own segment (it may steal others).
+  std::pair<size_t, size_t> segmentOf(size_t n, size_t minChunk, unsigned slot) const;
 
 private:
+  size_t chunkOf(size_t n, size_t minChunk) const;
   void workerLoop(unsigned slot);
   /// Claims and runs chunks of `generation` until none is left, starting
   /// with segment `slot` (the caller's is 0).
   void runChunks(uint32_t generation, unsigned slot);
+  /// Prefetches segment `slot`'s read-ahead of `generation` until done or
+  /// `stop()` (checked every few lines).
+  template <class Stop> void readAhead(uint32_t generation, unsigned slot, const Stop &stop);
 
   // A thread's share of the chunks: [first chunk, end) as claimed so far.
   struct alignas(64) Segment {
@@ -51,6 +79,13 @@ private:
     // offers none.
     std::atomic<uint64_t> ticket{0};
     std::atomic<uint32_t> end{0}; // read racily by late workers
+    // The read-ahead of the generation in `aheadGeneration` (written before
+    // the generation opens; a thread that finds another generation there
+    // reads nothing). Atomics, as a late reader may see a newer call's.
+    std::atomic<uint32_t> aheadGeneration{0};
+    std::atomic<uint32_t> aheadCount{0};
+    std::atomic<const void *> aheadBegin[kMaxReadAhead] = {};
+    std::atomic<size_t> aheadBytes[kMaxReadAhead] = {};
   };
 
   unsigned numThreads_;

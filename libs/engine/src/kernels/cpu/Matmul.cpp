@@ -13,6 +13,9 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -86,18 +89,60 @@ void panelGemm(const float *x, int64_t T, const WeightView &w, float *y,
   });
 }
 
+constexpr size_t kGemvMinChunk = 64; // rows
+
+// Read-ahead per thread (ThreadPool::parallelFor): a share of a 1 MiB L2
+// that a worker fills in the few microseconds it waits between two GEMVs,
+// and that the GEMV after it reads before the lines are evicted.
+// LLMIR_READ_AHEAD_KIB sets it (0: none), for A/B runs.
+size_t readAheadBytes() {
+  static const size_t bytes = [] {
+    const char *v = std::getenv("LLMIR_READ_AHEAD_KIB");
+    return v ? static_cast<size_t>(std::atol(v)) * 1024 : size_t{256} * 1024;
+  }();
+  return bytes;
+}
+
 // The rows of every output of a group as one range split over the pool:
 // one barrier for Q, K and V (or gate and up) instead of one each, and
 // chunks that balance across threads even for narrow outputs (K and V of
 // grouped-query attention: 3 chunks of 64 rows split 2:1 over 2 threads).
 // xBf16: x rounded to bf16 for the `vdpbf16ps` GEMV (medium precision).
+// next: the weights of the group after this one, whose start each thread
+// reads ahead once it has no rows left here.
 void groupGemv(const float *x, const uint16_t *xBf16, int64_t T,
-               std::span<const LinearOutput> outputs, ThreadPool &pool) {
+               std::span<const LinearOutput> outputs, ThreadPool &pool,
+               std::span<const WeightView> next) {
   const simd::Kernels &k = simd::gemvKernels(pool.numThreads());
   std::vector<size_t> offsets = {0}; // first row of each output in the range
   for (const LinearOutput &o : outputs)
     offsets.push_back(offsets.back() + static_cast<size_t>(o.w.rows));
-  pool.parallelFor(offsets.back(), 64, [&](size_t b, size_t e) {
+  // The next group's rows that thread `slot` claims first, as byte ranges
+  // of its weights (the same split as below: groupGemv of those weights).
+  size_t nextRows = 0;
+  for (const WeightView &w : next)
+    nextRows += static_cast<size_t>(w.rows);
+  std::array<ReadAhead, ThreadPool::kMaxReadAhead> ranges;
+  auto readAheadOf = [&](unsigned slot) {
+    auto [b, e] = pool.segmentOf(nextRows, kGemvMinChunk, slot);
+    size_t budget = readAheadBytes(), count = 0, first = 0;
+    for (const WeightView &w : next) {
+      const size_t rows = static_cast<size_t>(w.rows);
+      const size_t lo = std::max(b, first), hi = std::min(e, first + rows);
+      first += rows;
+      if (lo >= hi || budget == 0 || count == ranges.size())
+        continue;
+      const size_t rowBytes = static_cast<size_t>(w.cols) * weightElementSize(w.dtype);
+      const size_t bytes = std::min(budget, (hi - lo) * rowBytes);
+      ranges[count++] = {w.data + (lo - (first - rows)) * rowBytes, bytes};
+      budget -= bytes;
+    }
+    return std::span<const ReadAhead>(ranges.data(), count);
+  };
+  std::function<std::span<const ReadAhead>(unsigned)> readAhead;
+  if (nextRows > 0 && readAheadBytes() > 0)
+    readAhead = readAheadOf;
+  pool.parallelFor(offsets.back(), kGemvMinChunk, [&](size_t b, size_t e) {
     for (size_t m = 0; m < outputs.size(); ++m) {
       const size_t lo = std::max(b, offsets[m]), hi = std::min(e, offsets[m + 1]);
       if (lo >= hi)
@@ -111,7 +156,7 @@ void groupGemv(const float *x, const uint16_t *xBf16, int64_t T,
         k.gemv[kindOf(w.dtype)](x, T, w.data, w.cols, nBegin, nEnd, outputs[m].y,
                                 w.rows);
     }
-  });
+  }, readAhead);
 }
 
 // The pair-packed panel GEMM of `vdpbf16ps` on x rounded to bf16 (even K).
@@ -134,7 +179,7 @@ void bf16DotGemm(const uint16_t *xBf16, int64_t T, const WeightView &w,
 } // namespace
 
 void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> outputs,
-                 ThreadPool &pool, bool bf16Products) {
+                 ThreadPool &pool, bool bf16Products, std::span<const WeightView> next) {
   if (T <= 0 || outputs.empty())
     return;
   const simd::Kernels &kernels = simd::kernels();
@@ -149,7 +194,7 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
     rounded.resize(static_cast<size_t>(T * K));
     kernels.toBf16(x, bits.data(), T * K);
     kernels.widen[simd::kBf16](bits.data(), rounded.data(), T * K);
-    linearGroup(rounded.data(), T, outputs, pool, false);
+    linearGroup(rounded.data(), T, outputs, pool, false, next);
     return;
   }
   const uint16_t *xBf16 = nullptr;
@@ -166,7 +211,7 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
     xBf16 = rounded;
   }
   if (T <= kGemvMaxTokens)
-    groupGemv(x, xBf16, T, outputs, pool);
+    groupGemv(x, xBf16, T, outputs, pool, next);
   for (const LinearOutput &o : outputs) {
     const WeightView &w = o.w;
     const int64_t N = w.rows;
