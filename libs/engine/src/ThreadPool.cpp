@@ -42,7 +42,8 @@ constexpr uint64_t kNoChunk = 0xffffffffu;
 ThreadPool::ThreadPool(unsigned numThreads)
     : numThreads_(numThreads ? numThreads
                              : std::max(1u, std::thread::hardware_concurrency())),
-      segments_(std::make_unique<Segment[]>(numThreads_)) {
+      pieceBegin_(std::make_unique<size_t[]>(numThreads_ * kMaxPiecesPerSegment + 1)),
+      firstPiece_(numThreads_ + 1), segments_(std::make_unique<Segment[]>(numThreads_)) {
   // The caller takes part (segment 0), so numThreads_ - 1 workers.
   for (unsigned i = 1; i < numThreads_; ++i)
     workers_.emplace_back([this, i] { workerLoop(i); });
@@ -101,10 +102,30 @@ void ThreadPool::parallelFor(
   for (unsigned s = 0; s < numThreads_; ++s)
     segments_[s].ticket.store(uint64_t{generation - 1} << 32 | kNoChunk,
                               std::memory_order_release);
+  // Each segment's rows (numChunks / threads chunks) in pieces that halve:
+  // 1/2, 1/4, 1/8, 1/8 of it for four chunks, none below half a chunk or
+  // minChunk. A thread's last piece decides how long the other waits for
+  // it (a decode GEMV's caller waited 5.5 us a call at two threads, when
+  // the worker read its equal chunks 20% slower: docs/performance.md,
+  // "Fifteenth round"); the large first pieces restart the weight streams
+  // less often than equal chunks.
+  const size_t smallest = std::max({minChunk, size_t{1}, (chunk + 1) / 2});
+  size_t pieces = 0;
+  for (unsigned s = 0; s < numThreads_; ++s) {
+    firstPiece_[s] = static_cast<uint32_t>(pieces);
+    size_t begin = std::min(n, numChunks * s / numThreads_ * chunk);
+    const size_t end = std::min(n, numChunks * (s + 1) / numThreads_ * chunk);
+    for (size_t left = end - begin; left > 0; left = end - begin) {
+      const size_t piece =
+          left >= 2 * smallest && pieces + 1 < kMaxPiecesPerSegment * (s + 1) ? left / 2 : left;
+      pieceBegin_[pieces++] = begin;
+      begin += piece;
+    }
+  }
+  firstPiece_[numThreads_] = static_cast<uint32_t>(pieces);
+  pieceBegin_[pieces] = n;
   body_ = &body;
-  n_ = n;
-  chunk_ = chunk;
-  numChunks_.store(static_cast<uint32_t>(numChunks), std::memory_order_relaxed);
+  numChunks_.store(static_cast<uint32_t>(pieces), std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
   for (unsigned s = 0; s < numThreads_; ++s) {
     Segment &segment = segments_[s];
@@ -119,9 +140,8 @@ void ThreadPool::parallelFor(
     segment.aheadGeneration.store(generation, std::memory_order_relaxed);
   }
   for (unsigned s = 0; s < numThreads_; ++s) {
-    segments_[s].end.store(static_cast<uint32_t>(numChunks * (s + 1) / numThreads_),
-                           std::memory_order_relaxed);
-    segments_[s].ticket.store(uint64_t{generation} << 32 | (numChunks * s / numThreads_),
+    segments_[s].end.store(firstPiece_[s + 1], std::memory_order_relaxed);
+    segments_[s].ticket.store(uint64_t{generation} << 32 | firstPiece_[s],
                               std::memory_order_release);
   }
   {
@@ -132,7 +152,7 @@ void ThreadPool::parallelFor(
   wake_.notify_all();
   runChunks(generation, 0);
   auto allDone = [&] {
-    return completed_.load(std::memory_order_acquire) == numChunks;
+    return completed_.load(std::memory_order_acquire) == pieces;
   };
   readAhead(generation, 0, allDone);
   if (!spinUntil(allDone)) {
@@ -156,8 +176,7 @@ void ThreadPool::runChunks(uint32_t generation, unsigned slot) {
       if (!segment.ticket.compare_exchange_weak(ticket, ticket + 1,
                                                 std::memory_order_acq_rel))
         continue; // ticket now holds the fresh value
-      const size_t begin = index * chunk_;
-      (*body_)(begin, std::min(n_, begin + chunk_));
+      (*body_)(pieceBegin_[index], pieceBegin_[index + 1]);
       if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
           numChunks_.load(std::memory_order_relaxed)) {
         std::lock_guard<std::mutex> lock(mutex_); // pairs with done_.wait

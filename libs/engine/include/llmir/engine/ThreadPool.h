@@ -8,7 +8,10 @@
 // range (thread i of P: the i-th P-th), then those left in the others: a
 // decode GEMV's rows are one weight stream per thread, not every other
 // chunk (which one core read 7-10% slower: docs/performance.md, "Eighth
-// round").
+// round"). A segment's chunks are pieces that halve (1/2, 1/4, 1/8, 1/8
+// of it), so that the last piece, for which another thread may wait, is
+// small. A thread out of pieces may prefetch the start of its share of
+// the next call's data while it waits (ReadAhead).
 #pragma once
 
 #include <atomic>
@@ -97,9 +100,12 @@ private:
   // (release); read only after claiming a chunk of that generation, which
   // keeps the call (and these fields) alive until the chunk completes.
   const std::function<void(size_t, size_t)> *body_ = nullptr;
-  size_t n_ = 0;
-  size_t chunk_ = 0;
-  std::atomic<uint32_t> numChunks_{0}; // read racily by late workers
+  // The call's pieces: piece i is [pieceBegin_[i], pieceBegin_[i + 1]);
+  // segment s offers pieces [its first ticket, end).
+  static constexpr size_t kMaxPiecesPerSegment = 8;
+  std::unique_ptr<size_t[]> pieceBegin_;
+  std::vector<uint32_t> firstPiece_; // by segment, then the end
+  std::atomic<uint32_t> numChunks_{0}; // pieces; read racily by late workers
   // The open generation (even; one per call), published after every
   // segment's ticket: a worker that sees it finds the segments open.
   std::atomic<uint32_t> generation_{0};
