@@ -159,7 +159,11 @@ __global__ void flagKernel(unsigned *flag, unsigned *readers, int rounds, float 
     sink[0] = sum;
 }
 
-void launch(void (*kernel)(), dim3 grid, dim3 block, cudaStream_t stream, bool pdl) {
+// `kernel<<<grid, block, 0, stream>>>(args...)`, allowed to overlap the
+// kernel before it (dependent launch) when `pdl`.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+            Args... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
@@ -169,21 +173,7 @@ void launch(void (*kernel)(), dim3 grid, dim3 block, cudaStream_t stream, bool p
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  check(cudaLaunchKernelEx(&config, kernel), "launch");
-}
-
-void launchRead(dim3 grid, dim3 block, cudaStream_t stream, bool pdl, const float *in,
-                float *out, bool row) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  check(cudaLaunchKernelEx(&config, readKernel, in, out, row), "launch");
+  check(cudaLaunchKernelEx(&config, kernel, args...), "launch");
 }
 
 // Microseconds a launch: `record` issues `launches` launches on the stream,
@@ -214,6 +204,34 @@ double perLaunch(cudaStream_t stream, int launches, int replays, Record record) 
   cudaEventDestroy(stop);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+  return best;
+}
+
+// Microseconds a step of one persistent kernel running `steps` steps in
+// `blocks` blocks of 256 threads, launched cooperatively (every block
+// resident at once) after `before` (on the stream); the best of `replays`
+// after a warm-up launch.
+template <typename Before>
+double perStep(cudaStream_t stream, void *kernel, int blocks, void **args, int steps, int replays,
+               const Before &before) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  double best = 1e30;
+  for (int r = 0; r <= replays; ++r) { // the first: warm-up
+    before();
+    check(cudaEventRecord(start, stream), "record");
+    check(cudaLaunchCooperativeKernel(kernel, dim3(blocks), dim3(256), args, 0, stream),
+          "cooperative launch");
+    check(cudaEventRecord(stop, stream), "record");
+    check(cudaEventSynchronize(stop), "synchronize");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    if (r > 0)
+      best = std::min(best, 1e3 * ms / steps);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
   return best;
 }
 
@@ -259,8 +277,9 @@ int main(int argc, char **argv) {
             launch(emptyKernel, c.grid, c.kind == 0 && c.grid.x == 1 ? dim3(32) : gemvBlock,
                    stream, pdl);
           else
-            launchRead(c.grid, gemvBlock, stream, pdl, rows + (i % 2) * kRow,
-                       rows + ((i + 1) % 2) * kRow, c.kind == 2);
+            launch(readKernel, c.grid, gemvBlock, stream, pdl,
+                   static_cast<const float *>(rows + (i % 2) * kRow),
+                   rows + ((i + 1) % 2) * kRow, c.kind == 2);
         }
       });
     std::printf("%-14s %10.2f %10.2f\n", c.name, us[0], us[1]);
@@ -271,61 +290,27 @@ int main(int argc, char **argv) {
   for (int blocksPerSm : {1, std::min(perSm, 4)})
     for (bool row : {false, true}) {
       const int blocks = prop.multiProcessorCount * blocksPerSm;
-      void *args[] = {&counters, nullptr, nullptr, &rows, nullptr, &rows};
       unsigned *generation = counters + 1;
       int barriers = launches;
       bool rowArg = row;
-      args[1] = &generation;
-      args[2] = &barriers;
-      args[4] = &rowArg;
-      cudaEvent_t start, stop;
-      check(cudaEventCreate(&start), "event");
-      check(cudaEventCreate(&stop), "event");
-      double best = 1e30;
-      for (int r = 0; r <= replays; ++r) { // the first: warm-up
-        check(cudaEventRecord(start, stream), "record");
-        check(cudaLaunchCooperativeKernel(reinterpret_cast<void *>(barrierKernel), dim3(blocks),
-                                          dim3(256), args, 0, stream),
-              "cooperative launch");
-        check(cudaEventRecord(stop, stream), "record");
-        check(cudaEventSynchronize(stop), "synchronize");
-        float ms = 0.0f;
-        check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-        if (r > 0)
-          best = std::min(best, 1e3 * ms / barriers);
-      }
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
+      void *args[] = {&counters, &generation, &barriers, &rows, &rowArg, &rows};
+      const double us = perStep(stream, reinterpret_cast<void *>(barrierKernel), blocks, args,
+                                barriers, replays, [] {});
       std::printf("%-14s %10.2f %10s   (%d blocks of 256 threads, %d a multiprocessor)\n",
-                  row ? "barrier-read" : "barrier", best, "-", blocks, blocksPerSm);
+                  row ? "barrier-read" : "barrier", us, "-", blocks, blocksPerSm);
     }
   for (int blocksPerSm : {1, std::min(perSm, 4)}) {
     const int blocks = prop.multiProcessorCount * blocksPerSm;
     int rounds = launches;
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "event");
-    check(cudaEventCreate(&stop), "event");
-    double best = 1e30;
-    for (int r = 0; r <= replays; ++r) {
-      check(cudaMemsetAsync(counters, 0, 2 * sizeof(unsigned), stream), "memset");
-      unsigned *flag = counters, *readers = counters + 1;
-      void *args[] = {&flag, &readers, &rounds, &rows, &rows};
-      check(cudaEventRecord(start, stream), "record");
-      check(cudaLaunchCooperativeKernel(reinterpret_cast<void *>(flagKernel), dim3(blocks),
-                                        dim3(256), args, 0, stream),
-            "cooperative launch");
-      check(cudaEventRecord(stop, stream), "record");
-      check(cudaEventSynchronize(stop), "synchronize");
-      float ms = 0.0f;
-      check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-      if (r > 0)
-        best = std::min(best, 1e3 * ms / rounds);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    unsigned *flag = counters, *readers = counters + 1;
+    void *args[] = {&flag, &readers, &rounds, &rows, &rows};
+    const double us =
+        perStep(stream, reinterpret_cast<void *>(flagKernel), blocks, args, rounds, replays, [&] {
+          check(cudaMemsetAsync(counters, 0, 2 * sizeof(unsigned), stream), "memset");
+        });
     std::printf("%-14s %10.2f %10s   (%d blocks of 256 threads, %d a multiprocessor; a round "
                 "is a hand-over each way)\n",
-                "flag-read", best, "-", blocks, blocksPerSm);
+                "flag-read", us, "-", blocks, blocksPerSm);
   }
   return 0;
 }
