@@ -449,6 +449,12 @@ TEST_F(BackendOps, ResidualNormBetweenProducts) {
     EXPECT_FALSE(
         cuda::linearGroupWithNorm(*context_, dx.get(), 1, std::span(&p3, 1), &bad, nullptr)
             .isOk());
+    // Both sides in one launch (blocks would read partials others rewrite), or none.
+    EXPECT_FALSE(
+        cuda::linearGroupWithNorm(*context_, dx.get(), 1, std::span(&p3, 1), &bad, &bad).isOk());
+    EXPECT_FALSE(
+        cuda::linearGroupWithNorm(*context_, dx.get(), 1, std::span(&p3, 1), nullptr, nullptr)
+            .isOk());
   }
 }
 

@@ -100,8 +100,8 @@ int64_t residualNormPartials(int64_t producerK, int64_t H);
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs, bool xSplit = false);
 /// linearGroup as the producer (`produces`: one output) or the consumer
-/// (`consumes`: x is the sum, outputs' K its width) of a ResidualNorm;
-/// an error where takesResidualNorm does not hold.
+/// (`consumes`: x is the sum, outputs' K its width) of a ResidualNorm,
+/// exactly one of them; an error where takesResidualNorm does not hold.
 Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
                            std::span<const LinearOutput> outputs, const ResidualNorm *produces,
                            const ResidualNorm *consumes);

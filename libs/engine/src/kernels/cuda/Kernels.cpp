@@ -464,6 +464,9 @@ Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
                            std::span<const LinearOutput> outputs, const ResidualNorm *produces,
                            const ResidualNorm *consumes) {
   Context::State &state = context.state();
+  // Both at once would have blocks read the partials other blocks rewrite.
+  if ((produces == nullptr) == (consumes == nullptr))
+    return Status::error("CUDA linear with the residual norm: one side, producer or consumer");
   if (outputs.empty() || outputs.size() > detail::kMaxLinearSegments ||
       (produces && outputs.size() != 1))
     return Status::error("CUDA linear with the residual norm: one product (producer) or at "
