@@ -1,5 +1,7 @@
 #include "TcpCongestion.h"
 
+#include "llmir/support/Strings.h"
+
 #include <cstdint>
 #include <cstring>
 #include <elf.h>
@@ -124,15 +126,7 @@ int redirectSocketCalls(dl_phdr_info *info, size_t, void *data) {
 } // namespace
 
 int useTcpCongestionForUcx(const std::string &list) {
-  std::vector<std::string> parsed;
-  for (size_t at = 0; at < list.size();) {
-    size_t end = list.find(',', at);
-    if (end == std::string::npos)
-      end = list.size();
-    if (end > at)
-      parsed.push_back(list.substr(at, end - at));
-    at = end + 1;
-  }
+  std::vector<std::string> parsed = splitNonEmpty(list);
   if (parsed.empty())
     return 0;
   std::lock_guard lock(mu);

@@ -20,6 +20,7 @@
 #include "llmir/engine/Communicator.h"
 #include "llmir/engine/CudaKernels.h"
 #include "llmir/model/Safetensors.h"
+#include "llmir/support/Strings.h"
 
 #include <cuda_runtime_api.h>
 
@@ -903,18 +904,9 @@ private:
   /// where no timeline profiler runs; the outputs are garbage.
   static bool skippedForMeasuring(proto::Opcode op) {
     static const std::set<std::string> skipped = [] {
-      std::set<std::string> names;
       const char *text = std::getenv("LLMIR_CUDA_SKIP_OPS");
-      std::string list = text ? text : "";
-      for (size_t begin = 0; begin < list.size();) {
-        size_t end = list.find(',', begin);
-        if (end == std::string::npos)
-          end = list.size();
-        if (end > begin)
-          names.insert(list.substr(begin, end - begin));
-        begin = end + 1;
-      }
-      return names;
+      const std::vector<std::string> names = splitNonEmpty(text ? text : "");
+      return std::set<std::string>(names.begin(), names.end());
     }();
     return !skipped.empty() && skipped.count(proto::Opcode_Name(op)) > 0;
   }
