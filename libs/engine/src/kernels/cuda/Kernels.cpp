@@ -494,12 +494,29 @@ Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
                     "linear (16-bit) with the residual norm");
 }
 
+namespace {
+/// Gate and up as one paired GEMV launch writing silu(gate) * up to y, or
+/// the error when their weights do not pair.
+Result<detail::LinearSegments> swigluSegments(const LinearOutput &gate, const LinearOutput &up,
+                                              float *y) {
+  const int64_t N = gate.w.rows;
+  if (up.w.cols != gate.w.cols || up.w.rows != N || up.w.dtype != gate.w.dtype)
+    return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
+  detail::LinearSegments segments{};
+  segments.segment[0] = {gate.w.data, N, gate.bias, y};
+  segments.segment[1] = {up.w.data, N, up.bias, nullptr};
+  segments.count = 2;
+  segments.pairedSwiglu = true;
+  return segments;
+}
+} // namespace
+
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit) {
   Context::State &state = context.state();
   const int64_t K = gate.w.cols, N = gate.w.rows;
-  if (up.w.cols != K || up.w.rows != N || up.w.dtype != gate.w.dtype)
-    return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
+  Result<detail::LinearSegments> segments = swigluSegments(gate, up, y);
+  LLMIR_RETURN_IF_ERROR(segments.status());
   Result<detail::Storage> storage = storageOf(gate.w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
   const bool mma = takesMmaGemv(*storage, T, K);
@@ -512,32 +529,22 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   }
   if (T <= 0)
     return Status::ok();
-  detail::LinearSegments segments{};
-  segments.segment[0] = {gate.w.data, N, gate.bias, y};
-  segments.segment[1] = {up.w.data, N, up.bias, nullptr};
-  segments.count = 2;
-  segments.pairedSwiglu = true;
-  return launchGemv(state, mma, x, T, K, *storage, segments, "linear + swiglu (16-bit)");
+  return launchGemv(state, mma, x, T, K, *storage, *segments, "linear + swiglu (16-bit)");
 }
 
 Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                             const LinearOutput &gate, const LinearOutput &up, float *y,
                             const ResidualNorm &consumes) {
   Context::State &state = context.state();
-  const int64_t K = gate.w.cols, N = gate.w.rows;
-  if (up.w.cols != K || up.w.rows != N || up.w.dtype != gate.w.dtype)
-    return Status::error("CUDA linear + swiglu: gate and up weights differ in shape or dtype");
+  const int64_t K = gate.w.cols;
+  Result<detail::LinearSegments> segments = swigluSegments(gate, up, y);
+  LLMIR_RETURN_IF_ERROR(segments.status());
   if (T != 1 || !sixteenBit(gate.w) || !detail::oneTokenStagesX(K))
     return Status::error("CUDA linear + swiglu with the residual norm: one token, 16-bit weights");
   Result<detail::Storage> storage = storageOf(gate.w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  detail::LinearSegments segments{};
-  segments.segment[0] = {gate.w.data, N, gate.bias, y};
-  segments.segment[1] = {up.w.data, N, up.bias, nullptr};
-  segments.count = 2;
-  segments.pairedSwiglu = true;
-  segments.consume = onDevice(consumes, static_cast<int>(consumes.partialCount));
-  return cudaStatus(detail::linear16(state.stream, x, T, K, *storage, segments),
+  segments->consume = onDevice(consumes, static_cast<int>(consumes.partialCount));
+  return cudaStatus(detail::linear16(state.stream, x, T, K, *storage, *segments),
                     "linear + swiglu (16-bit) with the residual norm");
 }
 
