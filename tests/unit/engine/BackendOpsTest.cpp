@@ -520,6 +520,49 @@ TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   context_->setBf16Products(false);
 }
 
+// The SWIGLU of a gate/up pair writes the down projection's bf16 halves
+// when that product runs on cuBLAS (linearSwiglu's `next`): given zeros for
+// x, the down product gives what it gives on its own split. Gate and up side
+// by side below kTwoGemmTokens are one GEMM whose scatter applies the SiLU
+// (no SWIGLU kernel, no halves); apart, the SWIGLU kernel runs from 17 tokens.
+TEST_F(BackendOps, SwigluWritesTheDownProductsHalves) {
+  const int64_t K = 512, N = 320, down = 256;
+  // upApart's first weight keeps its second from following gateApart's in
+  // device memory (two allocations may be adjacent: side by side again).
+  const PackedBf16Weights sideBySide({N, N}, K, rng_), gateApart({N}, K, rng_),
+      upApart({64, N}, K, rng_), downWeight({down}, N, rng_);
+  for (bool medium : {false, true})
+    for (bool apart : {false, true})
+      for (int64_t T : {1, 24, 600}) {
+        context_->setBf16Products(medium);
+        const std::string shape = "T=" + std::to_string(T) + (medium ? " medium" : " highest") +
+                                  (apart ? ", gate and up apart" : ", side by side");
+        const std::vector<float> x = randomFloats(size_t(T * K), rng_, 2.0f);
+        DeviceArray<float> dx(x), gate(size_t(T * N)), up(size_t(T * N)), wantY(size_t(T * N)),
+            gotY(size_t(T * N)), wantD(size_t(T * down)), gotD(size_t(T * down)),
+            zeros(std::vector<float>(size_t(T * N), 0.0f));
+        const WeightView gateView = apart ? gateApart.views[0] : sideBySide.views[0];
+        const WeightView upView = apart ? upApart.views[1] : sideBySide.views[1];
+        const cuda::LinearOutput g{gateView, nullptr, gate.get()}, u{upView, nullptr, up.get()};
+        const cuda::LinearOutput wantDown[1] = {{downWeight.views[0], nullptr, wantD.get()}};
+        const cuda::LinearOutput gotDown[1] = {{downWeight.views[0], nullptr, gotD.get()}};
+        ASSERT_TRUE(cuda::linearSwiglu(*context_, dx.get(), T, g, u, wantY.get()).isOk());
+        ASSERT_TRUE(cuda::linearGroup(*context_, wantY.get(), T, wantDown).isOk());
+        bool downSplit = !(T == 1); // must be cleared where no halves are written
+        const Status status =
+            cuda::linearSwiglu(*context_, dx.get(), T, g, u, gotY.get(), false, gotDown, &downSplit);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        EXPECT_EQ(downSplit, T == 600 || (apart && T == 24)) << shape;
+        compare("LINEAR+SWIGLU writing the halves", shape, gotY.download(), wantY.download(), 0.0);
+        // x given as zeros: only the halves the SWIGLU wrote hold its values.
+        ASSERT_TRUE(
+            cuda::linearGroup(*context_, downSplit ? zeros.get() : gotY.get(), T, gotDown, downSplit)
+                .isOk());
+        compare("LINEAR on the SWIGLU's halves", shape, gotD.download(), wantD.download(), 0.0);
+      }
+  context_->setBf16Products(false);
+}
+
 // Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
 TEST_F(BackendOps, ArgmaxRows) {
   const int64_t rows = 5, V = 32001;
@@ -605,11 +648,12 @@ TEST_F(BackendOps, SampleRows) {
 }
 
 // Few rows (1,024-thread blocks) and many (a prefill: blocks sized to the
-// row, 128 to 1,024 threads, in registers or, past 8 a thread, the loop);
-// ADD+RMS_NORM against the CPU's add then norm.
+// row, 128 to 1,024 threads, in registers, four floats a load where H is a
+// multiple of 4, or, past 8 a thread, the loop); ADD+RMS_NORM against the
+// CPU's add then norm.
 TEST_F(BackendOps, RmsNorm) {
   for (auto [T, H] : {std::pair<int64_t, int64_t>{1, 4096}, {5, 1000}, {100, 2048}, {70, 5000},
-                      {64, 300}, {65, 12000}}) {
+                      {64, 300}, {80, 1002}, {65, 12000}}) {
     const std::vector<float> x = randomFloats(size_t(T * H), rng_, 3.0f);
     const std::vector<float> residual = randomFloats(size_t(T * H), rng_, 3.0f);
     const std::vector<float> weight = randomFloats(size_t(H), rng_);

@@ -120,9 +120,14 @@ Result<SplitInput> splitInputFor(Context &context, int64_t T,
 /// pair and the SWIGLU after it): one GEMV launch computing both rows of
 /// each n for 16-bit weights at decode sizes (gate.y and up.y untouched);
 /// otherwise linearGroup into gate.y and up.y, then the SWIGLU kernel. The
-/// same values as the three instructions one after the other.
+/// same values as the three instructions one after the other. `next`: the
+/// outputs of the product that reads y (a layer's down projection); when the
+/// SWIGLU kernel runs and that product takes splitInputFor's halves, the
+/// kernel writes them too and *nextSplit is set (the product is then run
+/// with xSplit), else it is cleared.
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
-                    const LinearOutput &up, float *y, bool xSplit = false);
+                    const LinearOutput &up, float *y, bool xSplit = false,
+                    std::span<const LinearOutput> next = {}, bool *nextSplit = nullptr);
 /// linearSwiglu as the consumer of a ResidualNorm (x is the sum).
 Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                             const LinearOutput &gate, const LinearOutput &up, float *y,
@@ -176,9 +181,9 @@ Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
             const int32_t *positions, const float *inverseFrequencies,
             Stream stream = nullptr);
 
-/// y = silu(gate) * up.
+/// y = silu(gate) * up; with split.hi, y's bf16 halves too (as addRmsNorm).
 Status swiglu(const float *gate, const float *up, float *y, int64_t n,
-              Stream stream = nullptr);
+              Stream stream = nullptr, SplitInput split = {});
 /// y = a + b.
 Status add(const float *a, const float *b, float *y, int64_t n,
            Stream stream = nullptr);

@@ -87,48 +87,61 @@ __global__ void storeKernel(const float *k, const float *v,
 }
 
 // The ROPEs of an attention's queries and keys and its store in one pass:
-// blocks (token, part), a thread per (head, pair) of the queries then of the
-// keys; the thread rotating a key pair also writes it into the cache, and
-// the values are copied as storeKernel does. Same rotation (rotatePair) and
-// the same cache rows as the three kernels. The angles' double sin and cos
-// depend on the step's positions and the frequencies only, which no kernel
-// writes: they are computed before the wait, while the projection before
-// still runs, and a decode token's pairs spread over several blocks (one
-// block a token ran them on one multiprocessor, ~6-7 us a layer).
+// blocks (token, part) of kRopeThreads threads, thread l on pair l % (D/2)
+// of heads (l / (D/2)) + k * lanes of the part's share, the queries' heads
+// first, then the keys'; the thread rotating a key pair also writes it into
+// the cache, and the values are copied as storeKernel does. Same rotation
+// (rotatePair) and the same cache rows as the three kernels. A thread takes
+// the double sin and cos of its pair once for the queries and once for the
+// keys, not once a head: with a thread per (head, pair) a 2,048-token
+// prefill of the 1.1B shape took 28-34 us a layer for ~40 MB of traffic.
+// The angles depend on the step's positions and the frequencies only, which
+// no kernel writes: they are computed before the wait, while the projection
+// before still runs. Few tokens (decode) spread a token's heads over parts
+// (one block a token ran them on one multiprocessor, ~6-7 us a layer).
+// Indices in 32 bits (64-bit `%` and `/` are long routines), offsets in 64.
 constexpr int kRopeThreads = 128;
 template <typename C>
 __global__ void __launch_bounds__(kRopeThreads)
     ropeStoreKernel(const float *q, float *qOut, int64_t qHeads, const float *qFrequencies,
                     const float *k, float *kOut, const float *kFrequencies, const float *v,
-                    AttentionGeometry g) {
-  const int64_t t = blockIdx.x, D = g.headDim, half = D / 2;
-  const int64_t kHeads = g.numKvHeads, position = g.positions[t];
-  const float angle = static_cast<float>(position);
-  const bool mine = (position / g.blockSize) % g.kvShards == g.kvShard;
+                    AttentionGeometry g, int headsPerPart) {
+  const int64_t t = blockIdx.x;
+  const int D = static_cast<int>(g.headDim), half = D / 2, lanes = kRopeThreads / half;
+  const int queryHeads = static_cast<int>(qHeads), kHeads = static_cast<int>(g.numKvHeads);
+  const int32_t position = g.positions[t];
+  const bool mine = (position / static_cast<int32_t>(g.blockSize)) % static_cast<int32_t>(g.kvShards) ==
+                    static_cast<int32_t>(g.kvShard);
   const int64_t row = mine ? cacheRow(g, g.tokenSeq[t], position) : 0;
   C *keys = static_cast<C *>(g.keys) + row;
-  const int64_t p = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  const bool isQuery = p < qHeads * half;
-  const int64_t pk = p - qHeads * half; // the key pair's index
-  const int64_t i = isQuery ? p % half : pk % half;
-  const bool active = p < (qHeads + kHeads) * half;
-  const Rotation rotation =
-      active ? rotationBy(angle * (isQuery ? qFrequencies[i] : kFrequencies[i])) : Rotation{};
+  const int tid = static_cast<int>(threadIdx.x), i = tid % half, lane = tid / half;
+  const int first = static_cast<int>(blockIdx.y) * headsPerPart;
+  const int end = min(first + headsPerPart, queryHeads + kHeads);
+  const bool active = lane < lanes && first + lane < end;
+  const float angle = static_cast<float>(position);
+  const bool anyQuery = active && first + lane < queryHeads;
+  const bool anyKey = active && end > queryHeads;
+  const Rotation queryRotation = anyQuery ? rotationBy(angle * qFrequencies[i]) : Rotation{};
+  const Rotation keyRotation = anyKey ? rotationBy(angle * kFrequencies[i]) : Rotation{};
   waitForPrecedingKernels();
   allowDependentLaunch();
-  if (active && isQuery) {
-    const int64_t head = (t * qHeads + p / half) * D;
-    rotatePair(q + head, qOut + head, i, half, rotation);
-  } else if (active) {
-    const int64_t h = pk / half, head = t * g.kvRowStride + h * D;
-    rotatePair(k + head, kOut + head, i, half, rotation);
-    if (mine) {
-      storeCached(keys + h * D + i, kOut[head + i]);
-      storeCached(keys + h * D + i + half, kOut[head + i + half]);
+  for (int head = first + lane; active && head < end; head += lanes) {
+    if (head < queryHeads) {
+      const int64_t at = (t * qHeads + head) * D;
+      rotatePair(q + at, qOut + at, i, half, queryRotation);
+    } else {
+      const int h = head - queryHeads;
+      const int64_t at = t * g.kvRowStride + int64_t(h) * D;
+      rotatePair(k + at, kOut + at, i, half, keyRotation);
+      if (mine) {
+        storeCached(keys + h * D + i, kOut[at + i]);
+        storeCached(keys + h * D + i + half, kOut[at + i + half]);
+      }
     }
   }
   if (mine)
-    for (int64_t e = p; e < kHeads * D; e += int64_t(gridDim.y) * blockDim.x)
+    for (int e = static_cast<int>(blockIdx.y) * kRopeThreads + tid; e < kHeads * D;
+         e += static_cast<int>(gridDim.y) * kRopeThreads)
       storeCached(static_cast<C *>(g.values) + row + e, v[t * g.kvRowStride + e]);
 }
 
@@ -1465,16 +1478,20 @@ int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *kFrequencies, const float *v, const AttentionGeometry &g) {
   if (g.numTokens <= 0)
     return cudaGetLastError();
-  const int64_t pairs = (qHeads + g.numKvHeads) * (g.headDim / 2);
-  const unsigned threads = kRopeThreads;
+  // A part a block: a head a thread lane where the tokens are few (decode),
+  // all of a token's heads in one block from ~4 blocks a multiprocessor.
+  const int64_t heads = qHeads + g.numKvHeads, lanes = kRopeThreads / (g.headDim / 2);
+  const int64_t mostParts = (heads + lanes - 1) / lanes;
+  const int64_t parts = std::clamp<int64_t>((528 + g.numTokens - 1) / g.numTokens, 1, mostParts);
+  const int headsPerPart = static_cast<int>((heads + parts - 1) / parts);
   const dim3 blocks(static_cast<unsigned>(g.numTokens),
-                    static_cast<unsigned>((pairs + kRopeThreads - 1) / kRopeThreads));
+                    static_cast<unsigned>((heads + headsPerPart - 1) / headsPerPart));
   if (g.bf16Cache)
-    launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, threads, 0, stream, q, qOut, qHeads,
-                    qFrequencies, k, kOut, kFrequencies, v, g);
+    launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, kRopeThreads, 0, stream, q, qOut,
+                    qHeads, qFrequencies, k, kOut, kFrequencies, v, g, headsPerPart);
   else
-    launchDependent(ropeStoreKernel<float>, blocks, threads, 0, stream, q, qOut, qHeads,
-                    qFrequencies, k, kOut, kFrequencies, v, g);
+    launchDependent(ropeStoreKernel<float>, blocks, kRopeThreads, 0, stream, q, qOut, qHeads,
+                    qFrequencies, k, kOut, kFrequencies, v, g, headsPerPart);
   return cudaGetLastError();
 }
 

@@ -692,16 +692,25 @@ private:
   /// split (a launch a group: ~2.5 us at batch 32, 8 us a 2,048-token
   /// prefill's). The normed row is still written. Not after a deferred
   /// all-reduce (planAllReduceNorms: that ADD runs inside the collective).
+  /// Likewise the SWIGLU of a fused gate/up pair (planSwigluFusions) for
+  /// the down projection that reads its output (splitBy_ at the gate's
+  /// LINEAR; a 2,048-token prefill of the 1.1B shape split it for ~17 us a
+  /// layer).
   void planSplitsInProducers() {
     const auto &insts = program_.instructions;
     splitBy_.assign(insts.size(), kNone);
     if (!fusionsEnabled())
       return;
+    const auto readsFirst = [&](size_t linear, uint32_t value) {
+      return linear < insts.size() && insts[linear].op == proto::LINEAR &&
+             linearGroupSize_[linear] != 0 && !insts[linear].inputs.empty() &&
+             insts[linear].inputs[0] == value;
+    };
     for (size_t i = 0; i + 2 < insts.size(); ++i) {
-      const BoundInstruction &norm = insts[i + 1], &linear = insts[i + 2];
+      if (linearSwiglu_[i] && readsFirst(i + 3, insts[i + 2].outputs[0]))
+        splitBy_[i] = i + 3;
       if (!addNormFused_[i] || (i > 0 && allReduceBeforeAddNorm_[i - 1]) ||
-          linear.op != proto::LINEAR || linearGroupSize_[i + 2] == 0 || linear.inputs.empty() ||
-          linear.inputs[0] != norm.outputs[0])
+          !readsFirst(i + 2, insts[i + 1].outputs[0]))
         continue;
       splitBy_[i] = i + 2;
     }
@@ -1188,8 +1197,20 @@ private:
       if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
         DeviceTensor &y = activations_[program_.instructions[index + 2].outputs[0]];
         LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), (*outputs)[0].w.rows}));
-        return cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0], (*outputs)[1],
-                                  y.data(), xSplit);
+        // The down projection's halves written by the SWIGLU (planSplitsInProducers).
+        const size_t down = index < splitBy_.size() ? splitBy_[index] : kNone;
+        if (down == kNone)
+          return cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0], (*outputs)[1],
+                                    y.data(), xSplit);
+        Result<std::vector<cuda::LinearOutput>> downOutputs = linearOutputs(down, y);
+        LLMIR_RETURN_IF_ERROR(downOutputs.status());
+        bool downSplit = false;
+        LLMIR_RETURN_IF_ERROR(cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0],
+                                                 (*outputs)[1], y.data(), xSplit, *downOutputs,
+                                                 &downSplit));
+        if (downSplit)
+          splitLinear_ = down;
+        return Status::ok();
       }
       return cuda::linearGroup(context_, x.data(), x.rows(), *outputs, xSplit);
     }

@@ -1,5 +1,6 @@
 // Elementwise kernels: widening of stored weights, bias, SWIGLU, ADD,
 // EMBEDDING. Grid-stride; SWIGLU four elements a thread where it can.
+#include "Bf16Halves.cuh"
 #include "DependentLaunch.cuh"
 
 #include <cuda_fp16.h>
@@ -49,23 +50,32 @@ __device__ __forceinline__ float siluTimes(float g, float u) {
 }
 
 // Four elements a thread with 16-byte loads and stores (Vector: every
-// pointer 16-byte aligned and n a multiple of 4), else one. One element a
-// thread moved 2.1 TB/s on an H200 (a 2,048-token prefill of the 1.1B
-// shape: 66 us a call).
+// pointer 16-byte aligned, hi and lo 8-byte, and n a multiple of 4), else
+// one. One element a thread moved 2.1 TB/s on an H200 (a 2,048-token
+// prefill of the 1.1B shape: 66 us a call). With hi, y's bf16 halves too,
+// for the product that reads y (the down projection on cuBLAS): its own
+// split launch re-read y, ~17 us a layer of that prefill.
 template <bool Vector>
-__global__ void swigluKernel(const float *gate, const float *up, float *y, int64_t n) {
+__global__ void swigluKernel(const float *gate, const float *up, float *y, int64_t n,
+                             __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
   beginDependentKernel();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   if constexpr (Vector) {
     for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n / 4; q += stride) {
       const float4 g = reinterpret_cast<const float4 *>(gate)[q];
       const float4 u = reinterpret_cast<const float4 *>(up)[q];
-      reinterpret_cast<float4 *>(y)[q] = make_float4(siluTimes(g.x, u.x), siluTimes(g.y, u.y),
-                                                     siluTimes(g.z, u.z), siluTimes(g.w, u.w));
+      const float4 v = make_float4(siluTimes(g.x, u.x), siluTimes(g.y, u.y),
+                                   siluTimes(g.z, u.z), siluTimes(g.w, u.w));
+      reinterpret_cast<float4 *>(y)[q] = v;
+      if (hi)
+        splitFour(v, hi, lo, q);
     }
   } else {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
       y[i] = siluTimes(gate[i], up[i]);
+      if (hi)
+        splitOne(y[i], hi[i], lo ? &lo[i] : nullptr);
+    }
   }
 }
 
@@ -232,11 +242,15 @@ int scatterProduct(Stream stream, const float *product, int64_t T, bool halves,
   return cudaGetLastError();
 }
 
-int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n) {
-  if (n % 4 == 0 && alignedTo(gate, 16) && alignedTo(up, 16) && alignedTo(y, 16))
-    launchDependent(swigluKernel<true>, gridFor(n / 4), kThreads, 0, stream, gate, up, y, n);
+int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n, void *hi,
+           void *lo) {
+  auto *h = static_cast<__nv_bfloat16 *>(hi), *l = static_cast<__nv_bfloat16 *>(lo);
+  if (n % 4 == 0 && alignedTo(gate, 16) && alignedTo(up, 16) && alignedTo(y, 16) &&
+      alignedTo(hi, 8) && alignedTo(lo, 8))
+    launchDependent(swigluKernel<true>, gridFor(n / 4), kThreads, 0, stream, gate, up, y, n, h,
+                    l);
   else
-    launchDependent(swigluKernel<false>, gridFor(n), kThreads, 0, stream, gate, up, y, n);
+    launchDependent(swigluKernel<false>, gridFor(n), kThreads, 0, stream, gate, up, y, n, h, l);
   return cudaGetLastError();
 }
 

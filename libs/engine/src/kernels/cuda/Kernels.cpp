@@ -512,8 +512,11 @@ Result<detail::LinearSegments> swigluSegments(const LinearOutput &gate, const Li
 } // namespace
 
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
-                    const LinearOutput &up, float *y, bool xSplit) {
+                    const LinearOutput &up, float *y, bool xSplit,
+                    std::span<const LinearOutput> next, bool *nextSplit) {
   Context::State &state = context.state();
+  if (nextSplit)
+    *nextSplit = false;
   const int64_t K = gate.w.cols, N = gate.w.rows;
   Result<detail::LinearSegments> segments = swigluSegments(gate, up, y);
   LLMIR_RETURN_IF_ERROR(segments.status());
@@ -525,7 +528,16 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
     if (*storage == detail::Storage::BF16 && oneGemm(T, both))
       return splitGemms(state, x, T, both, y, xSplit);
     LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both, xSplit));
-    return swiglu(gate.y, up.y, y, T * N, state.stream);
+    // After gate and up are enqueued: growing the scratch frees the halves
+    // they read (reserveSplit synchronises first).
+    SplitInput halves;
+    if (nextSplit && !next.empty()) {
+      Result<SplitInput> into = splitInputFor(context, T, next);
+      LLMIR_RETURN_IF_ERROR(into.status());
+      halves = *into;
+      *nextSplit = halves.hi != nullptr;
+    }
+    return swiglu(gate.y, up.y, y, T * N, state.stream, halves);
   }
   if (T <= 0)
     return Status::ok();
@@ -620,8 +632,9 @@ Status rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headD
                     "rope");
 }
 
-Status swiglu(const float *gate, const float *up, float *y, int64_t n, Stream stream) {
-  return cudaStatus(detail::swiglu(stream, gate, up, y, n), "swiglu");
+Status swiglu(const float *gate, const float *up, float *y, int64_t n, Stream stream,
+              SplitInput split) {
+  return cudaStatus(detail::swiglu(stream, gate, up, y, n, split.hi, split.lo), "swiglu");
 }
 
 Status add(const float *a, const float *b, float *y, int64_t n, Stream stream) {

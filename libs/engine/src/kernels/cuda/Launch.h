@@ -145,7 +145,9 @@ int rope(Stream stream, float *x, int64_t T, int64_t numHeads, int64_t headDim,
 int ropeWithFrequencies(Stream stream, const float *x, float *y, int64_t T, int64_t numHeads,
                         int64_t headDim, const int32_t *positions,
                         const float *inverseFrequencies);
-int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n);
+/// y = silu(gate) * up; with hi, y's bf16 halves too (as addRmsNorm's).
+int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n,
+           void *hi = nullptr, void *lo = nullptr);
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y);

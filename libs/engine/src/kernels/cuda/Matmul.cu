@@ -15,6 +15,7 @@
 // halves of the f32 result gives ~16 mantissa bits of x, so the product
 // stays within f32 rounding of the exact one (HF-exact references hold)
 // while the weights are read once.
+#include "Bf16Halves.cuh"
 #include "DependentLaunch.cuh"
 
 #include <cuda_bf16.h>
@@ -507,29 +508,14 @@ __global__ void __launch_bounds__(kMmaSplits * 32)
 // stores) where x and both outputs allow it, else one. One element a thread
 // (2-byte stores) moved 1.2 TB/s on an H200 (a 2,048-token prefill of the
 // 1.1B shape: 22-56 us a call, 66 calls).
-__device__ __forceinline__ void splitOne(float v, __nv_bfloat16 &hi, __nv_bfloat16 *lo) {
-  hi = __float2bfloat16_rn(v);
-  if (lo) // medium precision keeps hi only
-    *lo = __float2bfloat16_rn(v - __bfloat162float(hi));
-}
-
 template <bool Vector>
 __global__ void splitBf16Kernel(const float *x, int64_t n, __nv_bfloat16 *hi,
                                 __nv_bfloat16 *lo) {
   beginDependentKernel();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   if constexpr (Vector) {
-    for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n / 4; q += stride) {
-      const float4 v = reinterpret_cast<const float4 *>(x)[q];
-      __align__(8) __nv_bfloat16 h[4], l[4];
-      splitOne(v.x, h[0], lo ? &l[0] : nullptr);
-      splitOne(v.y, h[1], lo ? &l[1] : nullptr);
-      splitOne(v.z, h[2], lo ? &l[2] : nullptr);
-      splitOne(v.w, h[3], lo ? &l[3] : nullptr);
-      reinterpret_cast<uint2 *>(hi)[q] = *reinterpret_cast<const uint2 *>(h);
-      if (lo)
-        reinterpret_cast<uint2 *>(lo)[q] = *reinterpret_cast<const uint2 *>(l);
-    }
+    for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n / 4; q += stride)
+      splitFour(reinterpret_cast<const float4 *>(x)[q], hi, lo, q);
   } else {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
       splitOne(x[i], hi[i], lo ? &lo[i] : nullptr);
