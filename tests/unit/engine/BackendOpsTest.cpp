@@ -520,6 +520,16 @@ TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   context_->setBf16Products(false);
 }
 
+// The residual norm goes to consumers of at most two waves of blocks (each
+// block pays the norm's staging): a small grid does, one of a million rows
+// does not, paired or not, on any device.
+TEST_F(BackendOps, ResidualNormConsumerPays) {
+  for (bool paired : {false, true}) {
+    EXPECT_TRUE(cuda::residualNormConsumerPays(2048, 64, paired)) << paired;
+    EXPECT_FALSE(cuda::residualNormConsumerPays(4096, int64_t(1) << 20, paired)) << paired;
+  }
+}
+
 // The SWIGLU of a gate/up pair writes the down projection's bf16 halves
 // when that product runs on cuBLAS (linearSwiglu's `next`): given zeros for
 // x, the down product gives what it gives on its own split. Gate and up side

@@ -91,6 +91,13 @@ struct ResidualNorm {
 /// Whether a producer with weights `producer` [H, K] and a consumer with
 /// weights `consumer` [N, H] can pass the norm over T tokens.
 bool takesResidualNorm(const WeightView &producer, const WeightView &consumer, int64_t T);
+/// Whether a one-token consumer of `rows` rows over H (paired: a gate/up
+/// pair's rows, each block computing both) gains from taking the norm. Each
+/// of its blocks stages and normalises the sum; on an H200 that cost ~1.8
+/// us a wave of blocks more than a plain staging, against ~5 us for the
+/// norm's own launch: an 8B shape's gate/up (4.5 waves) lost 7.9 us a layer
+/// and made batch-1 decode 2.5% slower. So at most two waves.
+bool residualNormConsumerPays(int64_t H, int64_t rows, bool paired);
 int64_t residualNormPartials(int64_t producerK, int64_t H);
 /// Several LINEARs of the same x [T, K] (weights of one dtype and K, e.g.
 /// Q, K and V): for few tokens one launch reads all their weights. xSplit:

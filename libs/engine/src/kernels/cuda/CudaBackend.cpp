@@ -636,7 +636,15 @@ private:
       const DeviceWeight &consumed = weights_[next.inputs[1]];
       if (!cuda::takesResidualNorm(produced.view(), consumed.view(), 1))
         continue;
-      normConsumer_[p] = p + 3;
+      // The consumer's rows: a gate/up pair's (planSwigluFusions), else its group's.
+      const size_t c = p + 3;
+      const bool paired = linearSwiglu_[c];
+      int64_t rows = 0;
+      for (size_t j = c; j < c + (paired ? 1 : linearGroupSize_[c]); ++j)
+        rows += weights_[insts[j].inputs[1]].shape[0];
+      if (!cuda::residualNormConsumerPays(consumed.shape[1], rows, paired))
+        continue;
+      normConsumer_[p] = c;
       partials = std::max(partials,
                           cuda::residualNormPartials(produced.shape[1], produced.shape[0]));
     }

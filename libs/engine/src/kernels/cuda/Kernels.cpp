@@ -456,6 +456,10 @@ bool takesResidualNorm(const WeightView &producer, const WeightView &consumer, i
          H % 8 == 0 && detail::oneTokenStagesX(H);
 }
 
+bool residualNormConsumerPays(int64_t H, int64_t rows, bool paired) {
+  return detail::oneTokenWaves(H, rows, paired) <= 2.0;
+}
+
 int64_t residualNormPartials(int64_t producerK, int64_t H) {
   return detail::oneTokenBlocks(producerK, H);
 }

@@ -99,6 +99,10 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
 /// partial count).
 bool oneTokenStagesX(int64_t K);
 int64_t oneTokenBlocks(int64_t K, int64_t N);
+/// Waves of the one-token GEMV over `rows` rows of K (rows a block, blocks
+/// a multiprocessor and multiprocessors of the current device); 0 where
+/// the device does not say.
+double oneTokenWaves(int64_t K, int64_t rows, bool paired);
 /// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
 /// The same products for 2 to 16 tokens with bf16 weights (K a multiple of
 /// 8) on tensor cores: x rounded to bf16, plus its remainder's product when

@@ -120,13 +120,32 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
 // which later instructions may read. Replaces the norm's own launch: at
 // batch-1 decode a phase boundary costs ~2.2 us (llmir-launch-bench), and
 // the norm kernel's body as much again.
+// Each thread's loads are issued together, then used in the loop's order
+// (the same sums, bit for bit): read one at a time, a block's staging was a
+// chain of L2 round trips (4 at an 8B shape's H = 4,096), paid again by
+// every block of a consumer grid of several waves (gate/up, the LM head),
+// and at that shape made batch-1 decode 5% slower than the norm's own
+// launch.
+// Two rows' worth a batch: the unpaired one-token kernel keeps its first
+// round of weights in registers meanwhile, under a 64-register bound.
+constexpr int kStagedBatch = 2;
 __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t H,
                             float4 *staged) {
   __shared__ double partial[32];
   __shared__ float scale;
   double squares = 0.0;
-  for (int i = threadIdx.x; i < c.count; i += blockDim.x)
-    squares += __ldcg(c.partials + i);
+  for (int first = threadIdx.x; first < c.count; first += kStagedBatch * blockDim.x) {
+    double v[kStagedBatch];
+#pragma unroll
+    for (int k = 0; k < kStagedBatch; ++k) {
+      const int i = first + k * blockDim.x;
+      v[k] = i < c.count ? __ldcg(c.partials + i) : 0.0;
+    }
+#pragma unroll
+    for (int k = 0; k < kStagedBatch; ++k)
+      if (first + k * int(blockDim.x) < c.count)
+        squares += v[k];
+  }
   for (int offset = 16; offset > 0; offset /= 2)
     squares += __shfl_xor_sync(0xffffffffu, squares, offset);
   if (threadIdx.x % 32 == 0)
@@ -144,13 +163,27 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
   const float4 *from = reinterpret_cast<const float4 *>(x);
   const float4 *weight = reinterpret_cast<const float4 *>(c.weight);
   float4 *normed = reinterpret_cast<float4 *>(c.normed);
-  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-    const float4 h = __ldcg(from + i), w = weight[i];
-    const float4 v = make_float4(w.x * (h.x * s), w.y * (h.y * s), w.z * (h.z * s),
-                                 w.w * (h.w * s));
-    staged[i] = v;
-    if (stores)
-      normed[i] = v;
+  for (int64_t first = threadIdx.x; first < H / 4; first += kStagedBatch * blockDim.x) {
+    float4 h[kStagedBatch], w[kStagedBatch];
+#pragma unroll
+    for (int k = 0; k < kStagedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < H / 4) {
+        h[k] = __ldcg(from + i);
+        w[k] = weight[i];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kStagedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < H / 4) {
+        const float4 v = make_float4(w[k].x * (h[k].x * s), w[k].y * (h[k].y * s),
+                                     w[k].z * (h[k].z * s), w[k].w * (h[k].w * s));
+        staged[i] = v;
+        if (stores)
+          normed[i] = v;
+      }
+    }
   }
 }
 
@@ -554,6 +587,42 @@ int64_t oneTokenBlocks(int64_t K, int64_t N) {
           ? kWideWarps
           : kWarpsPerBlock;
   return (N + warps - 1) / warps;
+}
+
+namespace {
+// Resident blocks of Kernel a multiprocessor (its shared memory opt-in first).
+template <auto Kernel>
+cudaError_t blocksPerMultiprocessor(int *blocks, int threads, size_t shared) {
+  allowDynamicShared<Kernel>(shared);
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, Kernel, threads, shared);
+}
+} // namespace
+
+double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
+  int device = 0, multiprocessors = 0, perMultiprocessor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess) {
+    cudaGetLastError(); // not sticky
+    return 0.0;
+  }
+  const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
+  const bool wide = !paired && shared > kDefaultSharedBytes;
+  const int warps = wide ? kWideWarps : kWarpsPerBlock;
+  // The kernel launchLinear16 picks at one token.
+  const cudaError_t error =
+      paired ? blocksPerMultiprocessor<linear16Kernel<1, true, kWarpsPerBlock>>(
+                   &perMultiprocessor, warps * 32, shared)
+      : wide ? blocksPerMultiprocessor<linear16Kernel<1, false, kWideWarps>>(&perMultiprocessor,
+                                                                             warps * 32, shared)
+             : blocksPerMultiprocessor<linear16Kernel<1, false, kWarpsPerBlock>>(
+                   &perMultiprocessor, warps * 32, shared);
+  if (error != cudaSuccess || perMultiprocessor <= 0) {
+    cudaGetLastError();
+    return 0.0;
+  }
+  const int64_t blocks = (rows + warps - 1) / warps;
+  return static_cast<double>(blocks) / (static_cast<double>(multiprocessors) * perMultiprocessor);
 }
 
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
