@@ -1478,11 +1478,14 @@ int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *kFrequencies, const float *v, const AttentionGeometry &g) {
   if (g.numTokens <= 0)
     return cudaGetLastError();
-  // A part a block: a head a thread lane where the tokens are few (decode),
-  // all of a token's heads in one block from ~4 blocks a multiprocessor.
+  // Parts of a token's heads, one a block: as many as give the grid ~4
+  // blocks a multiprocessor of an H100/H200 (a head a thread lane at most),
+  // one from 528 tokens (a prefill: a rotation a thread serves many heads).
+  constexpr int64_t kBlocksWanted = 4 * 132;
   const int64_t heads = qHeads + g.numKvHeads, lanes = kRopeThreads / (g.headDim / 2);
   const int64_t mostParts = (heads + lanes - 1) / lanes;
-  const int64_t parts = std::clamp<int64_t>((528 + g.numTokens - 1) / g.numTokens, 1, mostParts);
+  const int64_t parts =
+      std::clamp<int64_t>((kBlocksWanted + g.numTokens - 1) / g.numTokens, 1, mostParts);
   const int headsPerPart = static_cast<int>((heads + parts - 1) / parts);
   const dim3 blocks(static_cast<unsigned>(g.numTokens),
                     static_cast<unsigned>((heads + headsPerPart - 1) / headsPerPart));
