@@ -500,21 +500,29 @@ TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
         ASSERT_TRUE(split.isOk()) << split.message();
         EXPECT_EQ(split->hi == nullptr, T == 1) << shape;
         EXPECT_EQ(split->lo == nullptr, T == 1 || medium) << shape;
-        norm(*split);
-        // x given as zeros: only the halves the norm wrote hold its values.
-        const float *x = split->hi ? zeros.get() : normed.get();
-        const Status status =
-            swiglu ? cuda::linearSwiglu(*context_, x, T, gotGroup[0], gotGroup[1], gotY.get(),
-                                        split->hi != nullptr)
-                   : cuda::linearGroup(*context_, x, T, gotGroup, split->hi != nullptr);
-        ASSERT_TRUE(status.isOk()) << status.message();
-        if (swiglu)
-          compare("LINEAR+SWIGLU on the norm's halves", shape, gotY.download(),
-                  wantY.download(), 0.0);
-        else
-          for (size_t i = 0; i < count; ++i)
-            compare("LINEAR on the norm's halves", shape + " N=" + std::to_string(widths[i]),
-                    got[i]->download(), want[i]->download(), 0.0);
+        for (bool halvesOnly : {false, true}) {
+          if (halvesOnly && !split->hi)
+            continue;
+          // Halves only: the norm writes no normed row, the product gets no x.
+          const std::string variant = shape + (halvesOnly ? ", halves only" : "");
+          ASSERT_TRUE(cuda::addRmsNorm(da.get(), db.get(), sum.get(), T, K, dw.get(), 1e-5f,
+                                       halvesOnly ? nullptr : normed.get(), stream, *split)
+                          .isOk());
+          // x given as zeros: only the halves the norm wrote hold its values.
+          const float *x = halvesOnly ? nullptr : split->hi ? zeros.get() : normed.get();
+          const Status status =
+              swiglu ? cuda::linearSwiglu(*context_, x, T, gotGroup[0], gotGroup[1], gotY.get(),
+                                          split->hi != nullptr)
+                     : cuda::linearGroup(*context_, x, T, gotGroup, split->hi != nullptr);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          if (swiglu)
+            compare("LINEAR+SWIGLU on the norm's halves", variant, gotY.download(),
+                    wantY.download(), 0.0);
+          else
+            for (size_t i = 0; i < count; ++i)
+              compare("LINEAR on the norm's halves", variant + " N=" + std::to_string(widths[i]),
+                      got[i]->download(), want[i]->download(), 0.0);
+        }
       }
     }
   context_->setBf16Products(false);
@@ -531,10 +539,11 @@ TEST_F(BackendOps, ResidualNormConsumerPays) {
 }
 
 // The SWIGLU of a gate/up pair writes the down projection's bf16 halves
-// when that product runs on cuBLAS (linearSwiglu's `next`): given zeros for
-// x, the down product gives what it gives on its own split. Gate and up side
-// by side below kTwoGemmTokens are one GEMM whose scatter applies the SiLU
-// (no SWIGLU kernel, no halves); apart, the SWIGLU kernel runs from 17 tokens.
+// when that product runs on cuBLAS (linearSwiglu's NextProduct): given no x
+// (halvesOnly: y itself not written) or zeros, the down product gives what
+// it gives on its own split. Gate and up side by side below kTwoGemmTokens
+// are one GEMM whose scatter applies the SiLU (no SWIGLU kernel, no
+// halves); apart, the SWIGLU kernel runs from 17 tokens.
 TEST_F(BackendOps, SwigluWritesTheDownProductsHalves) {
   const int64_t K = 512, N = 320, down = 256;
   // upApart's first weight keeps its second from following gateApart's in
@@ -543,34 +552,59 @@ TEST_F(BackendOps, SwigluWritesTheDownProductsHalves) {
       upApart({64, N}, K, rng_), downWeight({down}, N, rng_);
   for (bool medium : {false, true})
     for (bool apart : {false, true})
-      for (int64_t T : {1, 24, 600}) {
-        context_->setBf16Products(medium);
-        const std::string shape = "T=" + std::to_string(T) + (medium ? " medium" : " highest") +
-                                  (apart ? ", gate and up apart" : ", side by side");
-        const std::vector<float> x = randomFloats(size_t(T * K), rng_, 2.0f);
-        DeviceArray<float> dx(x), gate(size_t(T * N)), up(size_t(T * N)), wantY(size_t(T * N)),
-            gotY(size_t(T * N)), wantD(size_t(T * down)), gotD(size_t(T * down)),
-            zeros(std::vector<float>(size_t(T * N), 0.0f));
-        const WeightView gateView = apart ? gateApart.views[0] : sideBySide.views[0];
-        const WeightView upView = apart ? upApart.views[1] : sideBySide.views[1];
-        const cuda::LinearOutput g{gateView, nullptr, gate.get()}, u{upView, nullptr, up.get()};
-        const cuda::LinearOutput wantDown[1] = {{downWeight.views[0], nullptr, wantD.get()}};
-        const cuda::LinearOutput gotDown[1] = {{downWeight.views[0], nullptr, gotD.get()}};
-        ASSERT_TRUE(cuda::linearSwiglu(*context_, dx.get(), T, g, u, wantY.get()).isOk());
-        ASSERT_TRUE(cuda::linearGroup(*context_, wantY.get(), T, wantDown).isOk());
-        bool downSplit = !(T == 1); // must be cleared where no halves are written
-        const Status status =
-            cuda::linearSwiglu(*context_, dx.get(), T, g, u, gotY.get(), false, gotDown, &downSplit);
-        ASSERT_TRUE(status.isOk()) << status.message();
-        EXPECT_EQ(downSplit, T == 600 || (apart && T == 24)) << shape;
-        compare("LINEAR+SWIGLU writing the halves", shape, gotY.download(), wantY.download(), 0.0);
-        // x given as zeros: only the halves the SWIGLU wrote hold its values.
-        ASSERT_TRUE(
-            cuda::linearGroup(*context_, downSplit ? zeros.get() : gotY.get(), T, gotDown, downSplit)
-                .isOk());
-        compare("LINEAR on the SWIGLU's halves", shape, gotD.download(), wantD.download(), 0.0);
-      }
+      for (bool halvesOnly : {false, true})
+        for (int64_t T : {1, 24, 600}) {
+          context_->setBf16Products(medium);
+          const std::string shape =
+              "T=" + std::to_string(T) + (medium ? " medium" : " highest") +
+              (apart ? ", gate and up apart" : ", side by side") + (halvesOnly ? ", halves only" : "");
+          const std::vector<float> x = randomFloats(size_t(T * K), rng_, 2.0f);
+          const std::vector<float> untouched(size_t(T * N), 7.0f);
+          DeviceArray<float> dx(x), gate(size_t(T * N)), up(size_t(T * N)), wantY(size_t(T * N)),
+              gotY(untouched), wantD(size_t(T * down)), gotD(size_t(T * down)),
+              zeros(std::vector<float>(size_t(T * N), 0.0f));
+          const WeightView gateView = apart ? gateApart.views[0] : sideBySide.views[0];
+          const WeightView upView = apart ? upApart.views[1] : sideBySide.views[1];
+          const cuda::LinearOutput g{gateView, nullptr, gate.get()}, u{upView, nullptr, up.get()};
+          const cuda::LinearOutput wantDown[1] = {{downWeight.views[0], nullptr, wantD.get()}};
+          const cuda::LinearOutput gotDown[1] = {{downWeight.views[0], nullptr, gotD.get()}};
+          ASSERT_TRUE(cuda::linearSwiglu(*context_, dx.get(), T, g, u, wantY.get()).isOk());
+          ASSERT_TRUE(cuda::linearGroup(*context_, wantY.get(), T, wantDown).isOk());
+          cuda::NextProduct next{gotDown, halvesOnly};
+          next.split = T != 1; // must be cleared where no halves are written
+          const Status status =
+              cuda::linearSwiglu(*context_, dx.get(), T, g, u, gotY.get(), false, &next);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          EXPECT_EQ(next.split, T == 600 || (apart && T == 24)) << shape;
+          if (next.split && halvesOnly)
+            compare("LINEAR+SWIGLU writing the halves only: y untouched", shape, gotY.download(),
+                    untouched, 0.0);
+          else
+            compare("LINEAR+SWIGLU writing the halves", shape, gotY.download(), wantY.download(),
+                    0.0);
+          // x given as zeros or not at all: only the halves the SWIGLU wrote
+          // hold its values.
+          const float *downX = !next.split ? gotY.get() : halvesOnly ? nullptr : zeros.get();
+          ASSERT_TRUE(cuda::linearGroup(*context_, downX, T, gotDown, next.split).isOk());
+          compare("LINEAR on the SWIGLU's halves", shape, gotD.download(), wantD.download(), 0.0);
+        }
   context_->setBf16Products(false);
+}
+
+// A product given no x (its producer wrote the halves only) where the
+// halves cannot be used: a clear error, nothing computed from garbage.
+TEST_F(BackendOps, ProductWithoutXNeedsItsHalves) {
+  const PackedBf16Weights w({256}, 512, rng_);
+  for (int64_t T : {1, 600}) {
+    DeviceArray<float> y(size_t(T * 256));
+    const cuda::LinearOutput out[1] = {{w.views[0], nullptr, y.get()}};
+    const Status status = cuda::linearGroup(*context_, nullptr, T, out, false);
+    EXPECT_FALSE(status.isOk()) << "T=" << T;
+    EXPECT_NE(status.message().find("not written"), std::string::npos) << status.message();
+  }
+  DeviceArray<float> a(size_t(64)), b(size_t(64)), sum(size_t(64));
+  EXPECT_FALSE(cuda::addRmsNorm(a.get(), b.get(), sum.get(), 1, 64, a.get(), 1e-5f, nullptr).isOk());
+  EXPECT_FALSE(cuda::swiglu(a.get(), b.get(), nullptr, 64).isOk());
 }
 
 // Greedy ids on the device: engine::argmax's choice, ties to the lowest id.

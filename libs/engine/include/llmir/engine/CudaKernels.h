@@ -102,8 +102,9 @@ int64_t residualNormPartials(int64_t producerK, int64_t H);
 /// Several LINEARs of the same x [T, K] (weights of one dtype and K, e.g.
 /// Q, K and V): for few tokens one launch reads all their weights. xSplit:
 /// x's bf16 halves are already where splitInputFor(T, outputs) said (its
-/// producer wrote them), so x is not split again; x itself must still hold
-/// the values (it is read wherever the halves cannot be).
+/// producer wrote them), so x is not split again. x may be null then (its
+/// producer wrote the halves only): an error where the halves cannot be
+/// used (a scratch that had to grow, or a GEMV-sized T).
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs, bool xSplit = false);
 /// linearGroup as the producer (`produces`: one output) or the consumer
@@ -127,14 +128,19 @@ Result<SplitInput> splitInputFor(Context &context, int64_t T,
 /// pair and the SWIGLU after it): one GEMV launch computing both rows of
 /// each n for 16-bit weights at decode sizes (gate.y and up.y untouched);
 /// otherwise linearGroup into gate.y and up.y, then the SWIGLU kernel. The
-/// same values as the three instructions one after the other. `next`: the
-/// outputs of the product that reads y (a layer's down projection); when the
-/// SWIGLU kernel runs and that product takes splitInputFor's halves, the
-/// kernel writes them too and *nextSplit is set (the product is then run
-/// with xSplit), else it is cleared.
+/// same values as the three instructions one after the other. With `next`
+/// (the product that reads y, a layer's down projection): when the SWIGLU
+/// kernel runs and that product takes splitInputFor's halves, the kernel
+/// writes them (and y only if not next->halvesOnly) and sets next->split;
+/// the product then runs with xSplit.
+struct NextProduct {
+  std::span<const LinearOutput> outputs;
+  bool halvesOnly = false; // no later instruction reads y
+  bool split = false;      // out: y's halves were written
+};
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit = false,
-                    std::span<const LinearOutput> next = {}, bool *nextSplit = nullptr);
+                    NextProduct *next = nullptr);
 /// linearSwiglu as the consumer of a ResidualNorm (x is the sum).
 Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                             const LinearOutput &gate, const LinearOutput &up, float *y,
@@ -168,7 +174,8 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
 
 /// sum = a + b, then y = rmsNorm(sum) as rmsNorm does (the residual add
 /// and the norm after it, one pass); with split.hi, y's bf16 halves too,
-/// for the product that reads y (splitInputFor).
+/// for the product that reads y (splitInputFor), and y may be null (the
+/// halves only).
 Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
                   const float *weight, float eps, float *y, Stream stream = nullptr,
                   SplitInput split = {});
@@ -188,7 +195,8 @@ Status rope(float *x, int64_t T, int64_t numHeads, int64_t headDim,
             const int32_t *positions, const float *inverseFrequencies,
             Stream stream = nullptr);
 
-/// y = silu(gate) * up; with split.hi, y's bf16 halves too (as addRmsNorm).
+/// y = silu(gate) * up; with split.hi, y's bf16 halves too, y may then be
+/// null (as addRmsNorm).
 Status swiglu(const float *gate, const float *up, float *y, int64_t n,
               Stream stream = nullptr, SplitInput split = {});
 /// y = a + b.

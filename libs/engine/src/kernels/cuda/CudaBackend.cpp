@@ -707,6 +707,7 @@ private:
   void planSplitsInProducers() {
     const auto &insts = program_.instructions;
     splitBy_.assign(insts.size(), kNone);
+    halvesOnly_.assign(insts.size(), false);
     if (!fusionsEnabled())
       return;
     const auto readsFirst = [&](size_t linear, uint32_t value) {
@@ -714,14 +715,27 @@ private:
              linearGroupSize_[linear] != 0 && !insts[linear].inputs.empty() &&
              insts[linear].inputs[0] == value;
     };
+    // The halves only where no instruction after the consumer's group reads
+    // the value (whole-program runs: an observer reads every output).
+    const auto readsBy = [&](size_t i, size_t consumer, uint32_t value) {
+      splitBy_[i] = consumer;
+      halvesOnly_[i] = halvesOnlyEnabled() &&
+                       !readBeforeWritten(program_, consumer + linearGroupSize_[consumer] - 1, value);
+    };
     for (size_t i = 0; i + 2 < insts.size(); ++i) {
       if (linearSwiglu_[i] && readsFirst(i + 3, insts[i + 2].outputs[0]))
-        splitBy_[i] = i + 3;
+        readsBy(i, i + 3, insts[i + 2].outputs[0]);
       if (!addNormFused_[i] || (i > 0 && allReduceBeforeAddNorm_[i - 1]) ||
           !readsFirst(i + 2, insts[i + 1].outputs[0]))
         continue;
-      splitBy_[i] = i + 2;
+      readsBy(i, i + 2, insts[i + 1].outputs[0]);
     }
+  }
+
+  /// LLMIR_CUDA_HALVES_ONLY=0: the producers still write the f32 values
+  /// beside the halves (measuring).
+  static bool halvesOnlyEnabled() {
+    return !cuda::detail::switchedOff("LLMIR_CUDA_HALVES_ONLY");
   }
 
   /// The outputs of the LINEAR group starting at `index` over x (shaped).
@@ -1183,9 +1197,12 @@ private:
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
       Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(index, x);
       LLMIR_RETURN_IF_ERROR(outputs.status());
-      // x's bf16 halves written by its producer (planSplitsInProducers).
+      // x's bf16 halves written by its producer (planSplitsInProducers),
+      // maybe instead of x.
       const bool xSplit = splitLinear_ == index;
+      const float *xData = xSplit && splitHalvesOnly_ ? nullptr : x.data();
       splitLinear_ = kNone;
+      splitHalvesOnly_ = false;
       // The residual norm before this group, from the product before it
       // (planResidualNorms): x is the sum, normalised as it is staged.
       if (index == pendingNormAt_) {
@@ -1208,19 +1225,20 @@ private:
         // The down projection's halves written by the SWIGLU (planSplitsInProducers).
         const size_t down = index < splitBy_.size() ? splitBy_[index] : kNone;
         if (down == kNone)
-          return cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0], (*outputs)[1],
+          return cuda::linearSwiglu(context_, xData, x.rows(), (*outputs)[0], (*outputs)[1],
                                     y.data(), xSplit);
         Result<std::vector<cuda::LinearOutput>> downOutputs = linearOutputs(down, y);
         LLMIR_RETURN_IF_ERROR(downOutputs.status());
-        bool downSplit = false;
-        LLMIR_RETURN_IF_ERROR(cuda::linearSwiglu(context_, x.data(), x.rows(), (*outputs)[0],
-                                                 (*outputs)[1], y.data(), xSplit, *downOutputs,
-                                                 &downSplit));
-        if (downSplit)
+        cuda::NextProduct next{*downOutputs, halvesOnly_[index]};
+        LLMIR_RETURN_IF_ERROR(cuda::linearSwiglu(context_, xData, x.rows(), (*outputs)[0],
+                                                 (*outputs)[1], y.data(), xSplit, &next));
+        if (next.split) {
           splitLinear_ = down;
+          splitHalvesOnly_ = next.halvesOnly;
+        }
         return Status::ok();
       }
-      return cuda::linearGroup(context_, x.data(), x.rows(), *outputs, xSplit);
+      return cuda::linearGroup(context_, xData, x.rows(), *outputs, xSplit);
     }
     case proto::ROPE: {
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
@@ -1301,6 +1319,7 @@ private:
         // The product reading the norm on cuBLAS takes its bf16 halves from
         // this launch (planSplitsInProducers).
         cuda::SplitInput split;
+        bool halvesOnly = false;
         if (index < splitBy_.size() && splitBy_[index] != kNone) {
           const size_t linear = splitBy_[index];
           Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(linear, normed);
@@ -1308,11 +1327,15 @@ private:
           Result<cuda::SplitInput> into = cuda::splitInputFor(context_, a.rows(), *outputs);
           LLMIR_RETURN_IF_ERROR(into.status());
           split = *into;
-          if (split.hi)
+          if (split.hi) {
+            halvesOnly = wholeProgram_ && halvesOnly_[index];
             splitLinear_ = linear;
+            splitHalvesOnly_ = halvesOnly;
+          }
         }
         return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
-                                w.widened.data, norm.params.eps, normed.data(), stream(), split);
+                                w.widened.data, norm.params.eps,
+                                halvesOnly ? nullptr : normed.data(), stream(), split);
       }
       return inst.op == proto::SWIGLU
                  ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel(), stream())
@@ -1541,6 +1564,10 @@ private:
   /// writes; the LINEAR whose halves this step's producer wrote.
   std::vector<size_t> splitBy_;
   size_t splitLinear_ = kNone;
+  /// planSplitsInProducers: per producer, whether it writes the halves
+  /// only (no later reader of the f32 value); whether this step's did.
+  std::vector<bool> halvesOnly_;
+  bool splitHalvesOnly_ = false;
   bool wholeProgram_ = false; // inside runAll (planSwigluFusions)
   bool graphsAllowed_ = false;
   bool decodeStep_ = false; // this step's isDecodeStep(), from beginStep

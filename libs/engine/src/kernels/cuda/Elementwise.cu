@@ -54,7 +54,8 @@ __device__ __forceinline__ float siluTimes(float g, float u) {
 // one. One element a thread moved 2.1 TB/s on an H200 (a 2,048-token
 // prefill of the 1.1B shape: 66 us a call). With hi, y's bf16 halves too,
 // for the product that reads y (the down projection on cuBLAS): its own
-// split launch re-read y, ~17 us a layer of that prefill.
+// split launch re-read y, ~17 us a layer of that prefill. y null: the
+// halves only (no later instruction reads y).
 template <bool Vector>
 __global__ void swigluKernel(const float *gate, const float *up, float *y, int64_t n,
                              __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
@@ -66,15 +67,18 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y, int64
       const float4 u = reinterpret_cast<const float4 *>(up)[q];
       const float4 v = make_float4(siluTimes(g.x, u.x), siluTimes(g.y, u.y),
                                    siluTimes(g.z, u.z), siluTimes(g.w, u.w));
-      reinterpret_cast<float4 *>(y)[q] = v;
+      if (y)
+        reinterpret_cast<float4 *>(y)[q] = v;
       if (hi)
         splitFour(v, hi, lo, q);
     }
   } else {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
-      y[i] = siluTimes(gate[i], up[i]);
+      const float v = siluTimes(gate[i], up[i]);
+      if (y)
+        y[i] = v;
       if (hi)
-        splitOne(y[i], hi[i], lo ? &lo[i] : nullptr);
+        splitOne(v, hi[i], lo ? &lo[i] : nullptr);
     }
   }
 }

@@ -333,9 +333,12 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   const int64_t K = outputs.front().w.cols;
   const SplitLayout l = splitLayout(state, T, outputs);
   const bool both = l.both, packed = l.packed, join = l.join;
-  // A scratch that must grow loses the halves: x (always written too) is
-  // split again.
+  // A scratch that must grow loses the halves: x is split again, if its
+  // producer wrote it.
   xSplit = xSplit && l.need <= state.splitBytes;
+  if (!x && !xSplit)
+    return Status::error("CUDA linear: x was not written and its halves are lost (the scratch "
+                         "grew between its producer and the product)");
   LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
   const SplitInput halves = halvesIn(state, l); // [hi; lo]: 2T columns for the joined GEMM
   char *hi = static_cast<char *>(halves.hi), *lo = static_cast<char *>(halves.lo);
@@ -409,6 +412,8 @@ Status linearGroup(Context &context, const float *x, int64_t T,
       return Status::error("CUDA linear group: weights differ in K or dtype");
   const bool mma = takesMmaGemv(*storage, T, K);
   if (mma || takesGemv(*storage, T)) {
+    if (!x && T > 0)
+      return Status::error("CUDA linear: x was not written (its halves only)");
     for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
       detail::LinearSegments segments{};
       for (size_t i = first; i < outputs.size() && segments.count < detail::kMaxLinearSegments;
@@ -516,11 +521,10 @@ Result<detail::LinearSegments> swigluSegments(const LinearOutput &gate, const Li
 } // namespace
 
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
-                    const LinearOutput &up, float *y, bool xSplit,
-                    std::span<const LinearOutput> next, bool *nextSplit) {
+                    const LinearOutput &up, float *y, bool xSplit, NextProduct *next) {
   Context::State &state = context.state();
-  if (nextSplit)
-    *nextSplit = false;
+  if (next)
+    next->split = false;
   const int64_t K = gate.w.cols, N = gate.w.rows;
   Result<detail::LinearSegments> segments = swigluSegments(gate, up, y);
   LLMIR_RETURN_IF_ERROR(segments.status());
@@ -535,16 +539,19 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
     // After gate and up are enqueued: growing the scratch frees the halves
     // they read (reserveSplit synchronises first).
     SplitInput halves;
-    if (nextSplit && !next.empty()) {
-      Result<SplitInput> into = splitInputFor(context, T, next);
+    if (next && !next->outputs.empty()) {
+      Result<SplitInput> into = splitInputFor(context, T, next->outputs);
       LLMIR_RETURN_IF_ERROR(into.status());
       halves = *into;
-      *nextSplit = halves.hi != nullptr;
+      next->split = halves.hi != nullptr;
     }
-    return swiglu(gate.y, up.y, y, T * N, state.stream, halves);
+    return swiglu(gate.y, up.y, next && next->split && next->halvesOnly ? nullptr : y, T * N,
+                  state.stream, halves);
   }
   if (T <= 0)
     return Status::ok();
+  if (!x)
+    return Status::error("CUDA linear + swiglu: x was not written (its halves only)");
   return launchGemv(state, mma, x, T, K, *storage, *segments, "linear + swiglu (16-bit)");
 }
 
@@ -613,6 +620,8 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
 
 Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
                   const float *weight, float eps, float *y, Stream stream, SplitInput split) {
+  if (!y && !split.hi)
+    return Status::error("CUDA add + rms_norm: no output (neither y nor its halves)");
   return cudaStatus(detail::addRmsNorm(stream, a, b, sum, T, H, weight, eps, y, split.hi,
                                        split.lo),
                     "add + rms_norm");
@@ -638,6 +647,8 @@ Status rope(const float *x, float *y, int64_t T, int64_t numHeads, int64_t headD
 
 Status swiglu(const float *gate, const float *up, float *y, int64_t n, Stream stream,
               SplitInput split) {
+  if (!y && !split.hi)
+    return Status::error("CUDA swiglu: no output (neither y nor its halves)");
   return cudaStatus(detail::swiglu(stream, gate, up, y, n, split.hi, split.lo), "swiglu");
 }
 

@@ -42,10 +42,11 @@ __device__ float inverseRms(double sum, int64_t H, float eps) {
 constexpr int kNormPerThread = 8;
 
 // y[i] = v, and with hi its bf16 halves for the product that reads y,
-// splitBf16's arithmetic (Bf16Halves.cuh).
+// splitBf16's arithmetic (Bf16Halves.cuh); y null: the halves only.
 __device__ __forceinline__ void storeNormed(float *y, __nv_bfloat16 *hi, __nv_bfloat16 *lo,
                                             int64_t i, float v) {
-  y[i] = v;
+  if (y)
+    y[i] = v;
   if (hi)
     splitOne(v, hi[i], lo ? &lo[i] : nullptr);
 }
@@ -118,7 +119,8 @@ __device__ __forceinline__ void normalizeVectorsInRegisters(Row4 row, int64_t H,
     if (q < vectors) {
       const float4 v = make_float4(w[j].x * (h[j].x * scale), w[j].y * (h[j].y * scale),
                                    w[j].z * (h[j].z * scale), w[j].w * (h[j].w * scale));
-      reinterpret_cast<float4 *>(y)[q] = v;
+      if (y)
+        reinterpret_cast<float4 *>(y)[q] = v;
       if (hi)
         splitFour(v, hi, lo, q);
     }
@@ -145,7 +147,8 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // The residual ADD and the RMS_NORM after it in one pass: sum = a + b is
 // stored (later instructions read it) and normalised into y, the same
 // arithmetic as the two kernels one after the other.
-// With hi (and lo), y's bf16 halves are written too (storeNormed).
+// With hi (and lo), y's bf16 halves are written too, or instead of y when
+// y is null (storeNormed).
 // Vectors: every row of H floats four at a time in registers (addRmsNorm's
 // choice: many rows, H a multiple of 4 within the block's kNormPerThread
 // elements a thread, 16-byte aligned rows, 8-byte aligned halves).
@@ -168,7 +171,7 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
           reinterpret_cast<float4 *>(sumOut + base)[q] = h;
           return h;
         },
-        H, weight, eps, y + base, hi, lo);
+        H, weight, eps, y ? y + base : nullptr, hi, lo);
   if (H <= kNormPerThread * int64_t(blockDim.x))
     return normalizeInRegisters(
         [&](int64_t i) {
@@ -176,7 +179,7 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
           sumOut[base + i] = h;
           return h;
         },
-        H, weight, eps, y + base, hi, lo);
+        H, weight, eps, y ? y + base : nullptr, hi, lo);
   beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
@@ -187,7 +190,7 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
   }
   const float scale = inverseRms(sum, H, eps);
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) // sumOut: this thread's own store
-    storeNormed(y + base, hi, lo, i, weight[i] * (sumOut[base + i] * scale));
+    storeNormed(y ? y + base : nullptr, hi, lo, i, weight[i] * (sumOut[base + i] * scale));
 }
 
 // One block per token, one thread per (head, pair).
