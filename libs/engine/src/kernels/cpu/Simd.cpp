@@ -62,10 +62,10 @@ namespace {
 // AMD family 1Ah (Zen 5), where the decode GEMVs' software prefetch was
 // measured slower on one thread: a plain 512-bit read of the bench model's
 // weights 36.8 GB/s with it against 43.7 without, the 1-thread decode 8-21%
-// slower; on 2 threads it was faster in one set of alternations and not in
-// the passes beside them, so it stays there (docs/performance.md,
-// "Thirteenth round"). On Zen 4 (family 19h) it took one core from 19-20 to
-// 25-29 GB/s; elsewhere it stays on, as it was everywhere before.
+// slower (docs/performance.md, "Thirteenth round"); at two threads and
+// more the form is chosen per GEMV (zen5PoolSet). On Zen 4 (family 19h) it
+// took one core from 19-20 to 25-29 GB/s; elsewhere it stays on, as it was
+// everywhere before.
 bool isZen5() {
 #ifdef LLMIR_SIMD_X86
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -79,9 +79,10 @@ bool isZen5() {
   return false;
 }
 
-// The chosen ISA's set with the prefetching decode GEMVs and without.
+// The chosen ISA's set with the decode GEMVs prefetching into L2, without
+// software prefetch, and prefetching non-temporally.
 struct Sets {
-  const Kernels *prefetching, *plain;
+  const Kernels *prefetching, *plain, *nta;
 };
 
 Sets select() {
@@ -96,21 +97,28 @@ Sets select() {
                          __builtin_cpu_supports("avx512dq");
   // Every CPU with AVX2 and FMA also has F16C (Haswell, Piledriver on).
   if (forced && std::strcmp(forced, "generic") == 0)
-    return {&generic::table, &generic::tableWithoutGemvPrefetch};
+    return {&generic::table, &generic::tableWithoutGemvPrefetch,
+            &generic::tableWithNtaGemvPrefetch};
   const bool hasAvx512Bf16 = hasAvx512 && __builtin_cpu_supports("avx512bf16");
   if (forced && std::strcmp(forced, "avx2") == 0 && hasAvx2)
-    return {&avx2::table, &avx2::tableWithoutGemvPrefetch};
+    return {&avx2::table, &avx2::tableWithoutGemvPrefetch,
+            &avx2::tableWithNtaGemvPrefetch};
   if (forced && std::strcmp(forced, "avx512") == 0 && hasAvx512)
-    return {&avx512::table, &avx512::tableWithoutGemvPrefetch};
+    return {&avx512::table, &avx512::tableWithoutGemvPrefetch,
+            &avx512::tableWithNtaGemvPrefetch};
   if (hasAvx512Bf16)
-    return {&avx512bf16::table, &avx512bf16::tableWithoutGemvPrefetch};
+    return {&avx512bf16::table, &avx512bf16::tableWithoutGemvPrefetch,
+            &avx512bf16::tableWithNtaGemvPrefetch};
   if (hasAvx512)
-    return {&avx512::table, &avx512::tableWithoutGemvPrefetch};
+    return {&avx512::table, &avx512::tableWithoutGemvPrefetch,
+            &avx512::tableWithNtaGemvPrefetch};
   if (hasAvx2)
-    return {&avx2::table, &avx2::tableWithoutGemvPrefetch};
+    return {&avx2::table, &avx2::tableWithoutGemvPrefetch,
+            &avx2::tableWithNtaGemvPrefetch};
 #endif
   (void)forced;
-  return {&generic::table, &generic::tableWithoutGemvPrefetch};
+  return {&generic::table, &generic::tableWithoutGemvPrefetch,
+            &generic::tableWithNtaGemvPrefetch};
 }
 
 const Sets &sets() {
@@ -118,26 +126,54 @@ const Sets &sets() {
   return chosen;
 }
 
-/// LLMIR_CPU_GEMV_PREFETCH: 1 or 0 forces a form, -1 (unset) lets the CPU
-/// and the thread count decide.
+/// LLMIR_CPU_GEMV_PREFETCH: 0, 1 or nta forces a form (GemvPrefetch), -1
+/// (unset) lets the CPU and the thread count decide.
 int forcedGemvPrefetch() {
   const char *forced = std::getenv("LLMIR_CPU_GEMV_PREFETCH");
-  return forced ? std::strcmp(forced, "0") != 0 : -1;
+  if (!forced)
+    return -1;
+  if (std::strcmp(forced, "nta") == 0)
+    return kPrefetchNta;
+  return std::strcmp(forced, "0") != 0 ? kPrefetchL2 : kNoPrefetch;
+}
+
+const Kernels &setOf(int prefetch) {
+  return prefetch == kNoPrefetch    ? *sets().plain
+         : prefetch == kPrefetchNta ? *sets().nta
+                                    : *sets().prefetching;
+}
+
+// Zen 5 at two threads and more, one process alternating the forms every 8
+// decode tokens (docs/performance.md, "Sixteenth round"): the f32 and
+// `vdpbf16ps` GEMVs (3 instructions per 64 bytes of weights) read fastest
+// with the hardware prefetchers alone, the four-stream bf16 GEMV (about 6)
+// with a non-temporal prefetch, which beat `prefetcht1` as well; f16 keeps
+// the prefetch into L2 (not measured).
+Kernels zen5PoolSet() {
+  Kernels set = *sets().plain;
+  set.gemv[kBf16] = sets().nta->gemv[kBf16];
+  set.gemv[kF16] = sets().prefetching->gemv[kF16];
+  set.gemvPrefetch = kPrefetchNta;
+  return set;
 }
 
 } // namespace
 
 const Kernels &kernels() {
-  static const Kernels &chosen =
-      forcedGemvPrefetch() == 0 ? *sets().plain : *sets().prefetching;
+  static const int forced = forcedGemvPrefetch();
+  static const Kernels &chosen = setOf(forced < 0 ? kPrefetchL2 : forced);
   return chosen;
 }
 
 const Kernels &gemvKernels(unsigned threads) {
   static const int forced = forcedGemvPrefetch();
   static const bool zen5 = isZen5();
-  const bool prefetch = forced >= 0 ? forced == 1 : !(zen5 && threads <= 1);
-  return prefetch ? *sets().prefetching : *sets().plain;
+  static const Kernels zen5Pool = zen5PoolSet();
+  if (forced >= 0)
+    return setOf(forced);
+  if (zen5)
+    return threads <= 1 ? *sets().plain : zen5Pool;
+  return *sets().prefetching;
 }
 
 } // namespace llmir::engine::cpu::simd

@@ -11,6 +11,12 @@ namespace llmir::engine::cpu::simd {
 /// Weight element encodings the GEMV reads directly.
 enum WeightKind : int { kF32 = 0, kBf16 = 1, kF16 = 2 };
 
+/// How a decode GEMV prefetches its weights in software: not at all (the
+/// hardware prefetchers alone), into L2 (`prefetcht1`), or non-temporal
+/// (`prefetchnta`: on Zen 5 a line so fetched is not kept in the caches
+/// beyond L1 once evicted).
+enum GemvPrefetch : int { kNoPrefetch = 0, kPrefetchL2 = 1, kPrefetchNta = 2 };
+
 using GemvFn = void (*)(const float *x, int64_t T, const void *w, int64_t K,
                         int64_t nBegin, int64_t nEnd, float *y, int64_t ldy);
 /// Medium matmul precision: x already rounded to bf16 (bits), w bf16.
@@ -76,10 +82,10 @@ struct Kernels {
   void (*gemmPanelBf16Dot)(const uint16_t *x, int64_t T, const void *w,
                            int64_t K, int64_t n0, int64_t cols, float *y,
                            int64_t ldy, uint32_t *panel);
-  /// The decode GEMVs (gemv, gemvBf16, gemvBf16Dot) prefetch their weights in
-  /// software; false: they leave it to the hardware prefetchers. Either
-  /// form computes the same sums in the same order.
-  bool gemvPrefetch;
+  /// How the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) prefetch their
+  /// weights (GemvPrefetch; gemvKernels may mix forms). Every form computes
+  /// the same sums in the same order.
+  int gemvPrefetch;
 };
 
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512bf16|avx512|avx2|generic
@@ -87,9 +93,12 @@ struct Kernels {
 /// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
 const Kernels &kernels();
 /// kernels() with the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) for a pool of
-/// `threads`: they prefetch in software except on one thread of AMD family
-/// 1Ah (Zen 5), where that was measured slower; LLMIR_CPU_GEMV_PREFETCH=0|1
-/// forces either form, here and in kernels() (the results are the same).
+/// `threads`: they prefetch into L2 except on AMD family 1Ah (Zen 5), where
+/// one thread leaves it to the hardware prefetchers and two or more do so
+/// for the f32 and `vdpbf16ps` GEMVs and prefetch non-temporally for the
+/// bf16 one (as measured there; docs/performance.md, "Thirteenth round",
+/// "Sixteenth round"). LLMIR_CPU_GEMV_PREFETCH=0|1|nta forces one form for
+/// all, here and in kernels() (the results are the same).
 const Kernels &gemvKernels(unsigned threads);
 
 } // namespace llmir::engine::cpu::simd
