@@ -1,5 +1,6 @@
 // Each CPU kernel against a naive double-precision reference.
 #include "TestUtil.h"
+#include "kernels/cpu/Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/HugePages.h"
@@ -231,6 +232,43 @@ TEST(Linear, DecodeRowsIdenticalWhateverThePoolSplit) {
                                             << " output " << i
                                             << (bf16Products ? " medium" : "");
         }
+}
+
+// Every prefetch form of the decode GEMVs, and the mix gemvKernels picks
+// per thread count, computes the same sums in the same order.
+TEST(Gemv, EveryPrefetchFormGivesIdenticalRows) {
+  std::mt19937 rng(11);
+  const int64_t N = 70, K = 576, T = 2;
+  std::vector<float> x = randomFloats(static_cast<size_t>(T * K), rng);
+  std::vector<uint16_t> xBits(x.size());
+  cpu::simd::kernels().toBf16(x.data(), xBits.data(), T * K);
+  const cpu::simd::Kernels *sets[] = {
+      &cpu::simd::gemvKernelsWith(cpu::simd::kNoPrefetch),
+      &cpu::simd::gemvKernelsWith(cpu::simd::kPrefetchL2),
+      &cpu::simd::gemvKernelsWith(cpu::simd::kPrefetchNta), &cpu::simd::gemvKernels(1),
+      &cpu::simd::gemvKernels(2)};
+  for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16})
+    for (bool dot : {false, true}) {
+      if (dot && (dtype != proto::BF16 || !cpu::simd::kernels().gemvBf16Dot))
+        continue;
+      const WeightTensor w =
+          makeWeight(dtype, {N, K}, randomFloats(static_cast<size_t>(N * K), rng));
+      const WeightView view = WeightView::of(w);
+      const int kind = dtype == proto::BF16 ? cpu::simd::kBf16
+                       : dtype == proto::F16 ? cpu::simd::kF16
+                                             : cpu::simd::kF32;
+      std::vector<std::vector<float>> ys;
+      for (const cpu::simd::Kernels *set : sets) {
+        ys.emplace_back(static_cast<size_t>(T * N), -1.0f);
+        if (dot)
+          set->gemvBf16Dot(xBits.data(), T, view.data, K, 0, N, ys.back().data(), N);
+        else
+          set->gemv[kind](x.data(), T, view.data, K, 0, N, ys.back().data(), N);
+      }
+      for (size_t i = 1; i < ys.size(); ++i)
+        EXPECT_EQ(ys[i], ys[0]) << dtypeName(dtype) << (dot ? " vdpbf16ps" : "") << " set "
+                                << i;
+    }
 }
 
 TEST(Rope, MatchesRotateHalfReference) {

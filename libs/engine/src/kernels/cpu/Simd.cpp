@@ -59,11 +59,11 @@ constexpr bool kIsaHasGemm = false;
 
 namespace {
 
-// AMD family 1Ah (Zen 5), where the decode GEMVs' software prefetch was
+// AMD family 1Ah (Zen 5), where the decode GEMVs' prefetch into L2 was
 // measured slower on one thread: a plain 512-bit read of the bench model's
 // weights 36.8 GB/s with it against 43.7 without, the 1-thread decode 8-21%
-// slower (docs/performance.md, "Thirteenth round"); at two threads and
-// more the form is chosen per GEMV (zen5PoolSet). On Zen 4 (family 19h) it
+// slower (docs/performance.md, "Thirteenth round"); the form is chosen per
+// GEMV there (zen5Set). On Zen 4 (family 19h) it
 // took one core from 19-20 to 25-29 GB/s; elsewhere it stays on, as it was
 // everywhere before.
 bool isZen5() {
@@ -143,16 +143,18 @@ const Kernels &setOf(int prefetch) {
                                     : *sets().prefetching;
 }
 
-// Zen 5 at two threads and more, one process alternating the forms every 8
-// decode tokens (docs/performance.md, "Sixteenth round"): the f32 and
-// `vdpbf16ps` GEMVs (3 instructions per 64 bytes of weights) read fastest
-// with the hardware prefetchers alone, the four-stream bf16 GEMV (about 6)
-// with a non-temporal prefetch, which beat `prefetcht1` as well; f16 keeps
-// the prefetch into L2 (not measured).
-Kernels zen5PoolSet() {
+// Zen 5, one process alternating the forms every 8 decode tokens
+// (docs/performance.md, "Sixteenth round"): the f32 and `vdpbf16ps` GEMVs
+// (3 instructions per 64 bytes of weights) read fastest with the hardware
+// prefetchers alone, the four-stream bf16 GEMV (about 6) with a
+// non-temporal prefetch, on one thread and on two (where it beat
+// `prefetcht1` as well); f16, not measured, keeps what it had (no prefetch
+// on one thread, into L2 on more).
+Kernels zen5Set(unsigned threads) {
   Kernels set = *sets().plain;
   set.gemv[kBf16] = sets().nta->gemv[kBf16];
-  set.gemv[kF16] = sets().prefetching->gemv[kF16];
+  if (threads > 1)
+    set.gemv[kF16] = sets().prefetching->gemv[kF16];
   set.gemvPrefetch = kPrefetchNta;
   return set;
 }
@@ -165,14 +167,16 @@ const Kernels &kernels() {
   return chosen;
 }
 
+const Kernels &gemvKernelsWith(int prefetch) { return setOf(prefetch); }
+
 const Kernels &gemvKernels(unsigned threads) {
   static const int forced = forcedGemvPrefetch();
   static const bool zen5 = isZen5();
-  static const Kernels zen5Pool = zen5PoolSet();
+  static const Kernels zen5One = zen5Set(1), zen5Pool = zen5Set(2);
   if (forced >= 0)
     return setOf(forced);
   if (zen5)
-    return threads <= 1 ? *sets().plain : zen5Pool;
+    return threads <= 1 ? zen5One : zen5Pool;
   return *sets().prefetching;
 }
 

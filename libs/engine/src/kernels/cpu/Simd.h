@@ -94,11 +94,13 @@ struct Kernels {
 const Kernels &kernels();
 /// kernels() with the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) for a pool of
 /// `threads`: they prefetch into L2 except on AMD family 1Ah (Zen 5), where
-/// one thread leaves it to the hardware prefetchers and two or more do so
-/// for the f32 and `vdpbf16ps` GEMVs and prefetch non-temporally for the
-/// bf16 one (as measured there; docs/performance.md, "Thirteenth round",
-/// "Sixteenth round"). LLMIR_CPU_GEMV_PREFETCH=0|1|nta forces one form for
-/// all, here and in kernels() (the results are the same).
+/// the f32 and `vdpbf16ps` GEMVs leave it to the hardware prefetchers and
+/// the bf16 one prefetches non-temporally (as measured there;
+/// docs/performance.md, "Thirteenth round", "Sixteenth round").
+/// LLMIR_CPU_GEMV_PREFETCH=0|1|nta forces one form for all, here and in
+/// kernels() (the results are the same).
 const Kernels &gemvKernels(unsigned threads);
+/// kernels() with every decode GEMV in form `prefetch` (GemvPrefetch).
+const Kernels &gemvKernelsWith(int prefetch);
 
 } // namespace llmir::engine::cpu::simd
