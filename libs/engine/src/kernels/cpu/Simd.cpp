@@ -144,17 +144,20 @@ const Kernels &setOf(int prefetch) {
 }
 
 // Zen 5, one process alternating the forms every 8 decode tokens
-// (docs/performance.md, "Sixteenth round"): the f32 and `vdpbf16ps` GEMVs
-// (3 instructions per 64 bytes of weights) read fastest with the hardware
-// prefetchers alone, the four-stream bf16 GEMV (about 6) with a
-// non-temporal prefetch, on one thread and on two (where it beat
-// `prefetcht1` as well); f16, not measured, keeps what it had (no prefetch
-// on one thread, into L2 on more).
+// (docs/performance.md, "Sixteenth round"): the f32 GEMV (3 instructions
+// per 64 bytes of weights) reads fastest with the hardware prefetchers
+// alone, the four-stream bf16 GEMV (about 6) with the non-temporal
+// prefetch, on one thread and on two (where it beat `prefetcht1` as well);
+// `vdpbf16ps`'s (3) with the non-temporal prefetch on two threads, alone on
+// one (no difference measured there); f16, not measured, keeps what it had
+// (no prefetch on one thread, into L2 on more).
 Kernels zen5Set(unsigned threads) {
   Kernels set = *sets().plain;
   set.gemv[kBf16] = sets().nta->gemv[kBf16];
-  if (threads > 1)
+  if (threads > 1) {
+    set.gemvBf16Dot = sets().nta->gemvBf16Dot;
     set.gemv[kF16] = sets().prefetching->gemv[kF16];
+  }
   set.gemvPrefetch = kPrefetchNta;
   return set;
 }

@@ -94,8 +94,9 @@ struct Kernels {
 const Kernels &kernels();
 /// kernels() with the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) for a pool of
 /// `threads`: they prefetch into L2 except on AMD family 1Ah (Zen 5), where
-/// the f32 and `vdpbf16ps` GEMVs leave it to the hardware prefetchers and
-/// the bf16 one prefetches non-temporally (as measured there;
+/// the f32 GEMV leaves it to the hardware prefetchers, the bf16 one
+/// prefetches non-temporally and `vdpbf16ps`'s does so on two threads and
+/// more (as measured there;
 /// docs/performance.md, "Thirteenth round", "Sixteenth round").
 /// LLMIR_CPU_GEMV_PREFETCH=0|1|nta forces one form for all, here and in
 /// kernels() (the results are the same).
