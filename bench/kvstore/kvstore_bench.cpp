@@ -314,6 +314,7 @@ int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
 int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
+int64_t trailingChecksumBytes = -1; // ClientOptions::trailingChecksumBytes (-1: its default)
 // ClientOptions / ServerOptions::tcpCongestion of the client and the store
 // ("default": the library's; "": the host's default).
 std::string tcpCongestion = "default";
@@ -389,6 +390,10 @@ int main(int argc, char **argv) {
   config.add("part-bytes", &partBytes,
              "over TCP, puts of blocks of at least twice this go in parts of it (0: whole; "
              "-1: the client's default)");
+  config.add("trailing-checksum-bytes", &trailingChecksumBytes,
+             "over TCP, puts of blocks of at least this send their checksum in a last part "
+             "of 1-2 KiB, hashing the rest after handing it to UCX (0: off; -1: the client's "
+             "default)");
   config.add("tcp-congestion", &tcpCongestion,
              "TCP congestion controls of the client's and the store's UCX sockets, the "
              "first the kernel allows (comma-separated; \"default\": the library's, "
@@ -450,6 +455,8 @@ int main(int argc, char **argv) {
     co.requestChannel = requestChannel;
     if (partBytes >= 0)
       co.partBytes = uint64_t(partBytes);
+    if (trailingChecksumBytes >= 0)
+      co.trailingChecksumBytes = uint64_t(trailingChecksumBytes);
     if (tcpCongestion != "default")
       co.tcpCongestion = tcpCongestion;
     auto client = kv::Client::create(co);

@@ -105,9 +105,28 @@ public:
   bool inParts_(uint64_t bytes) const {
     return options_.partBytes > 0 && bytes > 2 * options_.partBytes;
   }
-  /// Sends put block `index` as PutPart messages, each hashed just before it
-  /// goes; false (failure_ set) when a send fails.
-  bool sendInParts(size_t index);
+  /// Whether a put's block of `bytes` sends its checksum in a trailing part
+  /// (ClientOptions::trailingChecksumBytes).
+  bool trailingChecksum_(uint64_t bytes) const {
+    return options_.trailingChecksumBytes > 0 && bytes >= options_.trailingChecksumBytes &&
+           bytes >= 2 * wire::kPartAlignment;
+  }
+  /// Sends put block `index` as PutPart messages; false (failure_ set) when
+  /// a send fails. With a trailing checksum each part is hashed after it is
+  /// handed to UCX and the last (1-2 KiB) carries the block's XXH3;
+  /// otherwise each part is hashed just before it goes.
+  bool sendInParts(size_t index, Clock::time_point deadline, int64_t limitMs);
+  /// Hashes `bytes` of a part already handed to UCX, progressing the worker
+  /// between slices while its send is in progress (partSendsPending_), so
+  /// that UCX keeps writing a send the socket took only in part.
+  void hashSentPart(PartChecksum &sum, const uint8_t *bytes, uint64_t length);
+  /// Sends of a block's parts before its trailing checksum not yet
+  /// complete. The checksum's part goes only when they are: UCX 1.13 may
+  /// send a short message at once while an earlier one of the same
+  /// endpoint waits in its pending queue (observed: the store received a
+  /// 1 KiB checksum part before its block's first part).
+  uint32_t partSendsPending_ = 0;
+  static void onPartSent(void *request, ucs_status_t status, void *user);
   /// One part of a GetParts reply (record `m`, its offset `at`): copied into
   /// the destination while hashed; the last compares the block's XXH3.
   ucs_status_t receivePart(Message &message, const BlockMeta &m, uint64_t at, const void *data,
@@ -352,6 +371,7 @@ void Client::Impl::disconnect(bool force) {
   else if (worker_)
     worker_->progress();
   messages_.clear();
+  partSendsPending_ = 0; // their requests went with the endpoint
 }
 
 ucs_status_t Client::Impl::onAuthReply(void *arg, const void *header, size_t headerLength,
@@ -1356,7 +1376,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
       uint64_t b = op == wire::Op::Put   ? putBlocks_[first + step].bytes
                    : op == wire::Op::Get ? getBlocks_[first + step].bytes
                                          : 0;
-      bool parts = op == wire::Op::Put && inParts_(b);
+      bool parts = op == wire::Op::Put && (inParts_(b) || trailingChecksum_(b));
       if (step > 0 && (parts || planned + b > ucx::kEagerPayloadBytes))
         break;
       planned += b;
@@ -1365,7 +1385,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
         break;
     }
     if (inParts) {
-      if (!sendInParts(first))
+      if (!sendInParts(first, deadline, limitMs))
         break;
       continue;
     }
@@ -1478,7 +1498,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
   return Status::ok();
 }
 
-bool Client::Impl::sendInParts(size_t index) {
+bool Client::Impl::sendInParts(size_t index, Clock::time_point deadline, int64_t limitMs) {
   const PutBlock &p = putBlocks_[index];
   uint64_t id = nextId_++;
   Message &message = messages_[id];
@@ -1494,33 +1514,99 @@ bool Client::Impl::sendInParts(size_t index) {
   h.op = static_cast<uint16_t>(wire::Op::PutPart);
   h.requestId = id;
   h.count = 1;
-  // Parts of partBytes; the last takes the rest (partBytes + 1023 at most,
-  // so never less than 1024 bytes).
-  const uint64_t part = options_.partBytes;
   const auto *bytes = static_cast<const uint8_t *>(p.data);
-  PartChecksum sum;
-  for (uint64_t at = 0; at < p.bytes;) {
-    bool last = p.bytes - at < part + wire::kPartAlignment;
-    uint64_t length = last ? p.bytes - at : part;
+  // One part from `at`; `counted`: its completion counts in partSendsPending_.
+  auto send = [&](uint64_t at, uint64_t length, bool counted = false) -> bool {
     m.slot = static_cast<uint32_t>(at / wire::kPartAlignment);
-    if (last)
-      m.checksum = sum.finish(nullptr, bytes + at, length, p.bytes);
-    else
-      sum.add(nullptr, bytes + at, length);
     std::vector<uint8_t> &header = message.partHeaders.emplace_back(sizeof h + sizeof m);
     std::memcpy(header.data(), &h, sizeof h);
     std::memcpy(header.data() + sizeof h, &m, sizeof m);
     ucp_request_param_t param = sendParams(ucp_dt_make_contig(1));
     param.flags |= UCP_AM_SEND_FLAG_EAGER; // the store copies each part as it comes
+    if (counted)
+      param.cb.send = &Impl::onPartSent;
     ucs_status_ptr_t req = ucp_am_send_nbx(ep_, wire::kAmRequest, header.data(), header.size(),
                                            bytes + at, length, &param);
     if (UCS_PTR_IS_ERR(req)) {
       failure_ = where() + ": send failed: " + ucx::errorText(UCS_PTR_STATUS(req));
       return false;
     }
+    if (counted && req != nullptr)
+      ++partSendsPending_;
+    return true;
+  };
+  PartChecksum sum;
+  if (trailingChecksum_(p.bytes)) {
+    // The checksum's part: the last 1024 bytes plus what does not fill a
+    // KiB (parts before it are multiples of 1024, as PartChecksum needs).
+    // The rest goes first, whole (a block up to twice partBytes: two
+    // parts measured no faster, docs/performance.md "kv12") or in parts
+    // of partBytes, each hashed while the kernel and the store move it.
+    const uint64_t tail = wire::kPartAlignment + p.bytes % wire::kPartAlignment;
+    const uint64_t body = p.bytes - tail;
+    const uint64_t part = inParts_(p.bytes) ? options_.partBytes : body;
+    for (uint64_t at = 0; at < body;) {
+      uint64_t length = std::min(part, body - at);
+      if (!send(at, length, /*counted=*/true))
+        return false;
+      hashSentPart(sum, bytes + at, length);
+      if (!failure_.empty())
+        return false;
+      at += length;
+    }
+    m.checksum = sum.finish(nullptr, bytes + body, tail, p.bytes);
+    while (partSendsPending_ > 0 && failure_.empty()) {
+      if (endpointFailed_) {
+        failure_ = where() + " is unreachable or the connection was lost: " +
+                   ucx::errorText(endpointError_);
+        break;
+      }
+      if (Clock::now() >= deadline) {
+        failure_ = where() + ": a put's bytes not sent within " + std::to_string(limitMs) +
+                   " ms";
+        break;
+      }
+      if (!worker_->progress() && partSendsPending_ > 0)
+        worker_->wait(1); // the socket is full: the store is not reading
+    }
+    return failure_.empty() && send(body, tail);
+  }
+  // Parts of partBytes; the last takes the rest (partBytes + 1023 at most,
+  // so never less than 1024 bytes).
+  const uint64_t part = options_.partBytes;
+  for (uint64_t at = 0; at < p.bytes;) {
+    bool last = p.bytes - at < part + wire::kPartAlignment;
+    uint64_t length = last ? p.bytes - at : part;
+    if (last)
+      m.checksum = sum.finish(nullptr, bytes + at, length, p.bytes);
+    else
+      sum.add(nullptr, bytes + at, length);
+    if (!send(at, length))
+      return false;
     at += length;
   }
   return true;
+}
+
+void Client::Impl::hashSentPart(PartChecksum &sum, const uint8_t *bytes, uint64_t length) {
+  // 256 KiB slices: a few microseconds of hashing between progress calls,
+  // each of which is a system call.
+  constexpr uint64_t kSlice = 256 << 10;
+  static_assert(kSlice % wire::kPartAlignment == 0);
+  for (uint64_t at = 0; at < length;) {
+    uint64_t n = partSendsPending_ > 0 ? std::min(kSlice, length - at) : length - at;
+    sum.add(nullptr, bytes + at, n);
+    at += n;
+    if (partSendsPending_ > 0 && at < length)
+      worker_->progress();
+  }
+}
+
+void Client::Impl::onPartSent(void *request, ucs_status_t status, void *user) {
+  auto *self = static_cast<Impl *>(user);
+  if (self->partSendsPending_ > 0)
+    --self->partSendsPending_;
+  onSent(request, status, user);
 }
 
 // ---------------------------------------------------------------------------

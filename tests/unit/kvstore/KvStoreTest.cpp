@@ -566,17 +566,23 @@ TEST_P(KvStore, AStoreWithoutASegmentMovesBytesInMessages) {
 }
 
 // Over UCX a block of at least twice ClientOptions::partBytes goes in parts
-// (PutPart); whole or in parts of any size, every client reads the same
-// bytes, and a part size the protocol does not allow is refused up front.
+// (PutPart), and one of at least trailingChecksumBytes as parts whose last
+// (1-2 KiB) carries the checksum; whole or in parts of any size, every
+// client reads the same bytes, and a part size the protocol does not allow
+// is refused up front.
 TEST_P(KvStore, BlocksPutInPartsOrWholeReadTheSame) {
   auto server = startServer(64 << 20);
   ASSERT_TRUE(server);
   std::vector<std::unique_ptr<Client>> clients;
-  for (uint64_t part : {uint64_t(0), uint64_t(1024), uint64_t(64 << 10), uint64_t(512 << 10)}) {
+  const std::pair<uint64_t, uint64_t> layouts[] = {
+      {0, 0}, {1024, 0}, {64 << 10, 0}, {512 << 10, 0}, // {partBytes, trailingChecksumBytes}
+      {0, 2048}, {1024, 2048}, {64 << 10, 4096}, {512 << 10, 512 << 10}, {512 << 10, 1}};
+  for (auto [part, trailing] : layouts) {
     ClientOptions o;
     o.port = server->port();
     o.timeout = 5s;
     o.partBytes = part;
+    o.trailingChecksumBytes = trailing;
     auto c = Client::create(o);
     ASSERT_TRUE(c) << c.message();
     clients.push_back(std::move(*c));

@@ -90,6 +90,15 @@ struct ClientOptions {
   /// to 1 MiB; 0: every block in one message (a store before kv12 refuses
   /// parts).
   uint64_t partBytes = 512 << 10;
+  /// Over UCX, a put's block of at least this many bytes (and at least 2048)
+  /// goes as PutPart messages whose last carries the checksum and only the
+  /// block's last 1-2 KiB: the client hands the other bytes to UCX first and
+  /// hashes them while the kernel and the store move them, instead of
+  /// hashing the whole block before its first byte leaves (docs/kv-store.md,
+  /// "Blocks in parts"). 0: the checksum goes with the first message (whole
+  /// blocks up to twice partBytes, larger ones in parts each hashed before
+  /// it is sent).
+  uint64_t trailingChecksumBytes = 512 << 10;
 };
 
 enum class BlockStatus {
