@@ -311,6 +311,7 @@ int clientPollUs = 0; // ClientOptions::pollBeforeSleep of the bench's client
 int clientIdlePollUs = -1; // ClientOptions::idlePoll (-1: its default)
 int storeSpinUs = -1;  // ServerOptions::channelSpin (-1: its default)
 int storeIdleSpinUs = -1; // ServerOptions::idleChannelSpin (-1: its default)
+int storeIdlePollUs = -1; // ServerOptions::idlePoll (-1: its default)
 int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
 int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
@@ -332,6 +333,8 @@ int serve() {
     o.channelSpin = std::chrono::microseconds(storeSpinUs);
   if (storeIdleSpinUs >= 0)
     o.idleChannelSpin = std::chrono::microseconds(storeIdleSpinUs);
+  if (storeIdlePollUs >= 0)
+    o.idlePoll = std::chrono::microseconds(storeIdlePollUs);
   if (tcpCongestion != "default")
     o.tcpCongestion = tcpCongestion;
   auto server = kv::Server::start(o);
@@ -376,6 +379,9 @@ int main(int argc, char **argv) {
   config.add("store-idle-spin-us", &storeIdleSpinUs,
              "as --store-spin-us, only while the host has a CPU to spare as the spin "
              "begins (-1: the default)");
+  config.add("store-idle-poll-us", &storeIdlePollUs,
+             "the store's ServerOptions::idlePoll: with no channel open, poll UCX this long "
+             "after the last request while the host has a CPU to spare (-1: its default)");
   config.add("idle-poll-us", &clientIdlePollUs,
              "the client polls UCX this long while waiting for replies when the host has a "
              "CPU to spare as the wait begins (-1: the default)");
@@ -439,6 +445,7 @@ int main(int argc, char **argv) {
                           "--store-poll-us=" + std::to_string(storePollUs),
                           "--store-spin-us=" + std::to_string(storeSpinUs),
                           "--store-idle-spin-us=" + std::to_string(storeIdleSpinUs),
+                          "--store-idle-poll-us=" + std::to_string(storeIdlePollUs),
                           "--tcp-congestion=" + tcpCongestion});
     if (!server.readUntil("\n", 20000))
       fail("store did not start: " + server.text);

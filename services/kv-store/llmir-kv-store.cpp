@@ -29,6 +29,7 @@ struct Settings {
   bool sharedMemory = true;
   uint32_t channelSpinUs = 0;
   uint32_t idleChannelSpinUs = 200;
+  uint32_t idlePollUs = 300;
   uint64_t partBytes = kv::ServerOptions{}.partBytes;
   std::string tcpCongestion = kv::ServerOptions{}.tcpCongestion;
   llmir::net::LogLevel logLevel = llmir::net::LogLevel::Info;
@@ -59,6 +60,10 @@ int main(int argc, char **argv) {
              "the same, but only while the host has a CPU to spare as the spin begins "
              "(runnable threads no more than CPUs, /proc/loadavg): a client's next request "
              "then finds the store awake (0: off)");
+  config.add("store.idle-poll-us", &s.idlePollUs,
+             "with no same-host channel open, keep polling UCX this many microseconds after "
+             "the last request, only while the host has a CPU to spare (/proc/loadavg): a "
+             "TCP client's next request is read as it arrives, without a wake-up (0: off)");
   config.add("store.part-bytes", &s.partBytes,
              "a get of one block over twice this size, by a client that takes parts (TCP), "
              "goes as messages of this many bytes, copied and hashed while the next travels "
@@ -81,6 +86,7 @@ int main(int argc, char **argv) {
     options.sharedMemory = s.sharedMemory;
     options.channelSpin = std::chrono::microseconds(s.channelSpinUs);
     options.idleChannelSpin = std::chrono::microseconds(s.idleChannelSpinUs);
+    options.idlePoll = std::chrono::microseconds(s.idlePollUs);
     options.tcpCongestion = s.tcpCongestion;
     LLMIR_RETURN_IF_ERROR(kv::validate(options));
     if (s.maxBlockBytes > s.capacityBytes)

@@ -186,6 +186,11 @@ public:
   // A reply woke a client sleeping on its channel: it is about to run but
   // /proc/loadavg may not count it yet.
   bool wokeChannelClient_ = false;
+  // Whether the host had a CPU to spare at the last look for idlePoll, and
+  // when that was (a look is a read of /proc/loadavg, so at most one a
+  // millisecond: its runnable count changes at the scheduler's pace).
+  bool idlePollSpare_ = false;
+  Clock::time_point idlePollChecked_;
   std::unique_ptr<ucx::Worker> worker_;
   ucp_listener_h listener_ = nullptr;
   std::set<ucp_ep_h> endpoints_;
@@ -1403,6 +1408,14 @@ void Server::Impl::run() {
     if (now - lastActivity < options_.pollBeforeSleep)
       continue;
     if (channels_.empty()) {
+      if (options_.idlePoll > options_.pollBeforeSleep && now - lastActivity < options_.idlePoll) {
+        if (now - idlePollChecked_ >= std::chrono::milliseconds(1)) {
+          idlePollChecked_ = now;
+          idlePollSpare_ = idleCpu_.spare(0);
+        }
+        if (idlePollSpare_)
+          continue;
+      }
       worker_->wait(100);
       continue;
     }

@@ -458,6 +458,50 @@ TEST_P(KvStore, ASpinningStoreServesEveryRequestItsClientsPostWithoutWakingIt) {
   EXPECT_EQ(writer->pipelinedPutsRefused(), 0u);
 }
 
+// With no channel open the store polls UCX after each request while the
+// host has a CPU to spare (ServerOptions::idlePoll), here longer than the
+// clients' deadline: every request is served whether it polls or sleeps
+// (a loaded host), and a polling store still stops at once.
+TEST_P(KvStore, APollingStoreServesEveryRequestOfItsUcxClientsAndStops) {
+  ServerOptions o;
+  o.host = "127.0.0.1";
+  o.capacityBytes = 64ull << 20;
+  o.idlePoll = 3s;
+  auto started = Server::start(o);
+  ASSERT_TRUE(started) << started.message();
+  auto &server = *started;
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 2; ++i) {
+    ClientOptions co;
+    co.port = server->port();
+    co.timeout = 1s;
+    co.requestChannel = false; // requests over UCX: no channel spin
+    auto c = Client::create(co);
+    ASSERT_TRUE(c) << c.message();
+    clients.push_back(std::move(*c));
+  }
+  for (size_t kBlock : {size_t(4096), size_t(1) << 20}) {
+    std::vector<uint8_t> out(kBlock);
+    for (int i = 0; i < 20; ++i) {
+      auto data = bytesOf(kBlock, uint32_t(900 + i));
+      PutBlock p{keyFor("polled", i), "f32", data.data(), kBlock};
+      auto stored = clients[i % 2]->put(std::span(&p, 1));
+      ASSERT_TRUE(stored) << i << ": " << stored.message();
+      EXPECT_EQ((*stored)[0], BlockStatus::Stored);
+      GetBlock g{keyFor("polled", i), "f32", out.data(), kBlock};
+      auto got = clients[(i + 1) % 2]->get(std::span(&g, 1));
+      ASSERT_TRUE(got) << i << ": " << got.message();
+      EXPECT_EQ((*got)[0], BlockStatus::Found) << i;
+      EXPECT_EQ(out, data) << i;
+    }
+  }
+  EXPECT_FALSE(clients[0]->usesRequestChannel());
+  clients.clear();
+  auto t0 = std::chrono::steady_clock::now();
+  server.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
 TEST_P(KvStore, PipelinedPutsAreReadBackByTheirClientAndByOthers) {
   constexpr size_t kBlock = 1 << 20;
   auto server = startServer(64ull << 20); // an endpoint's rooms: up to 4 MiB

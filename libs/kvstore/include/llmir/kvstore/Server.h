@@ -60,6 +60,16 @@ struct ServerOptions {
   /// block). On a busy host it sleeps at once, as with channelSpin 0. 0:
   /// off. The longer of the two applies.
   std::chrono::microseconds idleChannelSpin{200};
+  /// With no channel open (clients over TCP, or on other hosts), keep
+  /// polling the UCX worker this long after the last activity, but only
+  /// when the host has a CPU to spare as the poll begins (the rule of
+  /// idleChannelSpin, /proc/loadavg read at most once a millisecond): a
+  /// client's next request, which follows its reply within tens of
+  /// microseconds, is then read as it arrives instead of after a wake-up
+  /// (TCP, one 1 MiB block per call: put p50 ~190 -> ~165 us,
+  /// docs/performance.md "kv16"). On a busy host it sleeps at once (or
+  /// after pollBeforeSleep). 0: off. The longer of the two applies.
+  std::chrono::microseconds idlePoll{300};
   /// The TCP congestion control of the store's UCX sockets: the first of
   /// these (comma-separated) the kernel lets the process set; "": the
   /// host's default. Over TCP loopback on a host whose default is BBR, a
