@@ -120,11 +120,12 @@ public:
   /// between slices while its send is in progress (partSendsPending_), so
   /// that UCX keeps writing a send the socket took only in part.
   void hashSentPart(PartChecksum &sum, const uint8_t *bytes, uint64_t length);
-  /// Sends of a block's parts before its trailing checksum not yet
-  /// complete. The checksum's part goes only when they are: UCX 1.13 may
-  /// send a short message at once while an earlier one of the same
-  /// endpoint waits in its pending queue (observed: the store received a
-  /// 1 KiB checksum part before its block's first part).
+  /// Sends of a block's parts (with a trailing checksum) not yet complete.
+  /// Each part goes only when the one before it is sent: with the worker
+  /// progressed between sends (while the client hashes), UCX 1.13 sent a
+  /// part at once while an earlier one of the same endpoint waited in its
+  /// pending queue (observed: the store received a 1 KiB checksum part, or
+  /// a block's third part, before its first).
   uint32_t partSendsPending_ = 0;
   static void onPartSent(void *request, ucs_status_t status, void *user);
   /// One part of a GetParts reply (record `m`, its offset `at`): copied into
@@ -1545,9 +1546,27 @@ bool Client::Impl::sendInParts(size_t index, Clock::time_point deadline, int64_t
     const uint64_t tail = wire::kPartAlignment + p.bytes % wire::kPartAlignment;
     const uint64_t body = p.bytes - tail;
     const uint64_t part = inParts_(p.bytes) ? options_.partBytes : body;
+    // Each part goes once the one before it is sent (see partSendsPending_).
+    auto sent = [&] {
+      while (partSendsPending_ > 0 && failure_.empty()) {
+        if (endpointFailed_) {
+          failure_ = where() + " is unreachable or the connection was lost: " +
+                     ucx::errorText(endpointError_);
+          break;
+        }
+        if (Clock::now() >= deadline) {
+          failure_ = where() + ": a put's bytes not sent within " + std::to_string(limitMs) +
+                     " ms";
+          break;
+        }
+        if (!worker_->progress() && partSendsPending_ > 0)
+          worker_->wait(1); // the socket is full: the store is not reading
+      }
+      return failure_.empty();
+    };
     for (uint64_t at = 0; at < body;) {
       uint64_t length = std::min(part, body - at);
-      if (!send(at, length, /*counted=*/true))
+      if (!sent() || !send(at, length, /*counted=*/true))
         return false;
       hashSentPart(sum, bytes + at, length);
       if (!failure_.empty())
@@ -1555,21 +1574,7 @@ bool Client::Impl::sendInParts(size_t index, Clock::time_point deadline, int64_t
       at += length;
     }
     m.checksum = sum.finish(nullptr, bytes + body, tail, p.bytes);
-    while (partSendsPending_ > 0 && failure_.empty()) {
-      if (endpointFailed_) {
-        failure_ = where() + " is unreachable or the connection was lost: " +
-                   ucx::errorText(endpointError_);
-        break;
-      }
-      if (Clock::now() >= deadline) {
-        failure_ = where() + ": a put's bytes not sent within " + std::to_string(limitMs) +
-                   " ms";
-        break;
-      }
-      if (!worker_->progress() && partSendsPending_ > 0)
-        worker_->wait(1); // the socket is full: the store is not reading
-    }
-    return failure_.empty() && send(body, tail);
+    return sent() && send(body, tail);
   }
   // Parts of partBytes; the last takes the rest (partBytes + 1023 at most,
   // so never less than 1024 bytes).
