@@ -316,6 +316,7 @@ int clientSpinUs = -1; // ClientOptions::channelSpin (-1: its default)
 bool requestChannel = true;
 int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
 int64_t trailingChecksumBytes = -1; // ClientOptions::trailingChecksumBytes (-1: its default)
+int64_t streamingPutBytes = -1; // ClientOptions::streamingPutBytes (-1: its default)
 // ClientOptions / ServerOptions::tcpCongestion of the client and the store
 // ("default": the library's; "": the host's default).
 std::string tcpCongestion = "default";
@@ -400,6 +401,9 @@ int main(int argc, char **argv) {
              "over TCP, puts of blocks of at least this send their checksum in a last part "
              "of 1-2 KiB, hashing the rest after handing it to UCX (0: off; -1: the client's "
              "default)");
+  config.add("streaming-put-bytes", &streamingPutBytes,
+             "same-host puts of blocks of at least this write the segment with non-temporal "
+             "stores (0: never; -1: the client's default)");
   config.add("tcp-congestion", &tcpCongestion,
              "TCP congestion controls of the client's and the store's UCX sockets, the "
              "first the kernel allows (comma-separated; \"default\": the library's, "
@@ -464,6 +468,8 @@ int main(int argc, char **argv) {
       co.partBytes = uint64_t(partBytes);
     if (trailingChecksumBytes >= 0)
       co.trailingChecksumBytes = uint64_t(trailingChecksumBytes);
+    if (streamingPutBytes >= 0)
+      co.streamingPutBytes = uint64_t(streamingPutBytes);
     if (tcpCongestion != "default")
       co.tcpCongestion = tcpCongestion;
     auto client = kv::Client::create(co);

@@ -24,6 +24,10 @@ extern "C" uint64_t llmir_kvstore_parts_finish_avx2(uint64_t *acc, void *destina
 extern "C" uint64_t llmir_kvstore_checksum_avx512(const void *data, size_t bytes);
 extern "C" uint64_t llmir_kvstore_copy_checksum_avx512(void *destination, const void *source,
                                                        uint64_t bytes);
+// The one-pass copy with non-temporal stores (a 64-byte aligned destination;
+// else as llmir_kvstore_copy_checksum_avx512), fenced.
+extern "C" uint64_t llmir_kvstore_copy_checksum_stream_avx512(void *destination,
+                                                              const void *source, uint64_t bytes);
 extern "C" void llmir_kvstore_parts_add_avx512(uint64_t *acc, void *destination,
                                                const void *source, uint64_t bytes);
 extern "C" uint64_t llmir_kvstore_parts_finish_avx512(uint64_t *acc, void *destination,

@@ -48,10 +48,12 @@ XXH_FORCE_INLINE __m512i scramble(__m512i acc, const xxh_u8 *secret) {
 }
 
 /* `blocks` whole 1024-byte blocks of `source` into the accumulators, each
- * stripe stored to `destination` as it is loaded when `copy` (a constant
- * at every call, so each use compiles to one loop). */
-XXH_FORCE_INLINE void hash_blocks(uint64_t *acc_words, unsigned char *destination,
-                                  const unsigned char *source, size_t blocks, int copy) {
+ * stripe stored to `destination` as it is loaded when `copy`, with
+ * non-temporal stores when `stream` (the destination then 64-byte aligned;
+ * both constant at every call, so each use compiles to one loop). */
+XXH_FORCE_INLINE void hash_blocks_to(uint64_t *acc_words, unsigned char *destination,
+                                     const unsigned char *source, size_t blocks, int copy,
+                                     int stream) {
   const xxh_u8 *const secret = XXH3_kSecret;
   __m512i acc = _mm512_loadu_si512((const void *)acc_words);
   for (size_t b = 0; b < blocks; b++) {
@@ -65,7 +67,12 @@ XXH_FORCE_INLINE void hash_blocks(uint64_t *acc_words, unsigned char *destinatio
       __m512i const d1 = _mm512_loadu_si512((const void *)(in + 64 * s + 64));
       __m512i const d2 = _mm512_loadu_si512((const void *)(in + 64 * s + 128));
       __m512i const d3 = _mm512_loadu_si512((const void *)(in + 64 * s + 192));
-      if (copy) {
+      if (copy && stream) {
+        _mm512_stream_si512((void *)(out + 64 * s), d0);
+        _mm512_stream_si512((void *)(out + 64 * s + 64), d1);
+        _mm512_stream_si512((void *)(out + 64 * s + 128), d2);
+        _mm512_stream_si512((void *)(out + 64 * s + 192), d3);
+      } else if (copy) {
         _mm512_storeu_si512((void *)(out + 64 * s), d0);
         _mm512_storeu_si512((void *)(out + 64 * s + 64), d1);
         _mm512_storeu_si512((void *)(out + 64 * s + 128), d2);
@@ -81,6 +88,11 @@ XXH_FORCE_INLINE void hash_blocks(uint64_t *acc_words, unsigned char *destinatio
     acc = scramble(acc, secret + sizeof(XXH3_kSecret) - XXH_STRIPE_LEN);
   }
   _mm512_storeu_si512((void *)acc_words, acc);
+}
+
+XXH_FORCE_INLINE void hash_blocks(uint64_t *acc_words, unsigned char *destination,
+                                  const unsigned char *source, size_t blocks, int copy) {
+  hash_blocks_to(acc_words, destination, source, blocks, copy, 0);
 }
 
 /* The rest of a long input after its whole blocks (1 to 1024 bytes, but
@@ -144,6 +156,26 @@ uint64_t llmir_kvstore_copy_checksum_avx512(void *destination, const void *sourc
   }
   XXH_ALIGN(64) uint64_t acc[XXH_ACC_NB] = XXH3_INIT_ACC;
   hash_long(acc, (unsigned char *)destination, (const unsigned char *)source, bytes);
+  return merge(acc, bytes);
+}
+
+/* copy_checksum with non-temporal stores for the whole blocks (a 64-byte
+ * aligned destination of more than 1024 bytes; the rest, under 1 KiB, goes
+ * through the cache), fenced before returning so that whoever learns of the
+ * block afterwards (a commit posted in the channel) sees its bytes. For a
+ * destination that is not in the caches, as the rooms of shared puts of
+ * several MiB, which take turns (docs/performance.md "kv16"). */
+uint64_t llmir_kvstore_copy_checksum_stream_avx512(void *destination, const void *source,
+                                                   uint64_t bytes) {
+  if (bytes <= XXH3_MIDSIZE_MAX || ((uintptr_t)destination & 63) != 0)
+    return llmir_kvstore_copy_checksum_avx512(destination, source, bytes);
+  XXH_ALIGN(64) uint64_t acc[XXH_ACC_NB] = XXH3_INIT_ACC;
+  size_t const blocks = (bytes - 1) / kBlockBytes;
+  hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1);
+  size_t const done = blocks * kBlockBytes;
+  hash_rest(acc, (unsigned char *)destination + done, (const unsigned char *)source + done,
+            bytes - done);
+  _mm_sfence();
   return merge(acc, bytes);
 }
 

@@ -105,6 +105,13 @@ public:
   bool inParts_(uint64_t bytes) const {
     return options_.partBytes > 0 && bytes > 2 * options_.partBytes;
   }
+  /// A shared put's copy of a block into its room in the segment, hashed
+  /// (ClientOptions::streamingPutBytes: past the caches from that size).
+  uint64_t copyIntoRoom(uint8_t *room, const void *block, uint64_t bytes) const {
+    if (options_.streamingPutBytes > 0 && bytes >= options_.streamingPutBytes)
+      return copyWithChecksumStreaming(room, block, bytes);
+    return copyWithChecksum(room, block, bytes);
+  }
   /// Whether a put's block of `bytes` sends its checksum in a trailing part
   /// (ClientOptions::trailingChecksumBytes).
   bool trailingChecksum_(uint64_t bytes) const {
@@ -1187,8 +1194,7 @@ Result<std::optional<std::vector<BlockStatus>>> Client::Impl::putPipelined(
     wire::setDtype(m, p.dtype);
     m.bytes = bytes;
     m.slot = slot;
-    m.checksum = copyWithChecksum(arena_->base() + uint64_t(slot) * kArenaAlignment, p.data,
-                                  p.bytes);
+    m.checksum = copyIntoRoom(arena_->base() + uint64_t(slot) * kArenaAlignment, p.data, p.bytes);
     records.push_back(m);
   }
   std::vector<std::pair<uint32_t, uint64_t>> left;
@@ -1341,8 +1347,8 @@ Result<std::vector<BlockStatus>> Client::Impl::call(wire::Op op, size_t n, Timeo
   }
   for (size_t i = 0; i < n; ++i)
     if (slots_[i] != 0)
-      checksums_[i] = copyWithChecksum(arena_->base() + uint64_t(slots_[i]) * kArenaAlignment,
-                                       putBlocks_[i].data, putBlocks_[i].bytes);
+      checksums_[i] = copyIntoRoom(arena_->base() + uint64_t(slots_[i]) * kArenaAlignment,
+                                   putBlocks_[i].data, putBlocks_[i].bytes);
   LLMIR_RETURN_IF_ERROR(exchange(oneMessage ? wire::Op::PutCommitAhead : wire::Op::PutCommit, n,
                                  deadline, limit.count()));
   for (size_t i = 0; i < n; ++i)

@@ -137,6 +137,14 @@ ArenaMapping::~ArenaMapping() {
     munmap(base_, size_);
 }
 
+uint64_t copyWithChecksumStreaming(void *destination, const void *source, uint64_t bytes) {
+#if LLMIR_KVSTORE_AVX2
+  if (detail::hasAvx512())
+    return llmir_kvstore_copy_checksum_stream_avx512(destination, source, bytes);
+#endif
+  return copyWithChecksum(destination, source, bytes);
+}
+
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes) {
 #if LLMIR_KVSTORE_AVX2
   if (detail::hasAvx512()) // one pass: each stripe loaded once, stored and hashed

@@ -88,6 +88,11 @@ private:
 /// them (blockChecksum), hashing each chunk right after copying it while it
 /// is still in cache: one pass over memory instead of two.
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes);
+/// The same (the same value), storing past the caches where the CPU has
+/// AVX-512 and the destination is 64-byte aligned (else copyWithChecksum),
+/// and fenced: for a destination that is not cached and will not be read
+/// soon by this thread (a shared put's room of several MiB).
+uint64_t copyWithChecksumStreaming(void *destination, const void *source, uint64_t bytes);
 
 /// The XXH3-64 of a block (the same value as blockChecksum) taken part by
 /// part, in order, each part copied to its destination while it is hashed

@@ -65,6 +65,31 @@ TEST(BlockChecksum, IsXxh3ForEveryLengthClassAndTheCopyHashesTheSame) {
     }
 }
 
+// The copy with non-temporal stores (large shared puts): the same bytes and
+// XXH3 into 64-byte-aligned destinations (streamed) and others (the cached
+// copy), at the same length classes and ends.
+TEST(BlockChecksum, TheStreamingCopyHashesAndCopiesTheSame) {
+  const std::vector<unsigned char> data = pattern((4 << 20) + 300);
+  for (size_t n : {size_t(0), size_t(17), size_t(240), size_t(241), size_t(1024), size_t(1025),
+                   size_t(2049), size_t(65536), size_t(65537), size_t(1052671),
+                   size_t(4 << 20), size_t((4 << 20) + 100)})
+    for (size_t shift : {size_t(0), size_t(1), size_t(64)}) {
+      std::vector<unsigned char> buffer(n + 256, 0xee);
+      auto *aligned = reinterpret_cast<unsigned char *>(
+          (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+      unsigned char *to = aligned + shift;
+      EXPECT_EQ(copyWithChecksumStreaming(to, data.data() + shift, n),
+                blockChecksum(data.data() + shift, n))
+          << n << " bytes, shift " << shift;
+      EXPECT_TRUE(std::equal(data.begin() + shift, data.begin() + shift + n, to))
+          << n << " bytes, shift " << shift;
+      EXPECT_TRUE(std::all_of(buffer.data(), to, [](unsigned char c) { return c == 0xee; }) &&
+                  std::all_of(to + n, buffer.data() + buffer.size(),
+                              [](unsigned char c) { return c == 0xee; }))
+          << "wrote outside " << n << " bytes, shift " << shift;
+    }
+}
+
 // A block hashed in parts (TCP puts of large blocks): the same XXH3 as the
 // whole, at every split the protocol allows (parts of multiples of 1 KiB,
 // a last part of at least 1 KiB, ending anywhere), copying or not, and the

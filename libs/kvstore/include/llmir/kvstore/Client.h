@@ -81,6 +81,12 @@ struct ClientOptions {
   /// before (docs/kv-store.md, "Pipelined puts"). Such a put returns
   /// Stored for every block; the store stores it when it reads the commit.
   bool pipelinedPuts = true;
+  /// A same-host put of a block of at least this many bytes writes the
+  /// store's segment with non-temporal stores (where the CPU has AVX-512):
+  /// its room, one of several that take turns, is not in the caches, and
+  /// storing past them saves reading it in first (docs/performance.md,
+  /// "kv16"). 0: never.
+  uint64_t streamingPutBytes = 4 << 20;
   /// Over UCX (no shared segment), a put's block of more than twice this
   /// many bytes (above 1 MiB by default) goes in parts of this size
   /// (PutPart), hashed part by part:
