@@ -66,8 +66,8 @@ struct ServerOptions {
   /// idleChannelSpin, /proc/loadavg read at most once a millisecond): a
   /// client's next request, which follows its reply within tens of
   /// microseconds, is then read as it arrives instead of after a wake-up
-  /// (TCP, one 1 MiB block per call: put p50 ~190 -> ~165 us,
-  /// docs/performance.md "kv16"). On a busy host it sleeps at once (or
+  /// (TCP, one 1 MiB block per call: put p50 ~205 -> ~185 us with the
+  /// trailing checksum, docs/performance.md "kv16"). On a busy host it sleeps at once (or
   /// after pollBeforeSleep). 0: off. The longer of the two applies.
   std::chrono::microseconds idlePoll{300};
   /// The TCP congestion control of the store's UCX sockets: the first of
