@@ -250,6 +250,11 @@ public:
   std::string where() const {
     return "kv store " + options_.host + ":" + std::to_string(options_.port);
   }
+  /// The failure of a call whose endpoint failed (endpointFailed_).
+  std::string connectionLost() const {
+    return where() + " is unreachable or the connection was lost: " +
+           ucx::errorText(endpointError_);
+  }
   Status ensureWorker();
   Status connect();
   /// The cluster handshake on a fresh endpoint, within `deadline`.
@@ -1021,8 +1026,7 @@ void Client::Impl::awaitOnChannel(uint32_t seq, Clock::time_point deadline, int6
     }
     worker_->progress();
     if (endpointFailed_) {
-      failure_ = where() + " is unreachable or the connection was lost: " +
-                 ucx::errorText(endpointError_);
+      failure_ = connectionLost();
       break;
     }
     if (!failure_.empty())
@@ -1466,8 +1470,7 @@ Status Client::Impl::exchange(wire::Op op, size_t n, Clock::time_point deadline,
                     [](const auto &kv) { return kv.second.done; }))
       break;
     if (endpointFailed_) {
-      failure_ = where() + " is unreachable or the connection was lost: " +
-                 ucx::errorText(endpointError_);
+      failure_ = connectionLost();
       break;
     }
     auto now = Clock::now();
@@ -1556,8 +1559,7 @@ bool Client::Impl::sendInParts(size_t index, Clock::time_point deadline, int64_t
     auto sent = [&] {
       while (partSendsPending_ > 0 && failure_.empty()) {
         if (endpointFailed_) {
-          failure_ = where() + " is unreachable or the connection was lost: " +
-                     ucx::errorText(endpointError_);
+          failure_ = connectionLost();
           break;
         }
         if (Clock::now() >= deadline) {

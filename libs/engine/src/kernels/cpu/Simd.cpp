@@ -118,7 +118,7 @@ Sets select() {
 #endif
   (void)forced;
   return {&generic::table, &generic::tableWithoutGemvPrefetch,
-            &generic::tableWithNtaGemvPrefetch};
+          &generic::tableWithNtaGemvPrefetch};
 }
 
 const Sets &sets() {
