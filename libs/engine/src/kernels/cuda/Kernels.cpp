@@ -119,6 +119,10 @@ bool takesMmaGemv(detail::Storage storage, int64_t T, int64_t K) {
 Status launchGemv(const Context::State &state, bool mma, const float *x, int64_t T, int64_t K,
                   detail::Storage storage, const detail::LinearSegments &segments,
                   const char *what) {
+  // A producer that wrote only x's bf16 halves (no x) feeds cuBLAS products,
+  // never these.
+  if (!x && T > 0)
+    return Status::error(std::string("CUDA ") + what + ": x was not written (its halves only)");
   return cudaStatus(mma ? detail::linearMma(state.stream, x, T, K, !state.bf16Products, segments)
                         : detail::linear16(state.stream, x, T, K, storage, segments),
                     what);
@@ -412,8 +416,6 @@ Status linearGroup(Context &context, const float *x, int64_t T,
       return Status::error("CUDA linear group: weights differ in K or dtype");
   const bool mma = takesMmaGemv(*storage, T, K);
   if (mma || takesGemv(*storage, T)) {
-    if (!x && T > 0)
-      return Status::error("CUDA linear: x was not written (its halves only)");
     for (size_t first = 0; first < outputs.size(); first += detail::kMaxLinearSegments) {
       detail::LinearSegments segments{};
       for (size_t i = first; i < outputs.size() && segments.count < detail::kMaxLinearSegments;
@@ -550,8 +552,6 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
   }
   if (T <= 0)
     return Status::ok();
-  if (!x)
-    return Status::error("CUDA linear + swiglu: x was not written (its halves only)");
   return launchGemv(state, mma, x, T, K, *storage, *segments, "linear + swiglu (16-bit)");
 }
 
