@@ -493,8 +493,8 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
 
 // mergeHead for the group's heads [firstHead, firstHead + heads) at once,
 // its arithmetic in its order (the merge kernel's sums, bit for bit): the
-// splits' log-sum-exps and weights by one thread a head, then the outputs
-// by consecutive threads on consecutive d, each split's load issued before
+// splits' log-sum-exps and weights by a thread a (head, split), then the
+// outputs by consecutive threads on consecutive d, each split's load issued before
 // any product. Merging head after head, each a chain of dependent L2 reads,
 // cost ~4 us a head.
 constexpr int kMaxGroupSplits = 16;
@@ -510,28 +510,37 @@ __device__ void mergeWeighted(int splits, int heads, int begin, int end, LseOf l
                               PartialOf partialOf, float *out) {
   __shared__ float weight[kMaxGroup][kMaxGroupSplits];
   __shared__ bool none[kMaxGroup];
+  static_assert(kMaxGroup * kMaxGroupSplits <= kGroupThreads, "a thread per (head, split)");
+  static_assert(32 % kMaxGroupSplits == 0, "a head's splits in one warp");
   const int tid = static_cast<int>(threadIdx.x);
-  if (tid < heads) {
-    float lse[kMaxGroupSplits];
+  // A thread a (head, split): lanes 16 h' .. 16 h' + 15 of a warp hold one
+  // head's splits. The maximum by shuffles (exact in any order), the total
+  // summed in split order from its lanes' terms, so the weights are the
+  // bits one thread a head computed; with one thread a head doing every
+  // split, a chain of ~300 instructions, the block's other warps waited at
+  // the barrier below for a third of a one-token decode kernel (ncu, 1.1B
+  // shape, 8 splits).
+  if (tid < kMaxGroup * kMaxGroupSplits) {
+    const int h = tid / kMaxGroupSplits, r = tid % kMaxGroupSplits;
+    const bool mine = h < heads && r < splits;
+    const float lse = mine ? lseOf(r, h) : -INFINITY;
+    float maximum = lse;
 #pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < splits)
-        lse[r] = lseOf(r, tid);
-    float maximum = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < splits)
-        maximum = fmaxf(maximum, lse[r]);
-    none[tid] = maximum == -INFINITY;
+    for (int offset = kMaxGroupSplits / 2; offset > 0; offset /= 2)
+      maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
+    const float term = expf(lse - maximum);
+    const int splitZero = (tid % 32) & ~(kMaxGroupSplits - 1); // the lane of split 0
     float total = 0.0f;
 #pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < splits)
-        total += expf(lse[r] - maximum);
-#pragma unroll
-    for (int r = 0; r < kMaxGroupSplits; ++r)
-      if (r < splits)
-        weight[tid][r] = expf(lse[r] - maximum) / total;
+    for (int s = 0; s < kMaxGroupSplits; ++s) {
+      const float t = __shfl_sync(0xffffffffu, term, splitZero + s);
+      if (s < splits)
+        total += t;
+    }
+    if (mine)
+      weight[h][r] = term / total;
+    if (h < heads && r == 0)
+      none[h] = maximum == -INFINITY;
   }
   __syncthreads();
   for (int o = begin + tid; o < end; o += static_cast<int>(blockDim.x)) {
@@ -584,7 +593,11 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
       splits, heads, first, first + share < outputs ? first + share : outputs,
       [&](int r, int t) { return inSplit(partialLse + t, r); },
       [&](int r, int o) { return inSplit(partialOut + o, r); }, out);
-  cluster.sync(); // no block leaves while another reads its shared memory
+  // No block leaves while another reads its shared memory. Every read of
+  // it is done (its value used), so the arrive needs no release:
+  // cluster.sync()'s fence would first wait for this block's output stores.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n"
+               "barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
 // With rope.q set (ropeStoreAttend), the kernel also does what
@@ -594,8 +607,14 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
 // cache and puts both straight into its tiles. Same rotation (rotationBy,
 // the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
 // one global round trip a layer fewer.
+// The tensor-core form is held to three blocks a multiprocessor (at most 85
+// registers): left to itself, nvcc gave its D = 128 form 101 registers (64
+// before) after the merge's weights changed form. Register counts here move
+// batched decode: a version at 103 (two blocks a multiprocessor) made a
+// 1.1B batch-8 step 8% slower on an H200. The others are left to the
+// compiler (0): bounded to three blocks they spill.
 template <typename C, int D, bool Mma>
-__global__ void __launch_bounds__(kGroupThreads)
+__global__ void __launch_bounds__(kGroupThreads, Mma ? 3 : 0)
     groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope,
                       bool clusterMerge) {
   using Chunk = GroupChunk<C>;
