@@ -607,14 +607,14 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
 // cache and puts both straight into its tiles. Same rotation (rotationBy,
 // the pair's arithmetic) and cache rows as ropeStoreKernel; one launch and
 // one global round trip a layer fewer.
-// The tensor-core form is held to three blocks a multiprocessor (at most 85
-// registers): left to itself, nvcc gave its D = 128 form 101 registers (64
-// before) after the merge's weights changed form. Register counts here move
-// batched decode: a version at 103 (two blocks a multiprocessor) made a
-// 1.1B batch-8 step 8% slower on an H200. The others are left to the
-// compiler (0): bounded to three blocks they spill.
+// The tensor-core form is held to four blocks a multiprocessor (64
+// registers, as it had unbounded before the merge's weights changed form;
+// nvcc then gave it 68 at D = 64 and 101 at D = 128). Batched decode is
+// sensitive to it: on an H200, 68 registers (three blocks) made a 1.1B
+// batch-128 step 5% slower. The others are left to the compiler (0):
+// bounded, they spill.
 template <typename C, int D, bool Mma>
-__global__ void __launch_bounds__(kGroupThreads, Mma ? 3 : 0)
+__global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
     groupDecodeKernel(const float *q, AttentionGeometry g, float *out, FusedRope rope,
                       bool clusterMerge) {
   using Chunk = GroupChunk<C>;
