@@ -494,9 +494,9 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
 // mergeHead for the group's heads [firstHead, firstHead + heads) at once,
 // its arithmetic in its order (the merge kernel's sums, bit for bit): the
 // splits' log-sum-exps and weights by a thread a (head, split), then the
-// outputs by consecutive threads on consecutive d, each split's load issued before
-// any product. Merging head after head, each a chain of dependent L2 reads,
-// cost ~4 us a head.
+// outputs by consecutive threads on consecutive d, each split's load
+// issued before any product. Merging head after head, each a chain of
+// dependent L2 reads, cost ~4 us a head.
 constexpr int kMaxGroupSplits = 16;
 // D a template argument and the indices 32-bit: `o / D` and `o % D` of a
 // 64-bit D were calls to a 64-bit division routine, twice an output.
