@@ -5,8 +5,9 @@
 // 30 layers, 9 query heads on 3 KV heads, head_dim 64, blocks of 16) after
 // --prefill positions, each of --decode tokens attends in every layer over
 // its context; between two layers the bench streams --evict-mb of other
-// memory (the layer's weights in a real decode, untimed), so every layer's
-// attention starts from caches that hold none of its rows, as in decode.
+// memory (the layer's weights in a real decode, untimed, read by the pool's
+// threads), so every layer's attention starts from caches that hold none of
+// its rows, as in decode.
 // Per thread count it prints, per token:
 //
 //   attention   ms and GB/s of KV bytes of the 30 attendCached calls
@@ -160,12 +161,31 @@ int main(int argc, char **argv) {
   std::memset(region->data(), 1, regionBytes);
   size_t evictAt = 0;
   float sink = 0;
-  auto evict = [&] {
+  // With a pool, its threads read the window between them, as a decode's
+  // GEMVs read a layer's weights: the pool's worker then spins between two
+  // attention calls as in the engine, where a window read by the caller
+  // alone let the worker fall asleep before every call and charged its
+  // wake-up to attention (2 threads: 1.24-1.44 ms a token so, 0.91-1.05
+  // with the pool reading; docs/performance.md, "Seventeenth round").
+  auto evict = [&](engine::ThreadPool *pool = nullptr) {
     if (evictBytes == 0)
       return;
     if (evictAt + evictBytes > regionBytes)
       evictAt = 0;
-    sink += sumAvx512(region->data() + evictAt, evictBytes);
+    const std::byte *window = region->data() + evictAt;
+    if (pool == nullptr || pool->numThreads() == 1) {
+      sink += sumAvx512(window, evictBytes);
+    } else {
+      constexpr size_t kPieces = 64;
+      const size_t piece = evictBytes / kPieces / 256 * 256;
+      float sums[kPieces] = {};
+      pool->parallelFor(kPieces, 1, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i)
+          sums[i] = sumAvx512(window + i * piece, piece);
+      });
+      for (float x : sums)
+        sink += x;
+    }
     evictAt += evictBytes;
   };
 
@@ -198,7 +218,7 @@ int main(int argc, char **argv) {
         step.positions = {position};
         step.tokenSeq = {0};
         for (int64_t l = 0; l < o.layers; ++l) {
-          evict();
+          evict(&pool);
           engine::cpu::AttentionParams params{l, o.heads, o.kvHeads, o.headDim, 0.125f};
           const float *ql = q.data() + (l * o.decode + t) * qWidth;
           auto start = Clock::now();
