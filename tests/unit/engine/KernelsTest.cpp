@@ -8,7 +8,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
 #include <tuple>
 
 namespace llmir::engine {
@@ -269,6 +273,81 @@ TEST(Gemv, EveryPrefetchFormGivesIdenticalRows) {
         EXPECT_EQ(ys[i], ys[0]) << dtypeName(dtype) << (dot ? " vdpbf16ps" : "") << " set "
                                 << i;
     }
+}
+
+// Decode attention walks a token's rows with every block for all groups of
+// query heads, or with every group over all blocks (DecodeAttentionOrder),
+// each prefetching its own way: the sums are the same in the same order,
+// so both give identical outputs and log-sum-exps, for f32 and bf16 rows,
+// lengths around the key blocks and the prefetch distances (16, 24), groups
+// of 1-4 heads, and rows in runs of 16 (cache blocks) that are not
+// contiguous with each other.
+TEST(DecodeAttention, EveryOrderGivesIdenticalRows) {
+  std::mt19937 rng(5);
+  const cpu::simd::Kernels &k = cpu::simd::kernels();
+  const int64_t D = 64;
+  for (const std::vector<int64_t> &counts :
+       {std::vector<int64_t>{3, 3, 3}, std::vector<int64_t>{4, 2}, std::vector<int64_t>{1},
+        std::vector<int64_t>{4, 4, 1, 2}})
+    for (int64_t L : {1, 7, 16, 17, 33, 40, 41, 100, 300})
+      for (int kind : {cpu::simd::kF32, cpu::simd::kBf16}) {
+        const int64_t groups = static_cast<int64_t>(counts.size());
+        const int64_t rowElements = groups * D, blockRows = 16, gapElements = 64;
+        const size_t element = kind == cpu::simd::kF32 ? 4 : 2;
+        const int64_t blocks = (L + blockRows - 1) / blockRows;
+        const size_t rowBytes = static_cast<size_t>(rowElements) * element;
+        const size_t blockBytes = static_cast<size_t>(blockRows) * rowBytes +
+                                  static_cast<size_t>(gapElements) * element;
+        std::vector<std::byte> keyBytes(static_cast<size_t>(blocks) * blockBytes);
+        std::vector<std::byte> valueBytes(keyBytes.size());
+        for (std::vector<std::byte> *bytes : {&keyBytes, &valueBytes}) {
+          const size_t n = bytes->size() / element;
+          const std::vector<float> x = randomFloats(n, rng);
+          if (kind == cpu::simd::kF32) {
+            std::memcpy(bytes->data(), x.data(), n * 4);
+          } else {
+            std::vector<uint16_t> bits(n);
+            k.toBf16(x.data(), bits.data(), static_cast<int64_t>(n));
+            std::memcpy(bytes->data(), bits.data(), n * 2);
+          }
+        }
+        std::vector<const void *> keys, values;
+        for (int64_t j = 0; j < L; ++j) {
+          const size_t at = static_cast<size_t>(j / blockRows) * blockBytes +
+                            static_cast<size_t>(j % blockRows) * rowBytes;
+          keys.push_back(keyBytes.data() + at);
+          values.push_back(valueBytes.data() + at);
+        }
+        std::vector<int64_t> offsets;
+        for (int64_t g = 0; g < groups; ++g)
+          offsets.push_back(g * D);
+        const std::vector<float> queryData =
+            randomFloats(static_cast<size_t>(groups * 4 * D), rng);
+        std::vector<const float *> queries(static_cast<size_t>(groups * 4), nullptr);
+        for (int64_t g = 0; g < groups; ++g)
+          for (int64_t r = 0; r < counts[static_cast<size_t>(g)]; ++r)
+            queries[static_cast<size_t>(g * 4 + r)] = queryData.data() + (g * 4 + r) * D;
+        std::vector<std::vector<float>> outs, lses;
+        for (int order : {cpu::simd::kPositionsOuter, cpu::simd::kGroupsOuter}) {
+          outs.emplace_back(static_cast<size_t>(groups * 4 * D), 0.0f);
+          lses.emplace_back(static_cast<size_t>(groups * 4), 0.0f);
+          std::vector<float *> outputs(static_cast<size_t>(groups * 4), nullptr);
+          for (int64_t g = 0; g < groups; ++g)
+            for (int64_t r = 0; r < counts[static_cast<size_t>(g)]; ++r)
+              outputs[static_cast<size_t>(g * 4 + r)] = outs.back().data() + (g * 4 + r) * D;
+          k.decodeAttention[order][kind](queries.data(), counts.data(), offsets.data(), groups,
+                                         keys.data(), values.data(), L, D, 0.125f,
+                                         outputs.data(), lses.back().data());
+        }
+        const std::string what = std::string(kind == cpu::simd::kF32 ? "f32" : "bf16") +
+                                 " L=" + std::to_string(L) + " groups=" +
+                                 std::to_string(groups);
+        EXPECT_EQ(outs[1], outs[0]) << what;
+        EXPECT_EQ(lses[1], lses[0]) << what;
+        EXPECT_TRUE(std::all_of(lses[0].begin(), lses[0].end(),
+                                [](float x) { return std::isfinite(x); }))
+            << what;
+      }
 }
 
 TEST(Rope, MatchesRotateHalfReference) {

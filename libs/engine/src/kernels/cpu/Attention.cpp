@@ -13,7 +13,9 @@
 // - fewer tokens (decode): each token reads its keys and values through the
 //   block table in one pass for all its query heads, in groups of up to 4
 //   that share a KV head (grouped-query attention), scores, softmax and
-//   weighted values together (online softmax, simd::Kernels::decodeAttention).
+//   weighted values together (online softmax, simd::Kernels::decodeAttention;
+//   block by block for every group, or group by group over every block,
+//   whichever simd::decodeAttentionOrder says reads faster here).
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -199,9 +201,9 @@ void attendToken(const Geometry &g, const float *q, int64_t t, const DecodeGroup
       outputs[i] = parts > 1 ? partial + static_cast<int64_t>(i) * (D + 1)
                              : out + ((t - g.firstRow) * Hq + h) * D;
     }
-  k.decodeAttention[g.kind()](queries.data(), groups.counts.data(), groups.offsets.data(), G,
-                              keys, values, L, D, g.params.scale, outputs.data(),
-                              parts > 1 ? lse.data() : nullptr);
+  k.decodeAttention[simd::decodeAttentionOrder(g.kind())][g.kind()](
+      queries.data(), groups.counts.data(), groups.offsets.data(), G, keys, values, L, D,
+      g.params.scale, outputs.data(), parts > 1 ? lse.data() : nullptr);
   if (parts > 1) // the part's log-sum-exp of the scaled scores
     for (int64_t gi = 0; gi < G; ++gi)
       for (int64_t r = 0; r < groups.counts[static_cast<size_t>(gi)]; ++r) {

@@ -172,6 +172,19 @@ const Kernels &kernels() {
 
 const Kernels &gemvKernelsWith(int prefetch) { return setOf(prefetch); }
 
+int decodeAttentionOrder(int kind) {
+  static const int forced = [] {
+    const char *order = std::getenv("LLMIR_CPU_ATTENTION_ORDER");
+    if (!order)
+      return -1;
+    return std::strcmp(order, "groups") == 0 ? int{kGroupsOuter} : int{kPositionsOuter};
+  }();
+  static const bool zen5 = isZen5();
+  if (forced >= 0)
+    return forced;
+  return zen5 && kind == kF32 ? kGroupsOuter : kPositionsOuter;
+}
+
 const Kernels &gemvKernels(unsigned threads) {
   static const int forced = forcedGemvPrefetch();
   static const bool zen5 = isZen5();

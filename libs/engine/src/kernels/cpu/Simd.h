@@ -17,6 +17,11 @@ enum WeightKind : int { kF32 = 0, kBf16 = 1, kF16 = 2 };
 /// beyond L1 once evicted).
 enum GemvPrefetch : int { kNoPrefetch = 0, kPrefetchL2 = 1, kPrefetchNta = 2 };
 
+/// The order in which decode attention walks a token's cache rows (the same
+/// sums either way): each block of positions for every group of query
+/// heads in turn, or each group over all the positions in turn.
+enum DecodeAttentionOrder : int { kPositionsOuter = 0, kGroupsOuter = 1 };
+
 using GemvFn = void (*)(const float *x, int64_t T, const void *w, int64_t K,
                         int64_t nBegin, int64_t nEnd, float *y, int64_t ldy);
 /// Medium matmul precision: x already rounded to bf16 (bits), w bf16.
@@ -62,8 +67,10 @@ struct Kernels {
   /// kF32 or kBf16). For r < counts[g], head i = g * 4 + r:
   /// o[i][d] = sum_j softmax_j(scale * q[i] . key j) * value j [d] over
   /// j < L (L >= 1), and, when lse is not null, lse[i] = log sum_j
-  /// exp(scale * q[i] . key j). D a multiple of 16.
-  void (*decodeAttention[2])(const float *const *q, const int64_t *counts,
+  /// exp(scale * q[i] . key j). D a multiple of 16. Indexed by
+  /// DecodeAttentionOrder, then the element; every order gives the same
+  /// results.
+  void (*decodeAttention[2][2])(const float *const *q, const int64_t *counts,
                              const int64_t *offsets, int64_t groups,
                              const void *const *keys, const void *const *values,
                              int64_t L, int64_t D, float scale, float *const *o,
@@ -103,5 +110,11 @@ const Kernels &kernels();
 const Kernels &gemvKernels(unsigned threads);
 /// kernels() with every decode GEMV in form `prefetch` (GemvPrefetch).
 const Kernels &gemvKernelsWith(int prefetch);
+
+/// The DecodeAttentionOrder for a cache of `kind` (kF32 or kBf16): groups
+/// outer for an f32 cache on AMD family 1Ah (Zen 5), where it read the KV
+/// faster, positions outer elsewhere (docs/performance.md, "Seventeenth
+/// round"). LLMIR_CPU_ATTENTION_ORDER=positions|groups forces one.
+int decodeAttentionOrder(int kind);
 
 } // namespace llmir::engine::cpu::simd
