@@ -317,6 +317,7 @@ bool requestChannel = true;
 int64_t partBytes = -1; // ClientOptions::partBytes (-1: its default)
 int64_t trailingChecksumBytes = -1; // ClientOptions::trailingChecksumBytes (-1: its default)
 int64_t streamingPutBytes = -1; // ClientOptions::streamingPutBytes (-1: its default)
+int64_t streamingGetBytes = -1; // ClientOptions::streamingGetBytes (-1: its default)
 // ClientOptions / ServerOptions::tcpCongestion of the client and the store
 // ("default": the library's; "": the host's default).
 std::string tcpCongestion = "default";
@@ -404,6 +405,9 @@ int main(int argc, char **argv) {
   config.add("streaming-put-bytes", &streamingPutBytes,
              "same-host puts of blocks of at least this write the segment with non-temporal "
              "stores (0: never; -1: the client's default)");
+  config.add("streaming-get-bytes", &streamingGetBytes,
+             "same-host gets of blocks of at least this write the destination with "
+             "non-temporal stores (0: never; -1: the client's default)");
   config.add("tcp-congestion", &tcpCongestion,
              "TCP congestion controls of the client's and the store's UCX sockets, the "
              "first the kernel allows (comma-separated; \"default\": the library's, "
@@ -470,6 +474,8 @@ int main(int argc, char **argv) {
       co.trailingChecksumBytes = uint64_t(trailingChecksumBytes);
     if (streamingPutBytes >= 0)
       co.streamingPutBytes = uint64_t(streamingPutBytes);
+    if (streamingGetBytes >= 0)
+      co.streamingGetBytes = uint64_t(streamingGetBytes);
     if (tcpCongestion != "default")
       co.tcpCongestion = tcpCongestion;
     auto client = kv::Client::create(co);

@@ -159,20 +159,77 @@ uint64_t llmir_kvstore_copy_checksum_avx512(void *destination, const void *sourc
   return merge(acc, bytes);
 }
 
-/* copy_checksum with non-temporal stores for the whole blocks (a 64-byte
- * aligned destination of more than 1024 bytes; the rest, under 1 KiB, goes
- * through the cache), fenced before returning so that whoever learns of the
- * block afterwards (a commit posted in the channel) sees its bytes. For a
- * destination that is not in the caches, as the rooms of shared puts of
- * several MiB, which take turns (docs/performance.md "kv16"). */
+/* hash_blocks_to streaming into a destination `shift` bytes past a cache
+ * line (a multiple of 4, 4 to 60): a non-temporal store writes whole
+ * aligned lines only, so each is put together from the two stripes it
+ * straddles (vpermt2d: the last `shift` bytes of one, the first 64 - shift
+ * of the next). Writes the destination's bytes from its first aligned line
+ * to `shift` bytes before the end of the blocks: the caller copies the
+ * first 64 - shift and those last `shift` bytes. */
+static void hash_blocks_stream_shifted(uint64_t *acc_words, unsigned char *destination,
+                                       const unsigned char *source, size_t blocks,
+                                       unsigned shift) {
+  const xxh_u8 *const secret = XXH3_kSecret;
+  unsigned char *const line0 = destination - shift; /* aligned; line j takes source[64j - shift..] */
+  __m512i const from = _mm512_add_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+      _mm512_set1_epi32((int)(64 - shift) / 4));
+  __m512i acc = _mm512_loadu_si512((const void *)acc_words);
+  __m512i previous = _mm512_setzero_si512();
+  for (size_t b = 0; b < blocks; b++) {
+    const unsigned char *in = source + b * kBlockBytes;
+    unsigned char *out = line0 + b * kBlockBytes;
+    __m512i sum1 = _mm512_setzero_si512();
+    __m512i sum2 = _mm512_setzero_si512();
+    __m512i sum3 = _mm512_setzero_si512();
+    for (int s = 0; s < kStripesPerBlock; s += 4) {
+      __m512i const d0 = _mm512_loadu_si512((const void *)(in + 64 * s));
+      __m512i const d1 = _mm512_loadu_si512((const void *)(in + 64 * s + 64));
+      __m512i const d2 = _mm512_loadu_si512((const void *)(in + 64 * s + 128));
+      __m512i const d3 = _mm512_loadu_si512((const void *)(in + 64 * s + 192));
+      if (b != 0 || s != 0) /* line 0 begins before the destination */
+        _mm512_stream_si512((void *)(out + 64 * s), _mm512_permutex2var_epi32(previous, from, d0));
+      _mm512_stream_si512((void *)(out + 64 * s + 64), _mm512_permutex2var_epi32(d0, from, d1));
+      _mm512_stream_si512((void *)(out + 64 * s + 128), _mm512_permutex2var_epi32(d1, from, d2));
+      _mm512_stream_si512((void *)(out + 64 * s + 192), _mm512_permutex2var_epi32(d2, from, d3));
+      previous = d3;
+      acc = _mm512_add_epi64(acc, stripe_sum(d0, secret + 8 * s));
+      sum1 = _mm512_add_epi64(sum1, stripe_sum(d1, secret + 8 * s + 8));
+      sum2 = _mm512_add_epi64(sum2, stripe_sum(d2, secret + 8 * s + 16));
+      sum3 = _mm512_add_epi64(sum3, stripe_sum(d3, secret + 8 * s + 24));
+    }
+    acc = _mm512_add_epi64(_mm512_add_epi64(acc, sum1), _mm512_add_epi64(sum2, sum3));
+    acc = scramble(acc, secret + sizeof(XXH3_kSecret) - XXH_STRIPE_LEN);
+  }
+  _mm512_storeu_si512((void *)acc_words, acc);
+}
+
+/* copy_checksum with non-temporal stores for the whole blocks (a
+ * destination of more than 1024 bytes on a cache line or a multiple of 4
+ * bytes past one; the rest, under 1 KiB, and a shifted destination's first
+ * and last partial lines go through the cache), fenced before returning so
+ * that whoever learns of the block afterwards (a commit posted in the
+ * channel, another thread) sees its bytes. For a destination that is not in
+ * the caches or should not evict what is: the rooms of shared puts of
+ * several MiB, which take turns (docs/performance.md "kv16"), and the
+ * destinations of gets of that size ("kv17"). */
 uint64_t llmir_kvstore_copy_checksum_stream_avx512(void *destination, const void *source,
                                                    uint64_t bytes) {
-  if (bytes <= XXH3_MIDSIZE_MAX || ((uintptr_t)destination & 63) != 0)
+  unsigned const shift = (unsigned)((uintptr_t)destination & 63);
+  if (bytes <= kBlockBytes || (shift & 3) != 0)
     return llmir_kvstore_copy_checksum_avx512(destination, source, bytes);
   XXH_ALIGN(64) uint64_t acc[XXH_ACC_NB] = XXH3_INIT_ACC;
   size_t const blocks = (bytes - 1) / kBlockBytes;
-  hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1);
   size_t const done = blocks * kBlockBytes;
+  if (shift == 0) {
+    hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1);
+  } else {
+    hash_blocks_stream_shifted(acc, (unsigned char *)destination, (const unsigned char *)source,
+                               blocks, shift);
+    memcpy(destination, source, 64 - shift);
+    memcpy((unsigned char *)destination + done - shift,
+           (const unsigned char *)source + done - shift, shift);
+  }
   hash_rest(acc, (unsigned char *)destination + done, (const unsigned char *)source + done,
             bytes - done);
   _mm_sfence();

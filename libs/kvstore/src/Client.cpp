@@ -112,6 +112,11 @@ public:
       return copyWithChecksumStreaming(room, block, bytes);
     return copyWithChecksum(room, block, bytes);
   }
+  /// Whether a shared get of a block of `bytes` writes its destination past
+  /// the caches (ClientOptions::streamingGetBytes).
+  bool getStreams(uint64_t bytes) const {
+    return options_.streamingGetBytes > 0 && bytes >= options_.streamingGetBytes;
+  }
   /// Whether a put's block of `bytes` sends its checksum in a trailing part
   /// (ClientOptions::trailingChecksumBytes).
   bool trailingChecksum_(uint64_t bytes) const {
@@ -643,7 +648,9 @@ ucs_status_t Client::Impl::handleReply(const void *header, size_t headerLength, 
       }
       // The store keeps the block alive until our next request; a mismatch
       // (a corrupted segment) is still caught by the checksum.
-      uint64_t sum = copyWithChecksum(g.destination, arena_->base() + at, g.bytes);
+      const uint8_t *from = arena_->base() + at;
+      uint64_t sum = getStreams(g.bytes) ? copyWithChecksumStreaming(g.destination, from, g.bytes)
+                                         : copyWithChecksum(g.destination, from, g.bytes);
       statuses_[index] = sum == m.checksum ? BlockStatus::Found : BlockStatus::Rejected;
       continue;
     }
@@ -930,7 +937,7 @@ Result<std::vector<BlockStatus>> Client::Impl::getFromIndex(size_t n, Clock::tim
   uint64_t hits = 0, bytes = 0, rejected = 0, misses = 0;
   for (size_t i = 0; i < n; ++i) {
     const GetBlock &g = blocks[i];
-    switch (index_->get(g.key, g.dtype, g.destination, g.bytes)) {
+    switch (index_->get(g.key, g.dtype, g.destination, g.bytes, getStreams(g.bytes))) {
     case index::LocalGet::Found:
       out[i] = BlockStatus::Found;
       ++hits;

@@ -89,9 +89,11 @@ private:
 /// is still in cache: one pass over memory instead of two.
 uint64_t copyWithChecksum(void *destination, const void *source, uint64_t bytes);
 /// The same (the same value), storing past the caches where the CPU has
-/// AVX-512 and the destination is 64-byte aligned (else copyWithChecksum),
-/// and fenced: for a destination that is not cached and will not be read
-/// soon by this thread (a shared put's room of several MiB).
+/// AVX-512, the block is over 1 KiB and the destination is on a cache line
+/// or a multiple of 4 bytes past one (else copyWithChecksum), and fenced:
+/// for a destination that is not cached and will not be read soon by this
+/// thread (a shared put's room of several MiB, a get's destination of that
+/// size).
 uint64_t copyWithChecksumStreaming(void *destination, const void *source, uint64_t bytes);
 
 /// The XXH3-64 of a block (the same value as blockChecksum) taken part by

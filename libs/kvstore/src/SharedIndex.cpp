@@ -246,7 +246,7 @@ uint64_t Reader::generationSum(uint64_t offset, uint64_t bytes) const {
 }
 
 LocalGet Reader::get(const BlockKey &key, const std::string &dtype, void *destination,
-                     uint64_t bytes) {
+                     uint64_t bytes, bool streaming) {
   uint32_t first = bucketOf(key.bytes.data(), buckets_) * kWays;
   uint32_t seqs[kWays];
   for (uint32_t i = first; i < first + kWays; ++i) {
@@ -279,7 +279,8 @@ LocalGet Reader::get(const BlockKey &key, const std::string &dtype, void *destin
     entryDtype[sizeof entryDtype - 1] = 0;
     if (entryBytes != bytes || dtype != entryDtype)
       return LocalGet::Rejected; // as the store answers: never handed out
-    uint64_t sum = copyWithChecksum(destination, base_ + at, bytes);
+    uint64_t sum = streaming ? copyWithChecksumStreaming(destination, base_ + at, bytes)
+                             : copyWithChecksum(destination, base_ + at, bytes);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (generationSum(at, bytes) != before)
       return LocalGet::AskTheStore; // freed (and maybe reused) meanwhile

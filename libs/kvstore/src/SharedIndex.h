@@ -161,9 +161,10 @@ public:
   /// AskTheStore when the key may be held without an entry, an entry
   /// changed under the read, or the block was withdrawn, replaced or freed
   /// around the copy. The destination's contents are unspecified unless
-  /// Found.
+  /// Found. `streaming`: the copy stores past the caches
+  /// (copyWithChecksumStreaming).
   LocalGet get(const BlockKey &key, const std::string &dtype, void *destination,
-               uint64_t bytes);
+               uint64_t bytes, bool streaming = false);
   /// The store stopped serving this segment (it stopped or restarted).
   bool closed() const;
   /// True when the store's progress thread holds its liveness lock: the

@@ -65,29 +65,33 @@ TEST(BlockChecksum, IsXxh3ForEveryLengthClassAndTheCopyHashesTheSame) {
     }
 }
 
-// The copy with non-temporal stores (large shared puts): the same bytes and
-// XXH3 into 64-byte-aligned destinations (streamed) and others (the cached
-// copy), at the same length classes and ends.
+// The copy with non-temporal stores (large shared puts and gets): the same
+// bytes and XXH3 into destinations on a cache line and a multiple of 4 bytes
+// past one (streamed, each line put together from the two source stripes
+// it straddles) and others (the cached copy), from sources on a line or not,
+// at the same length classes and ends; nothing written outside.
 TEST(BlockChecksum, TheStreamingCopyHashesAndCopiesTheSame) {
   const std::vector<unsigned char> data = pattern((4 << 20) + 300);
   for (size_t n : {size_t(0), size_t(17), size_t(240), size_t(241), size_t(1024), size_t(1025),
                    size_t(2049), size_t(65536), size_t(65537), size_t(1052671),
                    size_t(4 << 20), size_t((4 << 20) + 100)})
-    for (size_t shift : {size_t(0), size_t(1), size_t(64)}) {
-      std::vector<unsigned char> buffer(n + 256, 0xee);
-      auto *aligned = reinterpret_cast<unsigned char *>(
-          (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
-      unsigned char *to = aligned + shift;
-      EXPECT_EQ(copyWithChecksumStreaming(to, data.data() + shift, n),
-                blockChecksum(data.data() + shift, n))
-          << n << " bytes, shift " << shift;
-      EXPECT_TRUE(std::equal(data.begin() + shift, data.begin() + shift + n, to))
-          << n << " bytes, shift " << shift;
-      EXPECT_TRUE(std::all_of(buffer.data(), to, [](unsigned char c) { return c == 0xee; }) &&
-                  std::all_of(to + n, buffer.data() + buffer.size(),
-                              [](unsigned char c) { return c == 0xee; }))
-          << "wrote outside " << n << " bytes, shift " << shift;
-    }
+    for (size_t shift : {size_t(0), size_t(1), size_t(4), size_t(16), size_t(30), size_t(48),
+                         size_t(60), size_t(64)})
+      for (size_t from : {shift, size_t(0), size_t(3)}) {
+        std::vector<unsigned char> buffer(n + 256, 0xee);
+        auto *aligned = reinterpret_cast<unsigned char *>(
+            (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+        unsigned char *to = aligned + shift;
+        EXPECT_EQ(copyWithChecksumStreaming(to, data.data() + from, n),
+                  blockChecksum(data.data() + from, n))
+            << n << " bytes, shift " << shift << ", source at " << from;
+        EXPECT_TRUE(std::equal(data.begin() + from, data.begin() + from + n, to))
+            << n << " bytes, shift " << shift << ", source at " << from;
+        EXPECT_TRUE(std::all_of(buffer.data(), to, [](unsigned char c) { return c == 0xee; }) &&
+                    std::all_of(to + n, buffer.data() + buffer.size(),
+                                [](unsigned char c) { return c == 0xee; }))
+            << "wrote outside " << n << " bytes, shift " << shift << ", source at " << from;
+      }
 }
 
 // A block hashed in parts (TCP puts of large blocks): the same XXH3 as the

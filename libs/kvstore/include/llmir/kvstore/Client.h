@@ -87,6 +87,15 @@ struct ClientOptions {
   /// storing past them saves reading it in first (docs/performance.md,
   /// "kv16"). 0: never.
   uint64_t streamingPutBytes = 4 << 20;
+  /// A same-host get of a block of at least this many bytes (through the
+  /// segment) writes the caller's destination with non-temporal stores
+  /// (where the CPU has AVX-512 and the destination is on a cache line or a
+  /// multiple of 4 bytes past one): the destination is not read in first,
+  /// and the copy does not evict what the caches hold; its bytes are in
+  /// memory, not in the caches, after the call. At 4 MiB on the Zen 5
+  /// guest of docs/performance.md ("branch kv17") the copy ran 1.2-1.3x
+  /// faster so, even into a destination the caches held. 0: never.
+  uint64_t streamingGetBytes = 4 << 20;
   /// Over UCX (no shared segment), a put's block of more than twice this
   /// many bytes (above 1 MiB by default) goes in parts of this size
   /// (PutPart), hashed part by part:
