@@ -13,6 +13,8 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -500,6 +502,73 @@ TEST_P(KvStore, APollingStoreServesEveryRequestOfItsUcxClientsAndStops) {
   auto t0 = std::chrono::steady_clock::now();
   server.reset();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
+// Gets that write their destination with non-temporal stores
+// (ClientOptions::streamingGetBytes; here from 64 KiB), into destinations on
+// a cache line, 16 and 4 bytes past one (each line put together from two
+// source stripes) and 1 byte past (the cached pass), while a writer replaces
+// the block back to back: every get that reports Found holds one of the
+// versions put, whole, and nothing before or after the destination is
+// written.
+TEST_P(KvStore, StreamingGetsHandBackWholeBlocksAtAnyDestination) {
+  auto server = startServer(64ull << 20);
+  ASSERT_TRUE(server);
+  auto writer = connect(server->port());
+  ClientOptions ro;
+  ro.port = server->port();
+  ro.timeout = 5s;
+  ro.streamingGetBytes = 64 << 10;
+  auto reader = Client::create(ro);
+  ASSERT_TRUE(writer && reader) << reader.message();
+  constexpr size_t kBlock = (256 << 10) + 100; // whole 1 KiB blocks and a rest
+  constexpr int kVersions = 4, kPuts = 150;
+  std::vector<std::vector<uint8_t>> versions;
+  for (int v = 0; v < kVersions; ++v)
+    versions.push_back(bytesOf(kBlock, uint32_t(7000 + v)));
+  std::atomic<bool> done{false};
+  std::atomic<int> found{0}, wrong{0}, outside{0};
+  std::string failure;
+  std::thread readerThread([&] {
+    std::vector<uint8_t> buffer(kBlock + 256, 0xee), out(kBlock);
+    auto *line = reinterpret_cast<uint8_t *>(
+        (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t(63));
+    for (int i = 0; !done.load() || i < 8; ++i) {
+      uint8_t *at = line + size_t(std::array<int, 4>{0, 16, 4, 1}[i % 4]);
+      std::fill(buffer.begin(), buffer.end(), uint8_t(0xee));
+      GetBlock g{keyFor("streamed", 0), "f32", at, kBlock};
+      auto got = (*reader)->get(std::span(&g, 1));
+      if (!got) {
+        failure = got.message();
+        return;
+      }
+      if (std::any_of(buffer.data(), at, [](uint8_t c) { return c != 0xee; }) ||
+          std::any_of(at + kBlock, buffer.data() + buffer.size(),
+                      [](uint8_t c) { return c != 0xee; }))
+        ++outside;
+      if ((*got)[0] != BlockStatus::Found)
+        continue; // Missing before the first commit is read
+      ++found;
+      std::memcpy(out.data(), at, kBlock);
+      if (std::find(versions.begin(), versions.end(), out) == versions.end())
+        ++wrong;
+    }
+  });
+  for (int i = 0; i < kPuts; ++i) {
+    PutBlock p{keyFor("streamed", 0), "f32", versions[i % kVersions].data(), kBlock};
+    auto stored = writer->put(std::span(&p, 1));
+    ASSERT_TRUE(stored) << i << ": " << stored.message();
+    EXPECT_EQ((*stored)[0], BlockStatus::Stored) << i;
+  }
+  BlockQuery q{keyFor("streamed", 0), "f32", kBlock};
+  ASSERT_TRUE(writer->exists(std::span(&q, 1))); // the last commit is read
+  done = true;
+  readerThread.join();
+  EXPECT_TRUE(failure.empty()) << failure;
+  EXPECT_GT(found.load(), 0);
+  EXPECT_EQ(wrong.load(), 0) << "of " << found.load() << " gets";
+  EXPECT_EQ(outside.load(), 0);
+  EXPECT_EQ((*reader)->usesIndexedGets(), sharedMemory()) << (*reader)->describeConnection();
 }
 
 TEST_P(KvStore, PipelinedPutsAreReadBackByTheirClientAndByOthers) {
