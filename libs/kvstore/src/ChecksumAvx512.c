@@ -49,16 +49,28 @@ XXH_FORCE_INLINE __m512i scramble(__m512i acc, const xxh_u8 *secret) {
 
 /* `blocks` whole 1024-byte blocks of `source` into the accumulators, each
  * stripe stored to `destination` as it is loaded when `copy`, with
- * non-temporal stores when `stream` (the destination then 64-byte aligned;
- * both constant at every call, so each use compiles to one loop). */
+ * non-temporal stores when `stream` (copy, stream and whether shift is 0
+ * constant at every call, so each use compiles to one loop). Streaming,
+ * the destination is 64-byte aligned, or `shift` bytes past a cache line
+ * (a multiple of 4, 4 to 60): a non-temporal store writes whole aligned
+ * lines only, so each is then put together from the two stripes it
+ * straddles (vpermt2d: the last `shift` bytes of one, the first 64 - shift
+ * of the next), and the destination's bytes are written from its first
+ * aligned line to `shift` bytes before the end of the blocks: the caller
+ * copies the first 64 - shift and those last `shift` bytes. */
 XXH_FORCE_INLINE void hash_blocks_to(uint64_t *acc_words, unsigned char *destination,
                                      const unsigned char *source, size_t blocks, int copy,
-                                     int stream) {
+                                     int stream, unsigned shift) {
   const xxh_u8 *const secret = XXH3_kSecret;
   __m512i acc = _mm512_loadu_si512((const void *)acc_words);
+  /* line j of the shifted destination takes source[64 j - shift ..] */
+  __m512i const from = _mm512_add_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+      _mm512_set1_epi32((int)(64 - shift) / 4));
+  __m512i previous = _mm512_setzero_si512();
   for (size_t b = 0; b < blocks; b++) {
     const unsigned char *in = source + b * kBlockBytes;
-    unsigned char *out = destination + b * kBlockBytes;
+    unsigned char *out = destination - shift + b * kBlockBytes;
     __m512i sum1 = _mm512_setzero_si512();
     __m512i sum2 = _mm512_setzero_si512();
     __m512i sum3 = _mm512_setzero_si512();
@@ -67,7 +79,15 @@ XXH_FORCE_INLINE void hash_blocks_to(uint64_t *acc_words, unsigned char *destina
       __m512i const d1 = _mm512_loadu_si512((const void *)(in + 64 * s + 64));
       __m512i const d2 = _mm512_loadu_si512((const void *)(in + 64 * s + 128));
       __m512i const d3 = _mm512_loadu_si512((const void *)(in + 64 * s + 192));
-      if (copy && stream) {
+      if (copy && stream && shift != 0) {
+        if (b != 0 || s != 0) /* line 0 begins before the destination */
+          _mm512_stream_si512((void *)(out + 64 * s),
+                              _mm512_permutex2var_epi32(previous, from, d0));
+        _mm512_stream_si512((void *)(out + 64 * s + 64), _mm512_permutex2var_epi32(d0, from, d1));
+        _mm512_stream_si512((void *)(out + 64 * s + 128), _mm512_permutex2var_epi32(d1, from, d2));
+        _mm512_stream_si512((void *)(out + 64 * s + 192), _mm512_permutex2var_epi32(d2, from, d3));
+        previous = d3;
+      } else if (copy && stream) {
         _mm512_stream_si512((void *)(out + 64 * s), d0);
         _mm512_stream_si512((void *)(out + 64 * s + 64), d1);
         _mm512_stream_si512((void *)(out + 64 * s + 128), d2);
@@ -92,7 +112,7 @@ XXH_FORCE_INLINE void hash_blocks_to(uint64_t *acc_words, unsigned char *destina
 
 XXH_FORCE_INLINE void hash_blocks(uint64_t *acc_words, unsigned char *destination,
                                   const unsigned char *source, size_t blocks, int copy) {
-  hash_blocks_to(acc_words, destination, source, blocks, copy, 0);
+  hash_blocks_to(acc_words, destination, source, blocks, copy, 0, 0);
 }
 
 /* The rest of a long input after its whole blocks (1 to 1024 bytes, but
@@ -159,51 +179,6 @@ uint64_t llmir_kvstore_copy_checksum_avx512(void *destination, const void *sourc
   return merge(acc, bytes);
 }
 
-/* hash_blocks_to streaming into a destination `shift` bytes past a cache
- * line (a multiple of 4, 4 to 60): a non-temporal store writes whole
- * aligned lines only, so each is put together from the two stripes it
- * straddles (vpermt2d: the last `shift` bytes of one, the first 64 - shift
- * of the next). Writes the destination's bytes from its first aligned line
- * to `shift` bytes before the end of the blocks: the caller copies the
- * first 64 - shift and those last `shift` bytes. */
-static void hash_blocks_stream_shifted(uint64_t *acc_words, unsigned char *destination,
-                                       const unsigned char *source, size_t blocks,
-                                       unsigned shift) {
-  const xxh_u8 *const secret = XXH3_kSecret;
-  unsigned char *const line0 = destination - shift; /* aligned; line j takes source[64j - shift..] */
-  __m512i const from = _mm512_add_epi32(
-      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-      _mm512_set1_epi32((int)(64 - shift) / 4));
-  __m512i acc = _mm512_loadu_si512((const void *)acc_words);
-  __m512i previous = _mm512_setzero_si512();
-  for (size_t b = 0; b < blocks; b++) {
-    const unsigned char *in = source + b * kBlockBytes;
-    unsigned char *out = line0 + b * kBlockBytes;
-    __m512i sum1 = _mm512_setzero_si512();
-    __m512i sum2 = _mm512_setzero_si512();
-    __m512i sum3 = _mm512_setzero_si512();
-    for (int s = 0; s < kStripesPerBlock; s += 4) {
-      __m512i const d0 = _mm512_loadu_si512((const void *)(in + 64 * s));
-      __m512i const d1 = _mm512_loadu_si512((const void *)(in + 64 * s + 64));
-      __m512i const d2 = _mm512_loadu_si512((const void *)(in + 64 * s + 128));
-      __m512i const d3 = _mm512_loadu_si512((const void *)(in + 64 * s + 192));
-      if (b != 0 || s != 0) /* line 0 begins before the destination */
-        _mm512_stream_si512((void *)(out + 64 * s), _mm512_permutex2var_epi32(previous, from, d0));
-      _mm512_stream_si512((void *)(out + 64 * s + 64), _mm512_permutex2var_epi32(d0, from, d1));
-      _mm512_stream_si512((void *)(out + 64 * s + 128), _mm512_permutex2var_epi32(d1, from, d2));
-      _mm512_stream_si512((void *)(out + 64 * s + 192), _mm512_permutex2var_epi32(d2, from, d3));
-      previous = d3;
-      acc = _mm512_add_epi64(acc, stripe_sum(d0, secret + 8 * s));
-      sum1 = _mm512_add_epi64(sum1, stripe_sum(d1, secret + 8 * s + 8));
-      sum2 = _mm512_add_epi64(sum2, stripe_sum(d2, secret + 8 * s + 16));
-      sum3 = _mm512_add_epi64(sum3, stripe_sum(d3, secret + 8 * s + 24));
-    }
-    acc = _mm512_add_epi64(_mm512_add_epi64(acc, sum1), _mm512_add_epi64(sum2, sum3));
-    acc = scramble(acc, secret + sizeof(XXH3_kSecret) - XXH_STRIPE_LEN);
-  }
-  _mm512_storeu_si512((void *)acc_words, acc);
-}
-
 /* copy_checksum with non-temporal stores for the whole blocks (a
  * destination of more than 1024 bytes on a cache line or a multiple of 4
  * bytes past one; the rest, under 1 KiB, and a shifted destination's first
@@ -222,10 +197,11 @@ uint64_t llmir_kvstore_copy_checksum_stream_avx512(void *destination, const void
   size_t const blocks = (bytes - 1) / kBlockBytes;
   size_t const done = blocks * kBlockBytes;
   if (shift == 0) {
-    hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1);
+    hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1,
+                   0);
   } else {
-    hash_blocks_stream_shifted(acc, (unsigned char *)destination, (const unsigned char *)source,
-                               blocks, shift);
+    hash_blocks_to(acc, (unsigned char *)destination, (const unsigned char *)source, blocks, 1, 1,
+                   shift);
     memcpy(destination, source, 64 - shift);
     memcpy((unsigned char *)destination + done - shift,
            (const unsigned char *)source + done - shift, shift);
