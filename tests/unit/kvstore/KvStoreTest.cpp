@@ -52,16 +52,23 @@ protected:
   }
   bool sharedMemory() const { return std::string(GetParam()).find("shm") == 0; }
 
-  std::unique_ptr<Server> startServer(uint64_t capacity, uint16_t port = 0,
-                                      bool withSegment = true) {
+  static ServerOptions serverOptions(uint64_t capacity, uint16_t port = 0,
+                                     bool withSegment = true) {
     ServerOptions o;
     o.host = "127.0.0.1";
     o.port = port;
     o.capacityBytes = capacity;
     o.sharedMemory = withSegment;
+    return o;
+  }
+  std::unique_ptr<Server> startServer(const ServerOptions &o) {
     auto s = Server::start(o);
     EXPECT_TRUE(s) << s.message();
     return s ? std::move(*s) : nullptr;
+  }
+  std::unique_ptr<Server> startServer(uint64_t capacity, uint16_t port = 0,
+                                      bool withSegment = true) {
+    return startServer(serverOptions(capacity, port, withSegment));
   }
   std::unique_ptr<Client> connect(uint16_t port, std::chrono::milliseconds timeout = 5s) {
     ClientOptions o;
@@ -428,13 +435,10 @@ TEST_P(KvStore, ARestartedStoreInvalidatesTheMappedIndex) {
 // request. It lasts longer than the clients' deadline here: a request the
 // spinning store missed fails its call instead of waiting for the sleep.
 TEST_P(KvStore, ASpinningStoreServesEveryRequestItsClientsPostWithoutWakingIt) {
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.capacityBytes = 64ull << 20;
+  ServerOptions o = serverOptions(64ull << 20);
   o.channelSpin = 3s;
-  auto started = Server::start(o);
-  ASSERT_TRUE(started) << started.message();
-  auto &server = *started;
+  auto server = startServer(o);
+  ASSERT_TRUE(server);
   auto writer = connect(server->port(), 1s);
   auto reader = connect(server->port(), 1s);
   ASSERT_TRUE(writer && reader);
@@ -465,13 +469,10 @@ TEST_P(KvStore, ASpinningStoreServesEveryRequestItsClientsPostWithoutWakingIt) {
 // clients' deadline: every request is served whether it polls or sleeps
 // (a loaded host), and a polling store still stops at once.
 TEST_P(KvStore, APollingStoreServesEveryRequestOfItsUcxClientsAndStops) {
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.capacityBytes = 64ull << 20;
+  ServerOptions o = serverOptions(64ull << 20);
   o.idlePoll = 3s;
-  auto started = Server::start(o);
-  ASSERT_TRUE(started) << started.message();
-  auto &server = *started;
+  auto server = startServer(o);
+  ASSERT_TRUE(server);
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < 2; ++i) {
     ClientOptions co;
