@@ -912,6 +912,10 @@ TEST_F(BackendOps, PagedAttention) {
        40},
       {"GQA head dim 16", 8, 2, 16, 16, 1, range(5, 70), std::vector<int32_t>(65, 0),
        {{4, 0, 3, 1, 2}}},
+      // Blocks of 24 rows (not a power of two) under whole key tiles: the
+      // tensor-core kernel's table lookups by division.
+      {"GQA prefill, blocks of 24", 8, 2, 64, 24, 1, range(0, 150),
+       std::vector<int32_t>(150, 0), {{6, 2, 5, 0, 3, 1, 4}}},
   };
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());

@@ -1202,9 +1202,11 @@ __device__ __forceinline__ uint32_t packBf16(float x, float y) {
 // probability below 2^-126 flushes to 0); cache rows found with a shift
 // where the block size is a power of two, in 32-bit arithmetic; the tile's
 // key range by warp reductions over the rows' positions, not a serial loop
-// in every thread. 134 registers at D = 64 (three blocks a multiprocessor;
-// bounding it to four spilled and measured the same). Needs g.scale > 0
-// (the maximum is taken before scaling).
+// in every thread. The tile copies without a branch a copy (requestTile):
+// 126 -> 114 us a layer (medium), 171 -> 156 (highest). 131 registers at
+// D = 64 (three blocks a multiprocessor; bounding it to four spilled and
+// measured the same). Needs g.scale > 0 (the maximum is taken before
+// scaling).
 template <int D, bool Split>
 __global__ void __launch_bounds__(128)
     mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,
@@ -1299,21 +1301,49 @@ __global__ void __launch_bounds__(128)
   // A tile's key and value rows, 16 bytes a copy, asynchronously; past
   // `last` zeros (their probabilities are 0, and 0 * garbage could be NaN).
   // One commit group a tile.
+  //
+  // A tile every key of which is seen (all but a sequence's last) takes
+  // the branch-free path: the thread's block-table entries are requested
+  // together and each copy's address is one 32 x 32 -> 64-bit multiply-add
+  // (a block's elements and a row's offset within it fit 32 bits: the
+  // host's blockElements check). With a branch per copy, each copy waited
+  // for its own table entry in turn, and its 64-bit row arithmetic made
+  // the copies a third of the kernel's stall samples (ncu, 2,048 tokens).
+  const int32_t blockElements = blockSize * static_cast<int32_t>(rowStride);
+  const int32_t headColumn = static_cast<int32_t>(kvOffset);
   const auto requestTile = [&](int32_t tileBase, int buffer) {
     __nv_bfloat16 *keyTile = tileBuffers + buffer * 2 * kMmaKeys * kPitch;
     __nv_bfloat16 *valueTile = keyTile + kMmaKeys * kPitch;
+    if (tileBase + kMmaKeys - 1 <= last) {
+      int32_t entry[kCopies], within[kCopies];
 #pragma unroll
-    for (int i = 0; i < kCopies; ++i) {
-      const int p = tid + 128 * i, key = p / kPieces, piece = p % kPieces;
-      const int32_t j = tileBase + key;
-      __nv_bfloat16 *k = keyTile + key * kPitch + piece * 8, *v = valueTile + key * kPitch + piece * 8;
-      if (j <= last) {
-        const int64_t at = rowOf(j) + kvOffset + piece * 8;
-        copyAsync16(k, keys + at);
-        copyAsync16(v, values + at);
-      } else {
-        *reinterpret_cast<uint4 *>(k) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4 *>(v) = make_uint4(0, 0, 0, 0);
+      for (int i = 0; i < kCopies; ++i) {
+        const int32_t j = tileBase + (tid + 128 * i) / kPieces;
+        entry[i] = blockTable[pow2Blocks ? j >> blockShift : j / blockSize];
+        within[i] = pow2Blocks ? j & (blockSize - 1) : j % blockSize;
+      }
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int p = tid + 128 * i, key = p / kPieces, piece = p % kPieces;
+        const int64_t at = int64_t(entry[i]) * blockElements +
+                           (within[i] * static_cast<int32_t>(rowStride) + headColumn + piece * 8);
+        copyAsync16(keyTile + key * kPitch + piece * 8, keys + at);
+        copyAsync16(valueTile + key * kPitch + piece * 8, values + at);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int p = tid + 128 * i, key = p / kPieces, piece = p % kPieces;
+        const int32_t j = tileBase + key;
+        __nv_bfloat16 *k = keyTile + key * kPitch + piece * 8, *v = valueTile + key * kPitch + piece * 8;
+        if (j <= last) {
+          const int64_t at = rowOf(j) + kvOffset + piece * 8;
+          copyAsync16(k, keys + at);
+          copyAsync16(v, values + at);
+        } else {
+          *reinterpret_cast<uint4 *>(k) = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4 *>(v) = make_uint4(0, 0, 0, 0);
+        }
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -1576,8 +1606,12 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
 
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out) {
-  if (numTiles > 0 && g.bf16Cache && g.scale > 0.0f && (g.headDim == 16 || g.headDim == 32 || g.headDim == 64 ||
-                                      g.headDim == 96 || g.headDim == 128)) {
+  // The tensor-core kernel addresses a cache block's elements in 32 bits
+  // (blockElements).
+  const bool blockElementsFit = g.blockSize * g.numKvHeads * g.headDim <= INT32_MAX;
+  if (numTiles > 0 && g.bf16Cache && g.scale > 0.0f && blockElementsFit &&
+      (g.headDim == 16 || g.headDim == 32 || g.headDim == 64 || g.headDim == 96 ||
+       g.headDim == 128)) {
     switch (g.headDim) {
     case 16: launchMmaPrefillAttend<16>(stream, q, g, tiles, numTiles, out); break;
     case 32: launchMmaPrefillAttend<32>(stream, q, g, tiles, numTiles, out); break;
