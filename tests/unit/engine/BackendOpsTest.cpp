@@ -1044,6 +1044,46 @@ TEST_F(BackendOps, PagedAttention) {
         compare("ATTN_TILED_BF16", shapeText + " medium", bf16Out.download(), roundedWant,
                 kMediumLimit);
       }
+      // RoPE folded into the tensor-core prefill (prefillRopeAttention, by
+      // the rotations the keys' ROPE launch writes): the same rows as the
+      // queries rotated first by the ROPE kernel (Rope.cuh's rotation in
+      // both), at both precisions. A wrong pair or angle is off by order 1;
+      // a rotated query may differ in its last bit (each kernel's compiler
+      // contracts a c - b s into an FMA its own way: ~1e-6 at highest), and
+      // at medium that bit may move the query's bf16 rounding.
+      if (bf16Step.numPrefillTiles > 0 && c.headDim % 32 == 0) {
+        std::vector<float> frequencies(size_t(c.headDim / 2));
+        for (size_t i = 0; i < frequencies.size(); ++i)
+          frequencies[i] = std::pow(10000.0f, -2.0f * float(i) / float(c.headDim));
+        DeviceArray<float> dfrequencies(frequencies), rotated(q.size()), rotatedK(k.size()),
+            rotations(size_t(T * c.headDim)), separate(q.size()), folded(q.size());
+        status = cuda::rope(dq.get(), rotated.get(), T, c.heads, c.headDim, dpos.get(),
+                            dfrequencies.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        // The rotations are written only in place of the rotated queries.
+        EXPECT_FALSE(cuda::ropeAndStore(dq.get(), rotated.get(), dfrequencies.get(), dk.get(),
+                                        rotatedK.get(), dfrequencies.get(), dv.get(), bf16Step,
+                                        params, bf16Cache, nullptr, rotations.get())
+                         .isOk());
+        status = cuda::ropeAndStore(nullptr, nullptr, dfrequencies.get(), dk.get(),
+                                    rotatedK.get(), dfrequencies.get(), dv.get(), bf16Step,
+                                    params, bf16Cache, nullptr, rotations.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        for (const bool medium : {false, true}) {
+          bf16Step.bf16Queries = medium;
+          ASSERT_TRUE(cuda::prefillRopeAttentionApplies(bf16Step, params, bf16Cache)) << shapeText;
+          status = cuda::pagedAttention(rotated.get(), rotatedK.get(), dv.get(), bf16Step, params,
+                                        bf16Cache, separate.get(), nullptr, true);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          status = cuda::prefillRopeAttention(dq.get(), rotations.get(), bf16Step, params,
+                                              bf16Cache, folded.get());
+          ASSERT_TRUE(status.isOk()) << status.message();
+          compare("ROPE_PREFILL_ATTN", shapeText + (medium ? " medium" : " highest"),
+                  folded.download(), separate.download(), medium ? 1e-3 : 1e-5);
+        }
+      } else if (bf16Step.numPrefillTiles == 0) {
+        EXPECT_FALSE(cuda::prefillRopeAttentionApplies(bf16Step, params, bf16Cache)) << shapeText;
+      }
     }
     // Flash-decoding: every (token, head)'s keys over 3 blocks, merged.
     {

@@ -265,17 +265,35 @@ Status pagedAttention(const float *q, const float *k, const float *v,
 /// The two ROPEs feeding a plain ATTENTION and that attention's store in
 /// one launch: qOut = rope(q), kOut = rope(k) (frequencies as the rope()
 /// overloads take them), then kOut and v written into the cache as
-/// pagedAttention would; pagedAttention then runs with keysStored.
+/// pagedAttention would; pagedAttention then runs with keysStored. q and
+/// qOut null: the keys and values only, and with queryRotations
+/// [T][headDim / 2][cos, sin] the queries' rotations written there for
+/// prefillRopeAttention.
 Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
-                    DeviceKvCache &cache, Stream stream = nullptr);
+                    DeviceKvCache &cache, Stream stream = nullptr,
+                    float *queryRotations = nullptr);
 /// Whether ropeStoreAttention takes this step: a decode step (the caller
 /// guarantees one token a sequence, each its own query row) of the group
 /// decode kernel (no uneven head split, no sequence-parallel key
 /// split; LLMIR_CUDA_FUSED_ROPE=0 turns it off for measuring).
 bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
                                DeviceKvCache &cache);
+/// Whether prefillRopeAttention takes this step: its rows in prefill tiles
+/// (DeviceStep::prefillTiles) on the tensor-core kernel (a bf16 cache),
+/// a head dimension a multiple of 32; LLMIR_CUDA_PREFILL_ROPE=0 turns it
+/// off for measuring.
+bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
+                                 DeviceKvCache &cache);
+/// pagedAttention(rope(q), ..., keysStored) for a step
+/// prefillRopeAttentionApplies to (an error otherwise), q before RoPE:
+/// each block rotates its query rows in registers by the rotations
+/// ropeAndStore (null q) wrote, so the rotated queries are neither written
+/// nor read back (at 2,048 tokens of the 1.1B shape, 34 MB a layer).
+Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
+                            const cpu::AttentionParams &params, DeviceKvCache &cache,
+                            float *out, Stream stream = nullptr);
 /// ropeAndStore followed by pagedAttention(qOut, ..., keysStored) as one
 /// launch, for a step ropeStoreAttentionApplies to (an error otherwise):
 /// the same outputs, the same cache rows.

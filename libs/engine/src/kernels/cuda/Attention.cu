@@ -105,7 +105,7 @@ template <typename C>
 __global__ void __launch_bounds__(kRopeThreads)
     ropeStoreKernel(const float *q, float *qOut, int64_t qHeads, const float *qFrequencies,
                     const float *k, float *kOut, const float *kFrequencies, const float *v,
-                    AttentionGeometry g, int headsPerPart) {
+                    Rotation *queryRotations, AttentionGeometry g, int headsPerPart) {
   const int64_t t = blockIdx.x;
   const int D = static_cast<int>(g.headDim), half = D / 2, lanes = kRopeThreads / half;
   const int queryHeads = static_cast<int>(qHeads), kHeads = static_cast<int>(g.numKvHeads);
@@ -121,10 +121,16 @@ __global__ void __launch_bounds__(kRopeThreads)
   const float angle = static_cast<float>(position);
   const bool anyQuery = active && first + lane < queryHeads;
   const bool anyKey = active && end > queryHeads;
-  const Rotation queryRotation = anyQuery ? rotationBy(angle * qFrequencies[i]) : Rotation{};
+  // The queries' rotations as a table (the prefill attention rotates its
+  // rows with them): a lane of each token's first part writes the pairs.
+  const bool tabled = queryRotations && blockIdx.y == 0 && lane == 0;
+  const Rotation queryRotation =
+      anyQuery || tabled ? rotationBy(angle * qFrequencies[i]) : Rotation{};
   const Rotation keyRotation = anyKey ? rotationBy(angle * kFrequencies[i]) : Rotation{};
-  waitForPrecedingKernels();
+  waitForPrecedingKernels(); // the table's last reader was the attention before
   allowDependentLaunch();
+  if (tabled)
+    queryRotations[t * half + i] = queryRotation;
   for (int head = first + lane; active && head < end; head += lanes) {
     if (head < queryHeads) {
       const int64_t at = (t * qHeads + head) * D;
@@ -1278,20 +1284,53 @@ __global__ void __launch_bounds__(128)
   // Q as A fragments: register k holds row (k % 2 ? +8), columns 16 c + 8
   // (k / 2) + 2 pair and the next; the lo halves only for Split.
   uint32_t qHi[kChunks][4], qLo[Split ? kChunks : 1][4];
+  const auto queryPair = [&](int c, int k) {
+    const int r = warp * 16 + quad + 8 * (k % 2);
+    return r < count ? *reinterpret_cast<const float2 *>(
+                           q + (int64_t(firstRow + r) * g.numHeads + h) * D + 16 * c +
+                           8 * (k / 2) + 2 * pair)
+                     : make_float2(0.0f, 0.0f);
+  };
+  const auto setQuery = [&](int c, int k, float2 v) {
+    if constexpr (Split)
+      splitPair(v.x, v.y, qHi[c][k], qLo[c][k]);
+    else
+      qHi[c][k] = packBf16(v.x, v.y);
+  };
+  if (g.queryRotations) {
+    // RoPE folded in (the ROPE wrote no rotated q): the pair (d, d + D/2)
+    // of a row lies in chunks c and c + D/32 of the same register k, so
+    // each thread rotates its own values by ropeStoreKernel's rotations.
+    // They come from its table: computed here, every head's blocks took the
+    // same double-precision sincos again (2M a layer at 2,048 tokens) and
+    // the kernel got slower by what the ROPE launch saved.
+    static_assert(D % 32 == 0 || D == 16, "the rotation's pairs in one thread");
+    if constexpr (D % 32 == 0) {
+      constexpr int kHalfChunks = kChunks / 2;
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c)
+      for (int c = 0; c < kHalfChunks; ++c)
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int r = warp * 16 + quad + 8 * (k % 2);
-      float2 v = make_float2(0.0f, 0.0f);
-      if (r < count)
-        v = *reinterpret_cast<const float2 *>(q + (int64_t(firstRow + r) * g.numHeads + h) * D +
-                                              16 * c + 8 * (k / 2) + 2 * pair);
-      if constexpr (Split)
-        splitPair(v.x, v.y, qHi[c][k], qLo[c][k]);
-      else
-        qHi[c][k] = packBf16(v.x, v.y);
+        for (int k = 0; k < 4; ++k) {
+          const float2 a = queryPair(c, k), b = queryPair(c + kHalfChunks, k);
+          const int r = warp * 16 + quad + 8 * (k % 2);
+          const int column = 16 * c + 8 * (k / 2) + 2 * pair;
+          // Rows past count read row 0's rotations (their values are zeros).
+          const int64_t row = firstRow + (r < count ? r : 0);
+          const float4 rotations = *reinterpret_cast<const float4 *>(
+              g.queryRotations + (row * (D / 2) + column) * 2);
+          const RotatedPair x = rotate(a.x, b.x, Rotation{rotations.x, rotations.y});
+          const RotatedPair y = rotate(a.y, b.y, Rotation{rotations.z, rotations.w});
+          setQuery(c, k, make_float2(x.first, y.first));
+          setQuery(c + kHalfChunks, k, make_float2(x.second, y.second));
+        }
     }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c)
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        setQuery(c, k, queryPair(c, k));
+  }
   float acc[kDTiles][4];
 #pragma unroll
   for (int t = 0; t < kDTiles; ++t)
@@ -1524,7 +1563,8 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
 
 int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *qFrequencies, const float *k, float *kOut,
-                 const float *kFrequencies, const float *v, const AttentionGeometry &g) {
+                 const float *kFrequencies, const float *v, const AttentionGeometry &g,
+                 float *queryRotations) {
   if (g.numTokens <= 0)
     return cudaGetLastError();
   // Parts of a token's heads, one a block: as many as give the grid ~4
@@ -1538,12 +1578,13 @@ int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
   const int headsPerPart = static_cast<int>((heads + parts - 1) / parts);
   const dim3 blocks(static_cast<unsigned>(g.numTokens),
                     static_cast<unsigned>((heads + headsPerPart - 1) / headsPerPart));
+  auto *rotations = reinterpret_cast<Rotation *>(queryRotations); // [cos, sin] pairs
   if (g.bf16Cache)
     launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, kRopeThreads, 0, stream, q, qOut,
-                    qHeads, qFrequencies, k, kOut, kFrequencies, v, g, headsPerPart);
+                    qHeads, qFrequencies, k, kOut, kFrequencies, v, rotations, g, headsPerPart);
   else
     launchDependent(ropeStoreKernel<float>, blocks, kRopeThreads, 0, stream, q, qOut, qHeads,
-                    qFrequencies, k, kOut, kFrequencies, v, g, headsPerPart);
+                    qFrequencies, k, kOut, kFrequencies, v, rotations, g, headsPerPart);
   return cudaGetLastError();
 }
 
@@ -1604,14 +1645,20 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
 }
 } // namespace
 
-int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
-                  const int32_t *tiles, int64_t numTiles, float *out) {
+bool mmaPrefillApplies(const AttentionGeometry &g) {
   // The tensor-core kernel addresses a cache block's elements in 32 bits
   // (blockElements).
   const bool blockElementsFit = g.blockSize * g.numKvHeads * g.headDim <= INT32_MAX;
-  if (numTiles > 0 && g.bf16Cache && g.scale > 0.0f && blockElementsFit &&
-      (g.headDim == 16 || g.headDim == 32 || g.headDim == 64 || g.headDim == 96 ||
-       g.headDim == 128)) {
+  return g.bf16Cache && g.scale > 0.0f && blockElementsFit &&
+         (g.headDim == 16 || g.headDim == 32 || g.headDim == 64 || g.headDim == 96 ||
+          g.headDim == 128);
+}
+
+int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
+                  const int32_t *tiles, int64_t numTiles, float *out) {
+  if (g.queryRotations && (numTiles <= 0 || !mmaPrefillApplies(g) || g.headDim % 32 != 0))
+    return cudaErrorInvalidValue; // only the tensor-core kernel rotates the queries
+  if (numTiles > 0 && mmaPrefillApplies(g)) {
     switch (g.headDim) {
     case 16: launchMmaPrefillAttend<16>(stream, q, g, tiles, numTiles, out); break;
     case 32: launchMmaPrefillAttend<32>(stream, q, g, tiles, numTiles, out); break;

@@ -1006,16 +1006,35 @@ private:
                            deviceStep_, program_.instructions[index + 2].params.attention, cache_);
   }
 
+  /// ropeStore_ at `index` in a step whose attention runs on the
+  /// tensor-core prefill kernel, where no instruction after the ATTENTION
+  /// reads the rotated queries (whole-program runs: an observer reads every
+  /// output): the ROPE launch rotates and stores the keys and writes the
+  /// queries' rotations, the attention's blocks rotate their query rows
+  /// (prefillRopeAttention), and the rotated queries are never written.
+  bool ropeFoldedIntoPrefill(size_t index) {
+    const auto &insts = program_.instructions;
+    const BoundInstruction &att = insts[index + 2];
+    return wholeProgram_ && !readBeforeWritten(program_, index + 2, att.inputs[0]) &&
+           cuda::prefillRopeAttentionApplies(deviceStep_, att.params.attention, cache_);
+  }
+
   /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
-  /// store in one launch (or in the ATTENTION's, ropeFoldedIntoAttention).
+  /// store in one launch (or in the ATTENTION's, ropeFoldedIntoAttention;
+  /// the keys only, ropeFoldedIntoPrefill).
   Status ropeAndStore(size_t index) {
     Result<RopeStoreOperands> o = ropeStoreOperands(index);
     LLMIR_RETURN_IF_ERROR(o.status());
     if (T() == 0 || ropeFoldedIntoAttention(index))
       return Status::ok();
+    const cpu::AttentionParams &a = program_.instructions[index + 2].params.attention;
+    if (ropeFoldedIntoPrefill(index)) {
+      LLMIR_RETURN_IF_ERROR(queryRotations_.reserve(static_cast<size_t>(T() * a.headDim)));
+      return cuda::ropeAndStore(nullptr, nullptr, o->qFrequencies, o->k, o->kOut, o->kFrequencies,
+                                o->v, deviceStep_, a, cache_, stream(), queryRotations_.data);
+    }
     return cuda::ropeAndStore(o->q, o->qOut, o->qFrequencies, o->k, o->kOut, o->kFrequencies,
-                              o->v, deviceStep_, program_.instructions[index + 2].params.attention,
-                              cache_, stream());
+                              o->v, deviceStep_, a, cache_, stream());
   }
 
   // --- CUDA graphs -----------------------------------------------------------
@@ -1278,6 +1297,12 @@ private:
                                           r->kFrequencies, r->v, deviceStep_, a, cache_,
                                           o.data(), stream());
         }
+        if (keysStored && ropeFoldedIntoPrefill(index - 2)) {
+          Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);
+          LLMIR_RETURN_IF_ERROR(r.status());
+          return cuda::prefillRopeAttention(r->q, queryRotations_.data, deviceStep_, a, cache_,
+                                            o.data(), stream());
+        }
         return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(), deviceStep_, a,
                                     cache_, o.data(), stream(), keysStored);
       }
@@ -1535,6 +1560,9 @@ private:
   /// and most query heads over its ATTENTIONs.
   DeviceArray<float> attentionScratch_;
   DeviceArray<unsigned> splitCounters_; // attend's merge counters (DeviceStep::splitCounters)
+  /// ropeFoldedIntoPrefill: the step's query rotations [T][D / 2][cos, sin],
+  /// written by the keys' ROPE launch, read by the prefill attention.
+  DeviceArray<float> queryRotations_;
   /// planResidualNorms: the consumer of each producer LINEAR (kNone: none),
   /// the producer's blocks' sums of squares, and this step's hand-over.
   std::vector<size_t> normConsumer_;

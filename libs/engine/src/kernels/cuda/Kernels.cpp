@@ -183,6 +183,11 @@ bool fusedRopeEnabled() {
   return enabled;
 }
 
+bool prefillRopeEnabled() {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_PREFILL_ROPE");
+  return enabled;
+}
+
 bool splitIntoProducersEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_SPLIT_IN_PRODUCERS");
   return enabled;
@@ -716,11 +721,14 @@ Status checkHeadDim(const cpu::AttentionParams &params) {
 Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
-                    DeviceKvCache &cache, Stream stream) {
+                    DeviceKvCache &cache, Stream stream, float *queryRotations) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   const detail::AttentionGeometry g = geometryOf(step, params, cache);
-  return cudaStatus(detail::ropeAndStore(stream, q, qOut, params.numHeads, qFrequencies, k, kOut,
-                                         kFrequencies, v, g),
+  if ((q == nullptr) != (qOut == nullptr) || (q && queryRotations))
+    return Status::error("rope + store: q and qOut go together, and the queries' rotations "
+                         "are written only in their place (q and qOut null)");
+  return cudaStatus(detail::ropeAndStore(stream, q, qOut, q ? params.numHeads : 0, qFrequencies,
+                                         k, kOut, kFrequencies, v, g, queryRotations),
                     "rope + store keys and values");
 }
 
@@ -775,6 +783,28 @@ Status pagedAttention(const float *q, const float *k, const float *v,
   const DecodeAttend d = decodeAttend(step, g, out);
   LLMIR_RETURN_IF_ERROR(cudaStatus(detail::attend(stream, q, d.g, d.attendOut), "attention"));
   return mergeSplits(step, d, out, stream);
+}
+
+bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
+                                 DeviceKvCache &cache) {
+  if (!detail::prefillRopeEnabled() || params.headDim > detail::kMaxHeadDim ||
+      params.headDim % 32 != 0 || step.numPrefillTiles <= 0)
+    return false;
+  const detail::AttentionGeometry g = geometryOf(step, params, cache);
+  return detail::prefillAttendApplies(g) && detail::mmaPrefillApplies(g);
+}
+
+Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
+                            const cpu::AttentionParams &params, DeviceKvCache &cache,
+                            float *out, Stream stream) {
+  if (!prefillRopeAttentionApplies(step, params, cache))
+    return Status::error("rope + prefill attention: not a step of the tensor-core prefill "
+                         "kernel with a head dimension a multiple of 32");
+  detail::AttentionGeometry g = geometryOf(step, params, cache);
+  g.queryRotations = queryRotations;
+  return cudaStatus(
+      detail::prefillAttend(stream, q, g, step.prefillTiles, step.numPrefillTiles, out),
+      "rope + prefill attention");
 }
 
 bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,

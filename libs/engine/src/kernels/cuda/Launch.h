@@ -45,6 +45,10 @@ int64_t mmaDecodeRows();
 /// decode kernel (ropeStoreAttend), unless LLMIR_CUDA_FUSED_ROPE=0
 /// (kept for measuring). Read once per process.
 bool fusedRopeEnabled();
+/// Whether a prefill's query rotation runs inside the tensor-core prefill
+/// attention (prefillRopeAttention), unless LLMIR_CUDA_PREFILL_ROPE=0 (kept
+/// for measuring). Read once per process.
+bool prefillRopeEnabled();
 /// Whether flash-decoding's splits of the group decode attention merge as a
 /// thread-block cluster through distributed shared memory (compute
 /// capability 9.0 and up), unless LLMIR_CUDA_CLUSTER_MERGE=0 (kept for
@@ -197,6 +201,11 @@ struct AttentionGeometry {
   /// Medium matmul precision: the tensor-core prefill takes queries and
   /// probabilities rounded to bf16 (no lo half).
   bool bf16Queries;
+  /// RoPE folded into the tensor-core prefill (mmaPrefillApplies, head
+  /// dimension a multiple of 32): q is the query before RoPE, rotated in
+  /// registers by these rotations [numTokens][D / 2][cos, sin] (written by
+  /// ropeAndStore). Null: q is rotated.
+  const float *queryRotations;
 };
 
 constexpr int64_t kMaxHeadDim = 256;
@@ -205,10 +214,14 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
                        const AttentionGeometry &g);
 /// qOut = rope(q) ([T, qHeads * D]), kOut = rope(k) ([T, kvRowStride]), and
 /// kOut and v stored as storeKeysAndValues stores k and v: an attention's
-/// two ROPEs and its store in one launch.
+/// two ROPEs and its store in one launch. qHeads 0: the keys only (the
+/// queries' rotation folded into the prefill attention), and with
+/// queryRotations the queries' rotations written there
+/// (AttentionGeometry::queryRotations).
 int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *qFrequencies, const float *k, float *kOut,
-                 const float *kFrequencies, const float *v, const AttentionGeometry &g);
+                 const float *kFrequencies, const float *v, const AttentionGeometry &g,
+                 float *queryRotations = nullptr);
 /// The operands of ropeAndStore, for ropeStoreAttend: q [T, numHeads * D]
 /// and k [T, kvRowStride] before RoPE, their rotated outputs (still
 /// written), the frequencies, v.
@@ -229,6 +242,8 @@ bool ropeStoreAttendApplies(const AttentionGeometry &g);
 /// group decode kernel (g as attend() takes it, splits included).
 int ropeStoreAttend(Stream stream, const FusedRope &rope, const AttentionGeometry &g,
                     float *out);
+/// Whether prefillAttend runs this geometry on tensor cores (see there).
+bool mmaPrefillApplies(const AttentionGeometry &g);
 /// Rows per prefill tile (prefillAttend).
 constexpr int64_t kPrefillTileRows = 64;
 /// Whether prefillAttend can take this attention (plain ATTENTION, head dim
@@ -239,7 +254,8 @@ bool prefillAttendApplies(const AttentionGeometry &g);
 /// of one sequence) covering every row. A bf16 cache with head dimension 16,
 /// 32, 64, 96 or 128 and a positive scale runs on tensor cores (queries and
 /// probabilities split into bf16 halves: within 1e-5 of f32), anything else
-/// on CUDA cores.
+/// on CUDA cores. With g.queryRotations (tensor cores only) q is the
+/// query before RoPE.
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out);
 int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out);
