@@ -100,6 +100,66 @@ std::unique_ptr<Process> startWorker(const std::string &bin, const FakeScheduler
       "--worker.kv-cache-dtype=f32"});
 }
 
+/// Where a replica's ranks meet and what they run (AssignRank's fields).
+struct ReplicaAssignment {
+  std::string replicaId, planId, compilerUrl, storePrefix, modelDir;
+  uint16_t storePort = 0;
+  uint32_t worldSize = 1, numKvBlocks = 0;
+};
+
+/// The AssignRank of rank `rank` of `a`.
+proto::Envelope assignRank(const ReplicaAssignment &a, uint32_t rank) {
+  proto::Envelope e;
+  auto *m = e.mutable_assign_rank();
+  m->set_replica_id(a.replicaId);
+  m->set_rank(rank);
+  m->set_world_size(a.worldSize);
+  m->set_plan_id(a.planId);
+  m->set_compiler_url(a.compilerUrl);
+  m->set_store_host("127.0.0.1");
+  m->set_store_port(a.storePort);
+  m->set_store_prefix(a.storePrefix);
+  m->set_model_dir(a.modelDir);
+  m->set_num_kv_blocks(a.numKvBlocks);
+  return e;
+}
+
+/// Step `step` (from 0) of greedy generation of every case, batched: the
+/// prompts at step 0, then each case's last generated token. Case i is
+/// sequence i + 100 and owns blocks [i * blocksPerSequence, ...) of
+/// blockSize rows. With promptLogprobs, step 0 asks for the prompts'
+/// logprobs (completions' echo).
+proto::Envelope greedyStep(size_t step, const std::vector<std::vector<int32_t>> &prompts,
+                           const std::vector<std::vector<int32_t>> &generated,
+                           int blocksPerSequence, int blockSize, bool promptLogprobs) {
+  proto::Envelope e;
+  auto *req = e.mutable_step_request();
+  req->set_step_id(step + 1);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto *seq = req->add_sequences();
+    seq->set_sequence_id(i + 100);
+    if (step == 0) {
+      for (int32_t t : prompts[i])
+        seq->add_token_ids(t);
+      seq->set_start_position(0);
+      if (promptLogprobs) {
+        seq->set_prompt_logprobs(true);
+        seq->set_prompt_length(static_cast<int32_t>(prompts[i].size()));
+        seq->set_next_prompt_token(-1);
+      }
+    } else {
+      seq->add_token_ids(generated[i].back());
+      seq->set_start_position(static_cast<int32_t>(prompts[i].size() + step - 1));
+    }
+    const int64_t length = seq->start_position() + seq->token_ids_size();
+    for (int b = 0; b * blockSize < length; ++b)
+      seq->add_block_table(static_cast<int32_t>(i * blocksPerSequence + b));
+    seq->set_sample(true);
+    seq->mutable_sampling()->set_temperature(0);
+  }
+  return e;
+}
+
 TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
   const std::string bin = env("LLMIR_BIN_DIR", LLMIR_BIN_DIR);
   const uint16_t compilerPort = freePort();
@@ -162,21 +222,13 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
   const int kBlocksPerSequence = 8, kBlockSize = 16;
   json::value reference = readJson(kModelDir + "/reference.json");
   const auto &cases = reference.as_object().at("cases").as_array();
-  for (uint32_t r = 0; r < 2; ++r) {
-    proto::Envelope e;
-    auto *a = e.mutable_assign_rank();
-    a->set_replica_id("replica-0");
-    a->set_rank(r);
-    a->set_world_size(2);
-    a->set_plan_id(planId);
-    a->set_compiler_url(compilerUrl);
-    a->set_store_host("127.0.0.1");
-    a->set_store_port((*store)->port());
-    a->set_store_prefix("mesh-test/replica-0/1");
-    a->set_model_dir(kModelDir);
-    a->set_num_kv_blocks(static_cast<uint32_t>(cases.size() * kBlocksPerSequence));
-    ASSERT_TRUE(ranks[r]->send(e).isOk());
-  }
+  const ReplicaAssignment assignment{
+      .replicaId = "replica-0", .planId = planId, .compilerUrl = compilerUrl,
+      .storePrefix = "mesh-test/replica-0/1", .modelDir = kModelDir,
+      .storePort = (*store)->port(), .worldSize = 2,
+      .numKvBlocks = static_cast<uint32_t>(cases.size() * kBlocksPerSequence)};
+  for (uint32_t r = 0; r < 2; ++r)
+    ASSERT_TRUE(ranks[r]->send(assignRank(assignment, r)).isOk());
   for (int r = 0; r < 2; ++r) {
     auto ready = scheduler.next([](const proto::Envelope &e) { return e.has_rank_ready(); }, 60s);
     ASSERT_TRUE(ready.has_value());
@@ -192,31 +244,10 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
     expected.push_back(ints(c.as_object().at("greedy_ids")));
   }
   for (size_t step = 0; step < newTokens; ++step) {
-    proto::Envelope e;
-    auto *req = e.mutable_step_request();
-    req->set_step_id(step + 1);
-    for (size_t i = 0; i < cases.size(); ++i) {
-      auto *seq = req->add_sequences();
-      seq->set_sequence_id(i + 100);
-      if (step == 0) {
-        for (int32_t t : prompts[i])
-          seq->add_token_ids(t);
-        seq->set_start_position(0);
-        // Prompt logprobs (completions' echo): the deciding rank reads every
-        // prompt row of the tp=2 logits.
-        seq->set_prompt_logprobs(true);
-        seq->set_prompt_length(static_cast<int32_t>(prompts[i].size()));
-        seq->set_next_prompt_token(-1);
-      } else {
-        seq->add_token_ids(generated[i].back());
-        seq->set_start_position(static_cast<int32_t>(prompts[i].size() + step - 1));
-      }
-      int64_t length = seq->start_position() + seq->token_ids_size();
-      for (int b = 0; b * kBlockSize < length; ++b)
-        seq->add_block_table(static_cast<int32_t>(i * kBlocksPerSequence + b));
-      seq->set_sample(true);
-      seq->mutable_sampling()->set_temperature(0);
-    }
+    // Prompt logprobs at step 0: the deciding rank reads every prompt row of
+    // the tp=2 logits.
+    const proto::Envelope e =
+        greedyStep(step, prompts, generated, kBlocksPerSequence, kBlockSize, true);
     for (auto &rank : ranks)
       ASSERT_TRUE(rank->send(e).isOk());
     for (int r = 0; r < 2; ++r) {
@@ -305,21 +336,13 @@ void expectReplicaMatchesReference(const std::string &compilerUrl, uint16_t stor
   json::value reference = readJson(modelDir + "/reference.json");
   const auto &cases = reference.as_object().at("cases").as_array();
   const std::string replica = "replica-" + std::to_string(storePort) + "-" + planId;
-  for (int r = 0; r < world; ++r) {
-    proto::Envelope e;
-    auto *a = e.mutable_assign_rank();
-    a->set_replica_id(replica);
-    a->set_rank(static_cast<uint32_t>(r));
-    a->set_world_size(static_cast<uint32_t>(world));
-    a->set_plan_id(planId);
-    a->set_compiler_url(compilerUrl);
-    a->set_store_host("127.0.0.1");
-    a->set_store_port(storePort);
-    a->set_store_prefix("mesh-test/" + replica);
-    a->set_model_dir(modelDir);
-    a->set_num_kv_blocks(static_cast<uint32_t>(cases.size() * kBlocksPerSequence));
-    ASSERT_TRUE(ranks[static_cast<size_t>(r)]->send(e).isOk());
-  }
+  const ReplicaAssignment assignment{
+      .replicaId = replica, .planId = planId, .compilerUrl = compilerUrl,
+      .storePrefix = "mesh-test/" + replica, .modelDir = modelDir, .storePort = storePort,
+      .worldSize = static_cast<uint32_t>(world),
+      .numKvBlocks = static_cast<uint32_t>(cases.size() * kBlocksPerSequence)};
+  for (uint32_t r = 0; r < assignment.worldSize; ++r)
+    ASSERT_TRUE(ranks[r]->send(assignRank(assignment, r)).isOk());
   for (int r = 0; r < world; ++r) {
     auto ready = scheduler.next([](const proto::Envelope &e) { return e.has_rank_ready(); }, 60s);
     ASSERT_TRUE(ready.has_value());
@@ -333,26 +356,8 @@ void expectReplicaMatchesReference(const std::string &compilerUrl, uint16_t stor
     expected.push_back(ints(c.as_object().at("greedy_ids")));
   }
   for (size_t step = 0; step < newTokens; ++step) {
-    proto::Envelope e;
-    auto *req = e.mutable_step_request();
-    req->set_step_id(step + 1);
-    for (size_t i = 0; i < cases.size(); ++i) {
-      auto *seq = req->add_sequences();
-      seq->set_sequence_id(i + 100);
-      if (step == 0) {
-        for (int32_t t : prompts[i])
-          seq->add_token_ids(t);
-        seq->set_start_position(0);
-      } else {
-        seq->add_token_ids(generated[i].back());
-        seq->set_start_position(static_cast<int32_t>(prompts[i].size() + step - 1));
-      }
-      int64_t length = seq->start_position() + seq->token_ids_size();
-      for (int b = 0; b * kBlockSize < length; ++b)
-        seq->add_block_table(static_cast<int32_t>(i * kBlocksPerSequence + b));
-      seq->set_sample(true);
-      seq->mutable_sampling()->set_temperature(0);
-    }
+    const proto::Envelope e =
+        greedyStep(step, prompts, generated, kBlocksPerSequence, kBlockSize, false);
     for (auto &rank : ranks)
       ASSERT_TRUE(rank->send(e).isOk());
     int deciding = 0; // one rank samples; the others answer without tokens
