@@ -100,6 +100,21 @@ std::unique_ptr<Process> startWorker(const std::string &bin, const FakeScheduler
       "--worker.kv-cache-dtype=f32"});
 }
 
+/// A reference.json's cases: each prompt and Hugging Face's greedy ids.
+struct ReferenceCases {
+  std::vector<std::vector<int32_t>> prompts, expected;
+  size_t newTokens = 0;
+};
+ReferenceCases referenceCases(const json::value &reference) {
+  ReferenceCases r;
+  r.newTokens = static_cast<size_t>(reference.as_object().at("new_tokens").as_int64());
+  for (const auto &c : reference.as_object().at("cases").as_array()) {
+    r.prompts.push_back(ints(c.as_object().at("prompt_ids")));
+    r.expected.push_back(ints(c.as_object().at("greedy_ids")));
+  }
+  return r;
+}
+
 /// Where a replica's ranks meet and what they run (AssignRank's fields).
 struct ReplicaAssignment {
   std::string replicaId, planId, compilerUrl, storePrefix, modelDir;
@@ -237,12 +252,10 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
   }
 
   // Greedy generation of every case, batched in one step per token.
-  const size_t newTokens = reference.as_object().at("new_tokens").as_int64();
-  std::vector<std::vector<int32_t>> prompts, expected, generated(cases.size());
-  for (const auto &c : cases) {
-    prompts.push_back(ints(c.as_object().at("prompt_ids")));
-    expected.push_back(ints(c.as_object().at("greedy_ids")));
-  }
+  const ReferenceCases ref = referenceCases(reference);
+  const size_t newTokens = ref.newTokens;
+  const std::vector<std::vector<int32_t>> &prompts = ref.prompts, &expected = ref.expected;
+  std::vector<std::vector<int32_t>> generated(cases.size());
   for (size_t step = 0; step < newTokens; ++step) {
     // Prompt logprobs at step 0: the deciding rank reads every prompt row of
     // the tp=2 logits.
@@ -349,12 +362,10 @@ void expectReplicaMatchesReference(const std::string &compilerUrl, uint16_t stor
     ASSERT_TRUE(ready->second.rank_ready().ok()) << ready->second.rank_ready().error();
   }
 
-  const size_t newTokens = reference.as_object().at("new_tokens").as_int64();
-  std::vector<std::vector<int32_t>> prompts, expected, generated(cases.size());
-  for (const auto &c : cases) {
-    prompts.push_back(ints(c.as_object().at("prompt_ids")));
-    expected.push_back(ints(c.as_object().at("greedy_ids")));
-  }
+  const ReferenceCases ref = referenceCases(reference);
+  const size_t newTokens = ref.newTokens;
+  const std::vector<std::vector<int32_t>> &prompts = ref.prompts, &expected = ref.expected;
+  std::vector<std::vector<int32_t>> generated(cases.size());
   for (size_t step = 0; step < newTokens; ++step) {
     const proto::Envelope e =
         greedyStep(step, prompts, generated, kBlocksPerSequence, kBlockSize, false);
