@@ -7,6 +7,7 @@
 #include "llmir/net/HttpClient.h"
 
 #include "Processes.h"
+#include "ServiceWaits.h"
 
 #include <gtest/gtest.h>
 
@@ -18,6 +19,7 @@
 using namespace llmir;
 using llmir::testing::freePort;
 using llmir::testing::Process;
+using llmir::testing::waitForStatus;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
@@ -88,13 +90,8 @@ public:
                                      "--http.port=" + std::to_string(port_)};
     args.insert(args.end(), flags.begin(), flags.end());
     process_ = std::make_unique<Process>(args);
-    for (int i = 0; i < 400; ++i) {
-      auto r = net::httpGet(url() + "/readyz", 1s);
-      if (r && r->status == 200)
-        return;
-      std::this_thread::sleep_for(50ms);
-    }
-    ADD_FAILURE() << "the compiler service did not become ready";
+    if (!waitForStatus(url() + "/readyz", 200, 30s))
+      ADD_FAILURE() << "the compiler service did not become ready";
   }
   ~CompilerService() {
     process_->signal(SIGTERM);

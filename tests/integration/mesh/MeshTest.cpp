@@ -2,6 +2,7 @@
 // plays the scheduler: it assigns ranks, sends batched greedy steps for every
 // reference prompt of demo-llama-4m and compares the ids with Hugging Face's.
 #include "Processes.h"
+#include "ServiceWaits.h"
 
 #include "llmir/net/Framed.h"
 #include "llmir/net/HttpClient.h"
@@ -19,6 +20,7 @@
 using namespace llmir;
 using llmir::testing::freePort;
 using llmir::testing::Process;
+using llmir::testing::waitForStatus;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 
@@ -182,12 +184,7 @@ TEST(MeshTest, CompilerServiceAndTp2WorkersMatchHuggingFaceGreedy) {
                     "--http.port=" + std::to_string(compilerPort)});
   ASSERT_TRUE(compiler.started());
   const std::string compilerUrl = "http://127.0.0.1:" + std::to_string(compilerPort);
-  for (int i = 0; i < 200; ++i) {
-    auto r = net::httpGet(compilerUrl + "/readyz", 1s);
-    if (r && r->status == 200)
-      break;
-    std::this_thread::sleep_for(50ms);
-  }
+  ASSERT_TRUE(waitForStatus(compilerUrl + "/readyz", 200, 30s));
 
   // Compile, then the same again from the cache.
   const std::string body = "{\"model_dir\":\"" + kModelDir + "\",\"tp\":2}";
@@ -411,12 +408,7 @@ TEST(MeshTest, FamiliesAndUnevenSplitsThroughReplicasMatchHuggingFaceGreedy) {
                     "--http.port=" + std::to_string(compilerPort)});
   ASSERT_TRUE(compiler.started());
   const std::string compilerUrl = "http://127.0.0.1:" + std::to_string(compilerPort);
-  for (int i = 0; i < 200; ++i) {
-    auto r = net::httpGet(compilerUrl + "/readyz", 1s);
-    if (r && r->status == 200)
-      break;
-    std::this_thread::sleep_for(50ms);
-  }
+  ASSERT_TRUE(waitForStatus(compilerUrl + "/readyz", 200, 30s));
   auto store = runtime::RendezvousServer::start("127.0.0.1", 0);
   ASSERT_TRUE(store.isOk()) << store.message();
   struct Layout {

@@ -4,6 +4,7 @@
 #include "llmir/net/HttpClient.h"
 
 #include "Processes.h"
+#include "ServiceWaits.h"
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 using namespace llmir;
 using llmir::testing::freePort;
 using llmir::testing::Process;
+using llmir::testing::waitForStatus;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 
@@ -24,12 +26,7 @@ TEST(PlanCacheTest, TheLeastRecentlyUsedPlanIsEvictedPastTheByteBound) {
                     "--plans.cache-bytes=1"});
   ASSERT_TRUE(compiler.started());
   const std::string url = "http://127.0.0.1:" + std::to_string(port);
-  for (int i = 0; i < 200; ++i) {
-    auto r = net::httpGet(url + "/readyz", 1s);
-    if (r && r->status == 200)
-      break;
-    std::this_thread::sleep_for(50ms);
-  }
+  ASSERT_TRUE(waitForStatus(url + "/readyz", 200, 30s));
   auto compile = [&](int tp) {
     auto r = net::httpPost(url + "/v1/compile", "{\"model_dir\":\"" + modelDir +
                                                     "\",\"tp\":" + std::to_string(tp) + "}");
