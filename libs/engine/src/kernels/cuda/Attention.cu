@@ -1645,6 +1645,7 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
 }
 } // namespace
 
+namespace {
 bool mmaPrefillApplies(const AttentionGeometry &g) {
   // The tensor-core kernel addresses a cache block's elements in 32 bits
   // (blockElements).
@@ -1654,10 +1655,18 @@ bool mmaPrefillApplies(const AttentionGeometry &g) {
           g.headDim == 128);
 }
 
+} // namespace
+
+bool prefillRotatesQueries(const AttentionGeometry &g) {
+  // The tensor-core kernel, whose threads hold both halves of a rotation's
+  // pairs where the head dimension is a multiple of 32.
+  return prefillAttendApplies(g) && mmaPrefillApplies(g) && g.headDim % 32 == 0;
+}
+
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out) {
-  if (g.queryRotations && (numTiles <= 0 || !mmaPrefillApplies(g) || g.headDim % 32 != 0))
-    return cudaErrorInvalidValue; // only the tensor-core kernel rotates the queries
+  if (g.queryRotations && (numTiles <= 0 || !prefillRotatesQueries(g)))
+    return cudaErrorInvalidValue;
   if (numTiles > 0 && mmaPrefillApplies(g)) {
     switch (g.headDim) {
     case 16: launchMmaPrefillAttend<16>(stream, q, g, tiles, numTiles, out); break;

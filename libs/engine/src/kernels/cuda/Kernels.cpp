@@ -785,22 +785,25 @@ Status pagedAttention(const float *q, const float *k, const float *v,
   return mergeSplits(step, d, out, stream);
 }
 
+namespace {
+bool prefillRopeApplies(const DeviceStep &step, const detail::AttentionGeometry &g) {
+  return detail::prefillRopeEnabled() && step.numPrefillTiles > 0 &&
+         detail::prefillRotatesQueries(g);
+}
+} // namespace
+
 bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionParams &params,
                                  DeviceKvCache &cache) {
-  if (!detail::prefillRopeEnabled() || params.headDim > detail::kMaxHeadDim ||
-      params.headDim % 32 != 0 || step.numPrefillTiles <= 0)
-    return false;
-  const detail::AttentionGeometry g = geometryOf(step, params, cache);
-  return detail::prefillAttendApplies(g) && detail::mmaPrefillApplies(g);
+  return prefillRopeApplies(step, geometryOf(step, params, cache));
 }
 
 Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
                             float *out, Stream stream) {
-  if (!prefillRopeAttentionApplies(step, params, cache))
+  detail::AttentionGeometry g = geometryOf(step, params, cache);
+  if (!prefillRopeApplies(step, g))
     return Status::error("rope + prefill attention: not a step of the tensor-core prefill "
                          "kernel with a head dimension a multiple of 32");
-  detail::AttentionGeometry g = geometryOf(step, params, cache);
   g.queryRotations = queryRotations;
   return cudaStatus(
       detail::prefillAttend(stream, q, g, step.prefillTiles, step.numPrefillTiles, out),

@@ -201,8 +201,8 @@ struct AttentionGeometry {
   /// Medium matmul precision: the tensor-core prefill takes queries and
   /// probabilities rounded to bf16 (no lo half).
   bool bf16Queries;
-  /// RoPE folded into the tensor-core prefill (mmaPrefillApplies, head
-  /// dimension a multiple of 32): q is the query before RoPE, rotated in
+  /// RoPE folded into the tensor-core prefill (prefillRotatesQueries): q is
+  /// the query before RoPE, rotated in
   /// registers by these rotations [numTokens][D / 2][cos, sin] (written by
   /// ropeAndStore). Null: q is rotated.
   const float *queryRotations;
@@ -242,8 +242,6 @@ bool ropeStoreAttendApplies(const AttentionGeometry &g);
 /// group decode kernel (g as attend() takes it, splits included).
 int ropeStoreAttend(Stream stream, const FusedRope &rope, const AttentionGeometry &g,
                     float *out);
-/// Whether prefillAttend runs this geometry on tensor cores (see there).
-bool mmaPrefillApplies(const AttentionGeometry &g);
 /// Rows per prefill tile (prefillAttend).
 constexpr int64_t kPrefillTileRows = 64;
 /// Whether prefillAttend can take this attention (plain ATTENTION, head dim
@@ -258,6 +256,9 @@ bool prefillAttendApplies(const AttentionGeometry &g);
 /// query before RoPE.
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out);
+/// Whether prefillAttend can take g.queryRotations for this geometry (the
+/// tensor-core kernel, a head dimension a multiple of 32).
+bool prefillRotatesQueries(const AttentionGeometry &g);
 int attend(Stream stream, const float *q, const AttentionGeometry &g, float *out);
 /// ATTENTION_MERGE: gathered [T, shards * (H * D + H)] -> out [T, H * D].
 int mergeAttention(Stream stream, const float *gathered, int64_t T, int64_t shards,
