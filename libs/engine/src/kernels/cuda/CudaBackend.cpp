@@ -900,11 +900,14 @@ private:
   /// Two ROPEs (queries, keys) right before the plain ATTENTION that reads
   /// them run as one ropeAndStore, which also stores the keys and values
   /// the attention would store first (ropeStore_ at the first ROPE;
-  /// keysStored_ at the ATTENTION). Every output is still written.
+  /// keysStored_ at the ATTENTION). Every output is still written, except
+  /// rotated queries that no instruction after the ATTENTION reads
+  /// (rotatedQueriesUnread_ at the first ROPE; ropeFoldedIntoPrefill).
   void planRopeStores() {
     const auto &insts = program_.instructions;
     ropeStore_.assign(insts.size(), false);
     keysStored_.assign(insts.size(), false);
+    rotatedQueriesUnread_.assign(insts.size(), false);
     if (!fusionsEnabled())
       return;
     for (size_t i = 0; i + 2 < insts.size(); ++i) {
@@ -924,6 +927,7 @@ private:
       ropeStore_[i] = true;
       computedEarlier_[i + 1] = true;
       keysStored_[i + 2] = true;
+      rotatedQueriesUnread_[i] = !readBeforeWritten(program_, i + 2, q);
     }
   }
 
@@ -1013,10 +1017,9 @@ private:
   /// queries' rotations, the attention's blocks rotate their query rows
   /// (prefillRopeAttention), and the rotated queries are never written.
   bool ropeFoldedIntoPrefill(size_t index) {
-    const auto &insts = program_.instructions;
-    const BoundInstruction &att = insts[index + 2];
-    return wholeProgram_ && !readBeforeWritten(program_, index + 2, att.inputs[0]) &&
-           cuda::prefillRopeAttentionApplies(deviceStep_, att.params.attention, cache_);
+    return wholeProgram_ && rotatedQueriesUnread_[index] &&
+           cuda::prefillRopeAttentionApplies(
+               deviceStep_, program_.instructions[index + 2].params.attention, cache_);
   }
 
   /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
@@ -1587,7 +1590,7 @@ private:
   size_t deferredAllReduce_ = kNone;
   bool capturing_ = false; // recording a decode step's graph (skippedForMeasuring)
   std::vector<bool> linearSwiglu_, swigluComputedEarlier_;
-  std::vector<bool> ropeStore_, keysStored_; // planRopeStores
+  std::vector<bool> ropeStore_, keysStored_, rotatedQueriesUnread_; // planRopeStores
   /// planSplitsInProducers: per fused ADD, the LINEAR whose x's halves it
   /// writes; the LINEAR whose halves this step's producer wrote.
   std::vector<size_t> splitBy_;
