@@ -12,14 +12,19 @@
 //                   [--batches 1,8,32,128] [--prompt 128] [--new-tokens 128]
 //                   [--prefill 2048] [--cluster-spec FILE] [--predict-only]
 //                   [--matmul-precision highest|medium] [--threads N]
+//                   [--broadcast-ids-every-step]
 //
 // With tp * pp > 1 the process becomes a launcher, as llmir-generate does: it
 // compiles once, publishes each rank's ShardProgram in a rendezvous store on
 // loopback and re-runs itself once per rank (rank r on cuda:r with --device
 // cuda, NCCL between the GPUs; CPU ranks over Gloo). Every rank steps its
-// program with the same inputs; the deciding rank (the last stage's first TP
-// rank) broadcasts the greedy ids, so the ranks stay in lockstep and rank 0's
-// clock times whole steps. Rank 0 prints the JSON. The same run also times
+// program with the same inputs and the same greedy ids, so the ranks stay in
+// lockstep and rank 0's clock times whole steps: with pipeline stages the
+// deciding rank (the last stage's first TP rank) broadcasts the ids after
+// each step; without, every rank holds the gathered logits and takes the
+// same ids itself (compared once a batch). The broadcast, a host round trip through NCCL, cost an 8B TP=2
+// step on two H200s 0.15-0.3 ms of ~3.5 (--broadcast-ids-every-step keeps
+// it, for comparing with runs before it). Rank 0 prints the JSON. The same run also times
 // the collectives at the model's message sizes: the all-reduce of the TP
 // group and the send between pipeline stages, beside the cost model's
 // alpha-beta prediction of each.
@@ -74,6 +79,7 @@ struct Options {
   std::string model;
   std::string clusterSpec; // the cost model's device (default: the ideal H100)
   bool predictOnly = false;
+  bool broadcastIdsEveryStep = false;
   std::string matmulPrecision = "highest";
   int tp = 1, pp = 1;
   int threads = 0; // CPU kernel threads per rank (0: the cores / ranks)
@@ -109,6 +115,9 @@ Options parse(int argc, char **argv) {
              "(bench/gpu/h100-calibrated.yaml; default: the ideal H100 roofline)");
   config.add("predict-only", &o.predictOnly,
              "print the cost model's predictions only (no GPU needed)");
+  config.add("broadcast-ids-every-step", &o.broadcastIdsEveryStep,
+             "send the deciding rank's ids to every rank after each decode step even where "
+             "every rank holds the logits (TP without PP)");
   config.add("matmul-precision", &o.matmulPrecision,
              "highest (products within f32 rounding) or medium (activations rounded to bf16 "
              "for the tensor cores, as the peer's bf16 model computes)");
@@ -294,6 +303,10 @@ struct RankContext {
   engine::Device device;
   runtime::DistributedRuntime *runtime = nullptr; // null: one process
   int decider = 0;                                // the rank that holds the ids
+  /// Every rank holds the step's gathered logits (one stage): each takes its
+  /// own greedy ids, the same bits on every rank, without a broadcast a step
+  /// (checked once a batch: idsAgree).
+  bool idsOnEveryRank = false;
   bool nccl = false;
 
   bool printer() const { return runtime == nullptr || runtime->rank() == 0; }
@@ -301,8 +314,10 @@ struct RankContext {
 
 /// One greedy decode step on every rank: the ranks holding logits take
 /// their argmax on the device, the deciding rank's ids go to every rank.
+/// `broadcastSeconds` gains the time this rank spent in that broadcast.
 Result<std::vector<int32_t>> greedyStep(engine::Executor &executor, const RankContext &ctx,
-                                        const engine::StepInput &step) {
+                                        const engine::StepInput &step,
+                                        double &broadcastSeconds) {
   std::vector<int32_t> ids(static_cast<size_t>(step.numTokens()), 0);
   if (ctx.program->has_output()) {
     auto greedy = executor.stepGreedy(step);
@@ -312,11 +327,28 @@ Result<std::vector<int32_t>> greedyStep(engine::Executor &executor, const RankCo
   } else if (auto sent = executor.step(step); !sent) {
     return sent.status();
   }
-  if (ctx.runtime)
+  if (ctx.runtime && !ctx.idsOnEveryRank) {
+    const auto start = Clock::now();
     LLMIR_RETURN_IF_ERROR(ctx.runtime->broadcast(ids.data(), ids.size(),
                                                  runtime::DataType::I32, ctx.decider,
                                                  ctx.runtime->world()));
+    broadcastSeconds += since(start);
+  }
   return ids;
+}
+
+/// Whether every rank took the same ids over a batch's decode steps (their
+/// running hash against the deciding rank's), where each took its own.
+Status idsAgree(const RankContext &ctx, uint32_t hash) {
+  if (!ctx.runtime || !ctx.idsOnEveryRank)
+    return Status::ok();
+  int32_t decided = static_cast<int32_t>(hash);
+  LLMIR_RETURN_IF_ERROR(ctx.runtime->broadcast(&decided, 1, runtime::DataType::I32, ctx.decider,
+                                               ctx.runtime->world()));
+  if (decided != static_cast<int32_t>(hash))
+    return Status::error("rank " + std::to_string(ctx.runtime->rank()) +
+                         "'s greedy ids differ from the deciding rank's");
+  return Status::ok();
 }
 
 Status barrier(const RankContext &ctx) {
@@ -559,22 +591,32 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
       return logits.status().withContext("prefill");
     LLMIR_RETURN_IF_ERROR(barrier(ctx));
     start = Clock::now();
+    double broadcastSeconds = 0.0;
+    uint32_t idsHash = 2166136261u; // FNV-1a over the steps' ids
     for (int n = 0; n < o.newTokens; ++n) {
       for (int s = 0; s < batch; ++s)
         decode.positions[static_cast<size_t>(s)] = o.prompt + n;
       // Greedy on the device, as a server's greedy request: only the ids
       // come back (synchronous), and they are the next step's tokens.
-      auto ids = greedyStep(**executor, ctx, decode);
+      auto ids = greedyStep(**executor, ctx, decode, broadcastSeconds);
       if (!ids)
         return ids.status().withContext("decode");
+      for (int32_t id : *ids)
+        idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
       decode.tokenIds = std::move(*ids);
     }
     const double seconds = since(start);
+    LLMIR_RETURN_IF_ERROR(idsAgree(ctx, idsHash).withContext("decode"));
     tokPerS[batch] = double(batch) * o.newTokens / seconds;
     msPerStep[batch] = 1e3 * seconds / o.newTokens;
     if (ctx.printer())
       std::fprintf(stderr, "decode batch %d: %.1f tok/s, %.3f ms/step\n", batch, tokPerS[batch],
                    msPerStep[batch]);
+    // Each rank's wait in the step's id broadcast: the transfer, plus the
+    // time the other ranks' steps took longer than this one's.
+    if (ctx.runtime && !ctx.idsOnEveryRank)
+      std::fprintf(stderr, "decode batch %d: rank %d waited %.3f ms/step in the ids' broadcast\n",
+                   batch, ctx.runtime->rank(), 1e3 * broadcastSeconds / o.newTokens);
   }
 
   // The prefill in pp chunks of the one prompt (one chunk without stages):
@@ -705,6 +747,7 @@ Status runWorker(const Options &o) {
   ctx.device = *device;
   ctx.runtime = rt->get();
   ctx.decider = decidingRank(program);
+  ctx.idsOnEveryRank = program.num_stages() == 1 && !o.broadcastIdsEveryStep;
   ctx.nccl = nccl;
   return measure(o, ctx, predicted, comm->get());
 }
