@@ -12,7 +12,7 @@
 //                   [--batches 1,8,32,128] [--prompt 128] [--new-tokens 128]
 //                   [--prefill 2048] [--cluster-spec FILE] [--predict-only]
 //                   [--matmul-precision highest|medium] [--threads N]
-//                   [--broadcast-ids-every-step]
+//                   [--broadcast-ids-every-step] [--synchronous-decode]
 //
 // With tp * pp > 1 the process becomes a launcher, as llmir-generate does: it
 // compiles once, publishes each rank's ShardProgram in a rendezvous store on
@@ -80,6 +80,7 @@ struct Options {
   std::string clusterSpec; // the cost model's device (default: the ideal H100)
   bool predictOnly = false;
   bool broadcastIdsEveryStep = false;
+  bool synchronousDecode = false;
   std::string matmulPrecision = "highest";
   int tp = 1, pp = 1;
   int threads = 0; // CPU kernel threads per rank (0: the cores / ranks)
@@ -115,6 +116,10 @@ Options parse(int argc, char **argv) {
              "(bench/gpu/h100-calibrated.yaml; default: the ideal H100 roofline)");
   config.add("predict-only", &o.predictOnly,
              "print the cost model's predictions only (no GPU needed)");
+  config.add("synchronous-decode", &o.synchronousDecode,
+             "wait for each decode step's ids before preparing the next (default: "
+             "Executor::launchGreedy, the host a step ahead where the backend allows it "
+             "and no rank waits for a broadcast)");
   config.add("broadcast-ids-every-step", &o.broadcastIdsEveryStep,
              "send the deciding rank's ids to every rank after each decode step even where "
              "every rank holds the logits (TP without PP)");
@@ -593,7 +598,28 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
     start = Clock::now();
     double broadcastSeconds = 0.0;
     uint32_t idsHash = 2166136261u; // FNV-1a over the steps' ids
-    for (int n = 0; n < o.newTokens; ++n) {
+    const bool pipelined = !o.synchronousDecode && ctx.program->has_output() &&
+                           (!ctx.runtime || ctx.idsOnEveryRank);
+    for (int n = 0; pipelined && n <= o.newTokens; ++n) {
+      // The host a step ahead (Executor::launchGreedy): step n is launched,
+      // its tokens the ids of step n - 1, before step n - 1's ids are read
+      // back (where the backend keeps them on the device; else at launch).
+      if (n < o.newTokens) {
+        for (int s = 0; s < batch; ++s)
+          decode.positions[static_cast<size_t>(s)] = o.prompt + n;
+        decode.tokensFromLastGreedy = n > 0;
+        LLMIR_RETURN_IF_ERROR((*executor)->launchGreedy(decode).withContext("decode"));
+      }
+      if (n > 0) {
+        auto ids = (*executor)->collectGreedy();
+        if (!ids)
+          return ids.status().withContext("decode");
+        for (int32_t id : *ids)
+          idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
+      }
+    }
+    decode.tokensFromLastGreedy = false;
+    for (int n = 0; !pipelined && n < o.newTokens; ++n) {
       for (int s = 0; s < batch; ++s)
         decode.positions[static_cast<size_t>(s)] = o.prompt + n;
       // Greedy on the device, as a server's greedy request: only the ids

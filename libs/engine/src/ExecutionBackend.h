@@ -10,6 +10,7 @@
 #include "llmir/engine/Step.h"
 #include "llmir/engine/Tensor.h"
 
+#include <deque>
 #include <memory>
 #include <span>
 
@@ -55,6 +56,22 @@ public:
   /// draws it (rows.size() == the slot's rows), with its logprob when asked.
   virtual Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
                                                        std::span<const RowSampling> rows);
+
+  /// Greedy ids of slot `slot`'s rows, computed but not waited for
+  /// (Executor::launchGreedy): collectArgmaxRows() returns the oldest
+  /// launched ids. Returns the rows. This one computes them at once
+  /// (argmaxRows) and keeps them.
+  virtual Result<int64_t> launchArgmaxRows(uint32_t slot);
+  virtual Result<std::vector<int32_t>> collectArgmaxRows();
+  /// Whether beginStep takes a step's tokens from the last launched ids
+  /// itself (StepInput::tokensFromLastGreedy, on the device); when not, the
+  /// executor puts lastLaunchedIds() in the step on the host.
+  virtual bool takesTokensFromLastArgmax() const { return false; }
+  const std::vector<int32_t> &lastLaunchedIds() const { return lastLaunched_; }
+
+private:
+  std::deque<std::vector<int32_t>> launched_; // not yet collected, oldest first
+  std::vector<int32_t> lastLaunched_;
 };
 
 struct BackendOptions {

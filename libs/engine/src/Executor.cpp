@@ -293,7 +293,7 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
                                             "kv_store)"
                                           : "the executor has no KV transfer hook"));
   const int64_t vocab = program_->vocabSize;
-  for (size_t t = 0; vocab > 0 && t < input.tokenIds.size(); ++t)
+  for (size_t t = 0; vocab > 0 && !input.tokensFromLastGreedy && t < input.tokenIds.size(); ++t)
     if (input.tokenIds[t] < 0 || input.tokenIds[t] >= vocab)
       return Status::error("invalid step: token " + std::to_string(t) +
                            " has id " + std::to_string(input.tokenIds[t]) +
@@ -335,8 +335,56 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
   return transfersBefore(program_->instructions.size());
 }
 
+Status Executor::noGreedyInFlight(const char *what) const {
+  if (greedyInFlight_ == 0)
+    return Status::ok();
+  return Status::error(std::string(what) + ": " + std::to_string(greedyInFlight_) +
+                       " launched greedy step(s) not collected yet (collectGreedy)");
+}
+
+Status Executor::launchGreedy(const StepInput &input) {
+  if (!program_->hasOutput)
+    return Status::error("launchGreedy: this stage has no output (logits)");
+  if (greedyInFlight_ >= kMaxGreedyInFlight)
+    return Status::error("launchGreedy: " + std::to_string(greedyInFlight_) +
+                         " steps launched and not collected (at most " +
+                         std::to_string(kMaxGreedyInFlight) + ")");
+  const StepInput *run = &input;
+  StepInput withTokens;
+  if (input.tokensFromLastGreedy) {
+    if (lastLaunchedRows_ != input.numTokens())
+      return Status::error(
+          "launchGreedy: the step takes its " + std::to_string(input.numTokens()) +
+          " tokens from the last launched step's ids, which " +
+          (lastLaunchedRows_ < 0 ? std::string("does not exist")
+                                 : "has " + std::to_string(lastLaunchedRows_) + " rows"));
+    if (!backend_->takesTokensFromLastArgmax()) {
+      withTokens = input;
+      withTokens.tokenIds = backend_->lastLaunchedIds();
+      withTokens.tokensFromLastGreedy = false;
+      run = &withTokens;
+    }
+  }
+  LLMIR_RETURN_IF_ERROR(runStep(*run, {}));
+  Result<int64_t> rows = backend_->launchArgmaxRows(program_->outputSlot);
+  if (!rows)
+    return rows.status();
+  lastLaunchedRows_ = *rows;
+  ++greedyInFlight_;
+  return Status::ok();
+}
+
+Result<std::vector<int32_t>> Executor::collectGreedy() {
+  if (greedyInFlight_ == 0)
+    return Status::error("collectGreedy: no launched greedy step to collect");
+  --greedyInFlight_;
+  return backend_->collectArgmaxRows();
+}
+
 Result<Tensor> Executor::step(const StepInput &input,
                               const InstructionObserver &observer) {
+  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("step"));
+  lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, observer));
   if (!program_->hasOutput)
     return Tensor();
@@ -346,6 +394,8 @@ Result<Tensor> Executor::step(const StepInput &input,
 Result<std::vector<int32_t>> Executor::stepGreedy(const StepInput &input) {
   if (!program_->hasOutput)
     return Status::error("stepGreedy: this stage has no output (logits)");
+  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("stepGreedy"));
+  lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, {}));
   return backend_->argmaxRows(program_->outputSlot);
 }
@@ -354,6 +404,8 @@ Result<std::vector<SampledToken>> Executor::stepSample(const StepInput &input,
                                                        std::span<const RowSampling> rows) {
   if (!program_->hasOutput)
     return Status::error("stepSample: this stage has no output (logits)");
+  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("stepSample"));
+  lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, {}));
   return backend_->sampleRows(program_->outputSlot, rows);
 }
@@ -379,6 +431,23 @@ ExecutionBackend::sampleRows(uint32_t slot, std::span<const RowSampling> rows) {
                                              logNormalizer(row));
   }
   return tokens;
+}
+
+Result<int64_t> ExecutionBackend::launchArgmaxRows(uint32_t slot) {
+  Result<std::vector<int32_t>> ids = argmaxRows(slot);
+  if (!ids)
+    return ids.status();
+  lastLaunched_ = *ids;
+  launched_.push_back(std::move(*ids));
+  return static_cast<int64_t>(lastLaunched_.size());
+}
+
+Result<std::vector<int32_t>> ExecutionBackend::collectArgmaxRows() {
+  if (launched_.empty())
+    return Status::error("collectArgmaxRows: nothing launched");
+  std::vector<int32_t> ids = std::move(launched_.front());
+  launched_.pop_front();
+  return ids;
 }
 
 Result<std::vector<int32_t>> ExecutionBackend::argmaxRows(uint32_t slot) {

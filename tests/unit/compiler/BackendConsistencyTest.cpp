@@ -187,6 +187,98 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
   std::printf("fast paths: worst relative error %.2e\n", worst);
 }
 
+// Executor::launchGreedy with the host a step ahead: a prefill and decodes
+// whose tokens come from the step launched before (on the device where the
+// backend can), collected one step late, give stepGreedy's ids step for
+// step; on the CPU and, where there is one, the GPU (graphs recorded and
+// replayed in between). And the misuses fail with a message.
+TEST(LaunchedGreedy, StepsTakingTheLastIdsGiveStepGreedysIds) {
+  auto checkpoint = model::Checkpoint::open(kDemoModel);
+  ASSERT_TRUE(checkpoint) << checkpoint.message();
+  CompileOptions compileOptions;
+  compileOptions.kvBlockSize = 4;
+  auto compiled = compileHuggingFace(kDemoModel, compileOptions);
+  ASSERT_TRUE(compiled) << compiled.message();
+  std::vector<engine::Device> devices = {engine::Device{}};
+  if (engine::cudaDeviceCount() > 0)
+    devices.push_back(engine::Device{engine::Device::Kind::Cuda, 0});
+  for (const engine::Device &device : devices) {
+    const std::string where = device.kind == engine::Device::Kind::Cuda ? "cuda" : "cpu";
+    auto makeExecutor = [&] {
+      engine::ExecutorOptions options;
+      options.numKvBlocks = 128;
+      options.numThreads = 1;
+      options.device = device;
+      auto executor = engine::Executor::create(compiled->programs.front(),
+                                               engine::checkpointWeights(*checkpoint), options);
+      EXPECT_TRUE(executor) << where << ": " << executor.message();
+      return executor ? std::move(*executor) : nullptr;
+    };
+    for (int batch : {1, 3}) {
+      const int prompt = 6, steps = 10;
+      engine::StepInput prefill, decode;
+      for (int s = 0; s < batch; ++s) {
+        std::vector<int32_t> table;
+        for (int b = 0; b < 8; ++b)
+          table.push_back(s * 8 + b);
+        prefill.blockTables.push_back(table);
+        for (int p = 0; p < prompt; ++p) {
+          prefill.tokenIds.push_back(static_cast<int32_t>(11 + 7 * s + 29 * p) % 2000);
+          prefill.positions.push_back(p);
+          prefill.tokenSeq.push_back(s);
+        }
+        decode.tokenIds.push_back(0);
+        decode.positions.push_back(prompt);
+        decode.tokenSeq.push_back(s);
+      }
+      decode.blockTables = prefill.blockTables;
+      const std::string name = where + " batch " + std::to_string(batch);
+
+      auto reference = makeExecutor();
+      ASSERT_TRUE(reference);
+      std::vector<std::vector<int32_t>> want;
+      auto ids = reference->stepGreedy(prefill);
+      ASSERT_TRUE(ids) << name << ": " << ids.message();
+      want.push_back(*ids);
+      engine::StepInput step = decode;
+      for (int n = 0; n < steps; ++n) {
+        step.tokenIds = want.back();
+        auto next = reference->stepGreedy(step);
+        ASSERT_TRUE(next) << name << " step " << n << ": " << next.message();
+        want.push_back(*next);
+        for (int32_t &position : step.positions)
+          ++position;
+      }
+
+      auto pipelined = makeExecutor();
+      ASSERT_TRUE(pipelined);
+      engine::StepInput chained = decode;
+      chained.tokensFromLastGreedy = true;
+      auto first = pipelined->launchGreedy(chained);
+      EXPECT_FALSE(first.isOk()) << name << ": no step launched before";
+      ASSERT_TRUE(pipelined->launchGreedy(prefill).isOk()) << name;
+      std::vector<std::vector<int32_t>> got;
+      for (int n = 0; n < steps; ++n) {
+        ASSERT_TRUE(pipelined->launchGreedy(chained).isOk()) << name << " step " << n;
+        if (n == 0) {
+          EXPECT_FALSE(pipelined->launchGreedy(chained).isOk()) << name << ": three in flight";
+          EXPECT_FALSE(pipelined->step(prefill)) << name << ": a step while two are in flight";
+        }
+        auto collected = pipelined->collectGreedy();
+        ASSERT_TRUE(collected) << name << " step " << n << ": " << collected.message();
+        got.push_back(*collected);
+        for (int32_t &position : chained.positions)
+          ++position;
+      }
+      auto last = pipelined->collectGreedy();
+      ASSERT_TRUE(last) << name << ": " << last.message();
+      got.push_back(*last);
+      EXPECT_FALSE(pipelined->collectGreedy()) << name << ": nothing left to collect";
+      EXPECT_EQ(got, want) << name;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Degrees, BackendConsistency,
                          ::testing::Values(std::tuple{1, 1, 1}, std::tuple{2, 1, 1},
                                            std::tuple{1, 2, 1}, std::tuple{1, 1, 2},

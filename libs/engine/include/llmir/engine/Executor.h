@@ -125,6 +125,23 @@ public:
   Result<std::vector<SampledToken>> stepSample(const StepInput &step,
                                                std::span<const RowSampling> rows);
 
+  /// Greedy decode with the host a step ahead of the device: runs `step`
+  /// and its rows' argmax as stepGreedy does but returns without waiting
+  /// for the ids, so the host can prepare and launch the next step while
+  /// this one runs; collectGreedy() returns the oldest launched step's ids.
+  /// A step with tokensFromLastGreedy takes its tokens from the ids of the
+  /// step launched just before it (one token per output row of that step):
+  /// on the device, without a host round trip, where the backend takes them
+  /// itself (ExecutionBackend::takesTokensFromLastArgmax); otherwise the
+  /// backend computes the ids at launch and the executor puts them in the
+  /// next step on the host (the CPU backend, and CUDA until its device path
+  /// has run on a GPU).
+  /// At most kMaxGreedyInFlight steps wait to be collected; step(),
+  /// stepGreedy() and stepSample() fail while any does.
+  static constexpr int kMaxGreedyInFlight = 2;
+  Status launchGreedy(const StepInput &step);
+  Result<std::vector<int32_t>> collectGreedy();
+
   const KvCacheShape &kvCacheShape() const;
 
   /// The KV_LOAD / KV_STORE instructions run through `hook` (null: they do
@@ -161,11 +178,15 @@ public:
 private:
   Executor(std::unique_ptr<BoundProgram> program, Device device);
   Status runStep(const StepInput &step, const InstructionObserver &observer);
+  /// Fails while launchGreedy steps wait to be collected.
+  Status noGreedyInFlight(const char *what) const;
   /// One KV_LOAD / KV_STORE inside a step.
   Status runKvTransfer(const BoundKvTransfer &transfer, const StepInput &step);
 
   std::unique_ptr<BoundProgram> program_;
   std::unique_ptr<ExecutionBackend> backend_;
+  int greedyInFlight_ = 0;         // launchGreedy steps not yet collected
+  int64_t lastLaunchedRows_ = -1;  // output rows of the last launchGreedy step
   Device device_;
   KvTransferHook *kvTransferHook_ = nullptr;
 };
