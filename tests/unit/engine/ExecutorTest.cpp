@@ -167,6 +167,76 @@ TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
   }
 }
 
+// Executor::launchGreedy, the host a step ahead: a prefill of two
+// sequences, then decodes whose tokens are the ids of the step launched
+// before (tokensFromLastGreedy), each collected one step late, give
+// stepGreedy's ids step for step; misuses fail with a message.
+TEST_P(ExecutorForward, LaunchedGreedyStepsGiveStepGreedysIds) {
+  StepInput prefill, decode;
+  for (int32_t s = 0; s < 2; ++s) {
+    prefill.blockTables.push_back({3 * s, 3 * s + 1, 3 * s + 2});
+    for (int32_t p = 0; p < 4; ++p) {
+      prefill.tokenIds.push_back(tokens[static_cast<size_t>(p + s)]);
+      prefill.positions.push_back(p);
+      prefill.tokenSeq.push_back(s);
+    }
+    decode.tokenIds.push_back(0);
+    decode.positions.push_back(4);
+    decode.tokenSeq.push_back(s);
+  }
+  decode.blockTables = prefill.blockTables;
+  const int steps = 6;
+
+  auto reference = create();
+  ASSERT_TRUE(reference);
+  std::vector<std::vector<int32_t>> want;
+  Result<std::vector<int32_t>> ids = reference->stepGreedy(prefill);
+  ASSERT_TRUE(ids.isOk()) << ids.message();
+  want.push_back(*ids);
+  StepInput step = decode;
+  for (int n = 0; n < steps; ++n) {
+    step.tokenIds = want.back();
+    ids = reference->stepGreedy(step);
+    ASSERT_TRUE(ids.isOk()) << "step " << n << ": " << ids.message();
+    want.push_back(*ids);
+    for (int32_t &position : step.positions)
+      ++position;
+  }
+
+  auto pipelined = create();
+  ASSERT_TRUE(pipelined);
+  StepInput chained = decode;
+  chained.tokensFromLastGreedy = true;
+  EXPECT_FALSE(pipelined->launchGreedy(chained).isOk()) << "no step launched before";
+  EXPECT_FALSE(pipelined->collectGreedy().isOk()) << "nothing launched";
+  ASSERT_TRUE(pipelined->launchGreedy(prefill).isOk());
+  std::vector<std::vector<int32_t>> got;
+  for (int n = 0; n < steps; ++n) {
+    Status launched = pipelined->launchGreedy(chained);
+    ASSERT_TRUE(launched.isOk()) << "step " << n << ": " << launched.message();
+    if (n == 0) {
+      EXPECT_FALSE(pipelined->launchGreedy(chained).isOk()) << "three in flight";
+      EXPECT_FALSE(pipelined->step(prefill).isOk()) << "a step while two are in flight";
+      EXPECT_FALSE(pipelined->stepGreedy(prefill).isOk()) << "a step while two are in flight";
+    }
+    ids = pipelined->collectGreedy();
+    ASSERT_TRUE(ids.isOk()) << "step " << n << ": " << ids.message();
+    got.push_back(*ids);
+    for (int32_t &position : chained.positions)
+      ++position;
+  }
+  ids = pipelined->collectGreedy();
+  ASSERT_TRUE(ids.isOk()) << ids.message();
+  got.push_back(*ids);
+  EXPECT_EQ(got, want);
+  // A step of another size cannot take the last ids.
+  StepInput wider = chained;
+  wider.tokenIds.push_back(0);
+  wider.positions.push_back(wider.positions.back());
+  wider.tokenSeq.push_back(1);
+  EXPECT_FALSE(pipelined->launchGreedy(wider).isOk());
+}
+
 // The CPU backend passes activation buffers from slot to slot (a slot's
 // buffer goes to a later output once its last reader ran): steps observed
 // instruction by instruction (each output read right after it is computed)
