@@ -350,7 +350,6 @@ Status Executor::launchGreedy(const StepInput &input) {
                          " steps launched and not collected (at most " +
                          std::to_string(kMaxGreedyInFlight) + ")");
   const StepInput *run = &input;
-  StepInput withTokens;
   if (input.tokensFromLastGreedy) {
     if (lastLaunchedRows_ != input.numTokens())
       return Status::error(
@@ -359,10 +358,12 @@ Status Executor::launchGreedy(const StepInput &input) {
           (lastLaunchedRows_ < 0 ? std::string("does not exist")
                                  : "has " + std::to_string(lastLaunchedRows_) + " rows"));
     if (!backend_->takesTokensFromLastArgmax()) {
-      withTokens = input;
-      withTokens.tokenIds = backend_->lastLaunchedIds();
-      withTokens.tokensFromLastGreedy = false;
-      run = &withTokens;
+      // Assigned field by field into a kept step: the vectors keep their
+      // capacity, so a decode step copies its tables without allocating.
+      withTokens_ = input;
+      withTokens_.tokenIds = backend_->lastLaunchedIds();
+      withTokens_.tokensFromLastGreedy = false;
+      run = &withTokens_;
     }
   }
   LLMIR_RETURN_IF_ERROR(runStep(*run, {}));

@@ -187,6 +187,7 @@ private:
   std::unique_ptr<ExecutionBackend> backend_;
   int greedyInFlight_ = 0;         // launchGreedy steps not yet collected
   int64_t lastLaunchedRows_ = -1;  // output rows of the last launchGreedy step
+  StepInput withTokens_;           // launchGreedy: a step given the last ids on the host
   Device device_;
   KvTransferHook *kvTransferHook_ = nullptr;
 };
