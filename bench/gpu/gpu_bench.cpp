@@ -22,10 +22,10 @@
 // lockstep and rank 0's clock times whole steps: with pipeline stages the
 // deciding rank (the last stage's first TP rank) broadcasts the ids after
 // each step; without, every rank holds the gathered logits and takes the
-// same ids itself (compared once a batch). The broadcast, a host round trip through NCCL, cost an 8B TP=2
-// step on two H200s 0.15-0.3 ms of ~3.5 (--broadcast-ids-every-step keeps
-// it, for comparing with runs before it). Rank 0 prints the JSON. The same run also times
-// the collectives at the model's message sizes: the all-reduce of the TP
+// same ids itself (compared once a batch). The broadcast, a host round trip
+// through NCCL, cost an 8B TP=2 step on two H200s 0.15-0.3 ms of ~3.5
+// (--broadcast-ids-every-step keeps it, for comparing with runs before it).
+// Rank 0 prints the JSON. The same run also times the collectives at the model's message sizes: the all-reduce of the TP
 // group and the send between pipeline stages, beside the cost model's
 // alpha-beta prediction of each.
 //
@@ -598,6 +598,10 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
     start = Clock::now();
     double broadcastSeconds = 0.0;
     uint32_t idsHash = 2166136261u; // FNV-1a over the steps' ids
+    const auto hashIds = [&](const std::vector<int32_t> &ids) {
+      for (int32_t id : ids)
+        idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
+    };
     const bool pipelined = !o.synchronousDecode && ctx.program->has_output() &&
                            (!ctx.runtime || ctx.idsOnEveryRank);
     for (int n = 0; pipelined && n <= o.newTokens; ++n) {
@@ -614,8 +618,7 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
         auto ids = (*executor)->collectGreedy();
         if (!ids)
           return ids.status().withContext("decode");
-        for (int32_t id : *ids)
-          idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
+        hashIds(*ids);
       }
     }
     decode.tokensFromLastGreedy = false;
@@ -627,8 +630,7 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
       auto ids = greedyStep(**executor, ctx, decode, broadcastSeconds);
       if (!ids)
         return ids.status().withContext("decode");
-      for (int32_t id : *ids)
-        idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
+      hashIds(*ids);
       decode.tokenIds = std::move(*ids);
     }
     const double seconds = since(start);

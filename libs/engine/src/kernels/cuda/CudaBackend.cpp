@@ -183,8 +183,8 @@ public:
     if (hostTimes_.on && hostTimes_.steps > 0)
       std::fprintf(stderr,
                    "cuda backend: %ld replayed steps: %.1f us a step on the host before the "
-                   "graph launch returned (%.1f in beginStep, of all steps), %.1f us waiting for "
-                   "the greedy ids\n",
+                   "graph launch returned (%.1f of it in beginStep), %.1f us waiting for the "
+                   "greedy ids\n",
                    hostTimes_.steps, 1e6 * hostTimes_.beforeLaunch / hostTimes_.steps,
                    1e6 * hostTimes_.beginningStep / hostTimes_.steps,
                    1e6 * hostTimes_.waiting / hostTimes_.steps);
@@ -312,8 +312,10 @@ public:
   }
 
   Status beginStep(const StepInput &step) override {
-    if (hostTimes_.on)
+    if (hostTimes_.on) {
       hostTimes_.stepBegan = std::chrono::steady_clock::now();
+      hostTimes_.replayed = false;
+    }
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
     step_ = &step;
     const size_t T = step.tokenIds.size();
@@ -412,7 +414,7 @@ public:
 
   Status runAll(const std::vector<BoundInstruction> &instructions) override {
     if (hostTimes_.on)
-      hostTimes_.beginningStep += secondsSince(hostTimes_.stepBegan);
+      hostTimes_.inBeginStep = secondsSince(hostTimes_.stepBegan);
     if (linearGroupSize_.empty())
       planFusions();
     // Fusions whose skipped instructions' outputs are never written apply
@@ -433,6 +435,8 @@ public:
       const Status launched = check(cudaGraphLaunch(found->second.exec, stream()), "graph launch");
       if (hostTimes_.on) {
         hostTimes_.beforeLaunch += secondsSince(hostTimes_.stepBegan);
+        hostTimes_.beginningStep += hostTimes_.inBeginStep;
+        hostTimes_.replayed = true;
         ++hostTimes_.steps;
       }
       return launched;
@@ -495,7 +499,7 @@ public:
                                 "reading greedy ids"));
     const auto waitBegan = std::chrono::steady_clock::now();
     LLMIR_RETURN_IF_ERROR(waitStream("reading greedy ids"));
-    if (hostTimes_.on)
+    if (hostTimes_.on && hostTimes_.replayed)
       hostTimes_.waiting += secondsSince(waitBegan);
     return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
   }
@@ -1641,11 +1645,13 @@ private:
   size_t deferredAllReduce_ = kNone;
   bool capturing_ = false; // recording a decode step's graph (skippedForMeasuring)
   /// LLMIR_CUDA_HOST_TIMES=1 (measuring): the host's time in replayed
-  /// decode steps before their graph launch returned, and waiting for the
-  /// greedy ids, printed when the backend goes.
+  /// decode steps before their graph launch returned (and in beginStep),
+  /// and waiting for their greedy ids, printed when the backend goes.
   struct HostTimes {
     bool on = std::getenv("LLMIR_CUDA_HOST_TIMES") != nullptr;
     std::chrono::steady_clock::time_point stepBegan;
+    double inBeginStep = 0.0;  // this step's
+    bool replayed = false;     // this step's graph was replayed
     double beginningStep = 0.0, beforeLaunch = 0.0, waiting = 0.0;
     long steps = 0;
   } hostTimes_;
