@@ -28,6 +28,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <set>
 #include <string>
@@ -204,7 +205,14 @@ public:
     keys_.release();
     values_.release();
     stepTables_.release();
-    hostStep_.release();
+    for (int i = 0; i < 2; ++i) {
+      hostStep_[i].release();
+      if (stagingUploaded_[i])
+        cudaEventDestroy(stagingUploaded_[i]);
+      launchedIds_[i].host.release();
+      if (launchedIds_[i].arrived)
+        cudaEventDestroy(launchedIds_[i].arrived);
+    }
     greedyIds_.release();
     hostIds_.release();
     sampling_.release();
@@ -334,15 +342,29 @@ public:
       tableCapacity_ = std::max(tableCapacity_, roundUpPow2(tableEntries, 1024));
       LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
       stepTables_.release();
-      hostStep_.release();
+      hostStep_[0].release();
+      hostStep_[1].release();
     }
     const size_t tablesAt = 5 * tokenCapacity_;
     const size_t total = tablesAt + tableCapacity_;
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
-    LLMIR_RETURN_IF_ERROR(hostStep_.reserve(total));
-    // The previous step's upload may still be reading the staging memory.
-    LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
-    int32_t *host = hostStep_.data;
+    const int turn = stagingTurn_;
+    stagingTurn_ ^= 1;
+    PinnedArray<int32_t> &staging = hostStep_[turn];
+    LLMIR_RETURN_IF_ERROR(staging.reserve(total));
+    if (collectives_) {
+      // The host waits for every step here (a stage without output reads
+      // nothing back): the group's failures surface (Communicator::synchronize).
+      LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
+    } else if (stagingUploaded_[turn]) {
+      // The upload from this staging two steps ago may still be reading it.
+      LLMIR_RETURN_IF_ERROR(
+          check(cudaEventSynchronize(stagingUploaded_[turn]), "waiting for an upload"));
+    } else {
+      LLMIR_RETURN_IF_ERROR(check(
+          cudaEventCreateWithFlags(&stagingUploaded_[turn], cudaEventDisableTiming), "an event"));
+    }
+    int32_t *host = staging.data;
     std::copy(step.tokenIds.begin(), step.tokenIds.end(), host);
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
     std::copy(step.tokenSeq.begin(), step.tokenSeq.end(), host + 2 * tokenCapacity_);
@@ -355,6 +377,20 @@ public:
                                                 (tablesAt + tableEntries) * sizeof(int32_t),
                                                 cudaMemcpyHostToDevice, stream()),
                                 "uploading the step"));
+    if (!collectives_)
+      LLMIR_RETURN_IF_ERROR(
+          check(cudaEventRecord(stagingUploaded_[turn], stream()), "recording an upload"));
+    if (step.tokensFromLastGreedy) {
+      // The last launched argmax's ids (Executor::launchGreedy checked
+      // their count), after it on the stream: no host round trip.
+      if (collectives_ || launchedRows_ != static_cast<int64_t>(T))
+        return Status::error("beginStep: no launched greedy ids for the step's " +
+                             std::to_string(T) + " tokens");
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(stepTables_.data, greedyIds_.data,
+                                                  T * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                                  stream()),
+                                  "the last greedy ids as the step's tokens"));
+    }
     ids_ = stepTables_.data;
     positions_ = ids_ + tokenCapacity_;
     tokenSeq_ = ids_ + 2 * tokenCapacity_;
@@ -489,6 +525,7 @@ public:
     const int64_t rows = d.shape.size() == 2 ? d.shape[0] : 0;
     if (rows == 0)
       return std::vector<int32_t>();
+    launchedRows_ = -1; // greedyIds_ no longer holds the launched ids
     LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(static_cast<size_t>(rows)));
     LLMIR_RETURN_IF_ERROR(hostIds_.reserve(static_cast<size_t>(rows)));
     LLMIR_RETURN_IF_ERROR(
@@ -502,6 +539,54 @@ public:
     if (hostTimes_.on && hostTimes_.replayed)
       hostTimes_.waiting += secondsSince(waitBegan);
     return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
+  }
+
+  /// One rank: the launched ids stay on the device for the next step. With
+  /// collectives the executor's host path, whose waits check the group.
+  bool takesTokensFromLastArgmax() const override { return !collectives_; }
+
+  Result<int64_t> launchArgmaxRows(uint32_t slot) override {
+    if (collectives_)
+      return ExecutionBackend::launchArgmaxRows(slot);
+    if (launchedTurns_.size() >= 2)
+      return Status::error("launchArgmaxRows: two launched ids not collected");
+    const DeviceTensor &d = activations_[slot];
+    const int64_t rows = d.shape.size() == 2 ? d.shape[0] : 0;
+    LaunchedIds &launched = launchedIds_[launchTurn_];
+    if (rows > 0) {
+      LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(static_cast<size_t>(rows)));
+      LLMIR_RETURN_IF_ERROR(launched.host.reserve(static_cast<size_t>(rows)));
+      LLMIR_RETURN_IF_ERROR(
+          cuda::argmaxRows(stream(), d.data(), rows, d.shape[1], greedyIds_.data));
+      LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(launched.host.data, greedyIds_.data,
+                                                  static_cast<size_t>(rows) * sizeof(int32_t),
+                                                  cudaMemcpyDeviceToHost, stream()),
+                                  "reading greedy ids"));
+    }
+    if (!launched.arrived)
+      LLMIR_RETURN_IF_ERROR(check(
+          cudaEventCreateWithFlags(&launched.arrived, cudaEventDisableTiming), "an event"));
+    LLMIR_RETURN_IF_ERROR(check(cudaEventRecord(launched.arrived, stream()), "recording ids"));
+    launched.rows = rows;
+    launched.replayed = hostTimes_.replayed;
+    launchedRows_ = rows;
+    launchedTurns_.push_back(launchTurn_);
+    launchTurn_ ^= 1;
+    return rows;
+  }
+
+  Result<std::vector<int32_t>> collectArgmaxRows() override {
+    if (collectives_)
+      return ExecutionBackend::collectArgmaxRows();
+    if (launchedTurns_.empty())
+      return Status::error("collectArgmaxRows: nothing launched");
+    LaunchedIds &launched = launchedIds_[launchedTurns_.front()];
+    launchedTurns_.pop_front();
+    const auto waitBegan = std::chrono::steady_clock::now();
+    LLMIR_RETURN_IF_ERROR(check(cudaEventSynchronize(launched.arrived), "reading greedy ids"));
+    if (hostTimes_.on && launched.replayed)
+      hostTimes_.waiting += secondsSince(waitBegan);
+    return std::vector<int32_t>(launched.host.data, launched.host.data + launched.rows);
   }
 
   Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
@@ -529,6 +614,7 @@ public:
     }
     LLMIR_RETURN_IF_ERROR(sampling_.reserve(n));
     LLMIR_RETURN_IF_ERROR(hostSampling_.reserve(n));
+    launchedRows_ = -1; // greedyIds_ no longer holds the launched ids
     LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(n));
     LLMIR_RETURN_IF_ERROR(hostIds_.reserve(n));
     LLMIR_RETURN_IF_ERROR(logprobs_.reserve(n));
@@ -1610,7 +1696,12 @@ private:
   const StepInput *step_ = nullptr;
   /// [ids | positions | sequences | block tables] at these capacities.
   DeviceArray<int32_t> stepTables_;
-  PinnedArray<int32_t> hostStep_;
+  /// Two host stagings of the step's tables, in turn: one rank's step may
+  /// be written while the step before it still runs (Executor::launchGreedy),
+  /// once the upload from the same staging two steps ago is done.
+  PinnedArray<int32_t> hostStep_[2];
+  cudaEvent_t stagingUploaded_[2] = {nullptr, nullptr};
+  int stagingTurn_ = 0;
   size_t tokenCapacity_ = 0, tableCapacity_ = 0;
   const int32_t *ids_ = nullptr, *positions_ = nullptr, *tokenSeq_ = nullptr;
   DeviceArray<int32_t> greedyIds_;
@@ -1630,6 +1721,18 @@ private:
   int64_t partialRow_ = 0, attentionHeads_ = 0, attentionKvHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
+  /// launchArgmaxRows: two host copies of launched greedy ids in turn, each
+  /// with the event that says it arrived; the launched turns, oldest first.
+  struct LaunchedIds {
+    PinnedArray<int32_t> host;
+    cudaEvent_t arrived = nullptr;
+    int64_t rows = 0;
+    bool replayed = false; // its step's graph was replayed (HostTimes)
+  };
+  LaunchedIds launchedIds_[2];
+  std::deque<int> launchedTurns_;
+  int launchTurn_ = 0;
+  int64_t launchedRows_ = -1; // rows of the last launched ids (greedyIds_)
   // sampleRows: the rows' parameters and the sampled tokens' logprobs.
   DeviceArray<cuda::SamplingRow> sampling_;
   PinnedArray<cuda::SamplingRow> hostSampling_;
