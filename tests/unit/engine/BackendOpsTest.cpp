@@ -607,25 +607,32 @@ TEST_F(BackendOps, ProductWithoutXNeedsItsHalves) {
   EXPECT_FALSE(cuda::swiglu(a.get(), b.get(), nullptr, 64).isOk());
 }
 
-// Greedy ids on the device: engine::argmax's choice, ties to the lowest id.
+// Greedy ids on the device: engine::argmax's choice, ties to the lowest id;
+// a 32,001-entry row in one block (scalar loads), an 8B shape's 128,256 in
+// a cluster of blocks a row (ties across their slices).
 TEST_F(BackendOps, ArgmaxRows) {
-  const int64_t rows = 5, V = 32001;
-  std::vector<float> logits = randomFloats(size_t(rows * V), rng_, 4.0f);
-  logits[size_t(1 * V + 7)] = 50.0f; // a tie: the lower id wins
-  logits[size_t(1 * V + 9000)] = 50.0f;
-  logits[size_t(2 * V + V - 1)] = 60.0f; // the last id
-  std::fill(logits.begin() + 3 * V, logits.begin() + 4 * V, -3.0f); // all equal
-  DeviceArray<float> dlogits(logits);
-  DeviceArray<int32_t> dids(static_cast<size_t>(rows));
-  Status status = cuda::argmaxRows(context_->stream(), dlogits.get(), rows, V, dids.get());
-  ASSERT_TRUE(status.isOk()) << status.message();
-  ASSERT_TRUE(context_->synchronize().isOk());
-  const std::vector<int32_t> got = dids.download();
-  for (int64_t r = 0; r < rows; ++r)
-    EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * V, size_t(V))))
-        << "row " << r;
-  EXPECT_EQ(got[1], 7);
-  EXPECT_EQ(got[3], 0);
+  for (const int64_t V : {int64_t{32001}, int64_t{128256}}) {
+    const int64_t rows = 5;
+    std::vector<float> logits = randomFloats(size_t(rows * V), rng_, 4.0f);
+    logits[size_t(1 * V + 7)] = 50.0f; // a tie: the lower id wins
+    logits[size_t(1 * V + V - 9000)] = 50.0f;
+    logits[size_t(2 * V + V - 1)] = 60.0f; // the last id
+    std::fill(logits.begin() + 3 * V, logits.begin() + 4 * V, -3.0f); // all equal
+    logits[size_t(4 * V + V / 2 + 1)] = 70.0f; // in a middle slice
+    DeviceArray<float> dlogits(logits);
+    DeviceArray<int32_t> dids(static_cast<size_t>(rows));
+    Status status = cuda::argmaxRows(context_->stream(), dlogits.get(), rows, V, dids.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    ASSERT_TRUE(context_->synchronize().isOk());
+    const std::vector<int32_t> got = dids.download();
+    for (int64_t r = 0; r < rows; ++r)
+      EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * V, size_t(V))))
+          << "V " << V << " row " << r;
+    EXPECT_EQ(got[1], 7) << "V " << V;
+    EXPECT_EQ(got[2], V - 1) << "V " << V;
+    EXPECT_EQ(got[3], 0) << "V " << V;
+    EXPECT_EQ(got[4], V / 2 + 1) << "V " << V;
+  }
 }
 
 // Temperature / top-k / top-p sampling on the device: the CPU Sampler's

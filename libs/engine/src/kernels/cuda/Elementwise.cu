@@ -3,6 +3,7 @@
 #include "Bf16Halves.cuh"
 #include "DependentLaunch.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -161,10 +162,9 @@ __device__ __forceinline__ bool better(float v, int64_t i, const Best &best, int
   return i < V && (best.index == V || v > best.value || (v == best.value && i < best.index));
 }
 
-__global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
-  beginDependentKernel();
-  __shared__ Best warpBest[kArgmaxThreads / 32];
-  const float *row = logits + blockIdx.x * V;
+// This thread's best over elements [begin, end) of `row` (begin a multiple
+// of 4), strided over the block's threads.
+__device__ Best bestInRange(const float *row, int64_t begin, int64_t end, int64_t V) {
   Best best{-INFINITY, V};
   auto offer = [&](float v, int64_t i) {
     if (better(v, i, best, V))
@@ -172,19 +172,19 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
   };
   if (V % 4 == 0) { // rows start 16-byte aligned
     const float4 *row4 = reinterpret_cast<const float4 *>(row);
-    const int64_t n4 = V / 4;
+    const int64_t first4 = begin / 4, end4 = end / 4;
     constexpr int kUnroll = 4;
-    for (int64_t base = threadIdx.x; base < n4; base += int64_t(kUnroll) * blockDim.x) {
+    for (int64_t base = first4 + threadIdx.x; base < end4; base += int64_t(kUnroll) * blockDim.x) {
       float4 v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t i = base + int64_t(u) * blockDim.x;
-        v[u] = i < n4 ? row4[i] : make_float4(0, 0, 0, 0);
+        v[u] = i < end4 ? row4[i] : make_float4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t i = base + int64_t(u) * blockDim.x;
-        if (i < n4) {
+        if (i < end4) {
           offer(v[u].x, 4 * i);
           offer(v[u].y, 4 * i + 1);
           offer(v[u].z, 4 * i + 2);
@@ -193,9 +193,16 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
       }
     }
   } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x)
       offer(row[i], i);
   }
+  return best;
+}
+
+// The block's best (every thread's best offered by warp shuffles, then the
+// warps in order), valid in thread 0.
+__device__ Best blockBest(Best best, int64_t V) {
+  __shared__ Best warpBest[kArgmaxThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) {
     const float v = __shfl_xor_sync(0xffffffffu, best.value, offset);
     const int64_t i = __shfl_xor_sync(0xffffffffu, best.index, offset);
@@ -205,20 +212,65 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
   if (threadIdx.x % 32 == 0)
     warpBest[threadIdx.x / 32] = best;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    Best total = warpBest[0];
+  Best total = warpBest[0];
+  if (threadIdx.x == 0)
     for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
       if (better(warpBest[w].value, warpBest[w].index, total, V))
         total = warpBest[w];
-    ids[blockIdx.x] = static_cast<int32_t>(total.index < V ? total.index : 0);
+  return total;
+}
+
+__global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
+  beginDependentKernel();
+  const Best best = blockBest(bestInRange(logits + blockIdx.x * V, 0, V, V), V);
+  if (threadIdx.x == 0)
+    ids[blockIdx.x] = static_cast<int32_t>(best.index < V ? best.index : 0);
+}
+
+// Long rows (an 8B shape's 128,256 logits: one block took ~27 us, eight
+// rounds of loads one after the other) as a cluster of kArgmaxSplits blocks
+// a row, each over a slice; block 0 takes the slices' bests from the
+// cluster's shared memory. The order of the candidates does not matter:
+// `better` is a total order (larger value, then lower index).
+constexpr int kArgmaxSplits = 8;
+constexpr int64_t kArgmaxSplitMinV = 16384;
+
+__global__ void argmaxSplitKernel(const float *logits, int64_t V, int32_t *ids) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  beginDependentKernel();
+  __shared__ Best sliceBest;
+  const int split = static_cast<int>(cluster.block_rank());
+  const int64_t row = blockIdx.x / kArgmaxSplits;
+  const int64_t slice = (V + 4 * kArgmaxSplits - 1) / (4 * kArgmaxSplits) * 4; // a multiple of 4
+  const int64_t begin = split * slice < V ? split * slice : V;
+  const int64_t end = begin + slice < V ? begin + slice : V;
+  const Best best = blockBest(bestInRange(logits + row * V, begin, end, V), V);
+  if (threadIdx.x == 0)
+    sliceBest = best;
+  cluster.sync();
+  if (split == 0 && threadIdx.x == 0) {
+    Best total = sliceBest;
+    for (int r = 1; r < kArgmaxSplits; ++r) {
+      const Best other = *cluster.map_shared_rank(&sliceBest, static_cast<unsigned>(r));
+      if (better(other.value, other.index, total, V))
+        total = other;
+    }
+    ids[row] = static_cast<int32_t>(total.index < V ? total.index : 0);
   }
+  cluster.sync(); // no block leaves while block 0 reads its shared memory
 }
 
 } // namespace
 
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                int32_t *ids) {
-  if (rows > 0 && V > 0)
+  // LLMIR_CUDA_ARGMAX_SPLIT_MIN_V: the shortest row split over a cluster (measuring).
+  static const int64_t splitMinV = countFromEnv("LLMIR_CUDA_ARGMAX_SPLIT_MIN_V", kArgmaxSplitMinV);
+  if (rows > 0 && V >= splitMinV && clusterMergeEnabled())
+    launchDependentCluster(argmaxSplitKernel, static_cast<unsigned>(rows * kArgmaxSplits),
+                           kArgmaxThreads, 0, stream, dim3(kArgmaxSplits, 1, 1), logits, V, ids);
+  else if (rows > 0 && V > 0)
     launchDependent(argmaxKernel, static_cast<unsigned>(rows), kArgmaxThreads, 0, stream,
                     logits, V, ids);
   return cudaGetLastError();
