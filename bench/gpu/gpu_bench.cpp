@@ -25,6 +25,9 @@
 // same ids itself (compared once a batch). The broadcast, a host round trip
 // through NCCL, cost an 8B TP=2 step on two H200s 0.15-0.3 ms of ~3.5
 // (--broadcast-ids-every-step keeps it, for comparing with runs before it).
+// Each batch's decode ids go into an FNV-1a hash (`decode_ids_hash`), the
+// same whichever decode loop ran (the host a step ahead, or
+// --synchronous-decode): the multi-rank test compares the two.
 // Rank 0 prints the JSON. The same run also times the collectives at the model's message sizes: the all-reduce of the TP
 // group and the send between pipeline stages, beside the cost model's
 // alpha-beta prediction of each.
@@ -153,7 +156,7 @@ double since(Clock::time_point start) {
 }
 
 /// "key": value pairs of a JSON object, in key order.
-std::string jsonObject(const std::map<int64_t, double> &values) {
+template <typename Value> std::string jsonObject(const std::map<int64_t, Value> &values) {
   std::string out;
   for (const auto &[key, value] : values)
     out += (out.empty() ? "" : ", ") + std::string("\"") + std::to_string(key) +
@@ -575,6 +578,7 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
   std::uniform_int_distribution<int32_t> anyToken(
       0, static_cast<int32_t>(config->vocabSize - 1));
   std::map<int64_t, double> tokPerS, msPerStep;
+  std::map<int64_t, uint32_t> idsHashes; // each batch's decode ids: the same either loop
   for (int batch : o.batches) {
     engine::StepInput prefill, decode;
     for (int s = 0; s < batch; ++s) {
@@ -636,10 +640,11 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
     const double seconds = since(start);
     LLMIR_RETURN_IF_ERROR(idsAgree(ctx, idsHash).withContext("decode"));
     tokPerS[batch] = double(batch) * o.newTokens / seconds;
+    idsHashes[batch] = idsHash;
     msPerStep[batch] = 1e3 * seconds / o.newTokens;
     if (ctx.printer())
-      std::fprintf(stderr, "decode batch %d: %.1f tok/s, %.3f ms/step\n", batch, tokPerS[batch],
-                   msPerStep[batch]);
+      std::fprintf(stderr, "decode batch %d: %.1f tok/s, %.3f ms/step, ids hash %08x\n", batch,
+                   tokPerS[batch], msPerStep[batch], idsHash);
     // Each rank's wait in the step's id broadcast: the transfer, plus the
     // time the other ranks' steps took longer than this one's.
     if (ctx.runtime && !ctx.idsOnEveryRank)
@@ -688,11 +693,12 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
   std::printf("{\"engine\": \"llmir\", %s, \"tp\": %d, \"pp\": %d, \"world_size\": %d, "
               "\"collectives\": \"%s\", \"matmul_precision\": \"%s\", \"weight_bytes\": %.0f, "
               "\"load_s\": %.2f, \"prompt\": %d, \"new_tokens\": %d, \"decode_tok_s\": %s, "
-              "\"decode_ms\": %s, \"prefill_%d_ms\": %.3f, %s%s}\n",
+              "\"decode_ms\": %s, \"decode_ids_hash\": %s, \"prefill_%d_ms\": %.3f, %s%s}\n",
               deviceFields.c_str(), o.tp, o.pp, world,
               ctx.runtime ? (ctx.nccl ? "nccl" : "gloo") : "none", o.matmulPrecision.c_str(),
               weightBytes, loadSeconds, o.prompt, o.newTokens, jsonObject(tokPerS).c_str(),
-              jsonObject(msPerStep).c_str(), o.prefill, prefillMs, predicted.c_str(),
+              jsonObject(msPerStep).c_str(), jsonObject(idsHashes).c_str(), o.prefill, prefillMs,
+              predicted.c_str(),
               collectives->c_str());
   std::fflush(stdout);
   return Status::ok();

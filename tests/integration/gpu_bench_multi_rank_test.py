@@ -7,7 +7,8 @@ with sane values: decode tok/s and ms/step per batch (consistent with each
 other), the prefill, the cost model's predictions at that (tp, pp) (the same
 as --predict-only's), the collectives at the model's message sizes (the TP
 all-reduce of [tokens, hidden] f32, the stage send) beside their predictions.
-No timing is asserted. Then bench/gpu/multi.sh --device cpu end to end on the
+No timing is asserted. The decode ids of the default loop (the host a step
+ahead) and of --synchronous-decode agree, in one process and at TP=2. Then bench/gpu/multi.sh --device cpu end to end on the
 same model: its table has a row per layout and batch, and the cost model
 calibrated to the runs is written and used. Bad flags fail with a clear
 message.
@@ -100,6 +101,22 @@ def check_run(args, tp, pp, hidden):
         check(run["send_us"] == {}, f"{label}: no stage send")
 
 
+def check_decode_loops_agree(args, tp):
+    """The host a step ahead (Executor::launchGreedy, the default loop) feeds
+    each step the ids of the one before it: the ids (their hash) must be
+    those of --synchronous-decode, batch by batch."""
+    label = f"tp={tp}"
+    ahead = bench(args, ["--tp", str(tp)])
+    synchronous = bench(args, ["--tp", str(tp), "--synchronous-decode"])
+    if ahead is None or synchronous is None:
+        return
+    keys = {str(b) for b in BATCHES}
+    check(set(ahead["decode_ids_hash"]) == keys, f"{label}: an ids hash for every batch")
+    check(ahead["decode_ids_hash"] == synchronous["decode_ids_hash"],
+          f"{label}: the decode ids a step ahead equal the synchronous loop's: "
+          f"{ahead['decode_ids_hash']} vs {synchronous['decode_ids_hash']}")
+
+
 def check_bad_flags(args):
     for extra, expected in ((["--tp", "0"], "tp and pp must be >= 1"),
                             (["--batches", "1,x"], "expects a list of positive integers, got '1,x'"),
@@ -157,6 +174,8 @@ def main():
     check_bad_flags(args)
     check_run(args, 2, 1, hidden)
     check_run(args, 1, 2, hidden)
+    for tp in (1, 2):
+        check_decode_loops_agree(args, tp)
     check_multi_script(args)
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -26,5 +26,6 @@ Status Communicator::allReduceAddRmsNormOn(void *, const AllReduceAddRmsNorm &, 
   return Status::error("this communicator has no fused all-reduce + add + RMS norm");
 }
 Status Communicator::synchronize(void *) { return notStreamOrdered("synchronize"); }
+Status Communicator::synchronizeEvent(void *) { return notStreamOrdered("synchronizeEvent"); }
 
 } // namespace llmir::engine

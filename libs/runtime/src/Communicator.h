@@ -79,6 +79,9 @@ public:
 /// Whether a CUDA stream has run everything enqueued on it (cudaStreamQuery);
 /// an error without CUDA.
 Result<bool> streamIdle(void *stream);
+/// Whether the work before a recorded CUDA event has run (cudaEventQuery);
+/// an error without CUDA.
+Result<bool> eventDone(void *event);
 
 Result<std::unique_ptr<Backend>> createGlooBackend(const RuntimeConfig &config);
 /// Fails with "no CUDA device" when none is visible, and with a clear

@@ -384,6 +384,19 @@ Status DistributedRuntime::recvOn(void *stream, void *data, size_t bytes, int pe
 
 Status DistributedRuntime::synchronize(void *stream,
                                        const std::vector<const DeviceGroup *> &groups) {
+  return waitUntil([stream] { return detail::streamIdle(stream); },
+                   "waiting for the stream's collectives", groups);
+}
+
+Status DistributedRuntime::synchronizeEvent(void *event,
+                                            const std::vector<const DeviceGroup *> &groups) {
+  return waitUntil([event] { return detail::eventDone(event); },
+                   "waiting for the collectives before an event", groups);
+}
+
+Status DistributedRuntime::waitUntil(const std::function<Result<bool>()> &done,
+                                     const char *what,
+                                     const std::vector<const DeviceGroup *> &groups) {
   std::vector<detail::Communicator *> watched;
   auto watch = [&](const DeviceGroup &group) {
     if (group.comm_ && std::find(watched.begin(), watched.end(), group.comm_.get()) ==
@@ -405,18 +418,19 @@ Status DistributedRuntime::synchronize(void *stream,
     for (detail::Communicator *comm : watched) {
       Status failed = comm->asyncError();
       if (!failed.isOk())
-        return giveUp(failed.withContext("waiting for the stream's collectives"));
+        return giveUp(failed.withContext(what));
     }
-    Result<bool> idle = detail::streamIdle(stream);
-    if (!idle)
-      return giveUp(idle.status().withContext("waiting for the stream's collectives"));
-    if (*idle)
+    Result<bool> finished = done();
+    if (!finished)
+      return giveUp(finished.status().withContext(what));
+    if (*finished)
       return Status::ok();
     const auto now = std::chrono::steady_clock::now();
     if (now > deadline)
-      return giveUp(Status::error("the stream's collectives did not complete within " +
+      return giveUp(Status::error("the collectives did not complete within " +
                                   std::to_string(config_.timeout.count()) +
-                                  " ms (a peer may have died)"));
+                                  " ms (a peer may have died)")
+                        .withContext(what));
     // A decode step ends within milliseconds: spin (yielding) through those,
     // sleep beyond them.
     if (now - started < std::chrono::milliseconds(5))

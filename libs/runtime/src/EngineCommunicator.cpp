@@ -179,6 +179,15 @@ Status EngineCommunicator::recvOn(void *stream, float *data, size_t count,
 
 Status EngineCommunicator::synchronize(void *stream) {
   LLMIR_RETURN_IF_ERROR(runtime_.synchronize(stream, watched_));
+  return ipcErrors();
+}
+
+Status EngineCommunicator::synchronizeEvent(void *event) {
+  LLMIR_RETURN_IF_ERROR(runtime_.synchronizeEvent(event, watched_));
+  return ipcErrors();
+}
+
+Status EngineCommunicator::ipcErrors() const {
   // An IPC all-reduce that gave up on a peer returns without its sums (it
   // no longer traps): the step's results are void.
   for (const auto &[id, ipc] : ipc_)

@@ -396,6 +396,15 @@ Result<bool> streamIdle(void *stream) {
   return cudaError("stream", query);
 }
 
+Result<bool> eventDone(void *event) {
+  cudaError_t query = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (query == cudaSuccess)
+    return true;
+  if (query == cudaErrorNotReady)
+    return false;
+  return cudaError("event", query);
+}
+
 Result<std::unique_ptr<Backend>> createNcclBackend(const RuntimeConfig &config) {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);

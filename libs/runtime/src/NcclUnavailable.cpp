@@ -7,6 +7,10 @@ Result<bool> streamIdle(void *) {
   return Status::error("CUDA streams unavailable: llmir_runtime was built without CUDA");
 }
 
+Result<bool> eventDone(void *) {
+  return Status::error("CUDA events unavailable: llmir_runtime was built without CUDA");
+}
+
 Result<std::unique_ptr<Backend>> createNcclBackend(const RuntimeConfig &) {
   return Status::error("backend 'nccl' unavailable: llmir_runtime was built "
                        "without CUDA (LLMIR_ENABLE_CUDA=OFF or no toolkit)");

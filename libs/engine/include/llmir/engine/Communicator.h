@@ -70,6 +70,9 @@ public:
   /// Waits until `stream` ran its work, bounded: a peer that died fails the
   /// wait (and the communicator) instead of hanging it.
   virtual Status synchronize(void *stream);
+  /// synchronize() up to `event`, a cudaEvent_t recorded on the stream: the
+  /// work enqueued after it (the next step) may still run.
+  virtual Status synchronizeEvent(void *event);
 };
 
 } // namespace llmir::engine

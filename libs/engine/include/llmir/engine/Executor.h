@@ -134,7 +134,7 @@ public:
   /// on the device, without a host round trip, where the backend takes them
   /// itself (ExecutionBackend::takesTokensFromLastArgmax); otherwise the
   /// backend computes the ids at launch and the executor puts them in the
-  /// next step on the host (the CPU backend, CUDA ranks with collectives).
+  /// next step on the host (the CPU backend, CUDA pipeline stages).
   /// At most kMaxGreedyInFlight steps wait to be collected; step(),
   /// stepGreedy() and stepSample() fail while any does.
   static constexpr int kMaxGreedyInFlight = 2;

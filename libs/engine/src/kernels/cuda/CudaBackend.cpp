@@ -167,17 +167,20 @@ public:
     multiprocessors_ = std::max(sms, 1);
     for (const BoundInstruction &inst : program.instructions)
       switch (inst.op) {
+      case proto::SEND:
+      case proto::RECV:
+        transfers_ = true;
+        [[fallthrough]];
       case proto::ALL_REDUCE:
       case proto::ALL_GATHER:
       case proto::ALL_GATHER_ROWS:
-      case proto::SEND:
-      case proto::RECV:
         collectives_ = true;
         graphsAllowed_ = graphsAllowed_ && streamCollectives();
         break;
       default:
         break;
       }
+    stepsAhead_ = !collectives_ || (streamCollectives() && !transfers_);
   }
 
   ~CudaBackend() override {
@@ -352,14 +355,13 @@ public:
     stagingTurn_ ^= 1;
     PinnedArray<int32_t> &staging = hostStep_[turn];
     LLMIR_RETURN_IF_ERROR(staging.reserve(total));
-    if (collectives_) {
+    if (!stepsAhead_) {
       // The host waits for every step here (a stage without output reads
       // nothing back): the group's failures surface (Communicator::synchronize).
       LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
     } else if (stagingUploaded_[turn]) {
       // The upload from this staging two steps ago may still be reading it.
-      LLMIR_RETURN_IF_ERROR(
-          check(cudaEventSynchronize(stagingUploaded_[turn]), "waiting for an upload"));
+      LLMIR_RETURN_IF_ERROR(waitEvent(stagingUploaded_[turn], "waiting for an upload"));
     } else {
       LLMIR_RETURN_IF_ERROR(check(
           cudaEventCreateWithFlags(&stagingUploaded_[turn], cudaEventDisableTiming), "an event"));
@@ -377,13 +379,13 @@ public:
                                                 (tablesAt + tableEntries) * sizeof(int32_t),
                                                 cudaMemcpyHostToDevice, stream()),
                                 "uploading the step"));
-    if (!collectives_)
+    if (stepsAhead_)
       LLMIR_RETURN_IF_ERROR(
           check(cudaEventRecord(stagingUploaded_[turn], stream()), "recording an upload"));
     if (step.tokensFromLastGreedy) {
       // The last launched argmax's ids (Executor::launchGreedy checked
       // their count), after it on the stream: no host round trip.
-      if (collectives_ || launchedRows_ != static_cast<int64_t>(T))
+      if (!stepsAhead_ || launchedRows_ != static_cast<int64_t>(T))
         return Status::error("beginStep: no launched greedy ids for the step's " +
                              std::to_string(T) + " tokens");
       LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(stepTables_.data, greedyIds_.data,
@@ -541,12 +543,13 @@ public:
     return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
   }
 
-  /// One rank: the launched ids stay on the device for the next step. With
-  /// collectives the executor's host path, whose waits check the group.
-  bool takesTokensFromLastArgmax() const override { return !collectives_; }
+  /// The launched ids stay on the device for the next step where the host
+  /// may run steps ahead (stepsAhead_); pipeline stages keep the executor's
+  /// host path.
+  bool takesTokensFromLastArgmax() const override { return stepsAhead_; }
 
   Result<int64_t> launchArgmaxRows(uint32_t slot) override {
-    if (collectives_)
+    if (!stepsAhead_)
       return ExecutionBackend::launchArgmaxRows(slot);
     if (launchedTurns_.size() >= 2)
       return Status::error("launchArgmaxRows: two launched ids not collected");
@@ -576,14 +579,14 @@ public:
   }
 
   Result<std::vector<int32_t>> collectArgmaxRows() override {
-    if (collectives_)
+    if (!stepsAhead_)
       return ExecutionBackend::collectArgmaxRows();
     if (launchedTurns_.empty())
       return Status::error("collectArgmaxRows: nothing launched");
     LaunchedIds &launched = launchedIds_[launchedTurns_.front()];
     launchedTurns_.pop_front();
     const auto waitBegan = std::chrono::steady_clock::now();
-    LLMIR_RETURN_IF_ERROR(check(cudaEventSynchronize(launched.arrived), "reading greedy ids"));
+    LLMIR_RETURN_IF_ERROR(waitEvent(launched.arrived, "reading greedy ids"));
     if (hostTimes_.on && launched.replayed)
       hostTimes_.waiting += secondsSince(waitBegan);
     return std::vector<int32_t>(launched.host.data, launched.host.data + launched.rows);
@@ -1288,6 +1291,13 @@ private:
     return check(cudaStreamSynchronize(stream()), what);
   }
 
+  /// waitStream up to an event recorded on the stream.
+  Status waitEvent(cudaEvent_t event, const char *what) {
+    if (collectives_ && streamCollectives())
+      return comm_->synchronizeEvent(event).withContext(what);
+    return check(cudaEventSynchronize(event), what);
+  }
+
   Status allReduce(float *data, int64_t count, uint32_t group) {
     if (streamCollectives())
       return comm_->allReduceSumOn(stream(), data, static_cast<size_t>(count), group);
@@ -1687,6 +1697,15 @@ private:
   cuda::Context context_;
   Communicator *comm_;
   bool collectives_ = false; // the program has collectives or transfers
+  bool transfers_ = false;   // ... transfers between pipeline stages
+  /// The host may enqueue a step while the one before it runs (two
+  /// stagings of the step's tables in turn, the greedy ids kept on the
+  /// device for the next step: Executor::launchGreedy). One rank, or ranks
+  /// with stream-ordered collectives and no stages (TP: every rank holds the
+  /// logits), whose waits on events still check the group. Pipeline stages
+  /// wait for each step in beginStep, where a stage without output learns of
+  /// a failed peer.
+  bool stepsAhead_ = false;
   std::vector<DeviceWeight> weights_;     // by slot id
   std::vector<DeviceTensor> activations_; // by slot id
   DeviceTensor aliased_, scratch_, packed_;

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -141,8 +142,14 @@ public:
   /// one of them (a peer died) or the timeout fails the wait and gives those
   /// groups up, which makes their pending kernels on the stream return.
   Status synchronize(void *stream, const std::vector<const DeviceGroup *> &groups);
+  /// synchronize() up to `event` (a cudaEvent_t recorded on a stream) only:
+  /// the host may wait for one step while the next is already enqueued.
+  Status synchronizeEvent(void *event, const std::vector<const DeviceGroup *> &groups);
 
 private:
+  /// synchronize's loop: polls `done` within the timeout, watching `groups`.
+  Status waitUntil(const std::function<Result<bool>()> &done, const char *what,
+                   const std::vector<const DeviceGroup *> &groups);
   DistributedRuntime(RuntimeConfig config, std::unique_ptr<RendezvousClient> store,
                      std::unique_ptr<detail::Backend> backend);
   /// Registers `rank` under `prefix`, waits for every member of `ranks`, and

@@ -55,11 +55,14 @@ public:
                                uint32_t groupId) override;
   /// Bounded by the runtime's timeout; watches every group of the program.
   Status synchronize(void *stream) override;
+  Status synchronizeEvent(void *event) override;
 
 private:
   explicit EngineCommunicator(DistributedRuntime &runtime) : runtime_(runtime) {}
   Result<const DeviceGroup *> group(uint32_t groupId, const char *operation) const;
   Status connectIpcAllReduce(const proto::ShardProgram &program);
+  /// A failure any group's IPC all-reduce reported from the device.
+  Status ipcErrors() const;
 
   DistributedRuntime &runtime_;
   std::map<uint32_t, DeviceGroup> groups_;
