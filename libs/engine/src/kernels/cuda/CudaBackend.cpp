@@ -15,6 +15,7 @@
 // the backend's (a larger step may have grown them: then it is recorded
 // again).
 #include "ExecutionBackend.h"
+#include "KernelClock.h"
 #include "Launch.h"
 
 #include "llmir/engine/Communicator.h"
@@ -181,6 +182,7 @@ public:
         break;
       }
     stepsAhead_ = !collectives_ || (streamCollectives() && !transfers_);
+    kernelClock_ = cuda::KernelClock::fromEnvironment();
   }
 
   ~CudaBackend() override {
@@ -193,6 +195,7 @@ public:
                    1e6 * hostTimes_.beginningStep / hostTimes_.steps,
                    1e6 * hostTimes_.waiting / hostTimes_.steps);
     cudaSetDevice(device_);
+    kernelClock_.reset(); // writes its file once the device is done
     for (DeviceWeight &w : weights_) {
       w.stored.release();
       w.widened.release();
@@ -1706,6 +1709,7 @@ private:
   /// wait for each step in beginStep, where a stage without output learns of
   /// a failed peer.
   bool stepsAhead_ = false;
+  std::unique_ptr<cuda::KernelClock> kernelClock_; // LLMIR_CUDA_KERNEL_CLOCK
   std::vector<DeviceWeight> weights_;     // by slot id
   std::vector<DeviceTensor> activations_; // by slot id
   DeviceTensor aliased_, scratch_, packed_;

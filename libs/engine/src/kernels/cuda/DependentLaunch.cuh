@@ -28,9 +28,56 @@
 
 namespace llmir::engine::cuda::detail {
 
+#if defined(LLMIR_CUDA_KERNEL_CLOCK)
+// LLMIR_CUDA_KERNEL_CLOCK (KernelClock.h; built with the CMake option of
+// that name): when the table's slots are set, block 0 of each grid records
+// when it left the wait, in the grid's slot (%gridid modulo the slot count;
+// the key tells a grid from one that took its slot before). A CUDA graph's
+// kernel keeps its grid id from replay to replay: its slot sums them.
+namespace {
+struct KernelClockTable {
+  unsigned long long *slots = nullptr; // 8 words a slot: KernelClock.cpp
+  unsigned long long mask = 0;         // slot count - 1
+};
+__device__ KernelClockTable kernelClockTable; // this unit's copy
+
+int setThisUnitsKernelClock(void *slots, uint64_t mask) {
+  const KernelClockTable table{static_cast<unsigned long long *>(slots), mask};
+  return static_cast<int>(cudaMemcpyToSymbol(kernelClockTable, &table, sizeof table));
+}
+[[maybe_unused]] const bool kernelClockRegistered =
+    (registerKernelClockSetter(&setThisUnitsKernelClock), true);
+
+__device__ __forceinline__ void recordKernelClock() {
+  if ((threadIdx.x | threadIdx.y | threadIdx.z | blockIdx.x | blockIdx.y | blockIdx.z) != 0)
+    return;
+  unsigned long long *slots = kernelClockTable.slots;
+  if (!slots)
+    return;
+  unsigned long long released, grid;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(released));
+  asm("mov.u64 %0, %%gridid;" : "=l"(grid));
+  unsigned long long *slot = slots + 8 * (grid & kernelClockTable.mask);
+  const unsigned long long held = atomicCAS(slot, 0ull, grid + 1);
+  if (held == 0) { // this grid's first run: its release and shape
+    slot[1] = released;
+    slot[4] = static_cast<unsigned long long>(gridDim.x) * gridDim.y * gridDim.z;
+    slot[5] = static_cast<unsigned long long>(blockDim.x) * blockDim.y * blockDim.z;
+    atomicAdd(slot + 3, 1ull);
+  } else if (held == grid + 1) { // a replay: its release past the first run's
+    atomicAdd(slot + 2, released - *reinterpret_cast<volatile unsigned long long *>(slot + 1));
+    atomicAdd(slot + 3, 1ull);
+  } // else another grid's slot: this one goes unrecorded
+}
+} // namespace
+#endif
+
 __device__ __forceinline__ void waitForPrecedingKernels() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if defined(LLMIR_CUDA_KERNEL_CLOCK)
+  recordKernelClock();
 #endif
 }
 

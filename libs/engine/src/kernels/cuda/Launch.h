@@ -28,6 +28,14 @@ int64_t countFromEnv(const char *name, int64_t fallback);
 inline bool alignedTo(const void *p, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
+/// LLMIR_CUDA_KERNEL_CLOCK (measuring, KernelClock.h): each translation
+/// unit that launches dependent kernels registers how to point its copy of
+/// the device-side table at the clock's slots (no relocatable device code:
+/// a __device__ variable is per unit); setKernelClock calls them all.
+using KernelClockSetter = int (*)(void *slots, uint64_t mask);
+void registerKernelClockSetter(KernelClockSetter setter);
+/// 0, or the first failing setter's cudaError_t.
+int setKernelClock(void *slots, uint64_t mask);
 /// Whether kernels are launched as programmatic dependents of the kernel
 /// before them (DependentLaunch.cuh): on devices of compute capability 9.0
 /// and up, unless LLMIR_CUDA_PDL=0. Read once per process.

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Where a replayed decode step's time goes, kernel by kernel, in place.
+
+Reads the file LLMIR_CUDA_KERNEL_CLOCK writes (a build configured with
+-DLLMIR_CUDA_KERNEL_CLOCK=ON; libs/engine/src/kernels/cuda/KernelClock.h):
+one line a grid or CUDA graph node with its first release from the wait for
+the kernels before it and its mean release over the runs. Takes the graph
+nodes replayed most often (the decode step's graph), in order, and prints
+for each what it added to the step: the next node's mean release minus its
+own, averaged over the replays. A node's time includes the kernels the
+clock does not see that run after it (cuBLAS, NCCL, the IPC all-reduce).
+
+    bench/gpu/kernel_clock.py CLOCK.tsv [--names qkv,attention,o,gate-up,down]
+
+--names labels the kernels of one period of the step (a layer) in order,
+from the first node where the shapes repeat with that period; the summary
+adds up each label over the layers.
+"""
+import argparse
+import collections
+import sys
+
+HEADER = ["first_release_ns", "mean_release_past_first_ns", "runs", "grid", "block"]
+Node = collections.namedtuple("Node", "release runs grid block")
+
+
+def read_clock(text):
+    """The file's grids as Nodes (mean release in ns), in order of first release."""
+    lines = text.splitlines()
+    if not lines or lines[0].split() != HEADER:
+        raise ValueError(f"not a kernel clock file (header {lines[0] if lines else 'missing'!r})")
+    nodes = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if len(fields) != len(HEADER):
+            raise ValueError(f"line {number}: {len(fields)} fields, expected {len(HEADER)}")
+        first, mean, runs, grid, block = fields
+        nodes.append(Node(int(first) + float(mean), int(runs), int(grid), int(block)))
+    return nodes
+
+
+def replayed_nodes(nodes):
+    """The nodes of the graph replayed most often, and its replay count."""
+    counts = collections.Counter(n.runs for n in nodes if n.runs > 1)
+    if not counts:
+        raise ValueError("no replayed graph nodes (graphs off, or one step only?)")
+    replays = max(counts, key=lambda runs: (counts[runs], runs))
+    return [n for n in nodes if n.runs == replays], replays
+
+
+def added_times(nodes):
+    """What each node but the last added to the step (ns)."""
+    return [b.release - a.release for a, b in zip(nodes, nodes[1:])]
+
+
+def layer_table(nodes, names):
+    """{label: [ns added, one a layer]} over the layers (the nodes whose shapes
+    repeat with len(names)'s period), and the ns added before and after them."""
+    period = len(names)
+    added = added_times(nodes)
+    shapes = [(n.grid, n.block) for n in nodes]
+    start = next((i for i in range(len(nodes) - 2 * period)
+                  if all(shapes[j] == shapes[j + period] for j in range(i, i + period))), None)
+    if start is None:
+        raise ValueError(f"no period of {period} kernels in the step's shapes")
+    end = start
+    while end + period <= len(added) and shapes[end:end + period] == shapes[start:start + period]:
+        end += period
+    table = collections.OrderedDict((name, []) for name in names)
+    for i in range(start, end):
+        table[names[(i - start) % period]].append(added[i])
+    shape_of = {name: shapes[start + k] for k, name in enumerate(names)}
+    return table, shape_of, sum(added[:start]) + sum(added[end:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("clock")
+    parser.add_argument("--names", default="", help="labels of one layer's kernels, in order")
+    args = parser.parse_args()
+    try:
+        nodes, replays = replayed_nodes(read_clock(open(args.clock).read()))
+        names = [n for n in args.names.split(",") if n]
+        layers = layer_table(nodes, names) if names else None
+    except (OSError, ValueError) as e:
+        sys.exit(f"kernel_clock.py: {args.clock}: {e}")
+    added = added_times(nodes)
+    print(f"{len(nodes)} graph nodes replayed {replays} times; "
+          f"{sum(added) / 1e3:.1f} us from the first node's release to the last's")
+    if layers:
+        table, shape_of, others = layers
+        print("\nkernel | grid x block | a layer (us, mean over layers) | layers | a step (us)")
+        for label, values in table.items():
+            grid, block = shape_of[label]
+            print(f"{label} | {grid} x {block} | {sum(values) / len(values) / 1e3:.2f} | "
+                  f"{len(values)} | {sum(values) / 1e3:.1f}")
+        print(f"before and after the layers | | | | {others / 1e3:.1f}")
+    print("\nnode | grid x block | added (us)")
+    for i, (node, ns) in enumerate(zip(nodes, added)):
+        print(f"{i} | {node.grid} x {node.block} | {ns / 1e3:.2f}")
+    print(f"{len(nodes) - 1} | {nodes[-1].grid} x {nodes[-1].block} | (last: what follows is unseen)")
+
+
+if __name__ == "__main__":
+    main()

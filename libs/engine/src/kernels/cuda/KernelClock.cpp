@@ -1,0 +1,114 @@
+#include "KernelClock.h"
+
+#include "Launch.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include <unistd.h>
+#include <vector>
+
+namespace llmir::engine::cuda {
+namespace detail {
+namespace {
+std::mutex setterLock;
+std::vector<KernelClockSetter> &setters() {
+  static std::vector<KernelClockSetter> registered;
+  return registered;
+}
+} // namespace
+
+void registerKernelClockSetter(KernelClockSetter setter) {
+  std::lock_guard<std::mutex> lock(setterLock);
+  setters().push_back(setter);
+}
+
+int setKernelClock(void *slots, uint64_t mask) {
+  std::lock_guard<std::mutex> lock(setterLock);
+  for (KernelClockSetter setter : setters())
+    if (int error = setter(slots, mask))
+      return error;
+  return 0;
+}
+} // namespace detail
+
+namespace {
+// 2^18 slots (16 MiB): a few thousand decode steps of ~300 kernels.
+constexpr uint64_t kSlotCount = uint64_t{1} << 18;
+// key (grid id + 1), first release, the sum of later releases past it,
+// runs, grid size, block size (DependentLaunch.cuh)
+constexpr int kWords = 8;
+} // namespace
+
+std::unique_ptr<KernelClock> KernelClock::fromEnvironment() {
+  const char *variable = std::getenv("LLMIR_CUDA_KERNEL_CLOCK");
+  if (!variable || !*variable)
+    return nullptr;
+  // "%p": the process id, one file a rank (as LLVM_PROFILE_FILE).
+  std::string path = variable;
+  if (const size_t at = path.find("%p"); at != std::string::npos)
+    path.replace(at, 2, std::to_string(getpid()));
+#if !defined(LLMIR_CUDA_KERNEL_CLOCK)
+  std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: this build records no kernel times "
+                       "(configure with -DLLMIR_CUDA_KERNEL_CLOCK=ON)\n");
+  return nullptr;
+#endif
+  void *slots = nullptr;
+  const size_t bytes = kSlotCount * kWords * sizeof(uint64_t);
+  if (cudaMalloc(&slots, bytes) != cudaSuccess || cudaMemset(slots, 0, bytes) != cudaSuccess ||
+      detail::setKernelClock(slots, kSlotCount - 1) != 0) {
+    std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: no device table (%s); not recording\n",
+                 cudaGetErrorString(cudaGetLastError()));
+    if (slots)
+      cudaFree(slots);
+    return nullptr;
+  }
+  return std::unique_ptr<KernelClock>(
+      new KernelClock(path, static_cast<uint64_t *>(slots), kSlotCount));
+}
+
+KernelClock::KernelClock(std::string path, uint64_t *slots, uint64_t slotCount)
+    : path_(std::move(path)), slots_(slots), slotCount_(slotCount) {}
+
+KernelClock::~KernelClock() {
+  std::vector<uint64_t> host(slotCount_ * kWords);
+  const bool read = cudaDeviceSynchronize() == cudaSuccess &&
+                    cudaMemcpy(host.data(), slots_, host.size() * sizeof(uint64_t),
+                               cudaMemcpyDeviceToHost) == cudaSuccess;
+  detail::setKernelClock(nullptr, 0);
+  cudaFree(slots_);
+  std::FILE *out = read ? std::fopen(path_.c_str(), "w") : nullptr;
+  if (!out) {
+    std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: could not %s %s\n",
+                 read ? "write" : "read the device table for", path_.c_str());
+    return;
+  }
+  struct Grid {
+    uint64_t first, runs, size, block;
+    double mean;
+  };
+  std::vector<Grid> grids;
+  for (uint64_t i = 0; i < slotCount_; ++i) {
+    const uint64_t *slot = &host[i * kWords];
+    if (slot[0] != 0 && slot[3] != 0)
+      grids.push_back({slot[1], slot[3], slot[4], slot[5],
+                       static_cast<double>(slot[2]) / static_cast<double>(slot[3])});
+  }
+  std::sort(grids.begin(), grids.end(),
+            [](const Grid &a, const Grid &b) { return a.first < b.first; });
+  std::fprintf(out, "first_release_ns\tmean_release_past_first_ns\truns\tgrid\tblock\n");
+  for (const Grid &g : grids)
+    std::fprintf(out, "%llu\t%.1f\t%llu\t%llu\t%llu\n", (unsigned long long)g.first, g.mean,
+                 (unsigned long long)g.runs, (unsigned long long)g.size,
+                 (unsigned long long)g.block);
+  std::fclose(out);
+  std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: %zu grids written to %s\n", grids.size(),
+               path_.c_str());
+}
+
+} // namespace llmir::engine::cuda

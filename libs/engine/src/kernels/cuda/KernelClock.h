@@ -1,0 +1,45 @@
+// LLMIR_CUDA_KERNEL_CLOCK=FILE (measuring; a build configured with
+// `cmake -DLLMIR_CUDA_KERNEL_CLOCK=ON`, off by default: the hook costs the
+// batch-1 GEMV a few spilled registers): where a step's time goes kernel by
+// kernel, in place. No timeline profiler runs on the lent GPU machines (no
+// nsys), and ncu times each kernel alone. Here thread 0 of block 0 of every
+// kernel launched as a programmatic dependent (DependentLaunch.cuh) records
+// the device's global timer as it leaves the wait for the kernels before
+// it, in its grid's slot (%gridid modulo the slot count). The wait of
+// kernel k + 1 returns once kernel k has ended, so the difference of two
+// consecutive releases is what kernel k added to the step, overlaps and
+// all. A CUDA graph's kernel node keeps its grid id across replays: its
+// slot holds its first release and the sum of the later ones' distances
+// from it, so the mean release of each node, and the differences of
+// consecutive nodes' means, are averages over the replays. At exit the clock
+// writes one line a grid (or graph node), in order of first release: first
+// and mean release (ns), runs recorded, grid and block sizes
+// (bench/gpu/kernel_clock.py reads it). Kernels that are not dependent
+// launches (cuBLAS, NCCL, the IPC all-reduce) are not recorded: their time
+// shows in the kernel before them. In a build without the option the
+// variable is ignored, with a warning. A "%p" in FILE becomes the
+// process id (a file a rank).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace llmir::engine::cuda {
+
+class KernelClock {
+public:
+  /// A clock writing to $LLMIR_CUDA_KERNEL_CLOCK, or null when it is unset
+  /// (or the device table cannot be set up: a warning says why).
+  static std::unique_ptr<KernelClock> fromEnvironment();
+  /// Writes the file (after the device finished) and unhooks the kernels.
+  ~KernelClock();
+
+private:
+  KernelClock(std::string path, uint64_t *slots, uint64_t slotCount);
+  std::string path_;
+  uint64_t *slots_; // device memory, 8 words a slot
+  uint64_t slotCount_;
+};
+
+} // namespace llmir::engine::cuda
