@@ -387,22 +387,23 @@ private:
 
 } // namespace
 
-Result<bool> streamIdle(void *stream) {
-  cudaError_t query = cudaStreamQuery(static_cast<cudaStream_t>(stream));
+namespace {
+/// A query's answer: done, not yet, or the error it reported.
+Result<bool> queried(cudaError_t query, const char *what) {
   if (query == cudaSuccess)
     return true;
   if (query == cudaErrorNotReady)
     return false;
-  return cudaError("stream", query);
+  return cudaError(what, query);
+}
+} // namespace
+
+Result<bool> streamIdle(void *stream) {
+  return queried(cudaStreamQuery(static_cast<cudaStream_t>(stream)), "stream");
 }
 
 Result<bool> eventDone(void *event) {
-  cudaError_t query = cudaEventQuery(static_cast<cudaEvent_t>(event));
-  if (query == cudaSuccess)
-    return true;
-  if (query == cudaErrorNotReady)
-    return false;
-  return cudaError("event", query);
+  return queried(cudaEventQuery(static_cast<cudaEvent_t>(event)), "event");
 }
 
 Result<std::unique_ptr<Backend>> createNcclBackend(const RuntimeConfig &config) {
