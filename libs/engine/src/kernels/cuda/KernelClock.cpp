@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -43,6 +44,10 @@ constexpr uint64_t kSlotCount = uint64_t{1} << 18;
 // key (grid id + 1), first release, the sum of later releases past it,
 // runs, grid size, block size (DependentLaunch.cuh)
 constexpr int kWords = 8;
+// The device tables are per process (each translation unit's one copy):
+// the first backend with the variable set records, later ones while it
+// lives do not.
+std::atomic<bool> recording{false};
 } // namespace
 
 std::unique_ptr<KernelClock> KernelClock::fromEnvironment() {
@@ -58,6 +63,11 @@ std::unique_ptr<KernelClock> KernelClock::fromEnvironment() {
                        "(configure with -DLLMIR_CUDA_KERNEL_CLOCK=ON)\n");
   return nullptr;
 #endif
+  if (recording.exchange(true)) {
+    std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: another backend of this process records; "
+                         "this one does not\n");
+    return nullptr;
+  }
   void *slots = nullptr;
   const size_t bytes = kSlotCount * kWords * sizeof(uint64_t);
   if (cudaMalloc(&slots, bytes) != cudaSuccess || cudaMemset(slots, 0, bytes) != cudaSuccess ||
@@ -66,6 +76,7 @@ std::unique_ptr<KernelClock> KernelClock::fromEnvironment() {
                  cudaGetErrorString(cudaGetLastError()));
     if (slots)
       cudaFree(slots);
+    recording = false;
     return nullptr;
   }
   return std::unique_ptr<KernelClock>(
@@ -82,6 +93,7 @@ KernelClock::~KernelClock() {
                                cudaMemcpyDeviceToHost) == cudaSuccess;
   detail::setKernelClock(nullptr, 0);
   cudaFree(slots_);
+  recording = false;
   std::FILE *out = read ? std::fopen(path_.c_str(), "w") : nullptr;
   if (!out) {
     std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: could not %s %s\n",

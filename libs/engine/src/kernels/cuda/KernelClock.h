@@ -18,7 +18,8 @@
 // launches (cuBLAS, NCCL, the IPC all-reduce) are not recorded: their time
 // shows in the kernel before them. In a build without the option the
 // variable is ignored, with a warning. A "%p" in FILE becomes the
-// process id (a file a rank).
+// process id (a file a rank). One backend of a process records at a time
+// (the device tables are the process's): the first created while none is.
 #pragma once
 
 #include <cstdint>
