@@ -16,6 +16,15 @@ Status cudaError(const std::string &what, cudaError_t error) {
   return Status::error(what + ": " + cudaGetErrorString(error));
 }
 
+/// A stream's or event's query read: done, not yet, or the error it reported.
+Result<bool> queried(cudaError_t query, const char *what) {
+  if (query == cudaSuccess)
+    return true;
+  if (query == cudaErrorNotReady)
+    return false;
+  return cudaError(what, query);
+}
+
 Status ncclError(const std::string &what, ncclResult_t result) {
   return Status::error(what + ": " + ncclGetErrorString(result));
 }
@@ -211,11 +220,11 @@ private:
       if (async != ncclSuccess && async != ncclInProgress)
         return fail(ncclError("nccl: communicator error", async));
       if (async == ncclSuccess) {
-        cudaError_t query = cudaStreamQuery(stream);
-        if (query == cudaSuccess)
+        const Result<bool> idle = queried(cudaStreamQuery(stream), "nccl: stream");
+        if (!idle)
+          return fail(idle.status());
+        if (*idle)
           return Status::ok();
-        if (query != cudaErrorNotReady)
-          return fail(cudaError("nccl: stream", query));
       }
       if (std::chrono::steady_clock::now() > deadline)
         return fail(Status::error(std::string("nccl: ") + what + " did not complete within " +
@@ -385,17 +394,6 @@ private:
   std::chrono::milliseconds timeout_;
 };
 
-} // namespace
-
-namespace {
-/// A query's answer: done, not yet, or the error it reported.
-Result<bool> queried(cudaError_t query, const char *what) {
-  if (query == cudaSuccess)
-    return true;
-  if (query == cudaErrorNotReady)
-    return false;
-  return cudaError(what, query);
-}
 } // namespace
 
 Result<bool> streamIdle(void *stream) {

@@ -539,10 +539,8 @@ public:
                                                 static_cast<size_t>(rows) * sizeof(int32_t),
                                                 cudaMemcpyDeviceToHost, stream()),
                                 "reading greedy ids"));
-    const auto waitBegan = std::chrono::steady_clock::now();
-    LLMIR_RETURN_IF_ERROR(waitStream("reading greedy ids"));
-    if (hostTimes_.on && hostTimes_.replayed)
-      hostTimes_.waiting += secondsSince(waitBegan);
+    LLMIR_RETURN_IF_ERROR(waitingForIds(hostTimes_.replayed,
+                                        [&] { return waitStream("reading greedy ids"); }));
     return std::vector<int32_t>(hostIds_.data, hostIds_.data + rows);
   }
 
@@ -588,10 +586,8 @@ public:
       return Status::error("collectArgmaxRows: nothing launched");
     LaunchedIds &launched = launchedIds_[launchedTurns_.front()];
     launchedTurns_.pop_front();
-    const auto waitBegan = std::chrono::steady_clock::now();
-    LLMIR_RETURN_IF_ERROR(waitEvent(launched.arrived, "reading greedy ids"));
-    if (hostTimes_.on && launched.replayed)
-      hostTimes_.waiting += secondsSince(waitBegan);
+    LLMIR_RETURN_IF_ERROR(waitingForIds(
+        launched.replayed, [&] { return waitEvent(launched.arrived, "reading greedy ids"); }));
     return std::vector<int32_t>(launched.host.data, launched.host.data + launched.rows);
   }
 
@@ -1783,6 +1779,16 @@ private:
   } hostTimes_;
   static double secondsSince(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  }
+  /// `wait` for a step's greedy ids, its time counted in hostTimes_.waiting
+  /// when measuring and the step's graph was replayed.
+  template <typename Wait> Status waitingForIds(bool replayed, Wait &&wait) {
+    if (!hostTimes_.on || !replayed)
+      return wait();
+    const auto began = std::chrono::steady_clock::now();
+    const Status waited = wait();
+    hostTimes_.waiting += secondsSince(began);
+    return waited;
   }
   std::vector<bool> linearSwiglu_, swigluComputedEarlier_;
   std::vector<bool> ropeStore_, keysStored_, rotatedQueriesUnread_; // planRopeStores

@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <unistd.h>
-#include <vector>
 
 namespace llmir::engine::cuda {
 namespace detail {
@@ -79,15 +79,14 @@ std::unique_ptr<KernelClock> KernelClock::fromEnvironment() {
     recording = false;
     return nullptr;
   }
-  return std::unique_ptr<KernelClock>(
-      new KernelClock(path, static_cast<uint64_t *>(slots), kSlotCount));
+  return std::unique_ptr<KernelClock>(new KernelClock(path, static_cast<uint64_t *>(slots)));
 }
 
-KernelClock::KernelClock(std::string path, uint64_t *slots, uint64_t slotCount)
-    : path_(std::move(path)), slots_(slots), slotCount_(slotCount) {}
+KernelClock::KernelClock(std::string path, uint64_t *slots)
+    : path_(std::move(path)), slots_(slots) {}
 
 KernelClock::~KernelClock() {
-  std::vector<uint64_t> host(slotCount_ * kWords);
+  std::vector<uint64_t> host(kSlotCount * kWords);
   const bool read = cudaDeviceSynchronize() == cudaSuccess &&
                     cudaMemcpy(host.data(), slots_, host.size() * sizeof(uint64_t),
                                cudaMemcpyDeviceToHost) == cudaSuccess;
@@ -105,7 +104,7 @@ KernelClock::~KernelClock() {
     double mean;
   };
   std::vector<Grid> grids;
-  for (uint64_t i = 0; i < slotCount_; ++i) {
+  for (uint64_t i = 0; i < kSlotCount; ++i) {
     const uint64_t *slot = &host[i * kWords];
     if (slot[0] != 0 && slot[3] != 0)
       grids.push_back({slot[1], slot[3], slot[4], slot[5],

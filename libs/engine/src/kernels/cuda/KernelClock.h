@@ -37,10 +37,9 @@ public:
   ~KernelClock();
 
 private:
-  KernelClock(std::string path, uint64_t *slots, uint64_t slotCount);
+  KernelClock(std::string path, uint64_t *slots);
   std::string path_;
-  uint64_t *slots_; // device memory, 8 words a slot
-  uint64_t slotCount_;
+  uint64_t *slots_; // device memory: KernelClock.cpp's kSlotCount slots of 8 words
 };
 
 } // namespace llmir::engine::cuda
