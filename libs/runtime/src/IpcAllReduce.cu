@@ -342,16 +342,24 @@ __global__ void __launch_bounds__(kThreads) oneShotAddRmsNormKernel(KernelArgs a
     return;
   const size_t half = (call & 1) * a.halfUnits;
   const size_t slot = size_t(n.rows) * n.widthUnits; // one sender's rows
+  // Each loop's loads are issued before its stores: a store between two
+  // loads (pointers the compiler cannot tell apart) kept the next load
+  // behind it, one memory latency a unit a thread.
   for (int r = blockIdx.x; r < n.rows; r += gridDim.x) {
     const size_t row = size_t(r) * n.widthUnits;
+    float4 v[kNormUnitsPerThread];
 #pragma unroll
     for (int j = 0; j < kNormUnitsPerThread; ++j) {
       const int u = threadIdx.x + j * kThreads;
-      if (u < n.widthUnits) {
-        const float4 v = n.partial[row + u];
+      if (u < n.widthUnits)
+        v[j] = n.partial[row + u];
+    }
+#pragma unroll
+    for (int j = 0; j < kNormUnitsPerThread; ++j) {
+      const int u = threadIdx.x + j * kThreads;
+      if (u < n.widthUnits)
         for (int p = 0; p < a.ranks; ++p)
-          a.buffers[p][half + a.rank * slot + row + u] = v;
-      }
+          a.buffers[p][half + a.rank * slot + row + u] = v[j];
     }
   }
   if (!barrier(a, 2 * call))
@@ -360,7 +368,6 @@ __global__ void __launch_bounds__(kThreads) oneShotAddRmsNormKernel(KernelArgs a
   for (int r = blockIdx.x; r < n.rows; r += gridDim.x) {
     const size_t row = size_t(r) * n.widthUnits;
     float4 h[kNormUnitsPerThread];
-    double sum = 0.0;
 #pragma unroll
     for (int j = 0; j < kNormUnitsPerThread; ++j) {
       const int u = threadIdx.x + j * kThreads;
@@ -376,6 +383,13 @@ __global__ void __launch_bounds__(kThreads) oneShotAddRmsNormKernel(KernelArgs a
           if (p < a.ranks)
             total = add(total, v[p]);
         h[j] = add(total, n.residual[row + u]);
+      }
+    }
+    double sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < kNormUnitsPerThread; ++j) {
+      const int u = threadIdx.x + j * kThreads;
+      if (u < n.widthUnits) {
         n.sum[row + u] = h[j];
         sum += squares(h[j]);
       }

@@ -374,8 +374,10 @@ TEST_F(BackendOps, ResidualNormBetweenProducts) {
     int64_t H, K; // the producer: [H, K]; the consumers read H
   };
   // The 1.1B shape's O (K = H) and down (K = 5,632); the 8B down (K =
-  // 14,336: 16-row blocks); a small one.
-  for (const Shape s : {Shape{2048, 2048}, Shape{2048, 5632}, Shape{4096, 14336}, Shape{96, 40}}) {
+  // 14,336: 16-row blocks); a small one; a wide row whose staging takes
+  // several batches a thread and a partial last one (H = 8,704).
+  for (const Shape s : {Shape{2048, 2048}, Shape{2048, 5632}, Shape{4096, 14336}, Shape{96, 40},
+                        Shape{8704, 64}}) {
     const std::string shape = "H=" + std::to_string(s.H) + " K=" + std::to_string(s.K);
     const PackedBf16Weights producer({s.H}, s.K, rng_);
     const PackedBf16Weights consumer({s.H / 2, 32, 32, 3 * s.H / 4, 3 * s.H / 4}, s.H, rng_);

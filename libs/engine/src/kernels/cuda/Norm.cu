@@ -39,6 +39,11 @@ __device__ float inverseRms(double sum, int64_t H, float eps) {
 // (written by no kernel) are loaded before the dependent-launch wait, so
 // the only memory latency after it is the row's, and the row is not read
 // twice. The arithmetic is the loop's, element for element.
+// load(i) reads element i; keep(i, h) stores what the row's instruction
+// writes besides the norm (the residual sum), once every load is issued: a
+// store between two loads through pointers the compiler cannot tell apart
+// kept the next load behind it, one memory latency an element a thread (4
+// at an 8B shape's decode norm).
 constexpr int kNormPerThread = 8;
 
 // y[i] = v, and with hi its bf16 halves for the product that reads y,
@@ -51,9 +56,9 @@ __device__ __forceinline__ void storeNormed(float *y, __nv_bfloat16 *hi, __nv_bf
     splitOne(v, hi[i], lo ? &lo[i] : nullptr);
 }
 
-template <typename Row>
-__device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const float *weight,
-                                                     float eps, float *y,
+template <typename Load, typename Keep>
+__device__ __forceinline__ void normalizeInRegisters(Load load, Keep keep, int64_t H,
+                                                     const float *weight, float eps, float *y,
                                                      __nv_bfloat16 *hi = nullptr,
                                                      __nv_bfloat16 *lo = nullptr) {
   float w[kNormPerThread], h[kNormPerThread];
@@ -63,12 +68,18 @@ __device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const f
     w[j] = i < H ? weight[i] : 0.0f;
   }
   beginDependentKernel();
+#pragma unroll
+  for (int j = 0; j < kNormPerThread; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i < H)
+      h[j] = load(i);
+  }
   double sum = 0.0;
 #pragma unroll
   for (int j = 0; j < kNormPerThread; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
     if (i < H) {
-      h[j] = row(i);
+      keep(i, h[j]);
       sum += static_cast<double>(h[j]) * h[j];
     }
   }
@@ -86,8 +97,8 @@ __device__ __forceinline__ void normalizeInRegisters(Row row, int64_t H, const f
 // double, element by element in each vector's order). A prefill's rows
 // (many tokens) take it: with 4-byte accesses a 2,048-token prefill of the
 // 1.1B shape moved ~2.7 TB/s in addRmsNorm (28 us a call, 44 a prefill).
-template <typename Row4>
-__device__ __forceinline__ void normalizeVectorsInRegisters(Row4 row, int64_t H,
+template <typename Load4, typename Keep4>
+__device__ __forceinline__ void normalizeVectorsInRegisters(Load4 load, Keep4 keep, int64_t H,
                                                             const float *weight, float eps,
                                                             float *y, __nv_bfloat16 *hi,
                                                             __nv_bfloat16 *lo) {
@@ -100,12 +111,18 @@ __device__ __forceinline__ void normalizeVectorsInRegisters(Row4 row, int64_t H,
     w[j] = q < vectors ? reinterpret_cast<const float4 *>(weight)[q] : make_float4(0, 0, 0, 0);
   }
   beginDependentKernel();
+#pragma unroll
+  for (int j = 0; j < kVectors; ++j) {
+    const int64_t q = threadIdx.x + int64_t(j) * blockDim.x;
+    if (q < vectors)
+      h[j] = load(q);
+  }
   double sum = 0.0;
 #pragma unroll
   for (int j = 0; j < kVectors; ++j) {
     const int64_t q = threadIdx.x + int64_t(j) * blockDim.x;
     if (q < vectors) {
-      h[j] = row(q);
+      keep(q, h[j]);
       sum += static_cast<double>(h[j].x) * h[j].x;
       sum += static_cast<double>(h[j].y) * h[j].y;
       sum += static_cast<double>(h[j].z) * h[j].z;
@@ -132,8 +149,8 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
                               float eps, float *y) {
   const float *row = x + blockIdx.x * H;
   if (H <= kNormPerThread * int64_t(blockDim.x))
-    return normalizeInRegisters([&](int64_t i) { return row[i]; }, H, weight, eps,
-                                y + blockIdx.x * H);
+    return normalizeInRegisters([&](int64_t i) { return row[i]; }, [](int64_t, float) {}, H,
+                                weight, eps, y + blockIdx.x * H);
   beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
@@ -167,19 +184,14 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
         [&](int64_t q) {
           const float4 x = reinterpret_cast<const float4 *>(a + base)[q];
           const float4 r = reinterpret_cast<const float4 *>(b + base)[q];
-          const float4 h = make_float4(x.x + r.x, x.y + r.y, x.z + r.z, x.w + r.w);
-          reinterpret_cast<float4 *>(sumOut + base)[q] = h;
-          return h;
+          return make_float4(x.x + r.x, x.y + r.y, x.z + r.z, x.w + r.w);
         },
-        H, weight, eps, y ? y + base : nullptr, hi, lo);
+        [&](int64_t q, float4 h) { reinterpret_cast<float4 *>(sumOut + base)[q] = h; }, H,
+        weight, eps, y ? y + base : nullptr, hi, lo);
   if (H <= kNormPerThread * int64_t(blockDim.x))
-    return normalizeInRegisters(
-        [&](int64_t i) {
-          const float h = a[base + i] + b[base + i];
-          sumOut[base + i] = h;
-          return h;
-        },
-        H, weight, eps, y ? y + base : nullptr, hi, lo);
+    return normalizeInRegisters([&](int64_t i) { return a[base + i] + b[base + i]; },
+                                [&](int64_t i, float h) { sumOut[base + i] = h; }, H, weight,
+                                eps, y ? y + base : nullptr, hi, lo);
   beginDependentKernel();
   double sum = 0.0;
 #pragma unroll 8
