@@ -14,29 +14,40 @@ clock does not see that run after it (cuBLAS, NCCL, the IPC all-reduce).
 
 --names labels the kernels of one period of the step (a layer) in order,
 from the first node where the shapes repeat with that period; the summary
-adds up each label over the layers.
+adds up each label over the layers. Files with marks (recordKernelMark:
+when block 0 of a kernel reached each of its marks 0-7, mean us past its
+release) get a table of them a label (or a node, without --names).
 """
 import argparse
 import collections
 import sys
 
 HEADER = ["first_release_ns", "mean_release_past_first_ns", "runs", "grid", "block"]
-Node = collections.namedtuple("Node", "release runs grid block")
+MARKS = [f"mark{m}_ns" for m in range(8)]
+# marks: mean ns past the release at which block 0 reached each mark (0: none)
+Node = collections.namedtuple("Node", "release runs grid block marks")
 
 
 def read_clock(text):
     """The file's grids as Nodes (mean release in ns), in order of first release."""
     lines = text.splitlines()
-    if not lines or lines[0].split() != HEADER:
+    header = lines[0].split() if lines else []
+    if header not in (HEADER, HEADER + MARKS):
         raise ValueError(f"not a kernel clock file (header {lines[0] if lines else 'missing'!r})")
     nodes = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
-        if len(fields) != len(HEADER):
-            raise ValueError(f"line {number}: {len(fields)} fields, expected {len(HEADER)}")
-        first, mean, runs, grid, block = fields
-        nodes.append(Node(int(first) + float(mean), int(runs), int(grid), int(block)))
+        if len(fields) != len(header):
+            raise ValueError(f"line {number}: {len(fields)} fields, expected {len(header)}")
+        first, mean, runs, grid, block = fields[:5]
+        marks = tuple(float(f) for f in fields[5:])
+        nodes.append(Node(int(first) + float(mean), int(runs), int(grid), int(block), marks))
     return nodes
+
+
+def marks_of(node):
+    """{mark: us past the release} for the marks the node's kernel reached."""
+    return {m: ns / 1e3 for m, ns in enumerate(node.marks) if ns > 0}
 
 
 def replayed_nodes(nodes):
@@ -73,6 +84,23 @@ def layer_table(nodes, names):
     return table, shape_of, sum(added[:start]) + sum(added[end:])
 
 
+def layer_marks(nodes, table, names):
+    """{label: {mark: us}} averaged over the layers, for labels with marks."""
+    period = len(names)
+    shapes = [(n.grid, n.block) for n in nodes]
+    start = next(i for i in range(len(nodes) - 2 * period)
+                 if all(shapes[j] == shapes[j + period] for j in range(i, i + period)))
+    layers = len(next(iter(table.values())))
+    result = collections.OrderedDict()
+    for k, name in enumerate(names):
+        sums = collections.Counter()
+        for layer in range(layers):
+            sums.update(marks_of(nodes[start + layer * period + k]))
+        if sums:
+            result[name] = {m: sums[m] / layers for m in sorted(sums)}
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clock")
@@ -95,6 +123,11 @@ def main():
             print(f"{label} | {grid} x {block} | {sum(values) / len(values) / 1e3:.2f} | "
                   f"{len(values)} | {sum(values) / 1e3:.1f}")
         print(f"before and after the layers | | | | {others / 1e3:.1f}")
+        marked = layer_marks(nodes, table, names)
+        if marked:
+            print("\nkernel | its marks, us past its release (mean over layers)")
+            for label, marks in marked.items():
+                print(f"{label} | " + ", ".join(f"{m}: {us:.2f}" for m, us in marks.items()))
     print("\nnode | grid x block | added (us)")
     for i, (node, ns) in enumerate(zip(nodes, added)):
         print(f"{i} | {node.grid} x {node.block} | {ns / 1e3:.2f}")

@@ -50,7 +50,32 @@ def main():
           "\ngate-up | 704 x 256 | 15.88 | 22 | 349.4\n" in proc.stdout,
           f"the script's output: {proc.stdout[:300]} {proc.stderr}")
 
+    # The same file as a build with marks writes it: the attention's (32
+    # blocks) at 1 and 2.5 us past its release, no marks elsewhere.
+    lines = open(fixture).read().splitlines()
+    marked = ["\t".join(lines[0].split() + kc.MARKS)]
+    for line in lines[1:]:
+        grid = int(line.split()[3])
+        marks = ["1000.0", "2500.0"] if grid == 32 else ["0.0", "0.0"]
+        marked.append("\t".join(line.split() + marks + ["0.0"] * 6))
+    marked_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kernel-clock-marks-{os.getpid()}.tsv")
+    with open(marked_path, "w") as f:
+        f.write("\n".join(marked) + "\n")
+    try:
+        names = ["qkv", "attention", "o", "gate-up", "down"]
+        mgraph, _ = kc.replayed_nodes(kc.read_clock(open(marked_path).read()))
+        mtable, _, _ = kc.layer_table(mgraph, names)
+        marks = kc.layer_marks(mgraph, mtable, names)
+        check(marks == {"attention": {0: 1.0, 1: 2.5}}, f"marks {marks}")
+        proc = subprocess.run([sys.executable, script, marked_path, "--names", ",".join(names)],
+                              capture_output=True, text=True)
+        check(proc.returncode == 0 and "\nattention | 0: 1.00, 1: 2.50\n" in proc.stdout,
+              f"the script's marks: {proc.stdout[-400:]} {proc.stderr}")
+    finally:
+        os.unlink(marked_path)
+
     for bad, why in (("no header\n1 2 3\n", "not a kernel clock file"),
+                     ("\t".join(kc.HEADER + kc.MARKS[:3]) + "\n", "not a kernel clock file"),
                      ("\t".join(kc.HEADER) + "\n1\t2\t3\n", "line 2: 3 fields"),
                      ("\t".join(kc.HEADER) + "\n1\t0.0\t1\t8\t256\n", "no replayed graph nodes")):
         try:

@@ -590,6 +590,7 @@ __device__ void mergeCluster(const float *partialOut, const float *partialLse, i
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync(); // every split's partial is in its shared memory
+  recordKernelMark(6);
   const int outputs = heads * D, share = (outputs + splits - 1) / splits;
   const int first = static_cast<int>(cluster.block_rank()) * share;
   const auto inSplit = [&](const float *p, int r) {
@@ -751,6 +752,10 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
       }
     }
   }
+  // Kernel clock marks (block 0, the first chunk; nothing in other builds):
+  // 0 the queries read, 1 the chunk's rows in shared memory, 2 the scores,
+  // 3 the softmax, 4 the values, 5-7 the cluster merge (mergeCluster).
+  recordKernelMark(0);
   if (tid < kMaxGroup) {
     headMax[tid] = -INFINITY;
     headSum[tid] = 0.0f;
@@ -820,6 +825,8 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
     }
     waitAsyncCopies();
     __syncthreads();
+    if (chunk == begin)
+      recordKernelMark(1);
     // Scores, consecutive threads on consecutive keys of one head (the
     // query read is a broadcast, the key rows distinct banks), over the
     // chunk's keys rounded up to 32 (whole warps past n skip, where
@@ -877,6 +884,8 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
       score[h * kKeys + j] = dot;
     }
     __syncthreads();
+    if (chunk == begin)
+      recordKernelMark(2);
     // One warp a head: the chunk's maximum, the running sum's correction,
     // and the scores turned into unnormalised probabilities.
     for (int h = warp; h < heads; h += kGroupThreads / 32) {
@@ -902,6 +911,8 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
       }
     }
     __syncthreads();
+    if (chunk == begin)
+      recordKernelMark(3);
     // The scores no longer need this chunk's rows: the next chunk's are
     // looked up while the values are summed.
     if (chunk + kKeys < end)
@@ -958,6 +969,7 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
     }
     __syncthreads(); // before the next chunk's copies overwrite the tiles
   }
+  recordKernelMark(4);
   if constexpr (!kMma)
     for (int offset = itemsPerWarp; offset < 32; offset *= 2) {
 #pragma unroll
@@ -993,8 +1005,10 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
     });
     if (tid < heads)
       partialLse[tid] = headSum[tid] > 0.0f ? headMax[tid] + logf(headSum[tid]) : -INFINITY;
+    recordKernelMark(5);
     mergeCluster<D>(query, partialLse, static_cast<int>(g.splits), static_cast<int>(heads),
                     g.mergedOut + (r * g.numHeads + firstHead) * D);
+    recordKernelMark(7);
     return;
   }
   eachOutput([&](int h, int d, float sum) {

@@ -34,11 +34,17 @@ namespace llmir::engine::cuda::detail {
 // when it left the wait, in the grid's slot (%gridid modulo the slot count;
 // the key tells a grid from one that took its slot before). A CUDA graph's
 // kernel keeps its grid id from replay to replay: its slot sums them.
+// recordKernelMark(m) adds, in the same slot, how long after that release
+// block 0 reached mark m of its kernel (where one kernel's time goes).
 namespace {
 struct KernelClockTable {
-  unsigned long long *slots = nullptr; // 8 words a slot: KernelClock.cpp
+  unsigned long long *slots = nullptr; // kKernelClockWords words a slot: KernelClock.cpp
   unsigned long long mask = 0;         // slot count - 1
 };
+constexpr int kKernelClockWords = 16;
+constexpr int kKernelClockMarks = 8; // words 8 .. 15
+// Block 0's release in this run, for its marks (thread 0 writes and reads it).
+__shared__ unsigned long long kernelClockReleased;
 __device__ KernelClockTable kernelClockTable; // this unit's copy
 
 int setThisUnitsKernelClock(void *slots, uint64_t mask) {
@@ -57,7 +63,8 @@ __device__ __forceinline__ void recordKernelClock() {
   unsigned long long released, grid;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(released));
   asm("mov.u64 %0, %%gridid;" : "=l"(grid));
-  unsigned long long *slot = slots + 8 * (grid & kernelClockTable.mask);
+  kernelClockReleased = released;
+  unsigned long long *slot = slots + kKernelClockWords * (grid & kernelClockTable.mask);
   const unsigned long long held = atomicCAS(slot, 0ull, grid + 1);
   if (held == 0) { // this grid's first run: its release and shape
     slot[1] = released;
@@ -71,6 +78,25 @@ __device__ __forceinline__ void recordKernelClock() {
 }
 } // namespace
 #endif
+
+/// Mark `mark` (0 .. 7) of a dependent kernel, after its wait: in a build
+/// with the kernel clock, block 0 adds how long past its release it got
+/// here to its grid's slot (KernelClock.h); otherwise nothing.
+__device__ __forceinline__ void recordKernelMark([[maybe_unused]] int mark) {
+#if defined(LLMIR_CUDA_KERNEL_CLOCK)
+  if ((threadIdx.x | threadIdx.y | threadIdx.z | blockIdx.x | blockIdx.y | blockIdx.z) != 0)
+    return;
+  unsigned long long *slots = kernelClockTable.slots;
+  if (!slots || mark < 0 || mark >= kKernelClockMarks)
+    return;
+  unsigned long long now, grid;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  asm("mov.u64 %0, %%gridid;" : "=l"(grid));
+  unsigned long long *slot = slots + kKernelClockWords * (grid & kernelClockTable.mask);
+  if (*reinterpret_cast<volatile unsigned long long *>(slot) == grid + 1)
+    atomicAdd(slot + kKernelClockWords - kKernelClockMarks + mark, now - kernelClockReleased);
+#endif
+}
 
 __device__ __forceinline__ void waitForPrecedingKernels() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

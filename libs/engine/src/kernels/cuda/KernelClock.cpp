@@ -39,11 +39,13 @@ int setKernelClock(void *slots, uint64_t mask) {
 } // namespace detail
 
 namespace {
-// 2^18 slots (16 MiB): a few thousand decode steps of ~300 kernels.
+// 2^18 slots (32 MiB): a few thousand decode steps of ~300 kernels.
 constexpr uint64_t kSlotCount = uint64_t{1} << 18;
 // key (grid id + 1), first release, the sum of later releases past it,
-// runs, grid size, block size (DependentLaunch.cuh)
-constexpr int kWords = 8;
+// runs, grid size, block size, two unused, then the sums of kMarks marks'
+// times past the release (DependentLaunch.cuh's kKernelClockWords)
+constexpr int kWords = 16;
+constexpr int kMarks = 8;
 // The device tables are per process (each translation unit's one copy):
 // the first backend with the variable set records, later ones while it
 // lives do not.
@@ -102,21 +104,33 @@ KernelClock::~KernelClock() {
   struct Grid {
     uint64_t first, runs, size, block;
     double mean;
+    double marks[kMarks]; // mean ns past the release; 0: not marked
   };
   std::vector<Grid> grids;
   for (uint64_t i = 0; i < kSlotCount; ++i) {
     const uint64_t *slot = &host[i * kWords];
-    if (slot[0] != 0 && slot[3] != 0)
-      grids.push_back({slot[1], slot[3], slot[4], slot[5],
-                       static_cast<double>(slot[2]) / static_cast<double>(slot[3])});
+    if (slot[0] == 0 || slot[3] == 0)
+      continue;
+    const double runs = static_cast<double>(slot[3]);
+    Grid g{slot[1], slot[3], slot[4], slot[5], static_cast<double>(slot[2]) / runs, {}};
+    for (int m = 0; m < kMarks; ++m)
+      g.marks[m] = static_cast<double>(slot[kWords - kMarks + m]) / runs;
+    grids.push_back(g);
   }
   std::sort(grids.begin(), grids.end(),
             [](const Grid &a, const Grid &b) { return a.first < b.first; });
-  std::fprintf(out, "first_release_ns\tmean_release_past_first_ns\truns\tgrid\tblock\n");
-  for (const Grid &g : grids)
-    std::fprintf(out, "%llu\t%.1f\t%llu\t%llu\t%llu\n", (unsigned long long)g.first, g.mean,
+  std::fprintf(out, "first_release_ns\tmean_release_past_first_ns\truns\tgrid\tblock");
+  for (int m = 0; m < kMarks; ++m)
+    std::fprintf(out, "\tmark%d_ns", m);
+  std::fprintf(out, "\n");
+  for (const Grid &g : grids) {
+    std::fprintf(out, "%llu\t%.1f\t%llu\t%llu\t%llu", (unsigned long long)g.first, g.mean,
                  (unsigned long long)g.runs, (unsigned long long)g.size,
                  (unsigned long long)g.block);
+    for (double mark : g.marks)
+      std::fprintf(out, "\t%.1f", mark);
+    std::fprintf(out, "\n");
+  }
   std::fclose(out);
   std::fprintf(stderr, "LLMIR_CUDA_KERNEL_CLOCK: %zu grids written to %s\n", grids.size(),
                path_.c_str());

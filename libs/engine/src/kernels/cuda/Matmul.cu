@@ -278,6 +278,7 @@ __global__ void __launch_bounds__(Warps * 32,
     __syncthreads();
     xs = reinterpret_cast<const float *>(staged);
   }
+  recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
   double square = 0.0;
@@ -325,6 +326,7 @@ __global__ void __launch_bounds__(Warps * 32,
   }
   if (produces)
     storeSquares<Warps>(segments.produce, square);
+  recordKernelMark(1); // the block's rows written
 }
 
 // Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
