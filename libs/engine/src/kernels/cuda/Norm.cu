@@ -83,13 +83,16 @@ __device__ __forceinline__ void normalizeInRegisters(Load load, Keep keep, int64
       sum += static_cast<double>(h[j]) * h[j];
     }
   }
+  recordKernelMark(0); // kernel clock builds (block 0): the row read
   const float scale = inverseRms(sum, H, eps);
+  recordKernelMark(1); // its scale
 #pragma unroll
   for (int j = 0; j < kNormPerThread; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
     if (i < H)
       storeNormed(y, hi, lo, i, w[j] * (h[j] * scale));
   }
+  recordKernelMark(2); // the normed row stored
 }
 
 // normalizeInRegisters with 16-byte loads and stores, four elements a
