@@ -64,16 +64,23 @@ def added_times(nodes):
     return [b.release - a.release for a, b in zip(nodes, nodes[1:])]
 
 
+def period_start(nodes, period):
+    """The first node from which the shapes repeat with `period` (a layer's kernels)."""
+    shapes = [(n.grid, n.block) for n in nodes]
+    start = next((i for i in range(len(nodes) - 2 * period)
+                  if all(shapes[j] == shapes[j + period] for j in range(i, i + period))), None)
+    if start is None:
+        raise ValueError(f"no period of {period} kernels in the step's shapes")
+    return start
+
+
 def layer_table(nodes, names):
     """{label: [ns added, one a layer]} over the layers (the nodes whose shapes
     repeat with len(names)'s period), and the ns added before and after them."""
     period = len(names)
     added = added_times(nodes)
     shapes = [(n.grid, n.block) for n in nodes]
-    start = next((i for i in range(len(nodes) - 2 * period)
-                  if all(shapes[j] == shapes[j + period] for j in range(i, i + period))), None)
-    if start is None:
-        raise ValueError(f"no period of {period} kernels in the step's shapes")
+    start = period_start(nodes, period)
     end = start
     while end + period <= len(added) and shapes[end:end + period] == shapes[start:start + period]:
         end += period
@@ -86,10 +93,7 @@ def layer_table(nodes, names):
 
 def layer_marks(nodes, table, names):
     """{label: {mark: us}} averaged over the layers, for labels with marks."""
-    period = len(names)
-    shapes = [(n.grid, n.block) for n in nodes]
-    start = next(i for i in range(len(nodes) - 2 * period)
-                 if all(shapes[j] == shapes[j + period] for j in range(i, i + period)))
+    period, start = len(names), period_start(nodes, len(names))
     layers = len(next(iter(table.values())))
     result = collections.OrderedDict()
     for k, name in enumerate(names):

@@ -13,10 +13,10 @@
 // from it, so the mean release of each node, and the differences of
 // consecutive nodes' means, are averages over the replays. At exit the clock
 // writes one line a grid (or graph node), in order of first release: first
-// and mean release (ns), runs recorded, grid and block sizes, and the mean
-// time past the release at which block 0 reached each of the kernel's
-// marks 0-7 (recordKernelMark; 0 where it has none) (bench/gpu/kernel_clock.py
-// reads it). Kernels that are not dependent
+// and mean release (ns), runs recorded, grid and block sizes, and for each
+// of the kernel's marks 0-7 (recordKernelMark) the mean time past the
+// release at which block 0 reached it, 0 where it has none
+// (bench/gpu/kernel_clock.py reads it). Kernels that are not dependent
 // launches (cuBLAS, NCCL, the IPC all-reduce) are not recorded: their time
 // shows in the kernel before them. In a build without the option the
 // variable is ignored, with a warning. A "%p" in FILE becomes the
