@@ -38,11 +38,9 @@ namespace llmir::engine::cuda::detail {
 // block 0 reached mark m of its kernel (where one kernel's time goes).
 namespace {
 struct KernelClockTable {
-  unsigned long long *slots = nullptr; // kKernelClockWords words a slot: KernelClock.cpp
+  unsigned long long *slots = nullptr; // kKernelClockWords words a slot (Launch.h)
   unsigned long long mask = 0;         // slot count - 1
 };
-constexpr int kKernelClockWords = 16;
-constexpr int kKernelClockMarks = 8; // words 8 .. 15
 // Block 0's release in this run, for its marks (thread 0 writes and reads it).
 __shared__ unsigned long long kernelClockReleased;
 __device__ KernelClockTable kernelClockTable; // this unit's copy
@@ -54,17 +52,26 @@ int setThisUnitsKernelClock(void *slots, uint64_t mask) {
 [[maybe_unused]] const bool kernelClockRegistered =
     (registerKernelClockSetter(&setThisUnitsKernelClock), true);
 
-__device__ __forceinline__ void recordKernelClock() {
+// The grid's slot and id, and the global timer, for thread 0 of block 0
+// while the table is set; null otherwise.
+__device__ __forceinline__ unsigned long long *kernelClockSlot(unsigned long long &grid,
+                                                               unsigned long long &now) {
   if ((threadIdx.x | threadIdx.y | threadIdx.z | blockIdx.x | blockIdx.y | blockIdx.z) != 0)
-    return;
+    return nullptr;
   unsigned long long *slots = kernelClockTable.slots;
   if (!slots)
-    return;
-  unsigned long long released, grid;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(released));
+    return nullptr;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
   asm("mov.u64 %0, %%gridid;" : "=l"(grid));
+  return slots + kKernelClockWords * (grid & kernelClockTable.mask);
+}
+
+__device__ __forceinline__ void recordKernelClock() {
+  unsigned long long grid, released;
+  unsigned long long *slot = kernelClockSlot(grid, released);
+  if (!slot)
+    return;
   kernelClockReleased = released;
-  unsigned long long *slot = slots + kKernelClockWords * (grid & kernelClockTable.mask);
   const unsigned long long held = atomicCAS(slot, 0ull, grid + 1);
   if (held == 0) { // this grid's first run: its release and shape
     slot[1] = released;
@@ -84,16 +91,11 @@ __device__ __forceinline__ void recordKernelClock() {
 /// here to its grid's slot (KernelClock.h); otherwise nothing.
 __device__ __forceinline__ void recordKernelMark([[maybe_unused]] int mark) {
 #if defined(LLMIR_CUDA_KERNEL_CLOCK)
-  if ((threadIdx.x | threadIdx.y | threadIdx.z | blockIdx.x | blockIdx.y | blockIdx.z) != 0)
+  if (mark < 0 || mark >= kKernelClockMarks)
     return;
-  unsigned long long *slots = kernelClockTable.slots;
-  if (!slots || mark < 0 || mark >= kKernelClockMarks)
-    return;
-  unsigned long long now, grid;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-  asm("mov.u64 %0, %%gridid;" : "=l"(grid));
-  unsigned long long *slot = slots + kKernelClockWords * (grid & kernelClockTable.mask);
-  if (*reinterpret_cast<volatile unsigned long long *>(slot) == grid + 1)
+  unsigned long long grid, now;
+  unsigned long long *slot = kernelClockSlot(grid, now);
+  if (slot && *reinterpret_cast<volatile unsigned long long *>(slot) == grid + 1)
     atomicAdd(slot + kKernelClockWords - kKernelClockMarks + mark, now - kernelClockReleased);
 #endif
 }

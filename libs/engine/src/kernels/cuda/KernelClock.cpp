@@ -41,11 +41,9 @@ int setKernelClock(void *slots, uint64_t mask) {
 namespace {
 // 2^18 slots (32 MiB): a few thousand decode steps of ~300 kernels.
 constexpr uint64_t kSlotCount = uint64_t{1} << 18;
-// key (grid id + 1), first release, the sum of later releases past it,
-// runs, grid size, block size, two unused, then the sums of kMarks marks'
-// times past the release (DependentLaunch.cuh's kKernelClockWords)
-constexpr int kWords = 16;
-constexpr int kMarks = 8;
+// Launch.h's slot layout.
+constexpr int kWords = detail::kKernelClockWords;
+constexpr int kMarks = detail::kKernelClockMarks;
 // The device tables are per process (each translation unit's one copy):
 // the first backend with the variable set records, later ones while it
 // lives do not.

@@ -32,6 +32,12 @@ inline bool alignedTo(const void *p, uintptr_t bytes) {
 /// unit that launches dependent kernels registers how to point its copy of
 /// the device-side table at the clock's slots (no relocatable device code:
 /// a __device__ variable is per unit); setKernelClock calls them all.
+/// A grid's slot of the table (DependentLaunch.cuh writes it, KernelClock.cpp
+/// reads it): key (grid id + 1), first release, the sum of later releases
+/// past it, runs, grid size, block size, two unused, then the sums of each
+/// mark's time past the release (recordKernelMark).
+constexpr int kKernelClockWords = 16;
+constexpr int kKernelClockMarks = 8; // words 8 .. 15
 using KernelClockSetter = int (*)(void *slots, uint64_t mask);
 void registerKernelClockSetter(KernelClockSetter setter);
 /// 0, or the first failing setter's cudaError_t.
