@@ -497,6 +497,25 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
   x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
 
+// A cached key row (shared memory) dotted with a query (shared memory, f32):
+// two partial sums halve the dependent chain.
+template <int D, typename C>
+__device__ __forceinline__ float dotKey(const C *key, const float *query) {
+  float even = 0.0f, odd = 0.0f;
+#pragma unroll
+  for (int d = 0; d < D; d += 16) {
+    float k8[8], k8b[8];
+    load8(key + d, k8);
+    load8(key + d + 8, k8b);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      even += query[d + e] * k8[e];
+      odd += query[d + 8 + e] * k8b[e];
+    }
+  }
+  return even + odd;
+}
+
 // mergeHead for the group's heads [firstHead, firstHead + heads) at once,
 // its arithmetic in its order (the merge kernel's sums, bit for bit): the
 // splits' log-sum-exps and weights by a thread a (head, split), then the
@@ -866,20 +885,7 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
       const int h = p >> keyShift, j = p & (paddedKeys - 1);
       float dot = -INFINITY;
       if (j < n && rowAt[j] >= 0) {
-        float even = 0.0f, odd = 0.0f;
-        const float *qh = query + h * D;
-#pragma unroll
-        for (int d = 0; d < D; d += 16) {
-          float k8[8], k8b[8];
-          load8(keyTile + j * kPitch + d, k8);
-          load8(keyTile + j * kPitch + d + 8, k8b);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            even += qh[d + e] * k8[e];
-            odd += qh[d + 8 + e] * k8b[e];
-          }
-        }
-        dot = (even + odd) * g.scale;
+        dot = dotKey<D>(keyTile + j * kPitch, query + h * D) * g.scale;
       }
       score[h * kKeys + j] = dot;
     }
@@ -1024,6 +1030,206 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
     return;
   mergeGroup<D>(out + r * block.outRow, static_cast<int>(g.splits), static_cast<int>(g.numHeads),
                 static_cast<int>(firstHead), static_cast<int>(heads), g.mergedOut + r * g.numHeads * D);
+}
+
+// A decode step of few query rows (fewer than mmaDecodeRows) with fused
+// RoPE over a bf16 cache, head dimension 64: a warp a query head of the
+// group. groupDecodeKernel spreads each phase of a chunk over all of its
+// threads (scores by (head, key), the softmax by head, the values by
+// (head, octet)) with a barrier between phases, four a chunk; at batch 1
+// with 8 splits a block holds ~18 keys, and the kernel clock measured ~6.4
+// us of its 8.2 a layer as fixed (docs/performance.md, twentieth session).
+// Here the block meets only when a chunk's rows are in shared memory (and
+// before the next chunk overwrites them); each warp scores its head's keys
+// a lane a key, updates its online softmax with shuffles, and sums the
+// value rows with its lanes on consecutive dimensions. Same RoPE, cache
+// rows and merge as groupDecodeKernel (the rotated queries and keys, the
+// cache and, with a cluster, the merge's arithmetic are the same bits); the
+// attention's sums are grouped by 32 keys, not 64, so its outputs may
+// differ in the last bits. Needs an even head split (ropeStoreAttendApplies).
+// Head dimension 64 only: on an H200 at batch 1 (session 21, c71/c72) it
+// made the 1.1B (D 64, groups of 8 heads) 7% faster a step and the 8B (D
+// 128, groups of 4) 2.5% slower, for reasons not yet measured in place.
+template <int D>
+__global__ void __launch_bounds__(kGroupThreads)
+    warpDecodeKernel(AttentionGeometry g, float *out, FusedRope rope, bool clusterMerge) {
+  using C = __nv_bfloat16;
+  using Chunk = GroupChunk<C>;
+  constexpr int kKeys = Chunk::Keys, kPitch = D + Chunk::Pad;
+  constexpr int kPieces = D * int(sizeof(C)) / 16; // 16-byte pieces a row
+  constexpr int kHalf = D / 2;
+  constexpr int kDims = D / 32; // a lane's consecutive output dimensions
+  static_assert(kDims == 2, "D = 64: a lane's two dimensions are one 32-bit word");
+  __shared__ __align__(16) C keyTile[kKeys * kPitch];
+  __shared__ __align__(16) C valueTile[kKeys * kPitch];
+  // Warp w's rotated query, then (cluster merge) its normalised output.
+  __shared__ __align__(16) float query[kMaxGroup * D];
+  __shared__ float partialLse[kMaxGroup];
+  __shared__ __align__(16) C newRow[2][D]; // the step's key and value
+  __shared__ Rotation rotations[2][kHalf];
+  const C *keys = static_cast<const C *>(g.keys);
+  const C *values = static_cast<const C *>(g.values);
+  const int64_t r = blockIdx.x, t = g.firstQuery + r, kvHead = blockIdx.y;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t heads = g.numHeads / g.numKvHeads, firstHead = kvHead * heads;
+  const int32_t seq = g.tokenSeq[t];
+  const DecodeBlock block = decodeBlock(g, r, static_cast<int64_t>(g.positions[t]) + 1, D, out);
+  const int64_t begin = block.begin, end = block.end;
+  const int64_t written = g.positions[t]; // the row this step stores
+  // Before the wait: the rotations (positions and frequencies, written by
+  // no kernel) and the chunk's cached rows but the step's own (every kernel
+  // before the one this waits for has finished: DependentLaunch.cuh).
+  for (int p = tid; p < 2 * kHalf; p += kGroupThreads) {
+    const int i = p % kHalf;
+    const float *frequencies = p < kHalf ? rope.qFrequencies : rope.kFrequencies;
+    rotations[p / kHalf][i] = rotationBy(static_cast<float>(written) * frequencies[i]);
+  }
+  const bool storesRow = begin <= written && written < end;
+  const int64_t writtenRow = storesRow ? cacheRow(g, seq, written) + kvHead * D : 0;
+  auto copyChunk = [&](int64_t chunk) {
+    const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
+    for (int p = tid; p < n * kPieces; p += kGroupThreads) {
+      const int j = p / kPieces, piece = p % kPieces;
+      if (chunk + j == written)
+        continue; // from newRow
+      const int64_t at = cacheRow(g, seq, chunk + j) + kvHead * D + piece * 8;
+      copyAsync16(keyTile + j * kPitch + piece * 8, keys + at);
+      copyAsync16(valueTile + j * kPitch + piece * 8, values + at);
+    }
+  };
+  copyChunk(begin);
+  __syncthreads(); // the rotations
+  waitForPrecedingKernels();
+  allowDependentLaunch();
+  const bool live = warp < heads;
+  float *myQuery = query + warp * D;
+  if (live)
+    for (int i = lane; i < kHalf; i += 32) {
+      const int64_t at = (r * g.numHeads + firstHead + warp) * D + i;
+      const RotatedPair x = rotate(rope.q[at], rope.q[at + kHalf], rotations[0][i]);
+      myQuery[i] = x.first;
+      myQuery[i + kHalf] = x.second;
+      if (blockIdx.z == 0) { // every output still written, once
+        rope.qOut[at] = x.first;
+        rope.qOut[at + kHalf] = x.second;
+      }
+    }
+  // The step's key (rotated) and value: into the cache, newRow, and the
+  // first chunk's tiles when it holds them (the copies skip that row).
+  const bool rowInFirst = storesRow && written < begin + kKeys;
+  if (storesRow) {
+    const int64_t at = t * g.kvRowStride + kvHead * D;
+    const int j = static_cast<int>(written - begin);
+    for (int i = tid; i < kHalf; i += kGroupThreads) {
+      const RotatedPair x = rotate(rope.k[at + i], rope.k[at + i + kHalf], rotations[1][i]);
+      rope.kOut[at + i] = x.first;
+      rope.kOut[at + i + kHalf] = x.second;
+      C first, second;
+      setCached(first, x.first);
+      setCached(second, x.second);
+      static_cast<C *>(g.keys)[writtenRow + i] = first;
+      static_cast<C *>(g.keys)[writtenRow + i + kHalf] = second;
+      newRow[0][i] = first;
+      newRow[0][i + kHalf] = second;
+      if (rowInFirst) {
+        keyTile[j * kPitch + i] = first;
+        keyTile[j * kPitch + i + kHalf] = second;
+      }
+    }
+    for (int i = tid; i < D; i += kGroupThreads) {
+      C v;
+      setCached(v, rope.v[at + i]);
+      static_cast<C *>(g.values)[writtenRow + i] = v;
+      newRow[1][i] = v;
+      if (rowInFirst)
+        valueTile[j * kPitch + i] = v;
+    }
+  }
+  recordKernelMark(0); // kernel clock builds: the queries and the step's row
+  // The warp's online softmax and its lane's output dimensions.
+  float runningMax = -INFINITY, runningSum = 0.0f, acc[kDims];
+#pragma unroll
+  for (int e = 0; e < kDims; ++e)
+    acc[e] = 0.0f;
+  for (int64_t chunk = begin; chunk < end; chunk += kKeys) {
+    const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
+    if (chunk != begin) {
+      __syncthreads(); // every warp is done with the previous chunk's rows
+      copyChunk(chunk);
+      if (storesRow && written >= chunk && written < chunk + kKeys) {
+        const int j = static_cast<int>(written - chunk);
+        for (int i = tid; i < D; i += kGroupThreads) { // newRow: written before a barrier above
+          keyTile[j * kPitch + i] = newRow[0][i];
+          valueTile[j * kPitch + i] = newRow[1][i];
+        }
+      }
+    }
+    waitAsyncCopies();
+    __syncthreads();
+    if (chunk == begin)
+      recordKernelMark(1);
+    if (!live)
+      continue;
+    for (int base = 0; base < n; base += 32) {
+      // Scores, a lane a key (dotKey, as groupDecodeKernel's).
+      const int j = base + lane;
+      float score = -INFINITY;
+      if (j < n) {
+        score = dotKey<D>(keyTile + j * kPitch, myQuery) * g.scale;
+      }
+      const float newMax = fmaxf(runningMax, warpMaximum(score));
+      const float weight = j < n ? expf(score - newMax) : 0.0f;
+      const float correction = runningMax == -INFINITY ? 0.0f : expf(runningMax - newMax);
+      runningSum = runningSum * correction + warpSumOf(weight);
+      runningMax = newMax;
+#pragma unroll
+      for (int e = 0; e < kDims; ++e)
+        acc[e] *= correction;
+      // Values: lane l sums dimensions kDims l .. kDims l + kDims - 1.
+      const int count = n - base < 32 ? n - base : 32;
+      for (int k = 0; k < count; ++k) {
+        const float p = __shfl_sync(0xffffffffu, weight, k);
+        const C *v = valueTile + (base + k) * kPitch + lane * kDims;
+        const unsigned word = *reinterpret_cast<const unsigned *>(v);
+        const float x[kDims] = {__uint_as_float(word << 16), __uint_as_float(word & 0xffff0000u)};
+#pragma unroll
+        for (int e = 0; e < kDims; ++e)
+          acc[e] += p * x[e];
+      }
+    }
+  }
+  recordKernelMark(4);
+  const float lse = runningSum > 0.0f ? runningMax + logf(runningSum) : -INFINITY;
+  if (clusterMerge) {
+    // The queries are no longer read: the warp's row holds its output.
+    if (live) {
+#pragma unroll
+      for (int e = 0; e < kDims; ++e)
+        myQuery[lane * kDims + e] = runningSum > 0.0f ? acc[e] / runningSum : 0.0f;
+      if (lane == 0)
+        partialLse[warp] = lse;
+    }
+    recordKernelMark(5);
+    mergeCluster<D>(query, partialLse, static_cast<int>(g.splits), static_cast<int>(heads),
+                    g.mergedOut + (r * g.numHeads + firstHead) * D);
+    recordKernelMark(7);
+    return;
+  }
+  if (live) {
+#pragma unroll
+    for (int e = 0; e < kDims; ++e)
+      block.rowOut[(firstHead + warp) * D + lane * kDims + e] =
+          runningSum > 0.0f ? acc[e] / runningSum : 0.0f;
+    if (block.partial && lane == 0)
+      block.rowOut[g.numHeads * D + firstHead + warp] = lse;
+  }
+  // The last split block of this (query row, group) merges.
+  if (g.splits <= 1 || !g.mergedOut ||
+      !lastSplitToFinish(g.splitCounters + r * g.numHeads + firstHead, g.splits))
+    return;
+  mergeGroup<D>(out + r * block.outRow, static_cast<int>(g.splits), static_cast<int>(g.numHeads),
+                static_cast<int>(firstHead), static_cast<int>(heads),
+                g.mergedOut + r * g.numHeads * D);
 }
 
 // Prefill (an f32 cache, or head dimensions the tensor-core kernel below
@@ -1726,12 +1932,19 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
   const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
   // Head dims 64 and 128 only: the ones BackendOps has run on tensor cores
   // (16- and 17-row cases); 32 and 96 wait for theirs.
-  if constexpr (D == 64 || D == 128)
+  if constexpr (D == 64 || D == 128) {
+    if constexpr (D == 64)
+      if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled()) {
+        launchDependentCluster(warpDecodeKernel<D>, grid, kGroupThreads, 0, stream, clusterDim,
+                               g, out, rope, cluster);
+        return;
+      }
     if (g.bf16Cache && g.numQueries >= mmaDecodeRows()) {
       launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, true>, grid, kGroupThreads, 0,
                              stream, clusterDim, q, g, out, rope, cluster);
       return;
     }
+  }
   if (g.bf16Cache)
     launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, false>, grid, kGroupThreads, 0,
                            stream, clusterDim, q, g, out, rope, cluster);

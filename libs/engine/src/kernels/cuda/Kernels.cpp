@@ -193,6 +193,11 @@ bool splitIntoProducersEnabled() {
   return enabled;
 }
 
+bool warpDecodeEnabled() {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_WARP_DECODE");
+  return enabled;
+}
+
 bool clusterMergeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_CLUSTER_MERGE") && hopperOrNewer();
   return enabled;

@@ -63,6 +63,11 @@ bool fusedRopeEnabled();
 /// attention (prefillRopeAttention), unless LLMIR_CUDA_PREFILL_ROPE=0 (kept
 /// for measuring). Read once per process.
 bool prefillRopeEnabled();
+/// Whether a decode step of few rows with fused RoPE over a bf16 cache (head
+/// dimension 64) runs warpDecodeKernel, a warp a query head, instead of
+/// groupDecodeKernel, unless LLMIR_CUDA_WARP_DECODE=0 (kept for measuring).
+/// Read once per process.
+bool warpDecodeEnabled();
 /// Whether flash-decoding's splits of the group decode attention merge as a
 /// thread-block cluster through distributed shared memory (compute
 /// capability 9.0 and up), unless LLMIR_CUDA_CLUSTER_MERGE=0 (kept for
