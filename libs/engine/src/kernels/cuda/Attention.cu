@@ -1047,9 +1047,10 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
 // cache and, with a cluster, the merge's arithmetic are the same bits); the
 // attention's sums are grouped by 32 keys, not 64, so its outputs may
 // differ in the last bits. Needs an even head split (ropeStoreAttendApplies).
-// Head dimension 64 only: on an H200 at batch 1 (session 21, c71/c72) it
-// made the 1.1B (D 64, groups of 8 heads) 7% faster a step and the 8B (D
-// 128, groups of 4) 2.5% slower, for reasons not yet measured in place.
+// Head dimension 64 only: on an H200 at batch 1 it made the 1.1B (D 64,
+// groups of 8 heads) 6.6% faster a step and the 8B (D 128, groups of 4)
+// 2.5% slower, for reasons not yet measured in place (docs/performance.md,
+// twenty-first session).
 template <int D>
 __global__ void __launch_bounds__(kGroupThreads)
     warpDecodeKernel(AttentionGeometry g, float *out, FusedRope rope, bool clusterMerge) {
