@@ -1191,6 +1191,9 @@ TEST_F(BackendOps, RopeStoreAttention) {
       {"MHA", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
       {"GQA group of 4", 8, 2, 128, 16, 1, {100}, {0}, {{5, 2, 7, 0, 6, 1, 3}}},
       {"GQA group of 8", 16, 2, 64, 32, 0, {150}, {0}, {{3, 6, 1, 7, 0}}},
+      // Groups of 4 at D = 64 (Llama 3.2 1B's shape): the warp decode with
+      // half its warps idle.
+      {"GQA group of 4 D=64", 8, 2, 64, 16, 1, {70}, {0}, {{4, 1, 6, 0, 3}}},
       {"GQA windowed", 4, 2, 32, 16, 0, {90}, {0}, {{6, 1, 5, 2, 7, 0}}, 40},
       {"GQA D=96", 12, 4, 96, 8, 1, {33}, {0}, {{0, 2, 3, 5, 7}}},
       // A batched decode step: a row per sequence, each rotating and
