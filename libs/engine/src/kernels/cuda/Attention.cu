@@ -497,10 +497,29 @@ __device__ __forceinline__ void load8(const float *p, float (&x)[8]) {
   x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
 
-// A cached key row (shared memory) dotted with a query (shared memory, f32):
-// two partial sums halve the dependent chain.
+// The fused RoPE's rotations of the step's position, for the D / 2 pairs of
+// the queries (rotations[0]) and of the keys (rotations[1]), a thread a
+// pair; they depend on the position and the frequencies only (written by no
+// kernel), so the decode kernels compute them before their wait, as
+// ropeStoreKernel does.
+template <int Half>
+__device__ __forceinline__ void stepRotations(const FusedRope &rope, int64_t position,
+                                              Rotation (&rotations)[2][Half]) {
+  static_assert(2 * Half <= kGroupThreads, "a pair a thread");
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < 2 * Half) {
+    const float *frequencies = tid < Half ? rope.qFrequencies : rope.kFrequencies;
+    rotations[tid / Half][tid % Half] =
+        rotationBy(static_cast<float>(position) * frequencies[tid % Half]);
+  }
+}
+
+// A key row of a chunk's tile (shared memory) dotted with a query (shared
+// memory, f32), D known at compile time: two partial sums halve the
+// dependent chain (the group and warp decode kernels' order of sums; the
+// dotKey overloads above keep the plain decode kernel's).
 template <int D, typename C>
-__device__ __forceinline__ float dotKey(const C *key, const float *query) {
+__device__ __forceinline__ float tileKeyDot(const C *key, const float *query) {
   float even = 0.0f, odd = 0.0f;
 #pragma unroll
   for (int d = 0; d < D; d += 16) {
@@ -717,16 +736,11 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
   // the one this step stores (DependentLaunch.cuh: every kernel before that
   // one has finished): the first chunk's other rows are in flight before
   // the wait, its last memory latency hidden behind the kernel before.
-  // Fused RoPE: the rotations of the D / 2 pairs, for the queries and the
-  // keys, depend on the step's positions and the frequencies only (written
-  // by no kernel): computed before the wait, as ropeStoreKernel does.
+  // Fused RoPE: the rotations before the wait (stepRotations).
   constexpr int kHalf = D / 2;
   __shared__ Rotation rotations[2][kHalf];
-  if (fused && tid < 2 * kHalf) {
-    const int i = tid % kHalf;
-    const float *frequencies = tid < kHalf ? rope.qFrequencies : rope.kFrequencies;
-    rotations[tid / kHalf][i] = rotationBy(static_cast<float>(written) * frequencies[i]);
-  }
+  if (fused)
+    stepRotations(rope, written, rotations);
   const bool storesRow = fused && begin <= written && written < end;
   const int64_t writtenRow = storesRow ? cacheRow(g, seq, written) + kvHead * D : 0;
   findRows(begin);
@@ -885,7 +899,7 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
       const int h = p >> keyShift, j = p & (paddedKeys - 1);
       float dot = -INFINITY;
       if (j < n && rowAt[j] >= 0) {
-        dot = dotKey<D>(keyTile + j * kPitch, query + h * D) * g.scale;
+        dot = tileKeyDot<D>(keyTile + j * kPitch, query + h * D) * g.scale;
       }
       score[h * kKeys + j] = dot;
     }
@@ -1080,11 +1094,7 @@ __global__ void __launch_bounds__(kGroupThreads)
   // Before the wait: the rotations (positions and frequencies, written by
   // no kernel) and the chunk's cached rows but the step's own (every kernel
   // before the one this waits for has finished: DependentLaunch.cuh).
-  for (int p = tid; p < 2 * kHalf; p += kGroupThreads) {
-    const int i = p % kHalf;
-    const float *frequencies = p < kHalf ? rope.qFrequencies : rope.kFrequencies;
-    rotations[p / kHalf][i] = rotationBy(static_cast<float>(written) * frequencies[i]);
-  }
+  stepRotations(rope, written, rotations);
   const bool storesRow = begin <= written && written < end;
   const int64_t writtenRow = storesRow ? cacheRow(g, seq, written) + kvHead * D : 0;
   auto copyChunk = [&](int64_t chunk) {
@@ -1172,11 +1182,11 @@ __global__ void __launch_bounds__(kGroupThreads)
     if (!live)
       continue;
     for (int base = 0; base < n; base += 32) {
-      // Scores, a lane a key (dotKey, as groupDecodeKernel's).
+      // Scores, a lane a key (tileKeyDot, as groupDecodeKernel's).
       const int j = base + lane;
       float score = -INFINITY;
       if (j < n) {
-        score = dotKey<D>(keyTile + j * kPitch, myQuery) * g.scale;
+        score = tileKeyDot<D>(keyTile + j * kPitch, myQuery) * g.scale;
       }
       const float newMax = fmaxf(runningMax, warpMaximum(score));
       const float weight = j < n ? expf(score - newMax) : 0.0f;
@@ -1931,21 +1941,22 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   const bool cluster = clusterMergeTakes(g);
   const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
+  // Few rows with fused RoPE at head dim 64: a warp a query head (at 128
+  // warpDecodeKernel measured slower).
+  if constexpr (D == 64)
+    if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled()) {
+      launchDependentCluster(warpDecodeKernel<D>, grid, kGroupThreads, 0, stream, clusterDim, g,
+                             out, rope, cluster);
+      return;
+    }
   // Head dims 64 and 128 only: the ones BackendOps has run on tensor cores
   // (16- and 17-row cases); 32 and 96 wait for theirs.
-  if constexpr (D == 64 || D == 128) {
-    if constexpr (D == 64)
-      if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled()) {
-        launchDependentCluster(warpDecodeKernel<D>, grid, kGroupThreads, 0, stream, clusterDim,
-                               g, out, rope, cluster);
-        return;
-      }
+  if constexpr (D == 64 || D == 128)
     if (g.bf16Cache && g.numQueries >= mmaDecodeRows()) {
       launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, true>, grid, kGroupThreads, 0,
                              stream, clusterDim, q, g, out, rope, cluster);
       return;
     }
-  }
   if (g.bf16Cache)
     launchDependentCluster(groupDecodeKernel<__nv_bfloat16, D, false>, grid, kGroupThreads, 0,
                            stream, clusterDim, q, g, out, rope, cluster);
