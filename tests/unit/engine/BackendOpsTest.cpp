@@ -850,6 +850,13 @@ TEST_F(BackendOps, PagedAttention) {
     std::iota(v.begin(), v.end(), begin);
     return v;
   };
+  // Blocks 0 .. n - 1 out of order (n odd).
+  auto scattered = [](int32_t n) {
+    std::vector<int32_t> v(size_t(n), 0);
+    for (int32_t b = 0; b < n; ++b)
+      v[size_t(b)] = (b * 8) % n;
+    return v;
+  };
   const std::vector<AttentionCase> cases = {
       {"MHA decode", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
       // One query row takes the group kernel (a block per KV head): groups
@@ -925,6 +932,13 @@ TEST_F(BackendOps, PagedAttention) {
       // tensor-core kernel's table lookups by division.
       {"GQA prefill, blocks of 24", 8, 2, 64, 24, 1, range(0, 150),
        std::vector<int32_t>(150, 0), {{6, 2, 5, 0, 3, 1, 4}}},
+      // Up to six key tiles a query tile at head dim 64, where medium
+      // precision scores the next tile before this one's softmax (even and
+      // odd counts of tiles), and a window that starts past the first tile.
+      {"GQA long prefill, head dim 64", 8, 2, 64, 16, 1, range(0, 330),
+       std::vector<int32_t>(330, 0), {scattered(21)}},
+      {"GQA windowed long prefill, head dim 64", 8, 2, 64, 16, 0, range(0, 330),
+       std::vector<int32_t>(330, 0), {scattered(21)}, 100},
   };
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());
@@ -1089,7 +1103,30 @@ TEST_F(BackendOps, PagedAttention) {
           ASSERT_TRUE(status.isOk()) << status.message();
           compare("ROPE_PREFILL_ATTN", shapeText + (medium ? " medium" : " highest"),
                   folded.download(), separate.download(), medium ? 1e-3 : 1e-5);
+          // The O projection's halves from the same launch, alone (null
+          // out): the split of the f32 rows above, bit for bit (hi, and lo
+          // at highest precision).
+          DeviceArray<uint16_t> dhi(q.size()), dlo(q.size());
+          const cuda::SplitInput halves{dhi.get(), medium ? nullptr : dlo.get()};
+          status = cuda::prefillRopeAttention(dq.get(), rotations.get(), bf16Step, params,
+                                              bf16Cache, nullptr, nullptr, halves);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          const std::vector<float> rows = folded.download();
+          const std::vector<uint16_t> hi = dhi.download(), lo = dlo.download();
+          size_t wrong = 0;
+          for (size_t i = 0; i < rows.size(); ++i) {
+            const uint16_t wantHi = bf16Bits(rows[i]);
+            wrong += hi[i] != wantHi;
+            if (!medium)
+              wrong += lo[i] != bf16Bits(rows[i] - bf16Value(wantHi));
+          }
+          EXPECT_EQ(wrong, 0u) << "ROPE_PREFILL_ATTN halves " << shapeText
+                               << (medium ? " medium" : " highest");
         }
+        // Neither rows nor halves to write: refused.
+        EXPECT_FALSE(cuda::prefillRopeAttention(dq.get(), rotations.get(), bf16Step, params,
+                                                bf16Cache, nullptr)
+                         .isOk());
       } else if (bf16Step.numPrefillTiles == 0) {
         EXPECT_FALSE(cuda::prefillRopeAttentionApplies(bf16Step, params, bf16Cache)) << shapeText;
       }

@@ -291,9 +291,12 @@ bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionPar
 /// each block rotates its query rows in registers by the rotations
 /// ropeAndStore (null q) wrote, so the rotated queries are neither written
 /// nor read back (at 2,048 tokens of the 1.1B shape, 34 MB a layer).
+/// With outHalves (splitInputFor of the product reading out, the layer's O
+/// projection) the kernel writes out's bf16 halves there too, and out may
+/// be null (the halves only): the product's split launch goes.
 Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
-                            float *out, Stream stream = nullptr);
+                            float *out, Stream stream = nullptr, SplitInput outHalves = {});
 /// ropeAndStore followed by pagedAttention(qOut, ..., keysStored) as one
 /// launch, for a step ropeStoreAttentionApplies to (an error otherwise):
 /// the same outputs, the same cache rows.

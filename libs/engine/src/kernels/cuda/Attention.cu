@@ -1756,16 +1756,29 @@ __global__ void __launch_bounds__(128)
     runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 1);
     runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 2);
   }
+  auto *hi = static_cast<uint32_t *>(g.outHi), *lo = static_cast<uint32_t *>(g.outLo);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = warp * 16 + quad + 8 * i;
     if (r >= count)
       continue;
-    float *o = out + (int64_t(firstRow + r) * g.numHeads + h) * D + 2 * pair;
+    const int64_t at = (int64_t(firstRow + r) * g.numHeads + h) * D + 2 * pair;
 #pragma unroll
-    for (int t = 0; t < kDTiles; ++t)
-      *reinterpret_cast<float2 *>(o + 8 * t) =
+    for (int t = 0; t < kDTiles; ++t) {
+      const float2 o =
           make_float2(acc[t][2 * i] / runningSum[i], acc[t][2 * i + 1] / runningSum[i]);
+      if (out)
+        *reinterpret_cast<float2 *>(out + at + 8 * t) = o;
+      // The O projection's halves (two bf16 a 32-bit word): its split
+      // launch's arithmetic.
+      if (hi) {
+        uint32_t h, l;
+        splitPair(o.x, o.y, h, l);
+        hi[(at + 8 * t) / 2] = h;
+        if (lo)
+          lo[(at + 8 * t) / 2] = l;
+      }
+    }
   }
 }
 
@@ -1898,6 +1911,8 @@ int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out) {
   if (g.queryRotations && (numTiles <= 0 || !prefillRotatesQueries(g)))
     return cudaErrorInvalidValue;
+  if (g.outHi && (numTiles <= 0 || !mmaPrefillApplies(g)))
+    return cudaErrorInvalidValue; // the halves come from the tensor-core kernel only
   if (numTiles > 0 && mmaPrefillApplies(g)) {
     switch (g.headDim) {
     case 16: launchMmaPrefillAttend<16>(stream, q, g, tiles, numTiles, out); break;

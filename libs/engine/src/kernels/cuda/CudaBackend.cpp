@@ -819,7 +819,7 @@ private:
   /// Likewise the SWIGLU of a fused gate/up pair (planSwigluFusions) for
   /// the down projection that reads its output (splitBy_ at the gate's
   /// LINEAR; a 2,048-token prefill of the 1.1B shape split it for ~17 us a
-  /// layer).
+  /// layer), and a prefill ATTENTION for the O projection after it.
   void planSplitsInProducers() {
     const auto &insts = program_.instructions;
     splitBy_.assign(insts.size(), kNone);
@@ -838,7 +838,16 @@ private:
       halvesOnly_[i] = halvesOnlyEnabled() &&
                        !readBeforeWritten(program_, consumer + linearGroupSize_[consumer] - 1, value);
     };
-    for (size_t i = 0; i + 2 < insts.size(); ++i) {
+    for (size_t i = 0; i + 1 < insts.size(); ++i) {
+      // A prefill attention (the tensor-core kernel with RoPE folded in)
+      // writes the O projection's halves (~8 us a layer of splitting at
+      // 2,048 tokens of the 1.1B shape); LLMIR_CUDA_ATTENTION_HALVES=0 off
+      // (measuring).
+      if (insts[i].op == proto::ATTENTION && readsFirst(i + 1, insts[i].outputs[0]) &&
+          !cuda::detail::switchedOff("LLMIR_CUDA_ATTENTION_HALVES"))
+        readsBy(i, i + 1, insts[i].outputs[0]);
+      if (i + 2 >= insts.size())
+        continue;
       if (linearSwiglu_[i] && readsFirst(i + 3, insts[i + 2].outputs[0]))
         readsBy(i, i + 3, insts[i + 2].outputs[0]);
       if (!addNormFused_[i] || (i > 0 && allReduceBeforeAddNorm_[i - 1]) ||
@@ -846,6 +855,32 @@ private:
         continue;
       readsBy(i, i + 2, insts[i + 1].outputs[0]);
     }
+  }
+
+  /// Where the instruction at `index` writes the halves of its output x for
+  /// the product planSplitsInProducers paired it with, this step (null hi:
+  /// it does not; the product splits x itself), and whether it writes the
+  /// halves only. Tells that product (splitLinear_).
+  struct ProducedSplit {
+    cuda::SplitInput split;
+    bool halvesOnly = false;
+  };
+  Result<ProducedSplit> splitInProducer(size_t index, const DeviceTensor &x) {
+    ProducedSplit produced;
+    if (index >= splitBy_.size() || splitBy_[index] == kNone)
+      return produced;
+    const size_t linear = splitBy_[index];
+    Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(linear, x);
+    LLMIR_RETURN_IF_ERROR(outputs.status());
+    Result<cuda::SplitInput> into = cuda::splitInputFor(context_, x.rows(), *outputs);
+    LLMIR_RETURN_IF_ERROR(into.status());
+    produced.split = *into;
+    if (produced.split.hi) {
+      produced.halvesOnly = wholeProgram_ && halvesOnly_[index];
+      splitLinear_ = linear;
+      splitHalvesOnly_ = produced.halvesOnly;
+    }
+    return produced;
   }
 
   /// LLMIR_CUDA_HALVES_ONLY=0: the producers still write the f32 values
@@ -1453,8 +1488,12 @@ private:
         if (keysStored && ropeFoldedIntoPrefill(index - 2)) {
           Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);
           LLMIR_RETURN_IF_ERROR(r.status());
+          // The O projection's halves from this launch (planSplitsInProducers).
+          Result<ProducedSplit> split = splitInProducer(index, o);
+          LLMIR_RETURN_IF_ERROR(split.status());
           return cuda::prefillRopeAttention(r->q, queryRotations_.data, deviceStep_, a, cache_,
-                                            o.data(), stream());
+                                            split->halvesOnly ? nullptr : o.data(), stream(),
+                                            split->split);
         }
         return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(), deviceStep_, a,
                                     cache_, o.data(), stream(), keysStored);
@@ -1496,24 +1535,12 @@ private:
         }
         // The product reading the norm on cuBLAS takes its bf16 halves from
         // this launch (planSplitsInProducers).
-        cuda::SplitInput split;
-        bool halvesOnly = false;
-        if (index < splitBy_.size() && splitBy_[index] != kNone) {
-          const size_t linear = splitBy_[index];
-          Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(linear, normed);
-          LLMIR_RETURN_IF_ERROR(outputs.status());
-          Result<cuda::SplitInput> into = cuda::splitInputFor(context_, a.rows(), *outputs);
-          LLMIR_RETURN_IF_ERROR(into.status());
-          split = *into;
-          if (split.hi) {
-            halvesOnly = wholeProgram_ && halvesOnly_[index];
-            splitLinear_ = linear;
-            splitHalvesOnly_ = halvesOnly;
-          }
-        }
+        Result<ProducedSplit> split = splitInProducer(index, normed);
+        LLMIR_RETURN_IF_ERROR(split.status());
         return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
                                 w.widened.data, norm.params.eps,
-                                halvesOnly ? nullptr : normed.data(), stream(), split);
+                                split->halvesOnly ? nullptr : normed.data(), stream(),
+                                split->split);
       }
       return inst.op == proto::SWIGLU
                  ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel(), stream())

@@ -164,11 +164,18 @@ constexpr size_t kDefaultSharedBytes = 48 * 1024;
 /// one with "invalid argument"); the first launch of a shape runs eagerly,
 /// before any graph records it. One record per kernel (the template
 /// argument), not per function type: two instantiations of one kernel
-/// template share a type.
+/// template share a type. The kernel's static shared memory counts against
+/// the default too (48 KiB of dynamic beside 64 bytes of static is refused).
 template <auto Kernel> void allowDynamicShared(size_t bytes) {
   static std::atomic<size_t> allowed[64] = {};
+  static const size_t staticBytes = [] {
+    cudaFuncAttributes attributes{};
+    return cudaFuncGetAttributes(&attributes, Kernel) == cudaSuccess ? attributes.sharedSizeBytes
+                                                                     : size_t(0);
+  }();
   int device = 0;
-  if (bytes <= kDefaultSharedBytes || cudaGetDevice(&device) != cudaSuccess || device >= 64)
+  if (bytes + staticBytes <= kDefaultSharedBytes || cudaGetDevice(&device) != cudaSuccess ||
+      device >= 64)
     return;
   if (bytes <= allowed[device].load())
     return;

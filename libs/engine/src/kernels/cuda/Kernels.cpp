@@ -804,12 +804,16 @@ bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionPar
 
 Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
-                            float *out, Stream stream) {
+                            float *out, Stream stream, SplitInput outHalves) {
   detail::AttentionGeometry g = geometryOf(step, params, cache);
   if (!prefillRopeApplies(step, g))
     return Status::error("rope + prefill attention: not a step of the tensor-core prefill "
                          "kernel with a head dimension a multiple of 32");
+  if (!out && !outHalves.hi)
+    return Status::error("rope + prefill attention: neither an output nor its halves");
   g.queryRotations = queryRotations;
+  g.outHi = outHalves.hi;
+  g.outLo = outHalves.lo;
   return cudaStatus(
       detail::prefillAttend(stream, q, g, step.prefillTiles, step.numPrefillTiles, out),
       "rope + prefill attention");

@@ -225,6 +225,10 @@ struct AttentionGeometry {
   /// registers by these rotations [numTokens][D / 2][cos, sin] (written by
   /// ropeAndStore). Null: q is rotated.
   const float *queryRotations;
+  /// The tensor-core prefill's output as the next product's bf16 halves
+  /// ([T][numHeads * D], hi and at highest precision lo: splitOne's), beside
+  /// or (null out) instead of the f32 rows. Null: none.
+  void *outHi, *outLo;
 };
 
 constexpr int64_t kMaxHeadDim = 256;
@@ -272,7 +276,8 @@ bool prefillAttendApplies(const AttentionGeometry &g);
 /// 32, 64, 96 or 128 and a positive scale runs on tensor cores (queries and
 /// probabilities split into bf16 halves: within 1e-5 of f32), anything else
 /// on CUDA cores. With g.queryRotations (tensor cores only) q is the
-/// query before RoPE.
+/// query before RoPE; with g.outHi (tensor cores only) the output's bf16
+/// halves are written too, out may be null.
 int prefillAttend(Stream stream, const float *q, const AttentionGeometry &g,
                   const int32_t *tiles, int64_t numTiles, float *out);
 /// Whether prefillAttend can take g.queryRotations for this geometry (the
