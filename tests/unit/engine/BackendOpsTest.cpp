@@ -932,13 +932,14 @@ TEST_F(BackendOps, PagedAttention) {
       // tensor-core kernel's table lookups by division.
       {"GQA prefill, blocks of 24", 8, 2, 64, 24, 1, range(0, 150),
        std::vector<int32_t>(150, 0), {{6, 2, 5, 0, 3, 1, 4}}},
-      // Up to six key tiles a query tile at head dim 64, where medium
-      // precision scores the next tile before this one's softmax (even and
-      // odd counts of tiles), and a window that starts past the first tile.
-      {"GQA long prefill, head dim 64", 8, 2, 64, 16, 1, range(0, 330),
-       std::vector<int32_t>(330, 0), {scattered(21)}},
-      {"GQA windowed long prefill, head dim 64", 8, 2, 64, 16, 0, range(0, 330),
-       std::vector<int32_t>(330, 0), {scattered(21)}, 100},
+      // Up to six key tiles a query tile at head dim 64 (even and odd
+      // counts), over cache blocks of 32 and 64 rows (the tile copies'
+      // hoisted offsets at medium precision), and a window that starts past
+      // the first tile.
+      {"GQA long prefill, head dim 64", 8, 2, 64, 32, 1, range(0, 330),
+       std::vector<int32_t>(330, 0), {scattered(11)}},
+      {"GQA windowed long prefill, head dim 64", 8, 2, 64, 64, 0, range(0, 330),
+       std::vector<int32_t>(330, 0), {scattered(7)}, 100},
   };
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());
