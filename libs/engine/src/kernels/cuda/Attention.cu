@@ -1446,8 +1446,8 @@ __device__ __forceinline__ uint32_t packBf16(float x, float y) {
 // D = 64 (three blocks a multiprocessor; bounding it to four spilled and
 // measured the same). AlignedCopies (medium, D <= 64): the copies' offsets
 // hoisted out of the loop, 121 -> 112 us, bounded to three blocks (168
-// registers, 32 bytes spilled; 176 unbounded). Needs g.scale > 0 (the maximum is taken before
-// scaling).
+// registers, 32 bytes spilled; 176 unbounded). Needs g.scale > 0 (the
+// maximum is taken before scaling).
 template <int D, bool Split, bool AlignedCopies>
 __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
     mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,

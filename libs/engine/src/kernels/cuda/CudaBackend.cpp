@@ -838,13 +838,13 @@ private:
       halvesOnly_[i] = halvesOnlyEnabled() &&
                        !readBeforeWritten(program_, consumer + linearGroupSize_[consumer] - 1, value);
     };
+    // A prefill attention (the tensor-core kernel with RoPE folded in)
+    // writes the O projection's halves (~8 us a layer of splitting at 2,048
+    // tokens of the 1.1B shape); LLMIR_CUDA_ATTENTION_HALVES=0 off (measuring).
+    const bool attentionHalves = !cuda::detail::switchedOff("LLMIR_CUDA_ATTENTION_HALVES");
     for (size_t i = 0; i + 1 < insts.size(); ++i) {
-      // A prefill attention (the tensor-core kernel with RoPE folded in)
-      // writes the O projection's halves (~8 us a layer of splitting at
-      // 2,048 tokens of the 1.1B shape); LLMIR_CUDA_ATTENTION_HALVES=0 off
-      // (measuring).
-      if (insts[i].op == proto::ATTENTION && readsFirst(i + 1, insts[i].outputs[0]) &&
-          !cuda::detail::switchedOff("LLMIR_CUDA_ATTENTION_HALVES"))
+      if (attentionHalves && insts[i].op == proto::ATTENTION &&
+          readsFirst(i + 1, insts[i].outputs[0]))
         readsBy(i, i + 1, insts[i].outputs[0]);
       if (i + 2 >= insts.size())
         continue;
