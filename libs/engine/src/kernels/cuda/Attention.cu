@@ -1444,10 +1444,10 @@ __device__ __forceinline__ uint32_t packBf16(float x, float y) {
 // in every thread. The tile copies without a branch a copy (requestTile):
 // 126 -> 114 us a layer (medium), 171 -> 156 (highest). 131 registers at
 // D = 64 (three blocks a multiprocessor; bounding it to four spilled and
-// measured the same). AlignedCopies (medium, D <= 64): the copies' offsets
-// hoisted out of the loop, 121 -> 112 us, bounded to three blocks (168
-// registers, 32 bytes spilled; 176 unbounded). Needs g.scale > 0 (the
-// maximum is taken before scaling).
+// measured the same). AlignedCopies (D <= 64): the copies' offsets
+// hoisted out of the loop, 121 -> 112 us at medium, bounded to three blocks
+// (168 registers and 32 bytes spilled at either precision; 176 unbounded).
+// Needs g.scale > 0 (the maximum is taken before scaling).
 template <int D, bool Split, bool AlignedCopies>
 __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
     mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,
@@ -1913,16 +1913,18 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
                             const int32_t *tiles, int64_t numTiles, float *out) {
   const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(g.numHeads));
   constexpr size_t shared = mmaPrefillSharedBytes(D);
-  // The hoisted copies where they were measured (medium, head dim <= 64: a
-  // 1.1B prefill's attention 121 -> 112 us); at highest precision and larger
-  // head dims they raised registers past what those kernels could spare.
+  // The hoisted copies where they were measured: head dim <= 64, a 1.1B
+  // prefill's attention 121 -> 112 us at medium, the whole prefill -2.4% at
+  // highest (168 registers under the three-block bound, where the old copies
+  // took 184 and two blocks). At head dim 128 (~255 registers either way)
+  // an 8B prefill measured the same with them.
   constexpr bool kAligned = D <= 64;
   if (g.bf16Queries) {
     allowDynamicShared<mmaPrefillAttendKernel<D, false, kAligned>>(shared);
     mmaPrefillAttendKernel<D, false, kAligned><<<grid, 128, shared, stream>>>(q, g, tiles, out);
   } else {
-    allowDynamicShared<mmaPrefillAttendKernel<D, true, false>>(shared);
-    mmaPrefillAttendKernel<D, true, false><<<grid, 128, shared, stream>>>(q, g, tiles, out);
+    allowDynamicShared<mmaPrefillAttendKernel<D, true, kAligned>>(shared);
+    mmaPrefillAttendKernel<D, true, kAligned><<<grid, 128, shared, stream>>>(q, g, tiles, out);
   }
 }
 } // namespace
