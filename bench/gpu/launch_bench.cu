@@ -14,6 +14,9 @@
 //     grid-read    the GEMV's grid, every block reading the 2,048 floats the
 //                  kernel before wrote (a decode product's x)
 //   each with dependent launch (pdl) and without (plain);
+//     grid-counted grid-read with dependent launches whose hand-over is a
+//                  counter (each block of a kernel counts itself done, the
+//                  next kernel's blocks poll it) instead of griddepcontrol.wait
 //   one persistent kernel, microseconds a barrier:
 //     barrier      all its blocks (as many as fit at once) meeting at
 //                  `--launches` grid-wide barriers (an atomic count and a
@@ -84,6 +87,42 @@ __device__ __forceinline__ unsigned loadAcquire(const unsigned *p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+}
+
+// grid-read with the hand-over as a counter instead of griddepcontrol.wait:
+// kernel `index` lets the next one launch at once, waits until every block
+// of the kernel before has counted itself in done[index - 1], reads the row
+// it wrote, writes its own (block 0) and counts itself in done[index]. The
+// next kernel's blocks become resident while this one runs (dependent
+// launch), so a hand-over is an atomic and a poll in L2, not a grid's
+// completion.
+__global__ void countedReadKernel(const float *in, float *out, unsigned *done, int index) {
+  allowNext();
+  if (threadIdx.x == 0 && index > 0)
+    while (loadAcquire(done + index - 1) < gridDim.x) {
+    }
+  __syncthreads();
+  __shared__ float partial[8];
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < kRow; i += blockDim.x)
+    sum += __ldcg(in + i);
+  for (int offset = 16; offset > 0; offset /= 2)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (blockIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+      total += partial[w];
+    for (int i = threadIdx.x; i < kRow; i += blockDim.x)
+      out[i] = total * 1e-9f + 1.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(done + index, 1u);
+  }
 }
 
 // All blocks meet `barriers` times. count: arrivals of this generation;
@@ -283,6 +322,20 @@ int main(int argc, char **argv) {
         }
       });
     std::printf("%-14s %10.2f %10.2f\n", c.name, us[0], us[1]);
+  }
+  {
+    unsigned *done = nullptr;
+    check(cudaMalloc(&done, launches * sizeof(unsigned)), "malloc");
+    const double us = perLaunch(stream, launches, replays, [&] {
+      check(cudaMemsetAsync(done, 0, launches * sizeof(unsigned), stream), "memset");
+      for (int i = 0; i < launches; ++i)
+        launch(countedReadKernel, gemvGrid, gemvBlock, stream, true,
+               static_cast<const float *>(rows + (i % 2) * kRow), rows + ((i + 1) % 2) * kRow,
+               done, i);
+    });
+    std::printf("%-14s %10.2f %10s   (grid-read, the hand-over a counter in L2)\n",
+                "grid-counted", us, "-");
+    cudaFree(done);
   }
   int perSm = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, barrierKernel, 256, 0),
