@@ -193,6 +193,22 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
         ++position;
     }
   }
+  // A prefill of 512 tokens or more: each product of x's two bf16 halves a
+  // GEMM of its own (below, one GEMM over both and a join).
+  {
+    engine::StepInput longPrefill;
+    const int length = 600;
+    std::vector<int32_t> table;
+    for (int b = 0; b < length / 4 + 1; ++b)
+      table.push_back(nextBlock++);
+    longPrefill.blockTables = {table};
+    for (int p = 0; p < length; ++p) {
+      longPrefill.tokenIds.push_back((11 + 29 * p) % 2000);
+      longPrefill.positions.push_back(p);
+      longPrefill.tokenSeq.push_back(0);
+    }
+    compare(longPrefill, "prefill of 600 tokens");
+  }
   std::printf("fast paths: worst relative error %.2e\n", worst);
 }
 
