@@ -107,6 +107,15 @@ int64_t residualNormPartials(int64_t producerK, int64_t H);
 /// used (a scratch that had to grow, or a GEMV-sized T).
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs, bool xSplit = false);
+/// One product y = x W^T + bias + residual with the residual added by the
+/// product itself (cuBLASLt's C, y its D): a residual ADD after a prefill's
+/// O or down projection without a pass of its own. Where
+/// takesResidualInProduct(w, T) holds (bf16 weights on cuBLAS, at least 512
+/// tokens: the products of x's two halves are separate GEMMs there); an
+/// error otherwise. residual [T, N] must not alias y.
+bool takesResidualInProduct(const WeightView &w, int64_t T);
+Status linearAddResidual(Context &context, const float *x, int64_t T, const LinearOutput &output,
+                         const float *residual, bool xSplit = false);
 /// linearGroup as the producer (`produces`: one output) or the consumer
 /// (`consumes`: x is the sum, outputs' K its width) of a ResidualNorm,
 /// exactly one of them; an error where takesResidualNorm does not hold.
@@ -176,6 +185,7 @@ Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
 /// and the norm after it, one pass); with split.hi, y's bf16 halves too,
 /// for the product that reads y (splitInputFor), and y may be null (the
 /// halves only).
+/// b null: a is the sum already (linearAddResidual's y), sum not written.
 Status addRmsNorm(const float *a, const float *b, float *sum, int64_t T, int64_t H,
                   const float *weight, float eps, float *y, Stream stream = nullptr,
                   SplitInput split = {});

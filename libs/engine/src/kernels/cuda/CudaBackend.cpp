@@ -722,6 +722,57 @@ private:
     planAllReduceNorms();
     planSplitsInProducers();
     planResidualNorms();
+    planResidualsInProducts();
+  }
+
+  /// A LINEAR of one product whose output only the fused ADD+RMS_NORM right
+  /// after it reads (a layer's O and down projections): on cuBLAS (a
+  /// prefill) the product adds the residual itself, writing the ADD's sum
+  /// (cuda::linearAddResidual), and the ADD+RMS_NORM only normalises it: the
+  /// norm's pass reads one [T, H] where it read two and wrote the sum.
+  /// residualInProduct_ at the LINEAR; LLMIR_CUDA_RESIDUAL_IN_PRODUCTS=0
+  /// turns it off (for measuring).
+  void planResidualsInProducts() {
+    const auto &insts = program_.instructions;
+    residualInProduct_.assign(insts.size(), false);
+    if (!fusionsEnabled() || cuda::detail::switchedOff("LLMIR_CUDA_RESIDUAL_IN_PRODUCTS"))
+      return;
+    for (size_t p = 0; p + 1 < insts.size(); ++p) {
+      const BoundInstruction &linear = insts[p], &add = insts[p + 1];
+      if (linear.op != proto::LINEAR || linearGroupSize_[p] != 1 ||
+          linear.outputAliasesInput[0] || linear.inputs.size() < 2 || !addNormFused_[p + 1] ||
+          add.outputAliasesInput[0] || add.inputs.size() != 2)
+        continue;
+      const uint32_t y = linear.outputs[0];
+      if ((add.inputs[0] == y) == (add.inputs[1] == y) || readBeforeWritten(program_, p + 1, y))
+        continue;
+      const DeviceWeight &w = weights_[linear.inputs[1]];
+      residualInProduct_[p] = w.dtype == proto::BF16 && w.shape.size() == 2;
+    }
+  }
+
+  /// planResidualsInProducts' product at LINEAR `index`: false where it does
+  /// not apply to this step (the LINEAR and the ADD run as usual).
+  Result<bool> addResidualInProduct(size_t index, const DeviceTensor &x, const float *xData,
+                                    bool xSplit, std::span<const cuda::LinearOutput> outputs) {
+    if (!wholeProgram_ || index >= residualInProduct_.size() || !residualInProduct_[index] ||
+        outputs.size() != 1 || !cuda::takesResidualInProduct(outputs[0].w, x.rows()))
+      return false;
+    const auto &insts = program_.instructions;
+    const BoundInstruction &linear = insts[index], &add = insts[index + 1];
+    const DeviceTensor &residual =
+        activations_[add.inputs[0] == linear.outputs[0] ? add.inputs[1] : add.inputs[0]];
+    const int64_t T = x.rows(), N = outputs[0].w.rows;
+    if (residual.shape != std::vector<int64_t>{T, N})
+      return false; // the ADD reports the mismatch
+    DeviceTensor &sum = activations_[add.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(sum.reshape({T, N}));
+    cuda::LinearOutput into = outputs[0];
+    into.y = sum.data();
+    LLMIR_RETURN_IF_ERROR(
+        cuda::linearAddResidual(context_, xData, T, into, residual.data(), xSplit));
+    sumInProductAt_ = index + 1;
+    return true;
   }
 
   /// A LINEAR of one product (the producer), the fused ADD+RMS_NORM of its
@@ -1425,6 +1476,9 @@ private:
       }
       if (Result<bool> produced = produceResidualNorm(index, x, *outputs); !produced || *produced)
         return produced.status();
+      if (Result<bool> added = addResidualInProduct(index, x, xData, xSplit, *outputs);
+          !added || *added)
+        return added.status();
       // gate, up and the SWIGLU after them (planSwigluFusions).
       if (wholeProgram_ && index < linearSwiglu_.size() && linearSwiglu_[index]) {
         DeviceTensor &y = activations_[program_.instructions[index + 2].outputs[0]];
@@ -1515,13 +1569,27 @@ private:
     }
     case proto::SWIGLU:
     case proto::ADD: {
+      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+      if (index == sumInProductAt_) { // the sum written by the product (planResidualsInProducts)
+        sumInProductAt_ = kNone;
+        const BoundInstruction &norm = program_.instructions[index + 1];
+        const DeviceWeight &w = weights_[norm.inputs[1]];
+        const DeviceTensor &sum = out(0);
+        DeviceTensor &normed = activations_[norm.outputs[0]];
+        LLMIR_RETURN_IF_ERROR(normed.reshape(sum.shape));
+        Result<ProducedSplit> split = splitInProducer(index, normed);
+        LLMIR_RETURN_IF_ERROR(split.status());
+        return cuda::addRmsNorm(sum.data(), nullptr, nullptr, sum.rows(), sum.rowSize(),
+                                w.widened.data, norm.params.eps,
+                                split->halvesOnly ? nullptr : normed.data(), stream(),
+                                split->split);
+      }
       const DeviceTensor &a = act(0), &b = act(1);
       if (a.shape != b.shape)
         return Status::error("operand shapes differ: " + model::formatShape(a.shape) +
                              " and " + model::formatShape(b.shape));
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(a.shape));
-      const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
       if (inst.op == proto::ADD && index < addNormFused_.size() && addNormFused_[index]) {
         const BoundInstruction &norm = program_.instructions[index + 1];
         const DeviceWeight &w = weights_[norm.inputs[1]];
@@ -1764,6 +1832,8 @@ private:
   DeviceArray<double> normPartials_;
   cuda::ResidualNorm pendingNorm_;
   size_t pendingNormAt_ = kNone, residualAddDoneAt_ = kNone;
+  /// The fused ADD+RMS_NORM whose sum its product wrote (planResidualsInProducts).
+  size_t sumInProductAt_ = kNone;
   int64_t partialRow_ = 0, attentionHeads_ = 0, attentionKvHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
@@ -1789,6 +1859,8 @@ private:
   std::vector<DeviceArray<std::byte>> linearPacks_; // packLinearGroups
 
   std::vector<bool> addNormFused_, computedEarlier_;
+  /// planResidualsInProducts: per LINEAR, whether its product may add the residual.
+  std::vector<bool> residualInProduct_;
   std::vector<bool> allReduceBeforeAddNorm_; // planAllReduceNorms
   static constexpr size_t kNone = static_cast<size_t>(-1);
   size_t deferredAllReduce_ = kNone;

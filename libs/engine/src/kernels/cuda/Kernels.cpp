@@ -5,13 +5,17 @@
 #include "llmir/engine/CudaKernels.h"
 #include "llmir/proto/shard_program.pb.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <tuple>
 
 namespace llmir::engine::cuda {
 
@@ -31,8 +35,15 @@ struct Context::State {
   /// Medium matmul precision: x rounded to bf16 for the tensor-core
   /// products (one half, no lo).
   bool bf16Products = false;
+  /// cuBLASLt, for a product that adds the residual (C != D: cublasGemmEx
+  /// has C = D), and the algorithm chosen per (N, K, T); created at the
+  /// first such product.
+  cublasLtHandle_t lt = nullptr;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, cublasLtMatmulAlgo_t> residualAlgos;
 
   ~State() {
+    if (lt)
+      cublasLtDestroy(lt);
     if (cublas)
       cublasDestroy(cublas);
     if (cublas16)
@@ -263,6 +274,124 @@ Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const Weigh
       "bf16 gemm");
 }
 
+/// y = W x + residual (f32 [T, N]; y may not alias residual) for bf16 x
+/// (xHalf, [T, K]): one cuBLASLt product with the residual as C and y as D,
+/// so the residual ADD after a product costs no pass of its own. Same
+/// arithmetic as gemmBf16 then the ADD: the f32 accumulator plus the
+/// residual, rounded once. The heuristic's first algorithm for C != D was
+/// slower than cublasGemmEx's kernel plus the norm's extra pass (an H200,
+/// 1.1B prefill +1.8%), so at a shape's first product outside a graph
+/// capture its candidates are timed on the call's own operands and the
+/// fastest kept.
+Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
+                           const WeightView &w, const float *residual, float *y) {
+  const int64_t N = w.rows, K = w.cols;
+  if (!state.lt)
+    LLMIR_RETURN_IF_ERROR(cublasStatus(cublasLtCreate(&state.lt), "Lt create"));
+  struct Descriptors {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulPreference_t preference = nullptr;
+    ~Descriptors() {
+      if (preference)
+        cublasLtMatmulPreferenceDestroy(preference);
+      for (cublasLtMatrixLayout_t l : {a, b, c})
+        if (l)
+          cublasLtMatrixLayoutDestroy(l);
+      if (op)
+        cublasLtMatmulDescDestroy(op);
+    }
+  } d;
+  // Column-major, as gemmBf16: y^T [N, T] = W [K x N stored] ^T * x^T [K, T] + residual^T.
+  const cublasOperation_t transposed = CUBLAS_OP_T, plain = CUBLAS_OP_N;
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "Lt matmul desc"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &transposed,
+                                     sizeof transposed),
+      "Lt transa"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof plain),
+      "Lt transb"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatrixLayoutCreate(&d.a, CUDA_R_16BF, static_cast<uint64_t>(K),
+                                 static_cast<uint64_t>(N), K),
+      "Lt layout"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatrixLayoutCreate(&d.b, CUDA_R_16BF, static_cast<uint64_t>(K),
+                                 static_cast<uint64_t>(T), K),
+      "Lt layout"));
+  LLMIR_RETURN_IF_ERROR(cublasStatus(
+      cublasLtMatrixLayoutCreate(&d.c, CUDA_R_32F, static_cast<uint64_t>(N),
+                                 static_cast<uint64_t>(T), N),
+      "Lt layout"));
+  const float one = 1.0f;
+  // The bf16 handle's half of the workspace: the products are stream-ordered.
+  void *workspace = static_cast<char *>(state.workspace) + kCublasWorkspaceBytes;
+  const auto multiply = [&](const cublasLtMatmulAlgo_t &algo) {
+    return cublasLtMatmul(state.lt, d.op, &one, w.data, d.a, xHalf, d.b, &one, residual, d.c, y,
+                          d.c, &algo, workspace, kCublasWorkspaceBytes, state.stream);
+  };
+  const auto key = std::make_tuple(N, K, T);
+  auto found = state.residualAlgos.find(key);
+  if (found == state.residualAlgos.end()) {
+    LLMIR_RETURN_IF_ERROR(
+        cublasStatus(cublasLtMatmulPreferenceCreate(&d.preference), "Lt preference"));
+    const uint64_t workspaceBytes = kCublasWorkspaceBytes;
+    LLMIR_RETURN_IF_ERROR(cublasStatus(
+        cublasLtMatmulPreferenceSetAttribute(d.preference,
+                                             CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspaceBytes, sizeof workspaceBytes),
+        "Lt workspace"));
+    constexpr int kCandidates = 8;
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
+    int count = 0;
+    LLMIR_RETURN_IF_ERROR(cublasStatus(
+        cublasLtMatmulAlgoGetHeuristic(state.lt, d.op, d.a, d.b, d.c, d.c, d.preference,
+                                       kCandidates, results, &count),
+        "Lt heuristic"));
+    if (count < 1)
+      return Status::error("cuBLASLt: no algorithm for a bf16 product adding the residual");
+    int best = 0;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (count > 1 && cudaStreamIsCapturing(state.stream, &capture) == cudaSuccess &&
+        capture == cudaStreamCaptureStatusNone) {
+      cudaEvent_t start = nullptr, stop = nullptr;
+      LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&start), "event"));
+      LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&stop), "event"));
+      float fastest = 1e30f;
+      static const bool verbose = std::getenv("LLMIR_CUDA_RESIDUAL_VERBOSE") != nullptr;
+      for (int i = 0; i < count; ++i) {
+        float ms = 1e30f;
+        for (int round = 0; round < 3; ++round) { // the first warms up
+          cudaEventRecord(start, state.stream);
+          const cublasStatus_t status = multiply(results[i].algo);
+          cudaEventRecord(stop, state.stream);
+          float elapsed = 0.0f;
+          if (status != CUBLAS_STATUS_SUCCESS || cudaEventSynchronize(stop) != cudaSuccess ||
+              cudaEventElapsedTime(&elapsed, start, stop) != cudaSuccess)
+            break;
+          if (round > 0)
+            ms = std::min(ms, elapsed);
+        }
+        if (verbose)
+          std::fprintf(stderr, "residual product N=%lld K=%lld T=%lld: algorithm %d %.1f us\n",
+                       static_cast<long long>(N), static_cast<long long>(K),
+                       static_cast<long long>(T), i, 1e3 * ms);
+        if (ms < fastest) {
+          fastest = ms;
+          best = i;
+        }
+      }
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      cudaGetLastError(); // a candidate that failed is not chosen; not sticky
+    }
+    found = state.residualAlgos.emplace(key, results[best].algo).first;
+  }
+  return cublasStatus(multiply(found->second), "Lt matmul adding the residual");
+}
+
 /// Whether a group's weights lie side by side in one allocation, in the
 /// group's order (CudaBackend packs each group's bf16 weights so).
 bool sideBySide(std::span<const LinearOutput> outputs) {
@@ -343,7 +472,7 @@ SplitInput halvesIn(const Context::State &state, const SplitLayout &l) {
 /// by x's producer) and are not split again.
 Status splitGemms(Context::State &state, const float *x, int64_t T,
                   std::span<const LinearOutput> outputs, float *swigluY = nullptr,
-                  bool xSplit = false) {
+                  bool xSplit = false, const float *residual = nullptr) {
   const int64_t K = outputs.front().w.cols;
   const SplitLayout l = splitLayout(state, T, outputs);
   const bool both = l.both, packed = l.packed, join = l.join;
@@ -374,6 +503,9 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
     return cudaStatus(detail::scatterProduct(state.stream, product, T, both, segments),
                       "scatter");
   }
+  if (residual && (packed || join || outputs.size() != 1))
+    return Status::error("CUDA linear adding the residual: one product of at least " +
+                         std::to_string(kTwoGemmTokens) + " tokens");
   for (const LinearOutput &o : outputs) {
     const int64_t N = o.w.rows;
     if (join) {
@@ -382,7 +514,8 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
           cudaStatus(detail::joinHalves(state.stream, product, T, N, o.bias, o.y), "join"));
       continue;
     }
-    LLMIR_RETURN_IF_ERROR(gemmBf16(state, hi, T, o.w, 0.0f, o.y));
+    LLMIR_RETURN_IF_ERROR(residual ? gemmBf16AddResidual(state, hi, T, o.w, residual, o.y)
+                                   : gemmBf16(state, hi, T, o.w, 0.0f, o.y));
     if (both)
       LLMIR_RETURN_IF_ERROR(gemmBf16(state, lo, T, o.w, 1.0f, o.y));
     if (o.bias)
@@ -479,6 +612,21 @@ bool residualNormConsumerPays(int64_t H, int64_t rows, bool paired) {
 
 int64_t residualNormPartials(int64_t producerK, int64_t H) {
   return detail::oneTokenBlocks(producerK, H);
+}
+
+bool takesResidualInProduct(const WeightView &w, int64_t T) {
+  return T >= kTwoGemmTokens && takesSplitGemms(w, T);
+}
+
+Status linearAddResidual(Context &context, const float *x, int64_t T, const LinearOutput &output,
+                         const float *residual, bool xSplit) {
+  if (!takesResidualInProduct(output.w, T))
+    return Status::error("CUDA linear adding the residual: bf16 weights and at least " +
+                         std::to_string(kTwoGemmTokens) + " tokens (takesResidualInProduct)");
+  if (!residual || residual == output.y)
+    return Status::error("CUDA linear adding the residual: a residual apart from y");
+  return splitGemms(context.state(), x, T, std::span<const LinearOutput>(&output, 1), nullptr,
+                    xSplit, residual);
 }
 
 Status linearGroupWithNorm(Context &context, const float *x, int64_t T,

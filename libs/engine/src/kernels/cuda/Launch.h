@@ -162,7 +162,8 @@ int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);
 /// sum = a + b, then y = rmsNorm(sum) per row of H; with hi, y's bf16
-/// halves too (splitBf16's: hi, and lo when not null).
+/// halves too (splitBf16's: hi, and lo when not null). b null: a is the sum
+/// already (sum not written).
 int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_t T,
                int64_t H, const float *weight, float eps, float *y, void *hi = nullptr,
                void *lo = nullptr);

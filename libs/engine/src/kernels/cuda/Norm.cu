@@ -172,7 +172,9 @@ __global__ void rmsNormKernel(const float *x, int64_t H, const float *weight,
 // Vectors: every row of H floats four at a time in registers (addRmsNorm's
 // choice: many rows, H a multiple of 4 within the block's kNormPerThread
 // elements a thread, 16-byte aligned rows, 8-byte aligned halves).
-template <bool Vectors>
+// Added: b and sumOut null, a is the sum already (its product added the
+// residual: linearAddResidual), normalised as the sum is.
+template <bool Vectors, bool Added = false>
 __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, int64_t H,
                                  const float *weight, float eps, float *y, __nv_bfloat16 *hi,
                                  __nv_bfloat16 *lo) {
@@ -182,7 +184,11 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
     if (lo)
       lo += base;
   }
-  if constexpr (Vectors)
+  if constexpr (Vectors && Added)
+    return normalizeVectorsInRegisters(
+        [&](int64_t q) { return reinterpret_cast<const float4 *>(a + base)[q]; },
+        [](int64_t, float4) {}, H, weight, eps, y ? y + base : nullptr, hi, lo);
+  if constexpr (Vectors && !Added)
     return normalizeVectorsInRegisters(
         [&](int64_t q) {
           const float4 x = reinterpret_cast<const float4 *>(a + base)[q];
@@ -191,6 +197,20 @@ __global__ void addRmsNormKernel(const float *a, const float *b, float *sumOut, 
         },
         [&](int64_t q, float4 h) { reinterpret_cast<float4 *>(sumOut + base)[q] = h; }, H,
         weight, eps, y ? y + base : nullptr, hi, lo);
+  if constexpr (Added) {
+    if (H <= kNormPerThread * int64_t(blockDim.x))
+      return normalizeInRegisters([&](int64_t i) { return a[base + i]; }, [](int64_t, float) {},
+                                  H, weight, eps, y ? y + base : nullptr, hi, lo);
+    beginDependentKernel();
+    double sum = 0.0;
+#pragma unroll 8
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
+      sum += static_cast<double>(a[base + i]) * a[base + i];
+    const float scale = inverseRms(sum, H, eps);
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x)
+      storeNormed(y ? y + base : nullptr, hi, lo, i, weight[i] * (a[base + i] * scale));
+    return;
+  }
   if (H <= kNormPerThread * int64_t(blockDim.x))
     return normalizeInRegisters([&](int64_t i) { return a[base + i] + b[base + i]; },
                                 [&](int64_t i, float h) { sumOut[base + i] = h; }, H, weight,
@@ -292,12 +312,10 @@ int addRmsNorm(Stream stream, const float *a, const float *b, float *sum, int64_
                        alignedTo(y, 16) && alignedTo(weight, 16) && alignedTo(hi, 8) &&
                        alignedTo(lo, 8);
   auto *h = static_cast<__nv_bfloat16 *>(hi), *l = static_cast<__nv_bfloat16 *>(lo);
-  if (vectors)
-    launchDependent(addRmsNormKernel<true>, static_cast<unsigned>(T), threads, 0, stream, a, b,
-                    sum, H, weight, eps, y, h, l);
-  else
-    launchDependent(addRmsNormKernel<false>, static_cast<unsigned>(T), threads, 0, stream, a, b,
-                    sum, H, weight, eps, y, h, l);
+  const auto kernel = b ? (vectors ? addRmsNormKernel<true> : addRmsNormKernel<false>)
+                        : (vectors ? addRmsNormKernel<true, true> : addRmsNormKernel<false, true>);
+  launchDependent(kernel, static_cast<unsigned>(T), threads, 0, stream, a, b, b ? sum : nullptr,
+                  H, weight, eps, y, h, l);
   return cudaGetLastError();
 }
 
