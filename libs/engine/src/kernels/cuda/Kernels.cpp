@@ -35,11 +35,10 @@ struct Context::State {
   /// Medium matmul precision: x rounded to bf16 for the tensor-core
   /// products (one half, no lo).
   bool bf16Products = false;
-  /// cuBLASLt, for a product that adds the residual (C != D: cublasGemmEx
-  /// has C = D), and the algorithm chosen per (N, K, T); created at the
-  /// first such product.
+  /// cuBLASLt for a prefill's products (gemmBf16Tuned), created at the
+  /// first, and the algorithm timed fastest per (N, K, T, residual added).
   cublasLtHandle_t lt = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, cublasLtMatmulAlgo_t> residualAlgos;
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, cublasLtMatmulAlgo_t> tunedAlgos;
 
   ~State() {
     if (lt)
@@ -274,17 +273,18 @@ Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const Weigh
       "bf16 gemm");
 }
 
-/// y = W x + residual (f32 [T, N]; y may not alias residual) for bf16 x
-/// (xHalf, [T, K]): one cuBLASLt product with the residual as C and y as D,
-/// so the residual ADD after a product costs no pass of its own. Same
-/// arithmetic as gemmBf16 then the ADD: the f32 accumulator plus the
-/// residual, rounded once. The heuristic's first algorithm for C != D was
-/// slower than cublasGemmEx's kernel plus the norm's extra pass (an H200,
-/// 1.1B prefill +1.8%), so at a shape's first product outside a graph
-/// capture its candidates are timed on the call's own operands and the
-/// fastest kept.
-Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
-                           const WeightView &w, const float *residual, float *y) {
+/// y = W x (+ residual, f32 [T, N], which y may not alias) for bf16 x
+/// (xHalf, [T, K]) on cuBLASLt: with the residual as C and y as D the
+/// residual ADD after a product costs no pass of its own (cublasGemmEx has
+/// C = D). The heuristic's first algorithm is not the fastest for these
+/// shapes: for C != D it was slower than cublasGemmEx's kernel plus the
+/// norm's extra pass (an H200, 1.1B prefill +1.8%), while its third was 22%
+/// faster than its first. So at a shape's first product outside a graph
+/// capture the candidates are timed on the call's own operands (every one
+/// writes the same y: D = W x + C with C untouched) and the fastest kept;
+/// in a capture the first is used and nothing kept.
+Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const WeightView &w,
+                     const float *residual, float *y) {
   const int64_t N = w.rows, K = w.cols;
   if (!state.lt)
     LLMIR_RETURN_IF_ERROR(cublasStatus(cublasLtCreate(&state.lt), "Lt create"));
@@ -325,16 +325,17 @@ Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
       cublasLtMatrixLayoutCreate(&d.c, CUDA_R_32F, static_cast<uint64_t>(N),
                                  static_cast<uint64_t>(T), N),
       "Lt layout"));
-  const float one = 1.0f;
+  const float one = 1.0f, beta = residual ? 1.0f : 0.0f;
   // The bf16 handle's half of the workspace: the products are stream-ordered.
   void *workspace = static_cast<char *>(state.workspace) + kCublasWorkspaceBytes;
   const auto multiply = [&](const cublasLtMatmulAlgo_t &algo) {
-    return cublasLtMatmul(state.lt, d.op, &one, w.data, d.a, xHalf, d.b, &one, residual, d.c, y,
-                          d.c, &algo, workspace, kCublasWorkspaceBytes, state.stream);
+    return cublasLtMatmul(state.lt, d.op, &one, w.data, d.a, xHalf, d.b, &beta,
+                          residual ? residual : y, d.c, y, d.c, &algo, workspace,
+                          kCublasWorkspaceBytes, state.stream);
   };
-  const auto key = std::make_tuple(N, K, T);
-  auto found = state.residualAlgos.find(key);
-  if (found == state.residualAlgos.end()) {
+  const auto key = std::make_tuple(N, K, T, residual != nullptr);
+  auto found = state.tunedAlgos.find(key);
+  if (found == state.tunedAlgos.end()) {
     LLMIR_RETURN_IF_ERROR(
         cublasStatus(cublasLtMatmulPreferenceCreate(&d.preference), "Lt preference"));
     const uint64_t workspaceBytes = kCublasWorkspaceBytes;
@@ -354,13 +355,15 @@ Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
       return Status::error("cuBLASLt: no algorithm for a bf16 product adding the residual");
     int best = 0;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    if (count > 1 && cudaStreamIsCapturing(state.stream, &capture) == cudaSuccess &&
-        capture == cudaStreamCaptureStatusNone) {
+    if (cudaStreamIsCapturing(state.stream, &capture) != cudaSuccess ||
+        capture != cudaStreamCaptureStatusNone)
+      return cublasStatus(multiply(results[0].algo), "Lt matmul (in a capture)");
+    if (count > 1) {
       cudaEvent_t start = nullptr, stop = nullptr;
       LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&start), "event"));
       LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&stop), "event"));
       float fastest = 1e30f;
-      static const bool verbose = std::getenv("LLMIR_CUDA_RESIDUAL_VERBOSE") != nullptr;
+      static const bool verbose = std::getenv("LLMIR_CUDA_TUNING_VERBOSE") != nullptr;
       for (int i = 0; i < count; ++i) {
         float ms = 1e30f;
         for (int round = 0; round < 3; ++round) { // the first warms up
@@ -375,9 +378,9 @@ Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
             ms = std::min(ms, elapsed);
         }
         if (verbose)
-          std::fprintf(stderr, "residual product N=%lld K=%lld T=%lld: algorithm %d %.1f us\n",
-                       static_cast<long long>(N), static_cast<long long>(K),
-                       static_cast<long long>(T), i, 1e3 * ms);
+          std::fprintf(stderr, "%s product N=%lld K=%lld T=%lld: algorithm %d %.1f us\n",
+                       residual ? "residual" : "plain", static_cast<long long>(N),
+                       static_cast<long long>(K), static_cast<long long>(T), i, 1e3 * ms);
         if (ms < fastest) {
           fastest = ms;
           best = i;
@@ -387,9 +390,9 @@ Status gemmBf16AddResidual(Context::State &state, const void *xHalf, int64_t T,
       cudaEventDestroy(stop);
       cudaGetLastError(); // a candidate that failed is not chosen; not sticky
     }
-    found = state.residualAlgos.emplace(key, results[best].algo).first;
+    found = state.tunedAlgos.emplace(key, results[best].algo).first;
   }
-  return cublasStatus(multiply(found->second), "Lt matmul adding the residual");
+  return cublasStatus(multiply(found->second), "Lt matmul");
 }
 
 /// Whether a group's weights lie side by side in one allocation, in the
@@ -514,8 +517,13 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
           cudaStatus(detail::joinHalves(state.stream, product, T, N, o.bias, o.y), "join"));
       continue;
     }
-    LLMIR_RETURN_IF_ERROR(residual ? gemmBf16AddResidual(state, hi, T, o.w, residual, o.y)
-                                   : gemmBf16(state, hi, T, o.w, 0.0f, o.y));
+    // From kTwoGemmTokens (a prefill's products: no decode graph captures
+    // them) on cuBLASLt with the timed algorithm; LLMIR_CUDA_TUNED_GEMMS=0
+    // keeps cublasGemmEx for the products without a residual (measuring).
+    static const bool tuned = !detail::switchedOff("LLMIR_CUDA_TUNED_GEMMS");
+    LLMIR_RETURN_IF_ERROR(residual || (tuned && T >= kTwoGemmTokens)
+                              ? gemmBf16Tuned(state, hi, T, o.w, residual, o.y)
+                              : gemmBf16(state, hi, T, o.w, 0.0f, o.y));
     if (both)
       LLMIR_RETURN_IF_ERROR(gemmBf16(state, lo, T, o.w, 1.0f, o.y));
     if (o.bias)
