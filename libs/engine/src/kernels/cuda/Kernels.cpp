@@ -352,7 +352,7 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
                                        kCandidates, results, &count),
         "Lt heuristic"));
     if (count < 1)
-      return Status::error("cuBLASLt: no algorithm for a bf16 product adding the residual");
+      return Status::error("cuBLASLt: no algorithm for this bf16 product");
     int best = 0;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(state.stream, &capture) != cudaSuccess ||
