@@ -465,48 +465,51 @@ TEST_F(BackendOps, ResidualNormBetweenProducts) {
 // against the product, then the fused ADD+RMS_NORM. The sum may differ from
 // the product's plus the residual in the last bits only (the GEMM kernel
 // may differ); the norm of the same sum is the fused pass's, bit for bit.
+// N = 322: rows the norm cannot read four floats at a time.
 TEST_F(BackendOps, ProductAddsTheResidual) {
-  const int64_t K = 384, N = 320;
-  const PackedBf16Weights weight({N}, K, rng_);
-  const std::vector<float> normWeight = randomFloats(size_t(N), rng_);
-  const std::vector<float> bias = randomFloats(size_t(N), rng_);
-  DeviceArray<float> dw(normWeight), dbias(bias);
-  for (bool medium : {false, true})
-    for (int64_t T : {512, 600}) {
-      context_->setBf16Products(medium);
-      const std::string what = std::string(medium ? "medium" : "highest") + " T=" +
-                               std::to_string(T);
-      ASSERT_TRUE(cuda::takesResidualInProduct(weight.views[0], T)) << what;
-      const std::vector<float> x = randomFloats(size_t(T * K), rng_);
-      const std::vector<float> residual = randomFloats(size_t(T * N), rng_, 3.0f);
-      DeviceArray<float> dx(x), dr(residual), y(size_t(T * N)), wantSum(size_t(T * N)),
-          wantNormed(size_t(T * N)), sum(size_t(T * N)), normed(size_t(T * N)),
-          normedOfSum(size_t(T * N));
-      const cuda::LinearOutput plain{weight.views[0], dbias.get(), y.get()};
-      ASSERT_TRUE(cuda::linearGroup(*context_, dx.get(), T, std::span(&plain, 1)).isOk());
-      ASSERT_TRUE(cuda::addRmsNorm(y.get(), dr.get(), wantSum.get(), T, N, dw.get(), 1e-5f,
-                                   wantNormed.get(), context_->stream())
-                      .isOk());
-      const cuda::LinearOutput into{weight.views[0], dbias.get(), sum.get()};
-      Status status = cuda::linearAddResidual(*context_, dx.get(), T, into, dr.get());
-      ASSERT_TRUE(status.isOk()) << status.message();
-      ASSERT_TRUE(cuda::addRmsNorm(sum.get(), nullptr, nullptr, T, N, dw.get(), 1e-5f,
-                                   normed.get(), context_->stream())
-                      .isOk());
-      compare("LINEAR + residual", what + " sum", sum.download(), wantSum.download(), 1e-6);
-      compare("LINEAR + residual", what + " normed", normed.download(), wantNormed.download(),
-              1e-6);
-      // The norm alone over the fused pass's own sum: the same bits.
-      ASSERT_TRUE(cuda::addRmsNorm(wantSum.get(), nullptr, nullptr, T, N, dw.get(), 1e-5f,
-                                   normedOfSum.get(), context_->stream())
-                      .isOk());
-      compare("RMS_NORM of a sum", what, normedOfSum.download(), wantNormed.download(), 0.0);
-      // Where it does not apply: fewer tokens, or y over the residual.
-      EXPECT_FALSE(cuda::takesResidualInProduct(weight.views[0], 100));
-      EXPECT_FALSE(cuda::linearAddResidual(*context_, dx.get(), 100, into, dr.get()).isOk());
-      const cuda::LinearOutput over{weight.views[0], nullptr, dr.get()};
-      EXPECT_FALSE(cuda::linearAddResidual(*context_, dx.get(), T, over, dr.get()).isOk());
-    }
+  const int64_t K = 384;
+  for (const int64_t N : {int64_t(320), int64_t(322)}) {
+    const PackedBf16Weights weight({N}, K, rng_);
+    const std::vector<float> normWeight = randomFloats(size_t(N), rng_);
+    const std::vector<float> bias = randomFloats(size_t(N), rng_);
+    DeviceArray<float> dw(normWeight), dbias(bias);
+    for (bool medium : {false, true})
+      for (int64_t T : {512, 600}) {
+        context_->setBf16Products(medium);
+        const std::string what = std::string(medium ? "medium" : "highest") + " T=" +
+                                 std::to_string(T) + " N=" + std::to_string(N);
+        ASSERT_TRUE(cuda::takesResidualInProduct(weight.views[0], T)) << what;
+        const std::vector<float> x = randomFloats(size_t(T * K), rng_);
+        const std::vector<float> residual = randomFloats(size_t(T * N), rng_, 3.0f);
+        DeviceArray<float> dx(x), dr(residual), y(size_t(T * N)), wantSum(size_t(T * N)),
+            wantNormed(size_t(T * N)), sum(size_t(T * N)), normed(size_t(T * N)),
+            normedOfSum(size_t(T * N));
+        const cuda::LinearOutput plain{weight.views[0], dbias.get(), y.get()};
+        ASSERT_TRUE(cuda::linearGroup(*context_, dx.get(), T, std::span(&plain, 1)).isOk());
+        ASSERT_TRUE(cuda::addRmsNorm(y.get(), dr.get(), wantSum.get(), T, N, dw.get(), 1e-5f,
+                                     wantNormed.get(), context_->stream())
+                        .isOk());
+        const cuda::LinearOutput into{weight.views[0], dbias.get(), sum.get()};
+        Status status = cuda::linearAddResidual(*context_, dx.get(), T, into, dr.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        ASSERT_TRUE(cuda::addRmsNorm(sum.get(), nullptr, nullptr, T, N, dw.get(), 1e-5f,
+                                     normed.get(), context_->stream())
+                        .isOk());
+        compare("LINEAR + residual", what + " sum", sum.download(), wantSum.download(), 1e-6);
+        compare("LINEAR + residual", what + " normed", normed.download(), wantNormed.download(),
+                1e-6);
+        // The norm alone over the fused pass's own sum: the same bits.
+        ASSERT_TRUE(cuda::addRmsNorm(wantSum.get(), nullptr, nullptr, T, N, dw.get(), 1e-5f,
+                                     normedOfSum.get(), context_->stream())
+                        .isOk());
+        compare("RMS_NORM of a sum", what, normedOfSum.download(), wantNormed.download(), 0.0);
+        // Where it does not apply: fewer tokens, or y over the residual.
+        EXPECT_FALSE(cuda::takesResidualInProduct(weight.views[0], 100));
+        EXPECT_FALSE(cuda::linearAddResidual(*context_, dx.get(), 100, into, dr.get()).isOk());
+        const cuda::LinearOutput over{weight.views[0], nullptr, dr.get()};
+        EXPECT_FALSE(cuda::linearAddResidual(*context_, dx.get(), T, over, dr.get()).isOk());
+      }
+  }
   context_->setBf16Products(false);
 }
 
