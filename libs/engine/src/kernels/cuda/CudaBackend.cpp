@@ -751,6 +751,22 @@ private:
     }
   }
 
+  /// The fused ADD+RMS_NORM at `index`: sum = a + b (b null: a is the sum
+  /// already, its product added the residual) and the norm of the sum, whose
+  /// bf16 halves the product reading it on cuBLAS takes from this launch
+  /// (planSplitsInProducers), with or instead of the f32 row.
+  Status addAndNormalise(size_t index, const float *a, const float *b, DeviceTensor &sum) {
+    const BoundInstruction &norm = program_.instructions[index + 1];
+    const DeviceWeight &w = weights_[norm.inputs[1]];
+    DeviceTensor &normed = activations_[norm.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(normed.reshape(sum.shape));
+    Result<ProducedSplit> split = splitInProducer(index, normed);
+    LLMIR_RETURN_IF_ERROR(split.status());
+    return cuda::addRmsNorm(a, b, b ? sum.data() : nullptr, sum.rows(), sum.rowSize(),
+                            w.widened.data, norm.params.eps,
+                            split->halvesOnly ? nullptr : normed.data(), stream(), split->split);
+  }
+
   /// planResidualsInProducts' product at LINEAR `index`: false where it does
   /// not apply to this step (the LINEAR and the ADD run as usual).
   Result<bool> addResidualInProduct(size_t index, const DeviceTensor &x, const float *xData,
@@ -1572,17 +1588,8 @@ private:
       const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
       if (index == sumInProductAt_) { // the sum written by the product (planResidualsInProducts)
         sumInProductAt_ = kNone;
-        const BoundInstruction &norm = program_.instructions[index + 1];
-        const DeviceWeight &w = weights_[norm.inputs[1]];
-        const DeviceTensor &sum = out(0);
-        DeviceTensor &normed = activations_[norm.outputs[0]];
-        LLMIR_RETURN_IF_ERROR(normed.reshape(sum.shape));
-        Result<ProducedSplit> split = splitInProducer(index, normed);
-        LLMIR_RETURN_IF_ERROR(split.status());
-        return cuda::addRmsNorm(sum.data(), nullptr, nullptr, sum.rows(), sum.rowSize(),
-                                w.widened.data, norm.params.eps,
-                                split->halvesOnly ? nullptr : normed.data(), stream(),
-                                split->split);
+        DeviceTensor &sum = out(0);
+        return addAndNormalise(index, sum.data(), nullptr, sum);
       }
       const DeviceTensor &a = act(0), &b = act(1);
       if (a.shape != b.shape)
@@ -1591,24 +1598,17 @@ private:
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(a.shape));
       if (inst.op == proto::ADD && index < addNormFused_.size() && addNormFused_[index]) {
-        const BoundInstruction &norm = program_.instructions[index + 1];
-        const DeviceWeight &w = weights_[norm.inputs[1]];
-        DeviceTensor &normed = activations_[norm.outputs[0]];
-        LLMIR_RETURN_IF_ERROR(normed.reshape(a.shape));
         if (deferredAllReduce_ + 1 == index) { // planAllReduceNorms
           deferredAllReduce_ = kNone;
-          Result<bool> fused = runDeferredAllReduce(index - 1, y, w, norm.params.eps, normed);
+          const BoundInstruction &norm = program_.instructions[index + 1];
+          DeviceTensor &normed = activations_[norm.outputs[0]];
+          LLMIR_RETURN_IF_ERROR(normed.reshape(a.shape));
+          Result<bool> fused = runDeferredAllReduce(index - 1, y, weights_[norm.inputs[1]],
+                                                    norm.params.eps, normed);
           if (!fused || *fused)
             return fused.status();
         }
-        // The product reading the norm on cuBLAS takes its bf16 halves from
-        // this launch (planSplitsInProducers).
-        Result<ProducedSplit> split = splitInProducer(index, normed);
-        LLMIR_RETURN_IF_ERROR(split.status());
-        return cuda::addRmsNorm(a.data(), b.data(), y.data(), a.rows(), a.rowSize(),
-                                w.widened.data, norm.params.eps,
-                                split->halvesOnly ? nullptr : normed.data(), stream(),
-                                split->split);
+        return addAndNormalise(index, a.data(), b.data(), y);
       }
       return inst.op == proto::SWIGLU
                  ? cuda::swiglu(a.data(), b.data(), y.data(), a.numel(), stream())

@@ -479,6 +479,9 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   const int64_t K = outputs.front().w.cols;
   const SplitLayout l = splitLayout(state, T, outputs);
   const bool both = l.both, packed = l.packed, join = l.join;
+  if (residual && (packed || join || outputs.size() != 1))
+    return Status::error("CUDA linear adding the residual: one product of at least " +
+                         std::to_string(kTwoGemmTokens) + " tokens");
   // A scratch that must grow loses the halves: x is split again, if its
   // producer wrote it.
   xSplit = xSplit && l.need <= state.splitBytes;
@@ -506,9 +509,6 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
     return cudaStatus(detail::scatterProduct(state.stream, product, T, both, segments),
                       "scatter");
   }
-  if (residual && (packed || join || outputs.size() != 1))
-    return Status::error("CUDA linear adding the residual: one product of at least " +
-                         std::to_string(kTwoGemmTokens) + " tokens");
   for (const LinearOutput &o : outputs) {
     const int64_t N = o.w.rows;
     if (join) {
