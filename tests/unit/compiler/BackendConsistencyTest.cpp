@@ -154,6 +154,21 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
   };
 
   int32_t nextBlock = 0;
+  // One sequence's prefill of `length` tokens (ids first, first + stride,
+  // ...) in KV blocks no step has used yet.
+  auto prefillOf = [&](int length, int first, int stride) {
+    engine::StepInput step;
+    std::vector<int32_t> table;
+    for (int b = 0; b < length / 4 + 1; ++b)
+      table.push_back(nextBlock++);
+    step.blockTables = {table};
+    for (int p = 0; p < length; ++p) {
+      step.tokenIds.push_back((first + stride * p) % 2000);
+      step.positions.push_back(p);
+      step.tokenSeq.push_back(0);
+    }
+    return step;
+  };
   for (int batch : {1, 3, 20}) {
     const int prompt = 5;
     engine::StepInput prefill, decode;
@@ -174,20 +189,8 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
     const std::string name = "batch " + std::to_string(batch);
     decode.tokenIds = compare(prefill, name + " prefill");
     for (int n = 0; n < 8; ++n) {
-      if (n == 4) { // another sequence's prefill between the decodes
-        engine::StepInput other;
-        const int length = 9 * batch + 3;
-        std::vector<int32_t> table;
-        for (int b = 0; b < length / 4 + 1; ++b)
-          table.push_back(nextBlock++);
-        other.blockTables = {table};
-        for (int p = 0; p < length; ++p) {
-          other.tokenIds.push_back((5 + 17 * p) % 2000);
-          other.positions.push_back(p);
-          other.tokenSeq.push_back(0);
-        }
-        compare(other, name + " interleaved prefill");
-      }
+      if (n == 4) // another sequence's prefill between the decodes
+        compare(prefillOf(9 * batch + 3, 5, 17), name + " interleaved prefill");
       decode.tokenIds = compare(decode, name + " decode " + std::to_string(n));
       for (int32_t &position : decode.positions)
         ++position;
@@ -195,20 +198,7 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
   }
   // A prefill of 512 tokens or more: each product of x's two bf16 halves a
   // GEMM of its own (below, one GEMM over both and a join).
-  {
-    engine::StepInput longPrefill;
-    const int length = 600;
-    std::vector<int32_t> table;
-    for (int b = 0; b < length / 4 + 1; ++b)
-      table.push_back(nextBlock++);
-    longPrefill.blockTables = {table};
-    for (int p = 0; p < length; ++p) {
-      longPrefill.tokenIds.push_back((11 + 29 * p) % 2000);
-      longPrefill.positions.push_back(p);
-      longPrefill.tokenSeq.push_back(0);
-    }
-    compare(longPrefill, "prefill of 600 tokens");
-  }
+  compare(prefillOf(600, 11, 29), "prefill of 600 tokens");
   std::printf("fast paths: worst relative error %.2e\n", worst);
 }
 
