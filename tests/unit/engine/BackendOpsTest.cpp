@@ -513,6 +513,32 @@ TEST_F(BackendOps, ProductAddsTheResidual) {
   context_->setBf16Products(false);
 }
 
+// A prefill product's timed cuBLASLt algorithm serves every token count of
+// its bucket (the power of two at or above T): T = 600, 700 and 1,000 time
+// the candidates once, 1,100 again; each product against the CPU's.
+TEST_F(BackendOps, TunedProductsShareATokenBucket) {
+  const int64_t K = 256, N = 192;
+  const WeightTensor w =
+      makeWeight(proto::BF16, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f));
+  DeviceWeight dw(w);
+  context_->setBf16Products(true);
+  const int64_t before = context_->productTunings();
+  for (const auto &[T, tunings] : std::vector<std::pair<int64_t, int64_t>>{
+           {600, 1}, {700, 1}, {1000, 1}, {1100, 2}, {2048, 2}, {600, 2}}) {
+    std::vector<float> x = randomFloats(size_t(T * K), rng_);
+    for (float &v : x)
+      v = bf16Value(bf16Bits(v)); // medium: the product of x rounded to bf16
+    std::vector<float> want(size_t(T * N));
+    cpu::linear(x.data(), T, WeightView::of(w), nullptr, want.data(), pool_);
+    DeviceArray<float> dx(x), dy(want.size());
+    Status status = cuda::linear(*context_, dx.get(), T, dw.view, nullptr, dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("LINEAR tuned", "T=" + std::to_string(T), dy.download(), want, kMatmulLimit);
+    EXPECT_EQ(context_->productTunings() - before, tunings) << "T=" << T;
+  }
+  context_->setBf16Products(false);
+}
+
 TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   const int64_t K = 512;
   const std::vector<int64_t> widths = {512, 128, 128, 320, 320};
@@ -855,6 +881,11 @@ struct AttentionCase {
   std::vector<int32_t> positions, tokenSeq;
   std::vector<std::vector<int32_t>> blockTables;
   int64_t slidingWindow = 0;
+  // Scores that grow along the keys: every query element + 1 and every
+  // step key element + growth x its position, so each 64-key tile's
+  // maximum passes the last one's by ~8 growth x 64 (the prefill kernel's
+  // lazy rescale moves its reference maximum several times a row).
+  float growth = 0.0f;
 };
 
 // The cache blocks a case's tables name (at least 8).
@@ -993,6 +1024,8 @@ TEST_F(BackendOps, PagedAttention) {
        std::vector<int32_t>(330, 0), {scattered(11)}},
       {"GQA windowed long prefill, head dim 64", 8, 2, 64, 64, 0, range(0, 330),
        std::vector<int32_t>(330, 0), {scattered(7)}, 100},
+      {"GQA prefill, scores growing along the keys", 8, 2, 64, 32, 1, range(0, 330),
+       std::vector<int32_t>(330, 0), {scattered(11)}, 0, 0.03f},
   };
   for (const AttentionCase &c : cases) {
     const int64_t T = int64_t(c.positions.size());
@@ -1030,10 +1063,16 @@ TEST_F(BackendOps, PagedAttention) {
     ASSERT_TRUE(validateStepInput(step, shape).isOk()) << c.name;
     const cpu::AttentionParams params = paramsOf(c);
 
-    const std::vector<float> q =
-        randomFloats(size_t(T * c.heads * c.headDim), rng_);
-    const std::vector<float> k = randomFloats(size_t(T * width), rng_);
+    std::vector<float> q = randomFloats(size_t(T * c.heads * c.headDim), rng_);
+    std::vector<float> k = randomFloats(size_t(T * width), rng_);
     const std::vector<float> v = randomFloats(size_t(T * width), rng_);
+    if (c.growth > 0.0f) {
+      for (float &x : q)
+        x += 1.0f;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < width; ++i)
+          k[size_t(t * width + i)] += c.growth * float(c.positions[size_t(t)]);
+    }
     std::vector<float> want(q.size());
     cpu::pagedAttention(q.data(), k.data(), v.data(), step, params, *cpuCache,
                         want.data(), pool_);

@@ -45,6 +45,10 @@ public:
   /// tensor-core products take x rounded to bf16 instead of two halves
   /// (half the work, bf16-level error). Default off: within f32 rounding.
   void setBf16Products(bool bf16);
+  /// How many times a prefill product's cuBLASLt candidates were timed:
+  /// once for each (weight shape, residual added, bucket of token counts,
+  /// the power of two at or above T) outside a graph capture.
+  int64_t productTunings() const;
 
   struct State;
   State &state() { return *state_; }

@@ -36,9 +36,14 @@ struct Context::State {
   /// products (one half, no lo).
   bool bf16Products = false;
   /// cuBLASLt for a prefill's products (gemmBf16Tuned), created at the
-  /// first, and the algorithm timed fastest per (N, K, T, residual added).
+  /// first; the algorithm timed fastest per (N, K, bucket of token counts,
+  /// residual added), and per (N, K, T, residual added) the algorithm a
+  /// product of that very shape uses (its bucket's, checked once).
+  using ProductKey = std::tuple<int64_t, int64_t, int64_t, bool>;
   cublasLtHandle_t lt = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, cublasLtMatmulAlgo_t> tunedAlgos;
+  std::map<ProductKey, cublasLtMatmulAlgo_t> tunedAlgos, shapeAlgos;
+  /// How many times candidates were timed (Context::productTunings).
+  int64_t tunings = 0;
 
   ~State() {
     if (lt)
@@ -250,6 +255,8 @@ Status Context::synchronize() {
 
 void Context::setBf16Products(bool bf16) { state_->bf16Products = bf16; }
 
+int64_t Context::productTunings() const { return state_->tunings; }
+
 namespace {
 
 /// From this many tokens the two halves' products are two GEMMs summing
@@ -273,6 +280,15 @@ Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const Weigh
       "bf16 gemm");
 }
 
+/// The bucket of token counts whose products share a tuned algorithm: the
+/// power of two at or above T (T = 600 and 1,000 share 1,024's).
+int64_t tokenBucket(int64_t T) {
+  int64_t bucket = 1;
+  while (bucket < T)
+    bucket *= 2;
+  return bucket;
+}
+
 /// y = W x (+ residual, f32 [T, N], which y may not alias) for bf16 x
 /// (xHalf, [T, K]) on cuBLASLt: with the residual as C and y as D the
 /// residual ADD after a product costs no pass of its own (cublasGemmEx has
@@ -283,6 +299,14 @@ Status gemmBf16(Context::State &state, const void *xHalf, int64_t T, const Weigh
 /// capture the candidates are timed on the call's own operands (every one
 /// writes the same y: D = W x + C with C untouched) and the fastest kept;
 /// in a capture the first is used and nothing kept.
+///
+/// The choice is kept per bucket of token counts (tokenBucket), as
+/// TensorRT-LLM's GEMM profiler keeps its tactics per power-of-two M: a
+/// server's prompts have as many lengths as prompts, and timing eight
+/// candidates three times for each new length would put milliseconds into
+/// the first token of almost every long prompt. A product checks that its
+/// bucket's algorithm supports its own shape (cublasLtMatmulAlgoCheck) and
+/// takes the heuristic's first where it does not.
 Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const WeightView &w,
                      const float *residual, float *y) {
   const int64_t N = w.rows, K = w.cols;
@@ -333,9 +357,25 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
                           residual ? residual : y, d.c, y, d.c, &algo, workspace,
                           kCublasWorkspaceBytes, state.stream);
   };
-  const auto key = std::make_tuple(N, K, T, residual != nullptr);
-  auto found = state.tunedAlgos.find(key);
-  if (found == state.tunedAlgos.end()) {
+  const bool added = residual != nullptr;
+  const Context::State::ProductKey exactKey{N, K, T, added}, bucketKey{N, K, tokenBucket(T), added};
+  if (auto exact = state.shapeAlgos.find(exactKey); exact != state.shapeAlgos.end())
+    return cublasStatus(multiply(exact->second), "Lt matmul");
+  // Each length's check once: the map is a cache, emptied past a bound (a
+  // server sees as many lengths as the context allows).
+  if (state.shapeAlgos.size() >= 4096)
+    state.shapeAlgos.clear();
+  auto found = state.tunedAlgos.find(bucketKey);
+  if (found != state.tunedAlgos.end()) {
+    cublasLtMatmulHeuristicResult_t check = {};
+    if (cublasLtMatmulAlgoCheck(state.lt, d.op, d.a, d.b, d.c, d.c, &found->second, &check) ==
+            CUBLAS_STATUS_SUCCESS &&
+        check.workspaceSize <= kCublasWorkspaceBytes) {
+      state.shapeAlgos.emplace(exactKey, found->second);
+      return cublasStatus(multiply(found->second), "Lt matmul");
+    }
+  }
+  {
     LLMIR_RETURN_IF_ERROR(
         cublasStatus(cublasLtMatmulPreferenceCreate(&d.preference), "Lt preference"));
     const uint64_t workspaceBytes = kCublasWorkspaceBytes;
@@ -358,6 +398,10 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
     if (cudaStreamIsCapturing(state.stream, &capture) != cudaSuccess ||
         capture != cudaStreamCaptureStatusNone)
       return cublasStatus(multiply(results[0].algo), "Lt matmul (in a capture)");
+    if (found != state.tunedAlgos.end()) { // the bucket's algorithm does not fit this shape
+      state.shapeAlgos.emplace(exactKey, results[0].algo);
+      return cublasStatus(multiply(results[0].algo), "Lt matmul");
+    }
     if (count > 1) {
       cudaEvent_t start = nullptr, stop = nullptr;
       LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&start), "event"));
@@ -390,7 +434,9 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
       cudaEventDestroy(stop);
       cudaGetLastError(); // a candidate that failed is not chosen; not sticky
     }
-    found = state.tunedAlgos.emplace(key, results[best].algo).first;
+    ++state.tunings;
+    found = state.tunedAlgos.emplace(bucketKey, results[best].algo).first;
+    state.shapeAlgos.emplace(exactKey, results[best].algo);
   }
   return cublasStatus(multiply(found->second), "Lt matmul");
 }
