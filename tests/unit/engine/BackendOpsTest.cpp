@@ -341,6 +341,30 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
                                      precision,
                 outputs[i]->download(), want, kMatmulLimit);
       }
+      // The group as one product into [T, 768] (linearGroupPacked): from 512
+      // tokens, without biases; each output's columns against the CPU's.
+      group[1].bias = nullptr;
+      EXPECT_EQ(cuda::takesPackedGroup(T, group), T >= 512);
+      if (T >= 512) {
+        DeviceArray<float> dpacked(size_t(T * 768));
+        status = cuda::linearGroupPacked(*context_, dx.get(), T, group, false, dpacked.get());
+        ASSERT_TRUE(status.isOk()) << status.message();
+        const std::vector<float> packedY = dpacked.download();
+        for (size_t i = 0, column = 0; i < 3; column += size_t(widths[i]), ++i) {
+          std::vector<float> want(size_t(T * widths[i])), got(want.size());
+          cpu::linear(xUsed.data(), T, WeightView::of(weights[i]), nullptr, want.data(), pool_);
+          for (int64_t t = 0; t < T; ++t)
+            std::copy_n(packedY.begin() + t * 768 + int64_t(column), widths[i],
+                        got.begin() + t * widths[i]);
+          compare("LINEAR one product", "T=" + std::to_string(T) + " columns of N=" +
+                                            std::to_string(widths[i]) + precision,
+                  got, want, kMatmulLimit);
+        }
+        group[1].bias = dbias.get(); // a bias: not one product
+        EXPECT_FALSE(cuda::takesPackedGroup(T, group));
+        EXPECT_FALSE(
+            cuda::linearGroupPacked(*context_, dx.get(), T, group, false, dpacked.get()).isOk());
+      }
       // Gate and up (weights 3 and 4) and the SWIGLU.
       const int64_t N = widths[3];
       std::vector<float> g(size_t(T * N)), u(size_t(T * N)), want(size_t(T * N));
@@ -1185,6 +1209,37 @@ TEST_F(BackendOps, PagedAttention) {
                                     rotatedK.get(), dfrequencies.get(), dv.get(), bf16Step,
                                     params, bf16Cache, nullptr, rotations.get());
         ASSERT_TRUE(status.isOk()) << status.message();
+        // The same operands as columns of one packed product [T, q | k | v]
+        // (linearGroupPacked's): the keys rotated in place there, the same
+        // cache rows stored again, the same bits everywhere below.
+        const int64_t qWidth = c.heads * c.headDim, packedWidth = qWidth + 2 * width;
+        std::vector<float> packedRows(size_t(T * packedWidth));
+        for (int64_t t = 0; t < T; ++t) {
+          std::copy_n(q.begin() + t * qWidth, qWidth, packedRows.begin() + t * packedWidth);
+          std::copy_n(k.begin() + t * width, width,
+                      packedRows.begin() + t * packedWidth + qWidth);
+          std::copy_n(v.begin() + t * width, width,
+                      packedRows.begin() + t * packedWidth + qWidth + width);
+        }
+        DeviceArray<float> dpacked(packedRows), packedRotations(size_t(T * c.headDim)),
+            packedOut(q.size());
+        float *packedK = dpacked.get() + qWidth;
+        status = cuda::ropeAndStore(nullptr, nullptr, dfrequencies.get(), packedK, packedK,
+                                    dfrequencies.get(), packedK + width, bf16Step, params,
+                                    bf16Cache, nullptr, packedRotations.get(), packedWidth);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        {
+          const std::vector<float> rotatedPacked = dpacked.download(), want = rotatedK.download();
+          size_t wrong = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < width; ++i)
+              wrong += rotatedPacked[size_t(t * packedWidth + qWidth + i)] != want[size_t(t * width + i)];
+          EXPECT_EQ(wrong, 0u) << "keys rotated in the packed product " << shapeText;
+        }
+        EXPECT_FALSE(cuda::ropeAndStore(nullptr, nullptr, dfrequencies.get(), packedK, packedK,
+                                        dfrequencies.get(), packedK + width, bf16Step, params,
+                                        bf16Cache, nullptr, packedRotations.get(), width - 1)
+                         .isOk());
         for (const bool medium : {false, true}) {
           bf16Step.bf16Queries = medium;
           ASSERT_TRUE(cuda::prefillRopeAttentionApplies(bf16Step, params, bf16Cache)) << shapeText;
@@ -1215,6 +1270,13 @@ TEST_F(BackendOps, PagedAttention) {
           }
           EXPECT_EQ(wrong, 0u) << "ROPE_PREFILL_ATTN halves " << shapeText
                                << (medium ? " medium" : " highest");
+          // q read as the packed product's first columns: the same bits.
+          status = cuda::prefillRopeAttention(dpacked.get(), packedRotations.get(), bf16Step,
+                                              params, bf16Cache, packedOut.get(), nullptr, {},
+                                              packedWidth);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          compare("ROPE_PREFILL_ATTN packed", shapeText + (medium ? " medium" : " highest"),
+                  packedOut.download(), rows, 0.0);
         }
         // Neither rows nor halves to write: refused.
         EXPECT_FALSE(cuda::prefillRopeAttention(dq.get(), rotations.get(), bf16Step, params,

@@ -111,6 +111,16 @@ int64_t residualNormPartials(int64_t producerK, int64_t H);
 /// used (a scratch that had to grow, or a GEMV-sized T).
 Status linearGroup(Context &context, const float *x, int64_t T,
                    std::span<const LinearOutput> outputs, bool xSplit = false);
+/// A group's products as one GEMM into packed [T, sum of N] (each output's
+/// columns in the group's order; the outputs' y are not written): a
+/// prefill's Q, K and V, whose consumers read them as columns
+/// (ropeAndStore's kvRowStride, prefillRopeAttention's qRowStride), are one
+/// product of N = 2,560 at the 1.1B shape instead of one of 2,048 and two
+/// of 256 that fill a third of the GPU. Where takesPackedGroup holds: bf16
+/// weights side by side (packed at load), no biases, at least 512 tokens.
+bool takesPackedGroup(int64_t T, std::span<const LinearOutput> outputs);
+Status linearGroupPacked(Context &context, const float *x, int64_t T,
+                         std::span<const LinearOutput> outputs, bool xSplit, float *packed);
 /// One product y = x W^T + bias + residual with the residual added by the
 /// product itself (cuBLASLt's C, y its D): a residual ADD after a prefill's
 /// O or down projection without a pass of its own. Where
@@ -282,12 +292,14 @@ Status pagedAttention(const float *q, const float *k, const float *v,
 /// pagedAttention would; pagedAttention then runs with keysStored. q and
 /// qOut null: the keys and values only, and with queryRotations
 /// [T][headDim / 2][cos, sin] the queries' rotations written there for
-/// prefillRopeAttention.
+/// prefillRopeAttention. kvRowStride > 0: the floats between consecutive
+/// rows of k, kOut and v (columns of linearGroupPacked's product; kOut may
+/// be k, rotated in place), else their width.
 Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
                     DeviceKvCache &cache, Stream stream = nullptr,
-                    float *queryRotations = nullptr);
+                    float *queryRotations = nullptr, int64_t kvRowStride = 0);
 /// Whether ropeStoreAttention takes this step: a decode step (the caller
 /// guarantees one token a sequence, each its own query row) of the group
 /// decode kernel (no uneven head split, no sequence-parallel key
@@ -308,9 +320,12 @@ bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionPar
 /// With outHalves (splitInputFor of the product reading out, the layer's O
 /// projection) the kernel writes out's bf16 halves there too, and out may
 /// be null (the halves only): the product's split launch goes.
+/// qRowStride > 0: the floats between consecutive rows of q (columns of
+/// linearGroupPacked's product), else its width.
 Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
-                            float *out, Stream stream = nullptr, SplitInput outHalves = {});
+                            float *out, Stream stream = nullptr, SplitInput outHalves = {},
+                            int64_t qRowStride = 0);
 /// ropeAndStore followed by pagedAttention(qOut, ..., keysStored) as one
 /// launch, for a step ropeStoreAttentionApplies to (an error otherwise):
 /// the same outputs, the same cache rows.

@@ -1522,7 +1522,7 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
   const auto queryPair = [&](int c, int k) {
     const int r = warp * 16 + quad + 8 * (k % 2);
     return r < count ? *reinterpret_cast<const float2 *>(
-                           q + (int64_t(firstRow + r) * g.numHeads + h) * D + 16 * c +
+                           q + int64_t(firstRow + r) * g.qRowStride + int64_t(h) * D + 16 * c +
                            8 * (k / 2) + 2 * pair)
                      : make_float2(0.0f, 0.0f);
   };

@@ -332,6 +332,7 @@ public:
     }
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
     step_ = &step;
+    packedRope_ = kNone;
     const size_t T = step.tokenIds.size();
     size_t needed = 1;
     for (const auto &table : step.blockTables)
@@ -719,6 +720,7 @@ private:
     }
     planSwigluFusions();
     planRopeStores();
+    planPackedProducts();
     planAllReduceNorms();
     planSplitsInProducers();
     planResidualNorms();
@@ -1251,11 +1253,101 @@ private:
     const cpu::AttentionParams &a = program_.instructions[index + 2].params.attention;
     if (ropeFoldedIntoPrefill(index)) {
       LLMIR_RETURN_IF_ERROR(queryRotations_.reserve(static_cast<size_t>(T() * a.headDim)));
+      if (packedRope_ == index) { // the keys rotated in place in the packed product
+        float *k = packedProduct_.data + packedK_;
+        return cuda::ropeAndStore(nullptr, nullptr, o->qFrequencies, k, k, o->kFrequencies,
+                                  packedProduct_.data + packedV_, deviceStep_, a, cache_,
+                                  stream(), queryRotations_.data, packedStride_);
+      }
       return cuda::ropeAndStore(nullptr, nullptr, o->qFrequencies, o->k, o->kOut, o->kFrequencies,
                                 o->v, deviceStep_, a, cache_, stream(), queryRotations_.data);
     }
     return cuda::ropeAndStore(o->q, o->qOut, o->qFrequencies, o->k, o->kOut, o->kFrequencies,
                               o->v, deviceStep_, a, cache_, stream());
+  }
+
+  /// A Q/K/V group (three LINEARs of one x, linearGroupSize_) whose outputs
+  /// only the ROPE pair and ATTENTION of a ropeStore_ read, and whose
+  /// rotated keys nothing after that ATTENTION reads: in a step where that
+  /// attention is folded into the tensor-core prefill
+  /// (ropeFoldedIntoPrefill) the group is one GEMM into packedProduct_
+  /// (cuda::linearGroupPacked), the keys are rotated in place there and the
+  /// store and the attention read the columns; q, k, v and the rotated keys
+  /// are not written. LLMIR_CUDA_PACKED_PRODUCTS=0 turns it off (measuring).
+  void planPackedProducts() {
+    const auto &insts = program_.instructions;
+    packedQkvRope_.assign(insts.size(), kNone);
+    if (cuda::detail::switchedOff("LLMIR_CUDA_PACKED_PRODUCTS"))
+      return;
+    for (size_t i = 0; i + 2 < insts.size(); ++i) {
+      if (linearGroupSize_[i] != 3)
+        continue;
+      const uint32_t group[3] = {insts[i].outputs[0], insts[i + 1].outputs[0],
+                                 insts[i + 2].outputs[0]};
+      const auto inGroup = [&](uint32_t slot) {
+        return slot == group[0] || slot == group[1] || slot == group[2];
+      };
+      // The first instruction after the group that reads one of its outputs
+      // must be a ropeStore_ pair's first ROPE.
+      size_t r = i + 3;
+      while (r < insts.size() &&
+             std::none_of(insts[r].inputs.begin(), insts[r].inputs.end(), inGroup))
+        ++r;
+      if (r + 2 >= insts.size() || !ropeStore_[r])
+        continue;
+      const BoundInstruction &att = insts[r + 2];
+      const bool queryFirst = insts[r].outputs[0] == att.inputs[0];
+      const BoundInstruction &qi = insts[queryFirst ? r : r + 1];
+      const BoundInstruction &ki = insts[queryFirst ? r + 1 : r];
+      const uint32_t q = qi.inputs[0], k = ki.inputs[0], v = att.inputs[2];
+      if (!inGroup(q) || !inGroup(k) || !inGroup(v) || q == k || k == v || q == v ||
+          readBeforeWritten(program_, r + 2, q) || readBeforeWritten(program_, r + 2, k) ||
+          readBeforeWritten(program_, r + 2, v) ||
+          readBeforeWritten(program_, r + 2, ki.outputs[0]) ||
+          std::find(att.inputs.begin(), att.inputs.end(), q) != att.inputs.end() ||
+          std::find(att.inputs.begin(), att.inputs.end(), k) != att.inputs.end())
+        continue;
+      packedQkvRope_[i] = r;
+    }
+  }
+
+  /// packedQkvRope_ at `index` in this step: the group's product into
+  /// packedProduct_, the pair's operands its columns.
+  Result<bool> producePacked(size_t index, const float *x, bool xSplit,
+                             const std::vector<cuda::LinearOutput> &outputs) {
+    if (index >= packedQkvRope_.size() || packedQkvRope_[index] == kNone)
+      return false;
+    const size_t r = packedQkvRope_[index];
+    if (!ropeFoldedIntoPrefill(r) || !cuda::takesPackedGroup(T(), outputs))
+      return false;
+    int64_t width = 0, column[3] = {};
+    for (size_t j = 0; j < outputs.size(); ++j) {
+      column[j] = width;
+      width += outputs[j].w.rows;
+    }
+    // Without memory for it (the KV cache took its share first) the group
+    // runs apart, as before.
+    if (!packedProduct_.reserve(static_cast<size_t>(T() * width)).isOk()) {
+      cudaGetLastError(); // not sticky
+      return false;
+    }
+    LLMIR_RETURN_IF_ERROR(
+        cuda::linearGroupPacked(context_, x, T(), outputs, xSplit, packedProduct_.data));
+    const auto &insts = program_.instructions;
+    const BoundInstruction &att = insts[r + 2];
+    const bool queryFirst = insts[r].outputs[0] == att.inputs[0];
+    const auto columnOf = [&](uint32_t slot) {
+      for (size_t j = 0; j < 3; ++j)
+        if (insts[index + j].outputs[0] == slot)
+          return column[j];
+      return int64_t(0);
+    };
+    packedRope_ = r;
+    packedStride_ = width;
+    packedQ_ = columnOf(insts[queryFirst ? r : r + 1].inputs[0]);
+    packedK_ = columnOf(insts[queryFirst ? r + 1 : r].inputs[0]);
+    packedV_ = columnOf(att.inputs[2]);
+    return true;
   }
 
   // --- CUDA graphs -----------------------------------------------------------
@@ -1490,6 +1582,9 @@ private:
         return cuda::linearGroupWithNorm(context_, pendingNorm_.sum, x.rows(), *outputs,
                                          nullptr, &pendingNorm_);
       }
+      if (Result<bool> packed = producePacked(index, xData, xSplit, *outputs);
+          !packed || *packed)
+        return packed.status();
       if (Result<bool> produced = produceResidualNorm(index, x, *outputs); !produced || *produced)
         return produced.status();
       if (Result<bool> added = addResidualInProduct(index, x, xData, xSplit, *outputs);
@@ -1561,9 +1656,12 @@ private:
           // The O projection's halves from this launch (planSplitsInProducers).
           Result<ProducedSplit> split = splitInProducer(index, o);
           LLMIR_RETURN_IF_ERROR(split.status());
-          return cuda::prefillRopeAttention(r->q, queryRotations_.data, deviceStep_, a, cache_,
-                                            split->halvesOnly ? nullptr : o.data(), stream(),
-                                            split->split);
+          const bool packed = packedRope_ == index - 2;
+          packedRope_ = kNone;
+          return cuda::prefillRopeAttention(
+              packed ? packedProduct_.data + packedQ_ : r->q, queryRotations_.data, deviceStep_, a,
+              cache_, split->halvesOnly ? nullptr : o.data(), stream(), split->split,
+              packed ? packedStride_ : 0);
         }
         return cuda::pagedAttention(act(0).data(), act(1).data(), act(2).data(), deviceStep_, a,
                                     cache_, o.data(), stream(), keysStored);
@@ -1826,6 +1924,13 @@ private:
   /// ropeFoldedIntoPrefill: the step's query rotations [T][D / 2][cos, sin],
   /// written by the keys' ROPE launch, read by the prefill attention.
   DeviceArray<float> queryRotations_;
+  /// planPackedProducts: at a Q/K/V group's first LINEAR, the ROPE pair
+  /// (ropeStore_) that consumes it, else kNone; in a step, the pair whose
+  /// operands are this step's packed product (packedRope_), its columns.
+  std::vector<size_t> packedQkvRope_;
+  DeviceArray<float> packedProduct_;
+  size_t packedRope_ = kNone;
+  int64_t packedStride_ = 0, packedQ_ = 0, packedK_ = 0, packedV_ = 0;
   /// planResidualNorms: the consumer of each producer LINEAR (kNone: none),
   /// the producer's blocks' sums of squares, and this step's hand-over.
   std::vector<size_t> normConsumer_;

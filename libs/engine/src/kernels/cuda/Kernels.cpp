@@ -643,6 +643,43 @@ Status linearGroup(Context &context, const float *x, int64_t T,
   return Status::ok();
 }
 
+bool takesPackedGroup(int64_t T, std::span<const LinearOutput> outputs) {
+  if (T < kTwoGemmTokens || outputs.size() < 2 || !takesSplitGemms(outputs.front().w, T) ||
+      !sideBySide(outputs))
+    return false;
+  for (const LinearOutput &o : outputs)
+    if (o.bias || o.w.cols != outputs.front().w.cols)
+      return false;
+  return true;
+}
+
+Status linearGroupPacked(Context &context, const float *x, int64_t T,
+                         std::span<const LinearOutput> outputs, bool xSplit, float *packed) {
+  if (!takesPackedGroup(T, outputs))
+    return Status::error("CUDA packed linear group: bf16 weights side by side without biases "
+                         "and at least " + std::to_string(kTwoGemmTokens) + " tokens");
+  Context::State &state = context.state();
+  const int64_t K = outputs.front().w.cols;
+  // x's halves where splitInputFor(T, outputs) put them (its producer may
+  // have written them), as splitGemms.
+  const SplitLayout l = splitLayout(state, T, outputs);
+  xSplit = xSplit && l.need <= state.splitBytes;
+  if (!x && !xSplit)
+    return Status::error("CUDA linear: x was not written and its halves are lost (the scratch "
+                         "grew between its producer and the product)");
+  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
+  const SplitInput halves = halvesIn(state, l);
+  if (!xSplit)
+    LLMIR_RETURN_IF_ERROR(cudaStatus(
+        detail::splitBf16(state.stream, x, T * K, halves.hi, halves.lo), "split"));
+  WeightView all = outputs.front().w; // the group's weights as one [totalN, K] matrix
+  all.rows = l.totalN;
+  LLMIR_RETURN_IF_ERROR(gemmBf16Tuned(state, halves.hi, T, all, nullptr, packed));
+  if (l.both)
+    LLMIR_RETURN_IF_ERROR(gemmBf16(state, halves.lo, T, all, 1.0f, packed));
+  return Status::ok();
+}
+
 namespace {
 detail::ResidualNormDevice onDevice(const ResidualNorm &n, int count) {
   return {n.residual, n.sum, n.partials, count, n.weight, n.eps, n.normed};
@@ -904,6 +941,7 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   g.values = static_cast<char *>(cache.values) + layerOffset;
   g.bf16Cache = cache.bf16;
   g.kvRowStride = params.numKvHeads * params.headDim;
+  g.qRowStride = params.numHeads * params.headDim;
   g.firstQuery = 0;
   g.numQueries = step.numTokens;
   g.partial = false;
@@ -928,9 +966,16 @@ Status checkHeadDim(const cpu::AttentionParams &params) {
 Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, const float *k,
                     float *kOut, const float *kFrequencies, const float *v,
                     const DeviceStep &step, const cpu::AttentionParams &params,
-                    DeviceKvCache &cache, Stream stream, float *queryRotations) {
+                    DeviceKvCache &cache, Stream stream, float *queryRotations,
+                    int64_t kvRowStride) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
-  const detail::AttentionGeometry g = geometryOf(step, params, cache);
+  detail::AttentionGeometry g = geometryOf(step, params, cache);
+  if (kvRowStride > 0) {
+    if (kvRowStride < g.kvRowStride)
+      return Status::error("rope + store: k and v rows of " + std::to_string(kvRowStride) +
+                           " floats, fewer than their width");
+    g.kvRowStride = kvRowStride;
+  }
   if ((q == nullptr) != (qOut == nullptr) || (q && queryRotations))
     return Status::error("rope + store: q and qOut go together, and the queries' rotations "
                          "are written only in their place (q and qOut null)");
@@ -1006,8 +1051,15 @@ bool prefillRopeAttentionApplies(const DeviceStep &step, const cpu::AttentionPar
 
 Status prefillRopeAttention(const float *q, const float *queryRotations, const DeviceStep &step,
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
-                            float *out, Stream stream, SplitInput outHalves) {
+                            float *out, Stream stream, SplitInput outHalves,
+                            int64_t qRowStride) {
   detail::AttentionGeometry g = geometryOf(step, params, cache);
+  if (qRowStride > 0) {
+    if (qRowStride < g.qRowStride)
+      return Status::error("rope + prefill attention: q rows of " + std::to_string(qRowStride) +
+                           " floats, fewer than their width");
+    g.qRowStride = qRowStride;
+  }
   if (!prefillRopeApplies(step, g))
     return Status::error("rope + prefill attention: not a step of the tensor-core prefill "
                          "kernel with a head dimension a multiple of 32");

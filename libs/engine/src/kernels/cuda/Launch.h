@@ -194,6 +194,9 @@ struct AttentionGeometry {
   /// Floats between consecutive rows of the step's k and v (Hkv * D, or
   /// 2 * Hkv * D for the gathered [k | v] rows of SP_ATTENTION).
   int64_t kvRowStride;
+  /// Floats between consecutive rows of the step's q (Hq * D; the tensor-core
+  /// prefill kernel also reads q as columns of a wider packed product).
+  int64_t qRowStride;
   /// Query rows [firstQuery, firstQuery + numQueries) of the step are
   /// attended; q and out hold only those rows.
   int64_t firstQuery, numQueries;
