@@ -109,6 +109,18 @@ TEST_P(BackendConsistency, EveryInstructionMatchesTheCpu) {
 // Steps without an observer take the CUDA backend's fast paths: decode
 // steps recorded as CUDA graphs and replayed, Q/K/V and gate/up as one
 // launch, tensor cores from 16 tokens, greedy ids from a device argmax. For
+// The largest difference between got's and ref's elements over ref's largest
+// magnitude (a NaN in got: infinity).
+float relativeError(const engine::Tensor &got, const engine::Tensor &ref) {
+  float scale = 0, error = 0;
+  for (size_t k = 0; k < ref.data.size() && k < got.data.size(); ++k) {
+    scale = std::max(scale, std::abs(ref.data[k]));
+    error = std::max(error, std::isnan(got.data[k]) ? INFINITY
+                                                    : std::abs(got.data[k] - ref.data[k]));
+  }
+  return error / scale;
+}
+
 // 1, 3 and 20 sequences: a prefill, decodes (eager, recorded, replayed), a
 // prefill of another sequence in between (it moves buffers between slots and
 // grows them), decodes again; the logits of every step against the CPU's,
@@ -131,14 +143,9 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
     if (!want || !got)
       return std::vector<int32_t>();
     EXPECT_EQ(got->shape, want->shape) << what;
-    float scale = 0, error = 0;
-    for (size_t k = 0; k < want->data.size() && k < got->data.size(); ++k) {
-      scale = std::max(scale, std::abs(want->data[k]));
-      error = std::max(error, std::isnan(got->data[k]) ? INFINITY
-                                                        : std::abs(got->data[k] - want->data[k]));
-    }
-    worst = std::max(worst, double(error / scale));
-    EXPECT_LE(error / scale, 1e-4) << what;
+    const float error = relativeError(*got, *want);
+    worst = std::max(worst, double(error));
+    EXPECT_LE(error, 1e-4) << what;
     // The same step again (it rewrites the same KV entries): the device's
     // greedy ids are the argmax of its own logits, exactly.
     auto greedy = gpu->stepGreedy(step);
@@ -241,15 +248,6 @@ TEST(BackendFastPaths, PrefillOfOneQkvProductMatchesTheCpu) {
   ASSERT_TRUE(cpu);
   auto want = cpu->step(step);
   ASSERT_TRUE(want) << want.message();
-  const auto relativeError = [](const engine::Tensor &got, const engine::Tensor &ref) {
-    float scale = 0, error = 0;
-    for (size_t k = 0; k < ref.data.size() && k < got.data.size(); ++k) {
-      scale = std::max(scale, std::abs(ref.data[k]));
-      error = std::max(error, std::isnan(got.data[k]) ? INFINITY
-                                                      : std::abs(got.data[k] - ref.data[k]));
-    }
-    return error / scale;
-  };
   const engine::Device gpu{engine::Device::Kind::Cuda, 0};
   for (const auto precision : {engine::MatmulPrecision::Highest, engine::MatmulPrecision::Medium}) {
     const bool medium = precision == engine::MatmulPrecision::Medium;
