@@ -509,6 +509,23 @@ SplitInput halvesIn(const Context::State &state, const SplitLayout &l) {
   return SplitInput{hi, l.both ? hi + l.halfBytes : nullptr};
 }
 
+/// x's halves in the scratch laid out as l, split from x [T, K] there unless
+/// xSplit (its producer wrote them, splitInputFor). A scratch that must
+/// grow loses the halves: x is split again then, if its producer wrote it.
+Result<SplitInput> halvesOfX(Context::State &state, const float *x, int64_t T, int64_t K,
+                             const SplitLayout &l, bool xSplit) {
+  xSplit = xSplit && l.need <= state.splitBytes;
+  if (!x && !xSplit)
+    return Status::error("CUDA linear: x was not written and its halves are lost (the scratch "
+                         "grew between its producer and the product)");
+  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
+  const SplitInput halves = halvesIn(state, l);
+  if (!xSplit)
+    LLMIR_RETURN_IF_ERROR(cudaStatus(
+        detail::splitBf16(state.stream, x, T * K, halves.hi, halves.lo), "split"));
+  return halves;
+}
+
 /// x [T, K] f32 times bf16 weights [N, K] on tensor cores, for every output
 /// of a group (x split once). Highest precision: x as two bf16 halves, hi +
 /// lo (see Matmul.cu), so the result stays within f32 rounding; medium: x
@@ -528,19 +545,11 @@ Status splitGemms(Context::State &state, const float *x, int64_t T,
   if (residual && (packed || join || outputs.size() != 1))
     return Status::error("CUDA linear adding the residual: one product of at least " +
                          std::to_string(kTwoGemmTokens) + " tokens");
-  // A scratch that must grow loses the halves: x is split again, if its
-  // producer wrote it.
-  xSplit = xSplit && l.need <= state.splitBytes;
-  if (!x && !xSplit)
-    return Status::error("CUDA linear: x was not written and its halves are lost (the scratch "
-                         "grew between its producer and the product)");
-  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
-  const SplitInput halves = halvesIn(state, l); // [hi; lo]: 2T columns for the joined GEMM
-  char *hi = static_cast<char *>(halves.hi), *lo = static_cast<char *>(halves.lo);
+  Result<SplitInput> halves = halvesOfX(state, x, T, K, l, xSplit);
+  LLMIR_RETURN_IF_ERROR(halves.status());
+  // [hi; lo]: 2T columns for the joined GEMM.
+  char *hi = static_cast<char *>(halves->hi), *lo = static_cast<char *>(halves->lo);
   float *product = reinterpret_cast<float *>(hi + l.halvesBytes);
-  if (!xSplit)
-    LLMIR_RETURN_IF_ERROR(
-        cudaStatus(detail::splitBf16(state.stream, x, T * K, hi, lo), "split"));
   if (packed) {
     WeightView all = outputs.front().w;
     all.rows = l.totalN;
@@ -659,24 +668,15 @@ Status linearGroupPacked(Context &context, const float *x, int64_t T,
     return Status::error("CUDA packed linear group: bf16 weights side by side without biases "
                          "and at least " + std::to_string(kTwoGemmTokens) + " tokens");
   Context::State &state = context.state();
-  const int64_t K = outputs.front().w.cols;
-  // x's halves where splitInputFor(T, outputs) put them (its producer may
-  // have written them), as splitGemms.
+  // x's halves where splitInputFor(T, outputs) put them, as splitGemms.
   const SplitLayout l = splitLayout(state, T, outputs);
-  xSplit = xSplit && l.need <= state.splitBytes;
-  if (!x && !xSplit)
-    return Status::error("CUDA linear: x was not written and its halves are lost (the scratch "
-                         "grew between its producer and the product)");
-  LLMIR_RETURN_IF_ERROR(reserveSplit(state, l.need));
-  const SplitInput halves = halvesIn(state, l);
-  if (!xSplit)
-    LLMIR_RETURN_IF_ERROR(cudaStatus(
-        detail::splitBf16(state.stream, x, T * K, halves.hi, halves.lo), "split"));
+  Result<SplitInput> halves = halvesOfX(state, x, T, outputs.front().w.cols, l, xSplit);
+  LLMIR_RETURN_IF_ERROR(halves.status());
   WeightView all = outputs.front().w; // the group's weights as one [totalN, K] matrix
   all.rows = l.totalN;
-  LLMIR_RETURN_IF_ERROR(gemmBf16Tuned(state, halves.hi, T, all, nullptr, packed));
+  LLMIR_RETURN_IF_ERROR(gemmBf16Tuned(state, halves->hi, T, all, nullptr, packed));
   if (l.both)
-    LLMIR_RETURN_IF_ERROR(gemmBf16(state, halves.lo, T, all, 1.0f, packed));
+    LLMIR_RETURN_IF_ERROR(gemmBf16(state, halves->lo, T, all, 1.0f, packed));
   return Status::ok();
 }
 
