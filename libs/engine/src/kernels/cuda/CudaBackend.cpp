@@ -1276,17 +1276,20 @@ private:
   /// are not written. LLMIR_CUDA_PACKED_PRODUCTS=0 turns it off (measuring).
   void planPackedProducts() {
     const auto &insts = program_.instructions;
-    packedQkvRope_.assign(insts.size(), kNone);
+    packedQkv_.assign(insts.size(), PackedQkv{});
     if (cuda::detail::switchedOff("LLMIR_CUDA_PACKED_PRODUCTS"))
       return;
     for (size_t i = 0; i + 2 < insts.size(); ++i) {
       if (linearGroupSize_[i] != 3)
         continue;
-      const uint32_t group[3] = {insts[i].outputs[0], insts[i + 1].outputs[0],
-                                 insts[i + 2].outputs[0]};
-      const auto inGroup = [&](uint32_t slot) {
-        return slot == group[0] || slot == group[1] || slot == group[2];
+      // The group member (0-2) that writes `slot`, 3 for none.
+      const auto memberOf = [&](uint32_t slot) {
+        size_t j = 0;
+        while (j < 3 && insts[i + j].outputs[0] != slot)
+          ++j;
+        return j;
       };
+      const auto inGroup = [&](uint32_t slot) { return memberOf(slot) < 3; };
       // The first instruction after the group that reads one of its outputs
       // must be a ropeStore_ pair's first ROPE.
       size_t r = i + 3;
@@ -1307,18 +1310,18 @@ private:
           std::find(att.inputs.begin(), att.inputs.end(), q) != att.inputs.end() ||
           std::find(att.inputs.begin(), att.inputs.end(), k) != att.inputs.end())
         continue;
-      packedQkvRope_[i] = r;
+      packedQkv_[i] = PackedQkv{r, memberOf(q), memberOf(k), memberOf(v)};
     }
   }
 
-  /// packedQkvRope_ at `index` in this step: the group's product into
+  /// packedQkv_ at `index` in this step: the group's product into
   /// packedProduct_, the pair's operands its columns.
   Result<bool> producePacked(size_t index, const float *x, bool xSplit,
                              const std::vector<cuda::LinearOutput> &outputs) {
-    if (index >= packedQkvRope_.size() || packedQkvRope_[index] == kNone)
+    if (index >= packedQkv_.size() || packedQkv_[index].rope == kNone)
       return false;
-    const size_t r = packedQkvRope_[index];
-    if (!ropeFoldedIntoPrefill(r) || !cuda::takesPackedGroup(T(), outputs))
+    const PackedQkv &plan = packedQkv_[index];
+    if (!ropeFoldedIntoPrefill(plan.rope) || !cuda::takesPackedGroup(T(), outputs))
       return false;
     int64_t width = 0, column[3] = {};
     for (size_t j = 0; j < outputs.size(); ++j) {
@@ -1333,20 +1336,11 @@ private:
     }
     LLMIR_RETURN_IF_ERROR(
         cuda::linearGroupPacked(context_, x, T(), outputs, xSplit, packedProduct_.data));
-    const auto &insts = program_.instructions;
-    const BoundInstruction &att = insts[r + 2];
-    const bool queryFirst = insts[r].outputs[0] == att.inputs[0];
-    const auto columnOf = [&](uint32_t slot) {
-      for (size_t j = 0; j < 3; ++j)
-        if (insts[index + j].outputs[0] == slot)
-          return column[j];
-      return int64_t(0);
-    };
-    packedRope_ = r;
+    packedRope_ = plan.rope;
     packedStride_ = width;
-    packedQ_ = columnOf(insts[queryFirst ? r : r + 1].inputs[0]);
-    packedK_ = columnOf(insts[queryFirst ? r + 1 : r].inputs[0]);
-    packedV_ = columnOf(att.inputs[2]);
+    packedQ_ = column[plan.q];
+    packedK_ = column[plan.k];
+    packedV_ = column[plan.v];
     return true;
   }
 
@@ -1925,9 +1919,14 @@ private:
   /// written by the keys' ROPE launch, read by the prefill attention.
   DeviceArray<float> queryRotations_;
   /// planPackedProducts: at a Q/K/V group's first LINEAR, the ROPE pair
-  /// (ropeStore_) that consumes it, else kNone; in a step, the pair whose
-  /// operands are this step's packed product (packedRope_), its columns.
-  std::vector<size_t> packedQkvRope_;
+  /// (ropeStore_) that consumes it and which members write q, k and v; in a
+  /// step, the pair whose operands are this step's packed product
+  /// (packedRope_), and their columns.
+  struct PackedQkv {
+    size_t rope = kNone;        // the ROPE pair's first; kNone: not packed
+    size_t q = 0, k = 0, v = 0; // the group members writing q, k and v
+  };
+  std::vector<PackedQkv> packedQkv_;
   DeviceArray<float> packedProduct_;
   size_t packedRope_ = kNone;
   int64_t packedStride_ = 0, packedQ_ = 0, packedK_ = 0, packedV_ = 0;
