@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -396,15 +397,18 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
 TEST_F(BackendOps, ResidualNormBetweenProducts) {
   struct Shape {
     int64_t H, K; // the producer: [H, K]; the consumers read H
+    int64_t gateUp = 0; // the gate/up consumer's rows (0: 3H / 4)
   };
   // The 1.1B shape's O (K = H) and down (K = 5,632); the 8B down (K =
-  // 14,336: 16-row blocks); a small one; a wide row whose staging takes
+  // 14,336: 16-row blocks) and its gate/up (14,336 rows a side: past one
+  // wave, the looped consumer); a small one; a wide row whose staging takes
   // several batches a thread and a partial last one (H = 8,704).
-  for (const Shape s : {Shape{2048, 2048}, Shape{2048, 5632}, Shape{4096, 14336}, Shape{96, 40},
-                        Shape{8704, 64}}) {
+  for (const Shape s : {Shape{2048, 2048}, Shape{2048, 5632}, Shape{4096, 14336, 14336},
+                        Shape{96, 40}, Shape{8704, 64}}) {
     const std::string shape = "H=" + std::to_string(s.H) + " K=" + std::to_string(s.K);
+    const int64_t gateUp = s.gateUp > 0 ? s.gateUp : 3 * s.H / 4;
     const PackedBf16Weights producer({s.H}, s.K, rng_);
-    const PackedBf16Weights consumer({s.H / 2, 32, 32, 3 * s.H / 4, 3 * s.H / 4}, s.H, rng_);
+    const PackedBf16Weights consumer({s.H / 2, 32, 32, gateUp, gateUp}, s.H, rng_);
     const std::vector<float> x = randomFloats(size_t(s.K), rng_);
     const std::vector<float> residual = randomFloats(size_t(s.H), rng_, 3.0f);
     const std::vector<float> normWeight = randomFloats(size_t(s.H), rng_);
@@ -633,13 +637,17 @@ TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   context_->setBf16Products(false);
 }
 
-// The residual norm goes to consumers of at most two waves of blocks (each
-// block pays the norm's staging): a small grid does, one of a million rows
-// does not, paired or not, on any device.
+// The residual norm goes to every one-token consumer, whose blocks loop
+// over its rows in one wave (each block pays the norm's staging once);
+// with LLMIR_CUDA_LOOPED_CONSUMERS=0 only to consumers of at most two waves
+// of blocks: a small grid does, one of a million rows does not, paired or
+// not, on any device.
 TEST_F(BackendOps, ResidualNormConsumerPays) {
+  const char *looped = std::getenv("LLMIR_CUDA_LOOPED_CONSUMERS");
+  const bool loops = looped == nullptr || std::string(looped) != "0";
   for (bool paired : {false, true}) {
     EXPECT_TRUE(cuda::residualNormConsumerPays(2048, 64, paired)) << paired;
-    EXPECT_FALSE(cuda::residualNormConsumerPays(4096, int64_t(1) << 20, paired)) << paired;
+    EXPECT_EQ(cuda::residualNormConsumerPays(4096, int64_t(1) << 20, paired), loops) << paired;
   }
 }
 

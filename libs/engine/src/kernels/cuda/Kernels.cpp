@@ -208,6 +208,11 @@ bool splitIntoProducersEnabled() {
   return enabled;
 }
 
+bool loopedNormConsumers() {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_LOOPED_CONSUMERS");
+  return enabled;
+}
+
 bool warpDecodeEnabled() {
   static const bool enabled = !switchedOff("LLMIR_CUDA_WARP_DECODE");
   return enabled;
@@ -698,7 +703,9 @@ bool takesResidualNorm(const WeightView &producer, const WeightView &consumer, i
 }
 
 bool residualNormConsumerPays(int64_t H, int64_t rows, bool paired) {
-  return detail::oneTokenWaves(H, rows, paired) <= 2.0;
+  // Looped (one wave, detail::loopedNormConsumers), every block normalises
+  // once whatever the rows; otherwise each wave pays it again.
+  return detail::loopedNormConsumers() || detail::oneTokenWaves(H, rows, paired) <= 2.0;
 }
 
 int64_t residualNormPartials(int64_t producerK, int64_t H) {

@@ -106,6 +106,9 @@ struct LinearSegments {
   LinearSegment segment[kMaxLinearSegments];
   int count;
   unsigned firstBlock[kMaxLinearSegments]; // filled by linear16
+  /// Row blocks of all segments (filled by linear16): a grid of fewer
+  /// blocks (looped, see loopedNormConsumers) takes them in strides.
+  unsigned rowBlocks;
   /// SwiGLU fused: exactly two segments of one N, gate then up; segment 0's
   /// y receives silu(gate + bias) * (up + bias) and segment 1's y is unused.
   bool pairedSwiglu;
@@ -126,6 +129,12 @@ int64_t oneTokenBlocks(int64_t K, int64_t N);
 /// a multiprocessor and multiprocessors of the current device); 0 where
 /// the device does not say.
 double oneTokenWaves(int64_t K, int64_t rows, bool paired);
+/// Whether a one-token GEMV that normalises its x as it stages it (the
+/// consumer side of ResidualNormDevice) launches at most one wave of blocks,
+/// each looping over row blocks, so that x is staged and normalised once a
+/// block whatever the rows: unless LLMIR_CUDA_LOOPED_CONSUMERS=0 (kept for
+/// measuring). Read once per process.
+bool loopedNormConsumers();
 /// hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < n.
 /// The same products for 2 to 16 tokens with bf16 weights (K a multiple of
 /// 8) on tensor cores: x rounded to bf16, plus its remainder's product when

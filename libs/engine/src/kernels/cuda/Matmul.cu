@@ -189,9 +189,9 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
 
 // ResidualNorm, producer side, after the block's rows of y are computed:
 // `square` is lane 0's (h = y + residual)^2 of its row (0 past N); the
-// block's sum, in warp order, goes to partials[block].
+// block's sum, in warp order, goes to partials[rowBlock].
 template <int Warps>
-__device__ void storeSquares(const ResidualNormDevice &p, double square) {
+__device__ void storeSquares(const ResidualNormDevice &p, double square, unsigned rowBlock) {
   __shared__ double rowSquares[Warps];
   if (threadIdx.x % 32 == 0)
     rowSquares[threadIdx.x / 32] = square;
@@ -200,7 +200,7 @@ __device__ void storeSquares(const ResidualNormDevice &p, double square) {
     double total = 0.0;
     for (int w = 0; w < Warps; ++w)
       total += rowSquares[w];
-    p.partials[blockIdx.x] = total;
+    p.partials[rowBlock] = total;
   }
 }
 
@@ -227,21 +227,26 @@ __global__ void __launch_bounds__(Warps * 32,
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   extern __shared__ float4 staged[];
-  int s = 0;
-  while (!Paired && s + 1 < segments.count && blockIdx.x >= segments.firstBlock[s + 1])
-    ++s;
-  const LinearSegment seg = segments.segment[s];
-  const int64_t n = (blockIdx.x - segments.firstBlock[s]) * int64_t(Warps) +
-                    threadIdx.x / 32;
+  // Row block `rows` of the segments: its segment, this warp's row n.
+  const auto rowOf = [&](unsigned rows, int &s, int64_t &n) {
+    s = 0;
+    while (!Paired && s + 1 < segments.count && rows >= segments.firstBlock[s + 1])
+      ++s;
+    n = (rows - segments.firstBlock[s]) * int64_t(Warps) + threadIdx.x / 32;
+  };
   const int lane = threadIdx.x % 32;
-  const bool active = n < seg.N;
-  const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
-  // The weights are written by no kernel: their first round is requested
-  // while the kernel producing x may still run (DependentLaunch.cuh).
+  unsigned rows = blockIdx.x; // the row block; a looped grid takes rowBlocks in strides
+  int s;
+  int64_t n;
+  rowOf(rows, s, n);
+  // The weights are written by no kernel: the first row block's first round
+  // is requested while the kernel producing x may still run
+  // (DependentLaunch.cuh).
   uint4 packed[kLoadsInFlight];
-  const bool loaded = active && K % 8 == 0;
+  bool loaded = n < segments.segment[s].N && K % 8 == 0;
   if (loaded)
-    loadRound(row, int64_t(lane) * 8, K, packed);
+    loadRound(static_cast<const unsigned short *>(segments.segment[s].w) + n * K,
+              int64_t(lane) * 8, K, packed);
   waitForPrecedingKernels();
   allowDependentLaunch();
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
@@ -281,52 +286,82 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
-  double square = 0.0;
-  if (active) {
-    float acc[Tokens];
-#pragma unroll
-    for (int i = 0; i < Tokens; ++i)
-      acc[i] = 0.0f;
-    dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
-    if constexpr (Paired) {
-      const LinearSegment upSeg = segments.segment[1];
-      float up[Tokens];
+  for (;;) {
+    const LinearSegment seg = segments.segment[s];
+    const bool active = n < seg.N;
+    const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
+    double square = 0.0;
+    if (active) {
+      float acc[Tokens];
 #pragma unroll
       for (int i = 0; i < Tokens; ++i)
-        up[i] = 0.0f;
-      dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
-                     tokens, packed, false, up);
+        acc[i] = 0.0f;
+      dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
+      if constexpr (Paired) {
+        const LinearSegment upSeg = segments.segment[1];
+        float up[Tokens];
 #pragma unroll
-      for (int i = 0; i < Tokens; ++i) {
-        float g = warpTotal(acc, i), u = warpTotal(up, i);
-        if (lane == 0 && i < tokens) {
-          if (seg.bias)
-            g += seg.bias[n];
-          if (upSeg.bias)
-            u += upSeg.bias[n];
-          seg.y[(t0 + i) * seg.N + n] = g / (1.0f + expf(-g)) * u;
+        for (int i = 0; i < Tokens; ++i)
+          up[i] = 0.0f;
+        dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
+                       tokens, packed, false, up);
+#pragma unroll
+        for (int i = 0; i < Tokens; ++i) {
+          float g = warpTotal(acc, i), u = warpTotal(up, i);
+          if (lane == 0 && i < tokens) {
+            if (seg.bias)
+              g += seg.bias[n];
+            if (upSeg.bias)
+              u += upSeg.bias[n];
+            seg.y[(t0 + i) * seg.N + n] = g / (1.0f + expf(-g)) * u;
+          }
         }
-      }
-    } else {
+      } else {
 #pragma unroll
-      for (int i = 0; i < Tokens; ++i) {
-        float v = warpTotal(acc, i);
-        if (lane == 0 && i < tokens) {
-          if (seg.bias)
-            v += seg.bias[n];
-          seg.y[(t0 + i) * seg.N + n] = v;
-          if (produces) {
-            const float h = v + segments.produce.residual[n];
-            segments.produce.sum[n] = h;
-            square = static_cast<double>(h) * h;
+        for (int i = 0; i < Tokens; ++i) {
+          float v = warpTotal(acc, i);
+          if (lane == 0 && i < tokens) {
+            if (seg.bias)
+              v += seg.bias[n];
+            seg.y[(t0 + i) * seg.N + n] = v;
+            if (produces) {
+              const float h = v + segments.produce.residual[n];
+              segments.produce.sum[n] = h;
+              square = static_cast<double>(h) * h;
+            }
           }
         }
       }
     }
+    if (produces)
+      storeSquares<Warps>(segments.produce, square, rows);
+    // A looped grid (linear16's rowBlocks past one wave): the block's next
+    // row block, its x staged already.
+    rows += gridDim.x;
+    if (rows >= segments.rowBlocks)
+      break;
+    rowOf(rows, s, n);
+    loaded = false;
+    if (produces)
+      __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
-  if (produces)
-    storeSquares<Warps>(segments.produce, square);
   recordKernelMark(1); // the block's rows written
+}
+
+// Blocks of `kernel` the device holds at once (its multiprocessors times
+// the blocks a multiprocessor holds at this size); 0 where it does not say.
+template <typename Kernel>
+int64_t residentBlocks(Kernel kernel, int threads, size_t shared) {
+  int device = 0, multiprocessors = 0, perMultiprocessor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, kernel, threads, shared) !=
+          cudaSuccess) {
+    cudaGetLastError(); // not sticky
+    return 0;
+  }
+  return int64_t(multiprocessors) * perMultiprocessor;
 }
 
 // Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
@@ -345,6 +380,17 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
     segments.firstBlock[s] = static_cast<unsigned>(blocks);
     if (!Paired || s == 0) // paired: segment 0's rows carry both
       blocks += (segments.segment[s].N + Warps - 1) / Warps;
+  }
+  segments.rowBlocks = static_cast<unsigned>(blocks);
+  // A norm consumer's blocks each stage and normalise x before their rows:
+  // past one wave, a block of the next wave paid that again (an 8B shape's
+  // gate/up, 4.5 waves, kept the norm's own launch for it: ~6.8 us a layer).
+  // One wave of blocks that loop over the row blocks pays it once a block.
+  if (Tokens == 1 && segments.consume.weight && loopedNormConsumers()) {
+    const int64_t resident = residentBlocks(linear16Kernel<Tokens, Paired, Warps>, Warps * 32,
+                                            shared);
+    if (resident > 0 && blocks > resident)
+      blocks = resident;
   }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
   launchDependent(linear16Kernel<Tokens, Paired, Warps>, grid, Warps * 32, shared, stream, x, T,
