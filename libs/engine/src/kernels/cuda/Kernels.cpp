@@ -687,7 +687,8 @@ Status linearGroupPacked(Context &context, const float *x, int64_t T,
 
 namespace {
 detail::ResidualNormDevice onDevice(const ResidualNorm &n, int count) {
-  return {n.residual, n.sum, n.partials, count, n.weight, n.eps, n.normed};
+  static const bool earlyX = !detail::switchedOff("LLMIR_CUDA_NORM_EARLY_X");
+  return {n.residual, n.sum, n.partials, count, n.weight, n.eps, n.normed, earlyX};
 }
 
 bool sixteenBit(const WeightView &w) {

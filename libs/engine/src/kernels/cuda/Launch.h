@@ -101,6 +101,9 @@ struct ResidualNormDevice {
   const float *weight;
   float eps;
   float *normed;
+  /// Consumer side: x's first loads issued with the partials' (measuring:
+  /// LLMIR_CUDA_NORM_EARLY_X=0 off).
+  bool earlyX;
 };
 struct LinearSegments {
   LinearSegment segment[kMaxLinearSegments];

@@ -129,10 +129,29 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
 // Two rows' worth a batch: the unpaired one-token kernel keeps its first
 // round of weights in registers meanwhile, under a 64-register bound.
 constexpr int kStagedBatch = 2;
+// earlyX: the thread's first batch of x and of the norm's weight is
+// requested with the partials, before the scale that only their store
+// needs: the staging waits for one L2 round trip where it waited for two
+// (LLMIR_CUDA_NORM_EARLY_X=0: after, for measuring).
 __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t H,
-                            float4 *staged) {
+                            float4 *staged, bool earlyX) {
   __shared__ double partial[32];
   __shared__ float scale;
+  const float4 *from = reinterpret_cast<const float4 *>(x);
+  const float4 *weight = reinterpret_cast<const float4 *>(c.weight);
+  float4 h[kStagedBatch], w[kStagedBatch];
+  const auto loadBatch = [&](int64_t first) {
+#pragma unroll
+    for (int k = 0; k < kStagedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < H / 4) {
+        h[k] = __ldcg(from + i);
+        w[k] = weight[i];
+      }
+    }
+  };
+  if (earlyX)
+    loadBatch(threadIdx.x);
   double squares = 0.0;
   for (int first = threadIdx.x; first < c.count; first += kStagedBatch * blockDim.x) {
     double v[kStagedBatch];
@@ -160,19 +179,10 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
   __syncthreads();
   const float s = scale;
   const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
-  const float4 *from = reinterpret_cast<const float4 *>(x);
-  const float4 *weight = reinterpret_cast<const float4 *>(c.weight);
   float4 *normed = reinterpret_cast<float4 *>(c.normed);
   for (int64_t first = threadIdx.x; first < H / 4; first += kStagedBatch * blockDim.x) {
-    float4 h[kStagedBatch], w[kStagedBatch];
-#pragma unroll
-    for (int k = 0; k < kStagedBatch; ++k) {
-      const int64_t i = first + k * int64_t(blockDim.x);
-      if (i < H / 4) {
-        h[k] = __ldcg(from + i);
-        w[k] = weight[i];
-      }
-    }
+    if (!earlyX || first != threadIdx.x)
+      loadBatch(first);
 #pragma unroll
     for (int k = 0; k < kStagedBatch; ++k) {
       const int64_t i = first + k * int64_t(blockDim.x);
@@ -254,7 +264,9 @@ __global__ void __launch_bounds__(Warps * 32,
   const float *xs = x + t0 * K;
   if (stageX) {
     if (Tokens == 1 && segments.consume.weight) {
-      stageNormed(segments.consume, xs, K, staged);
+      // x early only where registers allow: the unpaired kernel, under its
+      // 64-register bound, spilled 108 bytes with it.
+      stageNormed(segments.consume, xs, K, staged, Paired && segments.consume.earlyX);
     } else {
       // kStagedLoads loads a thread issued before their stores: a
       // load-then-store loop waited out an L2 round trip per float4 a thread
