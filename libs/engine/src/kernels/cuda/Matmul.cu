@@ -61,12 +61,12 @@ __device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
 // Elements one warp-wide round of 16-byte loads covers.
 constexpr int64_t kRoundStride = 32 * 8;
 
-// Round k of a weight row: kLoadsInFlight warp-wide loads, those past K
-// skipped.
+// Round k of a weight row: Loads warp-wide loads, those past K skipped.
+template <int Loads = kLoadsInFlight>
 __device__ __forceinline__ void loadRound(const unsigned short *row, int64_t k, int64_t K,
-                                          uint4 (&packed)[kLoadsInFlight]) {
+                                          uint4 (&packed)[Loads]) {
 #pragma unroll
-  for (int j = 0; j < kLoadsInFlight; ++j)
+  for (int j = 0; j < Loads; ++j)
     packed[j] = k + j * kRoundStride < K
                     ? __ldg(reinterpret_cast<const uint4 *>(row + k + j * kRoundStride))
                     : make_uint4(0, 0, 0, 0);
@@ -77,22 +77,21 @@ __device__ __forceinline__ void loadRound(const unsigned short *row, int64_t k, 
 // `loaded` (issued before the kernel waited for its input); each round's
 // kLoadsInFlight loads are issued before any product of it, and the last
 // round's missing ones (past K) are skipped, not run one at a time.
-template <int Tokens>
+template <int Tokens, int Loads = kLoadsInFlight>
 __device__ __forceinline__ void dotRow(const unsigned short *row, int64_t K, int lane, bool bf16,
-                                       const float *xs, int tokens,
-                                       uint4 (&packed)[kLoadsInFlight], bool loaded,
-                                       float (&acc)[Tokens]) {
+                                       const float *xs, int tokens, uint4 (&packed)[Loads],
+                                       bool loaded, float (&acc)[Tokens]) {
   if (K % 8 == 0) {
     int64_t k = int64_t(lane) * 8;
     if (!loaded && k < K)
-      loadRound(row, k, K, packed);
-    for (; k < K; k += kLoadsInFlight * kRoundStride) {
+      loadRound<Loads>(row, k, K, packed);
+    for (; k < K; k += Loads * kRoundStride) {
 #pragma unroll
-      for (int j = 0; j < kLoadsInFlight; ++j)
+      for (int j = 0; j < Loads; ++j)
         if (k + j * kRoundStride < K)
           accumulate8<Tokens>(packed[j], bf16, xs + k + j * kRoundStride, K, tokens, acc);
-      if (k + kLoadsInFlight * kRoundStride < K)
-        loadRound(row, k + kLoadsInFlight * kRoundStride, K, packed);
+      if (k + Loads * kRoundStride < K)
+        loadRound<Loads>(row, k + Loads * kRoundStride, K, packed);
     }
     return;
   }
@@ -231,9 +230,12 @@ constexpr int64_t kSharedXBytes = 64 * 1024;
 // (512 blocks) in one wave instead of 1.3. The others are left to the
 // compiler (0): bounded, they spill. Warps: rows a block (kWarpsPerBlock, or
 // kWideWarps where x's staging lets few blocks share a multiprocessor).
-template <int Tokens, bool Paired, int Warps = kWarpsPerBlock>
-__global__ void __launch_bounds__(Warps * 32,
-                                  Tokens == 1 && !Paired ? 4 * kWarpsPerBlock / Warps : 0)
+// Loads: 16-byte loads a lane in flight; kLongRowLoads for long rows
+// (launchLinear16), without the register bound.
+template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight>
+__global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads == kLoadsInFlight
+                                                  ? 4 * kWarpsPerBlock / Warps
+                                                  : 0)
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   extern __shared__ float4 staged[];
@@ -252,11 +254,11 @@ __global__ void __launch_bounds__(Warps * 32,
   // The weights are written by no kernel: the first row block's first round
   // is requested while the kernel producing x may still run
   // (DependentLaunch.cuh).
-  uint4 packed[kLoadsInFlight];
+  uint4 packed[Loads];
   bool loaded = n < segments.segment[s].N && K % 8 == 0;
   if (loaded)
-    loadRound(static_cast<const unsigned short *>(segments.segment[s].w) + n * K,
-              int64_t(lane) * 8, K, packed);
+    loadRound<Loads>(static_cast<const unsigned short *>(segments.segment[s].w) + n * K,
+                     int64_t(lane) * 8, K, packed);
   waitForPrecedingKernels();
   allowDependentLaunch();
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
@@ -308,15 +310,15 @@ __global__ void __launch_bounds__(Warps * 32,
 #pragma unroll
       for (int i = 0; i < Tokens; ++i)
         acc[i] = 0.0f;
-      dotRow<Tokens>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
+      dotRow<Tokens, Loads>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
       if constexpr (Paired) {
         const LinearSegment upSeg = segments.segment[1];
         float up[Tokens];
 #pragma unroll
         for (int i = 0; i < Tokens; ++i)
           up[i] = 0.0f;
-        dotRow<Tokens>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16, xs,
-                       tokens, packed, false, up);
+        dotRow<Tokens, Loads>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16,
+                              xs, tokens, packed, false, up);
 #pragma unroll
         for (int i = 0; i < Tokens; ++i) {
           float g = warpTotal(acc, i), u = warpTotal(up, i);
@@ -383,10 +385,19 @@ int64_t residentBlocks(Kernel kernel, int threads, size_t shared) {
 // 39.0 -> 35.7 us (45.3 before the 64-register bound), 8B batch 1 +1%.
 constexpr int kWideWarps = 16;
 
-template <int Tokens, bool Paired, int Warps>
+// Long rows (one token, unpaired, K past two rounds of kLoadsInFlight: the
+// 1.1B down projection, K = 5,632): 16 loads a lane in flight, twice the
+// bytes a warp requests at a time, where its grid still fits one wave with
+// the registers that takes (101 against 64 in llmir-chain-bench). The 8-load
+// GEMV read such a row in three dependent rounds; in llmir-chain-bench's
+// chain of a 1.1B layer's products, 16 loads took a layer 31.1 -> 30.1 us
+// (docs/performance.md). LLMIR_CUDA_LONG_ROW_LOADS=0 keeps 8 (measuring).
+constexpr int kLongRowLoads = 16;
+
+template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight>
 void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                 size_t shared, LinearSegments segments) {
-  allowDynamicShared<linear16Kernel<Tokens, Paired, Warps>>(shared);
+  allowDynamicShared<linear16Kernel<Tokens, Paired, Warps, Loads>>(shared);
   int64_t blocks = 0;
   for (int s = 0; s < segments.count; ++s) {
     segments.firstBlock[s] = static_cast<unsigned>(blocks);
@@ -399,14 +410,25 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
   // gate/up, 4.5 waves, kept the norm's own launch for it: ~6.8 us a layer).
   // One wave of blocks that loop over the row blocks pays it once a block.
   if (Tokens == 1 && segments.consume.weight && loopedNormConsumers()) {
-    const int64_t resident = residentBlocks(linear16Kernel<Tokens, Paired, Warps>, Warps * 32,
-                                            shared);
+    const int64_t resident = residentBlocks(linear16Kernel<Tokens, Paired, Warps, Loads>,
+                                            Warps * 32, shared);
     if (resident > 0 && blocks > resident)
       blocks = resident;
   }
+  if constexpr (Tokens == 1 && !Paired && Warps == kWarpsPerBlock && Loads == kLoadsInFlight) {
+    static const bool longRows = !switchedOff("LLMIR_CUDA_LONG_ROW_LOADS");
+    using Long = decltype(&linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>);
+    const Long kernel = &linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>;
+    if (longRows && K > 2 * kLoadsInFlight * kRoundStride && !segments.consume.weight) {
+      allowDynamicShared<linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>>(shared);
+      if (blocks <= residentBlocks(kernel, Warps * 32, shared))
+        return launchRows<Tokens, Paired, Warps, kLongRowLoads>(stream, x, T, K, bf16, stageX,
+                                                                shared, segments);
+    }
+  }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
-  launchDependent(linear16Kernel<Tokens, Paired, Warps>, grid, Warps * 32, shared, stream, x, T,
-                  K, bf16, stageX, segments);
+  launchDependent(linear16Kernel<Tokens, Paired, Warps, Loads>, grid, Warps * 32, shared, stream,
+                  x, T, K, bf16, stageX, segments);
 }
 
 template <int Tokens>
