@@ -17,14 +17,19 @@
 // reduction), so the last product's outputs must agree bit for bit; the
 // bench fails otherwise.
 //
-//   llmir-chain-bench [--layers 22] [--replays 10] [--per-sm 2]
+//   llmir-chain-bench [--shape 1b|8b] [--layers N] [--replays 10] [--per-sm 2]
 //                     [--prefetch-kib 0,32,64]
 //
-// Lines: launched (what the engine does: the first round of a row's
-// weights requested before griddepcontrol.wait; then two variants: 16
-// loads a lane in flight for the down projection's long rows, and grids of
-// at most one wave looping over row blocks), then one line a persistent
-// variant (prefetch 0: the first round in registers before the counter, as
+// --shape 8b: the 8B (Llama-3) shape's products instead, Q/K/V [6,144 x
+// 4,096], O [4,096 x 4,096], gate/up [28,672 x 4,096], down [4,096 x
+// 14,336], 32 layers (14 GB). Lines: launched (what the engine does: the
+// first round of a row's weights requested before griddepcontrol.wait),
+// then its variants: 16 loads a lane in flight for rows past two rounds of
+// 8 (K > 4,096; what the engine now does for the 1.1B down projection), the
+// same from K = 4,096, grids of at most one wave looping over row blocks,
+// and two rows a warp (both rows' rounds requested together: 16 loads in
+// flight a lane at K = 2,048); then one line a persistent variant
+// (prefetch 0: the first round in registers before the counter, as
 // launched; else up to N KiB of the block's rows in shared memory by
 // cp.async).
 #include <cuda_bf16.h>
@@ -42,7 +47,7 @@ namespace {
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 constexpr int kLoads = 8;                 // 16-byte loads a lane a round
 constexpr int kRoundStride = 32 * 8;      // bf16 elements between a lane's loads of a round
-constexpr int kMaxK = 5632;               // the down projection's K
+constexpr int kMaxK = 14336;              // the 8B down projection's K
 
 void check(cudaError_t e, const char *what) {
   if (e == cudaSuccess)
@@ -99,6 +104,42 @@ __device__ float dotRow(const unsigned short *row, const float *xs, int K, int l
   return acc;
 }
 
+// Two rows at once (row1 null: one), each round of both requested before
+// either is used; each row's sums in dotRow's order (the same bits). The
+// first row's total is returned, the second's left as the bits of
+// p[1][0].x (no second return value to carry through the caller's loop).
+template <int Loads>
+__device__ float dotRow2(const unsigned short *row0, const unsigned short *row1, const float *xs,
+                         int K, int lane, uint4 (&p)[2][Loads], bool loaded) {
+  float acc0 = 0.0f, acc1 = 0.0f;
+  int k = lane * 8;
+  if (!loaded) {
+    loadRound<Loads>(row0, k, K, p[0]);
+    if (row1)
+      loadRound<Loads>(row1, k, K, p[1]);
+  }
+  for (; k < K; k += Loads * kRoundStride) {
+#pragma unroll
+    for (int j = 0; j < Loads; ++j)
+      if (k + j * kRoundStride < K) {
+        acc0 += dot8(p[0][j], xs + k + j * kRoundStride);
+        if (row1)
+          acc1 += dot8(p[1][j], xs + k + j * kRoundStride);
+      }
+    if (k + Loads * kRoundStride < K) {
+      loadRound<Loads>(row0, k + Loads * kRoundStride, K, p[0]);
+      if (row1)
+        loadRound<Loads>(row1, k + Loads * kRoundStride, K, p[1]);
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    acc0 += __shfl_xor_sync(0xffffffffu, acc0, offset);
+    acc1 += __shfl_xor_sync(0xffffffffu, acc1, offset);
+  }
+  p[1][0].x = __float_as_uint(acc1);
+  return acc0;
+}
+
 // x [K] into shared memory, four loads a thread before their stores, from
 // L2 (__ldcg: another block wrote it).
 __device__ void stageX(const float *x, int K, float *xs) {
@@ -120,28 +161,48 @@ __device__ void stageX(const float *x, int K, float *xs) {
 
 // What the engine does: a product a launch, its rows' first round
 // requested before the wait for the launch before. Loads: 16-byte loads a
-// lane in flight (the engine's 8; 16 for a long row is a variant). Looped: a
-// grid of at most one wave whose blocks take row blocks in strides (a
-// variant).
-template <int Loads, bool Looped>
+// lane in flight (the engine's 8; 16 for long rows is a variant). Looped: a
+// grid of at most one wave whose blocks take row blocks in strides. Rows: 2,
+// a warp computes two rows (r and r + 8 of a 16-row block), both rounds
+// requested before either is used; each row's sums in the same order.
+template <int Loads, bool Looped, int Rows>
 __global__ void __launch_bounds__(kThreads) launchedKernel(Phase ph) {
-  __shared__ __align__(16) float xs[kMaxK];
+  extern __shared__ __align__(16) float xs[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int rowBlocks = (ph.N + kWarps - 1) / kWarps;
-  int n = blockIdx.x * kWarps + warp;
-  uint4 p[Loads];
-  if (n < ph.N)
-    loadRound<Loads>(ph.w + size_t(n) * ph.K, lane * 8, ph.K, p);
+  constexpr int kBlockRows = kWarps * Rows;
+  const int rowBlocks = (ph.N + kBlockRows - 1) / kBlockRows;
+  uint4 p[Rows][Loads];
+#pragma unroll
+  for (int r = 0; r < Rows; ++r) {
+    const int n = blockIdx.x * kBlockRows + r * kWarps + warp;
+    if (n < ph.N)
+      loadRound<Loads>(ph.w + size_t(n) * ph.K, lane * 8, ph.K, p[r]);
+  }
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" :::);
   stageX(ph.x, ph.K, xs);
   for (int rb = blockIdx.x; rb < rowBlocks; rb += Looped ? gridDim.x : rowBlocks) {
-    n = rb * kWarps + warp;
-    if (n < ph.N) {
-      const float v =
-          dotRow<Loads>(ph.w + size_t(n) * ph.K, xs, ph.K, lane, p, rb == int(blockIdx.x));
-      if (lane == 0)
-        ph.y[n] = v;
+    const bool loaded = rb == int(blockIdx.x);
+    if constexpr (Rows == 1) {
+      const int n = rb * kBlockRows + warp;
+      if (n < ph.N) {
+        const float v = dotRow<Loads>(ph.w + size_t(n) * ph.K, xs, ph.K, lane, p[0], loaded);
+        if (lane == 0)
+          ph.y[n] = v;
+      }
+    } else {
+      const int n0 = rb * kBlockRows + warp, n1 = n0 + kWarps;
+      if (n0 < ph.N) {
+        const float v0 = dotRow2<Loads>(ph.w + size_t(n0) * ph.K,
+                                        n1 < ph.N ? ph.w + size_t(n1) * ph.K : nullptr, xs,
+                                        ph.K, lane, p, loaded);
+        // dotRow2 leaves the second row's total in p[1][0].x's place: see there.
+        if (lane == 0) {
+          ph.y[n0] = v0;
+          if (n1 < ph.N)
+            ph.y[n1] = __uint_as_float(p[1][0].x);
+        }
+      }
     }
   }
 }
@@ -158,10 +219,10 @@ __device__ __forceinline__ unsigned loadAcquire(const unsigned *p) {
 // rows' weights: up to prefetchBytes of whole row blocks into shared memory
 // (cp.async), or with none the first round of its first row in registers.
 __global__ void __launch_bounds__(kThreads)
-    persistentKernel(const Phase *phases, int count, unsigned *done, int prefetchBytes) {
+    persistentKernel(const Phase *phases, int count, unsigned *done, int prefetchBytes, int maxK) {
   extern __shared__ __align__(16) unsigned char shared[];
   float *xs = reinterpret_cast<float *>(shared);
-  unsigned short *rows = reinterpret_cast<unsigned short *>(shared + kMaxK * sizeof(float));
+  unsigned short *rows = reinterpret_cast<unsigned short *>(shared + size_t(maxK) * sizeof(float));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const unsigned blocks = gridDim.x;
   for (int f = 0; f < count; ++f) {
@@ -246,8 +307,38 @@ std::vector<int> listFlag(int argc, char **argv, const std::string &name, std::v
 
 } // namespace
 
+// A launched variant: Loads for rows from longFromK (0: never), grids of one
+// wave (looped), rows a warp.
+struct Variant {
+  const char *name;
+  int longFromK;
+  bool looped;
+  int rows;
+};
+
+// The launched kernel of variant v for a product of K.
+using Launched = void (*)(Phase);
+Launched launchedFor(const Variant &v, int K) {
+  if (v.longFromK > 0 && K >= v.longFromK)
+    return launchedKernel<16, false, 1>;
+  if (v.looped)
+    return launchedKernel<kLoads, true, 1>;
+  if (v.rows == 2)
+    return launchedKernel<kLoads, false, 2>;
+  return launchedKernel<kLoads, false, 1>;
+}
+
 int main(int argc, char **argv) {
-  const int layers = std::max(1, listFlag(argc, argv, "layers", {22})[0]);
+  std::string shape = "1b";
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--shape")
+      shape = argv[i + 1];
+  if (shape != "1b" && shape != "8b") {
+    std::fprintf(stderr, "llmir-chain-bench: --shape is 1b or 8b, not %s\n", shape.c_str());
+    return 2;
+  }
+  const bool large = shape == "8b";
+  const int layers = std::max(1, listFlag(argc, argv, "layers", {large ? 32 : 22})[0]);
   const int replays = std::max(1, listFlag(argc, argv, "replays", {10})[0]);
   const int perSm = std::max(1, listFlag(argc, argv, "per-sm", {2})[0]);
   const std::vector<int> prefetchKib = listFlag(argc, argv, "prefetch-kib", {0, 32, 64});
@@ -259,7 +350,12 @@ int main(int argc, char **argv) {
   struct Shape {
     int N, K;
   };
-  const Shape layer[] = {{2560, 2048}, {2048, 2048}, {11264, 2048}, {2048, 5632}};
+  const std::vector<Shape> layer =
+      large ? std::vector<Shape>{{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}}
+            : std::vector<Shape>{{2560, 2048}, {2048, 2048}, {11264, 2048}, {2048, 5632}};
+  int maxK = 0;
+  for (const Shape s : layer)
+    maxK = std::max(maxK, s.K);
   std::vector<Phase> phases;
   size_t weightBytes = 0;
   float *input = nullptr;
@@ -310,44 +406,51 @@ int main(int argc, char **argv) {
     check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
     return 1e3 * ms;
   };
-  std::printf("# llmir-chain-bench on %s (%d multiprocessors): %d layers of the 1.1B shape's four "
+  std::printf("# llmir-chain-bench on %s (%d multiprocessors): %d layers of the %s shape's four "
               "products, %.2f GB of bf16 weights, best of %d replays\n",
-              prop.name, prop.multiProcessorCount, layers, weightBytes / 1e9, replays);
-  std::printf("%-34s %10s %12s %10s\n", "variant", "us a step", "us a layer", "GB/s");
+              prop.name, prop.multiProcessorCount, layers, shape.c_str(), weightBytes / 1e9,
+              replays);
+  std::printf("%-36s %10s %12s %10s\n", "variant", "us a step", "us a layer", "GB/s");
 
   // Launched: the chain captured once with dependent launches, replayed.
-  // Variants: the engine's (8 loads, a block a row block), 16 loads in
-  // flight for rows past 4,096 (the down projection), grids of one wave.
+  const size_t xsBytes = size_t(maxK) * sizeof(float);
+  for (Launched kernel : {launchedKernel<kLoads, false, 1>, launchedKernel<16, false, 1>,
+                          launchedKernel<kLoads, true, 1>, launchedKernel<kLoads, false, 2>})
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(xsBytes)),
+          "shared memory");
+  const Variant variants[] = {{"launched (one a product, graph)", 0, false, 1},
+                              {"launched, 16 loads from K > 4,096", 4097, false, 1},
+                              {"launched, 16 loads from K = 4,096", 4096, false, 1},
+                              {"launched, grids of one wave", 0, true, 1},
+                              {"launched, two rows a warp", 0, false, 2}};
   std::vector<float> reference;
   bool agree = true;
-  for (int variant = 0; variant < 3; ++variant) {
+  for (const Variant &v : variants) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
     for (const Phase &ph : phases) {
+      const Launched kernel = launchedFor(v, ph.K);
+      const int blockRows = kernel == launchedKernel<kLoads, false, 2> ? 2 * kWarps : kWarps;
+      int blocks = (ph.N + blockRows - 1) / blockRows;
+      if (kernel == launchedKernel<kLoads, true, 1>) {
+        int fits = 0;
+        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, kernel, kThreads, xsBytes),
+              "occupancy");
+        blocks = std::min(blocks, fits * prop.multiProcessorCount);
+      }
       cudaLaunchAttribute attribute{};
       attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
       attribute.val.programmaticStreamSerializationAllowed = 1;
       cudaLaunchConfig_t config{};
-      int blocks = (ph.N + kWarps - 1) / kWarps;
-      if (variant == 2) {
-        int fits = 0;
-        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, launchedKernel<kLoads, true>,
-                                                            kThreads, 0),
-              "occupancy");
-        blocks = std::min(blocks, fits * prop.multiProcessorCount);
-      }
       config.gridDim = dim3(blocks);
       config.blockDim = dim3(kThreads);
+      config.dynamicSmemBytes = xsBytes;
       config.stream = stream;
       config.attrs = &attribute;
       config.numAttrs = 1;
-      if (variant == 1 && ph.K > 4096)
-        check(cudaLaunchKernelEx(&config, launchedKernel<16, false>, ph), "launch");
-      else if (variant == 2)
-        check(cudaLaunchKernelEx(&config, launchedKernel<kLoads, true>, ph), "launch");
-      else
-        check(cudaLaunchKernelEx(&config, launchedKernel<kLoads, false>, ph), "launch");
+      check(cudaLaunchKernelEx(&config, kernel, ph), "launch");
     }
     check(cudaStreamEndCapture(stream, &graph), "end capture");
     check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
@@ -361,13 +464,11 @@ int main(int argc, char **argv) {
         best = std::min(best, us);
     }
     const std::vector<float> got = lastOutputs();
-    if (variant == 0)
+    if (reference.empty())
       reference = got;
     const bool same = std::memcmp(got.data(), reference.data(), got.size() * sizeof(float)) == 0;
     agree = agree && same;
-    const char *names[] = {"launched (one a product, graph)", "launched, down 16 loads a lane",
-                           "launched, grids of one wave"};
-    std::printf("%-34s %10.1f %12.2f %10.0f%s\n", names[variant], best, best / layers,
+    std::printf("%-36s %10.1f %12.2f %10.0f%s\n", v.name, best, best / layers,
                 weightBytes / best / 1e3, same ? "" : "   OUTPUTS DIFFER");
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
@@ -375,7 +476,7 @@ int main(int argc, char **argv) {
 
   for (const int kib : prefetchKib) {
     const int prefetchBytes = kib * 1024;
-    const size_t shared = kMaxK * sizeof(float) + size_t(prefetchBytes);
+    const size_t shared = xsBytes + size_t(prefetchBytes);
     check(cudaFuncSetAttribute(persistentKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(shared)),
           "shared memory");
@@ -384,12 +485,12 @@ int main(int argc, char **argv) {
           "occupancy");
     const int blocksPerSm = std::min(perSm, fits);
     if (blocksPerSm <= 0) {
-      std::printf("%-34s does not fit\n", ("persistent, " + std::to_string(kib) + " KiB").c_str());
+      std::printf("%-36s does not fit\n", ("persistent, " + std::to_string(kib) + " KiB").c_str());
       continue;
     }
     int blocks = prop.multiProcessorCount * blocksPerSm;
-    int prefetchArg = prefetchBytes, countArg = count;
-    void *args[] = {&devicePhases, &countArg, &done, &prefetchArg};
+    int prefetchArg = prefetchBytes, countArg = count, maxKArg = maxK;
+    void *args[] = {&devicePhases, &countArg, &done, &prefetchArg, &maxKArg};
     double bestP = 1e30;
     for (int r = 0; r <= replays; ++r) {
       check(cudaMemsetAsync(done, 0, count * sizeof(unsigned), stream), "memset");
@@ -407,7 +508,7 @@ int main(int argc, char **argv) {
     agree = agree && same;
     const std::string name = "persistent, " + std::to_string(blocksPerSm) + " a SM, " +
                              (kib ? std::to_string(kib) + " KiB" : std::string("registers"));
-    std::printf("%-34s %10.1f %12.2f %10.0f%s\n", name.c_str(), bestP, bestP / layers,
+    std::printf("%-36s %10.1f %12.2f %10.0f%s\n", name.c_str(), bestP, bestP / layers,
                 weightBytes / bestP / 1e3, same ? "" : "   OUTPUTS DIFFER");
   }
   return agree ? 0 : 1;
