@@ -27,8 +27,10 @@
 // then its variants: 16 loads a lane in flight for rows past two rounds of
 // 8 (K > 4,096; what the engine now does for the 1.1B down projection), the
 // same from K = 4,096, grids of at most one wave looping over row blocks,
-// and two rows a warp (both rows' rounds requested together: 16 loads in
-// flight a lane at K = 2,048); then one line a persistent variant
+// two rows a warp (both rows' rounds requested together: 16 loads in
+// flight a lane at K = 2,048), blocks of 4 and of 16 rows, and x read by
+// each lane from global memory instead of staged in shared memory (alone
+// and with the long rows' 16 loads); then one line a persistent variant
 // (prefetch 0: the first round in registers before the counter, as
 // launched; else up to N KiB of the block's rows in shared memory by
 // cp.async).
@@ -145,42 +147,50 @@ __device__ float dotRow2(const unsigned short *row0, const unsigned short *row1,
 __device__ void stageX(const float *x, int K, float *xs) {
   const float4 *from = reinterpret_cast<const float4 *>(x);
   float4 *to = reinterpret_cast<float4 *>(xs);
-  for (int first = threadIdx.x; first < K / 4; first += 4 * kThreads) {
+  const int threads = static_cast<int>(blockDim.x);
+  for (int first = threadIdx.x; first < K / 4; first += 4 * threads) {
     float4 v[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      if (first + i * kThreads < K / 4)
-        v[i] = __ldcg(from + first + i * kThreads);
+      if (first + i * threads < K / 4)
+        v[i] = __ldcg(from + first + i * threads);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      if (first + i * kThreads < K / 4)
-        to[first + i * kThreads] = v[i];
+      if (first + i * threads < K / 4)
+        to[first + i * threads] = v[i];
   }
   __syncthreads();
 }
 
 // What the engine does: a product a launch, its rows' first round
 // requested before the wait for the launch before. Loads: 16-byte loads a
-// lane in flight (the engine's 8; 16 for long rows is a variant). Looped: a
-// grid of at most one wave whose blocks take row blocks in strides. Rows: 2,
-// a warp computes two rows (r and r + 8 of a 16-row block), both rounds
-// requested before either is used; each row's sums in the same order.
-template <int Loads, bool Looped, int Rows>
-__global__ void __launch_bounds__(kThreads) launchedKernel(Phase ph) {
-  extern __shared__ __align__(16) float xs[];
+// lane in flight (the engine's 8; 16 for long rows). Looped: a grid of at
+// most one wave whose blocks take row blocks in strides. Rows: 2, a warp
+// computes two rows (r and r + Warps of a block), both rounds requested
+// before either is used. Warps: rows a block (the engine's 8). Staged: x
+// copied into shared memory after the wait (the engine's way), else read
+// by each lane from global memory as it multiplies (L1 after the block's
+// first warp). Every variant sums a row in the same order (the same bits).
+template <int Loads, bool Looped, int Rows, int Warps = kWarps, bool Staged = true>
+__global__ void __launch_bounds__(Warps * 32) launchedKernel(Phase ph) {
+  extern __shared__ __align__(16) unsigned char shared[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int kBlockRows = kWarps * Rows;
+  constexpr int kBlockRows = Warps * Rows;
   const int rowBlocks = (ph.N + kBlockRows - 1) / kBlockRows;
   uint4 p[Rows][Loads];
 #pragma unroll
   for (int r = 0; r < Rows; ++r) {
-    const int n = blockIdx.x * kBlockRows + r * kWarps + warp;
+    const int n = blockIdx.x * kBlockRows + r * Warps + warp;
     if (n < ph.N)
       loadRound<Loads>(ph.w + size_t(n) * ph.K, lane * 8, ph.K, p[r]);
   }
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" :::);
-  stageX(ph.x, ph.K, xs);
+  const float *xs = ph.x;
+  if constexpr (Staged) {
+    stageX(ph.x, ph.K, reinterpret_cast<float *>(shared));
+    xs = reinterpret_cast<const float *>(shared);
+  }
   for (int rb = blockIdx.x; rb < rowBlocks; rb += Looped ? gridDim.x : rowBlocks) {
     const bool loaded = rb == int(blockIdx.x);
     if constexpr (Rows == 1) {
@@ -191,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) launchedKernel(Phase ph) {
           ph.y[n] = v;
       }
     } else {
-      const int n0 = rb * kBlockRows + warp, n1 = n0 + kWarps;
+      const int n0 = rb * kBlockRows + warp, n1 = n0 + Warps;
       if (n0 < ph.N) {
         const float v0 = dotRow2<Loads>(ph.w + size_t(n0) * ph.K,
                                         n1 < ph.N ? ph.w + size_t(n1) * ph.K : nullptr, xs,
@@ -307,24 +317,35 @@ std::vector<int> listFlag(int argc, char **argv, const std::string &name, std::v
 
 } // namespace
 
-// A launched variant: Loads for rows from longFromK (0: never), grids of one
-// wave (looped), rows a warp.
+// A launched variant: 16 loads for rows from longFromK (0: never), grids of
+// one wave (looped), rows a warp, warps a block, x staged.
 struct Variant {
   const char *name;
   int longFromK;
   bool looped;
   int rows;
+  int warps;
+  bool staged;
 };
 
-// The launched kernel of variant v for a product of K.
+// The launched kernel of variant v for a product of K, and its rows a block.
 using Launched = void (*)(Phase);
-Launched launchedFor(const Variant &v, int K) {
-  if (v.longFromK > 0 && K >= v.longFromK)
+Launched launchedFor(const Variant &v, int K, int &blockRows) {
+  blockRows = v.warps * v.rows;
+  const bool longRows = v.longFromK > 0 && K >= v.longFromK;
+  if (!v.staged)
+    return longRows ? launchedKernel<16, false, 1, kWarps, false>
+                    : launchedKernel<kLoads, false, 1, kWarps, false>;
+  if (longRows)
     return launchedKernel<16, false, 1>;
   if (v.looped)
     return launchedKernel<kLoads, true, 1>;
   if (v.rows == 2)
     return launchedKernel<kLoads, false, 2>;
+  if (v.warps == 4)
+    return launchedKernel<kLoads, false, 1, 4>;
+  if (v.warps == 16)
+    return launchedKernel<kLoads, false, 1, 16>;
   return launchedKernel<kLoads, false, 1>;
 }
 
@@ -415,15 +436,21 @@ int main(int argc, char **argv) {
   // Launched: the chain captured once with dependent launches, replayed.
   const size_t xsBytes = size_t(maxK) * sizeof(float);
   for (Launched kernel : {launchedKernel<kLoads, false, 1>, launchedKernel<16, false, 1>,
-                          launchedKernel<kLoads, true, 1>, launchedKernel<kLoads, false, 2>})
+                          launchedKernel<kLoads, true, 1>, launchedKernel<kLoads, false, 2>,
+                          launchedKernel<kLoads, false, 1, 4>, launchedKernel<kLoads, false, 1, 16>})
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(xsBytes)),
           "shared memory");
-  const Variant variants[] = {{"launched (one a product, graph)", 0, false, 1},
-                              {"launched, 16 loads from K > 4,096", 4097, false, 1},
-                              {"launched, 16 loads from K = 4,096", 4096, false, 1},
-                              {"launched, grids of one wave", 0, true, 1},
-                              {"launched, two rows a warp", 0, false, 2}};
+  const Variant variants[] = {
+      {"launched (one a product, graph)", 0, false, 1, kWarps, true},
+      {"launched, 16 loads from K > 4,096", 4097, false, 1, kWarps, true},
+      {"launched, 16 loads from K = 4,096", 4096, false, 1, kWarps, true},
+      {"launched, grids of one wave", 0, true, 1, kWarps, true},
+      {"launched, two rows a warp", 0, false, 2, kWarps, true},
+      {"launched, 4-row blocks", 0, false, 1, 4, true},
+      {"launched, 16-row blocks", 0, false, 1, 16, true},
+      {"launched, x not staged", 0, false, 1, kWarps, false},
+      {"launched, x not staged, 16 > 4,096", 4097, false, 1, kWarps, false}};
   std::vector<float> reference;
   bool agree = true;
   for (const Variant &v : variants) {
@@ -431,8 +458,8 @@ int main(int argc, char **argv) {
     cudaGraphExec_t exec;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
     for (const Phase &ph : phases) {
-      const Launched kernel = launchedFor(v, ph.K);
-      const int blockRows = kernel == launchedKernel<kLoads, false, 2> ? 2 * kWarps : kWarps;
+      int blockRows = 0;
+      const Launched kernel = launchedFor(v, ph.K, blockRows);
       int blocks = (ph.N + blockRows - 1) / blockRows;
       if (kernel == launchedKernel<kLoads, true, 1>) {
         int fits = 0;
@@ -445,8 +472,8 @@ int main(int argc, char **argv) {
       attribute.val.programmaticStreamSerializationAllowed = 1;
       cudaLaunchConfig_t config{};
       config.gridDim = dim3(blocks);
-      config.blockDim = dim3(kThreads);
-      config.dynamicSmemBytes = xsBytes;
+      config.blockDim = dim3(v.warps * 32);
+      config.dynamicSmemBytes = v.staged ? xsBytes : 0;
       config.stream = stream;
       config.attrs = &attribute;
       config.numAttrs = 1;
