@@ -239,18 +239,18 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   extern __shared__ float4 staged[];
-  // Row block `rows` of the segments: its segment, this warp's row n.
-  const auto rowOf = [&](unsigned rows, int &s, int64_t &n) {
+  // Row block `rowBlock` of the segments: its segment s, this warp's row n.
+  const auto rowOf = [&](unsigned rowBlock, int &s, int64_t &n) {
     s = 0;
-    while (!Paired && s + 1 < segments.count && rows >= segments.firstBlock[s + 1])
+    while (!Paired && s + 1 < segments.count && rowBlock >= segments.firstBlock[s + 1])
       ++s;
-    n = (rows - segments.firstBlock[s]) * int64_t(Warps) + threadIdx.x / 32;
+    n = (rowBlock - segments.firstBlock[s]) * int64_t(Warps) + threadIdx.x / 32;
   };
   const int lane = threadIdx.x % 32;
-  unsigned rows = blockIdx.x; // the row block; a looped grid takes rowBlocks in strides
+  unsigned rowBlock = blockIdx.x; // a looped grid takes segments.rowBlocks in strides
   int s;
   int64_t n;
-  rowOf(rows, s, n);
+  rowOf(rowBlock, s, n);
   // The weights are written by no kernel: the first row block's first round
   // is requested while the kernel producing x may still run
   // (DependentLaunch.cuh).
@@ -348,13 +348,13 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
       }
     }
     if (produces)
-      storeSquares<Warps>(segments.produce, square, rows);
+      storeSquares<Warps>(segments.produce, square, rowBlock);
     // A looped grid (linear16's rowBlocks past one wave): the block's next
     // row block, its x staged already.
-    rows += gridDim.x;
-    if (rows >= segments.rowBlocks)
+    rowBlock += gridDim.x;
+    if (rowBlock >= segments.rowBlocks)
       break;
-    rowOf(rows, s, n);
+    rowOf(rowBlock, s, n);
     loaded = false;
     if (produces)
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
