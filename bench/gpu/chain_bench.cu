@@ -28,9 +28,10 @@
 // 8 (K > 4,096; what the engine now does for the 1.1B down projection), the
 // same from K = 4,096, grids of at most one wave looping over row blocks,
 // two rows a warp (both rows' rounds requested together: 16 loads in
-// flight a lane at K = 2,048), blocks of 4 and of 16 rows, and x read by
-// each lane from global memory instead of staged in shared memory (alone
-// and with the long rows' 16 loads); then one line a persistent variant
+// flight a lane at K = 2,048), blocks of 4 and of 16 rows, x read by each
+// lane from global memory instead of staged in shared memory (alone and
+// with the long rows' 16 loads), and each block's rows requested by one
+// TMA bulk copy before the wait (tmaKernel); then one line a persistent variant
 // (prefetch 0: the first round in registers before the counter, as
 // launched; else up to N KiB of the block's rows in shared memory by
 // cp.async).
@@ -217,6 +218,56 @@ __global__ void __launch_bounds__(Warps * 32) launchedKernel(Phase ph) {
   }
 }
 
+// Weights by the TMA: thread 0 of the block requests its whole row block (8
+// rows, contiguous in memory) into shared memory with one
+// cp.async.bulk before the wait, its completion counted on an mbarrier; no
+// register holds a weight in flight, so a multiprocessor's bytes in flight
+// are bounded by its shared memory, not its registers. After the wait x is
+// staged as usual, then every thread waits for the weights' bytes and the
+// warps multiply from shared memory (the same sums as dotRow over global
+// memory). Shared memory: x (K floats), then the row block.
+__device__ __forceinline__ unsigned sharedAddress(const void *p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__global__ void __launch_bounds__(kThreads) tmaKernel(Phase ph) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  __shared__ __align__(8) unsigned long long arrived;
+  float *xs = reinterpret_cast<float *>(shared);
+  unsigned short *rows = reinterpret_cast<unsigned short *>(shared + size_t(ph.K) * sizeof(float));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int first = blockIdx.x * kWarps;
+  const int count = min(kWarps, ph.N - first);
+  const unsigned bytes = static_cast<unsigned>(count) * ph.K * 2;
+  const unsigned bar = sharedAddress(&arrived);
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
+                 "%2, [%3];" ::"r"(sharedAddress(rows)),
+                 "l"(ph.w + size_t(first) * ph.K), "r"(bytes), "r"(bar)
+                 : "memory");
+  }
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+  stageX(ph.x, ph.K, xs); // ends with __syncthreads: the barrier's init is visible
+  asm volatile("{\n"
+               ".reg .pred done;\n"
+               "WAIT:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n"
+               "@!done bra WAIT;\n"
+               "}\n" ::"r"(bar)
+               : "memory");
+  if (warp < count) {
+    uint4 p[kLoads];
+    const float v = dotRow(rows + size_t(warp) * ph.K, xs, ph.K, lane, p, false);
+    if (lane == 0)
+      ph.y[first + warp] = v;
+  }
+}
+
 __device__ __forceinline__ unsigned loadAcquire(const unsigned *p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -326,6 +377,7 @@ struct Variant {
   int rows;
   int warps;
   bool staged;
+  bool tma = false; // weights by the TMA where a row block fits (tmaKernel)
 };
 
 // The launched kernel of variant v for a product of K, and its rows a block.
@@ -441,6 +493,9 @@ int main(int argc, char **argv) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(xsBytes)),
           "shared memory");
+  check(cudaFuncSetAttribute(tmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             prop.sharedMemPerBlockOptin - 64),
+        "shared memory");
   const Variant variants[] = {
       {"launched (one a product, graph)", 0, false, 1, kWarps, true},
       {"launched, 16 loads from K > 4,096", 4097, false, 1, kWarps, true},
@@ -450,7 +505,8 @@ int main(int argc, char **argv) {
       {"launched, 4-row blocks", 0, false, 1, 4, true},
       {"launched, 16-row blocks", 0, false, 1, 16, true},
       {"launched, x not staged", 0, false, 1, kWarps, false},
-      {"launched, x not staged, 16 > 4,096", 4097, false, 1, kWarps, false}};
+      {"launched, x not staged, 16 > 4,096", 4097, false, 1, kWarps, false},
+      {"launched, weights by the TMA", 0, false, 1, kWarps, true, true}};
   std::vector<float> reference;
   bool agree = true;
   for (const Variant &v : variants) {
@@ -458,6 +514,23 @@ int main(int argc, char **argv) {
     cudaGraphExec_t exec;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
     for (const Phase &ph : phases) {
+      // The TMA variant where x and a row block fit a block's shared memory
+      // (not the 8B down projection's 229 KiB rows), else the engine's way.
+      const size_t tmaBytes = size_t(ph.K) * sizeof(float) + size_t(kWarps) * ph.K * 2;
+      if (v.tma && tmaBytes <= size_t(prop.sharedMemPerBlockOptin) - 64) {
+        cudaLaunchAttribute attribute{};
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t config{};
+        config.gridDim = dim3((ph.N + kWarps - 1) / kWarps);
+        config.blockDim = dim3(kThreads);
+        config.dynamicSmemBytes = tmaBytes;
+        config.stream = stream;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        check(cudaLaunchKernelEx(&config, tmaKernel, ph), "launch");
+        continue;
+      }
       int blockRows = 0;
       const Launched kernel = launchedFor(v, ph.K, blockRows);
       int blocks = (ph.N + blockRows - 1) / blockRows;
