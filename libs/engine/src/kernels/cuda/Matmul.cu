@@ -362,15 +362,16 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
   recordKernelMark(1); // the block's rows written
 }
 
-// Blocks of `kernel` the device holds at once (its multiprocessors times
-// the blocks a multiprocessor holds at this size); 0 where it does not say.
-template <typename Kernel>
-int64_t residentBlocks(Kernel kernel, int threads, size_t shared) {
+// Blocks of Kernel the current device holds at once (its multiprocessors
+// times the blocks a multiprocessor holds at this size, the shared memory
+// opted in first); 0 where the device does not say.
+template <auto Kernel> int64_t residentBlocks(int threads, size_t shared) {
+  allowDynamicShared<Kernel>(shared);
   int device = 0, multiprocessors = 0, perMultiprocessor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, kernel, threads, shared) !=
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, Kernel, threads, shared) !=
           cudaSuccess) {
     cudaGetLastError(); // not sticky
     return 0;
@@ -410,21 +411,18 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
   // gate/up, 4.5 waves, kept the norm's own launch for it: ~6.8 us a layer).
   // One wave of blocks that loop over the row blocks pays it once a block.
   if (Tokens == 1 && segments.consume.weight && loopedNormConsumers()) {
-    const int64_t resident = residentBlocks(linear16Kernel<Tokens, Paired, Warps, Loads>,
-                                            Warps * 32, shared);
+    const int64_t resident =
+        residentBlocks<linear16Kernel<Tokens, Paired, Warps, Loads>>(Warps * 32, shared);
     if (resident > 0 && blocks > resident)
       blocks = resident;
   }
   if constexpr (Tokens == 1 && !Paired && Warps == kWarpsPerBlock && Loads == kLoadsInFlight) {
     static const bool longRows = !switchedOff("LLMIR_CUDA_LONG_ROW_LOADS");
-    using Long = decltype(&linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>);
-    const Long kernel = &linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>;
-    if (longRows && K > 2 * kLoadsInFlight * kRoundStride && !segments.consume.weight) {
-      allowDynamicShared<linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>>(shared);
-      if (blocks <= residentBlocks(kernel, Warps * 32, shared))
-        return launchRows<Tokens, Paired, Warps, kLongRowLoads>(stream, x, T, K, bf16, stageX,
-                                                                shared, segments);
-    }
+    if (longRows && K > 2 * kLoadsInFlight * kRoundStride && !segments.consume.weight &&
+        blocks <= residentBlocks<linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>>(Warps * 32,
+                                                                                     shared))
+      return launchRows<Tokens, Paired, Warps, kLongRowLoads>(stream, x, T, K, bf16, stageX,
+                                                              shared, segments);
   }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
   launchDependent(linear16Kernel<Tokens, Paired, Warps, Loads>, grid, Warps * 32, shared, stream,
@@ -691,40 +689,19 @@ int64_t oneTokenBlocks(int64_t K, int64_t N) {
   return (N + warps - 1) / warps;
 }
 
-namespace {
-// Resident blocks of Kernel a multiprocessor (its shared memory opt-in first).
-template <auto Kernel>
-cudaError_t blocksPerMultiprocessor(int *blocks, int threads, size_t shared) {
-  allowDynamicShared<Kernel>(shared);
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, Kernel, threads, shared);
-}
-} // namespace
-
 double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
-  int device = 0, multiprocessors = 0, perMultiprocessor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
-          cudaSuccess) {
-    cudaGetLastError(); // not sticky
-    return 0.0;
-  }
   const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
   const bool wide = !paired && shared > kDefaultSharedBytes;
   const int warps = wide ? kWideWarps : kWarpsPerBlock;
   // The kernel launchLinear16 picks at one token.
-  const cudaError_t error =
-      paired ? blocksPerMultiprocessor<linear16Kernel<1, true, kWarpsPerBlock>>(
-                   &perMultiprocessor, warps * 32, shared)
-      : wide ? blocksPerMultiprocessor<linear16Kernel<1, false, kWideWarps>>(&perMultiprocessor,
-                                                                             warps * 32, shared)
-             : blocksPerMultiprocessor<linear16Kernel<1, false, kWarpsPerBlock>>(
-                   &perMultiprocessor, warps * 32, shared);
-  if (error != cudaSuccess || perMultiprocessor <= 0) {
-    cudaGetLastError();
+  const int64_t resident =
+      paired ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(warps * 32, shared)
+      : wide ? residentBlocks<linear16Kernel<1, false, kWideWarps>>(warps * 32, shared)
+             : residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(warps * 32, shared);
+  if (resident <= 0)
     return 0.0;
-  }
   const int64_t blocks = (rows + warps - 1) / warps;
-  return static_cast<double>(blocks) / (static_cast<double>(multiprocessors) * perMultiprocessor);
+  return static_cast<double>(blocks) / static_cast<double>(resident);
 }
 
 int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storage,
