@@ -961,6 +961,19 @@ detail::AttentionGeometry geometryOf(const DeviceStep &step,
   return g;
 }
 
+/// A caller's row stride (> 0: rows `given` floats apart, columns of a wider
+/// packed product) in place of `stride`, the rows' width; fewer floats than
+/// the width is an error. 0 keeps the width.
+Status takeRowStride(int64_t &stride, int64_t given, const char *rows) {
+  if (given <= 0)
+    return Status::ok();
+  if (given < stride)
+    return Status::error(std::string(rows) + " of " + std::to_string(given) +
+                         " floats, fewer than their width");
+  stride = given;
+  return Status::ok();
+}
+
 Status checkHeadDim(const cpu::AttentionParams &params) {
   if (params.headDim > detail::kMaxHeadDim)
     return Status::error(
@@ -978,12 +991,8 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
                     int64_t kvRowStride) {
   LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
   detail::AttentionGeometry g = geometryOf(step, params, cache);
-  if (kvRowStride > 0) {
-    if (kvRowStride < g.kvRowStride)
-      return Status::error("rope + store: k and v rows of " + std::to_string(kvRowStride) +
-                           " floats, fewer than their width");
-    g.kvRowStride = kvRowStride;
-  }
+  LLMIR_RETURN_IF_ERROR(
+      takeRowStride(g.kvRowStride, kvRowStride, "rope + store: k and v rows"));
   if ((q == nullptr) != (qOut == nullptr) || (q && queryRotations))
     return Status::error("rope + store: q and qOut go together, and the queries' rotations "
                          "are written only in their place (q and qOut null)");
@@ -1062,12 +1071,8 @@ Status prefillRopeAttention(const float *q, const float *queryRotations, const D
                             float *out, Stream stream, SplitInput outHalves,
                             int64_t qRowStride) {
   detail::AttentionGeometry g = geometryOf(step, params, cache);
-  if (qRowStride > 0) {
-    if (qRowStride < g.qRowStride)
-      return Status::error("rope + prefill attention: q rows of " + std::to_string(qRowStride) +
-                           " floats, fewer than their width");
-    g.qRowStride = qRowStride;
-  }
+  LLMIR_RETURN_IF_ERROR(
+      takeRowStride(g.qRowStride, qRowStride, "rope + prefill attention: q rows"));
   if (!prefillRopeApplies(step, g))
     return Status::error("rope + prefill attention: not a step of the tensor-core prefill "
                          "kernel with a head dimension a multiple of 32");
