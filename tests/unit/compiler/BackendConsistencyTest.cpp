@@ -106,9 +106,6 @@ TEST_P(BackendConsistency, EveryInstructionMatchesTheCpu) {
               options.tp, options.pp, options.sp, opcodes.size(), seen.c_str(), worst);
 }
 
-// Steps without an observer take the CUDA backend's fast paths: decode
-// steps recorded as CUDA graphs and replayed, Q/K/V and gate/up as one
-// launch, tensor cores from 16 tokens, greedy ids from a device argmax. For
 // The largest difference between got's and ref's elements over ref's largest
 // magnitude (a NaN in got: infinity).
 float relativeError(const engine::Tensor &got, const engine::Tensor &ref) {
@@ -121,6 +118,26 @@ float relativeError(const engine::Tensor &got, const engine::Tensor &ref) {
   return error / scale;
 }
 
+// One sequence's prefill of `length` tokens (ids first, first + stride, ...
+// modulo the demo's vocabulary) in the KV blocks from `nextBlock` on, which
+// it advances past the blocks it takes.
+engine::StepInput prefillOf(int length, int first, int stride, int32_t &nextBlock) {
+  engine::StepInput step;
+  std::vector<int32_t> table;
+  for (int b = 0; b < length / 4 + 1; ++b)
+    table.push_back(nextBlock++);
+  step.blockTables = {table};
+  for (int p = 0; p < length; ++p) {
+    step.tokenIds.push_back((first + stride * p) % 2000);
+    step.positions.push_back(p);
+    step.tokenSeq.push_back(0);
+  }
+  return step;
+}
+
+// Steps without an observer take the CUDA backend's fast paths: decode
+// steps recorded as CUDA graphs and replayed, Q/K/V and gate/up as one
+// launch, tensor cores from 16 tokens, greedy ids from a device argmax. For
 // 1, 3 and 20 sequences: a prefill, decodes (eager, recorded, replayed), a
 // prefill of another sequence in between (it moves buffers between slots and
 // grows them), decodes again; the logits of every step against the CPU's,
@@ -164,22 +181,7 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
     return next;
   };
 
-  int32_t nextBlock = 0;
-  // One sequence's prefill of `length` tokens (ids first, first + stride,
-  // ...) in KV blocks no step has used yet.
-  auto prefillOf = [&](int length, int first, int stride) {
-    engine::StepInput step;
-    std::vector<int32_t> table;
-    for (int b = 0; b < length / 4 + 1; ++b)
-      table.push_back(nextBlock++);
-    step.blockTables = {table};
-    for (int p = 0; p < length; ++p) {
-      step.tokenIds.push_back((first + stride * p) % 2000);
-      step.positions.push_back(p);
-      step.tokenSeq.push_back(0);
-    }
-    return step;
-  };
+  int32_t nextBlock = 0; // KV blocks no step has used yet
   for (int batch : {1, 3, 20}) {
     const int prompt = 5;
     engine::StepInput prefill, decode;
@@ -201,7 +203,7 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
     decode.tokenIds = compare(prefill, name + " prefill");
     for (int n = 0; n < 8; ++n) {
       if (n == 4) // another sequence's prefill between the decodes
-        compare(prefillOf(9 * batch + 3, 5, 17), name + " interleaved prefill");
+        compare(prefillOf(9 * batch + 3, 5, 17, nextBlock), name + " interleaved prefill");
       decode.tokenIds = compare(decode, name + " decode " + std::to_string(n));
       for (int32_t &position : decode.positions)
         ++position;
@@ -209,14 +211,10 @@ TEST(BackendFastPaths, DecodeGraphsAndGreedyMatchTheCpu) {
   }
   // A prefill of 512 tokens or more: each product of x's two bf16 halves a
   // GEMM of its own (below, one GEMM over both and a join).
-  compare(prefillOf(600, 11, 29), "prefill of 600 tokens");
+  compare(prefillOf(600, 11, 29, nextBlock), "prefill of 600 tokens");
   std::printf("fast paths: worst relative error %.2e\n", worst);
 }
 
-// Executor::launchGreedy on the GPU (the CPU's in ExecutorTest): a prefill
-// and decodes whose tokens are the ids the step launched before left on the
-// device, collected one step late, give stepGreedy's ids step for step,
-// through the decode graphs' recording and replays.
 // A prefill of 600 tokens over a bf16 KV cache: the tensor-core prefill
 // attention with RoPE folded in, and Q, K and V as one product whose
 // columns the keys' store and the attention read (planPackedProducts), at
@@ -235,16 +233,8 @@ TEST(BackendFastPaths, PrefillOfOneQkvProductMatchesTheCpu) {
   const DemoModel demo;
   ASSERT_TRUE(demo.checkpoint) << demo.checkpoint.message();
   ASSERT_TRUE(demo.compiled) << demo.compiled.message();
-  engine::StepInput step;
-  std::vector<int32_t> table;
-  for (int b = 0; b < 600 / 4 + 1; ++b)
-    table.push_back(b);
-  step.blockTables = {table};
-  for (int p = 0; p < 600; ++p) {
-    step.tokenIds.push_back((11 + 29 * p) % 2000);
-    step.positions.push_back(p);
-    step.tokenSeq.push_back(0);
-  }
+  int32_t firstBlock = 0;
+  const engine::StepInput step = prefillOf(600, 11, 29, firstBlock);
   const auto bf16 = engine::KvCacheDType::BF16;
   auto cpu = demo.executor(engine::Device{}, 256, bf16);
   ASSERT_TRUE(cpu);
@@ -274,6 +264,10 @@ TEST(BackendFastPaths, PrefillOfOneQkvProductMatchesTheCpu) {
   }
 }
 
+// Executor::launchGreedy on the GPU (the CPU's in ExecutorTest): a prefill
+// and decodes whose tokens are the ids the step launched before left on the
+// device, collected one step late, give stepGreedy's ids step for step,
+// through the decode graphs' recording and replays.
 TEST(BackendFastPaths, LaunchedGreedyStepsGiveStepGreedysIds) {
   if (engine::cudaDeviceCount() == 0)
     GTEST_SKIP() << "no CUDA device";
