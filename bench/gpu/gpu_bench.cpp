@@ -702,9 +702,8 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
               deviceFields.c_str(), o.tp, o.pp, world,
               ctx.runtime ? (ctx.nccl ? "nccl" : "gloo") : "none", o.matmulPrecision.c_str(),
               weightBytes, loadSeconds, o.prompt, o.newTokens, jsonObject(tokPerS).c_str(),
-              jsonObject(msPerStep).c_str(), jsonObject(idsHashes).c_str(), o.prefill, prefillMs, firstPrefillMs,
-              predicted.c_str(),
-              collectives->c_str());
+              jsonObject(msPerStep).c_str(), jsonObject(idsHashes).c_str(), o.prefill, prefillMs,
+              firstPrefillMs, predicted.c_str(), collectives->c_str());
   std::fflush(stdout);
   return Status::ok();
 }
