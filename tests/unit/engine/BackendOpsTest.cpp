@@ -193,6 +193,9 @@ TEST_F(BackendOps, Linear) {
     for (Shape s : {Shape{1, 256, 384, false}, Shape{2, 256, 64, true},
                     Shape{3, 1000, 40, false}, Shape{7, 512, 320, true}, Shape{9, 2048, 64, false},
                     Shape{1, 5632, 72, true}, Shape{1, 14336, 40, true},
+                    // One token, 16-row blocks of two rows a warp: the last block's
+                    // second rows only for three of its warps.
+                    Shape{1, 4096, 1003, false},
                     Shape{2, 8192, 24, false},
                     Shape{16, 2048, 256, true}, Shape{33, 1024, 96, false},
                     Shape{130, 512, 1000, true}}) {

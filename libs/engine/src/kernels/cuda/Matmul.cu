@@ -1,9 +1,10 @@
 // LINEAR with 16-bit weights read in their stored dtype.
 //
 // Few tokens (decode): a GEMV, one warp per output feature n computing all
-// of the step's tokens (up to kMaxTokens at a time), its lanes striding over
-// K eight weights (16 bytes) per load, four loads in flight per lane before
-// any arithmetic so the memory system always has enough bytes requested;
+// of the step's tokens (up to kMaxTokens at a time; one token's long rows:
+// two features a warp), its lanes striding over K eight weights (16 bytes)
+// per load, eight loads in flight per lane before any arithmetic so the
+// memory system always has enough bytes requested;
 // f32 accumulation, then a warp reduction. Decode reads each weight once,
 // which is what bounds it. Several projections of the same input (Q, K, V;
 // gate, up) run as one launch of "segments", so small matrices share the
@@ -36,10 +37,8 @@ __device__ __forceinline__ float toFloat(unsigned short bits, bool bf16) {
               : __half2float(__ushort_as_half(bits));
 }
 
-template <int Tokens>
-__device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
-                                            const float *x, int64_t K,
-                                            int tokens, float *acc) {
+// Eight weights (one 16-byte load) times x[0..8) = a, b.
+__device__ __forceinline__ float dot8(const uint4 packed, bool bf16, float4 a, float4 b) {
   const unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
   float wv[8];
 #pragma unroll
@@ -47,13 +46,19 @@ __device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
     wv[2 * j] = toFloat(static_cast<unsigned short>(words[j] & 0xffffu), bf16);
     wv[2 * j + 1] = toFloat(static_cast<unsigned short>(words[j] >> 16), bf16);
   }
+  return wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
+         wv[6] * b.z + wv[7] * b.w;
+}
+
+template <int Tokens>
+__device__ __forceinline__ void accumulate8(const uint4 packed, bool bf16,
+                                            const float *x, int64_t K,
+                                            int tokens, float *acc) {
 #pragma unroll
   for (int i = 0; i < Tokens; ++i) {
     if (i < tokens) {
       const float4 *xv = reinterpret_cast<const float4 *>(x + i * K);
-      const float4 a = xv[0], b = xv[1];
-      acc[i] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
-                wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+      acc[i] += dot8(packed, bf16, xv[0], xv[1]);
     }
   }
 }
@@ -101,6 +106,43 @@ __device__ __forceinline__ void dotRow(const unsigned short *row, int64_t K, int
     for (int i = 0; i < Tokens; ++i)
       if (i < tokens)
         acc[i] += wv * xs[i * K + k];
+  }
+}
+
+// One token's dot products of `active` of Rows weight rows (K % 8 == 0) with
+// x, added to acc: each round of every row requested before any of them is
+// used, each 32 bytes of x read from shared memory once for all the rows.
+// Every row sums in dotRow's order (the same bits). `packed` holds the first
+// round of the active rows when `loaded`.
+template <int Rows, int Loads>
+__device__ __forceinline__ void dotRows(const unsigned short *const (&row)[Rows], int active,
+                                        int64_t K, int lane, bool bf16, const float *xs,
+                                        uint4 (&packed)[Rows][Loads], bool loaded,
+                                        float (&acc)[Rows]) {
+  int64_t k = int64_t(lane) * 8;
+  if (!loaded && k < K) {
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+      if (r < active)
+        loadRound<Loads>(row[r], k, K, packed[r]);
+  }
+  for (; k < K; k += Loads * kRoundStride) {
+#pragma unroll
+    for (int j = 0; j < Loads; ++j)
+      if (k + j * kRoundStride < K) {
+        const float4 *xv = reinterpret_cast<const float4 *>(xs + k + j * kRoundStride);
+        const float4 a = xv[0], b = xv[1];
+#pragma unroll
+        for (int r = 0; r < Rows; ++r)
+          if (r < active)
+            acc[r] += dot8(packed[r][j], bf16, a, b);
+      }
+    if (k + Loads * kRoundStride < K) {
+#pragma unroll
+      for (int r = 0; r < Rows; ++r)
+        if (r < active)
+          loadRound<Loads>(row[r], k + Loads * kRoundStride, K, packed[r]);
+    }
   }
 }
 
@@ -227,24 +269,41 @@ constexpr int64_t kSharedXBytes = 64 * 1024;
 
 // One token's unpaired GEMV kept to 64 registers (66 unbounded): four blocks
 // of 8 rows a multiprocessor instead of three, an 8B shape's O projection
-// (512 blocks) in one wave instead of 1.3. The others are left to the
-// compiler (0): bounded, they spill. Warps: rows a block (kWarpsPerBlock, or
-// kWideWarps where x's staging lets few blocks share a multiprocessor).
-// Loads: 16-byte loads a lane in flight; kLongRowLoads for long rows
-// (launchLinear16), without the register bound.
-template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight>
-__global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads == kLoadsInFlight
-                                                  ? 4 * kWarpsPerBlock / Warps
-                                                  : 0)
+// (512 blocks) in one wave instead of 1.3. Two rows a warp (kTwoRows) to 128:
+// two blocks of 16 rows. The others are left to the compiler (0): bounded,
+// they spill. Warps: warps a block (kWarpsPerBlock, or kWideWarps where x's
+// staging lets few blocks share a multiprocessor). Loads: 16-byte loads a
+// lane in flight; kLongRowLoads for long rows (launchLinear16), without the
+// register bound. Rows: rows a warp (one token, unpaired: 1 or kTwoRows).
+template <int Tokens, bool Paired, int Warps, int Loads, int Rows>
+constexpr int linear16MinBlocks() {
+  if (Tokens != 1 || Paired)
+    return 0;
+  if (Rows > 1)
+    return 2;
+  return Loads == kLoadsInFlight ? 4 * kWarpsPerBlock / Warps : 0;
+}
+
+template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight,
+          int Rows = 1>
+__global__ void __launch_bounds__(Warps * 32,
+                                  linear16MinBlocks<Tokens, Paired, Warps, Loads, Rows>())
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
+  static_assert(Rows == 1 || (Tokens == 1 && !Paired), "rows a warp: one token, unpaired");
   extern __shared__ float4 staged[];
-  // Row block `rowBlock` of the segments: its segment s, this warp's row n.
+  // Row block `rowBlock` of the segments: its segment s, this warp's first
+  // row n (its others n + Warps, n + 2 Warps, ...).
   const auto rowOf = [&](unsigned rowBlock, int &s, int64_t &n) {
     s = 0;
     while (!Paired && s + 1 < segments.count && rowBlock >= segments.firstBlock[s + 1])
       ++s;
-    n = (rowBlock - segments.firstBlock[s]) * int64_t(Warps) + threadIdx.x / 32;
+    n = (rowBlock - segments.firstBlock[s]) * int64_t(Warps * Rows) + threadIdx.x / 32;
+  };
+  // The warp's rows within N, from n.
+  const auto activeRows = [&](int64_t n, int64_t N) {
+    const int64_t within = n >= N ? 0 : (N - n + Warps - 1) / Warps;
+    return static_cast<int>(within < Rows ? within : Rows);
   };
   const int lane = threadIdx.x % 32;
   unsigned rowBlock = blockIdx.x; // a looped grid takes segments.rowBlocks in strides
@@ -254,11 +313,17 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
   // The weights are written by no kernel: the first row block's first round
   // is requested while the kernel producing x may still run
   // (DependentLaunch.cuh).
-  uint4 packed[Loads];
+  uint4 packed[Rows][Loads];
   bool loaded = n < segments.segment[s].N && K % 8 == 0;
-  if (loaded)
-    loadRound<Loads>(static_cast<const unsigned short *>(segments.segment[s].w) + n * K,
-                     int64_t(lane) * 8, K, packed);
+  if (loaded) {
+    const int active = activeRows(n, segments.segment[s].N);
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+      if (r < active)
+        loadRound<Loads>(static_cast<const unsigned short *>(segments.segment[s].w) +
+                             (n + r * Warps) * K,
+                         int64_t(lane) * 8, K, packed[r]);
+  }
   waitForPrecedingKernels();
   allowDependentLaunch();
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
@@ -305,12 +370,38 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
     const bool active = n < seg.N;
     const unsigned short *row = static_cast<const unsigned short *>(seg.w) + n * K;
     double square = 0.0;
-    if (active) {
+    if constexpr (Rows > 1) {
+      const int count = activeRows(n, seg.N);
+      const unsigned short *rows[Rows];
+      float acc[Rows];
+#pragma unroll
+      for (int r = 0; r < Rows; ++r) {
+        rows[r] = row + int64_t(r) * Warps * K;
+        acc[r] = 0.0f;
+      }
+      if (count > 0)
+        dotRows<Rows, Loads>(rows, count, K, lane, bf16, xs, packed, loaded, acc);
+#pragma unroll
+      for (int r = 0; r < Rows; ++r) {
+        float v = warpTotal(acc, r);
+        const int64_t m = n + int64_t(r) * Warps;
+        if (lane == 0 && r < count) {
+          if (seg.bias)
+            v += seg.bias[m];
+          seg.y[m] = v;
+          if (produces) {
+            const float h = v + segments.produce.residual[m];
+            segments.produce.sum[m] = h;
+            square += static_cast<double>(h) * h;
+          }
+        }
+      }
+    } else if (active) {
       float acc[Tokens];
 #pragma unroll
       for (int i = 0; i < Tokens; ++i)
         acc[i] = 0.0f;
-      dotRow<Tokens, Loads>(row, K, lane, bf16, xs, tokens, packed, loaded, acc);
+      dotRow<Tokens, Loads>(row, K, lane, bf16, xs, tokens, packed[0], loaded, acc);
       if constexpr (Paired) {
         const LinearSegment upSeg = segments.segment[1];
         float up[Tokens];
@@ -318,7 +409,7 @@ __global__ void __launch_bounds__(Warps * 32, Tokens == 1 && !Paired && Loads ==
         for (int i = 0; i < Tokens; ++i)
           up[i] = 0.0f;
         dotRow<Tokens, Loads>(static_cast<const unsigned short *>(upSeg.w) + n * K, K, lane, bf16,
-                              xs, tokens, packed, false, up);
+                              xs, tokens, packed[0], false, up);
 #pragma unroll
         for (int i = 0; i < Tokens; ++i) {
           float g = warpTotal(acc, i), u = warpTotal(up, i);
@@ -384,6 +475,7 @@ template <auto Kernel> int64_t residentBlocks(int threads, size_t shared) {
 // the second mostly idle. Blocks of kWideWarps rows (one token, unpaired)
 // put the whole grid in one wave: on an H200 the down projection alone
 // 39.0 -> 35.7 us (45.3 before the 64-register bound), 8B batch 1 +1%.
+// Two rows a warp (kTwoRows) now takes such rows; this where it is off.
 constexpr int kWideWarps = 16;
 
 // Long rows (one token, unpaired, K past two rounds of kLoadsInFlight: the
@@ -395,15 +487,58 @@ constexpr int kWideWarps = 16;
 // (docs/performance.md). LLMIR_CUDA_LONG_ROW_LOADS=0 keeps 8 (measuring).
 constexpr int kLongRowLoads = 16;
 
-template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight>
+// One token, unpaired, x staged, rows of at least two rounds (K >= 4,096):
+// each warp computes two rows (r and r + 8 of a 16-row block), both rows'
+// rounds requested before either is used and x read from shared memory
+// once for both; 8 loads a lane, so 16 in flight. On an H200 (c120-c121,
+// docs/performance.md): an 8B batch-1 step 4.488 -> 4.274 ms with every
+// product two rows a warp (O and down alone -2.8%, Q/K/V and the LM head
+// alone -0.4%); at the 1.1B shape (K = 2,048, one round a row) +1.0%, and
+// its down projection (K = 5,632) +2.8% against kLongRowLoads, which is kept
+// where it applies. LLMIR_CUDA_TWO_ROWS=0 keeps one row a warp (measuring).
+constexpr int kTwoRows = 2;
+constexpr int64_t kTwoRounds = 2 * kLoadsInFlight * kRoundStride;
+
+// The GEMV launchLinear16 runs for one token, unpaired (blocks8: its row
+// blocks at 8 rows a block; consumer: a residual norm's consumer).
+enum class OneTokenGemv { kRows, kWideRows, kLongRows, kTwoRows };
+OneTokenGemv oneTokenGemv(int64_t K, int64_t blocks8, bool consumer) {
+  static const bool longRows = !switchedOff("LLMIR_CUDA_LONG_ROW_LOADS");
+  static const bool twoRows = !switchedOff("LLMIR_CUDA_TWO_ROWS");
+  const bool staged = oneTokenStagesX(K);
+  const size_t shared = staged ? static_cast<size_t>(K) * sizeof(float) : 0;
+  if (longRows && !consumer && K > kTwoRounds && shared <= kDefaultSharedBytes &&
+      blocks8 <= residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLongRowLoads>>(
+                     kWarpsPerBlock * 32, shared))
+    return OneTokenGemv::kLongRows;
+  if (twoRows && staged && K >= kTwoRounds)
+    return OneTokenGemv::kTwoRows;
+  return shared > kDefaultSharedBytes ? OneTokenGemv::kWideRows : OneTokenGemv::kRows;
+}
+
+// Rows a block of oneTokenGemv's choice.
+int64_t blockRows(OneTokenGemv gemv) {
+  switch (gemv) {
+  case OneTokenGemv::kWideRows:
+    return kWideWarps;
+  case OneTokenGemv::kTwoRows:
+    return kTwoRows * kWarpsPerBlock;
+  default:
+    return kWarpsPerBlock;
+  }
+}
+
+template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight, int Rows = 1>
 void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                 size_t shared, LinearSegments segments) {
-  allowDynamicShared<linear16Kernel<Tokens, Paired, Warps, Loads>>(shared);
+  using Kernel = decltype(&linear16Kernel<Tokens, Paired, Warps, Loads, Rows>);
+  constexpr Kernel kernel = linear16Kernel<Tokens, Paired, Warps, Loads, Rows>;
+  allowDynamicShared<kernel>(shared);
   int64_t blocks = 0;
   for (int s = 0; s < segments.count; ++s) {
     segments.firstBlock[s] = static_cast<unsigned>(blocks);
     if (!Paired || s == 0) // paired: segment 0's rows carry both
-      blocks += (segments.segment[s].N + Warps - 1) / Warps;
+      blocks += (segments.segment[s].N + Warps * Rows - 1) / (Warps * Rows);
   }
   segments.rowBlocks = static_cast<unsigned>(blocks);
   // A norm consumer's blocks each stage and normalise x before their rows:
@@ -411,22 +546,12 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
   // gate/up, 4.5 waves, kept the norm's own launch for it: ~6.8 us a layer).
   // One wave of blocks that loop over the row blocks pays it once a block.
   if (Tokens == 1 && segments.consume.weight && loopedNormConsumers()) {
-    const int64_t resident =
-        residentBlocks<linear16Kernel<Tokens, Paired, Warps, Loads>>(Warps * 32, shared);
+    const int64_t resident = residentBlocks<kernel>(Warps * 32, shared);
     if (resident > 0 && blocks > resident)
       blocks = resident;
   }
-  if constexpr (Tokens == 1 && !Paired && Warps == kWarpsPerBlock && Loads == kLoadsInFlight) {
-    static const bool longRows = !switchedOff("LLMIR_CUDA_LONG_ROW_LOADS");
-    if (longRows && K > 2 * kLoadsInFlight * kRoundStride && !segments.consume.weight &&
-        blocks <= residentBlocks<linear16Kernel<Tokens, Paired, Warps, kLongRowLoads>>(Warps * 32,
-                                                                                     shared))
-      return launchRows<Tokens, Paired, Warps, kLongRowLoads>(stream, x, T, K, bf16, stageX,
-                                                              shared, segments);
-  }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
-  launchDependent(linear16Kernel<Tokens, Paired, Warps, Loads>, grid, Warps * 32, shared, stream,
-                  x, T, K, bf16, stageX, segments);
+  launchDependent(kernel, grid, Warps * 32, shared, stream, x, T, K, bf16, stageX, segments);
 }
 
 template <int Tokens>
@@ -438,10 +563,23 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
   if (segments.pairedSwiglu)
     return launchRows<Tokens, true, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared,
                                                     segments);
-  if constexpr (Tokens == 1)
-    if (shared > kDefaultSharedBytes)
-      return launchRows<Tokens, false, kWideWarps>(stream, x, T, K, bf16, stageX, shared,
-                                                   segments);
+  if constexpr (Tokens == 1) {
+    int64_t blocks8 = 0;
+    for (int s = 0; s < segments.count; ++s)
+      blocks8 += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    switch (oneTokenGemv(K, blocks8, segments.consume.weight != nullptr)) {
+    case OneTokenGemv::kLongRows:
+      return launchRows<1, false, kWarpsPerBlock, kLongRowLoads>(stream, x, T, K, bf16, stageX,
+                                                                 shared, segments);
+    case OneTokenGemv::kTwoRows:
+      return launchRows<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>(
+          stream, x, T, K, bf16, stageX, shared, segments);
+    case OneTokenGemv::kWideRows:
+      return launchRows<1, false, kWideWarps>(stream, x, T, K, bf16, stageX, shared, segments);
+    case OneTokenGemv::kRows:
+      break;
+    }
+  }
   launchRows<Tokens, false, kWarpsPerBlock>(stream, x, T, K, bf16, stageX, shared, segments);
 }
 
@@ -680,27 +818,29 @@ bool oneTokenStagesX(int64_t K) {
 }
 
 int64_t oneTokenBlocks(int64_t K, int64_t N) {
-  // launchLinear16's choice at one token, unpaired: kWideWarps rows a block
-  // where x's staging passes the default shared memory.
-  const int64_t warps =
-      oneTokenStagesX(K) && K * int64_t(sizeof(float)) > int64_t(kDefaultSharedBytes)
-          ? kWideWarps
-          : kWarpsPerBlock;
-  return (N + warps - 1) / warps;
+  const int64_t rows = blockRows(oneTokenGemv(K, (N + kWarpsPerBlock - 1) / kWarpsPerBlock, false));
+  return (N + rows - 1) / rows;
 }
 
 double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
   const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
-  const bool wide = !paired && shared > kDefaultSharedBytes;
-  const int warps = wide ? kWideWarps : kWarpsPerBlock;
-  // The kernel launchLinear16 picks at one token.
+  // The kernel launchLinear16 picks at one token (a consumer: not long rows).
+  const OneTokenGemv gemv =
+      paired ? OneTokenGemv::kRows
+             : oneTokenGemv(K, (rows + kWarpsPerBlock - 1) / kWarpsPerBlock, true);
+  const int threads = (gemv == OneTokenGemv::kWideRows ? kWideWarps : kWarpsPerBlock) * 32;
   const int64_t resident =
-      paired ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(warps * 32, shared)
-      : wide ? residentBlocks<linear16Kernel<1, false, kWideWarps>>(warps * 32, shared)
-             : residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(warps * 32, shared);
+      paired ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(threads, shared)
+      : gemv == OneTokenGemv::kTwoRows
+          ? residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
+                threads, shared)
+      : gemv == OneTokenGemv::kWideRows
+          ? residentBlocks<linear16Kernel<1, false, kWideWarps>>(threads, shared)
+          : residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(threads, shared);
   if (resident <= 0)
     return 0.0;
-  const int64_t blocks = (rows + warps - 1) / warps;
+  const int64_t block = blockRows(gemv);
+  const int64_t blocks = (rows + block - 1) / block;
   return static_cast<double>(blocks) / static_cast<double>(resident);
 }
 
