@@ -18,8 +18,13 @@
 // bench fails otherwise.
 //
 //   llmir-chain-bench [--shape 1b|8b] [--layers N] [--replays 10] [--per-sm 2]
-//                     [--prefetch-kib 0,32,64]
+//                     [--prefetch-kib 0,32,64] [--mix rrrl,trrl,...]
 //
+// --mix: after the variants, one line a mix of kernels by product (a letter
+// each for Q/K/V, O, gate/up, down: r one row a warp, l one row with 16
+// loads, t two rows a warp), e.g. `--mix rrrl,rtrl,tttt`: the engine took
+// two rows a warp at 1.1B slower than one although this bench's "two rows a
+// warp" chain was faster; mixes say which product's choice decides it.
 // --shape 8b: the 8B (Llama-3) shape's products instead, Q/K/V [6,144 x
 // 4,096], O [4,096 x 4,096], gate/up [28,672 x 4,096], down [4,096 x
 // 14,336], 32 layers (14 GB). Lines: launched (what the engine does: the
@@ -415,6 +420,15 @@ int main(int argc, char **argv) {
   const int replays = std::max(1, listFlag(argc, argv, "replays", {10})[0]);
   const int perSm = std::max(1, listFlag(argc, argv, "per-sm", {2})[0]);
   const std::vector<int> prefetchKib = listFlag(argc, argv, "prefetch-kib", {0, 32, 64});
+  std::vector<std::string> mixes;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--mix")
+      for (size_t from = 0; from <= std::string(argv[i + 1]).size();) {
+        const std::string list = argv[i + 1];
+        const size_t comma = std::min(list.find(',', from), list.size());
+        mixes.push_back(list.substr(from, comma - from));
+        from = comma + 1;
+      }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "device");
   cudaStream_t stream;
@@ -509,49 +523,35 @@ int main(int argc, char **argv) {
       {"launched, weights by the TMA", 0, false, 1, kWarps, true, true}};
   std::vector<float> reference;
   bool agree = true;
-  for (const Variant &v : variants) {
+  // One dependent launch a phase, as `pick` chooses its kernel (and rows a
+  // block); the chain captured once, replayed, its best time printed and
+  // its last outputs compared with the first chain's.
+  const auto launchPhase = [&](const Phase &ph, Launched kernel, int blockRows, int warps,
+                               bool staged) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    int blocks = (ph.N + blockRows - 1) / blockRows;
+    if (kernel == launchedKernel<kLoads, true, 1>) {
+      int fits = 0;
+      check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, kernel, kThreads, xsBytes),
+            "occupancy");
+      blocks = std::min(blocks, fits * prop.multiProcessorCount);
+    }
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(warps * 32);
+    config.dynamicSmemBytes = staged ? xsBytes : 0;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelEx(&config, kernel, ph), "launch");
+  };
+  const auto timeChain = [&](const std::string &name, auto &&capturePhases) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-    for (const Phase &ph : phases) {
-      // The TMA variant where x and a row block fit a block's shared memory
-      // (not the 8B down projection's 229 KiB rows), else the engine's way.
-      const size_t tmaBytes = size_t(ph.K) * sizeof(float) + size_t(kWarps) * ph.K * 2;
-      if (v.tma && tmaBytes <= size_t(prop.sharedMemPerBlockOptin) - 64) {
-        cudaLaunchAttribute attribute{};
-        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attribute.val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t config{};
-        config.gridDim = dim3((ph.N + kWarps - 1) / kWarps);
-        config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes = tmaBytes;
-        config.stream = stream;
-        config.attrs = &attribute;
-        config.numAttrs = 1;
-        check(cudaLaunchKernelEx(&config, tmaKernel, ph), "launch");
-        continue;
-      }
-      int blockRows = 0;
-      const Launched kernel = launchedFor(v, ph.K, blockRows);
-      int blocks = (ph.N + blockRows - 1) / blockRows;
-      if (kernel == launchedKernel<kLoads, true, 1>) {
-        int fits = 0;
-        check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, kernel, kThreads, xsBytes),
-              "occupancy");
-        blocks = std::min(blocks, fits * prop.multiProcessorCount);
-      }
-      cudaLaunchAttribute attribute{};
-      attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attribute.val.programmaticStreamSerializationAllowed = 1;
-      cudaLaunchConfig_t config{};
-      config.gridDim = dim3(blocks);
-      config.blockDim = dim3(v.warps * 32);
-      config.dynamicSmemBytes = v.staged ? xsBytes : 0;
-      config.stream = stream;
-      config.attrs = &attribute;
-      config.numAttrs = 1;
-      check(cudaLaunchKernelEx(&config, kernel, ph), "launch");
-    }
+    capturePhases();
     check(cudaStreamEndCapture(stream, &graph), "end capture");
     check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
     double best = 1e30;
@@ -568,10 +568,54 @@ int main(int argc, char **argv) {
       reference = got;
     const bool same = std::memcmp(got.data(), reference.data(), got.size() * sizeof(float)) == 0;
     agree = agree && same;
-    std::printf("%-36s %10.1f %12.2f %10.0f%s\n", v.name, best, best / layers,
+    std::printf("%-36s %10.1f %12.2f %10.0f%s\n", name.c_str(), best, best / layers,
                 weightBytes / best / 1e3, same ? "" : "   OUTPUTS DIFFER");
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
+  };
+  for (const Variant &v : variants)
+    timeChain(v.name, [&] {
+      for (const Phase &ph : phases) {
+        // The TMA variant where x and a row block fit a block's shared memory
+        // (not the 8B down projection's 229 KiB rows), else the engine's way.
+        const size_t tmaBytes = size_t(ph.K) * sizeof(float) + size_t(kWarps) * ph.K * 2;
+        if (v.tma && tmaBytes <= size_t(prop.sharedMemPerBlockOptin) - 64) {
+          cudaLaunchAttribute attribute{};
+          attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+          attribute.val.programmaticStreamSerializationAllowed = 1;
+          cudaLaunchConfig_t config{};
+          config.gridDim = dim3((ph.N + kWarps - 1) / kWarps);
+          config.blockDim = dim3(kThreads);
+          config.dynamicSmemBytes = tmaBytes;
+          config.stream = stream;
+          config.attrs = &attribute;
+          config.numAttrs = 1;
+          check(cudaLaunchKernelEx(&config, tmaKernel, ph), "launch");
+          continue;
+        }
+        int blockRows = 0;
+        const Launched kernel = launchedFor(v, ph.K, blockRows);
+        launchPhase(ph, kernel, blockRows, v.warps, v.staged);
+      }
+    });
+  // --mix: a kernel a product of the layer, one letter each (r: one row a
+  // warp, 8 loads; l: one row, 16 loads; t: two rows a warp), e.g. rrrl (the
+  // engine's 1.1B choice) against trrl, rtrl, ...: which product pays where.
+  for (const std::string &mix : mixes) {
+    if (mix.size() != layer.size() || mix.find_first_not_of("rlt") != std::string::npos) {
+      std::fprintf(stderr, "llmir-chain-bench: --mix takes %zu letters of r, l, t, not %s\n",
+                   layer.size(), mix.c_str());
+      return 2;
+    }
+    timeChain("mix " + mix, [&] {
+      for (size_t p = 0; p < phases.size(); ++p) {
+        const char kind = mix[p % layer.size()];
+        const Launched kernel = kind == 't'   ? launchedKernel<kLoads, false, 2>
+                                : kind == 'l' ? launchedKernel<16, false, 1>
+                                              : launchedKernel<kLoads, false, 1>;
+        launchPhase(phases[p], kernel, kind == 't' ? 2 * kWarps : kWarps, kWarps, true);
+      }
+    });
   }
 
   for (const int kib : prefetchKib) {
