@@ -1,10 +1,10 @@
 // LINEAR with 16-bit weights read in their stored dtype.
 //
 // Few tokens (decode): a GEMV, one warp per output feature n computing all
-// of the step's tokens (up to kMaxTokens at a time; one token's long rows:
-// two features a warp), its lanes striding over K eight weights (16 bytes)
-// per load, eight loads in flight per lane before any arithmetic so the
-// memory system always has enough bytes requested;
+// of the step's tokens (up to kMaxTokens at a time; at one token, rows of
+// K >= 4,096 two features a warp), its lanes striding over K eight weights
+// (16 bytes) per load, eight loads in flight per lane before any arithmetic
+// so the memory system always has enough bytes requested;
 // f32 accumulation, then a warp reduction. Decode reads each weight once,
 // which is what bounds it. Several projections of the same input (Q, K, V;
 // gate, up) run as one launch of "segments", so small matrices share the
@@ -516,6 +516,16 @@ OneTokenGemv oneTokenGemv(int64_t K, int64_t blocks8, bool consumer) {
   return shared > kDefaultSharedBytes ? OneTokenGemv::kWideRows : OneTokenGemv::kRows;
 }
 
+// The paired gate/up at one token with rows of two rounds or more (an 8B
+// shape's, K = 4,096): 16 loads a lane, each row of the pair read in one
+// round where 8 loads took two. On an H200, an 8B batch-1 step 4.300 ->
+// 4.278 ms (-0.5%, three pairs of runs, c123). LLMIR_CUDA_PAIRED_LONG=0
+// keeps 8.
+bool pairedLongRows(int64_t K) {
+  static const bool enabled = !switchedOff("LLMIR_CUDA_PAIRED_LONG");
+  return enabled && oneTokenStagesX(K) && K >= kTwoRounds;
+}
+
 // Rows a block of oneTokenGemv's choice.
 int64_t blockRows(OneTokenGemv gemv) {
   switch (gemv) {
@@ -561,13 +571,8 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
   const bool stageX = K % 8 == 0 && xBytes <= kSharedXBytes;
   const size_t shared = stageX ? static_cast<size_t>(xBytes) : 0;
   if (segments.pairedSwiglu) {
-    // One token, rows of two rounds or more (an 8B shape's gate/up, K =
-    // 4,096): 16 loads a lane, each row of the pair read in one round where
-    // 8 loads took two. On an H200, an 8B batch-1 step 4.300 -> 4.278 ms
-    // (-0.5%, three pairs of runs, c123). LLMIR_CUDA_PAIRED_LONG=0 keeps 8.
     if constexpr (Tokens == 1) {
-      static const bool pairedLong = !switchedOff("LLMIR_CUDA_PAIRED_LONG");
-      if (pairedLong && stageX && K >= kTwoRounds)
+      if (pairedLongRows(K))
         return launchRows<1, true, kWarpsPerBlock, kLongRowLoads>(stream, x, T, K, bf16, stageX,
                                                                   shared, segments);
     }
@@ -841,7 +846,10 @@ double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
              : oneTokenGemv(K, (rows + kWarpsPerBlock - 1) / kWarpsPerBlock, true);
   const int threads = (gemv == OneTokenGemv::kWideRows ? kWideWarps : kWarpsPerBlock) * 32;
   const int64_t resident =
-      paired ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(threads, shared)
+      paired ? (pairedLongRows(K)
+                    ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock, kLongRowLoads>>(
+                          threads, shared)
+                    : residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(threads, shared))
       : gemv == OneTokenGemv::kTwoRows
           ? residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
                 threads, shared)
