@@ -365,6 +365,19 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
+  // Unpaired: row n's total v, its bias added, into y at `at`; a producer
+  // (one token: at is n) also stores the residual sum and returns its
+  // square (else 0).
+  const auto storeRow = [&](const LinearSegment &seg, float v, int64_t n, int64_t at) {
+    if (seg.bias)
+      v += seg.bias[n];
+    seg.y[at] = v;
+    if (!produces)
+      return 0.0;
+    const float h = v + segments.produce.residual[n];
+    segments.produce.sum[n] = h;
+    return static_cast<double>(h) * h;
+  };
   for (;;) {
     const LinearSegment seg = segments.segment[s];
     const bool active = n < seg.N;
@@ -383,18 +396,9 @@ __global__ void __launch_bounds__(Warps * 32,
         dotRows<Rows, Loads>(rows, count, K, lane, bf16, xs, packed, loaded, acc);
 #pragma unroll
       for (int r = 0; r < Rows; ++r) {
-        float v = warpTotal(acc, r);
-        const int64_t m = n + int64_t(r) * Warps;
-        if (lane == 0 && r < count) {
-          if (seg.bias)
-            v += seg.bias[m];
-          seg.y[m] = v;
-          if (produces) {
-            const float h = v + segments.produce.residual[m];
-            segments.produce.sum[m] = h;
-            square += static_cast<double>(h) * h;
-          }
-        }
+        const float v = warpTotal(acc, r);
+        if (lane == 0 && r < count)
+          square += storeRow(seg, v, n + int64_t(r) * Warps, n + int64_t(r) * Warps);
       }
     } else if (active) {
       float acc[Tokens];
@@ -424,17 +428,9 @@ __global__ void __launch_bounds__(Warps * 32,
       } else {
 #pragma unroll
         for (int i = 0; i < Tokens; ++i) {
-          float v = warpTotal(acc, i);
-          if (lane == 0 && i < tokens) {
-            if (seg.bias)
-              v += seg.bias[n];
-            seg.y[(t0 + i) * seg.N + n] = v;
-            if (produces) {
-              const float h = v + segments.produce.residual[n];
-              segments.produce.sum[n] = h;
-              square = static_cast<double>(h) * h;
-            }
-          }
+          const float v = warpTotal(acc, i);
+          if (lane == 0 && i < tokens)
+            square = storeRow(seg, v, n, (t0 + i) * seg.N + n);
         }
       }
     }
