@@ -40,6 +40,8 @@
 // (prefetch 0: the first round in registers before the counter, as
 // launched; else up to N KiB of the block's rows in shared memory by
 // cp.async).
+#include "DependentLaunch.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -523,15 +525,10 @@ int main(int argc, char **argv) {
       {"launched, weights by the TMA", 0, false, 1, kWarps, true, true}};
   std::vector<float> reference;
   bool agree = true;
-  // One dependent launch a phase, as `pick` chooses its kernel (and rows a
-  // block); the chain captured once, replayed, its best time printed and
-  // its last outputs compared with the first chain's.
+  // Phase ph by a launched kernel (blockRows rows a block, warps a block,
+  // x staged or not), one dependent launch.
   const auto launchPhase = [&](const Phase &ph, Launched kernel, int blockRows, int warps,
                                bool staged) {
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config{};
     int blocks = (ph.N + blockRows - 1) / blockRows;
     if (kernel == launchedKernel<kLoads, true, 1>) {
       int fits = 0;
@@ -539,14 +536,12 @@ int main(int argc, char **argv) {
             "occupancy");
       blocks = std::min(blocks, fits * prop.multiProcessorCount);
     }
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(warps * 32);
-    config.dynamicSmemBytes = staged ? xsBytes : 0;
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    check(cudaLaunchKernelEx(&config, kernel, ph), "launch");
+    check(llmir::bench::launchDependent(kernel, dim3(blocks), dim3(warps * 32),
+                                        staged ? xsBytes : 0, stream, true, ph),
+          "launch");
   };
+  // The chain capturePhases launches, captured once, replayed: its best time
+  // printed and its last outputs compared with the first chain's.
   const auto timeChain = [&](const std::string &name, auto &&capturePhases) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -580,17 +575,9 @@ int main(int argc, char **argv) {
         // (not the 8B down projection's 229 KiB rows), else the engine's way.
         const size_t tmaBytes = size_t(ph.K) * sizeof(float) + size_t(kWarps) * ph.K * 2;
         if (v.tma && tmaBytes <= size_t(prop.sharedMemPerBlockOptin) - 64) {
-          cudaLaunchAttribute attribute{};
-          attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-          attribute.val.programmaticStreamSerializationAllowed = 1;
-          cudaLaunchConfig_t config{};
-          config.gridDim = dim3((ph.N + kWarps - 1) / kWarps);
-          config.blockDim = dim3(kThreads);
-          config.dynamicSmemBytes = tmaBytes;
-          config.stream = stream;
-          config.attrs = &attribute;
-          config.numAttrs = 1;
-          check(cudaLaunchKernelEx(&config, tmaKernel, ph), "launch");
+          check(llmir::bench::launchDependent(tmaKernel, dim3((ph.N + kWarps - 1) / kWarps),
+                                              dim3(kThreads), tmaBytes, stream, true, ph),
+                "launch");
           continue;
         }
         int blockRows = 0;

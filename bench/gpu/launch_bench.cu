@@ -29,6 +29,8 @@
 //                  barrier of all blocks)
 //
 //   llmir-launch-bench [--launches 2000] [--replays 10]
+#include "DependentLaunch.cuh"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -203,16 +205,7 @@ __global__ void flagKernel(unsigned *flag, unsigned *readers, int rounds, float 
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
             Args... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  check(cudaLaunchKernelEx(&config, kernel, args...), "launch");
+  check(llmir::bench::launchDependent(kernel, grid, block, 0, stream, pdl, args...), "launch");
 }
 
 // Microseconds a launch: `record` issues `launches` launches on the stream,
