@@ -374,14 +374,21 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
       std::vector<float> g(size_t(T * N)), u(size_t(T * N)), want(size_t(T * N));
       cpu::linear(xUsed.data(), T, WeightView::of(weights[3]), nullptr, g.data(), pool_);
       cpu::linear(xUsed.data(), T, WeightView::of(weights[4]), nullptr, u.data(), pool_);
+      if (medium && T >= 512) // one GEMM writing gate and up as bf16 (swigluPacked)
+        for (std::vector<float> *product : {&g, &u})
+          for (float &v : *product)
+            v = bf16Value(bf16Bits(v));
       cpu::swiglu(g.data(), u.data(), want.data(), T * N);
       DeviceArray<float> dg(g.size()), du(u.size()), dy(want.size());
       status = cuda::linearSwiglu(*context_, dx.get(), T, {views[3], nullptr, dg.get()},
                                   {views[4], nullptr, du.get()}, dy.get());
       context_->setBf16Products(false);
       ASSERT_TRUE(status.isOk()) << status.message();
+      // The bf16 gate and up: where the device's f32 sum and the CPU's lie
+      // on either side of a rounding boundary, they round one bf16 step
+      // (2^-8 of the value) apart, and the largest outputs can be among them.
       compare("LINEAR+SWIGLU packed", "T=" + std::to_string(T) + " N=320" + precision,
-              dy.download(), want, kMatmulLimit);
+              dy.download(), want, medium && T >= 512 ? 1.0 / 128 : kMatmulLimit);
     }
 }
 

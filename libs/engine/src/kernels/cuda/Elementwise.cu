@@ -84,6 +84,41 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y, int64
   }
 }
 
+// silu(gate) * up from one GEMM's bf16 product of a gate+up pair side by
+// side, packed [T, 2N] (row t: gate's N columns, then up's), as the
+// medium-precision prefill writes it (swigluPacked): half the bytes of the
+// two f32 products swigluKernel reads. Eight columns a thread (N a multiple
+// of 8, 16-byte aligned rows); y and the halves as swigluKernel writes them.
+__global__ void swigluPackedBf16Kernel(const __nv_bfloat16 *packed, int64_t T, int64_t N,
+                                       float *y, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+  beginDependentKernel();
+  const int64_t octets = N / 8, n = T * octets;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / octets, c = (i % octets) * 8;
+    const uint4 g = *reinterpret_cast<const uint4 *>(packed + t * 2 * N + c);
+    const uint4 u = *reinterpret_cast<const uint4 *>(packed + t * 2 * N + N + c);
+    const auto *gh = reinterpret_cast<const __nv_bfloat162 *>(&g);
+    const auto *uh = reinterpret_cast<const __nv_bfloat162 *>(&u);
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 gf = __bfloat1622float2(gh[k]), uf = __bfloat1622float2(uh[k]);
+      v[2 * k] = siluTimes(gf.x, uf.x);
+      v[2 * k + 1] = siluTimes(gf.y, uf.y);
+    }
+    const int64_t at = t * N + c; // y's element, a multiple of 8
+    if (y) {
+      reinterpret_cast<float4 *>(y + at)[0] = make_float4(v[0], v[1], v[2], v[3]);
+      reinterpret_cast<float4 *>(y + at)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+    if (hi) {
+      splitFour(make_float4(v[0], v[1], v[2], v[3]), hi, lo, at / 4);
+      splitFour(make_float4(v[4], v[5], v[6], v[7]), hi, lo, at / 4 + 1);
+    }
+  }
+}
+
 // One GEMM's product of a group's side-by-side weights, product [T, total]
 // (and its remainder half [T, total] after it when `halves`), handed out to
 // the group's outputs with joinHalvesKernel's arithmetic (hi + lo, then the
@@ -307,6 +342,18 @@ int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t 
                     l);
   else
     launchDependent(swigluKernel<false>, gridFor(n), kThreads, 0, stream, gate, up, y, n, h, l);
+  return cudaGetLastError();
+}
+
+int swigluPacked(Stream stream, const void *packed, int64_t T, int64_t N, float *y, void *hi,
+                 void *lo) {
+  if (N % 8 != 0 || !alignedTo(packed, 16) || !alignedTo(y, 16) || !alignedTo(hi, 16) ||
+      !alignedTo(lo, 16))
+    return cudaErrorInvalidValue;
+  if (T * N > 0)
+    launchDependent(swigluPackedBf16Kernel, gridFor(T * N / 8), kThreads, 0, stream,
+                    static_cast<const __nv_bfloat16 *>(packed), T, N, y,
+                    static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
   return cudaGetLastError();
 }
 

@@ -39,7 +39,8 @@ struct Context::State {
   /// first; the algorithm timed fastest per (N, K, bucket of token counts,
   /// residual added), and per (N, K, T, residual added) the algorithm a
   /// product of that very shape uses (its bucket's, checked once).
-  using ProductKey = std::tuple<int64_t, int64_t, int64_t, bool>;
+  /// N, K, T, and the product's kind (0 plain, 1 adding the residual, 2 bf16 out).
+  using ProductKey = std::tuple<int64_t, int64_t, int64_t, int>;
   cublasLtHandle_t lt = nullptr;
   std::map<ProductKey, cublasLtMatmulAlgo_t> tunedAlgos, shapeAlgos;
   /// How many times candidates were timed (Context::productTunings).
@@ -312,8 +313,13 @@ int64_t tokenBucket(int64_t T) {
 /// the first token of almost every long prompt. A product checks that its
 /// bucket's algorithm supports its own shape (cublasLtMatmulAlgoCheck) and
 /// takes the heuristic's first where it does not.
+///
+/// With bf16Out, y is bf16 [T, N] (no residual): a product only a kernel
+/// that rounds what it reads anyway takes (medium precision's gate and up).
 Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const WeightView &w,
-                     const float *residual, float *y) {
+                     const float *residual, void *y, bool bf16Out = false) {
+  if (residual && bf16Out)
+    return Status::error("cuBLASLt product: a residual needs an f32 output");
   const int64_t N = w.rows, K = w.cols;
   if (!state.lt)
     LLMIR_RETURN_IF_ERROR(cublasStatus(cublasLtCreate(&state.lt), "Lt create"));
@@ -351,7 +357,7 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
                                  static_cast<uint64_t>(T), K),
       "Lt layout"));
   LLMIR_RETURN_IF_ERROR(cublasStatus(
-      cublasLtMatrixLayoutCreate(&d.c, CUDA_R_32F, static_cast<uint64_t>(N),
+      cublasLtMatrixLayoutCreate(&d.c, bf16Out ? CUDA_R_16BF : CUDA_R_32F, static_cast<uint64_t>(N),
                                  static_cast<uint64_t>(T), N),
       "Lt layout"));
   const float one = 1.0f, beta = residual ? 1.0f : 0.0f;
@@ -362,8 +368,8 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
                           residual ? residual : y, d.c, y, d.c, &algo, workspace,
                           kCublasWorkspaceBytes, state.stream);
   };
-  const bool added = residual != nullptr;
-  const Context::State::ProductKey exactKey{N, K, T, added}, bucketKey{N, K, tokenBucket(T), added};
+  const int kind = residual ? 1 : bf16Out ? 2 : 0;
+  const Context::State::ProductKey exactKey{N, K, T, kind}, bucketKey{N, K, tokenBucket(T), kind};
   if (auto exact = state.shapeAlgos.find(exactKey); exact != state.shapeAlgos.end())
     return cublasStatus(multiply(exact->second), "Lt matmul");
   // Each length's check once: the map is a cache, emptied past a bound (a
@@ -428,7 +434,7 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
         }
         if (verbose)
           std::fprintf(stderr, "%s product N=%lld K=%lld T=%lld: algorithm %d %.1f us\n",
-                       residual ? "residual" : "plain", static_cast<long long>(N),
+                       residual ? "residual" : bf16Out ? "bf16" : "plain", static_cast<long long>(N),
                        static_cast<long long>(K), static_cast<long long>(T), i, 1e3 * ms);
         if (ms < fastest) {
           fastest = ms;
@@ -779,6 +785,22 @@ Result<detail::LinearSegments> swigluSegments(const LinearOutput &gate, const Li
 }
 } // namespace
 
+namespace {
+/// Whether linearSwiglu multiplies gate and up as one GEMM with a bf16
+/// product (swigluPacked): medium precision, a prefill's token count,
+/// weights side by side without biases, and gate's f32 buffer aligned for
+/// the SWIGLU's 16-byte reads. LLMIR_CUDA_BF16_GATE_UP=0 keeps two f32
+/// products (measuring).
+bool takesPackedBf16GateUp(const Context::State &state, int64_t T,
+                           std::span<const LinearOutput> both) {
+  static const bool enabled = !detail::switchedOff("LLMIR_CUDA_BF16_GATE_UP");
+  const LinearOutput &gate = both[0], &up = both[1];
+  return enabled && state.bf16Products && T >= kTwoGemmTokens && sideBySide(both) &&
+         !gate.bias && !up.bias && gate.w.rows % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(gate.y) % 16 == 0;
+}
+} // namespace
+
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit, NextProduct *next) {
   Context::State &state = context.state();
@@ -794,7 +816,23 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
     const LinearOutput both[2] = {gate, up};
     if (*storage == detail::Storage::BF16 && oneGemm(T, both))
       return splitGemms(state, x, T, both, y, xSplit);
-    LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both, xSplit));
+    const bool packedBf16 =
+        *storage == detail::Storage::BF16 && takesPackedBf16GateUp(state, T, both);
+    if (packedBf16) {
+      // Medium precision: gate and up as one GEMM writing bf16 [T, 2N]
+      // into gate's buffer (its T N floats hold that exactly), which the
+      // SWIGLU reads. Two f32 products cost the GEMMs' stores and the
+      // SWIGLU's reads twice the bytes, for values that medium precision
+      // rounds to bf16 at the down product anyway.
+      const SplitLayout l = splitLayout(state, T, both);
+      Result<SplitInput> xHalves = halvesOfX(state, x, T, K, l, xSplit);
+      LLMIR_RETURN_IF_ERROR(xHalves.status());
+      WeightView pair = gate.w;
+      pair.rows = 2 * N;
+      LLMIR_RETURN_IF_ERROR(gemmBf16Tuned(state, xHalves->hi, T, pair, nullptr, gate.y, true));
+    } else {
+      LLMIR_RETURN_IF_ERROR(linearGroup(context, x, T, both, xSplit));
+    }
     // After gate and up are enqueued: growing the scratch frees the halves
     // they read (reserveSplit synchronises first).
     SplitInput halves;
@@ -804,8 +842,12 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
       halves = *into;
       next->split = halves.hi != nullptr;
     }
-    return swiglu(gate.y, up.y, next && next->split && next->halvesOnly ? nullptr : y, T * N,
-                  state.stream, halves);
+    float *out = next && next->split && next->halvesOnly ? nullptr : y;
+    if (packedBf16)
+      return cudaStatus(
+          detail::swigluPacked(state.stream, gate.y, T, N, out, halves.hi, halves.lo),
+          "swiglu (packed bf16)");
+    return swiglu(gate.y, up.y, out, T * N, state.stream, halves);
   }
   if (T <= 0)
     return Status::ok();
