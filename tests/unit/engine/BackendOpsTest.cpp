@@ -392,6 +392,44 @@ TEST_F(BackendOps, LinearGroupSideBySide) {
     }
 }
 
+// Medium precision from kTwoGemmTokens: gate and up as bf16 products read by
+// the SWIGLU (swigluBf16), one product of 2N where the weights lie side by
+// side, two where they do not; against the CPU's f32 products rounded to
+// bf16 (an element whose two sums fall either side of a rounding boundary
+// rounds one bf16 step apart). Rows of N = 328 (41 octets: a partial block
+// of the SWIGLU's threads) and an odd token count.
+TEST_F(BackendOps, LinearSwigluBf16Products) {
+  const int64_t K = 256, N = 328, T = 601;
+  const PackedBf16Weights sideBySide({N, N}, K, rng_), gateApart({N}, K, rng_),
+      upApart({64, N}, K, rng_);
+  const std::vector<float> x = randomFloats(size_t(T * K), rng_);
+  std::vector<float> xUsed = x;
+  for (float &v : xUsed)
+    v = bf16Value(bf16Bits(v));
+  DeviceArray<float> dx(x);
+  context_->setBf16Products(true);
+  for (bool apart : {false, true}) {
+    const WeightView gateView = apart ? gateApart.views[0] : sideBySide.views[0];
+    const WeightView upView = apart ? upApart.views[1] : sideBySide.views[1];
+    std::vector<float> g(size_t(T * N)), u(size_t(T * N)), want(size_t(T * N));
+    const WeightTensor &gateWeight = apart ? gateApart.weights[0] : sideBySide.weights[0];
+    const WeightTensor &upWeight = apart ? upApart.weights[1] : sideBySide.weights[1];
+    cpu::linear(xUsed.data(), T, WeightView::of(gateWeight), nullptr, g.data(), pool_);
+    cpu::linear(xUsed.data(), T, WeightView::of(upWeight), nullptr, u.data(), pool_);
+    for (std::vector<float> *product : {&g, &u})
+      for (float &v : *product)
+        v = bf16Value(bf16Bits(v));
+    cpu::swiglu(g.data(), u.data(), want.data(), T * N);
+    DeviceArray<float> dg(g.size()), du(u.size()), dy(want.size());
+    const Status status = cuda::linearSwiglu(*context_, dx.get(), T, {gateView, nullptr, dg.get()},
+                                             {upView, nullptr, du.get()}, dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    compare("LINEAR+SWIGLU bf16 products", apart ? "apart" : "side by side", dy.download(), want,
+            1.0 / 128);
+  }
+  context_->setBf16Products(false);
+}
+
 // The norm before a group of cuBLAS products writes x's bf16 halves where the
 // products read them (splitInputFor), so they skip their own split: the
 // same bits as splitting x, on the packed one-GEMM path (24 tokens) and the

@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 namespace llmir::engine::cuda::detail {
 namespace {
 
@@ -84,37 +86,60 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y, int64
   }
 }
 
-// silu(gate) * up from one GEMM's bf16 product of a gate+up pair side by
-// side, packed [T, 2N] (row t: gate's N columns, then up's), as the
-// medium-precision prefill writes it (swigluPacked): half the bytes of the
-// two f32 products swigluKernel reads. Eight columns a thread (N a multiple
-// of 8, 16-byte aligned rows); y and the halves as swigluKernel writes them.
-__global__ void swigluPackedBf16Kernel(const __nv_bfloat16 *packed, int64_t T, int64_t N,
-                                       float *y, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+// silu(gate) * up from bf16 gate and up products (medium precision's
+// prefill: swigluBf16): row t of gate at gate + t * stride, of up at up +
+// t * stride. Half the bytes of the f32 products swigluKernel reads. A
+// block's threads over a row's octets (16-byte loads; N a multiple of 8),
+// rows by blockIdx.y and kRows at a time, every load of them issued before
+// any store; 32-bit column indices (one flat 64-bit index split into row
+// and column cost two 64-bit divisions an octet). y and the halves as
+// swigluKernel writes them (the halves of an octet in one 16-byte store
+// where there is no lo).
+constexpr int kSwigluBf16Rows = 2;
+__global__ void swigluBf16Kernel(const __nv_bfloat16 *gate, const __nv_bfloat16 *up,
+                                 int64_t stride, int64_t T, int N, float *y, __nv_bfloat16 *hi,
+                                 __nv_bfloat16 *lo) {
   beginDependentKernel();
-  const int64_t octets = N / 8, n = T * octets;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / octets, c = (i % octets) * 8;
-    const uint4 g = *reinterpret_cast<const uint4 *>(packed + t * 2 * N + c);
-    const uint4 u = *reinterpret_cast<const uint4 *>(packed + t * 2 * N + N + c);
-    const auto *gh = reinterpret_cast<const __nv_bfloat162 *>(&g);
-    const auto *uh = reinterpret_cast<const __nv_bfloat162 *>(&u);
-    float v[8];
+  const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (c >= N)
+    return;
+  for (int64_t first = int64_t(blockIdx.y) * kSwigluBf16Rows; first < T;
+       first += int64_t(gridDim.y) * kSwigluBf16Rows) {
+    uint4 g[kSwigluBf16Rows], u[kSwigluBf16Rows];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 gf = __bfloat1622float2(gh[k]), uf = __bfloat1622float2(uh[k]);
-      v[2 * k] = siluTimes(gf.x, uf.x);
-      v[2 * k + 1] = siluTimes(gf.y, uf.y);
-    }
-    const int64_t at = t * N + c; // y's element, a multiple of 8
-    if (y) {
-      reinterpret_cast<float4 *>(y + at)[0] = make_float4(v[0], v[1], v[2], v[3]);
-      reinterpret_cast<float4 *>(y + at)[1] = make_float4(v[4], v[5], v[6], v[7]);
-    }
-    if (hi) {
-      splitFour(make_float4(v[0], v[1], v[2], v[3]), hi, lo, at / 4);
-      splitFour(make_float4(v[4], v[5], v[6], v[7]), hi, lo, at / 4 + 1);
+    for (int r = 0; r < kSwigluBf16Rows; ++r)
+      if (first + r < T) {
+        g[r] = *reinterpret_cast<const uint4 *>(gate + (first + r) * stride + c);
+        u[r] = *reinterpret_cast<const uint4 *>(up + (first + r) * stride + c);
+      }
+#pragma unroll
+    for (int r = 0; r < kSwigluBf16Rows; ++r) {
+      if (first + r >= T)
+        break;
+      const auto *gh = reinterpret_cast<const __nv_bfloat162 *>(&g[r]);
+      const auto *uh = reinterpret_cast<const __nv_bfloat162 *>(&u[r]);
+      float v[8];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 gf = __bfloat1622float2(gh[k]), uf = __bfloat1622float2(uh[k]);
+        v[2 * k] = siluTimes(gf.x, uf.x);
+        v[2 * k + 1] = siluTimes(gf.y, uf.y);
+      }
+      const int64_t at = (first + r) * N + c; // y's element, a multiple of 8
+      if (y) {
+        reinterpret_cast<float4 *>(y + at)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4 *>(y + at)[1] = make_float4(v[4], v[5], v[6], v[7]);
+      }
+      if (hi && !lo) {
+        __align__(16) __nv_bfloat16 h[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          splitOne(v[k], h[k], nullptr);
+        *reinterpret_cast<uint4 *>(hi + at) = *reinterpret_cast<const uint4 *>(h);
+      } else if (hi) {
+        splitFour(make_float4(v[0], v[1], v[2], v[3]), hi, lo, at / 4);
+        splitFour(make_float4(v[4], v[5], v[6], v[7]), hi, lo, at / 4 + 1);
+      }
     }
   }
 }
@@ -345,15 +370,21 @@ int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t 
   return cudaGetLastError();
 }
 
-int swigluPacked(Stream stream, const void *packed, int64_t T, int64_t N, float *y, void *hi,
-                 void *lo) {
-  if (N % 8 != 0 || !alignedTo(packed, 16) || !alignedTo(y, 16) || !alignedTo(hi, 16) ||
-      !alignedTo(lo, 16))
+int swigluBf16(Stream stream, const void *gate, const void *up, int64_t stride, int64_t T,
+               int64_t N, float *y, void *hi, void *lo) {
+  if (N % 8 != 0 || stride % 8 != 0 || N > (int64_t(1) << 30) || !alignedTo(gate, 16) ||
+      !alignedTo(up, 16) || !alignedTo(y, 16) || !alignedTo(hi, 16) || !alignedTo(lo, 16))
     return cudaErrorInvalidValue;
-  if (T * N > 0)
-    launchDependent(swigluPackedBf16Kernel, gridFor(T * N / 8), kThreads, 0, stream,
-                    static_cast<const __nv_bfloat16 *>(packed), T, N, y,
-                    static_cast<__nv_bfloat16 *>(hi), static_cast<__nv_bfloat16 *>(lo));
+  if (T <= 0 || N <= 0)
+    return cudaGetLastError();
+  constexpr unsigned kOctetThreads = 128;
+  const dim3 grid(static_cast<unsigned>((N / 8 + kOctetThreads - 1) / kOctetThreads),
+                  static_cast<unsigned>(std::min<int64_t>(
+                      (T + kSwigluBf16Rows - 1) / kSwigluBf16Rows, 65535)));
+  launchDependent(swigluBf16Kernel, grid, kOctetThreads, 0, stream,
+                  static_cast<const __nv_bfloat16 *>(gate), static_cast<const __nv_bfloat16 *>(up),
+                  stride, T, static_cast<int>(N), y, static_cast<__nv_bfloat16 *>(hi),
+                  static_cast<__nv_bfloat16 *>(lo));
   return cudaGetLastError();
 }
 

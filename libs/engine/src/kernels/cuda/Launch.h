@@ -188,11 +188,11 @@ int ropeWithFrequencies(Stream stream, const float *x, float *y, int64_t T, int6
 /// y = silu(gate) * up; with hi, y's bf16 halves too (as addRmsNorm's).
 int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t n,
            void *hi = nullptr, void *lo = nullptr);
-/// silu(gate) * up from gate and up's bf16 product packed [T, 2N] (row t:
-/// gate's N columns, then up's): y [T, N] and/or its bf16 halves, as
-/// swiglu writes them. N a multiple of 8, pointers 16-byte aligned.
-int swigluPacked(Stream stream, const void *packed, int64_t T, int64_t N, float *y, void *hi,
-                 void *lo);
+/// silu(gate) * up from bf16 gate and up products, row t of each at
+/// t * stride elements: y [T, N] and/or its bf16 halves, as swiglu writes
+/// them. N and stride multiples of 8, pointers 16-byte aligned.
+int swigluBf16(Stream stream, const void *gate, const void *up, int64_t stride, int64_t T,
+               int64_t N, float *y, void *hi, void *lo);
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y);
