@@ -196,6 +196,9 @@ TEST_F(BackendOps, Linear) {
                     // One token, 16-row blocks of two rows a warp: the last block's
                     // second rows only for three of its warps.
                     Shape{1, 4096, 1003, false},
+                    // One token, a grid of over four waves of 8-row blocks (an
+                    // LM head's): two rows a warp at K = 256 too.
+                    Shape{1, 256, 17003, false},
                     Shape{2, 8192, 24, false},
                     Shape{16, 2048, 256, true}, Shape{33, 1024, 96, false},
                     Shape{130, 512, 1000, true}}) {

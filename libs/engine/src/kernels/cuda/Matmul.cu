@@ -491,9 +491,13 @@ constexpr int kLongRowLoads = 16;
 // product two rows a warp (O and down alone -2.8%, Q/K/V and the LM head
 // alone -0.4%); at the 1.1B shape (K = 2,048, one round a row) +1.0%, and
 // its down projection (K = 5,632) +2.8% against kLongRowLoads, which is kept
-// where it applies. LLMIR_CUDA_TWO_ROWS=0 keeps one row a warp (measuring);
-// LLMIR_CUDA_TWO_ROWS_FROM_K=N takes it from K = N (2,048: the 1.1B's rows).
+// where it applies. Grids of many waves take it whatever K (the 1.1B's LM
+// head, 7.6 waves of 8-row blocks: alone 39.1 -> 36.3 us, a step -0.3%,
+// c126/c130). LLMIR_CUDA_TWO_ROWS=0 keeps one row a warp (measuring).
 constexpr int kTwoRows = 2;
+// The least grid, in waves of 8-row blocks, that takes two rows a warp at
+// any K (LLMIR_CUDA_TWO_ROWS_FROM_WAVES; measured at 4 against never).
+constexpr int64_t kTwoRowsFromWaves = 4;
 constexpr int64_t kTwoRounds = 2 * kLoadsInFlight * kRoundStride;
 
 // The GEMV launchLinear16 runs for one token, unpaired (blocks8: its row
@@ -502,19 +506,16 @@ enum class OneTokenGemv { kRows, kWideRows, kLongRows, kTwoRows };
 OneTokenGemv oneTokenGemv(int64_t K, int64_t blocks8, bool consumer) {
   static const bool longRows = !switchedOff("LLMIR_CUDA_LONG_ROW_LOADS");
   static const bool twoRows = !switchedOff("LLMIR_CUDA_TWO_ROWS");
-  // Measuring: the least K that takes two rows a warp.
-  static const int64_t twoRowsFromK = countFromEnv("LLMIR_CUDA_TWO_ROWS_FROM_K", kTwoRounds);
+  static const int64_t twoRowsFromWaves =
+      countFromEnv("LLMIR_CUDA_TWO_ROWS_FROM_WAVES", kTwoRowsFromWaves);
   const bool staged = oneTokenStagesX(K);
   const size_t shared = staged ? static_cast<size_t>(K) * sizeof(float) : 0;
   if (longRows && !consumer && K > kTwoRounds && shared <= kDefaultSharedBytes &&
       blocks8 <= residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLongRowLoads>>(
                      kWarpsPerBlock * 32, shared))
     return OneTokenGemv::kLongRows;
-  // MEASURING: grids of at least this many waves of 8-row blocks (the
-  // 1.1B's LM head, 7.6) take two rows a warp whatever K.
-  static const int64_t twoRowsFromWaves = countFromEnv("LLMIR_CUDA_TWO_ROWS_FROM_WAVES", 4);
   if (twoRows && staged &&
-      (K >= twoRowsFromK ||
+      (K >= kTwoRounds ||
        blocks8 >= twoRowsFromWaves * residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(
                                          kWarpsPerBlock * 32, shared)))
     return OneTokenGemv::kTwoRows;
