@@ -16,6 +16,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace llmir::engine::cuda {
 
@@ -37,9 +38,9 @@ struct Context::State {
   bool bf16Products = false;
   /// cuBLASLt for a prefill's products (gemmBf16Tuned), created at the
   /// first; the algorithm timed fastest per (N, K, bucket of token counts,
-  /// residual added), and per (N, K, T, residual added) the algorithm a
-  /// product of that very shape uses (its bucket's, checked once).
-  /// N, K, T, and the product's kind (0 plain, 1 adding the residual, 2 bf16 out).
+  /// kind), and per (N, K, T, kind) the algorithm a product of that very
+  /// shape uses (its bucket's, checked once). The kind: 0 plain, 1 adding
+  /// the residual, 2 a bf16 product.
   using ProductKey = std::tuple<int64_t, int64_t, int64_t, int>;
   cublasLtHandle_t lt = nullptr;
   std::map<ProductKey, cublasLtMatmulAlgo_t> tunedAlgos, shapeAlgos;
@@ -417,37 +418,62 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
       cudaEvent_t start = nullptr, stop = nullptr;
       LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&start), "event"));
       LLMIR_RETURN_IF_ERROR(cudaStatus(cudaEventCreate(&stop), "event"));
-      float fastest = 1e30f;
-      // The fastest of four timed runs a candidate: with two, the chosen
-      // algorithm for a 1.1B prefill's Q/K/V product changed from run to
-      // run, 33 or 38 us (ncu, an H200).
+      // The fastest of four timed runs a candidate, the candidates in turn
+      // within each round, each run after a write over twice the L2: its
+      // operands come from memory, as in a prefill, and the GPU does not
+      // idle between runs. Timed back to back after a synchronisation each,
+      // the runs read L2-resident operands at clocks that had dropped, and
+      // the choice for a 1.1B prefill's Q/K/V product changed from process
+      // to process (33 or 38 us); with the writes the same algorithms won
+      // every time (docs/performance.md, twenty-seventh session).
+      // LLMIR_CUDA_TUNING_COLD=0 leaves the writes out (measuring).
       constexpr int kTimingRounds = 5;
       static const bool verbose = std::getenv("LLMIR_CUDA_TUNING_VERBOSE") != nullptr;
-      for (int i = 0; i < count; ++i) {
-        float ms = 1e30f;
-        for (int round = 0; round < kTimingRounds; ++round) { // the first warms up
+      static const bool cold = !detail::switchedOff("LLMIR_CUDA_TUNING_COLD");
+      void *flush = nullptr;
+      size_t flushBytes = 0;
+      int l2 = 0, device = 0;
+      if (cold && cudaGetDevice(&device) == cudaSuccess &&
+          cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess && l2 > 0 &&
+          cudaMalloc(&flush, 2 * static_cast<size_t>(l2)) == cudaSuccess)
+        flushBytes = 2 * static_cast<size_t>(l2);
+      else
+        flush = nullptr; // timed without the writes
+      std::vector<float> ms(static_cast<size_t>(count), 1e30f);
+      std::vector<bool> failed(static_cast<size_t>(count), false);
+      for (int round = 0; round < kTimingRounds; ++round) // the first warms up
+        for (int i = 0; i < count; ++i) {
+          if (failed[i])
+            continue;
+          if (flush)
+            cudaMemsetAsync(flush, round + i, flushBytes, state.stream);
           cudaEventRecord(start, state.stream);
           const cublasStatus_t status = multiply(results[i].algo);
           cudaEventRecord(stop, state.stream);
           float elapsed = 0.0f;
           if (status != CUBLAS_STATUS_SUCCESS || cudaEventSynchronize(stop) != cudaSuccess ||
-              cudaEventElapsedTime(&elapsed, start, stop) != cudaSuccess)
-            break;
+              cudaEventElapsedTime(&elapsed, start, stop) != cudaSuccess) {
+            failed[i] = true;
+            continue;
+          }
           if (round > 0)
-            ms = std::min(ms, elapsed);
+            ms[i] = std::min(ms[i], elapsed);
         }
+      float fastest = 1e30f;
+      for (int i = 0; i < count; ++i) {
         if (verbose)
           std::fprintf(stderr, "%s product N=%lld K=%lld T=%lld: algorithm %d %.1f us\n",
                        residual ? "residual" : bf16Out ? "bf16" : "plain",
-                       static_cast<long long>(N),
-                       static_cast<long long>(K), static_cast<long long>(T), i, 1e3 * ms);
-        if (ms < fastest) {
-          fastest = ms;
+                       static_cast<long long>(N), static_cast<long long>(K),
+                       static_cast<long long>(T), i, 1e3 * ms[i]);
+        if (ms[i] < fastest) {
+          fastest = ms[i];
           best = i;
         }
       }
       cudaEventDestroy(start);
       cudaEventDestroy(stop);
+      cudaFree(flush); // after the synchronisations above: nothing in flight uses it
       cudaGetLastError(); // a candidate that failed is not chosen; not sticky
     }
     ++state.tunings;
