@@ -90,7 +90,7 @@ __global__ void swigluKernel(const float *gate, const float *up, float *y, int64
 // prefill: swigluBf16): row t of gate at gate + t * stride, of up at up +
 // t * stride. Half the bytes of the f32 products swigluKernel reads. A
 // block's threads over a row's octets (16-byte loads; N a multiple of 8),
-// rows by blockIdx.y and kRows at a time, every load of them issued before
+// rows by blockIdx.y, kSwigluBf16Rows at a time, every load issued before
 // any store; 32-bit column indices (one flat 64-bit index split into row
 // and column cost two 64-bit divisions an octet). y and the halves as
 // swigluKernel writes them (the halves of an octet in one 16-byte store

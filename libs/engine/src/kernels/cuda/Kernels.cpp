@@ -358,8 +358,8 @@ Status gemmBf16Tuned(Context::State &state, const void *xHalf, int64_t T, const 
                                  static_cast<uint64_t>(T), K),
       "Lt layout"));
   LLMIR_RETURN_IF_ERROR(cublasStatus(
-      cublasLtMatrixLayoutCreate(&d.c, bf16Out ? CUDA_R_16BF : CUDA_R_32F, static_cast<uint64_t>(N),
-                                 static_cast<uint64_t>(T), N),
+      cublasLtMatrixLayoutCreate(&d.c, bf16Out ? CUDA_R_16BF : CUDA_R_32F,
+                                 static_cast<uint64_t>(N), static_cast<uint64_t>(T), N),
       "Lt layout"));
   const float one = 1.0f, beta = residual ? 1.0f : 0.0f;
   // The bf16 handle's half of the workspace: the products are stream-ordered.
