@@ -24,6 +24,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 namespace llmir::engine::cuda::detail {
@@ -451,19 +454,38 @@ __global__ void __launch_bounds__(Warps * 32,
 
 // Blocks of Kernel the current device holds at once (its multiprocessors
 // times the blocks a multiprocessor holds at this size, the shared memory
-// opted in first); 0 where the device does not say.
+// opted in first); 0 where the device does not say. The answer depends on
+// the kernel, the device, the block and the shared memory only, so each is
+// asked once: eager one-token launches ask on every launch (oneTokenGemv's
+// choice, launchRows' looped consumers), and the occupancy query and the
+// device attributes were host work each time.
 template <auto Kernel> int64_t residentBlocks(int threads, size_t shared) {
-  allowDynamicShared<Kernel>(shared);
-  int device = 0, multiprocessors = 0, perMultiprocessor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
-          cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, Kernel, threads, shared) !=
-          cudaSuccess) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, size_t>, int64_t> known;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError(); // not sticky
     return 0;
   }
-  return int64_t(multiprocessors) * perMultiprocessor;
+  const auto key = std::make_tuple(device, threads, shared);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (const auto found = known.find(key); found != known.end())
+      return found->second;
+  }
+  allowDynamicShared<Kernel>(shared);
+  int multiprocessors = 0, perMultiprocessor = 0;
+  if (cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, Kernel, threads, shared) !=
+          cudaSuccess) {
+    cudaGetLastError(); // not sticky; asked again next time
+    return 0;
+  }
+  const int64_t resident = int64_t(multiprocessors) * perMultiprocessor;
+  const std::lock_guard<std::mutex> lock(mutex);
+  known.emplace(key, resident);
+  return resident;
 }
 
 // Past 48 KiB of staged x (an 8B shape's down projection, K = 14,336) only
