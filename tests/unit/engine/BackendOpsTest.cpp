@@ -1436,7 +1436,8 @@ TEST_F(BackendOps, PagedAttention) {
 // queries and keys, every cache row, the attention's output. The step's
 // row lands in the last key chunk of one split, of a later chunk, or (a
 // sliding window) after the window's start; f32 and bf16 caches; one and
-// three splits merged in the kernel.
+// three splits merged in the kernel; one and two rows (the warp decode
+// kernel's two builds).
 TEST_F(BackendOps, RopeStoreAttention) {
   const std::vector<AttentionCase> cases = {
       {"MHA", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},
@@ -1450,6 +1451,11 @@ TEST_F(BackendOps, RopeStoreAttention) {
       // A batched decode step: a row per sequence, each rotating and
       // storing its own row.
       {"GQA batched", 16, 2, 64, 16, 0, {40, 60, 9}, {0, 1, 2}, {{5, 2, 7}, {0, 6, 1, 3}, {4}}},
+      // Two rows (the warp decode's many-row build), one of them past two
+      // key chunks: the chunks copied a chunk ahead, the step's row in the
+      // third.
+      {"GQA batched, a row past two chunks", 16, 2, 64, 16, 1, {140, 9}, {0, 1},
+       {{5, 2, 7, 0, 6, 1, 3, 8, 4}, {9}}},
       batchedDecode("GQA batched, 16 rows", 16, 2, 64, 16),
       batchedDecode("GQA batched, 16 rows D=128", 8, 2, 128, 16),
   };

@@ -1055,10 +1055,10 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
 // (head, octet)) with a barrier between phases, four a chunk; at batch 1
 // with 8 splits a block holds ~18 keys, and the kernel clock measured ~6.4
 // us of its 8.2 a layer as fixed (docs/performance.md, twentieth session).
-// Here the block meets only when a chunk's rows are in shared memory (and
-// before the next chunk overwrites them); each warp scores its head's keys
-// a lane a key, updates its online softmax with shuffles, and sums the
-// value rows with its lanes on consecutive dimensions. Same RoPE, cache
+// Here the block meets once a chunk, when its rows are in shared memory
+// (the next chunk's copies then go to the other buffer); each warp scores
+// its head's keys a lane a key, updates its online softmax with shuffles,
+// and sums the value rows with its lanes on consecutive dimensions. Same RoPE, cache
 // rows and merge as groupDecodeKernel (the rotated queries and keys, the
 // cache and, with a cluster, the merge's arithmetic are the same bits); the
 // attention's sums are grouped by 32 keys, not 64, so its outputs may
@@ -1067,8 +1067,20 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
 // groups of 8 heads) 6.6% faster a step and the 8B (D 128, groups of 4)
 // 2.5% slower, for reasons not yet measured in place (docs/performance.md,
 // twenty-first session).
-template <int D>
-__global__ void __launch_bounds__(kGroupThreads)
+//
+// MinBlocks is the launch bound's: 1 for one query row (a batch-1 step's 32
+// blocks, one a multiprocessor), where the thread count alone had ptxas
+// hold the kernel to 64 registers (12 bytes spilled with the two chunk
+// buffers; two other small changes came out at 48 with spills, slower).
+// With 1 it takes ~100: on an H200 a 1.1B step after a 1,024-token prompt
+// 1.112 -> 1.096 ms from the bound alone, 1.080 with the chunks ahead
+// (-2.9%; after 128 tokens, one chunk a split, the same). At batch 8 the
+// bound made a step 7.7% slower (what runs beside the kernel's blocks
+// under dependent launch has fewer registers left), so more rows keep
+// ptxas's choice (0): the chunks ahead there the same after 128 tokens,
+// -2.0% after 1,024 (docs/performance.md, twenty-eighth session).
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     warpDecodeKernel(AttentionGeometry g, float *out, FusedRope rope, bool clusterMerge) {
   using C = __nv_bfloat16;
   using Chunk = GroupChunk<C>;
@@ -1077,8 +1089,12 @@ __global__ void __launch_bounds__(kGroupThreads)
   constexpr int kHalf = D / 2;
   constexpr int kDims = D / 32; // a lane's consecutive output dimensions
   static_assert(kDims == 2, "D = 64: a lane's two dimensions are one 32-bit word");
-  __shared__ __align__(16) C keyTile[kKeys * kPitch];
-  __shared__ __align__(16) C valueTile[kKeys * kPitch];
+  // Two chunks' rows: the next chunk's copies in flight while this one's
+  // are scored (with one, a block of a long context waited a memory latency
+  // a chunk with nothing to do).
+  __shared__ __align__(16) C keyTiles[2][kKeys * kPitch];
+  __shared__ __align__(16) C valueTiles[2][kKeys * kPitch];
+  C *keyTile = keyTiles[0], *valueTile = valueTiles[0]; // the first chunk's
   // Warp w's rotated query, then (cluster merge) its normalised output.
   __shared__ __align__(16) float query[kMaxGroup * D];
   __shared__ float partialLse[kMaxGroup];
@@ -1099,7 +1115,7 @@ __global__ void __launch_bounds__(kGroupThreads)
   stepRotations(rope, written, rotations);
   const bool storesRow = begin <= written && written < end;
   const int64_t writtenRow = storesRow ? cacheRow(g, seq, written) + kvHead * D : 0;
-  auto copyChunk = [&](int64_t chunk) {
+  auto copyChunk = [&](int64_t chunk, C *keyTile, C *valueTile) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
     for (int p = tid; p < n * kPieces; p += kGroupThreads) {
       const int j = p / kPieces, piece = p % kPieces;
@@ -1110,7 +1126,7 @@ __global__ void __launch_bounds__(kGroupThreads)
       copyAsync16(valueTile + j * kPitch + piece * 8, values + at);
     }
   };
-  copyChunk(begin);
+  copyChunk(begin, keyTile, valueTile);
   __syncthreads(); // the rotations
   waitForPrecedingKernels();
   allowDependentLaunch();
@@ -1164,23 +1180,29 @@ __global__ void __launch_bounds__(kGroupThreads)
 #pragma unroll
   for (int e = 0; e < kDims; ++e)
     acc[e] = 0.0f;
-  for (int64_t chunk = begin; chunk < end; chunk += kKeys) {
+  for (int64_t chunk = begin, buffer = 0; chunk < end; chunk += kKeys, buffer ^= 1) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
-    if (chunk != begin) {
-      __syncthreads(); // every warp is done with the previous chunk's rows
-      copyChunk(chunk);
-      if (storesRow && written >= chunk && written < chunk + kKeys) {
-        const int j = static_cast<int>(written - chunk);
-        for (int i = tid; i < D; i += kGroupThreads) { // newRow: written before a barrier above
-          keyTile[j * kPitch + i] = newRow[0][i];
-          valueTile[j * kPitch + i] = newRow[1][i];
-        }
-      }
-    }
-    waitAsyncCopies();
+    keyTile = keyTiles[buffer];
+    valueTile = valueTiles[buffer];
+    waitAsyncCopies(); // this chunk's copies (the only ones in flight)
+    // This chunk's rows for every warp; every warp done with the other
+    // buffer (the chunk before), which the next chunk's copies take.
     __syncthreads();
     if (chunk == begin)
       recordKernelMark(1);
+    if (const int64_t next = chunk + kKeys; next < end) {
+      C *nextKeys = keyTiles[buffer ^ 1], *nextValues = valueTiles[buffer ^ 1];
+      copyChunk(next, nextKeys, nextValues);
+      if (storesRow && written >= next && written < next + kKeys) {
+        const int j = static_cast<int>(written - next);
+        // newRow was written before a barrier above; these stores are seen
+        // after the next chunk's barrier.
+        for (int i = tid; i < D; i += kGroupThreads) {
+          nextKeys[j * kPitch + i] = newRow[0][i];
+          nextValues[j * kPitch + i] = newRow[1][i];
+        }
+      }
+    }
     if (!live)
       continue;
     for (int base = 0; base < n; base += 32) {
@@ -2014,8 +2036,12 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
   // warpDecodeKernel measured slower).
   if constexpr (D == 64)
     if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled()) {
-      launchDependentCluster(warpDecodeKernel<D>, grid, kGroupThreads, 0, stream, clusterDim, g,
-                             out, rope, cluster);
+      if (g.numQueries == 1)
+        launchDependentCluster(warpDecodeKernel<D, 1>, grid, kGroupThreads, 0, stream, clusterDim,
+                               g, out, rope, cluster);
+      else
+        launchDependentCluster(warpDecodeKernel<D, 0>, grid, kGroupThreads, 0, stream, clusterDim,
+                               g, out, rope, cluster);
       return;
     }
   // Head dims 64 and 128 only: the ones BackendOps has run on tensor cores
