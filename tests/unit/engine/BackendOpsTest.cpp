@@ -1456,6 +1456,11 @@ TEST_F(BackendOps, RopeStoreAttention) {
       // third.
       {"GQA batched, a row past two chunks", 16, 2, 64, 16, 1, {140, 9}, {0, 1},
        {{5, 2, 7, 0, 6, 1, 3, 8, 4}, {9}}},
+      // The same at head dim 128 in groups of 4 (the 8B's shape; two rows
+      // take the group kernel, one row the warp kernel with two warps a
+      // head: "GQA group of 4").
+      {"GQA batched D=128, a row past two chunks", 8, 2, 128, 16, 0, {140, 9}, {0, 1},
+       {{5, 2, 7, 0, 6, 1, 3, 8, 4}, {9}}},
       batchedDecode("GQA batched, 16 rows", 16, 2, 64, 16),
       batchedDecode("GQA batched, 16 rows D=128", 8, 2, 128, 16),
   };

@@ -1049,24 +1049,37 @@ __global__ void __launch_bounds__(kGroupThreads, Mma ? 4 : 0)
 }
 
 // A decode step of few query rows (fewer than mmaDecodeRows) with fused
-// RoPE over a bf16 cache, head dimension 64: a warp a query head of the
-// group. groupDecodeKernel spreads each phase of a chunk over all of its
-// threads (scores by (head, key), the softmax by head, the values by
-// (head, octet)) with a barrier between phases, four a chunk; at batch 1
-// with 8 splits a block holds ~18 keys, and the kernel clock measured ~6.4
-// us of its 8.2 a layer as fixed (docs/performance.md, twentieth session).
-// Here the block meets once a chunk, when its rows are in shared memory
-// (the next chunk's copies then go to the other buffer); each warp scores
-// its head's keys a lane a key, updates its online softmax with shuffles,
-// and sums the value rows with its lanes on consecutive dimensions. Same RoPE, cache
-// rows and merge as groupDecodeKernel (the rotated queries and keys, the
-// cache and, with a cluster, the merge's arithmetic are the same bits); the
-// attention's sums are grouped by 32 keys, not 64, so its outputs may
-// differ in the last bits. Needs an even head split (ropeStoreAttendApplies).
-// Head dimension 64 only: on an H200 at batch 1 it made the 1.1B (D 64,
-// groups of 8 heads) 6.6% faster a step and the 8B (D 128, groups of 4)
-// 2.5% slower, for reasons not yet measured in place (docs/performance.md,
-// twenty-first session).
+// RoPE over a bf16 cache, head dimension 64 or 128: a warp a query head of
+// the group (or more, below). groupDecodeKernel spreads each phase of a
+// chunk over all of its threads (scores by (head, key), the softmax by
+// head, the values by (head, octet)) with a barrier between phases, four a
+// chunk; at batch 1 with 8 splits a block holds ~18 keys, and the kernel
+// clock measured ~6.4 us of its 8.2 a layer as fixed (docs/performance.md,
+// twentieth session). Here the block meets once a chunk, when its rows are
+// in shared memory (the next chunk's copies then go to the other buffer);
+// each warp scores its head's keys a lane a key, updates its online
+// softmax with shuffles, and sums the value rows with its lanes on
+// consecutive dimensions. Same RoPE, cache rows and merge as
+// groupDecodeKernel (the rotated queries and keys, the cache and, with a
+// cluster, the merge's arithmetic are the same bits); the attention's sums
+// are grouped by 32 keys, not 64, so its outputs may differ in the last
+// bits. Needs an even head split (ropeStoreAttendApplies).
+//
+// On an H200 at batch 1 it made the 1.1B (D 64, groups of 8 heads) 6.6%
+// faster a step and, a warp a head, the 8B (D 128, groups of 4) 2.5%
+// slower (docs/performance.md, twenty-first session): half of its eight
+// warps had no head, and each live one walked every key of the chunk in
+// turn. Where a group has fewer heads than the block warps, each head
+// takes kGroupThreads / 32 / heads warps (warpsPerHead), each a contiguous
+// share of the chunk's keys with its own online softmax; the shares merge
+// in shared memory before the split merge. With one block a multiprocessor
+// at one row (MinBlocks, below) an 8B step went 4.275 -> 4.174 ms on an
+// H200 (-2.4%; after 1,024 tokens 4.513 -> 4.415), where the twenty-
+// seventh session's build, held to 64 registers with a spill, was 3.2%
+// slower (docs/performance.md, twenty-eighth session). Its sums differ in
+// the last bits from the group kernel's, and greedy ids on random weights
+// may part where two logits nearly tie (the 8B bench's hash after 128
+// tokens). LLMIR_CUDA_WARP_DECODE_128=0 keeps the group kernel at 128.
 //
 // MinBlocks is the launch bound's: 1 for one query row (a batch-1 step's 32
 // blocks, one a multiprocessor), where the thread count alone had ptxas
@@ -1088,12 +1101,15 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
   constexpr int kPieces = D * int(sizeof(C)) / 16; // 16-byte pieces a row
   constexpr int kHalf = D / 2;
   constexpr int kDims = D / 32; // a lane's consecutive output dimensions
-  static_assert(kDims == 2, "D = 64: a lane's two dimensions are one 32-bit word");
-  // Two chunks' rows: the next chunk's copies in flight while this one's
-  // are scored (with one, a block of a long context waited a memory latency
-  // a chunk with nothing to do).
-  __shared__ __align__(16) C keyTiles[2][kKeys * kPitch];
-  __shared__ __align__(16) C valueTiles[2][kKeys * kPitch];
+  static_assert(kDims == 2 || kDims == 4, "D = 64 or 128: a lane's dimensions in one load");
+  constexpr int kWarps = kGroupThreads / 32;
+  // Two chunks' rows where they fit the 48 KiB of static shared memory (D =
+  // 64): the next chunk's copies in flight while this one's are scored
+  // (with one, a block of a long context waited a memory latency a chunk
+  // with nothing to do).
+  constexpr int kBuffers = D == 64 ? 2 : 1;
+  __shared__ __align__(16) C keyTiles[kBuffers][kKeys * kPitch];
+  __shared__ __align__(16) C valueTiles[kBuffers][kKeys * kPitch];
   C *keyTile = keyTiles[0], *valueTile = valueTiles[0]; // the first chunk's
   // Warp w's rotated query, then (cluster merge) its normalised output.
   __shared__ __align__(16) float query[kMaxGroup * D];
@@ -1130,11 +1146,18 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
   __syncthreads(); // the rotations
   waitForPrecedingKernels();
   allowDependentLaunch();
-  const bool live = warp < heads;
-  float *myQuery = query + warp * D;
-  if (live)
+  // Warp w: head w / warpsPerHead of the group, share w % warpsPerHead of
+  // each chunk's keys.
+  // (Head dim 64 keeps a warp a head: its groups of 8 fill the block, and
+  // its code stays the measured one.)
+  const int warpsPerHead =
+      D == 128 && heads > 0 && heads < kWarps ? kWarps / static_cast<int>(heads) : 1;
+  const int head = warp / warpsPerHead, share = warp % warpsPerHead;
+  const bool live = head < heads;
+  float *myQuery = query + head * D;
+  if (live && share == 0)
     for (int i = lane; i < kHalf; i += 32) {
-      const int64_t at = (r * g.numHeads + firstHead + warp) * D + i;
+      const int64_t at = (r * g.numHeads + firstHead + head) * D + i;
       const RotatedPair x = rotate(rope.q[at], rope.q[at + kHalf], rotations[0][i]);
       myQuery[i] = x.first;
       myQuery[i + kHalf] = x.second;
@@ -1182,16 +1205,27 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     acc[e] = 0.0f;
   for (int64_t chunk = begin, buffer = 0; chunk < end; chunk += kKeys, buffer ^= 1) {
     const int n = static_cast<int>(end - chunk < kKeys ? end - chunk : kKeys);
-    keyTile = keyTiles[buffer];
-    valueTile = valueTiles[buffer];
+    keyTile = keyTiles[kBuffers == 2 ? buffer : 0];
+    valueTile = valueTiles[kBuffers == 2 ? buffer : 0];
+    if (kBuffers == 1 && chunk != begin) {
+      __syncthreads(); // every warp is done with the previous chunk's rows
+      copyChunk(chunk, keyTile, valueTile);
+      if (storesRow && written >= chunk && written < chunk + kKeys) {
+        const int j = static_cast<int>(written - chunk);
+        for (int i = tid; i < D; i += kGroupThreads) { // newRow: written before a barrier above
+          keyTile[j * kPitch + i] = newRow[0][i];
+          valueTile[j * kPitch + i] = newRow[1][i];
+        }
+      }
+    }
     waitAsyncCopies(); // this chunk's copies (the only ones in flight)
     // This chunk's rows for every warp; every warp done with the other
     // buffer (the chunk before), which the next chunk's copies take.
     __syncthreads();
     if (chunk == begin)
       recordKernelMark(1);
-    if (const int64_t next = chunk + kKeys; next < end) {
-      C *nextKeys = keyTiles[buffer ^ 1], *nextValues = valueTiles[buffer ^ 1];
+    if (const int64_t next = chunk + kKeys; kBuffers == 2 && next < end) {
+      C *nextKeys = keyTiles[(buffer ^ 1) % kBuffers], *nextValues = valueTiles[(buffer ^ 1) % kBuffers];
       copyChunk(next, nextKeys, nextValues);
       if (storesRow && written >= next && written < next + kKeys) {
         const int j = static_cast<int>(written - next);
@@ -1205,15 +1239,17 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     }
     if (!live)
       continue;
-    for (int base = 0; base < n; base += 32) {
+    // This warp's share of the chunk's keys: [from, to).
+    const int from = n * share / warpsPerHead, to = n * (share + 1) / warpsPerHead;
+    for (int base = from; base < to; base += 32) {
       // Scores, a lane a key (tileKeyDot, as groupDecodeKernel's).
       const int j = base + lane;
       float score = -INFINITY;
-      if (j < n) {
+      if (j < to) {
         score = tileKeyDot<D>(keyTile + j * kPitch, myQuery) * g.scale;
       }
       const float newMax = fmaxf(runningMax, warpMaximum(score));
-      const float weight = j < n ? expf(score - newMax) : 0.0f;
+      const float weight = j < to ? expf(score - newMax) : 0.0f;
       const float correction = runningMax == -INFINITY ? 0.0f : expf(runningMax - newMax);
       runningSum = runningSum * correction + warpSumOf(weight);
       runningMax = newMax;
@@ -1221,12 +1257,22 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
       for (int e = 0; e < kDims; ++e)
         acc[e] *= correction;
       // Values: lane l sums dimensions kDims l .. kDims l + kDims - 1.
-      const int count = n - base < 32 ? n - base : 32;
+      const int count = to - base < 32 ? to - base : 32;
       for (int k = 0; k < count; ++k) {
         const float p = __shfl_sync(0xffffffffu, weight, k);
         const C *v = valueTile + (base + k) * kPitch + lane * kDims;
-        const unsigned word = *reinterpret_cast<const unsigned *>(v);
-        const float x[kDims] = {__uint_as_float(word << 16), __uint_as_float(word & 0xffff0000u)};
+        float x[kDims];
+        if constexpr (kDims == 2) {
+          const unsigned word = *reinterpret_cast<const unsigned *>(v);
+          x[0] = __uint_as_float(word << 16);
+          x[1] = __uint_as_float(word & 0xffff0000u);
+        } else {
+          const uint2 words = *reinterpret_cast<const uint2 *>(v);
+          x[0] = __uint_as_float(words.x << 16);
+          x[1] = __uint_as_float(words.x & 0xffff0000u);
+          x[2] = __uint_as_float(words.y << 16);
+          x[3] = __uint_as_float(words.y & 0xffff0000u);
+        }
 #pragma unroll
         for (int e = 0; e < kDims; ++e)
           acc[e] += p * x[e];
@@ -1234,15 +1280,47 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     }
   }
   recordKernelMark(4);
+  if (D == 128 && warpsPerHead > 1) {
+    // A head's shares: share s > 0 leaves its state in row `warp` of the
+    // queries (no longer read once every warp is past the loop), share 0
+    // folds them in, in share order.
+    __shared__ float shareMax[kWarps], shareSum[kWarps];
+    __syncthreads();
+    if (live && share > 0) {
+#pragma unroll
+      for (int e = 0; e < kDims; ++e)
+        query[warp * D + lane * kDims + e] = acc[e];
+      if (lane == 0) {
+        shareMax[warp] = runningMax;
+        shareSum[warp] = runningSum;
+      }
+    }
+    __syncthreads();
+    if (live && share == 0)
+      for (int other = warp + 1; other < warp + warpsPerHead; ++other) {
+        const float otherMax = shareMax[other], newMax = fmaxf(runningMax, otherMax);
+        if (newMax == -INFINITY)
+          continue; // neither has seen a key
+        const float mine = runningMax == -INFINITY ? 0.0f : expf(runningMax - newMax);
+        const float theirs = otherMax == -INFINITY ? 0.0f : expf(otherMax - newMax);
+        runningSum = runningSum * mine + shareSum[other] * theirs;
+#pragma unroll
+        for (int e = 0; e < kDims; ++e)
+          acc[e] = acc[e] * mine + query[other * D + lane * kDims + e] * theirs;
+        runningMax = newMax;
+      }
+    __syncthreads(); // the shares' rows are read before row `head` is written below
+  }
+  const bool writes = live && share == 0;
   const float lse = runningSum > 0.0f ? runningMax + logf(runningSum) : -INFINITY;
   if (clusterMerge) {
     // The queries are no longer read: the warp's row holds its output.
-    if (live) {
+    if (writes) {
 #pragma unroll
       for (int e = 0; e < kDims; ++e)
         myQuery[lane * kDims + e] = runningSum > 0.0f ? acc[e] / runningSum : 0.0f;
       if (lane == 0)
-        partialLse[warp] = lse;
+        partialLse[head] = lse;
     }
     recordKernelMark(5);
     mergeCluster<D>(query, partialLse, static_cast<int>(g.splits), static_cast<int>(heads),
@@ -1250,13 +1328,13 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     recordKernelMark(7);
     return;
   }
-  if (live) {
+  if (writes) {
 #pragma unroll
     for (int e = 0; e < kDims; ++e)
-      block.rowOut[(firstHead + warp) * D + lane * kDims + e] =
+      block.rowOut[(firstHead + head) * D + lane * kDims + e] =
           runningSum > 0.0f ? acc[e] / runningSum : 0.0f;
     if (block.partial && lane == 0)
-      block.rowOut[g.numHeads * D + firstHead + warp] = lse;
+      block.rowOut[g.numHeads * D + firstHead + head] = lse;
   }
   // The last split block of this (query row, group) merges.
   if (g.splits <= 1 || !g.mergedOut ||
@@ -2032,14 +2110,18 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
                   static_cast<unsigned>(g.splits > 1 ? g.splits : 1));
   const bool cluster = clusterMergeTakes(g);
   const dim3 clusterDim(1, 1, cluster ? static_cast<unsigned>(g.splits) : 1);
-  // Few rows with fused RoPE at head dim 64: a warp a query head (at 128
-  // warpDecodeKernel measured slower).
-  if constexpr (D == 64)
-    if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled()) {
+  // Few rows with fused RoPE: a warp a query head (warpDecodeKernel); at
+  // head dim 128 (the 8B's groups of 4: two warps a head) one-row steps
+  // only, where it was measured (LLMIR_CUDA_WARP_DECODE_128=0 keeps the
+  // group kernel there too).
+  static const bool warp128 = !switchedOff("LLMIR_CUDA_WARP_DECODE_128");
+  if constexpr (D == 64 || D == 128)
+    if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled() &&
+        (D == 64 || (warp128 && g.numQueries == 1))) {
       if (g.numQueries == 1)
         launchDependentCluster(warpDecodeKernel<D, 1>, grid, kGroupThreads, 0, stream, clusterDim,
                                g, out, rope, cluster);
-      else
+      else if constexpr (D == 64)
         launchDependentCluster(warpDecodeKernel<D, 0>, grid, kGroupThreads, 0, stream, clusterDim,
                                g, out, rope, cluster);
       return;
