@@ -1148,8 +1148,7 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
   allowDependentLaunch();
   // Warp w: head w / warpsPerHead of the group, share w % warpsPerHead of
   // each chunk's keys.
-  // (Head dim 64 keeps a warp a head: its groups of 8 fill the block, and
-  // its code stays the measured one.)
+  // (Head dim 64 keeps a warp a head: its groups of 8 fill the block.)
   const int warpsPerHead =
       D == 128 && heads > 0 && heads < kWarps ? kWarps / static_cast<int>(heads) : 1;
   const int head = warp / warpsPerHead, share = warp % warpsPerHead;
@@ -1198,6 +1197,19 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     }
   }
   recordKernelMark(0); // kernel clock builds: the queries and the step's row
+  // A later chunk's rows into its buffer: the cached ones copied, the
+  // step's own from newRow (written before a barrier above; these stores
+  // are seen after the chunk's own barrier).
+  const auto fillChunk = [&](int64_t chunk, C *keyTile, C *valueTile) {
+    copyChunk(chunk, keyTile, valueTile);
+    if (storesRow && written >= chunk && written < chunk + kKeys) {
+      const int j = static_cast<int>(written - chunk);
+      for (int i = tid; i < D; i += kGroupThreads) {
+        keyTile[j * kPitch + i] = newRow[0][i];
+        valueTile[j * kPitch + i] = newRow[1][i];
+      }
+    }
+  };
   // The warp's online softmax and its lane's output dimensions.
   float runningMax = -INFINITY, runningSum = 0.0f, acc[kDims];
 #pragma unroll
@@ -1209,14 +1221,7 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     valueTile = valueTiles[kBuffers == 2 ? buffer : 0];
     if (kBuffers == 1 && chunk != begin) {
       __syncthreads(); // every warp is done with the previous chunk's rows
-      copyChunk(chunk, keyTile, valueTile);
-      if (storesRow && written >= chunk && written < chunk + kKeys) {
-        const int j = static_cast<int>(written - chunk);
-        for (int i = tid; i < D; i += kGroupThreads) { // newRow: written before a barrier above
-          keyTile[j * kPitch + i] = newRow[0][i];
-          valueTile[j * kPitch + i] = newRow[1][i];
-        }
-      }
+      fillChunk(chunk, keyTile, valueTile);
     }
     waitAsyncCopies(); // this chunk's copies (the only ones in flight)
     // This chunk's rows for every warp; every warp done with the other
@@ -1224,19 +1229,8 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
     __syncthreads();
     if (chunk == begin)
       recordKernelMark(1);
-    if (const int64_t next = chunk + kKeys; kBuffers == 2 && next < end) {
-      C *nextKeys = keyTiles[(buffer ^ 1) % kBuffers], *nextValues = valueTiles[(buffer ^ 1) % kBuffers];
-      copyChunk(next, nextKeys, nextValues);
-      if (storesRow && written >= next && written < next + kKeys) {
-        const int j = static_cast<int>(written - next);
-        // newRow was written before a barrier above; these stores are seen
-        // after the next chunk's barrier.
-        for (int i = tid; i < D; i += kGroupThreads) {
-          nextKeys[j * kPitch + i] = newRow[0][i];
-          nextValues[j * kPitch + i] = newRow[1][i];
-        }
-      }
-    }
+    if (const int64_t next = chunk + kKeys; kBuffers == 2 && next < end)
+      fillChunk(next, keyTiles[(buffer ^ 1) % kBuffers], valueTiles[(buffer ^ 1) % kBuffers]);
     if (!live)
       continue;
     // This warp's share of the chunk's keys: [from, to).
