@@ -13,13 +13,15 @@ clock does not see that run after it (cuBLAS, NCCL, the IPC all-reduce).
     bench/gpu/kernel_clock.py CLOCK.tsv [--names qkv,attention,o,gate-up,down]
 
 --names labels the kernels of one period of the step (a layer) in order,
-from the first node where the shapes repeat with that period; the summary
-adds up each label over the layers. Files with marks (recordKernelMark:
+from a layer's first kernel: the layers are the whole periods of the
+longest run of repeating shapes, ending where it ends (layer_span); the
+summary adds up each label over the layers. Files with marks (recordKernelMark:
 when block 0 of a kernel reached each of its marks 0-7, mean us past its
 release) get a table of them a label (or a node, without --names).
 """
 import argparse
 import collections
+import signal
 import sys
 
 HEADER = ["first_release_ns", "mean_release_past_first_ns", "runs", "grid", "block"]
@@ -64,26 +66,50 @@ def added_times(nodes):
     return [b.release - a.release for a, b in zip(nodes, nodes[1:])]
 
 
-def period_start(nodes, period):
-    """The first node from which the shapes repeat with `period` (a layer's kernels)."""
+def layer_span(nodes, period):
+    """[start, end): the nodes of whole layers, a layer `period` kernels.
+
+    The layers are the longest run of nodes whose shapes repeat with the
+    period, cut into whole periods that end where the run ends: what follows
+    the last layer (the final norm, the LM head) differs from a layer's
+    first kernel, while the first layer's first kernel may itself differ
+    from the later layers' (at the 8B shape its Q/K/V reads the first norm's
+    output, the later ones normalise in a looped grid), so aligning to the
+    run's start could label a layer from its second kernel on. The nodes
+    before `start` (a first layer that differs included) and from `end` are
+    the step's others.
+    """
     shapes = [(n.grid, n.block) for n in nodes]
-    start = next((i for i in range(len(nodes) - 2 * period)
-                  if all(shapes[j] == shapes[j + period] for j in range(i, i + period))), None)
-    if start is None:
+    best = None  # (length, first) of the longest run where shape i == shape i + period
+    i = 0
+    while i + period < len(shapes):
+        if shapes[i] != shapes[i + period]:
+            i += 1
+            continue
+        j = i
+        while j + period < len(shapes) and shapes[j] == shapes[j + period]:
+            j += 1
+        if best is None or j - i > best[0]:
+            best = (j - i, i)
+        i = j
+    if best is None or best[0] < period:
         raise ValueError(f"no period of {period} kernels in the step's shapes")
-    return start
+    length, first = best
+    stop = first + length + period  # the run's nodes: [first, stop)
+    start = first + (stop - first) % period
+    return start, stop
 
 
 def layer_table(nodes, names):
-    """{label: [ns added, one a layer]} over the layers (the nodes whose shapes
-    repeat with len(names)'s period), and the ns added before and after them."""
+    """{label: [ns added, one a layer]} over the layers (layer_span with
+    len(names)'s period), the labels' shapes, and the ns added before and
+    after them."""
     period = len(names)
     added = added_times(nodes)
     shapes = [(n.grid, n.block) for n in nodes]
-    start = period_start(nodes, period)
-    end = start
-    while end + period <= len(added) and shapes[end:end + period] == shapes[start:start + period]:
-        end += period
+    start, end = layer_span(nodes, period)
+    end = min(end, len(added))  # the last node's time is unseen
+    end -= (end - start) % period
     table = collections.OrderedDict((name, []) for name in names)
     for i in range(start, end):
         table[names[(i - start) % period]].append(added[i])
@@ -93,7 +119,7 @@ def layer_table(nodes, names):
 
 def layer_marks(nodes, table, names):
     """{label: {mark: us}} averaged over the layers, for labels with marks."""
-    period, start = len(names), period_start(nodes, len(names))
+    period, (start, _) = len(names), layer_span(nodes, len(names))
     layers = len(next(iter(table.values())))
     result = collections.OrderedDict()
     for k, name in enumerate(names):
@@ -106,6 +132,7 @@ def layer_marks(nodes, table, names):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clock")
     parser.add_argument("--names", default="", help="labels of one layer's kernels, in order")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""bench/gpu/kernel_clock.py on a real LLMIR_CUDA_KERNEL_CLOCK file: 1.1B
+"""bench/gpu/kernel_clock.py on real LLMIR_CUDA_KERNEL_CLOCK files: 1.1B
 batch-1 decode on an H200 (tests/fixtures/kernel-clock, 256 steps, the
 decode graph's 114 nodes replayed 255 times), its per-layer table, and its
-refusals of files that are not a clock's.
+refusals of files that are not a clock's; an 8B step's (its graph's nodes
+only, with marks), whose first layer differs from the others.
 
 usage: kernel_clock_test.py --root REPO
 """
@@ -73,6 +74,30 @@ def main():
               f"the script's marks: {proc.stdout[-400:]} {proc.stderr}")
     finally:
         os.unlink(marked_path)
+
+    # An 8B step (the same build with marks, c151): its first layer's Q/K/V
+    # (384 blocks, after the first norm's own launch) differs from the later
+    # ones' (264, a looped norm consumer), so the layers are whole periods
+    # ending where the repeating shapes end (before the final norm), and
+    # each label gets its own kernel: the attention is the 64-block grid.
+    names = ["qkv", "attention", "o", "gate-up", "down"]
+    fixture8 = os.path.join(args.root, "tests/fixtures/kernel-clock/h200-8b-decode.tsv")
+    graph8, replays8 = kc.replayed_nodes(kc.read_clock(open(fixture8).read()))
+    check((len(graph8), replays8) == (164, 255), f"8B graph: {len(graph8)} nodes x {replays8}")
+    check(kc.layer_span(graph8, 5) == (7, 162), f"8B layers {kc.layer_span(graph8, 5)}")
+    table8, shape8, others8 = kc.layer_table(graph8, names)
+    check(all(len(v) == 31 for v in table8.values()), f"31 whole layers: {[len(v) for v in table8.values()]}")
+    check([shape8[n] for n in names] == [(264, 256), (64, 256), (256, 256), (264, 256), (256, 256)],
+          f"8B shapes {shape8}")
+    check(abs(sum(sum(v) for v in table8.values()) + others8 - sum(kc.added_times(graph8))) < 1.0,
+          "the 8B parts sum to the span")
+    marks8 = kc.layer_marks(graph8, table8, names)
+    check(sorted(marks8["attention"]) == [0, 1, 4, 5, 6, 7] and sorted(marks8["o"]) == [0, 1],
+          f"8B marks {marks8}")
+    proc = subprocess.run([sys.executable, script, fixture8, "--names", ",".join(names)],
+                          capture_output=True, text=True)
+    check(proc.returncode == 0 and "\nattention | 64 x 256 | 10.84 | 31 | 336.1\n" in proc.stdout,
+          f"the script on the 8B file: {proc.stdout[:400]} {proc.stderr}")
 
     for bad, why in (("no header\n1 2 3\n", "not a kernel clock file"),
                      ("\t".join(kc.HEADER + kc.MARKS[:3]) + "\n", "not a kernel clock file"),
