@@ -15,9 +15,10 @@ clock does not see that run after it (cuBLAS, NCCL, the IPC all-reduce).
 --names labels the kernels of one period of the step (a layer) in order,
 from a layer's first kernel: the layers are the whole periods of the
 longest run of repeating shapes, ending where it ends (layer_span); the
-summary adds up each label over the layers. Files with marks (recordKernelMark:
-when block 0 of a kernel reached each of its marks 0-7, mean us past its
-release) get a table of them a label (or a node, without --names).
+summary adds up each label over the layers. Files with marks
+(recordKernelMark: when block 0 of a kernel reached each of its marks 0-7,
+mean us past its release) get a table of them a label (or a node, without
+--names).
 """
 import argparse
 import collections
