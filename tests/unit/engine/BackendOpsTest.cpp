@@ -1512,12 +1512,13 @@ TEST_F(BackendOps, RopeStoreAttention) {
                      DeviceArray<float>(q.size()), DeviceArray<uint16_t>(historyBits),
                      DeviceArray<uint16_t>(historyBits)};
         };
-        Run separate = makeRun(), fused = makeRun();
+        Run separate = makeRun(), fused = makeRun(), whole = makeRun();
         auto cacheOf = [&](Run &run) {
           return bf16 ? cuda::DeviceKvCache{shape, run.keyBits.get(), run.valueBits.get(), true}
                       : cuda::DeviceKvCache{shape, run.keys.get(), run.values.get()};
         };
-        cuda::DeviceKvCache separateCache = cacheOf(separate), fusedCache = cacheOf(fused);
+        cuda::DeviceKvCache separateCache = cacheOf(separate), fusedCache = cacheOf(fused),
+                            wholeCache = cacheOf(whole);
         const std::string label = c.name + " D=" + std::to_string(c.headDim) +
                                   (bf16 ? " bf16" : " f32") + " splits=" +
                                   std::to_string(splits);
@@ -1553,6 +1554,18 @@ TEST_F(BackendOps, RopeStoreAttention) {
         compare("ROPE_STORE_ATTN", label + " cached values", cacheFloats(fused, false),
                 cacheFloats(separate, false), 0.0);
         compare("ROPE_STORE_ATTN", label, fused.out.download(), separate.out.download(), 1e-5);
+        // A small product reading the output: a one-row step's blocks then
+        // take their multiprocessors whole (padded shared memory), the same
+        // bits.
+        status = cuda::ropeStoreAttention(dq.get(), whole.qOut.get(), dqf.get(), dk.get(),
+                                          whole.kOut.get(), dkf.get(), dv.get(), step, params,
+                                          wholeCache, whole.out.get(), nullptr,
+                                          cuda::ReaderShape{64, c.heads * c.headDim});
+        ASSERT_TRUE(status.isOk()) << status.message();
+        compare("ROPE_STORE_ATTN", label + " multiprocessors whole", whole.out.download(),
+                fused.out.download(), 0.0);
+        compare("ROPE_STORE_ATTN", label + " multiprocessors whole, cached values",
+                cacheFloats(whole, false), cacheFloats(fused, false), 0.0);
       }
 }
 

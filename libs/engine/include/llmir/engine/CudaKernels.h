@@ -328,13 +328,22 @@ Status prefillRopeAttention(const float *q, const float *queryRotations, const D
                             const cpu::AttentionParams &params, DeviceKvCache &cache,
                             float *out, Stream stream = nullptr, SplitInput outHalves = {},
                             int64_t qRowStride = 0);
+/// The weight shape [N, K] of the one-token product that reads an output
+/// (N = 0: none known).
+struct ReaderShape {
+  int64_t N = 0, K = 0;
+};
 /// ropeAndStore followed by pagedAttention(qOut, ..., keysStored) as one
 /// launch, for a step ropeStoreAttentionApplies to (an error otherwise):
-/// the same outputs, the same cache rows.
+/// the same outputs, the same cache rows. `reader`: the product reading out
+/// (16-bit weights, one token); a one-row step whose reader's grid fits the
+/// multiprocessors the attention leaves keeps its multiprocessors to itself
+/// (scheduling only: the same outputs).
 Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies, const float *k,
                           float *kOut, const float *kFrequencies, const float *v,
                           const DeviceStep &step, const cpu::AttentionParams &params,
-                          DeviceKvCache &cache, float *out, Stream stream = nullptr);
+                          DeviceKvCache &cache, float *out, Stream stream = nullptr,
+                          ReaderShape reader = {});
 
 /// ATTENTION_PARTIAL: stores k, v in this rank's blocks (params.kvShards /
 /// kvShard), then attends each token over the visible positions of those

@@ -2097,6 +2097,37 @@ bool clusterMergeTakes(const AttentionGeometry &g) {
   return g.splits > 1 && g.splits <= kMaxClusterSplits && g.mergedOut && clusterMergeEnabled();
 }
 
+// AttentionGeometry::wholeMultiprocessors: dynamic shared memory, unused,
+// that pads a block of Kernel to the most a block may have, so that no
+// block of another kernel shares its multiprocessor. At batch 1 the decode
+// attention is a chain of latencies on a few multiprocessors while the
+// next product's blocks, placed by the dependent launch, load their first
+// weights; beside it they slowed it (the 8B's attention 11.1 -> 9.9 us a
+// layer with fewer of those loads, docs/performance.md). Where the product's
+// grid fits the other multiprocessors at once (the 1.1B's O: 256 blocks, 4
+// a multiprocessor, on 100) nothing waits for the attention's: on an H200
+// a 1.1B step after a 1,024-token prompt 1.086 -> 1.066 ms (-1.7%), after
+// 128 -0.3%; at 8B (O's 256 blocks, 2 a multiprocessor, on 68) the same
+// padding made a step 12% slower, hence the condition (twenty-ninth
+// session). 0 where the device does not say.
+template <auto Kernel> size_t wholeMultiprocessorPadding() {
+  static const size_t padding = [] {
+    int device = 0, most = 0;
+    cudaFuncAttributes attributes{};
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess ||
+        cudaFuncGetAttributes(&attributes, Kernel) != cudaSuccess) {
+      cudaGetLastError(); // not sticky
+      return size_t(0);
+    }
+    return size_t(most) > attributes.sharedSizeBytes ? size_t(most) - attributes.sharedSizeBytes
+                                                     : size_t(0);
+  }();
+  allowDynamicShared<Kernel>(padding);
+  return padding;
+}
+
 template <int D>
 void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g, float *out,
                        const FusedRope &rope) {
@@ -2112,9 +2143,12 @@ void launchGroupDecode(Stream stream, const float *q, const AttentionGeometry &g
   if constexpr (D == 64 || D == 128)
     if (g.bf16Cache && rope.q && g.numQueries < mmaDecodeRows() && warpDecodeEnabled() &&
         (D == 64 || (warp128 && g.numQueries == 1))) {
-      if (g.numQueries == 1)
-        launchDependentCluster(warpDecodeKernel<D, 1>, grid, kGroupThreads, 0, stream, clusterDim,
-                               g, out, rope, cluster);
+      if (g.numQueries == 1) {
+        constexpr auto kernel = warpDecodeKernel<D, 1>;
+        const size_t padding = g.wholeMultiprocessors ? wholeMultiprocessorPadding<kernel>() : 0;
+        launchDependentCluster(kernel, grid, kGroupThreads, padding, stream, clusterDim, g, out,
+                               rope, cluster);
+      }
       else if constexpr (D == 64)
         launchDependentCluster(warpDecodeKernel<D, 0>, grid, kGroupThreads, 0, stream, clusterDim,
                                g, out, rope, cluster);

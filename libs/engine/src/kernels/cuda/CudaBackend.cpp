@@ -952,6 +952,25 @@ private:
     return produced;
   }
 
+  /// The weight shape of the LINEAR right after the instruction at `index`
+  /// when it reads that instruction's output with 16-bit weights alone in its
+  /// group (the one-token GEMV's product: the decode attention's O
+  /// projection), else none (cuda::ReaderShape's N = 0).
+  cuda::ReaderShape oneTokenReaderOf(size_t index) const {
+    const auto &insts = program_.instructions;
+    if (index + 1 >= insts.size())
+      return {};
+    const BoundInstruction &reader = insts[index + 1];
+    if (reader.op != proto::LINEAR || reader.inputs.size() < 2 ||
+        reader.inputs[0] != insts[index].outputs[0] || index + 1 >= linearGroupSize_.size() ||
+        linearGroupSize_[index + 1] != 1)
+      return {};
+    const DeviceWeight &w = weights_[reader.inputs[1]];
+    if (w.shape.size() != 2 || (w.dtype != proto::BF16 && w.dtype != proto::F16))
+      return {};
+    return {w.shape[0], w.shape[1]};
+  }
+
   /// LLMIR_CUDA_HALVES_ONLY=0: the producers still write the f32 values
   /// beside the halves (measuring).
   static bool halvesOnlyEnabled() {
@@ -1642,7 +1661,7 @@ private:
           LLMIR_RETURN_IF_ERROR(r.status());
           return cuda::ropeStoreAttention(r->q, r->qOut, r->qFrequencies, r->k, r->kOut,
                                           r->kFrequencies, r->v, deviceStep_, a, cache_,
-                                          o.data(), stream());
+                                          o.data(), stream(), oneTokenReaderOf(index));
         }
         if (keysStored && ropeFoldedIntoPrefill(index - 2)) {
           Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);

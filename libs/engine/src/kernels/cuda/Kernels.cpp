@@ -1179,11 +1179,16 @@ bool ropeStoreAttentionApplies(const DeviceStep &step, const cpu::AttentionParam
 Status ropeStoreAttention(const float *q, float *qOut, const float *qFrequencies, const float *k,
                           float *kOut, const float *kFrequencies, const float *v,
                           const DeviceStep &step, const cpu::AttentionParams &params,
-                          DeviceKvCache &cache, float *out, Stream stream) {
+                          DeviceKvCache &cache, float *out, Stream stream,
+                          ReaderShape reader) {
   if (!ropeStoreAttentionApplies(step, params, cache))
     return Status::error("rope + store + attention: not a decode step of the "
                          "group decode kernel");
-  const DecodeAttend d = decodeAttend(step, geometryOf(step, params, cache), out);
+  DecodeAttend d = decodeAttend(step, geometryOf(step, params, cache), out);
+  if (reader.N > 0 && d.g.numQueries == 1) {
+    const int64_t blocks = d.g.numKvHeads * std::max<int64_t>(d.g.splits, 1); // its grid
+    d.g.wholeMultiprocessors = detail::oneTokenGemvFitsBeside(reader.K, reader.N, blocks);
+  }
   const detail::FusedRope rope{q, qOut, qFrequencies, k, kOut, kFrequencies, v};
   LLMIR_RETURN_IF_ERROR(cudaStatus(detail::ropeStoreAttend(stream, rope, d.g, d.attendOut),
                                    "rope + store + attention"));

@@ -128,6 +128,11 @@ int linear16(Stream stream, const float *x, int64_t T, int64_t K, Storage storag
 /// partial count).
 bool oneTokenStagesX(int64_t K);
 int64_t oneTokenBlocks(int64_t K, int64_t N);
+/// Whether the one-token GEMV of N rows of K (unpaired, not a norm's
+/// consumer: as oneTokenBlocks) holds its whole grid at once on the
+/// multiprocessors of the current device but `busy` of them; false where
+/// the device does not say.
+bool oneTokenGemvFitsBeside(int64_t K, int64_t N, int64_t busy);
 /// Waves of the one-token GEMV over `rows` rows of K (rows a block, blocks
 /// a multiprocessor and multiprocessors of the current device); 0 where
 /// the device does not say.
@@ -250,6 +255,9 @@ struct AttentionGeometry {
   /// ([T][numHeads * D], hi and at highest precision lo: splitOne's), beside
   /// or (null out) instead of the f32 rows. Null: none.
   void *outHi, *outLo;
+  /// A one-row decode step on the warp decode kernel takes its
+  /// multiprocessors whole (ropeStoreAttention decides: oneTokenGemvFitsBeside).
+  bool wholeMultiprocessors;
 };
 
 constexpr int64_t kMaxHeadDim = 256;

@@ -866,6 +866,39 @@ int64_t oneTokenBlocks(int64_t K, int64_t N) {
   return (N + rows - 1) / rows;
 }
 
+bool oneTokenGemvFitsBeside(int64_t K, int64_t N, int64_t busy) {
+  const OneTokenGemv gemv = oneTokenGemv(K, (N + kWarpsPerBlock - 1) / kWarpsPerBlock, false);
+  const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
+  const int threads = kWarpsPerBlock * 32;
+  int64_t resident = 0;
+  switch (gemv) {
+  case OneTokenGemv::kLongRows:
+    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLongRowLoads>>(threads,
+                                                                                    shared);
+    break;
+  case OneTokenGemv::kTwoRows:
+    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
+        threads, shared);
+    break;
+  case OneTokenGemv::kWideRows:
+    resident = residentBlocks<linear16Kernel<1, false, kWideWarps>>(kWideWarps * 32, shared);
+    break;
+  case OneTokenGemv::kRows:
+    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(threads, shared);
+    break;
+  }
+  int device = 0, multiprocessors = 0;
+  if (resident <= 0 || cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess) {
+    cudaGetLastError(); // not sticky
+    return false;
+  }
+  const int64_t perMultiprocessor = resident / multiprocessors;
+  return busy < multiprocessors &&
+         (multiprocessors - busy) * perMultiprocessor >= oneTokenBlocks(K, N);
+}
+
 double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
   const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
   // The kernel launchLinear16 picks at one token (a consumer: not long rows).
