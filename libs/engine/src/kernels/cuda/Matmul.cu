@@ -866,27 +866,31 @@ int64_t oneTokenBlocks(int64_t K, int64_t N) {
   return (N + rows - 1) / rows;
 }
 
+namespace {
+// The device's resident blocks (all multiprocessors) of the unpaired
+// one-token kernel of kind `gemv`, x staged in `shared` bytes.
+int64_t unpairedResident(OneTokenGemv gemv, size_t shared) {
+  constexpr int kThreads = kWarpsPerBlock * 32;
+  switch (gemv) {
+  case OneTokenGemv::kLongRows:
+    return residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLongRowLoads>>(kThreads,
+                                                                                 shared);
+  case OneTokenGemv::kTwoRows:
+    return residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
+        kThreads, shared);
+  case OneTokenGemv::kWideRows:
+    return residentBlocks<linear16Kernel<1, false, kWideWarps>>(kWideWarps * 32, shared);
+  case OneTokenGemv::kRows:
+    break;
+  }
+  return residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(kThreads, shared);
+}
+} // namespace
+
 bool oneTokenGemvFitsBeside(int64_t K, int64_t N, int64_t busy) {
   const OneTokenGemv gemv = oneTokenGemv(K, (N + kWarpsPerBlock - 1) / kWarpsPerBlock, false);
   const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
-  const int threads = kWarpsPerBlock * 32;
-  int64_t resident = 0;
-  switch (gemv) {
-  case OneTokenGemv::kLongRows:
-    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLongRowLoads>>(threads,
-                                                                                    shared);
-    break;
-  case OneTokenGemv::kTwoRows:
-    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
-        threads, shared);
-    break;
-  case OneTokenGemv::kWideRows:
-    resident = residentBlocks<linear16Kernel<1, false, kWideWarps>>(kWideWarps * 32, shared);
-    break;
-  case OneTokenGemv::kRows:
-    resident = residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(threads, shared);
-    break;
-  }
+  const int64_t resident = unpairedResident(gemv, shared);
   int device = 0, multiprocessors = 0;
   if (resident <= 0 || cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
@@ -905,18 +909,12 @@ double oneTokenWaves(int64_t K, int64_t rows, bool paired) {
   const OneTokenGemv gemv =
       paired ? OneTokenGemv::kRows
              : oneTokenGemv(K, (rows + kWarpsPerBlock - 1) / kWarpsPerBlock, true);
-  const int threads = (gemv == OneTokenGemv::kWideRows ? kWideWarps : kWarpsPerBlock) * 32;
+  const int threads = kWarpsPerBlock * 32;
   const int64_t resident =
-      paired ? (pairedLongRows(K)
-                    ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock, kLongRowLoads>>(
-                          threads, shared)
-                    : residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(threads, shared))
-      : gemv == OneTokenGemv::kTwoRows
-          ? residentBlocks<linear16Kernel<1, false, kWarpsPerBlock, kLoadsInFlight, kTwoRows>>(
-                threads, shared)
-      : gemv == OneTokenGemv::kWideRows
-          ? residentBlocks<linear16Kernel<1, false, kWideWarps>>(threads, shared)
-          : residentBlocks<linear16Kernel<1, false, kWarpsPerBlock>>(threads, shared);
+      !paired ? unpairedResident(gemv, shared)
+      : pairedLongRows(K)
+          ? residentBlocks<linear16Kernel<1, true, kWarpsPerBlock, kLongRowLoads>>(threads, shared)
+          : residentBlocks<linear16Kernel<1, true, kWarpsPerBlock>>(threads, shared);
   if (resident <= 0)
     return 0.0;
   const int64_t block = blockRows(gemv);
