@@ -955,7 +955,11 @@ private:
   /// The weight shape of the LINEAR right after the instruction at `index`
   /// when it reads that instruction's output with 16-bit weights alone in its
   /// group (the one-token GEMV's product: the decode attention's O
-  /// projection), else none (cuda::ReaderShape's N = 0).
+  /// projection), else none (cuda::ReaderShape's N = 0). None where the
+  /// product's partial sums are all-reduced next (tensor parallelism): there
+  /// the attention's whole multiprocessors made a 1.1B step at TP=2 slower
+  /// on two H200s (0.823 -> 0.840 ms, docs/performance.md, thirtieth
+  /// session), though the O grid fits beside it as at TP=1.
   cuda::ReaderShape oneTokenReaderOf(size_t index) const {
     const auto &insts = program_.instructions;
     if (index + 1 >= insts.size())
@@ -964,6 +968,9 @@ private:
     if (reader.op != proto::LINEAR || reader.inputs.size() < 2 ||
         reader.inputs[0] != insts[index].outputs[0] || index + 1 >= linearGroupSize_.size() ||
         linearGroupSize_[index + 1] != 1)
+      return {};
+    if (index + 2 < insts.size() && insts[index + 2].op == proto::ALL_REDUCE &&
+        !insts[index + 2].inputs.empty() && insts[index + 2].inputs[0] == reader.outputs[0])
       return {};
     const DeviceWeight &w = weights_[reader.inputs[1]];
     if (w.shape.size() != 2 || (w.dtype != proto::BF16 && w.dtype != proto::F16))
