@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -452,6 +453,26 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(1); // the block's rows written
 }
 
+// The current device's multiprocessors, asked once a device; 0 where the
+// device does not say (asked again next time).
+int64_t currentMultiprocessors() {
+  static std::atomic<int> known[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    cudaGetLastError(); // not sticky
+    return 0;
+  }
+  if (const int count = known[device].load(); count > 0)
+    return count;
+  int count = 0;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError(); // not sticky
+    return 0;
+  }
+  known[device].store(count);
+  return count;
+}
+
 // Blocks of Kernel the current device holds at once (its multiprocessors
 // times the blocks a multiprocessor holds at this size, the shared memory
 // opted in first); 0 where the device does not say. The answer depends on
@@ -474,15 +495,15 @@ template <auto Kernel> int64_t residentBlocks(int threads, size_t shared) {
       return found->second;
   }
   allowDynamicShared<Kernel>(shared);
-  int multiprocessors = 0, perMultiprocessor = 0;
-  if (cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
-          cudaSuccess ||
+  const int64_t multiprocessors = currentMultiprocessors();
+  int perMultiprocessor = 0;
+  if (multiprocessors <= 0 ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perMultiprocessor, Kernel, threads, shared) !=
           cudaSuccess) {
     cudaGetLastError(); // not sticky; asked again next time
     return 0;
   }
-  const int64_t resident = int64_t(multiprocessors) * perMultiprocessor;
+  const int64_t resident = multiprocessors * perMultiprocessor;
   const std::lock_guard<std::mutex> lock(mutex);
   known.emplace(key, resident);
   return resident;
@@ -891,13 +912,9 @@ bool oneTokenGemvFitsBeside(int64_t K, int64_t N, int64_t busy) {
   const OneTokenGemv gemv = oneTokenGemv(K, (N + kWarpsPerBlock - 1) / kWarpsPerBlock, false);
   const size_t shared = oneTokenStagesX(K) ? static_cast<size_t>(K) * sizeof(float) : 0;
   const int64_t resident = unpairedResident(gemv, shared);
-  int device = 0, multiprocessors = 0;
-  if (resident <= 0 || cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
-          cudaSuccess) {
-    cudaGetLastError(); // not sticky
+  const int64_t multiprocessors = currentMultiprocessors();
+  if (resident <= 0 || multiprocessors <= 0)
     return false;
-  }
   const int64_t perMultiprocessor = resident / multiprocessors;
   return busy < multiprocessors &&
          (multiprocessors - busy) * perMultiprocessor >= oneTokenBlocks(K, N);
