@@ -539,6 +539,142 @@ TEST_F(BackendOps, ResidualNormBetweenProducts) {
   }
 }
 
+// The ALL_REDUCE, ADD and RMS_NORM between two one-token products of a
+// tensor-parallel layer through a PeerExchange (cuda::ExchangedNorm), two
+// ranks on this one GPU: each rank's buffer is an allocation here, the
+// producers of both ranks run, then both consumers. The sum is the
+// all-reduce's plus the residual bit for bit (ranks summed in rank order),
+// the normed row and the consumers' products (a Q/K/V-like group, gate/up
+// with the SWIGLU) within a float's rounding of ADD+RMS_NORM's. Two steps
+// over two sites: a site's flags count up.
+TEST_F(BackendOps, ExchangedNormBetweenProducts) {
+  struct Shape {
+    int64_t H, K; // the producer: [H, K] on each rank
+  };
+  // The 1.1B O at TP=2 (K = 1,024), the 8B down at TP=2 (K = 7,168), a small one.
+  for (const Shape s : {Shape{2048, 1024}, Shape{4096, 7168}, Shape{96, 40}}) {
+    const std::string shape = "H=" + std::to_string(s.H) + " K=" + std::to_string(s.K);
+    constexpr int kRanks = 2, kSites = 2;
+    std::vector<std::unique_ptr<PackedBf16Weights>> producers;
+    std::vector<std::unique_ptr<DeviceArray<float>>> xs;
+    for (int r = 0; r < kRanks; ++r) {
+      producers.push_back(std::make_unique<PackedBf16Weights>(std::vector<int64_t>{s.H}, s.K, rng_));
+      xs.push_back(std::make_unique<DeviceArray<float>>(randomFloats(size_t(s.K), rng_)));
+    }
+    const int64_t gateUp = 3 * s.H / 4;
+    const PackedBf16Weights consumer({s.H / 2, 32, 32, gateUp, gateUp}, s.H, rng_);
+    ASSERT_TRUE(cuda::takesResidualNorm(producers[0]->views[0], consumer.views[0], 1)) << shape;
+    const std::vector<float> residual = randomFloats(size_t(s.H), rng_, 3.0f);
+    const std::vector<float> normWeight = randomFloats(size_t(s.H), rng_);
+    DeviceArray<float> dr(residual), dw(normWeight);
+    const size_t bytes = exchangeBufferBytes(kRanks, s.H, kSites);
+    std::vector<std::unique_ptr<DeviceArray<std::byte>>> buffers;
+    for (int r = 0; r < kRanks; ++r)
+      buffers.push_back(std::make_unique<DeviceArray<std::byte>>(bytes));
+    DeviceArray<int> timedOut{size_t(kRanks)};
+    const auto exchangeOf = [&](int rank) {
+      PeerExchange e;
+      e.rank = rank;
+      e.ranks = kRanks;
+      for (int q = 0; q < kRanks; ++q)
+        e.buffers[q] = buffers[size_t(q)]->get();
+      e.width = s.H;
+      e.sites = kSites;
+      e.timedOut = timedOut.get() + rank;
+      return e;
+    };
+    ASSERT_TRUE(cuda::takesExchangedNorm(producers[0]->views[0], consumer.views[0], exchangeOf(0)))
+        << shape;
+    for (int step = 0; step < 2; ++step)
+      for (int site = 0; site < kSites; ++site)
+        for (bool swiglu : {false, true}) {
+          const std::string what = shape + " step " + std::to_string(step) + " site " +
+                                   std::to_string(site) + (swiglu ? " gate/up" : " q/k/v");
+          // Reference: each rank's product, their sum (rank order) as the
+          // all-reduce's, then ADD+RMS_NORM and the consumers.
+          std::vector<std::unique_ptr<DeviceArray<float>>> ys;
+          std::vector<float> reduced(size_t(s.H), 0.0f);
+          for (int r = 0; r < kRanks; ++r) {
+            ys.push_back(std::make_unique<DeviceArray<float>>(size_t(s.H)));
+            const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, ys.back()->get()};
+            ASSERT_TRUE(cuda::linearGroup(*context_, xs[size_t(r)]->get(), 1, std::span(&p, 1)).isOk());
+            const std::vector<float> y = ys.back()->download();
+            for (int64_t i = 0; i < s.H; ++i)
+              reduced[size_t(i)] = r == 0 ? y[size_t(i)] : reduced[size_t(i)] + y[size_t(i)];
+          }
+          DeviceArray<float> dReduced(reduced), sum(size_t(s.H)), normed(size_t(s.H));
+          ASSERT_TRUE(cuda::addRmsNorm(dReduced.get(), dr.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
+                                       normed.get(), context_->stream())
+                          .isOk());
+          const size_t first = swiglu ? 3 : 0, count = swiglu ? 2 : 3;
+          std::vector<cuda::LinearOutput> wantGroup;
+          std::vector<std::unique_ptr<DeviceArray<float>>> want;
+          for (size_t i = first; i < first + count; ++i) {
+            want.push_back(std::make_unique<DeviceArray<float>>(size_t(consumer.views[i].rows)));
+            wantGroup.push_back({consumer.views[i], nullptr, want.back()->get()});
+          }
+          DeviceArray<float> wantY{size_t(gateUp)};
+          ASSERT_TRUE((swiglu ? cuda::linearSwiglu(*context_, normed.get(), 1, wantGroup[0],
+                                                   wantGroup[1], wantY.get())
+                              : cuda::linearGroup(*context_, normed.get(), 1, wantGroup))
+                          .isOk());
+          // Exchanged: both producers, then both consumers.
+          for (int r = 0; r < kRanks; ++r) {
+            cuda::ExchangedNorm to;
+            to.exchange = exchangeOf(r);
+            to.site = site;
+            DeviceArray<float> y(size_t(s.H));
+            const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, y.get()};
+            Status status = cuda::linearExchanging(*context_, xs[size_t(r)]->get(), p, to);
+            ASSERT_TRUE(status.isOk()) << status.message();
+            compare("ExchangedNorm producer", what + " y", y.download(), ys[size_t(r)]->download(), 0.0);
+          }
+          for (int r = 0; r < kRanks; ++r) {
+            DeviceArray<float> sum2{size_t(s.H)}, normed2{size_t(s.H)}, gotY{size_t(gateUp)};
+            cuda::ExchangedNorm from;
+            from.exchange = exchangeOf(r);
+            from.site = site;
+            from.residual = dr.get();
+            from.sum = sum2.get();
+            from.weight = dw.get();
+            from.eps = 1e-5f;
+            from.normed = normed2.get();
+            std::vector<cuda::LinearOutput> gotGroup;
+            std::vector<std::unique_ptr<DeviceArray<float>>> got;
+            for (size_t i = first; i < first + count; ++i) {
+              got.push_back(std::make_unique<DeviceArray<float>>(size_t(consumer.views[i].rows)));
+              gotGroup.push_back({consumer.views[i], nullptr, got.back()->get()});
+            }
+            Status status =
+                swiglu ? cuda::linearSwigluExchanged(*context_, gotGroup[0], gotGroup[1], gotY.get(), from)
+                       : cuda::linearGroupExchanged(*context_, gotGroup, from);
+            ASSERT_TRUE(status.isOk()) << status.message();
+            const std::string who = what + " rank " + std::to_string(r);
+            compare("ExchangedNorm consumer", who + " sum", sum2.download(), sum.download(), 0.0);
+            compare("ExchangedNorm consumer", who + " normed", normed2.download(), normed.download(),
+                    1e-7);
+            if (swiglu)
+              compare("ExchangedNorm consumer", who + " swiglu", gotY.download(), wantY.download(), 1e-6);
+            else
+              for (size_t i = 0; i < count; ++i)
+                compare("ExchangedNorm consumer", who + " N=" + std::to_string(wantGroup[i].w.rows),
+                        got[i]->download(), want[i]->download(), 1e-6);
+          }
+        }
+    EXPECT_EQ(timedOut.download(), std::vector<int>(size_t(kRanks), 0)) << shape;
+    // A site past the buffer's, or a row wider than its rows: an error, nothing launched.
+    cuda::ExchangedNorm bad;
+    bad.exchange = exchangeOf(0);
+    bad.site = kSites;
+    DeviceArray<float> y(size_t(s.H));
+    const cuda::LinearOutput p{producers[0]->views[0], nullptr, y.get()};
+    EXPECT_FALSE(cuda::linearExchanging(*context_, xs[0]->get(), p, bad).isOk());
+    bad.site = 0;
+    bad.exchange.width = s.H - 4;
+    EXPECT_FALSE(cuda::linearExchanging(*context_, xs[0]->get(), p, bad).isOk());
+  }
+}
+
 // A prefill's O or down projection adding the residual itself (cuBLASLt's
 // C != D) and the norm after it reading the sum (addRmsNorm without b):
 // against the product, then the fused ADD+RMS_NORM. The sum may differ from

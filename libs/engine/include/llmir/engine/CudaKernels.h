@@ -9,6 +9,7 @@
 
 #include "llmir/engine/CpuKernels.h"
 #include "llmir/engine/KvCache.h"
+#include "llmir/engine/PeerExchange.h"
 #include "llmir/support/Status.h"
 
 #include <cstdint>
@@ -166,6 +167,36 @@ struct NextProduct {
 Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOutput &gate,
                     const LinearOutput &up, float *y, bool xSplit = false,
                     NextProduct *next = nullptr);
+/// The ALL_REDUCE, residual ADD and RMS_NORM between two one-token
+/// products of a tensor-parallel layer done by the products through a
+/// PeerExchange (PeerExchange.h), at exchange site `site`: the producer
+/// (linearExchanging: one product, its partial rows) stores its rows into
+/// every rank's site and flags it; the consumer (linearGroupExchanged,
+/// linearSwigluExchanged: x is not read) waits for the peers' rows, sums the
+/// ranks' rows in rank order plus `residual`, stores that sum and the normed
+/// row (block 0) and stages the normed row for its products. Every rank
+/// makes the same sequence of calls; a site is used once a step.
+/// takesExchangedNorm says where it applies.
+struct ExchangedNorm {
+  PeerExchange exchange;
+  int site = 0;
+  const float *residual = nullptr;
+  float *sum = nullptr;
+  const float *weight = nullptr; // the norm's, width
+  float eps = 0.0f;
+  float *normed = nullptr;
+};
+/// Whether a producer with weights `producer` [H, K] and a consumer with
+/// weights `consumer` [N, H] can exchange through `exchange` (H within its
+/// width, the producer's grid within kMaxExchangeBlocks).
+bool takesExchangedNorm(const WeightView &producer, const WeightView &consumer,
+                        const PeerExchange &exchange);
+Status linearExchanging(Context &context, const float *x, const LinearOutput &output,
+                        const ExchangedNorm &to);
+Status linearGroupExchanged(Context &context, std::span<const LinearOutput> outputs,
+                            const ExchangedNorm &from);
+Status linearSwigluExchanged(Context &context, const LinearOutput &gate, const LinearOutput &up,
+                             float *y, const ExchangedNorm &from);
 /// linearSwiglu as the consumer of a ResidualNorm (x is the sum).
 Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                             const LinearOutput &gate, const LinearOutput &up, float *y,

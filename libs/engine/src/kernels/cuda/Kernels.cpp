@@ -910,6 +910,111 @@ Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                     "linear + swiglu (16-bit) with the residual norm");
 }
 
+namespace {
+/// Site `e.site` of the exchange as the kernels see it; `consumer` adds the
+/// ADD and norm operands.
+detail::ExchangeDevice exchangeOnDevice(const ExchangedNorm &e, bool consumer) {
+  const PeerExchange &x = e.exchange;
+  detail::ExchangeDevice d{};
+  for (int q = 0; q < x.ranks; ++q) {
+    d.slots[q] = exchangeSlots(x.buffers[q], x.ranks, x.width, e.site);
+    d.flags[q] = exchangeFlags(x.buffers[q], x.ranks, x.width, e.site);
+  }
+  d.blocks = exchangeBlockCount(x.buffers[x.rank], x.ranks, x.width, e.site);
+  d.timedOut = x.timedOut;
+  d.rank = x.rank;
+  d.ranks = x.ranks;
+  d.width = x.width;
+  if (consumer) {
+    d.residual = e.residual;
+    d.sum = e.sum;
+    d.weight = e.weight;
+    d.eps = e.eps;
+    d.normed = e.normed;
+  }
+  return d;
+}
+
+Status checkExchange(const ExchangedNorm &e, int64_t H, const char *what) {
+  const PeerExchange &x = e.exchange;
+  if (x.ranks < 1 || x.ranks > kMaxExchangeRanks || x.rank < 0 || x.rank >= x.ranks ||
+      e.site < 0 || e.site >= x.sites || H > x.width || H % 4 != 0)
+    return Status::error(std::string("CUDA ") + what + ": site " + std::to_string(e.site) +
+                         " of " + std::to_string(x.sites) + ", row of " + std::to_string(H) +
+                         " in an exchange of rows of " + std::to_string(x.width) + " (rank " +
+                         std::to_string(x.rank) + " of " + std::to_string(x.ranks) + ")");
+  for (int q = 0; q < x.ranks; ++q)
+    if (!x.buffers[q])
+      return Status::error(std::string("CUDA ") + what + ": rank " + std::to_string(q) +
+                           "'s exchange buffer is not mapped");
+  return Status::ok();
+}
+} // namespace
+
+bool takesExchangedNorm(const WeightView &producer, const WeightView &consumer,
+                        const PeerExchange &exchange) {
+  const int64_t H = producer.rows;
+  return exchange.ranks > 0 && takesResidualNorm(producer, consumer, 1) && H % 4 == 0 &&
+         H <= exchange.width && detail::oneTokenBlocks(producer.cols, H) <= kMaxExchangeBlocks;
+}
+
+Status linearExchanging(Context &context, const float *x, const LinearOutput &output,
+                        const ExchangedNorm &to) {
+  Context::State &state = context.state();
+  const WeightView &w = output.w;
+  if (!sixteenBit(w) || detail::oneTokenBlocks(w.cols, w.rows) > kMaxExchangeBlocks)
+    return Status::error("CUDA linear into an exchange: 16-bit weights, at most " +
+                         std::to_string(kMaxExchangeBlocks) + " blocks");
+  LLMIR_RETURN_IF_ERROR(checkExchange(to, w.rows, "linear into an exchange"));
+  Result<detail::Storage> storage = storageOf(w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  detail::LinearSegments segments{};
+  segments.segment[segments.count++] = {w.data, w.rows, output.bias, output.y};
+  segments.exchangeOut = exchangeOnDevice(to, false);
+  return cudaStatus(detail::linear16(state.stream, x, 1, w.cols, *storage, segments),
+                    "linear (16-bit) into an exchange");
+}
+
+Status linearGroupExchanged(Context &context, std::span<const LinearOutput> outputs,
+                            const ExchangedNorm &from) {
+  Context::State &state = context.state();
+  if (outputs.empty() || outputs.size() > detail::kMaxLinearSegments)
+    return Status::error("CUDA linear after an exchange: 1 to " +
+                         std::to_string(detail::kMaxLinearSegments) + " products");
+  const WeightView &w = outputs.front().w;
+  if (!sixteenBit(w) || !detail::oneTokenStagesX(w.cols))
+    return Status::error("CUDA linear after an exchange: 16-bit weights, x staged");
+  LLMIR_RETURN_IF_ERROR(checkExchange(from, w.cols, "linear after an exchange"));
+  Result<detail::Storage> storage = storageOf(w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  detail::LinearSegments segments{};
+  for (const LinearOutput &o : outputs) {
+    if (o.w.cols != w.cols || o.w.dtype != w.dtype)
+      return Status::error("CUDA linear group: weights differ in K or dtype");
+    segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
+  }
+  segments.exchangeIn = exchangeOnDevice(from, true);
+  // x is not read: the staging takes the exchange's rows (any pointer will do).
+  return cudaStatus(detail::linear16(state.stream, from.residual, 1, w.cols, *storage, segments),
+                    "linear (16-bit) after an exchange");
+}
+
+Status linearSwigluExchanged(Context &context, const LinearOutput &gate, const LinearOutput &up,
+                             float *y, const ExchangedNorm &from) {
+  Context::State &state = context.state();
+  const int64_t K = gate.w.cols;
+  Result<detail::LinearSegments> segments = swigluSegments(gate, up, y);
+  LLMIR_RETURN_IF_ERROR(segments.status());
+  if (!sixteenBit(gate.w) || !detail::oneTokenStagesX(K))
+    return Status::error("CUDA linear + swiglu after an exchange: 16-bit weights, x staged");
+  LLMIR_RETURN_IF_ERROR(checkExchange(from, K, "linear + swiglu after an exchange"));
+  Result<detail::Storage> storage = storageOf(gate.w, "linear");
+  LLMIR_RETURN_IF_ERROR(storage.status());
+  segments->exchangeIn = exchangeOnDevice(from, true);
+  return cudaStatus(detail::linear16(state.stream, from.residual, 1, K, *storage, *segments),
+                    "linear + swiglu (16-bit) after an exchange");
+}
+
 Status linear(Context &context, const float *x, int64_t T, const WeightView &w,
               const float *bias, float *y) {
   const LinearOutput output{w, bias, y};

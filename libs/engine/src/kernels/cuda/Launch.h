@@ -3,6 +3,8 @@
 // cudaError_t as an int (0: queued).
 #pragma once
 
+#include "llmir/engine/PeerExchange.h"
+
 #include <cstdint>
 
 struct CUstream_st; // cudaStream_t is CUstream_st *
@@ -105,6 +107,25 @@ struct ResidualNormDevice {
   /// LLMIR_CUDA_NORM_EARLY_X=0 off).
   bool earlyX;
 };
+/// cuda::PeerExchange on the device (linear16, one token): this rank's view
+/// of one exchange site. Producer side (exchangeOut): the one segment's rows
+/// also go to row `rank` of every rank's slots, then each block's flag.
+/// Consumer side (exchangeIn): x is the ranks' slot rows summed in rank
+/// order plus `residual`, staged normalised; block 0 stores the sum and the
+/// normed row. ranks 0: none.
+struct ExchangeDevice {
+  float *slots[kMaxExchangeRanks];     // rank q's [ranks][width] floats of this site
+  uint32_t *flags[kMaxExchangeRanks];  // rank q's [ranks][kMaxExchangeBlocks] of this site
+  uint32_t *blocks;                    // this rank's: the producer's block count
+  int *timedOut;                       // this rank's: the peer waited for in vain, + 1
+  int rank, ranks;
+  int64_t width;
+  const float *residual;
+  float *sum;
+  const float *weight;
+  float eps;
+  float *normed;
+};
 struct LinearSegments {
   LinearSegment segment[kMaxLinearSegments];
   int count;
@@ -117,6 +138,8 @@ struct LinearSegments {
   bool pairedSwiglu;
   ResidualNormDevice produce; // sum null: none
   ResidualNormDevice consume; // weight null: none
+  ExchangeDevice exchangeOut;  // ranks 0: none
+  ExchangeDevice exchangeIn;   // ranks 0: none
 };
 /// Every segment's product for 16-bit w, read in its stored dtype with f32
 /// accumulation (no widened copy of the weights), in one launch.

@@ -242,6 +242,112 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
   }
 }
 
+// PeerExchange, consumer side: waits until every peer's producer block has
+// flagged this site as often as this rank's own (the own producer has
+// finished: the dependent-launch wait), then stages weight * (x * scale)
+// for x = the ranks' rows summed in rank order + residual (the IPC
+// all-reduce's and ADD's arithmetic), the scale from x's squares summed in
+// double. Block 0 stores x (the ADD's output) and the normed row. A peer
+// that does not flag within ~10 s is recorded in timedOut and the staging
+// goes on with whatever its rows hold (the step's outputs are void).
+__device__ __forceinline__ uint32_t loadAcquireSystem(const uint32_t *p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void storeReleaseSystem(uint32_t *p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint64_t globalNanoseconds() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+__device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *staged) {
+  __shared__ double partial[32];
+  __shared__ float scale;
+  const uint32_t producers = *reinterpret_cast<volatile const uint32_t *>(e.blocks);
+  const uint32_t *own = e.flags[e.rank];
+  for (int r = 0; r < e.ranks; ++r) {
+    if (r == e.rank)
+      continue;
+    for (uint32_t b = threadIdx.x; b < producers; b += blockDim.x) {
+      const uint32_t want = __ldcg(own + e.rank * kMaxExchangeBlocks + b);
+      const uint32_t *flag = own + r * kMaxExchangeBlocks + b;
+      if (static_cast<int32_t>(loadAcquireSystem(flag) - want) >= 0)
+        continue;
+      const uint64_t since = globalNanoseconds();
+      while (static_cast<int32_t>(loadAcquireSystem(flag) - want) < 0) {
+        if (globalNanoseconds() - since > 10'000'000'000ull) {
+          if (e.timedOut)
+            atomicExch(e.timedOut, r + 1);
+          break;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  const float4 *residual = reinterpret_cast<const float4 *>(e.residual);
+  const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
+  double squares = 0.0;
+  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+    float4 h = __ldcg(reinterpret_cast<const float4 *>(e.slots[e.rank]) + i);
+    for (int r = 1; r < e.ranks; ++r) {
+      const float4 p = __ldcg(reinterpret_cast<const float4 *>(e.slots[e.rank] + r * e.width) + i);
+      h = make_float4(h.x + p.x, h.y + p.y, h.z + p.z, h.w + p.w);
+    }
+    const float4 x = residual[i];
+    h = make_float4(h.x + x.x, h.y + x.y, h.z + x.z, h.w + x.w);
+    squares += static_cast<double>(h.x) * h.x;
+    squares += static_cast<double>(h.y) * h.y;
+    squares += static_cast<double>(h.z) * h.z;
+    squares += static_cast<double>(h.w) * h.w;
+    staged[i] = h;
+    if (stores)
+      reinterpret_cast<float4 *>(e.sum)[i] = h;
+  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = squares;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+      total += partial[w];
+    scale = 1.0f / sqrtf(static_cast<float>(total / static_cast<double>(H)) + e.eps);
+  }
+  __syncthreads();
+  const float k = scale;
+  const float4 *weight = reinterpret_cast<const float4 *>(e.weight);
+  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+    const float4 h = staged[i], w = weight[i];
+    const float4 v = make_float4(w.x * (h.x * k), w.y * (h.y * k), w.z * (h.z * k), w.w * (h.w * k));
+    staged[i] = v;
+    if (stores)
+      reinterpret_cast<float4 *>(e.normed)[i] = v;
+  }
+}
+
+// PeerExchange, producer side, once the block's rows are in every rank's
+// slots: the block's flag in every rank's buffer, one more than its last
+// (only this block of this rank writes it). Block 0 also records the
+// grid's size for this rank's consumer.
+__device__ void flagExchanged(const ExchangeDevice &e) {
+  __syncthreads(); // every warp's rows stored
+  if (threadIdx.x != 0)
+    return;
+  __threadfence_system(); // the rows, this block's and (cumulative) its warps', before the flags
+  const uint32_t b = blockIdx.x;
+  const uint32_t next =
+      *reinterpret_cast<volatile const uint32_t *>(e.flags[e.rank] + e.rank * kMaxExchangeBlocks + b) + 1;
+  for (int q = 0; q < e.ranks; ++q)
+    storeReleaseSystem(e.flags[q] + e.rank * kMaxExchangeBlocks + b, next);
+  if (b == 0)
+    *e.blocks = gridDim.x;
+}
+
 // ResidualNorm, producer side, after the block's rows of y are computed:
 // `square` is lane 0's (h = y + residual)^2 of its row (0 past N); the
 // block's sum, in warp order, goes to partials[rowBlock].
@@ -334,7 +440,9 @@ __global__ void __launch_bounds__(Warps * 32,
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
   if (stageX) {
-    if (Tokens == 1 && segments.consume.weight) {
+    if (Tokens == 1 && segments.exchangeIn.ranks > 0) {
+      stageExchanged(segments.exchangeIn, K, staged);
+    } else if (Tokens == 1 && segments.consume.weight) {
       // x early only where registers allow: the unpaired kernel, under its
       // 64-register bound, spilled 108 bytes with it.
       stageNormed(segments.consume, xs, K, staged, Paired && segments.consume.earlyX);
@@ -369,6 +477,7 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
+  const bool exchanges = Tokens == 1 && !Paired && segments.exchangeOut.ranks > 0;
   // Unpaired: row n's total v, its bias added, into y at `at`; a producer
   // (one token: at is n) also stores the residual sum and returns its
   // square (else 0).
@@ -376,6 +485,11 @@ __global__ void __launch_bounds__(Warps * 32,
     if (seg.bias)
       v += seg.bias[n];
     seg.y[at] = v;
+    if (exchanges) {
+      const ExchangeDevice &e = segments.exchangeOut;
+      for (int q = 0; q < e.ranks; ++q)
+        e.slots[q][e.rank * e.width + n] = v;
+    }
     if (!produces)
       return 0.0;
     const float h = v + segments.produce.residual[n];
@@ -450,6 +564,8 @@ __global__ void __launch_bounds__(Warps * 32,
     if (produces)
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
+  if (exchanges)
+    flagExchanged(segments.exchangeOut);
   recordKernelMark(1); // the block's rows written
 }
 
@@ -604,7 +720,8 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
   // past one wave, a block of the next wave paid that again (an 8B shape's
   // gate/up, 4.5 waves, kept the norm's own launch for it: ~6.8 us a layer).
   // One wave of blocks that loop over the row blocks pays it once a block.
-  if (Tokens == 1 && segments.consume.weight && loopedNormConsumers()) {
+  if (Tokens == 1 && (segments.consume.weight || segments.exchangeIn.ranks > 0) &&
+      loopedNormConsumers()) {
     const int64_t resident = residentBlocks<kernel>(Warps * 32, shared);
     if (resident > 0 && blocks > resident)
       blocks = resident;
@@ -632,7 +749,8 @@ void launchLinear16(Stream stream, const float *x, int64_t T, int64_t K, bool bf
     int64_t blocks8 = 0;
     for (int s = 0; s < segments.count; ++s)
       blocks8 += (segments.segment[s].N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    switch (oneTokenGemv(K, blocks8, segments.consume.weight != nullptr)) {
+    switch (oneTokenGemv(K, blocks8,
+                         segments.consume.weight != nullptr || segments.exchangeIn.ranks > 0)) {
     case OneTokenGemv::kLongRows:
       return launchRows<1, false, kWarpsPerBlock, kLongRowLoads>(stream, x, T, K, bf16, stageX,
                                                                  shared, segments);
