@@ -765,6 +765,20 @@ Status linearAddResidual(Context &context, const float *x, int64_t T, const Line
                     xSplit, residual);
 }
 
+namespace {
+/// One segment an output, every output of the first's K and dtype.
+Result<detail::LinearSegments> groupSegments(std::span<const LinearOutput> outputs) {
+  const WeightView &w = outputs.front().w;
+  detail::LinearSegments segments{};
+  for (const LinearOutput &o : outputs) {
+    if (o.w.cols != w.cols || o.w.dtype != w.dtype)
+      return Status::error("CUDA linear group: weights differ in K or dtype");
+    segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
+  }
+  return segments;
+}
+} // namespace
+
 Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
                            std::span<const LinearOutput> outputs, const ResidualNorm *produces,
                            const ResidualNorm *consumes) {
@@ -781,12 +795,9 @@ Status linearGroupWithNorm(Context &context, const float *x, int64_t T,
     return Status::error("CUDA linear with the residual norm: one token, 16-bit weights");
   Result<detail::Storage> storage = storageOf(w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  detail::LinearSegments segments{};
-  for (const LinearOutput &o : outputs) {
-    if (o.w.cols != w.cols || o.w.dtype != w.dtype)
-      return Status::error("CUDA linear group: weights differ in K or dtype");
-    segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
-  }
+  Result<detail::LinearSegments> group = groupSegments(outputs);
+  LLMIR_RETURN_IF_ERROR(group.status());
+  detail::LinearSegments &segments = *group;
   if (produces) {
     if (produces->partialCount != detail::oneTokenBlocks(w.cols, w.rows))
       return Status::error("CUDA linear with the residual norm: partialCount is not "
@@ -987,15 +998,11 @@ Status linearGroupExchanged(Context &context, std::span<const LinearOutput> outp
   LLMIR_RETURN_IF_ERROR(checkExchange(from, w.cols, "linear after an exchange"));
   Result<detail::Storage> storage = storageOf(w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
-  detail::LinearSegments segments{};
-  for (const LinearOutput &o : outputs) {
-    if (o.w.cols != w.cols || o.w.dtype != w.dtype)
-      return Status::error("CUDA linear group: weights differ in K or dtype");
-    segments.segment[segments.count++] = {o.w.data, o.w.rows, o.bias, o.y};
-  }
-  segments.exchangeIn = exchangeOnDevice(from, true);
+  Result<detail::LinearSegments> segments = groupSegments(outputs);
+  LLMIR_RETURN_IF_ERROR(segments.status());
+  segments->exchangeIn = exchangeOnDevice(from, true);
   // x is not read: the staging takes the exchange's rows (any pointer will do).
-  return cudaStatus(detail::linear16(state.stream, from.residual, 1, w.cols, *storage, segments),
+  return cudaStatus(detail::linear16(state.stream, from.residual, 1, w.cols, *storage, *segments),
                     "linear (16-bit) after an exchange");
 }
 

@@ -158,6 +158,27 @@ __device__ __forceinline__ float warpTotal(float (&acc)[Tokens], int i) {
   return v;
 }
 
+// 1 / rms of a row of H from each thread's partial sum of squares (double):
+// summed across each warp, then the warps in order by thread 0 (the same
+// bits in every block); every thread gets the scale.
+__device__ float blockInverseRms(double squares, int64_t H, float eps) {
+  __shared__ double partial[32];
+  __shared__ float scale;
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (threadIdx.x % 32 == 0)
+    partial[threadIdx.x / 32] = squares;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+      total += partial[w];
+    scale = 1.0f / sqrtf(static_cast<float>(total / static_cast<double>(H)) + eps);
+  }
+  __syncthreads();
+  return scale;
+}
+
 // ResidualNorm, consumer side: x (the residual sum) staged normalised,
 // weight * (x * scale), with addRmsNorm's formula for the scale from the
 // producer's per-block sums of squares (summed here in a fixed order: the
@@ -180,8 +201,6 @@ constexpr int kStagedBatch = 2;
 // (LLMIR_CUDA_NORM_EARLY_X=0: after, for measuring).
 __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t H,
                             float4 *staged, bool earlyX) {
-  __shared__ double partial[32];
-  __shared__ float scale;
   const float4 *from = reinterpret_cast<const float4 *>(x);
   const float4 *weight = reinterpret_cast<const float4 *>(c.weight);
   float4 h[kStagedBatch], w[kStagedBatch];
@@ -210,19 +229,7 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
       if (first + k * int(blockDim.x) < c.count)
         squares += v[k];
   }
-  for (int offset = 16; offset > 0; offset /= 2)
-    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
-  if (threadIdx.x % 32 == 0)
-    partial[threadIdx.x / 32] = squares;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
-      total += partial[w];
-    scale = 1.0f / sqrtf(static_cast<float>(total / static_cast<double>(H)) + c.eps);
-  }
-  __syncthreads();
-  const float s = scale;
+  const float s = blockInverseRms(squares, H, c.eps);
   const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
   float4 *normed = reinterpret_cast<float4 *>(c.normed);
   for (int64_t first = threadIdx.x; first < H / 4; first += kStagedBatch * blockDim.x) {
@@ -265,8 +272,6 @@ __device__ __forceinline__ uint64_t globalNanoseconds() {
 }
 
 __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *staged) {
-  __shared__ double partial[32];
-  __shared__ float scale;
   const uint32_t producers = *reinterpret_cast<volatile const uint32_t *>(e.blocks);
   const uint32_t *own = e.flags[e.rank];
   for (int r = 0; r < e.ranks; ++r) {
@@ -307,19 +312,7 @@ __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *stage
     if (stores)
       reinterpret_cast<float4 *>(e.sum)[i] = h;
   }
-  for (int offset = 16; offset > 0; offset /= 2)
-    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
-  if (threadIdx.x % 32 == 0)
-    partial[threadIdx.x / 32] = squares;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
-      total += partial[w];
-    scale = 1.0f / sqrtf(static_cast<float>(total / static_cast<double>(H)) + e.eps);
-  }
-  __syncthreads();
-  const float k = scale;
+  const float k = blockInverseRms(squares, H, e.eps);
   const float4 *weight = reinterpret_cast<const float4 *>(e.weight);
   for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
     const float4 h = staged[i], w = weight[i];
