@@ -387,8 +387,11 @@ constexpr int linear16MinBlocks() {
   return Loads == kLoadsInFlight ? 4 * kWarpsPerBlock / Warps : 0;
 }
 
+// Exchange: the PeerExchange sides (exchangeOut, exchangeIn) compiled in;
+// a build of them taken where none is used made every GEMV of a step slower
+// (an H200: 1.1B batch 1 +2.8%, 8B +3.2%), so they are a build of their own.
 template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight,
-          int Rows = 1>
+          int Rows = 1, bool Exchange = false>
 __global__ void __launch_bounds__(Warps * 32,
                                   linear16MinBlocks<Tokens, Paired, Warps, Loads, Rows>())
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
@@ -433,8 +436,9 @@ __global__ void __launch_bounds__(Warps * 32,
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
   if (stageX) {
-    if (Tokens == 1 && segments.exchangeIn.ranks > 0) {
-      stageExchanged(segments.exchangeIn, K, staged);
+    if (Exchange && Tokens == 1 && segments.exchangeIn.ranks > 0) {
+      if constexpr (Exchange)
+        stageExchanged(segments.exchangeIn, K, staged);
     } else if (Tokens == 1 && segments.consume.weight) {
       // x early only where registers allow: the unpaired kernel, under its
       // 64-register bound, spilled 108 bytes with it.
@@ -470,7 +474,7 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
-  const bool exchanges = Tokens == 1 && !Paired && segments.exchangeOut.ranks > 0;
+  const bool exchanges = Exchange && Tokens == 1 && !Paired && segments.exchangeOut.ranks > 0;
   // Unpaired: row n's total v, its bias added, into y at `at`; a producer
   // (one token: at is n) also stores the residual sum and returns its
   // square (else 0).
@@ -478,10 +482,12 @@ __global__ void __launch_bounds__(Warps * 32,
     if (seg.bias)
       v += seg.bias[n];
     seg.y[at] = v;
-    if (exchanges) {
-      const ExchangeDevice &e = segments.exchangeOut;
-      for (int q = 0; q < e.ranks; ++q)
-        e.slots[q][e.rank * e.width + n] = v;
+    if constexpr (Exchange) {
+      if (exchanges) {
+        const ExchangeDevice &e = segments.exchangeOut;
+        for (int q = 0; q < e.ranks; ++q)
+          e.slots[q][e.rank * e.width + n] = v;
+      }
     }
     if (!produces)
       return 0.0;
@@ -557,8 +563,9 @@ __global__ void __launch_bounds__(Warps * 32,
     if (produces)
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
-  if (exchanges)
-    flagExchanged(segments.exchangeOut);
+  if constexpr (Exchange)
+    if (exchanges)
+      flagExchanged(segments.exchangeOut);
   recordKernelMark(1); // the block's rows written
 }
 
@@ -696,11 +703,11 @@ int64_t blockRows(OneTokenGemv gemv) {
   }
 }
 
-template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight, int Rows = 1>
-void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
-                size_t shared, LinearSegments segments) {
-  using Kernel = decltype(&linear16Kernel<Tokens, Paired, Warps, Loads, Rows>);
-  constexpr Kernel kernel = linear16Kernel<Tokens, Paired, Warps, Loads, Rows>;
+template <int Tokens, bool Paired, int Warps, int Loads, int Rows, bool Exchange>
+void launchRowsAs(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
+                  size_t shared, LinearSegments segments) {
+  using Kernel = decltype(&linear16Kernel<Tokens, Paired, Warps, Loads, Rows, Exchange>);
+  constexpr Kernel kernel = linear16Kernel<Tokens, Paired, Warps, Loads, Rows, Exchange>;
   allowDynamicShared<kernel>(shared);
   int64_t blocks = 0;
   for (int s = 0; s < segments.count; ++s) {
@@ -721,6 +728,18 @@ void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, 
   }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>((T + Tokens - 1) / Tokens));
   launchDependent(kernel, grid, Warps * 32, shared, stream, x, T, K, bf16, stageX, segments);
+}
+
+// launchRowsAs with the exchange's build where the segments use one.
+template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight, int Rows = 1>
+void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
+                size_t shared, const LinearSegments &segments) {
+  if constexpr (Tokens == 1)
+    if (segments.exchangeIn.ranks > 0 || segments.exchangeOut.ranks > 0)
+      return launchRowsAs<1, Paired, Warps, Loads, Rows, true>(stream, x, T, K, bf16, stageX,
+                                                               shared, segments);
+  launchRowsAs<Tokens, Paired, Warps, Loads, Rows, false>(stream, x, T, K, bf16, stageX, shared,
+                                                          segments);
 }
 
 template <int Tokens>
