@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -54,6 +55,7 @@ bool switchedOff(const char *name) {
 } // namespace
 
 bool ipcAllReduceRequested() { return !switchedOff("LLMIR_IPC_ALLREDUCE"); }
+bool peerExchangeRequested() { return !switchedOff("LLMIR_PEER_EXCHANGE"); }
 
 Status EngineCommunicator::connectIpcAllReduce(const proto::ShardProgram &program) {
   // On by default (LLMIR_IPC_ALLREDUCE=0: NCCL alone): whole models' greedy
@@ -62,19 +64,23 @@ Status EngineCommunicator::connectIpcAllReduce(const proto::ShardProgram &progra
   // NCCL's bounded wait does, so the process keeps its CUDA context.
   if (runtime_.backend() != "nccl" || !ipcAllReduceRequested())
     return Status::ok();
-  std::set<uint32_t> reduced;
+  // Each group's all-reduces: as many PeerExchange sites (a CUDA executor
+  // may fold any of them into the products around it; a site a step each).
+  std::map<uint32_t, int> reduced;
   for (const proto::Instruction &inst : program.instructions())
     if (inst.op() == proto::ALL_REDUCE) {
       auto group = inst.int_attrs().find("group");
       if (group != inst.int_attrs().end())
-        reduced.insert(static_cast<uint32_t>(group->second));
+        ++reduced[static_cast<uint32_t>(group->second)];
     }
   // Ascending group ids on every rank, as the groups themselves.
-  for (uint32_t id : reduced) {
+  for (const auto &[id, allReduces] : reduced) {
     auto g = groups_.find(id);
     if (g == groups_.end() || g->second.size() < 2)
       continue;
-    auto ipc = runtime_.createIpcAllReduce(g->second);
+    IpcAllReduceOptions options;
+    options.exchangeSites = peerExchangeRequested() ? allReduces : 0;
+    auto ipc = runtime_.createIpcAllReduce(g->second, options);
     if (ipc) {
       ipc_.emplace(id, std::move(ipc).value());
       continue;
@@ -147,6 +153,11 @@ bool EngineCommunicator::fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsN
   return !off && ipc != ipc_.end() && op.rows > 0 && op.width > 0 &&
          ipc->second->fusesAddRmsNorm(static_cast<size_t>(op.rows),
                                       static_cast<size_t>(op.width));
+}
+
+engine::PeerExchange EngineCommunicator::peerExchange(uint32_t groupId) const {
+  auto ipc = ipc_.find(groupId);
+  return ipc == ipc_.end() ? engine::PeerExchange{} : ipc->second->peerExchange();
 }
 
 Status EngineCommunicator::allReduceAddRmsNormOn(void *stream,

@@ -70,6 +70,7 @@ struct DeviceFailure {
   int waitedForRank; // -1: none
   int block;
   unsigned long long barrierValue;
+  int exchangeWaitedFor; // the PeerExchange's: the peer rank + 1 (0: none)
 };
 
 struct KernelArgs {
@@ -441,6 +442,16 @@ struct IpcAllReduce::Impl {
       cudaSetDevice(current);
   }
 
+  /// The PeerExchange's sites after the all-reduce's flags and halves.
+  size_t exchangeOffset() const {
+    return (kFlagsBytes + 2 * args.halfUnits * sizeof(float4) + 255) / 256 * 256;
+  }
+  size_t exchangeBytes() const {
+    return options.exchangeSites > 0
+               ? engine::exchangeBufferBytes(ranks, options.exchangeWidth, options.exchangeSites)
+               : 0;
+  }
+
   /// Allocates and zeroes this rank's region, and fills `record`.
   Status setUp(detail::IpcPeerRecord &record) {
     cudaError_t e = cudaSetDevice(device);
@@ -450,14 +461,12 @@ struct IpcAllReduce::Impl {
     if ((e = cudaDeviceGetPCIBusId(bus, sizeof(bus), device)) != cudaSuccess)
       return cudaFailure("reading device " + std::to_string(device) + "'s PCI bus id", e);
     record.pciBusId = bus;
-    const size_t halfBytes = args.halfUnits * sizeof(float4);
-    if ((e = cudaMalloc(&own, kFlagsBytes + 2 * halfBytes)) != cudaSuccess)
-      return cudaFailure("allocating " + std::to_string(kFlagsBytes + 2 * halfBytes) +
-                             " bytes of exchange buffer",
-                         e);
+    const size_t bytes = exchangeOffset() + exchangeBytes();
+    if ((e = cudaMalloc(&own, bytes)) != cudaSuccess)
+      return cudaFailure("allocating " + std::to_string(bytes) + " bytes of exchange buffer", e);
     // Zero flags before any peer can map them (peers map after reading the
     // record, published after this synchronisation).
-    if ((e = cudaMemset(own, 0, kFlagsBytes + 2 * halfBytes)) != cudaSuccess ||
+    if ((e = cudaMemset(own, 0, bytes)) != cudaSuccess ||
         (e = cudaDeviceSynchronize()) != cudaSuccess)
       return cudaFailure("zeroing the exchange buffer", e);
     if ((e = cudaHostAlloc(reinterpret_cast<void **>(&failure), sizeof(DeviceFailure),
@@ -466,6 +475,7 @@ struct IpcAllReduce::Impl {
     failure->waitedForRank = -1;
     failure->block = -1;
     failure->barrierValue = 0;
+    failure->exchangeWaitedFor = 0;
     if ((e = cudaHostGetDevicePointer(reinterpret_cast<void **>(&failureOnDevice),
                                       failure, 0)) != cudaSuccess)
       return cudaFailure("mapping the failure record", e);
@@ -591,6 +601,11 @@ bool IpcAllReduce::handles(size_t count) const {
 
 Status IpcAllReduce::lastDeviceError() const {
   const DeviceFailure *f = impl_->failure;
+  if (const int peer = *static_cast<const volatile int *>(&f->exchangeWaitedFor); peer > 0)
+    return Status::error("IpcAllReduce: rank " + std::to_string(impl_->rank) +
+                         " waited ~10 s for rank " + std::to_string(peer - 1) +
+                         "'s rows at a product's exchange; the peer died or ran other "
+                         "steps: this rank's results since are void");
   // Volatile: the kernel writes it through the mapping.
   const int waited = *static_cast<const volatile int *>(&f->waitedForRank);
   if (waited < 0)
@@ -602,6 +617,21 @@ Status IpcAllReduce::lastDeviceError() const {
       " (block " + std::to_string(f->block) +
       "); the peer died or called a different sequence of collectives: the kernel gave "
       "up, this rank's sums since are void and later calls are refused");
+}
+
+engine::PeerExchange IpcAllReduce::peerExchange() const {
+  const Impl &i = *impl_;
+  engine::PeerExchange x;
+  if (i.options.exchangeSites <= 0 || !i.own)
+    return x;
+  x.rank = i.rank;
+  x.ranks = i.ranks;
+  for (int q = 0; q < i.ranks; ++q)
+    x.buffers[q] = static_cast<char *>(q == i.rank ? i.own : i.opened[q]) + i.exchangeOffset();
+  x.width = i.options.exchangeWidth;
+  x.sites = i.options.exchangeSites;
+  x.timedOut = &i.failureOnDevice->exchangeWaitedFor;
+  return x;
 }
 
 bool IpcAllReduce::fusesAddRmsNorm(size_t rows, size_t width) const {

@@ -22,6 +22,7 @@ int IpcAllReduce::groupSize() const { return 0; }
 int IpcAllReduce::device() const { return -1; }
 size_t IpcAllReduce::maxBytes() const { return 0; }
 bool IpcAllReduce::handles(size_t) const { return false; }
+engine::PeerExchange IpcAllReduce::peerExchange() const { return {}; }
 Status IpcAllReduce::allReduceSum(float *, size_t, CUstream_st *) {
   return Status::error("IpcAllReduce unavailable: built without CUDA");
 }

@@ -2,6 +2,7 @@
 // implements it over Gloo/NCCL; tests use in-process fakes.
 #pragma once
 
+#include "llmir/engine/PeerExchange.h"
 #include "llmir/support/Status.h"
 
 #include <cstddef>
@@ -67,6 +68,11 @@ public:
   }
   virtual Status allReduceAddRmsNormOn(void *stream, const AllReduceAddRmsNorm &op,
                                        uint32_t groupId);
+  /// The group's PeerExchange (PeerExchange.h), through which a CUDA
+  /// executor's one-token products hand each other their rows where an
+  /// ALL_REDUCE, ADD and RMS_NORM sit between two of them; ranks 0: none.
+  /// Every rank of the group gets the same answer but its own rank.
+  virtual PeerExchange peerExchange(uint32_t /*groupId*/) const { return {}; }
   /// Waits until `stream` ran its work, bounded: a peer that died fails the
   /// wait (and the communicator) instead of hanging it.
   virtual Status synchronize(void *stream);

@@ -445,6 +445,10 @@ public:
       residualAddDoneAt_ = kNone;
       return Status::ok();
     }
+    if (index == exchangeSkips_.first || index == exchangeSkips_.second) { // planExchanges
+      (index == exchangeSkips_.first ? exchangeSkips_.first : exchangeSkips_.second) = kNone;
+      return Status::ok();
+    }
     if (capturing_ && skippedForMeasuring(inst.op))
       return Status::ok();
     LLMIR_RETURN_IF_ERROR(dispatch(inst));
@@ -725,6 +729,83 @@ private:
     planSplitsInProducers();
     planResidualNorms();
     planResidualsInProducts();
+    planExchanges();
+  }
+
+  /// A tensor-parallel layer's LINEAR of partial sums (O, down), the
+  /// ALL_REDUCE of them, the fused ADD+RMS_NORM and the LINEAR group reading
+  /// the norm (gate/up, the next Q/K/V, the LM head): at one token the two
+  /// GEMVs hand each other the ranks' rows through the group's PeerExchange
+  /// (cuda::ExchangedNorm) and do the ADD and the norm, where the
+  /// all-reduce+norm was a launch of its own between them. Leaving those
+  /// launches out took an 8B step at TP=2 on two H200s 2.808 -> 2.387 ms
+  /// (docs/performance.md, thirtieth session). Sites: the ALL_REDUCE's
+  /// ordinal among its group's, the same on every rank. Whole-program runs
+  /// only (the ALL_REDUCE's output is never written); LLMIR_PEER_EXCHANGE=0
+  /// (the communicator's) turns it off.
+  void planExchanges() {
+    const auto &insts = program_.instructions;
+    exchangeConsumer_.assign(insts.size(), kNone);
+    exchangeSite_.assign(insts.size(), -1);
+    if (!fusionsEnabled() || !streamCollectives())
+      return;
+    std::map<uint32_t, int> sites; // a group's all-reduces so far
+    std::vector<int> siteOf(insts.size(), -1);
+    for (size_t i = 0; i < insts.size(); ++i)
+      if (insts[i].op == proto::ALL_REDUCE)
+        siteOf[i] = sites[insts[i].params.group]++;
+    for (size_t p = 0; p + 4 < insts.size(); ++p) {
+      const BoundInstruction &linear = insts[p], &ar = insts[p + 1], &add = insts[p + 2],
+                             &norm = insts[p + 3], &next = insts[p + 4];
+      if (linear.op != proto::LINEAR || linearGroupSize_[p] != 1 ||
+          linear.outputAliasesInput[0] || linear.inputs.size() < 2 ||
+          !allReduceBeforeAddNorm_[p + 1] || ar.inputs[0] != linear.outputs[0] ||
+          !addNormFused_[p + 2] || norm.op != proto::RMS_NORM || next.op != proto::LINEAR ||
+          linearGroupSize_[p + 4] == 0 || next.inputs.size() < 2 ||
+          next.inputs[0] != norm.outputs[0])
+        continue;
+      const PeerExchange exchange = comm_->peerExchange(ar.params.group);
+      if (exchange.ranks < 2 || siteOf[p + 1] >= exchange.sites ||
+          !cuda::takesExchangedNorm(weights_[linear.inputs[1]].view(),
+                                    weights_[next.inputs[1]].view(), exchange))
+        continue;
+      exchangeConsumer_[p] = p + 4;
+      exchangeSite_[p] = siteOf[p + 1];
+    }
+  }
+
+  /// The producer's side of planExchanges at LINEAR `index` over x: false
+  /// where it does not apply to this step (the ALL_REDUCE runs as usual).
+  Result<bool> produceExchange(size_t index, const DeviceTensor &x,
+                               std::span<const cuda::LinearOutput> outputs) {
+    if (!wholeProgram_ || index >= exchangeConsumer_.size() || exchangeConsumer_[index] == kNone ||
+        x.rows() != 1 || outputs.size() != 1)
+      return false;
+    const auto &insts = program_.instructions;
+    const BoundInstruction &ar = insts[index + 1], &add = insts[index + 2],
+                           &norm = insts[index + 3];
+    const int64_t H = outputs[0].w.rows;
+    const uint32_t reduced = ar.outputs[0];
+    const DeviceTensor &residual = activations_[add.inputs[0] == reduced ? add.inputs[1]
+                                                                         : add.inputs[0]];
+    if (residual.shape != std::vector<int64_t>{1, H})
+      return false; // the ADD reports a mismatch
+    DeviceTensor &sum = activations_[add.outputs[0]], &normed = activations_[norm.outputs[0]];
+    LLMIR_RETURN_IF_ERROR(sum.reshape({1, H}));
+    LLMIR_RETURN_IF_ERROR(normed.reshape({1, H}));
+    cuda::ExchangedNorm e;
+    e.exchange = comm_->peerExchange(ar.params.group);
+    e.site = exchangeSite_[index];
+    e.residual = residual.data();
+    e.sum = sum.data();
+    e.weight = weights_[norm.inputs[1]].widened.data;
+    e.eps = norm.params.eps;
+    e.normed = normed.data();
+    LLMIR_RETURN_IF_ERROR(cuda::linearExchanging(context_, x.data(), outputs[0], e));
+    pendingExchange_ = e;
+    pendingExchangeAt_ = exchangeConsumer_[index];
+    exchangeSkips_ = {index + 1, index + 2};
+    return true;
   }
 
   /// A LINEAR of one product whose output only the fused ADD+RMS_NORM right
@@ -1589,6 +1670,18 @@ private:
       const float *xData = xSplit && splitHalvesOnly_ ? nullptr : x.data();
       splitLinear_ = kNone;
       splitHalvesOnly_ = false;
+      // The ranks' rows before this group, from the product before it
+      // (planExchanges): summed, added and normalised as they are staged.
+      if (index == pendingExchangeAt_) {
+        pendingExchangeAt_ = kNone;
+        if (index < linearSwiglu_.size() && linearSwiglu_[index]) {
+          DeviceTensor &y = activations_[program_.instructions[index + 2].outputs[0]];
+          LLMIR_RETURN_IF_ERROR(y.reshape({x.rows(), (*outputs)[0].w.rows}));
+          return cuda::linearSwigluExchanged(context_, (*outputs)[0], (*outputs)[1], y.data(),
+                                             pendingExchange_);
+        }
+        return cuda::linearGroupExchanged(context_, *outputs, pendingExchange_);
+      }
       // The residual norm before this group, from the product before it
       // (planResidualNorms): x is the sum, normalised as it is staged.
       if (index == pendingNormAt_) {
@@ -1606,6 +1699,8 @@ private:
           !packed || *packed)
         return packed.status();
       if (Result<bool> produced = produceResidualNorm(index, x, *outputs); !produced || *produced)
+        return produced.status();
+      if (Result<bool> produced = produceExchange(index, x, *outputs); !produced || *produced)
         return produced.status();
       if (Result<bool> added = addResidualInProduct(index, x, xData, xSplit, *outputs);
           !added || *added)
@@ -1962,6 +2057,13 @@ private:
   DeviceArray<double> normPartials_;
   cuda::ResidualNorm pendingNorm_;
   size_t pendingNormAt_ = kNone, residualAddDoneAt_ = kNone;
+  /// planExchanges: the consumer and site of each producer LINEAR (kNone /
+  /// -1: none), and this step's hand-over (the ALL_REDUCE and ADD it skips).
+  std::vector<size_t> exchangeConsumer_;
+  std::vector<int> exchangeSite_;
+  cuda::ExchangedNorm pendingExchange_;
+  size_t pendingExchangeAt_ = kNone;
+  std::pair<size_t, size_t> exchangeSkips_{kNone, kNone};
   /// The fused ADD+RMS_NORM whose sum its product wrote (planResidualsInProducts).
   size_t sumInProductAt_ = kNone;
   int64_t partialRow_ = 0, attentionHeads_ = 0, attentionKvHeads_ = 0;

@@ -21,6 +21,9 @@ namespace llmir::runtime {
 /// Whether the engine's TP all-reduces go through IpcAllReduce on NCCL
 /// groups (the default; LLMIR_IPC_ALLREDUCE=0 keeps NCCL alone).
 bool ipcAllReduceRequested();
+/// LLMIR_PEER_EXCHANGE=0: the IPC all-reduce without PeerExchange sites, so
+/// a CUDA executor keeps the all-reduce+norm launches (for measuring).
+bool peerExchangeRequested();
 
 class EngineCommunicator : public engine::Communicator {
 public:
@@ -51,6 +54,7 @@ public:
   /// that takes the shape; LLMIR_IPC_FUSED_NORM=0 turns it off (A/B).
   bool fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
                                 uint32_t groupId) const override;
+  engine::PeerExchange peerExchange(uint32_t groupId) const override;
   Status allReduceAddRmsNormOn(void *stream, const engine::AllReduceAddRmsNorm &op,
                                uint32_t groupId) override;
   /// Bounded by the runtime's timeout; watches every group of the program.

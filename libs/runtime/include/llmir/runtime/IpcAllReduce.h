@@ -33,6 +33,7 @@
 #pragma once
 
 #include "llmir/engine/Communicator.h"
+#include "llmir/engine/PeerExchange.h"
 #include "llmir/support/Status.h"
 
 #include <chrono>
@@ -67,6 +68,11 @@ struct IpcAllReduceOptions {
   int device = -1;
   /// Bounds the rendezvous and each device-side barrier wait.
   std::chrono::milliseconds timeout{30000};
+  /// Sites of the PeerExchange (engine/PeerExchange.h) in the same buffer,
+  /// rows of up to exchangeWidth floats; 0: none. Every rank must pass the
+  /// same values.
+  int exchangeSites = 0;
+  int64_t exchangeWidth = 8192;
 };
 
 /// Widest row allReduceAddRmsNorm normalises (its block keeps a row in
@@ -153,6 +159,11 @@ public:
   /// Errors (a shape it does not take, an operand not 16-byte aligned)
   /// leave every output as it was.
   Status allReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op, CUstream_st *stream);
+  /// This rank's view of the group's PeerExchange (ranks 0 where
+  /// options.exchangeSites was 0): the products of a tensor-parallel decode
+  /// step hand each other their rows through it without an all-reduce
+  /// launch. Its calls count in no sequence of this class's.
+  engine::PeerExchange peerExchange() const;
   /// Ok, or which barrier timed out and which rank it waited for (the
   /// kernel wrote it to host memory when it gave up). Reads host memory
   /// only: no synchronisation; read it after the stream's work is done.
