@@ -188,7 +188,7 @@ struct ExchangedNorm {
 };
 /// Whether a producer with weights `producer` [H, K] and a consumer with
 /// weights `consumer` [N, H] can exchange through `exchange` (H within its
-/// width, the producer's grid within kMaxExchangeBlocks).
+/// width).
 bool takesExchangedNorm(const WeightView &producer, const WeightView &consumer,
                         const PeerExchange &exchange);
 Status linearExchanging(Context &context, const float *x, const LinearOutput &output,

@@ -14,10 +14,10 @@
 // a site is written again only a step later, after every rank has read it
 // (each rank's later consumers wait for the peers' later producers). A
 // site of rank q's buffer holds the ranks' rows, [ranks][width] floats
-// (rank r's producer writes row r), the ranks' block flags [ranks]
-// [kMaxExchangeBlocks] (counters: a producer block adds one a call, so a
-// consumer waits for a peer's flag to reach its own rank's), and the
-// producer grid's block count (q's own producer writes it).
+// (rank r's producer writes row r), one flag a rank (a counter: rank r's
+// producer adds one a call once all its blocks' rows are out, so a
+// consumer waits for a peer's flag to reach its own rank's), and the count
+// of q's own producer blocks done with this call.
 //
 // Plain types only: nvcc compiles kernels against it.
 #pragma once
@@ -28,7 +28,6 @@
 namespace llmir::engine {
 
 constexpr int kMaxExchangeRanks = 8;
-constexpr int kMaxExchangeBlocks = 1024;
 
 struct PeerExchange {
   int rank = 0;
@@ -42,33 +41,29 @@ struct PeerExchange {
   int *timedOut = nullptr;
 };
 
-/// The layout of one site (all offsets 256-byte aligned).
-struct ExchangeSiteLayout {
-  size_t slotsBytes, flagsBytes, bytes;
-};
-constexpr ExchangeSiteLayout exchangeSiteLayout(int ranks, int64_t width) {
-  const auto round = [](size_t n) { return (n + 255) / 256 * 256; };
-  const size_t slots = round(size_t(ranks) * size_t(width) * sizeof(float));
-  const size_t flags = round(size_t(ranks) * kMaxExchangeBlocks * sizeof(uint32_t));
-  return {slots, flags, slots + flags + 256};
+/// The layout of one site: the rows, then 256 bytes of flags (one a rank)
+/// and the arrivals counter (at 128).
+constexpr size_t exchangeRowsBytes(int ranks, int64_t width) {
+  return (size_t(ranks) * size_t(width) * sizeof(float) + 255) / 256 * 256;
+}
+constexpr size_t exchangeSiteBytes(int ranks, int64_t width) {
+  return exchangeRowsBytes(ranks, width) + 256;
 }
 /// A buffer's bytes for `sites` sites.
 constexpr size_t exchangeBufferBytes(int ranks, int64_t width, int sites) {
-  return exchangeSiteLayout(ranks, width).bytes * size_t(sites);
+  return exchangeSiteBytes(ranks, width) * size_t(sites);
 }
 inline float *exchangeSlots(void *buffer, int ranks, int64_t width, int site) {
   return reinterpret_cast<float *>(static_cast<char *>(buffer) +
-                                   exchangeSiteLayout(ranks, width).bytes * size_t(site));
+                                   exchangeSiteBytes(ranks, width) * size_t(site));
 }
 inline uint32_t *exchangeFlags(void *buffer, int ranks, int64_t width, int site) {
-  const ExchangeSiteLayout l = exchangeSiteLayout(ranks, width);
-  return reinterpret_cast<uint32_t *>(static_cast<char *>(buffer) + l.bytes * size_t(site) +
-                                      l.slotsBytes);
+  return reinterpret_cast<uint32_t *>(reinterpret_cast<char *>(exchangeSlots(buffer, ranks, width, site)) +
+                                      exchangeRowsBytes(ranks, width));
 }
-inline uint32_t *exchangeBlockCount(void *buffer, int ranks, int64_t width, int site) {
-  const ExchangeSiteLayout l = exchangeSiteLayout(ranks, width);
-  return reinterpret_cast<uint32_t *>(static_cast<char *>(buffer) + l.bytes * size_t(site) +
-                                      l.slotsBytes + l.flagsBytes);
+inline uint32_t *exchangeArrivals(void *buffer, int ranks, int64_t width, int site) {
+  return reinterpret_cast<uint32_t *>(reinterpret_cast<char *>(exchangeFlags(buffer, ranks, width, site)) +
+                                      128);
 }
 
 } // namespace llmir::engine

@@ -931,7 +931,7 @@ detail::ExchangeDevice exchangeOnDevice(const ExchangedNorm &e, bool consumer) {
     d.slots[q] = exchangeSlots(x.buffers[q], x.ranks, x.width, e.site);
     d.flags[q] = exchangeFlags(x.buffers[q], x.ranks, x.width, e.site);
   }
-  d.blocks = exchangeBlockCount(x.buffers[x.rank], x.ranks, x.width, e.site);
+  d.arrivals = exchangeArrivals(x.buffers[x.rank], x.ranks, x.width, e.site);
   d.timedOut = x.timedOut;
   d.rank = x.rank;
   d.ranks = x.ranks;
@@ -966,16 +966,15 @@ bool takesExchangedNorm(const WeightView &producer, const WeightView &consumer,
                         const PeerExchange &exchange) {
   const int64_t H = producer.rows;
   return exchange.ranks > 0 && takesResidualNorm(producer, consumer, 1) && H % 4 == 0 &&
-         H <= exchange.width && detail::oneTokenBlocks(producer.cols, H) <= kMaxExchangeBlocks;
+         H <= exchange.width;
 }
 
 Status linearExchanging(Context &context, const float *x, const LinearOutput &output,
                         const ExchangedNorm &to) {
   Context::State &state = context.state();
   const WeightView &w = output.w;
-  if (!sixteenBit(w) || detail::oneTokenBlocks(w.cols, w.rows) > kMaxExchangeBlocks)
-    return Status::error("CUDA linear into an exchange: 16-bit weights, at most " +
-                         std::to_string(kMaxExchangeBlocks) + " blocks");
+  if (!sixteenBit(w))
+    return Status::error("CUDA linear into an exchange: 16-bit weights");
   LLMIR_RETURN_IF_ERROR(checkExchange(to, w.rows, "linear into an exchange"));
   Result<detail::Storage> storage = storageOf(w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
