@@ -249,6 +249,8 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
   }
 }
 
+constexpr int kNoExchange = 0, kExchangeOut = 1, kExchangeIn = 2;
+
 // PeerExchange, consumer side: waits until every peer's flag for this site
 // has reached this rank's own (the own producer has finished: the
 // dependent-launch wait), one thread a peer, then stages weight * (x *
@@ -295,33 +297,75 @@ __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *stage
     loadAcquireSystem(flags + r); // the peer's rows before it, seen after this
   }
   __syncthreads();
+  // kExchangedBatch vectors a thread at a time, every load of a batch issued
+  // before any is used (one L2 round trip a batch, not one a vector: the
+  // loop reading them in turn made an 8B TP=2 step ~10 us a site slower).
+  constexpr int kExchangedBatch = 2;
   const float4 *residual = reinterpret_cast<const float4 *>(e.residual);
+  const float4 *rows = reinterpret_cast<const float4 *>(e.slots[e.rank]);
+  const int64_t vectors = H / 4, rowVectors = e.width / 4;
   const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
   double squares = 0.0;
-  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-    float4 h = __ldcg(reinterpret_cast<const float4 *>(e.slots[e.rank]) + i);
-    for (int r = 1; r < e.ranks; ++r) {
-      const float4 p = __ldcg(reinterpret_cast<const float4 *>(e.slots[e.rank] + r * e.width) + i);
-      h = make_float4(h.x + p.x, h.y + p.y, h.z + p.z, h.w + p.w);
+  for (int64_t first = threadIdx.x; first < vectors; first += kExchangedBatch * blockDim.x) {
+    float4 h[kExchangedBatch], x[kExchangedBatch];
+#pragma unroll
+    for (int k = 0; k < kExchangedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < vectors) {
+        h[k] = __ldcg(rows + i);
+        x[k] = residual[i];
+      }
     }
-    const float4 x = residual[i];
-    h = make_float4(h.x + x.x, h.y + x.y, h.z + x.z, h.w + x.w);
-    squares += static_cast<double>(h.x) * h.x;
-    squares += static_cast<double>(h.y) * h.y;
-    squares += static_cast<double>(h.z) * h.z;
-    squares += static_cast<double>(h.w) * h.w;
-    staged[i] = h;
-    if (stores)
-      reinterpret_cast<float4 *>(e.sum)[i] = h;
+    for (int r = 1; r < e.ranks; ++r) {
+      float4 p[kExchangedBatch];
+#pragma unroll
+      for (int k = 0; k < kExchangedBatch; ++k) {
+        const int64_t i = first + k * int64_t(blockDim.x);
+        if (i < vectors)
+          p[k] = __ldcg(rows + r * rowVectors + i);
+      }
+#pragma unroll
+      for (int k = 0; k < kExchangedBatch; ++k)
+        h[k] = make_float4(h[k].x + p[k].x, h[k].y + p[k].y, h[k].z + p[k].z, h[k].w + p[k].w);
+    }
+#pragma unroll
+    for (int k = 0; k < kExchangedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i >= vectors)
+        continue;
+      const float4 v = make_float4(h[k].x + x[k].x, h[k].y + x[k].y, h[k].z + x[k].z,
+                                   h[k].w + x[k].w);
+      squares += static_cast<double>(v.x) * v.x;
+      squares += static_cast<double>(v.y) * v.y;
+      squares += static_cast<double>(v.z) * v.z;
+      squares += static_cast<double>(v.w) * v.w;
+      staged[i] = v;
+      if (stores)
+        reinterpret_cast<float4 *>(e.sum)[i] = v;
+    }
   }
-  const float k = blockInverseRms(squares, H, e.eps);
+  const float scale = blockInverseRms(squares, H, e.eps);
   const float4 *weight = reinterpret_cast<const float4 *>(e.weight);
-  for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-    const float4 h = staged[i], w = weight[i];
-    const float4 v = make_float4(w.x * (h.x * k), w.y * (h.y * k), w.z * (h.z * k), w.w * (h.w * k));
-    staged[i] = v;
-    if (stores)
-      reinterpret_cast<float4 *>(e.normed)[i] = v;
+  for (int64_t first = threadIdx.x; first < vectors; first += kExchangedBatch * blockDim.x) {
+    float4 w[kExchangedBatch];
+#pragma unroll
+    for (int k = 0; k < kExchangedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < vectors)
+        w[k] = weight[i];
+    }
+#pragma unroll
+    for (int k = 0; k < kExchangedBatch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i >= vectors)
+        continue;
+      const float4 h = staged[i];
+      const float4 v = make_float4(w[k].x * (h.x * scale), w[k].y * (h.y * scale),
+                                   w[k].z * (h.z * scale), w[k].w * (h.w * scale));
+      staged[i] = v;
+      if (stores)
+        reinterpret_cast<float4 *>(e.normed)[i] = v;
+    }
   }
 }
 
@@ -390,11 +434,13 @@ constexpr int linear16MinBlocks() {
   return Loads == kLoadsInFlight ? 4 * kWarpsPerBlock / Warps : 0;
 }
 
-// Exchange: the PeerExchange sides (exchangeOut, exchangeIn) compiled in;
-// a build of them taken where none is used made every GEMV of a step slower
-// (an H200: 1.1B batch 1 +2.8%, 8B +3.2%), so they are a build of their own.
+// Exchange: a PeerExchange side compiled in, kExchangeOut (the producer's
+// stores and flag) or kExchangeIn (the consumer's staging); a build with
+// them taken where none is used made every GEMV of a step slower (an H200:
+// 1.1B batch 1 +2.8%, 8B +3.2%), and each side's code in the other's build
+// cost it registers, so each is a build of its own.
 template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight,
-          int Rows = 1, bool Exchange = false>
+          int Rows = 1, int Exchange = kNoExchange>
 __global__ void __launch_bounds__(Warps * 32,
                                   linear16MinBlocks<Tokens, Paired, Warps, Loads, Rows>())
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
@@ -439,8 +485,8 @@ __global__ void __launch_bounds__(Warps * 32,
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
   if (stageX) {
-    if (Exchange && Tokens == 1 && segments.exchangeIn.ranks > 0) {
-      if constexpr (Exchange)
+    if (Exchange == kExchangeIn && Tokens == 1) {
+      if constexpr (Exchange == kExchangeIn)
         stageExchanged(segments.exchangeIn, K, staged);
     } else if (Tokens == 1 && segments.consume.weight) {
       // x early only where registers allow: the unpaired kernel, under its
@@ -477,7 +523,7 @@ __global__ void __launch_bounds__(Warps * 32,
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
-  const bool exchanges = Exchange && Tokens == 1 && !Paired && segments.exchangeOut.ranks > 0;
+  const bool exchanges = Exchange == kExchangeOut && Tokens == 1 && !Paired;
   // Unpaired: row n's total v, its bias added, into y at `at`; a producer
   // (one token: at is n) also stores the residual sum and returns its
   // square (else 0).
@@ -485,7 +531,7 @@ __global__ void __launch_bounds__(Warps * 32,
     if (seg.bias)
       v += seg.bias[n];
     seg.y[at] = v;
-    if constexpr (Exchange) {
+    if constexpr (Exchange == kExchangeOut) {
       if (exchanges) {
         const ExchangeDevice &e = segments.exchangeOut;
         for (int q = 0; q < e.ranks; ++q)
@@ -566,7 +612,7 @@ __global__ void __launch_bounds__(Warps * 32,
     if (produces)
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
-  if constexpr (Exchange)
+  if constexpr (Exchange == kExchangeOut)
     if (exchanges)
       flagExchanged(segments.exchangeOut);
   recordKernelMark(1); // the block's rows written
@@ -706,7 +752,7 @@ int64_t blockRows(OneTokenGemv gemv) {
   }
 }
 
-template <int Tokens, bool Paired, int Warps, int Loads, int Rows, bool Exchange>
+template <int Tokens, bool Paired, int Warps, int Loads, int Rows, int Exchange>
 void launchRowsAs(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                   size_t shared, LinearSegments segments) {
   using Kernel = decltype(&linear16Kernel<Tokens, Paired, Warps, Loads, Rows, Exchange>);
@@ -737,12 +783,17 @@ void launchRowsAs(Stream stream, const float *x, int64_t T, int64_t K, bool bf16
 template <int Tokens, bool Paired, int Warps, int Loads = kLoadsInFlight, int Rows = 1>
 void launchRows(Stream stream, const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                 size_t shared, const LinearSegments &segments) {
-  if constexpr (Tokens == 1)
-    if (segments.exchangeIn.ranks > 0 || segments.exchangeOut.ranks > 0)
-      return launchRowsAs<1, Paired, Warps, Loads, Rows, true>(stream, x, T, K, bf16, stageX,
-                                                               shared, segments);
-  launchRowsAs<Tokens, Paired, Warps, Loads, Rows, false>(stream, x, T, K, bf16, stageX, shared,
-                                                          segments);
+  if constexpr (Tokens == 1) {
+    if (segments.exchangeIn.ranks > 0)
+      return launchRowsAs<1, Paired, Warps, Loads, Rows, kExchangeIn>(stream, x, T, K, bf16,
+                                                                      stageX, shared, segments);
+    if constexpr (!Paired)
+      if (segments.exchangeOut.ranks > 0)
+        return launchRowsAs<1, false, Warps, Loads, Rows, kExchangeOut>(stream, x, T, K, bf16,
+                                                                        stageX, shared, segments);
+  }
+  launchRowsAs<Tokens, Paired, Warps, Loads, Rows, kNoExchange>(stream, x, T, K, bf16, stageX,
+                                                                shared, segments);
 }
 
 template <int Tokens>
