@@ -280,6 +280,7 @@ __device__ __forceinline__ uint64_t globalNanoseconds() {
   return t;
 }
 
+template <int Batch>
 __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *staged) {
   const int r = static_cast<int>(threadIdx.x);
   if (r < e.ranks && r != e.rank) {
@@ -297,10 +298,10 @@ __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *stage
     loadAcquireSystem(flags + r); // the peer's rows before it, seen after this
   }
   __syncthreads();
-  // kExchangedBatch vectors a thread at a time, every load of a batch issued
-  // before any is used (one L2 round trip a batch, not one a vector: the
-  // loop reading them in turn made an 8B TP=2 step ~10 us a site slower).
-  constexpr int kExchangedBatch = 2;
+  // Batch vectors a thread at a time, every load of a batch issued before
+  // any is used (one L2 round trip a batch, not one a vector); 1 in the
+  // 64-register unpaired consumers, where 2 spilled 416 bytes.
+  constexpr int kExchangedBatch = Batch;
   const float4 *residual = reinterpret_cast<const float4 *>(e.residual);
   const float4 *rows = reinterpret_cast<const float4 *>(e.slots[e.rank]);
   const int64_t vectors = H / 4, rowVectors = e.width / 4;
@@ -426,7 +427,11 @@ constexpr int64_t kSharedXBytes = 64 * 1024;
 // lane in flight; kLongRowLoads for long rows (launchLinear16), without the
 // register bound. Rows: rows a warp (one token, unpaired: 1 or kTwoRows).
 template <int Tokens, bool Paired, int Warps, int Loads, int Rows>
-constexpr int linear16MinBlocks() {
+constexpr int linear16MinBlocks(bool exchangeIn = false) {
+  // The exchange's paired consumer held to main's three blocks a
+  // multiprocessor (its staging took it from 78 to 95 registers).
+  if (Tokens == 1 && Paired && exchangeIn && Loads == kLoadsInFlight)
+    return 3;
   if (Tokens != 1 || Paired)
     return 0;
   if (Rows > 1)
@@ -442,7 +447,8 @@ constexpr int linear16MinBlocks() {
 template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight,
           int Rows = 1, int Exchange = kNoExchange>
 __global__ void __launch_bounds__(Warps * 32,
-                                  linear16MinBlocks<Tokens, Paired, Warps, Loads, Rows>())
+                                  linear16MinBlocks<Tokens, Paired, Warps, Loads, Rows>(
+                                      Exchange == kExchangeIn))
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   static_assert(Rows == 1 || (Tokens == 1 && !Paired), "rows a warp: one token, unpaired");
@@ -487,7 +493,8 @@ __global__ void __launch_bounds__(Warps * 32,
   if (stageX) {
     if (Exchange == kExchangeIn && Tokens == 1) {
       if constexpr (Exchange == kExchangeIn)
-        stageExchanged(segments.exchangeIn, K, staged);
+        stageExchanged<!Paired && Rows == 1 && Loads == kLoadsInFlight ? 1 : 2>(
+            segments.exchangeIn, K, staged);
     } else if (Tokens == 1 && segments.consume.weight) {
       // x early only where registers allow: the unpaired kernel, under its
       // 64-register bound, spilled 108 bytes with it.
