@@ -466,8 +466,17 @@ struct IpcAllReduce::Impl {
       return cudaFailure("allocating " + std::to_string(bytes) + " bytes of exchange buffer", e);
     // Zero flags before any peer can map them (peers map after reading the
     // record, published after this synchronisation).
-    if ((e = cudaMemset(own, 0, bytes)) != cudaSuccess ||
-        (e = cudaDeviceSynchronize()) != cudaSuccess)
+    if ((e = cudaMemset(own, 0, bytes)) != cudaSuccess)
+      return cudaFailure("zeroing the exchange buffer", e);
+    // The PeerExchange's rows empty (their counters stay 0).
+    if (options.exchangeSites > 0) {
+      const size_t site = engine::exchangeSiteBytes(ranks, options.exchangeWidth);
+      const size_t rows = engine::exchangeRowsBytes(ranks, options.exchangeWidth);
+      if ((e = cudaMemset2D(static_cast<char *>(own) + exchangeOffset(), site, 0xff, rows,
+                            size_t(options.exchangeSites))) != cudaSuccess)
+        return cudaFailure("emptying the peer exchange's rows", e);
+    }
+    if ((e = cudaDeviceSynchronize()) != cudaSuccess)
       return cudaFailure("zeroing the exchange buffer", e);
     if ((e = cudaHostAlloc(reinterpret_cast<void **>(&failure), sizeof(DeviceFailure),
                            cudaHostAllocMapped)) != cudaSuccess)

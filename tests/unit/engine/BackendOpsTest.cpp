@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 
 namespace llmir::engine {
 namespace {
@@ -546,7 +548,8 @@ TEST_F(BackendOps, ResidualNormBetweenProducts) {
 // all-reduce's plus the residual bit for bit (ranks summed in rank order),
 // the normed row and the consumers' products (a Q/K/V-like group, gate/up
 // with the SWIGLU) within a float's rounding of ADD+RMS_NORM's. Two steps
-// over two sites: a site's flags count up.
+// over two sites: each consumer empties its site for the next; then a
+// consumer that waits for a peer's rows launched after it.
 TEST_F(BackendOps, ExchangedNormBetweenProducts) {
   struct Shape {
     int64_t H, K; // the producer: [H, K] on each rank
@@ -568,9 +571,14 @@ TEST_F(BackendOps, ExchangedNormBetweenProducts) {
     const std::vector<float> normWeight = randomFloats(size_t(s.H), rng_);
     DeviceArray<float> dr(residual), dw(normWeight);
     const size_t bytes = exchangeBufferBytes(kRanks, s.H, kSites);
+    // A new buffer as the runtime makes it: rows empty, counters 0.
+    std::vector<std::byte> fresh(bytes, std::byte{0});
+    for (int site = 0; site < kSites; ++site)
+      std::fill_n(fresh.begin() + ptrdiff_t(exchangeSiteBytes(kRanks, s.H) * size_t(site)),
+                  exchangeRowsBytes(kRanks, s.H), std::byte{0xff});
     std::vector<std::unique_ptr<DeviceArray<std::byte>>> buffers;
     for (int r = 0; r < kRanks; ++r)
-      buffers.push_back(std::make_unique<DeviceArray<std::byte>>(bytes));
+      buffers.push_back(std::make_unique<DeviceArray<std::byte>>(fresh));
     DeviceArray<int> timedOut{size_t(kRanks)};
     const auto exchangeOf = [&](int rank) {
       PeerExchange e;
@@ -660,7 +668,75 @@ TEST_F(BackendOps, ExchangedNormBetweenProducts) {
                 compare("ExchangedNorm consumer", who + " N=" + std::to_string(wantGroup[i].w.rows),
                         got[i]->download(), want[i]->download(), 1e-6);
           }
+          // Each rank's consumer emptied its site for the next call.
+          for (int r = 0; r < kRanks; ++r) {
+            const std::vector<std::byte> after = buffers[size_t(r)]->download();
+            const size_t at = exchangeSiteBytes(kRanks, s.H) * size_t(site);
+            EXPECT_TRUE(std::all_of(after.begin() + ptrdiff_t(at),
+                                    after.begin() + ptrdiff_t(at + exchangeRowsBytes(kRanks, s.H)),
+                                    [](std::byte b) { return b == std::byte{0xff}; }))
+                << what << " rank " << r << ": the site's rows not emptied";
+            uint32_t count = 0;
+            std::memcpy(&count, after.data() + at + exchangeRowsBytes(kRanks, s.H), sizeof count);
+            EXPECT_EQ(count, 0u) << what << " rank " << r << ": the consumer's counter not reset";
+          }
         }
+    // A consumer that starts before its peer's rows exist: rank 0's (a
+    // 32-row product: a few blocks, so the peer's producer finds room on
+    // this one GPU) waits on this context's stream while rank 1's producer
+    // is launched on another's 50 ms later. Everything is allocated first:
+    // a synchronous copy would wait for the waiting consumer.
+    {
+      Result<cuda::Context> other = cuda::Context::create();
+      ASSERT_TRUE(other.isOk()) << other.status().message();
+      std::vector<std::unique_ptr<DeviceArray<float>>> ys;
+      std::vector<float> reduced(size_t(s.H), 0.0f);
+      for (int r = 0; r < kRanks; ++r) {
+        ys.push_back(std::make_unique<DeviceArray<float>>(size_t(s.H)));
+        const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, ys.back()->get()};
+        ASSERT_TRUE(cuda::linearGroup(*context_, xs[size_t(r)]->get(), 1, std::span(&p, 1)).isOk());
+        const std::vector<float> y = ys.back()->download();
+        for (int64_t i = 0; i < s.H; ++i)
+          reduced[size_t(i)] += y[size_t(i)];
+      }
+      DeviceArray<float> dReduced(reduced), sum(size_t(s.H)), normed(size_t(s.H));
+      ASSERT_TRUE(cuda::addRmsNorm(dReduced.get(), dr.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
+                                   normed.get(), context_->stream())
+                      .isOk());
+      DeviceArray<float> want(size_t(consumer.views[1].rows)), got(size_t(consumer.views[1].rows));
+      const cuda::LinearOutput wantOut{consumer.views[1], nullptr, want.get()};
+      ASSERT_TRUE(cuda::linearGroup(*context_, normed.get(), 1, std::span(&wantOut, 1)).isOk());
+      DeviceArray<float> y0(size_t(s.H)), y1(size_t(s.H)), sum2(size_t(s.H)), normed2(size_t(s.H));
+      ASSERT_TRUE(context_->synchronize().isOk());
+      const auto exchanging = [&](int rank, cuda::Context &on, float *y) {
+        cuda::ExchangedNorm to;
+        to.exchange = exchangeOf(rank);
+        const cuda::LinearOutput p{producers[size_t(rank)]->views[0], nullptr, y};
+        return cuda::linearExchanging(on, xs[size_t(rank)]->get(), p, to);
+      };
+      cuda::ExchangedNorm from;
+      from.exchange = exchangeOf(0);
+      from.residual = dr.get();
+      from.sum = sum2.get();
+      from.weight = dw.get();
+      from.eps = 1e-5f;
+      from.normed = normed2.get();
+      const cuda::LinearOutput gotOut{consumer.views[1], nullptr, got.get()};
+      ASSERT_TRUE(exchanging(0, *context_, y0.get()).isOk());
+      ASSERT_TRUE(cuda::linearGroupExchanged(*context_, std::span(&gotOut, 1), from).isOk());
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      ASSERT_TRUE(exchanging(1, *other, y1.get()).isOk());
+      ASSERT_TRUE(other->synchronize().isOk());
+      ASSERT_TRUE(context_->synchronize().isOk());
+      compare("ExchangedNorm waiting", shape + " sum", sum2.download(), sum.download(), 0.0);
+      compare("ExchangedNorm waiting", shape + " product", got.download(), want.download(), 1e-6);
+      // Rank 1's consumer, so that its site is empty again too.
+      from.exchange = exchangeOf(1);
+      ASSERT_TRUE(cuda::linearGroupExchanged(*context_, std::span(&gotOut, 1), from).isOk());
+      ASSERT_TRUE(context_->synchronize().isOk());
+      compare("ExchangedNorm waiting", shape + " rank 1 product", got.download(), want.download(),
+              1e-6);
+    }
     EXPECT_EQ(timedOut.download(), std::vector<int>(size_t(kRanks), 0)) << shape;
     // A site past the buffer's, or a row wider than its rows: an error, nothing launched.
     cuda::ExchangedNorm bad;

@@ -171,7 +171,7 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
 /// products of a tensor-parallel layer done by the products through a
 /// PeerExchange (PeerExchange.h), at exchange site `site`: the producer
 /// (linearExchanging: one product, its partial rows) stores its rows into
-/// every rank's site and flags it; the consumer (linearGroupExchanged,
+/// every rank's site; the consumer (linearGroupExchanged,
 /// linearSwigluExchanged: x is not read) waits for the peers' rows, sums the
 /// ranks' rows in rank order plus `residual`, stores that sum and the normed
 /// row (block 0) and stages the normed row for its products. Every rank

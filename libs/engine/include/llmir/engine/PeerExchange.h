@@ -1,24 +1,28 @@
 // PeerExchange: the buffers through which the ranks of a tensor-parallel
 // group on one host hand each other a one-token product's partial rows
 // without an all-reduce launch of their own. The producing GEMV (a layer's
-// O or down projection) stores its rows into every rank's buffer and then a
-// flag a block; the consuming GEMV (gate/up, the next layer's Q/K/V, the LM
-// head) waits for the peers' flags, sums the ranks' rows in rank order with
+// O or down projection) stores its rows into every rank's buffer; the
+// consuming GEMV (gate/up, the next layer's Q/K/V, the LM head) waits for
+// the peers' rows to arrive, sums the ranks' rows in rank order with
 // the residual and normalises the sum as it stages it: the ALL_REDUCE, ADD
 // and RMS_NORM between two products, two phases a layer fewer (on two
 // H200s an 8B step at TP=2 without those phases ran 2.808 -> 2.387 ms,
 // docs/performance.md, thirtieth session).
 //
 // Each rank owns one device buffer of `sites` sites, mapped by every peer
-// (CUDA IPC: runtime::IpcAllReduce); a step's k-th exchange uses site k, so
-// a site is written again only a step later, after every rank has read it
-// (each rank's later consumers wait for the peers' later producers). A
+// (CUDA IPC: runtime::IpcAllReduce); a step's k-th exchange uses site k. A
 // site of rank q's buffer holds the ranks' rows, [ranks][width] floats
-// (rank r's producer writes row r), one flag a rank (a counter: rank r's
-// producer adds one a call once all its blocks' rows are out, so a
-// consumer waits for a peer's flag to reach its own rank's), and the count
-// of q's own producer blocks done with this call.
-//
+// (rank r's producer writes row r into every rank's site), then a counter
+// of q's consumer blocks done with the call. No flag: a row element holds
+// kExchangeEmpty until its value arrives, which is what a consumer waits
+// for, and the consumer's last block empties the site again before any
+// rank can write it again: a peer's rows for site k in the next step
+// follow its consumer of the site used before k (in that step, or the
+// previous step's last), which waits for this rank's rows there, which
+// this rank's stream orders after its consumer of site k. That takes two
+// sites or more a step, used in the same order every step (the backend
+// plans none for a group with one).
+
 // Plain types only: nvcc compiles kernels against it.
 #pragma once
 
@@ -41,8 +45,12 @@ struct PeerExchange {
   int *timedOut = nullptr;
 };
 
-/// The layout of one site: the rows, then 256 bytes of flags (one a rank)
-/// and the arrivals counter (at 128).
+/// The bits of a row element not yet written for this call (a NaN no
+/// arithmetic produces; a producer writes the canonical NaN instead).
+constexpr uint32_t kExchangeEmpty = 0xffffffffu;
+
+/// The layout of one site: the rows, then 256 bytes holding the consumer's
+/// counter. A new buffer has every row byte 0xff (empty) and the counters 0.
 constexpr size_t exchangeRowsBytes(int ranks, int64_t width) {
   return (size_t(ranks) * size_t(width) * sizeof(float) + 255) / 256 * 256;
 }
@@ -57,13 +65,9 @@ inline float *exchangeSlots(void *buffer, int ranks, int64_t width, int site) {
   return reinterpret_cast<float *>(static_cast<char *>(buffer) +
                                    exchangeSiteBytes(ranks, width) * size_t(site));
 }
-inline uint32_t *exchangeFlags(void *buffer, int ranks, int64_t width, int site) {
+inline uint32_t *exchangeArrivals(void *buffer, int ranks, int64_t width, int site) {
   return reinterpret_cast<uint32_t *>(reinterpret_cast<char *>(exchangeSlots(buffer, ranks, width, site)) +
                                       exchangeRowsBytes(ranks, width));
-}
-inline uint32_t *exchangeArrivals(void *buffer, int ranks, int64_t width, int site) {
-  return reinterpret_cast<uint32_t *>(reinterpret_cast<char *>(exchangeFlags(buffer, ranks, width, site)) +
-                                      128);
 }
 
 } // namespace llmir::engine

@@ -743,13 +743,24 @@ private:
   /// ordinal among its group's, the same on every rank. Whole-program runs
   /// only (the ALL_REDUCE's output is never written); LLMIR_PEER_EXCHANGE=0
   /// (the communicator's) turns it off.
+  /// Rows up to kExchangeMaxWidth (LLMIR_PEER_EXCHANGE_MAX_WIDTH): every
+  /// consumer block sums and normalises the whole row itself, and on two
+  /// H200s (c169-c174) that paid at H = 2,048 (1.1B step 0.815-0.831 ->
+  /// 0.792-0.803 ms) but not at 4,096 (8B 2.80 -> 2.92).
+  /// A group with one site is left to the all-reduce: a consumer empties
+  /// its site for the next call, and only another site's wait orders that
+  /// before a peer's next rows there (PeerExchange.h).
+  static constexpr int64_t kExchangeMaxWidth = 2048;
   void planExchanges() {
     const auto &insts = program_.instructions;
     exchangeConsumer_.assign(insts.size(), kNone);
     exchangeSite_.assign(insts.size(), -1);
     if (!fusionsEnabled() || !streamCollectives())
       return;
-    std::map<uint32_t, int> sites; // a group's all-reduces so far
+    static const int64_t maxWidth =
+        cuda::detail::countFromEnv("LLMIR_PEER_EXCHANGE_MAX_WIDTH", kExchangeMaxWidth);
+    std::map<uint32_t, int> sites;   // a group's all-reduces so far
+    std::map<uint32_t, int> planned; // ... and those planned as exchanges
     std::vector<int> siteOf(insts.size(), -1);
     for (size_t i = 0; i < insts.size(); ++i)
       if (insts[i].op == proto::ALL_REDUCE)
@@ -766,12 +777,19 @@ private:
         continue;
       const PeerExchange exchange = comm_->peerExchange(ar.params.group);
       if (exchange.ranks < 2 || siteOf[p + 1] >= exchange.sites ||
+          weights_[linear.inputs[1]].view().rows > maxWidth ||
           !cuda::takesExchangedNorm(weights_[linear.inputs[1]].view(),
                                     weights_[next.inputs[1]].view(), exchange))
         continue;
       exchangeConsumer_[p] = p + 4;
       exchangeSite_[p] = siteOf[p + 1];
+      ++planned[ar.params.group];
     }
+    for (size_t p = 0; p < insts.size(); ++p)
+      if (exchangeConsumer_[p] != kNone && planned[insts[p + 1].params.group] < 2) {
+        exchangeConsumer_[p] = kNone;
+        exchangeSite_[p] = -1;
+      }
   }
 
   /// The producer's side of planExchanges at LINEAR `index` over x: false

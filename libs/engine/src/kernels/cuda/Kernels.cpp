@@ -927,10 +927,8 @@ namespace {
 detail::ExchangeDevice exchangeOnDevice(const ExchangedNorm &e, bool consumer) {
   const PeerExchange &x = e.exchange;
   detail::ExchangeDevice d{};
-  for (int q = 0; q < x.ranks; ++q) {
+  for (int q = 0; q < x.ranks; ++q)
     d.slots[q] = exchangeSlots(x.buffers[q], x.ranks, x.width, e.site);
-    d.flags[q] = exchangeFlags(x.buffers[q], x.ranks, x.width, e.site);
-  }
   d.arrivals = exchangeArrivals(x.buffers[x.rank], x.ranks, x.width, e.site);
   d.timedOut = x.timedOut;
   d.rank = x.rank;

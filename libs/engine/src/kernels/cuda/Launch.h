@@ -109,15 +109,14 @@ struct ResidualNormDevice {
 };
 /// cuda::PeerExchange on the device (linear16, one token): this rank's view
 /// of one exchange site. Producer side (exchangeOut): the one segment's rows
-/// also go to row `rank` of every rank's slots; its last block raises this
-/// rank's flag in every rank's site.
+/// also go to row `rank` of every rank's slots.
 /// Consumer side (exchangeIn): x is the ranks' slot rows summed in rank
-/// order plus `residual`, staged normalised; block 0 stores the sum and the
-/// normed row. ranks 0: none.
+/// order plus `residual` once they have arrived, staged normalised; block 0
+/// stores the sum and the normed row; the last block empties the site.
+/// ranks 0: none.
 struct ExchangeDevice {
   float *slots[kMaxExchangeRanks];     // rank q's [ranks][width] floats of this site
-  uint32_t *flags[kMaxExchangeRanks];  // rank q's flags of this site, one a rank
-  uint32_t *arrivals;                  // this rank's: its producer blocks done
+  uint32_t *arrivals;                  // this rank's: its consumer blocks done with the site
   int *timedOut;                       // this rank's: the peer waited for in vain, + 1
   int rank, ranks;
   int64_t width;

@@ -251,86 +251,103 @@ __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t
 
 constexpr int kNoExchange = 0, kExchangeOut = 1, kExchangeIn = 2;
 
-// PeerExchange, consumer side: waits until every peer's flag for this site
-// has reached this rank's own (the own producer has finished: the
-// dependent-launch wait), one thread a peer, then stages weight * (x *
-// scale) for x = the ranks' rows summed in rank order + residual (the IPC
-// all-reduce's and ADD's arithmetic), the scale from x's squares summed in
-// double. Block 0 stores x (the ADD's output) and the normed row. A peer
-// that does not flag within ~10 s is recorded in timedOut and the staging
-// goes on with whatever its rows hold (the step's outputs are void).
-// Per-block flags polled by every thread with acquire loads made an 8B
-// step at TP=2 21% slower than the all-reduce launch (c164).
-__device__ __forceinline__ uint32_t loadAcquireSystem(const uint32_t *p) {
-  uint32_t v;
-  asm volatile("ld.acquire.sys.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+// PeerExchange, consumer side: stages weight * (x * scale) for x = the
+// ranks' rows summed in rank order + residual (the IPC all-reduce's and
+// ADD's arithmetic), the scale from x's squares summed in double. Block 0
+// stores x (the ADD's output) and the normed row. No flag says the rows
+// are there: a row element still holding kExchangeEmpty has not arrived, so
+// each vector is read again until none of its lanes does (one-shot
+// "Lamport" exchange: the data is its own signal, no fence or barrier on
+// either side). A peer whose rows do not come within ~10 s is recorded in
+// timedOut and the staging goes on with what they hold (the step's outputs
+// are void). Flags raised by the producer's last block after system fences
+// made an 8B step at TP=2 13% slower than the all-reduce launch (c165-c168:
+// the fence held every producer block ~2.7 us).
+__device__ __forceinline__ float4 loadVolatile(const float4 *p) {
+  float4 v;
+  asm volatile("ld.volatile.global.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "l"(p));
   return v;
 }
-__device__ __forceinline__ uint32_t loadRelaxedSystem(const uint32_t *p) {
-  uint32_t v;
-  asm volatile("ld.relaxed.sys.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void storeReleaseSystem(uint32_t *p, uint32_t v) {
-  asm volatile("st.release.sys.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+__device__ __forceinline__ bool stillEmpty(float4 v) {
+  return __float_as_uint(v.x) == kExchangeEmpty || __float_as_uint(v.y) == kExchangeEmpty ||
+         __float_as_uint(v.z) == kExchangeEmpty || __float_as_uint(v.w) == kExchangeEmpty;
 }
 __device__ __forceinline__ uint64_t globalNanoseconds() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
   return t;
 }
+/// v (loaded from p) once every lane has arrived, read again until then;
+/// `since` is when this thread first waited (0: not yet).
+__device__ __forceinline__ float4 arrived(const float4 *p, float4 v, const ExchangeDevice &e,
+                                          int rank, uint64_t &since) {
+  while (stillEmpty(v)) {
+    const uint64_t now = globalNanoseconds();
+    if (since == 0) {
+      since = now;
+    } else if (now - since > 10'000'000'000ull) {
+      if (e.timedOut)
+        atomicExch(e.timedOut, rank + 1);
+      break;
+    }
+    v = loadVolatile(p);
+  }
+  return v;
+}
 
+// Batch vectors a thread at a time, every load of a batch issued before any
+// is used (one L2 round trip a batch when the rows are there); 1 in the
+// 64-register unpaired consumers, where 2 spilled 416 bytes. Measured and
+// dropped (c170-c172, two H200s, ms a step at TP=2, 8B / 1.1B, against this
+// form's 2.918 / 0.793): the rows, residual and norm weight copied into
+// shared memory by cp.async in one round trip, 2.944 / 0.933; a batch's
+// missing vectors read again together, 2.947 / 0.803; two ranks' rows
+// loaded at once, 2.99 / 0.84; the norm's weight copied before the
+// dependent-launch wait, 2.945 / 0.88.
 template <int Batch>
 __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *staged) {
-  const int r = static_cast<int>(threadIdx.x);
-  if (r < e.ranks && r != e.rank) {
-    const uint32_t *flags = e.flags[e.rank];
-    const uint32_t want = __ldcg(flags + e.rank);
-    if (static_cast<int32_t>(loadRelaxedSystem(flags + r) - want) < 0) {
-      const uint64_t since = globalNanoseconds();
-      while (static_cast<int32_t>(loadRelaxedSystem(flags + r) - want) < 0)
-        if (globalNanoseconds() - since > 10'000'000'000ull) {
-          if (e.timedOut)
-            atomicExch(e.timedOut, r + 1);
-          break;
-        }
-    }
-    loadAcquireSystem(flags + r); // the peer's rows before it, seen after this
-  }
-  __syncthreads();
-  // Batch vectors a thread at a time, every load of a batch issued before
-  // any is used (one L2 round trip a batch, not one a vector); 1 in the
-  // 64-register unpaired consumers, where 2 spilled 416 bytes.
-  constexpr int kExchangedBatch = Batch;
   const float4 *residual = reinterpret_cast<const float4 *>(e.residual);
   const float4 *rows = reinterpret_cast<const float4 *>(e.slots[e.rank]);
   const int64_t vectors = H / 4, rowVectors = e.width / 4;
   const bool stores = blockIdx.x == 0 && blockIdx.y == 0;
+  uint64_t since = 0;
   double squares = 0.0;
-  for (int64_t first = threadIdx.x; first < vectors; first += kExchangedBatch * blockDim.x) {
-    float4 h[kExchangedBatch], x[kExchangedBatch];
+  for (int64_t first = threadIdx.x; first < vectors; first += Batch * blockDim.x) {
+    float4 h[Batch], x[Batch];
 #pragma unroll
-    for (int k = 0; k < kExchangedBatch; ++k) {
+    for (int k = 0; k < Batch; ++k) {
       const int64_t i = first + k * int64_t(blockDim.x);
       if (i < vectors) {
-        h[k] = __ldcg(rows + i);
+        h[k] = loadVolatile(rows + i);
         x[k] = residual[i];
       }
     }
-    for (int r = 1; r < e.ranks; ++r) {
-      float4 p[kExchangedBatch];
 #pragma unroll
-      for (int k = 0; k < kExchangedBatch; ++k) {
+    for (int k = 0; k < Batch; ++k) {
+      const int64_t i = first + k * int64_t(blockDim.x);
+      if (i < vectors)
+        h[k] = arrived(rows + i, h[k], e, 0, since);
+    }
+    for (int r = 1; r < e.ranks; ++r) {
+      float4 p[Batch];
+#pragma unroll
+      for (int k = 0; k < Batch; ++k) {
         const int64_t i = first + k * int64_t(blockDim.x);
         if (i < vectors)
-          p[k] = __ldcg(rows + r * rowVectors + i);
+          p[k] = loadVolatile(rows + r * rowVectors + i);
       }
 #pragma unroll
-      for (int k = 0; k < kExchangedBatch; ++k)
+      for (int k = 0; k < Batch; ++k) {
+        const int64_t i = first + k * int64_t(blockDim.x);
+        if (i < vectors)
+          p[k] = arrived(rows + r * rowVectors + i, p[k], e, r, since);
         h[k] = make_float4(h[k].x + p[k].x, h[k].y + p[k].y, h[k].z + p[k].z, h[k].w + p[k].w);
+      }
     }
 #pragma unroll
-    for (int k = 0; k < kExchangedBatch; ++k) {
+    for (int k = 0; k < Batch; ++k) {
       const int64_t i = first + k * int64_t(blockDim.x);
       if (i >= vectors)
         continue;
@@ -347,16 +364,16 @@ __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *stage
   }
   const float scale = blockInverseRms(squares, H, e.eps);
   const float4 *weight = reinterpret_cast<const float4 *>(e.weight);
-  for (int64_t first = threadIdx.x; first < vectors; first += kExchangedBatch * blockDim.x) {
-    float4 w[kExchangedBatch];
+  for (int64_t first = threadIdx.x; first < vectors; first += Batch * blockDim.x) {
+    float4 w[Batch];
 #pragma unroll
-    for (int k = 0; k < kExchangedBatch; ++k) {
+    for (int k = 0; k < Batch; ++k) {
       const int64_t i = first + k * int64_t(blockDim.x);
       if (i < vectors)
         w[k] = weight[i];
     }
 #pragma unroll
-    for (int k = 0; k < kExchangedBatch; ++k) {
+    for (int k = 0; k < Batch; ++k) {
       const int64_t i = first + k * int64_t(blockDim.x);
       if (i >= vectors)
         continue;
@@ -370,23 +387,29 @@ __device__ void stageExchanged(const ExchangeDevice &e, int64_t H, float4 *stage
   }
 }
 
-// PeerExchange, producer side, once the block's rows are in every rank's
-// slots: the block counts itself done (after a system fence: its rows, and
-// by the barrier its warps', before the count), and the grid's last block
-// raises this rank's flag in every rank's site, one more than its last
-// (only this rank writes it), and resets the count for the next call.
-__device__ void flagExchanged(const ExchangeDevice &e) {
-  __syncthreads(); // every warp's rows stored
-  if (threadIdx.x != 0)
+// PeerExchange, consumer side, at the end of a block that staged the site
+// (`count`: what its thread 0's atomicAdd on the site's counter returned,
+// plus one, issued once its threads had read the rows): the grid's last
+// block empties this rank's site for the next call and resets the counter.
+// Every block has read the rows by then; no peer writes them again before
+// this kernel has finished (its next rows for this site follow, at the
+// earliest, this rank's next rows for the site before, which come after
+// this kernel on this rank's stream).
+__device__ void emptyExchanged(const ExchangeDevice &e, int64_t H, unsigned count) {
+  __shared__ bool last;
+  if (threadIdx.x == 0)
+    last = count == gridDim.x * gridDim.y;
+  __syncthreads();
+  if (!last)
     return;
-  __threadfence_system();
-  if (atomicAdd(e.arrivals, 1u) + 1 != gridDim.x * gridDim.y)
-    return;
-  __threadfence_system(); // every block's rows (their fences, then their counts) before the flags
-  *e.arrivals = 0;
-  const uint32_t next = __ldcg(e.flags[e.rank] + e.rank) + 1;
-  for (int q = 0; q < e.ranks; ++q)
-    storeReleaseSystem(e.flags[q] + e.rank, next);
+  uint4 *rows = reinterpret_cast<uint4 *>(e.slots[e.rank]);
+  const uint4 empty = make_uint4(kExchangeEmpty, kExchangeEmpty, kExchangeEmpty, kExchangeEmpty);
+  const int64_t vectors = H / 4, rowVectors = e.width / 4;
+  for (int r = 0; r < e.ranks; ++r)
+    for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x)
+      rows[r * rowVectors + i] = empty;
+  if (threadIdx.x == 0)
+    *e.arrivals = 0;
 }
 
 // ResidualNorm, producer side, after the block's rows of y are computed:
@@ -490,6 +513,7 @@ __global__ void __launch_bounds__(Warps * 32,
   const int64_t t0 = blockIdx.y * int64_t(Tokens);
   const int tokens = static_cast<int>(T - t0 < Tokens ? T - t0 : Tokens);
   const float *xs = x + t0 * K;
+  [[maybe_unused]] unsigned exchangeCount = 0;
   if (stageX) {
     if (Exchange == kExchangeIn && Tokens == 1) {
       if constexpr (Exchange == kExchangeIn)
@@ -526,6 +550,11 @@ __global__ void __launch_bounds__(Warps * 32,
     }
     __syncthreads();
     xs = reinterpret_cast<const float *>(staged);
+    // Counted as soon as the block's threads have read the site (the result
+    // is used only at the block's end: emptyExchanged).
+    if constexpr (Exchange == kExchangeIn)
+      if (Tokens == 1 && threadIdx.x == 0)
+        exchangeCount = atomicAdd(segments.exchangeIn.arrivals, 1u) + 1;
   }
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
@@ -541,8 +570,11 @@ __global__ void __launch_bounds__(Warps * 32,
     if constexpr (Exchange == kExchangeOut) {
       if (exchanges) {
         const ExchangeDevice &e = segments.exchangeOut;
+        // A NaN with kExchangeEmpty's bits (arithmetic makes none) would
+        // read as not arrived: the canonical NaN goes instead.
+        const float out = __float_as_uint(v) == kExchangeEmpty ? __uint_as_float(0x7fffffffu) : v;
         for (int q = 0; q < e.ranks; ++q)
-          e.slots[q][e.rank * e.width + n] = v;
+          e.slots[q][e.rank * e.width + n] = out;
       }
     }
     if (!produces)
@@ -619,9 +651,9 @@ __global__ void __launch_bounds__(Warps * 32,
     if (produces)
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
-  if constexpr (Exchange == kExchangeOut)
-    if (exchanges)
-      flagExchanged(segments.exchangeOut);
+  if constexpr (Exchange == kExchangeIn)
+    if (Tokens == 1 && stageX)
+      emptyExchanged(segments.exchangeIn, K, exchangeCount);
   recordKernelMark(1); // the block's rows written
 }
 
