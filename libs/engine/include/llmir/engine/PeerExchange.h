@@ -40,8 +40,9 @@ struct PeerExchange {
   void *buffers[kMaxExchangeRanks] = {};
   int64_t width = 0; // the widest row a site holds
   int sites = 0;
-  /// Device memory of this rank: the peer rank + 1 a consumer waited for in
-  /// vain (it then gives up: its outputs are void), else 0.
+  /// Where a consumer that waited ~10 s in vain writes the peer rank + 1 (it
+  /// then goes on: its outputs are void), else 0: device or host-mapped
+  /// memory (the runtime's failure record, read after each step).
   int *timedOut = nullptr;
 };
 

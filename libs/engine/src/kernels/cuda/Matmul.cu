@@ -288,8 +288,11 @@ __device__ __forceinline__ float4 arrived(const float4 *p, float4 v, const Excha
     if (since == 0) {
       since = now;
     } else if (now - since > 10'000'000'000ull) {
+      // A plain store: timedOut may be host-mapped memory, where atomics
+      // need support PCIe hosts lack (blocks giving up at once may mix
+      // their reports, each naming a peer that did not come).
       if (e.timedOut)
-        atomicExch(e.timedOut, rank + 1);
+        *static_cast<volatile int *>(e.timedOut) = rank + 1;
       break;
     }
     v = loadVolatile(p);
