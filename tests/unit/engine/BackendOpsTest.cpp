@@ -593,27 +593,35 @@ TEST_F(BackendOps, ExchangedNormBetweenProducts) {
     };
     ASSERT_TRUE(cuda::takesExchangedNorm(producers[0]->views[0], consumer.views[0], exchangeOf(0)))
         << shape;
+    // The reference: each rank's product into ys, their sum in rank order
+    // (the all-reduce's), then ADD+RMS_NORM into sum and normed.
+    const auto reference = [&](std::vector<std::unique_ptr<DeviceArray<float>>> &ys,
+                               DeviceArray<float> &sum, DeviceArray<float> &normed) {
+      std::vector<float> reduced(size_t(s.H), 0.0f);
+      for (int r = 0; r < kRanks; ++r) {
+        ys.push_back(std::make_unique<DeviceArray<float>>(size_t(s.H)));
+        const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, ys.back()->get()};
+        ASSERT_TRUE(cuda::linearGroup(*context_, xs[size_t(r)]->get(), 1, std::span(&p, 1)).isOk());
+        const std::vector<float> y = ys.back()->download();
+        for (int64_t i = 0; i < s.H; ++i)
+          reduced[size_t(i)] = r == 0 ? y[size_t(i)] : reduced[size_t(i)] + y[size_t(i)];
+      }
+      DeviceArray<float> dReduced(reduced);
+      ASSERT_TRUE(cuda::addRmsNorm(dReduced.get(), dr.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
+                                   normed.get(), context_->stream())
+                      .isOk());
+    };
     for (int step = 0; step < 2; ++step)
       for (int site = 0; site < kSites; ++site)
         for (bool swiglu : {false, true}) {
           const std::string what = shape + " step " + std::to_string(step) + " site " +
                                    std::to_string(site) + (swiglu ? " gate/up" : " q/k/v");
-          // Reference: each rank's product, their sum (rank order) as the
-          // all-reduce's, then ADD+RMS_NORM and the consumers.
+          // The reference, then the consumers on its normed row.
           std::vector<std::unique_ptr<DeviceArray<float>>> ys;
-          std::vector<float> reduced(size_t(s.H), 0.0f);
-          for (int r = 0; r < kRanks; ++r) {
-            ys.push_back(std::make_unique<DeviceArray<float>>(size_t(s.H)));
-            const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, ys.back()->get()};
-            ASSERT_TRUE(cuda::linearGroup(*context_, xs[size_t(r)]->get(), 1, std::span(&p, 1)).isOk());
-            const std::vector<float> y = ys.back()->download();
-            for (int64_t i = 0; i < s.H; ++i)
-              reduced[size_t(i)] = r == 0 ? y[size_t(i)] : reduced[size_t(i)] + y[size_t(i)];
-          }
-          DeviceArray<float> dReduced(reduced), sum(size_t(s.H)), normed(size_t(s.H));
-          ASSERT_TRUE(cuda::addRmsNorm(dReduced.get(), dr.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
-                                       normed.get(), context_->stream())
-                          .isOk());
+          DeviceArray<float> sum(size_t(s.H)), normed(size_t(s.H));
+          reference(ys, sum, normed);
+          if (HasFatalFailure())
+            return;
           const size_t first = swiglu ? 3 : 0, count = swiglu ? 2 : 3;
           std::vector<cuda::LinearOutput> wantGroup;
           std::vector<std::unique_ptr<DeviceArray<float>>> want;
@@ -690,19 +698,10 @@ TEST_F(BackendOps, ExchangedNormBetweenProducts) {
       Result<cuda::Context> other = cuda::Context::create();
       ASSERT_TRUE(other.isOk()) << other.status().message();
       std::vector<std::unique_ptr<DeviceArray<float>>> ys;
-      std::vector<float> reduced(size_t(s.H), 0.0f);
-      for (int r = 0; r < kRanks; ++r) {
-        ys.push_back(std::make_unique<DeviceArray<float>>(size_t(s.H)));
-        const cuda::LinearOutput p{producers[size_t(r)]->views[0], nullptr, ys.back()->get()};
-        ASSERT_TRUE(cuda::linearGroup(*context_, xs[size_t(r)]->get(), 1, std::span(&p, 1)).isOk());
-        const std::vector<float> y = ys.back()->download();
-        for (int64_t i = 0; i < s.H; ++i)
-          reduced[size_t(i)] += y[size_t(i)];
-      }
-      DeviceArray<float> dReduced(reduced), sum(size_t(s.H)), normed(size_t(s.H));
-      ASSERT_TRUE(cuda::addRmsNorm(dReduced.get(), dr.get(), sum.get(), 1, s.H, dw.get(), 1e-5f,
-                                   normed.get(), context_->stream())
-                      .isOk());
+      DeviceArray<float> sum(size_t(s.H)), normed(size_t(s.H));
+      reference(ys, sum, normed);
+      if (HasFatalFailure())
+        return;
       DeviceArray<float> want(size_t(consumer.views[1].rows)), got(size_t(consumer.views[1].rows));
       const cuda::LinearOutput wantOut{consumer.views[1], nullptr, want.get()};
       ASSERT_TRUE(cuda::linearGroup(*context_, normed.get(), 1, std::span(&wantOut, 1)).isOk());
