@@ -612,7 +612,8 @@ Status IpcAllReduce::lastDeviceError() const {
   const DeviceFailure *f = impl_->failure;
   if (const int peer = *static_cast<const volatile int *>(&f->exchangeWaitedFor); peer > 0)
     return Status::error("IpcAllReduce: rank " + std::to_string(impl_->rank) +
-                         " waited ~10 s for rank " + std::to_string(peer - 1) +
+                         " waited over " + std::to_string(impl_->options.timeout.count()) +
+                         " ms for rank " + std::to_string(peer - 1) +
                          "'s rows at a product's exchange; the peer died or ran other "
                          "steps: this rank's results since are void");
   // Volatile: the kernel writes it through the mapping.
@@ -640,6 +641,8 @@ engine::PeerExchange IpcAllReduce::peerExchange() const {
   x.width = i.options.exchangeWidth;
   x.sites = i.options.exchangeSites;
   x.timedOut = &i.failureOnDevice->exchangeWaitedFor;
+  x.timeoutNs = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(i.options.timeout).count());
   return x;
 }
 

@@ -40,10 +40,13 @@ struct PeerExchange {
   void *buffers[kMaxExchangeRanks] = {};
   int64_t width = 0; // the widest row a site holds
   int sites = 0;
-  /// Where a consumer that waited ~10 s in vain writes the peer rank + 1 (it
-  /// then goes on: its outputs are void), else 0: device or host-mapped
-  /// memory (the runtime's failure record, read after each step).
+  /// Where a consumer that waited timeoutNs in vain writes the peer rank +
+  /// 1 (it then goes on: its outputs are void), else 0: device or
+  /// host-mapped memory (the runtime's failure record, read after each step).
   int *timedOut = nullptr;
+  /// How long a consumer waits for a peer's rows before it gives up (the
+  /// runtime's timeout).
+  uint64_t timeoutNs = 10'000'000'000ull;
 };
 
 /// The bits of a row element not yet written for this call (a NaN no

@@ -931,6 +931,7 @@ detail::ExchangeDevice exchangeOnDevice(const ExchangedNorm &e, bool consumer) {
     d.slots[q] = exchangeSlots(x.buffers[q], x.ranks, x.width, e.site);
   d.arrivals = exchangeArrivals(x.buffers[x.rank], x.ranks, x.width, e.site);
   d.timedOut = x.timedOut;
+  d.timeoutNs = x.timeoutNs;
   d.rank = x.rank;
   d.ranks = x.ranks;
   d.width = x.width;

@@ -118,6 +118,7 @@ struct ExchangeDevice {
   float *slots[kMaxExchangeRanks];     // rank q's [ranks][width] floats of this site
   uint32_t *arrivals;                  // this rank's: its consumer blocks done with the site
   int *timedOut;                       // this rank's: the peer waited for in vain, + 1
+  uint64_t timeoutNs;                  // how long a consumer waits for a peer's rows
   int rank, ranks;
   int64_t width;
   const float *residual;

@@ -258,9 +258,9 @@ constexpr int kNoExchange = 0, kExchangeOut = 1, kExchangeIn = 2;
 // are there: a row element still holding kExchangeEmpty has not arrived, so
 // each vector is read again until none of its lanes does (one-shot
 // "Lamport" exchange: the data is its own signal, no fence or barrier on
-// either side). A peer whose rows do not come within ~10 s is recorded in
-// timedOut and the staging goes on with what they hold (the step's outputs
-// are void). Flags raised by the producer's last block after system fences
+// either side). A peer whose rows do not come within the runtime's timeout
+// is recorded in timedOut and the staging goes on with what they hold (the
+// step's outputs are void). Flags raised by the producer's last block after system fences
 // made an 8B step at TP=2 13% slower than the all-reduce launch (c165-c168:
 // the fence held every producer block ~2.7 us).
 __device__ __forceinline__ float4 loadVolatile(const float4 *p) {
@@ -287,7 +287,7 @@ __device__ __forceinline__ float4 arrived(const float4 *p, float4 v, const Excha
     const uint64_t now = globalNanoseconds();
     if (since == 0) {
       since = now;
-    } else if (now - since > 10'000'000'000ull) {
+    } else if (now - since > e.timeoutNs) {
       // A plain store: timedOut may be host-mapped memory, where atomics
       // need support PCIe hosts lack (blocks giving up at once may mix
       // their reports, each naming a peer that did not come).
