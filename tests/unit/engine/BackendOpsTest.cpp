@@ -747,6 +747,13 @@ TEST_F(BackendOps, ExchangedNormBetweenProducts) {
     bad.site = 0;
     bad.exchange.width = s.H - 4;
     EXPECT_FALSE(cuda::linearExchanging(*context_, xs[0]->get(), p, bad).isOk());
+    // A consumer without the ADD's and norm's operands: an error, nothing launched.
+    bad.exchange.width = s.H;
+    DeviceArray<float> q(size_t(consumer.views[1].rows));
+    const cuda::LinearOutput qOut{consumer.views[1], nullptr, q.get()};
+    const Status missing = cuda::linearGroupExchanged(*context_, std::span(&qOut, 1), bad);
+    EXPECT_FALSE(missing.isOk());
+    EXPECT_NE(missing.message().find("residual"), std::string::npos) << missing.message();
   }
 }
 

@@ -945,8 +945,12 @@ detail::ExchangeDevice exchangeOnDevice(const ExchangedNorm &e, bool consumer) {
   return d;
 }
 
-Status checkExchange(const ExchangedNorm &e, int64_t H, const char *what) {
+/// consumer: the ADD's and norm's operands are needed too.
+Status checkExchange(const ExchangedNorm &e, int64_t H, const char *what, bool consumer) {
   const PeerExchange &x = e.exchange;
+  if (consumer && (!e.residual || !e.sum || !e.weight || !e.normed))
+    return Status::error(std::string("CUDA ") + what +
+                         ": the residual, sum, norm weight and normed row are all needed");
   if (x.ranks < 1 || x.ranks > kMaxExchangeRanks || x.rank < 0 || x.rank >= x.ranks ||
       e.site < 0 || e.site >= x.sites || H > x.width || H % 4 != 0)
     return Status::error(std::string("CUDA ") + what + ": site " + std::to_string(e.site) +
@@ -974,7 +978,7 @@ Status linearExchanging(Context &context, const float *x, const LinearOutput &ou
   const WeightView &w = output.w;
   if (!sixteenBit(w))
     return Status::error("CUDA linear into an exchange: 16-bit weights");
-  LLMIR_RETURN_IF_ERROR(checkExchange(to, w.rows, "linear into an exchange"));
+  LLMIR_RETURN_IF_ERROR(checkExchange(to, w.rows, "linear into an exchange", false));
   Result<detail::Storage> storage = storageOf(w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
   detail::LinearSegments segments{};
@@ -993,7 +997,7 @@ Status linearGroupExchanged(Context &context, std::span<const LinearOutput> outp
   const WeightView &w = outputs.front().w;
   if (!sixteenBit(w) || !detail::oneTokenStagesX(w.cols))
     return Status::error("CUDA linear after an exchange: 16-bit weights, x staged");
-  LLMIR_RETURN_IF_ERROR(checkExchange(from, w.cols, "linear after an exchange"));
+  LLMIR_RETURN_IF_ERROR(checkExchange(from, w.cols, "linear after an exchange", true));
   Result<detail::Storage> storage = storageOf(w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
   Result<detail::LinearSegments> segments = groupSegments(outputs);
@@ -1012,7 +1016,7 @@ Status linearSwigluExchanged(Context &context, const LinearOutput &gate, const L
   LLMIR_RETURN_IF_ERROR(segments.status());
   if (!sixteenBit(gate.w) || !detail::oneTokenStagesX(K))
     return Status::error("CUDA linear + swiglu after an exchange: 16-bit weights, x staged");
-  LLMIR_RETURN_IF_ERROR(checkExchange(from, K, "linear + swiglu after an exchange"));
+  LLMIR_RETURN_IF_ERROR(checkExchange(from, K, "linear + swiglu after an exchange", true));
   Result<detail::Storage> storage = storageOf(gate.w, "linear");
   LLMIR_RETURN_IF_ERROR(storage.status());
   segments->exchangeIn = exchangeOnDevice(from, true);
