@@ -174,8 +174,9 @@ Status linearSwiglu(Context &context, const float *x, int64_t T, const LinearOut
 /// every rank's site; the consumer (linearGroupExchanged,
 /// linearSwigluExchanged: x is not read) waits for the peers' rows, sums the
 /// ranks' rows in rank order plus `residual`, stores that sum and the normed
-/// row (block 0) and stages the normed row for its products. Every rank
-/// makes the same sequence of calls; a site is used once a step.
+/// row (block 0) and stages the normed row for its products; its last block
+/// empties the site. Every rank makes the same sequence of calls, a site
+/// used once a step, two sites or more a step (why: PeerExchange.h).
 /// takesExchangedNorm says where it applies.
 struct ExchangedNorm {
   PeerExchange exchange;

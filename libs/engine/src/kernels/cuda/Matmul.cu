@@ -260,9 +260,9 @@ constexpr int kNoExchange = 0, kExchangeOut = 1, kExchangeIn = 2;
 // "Lamport" exchange: the data is its own signal, no fence or barrier on
 // either side). A peer whose rows do not come within the runtime's timeout
 // is recorded in timedOut and the staging goes on with what they hold (the
-// step's outputs are void). Flags raised by the producer's last block after system fences
-// made an 8B step at TP=2 13% slower than the all-reduce launch (c165-c168:
-// the fence held every producer block ~2.7 us).
+// step's outputs are void). Flags raised by the producer's last block after
+// system fences made an 8B step at TP=2 13% slower than the all-reduce
+// launch (c165-c168: the fence held every producer block ~2.7 us).
 __device__ __forceinline__ float4 loadVolatile(const float4 *p) {
   float4 v;
   asm volatile("ld.volatile.global.v4.f32 {%0, %1, %2, %3}, [%4];\n"
@@ -466,10 +466,10 @@ constexpr int linear16MinBlocks(bool exchangeIn = false) {
 }
 
 // Exchange: a PeerExchange side compiled in, kExchangeOut (the producer's
-// stores and flag) or kExchangeIn (the consumer's staging); a build with
-// them taken where none is used made every GEMV of a step slower (an H200:
-// 1.1B batch 1 +2.8%, 8B +3.2%), and each side's code in the other's build
-// cost it registers, so each is a build of its own.
+// stores into every rank's site) or kExchangeIn (the consumer's staging and
+// emptying); a build with them taken where none is used made every GEMV of a
+// step slower (an H200: 1.1B batch 1 +2.8%, 8B +3.2%), and each side's code
+// in the other's build cost it registers, so each is a build of its own.
 template <int Tokens, bool Paired, int Warps = kWarpsPerBlock, int Loads = kLoadsInFlight,
           int Rows = 1, int Exchange = kNoExchange>
 __global__ void __launch_bounds__(Warps * 32,
@@ -478,6 +478,9 @@ __global__ void __launch_bounds__(Warps * 32,
     linear16Kernel(const float *x, int64_t T, int64_t K, bool bf16, bool stageX,
                    LinearSegments segments) {
   static_assert(Rows == 1 || (Tokens == 1 && !Paired), "rows a warp: one token, unpaired");
+  static_assert(Exchange == kNoExchange ||
+                    (Tokens == 1 && (Exchange == kExchangeIn || !Paired)),
+                "exchange builds: one token; the producer unpaired");
   extern __shared__ float4 staged[];
   // Row block `rowBlock` of the segments: its segment s, this warp's first
   // row n (its others n + Warps, n + 2 Warps, ...).
@@ -518,10 +521,9 @@ __global__ void __launch_bounds__(Warps * 32,
   const float *xs = x + t0 * K;
   [[maybe_unused]] unsigned exchangeCount = 0;
   if (stageX) {
-    if (Exchange == kExchangeIn && Tokens == 1) {
-      if constexpr (Exchange == kExchangeIn)
-        stageExchanged<!Paired && Rows == 1 && Loads == kLoadsInFlight ? 1 : 2>(
-            segments.exchangeIn, K, staged);
+    if constexpr (Exchange == kExchangeIn) {
+      stageExchanged<!Paired && Rows == 1 && Loads == kLoadsInFlight ? 1 : 2>(
+          segments.exchangeIn, K, staged);
     } else if (Tokens == 1 && segments.consume.weight) {
       // x early only where registers allow: the unpaired kernel, under its
       // 64-register bound, spilled 108 bytes with it.
@@ -556,13 +558,12 @@ __global__ void __launch_bounds__(Warps * 32,
     // Counted as soon as the block's threads have read the site (the result
     // is used only at the block's end: emptyExchanged).
     if constexpr (Exchange == kExchangeIn)
-      if (Tokens == 1 && threadIdx.x == 0)
+      if (threadIdx.x == 0)
         exchangeCount = atomicAdd(segments.exchangeIn.arrivals, 1u) + 1;
   }
   recordKernelMark(0); // kernel clock builds: x staged (block 0)
   // The producer's block sum needs every warp: rows past N skip to it.
   const bool produces = Tokens == 1 && !Paired && segments.produce.sum != nullptr;
-  const bool exchanges = Exchange == kExchangeOut && Tokens == 1 && !Paired;
   // Unpaired: row n's total v, its bias added, into y at `at`; a producer
   // (one token: at is n) also stores the residual sum and returns its
   // square (else 0).
@@ -571,14 +572,12 @@ __global__ void __launch_bounds__(Warps * 32,
       v += seg.bias[n];
     seg.y[at] = v;
     if constexpr (Exchange == kExchangeOut) {
-      if (exchanges) {
-        const ExchangeDevice &e = segments.exchangeOut;
-        // A NaN with kExchangeEmpty's bits (arithmetic makes none) would
-        // read as not arrived: the canonical NaN goes instead.
-        const float out = __float_as_uint(v) == kExchangeEmpty ? __uint_as_float(0x7fffffffu) : v;
-        for (int q = 0; q < e.ranks; ++q)
-          e.slots[q][e.rank * e.width + n] = out;
-      }
+      const ExchangeDevice &e = segments.exchangeOut;
+      // A NaN with kExchangeEmpty's bits (arithmetic makes none) would read
+      // as not arrived: the canonical NaN goes instead.
+      const float out = __float_as_uint(v) == kExchangeEmpty ? __uint_as_float(0x7fffffffu) : v;
+      for (int q = 0; q < e.ranks; ++q)
+        e.slots[q][e.rank * e.width + n] = out;
     }
     if (!produces)
       return 0.0;
@@ -655,7 +654,7 @@ __global__ void __launch_bounds__(Warps * 32,
       __syncthreads(); // thread 0 has summed rowSquares before the warps rewrite it
   }
   if constexpr (Exchange == kExchangeIn)
-    if (Tokens == 1 && stageX)
+    if (stageX)
       emptyExchanged(segments.exchangeIn, K, exchangeCount);
   recordKernelMark(1); // the block's rows written
 }
