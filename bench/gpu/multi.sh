@@ -55,7 +55,8 @@ gpus=0
 if [ "$device" = cuda ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
   spec="${CLUSTER_SPEC:-$root/bench/gpu/h200-x4-calibrated.yaml}"
-  layouts="${LAYOUTS:-tp=1 tp=2 pp=2$([ "$gpus" -ge 4 ] && echo ' tp=2,pp=2')}"
+  # (the test inside `if`: a failed test in a plain $(...) ended the script under set -e)
+  layouts="${LAYOUTS:-tp=1 tp=2 pp=2$(if [ "$gpus" -ge 4 ]; then echo ' tp=2,pp=2'; fi)}"
 else
   spec="${CLUSTER_SPEC:-$root/examples/laptop-cpu.yaml}"
   layouts="${LAYOUTS:-tp=1 tp=2 pp=2}"
