@@ -67,7 +67,8 @@ struct Metrics {
   prometheus::Histogram &collectiveSeconds =
       prometheus::BuildHistogram()
           .Name("llmir:worker_collective_seconds")
-          .Help("Time of one collective or pipeline transfer.")
+          .Help("Time of one host-side collective or pipeline transfer (Gloo); "
+                "stream-ordered ones (NCCL, IPC) are part of the step's time.")
           .Register(*registry)
           .Add({}, prometheus::Histogram::BucketBoundaries{
                        1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1});

@@ -16,6 +16,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace llmir::shard_worker {
 namespace {
@@ -184,6 +185,97 @@ TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {
   const auto &reference = demo->cases[1].greedyIds;
   EXPECT_EQ(generate(worker, 1, 3),
             std::vector<int32_t>(reference.begin(), reference.begin() + 4));
+}
+
+
+// The communicator a worker hands its executor: every capability and
+// stream-ordered call of the runtime's communicator must pass through (a
+// virtual left to engine::Communicator's default turns it off: GPU workers
+// at tp=2 once ran every all-reduce host-synchronously, without CUDA graphs,
+// the IPC all-reduce or the exchange), and only the host-side calls are
+// timed (a stream-ordered one returns before it runs).
+class RecordingCommunicator final : public engine::Communicator {
+public:
+  std::vector<std::string> calls;
+  Status allReduceSum(float *, size_t, uint32_t) override { return call("allReduceSum"); }
+  Status allGather(const float *, size_t, float *, uint32_t) override {
+    return call("allGather");
+  }
+  Status send(const float *, size_t, uint32_t) override { return call("send"); }
+  Status recv(float *, size_t, uint32_t) override { return call("recv"); }
+  bool takesDeviceMemory() const override { return true; }
+  bool ordersOnStream() const override { return true; }
+  Status allReduceSumOn(void *, float *, size_t, uint32_t) override {
+    return call("allReduceSumOn");
+  }
+  Status allGatherOn(void *, const float *, size_t, float *, uint32_t) override {
+    return call("allGatherOn");
+  }
+  Status sendOn(void *, const float *, size_t, uint32_t) override { return call("sendOn"); }
+  Status recvOn(void *, float *, size_t, uint32_t) override { return call("recvOn"); }
+  bool fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
+                                uint32_t groupId) const override {
+    return op.width == 4096 && groupId == 3;
+  }
+  Status allReduceAddRmsNormOn(void *, const engine::AllReduceAddRmsNorm &, uint32_t) override {
+    return call("allReduceAddRmsNormOn");
+  }
+  engine::PeerExchange peerExchange(uint32_t groupId) const override {
+    engine::PeerExchange e;
+    e.ranks = 2;
+    e.rank = 1;
+    e.sites = static_cast<int>(groupId);
+    return e;
+  }
+  Status synchronize(void *) override { return call("synchronize"); }
+  Status synchronizeEvent(void *) override { return call("synchronizeEvent"); }
+
+private:
+  Status call(const char *name) {
+    calls.push_back(name);
+    return Status::ok();
+  }
+};
+
+TEST(TimedCommunicatorTest, ForwardsEveryCallAndTimesTheHostSideOnes) {
+  RecordingCommunicator inner;
+  int timed = 0;
+  WorkerObserver observer;
+  observer.collectiveSeconds = [&](double seconds) {
+    EXPECT_GE(seconds, 0.0);
+    ++timed;
+  };
+  TimedCommunicator comm(inner, observer);
+  EXPECT_TRUE(comm.takesDeviceMemory());
+  EXPECT_TRUE(comm.ordersOnStream());
+  engine::AllReduceAddRmsNorm op;
+  op.width = 4096;
+  EXPECT_TRUE(comm.fusesAllReduceAddRmsNorm(op, 3));
+  EXPECT_FALSE(comm.fusesAllReduceAddRmsNorm(op, 2));
+  const engine::PeerExchange exchange = comm.peerExchange(5);
+  EXPECT_EQ(exchange.ranks, 2);
+  EXPECT_EQ(exchange.rank, 1);
+  EXPECT_EQ(exchange.sites, 5);
+
+  float data[4] = {};
+  void *stream = &data[0]; // any pointer: the inner communicator only records
+  ASSERT_TRUE(comm.allReduceSumOn(stream, data, 4, 0));
+  ASSERT_TRUE(comm.allGatherOn(stream, data, 2, data, 0));
+  ASSERT_TRUE(comm.sendOn(stream, data, 4, 1));
+  ASSERT_TRUE(comm.recvOn(stream, data, 4, 1));
+  ASSERT_TRUE(comm.allReduceAddRmsNormOn(stream, op, 3));
+  ASSERT_TRUE(comm.synchronize(stream));
+  ASSERT_TRUE(comm.synchronizeEvent(stream));
+  EXPECT_EQ(timed, 0) << "a stream-ordered call returns before it runs: not timed";
+  ASSERT_TRUE(comm.allReduceSum(data, 4, 0));
+  ASSERT_TRUE(comm.allGather(data, 2, data, 0));
+  ASSERT_TRUE(comm.send(data, 4, 1));
+  ASSERT_TRUE(comm.recv(data, 4, 1));
+  EXPECT_EQ(timed, 4);
+  EXPECT_EQ(inner.calls,
+            (std::vector<std::string>{"allReduceSumOn", "allGatherOn", "sendOn", "recvOn",
+                                      "allReduceAddRmsNormOn", "synchronize", "synchronizeEvent",
+                                      "allReduceSum", "allGather", "send", "recv"}));
 }
 
 } // namespace

@@ -29,7 +29,15 @@ struct WorkerObserver {
   std::function<void(double seconds)> collectiveSeconds;
 };
 
-/// Forwards to the runtime's communicator and times every collective.
+/// Forwards every call to the runtime's communicator and times the
+/// host-side collectives (Gloo; a CUDA rank whose communicator cannot order
+/// on its stream). Stream-ordered ones (NCCL, the IPC all-reduce, the
+/// PeerExchange) return before they run and are part of the step's time,
+/// not timed here. Each of engine::Communicator's virtuals must be
+/// forwarded: one left to the base's default turns a capability off (until
+/// the stream-ordered ones were forwarded, GPU workers at tp=2 ran every
+/// all-reduce host-synchronously, without CUDA graphs: an 8B served at
+/// concurrency 64 at 0.4x of tp=1, docs/performance.md).
 class TimedCommunicator final : public engine::Communicator {
 public:
   TimedCommunicator(engine::Communicator &inner, const WorkerObserver &observer)
@@ -40,6 +48,34 @@ public:
   Status send(const float *data, size_t count, uint32_t peerRank) override;
   Status recv(float *data, size_t count, uint32_t peerRank) override;
   bool takesDeviceMemory() const override { return inner_.takesDeviceMemory(); }
+
+  bool ordersOnStream() const override { return inner_.ordersOnStream(); }
+  Status allReduceSumOn(void *stream, float *data, size_t count, uint32_t groupId) override {
+    return inner_.allReduceSumOn(stream, data, count, groupId);
+  }
+  Status allGatherOn(void *stream, const float *in, size_t count, float *out,
+                     uint32_t groupId) override {
+    return inner_.allGatherOn(stream, in, count, out, groupId);
+  }
+  Status sendOn(void *stream, const float *data, size_t count, uint32_t peerRank) override {
+    return inner_.sendOn(stream, data, count, peerRank);
+  }
+  Status recvOn(void *stream, float *data, size_t count, uint32_t peerRank) override {
+    return inner_.recvOn(stream, data, count, peerRank);
+  }
+  bool fusesAllReduceAddRmsNorm(const engine::AllReduceAddRmsNorm &op,
+                                uint32_t groupId) const override {
+    return inner_.fusesAllReduceAddRmsNorm(op, groupId);
+  }
+  Status allReduceAddRmsNormOn(void *stream, const engine::AllReduceAddRmsNorm &op,
+                               uint32_t groupId) override {
+    return inner_.allReduceAddRmsNormOn(stream, op, groupId);
+  }
+  engine::PeerExchange peerExchange(uint32_t groupId) const override {
+    return inner_.peerExchange(groupId);
+  }
+  Status synchronize(void *stream) override { return inner_.synchronize(stream); }
+  Status synchronizeEvent(void *event) override { return inner_.synchronizeEvent(event); }
 
 private:
   template <typename Op> Status timed(Op op);
