@@ -114,7 +114,7 @@ void bind(net::Config &config, Settings &s) {
              "tokens per sequence (0: the model's max_position_embeddings)");
   config.add("enable-prefix-caching", &s.prefixCaching, "reuse KV blocks of equal prefixes");
   config.add("chain-decode", &s.chainDecode,
-             "send a one-rank replica's next decode step before this one answers");
+             "send a one-stage replica's next decode step before this one answers");
   config.add("engine-threads", &s.engineThreads, "CPU kernel threads (0: all cores)");
   config.add("kv-cache-dtype", &s.kvCacheDtype,
              "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");

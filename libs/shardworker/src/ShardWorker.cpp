@@ -201,6 +201,9 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
     return executor.status().withContext("loading rank " + std::to_string(rank_));
   executor_ = std::move(*executor);
   decides_ = assign.rank() == decidingRank(program_);
+  // One stage: every rank has the gathered logits and draws the same token
+  // (the same bits, the same seeded uniform), which its chained decodes need.
+  samples_ = decides_ || program_.num_stages() <= 1;
   loadedBytes_ = weightSliceBytes(program_);
   if (assign.has_kv_store()) {
     // The store is a cache: a rank that cannot use it still serves.
@@ -254,8 +257,12 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   bool prefill = false;
   for (const auto &seq : request.sequences())
     prefill |= seq.token_ids_size() > 1;
-  if (Status ran = serving::stepAndSample(*executor_, request, decides_, response, &chain_); !ran)
+  if (Status ran = serving::stepAndSample(*executor_, request, samples_, response, &chain_); !ran)
     return fail(ran);
+  if (!decides_) { // the scheduler takes the deciding rank's tokens
+    response.clear_tokens();
+    response.clear_prompt_logprobs();
+  }
   if (kvStore_) {
     // The step's KV_STORE copied the filled blocks (store_blocks) into the
     // write-through queue; the puts run in the background.

@@ -126,8 +126,9 @@ struct WorkerMembership::Impl {
       info.vocabSize = options.vocabSize;
       info.pipelineDepth = options.pp;
       info.kvStore = options.kvStore.has_value();
-      // One rank computes and samples every step, in the order sent.
-      info.chainsDecode = worldSize == 1;
+      // Every rank of one stage holds the gathered logits and samples every
+      // step, in the order sent (ShardWorker): each fills its chained inputs.
+      info.chainsDecode = options.pp == 1;
       std::atomic<uint64_t> *failures = &sendFailures;
       // A failed send fails the step or load (RemoteBackend) and drops the
       // rank's connection: its replica is torn down and its sequences move.

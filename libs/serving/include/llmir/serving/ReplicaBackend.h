@@ -24,9 +24,10 @@ struct ReplicaInfo {
   /// sequence's blocks from the store.
   bool kvStore = false;
   /// The replica fills a chained_input sequence with the token its previous
-  /// step sampled for it (DecodeChain: one rank that both computes and
-  /// samples, running steps in order), so the scheduler may send a
-  /// sequence's next decode while this one is in flight.
+  /// step sampled for it (DecodeChain: every rank that computes it also
+  /// samples, running steps in order: one stage, whose ranks all hold the
+  /// gathered logits), so the scheduler may send a sequence's next decode
+  /// while this one is in flight.
   bool chainsDecode = false;
 };
 

@@ -126,7 +126,8 @@ private:
   ShardWorkerOptions options_;
   WorkerObserver observer_;
   uint32_t rank_ = 0;
-  bool decides_ = false;
+  bool decides_ = false; // its tokens go in the response
+  bool samples_ = false; // samples every step: decides_, or every rank of one stage
   uint64_t loadedBytes_ = 0;
   proto::ShardProgram program_;
   // Destroyed in reverse: executor, communicators, runtime, checkpoint.
@@ -135,8 +136,9 @@ private:
   std::unique_ptr<runtime::EngineCommunicator> comm_;
   std::unique_ptr<TimedCommunicator> timedComm_;
   std::unique_ptr<engine::Executor> executor_;
-  // The deciding rank's samples for chained decodes (a one-rank replica's
-  // scheduler sends them; ReplicaInfo::chainsDecode).
+  // This rank's samples for chained decodes (a one-stage replica's scheduler
+  // sends them; ReplicaInfo::chainsDecode): every rank of one stage holds
+  // the gathered logits and samples, so each fills its own chained inputs.
   serving::DecodeChain chain_;
   // The KV-block store (AssignRank.kv_store); null without one or when it
   // could not be set up (the rank then serves without it).
