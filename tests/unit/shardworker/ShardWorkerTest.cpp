@@ -16,6 +16,7 @@
 
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace llmir::shard_worker {
@@ -187,6 +188,65 @@ TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {
             std::vector<int32_t>(reference.begin(), reference.begin() + 4));
 }
 
+
+// A one-stage replica of two ranks chains decodes (ReplicaInfo::chainsDecode):
+// each rank samples from the gathered logits and fills its own chained
+// inputs; only the deciding rank (0) answers with tokens. The chained steps
+// carry no token ids, so rank 1 decoding the reference ids with rank 0 shows
+// both filled the same tokens.
+TEST_F(ShardWorkerTest, BothRanksOfATensorParallelReplicaChainTheirDecodes) {
+  ShardWorker workers[2] = {ShardWorker(options(), {}), ShardWorker(options(), {})};
+  proto::RankReady ready[2];
+  {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] {
+        proto::AssignRank a = assign("tp2", "chained");
+        a.set_rank(static_cast<uint32_t>(r));
+        a.set_world_size(2);
+        ready[r] = workers[r].setUp(a);
+      });
+    for (auto &t : threads)
+      t.join();
+  }
+  ASSERT_TRUE(ready[0].ok()) << ready[0].error();
+  ASSERT_TRUE(ready[1].ok()) << ready[1].error();
+  const auto &prompt = demo->cases[0].promptIds;
+  const auto &reference = demo->cases[0].greedyIds;
+  constexpr int kDecodes = 6;
+  std::vector<int32_t> out;
+  for (int step = 0; step <= kDecodes; ++step) {
+    proto::StepRequest request;
+    request.set_step_id(static_cast<uint64_t>(step + 1));
+    proto::StepSequence *seq = request.add_sequences();
+    seq->set_sequence_id(7);
+    if (step == 0) {
+      for (int32_t id : prompt)
+        seq->add_token_ids(id);
+      seq->set_start_position(0);
+    } else {
+      seq->set_chained_input(true); // the token the step before sampled, on each rank
+      seq->set_start_position(static_cast<uint32_t>(prompt.size()) + step - 1);
+    }
+    for (int32_t b = 0; b * kBlockSize < static_cast<int32_t>(prompt.size()) + kDecodes + 1; ++b)
+      seq->add_block_table(b);
+    seq->set_sample(true);
+    seq->mutable_sampling()->set_temperature(0.0f);
+    seq->mutable_sampling()->set_top_p(1.0f);
+    proto::StepResponse responses[2];
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] { responses[r] = workers[r].step(request); });
+    for (auto &t : threads)
+      t.join();
+    ASSERT_TRUE(responses[0].ok()) << responses[0].error();
+    ASSERT_TRUE(responses[1].ok()) << responses[1].error();
+    EXPECT_EQ(responses[1].tokens_size(), 0) << "only the deciding rank answers with tokens";
+    ASSERT_EQ(responses[0].tokens_size(), 1) << "step " << step;
+    out.push_back(responses[0].tokens(0).token_id());
+  }
+  EXPECT_EQ(out, std::vector<int32_t>(reference.begin(), reference.begin() + kDecodes + 1));
+}
 
 // The communicator a worker hands its executor: every capability and
 // stream-ordered call of the runtime's communicator must pass through (a
