@@ -83,31 +83,37 @@ protected:
     return o;
   }
 
+  // Step `step` (id step + 1) of greedy sequence 7: `tokens` from
+  // `position`, or, with none, a chained input (the token the step before
+  // sampled); blocks for `length` tokens.
+  static proto::StepRequest greedyStep(int step, const std::vector<int32_t> &tokens,
+                                       int32_t position, int32_t length) {
+    proto::StepRequest request;
+    request.set_step_id(static_cast<uint64_t>(step + 1));
+    proto::StepSequence *seq = request.add_sequences();
+    seq->set_sequence_id(7);
+    for (int32_t id : tokens)
+      seq->add_token_ids(id);
+    seq->set_chained_input(tokens.empty());
+    seq->set_start_position(position);
+    for (int32_t b = 0; b * kBlockSize < length; ++b)
+      seq->add_block_table(b);
+    seq->set_sample(true);
+    seq->mutable_sampling()->set_temperature(0.0f);
+    seq->mutable_sampling()->set_top_p(1.0f);
+    return request;
+  }
+
   // One greedy sequence of reference case `c`: its prompt, then `decodes`
   // single-token steps, each fed the token the step before sampled.
   std::vector<int32_t> generate(ShardWorker &worker, size_t c, int decodes) {
     const auto &prompt = demo->cases[c].promptIds;
-    std::vector<int32_t> blocks;
-    for (int32_t b = 0;
-         b * kBlockSize < static_cast<int32_t>(prompt.size()) + decodes + 1;
-         ++b)
-      blocks.push_back(b);
+    const int32_t length = static_cast<int32_t>(prompt.size()) + decodes + 1;
     std::vector<int32_t> out;
     int32_t position = 0;
     std::vector<int32_t> feed = prompt;
     for (int step = 0; step <= decodes; ++step) {
-      proto::StepRequest request;
-      request.set_step_id(static_cast<uint64_t>(step + 1));
-      proto::StepSequence *seq = request.add_sequences();
-      seq->set_sequence_id(7);
-      for (int32_t id : feed)
-        seq->add_token_ids(id);
-      seq->set_start_position(position);
-      for (int32_t b : blocks)
-        seq->add_block_table(b);
-      seq->set_sample(true);
-      seq->mutable_sampling()->set_temperature(0.0f);
-      seq->mutable_sampling()->set_top_p(1.0f);
+      const proto::StepRequest request = greedyStep(step, feed, position, length);
       proto::StepResponse response = worker.step(request);
       EXPECT_TRUE(response.ok()) << response.error();
       EXPECT_EQ(response.step_id(), request.step_id());
@@ -215,24 +221,12 @@ TEST_F(ShardWorkerTest, BothRanksOfATensorParallelReplicaChainTheirDecodes) {
   const auto &reference = demo->cases[0].greedyIds;
   constexpr int kDecodes = 6;
   std::vector<int32_t> out;
+  const int32_t length = static_cast<int32_t>(prompt.size()) + kDecodes + 1;
   for (int step = 0; step <= kDecodes; ++step) {
-    proto::StepRequest request;
-    request.set_step_id(static_cast<uint64_t>(step + 1));
-    proto::StepSequence *seq = request.add_sequences();
-    seq->set_sequence_id(7);
-    if (step == 0) {
-      for (int32_t id : prompt)
-        seq->add_token_ids(id);
-      seq->set_start_position(0);
-    } else {
-      seq->set_chained_input(true); // the token the step before sampled, on each rank
-      seq->set_start_position(static_cast<uint32_t>(prompt.size()) + step - 1);
-    }
-    for (int32_t b = 0; b * kBlockSize < static_cast<int32_t>(prompt.size()) + kDecodes + 1; ++b)
-      seq->add_block_table(b);
-    seq->set_sample(true);
-    seq->mutable_sampling()->set_temperature(0.0f);
-    seq->mutable_sampling()->set_top_p(1.0f);
+    // After the prompt, chained inputs only: each rank feeds its own sample.
+    const proto::StepRequest request =
+        step == 0 ? greedyStep(0, prompt, 0, length)
+                  : greedyStep(step, {}, static_cast<int32_t>(prompt.size()) + step - 1, length);
     proto::StepResponse responses[2];
     std::vector<std::thread> threads;
     for (int r = 0; r < 2; ++r)
