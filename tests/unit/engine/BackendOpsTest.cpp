@@ -201,6 +201,8 @@ TEST_F(BackendOps, Linear) {
                     // One token, a grid of over four waves of 8-row blocks (an
                     // LM head's): two rows a warp at K = 256 too.
                     Shape{1, 256, 17003, false},
+                    // One token, two rows a warp over four rounds of loads.
+                    Shape{1, 8192, 300, false},
                     Shape{2, 8192, 24, false},
                     Shape{16, 2048, 256, true}, Shape{33, 1024, 96, false},
                     Shape{130, 512, 1000, true}}) {
@@ -282,9 +284,16 @@ TEST_F(BackendOps, LinearGroup) {
 // tokens) or through linearGroup (many): against the CPU's three
 // instructions, and bit-equal to the device's own unfused kernels.
 TEST_F(BackendOps, LinearSwiglu) {
+  struct Shape {
+    int64_t T, K;
+  };
+  const int64_t N = 320;
   for (proto::DType dtype : {proto::BF16, proto::F16})
-    for (int64_t T : {1, 3, 8, 12, 24}) {
-      const int64_t K = 768, N = 320;
+    // K = 4,096 at one token: the paired GEMV of 16 loads a lane (an 8B
+    // shape's gate/up), which K = 768 does not reach.
+    for (const Shape s : {Shape{1, 768}, Shape{3, 768}, Shape{8, 768}, Shape{12, 768},
+                          Shape{24, 768}, Shape{1, 4096}}) {
+      const int64_t T = s.T, K = s.K;
       const std::vector<float> x = randomFloats(size_t(T * K), rng_);
       const WeightTensor gate =
           makeWeight(dtype, {N, K}, randomFloats(size_t(N * K), rng_, 0.1f));
@@ -302,7 +311,8 @@ TEST_F(BackendOps, LinearSwiglu) {
       const cuda::LinearOutput upOut{dup.view, dbias.get(), du.get()};
       Status status = cuda::linearSwiglu(*context_, dx.get(), T, gateOut, upOut, dy.get());
       ASSERT_TRUE(status.isOk()) << status.message();
-      const std::string shape = "T=" + std::to_string(T) + " K=768 N=320 " + weightName(dtype);
+      const std::string shape = "T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=320 " +
+                                weightName(dtype);
       compare("LINEAR+SWIGLU", shape, dy.download(), want, kMatmulLimit);
       const cuda::LinearOutput both[2] = {gateOut, upOut};
       ASSERT_TRUE(cuda::linearGroup(*context_, dx.get(), T, both).isOk());
