@@ -104,7 +104,7 @@ struct ResidualNormDevice {
   float eps;
   float *normed;
   /// Consumer side: x's first loads issued with the partials' (measuring:
-  /// LLMIR_CUDA_NORM_EARLY_X=0 off).
+  /// LLMIR_CUDA_NORM_EARLY_X=1 on; off by default).
   bool earlyX;
 };
 /// cuda::PeerExchange on the device (linear16, one token): this rank's view

@@ -197,8 +197,9 @@ __device__ float blockInverseRms(double squares, int64_t H, float eps) {
 constexpr int kStagedBatch = 2;
 // earlyX: the thread's first batch of x and of the norm's weight is
 // requested with the partials, before the scale that only their store
-// needs: the staging waits for one L2 round trip where it waited for two
-// (LLMIR_CUDA_NORM_EARLY_X=0: after, for measuring).
+// needs, so the staging waits for one L2 round trip where it waited for
+// two; off unless LLMIR_CUDA_NORM_EARLY_X=1 (measuring): a step at main's
+// code was faster without (Kernels.cpp, onDevice).
 __device__ void stageNormed(const ResidualNormDevice &c, const float *x, int64_t H,
                             float4 *staged, bool earlyX) {
   const float4 *from = reinterpret_cast<const float4 *>(x);
