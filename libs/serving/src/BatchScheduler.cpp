@@ -854,7 +854,7 @@ void BatchScheduler::stop() {
   loopStarted_ = false;
 }
 
-std::vector<DetachedRequest> BatchScheduler::detachAll() {
+std::vector<DetachedRequest> BatchScheduler::detachAll(bool keepFailures) {
   std::unique_lock<std::mutex> lock(mutex_);
   quiet_.wait(lock, [&] { return quiescentLocked(); });
   std::vector<Sequence *> cancelled; // while in flight: they end here
@@ -873,7 +873,8 @@ std::vector<DetachedRequest> BatchScheduler::detachAll() {
       seq->numComputed = 0;
       seq->running = false;
       seq->chunk = 0;
-      seq->failures = 0; // the replica failed, not the sequence
+      if (!keepFailures)
+        seq->failures = 0; // the replica failed, not the sequence
       seq->waitingForLeader = false;
       seq->storeLookedUp = false;
     }

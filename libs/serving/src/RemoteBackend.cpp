@@ -1,9 +1,29 @@
 #include "llmir/serving/RemoteBackend.h"
 
 #include <algorithm>
+#include <string_view>
 #include <vector>
 
 namespace llmir::serving {
+
+namespace {
+/// `error` without a leading "rank N: " (ShardWorker's prefix).
+std::string_view withoutRank(std::string_view error) {
+  constexpr std::string_view kRank = "rank ";
+  if (error.substr(0, kRank.size()) != kRank)
+    return error;
+  size_t at = kRank.size();
+  while (at < error.size() && error[at] >= '0' && error[at] <= '9')
+    ++at;
+  if (at == kRank.size() || error.substr(at, 2) != ": ")
+    return error;
+  return error.substr(at + 2);
+}
+} // namespace
+
+bool ranksDisagree(const std::string &error, const std::string &other) {
+  return withoutRank(error) != withoutRank(other);
+}
 
 void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
   const uint64_t stepId = request.step_id();
@@ -32,6 +52,7 @@ void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
 void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &response) {
   StepDone done;
   Result<proto::StepResponse> result = Status::error("unset");
+  std::string disagreement;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = pending_.find(response.step_id());
@@ -41,8 +62,12 @@ void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &respons
     if (pending.ranksAnswered[rank])
       return; // one answer per rank: a rank cannot stand in for its peers
     pending.ranksAnswered[rank] = true;
-    if (!response.ok() && pending.error.empty())
+    if (response.ok())
+      pending.anyOk = true;
+    else if (pending.error.empty())
       pending.error = response.error();
+    else if (ranksDisagree(pending.error, response.error()))
+      pending.errorsDiffer = true;
     for (const proto::SampledToken &token : response.tokens())
       *pending.merged.add_tokens() = token;
     for (const proto::PromptLogprobs &prompt : response.prompt_logprobs())
@@ -52,13 +77,19 @@ void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &respons
     if (++pending.answered < worldSize_)
       return;
     done = std::move(pending.done);
+    if (!pending.error.empty() && (pending.anyOk || pending.errorsDiffer))
+      disagreement = "the ranks disagree on step " + std::to_string(response.step_id()) +
+                     " (" + pending.error + ")";
     if (pending.error.empty())
       result = std::move(pending.merged);
     else
       result = Status::error(pending.error);
     pending_.erase(it);
   }
+  // The step's own failure first: it counts against its sequences.
   done(std::move(result));
+  if (!disagreement.empty() && onRanksDisagree_)
+    onRanksDisagree_(disagreement);
 }
 
 void RemoteBackend::loadBlocks(const proto::KvLoadRequest &request, LoadDone done) {

@@ -332,9 +332,9 @@ void ReplicaRouter::addReplica(std::string id, std::shared_ptr<ReplicaBackend> b
   });
 }
 
-void ReplicaRouter::moveAway(Replica &replica) {
+void ReplicaRouter::moveAway(Replica &replica, bool keepFailures) {
   // changeMutex_ is held: no request is added to or cancelled on it now.
-  std::vector<DetachedRequest> detached = replica.scheduler->detachAll();
+  std::vector<DetachedRequest> detached = replica.scheduler->detachAll(keepFailures);
   std::lock_guard<std::mutex> lock(mutex_);
   addCounters(retired_, replica.scheduler->stats());
   std::erase_if(replicas_, [&](const auto &r) { return r.get() == &replica; });
@@ -354,8 +354,9 @@ void ReplicaRouter::moveAway(Replica &replica) {
   replica.localToRouter.clear();
 }
 
-void ReplicaRouter::removeReplica(std::string id, std::function<void()> abortInFlight) {
-  post([this, id = std::move(id), abortInFlight = std::move(abortInFlight)] {
+void ReplicaRouter::removeReplica(std::string id, std::function<void()> abortInFlight,
+                                  bool keepFailures) {
+  post([this, id = std::move(id), abortInFlight = std::move(abortInFlight), keepFailures] {
     std::lock_guard<std::mutex> change(changeMutex_);
     std::shared_ptr<Replica> replica;
     {
@@ -377,7 +378,7 @@ void ReplicaRouter::removeReplica(std::string id, std::function<void()> abortInF
     if (abortInFlight)
       abortInFlight();
     replica->scheduler->stop();
-    moveAway(*replica);
+    moveAway(*replica, keepFailures);
   });
 }
 

@@ -152,7 +152,10 @@ struct WorkerMembership::Impl {
           },
           [sendToRank](uint32_t rank, const proto::KvLoadRequest &request) {
             return sendToRank(rank, kvLoadRequestMessage(request), "KvLoadRequest");
-          });
+          },
+          // Called from onResponse, which this membership runs outside its
+          // lock (onFrame), only while it lives.
+          [this, id = replica.id](const std::string &why) { onRanksDisagree(id, why); });
       backends.push_back(replica.backend);
       net::logInfo("forming replica", {{"replica_id", replica.id},
                                        {"world_size", worldSize},
@@ -191,17 +194,34 @@ struct WorkerMembership::Impl {
     tryFormLocked();
   }
 
-  /// A rank is gone (or failed to join): tear the replica down.
-  void failReplicaLocked(MeshReplica &replica, const std::string &why) {
+  /// A rank is gone (or failed to join, or the ranks disagree on a step):
+  /// tear the replica down. keepFailures: a step of its requests is why
+  /// (ReplicaRouter::removeReplica).
+  void failReplicaLocked(MeshReplica &replica, const std::string &why,
+                         bool keepFailures = false) {
     net::logWarn("replica torn down", {{"replica_id", replica.id}, {"reason", why}});
     if (replica.ready)
-      router.removeReplica(replica.id, [backend = replica.backend, why] {
-        backend->fail(why);
-      });
+      router.removeReplica(
+          replica.id, [backend = replica.backend, why] { backend->fail(why); }, keepFailures);
     else
       replica.backend->fail(why);
     disbandLocked(replica);
     tryFormLocked();
+  }
+
+  /// The ranks of replica `id` answered one step differently (one failed
+  /// where another did not, or with another error): one may have stopped
+  /// before collectives its peers went into, so later steps would pair
+  /// them wrongly. A fresh replica of the same workers (new store prefix,
+  /// new communicators) takes its place; the step's failure stays counted
+  /// against its sequences, so a request that breaks every replica it
+  /// reaches still ends after maxStepRetries.
+  void onRanksDisagree(const std::string &id, const std::string &why) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = replicas.find(id);
+    if (it == replicas.end() || !it->second.ready)
+      return; // gone already (a rank lost, a drain)
+    failReplicaLocked(it->second, why, /*keepFailures=*/true);
   }
 
   void onReplicaDrained(const std::string &id) {

@@ -171,5 +171,58 @@ TEST(RemoteBackendTest, CompletesWhenEveryRankAnsweredAndFailsOnRequest) {
   ASSERT_TRUE(done.has_value() && !done->isOk()) << "a failed replica fails new steps at once";
 }
 
+// A step whose ranks answer differently (one failed, another did not; or
+// different errors) is reported once, after the step's own failure; ranks
+// failing alike (the same error but for the worker's "rank N: ") are not.
+TEST(RemoteBackendTest, RanksThatDisagreeOnAStepAreReportedAfterItFails) {
+  std::vector<std::string> reported;
+  std::vector<std::string> order;
+  RemoteBackend backend(
+      {16, 16, 100, 1}, 2, [](uint32_t, const proto::StepRequest &) { return Status::ok(); }, {},
+      [&](const std::string &why) {
+        reported.push_back(why);
+        order.push_back("reported");
+      });
+  const auto answer = [](uint64_t step, bool ok, const std::string &error) {
+    proto::StepResponse r;
+    r.set_step_id(step);
+    r.set_ok(ok);
+    r.set_error(error);
+    return r;
+  };
+  const auto run = [&](uint64_t step, const proto::StepResponse &a, const proto::StepResponse &b) {
+    proto::StepRequest request;
+    request.set_step_id(step);
+    std::optional<Result<proto::StepResponse>> done;
+    backend.submit(request, [&](Result<proto::StepResponse> r) {
+      done = std::move(r);
+      order.push_back("done");
+    });
+    backend.onResponse(0, a);
+    backend.onResponse(1, b);
+    EXPECT_TRUE(done.has_value());
+    return done.has_value() && done->isOk();
+  };
+  // One ok, one failed: the step fails, then the disagreement is reported.
+  EXPECT_FALSE(run(1, answer(1, true, ""), answer(1, false, "rank 1: out of memory")));
+  ASSERT_EQ(reported.size(), 1u);
+  EXPECT_NE(reported[0].find("out of memory"), std::string::npos) << reported[0];
+  EXPECT_EQ(order, (std::vector<std::string>{"done", "reported"}));
+  // Failed alike on both ranks: the collectives stay paired.
+  EXPECT_FALSE(run(2, answer(2, false, "rank 0: token id 9 past the vocabulary"),
+                   answer(2, false, "rank 1: token id 9 past the vocabulary")));
+  EXPECT_EQ(reported.size(), 1u);
+  // Failed differently: one stopped, the other waited its collective out.
+  EXPECT_FALSE(run(3, answer(3, false, "rank 0: cannot allocate"),
+                   answer(3, false, "rank 1: all-reduce timed out")));
+  EXPECT_EQ(reported.size(), 2u);
+  // Both ok: nothing.
+  EXPECT_TRUE(run(4, answer(4, true, ""), answer(4, true, "")));
+  EXPECT_EQ(reported.size(), 2u);
+  EXPECT_FALSE(ranksDisagree("rank 12: x", "rank 3: x"));
+  EXPECT_TRUE(ranksDisagree("rank 1: x", "rank 1: y"));
+  EXPECT_TRUE(ranksDisagree("rank : x", "x")); // not the worker's prefix
+}
+
 } // namespace
 } // namespace llmir::serving

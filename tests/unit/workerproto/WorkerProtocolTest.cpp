@@ -398,6 +398,98 @@ TEST(WorkerProtocolTest, StepsCountOncePerRankOfTheReplicaTheyWentTo) {
   scheduler.router->cancel(id);
 }
 
+// A step the ranks of a tp=2 replica answer differently (one failed, the
+// other not) tears the replica down: both workers are assigned to a fresh
+// one (a new store prefix: new communicators) and the request goes on
+// there. Ranks failing alike only fail the step: it is sent again to the
+// same replica.
+TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoesOn) {
+  Collector out;
+  Scheduler scheduler;
+  ASSERT_NE(scheduler.model, nullptr);
+  MembershipOptions options;
+  options.worldSize = 2;
+  options.heartbeatTimeout = 60s; // the hand-driven peers send none
+  ASSERT_TRUE(scheduler.start(options).isOk());
+  std::vector<std::unique_ptr<net::FramedClient>> peers;
+  for (int i = 0; i < 2; ++i) {
+    peers.push_back(rawPeer(scheduler.port()));
+    ASSERT_NE(peers.back(), nullptr);
+    ASSERT_TRUE(peers.back()->send(registerWorkerMessage("peer-" + std::to_string(i), "", "")).isOk());
+    ASSERT_TRUE(scheduler.waitForCounts([&](const MeshCounts &c) {
+      return c.workersIdle + c.workersJoining == i + 1;
+    }));
+  }
+  // Both peers take their (next) assignment and report ready.
+  const auto join = [&]() -> std::string {
+    std::string replica;
+    for (int i = 0; i < 2; ++i) {
+      auto e = receiveKind(*peers[i], proto::Envelope::kAssignRank);
+      EXPECT_TRUE(e.isOk()) << e.message();
+      if (!e)
+        return "";
+      replica = e->assign_rank().replica_id();
+      proto::RankReady r;
+      r.set_replica_id(replica);
+      r.set_rank(e->assign_rank().rank());
+      r.set_ok(true);
+      EXPECT_TRUE(peers[i]->send(rankReadyMessage(r)).isOk());
+    }
+    return replica;
+  };
+  const std::string first = join();
+  ASSERT_FALSE(first.empty());
+  ASSERT_TRUE(scheduler.router->waitForReplica(10s));
+  const uint64_t id =
+      scheduler.router->addRequest(greedy(scheduler.model->cases[0].promptIds, 1), out.callback());
+  const auto nextStep = [&](int peer) {
+    auto e = receiveKind(*peers[peer], proto::Envelope::kStepRequest);
+    EXPECT_TRUE(e.isOk()) << e.message();
+    return e ? e->step_request() : proto::StepRequest{};
+  };
+  const auto answer = [&](int peer, const proto::StepRequest &step, bool ok,
+                          const std::string &error) {
+    proto::StepResponse r;
+    r.set_step_id(step.step_id());
+    r.set_ok(ok);
+    r.set_error(error);
+    if (ok && peer == 0)
+      for (const auto &seq : step.sequences()) {
+        proto::SampledToken *token = r.add_tokens();
+        token->set_sequence_id(seq.sequence_id());
+        token->set_token_id(7);
+      }
+    ASSERT_TRUE(peers[peer]->send(stepResponseMessage(r)).isOk());
+  };
+
+  // Failed alike on both ranks: the same replica gets the step again.
+  proto::StepRequest step = nextStep(0);
+  ASSERT_EQ(nextStep(1).step_id(), step.step_id());
+  answer(0, step, false, "rank 0: no kv block 9");
+  answer(1, step, false, "rank 1: no kv block 9");
+  step = nextStep(0);
+  ASSERT_EQ(nextStep(1).step_id(), step.step_id());
+  EXPECT_FALSE(receiveKind(*peers[0], proto::Envelope::kAssignRank, 300ms).isOk())
+      << "ranks failing alike keep their replica";
+
+  // Rank 1 fails where rank 0 did not: a fresh replica of the same workers.
+  answer(0, step, true, "");
+  answer(1, step, false, "rank 1: cannot allocate activations");
+  const std::string second = join();
+  ASSERT_FALSE(second.empty());
+  EXPECT_NE(second, first);
+  ASSERT_TRUE(scheduler.router->waitForReplica(10s));
+  EXPECT_EQ(scheduler.membership->counts().workersLost, 0u);
+  // The request goes on there, and ends with the token computed there.
+  step = nextStep(0);
+  ASSERT_EQ(nextStep(1).step_id(), step.step_id());
+  answer(0, step, true, "");
+  answer(1, step, true, "");
+  ASSERT_TRUE(out.waitFor([&] { return out.finished.count(id) > 0; }, 10s));
+  EXPECT_EQ(out.tokens[id], std::vector<int32_t>{7});
+  EXPECT_EQ(out.finished[id], serving::FinishReason::Length);
+}
+
 // A rank failing its join tears the replica down; the other rank, still
 // inside its own join, is assigned again only once it answers for the old
 // replica (or the old replica's join deadline passes): assigned at once, it

@@ -190,9 +190,10 @@ public:
   void requestStop();
 
   /// Takes every unfinished request out, after the steps in flight have
-  /// returned (their failures do not count against the sequences). The
+  /// returned (their failures do not count against the sequences, unless
+  /// `keepFailures`: the replica went because a step of theirs failed). The
   /// scheduler must not be stepping (stop() first). Their blocks are freed.
-  std::vector<DetachedRequest> detachAll();
+  std::vector<DetachedRequest> detachAll(bool keepFailures = false);
   /// Continues a request detached from another scheduler of the same model;
   /// its choices recompute their tokens so far, then generate on. Returns
   /// its id here.

@@ -13,6 +13,11 @@
 
 namespace llmir::serving {
 
+/// Whether two ranks' errors for one step differ once each worker's "rank
+/// N: " prefix is set aside (a failure every rank meets alike, before any
+/// collective, leaves them paired).
+bool ranksDisagree(const std::string &error, const std::string &other);
+
 class RemoteBackend final : public ReplicaBackend {
 public:
   /// Sends `request` to `rank`; an error fails the step.
@@ -21,9 +26,17 @@ public:
   /// Sends a KV load request to `rank`; an error fails the load.
   using SendLoad = std::function<Status(uint32_t rank, const proto::KvLoadRequest &request)>;
 
-  RemoteBackend(ReplicaInfo info, uint32_t worldSize, SendStep send, SendLoad sendLoad = {})
+  /// Called (once a step, after the step's own completion) when the ranks'
+  /// answers to one step disagree: some succeeded and some failed, or they
+  /// failed with different errors (ranksDisagree). Such a replica's ranks
+  /// may no longer pair their collectives (one stopped before them, its
+  /// peers went on or waited theirs out), so its owner tears it down.
+  using OnRanksDisagree = std::function<void(const std::string &why)>;
+
+  RemoteBackend(ReplicaInfo info, uint32_t worldSize, SendStep send, SendLoad sendLoad = {},
+                OnRanksDisagree onRanksDisagree = {})
       : info_(info), worldSize_(worldSize), send_(std::move(send)),
-        sendLoad_(std::move(sendLoad)) {
+        sendLoad_(std::move(sendLoad)), onRanksDisagree_(std::move(onRanksDisagree)) {
     info_.kvStore = info_.kvStore && sendLoad_ != nullptr;
   }
 
@@ -51,6 +64,8 @@ private:
     std::vector<bool> ranksAnswered;
     proto::StepResponse merged;
     std::string error;
+    bool anyOk = false;
+    bool errorsDiffer = false;
   };
   struct PendingLoad {
     LoadDone done;
@@ -66,6 +81,7 @@ private:
   uint32_t worldSize_;
   SendStep send_;
   SendLoad sendLoad_;
+  OnRanksDisagree onRanksDisagree_;
   mutable std::mutex mutex_;
   std::map<uint64_t, Pending> pending_;
   std::map<uint64_t, PendingLoad> pendingLoads_;

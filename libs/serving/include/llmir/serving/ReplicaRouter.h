@@ -96,8 +96,12 @@ public:
   void addReplica(std::string id, std::shared_ptr<ReplicaBackend> backend);
   /// A replica lost a rank: it takes no more requests; once its scheduler
   /// submits no more steps `abortInFlight` must fail the steps in flight;
-  /// then its requests move on. Runs on the router's thread.
-  void removeReplica(std::string id, std::function<void()> abortInFlight);
+  /// then its requests move on, their sequences' step failures forgotten
+  /// unless `keepFailures` (a step of theirs is why the replica went: a
+  /// request that fails every replica it reaches still ends). Runs on the
+  /// router's thread.
+  void removeReplica(std::string id, std::function<void()> abortInFlight,
+                     bool keepFailures = false);
   /// Takes no more requests; the running ones finish for up to `grace`,
   /// then the rest move on; then `done` runs (on the router's thread).
   void drainReplica(std::string id, std::chrono::milliseconds grace,
@@ -120,7 +124,7 @@ private:
   std::shared_ptr<Replica> pickLocked(const std::vector<int32_t> &prompt,
                                       bool requeue);
   void place(uint64_t id, DetachedRequest request);
-  void moveAway(Replica &replica);
+  void moveAway(Replica &replica, bool keepFailures = false);
   void tick();
   void post(std::function<void()> task);
   void loop();
