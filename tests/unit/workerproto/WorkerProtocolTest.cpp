@@ -163,6 +163,23 @@ std::unique_ptr<net::FramedClient> rawPeer(uint16_t port, std::optional<std::str
   return client ? std::move(*client) : nullptr;
 }
 
+/// `count` peers speaking the protocol by hand, registered one after the
+/// other (registration order decides the ranks).
+std::vector<std::unique_ptr<net::FramedClient>> registeredPeers(Scheduler &scheduler, int count) {
+  std::vector<std::unique_ptr<net::FramedClient>> peers;
+  for (int i = 0; i < count; ++i) {
+    peers.push_back(rawPeer(scheduler.port()));
+    if (!peers.back())
+      return {};
+    EXPECT_TRUE(
+        peers.back()->send(registerWorkerMessage("peer-" + std::to_string(i), "", "")).isOk());
+    EXPECT_TRUE(scheduler.waitForCounts([&](const MeshCounts &c) {
+      return c.workersIdle + c.workersJoining == i + 1;
+    }));
+  }
+  return peers;
+}
+
 /// The next envelope of `kind` (others, like Heartbeat answers, skipped).
 Result<proto::Envelope> receiveKind(net::FramedClient &peer, proto::Envelope::BodyCase kind,
                                     std::chrono::milliseconds within = 10s) {
@@ -337,16 +354,8 @@ TEST(WorkerProtocolTest, StepsCountOncePerRankOfTheReplicaTheyWentTo) {
   ASSERT_TRUE(scheduler.start(options).isOk());
 
   // Two hand-driven ranks and an idle third worker.
-  std::vector<std::unique_ptr<net::FramedClient>> peers;
-  for (int i = 0; i < 3; ++i) {
-    peers.push_back(rawPeer(scheduler.port()));
-    ASSERT_NE(peers.back(), nullptr);
-    ASSERT_TRUE(peers.back()->send(registerWorkerMessage("peer-" + std::to_string(i), "", "")).isOk());
-    // Registration order decides the ranks.
-    ASSERT_TRUE(scheduler.waitForCounts([&](const MeshCounts &c) {
-      return c.workersIdle + c.workersJoining == i + 1;
-    }));
-  }
+  std::vector<std::unique_ptr<net::FramedClient>> peers = registeredPeers(scheduler, 3);
+  ASSERT_EQ(peers.size(), 3u);
   std::vector<proto::AssignRank> assigned;
   for (int i = 0; i < 2; ++i) {
     auto e = receiveKind(*peers[i], proto::Envelope::kAssignRank);
@@ -411,15 +420,8 @@ TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoe
   options.worldSize = 2;
   options.heartbeatTimeout = 60s; // the hand-driven peers send none
   ASSERT_TRUE(scheduler.start(options).isOk());
-  std::vector<std::unique_ptr<net::FramedClient>> peers;
-  for (int i = 0; i < 2; ++i) {
-    peers.push_back(rawPeer(scheduler.port()));
-    ASSERT_NE(peers.back(), nullptr);
-    ASSERT_TRUE(peers.back()->send(registerWorkerMessage("peer-" + std::to_string(i), "", "")).isOk());
-    ASSERT_TRUE(scheduler.waitForCounts([&](const MeshCounts &c) {
-      return c.workersIdle + c.workersJoining == i + 1;
-    }));
-  }
+  std::vector<std::unique_ptr<net::FramedClient>> peers = registeredPeers(scheduler, 2);
+  ASSERT_EQ(peers.size(), 2u);
   // Both peers take their (next) assignment and report ready.
   const auto join = [&]() -> std::string {
     std::string replica;
@@ -502,12 +504,8 @@ TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolOnceEachAnsweredAn
   options.worldSize = 2;
   options.heartbeatTimeout = 60s; // the hand-driven peers send none
   ASSERT_TRUE(scheduler.start(options).isOk());
-  std::vector<std::unique_ptr<net::FramedClient>> peers;
-  for (int i = 0; i < 2; ++i) {
-    peers.push_back(rawPeer(scheduler.port()));
-    ASSERT_NE(peers.back(), nullptr);
-    ASSERT_TRUE(peers.back()->send(registerWorkerMessage("peer-" + std::to_string(i), "", "")).isOk());
-  }
+  std::vector<std::unique_ptr<net::FramedClient>> peers = registeredPeers(scheduler, 2);
+  ASSERT_EQ(peers.size(), 2u);
   std::vector<std::string> first;
   for (auto &peer : peers) {
     auto e = receiveKind(*peer, proto::Envelope::kAssignRank);
