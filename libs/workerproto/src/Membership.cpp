@@ -154,7 +154,7 @@ struct WorkerMembership::Impl {
             return sendToRank(rank, kvLoadRequestMessage(request), "KvLoadRequest");
           },
           // Called from onResponse, which this membership runs outside its
-          // lock (onFrame), only while it lives.
+          // lock (onMessage), only while it lives.
           [this, id = replica.id](const std::string &why) { onRanksDisagree(id, why); });
       backends.push_back(replica.backend);
       net::logInfo("forming replica", {{"replica_id", replica.id},
