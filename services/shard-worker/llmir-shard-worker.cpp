@@ -54,6 +54,7 @@ struct Settings {
   unsigned threads = 0;
   net::LogLevel logLevel = net::LogLevel::Info;
   std::string clusterSecretFile;
+  uint64_t failStep = 0; // fault injection: 0 never
 };
 
 struct Metrics {
@@ -230,6 +231,9 @@ int main(int argc, char **argv) {
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
              "docs/reliability.md)");
+  config.add("debug.fail-step", &s.failStep,
+             "fault injection for tests: this worker's Nth step fails before it runs "
+             "(0: never)");
   // --check-config checks the settings, not this machine: whether the CUDA
   // device exists is a start-time check (CI has no GPU, GPU nodes do).
   std::optional<llmir::engine::Device> device;
@@ -300,6 +304,7 @@ int main(int argc, char **argv) {
   options.advertiseHost = s.advertiseHost;
   options.collectiveTimeout = std::chrono::milliseconds(s.collectiveTimeoutMs);
   options.threads = s.threads;
+  options.failStep = s.failStep;
   llmir::shard_worker::ShardWorker worker(options, observer);
 
   std::atomic<bool> ready{false};

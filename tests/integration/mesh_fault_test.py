@@ -8,7 +8,11 @@ over at once; once the streams are under way one worker is killed with
 SIGKILL. Every stream must finish, with the text the single requests gave:
 the killed replica's sequences continue on the other one. Then a fresh
 worker pairs with the killed one's survivor and both replicas are ready
-again.
+again. That fresh worker fails its first step on purpose
+(--debug.fail-step=1: before its collectives, while its peer waits in
+theirs): the ranks' answers to that step disagree, the scheduler re-forms
+the replica from the same two workers, and the streams sent then all finish
+with the single-request text.
 
 The node test tests/integration/elastic/elastic.test.mjs covers the same on
 CPUs (with the official openai client); this one needs only Python's
@@ -99,7 +103,7 @@ class Mesh:
         self.worker_port = self.wait_for("the workers' port", 30,
                                          lambda: read_port(worker_port_file), scheduler)
 
-    def start_worker(self, device_index):
+    def start_worker(self, device_index, extra=()):
         device, collectives = "cpu", "gloo"
         if self.args.device == "cuda":
             device = f"cuda:{device_index % self.gpus}"
@@ -110,7 +114,7 @@ class Mesh:
             "--worker.threads=1", f"--worker.device={device}",
             f"--worker.collectives={collectives}", "--worker.kv-cache-dtype=f32",
             "--timeouts.heartbeat-ms=200", f"--timeouts.collective-ms={self.args.collective_ms}",
-            "--timeouts.drain-grace-ms=20000"])
+            "--timeouts.drain-grace-ms=20000", *extra])
         self.workers.append(worker)
         return worker
 
@@ -157,6 +161,30 @@ def post(base, body, timeout=120):
     request = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     return urllib.request.urlopen(request, timeout=timeout)
+
+
+def streams(mesh, texts, count):
+    """`count` streamed completions of the reference prompts at once; raises
+    unless every one finishes with its prompt's single-request text."""
+    progress, out, threads = [], [None] * count, []
+    for i in range(count):
+        body = dict(texts[i % len(texts)][0])
+        body.pop("return_token_ids")
+        t = threading.Thread(target=stream, args=(mesh.base, body, progress, out, i))
+        t.start()
+        threads.append(t)
+    return progress, out, threads
+
+
+def check_streams(texts, out, threads):
+    for t in threads:
+        t.join(timeout=300)
+    errors = [o for o in out if o is None or o[0] != "ok"]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(out)} streams failed: {errors[:3]}")
+    differ = [i for i, o in enumerate(out) if o[1] != texts[i % len(texts)][1]]
+    if differ:
+        raise RuntimeError(f"streams {differ} differ from the single-request text")
 
 
 def stream(base, body, progress, out, index):
@@ -218,25 +246,12 @@ def main():
         print(f"mesh_fault_test: {len(cases)} reference completions equal their greedy ids")
 
         # The streams, and a worker killed once they are under way.
-        progress, out, threads = [], [None] * args.streams, []
-        for i in range(args.streams):
-            body = dict(texts[i % len(texts)][0])
-            body.pop("return_token_ids")
-            t = threading.Thread(target=stream, args=(mesh.base, body, progress, out, i))
-            t.start()
-            threads.append(t)
+        progress, out, threads = streams(mesh, texts, args.streams)
         mesh.wait_for("streams under way", 60, lambda: len(progress) >= 2 * args.streams)
         victim = mesh.workers[0]
         victim.send_signal(signal.SIGKILL)
         print(f"mesh_fault_test: SIGKILL to {victim.name} after {len(progress)} streamed chunks")
-        for t in threads:
-            t.join(timeout=300)
-        errors = [o for o in out if o is None or o[0] != "ok"]
-        if errors:
-            raise RuntimeError(f"{len(errors)} of {args.streams} streams failed: {errors[:3]}")
-        differ = [i for i, o in enumerate(out) if o[1] != texts[i % len(texts)][1]]
-        if differ:
-            raise RuntimeError(f"streams {differ} differ from the single-request text")
+        check_streams(texts, out, threads)
         moved = mesh.metric("llmir:requeued_tokens_total")
         if moved <= 0:
             raise RuntimeError("no sequence was moved off the killed replica "
@@ -244,15 +259,26 @@ def main():
         print(f"mesh_fault_test: {args.streams} of {args.streams} streams finished with the "
               f"single-request text ({moved:.0f} tokens of moved sequences)")
 
-        # The survivor of the killed replica pairs with a fresh worker.
-        mesh.start_worker(0)
+        # The survivor of the killed replica pairs with a fresh worker, which
+        # fails its first step before its collectives.
+        failures = mesh.metric("llmir:replica_failures_total")
+        mesh.start_worker(0, ["--debug.fail-step=1"])
         mesh.wait_for_replicas(2, 180)
+        progress, out, threads = streams(mesh, texts, args.streams)
+        check_streams(texts, out, threads)
+        log = open(os.path.join(mesh.work, "scheduler.log")).read()
+        if "the ranks disagree" not in log:
+            raise RuntimeError("the injected step failure was not seen as the ranks disagreeing")
+        mesh.wait_for_replicas(2, 180)
+        if mesh.metric("llmir:replica_failures_total") <= failures:
+            raise RuntimeError("the replica whose ranks disagreed was not torn down")
         body, text = texts[0]
         choice = json.load(post(mesh.base, body))["choices"][0]
         if choice.get("token_ids") != cases[0]["greedy_ids"]:
             raise RuntimeError("after the rejoin the ids differ from the reference")
-        print("mesh_fault_test: a fresh worker joined the survivor; two replicas ready, "
-              "reference ids again")
+        print(f"mesh_fault_test: a fresh worker joined the survivor and failed its first step; "
+              f"its replica was re-formed, {args.streams} streams finished with the "
+              f"single-request text, two replicas ready, reference ids again")
         failed = False
     except Exception as e:
         print(f"mesh_fault_test: FAILED: {e}", file=sys.stderr)

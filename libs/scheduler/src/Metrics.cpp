@@ -147,7 +147,8 @@ struct Metrics::Impl {
   prometheus::Counter &requeued =
       counter("llmir:requeued_sequences_total", "Sequences moved to another replica (tokens kept).");
   prometheus::Counter &replicaFailures =
-      counter("llmir:replica_failures_total", "Replicas torn down because a rank was lost.");
+      counter("llmir:replica_failures_total",
+              "Replicas torn down because a rank was lost or the ranks disagreed on a step.");
   prometheus::Counter &replicaDrains =
       counter("llmir:replica_drains_total", "Replicas drained (a worker received SIGTERM).");
   prometheus::Counter &workersLost =

@@ -254,6 +254,9 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   };
   if (!executor_)
     return fail(Status::error("no rank assigned (step before a successful AssignRank)"));
+  if (++steps_ == options_.failStep)
+    return fail(Status::error("step " + std::to_string(steps_) +
+                              " of this worker failed on purpose (debug.fail-step)"));
   bool prefill = false;
   for (const auto &seq : request.sequences())
     prefill |= seq.token_ids_size() > 1;

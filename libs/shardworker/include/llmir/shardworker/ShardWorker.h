@@ -97,6 +97,10 @@ struct ShardWorkerOptions {
   /// The internal plane's secret: proves this worker to the rendezvous store
   /// and the compiler service.
   std::optional<std::string> clusterSecret;
+  /// Fault injection (tests): the Nth step this worker is sent, counted over
+  /// every assignment, fails before it runs, as a step failing on one rank
+  /// before its collectives does (0: never).
+  uint64_t failStep = 0;
 };
 
 class ShardWorker {
@@ -129,6 +133,7 @@ private:
   bool decides_ = false; // its tokens go in the response
   bool samples_ = false; // samples every step: decides_, or every rank of one stage
   uint64_t loadedBytes_ = 0;
+  uint64_t steps_ = 0; // steps sent to this worker (failStep)
   proto::ShardProgram program_;
   // Destroyed in reverse: executor, communicators, runtime, checkpoint.
   std::optional<model::Checkpoint> checkpoint_;
