@@ -180,6 +180,18 @@ std::vector<std::unique_ptr<net::FramedClient>> registeredPeers(Scheduler &sched
   return peers;
 }
 
+/// A tp=2 membership and two hand-driven peers registered for it (they
+/// send no heartbeats: the timeout is long); none when it did not start.
+std::vector<std::unique_ptr<net::FramedClient>> handDrivenPair(Scheduler &scheduler) {
+  MembershipOptions options;
+  options.worldSize = 2;
+  options.heartbeatTimeout = 60s;
+  const Status started = scheduler.start(options);
+  EXPECT_TRUE(started.isOk()) << started.message();
+  return started.isOk() ? registeredPeers(scheduler, 2)
+                        : std::vector<std::unique_ptr<net::FramedClient>>{};
+}
+
 /// The next envelope of `kind` (others, like Heartbeat answers, skipped).
 Result<proto::Envelope> receiveKind(net::FramedClient &peer, proto::Envelope::BodyCase kind,
                                     std::chrono::milliseconds within = 10s) {
@@ -416,11 +428,7 @@ TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoe
   Collector out;
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
-  MembershipOptions options;
-  options.worldSize = 2;
-  options.heartbeatTimeout = 60s; // the hand-driven peers send none
-  ASSERT_TRUE(scheduler.start(options).isOk());
-  std::vector<std::unique_ptr<net::FramedClient>> peers = registeredPeers(scheduler, 2);
+  std::vector<std::unique_ptr<net::FramedClient>> peers = handDrivenPair(scheduler);
   ASSERT_EQ(peers.size(), 2u);
   // Both peers take their (next) assignment and report ready.
   const auto join = [&]() -> std::string {
@@ -500,11 +508,7 @@ TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoe
 TEST(WorkerProtocolTest, FailedJoinReturnsBothWorkersToThePoolOnceEachAnsweredAndAFreshReplicaForms) {
   Scheduler scheduler;
   ASSERT_NE(scheduler.model, nullptr);
-  MembershipOptions options;
-  options.worldSize = 2;
-  options.heartbeatTimeout = 60s; // the hand-driven peers send none
-  ASSERT_TRUE(scheduler.start(options).isOk());
-  std::vector<std::unique_ptr<net::FramedClient>> peers = registeredPeers(scheduler, 2);
+  std::vector<std::unique_ptr<net::FramedClient>> peers = handDrivenPair(scheduler);
   ASSERT_EQ(peers.size(), 2u);
   std::vector<std::string> first;
   for (auto &peer : peers) {
