@@ -164,8 +164,8 @@ def post(base, body, timeout=120):
 
 
 def streams(mesh, texts, count):
-    """`count` streamed completions of the reference prompts at once; raises
-    unless every one finishes with its prompt's single-request text."""
+    """Starts `count` streamed completions of the reference prompts at once
+    (check_streams waits for them): their progress, outcomes and threads."""
     progress, out, threads = [], [None] * count, []
     for i in range(count):
         body = dict(texts[i % len(texts)][0])
@@ -177,6 +177,7 @@ def streams(mesh, texts, count):
 
 
 def check_streams(texts, out, threads):
+    """Raises unless every stream finished with its prompt's single-request text."""
     for t in threads:
         t.join(timeout=300)
     errors = [o for o in out if o is None or o[0] != "ok"]
