@@ -1,5 +1,6 @@
 // Each CPU kernel against a naive double-precision reference.
 #include "TestUtil.h"
+#include "kernels/cpu/AmxMatmul.h"
 #include "kernels/cpu/Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -9,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <limits>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -114,7 +117,14 @@ INSTANTIATE_TEST_SUITE_P(
         std::make_tuple(proto::BF16, 37, 67, 37, false),
         std::make_tuple(proto::F16, 20, 67, 70, false),
         std::make_tuple(proto::BF16, 9, 293, 100, true),
-        std::make_tuple(proto::F32, 64, 576, 96, false)));
+        std::make_tuple(proto::F32, 64, 576, 96, false),
+        // Tile shapes (K in 32s, N in 16s: AMX where the CPU has it): row
+        // blocks in pairs and a partial last one, a 16-column last panel.
+        std::make_tuple(proto::BF16, 37, 576, 96, true),
+        std::make_tuple(proto::BF16, 9, 64, 48, false),
+        std::make_tuple(proto::BF16, 64, 1536, 32, false),
+        // Several 1 MiB chunks of packed panels a thread.
+        std::make_tuple(proto::BF16, 20, 4096, 400, false)));
 
 // Medium matmul precision (bf16 products): with bf16 weights, the product
 // of x rounded to bf16 (nearest even), against the double reference on the
@@ -163,7 +173,52 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(3, 100, 40), std::make_tuple(8, 576, 65),
                       std::make_tuple(9, 293, 100), // odd K: rounded x, f32 GEMM
                       std::make_tuple(12, 576, 64), std::make_tuple(37, 66, 37),
-                      std::make_tuple(20, 1536, 70), std::make_tuple(64, 32, 96)));
+                      std::make_tuple(20, 1536, 70), std::make_tuple(64, 32, 96),
+                      std::make_tuple(33, 64, 48), std::make_tuple(16, 576, 96)));
+
+// AMX's three bf16 terms of an f32 add back to it exactly, each term a bf16
+// (its low 16 bits zero); infinities and NaNs go whole into the first.
+TEST(Amx, ThreeTermsAddBackToEveryF32Exactly) {
+  if (!cpu::amx::available())
+    GTEST_SKIP() << "no AMX-BF16 here (or LLMIR_CPU_ISA forces another set)";
+  std::mt19937 rng(5);
+  std::vector<float> x = randomFloats(20 * 64, rng, 3.0f);
+  for (size_t i = 0; i < x.size(); i += 7)
+    x[i] *= std::ldexp(1.0f, static_cast<int>(i % 200) - 100);
+  const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 3.0e38f, 1.0e-30f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            std::bit_cast<float>(0x7f800001u)};
+  std::copy(std::begin(specials), std::end(specials), x.begin());
+  ThreadPool pool(2);
+  cpu::amx::Activations terms;
+  cpu::amx::split(x.data(), 20, 64, 3, terms, pool);
+  ASSERT_EQ(terms.rowBlocks(), 2);
+  auto value = [&](int part, size_t i) {
+    return bf16ToF32(terms.term(part, static_cast<int64_t>(i / 64), static_cast<int64_t>(i % 64)));
+  };
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(value(0, i))) << i;
+      EXPECT_EQ(value(1, i), 0.0f);
+      continue;
+    }
+    if (std::isinf(x[i])) {
+      EXPECT_EQ(value(0, i), x[i]);
+      EXPECT_EQ(value(1, i), 0.0f);
+      EXPECT_EQ(value(2, i), 0.0f);
+      continue;
+    }
+    // hi + mid is exact in f32 (mid is the rest of hi's truncation); so is
+    // adding lo, the rest of mid's.
+    EXPECT_EQ(value(0, i) + value(1, i) + value(2, i), x[i]) << "i=" << i;
+  }
+  for (int p = 0; p < 3; ++p) // the padding rows are zero
+    for (int64_t t = 20; t < 32; ++t)
+      for (int64_t k = 0; k < 64; ++k)
+        ASSERT_EQ(terms.term(p, t, k), 0) << p << " " << t << " " << k;
+}
 
 // Several weights of one input in one split over the pool (the decode
 // GEMVs of Q, K, V): each output exactly as linear computes it alone, for

@@ -1,9 +1,12 @@
 // LINEAR: y[T, N] = x[T, K] w[N, K]^T + b. Weights stay in their stored
 // dtype. Few tokens (decode) run a GEMV that widens weights in registers,
 // rows split over the pool: it is bound by memory bandwidth. Many tokens
-// (prefill) run a register-blocked GEMM where the ISA has one (AVX-512),
-// else OpenBLAS sgemm, on tiles of widened rows for half weights. With bf16
-// products (medium precision) bf16 weights meet x rounded to bf16.
+// (prefill) run AMX tile products for bf16 weights where the CPU has them
+// (AmxMatmul.h), else a register-blocked GEMM where the ISA has one
+// (AVX-512), else OpenBLAS sgemm, on tiles of widened rows for half
+// weights. With bf16 products (medium precision) bf16 weights meet x
+// rounded to bf16.
+#include "AmxMatmul.h"
 #include "Simd.h"
 
 #include "llmir/engine/CpuKernels.h"
@@ -176,6 +179,20 @@ void bf16DotGemm(const uint16_t *xBf16, int64_t T, const WeightView &w,
   });
 }
 
+// AMX takes bf16 weights of tile-sized shapes in prefill.
+bool amxTakes(const WeightView &w) {
+  return w.dtype == proto::BF16 && amx::fits(w.cols, w.rows);
+}
+
+void addBias(const LinearOutput &o, int64_t T) {
+  if (!o.bias)
+    return;
+  const int64_t N = o.w.rows;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n)
+      o.y[t * N + n] += o.bias[n];
+}
+
 } // namespace
 
 void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> outputs,
@@ -185,6 +202,29 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
   const simd::Kernels &kernels = simd::kernels();
   const int64_t K = outputs.front().w.cols;
   const bool bf16 = bf16Products && outputs.front().w.dtype == proto::BF16;
+  if (T > kGemvMaxTokens && amx::available()) {
+    // The outputs AMX takes, x split once for them (one bf16 term at medium
+    // precision, three exact ones at highest); the rest as below.
+    std::vector<LinearOutput> rest;
+    thread_local amx::Activations terms;
+    bool split = false;
+    for (const LinearOutput &o : outputs) {
+      if (!amxTakes(o.w)) {
+        rest.push_back(o);
+        continue;
+      }
+      if (!split)
+        amx::split(x, T, K, bf16Products ? 1 : 3, terms, pool);
+      split = true;
+      amx::gemm(terms, reinterpret_cast<const uint16_t *>(o.w.data), o.w.rows, o.y,
+                o.w.rows, pool);
+      addBias(o, T);
+    }
+    if (split) {
+      linearGroup(x, T, rest, pool, bf16Products, next);
+      return;
+    }
+  }
   if (bf16 && !(kernels.gemvBf16Dot && (T <= kGemvMaxTokens || K % 2 == 0))) {
     // Medium precision without `vdpbf16ps`: the f32 kernels on x rounded to
     // bf16 values compute the same products (each exact in f32).
@@ -225,10 +265,7 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
       else
         halfGemm(x, T, w, o.y, pool);
     }
-    if (o.bias)
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t n = 0; n < N; ++n)
-          o.y[t * N + n] += o.bias[n];
+    addBias(o, T);
   }
 }
 

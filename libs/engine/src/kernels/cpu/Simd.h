@@ -98,6 +98,9 @@ struct Kernels {
 /// The fastest set this CPU runs. LLMIR_CPU_ISA=avx512bf16|avx512|avx2|generic
 /// forces one (tests use it to cover every path on one machine); avx512bf16
 /// is avx512 plus the `vdpbf16ps` products, picked where the CPU has them.
+/// Prefill products of bf16 weights run on AMX tiles (AmxMatmul.h) where
+/// the CPU has AMX-BF16 unless LLMIR_CPU_ISA names a set (`amx`: the best
+/// set with AMX, as unset).
 const Kernels &kernels();
 /// kernels() with the decode GEMVs (gemv, gemvBf16, gemvBf16Dot) for a pool of
 /// `threads`: they prefetch into L2 except on AMD family 1Ah (Zen 5), where
