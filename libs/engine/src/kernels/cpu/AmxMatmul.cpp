@@ -162,37 +162,41 @@ LLMIR_AMX_TARGET void packPanel(const uint16_t *w, int64_t K, int64_t n0, int64_
     }
 }
 
-// Panels [begin, end) of w's columns, a chunk of them at a time: the
-// chunk packed into `panel` (about kChunkBytes: it stays in L2), then every
-// pair of row blocks of x over each of its panels.
-LLMIR_AMX_TARGET void panels(const Activations &x, const uint16_t *w, int64_t N,
-                             float *y, int64_t ldy, size_t begin, size_t end,
-                             uint32_t *panel) {
+// A panel of 32 (or a last 16) columns of one output.
+struct Panel {
+  const Output *output;
+  int64_t n0, cols;
+};
+
+// Panels [begin, end) of the group, a chunk of them at a time: the chunk
+// packed into `packed` (about kChunkBytes: it stays in L2), then every pair
+// of row blocks of x over each of its panels.
+LLMIR_AMX_TARGET void panels(const Activations &x, const Panel *begin, const Panel *end,
+                             uint32_t *packed) {
   static const TileConfig config;
   _tile_loadconfig(&config);
   const size_t stride = static_cast<size_t>(x.K / 2 * kPanel);
-  const size_t perChunk = std::max<size_t>(1, kChunkBytes / (stride * 4));
+  const ptrdiff_t perChunk = std::max<ptrdiff_t>(1, kChunkBytes / (stride * 4));
   alignas(64) float spill[16 * 16];
   const int64_t rows = x.rowBlocks() * 16;
-  for (size_t first = begin; first < end; first += perChunk) {
-    const size_t last = std::min(end, first + perChunk);
-    for (size_t p = first; p < last; ++p) {
-      const int64_t n0 = static_cast<int64_t>(p) * kPanel;
-      packPanel(w, x.K, n0, std::min(kPanel, N - n0), panel + (p - first) * stride);
-    }
+  for (const Panel *first = begin; first < end; first += perChunk) {
+    const Panel *last = std::min(end, first + perChunk);
+    for (const Panel *p = first; p < last; ++p)
+      packPanel(p->output->w, x.K, p->n0, p->cols, packed + (p - first) * stride);
     for (int64_t t0 = 0; t0 < rows; t0 += 32)
-      for (size_t p = first; p < last; ++p) {
-        const int64_t n0 = static_cast<int64_t>(p) * kPanel;
-        const uint32_t *packed = panel + (p - first) * stride;
-        const bool fullPanel = N - n0 >= kPanel, pair = t0 + 32 <= rows;
-        if (fullPanel && pair)
-          blockProduct<2, 2>(x, t0, packed, y + n0, ldy, spill);
-        else if (fullPanel)
-          blockProduct<1, 2>(x, t0, packed, y + n0, ldy, spill);
+      for (const Panel *p = first; p < last; ++p) {
+        const uint32_t *panel = packed + (p - first) * stride;
+        float *y = p->output->y + p->n0;
+        const int64_t ldy = p->output->ldy;
+        const bool full = p->cols == kPanel, pair = t0 + 32 <= rows;
+        if (full && pair)
+          blockProduct<2, 2>(x, t0, panel, y, ldy, spill);
+        else if (full)
+          blockProduct<1, 2>(x, t0, panel, y, ldy, spill);
         else if (pair)
-          blockProduct<2, 1>(x, t0, packed, y + n0, ldy, spill);
+          blockProduct<2, 1>(x, t0, panel, y, ldy, spill);
         else
-          blockProduct<1, 1>(x, t0, packed, y + n0, ldy, spill);
+          blockProduct<1, 1>(x, t0, panel, y, ldy, spill);
       }
   }
   _tile_release(); // the thread's context switches carry no tile state
@@ -270,23 +274,27 @@ void split(const float *x, int64_t T, int64_t K, int parts, Activations &out,
   });
 }
 
-void gemm(const Activations &x, const uint16_t *w, int64_t N, float *y,
-          int64_t ldy, ThreadPool &pool) {
+void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &pool) {
+  std::vector<Panel> all;
+  for (const Output &o : outputs)
+    for (int64_t n0 = 0; n0 < o.N; n0 += kPanel)
+      all.push_back({&o, n0, std::min(kPanel, o.N - n0)});
   // One contiguous share of the panels a thread, not the pool's halving
-  // pieces: each chunk of a call of panels() streams all of x's terms, so
+  // pieces: each chunk of a call of panels() reads all of x's terms, so
   // fewer, longer calls read them fewer times (2 threads: 1.7x one, where
-  // the pieces gave ~1.0x; docs/performance.md, "AMX tiles").
-  const size_t count = static_cast<size_t>((N + kPanel - 1) / kPanel);
+  // the pieces gave ~1.0x; docs/performance.md, "Nineteenth round").
+  const size_t count = all.size();
   const size_t shares = std::min<size_t>(pool.numThreads(), count);
+  const size_t stride = static_cast<size_t>(x.K / 2 * kPanel);
+  const size_t perChunk = std::max<size_t>(1, kChunkBytes / (stride * 4));
   pool.parallelFor(shares, 1, [&](size_t b, size_t e) {
-    const size_t stride = static_cast<size_t>(x.K / 2 * kPanel);
-    const size_t perChunk = std::max<size_t>(1, kChunkBytes / (stride * 4));
-    thread_local std::vector<uint32_t> panel; // from its first 64-byte boundary
-    panel.resize(stride * perChunk + 16);
-    const auto address = reinterpret_cast<std::uintptr_t>(panel.data());
+    thread_local std::vector<uint32_t> packed; // from its first 64-byte boundary
+    packed.resize(stride * perChunk + 16);
+    const auto address = reinterpret_cast<std::uintptr_t>(packed.data());
     auto *aligned = reinterpret_cast<uint32_t *>((address + 63) / 64 * 64);
     for (size_t share = b; share < e; ++share)
-      panels(x, w, N, y, ldy, share * count / shares, (share + 1) * count / shares, aligned);
+      panels(x, all.data() + share * count / shares, all.data() + (share + 1) * count / shares,
+             aligned);
   });
 }
 
@@ -294,8 +302,7 @@ void gemm(const Activations &x, const uint16_t *w, int64_t N, float *y,
 
 bool available() { return false; }
 void split(const float *, int64_t, int64_t, int, Activations &, ThreadPool &) {}
-void gemm(const Activations &, const uint16_t *, int64_t, float *, int64_t,
-          ThreadPool &) {}
+void gemm(const Activations &, const std::vector<Output> &, ThreadPool &) {}
 
 #endif
 

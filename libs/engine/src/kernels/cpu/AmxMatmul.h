@@ -55,11 +55,20 @@ struct Activations {
 void split(const float *x, int64_t T, int64_t K, int parts, Activations &out,
            ThreadPool &pool);
 
-/// y[t * ldy + n] = sum_k x[t, k] w[n, k] for n in [0, N), t in [0, T);
-/// w bf16 [N, K] with fits(K, N). Each thread of the pool takes a
-/// contiguous share of w's columns, packs them into the tiles' pair layout
-/// 1 MiB at a time and runs every row block of x over each such chunk.
-void gemm(const Activations &x, const uint16_t *w, int64_t N, float *y,
-          int64_t ldy, ThreadPool &pool);
+/// One product of a group: y[t * ldy + n] = sum_k x[t, k] w[n, k] for n
+/// in [0, N), t in [0, T); w bf16 [N, K] with fits(K, N).
+struct Output {
+  const uint16_t *w;
+  int64_t N;
+  float *y;
+  int64_t ldy;
+};
+
+/// Every output of a group of one input x. The outputs' panels of 32
+/// columns count as one range: each thread of the pool takes a contiguous
+/// share of it, packs those panels into the tiles' pair layout 1 MiB at a
+/// time and runs every row block of x over each such chunk (so x's terms
+/// are read once a chunk, for all the outputs it spans).
+void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &pool);
 
 } // namespace llmir::engine::cpu::amx

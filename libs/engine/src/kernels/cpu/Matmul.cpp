@@ -205,22 +205,22 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
   if (T > kGemvMaxTokens && amx::available()) {
     // The outputs AMX takes, x split once for them (one bf16 term at medium
     // precision, three exact ones at highest); the rest as below.
-    std::vector<LinearOutput> rest;
-    thread_local amx::Activations terms;
-    bool split = false;
+    std::vector<LinearOutput> rest, tiled;
+    std::vector<amx::Output> products;
     for (const LinearOutput &o : outputs) {
       if (!amxTakes(o.w)) {
         rest.push_back(o);
         continue;
       }
-      if (!split)
-        amx::split(x, T, K, bf16Products ? 1 : 3, terms, pool);
-      split = true;
-      amx::gemm(terms, reinterpret_cast<const uint16_t *>(o.w.data), o.w.rows, o.y,
-                o.w.rows, pool);
-      addBias(o, T);
+      tiled.push_back(o);
+      products.push_back({reinterpret_cast<const uint16_t *>(o.w.data), o.w.rows, o.y, o.w.rows});
     }
-    if (split) {
+    if (!tiled.empty()) {
+      thread_local amx::Activations terms;
+      amx::split(x, T, K, bf16Products ? 1 : 3, terms, pool);
+      amx::gemm(terms, products, pool);
+      for (const LinearOutput &o : tiled)
+        addBias(o, T);
       linearGroup(x, T, rest, pool, bf16Products, next);
       return;
     }
