@@ -180,6 +180,7 @@ public:
     metrics_.steps.Add({{"outcome", response.ok() ? "ok" : "error"}}).Increment();
     if (!response.ok())
       net::logError("step failed", {{"step_id", response.step_id()},
+                                    {"rank", response.rank()},
                                     {"error", response.error()}});
     return response;
   }

@@ -1,29 +1,9 @@
 #include "llmir/serving/RemoteBackend.h"
 
 #include <algorithm>
-#include <string_view>
 #include <vector>
 
 namespace llmir::serving {
-
-namespace {
-/// `error` without a leading "rank N: " (ShardWorker's prefix).
-std::string_view withoutRank(std::string_view error) {
-  constexpr std::string_view kRank = "rank ";
-  if (error.substr(0, kRank.size()) != kRank)
-    return error;
-  size_t at = kRank.size();
-  while (at < error.size() && error[at] >= '0' && error[at] <= '9')
-    ++at;
-  if (at == kRank.size() || error.substr(at, 2) != ": ")
-    return error;
-  return error.substr(at + 2);
-}
-} // namespace
-
-bool ranksDisagree(const std::string &error, const std::string &other) {
-  return withoutRank(error) != withoutRank(other);
-}
 
 void RemoteBackend::submit(const proto::StepRequest &request, StepDone done) {
   const uint64_t stepId = request.step_id();
@@ -62,12 +42,14 @@ void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &respons
     if (pending.ranksAnswered[rank])
       return; // one answer per rank: a rank cannot stand in for its peers
     pending.ranksAnswered[rank] = true;
-    if (response.ok())
+    if (response.ok()) {
       pending.anyOk = true;
-    else if (pending.error.empty())
-      pending.error = response.error();
-    else if (ranksDisagree(pending.error, response.error()))
+    } else if (pending.error.empty()) {
+      pending.firstError = response.error();
+      pending.error = "rank " + std::to_string(rank) + ": " + response.error();
+    } else if (response.error() != pending.firstError) {
       pending.errorsDiffer = true;
+    }
     for (const proto::SampledToken &token : response.tokens())
       *pending.merged.add_tokens() = token;
     for (const proto::PromptLogprobs &prompt : response.prompt_logprobs())

@@ -248,7 +248,7 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   response.set_rank(rank_);
   auto fail = [&](const Status &status) {
     response.set_ok(false);
-    response.set_error("rank " + std::to_string(rank_) + ": " + status.message());
+    response.set_error(status.message()); // the scheduler names the rank
     response.clear_tokens();
     return response;
   };

@@ -475,8 +475,8 @@ TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoe
   // Failed alike on both ranks: the same replica gets the step again.
   proto::StepRequest step = nextStep(0);
   ASSERT_EQ(nextStep(1).step_id(), step.step_id());
-  answer(0, step, false, "rank 0: no kv block 9");
-  answer(1, step, false, "rank 1: no kv block 9");
+  answer(0, step, false, "no kv block 9");
+  answer(1, step, false, "no kv block 9");
   step = nextStep(0);
   ASSERT_EQ(nextStep(1).step_id(), step.step_id());
   EXPECT_FALSE(receiveKind(*peers[0], proto::Envelope::kAssignRank, 300ms).isOk())
@@ -484,7 +484,7 @@ TEST(WorkerProtocolTest, RanksDisagreeingOnAStepGetAFreshReplicaAndTheRequestGoe
 
   // Rank 1 fails where rank 0 did not: a fresh replica of the same workers.
   answer(0, step, true, "");
-  answer(1, step, false, "rank 1: cannot allocate activations");
+  answer(1, step, false, "cannot allocate activations");
   const std::string second = join();
   ASSERT_FALSE(second.empty());
   EXPECT_NE(second, first);

@@ -13,11 +13,6 @@
 
 namespace llmir::serving {
 
-/// Whether two ranks' errors for one step differ once each worker's "rank
-/// N: " prefix is set aside (a failure every rank meets alike, before any
-/// collective, leaves them paired).
-bool ranksDisagree(const std::string &error, const std::string &other);
-
 class RemoteBackend final : public ReplicaBackend {
 public:
   /// Sends `request` to `rank`; an error fails the step.
@@ -28,7 +23,8 @@ public:
 
   /// Called (once a step, after the step's own completion) when the ranks'
   /// answers to one step disagree: some succeeded and some failed, or they
-  /// failed with different errors (ranksDisagree). Such a replica's ranks
+  /// failed with different errors (a failure every rank meets alike, before
+  /// any collective, leaves them paired). Such a replica's ranks
   /// may no longer pair their collectives (one stopped before them, its
   /// peers went on or waited theirs out), so its owner tears it down.
   using OnRanksDisagree = std::function<void(const std::string &why)>;
@@ -63,7 +59,8 @@ private:
     uint32_t answered = 0;
     std::vector<bool> ranksAnswered;
     proto::StepResponse merged;
-    std::string error;
+    std::string error;      // the first failed rank's, as "rank N: <its error>"
+    std::string firstError; // that rank's error as it sent it
     bool anyOk = false;
     bool errorsDiffer = false;
   };
