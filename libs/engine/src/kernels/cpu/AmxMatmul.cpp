@@ -62,6 +62,12 @@ struct alignas(64) TileConfig {
 constexpr int64_t kPanel = 32; // columns of w in a packed panel
 constexpr size_t kChunkBytes = size_t{1} << 20; // packed panels run together
 
+// 32-bit words of one packed panel of K, and how many panels make a chunk.
+size_t panelWords(int64_t K) { return static_cast<size_t>(K / 2 * kPanel); }
+size_t panelsPerChunk(int64_t K) {
+  return std::max<size_t>(1, kChunkBytes / (panelWords(K) * 4));
+}
+
 // C tile `C` holds rows [first, first + 16) of a 16-column block at y:
 // rows past T are padding, so a last partial block goes through `spill`.
 template <int C>
@@ -175,8 +181,8 @@ LLMIR_AMX_TARGET void panels(const Activations &x, const Panel *begin, const Pan
                              uint32_t *packed) {
   static const TileConfig config;
   _tile_loadconfig(&config);
-  const size_t stride = static_cast<size_t>(x.K / 2 * kPanel);
-  const ptrdiff_t perChunk = std::max<ptrdiff_t>(1, kChunkBytes / (stride * 4));
+  const size_t stride = panelWords(x.K);
+  const auto perChunk = static_cast<ptrdiff_t>(panelsPerChunk(x.K));
   alignas(64) float spill[16 * 16];
   const int64_t rows = x.rowBlocks() * 16;
   for (const Panel *first = begin; first < end; first += perChunk) {
@@ -217,8 +223,8 @@ LLMIR_AMX_TARGET void splitChunk(const float *x, uint16_t *hi, uint16_t *mid,
         _mm512_and_si512(bits, exponent), exponent);
     const __mmask16 nan = special & _mm512_cmpneq_epi32_mask(
         _mm512_slli_epi32(bits, 9), _mm512_setzero_si512());
-    const __m512i h = _mm512_mask_or_epi32(_mm512_and_si512(bits, top), nan,
-                                          _mm512_and_si512(bits, top), quiet);
+    const __m512i truncated = _mm512_and_si512(bits, top);
+    const __m512i h = _mm512_mask_or_epi32(truncated, nan, truncated, quiet);
     const __m512 r = _mm512_maskz_sub_ps(static_cast<__mmask16>(~special),
                                          _mm512_castsi512_ps(bits),
                                          _mm512_castsi512_ps(h));
@@ -285,13 +291,10 @@ void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &
   // the pieces gave ~1.0x; docs/performance.md, "Nineteenth round").
   const size_t count = all.size();
   const size_t shares = std::min<size_t>(pool.numThreads(), count);
-  const size_t stride = static_cast<size_t>(x.K / 2 * kPanel);
-  const size_t perChunk = std::max<size_t>(1, kChunkBytes / (stride * 4));
   pool.parallelFor(shares, 1, [&](size_t b, size_t e) {
-    thread_local std::vector<uint32_t> packed; // from its first 64-byte boundary
-    packed.resize(stride * perChunk + 16);
-    const auto address = reinterpret_cast<std::uintptr_t>(packed.data());
-    auto *aligned = reinterpret_cast<uint32_t *>((address + 63) / 64 * 64);
+    thread_local std::vector<uint32_t> packed;
+    packed.resize(panelWords(x.K) * panelsPerChunk(x.K) + 16);
+    uint32_t *aligned = from64ByteBoundary(packed);
     for (size_t share = b; share < e; ++share)
       panels(x, all.data() + share * count / shares, all.data() + (share + 1) * count / shares,
              aligned);

@@ -29,6 +29,13 @@ bool available();
 /// Whether `gemm` takes this shape: K in 32s (a tile's depth), N in 16s.
 inline bool fits(int64_t K, int64_t N) { return K > 0 && K % 32 == 0 && N % 16 == 0; }
 
+/// v's elements from its first 64-byte boundary (v holds 64 bytes more than
+/// it is used for).
+template <class T> T *from64ByteBoundary(std::vector<T> &v) {
+  const auto address = reinterpret_cast<std::uintptr_t>(v.data());
+  return reinterpret_cast<T *>((address + 63) / 64 * 64);
+}
+
 /// x[T, K] as `parts` bf16 terms (parts 1 rounds to nearest even, parts 3
 /// splits exactly), laid out as the tiles load them: per term, blocks of 16
 /// rows by 32 columns, each 1 KiB contiguous and 64-byte aligned (row r of
@@ -40,9 +47,8 @@ struct Activations {
   std::vector<uint16_t> storage; // the blocks, from its first 64-byte boundary
   int64_t rowBlocks() const { return (T + 15) / 16; }
   uint16_t *tile(int p, int64_t rowBlock, int64_t columnBlock) {
-    auto address = reinterpret_cast<std::uintptr_t>(storage.data());
-    auto *base = reinterpret_cast<uint16_t *>((address + 63) / 64 * 64);
-    return base + ((p * rowBlocks() + rowBlock) * (K / 32) + columnBlock) * 512;
+    return from64ByteBoundary(storage) +
+           ((p * rowBlocks() + rowBlock) * (K / 32) + columnBlock) * 512;
   }
   const uint16_t *tile(int p, int64_t rowBlock, int64_t columnBlock) const {
     return const_cast<Activations *>(this)->tile(p, rowBlock, columnBlock);
