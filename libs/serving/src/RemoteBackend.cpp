@@ -44,10 +44,10 @@ void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &respons
     pending.ranksAnswered[rank] = true;
     if (response.ok()) {
       pending.anyOk = true;
-    } else if (pending.error.empty()) {
-      pending.firstError = response.error();
-      pending.error = "rank " + std::to_string(rank) + ": " + response.error();
-    } else if (response.error() != pending.firstError) {
+    } else if (!pending.failedRank) {
+      pending.failedRank = rank;
+      pending.error = response.error();
+    } else if (response.error() != pending.error) {
       pending.errorsDiffer = true;
     }
     for (const proto::SampledToken &token : response.tokens())
@@ -59,13 +59,16 @@ void RemoteBackend::onResponse(uint32_t rank, const proto::StepResponse &respons
     if (++pending.answered < worldSize_)
       return;
     done = std::move(pending.done);
-    if (!pending.error.empty() && (pending.anyOk || pending.errorsDiffer))
-      disagreement = "the ranks disagree on step " + std::to_string(response.step_id()) +
-                     " (" + pending.error + ")";
-    if (pending.error.empty())
+    if (!pending.failedRank) {
       result = std::move(pending.merged);
-    else
-      result = Status::error(pending.error);
+    } else {
+      const std::string why =
+          "rank " + std::to_string(*pending.failedRank) + ": " + pending.error;
+      if (pending.anyOk || pending.errorsDiffer)
+        disagreement =
+            "the ranks disagree on step " + std::to_string(response.step_id()) + " (" + why + ")";
+      result = Status::error(why);
+    }
     pending_.erase(it);
   }
   // The step's own failure first: it counts against its sequences.

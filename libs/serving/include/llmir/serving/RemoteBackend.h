@@ -8,6 +8,7 @@
 
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,8 +60,8 @@ private:
     uint32_t answered = 0;
     std::vector<bool> ranksAnswered;
     proto::StepResponse merged;
-    std::string error;      // the first failed rank's, as "rank N: <its error>"
-    std::string firstError; // that rank's error as it sent it
+    std::optional<uint32_t> failedRank; // the first rank that failed
+    std::string error;                  // its error, as it sent it
     bool anyOk = false;
     bool errorsDiffer = false;
   };
