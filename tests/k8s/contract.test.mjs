@@ -10,10 +10,10 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { freePort } from '../support/ports.mjs';
 import YAML from 'yaml';
 
 import { ok, renderChart, repo } from './tools.mjs';
@@ -70,11 +70,6 @@ function typeOf(name, types) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
 async function waitFor(what, ms, probe) {
   const deadline = Date.now() + ms;
   for (;;) {

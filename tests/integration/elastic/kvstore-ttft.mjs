@@ -8,8 +8,8 @@
 //
 // Needs `npm ci --prefix tests/integration/openai`. tp=1, one worker thread.
 import { Mesh, modelName } from './mesh.mjs';
+import { freePort } from '../../support/ports.mjs';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 
 const arg = (name, fallback) => {
@@ -21,12 +21,6 @@ const repeats = arg('repeats', 5);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const freePort = () => new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address();
-    s.close(() => resolve(port));
-  });
-});
 
 async function firstToken(mesh, prompt) {
   const started = performance.now();

@@ -18,6 +18,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Mesh, modelName, openaiInstalled, reference } from './mesh.mjs';
+import { freePort } from '../../support/ports.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const skip = openaiInstalled() ? false : 'npm ci --prefix tests/integration/openai first';
@@ -43,15 +44,6 @@ function metric(text, name, labels = '') {
   return sum;
 }
 
-async function freePort() {
-  const net = await import('node:net');
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 class KvStore {
   constructor(mesh, ucxPort, httpPort) {

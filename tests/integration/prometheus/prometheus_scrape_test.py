@@ -20,6 +20,7 @@ Exits 77 (skipped) when promtool or prometheus is not installed.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -54,7 +55,31 @@ def http(url, body=None, timeout=30):
         return e.code, e.read().decode()
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_LOW, _PORT_HIGH = 10000, min(_ephemeral_low(), 32768)
+_next_port = [_PORT_LOW + random.randrange(max(_PORT_HIGH - _PORT_LOW, 1))]
+
+
 def free_port():
+    """A loopback port below the kernel's ephemeral range, where a test running
+    beside this one cannot take it by an outgoing connection or its own bind to
+    port 0 before our service binds it (the rule of tests/support/ports.mjs)."""
+    for _ in range(1000 if _PORT_HIGH - _PORT_LOW >= 100 else 0):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < _PORT_HIGH else _PORT_LOW
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
