@@ -124,7 +124,12 @@ INSTANTIATE_TEST_SUITE_P(
         std::make_tuple(proto::BF16, 9, 64, 48, false),
         std::make_tuple(proto::BF16, 64, 1536, 32, false),
         // Several 1 MiB chunks of packed panels a thread.
-        std::make_tuple(proto::BF16, 20, 4096, 400, false)));
+        std::make_tuple(proto::BF16, 20, 4096, 400, false),
+        // The same with f32 weights (AMX: three terms each, nine products).
+        std::make_tuple(proto::F32, 37, 576, 96, true),
+        std::make_tuple(proto::F32, 9, 64, 48, false),
+        std::make_tuple(proto::F32, 64, 1536, 32, false),
+        std::make_tuple(proto::F32, 20, 4096, 400, false)));
 
 // Medium matmul precision (bf16 products): with bf16 weights, the product
 // of x rounded to bf16 (nearest even), against the double reference on the

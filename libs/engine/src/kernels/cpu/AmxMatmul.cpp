@@ -2,8 +2,9 @@
 // A[16 t, 32 k] B[32 k, 16 n] takes A as 16 rows of 32 bf16 (a block of the
 // activation terms, 1 KiB contiguous as split() lays them out) and B as 16
 // rows of 16 pairs (w[n, k], w[n, k + 1]) for consecutive even k: each
-// thread packs its panels of 32 columns of w into that layout, so C rows are
-// output rows and store straight into y.
+// thread packs its panels of 32 columns of w into that layout (f32 weights:
+// one such panel per bf16 term), so C rows are output rows and store
+// straight into y.
 #include "AmxMatmul.h"
 
 #include "Simd.h"
@@ -62,10 +63,12 @@ struct alignas(64) TileConfig {
 constexpr int64_t kPanel = 32; // columns of w in a packed panel
 constexpr size_t kChunkBytes = size_t{1} << 20; // packed panels run together
 
-// 32-bit words of one packed panel of K, and how many panels make a chunk.
-size_t panelWords(int64_t K) { return static_cast<size_t>(K / 2 * kPanel); }
-size_t panelsPerChunk(int64_t K) {
-  return std::max<size_t>(1, kChunkBytes / (panelWords(K) * 4));
+// 32-bit words of one bf16 term of a packed panel of K; of the panel with
+// its `terms` (1 for bf16 weights, 3 for f32); how many panels make a chunk.
+size_t termWords(int64_t K) { return static_cast<size_t>(K / 2 * kPanel); }
+size_t panelWords(int64_t K, int terms) { return termWords(K) * static_cast<size_t>(terms); }
+size_t panelsPerChunk(int64_t K, int terms) {
+  return std::max<size_t>(1, kChunkBytes / (panelWords(K, terms) * 4));
 }
 
 // C tile `C` holds rows [first, first + 16) of a 16-column block at y:
@@ -85,12 +88,13 @@ LLMIR_AMX_TARGET void storeTile(int64_t T, int64_t first, float *y, int64_t ldy,
 }
 
 // C tiles for `NA` row blocks (t0, t0 + 16) and `NB` column blocks of the
-// packed panel, over all K, summed over x's terms, then stored: rows of
-// full blocks straight into y, a last partial block through `spill`.
+// packed panel, over all K, summed over x's terms times the panel's
+// `wTerms`, then stored: rows of full blocks straight into y, a last
+// partial block through `spill`.
 template <int NA, int NB>
 LLMIR_AMX_TARGET void blockProduct(const Activations &x, int64_t t0,
-                                   const uint32_t *panel, float *y, int64_t ldy,
-                                   float *spill) {
+                                   const uint32_t *panel, int wTerms, float *y,
+                                   int64_t ldy, float *spill) {
   const int64_t K = x.K;
   constexpr size_t aStride = 64, bStride = kPanel * 4;
   _tile_zero(0);
@@ -101,25 +105,26 @@ LLMIR_AMX_TARGET void blockProduct(const Activations &x, int64_t t0,
     if constexpr (NB == 2)
       _tile_zero(3);
   }
-  for (int64_t k0 = 0; k0 < K; k0 += 32) {
-    const uint32_t *b = panel + k0 / 2 * kPanel;
-    _tile_loadd(6, b, bStride);
-    if constexpr (NB == 2)
-      _tile_loadd(7, b + 16, bStride);
-    for (int p = 0; p < x.parts; ++p) {
-      _tile_loadd(4, x.tile(p, t0 / 16, k0 / 32), aStride);
-      if constexpr (NA == 2)
-        _tile_loadd(5, x.tile(p, t0 / 16 + 1, k0 / 32), aStride);
-      _tile_dpbf16ps(0, 4, 6);
+  for (int64_t k0 = 0; k0 < K; k0 += 32)
+    for (int q = 0; q < wTerms; ++q) {
+      const uint32_t *b = panel + q * termWords(K) + k0 / 2 * kPanel;
+      _tile_loadd(6, b, bStride);
       if constexpr (NB == 2)
-        _tile_dpbf16ps(1, 4, 7);
-      if constexpr (NA == 2) {
-        _tile_dpbf16ps(2, 5, 6);
+        _tile_loadd(7, b + 16, bStride);
+      for (int p = 0; p < x.parts; ++p) {
+        _tile_loadd(4, x.tile(p, t0 / 16, k0 / 32), aStride);
+        if constexpr (NA == 2)
+          _tile_loadd(5, x.tile(p, t0 / 16 + 1, k0 / 32), aStride);
+        _tile_dpbf16ps(0, 4, 6);
         if constexpr (NB == 2)
-          _tile_dpbf16ps(3, 5, 7);
+          _tile_dpbf16ps(1, 4, 7);
+        if constexpr (NA == 2) {
+          _tile_dpbf16ps(2, 5, 6);
+          if constexpr (NB == 2)
+            _tile_dpbf16ps(3, 5, 7);
+        }
       }
     }
-  }
   storeTile<0>(x.T, t0, y, ldy, spill);
   if constexpr (NB == 2)
     storeTile<1>(x.T, t0, y + 16, ldy, spill);
@@ -128,84 +133,6 @@ LLMIR_AMX_TARGET void blockProduct(const Activations &x, int64_t t0,
     if constexpr (NB == 2)
       storeTile<3>(x.T, t0 + 16, y + 16, ldy, spill);
   }
-}
-
-// panel[kp * 32 + j] = (w[n0 + j, 2kp], w[n0 + j, 2kp + 1]) for j < cols
-// (16 or 32): w's rows as pairs, transposed 16 rows by 16 pairs at a time.
-LLMIR_AMX_TARGET void packPanel(const uint16_t *w, int64_t K, int64_t n0, int64_t cols,
-                                uint32_t *panel) {
-  const int64_t pairs = K / 2;
-  for (int64_t j0 = 0; j0 < cols; j0 += 16)
-    for (int64_t kp = 0; kp < pairs; kp += 16) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i)
-        r[i] = _mm512_loadu_si512(w + (n0 + j0 + i) * K + 2 * kp);
-      // 16 x 16 transpose of 32-bit pairs: 32-, 64-bit interleaves, then
-      // 128-bit lanes twice.
-      __m512i t[16];
-      for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-      }
-      for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-      }
-      for (int i = 0; i < 4; ++i) {
-        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-      }
-      for (int i = 0; i < 8; ++i) {
-        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-      }
-      for (int m = 0; m < 16; ++m) // r[m]: pair kp + m of the 16 rows
-        _mm512_store_si512(panel + (kp + m) * kPanel + j0, r[m]);
-    }
-}
-
-// A panel of 32 (or a last 16) columns of one output.
-struct Panel {
-  const Output *output;
-  int64_t n0, cols;
-};
-
-// Panels [begin, end) of the group, a chunk of them at a time: the chunk
-// packed into `packed` (about kChunkBytes: it stays in L2), then every pair
-// of row blocks of x over each of its panels.
-LLMIR_AMX_TARGET void panels(const Activations &x, const Panel *begin, const Panel *end,
-                             uint32_t *packed) {
-  static const TileConfig config;
-  _tile_loadconfig(&config);
-  const size_t stride = panelWords(x.K);
-  const auto perChunk = static_cast<ptrdiff_t>(panelsPerChunk(x.K));
-  alignas(64) float spill[16 * 16];
-  const int64_t rows = x.rowBlocks() * 16;
-  for (const Panel *first = begin; first < end; first += perChunk) {
-    const Panel *last = std::min(end, first + perChunk);
-    for (const Panel *p = first; p < last; ++p)
-      packPanel(p->output->w, x.K, p->n0, p->cols, packed + (p - first) * stride);
-    for (int64_t t0 = 0; t0 < rows; t0 += 32)
-      for (const Panel *p = first; p < last; ++p) {
-        const uint32_t *panel = packed + (p - first) * stride;
-        float *y = p->output->y + p->n0;
-        const int64_t ldy = p->output->ldy;
-        const bool full = p->cols == kPanel, pair = t0 + 32 <= rows;
-        if (full && pair)
-          blockProduct<2, 2>(x, t0, panel, y, ldy, spill);
-        else if (full)
-          blockProduct<1, 2>(x, t0, panel, y, ldy, spill);
-        else if (pair)
-          blockProduct<2, 1>(x, t0, panel, y, ldy, spill);
-        else
-          blockProduct<1, 1>(x, t0, panel, y, ldy, spill);
-      }
-  }
-  _tile_release(); // the thread's context switches carry no tile state
 }
 
 // hi / mid / lo of one f32 (AmxMatmul.h): each subtraction is exact (the
@@ -238,6 +165,114 @@ LLMIR_AMX_TARGET void splitChunk(const float *x, uint16_t *hi, uint16_t *mid,
         reinterpret_cast<__m256i *>(lo + k),
         _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(l), 16)));
   }
+}
+
+// Rows r[i] of 16 pairs each, transposed (16 rows by 16 pairs) into the
+// tiles' layout: pair m of the 16 rows to dst + m * kPanel.
+LLMIR_AMX_TARGET inline void storeTransposedPairs(__m512i *r, uint32_t *dst) {
+  // 16 x 16 transpose of 32-bit pairs: 32-, 64-bit interleaves, then
+  // 128-bit lanes twice.
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int m = 0; m < 16; ++m)
+    _mm512_store_si512(dst + m * kPanel, r[m]);
+}
+
+// panel[kp * 32 + j] = (w[n0 + j, 2kp], w[n0 + j, 2kp + 1]) for j < cols
+// (16 or 32): bf16 w's rows as pairs, 16 rows by 16 pairs at a time.
+LLMIR_AMX_TARGET void packPanel(const uint16_t *w, int64_t K, int64_t n0, int64_t cols,
+                                uint32_t *panel) {
+  for (int64_t j0 = 0; j0 < cols; j0 += 16)
+    for (int64_t kp = 0; kp < K / 2; kp += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm512_loadu_si512(w + (n0 + j0 + i) * K + 2 * kp);
+      storeTransposedPairs(r, panel + kp * kPanel + j0);
+    }
+}
+
+// The same for f32 w, split into three exact bf16 terms (splitChunk), term
+// q's panel at panel + q * termWords(K).
+LLMIR_AMX_TARGET void packPanel(const float *w, int64_t K, int64_t n0, int64_t cols,
+                                uint32_t *panel) {
+  alignas(64) uint16_t terms[3][16][32];
+  for (int64_t j0 = 0; j0 < cols; j0 += 16)
+    for (int64_t kp = 0; kp < K / 2; kp += 16) {
+      for (int i = 0; i < 16; ++i)
+        splitChunk(w + (n0 + j0 + i) * K + 2 * kp, terms[0][i], terms[1][i], terms[2][i]);
+      for (int q = 0; q < 3; ++q) {
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = _mm512_load_si512(terms[q][i]);
+        storeTransposedPairs(r, panel + q * termWords(K) + kp * kPanel + j0);
+      }
+    }
+}
+
+// A panel of 32 (or a last 16) columns of one output.
+struct Panel {
+  const Output *output;
+  int64_t n0, cols;
+};
+
+// Panels [begin, end) of the group, a chunk of them at a time: the chunk
+// packed into `packed` (about kChunkBytes: it stays in L2; each panel
+// `wTerms` terms apart, the most any of the group's weights take), then
+// every pair of row blocks of x over each of its panels.
+LLMIR_AMX_TARGET void panels(const Activations &x, const Panel *begin, const Panel *end,
+                             int wTerms, uint32_t *packed) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  const size_t stride = panelWords(x.K, wTerms);
+  const auto perChunk = static_cast<ptrdiff_t>(panelsPerChunk(x.K, wTerms));
+  alignas(64) float spill[16 * 16];
+  const int64_t rows = x.rowBlocks() * 16;
+  for (const Panel *first = begin; first < end; first += perChunk) {
+    const Panel *last = std::min(end, first + perChunk);
+    for (const Panel *p = first; p < last; ++p) {
+      uint32_t *panel = packed + (p - first) * stride;
+      if (p->output->f32Weights)
+        packPanel(static_cast<const float *>(p->output->w), x.K, p->n0, p->cols, panel);
+      else
+        packPanel(static_cast<const uint16_t *>(p->output->w), x.K, p->n0, p->cols, panel);
+    }
+    for (int64_t t0 = 0; t0 < rows; t0 += 32)
+      for (const Panel *p = first; p < last; ++p) {
+        const uint32_t *panel = packed + (p - first) * stride;
+        const int terms = p->output->f32Weights ? 3 : 1;
+        float *y = p->output->y + p->n0;
+        const int64_t ldy = p->output->ldy;
+        const bool full = p->cols == kPanel, pair = t0 + 32 <= rows;
+        if (full && pair)
+          blockProduct<2, 2>(x, t0, panel, terms, y, ldy, spill);
+        else if (full)
+          blockProduct<1, 2>(x, t0, panel, terms, y, ldy, spill);
+        else if (pair)
+          blockProduct<2, 1>(x, t0, panel, terms, y, ldy, spill);
+        else
+          blockProduct<1, 1>(x, t0, panel, terms, y, ldy, spill);
+      }
+  }
+  _tile_release(); // the thread's context switches carry no tile state
 }
 
 bool forcedOff() {
@@ -291,13 +326,16 @@ void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &
   // the pieces gave ~1.0x; docs/performance.md, "Nineteenth round").
   const size_t count = all.size();
   const size_t shares = std::min<size_t>(pool.numThreads(), count);
+  const bool anyF32 = std::any_of(outputs.begin(), outputs.end(),
+                                  [](const Output &o) { return o.f32Weights; });
+  const int wTerms = anyF32 ? 3 : 1;
   pool.parallelFor(shares, 1, [&](size_t b, size_t e) {
     thread_local std::vector<uint32_t> packed;
-    packed.resize(panelWords(x.K) * panelsPerChunk(x.K) + 16);
+    packed.resize(panelWords(x.K, wTerms) * panelsPerChunk(x.K, wTerms) + 16);
     uint32_t *aligned = from64ByteBoundary(packed);
     for (size_t share = b; share < e; ++share)
       panels(x, all.data() + share * count / shares, all.data() + (share + 1) * count / shares,
-             aligned);
+             wTerms, aligned);
   });
 }
 

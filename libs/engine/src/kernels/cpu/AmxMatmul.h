@@ -1,13 +1,16 @@
-// Prefill products on AMX tiles (Intel Sapphire Rapids and later): bf16
-// weights against the activations as bf16 terms, f32 accumulation.
+// Prefill products on AMX tiles (Intel Sapphire Rapids and later): bf16 or
+// f32 weights against the activations as bf16 terms, f32 accumulation.
 //
 // AMX multiplies bf16 by bf16 only. Medium precision rounds x to bf16 (one
 // term), as the `vdpbf16ps` kernels do. Highest precision splits each f32 x
 // exactly into three bf16 terms (hi: x truncated to 8 significant bits,
 // mid: the rest truncated likewise, lo: the last at most 8 bits), so
 // w * x = w * hi + w * mid + w * lo with every product exact in f32: only
-// the order of the f32 additions differs from the f32 kernels. (AMX reads
-// bf16 denormals as zero: a term below 2^-126, from |x| < ~2^-110, is lost.)
+// the order of the f32 additions differs from the f32 kernels. f32 weights
+// are split the same way as they are packed, and all nine products of the
+// two sets of terms are taken, so their products are exact too (x always
+// in three terms). (AMX reads bf16 denormals as zero: a term below 2^-126,
+// from a value under ~2^-110, is lost.)
 #pragma once
 
 #include <cstddef>
@@ -62,9 +65,11 @@ void split(const float *x, int64_t T, int64_t K, int parts, Activations &out,
            ThreadPool &pool);
 
 /// One product of a group: y[t * ldy + n] = sum_k x[t, k] w[n, k] for n
-/// in [0, N), t in [0, T); w bf16 [N, K] with fits(K, N).
+/// in [0, N), t in [0, T); w [N, K] with fits(K, N), bf16 or (f32Weights)
+/// f32, which needs x in three terms.
 struct Output {
-  const uint16_t *w;
+  const void *w;
+  bool f32Weights;
   int64_t N;
   float *y;
   int64_t ldy;

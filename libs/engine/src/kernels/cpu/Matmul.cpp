@@ -179,9 +179,9 @@ void bf16DotGemm(const uint16_t *xBf16, int64_t T, const WeightView &w,
   });
 }
 
-// AMX takes bf16 weights of tile-sized shapes in prefill.
+// AMX takes bf16 and f32 weights of tile-sized shapes in prefill.
 bool amxTakes(const WeightView &w) {
-  return w.dtype == proto::BF16 && amx::fits(w.cols, w.rows);
+  return (w.dtype == proto::BF16 || w.dtype == proto::F32) && amx::fits(w.cols, w.rows);
 }
 
 void addBias(const LinearOutput &o, int64_t T) {
@@ -204,20 +204,22 @@ void linearGroup(const float *x, int64_t T, std::span<const LinearOutput> output
   const bool bf16 = bf16Products && outputs.front().w.dtype == proto::BF16;
   if (T > kGemvMaxTokens && amx::available()) {
     // The outputs AMX takes, x split once for them (one bf16 term at medium
-    // precision, three exact ones at highest); the rest as below.
+    // precision with bf16 weights, else three exact ones); the rest as below.
     std::vector<LinearOutput> rest, tiled;
     std::vector<amx::Output> products;
+    bool f32Weights = false;
     for (const LinearOutput &o : outputs) {
       if (!amxTakes(o.w)) {
         rest.push_back(o);
         continue;
       }
       tiled.push_back(o);
-      products.push_back({reinterpret_cast<const uint16_t *>(o.w.data), o.w.rows, o.y, o.w.rows});
+      f32Weights |= o.w.dtype == proto::F32;
+      products.push_back({o.w.data, o.w.dtype == proto::F32, o.w.rows, o.y, o.w.rows});
     }
     if (!tiled.empty()) {
       thread_local amx::Activations terms;
-      amx::split(x, T, K, bf16Products ? 1 : 3, terms, pool);
+      amx::split(x, T, K, bf16Products && !f32Weights ? 1 : 3, terms, pool);
       amx::gemm(terms, products, pool);
       for (const LinearOutput &o : tiled)
         addBias(o, T);
