@@ -320,22 +320,27 @@ void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &
   for (const Output &o : outputs)
     for (int64_t n0 = 0; n0 < o.N; n0 += kPanel)
       all.push_back({&o, n0, std::min(kPanel, o.N - n0)});
-  // One contiguous share of the panels a thread, not the pool's halving
-  // pieces: each chunk of a call of panels() reads all of x's terms, so
-  // fewer, longer calls read them fewer times (2 threads: 1.7x one, where
-  // the pieces gave ~1.0x; docs/performance.md, "Nineteenth round").
+  // The panels in units of one chunk (fewer where the group has less than a
+  // chunk a thread), claimed through the pool: a thread that is through
+  // with its own takes the other's, so a core slowed by its neighbours
+  // (this host's other tenants share the cores' AMX units) is not waited
+  // for (a static half a thread: 2 threads 0.96-1.9x one in the engine's
+  // f32 prefill, minute by minute; docs/performance.md, "Twentieth
+  // round"). A unit is at least a chunk where it can be, because each call
+  // of panels() reads all of x's terms once a chunk (smaller pieces, 1-4
+  // panels, gave 2 threads ~1.0x one: "Nineteenth round").
   const size_t count = all.size();
-  const size_t shares = std::min<size_t>(pool.numThreads(), count);
   const bool anyF32 = std::any_of(outputs.begin(), outputs.end(),
                                   [](const Output &o) { return o.f32Weights; });
   const int wTerms = anyF32 ? 3 : 1;
-  pool.parallelFor(shares, 1, [&](size_t b, size_t e) {
+  const size_t threads = pool.numThreads();
+  const size_t unit = std::min(panelsPerChunk(x.K, wTerms), (count + threads - 1) / threads);
+  const size_t units = (count + unit - 1) / unit;
+  pool.parallelFor(units, 1, [&](size_t b, size_t e) {
     thread_local std::vector<uint32_t> packed;
     packed.resize(panelWords(x.K, wTerms) * panelsPerChunk(x.K, wTerms) + 16);
-    uint32_t *aligned = from64ByteBoundary(packed);
-    for (size_t share = b; share < e; ++share)
-      panels(x, all.data() + share * count / shares, all.data() + (share + 1) * count / shares,
-             wTerms, aligned);
+    panels(x, all.data() + b * unit, all.data() + std::min(count, e * unit), wTerms,
+           from64ByteBoundary(packed));
   });
 }
 
