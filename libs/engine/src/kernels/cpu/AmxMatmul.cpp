@@ -320,15 +320,15 @@ void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &
   for (const Output &o : outputs)
     for (int64_t n0 = 0; n0 < o.N; n0 += kPanel)
       all.push_back({&o, n0, std::min(kPanel, o.N - n0)});
-  // The panels in units of one chunk (fewer where the group has less than a
-  // chunk a thread), claimed through the pool: a thread that is through
-  // with its own takes the other's, so a core slowed by its neighbours
-  // (this host's other tenants share the cores' AMX units) is not waited
-  // for (a static half a thread: 2 threads 0.96-1.9x one in the engine's
-  // f32 prefill, minute by minute; docs/performance.md, "Twentieth
-  // round"). A unit is at least a chunk where it can be, because each call
-  // of panels() reads all of x's terms once a chunk (smaller pieces, 1-4
-  // panels, gave 2 threads ~1.0x one: "Nineteenth round").
+  // The panels in units of one chunk (fewer panels where the group has
+  // less than a chunk a thread), claimed through the pool: a thread through
+  // with its own units takes the other's, so a core slowed by its
+  // neighbours on a shared host is not waited for (a static half a thread
+  // gave 2 threads 0.96-1.9x one in the engine's f32 prefill, minute by
+  // minute; docs/performance.md, "Twentieth round"). Units are whole
+  // chunks where the group has enough panels, because each chunk reads all
+  // of x's terms once (pieces of 1-4 panels gave 2 threads ~1.0x one:
+  // "Nineteenth round").
   const size_t count = all.size();
   const bool anyF32 = std::any_of(outputs.begin(), outputs.end(),
                                   [](const Output &o) { return o.f32Weights; });

@@ -76,10 +76,10 @@ struct Output {
 };
 
 /// Every output of a group of one input x. The outputs' panels of 32
-/// columns count as one range: each thread of the pool takes a contiguous
-/// share of it, packs those panels into the tiles' pair layout 1 MiB at a
-/// time and runs every row block of x over each such chunk (so x's terms
-/// are read once a chunk, for all the outputs it spans).
+/// columns count as one range, in units of about 1 MiB packed that the
+/// pool's threads claim: a thread packs a unit's panels into the tiles'
+/// pair layout and runs every row block of x over them (so x's terms are
+/// read once a unit, for all the outputs it spans).
 void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &pool);
 
 } // namespace llmir::engine::cpu::amx
