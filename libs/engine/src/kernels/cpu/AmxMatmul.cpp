@@ -228,6 +228,9 @@ LLMIR_AMX_TARGET void packPanel(const float *w, int64_t K, int64_t n0, int64_t c
     }
 }
 
+// bf16 terms of an output's weights as packed: f32 weights split in three.
+int weightTerms(const Output &o) { return o.f32Weights ? 3 : 1; }
+
 // A panel of 32 (or a last 16) columns of one output.
 struct Panel {
   const Output *output;
@@ -258,7 +261,7 @@ LLMIR_AMX_TARGET void panels(const Activations &x, const Panel *begin, const Pan
     for (int64_t t0 = 0; t0 < rows; t0 += 32)
       for (const Panel *p = first; p < last; ++p) {
         const uint32_t *panel = packed + (p - first) * stride;
-        const int terms = p->output->f32Weights ? 3 : 1;
+        const int terms = weightTerms(*p->output);
         float *y = p->output->y + p->n0;
         const int64_t ldy = p->output->ldy;
         const bool full = p->cols == kPanel, pair = t0 + 32 <= rows;
@@ -330,9 +333,9 @@ void gemm(const Activations &x, const std::vector<Output> &outputs, ThreadPool &
   // of x's terms once (pieces of 1-4 panels gave 2 threads ~1.0x one:
   // "Nineteenth round").
   const size_t count = all.size();
-  const bool anyF32 = std::any_of(outputs.begin(), outputs.end(),
-                                  [](const Output &o) { return o.f32Weights; });
-  const int wTerms = anyF32 ? 3 : 1;
+  int wTerms = 1; // the most any output takes: every panel is packed that far apart
+  for (const Output &o : outputs)
+    wTerms = std::max(wTerms, weightTerms(o));
   const size_t threads = pool.numThreads();
   const size_t unit = std::min(panelsPerChunk(x.K, wTerms), (count + threads - 1) / threads);
   const size_t units = (count + unit - 1) / unit;
