@@ -916,6 +916,57 @@ TEST_F(BackendOps, AddNormWritesTheProductsHalves) {
   context_->setBf16Products(false);
 }
 
+// A plain RMS_NORM before a product (the first layer's) writes the
+// product's halves with the fused norm's kernel, b and the sum absent: the
+// product on them is the product on rmsNorm's rows, bit for bit.
+TEST_F(BackendOps, PlainNormWritesTheProductsHalves) {
+  const int64_t K = 512;
+  const std::vector<int64_t> widths = {512, 128, 128};
+  const PackedBf16Weights packed(widths, K, rng_);
+  const std::vector<float> normWeight = randomFloats(size_t(K), rng_);
+  DeviceArray<float> dw(normWeight);
+  for (bool medium : {false, true})
+    for (int64_t T : {24, 600}) {
+      const std::vector<float> a = randomFloats(size_t(T * K), rng_, 3.0f);
+      DeviceArray<float> da(a), normed(a.size()), zeros(std::vector<float>(a.size(), 0.0f));
+      context_->setBf16Products(medium);
+      const std::string shape = "T=" + std::to_string(T) + (medium ? " medium" : " highest");
+      const cuda::Stream stream = context_->stream();
+      std::vector<std::unique_ptr<DeviceArray<float>>> want, got;
+      std::vector<cuda::LinearOutput> wantGroup, gotGroup;
+      for (size_t i = 0; i < widths.size(); ++i) {
+        want.push_back(std::make_unique<DeviceArray<float>>(size_t(T * widths[i])));
+        got.push_back(std::make_unique<DeviceArray<float>>(size_t(T * widths[i])));
+        wantGroup.push_back({packed.views[i], nullptr, want.back()->get()});
+        gotGroup.push_back({packed.views[i], nullptr, got.back()->get()});
+      }
+      ASSERT_TRUE(cuda::rmsNorm(da.get(), T, K, dw.get(), 1e-5f, normed.get(), stream).isOk());
+      const std::vector<float> wantNormed = normed.download();
+      ASSERT_TRUE(cuda::linearGroup(*context_, normed.get(), T, wantGroup).isOk());
+      Result<cuda::SplitInput> split = cuda::splitInputFor(*context_, T, gotGroup);
+      ASSERT_TRUE(split.isOk()) << split.message();
+      ASSERT_NE(split->hi, nullptr) << shape;
+      for (bool halvesOnly : {false, true}) {
+        const std::string variant = shape + (halvesOnly ? ", halves only" : "");
+        DeviceArray<float> gotNormed(std::vector<float>(a.size(), 0.0f));
+        ASSERT_TRUE(cuda::addRmsNorm(da.get(), nullptr, nullptr, T, K, dw.get(), 1e-5f,
+                                     halvesOnly ? nullptr : gotNormed.get(), stream, *split)
+                        .isOk());
+        if (!halvesOnly)
+          compare("RMS_NORM by the fused kernel", variant, gotNormed.download(), wantNormed,
+                  0.0);
+        // x given as zeros: only the halves the norm wrote hold its values.
+        const Status status = cuda::linearGroup(*context_, halvesOnly ? nullptr : zeros.get(),
+                                                T, gotGroup, true);
+        ASSERT_TRUE(status.isOk()) << status.message();
+        for (size_t i = 0; i < widths.size(); ++i)
+          compare("LINEAR on the plain norm's halves", variant + " N=" + std::to_string(widths[i]),
+                  got[i]->download(), want[i]->download(), 0.0);
+      }
+    }
+  context_->setBf16Products(false);
+}
+
 // The residual norm goes to every one-token consumer, whose blocks loop
 // over its rows in one wave (each block pays the norm's staging once);
 // with LLMIR_CUDA_LOOPED_CONSUMERS=0 only to consumers of at most two waves
@@ -1164,26 +1215,30 @@ TEST_F(BackendOps, SwigluAndAdd) {
 }
 
 TEST_F(BackendOps, Embedding) {
-  const int64_t vocab = 50, H = 96, offset = 100;
+  const int64_t vocab = 50, offset = 100;
   // In range, below, at both edges and past this rank's vocabulary slice.
   const std::vector<int32_t> ids = {120, 5, 99, 100, 149, 150, 131};
-  for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16}) {
-    const WeightTensor table =
-        makeWeight(dtype, {vocab, H}, randomFloats(size_t(vocab * H), rng_));
-    std::vector<float> want(ids.size() * size_t(H));
-    cpu::embedding(ids.data(), int64_t(ids.size()), WeightView::of(table),
-                   offset, want.data());
+  // One block's columns, and rows of three parts, the last partial and
+  // ending within a thread's four columns.
+  for (int64_t H : {96, 2050})
+    for (proto::DType dtype : {proto::F32, proto::BF16, proto::F16}) {
+      const WeightTensor table =
+          makeWeight(dtype, {vocab, H}, randomFloats(size_t(vocab * H), rng_));
+      std::vector<float> want(ids.size() * size_t(H));
+      cpu::embedding(ids.data(), int64_t(ids.size()), WeightView::of(table), offset,
+                     want.data());
 
-    DeviceWeight dtable(table);
-    DeviceArray<int32_t> dids(ids);
-    DeviceArray<float> dy(want.size());
-    Status status = cuda::embedding(dids.get(), int64_t(ids.size()),
-                                    dtable.view, offset, dy.get());
-    ASSERT_TRUE(status.isOk()) << status.message();
-    compare("EMBEDDING",
-            "T=7 V=50 H=96 offset=100 " + std::string(weightName(dtype)),
-            dy.download(), want, kElementwiseLimit);
-  }
+      DeviceWeight dtable(table);
+      DeviceArray<int32_t> dids(ids);
+      DeviceArray<float> dy(want.size());
+      Status status =
+          cuda::embedding(dids.get(), int64_t(ids.size()), dtable.view, offset, dy.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      compare("EMBEDDING",
+              "T=7 V=50 H=" + std::to_string(H) + " offset=100 " +
+                  std::string(weightName(dtype)),
+              dy.download(), want, kElementwiseLimit);
+    }
 }
 
 struct AttentionCase {

@@ -1154,47 +1154,76 @@ __global__ void __launch_bounds__(kGroupThreads, MinBlocks)
   const int head = warp / warpsPerHead, share = warp % warpsPerHead;
   const bool live = head < heads;
   float *myQuery = query + head * D;
-  if (live && share == 0)
-    for (int i = lane; i < kHalf; i += 32) {
-      const int64_t at = (r * g.numHeads + firstHead + head) * D + i;
-      const RotatedPair x = rotate(rope.q[at], rope.q[at + kHalf], rotations[0][i]);
+  const bool rowInFirst = storesRow && written < begin + kKeys;
+  const int64_t at = t * g.kvRowStride + kvHead * D; // the step's key and value
+  // Every thread's reads of the step's query, key and value before any of
+  // its stores (which may alias them, for all the compiler knows): one L2
+  // round trip a thread. The key's pairs go to the block's last kHalf
+  // threads and the value to the D before them, so no warp holds a query
+  // head's pairs and the key's and the value's in a row. Warp 0 did all
+  // three in turn, three round trips: on an H200 a 1.1B step after 1,024
+  // tokens 1.058 -> 1.050 ms, after 128 0.934 -> 0.932 (the same ids).
+  // The twenty-first session's reads first (every read by the same
+  // threads) was slower when ptxas held the kernel to 64 registers; it has
+  // ~105 under MinBlocks 1 (docs/performance.md, thirty-sixth session).
+  constexpr int kQueryPairs = kHalf / 32;
+  const bool rotatesQuery = live && share == 0;
+  const int keyPair = tid - (kGroupThreads - kHalf);
+  const int valueAt = tid - (kGroupThreads - kHalf - D);
+  static_assert(kHalf + D <= kGroupThreads, "a thread a key pair and a value");
+  const bool rotatesKey = storesRow && keyPair >= 0;
+  const bool storesValue = storesRow && valueAt >= 0 && valueAt < D;
+  const int64_t queryAt = (r * g.numHeads + firstHead + head) * D;
+  float queryPairs[kQueryPairs][2], keyPairs[2] = {0.0f, 0.0f}, value = 0.0f;
+  if (rotatesQuery)
+#pragma unroll
+    for (int p = 0; p < kQueryPairs; ++p) {
+      queryPairs[p][0] = rope.q[queryAt + lane + 32 * p];
+      queryPairs[p][1] = rope.q[queryAt + lane + 32 * p + kHalf];
+    }
+  if (rotatesKey) {
+    keyPairs[0] = rope.k[at + keyPair];
+    keyPairs[1] = rope.k[at + keyPair + kHalf];
+  }
+  if (storesValue)
+    value = rope.v[at + valueAt];
+  if (rotatesQuery)
+#pragma unroll
+    for (int p = 0; p < kQueryPairs; ++p) {
+      const int i = lane + 32 * p;
+      const RotatedPair x = rotate(queryPairs[p][0], queryPairs[p][1], rotations[0][i]);
       myQuery[i] = x.first;
       myQuery[i + kHalf] = x.second;
       if (blockIdx.z == 0) { // every output still written, once
-        rope.qOut[at] = x.first;
-        rope.qOut[at + kHalf] = x.second;
+        rope.qOut[queryAt + i] = x.first;
+        rope.qOut[queryAt + i + kHalf] = x.second;
       }
     }
-  // The step's key (rotated) and value: into the cache, newRow, and the
-  // first chunk's tiles when it holds them (the copies skip that row).
-  const bool rowInFirst = storesRow && written < begin + kKeys;
-  if (storesRow) {
-    const int64_t at = t * g.kvRowStride + kvHead * D;
-    const int j = static_cast<int>(written - begin);
-    for (int i = tid; i < kHalf; i += kGroupThreads) {
-      const RotatedPair x = rotate(rope.k[at + i], rope.k[at + i + kHalf], rotations[1][i]);
-      rope.kOut[at + i] = x.first;
-      rope.kOut[at + i + kHalf] = x.second;
-      C first, second;
-      setCached(first, x.first);
-      setCached(second, x.second);
-      static_cast<C *>(g.keys)[writtenRow + i] = first;
-      static_cast<C *>(g.keys)[writtenRow + i + kHalf] = second;
-      newRow[0][i] = first;
-      newRow[0][i + kHalf] = second;
-      if (rowInFirst) {
-        keyTile[j * kPitch + i] = first;
-        keyTile[j * kPitch + i + kHalf] = second;
-      }
+  const int j = static_cast<int>(written - begin);
+  if (rotatesKey) {
+    const int i = keyPair;
+    const RotatedPair x = rotate(keyPairs[0], keyPairs[1], rotations[1][i]);
+    rope.kOut[at + i] = x.first;
+    rope.kOut[at + i + kHalf] = x.second;
+    C first, second;
+    setCached(first, x.first);
+    setCached(second, x.second);
+    static_cast<C *>(g.keys)[writtenRow + i] = first;
+    static_cast<C *>(g.keys)[writtenRow + i + kHalf] = second;
+    newRow[0][i] = first;
+    newRow[0][i + kHalf] = second;
+    if (rowInFirst) {
+      keyTile[j * kPitch + i] = first;
+      keyTile[j * kPitch + i + kHalf] = second;
     }
-    for (int i = tid; i < D; i += kGroupThreads) {
-      C v;
-      setCached(v, rope.v[at + i]);
-      static_cast<C *>(g.values)[writtenRow + i] = v;
-      newRow[1][i] = v;
-      if (rowInFirst)
-        valueTile[j * kPitch + i] = v;
-    }
+  }
+  if (storesValue) {
+    C v;
+    setCached(v, value);
+    static_cast<C *>(g.values)[writtenRow + valueAt] = v;
+    newRow[1][valueAt] = v;
+    if (rowInFirst)
+      valueTile[j * kPitch + valueAt] = v;
   }
   recordKernelMark(0); // kernel clock builds: the queries and the step's row
   // A later chunk's rows into its buffer: the cached ones copied, the
@@ -1611,6 +1640,10 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
     seesUpTo = min(seesUpTo, warpBounds[w][2]);
     seesFrom = max(seesFrom, warpBounds[w][3]);
   }
+  // The step's tables above; the queries, rotations and cache rows below
+  // are the kernels' before it (launchMmaPrefillAttend: a dependent launch).
+  waitForPrecedingKernels();
+  allowDependentLaunch();
   const float scaleLog2 = g.scale * 1.4426950408889634f; // log2(e)
   // Q as A fragments: register k holds row (k % 2 ? +8), columns 16 c + 8
   // (k / 2) + 2 pair and the next; the lo halves only for Split.
@@ -2025,14 +2058,19 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
   // took 184 and two blocks). At head dim 128 (~255 registers either way)
   // an 8B prefill measured the same with them.
   constexpr bool kAligned = D <= 64;
+  // A dependent launch: the blocks are placed while the ROPE + store before
+  // it runs and read the step's tables meanwhile. On an H200 the gap before
+  // the kernel went from 1.4 us to an overlap of 1.4 and a 1.1B prefill of
+  // 2,048 tokens 8.48 -> 8.39 ms (three alternations, medium;
+  // docs/performance.md, thirty-sixth session).
   if (g.bf16Queries) {
     allowDynamicShared<mmaPrefillAttendKernel<D, false, kAligned>>(shared);
-    mmaPrefillAttendKernel<D, false, kAligned>
-        <<<grid, 128, shared, stream>>>(q, g, tiles, out, headsFirst);
+    launchDependent(mmaPrefillAttendKernel<D, false, kAligned>, grid, 128, shared, stream, q, g,
+                    tiles, out, headsFirst);
   } else {
     allowDynamicShared<mmaPrefillAttendKernel<D, true, kAligned>>(shared);
-    mmaPrefillAttendKernel<D, true, kAligned>
-        <<<grid, 128, shared, stream>>>(q, g, tiles, out, headsFirst);
+    launchDependent(mmaPrefillAttendKernel<D, true, kAligned>, grid, 128, shared, stream, q, g,
+                    tiles, out, headsFirst);
   }
 }
 } // namespace

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 
 namespace llmir::engine::cuda::detail {
 namespace {
@@ -190,16 +191,31 @@ __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
     y[i] = a[i] + b[i];
 }
 
-__global__ void embeddingKernel(const int32_t *ids, int64_t n,
-                                const void *table, Storage storage,
-                                int64_t rows, int64_t cols, int64_t vocabOffset,
+// Token t's row of the table into y's row t: blocks (part of the row, token)
+// in a grid-stride loop over the tokens, kEmbeddingColumns columns a thread
+// in 32-bit arithmetic, each thread's loads issued before its stores. An
+// element a thread with a 64-bit division and remainder each took 24 us
+// for a 2,048-token prefill of a 2,048-wide bf16 table on an H200; this
+// takes 8 (docs/performance.md, thirty-sixth session).
+constexpr int kEmbeddingColumns = 4;
+__global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table,
+                                Storage storage, int64_t rows, int cols, int64_t vocabOffset,
                                 float *y) {
   beginDependentKernel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = static_cast<int64_t>(ids[i / cols]) - vocabOffset;
-    y[i] = row >= 0 && row < rows ? load(table, storage, row * cols + i % cols)
-                                  : 0.0f;
+  const int first = (blockIdx.x * blockDim.x + threadIdx.x) * kEmbeddingColumns;
+  if (first >= cols)
+    return;
+  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
+    const int64_t row = static_cast<int64_t>(ids[t]) - vocabOffset;
+    const bool known = row >= 0 && row < rows;
+    float v[kEmbeddingColumns];
+#pragma unroll
+    for (int c = 0; c < kEmbeddingColumns; ++c)
+      v[c] = known && first + c < cols ? load(table, storage, row * cols + first + c) : 0.0f;
+#pragma unroll
+    for (int c = 0; c < kEmbeddingColumns; ++c)
+      if (first + c < cols)
+        y[t * cols + first + c] = v[c];
   }
 }
 
@@ -395,8 +411,14 @@ int add(Stream stream, const float *a, const float *b, float *y, int64_t n) {
 
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y) {
-  launchDependent(embeddingKernel, gridFor(T * cols), kThreads, 0, stream, ids, T * cols,
-                  table, storage, rows, cols, vocabOffset, y);
+  if (T <= 0 || cols <= 0)
+    return cudaGetLastError();
+  if (cols > INT32_MAX - kThreads * kEmbeddingColumns)
+    return cudaErrorInvalidValue; // a row's columns are 32-bit
+  const int64_t parts = (cols + kThreads * kEmbeddingColumns - 1) / (kThreads * kEmbeddingColumns);
+  const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
+  launchDependent(embeddingKernel, grid, kThreads, 0, stream, ids, T, table, storage, rows,
+                  static_cast<int>(cols), vocabOffset, y);
   return cudaGetLastError();
 }
 
