@@ -1241,6 +1241,27 @@ TEST_F(BackendOps, Embedding) {
     }
 }
 
+// SELECT_ROWS' gather: rows out of order and repeated, one outside the
+// input (a zero row), widths of one block's columns and of several parts
+// ending within a thread's four columns; the same bits as the host's copy.
+TEST_F(BackendOps, SelectRows) {
+  const int64_t rows = 37;
+  const std::vector<int32_t> selected = {36, 0, 5, 5, 20, 37};
+  for (int64_t width : {70, 2050}) {
+    const std::vector<float> x = randomFloats(size_t(rows * width), rng_);
+    std::vector<float> want(selected.size() * size_t(width), 0.0f);
+    for (size_t i = 0; i + 1 < selected.size(); ++i)
+      std::copy_n(x.begin() + selected[i] * width, width, want.begin() + int64_t(i) * width);
+    DeviceArray<float> dx(x);
+    DeviceArray<int32_t> dselected(selected);
+    DeviceArray<float> dy(want.size());
+    Status status = cuda::selectRows(dx.get(), rows, width, dselected.get(),
+                                     int64_t(selected.size()), dy.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    EXPECT_EQ(dy.download(), want) << "width " << width;
+  }
+}
+
 struct AttentionCase {
   std::string name;
   int64_t heads, kvHeads, headDim, blockSize, layer;

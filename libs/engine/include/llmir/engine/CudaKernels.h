@@ -267,6 +267,11 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                  int64_t vocabOffset, float *y,
                  Stream stream = nullptr);
 
+/// y's row i = x[rows, width]'s row selected[i] (device indices; one outside
+/// [0, rows) gives a zero row): SELECT_ROWS as one launch.
+Status selectRows(const float *x, int64_t rows, int64_t width, const int32_t *selected,
+                  int64_t count, float *y, Stream stream = nullptr);
+
 /// A paged KV cache in device memory, laid out as KvCache: per layer, for K
 /// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32, or bf16 when
 /// `bf16` (stored rounded to nearest even, read back widened).

@@ -10,7 +10,8 @@
 // collectives are recorded as a CUDA graph on their second occurrence and
 // replayed afterwards, keyed by what the host bakes into the launches: the
 // token count, the block-table stride (rounded up to a power of two so it
-// changes rarely) and the rows SELECT_ROWS keeps. A graph holds device
+// changes rarely) and how many rows SELECT_ROWS keeps (which ones, the
+// graph reads from the step's upload). A graph holds device
 // addresses, so it is replayed only while the buffers it recorded are still
 // the backend's (a larger step may have grown them: then it is recorded
 // again).
@@ -341,18 +342,22 @@ public:
     const size_t stride = roundUpPow2(needed, 8);
     const size_t tableEntries = step.blockTables.size() * stride;
     const std::vector<int32_t> tiles = cuda::prefillTiles(step.tokenSeq);
+    selected_ = selectedRows(step);
     // One packed upload [ids | positions | sequences | prefill tiles |
-    // tables], each part at a capacity that only grows (its device
-    // addresses are in the graphs).
-    if (T > tokenCapacity_ || tableEntries > tableCapacity_) {
+    // selected rows | tables], each part at a capacity that only grows (its
+    // device addresses are in the graphs).
+    if (T > tokenCapacity_ || tableEntries > tableCapacity_ ||
+        selected_.size() > selectedCapacity_) {
       tokenCapacity_ = std::max(tokenCapacity_, roundUpPow2(T, 256));
       tableCapacity_ = std::max(tableCapacity_, roundUpPow2(tableEntries, 1024));
+      selectedCapacity_ = std::max(selectedCapacity_, roundUpPow2(selected_.size(), 256));
       LLMIR_RETURN_IF_ERROR(waitStream("synchronize"));
       stepTables_.release();
       hostStep_[0].release();
       hostStep_[1].release();
     }
-    const size_t tablesAt = 5 * tokenCapacity_;
+    const size_t selectedAt = 5 * tokenCapacity_;
+    const size_t tablesAt = selectedAt + selectedCapacity_;
     const size_t total = tablesAt + tableCapacity_;
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
     const int turn = stagingTurn_;
@@ -375,6 +380,7 @@ public:
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
     std::copy(step.tokenSeq.begin(), step.tokenSeq.end(), host + 2 * tokenCapacity_);
     std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
+    std::copy(selected_.begin(), selected_.end(), host + selectedAt);
     int32_t *tables = host + tablesAt;
     std::fill(tables, tables + tableEntries, 0);
     for (size_t s = 0; s < step.blockTables.size(); ++s)
@@ -400,6 +406,7 @@ public:
     ids_ = stepTables_.data;
     positions_ = ids_ + tokenCapacity_;
     tokenSeq_ = ids_ + 2 * tokenCapacity_;
+    selectedRows_ = ids_ + selectedAt;
     deviceStep_ = {static_cast<int64_t>(T), positions_, tokenSeq_, ids_ + tablesAt,
                    static_cast<int64_t>(stride), ids_ + 3 * tokenCapacity_,
                    static_cast<int64_t>(tiles.size() / 2)};
@@ -475,7 +482,8 @@ public:
   Status runAllWhole(const std::vector<BoundInstruction> &instructions) {
     if (!graphsAllowed_ || !decodeStep_)
       return ExecutionBackend::runAll(instructions);
-    GraphKey key{step_->numTokens(), deviceStep_.blockTableStride, selectedRows(*step_)};
+    GraphKey key{step_->numTokens(), deviceStep_.blockTableStride,
+                 static_cast<int64_t>(selected_.size())};
     auto found = graphs_.find(key);
     if (found != graphs_.end() && restoreLayout(found->second)) {
       const Status launched = check(cudaGraphLaunch(found->second.exec, stream()), "graph launch");
@@ -1477,17 +1485,20 @@ private:
   struct GraphKey {
     int64_t tokens;
     int64_t tableStride;
-    std::vector<int32_t> selected;
+    int64_t selectedRows;
     bool operator<(const GraphKey &o) const {
-      return std::tie(tokens, tableStride, selected) <
-             std::tie(o.tokens, o.tableStride, o.selected);
+      return std::tie(tokens, tableStride, selectedRows) <
+             std::tie(o.tokens, o.tableStride, o.selectedRows);
     }
   };
   /// Where each activation slot (and the spare aliased_) lived, and with
   /// what shape, when a graph was recorded; plus the other buffers whose
   /// addresses the graph holds.
   /// Buffers outside the activation slots whose addresses a graph holds.
-  using FixedBuffers = std::array<const void *, 6>;
+  // The buffers a graph's launches hold: the step's upload by its parts'
+  // addresses (a part's offset moves with the capacities before it, and a
+  // grown upload may come back at its old address), the cache, the scratch.
+  using FixedBuffers = std::array<const void *, 9>;
   struct Layout {
     std::vector<std::tuple<float *, size_t, std::vector<int64_t>>> slots;
     FixedBuffers fixed{};
@@ -1498,8 +1509,9 @@ private:
   };
 
   FixedBuffers fixedBuffers() const {
-    return {stepTables_.data,       keys_.data,         values_.data, context_.scratchAddress(),
-            attentionScratch_.data, splitCounters_.data};
+    return {stepTables_.data,       positions_,          selectedRows_,
+            deviceStep_.blockTables, keys_.data,          values_.data,
+            context_.scratchAddress(), attentionScratch_.data, splitCounters_.data};
   }
 
   /// Whether every slot (and the spare aliased_) is where, with the shape,
@@ -1940,16 +1952,18 @@ private:
       if (x.shape.empty() || x.rows() != T())
         return Status::error("SELECT_ROWS input " + model::formatShape(x.shape) +
                              " needs one row per token of the step");
-      const std::vector<int32_t> selected = selectedRows(*step_);
-      const int64_t width = x.rowSize();
+      // One gather launch over the rows in the step's upload: a copy a row
+      // was a graph's memcpy node a row, ~1.4 us each at batch 128 (174 us
+      // of a 2.18 ms 1.1B step on an H200), and a memcpy ends the
+      // dependent launches' chain into the LM head (docs/performance.md,
+      // thirty-seventh session).
       std::vector<int64_t> shape = x.shape;
-      shape[0] = static_cast<int64_t>(selected.size());
+      shape[0] = static_cast<int64_t>(selected_.size());
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape(std::move(shape)));
-      for (size_t i = 0; i < selected.size(); ++i)
-        LLMIR_RETURN_IF_ERROR(copy(y.data() + static_cast<int64_t>(i) * width,
-                                   x.data() + selected[i] * width, width));
-      return Status::ok();
+      return cuda::selectRows(x.data(), x.rows(), x.rowSize(), selectedRows_,
+                              static_cast<int64_t>(selected_.size()),
+                              y.data(), stream());
     }
     case proto::SP_SCATTER_ROWS: {
       const DeviceTensor &x = act(0);
@@ -2063,8 +2077,11 @@ private:
   PinnedArray<int32_t> hostStep_[2];
   cudaEvent_t stagingUploaded_[2] = {nullptr, nullptr};
   int stagingTurn_ = 0;
-  size_t tokenCapacity_ = 0, tableCapacity_ = 0;
+  size_t tokenCapacity_ = 0, tableCapacity_ = 0, selectedCapacity_ = 0;
   const int32_t *ids_ = nullptr, *positions_ = nullptr, *tokenSeq_ = nullptr;
+  /// The rows SELECT_ROWS keeps (selectedRows), on the host and uploaded.
+  std::vector<int32_t> selected_;
+  const int32_t *selectedRows_ = nullptr;
   DeviceArray<int32_t> greedyIds_;
   /// Flash-decoding partials (beginStep); the program's widest partial row
   /// and most query heads over its ATTENTIONs.

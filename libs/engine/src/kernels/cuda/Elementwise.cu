@@ -191,7 +191,8 @@ __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
     y[i] = a[i] + b[i];
 }
 
-// Token t's row of the table into y's row t: blocks (part of the row, token)
+// Token t's row of the table into y's row t (and SELECT_ROWS', cuda::selectRows,
+// over an f32 table of the step's rows): blocks (part of the row, token)
 // in a grid-stride loop over the tokens, kEmbeddingColumns columns a thread
 // in 32-bit arithmetic, each thread's loads issued before its stores. An
 // element a thread with a 64-bit division and remainder each took 24 us

@@ -1121,6 +1121,14 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                     "embedding");
 }
 
+Status selectRows(const float *x, int64_t rows, int64_t width, const int32_t *selected,
+                  int64_t count, float *y, Stream stream) {
+  // The embedding's gather, over an f32 table of the step's rows.
+  return cudaStatus(detail::embedding(stream, selected, count, x, detail::Storage::F32, rows,
+                                      width, 0, y),
+                    "select rows");
+}
+
 namespace {
 
 detail::AttentionGeometry geometryOf(const DeviceStep &step,
