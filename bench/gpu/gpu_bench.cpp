@@ -10,7 +10,7 @@
 //
 //   llmir-gpu-bench --model DIR [--device cuda|cuda:N|cpu] [--tp N] [--pp M]
 //                   [--batches 1,8,32,128] [--prompt 128] [--new-tokens 128]
-//                   [--prefill 2048] [--cluster-spec FILE] [--predict-only]
+//                   [--prefill 2048] [--warmup-steps 3] [--cluster-spec FILE] [--predict-only]
 //                   [--matmul-precision highest|medium] [--threads N]
 //                   [--broadcast-ids-every-step] [--synchronous-decode]
 //
@@ -79,6 +79,7 @@ struct Options {
   std::string device = "cuda";
   std::vector<int> batches = {1, 8, 32, 128};
   int prompt = 128, newTokens = 128, prefill = 2048;
+  int warmupSteps = 3;
   std::string model;
   std::string clusterSpec; // the cost model's device (default: the ideal H100)
   bool predictOnly = false;
@@ -114,6 +115,10 @@ Options parse(int argc, char **argv) {
   config.add("prompt", &o.prompt, "prompt tokens per sequence before decoding");
   config.add("new-tokens", &o.newTokens, "decode steps timed per batch size");
   config.add("prefill", &o.prefill, "tokens of the timed single prefill");
+  config.add("warmup-steps", &o.warmupSteps,
+             "untimed decode steps after an untimed prefill of the same batch, before the "
+             "timed pass (as the peer compiles and warms on the shapes it times; 0: the first "
+             "eager step and the graph's recording are timed too)");
   config.add("cluster-spec", &o.clusterSpec,
              "cluster spec YAML whose device and intra-node link price the predicted steps "
              "(bench/gpu/h100-calibrated.yaml; default: the ideal H100 roofline)");
@@ -138,6 +143,8 @@ Options parse(int argc, char **argv) {
   config.loadOrExit(argc, argv);
   if (o.model.empty())
     fail("model is required (--model DIR)");
+  if (o.warmupSteps < 0)
+    fail("warmup-steps must not be negative");
   if (o.prompt <= 0 || o.newTokens <= 0 || o.prefill <= 0)
     fail("prompt, new-tokens and prefill must be positive");
   if (o.tp < 1 || o.pp < 1)
@@ -596,47 +603,64 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
       decode.tokenSeq.push_back(s);
     }
     decode.blockTables = prefill.blockTables;
-    if (auto logits = (*executor)->step(prefill); !logits)
-      return logits.status().withContext("prefill");
-    LLMIR_RETURN_IF_ERROR(barrier(ctx));
-    start = Clock::now();
-    double broadcastSeconds = 0.0;
-    uint32_t idsHash = 2166136261u; // FNV-1a over the steps' ids
-    const auto hashIds = [&](const std::vector<int32_t> &ids) {
-      for (int32_t id : ids)
-        idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
-    };
+    const std::vector<int32_t> firstTokens = decode.tokenIds;
     const bool pipelined = !o.synchronousDecode && ctx.program->has_output() &&
                            (!ctx.runtime || ctx.idsOnEveryRank);
-    for (int n = 0; pipelined && n <= o.newTokens; ++n) {
-      // The host a step ahead (Executor::launchGreedy): step n is launched,
-      // its tokens the ids of step n - 1, before step n - 1's ids are read
-      // back (where the backend keeps them on the device; else at launch).
-      if (n < o.newTokens) {
+    double broadcastSeconds = 0.0;
+    uint32_t idsHash = 2166136261u; // FNV-1a over the timed steps' ids
+    // `steps` decode steps after the batch's prefill, the host a step ahead
+    // (Executor::launchGreedy: step n is launched, its tokens the ids of
+    // step n - 1, before step n - 1's ids are read back, where the backend
+    // keeps them on the device; else at launch) or synchronous.
+    const auto prefillAndDecode = [&](int steps, bool timed) -> Status {
+      decode.tokenIds = firstTokens;
+      if (auto logits = (*executor)->step(prefill); !logits)
+        return logits.status().withContext("prefill");
+      LLMIR_RETURN_IF_ERROR(barrier(ctx));
+      start = Clock::now();
+      const auto hashIds = [&](const std::vector<int32_t> &ids) {
+        if (timed)
+          for (int32_t id : ids)
+            idsHash = (idsHash ^ static_cast<uint32_t>(id)) * 16777619u;
+      };
+      for (int n = 0; pipelined && n <= steps; ++n) {
+        if (n < steps) {
+          for (int s = 0; s < batch; ++s)
+            decode.positions[static_cast<size_t>(s)] = o.prompt + n;
+          decode.tokensFromLastGreedy = n > 0;
+          LLMIR_RETURN_IF_ERROR((*executor)->launchGreedy(decode).withContext("decode"));
+        }
+        if (n > 0) {
+          auto ids = (*executor)->collectGreedy();
+          if (!ids)
+            return ids.status().withContext("decode");
+          hashIds(*ids);
+        }
+      }
+      decode.tokensFromLastGreedy = false;
+      double waited = 0.0;
+      for (int n = 0; !pipelined && n < steps; ++n) {
         for (int s = 0; s < batch; ++s)
           decode.positions[static_cast<size_t>(s)] = o.prompt + n;
-        decode.tokensFromLastGreedy = n > 0;
-        LLMIR_RETURN_IF_ERROR((*executor)->launchGreedy(decode).withContext("decode"));
-      }
-      if (n > 0) {
-        auto ids = (*executor)->collectGreedy();
+        // Greedy on the device, as a server's greedy request: only the ids
+        // come back (synchronous), and they are the next step's tokens.
+        auto ids = greedyStep(**executor, ctx, decode, waited);
         if (!ids)
           return ids.status().withContext("decode");
         hashIds(*ids);
+        decode.tokenIds = std::move(*ids);
       }
-    }
-    decode.tokensFromLastGreedy = false;
-    for (int n = 0; !pipelined && n < o.newTokens; ++n) {
-      for (int s = 0; s < batch; ++s)
-        decode.positions[static_cast<size_t>(s)] = o.prompt + n;
-      // Greedy on the device, as a server's greedy request: only the ids
-      // come back (synchronous), and they are the next step's tokens.
-      auto ids = greedyStep(**executor, ctx, decode, broadcastSeconds);
-      if (!ids)
-        return ids.status().withContext("decode");
-      hashIds(*ids);
-      decode.tokenIds = std::move(*ids);
-    }
+      if (timed)
+        broadcastSeconds = waited;
+      return Status::ok();
+    };
+    // As the peer (compiled_torch_decoder.py's run() once to compile and
+    // warm on the very shapes it then times): the first eager step and the
+    // graph's recording (a decode step's second occurrence) are paid before
+    // the clock, as a server pays them in its warm-up.
+    if (o.warmupSteps > 0)
+      LLMIR_RETURN_IF_ERROR(prefillAndDecode(std::min(o.warmupSteps, o.newTokens), false));
+    LLMIR_RETURN_IF_ERROR(prefillAndDecode(o.newTokens, true));
     const double seconds = since(start);
     LLMIR_RETURN_IF_ERROR(idsAgree(ctx, idsHash).withContext("decode"));
     tokPerS[batch] = double(batch) * o.newTokens / seconds;
