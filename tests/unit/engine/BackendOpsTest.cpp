@@ -1064,10 +1064,18 @@ TEST_F(BackendOps, ArgmaxRows) {
     logits[size_t(4 * V + V / 2 + 1)] = 70.0f; // in a middle slice
     DeviceArray<float> dlogits(logits);
     DeviceArray<int32_t> dids(static_cast<size_t>(rows));
-    Status status = cuda::argmaxRows(context_->stream(), dlogits.get(), rows, V, dids.get());
+    // The ids into pinned host memory too, written by the kernel itself.
+    int32_t *hostIds = nullptr;
+    ASSERT_EQ(cudaMallocHost(reinterpret_cast<void **>(&hostIds), size_t(rows) * sizeof(int32_t)),
+              cudaSuccess);
+    std::fill(hostIds, hostIds + rows, -1);
+    Status status =
+        cuda::argmaxRows(context_->stream(), dlogits.get(), rows, V, dids.get(), hostIds);
     ASSERT_TRUE(status.isOk()) << status.message();
     ASSERT_TRUE(context_->synchronize().isOk());
     const std::vector<int32_t> got = dids.download();
+    EXPECT_EQ(std::vector<int32_t>(hostIds, hostIds + rows), got) << "V " << V;
+    cudaFreeHost(hostIds);
     for (int64_t r = 0; r < rows; ++r)
       EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * V, size_t(V))))
           << "V " << V << " row " << r;
@@ -1238,6 +1246,24 @@ TEST_F(BackendOps, Embedding) {
               "T=7 V=50 H=" + std::to_string(H) + " offset=100 " +
                   std::string(weightName(dtype)),
               dy.download(), want, kElementwiseLimit);
+      // The ids instead, where the device flag says so (a step whose tokens
+      // the last argmax left on the device); not where it is 0.
+      const std::vector<int32_t> instead(ids.rbegin(), ids.rend());
+      DeviceArray<int32_t> dinstead(instead);
+      DeviceArray<float> dyInstead(want.size());
+      status = cuda::embedding(dinstead.get(), int64_t(instead.size()), dtable.view, offset,
+                               dyInstead.get());
+      ASSERT_TRUE(status.isOk()) << status.message();
+      const std::vector<float> wantInstead = dyInstead.download();
+      EXPECT_NE(wantInstead, dy.download());
+      for (int32_t flag : {1, 0}) {
+        DeviceArray<int32_t> dflag(std::vector<int32_t>{flag});
+        DeviceArray<float> dz(want.size());
+        status = cuda::embedding(dids.get(), int64_t(ids.size()), dtable.view, offset, dz.get(),
+                                 nullptr, {dinstead.get(), dflag.get()});
+        ASSERT_TRUE(status.isOk()) << status.message();
+        EXPECT_EQ(dz.download(), flag ? wantInstead : dy.download()) << "flag " << flag;
+      }
     }
 }
 

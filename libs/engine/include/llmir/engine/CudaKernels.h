@@ -204,9 +204,11 @@ Status linearSwigluWithNorm(Context &context, const float *x, int64_t T,
                             const ResidualNorm &consumes);
 
 /// ids[r] = the lowest index of the maximum of row r of logits [rows, V]
-/// (greedy sampling as engine::argmax, on the device).
+/// (greedy sampling as engine::argmax, on the device), and hostIds[r] where
+/// given: pinned host memory the kernel writes itself, readable once the
+/// stream has passed it (no device-to-host copy queued behind it).
 Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-                  int32_t *ids);
+                  int32_t *ids, int32_t *hostIds = nullptr);
 
 /// One row's sampling as the device reads it (engine::RowSampling without
 /// the logprob flag).
@@ -261,11 +263,20 @@ Status swiglu(const float *gate, const float *up, float *y, int64_t n,
 Status add(const float *a, const float *b, float *y, int64_t n,
            Stream stream = nullptr);
 
+/// Ids an embedding takes instead of its own where *when (device memory,
+/// read by the kernel) is nonzero: a step whose tokens the last argmax left
+/// on the device reads them there, the choice made per step by its upload,
+/// with no copy in front of its graph.
+struct IdsInstead {
+  const int32_t *ids = nullptr;
+  const int32_t *when = nullptr;
+};
+
 /// y[T, H] = rows of table[V_local, H] for ids - vocabOffset; ids outside
 /// the local vocabulary give zero rows.
 Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                  int64_t vocabOffset, float *y,
-                 Stream stream = nullptr);
+                 Stream stream = nullptr, IdsInstead instead = {});
 
 /// y's row i = x[rows, width]'s row selected[i] (device indices; one outside
 /// [0, rows) gives a zero row): SELECT_ROWS as one launch.

@@ -344,8 +344,9 @@ public:
     const std::vector<int32_t> tiles = cuda::prefillTiles(step.tokenSeq);
     selected_ = selectedRows(step);
     // One packed upload [ids | positions | sequences | prefill tiles |
-    // selected rows | tables], each part at a capacity that only grows (its
-    // device addresses are in the graphs).
+    // whether the embedding takes the last argmax's ids | selected rows |
+    // tables], each part at a capacity that only grows (its device
+    // addresses are in the graphs).
     if (T > tokenCapacity_ || tableEntries > tableCapacity_ ||
         selected_.size() > selectedCapacity_) {
       tokenCapacity_ = std::max(tokenCapacity_, roundUpPow2(T, 256));
@@ -356,7 +357,8 @@ public:
       hostStep_[0].release();
       hostStep_[1].release();
     }
-    const size_t selectedAt = 5 * tokenCapacity_;
+    const size_t idsInsteadAt = 5 * tokenCapacity_;
+    const size_t selectedAt = idsInsteadAt + 8; // 32-byte aligned parts
     const size_t tablesAt = selectedAt + selectedCapacity_;
     const size_t total = tablesAt + tableCapacity_;
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
@@ -380,30 +382,39 @@ public:
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
     std::copy(step.tokenSeq.begin(), step.tokenSeq.end(), host + 2 * tokenCapacity_);
     std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
+    host[idsInsteadAt] = step.tokensFromLastGreedy ? 1 : 0;
     std::copy(selected_.begin(), selected_.end(), host + selectedAt);
     int32_t *tables = host + tablesAt;
     std::fill(tables, tables + tableEntries, 0);
     for (size_t s = 0; s < step.blockTables.size(); ++s)
       std::copy(step.blockTables[s].begin(), step.blockTables[s].end(), tables + s * stride);
-    LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(stepTables_.data, host,
-                                                (tablesAt + tableEntries) * sizeof(int32_t),
-                                                cudaMemcpyHostToDevice, stream()),
+    // Read from the pinned staging by a kernel: the copy engine's memcpy
+    // between the argmax and the graph left ~18 us a 1.1B batch-1 step on
+    // an H200 to the gaps around it (docs/performance.md, thirty-seventh
+    // session).
+    LLMIR_RETURN_IF_ERROR(check(static_cast<cudaError_t>(cuda::detail::copyWords(
+                                    stream(), host, stepTables_.data,
+                                    static_cast<int64_t>(tablesAt + tableEntries))),
                                 "uploading the step"));
     if (stepsAhead_)
       LLMIR_RETURN_IF_ERROR(
           check(cudaEventRecord(stagingUploaded_[turn], stream()), "recording an upload"));
-    if (step.tokensFromLastGreedy) {
-      // The last launched argmax's ids (Executor::launchGreedy checked
-      // their count), after it on the stream: no host round trip.
-      if (!stepsAhead_ || launchedRows_ != static_cast<int64_t>(T))
-        return Status::error("beginStep: no launched greedy ids for the step's " +
-                             std::to_string(T) + " tokens");
-      LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(stepTables_.data, greedyIds_.data,
-                                                  T * sizeof(int32_t), cudaMemcpyDeviceToDevice,
-                                                  stream()),
-                                  "the last greedy ids as the step's tokens"));
-    }
+    // The last launched argmax's ids (Executor::launchGreedy checked their
+    // count), after it on the stream: no host round trip, and the embedding
+    // reads them where the argmax left them (cuda::IdsInstead): their copy
+    // over the upload's ids was one more memcpy before the graph, 0.8 us
+    // behind a gap of 8.7 on an H200 (docs/performance.md, thirty-seventh
+    // session).
+    if (step.tokensFromLastGreedy && (!stepsAhead_ || launchedRows_ != static_cast<int64_t>(T)))
+      return Status::error("beginStep: no launched greedy ids for the step's " +
+                           std::to_string(T) + " tokens");
+    // At the upload's token capacity, so that an argmax seldom moves them
+    // (a graph holds their address: fixedBuffers); not while they are the
+    // step's tokens (a grown array loses them).
+    if (!step.tokensFromLastGreedy)
+      LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(std::max(tokenCapacity_, selectedCapacity_)));
     ids_ = stepTables_.data;
+    takeGreedyIds_ = ids_ + idsInsteadAt;
     positions_ = ids_ + tokenCapacity_;
     tokenSeq_ = ids_ + 2 * tokenCapacity_;
     selectedRows_ = ids_ + selectedAt;
@@ -450,6 +461,10 @@ public:
       return Status::ok();
     if (index == residualAddDoneAt_) { // done by the product before it (planResidualNorms)
       residualAddDoneAt_ = kNone;
+      return Status::ok();
+    }
+    if (index == selectDoneAt_) { // the one row, normed by the LM head (planResidualNorms)
+      selectDoneAt_ = kNone;
       return Status::ok();
     }
     if (index == exchangeSkips_.first || index == exchangeSkips_.second) { // planExchanges
@@ -573,12 +588,11 @@ public:
     if (rows > 0) {
       LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(static_cast<size_t>(rows)));
       LLMIR_RETURN_IF_ERROR(launched.host.reserve(static_cast<size_t>(rows)));
-      LLMIR_RETURN_IF_ERROR(
-          cuda::argmaxRows(stream(), d.data(), rows, d.shape[1], greedyIds_.data));
-      LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(launched.host.data, greedyIds_.data,
-                                                  static_cast<size_t>(rows) * sizeof(int32_t),
-                                                  cudaMemcpyDeviceToHost, stream()),
-                                  "reading greedy ids"));
+      // The kernel writes the host's copy itself: a memcpy behind it held
+      // the next step's upload ~18 us (with the upload's, c212: a 1.1B
+      // batch-1 step 0.913 -> 0.898 ms, batch 32 -7%; docs/performance.md).
+      LLMIR_RETURN_IF_ERROR(cuda::argmaxRows(stream(), d.data(), rows, d.shape[1],
+                                             greedyIds_.data, launched.host.data));
     }
     if (!launched.arrived)
       LLMIR_RETURN_IF_ERROR(check(
@@ -908,28 +922,40 @@ private:
   /// batch 1: 1.344 -> 1.267 ms a step (medium), 1.335 -> 1.269 (highest),
   /// six alternations (docs/performance.md). LLMIR_CUDA_NORM_IN_PRODUCTS=0
   /// turns it off (for measuring).
+  /// The last layer's down projection and the LM head too, where only a
+  /// SELECT_ROWS stands between the final norm and the head and nothing
+  /// else reads what it selects: a step of one token whose row it keeps
+  /// (produceResidualNorm) leaves out its launch, the head reading the
+  /// normed row as it stages it.
   void planResidualNorms() {
     const auto &insts = program_.instructions;
     normConsumer_.assign(insts.size(), kNone);
+    selectBeforeConsumer_.assign(insts.size(), false);
     if (!fusionsEnabled() || cuda::detail::switchedOff("LLMIR_CUDA_NORM_IN_PRODUCTS"))
       return;
     int64_t partials = 0;
     for (size_t p = 0; p + 3 < insts.size(); ++p) {
-      const BoundInstruction &linear = insts[p], &add = insts[p + 1], &norm = insts[p + 2],
-                             &next = insts[p + 3];
+      const BoundInstruction &linear = insts[p], &add = insts[p + 1], &norm = insts[p + 2];
+      const BoundInstruction &select = insts[p + 3];
+      const bool selects = select.op == proto::SELECT_ROWS && p + 4 < insts.size() &&
+                           select.inputs[0] == norm.outputs[0] &&
+                           !select.outputAliasesInput[0] &&
+                           !readBeforeWritten(program_, p + 4, select.outputs[0]);
+      const size_t c = selects ? p + 4 : p + 3; // the consumer
+      const BoundInstruction &next = insts[c];
+      const uint32_t normed = selects ? select.outputs[0] : norm.outputs[0];
       if (linear.op != proto::LINEAR || linearGroupSize_[p] != 1 ||
           linear.outputAliasesInput[0] || linear.inputs.size() < 2 || !addNormFused_[p + 1] ||
           add.outputAliasesInput[0] || add.inputs.size() != 2 ||
           (add.inputs[0] == linear.outputs[0]) == (add.inputs[1] == linear.outputs[0]) ||
-          next.op != proto::LINEAR || linearGroupSize_[p + 3] == 0 || next.inputs.size() < 2 ||
-          next.inputs[0] != norm.outputs[0])
+          next.op != proto::LINEAR || linearGroupSize_[c] == 0 || next.inputs.size() < 2 ||
+          next.inputs[0] != normed || (selects && linearGroupSize_[c] != 1))
         continue;
       const DeviceWeight &produced = weights_[linear.inputs[1]];
       const DeviceWeight &consumed = weights_[next.inputs[1]];
       if (!cuda::takesResidualNorm(produced.view(), consumed.view(), 1))
         continue;
       // The consumer's rows: a gate/up pair's (planSwigluFusions), else its group's.
-      const size_t c = p + 3;
       const bool paired = linearSwiglu_[c];
       int64_t rows = 0;
       for (size_t j = c; j < c + (paired ? 1 : linearGroupSize_[c]); ++j)
@@ -937,6 +963,7 @@ private:
       if (!cuda::residualNormConsumerPays(consumed.shape[1], rows, paired))
         continue;
       normConsumer_[p] = c;
+      selectBeforeConsumer_[p] = selects;
       partials = std::max(partials,
                           cuda::residualNormPartials(produced.shape[1], produced.shape[0]));
     }
@@ -965,6 +992,8 @@ private:
     // The weights were checked when planned (takesResidualNorm at one token).
     if (residual.shape != std::vector<int64_t>{1, H})
       return false; // the ADD reports a mismatch
+    if (selectBeforeConsumer_[index] && (selected_.size() != 1 || selected_[0] != 0))
+      return false; // the SELECT_ROWS runs: it keeps more than the one row
     DeviceTensor &sum = activations_[add.outputs[0]], &normed = activations_[norm.outputs[0]];
     LLMIR_RETURN_IF_ERROR(sum.reshape({1, H}));
     LLMIR_RETURN_IF_ERROR(normed.reshape({1, H}));
@@ -982,6 +1011,10 @@ private:
     pendingNorm_ = n;
     pendingNormAt_ = normConsumer_[index];
     residualAddDoneAt_ = index + 1;
+    if (selectBeforeConsumer_[index]) { // the head's x: the normed row, as it stages it
+      LLMIR_RETURN_IF_ERROR(activations_[insts[index + 3].outputs[0]].reshape({1, H}));
+      selectDoneAt_ = index + 3;
+    }
     return true;
   }
 
@@ -1498,7 +1531,7 @@ private:
   // The buffers a graph's launches hold: the step's upload by its parts'
   // addresses (a part's offset moves with the capacities before it, and a
   // grown upload may come back at its old address), the cache, the scratch.
-  using FixedBuffers = std::array<const void *, 9>;
+  using FixedBuffers = std::array<const void *, 10>;
   struct Layout {
     std::vector<std::tuple<float *, size_t, std::vector<int64_t>>> slots;
     FixedBuffers fixed{};
@@ -1511,7 +1544,8 @@ private:
   FixedBuffers fixedBuffers() const {
     return {stepTables_.data,       positions_,          selectedRows_,
             deviceStep_.blockTables, keys_.data,          values_.data,
-            context_.scratchAddress(), attentionScratch_.data, splitCounters_.data};
+            context_.scratchAddress(), attentionScratch_.data, splitCounters_.data,
+            greedyIds_.data};
   }
 
   /// Whether every slot (and the spare aliased_) is where, with the shape,
@@ -1678,7 +1712,8 @@ private:
       const DeviceWeight &table = weight(0);
       DeviceTensor &y = out(0);
       LLMIR_RETURN_IF_ERROR(y.reshape({T(), table.shape[1]}));
-      return cuda::embedding(ids_, T(), table.view(), p.vocabOffset, y.data(), stream());
+      return cuda::embedding(ids_, T(), table.view(), p.vocabOffset, y.data(), stream(),
+                             {greedyIds_.data, takeGreedyIds_});
     }
     case proto::RMS_NORM: {
       const DeviceTensor &x = act(0);
@@ -2079,6 +2114,7 @@ private:
   int stagingTurn_ = 0;
   size_t tokenCapacity_ = 0, tableCapacity_ = 0, selectedCapacity_ = 0;
   const int32_t *ids_ = nullptr, *positions_ = nullptr, *tokenSeq_ = nullptr;
+  const int32_t *takeGreedyIds_ = nullptr; // the upload's flag: greedyIds_ as the tokens
   /// The rows SELECT_ROWS keeps (selectedRows), on the host and uploaded.
   std::vector<int32_t> selected_;
   const int32_t *selectedRows_ = nullptr;
@@ -2107,7 +2143,9 @@ private:
   std::vector<size_t> normConsumer_;
   DeviceArray<double> normPartials_;
   cuda::ResidualNorm pendingNorm_;
-  size_t pendingNormAt_ = kNone, residualAddDoneAt_ = kNone;
+  size_t pendingNormAt_ = kNone, residualAddDoneAt_ = kNone, selectDoneAt_ = kNone;
+  /// planResidualNorms: a SELECT_ROWS between the producer's norm and its consumer.
+  std::vector<bool> selectBeforeConsumer_;
   /// planExchanges: the consumer and site of each producer LINEAR (kNone /
   /// -1: none), and this step's hand-over (the ALL_REDUCE and ADD it skips).
   std::vector<size_t> exchangeConsumer_;

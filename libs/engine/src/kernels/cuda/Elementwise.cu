@@ -201,11 +201,13 @@ __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
 constexpr int kEmbeddingColumns = 4;
 __global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table,
                                 Storage storage, int64_t rows, int cols, int64_t vocabOffset,
-                                float *y) {
+                                float *y, const int32_t *idsInstead, const int32_t *takeInstead) {
   beginDependentKernel();
   const int first = (blockIdx.x * blockDim.x + threadIdx.x) * kEmbeddingColumns;
   if (first >= cols)
     return;
+  if (takeInstead && *takeInstead)
+    ids = idsInstead;
   for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
     const int64_t row = static_cast<int64_t>(ids[t]) - vocabOffset;
     const bool known = row >= 0 && row < rows;
@@ -217,6 +219,22 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table
     for (int c = 0; c < kEmbeddingColumns; ++c)
       if (first + c < cols)
         y[t * cols + first + c] = v[c];
+  }
+}
+
+// Sixteen bytes a thread where both sides allow, else a word; one pass.
+__global__ void copyWordsKernel(const int32_t *from, int32_t *to, int64_t n, bool wide) {
+  beginDependentKernel();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (wide) {
+    for (int64_t i = first; i < n / 4; i += stride)
+      reinterpret_cast<int4 *>(to)[i] = reinterpret_cast<const int4 *>(from)[i];
+    for (int64_t i = n / 4 * 4 + first; i < n; i += stride)
+      to[i] = from[i];
+  } else {
+    for (int64_t i = first; i < n; i += stride)
+      to[i] = from[i];
   }
 }
 
@@ -297,11 +315,21 @@ __device__ Best blockBest(Best best, int64_t V) {
   return total;
 }
 
-__global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
+// Row r's id into ids[r] and, given, hostIds[r] (pinned host memory: the
+// host reads it after the stream's event, with no copy behind the kernel).
+__device__ __forceinline__ void writeId(int32_t *ids, int32_t *hostIds, int64_t row, int32_t id) {
+  ids[row] = id;
+  if (hostIds) {
+    hostIds[row] = id;
+    __threadfence_system();
+  }
+}
+
+__global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids, int32_t *hostIds) {
   beginDependentKernel();
   const Best best = blockBest(bestInRange(logits + blockIdx.x * V, 0, V, V), V);
   if (threadIdx.x == 0)
-    ids[blockIdx.x] = static_cast<int32_t>(best.index < V ? best.index : 0);
+    writeId(ids, hostIds, blockIdx.x, static_cast<int32_t>(best.index < V ? best.index : 0));
 }
 
 // Long rows (an 8B shape's 128,256 logits: one block took ~27 us, eight
@@ -312,7 +340,8 @@ __global__ void argmaxKernel(const float *logits, int64_t V, int32_t *ids) {
 constexpr int kArgmaxSplits = 8;
 constexpr int64_t kArgmaxSplitMinV = 16384;
 
-__global__ void argmaxSplitKernel(const float *logits, int64_t V, int32_t *ids) {
+__global__ void argmaxSplitKernel(const float *logits, int64_t V, int32_t *ids,
+                                  int32_t *hostIds) {
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   beginDependentKernel();
@@ -333,7 +362,7 @@ __global__ void argmaxSplitKernel(const float *logits, int64_t V, int32_t *ids) 
       if (better(other.value, other.index, total, V))
         total = other;
     }
-    ids[row] = static_cast<int32_t>(total.index < V ? total.index : 0);
+    writeId(ids, hostIds, row, static_cast<int32_t>(total.index < V ? total.index : 0));
   }
   cluster.sync(); // no block leaves while block 0 reads its shared memory
 }
@@ -341,15 +370,16 @@ __global__ void argmaxSplitKernel(const float *logits, int64_t V, int32_t *ids) 
 } // namespace
 
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-               int32_t *ids) {
+               int32_t *ids, int32_t *hostIds) {
   // LLMIR_CUDA_ARGMAX_SPLIT_MIN_V: the shortest row split over a cluster (measuring).
   static const int64_t splitMinV = countFromEnv("LLMIR_CUDA_ARGMAX_SPLIT_MIN_V", kArgmaxSplitMinV);
   if (rows > 0 && V >= splitMinV && clusterMergeEnabled())
     launchDependentCluster(argmaxSplitKernel, static_cast<unsigned>(rows * kArgmaxSplits),
-                           kArgmaxThreads, 0, stream, dim3(kArgmaxSplits, 1, 1), logits, V, ids);
+                           kArgmaxThreads, 0, stream, dim3(kArgmaxSplits, 1, 1), logits, V, ids,
+                           hostIds);
   else if (rows > 0 && V > 0)
     launchDependent(argmaxKernel, static_cast<unsigned>(rows), kArgmaxThreads, 0, stream,
-                    logits, V, ids);
+                    logits, V, ids, hostIds);
   return cudaGetLastError();
 }
 
@@ -410,8 +440,20 @@ int add(Stream stream, const float *a, const float *b, float *y, int64_t n) {
   return cudaGetLastError();
 }
 
+int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n) {
+  if (n <= 0)
+    return cudaGetLastError();
+  const bool wide = reinterpret_cast<uintptr_t>(from) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(to) % 16 == 0;
+  const int64_t items = wide ? (n + 3) / 4 : n;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, 64));
+  launchDependent(copyWordsKernel, blocks, kThreads, 0, stream, from, to, n, wide);
+  return cudaGetLastError();
+}
+
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
-              int64_t rows, int64_t cols, int64_t vocabOffset, float *y) {
+              int64_t rows, int64_t cols, int64_t vocabOffset, float *y,
+              const int32_t *idsInstead, const int32_t *takeInstead) {
   if (T <= 0 || cols <= 0)
     return cudaGetLastError();
   if (cols > INT32_MAX - kThreads * kEmbeddingColumns)
@@ -419,7 +461,7 @@ int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, S
   const int64_t parts = (cols + kThreads * kEmbeddingColumns - 1) / (kThreads * kEmbeddingColumns);
   const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
   launchDependent(embeddingKernel, grid, kThreads, 0, stream, ids, T, table, storage, rows,
-                  static_cast<int>(cols), vocabOffset, y);
+                  static_cast<int>(cols), vocabOffset, y, idsInstead, takeInstead);
   return cudaGetLastError();
 }
 

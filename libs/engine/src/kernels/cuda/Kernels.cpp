@@ -1052,8 +1052,8 @@ std::vector<int32_t> prefillTiles(const std::vector<int32_t> &tokenSeq) {
 }
 
 Status argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-                  int32_t *ids) {
-  return cudaStatus(detail::argmaxRows(stream, logits, rows, V, ids), "argmax");
+                  int32_t *ids, int32_t *hostIds) {
+  return cudaStatus(detail::argmaxRows(stream, logits, rows, V, ids, hostIds), "argmax");
 }
 
 // The public row and the launcher's are one layout (the device reads it).
@@ -1113,11 +1113,11 @@ Status add(const float *a, const float *b, float *y, int64_t n, Stream stream) {
 }
 
 Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
-                 int64_t vocabOffset, float *y, Stream stream) {
+                 int64_t vocabOffset, float *y, Stream stream, IdsInstead instead) {
   Result<detail::Storage> storage = storageOf(table, "embedding");
   LLMIR_RETURN_IF_ERROR(storage.status());
   return cudaStatus(detail::embedding(stream, ids, T, table.data, *storage, table.rows,
-                                      table.cols, vocabOffset, y),
+                                      table.cols, vocabOffset, y, instead.ids, instead.when),
                     "embedding");
 }
 

@@ -183,9 +183,10 @@ int joinHalves(Stream stream, const float *halves, int64_t T, int64_t N,
 /// y = silu(gate) * up.
 int scatterProduct(Stream stream, const float *product, int64_t T, bool halves,
                    const LinearSegments &segments);
-/// ids[r] = the lowest index of the maximum of row r of logits [rows, V].
+/// ids[r] = the lowest index of the maximum of row r of logits [rows, V];
+/// hostIds[r] too where given (pinned host memory).
 int argmaxRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-               int32_t *ids);
+               int32_t *ids, int32_t *hostIds = nullptr);
 /// One row's sampling: engine::SamplingParams and the uniform draw in [0, 1).
 struct RowSampling {
   float temperature;
@@ -223,8 +224,14 @@ int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t 
 int swigluBf16(Stream stream, const void *gate, const void *up, int64_t stride, int64_t T,
                int64_t N, float *y, void *hi, void *lo);
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
+/// to[0, n) = from[0, n) by a kernel: `from` may be pinned host memory
+/// (read over the bus, as UVA maps it), a copy without the copy engine.
+int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n);
+/// Where takeInstead is given and *takeInstead is nonzero (device memory,
+/// read by the kernel), the ids come from idsInstead.
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
-              int64_t rows, int64_t cols, int64_t vocabOffset, float *y);
+              int64_t rows, int64_t cols, int64_t vocabOffset, float *y,
+              const int32_t *idsInstead = nullptr, const int32_t *takeInstead = nullptr);
 
 struct AttentionGeometry {
   int64_t numTokens, numHeads, numKvHeads, headDim;
