@@ -445,9 +445,8 @@ int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n) {
     return cudaGetLastError();
   const bool wide = reinterpret_cast<uintptr_t>(from) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(to) % 16 == 0;
-  const int64_t items = wide ? (n + 3) / 4 : n;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, 64));
-  launchDependent(copyWordsKernel, blocks, kThreads, 0, stream, from, to, n, wide);
+  launchDependent(copyWordsKernel, gridFor(wide ? (n + 3) / 4 : n), kThreads, 0, stream, from, to,
+                  n, wide);
   return cudaGetLastError();
 }
 
