@@ -264,6 +264,61 @@ TEST(BackendFastPaths, PrefillOfOneQkvProductMatchesTheCpu) {
   }
 }
 
+// A prefill of two sequences (300 and 41 tokens) whose logits are wanted
+// for their last rows only: the last layer after its attention runs on
+// those two rows (the CUDA backend's planRowPruning), against the same GPU
+// run on every row (LLMIR_CUDA_PRUNE_ROWS=0, read when the executor plans
+// its first step) and the CPU, at both matmul precisions; then the rows
+// asked for explicitly (outputRows, a permutation of three rows), and every
+// row (nothing left out).
+TEST(BackendFastPaths, PrefillOfTheSelectedRowsMatchesEveryRow) {
+  if (engine::cudaDeviceCount() == 0)
+    GTEST_SKIP() << "no CUDA device";
+  const DemoModel demo;
+  ASSERT_TRUE(demo.checkpoint) << demo.checkpoint.message();
+  ASSERT_TRUE(demo.compiled) << demo.compiled.message();
+  int32_t nextBlock = 0;
+  engine::StepInput step = prefillOf(300, 7, 31, nextBlock);
+  const engine::StepInput second = prefillOf(41, 3, 13, nextBlock);
+  step.blockTables.push_back(second.blockTables[0]);
+  for (size_t i = 0; i < second.tokenIds.size(); ++i) {
+    step.tokenIds.push_back(second.tokenIds[i]);
+    step.positions.push_back(second.positions[i]);
+    step.tokenSeq.push_back(1);
+  }
+  engine::StepInput chosen = step, every = step;
+  chosen.outputRows = {340, 5, 299};
+  for (int32_t r = 0; r < 341; ++r)
+    every.outputRows.push_back(r);
+  auto cpu = demo.executor(engine::Device{}, 256);
+  ASSERT_TRUE(cpu);
+  const engine::Device gpu{engine::Device::Kind::Cuda, 0};
+  for (const auto precision : {engine::MatmulPrecision::Highest, engine::MatmulPrecision::Medium}) {
+    const bool medium = precision == engine::MatmulPrecision::Medium;
+    for (const engine::StepInput *s : {&step, &chosen, &every}) {
+      auto want = cpu->step(*s);
+      ASSERT_TRUE(want) << want.message();
+      auto pruned = demo.executor(gpu, 256, engine::KvCacheDType::F32, precision);
+      auto whole = demo.executor(gpu, 256, engine::KvCacheDType::F32, precision);
+      ASSERT_TRUE(pruned && whole);
+      auto one = pruned->step(*s);
+      ::setenv("LLMIR_CUDA_PRUNE_ROWS", "0", 1);
+      auto two = whole->step(*s);
+      ::unsetenv("LLMIR_CUDA_PRUNE_ROWS");
+      ASSERT_TRUE(one && two) << one.message() << two.message();
+      ASSERT_EQ(one->shape, want->shape);
+      ASSERT_EQ(one->shape[0], s->outputRows.empty() ? 2 : int64_t(s->outputRows.size()));
+      EXPECT_LE(relativeError(*one, *want), medium ? 2e-2 : 1e-4) << "against the CPU";
+      // The pruned rows' products take the few-token paths (GEMVs), the
+      // whole run's cuBLAS: the same sums to f32 rounding at highest.
+      EXPECT_LE(relativeError(*one, *two), medium ? 1e-2 : 1e-5) << "against every row";
+      std::printf("prefill of %zu selected rows (%s): %.2e from the CPU, %.2e from every row\n",
+                  size_t(one->shape[0]), medium ? "medium" : "highest", relativeError(*one, *want),
+                  relativeError(*one, *two));
+    }
+  }
+}
+
 // Executor::launchGreedy on the GPU (the CPU's in ExecutorTest): a prefill
 // and decodes whose tokens are the ids the step launched before left on the
 // device, collected one step late, give stepGreedy's ids step for step,

@@ -455,6 +455,22 @@ public:
   Status run(const BoundInstruction &inst) override {
     inst_ = &inst;
     const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
+    if (index == pruneFrom_)
+      if (Result<bool> began = beginPrunedRows(); !began)
+        return began.status();
+    if (index == pruneSelect_ && pruning_) { // its input holds the selected rows already
+      endPrunedRows();
+      if (index == selectDoneAt_) { // the LM head normalises the one row (planResidualNorms)
+        selectDoneAt_ = kNone;
+        return Status::ok();
+      }
+      const DeviceTensor &x = activations_[inst.inputs[0]];
+      DeviceTensor &y = activations_[inst.outputs[0]];
+      LLMIR_RETURN_IF_ERROR(y.reshape(x.shape));
+      return check(cudaMemcpyAsync(y.data(), x.data(), x.numel() * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, stream()),
+                   "copying the selected rows");
+    }
     if (index < computedEarlier_.size() && computedEarlier_[index])
       return Status::ok(); // computed with an instruction before it (planFusions)
     if (wholeProgram_ && index < swigluComputedEarlier_.size() && swigluComputedEarlier_[index])
@@ -491,6 +507,7 @@ public:
     wholeProgram_ = true;
     const Status ran = runAllWhole(instructions);
     wholeProgram_ = false;
+    endPrunedRows(); // a step that failed inside the range
     return ran;
   }
 
@@ -752,6 +769,107 @@ private:
     planResidualNorms();
     planResidualsInProducts();
     planExchanges();
+    planRowPruning();
+  }
+
+  /// The rows no logit needs, left out of the last layer after its
+  /// attention (llama.cpp's inp_out_ids): the row-wise instructions that
+  /// only the SELECT_ROWS before the LM head depends on (the O projection,
+  /// the residual ADDs and norms, the MLP and the final norm) run on the
+  /// selected rows, their inputs from before (the attention's output, the
+  /// residual) gathered first (beginPrunedRows). A 2,048-token prefill of
+  /// which one row's logits are wanted computes that layer's products for
+  /// one row. Whole-program, uncaptured steps that select fewer rows than
+  /// they have; LLMIR_CUDA_PRUNE_ROWS=0 turns it off (for measuring).
+  /// At least one LINEAR: under tensor parallelism the walk stops at the
+  /// last ALL_REDUCE, and gathers for an ADD and a norm would not pay.
+  void planRowPruning() {
+    const auto &insts = program_.instructions;
+    pruneFrom_ = pruneSelect_ = kNone;
+    pruneInputs_.clear();
+    if (!fusionsEnabled() || cuda::detail::switchedOff("LLMIR_CUDA_PRUNE_ROWS"))
+      return;
+    size_t select = kNone;
+    for (size_t i = insts.size(); i-- > 0;)
+      if (insts[i].op == proto::SELECT_ROWS) {
+        select = i;
+        break;
+      }
+    if (select == kNone || insts[select].outputAliasesInput[0])
+      return;
+    // Backwards from the SELECT_ROWS: `live` holds the activations the
+    // instructions after i read before writing them (its input's liveness).
+    std::set<uint32_t> live = {insts[select].inputs[0]};
+    size_t from = select;
+    bool products = false;
+    for (size_t i = select; i-- > 0;) {
+      const BoundInstruction &inst = insts[i];
+      const bool rowWise = inst.op == proto::LINEAR || inst.op == proto::ADD ||
+                           inst.op == proto::RMS_NORM || inst.op == proto::SWIGLU;
+      bool onlyForTheSelect = rowWise && !inst.outputs.empty();
+      for (size_t o = 0; o < inst.outputs.size() && onlyForTheSelect; ++o)
+        onlyForTheSelect = !inst.outputAliasesInput[o] && live.count(inst.outputs[o]) &&
+                           !readBeforeWritten(program_, select, inst.outputs[o]);
+      if (!onlyForTheSelect)
+        break;
+      for (uint32_t o : inst.outputs)
+        live.erase(o);
+      for (size_t k = 0; k < inst.inputs.size(); ++k)
+        if (!inst.inputIsWeight[k])
+          live.insert(inst.inputs[k]);
+      products = products || inst.op == proto::LINEAR;
+      from = i;
+    }
+    if (!products)
+      return;
+    for (uint32_t slot : live)
+      if (readBeforeWritten(program_, select, slot))
+        return; // read after the head: it must keep every row
+    pruneFrom_ = from;
+    pruneSelect_ = select;
+    pruneInputs_.assign(live.begin(), live.end());
+    // A producer before the range (the attention) writes every row of its
+    // output, not the bf16 halves of the product in the range.
+    for (size_t i = 0; i < from; ++i)
+      if (splitBy_[i] != kNone && splitBy_[i] >= from && splitBy_[i] < select) {
+        splitBy_[i] = kNone;
+        halvesOnly_[i] = false;
+      }
+  }
+
+  /// planRowPruning's start, at instruction pruneFrom_: the range's inputs
+  /// gathered to the selected rows and swapped into their slots for the
+  /// range (the slots' own buffers kept aside, so that no buffer moves
+  /// between steps: the decode graphs' layout). False where it does not
+  /// apply to this step.
+  Result<bool> beginPrunedRows() {
+    const int64_t S = static_cast<int64_t>(selected_.size());
+    if (!wholeProgram_ || capturing_ || S == 0 || S >= T())
+      return false;
+    for (uint32_t slot : pruneInputs_)
+      if (activations_[slot].shape.size() != 2 || activations_[slot].rows() != T())
+        return false;
+    prunedInputs_.resize(pruneInputs_.size());
+    for (size_t k = 0; k < pruneInputs_.size(); ++k) {
+      const DeviceTensor &x = activations_[pruneInputs_[k]];
+      DeviceTensor &y = prunedInputs_[k];
+      LLMIR_RETURN_IF_ERROR(y.reshape({S, x.rowSize()}));
+      LLMIR_RETURN_IF_ERROR(
+          cuda::selectRows(x.data(), x.rows(), x.rowSize(), selectedRows_, S, y.data(), stream()));
+    }
+    for (size_t k = 0; k < pruneInputs_.size(); ++k)
+      std::swap(activations_[pruneInputs_[k]], prunedInputs_[k]);
+    pruning_ = true;
+    return true;
+  }
+
+  /// The slots' own buffers back, after the range or a failed step.
+  void endPrunedRows() {
+    if (!pruning_)
+      return;
+    for (size_t k = 0; k < pruneInputs_.size(); ++k)
+      std::swap(activations_[pruneInputs_[k]], prunedInputs_[k]);
+    pruning_ = false;
   }
 
   /// A tensor-parallel layer's LINEAR of partial sums (O, down), the
@@ -2221,6 +2339,13 @@ private:
   std::vector<bool> halvesOnly_;
   bool splitHalvesOnly_ = false;
   bool wholeProgram_ = false; // inside runAll (planSwigluFusions)
+  /// planRowPruning: the range [pruneFrom_, pruneSelect_) and its inputs
+  /// from before it; while pruning_, those slots hold the selected rows and
+  /// prunedInputs_ their own buffers.
+  size_t pruneFrom_ = kNone, pruneSelect_ = kNone;
+  std::vector<uint32_t> pruneInputs_;
+  std::vector<DeviceTensor> prunedInputs_;
+  bool pruning_ = false;
   bool graphsAllowed_ = false;
   bool decodeStep_ = false; // this step's isDecodeStep(), from beginStep
   std::map<GraphKey, Graph> graphs_;
