@@ -1574,7 +1574,7 @@ __device__ __forceinline__ uint32_t packBf16(float x, float y) {
 template <int D, bool Split, bool AlignedCopies>
 __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
     mmaPrefillAttendKernel(const float *q, AttentionGeometry g, const int32_t *tiles,
-                           float *out, bool headsFirst) {
+                           float *out, bool headsFirst, bool sumByMma) {
   constexpr int kPitch = mmaPrefillPitch(D);
   constexpr int kChunks = D / 16, kDTiles = D / 8, kKeyTiles = kMmaKeys / 8;
   constexpr int kPieces = D / 8; // 16-byte pieces of a cached row
@@ -1700,6 +1700,13 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
   for (int t = 0; t < kDTiles; ++t)
     acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
   float runningMax[2] = {-INFINITY, -INFINITY}, runningSum[2] = {0.0f, 0.0f};
+  // sumByMma: the rows' sums of P as one more product, P times a column of
+  // ones (an n8 tile of B, all 1.0: 0x3F80 pairs), in C fragments like
+  // acc's (elements 0, 1: row; 2, 3: row + 8), rescaled with acc; each
+  // thread holds its rows' whole sums, no shuffles. Where the FADDs of
+  // the scores were a tile's 32 instructions a warp, it is 4 mma.
+  float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  constexpr uint32_t kOnes = 0x3F803F80u;
 
   // A tile's key and value rows, 16 bytes a copy, asynchronously; past
   // `last` zeros (their probabilities are 0, and 0 * garbage could be NaN).
@@ -1865,17 +1872,26 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[t][e] = exp2Approx(fmaf(s[t][e], scaleLog2, -scaledMax[e / 2]));
-        tileSum[e / 2] += s[t][e];
+        if (!sumByMma)
+          tileSum[e / 2] += s[t][e];
       }
     // Each lane's share of its rows' sums (the lanes are summed at the end).
-    runningSum[0] = runningSum[0] * correction[0] + tileSum[0];
-    runningSum[1] = runningSum[1] * correction[1] + tileSum[1];
+    if (!sumByMma) {
+      runningSum[0] = runningSum[0] * correction[0] + tileSum[0];
+      runningSum[1] = runningSum[1] * correction[1] + tileSum[1];
+    }
 #pragma unroll
     for (int t = 0; t < kDTiles; ++t) {
       acc[t][0] *= correction[0];
       acc[t][1] *= correction[0];
       acc[t][2] *= correction[1];
       acc[t][3] *= correction[1];
+    }
+    if (sumByMma) {
+      sums[0] *= correction[0];
+      sums[1] *= correction[0];
+      sums[2] *= correction[1];
+      sums[3] *= correction[1];
     }
     // acc += P V: two adjacent score tiles are one A fragment (16 keys);
     // the value fragments come transposed out of the row-major tile.
@@ -1892,6 +1908,11 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
         pHi[1] = packBf16(s[2 * kc][2], s[2 * kc][3]);
         pHi[2] = packBf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
         pHi[3] = packBf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      }
+      if (sumByMma) {
+        mmaBf16(sums, pHi, kOnes, kOnes);
+        if constexpr (Split)
+          mmaBf16(sums, pLo, kOnes, kOnes);
       }
 #pragma unroll
       for (int t = 0; t < kDTiles; t += 2) {
@@ -1914,10 +1935,15 @@ __global__ void __launch_bounds__(128, AlignedCopies ? 3 : 0)
       }
     }
   }
+  if (sumByMma) {
+    runningSum[0] = sums[0];
+    runningSum[1] = sums[2];
+  } else {
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 1);
-    runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 2);
+    for (int i = 0; i < 2; ++i) {
+      runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 1);
+      runningSum[i] += __shfl_xor_sync(0xffffffffu, runningSum[i], 2);
+    }
   }
   auto *hi = static_cast<uint32_t *>(g.outHi), *lo = static_cast<uint32_t *>(g.outLo);
 #pragma unroll
@@ -2063,14 +2089,17 @@ void launchMmaPrefillAttend(Stream stream, const float *q, const AttentionGeomet
   // the kernel went from 1.4 us to an overlap of 1.4 and a 1.1B prefill of
   // 2,048 tokens 8.48 -> 8.39 ms (three alternations, medium;
   // docs/performance.md, thirty-sixth session).
+  // The rows' sums of P on the tensor cores (the kernel's sumByMma);
+  // LLMIR_CUDA_PREFILL_SUM_BY_MMA=0 sums them with FADDs (measuring).
+  static const bool sumByMma = !switchedOff("LLMIR_CUDA_PREFILL_SUM_BY_MMA");
   if (g.bf16Queries) {
     allowDynamicShared<mmaPrefillAttendKernel<D, false, kAligned>>(shared);
     launchDependent(mmaPrefillAttendKernel<D, false, kAligned>, grid, 128, shared, stream, q, g,
-                    tiles, out, headsFirst);
+                    tiles, out, headsFirst, sumByMma);
   } else {
     allowDynamicShared<mmaPrefillAttendKernel<D, true, kAligned>>(shared);
     launchDependent(mmaPrefillAttendKernel<D, true, kAligned>, grid, 128, shared, stream, q, g,
-                    tiles, out, headsFirst);
+                    tiles, out, headsFirst, sumByMma);
   }
 }
 } // namespace
