@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 namespace llmir::engine {
 namespace {
@@ -156,6 +157,48 @@ bool readBeforeWritten(const BoundProgram &program, size_t after, uint32_t slot)
       return false;
   }
   return program.hasOutput && program.outputSlot == slot;
+}
+
+RowPruning planRowPruning(const BoundProgram &program) {
+  const std::vector<BoundInstruction> &insts = program.instructions;
+  size_t select = insts.size();
+  for (size_t i = insts.size(); i-- > 0;)
+    if (insts[i].op == proto::SELECT_ROWS) {
+      select = i;
+      break;
+    }
+  if (select == insts.size() || insts[select].inputs.empty() ||
+      insts[select].outputAliasesInput[0])
+    return {};
+  // Backwards from the SELECT_ROWS: `live` holds the activations the
+  // instructions from i on read before writing them.
+  std::set<uint32_t> live = {insts[select].inputs[0]};
+  size_t from = select;
+  bool products = false;
+  for (size_t i = select; i-- > 0;) {
+    const BoundInstruction &inst = insts[i];
+    const bool rowWise = inst.op == proto::LINEAR || inst.op == proto::ADD ||
+                         inst.op == proto::RMS_NORM || inst.op == proto::SWIGLU;
+    bool onlyForTheSelect = rowWise && !inst.outputs.empty();
+    for (size_t o = 0; o < inst.outputs.size() && onlyForTheSelect; ++o)
+      onlyForTheSelect = !inst.outputAliasesInput[o] && live.count(inst.outputs[o]) &&
+                         !readBeforeWritten(program, select, inst.outputs[o]);
+    if (!onlyForTheSelect)
+      break;
+    for (uint32_t o : inst.outputs)
+      live.erase(o);
+    for (size_t k = 0; k < inst.inputs.size(); ++k)
+      if (k >= inst.inputIsWeight.size() || !inst.inputIsWeight[k])
+        live.insert(inst.inputs[k]);
+    products = products || inst.op == proto::LINEAR;
+    from = i;
+  }
+  if (!products)
+    return {};
+  for (uint32_t slot : live)
+    if (readBeforeWritten(program, select, slot))
+      return {}; // read after the head: it must keep every row
+  return {from, select, std::vector<uint32_t>(live.begin(), live.end())};
 }
 
 } // namespace llmir::engine

@@ -109,4 +109,20 @@ std::vector<size_t> planLinearGroups(const std::vector<BoundInstruction> &instru
 /// the end.
 bool readBeforeWritten(const BoundProgram &program, size_t after, uint32_t slot);
 
+/// The row-wise tail that only the program's last SELECT_ROWS depends on
+/// (in a decoder, the last layer after its attention: O, the residual ADDs
+/// and norms, the MLP, the final norm): instructions [from, select) are
+/// LINEAR, ADD, RMS_NORM or SWIGLU, none writing in place, at least one a
+/// LINEAR, and nothing after the SELECT_ROWS reads what they write; `inputs`
+/// are the activations they read from before `from`, which nothing after
+/// the SELECT_ROWS reads either. A backend may run them on the selected
+/// rows alone, those inputs gathered first (llama.cpp's inp_out_ids).
+/// Empty (from == select) where there is no such tail.
+struct RowPruning {
+  size_t from = 0, select = 0;
+  std::vector<uint32_t> inputs;
+  bool empty() const { return from == select; }
+};
+RowPruning planRowPruning(const BoundProgram &program);
+
 } // namespace llmir::engine

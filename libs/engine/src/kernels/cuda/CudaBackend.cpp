@@ -781,53 +781,21 @@ private:
   /// which one row's logits are wanted computes that layer's products for
   /// one row. Whole-program, uncaptured steps that select fewer rows than
   /// they have; LLMIR_CUDA_PRUNE_ROWS=0 turns it off (for measuring).
-  /// At least one LINEAR: under tensor parallelism the walk stops at the
-  /// last ALL_REDUCE, and gathers for an ADD and a norm would not pay.
+  /// The range is engine::planRowPruning's: under tensor parallelism it
+  /// stops at the last ALL_REDUCE, and without a LINEAR in it nothing is
+  /// planned (gathers for an ADD and a norm would not pay).
   void planRowPruning() {
-    const auto &insts = program_.instructions;
     pruneFrom_ = pruneSelect_ = kNone;
     pruneInputs_.clear();
     if (!fusionsEnabled() || cuda::detail::switchedOff("LLMIR_CUDA_PRUNE_ROWS"))
       return;
-    size_t select = kNone;
-    for (size_t i = insts.size(); i-- > 0;)
-      if (insts[i].op == proto::SELECT_ROWS) {
-        select = i;
-        break;
-      }
-    if (select == kNone || insts[select].outputAliasesInput[0])
+    RowPruning tail = engine::planRowPruning(program_);
+    if (tail.empty())
       return;
-    // Backwards from the SELECT_ROWS: `live` holds the activations the
-    // instructions after i read before writing them (its input's liveness).
-    std::set<uint32_t> live = {insts[select].inputs[0]};
-    size_t from = select;
-    bool products = false;
-    for (size_t i = select; i-- > 0;) {
-      const BoundInstruction &inst = insts[i];
-      const bool rowWise = inst.op == proto::LINEAR || inst.op == proto::ADD ||
-                           inst.op == proto::RMS_NORM || inst.op == proto::SWIGLU;
-      bool onlyForTheSelect = rowWise && !inst.outputs.empty();
-      for (size_t o = 0; o < inst.outputs.size() && onlyForTheSelect; ++o)
-        onlyForTheSelect = !inst.outputAliasesInput[o] && live.count(inst.outputs[o]) &&
-                           !readBeforeWritten(program_, select, inst.outputs[o]);
-      if (!onlyForTheSelect)
-        break;
-      for (uint32_t o : inst.outputs)
-        live.erase(o);
-      for (size_t k = 0; k < inst.inputs.size(); ++k)
-        if (!inst.inputIsWeight[k])
-          live.insert(inst.inputs[k]);
-      products = products || inst.op == proto::LINEAR;
-      from = i;
-    }
-    if (!products)
-      return;
-    for (uint32_t slot : live)
-      if (readBeforeWritten(program_, select, slot))
-        return; // read after the head: it must keep every row
+    const size_t from = tail.from, select = tail.select;
     pruneFrom_ = from;
     pruneSelect_ = select;
-    pruneInputs_.assign(live.begin(), live.end());
+    pruneInputs_ = std::move(tail.inputs);
     // A producer before the range (the attention) writes every row of its
     // output, not the bf16 halves of the product in the range.
     for (size_t i = 0; i < from; ++i)
