@@ -18,22 +18,24 @@ Status validateStepInput(const StepInput &step, const KvCacheShape &cache) {
         std::to_string(step.tokenSeq.size()) +
         " sequence indices (expected one of each per token)");
   const int64_t numSeqs = static_cast<int64_t>(step.blockTables.size());
+  // The message's text only on an error: building it for every token was
+  // ~30 us of a 2,048-token prefill's host time.
+  const auto where = [](size_t t) { return "step token " + std::to_string(t); };
   for (size_t t = 0; t < T; ++t) {
-    const std::string where = "step token " + std::to_string(t);
     int32_t seq = step.tokenSeq[t];
     if (seq < 0 || seq >= numSeqs)
-      return Status::error(where + ": sequence index " + std::to_string(seq) +
+      return Status::error(where(t) + ": sequence index " + std::to_string(seq) +
                            " outside the " + std::to_string(numSeqs) +
                            " block tables");
     int32_t pos = step.positions[t];
     if (pos < 0)
-      return Status::error(where + ": negative position " +
+      return Status::error(where(t) + ": negative position " +
                            std::to_string(pos));
     const auto &table = step.blockTables[static_cast<size_t>(seq)];
     int64_t blockIndex = cache.blockSize > 0 ? pos / cache.blockSize : 0;
     if (blockIndex >= static_cast<int64_t>(table.size()))
       return Status::error(
-          where + ": position " + std::to_string(pos) + " needs block " +
+          where(t) + ": position " + std::to_string(pos) + " needs block " +
           std::to_string(blockIndex) + " but sequence " + std::to_string(seq) +
           "'s block table has " + std::to_string(table.size()) +
           " blocks of " + std::to_string(cache.blockSize) + " tokens");
