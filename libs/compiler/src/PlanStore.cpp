@@ -142,7 +142,9 @@ PlanStore::Lookup PlanStore::runCompile(const CompileRequest &request, const std
     if (compiled.message().rfind(kCompileCancelled, 0) == 0)
       return Lookup{Outcome::DeadlineExceeded, nullptr, false,
                     "the compile of '" + request.modelDir + "' was cancelled at its deadline of " +
-                        std::to_string(options_.deadline.count()) +
+                        std::to_string(std::chrono::duration<double, std::milli>(
+                                           options_.deadline)
+                                           .count()) +
                         " ms (compile.timeout-ms): " + compiled.message()};
     return Lookup{Outcome::Failed, nullptr, false, compiled.message()};
   }

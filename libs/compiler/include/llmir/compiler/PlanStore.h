@@ -39,8 +39,9 @@ struct PlanStoreOptions {
   /// answered Busy at once (it holds no thread waiting).
   unsigned maxConcurrent = 2;
   /// A compile running longer is cancelled (checked between layers, passes
-  /// and ranks); zero: no deadline.
-  std::chrono::milliseconds deadline{std::chrono::minutes(5)};
+  /// and ranks); zero: no deadline. Finer than the milliseconds of
+  /// compile.timeout-ms so that a test can set one no compile meets.
+  std::chrono::nanoseconds deadline{std::chrono::minutes(5)};
 };
 
 /// Plans kept in memory, least recently used evicted past `maxBytes` (issue
