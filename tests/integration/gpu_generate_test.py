@@ -26,9 +26,29 @@ def run(generate, *args):
     return subprocess.run([generate, *args], capture_output=True, text=True, timeout=600)
 
 
-def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
+def near_tie(generate, model_dir, case, k, ids, margin):
+    """Whether the CPU's f32 logits after the prompt and the reference's
+    first k ids put both candidate `ids` within `margin` (relative to the
+    row's largest magnitude) of the top: a tie the precision cannot settle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = os.path.join(tmp, "logits.safetensors")
+        prompt = case["prompt_ids"] + case["greedy_ids"][:k]
+        proc = run(generate, "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
+                   "--max-tokens", "1", "--ignore-eos", "--json", "--device", "cpu",
+                   "--dump-prompt-logits", dump)
+        if proc.returncode != 0:
+            return False
+        shape, data = read_safetensors(dump)["logits"]
+        row = data[(shape[0] - 1) * shape[1]:shape[0] * shape[1]]
+    top = max(row)
+    return all(top - row[i] <= margin * max(abs(x) for x in row) for i in ids)
+
+
+def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None, tie_margin=None):
     """Greedy ids (all of them, or the first `exact_ids`) and prompt logits
-    within `tolerance` of the reference."""
+    within `tolerance` of the reference. With `tie_margin`, the ids may part
+    at a step where the reference's choice and ours are that close on the
+    CPU (near_tie): the rest follows from a different token."""
     cases = reference_cases(model_dir)
     worst = 0.0
     failed_before = len(failures)
@@ -42,8 +62,16 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None):
                 continue
             out = json.loads(proc.stdout)
             n = exact_ids or len(case["greedy_ids"])
-            check(out["output_ids"][:n] == case["greedy_ids"][:n],
-                  f"{label} {model_dir} case {i}: output {out['output_ids'][:n]} != reference {case['greedy_ids'][:n]}")
+            ours, theirs = out["output_ids"][:n], case["greedy_ids"][:n]
+            parted = next((k for k in range(n) if k >= len(ours) or ours[k] != theirs[k]), None)
+            tie = (tie_margin is not None and parted is not None and parted < len(ours) and
+                   near_tie(generate, model_dir, case, parted, (ours[parted], theirs[parted]),
+                            tie_margin))
+            if tie:
+                print(f"  {label} case {i}: ids part at {parted} ({ours[parted]} for "
+                      f"{theirs[parted]}), a tie within {tie_margin} on the CPU", flush=True)
+            check(parted is None or tie,
+                  f"{label} {model_dir} case {i}: output {ours} != reference {theirs}")
             ref_path = os.path.join(model_dir, "reference_logits.safetensors")
             if os.path.exists(ref_path):
                 err = relative_error(read_safetensors(dump)["logits"][1],
@@ -83,9 +111,12 @@ def main():
         check_model(args.generate, demo, ["--kv-cache-dtype", "f32", "--timeout-s", "30", "--tp", degree],
                     f"cuda tp={degree}", 1e-3)
     # Medium matmul precision (activations rounded to bf16 for the tensor
-    # cores): the demo model's bf16 weights, bf16-level agreement.
+    # cores): the demo model's bf16 weights, bf16-level agreement. Its
+    # logits are ~5e-3 from the reference, so two tokens closer than 2e-3
+    # of the row's largest logit may swap (case 1's fifth id: 85 over 88 by
+    # 0.0094 of 15.8).
     check_model(args.generate, demo, ["--matmul-precision", "medium"], "cuda medium", 2e-2,
-                exact_ids=8)
+                exact_ids=8, tie_margin=2e-3)
     # The same seeded sample on both devices, drawn on the device for cuda
     # (Executor::stepSample) and on the host for the CPU, at each KV-cache
     # dtype: the same dtype on both sides (a bf16 cache changes the logits

@@ -5,6 +5,7 @@
 // line each:
 //   kernels: start_ns,end_ns,gridXxYxZ,correlation,registers,graph,mangled name
 //   memcpys: start_ns,end_ns,memcpy,bytes,0,graph,[memcpy]
+//   memsets: start_ns,end_ns,memset,bytes,0,graph,[memset]
 //   TRACE_API=1 adds runtime and driver calls: start_ns,end_ns,api,correlation,0,thread,[api]name
 // Build here, run there (the GPU machine's libcupti.so.13 is found at run time):
 //   gcc -shared -fPIC -O2 -I/usr/local/cuda/include bench/gpu/trace/cupti_trace.c \
@@ -47,6 +48,10 @@ static void CUPTIAPI completed(CUcontext c, uint32_t stream, uint8_t *buffer, si
       CUpti_ActivityMemcpy6 *m = (CUpti_ActivityMemcpy6 *)record;
       fprintf(out, "%llu,%llu,memcpy,%llu,0,%u,[memcpy]\n", (unsigned long long)m->start,
               (unsigned long long)m->end, (unsigned long long)m->bytes, m->graphId);
+    } else if (record->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
+      CUpti_ActivityMemset4 *m = (CUpti_ActivityMemset4 *)record;
+      fprintf(out, "%llu,%llu,memset,%llu,0,%u,[memset]\n", (unsigned long long)m->start,
+              (unsigned long long)m->end, (unsigned long long)m->bytes, m->graphId);
     }
   }
   free(buffer);
@@ -64,6 +69,7 @@ int InitializeInjection(void) {
   cuptiActivityRegisterCallbacks(requested, completed);
   cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
   cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY);
+  cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET);
   if (getenv("TRACE_API"))
     cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME), cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER);
   atexit(finish);

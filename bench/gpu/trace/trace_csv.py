@@ -1,5 +1,5 @@
 """Reading cupti_trace.c's CSV: records (start_ns, end_ns, name, graph), kernels by the short name
-of their mangled one, memcpys as "memcpy N B"; runtime and driver calls left out."""
+of their mangled one, memcpys and memsets as "memcpy N B", "memset N B"; runtime and driver calls left out."""
 import re
 
 def kernel_name(mangled):
@@ -20,7 +20,8 @@ def records(path):
         p = line.rstrip("\n").split(",", 6)
         if len(p) < 7 or p[2] == "api":
             continue
-        name = f"memcpy {p[3]} B" if p[6] == "[memcpy]" else kernel_name(p[6])
+        name = (f"{p[6][1:-1]} {p[3]} B" if p[6] in ("[memcpy]", "[memset]")
+                else kernel_name(p[6]))
         rows.append((int(p[0]), int(p[1]), name, int(p[5])))
     rows.sort()
     return rows

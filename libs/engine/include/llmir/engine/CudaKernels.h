@@ -279,9 +279,10 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
                  Stream stream = nullptr, IdsInstead instead = {});
 
 /// y's row i = x[rows, width]'s row selected[i] (device indices; one outside
-/// [0, rows) gives a zero row): SELECT_ROWS as one launch.
+/// [0, rows) gives a zero row): SELECT_ROWS as one launch. rowStride > 0:
+/// x's rows that many floats apart (columns of a wider packed product).
 Status selectRows(const float *x, int64_t rows, int64_t width, const int32_t *selected,
-                  int64_t count, float *y, Stream stream = nullptr);
+                  int64_t count, float *y, Stream stream = nullptr, int64_t rowStride = 0);
 
 /// A paged KV cache in device memory, laid out as KvCache: per layer, for K
 /// and for V, [numBlocks][blockSize][numKvHeads][headDim] f32, or bf16 when

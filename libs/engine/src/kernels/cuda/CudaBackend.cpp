@@ -195,6 +195,14 @@ public:
                    hostTimes_.steps, 1e6 * hostTimes_.beforeLaunch / hostTimes_.steps,
                    1e6 * hostTimes_.beginningStep / hostTimes_.steps,
                    1e6 * hostTimes_.waiting / hostTimes_.steps);
+    if (hostTimes_.on && hostTimes_.eagerTokens > 0)
+      std::fprintf(stderr,
+                   "cuda backend: the last eager step (%ld tokens), from beginStep: its wait "
+                   "returned at %.1f us, beginStep at %.1f us, its last launch at %.1f us, "
+                   "read() at %.1f us\n",
+                   static_cast<long>(hostTimes_.eagerTokens), 1e6 * hostTimes_.eagerWaited,
+                   1e6 * hostTimes_.eagerBegun,
+                   1e6 * hostTimes_.eagerLaunched, 1e6 * hostTimes_.eagerRead);
     cudaSetDevice(device_);
     kernelClock_.reset(); // writes its file once the device is done
     for (DeviceWeight &w : weights_) {
@@ -228,6 +236,9 @@ public:
     hostLogprobs_.release();
     attentionScratch_.release();
     splitCounters_.release();
+    keptQueries_.release();
+    keptScratch_.release();
+    keptCounters_.release();
     normPartials_.release();
     dropGraphs();
   }
@@ -359,7 +370,8 @@ public:
     }
     const size_t idsInsteadAt = 5 * tokenCapacity_;
     const size_t selectedAt = idsInsteadAt + 8; // 32-byte aligned parts
-    const size_t tablesAt = selectedAt + selectedCapacity_;
+    const size_t keptAt = selectedAt + selectedCapacity_; // the kept rows' positions, sequences
+    const size_t tablesAt = keptAt + 2 * selectedCapacity_;
     const size_t total = tablesAt + tableCapacity_;
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
     const int turn = stagingTurn_;
@@ -377,6 +389,8 @@ public:
       LLMIR_RETURN_IF_ERROR(check(
           cudaEventCreateWithFlags(&stagingUploaded_[turn], cudaEventDisableTiming), "an event"));
     }
+    if (hostTimes_.on)
+      hostTimes_.waited = secondsSince(hostTimes_.stepBegan);
     int32_t *host = staging.data;
     std::copy(step.tokenIds.begin(), step.tokenIds.end(), host);
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
@@ -384,6 +398,14 @@ public:
     std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
     host[idsInsteadAt] = step.tokensFromLastGreedy ? 1 : 0;
     std::copy(selected_.begin(), selected_.end(), host + selectedAt);
+    keptRowsInStep_ = true;
+    for (size_t i = 0; i < selected_.size(); ++i) {
+      const int32_t row = selected_[i];
+      const bool inStep = row >= 0 && static_cast<size_t>(row) < T;
+      keptRowsInStep_ = keptRowsInStep_ && inStep;
+      host[keptAt + i] = inStep ? step.positions[static_cast<size_t>(row)] : 0;
+      host[keptAt + selectedCapacity_ + i] = inStep ? step.tokenSeq[static_cast<size_t>(row)] : 0;
+    }
     int32_t *tables = host + tablesAt;
     std::fill(tables, tables + tableEntries, 0);
     for (size_t s = 0; s < step.blockTables.size(); ++s)
@@ -422,6 +444,10 @@ public:
                    static_cast<int64_t>(stride), ids_ + 3 * tokenCapacity_,
                    static_cast<int64_t>(tiles.size() / 2)};
     deviceStep_.bf16Queries = bf16Products_;
+    // The kept rows as a decode step's queries (keptRowsAttention).
+    keptStep_ = {static_cast<int64_t>(selected_.size()), ids_ + keptAt,
+                 ids_ + keptAt + selectedCapacity_, ids_ + tablesAt, static_cast<int64_t>(stride)};
+    keptStep_.bf16Queries = bf16Products_;
     // Flash-decoding when a decode step's (token, head) pairs would leave
     // most multiprocessors idle: each pair's keys over up to 8 blocks. It
     // depends on T only, so a recorded graph stays valid.
@@ -455,8 +481,15 @@ public:
   Status run(const BoundInstruction &inst) override {
     inst_ = &inst;
     const size_t index = static_cast<size_t>(&inst - program_.instructions.data());
-    if (index == pruneFrom_)
-      if (Result<bool> began = beginPrunedRows(); !began)
+    if (index == pruneAttention_ && keptRowsAttentionApplies()) {
+      Result<bool> began = beginPrunedRows(true);
+      if (!began)
+        return began.status();
+      if (*began)
+        return keptRowsAttention(index);
+    }
+    if (index == pruneFrom_ && !pruning_)
+      if (Result<bool> began = beginPrunedRows(false); !began)
         return began.status();
     if (index == pruneSelect_ && pruning_) { // its input holds the selected rows already
       endPrunedRows();
@@ -507,6 +540,12 @@ public:
     wholeProgram_ = true;
     const Status ran = runAllWhole(instructions);
     wholeProgram_ = false;
+    if (hostTimes_.on && !hostTimes_.replayed) {
+      hostTimes_.eagerTokens = T();
+      hostTimes_.eagerWaited = hostTimes_.waited;
+      hostTimes_.eagerBegun = hostTimes_.inBeginStep;
+      hostTimes_.eagerLaunched = secondsSince(hostTimes_.stepBegan);
+    }
     endPrunedRows(); // a step that failed inside the range
     return ran;
   }
@@ -567,6 +606,8 @@ public:
                                                 cudaMemcpyDeviceToHost, stream()),
                                 "reading slot " + std::to_string(slot)));
     LLMIR_RETURN_IF_ERROR(waitStream("reading slot " + std::to_string(slot)));
+    if (hostTimes_.on && !hostTimes_.replayed)
+      hostTimes_.eagerRead = secondsSince(hostTimes_.stepBegan);
     return t;
   }
 
@@ -772,20 +813,21 @@ private:
     planRowPruning();
   }
 
-  /// The rows no logit needs, left out of the last layer after its
-  /// attention (llama.cpp's inp_out_ids): the row-wise instructions that
+  /// The rows no logit needs, left out of the last layer from its
+  /// attention on (llama.cpp's inp_out_ids): the row-wise instructions that
   /// only the SELECT_ROWS before the LM head depends on (the O projection,
   /// the residual ADDs and norms, the MLP and the final norm) run on the
   /// selected rows, their inputs from before (the attention's output, the
-  /// residual) gathered first (beginPrunedRows). A 2,048-token prefill of
-  /// which one row's logits are wanted computes that layer's products for
-  /// one row. Whole-program, uncaptured steps that select fewer rows than
+  /// residual) gathered first (beginPrunedRows), and the attention before
+  /// them attends the selected rows' queries only (keptRowsAttention). A
+  /// 2,048-token prefill of which one row's logits are wanted computes
+  /// that layer's attention and products for one row. Whole-program, uncaptured steps that select fewer rows than
   /// they have; LLMIR_CUDA_PRUNE_ROWS=0 turns it off (for measuring).
   /// The range is engine::planRowPruning's: under tensor parallelism it
   /// stops at the last ALL_REDUCE, and without a LINEAR in it nothing is
   /// planned (gathers for an ADD and a norm would not pay).
   void planRowPruning() {
-    pruneFrom_ = pruneSelect_ = kNone;
+    pruneFrom_ = pruneSelect_ = pruneAttention_ = kNone;
     pruneInputs_.clear();
     if (!fusionsEnabled() || cuda::detail::switchedOff("LLMIR_CUDA_PRUNE_ROWS"))
       return;
@@ -803,22 +845,98 @@ private:
         splitBy_[i] = kNone;
         halvesOnly_[i] = false;
       }
+    // The attention right before the range on the kept rows too
+    // (keptRowsAttention), where a ropeStore_ pair stored its keys and
+    // values and only the range reads its output.
+    const auto &insts = program_.instructions;
+    const size_t a = from - 1;
+    if (from >= 3 && insts[a].op == proto::ATTENTION && keysStored_[a] && ropeStore_[a - 2] &&
+        !insts[a].outputAliasesInput[0] &&
+        std::count(pruneInputs_.begin(), pruneInputs_.end(), insts[a].outputs[0]) == 1 &&
+        !cuda::detail::switchedOff("LLMIR_CUDA_PRUNE_ATTENTION"))
+      pruneAttention_ = a;
   }
 
-  /// planRowPruning's start, at instruction pruneFrom_: the range's inputs
-  /// gathered to the selected rows and swapped into their slots for the
-  /// range (the slots' own buffers kept aside, so that no buffer moves
-  /// between steps: the decode graphs' layout). False where it does not
-  /// apply to this step.
-  Result<bool> beginPrunedRows() {
+  /// Whether this step's pruning starts at pruneAttention_: its kept rows
+  /// are rows of the step and the attention's keys are stored before it
+  /// (not a decode step's fused launch).
+  bool keptRowsAttentionApplies() {
+    return pruneAttention_ != kNone && keptRowsInStep_ &&
+           !ropeFoldedIntoAttention(pruneAttention_ - 2);
+  }
+
+  /// The ATTENTION at pruneAttention_ for the kept rows only, into its
+  /// output slot (the range's buffer of those rows): their queries gathered
+  /// (and rotated, where the prefill kernel would have rotated them
+  /// itself), then attended over the cache as a decode step's rows are
+  /// (keptStep_: flash-decoding's splits over each row's keys). A 2,048-token
+  /// prefill's last attention computed 2,048 rows to keep one.
+  Status keptRowsAttention(size_t index) {
+    const cpu::AttentionParams &a = program_.instructions[index].params.attention;
+    const int64_t S = keptStep_.numTokens, qWidth = a.numHeads * a.headDim;
+    DeviceTensor &o = out(0);
+    LLMIR_RETURN_IF_ERROR(o.reshape({S, qWidth}));
+    LLMIR_RETURN_IF_ERROR(keptQueries_.reserve(static_cast<size_t>(S * qWidth)));
+    const size_t rope = index - 2;
+    if (ropeFoldedIntoPrefill(rope)) { // the queries were left unrotated
+      Result<RopeStoreOperands> r = ropeStoreOperands(rope);
+      LLMIR_RETURN_IF_ERROR(r.status());
+      const bool packed = packedRope_ == rope;
+      packedRope_ = kNone;
+      LLMIR_RETURN_IF_ERROR(cuda::selectRows(packed ? packedProduct_.data + packedQ_ : r->q, T(),
+                                             qWidth, selectedRows_, S, keptQueries_.data,
+                                             stream(), packed ? packedStride_ : 0));
+      LLMIR_RETURN_IF_ERROR(cuda::rope(keptQueries_.data, keptQueries_.data, S, a.numHeads,
+                                       a.headDim, keptStep_.positions, r->qFrequencies,
+                                       stream()));
+    } else {
+      LLMIR_RETURN_IF_ERROR(cuda::selectRows(act(0).data(), T(), qWidth, selectedRows_, S,
+                                             keptQueries_.data, stream()));
+    }
+    cuda::DeviceStep step = keptStep_;
+    const int64_t pairs = S * (cuda::detail::groupDecodeEnabled() ? attentionKvHeads_
+                                                                  : attentionHeads_);
+    const int64_t splits =
+        std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, maxDecodeSplits());
+    if (splits > 1) {
+      LLMIR_RETURN_IF_ERROR(
+          keptScratch_.reserve(static_cast<size_t>(S * splits * partialRow_)));
+      const size_t counters = static_cast<size_t>(S * attentionHeads_);
+      if (counters > keptCounters_.capacity) { // zeroed once: the kernels leave them zero
+        LLMIR_RETURN_IF_ERROR(keptCounters_.reserve(counters));
+        LLMIR_RETURN_IF_ERROR(check(cudaMemsetAsync(keptCounters_.data, 0,
+                                                    keptCounters_.capacity * sizeof(unsigned),
+                                                    stream()),
+                                    "clearing the split counters"));
+      }
+      step.decodeSplits = splits;
+      step.attentionScratch = keptScratch_.data;
+      step.splitCounters = keptCounters_.data;
+    }
+    return cuda::pagedAttention(keptQueries_.data, nullptr, nullptr, step, a, cache_, o.data(),
+                                stream(), /*keysStored=*/true);
+  }
+
+  /// planRowPruning's start, at instruction pruneFrom_ (or pruneAttention_,
+  /// `attention`): the range's inputs gathered to the selected rows and
+  /// swapped into their slots for the range (the slots' own buffers kept
+  /// aside, so that no buffer moves between steps: the decode graphs'
+  /// layout); with `attention` its output slot is not gathered but written
+  /// by keptRowsAttention. False where it does not apply to this step.
+  Result<bool> beginPrunedRows(bool attention) {
     const int64_t S = static_cast<int64_t>(selected_.size());
     if (!wholeProgram_ || capturing_ || S == 0 || S >= T())
       return false;
+    const uint32_t attended =
+        attention ? program_.instructions[pruneAttention_].outputs[0] : UINT32_MAX;
     for (uint32_t slot : pruneInputs_)
-      if (activations_[slot].shape.size() != 2 || activations_[slot].rows() != T())
+      if (slot != attended &&
+          (activations_[slot].shape.size() != 2 || activations_[slot].rows() != T()))
         return false;
     prunedInputs_.resize(pruneInputs_.size());
     for (size_t k = 0; k < pruneInputs_.size(); ++k) {
+      if (pruneInputs_[k] == attended)
+        continue; // its shape from keptRowsAttention
       const DeviceTensor &x = activations_[pruneInputs_[k]];
       DeviceTensor &y = prunedInputs_[k];
       LLMIR_RETURN_IF_ERROR(y.reshape({S, x.rowSize()}));
@@ -2274,14 +2392,21 @@ private:
   bool capturing_ = false; // recording a decode step's graph (skippedForMeasuring)
   /// LLMIR_CUDA_HOST_TIMES=1 (measuring): the host's time in replayed
   /// decode steps before their graph launch returned (and in beginStep),
-  /// and waiting for their greedy ids, printed when the backend goes.
+  /// and waiting for their greedy ids, and the last eager step's times
+  /// (a prefill's), printed when the backend goes.
   struct HostTimes {
     bool on = std::getenv("LLMIR_CUDA_HOST_TIMES") != nullptr;
     std::chrono::steady_clock::time_point stepBegan;
     double inBeginStep = 0.0;  // this step's
+    double waited = 0.0;       // this step's, when beginStep's wait returned
     bool replayed = false;     // this step's graph was replayed
     double beginningStep = 0.0, beforeLaunch = 0.0, waiting = 0.0;
     long steps = 0;
+    /// The last step that ran eagerly (a prefill): its tokens, and when
+    /// (from beginStep) beginStep returned, its last launch returned and
+    /// its read() returned.
+    int64_t eagerTokens = 0;
+    double eagerWaited = 0.0, eagerBegun = 0.0, eagerLaunched = 0.0, eagerRead = 0.0;
   } hostTimes_;
   static double secondsSince(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -2311,6 +2436,15 @@ private:
   /// from before it; while pruning_, those slots hold the selected rows and
   /// prunedInputs_ their own buffers.
   size_t pruneFrom_ = kNone, pruneSelect_ = kNone;
+  /// The ATTENTION before the range that runs on the kept rows too
+  /// (keptRowsAttention), kNone for none; keptStep_: the kept rows as a
+  /// decode step's (their positions and sequences uploaded with the step),
+  /// keptRowsInStep_: every kept row is a row of the step.
+  size_t pruneAttention_ = kNone;
+  cuda::DeviceStep keptStep_;
+  bool keptRowsInStep_ = false;
+  DeviceArray<float> keptQueries_, keptScratch_;
+  DeviceArray<unsigned> keptCounters_;
   std::vector<uint32_t> pruneInputs_;
   std::vector<DeviceTensor> prunedInputs_;
   bool pruning_ = false;

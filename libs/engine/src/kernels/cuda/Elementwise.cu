@@ -200,8 +200,9 @@ __global__ void addKernel(const float *a, const float *b, float *y, int64_t n) {
 // takes 8 (docs/performance.md, thirty-sixth session).
 constexpr int kEmbeddingColumns = 4;
 __global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table,
-                                Storage storage, int64_t rows, int cols, int64_t vocabOffset,
-                                float *y, const int32_t *idsInstead, const int32_t *takeInstead) {
+                                Storage storage, int64_t rows, int cols, int64_t tableStride,
+                                int64_t vocabOffset, float *y, const int32_t *idsInstead,
+                                const int32_t *takeInstead) {
   beginDependentKernel();
   const int first = (blockIdx.x * blockDim.x + threadIdx.x) * kEmbeddingColumns;
   if (first >= cols)
@@ -214,7 +215,8 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table
     float v[kEmbeddingColumns];
 #pragma unroll
     for (int c = 0; c < kEmbeddingColumns; ++c)
-      v[c] = known && first + c < cols ? load(table, storage, row * cols + first + c) : 0.0f;
+      v[c] = known && first + c < cols ? load(table, storage, row * tableStride + first + c)
+                                       : 0.0f;
 #pragma unroll
     for (int c = 0; c < kEmbeddingColumns; ++c)
       if (first + c < cols)
@@ -452,7 +454,7 @@ int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n) {
 
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y,
-              const int32_t *idsInstead, const int32_t *takeInstead) {
+              const int32_t *idsInstead, const int32_t *takeInstead, int64_t tableStride) {
   if (T <= 0 || cols <= 0)
     return cudaGetLastError();
   if (cols > INT32_MAX - kThreads * kEmbeddingColumns)
@@ -460,7 +462,8 @@ int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, S
   const int64_t parts = (cols + kThreads * kEmbeddingColumns - 1) / (kThreads * kEmbeddingColumns);
   const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
   launchDependent(embeddingKernel, grid, kThreads, 0, stream, ids, T, table, storage, rows,
-                  static_cast<int>(cols), vocabOffset, y, idsInstead, takeInstead);
+                  static_cast<int>(cols), tableStride > 0 ? tableStride : cols, vocabOffset, y,
+                  idsInstead, takeInstead);
   return cudaGetLastError();
 }
 

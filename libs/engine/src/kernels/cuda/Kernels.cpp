@@ -1122,10 +1122,14 @@ Status embedding(const int32_t *ids, int64_t T, const WeightView &table,
 }
 
 Status selectRows(const float *x, int64_t rows, int64_t width, const int32_t *selected,
-                  int64_t count, float *y, Stream stream) {
+                  int64_t count, float *y, Stream stream, int64_t rowStride) {
+  if (rowStride > 0 && rowStride < width)
+    return Status::error("select rows: x's rows " + std::to_string(rowStride) +
+                         " floats apart, fewer than their width " + std::to_string(width));
+  const int64_t stride = rowStride > 0 ? rowStride : width;
   // The embedding's gather, over an f32 table of the step's rows.
   return cudaStatus(detail::embedding(stream, selected, count, x, detail::Storage::F32, rows,
-                                      width, 0, y),
+                                      width, 0, y, nullptr, nullptr, stride),
                     "select rows");
 }
 

@@ -228,10 +228,12 @@ int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
 /// (read over the bus, as UVA maps it), a copy without the copy engine.
 int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n);
 /// Where takeInstead is given and *takeInstead is nonzero (device memory,
-/// read by the kernel), the ids come from idsInstead.
+/// read by the kernel), the ids come from idsInstead. tableStride > 0: the
+/// table's rows that many elements apart, else cols.
 int embedding(Stream stream, const int32_t *ids, int64_t T, const void *table, Storage storage,
               int64_t rows, int64_t cols, int64_t vocabOffset, float *y,
-              const int32_t *idsInstead = nullptr, const int32_t *takeInstead = nullptr);
+              const int32_t *idsInstead = nullptr, const int32_t *takeInstead = nullptr,
+              int64_t tableStride = 0);
 
 struct AttentionGeometry {
   int64_t numTokens, numHeads, numKvHeads, headDim;
