@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <vector>
 
 namespace llmir::compiler {
@@ -139,13 +140,13 @@ PlanStore::Lookup PlanStore::runCompile(const CompileRequest &request, const std
     options.cancelled = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
   auto compiled = compileHuggingFace(request.modelDir, options);
   if (!compiled) {
-    if (compiled.message().rfind(kCompileCancelled, 0) == 0)
+    if (compiled.message().rfind(kCompileCancelled, 0) == 0) {
+      std::ostringstream ms; // "100", or "1e-06" for a test's nanosecond
+      ms << std::chrono::duration<double, std::milli>(options_.deadline).count();
       return Lookup{Outcome::DeadlineExceeded, nullptr, false,
                     "the compile of '" + request.modelDir + "' was cancelled at its deadline of " +
-                        std::to_string(std::chrono::duration<double, std::milli>(
-                                           options_.deadline)
-                                           .count()) +
-                        " ms (compile.timeout-ms): " + compiled.message()};
+                        ms.str() + " ms (compile.timeout-ms): " + compiled.message()};
+    }
     return Lookup{Outcome::Failed, nullptr, false, compiled.message()};
   }
   auto plan = std::make_shared<Plan>(Plan{id, std::move(*compiled), 0});
