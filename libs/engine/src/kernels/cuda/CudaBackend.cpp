@@ -370,9 +370,11 @@ public:
     }
     const size_t idsInsteadAt = 5 * tokenCapacity_;
     const size_t selectedAt = idsInsteadAt + 8; // 32-byte aligned parts
-    const size_t keptAt = selectedAt + selectedCapacity_; // the kept rows' positions, sequences
-    const size_t tablesAt = keptAt + 2 * selectedCapacity_;
-    const size_t total = tablesAt + tableCapacity_;
+    const size_t tablesAt = selectedAt + selectedCapacity_;
+    // The kept rows' positions and sequences (keptRowsAttention) last, so
+    // that a step keeping every row (a decode step) uploads nothing more.
+    const size_t keptAt = tablesAt + tableCapacity_;
+    const size_t total = keptAt + 2 * selectedCapacity_;
     LLMIR_RETURN_IF_ERROR(stepTables_.reserve(total));
     const int turn = stagingTurn_;
     stagingTurn_ ^= 1;
@@ -398,8 +400,8 @@ public:
     std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
     host[idsInsteadAt] = step.tokensFromLastGreedy ? 1 : 0;
     std::copy(selected_.begin(), selected_.end(), host + selectedAt);
-    keptRowsInStep_ = true;
-    for (size_t i = 0; i < selected_.size(); ++i) {
+    keptRowsInStep_ = selected_.size() < T;
+    for (size_t i = 0; keptRowsInStep_ && i < selected_.size(); ++i) {
       const int32_t row = selected_[i];
       const bool inStep = row >= 0 && static_cast<size_t>(row) < T;
       keptRowsInStep_ = keptRowsInStep_ && inStep;
@@ -414,9 +416,11 @@ public:
     // between the argmax and the graph left ~18 us a 1.1B batch-1 step on
     // an H200 to the gaps around it (docs/performance.md, thirty-seventh
     // session).
+    const size_t uploaded = keptRowsInStep_ ? keptAt + selectedCapacity_ + selected_.size()
+                                            : tablesAt + tableEntries;
     LLMIR_RETURN_IF_ERROR(check(static_cast<cudaError_t>(cuda::detail::copyWords(
                                     stream(), host, stepTables_.data,
-                                    static_cast<int64_t>(tablesAt + tableEntries))),
+                                    static_cast<int64_t>(uploaded))),
                                 "uploading the step"));
     if (stepsAhead_)
       LLMIR_RETURN_IF_ERROR(
