@@ -7,7 +7,8 @@ prompt logits (`--dump-prompt-logits`) within the fixtures' agreement of
 the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
 (NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
 KV cache, logits within 2e-2 and the first 8 greedy ids (and so for the demo
-model at --matmul-precision medium). Then the same seeded sample
+model at --matmul-precision medium, whose ids may part only where the CPU's
+f32 logits put both tokens within 2e-3 of the top: near_tie). Then the same seeded sample
 (temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU: all
 64 tokens equal with an f32 cache, the first 8 with a bf16 cache.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
