@@ -82,7 +82,7 @@ TEST_F(StepValidation, RejectsInconsistentSteps) {
   expectError(s, "sizes differ");
   s = good();
   s.tokenSeq[2] = 1;
-  expectError(s, "sequence index 1");
+  expectError(s, "step token 2: sequence index 1");
   s = good();
   s.blockTables = {{3}};
   expectError(s, "needs block 1");
@@ -91,7 +91,7 @@ TEST_F(StepValidation, RejectsInconsistentSteps) {
   expectError(s, "block id 8");
   s = good();
   s.positions[0] = -1;
-  expectError(s, "negative position");
+  expectError(s, "step token 0: negative position");
   s = good();
   s.outputRows = {5};
   expectError(s, "output row");
