@@ -402,11 +402,12 @@ public:
     std::copy(selected_.begin(), selected_.end(), host + selectedAt);
     keptRowsInStep_ = selected_.size() < T;
     for (size_t i = 0; keptRowsInStep_ && i < selected_.size(); ++i) {
-      const int32_t row = selected_[i];
-      const bool inStep = row >= 0 && static_cast<size_t>(row) < T;
-      keptRowsInStep_ = keptRowsInStep_ && inStep;
-      host[keptAt + i] = inStep ? step.positions[static_cast<size_t>(row)] : 0;
-      host[keptAt + selectedCapacity_ + i] = inStep ? step.tokenSeq[static_cast<size_t>(row)] : 0;
+      const auto row = static_cast<size_t>(selected_[i]); // a negative one wraps past T
+      keptRowsInStep_ = row < T;
+      if (keptRowsInStep_) {
+        host[keptAt + i] = step.positions[row];
+        host[keptAt + selectedCapacity_ + i] = step.tokenSeq[row];
+      }
     }
     int32_t *tables = host + tablesAt;
     std::fill(tables, tables + tableEntries, 0);
@@ -456,29 +457,40 @@ public:
     // most multiprocessors idle: each pair's keys over up to 8 blocks. It
     // depends on T only, so a recorded graph stays valid.
     decodeStep_ = isDecodeStep();
+    if (tiles.empty() && decodeStep_)
+      return splitKeys(deviceStep_, attentionScratch_, splitCounters_);
+    return Status::ok();
+  }
+
+  /// Flash-decoding's splits for `step`, a decode step's rows (one query row
+  /// a sequence), when its (row, head) pairs would leave most
+  /// multiprocessors idle: each pair's keys over up to maxDecodeSplits()
+  /// blocks, partials in `scratch`, merged by the last split to finish
+  /// (`counters`). The splits depend on the row count only.
+  Status splitKeys(cuda::DeviceStep &step, DeviceArray<float> &scratch,
+                   DeviceArray<unsigned> &counters) {
+    const int64_t rows = step.numTokens;
     // The group kernel runs a block per (token, KV head) where
     // attendKernel ran one per (token, query head).
-    const int64_t pairs = static_cast<int64_t>(T) * (cuda::detail::groupDecodeEnabled()
-                                                         ? attentionKvHeads_
-                                                         : attentionHeads_);
-    if (tiles.empty() && pairs > 0 && decodeStep_) {
-      const int64_t splits = std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1,
-                                                 maxDecodeSplits());
-      if (splits > 1) {
-        LLMIR_RETURN_IF_ERROR(attentionScratch_.reserve(
-            static_cast<size_t>(static_cast<int64_t>(T) * splits * partialRow_)));
-        deviceStep_.decodeSplits = splits;
-        deviceStep_.attentionScratch = attentionScratch_.data;
-        const size_t counters = static_cast<size_t>(static_cast<int64_t>(T) * attentionHeads_);
-        if (counters > splitCounters_.capacity) { // zeroed once: the kernels leave them zero
-          LLMIR_RETURN_IF_ERROR(splitCounters_.reserve(counters));
-          LLMIR_RETURN_IF_ERROR(check(
-              cudaMemset(splitCounters_.data, 0, splitCounters_.capacity * sizeof(unsigned)),
-              "clearing the split counters"));
-        }
-        deviceStep_.splitCounters = splitCounters_.data;
-      }
+    const int64_t pairs =
+        rows * (cuda::detail::groupDecodeEnabled() ? attentionKvHeads_ : attentionHeads_);
+    if (pairs <= 0)
+      return Status::ok();
+    const int64_t splits =
+        std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, maxDecodeSplits());
+    if (splits <= 1)
+      return Status::ok();
+    LLMIR_RETURN_IF_ERROR(scratch.reserve(static_cast<size_t>(rows * splits * partialRow_)));
+    const size_t counted = static_cast<size_t>(rows * attentionHeads_);
+    if (counted > counters.capacity) { // zeroed once: the kernels leave them zero
+      LLMIR_RETURN_IF_ERROR(counters.reserve(counted));
+      LLMIR_RETURN_IF_ERROR(
+          check(cudaMemset(counters.data, 0, counters.capacity * sizeof(unsigned)),
+                "clearing the split counters"));
     }
+    step.decodeSplits = splits;
+    step.attentionScratch = scratch.data;
+    step.splitCounters = counters.data;
     return Status::ok();
   }
 
@@ -897,26 +909,9 @@ private:
       LLMIR_RETURN_IF_ERROR(cuda::selectRows(act(0).data(), T(), qWidth, selectedRows_, S,
                                              keptQueries_.data, stream()));
     }
+    // Their own scratch and counters: the decode graphs hold the step's.
     cuda::DeviceStep step = keptStep_;
-    const int64_t pairs = S * (cuda::detail::groupDecodeEnabled() ? attentionKvHeads_
-                                                                  : attentionHeads_);
-    const int64_t splits =
-        std::clamp<int64_t>((2 * multiprocessors_ + pairs - 1) / pairs, 1, maxDecodeSplits());
-    if (splits > 1) {
-      LLMIR_RETURN_IF_ERROR(
-          keptScratch_.reserve(static_cast<size_t>(S * splits * partialRow_)));
-      const size_t counters = static_cast<size_t>(S * attentionHeads_);
-      if (counters > keptCounters_.capacity) { // zeroed once: the kernels leave them zero
-        LLMIR_RETURN_IF_ERROR(keptCounters_.reserve(counters));
-        LLMIR_RETURN_IF_ERROR(check(cudaMemsetAsync(keptCounters_.data, 0,
-                                                    keptCounters_.capacity * sizeof(unsigned),
-                                                    stream()),
-                                    "clearing the split counters"));
-      }
-      step.decodeSplits = splits;
-      step.attentionScratch = keptScratch_.data;
-      step.splitCounters = keptCounters_.data;
-    }
+    LLMIR_RETURN_IF_ERROR(splitKeys(step, keptScratch_, keptCounters_));
     return cuda::pagedAttention(keptQueries_.data, nullptr, nullptr, step, a, cache_, o.data(),
                                 stream(), /*keysStored=*/true);
   }
