@@ -8,7 +8,9 @@ the reference logits, with an f32 KV cache; the same at `--tp 2` and `--pp 2`
 (NCCL when there are two GPUs, Gloo staging through host memory on one); with a bf16
 KV cache, logits within 2e-2 and the first 8 greedy ids (and so for the demo
 model at --matmul-precision medium, whose ids may part only where the CPU's
-f32 logits put both tokens within 2e-3 of the top: near_tie). Then the same seeded sample
+f32 logits put both tokens within 2e-3 of the top: near_tie); a 600-token prompt at
+medium with and without cuDNN's attention, every row's logits within 2e-2 of the
+CPU's. Then the same seeded sample
 (temperature 0.8, top-p 0.9, seed 7, 64 tokens) on the CPU and the GPU: all
 64 tokens equal with an f32 cache, the first 8 with a bf16 cache.
 Needs a CUDA device (CTest label gpu); run by scripts/test-gpu.sh.
@@ -23,8 +25,8 @@ from generate_reference import (check, exit_on_failures, failures, family_models
                                 reference_cases, relative_error)
 
 
-def run(generate, *args):
-    return subprocess.run([generate, *args], capture_output=True, text=True, timeout=600)
+def run(generate, *args, env=None):
+    return subprocess.run([generate, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 def near_tie(generate, model_dir, case, k, ids, margin):
@@ -84,6 +86,38 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None, ti
           f"{worst:.2e})", flush=True)
 
 
+def prompt_logits(generate, model_dir, prompt, extra, env=None):
+    """The logits of every prompt row (--dump-prompt-logits), or None."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = os.path.join(tmp, "logits.safetensors")
+        proc = run(generate, "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
+                   "--max-tokens", "1", "--ignore-eos", "--json", "--dump-prompt-logits", dump,
+                   *extra, env=env)
+        check(proc.returncode == 0, f"{extra} {model_dir}: exit {proc.returncode}: {proc.stderr}")
+        return read_safetensors(dump)["logits"][1] if proc.returncode == 0 else None
+
+
+def check_long_prompt(generate, demo):
+    """A 600-token prompt at medium precision, whose attention runs on cuDNN
+    where it loads (a prompt from position 0 of at least 256 rows) and on the
+    prefill kernel with LLMIR_CUDA_CUDNN_ATTENTION=0: every row's logits
+    within 2e-2 of the CPU's f32 ones, both ways."""
+    prompt = [(i * 37 + 11) % 2048 for i in range(600)]
+    cpu = prompt_logits(generate, demo, prompt, ["--device", "cpu"])
+    medium = ["--device", "cuda", "--matmul-precision", "medium"]
+    errors = {}
+    for label, switch in (("cudnn where it loads", "1"), ("the prefill kernel", "0")):
+        env = dict(os.environ, LLMIR_CUDA_CUDNN_ATTENTION=switch)
+        cuda = prompt_logits(generate, demo, prompt, medium, env)
+        if cpu is not None and cuda is not None:
+            errors[label] = relative_error(cuda, cpu)
+            check(errors[label] <= 2e-2, f"cuda medium, 600-token prompt, {label}: logits "
+                                         f"{errors[label]:.2e} from the CPU's")
+    print(f"{'ok' if len(errors) == 2 and max(errors.values()) <= 2e-2 else 'FAILED'}: cuda medium, "
+          f"a 600-token prompt: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()) +
+          " from the CPU's logits", flush=True)
+
+
 def main():
     args = parse_args()
 
@@ -118,6 +152,7 @@ def main():
     # 0.0094 of 15.8).
     check_model(args.generate, demo, ["--matmul-precision", "medium"], "cuda medium", 2e-2,
                 exact_ids=8, tie_margin=2e-3)
+    check_long_prompt(args.generate, demo)
     # The same seeded sample on both devices, drawn on the device for cuda
     # (Executor::stepSample) and on the host for the CPU, at each KV-cache
     # dtype: the same dtype on both sides (a bf16 cache changes the logits

@@ -1768,6 +1768,111 @@ TEST_F(BackendOps, PagedAttention) {
 // sliding window) after the window's start; f32 and bf16 caches; one and
 // three splits merged in the kernel; one and two rows (the warp decode
 // kernel's two builds).
+// A prompt's attention on cuDNN (cuda::cudnnAttention, as the backend runs
+// it at medium precision): ropeStoreDense stores the same cache rows as
+// ropeAndStore and writes the rotated bf16 rows cuDNN reads; cuDNN's causal
+// attention over them against the paged kernel's over the f32 rows. Skips
+// where cuDNN is not loaded (no libcudnn.so.9), saying why.
+TEST_F(BackendOps, CudnnAttention) {
+  struct Case {
+    int64_t tokens, heads, kvHeads, headDim;
+  };
+  for (const Case &c : {Case{300, 8, 2, 64}, Case{512, 32, 4, 64}, Case{260, 8, 2, 128}}) {
+    const int64_t T = c.tokens, D = c.headDim, half = D / 2, blockSize = 16;
+    const int64_t width = c.kvHeads * D, qWidth = c.heads * D;
+    const int64_t blocks = (T + blockSize - 1) / blockSize;
+    cpu::AttentionParams params;
+    params.numHeads = c.heads;
+    params.numKvHeads = c.kvHeads;
+    params.headDim = D;
+    params.scale = 1.0f / std::sqrt(float(D));
+    cuda::DenseAttention shape;
+    shape.tokens = T;
+    shape.heads = c.heads;
+    shape.kvHeads = c.kvHeads;
+    shape.headDim = D;
+    shape.scale = params.scale;
+    shape.rowStride = qWidth + 2 * width;
+    // A shape's first call builds its execution plan (once a process).
+    const auto began = std::chrono::steady_clock::now();
+    if (!cuda::cudnnAttentionTakes(*context_, shape))
+      GTEST_SKIP() << "cuDNN takes no attention here: "
+                   << cuda::cudnnAttentionDescription(*context_);
+    std::printf("  %s: T=%ld plan built in %.1f ms\n",
+                cuda::cudnnAttentionDescription(*context_).c_str(), long(c.tokens),
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began)
+                    .count());
+    std::vector<float> qFrequencies(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+      qFrequencies[size_t(i)] = std::pow(10000.0f, -2.0f * float(i) / float(D));
+    const std::vector<float> q = randomFloats(size_t(T * qWidth), rng_);
+    const std::vector<float> k = randomFloats(size_t(T * width), rng_);
+    const std::vector<float> v = randomFloats(size_t(T * width), rng_);
+    std::vector<int32_t> positions(static_cast<size_t>(T)), seqs(static_cast<size_t>(T), 0);
+    std::iota(positions.begin(), positions.end(), 0);
+    std::vector<int32_t> table(static_cast<size_t>(blocks)); // blocks out of order
+    for (int64_t b = 0; b < blocks; ++b)
+      table[size_t(b)] = int32_t(blocks - 1 - b);
+    const KvCacheShape cacheShape{1, c.kvHeads, D, blockSize, blocks};
+    const size_t cacheElements = size_t(blocks * blockSize * width);
+    DeviceArray<int32_t> dpos(positions), dseq(seqs), dtable(table);
+    DeviceArray<float> dq(q), dk(k), dv(v), dqf(qFrequencies);
+    DeviceArray<float> qOut(q.size()), kOut(k.size()), want(q.size()), keys(cacheElements),
+        values(cacheElements), rotations(size_t(T * D));
+    DeviceArray<uint16_t> keyBits(cacheElements), valueBits(cacheElements),
+        dense(size_t(T * shape.rowStride)), out(q.size());
+    const cuda::DeviceStep step{T, dpos.get(), dseq.get(), dtable.get(), blocks};
+    cuda::DeviceKvCache f32Cache{cacheShape, keys.get(), values.get()};
+    cuda::DeviceKvCache bf16Cache{cacheShape, keyBits.get(), valueBits.get(), true};
+    const std::string label = "T=" + std::to_string(T) + " " + std::to_string(c.heads) + "/" +
+                              std::to_string(c.kvHeads) + " heads D=" + std::to_string(D);
+    Status status = cuda::ropeAndStore(dq.get(), qOut.get(), dqf.get(), dk.get(), kOut.get(),
+                                       dqf.get(), dv.get(), step, params, f32Cache);
+    ASSERT_TRUE(status.isOk()) << status.message();
+    status = cuda::pagedAttention(qOut.get(), kOut.get(), dv.get(), step, params, f32Cache,
+                                  want.get(), nullptr, true);
+    ASSERT_TRUE(status.isOk()) << status.message();
+    status = cuda::ropeStoreDense(dq.get(), dqf.get(), dk.get(), nullptr, dqf.get(), dv.get(),
+                                  step, params, bf16Cache, dense.get(), rotations.get());
+    ASSERT_TRUE(status.isOk()) << status.message();
+    shape.q = dense.get();
+    shape.k = dense.get() + qWidth;
+    shape.v = dense.get() + qWidth + width;
+    shape.out = out.get();
+    status = cuda::cudnnAttention(*context_, shape);
+    ASSERT_TRUE(status.isOk()) << status.message();
+    const auto widened = [](const std::vector<uint16_t> &bits) {
+      std::vector<float> x(bits.size());
+      for (size_t i = 0; i < bits.size(); ++i)
+        x[i] = bf16Value(bits[i]);
+      return x;
+    };
+    const auto rounded = [](const std::vector<float> &x) {
+      std::vector<float> y(x.size());
+      for (size_t i = 0; i < x.size(); ++i)
+        y[i] = bf16Value(bf16Bits(x[i]));
+      return y;
+    };
+    // The cache as ropeAndStore stores it (bf16 of the same f32 rotations).
+    compare("CUDNN_ATTN", label + " cached keys", widened(keyBits.download()),
+            rounded(keys.download()), 0.0);
+    compare("CUDNN_ATTN", label + " cached values", widened(valueBits.download()),
+            rounded(values.download()), 0.0);
+    // The dense rows: [rotated q | rotated k | v] a token, in bf16.
+    const std::vector<float> rows = widened(dense.download()), qs = qOut.download(),
+                             ks = kOut.download();
+    std::vector<float> expected(rows.size());
+    for (int64_t t = 0; t < T; ++t) {
+      float *row = expected.data() + t * shape.rowStride;
+      std::copy_n(qs.begin() + t * qWidth, qWidth, row);
+      std::copy_n(ks.begin() + t * width, width, row + qWidth);
+      std::copy_n(v.begin() + t * width, width, row + qWidth + width);
+    }
+    compare("CUDNN_ATTN", label + " dense rows", rows, rounded(expected), 0.0);
+    compare("CUDNN_ATTN", label, widened(out.download()), want.download(), kMediumLimit);
+  }
+}
+
 TEST_F(BackendOps, RopeStoreAttention) {
   const std::vector<AttentionCase> cases = {
       {"MHA", 4, 4, 64, 16, 0, {40}, {0}, {{5, 2, 7}}},

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 struct CUstream_st; // cudaStream_t is CUstream_st *
@@ -351,6 +352,41 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
                     const DeviceStep &step, const cpu::AttentionParams &params,
                     DeviceKvCache &cache, Stream stream = nullptr,
                     float *queryRotations = nullptr, int64_t kvRowStride = 0);
+
+/// Causal attention of one sequence's T rows over their own keys (a
+/// prompt's prefill from position 0) in bf16: row t of q, k and v is
+/// `rowStride` elements after row t - 1, head h of it at h * headDim; out
+/// [T, heads * headDim]. The queries and keys rotated already; scores
+/// accumulate in f32, the probabilities are rounded to bf16 before P V (as
+/// the tensor-core prefill kernel at medium precision).
+struct DenseAttention {
+  int64_t tokens = 0, heads = 0, kvHeads = 0, headDim = 0;
+  float scale = 1.0f;
+  int64_t rowStride = 0;
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  void *out = nullptr;
+};
+/// Whether cudnnAttention takes `shape` (pointers unread): cuDNN's fused
+/// flash attention, loaded at run time (libcudnn.so.9; none: false), with an
+/// execution plan for the shape (built at a shape's first call, kept).
+/// LLMIR_CUDA_CUDNN_ATTENTION=0 turns it off.
+bool cudnnAttentionTakes(Context &context, const DenseAttention &shape);
+Status cudnnAttention(Context &context, const DenseAttention &attention);
+/// "cudnn <version>", or why cudnnAttention takes nothing.
+std::string cudnnAttentionDescription(Context &context);
+/// ropeAndStore for a step whose attention runs on cudnnAttention: the
+/// keys and values stored in the cache and the queries' rotations written
+/// as ropeAndStore does with q null, and the rotated queries and keys and
+/// the values also written as bf16 rows [Hq heads | Hkv heads | Hkv heads]
+/// of `dense` (DenseAttention's q, k and v, rowStride (Hq + 2 Hkv) * D).
+/// kOut: the rotated keys in f32 as ropeAndStore writes them (null: not
+/// written). qRowStride / kvRowStride > 0: the floats between rows of q /
+/// of k, kOut and v.
+Status ropeStoreDense(const float *q, const float *qFrequencies, const float *k, float *kOut,
+                      const float *kFrequencies, const float *v, const DeviceStep &step,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache, void *dense,
+                      float *queryRotations, Stream stream = nullptr, int64_t qRowStride = 0,
+                      int64_t kvRowStride = 0);
 /// Whether ropeStoreAttention takes this step: a decode step (the caller
 /// guarantees one token a sequence, each its own query row) of the group
 /// decode kernel (no uneven head split, no sequence-parallel key

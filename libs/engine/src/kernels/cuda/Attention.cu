@@ -105,7 +105,8 @@ template <typename C>
 __global__ void __launch_bounds__(kRopeThreads)
     ropeStoreKernel(const float *q, float *qOut, int64_t qHeads, const float *qFrequencies,
                     const float *k, float *kOut, const float *kFrequencies, const float *v,
-                    Rotation *queryRotations, AttentionGeometry g, int headsPerPart) {
+                    Rotation *queryRotations, __nv_bfloat16 *dense, AttentionGeometry g,
+                    int headsPerPart) {
   const int64_t t = blockIdx.x;
   const int D = static_cast<int>(g.headDim), half = D / 2, lanes = kRopeThreads / half;
   const int queryHeads = static_cast<int>(qHeads), kHeads = static_cast<int>(g.numKvHeads);
@@ -131,24 +132,43 @@ __global__ void __launch_bounds__(kRopeThreads)
   allowDependentLaunch();
   if (tabled)
     queryRotations[t * half + i] = queryRotation;
+  // cuDNN's attention reads bf16 rows [q heads | k heads | v heads] (dense).
+  __nv_bfloat16 *denseRow = dense ? dense + t * int64_t(queryHeads + 2 * kHeads) * D : nullptr;
   for (int head = first + lane; active && head < end; head += lanes) {
-    if (head < queryHeads) {
+    if (head < queryHeads && denseRow) {
+      const float *x = q + t * g.qRowStride + int64_t(head) * D;
+      const RotatedPair p = rotate(x[i], x[i + half], queryRotation);
+      denseRow[head * D + i] = __float2bfloat16_rn(p.first);
+      denseRow[head * D + i + half] = __float2bfloat16_rn(p.second);
+    } else if (head < queryHeads) {
       const int64_t at = (t * qHeads + head) * D;
       rotatePair(q + at, qOut + at, i, half, queryRotation);
     } else {
       const int h = head - queryHeads;
       const int64_t at = t * g.kvRowStride + int64_t(h) * D;
-      rotatePair(k + at, kOut + at, i, half, keyRotation);
+      const RotatedPair p = rotate(k[at + i], k[at + i + half], keyRotation);
+      if (kOut) { // null: only the cache and the dense rows read them
+        kOut[at + i] = p.first;
+        kOut[at + i + half] = p.second;
+      }
       if (mine) {
-        storeCached(keys + h * D + i, kOut[at + i]);
-        storeCached(keys + h * D + i + half, kOut[at + i + half]);
+        storeCached(keys + h * D + i, p.first);
+        storeCached(keys + h * D + i + half, p.second);
+      }
+      if (denseRow) {
+        denseRow[head * D + i] = __float2bfloat16_rn(p.first);
+        denseRow[head * D + i + half] = __float2bfloat16_rn(p.second);
       }
     }
   }
-  if (mine)
-    for (int e = static_cast<int>(blockIdx.y) * kRopeThreads + tid; e < kHeads * D;
-         e += static_cast<int>(gridDim.y) * kRopeThreads)
-      storeCached(static_cast<C *>(g.values) + row + e, v[t * g.kvRowStride + e]);
+  for (int e = static_cast<int>(blockIdx.y) * kRopeThreads + tid; (mine || denseRow) && e < kHeads * D;
+       e += static_cast<int>(gridDim.y) * kRopeThreads) {
+    const float value = v[t * g.kvRowStride + e];
+    if (mine)
+      storeCached(static_cast<C *>(g.values) + row + e, value);
+    if (denseRow)
+      denseRow[(queryHeads + kHeads) * D + e] = __float2bfloat16_rn(value);
+  }
 }
 
 // q . key over D, key in the cache's element type; 16-byte loads when the
@@ -1997,7 +2017,7 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
 int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *qFrequencies, const float *k, float *kOut,
                  const float *kFrequencies, const float *v, const AttentionGeometry &g,
-                 float *queryRotations) {
+                 float *queryRotations, void *dense) {
   if (g.numTokens <= 0)
     return cudaGetLastError();
   // Parts of a token's heads, one a block: as many as give the grid ~4
@@ -2012,12 +2032,15 @@ int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
   const dim3 blocks(static_cast<unsigned>(g.numTokens),
                     static_cast<unsigned>((heads + headsPerPart - 1) / headsPerPart));
   auto *rotations = reinterpret_cast<Rotation *>(queryRotations); // [cos, sin] pairs
+  auto *denseRows = static_cast<__nv_bfloat16 *>(dense);
   if (g.bf16Cache)
     launchDependent(ropeStoreKernel<__nv_bfloat16>, blocks, kRopeThreads, 0, stream, q, qOut,
-                    qHeads, qFrequencies, k, kOut, kFrequencies, v, rotations, g, headsPerPart);
+                    qHeads, qFrequencies, k, kOut, kFrequencies, v, rotations, denseRows, g,
+                    headsPerPart);
   else
     launchDependent(ropeStoreKernel<float>, blocks, kRopeThreads, 0, stream, q, qOut, qHeads,
-                    qFrequencies, k, kOut, kFrequencies, v, rotations, g, headsPerPart);
+                    qFrequencies, k, kOut, kFrequencies, v, rotations, denseRows, g,
+                    headsPerPart);
   return cudaGetLastError();
 }
 

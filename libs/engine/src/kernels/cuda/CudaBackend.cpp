@@ -40,6 +40,10 @@
 namespace llmir::engine {
 namespace {
 
+/// The fewest rows of a prompt whose attention runs on cuDNN
+/// (attentionOnCudnn); shorter prompts keep the prefill kernel.
+constexpr size_t kCudnnAttentionRows = 256;
+
 Status check(cudaError_t error, const std::string &what) {
   if (error == cudaSuccess)
     return Status::ok();
@@ -345,7 +349,12 @@ public:
     LLMIR_RETURN_IF_ERROR(check(cudaSetDevice(device_), "selecting the device"));
     step_ = &step;
     packedRope_ = kNone;
+    denseAttentionAt_ = kNone;
     const size_t T = step.tokenIds.size();
+    freshPrompt_ = T >= kCudnnAttentionRows;
+    for (size_t t = 0; freshPrompt_ && t < T; ++t)
+      freshPrompt_ = step.positions[t] == static_cast<int32_t>(t) &&
+                     step.tokenSeq[t] == step.tokenSeq[0];
     size_t needed = 1;
     for (const auto &table : step.blockTables)
       needed = std::max(needed, table.size());
@@ -1615,6 +1624,45 @@ private:
                deviceStep_, program_.instructions[index + 2].params.attention, cache_);
   }
 
+  /// ropeStore_ at `rope` in a step whose ATTENTION after it runs on cuDNN's
+  /// fused flash attention (cuda::cudnnAttention; on an H200 its causal
+  /// attention of 2,048 rows took 61 us against the prefill kernel's 89):
+  /// the prefill kernel's case (ropeFoldedIntoPrefill) at medium precision
+  /// for one prompt from position 0 (freshPrompt_), its output read only as
+  /// the O product's bf16 halves, with no sliding window, uneven head split
+  /// or sequence-parallel keys; not the last layer's kept rows
+  /// (keptRowsAttention). Elsewhere, or without cuDNN, the prefill kernel.
+  bool attentionOnCudnn(size_t rope) {
+    const size_t att = rope + 2;
+    if (!freshPrompt_ || !bf16Products_ || !ropeFoldedIntoPrefill(rope) ||
+        att >= splitBy_.size() || splitBy_[att] == kNone || !halvesOnly_[att] ||
+        (att == pruneAttention_ && keptRowsAttentionApplies()))
+      return false;
+    const cpu::AttentionParams &a = program_.instructions[att].params.attention;
+    if (a.slidingWindow != 0 || a.kvGroup != 0 || a.kvShards != 1)
+      return false;
+    return cuda::cudnnAttentionTakes(context_, denseShape(a));
+  }
+  /// The step's attention as cuda::DenseAttention over denseRows_, output
+  /// `out` (its pointers null without).
+  cuda::DenseAttention denseShape(const cpu::AttentionParams &a, void *out = nullptr) {
+    cuda::DenseAttention d;
+    d.tokens = T();
+    d.heads = a.numHeads;
+    d.kvHeads = a.numKvHeads;
+    d.headDim = a.headDim;
+    d.scale = a.scale;
+    d.rowStride = (a.numHeads + 2 * a.numKvHeads) * a.headDim;
+    if (out) {
+      const auto *rows = reinterpret_cast<const uint16_t *>(denseRows_.data); // bf16
+      d.q = rows;
+      d.k = rows + a.numHeads * a.headDim;
+      d.v = rows + (a.numHeads + a.numKvHeads) * a.headDim;
+      d.out = out;
+    }
+    return d;
+  }
+
   /// ropeStore_: the ROPE at `index`, the one after it and the ATTENTION's
   /// store in one launch (or in the ATTENTION's, ropeFoldedIntoAttention;
   /// the keys only, ropeFoldedIntoPrefill).
@@ -1626,6 +1674,19 @@ private:
     const cpu::AttentionParams &a = program_.instructions[index + 2].params.attention;
     if (ropeFoldedIntoPrefill(index)) {
       LLMIR_RETURN_IF_ERROR(queryRotations_.reserve(static_cast<size_t>(T() * a.headDim)));
+      if (attentionOnCudnn(index)) {
+        const cuda::DenseAttention shape = denseShape(a);
+        LLMIR_RETURN_IF_ERROR(
+            denseRows_.reserve(static_cast<size_t>((T() * shape.rowStride + 1) / 2)));
+        denseAttentionAt_ = index + 2;
+        const bool packed = packedRope_ == index;
+        const float *columns = packedProduct_.data;
+        return cuda::ropeStoreDense(
+            packed ? columns + packedQ_ : o->q, o->qFrequencies, packed ? columns + packedK_ : o->k,
+            packed ? nullptr : o->kOut, o->kFrequencies, packed ? columns + packedV_ : o->v,
+            deviceStep_, a, cache_, denseRows_.data, queryRotations_.data, stream(),
+            packed ? packedStride_ : 0, packed ? packedStride_ : 0);
+      }
       if (packedRope_ == index) { // the keys rotated in place in the packed product
         float *k = packedProduct_.data + packedK_;
         return cuda::ropeAndStore(nullptr, nullptr, o->qFrequencies, k, k, o->kFrequencies,
@@ -2057,6 +2118,11 @@ private:
           LLMIR_RETURN_IF_ERROR(split.status());
           const bool packed = packedRope_ == index - 2;
           packedRope_ = kNone;
+          if (denseAttentionAt_ == index) { // its rows written by the ROPE launch
+            denseAttentionAt_ = kNone;
+            if (split->split.hi && !split->split.lo && split->halvesOnly)
+              return cuda::cudnnAttention(context_, denseShape(a, split->split.hi));
+          }
           return cuda::prefillRopeAttention(
               packed ? packedProduct_.data + packedQ_ : r->q, queryRotations_.data, deviceStep_, a,
               cache_, split->halvesOnly ? nullptr : o.data(), stream(), split->split,
@@ -2341,6 +2407,13 @@ private:
   DeviceArray<float> packedProduct_;
   size_t packedRope_ = kNone;
   int64_t packedStride_ = 0, packedQ_ = 0, packedK_ = 0, packedV_ = 0;
+  /// A prompt's attention on cuDNN (attentionOnCudnn): this step is one
+  /// sequence from position 0 with enough rows (freshPrompt_, beginStep);
+  /// the ATTENTION whose bf16 q, k, v rows the ROPE launch wrote into
+  /// denseRows_ (kNone: none).
+  bool freshPrompt_ = false;
+  size_t denseAttentionAt_ = kNone;
+  DeviceArray<float> denseRows_;
   /// planResidualNorms: the consumer of each producer LINEAR (kNone: none),
   /// the producer's blocks' sums of squares, and this step's hand-over.
   std::vector<size_t> normConsumer_;

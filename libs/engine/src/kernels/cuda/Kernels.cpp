@@ -1,5 +1,6 @@
 // Host side of the CUDA kernels: argument checks, dtype dispatch, cuBLAS
 // for LINEAR, and cudaError_t/cublasStatus_t turned into Status.
+#include "CudnnAttention.h"
 #include "Launch.h"
 
 #include "llmir/engine/CudaKernels.h"
@@ -46,6 +47,9 @@ struct Context::State {
   std::map<ProductKey, cublasLtMatmulAlgo_t> tunedAlgos, shapeAlgos;
   /// How many times candidates were timed (Context::productTunings).
   int64_t tunings = 0;
+  /// A fresh prompt's attention on cuDNN (cudnnAttention), loaded at the
+  /// first call.
+  std::unique_ptr<CudnnAttention> cudnn;
 
   ~State() {
     if (lt)
@@ -1210,6 +1214,48 @@ Status ropeAndStore(const float *q, float *qOut, const float *qFrequencies, cons
   return cudaStatus(detail::ropeAndStore(stream, q, qOut, q ? params.numHeads : 0, qFrequencies,
                                          k, kOut, kFrequencies, v, g, queryRotations),
                     "rope + store keys and values");
+}
+
+Status ropeStoreDense(const float *q, const float *qFrequencies, const float *k, float *kOut,
+                      const float *kFrequencies, const float *v, const DeviceStep &step,
+                      const cpu::AttentionParams &params, DeviceKvCache &cache, void *dense,
+                      float *queryRotations, Stream stream, int64_t qRowStride,
+                      int64_t kvRowStride) {
+  LLMIR_RETURN_IF_ERROR(checkHeadDim(params));
+  detail::AttentionGeometry g = geometryOf(step, params, cache);
+  LLMIR_RETURN_IF_ERROR(takeRowStride(g.kvRowStride, kvRowStride, "rope + store: k and v rows"));
+  LLMIR_RETURN_IF_ERROR(takeRowStride(g.qRowStride, qRowStride, "rope + store: q rows"));
+  if (!q || !dense || params.kvShards != 1)
+    return Status::error("rope + store dense: q and the dense rows are needed, and every key "
+                         "of the step (no sequence-parallel shards)");
+  return cudaStatus(detail::ropeAndStore(stream, q, nullptr, params.numHeads, qFrequencies, k,
+                                         kOut, kFrequencies, v, g, queryRotations, dense),
+                    "rope + store keys and values (dense rows)");
+}
+
+namespace {
+CudnnAttention &cudnnOf(Context &context) {
+  Context::State &state = context.state();
+  if (!state.cudnn)
+    state.cudnn = std::make_unique<CudnnAttention>();
+  return *state.cudnn;
+}
+} // namespace
+
+bool cudnnAttentionTakes(Context &context, const DenseAttention &shape) {
+  if (detail::switchedOff("LLMIR_CUDA_CUDNN_ATTENTION"))
+    return false;
+  return cudnnOf(context).takes(shape);
+}
+
+Status cudnnAttention(Context &context, const DenseAttention &attention) {
+  return cudnnOf(context).run(attention, context.stream());
+}
+
+std::string cudnnAttentionDescription(Context &context) {
+  if (detail::switchedOff("LLMIR_CUDA_CUDNN_ATTENTION"))
+    return "off (LLMIR_CUDA_CUDNN_ATTENTION=0)";
+  return cudnnOf(context).describe();
 }
 
 namespace {

@@ -302,11 +302,14 @@ int storeKeysAndValues(Stream stream, const float *k, const float *v,
 /// two ROPEs and its store in one launch. qHeads 0: the keys only (the
 /// queries' rotation folded into the prefill attention), and with
 /// queryRotations the queries' rotations written there
-/// (AttentionGeometry::queryRotations).
+/// (AttentionGeometry::queryRotations). kOut null: the rotated keys are
+/// stored in the cache only. dense (bf16, cuda::ropeStoreDense): q (rows
+/// g.qRowStride apart) rotated, the rotated keys and v written there too,
+/// qOut unused.
 int ropeAndStore(Stream stream, const float *q, float *qOut, int64_t qHeads,
                  const float *qFrequencies, const float *k, float *kOut,
                  const float *kFrequencies, const float *v, const AttentionGeometry &g,
-                 float *queryRotations = nullptr);
+                 float *queryRotations = nullptr, void *dense = nullptr);
 /// The operands of ropeAndStore, for ropeStoreAttend: q [T, numHeads * D]
 /// and k [T, kvRowStride] before RoPE, their rotated outputs (still
 /// written), the frequencies, v.
