@@ -366,6 +366,13 @@ struct DenseAttention {
   const void *q = nullptr, *k = nullptr, *v = nullptr;
   void *out = nullptr;
 };
+/// The rows of q, k and v cudnnAttention reads for T rows: T rounded up to
+/// a quarter octave (256, 320, 384, 448, 512, 640, ...), each such count
+/// one execution plan (built in ~0.5-1.5 s on an H200) serving every
+/// prompt length up to it. q, k and v's rows past T must hold finite values
+/// (the causal mask keeps the prompt's rows off them) and out must have
+/// room for that many rows (those past T may be written).
+int64_t cudnnAttentionRows(int64_t T);
 /// Whether cudnnAttention takes `shape` (pointers unread): cuDNN's fused
 /// flash attention, loaded at run time (libcudnn.so.9; none: false), with an
 /// execution plan for the shape (built at a shape's first call, kept).

@@ -1675,9 +1675,17 @@ private:
     if (ropeFoldedIntoPrefill(index)) {
       LLMIR_RETURN_IF_ERROR(queryRotations_.reserve(static_cast<size_t>(T() * a.headDim)));
       if (attentionOnCudnn(index)) {
+        // Rows for the plan's padded count, finite past the step's (zeroed
+        // when allocated; later steps leave their own rows there).
         const cuda::DenseAttention shape = denseShape(a);
-        LLMIR_RETURN_IF_ERROR(
-            denseRows_.reserve(static_cast<size_t>((T() * shape.rowStride + 1) / 2)));
+        const size_t capacity = denseRows_.capacity;
+        LLMIR_RETURN_IF_ERROR(denseRows_.reserve(static_cast<size_t>(
+            (cuda::cudnnAttentionRows(T()) * shape.rowStride + 1) / 2)));
+        if (denseRows_.capacity != capacity)
+          LLMIR_RETURN_IF_ERROR(check(cudaMemsetAsync(denseRows_.data, 0,
+                                                      denseRows_.capacity * sizeof(float),
+                                                      stream()),
+                                      "clearing the dense attention rows"));
         denseAttentionAt_ = index + 2;
         const bool packed = packedRope_ == index;
         const float *columns = packedProduct_.data;
@@ -2113,16 +2121,24 @@ private:
         if (keysStored && ropeFoldedIntoPrefill(index - 2)) {
           Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);
           LLMIR_RETURN_IF_ERROR(r.status());
+          // cuDNN's plan may write its padded rows (cudnnAttentionRows) past
+          // the step's: room for them where the O product reads its halves
+          // (the scratch only grows; splitInProducer then gives its place).
+          const bool onCudnn = denseAttentionAt_ == index; // rows from the ROPE launch
+          denseAttentionAt_ = kNone;
+          if (onCudnn) {
+            Result<std::vector<cuda::LinearOutput>> reader = linearOutputs(splitBy_[index], o);
+            LLMIR_RETURN_IF_ERROR(reader.status());
+            LLMIR_RETURN_IF_ERROR(
+                cuda::splitInputFor(context_, cuda::cudnnAttentionRows(T()), *reader).status());
+          }
           // The O projection's halves from this launch (planSplitsInProducers).
           Result<ProducedSplit> split = splitInProducer(index, o);
           LLMIR_RETURN_IF_ERROR(split.status());
           const bool packed = packedRope_ == index - 2;
           packedRope_ = kNone;
-          if (denseAttentionAt_ == index) { // its rows written by the ROPE launch
-            denseAttentionAt_ = kNone;
-            if (split->split.hi && !split->split.lo && split->halvesOnly)
-              return cuda::cudnnAttention(context_, denseShape(a, split->split.hi));
-          }
+          if (onCudnn && split->split.hi && !split->split.lo && split->halvesOnly)
+            return cuda::cudnnAttention(context_, denseShape(a, split->split.hi));
           return cuda::prefillRopeAttention(
               packed ? packedProduct_.data + packedQ_ : r->q, queryRotations_.data, deviceStep_, a,
               cache_, split->halvesOnly ? nullptr : o.data(), stream(), split->split,

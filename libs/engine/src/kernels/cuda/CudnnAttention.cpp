@@ -4,6 +4,7 @@
 // fused-attention engines take. The library is opened with dlopen so that
 // only machines that run this path need it; its header gives the types.
 #include "CudnnAttention.h"
+#include "Launch.h"
 
 #include <cuda_runtime_api.h>
 #include <cudnn_graph.h>
@@ -76,7 +77,7 @@ const Api *loadApi(std::string &why) {
 }
 
 /// The variant pack's tensors (the graph's other tensors are virtual).
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kScale, kMasked };
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kScale, kMasked, kRows };
 
 /// Builds one execution plan's descriptors. Every call after the first
 /// failure does nothing, so the graph reads as a list; status() says what
@@ -177,9 +178,12 @@ public:
     return o;
   }
 
-  /// c = a b (batched over the leading dims), accumulated in f32.
+  /// c = a b (batched over the leading dims), accumulated in f32; the
+  /// overrides (int32 tensors, null: none) bound m, n or k per batch.
   cudnnBackendDescriptor_t matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
-                                  cudnnBackendDescriptor_t c) {
+                                  cudnnBackendDescriptor_t c, cudnnBackendDescriptor_t m_ = nullptr,
+                                  cudnnBackendDescriptor_t n_ = nullptr,
+                                  cudnnBackendDescriptor_t k_ = nullptr) {
     cudnnBackendDescriptor_t m = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "a matmul");
     const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
     set(m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32, "a matmul's precision");
@@ -190,6 +194,12 @@ public:
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a, "a matmul's a");
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b, "a matmul's b");
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c, "a matmul's c");
+    if (m_)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, m_, "a matmul's m");
+    if (n_)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, n_, "a matmul's n");
+    if (k_)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, k_, "a matmul's k");
     finalize(o, "a matmul operation");
     return o;
   }
@@ -222,7 +232,9 @@ struct CudnnAttention::Impl {
     std::vector<cudnnBackendDescriptor_t> owned;
     cudnnBackendDescriptor_t plan = nullptr;
     int64_t workspaceBytes = 0;
+    bool overrides = false; // the products bounded by the prompt's rows
     Status refused = Status::ok(); // why this shape is not taken
+    Status boundedRefused = Status::ok(); // why not with the overrides
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
 
@@ -234,6 +246,10 @@ struct CudnnAttention::Impl {
   std::map<Key, Plan> plans;
   void *workspace = nullptr;
   size_t workspaceBytes = 0;
+  /// The prompt's rows for the plans' overrides, on the device; `rows` the
+  /// count last written there.
+  int32_t *deviceRows = nullptr;
+  int64_t rows = -1;
 
   ~Impl() {
     for (auto &[key, plan] : plans)
@@ -242,6 +258,7 @@ struct CudnnAttention::Impl {
     if (handle)
       api->destroy(handle);
     cudaFree(workspace);
+    cudaFree(deviceRows);
   }
 
   bool start() {
@@ -268,10 +285,16 @@ struct CudnnAttention::Impl {
     return true;
   }
 
-  Plan build(const DenseAttention &a) {
+  /// A plan for prompts of up to `T` rows (cudnnAttentionRows). The causal
+  /// mask alone keeps a prompt's rows off the padded keys (row r sees keys
+  /// up to r). `overrides`: the matrix products bounded by the prompt's own
+  /// rows (its device row count), so the padded rows cost nothing; without,
+  /// they are attended too and written to out.
+  Plan build(const DenseAttention &a, int64_t T, bool overrides) {
     Plan plan;
+    plan.overrides = overrides;
     PlanBuilder b(*api, plan.owned);
-    const int64_t T = a.tokens, H = a.heads, Hkv = a.kvHeads, D = a.headDim, S = a.rowStride;
+    const int64_t H = a.heads, Hkv = a.kvHeads, D = a.headDim, S = a.rowStride;
     const cudnnDataType_t bf16 = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT,
                           i32 = CUDNN_DATA_INT32, boolean = CUDNN_DATA_BOOLEAN;
     using Dims = PlanBuilder::Dims;
@@ -284,6 +307,7 @@ struct CudnnAttention::Impl {
     const Dims one = {1, 1, 1, 1};
     auto scale = b.tensor(kScale, f32, one, one, false, true);
     auto masked = b.tensor(kMasked, f32, one, one, false, true);
+    auto rowCount = overrides ? b.tensor(kRows, i32, one, one, false) : nullptr;
     // The virtual tensors: scores [1, H, T, T] and per-row [1, H, T, 1].
     const Dims scores = {1, H, T, T}, scoreStrides = {H * T * T, T * T, T, 1};
     const Dims rows = {1, H, T, 1}, rowStrides = {H * T, T, 1, 1};
@@ -291,8 +315,9 @@ struct CudnnAttention::Impl {
     const auto scoreTensor = [&](cudnnDataType_t type) {
       return b.tensor(uid++, type, scores, scoreStrides, true);
     };
-    auto s = scoreTensor(f32), scaled = scoreTensor(f32), row = scoreTensor(i32),
-         column = scoreTensor(i32), causal = scoreTensor(boolean), kept = scoreTensor(f32);
+    auto s = scoreTensor(f32), scaled = scoreTensor(f32);
+    auto row = scoreTensor(i32), column = scoreTensor(i32), causal = scoreTensor(boolean),
+         kept = scoreTensor(f32);
     auto maximum = b.tensor(uid++, f32, rows, rowStrides, true);
     auto shifted = scoreTensor(f32), exponent = scoreTensor(f32);
     auto sum = b.tensor(uid++, f32, rows, rowStrides, true);
@@ -302,9 +327,10 @@ struct CudnnAttention::Impl {
     auto stats = b.tensor(uid++, f32, rows, rowStrides, true);
     auto p = scoreTensor(bf16); // P V's a in the inputs' type, as cuDNN's frontend has it
     std::vector<cudnnBackendDescriptor_t> ops = {
-        b.matmul(q, kT, s),
+        b.matmul(q, kT, s, rowCount, rowCount),
         b.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, nullptr, scaled),
-        // Indices computed in f32 into int32 tensors, as the frontend's causal mask.
+        // The causal mask (indices computed in f32 into int32 tensors, as
+        // cuDNN's frontend builds it).
         b.pointwise(CUDNN_POINTWISE_GEN_INDEX, f32, scaled, nullptr, nullptr, row, 2),
         b.pointwise(CUDNN_POINTWISE_GEN_INDEX, f32, scaled, nullptr, nullptr, column, 3),
         b.pointwise(CUDNN_POINTWISE_CMP_GE, boolean, row, column, nullptr, causal),
@@ -316,7 +342,7 @@ struct CudnnAttention::Impl {
         b.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, nullptr, logSum),
         b.pointwise(CUDNN_POINTWISE_ADD, f32, maximum, logSum, nullptr, stats),
         b.pointwise(CUDNN_POINTWISE_DIV, f32, exponent, sum, nullptr, p),
-        b.matmul(p, v, o),
+        b.matmul(p, v, o, rowCount, nullptr, rowCount),
     };
     auto graph = b.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "the operation graph");
     b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle,
@@ -398,16 +424,25 @@ bool CudnnAttention::takes(const DenseAttention &shape) {
       shape.heads % shape.kvHeads != 0 || shape.headDim % 8 != 0 || shape.headDim > 128 ||
       shape.rowStride % 8 != 0)
     return false;
-  const Impl::Key key{shape.tokens, shape.heads, shape.kvHeads, shape.headDim, shape.rowStride};
+  const int64_t rows = cudnnAttentionRows(shape.tokens);
+  const Impl::Key key{rows, shape.heads, shape.kvHeads, shape.headDim, shape.rowStride};
   auto it = impl_->plans.find(key);
-  if (it == impl_->plans.end())
-    it = impl_->plans.emplace(key, impl_->build(shape)).first;
+  if (it == impl_->plans.end()) {
+    // Bounded by the prompt's rows where an engine takes that graph.
+    Impl::Plan plan = impl_->build(shape, rows, true);
+    if (!plan.refused.isOk()) {
+      Status bounded = plan.refused;
+      plan = impl_->build(shape, rows, false);
+      plan.boundedRefused = bounded;
+    }
+    it = impl_->plans.emplace(key, std::move(plan)).first;
+  }
   return it->second.refused.isOk();
 }
 
 Status CudnnAttention::run(const DenseAttention &a, void *stream) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  const Impl::Key key{a.tokens, a.heads, a.kvHeads, a.headDim, a.rowStride};
+  const Impl::Key key{cudnnAttentionRows(a.tokens), a.heads, a.kvHeads, a.headDim, a.rowStride};
   const auto it = impl_->plans.find(key);
   if (it == impl_->plans.end() || !it->second.refused.isOk())
     return Status::error("cudnn attention: no plan for this shape (takes() first)");
@@ -423,17 +458,28 @@ Status CudnnAttention::run(const DenseAttention &a, void *stream) {
       return Status::error("cudnn attention: no device memory for its workspace");
     impl_->workspaceBytes = static_cast<size_t>(plan.workspaceBytes);
   }
+  if (!impl_->deviceRows &&
+      cudaMalloc(reinterpret_cast<void **>(&impl_->deviceRows), sizeof(int32_t)) != cudaSuccess)
+    return Status::error("cudnn attention: no device memory for its row count");
+  if (plan.overrides && a.tokens != impl_->rows) { // in stream order, after earlier readers
+    if (detail::setWord(static_cast<Stream>(stream), impl_->deviceRows,
+                        static_cast<int32_t>(a.tokens)) != cudaSuccess)
+      return Status::error("cudnn attention: writing its row count");
+    impl_->rows = a.tokens;
+  }
   // The scalars are read from host memory at execution.
   float scale = a.scale, masked = -std::numeric_limits<float>::infinity();
-  std::array<int64_t, 6> uids = {kQ, kK, kV, kO, kScale, kMasked};
-  std::array<void *, 6> pointers = {const_cast<void *>(a.q), const_cast<void *>(a.k),
-                                    const_cast<void *>(a.v), a.out, &scale, &masked};
+  std::array<int64_t, 7> uids = {kQ, kK, kV, kO, kScale, kMasked, kRows};
+  std::array<void *, 7> pointers = {const_cast<void *>(a.q), const_cast<void *>(a.k),
+                                    const_cast<void *>(a.v), a.out, &scale, &masked,
+                                    impl_->deviceRows};
+  const int64_t used = plan.overrides ? 7 : 6;
   std::vector<cudnnBackendDescriptor_t> pack;
   PlanBuilder b(api, pack);
   auto variants = b.make(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, "the variant pack");
-  b.set(variants, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, uids.size(), uids.data(),
+  b.set(variants, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, used, uids.data(),
         "the variant pack's ids");
-  b.set(variants, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, pointers.size(),
+  b.set(variants, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, used,
         pointers.data(), "the variant pack's pointers");
   b.set(variants, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &impl_->workspace,
         "the variant pack's workspace");
@@ -456,11 +502,16 @@ std::string CudnnAttention::describe() {
   if (!impl_->start())
     return impl_->unavailable;
   std::string text = "cudnn " + std::to_string(impl_->api->getVersion());
-  for (const auto &[key, plan] : impl_->plans)
-    if (!plan.refused.isOk()) {
-      text += "; refused T=" + std::to_string(std::get<0>(key)) + ": " + plan.refused.message();
-      break;
-    }
+  for (const auto &[key, plan] : impl_->plans) {
+    const std::string rows = std::to_string(std::get<0>(key));
+    if (!plan.refused.isOk())
+      text += "; refused " + rows + " rows: " + plan.refused.message();
+    else if (plan.overrides)
+      text += "; " + rows + " rows bounded by the prompt's";
+    else
+      text += "; " + rows + " rows, padded rows attended (bounded: " +
+              plan.boundedRefused.message() + ")";
+  }
   return text;
 }
 

@@ -224,6 +224,12 @@ __global__ void embeddingKernel(const int32_t *ids, int64_t T, const void *table
   }
 }
 
+// One word, its value a launch argument.
+__global__ void setWordKernel(int32_t *to, int32_t value) {
+  beginDependentKernel();
+  *to = value;
+}
+
 // Sixteen bytes a thread where both sides allow, else a word; one pass.
 __global__ void copyWordsKernel(const int32_t *from, int32_t *to, int64_t n, bool wide) {
   beginDependentKernel();
@@ -439,6 +445,11 @@ int swigluBf16(Stream stream, const void *gate, const void *up, int64_t stride, 
 
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n) {
   launchDependent(addKernel, gridFor(n), kThreads, 0, stream, a, b, y, n);
+  return cudaGetLastError();
+}
+
+int setWord(Stream stream, int32_t *to, int32_t value) {
+  launchDependent(setWordKernel, 1, 1, 0, stream, to, value);
   return cudaGetLastError();
 }
 

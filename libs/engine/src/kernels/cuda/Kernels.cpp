@@ -1242,6 +1242,15 @@ CudnnAttention &cudnnOf(Context &context) {
 }
 } // namespace
 
+int64_t cudnnAttentionRows(int64_t T) {
+  if (T < 4)
+    return T;
+  int64_t quarter = 1; // a quarter of the power of two at or below T
+  while (quarter * 8 <= T)
+    quarter *= 2;
+  return (T + quarter - 1) / quarter * quarter;
+}
+
 bool cudnnAttentionTakes(Context &context, const DenseAttention &shape) {
   if (detail::switchedOff("LLMIR_CUDA_CUDNN_ATTENTION"))
     return false;

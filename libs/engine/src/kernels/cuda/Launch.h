@@ -224,6 +224,9 @@ int swiglu(Stream stream, const float *gate, const float *up, float *y, int64_t 
 int swigluBf16(Stream stream, const void *gate, const void *up, int64_t stride, int64_t T,
                int64_t N, float *y, void *hi, void *lo);
 int add(Stream stream, const float *a, const float *b, float *y, int64_t n);
+/// *to = value by a kernel, in stream order (a copy from pageable memory
+/// would make the host wait for the stream).
+int setWord(Stream stream, int32_t *to, int32_t value);
 /// to[0, n) = from[0, n) by a kernel: `from` may be pinned host memory
 /// (read over the bus, as UVA maps it), a copy without the copy engine.
 int copyWords(Stream stream, const int32_t *from, int32_t *to, int64_t n);
