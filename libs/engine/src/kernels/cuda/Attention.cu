@@ -161,7 +161,8 @@ __global__ void __launch_bounds__(kRopeThreads)
       }
     }
   }
-  for (int e = static_cast<int>(blockIdx.y) * kRopeThreads + tid; (mine || denseRow) && e < kHeads * D;
+  const int valueEnd = mine || denseRow ? kHeads * D : 0;
+  for (int e = static_cast<int>(blockIdx.y) * kRopeThreads + tid; e < valueEnd;
        e += static_cast<int>(gridDim.y) * kRopeThreads) {
     const float value = v[t * g.kvRowStride + e];
     if (mine)

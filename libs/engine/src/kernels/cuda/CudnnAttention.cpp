@@ -181,9 +181,10 @@ public:
   /// c = a b (batched over the leading dims), accumulated in f32; the
   /// overrides (int32 tensors, null: none) bound m, n or k per batch.
   cudnnBackendDescriptor_t matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
-                                  cudnnBackendDescriptor_t c, cudnnBackendDescriptor_t m_ = nullptr,
-                                  cudnnBackendDescriptor_t n_ = nullptr,
-                                  cudnnBackendDescriptor_t k_ = nullptr) {
+                                  cudnnBackendDescriptor_t c,
+                                  cudnnBackendDescriptor_t mOverride = nullptr,
+                                  cudnnBackendDescriptor_t nOverride = nullptr,
+                                  cudnnBackendDescriptor_t kOverride = nullptr) {
     cudnnBackendDescriptor_t m = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "a matmul");
     const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
     set(m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32, "a matmul's precision");
@@ -194,12 +195,12 @@ public:
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a, "a matmul's a");
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b, "a matmul's b");
     setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c, "a matmul's c");
-    if (m_)
-      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, m_, "a matmul's m");
-    if (n_)
-      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, n_, "a matmul's n");
-    if (k_)
-      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, k_, "a matmul's k");
+    if (mOverride)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, mOverride, "a matmul's m");
+    if (nOverride)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, nOverride, "a matmul's n");
+    if (kOverride)
+      setDescriptor(o, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, kOverride, "a matmul's k");
     finalize(o, "a matmul operation");
     return o;
   }
@@ -361,9 +362,9 @@ struct CudnnAttention::Impl {
       b.set(heuristics, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode,
             "the heuristics' mode");
       b.finalize(heuristics, "the heuristics");
-      if (b.status().isOk() &&
-          api->getAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                            CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr) != CUDNN_STATUS_SUCCESS)
+      if (b.status().isOk() && api->getAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                                                 nullptr) != CUDNN_STATUS_SUCCESS)
         b.fail("cudnn: the heuristics' results");
     }
     if (b.status().isOk() && count == 0)
