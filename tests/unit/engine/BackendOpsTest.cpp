@@ -22,6 +22,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -1768,6 +1769,26 @@ TEST_F(BackendOps, PagedAttention) {
 // sliding window) after the window's start; f32 and bf16 caches; one and
 // three splits merged in the kernel; one and two rows (the warp decode
 // kernel's two builds).
+// The rows of cuDNN's attention plans: quarter octaves, so that a handful of
+// plans serve every prompt length with at most a quarter of padding (no
+// device needed).
+TEST(CudnnAttentionRows, QuarterOctaves) {
+  const std::vector<std::pair<int64_t, int64_t>> expected = {
+      {256, 256},   {257, 320},   {300, 320},   {320, 320},   {321, 384},  {449, 512},
+      {512, 512},   {513, 640},   {1024, 1024}, {1100, 1280}, {1500, 1536}, {2048, 2048},
+      {2049, 2560}, {5000, 5120}};
+  for (const auto &[T, rows] : expected)
+    EXPECT_EQ(cuda::cudnnAttentionRows(T), rows) << T;
+  std::set<int64_t> plans;
+  for (int64_t T = 256; T <= 8192; ++T) {
+    const int64_t rows = cuda::cudnnAttentionRows(T);
+    ASSERT_GE(rows, T);
+    ASSERT_LE(4 * rows, 5 * T) << T; // at most a quarter more
+    plans.insert(rows);
+  }
+  EXPECT_EQ(plans.size(), 21u); // 256 .. 8192 in quarter octaves
+}
+
 // A prompt's attention on cuDNN (cuda::cudnnAttention, as the backend runs
 // it at medium precision): ropeStoreDense stores the same cache rows as
 // ropeAndStore and writes the rotated bf16 rows cuDNN reads; cuDNN's causal
