@@ -252,10 +252,17 @@ struct CudnnAttention::Impl {
   int32_t *deviceRows = nullptr;
   int64_t rows = -1;
 
+  /// Destroys a plan's descriptors, the last made first.
+  void release(Plan &plan) {
+    for (auto it = plan.owned.rbegin(); it != plan.owned.rend(); ++it)
+      api->destroyDescriptor(*it);
+    plan.owned.clear();
+    plan.plan = nullptr;
+  }
+
   ~Impl() {
     for (auto &[key, plan] : plans)
-      for (auto it = plan.owned.rbegin(); it != plan.owned.rend(); ++it)
-        api->destroyDescriptor(*it);
+      release(plan);
     if (handle)
       api->destroy(handle);
     cudaFree(workspace);
@@ -433,6 +440,7 @@ bool CudnnAttention::takes(const DenseAttention &shape) {
     Impl::Plan plan = impl_->build(shape, rows, true);
     if (!plan.refused.isOk()) {
       Status bounded = plan.refused;
+      impl_->release(plan);
       plan = impl_->build(shape, rows, false);
       plan.boundedRefused = bounded;
     }
