@@ -9,6 +9,7 @@
 gpu_tests_start() {
   local label="$1" timeout="$2"
   shift 2
+  . "$root/scripts/cudnn-path.sh" # the cuDNN attention's tests run where it loads
   if [ "${1:-}" != "--bin" ]; then
     "$root/scripts/install-deps.sh"
     "$root/scripts/build.sh"

@@ -25,12 +25,7 @@ bin="${LLMIR_BIN:-$root/build/bin}"
 batches="${BATCHES:-1,8,32,128}"
 work="${TMPDIR:-/tmp}/llmir-gpu-bench"
 mkdir -p "$work"
-# cuDNN (a prompt's attention at medium precision, opened at run time) from
-# the Python environment's nvidia-cudnn wheel where the system has none.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9 '; then
-  cudnn="$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(nvidia.cudnn.__path__[0], "lib"))' 2>/dev/null || true)"
-  [ -z "$cudnn" ] || export LD_LIBRARY_PATH="$cudnn${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+. "$root/scripts/cudnn-path.sh" # a prompt's attention on cuDNN where it loads
 for shape in "${shapes[@]}"; do
   model="$work/$shape"
   [ -f "$model/model.safetensors" ] ||
