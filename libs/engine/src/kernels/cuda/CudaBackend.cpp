@@ -42,7 +42,7 @@ namespace {
 
 /// The fewest rows of a prompt whose attention runs on cuDNN
 /// (attentionOnCudnn); shorter prompts keep the prefill kernel.
-constexpr size_t kCudnnAttentionRows = 256;
+constexpr size_t kCudnnAttentionMinRows = 256;
 
 Status check(cudaError_t error, const std::string &what) {
   if (error == cudaSuccess)
@@ -351,7 +351,7 @@ public:
     packedRope_ = kNone;
     denseAttentionAt_ = kNone;
     const size_t T = step.tokenIds.size();
-    freshPrompt_ = T >= kCudnnAttentionRows;
+    freshPrompt_ = T >= kCudnnAttentionMinRows;
     for (size_t t = 0; freshPrompt_ && t < T; ++t)
       freshPrompt_ = step.positions[t] == static_cast<int32_t>(t) &&
                      step.tokenSeq[t] == step.tokenSeq[0];
