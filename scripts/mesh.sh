@@ -12,6 +12,7 @@
 # Usage: scripts/mesh.sh [--smoke] [--model DIR] [--port N] [--compiler-port N] [--tp N] [--pp M]
 #                       [--device cpu|cuda] [--kv-cache-dtype auto|f32|bf16]
 #                       [--kv-store] [--kv-store-port N] [--scheduler-arg ARG]...
+#                       [--worker-arg ARG]...
 #   --tp/--pp  the replica's degrees (default tp=2, pp=1); tp*pp workers start.
 #   --kv-store  also start llmir-kv-store (UCX port --kv-store-port, default
 #            13337; HTTP 8083): workers write full KV blocks through to it and
@@ -19,11 +20,15 @@
 #   --device cuda  the workers run on the GPUs (worker i on GPU i % count).
 #   --scheduler-arg ARG  one more argument for llmir-scheduler (e.g.
 #            --scheduler-arg --chain-decode=false).
+#   --worker-arg ARG  one more argument for every llmir-shard-worker (e.g.
+#            --worker-arg --worker.pipeline-decodes=on).
 #   --smoke  non-interactive: start everything on ephemeral ports, send one
 #            greedy completion, check its token ids against the model's
 #            reference.json (Hugging Face greedy ids), stop; exit 0 when equal.
 #   --smoke-ids N  compare only the first N ids (a bf16 KV cache keeps the
 #            first 8 of the f32 references; later ones may drift).
+#   --smoke-launched-behind  also check that worker 0 launched greedy
+#            decodes behind the running one (worker.pipeline-decodes).
 #   --smoke-logprobs TOL  also send every reference prompt with echo and
 #            logprobs and compare the served prompt-token logprobs with the
 #            log-softmax of reference_logits.safetensors (relative error at
@@ -38,6 +43,7 @@ compiler_port=8081
 smoke=0
 smoke_ids=0 # 0: every reference id
 smoke_logprobs="" # a tolerance: check the prompt's logprobs too
+smoke_launched_behind=0
 tp=2
 pp=1
 device=cpu
@@ -46,11 +52,13 @@ kv_store=0
 kv_store_port=13337
 kv_store_http_port=8083
 scheduler_args=()
+worker_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; port=0; compiler_port=0; kv_store_port=0; kv_store_http_port=0 ;;
     --smoke-ids) smoke_ids="$2"; shift ;;
     --smoke-logprobs) smoke_logprobs="$2"; shift ;;
+    --smoke-launched-behind) smoke_launched_behind=1 ;;
     --kv-store) kv_store=1 ;;
     --kv-store-port) kv_store_port="$2"; shift ;;
     --model) model="$2"; shift ;;
@@ -61,7 +69,8 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift ;;
     --kv-cache-dtype) kv_cache_dtype="$2"; shift ;;
     --scheduler-arg) scheduler_args+=("$2"); shift ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --worker-arg) worker_args+=("$2"); shift ;;
+    -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "mesh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -180,7 +189,7 @@ for ((rank = 0; rank < tp * pp; rank++)); do
   start "worker-$rank" "$bin/llmir-shard-worker" --scheduler.host=127.0.0.1 \
     --scheduler.port="$worker_port" --http.host=127.0.0.1 --http.port=0 --worker.threads=1 \
     --worker.device="$worker_device" --worker.collectives="$collectives" \
-    --worker.kv-cache-dtype="$kv_cache_dtype"
+    --worker.kv-cache-dtype="$kv_cache_dtype" ${worker_args[@]+"${worker_args[@]}"}
 done
 # /readyz answers 200 once a replica has every rank ready.
 for _ in $(seq 1200); do
@@ -276,6 +285,15 @@ PY
         fail "worker-$rank" "worker $rank ran no KV_STORE instruction (${kv_stores:-no metric})"
     done
     echo "   every rank wrote them through its program's KV_STORE"
+  fi
+  if [ "$smoke_launched_behind" = 1 ]; then
+    worker_http="$(sed -n 's/.*"msg":"connected".*"http_port":\([0-9]*\).*/\1/p' \
+      "$workdir/worker-0.log" | head -n 1)"
+    behind="$(curl -sf "http://127.0.0.1:$worker_http/metrics" |
+      sed -n 's/^llmir:worker_steps_launched_behind_total \([0-9.e+]*\)$/\1/p')"
+    [ -n "$behind" ] && [ "${behind%%.*}" -ge 1 ] ||
+      fail worker-0 "worker 0 launched no decode behind the running one (${behind:-no metric})"
+    echo "   worker 0 launched ${behind%%.*} decodes behind the running one"
   fi
   echo "mesh.sh --smoke: ok"
   exit 0

@@ -54,6 +54,7 @@ struct Settings {
   unsigned threads = 0;
   net::LogLevel logLevel = net::LogLevel::Info;
   std::string clusterSecretFile;
+  std::string pipelineDecodes = "auto";
   uint64_t failStep = 0; // fault injection: 0 never
 };
 
@@ -84,6 +85,12 @@ struct Metrics {
           .Name("llmir:worker_steps_total")
           .Help("Steps run, by outcome (ok, error).")
           .Register(*registry);
+  prometheus::Counter &stepsLaunchedBehind =
+      prometheus::BuildCounter()
+          .Name("llmir:worker_steps_launched_behind_total")
+          .Help("Greedy decodes launched behind the running step (worker.pipeline-decodes).")
+          .Register(*registry)
+          .Add({});
 
   // The KV-block store (docs/kv-store.md): mirrors of the worker's counters,
   // brought up to date at every scrape.
@@ -176,7 +183,25 @@ public:
   }
 
   proto::StepResponse step(const proto::StepRequest &request) override {
-    proto::StepResponse response = worker_.step(request);
+    return counted(worker_.step(request));
+  }
+  bool launchStep(const proto::StepRequest &request) override {
+    return worker_.launchStep(request);
+  }
+  bool launchStepBehind(const proto::StepRequest &request) override {
+    if (!worker_.launchStepBehind(request))
+      return false;
+    metrics_.stepsLaunchedBehind.Increment();
+    return true;
+  }
+  proto::StepResponse finishStep() override { return counted(worker_.finishStep()); }
+
+  proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request) override {
+    return worker_.loadKvBlocks(request);
+  }
+
+private:
+  proto::StepResponse counted(proto::StepResponse response) {
     metrics_.steps.Add({{"outcome", response.ok() ? "ok" : "error"}}).Increment();
     if (!response.ok())
       net::logError("step failed", {{"step_id", response.step_id()},
@@ -185,11 +210,6 @@ public:
     return response;
   }
 
-  proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request) override {
-    return worker_.loadKvBlocks(request);
-  }
-
-private:
   llmir::shard_worker::ShardWorker &worker_;
   Metrics &metrics_;
   std::atomic<bool> &ready_;
@@ -232,6 +252,9 @@ int main(int argc, char **argv) {
   config.add("cluster.secret-file", &s.clusterSecretFile,
              "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
              "docs/reliability.md)");
+  config.add("worker.pipeline-decodes", &s.pipelineDecodes,
+             "auto, on or off: a one-rank replica's greedy decodes launched behind the "
+             "running one (auto: where the device runs ahead of the host, CUDA)");
   config.add("debug.fail-step", &s.failStep,
              "fault injection for tests: this worker's Nth step fails before it runs "
              "(0: never)");
@@ -259,6 +282,9 @@ int main(int argc, char **argv) {
     if (!parsedPrecision)
       return parsedPrecision.status().withContext("worker.matmul-precision");
     matmulPrecision = *parsedPrecision;
+    if (s.pipelineDecodes != "auto" && s.pipelineDecodes != "on" && s.pipelineDecodes != "off")
+      return llmir::Status::error("worker.pipeline-decodes '" + s.pipelineDecodes +
+                                  "' is not one of auto, on, off");
     return llmir::Status::ok();
   };
   if (std::optional<int> exitCode = config.loadService(argc, argv, validate))
@@ -306,6 +332,10 @@ int main(int argc, char **argv) {
   options.collectiveTimeout = std::chrono::milliseconds(s.collectiveTimeoutMs);
   options.threads = s.threads;
   options.failStep = s.failStep;
+  using Pipeline = llmir::shard_worker::ShardWorkerOptions::PipelineDecodes;
+  options.pipelineDecodes = s.pipelineDecodes == "on"    ? Pipeline::On
+                            : s.pipelineDecodes == "off" ? Pipeline::Off
+                                                         : Pipeline::Auto;
   llmir::shard_worker::ShardWorker worker(options, observer);
 
   std::atomic<bool> ready{false};

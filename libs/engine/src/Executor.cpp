@@ -375,6 +375,8 @@ Status Executor::launchGreedy(const StepInput &input) {
   return Status::ok();
 }
 
+bool Executor::launchesAhead() const { return backend_->takesTokensFromLastArgmax(); }
+
 Result<std::vector<int32_t>> Executor::collectGreedy() {
   if (greedyInFlight_ == 0)
     return Status::error("collectGreedy: no launched greedy step to collect");

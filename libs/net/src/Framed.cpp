@@ -632,7 +632,7 @@ Status FramedClient::send(const proto::Envelope &envelope) {
   return impl_->connection->send(envelope);
 }
 
-Result<proto::Envelope> FramedClient::receive(std::chrono::milliseconds timeout) {
+Result<proto::Envelope> FramedClient::receive(std::chrono::microseconds timeout) {
   std::unique_lock lock(impl_->mu);
   impl_->cv.wait_for(lock, timeout, [&] {
     return !impl_->inbox.empty() || impl_->closeReason.has_value();
@@ -644,8 +644,10 @@ Result<proto::Envelope> FramedClient::receive(std::chrono::milliseconds timeout)
   }
   if (impl_->closeReason)
     return impl_->closeReason->withContext("framed receive");
-  return Status::error("framed receive from " + impl_->connection->peer() +
-                       ": nothing within " + std::to_string(timeout.count()) + " ms");
+  const int64_t us = timeout.count();
+  return Status::error("framed receive from " + impl_->connection->peer() + ": nothing within " +
+                       (us % 1000 == 0 ? std::to_string(us / 1000) + " ms"
+                                       : std::to_string(us) + " us"));
 }
 
 const FramedConnectionPtr &FramedClient::connection() const {

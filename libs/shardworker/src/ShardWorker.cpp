@@ -123,6 +123,7 @@ void ShardWorker::tearDown() {
       addCounters(retiredKvStoreCounters_, kvStore_->counters());
     kvStore_.reset(); // before the executor it reads
   }
+  pipeline_.reset(); // answers what it launched, before the executor goes
   executor_.reset();
   timedComm_.reset();
   comm_.reset();
@@ -204,6 +205,14 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   // One stage: every rank has the gathered logits and draws the same token
   // (the same bits, the same seeded uniform), which its chained decodes need.
   samples_ = decides_ || program_.num_stages() <= 1;
+  // Pipelined greedy decodes on a replica of one rank (with collectives,
+  // every rank would have to launch the same steps behind).
+  using Pipeline = ShardWorkerOptions::PipelineDecodes;
+  const bool pipelines =
+      options_.pipelineDecodes == Pipeline::On ||
+      (options_.pipelineDecodes == Pipeline::Auto && executor_->launchesAhead());
+  if (pipelines && assign.world_size() == 1 && decides_)
+    pipeline_ = std::make_unique<serving::GreedyPipeline>(*executor_, chain_);
   loadedBytes_ = weightSliceBytes(program_);
   if (assign.has_kv_store()) {
     // The store is a cache: a rank that cannot use it still serves.
@@ -239,6 +248,39 @@ proto::RankReady ShardWorker::setUp(const proto::AssignRank &assign) {
   ready.set_ok(true);
   ready.set_loaded_bytes(loadedBytes_);
   return ready;
+}
+
+bool ShardWorker::launchStep(const proto::StepRequest &request) {
+  // The step failing on purpose (failStep) takes step()'s path.
+  if (!pipeline_ || steps_ + 1 == options_.failStep || !pipeline_->launch(request))
+    return false;
+  ++steps_;
+  return true;
+}
+
+bool ShardWorker::launchStepBehind(const proto::StepRequest &request) {
+  if (!pipeline_ || steps_ + 1 == options_.failStep || !pipeline_->launchBehind(request))
+    return false;
+  ++steps_;
+  return true;
+}
+
+proto::StepResponse ShardWorker::finishStep() {
+  if (!pipeline_ || pipeline_->empty()) {
+    proto::StepResponse response;
+    response.set_ok(false);
+    response.set_error("no launched step to answer");
+    return response;
+  }
+  double seconds = 0;
+  proto::StepResponse response = pipeline_->finish(seconds);
+  response.set_rank(rank_);
+  if (response.ok()) {
+    response.set_step_seconds(seconds);
+    if (observer_.stepSeconds)
+      observer_.stepSeconds("decode", seconds);
+  }
+  return response;
 }
 
 proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {

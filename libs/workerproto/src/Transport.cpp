@@ -19,7 +19,7 @@ public:
   explicit TcpSchedulerLink(std::unique_ptr<net::FramedClient> client)
       : client_(std::move(client)) {}
   Status send(const proto::Envelope &envelope) override { return client_->send(envelope); }
-  Result<proto::Envelope> receive(std::chrono::milliseconds timeout) override {
+  Result<proto::Envelope> receive(std::chrono::microseconds timeout) override {
     return client_->receive(timeout);
   }
   bool isOpen() const override { return client_->connection()->isOpen(); }

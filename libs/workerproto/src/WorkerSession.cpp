@@ -3,6 +3,7 @@
 #include "llmir/net/Log.h"
 #include "llmir/workerproto/Messages.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -87,6 +88,11 @@ SessionEnd runWorkerSession(SchedulerLink &link, RankRunner &runner,
 
   SessionEnd end = SessionEnd::SchedulerLost;
   std::optional<std::chrono::steady_clock::time_point> drainDeadline;
+  // A message taken while launched steps ran, handled next; the last
+  // launched step's time on the device (its answer's step_seconds).
+  std::optional<proto::Envelope> pending;
+  double lastStepSeconds = 0.0;
+  constexpr int64_t kMostWaitUs = 5000;
   for (;;) {
     if (sender.failed()) {
       end = SessionEnd::SendFailed;
@@ -106,7 +112,9 @@ SessionEnd runWorkerSession(SchedulerLink &link, RankRunner &runner,
       end = SessionEnd::DrainGraceOver;
       break;
     }
-    auto message = link.receive(options.pollPeriod);
+    Result<proto::Envelope> message =
+        pending ? Result<proto::Envelope>(std::move(*pending)) : link.receive(options.pollPeriod);
+    pending.reset();
     if (!message) {
       if (link.isOpen())
         continue; // just a receive timeout
@@ -134,11 +142,48 @@ SessionEnd runWorkerSession(SchedulerLink &link, RankRunner &runner,
         break;
       }
     } else if (message->has_step_request()) {
-      if (!sender.send(stepResponseMessage(runner.step(message->step_request())),
-                       "StepResponse")) {
-        end = SessionEnd::SendFailed;
-        break;
+      if (!runner.launchStep(message->step_request())) {
+        if (!sender.send(stepResponseMessage(runner.step(message->step_request())),
+                         "StepResponse")) {
+          end = SessionEnd::SendFailed;
+          break;
+        }
+        continue;
       }
+      // Launched: while it runs, a step the scheduler already sent is
+      // launched behind it (a chained decode), then the oldest is answered,
+      // and so on while they keep coming; a drain or any other message
+      // waits for the launched steps' answers.
+      size_t launched = 1;
+      while (launched > 0) {
+        // With only the oldest step running, its successor is usually on its
+        // way: the scheduler sends it on the answer before. Waiting for it up
+        // to ~3/4 of a step (the running one still has that long to go)
+        // costs nothing and lets it start behind; a step launched behind
+        // the running one means no wait.
+        const auto wait = std::chrono::microseconds(
+            launched == 1 ? std::min<int64_t>(static_cast<int64_t>(750'000 * lastStepSeconds),
+                                              kMostWaitUs)
+                          : 0);
+        if (!pending && !sender.failed())
+          if (auto next = link.receive(wait))
+            pending = std::move(*next);
+        const bool draining = drainDeadline || sender.failed() ||
+                              (options.terminationRequested && options.terminationRequested());
+        if (pending && pending->has_step_request() && !draining &&
+            runner.launchStepBehind(pending->step_request())) {
+          pending.reset();
+          ++launched;
+          continue;
+        }
+        --launched;
+        proto::StepResponse answer = runner.finishStep();
+        lastStepSeconds = answer.ok() ? answer.step_seconds() : 0.0;
+        if (!sender.send(stepResponseMessage(std::move(answer)), "StepResponse"))
+          end = SessionEnd::SendFailed;
+      }
+      if (end == SessionEnd::SendFailed)
+        break;
     } else if (message->has_kv_load_request()) {
       if (!sender.send(kvLoadResponseMessage(runner.loadKvBlocks(message->kv_load_request())),
                        "KvLoadResponse")) {

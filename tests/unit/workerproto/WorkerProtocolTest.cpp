@@ -594,7 +594,7 @@ public:
       return Status::error("injected: the socket buffer is full");
     return inner_->send(envelope);
   }
-  Result<proto::Envelope> receive(std::chrono::milliseconds timeout) override {
+  Result<proto::Envelope> receive(std::chrono::microseconds timeout) override {
     return inner_->receive(timeout);
   }
   bool isOpen() const override { return inner_->isOpen(); }

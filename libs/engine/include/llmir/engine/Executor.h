@@ -140,6 +140,12 @@ public:
   static constexpr int kMaxGreedyInFlight = 2;
   Status launchGreedy(const StepInput &step);
   Result<std::vector<int32_t>> collectGreedy();
+  /// Whether launchGreedy returns before the step has run and a
+  /// tokensFromLastGreedy step takes its tokens on the device (a CUDA
+  /// backend of one stage): then launching a step behind the running one
+  /// keeps the device busy. Elsewhere the step runs at launch, and a step
+  /// launched behind only delays the answer of the one before it.
+  bool launchesAhead() const;
 
   const KvCacheShape &kvCacheShape() const;
 

@@ -103,7 +103,7 @@ public:
   Status send(const proto::Envelope &envelope);
   /// The next queued envelope; fails on timeout or once the connection has
   /// closed and the queue is empty (the message says why it closed).
-  Result<proto::Envelope> receive(std::chrono::milliseconds timeout);
+  Result<proto::Envelope> receive(std::chrono::microseconds timeout);
   const FramedConnectionPtr &connection() const;
   /// Closes the connection and joins the I/O thread. Not callable from a callback.
   void close();

@@ -13,6 +13,7 @@
 #include "llmir/proto/worker.pb.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/EngineCommunicator.h"
+#include "llmir/serving/GreedyPipeline.h"
 #include "llmir/serving/StepSampling.h"
 
 #include <chrono>
@@ -97,6 +98,12 @@ struct ShardWorkerOptions {
   /// The internal plane's secret: proves this worker to the rendezvous store
   /// and the compiler service.
   std::optional<std::string> clusterSecret;
+  /// Greedy decodes of a one-rank replica launched behind the running one
+  /// (launchStepBehind): Auto where the executor launches ahead of the
+  /// device (Executor::launchesAhead: CUDA), On also elsewhere (tests), Off
+  /// never.
+  enum class PipelineDecodes { Auto, On, Off };
+  PipelineDecodes pipelineDecodes = PipelineDecodes::Auto;
   /// Fault injection (tests): the Nth step this worker is sent, counted over
   /// every assignment, fails before it runs, as a step failing on one rank
   /// before its collectives does (0: never).
@@ -114,6 +121,13 @@ public:
   /// Runs one step on this rank. The deciding rank (first rank of the last
   /// pipeline stage) samples; the others answer with an empty token list.
   proto::StepResponse step(const proto::StepRequest &request);
+  /// Pipelined greedy decodes on a one-rank replica (serving::GreedyPipeline;
+  /// workerproto::RankRunner's launchStep / launchStepBehind / finishStep):
+  /// a chained decode launched behind the running one, its tokens that
+  /// step's ids on the device. False: nothing launched (step() answers it).
+  bool launchStep(const proto::StepRequest &request);
+  bool launchStepBehind(const proto::StepRequest &request);
+  proto::StepResponse finishStep();
 
   /// Fills blocks from the KV-block store (KvLoadRequest, between steps).
   proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request);
@@ -145,6 +159,9 @@ private:
   // sends them; ReplicaInfo::chainsDecode): every rank of one stage holds
   // the gathered logits and samples, so each fills its own chained inputs.
   serving::DecodeChain chain_;
+  // A one-rank replica's pipelined greedy decodes (over executor_ and chain_;
+  // reset before the executor).
+  std::unique_ptr<serving::GreedyPipeline> pipeline_;
   // The KV-block store (AssignRank.kv_store); null without one or when it
   // could not be set up (the rank then serves without it).
   mutable std::mutex kvStoreMutex_; // kvStore_ and retired counters vs. metrics

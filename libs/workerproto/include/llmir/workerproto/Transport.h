@@ -49,7 +49,7 @@ public:
   /// stopped reading (queue bound).
   virtual Status send(const proto::Envelope &envelope) = 0;
   /// The next envelope; fails on timeout or once closed (then isOpen() is false).
-  virtual Result<proto::Envelope> receive(std::chrono::milliseconds timeout) = 0;
+  virtual Result<proto::Envelope> receive(std::chrono::microseconds timeout) = 0;
   virtual bool isOpen() const = 0;
   /// "ip:port" of the scheduler.
   virtual std::string peer() const = 0;

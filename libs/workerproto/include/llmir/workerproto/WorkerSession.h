@@ -28,6 +28,20 @@ public:
   virtual proto::RankReady setUp(const proto::AssignRank &assign) = 0;
   /// Runs one step on this rank.
   virtual proto::StepResponse step(const proto::StepRequest &request) = 0;
+  /// Pipelined steps (a runner that has none keeps these defaults):
+  /// launchStep() starts `request` and returns without its answer, or
+  /// returns false having started nothing (the session then calls step());
+  /// launchStepBehind() starts a step behind the ones launched, or returns
+  /// false; finishStep() answers the oldest launched step. The session
+  /// answers every launched step before it handles another message.
+  virtual bool launchStep(const proto::StepRequest &) { return false; }
+  virtual bool launchStepBehind(const proto::StepRequest &) { return false; }
+  virtual proto::StepResponse finishStep() {
+    proto::StepResponse response;
+    response.set_ok(false);
+    response.set_error("this rank launches no steps");
+    return response;
+  }
   /// Fills blocks from the KV-block store (AssignRank.kv_store); a rank
   /// without a store answers that it has none.
   virtual proto::KvLoadResponse loadKvBlocks(const proto::KvLoadRequest &request) {
