@@ -103,7 +103,7 @@ struct ShardWorkerOptions {
   /// device (Executor::launchesAhead: CUDA), On also elsewhere (tests), Off
   /// never.
   enum class PipelineDecodes { Auto, On, Off };
-  PipelineDecodes pipelineDecodes = PipelineDecodes::Auto;
+  PipelineDecodes pipelineDecodes = PipelineDecodes::Off; // Auto once measured on a GPU
   /// Fault injection (tests): the Nth step this worker is sent, counted over
   /// every assignment, fails before it runs, as a step failing on one rank
   /// before its collectives does (0: never).
