@@ -11,7 +11,8 @@
 # DEVICE=cpu runs the same on the CPU; CHAIN_DECODE=false turns the
 # scheduler's chained decodes off (docs/services.md) for an A/B, and
 # PIPELINE_DECODES=off|auto|on the worker's decodes launched behind the
-# running one (worker.pipeline-decodes; auto: on with CUDA; default off). Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
+# running one (worker.pipeline-decodes; auto: on with CUDA; default off).
+# Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
 # tokenizer (bench/gpu's random ones) gets the demo model's: the prompts are
 # its words and the ids it generates are streamed, not read.
 set -euo pipefail
