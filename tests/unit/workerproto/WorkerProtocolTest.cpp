@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <future>
 #include <thread>
 
@@ -654,6 +655,107 @@ TEST(WorkerProtocolTest, SendFailuresDropTheConnectionOnBothSides) {
     ASSERT_EQ(worker.end.wait_for(30s), std::future_status::ready);
     EXPECT_EQ(worker.end.get(), SessionEnd::SchedulerLost);
   }
+}
+
+} // namespace
+} // namespace llmir::workerproto
+
+namespace llmir::workerproto {
+namespace {
+
+/// A scheduler link over in-memory queues: the envelopes given, then none.
+class QueuedLink final : public SchedulerLink {
+public:
+  explicit QueuedLink(std::vector<proto::Envelope> incoming)
+      : incoming_(incoming.begin(), incoming.end()) {}
+  Status send(const proto::Envelope &envelope) override {
+    std::lock_guard lock(mutex_);
+    if (envelope.has_step_response())
+      answered_.push_back(envelope.step_response().step_id());
+    return Status::ok();
+  }
+  Result<proto::Envelope> receive(std::chrono::microseconds) override {
+    std::lock_guard lock(mutex_);
+    if (incoming_.empty())
+      return Status::error("nothing queued");
+    proto::Envelope e = std::move(incoming_.front());
+    incoming_.pop_front();
+    return e;
+  }
+  bool isOpen() const override { return true; }
+  std::string peer() const override { return "queued"; }
+  void abort(Status) override {}
+  void close() override {}
+  std::vector<uint64_t> answered() {
+    std::lock_guard lock(mutex_);
+    return answered_;
+  }
+
+private:
+  std::mutex mutex_;
+  std::deque<proto::Envelope> incoming_;
+  std::vector<uint64_t> answered_;
+};
+
+/// A runner that launches every step, at most two at once, and logs the
+/// calls the session makes.
+class LaunchingRunner final : public RankRunner {
+public:
+  proto::RankReady setUp(const proto::AssignRank &) override { return {}; }
+  proto::StepResponse step(const proto::StepRequest &request) override {
+    calls.push_back("step " + std::to_string(request.step_id()));
+    return answer(request.step_id());
+  }
+  bool launchStep(const proto::StepRequest &request) override {
+    calls.push_back("launch " + std::to_string(request.step_id()));
+    launched.push_back(request.step_id());
+    return true;
+  }
+  bool launchStepBehind(const proto::StepRequest &request) override {
+    if (launched.size() >= 2)
+      return false;
+    calls.push_back("behind " + std::to_string(request.step_id()));
+    launched.push_back(request.step_id());
+    return true;
+  }
+  proto::StepResponse finishStep() override {
+    const uint64_t id = launched.front();
+    launched.pop_front();
+    calls.push_back("finish " + std::to_string(id));
+    return answer(id);
+  }
+  std::vector<std::string> calls;
+
+private:
+  static proto::StepResponse answer(uint64_t id) {
+    proto::StepResponse response;
+    response.set_step_id(id);
+    response.set_ok(true);
+    return response;
+  }
+  std::deque<uint64_t> launched;
+};
+
+proto::Envelope stepNumbered(uint64_t id) {
+  proto::StepRequest request;
+  request.set_step_id(id);
+  return stepRequestMessage(request);
+}
+
+TEST(WorkerSessionPipelining, StepsLaunchBehindTheRunningOneAndAreAnsweredInOrder) {
+  // Three steps queued, then the scheduler's Drain: each step after the
+  // first goes behind the one running (at most two launched), every answer
+  // in order, and the Drain waits for the launched steps' answers.
+  QueuedLink link({stepNumbered(1), stepNumbered(2), stepNumbered(3),
+                   drainMessage("the scheduler is done")});
+  LaunchingRunner runner;
+  WorkerSessionOptions options;
+  options.workerId = "w";
+  options.heartbeatPeriod = std::chrono::hours(1);
+  EXPECT_EQ(runWorkerSession(link, runner, options), SessionEnd::DrainedByScheduler);
+  EXPECT_EQ(runner.calls, (std::vector<std::string>{"launch 1", "behind 2", "finish 1",
+                                                    "behind 3", "finish 2", "finish 3"}));
+  EXPECT_EQ(link.answered(), (std::vector<uint64_t>{1, 2, 3}));
 }
 
 } // namespace
