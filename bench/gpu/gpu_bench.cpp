@@ -162,6 +162,18 @@ double since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+/// `text` as the inside of a JSON string.
+std::string jsonEscaped(const std::string &text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20)
+      out += c;
+  }
+  return out;
+}
+
 /// "key": value pairs of a JSON object, in key order.
 template <typename Value> std::string jsonObject(const std::map<int64_t, Value> &values) {
   std::string out;
@@ -722,12 +734,13 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
               "\"collectives\": \"%s\", \"matmul_precision\": \"%s\", \"weight_bytes\": %.0f, "
               "\"load_s\": %.2f, \"prompt\": %d, \"new_tokens\": %d, \"decode_tok_s\": %s, "
               "\"decode_ms\": %s, \"decode_ids_hash\": %s, \"prefill_%d_ms\": %.3f, "
-              "\"first_prefill_ms\": %.3f, %s%s}\n",
+              "\"first_prefill_ms\": %.3f, \"prompt_attention\": \"%s\", %s%s}\n",
               deviceFields.c_str(), o.tp, o.pp, world,
               ctx.runtime ? (ctx.nccl ? "nccl" : "gloo") : "none", o.matmulPrecision.c_str(),
               weightBytes, loadSeconds, o.prompt, o.newTokens, jsonObject(tokPerS).c_str(),
               jsonObject(msPerStep).c_str(), jsonObject(idsHashes).c_str(), o.prefill, prefillMs,
-              firstPrefillMs, predicted.c_str(), collectives->c_str());
+              firstPrefillMs, jsonEscaped((*executor)->promptAttentionLibrary()).c_str(),
+              predicted.c_str(), collectives->c_str());
   std::fflush(stdout);
   return Status::ok();
 }

@@ -68,6 +68,9 @@ public:
   /// executor puts lastLaunchedIds() in the step on the host.
   virtual bool takesTokensFromLastArgmax() const { return false; }
   const std::vector<int32_t> &lastLaunchedIds() const { return lastLaunched_; }
+  /// What runs a prompt's attention beside the backend's own kernels (the
+  /// CUDA backend's cuDNN, its plans or why not); empty for none.
+  virtual std::string promptAttentionLibrary() { return {}; }
 
 private:
   std::deque<std::vector<int32_t>> launched_; // not yet collected, oldest first

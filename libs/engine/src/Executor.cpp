@@ -377,6 +377,8 @@ Status Executor::launchGreedy(const StepInput &input) {
 
 bool Executor::launchesAhead() const { return backend_->takesTokensFromLastArgmax(); }
 
+std::string Executor::promptAttentionLibrary() { return backend_->promptAttentionLibrary(); }
+
 Result<std::vector<int32_t>> Executor::collectGreedy() {
   if (greedyInFlight_ == 0)
     return Status::error("collectGreedy: no launched greedy step to collect");

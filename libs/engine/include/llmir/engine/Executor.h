@@ -146,6 +146,10 @@ public:
   /// keeps the device busy. Elsewhere the step runs at launch, and a step
   /// launched behind only delays the answer of the one before it.
   bool launchesAhead() const;
+  /// What runs a prompt's attention beside the backend's own kernels: on a
+  /// CUDA device cuDNN's version and the plans built so far, or why cuDNN
+  /// is not used; empty on the CPU.
+  std::string promptAttentionLibrary();
 
   const KvCacheShape &kvCacheShape() const;
 

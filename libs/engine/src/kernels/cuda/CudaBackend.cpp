@@ -659,6 +659,9 @@ public:
   /// may run steps ahead (stepsAhead_); pipeline stages keep the executor's
   /// host path.
   bool takesTokensFromLastArgmax() const override { return stepsAhead_; }
+  std::string promptAttentionLibrary() override {
+    return cuda::cudnnAttentionDescription(context_);
+  }
 
   Result<int64_t> launchArgmaxRows(uint32_t slot) override {
     if (!stepsAhead_)
