@@ -1288,18 +1288,24 @@ private:
   /// Where the instruction at `index` writes the halves of its output x for
   /// the product planSplitsInProducers paired it with, this step (null hi:
   /// it does not; the product splits x itself), and whether it writes the
-  /// halves only. Tells that product (splitLinear_).
+  /// halves only. Tells that product (splitLinear_). roomRows > x's rows:
+  /// the halves have room for that many rows (a producer writing rows past
+  /// x's: cuDNN's padded ones); the scratch only grows, so the product's
+  /// halves stay where they are.
   struct ProducedSplit {
     cuda::SplitInput split;
     bool halvesOnly = false;
   };
-  Result<ProducedSplit> splitInProducer(size_t index, const DeviceTensor &x) {
+  Result<ProducedSplit> splitInProducer(size_t index, const DeviceTensor &x,
+                                        int64_t roomRows = 0) {
     ProducedSplit produced;
     if (index >= splitBy_.size() || splitBy_[index] == kNone)
       return produced;
     const size_t linear = splitBy_[index];
     Result<std::vector<cuda::LinearOutput>> outputs = linearOutputs(linear, x);
     LLMIR_RETURN_IF_ERROR(outputs.status());
+    if (roomRows > x.rows())
+      LLMIR_RETURN_IF_ERROR(cuda::splitInputFor(context_, roomRows, *outputs).status());
     Result<cuda::SplitInput> into = cuda::splitInputFor(context_, x.rows(), *outputs);
     LLMIR_RETURN_IF_ERROR(into.status());
     produced.split = *into;
@@ -2124,19 +2130,12 @@ private:
         if (keysStored && ropeFoldedIntoPrefill(index - 2)) {
           Result<RopeStoreOperands> r = ropeStoreOperands(index - 2);
           LLMIR_RETURN_IF_ERROR(r.status());
-          // cuDNN's plan may write its padded rows (cudnnAttentionRows) past
-          // the step's: room for them where the O product reads its halves
-          // (the scratch only grows; splitInProducer then gives its place).
           const bool onCudnn = denseAttentionAt_ == index; // rows from the ROPE launch
           denseAttentionAt_ = kNone;
-          if (onCudnn) {
-            Result<std::vector<cuda::LinearOutput>> reader = linearOutputs(splitBy_[index], o);
-            LLMIR_RETURN_IF_ERROR(reader.status());
-            LLMIR_RETURN_IF_ERROR(
-                cuda::splitInputFor(context_, cuda::cudnnAttentionRows(T()), *reader).status());
-          }
-          // The O projection's halves from this launch (planSplitsInProducers).
-          Result<ProducedSplit> split = splitInProducer(index, o);
+          // The O projection's halves from this launch (planSplitsInProducers),
+          // with room for the rows cuDNN's plan may write past the step's.
+          Result<ProducedSplit> split =
+              splitInProducer(index, o, onCudnn ? cuda::cudnnAttentionRows(T()) : 0);
           LLMIR_RETURN_IF_ERROR(split.status());
           const bool packed = packedRope_ == index - 2;
           packedRope_ = kNone;
