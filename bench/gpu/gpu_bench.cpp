@@ -54,6 +54,8 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include <boost/json.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -160,18 +162,6 @@ Options parse(int argc, char **argv) {
 
 double since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-/// `text` as the inside of a JSON string.
-std::string jsonEscaped(const std::string &text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '"' || c == '\\')
-      out += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20)
-      out += c;
-  }
-  return out;
 }
 
 /// "key": value pairs of a JSON object, in key order.
@@ -734,12 +724,13 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
               "\"collectives\": \"%s\", \"matmul_precision\": \"%s\", \"weight_bytes\": %.0f, "
               "\"load_s\": %.2f, \"prompt\": %d, \"new_tokens\": %d, \"decode_tok_s\": %s, "
               "\"decode_ms\": %s, \"decode_ids_hash\": %s, \"prefill_%d_ms\": %.3f, "
-              "\"first_prefill_ms\": %.3f, \"prompt_attention\": \"%s\", %s%s}\n",
+              "\"first_prefill_ms\": %.3f, \"prompt_attention\": %s, %s%s}\n",
               deviceFields.c_str(), o.tp, o.pp, world,
               ctx.runtime ? (ctx.nccl ? "nccl" : "gloo") : "none", o.matmulPrecision.c_str(),
               weightBytes, loadSeconds, o.prompt, o.newTokens, jsonObject(tokPerS).c_str(),
               jsonObject(msPerStep).c_str(), jsonObject(idsHashes).c_str(), o.prefill, prefillMs,
-              firstPrefillMs, jsonEscaped((*executor)->promptAttentionLibrary()).c_str(),
+              firstPrefillMs, boost::json::serialize(boost::json::string((*executor)->promptAttentionLibrary()))
+                  .c_str(),
               predicted.c_str(), collectives->c_str());
   std::fflush(stdout);
   return Status::ok();
