@@ -33,16 +33,12 @@ def near_tie(generate, model_dir, case, k, ids, margin):
     """Whether the CPU's f32 logits after the prompt and the reference's
     first k ids put both candidate `ids` within `margin` (relative to the
     row's largest magnitude) of the top: a tie the precision cannot settle."""
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = os.path.join(tmp, "logits.safetensors")
-        prompt = case["prompt_ids"] + case["greedy_ids"][:k]
-        proc = run(generate, "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
-                   "--max-tokens", "1", "--ignore-eos", "--json", "--device", "cpu",
-                   "--dump-prompt-logits", dump)
-        if proc.returncode != 0:
-            return False
-        shape, data = read_safetensors(dump)["logits"]
-        row = data[(shape[0] - 1) * shape[1]:shape[0] * shape[1]]
+    logits = prompt_logits(generate, model_dir, case["prompt_ids"] + case["greedy_ids"][:k],
+                           ["--device", "cpu"])
+    if logits is None:
+        return False
+    shape, data = logits
+    row = data[(shape[0] - 1) * shape[1]:shape[0] * shape[1]]
     top = max(row)
     return all(top - row[i] <= margin * max(abs(x) for x in row) for i in ids)
 
@@ -86,15 +82,19 @@ def check_model(generate, model_dir, extra, label, tolerance, exact_ids=None, ti
           f"{worst:.2e})", flush=True)
 
 
-def prompt_logits(generate, model_dir, prompt, extra, env=None):
-    """The logits of every prompt row (--dump-prompt-logits), or None."""
+def prompt_logits(generate, model_dir, prompt, extra, env=None, label=None):
+    """Every prompt row's logits, (shape, data), through --dump-prompt-logits;
+    None when llmir-generate fails, a failure of the test where `label`
+    names the run."""
     with tempfile.TemporaryDirectory() as tmp:
         dump = os.path.join(tmp, "logits.safetensors")
         proc = run(generate, "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
                    "--max-tokens", "1", "--ignore-eos", "--json", "--dump-prompt-logits", dump,
                    *extra, env=env)
-        check(proc.returncode == 0, f"{extra} {model_dir}: exit {proc.returncode}: {proc.stderr}")
-        return read_safetensors(dump)["logits"][1] if proc.returncode == 0 else None
+        if label is not None:
+            check(proc.returncode == 0,
+                  f"{label} {model_dir}: exit {proc.returncode}: {proc.stderr}")
+        return read_safetensors(dump)["logits"] if proc.returncode == 0 else None
 
 
 def check_long_prompt(generate, demo):
@@ -103,14 +103,15 @@ def check_long_prompt(generate, demo):
     prefill kernel with LLMIR_CUDA_CUDNN_ATTENTION=0: every row's logits
     within 2e-2 of the CPU's f32 ones, both ways."""
     prompt = [(i * 37 + 11) % 2048 for i in range(600)]
-    cpu = prompt_logits(generate, demo, prompt, ["--device", "cpu"])
+    cpu = prompt_logits(generate, demo, prompt, ["--device", "cpu"], label="cpu, 600-token prompt")
     medium = ["--device", "cuda", "--matmul-precision", "medium"]
     errors = {}
     for label, switch in (("cudnn where it loads", "1"), ("the prefill kernel", "0")):
         env = dict(os.environ, LLMIR_CUDA_CUDNN_ATTENTION=switch)
-        cuda = prompt_logits(generate, demo, prompt, medium, env)
+        cuda = prompt_logits(generate, demo, prompt, medium, env,
+                             label=f"cuda medium, 600-token prompt, {label}")
         if cpu is not None and cuda is not None:
-            errors[label] = relative_error(cuda, cpu)
+            errors[label] = relative_error(cuda[1], cpu[1])
             check(errors[label] <= 2e-2, f"cuda medium, 600-token prompt, {label}: logits "
                                          f"{errors[label]:.2e} from the CPU's")
     print(f"{'ok' if len(errors) == 2 and max(errors.values()) <= 2e-2 else 'FAILED'}: cuda medium, "
