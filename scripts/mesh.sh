@@ -202,6 +202,15 @@ done
 curl -sf -o /dev/null "$base/readyz" || fail scheduler "the tp=$tp pp=$pp replica was not ready within 120 s"
 echo "   replica ready: $base"
 
+# worker_metric RANK SERIES: the value of SERIES (its name and labels) on
+# worker RANK's /metrics.
+worker_metric() {
+  local http
+  http="$(sed -n 's/.*"msg":"connected".*"http_port":\([0-9]*\).*/\1/p' \
+    "$workdir/worker-$1.log" | head -n 1)"
+  curl -sf "http://127.0.0.1:$http/metrics" | awk -v series="$2" '$1 == series {print $2}'
+}
+
 if [ "$smoke" = 1 ]; then
   # The case's text, or its token ids for a checkpoint whose reference
   # has no text (the tiny fixtures).
@@ -277,20 +286,14 @@ PY
     echo "   the KV store holds ${stored%%.*} blocks written through by the workers"
     # ... through each rank's program: its KV_STORE instruction ran.
     for ((rank = 0; rank < tp * pp; rank++)); do
-      worker_http="$(sed -n 's/.*"msg":"connected".*"http_port":\([0-9]*\).*/\1/p' \
-        "$workdir/worker-$rank.log" | head -n 1)"
-      kv_stores="$(curl -sf "http://127.0.0.1:$worker_http/metrics" |
-        sed -n 's/^llmir:worker_kv_transfer_instructions_total{op="KV_STORE"} \([0-9.e+]*\)$/\1/p')"
+      kv_stores="$(worker_metric "$rank" 'llmir:worker_kv_transfer_instructions_total{op="KV_STORE"}')"
       [ -n "$kv_stores" ] && [ "${kv_stores%%.*}" -ge 1 ] ||
         fail "worker-$rank" "worker $rank ran no KV_STORE instruction (${kv_stores:-no metric})"
     done
     echo "   every rank wrote them through its program's KV_STORE"
   fi
   if [ "$smoke_launched_behind" = 1 ]; then
-    worker_http="$(sed -n 's/.*"msg":"connected".*"http_port":\([0-9]*\).*/\1/p' \
-      "$workdir/worker-0.log" | head -n 1)"
-    behind="$(curl -sf "http://127.0.0.1:$worker_http/metrics" |
-      sed -n 's/^llmir:worker_steps_launched_behind_total \([0-9.e+]*\)$/\1/p')"
+    behind="$(worker_metric 0 llmir:worker_steps_launched_behind_total)"
     [ -n "$behind" ] && [ "${behind%%.*}" -ge 1 ] ||
       fail worker-0 "worker 0 launched no decode behind the running one (${behind:-no metric})"
     echo "   worker 0 launched ${behind%%.*} decodes behind the running one"
