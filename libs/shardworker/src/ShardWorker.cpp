@@ -251,25 +251,28 @@ proto::RankReady ShardWorker::setUp(const proto::AssignRank &assign) {
 }
 
 bool ShardWorker::launchStep(const proto::StepRequest &request) {
-  // The step failing on purpose (failStep) takes step()'s path.
-  if (!pipeline_ || steps_ + 1 == options_.failStep || !pipeline_->launch(request))
-    return false;
-  ++steps_;
-  return true;
+  return pipelineTakesNextStep() && counted(pipeline_->launch(request));
 }
 
 bool ShardWorker::launchStepBehind(const proto::StepRequest &request) {
-  if (!pipeline_ || steps_ + 1 == options_.failStep || !pipeline_->launchBehind(request))
-    return false;
-  ++steps_;
-  return true;
+  return pipelineTakesNextStep() && counted(pipeline_->launchBehind(request));
+}
+
+bool ShardWorker::pipelineTakesNextStep() const {
+  // The step failing on purpose (failStep) takes step()'s path.
+  return pipeline_ && steps_ + 1 != options_.failStep;
+}
+
+bool ShardWorker::counted(bool launched) {
+  steps_ += launched ? 1 : 0;
+  return launched;
 }
 
 proto::StepResponse ShardWorker::finishStep() {
-  if (!pipeline_ || pipeline_->empty()) {
+  if (!pipeline_) {
     proto::StepResponse response;
     response.set_ok(false);
-    response.set_error("no launched step to answer");
+    response.set_error("this rank launches no steps");
     return response;
   }
   double seconds = 0;

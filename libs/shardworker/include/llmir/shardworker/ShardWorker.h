@@ -140,6 +140,10 @@ public:
 private:
   Status trySetUp(const proto::AssignRank &assign);
   void tearDown();
+  /// Whether the next step may go to pipeline_ (there is one, and it is
+  /// not the step failStep fails); counted() counts a launched one.
+  bool pipelineTakesNextStep() const;
+  bool counted(bool launched);
 
   ShardWorkerOptions options_;
   WorkerObserver observer_;
