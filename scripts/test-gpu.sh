@@ -81,4 +81,7 @@ step mesh_smoke_gpu env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype f32 --smoke-logprobs 1e-3
 step mesh_smoke_gpu_bf16_kv env LLMIR_BUILD_DIR="$(dirname "$bin")" \
   "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --kv-cache-dtype bf16 --smoke-ids 8 --smoke-logprobs 2e-2
+step mesh_smoke_gpu_pipelined env LLMIR_BUILD_DIR="$(dirname "$bin")" \
+  "$root/scripts/mesh.sh" --smoke --tp 1 --device cuda --worker-arg --worker.pipeline-decodes=on \
+  --smoke-launched-behind
 gpu_tests_finish test-gpu

@@ -11,7 +11,8 @@
 # DEVICE=cpu runs the same on the CPU; CHAIN_DECODE=false turns the
 # scheduler's chained decodes off (docs/services.md) for an A/B, and
 # PIPELINE_DECODES=off|auto|on the worker's decodes launched behind the
-# running one (worker.pipeline-decodes; auto: on with CUDA; default off).
+# running one (worker.pipeline-decodes; auto, the default: with CUDA,
+# behind decodes of 0.25 ms or more).
 # Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
 # tokenizer (bench/gpu's random ones) gets the demo model's: the prompts are
 # its words and the ids it generates are streamed, not read.
@@ -38,7 +39,7 @@ port=18000
 chain="${CHAIN_DECODE:-true}"
 TMPDIR="$work" "$root/scripts/mesh.sh" --model "$model" --tp 1 --device "${DEVICE:-cuda}" --port "$port" \
   --compiler-port 18081 --scheduler-arg "--chain-decode=$chain" \
-  --worker-arg "--worker.pipeline-decodes=${PIPELINE_DECODES:-off}" >"$work/mesh.out" 2>&1 &
+  --worker-arg "--worker.pipeline-decodes=${PIPELINE_DECODES:-auto}" >"$work/mesh.out" 2>&1 &
 mesh_pid=$!
 for _ in $(seq 600); do
   grep -q "replica ready" "$work/mesh.out" && break

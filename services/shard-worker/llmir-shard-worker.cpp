@@ -54,7 +54,7 @@ struct Settings {
   unsigned threads = 0;
   net::LogLevel logLevel = net::LogLevel::Info;
   std::string clusterSecretFile;
-  std::string pipelineDecodes = "off"; // auto once measured on a GPU
+  std::string pipelineDecodes = "auto";
   uint64_t failStep = 0; // fault injection: 0 never
 };
 
@@ -254,8 +254,8 @@ int main(int argc, char **argv) {
              "docs/reliability.md)");
   config.add("worker.pipeline-decodes", &s.pipelineDecodes,
              "off, auto or on: a one-rank replica's greedy decodes launched behind the "
-             "running one (auto: where the device runs ahead of the host, CUDA; off by "
-             "default until measured on a GPU)");
+             "running one (auto: where the device runs ahead of the host, CUDA, behind "
+             "decodes of 0.25 ms or more)");
   config.add("debug.fail-step", &s.failStep,
              "fault injection for tests: this worker's Nth step fails before it runs "
              "(0: never)");

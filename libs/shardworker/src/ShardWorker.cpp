@@ -206,11 +206,13 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   // (the same bits, the same seeded uniform), which its chained decodes need.
   samples_ = decides_ || program_.num_stages() <= 1;
   // Pipelined greedy decodes on a replica of one rank (with collectives,
-  // every rank would have to launch the same steps behind).
+  // every rank would have to launch the same steps behind);
+  // pipelinesNextDecode then says which decodes it takes.
   using Pipeline = ShardWorkerOptions::PipelineDecodes;
   const bool pipelines =
       options_.pipelineDecodes == Pipeline::On ||
       (options_.pipelineDecodes == Pipeline::Auto && executor_->launchesAhead());
+  lastDecodeSeconds_ = 0;
   if (pipelines && assign.world_size() == 1 && decides_)
     pipeline_ = std::make_unique<serving::GreedyPipeline>(*executor_, chain_);
   loadedBytes_ = weightSliceBytes(program_);
@@ -259,8 +261,26 @@ bool ShardWorker::launchStepBehind(const proto::StepRequest &request) {
 }
 
 bool ShardWorker::pipelineTakesNextStep() const {
-  // The step failing on purpose (failStep) takes step()'s path.
-  return pipeline_ && steps_ + 1 != options_.failStep;
+  // The step failing on purpose (failStep) takes step()'s path, and so do
+  // decodes too short to gain (pipelinesNextDecode).
+  return pipeline_ && steps_ + 1 != options_.failStep &&
+         pipelinesNextDecode(options_, executor_->launchesAhead(), lastDecodeSeconds_);
+}
+
+bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
+                         double lastDecodeSeconds) {
+  using Pipeline = ShardWorkerOptions::PipelineDecodes;
+  switch (options.pipelineDecodes) {
+  case Pipeline::On:
+    return true;
+  case Pipeline::Off:
+    return false;
+  case Pipeline::Auto:
+    // A pipelined step's own time stays near the device's, so a model whose
+    // decodes get short (or a slower scheduler) falls back by itself.
+    return launchesAhead && lastDecodeSeconds >= options.pipelineMinStepSeconds;
+  }
+  return false;
 }
 
 bool ShardWorker::counted(bool launched) {
@@ -280,6 +300,7 @@ proto::StepResponse ShardWorker::finishStep() {
   response.set_rank(rank_);
   if (response.ok()) {
     response.set_step_seconds(seconds);
+    lastDecodeSeconds_ = seconds;
     if (observer_.stepSeconds)
       observer_.stepSeconds("decode", seconds);
   }
@@ -326,6 +347,8 @@ proto::StepResponse ShardWorker::step(const proto::StepRequest &request) {
   response.set_ok(true);
   double seconds = secondsSince(start);
   response.set_step_seconds(seconds);
+  if (!prefill)
+    lastDecodeSeconds_ = seconds;
   if (observer_.stepSeconds)
     observer_.stepSeconds(prefill ? "prefill" : "decode", seconds);
   return response;

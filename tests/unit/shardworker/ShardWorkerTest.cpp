@@ -161,6 +161,69 @@ TEST_F(ShardWorkerTest, AnAssignedRankGivesTheReferenceGreedyIds) {
   EXPECT_EQ(steps, 8) << "every step observed";
 }
 
+// worker.pipeline-decodes: the greedy decodes launched behind the running
+// one give the reference ids; auto leaves a CPU executor (it runs a step at
+// its launch) on the synchronous path.
+TEST_F(ShardWorkerTest, PipelinedDecodesGiveTheReferenceIdsAndAutoLeavesTheCpuSynchronous) {
+  const auto &prompt = demo->cases[0].promptIds;
+  const auto &reference = demo->cases[0].greedyIds;
+  const int32_t length = static_cast<int32_t>(prompt.size()) + 8;
+  for (auto mode : {ShardWorkerOptions::PipelineDecodes::On, ShardWorkerOptions::PipelineDecodes::Auto}) {
+    SCOPED_TRACE(mode == ShardWorkerOptions::PipelineDecodes::On ? "on" : "auto");
+    ShardWorkerOptions o = options();
+    o.pipelineDecodes = mode;
+    int decodesObserved = 0;
+    ShardWorker worker(o, {.stepSeconds = [&](const char *phase, double) {
+                             decodesObserved += std::string(phase) == "decode";
+                           }});
+    ASSERT_TRUE(worker.setUp(assign("tp1", "pipelined")).ok());
+    proto::StepResponse first = worker.step(greedyStep(0, prompt, 0, length));
+    ASSERT_TRUE(first.ok()) << first.error();
+    ASSERT_EQ(first.tokens_size(), 1);
+    std::vector<int32_t> ids = {first.tokens(0).token_id()};
+    // Decode 1 carries its token, decode 2 is chained behind it.
+    const int32_t position = static_cast<int32_t>(prompt.size());
+    const proto::StepRequest one = greedyStep(1, {ids[0]}, position, length);
+    const proto::StepRequest two = greedyStep(2, {}, position + 1, length);
+    if (mode == ShardWorkerOptions::PipelineDecodes::Auto) {
+      EXPECT_FALSE(worker.launchStep(one)) << "a CPU executor runs a step at its launch";
+      continue;
+    }
+    ASSERT_TRUE(worker.launchStep(one));
+    ASSERT_TRUE(worker.launchStepBehind(two));
+    for (uint64_t id : {2u, 3u}) {
+      proto::StepResponse answer = worker.finishStep();
+      ASSERT_TRUE(answer.ok()) << answer.error();
+      EXPECT_EQ(answer.step_id(), id);
+      EXPECT_GT(answer.step_seconds(), 0.0);
+      ASSERT_EQ(answer.tokens_size(), 1);
+      ids.push_back(answer.tokens(0).token_id());
+    }
+    EXPECT_EQ(ids, std::vector<int32_t>(reference.begin(), reference.begin() + 3));
+    EXPECT_EQ(decodesObserved, 2);
+  }
+}
+
+// Auto pipelines behind decodes long enough to hide the scheduler's round
+// trip, on an executor that launches ahead of the device; On always, Off never.
+TEST(PipelinesNextDecode, AutoNeedsAnExecutorAheadOfTheDeviceAndALongEnoughDecode) {
+  ShardWorkerOptions o;
+  EXPECT_EQ(o.pipelineDecodes, ShardWorkerOptions::PipelineDecodes::Auto) << "the default";
+  o.pipelineMinStepSeconds = 250e-6;
+  EXPECT_FALSE(pipelinesNextDecode(o, true, 0.0)) << "no decode timed yet";
+  EXPECT_FALSE(pipelinesNextDecode(o, true, 103e-6)) << "the demo model's step on an H200";
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 250e-6));
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 950e-6)) << "the 1.1B shape's";
+  EXPECT_FALSE(pipelinesNextDecode(o, false, 950e-6)) << "a CPU executor";
+  for (bool ahead : {false, true})
+    for (double seconds : {0.0, 1e-4, 1e-3}) {
+      o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::On;
+      EXPECT_TRUE(pipelinesNextDecode(o, ahead, seconds));
+      o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::Off;
+      EXPECT_FALSE(pipelinesNextDecode(o, ahead, seconds));
+    }
+}
+
 TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {
   ShardWorker worker(options(), {});
   proto::RankReady missing = worker.setUp(assign("no-such-plan", "r1"));

@@ -100,15 +100,28 @@ struct ShardWorkerOptions {
   std::optional<std::string> clusterSecret;
   /// Greedy decodes of a one-rank replica launched behind the running one
   /// (launchStepBehind): Auto where the executor launches ahead of the
-  /// device (Executor::launchesAhead: CUDA), On also elsewhere (tests), Off
-  /// never.
+  /// device (Executor::launchesAhead: CUDA) and the last decode took at
+  /// least pipelineMinStepSeconds, On always (tests, A/B runs), Off never.
   enum class PipelineDecodes { Auto, On, Off };
-  PipelineDecodes pipelineDecodes = PipelineDecodes::Off; // Auto once measured on a GPU
+  PipelineDecodes pipelineDecodes = PipelineDecodes::Auto;
+  /// Auto's shortest decode worth pipelining. Behind a pipelined step the
+  /// next one waits for the scheduler's answer-to-request round trip
+  /// (~0.13 ms on an H200 host's loopback), which the synchronous path
+  /// hides behind its own step: the demo model's 0.1 ms steps served 18%
+  /// slower pipelined, the 1.1B shape's 0.95 ms ones 7% faster
+  /// (docs/performance.md, forty-first session).
+  double pipelineMinStepSeconds = 250e-6;
   /// Fault injection (tests): the Nth step this worker is sent, counted over
   /// every assignment, fails before it runs, as a step failing on one rank
   /// before its collectives does (0: never).
   uint64_t failStep = 0;
 };
+
+/// Whether a one-rank replica's next greedy decode is pipelined (the
+/// options' PipelineDecodes and pipelineMinStepSeconds): `launchesAhead` is
+/// the executor's, `lastDecodeSeconds` the last decode's time (0: none yet).
+bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
+                         double lastDecodeSeconds);
 
 class ShardWorker {
 public:
@@ -152,6 +165,7 @@ private:
   bool samples_ = false; // samples every step: decides_, or every rank of one stage
   uint64_t loadedBytes_ = 0;
   uint64_t steps_ = 0; // steps sent to this worker (failStep)
+  double lastDecodeSeconds_ = 0; // pipelinesNextDecode's
   proto::ShardProgram program_;
   // Destroyed in reverse: executor, communicators, runtime, checkpoint.
   std::optional<model::Checkpoint> checkpoint_;
