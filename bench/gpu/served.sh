@@ -11,8 +11,10 @@
 # DEVICE=cpu runs the same on the CPU; CHAIN_DECODE=false turns the
 # scheduler's chained decodes off (docs/services.md) for an A/B, and
 # PIPELINE_DECODES=off|auto|on the worker's decodes launched behind the
-# running one (worker.pipeline-decodes; auto, the default: with CUDA,
-# behind decodes of 0.25 ms or more).
+# running one (worker.pipeline-decodes; auto, the default: with CUDA, behind
+# a scheduler chaining two decodes or decodes of 0.25 ms or more); and
+# CHAIN_DEPTH=N the scheduler's chained decodes queued behind a sequence's
+# step in flight (chain-depth, default 2).
 # Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
 # tokenizer (bench/gpu's random ones) gets the demo model's: the prompts are
 # its words and the ids it generates are streamed, not read.
@@ -38,7 +40,7 @@ fi
 port=18000
 chain="${CHAIN_DECODE:-true}"
 TMPDIR="$work" "$root/scripts/mesh.sh" --model "$model" --tp 1 --device "${DEVICE:-cuda}" --port "$port" \
-  --compiler-port 18081 --scheduler-arg "--chain-decode=$chain" \
+  --compiler-port 18081 --scheduler-arg "--chain-decode=$chain" --scheduler-arg "--chain-depth=${CHAIN_DEPTH:-2}" \
   --worker-arg "--worker.pipeline-decodes=${PIPELINE_DECODES:-auto}" >"$work/mesh.out" 2>&1 &
 mesh_pid=$!
 for _ in $(seq 600); do

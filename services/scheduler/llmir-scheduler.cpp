@@ -55,6 +55,7 @@ struct Settings {
   int64_t maxModelLen = 0;
   bool prefixCaching = true;
   bool chainDecode = true;
+  int chainDepth = 2;
   int engineThreads = 0;
   std::string device = "cpu";
   std::string kvCacheDtype = "auto";
@@ -115,6 +116,9 @@ void bind(net::Config &config, Settings &s) {
   config.add("enable-prefix-caching", &s.prefixCaching, "reuse KV blocks of equal prefixes");
   config.add("chain-decode", &s.chainDecode,
              "send a one-stage replica's next decode step before this one answers");
+  config.add("chain-depth", &s.chainDepth,
+             "chained decode steps a sequence may have queued behind the one in flight "
+             "(2 keeps a worker that pipelines its decodes fed through the round trip)");
   config.add("engine-threads", &s.engineThreads, "CPU kernel threads (0: all cores)");
   config.add("kv-cache-dtype", &s.kvCacheDtype,
              "single-process mode: auto (bf16 on cuda for 16-bit weights), f32 or bf16");
@@ -199,6 +203,8 @@ Status validate(const Settings &s) {
   if (s.maxNumSeqs < 1 || s.maxBatchTokens < 1 || s.kvBlocks < 1 || s.kvBlockSize < 1)
     return Status::error(
         "'max-num-seqs', 'max-batch-tokens', 'kv-blocks' and 'kv-block-size' must be at least 1");
+  if (s.chainDepth < 1)
+    return Status::error("'chain-depth' must be at least 1");
   if (s.maxWaitingRequests < 0)
     return Status::error("'max-waiting-requests' must be 0 (no bound) or positive");
   if (s.shedRetryAfterS < 1 || s.noReplicaRetryAfterS < 1)
@@ -256,6 +262,7 @@ int run(const Settings &s) {
   options.maxBatchTokens = s.maxBatchTokens;
   options.enablePrefixCaching = s.prefixCaching;
   options.chainDecode = s.chainDecode;
+  options.chainDepth = s.chainDepth;
   options.kvStoreWritePolicy = *serving::parseKvStoreWritePolicy(s.kvStoreWritePolicy); // validate()d
   options.maxModelLen = s.maxModelLen > 0 ? s.maxModelLen : modelConfig->maxPositionEmbeddings;
   // A sequence must fit one replica's KV cache.

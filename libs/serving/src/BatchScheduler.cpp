@@ -105,8 +105,9 @@ BatchScheduler::BatchScheduler(ReplicaBackend &backend,
   const ReplicaInfo info = backend_.info();
   pipelineDepth_ = std::max(1, info.pipelineDepth);
   chainDecode_ = options_.chainDecode && info.chainsDecode;
-  // The chained step waits on the replica while the one before it runs.
-  maxInFlight_ = pipelineDepth_ + (chainDecode_ ? 1 : 0);
+  // The chained steps wait on the replica while the one before them runs.
+  chainDepth_ = chainDecode_ ? std::max(1, options_.chainDepth) : 0;
+  maxInFlight_ = pipelineDepth_ + chainDepth_;
   vocabSize_ = info.vocabSize;
   kvStore_ = info.kvStore;
   writeThrough_ = kvStore_ && options_.kvStoreWritePolicy == KvStoreWritePolicy::WriteThrough;
@@ -212,16 +213,19 @@ void BatchScheduler::deliver(std::unique_lock<std::mutex> &lock) {
 
 void BatchScheduler::releaseBlocksLocked(Sequence &seq) {
   // Only a chained step can still be computing into a sequence's blocks when
-  // it ends or is preempted: the one it was promoted to (inFlight), or the
-  // one behind the step that just returned.
-  const uint64_t busy = seq.inFlight ? seq.stepId : seq.chainedStepId;
+  // it ends or is preempted: the one it was promoted to (inFlight), or those
+  // behind the step that just returned. Steps return in order: the last one
+  // holds them.
+  const uint64_t busy = !seq.chainedStepIds.empty() ? seq.chainedStepIds.back()
+                        : seq.inFlight              ? seq.stepId
+                                                    : 0;
   if (busy != 0) {
     heldForStep_[busy].push_back(std::move(seq.blocks));
     seq.blocks = SequenceBlocks{};
   } else {
     blocks_->release(seq.blocks);
   }
-  seq.chainedStepId = 0;
+  seq.chainedStepIds.clear();
 }
 
 void BatchScheduler::retireLocked(Sequence &seq) {
@@ -497,11 +501,12 @@ void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
   const RequestParams &params = requests_.at(seq.requestId)->params;
   entry.set_sequence_id(seq.id);
   if (chained) {
-    // One decode at the position after the step in flight; its token is
-    // the one that step samples (chainableLocked ruled out what would need
-    // it here).
+    // One decode at the position after the step in flight and the chained
+    // ones before it; its token is the one the step before samples
+    // (chainableLocked ruled out what would need it here).
     entry.set_chained_input(true);
-    entry.set_start_position(static_cast<int32_t>(seq.numComputed + seq.chunk));
+    entry.set_start_position(static_cast<int32_t>(seq.numComputed + seq.chunk +
+                                                  std::ssize(seq.chainedStepIds)));
   } else {
     auto first = seq.tokens.begin() + seq.numComputed;
     entry.mutable_token_ids()->Add(first, first + seq.chunk);
@@ -552,11 +557,12 @@ void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
 }
 
 bool BatchScheduler::chainableLocked(Sequence &seq) {
-  if (!chainDecode_ || seq.chainedStepId != 0 || seq.cancelled)
+  const int64_t ahead = std::ssize(seq.chainedStepIds); // chained steps queued
+  if (!chainDecode_ || ahead >= chainDepth_ || seq.cancelled)
     return false;
-  const int64_t position = seq.numComputed + seq.chunk; // the chained token's
-  if (position != static_cast<int64_t>(seq.tokens.size()))
+  if (seq.numComputed + seq.chunk != static_cast<int64_t>(seq.tokens.size()))
     return false; // the step in flight samples nothing
+  const int64_t position = seq.numComputed + seq.chunk + ahead; // the chained token's
   const RequestParams &params = requests_.at(seq.requestId)->params;
   // What needs the sampled token on the scheduler's side first: the grammar's
   // next mask, penalties over the output so far.
@@ -564,8 +570,8 @@ bool BatchScheduler::chainableLocked(Sequence &seq) {
       params.repetitionPenalty != 1.0f)
     return false;
   // The step in flight samples output token numGenerated() + 1, the chained
-  // one the next: only when that one may still be wanted.
-  if (seq.numGenerated() + 2 > params.maxTokens || position + 2 > options_.maxModelLen)
+  // ones the next: only when this one's may still be wanted.
+  if (seq.numGenerated() + ahead + 2 > params.maxTokens || position + 2 > options_.maxModelLen)
     return false;
   // Write-through keys a block by its tokens: a step that fills one must
   // know them all.
@@ -638,6 +644,7 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
 
   InFlightStep step;
   step.request.set_step_id(nextStepId_++);
+  step.request.set_chain_depth(static_cast<uint32_t>(chainDepth_));
   std::vector<uint64_t> ids;
   for (Sequence *seq : chosen) {
     fillEntryLocked(*seq, false, *step.request.add_sequences());
@@ -651,7 +658,7 @@ std::optional<BatchScheduler::InFlightStep> BatchScheduler::scheduleLocked() {
   }
   for (Sequence *seq : chained) {
     fillEntryLocked(*seq, true, *step.request.add_sequences());
-    seq->chainedStepId = step.request.step_id();
+    seq->chainedStepIds.push_back(step.request.step_id());
     ids.push_back(seq->id);
     ++step.stats.numSequences;
     ++step.stats.numTokens;
@@ -705,10 +712,12 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
     if (found == sequences_.end())
       continue;
     Sequence &seq = *found->second;
-    if (seq.chainedStepId == stepId) {
+    if (auto chained = std::find(seq.chainedStepIds.begin(), seq.chainedStepIds.end(), stepId);
+        chained != seq.chainedStepIds.end()) {
       // Returned before the step it chains on (a send failed): nothing of
-      // it is usable, and the sequence goes on from that step.
-      seq.chainedStepId = 0;
+      // it is usable, and the sequence goes on from that step (a step
+      // chained behind it finds no token to decode and fails).
+      seq.chainedStepIds.erase(chained);
       continue;
     }
     if (!seq.inFlight || seq.stepId != stepId)
@@ -756,10 +765,11 @@ void BatchScheduler::onStepDone(uint64_t stepId, Result<proto::StepResponse> res
         sibling->waitingForLeader = false;
     if (!sample)
       continue;
-    if (seq.chainedStepId != 0) {
-      // Its chained step now decodes the token just sampled.
+    if (!seq.chainedStepIds.empty()) {
+      // Its first chained step now decodes the token just sampled.
       seq.inFlight = true;
-      seq.stepId = std::exchange(seq.chainedStepId, 0);
+      seq.stepId = seq.chainedStepIds.front();
+      seq.chainedStepIds.erase(seq.chainedStepIds.begin());
       seq.chunk = 1;
     }
     onTokenLocked(seq, sampled.at(id)); // may end the sequence (blocks held for that step)

@@ -33,9 +33,10 @@ struct Sequence {
   bool inFlight = false;       // part of a submitted step
   uint64_t stepId = 0;         // that step
   int32_t chunk = 0;           // tokens of the step in flight
-  // A step submitted after it that decodes the token this one samples
-  // (chained_input); it becomes the step in flight when this one returns.
-  uint64_t chainedStepId = 0;
+  // Steps submitted after it, each decoding the token the one before
+  // samples (chained_input; SchedulerOptions::chainDepth at most); the
+  // first becomes the step in flight when this one returns.
+  std::vector<uint64_t> chainedStepIds;
   bool cancelled = false;      // cancel() while in flight
   bool finished = false;
   bool waitingForLeader = false; // n > 1: until choice 0 has prefilled

@@ -253,22 +253,23 @@ proto::RankReady ShardWorker::setUp(const proto::AssignRank &assign) {
 }
 
 bool ShardWorker::launchStep(const proto::StepRequest &request) {
-  return pipelineTakesNextStep() && counted(pipeline_->launch(request));
+  return pipelineTakes(request) && counted(pipeline_->launch(request));
 }
 
 bool ShardWorker::launchStepBehind(const proto::StepRequest &request) {
-  return pipelineTakesNextStep() && counted(pipeline_->launchBehind(request));
+  return pipelineTakes(request) && counted(pipeline_->launchBehind(request));
 }
 
-bool ShardWorker::pipelineTakesNextStep() const {
+bool ShardWorker::pipelineTakes(const proto::StepRequest &request) const {
   // The step failing on purpose (failStep) takes step()'s path, and so do
-  // decodes too short to gain (pipelinesNextDecode).
+  // decodes that would not gain (pipelinesNextDecode).
   return pipeline_ && steps_ + 1 != options_.failStep &&
-         pipelinesNextDecode(options_, executor_->launchesAhead(), lastDecodeSeconds_);
+         pipelinesNextDecode(options_, executor_->launchesAhead(), request.chain_depth(),
+                             lastDecodeSeconds_);
 }
 
 bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
-                         double lastDecodeSeconds) {
+                         uint32_t chainDepth, double lastDecodeSeconds) {
   using Pipeline = ShardWorkerOptions::PipelineDecodes;
   switch (options.pipelineDecodes) {
   case Pipeline::On:
@@ -276,9 +277,12 @@ bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
   case Pipeline::Off:
     return false;
   case Pipeline::Auto:
-    // A pipelined step's own time stays near the device's, so a model whose
-    // decodes get short (or a slower scheduler) falls back by itself.
-    return launchesAhead && lastDecodeSeconds >= options.pipelineMinStepSeconds;
+    // With one chained decode queued, the step launched behind waits for
+    // the scheduler's round trip: worth it only behind a longer step. A
+    // pipelined step's own time stays near the device's, so a model whose
+    // decodes get short falls back by itself.
+    return launchesAhead &&
+           (chainDepth >= 2 || lastDecodeSeconds >= options.pipelineMinStepSeconds);
   }
   return false;
 }

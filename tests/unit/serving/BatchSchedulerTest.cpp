@@ -292,10 +292,11 @@ TEST_F(BatchSchedulerTest, SeededSamplingDoesNotDependOnTheBatch) {
 /// (DecodeChain::fillChainedInputs now takes only the broken sequences out).
 class FlakyBackend final : public ReplicaBackend {
 public:
-  explicit FlakyBackend(ReplicaBackend &inner) : inner_(inner) {}
+  /// Fails every `period`th step.
+  explicit FlakyBackend(ReplicaBackend &inner, int period = 3) : inner_(inner), period_(period) {}
   ReplicaInfo info() const override { return inner_.info(); }
   void submit(const proto::StepRequest &request, StepDone done) override {
-    if (++steps_ % 3 == 0) {
+    if (++steps_ % period_ == 0) {
       done(Status::error("worker lost"));
       return;
     }
@@ -304,6 +305,7 @@ public:
 
 private:
   ReplicaBackend &inner_;
+  const int period_;
   std::atomic<int> steps_{0};
 };
 
@@ -438,23 +440,28 @@ TEST_F(BatchSchedulerTest, StepsCompletingOnTheReplicasThreadKeepThePipelineGoin
 }
 
 // Chained decodes on a replica that runs its steps in order on a thread of
-// its own: the next step is always queued behind the running one (one more
-// than the pipeline's depth), the tokens are the reference's, a step chained
-// after a sequence's last token is dropped, and every block comes back.
+// its own: the next steps are always queued behind the running one (the
+// chain's depth more than the pipeline's), the tokens are the reference's,
+// a step chained after a sequence's last token is dropped, and every block
+// comes back.
 TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenceIds) {
-  for (int32_t depth : {1, 2}) {
+  for (auto [depth, chainDepth] : {std::pair{1, 1}, {2, 1}, {1, 2}, {2, 2}}) {
+    SCOPED_TRACE("pipeline depth " + std::to_string(depth) + ", chain depth " +
+                 std::to_string(chainDepth));
     auto backend = demo->backend(128);
     ASSERT_TRUE(backend);
     ASSERT_TRUE(backend->info().chainsDecode);
     ThreadedBackend threaded(*backend, depth, /*holdFirstUntil=*/static_cast<size_t>(depth) + 1);
     SchedulerOptions options;
     options.eosTokenIds = {*demo->tokenizer.eosId()};
+    options.chainDepth = chainDepth;
     BatchScheduler s(threaded, demo->tokenizer, options);
     ThreadSafeCollector collector;
     s.start();
     std::vector<std::pair<uint64_t, size_t>> requests; // id, tokens asked
     for (size_t i = 0; i < 8; ++i) {
-      const size_t maxTokens = i == 5 ? 1 : i == 6 ? 2 : 32; // too short to chain, or once
+      // Too short to chain, to chain once, twice.
+      const size_t maxTokens = i == 5 ? 1 : i == 6 ? 2 : i == 7 ? 3 : 32;
       requests.emplace_back(
           s.addRequest(greedy(demo->cases[i % 4].promptIds, static_cast<int64_t>(maxTokens)),
                        collector.callback()),
@@ -472,7 +479,7 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
                 std::vector<int32_t>(reference.begin(), reference.begin() + n))
           << "request " << i << " at depth " << depth;
     }
-    EXPECT_EQ(threaded.mostInFlight(), static_cast<size_t>(depth) + 1);
+    EXPECT_EQ(threaded.mostInFlight(), static_cast<size_t>(depth + chainDepth));
     EXPECT_EQ(s.stats().kvUsage, 0.0);
   }
 }
@@ -481,32 +488,36 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
 // in flight: no token after the cancel, the other request untouched, and
 // the blocks the chained step still wrote into come back when it returns.
 TEST_F(BatchSchedulerTest, CancellingAChainedSequenceDropsItsStepsAndFreesItsBlocks) {
-  auto backend = demo->backend(128);
-  ASSERT_TRUE(backend);
-  ThreadedBackend threaded(*backend, 1);
-  SchedulerOptions options;
-  options.eosTokenIds = {*demo->tokenizer.eosId()};
-  options.enablePrefixCaching = false;
-  BatchScheduler s(threaded, demo->tokenizer, options);
-  ThreadSafeCollector collector;
-  s.start();
-  const uint64_t keep = s.addRequest(greedy(demo->cases[0].promptIds), collector.callback());
-  std::atomic<uint64_t> victim{0};
-  victim = s.addRequest(greedy(demo->cases[1].promptIds),
-                        [&, inner = collector.callback()](const SequenceEvent &e) {
-                          inner(e);
-                          if (e.numGenerated == 3 && !e.finish)
-                            s.cancel(victim);
-                        });
-  ASSERT_TRUE(collector.waitForFinished(2));
-  s.stop();
-  EXPECT_EQ(collector.of(victim).finish, FinishReason::Abort);
-  EXPECT_EQ(collector.of(victim).ids,
-            std::vector<int32_t>(demo->cases[1].greedyIds.begin(),
-                                 demo->cases[1].greedyIds.begin() + 3));
-  EXPECT_EQ(collector.of(keep).ids, demo->cases[0].greedyIds);
-  EXPECT_EQ(threaded.mostInFlight(), 2u);
-  EXPECT_EQ(s.stats().kvUsage, 0.0);
+  for (int32_t chainDepth : {1, 2}) {
+    SCOPED_TRACE("chain depth " + std::to_string(chainDepth));
+    auto backend = demo->backend(128);
+    ASSERT_TRUE(backend);
+    ThreadedBackend threaded(*backend, 1);
+    SchedulerOptions options;
+    options.eosTokenIds = {*demo->tokenizer.eosId()};
+    options.enablePrefixCaching = false;
+    options.chainDepth = chainDepth;
+    BatchScheduler s(threaded, demo->tokenizer, options);
+    ThreadSafeCollector collector;
+    s.start();
+    const uint64_t keep = s.addRequest(greedy(demo->cases[0].promptIds), collector.callback());
+    std::atomic<uint64_t> victim{0};
+    victim = s.addRequest(greedy(demo->cases[1].promptIds),
+                          [&, inner = collector.callback()](const SequenceEvent &e) {
+                            inner(e);
+                            if (e.numGenerated == 3 && !e.finish)
+                              s.cancel(victim);
+                          });
+    ASSERT_TRUE(collector.waitForFinished(2));
+    s.stop();
+    EXPECT_EQ(collector.of(victim).finish, FinishReason::Abort);
+    EXPECT_EQ(collector.of(victim).ids,
+              std::vector<int32_t>(demo->cases[1].greedyIds.begin(),
+                                   demo->cases[1].greedyIds.begin() + 3));
+    EXPECT_EQ(collector.of(keep).ids, demo->cases[0].greedyIds);
+    EXPECT_EQ(threaded.mostInFlight(), static_cast<size_t>(1 + chainDepth));
+    EXPECT_EQ(s.stats().kvUsage, 0.0);
+  }
 }
 
 // A chained step whose predecessor failed is dropped, in both orders: the
@@ -514,19 +525,24 @@ TEST_F(BatchSchedulerTest, CancellingAChainedSequenceDropsItsStepsAndFreesItsBlo
 // failure in order, as a worker answers), or a step fails at submit before
 // the one it chains on returned (a send failure). Nothing is lost.
 TEST_F(BatchSchedulerTest, ChainedDecodesAfterAFailedStepAreDroppedAndRecomputed) {
-  for (bool failAtSubmit : {false, true}) {
+  for (auto [failAtSubmit, chainDepth] : {std::pair{false, 1}, {true, 1}, {false, 2}, {true, 2}}) {
+    SCOPED_TRACE("chain depth " + std::to_string(chainDepth));
     auto backend = demo->backend(128);
     ASSERT_TRUE(backend);
+    // Not every (chainDepth + 1)th step: a step that recomputes after a
+    // failure and the steps chained on it would always hold the next.
+    const int period = chainDepth + 2;
     std::unique_ptr<ReplicaBackend> below, top;
     if (failAtSubmit) {
       below = std::make_unique<ThreadedBackend>(*backend, 1);
-      top = std::make_unique<FlakyBackend>(*below);
+      top = std::make_unique<FlakyBackend>(*below, period);
     } else {
-      below = std::make_unique<FlakyBackend>(*backend);
+      below = std::make_unique<FlakyBackend>(*backend, period);
       top = std::make_unique<ThreadedBackend>(*below, 1);
     }
     SchedulerOptions options{.maxStepRetries = 100};
     options.eosTokenIds = {*demo->tokenizer.eosId()};
+    options.chainDepth = chainDepth;
     BatchScheduler s(*top, demo->tokenizer, options);
     ThreadSafeCollector collector;
     s.start();

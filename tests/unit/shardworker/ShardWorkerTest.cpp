@@ -204,24 +204,30 @@ TEST_F(ShardWorkerTest, PipelinedDecodesGiveTheReferenceIdsAndAutoLeavesTheCpuSy
   }
 }
 
-// Auto pipelines behind decodes long enough to hide the scheduler's round
-// trip, on an executor that launches ahead of the device; On always, Off never.
-TEST(PipelinesNextDecode, AutoNeedsAnExecutorAheadOfTheDeviceAndALongEnoughDecode) {
+// Auto pipelines on an executor that launches ahead of the device, behind a
+// scheduler that keeps two chained decodes queued, or behind one that keeps
+// one when the decodes are long enough to hide its round trip; On always,
+// Off never.
+TEST(PipelinesNextDecode, AutoNeedsAnExecutorAheadAndTwoChainedOrALongEnoughDecode) {
   ShardWorkerOptions o;
   EXPECT_EQ(o.pipelineDecodes, ShardWorkerOptions::PipelineDecodes::Auto) << "the default";
   o.pipelineMinStepSeconds = 250e-6;
-  EXPECT_FALSE(pipelinesNextDecode(o, true, 0.0)) << "no decode timed yet";
-  EXPECT_FALSE(pipelinesNextDecode(o, true, 103e-6)) << "the demo model's step on an H200";
-  EXPECT_TRUE(pipelinesNextDecode(o, true, 250e-6));
-  EXPECT_TRUE(pipelinesNextDecode(o, true, 950e-6)) << "the 1.1B shape's";
-  EXPECT_FALSE(pipelinesNextDecode(o, false, 950e-6)) << "a CPU executor";
+  EXPECT_FALSE(pipelinesNextDecode(o, true, 1, 0.0)) << "no decode timed yet";
+  EXPECT_FALSE(pipelinesNextDecode(o, true, 1, 103e-6)) << "the demo model's step on an H200";
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 1, 250e-6));
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 1, 950e-6)) << "the 1.1B shape's";
+  EXPECT_FALSE(pipelinesNextDecode(o, true, 0, 103e-6)) << "a scheduler that does not chain";
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 2, 0.0)) << "two chained: always fed";
+  EXPECT_TRUE(pipelinesNextDecode(o, true, 2, 103e-6));
+  EXPECT_FALSE(pipelinesNextDecode(o, false, 2, 950e-6)) << "a CPU executor";
   for (bool ahead : {false, true})
-    for (double seconds : {0.0, 1e-4, 1e-3}) {
-      o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::On;
-      EXPECT_TRUE(pipelinesNextDecode(o, ahead, seconds));
-      o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::Off;
-      EXPECT_FALSE(pipelinesNextDecode(o, ahead, seconds));
-    }
+    for (uint32_t depth : {0u, 1u, 2u})
+      for (double seconds : {0.0, 1e-4, 1e-3}) {
+        o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::On;
+        EXPECT_TRUE(pipelinesNextDecode(o, ahead, depth, seconds));
+        o.pipelineDecodes = ShardWorkerOptions::PipelineDecodes::Off;
+        EXPECT_FALSE(pipelinesNextDecode(o, ahead, depth, seconds));
+      }
 }
 
 TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {

@@ -73,6 +73,11 @@ struct SchedulerOptions {
   /// replica never idles for the round trip to the scheduler between two
   /// tokens. A step chained after a sequence's last token is wasted.
   bool chainDecode = true;
+  /// Chained decodes a sequence may have queued behind its step in flight.
+  /// 2 keeps a replica that launches a decode behind the running one (the
+  /// shard worker's worker.pipeline-decodes) fed through the round trip to
+  /// the scheduler, at one more wasted step after a sequence's last token.
+  int32_t chainDepth = 2;
 };
 
 enum class FinishReason { Stop, Length, Abort, Error };
@@ -251,7 +256,8 @@ private:
   SchedulerOptions options_;
   int32_t pipelineDepth_;
   bool chainDecode_ = false; // options_.chainDecode on a replica that chains
-  int32_t maxInFlight_ = 1;  // pipelineDepth_, one more when chaining
+  int32_t chainDepth_ = 0;   // options_.chainDepth when chaining, else 0
+  int32_t maxInFlight_ = 1;  // pipelineDepth_ + chainDepth_
   int32_t vocabSize_;
 
   mutable std::mutex mutex_;

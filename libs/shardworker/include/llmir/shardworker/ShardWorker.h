@@ -100,16 +100,19 @@ struct ShardWorkerOptions {
   std::optional<std::string> clusterSecret;
   /// Greedy decodes of a one-rank replica launched behind the running one
   /// (launchStepBehind): Auto where the executor launches ahead of the
-  /// device (Executor::launchesAhead: CUDA) and the last decode took at
-  /// least pipelineMinStepSeconds, On always (tests, A/B runs), Off never.
+  /// device (Executor::launchesAhead: CUDA) and either the scheduler keeps
+  /// two or more chained decodes queued (StepRequest.chain_depth) or the
+  /// last decode took at least pipelineMinStepSeconds; On always (tests,
+  /// A/B runs); Off never.
   enum class PipelineDecodes { Auto, On, Off };
   PipelineDecodes pipelineDecodes = PipelineDecodes::Auto;
-  /// Auto's shortest decode worth pipelining. Behind a pipelined step the
-  /// next one waits for the scheduler's answer-to-request round trip
-  /// (~0.13 ms on an H200 host's loopback), which the synchronous path
-  /// hides behind its own step: the demo model's 0.1 ms steps served 18%
-  /// slower pipelined, the 1.1B shape's 0.95 ms ones 7% faster
-  /// (docs/performance.md, forty-first session).
+  /// Auto's shortest decode worth pipelining behind a scheduler that queues
+  /// one chained decode. Behind a pipelined step the next one waits for
+  /// the scheduler's answer-to-request round trip (~0.1 ms on an H200
+  /// host's loopback), which the synchronous path hides behind its own
+  /// step: the demo model's 0.1 ms steps served 18% slower pipelined, the
+  /// 1.1B shape's 0.95 ms ones 7% faster; with two queued, both at the
+  /// engine's step (docs/performance.md, forty-first session).
   double pipelineMinStepSeconds = 250e-6;
   /// Fault injection (tests): the Nth step this worker is sent, counted over
   /// every assignment, fails before it runs, as a step failing on one rank
@@ -119,9 +122,10 @@ struct ShardWorkerOptions {
 
 /// Whether a one-rank replica's next greedy decode is pipelined (the
 /// options' PipelineDecodes and pipelineMinStepSeconds): `launchesAhead` is
-/// the executor's, `lastDecodeSeconds` the last decode's time (0: none yet).
+/// the executor's, `chainDepth` the request's (StepRequest.chain_depth),
+/// `lastDecodeSeconds` the last decode's time (0: none yet).
 bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
-                         double lastDecodeSeconds);
+                         uint32_t chainDepth, double lastDecodeSeconds);
 
 class ShardWorker {
 public:
@@ -153,9 +157,10 @@ public:
 private:
   Status trySetUp(const proto::AssignRank &assign);
   void tearDown();
-  /// Whether the next step may go to pipeline_ (there is one, and it is
-  /// not the step failStep fails); counted() counts a launched one.
-  bool pipelineTakesNextStep() const;
+  /// Whether `request` may go to pipeline_ (there is one, it is not the
+  /// step failStep fails, pipelinesNextDecode); counted() counts a launched
+  /// one.
+  bool pipelineTakes(const proto::StepRequest &request) const;
   bool counted(bool launched);
 
   ShardWorkerOptions options_;
