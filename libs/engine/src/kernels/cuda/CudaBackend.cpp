@@ -41,8 +41,12 @@ namespace llmir::engine {
 namespace {
 
 /// The fewest rows of a prompt whose attention runs on cuDNN
-/// (attentionOnCudnn); shorter prompts keep the prefill kernel.
-constexpr size_t kCudnnAttentionMinRows = 256;
+/// (attentionOnCudnn); shorter prompts keep the prefill kernel. On an H200
+/// cuDNN was no faster up to ~1,100 rows (300: 2.39 against 2.38 ms a 1.1B
+/// prefill) and a bucket's first prompt builds its plan (0.2-1.0 s): the
+/// scheduler's default 512-token chunks stay on the kernel
+/// (docs/performance.md, forty-first session).
+constexpr size_t kCudnnAttentionMinRows = 768;
 
 Status check(cudaError_t error, const std::string &what) {
   if (error == cudaSuccess)
