@@ -254,8 +254,8 @@ int main(int argc, char **argv) {
              "docs/reliability.md)");
   config.add("worker.pipeline-decodes", &s.pipelineDecodes,
              "off, auto or on: a one-rank replica's greedy decodes launched behind the "
-             "running one (auto: where the device runs ahead of the host, CUDA, behind "
-             "decodes of 0.25 ms or more)");
+             "running one (auto: where the device runs ahead of the host, CUDA, behind a "
+             "scheduler chaining two decodes or decodes of 0.25 ms or more)");
   config.add("debug.fail-step", &s.failStep,
              "fault injection for tests: this worker's Nth step fails before it runs "
              "(0: never)");
@@ -264,6 +264,7 @@ int main(int argc, char **argv) {
   std::optional<llmir::engine::Device> device;
   std::optional<llmir::engine::KvCacheDType> kvCacheDtype;
   std::optional<llmir::engine::MatmulPrecision> matmulPrecision;
+  std::optional<llmir::shard_worker::ShardWorkerOptions::PipelineDecodes> pipelineDecodes;
   auto validate = [&]() -> llmir::Status {
     if (s.heartbeatMs == 0 || s.collectiveTimeoutMs == 0)
       return llmir::Status::error(
@@ -283,9 +284,10 @@ int main(int argc, char **argv) {
     if (!parsedPrecision)
       return parsedPrecision.status().withContext("worker.matmul-precision");
     matmulPrecision = *parsedPrecision;
-    if (s.pipelineDecodes != "auto" && s.pipelineDecodes != "on" && s.pipelineDecodes != "off")
-      return llmir::Status::error("worker.pipeline-decodes '" + s.pipelineDecodes +
-                                  "' is not one of auto, on, off");
+    auto parsedPipeline = llmir::shard_worker::parsePipelineDecodes(s.pipelineDecodes);
+    if (!parsedPipeline)
+      return parsedPipeline.status();
+    pipelineDecodes = *parsedPipeline;
     return llmir::Status::ok();
   };
   if (std::optional<int> exitCode = config.loadService(argc, argv, validate))
@@ -333,10 +335,7 @@ int main(int argc, char **argv) {
   options.collectiveTimeout = std::chrono::milliseconds(s.collectiveTimeoutMs);
   options.threads = s.threads;
   options.failStep = s.failStep;
-  using Pipeline = llmir::shard_worker::ShardWorkerOptions::PipelineDecodes;
-  options.pipelineDecodes = s.pipelineDecodes == "on"    ? Pipeline::On
-                            : s.pipelineDecodes == "off" ? Pipeline::Off
-                                                         : Pipeline::Auto;
+  options.pipelineDecodes = *pipelineDecodes;
   llmir::shard_worker::ShardWorker worker(options, observer);
 
   std::atomic<bool> ready{false};

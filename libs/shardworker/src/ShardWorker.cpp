@@ -268,6 +268,18 @@ bool ShardWorker::pipelineTakes(const proto::StepRequest &request) const {
                              lastDecodeSeconds_);
 }
 
+Result<ShardWorkerOptions::PipelineDecodes> parsePipelineDecodes(std::string_view text) {
+  using Pipeline = ShardWorkerOptions::PipelineDecodes;
+  if (text == "auto")
+    return Pipeline::Auto;
+  if (text == "on")
+    return Pipeline::On;
+  if (text == "off")
+    return Pipeline::Off;
+  return Status::error("worker.pipeline-decodes '" + std::string(text) +
+                       "' is not one of auto, on, off");
+}
+
 bool pipelinesNextDecode(const ShardWorkerOptions &options, bool launchesAhead,
                          uint32_t chainDepth, double lastDecodeSeconds) {
   using Pipeline = ShardWorkerOptions::PipelineDecodes;

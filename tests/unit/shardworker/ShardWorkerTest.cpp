@@ -230,6 +230,15 @@ TEST(PipelinesNextDecode, AutoNeedsAnExecutorAheadAndTwoChainedOrALongEnoughDeco
       }
 }
 
+TEST(ParsePipelineDecodes, TakesTheThreeModesAndNamesThemOtherwise) {
+  EXPECT_EQ(*parsePipelineDecodes("auto"), ShardWorkerOptions::PipelineDecodes::Auto);
+  EXPECT_EQ(*parsePipelineDecodes("on"), ShardWorkerOptions::PipelineDecodes::On);
+  EXPECT_EQ(*parsePipelineDecodes("off"), ShardWorkerOptions::PipelineDecodes::Off);
+  auto bad = parsePipelineDecodes("sometimes");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.message(), "worker.pipeline-decodes 'sometimes' is not one of auto, on, off");
+}
+
 TEST_F(ShardWorkerTest, AFailedSetUpSaysWhyAndTheWorkerCanBeSetUpAgain) {
   ShardWorker worker(options(), {});
   proto::RankReady missing = worker.setUp(assign("no-such-plan", "r1"));

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string_view>
 
 namespace llmir::shard_worker {
 
@@ -119,6 +120,9 @@ struct ShardWorkerOptions {
   /// before its collectives does (0: never).
   uint64_t failStep = 0;
 };
+
+/// worker.pipeline-decodes: "auto", "on" or "off".
+Result<ShardWorkerOptions::PipelineDecodes> parsePipelineDecodes(std::string_view text);
 
 /// Whether a one-rank replica's next greedy decode is pipelined (the
 /// options' PipelineDecodes and pipelineMinStepSeconds): `launchesAhead` is
