@@ -13,6 +13,7 @@
 //                   [--prefill 2048] [--warmup-steps 3] [--cluster-spec FILE] [--predict-only]
 //                   [--matmul-precision highest|medium] [--threads N]
 //                   [--broadcast-ids-every-step] [--synchronous-decode]
+//                   [--temperature T] [--top-p P]
 //
 // With tp * pp > 1 the process becomes a launcher, as llmir-generate does: it
 // compiles once, publishes each rank's ShardProgram in a rendezvous store on
@@ -27,7 +28,9 @@
 // (--broadcast-ids-every-step keeps it, for comparing with runs before it).
 // Each batch's decode ids go into an FNV-1a hash (`decode_ids_hash`), the
 // same whichever decode loop ran (the host a step ahead, or
-// --synchronous-decode): the multi-rank test compares the two.
+// --synchronous-decode): the multi-rank test compares the two. With
+// --temperature the decode's tokens are drawn on the device (the sampling
+// kernel after each step, as a server's sampled request) instead of greedy.
 // Rank 0 prints the JSON. The same run also times the collectives at the model's message sizes: the all-reduce of the TP
 // group and the send between pipeline stages, beside the cost model's
 // alpha-beta prediction of each.
@@ -40,6 +43,7 @@
 #include "llmir/compiler/Compile.h"
 #include "llmir/engine/CheckpointWeights.h"
 #include "llmir/engine/Executor.h"
+#include "llmir/engine/Sampler.h"
 #include "llmir/model/Checkpoint.h"
 #include "llmir/model/ModelConfig.h"
 #include "llmir/net/Config.h"
@@ -88,6 +92,7 @@ struct Options {
   bool broadcastIdsEveryStep = false;
   bool synchronousDecode = false;
   std::string matmulPrecision = "highest";
+  double temperature = 0.0, topP = 1.0; // the decode's draws (0: greedy)
   int tp = 1, pp = 1;
   int threads = 0; // CPU kernel threads per rank (0: the cores / ranks)
   int timeoutSeconds = 300;
@@ -128,7 +133,7 @@ Options parse(int argc, char **argv) {
              "print the cost model's predictions only (no GPU needed)");
   config.add("synchronous-decode", &o.synchronousDecode,
              "wait for each decode step's ids before preparing the next (default: "
-             "Executor::launchGreedy, the host a step ahead where the backend allows it "
+             "Executor::launchStep, the host a step ahead where the backend allows it "
              "and no rank waits for a broadcast)");
   config.add("broadcast-ids-every-step", &o.broadcastIdsEveryStep,
              "send the deciding rank's ids to every rank after each decode step even where "
@@ -136,6 +141,10 @@ Options parse(int argc, char **argv) {
   config.add("matmul-precision", &o.matmulPrecision,
              "highest (products within f32 rounding) or medium (activations rounded to bf16 "
              "for the tensor cores, as the peer's bf16 model computes)");
+  config.add("temperature", &o.temperature,
+             "decode tokens drawn at this temperature on the device, as a server's sampled "
+             "request (0: greedy; needs the launched decode)");
+  config.add("top-p", &o.topP, "the draws' nucleus mass in (0, 1]");
   config.add("threads", &o.threads, "CPU kernel threads per rank (0: the cores / ranks)");
   config.add("timeout-s", &o.timeoutSeconds,
              "collective and rendezvous timeout (ranks load their weights in between)");
@@ -155,6 +164,8 @@ Options parse(int argc, char **argv) {
     fail("prefill must have at least one token per pipeline stage (its chunks)");
   if (o.threads < 0 || o.timeoutSeconds < 1)
     fail("threads must be >= 0 and timeout-s >= 1");
+  if (!(o.temperature >= 0) || !(o.topP > 0 && o.topP <= 1))
+    fail("temperature must be >= 0 and top-p in (0, 1]");
   if (o.isWorker() && (o.workerRank >= o.worldSize || o.storePort == 0))
     fail("worker-rank needs world-size > rank and store-port");
   return o;
@@ -608,10 +619,26 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
     const std::vector<int32_t> firstTokens = decode.tokenIds;
     const bool pipelined = !o.synchronousDecode && ctx.program->has_output() &&
                            (!ctx.runtime || ctx.idsOnEveryRank);
+    if (o.temperature > 0 && !pipelined)
+      return Status::error("--temperature needs the launched decode (no --synchronous-decode, "
+                           "and every rank holding the logits)");
+    // Step n's draws (none when greedy): seeded by sequence and position,
+    // as a server's sampled requests.
+    const auto samplingOf = [&](int n) {
+      std::vector<engine::RowSampling> rows;
+      for (int s = 0; o.temperature > 0 && s < batch; ++s) {
+        engine::RowSampling row;
+        row.params = {static_cast<float>(o.temperature), static_cast<float>(o.topP), 0,
+                      static_cast<uint64_t>(s) * 1000003u + static_cast<uint64_t>(n)};
+        row.uniform = engine::Sampler(row.params).nextUniform();
+        rows.push_back(row);
+      }
+      return rows;
+    };
     double broadcastSeconds = 0.0;
     uint32_t idsHash = 2166136261u; // FNV-1a over the timed steps' ids
     // `steps` decode steps after the batch's prefill, the host a step ahead
-    // (Executor::launchGreedy: step n is launched, its tokens the ids of
+    // (Executor::launchStep: step n is launched, its tokens the ids of
     // step n - 1, before step n - 1's ids are read back, where the backend
     // keeps them on the device; else at launch) or synchronous.
     const auto prefillAndDecode = [&](int steps, bool timed) -> Status {
@@ -629,17 +656,21 @@ Status measure(const Options &o, const RankContext &ctx, const std::string &pred
         if (n < steps) {
           for (int s = 0; s < batch; ++s)
             decode.positions[static_cast<size_t>(s)] = o.prompt + n;
-          decode.tokensFromLastGreedy = n > 0;
-          LLMIR_RETURN_IF_ERROR((*executor)->launchGreedy(decode).withContext("decode"));
+          decode.tokensFromLastLaunch = n > 0;
+          LLMIR_RETURN_IF_ERROR(
+              (*executor)->launchStep(decode, samplingOf(n)).withContext("decode"));
         }
         if (n > 0) {
-          auto ids = (*executor)->collectGreedy();
-          if (!ids)
-            return ids.status().withContext("decode");
-          hashIds(*ids);
+          auto tokens = (*executor)->collectStep();
+          if (!tokens)
+            return tokens.status().withContext("decode");
+          std::vector<int32_t> ids;
+          for (const engine::SampledToken &token : *tokens)
+            ids.push_back(token.id);
+          hashIds(ids);
         }
       }
-      decode.tokensFromLastGreedy = false;
+      decode.tokensFromLastLaunch = false;
       double waited = 0.0;
       for (int n = 0; !pipelined && n < steps; ++n) {
         for (int s = 0; s < batch; ++s)

@@ -14,10 +14,13 @@
 # running one (worker.pipeline-decodes; auto, the default: with CUDA, behind
 # a scheduler chaining two decodes or decodes of 0.25 ms or more); and
 # CHAIN_DEPTH=N the scheduler's chained decodes queued behind a sequence's
-# step in flight (chain-depth, default 2).
+# step in flight (chain-depth, default 2). TEMPERATURE (default 0, greedy)
+# and TOP_P (default 1) set the measured requests' sampling; the OpenAI API's
+# own default is temperature 1.
 # Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
-# tokenizer (bench/gpu's random ones) gets the demo model's: the prompts are
-# its words and the ids it generates are streamed, not read.
+# tokenizer (bench/gpu's random ones) gets the demo model's, grown to the
+# checkpoint's vocabulary: the prompts are its words and the ids it generates
+# are streamed, not read.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${LLMIR_BUILD_DIR:-$root/build}/bin"
@@ -34,7 +37,18 @@ trap cleanup EXIT
 if [ ! -f "$model/tokenizer.json" ]; then
   mkdir -p "$work/model"
   for f in "$model"/*; do ln -s "$f" "$work/model/"; done
-  cp "$root/models/demo-llama-4m/tokenizer.json" "$work/model/"
+  # The demo's tokenizer with its vocabulary grown to the checkpoint's (" x2048", ...),
+  # so that every id a sampled request draws streams as text.
+  python3 - "$root/models/demo-llama-4m/tokenizer.json" "$model/config.json" \
+    "$work/model/tokenizer.json" <<'PY'
+import json, sys
+tokenizer = json.load(open(sys.argv[1]))
+vocab = tokenizer["model"]["vocab"]
+size = json.load(open(sys.argv[2]))["vocab_size"]
+for i in range(len(vocab), size):
+    vocab["\u0120x%d" % i] = i
+json.dump(tokenizer, open(sys.argv[3], "w"))
+PY
   model="$work/model"
 fi
 port=18000
@@ -61,16 +75,18 @@ decode_seconds() { # sum and count of the worker's decode step histogram
   --output-len 16 --ignore-eos=true --temperature=0 >/dev/null # warm-up (CUDA graphs)
 read -r sum0 count0 <<<"$(decode_seconds)"
 "$bin/llmir-bench" --base-url "http://127.0.0.1:$port/v1" --num-prompts "$prompts" --concurrency 1 \
-  --output-len "$output_len" --ignore-eos=true --temperature=0 --json "$work/bench.json" \
+  --output-len "$output_len" --ignore-eos=true --temperature="${TEMPERATURE:-0}" \
+  --top-p="${TOP_P:-1}" --json "$work/bench.json" \
   >"$work/bench.out"
 read -r sum1 count1 <<<"$(decode_seconds)"
-python3 - "$work/bench.json" "$sum0" "$count0" "$sum1" "$count1" "$model" "$chain" <<'PY'
+python3 - "$work/bench.json" "$sum0" "$count0" "$sum1" "$count1" "$model" "$chain" \
+  "${TEMPERATURE:-0}" "${TOP_P:-1}" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 s0, c0, s1, c1 = map(float, sys.argv[2:6])
 step_ms = 1e3 * (s1 - s0) / (c1 - c0)
 tpot = bench.get("mean_tpot_ms") or bench.get("tpot_ms", {}).get("mean")
-print(f"served at concurrency 1 on {sys.argv[6]} (chain-decode={sys.argv[7]}): mean TPOT {tpot:.3f} ms (llmir-bench), "
+print(f"served at concurrency 1 on {sys.argv[6]} (chain-decode={sys.argv[7]}, temperature {sys.argv[8]}, top-p {sys.argv[9]}): mean TPOT {tpot:.3f} ms (llmir-bench), "
       f"worker decode step {step_ms:.3f} ms over {int(c1 - c0)} steps: "
       f"TPOT / step = {tpot / step_ms:.3f}")
 PY

@@ -37,6 +37,8 @@ std::string completionsBody(const BenchmarkOptions &o, const std::string &model,
   body["prompt"] = prompt;
   body["max_tokens"] = o.outputLen;
   body["temperature"] = o.temperature;
+  if (o.topP < 1.0)
+    body["top_p"] = o.topP;
   body["stream"] = true;
   body["stream_options"] = json::object{{"include_usage", true}};
   if (o.ignoreEos)
@@ -112,6 +114,8 @@ Status validate(const BenchmarkOptions &o) {
   if (o.promptsFile.empty() && o.promptLen < 1)
     return Status::error("--prompt-len must be at least 1, got " +
                                    std::to_string(o.promptLen));
+  if (!(o.topP > 0 && o.topP <= 1))
+    return Status::error("--top-p must be in (0, 1], got " + std::to_string(o.topP));
   if (auto url = net::parseHttpUrl(o.baseUrl); !url)
     return Status::error("--base-url '" + o.baseUrl + "': " + url.message());
   return Status::ok();

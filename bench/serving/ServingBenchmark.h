@@ -26,6 +26,7 @@ struct BenchmarkOptions {
   std::string promptsFile; // one prompt per line, cycled; overrides promptLen
   bool ignoreEos = false;
   double temperature = 0.0;
+  double topP = 1.0; // sent only below 1
   uint64_t seed = 0;
   std::chrono::milliseconds requestTimeout{600000};
 };

@@ -38,6 +38,7 @@ void bind(net::Config &config, Flags &f) {
   config.add("output-len", &o.outputLen, "max_tokens of every request");
   config.add("ignore-eos", &o.ignoreEos, "ask the server to generate output-len tokens (vLLM extension)");
   config.add("temperature", &o.temperature, "sampling temperature (0: greedy)");
+  config.add("top-p", &o.topP, "nucleus mass in (0, 1] (sent below 1)");
   config.add("seed", &o.seed, "seed of the random prompts and arrival times");
   config.add("request-timeout-s", &f.requestTimeoutSeconds, "bound on one request");
   config.add("json", &f.jsonPath, "also write the results as JSON to this file");

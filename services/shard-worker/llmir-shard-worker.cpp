@@ -88,7 +88,7 @@ struct Metrics {
   prometheus::Counter &stepsLaunchedBehind =
       prometheus::BuildCounter()
           .Name("llmir:worker_steps_launched_behind_total")
-          .Help("Greedy decodes launched behind the running step (worker.pipeline-decodes).")
+          .Help("Decodes launched behind the running step (worker.pipeline-decodes).")
           .Register(*registry)
           .Add({});
 
@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
              "file holding the cluster secret (else $LLMIR_CLUSTER_SECRET; "
              "docs/reliability.md)");
   config.add("worker.pipeline-decodes", &s.pipelineDecodes,
-             "off, auto or on: a one-rank replica's greedy decodes launched behind the "
+             "off, auto or on: a one-rank replica's decodes launched behind the "
              "running one (auto: where the device runs ahead of the host, CUDA, behind a "
              "scheduler chaining two decodes or decodes of 0.25 ms or more)");
   config.add("debug.fail-step", &s.failStep,

@@ -102,7 +102,7 @@ def check_run(args, tp, pp, hidden):
 
 
 def check_decode_loops_agree(args, tp):
-    """The host a step ahead (Executor::launchGreedy, the default loop) feeds
+    """The host a step ahead (Executor::launchStep, the default loop) feeds
     each step the ids of the one before it: the ids (their hash) must be
     those of --synchronous-decode, batch by batch."""
     label = f"tp={tp}"

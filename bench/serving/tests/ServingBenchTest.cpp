@@ -102,6 +102,14 @@ TEST(BenchmarkOptions, RejectsBadValues) {
   o = {};
   o.baseUrl = "ftp://x";
   EXPECT_FALSE(validate(o).isOk());
+  for (double topP : {0.0, -0.5, 1.5}) {
+    o = {};
+    o.topP = topP;
+    EXPECT_FALSE(validate(o).isOk()) << topP;
+  }
+  o = {};
+  o.topP = 0.9;
+  EXPECT_TRUE(validate(o).isOk());
 }
 
 TEST(MakePrompts, RandomPromptsHavePromptLenWordsAndDependOnSeed) {

@@ -57,23 +57,24 @@ public:
   virtual Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
                                                        std::span<const RowSampling> rows);
 
-  /// Greedy ids of slot `slot`'s rows, computed but not waited for
-  /// (Executor::launchGreedy): collectArgmaxRows() returns the oldest
-  /// launched ids. Returns the rows. This one computes them at once
-  /// (argmaxRows) and keeps them.
-  virtual Result<int64_t> launchArgmaxRows(uint32_t slot);
-  virtual Result<std::vector<int32_t>> collectArgmaxRows();
-  /// Whether beginStep takes a step's tokens from the last launched ids
-  /// itself (StepInput::tokensFromLastGreedy, on the device); when not, the
+  /// The tokens of slot `slot`'s rows, drawn as sampleRows(slot, rows)
+  /// draws them (with `rows` empty, the greedy ids of argmaxRows) but not
+  /// waited for (Executor::launchStep): collectTokens() returns the oldest
+  /// launched ones. Returns the rows. This one draws them at once and keeps
+  /// them.
+  virtual Result<int64_t> launchTokens(uint32_t slot, std::span<const RowSampling> rows);
+  virtual Result<std::vector<SampledToken>> collectTokens();
+  /// Whether beginStep takes a step's tokens from the last launched ones
+  /// itself (StepInput::tokensFromLastLaunch, on the device); when not, the
   /// executor puts lastLaunchedIds() in the step on the host.
-  virtual bool takesTokensFromLastArgmax() const { return false; }
+  virtual bool takesTokensFromLastLaunch() const { return false; }
   const std::vector<int32_t> &lastLaunchedIds() const { return lastLaunched_; }
   /// What runs a prompt's attention beside the backend's own kernels (the
   /// CUDA backend's cuDNN, its plans or why not); empty for none.
   virtual std::string promptAttentionLibrary() { return {}; }
 
 private:
-  std::deque<std::vector<int32_t>> launched_; // not yet collected, oldest first
+  std::deque<std::vector<SampledToken>> launched_; // not yet collected, oldest first
   std::vector<int32_t> lastLaunched_;
 };
 

@@ -293,7 +293,7 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
                                             "kv_store)"
                                           : "the executor has no KV transfer hook"));
   const int64_t vocab = program_->vocabSize;
-  for (size_t t = 0; vocab > 0 && !input.tokensFromLastGreedy && t < input.tokenIds.size(); ++t)
+  for (size_t t = 0; vocab > 0 && !input.tokensFromLastLaunch && t < input.tokenIds.size(); ++t)
     if (input.tokenIds[t] < 0 || input.tokenIds[t] >= vocab)
       return Status::error("invalid step: token " + std::to_string(t) +
                            " has id " + std::to_string(input.tokenIds[t]) +
@@ -335,60 +335,60 @@ Status Executor::runStep(const StepInput &input, const InstructionObserver &obse
   return transfersBefore(program_->instructions.size());
 }
 
-Status Executor::noGreedyInFlight(const char *what) const {
-  if (greedyInFlight_ == 0)
+Status Executor::noStepLaunched(const char *what) const {
+  if (launchedInFlight_ == 0)
     return Status::ok();
-  return Status::error(std::string(what) + ": " + std::to_string(greedyInFlight_) +
-                       " launched greedy step(s) not collected yet (collectGreedy)");
+  return Status::error(std::string(what) + ": " + std::to_string(launchedInFlight_) +
+                       " launched step(s) not collected yet (collectStep)");
 }
 
-Status Executor::launchGreedy(const StepInput &input) {
+Status Executor::launchStep(const StepInput &input, std::span<const RowSampling> sampling) {
   if (!program_->hasOutput)
-    return Status::error("launchGreedy: this stage has no output (logits)");
-  if (greedyInFlight_ >= kMaxGreedyInFlight)
-    return Status::error("launchGreedy: " + std::to_string(greedyInFlight_) +
+    return Status::error("launchStep: this stage has no output (logits)");
+  if (launchedInFlight_ >= kMaxLaunchedSteps)
+    return Status::error("launchStep: " + std::to_string(launchedInFlight_) +
                          " steps launched and not collected (at most " +
-                         std::to_string(kMaxGreedyInFlight) + ")");
+                         std::to_string(kMaxLaunchedSteps) + ")");
   const StepInput *run = &input;
-  if (input.tokensFromLastGreedy) {
+  if (input.tokensFromLastLaunch) {
     if (lastLaunchedRows_ != input.numTokens())
       return Status::error(
-          "launchGreedy: the step takes its " + std::to_string(input.numTokens()) +
-          " tokens from the last launched step's ids, which " +
+          "launchStep: the step takes its " + std::to_string(input.numTokens()) +
+          " tokens from the last launched step's, which " +
           (lastLaunchedRows_ < 0 ? std::string("does not exist")
                                  : "has " + std::to_string(lastLaunchedRows_) + " rows"));
-    if (!backend_->takesTokensFromLastArgmax()) {
+    if (!backend_->takesTokensFromLastLaunch()) {
       // Assigned field by field into a kept step: the vectors keep their
       // capacity, so a decode step copies its tables without allocating.
       withTokens_ = input;
       withTokens_.tokenIds = backend_->lastLaunchedIds();
-      withTokens_.tokensFromLastGreedy = false;
+      withTokens_.tokensFromLastLaunch = false;
       run = &withTokens_;
     }
   }
   LLMIR_RETURN_IF_ERROR(runStep(*run, {}));
-  Result<int64_t> rows = backend_->launchArgmaxRows(program_->outputSlot);
+  Result<int64_t> rows = backend_->launchTokens(program_->outputSlot, sampling);
   if (!rows)
     return rows.status();
   lastLaunchedRows_ = *rows;
-  ++greedyInFlight_;
+  ++launchedInFlight_;
   return Status::ok();
 }
 
-bool Executor::launchesAhead() const { return backend_->takesTokensFromLastArgmax(); }
+bool Executor::launchesAhead() const { return backend_->takesTokensFromLastLaunch(); }
 
 std::string Executor::promptAttentionLibrary() { return backend_->promptAttentionLibrary(); }
 
-Result<std::vector<int32_t>> Executor::collectGreedy() {
-  if (greedyInFlight_ == 0)
-    return Status::error("collectGreedy: no launched greedy step to collect");
-  --greedyInFlight_;
-  return backend_->collectArgmaxRows();
+Result<std::vector<SampledToken>> Executor::collectStep() {
+  if (launchedInFlight_ == 0)
+    return Status::error("collectStep: no launched step to collect");
+  --launchedInFlight_;
+  return backend_->collectTokens();
 }
 
 Result<Tensor> Executor::step(const StepInput &input,
                               const InstructionObserver &observer) {
-  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("step"));
+  LLMIR_RETURN_IF_ERROR(noStepLaunched("step"));
   lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, observer));
   if (!program_->hasOutput)
@@ -399,7 +399,7 @@ Result<Tensor> Executor::step(const StepInput &input,
 Result<std::vector<int32_t>> Executor::stepGreedy(const StepInput &input) {
   if (!program_->hasOutput)
     return Status::error("stepGreedy: this stage has no output (logits)");
-  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("stepGreedy"));
+  LLMIR_RETURN_IF_ERROR(noStepLaunched("stepGreedy"));
   lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, {}));
   return backend_->argmaxRows(program_->outputSlot);
@@ -409,7 +409,7 @@ Result<std::vector<SampledToken>> Executor::stepSample(const StepInput &input,
                                                        std::span<const RowSampling> rows) {
   if (!program_->hasOutput)
     return Status::error("stepSample: this stage has no output (logits)");
-  LLMIR_RETURN_IF_ERROR(noGreedyInFlight("stepSample"));
+  LLMIR_RETURN_IF_ERROR(noStepLaunched("stepSample"));
   lastLaunchedRows_ = -1;
   LLMIR_RETURN_IF_ERROR(runStep(input, {}));
   return backend_->sampleRows(program_->outputSlot, rows);
@@ -438,21 +438,35 @@ ExecutionBackend::sampleRows(uint32_t slot, std::span<const RowSampling> rows) {
   return tokens;
 }
 
-Result<int64_t> ExecutionBackend::launchArgmaxRows(uint32_t slot) {
-  Result<std::vector<int32_t>> ids = argmaxRows(slot);
-  if (!ids)
-    return ids.status();
-  lastLaunched_ = *ids;
-  launched_.push_back(std::move(*ids));
+Result<int64_t> ExecutionBackend::launchTokens(uint32_t slot,
+                                               std::span<const RowSampling> rows) {
+  std::vector<SampledToken> tokens;
+  if (rows.empty()) {
+    Result<std::vector<int32_t>> ids = argmaxRows(slot);
+    if (!ids)
+      return ids.status();
+    tokens.resize(ids->size());
+    for (size_t r = 0; r < ids->size(); ++r)
+      tokens[r].id = (*ids)[r];
+  } else {
+    Result<std::vector<SampledToken>> sampled = sampleRows(slot, rows);
+    if (!sampled)
+      return sampled.status();
+    tokens = std::move(*sampled);
+  }
+  lastLaunched_.resize(tokens.size());
+  for (size_t r = 0; r < tokens.size(); ++r)
+    lastLaunched_[r] = tokens[r].id;
+  launched_.push_back(std::move(tokens));
   return static_cast<int64_t>(lastLaunched_.size());
 }
 
-Result<std::vector<int32_t>> ExecutionBackend::collectArgmaxRows() {
+Result<std::vector<SampledToken>> ExecutionBackend::collectTokens() {
   if (launched_.empty())
-    return Status::error("collectArgmaxRows: nothing launched");
-  std::vector<int32_t> ids = std::move(launched_.front());
+    return Status::error("collectTokens: nothing launched");
+  std::vector<SampledToken> tokens = std::move(launched_.front());
   launched_.pop_front();
-  return ids;
+  return tokens;
 }
 
 Result<std::vector<int32_t>> ExecutionBackend::argmaxRows(uint32_t slot) {

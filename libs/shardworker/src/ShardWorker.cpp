@@ -205,7 +205,7 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
   // One stage: every rank has the gathered logits and draws the same token
   // (the same bits, the same seeded uniform), which its chained decodes need.
   samples_ = decides_ || program_.num_stages() <= 1;
-  // Pipelined greedy decodes on a replica of one rank (with collectives,
+  // Pipelined decodes on a replica of one rank (with collectives,
   // every rank would have to launch the same steps behind);
   // pipelinesNextDecode then says which decodes it takes.
   using Pipeline = ShardWorkerOptions::PipelineDecodes;
@@ -214,7 +214,7 @@ Status ShardWorker::trySetUp(const proto::AssignRank &assign) {
       (options_.pipelineDecodes == Pipeline::Auto && executor_->launchesAhead());
   lastDecodeSeconds_ = 0;
   if (pipelines && assign.world_size() == 1 && decides_)
-    pipeline_ = std::make_unique<serving::GreedyPipeline>(*executor_, chain_);
+    pipeline_ = std::make_unique<serving::DecodePipeline>(*executor_, chain_);
   loadedBytes_ = weightSliceBytes(program_);
   if (assign.has_kv_store()) {
     // The store is a cache: a rank that cannot use it still serves.

@@ -330,73 +330,111 @@ TEST(BackendFastPaths, PrefillOfTheSelectedRowsMatchesEveryRow) {
     }
 }
 
-// Executor::launchGreedy on the GPU (the CPU's in ExecutorTest): a prefill
-// and decodes whose tokens are the ids the step launched before left on the
-// device, collected one step late, give stepGreedy's ids step for step,
+// Executor::launchStep on the GPU (the CPU's in ExecutorTest): a prefill
+// and decodes whose tokens are those the step launched before drew and
+// left on the device, collected one step late, give stepGreedy's ids (no
+// sampling rows: the argmax) or stepSample's tokens and logprobs
+// (temperature / top-k / top-p rows: the sampling kernel) step for step,
 // through the decode graphs' recording and replays.
-TEST(BackendFastPaths, LaunchedGreedyStepsGiveStepGreedysIds) {
+TEST(BackendFastPaths, LaunchedStepsGiveTheSynchronousSteps) {
   if (engine::cudaDeviceCount() == 0)
     GTEST_SKIP() << "no CUDA device";
   const DemoModel demo;
   ASSERT_TRUE(demo.checkpoint) << demo.checkpoint.message();
   ASSERT_TRUE(demo.compiled) << demo.compiled.message();
   const engine::Device gpu{engine::Device::Kind::Cuda, 0};
-  for (int batch : {1, 3}) {
-    const int prompt = 6, steps = 10;
-    engine::StepInput prefill, decode;
-    for (int s = 0; s < batch; ++s) {
-      std::vector<int32_t> table;
-      for (int b = 0; b < 8; ++b)
-        table.push_back(s * 8 + b);
-      prefill.blockTables.push_back(table);
-      for (int p = 0; p < prompt; ++p) {
-        prefill.tokenIds.push_back(static_cast<int32_t>(11 + 7 * s + 29 * p) % 2000);
-        prefill.positions.push_back(p);
-        prefill.tokenSeq.push_back(s);
+  const auto idsOf = [](const std::vector<engine::SampledToken> &tokens) {
+    std::vector<int32_t> ids;
+    for (const engine::SampledToken &token : tokens)
+      ids.push_back(token.id);
+    return ids;
+  };
+  for (bool sampled : {false, true})
+    for (int batch : {1, 3}) {
+      const int prompt = 6, steps = 10;
+      engine::StepInput prefill, decode;
+      for (int s = 0; s < batch; ++s) {
+        std::vector<int32_t> table;
+        for (int b = 0; b < 8; ++b)
+          table.push_back(s * 8 + b);
+        prefill.blockTables.push_back(table);
+        for (int p = 0; p < prompt; ++p) {
+          prefill.tokenIds.push_back(static_cast<int32_t>(11 + 7 * s + 29 * p) % 2000);
+          prefill.positions.push_back(p);
+          prefill.tokenSeq.push_back(s);
+        }
+        decode.tokenIds.push_back(0);
+        decode.positions.push_back(prompt);
+        decode.tokenSeq.push_back(s);
       }
-      decode.tokenIds.push_back(0);
-      decode.positions.push_back(prompt);
-      decode.tokenSeq.push_back(s);
-    }
-    decode.blockTables = prefill.blockTables;
-    const std::string name = "batch " + std::to_string(batch);
+      decode.blockTables = prefill.blockTables;
+      const std::string name =
+          std::string(sampled ? "sampled" : "greedy") + " batch " + std::to_string(batch);
+      // Step n's rows: none (greedy), or a draw per sequence (top-p on the
+      // first, top-k and the logprob on the others).
+      const auto samplingOf = [&](int n) {
+        std::vector<engine::RowSampling> rows;
+        for (int s = 0; sampled && s < batch; ++s) {
+          engine::RowSampling row;
+          row.params = {1.0f, s == 0 ? 0.9f : 1.0f, s == 0 ? 0 : 20,
+                        static_cast<uint64_t>(1000 * n + s)};
+          row.uniform = engine::Sampler(row.params).nextUniform();
+          row.logprob = s > 0;
+          rows.push_back(row);
+        }
+        return rows;
+      };
 
-    auto reference = demo.executor(gpu, 128);
-    ASSERT_TRUE(reference);
-    std::vector<std::vector<int32_t>> want;
-    auto ids = reference->stepGreedy(prefill);
-    ASSERT_TRUE(ids) << name << ": " << ids.message();
-    want.push_back(*ids);
-    engine::StepInput step = decode;
-    for (int n = 0; n < steps; ++n) {
-      step.tokenIds = want.back();
-      ids = reference->stepGreedy(step);
-      ASSERT_TRUE(ids) << name << " step " << n << ": " << ids.message();
-      want.push_back(*ids);
-      for (int32_t &position : step.positions)
-        ++position;
-    }
+      auto reference = demo.executor(gpu, 128);
+      ASSERT_TRUE(reference);
+      std::vector<std::vector<engine::SampledToken>> want;
+      engine::StepInput step = prefill;
+      for (int n = 0; n <= steps; ++n) {
+        Result<std::vector<engine::SampledToken>> tokens =
+            std::vector<engine::SampledToken>();
+        if (sampled) {
+          tokens = reference->stepSample(step, samplingOf(n));
+        } else if (auto ids = reference->stepGreedy(step); ids) {
+          for (int32_t id : *ids)
+            tokens->push_back({id, 0.0f});
+        } else {
+          tokens = ids.status();
+        }
+        ASSERT_TRUE(tokens) << name << " step " << n << ": " << tokens.message();
+        want.push_back(*tokens);
+        if (n == 0)
+          step = decode;
+        else
+          for (int32_t &position : step.positions)
+            ++position;
+        step.tokenIds = idsOf(want.back());
+      }
 
-    auto pipelined = demo.executor(gpu, 128);
-    ASSERT_TRUE(pipelined);
-    engine::StepInput chained = decode;
-    chained.tokensFromLastGreedy = true;
-    ASSERT_TRUE(pipelined->launchGreedy(prefill).isOk()) << name;
-    std::vector<std::vector<int32_t>> got;
-    for (int n = 0; n < steps; ++n) {
-      const Status launched = pipelined->launchGreedy(chained);
-      ASSERT_TRUE(launched.isOk()) << name << " step " << n << ": " << launched.message();
-      ids = pipelined->collectGreedy();
-      ASSERT_TRUE(ids) << name << " step " << n << ": " << ids.message();
-      got.push_back(*ids);
-      for (int32_t &position : chained.positions)
-        ++position;
+      auto pipelined = demo.executor(gpu, 128);
+      ASSERT_TRUE(pipelined);
+      engine::StepInput chained = decode;
+      chained.tokensFromLastLaunch = true;
+      ASSERT_TRUE(pipelined->launchStep(prefill, samplingOf(0)).isOk()) << name;
+      std::vector<std::vector<engine::SampledToken>> got;
+      for (int n = 1; n <= steps; ++n) {
+        const Status launched = pipelined->launchStep(chained, samplingOf(n));
+        ASSERT_TRUE(launched.isOk()) << name << " step " << n << ": " << launched.message();
+        auto tokens = pipelined->collectStep();
+        ASSERT_TRUE(tokens) << name << " step " << n << ": " << tokens.message();
+        got.push_back(*tokens);
+        for (int32_t &position : chained.positions)
+          ++position;
+      }
+      auto tokens = pipelined->collectStep();
+      ASSERT_TRUE(tokens) << name << ": " << tokens.message();
+      got.push_back(*tokens);
+      ASSERT_EQ(got.size(), want.size()) << name;
+      for (size_t n = 0; n < got.size(); ++n) {
+        EXPECT_EQ(idsOf(got[n]), idsOf(want[n])) << name << " step " << n;
+        for (size_t r = 0; r < got[n].size(); ++r)
+          EXPECT_EQ(got[n][r].logprob, want[n][r].logprob) << name << " step " << n;
+      }
     }
-    ids = pipelined->collectGreedy();
-    ASSERT_TRUE(ids) << name << ": " << ids.message();
-    got.push_back(*ids);
-    EXPECT_EQ(got, want) << name;
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Degrees, BackendConsistency,

@@ -167,11 +167,13 @@ TEST_P(ExecutorForward, PrefillThenDecodeMatchesReference) {
   }
 }
 
-// Executor::launchGreedy, the host a step ahead: a prefill of two
-// sequences, then decodes whose tokens are the ids of the step launched
-// before (tokensFromLastGreedy), each collected one step late, give
-// stepGreedy's ids step for step; misuses fail with a message.
-TEST_P(ExecutorForward, LaunchedGreedyStepsGiveStepGreedysIds) {
+// Executor::launchStep, the host a step ahead: a prefill of two
+// sequences, then decodes whose tokens are those the step launched before
+// drew (tokensFromLastLaunch), each collected one step late, give
+// stepGreedy's ids (no sampling rows) or stepSample's tokens and logprobs
+// (temperature / top-k / top-p rows) step for step; misuses fail with a
+// message.
+TEST_P(ExecutorForward, LaunchedStepsGiveTheSynchronousSteps) {
   StepInput prefill, decode;
   for (int32_t s = 0; s < 2; ++s) {
     prefill.blockTables.push_back({3 * s, 3 * s + 1, 3 * s + 2});
@@ -186,55 +188,94 @@ TEST_P(ExecutorForward, LaunchedGreedyStepsGiveStepGreedysIds) {
   }
   decode.blockTables = prefill.blockTables;
   const int steps = 6;
-
-  auto reference = create();
-  ASSERT_TRUE(reference);
-  std::vector<std::vector<int32_t>> want;
-  Result<std::vector<int32_t>> ids = reference->stepGreedy(prefill);
-  ASSERT_TRUE(ids.isOk()) << ids.message();
-  want.push_back(*ids);
-  StepInput step = decode;
-  for (int n = 0; n < steps; ++n) {
-    step.tokenIds = want.back();
-    ids = reference->stepGreedy(step);
-    ASSERT_TRUE(ids.isOk()) << "step " << n << ": " << ids.message();
-    want.push_back(*ids);
-    for (int32_t &position : step.positions)
-      ++position;
-  }
-
-  auto pipelined = create();
-  ASSERT_TRUE(pipelined);
-  StepInput chained = decode;
-  chained.tokensFromLastGreedy = true;
-  EXPECT_FALSE(pipelined->launchGreedy(chained).isOk()) << "no step launched before";
-  EXPECT_FALSE(pipelined->collectGreedy().isOk()) << "nothing launched";
-  ASSERT_TRUE(pipelined->launchGreedy(prefill).isOk());
-  std::vector<std::vector<int32_t>> got;
-  for (int n = 0; n < steps; ++n) {
-    Status launched = pipelined->launchGreedy(chained);
-    ASSERT_TRUE(launched.isOk()) << "step " << n << ": " << launched.message();
-    if (n == 0) {
-      EXPECT_FALSE(pipelined->launchGreedy(chained).isOk()) << "three in flight";
-      EXPECT_FALSE(pipelined->step(prefill).isOk()) << "a step while two are in flight";
-      EXPECT_FALSE(pipelined->stepGreedy(prefill).isOk()) << "a step while two are in flight";
+  // Step n's rows: none (greedy), or a draw per sequence, the second
+  // sequence with top-k and its logprob.
+  const auto samplingOf = [](bool sampled, int n) {
+    std::vector<RowSampling> rows;
+    for (int s = 0; sampled && s < 2; ++s) {
+      RowSampling row;
+      row.params = {0.9f, s == 0 ? 0.95f : 1.0f, s == 0 ? 0 : 5,
+                    static_cast<uint64_t>(100 * n + s)};
+      row.uniform = Sampler(row.params).nextUniform();
+      row.logprob = s == 1;
+      rows.push_back(row);
     }
-    ids = pipelined->collectGreedy();
-    ASSERT_TRUE(ids.isOk()) << "step " << n << ": " << ids.message();
-    got.push_back(*ids);
-    for (int32_t &position : chained.positions)
-      ++position;
+    return rows;
+  };
+  const auto idsOf = [](const std::vector<SampledToken> &tokens) {
+    std::vector<int32_t> ids;
+    for (const SampledToken &token : tokens)
+      ids.push_back(token.id);
+    return ids;
+  };
+
+  for (bool sampled : {false, true}) {
+    SCOPED_TRACE(sampled ? "sampled" : "greedy");
+    auto reference = create();
+    ASSERT_TRUE(reference);
+    std::vector<std::vector<SampledToken>> want;
+    StepInput step = prefill;
+    for (int n = 0; n <= steps; ++n) {
+      const std::vector<RowSampling> rows = samplingOf(sampled, n);
+      Result<std::vector<SampledToken>> tokens = std::vector<SampledToken>();
+      if (sampled) {
+        tokens = reference->stepSample(step, rows);
+      } else if (Result<std::vector<int32_t>> ids = reference->stepGreedy(step); ids) {
+        for (int32_t id : *ids)
+          tokens->push_back({id, 0.0f});
+      } else {
+        tokens = ids.status();
+      }
+      ASSERT_TRUE(tokens.isOk()) << "step " << n << ": " << tokens.message();
+      want.push_back(*tokens);
+      if (n == 0)
+        step = decode;
+      else
+        for (int32_t &position : step.positions)
+          ++position;
+      step.tokenIds = idsOf(want.back());
+    }
+
+    auto pipelined = create();
+    ASSERT_TRUE(pipelined);
+    StepInput chained = decode;
+    chained.tokensFromLastLaunch = true;
+    EXPECT_FALSE(pipelined->launchStep(chained).isOk()) << "no step launched before";
+    EXPECT_FALSE(pipelined->collectStep().isOk()) << "nothing launched";
+    ASSERT_TRUE(pipelined->launchStep(prefill, samplingOf(sampled, 0)).isOk());
+    std::vector<std::vector<SampledToken>> got;
+    for (int n = 1; n <= steps; ++n) {
+      Status launched = pipelined->launchStep(chained, samplingOf(sampled, n));
+      ASSERT_TRUE(launched.isOk()) << "step " << n << ": " << launched.message();
+      if (n == 1) {
+        EXPECT_FALSE(pipelined->launchStep(chained).isOk()) << "three in flight";
+        EXPECT_FALSE(pipelined->step(prefill).isOk()) << "a step while two are in flight";
+        EXPECT_FALSE(pipelined->stepGreedy(prefill).isOk()) << "a step while two are in flight";
+      }
+      Result<std::vector<SampledToken>> tokens = pipelined->collectStep();
+      ASSERT_TRUE(tokens.isOk()) << "step " << n << ": " << tokens.message();
+      got.push_back(*tokens);
+      for (int32_t &position : chained.positions)
+        ++position;
+    }
+    Result<std::vector<SampledToken>> tokens = pipelined->collectStep();
+    ASSERT_TRUE(tokens.isOk()) << tokens.message();
+    got.push_back(*tokens);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_EQ(idsOf(got[n]), idsOf(want[n])) << "step " << n;
+      for (size_t r = 0; r < got[n].size(); ++r)
+        EXPECT_EQ(got[n][r].logprob, want[n][r].logprob) << "step " << n << " row " << r;
+    }
+    // A step of another size cannot take the last tokens, nor sample with
+    // rows that are not its output rows.
+    StepInput wider = chained;
+    wider.tokenIds.push_back(0);
+    wider.positions.push_back(wider.positions.back());
+    wider.tokenSeq.push_back(1);
+    EXPECT_FALSE(pipelined->launchStep(wider).isOk());
+    EXPECT_FALSE(pipelined->launchStep(decode, std::vector<RowSampling>(3)).isOk());
   }
-  ids = pipelined->collectGreedy();
-  ASSERT_TRUE(ids.isOk()) << ids.message();
-  got.push_back(*ids);
-  EXPECT_EQ(got, want);
-  // A step of another size cannot take the last ids.
-  StepInput wider = chained;
-  wider.tokenIds.push_back(0);
-  wider.positions.push_back(wider.positions.back());
-  wider.tokenSeq.push_back(1);
-  EXPECT_FALSE(pipelined->launchGreedy(wider).isOk());
 }
 
 // The CPU backend passes activation buffers from slot to slot (a slot's

@@ -223,9 +223,12 @@ struct SamplingRow {
 /// ids[r] = the token engine::Sampler::sample(row r, params[r].uniform)
 /// draws from logits [rows, V], without sorting the vocabulary (radix
 /// selection); logprobs[r], when not null, its log-softmax over the raw
-/// logits. params, ids and logprobs are device memory.
+/// logits. params, ids and logprobs are device memory; hostIds and
+/// hostLogprobs, when not null, pinned host memory the kernel writes the
+/// same into (readable once the stream has passed it, as argmaxRows').
 Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-                  const SamplingRow *params, int32_t *ids, float *logprobs);
+                  const SamplingRow *params, int32_t *ids, float *logprobs,
+                  int32_t *hostIds = nullptr, float *hostLogprobs = nullptr);
 
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,

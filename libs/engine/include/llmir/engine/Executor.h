@@ -125,23 +125,25 @@ public:
   Result<std::vector<SampledToken>> stepSample(const StepInput &step,
                                                std::span<const RowSampling> rows);
 
-  /// Greedy decode with the host a step ahead of the device: runs `step`
-  /// and its rows' argmax as stepGreedy does but returns without waiting
-  /// for the ids, so the host can prepare and launch the next step while
-  /// this one runs; collectGreedy() returns the oldest launched step's ids.
-  /// A step with tokensFromLastGreedy takes its tokens from the ids of the
+  /// Decode with the host a step ahead of the device: runs `step` and
+  /// draws its rows' tokens as stepSample(step, sampling) does (with
+  /// `sampling` empty, each row's greedy id as stepGreedy) but returns
+  /// without waiting for them, so the host can prepare and launch the next
+  /// step while this one runs; collectStep() returns the oldest launched
+  /// step's tokens (logprobs where its rows asked).
+  /// A step with tokensFromLastLaunch takes its tokens from those of the
   /// step launched just before it (one token per output row of that step):
   /// on the device, without a host round trip, where the backend takes them
-  /// itself (ExecutionBackend::takesTokensFromLastArgmax); otherwise the
-  /// backend computes the ids at launch and the executor puts them in the
+  /// itself (ExecutionBackend::takesTokensFromLastLaunch); otherwise the
+  /// backend draws the tokens at launch and the executor puts them in the
   /// next step on the host (the CPU backend, CUDA pipeline stages).
-  /// At most kMaxGreedyInFlight steps wait to be collected; step(),
+  /// At most kMaxLaunchedSteps steps wait to be collected; step(),
   /// stepGreedy() and stepSample() fail while any does.
-  static constexpr int kMaxGreedyInFlight = 2;
-  Status launchGreedy(const StepInput &step);
-  Result<std::vector<int32_t>> collectGreedy();
-  /// Whether launchGreedy returns before the step has run and a
-  /// tokensFromLastGreedy step takes its tokens on the device (a CUDA
+  static constexpr int kMaxLaunchedSteps = 2;
+  Status launchStep(const StepInput &step, std::span<const RowSampling> sampling = {});
+  Result<std::vector<SampledToken>> collectStep();
+  /// Whether launchStep returns before the step has run and a
+  /// tokensFromLastLaunch step takes its tokens on the device (a CUDA
   /// backend of one stage): then launching a step behind the running one
   /// keeps the device busy. Elsewhere the step runs at launch, and a step
   /// launched behind only delays the answer of the one before it.
@@ -187,16 +189,16 @@ public:
 private:
   Executor(std::unique_ptr<BoundProgram> program, Device device);
   Status runStep(const StepInput &step, const InstructionObserver &observer);
-  /// Fails while launchGreedy steps wait to be collected.
-  Status noGreedyInFlight(const char *what) const;
+  /// Fails while launchStep steps wait to be collected.
+  Status noStepLaunched(const char *what) const;
   /// One KV_LOAD / KV_STORE inside a step.
   Status runKvTransfer(const BoundKvTransfer &transfer, const StepInput &step);
 
   std::unique_ptr<BoundProgram> program_;
   std::unique_ptr<ExecutionBackend> backend_;
-  int greedyInFlight_ = 0;         // launchGreedy steps not yet collected
-  int64_t lastLaunchedRows_ = -1;  // output rows of the last launchGreedy step
-  StepInput withTokens_;           // launchGreedy: a step given the last ids on the host
+  int launchedInFlight_ = 0;       // launchStep steps not yet collected
+  int64_t lastLaunchedRows_ = -1;  // output rows of the last launchStep step
+  StepInput withTokens_;           // launchStep: a step given the last tokens on the host
   Device device_;
   KvTransferHook *kvTransferHook_ = nullptr;
 };

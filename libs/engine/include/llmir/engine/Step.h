@@ -38,10 +38,10 @@ struct StepInput {
   /// Moved through the executor's KvTransferHook (Executor.h).
   std::vector<KvBlockRun> kvLoads;
   std::vector<KvBlockRun> kvStores;
-  /// Executor::launchGreedy only: token r is the greedy id of output row r
-  /// of the step launched before this one (tokenIds' size counts the
+  /// Executor::launchStep only: token r is the token drawn for output row
+  /// r of the step launched before this one (tokenIds' size counts the
   /// tokens; their values are not read).
-  bool tokensFromLastGreedy = false;
+  bool tokensFromLastLaunch = false;
 
   int64_t numTokens() const { return static_cast<int64_t>(tokenIds.size()); }
 };

@@ -233,6 +233,8 @@ public:
       if (stagingUploaded_[i])
         cudaEventDestroy(stagingUploaded_[i]);
       launchedIds_[i].host.release();
+      launchedIds_[i].hostLogprobs.release();
+      launchedIds_[i].sampling.release();
       if (launchedIds_[i].arrived)
         cudaEventDestroy(launchedIds_[i].arrived);
     }
@@ -411,7 +413,7 @@ public:
     std::copy(step.positions.begin(), step.positions.end(), host + tokenCapacity_);
     std::copy(step.tokenSeq.begin(), step.tokenSeq.end(), host + 2 * tokenCapacity_);
     std::copy(tiles.begin(), tiles.end(), host + 3 * tokenCapacity_);
-    host[idsInsteadAt] = step.tokensFromLastGreedy ? 1 : 0;
+    host[idsInsteadAt] = step.tokensFromLastLaunch ? 1 : 0;
     std::copy(selected_.begin(), selected_.end(), host + selectedAt);
     keptRowsInStep_ = selected_.size() < T;
     for (size_t i = 0; keptRowsInStep_ && i < selected_.size(); ++i) {
@@ -439,19 +441,19 @@ public:
     if (stepsAhead_)
       LLMIR_RETURN_IF_ERROR(
           check(cudaEventRecord(stagingUploaded_[turn], stream()), "recording an upload"));
-    // The last launched argmax's ids (Executor::launchGreedy checked their
+    // The last launched argmax's ids (Executor::launchStep checked their
     // count), after it on the stream: no host round trip, and the embedding
     // reads them where the argmax left them (cuda::IdsInstead): their copy
     // over the upload's ids was one more memcpy before the graph, 0.8 us
     // behind a gap of 8.7 on an H200 (docs/performance.md, thirty-seventh
     // session).
-    if (step.tokensFromLastGreedy && (!stepsAhead_ || launchedRows_ != static_cast<int64_t>(T)))
+    if (step.tokensFromLastLaunch && (!stepsAhead_ || launchedRows_ != static_cast<int64_t>(T)))
       return Status::error("beginStep: no launched greedy ids for the step's " +
                            std::to_string(T) + " tokens");
     // At the upload's token capacity, so that an argmax seldom moves them
     // (a graph holds their address: fixedBuffers); not while they are the
     // step's tokens (a grown array loses them).
-    if (!step.tokensFromLastGreedy)
+    if (!step.tokensFromLastLaunch)
       LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(std::max(tokenCapacity_, selectedCapacity_)));
     ids_ = stepTables_.data;
     takeGreedyIds_ = ids_ + idsInsteadAt;
@@ -662,50 +664,93 @@ public:
   /// The launched ids stay on the device for the next step where the host
   /// may run steps ahead (stepsAhead_); pipeline stages keep the executor's
   /// host path.
-  bool takesTokensFromLastArgmax() const override { return stepsAhead_; }
+  bool takesTokensFromLastLaunch() const override { return stepsAhead_; }
   std::string promptAttentionLibrary() override {
     return cuda::cudnnAttentionDescription(context_);
   }
 
-  Result<int64_t> launchArgmaxRows(uint32_t slot) override {
+  Result<int64_t> launchTokens(uint32_t slot, std::span<const RowSampling> rows) override {
     if (!stepsAhead_)
-      return ExecutionBackend::launchArgmaxRows(slot);
+      return ExecutionBackend::launchTokens(slot, rows);
     if (launchedTurns_.size() >= 2)
-      return Status::error("launchArgmaxRows: two launched ids not collected");
+      return Status::error("launchTokens: two launched steps' tokens not collected");
     const DeviceTensor &d = activations_[slot];
-    const int64_t rows = d.shape.size() == 2 ? d.shape[0] : 0;
+    const int64_t count = d.shape.size() == 2 ? d.shape[0] : 0;
+    if (!rows.empty() && count != static_cast<int64_t>(rows.size()))
+      return Status::error("launchTokens: " + std::to_string(rows.size()) +
+                           " rows of sampling parameters for logits " +
+                           model::formatShape(d.shape));
     LaunchedIds &launched = launchedIds_[launchTurn_];
-    if (rows > 0) {
-      LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(static_cast<size_t>(rows)));
-      LLMIR_RETURN_IF_ERROR(launched.host.reserve(static_cast<size_t>(rows)));
-      // The kernel writes the host's copy itself: a memcpy behind it held
-      // the next step's upload ~18 us (with the upload's, c212: a 1.1B
-      // batch-1 step 0.913 -> 0.898 ms, batch 32 -7%; docs/performance.md).
-      LLMIR_RETURN_IF_ERROR(cuda::argmaxRows(stream(), d.data(), rows, d.shape[1],
-                                             greedyIds_.data, launched.host.data));
+    launched.logprobs.assign(rows.size(), false);
+    bool draws = false, logprobs = false;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      launched.logprobs[r] = rows[r].logprob;
+      logprobs |= rows[r].logprob;
+      draws |= rows[r].logprob || !rows[r].params.greedy();
+    }
+    if (count > 0) {
+      const size_t n = static_cast<size_t>(count);
+      LLMIR_RETURN_IF_ERROR(greedyIds_.reserve(n));
+      LLMIR_RETURN_IF_ERROR(launched.host.reserve(n));
+      if (!draws) {
+        // The kernel writes the host's copy itself: a memcpy behind it held
+        // the next step's upload ~18 us (with the upload's, c212: a 1.1B
+        // batch-1 step 0.913 -> 0.898 ms, batch 32 -7%; docs/performance.md).
+        LLMIR_RETURN_IF_ERROR(cuda::argmaxRows(stream(), d.data(), count, d.shape[1],
+                                               greedyIds_.data, launched.host.data));
+      } else {
+        // The parameters from this turn's own pinned rows: the other turn's
+        // upload may still wait behind the step running now. One device
+        // copy serves both turns, its upload ordered after the sampling
+        // that read it before.
+        LLMIR_RETURN_IF_ERROR(launched.sampling.reserve(n));
+        LLMIR_RETURN_IF_ERROR(sampling_.reserve(n));
+        if (logprobs) {
+          LLMIR_RETURN_IF_ERROR(launched.hostLogprobs.reserve(n));
+          LLMIR_RETURN_IF_ERROR(logprobs_.reserve(n));
+        }
+        for (size_t r = 0; r < n; ++r) {
+          const SamplingParams &p = rows[r].params;
+          launched.sampling.data[r] = {p.temperature, p.topP, p.topK, 0, rows[r].uniform};
+        }
+        LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(sampling_.data, launched.sampling.data,
+                                                    n * sizeof(cuda::SamplingRow),
+                                                    cudaMemcpyHostToDevice, stream()),
+                                    "uploading sampling parameters"));
+        LLMIR_RETURN_IF_ERROR(cuda::sampleRows(
+            stream(), d.data(), count, d.shape[1], sampling_.data, greedyIds_.data,
+            logprobs ? logprobs_.data : nullptr, launched.host.data,
+            logprobs ? launched.hostLogprobs.data : nullptr));
+      }
     }
     if (!launched.arrived)
       LLMIR_RETURN_IF_ERROR(check(
           cudaEventCreateWithFlags(&launched.arrived, cudaEventDisableTiming), "an event"));
     LLMIR_RETURN_IF_ERROR(check(cudaEventRecord(launched.arrived, stream()), "recording ids"));
-    launched.rows = rows;
+    launched.rows = count;
     launched.replayed = hostTimes_.replayed;
-    launchedRows_ = rows;
+    launchedRows_ = count;
     launchedTurns_.push_back(launchTurn_);
     launchTurn_ ^= 1;
-    return rows;
+    return count;
   }
 
-  Result<std::vector<int32_t>> collectArgmaxRows() override {
+  Result<std::vector<SampledToken>> collectTokens() override {
     if (!stepsAhead_)
-      return ExecutionBackend::collectArgmaxRows();
+      return ExecutionBackend::collectTokens();
     if (launchedTurns_.empty())
-      return Status::error("collectArgmaxRows: nothing launched");
+      return Status::error("collectTokens: nothing launched");
     LaunchedIds &launched = launchedIds_[launchedTurns_.front()];
     launchedTurns_.pop_front();
     LLMIR_RETURN_IF_ERROR(waitingForIds(
-        launched.replayed, [&] { return waitEvent(launched.arrived, "reading greedy ids"); }));
-    return std::vector<int32_t>(launched.host.data, launched.host.data + launched.rows);
+        launched.replayed, [&] { return waitEvent(launched.arrived, "reading the tokens"); }));
+    std::vector<SampledToken> tokens(static_cast<size_t>(launched.rows));
+    for (size_t r = 0; r < tokens.size(); ++r) {
+      tokens[r].id = launched.host.data[r];
+      if (r < launched.logprobs.size() && launched.logprobs[r])
+        tokens[r].logprob = launched.hostLogprobs.data[r];
+    }
+    return tokens;
   }
 
   Result<std::vector<SampledToken>> sampleRows(uint32_t slot,
@@ -749,7 +794,8 @@ public:
                                 "uploading sampling parameters"));
     LLMIR_RETURN_IF_ERROR(cuda::sampleRows(stream(), d.data(), count, d.shape[1],
                                            sampling_.data, greedyIds_.data,
-                                           logprobs ? logprobs_.data : nullptr));
+                                           logprobs ? logprobs_.data : nullptr, nullptr,
+                                           nullptr));
     LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(hostIds_.data, greedyIds_.data,
                                                 n * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                                 stream()),
@@ -2381,7 +2427,7 @@ private:
   bool transfers_ = false;   // ... transfers between pipeline stages
   /// The host may enqueue a step while the one before it runs (two
   /// stagings of the step's tables in turn, the greedy ids kept on the
-  /// device for the next step: Executor::launchGreedy). One rank, or ranks
+  /// device for the next step: Executor::launchStep). One rank, or ranks
   /// with stream-ordered collectives and no stages (TP: every rank holds the
   /// logits), whose waits on events still check the group. Pipeline stages
   /// wait for each step in beginStep, where a stage without output learns of
@@ -2398,7 +2444,7 @@ private:
   /// [ids | positions | sequences | block tables] at these capacities.
   DeviceArray<int32_t> stepTables_;
   /// Two host stagings of the step's tables, in turn: one rank's step may
-  /// be written while the step before it still runs (Executor::launchGreedy),
+  /// be written while the step before it still runs (Executor::launchStep),
   /// once the upload from the same staging two steps ago is done.
   PinnedArray<int32_t> hostStep_[2];
   cudaEvent_t stagingUploaded_[2] = {nullptr, nullptr};
@@ -2456,10 +2502,15 @@ private:
   int64_t partialRow_ = 0, attentionHeads_ = 0, attentionKvHeads_ = 0;
   int multiprocessors_ = 1;
   PinnedArray<int32_t> hostIds_;
-  /// launchArgmaxRows: two host copies of launched greedy ids in turn, each
-  /// with the event that says it arrived; the launched turns, oldest first.
+  /// launchTokens: two host copies of launched tokens in turn (ids, and
+  /// logprobs where rows asked), each with the event that says they arrived
+  /// and the sampling parameters its upload read; the launched turns,
+  /// oldest first.
   struct LaunchedIds {
     PinnedArray<int32_t> host;
+    PinnedArray<float> hostLogprobs;
+    PinnedArray<cuda::SamplingRow> sampling;
+    std::vector<bool> logprobs; // per row: its logprob was asked
     cudaEvent_t arrived = nullptr;
     int64_t rows = 0;
     bool replayed = false; // its step's graph was replayed (HostTimes)

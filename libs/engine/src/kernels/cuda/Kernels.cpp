@@ -1066,10 +1066,11 @@ static_assert(sizeof(SamplingRow) == sizeof(detail::RowSampling) &&
               offsetof(SamplingRow, uniform) == offsetof(detail::RowSampling, uniform));
 
 Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-                  const SamplingRow *params, int32_t *ids, float *logprobs) {
+                  const SamplingRow *params, int32_t *ids, float *logprobs, int32_t *hostIds,
+                  float *hostLogprobs) {
   return cudaStatus(detail::sampleRows(stream, logits, rows, V,
                                        reinterpret_cast<const detail::RowSampling *>(params),
-                                       ids, logprobs),
+                                       ids, logprobs, hostIds, hostLogprobs),
                     "sampling");
 }
 

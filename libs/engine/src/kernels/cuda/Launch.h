@@ -197,9 +197,11 @@ struct RowSampling {
 };
 /// ids[r] = the token engine::sampleWithUniform draws from row r of logits
 /// with params[r] (device memory); logprobs[r] (when not null) = its
-/// log-softmax over the raw logits.
+/// log-softmax over the raw logits; hostIds / hostLogprobs (pinned host
+/// memory, when not null) get the same, written by the kernel.
 int sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-               const RowSampling *params, int32_t *ids, float *logprobs);
+               const RowSampling *params, int32_t *ids, float *logprobs, int32_t *hostIds,
+               float *hostLogprobs);
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);

@@ -219,7 +219,8 @@ __device__ Cut cutAt(const Row &row, const Cut &within, bool byCount, uint64_t t
 }
 
 __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *params,
-                             int32_t *ids, float *logprobs) {
+                             int32_t *ids, float *logprobs, int32_t *hostIds,
+                             float *hostLogprobs) {
   __shared__ Shared s;
   const RowSampling p = params[blockIdx.x];
   Row row{logits + blockIdx.x * V, V, -INFINITY, p.temperature};
@@ -276,21 +277,29 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
       z += exp(static_cast<double>(row.logits[i]) - static_cast<double>(row.maxLogit));
     z = blockReduce(z, [](double a, double b) { return a + b; }, s.f64, 0.0);
-    if (threadIdx.x == 0)
-      logprobs[blockIdx.x] = static_cast<float>(
-          static_cast<double>(row.logits[chosen]) - (row.maxLogit + log(z)));
+    if (threadIdx.x == 0) {
+      const float logprob = static_cast<float>(static_cast<double>(row.logits[chosen]) -
+                                               (row.maxLogit + log(z)));
+      logprobs[blockIdx.x] = logprob;
+      if (hostLogprobs)
+        hostLogprobs[blockIdx.x] = logprob;
+    }
   }
-  if (threadIdx.x == 0)
-    ids[blockIdx.x] = static_cast<int32_t>(chosen >= 0 && chosen < V ? chosen : 0);
+  if (threadIdx.x == 0) {
+    ids[blockIdx.x] = static_cast<int32_t>(chosen);
+    if (hostIds)
+      hostIds[blockIdx.x] = static_cast<int32_t>(chosen);
+  }
 }
 
 } // namespace
 
 int sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
-               const RowSampling *params, int32_t *ids, float *logprobs) {
+               const RowSampling *params, int32_t *ids, float *logprobs, int32_t *hostIds,
+               float *hostLogprobs) {
   if (rows > 0 && V > 0)
-    sampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, params, ids,
-                                                                       logprobs);
+    sampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        logits, V, params, ids, logprobs, hostIds, hostLogprobs);
   return cudaGetLastError();
 }
 

@@ -13,7 +13,7 @@
 #include "llmir/proto/worker.pb.h"
 #include "llmir/runtime/DistributedRuntime.h"
 #include "llmir/runtime/EngineCommunicator.h"
-#include "llmir/serving/GreedyPipeline.h"
+#include "llmir/serving/DecodePipeline.h"
 #include "llmir/serving/StepSampling.h"
 
 #include <chrono>
@@ -99,7 +99,7 @@ struct ShardWorkerOptions {
   /// The internal plane's secret: proves this worker to the rendezvous store
   /// and the compiler service.
   std::optional<std::string> clusterSecret;
-  /// Greedy decodes of a one-rank replica launched behind the running one
+  /// Decodes of a one-rank replica launched behind the running one
   /// (launchStepBehind): Auto where the executor launches ahead of the
   /// device (Executor::launchesAhead: CUDA) and either the scheduler keeps
   /// two or more chained decodes queued (StepRequest.chain_depth) or the
@@ -124,7 +124,7 @@ struct ShardWorkerOptions {
 /// worker.pipeline-decodes: "auto", "on" or "off".
 Result<ShardWorkerOptions::PipelineDecodes> parsePipelineDecodes(std::string_view text);
 
-/// Whether a one-rank replica's next greedy decode is pipelined (the
+/// Whether a one-rank replica's next decode is pipelined (the
 /// options' PipelineDecodes and pipelineMinStepSeconds): `launchesAhead` is
 /// the executor's, `chainDepth` the request's (StepRequest.chain_depth),
 /// `lastDecodeSeconds` the last decode's time (0: none yet).
@@ -142,10 +142,10 @@ public:
   /// Runs one step on this rank. The deciding rank (first rank of the last
   /// pipeline stage) samples; the others answer with an empty token list.
   proto::StepResponse step(const proto::StepRequest &request);
-  /// Pipelined greedy decodes on a one-rank replica (serving::GreedyPipeline;
+  /// Pipelined decodes on a one-rank replica (serving::DecodePipeline;
   /// workerproto::RankRunner's launchStep / launchStepBehind / finishStep):
-  /// a chained decode launched behind the running one, its tokens that
-  /// step's ids on the device. False: nothing launched (step() answers it).
+  /// a chained decode launched behind the running one, its tokens those
+  /// that step drew on the device. False: nothing launched (step() answers it).
   bool launchStep(const proto::StepRequest &request);
   bool launchStepBehind(const proto::StepRequest &request);
   proto::StepResponse finishStep();
@@ -186,9 +186,9 @@ private:
   // sends them; ReplicaInfo::chainsDecode): every rank of one stage holds
   // the gathered logits and samples, so each fills its own chained inputs.
   serving::DecodeChain chain_;
-  // A one-rank replica's pipelined greedy decodes (over executor_ and chain_;
+  // A one-rank replica's pipelined decodes (over executor_ and chain_;
   // reset before the executor).
-  std::unique_ptr<serving::GreedyPipeline> pipeline_;
+  std::unique_ptr<serving::DecodePipeline> pipeline_;
   // The KV-block store (AssignRank.kv_store); null without one or when it
   // could not be set up (the rank then serves without it).
   mutable std::mutex kvStoreMutex_; // kvStore_ and retired counters vs. metrics

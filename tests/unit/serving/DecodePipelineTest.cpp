@@ -1,19 +1,20 @@
-// Pipelined greedy decodes (GreedyPipeline) on the demo model on the CPU:
-// the steps a scheduler chains, launched each behind the one before (its
-// tokens that step's ids), give the Hugging Face greedy ids; what the
+// Pipelined decodes (DecodePipeline) on the demo model on the CPU: the
+// steps a scheduler chains, launched each behind the one before (its tokens
+// those that step drew), give the Hugging Face greedy ids, and sampled ones
+// the tokens and logprobs of the steps answered one at a time; what the
 // pipeline must not launch it refuses, launching nothing.
 #include "DemoModel.h"
 
 #include "llmir/engine/Executor.h"
 #include "llmir/proto/worker.pb.h"
-#include "llmir/serving/GreedyPipeline.h"
+#include "llmir/serving/DecodePipeline.h"
 
 #include <gtest/gtest.h>
 
 namespace llmir::serving {
 namespace {
 
-class GreedyPipelineTest : public ::testing::Test {
+class DecodePipelineTest : public ::testing::Test {
 protected:
   void SetUp() override {
     demo = testing::DemoModel::get();
@@ -51,7 +52,7 @@ protected:
   DecodeChain chain;
 };
 
-TEST_F(GreedyPipelineTest, ChainedStepsLaunchedBehindGiveTheReferenceIds) {
+TEST_F(DecodePipelineTest, ChainedStepsLaunchedBehindGiveTheReferenceIds) {
   const testing::ReferenceCase &ref = demo->cases.front();
   const int64_t P = static_cast<int64_t>(ref.promptIds.size());
   // The prompt as the scheduler sends it, answered by stepAndSample.
@@ -60,14 +61,14 @@ TEST_F(GreedyPipelineTest, ChainedStepsLaunchedBehindGiveTheReferenceIds) {
   ASSERT_EQ(first.tokens_size(), 1);
   std::vector<int32_t> ids = {first.tokens(0).token_id()};
   {
-    GreedyPipeline pipeline(*executor, chain);
+    DecodePipeline pipeline(*executor, chain);
     // Its first decode chained on the prompt's token (from the chain, on the
     // host), then eight more each launched behind the one before.
     ASSERT_TRUE(pipeline.launch(stepOf(2, {}, P)));
     for (int k = 1; k <= 8; ++k) {
       ASSERT_TRUE(pipeline.launchBehind(stepOf(2 + k, {}, P + k))) << k;
       EXPECT_FALSE(pipeline.launchBehind(stepOf(3 + k, {}, P + k + 1)))
-          << "at most " << GreedyPipeline::kMostInFlight << " in flight";
+          << "at most " << DecodePipeline::kMostInFlight << " in flight";
       double seconds = -1;
       const proto::StepResponse answer = pipeline.finish(seconds);
       ASSERT_TRUE(answer.ok()) << answer.error();
@@ -92,19 +93,70 @@ TEST_F(GreedyPipelineTest, ChainedStepsLaunchedBehindGiveTheReferenceIds) {
   EXPECT_EQ(next.tokens(0).token_id(), ref.greedyIds[ids.size()]);
 }
 
-TEST_F(GreedyPipelineTest, WhatItMustNotLaunchItRefuses) {
+// Sampled decodes (temperature, top-p, the token's logprob) launched each
+// behind the one before draw what the same steps answered one at a time by
+// stepAndSample draw: the same seeded uniform at each position, the same
+// tokens in.
+TEST_F(DecodePipelineTest, SampledStepsLaunchedBehindDrawTheSynchronousTokens) {
   const testing::ReferenceCase &ref = demo->cases.front();
   const int64_t P = static_cast<int64_t>(ref.promptIds.size());
-  EXPECT_FALSE(GreedyPipeline::takes(stepOf(1, ref.promptIds, 0))) << "a prompt";
-  EXPECT_FALSE(GreedyPipeline::takes(stepOf(1, {5}, P, 0.8f))) << "a draw";
+  const auto sampledStep = [&](uint64_t id, const std::vector<int32_t> &tokens,
+                               int64_t position) {
+    proto::StepRequest request = stepOf(id, tokens, position, 0.9f);
+    proto::StepSequence *seq = request.mutable_sequences(0);
+    seq->mutable_sampling()->set_top_p(0.95f);
+    seq->mutable_sampling()->set_seed(11);
+    seq->set_want_logprobs(true);
+    return request;
+  };
+  const int decodes = 8;
+  std::vector<std::pair<int32_t, float>> want, got;
+  DecodeChain alone;
+  for (int k = 0; k <= decodes; ++k) {
+    proto::StepResponse answer;
+    const proto::StepRequest request =
+        k == 0 ? sampledStep(1, ref.promptIds, 0) : sampledStep(1 + k, {}, P + k - 1);
+    ASSERT_TRUE(stepAndSample(*executor, request, true, answer, &alone)) << k;
+    ASSERT_EQ(answer.tokens_size(), 1);
+    want.emplace_back(answer.tokens(0).token_id(), answer.tokens(0).logprob());
+  }
+
+  proto::StepResponse first;
+  ASSERT_TRUE(stepAndSample(*executor, sampledStep(1, ref.promptIds, 0), true, first, &chain));
+  got.emplace_back(first.tokens(0).token_id(), first.tokens(0).logprob());
+  DecodePipeline pipeline(*executor, chain);
+  ASSERT_TRUE(pipeline.launch(sampledStep(2, {}, P)));
+  for (int k = 2; k <= decodes + 1; ++k) {
+    if (k <= decodes)
+      ASSERT_TRUE(pipeline.launchBehind(sampledStep(1 + k, {}, P + k - 1))) << k;
+    double seconds = 0;
+    const proto::StepResponse answer = pipeline.finish(seconds);
+    ASSERT_TRUE(answer.ok()) << answer.error();
+    ASSERT_EQ(answer.tokens_size(), 1);
+    got.emplace_back(answer.tokens(0).token_id(), answer.tokens(0).logprob());
+  }
+  EXPECT_TRUE(pipeline.empty());
+  EXPECT_EQ(got, want);
+}
+
+TEST_F(DecodePipelineTest, WhatItMustNotLaunchItRefuses) {
+  const testing::ReferenceCase &ref = demo->cases.front();
+  const int64_t P = static_cast<int64_t>(ref.promptIds.size());
+  EXPECT_FALSE(DecodePipeline::takes(stepOf(1, ref.promptIds, 0))) << "a prompt";
+  EXPECT_TRUE(DecodePipeline::takes(stepOf(1, {5}, P, 0.8f))) << "a draw";
   proto::StepRequest logprobs = stepOf(1, {5}, P);
   logprobs.mutable_sequences(0)->set_want_logprobs(true);
-  EXPECT_FALSE(GreedyPipeline::takes(logprobs)) << "a logprob";
+  EXPECT_TRUE(DecodePipeline::takes(logprobs)) << "a logprob";
+  logprobs.mutable_sequences(0)->set_top_logprobs(2);
+  EXPECT_FALSE(DecodePipeline::takes(logprobs)) << "top logprobs";
+  proto::StepRequest penalized = stepOf(1, {5}, P, 0.8f);
+  penalized.mutable_sequences(0)->set_presence_penalty(0.5f);
+  EXPECT_FALSE(DecodePipeline::takes(penalized)) << "logit processing";
   proto::StepRequest stores = stepOf(1, {5}, P);
   stores.mutable_sequences(0)->add_store_blocks(0);
-  EXPECT_FALSE(GreedyPipeline::takes(stores)) << "blocks to store";
+  EXPECT_FALSE(DecodePipeline::takes(stores)) << "blocks to store";
 
-  GreedyPipeline pipeline(*executor, chain);
+  DecodePipeline pipeline(*executor, chain);
   EXPECT_FALSE(pipeline.launchBehind(stepOf(1, {}, P))) << "nothing launched to be behind";
   EXPECT_FALSE(pipeline.launch(stepOf(1, {}, P))) << "a chained input with no token here";
   ASSERT_TRUE(pipeline.launch(stepOf(1, {5}, 0))); // a one-token step from position 0
@@ -120,8 +172,8 @@ TEST_F(GreedyPipelineTest, WhatItMustNotLaunchItRefuses) {
   EXPECT_FALSE(pipeline.finish(seconds).ok()) << "nothing left to answer";
 }
 
-TEST_F(GreedyPipelineTest, AStepBehindAFailedOneFailsAndTheExecutorServesOn) {
-  GreedyPipeline pipeline(*executor, chain);
+TEST_F(DecodePipelineTest, AStepBehindAFailedOneFailsAndTheExecutorServesOn) {
+  DecodePipeline pipeline(*executor, chain);
   // Block 99 is outside the 16-block cache: the launch fails, and nothing
   // is launched behind a failed step.
   proto::StepRequest broken = stepOf(1, {5}, 0);

@@ -1,4 +1,4 @@
-#include "llmir/serving/GreedyPipeline.h"
+#include "llmir/serving/DecodePipeline.h"
 
 #include "llmir/engine/Executor.h"
 #include "llmir/engine/Sampler.h"
@@ -9,7 +9,7 @@
 
 namespace llmir::serving {
 
-struct GreedyPipeline::Launched {
+struct DecodePipeline::Launched {
   /// The step as launched: chained inputs filled (a placeholder token where
   /// the device gives it), so the chain remembers each sampled token's
   /// position.
@@ -19,10 +19,22 @@ struct GreedyPipeline::Launched {
   Status failed = Status::ok();   // a step it took its ids from failed
 };
 
-GreedyPipeline::GreedyPipeline(engine::Executor &executor, DecodeChain &chain)
+DecodePipeline::DecodePipeline(engine::Executor &executor, DecodeChain &chain)
     : executor_(executor), chain_(chain) {}
 
-GreedyPipeline::~GreedyPipeline() {
+std::vector<engine::RowSampling> DecodePipeline::sampling(const proto::StepRequest &request) {
+  // All greedy without logprobs: no rows, so the backend takes its argmax
+  // (one pass a row) instead of the sampling's cuts.
+  std::vector<engine::RowSampling> rows = backendSampling(request);
+  const bool draws = std::any_of(rows.begin(), rows.end(), [](const engine::RowSampling &row) {
+    return row.logprob || !row.params.greedy();
+  });
+  if (!draws)
+    rows.clear();
+  return rows;
+}
+
+DecodePipeline::~DecodePipeline() {
   // The executor refuses other steps while launched ones wait to be
   // collected: a pipeline dropped mid-flight leaves none behind.
   while (!inFlight_.empty()) {
@@ -31,22 +43,18 @@ GreedyPipeline::~GreedyPipeline() {
   }
 }
 
-bool GreedyPipeline::takes(const proto::StepRequest &request) {
+bool DecodePipeline::takes(const proto::StepRequest &request) {
   if (request.sequences_size() == 0 || !samplesOnBackend(request))
     return false;
   return std::all_of(request.sequences().begin(), request.sequences().end(),
                      [](const proto::StepSequence &seq) {
-                       const engine::SamplingParams params{seq.sampling().temperature(),
-                                                           seq.sampling().top_p(),
-                                                           seq.sampling().top_k(), 0};
                        const int tokens = seq.token_ids_size();
-                       return seq.sample() && params.greedy() && !seq.want_logprobs() &&
-                              seq.store_blocks_size() == 0 &&
+                       return seq.sample() && seq.store_blocks_size() == 0 &&
                               (seq.chained_input() ? tokens == 0 : tokens == 1);
                      });
 }
 
-bool GreedyPipeline::launch(const proto::StepRequest &request) {
+bool DecodePipeline::launch(const proto::StepRequest &request) {
   if (!inFlight_.empty() || !takes(request))
     return false;
   Launched step{request, Clock::now()};
@@ -56,12 +64,12 @@ bool GreedyPipeline::launch(const proto::StepRequest &request) {
     if (!filled || !unchained.empty())
       return false; // stepAndSample says why, or drops those sequences
   }
-  step.launched = executor_.launchGreedy(toStepInput(step.request));
+  step.launched = executor_.launchStep(toStepInput(step.request), sampling(step.request));
   inFlight_.push_back(std::move(step));
   return true;
 }
 
-bool GreedyPipeline::launchBehind(const proto::StepRequest &request) {
+bool DecodePipeline::launchBehind(const proto::StepRequest &request) {
   if (inFlight_.empty() || inFlight_.size() >= kMostInFlight || !inFlight_.back().launched ||
       !inFlight_.back().failed || !takes(request))
     return false;
@@ -78,13 +86,13 @@ bool GreedyPipeline::launchBehind(const proto::StepRequest &request) {
   for (proto::StepSequence &seq : *step.request.mutable_sequences())
     seq.add_token_ids(0); // the device's id takes its place
   engine::StepInput input = toStepInput(step.request);
-  input.tokensFromLastGreedy = true;
-  step.launched = executor_.launchGreedy(input);
+  input.tokensFromLastLaunch = true;
+  step.launched = executor_.launchStep(input, sampling(step.request));
   inFlight_.push_back(std::move(step));
   return true;
 }
 
-proto::StepResponse GreedyPipeline::finish(double &seconds) {
+proto::StepResponse DecodePipeline::finish(double &seconds) {
   proto::StepResponse response;
   if (inFlight_.empty()) {
     response.set_ok(false);
@@ -96,15 +104,11 @@ proto::StepResponse GreedyPipeline::finish(double &seconds) {
   response.set_step_id(step.request.step_id());
   Status status = step.launched;
   if (status) { // collected even when failed: the executor counts what is in flight
-    Result<std::vector<int32_t>> ids = executor_.collectGreedy();
-    if (!ids) {
-      status = ids.status();
-    } else if (status = step.failed; status) {
-      std::vector<engine::SampledToken> tokens(ids->size());
-      for (size_t r = 0; r < ids->size(); ++r)
-        tokens[r].id = (*ids)[r];
-      status = sampledTokens(step.request, tokens, response);
-    }
+    Result<std::vector<engine::SampledToken>> tokens = executor_.collectStep();
+    if (!tokens)
+      status = tokens.status();
+    else if (status = step.failed; status)
+      status = sampledTokens(step.request, *tokens, response);
   }
   if (!status) {
     response.set_ok(false);

@@ -1,9 +1,9 @@
-// A one-rank replica's greedy decode steps with the host a step ahead of
-// the device (Executor::launchGreedy): the scheduler sends a sequence's next
+// A one-rank replica's decode steps with the host a step ahead of the
+// device (Executor::launchStep): the scheduler sends a sequence's next
 // decode before the current one has answered (chained_input, DecodeChain);
-// here that next step is launched behind the running one, its tokens the
-// running step's ids on the device, so the device runs the steps back to
-// back while the host answers the earlier one. Without it, the device idled
+// here that next step is launched behind the running one, its tokens those
+// the running step drew (greedy or sampled) on the device, so the device
+// runs the steps back to back while the host answers the earlier one. Without it, the device idled
 // between two steps for the host's answer and its next launch (~10 us a
 // token on an H200, 10% of the demo model's step; docs/performance.md).
 #pragma once
@@ -20,7 +20,7 @@ class StepResponse;
 
 namespace llmir::serving {
 
-class GreedyPipeline {
+class DecodePipeline {
 public:
   /// At most this many steps launched and not answered (the executor's
   /// bound).
@@ -28,13 +28,14 @@ public:
 
   /// Both must outlive the pipeline; the chain is the one the replica's
   /// other steps use (stepAndSample), kept as they keep it.
-  GreedyPipeline(engine::Executor &executor, DecodeChain &chain);
-  ~GreedyPipeline();
+  DecodePipeline(engine::Executor &executor, DecodeChain &chain);
+  ~DecodePipeline();
 
   /// Whether `request` is a step this pipeline runs: every sequence decodes
-  /// one token (given, or chained_input) and samples it greedily on the
-  /// backend (temperature 0 or top-k 1), with no logprob, logit processing
-  /// or blocks to store.
+  /// one token (given, or chained_input) and samples it on the backend
+  /// (samplesOnBackend: greedy, or temperature / top-k / top-p, with the
+  /// token's logprob or not; no top logprobs or logit processing), with no
+  /// blocks to store.
   static bool takes(const proto::StepRequest &request);
 
   /// Launches `request` (takes() holds, nothing in flight), its chained
@@ -59,6 +60,10 @@ public:
 private:
   using Clock = std::chrono::steady_clock;
   struct Launched;
+
+  /// Executor::launchStep's rows for `request`: backendSampling's, or none
+  /// when every row is greedy without a logprob (the backend's argmax).
+  static std::vector<engine::RowSampling> sampling(const proto::StepRequest &request);
 
   engine::Executor &executor_;
   DecodeChain &chain_;
