@@ -1090,7 +1090,9 @@ TEST_F(BackendOps, ArgmaxRows) {
 // Temperature / top-k / top-p sampling on the device: the CPU Sampler's
 // token for the same uniform draw, on random rows, rows with many equal
 // logits (ties at the cuts, taken by lower id) and one-id rows; the
-// logprob of the token as the log-softmax of the raw logits.
+// logprob of the token as the log-softmax of the raw logits. Each row on
+// one block (no scratch) and split over several (1, 3 and 24 rows: up to
+// 64 blocks a row of 151,936 ids, fewer where more rows share the device).
 TEST_F(BackendOps, SampleRows) {
   struct Case {
     float temperature, topP;
@@ -1101,46 +1103,54 @@ TEST_F(BackendOps, SampleRows) {
                                    {0.5f, 0.5f, 0},  {2.0f, 0.99f, 3}};
   int mismatches = 0, compared = 0;
   double worstLogprob = 0;
-  for (int64_t V : {int64_t(1), int64_t(17), int64_t(1000), int64_t(32000), int64_t(151936)}) {
+  for (int64_t V : {int64_t(1), int64_t(17), int64_t(1000), int64_t(2500), int64_t(32000),
+                    int64_t(151936)}) {
     for (int quantised = 0; quantised < 2; ++quantised) {
-      const int64_t rows = 24;
-      std::vector<float> logits = randomFloats(size_t(rows * V), rng_, 6.0f);
-      if (quantised) // few distinct values: ties at every cut
-        for (float &v : logits)
-          v = std::round(v);
-      std::vector<cuda::SamplingRow> params(static_cast<size_t>(rows));
-      std::mt19937_64 seeds(static_cast<uint64_t>(V * 2 + quantised));
-      for (int64_t r = 0; r < rows; ++r) {
-        const Case &c = cases[size_t(r) % cases.size()];
-        Sampler draw({c.temperature, c.topP, c.topK, seeds()});
-        params[size_t(r)] = {c.temperature, c.topP, c.topK, 0, draw.nextUniform()};
-      }
-      DeviceArray<float> dlogits(logits);
-      DeviceArray<cuda::SamplingRow> dparams(params);
-      DeviceArray<int32_t> dids(static_cast<size_t>(rows));
-      DeviceArray<float> dlogprobs(static_cast<size_t>(rows));
-      Status status = cuda::sampleRows(context_->stream(), dlogits.get(), rows, V, dparams.get(),
-                                       dids.get(), dlogprobs.get());
-      ASSERT_TRUE(status.isOk()) << status.message();
-      ASSERT_TRUE(context_->synchronize().isOk());
-      const std::vector<int32_t> got = dids.download();
-      const std::vector<float> logprobs = dlogprobs.download();
-      for (int64_t r = 0; r < rows; ++r) {
-        std::span<const float> row(logits.data() + r * V, size_t(V));
-        const cuda::SamplingRow &p = params[size_t(r)];
-        const int32_t want =
-            Sampler({p.temperature, p.topP, p.topK, 0}).sample(row, p.uniform);
-        ++compared;
-        if (got[size_t(r)] != want) {
-          ++mismatches;
-          ADD_FAILURE() << "V=" << V << (quantised ? " quantised" : "") << " row " << r
-                        << " T=" << p.temperature << " top-p=" << p.topP << " top-k=" << p.topK
-                        << " u=" << p.uniform << ": device " << got[size_t(r)] << ", CPU "
-                        << want;
-          continue;
+      for (int64_t rows : {int64_t(1), int64_t(3), int64_t(24)}) {
+        std::vector<float> logits = randomFloats(size_t(rows * V), rng_, 6.0f);
+        if (quantised) // few distinct values: ties at every cut
+          for (float &v : logits)
+            v = std::round(v);
+        std::vector<cuda::SamplingRow> params(static_cast<size_t>(rows));
+        std::mt19937_64 seeds(static_cast<uint64_t>(V * 2 + quantised + 7 * rows));
+        for (int64_t r = 0; r < rows; ++r) {
+          const Case &c = cases[size_t(r + rows) % cases.size()];
+          Sampler draw({c.temperature, c.topP, c.topK, seeds()});
+          params[size_t(r)] = {c.temperature, c.topP, c.topK, 0, draw.nextUniform()};
         }
-        const double lp = double(row[size_t(want)]) - logNormalizer(row);
-        worstLogprob = std::max(worstLogprob, std::abs(lp - double(logprobs[size_t(r)])));
+        DeviceArray<float> dlogits(logits);
+        DeviceArray<cuda::SamplingRow> dparams(params);
+        DeviceArray<std::byte> scratch(cuda::samplingScratchBytes(rows));
+        for (bool split : {false, true}) {
+          DeviceArray<int32_t> dids(static_cast<size_t>(rows));
+          DeviceArray<float> dlogprobs(static_cast<size_t>(rows));
+          Status status = cuda::sampleRows(
+              context_->stream(), dlogits.get(), rows, V, dparams.get(), dids.get(),
+              dlogprobs.get(), nullptr, nullptr, split ? scratch.get() : nullptr,
+              split ? cuda::samplingScratchBytes(rows) : 0);
+          ASSERT_TRUE(status.isOk()) << status.message();
+          ASSERT_TRUE(context_->synchronize().isOk());
+          const std::vector<int32_t> got = dids.download();
+          const std::vector<float> logprobs = dlogprobs.download();
+          for (int64_t r = 0; r < rows; ++r) {
+            std::span<const float> row(logits.data() + r * V, size_t(V));
+            const cuda::SamplingRow &p = params[size_t(r)];
+            const int32_t want =
+                Sampler({p.temperature, p.topP, p.topK, 0}).sample(row, p.uniform);
+            ++compared;
+            if (got[size_t(r)] != want) {
+              ++mismatches;
+              ADD_FAILURE() << "V=" << V << (quantised ? " quantised" : "") << " rows " << rows
+                            << (split ? " split" : " one block") << " row " << r
+                            << " T=" << p.temperature << " top-p=" << p.topP
+                            << " top-k=" << p.topK << " u=" << p.uniform << ": device "
+                            << got[size_t(r)] << ", CPU " << want;
+              continue;
+            }
+            const double lp = double(row[size_t(want)]) - logNormalizer(row);
+            worstLogprob = std::max(worstLogprob, std::abs(lp - double(logprobs[size_t(r)])));
+          }
+        }
       }
     }
   }

@@ -226,9 +226,15 @@ struct SamplingRow {
 /// logits. params, ids and logprobs are device memory; hostIds and
 /// hostLogprobs, when not null, pinned host memory the kernel writes the
 /// same into (readable once the stream has passed it, as argmaxRows').
+/// With `scratch` (samplingScratchBytes(rows) of device memory) a row is
+/// split over several blocks where the device has room (a cooperative
+/// launch), else one block a row.
 Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                   const SamplingRow *params, int32_t *ids, float *logprobs,
-                  int32_t *hostIds = nullptr, float *hostLogprobs = nullptr);
+                  int32_t *hostIds = nullptr, float *hostLogprobs = nullptr,
+                  void *scratch = nullptr, size_t scratchBytes = 0);
+/// Device memory sampleRows' rows share among their blocks.
+size_t samplingScratchBytes(int64_t rows);
 
 /// y = x * rsqrt(mean(x^2) + eps) * weight, per row of H.
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,

@@ -244,6 +244,7 @@ public:
     hostSampling_.release();
     logprobs_.release();
     hostLogprobs_.release();
+    samplingScratch_.release();
     attentionScratch_.release();
     splitCounters_.release();
     keptQueries_.release();
@@ -717,10 +718,12 @@ public:
                                                     n * sizeof(cuda::SamplingRow),
                                                     cudaMemcpyHostToDevice, stream()),
                                     "uploading sampling parameters"));
+        LLMIR_RETURN_IF_ERROR(samplingScratch_.reserve(cuda::samplingScratchBytes(count)));
         LLMIR_RETURN_IF_ERROR(cuda::sampleRows(
             stream(), d.data(), count, d.shape[1], sampling_.data, greedyIds_.data,
             logprobs ? logprobs_.data : nullptr, launched.host.data,
-            logprobs ? launched.hostLogprobs.data : nullptr));
+            logprobs ? launched.hostLogprobs.data : nullptr, samplingScratch_.data,
+            samplingScratch_.capacity));
       }
     }
     if (!launched.arrived)
@@ -792,10 +795,12 @@ public:
                                                 n * sizeof(cuda::SamplingRow),
                                                 cudaMemcpyHostToDevice, stream()),
                                 "uploading sampling parameters"));
+    LLMIR_RETURN_IF_ERROR(samplingScratch_.reserve(cuda::samplingScratchBytes(count)));
     LLMIR_RETURN_IF_ERROR(cuda::sampleRows(stream(), d.data(), count, d.shape[1],
                                            sampling_.data, greedyIds_.data,
                                            logprobs ? logprobs_.data : nullptr, nullptr,
-                                           nullptr));
+                                           nullptr, samplingScratch_.data,
+                                           samplingScratch_.capacity));
     LLMIR_RETURN_IF_ERROR(check(cudaMemcpyAsync(hostIds_.data, greedyIds_.data,
                                                 n * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                                 stream()),
@@ -2524,6 +2529,7 @@ private:
   PinnedArray<cuda::SamplingRow> hostSampling_;
   DeviceArray<float> logprobs_;
   PinnedArray<float> hostLogprobs_;
+  DeviceArray<std::byte> samplingScratch_; // the rows' blocks' merges (samplingScratchBytes)
   /// Per instruction: see planFusions (empty until the first runAll).
   std::vector<size_t> linearGroupSize_;
   std::vector<DeviceArray<std::byte>> linearPacks_; // packLinearGroups

@@ -1067,12 +1067,15 @@ static_assert(sizeof(SamplingRow) == sizeof(detail::RowSampling) &&
 
 Status sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                   const SamplingRow *params, int32_t *ids, float *logprobs, int32_t *hostIds,
-                  float *hostLogprobs) {
+                  float *hostLogprobs, void *scratch, size_t scratchBytes) {
   return cudaStatus(detail::sampleRows(stream, logits, rows, V,
                                        reinterpret_cast<const detail::RowSampling *>(params),
-                                       ids, logprobs, hostIds, hostLogprobs),
+                                       ids, logprobs, hostIds, hostLogprobs, scratch,
+                                       scratchBytes),
                     "sampling");
 }
+
+size_t samplingScratchBytes(int64_t rows) { return detail::samplingScratchBytes(rows); }
 
 Status rmsNorm(const float *x, int64_t T, int64_t H, const float *weight,
                float eps, float *y, Stream stream) {

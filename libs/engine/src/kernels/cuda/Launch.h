@@ -5,6 +5,7 @@
 
 #include "llmir/engine/PeerExchange.h"
 
+#include <cstddef>
 #include <cstdint>
 
 struct CUstream_st; // cudaStream_t is CUstream_st *
@@ -198,10 +199,14 @@ struct RowSampling {
 /// ids[r] = the token engine::sampleWithUniform draws from row r of logits
 /// with params[r] (device memory); logprobs[r] (when not null) = its
 /// log-softmax over the raw logits; hostIds / hostLogprobs (pinned host
-/// memory, when not null) get the same, written by the kernel.
+/// memory, when not null) get the same, written by the kernel. A row goes
+/// to several blocks where `scratch` holds samplingScratchBytes(rows) of
+/// device memory (else one block a row); LLMIR_CUDA_SAMPLE_BLOCKS=N caps
+/// the blocks a row (1: one, as before).
 int sampleRows(Stream stream, const float *logits, int64_t rows, int64_t V,
                const RowSampling *params, int32_t *ids, float *logprobs, int32_t *hostIds,
-               float *hostLogprobs);
+               float *hostLogprobs, void *scratch, size_t scratchBytes);
+size_t samplingScratchBytes(int64_t rows);
 int addBias(Stream stream, float *y, const float *bias, int64_t T, int64_t N);
 int rmsNorm(Stream stream, const float *x, int64_t T, int64_t H, const float *weight,
             float eps, float *y);
