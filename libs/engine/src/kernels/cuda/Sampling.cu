@@ -16,15 +16,18 @@
 // A row is split over several blocks (a slice of its ids each) where the
 // device has room for them: one block a row did every pass over the whole
 // vocabulary on one multiprocessor, and the first digits' histograms, where
-// most logits share a few bins, serialised their shared-memory atomics: a
-// 32,000-id row took 0.45 ms at temperature 1 and 0.87 with top-p on an
-// H200 (a 1.1B model's step is 0.9), split over 32 blocks 0.05 and 0.09.
-// The blocks of a row merge their histograms and reductions in global
-// memory (RowState) and wait for each other at a barrier of their own; a
-// cooperative launch keeps them all resident, so the barrier cannot wait
-// for a block that never starts. The warp's scan of a histogram (8 bins a
-// lane) replaced one thread's walk of the 256 bins (-7 us a draw on the
-// demo model's 2,048 ids).
+// most logits share a few bins, serialised their shared-memory atomics. On
+// an H200 a draw at temperature 1 / with top-p 0.95 added to a batch-1 step
+// (llmir-gpu-bench --temperature, c247): 32,000 ids 0.42 / 0.79 ms on one
+// block, 0.04 / 0.08 split over 32; 128,256 ids 1.71 / 2.94 ms, 0.06 / 0.10
+// over 64. The blocks of a row merge their histograms and reductions in
+// global memory (RowState) and wait for each other at a barrier of their
+// own; a cooperative launch keeps them all resident, so the barrier cannot
+// wait for a block that never starts. Each barrier costs a few
+// microseconds, so a cut takes its target from its first round's histogram
+// (the whole set's weight: no pass of its own) and a key's ties are counted
+// and their first id found behind one barrier; a warp scans a histogram,
+// eight bins a lane, where one thread walked the 256.
 #include "Launch.h"
 
 #include <cuda_runtime.h>
@@ -134,24 +137,41 @@ struct RowGroup {
     __syncthreads();
   }
 
-  /// The row's merge of each block's `value` (the block's own, the same
-  /// in all its threads): the sum, or the maximum.
-  __device__ unsigned long long merge(unsigned long long value, bool sum) {
+  /// The row's maximum of each block's `value` (the block's own, the
+  /// same in all its threads).
+  __device__ unsigned long long merge(unsigned long long value) {
     if (!state)
       return value;
     unsigned long long *at = &state->slots[slot++];
     if (threadIdx.x == 0)
-      sum ? atomicAdd(at, value) : atomicMax(at, value);
+      atomicMax(at, value);
     sync();
     return *reinterpret_cast<volatile unsigned long long *>(at);
   }
-  __device__ unsigned long long sum(unsigned long long value) { return merge(value, true); }
+  /// The sum of `count` and the minimum of `id` (non-negative) over the
+  /// row, behind one barrier.
+  __device__ void sumAndMin(long long count, long long id, long long &sum, long long &min) {
+    if (!state) {
+      sum = count;
+      min = id;
+      return;
+    }
+    unsigned long long *at = &state->slots[slot];
+    slot += 2;
+    if (threadIdx.x == 0) {
+      atomicAdd(&at[0], static_cast<unsigned long long>(count));
+      atomicMax(&at[1], ~static_cast<unsigned long long>(id));
+    }
+    sync();
+    sum = static_cast<long long>(reinterpret_cast<volatile unsigned long long *>(at)[0]);
+    min = static_cast<long long>(~reinterpret_cast<volatile unsigned long long *>(at)[1]);
+  }
   /// Of non-negative values.
   __device__ long long max(long long value) {
-    return static_cast<long long>(merge(static_cast<unsigned long long>(value + 1), false)) - 1;
+    return static_cast<long long>(merge(static_cast<unsigned long long>(value + 1))) - 1;
   }
   __device__ long long min(long long value) {
-    return static_cast<long long>(~merge(~static_cast<unsigned long long>(value), false));
+    return static_cast<long long>(~merge(~static_cast<unsigned long long>(value)));
   }
   /// Of the blocks' values added in block order, so that the row's sum
   /// does not depend on which block finished first.
@@ -251,12 +271,31 @@ __device__ void chooseDigit(Shared &s, uint64_t weightAbove, uint64_t target) {
   }
 }
 
+/// A cut's target weight, from the weight of the whole set it cuts (the
+/// first round's histogram: no pass of its own): top-k's count, top-p's
+/// share of the mass rounded up, or the draw's uniform share plus one.
+struct Target {
+  enum Kind { Count, Share, Draw } kind;
+  double value;
+  __device__ uint64_t of(uint64_t total) const {
+    switch (kind) {
+    case Count:
+      return static_cast<uint64_t>(value);
+    case Share:
+      return static_cast<uint64_t>(ceil(value * static_cast<double>(total)));
+    default:
+      return static_cast<uint64_t>(static_cast<double>(total) * value) + 1;
+    }
+  }
+};
+
 /// The largest key x such that the weight of the ids of `within` with a key
-/// at or above x reaches `target` (weight: 1 per id when byCount, else the
-/// id's mass); `above` gets the weight strictly above x. False when the
-/// whole set weighs less than target.
+/// at or above x reaches the target (weight: 1 per id when byCount, else
+/// the id's mass); `above` gets the weight strictly above x, `target` the
+/// target. False when the whole set weighs less than the target.
 __device__ bool selectKey(const Row &row, RowGroup &group, const Cut &within, bool byCount,
-                          uint64_t target, Shared &s, uint32_t &key, uint64_t &above) {
+                          const Target &rule, Shared &s, uint32_t &key, uint64_t &above,
+                          uint64_t &target) {
   uint32_t prefix = 0, mask = 0;
   uint64_t weightAbove = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
@@ -271,6 +310,20 @@ __device__ bool selectKey(const Row &row, RowGroup &group, const Cut &within, bo
     }
     __syncthreads();
     group.mergeHistogram(s.histogram);
+    if (shift == 24) { // the whole set's weight: the first round's bins
+      if (threadIdx.x < 32) {
+        unsigned long long total = 0;
+        for (int d = threadIdx.x; d < 256; d += 32)
+          total += s.histogram[d];
+        for (int offset = 16; offset > 0; offset /= 2)
+          total += __shfl_down_sync(0xffffffffu, total, offset);
+        if (threadIdx.x == 0)
+          s.above = rule.of(total);
+      }
+      __syncthreads();
+      target = s.above;
+      __syncthreads(); // chooseDigit writes s.above
+    }
     chooseDigit(s, weightAbove, target);
     __syncthreads();
     if (s.digit == 256u)
@@ -285,32 +338,42 @@ __device__ bool selectKey(const Row &row, RowGroup &group, const Cut &within, bo
   return true;
 }
 
+/// The members of `within` whose key is `key`: this block's count, the
+/// row's, and the lowest id among them (row.V: none), behind one barrier.
+struct Ties {
+  long long mine, count, first;
+};
+__device__ Ties tiesAt(const Row &row, RowGroup &group, const Cut &within, uint32_t key,
+                       Shared &s) {
+  long long mine = 0, first = row.V;
+  for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x) {
+    const uint32_t k = orderKey(row.logits[i]);
+    if (k == key && within.contains(k, i)) {
+      ++mine;
+      first = ::min(first, static_cast<long long>(i));
+    }
+  }
+  mine = blockReduce(mine, [](long long a, long long b) { return a + b; }, s.i64, 0LL);
+  first = blockReduce(first, [](long long a, long long b) { return a < b ? a : b; }, s.i64,
+                      static_cast<long long>(row.V));
+  Ties ties{mine, 0, 0};
+  group.sumAndMin(mine, first, ties.count, ties.first);
+  return ties;
+}
+
 /// The id of the n-th (from 1, by increasing id) member of `within` whose
-/// key is `key`.
+/// key is `key` (`ties`: tiesAt's for it).
 __device__ int64_t nthTie(const Row &row, RowGroup &group, const Cut &within, uint32_t key,
-                          int64_t n, Shared &s) {
+                          int64_t n, const Ties &ties, Shared &s) {
+  if (n <= 1) // the usual case, one id with the key, among others
+    return ties.first;
   auto isTie = [&](int64_t i) {
     if (i >= group.end)
       return false;
     const uint32_t k = orderKey(row.logits[i]);
     return k == key && within.contains(k, i);
   };
-  auto sum = [](long long a, long long b) { return a + b; };
-  long long mine = 0;
-  for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x)
-    mine += isTie(i) ? 1 : 0;
-  mine = blockReduce(mine, sum, s.i64, 0LL);
-  const long long count = static_cast<long long>(group.sum(static_cast<unsigned long long>(mine)));
-  if (n <= 1) { // the usual case, one id with the key, among others
-    long long id = row.V;
-    for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x)
-      if (isTie(i))
-        id = ::min(id, static_cast<long long>(i));
-    id = blockReduce(id, [](long long a, long long b) { return a < b ? a : b; }, s.i64,
-                     static_cast<long long>(row.V));
-    return group.min(id);
-  }
-  if (n >= count) {
+  if (n >= ties.count) {
     long long id = -1;
     for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x)
       if (isTie(i))
@@ -323,13 +386,13 @@ __device__ int64_t nthTie(const Row &row, RowGroup &group, const Cut &within, ui
   long long before = 0;
   if (group.state) {
     if (threadIdx.x == 0)
-      group.state->counts[group.rank] = mine;
+      group.state->counts[group.rank] = ties.mine;
     group.sync();
     for (int b = 0; b < group.rank; ++b)
       before += reinterpret_cast<volatile long long *>(group.state->counts)[b];
   }
   long long found = -1;
-  if (n > before && n <= before + mine) {
+  if (n > before && n <= before + ties.mine) {
     const long long wanted = n - before;
     long long seen = 0;
     for (int64_t base = group.begin; base < group.end; base += blockDim.x) {
@@ -364,32 +427,22 @@ __device__ int64_t nthTie(const Row &row, RowGroup &group, const Cut &within, ui
 }
 
 /// The last id of `within` (in logit order, ties by id) at which the
-/// running weight reaches `target`, as a cut that keeps up to it.
+/// running weight reaches the target, as a cut that keeps up to it.
 __device__ Cut cutAt(const Row &row, RowGroup &group, const Cut &within, bool byCount,
-                     uint64_t target, Shared &s) {
+                     const Target &rule, Shared &s) {
   uint32_t key = 0;
-  uint64_t above = 0;
+  uint64_t above = 0, target = 0;
   Cut cut;
-  if (!selectKey(row, group, within, byCount, target, s, key, above))
+  if (!selectKey(row, group, within, byCount, rule, s, key, above, target))
     return within; // rounding left the target past the whole set
   // Ties at `key` all weigh the same: how many are needed to reach target.
-  long long any = row.V;
-  for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x) {
-    const uint32_t k = orderKey(row.logits[i]);
-    if (k == key && within.contains(k, i)) {
-      any = i;
-      break;
-    }
-  }
-  any = blockReduce<long long>(any, [](long long a, long long b) { return a < b ? a : b; },
-                               s.i64, row.V);
-  any = group.min(any);
-  const uint64_t each = byCount ? 1 : row.mass(any);
+  const Ties ties = tiesAt(row, group, within, key, s);
+  const uint64_t each = byCount ? 1 : row.mass(ties.first);
   const int64_t needed =
       each == 0 ? INT64_MAX : static_cast<int64_t>((target - above + each - 1) / each);
   cut.all = false;
   cut.key = key;
-  cut.lastTie = nthTie(row, group, within, key, needed, s);
+  cut.lastTie = nthTie(row, group, within, key, needed, ties, s);
   return cut;
 }
 
@@ -417,29 +470,15 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
   int64_t chosen;
   const bool greedy = !(p.temperature > 0.0f) || p.topK == 1;
   if (greedy) {
-    chosen = nthTie(row, group, Cut{}, maxKey, 1, s);
+    chosen = tiesAt(row, group, Cut{}, maxKey, s).first;
   } else {
     Cut kept;
     if (p.topK > 0 && p.topK < V)
-      kept = cutAt(row, group, Cut{}, true, static_cast<uint64_t>(p.topK), s);
-    auto sum = [](unsigned long long a, unsigned long long b) { return a + b; };
-    auto massOf = [&](const Cut &cut) {
-      unsigned long long total = 0;
-      for (int64_t i = group.begin + threadIdx.x; i < group.end; i += blockDim.x)
-        if (cut.contains(orderKey(row.logits[i]), i))
-          total += row.mass(i);
-      return group.sum(blockReduce(total, sum, s.u64, 0ULL));
-    };
-    if (p.topP < 1.0f) {
-      const double total = static_cast<double>(massOf(kept));
-      kept = cutAt(row, group, kept, false,
-                   static_cast<uint64_t>(ceil(static_cast<double>(p.topP) * total)), s);
-    }
-    const uint64_t keptMass = massOf(kept);
+      kept = cutAt(row, group, Cut{}, true, {Target::Count, static_cast<double>(p.topK)}, s);
+    if (p.topP < 1.0f)
+      kept = cutAt(row, group, kept, false, {Target::Share, static_cast<double>(p.topP)}, s);
     // The first id whose running mass exceeds uniform * kept mass.
-    const uint64_t draw =
-        static_cast<uint64_t>(static_cast<double>(keptMass) * p.uniform) + 1;
-    const Cut drawn = cutAt(row, group, kept, false, draw, s);
+    const Cut drawn = cutAt(row, group, kept, false, {Target::Draw, p.uniform}, s);
     chosen = drawn.all ? -1 : drawn.lastTie;
     if (chosen < 0) { // past the last kept id: the CPU takes that one
       long long lowestKey = 0xffffffffLL;
@@ -452,7 +491,8 @@ __global__ void sampleKernel(const float *logits, int64_t V, const RowSampling *
           lowestKey, [](long long a, long long b) { return a < b ? a : b; }, s.i64,
           0xffffffffLL);
       lowestKey = group.min(lowestKey);
-      chosen = nthTie(row, group, kept, static_cast<uint32_t>(lowestKey), INT64_MAX, s);
+      const uint32_t key = static_cast<uint32_t>(lowestKey);
+      chosen = nthTie(row, group, kept, key, INT64_MAX, tiesAt(row, group, kept, key, s), s);
     }
   }
   chosen = chosen >= 0 && chosen < V ? chosen : 0;
