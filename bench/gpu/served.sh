@@ -16,7 +16,8 @@
 # CHAIN_DEPTH=N the scheduler's chained decodes queued behind a sequence's
 # step in flight (chain-depth, default 2). TEMPERATURE (default 0, greedy)
 # and TOP_P (default 1) set the measured requests' sampling; the OpenAI API's
-# own default is temperature 1.
+# own default is temperature 1. EXTRA_BODY (a JSON object) goes into every
+# measured request, e.g. '{"presence_penalty": 0.5}'.
 # Binaries from ${LLMIR_BUILD_DIR:-build}/bin. A checkpoint without a
 # tokenizer (bench/gpu's random ones) gets the demo model's, grown to the
 # checkpoint's vocabulary: the prompts are its words and the ids it generates
@@ -76,11 +77,11 @@ decode_seconds() { # sum and count of the worker's decode step histogram
 read -r sum0 count0 <<<"$(decode_seconds)"
 "$bin/llmir-bench" --base-url "http://127.0.0.1:$port/v1" --num-prompts "$prompts" --concurrency 1 \
   --output-len "$output_len" --ignore-eos=true --temperature="${TEMPERATURE:-0}" \
-  --top-p="${TOP_P:-1}" --json "$work/bench.json" \
+  --top-p="${TOP_P:-1}" --extra-body="${EXTRA_BODY:-}" --json "$work/bench.json" \
   >"$work/bench.out"
 read -r sum1 count1 <<<"$(decode_seconds)"
 python3 - "$work/bench.json" "$sum0" "$count0" "$sum1" "$count1" "$model" "$chain" \
-  "${TEMPERATURE:-0}" "${TOP_P:-1}" <<'PY'
+  "${TEMPERATURE:-0}" "${TOP_P:-1} ${EXTRA_BODY:-}" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 s0, c0, s1, c1 = map(float, sys.argv[2:6])

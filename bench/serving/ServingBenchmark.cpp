@@ -43,6 +43,11 @@ std::string completionsBody(const BenchmarkOptions &o, const std::string &model,
   body["stream_options"] = json::object{{"include_usage", true}};
   if (o.ignoreEos)
     body["ignore_eos"] = true;
+  if (!o.extraBody.empty()) { // validate() parsed it once
+    const json::value extra = json::parse(o.extraBody);
+    for (const auto &[key, value] : extra.as_object())
+      body[key] = value;
+  }
   return json::serialize(body);
 }
 
@@ -116,6 +121,12 @@ Status validate(const BenchmarkOptions &o) {
                                    std::to_string(o.promptLen));
   if (!(o.topP > 0 && o.topP <= 1))
     return Status::error("--top-p must be in (0, 1], got " + std::to_string(o.topP));
+  if (!o.extraBody.empty()) {
+    boost::system::error_code ec;
+    const json::value extra = json::parse(o.extraBody, ec);
+    if (ec || !extra.is_object())
+      return Status::error("--extra-body must be a JSON object, got '" + o.extraBody + "'");
+  }
   if (auto url = net::parseHttpUrl(o.baseUrl); !url)
     return Status::error("--base-url '" + o.baseUrl + "': " + url.message());
   return Status::ok();

@@ -27,6 +27,9 @@ struct BenchmarkOptions {
   bool ignoreEos = false;
   double temperature = 0.0;
   double topP = 1.0; // sent only below 1
+  /// A JSON object whose members go into every request's body (over the
+  /// ones above): presence_penalty, logit_bias, ... ("" : none).
+  std::string extraBody;
   uint64_t seed = 0;
   std::chrono::milliseconds requestTimeout{600000};
 };

@@ -39,6 +39,9 @@ void bind(net::Config &config, Flags &f) {
   config.add("ignore-eos", &o.ignoreEos, "ask the server to generate output-len tokens (vLLM extension)");
   config.add("temperature", &o.temperature, "sampling temperature (0: greedy)");
   config.add("top-p", &o.topP, "nucleus mass in (0, 1] (sent below 1)");
+  config.add("extra-body", &o.extraBody,
+             "a JSON object merged into every request's body, e.g. "
+             "'{\"presence_penalty\": 0.5}'");
   config.add("seed", &o.seed, "seed of the random prompts and arrival times");
   config.add("request-timeout-s", &f.requestTimeoutSeconds, "bound on one request");
   config.add("json", &f.jsonPath, "also write the results as JSON to this file");

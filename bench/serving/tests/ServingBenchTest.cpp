@@ -110,6 +110,13 @@ TEST(BenchmarkOptions, RejectsBadValues) {
   o = {};
   o.topP = 0.9;
   EXPECT_TRUE(validate(o).isOk());
+  for (const char *extra : {"[1]", "{\"a\":", "0.5"}) {
+    o = {};
+    o.extraBody = extra;
+    EXPECT_FALSE(validate(o).isOk()) << extra;
+  }
+  o.extraBody = "{\"presence_penalty\": 0.5}";
+  EXPECT_TRUE(validate(o).isOk());
 }
 
 TEST(MakePrompts, RandomPromptsHavePromptLenWordsAndDependOnSeed) {
