@@ -528,6 +528,18 @@ void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
     b->set_token_id(id);
     b->set_logprob(bias);
   }
+  const bool repetition = params.repetitionPenalty != 1.0f;
+  if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {
+    // The output so far; a chained step's worker appends the tokens it drew
+    // since (from prompt_length + this many on: DecodeChain).
+    entry.set_presence_penalty(params.presencePenalty);
+    entry.set_frequency_penalty(params.frequencyPenalty);
+    entry.set_repetition_penalty(params.repetitionPenalty);
+    entry.set_prompt_length(static_cast<int32_t>(seq.promptLen));
+    entry.mutable_output_token_ids()->Add(seq.tokens.begin() + seq.promptLen, seq.tokens.end());
+    if (repetition)
+      entry.mutable_prompt_token_ids()->Add(seq.tokens.begin(), seq.tokens.begin() + seq.promptLen);
+  }
   if (chained)
     return;
   if (params.promptLogprobs && seq.numComputed + 1 < seq.promptLen) {
@@ -543,15 +555,6 @@ void BatchScheduler::fillEntryLocked(const Sequence &seq, bool chained,
         seq.grammar->allowedTokens(tokenizer_, vocabSize_, options_.eosTokenIds);
     entry.mutable_allowed_token_ids()->Add(allowed.begin(), allowed.end());
   }
-  const bool repetition = params.repetitionPenalty != 1.0f;
-  if (sample && (params.presencePenalty != 0 || params.frequencyPenalty != 0 || repetition)) {
-    entry.set_presence_penalty(params.presencePenalty);
-    entry.set_frequency_penalty(params.frequencyPenalty);
-    entry.set_repetition_penalty(params.repetitionPenalty);
-    entry.mutable_output_token_ids()->Add(seq.tokens.begin() + seq.promptLen, seq.tokens.end());
-    if (repetition)
-      entry.mutable_prompt_token_ids()->Add(seq.tokens.begin(), seq.tokens.begin() + seq.promptLen);
-  }
   if (writeThrough_)
     markWriteThroughLocked(seq, entry);
 }
@@ -565,9 +568,9 @@ bool BatchScheduler::chainableLocked(Sequence &seq) {
   const int64_t position = seq.numComputed + seq.chunk + ahead; // the chained token's
   const RequestParams &params = requests_.at(seq.requestId)->params;
   // What needs the sampled token on the scheduler's side first: the grammar's
-  // next mask, penalties over the output so far.
-  if (seq.grammar || params.presencePenalty != 0 || params.frequencyPenalty != 0 ||
-      params.repetitionPenalty != 1.0f)
+  // next mask. (Penalties count the output so far: the worker adds what it
+  // drew since the scheduler last heard, DecodeChain.)
+  if (seq.grammar)
     return false;
   // The step in flight samples output token numGenerated() + 1, the chained
   // ones the next: only when this one's may still be wanted.

@@ -277,6 +277,13 @@ bool DecodeChain::chains(const proto::StepRequest &request) {
                      [](const proto::StepSequence &seq) { return seq.chained_input(); });
 }
 
+const DecodeChain::Sample *DecodeChain::Kept::at(int64_t position) const {
+  if (samples.empty() || position < samples.front().position ||
+      position > samples.back().position)
+    return nullptr;
+  return &samples[static_cast<size_t>(position - samples.front().position)];
+}
+
 Status DecodeChain::fillChainedInputs(proto::StepRequest &request,
                                       std::vector<uint64_t> &unchained) const {
   auto *sequences = request.mutable_sequences();
@@ -288,12 +295,30 @@ Status DecodeChain::fillChainedInputs(proto::StepRequest &request,
         return Status::error("sequence " + std::to_string(seq.sequence_id()) +
                              " is chained_input but carries " +
                              std::to_string(seq.token_ids_size()) + " tokens");
-      auto it = last_.find(seq.sequence_id());
-      if (it == last_.end() || it->second.position != seq.start_position()) {
+      auto it = kept_.find(seq.sequence_id());
+      const Sample *input = it == kept_.end() ? nullptr : it->second.at(seq.start_position());
+      // Penalties count the output so far: the tokens drawn here that the
+      // scheduler had not seen (through the input).
+      std::vector<int32_t> unseen;
+      const float rep = seq.repetition_penalty();
+      if (input && (seq.presence_penalty() != 0 || seq.frequency_penalty() != 0 ||
+                    (rep != 0 && rep != 1))) {
+        for (int64_t p = int64_t{seq.prompt_length()} + seq.output_token_ids_size();
+             p <= seq.start_position(); ++p) {
+          const Sample *sample = it->second.at(p);
+          if (!sample) {
+            input = nullptr;
+            break;
+          }
+          unseen.push_back(sample->tokenId);
+        }
+      }
+      if (!input) {
         unchained.push_back(seq.sequence_id());
         continue;
       }
-      seq.add_token_ids(it->second.tokenId);
+      seq.add_token_ids(input->tokenId);
+      seq.mutable_output_token_ids()->Add(unseen.begin(), unseen.end());
     }
     if (kept != i)
       sequences->SwapElements(kept, i);
@@ -311,19 +336,28 @@ void DecodeChain::remember(const proto::StepRequest &request,
   // built per step.
   int next = 0;
   for (const proto::StepSequence &seq : request.sequences()) {
-    last_.erase(seq.sequence_id());
-    if (!ok || !seq.sample() || next >= response.tokens_size())
+    const proto::SampledToken *token =
+        ok && seq.sample() && next < response.tokens_size() ? &response.tokens(next++) : nullptr;
+    if (!token || token->sequence_id() != seq.sequence_id()) {
+      kept_.erase(seq.sequence_id());
       continue;
-    const proto::SampledToken &token = response.tokens(next++);
-    if (token.sequence_id() == seq.sequence_id())
-      last_[seq.sequence_id()] = {token.token_id(),
-                                  int64_t{seq.start_position()} + seq.token_ids_size(), steps_};
+    }
+    Kept &kept = kept_[seq.sequence_id()];
+    const int64_t position = int64_t{seq.start_position()} + seq.token_ids_size();
+    // Consecutive positions only: a step that goes back (a recompute) or
+    // skips starts the history again.
+    if (!kept.samples.empty() && kept.samples.back().position + 1 != position)
+      kept.samples.clear();
+    kept.samples.push_back({token->token_id(), position});
+    if (kept.samples.size() > kKeptTokens)
+      kept.samples.pop_front();
+    kept.step = steps_;
   }
   // A chain follows its step within the replica's few steps in flight;
   // what finished sequences left behind goes after a while.
   constexpr uint64_t kKeptSteps = 64;
-  if (last_.size() > 1024)
-    std::erase_if(last_, [&](const auto &kept) { return kept.second.step + kKeptSteps < steps_; });
+  if (kept_.size() > 1024)
+    std::erase_if(kept_, [&](const auto &entry) { return entry.second.step + kKeptSteps < steps_; });
 }
 
 Status stepAndSample(engine::Executor &executor, const proto::StepRequest &request,

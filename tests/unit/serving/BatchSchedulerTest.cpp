@@ -484,6 +484,57 @@ TEST_F(BatchSchedulerTest, ChainedDecodesKeepTheNextStepQueuedAndGiveTheReferenc
   }
 }
 
+// Requests with penalties chain too: the worker appends the tokens it drew
+// since the scheduler last heard (DecodeChain) to the output the penalties
+// count, so greedy and seeded sampled requests with frequency, presence and
+// repetition penalties draw, at chain depths 1 and 2, what they draw with
+// chaining off.
+TEST_F(BatchSchedulerTest, PenalizedRequestsChainAndDrawWhatTheyDrawUnchained) {
+  const auto &c = demo->cases[0];
+  std::vector<RequestParams> requests(4, greedy(c.promptIds, 24));
+  requests[0].frequencyPenalty = 1.5f;
+  requests[1].presencePenalty = 1.0f;
+  requests[1].sampling.temperature = 0.8f;
+  requests[1].sampling.seed = 3;
+  requests[2].repetitionPenalty = 1.3f;
+  requests[2].sampling.temperature = 0.9f;
+  requests[2].sampling.topP = 0.9f;
+  requests[2].sampling.seed = 4;
+  requests[3].frequencyPenalty = -0.5f;
+  requests[3].presencePenalty = 0.7f;
+  requests[3].logitBias = {{c.greedyIds[1], -3.0f}};
+  std::vector<std::vector<int32_t>> unchained;
+  for (int32_t chainDepth : {0, 1, 2}) {
+    SCOPED_TRACE("chain depth " + std::to_string(chainDepth));
+    auto backend = demo->backend(128);
+    ASSERT_TRUE(backend);
+    ThreadedBackend threaded(*backend, 1);
+    SchedulerOptions options;
+    options.eosTokenIds = {*demo->tokenizer.eosId()};
+    options.chainDecode = chainDepth > 0;
+    options.chainDepth = std::max(chainDepth, 1);
+    BatchScheduler s(threaded, demo->tokenizer, options);
+    ThreadSafeCollector collector;
+    s.start();
+    std::vector<uint64_t> ids;
+    for (const RequestParams &params : requests)
+      ids.push_back(s.addRequest(params, collector.callback()));
+    ASSERT_TRUE(collector.waitForFinished(requests.size()));
+    s.stop();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::vector<int32_t> &got = collector.of(ids[i]).ids;
+      EXPECT_EQ(got.size(), 24u) << "request " << i;
+      if (chainDepth == 0)
+        unchained.push_back(got);
+      else
+        EXPECT_EQ(got, unchained[i]) << "request " << i;
+    }
+    EXPECT_EQ(threaded.mostInFlight(), static_cast<size_t>(1 + chainDepth));
+  }
+  // The penalties changed what was drawn (else this compares nothing).
+  EXPECT_NE(unchained[0], c.greedyIds);
+}
+
 // Cancelled from its own event while a step and the step chained on it are
 // in flight: no token after the cancel, the other request untouched, and
 // the blocks the chained step still wrote into come back when it returns.

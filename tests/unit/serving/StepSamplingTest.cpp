@@ -199,6 +199,61 @@ TEST(StepSampling, DecodeChainFillsChainedInputsOnlyFromTheSampleAtThePositionBe
   EXPECT_EQ(takenOut(stepOf(3, 1, {})), std::vector<uint64_t>{3}); // never sampled here
 }
 
+// A chained decode with penalties gets the output tokens the scheduler had
+// not seen (drawn here from prompt_length + its output_token_ids on,
+// through its input); with one of them not drawn here it is taken out.
+TEST(StepSampling, DecodeChainAddsTheUnseenOutputToAPenalizedChainedDecode) {
+  auto step = [](int32_t start, std::vector<int32_t> tokens) {
+    proto::StepRequest request;
+    proto::StepSequence *seq = request.add_sequences();
+    seq->set_sequence_id(7);
+    seq->set_start_position(start);
+    seq->mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    seq->set_sample(true);
+    seq->set_chained_input(tokens.empty());
+    return request;
+  };
+  auto sampled = [](int32_t token) {
+    proto::StepResponse response;
+    proto::SampledToken *t = response.add_tokens();
+    t->set_sequence_id(7);
+    t->set_token_id(token);
+    return response;
+  };
+  DecodeChain chain;
+  chain.remember(step(0, {5, 6, 7}), sampled(40), true); // prompt of 3: 40 at 3
+  chain.remember(step(3, {40}), sampled(41), true);      // 41 at 4
+  chain.remember(step(4, {41}), sampled(42), true);      // 42 at 5
+  // The scheduler saw the output through position 3 (40) and chains a
+  // decode at 5: the worker adds 41 and 42.
+  proto::StepRequest penalized = step(5, {});
+  proto::StepSequence *seq = penalized.mutable_sequences(0);
+  seq->set_presence_penalty(0.5f);
+  seq->set_prompt_length(3);
+  seq->add_output_token_ids(40);
+  std::vector<uint64_t> unchained;
+  ASSERT_TRUE(chain.fillChainedInputs(penalized, unchained));
+  EXPECT_TRUE(unchained.empty());
+  ASSERT_EQ(penalized.sequences_size(), 1);
+  EXPECT_EQ(penalized.sequences(0).token_ids(0), 42);
+  EXPECT_EQ(std::vector<int32_t>(penalized.sequences(0).output_token_ids().begin(),
+                                 penalized.sequences(0).output_token_ids().end()),
+            (std::vector<int32_t>{40, 41, 42}));
+  // Without penalties nothing is added.
+  proto::StepRequest plain = step(5, {});
+  ASSERT_TRUE(chain.fillChainedInputs(plain, unchained));
+  EXPECT_EQ(plain.sequences(0).output_token_ids_size(), 0);
+  // A history that restarted (a step that went back) lacks 40 and 41.
+  chain.remember(step(5, {42}), sampled(43), true); // 43 at 6
+  chain.remember(step(2, {7, 40}), sampled(50), true); // a recompute from 2: 50 at 4
+  proto::StepRequest gap = step(4, {});
+  gap.mutable_sequences(0)->set_frequency_penalty(1.0f);
+  gap.mutable_sequences(0)->set_prompt_length(3);
+  ASSERT_TRUE(chain.fillChainedInputs(gap, unchained));
+  EXPECT_EQ(gap.sequences_size(), 0);
+  EXPECT_EQ(unchained, std::vector<uint64_t>{7});
+}
+
 // A step whose chained sequences are partly broken runs for the others, in
 // their order; a chained sequence that carries tokens is a malformed request.
 TEST(StepSampling, DecodeChainTakesOutOnlyTheBrokenChains) {

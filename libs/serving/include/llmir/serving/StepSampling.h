@@ -11,6 +11,7 @@
 #include "llmir/support/Status.h"
 
 #include <cstdint>
+#include <deque>
 #include <unordered_map>
 #include <vector>
 
@@ -61,39 +62,53 @@ Status sampledTokens(const proto::StepRequest &request,
                      proto::StepResponse &response);
 
 /// What a replica that chains decode steps (ReplicaInfo::chainsDecode) keeps
-/// from one step to the next: the token its last step sampled for each
-/// sequence, and the position that token goes in. A StepSequence marked
-/// chained_input carries no token and takes that one, so the scheduler can
-/// send a sequence's next decode before this step's answer reached it.
+/// from one step to the next: the last tokens it sampled for each sequence
+/// (kKeptTokens), and the positions they go in. A StepSequence marked
+/// chained_input carries no token and takes the one at its start position,
+/// so the scheduler can send a sequence's next decode before this step's
+/// answer reached it.
 class DecodeChain {
 public:
+  /// Tokens kept per sequence: a chained decode with penalties needs those
+  /// the scheduler had not seen when it sent it (one per chained step
+  /// queued, chain-depth), besides its input.
+  static constexpr size_t kKeptTokens = 8;
+
   /// True when some sequence of `request` is chained_input.
   static bool chains(const proto::StepRequest &request);
-  /// Gives every chained_input sequence of `request` its token. A sequence
-  /// for which no step sampled one at start_position - 1 (that step failed,
-  /// or has not run here) is taken out of the request and its id added to
-  /// `unchained`: the step runs for the others, and the scheduler, finding
-  /// no token for it, computes it again. Failing the whole step instead made
-  /// every other sequence of it recompute too, and the steps chained on it
-  /// fail in turn: with a failure every third step, a chain of failed steps
-  /// that never ended (BatchSchedulerTest's chained-decode failures). A
-  /// chained_input sequence that carries tokens is a malformed request: an
-  /// error naming it.
+  /// Gives every chained_input sequence of `request` its token, and one
+  /// with penalties the output tokens its output_token_ids lack (those
+  /// from position prompt_length + output_token_ids_size() through its
+  /// input's). A sequence for which no step sampled a token it needs (that
+  /// step failed, or has not run here) is taken out of the request and its
+  /// id added to `unchained`: the step runs for the others, and the
+  /// scheduler, finding no token for it, computes it again. Failing the
+  /// whole step instead made every other sequence of it recompute too, and
+  /// the steps chained on it fail in turn: with a failure every third step,
+  /// a chain of failed steps that never ended (BatchSchedulerTest's
+  /// chained-decode failures). A chained_input sequence that carries tokens
+  /// is a malformed request: an error naming it.
   Status fillChainedInputs(proto::StepRequest &request, std::vector<uint64_t> &unchained) const;
   /// After a step: keeps each sequence's sampled token; a failed step
-  /// (`ok` false) drops what was kept for its sequences.
+  /// (`ok` false), or one where a sequence samples nothing, drops what was
+  /// kept for its sequences.
   void remember(const proto::StepRequest &request, const proto::StepResponse &response,
                 bool ok);
   /// Drops everything (the replica was set up again).
-  void forget() { last_.clear(); }
+  void forget() { kept_.clear(); }
 
 private:
   struct Sample {
     int32_t tokenId = 0;
     int64_t position = 0; // where it goes in: the sampling row's position + 1
-    uint64_t step = 0;    // steps_ when it was sampled
   };
-  std::unordered_map<uint64_t, Sample> last_; // by sequence id
+  struct Kept {
+    std::deque<Sample> samples; // consecutive positions, the last kKeptTokens
+    uint64_t step = 0;          // steps_ when the last was sampled
+    /// The token that goes in at `position`, if kept.
+    const Sample *at(int64_t position) const;
+  };
+  std::unordered_map<uint64_t, Kept> kept_; // by sequence id
   uint64_t steps_ = 0;
 };
 
